@@ -1,0 +1,45 @@
+# mxhook — every target installs what it needs on a fresh Debian 12 machine (run as root).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := postfix python3-milter python3-requests python3-jinja2 sqlite-utils \
+	python3-click python3-regex python3-cryptography python3-venv python3-pip swaks
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PIP := $(VENV)/.pip-done
+
+.PHONY: setup demo test test-unit test-e2e bench clean
+
+setup: $(STAMP_PIP)
+
+# Debian's python3 with Debian's modules is what the .deb runs on, so the dev venv uses it too
+# (--system-site-packages) and pip adds only the test tools and the project itself.
+$(STAMP_APT):
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -q && \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	touch $@
+
+$(STAMP_PIP): $(STAMP_APT) setup.cfg pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/milter
+
+test-e2e: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+bench: setup
+	$(PY) bench/milter_throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info milter/*.egg-info demo-run

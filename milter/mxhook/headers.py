@@ -1,0 +1,93 @@
+"""Header values and addresses as they arrive on the wire: bytes, possibly 8-bit, possibly broken.
+
+Pure functions, shared by the milter (rule matching, heuristics) and the message normalizer.
+Nothing here raises on bad input: undecodable bytes become U+FFFD, unparsable address lists give
+the addresses that could be found.
+"""
+from __future__ import annotations
+
+import email.header
+import email.utils
+import re
+
+_FOLD = re.compile(r"\r?\n[ \t]*")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def to_text(raw: bytes | str) -> str:
+    """Raw header bytes to str: UTF-8 when valid, else Latin-1 (every byte maps, nothing lost).
+
+    pymilter hands values over as str with surrogate escapes; those are turned back into bytes
+    first so both callers get the same answer.
+    """
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+            return raw
+        except UnicodeEncodeError:
+            raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def unfold(value: str) -> str:
+    return _FOLD.sub(" ", value).strip()
+
+
+def decode_value(raw: bytes | str) -> str:
+    """Unfolded, RFC 2047-decoded header value. Unknown charsets and broken encoded words are
+    kept as they came rather than raising."""
+    text = unfold(to_text(raw))
+    if not _ENCODED_WORD.search(text):
+        return text
+    try:
+        parts = email.header.decode_header(text)
+    except Exception:  # email.header raises a zoo of errors on broken input
+        return text
+    out = []
+    for chunk, charset in parts:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        try:
+            out.append(chunk.decode(charset or "ascii", "replace"))
+        except LookupError:
+            out.append(chunk.decode("latin-1"))
+    return "".join(out)
+
+
+def normalize_address(addr: str) -> str:
+    """Comparable form of one address: angle brackets and spaces stripped, domain lower-cased
+    (the local part is case-sensitive by RFC 5321, but every real system treats it as not, so
+    it is lower-cased too). '' for the null sender."""
+    a = addr.strip().strip("<>").strip()
+    return a.lower()
+
+
+def address_domain(addr: str) -> str:
+    a = normalize_address(addr)
+    return a.rpartition("@")[2] if "@" in a else ""
+
+
+def parse_addresses(raw: bytes | str) -> list[tuple[str, str]]:
+    """(display name, normalized address) pairs from an address header value."""
+    text = decode_value(raw)
+    try:
+        pairs = email.utils.getaddresses([text])
+    except Exception:
+        pairs = []
+    result = []
+    for name, addr in pairs:
+        addr = normalize_address(addr)
+        if "@" in addr:
+            result.append((name, addr))
+    return result
+
+
+def first_address(raw: bytes | str | None) -> str:
+    if raw is None:
+        return ""
+    found = parse_addresses(raw)
+    return found[0][1] if found else ""

@@ -1,0 +1,249 @@
+"""Inbound rules: the model, its validation, and matching. Pure: no database, no milter.
+
+A rule = name, priority (lower runs first), enabled flag, endpoint, payload format, auth,
+retry interval, retry period, timeout, after-accept action, and conditions. A condition is a
+header name (case-insensitive; `To` means the envelope recipient) plus a regex, optionally
+negated. All conditions of a rule must hold. Regexes are searched (not anchored), case-
+insensitively, with a time bound: a pattern that runs out of time counts as no match.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+import regex
+
+FORMATS = ("json", "multipart", "raw")
+RETRY_INTERVAL_RANGE = (10, 600)  # seconds
+RETRY_PERIOD_RANGE = (1, 10)  # days
+TIMEOUT_RANGE = (1, 999)  # seconds
+DEFAULTS = {"priority": 0, "format": "json", "retry_interval": 60, "retry_period": 3, "timeout": 30}
+ENVELOPE_RECIPIENT = "to"  # a condition on this header name tests the envelope recipient
+
+_FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 ftext
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class RuleError(ValueError):
+    """Invalid rule input; the message is meant for the admin as it stands."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    header: str  # lower-case field name
+    pattern: str
+    negate: bool = False
+
+    def __str__(self) -> str:
+        return f"{'not ' if self.negate else ''}{self.header}~{self.pattern}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    endpoint: str
+    conditions: tuple[Condition, ...] = ()
+    priority: int = DEFAULTS["priority"]
+    enabled: bool = True
+    format: str = DEFAULTS["format"]
+    basic_auth: str | None = None  # "user:password"
+    bearer: str | None = None
+    api_key: str | None = None  # sent in the payload body
+    retry_interval: int = DEFAULTS["retry_interval"]
+    retry_period: int = DEFAULTS["retry_period"]
+    timeout: int = DEFAULTS["timeout"]
+    discard: bool = False
+    allow_http: bool = False
+    id: int | None = None
+
+    def delivery_target(self) -> dict:
+        """What the spooler needs to post for this rule, as JSON-able data (goes into the spool
+        record, so a message keeps the settings it was accepted under if the rule is removed)."""
+        return {
+            "id": self.id, "name": self.name, "endpoint": self.endpoint, "format": self.format,
+            "basic_auth": self.basic_auth, "bearer": self.bearer, "api_key": self.api_key,
+            "retry_interval": self.retry_interval, "retry_period": self.retry_period,
+            "timeout": self.timeout, "allow_http": self.allow_http, "discard": self.discard,
+        }
+
+
+def parse_condition(spec: str, *, negate: bool = False) -> Condition:
+    """'HEADER~REGEX' -> Condition, validated (header name syntax, regex compiles)."""
+    header, sep, pattern = spec.partition("~")
+    header = header.strip()
+    if not sep or not header:
+        raise RuleError(f"condition {spec!r} is not HEADER~REGEX (e.g. 'Subject~^Invoice')")
+    if not _FIELD_NAME.match(header):
+        raise RuleError(f"condition {spec!r}: {header!r} is not a valid header name")
+    check_regex(pattern)
+    return Condition(header=header.lower(), pattern=pattern, negate=negate)
+
+
+def check_regex(pattern: str) -> None:
+    if pattern == "":
+        raise RuleError("empty regex: use '.*' to match anything, or leave the condition out")
+    try:
+        regex.compile(pattern, regex.IGNORECASE)
+    except (regex.error, ValueError, OverflowError) as exc:
+        raise RuleError(f"invalid regex {pattern!r}: {exc}") from None
+
+
+def _check_range(what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        raise RuleError(f"{what} must be between {lo} and {hi} {unit}, got {value}")
+
+
+def check_endpoint(url: str, *, allow_http: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise RuleError(f"endpoint {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise RuleError(f"endpoint {url!r} must be an https:// URL with a host name")
+    if parts.scheme == "http" and not allow_http:
+        raise RuleError(
+            f"endpoint {url!r} is not HTTPS: mail content would travel unencrypted; "
+            "use https:// or pass --allow-http explicitly"
+        )
+    if parts.username or parts.password:
+        raise RuleError("put credentials in --basic-auth, not in the endpoint URL")
+
+
+def validate(rule: Rule) -> Rule:
+    """Raise RuleError on the first problem; return the rule unchanged when it is sound."""
+    if not _RULE_NAME.match(rule.name or ""):
+        raise RuleError(
+            f"rule name {rule.name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    check_endpoint(rule.endpoint, allow_http=rule.allow_http)
+    if rule.format not in FORMATS:
+        raise RuleError(f"format must be one of {', '.join(FORMATS)}, got {rule.format!r}")
+    if rule.basic_auth and rule.bearer:
+        raise RuleError("choose either Basic auth or a Bearer token, not both")
+    if rule.basic_auth is not None and ":" not in rule.basic_auth:
+        raise RuleError("--basic-auth must be USER:PASSWORD")
+    _check_range("retry interval", rule.retry_interval, RETRY_INTERVAL_RANGE, "seconds")
+    _check_range("retry period", rule.retry_period, RETRY_PERIOD_RANGE, "days")
+    _check_range("timeout", rule.timeout, TIMEOUT_RANGE, "seconds")
+    if not rule.conditions:
+        raise RuleError("a rule needs at least one condition (--when 'HEADER~REGEX')")
+    for cond in rule.conditions:
+        if not _FIELD_NAME.match(cond.header):
+            raise RuleError(f"{cond.header!r} is not a valid header name")
+        check_regex(cond.pattern)
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching
+
+@dataclass
+class ConditionResult:
+    condition: Condition
+    held: bool
+    matched_value: str | None = None  # the value that matched (or, negated, that spoiled it)
+    timed_out: bool = False
+
+
+@dataclass
+class RuleResult:
+    rule: Rule
+    matched: bool
+    conditions: list[ConditionResult] = field(default_factory=list)
+
+    def reason(self) -> str:
+        if not self.rule.enabled:
+            return "disabled"
+        failed = [c for c in self.conditions if not c.held]
+        if not failed:
+            return "all conditions hold"
+        c = failed[0]
+        if c.timed_out:
+            return f"{c.condition} timed out (counts as no match)"
+        if c.condition.negate:
+            return f"{c.condition}: {c.condition.header} is {c.matched_value!r}"
+        return f"{c.condition}: no {c.condition.header} value matches"
+
+
+@dataclass
+class MatchResult:
+    recipient: str
+    rule: Rule | None
+    evaluated: list[RuleResult] = field(default_factory=list)
+
+    @property
+    def timeouts(self) -> list[ConditionResult]:
+        return [c for r in self.evaluated for c in r.conditions if c.timed_out]
+
+
+class RuleSet:
+    """An immutable, compiled snapshot of the rules, ordered by (priority, id, name).
+
+    The milter swaps a whole new RuleSet in when rules.db changes, so matching never takes a
+    lock. `headers` for matching is a dict of lower-case field name -> list of decoded values.
+    """
+
+    def __init__(self, rules: list[Rule], *, regex_timeout: float = 0.05):
+        self.rules = tuple(sorted(rules, key=lambda r: (r.priority, r.id or 0, r.name)))
+        self.regex_timeout = regex_timeout
+        self._compiled = {
+            (c.pattern): regex.compile(c.pattern, regex.IGNORECASE)
+            for r in self.rules for c in r.conditions
+        }
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def _check(self, cond: Condition, values: list[str]) -> ConditionResult:
+        pattern = self._compiled[cond.pattern]
+        hit = None
+        for value in values:
+            try:
+                if pattern.search(value, timeout=self.regex_timeout):
+                    hit = value
+                    break
+            except TimeoutError:
+                return ConditionResult(cond, held=False, timed_out=True)
+        if cond.negate:
+            return ConditionResult(cond, held=hit is None, matched_value=hit)
+        return ConditionResult(cond, held=hit is not None, matched_value=hit)
+
+    def evaluate(self, rule: Rule, recipient: str, headers: dict[str, list[str]]) -> RuleResult:
+        results = []
+        for cond in rule.conditions:
+            values = [recipient] if cond.header == ENVELOPE_RECIPIENT else headers.get(cond.header, [])
+            res = self._check(cond, values)
+            results.append(res)
+            if not res.held:
+                break
+        matched = rule.enabled and all(r.held for r in results)
+        return RuleResult(rule, matched, results)
+
+    def match(self, recipient: str, headers: dict[str, list[str]], *, explain: bool = False) -> MatchResult:
+        """First enabled rule whose conditions all hold for this recipient. With explain=True
+        every rule is evaluated (for `mxhook rule test`); otherwise evaluation stops at the
+        first match and disabled rules are skipped."""
+        result = MatchResult(recipient, None)
+        for rule in self.rules:
+            if not rule.enabled and not explain:
+                continue
+            rr = self.evaluate(rule, recipient, headers) if rule.enabled else RuleResult(rule, False)
+            result.evaluated.append(rr)
+            if rr.matched and result.rule is None:
+                result.rule = rule
+                if not explain:
+                    break
+        return result
+
+
+def with_defaults(**fields) -> Rule:
+    """A Rule from possibly-None fields (as CLI options arrive), None meaning the default."""
+    return Rule(**{k: v for k, v in fields.items() if v is not None})
+
+
+def updated(rule: Rule, **changes) -> Rule:
+    return replace(rule, **{k: v for k, v in changes.items() if v is not None})
