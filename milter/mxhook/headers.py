@@ -51,8 +51,11 @@ def decode_value(raw: bytes | str) -> str:
         if isinstance(chunk, str):
             out.append(chunk)
             continue
+        if charset is None:  # the unencoded stretches, which decode_header re-encoded this way
+            out.append(chunk.decode("raw-unicode-escape", "replace"))
+            continue
         try:
-            out.append(chunk.decode(charset or "ascii", "replace"))
+            out.append(chunk.decode(charset, "replace"))
         except LookupError:
             out.append(chunk.decode("latin-1"))
     return "".join(out)
