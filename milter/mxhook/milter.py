@@ -1,0 +1,349 @@
+"""mxhook-milter: the pymilter shell around the pure decision (decision.py) and the spool.
+
+One `InboundMilter` object per SMTP connection; per-message state is reset at MAIL FROM.
+
+  RCPT     recipient domain not permitted → `unknown_domains` (reject: 550 5.7.1, logged denied;
+           pass: the recipient is left alone).
+  EOH      heuristics, then rules per recipient (decision.decide). Nothing matched → 550 5.7.1.
+           The body is read only when a recipient matched.
+  EOM      raw message + envelope → spool (tmp → fsync → rename → fsync dir), then ACCEPT
+           (DISCARD / delrcpt for `--discard` rules and denied recipients). Any failure → 451.
+
+Mail from authenticated clients is outbound and not subject to inbound rules.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import grp
+import logging
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import Milter
+
+from . import config as configmod
+from . import heuristics, logging_setup, spool
+from .db import Snapshot, SnapshotWatcher
+from .decision import Decision, decide
+from .headers import address_domain, first_address, normalize_address, to_text
+
+log = logging.getLogger("mxhook.milter")
+
+SMTP_DENY = ("550", "5.7.1")
+SMTP_TEMPFAIL = ("451", "4.3.0")
+
+
+class Settings:
+    """What the callbacks need from the config, resolved once at start-up."""
+
+    def __init__(self, cfg: configmod.Config):
+        self.spool_dir = cfg.spool_dir
+        self.unknown_domains = cfg.choice("milter", "unknown_domains", ("reject", "pass"))
+        self.heuristics = tuple(
+            h for h, key in (
+                (heuristics.FROM_PERMITTED_DOMAIN, "heuristic_from_permitted_domain"),
+                (heuristics.FROM_EQUALS_TO, "heuristic_from_equals_to"),
+            ) if cfg.bool("milter", key)
+        )
+        self.max_message_size = cfg.size("milter", "max_message_size")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def guarded(callback):
+    """An exception in a callback logs a traceback and answers 451: never 250, never a crash."""
+
+    @functools.wraps(callback)
+    def wrapper(self, *args):
+        try:
+            return callback(self, *args)
+        except Exception:
+            log.exception("internal error in %s (queue id %s); answering 451", callback.__name__,
+                          self.queue_id or "-")
+            self.setreply(*SMTP_TEMPFAIL, "mxhook: temporary internal error, try again later")
+            return Milter.TEMPFAIL
+
+    return wrapper
+
+
+@Milter.header_leading_space
+class InboundMilter(Milter.Base):
+    # Set by main() (or a test) before the first connection.
+    settings: Settings
+    watcher: SnapshotWatcher
+
+    def __init__(self):
+        self.client_addr = ""
+        self.client_name = ""
+        self.helo = ""
+        self._reset()
+
+    def _reset(self) -> None:
+        self.snapshot: Snapshot | None = None
+        self.mail_from = ""
+        self.queue_id = ""
+        self.managed: list[str] = []  # recipients in permitted domains, for the rules
+        self.passed: list[str] = []  # recipients left alone (unknown_domains = pass)
+        self.raw_headers: list[tuple[str, bytes]] = []
+        self.header_block: list[bytes] = []
+        self.body_chunks: list[bytes] = []
+        self.body_size = 0
+        self.decision: Decision | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    @Milter.noreply
+    def connect(self, hostname, family, hostaddr):
+        self.client_name = hostname or ""
+        self.client_addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else ""
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def hello(self, heloname):
+        self.helo = heloname or ""
+        return Milter.CONTINUE
+
+    # -- envelope -----------------------------------------------------------------------------
+
+    @guarded
+    def envfrom(self, mailfrom, *params):
+        self._reset()
+        if self.getsymval("{auth_authen}"):
+            # Outbound: an application submitting mail. Inbound rules do not apply.
+            return Milter.ACCEPT
+        self.snapshot = self.watcher.current
+        self.mail_from = normalize_address(to_text(mailfrom))
+        return Milter.CONTINUE
+
+    @guarded
+    def envrcpt(self, to, *params):
+        rcpt = normalize_address(to_text(to))
+        domain = address_domain(rcpt)
+        if domain in self.snapshot.domains:
+            self.managed.append(rcpt)
+            return Milter.CONTINUE
+        if self.settings.unknown_domains == "pass":
+            self.passed.append(rcpt)
+            return Milter.CONTINUE
+        reason = f"domain {domain or '(none)'} is not enabled for inbound mail on this server"
+        self._log_decision("denied", [rcpt], "unknown_domain", reason)
+        self._spool_denied([rcpt], "unknown_domain", reason)
+        self.setreply(*SMTP_DENY, f"<{rcpt}>: {reason}")
+        return Milter.REJECT
+
+    # -- content ------------------------------------------------------------------------------
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name, value):
+        # Kept as bytes exactly as received (leading space included: header_leading_space), so
+        # the spooled message is the one the sender sent and 8-bit headers cannot crash us.
+        self.raw_headers.append((name, value))
+        folded = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # Postfix folds with LF
+        self.header_block.append(name.encode("ascii", "surrogateescape") + b":" + folded + b"\r\n")
+        return Milter.CONTINUE
+
+    @guarded
+    def eoh(self):
+        self.queue_id = self.getsymval("i") or ""
+        if not self.managed:
+            return Milter.ACCEPT  # only pass-through recipients: not our mail
+        decision = decide(
+            self.snapshot.ruleset, self.snapshot.domains, self.managed, self.raw_headers,
+            enabled_heuristics=self.settings.heuristics,
+        )
+        for match in decision.matches:
+            for timed_out in match.timeouts:
+                log.warning("queue id %s: regex %r timed out, counted as no match",
+                            self.queue_id or "-", timed_out.condition.pattern)
+        if decision.verdict is not None:
+            filt = "heuristic:" + decision.verdict.heuristic
+            return self._deny(self.managed, filt, decision.verdict.reason)
+        if not decision.accepted and not self.passed:
+            return self._deny(decision.denied, "no_rule", decision.reason())
+        # Accepted, or only pass-through recipients want it: eom removes the denied ones.
+        self.decision = decision
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk):
+        self.body_size += len(chunk)
+        if self.body_size <= self.settings.max_message_size:
+            self.body_chunks.append(chunk)
+        return Milter.CONTINUE
+
+    @guarded
+    def eom(self):
+        decision = self.decision
+        if decision is None:  # eoh already answered; nothing to do (test harnesses call eom)
+            return Milter.CONTINUE
+        self.queue_id = self.getsymval("i") or self.queue_id
+        if not decision.accepted:  # only pass-through recipients keep the message
+            return self._finish(decision, [])
+        size = sum(map(len, self.header_block)) + 2 + self.body_size
+        if size > self.settings.max_message_size:
+            self.setreply("552", "5.3.4", f"message size {size} exceeds the limit of "
+                          f"{self.settings.max_message_size} bytes for webhook delivery")
+            self._log_decision("denied", self.managed, "size", "message too large")
+            return Milter.REJECT
+        raw = b"".join(self.header_block) + b"\r\n" + b"".join(self.body_chunks)
+        groups = decision.grouped()
+        meta = self._envelope_meta()
+        meta["deliveries"] = [
+            {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
+        ]
+        try:
+            record = spool.Record(spool.new_id(), "inbound", meta, raw)
+            spool.write(self.settings.spool_dir, record, durable=True)
+        except OSError as exc:
+            log.error("queue id %s: cannot spool message (%s); answering 451", self.queue_id, exc)
+            self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot store the message right now, try again later")
+            return Milter.TEMPFAIL
+        names = ",".join(rule.name for rule, _ in groups)
+        self._log_decision("accepted", [r for _, rs in groups for r in rs], names, f"spooled as {record.id}")
+        return self._finish(decision, groups)
+
+    def _finish(self, decision: Decision, groups) -> int:
+        """Denied recipients of an accepted message, and those of `--discard` rules, are
+        removed; if that leaves nobody, the whole message is discarded."""
+        if decision.denied:
+            self._note_denied(decision.denied)
+        drop = set(decision.denied) | {r for rule, rs in groups if rule.discard for r in rs}
+        if drop and not self.passed and drop >= set(self.managed):
+            return Milter.DISCARD
+        for rcpt in drop:
+            self.delrcpt(f"<{rcpt}>")
+        return Milter.ACCEPT
+
+    def abort(self):
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self):
+        return Milter.CONTINUE
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _header(self, name: str) -> list[bytes]:
+        return [v for n, v in self.raw_headers if n.lower() == name]
+
+    def _envelope_meta(self) -> dict:
+        subject = self._header("subject")
+        message_id = self._header("message-id")
+        return {
+            "received": utc_now(),
+            "queue_id": self.queue_id,
+            "mail_from": self.mail_from,
+            "client_addr": self.client_addr,
+            "client_name": self.client_name,
+            "helo": self.helo,
+            "header_from": first_address(self._header("from")[0]) if self._header("from") else "",
+            "subject": to_text(subject[0]).strip() if subject else "",
+            "message_id": to_text(message_id[0]).strip() if message_id else "",
+        }
+
+    def _deny(self, recipients: list[str], filt: str, reason: str):
+        self._log_decision("denied", recipients, filt, reason)
+        self._spool_denied(recipients, filt, reason)
+        self.setreply(*SMTP_DENY, f"mxhook: {reason}")
+        return Milter.REJECT
+
+    def _note_denied(self, recipients: list[str]) -> None:
+        reason = "no inbound rule matches " + ", ".join(f"<{r}>" for r in recipients)
+        self._log_decision("denied", recipients, "no_rule", reason + " (other recipients accepted)")
+        self._spool_denied(recipients, "no_rule", reason)
+
+    def _spool_denied(self, recipients: list[str], filt: str, reason: str) -> None:
+        snapshot = self.snapshot
+        if filt != "unknown_domain" and snapshot is not None and not any(
+            address_domain(r) in snapshot.log_denied for r in recipients
+        ):
+            return
+        meta = self._envelope_meta()
+        meta.update(recipients=recipients, filter=filt, reason=reason)
+        try:
+            spool.write(self.settings.spool_dir, spool.Record(spool.new_id(), "denied", meta), durable=False)
+        except OSError as exc:  # a lost denial costs a log line, never the SMTP answer
+            log.warning("queue id %s: could not log denial: %s", self.queue_id or "-", exc)
+
+    def _log_decision(self, outcome: str, recipients: list[str], by: str, reason: str) -> None:
+        log.info("queue_id=%s outcome=%s from=<%s> rcpt=%s by=%s client=%s[%s] reason=%s",
+                 self.queue_id or "-", outcome, self.mail_from,
+                 ",".join(f"<{r}>" for r in recipients), by or "-", self.client_name or "-",
+                 self.client_addr or "-", reason)
+
+
+# -- daemon -----------------------------------------------------------------------------------
+
+def socket_path(spec: str) -> str | None:
+    """The filesystem path of a `unix:`/`local:` milter socket spec, else None."""
+    for prefix in ("unix:", "local:"):
+        if spec.startswith(prefix):
+            return spec[len(prefix):]
+    if spec.startswith("/"):
+        return spec
+    return None
+
+
+def _fix_socket_permissions(path: str, group: str, stop: threading.Event) -> None:
+    """libmilter creates the socket inside runmilter(); once it appears, give it the group
+    Postfix runs as (mode 0660 comes from the umask set before)."""
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    while not stop.is_set():
+        if os.path.exists(path):
+            if gid != -1:
+                os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+            log.info("listening on %s (mode 0660%s)", path, f", group {group}" if group else "")
+            return
+        time.sleep(0.02)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mxhook-milter", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help=f"config file (default: $MXHOOK_CONFIG or {configmod.DEFAULT_PATH})")
+    args = parser.parse_args(argv)
+    try:
+        cfg = configmod.load(args.config)
+        settings = Settings(cfg)
+        logging_setup.setup("mxhook-milter", cfg.get("milter", "log"), cfg.get("milter", "log_level"))
+        socket_spec = cfg.get("milter", "socket")
+        timeout = cfg.int("milter", "timeout")
+        watcher = SnapshotWatcher(cfg.rules_db, interval=cfg.float("milter", "rules_reload_interval"),
+                                  regex_timeout=cfg.float("milter", "regex_timeout"))
+    except configmod.ConfigError as exc:
+        print(f"mxhook-milter: {exc}", file=sys.stderr)
+        return 2
+    spool.ensure_dirs(settings.spool_dir)
+    InboundMilter.settings = settings
+    InboundMilter.watcher = watcher
+    Milter.factory = InboundMilter
+    Milter.set_flags(Milter.DELRCPT)
+
+    stop = threading.Event()
+    path = socket_path(socket_spec)
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.umask(0o117)  # the socket is born 0660; spool files keep their explicit 0640
+        threading.Thread(target=_fix_socket_permissions, daemon=True,
+                         args=(path, cfg.get("milter", "socket_group"), stop)).start()
+    log.info("starting: %d rules, %d domains, unknown_domains=%s, spool %s",
+             len(watcher.current.ruleset), len(watcher.current.domains),
+             settings.unknown_domains, settings.spool_dir)
+    try:
+        Milter.runmilter("mxhook", socket_spec, timeout)
+    finally:
+        stop.set()
+        watcher.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
