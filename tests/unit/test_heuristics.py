@@ -1,0 +1,38 @@
+from mxhook import heuristics
+from mxhook.decision import decide
+from mxhook.rules import Rule, RuleSet, parse_condition
+
+OURS = frozenset({"ours.example"})
+
+
+def test_from_in_permitted_domain_is_spoofing_whatever_the_case_and_display_name():
+    v = heuristics.check([b'"The Boss" <CEO@Ours.Example>'], [], ["in@ours.example"], OURS)
+    assert v.heuristic == heuristics.FROM_PERMITTED_DOMAIN and "ceo@ours.example" in v.reason
+
+
+def test_from_equal_to_envelope_recipient_or_to_header():
+    assert heuristics.check([b"<Me@Else.example>"], [], ["me@else.example"], OURS).heuristic == heuristics.FROM_EQUALS_TO
+    v = heuristics.check([b"me@else.example"], [b"Someone <ME@ELSE.EXAMPLE>, x@y.example"], ["in@ours.example"], OURS)
+    assert v.heuristic == heuristics.FROM_EQUALS_TO
+
+
+def test_each_heuristic_can_be_switched_off():
+    frm = [b"ceo@ours.example"]
+    assert heuristics.check(frm, [], ["ceo@ours.example"], OURS, enabled=()) is None
+    assert heuristics.check(frm, [], ["ceo@ours.example"], OURS,
+                            enabled=(heuristics.FROM_EQUALS_TO,)).heuristic == heuristics.FROM_EQUALS_TO
+
+
+def test_ordinary_mail_passes_and_garbage_from_does_not_crash():
+    assert heuristics.check([b"a@sender.example"], [b"in@ours.example"], ["in@ours.example"], OURS) is None
+    assert heuristics.check([b"\xff\xfe<<<@@", b""], [b"\x00"], ["in@ours.example"], OURS) is None
+
+
+def test_decide_groups_recipients_by_rule_and_lists_the_denied():
+    sales = Rule(name="sales", endpoint="https://a.example/", conditions=(parse_condition("To~^sales@"),))
+    rs = RuleSet([sales])
+    d = decide(rs, OURS, ["sales@ours.example", "nobody@ours.example"], [("From", b" a@x.example")])
+    assert [(r.name, rc) for r, rc in d.grouped()] == [("sales", ["sales@ours.example"])]
+    assert d.denied == ["nobody@ours.example"] and not d.rejects_message
+    d2 = decide(rs, OURS, ["nobody@ours.example"], [("From", b" a@x.example")])
+    assert d2.rejects_message and d2.reason() == "no inbound rule matches <nobody@ours.example>"

@@ -1,0 +1,103 @@
+import pytest
+
+from mxhook import rules
+from mxhook.rules import Rule, RuleError, RuleSet, parse_condition, validate
+
+
+def rule(name="r", conditions=("Subject~invoice",), **kw):
+    conds = tuple(parse_condition(c) for c in conditions)
+    return Rule(name=name, endpoint=kw.pop("endpoint", "https://hooks.example.net/in"), conditions=conds, **kw)
+
+
+def test_parse_condition_lowercases_header_and_keeps_pattern():
+    c = parse_condition("X-Custom-Tag~^A~B$")
+    assert (c.header, c.pattern, c.negate) == ("x-custom-tag", "^A~B$", False)
+    assert parse_condition("To~@x", negate=True).negate is True
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("Subject", "HEADER~REGEX"),
+    ("~foo", "HEADER~REGEX"),
+    ("Sub ject~x", "not a valid header name"),
+    ("Subject~(", "invalid regex"),
+    ("Subject~", "empty regex"),
+])
+def test_parse_condition_rejects_bad_input_with_clear_message(spec, message):
+    with pytest.raises(RuleError, match=message):
+        parse_condition(spec)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"endpoint": "http://x.example/h"}, "not HTTPS"),
+    ({"endpoint": "ftp://x.example/h"}, "https:// URL"),
+    ({"endpoint": "https://u:p@x.example/h"}, "--basic-auth"),
+    ({"basic_auth": "u:p", "bearer": "t"}, "not both"),
+    ({"basic_auth": "nocolon"}, "USER:PASSWORD"),
+    ({"retry_interval": 9}, "between 10 and 600"),
+    ({"retry_interval": 601}, "between 10 and 600"),
+    ({"retry_period": 0}, "between 1 and 10"),
+    ({"retry_period": 11}, "between 1 and 10"),
+    ({"timeout": 0}, "between 1 and 999"),
+    ({"timeout": 1000}, "between 1 and 999"),
+    ({"format": "xml"}, "format must be one of"),
+    ({"name": "bad name"}, "rule name"),
+])
+def test_validate_rejects(changes, message):
+    r = rules.updated(rule(), **changes)
+    with pytest.raises(RuleError, match=message):
+        validate(r)
+
+
+def test_validate_accepts_http_only_when_allowed_and_needs_a_condition():
+    validate(rule(endpoint="http://127.0.0.1:8080/h", allow_http=True))
+    with pytest.raises(RuleError, match="at least one condition"):
+        validate(Rule(name="x", endpoint="https://a.example/"))
+
+
+def test_to_means_envelope_recipient_not_the_to_header():
+    rs = RuleSet([rule(conditions=("To~^sales@",))])
+    headers = {"to": ["sales@ours.example"]}
+    assert rs.match("support@ours.example", headers).rule is None
+    assert rs.match("sales@ours.example", {}).rule.name == "r"
+
+
+def test_conditions_are_anded_and_case_insensitive():
+    rs = RuleSet([rule(conditions=("Subject~invoice", "From~@supplier\\.example$"))])
+    assert rs.match("a@ours.example", {"subject": ["INVOICE 7"], "from": ["x@supplier.example"]}).rule
+    assert rs.match("a@ours.example", {"subject": ["INVOICE 7"], "from": ["x@other.example"]}).rule is None
+
+
+def test_any_occurrence_of_a_repeated_header_matches_and_negation_needs_none():
+    r = Rule(name="n", endpoint="https://a.example/", conditions=(
+        parse_condition("Received~relay1"), parse_condition("X-Spam~yes", negate=True)))
+    rs = RuleSet([r])
+    assert rs.match("a@b", {"received": ["from relay0", "from relay1"]}).rule
+    assert rs.match("a@b", {"received": ["from relay1"], "x-spam": ["no", "YES"]}).rule is None
+
+
+def test_priority_orders_rules_and_disabled_rules_are_skipped():
+    low = rule("low", priority=10)
+    high = rule("high", priority=1)
+    off = rule("off", priority=0, enabled=False)
+    rs = RuleSet([low, off, high])
+    assert rs.match("a@b", {"subject": ["invoice"]}).rule.name == "high"
+    explained = rs.match("a@b", {"subject": ["invoice"]}, explain=True)
+    assert [r.rule.name for r in explained.evaluated] == ["off", "high", "low"]
+    assert explained.evaluated[0].reason() == "disabled"
+
+
+def test_missing_header_fails_a_positive_condition_and_reason_says_so():
+    rs = RuleSet([rule()])
+    m = rs.match("a@b", {}, explain=True)
+    assert m.rule is None
+    assert m.evaluated[0].reason() == "subject~invoice: no subject value matches"
+
+
+def test_catastrophic_pattern_times_out_and_counts_as_no_match():
+    # (a|a)* backtracks exponentially even in the `regex` module, which defuses many classics
+    r = Rule(name="slow", endpoint="https://a.example/", conditions=(parse_condition("Subject~^(a|a)*$"),))
+    rs = RuleSet([r], regex_timeout=0.01)
+    m = rs.match("a@b", {"subject": ["a" * 40 + "b"]})
+    assert m.rule is None
+    assert m.timeouts and m.timeouts[0].condition.pattern == "^(a|a)*$"
+    assert "timed out" in rs.match("a@b", {"subject": ["a" * 40 + "b"]}, explain=True).evaluated[0].reason()
