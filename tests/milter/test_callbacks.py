@@ -1,0 +1,186 @@
+"""Milter callbacks driven by pymilter's TestCtx (no MTA), with a real rules.db and spool."""
+import os
+import socket
+import time
+
+import Milter
+import pytest
+from Milter import testctx
+
+from mxhook import config, spool
+from mxhook.db import RulesStore, SnapshotWatcher
+from mxhook.milter import InboundMilter, Settings
+from mxhook.rules import Rule, parse_condition
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = RulesStore(str(tmp_path / "rules.db"))
+    store.add_domain("ours.example", log_denied=True)
+    store.add_rule(Rule(name="sales", endpoint="http://127.0.0.1:9/in", allow_http=True,
+                        conditions=(parse_condition("To~^sales@"),)))
+    store.add_rule(Rule(name="trash", endpoint="http://127.0.0.1:9/t", allow_http=True, discard=True,
+                        conditions=(parse_condition("To~^trash@"),)))
+    spool_dir = str(tmp_path / "spool")
+    spool.ensure_dirs(spool_dir)
+
+    def make(**milter_settings):
+        cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings})
+        InboundMilter.settings = Settings(cfg)
+        InboundMilter.watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
+        Milter.factory = InboundMilter
+        ctx = testctx.TestCtx()
+        # TestCtx._connect closes the connection on NOREPLY (our @noreply connect/hello), so
+        # negotiate and call those two the way libmilter does, with an (addr, port) tuple.
+        ctx._negotiate()
+        ctx._priv.connect("mail.sender.example", socket.AF_INET, ("192.0.2.7", 40000))
+        ctx._priv.hello("mail.sender.example")
+        return ctx
+
+    make.store = store
+    make.spool_dir = spool_dir
+    yield make
+    watcher = getattr(InboundMilter, "watcher", None)
+    if watcher is not None:
+        watcher.stop()
+
+
+def send(ctx, rcpts, headers, body=b"Hello\r\n", mail_from="<alice@sender.example>", queue_id="4QX1"):
+    """Drive one message through the callbacks the way libmilter does; return (stage, rc)."""
+    ctx._setsymval("i", queue_id)
+    rc = ctx._envfrom(mail_from)
+    if rc != Milter.CONTINUE:
+        return "mail", rc
+    for r in rcpts:
+        rc = ctx._envrcpt(r)
+        if rc != Milter.CONTINUE:
+            return "rcpt", rc
+    for name, value in headers:
+        ctx._priv.header_bytes(name, value)
+    rc = ctx._eoh()
+    if rc != Milter.CONTINUE:
+        return "eoh", rc
+    ctx._priv.body(body)
+    return "eom", ctx._eom()
+
+
+HEADERS = [("From", b" Alice <alice@sender.example>"), ("To", b" sales@ours.example"),
+           ("Subject", b" Caf\xe9 order"), ("Message-ID", b" <m1@sender.example>")]
+
+
+def records(spool_dir):
+    return [spool.read(p) for p in spool.pending(spool_dir)]
+
+
+def test_accepted_message_is_spooled_with_envelope_before_accept(env):
+    ctx = env()
+    assert send(ctx, ["<Sales@Ours.Example>"], HEADERS, body=b"Line 1\r\nLine 2\r\n") == ("eom", Milter.ACCEPT)
+    [rec] = records(env.spool_dir)
+    assert rec.kind == "inbound"
+    assert rec.payload == (b"From: Alice <alice@sender.example>\r\nTo: sales@ours.example\r\n"
+                           b"Subject: Caf\xe9 order\r\nMessage-ID: <m1@sender.example>\r\n\r\nLine 1\r\nLine 2\r\n")
+    m = rec.meta
+    assert (m["queue_id"], m["mail_from"], m["client_addr"], m["client_name"], m["helo"]) == (
+        "4QX1", "alice@sender.example", "192.0.2.7", "mail.sender.example", "mail.sender.example")
+    assert (m["header_from"], m["subject"], m["message_id"]) == ("alice@sender.example", "Café order", "<m1@sender.example>")
+    [delivery] = m["deliveries"]
+    assert delivery["recipients"] == ["sales@ours.example"]
+    assert delivery["rule"]["name"] == "sales" and delivery["rule"]["endpoint"] == "http://127.0.0.1:9/in"
+
+
+def test_no_matching_rule_rejects_at_end_of_headers_and_logs_denied(env):
+    ctx = env()
+    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    assert ctx._reply[:2] == ("550", "5.7.1")
+    assert "no inbound rule matches <nobody@ours.example>" in ctx._reply[2]
+    [rec] = records(env.spool_dir)
+    assert rec.kind == "denied" and rec.meta["filter"] == "no_rule" and rec.meta["recipients"] == ["nobody@ours.example"]
+
+
+def test_denied_mail_is_not_logged_when_the_domain_says_so(env):
+    env.store.set_domain("ours.example", log_denied=False)
+    ctx = env()
+    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    assert records(env.spool_dir) == []
+
+
+def test_unknown_domain_rejected_at_rcpt_or_passed(env):
+    ctx = env()
+    assert send(ctx, ["<x@elsewhere.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    assert ctx._reply[:2] == ("550", "5.7.1") and "elsewhere.example is not enabled" in ctx._reply[2]
+    assert records(env.spool_dir)[0].meta["filter"] == "unknown_domain"
+    ctx = env(unknown_domains="pass")
+    assert send(ctx, ["<x@elsewhere.example>"], HEADERS)[1] == Milter.ACCEPT  # left alone at EOH
+
+
+@pytest.mark.parametrize("from_value,heuristic", [
+    (b" Boss <boss@OURS.example>", "from_permitted_domain"),
+    (b" sales@ours.example", "from_permitted_domain"),
+    (b" <bob@else.example>", "from_equals_to"),
+])
+def test_heuristics_reject_the_message(env, from_value, heuristic):
+    ctx = env()
+    headers = [("From", from_value), ("To", b" bob@else.example")]
+    assert send(ctx, ["<sales@ours.example>"], headers) == ("eoh", Milter.REJECT)
+    assert ctx._reply[:2] == ("550", "5.7.1")
+    assert records(env.spool_dir)[0].meta["filter"] == "heuristic:" + heuristic
+
+
+def test_heuristics_can_be_switched_off(env):
+    ctx = env(heuristic_from_permitted_domain="no")
+    assert send(ctx, ["<sales@ours.example>"], [("From", b" boss@ours.example")])[1] == Milter.ACCEPT
+
+
+def test_authenticated_clients_are_not_subject_to_inbound_rules(env):
+    ctx = env()
+    ctx._setsymval("{auth_authen}", "app1")
+    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("mail", Milter.ACCEPT)
+
+
+def test_spool_failure_answers_4xx_never_250(env):
+    ctx = env()
+    os.rmdir(os.path.join(env.spool_dir, "tmp"))
+    open(os.path.join(env.spool_dir, "tmp"), "w").close()  # writes into tmp/ now fail, even as root
+    assert send(ctx, ["<sales@ours.example>"], HEADERS) == ("eom", Milter.TEMPFAIL)
+    assert ctx._reply[:2] == ("451", "4.3.0")
+
+
+def test_discard_rule_and_partially_matched_recipients(env):
+    ctx = env()
+    assert send(ctx, ["<trash@ours.example>"], HEADERS) == ("eom", Milter.DISCARD)
+    assert records(env.spool_dir)[0].meta["deliveries"][0]["rule"]["name"] == "trash"
+    ctx = env()
+    rc = send(ctx, ["<sales@ours.example>", "<nobody@ours.example>", "<trash@ours.example>"], HEADERS)
+    assert rc == ("eom", Milter.ACCEPT)
+    assert sorted(ctx._delrcpt) == ["<nobody@ours.example>", "<trash@ours.example>"]
+
+
+def test_8bit_and_broken_headers_do_not_crash(env):
+    ctx = env()
+    headers = [("From", b" \xff\xfe<<@@>"), ("Subject", b" =?bogus?Q?=ZZ?= \x80\x81"), ("X-Null", b" \x00")]
+    assert send(ctx, ["<sales@ours.example>"], headers)[1] == Milter.ACCEPT
+
+
+def test_internal_error_answers_451(env, monkeypatch):
+    ctx = env()
+    monkeypatch.setattr("mxhook.milter.decide", lambda *a, **k: 1 / 0)
+    assert send(ctx, ["<sales@ours.example>"], HEADERS) == ("eoh", Milter.TEMPFAIL)
+    assert ctx._reply[:2] == ("451", "4.3.0")
+
+
+def test_oversized_message_is_refused(env):
+    ctx = env(max_message_size="100")
+    assert send(ctx, ["<sales@ours.example>"], HEADERS, body=b"x" * 200) == ("eom", Milter.REJECT)
+    assert ctx._reply[:2] == ("552", "5.3.4")
+
+
+def test_rule_edits_reach_the_running_milter(env):
+    ctx = env()
+    assert send(ctx, ["<support@ours.example>"], HEADERS)[1] == Milter.REJECT
+    env.store.add_rule(Rule(name="support", endpoint="http://127.0.0.1:9/s", allow_http=True,
+                            conditions=(parse_condition("To~^support@"),)))
+    deadline = time.monotonic() + 5
+    while "support" not in [r.name for r in InboundMilter.watcher.current.ruleset.rules]:
+        assert time.monotonic() < deadline, "rule change not picked up within 5 s"
+        time.sleep(0.02)
+    assert send(ctx, ["<support@ours.example>"], HEADERS)[1] == Milter.ACCEPT
