@@ -1,0 +1,337 @@
+"""rules.db: RulesStore CRUD, transactionality, schema, and the SnapshotWatcher."""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+import time
+
+import pytest
+
+from mxhook import db
+from mxhook.rules import Condition, Rule, RuleError, parse_condition
+
+
+def wait_for(predicate, timeout=5.0, step=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def make_rule(name="invoices", **kw) -> Rule:
+    fields = dict(
+        name=name,
+        endpoint="https://hooks.example.net/in",
+        conditions=(parse_condition("Subject~^Invoice"), parse_condition("From~@spam", negate=True)),
+    )
+    fields.update(kw)
+    return Rule(**fields)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "lib" / "rules.db")
+
+
+@pytest.fixture
+def store(path):
+    s = db.RulesStore(path)
+    yield s
+    s.close()
+
+
+def table_counts(path):
+    conn = sqlite3.connect(path)
+    try:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("domains", "rules", "conditions")}
+    finally:
+        conn.close()
+
+
+# -- file, schema ---------------------------------------------------------------------------
+
+def test_creates_parent_dir_file_mode_wal_and_schema_version(path, store):
+    assert os.path.isdir(os.path.dirname(path))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"domains", "rules", "conditions"} <= tables
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(rules)")]
+    assert cols == ["id", "name", "priority", "enabled", "endpoint", "format", "basic_auth",
+                    "bearer", "api_key", "retry_interval", "retry_period", "timeout", "discard",
+                    "allow_http", "created", "updated"]
+    assert [r[1] for r in conn.execute("PRAGMA table_info(conditions)")] == [
+        "id", "rule_id", "position", "header", "pattern", "negate"]
+    assert [r[1] for r in conn.execute("PRAGMA table_info(domains)")] == [
+        "name", "log_denied", "created"]
+    conn.close()
+
+
+def test_mode_kept_despite_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        s = db.RulesStore(str(tmp_path / "r.db"))
+        s.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "r.db").st_mode) == 0o640
+
+
+def test_reopen_is_idempotent(path, store):
+    store.add_domain("example.com")
+    again = db.RulesStore(path)
+    assert [d["name"] for d in again.list_domains()] == ["example.com"]
+    again.close()
+
+
+def test_newer_schema_is_refused(path, store):
+    store.conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(RuleError, match="newer"):
+        db.RulesStore(path)
+
+
+# -- domains --------------------------------------------------------------------------------
+
+def test_domain_crud(store):
+    d = store.add_domain("Example.COM.")
+    assert d["name"] == "example.com" and d["log_denied"] is True
+    store.add_domain("other.example", log_denied=False)
+    assert [(d["name"], d["log_denied"]) for d in store.list_domains()] == [
+        ("example.com", True), ("other.example", False)]
+    assert store.list_domains()[0]["created"].endswith("Z")
+    assert store.set_domain("EXAMPLE.com", False)["log_denied"] is False
+    store.remove_domain("example.com")
+    assert [d["name"] for d in store.list_domains()] == ["other.example"]
+
+
+def test_domain_idn_stored_as_a_label(store):
+    assert store.add_domain("Bücher.example")["name"] == "xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize("bad", [
+    "", "user@example.com", "-bad.example", "bad-.example", "a..b", "exa mple.com",
+    "x" * 64 + ".com", "192.0.2.1", "under_score.example", ("a" * 60 + ".") * 5 + "com",
+])
+def test_domain_syntax_rejected(store, bad):
+    with pytest.raises(RuleError):
+        store.add_domain(bad)
+    assert store.list_domains() == []
+
+
+def test_domain_duplicate_and_unknown(store):
+    store.add_domain("example.com")
+    with pytest.raises(RuleError, match="already"):
+        store.add_domain("EXAMPLE.com")
+    with pytest.raises(RuleError, match="not in the permitted"):
+        store.remove_domain("nope.example")
+    with pytest.raises(RuleError, match="not in the permitted"):
+        store.set_domain("nope.example", False)
+    assert len(store.list_domains()) == 1
+
+
+# -- rules ----------------------------------------------------------------------------------
+
+def test_rule_round_trip(store):
+    rule = make_rule(priority=5, format="multipart", basic_auth="u:p", api_key="k" * 20,
+                     retry_interval=30, retry_period=2, timeout=9, discard=True,
+                     allow_http=True, endpoint="http://hooks.example.net/in", enabled=False)
+    added = store.add_rule(rule)
+    assert added.id is not None
+    got = store.get_rule("invoices")
+    assert got == added
+    assert got.conditions == (Condition("subject", "^Invoice"), Condition("from", "@spam", True))
+    assert store.get_rule("nope") is None
+    times = store.rule_times()["invoices"]
+    assert times["created"] == times["updated"]
+
+
+def test_list_rules_in_evaluation_order(store):
+    store.add_rule(make_rule("c", priority=10))
+    store.add_rule(make_rule("a", priority=10))
+    store.add_rule(make_rule("b", priority=-1))
+    assert [r.name for r in store.list_rules()] == ["b", "c", "a"]
+
+
+def test_add_rule_validates(store):
+    with pytest.raises(RuleError, match="HTTPS"):
+        store.add_rule(make_rule(endpoint="http://x.example/"))
+    with pytest.raises(RuleError, match="retry interval"):
+        store.add_rule(make_rule(retry_interval=5))
+    with pytest.raises(RuleError, match="condition"):
+        store.add_rule(make_rule(conditions=()))
+    with pytest.raises(RuleError, match="regex"):
+        store.add_rule(make_rule(conditions=(Condition("subject", "("),)))
+    assert store.list_rules() == []
+
+
+def test_duplicate_rule_name(path, store):
+    store.add_rule(make_rule())
+    with pytest.raises(RuleError, match="already exists"):
+        store.add_rule(make_rule(endpoint="https://other.example/"))
+    assert table_counts(path) == {"domains": 0, "rules": 1, "conditions": 2}
+
+
+def test_failing_add_writes_nothing(path, store, monkeypatch):
+    """A rule and its conditions go in one transaction: a failure writing the conditions
+    leaves no rule row behind."""
+    def boom(rule_id, conditions):
+        raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+    monkeypatch.setattr(store, "_write_conditions", boom)
+    with pytest.raises(sqlite3.OperationalError):
+        store.add_rule(make_rule())
+    assert table_counts(path) == {"domains": 0, "rules": 0, "conditions": 0}
+    monkeypatch.undo()
+    store.add_rule(make_rule())  # the connection is usable afterwards
+    assert table_counts(path)["rules"] == 1
+
+
+def test_failing_replace_keeps_old(path, store, monkeypatch):
+    store.add_rule(make_rule())
+    monkeypatch.setattr(store, "_write_conditions",
+                        lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError("simulated")))
+    with pytest.raises(sqlite3.OperationalError):
+        store.replace_rule("invoices", make_rule("renamed", priority=3))
+    monkeypatch.undo()
+    assert store.get_rule("invoices").priority == 0
+    assert store.get_rule("renamed") is None
+    assert table_counts(path)["conditions"] == 2
+
+
+def test_replace_rule_renames_and_replaces_conditions(path, store):
+    old = store.add_rule(make_rule())
+    new = store.replace_rule("invoices", make_rule("bills", conditions=(parse_condition("to~^b@"),)))
+    assert new.id == old.id
+    assert store.get_rule("invoices") is None
+    assert store.get_rule("bills").conditions == (Condition("to", "^b@"),)
+    assert table_counts(path)["conditions"] == 1
+
+
+def test_replace_rule_errors(store):
+    store.add_rule(make_rule("a"))
+    store.add_rule(make_rule("b"))
+    with pytest.raises(RuleError, match="no rule named 'zz'"):
+        store.replace_rule("zz", make_rule("zz"))
+    with pytest.raises(RuleError, match="already exists"):
+        store.replace_rule("a", make_rule("b"))
+    with pytest.raises(RuleError, match="timeout"):
+        store.replace_rule("a", make_rule("a", timeout=0))
+    assert [r.name for r in store.list_rules()] == ["a", "b"]
+
+
+def test_enable_disable_remove(path, store):
+    store.add_rule(make_rule())
+    assert store.set_enabled("invoices", False).enabled is False
+    assert store.get_rule("invoices").enabled is False
+    assert store.set_enabled("invoices", True).enabled is True
+    with pytest.raises(RuleError, match="no rule"):
+        store.set_enabled("nope", True)
+    store.remove_rule("invoices")
+    with pytest.raises(RuleError, match="no rule"):
+        store.remove_rule("invoices")
+    assert table_counts(path) == {"domains": 0, "rules": 0, "conditions": 0}
+
+
+def test_snapshot(store):
+    store.add_domain("example.com")
+    store.add_domain("quiet.example", log_denied=False)
+    store.add_rule(make_rule("second", priority=2))
+    store.add_rule(make_rule("first", priority=1, conditions=(parse_condition("to~^in@"),)))
+    snap = store.snapshot(regex_timeout=0.2)
+    assert snap.domains == frozenset({"example.com", "quiet.example"})
+    assert snap.log_denied == frozenset({"example.com"})
+    assert [r.name for r in snap.ruleset.rules] == ["first", "second"]
+    assert snap.ruleset.regex_timeout == 0.2
+    assert snap.ruleset.match("in@example.com", {}).rule.name == "first"
+
+
+# -- watcher --------------------------------------------------------------------------------
+
+def test_watcher_picks_up_changes_from_another_connection(path, store):
+    store.add_domain("example.com")
+    w = db.SnapshotWatcher(path, interval=0.05)
+    try:
+        assert w.current.domains == {"example.com"} and len(w.current.ruleset) == 0
+        other = db.RulesStore(path)
+        t0 = time.monotonic()
+        other.add_rule(make_rule())
+        assert wait_for(lambda: len(w.current.ruleset) == 1, timeout=5)
+        # well within a few intervals (generous bound for a loaded CI box)
+        assert time.monotonic() - t0 < 2.0
+        other.remove_domain("example.com")
+        assert wait_for(lambda: w.current.domains == frozenset())
+        other.close()
+    finally:
+        w.stop()
+    assert not w._thread.is_alive()
+
+
+def test_watcher_does_not_reload_without_change(path, store):
+    w = db.SnapshotWatcher(path, interval=0.02)
+    try:
+        first = w.current
+        time.sleep(0.1)
+        assert w.check() is False
+        assert w.current is first and w.reloads == 0
+    finally:
+        w.stop()
+
+
+def test_watcher_missing_file_then_created(tmp_path):
+    path = str(tmp_path / "later" / "rules.db")
+    w = db.SnapshotWatcher(path, interval=0.02)
+    try:
+        assert w.current.domains == frozenset() and len(w.current.ruleset) == 0
+        assert not os.path.exists(path)  # the watcher never creates the database
+        s = db.RulesStore(path)
+        s.add_domain("example.com")
+        assert wait_for(lambda: w.current.domains == {"example.com"})
+        s.close()
+    finally:
+        w.stop()
+
+
+def test_watcher_keeps_previous_snapshot_on_failed_reload(path, store, caplog):
+    store.add_domain("example.com")
+    store.add_rule(make_rule())
+    w = db.SnapshotWatcher(path, interval=3600)  # polled by hand below
+    try:
+        good = w.current
+        # Corrupt a pattern behind the store's back: compiling the snapshot fails.
+        raw = sqlite3.connect(path)
+        raw.execute("UPDATE conditions SET pattern = '(' WHERE position = 0")
+        raw.commit()
+        with caplog.at_level(logging.ERROR, logger="mxhook.db"):
+            assert w.check() is False
+        assert w.current is good
+        assert "keeping the previous rules" in caplog.text
+        # Fixed: the next poll loads, although data_version moved only once more.
+        raw.execute("UPDATE conditions SET pattern = '^Bill' WHERE position = 0")
+        raw.commit()
+        raw.close()
+        assert w.check() is True
+        assert w.current.ruleset.rules[0].conditions[0].pattern == "^Bill"
+    finally:
+        w.stop()
+
+
+def test_watcher_retries_failed_reload_without_new_change(path, store, monkeypatch):
+    store.add_rule(make_rule())
+    w = db.SnapshotWatcher(path, interval=3600)
+    try:
+        store.add_domain("example.com")
+        real = db._load_snapshot
+        monkeypatch.setattr(db, "_load_snapshot", lambda *a: (_ for _ in ()).throw(OSError("x")))
+        assert w.check() is False
+        monkeypatch.setattr(db, "_load_snapshot", real)
+        assert w.check() is True  # retried although nothing changed since
+        assert w.current.domains == {"example.com"}
+    finally:
+        w.stop()
