@@ -41,6 +41,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "max_payload_size": "25M",
         "max_response_bytes": "4096",
         "user_agent": "mxhook/0.1",
+        # multiplies every rule's retry interval and retry period (tests/demo run the real
+        # schedule in seconds); leave 1 in production. Retry-After is never scaled.
+        "retry_time_scale": "1.0",
         "log": "syslog",
         "log_level": "info",
     },
