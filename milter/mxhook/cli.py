@@ -1,0 +1,808 @@
+"""`mxhook`: the admin's command line for permitted domains, inbound rules, dry runs and the
+inbound log.
+
+Writes go to rules.db through db.RulesStore (the running milter picks them up within about a
+second); `rule test` runs the very decision the milter runs (decision.decide); the log commands
+read state.db through state.StateStore. Invalid input exits with status 2 and a one-line
+message, and writes nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sqlite3
+import sys
+from datetime import datetime, timedelta, timezone
+
+import click
+
+from . import config as configmod
+from . import db as dbmod
+from . import heuristics, rules
+from .decision import decide
+from .headers import address_domain, decode_value, first_address, normalize_address
+from .rules import RuleError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+STATUSES = ("queued", "succeeded", "deferred", "failed", "denied")
+LOG_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
+HEURISTIC_KEYS = (
+    (heuristics.FROM_PERMITTED_DOMAIN, "heuristic_from_permitted_domain"),
+    (heuristics.FROM_EQUALS_TO, "heuristic_from_equals_to"),
+)
+
+
+class InputError(click.UsageError):
+    """Invalid input found after parsing (bad rule, unknown name, missing database): exit
+    status 2 like every usage error, shown as one line without the usage text."""
+
+    def show(self, file=None) -> None:
+        self.ctx = None
+        super().show(file)
+
+
+class MxhookGroup(click.Group):
+    """Turns the project's own input errors into click usage errors (exit status 2, one line
+    on stderr), wherever in the command they are raised."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (RuleError, configmod.ConfigError) as exc:
+            raise InputError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"database error: {exc}") from None
+
+
+class App:
+    """Per-invocation state: the config (loaded on first use, so --help needs none)."""
+
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._cfg: configmod.Config | None = None
+
+    @property
+    def cfg(self) -> configmod.Config:
+        if self._cfg is None:
+            self._cfg = configmod.load(self.config_path)
+        return self._cfg
+
+    def rules_store(self, *, create: bool = False) -> dbmod.RulesStore:
+        path = self.cfg.rules_db
+        if not create and not os.path.exists(path):
+            raise InputError(
+                f"rules database {path} does not exist yet "
+                "(`mxhook domain add` or `mxhook rule add` creates it)"
+            )
+        return dbmod.RulesStore(path)
+
+    def state_store(self):
+        from .state import StateStore  # imported late: only the log commands need it
+
+        path = self.cfg.state_db
+        if not os.path.exists(path):
+            raise InputError(
+                f"state database {path} does not exist yet (mxhook-spooler creates it)"
+            )
+        return StateStore(path)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output helpers
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def table(headers: list[str], rows: list[list], *, max_width: int = 60) -> None:
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        s = " ".join(str(v).split())  # one line per row
+        return s if len(s) <= max_width else s[: max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    click.echo(line(headers))
+    click.echo(line(["-" * w for w in widths]))
+    for r in cells:
+        click.echo(line(r))
+
+
+def mask_secret(secret: str | None) -> str | None:
+    """'****' plus the last 4 characters when the secret is long enough that they give little
+    away; never the whole secret."""
+    if secret is None:
+        return None
+    return "****" + secret[-4:] if len(secret) >= 12 else "****"
+
+
+def mask_basic(basic: str | None) -> str | None:
+    if basic is None:
+        return None
+    user, _, _ = basic.partition(":")
+    return f"{user}:****"
+
+
+def yes_no(v: bool) -> str:
+    return "yes" if v else "no"
+
+
+def condition_option(cond: rules.Condition) -> str:
+    """How the condition is given on the command line."""
+    return f"{'--unless' if cond.negate else '--when'} '{cond.header}~{cond.pattern}'"
+
+
+def rule_dict(rule: rules.Rule, times: dict | None = None) -> dict:
+    """A rule as JSON-able data, secrets masked."""
+    d = {
+        "id": rule.id,
+        "name": rule.name,
+        "priority": rule.priority,
+        "enabled": rule.enabled,
+        "endpoint": rule.endpoint,
+        "format": rule.format,
+        "basic_auth": mask_basic(rule.basic_auth),
+        "bearer": mask_secret(rule.bearer),
+        "api_key": mask_secret(rule.api_key),
+        "retry_interval": rule.retry_interval,
+        "retry_period": rule.retry_period,
+        "timeout": rule.timeout,
+        "discard": rule.discard,
+        "allow_http": rule.allow_http,
+        "conditions": [
+            {"header": c.header, "pattern": c.pattern, "negate": c.negate} for c in rule.conditions
+        ],
+    }
+    if times:
+        d.update(created=times.get("created"), updated=times.get("updated"))
+    return d
+
+
+def auth_summary(rule: rules.Rule) -> str:
+    parts = []
+    if rule.basic_auth is not None:
+        parts.append(f"basic {mask_basic(rule.basic_auth)}")
+    if rule.bearer is not None:
+        parts.append(f"bearer {mask_secret(rule.bearer)}")
+    if rule.api_key is not None:
+        parts.append(f"api key {mask_secret(rule.api_key)}")
+    return ", ".join(parts) or "none"
+
+
+def print_rule(rule: rules.Rule, times: dict | None = None) -> None:
+    rows = [
+        ("name", rule.name),
+        ("enabled", yes_no(rule.enabled)),
+        ("priority", f"{rule.priority} (lower runs first)"),
+        ("endpoint", rule.endpoint),
+        ("format", rule.format),
+        ("auth", auth_summary(rule)),
+        ("retry interval", f"{rule.retry_interval} s"),
+        ("retry period", f"{rule.retry_period} days"),
+        ("timeout", f"{rule.timeout} s"),
+        ("after accept", "discard (webhook only)" if rule.discard else "deliver as usual"),
+        ("allow http", yes_no(rule.allow_http)),
+    ]
+    if times:
+        rows += [("created", times.get("created")), ("updated", times.get("updated"))]
+    for key, value in rows:
+        click.echo(f"{key + ':':16}{value}")
+    click.echo("conditions:      (all must hold; 'to' is the envelope recipient)")
+    for cond in rule.conditions:
+        click.echo(f"  {condition_option(cond)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Root
+
+@click.group(cls=MxhookGroup, context_settings=CONTEXT_SETTINGS)
+@click.option("--config", "config_path", metavar="PATH", type=click.Path(dir_okay=False),
+              help=f"Config file (default: $MXHOOK_CONFIG, else {configmod.DEFAULT_PATH}).")
+@click.version_option(package_name="mxhook", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx, config_path):
+    """mxhook: permitted domains, inbound webhook rules, and the inbound log.
+
+    Changes to domains and rules reach the running milter within about a second.
+    """
+    ctx.obj = App(config_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Domains
+
+@cli.group(cls=MxhookGroup)
+def domain():
+    """Domains this server receives inbound mail for."""
+
+
+@domain.command("add")
+@click.argument("name", metavar="DOMAIN")
+@click.option("--log-denied/--no-log-denied", default=True, show_default=True,
+              help="Log mail to this domain that is denied by heuristics or rules.")
+@pass_app
+def domain_add(app, name, log_denied):
+    """Permit inbound mail for DOMAIN (internationalized names are stored as A-labels)."""
+    normalized = dbmod.normalize_domain(name)  # before the database is created
+    with app.rules_store(create=True) as store:
+        d = store.add_domain(normalized, log_denied=log_denied)
+    given = name.strip().rstrip(".").lower()
+    shown = d["name"] if d["name"] == given else f"{d['name']} (given as {name.strip()})"
+    click.echo(f"Added domain {shown}; denied mail is {'logged' if log_denied else 'not logged'}")
+
+
+@domain.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def domain_list(app, as_json):
+    """List the permitted domains."""
+    with app.rules_store() as store:
+        domains = store.list_domains()
+    if as_json:
+        emit_json(domains)
+    elif not domains:
+        click.echo("No permitted domains (add one with: mxhook domain add example.com)")
+    else:
+        table(["DOMAIN", "LOG DENIED", "CREATED"],
+              [[d["name"], d["log_denied"], d["created"]] for d in domains])
+
+
+@domain.command("set")
+@click.argument("name", metavar="DOMAIN")
+@click.option("--log-denied/--no-log-denied", default=None, required=True,
+              help="Log (or stop logging) mail to this domain that is denied.")
+@pass_app
+def domain_set(app, name, log_denied):
+    """Change the settings of a permitted DOMAIN."""
+    with app.rules_store() as store:
+        d = store.set_domain(name, log_denied)
+    click.echo(f"Domain {d['name']}: denied mail is {'logged' if d['log_denied'] else 'not logged'}")
+
+
+@domain.command("remove")
+@click.argument("name", metavar="DOMAIN")
+@pass_app
+def domain_remove(app, name):
+    """Stop receiving inbound mail for DOMAIN."""
+    with app.rules_store() as store:
+        store.remove_domain(name)
+    click.echo(f"Removed domain {dbmod.normalize_domain(name)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+
+def rule_options(edit: bool):
+    """The options `rule add` and `rule edit` share; for edit every option defaults to None
+    (= leave as it is)."""
+
+    def deco(f):
+        opts = [
+            click.option("--endpoint", metavar="URL", required=not edit,
+                         help="Webhook URL (https:// unless --allow-http)."),
+            click.option("--when", "when", multiple=True, metavar="'HEADER~REGEX'",
+                         help="Condition that must hold; repeatable (all must hold). 'To' means "
+                              "the envelope recipient." +
+                              (" Replaces all conditions when given." if edit else "")),
+            click.option("--unless", "unless", multiple=True, metavar="'HEADER~REGEX'",
+                         help="Condition that must NOT hold; repeatable." +
+                              (" Without --when, replaces only the --unless conditions." if edit else "")),
+            click.option("--priority", type=int, metavar="N",
+                         help="Evaluation order, lower first" + ("." if edit else " [default: 0].")),
+            click.option("--format", "fmt", type=click.Choice(rules.FORMATS),
+                         help="Payload format" + ("." if edit else " [default: json].")),
+            click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
+            click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
+            click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+            click.option("--retry-interval", type=int, metavar="10..600",
+                         help="Seconds between retries" + ("." if edit else " [default: 60].")),
+            click.option("--retry-period", type=int, metavar="1..10",
+                         help="Days to keep retrying" + ("." if edit else " [default: 3].")),
+            click.option("--timeout", type=int, metavar="1..999",
+                         help="Request timeout in seconds" + ("." if edit else " [default: 30].")),
+        ]
+        if edit:
+            opts += [
+                click.option("--name", "new_name", metavar="NEW", help="Rename the rule."),
+                click.option("--discard/--no-discard", default=None,
+                             help="Discard the mail after the webhook is queued (or deliver it)."),
+                click.option("--disabled/--enabled", "disabled", default=None,
+                             help="Disable or enable the rule."),
+                click.option("--allow-http/--no-allow-http", default=None,
+                             help="Allow (or stop allowing) a plain http:// endpoint."),
+                click.option("--clear-auth", is_flag=True,
+                             help="Remove Basic auth, Bearer token and API key (before applying "
+                                  "any new ones given)."),
+            ]
+        else:
+            opts += [
+                click.option("--discard", is_flag=True,
+                             help="Discard the mail after the webhook is queued (default: "
+                                  "deliver it as usual)."),
+                click.option("--disabled", is_flag=True, help="Add the rule disabled."),
+                click.option("--allow-http", is_flag=True,
+                             help="Allow a plain http:// endpoint (mail travels unencrypted)."),
+            ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+def parse_conditions(when, unless) -> list[rules.Condition]:
+    return [rules.parse_condition(w) for w in when] + [
+        rules.parse_condition(u, negate=True) for u in unless
+    ]
+
+
+def check_secret_options(**secrets) -> None:
+    for option, value in secrets.items():
+        if value is not None and value == "":
+            raise InputError(f"--{option.replace('_', '-')} must not be empty "
+                                   "(rule edit --clear-auth removes auth)")
+
+
+def no_domains_hint(store: dbmod.RulesStore) -> None:
+    if not store.list_domains():
+        click.echo("note: no permitted domains yet; rules apply only to mail for permitted "
+                   "domains (mxhook domain add DOMAIN)", err=True)
+
+
+@cli.group(cls=MxhookGroup)
+def rule():
+    """Inbound rules: which mail is posted to which webhook."""
+
+
+@rule.command("add")
+@click.argument("name")
+@rule_options(edit=False)
+@pass_app
+def rule_add(app, name, endpoint, when, unless, priority, fmt, basic_auth, bearer, api_key,
+             retry_interval, retry_period, timeout, discard, disabled, allow_http):
+    """Add rule NAME: mail whose headers match all conditions is posted to the endpoint.
+
+    \b
+    Example:
+      mxhook rule add invoices --endpoint https://app.example.net/hooks/mail \\
+          --when 'To~^invoices@' --when 'Subject~invoice|bill' --unless 'From~@spam\\.example$'
+    """
+    check_secret_options(basic_auth=basic_auth, bearer=bearer, api_key=api_key)
+    new = rules.with_defaults(
+        name=name, endpoint=endpoint, conditions=tuple(parse_conditions(when, unless)),
+        priority=priority, format=fmt, basic_auth=basic_auth, bearer=bearer, api_key=api_key,
+        retry_interval=retry_interval, retry_period=retry_period, timeout=timeout,
+        discard=discard, enabled=not disabled, allow_http=allow_http,
+    )
+    rules.validate(new)  # before the database is created or opened for writing
+    with app.rules_store(create=True) as store:
+        added = store.add_rule(new)
+        click.echo(f"Added rule {added.name} (priority {added.priority}"
+                   f"{', disabled' if not added.enabled else ''}): "
+                   f"{added.format} to {added.endpoint}")
+        no_domains_hint(store)
+
+
+@rule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@pass_app
+def rule_list(app, as_json):
+    """List rules in evaluation order."""
+    with app.rules_store() as store:
+        all_rules = store.list_rules()
+        times = store.rule_times()
+    if as_json:
+        emit_json([rule_dict(r, times.get(r.name)) for r in all_rules])
+        return
+    if not all_rules:
+        click.echo("No rules (add one with: mxhook rule add NAME --endpoint URL --when 'HEADER~REGEX')")
+        return
+    table(
+        ["PRIO", "NAME", "ENABLED", "FORMAT", "ENDPOINT", "CONDITIONS"],
+        [[r.priority, r.name, r.enabled, r.format + (" +discard" if r.discard else ""),
+          r.endpoint, " AND ".join(str(c) for c in r.conditions)] for r in all_rules],
+        max_width=70,
+    )
+
+
+def get_rule_or_fail(store: dbmod.RulesStore, name: str) -> rules.Rule:
+    found = store.get_rule(name)
+    if found is None:
+        raise RuleError(f"no rule named {name!r}")
+    return found
+
+
+@rule.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@pass_app
+def rule_show(app, name, as_json):
+    """Show one rule (secrets masked)."""
+    with app.rules_store() as store:
+        found = get_rule_or_fail(store, name)
+        times = store.rule_times().get(found.name)
+    if as_json:
+        emit_json(rule_dict(found, times))
+    else:
+        print_rule(found, times)
+
+
+@rule.command("edit")
+@click.argument("name")
+@rule_options(edit=True)
+@pass_app
+def rule_edit(app, name, endpoint, when, unless, priority, fmt, basic_auth, bearer, api_key,
+              retry_interval, retry_period, timeout, new_name, discard, disabled, allow_http,
+              clear_auth):
+    """Change rule NAME; options not given keep their value.
+
+    --when replaces all conditions (with the --unless ones given alongside); --unless alone
+    replaces only the negated conditions. --basic-auth and --bearer exclude each other, so
+    giving one removes the other.
+    """
+    check_secret_options(basic_auth=basic_auth, bearer=bearer, api_key=api_key)
+    given = [endpoint, priority, fmt, basic_auth, bearer, api_key, retry_interval, retry_period,
+             timeout, new_name, discard, disabled, allow_http]
+    if all(v is None for v in given) and not when and not unless and not clear_auth:
+        raise InputError("nothing to change: give at least one option (see --help)")
+    with app.rules_store() as store:
+        old = get_rule_or_fail(store, name)
+        changes: dict = {}
+        for key, value in (("endpoint", endpoint), ("priority", priority), ("format", fmt),
+                           ("retry_interval", retry_interval), ("retry_period", retry_period),
+                           ("timeout", timeout), ("name", new_name), ("discard", discard),
+                           ("allow_http", allow_http)):
+            if value is not None:
+                changes[key] = value
+        if disabled is not None:
+            changes["enabled"] = not disabled
+        if when:
+            changes["conditions"] = tuple(parse_conditions(when, unless))
+        elif unless:
+            keep = [c for c in old.conditions if not c.negate]
+            changes["conditions"] = tuple(keep + parse_conditions((), unless))
+        if clear_auth:
+            changes.update(basic_auth=None, bearer=None, api_key=None)
+        if basic_auth is not None:
+            changes["basic_auth"] = basic_auth
+            if bearer is None:
+                changes["bearer"] = None
+        if bearer is not None:
+            changes["bearer"] = bearer
+            if basic_auth is None:
+                changes["basic_auth"] = None
+        if api_key is not None:
+            changes["api_key"] = api_key
+        new = store.replace_rule(name, dataclasses.replace(old, **changes))
+    renamed = f" (renamed from {name})" if new.name != name else ""
+    click.echo(f"Updated rule {new.name}{renamed}")
+
+
+def _set_enabled(app, name: str, enabled: bool) -> None:
+    with app.rules_store() as store:
+        store.set_enabled(name, enabled)
+    click.echo(f"{'Enabled' if enabled else 'Disabled'} rule {name}")
+
+
+@rule.command("enable")
+@click.argument("name")
+@pass_app
+def rule_enable(app, name):
+    """Enable rule NAME."""
+    _set_enabled(app, name, True)
+
+
+@rule.command("disable")
+@click.argument("name")
+@pass_app
+def rule_disable(app, name):
+    """Disable rule NAME (kept, but never matches)."""
+    _set_enabled(app, name, False)
+
+
+@rule.command("remove")
+@click.argument("name")
+@pass_app
+def rule_remove(app, name):
+    """Remove rule NAME."""
+    with app.rules_store() as store:
+        store.remove_rule(name)
+    click.echo(f"Removed rule {name}")
+
+
+# -- rule test ---------------------------------------------------------------------------------
+
+def split_headers(raw: bytes) -> list[tuple[str, bytes]]:
+    """(name, raw value) pairs from a message's header section, bytes kept as they are (the
+    value as the milter sees it: after the colon, continuation lines included). A leading mbox
+    'From ' line is skipped; the first line that is neither a header nor a continuation ends
+    the header section, as in Postfix."""
+    headers: list[list] = []
+    lines = raw.split(b"\n")
+    if lines and lines[0].startswith(b"From "):
+        lines = lines[1:]
+    for line in lines:
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t") and headers:
+            headers[-1][1] += b"\r\n" + line
+            continue
+        name, sep, value = line.partition(b":")
+        name = name.rstrip(b" \t")
+        if not sep or not name or re.search(rb"[\x00-\x20\x7f-\xff]", name):
+            break
+        headers.append([name.decode("ascii"), value])
+    return [(n, v) for n, v in headers]
+
+
+def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipients: list[str],
+            mail_from: str | None) -> dict:
+    """What the milter would do with this message for these recipients, and why."""
+    unknown_mode = cfg.choice("milter", "unknown_domains", ("reject", "pass"))
+    enabled = tuple(h for h, key in HEURISTIC_KEYS if cfg.bool("milter", key))
+    raw_headers = split_headers(raw)
+
+    def header(name):
+        return [v for n, v in raw_headers if n.lower() == name]
+
+    rcpts = [normalize_address(r) for r in recipients]
+    managed, passed, entries = [], [], {}
+    for r in rcpts:
+        dom = address_domain(r)
+        if dom in snapshot.domains:
+            managed.append(r)
+            continue
+        if unknown_mode == "pass":
+            passed.append(r)
+            entries[r] = {"outcome": "passed", "decided_by": "unknown_domains=pass", "rule": None,
+                          "reason": f"domain {dom or '(none)'} is not permitted; "
+                                    "unknown_domains = pass leaves it to Postfix (no rules)"}
+        else:
+            entries[r] = {"outcome": "rejected", "decided_by": "unknown_domain", "rule": None,
+                          "reason": f"domain {dom or '(none)'} is not enabled for inbound mail "
+                                    "on this server (550 5.7.1 at RCPT)"}
+
+    result = {
+        "mail_from": normalize_address(mail_from) if mail_from is not None else None,
+        "header_from": first_address(header("from")[0]) if header("from") else "",
+        "subject": decode_value(header("subject")[0]) if header("subject") else "",
+        "unknown_domains": unknown_mode,
+        "heuristics": {"enabled": list(enabled), "verdict": None},
+        "rule_count": len(snapshot.ruleset),
+    }
+    if managed:
+        decision = decide(snapshot.ruleset, snapshot.domains, managed, raw_headers,
+                          enabled_heuristics=enabled, explain=True)
+        verdict = decision.verdict
+        if verdict is not None:
+            result["heuristics"]["verdict"] = {"heuristic": verdict.heuristic,
+                                               "reason": verdict.reason}
+        for m in decision.matches:
+            evaluated = [{
+                "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,
+                "matched": rr.matched, "reason": rr.reason(),
+                "conditions": [{"condition": str(c.condition), "held": c.held,
+                                "value": c.matched_value, "timed_out": c.timed_out}
+                               for c in rr.conditions],
+            } for rr in m.evaluated]
+            if verdict is not None:
+                entry = {"outcome": "denied", "decided_by": "heuristic:" + verdict.heuristic,
+                         "rule": None, "reason": verdict.reason}
+            elif m.rule is not None:
+                entry = {"outcome": "accepted", "decided_by": "rule:" + m.rule.name,
+                         "rule": m.rule.name, "action": "discard" if m.rule.discard else "deliver",
+                         "endpoint": m.rule.endpoint, "format": m.rule.format,
+                         "reason": f"rule {m.rule.name}: all conditions hold"}
+            else:
+                entry = {"outcome": "denied", "decided_by": "no_rule", "rule": None,
+                         "reason": "no enabled rule matches" if evaluated else "there are no rules"}
+            entry["rules"] = evaluated
+            entries[m.recipient] = entry
+        if verdict is not None:
+            result.update(result="reject", smtp="550 5.7.1",
+                          decided_by="heuristic:" + verdict.heuristic, reason=verdict.reason)
+        elif not decision.accepted and not passed:
+            result.update(result="reject", smtp="550 5.7.1", decided_by="no_rule",
+                          reason=decision.reason())
+        else:
+            names = [rule.name for rule, _ in decision.grouped()]
+            reason = ("accepted for " + ", ".join(names)) if names else \
+                "no rule matches, but pass-through recipients keep the message"
+            if decision.denied and names:
+                reason += "; recipients without a matching rule are removed"
+                for r in decision.denied:
+                    entries[r]["reason"] += " (removed from the message)"
+            result.update(result="accept", smtp="250", decided_by="rules", reason=reason)
+    elif passed:
+        result.update(result="pass", smtp="250", decided_by="unknown_domains=pass",
+                      reason="no recipient in a permitted domain: the milter leaves the message "
+                             "alone")
+    else:
+        result.update(result="reject", smtp="554 5.5.1", decided_by="unknown_domain",
+                      reason="every recipient was rejected at RCPT (no valid recipients)")
+    result["recipients"] = [{"recipient": r, **entries[r]} for r in rcpts]
+    if result["result"] == "reject":
+        for e in result["recipients"]:
+            if e["outcome"] == "passed":
+                e["reason"] += "; but the message is rejected as a whole"
+    return result
+
+
+def print_explanation(res: dict) -> None:
+    click.echo(f"From:       {res['header_from'] or '(none)'}"
+               + (f"   MAIL FROM: <{res['mail_from']}>" if res["mail_from"] is not None else ""))
+    click.echo(f"Subject:    {res['subject']}")
+    h = res["heuristics"]
+    click.echo(f"Heuristics: {', '.join(h['enabled']) or 'none'} enabled; "
+               f"unknown_domains = {res['unknown_domains']}")
+    verdict = res["result"].upper()
+    click.echo(f"Result:     {verdict} ({res['smtp']}) by {res['decided_by']}: {res['reason']}")
+    for e in res["recipients"]:
+        click.echo("")
+        what = e["outcome"]
+        if e["outcome"] == "accepted":
+            what += f" by rule {e['rule']} → {e['format']} to {e['endpoint']}"
+            if e["action"] == "discard":
+                what += " (then discarded)"
+        else:
+            what += f" by {e['decided_by']}"
+        click.echo(f"<{e['recipient']}>: {what}")
+        if e["outcome"] != "accepted":
+            click.echo(f"  {e['reason']}")
+        if e["decided_by"].startswith("heuristic:") and e.get("rules"):
+            click.echo("  rules, for information (the milter stops at the heuristic):")
+        for rr in e.get("rules", []):
+            mark = "✓" if rr["matched"] else "✗"
+            first = e["outcome"] == "accepted" and rr["name"] == e["rule"]
+            note = "  ← first match" if first else ""
+            click.echo(f"  {mark} {rr['name']} (priority {rr['priority']}): {rr['reason']}{note}")
+
+
+@rule.command("test")
+@click.argument("message", metavar="MESSAGE.eml", type=click.File("rb"))
+@click.option("--rcpt", "recipients", multiple=True, required=True, metavar="ADDR",
+              help="Envelope recipient (RCPT TO); repeatable.")
+@click.option("--mail-from", metavar="ADDR", help="Envelope sender (MAIL FROM), for display.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def rule_test(app, message, recipients, mail_from, as_json):
+    """Dry run: what the milter would decide for MESSAGE.eml ('-' reads stdin), and why.
+
+    Uses the rules and domains in rules.db and the heuristics and unknown_domains settings of
+    the config; every rule is evaluated and explained, also past the first match.
+    """
+    for r in recipients:
+        if "@" not in r:
+            raise click.BadParameter(f"{r!r} is not an address (local@domain)", param_hint="--rcpt")
+    raw = message.read()
+    cfg = app.cfg
+    with app.rules_store() as store:
+        snapshot = store.snapshot(regex_timeout=cfg.float("milter", "regex_timeout"))
+    res = explain(snapshot, cfg, raw, list(recipients), mail_from)
+    if as_json:
+        emit_json(res)
+    else:
+        print_explanation(res)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbound log
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def format_time(dt: datetime) -> str:
+    """The time format of spool records and state.db: ISO 8601 UTC with a Z."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str, now: datetime | None = None) -> str:
+    """'2026-11-22', '2026-11-22T12:00', '...+02:00' (UTC when no offset), or relative '30m',
+    '2h', '7d', '1w' (ago) -> '2026-11-22T12:00:00.000000Z'. ValueError otherwise."""
+    t = text.strip()
+    m = _RELATIVE.match(t.lower())
+    if m:
+        now = now or datetime.now(timezone.utc)
+        return format_time(now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))}))
+    try:
+        dt = datetime.fromisoformat(t[:-1] + "+00:00" if t[-1:] in ("Z", "z") else t)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use an ISO date or date-time (UTC unless an offset is "
+            "given), e.g. 2026-11-22 or 2026-11-22T08:00+01:00, or an age like 30m, 2h, 7d"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return format_time(dt)
+
+
+class TimeType(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@cli.group(cls=MxhookGroup)
+def log():
+    """The inbound log (read from state.db)."""
+
+
+@log.command("inbound")
+@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
+@click.option("--since", type=TimeType(), help="From this time on (ISO, or an age: 30m, 2h, 7d).")
+@click.option("--until", type=TimeType(), help="Up to this time (ISO, or an age).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many entries, newest first.")
+@click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def log_inbound(app, status, since, until, limit, as_csv, as_json):
+    """List inbound mail: accepted (queued, succeeded, deferred, failed) and denied."""
+    if as_csv and as_json:
+        raise InputError("choose either --csv or --json, not both")
+    store = app.state_store()
+    rows = store.inbound_log(status=status, since=since, until=until, limit=limit)
+    if as_json:
+        emit_json(rows)
+    elif as_csv:
+        from .csvexport import write_csv
+
+        out = click.get_text_stream("stdout")
+        write_csv(rows, LOG_COLUMNS, out)
+        out.flush()
+    elif not rows:
+        click.echo("No inbound log entries" + (" match" if status or since or until else ""))
+    else:
+        table(["RECEIVED", "STATUS", "FROM", "TO", "FILTER", "REASON", "ID"],
+              [[r.get("received"), r.get("status"), r.get("from"), r.get("to"),
+                r.get("filterName"), r.get("reason"), r.get("id")] for r in rows],
+              max_width=48)
+
+
+@log.command("show")
+@click.argument("entry_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def log_show(app, entry_id, as_json):
+    """Details of one inbound log entry, with its delivery attempts."""
+    store = app.state_store()
+    d = store.inbound_detail(entry_id)
+    if d is None:
+        raise InputError(f"no inbound log entry with id {entry_id!r}")
+    if as_json:
+        emit_json(d)
+        return
+    for key, label in (("id", "id"), ("received", "date"), ("status", "status"),
+                       ("hostName", "host name"), ("client_addr", "client address"),
+                       ("mail_from", "mail from"), ("from", "from"), ("to", "destination"),
+                       ("messageId", "message-id"), ("queue_id", "queue id"),
+                       ("filterName", "filter name"), ("reason", "reason")):
+        if key in d:
+            click.echo(f"{label + ':':16}{'' if d[key] is None else d[key]}")
+    attempts = d.get("attempts") or []
+    click.echo(f"attempts:       {len(attempts)}")
+    if attempts:
+        table(["AT", "STATUS", "DURATION MS", "ERROR"],
+              [[a.get("at"), a.get("status_code"), a.get("duration_ms"), a.get("error")]
+               for a in attempts], max_width=70)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="mxhook")
+
+
+if __name__ == "__main__":
+    main()
