@@ -1,0 +1,239 @@
+"""The delivery client: one POST of a rendered payload to a rule's endpoint, classified.
+
+    session = make_session()
+    outcome = deliver(session, target, body, content_type, webhook_id,
+                      user_agent="mxhook/0.1", max_response_bytes=4096)
+
+- explicit timeout (the rule's, for connecting and for each read), redirects never followed,
+  Basic auth XOR Bearer in `Authorization`, `webhook-id` (stable across retries), `User-Agent`,
+  `Content-Type`; HTTPS unless the rule says `allow_http`.
+- at most `max_response_bytes` of the response body are read and kept (as text).
+- `classify(status_code, headers)` is the pure decision: 2xx succeeded; 5xx, 408, 429 deferred
+  (Retry-After honoured, bounded to [0, 3600] s); 3xx (never followed) and other 4xx failed.
+  Timeouts, connection and TLS errors are deferred.
+
+Secrets: auth values go only into the request's `Authorization` header; no error text, log
+line or Outcome contains a header value, and error texts leave the URL out (its query string
+may carry a token).
+
+Seam for the egress policy (SSRF guard, later): every request goes through the session that
+`make_session()` builds; the guard will be a transport adapter mounted there.
+"""
+from __future__ import annotations
+
+import base64
+import email.utils
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import Mapping
+from urllib.parse import urlsplit
+
+import requests
+
+RETRY_AFTER_MAX = 3600.0
+DEFERRED_CODES = frozenset({408, 429})
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded | deferred | failed
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None  # seconds, from Retry-After, bounded to [0, 3600]
+    duration_ms: int = 0
+    response_excerpt: str | None = None  # at most max_response_bytes of the body, as text
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str
+    retry_after: float | None
+    error: str | None
+
+
+def make_session() -> requests.Session:
+    """The session every delivery goes through (one per worker thread: Session is not
+    thread-safe). `trust_env=False`: no proxies from the environment and, above all, no
+    credentials from ~/.netrc added to requests behind the admin's back."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP-date, bounded to [0, 3600].
+    None when absent or unparsable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        seconds = float(int(text))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        now_dt = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+        seconds = (when - now_dt).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+def _reason(code: int) -> str:
+    try:
+        return f"HTTP {code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    if not headers:
+        return None
+    getter = getattr(headers, "get", None)
+    value = getter(name) if getter else None
+    if value is None:
+        for key, v in headers.items():
+            if key.lower() == name.lower():
+                return v
+    return value
+
+
+def classify(status_code: int, headers: Mapping[str, str] | None = None, now: float | None = None) -> Verdict:
+    """The outcome of a response status: see the module docstring."""
+    if 200 <= status_code < 300:
+        return Verdict("succeeded", None, None)
+    if status_code >= 500 or status_code in DEFERRED_CODES:
+        retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
+        error = _reason(status_code)
+        if retry_after is not None:
+            error += f" (Retry-After {retry_after:g}s)"
+        return Verdict("deferred", retry_after, error)
+    if 300 <= status_code < 400:
+        location = _header(headers, "Location")
+        where = f" to {location}" if location else " without a Location"
+        return Verdict("failed", None, f"{_reason(status_code)}: redirect{where} not followed")
+    if 400 <= status_code < 500:
+        return Verdict("failed", None, _reason(status_code))
+    # 1xx final statuses do not happen over requests; anything else is not an answer
+    return Verdict("deferred", None, f"unexpected HTTP status {status_code}")
+
+
+def auth_header(target: dict) -> str | None:
+    """The Authorization value for a target: Basic XOR Bearer (validated rules never have
+    both; if one does, this raises rather than choose)."""
+    basic, bearer = target.get("basic_auth"), target.get("bearer")
+    if basic and bearer:
+        raise ValueError("rule has both Basic auth and a Bearer token")
+    if basic:
+        return "Basic " + base64.b64encode(basic.encode("utf-8")).decode("ascii")
+    if bearer:
+        return f"Bearer {bearer}"
+    return None
+
+
+_OBJ_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
+_WITH_URL = re.compile(r"\s*with url: \S*")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """Dig through requests/urllib3 wrapping to the exception that says what happened."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "reason", None)
+        if isinstance(inner, BaseException):
+            exc = inner
+            continue
+        if exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+            continue
+        break
+    return exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line error text without object reprs, URLs or headers."""
+    cause = _root_cause(exc)
+    text = str(cause) or type(cause).__name__
+    text = _OBJ_REPR.sub("", text)
+    text = _WITH_URL.sub("", text)
+    text = re.sub(r"\(Caused by .*", "", text).strip()
+    return " ".join(text.split())[:300]
+
+
+def _read_excerpt(response: requests.Response, limit: int) -> str:
+    chunks, size = [], 0
+    if limit > 0:
+        try:
+            for chunk in response.iter_content(chunk_size=min(limit, 16384)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= limit:
+                    break
+        except (requests.RequestException, OSError):
+            pass  # the status line is the answer; a body that breaks off changes nothing
+    return b"".join(chunks)[:limit].decode("utf-8", "replace")
+
+
+def deliver(
+    session: requests.Session,
+    target: dict,
+    body: bytes,
+    content_type: str,
+    webhook_id: str,
+    *,
+    user_agent: str,
+    max_response_bytes: int,
+) -> Outcome:
+    """POST `body` to the target's endpoint once; never raises for network or HTTP trouble."""
+    url = target["endpoint"]
+    scheme = urlsplit(url).scheme.lower()
+    if scheme != "https" and not (scheme == "http" and target.get("allow_http")):
+        return Outcome("failed", error=f"endpoint scheme {scheme or '(none)'!r} refused: HTTPS is required "
+                                       "unless the rule allows http")
+    timeout = float(target.get("timeout") or 30)
+    headers = {"Content-Type": content_type, "User-Agent": user_agent, "webhook-id": webhook_id}
+    try:
+        authorization = auth_header(target)
+    except ValueError as exc:
+        return Outcome("failed", error=str(exc))
+    if authorization:
+        headers["Authorization"] = authorization
+
+    start = time.monotonic()
+    elapsed = lambda: int((time.monotonic() - start) * 1000)  # noqa: E731
+    try:
+        response = session.post(
+            url, data=body, headers=headers, timeout=(timeout, timeout),
+            allow_redirects=False, stream=True,
+        )
+    except requests.exceptions.SSLError as exc:
+        return Outcome("deferred", error=f"TLS error: {describe_error(exc)}", duration_ms=elapsed())
+    except requests.exceptions.ConnectTimeout:
+        return Outcome("deferred", error=f"connect timeout: no connection within {timeout:g}s", duration_ms=elapsed())
+    except requests.exceptions.ReadTimeout:
+        return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s", duration_ms=elapsed())
+    except requests.exceptions.ConnectionError as exc:
+        return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=elapsed())
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader) as exc:
+        return Outcome("failed", error=f"invalid request: {describe_error(exc)}", duration_ms=elapsed())
+    except requests.RequestException as exc:
+        return Outcome("deferred", error=f"request error: {describe_error(exc)}", duration_ms=elapsed())
+    try:
+        excerpt = _read_excerpt(response, max_response_bytes)
+        verdict = classify(response.status_code, response.headers)
+    finally:
+        response.close()
+    return Outcome(
+        verdict.status, status_code=response.status_code, error=verdict.error,
+        retry_after=verdict.retry_after, duration_ms=elapsed(), response_excerpt=excerpt,
+    )

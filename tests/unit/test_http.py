@@ -1,0 +1,197 @@
+"""mxhook.http: the pure classification, Retry-After parsing, and real posts to a loopback
+receiver (headers, auth, redirects, timeouts, connection errors, response excerpts)."""
+from __future__ import annotations
+
+import base64
+import email.utils
+import socket
+
+import pytest
+
+from mxhook import http
+from tests.support.receiver import Receiver, Response
+
+
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        (200, "succeeded"), (201, "succeeded"), (202, "succeeded"), (204, "succeeded"), (299, "succeeded"),
+        (500, "deferred"), (502, "deferred"), (503, "deferred"), (504, "deferred"), (599, "deferred"),
+        (408, "deferred"), (429, "deferred"),
+        (400, "failed"), (401, "failed"), (403, "failed"), (404, "failed"), (405, "failed"),
+        (409, "failed"), (410, "failed"), (413, "failed"), (422, "failed"), (499, "failed"),
+        (300, "failed"), (301, "failed"), (302, "failed"), (303, "failed"), (307, "failed"), (308, "failed"),
+    ],
+)
+def test_classify_table(code, status):
+    assert http.classify(code, {}).status == status
+
+
+def test_classify_redirect_names_location():
+    v = http.classify(301, {"Location": "https://elsewhere.example/hook"})
+    assert v.status == "failed"
+    assert "https://elsewhere.example/hook" in v.error and "not followed" in v.error
+    assert "without a Location" in http.classify(302, {}).error
+
+
+def test_classify_errors_and_retry_after():
+    assert http.classify(200, {}).error is None
+    v = http.classify(503, {"retry-after": "120"})
+    assert (v.status, v.retry_after) == ("deferred", 120.0)
+    assert "503" in v.error and "Retry-After 120s" in v.error
+    assert http.classify(404, {"Retry-After": "5"}).retry_after is None  # only deferred honour it
+    assert http.classify(404, {}).error == "HTTP 404 Not Found"
+    assert http.classify(599, {}).error == "HTTP 599"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, None), ("", None), ("  ", None), ("soon", None), ("-5", None), ("1.5", None),
+        ("0", 0.0), ("30", 30.0), (" 30 ", 30.0), ("3600", 3600.0), ("3601", 3600.0), ("999999999", 3600.0),
+    ],
+)
+def test_parse_retry_after_seconds(value, expected):
+    assert http.parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_http_date():
+    now = 1_800_000_000.0
+    in_90s = email.utils.formatdate(now + 90, usegmt=True)
+    assert http.parse_retry_after(in_90s, now=now) == 90.0
+    assert http.parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now=now) == 0.0
+    assert http.parse_retry_after(email.utils.formatdate(now + 7200, usegmt=True), now=now) == 3600.0
+    # the obsolete RFC 850 and asctime forms are also HTTP-dates
+    assert http.parse_retry_after("Sun Nov  6 08:49:37 1994", now=now) == 0.0
+    assert http.parse_retry_after("Mon, 99 Foo 2026 99:00:00 GMT", now=now) is None
+
+
+def test_auth_header():
+    assert http.auth_header({}) is None
+    assert http.auth_header({"basic_auth": "u:p w"}) == "Basic " + base64.b64encode(b"u:p w").decode()
+    assert http.auth_header({"bearer": "tok"}) == "Bearer tok"
+    with pytest.raises(ValueError):
+        http.auth_header({"basic_auth": "u:p", "bearer": "tok"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Real posts
+
+def target(url, **kw):
+    t = {"name": "r1", "endpoint": url, "format": "json", "timeout": 5, "allow_http": True,
+         "basic_auth": None, "bearer": None, "api_key": None}
+    t.update(kw)
+    return t
+
+
+def post(tgt, body=b'{"a":1}', max_response_bytes=4096, webhook_id="wh-1"):
+    return http.deliver(http.make_session(), tgt, body, "application/json", webhook_id,
+                        user_agent="mxhook-test/1", max_response_bytes=max_response_bytes)
+
+
+@pytest.fixture()
+def rx():
+    with Receiver() as r:
+        yield r
+
+
+def test_post_headers_and_body(rx):
+    out = post(target(rx.url + "/hook"), body=b'{"x":"\xc3\xa9"}')
+    assert out.status == "succeeded" and out.status_code == 200 and out.error is None
+    assert out.response_excerpt == '{"ok":true}'
+    assert out.duration_ms >= 0
+    (req,) = rx.wait_for(1)
+    assert req.method == "POST" and req.path == "/hook"
+    assert req.body == b'{"x":"\xc3\xa9"}'
+    assert req.headers["webhook-id"] == "wh-1"
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.headers["User-Agent"] == "mxhook-test/1"
+    assert "Authorization" not in req.headers
+
+
+def test_basic_and_bearer(rx):
+    post(target(rx.url + "/b", basic_auth="user:s3cret"))
+    post(target(rx.url + "/t", bearer="tok-123"))
+    b, t = rx.wait_for(2)
+    assert b.headers["authorization"] == "Basic " + base64.b64encode(b"user:s3cret").decode()
+    assert t.headers["authorization"] == "Bearer tok-123"
+
+
+def test_both_auths_refused_without_posting(rx):
+    out = post(target(rx.url + "/x", basic_auth="u:pw1", bearer="zz-secret"))
+    assert out.status == "failed" and "both Basic auth and a Bearer" in out.error
+    assert "zz-secret" not in out.error and "pw1" not in out.error
+    assert rx.requests == []
+
+
+def test_https_required_unless_allowed(rx):
+    out = post(target(rx.url + "/x", allow_http=False))
+    assert out.status == "failed" and "HTTPS is required" in out.error
+    assert rx.requests == []
+
+
+def test_redirect_not_followed(rx):
+    rx.script("/old", [(301, {"Location": rx.url + "/new"}, b"moved")])
+    out = post(target(rx.url + "/old"))
+    assert out.status == "failed" and out.status_code == 301
+    assert rx.url + "/new" in out.error
+    rx.wait_for(1)
+    assert [r.path for r in rx.requests] == ["/old"]
+
+
+def test_5xx_with_retry_after(rx):
+    rx.script("/busy", [(503, {"Retry-After": "42"}, b"later")])
+    out = post(target(rx.url + "/busy"))
+    assert (out.status, out.status_code, out.retry_after) == ("deferred", 503, 42.0)
+    assert out.response_excerpt == "later"
+
+
+def test_404_failed(rx):
+    rx.script("/gone", [(404, {}, b"no such hook")])
+    out = post(target(rx.url + "/gone"))
+    assert (out.status, out.status_code, out.error) == ("failed", 404, "HTTP 404 Not Found")
+
+
+def test_response_excerpt_truncated(rx):
+    rx.script("/big", [(200, {"Content-Type": "text/plain"}, b"x" * 100_000)])
+    out = post(target(rx.url + "/big"), max_response_bytes=100)
+    assert out.status == "succeeded" and out.response_excerpt == "x" * 100
+    out = post(target(rx.url + "/big"), max_response_bytes=0)
+    assert out.response_excerpt == ""
+
+
+def test_read_timeout_deferred(rx):
+    rx.script("/slow", [Response(200, delay=5)])
+    out = post(target(rx.url + "/slow", timeout=1))
+    assert out.status == "deferred" and out.status_code is None
+    assert out.error == "read timeout: no response within 1s"
+    assert 900 <= out.duration_ms < 4000
+
+
+def test_connection_refused_deferred():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = post(target(f"http://127.0.0.1:{port}/hook?token=SECRET", bearer="tok-xyz"))
+    assert out.status == "deferred" and out.status_code is None
+    assert out.error.startswith("connection error:") and "refused" in out.error.lower()
+    for secret in ("SECRET", "tok-xyz", "object at 0x", "HTTPConnectionPool"):
+        assert secret not in out.error
+
+
+def test_connection_dropped_deferred(rx):
+    rx.script("/drop", [Response(drop=True)])
+    out = post(target(rx.url + "/drop", basic_auth="u:pw"))
+    assert out.status == "deferred" and out.error.startswith("connection error:")
+    assert "pw" not in out.error
+
+
+def test_tls_error_deferred(rx):
+    # the receiver speaks plain HTTP: an https:// client gets a TLS handshake error
+    out = post(target(rx.url.replace("http://", "https://") + "/x", allow_http=False))
+    assert out.status == "deferred" and out.error.startswith("TLS error:")
+
+
+def test_invalid_url_failed():
+    out = post(target("http:///nohost"))
+    assert out.status == "failed"
