@@ -1,0 +1,375 @@
+"""message.normalize on real-world-shaped fixtures (tests/unit/fixtures/mime/), incl. broken ones."""
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mxhook.message import decode_text, normalize, split_headers
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mime"
+ALL_FIXTURES = sorted(FIXTURES.glob("*.eml"))
+
+
+def load(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def norm(name: str, **kw) -> dict:
+    return normalize(load(name), **kw)
+
+
+def content(att: dict) -> bytes:
+    return base64.b64decode(att["content"])
+
+
+def test_plain_ascii_every_field():
+    raw = load("plain_ascii.eml")
+    assert b"\r\n" not in raw  # this fixture has LF line ends
+    m = normalize(raw)
+    assert m["headers"] == [
+        {"name": "Return-Path", "value": "<alice@example.org>"},
+        {"name": "From", "value": '"Alice Example" <Alice@Example.ORG>'},
+        {"name": "To", "value": "Bob <bob@ours.example>, carol@ours.example"},
+        {"name": "Cc", "value": '"Dave, the third" <dave@example.net>'},
+        {"name": "Reply-To", "value": "replies@example.org"},
+        {"name": "Subject", "value": "Quarterly numbers, folded over two lines"},
+        {"name": "Date", "value": "Tue, 15 Nov 2022 16:04:05 -0500"},
+        {"name": "Message-ID", "value": "<20221115.1@example.org>"},
+        {"name": "In-Reply-To", "value": "<20221114.9@example.org>"},
+        {"name": "References", "value": "<20221113.1@example.org> <20221114.9@example.org>"},
+        {"name": "MIME-Version", "value": "1.0"},
+        {"name": "Content-Type", "value": "text/plain; charset=us-ascii"},
+        {"name": "Content-Transfer-Encoding", "value": "7bit"},
+    ]
+    assert m["from"] == [{"name": "Alice Example", "address": "alice@example.org"}]
+    assert m["to"] == [
+        {"name": "Bob", "address": "bob@ours.example"},
+        {"name": "", "address": "carol@ours.example"},
+    ]
+    assert m["cc"] == [{"name": "Dave, the third", "address": "dave@example.net"}]
+    assert m["reply_to"] == [{"name": "", "address": "replies@example.org"}]
+    assert m["subject"] == "Quarterly numbers, folded over two lines"
+    assert m["message_id"] == "<20221115.1@example.org>"
+    assert m["date"] == "Tue, 15 Nov 2022 16:04:05 -0500"
+    assert m["date_iso"] == "2022-11-15T21:04:05Z"
+    assert m["in_reply_to"] == "<20221114.9@example.org>"
+    assert m["references"] == ["<20221113.1@example.org>", "<20221114.9@example.org>"]
+    assert m["text"] == "Hi Bob,\n\nthe numbers are attached.\n-- \nAlice\n"
+    assert m["text_parts"] == [m["text"]]
+    assert m["html"] == "" and m["html_parts"] == []
+    assert m["attachments"] == []
+    assert m["size"] == len(raw)
+    assert m["defects"] == []
+    json.dumps(m)  # JSON-able as it stands
+
+
+def test_latin1_8bit_body():
+    m = norm("latin1_8bit.eml")
+    assert m["text"] == "Grüße aus Köln, café à la crème.\n"
+    assert m["defects"] == []
+
+
+def test_windows1252_quoted_printable():
+    m = norm("windows1252_qp.eml")
+    assert m["text"] == "\u201cSmart quotes\u201d cost \u20ac50 \u2013 that\u2019s a lot\u2026\n"
+    assert m["defects"] == []
+
+
+def test_iso2022jp_body_subject_and_display_name():
+    m = norm("iso2022jp.eml")
+    assert m["subject"] == "会議の件"
+    assert m["from"] == [{"name": "山田太郎", "address": "taro@example.jp"}]
+    assert m["text"] == "こんにちは、世界。\n"
+    assert m["defects"] == []
+
+
+def test_koi8r_base64():
+    m = norm("koi8r_base64.eml")
+    assert m["subject"] == "Привет"
+    assert m["text"] == "Привет, мир!\n"
+    assert m["defects"] == []
+
+
+def test_utf8_quoted_printable_soft_breaks():
+    m = norm("utf8_qp.eml")
+    assert m["subject"] == "Déjà vu"
+    assert m["text"] == (
+        "Déjà vu: a line that is long enough to need a soft line break in quoted-printable "
+        "encoding, really.\nÜnïcödé ✓\n"
+    )
+
+
+def test_utf8_base64_html_only():
+    m = norm("utf8_base64_html.eml")
+    assert m["text"] == "" and m["text_parts"] == []
+    assert m["html"] == "<html><body><p>Grüße — <b>bold</b></p></body></html>\n"
+    assert m["html_parts"] == [m["html"]]
+
+
+PDF = b"%PDF-1.4\n% fake pdf for tests\n" + bytes(range(256)) + b"\n%%EOF\n"
+
+
+def test_alternative_nested_in_mixed_with_attachment():
+    m = norm("mixed_alternative_attachment.eml")
+    assert m["text"] == "Report attached."
+    assert m["html"] == "<p>Report <i>attached</i>.</p>"
+    assert m["attachments"] == [{
+        "filename": "report.pdf", "content_type": "application/pdf", "size": len(PDF),
+        "content_id": None, "disposition": "attachment",
+        "content": base64.b64encode(PDF).decode("ascii"),
+    }]
+    assert m["defects"] == []
+
+
+def test_attachment_over_the_size_cap_is_marked_omitted():
+    m = norm("mixed_alternative_attachment.eml", max_attachment_size=100)
+    assert m["attachments"] == [{
+        "filename": "report.pdf", "content_type": "application/pdf", "size": 293,
+        "content_id": None, "disposition": "attachment", "content": None, "omitted": True,
+        "omitted_reason": "size 293 bytes exceeds max_attachment_size 100",
+    }]
+    assert norm("mixed_alternative_attachment.eml", max_attachment_size=293)["attachments"][0]["content"]
+
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+def test_related_inline_images():
+    m = norm("related_inline_image.eml")
+    assert m["text"] == "Newsletter (text version)"
+    assert m["html"] == '<html><body><img src="cid:logo.123@example.com"></body></html>'
+    assert m["attachments"] == [
+        {"filename": None, "content_type": "image/png", "size": 70,
+         "content_id": "logo.123@example.com", "disposition": "inline",
+         "content": base64.b64encode(PNG).decode("ascii")},
+        {"filename": "spacer.gif", "content_type": "image/gif", "size": 14,
+         "content_id": None, "disposition": "inline", "content": "R0lGODlhAQABAAAAACw="},
+    ]
+    assert m["defects"] == []
+
+
+def test_8bit_raw_header_bytes():
+    m = norm("header_8bit.eml")
+    assert m["headers"][:4] == [
+        {"name": "From", "value": "Jürgen Müller <juergen@example.de>"},  # Latin-1 bytes
+        {"name": "To", "value": '"Zoë Saldana" <zoe@ours.example>'},  # UTF-8 bytes
+        {"name": "Subject", "value": "Grüße und Straße"},
+        {"name": "X-Weird", "value": "ÿþ raw bytes"},
+    ]
+    assert m["from"] == [{"name": "Jürgen Müller", "address": "juergen@example.de"}]
+    assert m["to"] == [{"name": "Zoë Saldana", "address": "zoe@ours.example"}]
+    assert m["subject"] == "Grüße und Straße"
+    assert m["text"] == "Body is plain.\n"
+    assert m["defects"] == []
+
+
+def test_missing_closing_boundary_keeps_both_parts():
+    m = norm("broken_missing_close.eml")
+    assert m["text_parts"] == ["first part", "second part, and then the message just ends"]
+    assert m["text"] == "first part\nsecond part, and then the message just ends"
+    assert m["defects"] == ["message: CloseBoundaryNotFoundDefect"]
+
+
+def test_declared_boundary_absent_body_kept_as_text():
+    m = norm("broken_boundary_absent.eml")
+    assert m["text"] == "Just text, no parts at all.\n"
+    assert m["attachments"] == []
+    assert m["defects"] == [
+        "message: StartBoundaryNotFoundDefect",
+        "message: MultipartInvariantViolationDefect",
+        "message: multipart/mixed without its boundary, body kept as text",
+    ]
+
+
+def test_bad_base64_decodes_what_it_can():
+    m = norm("broken_base64.eml")
+    assert m["text"] == "hello world"
+    assert m["attachments"] == [{
+        "filename": "data.bin", "content_type": "application/octet-stream", "size": 3,
+        "content_id": None, "disposition": "attachment",
+        "content": base64.b64encode(b"\x00\x01\x02").decode("ascii"),
+    }]
+    assert m["defects"] == [
+        "part 1: InvalidBase64CharactersDefect",
+        "part 1: InvalidBase64PaddingDefect",
+        "part 2: InvalidBase64LengthDefect",
+    ]
+
+
+def test_unknown_and_misdeclared_charsets():
+    m = norm("unknown_charset.eml")
+    assert m["text_parts"] == [
+        "UTF-8 really: été",
+        "Latin-1 really: été €",
+        "Misdeclared ASCII: naïve",
+        "Broken UTF-8: \ufffd end",
+    ]
+    assert m["defects"] == [
+        "part 1: unknown charset 'x-unknown', decoded as utf-8",
+        "part 2: unknown charset 'x-unknown', decoded as windows-1252",
+        "part 3: 8-bit text declared as us-ascii, decoded as utf-8",
+        "part 4: text is not valid utf-8, undecodable bytes replaced",
+    ]
+
+
+def test_message_rfc822_is_an_attachment():
+    m = norm("rfc822_attachment.eml")
+    assert m["text"] == "See the forwarded message."  # the inner body is not the outer text
+    [att] = m["attachments"]
+    inner = (
+        b"From: origin@example.com\r\nTo: forwarder@example.org\r\nSubject: original\r\n"
+        b"Message-ID: <orig.1@example.com>\r\n\r\nOriginal body, not part of the outer text."
+    )
+    assert {k: v for k, v in att.items() if k != "content"} == {
+        "filename": "original.eml", "content_type": "message/rfc822", "size": len(inner),
+        "content_id": None, "disposition": "attachment",
+    }
+    assert content(att) == inner
+    assert normalize(content(att))["subject"] == "original"
+
+
+def test_rfc2231_and_encoded_word_filenames():
+    m = norm("rfc2231_filenames.eml")
+    assert m["text"] == "Three files."
+    assert [(a["filename"], a["content_type"], content(a)) for a in m["attachments"]] == [
+        ("Résumé €.pdf", "application/pdf", b"%PDF"),
+        ("Grüße_und_mehr.txt", "text/plain", b"Gr\xfc\xdfe"),  # text with a filename: attachment
+        ("Übersicht.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", b"PK\x03\x04"),
+    ]
+
+
+def test_raw_utf8_filename_parameter():
+    raw = (b"Content-Type: application/x-y\r\nContent-Disposition: attachment; "
+           b"filename=\"caf\xc3\xa9.pdf\"\r\n\r\nx")
+    assert normalize(raw)["attachments"][0]["filename"] == "café.pdf"
+
+
+@pytest.mark.parametrize("path", ALL_FIXTURES, ids=lambda p: p.name)
+def test_crlf_and_lf_give_the_same_result(path):
+    raw = path.read_bytes()
+    lf = normalize(raw.replace(b"\r\n", b"\n"))
+    crlf = normalize(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    for m in (lf, crlf):
+        m.pop("size")
+        for a in m["attachments"]:
+            if a["content_type"] == "message/rfc822":  # kept with the message's own line ends
+                a.pop("content"), a.pop("size")
+    assert lf == crlf
+
+
+@pytest.mark.parametrize("date, iso", [
+    ("Tue, 15 Nov 2022 16:04:05 -0500", "2022-11-15T21:04:05Z"),
+    ("15 Nov 2022 16:04:05 +0100", "2022-11-15T15:04:05Z"),
+    ("Tue, 15 Nov 2022 16:04:05 -0000", "2022-11-15T16:04:05Z"),
+    ("Tue, 15 Nov 2022 16:04:05 GMT", "2022-11-15T16:04:05Z"),
+    ("Tue, 15 Nov 2022 16:04:05 EST", "2022-11-15T21:04:05Z"),
+])
+def test_date_iso(date, iso):
+    m = normalize(f"Date: {date}\n\nx".encode())
+    assert (m["date"], m["date_iso"]) == (date, iso)
+    assert m["defects"] == []
+
+
+def test_unparsable_date_is_kept_with_a_defect():
+    m = normalize(b"Date: yesterday-ish\n\nx")
+    assert (m["date"], m["date_iso"]) == ("yesterday-ish", None)
+    assert m["defects"] == ["unparsable Date: 'yesterday-ish'"]
+
+
+def test_several_from_headers_and_addresses_stay_a_list():
+    m = normalize(b"From: a@x.org, B <b@y.org>\nFrom: c@z.org\n\nx")
+    assert [a["address"] for a in m["from"]] == ["a@x.org", "b@y.org", "c@z.org"]
+
+
+def test_header_lines_that_are_not_fields():
+    fields, defects = split_headers(b"Subject: a\n  continued\nnot a header\nX-A: 1\n\nbody")
+    assert fields == [("Subject", b" a\n  continued"), ("X-A", b" 1")]
+    assert defects == ["not a header field: 'not a header'"]
+
+
+def test_text_part_with_attachment_disposition_is_not_body():
+    raw = (b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nbody\n"
+           b"--b\nContent-Type: text/plain\nContent-Disposition: attachment\n\nfile\n"
+           b"--b\nContent-Type: text/html\nContent-Disposition: inline\n\n<p>inline html</p>\n--b--\n")
+    m = normalize(raw)
+    assert m["text"] == "body"
+    assert m["html"] == "<p>inline html</p>"
+    assert [(a["filename"], a["disposition"], content(a)) for a in m["attachments"]] == [
+        (None, "attachment", b"file")]
+
+
+def test_invalid_content_type_and_utf7_surrogates_are_json_safe():
+    m = normalize(b"Content-Type: \xff/\xfe\n\nx")
+    assert m["attachments"][0]["content_type"] == "application/octet-stream"
+    assert m["defects"] == ["message: invalid content type 'ÿ/þ', taken as application/octet-stream"]
+    m = normalize(b"Content-Type: text/plain; charset=utf-7\n\n+2AA-")  # a lone surrogate
+    json.dumps(m, ensure_ascii=False).encode("utf-8")
+    assert "\ufffd" in m["text"]
+
+
+def test_deep_nesting_and_many_parts_are_bounded():
+    raw = b"Subject: deep\n"
+    for i in range(1500):
+        raw += b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+    m = normalize(raw + b"Content-Type: text/plain\n\ninner\n")
+    assert m["subject"] == "deep"
+    assert m["defects"] and ("nested" in m["defects"][-1])
+    raw = b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\nContent-Type: a/b\n\nx\n" * 1200 + b"--b--\n"
+    m = normalize(raw)
+    assert len(m["attachments"]) == 1000
+    assert m["defects"] == ["more than 1000 parts, the rest skipped"]
+
+
+@pytest.mark.parametrize("data, charset, expected", [
+    (b"plain", None, ("plain", None)),
+    (b"caf\xc3\xa9", None, ("café", "8-bit text declared as us-ascii (default), decoded as utf-8")),
+    (b"caf\xe9", None, ("café", "8-bit text declared as us-ascii (default), decoded as windows-1252")),
+    (b"\x93q\x94 \x81", "iso-8859-1", ("\u201cq\u201d \x81", None)),  # WHATWG: latin-1 is cp1252
+    (b"\xd4\xc5\xd3\xd4", "koi8-r", ("тест", None)),
+    (b"\xb2\xe2\xca\xd4", "gb2312", ("测试", None)),
+    (b"x", "base64", ("x", "unknown charset 'base64', decoded as utf-8")),  # a codec, no charset
+    (b"\\u0041", "unicode-escape", ("\\u0041", "unknown charset 'unicode-escape', decoded as utf-8")),
+    (b"\xe9", "utf-8", ("\ufffd", "text is not valid utf-8, undecodable bytes replaced")),
+    (b"caf\xc3\xa9", "iso-2022-jp", ("café", "text is not valid iso-2022-jp, decoded as utf-8")),
+])
+def test_decode_text(data, charset, expected):
+    assert decode_text(data, charset) == expected
+
+
+def _assert_sane(m: dict, raw: bytes) -> None:
+    json.dumps(m, ensure_ascii=False).encode("utf-8")  # JSON-able, no lone surrogates
+    assert m["size"] == len(raw)
+    assert isinstance(m["defects"], list) and all(isinstance(d, str) for d in m["defects"])
+    assert isinstance(m["text"], str) and isinstance(m["html"], str)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_fuzz_arbitrary_bytes_never_raise(raw):
+    _assert_sane(normalize(raw), raw)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(ALL_FIXTURES), st.data())
+def test_fuzz_mutated_fixtures_never_raise(path, data):
+    raw = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(0, 20))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        pos = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+        if op == "flip" and raw:
+            raw[pos] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del raw[pos:]
+        elif op == "insert":
+            raw[pos:pos] = data.draw(st.sampled_from(
+                [b"\r\n", b"\n--", b"=?utf-8?b?", b"?=", b"\xff", b"boundary=", b"Content-Type: multipart/mixed; boundary=x\n",
+                 b"charset=x-unknown", b"base64", b"*0*=utf-8''%", b"\x00", b"message/rfc822"]))
+        elif op == "delete" and raw:
+            del raw[pos:pos + data.draw(st.integers(1, 40))]
+    raw = bytes(raw)
+    _assert_sane(normalize(raw), raw)
