@@ -1,0 +1,259 @@
+"""What mxhook costs Postfix: throughput and added latency, against bare Postfix and a null milter.
+
+One private Postfix instance (127.0.0.1, relaying to smtp-sink) with three smtpd listeners:
+
+  (a) bare     no milter
+  (b) null     bench/null_milter.py: pymilter, same negotiated events as mxhook, accepts at EOM
+  (c) mxhook   mxhook-milter with 100 rules (99 that do not match, evaluated first, and a
+               catch-all last), every message matched and spooled with fsync (the spooler is not
+               running; the spool files are counted to prove each message was spooled)
+
+The same smtp-source load (default 10 sessions, 2000 messages of ~5 KB) is sent to each in turn,
+alternating a, b, c for several rounds; the time until smtp-source finishes is what the milter
+affects (smtpd acceptance), so throughput = messages / that time, median over the rounds.
+Latency: a sequential smtplib sender times each whole transaction (connect .. 250 after DATA)
+for N messages per configuration, also interleaved; the added latency is the difference of the
+percentiles against (a) and (b).
+
+    python3 bench/milter_throughput.py [--quick] [--rounds 3] [--messages 2000] [--json out.json]
+
+Prints ratios; it does not pass or fail (targets from issue 2: c/b >= 0.95, c/a >= 0.80).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "milter"))
+
+from tests.support.daemons import Daemon, MilterProcess, MxhookConfig  # noqa: E402
+from tests.support.postfix import PrivatePostfix, make_message  # noqa: E402
+
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+DOMAIN = "ours.example"
+SENDER = "bench@sender.example"
+RCPT = f"bench@{DOMAIN}"
+CONFIGS = ("a", "b", "c")
+LABELS = {"a": "bare Postfix", "b": "null pymilter", "c": "mxhook, 100 rules, fsync spool"}
+LISTENER = {"a": "main", "b": "null", "c": "mxhook"}
+SYSLOG = {"a": "postfix/smtpd", "b": "postfix/null/smtpd", "c": "postfix/mxhook/smtpd"}
+
+
+def make_rules(rules_db: str, count: int) -> None:
+    from mxhook.db import RulesStore
+    from mxhook.rules import Rule, parse_condition
+
+    with RulesStore(rules_db) as store:
+        store.add_domain(DOMAIN)
+        for i in range(1, count):
+            store.add_rule(Rule(
+                name=f"ticket-{i:03d}", endpoint=f"http://127.0.0.1:9/hook/{i}", allow_http=True,
+                priority=i,
+                conditions=(parse_condition(f"Subject~^ticket-{i}\\b"),
+                            parse_condition(r"To~@ours\.example$")),
+            ))
+        store.add_rule(Rule(
+            name="catch-all", endpoint="http://127.0.0.1:9/hook/all", allow_http=True,
+            priority=count, conditions=(parse_condition(r"To~^bench@ours\.example$"),),
+        ))
+
+
+class NullMilter(Daemon):
+    name = "null-milter"
+
+    def __init__(self, workdir: str, socket_path: str):
+        super().__init__([sys.executable, os.path.join(HERE, "null_milter.py"), "unix:" + socket_path],
+                         workdir)
+        self.socket_path = socket_path
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if os.stat(self.socket_path).st_mode & 0o777 == 0o660:
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"null milter socket not ready:\n{self.stderr_text()}")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.workdir = tempfile.mkdtemp(prefix="mxbench-")
+        os.chmod(self.workdir, 0o755)
+        null_dir = os.path.join(self.workdir, "null")
+        os.makedirs(null_dir)
+        os.chmod(null_dir, 0o755)
+        self.null_sock = os.path.join(null_dir, "null.sock")
+        self.pf = PrivatePostfix(
+            relay_domains=[DOMAIN], milters="",
+            listeners={"null": {"smtpd_milters": "unix:" + self.null_sock},
+                       "mxhook": {"smtpd_milters": "unix:mxhook/milter.sock"}},
+            base_dir=os.path.join(self.workdir, "postfix"),
+        )
+        self.null = None
+        self.mxhook = None
+        self.cfg = None
+
+    def start(self) -> None:
+        self.pf.start()
+        self.null = NullMilter(self.workdir, self.null_sock).start()
+        self.cfg = MxhookConfig(os.path.join(self.workdir, "mxhook"), queue_dir=self.pf.queue_dir,
+                                overrides={"milter": {"log_level": self.args.milter_log_level,
+                                                      "rules_reload_interval": "1.0"}})
+        make_rules(self.cfg.rules_db, self.args.rules)
+        self.mxhook = MilterProcess(self.cfg).start()
+
+    def stop(self) -> None:
+        for part in (self.mxhook, self.null, self.pf):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception as exc:
+                    print(f"warning: stopping {part}: {exc}", file=sys.stderr)
+        if not self.args.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            print(f"kept {self.workdir}")
+
+    # -- one measurement -----------------------------------------------------------------------
+    def _settle(self) -> None:
+        self.pf.wait_queue_empty(timeout=300)
+        for name in self.cfg.spool_files("new"):
+            os.unlink(os.path.join(self.cfg.spool_dir, "new", name))
+
+    def _accepted_since(self, config: str, offset: int) -> int:
+        text = self.pf.log_text()[offset:]
+        pat = re.compile(rf"^.* {re.escape(SYSLOG[config])}\[\d+\]: disconnect from .* data=1 ", re.M)
+        return len(pat.findall(text))
+
+    def throughput(self, config: str, messages: int) -> dict:
+        self._settle()
+        offset = len(self.pf.log_text())
+        port = self.pf.ports[LISTENER[config]]
+        argv = [SMTP_SOURCE, "-s", str(self.args.sessions), "-m", str(messages), "-l", str(self.args.size),
+                "-f", SENDER, "-t", RCPT, "-S", "bench message", "-M", "client.bench.example",
+                f"127.0.0.1:{port}"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0 or proc.stderr.strip():
+            raise RuntimeError(f"smtp-source on ({config}) failed: {proc.returncode} {proc.stderr[-2000:]}")
+        # smtpd logs the disconnect line just after the last reply: give it a moment
+        deadline = time.monotonic() + 10
+        accepted = self._accepted_since(config, offset)
+        while accepted < messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+            accepted = self._accepted_since(config, offset)
+        spooled = len(self.cfg.spool_files("new")) if config == "c" else None
+        if accepted != messages or (spooled is not None and spooled != messages):
+            raise RuntimeError(
+                f"({config}): {messages} sent, {accepted} accepted, spooled {spooled}\n"
+                f"{self.pf.log_text()[offset:][-3000:]}\n{self.mxhook.stderr_text()[-3000:]}")
+        return {"elapsed": elapsed, "rate": messages / elapsed, "accepted": accepted, "spooled": spooled}
+
+    def latency(self, config: str, count: int) -> list[float]:
+        self._settle()
+        port = self.pf.ports[LISTENER[config]]
+        msg = make_message(from_=f"Bench <{SENDER}>", to=RCPT, subject="latency probe",
+                           size=self.args.size)
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            res = self.pf.send(SENDER, [RCPT], msg, port=port, helo="client.bench.example")
+            times.append(time.perf_counter() - t0)
+            if not res.accepted:
+                raise RuntimeError(f"latency probe on ({config}) not accepted: {res}")
+        return times
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 round of 500 messages, 50 latency probes")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--size", type=int, default=5000, help="payload bytes per message")
+    ap.add_argument("--rules", type=int, default=100)
+    ap.add_argument("--latency-messages", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=200, help="messages per config before measuring")
+    ap.add_argument("--milter-log-level", default="info", help="mxhook-milter log_level (info = one line per message, as in production)")
+    ap.add_argument("--json", help="also write the raw figures to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.messages, args.latency_messages, args.warmup = 1, 500, 50, 50
+    if os.geteuid() != 0:
+        print("bench needs root (private Postfix instance)", file=sys.stderr)
+        return 2
+
+    bench = Bench(args)
+    results = {c: {"runs": [], "latency": []} for c in CONFIGS}
+    try:
+        bench.start()
+        print(f"mxhook milter throughput bench: {args.sessions} sessions x {args.messages} messages "
+              f"x {args.size} B, {args.rounds} round(s), {args.rules} rules; "
+              f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}")
+        for c in CONFIGS:  # warm-up: spawn smtpd/cleanup processes, milter threads, caches
+            bench.throughput(c, args.warmup)
+        for r in range(args.rounds):
+            for c in CONFIGS:
+                run = bench.throughput(c, args.messages)
+                results[c]["runs"].append(run)
+                extra = f", {run['spooled']} spooled" if run["spooled"] is not None else ""
+                print(f"  round {r + 1} ({c}) {LABELS[c]:32s} {run['rate']:8.1f} msg/s "
+                      f"({run['elapsed']:.2f} s, {run['accepted']} accepted{extra})", flush=True)
+            per_round = max(1, args.latency_messages // args.rounds)
+            for c in CONFIGS:
+                results[c]["latency"].extend(bench.latency(c, per_round))
+    finally:
+        bench.stop()
+
+    rate = {c: statistics.median(run["rate"] for run in results[c]["runs"]) for c in CONFIGS}
+    lat = {c: results[c]["latency"] for c in CONFIGS}
+    print()
+    print(f"throughput (median of {args.rounds}, time until smtp-source finished):")
+    for c in CONFIGS:
+        print(f"  ({c}) {LABELS[c]:32s} {rate[c]:8.1f} msg/s")
+    print(f"  c/a = {rate['c'] / rate['a']:.3f}   (target >= 0.80)")
+    print(f"  c/b = {rate['c'] / rate['b']:.3f}   (target >= 0.95)")
+    print(f"  b/a = {rate['b'] / rate['a']:.3f}   (the pymilter protocol floor)")
+    print()
+    n = len(lat["a"])
+    print(f"latency per message (sequential, {n} transactions each, connect .. 250 after DATA):")
+    for c in CONFIGS:
+        print(f"  ({c}) {LABELS[c]:32s} p50 {pct(lat[c], 50) * 1000:7.2f} ms   p99 {pct(lat[c], 99) * 1000:7.2f} ms")
+    for c, base in (("b", "a"), ("c", "a"), ("c", "b")):
+        print(f"  added by ({c}) over ({base}): p50 {(pct(lat[c], 50) - pct(lat[base], 50)) * 1000:+7.2f} ms"
+              f"   p99 {(pct(lat[c], 99) - pct(lat[base], 99)) * 1000:+7.2f} ms")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "rate": rate, "results": results}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
