@@ -1,0 +1,606 @@
+"""The `mxhook` CLI against a temporary config, rules.db (and state.db for the log commands)."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import datetime, timezone
+
+import pytest
+from click.testing import CliRunner
+
+from mxhook import cli as climod
+from mxhook import config
+
+BEARER = "tok-abcdefghijklmnop-wxyz"
+API_KEY = "key-0123456789-9876"
+
+
+class Env:
+    def __init__(self, tmp_path, **milter):
+        self.dir = tmp_path
+        self.rules_db = str(tmp_path / "lib" / "rules.db")
+        self.state_db = str(tmp_path / "lib" / "state.db")
+        self.conf = str(tmp_path / "mxhook.conf")
+        self.write_config(**milter)
+        self.runner = CliRunner(mix_stderr=False)
+
+    def write_config(self, **milter):
+        values = {"paths": {"rules_db": self.rules_db, "state_db": self.state_db}}
+        if milter:
+            values["milter"] = milter
+        with open(self.conf, "w") as fh:
+            fh.write(config.render(values))
+
+    def run(self, *args, input=None):
+        return self.runner.invoke(climod.cli, ["--config", self.conf, *args], input=input)
+
+    def ok(self, *args, input=None):
+        res = self.run(*args, input=input)
+        assert res.exit_code == 0, (res.stdout, res.stderr, res.exception)
+        return res
+
+    def json(self, *args):
+        return json.loads(self.ok(*args).stdout)
+
+    def dump(self):
+        """Every row of rules.db, or None when the file does not exist."""
+        if not os.path.exists(self.rules_db):
+            return None
+        conn = sqlite3.connect(self.rules_db)
+        try:
+            return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                    for t in ("domains", "rules", "conditions")}
+        finally:
+            conn.close()
+
+    def fails(self, *args, match: str, input=None):
+        """Exit status 2, a message on stderr, nothing written."""
+        before = self.dump()
+        res = self.run(*args, input=input)
+        assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr, res.exception)
+        assert match.lower() in res.stderr.lower(), res.stderr
+        assert self.dump() == before
+        return res
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+@pytest.fixture
+def populated(env):
+    env.ok("domain", "add", "ours.example")
+    env.ok("rule", "add", "invoices", "--endpoint", "https://app.example.net/in",
+           "--when", "To~^invoices@", "--when", "Subject~invoice", "--unless", r"From~@spam\.example$",
+           "--bearer", BEARER)
+    env.ok("rule", "add", "catchall", "--endpoint", "http://127.0.0.1:9/all", "--allow-http",
+           "--when", "To~.", "--priority", "10", "--discard", "--basic-auth", "bob:s3cret-pass",
+           "--api-key", API_KEY, "--format", "raw", "--retry-interval", "10",
+           "--retry-period", "10", "--timeout", "999")
+    return env
+
+
+# -- config ---------------------------------------------------------------------------------
+
+def test_help_needs_no_config(tmp_path):
+    res = CliRunner().invoke(climod.cli, ["--config", str(tmp_path / "missing.conf"), "--help"])
+    assert res.exit_code == 0 and "domain" in res.output and "rule" in res.output
+
+
+def test_missing_explicit_config_is_a_usage_error(tmp_path):
+    res = CliRunner(mix_stderr=False).invoke(
+        climod.cli, ["--config", str(tmp_path / "missing.conf"), "domain", "list"])
+    assert res.exit_code == 2 and "config file not found" in res.stderr
+
+
+def test_bad_config_key(env):
+    with open(env.conf, "a") as fh:
+        fh.write("[milter]\nbogus = 1\n")
+    res = env.run("domain", "list")
+    assert res.exit_code == 2 and "unknown key 'bogus'" in res.stderr
+
+
+def test_config_from_environment(env, monkeypatch):
+    monkeypatch.setenv("MXHOOK_CONFIG", env.conf)
+    res = env.runner.invoke(climod.cli, ["domain", "add", "env.example"])
+    assert res.exit_code == 0
+    assert env.dump()["domains"][0][0] == "env.example"
+
+
+def test_main_entry_point(env, capsys):
+    with pytest.raises(SystemExit) as exc:
+        climod.main(["--config", env.conf, "domain", "add", "main.example"])
+    assert exc.value.code == 0
+    assert "Added domain main.example" in capsys.readouterr().out
+
+
+# -- domains --------------------------------------------------------------------------------
+
+def test_domain_commands(env):
+    res = env.ok("domain", "add", "Ours.Example")
+    assert "Added domain ours.example" in res.stdout
+    env.ok("domain", "add", "quiet.example", "--no-log-denied")
+    env.ok("domain", "add", "bücher.example")
+    listed = env.json("domain", "list", "--json")
+    assert [{k: d[k] for k in ("name", "log_denied")} for d in listed] == [
+        {"name": "ours.example", "log_denied": True},
+        {"name": "quiet.example", "log_denied": False},
+        {"name": "xn--bcher-kva.example", "log_denied": True},
+    ]
+    assert all(set(d) == {"name", "log_denied", "created"} and d["created"].endswith("Z")
+               for d in listed)
+    table = env.ok("domain", "list").stdout
+    assert "DOMAIN" in table and "quiet.example" in table
+    env.ok("domain", "set", "quiet.example", "--log-denied")
+    assert env.json("domain", "list", "--json")[1]["log_denied"] is True
+    env.ok("domain", "remove", "quiet.example")
+    assert [d["name"] for d in env.json("domain", "list", "--json")] == [
+        "ours.example", "xn--bcher-kva.example"]
+
+
+def test_domain_db_created_with_mode(env):
+    env.ok("domain", "add", "ours.example")
+    assert oct(os.stat(env.rules_db).st_mode & 0o777) == oct(0o640)
+
+
+def test_domain_list_empty(env):
+    env.ok("domain", "add", "x.example")
+    env.ok("domain", "remove", "x.example")
+    assert "No permitted domains" in env.ok("domain", "list").stdout
+    assert env.json("domain", "list", "--json") == []
+
+
+@pytest.mark.parametrize("bad", ["bad_domain.example", "user@ours.example", "-x.example", "1.2.3.4", ""])
+def test_domain_add_invalid_creates_nothing(env, bad):
+    env.fails("domain", "add", bad, match="domain" if bad else "empty")
+    assert not os.path.exists(env.rules_db)
+
+
+def test_domain_errors(env):
+    env.fails("domain", "list", match="does not exist")
+    env.fails("domain", "remove", "ours.example", match="does not exist")
+    assert not os.path.exists(env.rules_db)
+    env.ok("domain", "add", "ours.example")
+    env.fails("domain", "add", "OURS.example", match="already permitted")
+    env.fails("domain", "remove", "nope.example", match="not in the permitted domains")
+    env.fails("domain", "set", "nope.example", "--no-log-denied", match="not in the permitted")
+    env.fails("domain", "set", "ours.example", match="--log-denied")  # the switch is required
+
+
+def test_error_is_one_line(env):
+    res = env.fails("domain", "list", match="does not exist")
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("Error: ")
+
+
+# -- rules: add, list, show -------------------------------------------------------------------
+
+def test_rule_show_json_shape_and_masking(populated):
+    shown = populated.json("rule", "show", "invoices", "--json")
+    assert set(shown) == {
+        "id", "name", "priority", "enabled", "endpoint", "format", "basic_auth", "bearer",
+        "api_key", "retry_interval", "retry_period", "timeout", "discard", "allow_http",
+        "conditions", "created", "updated"}
+    assert shown["name"] == "invoices" and shown["priority"] == 0 and shown["enabled"] is True
+    assert shown["format"] == "json" and shown["retry_interval"] == 60
+    assert shown["retry_period"] == 3 and shown["timeout"] == 30
+    assert shown["bearer"] == "****wxyz" and shown["basic_auth"] is None
+    assert shown["conditions"] == [
+        {"header": "to", "pattern": "^invoices@", "negate": False},
+        {"header": "subject", "pattern": "invoice", "negate": False},
+        {"header": "from", "pattern": r"@spam\.example$", "negate": True},
+    ]
+    other = populated.json("rule", "show", "catchall", "--json")
+    assert other["basic_auth"] == "bob:****"
+    assert other["api_key"] == "****9876"
+    assert (other["discard"], other["allow_http"], other["format"]) == (True, True, "raw")
+    assert (other["retry_interval"], other["retry_period"], other["timeout"]) == (10, 10, 999)
+
+
+def test_secrets_never_printed(populated):
+    outputs = [populated.ok(*args).stdout for args in (
+        ("rule", "list"), ("rule", "list", "--json"), ("rule", "show", "invoices"),
+        ("rule", "show", "invoices", "--json"), ("rule", "show", "catchall"),
+        ("rule", "show", "catchall", "--json"))]
+    for out in outputs:
+        for secret in (BEARER, "s3cret-pass", API_KEY):
+            assert secret not in out
+    # ...but they are stored in full, for the spooler
+    row = sqlite3.connect(populated.rules_db).execute(
+        "SELECT bearer FROM rules WHERE name='invoices'").fetchone()
+    assert row[0] == BEARER
+
+
+def test_short_secret_fully_masked(env):
+    env.ok("rule", "add", "r", "--endpoint", "https://x.example/", "--when", "To~.", "--api-key", "abc123")
+    assert env.json("rule", "show", "r", "--json")["api_key"] == "****"
+
+
+def test_rule_list(populated):
+    rows = populated.json("rule", "list", "--json")
+    assert [r["name"] for r in rows] == ["invoices", "catchall"]
+    text = populated.ok("rule", "list").stdout
+    assert text.index("invoices") < text.index("catchall")
+    assert "PRIO" in text and "+discard" in text
+
+
+def test_rule_show_human(populated):
+    out = populated.ok("rule", "show", "invoices").stdout
+    assert "bearer ****wxyz" in out
+    assert "--when 'to~^invoices@'" in out and r"--unless 'from~@spam\.example$'" in out
+
+
+def test_rule_list_empty(env):
+    env.ok("domain", "add", "x.example")
+    assert "No rules" in env.ok("rule", "list").stdout
+    assert env.json("rule", "list", "--json") == []
+
+
+def test_rule_add_creates_db_and_hints_at_domains(env):
+    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/", "--when", "To~.")
+    assert "Added rule r" in res.stdout and "no permitted domains" in res.stderr
+    assert os.path.exists(env.rules_db)
+
+
+def test_rule_add_disabled(env):
+    env.ok("rule", "add", "r", "--endpoint", "https://x.example/", "--when", "To~.", "--disabled")
+    assert env.json("rule", "show", "r", "--json")["enabled"] is False
+
+
+INVALID_ADDS = [
+    (["--when", "Subject~("], "invalid regex"),
+    (["--when", "Subject"], "HEADER~REGEX"),
+    (["--when", "Bad Header~x"], "not a valid header name"),
+    (["--when", "Subject~"], "empty regex"),
+    (["--unless", "From~[a-"], "invalid regex"),
+    (["--when", "To~.", "--retry-interval", "9"], "retry interval must be between 10 and 600"),
+    (["--when", "To~.", "--retry-interval", "601"], "retry interval"),
+    (["--when", "To~.", "--retry-period", "0"], "retry period must be between 1 and 10"),
+    (["--when", "To~.", "--retry-period", "11"], "retry period"),
+    (["--when", "To~.", "--timeout", "0"], "timeout must be between 1 and 999"),
+    (["--when", "To~.", "--timeout", "1000"], "timeout"),
+    (["--when", "To~.", "--basic-auth", "u:p", "--bearer", "t"], "either Basic auth or a Bearer"),
+    (["--when", "To~.", "--basic-auth", "nocolon"], "USER:PASSWORD"),
+    (["--when", "To~.", "--bearer", ""], "must not be empty"),
+    (["--when", "To~.", "--format", "xml"], "xml"),
+    (["--when", "To~.", "--priority", "high"], "priority"),
+    ([], "at least one condition"),
+]
+
+
+@pytest.mark.parametrize("extra,match", INVALID_ADDS)
+def test_rule_add_invalid_writes_nothing(populated, extra, match):
+    populated.fails("rule", "add", "new", "--endpoint", "https://x.example/", *extra, match=match)
+
+
+@pytest.mark.parametrize("extra,match", INVALID_ADDS[:3])
+def test_rule_add_invalid_does_not_create_db(env, extra, match):
+    env.fails("rule", "add", "new", "--endpoint", "https://x.example/", *extra, match=match)
+    assert not os.path.exists(env.rules_db)
+
+
+def test_rule_add_endpoint_errors(populated):
+    populated.fails("rule", "add", "new", "--endpoint", "http://x.example/", "--when", "To~.",
+                    match="--allow-http")
+    populated.fails("rule", "add", "new", "--endpoint", "ftp://x.example/", "--when", "To~.",
+                    match="https://")
+    populated.fails("rule", "add", "new", "--endpoint", "https://u:p@x.example/", "--when", "To~.",
+                    match="--basic-auth")
+    populated.fails("rule", "add", "new", "--when", "To~.", match="--endpoint")  # required
+    populated.fails("rule", "add", "bad name", "--endpoint", "https://x.example/", "--when", "To~.",
+                    match="rule name")
+
+
+def test_rule_add_duplicate(populated):
+    populated.fails("rule", "add", "invoices", "--endpoint", "https://x.example/",
+                    "--when", "To~.", match="already exists")
+
+
+def test_unknown_rule_names(populated):
+    for cmd in ("show", "enable", "disable", "remove"):
+        populated.fails("rule", cmd, "nope", match="no rule named 'nope'")
+    populated.fails("rule", "edit", "nope", "--priority", "1", match="no rule named 'nope'")
+
+
+def test_rule_read_commands_need_db(env):
+    env.fails("rule", "list", match="does not exist")
+    env.fails("rule", "show", "x", match="does not exist")
+    env.fails("rule", "edit", "x", "--priority", "1", match="does not exist")
+    env.fails("rule", "enable", "x", match="does not exist")
+    assert not os.path.exists(env.rules_db)
+
+
+# -- rules: edit, enable, disable, remove -----------------------------------------------------
+
+def test_rule_edit_settings(populated):
+    populated.ok("rule", "edit", "invoices", "--priority", "20", "--format", "multipart",
+                 "--timeout", "5", "--retry-interval", "600", "--retry-period", "1", "--discard",
+                 "--endpoint", "https://new.example/x")
+    shown = populated.json("rule", "show", "invoices", "--json")
+    assert (shown["priority"], shown["format"], shown["timeout"]) == (20, "multipart", 5)
+    assert (shown["retry_interval"], shown["retry_period"], shown["discard"]) == (600, 1, True)
+    assert shown["endpoint"] == "https://new.example/x"
+    assert shown["bearer"] == "****wxyz"  # untouched
+    assert len(shown["conditions"]) == 3  # untouched
+    assert shown["updated"] >= shown["created"]
+    populated.ok("rule", "edit", "invoices", "--no-discard", "--disabled")
+    shown = populated.json("rule", "show", "invoices", "--json")
+    assert shown["discard"] is False and shown["enabled"] is False
+    populated.ok("rule", "edit", "invoices", "--enabled")
+    assert populated.json("rule", "show", "invoices", "--json")["enabled"] is True
+
+
+def test_rule_edit_when_replaces_all_conditions(populated):
+    populated.ok("rule", "edit", "invoices", "--when", "Subject~^Bill")
+    assert populated.json("rule", "show", "invoices", "--json")["conditions"] == [
+        {"header": "subject", "pattern": "^Bill", "negate": False}]
+    populated.ok("rule", "edit", "invoices", "--when", "To~^a@", "--unless", "Subject~spam")
+    assert populated.json("rule", "show", "invoices", "--json")["conditions"] == [
+        {"header": "to", "pattern": "^a@", "negate": False},
+        {"header": "subject", "pattern": "spam", "negate": True}]
+
+
+def test_rule_edit_unless_alone_replaces_negated_only(populated):
+    populated.ok("rule", "edit", "invoices", "--unless", "X-Spam~yes")
+    assert populated.json("rule", "show", "invoices", "--json")["conditions"] == [
+        {"header": "to", "pattern": "^invoices@", "negate": False},
+        {"header": "subject", "pattern": "invoice", "negate": False},
+        {"header": "x-spam", "pattern": "yes", "negate": True}]
+
+
+def test_rule_edit_rename(populated):
+    rule_id = populated.json("rule", "show", "invoices", "--json")["id"]
+    res = populated.ok("rule", "edit", "invoices", "--name", "bills")
+    assert "renamed from invoices" in res.stdout
+    assert populated.json("rule", "show", "bills", "--json")["id"] == rule_id
+    populated.fails("rule", "show", "invoices", match="no rule named")
+    populated.fails("rule", "edit", "bills", "--name", "catchall", match="already exists")
+
+
+def test_rule_edit_auth(populated):
+    populated.ok("rule", "edit", "invoices", "--basic-auth", "ann:pw")  # replaces the bearer
+    shown = populated.json("rule", "show", "invoices", "--json")
+    assert shown["basic_auth"] == "ann:****" and shown["bearer"] is None
+    populated.ok("rule", "edit", "invoices", "--bearer", BEARER)  # replaces basic auth
+    shown = populated.json("rule", "show", "invoices", "--json")
+    assert shown["basic_auth"] is None and shown["bearer"] == "****wxyz"
+    populated.ok("rule", "edit", "catchall", "--clear-auth")
+    shown = populated.json("rule", "show", "catchall", "--json")
+    assert (shown["basic_auth"], shown["bearer"], shown["api_key"]) == (None, None, None)
+    populated.ok("rule", "edit", "catchall", "--clear-auth", "--api-key", API_KEY)
+    assert populated.json("rule", "show", "catchall", "--json")["api_key"] == "****9876"
+
+
+def test_rule_edit_allow_http(populated):
+    populated.fails("rule", "edit", "catchall", "--no-allow-http", match="--allow-http")
+    populated.fails("rule", "edit", "invoices", "--endpoint", "http://x.example/", match="not HTTPS")
+    populated.ok("rule", "edit", "invoices", "--endpoint", "http://x.example/", "--allow-http")
+    assert populated.json("rule", "show", "invoices", "--json")["allow_http"] is True
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--when", "Subject~("], "invalid regex"),
+    (["--unless", "Subject~("], "invalid regex"),
+    (["--timeout", "0"], "timeout"),
+    (["--retry-interval", "1000"], "retry interval"),
+    (["--retry-period", "30"], "retry period"),
+    (["--basic-auth", "u:p", "--bearer", "t"], "either Basic auth or a Bearer"),
+    (["--api-key", ""], "must not be empty"),
+    (["--name", "no spaces"], "rule name"),
+    ([], "nothing to change"),
+])
+def test_rule_edit_invalid_writes_nothing(populated, extra, match):
+    populated.fails("rule", "edit", "invoices", *extra, match=match)
+
+
+def test_rule_enable_disable_remove(populated):
+    assert "Disabled rule invoices" in populated.ok("rule", "disable", "invoices").stdout
+    assert populated.json("rule", "show", "invoices", "--json")["enabled"] is False
+    populated.ok("rule", "enable", "invoices")
+    assert populated.json("rule", "show", "invoices", "--json")["enabled"] is True
+    populated.ok("rule", "remove", "invoices")
+    assert [r["name"] for r in populated.json("rule", "list", "--json")] == ["catchall"]
+    assert len(populated.dump()["conditions"]) == 1
+
+
+# -- rule test ----------------------------------------------------------------------------------
+
+def eml(tmp_path, headers: str, name="m.eml", body="Hello\r\n") -> str:
+    path = tmp_path / name
+    data = headers.strip("\n").replace("\n", "\r\n").encode("utf-8") + b"\r\n\r\n" + body.encode()
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.fixture
+def sales(env):
+    env.ok("domain", "add", "ours.example")
+    env.ok("rule", "add", "sales", "--endpoint", "https://app.example.net/sales",
+           "--when", "To~^sales@", "--priority", "1")
+    env.ok("rule", "add", "invoices", "--endpoint", "https://app.example.net/inv",
+           "--when", "Subject~invoice", "--unless", r"From~@spam\.example$", "--priority", "2",
+           "--discard")
+    return env
+
+
+def test_rule_test_rule_hit(sales, tmp_path):
+    msg = eml(tmp_path, "From: Alice <alice@sender.example>\nTo: someone@ours.example\n"
+                        "Subject: Invoice 42\nMessage-ID: <1@sender.example>")
+    res = sales.json("rule", "test", msg, "--rcpt", "Someone@Ours.Example", "--mail-from",
+                     "<b@sender.example>", "--json")
+    assert res["result"] == "accept" and res["smtp"] == "250"
+    assert res["mail_from"] == "b@sender.example" and res["header_from"] == "alice@sender.example"
+    assert res["subject"] == "Invoice 42"
+    (r,) = res["recipients"]
+    assert r["recipient"] == "someone@ours.example"
+    assert r["outcome"] == "accepted" and r["decided_by"] == "rule:invoices"
+    assert r["action"] == "discard" and r["endpoint"] == "https://app.example.net/inv"
+    assert [(x["name"], x["matched"]) for x in r["rules"]] == [("sales", False), ("invoices", True)]
+    assert r["rules"][0]["reason"] == "to~^sales@: no to value matches"
+    text = sales.ok("rule", "test", msg, "--rcpt", "someone@ours.example").stdout
+    assert "ACCEPT" in text and "accepted by rule invoices" in text and "first match" in text
+    assert "(then discarded)" in text
+
+
+def test_rule_test_to_means_envelope_recipient(sales, tmp_path):
+    # The To header says sales@, but the envelope recipient is not sales@: no match...
+    msg = eml(tmp_path, "From: a@sender.example\nTo: sales@ours.example\nSubject: hi")
+    res = sales.json("rule", "test", msg, "--rcpt", "other@ours.example", "--json")
+    assert res["result"] == "reject" and res["decided_by"] == "no_rule"
+    assert res["recipients"][0]["outcome"] == "denied"
+    # ...and the other way round: the envelope recipient decides.
+    msg2 = eml(tmp_path, "From: a@sender.example\nTo: list@elsewhere.example\nSubject: hi", "m2.eml")
+    res = sales.json("rule", "test", msg2, "--rcpt", "sales@ours.example", "--json")
+    assert res["recipients"][0]["decided_by"] == "rule:sales"
+
+
+def test_rule_test_no_match(sales, tmp_path):
+    msg = eml(tmp_path, "From: x@spam.example\nTo: z@ours.example\nSubject: Invoice")
+    res = sales.json("rule", "test", msg, "--rcpt", "z@ours.example", "--json")
+    assert res["result"] == "reject" and res["smtp"] == "550 5.7.1"
+    assert res["reason"] == "no inbound rule matches <z@ours.example>"
+    reasons = {x["name"]: x["reason"] for x in res["recipients"][0]["rules"]}
+    assert reasons["invoices"] == "not from~@spam\\.example$: from is 'x@spam.example'"
+    text = sales.ok("rule", "test", msg, "--rcpt", "z@ours.example").stdout
+    assert "REJECT (550 5.7.1) by no_rule" in text and "✗ invoices" in text
+
+
+def test_rule_test_disabled_rule_explained(sales, tmp_path):
+    sales.ok("rule", "disable", "sales")
+    msg = eml(tmp_path, "From: a@sender.example\nTo: sales@ours.example\nSubject: hi")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example", "--json")
+    assert res["result"] == "reject"
+    assert res["recipients"][0]["rules"][0] == {
+        "name": "sales", "priority": 1, "enabled": False, "matched": False,
+        "reason": "disabled", "conditions": []}
+
+
+def test_rule_test_heuristic_from_permitted_domain(sales, tmp_path):
+    msg = eml(tmp_path, "From: Boss <ceo@OURS.example>\nTo: sales@ours.example\nSubject: Invoice")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example", "--json")
+    assert res["result"] == "reject" and res["decided_by"] == "heuristic:from_permitted_domain"
+    assert res["heuristics"]["verdict"]["heuristic"] == "from_permitted_domain"
+    r = res["recipients"][0]
+    assert r["outcome"] == "denied" and r["decided_by"] == "heuristic:from_permitted_domain"
+    assert r["rules"][0]["matched"] is True  # shown for information
+    text = sales.ok("rule", "test", msg, "--rcpt", "sales@ours.example").stdout
+    assert "heuristic:from_permitted_domain" in text and "for information" in text
+
+
+def test_rule_test_heuristic_from_equals_to(sales, tmp_path):
+    msg = eml(tmp_path, "From: <victim@elsewhere.example>\nTo: Victim <VICTIM@elsewhere.example>\n"
+                        "Subject: Invoice")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example", "--json")
+    assert res["decided_by"] == "heuristic:from_equals_to"
+
+
+def test_rule_test_heuristics_switchable_by_config(sales, tmp_path):
+    sales.write_config(heuristic_from_permitted_domain="no")
+    msg = eml(tmp_path, "From: ceo@ours.example\nTo: x@y.example\nSubject: hello")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example", "--json")
+    assert res["heuristics"]["enabled"] == ["from_equals_to"]
+    assert res["result"] == "accept" and res["recipients"][0]["decided_by"] == "rule:sales"
+
+
+def test_rule_test_unknown_domain_reject_and_pass(sales, tmp_path):
+    msg = eml(tmp_path, "From: a@sender.example\nTo: x@elsewhere.example\nSubject: hi")
+    res = sales.json("rule", "test", msg, "--rcpt", "x@elsewhere.example",
+                     "--rcpt", "sales@ours.example", "--json")
+    first, second = res["recipients"]
+    assert first["outcome"] == "rejected" and first["decided_by"] == "unknown_domain"
+    assert "at RCPT" in first["reason"]
+    assert second["decided_by"] == "rule:sales" and res["result"] == "accept"
+    only = sales.json("rule", "test", msg, "--rcpt", "x@elsewhere.example", "--json")
+    assert only["result"] == "reject" and only["decided_by"] == "unknown_domain"
+
+    sales.write_config(unknown_domains="pass")
+    res = sales.json("rule", "test", msg, "--rcpt", "x@elsewhere.example", "--json")
+    assert res["result"] == "pass" and res["recipients"][0]["outcome"] == "passed"
+    # pass-through recipients keep a message that no rule matches
+    res = sales.json("rule", "test", msg, "--rcpt", "x@elsewhere.example",
+                     "--rcpt", "nobody@ours.example", "--json")
+    assert res["result"] == "accept"
+    assert [r["outcome"] for r in res["recipients"]] == ["passed", "denied"]
+
+
+def test_rule_test_some_recipients_denied(sales, tmp_path):
+    msg = eml(tmp_path, "From: a@sender.example\nTo: sales@ours.example\nSubject: hi")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example",
+                     "--rcpt", "nobody@ours.example", "--json")
+    assert res["result"] == "accept"
+    assert res["recipients"][1]["outcome"] == "denied"
+    assert "removed from the message" in res["recipients"][1]["reason"]
+
+
+def test_rule_test_raw_headers_8bit_folded_and_mbox(sales, tmp_path):
+    path = tmp_path / "raw.eml"
+    path.write_bytes(
+        b"From MAILER-DAEMON Thu Nov 22 12:00:00 2026\n"
+        b"From: =?iso-8859-1?q?J=F6rg?= <j@sender.example>\n"
+        b"To: x@ours.example\n"
+        b"Subject: caf\xe9 \xff invoice\n"
+        b"X-Long: first\n\tsecond\n"
+        b"\nbody with Subject: invoice\n")
+    res = sales.json("rule", "test", str(path), "--rcpt", "x@ours.example", "--json")
+    assert res["recipients"][0]["decided_by"] == "rule:invoices"
+    assert res["subject"] == "caf\xe9 \xff invoice"
+    assert climod.split_headers(path.read_bytes())[-1] == ("X-Long", b" first\r\n\tsecond")
+
+
+def test_rule_test_from_stdin(sales, tmp_path):
+    res = sales.run("rule", "test", "-", "--rcpt", "sales@ours.example", "--json",
+                    input=b"From: a@sender.example\r\nSubject: x\r\n\r\nhi\r\n")
+    assert res.exit_code == 0 and json.loads(res.stdout)["result"] == "accept"
+
+
+def test_rule_test_errors(env, tmp_path):
+    msg = eml(tmp_path, "From: a@sender.example\nSubject: hi")
+    env.fails("rule", "test", msg, "--rcpt", "x@ours.example", match="does not exist")
+    assert not os.path.exists(env.rules_db)
+    env.ok("domain", "add", "ours.example")
+    env.fails("rule", "test", msg, "--rcpt", "not-an-address", match="not an address")
+    env.fails("rule", "test", msg, match="--rcpt")
+    env.fails("rule", "test", str(tmp_path / "missing.eml"), "--rcpt", "x@ours.example",
+              match="missing.eml")
+
+
+def test_rule_test_no_rules(env, tmp_path):
+    env.ok("domain", "add", "ours.example")
+    msg = eml(tmp_path, "From: a@sender.example\nSubject: hi")
+    res = env.json("rule", "test", msg, "--rcpt", "x@ours.example", "--json")
+    assert res["result"] == "reject" and res["recipients"][0]["reason"] == "there are no rules"
+
+
+# -- times --------------------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("30m", "2026-11-22T11:30:00.000000Z"),
+    ("2h", "2026-11-22T10:00:00.000000Z"),
+    ("7d", "2026-11-15T12:00:00.000000Z"),
+    ("1w", "2026-11-15T12:00:00.000000Z"),
+    ("45s", "2026-11-22T11:59:15.000000Z"),
+    ("2026-11-01", "2026-11-01T00:00:00.000000Z"),
+    ("2026-11-01T08:30", "2026-11-01T08:30:00.000000Z"),
+    ("2026-11-01 08:30:05", "2026-11-01T08:30:05.000000Z"),
+    ("2026-11-01T08:30:00+02:00", "2026-11-01T06:30:00.000000Z"),
+    ("2026-11-01T08:30:00Z", "2026-11-01T08:30:00.000000Z"),
+])
+def test_parse_time(text, expected):
+    assert climod.parse_time(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "5y", "2026-13-01", "", "-3h"])
+def test_parse_time_invalid(bad):
+    with pytest.raises(ValueError):
+        climod.parse_time(bad, now=NOW)
+
+
+def test_masks():
+    assert climod.mask_basic("user:pa:ss") == "user:****"
+    assert climod.mask_secret("abcdefghijkl") == "****ijkl"
+    assert climod.mask_secret("short") == "****"
+    assert climod.mask_secret(None) is None
