@@ -24,9 +24,9 @@ from . import heuristics, rules
 from .decision import decide
 from .headers import address_domain, decode_value, first_address, normalize_address
 from .rules import RuleError
+from .state import LOG_STATUSES, StateStore
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-STATUSES = ("queued", "succeeded", "deferred", "failed", "denied")
 LOG_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
 HEURISTIC_KEYS = (
     (heuristics.FROM_PERMITTED_DOMAIN, "heuristic_from_permitted_domain"),
@@ -79,8 +79,6 @@ class App:
         return dbmod.RulesStore(path)
 
     def state_store(self):
-        from .state import StateStore  # imported late: only the log commands need it
-
         path = self.cfg.state_db
         if not os.path.exists(path):
             raise InputError(
@@ -130,6 +128,13 @@ def mask_basic(basic: str | None) -> str | None:
         return None
     user, _, _ = basic.partition(":")
     return f"{user}:****"
+
+
+def short_time(value: str | None) -> str | None:
+    """'2026-11-22T12:00:00.123456Z' -> '2026-11-22 12:00:00Z' for tables."""
+    if value and len(value) >= 19 and value[10] == "T":
+        return value[:10] + " " + value[11:19] + "Z"
+    return value
 
 
 def yes_no(v: bool) -> str:
@@ -741,7 +746,7 @@ def log():
 
 
 @log.command("inbound")
-@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
+@click.option("--status", type=click.Choice(LOG_STATUSES), help="Only this status.")
 @click.option("--since", type=TimeType(), help="From this time on (ISO, or an age: 30m, 2h, 7d).")
 @click.option("--until", type=TimeType(), help="Up to this time (ISO, or an age).")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
@@ -767,7 +772,7 @@ def log_inbound(app, status, since, until, limit, as_csv, as_json):
         click.echo("No inbound log entries" + (" match" if status or since or until else ""))
     else:
         table(["RECEIVED", "STATUS", "FROM", "TO", "FILTER", "REASON", "ID"],
-              [[r.get("received"), r.get("status"), r.get("from"), r.get("to"),
+              [[short_time(r.get("received")), r.get("status"), r.get("from"), r.get("to"),
                 r.get("filterName"), r.get("reason"), r.get("id")] for r in rows],
               max_width=48)
 
@@ -788,16 +793,18 @@ def log_show(app, entry_id, as_json):
     for key, label in (("id", "id"), ("received", "date"), ("status", "status"),
                        ("hostName", "host name"), ("client_addr", "client address"),
                        ("mail_from", "mail from"), ("from", "from"), ("to", "destination"),
-                       ("messageId", "message-id"), ("queue_id", "queue id"),
-                       ("filterName", "filter name"), ("reason", "reason")):
-        if key in d:
-            click.echo(f"{label + ':':16}{'' if d[key] is None else d[key]}")
+                       ("subject", "subject"), ("messageId", "message-id"),
+                       ("queue_id", "queue id"), ("filterName", "filter name"),
+                       ("reason", "reason"), ("next_attempt_at", "next attempt")):
+        if d.get(key) not in (None, ""):
+            click.echo(f"{label + ':':16}{d[key]}")
     attempts = d.get("attempts") or []
-    click.echo(f"attempts:       {len(attempts)}")
+    if d.get("kind") != "denied":
+        click.echo(f"{'attempts:':16}{len(attempts)}")
     if attempts:
-        table(["AT", "STATUS", "DURATION MS", "ERROR"],
-              [[a.get("at"), a.get("status_code"), a.get("duration_ms"), a.get("error")]
-               for a in attempts], max_width=70)
+        table(["AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
+              [[a.get("at"), a.get("outcome"), a.get("status_code"), a.get("duration_ms"),
+                a.get("error")] for a in attempts], max_width=70)
 
 
 def main(argv: list[str] | None = None) -> None:
