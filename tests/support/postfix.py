@@ -61,6 +61,34 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM, wait, SIGKILL: for processes that are not our children (master(8))."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.02)
+
+
 class PostfixError(RuntimeError):
     """Postfix (or the sink) did not come up; the message carries the maillog."""
 
@@ -214,6 +242,7 @@ class PrivatePostfix:
         self._sink_log = None
         self._master_log = None
         self._owns_root = False
+        self._master_daemon_pid: int | None = None
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -388,6 +417,11 @@ class PrivatePostfix:
                         f"--- start-fg output ---\n{self._read(os.path.join(self.root, 'log', 'start-fg.out'))}"
                         f"--- maillog ---\n{self.log_text()}"
                     )
+            for _ in range(100):
+                self._master_daemon_pid = self._master_pid()
+                if self._master_daemon_pid:
+                    break
+                time.sleep(0.01)
         except BaseException:
             self.stop()
             raise
@@ -474,6 +508,7 @@ class PrivatePostfix:
                 exe = os.readlink(f"/proc/{entry}/exe")
             except OSError:
                 continue
+            cwd = cwd.removesuffix(" (deleted)")
             if (cwd == queue or cwd.startswith(queue + "/")) and exe.startswith(("/usr/lib/postfix/", "/usr/sbin/")):
                 found.append(int(entry))
         return found
@@ -481,12 +516,21 @@ class PrivatePostfix:
     def stop(self) -> None:
         if self._master is not None:
             if self._master.poll() is None:
-                self._postfix("stop", check=False, timeout=30)
+                stopped = False
+                if os.path.exists(self.config_dir):
+                    stopped = self._postfix("stop", check=False, timeout=30).returncode == 0
+                if not stopped and self._master_daemon_pid:
+                    _terminate(self._master_daemon_pid)
                 try:
                     self._master.wait(10)
                 except subprocess.TimeoutExpired:
                     self._stop_proc(self._master)
             self._master = None
+        # master(8) runs in its own session, so killing start-fg's group does not reach it; if
+        # `postfix stop` could not (config gone, say), end it by the pid noted at start-up.
+        if self._master_daemon_pid and _alive(self._master_daemon_pid):
+            _terminate(self._master_daemon_pid)
+        self._master_daemon_pid = None
         self._stop_proc(self._sink)
         self._sink = None
         if self.root:
