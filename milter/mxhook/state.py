@@ -182,7 +182,9 @@ class StateStore:
         self.path = path
         # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE explicitly
         # (see _write), so a transaction is exactly what the code says it is.
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # check_same_thread=False: a store may be opened on one thread and used on another
+        # (the spooler builds it before its loop runs); it is still used by one thread at a time.
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         conn.execute("PRAGMA busy_timeout = 30000")
         self.db.enable_wal()

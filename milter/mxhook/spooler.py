@@ -1,0 +1,356 @@
+"""mxhook-spooler: ingest the spool into state.db, then post deliveries to rule endpoints.
+
+    mxhook-spooler [--config PATH] [--once]
+
+The loop, on the main thread (the only thread that touches state.db):
+
+1. ingest: up to `ingest_batch` files from `new/`, oldest first. Each is read and checked; a
+   file that cannot be parsed (or read for lack of permission) moves to `bad/` with a
+   `.reason` file and a log line. The good ones go into state.db in ONE transaction
+   (synchronous=FULL, see state.py), and only after COMMIT are the files unlinked. A crash
+   between commit and unlink re-ingests them: harmless, the record id is the primary key.
+2. dispatch: deliveries whose next attempt time has come go to a pool of `workers` threads,
+   each with its own requests session; a worker renders the payload (mxhook.payloads) and
+   POSTs it once (mxhook.http). Results come back to the main thread, which writes them (all
+   results finished in one pass in one transaction) and decides the next step:
+   succeeded/failed are final; deferred is retried after max(retry interval, Retry-After)
+   until `retry period` days after the first attempt, then failed.
+3. wait up to `poll_interval` seconds (or less, when a post finishes), then again.
+
+A delivery is only ever re-posted if its result was not committed — after a crash or kill
+mid-request — and then with the same `webhook-id` (the delivery id), so receivers can
+deduplicate. SIGTERM/SIGINT: stop taking new work, let in-flight posts finish (each bounded by
+its rule's timeout), record their results, exit 0.
+
+`--once`: ingest everything pending, run one dispatch round, wait for its posts, exit (tests,
+cron-style use).
+
+`[spooler] retry_time_scale` (default 1) multiplies every rule's retry interval and retry
+period. It exists so tests and the demo can run the real retry schedule in seconds instead of
+minutes and days; production leaves it at 1. Retry-After from a receiver is never scaled.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable
+
+from . import config as config_mod
+from . import http, logging_setup, spool, state
+from .state import AttemptRecord, DueDelivery, StateStore
+
+log = logging.getLogger("mxhook.spooler")
+
+DAY = 86400.0
+CLEAN_TMP_EVERY = 3600.0
+
+
+def schedule(outcome: http.Outcome, target: dict, first_attempt_at: float, now: float,
+             *, scale: float = 1.0) -> tuple[str, float | None, str | None]:
+    """(delivery status, next attempt time or None, log reason) after an attempt.
+
+    Deferred outcomes wait max(retry_interval * scale, Retry-After), and never past the end of
+    the retry period (first attempt + retry_period days * scale), so there is a last attempt
+    at that moment; a deferred outcome at or after it makes the delivery `failed`."""
+    if outcome.status != "deferred":
+        return outcome.status, None, outcome.error
+    period_days = target.get("retry_period") or 3
+    deadline = first_attempt_at + period_days * DAY * scale
+    if now >= deadline:
+        days = f"{period_days:g} day{'s' if period_days != 1 else ''}"
+        return "failed", None, f"{outcome.error or 'deferred'}; gave up: retry period of {days} ended"
+    wait_s = max((target.get("retry_interval") or 60) * scale, outcome.retry_after or 0.0)
+    return "deferred", min(now + wait_s, deadline), outcome.error
+
+
+def _default_render(fmt: str, **kw):
+    from . import payloads  # imported late: jinja2 templates are only needed once we post
+
+    return payloads.render_inbound(fmt, **kw)
+
+
+class Spooler:
+    def __init__(self, cfg: config_mod.Config, *, render: Callable | None = None,
+                 session_factory: Callable = http.make_session, clock: Callable[[], float] = time.time):
+        sec = "spooler"
+        self.cfg = cfg
+        self.spool_dir = cfg.spool_dir
+        self.workers = cfg.int(sec, "workers")
+        self.poll_interval = cfg.float(sec, "poll_interval")
+        self.ingest_batch = cfg.int(sec, "ingest_batch")
+        self.max_attachment_size = cfg.size(sec, "max_attachment_size")
+        self.max_payload_size = cfg.size(sec, "max_payload_size")
+        self.max_response_bytes = cfg.size(sec, "max_response_bytes")
+        self.user_agent = cfg.get(sec, "user_agent")
+        self.scale = cfg.float(sec, "retry_time_scale")
+        for key, value, low in (("workers", self.workers, 1), ("ingest_batch", self.ingest_batch, 1)):
+            if value < low:
+                raise config_mod.ConfigError(f"[spooler] {key} must be at least {low}, got {value}")
+        if not self.poll_interval > 0:
+            raise config_mod.ConfigError("[spooler] poll_interval must be above 0")
+        if not self.scale > 0:
+            raise config_mod.ConfigError("[spooler] retry_time_scale must be above 0")
+        self.render = render or _default_render
+        self.session_factory = session_factory
+        self.clock = clock
+
+        spool.ensure_dirs(self.spool_dir)
+        state_dir = os.path.dirname(os.path.abspath(cfg.state_db))
+        os.makedirs(state_dir, exist_ok=True)
+        self.state = StateStore(cfg.state_db)
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
+        self.inflight: dict[Future, DueDelivery] = {}
+        self._stop = threading.Event()
+        self._local = threading.local()
+        self._last_clean = 0.0
+
+    # control ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish: no new posts, in-flight ones complete. Safe from signal
+        handlers and other threads."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.state.close()
+
+    # 1. ingest --------------------------------------------------------------------------
+    def _quarantine(self, path: str, reason: str) -> None:
+        try:
+            target = spool.move_bad(self.spool_dir, path, reason)
+            log.error("spool file %s moved to %s: %s", os.path.basename(path), target, reason)
+        except OSError as exc:
+            log.error("spool file %s is bad (%s) and could not be moved to bad/: %s", path, reason, exc)
+
+    def ingest_once(self) -> int:
+        """One batch from new/; returns how many files were handled (ingested or moved)."""
+        paths = spool.pending(self.spool_dir, limit=self.ingest_batch)
+        records: list[spool.Record] = []
+        good: list[str] = []
+        handled = 0
+        for path in paths:
+            try:
+                record = spool.read(path)
+                state.check_record(record)
+            except FileNotFoundError:
+                continue
+            except (spool.SpoolError, state.RecordError, PermissionError, IsADirectoryError) as exc:
+                self._quarantine(path, f"{type(exc).__name__}: {exc}")
+                handled += 1
+                continue
+            except OSError as exc:  # e.g. EMFILE, EIO: maybe passing; leave the file for next time
+                log.warning("cannot read spool file %s now, will retry: %s", path, exc)
+                continue
+            records.append(record)
+            good.append(path)
+        if not records:
+            return handled
+        done = self._ingest_records(records, good)
+        for path in done:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("ingested %s but cannot remove it (will be re-ingested harmlessly): %s", path, exc)
+        return handled + len(done)
+
+    def _ingest_records(self, records: list[spool.Record], paths: list[str]) -> list[str]:
+        """Ingest in one transaction; paths safe to unlink. If the batch fails for a reason
+        other than the database itself, ingest one by one so one odd record cannot hold up
+        the rest (it goes to bad/)."""
+        try:
+            new = self.state.ingest(records, now=self.clock())
+            log.debug("ingested %d record(s) (%d new)", len(records), new)
+            return paths
+        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: retry later
+            log.error("cannot ingest %d spool file(s) into state.db now, will retry: %s", len(records), exc)
+            return []
+        except Exception as exc:
+            log.warning("batch ingest failed (%s); ingesting one by one", exc)
+        done = []
+        for record, path in zip(records, paths):
+            try:
+                self.state.ingest([record], now=self.clock())
+                done.append(path)
+            except sqlite3.OperationalError as exc:
+                log.error("cannot ingest into state.db now, will retry: %s", exc)
+                break
+            except Exception as exc:
+                self._quarantine(path, f"cannot ingest: {type(exc).__name__}: {exc}")
+        return done
+
+    # 2. dispatch ------------------------------------------------------------------------
+    def dispatch(self) -> int:
+        """Hand due deliveries to free workers; returns how many were started."""
+        free = self.workers - len(self.inflight)
+        if free <= 0 or self.stopping:
+            return 0
+        busy = {d.id for d in self.inflight.values()}
+        try:
+            due = self.state.due(self.clock(), free, exclude=busy)
+        except sqlite3.Error as exc:
+            log.error("cannot read due deliveries from state.db: %s", exc)
+            return 0
+        for delivery in due:
+            self.inflight[self.executor.submit(self._attempt, delivery)] = delivery
+        return len(due)
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self.session_factory()
+        return session
+
+    def _attempt(self, d: DueDelivery) -> tuple[http.Outcome, float]:
+        """Worker thread: render and post once. Never raises; never touches state.db."""
+        started = self.clock()
+        try:
+            if d.raw is None:
+                return http.Outcome("failed", error="message body is no longer stored"), started
+            fmt = d.target.get("format") or "json"
+            try:
+                rendered = self.render(
+                    fmt, delivery_id=d.id, meta=d.meta, raw=d.raw, target=d.target,
+                    recipients=d.recipients, max_attachment_size=self.max_attachment_size,
+                    max_payload_size=self.max_payload_size,
+                )
+            except Exception as exc:
+                log.exception("delivery %s: cannot render the %s payload", d.id, fmt)
+                return http.Outcome("failed", error=f"cannot render the {fmt} payload: "
+                                                    f"{type(exc).__name__}: {exc}"), started
+            outcome = http.deliver(
+                self._session(), d.target, rendered.body, rendered.content_type, d.id,
+                user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
+            )
+            return outcome, started
+        except Exception as exc:  # a bug: retry (deferred) rather than lose the delivery
+            log.exception("delivery %s: internal error", d.id)
+            return http.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
+
+    def collect(self, done: set[Future] | None = None) -> int:
+        """Write the results of finished posts (all in one transaction); returns how many."""
+        if done is None:
+            done = {f for f in self.inflight if f.done()}
+        results = []
+        now = self.clock()
+        for fut in done:
+            d = self.inflight.pop(fut)
+            try:
+                outcome, started = fut.result()
+            except Exception as exc:  # _attempt does not raise; belt and braces
+                outcome, started = http.Outcome("deferred", error=f"internal error: {exc}"), now
+            first = state.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
+            status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale)
+            results.append(AttemptRecord(
+                delivery_id=d.id, at=state.iso(started), outcome=outcome.status, status=status,
+                status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
+                response_excerpt=outcome.response_excerpt,
+                next_attempt_at=state.iso(next_at) if next_at is not None else None, reason=reason,
+            ))
+            log.info(
+                "delivery %s rule=%s attempt=%d outcome=%s status=%s code=%s duration=%dms%s%s",
+                d.id, d.rule_name, d.attempts + 1, outcome.status, status,
+                outcome.status_code if outcome.status_code is not None else "-", outcome.duration_ms,
+                f" retry_in={next_at - now:.1f}s" if next_at is not None else "",
+                f" error={reason!r}" if reason else "",
+            )
+        if results:
+            try:
+                self.state.record_attempts(results)
+            except sqlite3.Error as exc:
+                # Not recorded means: posted again later, with the same webhook-id.
+                log.error("cannot record %d attempt result(s) in state.db (they will be retried): %s",
+                          len(results), exc)
+        return len(results)
+
+    def drain(self) -> None:
+        """Wait for every in-flight post and record its result."""
+        while self.inflight:
+            done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
+            self.collect(done)
+
+    # 3. the loop ------------------------------------------------------------------------
+    def _maybe_clean_tmp(self) -> None:
+        now = time.monotonic()
+        if now - self._last_clean >= CLEAN_TMP_EVERY or not self._last_clean:
+            self._last_clean = now
+            try:
+                removed = spool.clean_tmp(self.spool_dir)
+                if removed:
+                    log.info("removed %d stale file(s) from %s/tmp", removed, self.spool_dir)
+            except OSError as exc:
+                log.warning("cannot clean %s/tmp: %s", self.spool_dir, exc)
+
+    def run_once(self) -> None:
+        """Ingest everything pending, one dispatch round, wait for its posts."""
+        self._maybe_clean_tmp()
+        while self.ingest_once():
+            pass
+        self.dispatch()
+        self.drain()
+
+    def run(self) -> None:
+        log.info("started: spool %s, state %s, %d worker(s)", self.spool_dir, self.cfg.state_db, self.workers)
+        while not self.stopping:
+            self._maybe_clean_tmp()
+            try:
+                handled = self.ingest_once()
+            except OSError as exc:  # the spool dir itself is unreadable
+                log.error("cannot scan %s: %s", self.spool_dir, exc)
+                handled = 0
+            self.dispatch()
+            if handled >= self.ingest_batch:
+                self.collect()
+                continue  # more files waiting: no sleep
+            if self.inflight:
+                done, _ = wait(list(self.inflight), timeout=self.poll_interval, return_when=FIRST_COMPLETED)
+                self.collect(done)
+            else:
+                self._stop.wait(self.poll_interval)
+        if self.inflight:
+            log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
+        self.drain()
+        log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mxhook-spooler", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help=f"config file (default: $MXHOOK_CONFIG or {config_mod.DEFAULT_PATH})")
+    parser.add_argument("--once", action="store_true",
+                        help="ingest what is pending, run one dispatch round, wait for it, exit")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+        logging_setup.setup("mxhook-spooler", cfg.get("spooler", "log"), cfg.get("spooler", "log_level"))
+        # urllib3's debug lines carry request URLs, whose query strings may hold tokens
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+        spooler = Spooler(cfg)
+    except (config_mod.ConfigError, OSError, sqlite3.Error) as exc:
+        print(f"mxhook-spooler: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, config_mod.ConfigError) else 1
+    try:
+        if args.once:
+            spooler.run_once()
+        else:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: spooler.stop())
+            spooler.run()
+    finally:
+        spooler.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""mxhook-spooler against a real HTTP receiver on loopback, with real spool files.
+
+Payloads are rendered by the real mxhook.payloads, except in the one test that injects a
+renderer failure. Retry timing: `[spooler] retry_time_scale` compresses the rules' retry
+schedule (10 s interval -> 0.1 s at scale 0.01), or a test drives the spooler's clock.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from mxhook import config, rules, spool, spooler, state
+from mxhook.http import Outcome
+from mxhook.state import StateStore
+from tests.support.receiver import Receiver, Response
+
+HERE = os.path.dirname(__file__)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+RAW = open(os.path.join(HERE, "fixtures", "order.eml"), "rb").read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+def settings(tmp_path, **spooler_keys):
+    values = {
+        "paths": {"state_db": str(tmp_path / "state.db"), "spool_dir": str(tmp_path / "spool"),
+                  "rules_db": str(tmp_path / "rules.db")},
+        "spooler": {"poll_interval": "0.05", "workers": "4", "retry_time_scale": "0.01",
+                    "log": "stderr", "log_level": "debug"},
+    }
+    values["spooler"].update({k: str(v) for k, v in spooler_keys.items()})
+    return values
+
+
+def make_cfg(tmp_path, **spooler_keys) -> config.Config:
+    return config.from_dict(settings(tmp_path, **spooler_keys))
+
+
+def target(rx, path, name="r1", **kw) -> dict:
+    fields = dict(name=name, endpoint=rx.url + path, allow_http=True, retry_interval=10,
+                  conditions=(rules.parse_condition("To~@ours\\.example$"),), id=1)
+    fields.update(kw)
+    return rules.validate(rules.Rule(**fields)).delivery_target()
+
+
+def write_inbound(cfg, *targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> str:
+    spool.ensure_dirs(cfg.spool_dir)
+    rid = rid or spool.new_id()
+    meta = {
+        "received": state.iso(), "queue_id": "4XbQ1", "mail_from": "alice@x.org",
+        "client_addr": "192.0.2.1", "client_name": "mail.x.org", "helo": "mail.x.org",
+        "header_from": "alice@x.org", "subject": "Café order", "message_id": "<m1@x.org>",
+        "deliveries": [{"recipients": list(recipients), "rule": t} for t in targets],
+    }
+    spool.write(cfg.spool_dir, spool.Record(id=rid, kind="inbound", meta=meta, payload=raw))
+    return rid
+
+
+def delivery(cfg, did) -> dict | None:
+    with StateStore(cfg.state_db) as st:
+        return st.delivery(did)
+
+
+def wait_status(cfg, did, status, timeout=10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    row = None
+    while time.monotonic() < deadline:
+        row = delivery(cfg, did)
+        if row and row["status"] == status:
+            return row
+        time.sleep(0.02)
+    raise AssertionError(f"delivery {did}: wanted status {status}, last seen {row}")
+
+
+class Running:
+    """A Spooler running its daemon loop in a thread (stop() is what SIGTERM does)."""
+
+    def __init__(self, cfg, **kw):
+        self.spooler = spooler.Spooler(cfg, **kw)
+        self.thread = threading.Thread(target=self.spooler.run, daemon=True)
+        self.error = None
+
+    def __enter__(self):
+        self.thread.start()
+        return self.spooler
+
+    def __exit__(self, *exc):
+        self.spooler.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "spooler did not stop"
+        self.spooler.close()
+
+
+def run_once(cfg, **kw):
+    sp = spooler.Spooler(cfg, **kw)
+    try:
+        sp.run_once()
+    finally:
+        sp.close()
+
+
+@pytest.fixture()
+def rx():
+    with Receiver() as r:
+        yield r
+
+
+# ---------------------------------------------------------------------------------------------
+# The retry schedule (pure)
+
+def test_schedule():
+    t = {"retry_interval": 60, "retry_period": 2}
+    d = Outcome("deferred", 500, "HTTP 500")
+    assert spooler.schedule(Outcome("succeeded", 200), t, 0, 5) == ("succeeded", None, None)
+    assert spooler.schedule(Outcome("failed", 404, "HTTP 404"), t, 0, 5) == ("failed", None, "HTTP 404")
+    assert spooler.schedule(d, t, 0, 5) == ("deferred", 65, "HTTP 500")
+    # Retry-After wins when longer, never shortens the interval
+    assert spooler.schedule(Outcome("deferred", 429, "x", retry_after=300), t, 0, 5)[1] == 305
+    assert spooler.schedule(Outcome("deferred", 429, "x", retry_after=1), t, 0, 5)[1] == 65
+    # never past the end of the retry period: a last attempt exactly then
+    end = 2 * 86400
+    assert spooler.schedule(d, t, 0, end - 10) == ("deferred", end, "HTTP 500")
+    status, nxt, reason = spooler.schedule(d, t, 0, end)
+    assert (status, nxt) == ("failed", None) and reason == "HTTP 500; gave up: retry period of 2 days ended"
+    # the scale compresses interval and period alike
+    assert spooler.schedule(d, t, 0, 5, scale=0.01) == ("deferred", 5.6, "HTTP 500")
+    assert spooler.schedule(d, t, 0, 0.02 * 86400, scale=0.01)[0] == "failed"
+
+
+def test_config_checks(tmp_path):
+    for key, bad in (("retry_time_scale", "0"), ("workers", "0"), ("poll_interval", "-1")):
+        with pytest.raises(config.ConfigError, match=key):
+            spooler.Spooler(make_cfg(tmp_path, **{key: bad}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes through a real receiver
+
+def test_200_succeeded(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rid = write_inbound(cfg, target(rx, "/hook", bearer="tok-1"))
+    run_once(cfg)
+    (req,) = rx.wait_for(1, path="/hook")
+    assert req.headers["webhook-id"] == f"{rid}-r1"
+    assert req.headers["authorization"] == "Bearer tok-1"
+    assert req.headers["content-type"].startswith("application/json")
+    assert req.headers["user-agent"] == "mxhook/0.1"
+    req.json()  # the json format is JSON (its schema is tested with mxhook.payloads)
+    assert rid.encode() in req.body
+    row = delivery(cfg, f"{rid}-r1")
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("succeeded", 1, 200)
+    assert spool.pending(cfg.spool_dir) == []
+    with StateStore(cfg.state_db) as st:
+        (log,) = st.inbound_log()
+        assert (log["status"], log["filterName"], log["to"]) == ("succeeded", "r1", "in@ours.example")
+        assert st.counts()["messages_with_raw"] == 0  # body dropped after success
+
+
+def test_one_post_per_rule_each_with_its_format(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rid = write_inbound(
+        cfg,
+        target(rx, "/json", name="as-json"),
+        target(rx, "/multi", name="as-multipart", format="multipart", basic_auth="u:pw"),
+        target(rx, "/raw", name="as-raw", format="raw"),
+    )
+    run_once(cfg)
+    (j,) = rx.wait_for(1, path="/json")
+    (m,) = rx.wait_for(1, path="/multi")
+    (r,) = rx.wait_for(1, path="/raw")
+    assert [x.headers["webhook-id"] for x in (j, m, r)] == [f"{rid}-as-json", f"{rid}-as-multipart", f"{rid}-as-raw"]
+    assert m.headers["content-type"].startswith("multipart/form-data")
+    assert m.headers["authorization"].startswith("Basic ")
+    assert b"Message-ID: <m1@x.org>" in r.body
+    assert len(rx.requests) == 3
+
+
+def test_500_then_200_deferred_then_succeeded(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    seen_between = []
+
+    def second(request):
+        seen_between.append(delivery(cfg, request.headers["webhook-id"])["status"])
+        return (200, {}, b"ok")
+
+    rx.script("/hook", [(500, {}, b"database down"), second])
+    rid = write_inbound(cfg, target(rx, "/hook"))
+    with Running(cfg):
+        row = wait_status(cfg, f"{rid}-r1", "succeeded")
+    first, again = rx.wait_for(2, path="/hook")
+    assert seen_between == ["deferred"]
+    assert first.headers["webhook-id"] == again.headers["webhook-id"] == f"{rid}-r1"
+    assert first.body == again.body
+    assert again.at - first.at >= 0.1 * 0.9  # retry_interval 10 s x scale 0.01
+    assert row["attempts"] == 2
+    with StateStore(cfg.state_db) as st:
+        d = st.inbound_detail(f"{rid}-r1")
+    assert [(a["status_code"], a["error"]) for a in d["attempts"]] == [
+        (500, "HTTP 500 Internal Server Error"), (200, None)]
+    assert d["status"] == "succeeded" and d["reason"] is None
+    assert len(rx.requests) == 2
+
+
+def test_404_failed_at_once(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rx.script("/hook", [(404, {}, b"no such hook")])
+    rid = write_inbound(cfg, target(rx, "/hook"))
+    with Running(cfg):
+        row = wait_status(cfg, f"{rid}-r1", "failed")
+        time.sleep(0.4)  # several retry intervals: nothing more is posted
+    assert len(rx.requests) == 1
+    assert row["last_error"] == "HTTP 404 Not Found"
+    with StateStore(cfg.state_db) as st:
+        d = st.inbound_detail(f"{rid}-r1")
+        assert st.counts()["messages_with_raw"] == 1  # a failed delivery keeps the body
+    assert d["status"] == "failed" and d["reason"] == "HTTP 404 Not Found"
+    assert d["attempts"][0]["status_code"] == 404
+
+
+def test_301_failed_with_location(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rx.script("/old", [(301, {"Location": "https://new.example/hook"}, b"")])
+    rid = write_inbound(cfg, target(rx, "/old"))
+    run_once(cfg)
+    row = delivery(cfg, f"{rid}-r1")
+    assert row["status"] == "failed" and "https://new.example/hook" in row["last_error"]
+    assert [r.path for r in rx.requests] == ["/old"]
+
+
+def test_retry_after_honoured(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rx.script("/hook", [(429, {"Retry-After": "1"}, b"slow down"), (200, {}, b"ok")])
+    rid = write_inbound(cfg, target(rx, "/hook"))
+    with Running(cfg):
+        wait_status(cfg, f"{rid}-r1", "succeeded")
+    first, again = rx.wait_for(2, path="/hook")
+    assert again.at - first.at >= 0.95  # not the 0.1 s scaled interval
+
+
+def test_connection_refused_is_deferred(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with Receiver() as gone:
+        tgt = target(gone, "/hook")
+    rid = write_inbound(cfg, tgt)
+    run_once(cfg)
+    row = delivery(cfg, f"{rid}-r1")
+    assert row["status"] == "deferred" and row["last_error"].startswith("connection error:")
+    assert row["last_status_code"] is None and row["next_attempt_at"] > row["first_attempt_at"]
+
+
+def test_retry_period_end_makes_failed(rx, tmp_path):
+    """Unscaled schedule, spooler clock driven by the test: 503 forever -> failed after the
+    rule's retry period (1 day) from the first attempt."""
+    cfg = make_cfg(tmp_path, retry_time_scale="1")
+    rx.script("/hook", [(503, {}, b"maintenance")])
+    now = [time.time()]
+    rid = write_inbound(cfg, target(rx, "/hook", retry_interval=600, retry_period=1))
+    run = lambda: run_once(cfg, clock=lambda: now[0])  # noqa: E731
+    run()
+    first = delivery(cfg, f"{rid}-r1")
+    assert first["status"] == "deferred"
+    assert state.to_datetime(first["next_attempt_at"]).timestamp() == pytest.approx(now[0] + 600, abs=1)
+    now[0] += 599
+    run()
+    assert len(rx.requests) == 1  # not due yet
+    now[0] += 2
+    run()
+    assert len(rx.requests) == 2
+    now[0] += 86400
+    run()
+    row = delivery(cfg, f"{rid}-r1")
+    assert row["status"] == "failed" and row["attempts"] == 3
+    with StateStore(cfg.state_db) as st:
+        d = st.inbound_detail(f"{rid}-r1")
+    assert d["reason"] == "HTTP 503 Service Unavailable; gave up: retry period of 1 day ended"
+    now[0] += 86400
+    run()
+    assert len(rx.requests) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Spool handling
+
+def test_unreadable_spool_files_go_to_bad(rx, tmp_path, caplog):
+    cfg = make_cfg(tmp_path)
+    spool.ensure_dirs(cfg.spool_dir)
+    new = os.path.join(cfg.spool_dir, "new")
+    with open(os.path.join(new, "0000000000000001aaaaaaaaaaaa.rec"), "wb") as fh:
+        fh.write(b"GARBAGE\n{}\n")
+    rec = spool.Record(id="0000000000000002bbbbbbbbbbbb", kind="inbound",
+                       meta={"received": state.iso(), "deliveries": []}, payload=b"x")
+    spool.write(cfg.spool_dir, rec)
+    good = write_inbound(cfg, target(rx, "/hook"))
+    caplog.set_level("INFO", logger="mxhook.spooler")
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == []
+    bad = sorted(os.listdir(os.path.join(cfg.spool_dir, "bad")))
+    assert bad == ["0000000000000001aaaaaaaaaaaa.rec", "0000000000000001aaaaaaaaaaaa.rec.reason",
+                   "0000000000000002bbbbbbbbbbbb.rec", "0000000000000002bbbbbbbbbbbb.rec.reason"]
+    reason1 = open(os.path.join(cfg.spool_dir, "bad", bad[1])).read()
+    reason2 = open(os.path.join(cfg.spool_dir, "bad", bad[3])).read()
+    assert "bad magic" in reason1 and "deliveries" in reason2
+    assert "moved to" in caplog.text and "bad magic" in caplog.text
+    assert delivery(cfg, f"{good}-r1")["status"] == "succeeded"  # the good file went through
+
+
+def test_directory_in_new_goes_to_bad(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    spool.ensure_dirs(cfg.spool_dir)
+    os.mkdir(os.path.join(cfg.spool_dir, "new", "0000000000000003cccccccccccc.rec"))
+    good = write_inbound(cfg, target(rx, "/hook"))
+    run_once(cfg)
+    reason = open(os.path.join(cfg.spool_dir, "bad", "0000000000000003cccccccccccc.rec.reason")).read()
+    assert "IsADirectoryError" in reason
+    assert delivery(cfg, f"{good}-r1")["status"] == "succeeded"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_permission_denied_goes_to_bad(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rid = write_inbound(cfg, target(rx, "/hook"))
+    os.chmod(os.path.join(cfg.spool_dir, "new", rid + ".rec"), 0)
+    run_once(cfg)
+    assert os.path.exists(os.path.join(cfg.spool_dir, "bad", rid + ".rec.reason"))
+
+
+def test_reingesting_the_same_file_is_harmless(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rid = write_inbound(cfg, target(rx, "/hook"))
+    data = open(spool.pending(cfg.spool_dir)[0], "rb").read()
+    run_once(cfg)
+    # a crash between COMMIT and unlink leaves the file in new/: it comes back
+    with open(os.path.join(cfg.spool_dir, "new", rid + ".rec"), "wb") as fh:
+        fh.write(data)
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == []
+    assert len(rx.requests) == 1
+    assert delivery(cfg, f"{rid}-r1")["attempts"] == 1
+
+
+def test_denied_and_event_records(tmp_path):
+    cfg = make_cfg(tmp_path)
+    spool.ensure_dirs(cfg.spool_dir)
+    spool.write(cfg.spool_dir, spool.Record(id=spool.new_id(), kind="denied", meta={
+        "received": state.iso(), "queue_id": "", "mail_from": "spam@bad.example",
+        "recipients": ["x@ours.example"], "client_addr": "198.51.100.7", "client_name": "unknown",
+        "helo": "x", "header_from": "", "subject": "Win", "message_id": "", "filter": "no_rule",
+        "reason": "no rule matched"}), durable=False)
+    spool.write(cfg.spool_dir, spool.Record(id=spool.new_id(), kind="event", meta={"type": "queued"}))
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == []
+    with StateStore(cfg.state_db) as st:
+        (row,) = st.inbound_log()
+        assert (row["status"], row["filterName"], row["from"]) == ("denied", "no_rule", "spam@bad.example")
+        assert st.counts()["events"] == 1
+
+
+def test_render_failure_fails_that_delivery_only(rx, tmp_path):
+    """Injected renderer fault (the only stubbed renderer in these tests)."""
+    from mxhook import payloads
+
+    def render(fmt, **kw):
+        if kw["target"]["name"] == "broken":
+            raise RuntimeError("template exploded")
+        return payloads.render_inbound(fmt, **kw)
+
+    cfg = make_cfg(tmp_path)
+    rid = write_inbound(cfg, target(rx, "/a", name="broken"), target(rx, "/b", name="fine"))
+    run_once(cfg, render=render)
+    assert delivery(cfg, f"{rid}-broken")["status"] == "failed"
+    assert "template exploded" in delivery(cfg, f"{rid}-broken")["last_error"]
+    assert delivery(cfg, f"{rid}-fine")["status"] == "succeeded"
+    assert [r.path for r in rx.requests] == ["/b"]
+
+
+def test_restart_does_not_repost(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rids = [write_inbound(cfg, target(rx, "/hook")) for _ in range(5)]
+    run_once(cfg)
+    run_once(cfg)
+    with Running(cfg):
+        time.sleep(0.3)
+    assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted(f"{r}-r1" for r in rids)
+
+
+def test_many_messages_batched(rx, tmp_path):
+    cfg = make_cfg(tmp_path, ingest_batch=7, workers=3)
+    rids = [write_inbound(cfg, target(rx, "/hook")) for _ in range(40)]
+    with Running(cfg):
+        rx.wait_for(40, path="/hook", timeout=20)
+        wait_status(cfg, f"{rids[-1]}-r1", "succeeded")
+    assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted(f"{r}-r1" for r in rids)
+    with StateStore(cfg.state_db) as st:
+        assert st.counts()["deliveries"]["succeeded"] == 40
+
+
+# ---------------------------------------------------------------------------------------------
+# The real daemon: signals and crashes
+
+def start_daemon(tmp_path, *extra) -> subprocess.Popen:
+    path = tmp_path / "mxhook.conf"
+    if not path.exists():
+        path.write_text(config.render(settings(tmp_path)))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "mxhook.spooler", "--config", str(path), *extra],
+        env=env, stderr=open(tmp_path / "spooler.stderr", "ab"),
+    )
+
+
+def stderr_of(tmp_path) -> str:
+    return (tmp_path / "spooler.stderr").read_text(errors="replace")
+
+
+def test_kill_9_mid_request_reposts_with_same_webhook_id(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rx.script("/hook", [Response(200, delay=60), (200, {}, b"ok")])
+    rid = write_inbound(cfg, target(rx, "/hook", timeout=120))
+    proc = start_daemon(tmp_path)
+    try:
+        (first,) = rx.wait_for(1, path="/hook", timeout=15)
+        proc.kill()  # SIGKILL while the receiver holds the request
+        proc.wait(10)
+        assert delivery(cfg, f"{rid}-r1")["status"] == "queued"
+        proc = start_daemon(tmp_path)
+        first, again = rx.wait_for(2, path="/hook", timeout=15)
+        assert first.headers["webhook-id"] == again.headers["webhook-id"] == f"{rid}-r1"
+        wait_status(cfg, f"{rid}-r1", "succeeded")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, stderr_of(tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert len(rx.requests) == 2
+    log = stderr_of(tmp_path)
+    assert f"delivery {rid}-r1 rule=r1 attempt=1 outcome=succeeded status=succeeded code=200" in log
+
+
+def test_sigterm_finishes_the_post_in_flight(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rx.script("/hook", [Response(200, delay=1.0)])
+    rid = write_inbound(cfg, target(rx, "/hook", bearer="very-secret-token", basic_auth=None))
+    proc = start_daemon(tmp_path)
+    try:
+        rx.wait_for(1, path="/hook", timeout=15)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert delivery(cfg, f"{rid}-r1")["status"] == "succeeded"
+    assert len(rx.requests) == 1
+    log = stderr_of(tmp_path)
+    assert "waiting for 1 post(s) in flight" in log and "stopped" in log
+    assert "very-secret-token" not in log
+
+
+def test_once_flag(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    rid = write_inbound(cfg, target(rx, "/hook"))
+    proc = start_daemon(tmp_path, "--once")
+    assert proc.wait(30) == 0, stderr_of(tmp_path)
+    assert delivery(cfg, f"{rid}-r1")["status"] == "succeeded"
+
+
+def test_bad_config_exits_2(tmp_path):
+    (tmp_path / "bad.conf").write_text("[spooler]\nworkers = many\n")
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
+    res = subprocess.run([sys.executable, "-m", "mxhook.spooler", "--config", str(tmp_path / "bad.conf")],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "workers" in res.stderr
