@@ -258,7 +258,7 @@ def domain_list(app, as_json):
         click.echo("No permitted domains (add one with: mxhook domain add example.com)")
     else:
         table(["DOMAIN", "LOG DENIED", "CREATED"],
-              [[d["name"], d["log_denied"], d["created"]] for d in domains])
+              [[d["name"], d["log_denied"], short_time(d["created"])] for d in domains])
 
 
 @domain.command("set")
@@ -368,7 +368,7 @@ def rule():
     """Inbound rules: which mail is posted to which webhook."""
 
 
-@rule.command("add")
+@rule.command("add", short_help="Add a rule.")
 @click.argument("name")
 @rule_options(edit=False)
 @pass_app
@@ -441,7 +441,7 @@ def rule_show(app, name, as_json):
         print_rule(found, times)
 
 
-@rule.command("edit")
+@rule.command("edit", short_help="Change a rule.")
 @click.argument("name")
 @rule_options(edit=True)
 @pass_app
@@ -671,7 +671,7 @@ def print_explanation(res: dict) -> None:
             click.echo(f"  {mark} {rr['name']} (priority {rr['priority']}): {rr['reason']}{note}")
 
 
-@rule.command("test")
+@rule.command("test", short_help="Dry run: which heuristic or rule decides a message.")
 @click.argument("message", metavar="MESSAGE.eml", type=click.File("rb"))
 @click.option("--rcpt", "recipients", multiple=True, required=True, metavar="ADDR",
               help="Envelope recipient (RCPT TO); repeatable.")
