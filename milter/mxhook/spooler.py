@@ -251,8 +251,12 @@ class Spooler:
                 outcome, started = fut.result()
             except Exception as exc:  # _attempt does not raise; belt and braces
                 outcome, started = http.Outcome("deferred", error=f"internal error: {exc}"), now
-            first = state.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
-            status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale)
+            try:
+                first = state.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
+                status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale)
+            except (TypeError, ValueError) as exc:  # odd retry settings in the target: defaults
+                log.error("delivery %s: bad retry settings (%s); using the defaults", d.id, exc)
+                status, next_at, reason = schedule(outcome, {}, started, now, scale=self.scale)
             results.append(AttemptRecord(
                 delivery_id=d.id, at=state.iso(started), outcome=outcome.status, status=status,
                 status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
@@ -301,23 +305,30 @@ class Spooler:
         self.dispatch()
         self.drain()
 
+    def _step(self) -> None:
+        self._maybe_clean_tmp()
+        try:
+            handled = self.ingest_once()
+        except OSError as exc:  # the spool dir itself is unreadable
+            log.error("cannot scan %s: %s", self.spool_dir, exc)
+            handled = 0
+        self.dispatch()
+        if handled >= self.ingest_batch:
+            self.collect()
+            return  # more files waiting: no sleep
+        if self.inflight:
+            done, _ = wait(list(self.inflight), timeout=self.poll_interval, return_when=FIRST_COMPLETED)
+            self.collect(done)
+        else:
+            self._stop.wait(self.poll_interval)
+
     def run(self) -> None:
         log.info("started: spool %s, state %s, %d worker(s)", self.spool_dir, self.cfg.state_db, self.workers)
         while not self.stopping:
-            self._maybe_clean_tmp()
             try:
-                handled = self.ingest_once()
-            except OSError as exc:  # the spool dir itself is unreadable
-                log.error("cannot scan %s: %s", self.spool_dir, exc)
-                handled = 0
-            self.dispatch()
-            if handled >= self.ingest_batch:
-                self.collect()
-                continue  # more files waiting: no sleep
-            if self.inflight:
-                done, _ = wait(list(self.inflight), timeout=self.poll_interval, return_when=FIRST_COMPLETED)
-                self.collect(done)
-            else:
+                self._step()
+            except Exception:  # a bug must not stop delivery of everything else
+                log.exception("error in the spooler loop; continuing")
                 self._stop.wait(self.poll_interval)
         if self.inflight:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
