@@ -8,6 +8,10 @@ Every write validates first (`rules.validate`, domain syntax) and raises `rules.
 with a message meant for the admin; a rule and its conditions are written in one transaction,
 so nothing is written on error. The file holds endpoint secrets: it is created mode 0640.
 
+Permissions: SQLite readers of a WAL database need write access to the -shm file (and to the
+directory, to create it), so the milter must run as the owner of the database's directory.
+The CLI run as root therefore gives a new rules.db the owner and group of its directory.
+
 Schema versions live in `PRAGMA user_version` (0 = empty file); `_migrate` brings a database
 up to `SCHEMA_VERSION` and refuses one written by a newer mxhook.
 """
@@ -113,15 +117,25 @@ def _uri_path(path: str) -> str:
 
 
 def _create_file(path: str) -> None:
-    """Create the parent directory and an empty db file, mode 0640, when missing."""
+    """Create the parent directory and an empty db file, mode 0640, when missing.
+
+    Run as root (an admin's `mxhook domain add`), the new file is given the owner and group of
+    its directory (e.g. /var/lib/mxhook owned by the daemons' user), so the milter can still
+    read it; SQLite itself gives the -wal/-shm files the owner of the database file.
+    """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
         return
-    os.close(fd)
-    os.chmod(path, FILE_MODE)  # the umask may have taken group read away
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken group read away
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            st = os.stat(parent)
+            os.fchown(fd, st.st_uid, st.st_gid)
+    finally:
+        os.close(fd)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -418,8 +432,14 @@ class SnapshotWatcher:
         self._lock = threading.Lock()  # check() may also be called directly (tests, SIGHUP)
         self.current: Snapshot = empty_snapshot(regex_timeout)
         if os.path.exists(self.path):
-            self._open()
-            self.current = self._load()
+            try:
+                self._open()
+                self.current = self._load()
+            except sqlite3.Error as exc:
+                raise sqlite3.OperationalError(
+                    f"cannot read rules database {self.path}: {exc} (a WAL database's readers "
+                    "need write access to its -shm file and directory: run as their owner)"
+                ) from exc
         else:
             log.warning("rules database %s does not exist yet: no permitted domains", self.path)
         self._thread = threading.Thread(target=self._run, name="mxhook-rules-watcher", daemon=True)

@@ -666,12 +666,24 @@ def test_log_inbound_table(logged):
 
 
 def test_log_inbound_csv(logged):
-    pytest.importorskip("mxhook.csvexport", reason="csvexport.py has not landed yet")
+    from mxhook import spool
+    from mxhook.state import StateStore
+
+    store = StateStore(logged.state_db)
+    store.ingest([spool.Record("d2", "denied", {
+        "received": "2026-11-23T10:00:00.000000Z", "recipients": ["x@ours.example"],
+        "header_from": "=HYPERLINK(\"http://evil\")@x", "mail_from": "", "client_name": "h",
+        "client_addr": "192.0.2.9", "queue_id": "", "helo": "h", "subject": "s",
+        "message_id": "<m@x>", "filter": "no_rule", "reason": "-2+3"})])
+    store.close()
     out = logged.ok("log", "inbound", "--csv").stdout
     lines = out.split("\n")
     assert lines[0] == "received,status,from,to,hostName,messageId,filterName,reason"
-    assert len([line for line in lines if line]) == 4
-    assert "\r" not in out
+    assert len([line for line in lines if line]) == 5
+    assert "\r" not in out and lines[-1] == ""
+    assert lines[1].startswith("2026-11-23T10:00:00.000000Z,denied,\"'=HYPERLINK(")
+    assert lines[1].endswith(",'-2+3")
+    assert len(logged.ok("log", "inbound", "--csv", "--status", "denied").stdout.splitlines()) == 3
 
 
 @pytest.mark.parametrize("args,match", [

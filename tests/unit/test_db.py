@@ -335,3 +335,17 @@ def test_watcher_retries_failed_reload_without_new_change(path, store, monkeypat
         assert w.current.domains == {"example.com"}
     finally:
         w.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_root_creates_file_owned_like_its_directory(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    os.chown(lib, 65534, 65534)
+    s = db.RulesStore(str(lib / "rules.db"))
+    s.add_domain("example.com")
+    s.close()
+    for name in ("rules.db", "rules.db-wal", "rules.db-shm"):
+        if (lib / name).exists():
+            st = os.stat(lib / name)
+            assert (st.st_uid, st.st_gid) == (65534, 65534), name
