@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sqlite3
-import sys
 from datetime import datetime, timedelta, timezone
 
 import click
