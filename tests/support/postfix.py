@@ -112,6 +112,33 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -
     return False
 
 
+def listening(port: int) -> bool:
+    """Is something listening on 127.0.0.1:port? Read from /proc/net/tcp, without connecting
+    (a connection would make master(8) spawn an smtpd that talks to milters not yet up)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if fields[1] == want and fields[3] == "0A":
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def wait_listen(port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        if listening(port):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 @dataclass
 class Reply:
     code: int
@@ -410,7 +437,7 @@ class PrivatePostfix:
             )
             deadline = time.monotonic() + self.startup_timeout
             for port in self.ports.values():
-                if not wait_port(port, max(0.1, deadline - time.monotonic()), self._master):
+                if not wait_listen(port, max(0.1, deadline - time.monotonic()), self._master):
                     raise PostfixError(
                         f"private Postfix did not listen on 127.0.0.1:{port} within "
                         f"{self.startup_timeout}s (start-fg exit: {self._master.poll()})\n"

@@ -1,0 +1,72 @@
+"""Shared fixtures.
+
+End-to-end tests (`@pytest.mark.e2e`, tests/e2e/) get a whole stack through `mxhook_stack` or
+`make_stack(...)`: a private Postfix instance on 127.0.0.1, the real mxhook-milter and
+mxhook-spooler as subprocesses, a loopback HTTP receiver and the real `mxhook` CLI (see
+tests/support/daemons.py). Nothing is skipped silently: without Postfix the fixture fails and
+says how to install it. When a test fails, the daemons' stderr and the maillog are attached to
+its report.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (ROOT, os.path.join(ROOT, "milter")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+# Retry schedules in e2e tests run at this fraction of the rules' real times (a rule's minimum
+# retry interval of 10 s becomes 0.5 s); see [spooler] retry_time_scale.
+E2E_RETRY_TIME_SCALE = "0.05"
+
+
+def e2e_config(overrides: dict | None = None) -> dict:
+    values: dict[str, dict[str, str]] = {"spooler": {"retry_time_scale": E2E_RETRY_TIME_SCALE}}
+    for section, kv in (overrides or {}).items():
+        values.setdefault(section, {}).update(kv)
+    return values
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def _attach_diagnostics(request, stacks) -> None:
+    failed = any(getattr(request.node, f"rep_{when}", None) is not None
+                 and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))
+    if failed:
+        for stack in stacks:
+            if stack.postfix is not None:
+                request.node.add_report_section("call", "mxhook stack", stack.diagnostics())
+
+
+@pytest.fixture
+def make_stack(request):
+    """Factory: `make_stack(permit=["ours.example"], config={"milter": {...}})` -> a started
+    MxhookStack, stopped at the end of the test. Same arguments as MxhookStack."""
+    from tests.support.daemons import MxhookStack
+
+    stacks: list[MxhookStack] = []
+
+    def factory(domains=("ours.example",), *, permit=("ours.example",), config=None, **kw):
+        stack = MxhookStack(domains, permit=permit, config=e2e_config(config), **kw)
+        stacks.append(stack)
+        return stack.start()
+
+    yield factory
+    _attach_diagnostics(request, stacks)
+    for stack in reversed(stacks):
+        stack.stop()
+
+
+@pytest.fixture
+def mxhook_stack(make_stack):
+    """Postfix + milter + spooler + receiver, with `ours.example` permitted and no rules."""
+    return make_stack()
