@@ -18,6 +18,7 @@ import functools
 import grp
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -320,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except configmod.ConfigError as exc:
         print(f"mxhook-milter: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.Error as exc:  # e.g. rules.db not readable by this user
+        print(f"mxhook-milter: cannot read rules database {cfg.rules_db}: {exc}", file=sys.stderr)
+        return 1
     spool.ensure_dirs(settings.spool_dir)
     InboundMilter.settings = settings
     InboundMilter.watcher = watcher

@@ -164,9 +164,12 @@ class RuleResult:
         c = failed[0]
         if c.timed_out:
             return f"{c.condition} timed out (counts as no match)"
+        what = "envelope recipient" if c.condition.header == ENVELOPE_RECIPIENT else c.condition.header
         if c.condition.negate:
-            return f"{c.condition}: {c.condition.header} is {c.matched_value!r}"
-        return f"{c.condition}: no {c.condition.header} value matches"
+            return f"{c.condition}: {what} is {c.matched_value!r}"
+        if c.condition.header == ENVELOPE_RECIPIENT:
+            return f"{c.condition}: the envelope recipient does not match"
+        return f"{c.condition}: no {what} value matches"
 
 
 @dataclass

@@ -437,7 +437,7 @@ def test_rule_test_rule_hit(sales, tmp_path):
     assert r["outcome"] == "accepted" and r["decided_by"] == "rule:invoices"
     assert r["action"] == "discard" and r["endpoint"] == "https://app.example.net/inv"
     assert [(x["name"], x["matched"]) for x in r["rules"]] == [("sales", False), ("invoices", True)]
-    assert r["rules"][0]["reason"] == "to~^sales@: no to value matches"
+    assert r["rules"][0]["reason"] == "to~^sales@: the envelope recipient does not match"
     text = sales.ok("rule", "test", msg, "--rcpt", "someone@ours.example").stdout
     assert "ACCEPT" in text and "accepted by rule invoices" in text and "first match" in text
     assert "(then discarded)" in text
