@@ -25,6 +25,10 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "socket_group": "",
         "timeout": "600",
         "unknown_domains": "reject",
+        "trusted_networks": "",
+        "outbound_daemon_names": "ORIGINATING",
+        "event_headers": "",
+        "blocklist": "yes",
         "heuristic_from_permitted_domain": "yes",
         "heuristic_from_equals_to": "yes",
         "max_message_size": "50M",
@@ -32,6 +36,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "regex_timeout": "0.05",
         "log": "syslog",
         "log_level": "info",
+    },
+    "http": {
+        "allow_networks": "",
     },
     "spooler": {
         "workers": "8",
@@ -70,6 +77,31 @@ def parse_size(text: str) -> int:
     return value
 
 
+def parse_list(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_networks(text) -> list:
+    """'127.0.0.0/8, 192.168.1.0/24' (commas and/or whitespace, or a list) -> ip_network
+    objects. A bare address means that one host. Host bits set (192.168.1.5/24) are an error
+    naming the intended network rather than a silent widening."""
+    import ipaddress
+
+    items = text.replace(",", " ").split() if isinstance(text, str) else [str(t).strip() for t in text]
+    nets = []
+    for item in filter(None, items):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            try:
+                loose = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network in CIDR form ({exc})") from None
+            raise ValueError(f"{item!r} has host bits set; did you mean {loose}?") from None
+    return nets
+
+
 def parse_bool(text: str) -> bool:
     t = text.strip().lower()
     if t in ("yes", "true", "on", "1"):
@@ -105,6 +137,12 @@ class Config:
 
     def bool(self, section: str, key: str) -> bool:
         return self._typed(section, key, parse_bool)
+
+    def list(self, section: str, key: str) -> list[str]:
+        return self._typed(section, key, parse_list)
+
+    def networks(self, section: str, key: str) -> list:
+        return self._typed(section, key, parse_networks)
 
     def size(self, section: str, key: str) -> int:
         return self._typed(section, key, parse_size)

@@ -62,6 +62,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs, resolve_ssl_version
 
+from .config import parse_networks  # noqa: F401  (the one parser; re-exported for callers)
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[..., list]
@@ -146,26 +148,6 @@ class EgressBlocked(requests.exceptions.ConnectionError):
 
 
 # --- pure checks ------------------------------------------------------------------------------
-
-def parse_networks(text: str | Iterable[str]) -> list[Network]:
-    """'127.0.0.0/8, 192.168.1.0/24' (commas and/or whitespace) -> networks. A bare address
-    means that one host. Host bits set (192.168.1.5/24) are an error naming the intended
-    network. Raises ValueError (config.py turns it into a ConfigError naming the key)."""
-    items = text.replace(",", " ").split() if isinstance(text, str) else [str(t).strip() for t in text]
-    nets = []
-    for item in items:
-        if not item:
-            continue
-        try:
-            nets.append(ipaddress.ip_network(item, strict=True))
-        except ValueError as exc:
-            try:
-                loose = ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP network in CIDR form ({exc})") from None
-            raise ValueError(f"{item!r} has host bits set; did you mean {loose}?") from None
-    return nets
-
 
 def _as_ip(ip) -> IPAddress:
     if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
