@@ -90,12 +90,8 @@ def decode(data: bytes) -> Record:
     return Record(id=rid, kind=kind, meta=meta, payload=payload)
 
 
-def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:
-    """Hand a record over; returns the path in `new/`. Raises OSError on any failure, after
-    removing what it half-wrote, so the caller can answer 4xx.
-
-    `durable=False` skips the fsyncs, for records whose loss costs only a log line (denials).
-    """
+def _place(spool_dir: str, record: Record, *, sync: bool) -> str:
+    """tmp/<id>.rec (fsynced when `sync`) renamed into new/; removes its tmp file on failure."""
     name = record.id + ".rec"
     tmp_path = os.path.join(spool_dir, "tmp", name)
     new_path = os.path.join(spool_dir, "new", name)
@@ -107,7 +103,7 @@ def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            if durable:
+            if sync:
                 os.fsync(fd)
         finally:
             os.close(fd)
@@ -118,9 +114,27 @@ def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:
         except OSError:
             pass
         raise
+    return new_path
+
+
+def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:
+    """Hand a record over; returns the path in `new/`. Raises OSError on any failure, after
+    removing what it half-wrote, so the caller can answer 4xx.
+
+    `durable=False` skips the fsyncs, for records whose loss costs only a log line (denials).
+    """
+    path = _place(spool_dir, record, sync=durable)
     if durable:
         _fsync_dir(os.path.join(spool_dir, "new"))
-    return new_path
+    return path
+
+
+def write_many(spool_dir: str, records: list[Record]) -> list[str]:
+    """Hand over several records durably with one directory fsync for all of them."""
+    paths = [_place(spool_dir, r, sync=True) for r in records]
+    if paths:
+        _fsync_dir(os.path.join(spool_dir, "new"))
+    return paths
 
 
 def pending(spool_dir: str, limit: int | None = None) -> list[str]:
