@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,8 @@ class Bench:
         self.mxhook = MilterProcess(self.cfg).start()
 
     def stop(self) -> None:
+        if self.null is not None:  # libmilter would take up to 5 s to notice SIGTERM
+            self.null.kill(signal.SIGKILL)
         for part in (self.mxhook, self.null, self.pf):
             if part is not None:
                 try:
