@@ -78,6 +78,9 @@ class MxhookConfig:
             },
             "spooler": {"log": "stderr", "log_level": "info", "poll_interval": "0.1"},
         }
+        # The receiver is on loopback, which the SSRF guard refuses unless allowlisted.
+        if "allow_networks" in configmod.DEFAULTS.get("http", {}):
+            self.values["http"] = {"allow_networks": "127.0.0.1/32"}
         self.update(overrides or {})
 
     def update(self, overrides: dict[str, dict[str, str]]) -> None:
