@@ -219,7 +219,8 @@ def main(argv=None) -> int:
         bench.start()
         print(f"mxhook milter throughput bench: {args.sessions} sessions x {args.messages} messages "
               f"x {args.size} B, {args.rounds} round(s), {args.rules} rules; "
-              f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}")
+              f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, "
+              "load average %.2f %.2f %.2f (other load makes the figures noisy)" % os.getloadavg())
         for c in CONFIGS:  # warm-up: spawn smtpd/cleanup processes, milter threads, caches
             bench.throughput(c, args.warmup)
         for r in range(args.rounds):
