@@ -1,0 +1,179 @@
+"""The one event vocabulary of mxhook (pure: no I/O besides `to_record`'s plain data).
+
+Every source of delivery information — the milter (`queued`, `blocked`), the log follower
+(`succeeded`, `deferred`, `bounced`, `failed`), asynchronous DSN messages (`bounced`), the CLI
+(`registered`, `deleted`) — produces `Event`s with the same fields, written to the spool as
+records of kind `event` (`to_record`). docs/events.md documents every field.
+
+Ids. `Event.id` is the spool record id and the primary key in state.db, so re-reading the same
+input must give the same id (the spooler ingests with INSERT OR IGNORE). `event_id(at_us, *key)`
+makes such ids: 16 hex digits of the event time in nanoseconds (so ids sort by time, like
+`spool.new_id()`), then 12 hex digits of a hash of the key (what identifies the input: the log
+position and line, a DSN message and recipient, ...).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Iterable
+
+TYPES = ("queued", "succeeded", "deferred", "bounced", "failed", "blocked", "registered", "deleted")
+BOUNCE_TYPES = ("hard", "soft")
+SOURCES = ("milter", "log", "dsn", "cli", "api")
+
+# Endpoint filter categories -> event types.
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "bounces": ("bounced", "failed"),
+    "deliveries": ("queued", "succeeded", "deferred"),
+    "blocks": ("blocked", "registered", "deleted"),
+}
+_CATEGORY_OF = {t: c for c, types in CATEGORIES.items() for t in types}
+
+_ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class EventError(ValueError):
+    """An event that does not fit the vocabulary; the message says why."""
+
+
+def category(event_type: str) -> str:
+    """'bounced' -> 'bounces'."""
+    try:
+        return _CATEGORY_OF[event_type]
+    except KeyError:
+        raise EventError(f"unknown event type {event_type!r} (known: {', '.join(TYPES)})") from None
+
+
+def parse_categories(text: str | Iterable[str]) -> tuple[str, ...]:
+    """'bounces,deliveries' (or a list) -> ('bounces', 'deliveries'), validated, in canonical
+    order. Empty means every category."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    wanted = {i.strip().lower() for i in items if i and i.strip()}
+    unknown = wanted - set(CATEGORIES)
+    if unknown:
+        raise EventError(
+            f"unknown event category {', '.join(sorted(unknown))} (known: {', '.join(CATEGORIES)})"
+        )
+    return tuple(c for c in CATEGORIES if c in wanted) or tuple(CATEGORIES)
+
+
+def types_for(categories: str | Iterable[str]) -> frozenset[str]:
+    """The event types an endpoint filtered to `categories` receives."""
+    return frozenset(t for c in parse_categories(categories) for t in CATEGORIES[c])
+
+
+# ---------------------------------------------------------------------------------------------
+# Time and ids
+
+def iso_from_us(us: int) -> str:
+    """Microseconds since the epoch -> '2026-11-22T12:00:00.123456Z'."""
+    seconds, micro = divmod(int(us), 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micro:06d}Z"
+
+
+def now_iso() -> str:
+    return iso_from_us(time.time_ns() // 1000)
+
+
+def us_from_iso(text: str) -> int:
+    """ISO 8601 (with `Z` or an offset; naive = UTC) -> microseconds since the epoch."""
+    dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def event_id(at_us: int, *key: object) -> str:
+    """Deterministic, time-sortable id: 16 hex of the time in ns + 12 hex of hash(key)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, key)).encode("utf-8", "surrogatepass"),
+                             digest_size=6).hexdigest()
+    return f"{max(0, int(at_us)) * 1000:016x}{digest}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The event
+
+@dataclass(slots=True)
+class Event:
+    """One thing that happened to one recipient of one message (docs/events.md)."""
+
+    type: str
+    at: str  # UTC, '2026-11-22T12:00:00.123456Z'
+    id: str = ""
+    source: str = "log"
+    queue_id: str | None = None
+    recipient: str | None = None
+    orig_recipient: str | None = None
+    sender: str | None = None
+    header_from: str | None = None
+    message_id: str | None = None
+    subject: str | None = None
+    dsn: str | None = None
+    bounce_type: str | None = None
+    remote_host: str | None = None
+    reply: str | None = None
+    diagnostic: str | None = None
+    delay: float | None = None
+    relay: str | None = None
+    queued_as: str | None = None
+    client_addr: str | None = None
+    auth_user: str | None = None
+    reason: str | None = None
+    custom_headers: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.type not in _CATEGORY_OF:
+            raise EventError(f"unknown event type {self.type!r} (known: {', '.join(TYPES)})")
+        if self.bounce_type is not None and self.bounce_type not in BOUNCE_TYPES:
+            raise EventError(f"bounce_type must be hard, soft or None, not {self.bounce_type!r}")
+        if self.source not in SOURCES:
+            raise EventError(f"unknown event source {self.source!r} (known: {', '.join(SOURCES)})")
+
+    @property
+    def category(self) -> str:
+        return _CATEGORY_OF[self.type]
+
+    def to_dict(self) -> dict:
+        """Every field (None included, so the shape is stable), JSON-ready."""
+        d = {f: getattr(self, f) for f in _FIELD_NAMES}
+        d["custom_headers"] = dict(self.custom_headers or {})
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Event":
+        """Inverse of to_dict; unknown keys (e.g. a record's `received`) are ignored, so older
+        code reads records written by newer code."""
+        if not isinstance(data, dict):
+            raise EventError("event data is not a dict")
+        for key in ("type", "at"):
+            if not data.get(key):
+                raise EventError(f"event data lacks {key!r}")
+        kwargs = {k: data[k] for k in _FIELD_NAMES if k in data}
+        if kwargs.get("custom_headers") is None:
+            kwargs["custom_headers"] = {}
+        elif not isinstance(kwargs["custom_headers"], dict):
+            raise EventError("custom_headers must be an object")
+        if kwargs.get("delay") is not None:
+            try:
+                kwargs["delay"] = float(kwargs["delay"])
+            except (TypeError, ValueError):
+                raise EventError(f"delay is not a number: {kwargs['delay']!r}") from None
+        return cls(**kwargs)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Event))
+
+
+def to_record(event: Event):
+    """The spool record for an event: kind `event`, id = event id, meta = event.to_dict() plus
+    `received` (= `at`, the time state.db orders events by)."""
+    from . import spool  # local import: spool only uses `os`, but keep events importable alone
+
+    if not event.id:
+        raise EventError("event has no id")
+    meta = event.to_dict()
+    meta["received"] = event.at
+    return spool.Record(id=event.id, kind="event", meta=meta)
