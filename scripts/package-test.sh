@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # package-test.sh: the Debian package, proven on this machine (Debian 12, root).
 #
-#   1. install the build dependencies and lintian (apt-get, no prompts);
-#   2. build the .deb from a clean copy of the tree (tracked and untracked-but-not-ignored
-#      files, as a fresh clone plus your uncommitted edits would have them): no .venv, no build
-#      leftovers;
-#   3. lintian: any E: or W: fails;
+#   1-3. packaging/build-deb.sh: install the build dependencies and lintian (apt-get, no
+#      prompts), build the .deb from a clean copy of the tree (tracked and
+#      untracked-but-not-ignored files, as a fresh clone plus your uncommitted edits would
+#      have them: no .venv, no build leftovers), lintian: any E: or W: fails;
 #   4. apt-get install ./mxhook_*.deb, then check the user, group, directories and modes,
 #      conffile, units, man pages, completion, and that Debian's /usr/bin/python3 imports
 #      the installed code with Debian's modules only;
@@ -39,8 +38,6 @@ PKG=mxhook
 CONF=/etc/mxhook/mxhook.conf
 SOCKET=/var/spool/postfix/mxhook/milter.sock
 UNITDIR=/lib/systemd/system
-BUILD_DEPS=(dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject
-            bash-completion python3-click lintian)
 
 PASSED=0
 WORK=""
@@ -122,8 +119,6 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
     POLICY_RC_D_BY_US=1
 fi
 
-# --------------------------------------------------------------------------------------------
-say "build dependencies"
 APT_UPDATED=0
 apt_install() { # PACKAGE...: install those that are missing (others are left as they are)
     local p missing=()
@@ -138,40 +133,17 @@ apt_install() { # PACKAGE...: install those that are missing (others are left as
     apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$WORK/apt.log" 2>&1 \
         || fail "apt-get install ${missing[*]}"
 }
-apt_install "${BUILD_DEPS[@]}"
-ok "build dependencies installed: ${BUILD_DEPS[*]}"
 
 # --------------------------------------------------------------------------------------------
-say "build from a clean copy of the tree"
-mkdir "$WORK/src"
-if git -C "$SRC" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    # Tracked and untracked-but-not-ignored files that exist: a fresh clone plus local edits.
-    (cd "$SRC" && git ls-files -z --cached --others --exclude-standard \
-        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
-        | tar --null -T - -cf -) | tar -x -C "$WORK/src"
-else
-    tar -C "$SRC" --exclude=./.venv --exclude=./.git --exclude=./debian --exclude=./build \
-        --exclude='*.egg-info' --exclude=__pycache__ --exclude=./.pytest_cache -cf - . \
-        | tar -x -C "$WORK/src"
-fi
-[ ! -e "$WORK/src/debian" ] || fail "the tree has a debian/ directory; the package is built from packaging/debian"
-cp -r "$WORK/src/packaging/debian" "$WORK/src/debian"
-(cd "$WORK/src" && dpkg-checkbuilddeps) >"$WORK/build.log" 2>&1 || fail "dpkg-checkbuilddeps"
-ok "build dependencies satisfied (dpkg-checkbuilddeps)"
-(cd "$WORK/src" && env -i PATH="$PATH" HOME=/root LC_ALL=C.UTF-8 dpkg-buildpackage -us -uc -b) \
-    >>"$WORK/build.log" 2>&1 || fail "dpkg-buildpackage -us -uc -b (see build.log)"
-DEB=$(ls "$WORK"/${PKG}_*_all.deb)
-ok "built $(basename "$DEB")"
-
-# --------------------------------------------------------------------------------------------
-say "lintian"
-# As an unprivileged user, as lintian recommends (the work directory is made readable for it).
-chmod 0755 "$WORK"
-runuser -u nobody -- env HOME=/tmp TMPDIR=/tmp lintian -I --fail-on error,warning "$DEB" \
-    >"$WORK/lintian.log" 2>&1 || {
-    cat "$WORK/lintian.log" >&2
-    fail "lintian reports errors or warnings"
+say "build from a clean copy of the tree, lintian"
+# packaging/build-deb.sh installs the build dependencies, builds from a clean copy (tracked and
+# untracked-but-not-ignored files: no .venv, no build leftovers) and fails on any lintian E:/W:.
+"$SRC/packaging/build-deb.sh" "$WORK" >"$WORK/build-deb.out" 2>&1 || {
+    cat "$WORK/build-deb.out" >&2
+    fail "packaging/build-deb.sh (build.log, lintian.log)"
 }
+DEB=$(tail -n 1 "$WORK/build-deb.out")
+ok "built $(basename "$DEB") with dpkg-buildpackage -us -uc -b"
 sed 's/^/     /' "$WORK/lintian.log"
 ok "lintian: no errors, no warnings$([ -s "$WORK/lintian.log" ] || echo ', no info tags')"
 
