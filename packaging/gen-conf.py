@@ -76,10 +76,13 @@ def _plain(text: str) -> str:
 
 
 def _first_sentence(text: str) -> str:
+    """The meaning's first sentence: up to the first '.' that ends a sentence (followed by a
+    capital or the end; 'e.g.' and 'i.e.' do not end one)."""
     text = _plain(text)
-    m = re.match(r"(.+?[.)])(\s+[A-Z(]|$)", text)
-    sentence = m.group(1) if m else text
-    return sentence[:1].upper() + sentence[1:].rstrip(".") + "."
+    for m in re.finditer(r"\.(?=\s+[A-Z(]|\s*$)", text):
+        if not re.search(r"\b(?:e\.g|i\.e|etc)$", text[: m.start()]):
+            return text[: m.start()] + "."
+    return text.rstrip(".") + "."
 
 
 def render() -> str:
