@@ -160,6 +160,19 @@ INSTALLED_BY_US=1
 (cd "$WORK" && apt-get install -y -q "./$(basename "$DEB")") >"$WORK/install.log" 2>&1 \
     || fail "apt-get install ./$(basename "$DEB") (see install.log)"
 ok "apt-get install ./$(basename "$DEB")"
+# What the package ships: console scripts and units (mxhook-logfollow joins them once setup.cfg
+# has its console script).
+mapfile -t SCRIPTS < <(dpkg -L "$PKG" | grep -E '^/usr/bin/mxhook[^/]*$' | xargs -n1 basename | sort)
+mapfile -t UNITS < <(dpkg -L "$PKG" | grep -E "^$UNITDIR/mxhook-[^/]*\.service\$" | xargs -n1 basename \
+    | sed 's/\.service$//' | sort)
+check "console scripts mxhook, mxhook-milter, mxhook-spooler installed (${SCRIPTS[*]})" \
+    sh -c 'for b in mxhook mxhook-milter mxhook-spooler; do echo " $* " | grep -q " $b " || exit 1; done' _ "${SCRIPTS[@]}"
+check "units mxhook-milter, mxhook-spooler installed (${UNITS[*]})" \
+    sh -c 'for u in mxhook-milter mxhook-spooler; do echo " $* " | grep -q " $u " || exit 1; done' _ "${UNITS[@]}"
+for b in "${SCRIPTS[@]}"; do
+    [ "$b" = mxhook ] || [ "$b" = mxhook-milter ] || [ "$b" = mxhook-spooler ] \
+        || check "$b has its unit" test -s "$UNITDIR/$b.service"
+done
 
 mode_of() { stat -c '%U:%G %a' "$1" 2>/dev/null; }
 expect_mode() { # path "user:group mode"
@@ -183,7 +196,7 @@ check "$CONF is a conffile" sh -c "dpkg-query -W -f='\${Conffiles}' $PKG | grep 
 check "$CONF parses and gives the built-in defaults" /usr/bin/python3 -I -c "
 from mxhook import config
 assert config.load('$CONF').raw == config.DEFAULTS"
-for b in mxhook mxhook-milter mxhook-spooler; do
+for b in "${SCRIPTS[@]}"; do
     check "/usr/bin/$b runs on /usr/bin/python3" sh -c "head -1 /usr/bin/$b | grep -qx '#! */usr/bin/python3'"
     check "man page $b(1)" test -s "/usr/share/man/man1/$b.1.gz"
 done
@@ -199,8 +212,7 @@ check "Debian's python3 imports every installed module with Debian's modules onl
     /usr/bin/python3 -I -c "$IMPORT_ALL"
 check "mxhook --version" sh -c "mxhook --version | grep -q '0\.1\.0'"
 check "bash completion for mxhook" grep -q '_MXHOOK_COMPLETE=bash_complete' /usr/share/bash-completion/completions/mxhook
-for u in mxhook-milter mxhook-spooler; do
-    check "$u.service installed" test -s "$UNITDIR/$u.service"
+for u in "${UNITS[@]}"; do
     check "$u.service enabled (multi-user.target.wants)" test -L "/etc/systemd/system/multi-user.target.wants/$u.service"
     if command -v systemd-analyze >/dev/null; then
         check "systemd-analyze verify $u.service" systemd-analyze verify "$UNITDIR/$u.service"
@@ -227,16 +239,21 @@ if mdwe == "yes":
 os.execv(argv[0], argv)
 '
 unit_exec() { # UNIT COMMAND...: exec COMMAND in the unit's execution environment
-    local unit=$1 user group umask mdwe
+    local unit=$1 user group umask mdwe groups g
     shift
     user=$(unit_value "$unit" User)
     group=$(unit_value "$unit" Group)
     umask=$(unit_value "$unit" UMask)
     mdwe=$(unit_value "$unit" MemoryDenyWriteExecute)
     [ -n "$user" ] && [ -n "$group" ] && [ -n "$umask" ] || fail "$unit.service lacks User/Group/UMask"
+    # The user's groups (initgroups, as systemd does for User=) plus SupplementaryGroups=.
+    groups=$(id -G "$user" | tr ' ' ',')
+    for g in $(unit_value "$unit" SupplementaryGroups); do
+        groups="$groups,$(getent group "$g" | cut -d: -f3)"
+    done
     cd /
     exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-        setpriv --reuid="$user" --regid="$group" --init-groups --no-new-privs \
+        setpriv --reuid="$user" --regid="$group" --groups="$groups" --no-new-privs \
             --inh-caps=-all --bounding-set=-all \
             /usr/bin/python3 -I -c "$LAUNCHER" "$umask" "${mdwe:-no}" "$@"
 }
@@ -274,7 +291,7 @@ except PermissionError:
 else:
     raise SystemExit("MemoryDenyWriteExecute is not in force: the probe proves nothing")
 '
-for u in mxhook-milter mxhook-spooler; do
+for u in "${UNITS[@]}"; do
     if (unit_exec "$u" /usr/bin/python3 -I -c "$MDWE_PROBE") >>"$WORK/probe.log" 2>&1; then
         ok "$u's environment: every module imports, cryptography signs, W+X memory is refused"
     else
@@ -368,7 +385,7 @@ ok "daemons stopped with SIGTERM"
 
 apt-get remove -y -q "$PKG" >"$WORK/remove.log" 2>&1 || fail "apt-get remove $PKG"
 ok "apt-get remove $PKG"
-for b in mxhook mxhook-milter mxhook-spooler; do
+for b in "${SCRIPTS[@]}"; do
     check "remove: /usr/bin/$b is gone" test ! -e "/usr/bin/$b"
 done
 check "remove: user mxhook kept" getent passwd mxhook
@@ -395,13 +412,14 @@ check "purge: dpkg no longer knows $PKG" \
     sh -c "! dpkg-query -W -f='\${Status}' $PKG 2>/dev/null | grep -qv not-installed"
 check "purge: user mxhook removed" sh -c "! getent passwd mxhook"
 check "purge: group mxhook removed" sh -c "! getent group mxhook"
-for p in /var/lib/mxhook /var/spool/mxhook /var/spool/postfix/mxhook /etc/mxhook \
-         /usr/bin/mxhook /usr/bin/mxhook-milter /usr/bin/mxhook-spooler \
-         /usr/lib/python3/dist-packages/mxhook /usr/share/doc/mxhook \
-         /usr/share/bash-completion/completions/mxhook \
-         $UNITDIR/mxhook-milter.service $UNITDIR/mxhook-spooler.service \
-         /etc/systemd/system/multi-user.target.wants/mxhook-milter.service \
-         /etc/systemd/system/multi-user.target.wants/mxhook-spooler.service; do
+GONE=(/var/lib/mxhook /var/spool/mxhook /var/spool/postfix/mxhook /etc/mxhook
+      /usr/lib/python3/dist-packages/mxhook /usr/share/doc/mxhook
+      /usr/share/bash-completion/completions/mxhook)
+for b in "${SCRIPTS[@]}"; do GONE+=("/usr/bin/$b" "/usr/share/man/man1/$b.1.gz"); done
+for u in "${UNITS[@]}"; do
+    GONE+=("$UNITDIR/$u.service" "/etc/systemd/system/multi-user.target.wants/$u.service")
+done
+for p in "${GONE[@]}"; do
     check "purge: $p is gone" test ! -e "$p" -a ! -L "$p"
 done
 left=$(find /etc /var /usr /run /tmp -xdev \( -uid "$MX_UID" -o -gid "$MX_GID" \) -print 2>/dev/null | head -n 5)
