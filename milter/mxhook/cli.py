@@ -1,10 +1,11 @@
-"""`mxhook`: the admin's command line for permitted domains, inbound rules, dry runs and the
-inbound log.
+"""`mxhook`: the admin's command line for permitted domains, inbound rules, dry runs, event
+endpoints, the block list, and the inbound and event logs.
 
-Writes go to rules.db through db.RulesStore (the running milter picks them up within about a
-second); `rule test` runs the very decision the milter runs (decision.decide); the log commands
-read state.db through state.StateStore. Invalid input exits with status 2 and a one-line
-message, and writes nothing.
+Writes go to rules.db through db.RulesStore (the running milter and spooler pick them up within
+about a second); `rule test` runs the very decision the milter runs (decision.decide); the log
+commands read state.db through state.StateStore; `block add/remove` hand their `registered` /
+`deleted` events to the spooler through the spool, like every other event. Invalid input exits
+with status 2 and a one-line message, and writes nothing.
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ import click
 
 from . import config as configmod
 from . import db as dbmod
-from . import heuristics, rules
+from . import endpoints as endpointsmod
+from . import heuristics, rules, spool
 from .decision import decide
 from .headers import address_domain, decode_value, first_address, normalize_address
 from .rules import RuleError
-from .state import LOG_STATUSES, StateStore
+from .state import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES, StateStore
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 LOG_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
@@ -214,9 +216,11 @@ def print_rule(rule: rules.Rule, times: dict | None = None) -> None:
 @click.version_option(package_name="mxhook", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx, config_path):
-    """mxhook: permitted domains, inbound webhook rules, and the inbound log.
+    """mxhook: permitted domains, inbound webhook rules, event endpoints, the block list, and
+    the logs.
 
-    Changes to domains and rules reach the running milter within about a second.
+    Changes to domains, rules, endpoints and the block list reach the running daemons within
+    about a second.
     """
     ctx.obj = App(config_path)
 
@@ -349,11 +353,11 @@ def parse_conditions(when, unless) -> list[rules.Condition]:
     ]
 
 
-def check_secret_options(**secrets) -> None:
+def check_secret_options(*, what: str = "rule", **secrets) -> None:
     for option, value in secrets.items():
         if value is not None and value == "":
             raise InputError(f"--{option.replace('_', '-')} must not be empty "
-                                   "(rule edit --clear-auth removes auth)")
+                             f"({what} edit --clear-auth removes auth)")
 
 
 def no_domains_hint(store: dbmod.RulesStore) -> None:
@@ -804,6 +808,439 @@ def log_show(app, entry_id, as_json):
         table(["AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
               [[a.get("at"), a.get("outcome"), a.get("status_code"), a.get("duration_ms"),
                 a.get("error")] for a in attempts], max_width=70)
+
+
+# ---------------------------------------------------------------------------------------------
+# Event log
+
+def event_time(value: str | None) -> str | None:
+    return short_time(value)
+
+
+@log.command("events")
+@click.option("--status", type=click.Choice(DELIVERY_STATUSES), help="Only this delivery status.")
+@click.option("--since", type=TimeType(), help="From this time on (ISO, or an age: 30m, 2h, 7d).")
+@click.option("--until", type=TimeType(), help="Up to this time (ISO, or an age).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many entries, newest first.")
+@click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def log_events(app, status, since, until, limit, as_csv, as_json):
+    """List event deliveries: one entry per (event, endpoint), with the webhook status."""
+    if as_csv and as_json:
+        raise InputError("choose either --csv or --json, not both")
+    store = app.state_store()
+    rows = store.event_log(status=status, since=since, until=until, limit=limit)
+    if as_json:
+        emit_json(rows)
+    elif as_csv:
+        from .csvexport import write_csv
+
+        out = click.get_text_stream("stdout")
+        write_csv(rows, list(EVENT_LOG_KEYS), out)
+        out.flush()
+    elif not rows:
+        click.echo("No event log entries" + (" match" if status or since or until else ""))
+    else:
+        table(["RECEIVED", "STATUS", "TYPE", "RECIPIENT", "HOST", "ENDPOINT", "REASON", "ID"],
+              [[event_time(r["received"]), r["status"], r["type"], r["recipient"], r["hostName"],
+                r["endpointUrl"] or f"(endpoint {r['endpointId']})", r["reason"], r["id"]]
+               for r in rows], max_width=48)
+
+
+@log.command("event")
+@click.argument("event_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def log_event(app, event_id, as_json):
+    """Details of one event: its fields, and its delivery to each endpoint with attempts."""
+    store = app.state_store()
+    d = store.event_detail(event_id)
+    if d is None:
+        raise InputError(f"no event with id {event_id!r}")
+    if as_json:
+        emit_json(d)
+        return
+    event = d["event"]
+    click.echo(f"{'id:':16}{d['id']}")
+    for key in ("type", "at", "recipient", "sender", "header_from", "message_id", "subject",
+                "queue_id", "bounce_type", "dsn", "remote_host", "relay", "reply", "reason",
+                "client_addr", "auth_user", "source"):
+        if event.get(key) not in (None, ""):
+            click.echo(f"{key.replace('_', ' ') + ':':16}{event[key]}")
+    for name, value in (event.get("custom_headers") or {}).items():
+        click.echo(f"{'header:':16}{name}: {value}")
+    if not d["deliveries"]:
+        click.echo("deliveries:     none (no endpoint takes this event type)")
+    for entry in d["deliveries"]:
+        click.echo("")
+        where = entry["endpointUrl"] or f"(removed endpoint {entry['endpointId']})"
+        click.echo(f"endpoint {entry['endpointId']}: {where}")
+        click.echo(f"  status:       {entry['status']}")
+        if entry["batchId"]:
+            click.echo(f"  batch:        {entry['batchId']} ({entry['batchSize']} event(s))")
+        if entry["reason"]:
+            click.echo(f"  reason:       {entry['reason']}")
+        if entry.get("nextAttemptAt"):
+            click.echo(f"  next attempt: {entry['nextAttemptAt']}")
+        if entry["attempts"]:
+            table(["  AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
+                  [["  " + a["at"], a["outcome"], a["status_code"], a["duration_ms"], a["error"]]
+                   for a in entry["attempts"]], max_width=70)
+
+
+# ---------------------------------------------------------------------------------------------
+# Event endpoints
+
+def endpoint_dict(ep: endpointsmod.Endpoint) -> dict:
+    """An endpoint as JSON-able data, secrets masked."""
+    return {
+        "id": ep.id, "url": ep.url, "enabled": ep.enabled, "events": list(ep.categories),
+        "interval": ep.interval, "max_events": ep.max_events, "timeout": ep.timeout,
+        "version": ep.version, "timezone": ep.timezone, "format": ep.format,
+        "basic_auth": mask_basic(ep.basic_auth), "bearer": mask_secret(ep.bearer),
+        "api_key": mask_secret(ep.api_key), "retry_interval": ep.retry_interval,
+        "retry_period": ep.retry_period, "allow_http": ep.allow_http,
+        "created": ep.created, "updated": ep.updated,
+    }
+
+
+def print_endpoint(ep: endpointsmod.Endpoint) -> None:
+    rows = [
+        ("id", ep.id), ("url", ep.url), ("enabled", yes_no(ep.enabled)),
+        ("events", ", ".join(ep.categories)),
+        ("batching", f"after {ep.interval} s or at {ep.max_events} events, whichever comes first"),
+        ("version", f"{ep.version} (pinned)"), ("time zone", ep.timezone), ("format", ep.format),
+        ("auth", auth_summary(ep)), ("timeout", f"{ep.timeout} s"),
+        ("retry interval", f"{ep.retry_interval} s"), ("retry period", f"{ep.retry_period} days"),
+        ("allow http", yes_no(ep.allow_http)), ("created", ep.created), ("updated", ep.updated),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':16}{value}")
+
+
+def endpoint_options(edit: bool):
+    """Options of `endpoint add` and `endpoint edit` (for edit all default to None = keep)."""
+
+    def dflt(key, unit=""):
+        return "." if edit else f" [default: {endpointsmod.DEFAULTS[key]}{unit}]."
+
+    def deco(f):
+        opts = [
+            click.option("--events", "categories", metavar="CATEGORIES",
+                         help="Comma-separated: " + ",".join(endpointsmod.CATEGORIES) +
+                              ("." if edit else " [default: all].")),
+            click.option("--interval", type=int, metavar="1..600",
+                         help="Send when the oldest pending event is this many seconds old" + dflt("interval")),
+            click.option("--max-events", type=int, metavar="100..10000",
+                         help="Send when this many events are pending; never more per POST" + dflt("max_events")),
+            click.option("--timeout", type=int, metavar="1..999",
+                         help="Request timeout in seconds" + dflt("timeout")),
+            click.option("--version", "version", type=int, metavar="N",
+                         help="Payload version" + ("." if edit else " [default: the latest; then pinned].")),
+            click.option("--timezone", metavar="AREA/CITY",
+                         help="Time zone of timestamps in payloads" + dflt("timezone")),
+            click.option("--format", "fmt", type=click.Choice(endpointsmod.FORMATS),
+                         help="Payload format" + dflt("format")),
+            click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
+            click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
+            click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+            click.option("--retry-interval", type=int, metavar="10..600",
+                         help="Seconds between retries" + dflt("retry_interval")),
+            click.option("--retry-period", type=int, metavar="1..10",
+                         help="Days to keep retrying" + dflt("retry_period")),
+        ]
+        if edit:
+            opts += [
+                click.option("--url", "new_url", metavar="URL", help="Change the URL."),
+                click.option("--disabled/--enabled", "disabled", default=None,
+                             help="Disable (events are kept pending) or enable the endpoint."),
+                click.option("--allow-http/--no-allow-http", default=None,
+                             help="Allow (or stop allowing) a plain http:// URL."),
+                click.option("--clear-auth", is_flag=True,
+                             help="Remove Basic auth, Bearer token and API key (before applying "
+                                  "any new ones given)."),
+            ]
+        else:
+            opts += [
+                click.option("--disabled", is_flag=True,
+                             help="Add the endpoint disabled (no events are queued for it)."),
+                click.option("--allow-http", is_flag=True,
+                             help="Allow a plain http:// URL (events travel unencrypted)."),
+            ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+def get_endpoint_or_fail(store: dbmod.RulesStore, key: str) -> endpointsmod.Endpoint:
+    found = store.get_endpoint(key)
+    if found is None:
+        raise RuleError(f"no endpoint {key!r} (give its id or URL; see `mxhook endpoint list`)")
+    return found
+
+
+@cli.group(cls=MxhookGroup)
+def endpoint():
+    """Event webhook endpoints: where delivery events are posted, in batches."""
+
+
+@endpoint.command("add", short_help="Add an event endpoint.")
+@click.argument("url")
+@endpoint_options(edit=False)
+@pass_app
+def endpoint_add(app, url, categories, interval, max_events, timeout, version, timezone, fmt,
+                 basic_auth, bearer, api_key, retry_interval, retry_period, disabled, allow_http):
+    """Add an endpoint at URL for delivery events (bounces, deliveries, blocks).
+
+    \b
+    Example:
+      mxhook endpoint add https://app.example.net/hooks/events --events bounces,blocks \\
+          --interval 30 --timezone Europe/Berlin --bearer tok_...
+    """
+    check_secret_options(what="endpoint", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
+    new = endpointsmod.with_defaults(
+        url=url, categories=endpointsmod.parse_categories(categories or ""), interval=interval,
+        max_events=max_events, timeout=timeout, version=version, timezone=timezone, format=fmt,
+        basic_auth=basic_auth, bearer=bearer, api_key=api_key, retry_interval=retry_interval,
+        retry_period=retry_period, allow_http=allow_http, enabled=not disabled,
+    )
+    endpointsmod.validate(new)  # before the database is created or opened for writing
+    with app.rules_store(create=True) as store:
+        added = store.add_endpoint(new)
+    click.echo(f"Added endpoint {added.id}{' (disabled)' if not added.enabled else ''}: "
+               f"{', '.join(added.categories)} events to {added.url} "
+               f"(version {added.version}, {added.format})")
+
+
+@endpoint.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@pass_app
+def endpoint_list(app, as_json):
+    """List event endpoints."""
+    with app.rules_store() as store:
+        found = store.list_endpoints()
+    if as_json:
+        emit_json([endpoint_dict(ep) for ep in found])
+    elif not found:
+        click.echo("No event endpoints (add one with: mxhook endpoint add URL)")
+    else:
+        table(["ID", "ENABLED", "EVENTS", "INTERVAL", "MAX", "VERSION", "FORMAT", "TIME ZONE", "URL"],
+              [[ep.id, ep.enabled, ",".join(ep.categories), f"{ep.interval}s", ep.max_events,
+                ep.version, ep.format, ep.timezone, ep.url] for ep in found], max_width=70)
+
+
+@endpoint.command("show")
+@click.argument("key", metavar="ID|URL")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@pass_app
+def endpoint_show(app, key, as_json):
+    """Show one endpoint (secrets masked)."""
+    with app.rules_store() as store:
+        ep = get_endpoint_or_fail(store, key)
+    if as_json:
+        emit_json(endpoint_dict(ep))
+    else:
+        print_endpoint(ep)
+
+
+@endpoint.command("edit", short_help="Change an endpoint.")
+@click.argument("key", metavar="ID|URL")
+@endpoint_options(edit=True)
+@pass_app
+def endpoint_edit(app, key, categories, interval, max_events, timeout, version, timezone, fmt,
+                  basic_auth, bearer, api_key, retry_interval, retry_period, new_url, disabled,
+                  allow_http, clear_auth):
+    """Change endpoint ID|URL; options not given keep their value.
+
+    Changes apply to batches made from now on (a batch already made keeps its events). Giving
+    --version moves the endpoint to that payload version.
+    """
+    check_secret_options(what="endpoint", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
+    given = [categories, interval, max_events, timeout, version, timezone, fmt, basic_auth, bearer,
+             api_key, retry_interval, retry_period, new_url, disabled, allow_http]
+    if all(v is None for v in given) and not clear_auth:
+        raise InputError("nothing to change: give at least one option (see --help)")
+    with app.rules_store() as store:
+        old = get_endpoint_or_fail(store, key)
+        changes: dict = {}
+        for name, value in (("interval", interval), ("max_events", max_events),
+                            ("timeout", timeout), ("version", version), ("timezone", timezone),
+                            ("format", fmt), ("retry_interval", retry_interval),
+                            ("retry_period", retry_period), ("url", new_url),
+                            ("allow_http", allow_http)):
+            if value is not None:
+                changes[name] = value
+        if categories is not None:
+            changes["categories"] = endpointsmod.parse_categories(categories)
+        if disabled is not None:
+            changes["enabled"] = not disabled
+        if clear_auth:
+            changes.update(basic_auth=None, bearer=None, api_key=None)
+        if basic_auth is not None:
+            changes["basic_auth"] = basic_auth
+            if bearer is None:
+                changes["bearer"] = None
+        if bearer is not None:
+            changes["bearer"] = bearer
+            if basic_auth is None:
+                changes["basic_auth"] = None
+        if api_key is not None:
+            changes["api_key"] = api_key
+        new = store.replace_endpoint(old.id, dataclasses.replace(old, **changes))
+    click.echo(f"Updated endpoint {new.id} ({new.url})")
+
+
+@endpoint.command("remove")
+@click.argument("key", metavar="ID|URL")
+@pass_app
+def endpoint_remove(app, key):
+    """Remove an endpoint. Events still pending for it are marked failed."""
+    with app.rules_store() as store:
+        ep = store.remove_endpoint(key)
+    click.echo(f"Removed endpoint {ep.id} ({ep.url})")
+
+
+@endpoint.command("test", short_help="Send one sample event now and show the reply.")
+@click.argument("key", metavar="ID|URL")
+@click.option("--type", "event_type", default="bounced", show_default=True,
+              type=click.Choice(("queued", "succeeded", "deferred", "bounced", "failed", "blocked",
+                                 "registered", "deleted")),
+              help="Type of the sample event.")
+@pass_app
+def endpoint_test(app, key, event_type):
+    """Post one sample event to endpoint ID|URL now, through the spooler's delivery client
+    (same payload version, format, time zone, auth and timeout), and show the reply. The
+    sample's id starts with `test-` and its batch id with `evb_test_`. Exit status 1 when the
+    endpoint did not answer 2xx."""
+    from . import http
+    from .payloads.events import render_events, sample_event
+
+    with app.rules_store() as store:
+        ep = get_endpoint_or_fail(store, key)
+    cfg = app.cfg
+    batch_id = "evb_test_" + spool.new_id()
+    rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
+                             fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
+                             api_key=ep.api_key)
+    outcome = http.deliver(http.make_session(), ep.delivery_target(), rendered.body,
+                           rendered.content_type, batch_id,
+                           user_agent=cfg.get("spooler", "user_agent"),
+                           max_response_bytes=cfg.size("spooler", "max_response_bytes"))
+    code = f"HTTP {outcome.status_code}" if outcome.status_code is not None else "no HTTP answer"
+    click.echo(f"POST {ep.url} ({ep.format}, version {ep.version}, webhook-id {batch_id})")
+    click.echo(f"{code} in {outcome.duration_ms} ms: {outcome.status}"
+               + (f" ({outcome.error})" if outcome.error else ""))
+    if outcome.response_excerpt:
+        click.echo("reply:")
+        click.echo(outcome.response_excerpt.rstrip("\n"))
+    if outcome.status != "succeeded":
+        raise SystemExit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block list
+
+def spool_event(app, event_type: str, address: str, reason: str | None) -> str:
+    """Hand a `registered` / `deleted` event to the spooler through the spool (durably), as
+    the milter and the log follower do; returns the event id. Run as root, the file is written
+    with the owner of the spool directory (the spooler must be able to read it)."""
+    from . import events as eventsmod
+
+    event = eventsmod.Event(type=event_type, at=eventsmod.now_iso(), id=spool.new_id(),
+                            source="cli", recipient=address, reason=reason)
+    record = eventsmod.to_record(event)
+    spool_dir = app.cfg.spool_dir
+    as_owner(os.path.join(spool_dir, "new"), lambda: spool.write(spool_dir, record, durable=True))
+    return event.id
+
+
+def as_owner(directory: str, fn):
+    """Run fn() with the effective uid/gid of `directory`'s owner when running as root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return fn()
+    st = os.stat(directory)
+    if st.st_uid == 0:
+        return fn()
+    os.setegid(st.st_gid)
+    try:
+        os.seteuid(st.st_uid)
+        try:
+            return fn()
+        finally:
+            os.seteuid(0)
+    finally:
+        os.setegid(0)
+
+
+def check_spool(app) -> None:
+    """Before writing rules.db: the event must be writable afterwards."""
+    new_dir = os.path.join(app.cfg.spool_dir, "new")
+    if not os.path.isdir(new_dir) or not os.path.isdir(os.path.join(app.cfg.spool_dir, "tmp")):
+        raise InputError(f"spool directory {app.cfg.spool_dir} does not exist "
+                         "(mxhook-spooler creates it); the block list event could not be sent")
+
+
+@cli.group(cls=MxhookGroup)
+def block():
+    """The block list: outbound mail to these addresses is refused (event `blocked`)."""
+
+
+@block.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def block_list(app, as_json):
+    """List blocked addresses, oldest first."""
+    with app.rules_store() as store:
+        rows = store.block_list()
+    if as_json:
+        emit_json(rows)
+    elif not rows:
+        click.echo("The block list is empty")
+    else:
+        table(["ADDRESS", "SOURCE", "DSN", "CREATED", "REASON"],
+              [[r["address"], r["source"], r["dsn"], short_time(r["created"]), r["reason"]]
+               for r in rows], max_width=60)
+
+
+@block.command("add")
+@click.argument("address")
+@click.option("--reason", metavar="TEXT", help="Why (shown in the list and the event).")
+@pass_app
+def block_add(app, address, reason):
+    """Put ADDRESS on the block list (emits a `registered` event)."""
+    addr = dbmod.normalize_block_address(address)
+    check_spool(app)
+    with app.rules_store(create=True) as store:
+        if not store.block_add(addr, reason=reason, source="cli"):
+            raise RuleError(f"{addr} is already on the block list")
+    try:
+        event_id = spool_event(app, "registered", addr, reason)
+    except OSError as exc:
+        raise click.ClickException(f"{addr} was added to the block list, but its registered "
+                                   f"event could not be spooled: {exc}") from None
+    click.echo(f"Blocked {addr} (event registered {event_id})")
+
+
+@block.command("remove")
+@click.argument("address")
+@pass_app
+def block_remove(app, address):
+    """Take ADDRESS off the block list (emits a `deleted` event)."""
+    addr = dbmod.normalize_block_address(address)
+    check_spool(app)
+    with app.rules_store() as store:
+        if not store.block_remove(addr):
+            raise RuleError(f"{addr} is not on the block list")
+    try:
+        event_id = spool_event(app, "deleted", addr, "removed by the admin")
+    except OSError as exc:
+        raise click.ClickException(f"{addr} was removed from the block list, but its deleted "
+                                   f"event could not be spooled: {exc}") from None
+    click.echo(f"Unblocked {addr} (event deleted {event_id})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import re
 import sqlite3
 import threading
@@ -28,12 +29,15 @@ from datetime import datetime, timezone
 
 import sqlite_utils
 
+from . import endpoints as endpoints_mod
 from . import rules as rules_mod
+from .endpoints import Endpoint
+from .headers import normalize_address
 from .rules import Condition, Rule, RuleError, RuleSet
 
 log = logging.getLogger("mxhook.db")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILE_MODE = 0o640
 BUSY_TIMEOUT_MS = 5000
 
@@ -45,6 +49,15 @@ _RULE_COLUMNS = (
     "retry_interval", "retry_period", "timeout", "discard", "allow_http",
 )
 _BOOL_COLUMNS = ("enabled", "discard", "allow_http")
+
+# Columns of `endpoints` that map one-to-one onto Endpoint fields (categories: comma-joined).
+_ENDPOINT_COLUMNS = (
+    "url", "categories", "interval", "max_events", "timeout", "version", "timezone", "format",
+    "basic_auth", "bearer", "api_key", "retry_interval", "retry_period", "allow_http", "enabled",
+)
+_ENDPOINT_BOOLS = ("allow_http", "enabled")
+BLOCK_SOURCES = ("bounce", "cli", "api")
+_ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f<>]+@[^@\s\x00-\x1f\x7f<>]+$")
 
 
 def _now() -> str:
@@ -78,6 +91,43 @@ def normalize_domain(name: str) -> str:
     if labels[-1].isdigit():
         raise RuleError(f"domain {raw!r} looks like an IP address; give a domain name")
     return text
+
+
+def normalize_block_address(address: str) -> str:
+    """The block list's form of an address (headers.normalize_address: no angle brackets,
+    lower case); RuleError when it is not local@domain."""
+    addr = normalize_address(address or "")
+    if not addr:
+        raise RuleError("address is empty")
+    if len(addr) > 320 or not _ADDRESS.match(addr) or addr.endswith(".") or "@." in addr:
+        raise RuleError(f"{address!r} is not an email address (local@domain)")
+    return addr
+
+
+def _row_to_endpoint(row: dict) -> Endpoint:
+    fields = {k: row[k] for k in _ENDPOINT_COLUMNS}
+    for k in _ENDPOINT_BOOLS:
+        fields[k] = bool(fields[k])
+    fields["categories"] = tuple(c for c in (row["categories"] or "").split(",") if c)
+    return Endpoint(id=row["id"], created=row["created"], updated=row["updated"], **fields)
+
+
+def _endpoint_values(ep: Endpoint) -> list:
+    out = []
+    for col in _ENDPOINT_COLUMNS:
+        value = getattr(ep, col)
+        if col == "categories":
+            value = ",".join(value)
+        elif col in _ENDPOINT_BOOLS:
+            value = int(bool(value))
+        out.append(value)
+    return out
+
+
+def _read_endpoints(conn: sqlite3.Connection) -> list[Endpoint]:
+    cur = conn.cursor()
+    cur.row_factory = sqlite3.Row
+    return [_row_to_endpoint(dict(r)) for r in cur.execute("SELECT * FROM endpoints ORDER BY id")]
 
 
 @dataclass(frozen=True)
@@ -142,24 +192,14 @@ def _user_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
-def _migrate(db: sqlite_utils.Database) -> None:
-    version = _user_version(db.conn)
-    if version > SCHEMA_VERSION:
-        raise RuleError(
-            f"rules database schema version {version} is newer than this mxhook "
-            f"understands ({SCHEMA_VERSION}); upgrade mxhook"
-        )
-    if version == SCHEMA_VERSION:
-        return
-    if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        db.enable_wal()
-    # Version 0 -> 1. `if_not_exists` makes a half-finished run (or a concurrent one) harmless;
-    # user_version is set last.
-    db["domains"].create(
-        {"name": str, "log_denied": int, "created": str},
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    """Permitted domains, inbound rules and their conditions."""
+    db.create_table(
+        "domains", {"name": str, "log_denied": int, "created": str},
         pk="name", not_null={"name", "log_denied"}, if_not_exists=True,
     )
-    db["rules"].create(
+    db.create_table(
+        "rules",
         {
             "id": int, "name": str, "priority": int, "enabled": int, "endpoint": str,
             "format": str, "basic_auth": str, "bearer": str, "api_key": str,
@@ -172,13 +212,63 @@ def _migrate(db: sqlite_utils.Database) -> None:
         if_not_exists=True,
     )
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS rules_name ON rules(name)")
-    db["conditions"].create(
+    db.create_table(
+        "conditions",
         {"id": int, "rule_id": int, "position": int, "header": str, "pattern": str, "negate": int},
         pk="id", not_null={"rule_id", "position", "header", "pattern", "negate"},
         foreign_keys=[("rule_id", "rules", "id")], if_not_exists=True,
     )
     db.execute("CREATE INDEX IF NOT EXISTS conditions_rule ON conditions(rule_id, position)")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """Event endpoints and the block list."""
+    # AUTOINCREMENT: the id of a removed endpoint is never given to a new one (state.db keeps
+    # events and batches by endpoint id).
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS endpoints ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL, categories TEXT NOT NULL,"
+        " interval INTEGER NOT NULL, max_events INTEGER NOT NULL, timeout INTEGER NOT NULL,"
+        " version INTEGER NOT NULL, timezone TEXT NOT NULL, format TEXT NOT NULL,"
+        " basic_auth TEXT, bearer TEXT, api_key TEXT, retry_interval INTEGER NOT NULL,"
+        " retry_period INTEGER NOT NULL, allow_http INTEGER NOT NULL, enabled INTEGER NOT NULL,"
+        " created TEXT, updated TEXT)"
+    )
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS endpoints_url ON endpoints(url)")
+    # `event_id`: the hard bounce that registered the address (source "bounce"), so the
+    # spooler can tell after a crash whether the `registered` event is still owed.
+    db.create_table(
+        "blocklist",
+        {"address": str, "reason": str, "dsn": str, "source": str, "event_id": str,
+         "created": str},
+        pk="address", not_null={"address", "source", "created"}, if_not_exists=True,
+    )
+
+
+# version -> the step that brings a database from version - 1 to it
+_MIGRATIONS = {1: _schema_v1, 2: _schema_v2}
+
+
+def _migrate(db: sqlite_utils.Database) -> None:
+    version = _user_version(db.conn)
+    if version > SCHEMA_VERSION:
+        raise RuleError(
+            f"rules database schema version {version} is newer than this mxhook "
+            f"understands ({SCHEMA_VERSION}); upgrade mxhook"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.enable_wal()
+    # All steps in one write transaction, the version read again under its lock: a concurrent
+    # migration (two CLI commands at once) waits and then finds nothing left to do, and a
+    # failed step leaves the database as it was.
+    with _transaction(db.conn):
+        version = _user_version(db.conn)
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            _MIGRATIONS[step](db)
+        if version < SCHEMA_VERSION:
+            db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 @contextlib.contextmanager
@@ -399,6 +489,123 @@ class RulesStore:
             self.conn.execute("DELETE FROM conditions WHERE rule_id = ?", (rule_id,))
             self.conn.execute("DELETE FROM rules WHERE id = ?", (rule_id,))
 
+    # -- event endpoints ----------------------------------------------------------------------
+
+    def _endpoint_row(self, key) -> dict | None:
+        """An endpoint by id (an int, or text of digits) or by URL."""
+        cur = self.conn.cursor()
+        cur.row_factory = sqlite3.Row
+        if isinstance(key, int) or (isinstance(key, str) and key.strip().isdigit()):
+            row = cur.execute("SELECT * FROM endpoints WHERE id = ?", (int(key),)).fetchone()
+        else:
+            row = cur.execute("SELECT * FROM endpoints WHERE url = ?", (str(key).strip(),)).fetchone()
+        return dict(row) if row else None
+
+    def get_endpoint(self, key) -> Endpoint | None:
+        row = self._endpoint_row(key)
+        return _row_to_endpoint(row) if row else None
+
+    def list_endpoints(self) -> list[Endpoint]:
+        """All endpoints by id."""
+        with _transaction(self.conn, write=False):
+            return _read_endpoints(self.conn)
+
+    def add_endpoint(self, ep: Endpoint) -> Endpoint:
+        """Validate and insert; the payload version is pinned now (the latest when not
+        given). Returns the stored endpoint."""
+        ep = endpoints_mod.validate(ep)
+        with _transaction(self.conn):
+            other = self._endpoint_row(ep.url)
+            if other is not None:
+                raise RuleError(f"an endpoint for {ep.url} already exists (id {other['id']}; "
+                                "use `endpoint edit`)")
+            now = _now()
+            cols = ", ".join(_ENDPOINT_COLUMNS)
+            marks = ", ".join("?" * (len(_ENDPOINT_COLUMNS) + 2))
+            cur = self.conn.execute(
+                f"INSERT INTO endpoints ({cols}, created, updated) VALUES ({marks})",
+                _endpoint_values(ep) + [now, now],
+            )
+            endpoint_id = cur.lastrowid
+        return self.get_endpoint(endpoint_id)
+
+    def replace_endpoint(self, key, ep: Endpoint) -> Endpoint:
+        """Replace the settings of the endpoint `key` (id or URL) with `ep`, keeping its id and
+        creation time; `ep.url` may differ."""
+        ep = endpoints_mod.validate(ep)
+        with _transaction(self.conn):
+            row = self._endpoint_row(key)
+            if row is None:
+                raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
+            other = self._endpoint_row(ep.url)
+            if other is not None and other["id"] != row["id"]:
+                raise RuleError(f"another endpoint (id {other['id']}) already has the URL {ep.url}")
+            sets = ", ".join(f"{c} = ?" for c in _ENDPOINT_COLUMNS)
+            self.conn.execute(
+                f"UPDATE endpoints SET {sets}, updated = ? WHERE id = ?",
+                _endpoint_values(ep) + [_now(), row["id"]],
+            )
+        return self.get_endpoint(row["id"])
+
+    def remove_endpoint(self, key) -> Endpoint:
+        """Remove the endpoint `key` (id or URL); returns what was removed. Events still
+        pending for it are marked failed by the spooler."""
+        with _transaction(self.conn):
+            row = self._endpoint_row(key)
+            if row is None:
+                raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
+            self.conn.execute("DELETE FROM endpoints WHERE id = ?", (row["id"],))
+        return _row_to_endpoint(row)
+
+    # -- block list ---------------------------------------------------------------------------
+
+    def block_add(self, address: str, *, reason: str | None, dsn: str | None = None,
+                  source: str, event_id: str | None = None) -> bool:
+        """Put an address on the block list; True if it was newly added, False if it was
+        there already (then nothing changes)."""
+        addr = normalize_block_address(address)
+        if source not in BLOCK_SOURCES:
+            raise RuleError(f"block source must be one of {', '.join(BLOCK_SOURCES)}, got {source!r}")
+        with _transaction(self.conn):
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO blocklist (address, reason, dsn, source, event_id, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (addr, reason, dsn, source, event_id, _now()),
+            )
+        return cur.rowcount == 1
+
+    def block_remove(self, address: str) -> bool:
+        """Take an address off the block list; False if it was not on it."""
+        addr = normalize_block_address(address)
+        with _transaction(self.conn):
+            cur = self.conn.execute("DELETE FROM blocklist WHERE address = ?", (addr,))
+        return cur.rowcount == 1
+
+    def block_get(self, address: str) -> dict | None:
+        addr = normalize_block_address(address)
+        rows = self.block_list(address=addr)
+        return rows[0] if rows else None
+
+    def block_list(self, *, address: str | None = None) -> list[dict]:
+        """[{address, reason, dsn, source, event_id, created}], oldest first."""
+        sql = "SELECT address, reason, dsn, source, event_id, created FROM blocklist"
+        params: tuple = ()
+        if address is not None:
+            sql += " WHERE address = ?"
+            params = (address,)
+        keys = ("address", "reason", "dsn", "source", "event_id", "created")
+        return [dict(zip(keys, row))
+                for row in self.conn.execute(sql + " ORDER BY created, address", params)]
+
+    def is_blocked(self, address: str) -> bool:
+        try:
+            addr = normalize_block_address(address)
+        except RuleError:
+            return False
+        return self.conn.execute(
+            "SELECT 1 FROM blocklist WHERE address = ?", (addr,)
+        ).fetchone() is not None
+
     # -- snapshot -----------------------------------------------------------------------------
 
     def snapshot(self, regex_timeout: float = 0.05) -> Snapshot:
@@ -503,3 +710,126 @@ class SnapshotWatcher:
                 with contextlib.suppress(Exception):
                     self._conn.close()
                 self._conn = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers for the daemons
+
+def _connect_ro(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect("file:" + _uri_path(path) + "?mode=ro", uri=True,
+                           isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class BlocklistReader:
+    """`contains(address)` for the milter's RCPT check: one indexed point query on a
+    read-only connection (`file:...?mode=ro`).
+
+    Connections are kept in a small pool rather than per thread: libmilter may run every SMTP
+    connection in a thread of its own, so thread-local connections would be opened (and the
+    schema parsed) once per SMTP session; from the pool a thread takes any idle connection and
+    gives it back after the query (each connection is used by one thread at a time).
+
+    Missing database, a database without the block list (schema version 1), or any database
+    error: `contains` answers False (the milter fails open: it never refuses mail because the
+    list cannot be read), and logs the error once until reads work again.
+    """
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()
+        self._last_error: str | None = None
+        self._closed = False
+
+    def _error(self, message: str) -> None:
+        if message != self._last_error:
+            self._last_error = message
+            log.error("cannot read the block list in %s (addresses are not blocked meanwhile): %s",
+                      self.path, message)
+
+    def contains(self, address: str) -> bool:
+        addr = normalize_address(address or "")
+        if not addr:
+            return False
+        try:
+            conn = self._pool.get_nowait()
+        except queue.Empty:
+            if not os.path.exists(self.path):
+                return False
+            try:
+                conn = _connect_ro(self.path)
+            except sqlite3.Error as exc:
+                self._error(str(exc))
+                return False
+        try:
+            row = conn.execute("SELECT 1 FROM blocklist WHERE address = ?", (addr,)).fetchone()
+        except sqlite3.Error as exc:
+            conn.close()  # a fresh connection next time (the file may have been replaced)
+            self._error(str(exc))
+            return False
+        if self._last_error is not None:
+            self._last_error = None
+            log.info("the block list in %s is readable again", self.path)
+        if self._closed:
+            conn.close()
+        else:
+            self._pool.put(conn)
+        return row is not None
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class EndpointsView:
+    """The spooler's view of the event endpoints: `current()` returns {id: Endpoint},
+    reloaded when rules.db changed (`PRAGMA data_version`, one cheap query per call).
+    `generation` counts reloads, so callers can tell when the set may have changed. Missing
+    database or no endpoints table yet: no endpoints."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._conn: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self._current: dict[int, Endpoint] = {}
+        self._last_error: str | None = None
+        self.generation = 0
+
+    def current(self) -> dict[int, Endpoint]:
+        try:
+            if self._conn is None:
+                if not os.path.exists(self.path):
+                    return self._current
+                self._conn = _connect_ro(self.path)
+                self._version = None
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                with _transaction(self._conn, write=False):
+                    has_table = self._conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'endpoints'"
+                    ).fetchone()
+                    found = _read_endpoints(self._conn) if has_table else []
+                self._current = {ep.id: ep for ep in found}
+                self._version = version
+                self.generation += 1
+            self._last_error = None
+        except sqlite3.Error as exc:
+            if str(exc) != self._last_error:
+                self._last_error = str(exc)
+                log.error("cannot read endpoints from %s, keeping the previous ones: %s",
+                          self.path, exc)
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+        return self._current
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

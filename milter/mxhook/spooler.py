@@ -17,13 +17,28 @@ The loop, on the main thread (the only thread that touches state.db):
    until `retry period` days after the first attempt, then failed.
 3. wait up to `poll_interval` seconds (or less, when a post finishes), then again.
 
+Event records (kind `event`: from the milter, the log follower, the CLI) take the same ingest
+path. At ingest each new event is fanned out to every enabled endpoint (rules.db, reloaded when
+it changes) whose categories include its type. Per endpoint, a batch is made when the oldest
+pending event has waited `interval` seconds or `max_events` are pending (`batch_due`); it takes
+at most `max_events` events, in arrival order, and its membership and id (`evb_...`, the
+`webhook-id`) are fixed in state.db when it is made. An endpoint has at most one open batch,
+posted by the same workers and retried on the same schedule as inbound deliveries; the next
+batch is made only when it succeeded or failed, so events reach an endpoint in order (a receiver
+that is down holds up that endpoint only). A `kill -9` at any point leaves the batch in
+state.db: after a restart it is posted again with the same id and the same events.
+
+A hard `bounced` event puts its recipient on the block list in rules.db (when `[milter]
+blocklist` is on) and, if the address was not on it yet, adds a `registered` event (id
+`registered-<address>-<bounce event id>`) that is fanned out like any other.
+
 A delivery is only ever re-posted if its result was not committed — after a crash or kill
 mid-request — and then with the same `webhook-id` (the delivery id), so receivers can
 deduplicate. SIGTERM/SIGINT: stop taking new work, let in-flight posts finish (each bounded by
 its rule's timeout), record their results, exit 0.
 
-`--once`: ingest everything pending, run one dispatch round, wait for its posts, exit (tests,
-cron-style use).
+`--once`: ingest everything pending, run one dispatch round (every event endpoint gets a batch
+of what is pending for it, due or not), wait for its posts, exit (tests, cron-style use).
 
 `[spooler] retry_time_scale` (default 1) multiplies every rule's retry interval and retry
 period. It exists so tests and the demo can run the real retry schedule in seconds instead of
@@ -42,14 +57,20 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable
 
+from dataclasses import dataclass
+
 from . import config as config_mod
+from . import db as db_mod
 from . import http, logging_setup, spool, state
-from .state import AttemptRecord, DueDelivery, StateStore
+from .endpoints import Endpoint
+from .rules import RuleError
+from .state import AttemptRecord, DueDelivery, EventBatch, StateStore
 
 log = logging.getLogger("mxhook.spooler")
 
 DAY = 86400.0
 CLEAN_TMP_EVERY = 3600.0
+BLOCK_RETRY_AFTER = 30.0  # seconds before retrying the block list after rules.db failed
 
 
 def schedule(outcome: http.Outcome, target: dict, first_attempt_at: float, now: float,
@@ -70,6 +91,68 @@ def schedule(outcome: http.Outcome, target: dict, first_attempt_at: float, now: 
     return "deferred", min(now + wait_s, deadline), outcome.error
 
 
+def batch_due(count: int, oldest_added: float | None, *, interval: float, max_events: int,
+              now: float) -> bool:
+    """Whether an endpoint's pending events make a batch now: `max_events` are pending, or the
+    oldest has waited `interval` seconds."""
+    if count <= 0:
+        return False
+    if count >= max_events:
+        return True
+    return oldest_added is not None and now - oldest_added >= interval
+
+
+def due_batches(pending: dict[int, tuple[int, float | None]], endpoints: dict[int, Endpoint],
+                now: float, *, busy=frozenset()) -> list[int]:
+    """The endpoints (ids, in id order) for which a batch is to be made now. `pending` maps an
+    endpoint id to (pending count, capped at max_events; when the oldest became pending);
+    disabled endpoints and those in `busy` (an open batch) get none."""
+    out = []
+    for endpoint_id in sorted(pending):
+        ep = endpoints.get(endpoint_id)
+        if ep is None or not ep.enabled or endpoint_id in busy:
+            continue
+        count, oldest = pending[endpoint_id]
+        if batch_due(count, oldest, interval=ep.interval, max_events=ep.max_events, now=now):
+            out.append(endpoint_id)
+    return out
+
+
+def registered_event(bounce: dict, at: str) -> dict:
+    """The `registered` event for an address a hard bounce put on the block list."""
+    fields = {k: bounce.get(k) for k in (
+        "recipient", "queue_id", "sender", "header_from", "message_id", "subject", "dsn",
+        "bounce_type", "remote_host", "relay", "reply", "client_addr", "auth_user")}
+    fields["custom_headers"] = dict(bounce.get("custom_headers") or {})
+    source = bounce.get("source") if bounce.get("source") in ("log", "dsn") else "log"
+    event = {**fields, "id": f"registered-{bounce['recipient']}-{bounce['id']}", "type": "registered",
+             "at": at, "source": source, "reason": "hard bounce"}
+    try:
+        from . import events as events_mod
+
+        return {**events_mod.Event.from_dict(event).to_dict(), "received": at}
+    except (ImportError, ValueError, TypeError):
+        return {**event, "received": at}
+
+
+@dataclass
+class _BatchJob:
+    """An event batch handed to a worker, with the endpoint it goes to."""
+
+    batch: EventBatch
+    endpoint: Endpoint
+
+    @property
+    def id(self) -> str:
+        return self.batch.id
+
+
+def _default_render_events(version: int, events: list[dict], **kw):
+    from .payloads import events as event_payloads
+
+    return event_payloads.render_events(version, events, **kw)
+
+
 def _default_render(fmt: str, **kw):
     from . import payloads  # imported late: jinja2 templates are only needed once we post
 
@@ -78,6 +161,7 @@ def _default_render(fmt: str, **kw):
 
 class Spooler:
     def __init__(self, cfg: config_mod.Config, *, render: Callable | None = None,
+                 render_events: Callable | None = None,
                  session_factory: Callable = http.make_session, clock: Callable[[], float] = time.time):
         sec = "spooler"
         self.cfg = cfg
@@ -98,6 +182,8 @@ class Spooler:
         if not self.scale > 0:
             raise config_mod.ConfigError("[spooler] retry_time_scale must be above 0")
         self.render = render or _default_render
+        self.render_events = render_events or _default_render_events
+        self.block_hard_bounces = cfg.bool("milter", "blocklist")
         self.session_factory = session_factory
         self.clock = clock
 
@@ -106,10 +192,15 @@ class Spooler:
         os.makedirs(state_dir, exist_ok=True)
         self.state = StateStore(cfg.state_db)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
-        self.inflight: dict[Future, DueDelivery] = {}
+        self.inflight: dict[Future, DueDelivery | _BatchJob] = {}
         self._stop = threading.Event()
         self._local = threading.local()
         self._last_clean = 0.0
+        self.endpoints = db_mod.EndpointsView(cfg.rules_db)
+        self._endpoints_seen = 0  # EndpointsView.generation last synced into state.db
+        self._rules_store: db_mod.RulesStore | None = None
+        self._block_retry_at = 0.0
+        self._block_error: str | None = None
 
     # control ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -124,6 +215,10 @@ class Spooler:
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.state.close()
+        self.endpoints.close()
+        if self._rules_store is not None:
+            self._rules_store.close()
+            self._rules_store = None
 
     # 1. ingest --------------------------------------------------------------------------
     def _quarantine(self, path: str, reason: str) -> None:
@@ -170,8 +265,10 @@ class Spooler:
         """Ingest in one transaction; paths safe to unlink. If the batch fails for a reason
         other than the database itself, ingest one by one so one odd record cannot hold up
         the rest (it goes to bad/)."""
+        endpoints = list(self.current_endpoints().values())
+        kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces}
         try:
-            new = self.state.ingest(records, now=self.clock())
+            new = self.state.ingest(records, now=self.clock(), **kw)
             log.debug("ingested %d record(s) (%d new)", len(records), new)
             return paths
         except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: retry later
@@ -182,7 +279,7 @@ class Spooler:
         done = []
         for record, path in zip(records, paths):
             try:
-                self.state.ingest([record], now=self.clock())
+                self.state.ingest([record], now=self.clock(), **kw)
                 done.append(path)
             except sqlite3.OperationalError as exc:
                 log.error("cannot ingest into state.db now, will retry: %s", exc)
@@ -192,8 +289,13 @@ class Spooler:
         return done
 
     # 2. dispatch ------------------------------------------------------------------------
-    def dispatch(self) -> int:
-        """Hand due deliveries to free workers; returns how many were started."""
+    def dispatch(self, *, flush_events: bool = False) -> int:
+        """Hand due event batches, then due inbound deliveries, to free workers; returns how
+        many posts were started."""
+        return self.dispatch_events(flush=flush_events) + self.dispatch_inbound()
+
+    def dispatch_inbound(self) -> int:
+        """Hand due inbound deliveries to free workers; returns how many were started."""
         free = self.workers - len(self.inflight)
         if free <= 0 or self.stopping:
             return 0
@@ -206,6 +308,168 @@ class Spooler:
         for delivery in due:
             self.inflight[self.executor.submit(self._attempt, delivery)] = delivery
         return len(due)
+
+    # 2b. events ------------------------------------------------------------------------
+    def current_endpoints(self) -> dict[int, Endpoint]:
+        """The endpoints as rules.db has them now. When they changed, their URLs are recorded
+        in state.db (for the event log) and events pending for removed endpoints are failed.
+        Until rules.db could be read once, nothing is failed."""
+        eps = self.endpoints.current()
+        if self.endpoints.generation != self._endpoints_seen:
+            try:
+                self.state.sync_endpoints(eps.values(), now=self.clock())
+                failed = self.state.fail_removed_endpoints(eps.keys(), now=self.clock())
+                self._endpoints_seen = self.endpoints.generation
+                if failed:
+                    log.warning("%d event(s) pending for removed endpoints marked failed", failed)
+            except sqlite3.Error as exc:
+                log.error("cannot record endpoint changes in state.db (will retry): %s", exc)
+        return eps
+
+    def dispatch_events(self, *, flush: bool = False) -> int:
+        """Make due batches and hand due ones to free workers (at most one batch per endpoint
+        open at a time); returns how many were started. `flush`: make a batch of whatever is
+        pending, due or not (--once)."""
+        if self.stopping or self.workers - len(self.inflight) <= 0:
+            return 0
+        try:
+            eps = self.current_endpoints()
+            now = self.clock()
+            busy = {job.batch.endpoint_id for job in self.inflight.values() if isinstance(job, _BatchJob)}
+            open_batches = self.state.open_batches()
+            candidates = [i for i, ep in eps.items()
+                          if ep.enabled and i not in busy and i not in open_batches]
+            pending = {i: self.state.pending_stats(i, eps[i].max_events) for i in candidates}
+            if flush:
+                make = [i for i in candidates if pending[i][0] > 0]
+            else:
+                make = due_batches(pending, eps, now)
+            for endpoint_id in make:
+                ep = eps[endpoint_id]
+                batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.url)
+                if batch is not None:
+                    open_batches[endpoint_id] = batch
+                    log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
+            due_at = state.iso(now)
+            started = 0
+            for endpoint_id in sorted(open_batches):
+                ep = eps.get(endpoint_id)
+                batch = open_batches[endpoint_id]
+                if ep is None or not ep.enabled or endpoint_id in busy:
+                    continue
+                if (batch.next_attempt_at or "") > due_at:
+                    continue
+                if self.workers - len(self.inflight) <= 0:
+                    break
+                batch.events = self.state.batch_events(batch)
+                job = _BatchJob(batch, ep)
+                self.inflight[self.executor.submit(self._attempt_batch, job)] = job
+                started += 1
+            return started
+        except sqlite3.Error as exc:
+            log.error("cannot read event batches from state.db: %s", exc)
+            return 0
+
+    def _attempt_batch(self, job: _BatchJob) -> tuple[http.Outcome, float]:
+        """Worker thread: render a batch and post it once. Never raises; never touches
+        state.db."""
+        started = self.clock()
+        batch, ep = job.batch, job.endpoint
+        try:
+            try:
+                rendered = self.render_events(
+                    ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.format,
+                    batch_id=batch.id, endpoint_id=ep.id, api_key=ep.api_key,
+                )
+            except Exception as exc:
+                log.exception("event batch %s: cannot render the payload", batch.id)
+                return http.Outcome("failed", error=f"cannot render the event payload: "
+                                                    f"{type(exc).__name__}: {exc}"), started
+            outcome = http.deliver(
+                self._session(), ep.delivery_target(), rendered.body, rendered.content_type,
+                batch.id, user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
+            )
+            return outcome, started
+        except Exception as exc:  # a bug: retry (deferred) rather than lose the batch
+            log.exception("event batch %s: internal error", batch.id)
+            return http.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
+
+    def _batch_result(self, job: _BatchJob, outcome: http.Outcome, started: float,
+                      now: float) -> AttemptRecord:
+        batch, target = job.batch, job.endpoint.delivery_target()
+        first = state.to_datetime(batch.first_attempt_at).timestamp() if batch.first_attempt_at else started
+        status, next_at, reason = schedule(outcome, target, first, now, scale=self.scale)
+        log.info(
+            "event batch %s endpoint=%d events=%d attempt=%d outcome=%s status=%s code=%s "
+            "duration=%dms%s%s",
+            batch.id, job.endpoint.id, batch.size, batch.attempts + 1, outcome.status, status,
+            outcome.status_code if outcome.status_code is not None else "-", outcome.duration_ms,
+            f" retry_in={next_at - now:.1f}s" if next_at is not None else "",
+            f" error={reason!r}" if reason else "",
+        )
+        return AttemptRecord(
+            delivery_id=batch.id, at=state.iso(started), outcome=outcome.status, status=status,
+            status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
+            response_excerpt=outcome.response_excerpt,
+            next_attempt_at=state.iso(next_at) if next_at is not None else None, reason=reason,
+        )
+
+    # 2c. hard bounces -> block list -------------------------------------------------------
+    def process_blocks(self) -> int:
+        """Put the recipients of hard bounces on the block list; returns how many bounces were
+        handled. rules.db trouble is logged and retried later (the bounces stay pending)."""
+        if not self.block_hard_bounces or self.clock() < self._block_retry_at:
+            return 0
+        try:
+            pending = self.state.pending_blocks()
+        except sqlite3.Error as exc:
+            log.error("cannot read hard bounces from state.db: %s", exc)
+            return 0
+        if not pending:
+            return 0
+        done: list[tuple[str, dict | None]] = []
+        try:
+            if self._rules_store is None:
+                self._rules_store = db_mod.RulesStore(self.cfg.rules_db)
+            store = self._rules_store
+            for bounce in pending:
+                address = bounce.get("recipient") or ""
+                try:
+                    added = store.block_add(
+                        address, reason=f"hard bounce: {bounce.get('reply') or bounce.get('dsn') or 'bounced'}",
+                        dsn=bounce.get("dsn"), source="bounce", event_id=bounce["id"],
+                    )
+                except RuleError as exc:  # not an address: nothing to block
+                    log.warning("hard bounce %s: %s; not block-listed", bounce["id"], exc)
+                    done.append((bounce["id"], None))
+                    continue
+                # Added now, or by this very bounce before a crash kept us from recording it:
+                # the registered event is owed (its id makes storing it twice harmless).
+                owed = added or (store.block_get(address) or {}).get("event_id") == bounce["id"]
+                event = registered_event({**bounce, "recipient": db_mod.normalize_block_address(address)},
+                                         state.iso(self.clock())) if owed else None
+                if added:
+                    log.info("block list: added %s after hard bounce %s (dsn %s)", address,
+                             bounce["id"], bounce.get("dsn") or "-")
+                done.append((bounce["id"], event))
+        except (sqlite3.Error, RuleError, OSError) as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._block_error:
+                log.error("cannot update the block list in %s (will retry): %s", self.cfg.rules_db, message)
+                self._block_error = message
+            self._block_retry_at = self.clock() + BLOCK_RETRY_AFTER
+            if self._rules_store is not None:
+                self._rules_store.close()
+                self._rules_store = None
+        if done:
+            self._block_error = None
+            try:
+                self.state.finish_blocks(done, now=self.clock(),
+                                         endpoints=list(self.current_endpoints().values()))
+            except sqlite3.Error as exc:
+                log.error("cannot record block list results in state.db (will redo): %s", exc)
+                return 0
+        return len(done)
 
     def _session(self):
         session = getattr(self._local, "session", None)
@@ -244,6 +508,7 @@ class Spooler:
         if done is None:
             done = {f for f in self.inflight if f.done()}
         results = []
+        batch_results = []
         now = self.clock()
         for fut in done:
             d = self.inflight.pop(fut)
@@ -251,6 +516,9 @@ class Spooler:
                 outcome, started = fut.result()
             except Exception as exc:  # _attempt does not raise; belt and braces
                 outcome, started = http.Outcome("deferred", error=f"internal error: {exc}"), now
+            if isinstance(d, _BatchJob):
+                batch_results.append(self._batch_result(d, outcome, started, now))
+                continue
             try:
                 first = state.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
                 status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale)
@@ -277,7 +545,13 @@ class Spooler:
                 # Not recorded means: posted again later, with the same webhook-id.
                 log.error("cannot record %d attempt result(s) in state.db (they will be retried): %s",
                           len(results), exc)
-        return len(results)
+        if batch_results:
+            try:
+                self.state.record_batch_attempts(batch_results)
+            except sqlite3.Error as exc:  # posted again later, same webhook-id and events
+                log.error("cannot record %d event batch result(s) in state.db (they will be retried): %s",
+                          len(batch_results), exc)
+        return len(results) + len(batch_results)
 
     def drain(self) -> None:
         """Wait for every in-flight post and record its result."""
@@ -297,12 +571,15 @@ class Spooler:
             except OSError as exc:
                 log.warning("cannot clean %s/tmp: %s", self.spool_dir, exc)
 
-    def run_once(self) -> None:
-        """Ingest everything pending, one dispatch round, wait for its posts."""
+    def run_once(self, *, flush_events: bool = True) -> None:
+        """Ingest everything pending, one dispatch round, wait for its posts. With
+        `flush_events` (the default, as for --once), every endpoint's pending events make a
+        batch now, due or not."""
         self._maybe_clean_tmp()
         while self.ingest_once():
             pass
-        self.dispatch()
+        self.process_blocks()
+        self.dispatch(flush_events=flush_events)
         self.drain()
 
     def _step(self) -> None:
@@ -312,6 +589,7 @@ class Spooler:
         except OSError as exc:  # the spool dir itself is unreadable
             log.error("cannot scan %s: %s", self.spool_dir, exc)
             handled = 0
+        self.process_blocks()
         self.dispatch()
         if handled >= self.ingest_batch:
             self.collect()

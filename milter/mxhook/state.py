@@ -32,13 +32,30 @@ Schema
   one row per delivery (id = delivery id, kind "delivery", status kept equal to
   deliveries.status in the same transaction) and one per denied record (id = record id,
   kind "denied", status "denied").
-- `events(id PK, received, meta JSON, payload BLOB, ingested)`: event records, stored raw for a
-  later issue.
+- `events(id PK, received, meta JSON, payload BLOB, ingested, type, queue_id, recipient,
+  block_state)`: one row per event record (id = event id; `received` = the event's time `at`;
+  `meta` = the event as `events.Event.to_dict()` wrote it). `block_state` is `pending` for a hard
+  bounce the spooler has still to put on the block list, `done` after.
+- `event_deliveries(seq PK AUTOINCREMENT, endpoint_id, event_id, added, batch_id)`: the fan-out,
+  one row per (event, endpoint whose categories include the event's type), `seq` = arrival
+  order, `added` = epoch seconds when it became pending. `batch_id` NULL = pending, not yet in a
+  batch.
+- `event_batches(id PK = "evb_<...>", endpoint_id, url, created, size, status, attempts,
+  first_attempt_at, next_attempt_at, last_error, last_status_code, updated)`: a batch is one
+  POST; its membership (the event_deliveries rows pointing to it) is fixed when it is created,
+  its id is the `webhook-id`, stable across retries and restarts. Status queued / deferred /
+  succeeded / failed, as for inbound deliveries. At most one open (queued or deferred) batch per
+  endpoint, so batches go out in order.
+- `event_attempts(id PK, batch_id, at, outcome, status_code, error, duration_ms,
+  response_excerpt)`.
+- `event_endpoints(id PK, url, updated)`: the endpoints' URLs as last seen by the spooler, so the
+  event log can name the endpoint of old deliveries (rules.db belongs to the admin).
 """
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,12 +63,18 @@ from typing import Iterable, Iterator
 
 import sqlite_utils
 
+from . import events as events_mod
 from . import spool
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
 LOG_STATUSES = DELIVERY_STATUSES + ("denied",)
 OUTCOMES = ("succeeded", "deferred", "failed")
 LOG_KEYS = ("id", "received", "status", "from", "to", "hostName", "messageId", "filterName", "reason")
+EVENT_LOG_KEYS = ("received", "status", "hostName", "endpointUrl", "reason")
+# Fields a log-derived event takes from the `queued` event of its message when it lacks them.
+ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
+BATCH_PREFIX = "evb_"
+_IN_CHUNK = 500  # host parameters per IN (...) query
 
 _ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -124,6 +147,22 @@ def check_record(record: spool.Record) -> None:
         recipients = meta.get("recipients", [])
         if not isinstance(recipients, list):
             raise RecordError("denied record: 'recipients' is not a list")
+    elif record.kind == "event":
+        etype = meta.get("type")
+        if etype not in events_mod.TYPES:
+            raise RecordError(f"event record of unknown type {etype!r} "
+                              f"(known: {', '.join(events_mod.TYPES)})")
+        for key in ("at", "received"):
+            if meta.get(key) is not None:
+                try:
+                    to_datetime(meta[key])
+                except (ValueError, TypeError) as exc:
+                    raise RecordError(f"bad {key!r}: {exc}") from None
+        for key in ("recipient", "queue_id"):
+            if meta.get(key) is not None and not isinstance(meta[key], str):
+                raise RecordError(f"event {key!r} is not a string")
+        if meta.get("custom_headers") is not None and not isinstance(meta["custom_headers"], dict):
+            raise RecordError("event 'custom_headers' is not an object")
 
 
 def delivery_id(record_id: str, rule_name: str) -> str:
@@ -173,6 +212,64 @@ class AttemptRecord:
     response_excerpt: str | None = None
     next_attempt_at: str | None = None
     reason: str | None = field(default=None)
+
+
+@dataclass
+class EventBatch:
+    """An event batch (one POST to one endpoint); `events` is filled by `batch_events`."""
+
+    id: str
+    endpoint_id: int
+    status: str
+    attempts: int
+    first_attempt_at: str | None
+    next_attempt_at: str | None
+    size: int
+    created: str
+    events: list[dict] = field(default_factory=list)
+
+
+def event_host(meta: dict) -> str | None:
+    """The event log's `hostName`: the remote host that answered (remote_host, else the host of
+    `relay=`), else the submitting client's address (queued / blocked events)."""
+    host = meta.get("remote_host")
+    if host:
+        return host
+    relay = meta.get("relay")
+    if relay and relay != "none":
+        return relay.split("[", 1)[0] or relay
+    return meta.get("client_addr")
+
+
+def enrich_event(event: dict, queued: dict | None) -> dict:
+    """Fill the message fields an event lacks from its message's `queued` event (in place)."""
+    if queued is None:
+        return event
+    for key in ENRICH_FIELDS:
+        if not event.get(key) and queued.get(key):
+            event[key] = queued[key]
+    if not event.get("custom_headers") and queued.get("custom_headers"):
+        event["custom_headers"] = dict(queued["custom_headers"])
+    return event
+
+
+def _needs_enrichment(event: dict) -> bool:
+    return bool(event.get("queue_id")) and event.get("type") != "queued" and (
+        not event.get("custom_headers") or any(not event.get(k) for k in ENRICH_FIELDS))
+
+
+def _pick_queued(candidates: list[tuple[str, dict]], at: str | None) -> dict | None:
+    """The `queued` event an event belongs to, among those with its queue id (short queue ids
+    are reused): the latest one not after the event, else the earliest."""
+    if not candidates:
+        return None
+    before = [c for c in candidates if at is None or c[0] <= at]
+    return (max(before, key=lambda c: c[0]) if before else min(candidates, key=lambda c: c[0]))[1]
+
+
+def _chunks(items: list, size: int = _IN_CHUNK):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +347,33 @@ class StateStore:
             pk="id", not_null={"kind", "record_id", "received", "status"}, if_not_exists=True,
         )
         db["events"].create(
-            {"id": str, "received": str, "meta": str, "payload": bytes, "ingested": str},
+            {"id": str, "received": str, "meta": str, "payload": bytes, "ingested": str,
+             "type": str, "queue_id": str, "recipient": str, "block_state": str},
             pk="id", not_null={"meta", "ingested"}, if_not_exists=True,
+        )
+        self._upgrade_events()
+        db["event_deliveries"].create(
+            {"seq": int, "endpoint_id": int, "event_id": str, "added": float, "batch_id": str},
+            pk="seq", not_null={"endpoint_id", "event_id", "added"}, if_not_exists=True,
+        )
+        db["event_batches"].create(
+            {
+                "id": str, "endpoint_id": int, "url": str, "created": str, "size": int,
+                "status": str, "attempts": int, "first_attempt_at": str, "next_attempt_at": str,
+                "last_error": str, "last_status_code": int, "updated": str,
+            },
+            pk="id", not_null={"endpoint_id", "created", "size", "status", "attempts", "updated"},
+            if_not_exists=True,
+        )
+        db["event_attempts"].create(
+            {
+                "id": int, "batch_id": str, "at": str, "outcome": str, "status_code": int,
+                "error": str, "duration_ms": int, "response_excerpt": str,
+            },
+            pk="id", not_null={"batch_id", "at", "outcome"}, if_not_exists=True,
+        )
+        db["event_endpoints"].create(
+            {"id": int, "url": str, "updated": str}, pk="id", if_not_exists=True,
         )
         # due-delivery lookup: WHERE status IN (queued, deferred) AND next_attempt_at <= now
         db["deliveries"].create_index(["status", "next_attempt_at"], if_not_exists=True)
@@ -260,30 +382,99 @@ class StateStore:
         # log queries: newest first, optionally by status
         db["inbound_log"].create_index(["received"], if_not_exists=True)
         db["inbound_log"].create_index(["status", "received"], if_not_exists=True)
+        # events: enrichment (queued event by queue id), the log (newest first), hard bounces
+        # still to be block-listed
+        db["events"].create_index(["queue_id", "type"], if_not_exists=True)
+        db["events"].create_index(["received"], if_not_exists=True)
+        db.execute("CREATE INDEX IF NOT EXISTS events_block_pending ON events(block_state)"
+                   " WHERE block_state = 'pending'")
+        # pending per endpoint in arrival order (batch_id IS NULL), and a batch's members
+        db["event_deliveries"].create_index(["endpoint_id", "batch_id", "seq"], if_not_exists=True)
+        db["event_deliveries"].create_index(["event_id"], if_not_exists=True)
+        db["event_batches"].create_index(["status", "endpoint_id"], if_not_exists=True)
+        db["event_attempts"].create_index(["batch_id", "at"], if_not_exists=True)
+
+    def _upgrade_events(self) -> None:
+        """state.db files from before the event side stored event records raw: add the event
+        columns and fill them from the stored JSON (such old events are history: not fanned
+        out)."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
+        missing = [c for c in ("type", "queue_id", "recipient", "block_state") if c not in have]
+        if not missing:
+            return
+        with self._write() as conn:
+            for column in missing:
+                conn.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
+            conn.execute(
+                "UPDATE events SET type = json_extract(meta, '$.type'),"
+                " queue_id = json_extract(meta, '$.queue_id'),"
+                " recipient = json_extract(meta, '$.recipient') WHERE type IS NULL"
+            )
 
     # ingest -----------------------------------------------------------------------------
-    def ingest(self, records: list[spool.Record], *, now=None) -> int:
+    def ingest(self, records: list[spool.Record], *, now=None, endpoints: Iterable = (),
+               block_hard_bounces: bool = False) -> int:
         """Insert spool records in one transaction; returns how many were new. Re-ingesting a
         record is harmless (INSERT OR IGNORE on its id). Raises RecordError (and writes nothing)
-        when a record fails `check_record`; `event` records are stored raw."""
+        when a record fails `check_record`.
+
+        `event` records are fanned out to `endpoints` (endpoints.Endpoint objects; disabled
+        ones are skipped): one event_deliveries row per endpoint whose categories include the
+        event's type. With `block_hard_bounces`, a hard `bounced` event is marked for the
+        block list (`pending_blocks`)."""
         for record in records:
             check_record(record)
         at = iso(now)
+        added = time.time() if now is None else to_datetime(now).timestamp()
+        fanout = self._fanout(endpoints)
         new = 0
         with self._write() as conn:
+            events = []
             for record in records:
                 if record.kind == "inbound":
                     new += self._ingest_inbound(conn, record, at)
                 elif record.kind == "denied":
                     new += self._ingest_denied(conn, record)
                 elif record.kind == "event":
-                    cur = conn.execute(
-                        "INSERT OR IGNORE INTO events (id, received, meta, payload, ingested)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (record.id, iso(record.meta["received"]) if "received" in record.meta else None,
-                         json.dumps(record.meta), record.payload, at),
-                    )
-                    new += cur.rowcount
+                    events.append((record.id, record.meta, record.payload))
+            if events:
+                new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces)
+        return new
+
+    @staticmethod
+    def _fanout(endpoints: Iterable) -> list[tuple[int, frozenset]]:
+        return [(ep.id, ep.types) for ep in endpoints if getattr(ep, "enabled", True)]
+
+    @staticmethod
+    def _insert_events(conn: sqlite3.Connection, events: list[tuple[str, dict, bytes]], at: str,
+                       added: float, fanout: list[tuple[int, frozenset]], block: bool) -> int:
+        """Insert (id, meta, payload) events; fan the new ones out. Returns how many were new."""
+        new = 0
+        deliveries = []
+        for event_id, meta, payload in events:
+            etype = meta.get("type")
+            when = meta.get("at") or meta.get("received")
+            # events.Event times are already in the stored form; others are normalized
+            received = when if (isinstance(when, str) and len(when) == 27 and when[-1] == "Z") \
+                else iso(when or at)
+            pending = "pending" if (block and etype == "bounced" and meta.get("bounce_type") == "hard"
+                                    and meta.get("recipient")) else None
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO events (id, received, meta, payload, ingested, type,"
+                " queue_id, recipient, block_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, received, json.dumps(meta, ensure_ascii=False), payload, at, etype,
+                 meta.get("queue_id"), meta.get("recipient"), pending),
+            )
+            if cur.rowcount:
+                new += 1
+                for endpoint_id, types in fanout:
+                    if etype in types:
+                        deliveries.append((endpoint_id, event_id, added))
+        if deliveries:
+            conn.executemany(
+                "INSERT INTO event_deliveries (endpoint_id, event_id, added) VALUES (?, ?, ?)",
+                deliveries,
+            )
         return new
 
     def _ingest_inbound(self, conn: sqlite3.Connection, record: spool.Record, at: str) -> int:
@@ -507,3 +698,286 @@ class StateStore:
             "events": one("SELECT count(*) FROM events"),
             "next_due_at": self.next_due_at(),
         }
+
+    # events: enrichment ------------------------------------------------------------------
+    def enrich(self, events: list[dict]) -> list[dict]:
+        """Fill the message fields (Message-ID, Subject, sender, custom headers, ...) of
+        log-derived events from the `queued` event with the same queue id, in place. Whichever
+        of the two arrived first, this runs when a batch is rendered and when an event is
+        shown, so both orders give the same result."""
+        need = sorted({e["queue_id"] for e in events if _needs_enrichment(e)})
+        if not need:
+            return events
+        queued: dict[str, list[tuple[str, dict]]] = {}
+        for chunk in _chunks(need):
+            marks = ", ".join("?" * len(chunk))
+            for queue_id, received, meta in self.conn.execute(
+                f"SELECT queue_id, received, meta FROM events WHERE queue_id IN ({marks})"
+                " AND type = 'queued'", chunk,
+            ):
+                queued.setdefault(queue_id, []).append((received, json.loads(meta)))
+        for e in events:
+            if _needs_enrichment(e):
+                enrich_event(e, _pick_queued(queued.get(e["queue_id"], []), e.get("at")))
+        return events
+
+    # events: batches ---------------------------------------------------------------------
+    _BATCH_COLUMNS = "id, endpoint_id, status, attempts, first_attempt_at, next_attempt_at, size, created"
+
+    def open_batches(self) -> dict[int, EventBatch]:
+        """endpoint id -> its open (queued or deferred) batch."""
+        out = {}
+        for row in self.conn.execute(
+            f"SELECT {self._BATCH_COLUMNS} FROM event_batches"
+            " WHERE status IN ('queued', 'deferred') ORDER BY created, id"
+        ):
+            out.setdefault(row[1], EventBatch(*row))
+        return out
+
+    def batch(self, batch_id: str) -> EventBatch | None:
+        row = self.conn.execute(
+            f"SELECT {self._BATCH_COLUMNS} FROM event_batches WHERE id = ?", (batch_id,)
+        ).fetchone()
+        return EventBatch(*row) if row else None
+
+    def pending_stats(self, endpoint_id: int, cap: int) -> tuple[int, float | None]:
+        """(number of pending events not yet in a batch, counted up to `cap`; when the oldest
+        of them became pending, epoch seconds, or None)."""
+        return self.conn.execute(
+            "SELECT count(*), min(added) FROM (SELECT added FROM event_deliveries"
+            " WHERE endpoint_id = ? AND batch_id IS NULL ORDER BY seq LIMIT ?)",
+            (endpoint_id, int(cap)),
+        ).fetchone()
+
+    def create_batch(self, endpoint_id: int, max_events: int, now=None, *, url: str | None = None,
+                     batch_id: str | None = None) -> EventBatch | None:
+        """Freeze the oldest pending events of an endpoint (at most `max_events`, in arrival
+        order) into a new queued batch, due now. None when nothing is pending."""
+        at = iso(now)
+        batch_id = batch_id or BATCH_PREFIX + spool.new_id()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO event_batches (id, endpoint_id, url, created, size, status, attempts,"
+                " next_attempt_at, updated) VALUES (?, ?, ?, ?, 0, 'queued', 0, ?, ?)",
+                (batch_id, endpoint_id, url, at, at, at),
+            )
+            size = conn.execute(
+                "UPDATE event_deliveries SET batch_id = ? WHERE seq IN (SELECT seq FROM"
+                " event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL ORDER BY seq LIMIT ?)",
+                (batch_id, endpoint_id, int(max_events)),
+            ).rowcount
+            if size == 0:
+                conn.execute("DELETE FROM event_batches WHERE id = ?", (batch_id,))
+                return None
+            conn.execute("UPDATE event_batches SET size = ? WHERE id = ?", (size, batch_id))
+        return self.batch(batch_id)
+
+    def batch_events(self, batch: EventBatch) -> list[dict]:
+        """The events of a batch in arrival order, as stored, enriched (see `enrich`)."""
+        events = []
+        for event_id, meta in self.conn.execute(
+            "SELECT d.event_id, e.meta FROM event_deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.endpoint_id = ? AND d.batch_id = ? ORDER BY d.seq",
+            (batch.endpoint_id, batch.id),
+        ):
+            event = json.loads(meta)
+            event.setdefault("id", event_id)
+            events.append(event)
+        return self.enrich(events)
+
+    def record_batch_attempts(self, results: Iterable[AttemptRecord]) -> None:
+        """Like record_attempts, for event batches (`delivery_id` = batch id): the attempt row
+        and the batch's new status, in one transaction."""
+        results = list(results)
+        for r in results:
+            if r.outcome not in OUTCOMES or r.status not in DELIVERY_STATUSES:
+                raise ValueError(f"bad attempt result for {r.delivery_id}: {r.outcome}/{r.status}")
+        if not results:
+            return
+        with self._write() as conn:
+            for r in results:
+                conn.execute(
+                    "INSERT INTO event_attempts (batch_id, at, outcome, status_code, error,"
+                    " duration_ms, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (r.delivery_id, r.at, r.outcome, r.status_code, r.error, r.duration_ms,
+                     r.response_excerpt),
+                )
+                conn.execute(
+                    "UPDATE event_batches SET status = ?, attempts = attempts + 1,"
+                    " first_attempt_at = COALESCE(first_attempt_at, ?), next_attempt_at = ?,"
+                    " last_error = ?, last_status_code = ?, updated = ? WHERE id = ?",
+                    (r.status, r.at, r.next_attempt_at if r.status == "deferred" else None,
+                     r.reason if r.reason is not None else r.error, r.status_code, r.at,
+                     r.delivery_id),
+                )
+
+    def sync_endpoints(self, endpoints: Iterable, now=None) -> None:
+        """Remember the endpoints' URLs (for the event log)."""
+        at = iso(now)
+        rows = [(ep.id, ep.url, at) for ep in endpoints]
+        with self._write() as conn:
+            for endpoint_id, url, at in rows:
+                conn.execute(
+                    "INSERT INTO event_endpoints (id, url, updated) VALUES (?, ?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET url = excluded.url, updated = excluded.updated"
+                    " WHERE url IS NOT excluded.url",
+                    (endpoint_id, url, at),
+                )
+
+    def fail_removed_endpoints(self, existing: Iterable[int], now=None) -> int:
+        """Events still pending (or in an open batch) for endpoints that no longer exist are
+        marked failed; returns how many events that concerned."""
+        existing = set(existing)
+        at = iso(now)
+        # candidates: endpoints with an open batch, and every endpoint the spooler has known
+        # (sync_endpoints runs before anything is fanned out to a new one)
+        gone = {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT endpoint_id FROM event_batches WHERE status IN ('queued', 'deferred')")}
+        for (endpoint_id,) in self.conn.execute("SELECT id FROM event_endpoints"):
+            if endpoint_id not in existing and self.conn.execute(
+                "SELECT 1 FROM event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL LIMIT 1",
+                (endpoint_id,),
+            ).fetchone():
+                gone.add(endpoint_id)
+        gone -= existing
+        reason = "endpoint removed"
+        count = 0
+        with self._write() as conn:
+            for endpoint_id in sorted(gone):
+                count += conn.execute(
+                    "SELECT count(*) FROM event_deliveries d JOIN event_batches b ON b.id = d.batch_id"
+                    " WHERE d.endpoint_id = ? AND b.status IN ('queued', 'deferred')", (endpoint_id,),
+                ).fetchone()[0]
+                conn.execute(
+                    "UPDATE event_batches SET status = 'failed', next_attempt_at = NULL,"
+                    " last_error = ?, updated = ? WHERE endpoint_id = ? AND status IN ('queued', 'deferred')",
+                    (reason, at, endpoint_id),
+                )
+                batch_id = BATCH_PREFIX + spool.new_id()
+                conn.execute(
+                    "INSERT INTO event_batches (id, endpoint_id, created, size, status, attempts,"
+                    " last_error, updated) VALUES (?, ?, ?, 0, 'failed', 0, ?, ?)",
+                    (batch_id, endpoint_id, at, reason, at),
+                )
+                size = conn.execute(
+                    "UPDATE event_deliveries SET batch_id = ? WHERE endpoint_id = ? AND batch_id IS NULL",
+                    (batch_id, endpoint_id),
+                ).rowcount
+                if size:
+                    conn.execute("UPDATE event_batches SET size = ? WHERE id = ?", (size, batch_id))
+                else:
+                    conn.execute("DELETE FROM event_batches WHERE id = ?", (batch_id,))
+                count += size
+        return count
+
+    # events: hard bounces -> block list ----------------------------------------------------
+    def pending_blocks(self, limit: int = 500) -> list[dict]:
+        """Hard-bounce events not yet put on the block list (oldest first), enriched."""
+        events = []
+        for event_id, meta in self.conn.execute(
+            "SELECT id, meta FROM events WHERE block_state = 'pending' ORDER BY received, id LIMIT ?",
+            (int(limit),),
+        ):
+            event = json.loads(meta)
+            event["id"] = event_id
+            events.append(event)
+        return self.enrich(events)
+
+    def finish_blocks(self, done: list[tuple[str, dict | None]], *, now=None,
+                      endpoints: Iterable = ()) -> int:
+        """Mark hard bounces as handled; each may bring its `registered` event (an event dict
+        with an `id`), which is stored and fanned out like an ingested one, in the same
+        transaction. Returns how many registered events were new."""
+        at = iso(now)
+        added = time.time() if now is None else to_datetime(now).timestamp()
+        fanout = self._fanout(endpoints)
+        events = [(e["id"], e, b"") for _, e in done if e is not None]
+        with self._write() as conn:
+            new = self._insert_events(conn, events, at, added, fanout, False) if events else 0
+            conn.executemany("UPDATE events SET block_state = 'done' WHERE id = ?",
+                             [(event_id,) for event_id, _ in done])
+        return new
+
+    # events: log ---------------------------------------------------------------------------
+    _EVENT_LOG_SELECT = (
+        "SELECT e.id, e.received, COALESCE(b.status, 'queued'), e.meta, d.endpoint_id,"
+        " COALESCE(b.url, ep.url), b.last_error, d.batch_id, e.type, e.recipient"
+        " FROM event_deliveries d JOIN events e ON e.id = d.event_id"
+        " LEFT JOIN event_batches b ON b.id = d.batch_id"
+        " LEFT JOIN event_endpoints ep ON ep.id = d.endpoint_id"
+    )
+
+    @staticmethod
+    def _event_log_row(row, meta: dict | None = None) -> dict:
+        meta = json.loads(row[3]) if meta is None else meta
+        return {
+            "id": row[0], "received": row[1], "status": row[2], "hostName": event_host(meta),
+            "endpointUrl": row[5], "reason": row[6], "type": row[8], "recipient": row[9],
+            "endpointId": row[4], "batchId": row[7], "messageId": meta.get("message_id"),
+        }
+
+    def event_log(self, status: str | None = None, since=None, until=None,
+                  limit: int | None = 100) -> list[dict]:
+        """One row per (event, endpoint) delivery, newest event first, with the keys of
+        EVENT_LOG_KEYS plus id (the event id), type, recipient, endpointId, batchId, messageId.
+        `status` is the delivery's: queued (pending or in a batch not yet tried), deferred,
+        succeeded, failed. `since` (inclusive) / `until` (exclusive) filter on the event time."""
+        where, params = [], []
+        if status is not None:
+            if status not in DELIVERY_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(DELIVERY_STATUSES)}")
+            where.append("COALESCE(b.status, 'queued') = ?")
+            params.append(status)
+        if since is not None:
+            where.append("e.received >= ?")
+            params.append(iso(since))
+        if until is not None:
+            where.append("e.received < ?")
+            params.append(iso(until))
+        sql = self._EVENT_LOG_SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY e.received DESC, d.seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        rows = self.conn.execute(sql, params).fetchall()
+        metas = self.enrich([json.loads(row[3]) for row in rows])
+        return [self._event_log_row(row, meta) for row, meta in zip(rows, metas)]
+
+    def event_detail(self, event_id: str) -> dict | None:
+        """An event (enriched) with its deliveries, each with its batch's attempts."""
+        row = self.conn.execute(
+            "SELECT id, received, meta, ingested FROM events WHERE id = ?", (event_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        event = json.loads(row[2])
+        event["id"] = row[0]
+        self.enrich([event])
+        deliveries = []
+        for r in self.conn.execute(self._EVENT_LOG_SELECT + " WHERE d.event_id = ? ORDER BY d.seq",
+                                   (event_id,)):
+            entry = self._event_log_row(r)
+            batch = self.batch(entry["batchId"]) if entry["batchId"] else None
+            entry["attempts"] = [
+                {"at": a[0], "outcome": a[1], "status_code": a[2], "error": a[3], "duration_ms": a[4]}
+                for a in self.conn.execute(
+                    "SELECT at, outcome, status_code, error, duration_ms FROM event_attempts"
+                    " WHERE batch_id = ? ORDER BY at, id", (entry["batchId"],),
+                )
+            ] if batch else []
+            entry["batchSize"] = batch.size if batch else None
+            entry["nextAttemptAt"] = batch.next_attempt_at if batch else None
+            deliveries.append(entry)
+        return {"id": row[0], "received": row[1], "ingested": row[3], "event": event,
+                "hostName": event_host(event), "deliveries": deliveries}
+
+    def event_counts(self) -> dict:
+        """Pending (not yet batched) event deliveries and batches by status."""
+        by_status = dict.fromkeys(DELIVERY_STATUSES, 0)
+        for status, n in self.conn.execute("SELECT status, count(*) FROM event_batches GROUP BY status"):
+            by_status[status] = n
+        pending = self.conn.execute(
+            "SELECT count(*) FROM event_deliveries WHERE batch_id IS NULL").fetchone()[0]
+        return {"pending": pending, "batches": by_status}

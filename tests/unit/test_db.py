@@ -349,3 +349,229 @@ def test_root_creates_file_owned_like_its_directory(tmp_path):
         if (lib / name).exists():
             st = os.stat(lib / name)
             assert (st.st_uid, st.st_gid) == (65534, 65534), name
+
+
+# -- schema version 2: migration ------------------------------------------------------------
+
+def make_v1_db(path):
+    """A rules.db as mxhook with schema version 1 wrote it, with a domain and a rule."""
+    import sqlite_utils
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = wal")
+    database = sqlite_utils.Database(conn)
+    db._schema_v1(database)
+    conn.execute("INSERT INTO domains VALUES ('ours.example', 1, '2026-01-01T00:00:00.000000Z')")
+    conn.execute(
+        "INSERT INTO rules (name, priority, enabled, endpoint, format, retry_interval, retry_period,"
+        " timeout, discard, allow_http) VALUES ('r1', 0, 1, 'https://h.example/in', 'json', 60, 3, 30, 0, 0)")
+    conn.execute("INSERT INTO conditions (rule_id, position, header, pattern, negate) VALUES (1, 0, 'to', '.', 0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+
+def test_migration_from_version_1_keeps_rules(path):
+    make_v1_db(path)
+    # the milter's reader works on a version-1 file before and after the migration
+    reader = db.BlocklistReader(path)
+    assert reader.contains("x@y.example") is False  # no block list table yet: fail open
+    with db.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2 == db.SCHEMA_VERSION
+        assert [r.name for r in store.list_rules()] == ["r1"]
+        assert [d["name"] for d in store.list_domains()] == ["ours.example"]
+        assert store.list_endpoints() == [] and store.block_list() == []
+        store.block_add("x@y.example", reason="t", source="cli")
+    assert reader.contains("x@y.example") is True
+    with db.RulesStore(path) as store:  # reopening a migrated file changes nothing
+        assert len(store.list_rules()) == 1
+
+
+def test_migration_is_one_transaction(path, monkeypatch):
+    make_v1_db(path)
+
+    def broken(database):
+        database.execute("CREATE TABLE endpoints (id INTEGER PRIMARY KEY)")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setitem(db._MIGRATIONS, 2, broken)
+    with pytest.raises(sqlite3.OperationalError):
+        db.RulesStore(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'endpoints'").fetchone()[0] == 0
+    conn.close()
+
+
+# -- endpoints ------------------------------------------------------------------------------
+
+from mxhook.endpoints import Endpoint  # noqa: E402
+
+
+def test_endpoint_crud(store):
+    ep = store.add_endpoint(Endpoint(url="https://h.example/ev", categories=("blocks", "bounces"),
+                                     timezone="Europe/Berlin", bearer="tok"))
+    assert ep.id == 1 and ep.version == 1 and ep.categories == ("bounces", "blocks")
+    assert ep.created and ep.created == ep.updated
+    assert store.get_endpoint(1) == ep == store.get_endpoint("1") == store.get_endpoint("https://h.example/ev")
+    assert store.get_endpoint(2) is None and store.get_endpoint("https://nope.example/") is None
+    from dataclasses import replace
+
+    new = store.replace_endpoint("https://h.example/ev", replace(ep, url="https://h.example/v2", interval=60))
+    assert (new.id, new.url, new.interval, new.created) == (1, "https://h.example/v2", 60, ep.created)
+    assert store.list_endpoints() == [new]
+    assert store.remove_endpoint(1).url == "https://h.example/v2"
+    assert store.list_endpoints() == []
+
+
+def test_endpoint_errors_write_nothing(path, store):
+    store.add_endpoint(Endpoint(url="https://h.example/a"))
+    b = store.add_endpoint(Endpoint(url="https://h.example/b"))
+    before = sqlite3.connect(path).execute("SELECT * FROM endpoints ORDER BY id").fetchall()
+    with pytest.raises(RuleError, match="already exists"):
+        store.add_endpoint(Endpoint(url="https://h.example/a"))
+    with pytest.raises(RuleError, match="interval"):
+        store.add_endpoint(Endpoint(url="https://h.example/c", interval=0))
+    from dataclasses import replace
+
+    with pytest.raises(RuleError, match="another endpoint"):
+        store.replace_endpoint(b.id, replace(b, url="https://h.example/a"))
+    with pytest.raises(RuleError, match="time zone"):
+        store.replace_endpoint(b.id, replace(b, timezone="Nowhere/Land"))
+    with pytest.raises(RuleError, match="no endpoint"):
+        store.remove_endpoint(99)
+    assert sqlite3.connect(path).execute("SELECT * FROM endpoints ORDER BY id").fetchall() == before
+
+
+def test_endpoint_ids_are_never_reused(store):
+    a = store.add_endpoint(Endpoint(url="https://h.example/a"))
+    store.remove_endpoint(a.id)
+    assert store.add_endpoint(Endpoint(url="https://h.example/a")).id == a.id + 1
+
+
+def test_endpoint_version_is_pinned_when_stored(store, monkeypatch):
+    from mxhook.payloads import events as ev_payloads
+
+    old = store.add_endpoint(Endpoint(url="https://h.example/old"))
+    monkeypatch.setitem(ev_payloads.RENDERERS, 2, ev_payloads.document_v1)
+    new = store.add_endpoint(Endpoint(url="https://h.example/new"))
+    assert (store.get_endpoint(old.id).version, new.version) == (1, 2)
+    from dataclasses import replace
+
+    assert store.replace_endpoint(old.id, replace(old, interval=5)).version == 1
+
+
+def test_endpoints_view_reloads_on_change(path, store):
+    view = db.EndpointsView(path)
+    assert view.current() == {} and view.generation == 1
+    assert view.current() == {} and view.generation == 1  # no change, no reload
+    ep = store.add_endpoint(Endpoint(url="https://h.example/a"))
+    assert view.current() == {ep.id: ep} and view.generation == 2
+    view.close()
+
+
+def test_endpoints_view_missing_file_then_created(tmp_path):
+    path = str(tmp_path / "rules.db")
+    view = db.EndpointsView(path)
+    assert view.current() == {} and view.generation == 0
+    with db.RulesStore(path) as store:
+        store.add_endpoint(Endpoint(url="https://h.example/a"))
+    assert list(view.current()) == [1] and view.generation == 1
+
+
+# -- block list -----------------------------------------------------------------------------
+
+def test_block_list(store):
+    assert store.block_add("<Gone@Else.Example>", reason="5.1.1 user unknown", dsn="5.1.1",
+                           source="bounce", event_id="ev1") is True
+    assert store.block_add("gone@else.example", reason="again", source="cli") is False
+    (row,) = store.block_list()
+    assert {k: row[k] for k in ("address", "reason", "dsn", "source", "event_id")} == {
+        "address": "gone@else.example", "reason": "5.1.1 user unknown", "dsn": "5.1.1",
+        "source": "bounce", "event_id": "ev1"}
+    assert store.is_blocked("GONE@else.example") and not store.is_blocked("other@else.example")
+    assert store.block_get("gone@else.example")["source"] == "bounce"
+    assert store.block_remove("gone@ELSE.example") is True
+    assert store.block_remove("gone@else.example") is False
+    assert store.block_list() == [] and not store.is_blocked("gone@else.example")
+
+
+@pytest.mark.parametrize("bad", ["", "nobody", "a@b@c", "a b@c.example", "a@", "@c.example", "a@c.example."])
+def test_block_add_rejects_non_addresses(store, bad):
+    with pytest.raises(RuleError):
+        store.block_add(bad, reason=None, source="cli")
+    assert store.block_list() == []
+
+
+def test_block_source_checked(store):
+    with pytest.raises(RuleError, match="source"):
+        store.block_add("a@b.example", reason=None, source="magic")
+
+
+def test_blocklist_reader(path, tmp_path):
+    reader = db.BlocklistReader(path)
+    assert reader.contains("a@b.example") is False  # no database yet
+    with db.RulesStore(path) as store:
+        store.block_add("a@b.example", reason=None, source="cli")
+        assert reader.contains("<A@B.Example>") is True
+        assert reader.contains("c@b.example") is False
+        assert reader.contains("") is False
+        store.block_remove("a@b.example")
+        assert reader.contains("a@b.example") is False  # a pooled connection sees new commits
+    # read-only: the reader cannot write
+    conn = reader._pool.get_nowait()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        conn.execute("INSERT INTO blocklist (address, source, created) VALUES ('x@y', 'cli', 'now')")
+    reader._pool.put(conn)
+    reader.close()
+
+
+def test_blocklist_reader_threads_share_a_small_pool(path):
+    import threading
+
+    with db.RulesStore(path) as store:
+        for i in range(50):
+            store.block_add(f"u{i}@b.example", reason=None, source="cli")
+    reader = db.BlocklistReader(path)
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(200):
+                assert reader.contains(f"u{(i + n) % 100}@b.example") is ((i + n) % 100 < 50)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert 1 <= reader._pool.qsize() <= 8
+    reader.close()
+
+
+def test_blocklist_reader_fails_open_on_a_broken_file(tmp_path, caplog):
+    path = tmp_path / "rules.db"
+    path.write_bytes(b"this is not a database" * 100)
+    reader = db.BlocklistReader(str(path))
+    with caplog.at_level(logging.ERROR, logger="mxhook.db"):
+        assert reader.contains("a@b.example") is False
+        assert reader.contains("a@b.example") is False
+    assert len([r for r in caplog.records if "block list" in r.getMessage()]) == 1  # logged once
+
+
+def test_blocklist_reader_is_fast(path):
+    with db.RulesStore(path) as store:
+        with db._transaction(store.conn):
+            store.conn.executemany(
+                "INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', 'x')",
+                [(f"user{i}@example.com",) for i in range(100_000)])
+    reader = db.BlocklistReader(path)
+    reader.contains("warm@up.example")
+    start = time.perf_counter()
+    for i in range(2000):
+        reader.contains(f"user{i * 37}@example.com")
+    per_call = (time.perf_counter() - start) / 2000
+    assert per_call < 0.0005, f"{per_call * 1e6:.0f} µs per lookup"

@@ -255,3 +255,190 @@ def test_iso_helpers():
     with pytest.raises(TypeError):
         state.iso([])
     assert isinstance(sqlite3.sqlite_version, str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Events: fan-out, enrichment, batches, hard bounces, the event log
+
+from mxhook.endpoints import Endpoint  # noqa: E402
+
+
+def event(eid, etype="succeeded", at="2026-11-22T12:00:00.000000Z", **fields):
+    meta = {"id": eid, "type": etype, "at": at, "received": at, "source": "log",
+            "queue_id": "Q1", "recipient": "r@else.example", "custom_headers": {}}
+    meta.update(fields)
+    return spool.Record(id=eid, kind="event", meta=meta)
+
+
+EP_ALL = Endpoint(url="https://h.example/all", id=1)
+EP_BOUNCES = Endpoint(url="https://h.example/b", id=2, categories=("bounces",))
+EP_OFF = Endpoint(url="https://h.example/off", id=3, enabled=False)
+EPS = [EP_ALL, EP_BOUNCES, EP_OFF]
+
+
+def fanned(store):
+    return store.conn.execute(
+        "SELECT endpoint_id, event_id FROM event_deliveries ORDER BY seq").fetchall()
+
+
+def test_event_fan_out_by_category(store):
+    recs = [event("e1", "queued"), event("e2", "bounced", bounce_type="hard"), event("e3", "succeeded"),
+            event("e4", "blocked")]
+    assert store.ingest(recs, endpoints=EPS) == 4
+    assert fanned(store) == [(1, "e1"), (1, "e2"), (2, "e2"), (1, "e3"), (1, "e4")]
+    # re-ingest: no second fan-out
+    assert store.ingest(recs, endpoints=EPS) == 0
+    assert len(fanned(store)) == 5
+    row = store.conn.execute("SELECT type, queue_id, recipient, received FROM events WHERE id = 'e2'").fetchone()
+    assert row == ("bounced", "Q1", "r@else.example", "2026-11-22T12:00:00.000000Z")
+
+
+def test_event_time_normalized(store):
+    store.ingest([event("e1", at="2026-11-22T13:00:00+01:00")])
+    assert store.conn.execute("SELECT received FROM events").fetchone()[0] == "2026-11-22T12:00:00.000000Z"
+
+
+def test_event_records_checked(store):
+    for bad in (event("x", "exploded"), event("x", at="soon"), event("x", recipient=["a"]),
+                event("x", custom_headers="no")):
+        with pytest.raises(state.RecordError):
+            state.check_record(bad)
+    with pytest.raises(state.RecordError):
+        store.ingest([event("ok"), event("bad", "exploded")])
+    assert store.counts()["events"] == 0
+
+
+def test_enrichment_both_orders(store):
+    queued = event("q1", "queued", at="2026-11-22T12:00:00.000000Z", source="milter", queue_id="QA",
+                   message_id="<m@ours>", subject="Hi", sender="app@ours", header_from="app@ours",
+                   auth_user="app1", custom_headers={"X-Campaign": "c1"})
+    before = event("s1", "succeeded", at="2026-11-22T12:00:01.000000Z", queue_id="QA")
+    # the delivery event arrives first; its batch is rendered after the queued event came
+    store.ingest([before], endpoints=[EP_ALL])
+    store.ingest([queued], endpoints=[EP_ALL])
+    after = event("s2", "deferred", at="2026-11-22T12:00:02.000000Z", queue_id="QA", subject="own")
+    store.ingest([after], endpoints=[EP_ALL])
+    batch = store.create_batch(1, 100)
+    got = {e["id"]: e for e in store.batch_events(batch)}
+    for eid in ("s1", "s2"):
+        assert (got[eid]["message_id"], got[eid]["sender"], got[eid]["auth_user"]) == ("<m@ours>", "app@ours", "app1")
+        assert got[eid]["custom_headers"] == {"X-Campaign": "c1"}
+    assert got["s1"]["subject"] == "Hi" and got["s2"]["subject"] == "own"  # own values win
+    assert store.event_detail("s1")["event"]["message_id"] == "<m@ours>"
+
+
+def test_enrichment_with_reused_short_queue_ids(store):
+    store.ingest([event("q1", "queued", at="2026-11-22T10:00:00.000000Z", queue_id="ABC", subject="old"),
+                  event("q2", "queued", at="2026-11-22T12:00:00.000000Z", queue_id="ABC", subject="new"),
+                  event("s1", at="2026-11-22T11:00:00.000000Z", queue_id="ABC"),
+                  event("s2", at="2026-11-22T12:00:05.000000Z", queue_id="ABC"),
+                  event("s0", at="2026-11-22T09:00:00.000000Z", queue_id="ABC")])
+    got = {e["id"]: e["subject"] for e in store.enrich(
+        [{"id": i, "type": "succeeded", "queue_id": "ABC", "at": at} for i, at in (
+            ("s1", "2026-11-22T11:00:00.000000Z"), ("s2", "2026-11-22T12:00:05.000000Z"),
+            ("s0", "2026-11-22T09:00:00.000000Z"))])}
+    assert got == {"s1": "old", "s2": "new", "s0": "old"}
+
+
+def test_batches_freeze_membership_in_order(store):
+    store.ingest([event(f"e{i:03}") for i in range(250)], endpoints=[EP_ALL], now=1000.0)
+    assert store.pending_stats(1, 100) == (100, 1000.0)
+    assert store.pending_stats(1, 1000) == (250, 1000.0)
+    b1 = store.create_batch(1, 100, now=1001.0)
+    assert b1.id.startswith("evb_") and (b1.size, b1.status, b1.attempts) == (100, "queued", 0)
+    assert store.open_batches() == {1: b1}
+    # events arriving now go to a later batch
+    store.ingest([event("late")], endpoints=[EP_ALL], now=1002.0)
+    assert [e["id"] for e in store.batch_events(b1)] == [f"e{i:03}" for i in range(100)]
+    b2 = store.create_batch(1, 100)
+    b3 = store.create_batch(1, 100)
+    assert [e["id"] for e in store.batch_events(b3)] == [f"e{i:03}" for i in range(200, 250)] + ["late"]
+    assert b2.size == 100 and store.create_batch(1, 100) is None
+    assert store.pending_stats(1, 100) == (0, None)
+
+
+def test_batch_attempts_and_event_log(store):
+    store.ingest([event("e1", "bounced", remote_host="mx.else.example", bounce_type="hard"),
+                  event("e2", "queued", at="2026-11-22T12:00:01.000000Z", client_addr="192.0.2.9",
+                        relay=None)], endpoints=[EP_ALL, EP_BOUNCES])
+    store.sync_endpoints([EP_ALL, EP_BOUNCES])
+    b = store.create_batch(1, 100)
+    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-22T12:01:00.000000Z", "deferred", "deferred",
+                                               status_code=503, error="HTTP 503 Service Unavailable",
+                                               next_attempt_at="2026-11-22T12:02:00.000000Z")])
+    b = store.batch(b.id)
+    assert (b.status, b.attempts, b.next_attempt_at) == ("deferred", 1, "2026-11-22T12:02:00.000000Z")
+    assert store.open_batches()[1].id == b.id
+    rows = store.event_log()
+    assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [("e2", 1, "deferred"), ("e1", 2, "queued"), ("e1", 1, "deferred")]
+    assert {k: rows[2][k] for k in state.EVENT_LOG_KEYS} == {
+        "received": "2026-11-22T12:00:00.000000Z", "status": "deferred", "hostName": "mx.else.example",
+        "endpointUrl": "https://h.example/all", "reason": "HTTP 503 Service Unavailable"}
+    assert rows[0]["hostName"] == "192.0.2.9"
+    assert [r["id"] for r in store.event_log(status="queued")] == ["e1"]
+    assert [r["id"] for r in store.event_log(since="2026-11-22T12:00:01Z")] == ["e2"]
+    assert [r["id"] for r in store.event_log(until="2026-11-22T12:00:01Z", limit=1)] == ["e1"]
+    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-22T12:02:00.000000Z", "succeeded", "succeeded",
+                                               status_code=200)])
+    assert store.open_batches() == {}
+    d = store.event_detail("e1")
+    assert d["event"]["type"] == "bounced" and d["hostName"] == "mx.else.example"
+    by_ep = {x["endpointId"]: x for x in d["deliveries"]}
+    assert by_ep[1]["status"] == "succeeded" and [a["status_code"] for a in by_ep[1]["attempts"]] == [503, 200]
+    assert by_ep[2]["status"] == "queued" and by_ep[2]["attempts"] == []
+    assert store.event_detail("nope") is None
+    with pytest.raises(ValueError):
+        store.event_log(status="denied")
+    assert store.event_counts() == {"pending": 1, "batches": {"queued": 0, "deferred": 0, "succeeded": 1, "failed": 0}}
+
+
+def test_host_name_from_relay():
+    assert state.event_host({"relay": "mx.else.example[192.0.2.25]:25"}) == "mx.else.example"
+    assert state.event_host({"relay": "none", "client_addr": "192.0.2.1"}) == "192.0.2.1"
+    assert state.event_host({}) is None
+
+
+def test_removed_endpoints_fail_their_events(store):
+    store.ingest([event(f"e{i}") for i in range(5)], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
+    store.sync_endpoints([EP_ALL, Endpoint(url="https://h.example/x", id=7)])
+    open_b = store.create_batch(7, 100)
+    store.ingest([event("e9")], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
+    assert store.fail_removed_endpoints({1, 7}) == 0
+    assert store.fail_removed_endpoints({1}) == 6
+    assert store.batch(open_b.id).status == "failed"
+    statuses = {(r["endpointId"], r["status"], r["reason"]) for r in store.event_log(limit=None)}
+    assert statuses == {(1, "queued", None), (7, "failed", "endpoint removed")}
+    assert store.fail_removed_endpoints({1}) == 0
+
+
+def test_hard_bounces_pending_then_registered(store):
+    recs = [event("q1", "queued", queue_id="QB", message_id="<m@ours>"),
+            event("b1", "bounced", queue_id="QB", bounce_type="hard", dsn="5.1.1"),
+            event("b2", "bounced", queue_id="QB", bounce_type="soft", dsn="5.2.2"),
+            event("b3", "bounced", queue_id="QB", bounce_type="hard", recipient=None)]
+    store.ingest(recs, endpoints=[EP_ALL], block_hard_bounces=True)
+    (p,) = store.pending_blocks()
+    assert p["id"] == "b1" and p["message_id"] == "<m@ours>"  # enriched
+    reg = {"id": "registered-r@else.example-b1", "type": "registered", "at": "2026-11-22T12:00:03.000000Z",
+           "recipient": "r@else.example", "custom_headers": {}}
+    assert store.finish_blocks([("b1", reg)], endpoints=[EP_ALL]) == 1
+    assert store.pending_blocks() == []
+    assert store.finish_blocks([("b1", reg)], endpoints=[EP_ALL]) == 0  # stored once
+    assert fanned(store)[-1] == (1, "registered-r@else.example-b1")
+    store.ingest([event("b4", "bounced", bounce_type="hard")], block_hard_bounces=False)
+    assert store.pending_blocks() == []
+
+
+def test_old_events_table_is_upgraded(tmp_path):
+    path = str(tmp_path / "state.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events (id TEXT PRIMARY KEY, received TEXT, meta TEXT NOT NULL,"
+                 " payload BLOB, ingested TEXT NOT NULL)")
+    conn.execute("INSERT INTO events VALUES ('old', '2026-01-01T00:00:00.000000Z',"
+                 " '{\"type\": \"queued\", \"queue_id\": \"QQ\", \"recipient\": \"a@b\"}', x'', 'x')")
+    conn.commit()
+    conn.close()
+    with StateStore(path) as st:
+        assert st.conn.execute("SELECT type, queue_id, recipient FROM events").fetchone() == ("queued", "QQ", "a@b")
+        (e,) = st.enrich([{"id": "n", "type": "succeeded", "queue_id": "QQ"}])
+        assert e.get("recipient") is None  # enrichment takes message fields only

@@ -1,0 +1,134 @@
+"""Event webhook request bodies, one renderer per payload version. Pure.
+
+    rendered = render_events(version, events, endpoint_tz="Europe/Berlin", fmt="json",
+                             batch_id="evb_...", endpoint_id=3)
+
+`events` are event dicts as stored (`events.Event.to_dict()`, enriched with the message fields
+of their `queued` event). An endpoint is pinned to the version it was created with, and every
+version lists its fields explicitly, so a field added to the event vocabulary (or a version 2)
+never changes what an existing endpoint receives. docs/payloads.md documents every version.
+
+Formats:
+- `json` (`application/json`): the document, compact UTF-8.
+- `form` (`application/x-www-form-urlencoded`): the scalar top-level fields as form fields and
+  `events` as one field holding the JSON text of the events array (as Mandrill posts
+  `mandrill_events`): every framework parses the form, then one JSON decode gives the list.
+
+Like the inbound formats, the bodies are built with `json.dumps`, not text templates: a template
+cannot get JSON string escaping right for hostile input (a Subject is attacker-controlled).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from . import Rendered
+
+FORMATS = ("json", "form")
+DOCUMENT_TYPE = "events"
+
+# Version 1: the fields of each event, in this order (absent ones are null; custom_headers {}).
+V1_FIELDS = (
+    "id", "type", "at", "recipient", "orig_recipient", "sender", "header_from", "message_id",
+    "subject", "queue_id", "bounce_type", "dsn", "remote_host", "relay", "reply", "diagnostic",
+    "delay", "queued_as", "client_addr", "auth_user", "reason", "source", "custom_headers",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def zone(name: str):
+    """ZoneInfo for an IANA name ('UTC' without a lookup)."""
+    return timezone.utc if name in ("UTC", "Etc/UTC") else ZoneInfo(name)
+
+
+def local_time(at: str | None, tz) -> str | None:
+    """'2026-11-22T12:00:00.123456Z' in `tz` (a tzinfo) -> '2026-11-22T13:00:00.123456+01:00'.
+    Text that is not an ISO time is passed through unchanged."""
+    if not at:
+        return at
+    try:
+        dt = datetime.fromisoformat(at)
+    except (TypeError, ValueError):
+        return at
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(tz).isoformat(timespec="microseconds")
+
+
+def _v1_event(event: dict, tz) -> dict:
+    out = {}
+    for key in V1_FIELDS:
+        out[key] = event.get(key)
+    out["at"] = local_time(out["at"], tz)
+    headers = out["custom_headers"]
+    out["custom_headers"] = dict(headers) if isinstance(headers, dict) else {}
+    return out
+
+
+def document_v1(events: Iterable[dict], *, tz, batch_id: str, endpoint_id: int | None,
+                api_key: str | None) -> dict:
+    items = [_v1_event(e, tz) for e in events]
+    doc = {"type": DOCUMENT_TYPE, "version": 1, "batch_id": batch_id, "endpoint_id": endpoint_id,
+           "count": len(items), "events": items}
+    if api_key:
+        doc["api_key"] = api_key
+    return doc
+
+
+# version -> document builder. Add a version only with a real reason, and never change an
+# existing one: endpoints are pinned to the version they were created with.
+RENDERERS: dict[int, Callable[..., dict]] = {1: document_v1}
+
+
+def latest_version() -> int:
+    return max(RENDERERS)
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def render_events(version: int, events: Iterable[dict], *, endpoint_tz: str = "UTC",
+                  fmt: str = "json", batch_id: str, endpoint_id: int | None = None,
+                  api_key: str | None = None) -> Rendered:
+    """The request body for one batch. ValueError for an unknown version or format."""
+    try:
+        builder = RENDERERS[version]
+    except KeyError:
+        raise ValueError(f"unknown event payload version {version!r}") from None
+    doc = builder(events, tz=zone(endpoint_tz), batch_id=batch_id, endpoint_id=endpoint_id,
+                  api_key=api_key)
+    if fmt == "json":
+        return Rendered(_dumps(doc).encode("utf-8"), "application/json")
+    if fmt == "form":
+        fields = []
+        for key, value in doc.items():
+            if key == "events":
+                fields.append((key, _dumps(value)))
+            elif value is not None:
+                fields.append((key, str(value)))
+        return Rendered(urlencode(fields).encode("ascii"), "application/x-www-form-urlencoded")
+    raise ValueError(f"unknown event payload format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def sample_event(event_type: str = "bounced", *, at: str | None = None) -> dict:
+    """A plausible event for `mxhook endpoint test` (id prefixed `test-`, so receivers can
+    tell it apart)."""
+    at = at or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    event = {
+        "id": "test-" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f"),
+        "type": event_type, "at": at, "source": "cli",
+        "recipient": "nobody@example.com", "sender": "app@example.org",
+        "header_from": "app@example.org", "message_id": "<test@mxhook.invalid>",
+        "subject": "mxhook endpoint test", "queue_id": "4XbTest0001",
+        "custom_headers": {},
+    }
+    if event_type == "bounced":
+        event.update(bounce_type="hard", dsn="5.1.1", remote_host="mx.example.com",
+                     reply="550 5.1.1 <nobody@example.com>: Recipient address rejected: "
+                           "User unknown")
+    return event

@@ -1,0 +1,71 @@
+"""Event endpoints: the model and its validation (pure)."""
+from __future__ import annotations
+
+import pytest
+
+from mxhook import endpoints
+from mxhook.endpoints import Endpoint
+from mxhook.rules import RuleError
+
+URL = "https://hooks.example.net/events"
+
+
+def test_defaults_and_pinned_latest_version():
+    ep = endpoints.validate(Endpoint(url=URL))
+    assert ep.categories == ("bounces", "deliveries", "blocks")
+    assert (ep.interval, ep.max_events, ep.timeout, ep.timezone, ep.format) == (10, 1000, 30, "UTC", "json")
+    assert (ep.retry_interval, ep.retry_period) == (60, 3)
+    assert ep.version == endpoints.latest_version() == 1
+    assert ep.enabled and not ep.allow_http
+
+
+def test_categories_canonical_order_and_types():
+    ep = endpoints.validate(Endpoint(url=URL, categories=endpoints.parse_categories(" Blocks,bounces ")))
+    assert ep.categories == ("bounces", "blocks")
+    assert ep.types == {"bounced", "failed", "blocked", "registered", "deleted"}
+    assert ep.wants("bounced") and not ep.wants("succeeded")
+    assert endpoints.parse_categories("") == endpoints.CATEGORIES
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"interval": 0}, "interval must be between 1 and 600 seconds, got 0"),
+    ({"interval": 601}, "interval must be between 1 and 600"),
+    ({"max_events": 99}, "max events must be between 100 and 10000"),
+    ({"max_events": 10001}, "max events must be between 100 and 10000"),
+    ({"timeout": 0}, "timeout must be between 1 and 999"),
+    ({"timeout": 1000}, "timeout must be between 1 and 999"),
+    ({"retry_interval": 9}, "retry interval must be between 10 and 600"),
+    ({"retry_period": 11}, "retry period must be between 1 and 10 days"),
+    ({"format": "xml"}, "format must be one of json, form"),
+    ({"version": 7}, "payload version 7 does not exist"),
+    ({"timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+    ({"timezone": "../../etc/passwd"}, "unknown time zone"),
+    ({"timezone": ""}, "time zone is empty"),
+    ({"basic_auth": "u:p", "bearer": "t"}, "either Basic auth or a Bearer token"),
+    ({"basic_auth": "nocolon"}, "USER:PASSWORD"),
+    ({"bearer": ""}, "--bearer must not be empty"),
+    ({"url": "http://hooks.example.net/e"}, "not HTTPS"),
+    ({"url": "ftp://hooks.example.net/e"}, "must be an https:// URL"),
+    ({"url": "https://u:p@hooks.example.net/e"}, "credentials"),
+    ({"categories": ("bounces", "spam")}, "unknown event category spam"),
+])
+def test_invalid(fields, match):
+    with pytest.raises(RuleError, match=match):
+        endpoints.validate(Endpoint(**{"url": URL, **fields}))
+
+
+def test_http_allowed_explicitly_and_iana_zones():
+    ep = endpoints.validate(Endpoint(url="http://10.0.0.5/e", allow_http=True, timezone="America/New_York"))
+    assert ep.timezone == "America/New_York"
+    assert endpoints.check_timezone("Etc/UTC") == "Etc/UTC"
+
+
+def test_delivery_target_fits_the_delivery_client():
+    ep = endpoints.validate(Endpoint(url=URL, bearer="tok", timeout=5, retry_interval=20, id=4))
+    t = ep.delivery_target()
+    assert (t["endpoint"], t["bearer"], t["timeout"], t["retry_interval"], t["retry_period"]) == (URL, "tok", 5, 20, 3)
+    assert t["name"] == "endpoint-4" and t["allow_http"] is False
+
+
+def test_with_defaults_ignores_none():
+    assert endpoints.with_defaults(url=URL, interval=None, max_events=500).max_events == 500

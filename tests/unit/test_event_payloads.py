@@ -1,0 +1,112 @@
+"""Event webhook bodies: version 1 JSON and form, time zones, pinning by the version registry."""
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs
+
+import pytest
+
+from mxhook import endpoints
+from mxhook.endpoints import Endpoint
+from mxhook.payloads import events as ev_payloads
+from mxhook.payloads.events import render_events
+
+BOUNCE = {
+    "id": "18a0000000000000aaaaaaaaaaaa", "type": "bounced", "at": "2026-01-15T12:00:00.250000Z",
+    "source": "log", "queue_id": "4XbQ1k2Lmz", "recipient": "gone@else.example",
+    "sender": "app@ours.example", "header_from": "App <app@ours.example>",
+    "message_id": "<m1@ours.example>", "subject": "=HYPERLINK(\"x\") \"quoted\" \u00e9\u2028",
+    "dsn": "5.1.1", "bounce_type": "hard", "remote_host": "mx.else.example",
+    "relay": "mx.else.example[192.0.2.25]:25", "reply": "550 5.1.1 <gone@else.example>: User unknown",
+    "delay": 1.2, "custom_headers": {"X-Campaign": "c-42"}, "some_future_field": "not in v1",
+}
+
+
+def doc(version=1, events=(BOUNCE,), tz="UTC", **kw):
+    r = render_events(version, list(events), endpoint_tz=tz, fmt="json", batch_id="evb_1", **kw)
+    assert r.content_type == "application/json"
+    return json.loads(r.body)
+
+
+def test_v1_json_shape():
+    d = doc(endpoint_id=3)
+    assert {k: d[k] for k in ("type", "version", "batch_id", "endpoint_id", "count")} == \
+        {"type": "events", "version": 1, "batch_id": "evb_1", "endpoint_id": 3, "count": 1}
+    (e,) = d["events"]
+    assert list(e) == list(ev_payloads.V1_FIELDS)
+    assert e["at"] == "2026-01-15T12:00:00.250000+00:00"
+    assert (e["type"], e["bounce_type"], e["dsn"], e["recipient"]) == ("bounced", "hard", "5.1.1", "gone@else.example")
+    assert e["subject"] == BOUNCE["subject"]  # JSON escaping, not templates: survives intact
+    assert e["custom_headers"] == {"X-Campaign": "c-42"}
+    assert "some_future_field" not in e and "api_key" not in d
+
+
+def test_missing_fields_are_null_and_headers_an_object():
+    (e,) = doc(events=[{"id": "x", "type": "queued", "at": "2026-01-15T12:00:00.000000Z"}])["events"]
+    assert e["dsn"] is None and e["custom_headers"] == {}
+
+
+@pytest.mark.parametrize("tz, at, expected", [
+    ("Europe/Berlin", "2026-01-15T12:00:00.250000Z", "2026-01-15T13:00:00.250000+01:00"),
+    ("Europe/Berlin", "2026-07-15T12:00:00.000000Z", "2026-07-15T14:00:00.000000+02:00"),
+    ("America/New_York", "2026-01-15T03:00:00.000000Z", "2026-01-14T22:00:00.000000-05:00"),
+    ("Asia/Kolkata", "2026-01-15T12:00:00.000000Z", "2026-01-15T17:30:00.000000+05:30"),
+    ("UTC", "2026-01-15T12:00:00.000000+00:00", "2026-01-15T12:00:00.000000+00:00"),
+])
+def test_time_zone_rendering(tz, at, expected):
+    (e,) = doc(events=[{**BOUNCE, "at": at}], tz=tz)["events"]
+    assert e["at"] == expected
+
+
+def test_unparsable_time_passes_through():
+    (e,) = doc(events=[{**BOUNCE, "at": "yesterday"}], tz="Europe/Berlin")["events"]
+    assert e["at"] == "yesterday"
+
+
+def test_api_key_in_body():
+    assert doc(api_key="k-123")["api_key"] == "k-123"
+
+
+def test_form_encoding():
+    r = render_events(1, [BOUNCE, {**BOUNCE, "id": "2"}], endpoint_tz="Europe/Berlin", fmt="form",
+                      batch_id="evb_1", endpoint_id=3, api_key="k&=1")
+    assert r.content_type == "application/x-www-form-urlencoded"
+    form = {k: v[0] for k, v in parse_qs(r.body.decode("ascii"), strict_parsing=True).items()}
+    assert set(form) == {"type", "version", "batch_id", "endpoint_id", "count", "events", "api_key"}
+    assert (form["version"], form["count"], form["api_key"], form["endpoint_id"]) == ("1", "2", "k&=1", "3")
+    events = json.loads(form["events"])
+    assert [e["id"] for e in events] == [BOUNCE["id"], "2"]
+    assert events[0]["subject"] == BOUNCE["subject"] and events[0]["at"].endswith("+01:00")
+
+
+def test_form_leaves_out_null_scalars():
+    r = render_events(1, [BOUNCE], fmt="form", batch_id="evb_1")
+    assert "endpoint_id" not in parse_qs(r.body.decode())
+
+
+def test_unknown_version_and_format():
+    with pytest.raises(ValueError, match="version 2"):
+        render_events(2, [BOUNCE], batch_id="b")
+    with pytest.raises(ValueError, match="format 'xml'"):
+        render_events(1, [BOUNCE], fmt="xml", batch_id="b")
+
+
+def test_pinning_a_newer_version_does_not_change_v1(monkeypatch):
+    """An endpoint created under v1 keeps getting v1 bodies after a v2 appears; new endpoints
+    get v2 by default."""
+    before = render_events(1, [BOUNCE], endpoint_tz="Europe/Berlin", batch_id="evb_1").body
+
+    def document_v2(events, **kw):
+        return {"version": 2, "data": [dict(e) for e in events]}
+
+    monkeypatch.setitem(ev_payloads.RENDERERS, 2, document_v2)
+    pinned = endpoints.validate(Endpoint(url="https://h.example/e", version=1))
+    assert render_events(pinned.version, [BOUNCE], endpoint_tz="Europe/Berlin", batch_id="evb_1").body == before
+    assert endpoints.validate(Endpoint(url="https://h.example/e")).version == 2
+    assert json.loads(render_events(2, [BOUNCE], batch_id="b").body)["version"] == 2
+
+
+def test_sample_event():
+    e = ev_payloads.sample_event("bounced")
+    assert e["id"].startswith("test-") and e["bounce_type"] == "hard"
+    assert doc(events=[e])["events"][0]["recipient"] == "nobody@example.com"
