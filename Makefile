@@ -7,7 +7,7 @@ APT_PACKAGES := postfix python3-milter python3-requests python3-jinja2 sqlite-ut
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
-.PHONY: setup demo test test-unit test-e2e bench clean
+.PHONY: setup demo test test-unit test-e2e test-python deb package-test bench clean
 
 setup: $(STAMP_PIP)
 
@@ -29,8 +29,19 @@ $(STAMP_PIP): $(STAMP_APT) setup.cfg pyproject.toml
 demo: setup
 	$(PY) scripts/demo.py
 
+# The package test runs first so that pytest's summary stays the last line of the run.
 test: setup
+	bash scripts/package-test.sh
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-python: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+deb:
+	packaging/build-deb.sh dist
+
+package-test:
+	bash scripts/package-test.sh
 
 test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/milter
