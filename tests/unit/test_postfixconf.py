@@ -1,0 +1,65 @@
+import os
+import socket
+
+from mxhook import postfixconf as pc
+
+DEFAULTS = {
+    "queue_directory": "/var/spool/postfix",
+    "smtpd_milters": "",
+    "milter_protocol": "6",
+    "enable_long_queue_ids": "no",
+    "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
+    "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}",
+    "milter_end_of_header_macros": "i",
+    "milter_end_of_data_macros": "i",
+}
+
+
+def test_socket_under_the_queue_dir_is_named_relative_to_the_chroot():
+    assert pc.postfix_socket("unix:/var/spool/postfix/mxhook/milter.sock", "/var/spool/postfix") == "unix:mxhook/milter.sock"
+    assert pc.postfix_socket("unix:/run/mxhook.sock", "/var/spool/postfix") == "unix:/run/mxhook.sock"
+
+
+def test_fresh_postfix_gets_our_milter_and_long_queue_ids_only():
+    want = pc.desired(DEFAULTS, "unix:/var/spool/postfix/mxhook/milter.sock")
+    diff = pc.changes(DEFAULTS, want)
+    assert [d[0] for d in diff] == ["smtpd_milters", "enable_long_queue_ids"]
+    assert diff[0][2] == "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
+
+
+def test_other_milters_are_kept_and_ours_is_not_added_twice():
+    current = dict(DEFAULTS, smtpd_milters="inet:localhost:8891, { unix:opendmarc/s.sock, default_action=accept }")
+    want = pc.desired(current, "unix:/var/spool/postfix/mxhook/milter.sock")
+    entries = pc.split_milters(want["smtpd_milters"])
+    assert entries[:2] == ["inet:localhost:8891", "{ unix:opendmarc/s.sock, default_action=accept }"]
+    assert pc.entry_socket(entries[2]) == "unix:mxhook/milter.sock"
+    again = pc.desired(dict(current, **want), "unix:/var/spool/postfix/mxhook/milter.sock")
+    assert pc.changes(dict(current, **want), again) == []
+
+
+def test_missing_macros_are_added_without_dropping_the_admins():
+    current = dict(DEFAULTS, milter_connect_macros="j v", milter_mail_macros="")
+    want = pc.desired(current, "unix:/x.sock")
+    assert want["milter_connect_macros"] == "j v {daemon_name}"
+    assert want["milter_mail_macros"] == "{auth_authen}"
+
+
+def test_postconf_commands_target_the_given_instance():
+    cmds = pc.postconf_commands([("enable_long_queue_ids", "no", "yes")], "/tmp/pf/etc")
+    assert cmds == [["postconf", "-c", "/tmp/pf/etc", "-e", "enable_long_queue_ids = yes"]]
+
+
+def test_socket_problems(tmp_path):
+    assert "does not exist" in pc.socket_problems(f"unix:{tmp_path}/none.sock", None)[0]
+    assert "inet:" in pc.socket_problems("inet:127.0.0.1:9", None)[0]
+    path = str(tmp_path / "s.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    try:
+        os.chmod(path, 0o666)
+        assert any("others must have no access" in p for p in pc.socket_problems("unix:" + path, None))
+        os.chmod(path, 0o660)
+        assert pc.socket_problems("unix:" + path, os.stat(path).st_gid) == []
+        assert "not in the postfix group" in pc.socket_problems("unix:" + path, os.stat(path).st_gid + 1)[0]
+    finally:
+        s.close()
