@@ -1,6 +1,6 @@
 """mxhook-milter: the pymilter shell around the pure decision (decision.py) and the spool.
 
-One `InboundMilter` object per SMTP connection; per-message state is reset at MAIL FROM.
+One `MxhookMilter` object per SMTP connection; per-message state is reset at MAIL FROM.
 
   RCPT     recipient domain not permitted → `unknown_domains` (reject: 550 5.7.1, logged denied;
            pass: the recipient is left alone).
@@ -9,13 +9,16 @@ One `InboundMilter` object per SMTP connection; per-message state is reset at MA
   EOM      raw message + envelope → spool (tmp → fsync → rename → fsync dir), then ACCEPT
            (DISCARD / delrcpt for `--discard` rules and denied recipients). Any failure → 451.
 
-Mail from authenticated clients is outbound and not subject to inbound rules.
+Outbound mail (authenticated client, trusted network, or an `outbound_daemon_names` service)
+is not subject to inbound rules: RCPT to an address on the block list is refused (event
+`blocked`), and at end of message a `queued` event per recipient is spooled before ACCEPT.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import grp
+import ipaddress
 import logging
 import os
 import sqlite3
@@ -27,10 +30,10 @@ from datetime import datetime, timezone
 import Milter
 
 from . import config as configmod
-from . import heuristics, logging_setup, spool
-from .db import Snapshot, SnapshotWatcher
+from . import events, heuristics, logging_setup, spool
+from .db import BlocklistReader, Snapshot, SnapshotWatcher
 from .decision import Decision, decide
-from .headers import address_domain, first_address, normalize_address, to_text
+from .headers import address_domain, decode_value, first_address, normalize_address, to_text
 
 log = logging.getLogger("mxhook.milter")
 
@@ -51,6 +54,17 @@ class Settings:
             ) if cfg.bool("milter", key)
         )
         self.max_message_size = cfg.size("milter", "max_message_size")
+        self.trusted_networks = cfg.networks("milter", "trusted_networks")
+        self.outbound_daemon_names = frozenset(cfg.list("milter", "outbound_daemon_names"))
+        self.event_headers = tuple(h.lower() for h in cfg.list("milter", "event_headers"))
+        self.blocklist = cfg.bool("milter", "blocklist")
+
+    def is_trusted(self, addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_networks)
 
 
 def utc_now() -> str:
@@ -74,10 +88,11 @@ def guarded(callback):
 
 
 @Milter.header_leading_space
-class InboundMilter(Milter.Base):
+class MxhookMilter(Milter.Base):
     # Set by main() (or a test) before the first connection.
     settings: Settings
     watcher: SnapshotWatcher
+    blocklist: BlocklistReader
 
     def __init__(self):
         self.client_addr = ""
@@ -87,6 +102,9 @@ class InboundMilter(Milter.Base):
 
     def _reset(self) -> None:
         self.snapshot: Snapshot | None = None
+        self.outbound = ""  # why this message is outbound ("" = inbound)
+        self.auth_user = ""
+        self.outbound_rcpts: list[str] = []
         self.mail_from = ""
         self.queue_id = ""
         self.managed: list[str] = []  # recipients in permitted domains, for the rules
@@ -112,19 +130,31 @@ class InboundMilter(Milter.Base):
 
     # -- envelope -----------------------------------------------------------------------------
 
+    def _direction(self) -> str:
+        """Why this message is outbound, or "" when it is inbound."""
+        self.auth_user = self.getsymval("{auth_authen}") or ""
+        if self.auth_user:
+            return "authenticated"
+        if self.getsymval("{daemon_name}") in self.settings.outbound_daemon_names:
+            return "daemon_name"
+        if self.settings.is_trusted(self.client_addr):
+            return "trusted_network"
+        return ""
+
     @guarded
     def envfrom(self, mailfrom, *params):
         self._reset()
-        if self.getsymval("{auth_authen}"):
-            # Outbound: an application submitting mail. Inbound rules do not apply.
-            return Milter.ACCEPT
-        self.snapshot = self.watcher.current
         self.mail_from = normalize_address(to_text(mailfrom))
+        self.outbound = self._direction()
+        if not self.outbound:
+            self.snapshot = self.watcher.current
         return Milter.CONTINUE
 
     @guarded
     def envrcpt(self, to, *params):
         rcpt = normalize_address(to_text(to))
+        if self.outbound:
+            return self._outbound_rcpt(rcpt)
         domain = address_domain(rcpt)
         if domain in self.snapshot.domains:
             self.managed.append(rcpt)
@@ -153,6 +183,8 @@ class InboundMilter(Milter.Base):
     @guarded
     def eoh(self):
         self.queue_id = self.getsymval("i") or ""
+        if self.outbound:
+            return Milter.CONTINUE  # the queued events are written at end of message
         if not self.managed:
             return Milter.ACCEPT  # only pass-through recipients: not our mail
         decision = decide(
@@ -174,6 +206,8 @@ class InboundMilter(Milter.Base):
 
     @Milter.noreply
     def body(self, chunk):
+        if self.outbound:
+            return Milter.CONTINUE  # events need no body
         self.body_size += len(chunk)
         if self.body_size <= self.settings.max_message_size:
             self.body_chunks.append(chunk)
@@ -181,6 +215,8 @@ class InboundMilter(Milter.Base):
 
     @guarded
     def eom(self):
+        if self.outbound:
+            return self._outbound_eom()
         decision = self.decision
         if decision is None:  # eoh already answered; nothing to do (test harnesses call eom)
             return Milter.CONTINUE
@@ -228,6 +264,50 @@ class InboundMilter(Milter.Base):
 
     def close(self):
         return Milter.CONTINUE
+
+    # -- outbound -----------------------------------------------------------------------------
+
+    def _event(self, event_type: str, rcpt: str, **fields) -> events.Event:
+        meta = self._envelope_meta()
+        custom = {}
+        for name in self.settings.event_headers:
+            values = self._header(name)
+            if values:
+                custom[name] = decode_value(values[0])
+        return events.Event(
+            type=event_type, at=meta["received"], id=spool.new_id(), source="milter",
+            queue_id=self.queue_id or None, recipient=rcpt, sender=self.mail_from,
+            header_from=meta["header_from"] or None, message_id=meta["message_id"] or None,
+            subject=meta["subject"] or None, client_addr=self.client_addr or None,
+            auth_user=self.auth_user or None, custom_headers=custom, **fields,
+        )
+
+    def _outbound_rcpt(self, rcpt: str):
+        if self.settings.blocklist and self.blocklist.contains(rcpt):
+            reason = "address is on the block list after a hard bounce"
+            try:
+                spool.write(self.settings.spool_dir, events.to_record(self._event("blocked", rcpt, reason=reason)))
+            except OSError as exc:  # the event must not be lost: let the client retry
+                log.error("cannot spool blocked event for <%s>: %s; answering 451", rcpt, exc)
+                self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot record this right now, try again later")
+                return Milter.TEMPFAIL
+            self._log_decision("blocked", [rcpt], "blocklist", reason)
+            self.setreply("550", "5.1.1", f"<{rcpt}>: recipient {reason}; not sent")
+            return Milter.REJECT
+        self.outbound_rcpts.append(rcpt)
+        return Milter.CONTINUE
+
+    def _outbound_eom(self):
+        self.queue_id = self.getsymval("i") or self.queue_id
+        records = [events.to_record(self._event("queued", rcpt)) for rcpt in self.outbound_rcpts]
+        try:
+            spool.write_many(self.settings.spool_dir, records)
+        except OSError as exc:
+            log.error("queue id %s: cannot spool queued events (%s); answering 451", self.queue_id, exc)
+            self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot record the message right now, try again later")
+            return Milter.TEMPFAIL
+        self._log_decision("queued", self.outbound_rcpts, self.outbound, "outbound")
+        return Milter.ACCEPT
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -325,9 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mxhook-milter: cannot read rules database {cfg.rules_db}: {exc}", file=sys.stderr)
         return 1
     spool.ensure_dirs(settings.spool_dir)
-    InboundMilter.settings = settings
-    InboundMilter.watcher = watcher
-    Milter.factory = InboundMilter
+    MxhookMilter.settings = settings
+    MxhookMilter.watcher = watcher
+    MxhookMilter.blocklist = BlocklistReader(cfg.rules_db)
+    Milter.factory = MxhookMilter
     Milter.set_flags(Milter.DELRCPT)
 
     stop = threading.Event()

@@ -8,8 +8,8 @@ import pytest
 from Milter import testctx
 
 from mxhook import config, spool
-from mxhook.db import RulesStore, SnapshotWatcher
-from mxhook.milter import InboundMilter, Settings
+from mxhook.db import BlocklistReader, RulesStore, SnapshotWatcher
+from mxhook.milter import MxhookMilter, Settings
 from mxhook.rules import Rule, parse_condition
 
 
@@ -26,9 +26,10 @@ def env(tmp_path):
 
     def make(**milter_settings):
         cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings})
-        InboundMilter.settings = Settings(cfg)
-        InboundMilter.watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
-        Milter.factory = InboundMilter
+        MxhookMilter.settings = Settings(cfg)
+        MxhookMilter.watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
+        MxhookMilter.blocklist = BlocklistReader(str(tmp_path / "rules.db"))
+        Milter.factory = MxhookMilter
         ctx = testctx.TestCtx()
         # TestCtx._connect closes the connection on NOREPLY (our @noreply connect/hello), so
         # negotiate and call those two the way libmilter does, with an (addr, port) tuple.
@@ -40,7 +41,7 @@ def env(tmp_path):
     make.store = store
     make.spool_dir = spool_dir
     yield make
-    watcher = getattr(InboundMilter, "watcher", None)
+    watcher = getattr(MxhookMilter, "watcher", None)
     if watcher is not None:
         watcher.stop()
 
@@ -131,10 +132,70 @@ def test_heuristics_can_be_switched_off(env):
     assert send(ctx, ["<sales@ours.example>"], [("From", b" boss@ours.example")])[1] == Milter.ACCEPT
 
 
-def test_authenticated_clients_are_not_subject_to_inbound_rules(env):
+OUT_HEADERS = [("From", b" App <noreply@ours.example>"), ("To", b" x@else.example"),
+               ("Subject", b" Your receipt"), ("Message-ID", b" <r1@ours.example>"),
+               ("X-App-Id", b" shop-7")]
+
+
+def test_authenticated_mail_is_outbound_and_yields_queued_events_per_recipient(env):
+    ctx = env(event_headers="X-App-Id, X-Missing")
+    ctx._setsymval("{auth_authen}", "app1")
+    rc = send(ctx, ["<X@Else.example>", "<nobody@ours.example>"], OUT_HEADERS, queue_id="4QOUT1")
+    assert rc == ("eom", Milter.ACCEPT)  # no inbound rule, no heuristic applies to outbound mail
+    evs = sorted((r.meta for r in records(env.spool_dir)), key=lambda m: m["recipient"])
+    assert [(e["type"], e["recipient"]) for e in evs] == [("queued", "nobody@ours.example"), ("queued", "x@else.example")]
+    e = evs[1]
+    assert (e["queue_id"], e["sender"], e["auth_user"], e["message_id"], e["subject"], e["source"]) == (
+        "4QOUT1", "alice@sender.example", "app1", "<r1@ours.example>", "Your receipt", "milter")
+    assert e["custom_headers"] == {"x-app-id": "shop-7"}
+    assert all(r.kind == "event" for r in records(env.spool_dir))
+
+
+@pytest.mark.parametrize("settings,macro", [
+    ({"trusted_networks": "192.0.2.0/24"}, None),
+    ({}, ("{daemon_name}", "ORIGINATING")),
+    ({"outbound_daemon_names": "submission"}, ("{daemon_name}", "submission")),
+])
+def test_trusted_networks_and_daemon_names_mark_outbound(env, settings, macro):
+    ctx = env(**settings)
+    if macro:
+        ctx._setsymval(*macro)
+    assert send(ctx, ["<x@else.example>"], OUT_HEADERS) == ("eom", Milter.ACCEPT)
+    assert [r.meta["type"] for r in records(env.spool_dir)] == ["queued"]
+
+
+def test_untrusted_client_with_another_daemon_name_is_inbound(env):
+    ctx = env(trusted_networks="198.51.100.0/24")
+    ctx._setsymval("{daemon_name}", "mx.ours.example")
+    assert send(ctx, ["<x@else.example>"], OUT_HEADERS) == ("rcpt", Milter.REJECT)
+
+
+def test_blocked_recipient_is_refused_and_reported(env):
+    env.store.block_add("gone@else.example", reason="5.1.1 user unknown", source="cli")
     ctx = env()
     ctx._setsymval("{auth_authen}", "app1")
-    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("mail", Milter.ACCEPT)
+    ctx._setsymval("i", "4QB")
+    assert ctx._envfrom("<alice@sender.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<Gone@Else.Example>") == Milter.REJECT
+    assert ctx._reply[:2] == ("550", "5.1.1") and "block list" in ctx._reply[2]
+    assert ctx._envrcpt("<ok@else.example>") == Milter.CONTINUE
+    [blocked] = [r.meta for r in records(env.spool_dir)]
+    assert (blocked["type"], blocked["recipient"], blocked["auth_user"]) == ("blocked", "gone@else.example", "app1")
+
+
+def test_blocklist_can_be_switched_off(env):
+    env.store.block_add("gone@else.example", reason="x", source="cli")
+    ctx = env(blocklist="no")
+    ctx._setsymval("{auth_authen}", "app1")
+    assert send(ctx, ["<gone@else.example>"], OUT_HEADERS) == ("eom", Milter.ACCEPT)
+
+
+def test_outbound_event_spool_failure_answers_4xx(env):
+    ctx = env()
+    ctx._setsymval("{auth_authen}", "app1")
+    os.rmdir(os.path.join(env.spool_dir, "tmp"))
+    open(os.path.join(env.spool_dir, "tmp"), "w").close()
+    assert send(ctx, ["<x@else.example>"], OUT_HEADERS) == ("eom", Milter.TEMPFAIL)
 
 
 def test_spool_failure_answers_4xx_never_250(env):
@@ -180,7 +241,7 @@ def test_rule_edits_reach_the_running_milter(env):
     env.store.add_rule(Rule(name="support", endpoint="http://127.0.0.1:9/s", allow_http=True,
                             conditions=(parse_condition("To~^support@"),)))
     deadline = time.monotonic() + 5
-    while "support" not in [r.name for r in InboundMilter.watcher.current.ruleset.rules]:
+    while "support" not in [r.name for r in MxhookMilter.watcher.current.ruleset.rules]:
         assert time.monotonic() < deadline, "rule change not picked up within 5 s"
         time.sleep(0.02)
     assert send(ctx, ["<support@ours.example>"], HEADERS)[1] == Milter.ACCEPT
