@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import grp
 import os
 import platform
 import re
@@ -84,7 +85,8 @@ class NullMilter(Daemon):
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                if os.stat(self.socket_path).st_mode & 0o777 == 0o660:
+                st = os.stat(self.socket_path)  # mode and group set: Postfix can connect
+                if st.st_mode & 0o777 == 0o660 and st.st_gid == grp.getgrnam("postfix").gr_gid:
                     return
             except FileNotFoundError:
                 pass

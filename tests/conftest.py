@@ -33,18 +33,16 @@ def e2e_config(overrides: dict | None = None) -> dict:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """A failed e2e test's report gets the daemons' stderr and the maillog (while they still
+    exist: this runs before the fixtures' teardown)."""
     outcome = yield
     rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
-
-
-def _attach_diagnostics(request, stacks) -> None:
-    failed = any(getattr(request.node, f"rep_{when}", None) is not None
-                 and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))
-    if failed:
-        for stack in stacks:
-            if stack.postfix is not None:
-                request.node.add_report_section("call", "mxhook stack", stack.diagnostics())
+    if rep.failed and rep.when in ("setup", "call"):
+        for stack in getattr(item, "_mxhook_stacks", ()):
+            try:
+                rep.sections.append(("mxhook stack", stack.diagnostics()))
+            except Exception as exc:  # diagnostics must never hide the failure
+                rep.sections.append(("mxhook stack", f"(no diagnostics: {exc})"))
 
 
 @pytest.fixture
@@ -54,6 +52,7 @@ def make_stack(request):
     from tests.support.daemons import MxhookStack
 
     stacks: list[MxhookStack] = []
+    request.node._mxhook_stacks = stacks
 
     def factory(domains=("ours.example",), *, permit=("ours.example",), config=None, **kw):
         stack = MxhookStack(domains, permit=permit, config=e2e_config(config), **kw)
@@ -61,7 +60,6 @@ def make_stack(request):
         return stack.start()
 
     yield factory
-    _attach_diagnostics(request, stacks)
     for stack in reversed(stacks):
         stack.stop()
 

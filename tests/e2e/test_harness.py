@@ -2,6 +2,7 @@
 works with a pymilter milter on a unix socket, and leaves nothing behind."""
 from __future__ import annotations
 
+import grp
 import os
 import signal
 import sys
@@ -94,7 +95,8 @@ class _NullMilter(Daemon):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             self._check_alive()
-            if os.path.exists(self.sock) and os.stat(self.sock).st_mode & 0o777 == 0o660:
+            st = os.stat(self.sock) if os.path.exists(self.sock) else None
+            if st and st.st_mode & 0o777 == 0o660 and st.st_gid == grp.getgrnam("postfix").gr_gid:
                 return
             time.sleep(0.02)
         raise AssertionError(self.stderr_text())

@@ -16,6 +16,7 @@ the work dir (`.stderr_text()`), which failing tests print.
 """
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shlex
@@ -238,7 +239,11 @@ class MilterProcess(Daemon):
         return super().start()
 
     def wait_ready(self) -> None:
+        # libmilter creates the socket root-owned; the milter then gives it the group. Until
+        # the group is right, Postfix gets EACCES (and tempfails), so wait for both.
         path = self.cfg.socket_path
+        group = self.cfg.values["milter"].get("socket_group") or ""
+        gid = grp.getgrnam(group).gr_gid if group else None
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             self._check_alive()
@@ -247,11 +252,11 @@ class MilterProcess(Daemon):
                 return
             try:
                 st = os.stat(path)
-                if (st.st_mode & 0o777) == 0o660:
+                if (st.st_mode & 0o777) == 0o660 and (gid is None or st.st_gid == gid):
                     return
             except FileNotFoundError:
                 pass
-            time.sleep(0.02)
+            time.sleep(0.01)
         raise DaemonError(f"milter socket {path} not ready after {self.ready_timeout}s:\n{self.stderr_text()}")
 
 
