@@ -41,7 +41,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator
 
 from . import config, events, logging_setup, postfixlog, spool
 
