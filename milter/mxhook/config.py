@@ -40,6 +40,21 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "http": {
         "allow_networks": "",
     },
+    "logfollow": {
+        "source": "file",
+        "path": "/var/log/mail.log",
+        "state_file": "/var/lib/mxhook/logfollow.state",
+        "start_at": "end",
+        "poll_interval": "0.5",
+        "batch_lines": "1000",
+        "journalctl": "journalctl",
+        "journal_match": "SYSLOG_FACILITY=2",
+        "max_tracked_messages": "100000",
+        "ignore_null_sender": "yes",
+        "stats_interval": "300",
+        "log": "syslog",
+        "log_level": "info",
+    },
     "spooler": {
         "workers": "8",
         "poll_interval": "0.5",

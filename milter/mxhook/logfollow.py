@@ -46,24 +46,7 @@ from . import config, events, logging_setup, postfixlog, spool
 
 log = logging.getLogger("mxhook.logfollow")
 
-# The [logfollow] section of mxhook.conf. config.py owns DEFAULTS; until it lists this section,
-# register it there so config.load() accepts it (setdefault: config.py's own entry wins).
-LOGFOLLOW_DEFAULTS: dict[str, str] = {
-    "source": "file",
-    "path": "/var/log/mail.log",
-    "state_file": "/var/lib/mxhook/logfollow.state",
-    "start_at": "end",
-    "poll_interval": "0.5",
-    "batch_lines": "1000",
-    "journalctl": "journalctl",
-    "journal_match": "SYSLOG_FACILITY=2",
-    "max_tracked_messages": "100000",
-    "ignore_null_sender": "yes",
-    "stats_interval": "300",
-    "log": "syslog",
-    "log_level": "info",
-}
-config.DEFAULTS.setdefault("logfollow", dict(LOGFOLLOW_DEFAULTS))
+LOGFOLLOW_DEFAULTS = config.DEFAULTS["logfollow"]
 
 SOURCES = ("file", "journald")
 START_AT = ("end", "beginning")
@@ -90,10 +73,7 @@ class Settings:
         s = "logfollow"
 
         def get(key: str) -> str:
-            try:
-                return cfg.get(s, key)
-            except KeyError:
-                return LOGFOLLOW_DEFAULTS[key]
+            return cfg.get(s, key)
 
         def typed(key: str, convert):
             value = get(key)
@@ -176,46 +156,9 @@ def save_state(path: str, state: dict) -> None:
 # Spooling a chunk's events
 
 def write_durable(spool_dir: str, records: list[spool.Record]) -> None:
-    """spool.write(durable=True) for many records with one directory fsync instead of one per
-    record (same file format via spool.encode, same tmp/ -> new/ protocol): each record is
-    written to tmp/, fsynced and renamed into new/; then new/ is fsynced once. Only after this
-    returns may the caller save its position. On error, what was half-written is removed and
-    OSError propagates (the position is not saved, so the lines are read again later).
-
-    A crash mid-write may have left tmp/<id>.rec behind; ids are deterministic, so the re-read
-    writes the same name again: such a leftover is ours and is replaced.
-    """
-    tmp_dir = os.path.join(spool_dir, "tmp")
-    new_dir = os.path.join(spool_dir, "new")
-    for record in records:
-        name = record.id + ".rec"
-        tmp_path = os.path.join(tmp_dir, name)
-        data = spool.encode(record)
-        try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileExistsError:
-            os.unlink(tmp_path)
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp_path, os.path.join(new_dir, name))
-        except BaseException:
-            try:
-                os.unlink(tmp_path)
-            except OSError:
-                pass
-            raise
-    dfd = os.open(new_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Events of a chunk, durably, before the caller may save its position (OSError: the
+    position is not saved and the lines are read again; ids are deterministic)."""
+    spool.write_many(spool_dir, records)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,8 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"mxhook-logfollow: {exc}", file=sys.stderr)
         return 2
-    get = (lambda k: cfg.raw.get("logfollow", LOGFOLLOW_DEFAULTS).get(k, LOGFOLLOW_DEFAULTS[k]))
-    logging_setup.setup("mxhook-logfollow", get("log"), get("log_level"))
+    logging_setup.setup("mxhook-logfollow", cfg.get("logfollow", "log"), cfg.get("logfollow", "log_level"))
     if settings.source == "journald" and shutil.which(settings.journalctl) is None:
         log.error("journalctl not found (%s)", settings.journalctl)
         return 2

@@ -96,7 +96,13 @@ def _place(spool_dir: str, record: Record, *, sync: bool) -> str:
     tmp_path = os.path.join(spool_dir, "tmp", name)
     new_path = os.path.join(spool_dir, "new", name)
     data = encode(record)
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        # Left by a writer that crashed before its rename (never acknowledged). Only a writer
+        # with deterministic ids (the log follower re-reading its lines) meets it: same record.
+        os.unlink(tmp_path)
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         try:
             view = memoryview(data)
