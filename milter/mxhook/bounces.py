@@ -33,6 +33,7 @@ _ENH_AFTER_CODE = re.compile(r"(?<![\d.])[245]\d\d[ -]+([245]\.\d{1,3}\.\d{1,3})
 _ENH_ANYWHERE = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
 _BASIC_CODE = re.compile(r"(?<![\d.])([245])\d\d(?:[ -]|$)")
 
+_AT_RCPT = re.compile(r"in reply to RCPT TO command", re.IGNORECASE)
 HARD_CODES = frozenset({"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.4", "5.1.6", "5.1.10",
                         "5.2.1", "5.4.4"})
 SOFT_CODES = frozenset({"5.1.7", "5.1.8", "5.2.2", "5.2.3", "5.2.4", "5.4.6", "5.4.7"})
@@ -113,7 +114,13 @@ def classify(dsn: str | None, reply: str | None, status: str) -> tuple[str | Non
         return "soft", code
     if code in HARD_CODES:
         return "hard", code
-    if code in SOFT_CODES or subject in SOFT_SUBJECTS:
+    if code in SOFT_CODES:
+        return "soft", code
+    if subject in SOFT_SUBJECTS:
+        # A generic system error given in answer to RCPT TO still refuses this one address
+        # (many servers say "500 5.3.0" or "550 5.0.0" for unknown users); after DATA it does not.
+        if _AT_RCPT.search(text) and not SOFT_HINTS.search(text):
+            return "hard", code
         return "soft", code
     if subject == "7":
         if HARD_HINTS.search(text) and not SOFT_HINTS.search(text):

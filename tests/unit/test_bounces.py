@@ -197,3 +197,11 @@ def test_classify_never_raises(dsn, reply, status):
     bounce_type, code = bounces.classify(dsn, reply, status)
     assert bounce_type in (None, "hard", "soft")
     assert code is None or bounces.normalize_dsn(code) == code
+
+
+def test_generic_5xx_in_reply_to_rcpt_is_hard_but_not_after_data():
+    at_rcpt = "host sink[127.0.0.1] said: 500 5.3.0 Error: command failed (in reply to RCPT TO command)"
+    after_data = "host sink[127.0.0.1] said: 554 5.3.0 Error: command failed (in reply to end of DATA command)"
+    assert bounces.classify("5.3.0", at_rcpt, "bounced") == ("hard", "5.3.0")
+    assert bounces.classify("5.3.0", after_data, "bounced") == ("soft", "5.3.0")
+    assert bounces.classify("5.3.0", at_rcpt.replace("command failed", "mailbox full"), "bounced")[0] == "soft"
