@@ -21,12 +21,14 @@ class Env:
         self.dir = tmp_path
         self.rules_db = str(tmp_path / "lib" / "rules.db")
         self.state_db = str(tmp_path / "lib" / "state.db")
+        self.spool_dir = str(tmp_path / "spool")
         self.conf = str(tmp_path / "mxhook.conf")
         self.write_config(**milter)
         self.runner = CliRunner(mix_stderr=False)
 
     def write_config(self, **milter):
-        values = {"paths": {"rules_db": self.rules_db, "state_db": self.state_db}}
+        values = {"paths": {"rules_db": self.rules_db, "state_db": self.state_db,
+                            "spool_dir": self.spool_dir}}
         if milter:
             values["milter"] = milter
         with open(self.conf, "w") as fh:
@@ -49,10 +51,14 @@ class Env:
             return None
         conn = sqlite3.connect(self.rules_db)
         try:
-            return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                    for t in ("domains", "rules", "conditions")}
+            tables = [t for (t,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'sqlite_sequence'")]
+            dump = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
         finally:
             conn.close()
+        new_dir = os.path.join(self.spool_dir, "new")
+        dump["spool"] = sorted(os.listdir(new_dir)) if os.path.isdir(new_dir) else None
+        return dump
 
     def fails(self, *args, match: str, input=None):
         """Exit status 2, a message on stderr, nothing written."""
@@ -716,3 +722,267 @@ def test_log_show(logged):
     denied_out = logged.ok("log", "show", "d1").stdout
     assert "filter name:    no_rule" in denied_out and "no inbound rule matches" in denied_out
     logged.fails("log", "show", "nope", match="no inbound log entry")
+
+
+# -- event endpoints ------------------------------------------------------------------------
+
+EP_URL = "https://app.example.net/hooks/events"
+
+
+@pytest.fixture
+def endpoints(env):
+    env.ok("endpoint", "add", EP_URL, "--events", "bounces,blocks", "--interval", "30",
+           "--max-events", "500", "--timezone", "Europe/Berlin", "--bearer", BEARER,
+           "--api-key", API_KEY)
+    env.ok("endpoint", "add", "http://10.0.0.5/ev", "--allow-http", "--format", "form",
+           "--basic-auth", "hook:pa55word", "--retry-interval", "10", "--retry-period", "1",
+           "--timeout", "5", "--disabled")
+    return env
+
+
+def test_endpoint_add_list_show(endpoints):
+    out = endpoints.ok("endpoint", "add", "https://third.example/e").stdout
+    assert out.strip() == ("Added endpoint 3: bounces, deliveries, blocks events to "
+                           "https://third.example/e (version 1, json)")
+    rows = endpoints.json("endpoint", "list", "--json")
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert rows[0] == {
+        "id": 1, "url": EP_URL, "enabled": True, "events": ["bounces", "blocks"], "interval": 30,
+        "max_events": 500, "timeout": 30, "version": 1, "timezone": "Europe/Berlin",
+        "format": "json", "basic_auth": None, "bearer": "****wxyz", "api_key": "****9876",
+        "retry_interval": 60, "retry_period": 3, "allow_http": False,
+        "created": rows[0]["created"], "updated": rows[0]["updated"]}
+    assert rows[1]["basic_auth"] == "hook:****" and rows[1]["enabled"] is False
+    assert endpoints.json("endpoint", "show", EP_URL, "--json") == rows[0]
+    assert endpoints.json("endpoint", "show", "2", "--json") == rows[1]
+    table_out = endpoints.ok("endpoint", "list").stdout
+    assert table_out.splitlines()[0].split()[:3] == ["ID", "ENABLED", "EVENTS"]
+    assert "Europe/Berlin" in table_out and "bounces,blocks" in table_out
+    show = endpoints.ok("endpoint", "show", "1").stdout
+    assert "auth:           bearer ****wxyz, api key ****9876" in show
+    assert "after 30 s or at 500 events" in show and "1 (pinned)" in show
+    for out in (table_out, show, json.dumps(rows)):
+        assert BEARER not in out and API_KEY not in out and "pa55word" not in out
+
+
+def test_endpoint_list_empty_and_needs_db(env):
+    env.fails("endpoint", "list", match="does not exist yet")
+    env.ok("domain", "add", "ours.example")
+    assert "No event endpoints" in env.ok("endpoint", "list").stdout
+    assert env.json("endpoint", "list", "--json") == []
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--interval", "0"], "interval must be between 1 and 600"),
+    (["--interval", "601"], "interval must be between 1 and 600"),
+    (["--max-events", "99"], "max events must be between 100 and 10000"),
+    (["--max-events", "10001"], "max events"),
+    (["--timeout", "1000"], "timeout must be between 1 and 999"),
+    (["--retry-interval", "5"], "retry interval"),
+    (["--retry-period", "0"], "retry period"),
+    (["--timezone", "Europe/Nowhere"], "unknown time zone"),
+    (["--version", "2"], "payload version 2 does not exist"),
+    (["--events", "bounces,opens"], "unknown event category opens"),
+    (["--basic-auth", "u:p", "--bearer", "t"], "either Basic auth or a Bearer token"),
+    (["--basic-auth", "nocolon"], "USER:PASSWORD"),
+    (["--bearer", ""], "must not be empty"),
+    (["--format", "xml"], "xml"),
+])
+def test_endpoint_add_invalid_writes_nothing(endpoints, extra, match):
+    endpoints.fails("endpoint", "add", "https://new.example/e", *extra, match=match)
+
+
+def test_endpoint_add_invalid_does_not_create_db(env):
+    env.fails("endpoint", "add", "http://plain.example/e", match="not HTTPS")
+    env.fails("endpoint", "add", "https://a.example/e", "--timezone", "Moon/Base", match="time zone")
+    assert not os.path.exists(env.rules_db)
+
+
+def test_endpoint_duplicate_and_unknown(endpoints):
+    endpoints.fails("endpoint", "add", EP_URL, match="already exists (id 1")
+    endpoints.fails("endpoint", "show", "9", match="no endpoint '9'")
+    endpoints.fails("endpoint", "edit", "https://nope.example/", "--interval", "5", match="no endpoint")
+    endpoints.fails("endpoint", "remove", "9", match="no endpoint")
+
+
+def test_endpoint_edit(endpoints):
+    assert endpoints.ok("endpoint", "edit", "1", "--interval", "5", "--events", "deliveries",
+                        "--timezone", "UTC", "--format", "form").stdout.strip() == f"Updated endpoint 1 ({EP_URL})"
+    d = endpoints.json("endpoint", "show", "1", "--json")
+    assert (d["interval"], d["events"], d["timezone"], d["format"], d["max_events"]) == (5, ["deliveries"], "UTC", "form", 500)
+    assert d["bearer"] == "****wxyz"  # untouched
+    endpoints.ok("endpoint", "edit", "1", "--basic-auth", "u:p")
+    d = endpoints.json("endpoint", "show", "1", "--json")
+    assert (d["basic_auth"], d["bearer"], d["api_key"]) == ("u:****", None, "****9876")
+    endpoints.ok("endpoint", "edit", "1", "--clear-auth")
+    d = endpoints.json("endpoint", "show", "1", "--json")
+    assert (d["basic_auth"], d["bearer"], d["api_key"]) == (None, None, None)
+    endpoints.ok("endpoint", "edit", "2", "--enabled", "--url", "https://moved.example/e", "--no-allow-http")
+    d = endpoints.json("endpoint", "show", "https://moved.example/e", "--json")
+    assert (d["id"], d["enabled"], d["allow_http"]) == (2, True, False)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ([], "nothing to change"),
+    (["--url", EP_URL], "already has the URL"),
+    (["--interval", "9999"], "interval"),
+    (["--no-allow-http"], "not HTTPS"),  # endpoint 2 is http://
+    (["--max-events", "5"], "max events"),
+    (["--api-key", ""], "must not be empty"),
+])
+def test_endpoint_edit_invalid_writes_nothing(endpoints, extra, match):
+    endpoints.fails("endpoint", "edit", "2", *extra, match=match)
+
+
+def test_endpoint_remove(endpoints):
+    assert endpoints.ok("endpoint", "remove", EP_URL).stdout.strip() == f"Removed endpoint 1 ({EP_URL})"
+    assert [r["id"] for r in endpoints.json("endpoint", "list", "--json")] == [2]
+
+
+def test_endpoint_test_posts_a_sample_through_the_delivery_client(env):
+    from tests.support.receiver import Receiver
+
+    with Receiver() as rx:
+        rx.script("/ok", [(200, {}, b'{"received": 1}')])
+        rx.script("/down", [(503, {}, b"maintenance")])
+        env.ok("endpoint", "add", rx.url + "/ok", "--allow-http", "--timezone", "Asia/Tokyo",
+               "--bearer", BEARER)
+        env.ok("endpoint", "add", rx.url + "/down", "--allow-http", "--format", "form")
+        res = env.ok("endpoint", "test", "1")
+        (req,) = rx.wait_for(1, path="/ok")
+        assert "HTTP 200 in" in res.stdout and '{"received": 1}' in res.stdout
+        doc = req.json()
+        assert req.headers["webhook-id"] == doc["batch_id"] and doc["batch_id"].startswith("evb_test_")
+        assert req.headers["Authorization"] == f"Bearer {BEARER}"
+        (e,) = doc["events"]
+        assert e["type"] == "bounced" and e["id"].startswith("test-") and e["at"].endswith("+09:00")
+        res = env.run("endpoint", "test", "2", "--type", "queued")
+        assert res.exit_code == 1 and "HTTP 503" in res.stdout and "maintenance" in res.stdout
+        assert rx.wait_for(1, path="/down")[0].headers["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+# -- block list ------------------------------------------------------------------------------
+
+def spooled_events(env):
+    from mxhook import spool
+
+    return [spool.read(p) for p in spool.pending(env.spool_dir)]
+
+
+@pytest.fixture
+def spooldir(env):
+    from mxhook import spool
+
+    spool.ensure_dirs(env.spool_dir)
+    return env
+
+
+def test_block_add_list_remove_spool_events(spooldir):
+    env = spooldir
+    out = env.ok("block", "add", "<Gone@Else.Example>", "--reason", "asked to stop").stdout
+    assert out.startswith("Blocked gone@else.example (event registered ")
+    (rec,) = spooled_events(env)
+    assert rec.kind == "event"
+    assert {k: rec.meta[k] for k in ("type", "recipient", "source", "reason")} == {
+        "type": "registered", "recipient": "gone@else.example", "source": "cli", "reason": "asked to stop"}
+    rows = env.json("block", "list", "--json")
+    assert [(r["address"], r["source"], r["reason"]) for r in rows] == [("gone@else.example", "cli", "asked to stop")]
+    assert "gone@else.example" in env.ok("block", "list").stdout
+    env.fails("block", "add", "gone@else.example", match="already on the block list")
+    assert env.ok("block", "remove", "GONE@else.example").stdout.startswith("Unblocked gone@else.example")
+    assert [r.meta["type"] for r in spooled_events(env)] == ["registered", "deleted"]
+    env.fails("block", "remove", "gone@else.example", match="not on the block list")
+    assert "The block list is empty" in env.ok("block", "list").stdout
+
+
+@pytest.mark.parametrize("bad", ["nobody", "a@b@c.example", "two words@x.example", ""])
+def test_block_add_invalid_writes_nothing(spooldir, bad):
+    spooldir.fails("block", "add", bad, match="not an email address" if bad else "empty")
+
+
+def test_block_needs_the_spool(env):
+    env.ok("domain", "add", "ours.example")
+    env.fails("block", "add", "a@b.example", match="spool directory")
+
+
+# -- event log -------------------------------------------------------------------------------
+
+@pytest.fixture
+def events_logged(env):
+    from mxhook import spool
+    from mxhook.endpoints import Endpoint
+    from mxhook.state import AttemptRecord, StateStore
+
+    os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
+    eps = [Endpoint(url="https://a.example/ev", id=1), Endpoint(url="https://b.example/ev", id=2,
+                                                                 categories=("bounces",))]
+    store = StateStore(env.state_db)
+
+    def ev(eid, etype, at, **kw):
+        meta = {"type": etype, "at": at, "received": at, "queue_id": "Q1", "recipient": "r@x.example",
+                "source": "log", "custom_headers": {}, **kw}
+        return spool.Record(eid, "event", meta)
+
+    store.ingest([
+        ev("q1", "queued", "2026-11-20T10:00:00.000000Z", source="milter", client_addr="192.0.2.7",
+           message_id="<m@ours>", subject="=2+3"),
+        ev("b1", "bounced", "2026-11-21T10:00:00.000000Z", remote_host="mx.x.example",
+           bounce_type="hard", dsn="5.1.1", reply="550 5.1.1 unknown"),
+    ], endpoints=eps)
+    store.sync_endpoints(eps)
+    b = store.create_batch(1, 100)
+    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-21T10:00:05.000000Z", "failed", "failed",
+                                               status_code=400, error="-HTTP 400 Bad Request")])
+    store.close()
+    return env
+
+
+def test_log_events_json_and_filters(events_logged):
+    rows = events_logged.json("log", "events", "--json")
+    assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [
+        ("b1", 2, "queued"), ("b1", 1, "failed"), ("q1", 1, "failed")]
+    assert rows[1]["hostName"] == "mx.x.example" and rows[2]["hostName"] == "192.0.2.7"
+    assert rows[1]["messageId"] == "<m@ours>"  # enriched from the queued event
+    assert [r["id"] for r in events_logged.json("log", "events", "--status", "queued", "--json")] == ["b1"]
+    assert [r["id"] for r in events_logged.json("log", "events", "--until", "2026-11-21", "--json")] == ["q1"]
+    assert len(events_logged.json("log", "events", "--since", "2026-11-21", "--limit", "1", "--json")) == 1
+    out = events_logged.ok("log", "events").stdout
+    assert out.splitlines()[0].split()[:3] == ["RECEIVED", "STATUS", "TYPE"]
+    assert "No event log entries match" in events_logged.ok("log", "events", "--status", "deferred").stdout
+
+
+def test_log_events_csv(events_logged):
+    out = events_logged.ok("log", "events", "--csv").stdout
+    lines = out.split("\n")
+    assert lines[0] == "received,status,hostName,endpointUrl,reason"
+    assert lines[1:] == [
+        "2026-11-21T10:00:00.000000Z,queued,mx.x.example,https://b.example/ev,",
+        "2026-11-21T10:00:00.000000Z,failed,mx.x.example,https://a.example/ev,'-HTTP 400 Bad Request",
+        "2026-11-20T10:00:00.000000Z,failed,192.0.2.7,https://a.example/ev,'-HTTP 400 Bad Request",
+        ""]
+    assert "\r" not in out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--status", "denied"], "denied"),
+    (["--since", "later"], "not a time"),
+    (["--csv", "--json"], "either --csv or --json"),
+])
+def test_log_events_invalid(events_logged, args, match):
+    events_logged.fails("log", "events", *args, match=match)
+
+
+def test_log_event_detail(events_logged):
+    d = events_logged.json("log", "event", "b1", "--json")
+    assert d["event"]["dsn"] == "5.1.1" and d["event"]["subject"] == "=2+3"
+    assert [(x["endpointId"], x["status"]) for x in d["deliveries"]] == [(1, "failed"), (2, "queued")]
+    assert d["deliveries"][0]["attempts"][0]["status_code"] == 400
+    out = events_logged.ok("log", "event", "b1").stdout
+    assert "bounce type:    hard" in out and "endpoint 2: https://b.example/ev" in out
+    assert "HTTP 400" in out and "message id:     <m@ours>" in out
+    events_logged.fails("log", "event", "nope", match="no event with id")
+
+
+def test_log_events_need_state_db(env):
+    env.fails("log", "events", match="state database")
+    env.fails("log", "event", "x", match="state database")

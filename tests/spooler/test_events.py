@@ -1,0 +1,365 @@
+"""Event webhooks end to end inside the spooler: event records in the spool -> state.db ->
+batches -> a real HTTP receiver on loopback. Endpoints and the block list live in a real rules.db;
+`kill -9` runs against the real mxhook-spooler process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import parse_qs
+
+import json
+import pytest
+from click.testing import CliRunner
+
+from mxhook import cli as climod
+from mxhook import config, db, events, spool, spooler
+from mxhook.endpoints import Endpoint
+from mxhook.state import StateStore
+from tests.support.receiver import Receiver, Response
+
+HERE = os.path.dirname(__file__)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+def settings(tmp_path, **spooler_keys):
+    values = {
+        "paths": {"state_db": str(tmp_path / "state.db"), "spool_dir": str(tmp_path / "spool"),
+                  "rules_db": str(tmp_path / "rules.db")},
+        "spooler": {"poll_interval": "0.05", "workers": "4", "retry_time_scale": "0.01",
+                    "log": "stderr", "log_level": "debug"},
+    }
+    values["spooler"].update({k: str(v) for k, v in spooler_keys.items()})
+    return values
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    c = config.from_dict(settings(tmp_path))
+    spool.ensure_dirs(c.spool_dir)
+    return c
+
+
+@pytest.fixture()
+def rx():
+    with Receiver() as r:
+        yield r
+
+
+def add_endpoint(cfg, url, **kw) -> Endpoint:
+    kw.setdefault("allow_http", True)
+    kw.setdefault("retry_interval", 10)
+    with db.RulesStore(cfg.rules_db) as store:
+        return store.add_endpoint(Endpoint(url=url, **kw))
+
+
+_seq = [0]
+
+
+def write_event(cfg, etype="succeeded", recipient="r@else.example", *, queue_id="4XbQ1", **fields) -> str:
+    """One event record in the spool, ids in writing order."""
+    _seq[0] += 1
+    at_us = time.time_ns() // 1000
+    ev = events.Event(type=etype, at=events.iso_from_us(at_us), id=events.event_id(at_us, _seq[0]),
+                      source=fields.pop("source", "milter" if etype == "queued" else "log"),
+                      queue_id=queue_id, recipient=recipient, **fields)
+    spool.write(cfg.spool_dir, events.to_record(ev), durable=False)
+    return ev.id
+
+
+class Running:
+    """A Spooler running its daemon loop in a thread (stop() is what SIGTERM does)."""
+
+    def __init__(self, cfg, **kw):
+        self.spooler = spooler.Spooler(cfg, **kw)
+        self.thread = threading.Thread(target=self.spooler.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.spooler
+
+    def __exit__(self, *exc):
+        self.spooler.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "spooler did not stop"
+        self.spooler.close()
+
+
+def bodies(requests) -> list[dict]:
+    return [r.json() for r in requests]
+
+
+def ids_of(docs) -> list[str]:
+    return [e["id"] for d in docs for e in d["events"]]
+
+
+def event_log(cfg, **kw):
+    with StateStore(cfg.state_db) as st:
+        return st.event_log(limit=None, **kw)
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching (pure decisions)
+
+def test_batch_due():
+    due = spooler.batch_due
+    assert not due(0, None, interval=10, max_events=100, now=1000)
+    assert not due(5, 995.0, interval=10, max_events=100, now=1000)
+    assert due(5, 990.0, interval=10, max_events=100, now=1000)
+    assert due(100, 999.9, interval=10, max_events=100, now=1000)
+
+
+def test_due_batches():
+    eps = {1: Endpoint(url="https://a.example/", id=1, interval=10, max_events=100),
+           2: Endpoint(url="https://b.example/", id=2, interval=60, max_events=100),
+           3: Endpoint(url="https://c.example/", id=3, enabled=False),
+           4: Endpoint(url="https://d.example/", id=4, max_events=100)}
+    pending = {1: (3, 980.0), 2: (3, 980.0), 3: (500, 0.0), 4: (100, 999.0), 9: (5, 0.0)}
+    assert spooler.due_batches(pending, eps, 1000.0) == [1, 4]
+    assert spooler.due_batches(pending, eps, 1000.0, busy={4}) == [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches against a real receiver
+
+def test_max_events_splits_into_ordered_batches(rx, cfg):
+    ep = add_endpoint(cfg, rx.url + "/ev", interval=1, max_events=100)
+    written = [write_event(cfg, recipient=f"r{i % 7}@else.example") for i in range(250)]
+    with Running(cfg):
+        reqs = rx.wait_for(3, path="/ev", timeout=15)
+    docs = bodies(reqs)
+    assert [d["count"] for d in docs] == [100, 100, 50]
+    assert all(len(d["events"]) <= 100 for d in docs)
+    assert ids_of(docs) == written  # in order, each once
+    assert [r.headers["webhook-id"] for r in reqs] == [d["batch_id"] for d in docs]
+    assert len({d["batch_id"] for d in docs}) == 3
+    assert all(d["endpoint_id"] == ep.id and d["version"] == 1 for d in docs)
+    assert {r["status"] for r in event_log(cfg)} == {"succeeded"}
+
+
+def test_interval_holds_a_small_batch(rx, cfg):
+    add_endpoint(cfg, rx.url + "/ev", interval=2, max_events=100)
+    written = [write_event(cfg) for _ in range(5)]
+    with Running(cfg) as sp:
+        wait_until(lambda: sp.state.event_counts()["pending"] == 5, what="ingest")
+        started = time.time()
+        time.sleep(1.0)
+        assert rx.requests == []  # the oldest event is not 2 s old yet
+        (req,) = rx.wait_for(1, path="/ev", timeout=10)
+    assert req.at - started >= 0.9
+    assert ids_of([req.json()]) == written
+
+
+def test_category_filters_per_endpoint(rx, cfg):
+    add_endpoint(cfg, rx.url + "/bounces", categories=("bounces",), interval=1)
+    add_endpoint(cfg, rx.url + "/deliveries", categories=("deliveries",), interval=1)
+    add_endpoint(cfg, rx.url + "/blocks", categories=("blocks",), interval=1)
+    add_endpoint(cfg, rx.url + "/off", interval=1, enabled=False)
+    for etype in ("queued", "succeeded", "deferred", "bounced", "failed", "blocked"):
+        write_event(cfg, etype, bounce_type="soft" if etype == "bounced" else None)
+    with Running(cfg):
+        rx.wait_for(3, timeout=10)
+        time.sleep(0.3)
+    got = {r.path: [e["type"] for e in r.json()["events"]] for r in rx.requests}
+    assert got == {"/bounces": ["bounced", "failed"], "/deliveries": ["queued", "succeeded", "deferred"],
+                   "/blocks": ["blocked"]}
+
+
+def test_time_zone_form_format_auth_and_enrichment(rx, cfg):
+    add_endpoint(cfg, rx.url + "/ev", interval=1, timezone="America/New_York", format="form",
+                 bearer="tok-0123456789abcdef", api_key="key-1")
+    # the delivery event is spooled before its message's queued event
+    write_event(cfg, "succeeded", queue_id="QX", relay="mx.else.example[192.0.2.25]:25", dsn="2.0.0")
+    write_event(cfg, "queued", queue_id="QX", message_id="<m1@ours.example>", subject="Ihre Rechnung",
+                sender="app@ours.example", custom_headers={"X-Campaign": "c-9"})
+    with Running(cfg):
+        (req,) = rx.wait_for(1, path="/ev", timeout=10)
+    assert req.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert req.headers["Authorization"] == "Bearer tok-0123456789abcdef"
+    form = {k: v[0] for k, v in parse_qs(req.text()).items()}
+    assert form["api_key"] == "key-1" and form["batch_id"] == req.headers["webhook-id"]
+    succeeded, queued = json.loads(form["events"])
+    assert succeeded["at"][-6:] in ("-05:00", "-04:00")  # New York, winter or summer time
+    assert (succeeded["message_id"], succeeded["subject"], succeeded["custom_headers"]) == \
+        ("<m1@ours.example>", "Ihre Rechnung", {"X-Campaign": "c-9"})
+    assert queued["type"] == "queued"
+    (row,) = [r for r in event_log(cfg) if r["type"] == "succeeded"]
+    assert row["hostName"] == "mx.else.example" and row["messageId"] == "<m1@ours.example>"
+
+
+def test_deferred_then_succeeded_keeps_the_batch_and_holds_the_line(rx, cfg):
+    rx.script("/ev", [(503, {}, b"busy"), (500, {}, b"oops"), (200, {}, b"ok")])
+    add_endpoint(cfg, rx.url + "/ev", interval=1, max_events=100)
+    written = [write_event(cfg) for _ in range(150)]
+    with Running(cfg):
+        reqs = rx.wait_for(4, path="/ev", timeout=20)
+    docs = bodies(reqs)
+    # the first batch is retried (same id, same events) before the second goes out
+    assert [d["count"] for d in docs] == [100, 100, 100, 50]
+    assert docs[0] == docs[1] == docs[2]
+    assert reqs[0].headers["webhook-id"] == reqs[2].headers["webhook-id"] == docs[0]["batch_id"]
+    assert ids_of(docs[2:]) == written
+    with StateStore(cfg.state_db) as st:
+        b = st.batch(docs[0]["batch_id"])
+        assert (b.status, b.attempts) == ("succeeded", 3)
+        attempts = st.event_detail(written[0])["deliveries"][0]["attempts"]
+    assert [(a["outcome"], a["status_code"]) for a in attempts] == [("deferred", 503), ("deferred", 500), ("succeeded", 200)]
+
+
+def test_failed_batch_does_not_hold_up_the_next(rx, cfg):
+    rx.script("/ev", [(404, {}, b"no"), (200, {}, b"ok")])
+    add_endpoint(cfg, rx.url + "/ev", interval=1, max_events=100)
+    written = [write_event(cfg) for _ in range(120)]
+    with Running(cfg):
+        reqs = rx.wait_for(2, path="/ev", timeout=15)
+        time.sleep(0.2)
+    assert [d["count"] for d in bodies(reqs)] == [100, 20]
+    failed = event_log(cfg, status="failed")
+    assert len(failed) == 100 and {r["reason"] for r in failed} == {"HTTP 404 Not Found"}
+    assert sorted(r["id"] for r in event_log(cfg, status="succeeded")) == sorted(written[100:])
+
+
+def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
+    add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("bounces", "blocks"))
+    write_event(cfg, "queued", "gone@else.example", queue_id="QB", message_id="<m2@ours.example>")
+    bounce = write_event(cfg, "bounced", "Gone@Else.Example", queue_id="QB", bounce_type="hard",
+                         dsn="5.1.1", reply="550 5.1.1 <gone@else.example>: User unknown")
+    write_event(cfg, "bounced", "full@else.example", queue_id="QB", bounce_type="soft", dsn="5.2.2")
+    reader = db.BlocklistReader(cfg.rules_db)
+    with Running(cfg):
+        wait_until(lambda: reader.contains("gone@else.example"), what="block list")
+        docs = bodies(rx.wait_for(1, path="/ev", timeout=10))
+        wait_until(lambda: "registered" in [e["type"] for d in bodies(rx.requests) for e in d["events"]],
+                   what="registered event")
+        docs = bodies(rx.requests)
+    assert not reader.contains("full@else.example")
+    with db.RulesStore(cfg.rules_db) as store:
+        (row,) = store.block_list()
+    assert (row["address"], row["source"], row["dsn"], row["event_id"]) == ("gone@else.example", "bounce", "5.1.1", bounce)
+    events_seen = [e for d in docs for e in d["events"]]
+    (reg,) = [e for e in events_seen if e["type"] == "registered"]
+    assert reg["id"] == f"registered-gone@else.example-{bounce}"
+    assert (reg["recipient"], reg["message_id"], reg["dsn"], reg["reason"]) == \
+        ("gone@else.example", "<m2@ours.example>", "5.1.1", "hard bounce")
+    assert [e["type"] for e in events_seen].count("bounced") == 2
+
+
+def test_bounce_of_an_address_already_blocked_registers_nothing(rx, cfg):
+    add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("bounces", "blocks"))
+    with db.RulesStore(cfg.rules_db) as store:
+        store.block_add("gone@else.example", reason="by hand", source="cli")
+    write_event(cfg, "bounced", "gone@else.example", bounce_type="hard", dsn="5.1.1")
+    sp = spooler.Spooler(cfg)
+    try:
+        sp.run_once()
+        sp.run_once()
+    finally:
+        sp.close()
+    assert [e["type"] for d in bodies(rx.requests) for e in d["events"]] == ["bounced"]
+
+
+def test_cli_block_add_and_remove_emit_events(rx, cfg, tmp_path):
+    add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("blocks",))
+    conf = tmp_path / "mxhook.conf"
+    conf.write_text(config.render(settings(tmp_path)))
+    runner = CliRunner(mix_stderr=False)
+    with Running(cfg):
+        res = runner.invoke(climod.cli, ["--config", str(conf), "block", "add", "A@B.example", "--reason", "asked"])
+        assert res.exit_code == 0, res.stderr
+        res = runner.invoke(climod.cli, ["--config", str(conf), "block", "remove", "a@b.example"])
+        assert res.exit_code == 0, res.stderr
+        wait_until(lambda: len([e for d in bodies(rx.requests) for e in d["events"]]) >= 2, what="2 events")
+    seen = [e for d in bodies(rx.requests) for e in d["events"]]
+    assert [(e["type"], e["recipient"], e["source"]) for e in seen] == [
+        ("registered", "a@b.example", "cli"), ("deleted", "a@b.example", "cli")]
+    assert seen[0]["reason"] == "asked"
+
+
+def test_removed_endpoint_fails_its_pending_events(rx, cfg):
+    ep = add_endpoint(cfg, rx.url + "/ev", interval=600)
+    keep = add_endpoint(cfg, rx.url + "/keep", interval=1)
+    written = [write_event(cfg) for _ in range(3)]
+    with Running(cfg):
+        rx.wait_for(1, path="/keep", timeout=10)
+        with db.RulesStore(cfg.rules_db) as store:
+            store.remove_endpoint(ep.id)
+        wait_until(lambda: len(event_log(cfg, status="failed")) == 3, what="failed events")
+    failed = event_log(cfg, status="failed")
+    assert sorted(r["id"] for r in failed) == sorted(written)
+    assert {(r["endpointUrl"], r["reason"]) for r in failed} == {(rx.url + "/ev", "endpoint removed")}
+    assert [r.path for r in rx.requests] == ["/keep"] and keep.id
+
+
+def test_disabled_endpoint_keeps_events_pending_until_enabled(rx, cfg):
+    ep = add_endpoint(cfg, rx.url + "/ev", interval=1)
+    with db.RulesStore(cfg.rules_db) as store:
+        from dataclasses import replace
+
+        write_event(cfg)
+        with Running(cfg) as sp:
+            wait_until(lambda: sp.state.event_counts()["pending"] == 1, what="ingest")
+            store.replace_endpoint(ep.id, replace(ep, enabled=False))
+            time.sleep(1.5)
+            assert rx.requests == []
+            write_event(cfg)  # not fanned out to a disabled endpoint
+            time.sleep(0.3)
+            store.replace_endpoint(ep.id, replace(ep, enabled=True))
+            (req,) = rx.wait_for(1, path="/ev", timeout=10)
+    assert req.json()["count"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The real daemon: kill -9 mid-batch
+
+def start_daemon(tmp_path) -> subprocess.Popen:
+    path = tmp_path / "mxhook.conf"
+    if not path.exists():
+        path.write_text(config.render(settings(tmp_path)))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
+    return subprocess.Popen([sys.executable, "-m", "mxhook.spooler", "--config", str(path)],
+                            env=env, stderr=open(tmp_path / "spooler.stderr", "ab"))
+
+
+def test_kill_9_mid_batch_loses_no_event(rx, cfg, tmp_path):
+    rx.script("/ev", [Response(200, delay=60), (200, {}, b"ok")])
+    add_endpoint(cfg, rx.url + "/ev", interval=1, max_events=100, timeout=120)
+    written = [write_event(cfg) for _ in range(150)]
+    proc = start_daemon(tmp_path)
+    try:
+        (first,) = rx.wait_for(1, path="/ev", timeout=15)
+        proc.kill()  # SIGKILL while the receiver holds the first batch
+        proc.wait(10)
+        with StateStore(cfg.state_db) as st:
+            assert st.batch(first.headers["webhook-id"]).status == "queued"
+        written += [write_event(cfg) for _ in range(10)]  # more arrive while it is down
+        proc = start_daemon(tmp_path)
+        reqs = rx.wait_for(3, path="/ev", timeout=20)
+        wait_until(lambda: {r["status"] for r in event_log(cfg)} == {"succeeded"}, what="all succeeded")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    docs = bodies(reqs)
+    # the interrupted batch is posted again: same webhook-id, same events
+    assert reqs[1].headers["webhook-id"] == first.headers["webhook-id"] and docs[1] == docs[0]
+    assert ids_of(docs[1:]) == written  # nothing lost, nothing out of order
+    assert len(rx.requests) == 3
