@@ -21,10 +21,9 @@ import grp
 import ipaddress
 import logging
 import os
+import signal
 import sqlite3
 import sys
-import threading
-import time
 from datetime import datetime, timezone
 
 import Milter
@@ -372,30 +371,31 @@ def socket_path(spec: str) -> str | None:
     return None
 
 
-def _fix_socket_permissions(path: str, group: str, stop: threading.Event) -> None:
-    """libmilter creates the socket inside runmilter(); once it appears, give it the group
-    Postfix runs as (mode 0660 comes from the umask set before)."""
-    gid = grp.getgrnam(group).gr_gid if group else -1
-    while not stop.is_set():
-        if os.path.exists(path):
-            if gid != -1:
-                os.chown(path, -1, gid)
-            os.chmod(path, 0o660)
-            log.info("listening on %s (mode 0660%s)", path, f", group {group}" if group else "")
-            return
-        time.sleep(0.02)
+def prepare_socket_dir(path: str, group: str) -> None:
+    """Make the socket's directory so that the socket libmilter creates in it is born with the
+    right group: setgid directory of `group` (no window in which smtpd gets EACCES). The mode
+    0660 comes from the umask main() sets."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    if group:
+        os.chown(directory, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(directory, 0o2750)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mxhook-milter", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help=f"config file (default: $MXHOOK_CONFIG or {configmod.DEFAULT_PATH})")
     args = parser.parse_args(argv)
+    # libmilter stops cleanly on SIGTERM/SIGINT/SIGHUP by sigwait()ing in its own thread; any
+    # thread we start must have them blocked too, or the default action kills the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         cfg = configmod.load(args.config)
         settings = Settings(cfg)
         logging_setup.setup("mxhook-milter", cfg.get("milter", "log"), cfg.get("milter", "log_level"))
         socket_spec = cfg.get("milter", "socket")
         timeout = cfg.int("milter", "timeout")
+        socket_group = cfg.get("milter", "socket_group")
         watcher = SnapshotWatcher(cfg.rules_db, interval=cfg.float("milter", "rules_reload_interval"),
                                   regex_timeout=cfg.float("milter", "regex_timeout"))
     except configmod.ConfigError as exc:
@@ -411,20 +411,20 @@ def main(argv: list[str] | None = None) -> int:
     Milter.factory = MxhookMilter
     Milter.set_flags(Milter.DELRCPT)
 
-    stop = threading.Event()
     path = socket_path(socket_spec)
     if path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            prepare_socket_dir(path, socket_group)
+        except (OSError, KeyError) as exc:
+            print(f"mxhook-milter: cannot prepare socket directory for {path}: {exc}", file=sys.stderr)
+            return 1
         os.umask(0o117)  # the socket is born 0660; spool files keep their explicit 0640
-        threading.Thread(target=_fix_socket_permissions, daemon=True,
-                         args=(path, cfg.get("milter", "socket_group"), stop)).start()
-    log.info("starting: %d rules, %d domains, unknown_domains=%s, spool %s",
+    log.info("listening on %s: %d rules, %d domains, unknown_domains=%s, spool %s", socket_spec,
              len(watcher.current.ruleset), len(watcher.current.domains),
              settings.unknown_domains, settings.spool_dir)
     try:
         Milter.runmilter("mxhook", socket_spec, timeout)
     finally:
-        stop.set()
         watcher.stop()
     log.info("stopped")
     return 0
