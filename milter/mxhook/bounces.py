@@ -237,6 +237,13 @@ def _part_text(part) -> str:
     return payload.decode("utf-8", "replace")
 
 
+def is_dsn_content_type(value: str) -> bool:
+    """'multipart/report; report-type=delivery-status; ...' (any case, quoted or not)."""
+    v = value.lower()
+    return v.split(";", 1)[0].strip() == "multipart/report" and bool(
+        re.search(r"report-type\s*=\s*\"?delivery-status", v))
+
+
 def parse_dsn(raw: bytes) -> DsnReport | None:
     """A DsnReport for a delivery-status report, None for any other message. Never raises on
     malformed input (a broken report yields what could be read)."""

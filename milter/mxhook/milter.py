@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 import Milter
 
 from . import config as configmod
-from . import events, heuristics, logging_setup, spool
+from . import bounces, events, heuristics, logging_setup, spool
 from .db import BlocklistReader, Snapshot, SnapshotWatcher
 from .decision import Decision, decide
 from .headers import address_domain, decode_value, first_address, normalize_address, to_text
@@ -64,6 +64,10 @@ class Settings:
         except ValueError:
             return False
         return any(ip in net for net in self.trusted_networks)
+
+
+def unknown_domain_reason(rcpt: str) -> str:
+    return f"domain {address_domain(rcpt) or '(none)'} is not enabled for inbound mail on this server"
 
 
 def utc_now() -> str:
@@ -108,6 +112,8 @@ class MxhookMilter(Milter.Base):
         self.queue_id = ""
         self.managed: list[str] = []  # recipients in permitted domains, for the rules
         self.passed: list[str] = []  # recipients left alone (unknown_domains = pass)
+        self.held: list[str] = []  # foreign recipients of a null-sender message, decided at eoh
+        self.dsn = False  # the message is a bounce report (multipart/report delivery-status)
         self.raw_headers: list[tuple[str, bytes]] = []
         self.header_block: list[bytes] = []
         self.body_chunks: list[bytes] = []
@@ -161,7 +167,12 @@ class MxhookMilter(Milter.Base):
         if self.settings.unknown_domains == "pass":
             self.passed.append(rcpt)
             return Milter.CONTINUE
-        reason = f"domain {domain or '(none)'} is not enabled for inbound mail on this server"
+        if self.mail_from == "":
+            # A null-sender message may be a bounce (DSN) for mail our applications sent: its
+            # headers decide (eoh), so the refusal of a foreign recipient waits until then.
+            self.held.append(rcpt)
+            return Milter.CONTINUE
+        reason = unknown_domain_reason(rcpt)
         self._log_decision("denied", [rcpt], "unknown_domain", reason)
         self._spool_denied([rcpt], "unknown_domain", reason)
         self.setreply(*SMTP_DENY, f"<{rcpt}>: {reason}")
@@ -184,8 +195,18 @@ class MxhookMilter(Milter.Base):
         self.queue_id = self.getsymval("i") or ""
         if self.outbound:
             return Milter.CONTINUE  # the queued events are written at end of message
+        content_types = self._header("content-type")
+        self.dsn = self.mail_from == "" and bool(content_types) and bounces.is_dsn_content_type(
+            decode_value(content_types[0]))
+        if self.held and not self.dsn:
+            reason = unknown_domain_reason(self.held[0])
+            if not self.managed and not self.passed:
+                return self._deny(self.held, "unknown_domain", reason)
+            self._log_decision("denied", self.held, "unknown_domain", reason)
+            self._spool_denied(self.held, "unknown_domain", reason)
         if not self.managed:
-            return Milter.ACCEPT  # only pass-through recipients: not our mail
+            # Only pass-through (or held DSN) recipients: not ours, unless it is a bounce report.
+            return Milter.CONTINUE if (self.dsn or self.held) else Milter.ACCEPT
         decision = decide(
             self.snapshot.ruleset, self.snapshot.domains, self.managed, self.raw_headers,
             enabled_heuristics=self.settings.heuristics,
@@ -197,9 +218,9 @@ class MxhookMilter(Milter.Base):
         if decision.verdict is not None:
             filt = "heuristic:" + decision.verdict.heuristic
             return self._deny(self.managed, filt, decision.verdict.reason)
-        if not decision.accepted and not self.passed:
+        if not decision.accepted and not self.passed and not self.dsn:
             return self._deny(decision.denied, "no_rule", decision.reason())
-        # Accepted, or only pass-through recipients want it: eom removes the denied ones.
+        # Accepted, a bounce report, or pass-through recipients want it: eom drops the denied.
         self.decision = decision
         return Milter.CONTINUE
 
@@ -217,41 +238,51 @@ class MxhookMilter(Milter.Base):
         if self.outbound:
             return self._outbound_eom()
         decision = self.decision
-        if decision is None:  # eoh already answered; nothing to do (test harnesses call eom)
+        if decision is None and not (self.dsn or self.held):  # eoh already answered
             return Milter.CONTINUE
         self.queue_id = self.getsymval("i") or self.queue_id
-        if not decision.accepted:  # only pass-through recipients keep the message
-            return self._finish(decision, [])
         size = sum(map(len, self.header_block)) + 2 + self.body_size
         if size > self.settings.max_message_size:
             self.setreply("552", "5.3.4", f"message size {size} exceeds the limit of "
                           f"{self.settings.max_message_size} bytes for webhook delivery")
-            self._log_decision("denied", self.managed, "size", "message too large")
+            self._log_decision("denied", self.managed + self.held, "size", "message too large")
             return Milter.REJECT
         raw = b"".join(self.header_block) + b"\r\n" + b"".join(self.body_chunks)
-        groups = decision.grouped()
-        meta = self._envelope_meta()
-        meta["deliveries"] = [
-            {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
-        ]
         try:
-            record = spool.Record(spool.new_id(), "inbound", meta, raw)
-            spool.write(self.settings.spool_dir, record, durable=True)
+            if self.dsn:
+                self._spool_dsn_events(raw)
+            groups = decision.grouped() if decision else []
+            if groups:
+                meta = self._envelope_meta()
+                meta["deliveries"] = [
+                    {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
+                ]
+                record = spool.Record(spool.new_id(), "inbound", meta, raw)
+                spool.write(self.settings.spool_dir, record, durable=True)
+                names = ",".join(rule.name for rule, _ in groups)
+                self._log_decision("accepted", [r for _, rs in groups for r in rs], names,
+                                   f"spooled as {record.id}")
         except OSError as exc:
             log.error("queue id %s: cannot spool message (%s); answering 451", self.queue_id, exc)
             self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot store the message right now, try again later")
             return Milter.TEMPFAIL
-        names = ",".join(rule.name for rule, _ in groups)
-        self._log_decision("accepted", [r for _, rs in groups for r in rs], names, f"spooled as {record.id}")
         return self._finish(decision, groups)
 
-    def _finish(self, decision: Decision, groups) -> int:
-        """Denied recipients of an accepted message, and those of `--discard` rules, are
-        removed; if that leaves nobody, the whole message is discarded."""
-        if decision.denied:
-            self._note_denied(decision.denied)
-        drop = set(decision.denied) | {r for rule, rs in groups if rule.discard for r in rs}
-        if drop and not self.passed and drop >= set(self.managed):
+    def _spool_dsn_events(self, raw: bytes) -> None:
+        found = bounces.events_from_dsn(raw, key=self.queue_id or spool.new_id())
+        spool.write_many(self.settings.spool_dir, [events.to_record(e) for e in found])
+        self._log_decision("bounce-report", self.managed + self.held + self.passed, "dsn",
+                           f"{len(found)} event(s) for " + ",".join(sorted({e.recipient or "?" for e in found})))
+
+    def _finish(self, decision: Decision | None, groups) -> int:
+        """Denied recipients of an accepted message, those of `--discard` rules, and held
+        recipients of a bounce report (consumed as events) are removed; if that leaves nobody,
+        the whole message is discarded."""
+        denied = decision.denied if decision else []
+        if denied and not self.dsn:
+            self._note_denied(denied)
+        drop = set(denied) | set(self.held) | {r for rule, rs in groups if rule.discard for r in rs}
+        if drop and not self.passed and drop >= set(self.managed) | set(self.held):
             return Milter.DISCARD
         for rcpt in drop:
             self.delrcpt(f"<{rcpt}>")

@@ -245,3 +245,45 @@ def test_rule_edits_reach_the_running_milter(env):
         assert time.monotonic() < deadline, "rule change not picked up within 5 s"
         time.sleep(0.02)
     assert send(ctx, ["<support@ours.example>"], HEADERS)[1] == Milter.ACCEPT
+
+
+DSN_FIXTURE = os.path.join(os.path.dirname(__file__), "..", "unit", "fixtures", "maillog", "dsn_remote_exchange.eml")
+
+
+def feed_raw(ctx, raw: bytes, rcpts, mail_from="<>"):
+    head, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+    headers = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and headers:
+            headers[-1] = (headers[-1][0], headers[-1][1] + b"\n" + line)
+        else:
+            name, _, value = line.partition(b":")
+            headers.append((name.decode(), value))
+    return send(ctx, rcpts, headers, body=body.replace(b"\n", b"\r\n"), mail_from=mail_from)
+
+
+def test_bounce_report_for_our_mail_becomes_events_even_for_a_foreign_domain(env):
+    ctx = env()
+    raw = open(DSN_FIXTURE, "rb").read()
+    assert feed_raw(ctx, raw, ["<app@example.org>"]) == ("eom", Milter.DISCARD)
+    evs = sorted((r.meta for r in records(env.spool_dir)), key=lambda m: m["recipient"])
+    assert [(e["type"], e["recipient"], e["bounce_type"]) for e in evs] == [
+        ("bounced", "former.employee@contoso.example", "hard"),
+        ("bounced", "full.box@contoso.example", "soft"),
+        ("deferred", "slow@contoso.example", None)]
+    assert {e["message_id"] for e in evs} == {"<20261122120001.1@example.org>"}
+
+
+def test_null_sender_mail_that_is_no_bounce_report_is_refused_for_foreign_domains(env):
+    ctx = env()
+    rc = send(ctx, ["<x@elsewhere.example>"], HEADERS, mail_from="<>")
+    assert rc == ("eoh", Milter.REJECT) and "elsewhere.example is not enabled" in ctx._reply[2]
+    assert records(env.spool_dir)[0].meta["filter"] == "unknown_domain"
+
+
+def test_bounce_report_to_a_rule_recipient_is_posted_and_yields_events(env):
+    ctx = env()
+    raw = open(DSN_FIXTURE, "rb").read().replace(b"To: app@example.org", b"To: sales@ours.example")
+    assert feed_raw(ctx, raw, ["<sales@ours.example>"]) == ("eom", Milter.ACCEPT)
+    kinds = sorted(r.kind for r in records(env.spool_dir))
+    assert kinds == ["event", "event", "event", "inbound"]
