@@ -114,6 +114,17 @@ class Parsed:
     queue_id: str | None  # None for NOQUEUE and lines without a queue id
     msg: str  # the text after 'tag[pid]: '
     data: dict = field(default_factory=dict)  # kind-specific fields (see module doc)
+    # resolution of the time stamp in microseconds: 1_000_000 for whole seconds (traditional
+    # syslog, maillog_file), 1 for microseconds (RFC 3339 with 6 digits, journald)
+    at_res_us: int = 1
+
+    def id_us(self) -> int | None:
+        """The time for event ids: the *end* of the stamp's resolution. A line stamped
+        12:00:01 was written somewhere in [12:00:01, 12:00:02); ids sort by time and the spooler
+        ingests in id order, so an id at 12:00:01.000000 would sort before the milter's
+        `queued` event of 12:00:01.5 for the very message this line delivered, and the outcome
+        would reach the endpoint before its `queued`. At the end of the second it cannot."""
+        return None if self.at_us is None else self.at_us + self.at_res_us - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +240,10 @@ def _parse_line(line: str, now: float | None) -> Parsed | None:
         at_us = at = None
     tag = g("tag")
     pid = g("pid")
-    return parse_message(g("msg"), at=at, at_us=at_us, host=g("host"), program=tag,
-                         pid=int(pid) if pid else None)
+    p = parse_message(g("msg"), at=at, at_us=at_us, host=g("host"), program=tag,
+                      pid=int(pid) if pid else None)
+    p.at_res_us = 10 ** (6 - min(6, len(frac) - 1)) if frac else 1_000_000
+    return p
 
 
 def parse_message(msg: str, *, at: str | None = None, at_us: int | None = None, host: str = "",
@@ -448,7 +461,7 @@ class Correlator:
                 self.counts["null_sender"] = self.counts.get("null_sender", 0) + 1
                 return []
         text = d["text"] if d["text"] is not None else d["tail"]
-        remote_host, reply, _cmd = split_status_text(text)
+        remote_host, reply, cmd = split_status_text(text)
         relay = d["relay"]
         if remote_host is None and relay not in ("none", "local", "virtual") and "[" in relay:
             rm = _RELAY_HOST.match(relay)
@@ -457,7 +470,10 @@ class Correlator:
         dsn = d["dsn"]
         bounce_type = None
         if etype == "bounced" or etype == "deferred":
-            bounce_type, dsn = bounces.classify(dsn, reply or text, status)
+            # classify needs the SMTP command the reply answered (a generic 5.3.x refusal of
+            # RCPT TO is a hard bounce, after DATA a soft one), which split_status_text took off
+            basis = f"{reply} (in reply to {cmd} command)" if reply and cmd else (reply or text)
+            bounce_type, dsn = bounces.classify(dsn, basis, status)
             if etype == "deferred":
                 bounce_type = None
         queued_as = None
@@ -466,14 +482,14 @@ class Correlator:
             if qm:
                 queued_as = qm.group("qid")
         at = p.at or events.now_iso()
-        at_us = p.at_us if p.at_us is not None else events.us_from_iso(at)
+        id_us = p.id_us() if p.at_us is not None else events.us_from_iso(at)
         recipient = d["to"]
         try:
             delay = float(d["delay"])
         except ValueError:
             delay = None
         ev = events.Event(
-            type=etype, at=at, id=events.event_id(at_us, "log", key, p.msg, recipient),
+            type=etype, at=at, id=events.event_id(id_us, "log", key, p.msg, recipient),
             source="log", queue_id=qid, recipient=recipient, orig_recipient=d["orig_to"],
             sender=st.sender if st else None, message_id=st.message_id if st else None,
             dsn=dsn, bounce_type=bounce_type, remote_host=remote_host,
@@ -502,13 +518,13 @@ class Correlator:
         if self.ignore_null_sender and sender == "":
             return []
         at = p.at or events.now_iso()
-        at_us = p.at_us if p.at_us is not None else events.us_from_iso(at)
+        id_us = p.id_us() if p.at_us is not None else events.us_from_iso(at)
         out = []
         deferred = list(st.deferred.values()) if st is not None and st.deferred else []
         for last in deferred or [None]:
             rcpt = last.recipient if last else None
             out.append(events.Event(
-                type="failed", at=at, id=events.event_id(at_us, "log", key, p.msg, rcpt or ""),
+                type="failed", at=at, id=events.event_id(id_us, "log", key, p.msg, rcpt or ""),
                 source="log", queue_id=qid, recipient=rcpt,
                 orig_recipient=last.orig_recipient if last else None, sender=sender,
                 message_id=st.message_id if st else None,

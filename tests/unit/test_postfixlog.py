@@ -207,9 +207,9 @@ def test_real_postfix_instance_log():
     evs, c = run("postfix37_private_instance.log")
     got = {(e.queue_id, e.recipient, e.type, e.bounce_type) for e in evs}
     expected = {
-        ("4jXTcH35BWzJBc3", "a@dest.example", "bounced", "soft"),  # smtp-sink -f: 500 5.3.0
-        ("4jXTcH35BWzJBc3", "b@dest.example", "bounced", "soft"),
-        ("4jXTcH39PhzJBc4", "nobody@ours.example", "bounced", "soft"),
+        ("4jXTcH35BWzJBc3", "a@dest.example", "bounced", "hard"),  # smtp-sink -f: 500 5.3.0 in reply to RCPT TO
+        ("4jXTcH35BWzJBc3", "b@dest.example", "bounced", "hard"),
+        ("4jXTcH39PhzJBc4", "nobody@ours.example", "bounced", "hard"),
         ("4jXTcM4WllzJBd8", "a@dest.example", "deferred", None),
         ("4jXTcM4c7szJBd7", "nobody@ours.example", "deferred", None),
         ("52D7F20CB7E", "a@dest.example", "succeeded", None),
@@ -344,8 +344,8 @@ def test_ids_are_deterministic_per_position_and_line():
     assert len({e.id for e in a}) == 2
     c = feed_all(Correlator(), raw, key_prefix="other-inode")
     assert not {e.id for e in a} & {e.id for e in c}
-    # ids sort by the line's time
-    assert a[0].id[:16] == f"{events.us_from_iso('2026-11-22T12:00:02Z') * 1000:016x}"
+    # ids sort by the line's time (the end of its whole-second stamp)
+    assert a[0].id[:16] == f"{(events.us_from_iso('2026-11-22T12:00:02Z') + 999_999) * 1000:016x}"
 
 
 def test_removed_forgets_and_state_is_bounded():
@@ -388,6 +388,40 @@ def test_bounced_after_deferred_is_not_failed_again_at_expiry():
     assert [(e.type, e.recipient) for e in evs] == [
         ("deferred", "a@x"), ("deferred", "b@x"), ("bounced", "a@x"), ("failed", "b@x")]
     assert evs[2].bounce_type == "hard" and evs[2].reply == "550 5.1.1 unknown user"
+
+
+def test_generic_refusal_of_rcpt_to_is_a_hard_bounce_after_data_soft():
+    # what `smtp-sink -f RCPT` answers: the command the reply answered decides (bounces.classify)
+    raw = [
+        "Nov 22 12:00:01 mail postfix/qmgr[1]: 4A1B2C3D4E: from=<app@x>, size=1, nrcpt=2 (queue active)",
+        DELIVERY.format(qid="4A1B2C3D4E", rcpt="a@x", dsn="5.3.0", status="bounced (host mx.x[192.0.2.1] said: 500 5.3.0 Error: command failed (in reply to RCPT TO command))"),
+        DELIVERY.format(qid="4A1B2C3D4E", rcpt="b@x", dsn="5.3.0", status="bounced (host mx.x[192.0.2.1] said: 554 5.3.0 Error: command failed (in reply to end of DATA command))"),
+    ]
+    a, b = feed_all(Correlator(), raw)
+    assert (a.bounce_type, a.dsn, a.reply) == ("hard", "5.3.0", "500 5.3.0 Error: command failed")
+    assert (b.bounce_type, b.dsn) == ("soft", "5.3.0")
+    assert a.diagnostic.endswith("(in reply to RCPT TO command)")
+
+
+def test_log_event_ids_sort_after_everything_in_the_second_of_their_stamp():
+    # maillog_file and traditional syslog stamp whole seconds: the delivery of a message queued
+    # at 12:00:02.7 is stamped 12:00:02. Its id must not sort before the milter's `queued` id
+    # (the spooler ingests in id order), so it takes the end of the second; `at` stays as logged.
+    line = DELIVERY.format(qid="4A1B2C3D4E", rcpt="a@x", dsn="2.0.0", status="sent (250 ok)")
+    (e,) = feed_all(Correlator(), [line])
+    second_us = events.us_from_iso(e.at)
+    assert e.at.endswith(":02.000000Z")
+    queued_id = events.event_id(second_us + 700_000, "milter")  # a spool.new_id() of 12:00:02.7
+    assert e.id > queued_id
+    assert int(e.id[:16], 16) == (second_us + 999_999) * 1000
+    assert e.id < events.event_id(second_us + 1_000_000, "next second")
+    # a stamp with microseconds is exact; with milliseconds, the end of the millisecond
+    iso = line.replace("Nov 22 12:00:02", "2026-11-22T12:00:02.250000+00:00")
+    (e,) = feed_all(Correlator(), [iso])
+    assert int(e.id[:16], 16) == events.us_from_iso("2026-11-22T12:00:02.25Z") * 1000
+    (e,) = feed_all(Correlator(), [iso.replace(".250000+", ".250+")])
+    assert int(e.id[:16], 16) == (events.us_from_iso("2026-11-22T12:00:02.25Z") + 999) * 1000
+    assert e.at == "2026-11-22T12:00:02.250000Z"
 
 
 def test_every_event_round_trips():
