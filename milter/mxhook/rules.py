@@ -89,6 +89,50 @@ def check_regex(pattern: str) -> None:
         raise RuleError(f"invalid regex {pattern!r}: {exc}") from None
 
 
+_PATTERN_TOKEN = regex.compile(r"""
+    \\(?P<ref>[1-9]|g<|k<)            # a backreference
+  | \\.                              # any other escape: never a quantifier
+  | \[\^?\]?(?:\\.|[^\]\\])*\]          # a character class: its * + ? { are literal
+  | \(\?(?P<named>P=)?                # a group prefix: its ? is no quantifier
+  | (?P<rep>[*+]|\{\d*,?\d*\})        # a repeat
+  | (?P<opt>\?)                       # optional (or a lazy marker)
+  | .""", regex.VERBOSE | regex.DOTALL)
+
+
+def backtracking_risk(pattern: str) -> str | None:
+    """Why a pattern may take more than linear time, or None when it cannot backtrack.
+
+    A pattern without any quantifier or backreference (literals, anchors, classes, alternation
+    of literals) runs in linear time; it is matched without the regex time bound, whose setup
+    costs more than such a search. Everything else is matched with the bound. Two or more
+    repeats (nested like `(a+)+`, or in a row like `.*a.*b`) or a backreference can backtrack
+    catastrophically: `mxhook rule add` warns about those (`is_catastrophic_risk`).
+    """
+    repeats = optionals = refs = 0
+    for m in _PATTERN_TOKEN.finditer(pattern):
+        if m.group("rep"):
+            repeats += 1
+        elif m.group("opt"):
+            optionals += 1
+        elif m.group("ref") or m.group("named"):
+            refs += 1
+    if refs:
+        return "uses a backreference (matching time can grow exponentially)"
+    if repeats >= 2:
+        return (f"has {repeats} repeats (*, +, {{n,m}}): nested or adjacent ones can backtrack "
+                "catastrophically on long header values")
+    if repeats or optionals:
+        return "has a quantifier (bounded in time, not catastrophic on its own)"
+    return None
+
+
+def is_catastrophic_risk(pattern: str) -> bool:
+    """True when `mxhook rule add` should warn: the pattern may hit the time bound on hostile
+    input, and a pattern that times out counts as no match."""
+    risk = backtracking_risk(pattern)
+    return risk is not None and not risk.startswith("has a quantifier")
+
+
 def _check_range(what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
     lo, hi = bounds
     if not lo <= value <= hi:
@@ -194,19 +238,28 @@ class RuleSet:
         self.rules = tuple(sorted(rules, key=lambda r: (r.priority, r.id or 0, r.name)))
         self.regex_timeout = regex_timeout
         self._compiled = {
-            (c.pattern): regex.compile(c.pattern, regex.IGNORECASE)
-            for r in self.rules for c in r.conditions
+            c.pattern: regex.compile(c.pattern, regex.IGNORECASE) for r in self.rules for c in r.conditions
         }
+        # Per pattern: the time bound, or None for patterns that cannot backtrack (cheaper).
+        self._timeouts = {p: (regex_timeout if backtracking_risk(p) else None) for p in self._compiled}
+        # The milter's hot path: enabled rules, each as (rule, [(is_rcpt, header, search,
+        # timeout, negate, condition)]).
+        self._plan = [
+            (r, [(c.header == ENVELOPE_RECIPIENT, c.header, self._compiled[c.pattern].search,
+                  self._timeouts[c.pattern], c.negate, c) for c in r.conditions])
+            for r in self.rules if r.enabled
+        ]
 
     def __len__(self) -> int:
         return len(self.rules)
 
     def _check(self, cond: Condition, values: list[str]) -> ConditionResult:
         pattern = self._compiled[cond.pattern]
+        timeout = self._timeouts[cond.pattern]
         hit = None
         for value in values:
             try:
-                if pattern.search(value, timeout=self.regex_timeout):
+                if pattern.search(value, timeout=timeout):
                     hit = value
                     break
             except TimeoutError:
@@ -228,18 +281,39 @@ class RuleSet:
 
     def match(self, recipient: str, headers: dict[str, list[str]], *, explain: bool = False) -> MatchResult:
         """First enabled rule whose conditions all hold for this recipient. With explain=True
-        every rule is evaluated (for `mxhook rule test`); otherwise evaluation stops at the
-        first match and disabled rules are skipped."""
+        every rule is evaluated and reported (for `mxhook rule test`); otherwise evaluation
+        stops at the first match, and only timed-out conditions are reported."""
+        if not explain:
+            return self._first_match(recipient, headers)
         result = MatchResult(recipient, None)
         for rule in self.rules:
-            if not rule.enabled and not explain:
-                continue
             rr = self.evaluate(rule, recipient, headers) if rule.enabled else RuleResult(rule, False)
             result.evaluated.append(rr)
             if rr.matched and result.rule is None:
                 result.rule = rule
-                if not explain:
+        return result
+
+    def _first_match(self, recipient: str, headers: dict[str, list[str]]) -> MatchResult:
+        result = MatchResult(recipient, None)
+        rcpt_values = [recipient]
+        empty: list[str] = []
+        for rule, conditions in self._plan:
+            for is_rcpt, header, search, timeout, negate, cond in conditions:
+                values = rcpt_values if is_rcpt else headers.get(header, empty)
+                hit = False
+                try:
+                    for value in values:
+                        if search(value, timeout=timeout):
+                            hit = True
+                            break
+                except TimeoutError:
+                    result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
                     break
+                if hit == negate:
+                    break
+            else:
+                result.rule = rule
+                return result
         return result
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
@@ -50,12 +51,62 @@ def ensure_dirs(spool_dir: str, mode: int = 0o750) -> None:
         os.makedirs(os.path.join(spool_dir, sub), mode=mode, exist_ok=True)
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync_dir_now(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _GroupSync:
+    """Group commit for directory fsyncs: concurrent writers (milter threads) share one fsync.
+
+    A writer's rename is durable once an fsync of the directory that *started after* the rename
+    has finished. So a caller needs sync number `started + 1` (the one in progress, if any,
+    began too early); whoever finds none running starts it, the others wait for it. Under load
+    one fsync covers every rename that happened while the previous one ran.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._started: dict[str, int] = {}
+        self._done: dict[str, int] = {}
+        self._running: set[str] = set()
+        self._errors: dict[str, tuple[int, OSError]] = {}
+
+    def sync(self, path: str) -> None:
+        with self._cond:
+            need = self._started.get(path, 0) + 1
+            while self._done.get(path, 0) < need:
+                if path in self._running:
+                    self._cond.wait()
+                    continue
+                number = self._started[path] = self._started.get(path, 0) + 1
+                self._running.add(path)
+                self._cond.release()
+                error = None
+                try:
+                    _fsync_dir_now(path)
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._running.discard(path)
+                    self._done[path] = number
+                    if error is not None:
+                        self._errors[path] = (number, error)
+                    self._cond.notify_all()
+            failed = self._errors.get(path)
+            if failed is not None and failed[0] >= need:
+                raise failed[1]
+
+
+_group_sync = _GroupSync()
+
+
+def _fsync_dir(path: str) -> None:
+    _group_sync.sync(path)
 
 
 def encode(record: Record) -> bytes:

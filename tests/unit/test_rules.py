@@ -101,3 +101,28 @@ def test_catastrophic_pattern_times_out_and_counts_as_no_match():
     assert m.rule is None
     assert m.timeouts and m.timeouts[0].condition.pattern == "^(a|a)*$"
     assert "timed out" in rs.match("a@b", {"subject": ["a" * 40 + "b"]}, explain=True).evaluated[0].reason()
+
+
+@pytest.mark.parametrize("pattern,risk", [
+    (r"^ticket-5\b", None),
+    (r"@ours\.example$", None),
+    (r"(?i)^(sales|support)@", None),
+    (r"[*+?{}]", None),                      # literal inside a class
+    (r"a\*b\+c\?", None),                      # escaped
+    (r"^inv.*", "quantifier"),
+    (r"colou?r", "quantifier"),
+    (r"^(a+)+$", "repeats"),
+    (r".*foo.*bar", "repeats"),
+    (r"(a|a){1,30}x{2}", "repeats"),
+    (r"(x)\1", "backreference"),
+    (r"(?P<w>x)(?P=w)", "backreference"),
+])
+def test_backtracking_risk(pattern, risk):
+    found = rules.backtracking_risk(pattern)
+    assert (found is None) if risk is None else (risk in found)
+    assert rules.is_catastrophic_risk(pattern) == (risk in ("repeats", "backreference"))
+
+
+def test_only_patterns_without_quantifiers_skip_the_time_bound():
+    rs = RuleSet([rule(conditions=("Subject~^plain", "From~a+"))], regex_timeout=0.2)
+    assert rs._timeouts == {"^plain": None, "a+": 0.2}

@@ -48,3 +48,33 @@ def test_move_bad_keeps_file_and_reason(tmp_path):
     target = spool.move_bad(str(tmp_path), str(path), "bad magic")
     assert open(target, "rb").read() == b"junk"
     assert open(target + ".reason").read() == "bad magic\n"
+
+
+def test_concurrent_writers_share_directory_fsyncs_and_lose_nothing(tmp_path, monkeypatch):
+    import threading
+    import time as _time
+
+    spool.ensure_dirs(str(tmp_path))
+    calls = []
+    real = spool._fsync_dir_now
+
+    def slow_fsync(path):
+        calls.append(path)
+        _time.sleep(0.005)  # a slow disk: writers pile up behind the running fsync
+        real(path)
+
+    monkeypatch.setattr(spool, "_fsync_dir_now", slow_fsync)
+    ids = [[spool.new_id() + f"{t:02d}{i:03d}" for i in range(20)] for t in range(8)]
+
+    def writer(my_ids):
+        for rid in my_ids:
+            spool.write(str(tmp_path), spool.Record(rid, "inbound", {}, b"x"))
+
+    threads = [threading.Thread(target=writer, args=(chunk,)) for chunk in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    names = {p.rsplit("/", 1)[1][:-4] for p in spool.pending(str(tmp_path))}
+    assert names == {rid for chunk in ids for rid in chunk}
+    assert len(calls) < 160 / 2, f"{len(calls)} directory fsyncs for 160 writes: no group commit"
