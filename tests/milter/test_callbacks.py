@@ -50,7 +50,7 @@ def send(ctx, rcpts, headers, body=b"Hello\r\n", mail_from="<alice@sender.exampl
     """Drive one message through the callbacks the way libmilter does; return (stage, rc)."""
     ctx._setsymval("i", queue_id)
     rc = ctx._envfrom(mail_from)
-    if rc != Milter.CONTINUE:
+    if rc not in (Milter.CONTINUE, Milter.NOREPLY):  # envfrom is @noreply
         return "mail", rc
     for r in rcpts:
         rc = ctx._envrcpt(r)
@@ -175,7 +175,7 @@ def test_blocked_recipient_is_refused_and_reported(env):
     ctx = env()
     ctx._setsymval("{auth_authen}", "app1")
     ctx._setsymval("i", "4QB")
-    assert ctx._envfrom("<alice@sender.example>") == Milter.CONTINUE
+    assert ctx._envfrom("<alice@sender.example>") == Milter.NOREPLY
     assert ctx._envrcpt("<Gone@Else.Example>") == Milter.REJECT
     assert ctx._reply[:2] == ("550", "5.1.1") and "block list" in ctx._reply[2]
     assert ctx._envrcpt("<ok@else.example>") == Milter.CONTINUE
@@ -287,3 +287,12 @@ def test_bounce_report_to_a_rule_recipient_is_posted_and_yields_events(env):
     assert feed_raw(ctx, raw, ["<sales@ours.example>"]) == ("eom", Milter.ACCEPT)
     kinds = sorted(r.kind for r in records(env.spool_dir))
     assert kinds == ["event", "event", "event", "inbound"]
+
+
+def test_failure_in_the_unanswered_mail_from_callback_answers_451_at_rcpt(env, monkeypatch):
+    ctx = env()
+    monkeypatch.setattr(MxhookMilter, "_direction", lambda self: 1 / 0)
+    assert send(ctx, ["<sales@ours.example>"], HEADERS) == ("rcpt", Milter.TEMPFAIL)
+    assert ctx._reply[:2] == ("451", "4.3.0")
+    monkeypatch.undo()
+    assert send(ctx, ["<sales@ours.example>"], HEADERS)[1] == Milter.ACCEPT  # next message is fine
