@@ -14,13 +14,17 @@
 #      from the installed unit files; check the socket is 0660 group postfix and that the
 #      postfix user can connect and negotiate the milter protocol, and a user outside group
 #      postfix cannot; run the CLI as root and check the daemons can read what it wrote;
-#   6. HOOK: end to end through a private Postfix (see run_hook below);
+#   6. end to end through a private Postfix (scripts/package-e2e.py): its main.cf wired by the
+#      packaged `mxhook postfix-config --apply`, `mxhook check` passing, a rule added with the
+#      packaged CLI, a message sent over SMTP and its webhook received on loopback; then the
+#      optional MXHOOK_PACKAGE_TEST_HOOK (see run_hook);
 #   7. apt-get remove keeps data and config; reinstalling respects an admin's
 #      dpkg-statoverride; apt-get purge leaves nothing (user, group, directories, /etc/mxhook,
 #      /usr/bin scripts, units, python module).
 #
-# Never touches the system Postfix: no main.cf/master.cf edits, no `postfix start`, no port 25.
-# Everything it starts, installs or adds is undone by the EXIT trap, also on failure.
+# Never touches the system Postfix: no main.cf/master.cf edits, no `postfix start`, no port 25
+# (its configuration is only read, by `mxhook check`). Everything it starts, installs or adds is
+# undone by the EXIT trap, also on failure.
 #
 # Environment:
 #   MXHOOK_PACKAGE_TEST_KEEP=1   keep the work directory (build tree, .deb, logs)
@@ -73,6 +77,7 @@ show_logs() {
 cleanup() {
     local rc=$?
     set +e
+    stop_private_postfix
     for name in "${!DAEMON_PID[@]}"; do stop_daemon "$name"; done
     if [ "$STATOVERRIDE_BY_US" = 1 ]; then
         dpkg-statoverride --remove /var/spool/mxhook >/dev/null 2>&1
@@ -90,6 +95,21 @@ cleanup() {
         fi
     fi
     exit "$rc"
+}
+# The private Postfix of step 6 and its smtp-sink, should package-e2e.py not have stopped them
+# itself (killed): the master by `postfix -c DIR stop`, the sink by the pid it wrote down.
+stop_private_postfix() {
+    [ -n "$WORK" ] || return 0
+    local etc=$WORK/postfix/etc pidfile=$WORK/postfix/queue/pid/master.pid pid
+    if [ -f "$pidfile" ] && kill -0 "$(awk '{print $1; exit}' "$pidfile")" 2>/dev/null; then
+        postfix -c "$etc" stop >/dev/null 2>&1
+    fi
+    if [ -f "$WORK/e2e.pids" ]; then
+        while read -r pid; do
+            [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = smtp-sink ] && kill -TERM "$pid"
+        done <"$WORK/e2e.pids"
+        rm -f "$WORK/e2e.pids"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -109,6 +129,8 @@ if getent passwd mxhook >/dev/null || getent group mxhook >/dev/null; then
 fi
 ok "no stray mxhook user or group"
 WORK=$(mktemp -d /tmp/mxhook-package-test.XXXXXX)
+# The private Postfix of step 6 lives in $WORK/postfix: the postfix user must traverse $WORK.
+chmod 0711 "$WORK"
 
 # Package maintainer scripts must not start services here (there is no systemd; invoke-rc.d
 # would start init scripts, e.g. Postfix's if apt has to install or configure it). Debian's
@@ -218,6 +240,14 @@ for u in "${UNITS[@]}"; do
         check "systemd-analyze verify $u.service" systemd-analyze verify "$UNITDIR/$u.service"
     fi
 done
+
+# Step 6 posts to a receiver on 127.0.0.1, which the SSRF guard refuses unless allowlisted: set
+# it as an admin would (uncomment the key in the conffile), before the daemons start.
+sed -i 's|^#allow_networks =.*$|allow_networks = 127.0.0.1/32|' "$CONF"
+check "$CONF: [http] allow_networks = 127.0.0.1/32 for step 6's loopback receiver" \
+    /usr/bin/python3 -I -c "
+from mxhook import config
+assert [str(n) for n in config.load('$CONF').networks('http', 'allow_networks')] == ['127.0.0.1/32']"
 
 # --------------------------------------------------------------------------------------------
 say "run the daemons as their units would"
@@ -352,20 +382,30 @@ conn = sqlite3.connect('file:/var/lib/mxhook/rules.db?mode=rw', uri=True)
 assert [r[0] for r in conn.execute('SELECT name FROM domains')] == ['package-test.example']"
 
 # --------------------------------------------------------------------------------------------
-# HOOK: end to end through a private Postfix with the installed package.
-#
-# Here the package is installed and both daemons run as their units would, with the packaged
-# config. The extension (issue 5's proof) goes here: configure a private Postfix instance
-# (own config and queue dirs, 127.0.0.1 on a free port; never the system instance) with the
-# `mxhook postfix-config` output adapted to it, add a rule pointing at a loopback receiver, send
-# mail, see the webhook arrive. Note the packaged socket lives under the *system* queue
-# directory; a private instance's smtpd is chrooted in its own queue directory, so point it at
-# the absolute path (unix:/var/spool/postfix/mxhook/milter.sock) with chroot "n" in its
-# master.cf, or run the milter with a [milter] socket inside the private queue dir.
-#
-# Either edit run_hook, or set MXHOOK_PACKAGE_TEST_HOOK to an executable: it runs as root with
-# MXHOOK_CONFIG, MXHOOK_SOCKET, MXHOOK_MILTER_PID, MXHOOK_SPOOLER_PID and
-# MXHOOK_PACKAGE_TEST_WORK exported, and must exit 0.
+say "end to end: a private Postfix wired by mxhook postfix-config, mail in, webhook out"
+# scripts/package-e2e.py (Debian's python3, the packaged /usr/bin/mxhook, the repository's
+# stdlib-only Postfix and receiver harness). The private instance's queue directory is not
+# /var/spool/postfix, so postfix-config names the packaged socket by its absolute path; the
+# harness runs that instance's smtpd unchrooted, so it reaches the socket the package made.
+E2E_START=$SECONDS
+if MXHOOK_SRC=$SRC MXHOOK_PACKAGE_TEST_WORK=$WORK MXHOOK_SOCKET=$SOCKET \
+        MXHOOK_DOMAIN=package-test.example \
+        /usr/bin/python3 -I "$SRC/scripts/package-e2e.py" >"$WORK/e2e.out" 2>"$WORK/e2e.log"; then
+    while read -r line; do ok "${line#ok   }"; done < <(grep '^ok ' "$WORK/e2e.out")
+    ok "end to end in $((SECONDS - E2E_START)) s"
+else
+    rc=$?
+    { grep '^ok ' "$WORK/e2e.out" || true; } | sed 's/^/     /'
+    why=$(grep '^FAIL ' "$WORK/e2e.out" | head -n 1 | cut -c6- || true)
+    fail "end to end: ${why:-scripts/package-e2e.py exited with status $rc} (see e2e.log)"
+fi
+alive mxhook-milter || fail "mxhook-milter exited during the end-to-end step (see mxhook-milter.log)"
+alive mxhook-spooler || fail "mxhook-spooler exited during the end-to-end step (see mxhook-spooler.log)"
+
+# HOOK: further checks against the installed package, with both daemons still running.
+# Set MXHOOK_PACKAGE_TEST_HOOK to an executable: it runs as root with MXHOOK_CONFIG,
+# MXHOOK_SOCKET, MXHOOK_MILTER_PID, MXHOOK_SPOOLER_PID and MXHOOK_PACKAGE_TEST_WORK exported, and
+# must exit 0.
 run_hook() {
     local hook=${MXHOOK_PACKAGE_TEST_HOOK:-}
     [ -n "$hook" ] || return 0

@@ -53,8 +53,56 @@ def entry_socket(entry: str) -> str:
     return inner.strip()
 
 
-def merge_milters(current: str, our_socket: str) -> str:
-    entries = [e for e in split_milters(current) if entry_socket(e) != our_socket]
+def entry_options(entry: str) -> dict[str, str]:
+    """'{ unix:x, default_action=tempfail, connect_timeout=10s }' -> {'default_action':
+    'tempfail', 'connect_timeout': '10s'} (a bare socket has none)."""
+    inner = entry.strip()
+    if not inner.startswith("{"):
+        return {}
+    options = {}
+    for part in inner.strip("{} ").split(",")[1:]:
+        name, sep, value = part.partition("=")
+        if sep:
+            options[name.strip()] = value.strip()
+    return options
+
+
+def socket_file(spec: str, queue_dir: str) -> str | None:
+    """The file a unix socket name means to Postfix: a relative name is resolved against
+    queue_directory (smtpd's working directory, chrooted or not). None for inet: sockets."""
+    if not spec.startswith(("unix:", "local:")):
+        return None
+    path = spec.split(":", 1)[1]
+    return os.path.normpath(path if path.startswith("/") else os.path.join(queue_dir, path))
+
+
+def same_socket(a: str, b: str, queue_dir: str) -> bool:
+    """Do two milter names reach the same socket (`unix:mxhook/milter.sock` and
+    `unix:/var/spool/postfix/mxhook/milter.sock` do, with the default queue_directory)?"""
+    if a == b:
+        return True
+    fa, fb = socket_file(a, queue_dir), socket_file(b, queue_dir)
+    return fa is not None and fa == fb
+
+
+def find_entry(milters: str, socket_spec: str, queue_dir: str) -> str | None:
+    """The entry of a milter list that reaches mxhook's socket (`socket_spec` as in
+    mxhook.conf or as Postfix names it), or None."""
+    ours = postfix_socket(socket_spec, queue_dir)
+    for entry in split_milters(milters):
+        if same_socket(entry_socket(entry), ours, queue_dir):
+            return entry
+    return None
+
+
+def merge_milters(current: str, our_socket: str, queue_dir: str | None = None) -> str:
+    """Append our entry; an entry for the same socket under another name (absolute instead
+    of relative) is replaced, so smtpd never asks mxhook twice."""
+    entries = [
+        e for e in split_milters(current)
+        if not (entry_socket(e) == our_socket
+                or (queue_dir is not None and same_socket(entry_socket(e), our_socket, queue_dir)))
+    ]
     entries.append(f"{{ {our_socket}, {MILTER_OPTIONS} }}")
     return ", ".join(entries)
 
@@ -66,10 +114,11 @@ def merge_macros(current: str, required: tuple[str, ...]) -> str:
 
 def desired(current: dict[str, str], socket_spec: str) -> dict[str, str]:
     """main.cf parameter -> value mxhook wants, given the current values (postconf -h)."""
-    our = postfix_socket(socket_spec, current.get("queue_directory", "/var/spool/postfix"))
+    queue_dir = current.get("queue_directory", "/var/spool/postfix")
+    our = postfix_socket(socket_spec, queue_dir)
     want = {"smtpd_milters": current.get("smtpd_milters", "")}
     if our not in [entry_socket(e) for e in split_milters(want["smtpd_milters"])]:
-        want["smtpd_milters"] = merge_milters(want["smtpd_milters"], our)
+        want["smtpd_milters"] = merge_milters(want["smtpd_milters"], our, queue_dir)
     for name, (value, _why) in FIXED.items():
         want[name] = value
     for name, macros in REQUIRED_MACROS.items():
@@ -110,3 +159,85 @@ def socket_problems(socket_spec: str, postfix_gid: int | None) -> list[str]:
     if postfix_gid is not None and st.st_gid != postfix_gid:
         problems.append(f"milter socket {path} is not in the postfix group; smtpd cannot connect")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading what Postfix has (for `mxhook check` and the check after `postfix-config --apply`)
+
+def parse_master(text: str) -> dict[str, dict[str, str]]:
+    """`postconf -F` or `postconf -P` output -> {"smtp/inet": {"chroot": "y", ...}}."""
+    services: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(" = ")
+        if not sep:
+            continue
+        parts = key.strip().rsplit("/", 2)
+        if len(parts) != 3:
+            continue
+        name, kind, field = parts
+        services.setdefault(f"{name}/{kind}", {})[field] = value.strip()
+    return services
+
+
+def smtpd_services(fields: dict[str, dict[str, str]]) -> list[str]:
+    """master.cf services that run smtpd (from `postconf -F`)."""
+    return [svc for svc, f in fields.items() if (f.get("command", "").split() or [""])[0] == "smtpd"]
+
+
+def chrooted_smtpd(fields: dict[str, dict[str, str]]) -> list[str]:
+    """smtpd services with chroot y in master.cf ("-" is n since Postfix 3.0)."""
+    return [svc for svc in smtpd_services(fields) if fields[svc].get("chroot") == "y"]
+
+
+def milter_wiring(main_milters: str, overrides: dict[str, dict[str, str]], socket_spec: str,
+                  queue_dir: str, default_action: str, chrooted: list[str]) -> tuple[list[str], list[str]]:
+    """Does Postfix hand mail to mxhook's milter? -> (problems, notes), one line each.
+
+    main_milters: main.cf smtpd_milters; overrides: `postconf -P` parsed (master.cf -o, e.g. the
+    port-25-only alternative); default_action: main.cf milter_default_action; chrooted: smtpd
+    services running chrooted (their absolute socket names resolve inside queue_directory).
+    """
+    ours = postfix_socket(socket_spec, queue_dir)
+    problems: list[str] = []
+    notes: list[str] = []
+    found: list[tuple[str, str]] = []  # (where, entry)
+    entry = find_entry(main_milters, socket_spec, queue_dir)
+    if entry is not None:
+        found.append(("main.cf", entry))
+    for svc, params in sorted(overrides.items()):
+        if "smtpd_milters" not in params:
+            continue
+        e = find_entry(params["smtpd_milters"], socket_spec, queue_dir)
+        if e is not None:
+            found.append((f"master.cf {svc}", e))
+        elif entry is not None:
+            notes.append(f"master.cf service {svc} overrides smtpd_milters without mxhook: "
+                         "its mail does not meet mxhook")
+    if not found:
+        problems.append(
+            f"Postfix's smtpd_milters does not name mxhook's socket {ours}: run `mxhook "
+            "postfix-config --apply`, then `postfix reload`"
+        )
+        return problems, notes
+    for where, e in found:
+        action = entry_options(e).get("default_action", default_action)
+        if action != "tempfail":
+            problems.append(
+                f"{where}: the mxhook milter's default_action is {action}: while mxhook is down "
+                "Postfix would accept mail that was never spooled; set default_action=tempfail "
+                f"(`mxhook postfix-config` prints the entry)"
+            )
+        name = entry_socket(e)
+        if name.startswith(("unix:/", "local:/")) and chrooted:
+            problems.append(
+                f"{where}: smtpd runs chrooted in {queue_dir} ({', '.join(chrooted)} in master.cf) "
+                f"and cannot reach the absolute socket {name}: put [milter] socket under "
+                f"{queue_dir} (Postfix then names it relative) or set chroot n for those services"
+            )
+    notes.insert(0, "mxhook's milter is in smtpd_milters of " + ", ".join(w for w, _ in found))
+    return problems, notes
+
+
+def backup_path(main_cf: str, when) -> str:
+    """Where `postfix-config --apply` keeps the old main.cf: main.cf.mxhook-YYYYmmddHHMMSS."""
+    return f"{main_cf}.mxhook-{when:%Y%m%d%H%M%S}"
