@@ -56,7 +56,7 @@ def decode_value(raw: bytes | str) -> str:
             continue
         try:
             out.append(chunk.decode(charset, "replace"))
-        except LookupError:
+        except (LookupError, ValueError):  # unknown charset; idna, NUL in the label, ...
             out.append(chunk.decode("latin-1"))
     return "".join(out)
 

@@ -10,15 +10,19 @@ Each path has its own script of responses, served in order; the last one repeats
 a script answers 200 `{"ok":true}`. A response item is one of:
 
 - a tuple `(status, headers, body)` or `(status, headers, body, delay_seconds)`;
-- a `Response(status, headers, body, delay=0.0, drop=False)`; `drop=True` closes the connection
-  without answering (a connection error for the client);
+- a `Response(status, headers, body, delay=0.0, drop=False, trickle=0.0)`; `drop=True` closes the
+  connection without answering (a connection error for the client); `trickle=s` sends the body
+  in small pieces with `s` seconds between them (a slow body: each read is quick, the whole is
+  not);
 - a callable `f(request) -> item` (any of the above), for responses that depend on the request.
 
 A whole script may also be a callable: it is then called for every request on that path.
 `Receiver(default=item)` sets the answer for paths without a script.
 
 Requests are recorded when their body has been read, *before* any delay, so a test can see a
-request that is still waiting for its answer (e.g. to kill the client mid-request).
+request that is still waiting for its answer (e.g. to kill the client mid-request). A request
+whose body never fully arrived (the client died mid-upload) is not answered and not in
+`requests`: it is in `incomplete`.
 
 Runnable for manual use: `python -m tests.support.receiver --port 8025 [--status 200]` prints
 each request.
@@ -69,6 +73,9 @@ class ReceivedRequest:
     body: bytes
     at: float  # time.time() when the request was fully read
     query: str = ""
+    # False when the connection ended before the whole body came (the client died or gave up
+    # mid-upload): no real endpoint would act on such a request; it is recorded, not answered.
+    complete: bool = True
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -84,6 +91,8 @@ class Response:
     body: bytes | str | dict | list = DEFAULT_BODY
     delay: float = 0.0
     drop: bool = False
+    trickle: float = 0.0  # seconds between pieces of the body (a slow body)
+    trickle_piece: int = 4  # bytes per piece
 
 
 def _as_response(item, request: ReceivedRequest) -> Response:
@@ -124,24 +133,35 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - silence the default stderr log
         pass
 
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+    def _read_body(self) -> tuple[bytes, bool]:
+        """(body, complete): complete is False when the connection ended early."""
+        try:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                chunks = []
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return b"".join(chunks), False
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        break
+                    chunk = self.rfile.read(size)
+                    chunks.append(chunk)
+                    if len(chunk) < size:
+                        return b"".join(chunks), False
+                    self.rfile.readline()
+                return b"".join(chunks), True
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            return body, len(body) == length
+        except (ConnectionError, OSError, ValueError):
+            return b"", False
 
     def _handle(self):
         rx = self.server.receiver
-        body = self._read_body()
+        body, complete = self._read_body()
         parts = urlsplit(self.path)
         request = ReceivedRequest(
             method=self.command,
@@ -150,7 +170,12 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             at=time.time(),
             query=parts.query,
+            complete=complete,
         )
+        if not complete:  # recorded for tests that look, but no script answer is used up
+            rx._record_incomplete(request)
+            self.close_connection = True
+            return
         response = rx._record_and_pick(request)
         if response.delay > 0:
             if rx._closing.wait(response.delay):
@@ -171,7 +196,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(payload)
+                if response.trickle > 0 and payload:
+                    self.wfile.flush()
+                    step = max(1, response.trickle_piece)
+                    for i in range(0, len(payload), step):
+                        if i and rx._closing.wait(response.trickle):
+                            self.close_connection = True
+                            return
+                        self.wfile.write(payload[i:i + step])
+                        self.wfile.flush()
+                else:
+                    self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away (killed, timed out)
 
@@ -186,6 +221,7 @@ class Receiver:
         self._default = default
         self._lock = threading.Condition()
         self._requests: list[ReceivedRequest] = []
+        self._incomplete: list[ReceivedRequest] = []
         self._scripts: dict[str, list | Callable] = {}
         self._served: dict[str, int] = {}
         self._closing = threading.Event()
@@ -231,6 +267,17 @@ class Receiver:
         with self._lock:
             self._scripts[path] = responses
             self._served[path] = 0
+
+    def _record_incomplete(self, request: ReceivedRequest) -> None:
+        with self._lock:
+            self._incomplete.append(request)
+            self._lock.notify_all()
+
+    @property
+    def incomplete(self) -> list[ReceivedRequest]:
+        """Requests whose body never fully arrived (not in `requests`, never answered)."""
+        with self._lock:
+            return list(self._incomplete)
 
     def _record_and_pick(self, request: ReceivedRequest) -> Response:
         with self._lock:
@@ -278,6 +325,7 @@ class Receiver:
         """Forget received requests and restart every script from its first response."""
         with self._lock:
             self._requests.clear()
+            self._incomplete.clear()
             self._served = {p: 0 for p in self._served}
 
 

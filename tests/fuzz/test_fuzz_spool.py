@@ -1,0 +1,148 @@
+"""Fuzzing spool decoding: what the spooler does with each file in new/.
+
+- `spool.decode` on arbitrary bytes, and on valid files mutated: a Record or SpoolError, never
+  another exception; encode/decode round-trips;
+- the spooler's whole check (`spool.decode` then `state.check_record`, as `_load_batch` does):
+  SpoolError or RecordError only, because `_load_batch` quarantines exactly those (to bad/);
+  anything else escapes the batch (see the xfail below).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from mxhook import spool, state
+from mxhook.spool import Record, SpoolError
+
+from . import FUZZ
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+    max_leaves=10,
+)
+KINDS = st.sampled_from(list(spool.KINDS)) | JSON
+
+
+def good_records():
+    meta = st.dictionaries(st.text(max_size=10).filter(lambda k: k not in ("id", "kind", "payload_size")),
+                           JSON, max_size=5)
+    return st.builds(Record, id=st.text(min_size=1, max_size=30), kind=st.sampled_from(spool.KINDS),
+                     meta=meta, payload=st.binary(max_size=300))
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+@example(b"")
+@example(spool.MAGIC)
+@example(spool.MAGIC + b"{}\n")
+@example(spool.MAGIC + b'{"id":"a","kind":"inbound","payload_size":1e309}\n')
+@example(spool.MAGIC + b'{"id":"a","kind":[],"payload_size":0}\n')
+def test_decode_arbitrary_bytes(data):
+    try:
+        record = spool.decode(data)
+    except SpoolError as exc:
+        assert str(exc)
+        return
+    assert record.kind in spool.KINDS
+
+
+@FUZZ
+@given(good_records())
+def test_encode_decode_round_trip(record):
+    back = spool.decode(spool.encode(record))
+    assert back == record
+
+
+@st.composite
+def mutated_files(draw):
+    data = bytearray(spool.encode(draw(good_records())))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "truncate", "insert", "meta"]))
+        if op == "flip" and data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        elif op == "truncate":
+            del data[draw(st.integers(0, len(data))):]
+        elif op == "insert":
+            i = draw(st.integers(0, len(data)))
+            data[i:i] = draw(st.sampled_from([b"\n", b"{", b"}", b'"', b"\x00", b"\xff"]) | st.binary(max_size=8))
+        else:  # replace the metadata line with arbitrary JSON
+            head, _, rest = bytes(data[len(spool.MAGIC):]).partition(b"\n")
+            meta = draw(JSON)
+            data = bytearray(spool.MAGIC + json.dumps(meta).encode() + b"\n" + rest)
+    return bytes(data)
+
+
+@FUZZ
+@given(mutated_files())
+def test_decode_mutated_files(data):
+    try:
+        spool.decode(data)
+    except SpoolError:
+        pass
+
+
+@st.composite
+def spool_files_with_odd_meta(draw):
+    """Structurally valid files (magic, JSON object, right payload size) whose metadata values
+    are arbitrary JSON: what a buggy or older writer could leave in new/."""
+    kind = draw(st.sampled_from(spool.KINDS))
+    meta = {"id": draw(JSON | st.text(min_size=1, max_size=10)), "kind": kind}
+    for key in ("received", "deliveries", "recipients", "type", "at", "queue_id", "mail_from"):
+        if draw(st.booleans()):
+            meta[key] = draw(JSON)
+    if kind == "inbound" and draw(st.booleans()):
+        meta["deliveries"] = [{"recipients": draw(JSON), "rule": {"name": draw(JSON), "endpoint": draw(JSON)}}
+                              for _ in range(draw(st.integers(1, 3)))]
+    payload = draw(st.binary(max_size=50))
+    meta["payload_size"] = len(payload)
+    return spool.MAGIC + json.dumps(meta).encode() + b"\n" + payload
+
+
+def spooler_check(data: bytes) -> None:
+    """What Spooler._load_batch does with a file's bytes before ingesting it."""
+    try:
+        record = spool.decode(data)
+        state.check_record(record)
+    except (SpoolError, state.RecordError) as exc:
+        assert str(exc)
+
+
+@FUZZ
+@given(spool_files_with_odd_meta())
+def test_spooler_check_odd_metadata(data):
+    try:
+        spooler_check(data)
+    except TypeError as exc:
+        if "unhashable" in str(exc):  # the known bug below, reported; not this test's business
+            return
+        raise
+
+
+UNHASHABLE_RULE_NAME = (spool.MAGIC + json.dumps({
+    "id": "0000000000000001aaaaaaaaaaaa", "kind": "inbound", "payload_size": 0,
+    "deliveries": [{"recipients": ["in@ours.example"], "rule": {"name": ["x"], "endpoint": "https://h/"}}],
+}).encode() + b"\n")
+
+
+@pytest.mark.xfail(raises=TypeError, strict=True, reason=(
+    "product bug: state.check_record() does `target['name'] in names` (a set) without checking that "
+    "the name is a string, so an inbound record whose rule name is a JSON list/object raises "
+    "TypeError instead of RecordError; Spooler._load_batch does not catch it, the batch's names stay "
+    "_claimed, and that file and the good files read with it are not ingested until a restart (and "
+    "again after it). Remove this marker when check_record rejects non-string rule names."))
+def test_check_record_rejects_non_string_rule_name():
+    spooler_check(UNHASHABLE_RULE_NAME)
+
+
+@pytest.mark.xfail(raises=RecursionError, strict=True, reason=(
+    "product bug: spool.decode() catches only ValueError around json.loads, so a metadata line of "
+    "deeply nested JSON (a few thousand '[') raises RecursionError instead of SpoolError; "
+    "Spooler._load_batch does not catch it (same effect as the check_record bug above). Remove this "
+    "marker when decode turns RecursionError into SpoolError."))
+def test_decode_deeply_nested_metadata_is_a_spool_error():
+    with pytest.raises(SpoolError):
+        spool.decode(spool.MAGIC + b"[" * 5000 + b"\n")
