@@ -1243,6 +1243,12 @@ def block_remove(app, address):
     click.echo(f"Unblocked {addr} (event deleted {event_id})")
 
 
+from . import admin  # noqa: E402  (admin.py does not import cli.py)
+
+cli.add_command(admin.postfix_config)
+cli.add_command(admin.check)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="mxhook")
 
