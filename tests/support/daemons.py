@@ -8,7 +8,8 @@
             spooler.kill(signal.SIGKILL); spooler.start()   # crash and restart
 
 `MxhookStack` ties Postfix, both daemons, a receiver and the CLI together (the `mxhook_stack`
-fixture in tests/conftest.py).
+fixture in tests/conftest.py); with `logfollow=True` it also runs `mxhook-logfollow` on the
+private instance's `maillog_file` (`LogfollowProcess`), for delivery events.
 
 Daemons are started from the same environment as the caller: `<bin>/mxhook-milter` next to
 `sys.executable` (the dev venv), else `python -m`-style fallbacks. Their stderr goes to a file in
@@ -275,6 +276,57 @@ class SpoolerProcess(Daemon):
         self._check_alive()
 
 
+def logfollow_settings(workdir: str, maillog: str, **extra: str) -> dict[str, dict[str, str]]:
+    """The `[logfollow]` section for following a private Postfix's `maillog_file` from its
+    first line, with the position file in `workdir` and quick polling."""
+    values = {
+        "source": "file", "path": maillog, "start_at": "beginning",
+        "state_file": os.path.join(workdir, "logfollow.state"), "poll_interval": "0.1",
+        "log": "stderr", "log_level": "info",
+    }
+    values.update({k: str(v) for k, v in extra.items()})
+    return {"logfollow": values}
+
+
+class LogfollowProcess(Daemon):
+    """`mxhook-logfollow --config PATH`; the config needs a `[logfollow]` section
+    (`logfollow_settings`). Ready when it logged that it is following (its position file, if
+    any, has been read by then)."""
+
+    name = "logfollow"
+
+    def __init__(self, cfg: MxhookConfig, extra: list[str] = (), **kw):
+        super().__init__(_program("mxhook-logfollow", "mxhook.logfollow") + ["--config", cfg.path, *extra],
+                         cfg.workdir, **kw)
+        self.cfg = cfg
+        self._mark = 0
+
+    @property
+    def state_file(self) -> str:
+        return self.cfg.values.get("logfollow", {}).get("state_file", "")
+
+    def start(self) -> "Daemon":
+        self._mark = len(self.stderr_text())
+        return super().start()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if "following " in self.stderr_text()[self._mark:]:
+                return
+            time.sleep(0.02)
+        raise DaemonError(f"{self.name} not ready after {self.ready_timeout}s:\n{self.stderr_text()}")
+
+    def position(self) -> dict | None:
+        """The saved position (the state file), or None."""
+        try:
+            with open(self.state_file, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+
 class Cli:
     """Runs the real `mxhook --config PATH ...` as a subprocess."""
 
@@ -307,10 +359,14 @@ class MxhookStack:
         via `stack.cli("domain", "add", ...)`, or `permit=` here).
     config: overrides for the mxhook config ({section: {key: value}}).
     spooler: start the spooler (tests of the spool itself may not want it).
+    logfollow: also run mxhook-logfollow on Postfix's maillog (`logfollow_settings`).
+    listeners, sinks, transport: passed to PrivatePostfix (extra smtpd services; extra sinks
+        and the transport_maps routing recipients to them).
     """
 
     def __init__(self, domains=("ours.example",), *, permit=(), config=None, spooler: bool = True,
-                 postfix_main_cf=None, base_dir: str | None = None, keep: bool = False):
+                 postfix_main_cf=None, base_dir: str | None = None, keep: bool = False,
+                 logfollow: bool = False, listeners=None, sinks=None, transport=None):
         self.domains = list(domains)
         self.permit = list(permit)
         self.config_overrides = config or {}
@@ -325,6 +381,11 @@ class MxhookStack:
         self.receiver: Receiver | None = None
         self.cfg: MxhookConfig | None = None
         self.cli: Cli | None = None
+        self.with_logfollow = logfollow
+        self.logfollow: LogfollowProcess | None = None
+        self.listeners = listeners
+        self.sinks = sinks
+        self.transport = transport
 
     def start(self) -> "MxhookStack":
         if self._base_dir:
@@ -338,9 +399,15 @@ class MxhookStack:
             self.postfix = PrivatePostfix(
                 relay_domains=self.domains, milters=MILTER_SOCKET_SPEC,
                 main_cf=self.postfix_main_cf, base_dir=os.path.join(self.workdir, "postfix"),
+                listeners=self.listeners, sinks=self.sinks, transport=self.transport,
             ).start()
-            self.cfg = MxhookConfig(os.path.join(self.workdir, "mxhook"), queue_dir=self.postfix.queue_dir,
-                                    overrides=self.config_overrides)
+            mxdir = os.path.join(self.workdir, "mxhook")
+            overrides = dict(self.config_overrides)
+            if self.with_logfollow:
+                section = logfollow_settings(mxdir, self.postfix.log_path)["logfollow"]
+                section.update(overrides.get("logfollow", {}))
+                overrides["logfollow"] = section
+            self.cfg = MxhookConfig(mxdir, queue_dir=self.postfix.queue_dir, overrides=overrides)
             self.cli = Cli(self.cfg)
             for domain in self.permit:
                 self.cli("domain", "add", domain)
@@ -348,13 +415,15 @@ class MxhookStack:
             self.spooler = SpoolerProcess(self.cfg)
             if self.with_spooler:
                 self.spooler.start()
+            if self.with_logfollow:
+                self.logfollow = LogfollowProcess(self.cfg).start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for part in (self.spooler, self.milter, self.postfix, self.receiver):
+        for part in (self.logfollow, self.spooler, self.milter, self.postfix, self.receiver):
             if part is not None:
                 try:
                     part.stop()
@@ -407,6 +476,8 @@ class MxhookStack:
             parts.append("--- milter stderr ---\n" + self.milter.stderr_text()[-6000:])
         if self.spooler:
             parts.append("--- spooler stderr ---\n" + self.spooler.stderr_text()[-6000:])
+        if self.logfollow:
+            parts.append("--- logfollow stderr ---\n" + self.logfollow.stderr_text()[-6000:])
         if self.postfix:
             parts.append("--- maillog ---\n" + self.postfix.log_text()[-6000:])
         return "\n".join(parts)
@@ -414,5 +485,5 @@ class MxhookStack:
 
 __all__ = [
     "MILTER_SOCKET_SPEC", "MxhookConfig", "Daemon", "DaemonError", "MilterProcess",
-    "SpoolerProcess", "Cli", "MxhookStack", "PrivatePostfix", "PostfixError", "Receiver",
+    "SpoolerProcess", "LogfollowProcess", "logfollow_settings", "Cli", "MxhookStack", "PrivatePostfix", "PostfixError", "Receiver",
 ]

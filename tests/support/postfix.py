@@ -12,7 +12,16 @@ free port and relays everything to an `smtp-sink` it starts on another free loop
 nothing ever leaves the machine and the system instance (port 25) is never touched.
 
 Extra `listeners` give more smtpd services on their own ports with their own `-o` overrides
-(the benchmark uses one listener per milter configuration in the same instance).
+(the benchmark uses one listener per milter configuration in the same instance; the event tests
+use one with `milter_macro_daemon_name=ORIGINATING` for outbound mail).
+
+Extra `sinks` (name -> smtp-sink options) run beside the default sink, and `transport` (a
+recipient address or domain -> sink name) routes mail to them through `transport_maps`, so one
+message can have a recipient the sink accepts, one it hard-rejects at RCPT (`-f RCPT`: 500 5.3.0)
+and one it tempfails (`-r RCPT`: 450 4.3.0):
+
+    PrivatePostfix(sinks={"hard": ["-f", "RCPT"], "soft": ["-r", "RCPT"]},
+                   transport={"hard.example": "hard", "soft.example": "soft"})
 """
 from __future__ import annotations
 
@@ -237,6 +246,10 @@ class PrivatePostfix:
     main_cf: extra main.cf settings (override the defaults below).
     sink_args: extra smtp-sink options, e.g. ["-f", "RCPT"] to hard-reject every recipient or
         ["-r", "RCPT"] to tempfail them; set sink=False to deliver nowhere (mail stays queued).
+    sinks: extra named sinks, name -> smtp-sink options, each on its own free port
+        (`sink_ports[name]`; the default sink is `sink_ports["default"]` == `.sink_port`).
+    transport: recipient address or domain -> sink name ("default" or one of `sinks`), written
+        as a `texthash:` transport_maps table; everything else goes to the default sink.
     """
 
     def __init__(
@@ -251,6 +264,8 @@ class PrivatePostfix:
         base_dir: str | None = None,
         keep: bool = False,
         startup_timeout: float = 10.0,
+        sinks: dict[str, list[str]] | None = None,
+        transport: dict[str, str] | None = None,
     ):
         self.relay_domains = list(relay_domains)
         self.milters = milters
@@ -270,6 +285,13 @@ class PrivatePostfix:
         self._master_log = None
         self._owns_root = False
         self._master_daemon_pid: int | None = None
+        self.extra_sinks = {name: list(args) for name, args in (sinks or {}).items()}
+        self.transport = dict(transport or {})
+        for target in self.transport.values():
+            if target != "default" and target not in self.extra_sinks:
+                raise ValueError(f"transport names an unknown sink {target!r}")
+        self.sink_ports: dict[str, int] = {}
+        self._extra_sink_procs: dict[str, subprocess.Popen] = {}
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -291,6 +313,10 @@ class PrivatePostfix:
     @property
     def log_path(self) -> str:
         return os.path.join(self.root, "log", "maillog")
+
+    @property
+    def transport_path(self) -> str:
+        return os.path.join(self.config_dir, "transport")
 
     # -- configuration -------------------------------------------------------------------------
     def main_cf_settings(self) -> dict[str, str]:
@@ -337,6 +363,8 @@ class PrivatePostfix:
             "smtpd_client_recipient_rate_limit": "0",
             "default_process_limit": "100",
         }
+        if self.transport:
+            settings["transport_maps"] = "texthash:" + self.transport_path
         settings.update(self.extra_main_cf)
         return settings
 
@@ -354,7 +382,17 @@ class PrivatePostfix:
                         lines.append(f"  -o {k}={v}")
         return "\n".join(lines) + "\n" + MASTER_CF_SERVICES
 
+    def transport_text(self) -> str:
+        lines = []
+        for key, target in self.transport.items():
+            port = self.sink_ports.get(target)
+            lines.append(f"{key} smtp:[127.0.0.1]:{port if port else 9}")
+        return "".join(line + "\n" for line in lines)
+
     def _write_config(self) -> None:
+        if self.transport:
+            with open(self.transport_path, "w") as fh:
+                fh.write(self.transport_text())
         with open(os.path.join(self.config_dir, "main.cf"), "w") as fh:
             for k, v in self.main_cf_settings().items():
                 fh.write(f"{k} = {v}\n")
@@ -363,7 +401,7 @@ class PrivatePostfix:
         # Postfix programs wait (in 0.3 s steps) until main.cf is a few seconds old, in case an
         # editor is still writing it; backdate the files so start-up takes 0.1 s, not 2.5 s.
         past = time.time() - 60
-        for name in ("main.cf", "master.cf"):
+        for name in ("main.cf", "master.cf") + (("transport",) if self.transport else ()):
             os.utime(os.path.join(self.config_dir, name), (past, past))
 
     def postconf(self, settings: dict[str, str], reload: bool = True) -> None:
@@ -420,6 +458,8 @@ class PrivatePostfix:
         try:
             if self.use_sink:
                 self._start_sink()
+            for name, args in self.extra_sinks.items():
+                self._start_extra_sink(name, args)
             self.ports["main"] = free_port()
             for name in self.listeners:
                 self.ports[name] = free_port()
@@ -475,6 +515,7 @@ class PrivatePostfix:
 
     def _start_sink(self) -> None:
         self.sink_port = free_port()
+        self.sink_ports["default"] = self.sink_port
         self._sink_log = open(os.path.join(self.root, "log", "smtp-sink.out"), "wb")
         self._sink = subprocess.Popen(
             [SMTP_SINK, "-u", "postfix", "-4", *self.sink_args, f"127.0.0.1:{self.sink_port}", "256"],
@@ -486,9 +527,35 @@ class PrivatePostfix:
                 f"{self._read(os.path.join(self.root, 'log', 'smtp-sink.out'))}"
             )
 
-    def restart_sink(self, sink_args=()) -> None:
+    def _spawn_sink(self, port: int, args, label: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [SMTP_SINK, "-u", "postfix", "-4", *args, f"127.0.0.1:{port}", "256"],
+            stdout=self._sink_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if not wait_port(port, 5, proc):
+            self._stop_proc(proc)
+            raise PostfixError(
+                f"smtp-sink {label} did not listen on 127.0.0.1:{port}: "
+                f"{self._read(os.path.join(self.root, 'log', 'smtp-sink.out'))}"
+            )
+        return proc
+
+    def _start_extra_sink(self, name: str, args) -> None:
+        if self._sink_log is None:
+            self._sink_log = open(os.path.join(self.root, "log", "smtp-sink.out"), "ab")
+        port = free_port()
+        self.sink_ports[name] = port
+        self._extra_sink_procs[name] = self._spawn_sink(port, args, name)
+
+    def restart_sink(self, sink_args=(), name: str | None = None) -> None:
         """Replace the sink with one using other options (same port), e.g. to make it
-        tempfail (["-r", "RCPT"]) or hard-fail (["-f", "RCPT"]) deliveries."""
+        tempfail (["-r", "RCPT"]) or hard-fail (["-f", "RCPT"]) deliveries. `name`: one of the
+        extra `sinks` instead of the default one."""
+        if name is not None and name != "default":
+            self._stop_proc(self._extra_sink_procs.get(name))
+            self.extra_sinks[name] = list(sink_args)
+            self._extra_sink_procs[name] = self._spawn_sink(self.sink_ports[name], sink_args, name)
+            return
         self._stop_proc(self._sink)
         self.sink_args = list(sink_args)
         port = self.sink_port
@@ -560,6 +627,9 @@ class PrivatePostfix:
         self._master_daemon_pid = None
         self._stop_proc(self._sink)
         self._sink = None
+        for proc in self._extra_sink_procs.values():
+            self._stop_proc(proc)
+        self._extra_sink_procs.clear()
         if self.root:
             # Daemons of this instance that outlived the master (should not happen): end them.
             for pid in self._leftover_pids():
@@ -636,14 +706,18 @@ class PrivatePostfix:
         helo: str = "client.example.org",
         port: int | None = None,
         timeout: float = 60.0,
+        source_address: str | None = None,
     ) -> SendResult:
-        """One SMTP transaction; returns every reply (never raises for SMTP refusals)."""
+        """One SMTP transaction; returns every reply (never raises for SMTP refusals).
+        `source_address`: connect from this loopback address (e.g. "127.0.0.2", to be a
+        client of a milter `trusted_networks` entry)."""
         if isinstance(rcpts, str):
             rcpts = [rcpts]
         if isinstance(data, str):
             data = data.encode("utf-8")
         res = SendResult()
-        smtp = smtplib.SMTP(timeout=timeout)
+        smtp = smtplib.SMTP(timeout=timeout,
+                            source_address=(source_address, 0) if source_address else None)
         try:
             code, msg = smtp.connect("127.0.0.1", port or self.port)
             res.banner = Reply(code, msg.decode("utf-8", "replace"))
