@@ -268,6 +268,8 @@ def good_leaf(draw):
         text = draw(TEXT)
         try:
             body = text.replace("\n", "\r\n").encode(charset)
+            if body.decode(charset) != text.replace("\n", "\r\n"):  # shift_jis maps U+00A5 to '\\'
+                raise UnicodeEncodeError(charset, text, 0, 1, "does not round-trip")
         except UnicodeEncodeError:
             text = text.encode("ascii", "ignore").decode()
             body = text.replace("\n", "\r\n").encode(charset)
