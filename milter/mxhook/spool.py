@@ -13,10 +13,20 @@ File format (version 1):
     <one line of JSON: the record's metadata, including "id", "kind" and "payload_size">\\n
     <payload_size bytes of payload (the raw message for kind "inbound"; empty otherwise)>
 
-Only `os` is used here, so the milter's hot path needs no database.
+Segments (inbound mail). A file may hold several records one after the other. The milter
+appends inbound records to one open segment `tmp/<id>.seg` and makes each durable with a
+*group* fdatasync (one flush covers every record appended while the previous flush ran), which
+halves the kernel time per message compared with a file, an fsync and a directory fsync each.
+The writer holds an exclusive flock on the open segment; a sealer renames it into `new/<id>.rec`
+(while still holding the lock) after `seal_after` seconds. A segment whose lock can be taken
+belongs to a writer that died: `recover_segments` cuts a torn tail (a record that was never
+acknowledged) and moves the rest into `new/`. The spooler reads every file with `decode_many`.
+
+Only `os` (and `fcntl`) is used here, so the milter's hot path needs no database.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -116,14 +126,17 @@ def encode(record: Record) -> bytes:
     return MAGIC + line + b"\n" + record.payload
 
 
-def decode(data: bytes) -> Record:
-    if not data.startswith(MAGIC):
-        raise SpoolError("not an mxhook spool file (bad magic line)")
-    end = data.find(b"\n", len(MAGIC))
+def _decode_at(data: bytes, offset: int) -> tuple[Record, int]:
+    """The record starting at `offset` and the offset after it."""
+    if not data.startswith(MAGIC, offset):
+        raise SpoolError("not an mxhook spool file (bad magic line)" if offset == 0
+                         else f"bad magic line at byte {offset}")
+    start = offset + len(MAGIC)
+    end = data.find(b"\n", start)
     if end < 0:
         raise SpoolError("truncated: no end to the metadata line")
     try:
-        meta = json.loads(data[len(MAGIC):end])
+        meta = json.loads(data[start:end])
     except ValueError as exc:
         raise SpoolError(f"metadata is not JSON: {exc}") from None
     if not isinstance(meta, dict):
@@ -133,12 +146,51 @@ def decode(data: bytes) -> Record:
             raise SpoolError(f"metadata lacks {key!r}")
     if meta["kind"] not in KINDS:
         raise SpoolError(f"unknown record kind {meta['kind']!r}")
-    payload = data[end + 1:]
-    if len(payload) != meta["payload_size"]:
-        raise SpoolError(f"payload is {len(payload)} bytes, metadata says {meta['payload_size']}")
+    size = meta["payload_size"]
+    if not isinstance(size, int) or size < 0:
+        raise SpoolError(f"bad payload_size {size!r}")
+    payload = data[end + 1:end + 1 + size]
+    if len(payload) != size:
+        raise SpoolError(f"payload is {len(payload)} bytes, metadata says {size}")
     rid, kind = meta.pop("id"), meta.pop("kind")
     meta.pop("payload_size")
-    return Record(id=rid, kind=kind, meta=meta, payload=payload)
+    return Record(id=rid, kind=kind, meta=meta, payload=payload), end + 1 + size
+
+
+def decode(data: bytes) -> Record:
+    """A file holding exactly one record."""
+    record, end = _decode_at(data, 0)
+    if end != len(data):
+        raise SpoolError(f"payload is {len(data) - (end - len(record.payload))} bytes, "
+                         f"metadata says {len(record.payload)}")
+    return record
+
+
+def decode_many(data: bytes) -> list[Record]:
+    """Every record of a file (one, or a segment's several), or SpoolError for the first
+    problem."""
+    records, offset = [], 0
+    while offset < len(data) or not records:
+        record, offset = _decode_at(data, offset)
+        records.append(record)
+    return records
+
+
+def read_all(path: str) -> list[Record]:
+    with open(path, "rb") as fh:
+        return decode_many(fh.read())
+
+
+def _complete_prefix(data: bytes) -> int:
+    """Length of the longest prefix made of whole records (a torn tail is cut there)."""
+    offset = 0
+    while offset < len(data):
+        try:
+            _, offset_after = _decode_at(data, offset)
+        except SpoolError:
+            break
+        offset = offset_after
+    return offset
 
 
 def _place(spool_dir: str, record: Record, *, sync: bool) -> str:
@@ -194,6 +246,177 @@ def write_many(spool_dir: str, records: list[Record]) -> list[str]:
     return paths
 
 
+class _Segment:
+    def __init__(self, spool_dir: str):
+        self.name = new_id()
+        self.tmp_path = os.path.join(spool_dir, "tmp", self.name + ".seg")
+        self.new_path = os.path.join(spool_dir, "new", self.name + ".rec")
+        self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live writer has this one": see recover_segments
+        self.created = time.monotonic()
+        self.size = 0
+        self.appended = 0  # records written
+        self.synced = 0  # records known durable
+        self.syncing = False
+        self.active = 0  # writers between write and the end of their sync
+        self.broken: OSError | None = None  # a failed write or flush: nothing more goes here
+
+
+class SegmentWriter:
+    """Durable appends of records to a shared segment with group commit (thread-safe).
+
+    `append` returns once the record is on disk (fdatasync) and raises OSError otherwise (the
+    milter then answers 4xx). A background thread seals a segment `seal_after` seconds after it
+    was opened (or at `max_bytes`) by renaming it into new/.
+    """
+
+    def __init__(self, spool_dir: str, *, seal_after: float = 0.2, max_bytes: int = 16 << 20):
+        self.spool_dir = spool_dir
+        self.seal_after = seal_after
+        self.max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._current: _Segment | None = None
+        self._sealer: threading.Thread | None = None
+        self._closed = False
+
+    def append(self, record: Record) -> None:
+        data = encode(record)
+        with self._cond:
+            if self._closed:
+                raise OSError("segment writer is closed")
+            seg = self._current
+            if seg is None or seg.broken or seg.size >= self.max_bytes:
+                if seg is not None:
+                    self._detach(seg)
+                seg = self._current = _Segment(self.spool_dir)
+                if self._sealer is None:
+                    self._sealer = threading.Thread(target=self._seal_loop, name="spool-sealer", daemon=True)
+                    self._sealer.start()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(seg.fd, view):]
+            except OSError as exc:
+                # A partial record may sit at the end now: this segment takes no more records
+                # (recovery cuts the torn tail).
+                seg.broken = exc
+                raise
+            seg.size += len(data)
+            seg.appended += 1
+            mine = seg.appended
+            seg.active += 1
+            try:
+                while seg.synced < mine:
+                    if seg.broken:
+                        raise seg.broken
+                    if seg.syncing:
+                        self._cond.wait()
+                        continue
+                    seg.syncing = True
+                    target = seg.appended
+                    self._cond.release()
+                    error = None
+                    try:
+                        os.fdatasync(seg.fd)
+                    except OSError as exc:
+                        error = exc
+                    finally:
+                        self._cond.acquire()
+                        seg.syncing = False
+                        if error is None:
+                            seg.synced = max(seg.synced, target)
+                        else:
+                            seg.broken = error
+                        self._cond.notify_all()
+            finally:
+                seg.active -= 1
+                self._cond.notify_all()
+
+    def _detach(self, seg: _Segment) -> None:
+        """(lock held) No more appends to `seg`; the sealer thread moves it on."""
+        if self._current is seg:
+            self._current = None
+        threading.Thread(target=self._seal, args=(seg,), daemon=True).start()
+
+    def _seal(self, seg: _Segment) -> None:
+        with self._cond:
+            while seg.active:
+                self._cond.wait()
+        try:
+            if seg.size and not seg.broken:
+                os.rename(seg.tmp_path, seg.new_path)  # still locked: recovery keeps off
+                _fsync_dir(os.path.join(self.spool_dir, "new"))
+            elif not seg.size:
+                os.unlink(seg.tmp_path)
+            # a broken segment stays in tmp/ for recover_segments (after the lock is released)
+        except OSError:
+            pass  # left in tmp/: recover_segments moves it once our lock is gone
+        finally:
+            os.close(seg.fd)
+
+    def _seal_loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                seg = self._current
+                if seg is not None and time.monotonic() - seg.created >= self.seal_after:
+                    self._detach(seg)
+                    seg = None
+                self._cond.wait(self.seal_after / 4)
+
+    def flush(self) -> None:
+        """Seal the open segment now and wait until it is in new/ (tests, shutdown)."""
+        with self._cond:
+            seg = self._current
+            self._current = None
+        if seg is not None:
+            self._seal(seg)
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def recover_segments(spool_dir: str) -> int:
+    """Move segments of writers that died from tmp/ into new/, cutting a torn tail (the part
+    of a record that was being written: never acknowledged). Returns how many were moved."""
+    tmp_dir = os.path.join(spool_dir, "tmp")
+    moved = 0
+    for name in os.listdir(tmp_dir):
+        if not name.endswith(".seg"):
+            continue
+        path = os.path.join(tmp_dir, name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # sealed meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer
+            if not os.path.exists(path):
+                continue  # sealed between our open and our lock
+            with open(path, "rb") as fh:
+                data = fh.read()
+            keep = _complete_prefix(data)
+            if keep == 0:
+                os.unlink(path)
+                continue
+            if keep < len(data):
+                os.truncate(fd, keep)
+            os.fsync(fd)
+            os.rename(path, os.path.join(spool_dir, "new", name[:-4] + ".rec"))
+            _fsync_dir(os.path.join(spool_dir, "new"))
+            moved += 1
+        finally:
+            os.close(fd)
+    return moved
+
+
 def pending(spool_dir: str, limit: int | None = None) -> list[str]:
     """Paths in `new/`, oldest first (ids sort by time)."""
     new_dir = os.path.join(spool_dir, "new")
@@ -221,11 +444,15 @@ def move_bad(spool_dir: str, path: str, reason: str) -> str:
 
 
 def clean_tmp(spool_dir: str, older_than: float = 3600.0) -> int:
-    """Remove leftovers of writers that died mid-write (never renamed, so never acknowledged)."""
+    """Recover segments of dead writers (recover_segments), then remove leftovers of writers
+    that died mid-write of a single-record file (never renamed, so never acknowledged)."""
+    recover_segments(spool_dir)
     tmp_dir = os.path.join(spool_dir, "tmp")
     removed = 0
     now = time.time()
     for name in os.listdir(tmp_dir):
+        if name.endswith(".seg"):
+            continue  # a live writer's segment (dead ones were recovered just now)
         path = os.path.join(tmp_dir, name)
         try:
             if now - os.stat(path).st_mtime > older_than:

@@ -78,3 +78,90 @@ def test_concurrent_writers_share_directory_fsyncs_and_lose_nothing(tmp_path, mo
     names = {p.rsplit("/", 1)[1][:-4] for p in spool.pending(str(tmp_path))}
     assert names == {rid for chunk in ids for rid in chunk}
     assert len(calls) < 160 / 2, f"{len(calls)} directory fsyncs for 160 writes: no group commit"
+
+
+def _records(spool_dir):
+    return [r for p in spool.pending(str(spool_dir)) for r in spool.read_all(p)]
+
+
+def test_segment_writer_group_commits_and_seals_into_new(tmp_path, monkeypatch):
+    import threading
+
+    spool.ensure_dirs(str(tmp_path))
+    syncs = []
+    real = os.fdatasync
+    monkeypatch.setattr(spool.os, "fdatasync", lambda fd: (syncs.append(fd), real(fd)))
+    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
+    ids = [[f"{t:02d}{i:04d}" for i in range(25)] for t in range(8)]
+
+    def work(chunk):
+        for rid in chunk:
+            writer.append(spool.Record(rid, "inbound", {"t": rid}, b"raw " + rid.encode()))
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in ids]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert spool.pending(str(tmp_path)) == []  # not sealed yet: still in tmp/, locked
+    assert spool.recover_segments(str(tmp_path)) == 0  # a live writer's segment is left alone
+    writer.flush()
+    got = _records(tmp_path)
+    assert sorted(r.id for r in got) == sorted(rid for c in ids for rid in c)
+    assert all(r.payload == b"raw " + r.id.encode() for r in got)
+    assert len(syncs) < 200, f"{len(syncs)} fdatasyncs for 200 records: no group commit"
+    assert os.listdir(tmp_path / "tmp") == []
+    writer.close()
+
+
+def test_segments_are_sealed_after_a_while(tmp_path):
+    import time as _time
+
+    spool.ensure_dirs(str(tmp_path))
+    writer = spool.SegmentWriter(str(tmp_path), seal_after=0.05)
+    writer.append(spool.Record("a1", "inbound", {}, b"x"))
+    deadline = _time.monotonic() + 5
+    while not spool.pending(str(tmp_path)):
+        assert _time.monotonic() < deadline, "segment never sealed"
+        _time.sleep(0.01)
+    assert [r.id for r in _records(tmp_path)] == ["a1"]
+    writer.close()
+
+
+def test_dead_writers_segment_is_recovered_without_its_torn_tail(tmp_path):
+    spool.ensure_dirs(str(tmp_path))
+    good = spool.encode(spool.Record("r1", "inbound", {}, b"one")) + spool.encode(spool.Record("r2", "inbound", {}, b"two"))
+    torn = spool.encode(spool.Record("r3", "inbound", {}, b"three"))[:-2]
+    (tmp_path / "tmp" / "seg1.seg").write_bytes(good + torn)  # nobody holds its lock: writer died
+    (tmp_path / "tmp" / "seg2.seg").write_bytes(torn[:10])  # nothing whole in it
+    assert spool.recover_segments(str(tmp_path)) == 1
+    assert [r.id for r in _records(tmp_path)] == ["r1", "r2"]
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_failed_write_breaks_the_segment_and_raises(tmp_path, monkeypatch):
+    spool.ensure_dirs(str(tmp_path))
+    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
+    writer.append(spool.Record("ok1", "inbound", {}, b"x"))
+    real_write = os.write
+
+    def full(fd, data):
+        real_write(fd, bytes(data[:5]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool.os, "write", full)
+    with pytest.raises(OSError):
+        writer.append(spool.Record("lost", "inbound", {}, b"y"))
+    monkeypatch.undo()
+    writer.append(spool.Record("ok2", "inbound", {}, b"z"))  # a fresh segment
+    writer.flush()
+    spool.recover_segments(str(tmp_path))  # the broken one, once its writer let go
+    assert sorted(r.id for r in _records(tmp_path)) == ["ok1", "ok2"]
+    writer.close()
+
+
+def test_decode_many_reads_segments_and_decode_refuses_trailing_data():
+    two = spool.encode(spool.Record("a", "inbound", {}, b"1")) + spool.encode(spool.Record("b", "denied", {}, b""))
+    assert [r.id for r in spool.decode_many(two)] == ["a", "b"]
+    with pytest.raises(spool.SpoolError):
+        spool.decode(two)
+    with pytest.raises(spool.SpoolError, match="bad magic line at byte"):
+        spool.decode_many(two + b"junk")
