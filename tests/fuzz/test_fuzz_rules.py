@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -93,12 +94,9 @@ def rule_sets(draw):
     for i in range(draw(st.integers(1, 4))):
         conds = []
         for _ in range(draw(st.integers(1, 3))):
-            pattern = draw(PATTERNS)
-            try:
-                rules.check_regex(pattern)
-            except RuleError:
-                pattern = "."
-            conds.append(Condition(draw(st.sampled_from(["to", "subject", "from", "x-tag"])), pattern,
+            # compiled (and invalid ones replaced) in the test: regex touches `random` on compile,
+            # which hypothesis does not want inside a strategy
+            conds.append(Condition(draw(st.sampled_from(["to", "subject", "from", "x-tag"])), draw(PATTERNS),
                                    draw(st.booleans())))
         out.append(Rule(f"r{i}", "https://h.example/", tuple(conds), priority=draw(st.integers(-3, 3)),
                         enabled=draw(st.booleans()), id=i + 1))
@@ -110,6 +108,14 @@ def rule_sets(draw):
                                     st.lists(VALUES, max_size=3), max_size=4),
        st.text(max_size=40), st.booleans())
 def test_match_never_raises(rule_list, hdrs, rcpt, explain):
+    def valid(cond):
+        try:
+            rules.check_regex(cond.pattern)
+            return cond
+        except RuleError:
+            return Condition(cond.header, ".", cond.negate)
+
+    rule_list = [replace(r, conditions=tuple(map(valid, r.conditions))) for r in rule_list]
     rs = RuleSet(rule_list, regex_timeout=0.05)
     result = rs.match(rcpt, hdrs, explain=explain)
     assert result.rule is None or result.rule.enabled
