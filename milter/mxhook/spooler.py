@@ -47,6 +47,7 @@ minutes and days; production leaves it at 1. Retry-After from a receiver is neve
 from __future__ import annotations
 
 import argparse
+import heapq
 import logging
 import os
 import signal
@@ -54,10 +55,10 @@ import sqlite3
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable
-
 from dataclasses import dataclass
+from typing import Callable
 
 from . import config as config_mod
 from . import db as db_mod
@@ -70,7 +71,11 @@ log = logging.getLogger("mxhook.spooler")
 
 DAY = 86400.0
 CLEAN_TMP_EVERY = 3600.0
+RECOVER_SEGMENTS_EVERY = 2.0  # a milter that died leaves acknowledged mail in tmp/*.seg
 BLOCK_RETRY_AFTER = 30.0  # seconds before retrying the block list after rules.db failed
+BLOCK_BATCH = 500  # hard bounces handled per step
+SCAN_WINDOW = 50_000  # names of new/ kept from one directory scan (see _next_paths)
+READ_CHUNK = 1 << 16
 
 
 def schedule(outcome: http.Outcome, target: dict, first_attempt_at: float, now: float,
@@ -196,11 +201,21 @@ class Spooler:
         self._stop = threading.Event()
         self._local = threading.local()
         self._last_clean = 0.0
+        self._last_recover = 0.0
         self.endpoints = db_mod.EndpointsView(cfg.rules_db)
         self._endpoints_seen = 0  # EndpointsView.generation last synced into state.db
         self._rules_store: db_mod.RulesStore | None = None
         self._block_retry_at = 0.0
         self._block_error: str | None = None
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="mxhook-spool-io")
+        self._prefetch: Future | None = None
+        # Skipping queries that cannot find anything (each costs a GIL round trip while the
+        # workers render): when the next inbound delivery is due (reset by inbound ingest and
+        # results), and the hard-bounce counter last looked at.
+        self._inbound_due_at = 0.0
+        self._blocks_checked: int | None = None
+        self._window: deque[str] = deque()  # oldest names of new/ from the last scan
+        self._claimed: set[str] = set()
 
     # control ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -214,6 +229,7 @@ class Spooler:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        self.io.shutdown(wait=True)  # a batch read ahead is dropped: its files stay in new/
         self.state.close()
         self.endpoints.close()
         if self._rules_store is not None:
@@ -228,18 +244,81 @@ class Spooler:
         except OSError as exc:
             log.error("spool file %s is bad (%s) and could not be moved to bad/: %s", path, reason, exc)
 
-    def ingest_once(self) -> int:
-        """One batch from new/; returns how many files were handled (ingested or moved)."""
-        paths = spool.pending(self.spool_dir, limit=self.ingest_batch)
-        records: list[spool.Record] = []
-        good: list[str] = []
-        handled = 0
+    # The spool files themselves are handled on one I/O thread (`self.io`): scanning new/,
+    # reading and decoding a batch, quarantining bad files, unlinking ingested ones. While the
+    # main thread writes one batch into state.db (SQLite releases the GIL meanwhile), the I/O
+    # thread reads the next one, so the file system's per-file costs overlap with the database
+    # work. The I/O thread is a single FIFO worker, so an unlink always completes before any
+    # later scan; names handed out and not yet unlinked (or given back) are `_claimed`, and a
+    # scan skips them, so nothing is read twice. `_window` and `_claimed` belong to that thread.
+
+    def _next_paths(self) -> list[str]:
+        """(I/O thread) The next (up to) `ingest_batch` paths in new/, oldest first.
+
+        Listing and sorting the whole directory for every batch (spool.pending) costs O(files)
+        per batch, which is quadratic over a backlog: with 200,000 files waiting it took longer
+        than ingesting them. So one scan keeps the oldest SCAN_WINDOW names (heapq: memory
+        bounded by the window, not by the backlog), and batches are taken from that window
+        until it is used up; files that arrive meanwhile are picked up by the next scan. Names
+        sort by time, so this is the order spool.pending gives."""
+        new_dir = os.path.join(self.spool_dir, "new")
+        if not self._window:
+            claimed = self._claimed
+            try:
+                with os.scandir(new_dir) as it:
+                    names = (e.name for e in it if e.name.endswith(".rec") and e.name not in claimed)
+                    self._window.extend(heapq.nsmallest(max(SCAN_WINDOW, self.ingest_batch), names))
+            except FileNotFoundError:
+                return []
+        take = min(self.ingest_batch, len(self._window))
+        names = [self._window.popleft() for _ in range(take)]
+        self._claimed.update(names)
+        return [os.path.join(new_dir, n) for n in names]
+
+    def _load_batch(self) -> tuple[list[tuple[str, bytes | OSError]], list[str]]:
+        """(I/O thread) Read the next batch's files: ([(path, bytes or the OSError)], every
+        path taken). Only system calls here (they release the GIL); decoding is the main
+        thread's."""
+        paths = self._next_paths()
+        loaded: list[tuple[str, bytes | OSError]] = []
         for path in paths:
             try:
-                record = spool.read(path)
-                state.check_record(record)
+                fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                loaded.append((path, exc))
+                continue
+            try:  # os.read: a third of the system calls of open().read()
+                chunks = []
+                while True:
+                    chunk = os.read(fd, READ_CHUNK)
+                    chunks.append(chunk)
+                    if len(chunk) < READ_CHUNK:  # a short read of a regular file is its end
+                        break
+                loaded.append((path, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            except OSError as exc:
+                loaded.append((path, exc))
+            finally:
+                os.close(fd)
+        return loaded, paths
+
+    def _decode(self, loaded) -> tuple[list[spool.Record], list[str], dict[str, str], int]:
+        """Decode and check read files (spool.decode, state.check_record); bad ones go to bad/.
+        Returns (records, their paths, record id -> its metadata line as JSON text, how many
+        were quarantined)."""
+        records: list[spool.Record] = []
+        good: list[str] = []
+        raw_meta: dict[str, str] = {}
+        handled = 0
+        start = len(spool.MAGIC)
+        for path, data in loaded:
+            try:
+                if isinstance(data, OSError):
+                    raise data
+                in_file = spool.decode_many(data)  # one record, or a milter segment's several
+                for record in in_file:
+                    state.check_record(record)
             except (spool.SpoolError, state.RecordError, PermissionError, IsADirectoryError) as exc:
                 self._quarantine(path, f"{type(exc).__name__}: {exc}")
                 handled += 1
@@ -247,11 +326,14 @@ class Spooler:
             except OSError as exc:  # e.g. EMFILE, EIO: maybe passing; leave the file for next time
                 log.warning("cannot read spool file %s now, will retry: %s", path, exc)
                 continue
-            records.append(record)
-            good.append(path)
-        if not records:
-            return handled
-        done = self._ingest_records(records, good)
+            if len(in_file) == 1 and in_file[0].kind == "event":  # stored as written
+                raw_meta[in_file[0].id] = data[start:data.index(b"\n", start)].decode("ascii")
+            records.extend(in_file)
+            good.extend([path] * len(in_file))
+        return records, good, raw_meta, handled
+
+    def _release(self, done: list[str], paths: list[str]) -> None:
+        """(I/O thread) Unlink ingested files; give every taken name back."""
         for path in done:
             try:
                 os.unlink(path)
@@ -259,27 +341,51 @@ class Spooler:
                 pass
             except OSError as exc:
                 log.warning("ingested %s but cannot remove it (will be re-ingested harmlessly): %s", path, exc)
+        self._claimed.difference_update(os.path.basename(p) for p in paths)
+
+    def ingest_once(self) -> int:
+        """One batch from new/; returns how many files were handled (ingested or moved). The
+        next batch is read ahead on the I/O thread while this one is written."""
+        fut = self._prefetch if self._prefetch is not None else self.io.submit(self._load_batch)
+        self._prefetch = None
+        loaded, paths = fut.result()
+        if not paths:
+            return 0
+        if loaded:
+            self._prefetch = self.io.submit(self._load_batch)
+        records, good, raw_meta, handled = self._decode(loaded)
+        done = self._ingest_records(records, good, raw_meta) if records else []
+        self.io.submit(self._release, done, paths)
         return handled + len(done)
 
-    def _ingest_records(self, records: list[spool.Record], paths: list[str]) -> list[str]:
+    def _ingest_records(self, records: list[spool.Record], paths: list[str],
+                        raw_meta: dict[str, str] | None = None) -> list[str]:
         """Ingest in one transaction; paths safe to unlink. If the batch fails for a reason
         other than the database itself, ingest one by one so one odd record cannot hold up
         the rest (it goes to bad/)."""
         endpoints = list(self.current_endpoints().values())
-        kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces}
+        kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
+              "raw_meta": raw_meta}
+        if any(r.kind == "inbound" for r in records):
+            self._inbound_due_at = 0.0
         try:
-            new = self.state.ingest(records, now=self.clock(), **kw)
+            new = self.state.ingest(records, now=self.clock(), checked=True, **kw)
             log.debug("ingested %d record(s) (%d new)", len(records), new)
-            return paths
+            return list(dict.fromkeys(paths))
         except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: retry later
             log.error("cannot ingest %d spool file(s) into state.db now, will retry: %s", len(records), exc)
             return []
         except Exception as exc:
             log.warning("batch ingest failed (%s); ingesting one by one", exc)
-        done = []
+        # A file is the unit here: a segment's records go in together or the file stays
+        # (unlinking a file with one record not ingested would lose it).
+        by_file: dict[str, list[spool.Record]] = {}
         for record, path in zip(records, paths):
+            by_file.setdefault(path, []).append(record)
+        done = []
+        for path, in_file in by_file.items():
             try:
-                self.state.ingest([record], now=self.clock(), **kw)
+                self.state.ingest(in_file, now=self.clock(), checked=True, **kw)
                 done.append(path)
             except sqlite3.OperationalError as exc:
                 log.error("cannot ingest into state.db now, will retry: %s", exc)
@@ -299,9 +405,15 @@ class Spooler:
         free = self.workers - len(self.inflight)
         if free <= 0 or self.stopping:
             return 0
+        now = self.clock()
+        if now < self._inbound_due_at:  # nothing can be due yet: spare the query
+            return 0
         busy = {d.id for d in self.inflight.values()}
         try:
-            due = self.state.due(self.clock(), free, exclude=busy)
+            due = self.state.due(now, free, exclude=busy)
+            if len(due) < free:  # everything due now is taken: when is the next one due?
+                nxt = self.state.next_due_at()
+                self._inbound_due_at = state.to_datetime(nxt).timestamp() if nxt else float("inf")
         except sqlite3.Error as exc:
             log.error("cannot read due deliveries from state.db: %s", exc)
             return 0
@@ -420,12 +532,16 @@ class Spooler:
         handled. rules.db trouble is logged and retried later (the bounces stay pending)."""
         if not self.block_hard_bounces or self.clock() < self._block_retry_at:
             return 0
+        marker = self.state.hard_bounces_ingested
+        if marker == self._blocks_checked:  # no hard bounce since the last look
+            return 0
         try:
-            pending = self.state.pending_blocks()
+            pending = self.state.pending_blocks(BLOCK_BATCH)
         except sqlite3.Error as exc:
             log.error("cannot read hard bounces from state.db: %s", exc)
             return 0
         if not pending:
+            self._blocks_checked = marker
             return 0
         done: list[tuple[str, dict | None]] = []
         try:
@@ -469,6 +585,8 @@ class Spooler:
             except sqlite3.Error as exc:
                 log.error("cannot record block list results in state.db (will redo): %s", exc)
                 return 0
+            if len(done) == len(pending) < BLOCK_BATCH:
+                self._blocks_checked = marker
         return len(done)
 
     def _session(self):
@@ -539,6 +657,7 @@ class Spooler:
                 f" error={reason!r}" if reason else "",
             )
         if results:
+            self._inbound_due_at = 0.0
             try:
                 self.state.record_attempts(results)
             except sqlite3.Error as exc:
@@ -562,6 +681,14 @@ class Spooler:
     # 3. the loop ------------------------------------------------------------------------
     def _maybe_clean_tmp(self) -> None:
         now = time.monotonic()
+        if now - self._last_recover >= RECOVER_SEGMENTS_EVERY:
+            self._last_recover = now
+            try:
+                moved = spool.recover_segments(self.spool_dir)
+                if moved:
+                    log.warning("recovered %d spool segment(s) left by a milter that stopped", moved)
+            except OSError as exc:
+                log.warning("cannot recover segments in %s/tmp: %s", self.spool_dir, exc)
         if now - self._last_clean >= CLEAN_TMP_EVERY or not self._last_clean:
             self._last_clean = now
             try:

@@ -53,7 +53,9 @@ Schema
 """
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -75,6 +77,9 @@ EVENT_LOG_KEYS = ("received", "status", "hostName", "endpointUrl", "reason")
 ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
 BATCH_PREFIX = "evb_"
 _IN_CHUNK = 500  # host parameters per IN (...) query
+# Decoded events kept after ingest, so a batch made soon after does not parse them again from
+# state.db (the hot path); older ones are read back. Bounded: memory does not grow with a backlog.
+RECENT_EVENTS = 10_000
 
 _ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -112,6 +117,17 @@ def iso(value=None) -> str:
     return dt.strftime(_ISO_FORMAT)
 
 
+_STORED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def _check_time(value) -> None:
+    """ValueError/TypeError unless `value` is a time to_datetime understands (the stored form,
+    which every mxhook writer uses, is recognized without parsing)."""
+    if isinstance(value, str) and _STORED_TIME.fullmatch(value):
+        return
+    to_datetime(value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Records -> rows
 
@@ -123,7 +139,7 @@ def check_record(record: spool.Record) -> None:
         raise RecordError("record id is empty or not a string")
     if "received" in meta:
         try:
-            to_datetime(meta["received"])
+            _check_time(meta["received"])
         except (ValueError, TypeError) as exc:
             raise RecordError(f"bad 'received': {exc}") from None
     if record.kind == "inbound":
@@ -155,7 +171,7 @@ def check_record(record: spool.Record) -> None:
         for key in ("at", "received"):
             if meta.get(key) is not None:
                 try:
-                    to_datetime(meta[key])
+                    _check_time(meta[key])
                 except (ValueError, TypeError) as exc:
                     raise RecordError(f"bad {key!r}: {exc}") from None
         for key in ("recipient", "queue_id"):
@@ -267,6 +283,15 @@ def _pick_queued(candidates: list[tuple[str, dict]], at: str | None) -> dict | N
     return (max(before, key=lambda c: c[0]) if before else min(candidates, key=lambda c: c[0]))[1]
 
 
+def _load_event(text: str) -> dict:
+    """A stored event. Events are stored with the spool file's metadata line as it was written,
+    which also carries the record's `kind` and `payload_size`: those are left out."""
+    event = json.loads(text)
+    event.pop("kind", None)
+    event.pop("payload_size", None)
+    return event
+
+
 def _chunks(items: list, size: int = _IN_CHUNK):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -287,6 +312,10 @@ class StateStore:
         self.db.enable_wal()
         conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
         conn.execute("PRAGMA foreign_keys = ON")
+        self._recent: dict[str, dict] = {}  # event id -> event dict, oldest first
+        # hard bounces marked for the block list by this store (the spooler looks for pending
+        # ones only when this moved, and once at start)
+        self.hard_bounces_ingested = 0
         self._create()
 
     @property
@@ -413,7 +442,8 @@ class StateStore:
 
     # ingest -----------------------------------------------------------------------------
     def ingest(self, records: list[spool.Record], *, now=None, endpoints: Iterable = (),
-               block_hard_bounces: bool = False) -> int:
+               block_hard_bounces: bool = False, checked: bool = False,
+               raw_meta: dict[str, str] | None = None) -> int:
         """Insert spool records in one transaction; returns how many were new. Re-ingesting a
         record is harmless (INSERT OR IGNORE on its id). Raises RecordError (and writes nothing)
         when a record fails `check_record`.
@@ -421,13 +451,18 @@ class StateStore:
         `event` records are fanned out to `endpoints` (endpoints.Endpoint objects; disabled
         ones are skipped): one event_deliveries row per endpoint whose categories include the
         event's type. With `block_hard_bounces`, a hard `bounced` event is marked for the
-        block list (`pending_blocks`)."""
-        for record in records:
-            check_record(record)
+        block list (`pending_blocks`). `checked`: the caller ran check_record on each record
+        already (the spooler does, file by file, to quarantine bad ones). `raw_meta`: record id
+        -> the record's metadata as JSON text (the spool file's line), stored as it is instead of
+        serializing `meta` again."""
+        if not checked:
+            for record in records:
+                check_record(record)
         at = iso(now)
         added = time.time() if now is None else to_datetime(now).timestamp()
         fanout = self._fanout(endpoints)
         new = 0
+        self._pending_recent = {}
         with self._write() as conn:
             events = []
             for record in records:
@@ -436,22 +471,35 @@ class StateStore:
                 elif record.kind == "denied":
                     new += self._ingest_denied(conn, record)
                 elif record.kind == "event":
-                    events.append((record.id, record.meta, record.payload))
+                    text = raw_meta.get(record.id) if raw_meta else None
+                    events.append((record.id, record.meta, record.payload, text))
             if events:
                 new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces)
+        self._remember(self._pending_recent)
         return new
 
     @staticmethod
     def _fanout(endpoints: Iterable) -> list[tuple[int, frozenset]]:
         return [(ep.id, ep.types) for ep in endpoints if getattr(ep, "enabled", True)]
 
-    @staticmethod
-    def _insert_events(conn: sqlite3.Connection, events: list[tuple[str, dict, bytes]], at: str,
+    def _insert_events(self, conn: sqlite3.Connection, events: list[tuple], at: str,
                        added: float, fanout: list[tuple[int, frozenset]], block: bool) -> int:
-        """Insert (id, meta, payload) events; fan the new ones out. Returns how many were new."""
-        new = 0
+        """Insert (id, meta, payload, meta as JSON text or None) events; fan the new ones out.
+        Returns how many were new."""
+        # Which are new: one query per chunk, then one executemany (per-row execute calls
+        # cost more than the inserts themselves).
+        known: set[str] = set()
+        ids = [e[0] for e in events]
+        for chunk in _chunks(ids):
+            marks = ", ".join("?" * len(chunk))
+            known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+        rows = []
         deliveries = []
-        for event_id, meta, payload in events:
+        recent = self._pending_recent
+        for event_id, meta, payload, text in events:
+            if event_id in known:
+                continue
+            known.add(event_id)  # the same id twice in one call: stored once
             etype = meta.get("type")
             when = meta.get("at") or meta.get("received")
             # events.Event times are already in the stored form; others are normalized
@@ -459,23 +507,37 @@ class StateStore:
                 else iso(when or at)
             pending = "pending" if (block and etype == "bounced" and meta.get("bounce_type") == "hard"
                                     and meta.get("recipient")) else None
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO events (id, received, meta, payload, ingested, type,"
-                " queue_id, recipient, block_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (event_id, received, json.dumps(meta, ensure_ascii=False), payload, at, etype,
-                 meta.get("queue_id"), meta.get("recipient"), pending),
+            rows.append((event_id, received, text or json.dumps(meta, ensure_ascii=False), payload,
+                         at, etype, meta.get("queue_id"), meta.get("recipient"), pending))
+            if pending:
+                self.hard_bounces_ingested += 1
+            wanted = False
+            for endpoint_id, types in fanout:
+                if etype in types:
+                    deliveries.append((endpoint_id, event_id, added))
+                    wanted = True
+            if wanted:
+                recent[event_id] = meta
+        if rows:
+            conn.executemany(
+                "INSERT INTO events (id, received, meta, payload, ingested, type, queue_id,"
+                " recipient, block_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
             )
-            if cur.rowcount:
-                new += 1
-                for endpoint_id, types in fanout:
-                    if etype in types:
-                        deliveries.append((endpoint_id, event_id, added))
         if deliveries:
             conn.executemany(
                 "INSERT INTO event_deliveries (endpoint_id, event_id, added) VALUES (?, ?, ?)",
                 deliveries,
             )
-        return new
+        return len(rows)
+
+    def _remember(self, recent: dict[str, dict]) -> None:
+        """Keep freshly stored events for batch_events (after their transaction committed)."""
+        cache = self._recent
+        cache.update(recent)
+        excess = len(cache) - RECENT_EVENTS
+        if excess > 0:
+            for key in list(itertools.islice(cache, excess)):
+                del cache[key]
 
     def _ingest_inbound(self, conn: sqlite3.Connection, record: spool.Record, at: str) -> int:
         meta = record.meta
@@ -705,7 +767,23 @@ class StateStore:
         log-derived events from the `queued` event with the same queue id, in place. Whichever
         of the two arrived first, this runs when a batch is rendered and when an event is
         shown, so both orders give the same result."""
-        need = sorted({e["queue_id"] for e in events if _needs_enrichment(e)})
+        wanting = [e for e in events if _needs_enrichment(e)]
+        if not wanting:
+            return events
+        # The queued event is usually in the same batch, just before: look there first.
+        local: dict[str, list[tuple[str, dict]]] = {}
+        for e in events:
+            if e.get("type") == "queued" and e.get("queue_id"):
+                local.setdefault(e["queue_id"], []).append((e.get("at") or "", e))
+        rest = []
+        for e in wanting:
+            found = local.get(e["queue_id"])
+            at = e.get("at")
+            if found and any(at is None or c[0] <= at for c in found):
+                enrich_event(e, _pick_queued(found, at))
+            else:
+                rest.append(e)
+        need = sorted({e["queue_id"] for e in rest})
         if not need:
             return events
         queued: dict[str, list[tuple[str, dict]]] = {}
@@ -715,10 +793,9 @@ class StateStore:
                 f"SELECT queue_id, received, meta FROM events WHERE queue_id IN ({marks})"
                 " AND type = 'queued'", chunk,
             ):
-                queued.setdefault(queue_id, []).append((received, json.loads(meta)))
-        for e in events:
-            if _needs_enrichment(e):
-                enrich_event(e, _pick_queued(queued.get(e["queue_id"], []), e.get("at")))
+                queued.setdefault(queue_id, []).append((received, _load_event(meta)))
+        for e in rest:
+            enrich_event(e, _pick_queued(queued.get(e["queue_id"], []), e.get("at")))
         return events
 
     # events: batches ---------------------------------------------------------------------
@@ -774,13 +851,24 @@ class StateStore:
 
     def batch_events(self, batch: EventBatch) -> list[dict]:
         """The events of a batch in arrival order, as stored, enriched (see `enrich`)."""
-        events = []
-        for event_id, meta in self.conn.execute(
-            "SELECT d.event_id, e.meta FROM event_deliveries d JOIN events e ON e.id = d.event_id"
-            " WHERE d.endpoint_id = ? AND d.batch_id = ? ORDER BY d.seq",
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
             (batch.endpoint_id, batch.id),
-        ):
-            event = json.loads(meta)
+        )]
+        recent = self._recent
+        missing = [i for i in ids if i not in recent]
+        loaded: dict[str, dict] = {}
+        for chunk in _chunks(missing):
+            marks = ", ".join("?" * len(chunk))
+            for event_id, meta in self.conn.execute(
+                f"SELECT id, meta FROM events WHERE id IN ({marks})", chunk
+            ):
+                loaded[event_id] = _load_event(meta)
+        events = []
+        for event_id in ids:
+            event = recent.get(event_id) or loaded.get(event_id)
+            if event is None:  # removed meanwhile (retention): nothing to send
+                continue
             event.setdefault("id", event_id)
             events.append(event)
         return self.enrich(events)
@@ -878,7 +966,7 @@ class StateStore:
             "SELECT id, meta FROM events WHERE block_state = 'pending' ORDER BY received, id LIMIT ?",
             (int(limit),),
         ):
-            event = json.loads(meta)
+            event = _load_event(meta)
             event["id"] = event_id
             events.append(event)
         return self.enrich(events)
@@ -891,11 +979,13 @@ class StateStore:
         at = iso(now)
         added = time.time() if now is None else to_datetime(now).timestamp()
         fanout = self._fanout(endpoints)
-        events = [(e["id"], e, b"") for _, e in done if e is not None]
+        events = [(e["id"], e, b"", None) for _, e in done if e is not None]
+        self._pending_recent = {}
         with self._write() as conn:
             new = self._insert_events(conn, events, at, added, fanout, False) if events else 0
             conn.executemany("UPDATE events SET block_state = 'done' WHERE id = ?",
                              [(event_id,) for event_id, _ in done])
+        self._remember(self._pending_recent)
         return new
 
     # events: log ---------------------------------------------------------------------------
@@ -909,7 +999,7 @@ class StateStore:
 
     @staticmethod
     def _event_log_row(row, meta: dict | None = None) -> dict:
-        meta = json.loads(row[3]) if meta is None else meta
+        meta = _load_event(row[3]) if meta is None else meta
         return {
             "id": row[0], "received": row[1], "status": row[2], "hostName": event_host(meta),
             "endpointUrl": row[5], "reason": row[6], "type": row[8], "recipient": row[9],
@@ -942,7 +1032,7 @@ class StateStore:
             sql += " LIMIT ?"
             params.append(int(limit))
         rows = self.conn.execute(sql, params).fetchall()
-        metas = self.enrich([json.loads(row[3]) for row in rows])
+        metas = self.enrich([_load_event(row[3]) for row in rows])
         return [self._event_log_row(row, meta) for row, meta in zip(rows, metas)]
 
     def event_detail(self, event_id: str) -> dict | None:
@@ -952,7 +1042,7 @@ class StateStore:
         ).fetchone()
         if row is None:
             return None
-        event = json.loads(row[2])
+        event = _load_event(row[2])
         event["id"] = row[0]
         self.enrich([event])
         deliveries = []

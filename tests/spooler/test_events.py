@@ -325,6 +325,24 @@ def test_disabled_endpoint_keeps_events_pending_until_enabled(rx, cfg):
     assert req.json()["count"] == 1
 
 
+def test_spool_backlog_larger_than_the_scan_window(rx, cfg, monkeypatch, tmp_path):
+    """Batches come from a window of the oldest names of one directory scan; files read ahead
+    or not yet unlinked are never read twice, and arrivals during the window are not lost."""
+    monkeypatch.setattr(spooler, "SCAN_WINDOW", 7)
+    c = config.from_dict(settings(tmp_path, ingest_batch=3))
+    add_endpoint(c, rx.url + "/ev", interval=1, max_events=100)
+    written = [write_event(c) for _ in range(40)]
+    with Running(c) as sp:
+        wait_until(lambda: sp.state.event_counts()["pending"] + sum(
+            b.size for b in sp.state.open_batches().values()) >= 20 or rx.requests, what="some ingest")
+        written += [write_event(c) for _ in range(25)]
+        wait_until(lambda: sum(d["count"] for d in bodies(rx.requests)) >= 65, timeout=15, what="65 events")
+    assert ids_of(bodies(rx.requests)) == written
+    assert os.listdir(os.path.join(c.spool_dir, "new")) == []
+    with StateStore(c.state_db) as st:
+        assert st.counts()["events"] == 65
+
+
 # ---------------------------------------------------------------------------------------------
 # The real daemon: kill -9 mid-batch
 

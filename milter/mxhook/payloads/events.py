@@ -60,10 +60,12 @@ def local_time(at: str | None, tz) -> str | None:
 
 
 def _v1_event(event: dict, tz) -> dict:
-    out = {}
-    for key in V1_FIELDS:
-        out[key] = event.get(key)
-    out["at"] = local_time(out["at"], tz)
+    out = {key: event.get(key) for key in V1_FIELDS}
+    at = out["at"]
+    if tz is timezone.utc and isinstance(at, str) and len(at) == 27 and at[-1] == "Z":
+        out["at"] = at[:-1] + "+00:00"  # the stored form, already UTC: no parsing needed
+    else:
+        out["at"] = local_time(at, tz)
     headers = out["custom_headers"]
     out["custom_headers"] = dict(headers) if isinstance(headers, dict) else {}
     return out

@@ -1,0 +1,324 @@
+"""Event webhooks: events per second from the spool to a loopback receiver, and the spooler's
+memory with a large backlog (issue 3 targets: >= 20,000 events/s with batches of 1,000; RSS
+<= 150 MB with 1,000,000 events pending).
+
+    python3 bench/events.py [--events 200000] [--backlog 1000000] [--skip-backlog] [--json out.json]
+
+The events are what an outbound relay produces: per message a `queued` event (milter: Message-ID,
+Subject, a custom header) and a `succeeded` event from the log (relay, DSN, reply, delay), so
+every batch is also enriched from the queued events. One endpoint takes every category, with
+max_events = 1000 and interval = 1 s. The spooler is the real `mxhook-spooler` process with the
+default [spooler] settings (only the retry schedule is scaled down for the backlog phase); its
+memory is read from /proc/<pid>/status (VmHWM = peak resident set size).
+
+Phases (one run):
+  baseline  spool.write of event records (no fsync), records/s: the rate events can be handed in
+            at; and bare POSTs of a rendered 1,000-event body to the same receiver, events/s: the
+            ceiling the HTTP side allows.
+  flow      --events records written to the spool first, then the spooler started: time from
+            its start until the receiver has every event (ingest + fan-out + batching +
+            enrichment + rendering + POST), events/s and the spooler's VmHWM.
+  backlog   the receiver answers 503 (down) while --backlog events are spooled in chunks of
+            100,000 and ingested (they pile up in state.db); then it recovers and the backlog
+            drains. VmHWM over the whole phase, and the drain rate.
+
+Prints figures and ratios; it does not pass or fail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "milter"))
+
+from mxhook import config, db, events, spool  # noqa: E402
+from mxhook.endpoints import Endpoint  # noqa: E402
+
+COUNT_RE = re.compile(rb'"count":(\d+)')
+
+
+# ---------------------------------------------------------------------------------------------
+# A counting receiver (the tests' Receiver keeps every body; a backlog of 1M would not fit)
+
+class Counter:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.events = 0
+        self.posts = 0
+        self.batches: set[str] = set()
+        self.status = 200
+        self.last = 0.0
+
+    def add(self, batch_id: str, count: int, status: int) -> None:
+        with self.lock:
+            self.posts += 1
+            if status == 200 and batch_id not in self.batches:
+                self.batches.add(batch_id)
+                self.events += count
+                self.last = time.time()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def setup(self):
+        super().setup()
+        # as production servers do: without it, the answer's second segment waits for the
+        # client's delayed ACK (~40 ms per request on Linux loopback)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_POST(self):
+        counter: Counter = self.server.counter
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        m = COUNT_RE.search(body, 0, 400)
+        status = counter.status
+        counter.add(self.headers.get("webhook-id") or "", int(m.group(1)) if m else 0, status)
+        reply = b'{"ok":true}' if status == 200 else b"down"
+        self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (status, b"OK" if status == 200 else b"Service Unavailable", len(reply), reply))
+
+
+def start_receiver() -> tuple[ThreadingHTTPServer, Counter]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.counter = Counter()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.counter
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+def make_events(n: int, start: int = 0) -> list[events.Event]:
+    """n events: per message a queued and a succeeded event."""
+    out = []
+    t0 = time.time_ns() // 1000
+    for i in range(start, start + n):
+        msg = i // 2
+        qid = f"4Xb{msg:09X}"
+        at = t0 + i
+        rcpt = f"user{msg % 50000}@customer{msg % 97}.example"
+        if i % 2 == 0:
+            ev = events.Event(
+                type="queued", at=events.iso_from_us(at), id=events.event_id(at, "bench", i),
+                source="milter", queue_id=qid, recipient=rcpt, sender="app@ours.example",
+                header_from="App <app@ours.example>", message_id=f"<{msg}.bench@ours.example>",
+                subject=f"Your order {msg} has shipped", client_addr="10.0.0.5",
+                auth_user="app", custom_headers={"X-Campaign": f"c-{msg % 10}"})
+        else:
+            ev = events.Event(
+                type="succeeded", at=events.iso_from_us(at), id=events.event_id(at, "bench", i),
+                source="log", queue_id=qid, recipient=rcpt, dsn="2.0.0",
+                relay=f"mx{msg % 3}.customer{msg % 97}.example[192.0.2.{msg % 250}]:25",
+                remote_host=f"mx{msg % 3}.customer{msg % 97}.example",
+                reply="250 2.0.0 OK 1732280000 a640c23a62f3a-a9a3f.513 - gsmtp", delay=1.23)
+        out.append(ev)
+    return out
+
+
+def write_events(spool_dir: str, n: int, start: int = 0, chunk: int = 20000) -> float:
+    """Spool n event records (no fsync, like denials); returns seconds spent."""
+    spent = 0.0
+    for s in range(start, start + n, chunk):
+        batch = [events.to_record(e) for e in make_events(min(chunk, start + n - s), s)]
+        t = time.perf_counter()
+        for rec in batch:
+            spool.write(spool_dir, rec, durable=False)
+        spent += time.perf_counter() - t
+    return spent
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup and measurement helpers
+
+def setup(base: str, url: str, *, retry_time_scale: str = "1.0") -> str:
+    paths = {"rules_db": f"{base}/rules.db", "state_db": f"{base}/state.db", "spool_dir": f"{base}/spool"}
+    spool.ensure_dirs(paths["spool_dir"])
+    conf = f"{base}/mxhook.conf"
+    with open(conf, "w") as fh:
+        fh.write(config.render({"paths": paths, "spooler": {
+            "log": "stderr", "log_level": "warning", "retry_time_scale": retry_time_scale}}))
+    with db.RulesStore(paths["rules_db"]) as store:
+        store.add_endpoint(Endpoint(url=url, allow_http=True, interval=1, max_events=1000,
+                                    retry_interval=10))
+    return conf
+
+
+def start_spooler(conf: str, base: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
+    return subprocess.Popen([sys.executable, "-m", "mxhook.spooler", "--config", conf], env=env,
+                            stderr=open(f"{base}/spooler.stderr", "ab"))
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(value.split()[0]) // 1024  # MiB
+    return out
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_events(counter: Counter, n: int, proc: subprocess.Popen, base: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while counter.events < n:
+        if proc.poll() is not None:
+            raise SystemExit(f"spooler exited: {open(f'{base}/spooler.stderr').read()[-2000:]}")
+        if time.time() > deadline:
+            raise SystemExit(f"timeout: receiver has {counter.events} of {n} events")
+        time.sleep(0.02)
+
+
+def spool_empty(spool_dir: str) -> bool:
+    with os.scandir(os.path.join(spool_dir, "new")) as it:
+        return next(it, None) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases
+
+def baseline(tmp: str, url: str, n_spool: int = 20000, posts: int = 40) -> dict:
+    import requests
+
+    from mxhook.payloads.events import render_events
+
+    base = os.path.join(tmp, "baseline")
+    spool.ensure_dirs(f"{base}/spool")
+    spent = write_events(f"{base}/spool", n_spool)
+    body = render_events(1, [e.to_dict() for e in make_events(1000)], batch_id="evb_b",
+                         endpoint_id=1).body
+    session = requests.Session()
+    session.post(url, data=body, headers={"Content-Type": "application/json", "webhook-id": "warm"})
+    t = time.perf_counter()
+    for i in range(posts):
+        session.post(url, data=body, headers={"Content-Type": "application/json",
+                                              "webhook-id": f"evb_base_{i}"}).close()
+    post_s = time.perf_counter() - t
+    shutil.rmtree(base)
+    return {"spool_write_per_s": n_spool / spent, "bare_post_events_per_s": posts * 1000 / post_s,
+            "body_bytes_per_1000": len(body)}
+
+
+def flow(tmp: str, n: int) -> dict:
+    server, counter = start_receiver()
+    base = os.path.join(tmp, "flow")
+    conf = setup(base, f"http://127.0.0.1:{server.server_address[1]}/ev")
+    write_events(f"{base}/spool", n)
+    proc = start_spooler(conf, base)
+    started = time.time()
+    try:
+        wait_events(counter, n, proc, base, timeout=max(120.0, n / 1000))
+        elapsed = counter.last - started
+        mem = proc_status(proc.pid)
+    finally:
+        stop(proc)
+        server.shutdown()
+    shutil.rmtree(base)
+    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "posts": counter.posts,
+            "vmhwm_mb": mem["VmHWM"]}
+
+
+def backlog(tmp: str, n: int, chunk: int = 100_000) -> dict:
+    server, counter = start_receiver()
+    counter.status = 503
+    base = os.path.join(tmp, "backlog")
+    conf = setup(base, f"http://127.0.0.1:{server.server_address[1]}/ev", retry_time_scale="0.01")
+    proc = start_spooler(conf, base)
+    rss_samples = []
+    try:
+        written = 0
+        t_ingest = time.time()
+        while written < n:
+            size = min(chunk, n - written)
+            write_events(f"{base}/spool", size, written)
+            written += size
+            while not spool_empty(f"{base}/spool"):
+                if proc.poll() is not None:
+                    raise SystemExit(open(f"{base}/spooler.stderr").read()[-2000:])
+                time.sleep(0.2)
+            rss_samples.append(proc_status(proc.pid)["VmRSS"])
+            print(f"  backlog: {written:,} events spooled and ingested, spooler RSS "
+                  f"{rss_samples[-1]} MB", flush=True)
+        ingest_s = time.time() - t_ingest
+        before = proc_status(proc.pid)
+        db_mb = sum(os.path.getsize(f"{base}/{f}") for f in os.listdir(base) if f.startswith("state.db")) / 2**20
+        counter.status = 200
+        t = time.time()
+        wait_events(counter, n, proc, base, timeout=max(300.0, n / 500))
+        drain_s = counter.last - t
+        after = proc_status(proc.pid)
+    finally:
+        stop(proc)
+        server.shutdown()
+    shutil.rmtree(base)
+    return {"events": n, "rss_with_backlog_mb": before["VmRSS"], "vmhwm_mb": after["VmHWM"],
+            "rss_after_drain_mb": after["VmRSS"], "state_db_mb": round(db_mb),
+            "drain_events_per_s": n / drain_s, "spool+ingest_s": ingest_s,
+            "posts_while_down": counter.posts - len(counter.batches)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--backlog", type=int, default=1_000_000)
+    ap.add_argument("--skip-backlog", action="store_true")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="mxhook-bench-events-")
+    results = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        server, _ = start_receiver()
+        results["baseline"] = b = baseline(tmp, f"http://127.0.0.1:{server.server_address[1]}/ev")
+        server.shutdown()
+        print(f"baseline: spool.write {b['spool_write_per_s']:,.0f} records/s; bare POST of 1,000-event "
+              f"bodies ({b['body_bytes_per_1000'] / 1024:.0f} KiB) {b['bare_post_events_per_s']:,.0f} events/s",
+              flush=True)
+        results["flow"] = f = flow(tmp, args.events)
+        print(f"flow:     {f['events']:,} events spool -> receiver in {f['seconds']:.1f} s = "
+              f"{f['events_per_s']:,.0f} events/s ({f['posts']} POSTs); spooler VmHWM {f['vmhwm_mb']} MB",
+              flush=True)
+        print(f"          = {f['events_per_s'] / b['spool_write_per_s']:.2f} x the spool write rate, "
+              f"{f['events_per_s'] / b['bare_post_events_per_s']:.2f} x the bare POST rate; "
+              f"target >= 20,000 events/s", flush=True)
+        if not args.skip_backlog:
+            results["backlog"] = k = backlog(tmp, args.backlog)
+            print(f"backlog:  {k['events']:,} events pending in state.db ({k['state_db_mb']} MB): spooler RSS "
+                  f"{k['rss_with_backlog_mb']} MB, peak (VmHWM) {k['vmhwm_mb']} MB; target <= 150 MB", flush=True)
+            print(f"          drained at {k['drain_events_per_s']:,.0f} events/s after the receiver recovered "
+                  f"({k['posts_while_down']} POSTs answered 503 meanwhile)", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
