@@ -4,14 +4,14 @@
   another exception; encode/decode round-trips;
 - the spooler's whole check (`spool.decode` then `state.check_record`, as `_load_batch` does):
   SpoolError or RecordError only, because `_load_batch` quarantines exactly those (to bad/);
-  anything else escapes the batch (see the xfail below).
+  anything else escapes the batch or is taken for a passing I/O error (see the xfails below).
 """
 from __future__ import annotations
 
 import json
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mxhook import spool, state
@@ -111,15 +111,17 @@ def spooler_check(data: bytes) -> None:
         assert str(exc)
 
 
-@FUZZ
+# The exception types of the known check_record bugs below (each pinned by a strict xfail):
+# the property fails on any other type, and passes (XPASS) when it finds nothing.
+KNOWN_CHECK_RECORD_BUGS = (TypeError, OverflowError, OSError)
+
+
+@pytest.mark.xfail(raises=KNOWN_CHECK_RECORD_BUGS, strict=False,
+                   reason="known check_record bugs, see the strict xfails below")
+@settings(FUZZ, report_multiple_bugs=False)  # one exception, not a group, for xfail(raises=)
 @given(spool_files_with_odd_meta())
 def test_spooler_check_odd_metadata(data):
-    try:
-        spooler_check(data)
-    except TypeError as exc:
-        if "unhashable" in str(exc):  # the known bug below, reported; not this test's business
-            return
-        raise
+    spooler_check(data)
 
 
 UNHASHABLE_RULE_NAME = (spool.MAGIC + json.dumps({
@@ -136,6 +138,18 @@ UNHASHABLE_RULE_NAME = (spool.MAGIC + json.dumps({
     "again after it). Remove this marker when check_record rejects non-string rule names."))
 def test_check_record_rejects_non_string_rule_name():
     spooler_check(UNHASHABLE_RULE_NAME)
+
+
+@pytest.mark.xfail(raises=(OverflowError, OSError), strict=True, reason=(
+    "product bug: state._check_time() catches ValueError/TypeError only, but to_datetime() of a "
+    "huge number raises OverflowError (1e300) or OSError EOVERFLOW (6.8e16): Spooler._load_batch "
+    "lets OverflowError escape (the batch stalls, as above) and takes OSError for a passing I/O "
+    "error ('will retry'), so the file is never moved to bad/ and is retried on every poll. "
+    "Remove this marker when such times are a RecordError."))
+@pytest.mark.parametrize("received", [1e300, 6.77680361916768e16])
+def test_check_record_rejects_out_of_range_times(received):
+    spooler_check(spool.MAGIC + json.dumps(
+        {"id": "0", "kind": "denied", "received": received, "payload_size": 0}).encode() + b"\n")
 
 
 @pytest.mark.xfail(raises=RecursionError, strict=True, reason=(
