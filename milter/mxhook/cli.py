@@ -885,8 +885,8 @@ def log_event(app, event_id, as_json):
         if entry.get("nextAttemptAt"):
             click.echo(f"  next attempt: {entry['nextAttemptAt']}")
         if entry["attempts"]:
-            table(["  AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
-                  [["  " + a["at"], a["outcome"], a["status_code"], a["duration_ms"], a["error"]]
+            table(["AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
+                  [[a["at"], a["outcome"], a["status_code"], a["duration_ms"], a["error"]]
                    for a in entry["attempts"]], max_width=70)
 
 
