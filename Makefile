@@ -7,7 +7,7 @@ APT_PACKAGES := postfix python3-milter python3-requests python3-jinja2 sqlite-ut
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
-.PHONY: setup demo test test-unit test-e2e test-python deb package-test bench clean
+.PHONY: setup demo test test-unit test-e2e test-fault test-fuzz fuzz-long test-python deb package-test bench clean
 
 setup: $(STAMP_PIP)
 
@@ -33,6 +33,16 @@ demo: setup
 test: setup
 	bash scripts/package-test.sh
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fault: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/fault
+
+test-fuzz: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
+# Long fuzzing run (hypothesis "long" profile, then atheris): FUZZ_SECONDS=... to bound it.
+fuzz-long: setup
+	bash scripts/fuzz-long.sh
 
 test-python: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests

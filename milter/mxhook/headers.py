@@ -25,7 +25,10 @@ def to_text(raw: bytes | str) -> str:
             raw.encode("utf-8")
             return raw
         except UnicodeEncodeError:
-            raw = raw.encode("utf-8", "surrogateescape")
+            try:
+                raw = raw.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate that stands for no byte (e.g. UTF-7)
+                return raw.encode("utf-8", "replace").decode("utf-8")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

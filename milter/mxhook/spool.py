@@ -137,8 +137,8 @@ def _decode_at(data: bytes, offset: int) -> tuple[Record, int]:
         raise SpoolError("truncated: no end to the metadata line")
     try:
         meta = json.loads(data[start:end])
-    except ValueError as exc:
-        raise SpoolError(f"metadata is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise SpoolError(f"metadata is not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict):
         raise SpoolError("metadata is not a JSON object")
     for key in ("id", "kind", "payload_size"):
@@ -179,6 +179,27 @@ def decode_many(data: bytes) -> list[Record]:
 def read_all(path: str) -> list[Record]:
     with open(path, "rb") as fh:
         return decode_many(fh.read())
+
+
+def handed_over(spool_dir: str) -> list[Record]:
+    """Every record durably in the spool and not yet ingested: files in new/ and the whole
+    records of open segments in tmp/ (for `mxhook status`-like counts and tests)."""
+    found = []
+    for path in pending(spool_dir):
+        try:
+            found.extend(read_all(path))
+        except (OSError, SpoolError):
+            continue
+    tmp_dir = os.path.join(spool_dir, "tmp")
+    for name in sorted(os.listdir(tmp_dir)):
+        if name.endswith(".seg"):
+            try:
+                with open(os.path.join(tmp_dir, name), "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            found.extend(decode_many(data[:_complete_prefix(data)]) if _complete_prefix(data) else [])
+    return found
 
 
 def _complete_prefix(data: bytes) -> int:

@@ -111,12 +111,6 @@ UTF7_FILENAME = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: headers.to_text() re-encodes a str with 'surrogateescape', which only maps "
-    "U+DC80..U+DCFF; a lone surrogate outside that range (UTF-7 decodes '+2AA-' to U+D800) raises "
-    "UnicodeEncodeError. decode_value('=?utf-7?q?+2AA-?=') returns such a string, and "
-    "message._filename() passes an RFC 2231 utf-7 filename through to_text(): the attachment is "
-    "dropped from the payload as 'unreadable part'. Remove this marker when fixed."))
 def test_utf7_lone_surrogate_filename_keeps_the_attachment():
     from mxhook import message
 

@@ -152,11 +152,6 @@ def test_check_record_rejects_out_of_range_times(received):
         {"id": "0", "kind": "denied", "received": received, "payload_size": 0}).encode() + b"\n")
 
 
-@pytest.mark.xfail(raises=RecursionError, strict=True, reason=(
-    "product bug: spool.decode() catches only ValueError around json.loads, so a metadata line of "
-    "deeply nested JSON (a few thousand '[') raises RecursionError instead of SpoolError; "
-    "Spooler._load_batch does not catch it (same effect as the check_record bug above). Remove this "
-    "marker when decode turns RecursionError into SpoolError."))
 def test_decode_deeply_nested_metadata_is_a_spool_error():
     with pytest.raises(SpoolError):
         spool.decode(spool.MAGIC + b"[" * 5000 + b"\n")
