@@ -98,6 +98,7 @@ class MxhookMilter(Milter.Base):
     settings: Settings
     watcher: SnapshotWatcher
     blocklist: BlocklistReader
+    segments: spool.SegmentWriter  # inbound records: shared segment, group fdatasync
 
     def __init__(self):
         self.client_addr = ""
@@ -267,7 +268,7 @@ class MxhookMilter(Milter.Base):
                     {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
                 ]
                 record = spool.Record(spool.new_id(), "inbound", meta, raw)
-                spool.write(self.settings.spool_dir, record, durable=True)
+                self.segments.append(record)  # on disk when this returns
                 names = ",".join(rule.name for rule, _ in groups)
                 self._log_decision("accepted", [r for _, rs in groups for r in rs], names,
                                    f"spooled as {record.id}")
@@ -445,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mxhook-milter: cannot read rules database {cfg.rules_db}: {exc}", file=sys.stderr)
         return 1
     spool.ensure_dirs(settings.spool_dir)
+    spool.recover_segments(settings.spool_dir)  # a previous run's, if it died
+    MxhookMilter.segments = spool.SegmentWriter(settings.spool_dir)
     MxhookMilter.settings = settings
     MxhookMilter.watcher = watcher
     MxhookMilter.blocklist = BlocklistReader(cfg.rules_db)
@@ -465,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         Milter.runmilter("mxhook", socket_spec, timeout)
     finally:
+        MxhookMilter.segments.close()
         watcher.stop()
     log.info("stopped")
     return 0

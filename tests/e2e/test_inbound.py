@@ -254,7 +254,7 @@ def test_spooler_killed_before_ingest_posts_after_restart(mxhook_stack):
     st.spooler.kill(signal.SIGKILL)
     res = st.send(SENDER, [SUPPORT], make_message(to=SUPPORT, subject="while the spooler was down"))
     assert res.accepted, res
-    assert len(st.cfg.spool_files("new")) == 1  # durably handed over before the 250
+    assert len(st.cfg.spooled_records()) == 1  # durably handed over before the 250
     time.sleep(0.3)
     assert st.receiver.requests == []
     st.spooler.start()

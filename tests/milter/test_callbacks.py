@@ -29,6 +29,7 @@ def env(tmp_path):
         MxhookMilter.settings = Settings(cfg)
         MxhookMilter.watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
         MxhookMilter.blocklist = BlocklistReader(str(tmp_path / "rules.db"))
+        MxhookMilter.segments = spool.SegmentWriter(spool_dir, seal_after=60)
         Milter.factory = MxhookMilter
         ctx = testctx.TestCtx()
         # TestCtx._connect closes the connection on NOREPLY (our @noreply connect/hello), so
@@ -44,6 +45,9 @@ def env(tmp_path):
     watcher = getattr(MxhookMilter, "watcher", None)
     if watcher is not None:
         watcher.stop()
+    segments = getattr(MxhookMilter, "segments", None)
+    if segments is not None:
+        segments.close()
 
 
 def send(ctx, rcpts, headers, body=b"Hello\r\n", mail_from="<alice@sender.example>", queue_id="4QX1"):
@@ -70,7 +74,8 @@ HEADERS = [("From", b" Alice <alice@sender.example>"), ("To", b" sales@ours.exam
 
 
 def records(spool_dir):
-    return [spool.read(p) for p in spool.pending(spool_dir)]
+    MxhookMilter.segments.flush()
+    return [r for p in spool.pending(spool_dir) for r in spool.read_all(p)]
 
 
 def test_accepted_message_is_spooled_with_envelope_before_accept(env):

@@ -101,6 +101,14 @@ class MxhookConfig:
                 return self.socket[len(prefix):]
         return None
 
+    def spooled_records(self) -> list:
+        """Records durably handed over and not yet ingested (new/ files and open segments)."""
+        from mxhook import spool
+        try:
+            return spool.handed_over(self.spool_dir)
+        except FileNotFoundError:
+            return []
+
     def spool_files(self, sub: str = "new") -> list[str]:
         try:
             return sorted(os.listdir(os.path.join(self.spool_dir, sub)))
