@@ -185,14 +185,23 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def wait_events(counter: Counter, n: int, proc: subprocess.Popen, base: str, timeout: float) -> None:
+def wait_events(counter: Counter, n: int, proc: subprocess.Popen, base: str, timeout: float,
+                spool_dir: str | None = None) -> float | None:
+    """Wait until the receiver has n events; returns when the spool was first seen empty (if
+    `spool_dir` is given)."""
     deadline = time.time() + timeout
+    emptied = None
     while counter.events < n:
+        if spool_dir and emptied is None and spool_empty(spool_dir):
+            emptied = time.time()
         if proc.poll() is not None:
             raise SystemExit(f"spooler exited: {open(f'{base}/spooler.stderr').read()[-2000:]}")
         if time.time() > deadline:
             raise SystemExit(f"timeout: receiver has {counter.events} of {n} events")
         time.sleep(0.02)
+    if spool_dir and emptied is None:  # emptied within the last poll: ingest was the limit
+        emptied = time.time()
+    return emptied
 
 
 def spool_empty(spool_dir: str) -> bool:
@@ -233,7 +242,8 @@ def flow(tmp: str, n: int) -> dict:
     proc = start_spooler(conf, base)
     started = time.time()
     try:
-        wait_events(counter, n, proc, base, timeout=max(120.0, n / 1000))
+        emptied = wait_events(counter, n, proc, base, timeout=max(120.0, n / 1000),
+                              spool_dir=f"{base}/spool")
         elapsed = counter.last - started
         mem = proc_status(proc.pid)
     finally:
@@ -241,7 +251,8 @@ def flow(tmp: str, n: int) -> dict:
         server.shutdown()
     shutil.rmtree(base)
     return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "posts": counter.posts,
-            "vmhwm_mb": mem["VmHWM"]}
+            "vmhwm_mb": mem["VmHWM"],
+            "spool_emptied_per_s": n / (emptied - started) if emptied else None}
 
 
 def backlog(tmp: str, n: int, chunk: int = 100_000) -> dict:
@@ -288,10 +299,15 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--skip-backlog", action="store_true")
+    ap.add_argument("--dir", metavar="DIR", help="where spool and databases go (default: the "
+                    "system temp dir; /dev/shm takes the disk out of the figures)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="mxhook-bench-events-")
-    results = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    tmp = tempfile.mkdtemp(prefix="mxhook-bench-events-", dir=args.dir)
+    results = {"python": platform.python_version(), "cpus": os.cpu_count(), "dir": tmp,
+               "loadavg_start": os.getloadavg()}
+    print(f"{platform.python_version()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+          f"files under {tmp}", flush=True)
     try:
         server, _ = start_receiver()
         results["baseline"] = b = baseline(tmp, f"http://127.0.0.1:{server.server_address[1]}/ev")
@@ -303,6 +319,8 @@ def main() -> int:
         print(f"flow:     {f['events']:,} events spool -> receiver in {f['seconds']:.1f} s = "
               f"{f['events_per_s']:,.0f} events/s ({f['posts']} POSTs); spooler VmHWM {f['vmhwm_mb']} MB",
               flush=True)
+        if f["spool_emptied_per_s"]:
+            print(f"          (the spool was ingested at {f['spool_emptied_per_s']:,.0f} events/s)", flush=True)
         print(f"          = {f['events_per_s'] / b['spool_write_per_s']:.2f} x the spool write rate, "
               f"{f['events_per_s'] / b['bare_post_events_per_s']:.2f} x the bare POST rate; "
               f"target >= 20,000 events/s", flush=True)
@@ -314,6 +332,8 @@ def main() -> int:
                   f"({k['posts_while_down']} POSTs answered 503 meanwhile)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    results["loadavg_end"] = os.getloadavg()
+    print(f"load at the end {os.getloadavg()[0]:.2f} (other work on the machine slows every figure)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -247,8 +247,8 @@ class Spooler:
     # The spool files themselves are handled on one I/O thread (`self.io`): scanning new/,
     # reading and decoding a batch, quarantining bad files, unlinking ingested ones. While the
     # main thread writes one batch into state.db (SQLite releases the GIL meanwhile), the I/O
-    # thread reads the next one, so the file system's per-file costs overlap with the database
-    # work. The I/O thread is a single FIFO worker, so an unlink always completes before any
+    # thread reads and decodes the next one, so the file system's per-file costs and the JSON
+    # decoding overlap with the database work. The I/O thread is a single FIFO worker, so an unlink always completes before any
     # later scan; names handed out and not yet unlinked (or given back) are `_claimed`, and a
     # scan skips them, so nothing is read twice. `_window` and `_claimed` belong to that thread.
 
@@ -275,10 +275,9 @@ class Spooler:
         self._claimed.update(names)
         return [os.path.join(new_dir, n) for n in names]
 
-    def _load_batch(self) -> tuple[list[tuple[str, bytes | OSError]], list[str]]:
-        """(I/O thread) Read the next batch's files: ([(path, bytes or the OSError)], every
-        path taken). Only system calls here (they release the GIL); decoding is the main
-        thread's."""
+    def _load_batch(self) -> tuple[tuple, list[str]]:
+        """(I/O thread) Read and decode the next batch: (what `_decode` returns, every path
+        taken)."""
         paths = self._next_paths()
         loaded: list[tuple[str, bytes | OSError]] = []
         for path in paths:
@@ -301,10 +300,11 @@ class Spooler:
                 loaded.append((path, exc))
             finally:
                 os.close(fd)
-        return loaded, paths
+        return self._decode(loaded), paths
 
     def _decode(self, loaded) -> tuple[list[spool.Record], list[str], dict[str, str], int]:
-        """Decode and check read files (spool.decode, state.check_record); bad ones go to bad/.
+        """(I/O thread) Decode and check read files (spool.decode, state.check_record); bad
+        ones go to bad/.
         Returns (records, their paths, record id -> its metadata line as JSON text, how many
         were quarantined)."""
         records: list[spool.Record] = []
@@ -313,18 +313,20 @@ class Spooler:
         handled = 0
         start = len(spool.MAGIC)
         for path, data in loaded:
+            if isinstance(data, (PermissionError, IsADirectoryError)):
+                self._quarantine(path, f"{type(data).__name__}: {data}")
+                handled += 1
+                continue
+            if isinstance(data, OSError):  # e.g. EMFILE, EIO: maybe passing; try again later
+                log.warning("cannot read spool file %s now, will retry: %s", path, data)
+                continue
             try:
-                if isinstance(data, OSError):
-                    raise data
                 in_file = spool.decode_many(data)  # one record, or a milter segment's several
                 for record in in_file:
                     state.check_record(record)
-            except (spool.SpoolError, state.RecordError, PermissionError, IsADirectoryError) as exc:
+            except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
                 self._quarantine(path, f"{type(exc).__name__}: {exc}")
                 handled += 1
-                continue
-            except OSError as exc:  # e.g. EMFILE, EIO: maybe passing; leave the file for next time
-                log.warning("cannot read spool file %s now, will retry: %s", path, exc)
                 continue
             if len(in_file) == 1 and in_file[0].kind == "event":  # stored as written
                 raw_meta[in_file[0].id] = data[start:data.index(b"\n", start)].decode("ascii")
@@ -348,12 +350,11 @@ class Spooler:
         next batch is read ahead on the I/O thread while this one is written."""
         fut = self._prefetch if self._prefetch is not None else self.io.submit(self._load_batch)
         self._prefetch = None
-        loaded, paths = fut.result()
+        (records, good, raw_meta, handled), paths = fut.result()
         if not paths:
             return 0
-        if loaded:
+        if records or handled:
             self._prefetch = self.io.submit(self._load_batch)
-        records, good, raw_meta, handled = self._decode(loaded)
         done = self._ingest_records(records, good, raw_meta) if records else []
         self.io.submit(self._release, done, paths)
         return handled + len(done)
