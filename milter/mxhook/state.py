@@ -122,10 +122,15 @@ _STORED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 def _check_time(value) -> None:
     """ValueError/TypeError unless `value` is a time to_datetime understands (the stored form,
-    which every mxhook writer uses, is recognized without parsing)."""
+    which every mxhook writer uses, is recognized without parsing). A number too large for a
+    datetime (datetime raises OverflowError or OSError EOVERFLOW for those) is a ValueError too,
+    so that callers need to catch only ValueError/TypeError."""
     if isinstance(value, str) and _STORED_TIME.fullmatch(value):
         return
-    to_datetime(value)
+    try:
+        to_datetime(value)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"time out of range: {value!r} ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +158,10 @@ def check_record(record: spool.Record) -> None:
             target = entry.get("rule")
             if not isinstance(target, dict) or not target.get("name") or not target.get("endpoint"):
                 raise RecordError(f"deliveries[{i}] has no rule with a name and an endpoint")
+            for key in ("name", "endpoint"):
+                if not isinstance(target[key], str):
+                    raise RecordError(f"deliveries[{i}].rule.{key} is not a string: "
+                                      f"{type(target[key]).__name__}")
             recipients = entry.get("recipients")
             if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
                 raise RecordError(f"deliveries[{i}].recipients is not a list of addresses")

@@ -4,7 +4,8 @@
   another exception; encode/decode round-trips;
 - the spooler's whole check (`spool.decode` then `state.check_record`, as `_load_batch` does):
   SpoolError or RecordError only, because `_load_batch` quarantines exactly those (to bad/);
-  anything else escapes the batch or is taken for a passing I/O error (see the xfails below).
+  anything else escapes the batch or is taken for a passing I/O error. (Non-string rule names
+  and out-of-range times were such bugs; the two tests at the end pin them.)
 """
 from __future__ import annotations
 
@@ -111,14 +112,7 @@ def spooler_check(data: bytes) -> None:
         assert str(exc)
 
 
-# The exception types of the known check_record bugs below (each pinned by a strict xfail):
-# the property fails on any other type, and passes (XPASS) when it finds nothing.
-KNOWN_CHECK_RECORD_BUGS = (TypeError, OverflowError, OSError)
-
-
-@pytest.mark.xfail(raises=KNOWN_CHECK_RECORD_BUGS, strict=False,
-                   reason="known check_record bugs, see the strict xfails below")
-@settings(FUZZ, report_multiple_bugs=False)  # one exception, not a group, for xfail(raises=)
+@settings(FUZZ, report_multiple_bugs=False)
 @given(spool_files_with_odd_meta())
 def test_spooler_check_odd_metadata(data):
     spooler_check(data)
@@ -130,26 +124,16 @@ UNHASHABLE_RULE_NAME = (spool.MAGIC + json.dumps({
 }).encode() + b"\n")
 
 
-@pytest.mark.xfail(raises=TypeError, strict=True, reason=(
-    "product bug: state.check_record() does `target['name'] in names` (a set) without checking that "
-    "the name is a string, so an inbound record whose rule name is a JSON list/object raises "
-    "TypeError instead of RecordError; Spooler._load_batch does not catch it, the batch's names stay "
-    "_claimed, and that file and the good files read with it are not ingested until a restart (and "
-    "again after it). Remove this marker when check_record rejects non-string rule names."))
 def test_check_record_rejects_non_string_rule_name():
-    spooler_check(UNHASHABLE_RULE_NAME)
+    with pytest.raises(state.RecordError, match="name is not a string"):
+        state.check_record(spool.decode(UNHASHABLE_RULE_NAME))
 
 
-@pytest.mark.xfail(raises=(OverflowError, OSError), strict=True, reason=(
-    "product bug: state._check_time() catches ValueError/TypeError only, but to_datetime() of a "
-    "huge number raises OverflowError (1e300) or OSError EOVERFLOW (6.8e16): Spooler._load_batch "
-    "lets OverflowError escape (the batch stalls, as above) and takes OSError for a passing I/O "
-    "error ('will retry'), so the file is never moved to bad/ and is retried on every poll. "
-    "Remove this marker when such times are a RecordError."))
 @pytest.mark.parametrize("received", [1e300, 6.77680361916768e16])
 def test_check_record_rejects_out_of_range_times(received):
-    spooler_check(spool.MAGIC + json.dumps(
-        {"id": "0", "kind": "denied", "received": received, "payload_size": 0}).encode() + b"\n")
+    with pytest.raises(state.RecordError, match="out of range"):
+        state.check_record(spool.decode(spool.MAGIC + json.dumps(
+            {"id": "0", "kind": "denied", "received": received, "payload_size": 0}).encode() + b"\n"))
 
 
 def test_decode_deeply_nested_metadata_is_a_spool_error():

@@ -126,6 +126,22 @@ def test_check_record_rejects_bad_meta(store):
     assert store.counts()["messages"] == 0  # nothing of the failed batch was written
 
 
+@pytest.mark.parametrize("rule", [{"name": ["x"], "endpoint": "https://h/"},
+                                  {"name": {"a": 1}, "endpoint": "https://h/"},
+                                  {"name": "r", "endpoint": ["https://h/"]}])
+def test_check_record_rejects_non_string_rule_fields(rule):
+    with pytest.raises(state.RecordError, match="is not a string"):
+        state.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": rule}]))
+
+
+@pytest.mark.parametrize("when", [1e300, 6.77680361916768e16, -1e300])
+def test_check_record_rejects_out_of_range_times(when):
+    with pytest.raises(state.RecordError, match="out of range"):
+        state.check_record(denied("bad", received=when))
+    with pytest.raises(state.RecordError, match="out of range"):
+        state.check_record(spool.Record(id="e", kind="event", meta={"type": "queued", "at": when}))
+
+
 def test_received_is_normalized_to_utc(store):
     store.ingest([inbound("a1", received="2026-11-22T13:00:00+01:00"), inbound("a2", received="2026-11-22T12:30:00Z")])
     assert [r["received"] for r in store.inbound_log()] == [
