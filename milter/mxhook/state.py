@@ -267,7 +267,8 @@ def event_host(meta: dict) -> str | None:
 
 
 def enrich_event(event: dict, queued: dict | None) -> dict:
-    """Fill the message fields an event lacks from its message's `queued` event (in place)."""
+    """Fill the message fields an event lacks from its message's `queued` event (in place);
+    an event joined by Message-ID (a DSN report's) also gets the queue id."""
     if queued is None:
         return event
     for key in ENRICH_FIELDS:
@@ -275,12 +276,19 @@ def enrich_event(event: dict, queued: dict | None) -> dict:
             event[key] = queued[key]
     if not event.get("custom_headers") and queued.get("custom_headers"):
         event["custom_headers"] = dict(queued["custom_headers"])
+    if not event.get("queue_id") and queued.get("queue_id"):
+        event["queue_id"] = queued["queue_id"]
     return event
 
 
 def _needs_enrichment(event: dict) -> bool:
-    return bool(event.get("queue_id")) and event.get("type") != "queued" and (
-        not event.get("custom_headers") or any(not event.get(k) for k in ENRICH_FIELDS))
+    """A non-`queued` event with a join key (queue id, else Message-ID) that lacks a message
+    field."""
+    if event.get("type") == "queued":
+        return False
+    if event.get("queue_id"):
+        return not event.get("custom_headers") or any(not event.get(k) for k in ENRICH_FIELDS)
+    return bool(event.get("message_id"))  # no queue id of ours (DSN report): join by Message-ID
 
 
 def _pick_queued(candidates: list[tuple[str, dict]], at: str | None) -> dict | None:
@@ -290,6 +298,18 @@ def _pick_queued(candidates: list[tuple[str, dict]], at: str | None) -> dict | N
         return None
     before = [c for c in candidates if at is None or c[0] <= at]
     return (max(before, key=lambda c: c[0]) if before else min(candidates, key=lambda c: c[0]))[1]
+
+
+def _address(value) -> str:
+    return value.strip().strip("<>").lower() if isinstance(value, str) else ""
+
+
+def _pick_by_message_id(candidates: list[tuple[str, dict]], event: dict) -> dict | None:
+    """The `queued` event of an event joined by Message-ID: a message has one queued event per
+    recipient, so the one of the event's recipient when there is one; else as _pick_queued."""
+    wanted = {_address(event.get("recipient")), _address(event.get("orig_recipient"))} - {""}
+    same = [c for c in candidates if _address(c[1].get("recipient")) in wanted]
+    return _pick_queued(same or candidates, event.get("at"))
 
 
 def _load_event(text: str) -> dict:
@@ -386,7 +406,8 @@ class StateStore:
         )
         db["events"].create(
             {"id": str, "received": str, "meta": str, "payload": bytes, "ingested": str,
-             "type": str, "queue_id": str, "recipient": str, "block_state": str},
+             "type": str, "queue_id": str, "recipient": str, "block_state": str,
+             "message_id": str},
             pk="id", not_null={"meta", "ingested"}, if_not_exists=True,
         )
         self._upgrade_events()
@@ -423,6 +444,8 @@ class StateStore:
         # events: enrichment (queued event by queue id), the log (newest first), hard bounces
         # still to be block-listed
         db["events"].create_index(["queue_id", "type"], if_not_exists=True)
+        db.execute("CREATE INDEX IF NOT EXISTS events_queued_message_id ON events(message_id)"
+                   " WHERE type = 'queued'")
         db["events"].create_index(["received"], if_not_exists=True)
         db.execute("CREATE INDEX IF NOT EXISTS events_block_pending ON events(block_state)"
                    " WHERE block_state = 'pending'")
@@ -437,7 +460,8 @@ class StateStore:
         columns and fill them from the stored JSON (such old events are history: not fanned
         out)."""
         have = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
-        missing = [c for c in ("type", "queue_id", "recipient", "block_state") if c not in have]
+        missing = [c for c in ("type", "queue_id", "recipient", "block_state", "message_id")
+                   if c not in have]
         if not missing:
             return
         with self._write() as conn:
@@ -448,6 +472,9 @@ class StateStore:
                 " queue_id = json_extract(meta, '$.queue_id'),"
                 " recipient = json_extract(meta, '$.recipient') WHERE type IS NULL"
             )
+            if "message_id" in missing:  # the join key of DSN events (only queued ones matter)
+                conn.execute("UPDATE events SET message_id = json_extract(meta, '$.message_id')"
+                             " WHERE type = 'queued'")
 
     # ingest -----------------------------------------------------------------------------
     def ingest(self, records: list[spool.Record], *, now=None, endpoints: Iterable = (),
@@ -494,7 +521,13 @@ class StateStore:
     def _insert_events(self, conn: sqlite3.Connection, events: list[tuple], at: str,
                        added: float, fanout: list[tuple[int, frozenset]], block: bool) -> int:
         """Insert (id, meta, payload, meta as JSON text or None) events; fan the new ones out.
-        Returns how many were new."""
+        Returns how many were new.
+
+        A `failed` event without a recipient (an expiry the log follower saw without the
+        recipients) is stored as it came, and applied to every recipient of its queue id that
+        has no final event yet: one `failed` event per such recipient is stored and fanned out
+        instead (`_expand_expiry`). Only when no `queued` event of that queue id is known is the
+        recipient-less event itself fanned out."""
         # Which are new: one query per chunk, then one executemany (per-row execute calls
         # cost more than the inserts themselves).
         known: set[str] = set()
@@ -502,42 +535,110 @@ class StateStore:
         for chunk in _chunks(ids):
             marks = ", ".join("?" * len(chunk))
             known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
-        rows = []
+        rows: list[tuple] = []
         deliveries = []
         recent = self._pending_recent
-        for event_id, meta, payload, text in events:
-            if event_id in known:
-                continue
-            known.add(event_id)  # the same id twice in one call: stored once
+        inserted = 0
+
+        def flush() -> None:
+            nonlocal inserted
+            if rows:
+                conn.executemany(
+                    "INSERT INTO events (id, received, meta, payload, ingested, type, queue_id,"
+                    " recipient, block_state, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
+                )
+                inserted += len(rows)
+                rows.clear()
+
+        def add(event_id: str, meta: dict, payload, text: str | None, fan: bool = True) -> str:
             etype = meta.get("type")
             when = meta.get("at") or meta.get("received")
             # events.Event times are already in the stored form; others are normalized
             received = when if (isinstance(when, str) and len(when) == 27 and when[-1] == "Z") \
                 else iso(when or at)
+            # the block list takes the address the application used (orig_to, else to)
             pending = "pending" if (block and etype == "bounced" and meta.get("bounce_type") == "hard"
-                                    and meta.get("recipient")) else None
+                                    and (meta.get("orig_recipient") or meta.get("recipient"))) else None
             rows.append((event_id, received, text or json.dumps(meta, ensure_ascii=False), payload,
-                         at, etype, meta.get("queue_id"), meta.get("recipient"), pending))
+                         at, etype, meta.get("queue_id"), meta.get("recipient"), pending,
+                         meta.get("message_id")))
             if pending:
                 self.hard_bounces_ingested += 1
             wanted = False
-            for endpoint_id, types in fanout:
+            for endpoint_id, types in fanout if fan else ():
                 if etype in types:
                     deliveries.append((endpoint_id, event_id, added))
                     wanted = True
             if wanted:
                 recent[event_id] = meta
-        if rows:
-            conn.executemany(
-                "INSERT INTO events (id, received, meta, payload, ingested, type, queue_id,"
-                " recipient, block_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
-            )
+            return received
+
+        for event_id, meta, payload, text in events:
+            if event_id in known:
+                continue
+            known.add(event_id)  # the same id twice in one call: stored once
+            if meta.get("type") == "failed" and not meta.get("recipient") and meta.get("queue_id"):
+                flush()  # the events before it in this call count as known
+                received = add(event_id, meta, payload, text, fan=False)
+                expanded = self._expand_expiry(conn, event_id, meta, received)
+                if expanded is None:
+                    rows.pop()
+                    add(event_id, meta, payload, text)
+                    continue
+                for xid, xmeta in expanded:
+                    if xid not in known:
+                        known.add(xid)
+                        add(xid, xmeta, b"", None)
+                continue
+            add(event_id, meta, payload, text)
+        flush()
         if deliveries:
             conn.executemany(
                 "INSERT INTO event_deliveries (endpoint_id, event_id, added) VALUES (?, ?, ?)",
                 deliveries,
             )
-        return len(rows)
+        return inserted
+
+    # How far before the latest `queued` event of a queue id the queued events of the same
+    # message may lie (the milter writes them all at end of message, microseconds apart).
+    _MESSAGE_WINDOW_S = 60.0
+
+    def _expand_expiry(self, conn: sqlite3.Connection, event_id: str, meta: dict,
+                       received: str) -> list[tuple[str, dict]] | None:
+        """The per-recipient `failed` events a recipient-less expiry stands for: one per
+        recipient of the message (its `queued` events: the latest ones of that queue id not
+        after the expiry, short queue ids being reused) that has no final event (succeeded,
+        bounced, failed) yet. None when no queued event of the queue id is known."""
+        qid = meta["queue_id"]
+        queued = conn.execute(
+            "SELECT received, recipient FROM events WHERE queue_id = ? AND type = 'queued'"
+            " AND received <= ? ORDER BY received, id", (qid, received),
+        ).fetchall()
+        if not queued:
+            return None
+        start = iso(to_datetime(queued[-1][0]).timestamp() - self._MESSAGE_WINDOW_S)
+        recipients = list(dict.fromkeys(r for t, r in queued if t >= start and r))
+        final = set()
+        for rcpt, orig in conn.execute(
+            "SELECT recipient, json_extract(meta, '$.orig_recipient') FROM events"
+            " WHERE queue_id = ? AND type IN ('succeeded', 'bounced', 'failed')"
+            " AND received >= ? AND received <= ? AND recipient IS NOT NULL",
+            (qid, start, received),
+        ):
+            final.update({_address(rcpt), _address(orig)})
+        try:
+            at_us = int(event_id[:16], 16) // 1000
+        except ValueError:
+            at_us = events_mod.us_from_iso(received)
+        out = []
+        for rcpt in recipients:
+            if _address(rcpt) in final:
+                continue
+            xmeta = {**meta, "recipient": rcpt, "orig_recipient": None}
+            xid = events_mod.event_id(at_us, "expired", event_id, rcpt)
+            xmeta["id"] = xid
+            out.append((xid, xmeta))
+        return out
 
     def _remember(self, recent: dict[str, dict]) -> None:
         """Keep freshly stored events for batch_events (after their transaction committed)."""
@@ -773,39 +874,58 @@ class StateStore:
     # events: enrichment ------------------------------------------------------------------
     def enrich(self, events: list[dict]) -> list[dict]:
         """Fill the message fields (Message-ID, Subject, sender, custom headers, ...) of
-        log-derived events from the `queued` event with the same queue id, in place. Whichever
-        of the two arrived first, this runs when a batch is rendered and when an event is
-        shown, so both orders give the same result."""
+        log-derived events from the `queued` event with the same queue id, in place; events
+        without a queue id of ours (from a returned DSN report) are joined by Message-ID and
+        also get the queue id. Whichever of the two arrived first, this runs when a batch is
+        rendered and when an event is shown, so both orders give the same result."""
         wanting = [e for e in events if _needs_enrichment(e)]
         if not wanting:
             return events
         # The queued event is usually in the same batch, just before: look there first.
         local: dict[str, list[tuple[str, dict]]] = {}
+        local_mid: dict[str, list[tuple[str, dict]]] = {}
         for e in events:
-            if e.get("type") == "queued" and e.get("queue_id"):
-                local.setdefault(e["queue_id"], []).append((e.get("at") or "", e))
-        rest = []
+            if e.get("type") == "queued":
+                if e.get("queue_id"):
+                    local.setdefault(e["queue_id"], []).append((e.get("at") or "", e))
+                if e.get("message_id"):
+                    local_mid.setdefault(e["message_id"], []).append((e.get("at") or "", e))
+        rest, rest_mid = [], []
         for e in wanting:
-            found = local.get(e["queue_id"])
             at = e.get("at")
-            if found and any(at is None or c[0] <= at for c in found):
-                enrich_event(e, _pick_queued(found, at))
+            if e.get("queue_id"):
+                found = local.get(e["queue_id"])
+                if found and any(at is None or c[0] <= at for c in found):
+                    enrich_event(e, _pick_queued(found, at))
+                else:
+                    rest.append(e)
             else:
-                rest.append(e)
-        need = sorted({e["queue_id"] for e in rest})
-        if not need:
-            return events
-        queued: dict[str, list[tuple[str, dict]]] = {}
-        for chunk in _chunks(need):
-            marks = ", ".join("?" * len(chunk))
-            for queue_id, received, meta in self.conn.execute(
-                f"SELECT queue_id, received, meta FROM events WHERE queue_id IN ({marks})"
-                " AND type = 'queued'", chunk,
-            ):
-                queued.setdefault(queue_id, []).append((received, _load_event(meta)))
+                found = local_mid.get(e["message_id"])
+                if found and any(at is None or c[0] <= at for c in found):
+                    enrich_event(e, _pick_by_message_id(found, e))
+                else:
+                    rest_mid.append(e)
+        queued = self._queued_events("queue_id", sorted({e["queue_id"] for e in rest}))
         for e in rest:
             enrich_event(e, _pick_queued(queued.get(e["queue_id"], []), e.get("at")))
+        by_mid = self._queued_events("message_id", sorted({e["message_id"] for e in rest_mid}))
+        for e in rest_mid:
+            enrich_event(e, _pick_by_message_id(by_mid.get(e["message_id"], []), e))
         return events
+
+    def _queued_events(self, column: str, keys: list[str]) -> dict[str, list[tuple[str, dict]]]:
+        """`queued` events whose `column` (queue_id or message_id) is one of `keys`:
+        key -> [(received, event)]."""
+        assert column in ("queue_id", "message_id")
+        out: dict[str, list[tuple[str, dict]]] = {}
+        for chunk in _chunks(keys):
+            marks = ", ".join("?" * len(chunk))
+            for key, received, meta in self.conn.execute(
+                f"SELECT {column}, received, meta FROM events WHERE {column} IN ({marks})"
+                " AND type = 'queued'", chunk,
+            ):
+                out.setdefault(key, []).append((received, _load_event(meta)))
+        return out
 
     # events: batches ---------------------------------------------------------------------
     _BATCH_COLUMNS = "id, endpoint_id, status, attempts, first_attempt_at, next_attempt_at, size, created"

@@ -35,6 +35,8 @@ def settings(tmp_path, **spooler_keys):
                   "rules_db": str(tmp_path / "rules.db")},
         "spooler": {"poll_interval": "0.05", "workers": "4", "retry_time_scale": "0.01",
                     "log": "stderr", "log_level": "debug"},
+        # the receiver is on loopback, which the SSRF guard refuses unless allowlisted
+        "http": {"allow_networks": "127.0.0.1/32"},
     }
     values["spooler"].update({k: str(v) for k, v in spooler_keys.items()})
     return values
@@ -259,6 +261,24 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
     assert (reg["recipient"], reg["message_id"], reg["dsn"], reg["reason"]) == \
         ("gone@else.example", "<m2@ours.example>", "5.1.1", "hard bounce")
     assert [e["type"] for e in events_seen].count("bounced") == 2
+
+
+def test_hard_bounce_blocks_the_address_the_application_used(rx, cfg):
+    """Postfix rewrote the recipient (alias, virtual): orig_to is what the application sent to,
+    and what the milter checks at RCPT."""
+    add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("bounces", "blocks"))
+    write_event(cfg, "bounced", "mailbox@hosting.example", queue_id="QR", bounce_type="hard",
+                dsn="5.1.1", orig_recipient="Info@Shop.Example")
+    sp = spooler.Spooler(cfg)
+    try:
+        sp.run_once()
+        sp.run_once()
+    finally:
+        sp.close()
+    with db.RulesStore(cfg.rules_db) as store:
+        assert [r["address"] for r in store.block_list()] == ["info@shop.example"]
+    (reg,) = [e for d in bodies(rx.requests) for e in d["events"] if e["type"] == "registered"]
+    assert reg["recipient"] == "info@shop.example"
 
 
 def test_bounce_of_an_address_already_blocked_registers_nothing(rx, cfg):

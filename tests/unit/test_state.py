@@ -458,3 +458,110 @@ def test_old_events_table_is_upgraded(tmp_path):
         assert st.conn.execute("SELECT type, queue_id, recipient FROM events").fetchone() == ("queued", "QQ", "a@b")
         (e,) = st.enrich([{"id": "n", "type": "succeeded", "queue_id": "QQ"}])
         assert e.get("recipient") is None  # enrichment takes message fields only
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 3 leftovers: recipient-less expiry, block list address, DSN join by Message-ID
+
+EP_FAILS = Endpoint(url="https://h.example/f", id=4, categories=("bounces",))
+
+
+def test_expiry_without_recipient_applies_to_open_recipients(store):
+    at = "2026-11-22T12:00:00.%06dZ"
+    old = event("q0", "queued", at="2026-11-20T08:00:00.000000Z", queue_id="Q9", recipient="old@x.example")
+    queued = [event(f"q{i}", "queued", at=at % i, queue_id="Q9", recipient=f"{r}@x.example",
+                    subject="Hi", message_id="<m9@ours>")
+              for i, r in enumerate(("a", "b", "c", "d"), start=1)]
+    done_a = event("s1", "succeeded", at="2026-11-22T12:00:05.000000Z", queue_id="Q9", recipient="a@x.example")
+    # delivered to an alias target: orig_recipient is the address the application used
+    done_c = event("s2", "succeeded", at="2026-11-22T12:00:06.000000Z", queue_id="Q9",
+                   recipient="target@y.example", orig_recipient="C@x.example")
+    store.ingest([old] + queued + [done_a, done_c], endpoints=[EP_FAILS])
+    expiry = event("18ea5c9a1d3f2000aaaaaaaaaaaa", "failed", at="2026-11-27T12:00:00.000000Z",
+                   queue_id="Q9", recipient=None, reason="expired")
+    assert store.ingest([expiry], endpoints=[EP_FAILS]) == 3  # stored as came + b and d
+    assert store.ingest([expiry], endpoints=[EP_FAILS]) == 0  # idempotent
+    rows = store.event_log(limit=None)
+    assert sorted(r["recipient"] for r in rows) == ["b@x.example", "d@x.example"]
+    assert all(r["type"] == "failed" and r["endpointId"] == 4 for r in rows)
+    ids = {r["id"] for r in rows}
+    # the time part of the id is the expiry's (to the microsecond): ids sort by time
+    assert all(int(i[:16], 16) // 1000 == int(expiry.id[:16], 16) // 1000 and len(i) == 28 for i in ids), ids
+    batch = store.create_batch(4, 100)
+    got = store.batch_events(batch)
+    assert {(e["recipient"], e["reason"], e["subject"], e["message_id"]) for e in got} == {
+        ("b@x.example", "expired", "Hi", "<m9@ours>"), ("d@x.example", "expired", "Hi", "<m9@ours>")}
+    # the recipient-less event itself is kept (log event shows it) but not sent
+    assert store.event_detail(expiry.id)["deliveries"] == []
+
+
+def test_expiry_in_the_same_ingest_as_its_queued_events(store):
+    recs = [event("q1", "queued", at="2026-11-22T12:00:00.000001Z", queue_id="QZ", recipient="a@x.example"),
+            event("q2", "queued", at="2026-11-22T12:00:00.000002Z", queue_id="QZ", recipient="b@x.example"),
+            event("b1", "bounced", at="2026-11-22T12:00:01.000000Z", queue_id="QZ", recipient="a@x.example",
+                  bounce_type="soft"),
+            event("f0", "failed", at="2026-11-27T12:00:00.000000Z", queue_id="QZ", recipient=None)]
+    store.ingest(recs, endpoints=[EP_FAILS])
+    assert [(r["type"], r["recipient"]) for r in store.event_log(limit=None)] == [
+        ("failed", "b@x.example"), ("bounced", "a@x.example")]
+
+
+def test_expiry_of_an_unknown_queue_id_is_sent_without_recipient(store):
+    store.ingest([event("f0", "failed", queue_id="QU", recipient=None)], endpoints=[EP_FAILS])
+    (row,) = store.event_log()
+    assert (row["id"], row["recipient"]) == ("f0", None)
+
+
+def test_hard_bounce_pending_by_orig_recipient(store):
+    store.ingest([event("b1", "bounced", bounce_type="hard", recipient=None, orig_recipient="app@x.example")],
+                 block_hard_bounces=True)
+    (p,) = store.pending_blocks()
+    assert p["orig_recipient"] == "app@x.example"
+
+
+def dsn_event(eid, at, **fields):
+    return event(eid, "bounced", at=at, source="dsn", queue_id=None, message_id="<m5@ours>",
+                 bounce_type="hard", **fields)
+
+
+def test_dsn_events_join_by_message_id(store):
+    queued = [event(f"q{r}", "queued", at="2026-11-22T12:00:00.00000%dZ" % i, source="milter", queue_id="QD",
+                    recipient=f"{r}@x.example", message_id="<m5@ours>", subject="Order",
+                    custom_headers={"X-App": r}, auth_user="shop")
+              for i, r in enumerate("ab")]
+    other = event("qo", "queued", at="2026-11-21T12:00:00.000000Z", queue_id="QO", message_id="<other@ours>")
+    # DSN arrives first for one recipient, after for the other
+    store.ingest([dsn_event("d1", "2026-11-22T11:00:00.000000Z", recipient="b@x.example")], endpoints=[EP_ALL])
+    store.ingest(queued + [other], endpoints=[EP_ALL])
+    store.ingest([dsn_event("d2", "2026-11-22T12:10:00.000000Z", recipient="A@x.example", subject=None)],
+                 endpoints=[EP_ALL])
+    got = {e["id"]: e for e in store.batch_events(store.create_batch(1, 100))}
+    for eid, rcpt in (("d1", "b"), ("d2", "a")):
+        e = got[eid]
+        assert (e["queue_id"], e["subject"], e["auth_user"], e["custom_headers"]) == \
+            ("QD", "Order", "shop", {"X-App": rcpt}), e
+    assert store.event_detail("d2")["event"]["queue_id"] == "QD"
+    assert {r["id"]: r["messageId"] for r in store.event_log()}["d1"] == "<m5@ours>"
+    # in the same batch as its queued event
+    (e,) = [x for x in store.enrich([{"id": "x", "type": "deferred", "message_id": "<n@ours>",
+                                      "recipient": "z@x.example", "at": "2026-11-22T13:00:00.000000Z"},
+                                     {"id": "qn", "type": "queued", "queue_id": "QN", "message_id": "<n@ours>",
+                                      "recipient": "z@x.example", "at": "2026-11-22T12:59:00.000000Z",
+                                      "subject": "S"}]) if x["id"] == "x"]
+    assert (e["queue_id"], e["subject"]) == ("QN", "S")
+
+
+def test_events_message_id_column_is_added_to_old_databases(tmp_path):
+    path = str(tmp_path / "state.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events (id TEXT PRIMARY KEY, received TEXT, meta TEXT NOT NULL,"
+                 " payload BLOB, ingested TEXT NOT NULL, type TEXT, queue_id TEXT, recipient TEXT,"
+                 " block_state TEXT)")
+    conn.execute("INSERT INTO events VALUES ('old', '2026-01-01T00:00:00.000000Z',"
+                 " '{\"type\": \"queued\", \"queue_id\": \"QQ\", \"message_id\": \"<o@x>\", \"subject\": \"S\"}',"
+                 " x'', 'x', 'queued', 'QQ', 'a@b', NULL)")
+    conn.commit()
+    conn.close()
+    with StateStore(path) as st:
+        (e,) = st.enrich([{"id": "n", "type": "bounced", "message_id": "<o@x>", "source": "dsn"}])
+        assert (e["queue_id"], e["subject"]) == ("QQ", "S")
