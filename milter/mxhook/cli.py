@@ -1126,7 +1126,8 @@ def endpoint_test(app, key, event_type):
     rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
                              fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
                              api_key=ep.api_key)
-    outcome = http.deliver(http.make_session(), ep.delivery_target(), rendered.body,
+    session = http.make_session(cfg.networks("http", "allow_networks"))
+    outcome = http.deliver(session, ep.delivery_target(), rendered.body,
                            rendered.content_type, batch_id,
                            user_agent=cfg.get("spooler", "user_agent"),
                            max_response_bytes=cfg.size("spooler", "max_response_bytes"))

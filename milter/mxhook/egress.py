@@ -46,12 +46,23 @@ Several addresses: `resolve_checked` refuses the endpoint if ANY address of the 
 refused (fail closed). Using only the passing addresses would also be safe, but a mixed answer
 means the name is misconfigured or hostile, the outcome would depend on address order, and the
 admin learns about it when the endpoint is added instead of at some later connection.
+
+Whole-attempt deadline: requests' timeouts bound each connect and each socket read, so a
+server that trickles its answer (a byte every few seconds) could hold a worker for hours.
+`attempt_deadline(seconds)` bounds everything a guarded session does on this thread inside the
+`with` block: connect timeouts are cut to the time left, and when the time is up a watchdog
+thread shuts down the sockets in use (TCP socket, TLS socket during its handshake, pooled
+connection), so a blocked send or receive returns at once with an error. `deadline.expired`
+then tells the caller why.
 """
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
@@ -317,6 +328,120 @@ def check_endpoint_url(url: str, allow: Sequence[Network] = (), *, resolver: Res
     return resolve_checked(parts.hostname, port, resolver=resolver, allow=allow)
 
 
+# --- whole-attempt deadline ---------------------------------------------------------------------
+
+class Deadline:
+    """The end of one attempt (monotonic clock). Sockets and connections registered while it
+    runs are shut down when it expires; `finish()` ends it (nothing is shut down after that)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.at = time.monotonic() + self.seconds
+        self.expired = False
+        self._finished = False
+        self._held: list = []
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def register(self, obj) -> None:
+        """A socket, or a connection whose `.sock` is to be shut down at expiry."""
+        with self._lock:
+            if self._finished:
+                return
+            if self.expired:
+                _abort(obj)
+            else:
+                self._held.append(obj)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._finished or self.expired:
+                return
+            self.expired = True
+            for obj in self._held:
+                _abort(obj)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            self._held.clear()
+
+
+def _abort(obj) -> None:
+    """Shut down the socket of `obj` at the OS level (not SSLSocket.shutdown, which would
+    unwrap the TLS object under a thread reading from it): a blocked recv/send returns."""
+    sock = obj if isinstance(obj, socket.socket) else getattr(obj, "sock", None)
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass  # not connected yet, already closed, or detached into a TLS socket
+
+
+class _Watchdog:
+    """One daemon thread that expires deadlines (a heap ordered by time)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: Deadline) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline.at, self._seq, deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="mxhook-http-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                at, _, deadline = self._heap[0]
+                if deadline._finished:
+                    heapq.heappop(self._heap)
+                    continue
+                wait = at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            deadline.expire()
+
+
+_watchdog = _Watchdog()
+_current = threading.local()
+
+
+def current_deadline() -> Deadline | None:
+    return getattr(_current, "deadline", None)
+
+
+class attempt_deadline:
+    """``with attempt_deadline(seconds) as dl:`` -- bound every request a guarded session makes
+    on this thread inside the block (see the module docstring)."""
+
+    def __init__(self, seconds: float):
+        self.deadline = Deadline(seconds)
+
+    def __enter__(self) -> Deadline:
+        self._outer = current_deadline()
+        _current.deadline = self.deadline
+        _watchdog.add(self.deadline)
+        return self.deadline
+
+    def __exit__(self, *exc) -> None:
+        self.deadline.finish()
+        _current.deadline = self._outer
+
+
 # --- the requests transport -------------------------------------------------------------------
 
 class _Policy:
@@ -369,12 +494,23 @@ class _GuardedConnectionMixin:
         except ResolutionError as exc:
             raise NewConnectionError(self, str(exc)) from None
         last: OSError | None = None
+        deadline = current_deadline()
         for ip in addrs:
+            timeout = self.timeout
+            if deadline is not None:
+                left = deadline.remaining()
+                if left <= 0 or deadline.expired:
+                    last = socket.timeout("the attempt's deadline passed")
+                    break
+                if timeout is socket._GLOBAL_DEFAULT_TIMEOUT or timeout is None or timeout > left:
+                    timeout = left
             try:
-                sock = _open_socket(ip, self.port, self.timeout, self.source_address, self.socket_options)
+                sock = _open_socket(ip, self.port, timeout, self.source_address, self.socket_options)
             except OSError as exc:
                 last = exc
                 continue
+            if deadline is not None:
+                deadline.register(sock)
             self.connected_address = ip
             return sock
         if isinstance(last, socket.timeout):
@@ -399,19 +535,46 @@ class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
         return super().connect()
 
 
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """A TLS socket that puts itself under the thread's attempt deadline before its handshake
+    (until the handshake is done, urllib3's connection still holds the plain socket, which
+    the TLS socket has taken over)."""
+
+    def do_handshake(self, *args, **kwargs):
+        deadline = current_deadline()
+        if deadline is not None:
+            deadline.register(self)
+        return super().do_handshake(*args, **kwargs)
+
+
 def tls_context(cert_reqs=None, ssl_version=None) -> ssl.SSLContext:
-    """urllib3's default client context with TLS 1.2 as the minimum version."""
+    """urllib3's default client context with TLS 1.2 as the minimum version (and handshakes
+    bounded by the attempt deadline)."""
     ctx = create_urllib3_context(ssl_version=resolve_ssl_version(ssl_version), cert_reqs=resolve_cert_reqs(cert_reqs))
     ctx.minimum_version = TLS_MINIMUM
+    ctx.sslsocket_class = _DeadlineSSLSocket
     return ctx
+
+
+class _DeadlinePoolMixin:
+    """Every request (on a new or a pooled keep-alive connection) puts its connection under
+    the thread's attempt deadline."""
+
+    def _make_request(self, conn, *args, **kwargs):
+        deadline = current_deadline()
+        if deadline is not None:
+            deadline.register(conn)
+        return super()._make_request(conn, *args, **kwargs)
 
 
 def _pool_classes(policy: _Policy) -> dict[str, type]:
     http_conn = type("GuardedHTTPConnection", (_GuardedHTTPConnection,), {"_policy": policy})
     https_conn = type("GuardedHTTPSConnection", (_GuardedHTTPSConnection,), {"_policy": policy})
     return {
-        "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
-        "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+        "http": type("GuardedHTTPConnectionPool", (_DeadlinePoolMixin, HTTPConnectionPool),
+                     {"ConnectionCls": http_conn}),
+        "https": type("GuardedHTTPSConnectionPool", (_DeadlinePoolMixin, HTTPSConnectionPool),
+                      {"ConnectionCls": https_conn}),
     }
 
 

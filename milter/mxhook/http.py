@@ -1,23 +1,31 @@
 """The delivery client: one POST of a rendered payload to a rule's endpoint, classified.
 
-    session = make_session()
+    session = make_session(allow_networks)          # one per worker thread
     outcome = deliver(session, target, body, content_type, webhook_id,
-                      user_agent="mxhook/0.1", max_response_bytes=4096)
+                      user_agent="mxhook/0.1", max_response_bytes=4096, keys=keyset)
 
-- explicit timeout (the rule's, for connecting and for each read), redirects never followed,
-  Basic auth XOR Bearer in `Authorization`, `webhook-id` (stable across retries), `User-Agent`,
-  `Content-Type`; HTTPS unless the rule says `allow_http`.
+- every request goes through the SSRF guard (`egress.guarded_session`): the endpoint host is
+  resolved once, non-public addresses are refused unless `[http] allow_networks` admits them,
+  the socket is opened to the checked address, TLS 1.2 at least. A refused address is
+  `deferred` (the admin may fix DNS or the allowlist) with the reason.
+- explicit timeout (the target's `timeout`, for connecting and for each read), and a deadline
+  for the whole attempt (connect + send + response headers + the capped body) of that timeout
+  plus DEADLINE_GRACE: a server that trickles its answer cannot hold a worker longer.
+- redirects never followed, Basic auth XOR Bearer in `Authorization`, `User-Agent`,
+  `Content-Type`; HTTPS unless the target says `allow_http`.
+- Standard Webhooks headers per attempt (`signing.headers`): `webhook-id` (the delivery id,
+  stable across retries and replays), `webhook-timestamp` (this attempt) and, when the target
+  has keys, `webhook-signature` (every active `v1` secret and `v1a` key; `keys` is looked up
+  by the caller at attempt time, so a rotation applies to retries).
 - at most `max_response_bytes` of the response body are read and kept (as text).
 - `classify(status_code, headers)` is the pure decision: 2xx succeeded; 5xx, 408, 429 deferred
   (Retry-After honoured, bounded to [0, 3600] s); 3xx (never followed) and other 4xx failed.
-  Timeouts, connection and TLS errors are deferred.
+  Timeouts, connection and TLS errors are deferred. A status line that arrived in time decides
+  even if the body is then cut off by the deadline.
 
-Secrets: auth values go only into the request's `Authorization` header; no error text, log
-line or Outcome contains a header value, and error texts leave the URL out (its query string
-may carry a token).
-
-Seam for the egress policy (SSRF guard, later): every request goes through the session that
-`make_session()` builds; the guard will be a transport adapter mounted there.
+Secrets: auth values and signing keys go only into request headers; no error text, log line
+or Outcome contains a header value, and error texts leave the URL out (its query string may
+carry a token).
 """
 from __future__ import annotations
 
@@ -33,7 +41,10 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import egress, signing
+
 RETRY_AFTER_MAX = 3600.0
+DEADLINE_GRACE = 1.0  # seconds a whole attempt may take beyond the target's timeout
 DEFERRED_CODES = frozenset({408, 429})
 
 
@@ -54,13 +65,14 @@ class Verdict:
     error: str | None
 
 
-def make_session() -> requests.Session:
+def make_session(allow_networks=(), resolver=None) -> requests.Session:
     """The session every delivery goes through (one per worker thread: Session is not
-    thread-safe). `trust_env=False`: no proxies from the environment and, above all, no
-    credentials from ~/.netrc added to requests behind the admin's back."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
+    thread-safe): the SSRF guard with the admin's allowlist (`[http] allow_networks`, as
+    ip_network objects or CIDR text). `trust_env=False`: no proxies from the environment and,
+    above all, no credentials from ~/.netrc added to requests behind the admin's back."""
+    if isinstance(allow_networks, str):
+        allow_networks = egress.parse_networks(allow_networks)
+    return egress.guarded_session(allow_networks, resolver=resolver)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -169,18 +181,22 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
-def _read_excerpt(response: requests.Response, limit: int) -> str:
+def _read_excerpt(response: requests.Response, limit: int, deadline: egress.Deadline | None = None) -> str:
     chunks, size = [], 0
     if limit > 0:
         try:
             for chunk in response.iter_content(chunk_size=min(limit, 16384)):
                 chunks.append(chunk)
                 size += len(chunk)
-                if size >= limit:
+                if size >= limit or (deadline is not None and deadline.expired):
                     break
-        except (requests.RequestException, OSError):
-            pass  # the status line is the answer; a body that breaks off changes nothing
+        except Exception:  # noqa: BLE001 -- a body that breaks off (or hits the deadline)
+            pass  # changes nothing: the status line is the answer
     return b"".join(chunks)[:limit].decode("utf-8", "replace")
+
+
+def _too_slow(timeout: float) -> str:
+    return f"timeout: no complete answer within {timeout:g}s (whole-attempt deadline)"
 
 
 def deliver(
@@ -192,48 +208,71 @@ def deliver(
     *,
     user_agent: str,
     max_response_bytes: int,
+    keys: signing.KeySet | None = None,
+    now: float | None = None,
 ) -> Outcome:
-    """POST `body` to the target's endpoint once; never raises for network or HTTP trouble."""
+    """POST `body` to the target's endpoint once; never raises for network or HTTP trouble.
+    `keys`: the signing secrets/keys active now (None or empty: no `webhook-signature`);
+    `now`: the `webhook-timestamp` (default: the current time)."""
     url = target["endpoint"]
     scheme = urlsplit(url).scheme.lower()
     if scheme != "https" and not (scheme == "http" and target.get("allow_http")):
         return Outcome("failed", error=f"endpoint scheme {scheme or '(none)'!r} refused: HTTPS is required "
                                        "unless the rule allows http")
     timeout = float(target.get("timeout") or 30)
-    headers = {"Content-Type": content_type, "User-Agent": user_agent, "webhook-id": webhook_id}
+    headers = {"Content-Type": content_type, "User-Agent": user_agent}
     try:
         authorization = auth_header(target)
     except ValueError as exc:
         return Outcome("failed", error=str(exc))
     if authorization:
         headers["Authorization"] = authorization
+    try:
+        headers.update(signing.headers(
+            webhook_id, body, keys.secrets if keys else (),
+            ed25519_keys=keys.ed25519_keys if keys else (), now=now))
+    except signing.SigningError as exc:  # a broken key in rules.db: retry once it is fixed
+        return Outcome("deferred", error=f"cannot sign the request: {exc}")
 
     start = time.monotonic()
     elapsed = lambda: int((time.monotonic() - start) * 1000)  # noqa: E731
-    try:
-        response = session.post(
-            url, data=body, headers=headers, timeout=(timeout, timeout),
-            allow_redirects=False, stream=True,
-        )
-    except requests.exceptions.SSLError as exc:
-        return Outcome("deferred", error=f"TLS error: {describe_error(exc)}", duration_ms=elapsed())
-    except requests.exceptions.ConnectTimeout:
-        return Outcome("deferred", error=f"connect timeout: no connection within {timeout:g}s", duration_ms=elapsed())
-    except requests.exceptions.ReadTimeout:
-        return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s", duration_ms=elapsed())
-    except requests.exceptions.ConnectionError as exc:
-        return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=elapsed())
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader) as exc:
-        return Outcome("failed", error=f"invalid request: {describe_error(exc)}", duration_ms=elapsed())
-    except requests.RequestException as exc:
-        return Outcome("deferred", error=f"request error: {describe_error(exc)}", duration_ms=elapsed())
-    try:
-        excerpt = _read_excerpt(response, max_response_bytes)
-        verdict = classify(response.status_code, response.headers)
-    finally:
-        response.close()
+    with egress.attempt_deadline(timeout + DEADLINE_GRACE) as deadline:
+        try:
+            response = session.post(
+                url, data=body, headers=headers, timeout=(timeout, timeout),
+                allow_redirects=False, stream=True,
+            )
+        except egress.EgressBlocked as exc:
+            return Outcome("deferred", error=f"egress refused: {exc.egress_error}", duration_ms=elapsed())
+        except requests.RequestException as exc:
+            if deadline.expired:
+                return Outcome("deferred", error=_too_slow(timeout), duration_ms=elapsed())
+            return _request_error(exc, timeout, elapsed())
+        except egress.EgressError as exc:  # raised outside the adapter (e.g. a proxy setting)
+            return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
+        try:
+            excerpt = _read_excerpt(response, max_response_bytes, deadline)
+            verdict = classify(response.status_code, response.headers)
+        finally:
+            response.close()
     return Outcome(
         verdict.status, status_code=response.status_code, error=verdict.error,
         retry_after=verdict.retry_after, duration_ms=elapsed(), response_excerpt=excerpt,
     )
+
+
+def _request_error(exc: requests.RequestException, timeout: float, duration_ms: int) -> Outcome:
+    """The outcome of a request that got no HTTP answer."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return Outcome("deferred", error=f"TLS error: {describe_error(exc)}", duration_ms=duration_ms)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return Outcome("deferred", error=f"connect timeout: no connection within {timeout:g}s",
+                       duration_ms=duration_ms)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s", duration_ms=duration_ms)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=duration_ms)
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                        requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader)):
+        return Outcome("failed", error=f"invalid request: {describe_error(exc)}", duration_ms=duration_ms)
+    return Outcome("deferred", error=f"request error: {describe_error(exc)}", duration_ms=duration_ms)

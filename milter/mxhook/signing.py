@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import secrets as _secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Mapping, Sequence
 
@@ -231,6 +232,23 @@ def headers(
 
 
 # --- rotation ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeySet:
+    """What one request is signed with: the ``whsec_`` secrets and ``whsk_`` ed25519 private
+    keys active at attempt time (`db.SigningKeys.active`). Its repr never shows a key."""
+
+    secrets: tuple[str, ...] = ()
+    ed25519_keys: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets or self.ed25519_keys)
+
+    def __repr__(self) -> str:
+        return f"KeySet(<{len(self.secrets)} secret(s)>, <{len(self.ed25519_keys)} ed25519 key(s)>)"
+
+    __str__ = __repr__
+
 
 def _epoch(value: float | int | datetime) -> float:
     if isinstance(value, datetime):

@@ -28,7 +28,9 @@ class Env:
 
     def write_config(self, **milter):
         values = {"paths": {"rules_db": self.rules_db, "state_db": self.state_db,
-                            "spool_dir": self.spool_dir}}
+                            "spool_dir": self.spool_dir},
+                  # loopback receivers and the LAN endpoints below (the SSRF guard)
+                  "http": {"allow_networks": "127.0.0.0/8, 10.0.0.0/8"}}
         if milter:
             values["milter"] = milter
         with open(self.conf, "w") as fh:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import email.utils
 import socket
+import threading
+import time
 
 import pytest
 
-from mxhook import http
+from mxhook import egress, http
 from tests.support.receiver import Receiver, Response
+
+LOOPBACK = "127.0.0.1/32"  # the receiver's network, allowlisted as [http] allow_networks would
 
 
 @pytest.mark.parametrize(
@@ -84,9 +88,9 @@ def target(url, **kw):
     return t
 
 
-def post(tgt, body=b'{"a":1}', max_response_bytes=4096, webhook_id="wh-1"):
-    return http.deliver(http.make_session(), tgt, body, "application/json", webhook_id,
-                        user_agent="mxhook-test/1", max_response_bytes=max_response_bytes)
+def post(tgt, body=b'{"a":1}', max_response_bytes=4096, webhook_id="wh-1", session=None, **kw):
+    return http.deliver(session or http.make_session(LOOPBACK), tgt, body, "application/json", webhook_id,
+                        user_agent="mxhook-test/1", max_response_bytes=max_response_bytes, **kw)
 
 
 @pytest.fixture()
@@ -195,3 +199,134 @@ def test_tls_error_deferred(rx):
 def test_invalid_url_failed():
     out = post(target("http:///nohost"))
     assert out.status == "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# The SSRF guard in deliveries
+
+def test_make_session_is_guarded():
+    session = http.make_session()
+    assert isinstance(session.get_adapter("https://x.test/"), egress.GuardedAdapter)
+    assert session.trust_env is False
+    assert isinstance(http.make_session("127.0.0.1/32, 10.0.0.0/8").get_adapter("http://x/"), egress.GuardedAdapter)
+
+
+def test_blocked_address_is_deferred_with_the_reason(rx):
+    """Without an allowlist the loopback receiver is refused before any connection."""
+    out = post(target(rx.url + "/hook?token=SECRET", bearer="tok-secret"), session=http.make_session())
+    assert out.status == "deferred" and out.status_code is None
+    assert out.error.startswith("egress refused: endpoint address 127.0.0.1, a loopback address")
+    assert "[http] allow_networks" in out.error
+    for secret in ("SECRET", "tok-secret"):
+        assert secret not in out.error
+    time.sleep(0.1)
+    assert rx.requests == [] and rx.incomplete == []
+
+
+def test_blocked_host_name_is_deferred():
+    session = http.make_session((), resolver=egress.static_resolver({"hooks.test": ["10.1.2.3"]}))
+    out = post(target("https://hooks.test/in", allow_http=False), session=session)
+    assert out.status == "deferred"
+    assert "hooks.test resolves to 10.1.2.3, a private address" in out.error
+
+
+def test_allowlisted_host_name_is_delivered(rx):
+    session = http.make_session(LOOPBACK, resolver=egress.static_resolver({"hooks.test": ["127.0.0.1"]}))
+    out = post(target(rx.url.replace("127.0.0.1", "hooks.test") + "/named"), session=session)
+    assert out.status == "succeeded"
+    (req,) = rx.wait_for(1)
+    assert req.headers["Host"].startswith("hooks.test:")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole-attempt deadline
+
+def test_trickled_body_is_cut_at_the_deadline(rx):
+    """A 200 whose body trickles in (each read quick, the whole slow) no longer holds the
+    worker: the attempt ends at timeout + grace, and the status line decides."""
+    rx.script("/slow", [Response(200, {}, b"x" * 40, trickle=0.3, trickle_piece=1)])  # ~12 s
+    start = time.monotonic()
+    out = post(target(rx.url + "/slow", timeout=1))
+    elapsed = time.monotonic() - start
+    assert elapsed < 1 + http.DEADLINE_GRACE + 0.8, elapsed
+    assert out.status == "succeeded" and out.status_code == 200
+    assert 0 < len(out.response_excerpt) < 40
+
+
+def test_trickled_status_line_is_deferred_at_the_deadline():
+    """A server that sends its status line and headers a byte at a time."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(1)
+            try:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"a" * 200:
+                    if stop.wait(0.2):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        out = post(target(f"http://127.0.0.1:{port}/x", timeout=1))
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        srv.close()
+        thread.join(5)
+    assert elapsed < 1 + http.DEADLINE_GRACE + 0.8, elapsed
+    assert out.status == "deferred" and out.status_code is None
+    assert out.error == "timeout: no complete answer within 1s (whole-attempt deadline)"
+
+
+def test_deadline_does_not_touch_a_pooled_connection(rx):
+    """After an attempt, its keep-alive connection is reused by the next one untouched."""
+    session = http.make_session(LOOPBACK)
+    assert post(target(rx.url + "/a", timeout=1), session=session).status == "succeeded"
+    time.sleep(1 + http.DEADLINE_GRACE + 0.3)  # the first attempt's deadline has passed
+    assert post(target(rx.url + "/b", timeout=1), session=session).status == "succeeded"
+    assert [r.path for r in rx.wait_for(2)] == ["/a", "/b"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Signature headers
+
+def test_signature_headers_per_attempt(rx):
+    from mxhook import signing
+
+    secret = signing.generate_secret()
+    keys = signing.KeySet(secrets=(secret,))
+    post(target(rx.url + "/s"), body=b'{"n":1}', webhook_id="del-1", keys=keys, now=1_800_000_000)
+    post(target(rx.url + "/s"), body=b'{"n":1}', webhook_id="del-1", keys=keys)
+    first, second = rx.wait_for(2)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == "del-1"
+    assert first.headers["webhook-timestamp"] == "1800000000"
+    assert abs(int(second.headers["webhook-timestamp"]) - time.time()) < 5
+    assert first.headers["webhook-signature"] == signing.sign([secret], "del-1", 1_800_000_000, b'{"n":1}')
+    assert signing.verify(secret, second.headers, second.body) == "del-1"
+
+
+def test_no_keys_no_signature_header(rx):
+    post(target(rx.url + "/u"), webhook_id="del-2")
+    (req,) = rx.wait_for(1)
+    assert req.headers["webhook-id"] == "del-2" and req.headers["webhook-timestamp"].isdigit()
+    assert "webhook-signature" not in req.headers
+
+
+def test_unusable_key_defers_without_posting(rx):
+    from mxhook import signing
+
+    out = post(target(rx.url + "/k"), keys=signing.KeySet(secrets=("whsec_notbase64!!",)))
+    assert out.status == "deferred" and out.error.startswith("cannot sign the request:")
+    assert "notbase64" not in out.error
+    assert rx.requests == []
