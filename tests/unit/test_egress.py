@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -494,3 +495,63 @@ def test_https_refuses_tls_below_1_2(pki, opened):
 def test_tls_context_minimum():
     assert egress.tls_context().minimum_version == ssl.TLSVersion.TLSv1_2
     assert egress.tls_context().verify_mode == ssl.CERT_REQUIRED
+
+
+# --- the whole-attempt deadline -----------------------------------------------------------------
+
+def test_deadline_shuts_down_registered_sockets():
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(10)
+        with egress.attempt_deadline(0.3) as dl:
+            assert egress.current_deadline() is dl
+            dl.register(a)
+            start = time.monotonic()
+            assert a.recv(10) == b""  # blocked until the watchdog shut the socket down
+            assert time.monotonic() - start < 2
+            assert dl.expired
+        assert egress.current_deadline() is None
+
+
+def test_finished_deadline_leaves_sockets_alone():
+    a, b = socket.socketpair()
+    with a, b:
+        with egress.attempt_deadline(0.1) as dl:
+            dl.register(a)
+        time.sleep(0.3)
+        assert not dl.expired
+        b.sendall(b"still open")
+        assert a.recv(10) == b"still open"
+
+
+def test_registering_after_expiry_shuts_down_at_once():
+    dl = egress.Deadline(0)
+    dl.expire()
+    a, b = socket.socketpair()
+    with a, b:
+        dl.register(a)
+        assert a.recv(10) == b""
+
+
+def test_deadline_cuts_the_connect_timeout(monkeypatch):
+    seen = []
+
+    def fake_open(ip, port, timeout, *args):
+        seen.append(timeout)
+        raise ConnectionRefusedError(111, "refused (test stub)")
+
+    monkeypatch.setattr(egress, "_open_socket", fake_open)
+    session = egress.guarded_session(LOOPBACK_ONLY, resolver=CountingResolver(["127.0.0.1"]))
+    with egress.attempt_deadline(2):
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.get("http://hooks.test/", timeout=30)
+    assert seen and seen[0] <= 2
+    seen.clear()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        session.get("http://hooks.test/", timeout=30)
+    assert seen == [30]
+
+
+def test_tls_context_sockets_join_the_deadline():
+    assert issubclass(egress.tls_context().sslsocket_class, ssl.SSLSocket)
+    assert egress.tls_context().sslsocket_class is egress._DeadlineSSLSocket
