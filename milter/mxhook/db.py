@@ -547,6 +547,18 @@ class RulesStore:
             )
         return self.get_endpoint(row["id"])
 
+    def set_endpoint_enabled(self, key, enabled: bool) -> Endpoint:
+        """Enable or disable the endpoint `key` (id or URL) and nothing else: no validation of
+        its other settings, so the spooler can disable an endpoint (410 Gone, continuous
+        failure) whose host no longer resolves."""
+        with _transaction(self.conn):
+            row = self._endpoint_row(key)
+            if row is None:
+                raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
+            self.conn.execute("UPDATE endpoints SET enabled = ?, updated = ? WHERE id = ?",
+                              (int(bool(enabled)), _now(), row["id"]))
+        return self.get_endpoint(row["id"])
+
     def remove_endpoint(self, key) -> Endpoint:
         """Remove the endpoint `key` (id or URL); returns what was removed. Events still
         pending for it are marked failed by the spooler."""
