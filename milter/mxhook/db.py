@@ -14,6 +14,17 @@ The CLI run as root therefore gives a new rules.db the owner and group of its di
 
 Schema versions live in `PRAGMA user_version` (0 = empty file); `_migrate` brings a database
 up to `SCHEMA_VERSION` and refuses one written by a newer mxhook.
+
+Signing keys (schema 3, `signing_keys`): every rule and event endpoint has a Standard Webhooks
+secret (`v1`, ``whsec_``), generated in the transaction that creates it, and optionally an
+ed25519 key pair (`v1a`, ``whsk_`` private + ``whpk_`` public). A key without `expires` is
+current; rotation gives the current key of that scheme an `expires` time (now + overlap) and adds
+a new current one, so both sign until then. Keys that existed before schema 3 got a secret on
+migration (never shown: `rotate-secret` issues one to hand out). Rule ids are never reused
+(`id_sequence`), so a removed rule's keys -- kept for REMOVED_RULE_KEYS_DAYS, as its accepted
+mail may still be retried -- can never sign for a newer rule; endpoint ids never are either
+(AUTOINCREMENT), and a removed endpoint's keys go with it (its pending events are failed).
+The spooler reads keys through `SigningKeys` at attempt time, so a rotation applies to retries.
 """
 from __future__ import annotations
 
@@ -24,20 +35,22 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 
 from . import endpoints as endpoints_mod
 from . import rules as rules_mod
+from . import signing
 from .endpoints import Endpoint
 from .headers import normalize_address
 from .rules import Condition, Rule, RuleError, RuleSet
 
 log = logging.getLogger("mxhook.db")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILE_MODE = 0o640
 BUSY_TIMEOUT_MS = 5000
 
@@ -58,10 +71,95 @@ _ENDPOINT_COLUMNS = (
 _ENDPOINT_BOOLS = ("allow_http", "enabled")
 BLOCK_SOURCES = ("bounce", "cli", "api")
 _ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f<>]+@[^@\s\x00-\x1f\x7f<>]+$")
+KEY_KINDS = ("rule", "endpoint")
+KEY_SCHEMES = ("v1", "v1a")  # HMAC-SHA256 secret, ed25519 key pair
+REMOVED_RULE_KEYS_DAYS = 11  # longer than the longest retry period (10 days)
+MAX_OVERLAP = 30 * 86400.0  # seconds
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One signing key of a rule or endpoint. `secret` is the ``whsec_`` HMAC secret (scheme
+    v1) or the ``whsk_`` ed25519 private key (v1a); `public_key` the ``whpk_`` key (v1a).
+    `expires` None: current; else it signs until then (rotation overlap). The repr never
+    shows the secret."""
+
+    id: int
+    kind: str
+    owner_id: int
+    scheme: str
+    secret: str
+    public_key: str | None
+    created: str
+    expires: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"SigningKey(id={self.id}, kind={self.kind!r}, owner_id={self.owner_id}, "
+                f"scheme={self.scheme!r}, secret={self.masked_secret!r}, expires={self.expires!r})")
+
+    @property
+    def current(self) -> bool:
+        return self.expires is None
+
+    @property
+    def expires_epoch(self) -> float | None:
+        return None if self.expires is None else _epoch(self.expires)
+
+    def active(self, now: float | None = None) -> bool:
+        exp = self.expires_epoch
+        return exp is None or exp > (time.time() if now is None else now)
+
+    @property
+    def masked_secret(self) -> str:
+        """The secret's prefix and, for an HMAC secret, its last 4 characters (to tell keys
+        apart); an ed25519 private key shows nothing of itself."""
+        if self.scheme == "v1":
+            return signing.SECRET_PREFIX + "****" + self.secret[-4:]
+        return signing.PRIVATE_KEY_PREFIX + "****"
+
+    def to_public_dict(self) -> dict:
+        """For `show --json`: everything but the secret, which is masked."""
+        return {"scheme": self.scheme, "secret": self.masked_secret, "public_key": self.public_key,
+                "created": self.created, "expires": self.expires}
+
+
+def _new_key_row(scheme: str) -> tuple[str, str | None]:
+    """(secret, public key) for a new key of `scheme`."""
+    if scheme == "v1":
+        return signing.generate_secret(), None
+    if scheme == "v1a":
+        private, public = signing.generate_ed25519_keypair()
+        return private, public
+    raise RuleError(f"unknown signing scheme {scheme!r} (known: {', '.join(KEY_SCHEMES)})")
+
+
+def _insert_key(conn: sqlite3.Connection, kind: str, owner_id: int, scheme: str, now: str) -> int:
+    secret, public = _new_key_row(scheme)
+    cur = conn.execute(
+        "INSERT INTO signing_keys (kind, owner_id, scheme, secret, public_key, created, expires)"
+        " VALUES (?, ?, ?, ?, ?, ?, NULL)", (kind, owner_id, scheme, secret, public, now))
+    return cur.lastrowid
+
+
+def _key_from_row(row) -> SigningKey:
+    return SigningKey(id=row[0], kind=row[1], owner_id=row[2], scheme=row[3], secret=row[4],
+                      public_key=row[5], created=row[6], expires=row[7])
+
+
+_KEY_SELECT = ("SELECT id, kind, owner_id, scheme, secret, public_key, created, expires "
+               "FROM signing_keys")
 
 
 def normalize_domain(name: str) -> str:
@@ -245,8 +343,32 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
     )
 
 
+def _schema_v3(db: sqlite_utils.Database) -> None:
+    """Signing keys of rules and endpoints (every existing one gets a v1 secret), and the rule
+    id high-water mark (rule ids are never reused: a removed rule's keys may still sign its
+    retries)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS signing_keys ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " kind TEXT NOT NULL CHECK (kind IN ('rule', 'endpoint')),"
+        " owner_id INTEGER NOT NULL,"
+        " scheme TEXT NOT NULL CHECK (scheme IN ('v1', 'v1a')),"
+        " secret TEXT NOT NULL, public_key TEXT, created TEXT NOT NULL, expires TEXT)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS signing_keys_owner ON signing_keys(kind, owner_id)")
+    db.execute("CREATE TABLE IF NOT EXISTS id_sequence (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL)")
+    db.execute("INSERT OR IGNORE INTO id_sequence (name, last_id) "
+               "SELECT 'rules', COALESCE(MAX(id), 0) FROM rules")
+    now = _now()
+    for kind, table in (("rule", "rules"), ("endpoint", "endpoints")):
+        for (owner_id,) in db.execute(
+                f"SELECT id FROM {table} WHERE id NOT IN "
+                "(SELECT owner_id FROM signing_keys WHERE kind = ? AND scheme = 'v1')", [kind]).fetchall():
+            _insert_key(db.conn, kind, owner_id, "v1", now)
+
+
 # version -> the step that brings a database from version - 1 to it
-_MIGRATIONS = {1: _schema_v1, 2: _schema_v2}
+_MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
 
 
 def _migrate(db: sqlite_utils.Database) -> None:
@@ -416,21 +538,29 @@ class RulesStore:
             out.append(int(value) if col in _BOOL_COLUMNS else value)
         return out
 
-    def add_rule(self, rule: Rule) -> Rule:
-        """Validate and insert a rule with its conditions; returns it with its id."""
+    def add_rule(self, rule: Rule, *, ed25519: bool = False) -> Rule:
+        """Validate and insert a rule with its conditions and a new signing secret (and an
+        ed25519 key pair with `ed25519`); returns it with its id (`signing_keys` gives the
+        keys). Rule ids are never reused."""
         rules_mod.validate(rule)
         with _transaction(self.conn):
             if self._rule_id(rule.name) is not None:
                 raise RuleError(f"a rule named {rule.name!r} already exists (use `rule edit`)")
             now = _now()
+            (last,) = self.conn.execute(
+                "SELECT MAX(COALESCE((SELECT last_id FROM id_sequence WHERE name = 'rules'), 0),"
+                " COALESCE((SELECT MAX(id) FROM rules), 0))").fetchone()
+            rule_id = last + 1
             cols = ", ".join(_RULE_COLUMNS)
-            marks = ", ".join("?" * (len(_RULE_COLUMNS) + 2))
-            cur = self.conn.execute(
-                f"INSERT INTO rules ({cols}, created, updated) VALUES ({marks})",
-                self._values(rule) + [now, now],
+            marks = ", ".join("?" * (len(_RULE_COLUMNS) + 3))
+            self.conn.execute(
+                f"INSERT INTO rules (id, {cols}, created, updated) VALUES ({marks})",
+                [rule_id] + self._values(rule) + [now, now],
             )
-            rule_id = cur.lastrowid
+            self.conn.execute("INSERT OR REPLACE INTO id_sequence (name, last_id) VALUES ('rules', ?)",
+                              (rule_id,))
             self._write_conditions(rule_id, rule.conditions)
+            self._add_keys("rule", rule_id, ed25519, now)
         return replace(rule, id=rule_id)
 
     def get_rule(self, name: str) -> Rule | None:
@@ -488,6 +618,13 @@ class RulesStore:
                 raise RuleError(f"no rule named {name!r}")
             self.conn.execute("DELETE FROM conditions WHERE rule_id = ?", (rule_id,))
             self.conn.execute("DELETE FROM rules WHERE id = ?", (rule_id,))
+            # mail the rule accepted may still be retried (or replayed) for up to its retry
+            # period: its keys keep signing that long, then they go
+            until = _iso(datetime.now(timezone.utc) + timedelta(days=REMOVED_RULE_KEYS_DAYS))
+            self.conn.execute(
+                "UPDATE signing_keys SET expires = ? WHERE kind = 'rule' AND owner_id = ? "
+                "AND (expires IS NULL OR expires > ?)", (until, rule_id, until))
+            self._purge_expired_keys()
 
     # -- event endpoints ----------------------------------------------------------------------
 
@@ -510,9 +647,10 @@ class RulesStore:
         with _transaction(self.conn, write=False):
             return _read_endpoints(self.conn)
 
-    def add_endpoint(self, ep: Endpoint) -> Endpoint:
-        """Validate and insert; the payload version is pinned now (the latest when not
-        given). Returns the stored endpoint."""
+    def add_endpoint(self, ep: Endpoint, *, ed25519: bool = False) -> Endpoint:
+        """Validate and insert with a new signing secret (and an ed25519 key pair with
+        `ed25519`); the payload version is pinned now (the latest when not given). Returns the
+        stored endpoint (`signing_keys` gives its keys)."""
         ep = endpoints_mod.validate(ep)
         with _transaction(self.conn):
             other = self._endpoint_row(ep.url)
@@ -527,6 +665,7 @@ class RulesStore:
                 _endpoint_values(ep) + [now, now],
             )
             endpoint_id = cur.lastrowid
+            self._add_keys("endpoint", endpoint_id, ed25519, now)
         return self.get_endpoint(endpoint_id)
 
     def replace_endpoint(self, key, ep: Endpoint) -> Endpoint:
@@ -567,7 +706,57 @@ class RulesStore:
             if row is None:
                 raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
             self.conn.execute("DELETE FROM endpoints WHERE id = ?", (row["id"],))
+            self.conn.execute("DELETE FROM signing_keys WHERE kind = 'endpoint' AND owner_id = ?",
+                              (row["id"],))
         return _row_to_endpoint(row)
+
+    # -- signing keys -------------------------------------------------------------------------
+
+    def _add_keys(self, kind: str, owner_id: int, ed25519: bool, now: str) -> None:
+        _insert_key(self.conn, kind, owner_id, "v1", now)
+        if ed25519:
+            _insert_key(self.conn, kind, owner_id, "v1a", now)
+
+    def _purge_expired_keys(self) -> None:
+        self.conn.execute("DELETE FROM signing_keys WHERE expires IS NOT NULL AND expires <= ?",
+                          (_now(),))
+
+    def _owner_exists(self, kind: str, owner_id: int) -> bool:
+        if kind not in KEY_KINDS:
+            raise RuleError(f"signing keys belong to a rule or an endpoint, not {kind!r}")
+        table = "rules" if kind == "rule" else "endpoints"
+        return self.conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (owner_id,)).fetchone() is not None
+
+    def signing_keys(self, kind: str, owner_id: int, *, include_expired: bool = False) -> list[SigningKey]:
+        """The keys of a rule or endpoint, oldest first, secrets in full (the CLI prints a new
+        one once, masks the rest). Expired ones only with `include_expired`."""
+        rows = self.conn.execute(_KEY_SELECT + " WHERE kind = ? AND owner_id = ? ORDER BY id",
+                                 (kind, owner_id)).fetchall()
+        keys = [_key_from_row(r) for r in rows]
+        return keys if include_expired else [k for k in keys if k.active()]
+
+    def rotate_key(self, kind: str, owner_id: int, *, overlap: float, scheme: str = "v1") -> SigningKey:
+        """A new current key of `scheme` for the rule/endpoint; the keys of that scheme that
+        sign now keep signing for `overlap` seconds more (0: they stop now), then they go.
+        Returns the new key. Rotating v1a on an owner without one adds its first key pair."""
+        if scheme not in KEY_SCHEMES:
+            raise RuleError(f"unknown signing scheme {scheme!r} (known: {', '.join(KEY_SCHEMES)})")
+        if not 0 <= overlap <= MAX_OVERLAP:
+            raise RuleError(f"the overlap must be between 0 and {int(MAX_OVERLAP // 86400)} days, "
+                            f"got {overlap:g} s")
+        with _transaction(self.conn):
+            if not self._owner_exists(kind, owner_id):
+                raise RuleError(f"no {kind} with id {owner_id}")
+            now_dt = datetime.now(timezone.utc)
+            now = _iso(now_dt)
+            until = _iso(now_dt + timedelta(seconds=overlap))
+            self.conn.execute(
+                "UPDATE signing_keys SET expires = ? WHERE kind = ? AND owner_id = ? AND scheme = ? "
+                "AND (expires IS NULL OR expires > ?)", (until, kind, owner_id, scheme, until))
+            key_id = _insert_key(self.conn, kind, owner_id, scheme, now)
+            self._purge_expired_keys()
+            row = self.conn.execute(_KEY_SELECT + " WHERE id = ?", (key_id,)).fetchone()
+        return _key_from_row(row)
 
     # -- block list ---------------------------------------------------------------------------
 
@@ -845,3 +1034,85 @@ class EndpointsView:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class SigningKeys:
+    """The spooler's view of the signing keys: `active(kind, owner_id)` -> the signing.KeySet
+    that signs a request now. Thread-safe (the delivery workers share it): one read-only
+    connection under a lock; the whole `signing_keys` table is cached and read again only when
+    `PRAGMA data_version` moved (one cheap query per lookup), so a rotation or a new rule is
+    seen by the very next attempt.
+
+    Missing database or a database without the table (schema < 3, not migrated yet): no keys
+    (requests go unsigned, as before signing existed). A read error keeps the previous keys and
+    is logged once; if nothing could ever be read, it raises (the caller defers the attempt
+    rather than post unsigned)."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self._keys: dict[tuple[str, int], tuple[SigningKey, ...]] = {}
+        self._loaded = False
+        self._last_error: str | None = None
+
+    def _refresh(self) -> None:
+        if self._conn is None:
+            if not os.path.exists(self.path):
+                self._loaded = True
+                return
+            self._conn = _connect_ro(self.path)
+            self._version = None
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return
+        with _transaction(self._conn, write=False):
+            has_table = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'signing_keys'").fetchone()
+            rows = self._conn.execute(_KEY_SELECT + " ORDER BY id").fetchall() if has_table else []
+        found: dict[tuple[str, int], list[SigningKey]] = {}
+        for row in rows:
+            key = _key_from_row(row)
+            found.setdefault((key.kind, key.owner_id), []).append(key)
+        self._keys = {k: tuple(v) for k, v in found.items()}
+        self._version = version
+        self._loaded = True
+
+    def keys(self, kind: str, owner_id: int | None) -> tuple[SigningKey, ...]:
+        """Every stored key of the rule/endpoint (expired ones included), oldest first."""
+        with self._lock:
+            try:
+                self._refresh()
+                if self._last_error is not None:
+                    log.info("signing keys in %s are readable again", self.path)
+                    self._last_error = None
+            except sqlite3.Error as exc:
+                if str(exc) != self._last_error:
+                    self._last_error = str(exc)
+                    log.error("cannot read signing keys from %s%s: %s", self.path,
+                              ", keeping the previous ones" if self._loaded else "", exc)
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+                if not self._loaded:
+                    raise
+            if owner_id is None:
+                return ()
+            return self._keys.get((kind, owner_id), ())
+
+    def active(self, kind: str, owner_id: int | None, now: float | None = None) -> signing.KeySet:
+        """What signs a request to this rule/endpoint now: every v1 secret and v1a key that
+        has not expired (`signing.active_secrets`), oldest first."""
+        keys = self.keys(kind, owner_id)
+        t = time.time() if now is None else now
+        secrets = signing.active_secrets([(k.secret, k.expires_epoch) for k in keys if k.scheme == "v1"], t)
+        ed = signing.active_secrets([(k.secret, k.expires_epoch) for k in keys if k.scheme == "v1a"], t)
+        return signing.KeySet(tuple(secrets), tuple(ed))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

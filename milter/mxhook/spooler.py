@@ -195,6 +195,8 @@ class Spooler:
         # every post goes through the SSRF guard, with the admin's allowlist
         allow_networks = cfg.networks("http", "allow_networks")
         self.session_factory = session_factory or (lambda: http.make_session(allow_networks))
+        # signing keys are looked up per attempt: a rotation applies to retries
+        self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
 
         spool.ensure_dirs(self.spool_dir)
@@ -240,6 +242,7 @@ class Spooler:
         self.unlinker.shutdown(wait=True)
         self.state.close()
         self.endpoints.close()
+        self.signing_keys.close()
         if self._rules_store is not None:
             self._rules_store.close()
             self._rules_store = None
@@ -523,6 +526,7 @@ class Spooler:
             outcome = http.deliver(
                 self._session(), ep.delivery_target(), rendered.body, rendered.content_type,
                 batch.id, user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
+                keys=self.signing_keys.active("endpoint", ep.id),
             )
             return outcome, started
         except Exception as exc:  # a bug: retry (deferred) rather than lose the batch
@@ -639,6 +643,7 @@ class Spooler:
             outcome = http.deliver(
                 self._session(), d.target, rendered.body, rendered.content_type, d.id,
                 user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
+                keys=self.signing_keys.active("rule", d.target.get("id")),
             )
             return outcome, started
         except Exception as exc:  # a bug: retry (deferred) rather than lose the delivery

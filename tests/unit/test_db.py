@@ -377,7 +377,7 @@ def test_migration_from_version_1_keeps_rules(path):
     reader = db.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
     with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2 == db.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3 == db.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
@@ -575,3 +575,202 @@ def test_blocklist_reader_is_fast(path):
         reader.contains(f"user{i * 37}@example.com")
     per_call = (time.perf_counter() - start) / 2000
     assert per_call < 0.0005, f"{per_call * 1e6:.0f} µs per lookup"
+
+
+# -- signing keys (schema 3) -------------------------------------------------------------------
+
+from mxhook import signing  # noqa: E402
+
+
+def make_v2_db(path):
+    """A rules.db as mxhook with schema version 2 wrote it: two rules (one removed, so the
+    highest id is free), an endpoint."""
+    import sqlite_utils
+
+    make_v1_db(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    database = sqlite_utils.Database(conn)
+    db._schema_v2(database)
+    conn.execute(
+        "INSERT INTO rules (name, priority, enabled, endpoint, format, retry_interval, retry_period,"
+        " timeout, discard, allow_http) VALUES ('r2', 0, 1, 'https://h.example/in2', 'json', 60, 3, 30, 0, 0)")
+    conn.execute(
+        "INSERT INTO endpoints (url, categories, interval, max_events, timeout, version, timezone,"
+        " format, retry_interval, retry_period, allow_http, enabled)"
+        " VALUES ('https://h.example/ev', 'bounces', 10, 1000, 30, 1, 'UTC', 'json', 60, 3, 0, 1)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def test_migration_from_version_2_gives_every_rule_and_endpoint_a_secret(path):
+    make_v2_db(path)
+    with db.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        for kind, owner in (("rule", 1), ("rule", 2), ("endpoint", 1)):
+            (key,) = store.signing_keys(kind, owner)
+            assert key.scheme == "v1" and key.current and key.public_key is None
+            assert signing.decode_secret(key.secret)  # a valid whsec_ secret
+        secrets = {k.secret for kind, o in (("rule", 1), ("rule", 2), ("endpoint", 1))
+                   for k in store.signing_keys(kind, o)}
+        assert len(secrets) == 3
+        store.remove_rule("r2")
+        assert store.add_rule(make_rule("r3")).id == 3  # never 2 again
+    with db.RulesStore(path) as store:  # reopening changes nothing
+        assert len(store.conn.execute("SELECT * FROM signing_keys").fetchall()) == 4
+
+
+def test_migration_to_3_is_one_transaction(path, monkeypatch):
+    make_v2_db(path)
+    real = db._insert_key
+    calls = []
+
+    def failing(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args)
+
+    monkeypatch.setattr(db, "_insert_key", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        db.RulesStore(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'signing_keys'").fetchone()[0] == 0
+    conn.close()
+
+
+def test_new_rules_and_endpoints_get_keys(store):
+    rule = store.add_rule(make_rule("a"))
+    (key,) = store.signing_keys("rule", rule.id)
+    assert key.secret.startswith("whsec_") and key.kind == "rule" and key.owner_id == rule.id
+    assert key.secret not in repr(key) and key.masked_secret == "whsec_****" + key.secret[-4:]
+    both = store.add_rule(make_rule("b"), ed25519=True)
+    v1, v1a = store.signing_keys("rule", both.id)
+    assert (v1.scheme, v1a.scheme) == ("v1", "v1a")
+    assert v1a.secret.startswith("whsk_") and signing.public_key_for(v1a.secret) == v1a.public_key
+    assert v1a.masked_secret == "whsk_****"
+    assert v1a.to_public_dict() == {"scheme": "v1a", "secret": "whsk_****", "public_key": v1a.public_key,
+                                    "created": v1a.created, "expires": None}
+    ep = store.add_endpoint(Endpoint(url="https://h.example/ev"), ed25519=True)
+    assert [k.scheme for k in store.signing_keys("endpoint", ep.id)] == ["v1", "v1a"]
+    store.remove_endpoint(ep.id)
+    assert store.signing_keys("endpoint", ep.id, include_expired=True) == []
+
+
+def test_failed_add_writes_no_key(path, store):
+    store.add_rule(make_rule("a"))
+    with pytest.raises(RuleError):
+        store.add_rule(make_rule("a"))
+    with pytest.raises(RuleError):
+        store.add_endpoint(Endpoint(url="https://h.example/ev", interval=0))
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM signing_keys").fetchone()[0] == 1
+
+
+def test_rotation_overlap_then_one(store):
+    rule = store.add_rule(make_rule("a"))
+    (old,) = store.signing_keys("rule", rule.id)
+    new = store.rotate_key("rule", rule.id, overlap=3600)
+    keys = store.signing_keys("rule", rule.id)
+    assert [k.secret for k in keys] == [old.secret, new.secret]
+    assert keys[0].expires is not None and new.current
+    assert 3590 < keys[0].expires_epoch - time.time() <= 3600
+    # the reader: both sign now, only the new one after the overlap
+    reader = db.SigningKeys(store.path)
+    try:
+        assert reader.active("rule", rule.id).secrets == (old.secret, new.secret)
+        assert reader.active("rule", rule.id, now=time.time() + 3601).secrets == (new.secret,)
+        # rotating again at once: the old one keeps its earlier expiry, the middle one overlaps
+        newest = store.rotate_key("rule", rule.id, overlap=7200)
+        assert reader.active("rule", rule.id).secrets == (old.secret, new.secret, newest.secret)
+        assert reader.active("rule", rule.id, now=time.time() + 3700).secrets == (new.secret, newest.secret)
+        # overlap 0: only the new one, at once; expired keys are purged
+        last = store.rotate_key("rule", rule.id, overlap=0)
+        assert reader.active("rule", rule.id).secrets == (last.secret,)
+        assert [k.secret for k in store.signing_keys("rule", rule.id, include_expired=True)] == [last.secret]
+    finally:
+        reader.close()
+
+
+def test_rotation_of_ed25519_leaves_the_secret(store):
+    ep = store.add_endpoint(Endpoint(url="https://h.example/ev"))
+    (v1,) = store.signing_keys("endpoint", ep.id)
+    pair = store.rotate_key("endpoint", ep.id, overlap=60, scheme="v1a")  # the first pair
+    assert pair.scheme == "v1a" and pair.public_key.startswith("whpk_")
+    with _reader(store.path) as reader:
+        ks = reader.active("endpoint", ep.id)
+        assert ks.secrets == (v1.secret,) and ks.ed25519_keys == (pair.secret,)
+
+
+class _reader:
+    def __init__(self, path):
+        self.r = db.SigningKeys(path)
+
+    def __enter__(self):
+        return self.r
+
+    def __exit__(self, *exc):
+        self.r.close()
+
+
+def test_rotation_errors(store):
+    rule = store.add_rule(make_rule("a"))
+    with pytest.raises(RuleError, match="no rule with id 99"):
+        store.rotate_key("rule", 99, overlap=60)
+    with pytest.raises(RuleError, match="between 0 and 30 days"):
+        store.rotate_key("rule", rule.id, overlap=31 * 86400)
+    with pytest.raises(RuleError, match="scheme"):
+        store.rotate_key("rule", rule.id, overlap=60, scheme="v2")
+    assert len(store.signing_keys("rule", rule.id)) == 1
+
+
+def test_removed_rule_keys_keep_signing_its_retries(store):
+    rule = store.add_rule(make_rule("a"))
+    (key,) = store.signing_keys("rule", rule.id)
+    store.remove_rule("a")
+    with _reader(store.path) as reader:
+        assert reader.active("rule", rule.id).secrets == (key.secret,)
+        later = time.time() + db.REMOVED_RULE_KEYS_DAYS * 86400 + 60
+        assert reader.active("rule", rule.id, now=later).secrets == ()
+    again = store.add_rule(make_rule("a"))
+    assert again.id == rule.id + 1
+    assert store.signing_keys("rule", again.id)[0].secret != key.secret
+
+
+def test_signing_keys_reader_sees_changes_and_is_thread_safe(path, store):
+    import threading
+
+    rule = store.add_rule(make_rule("a"))
+    with _reader(path) as reader:
+        first = reader.active("rule", rule.id)
+        assert len(first.secrets) == 1 and reader.active("rule", None) == signing.KeySet()
+        assert reader.active("endpoint", 42) == signing.KeySet()
+        errors = []
+
+        def hammer():
+            try:
+                for _ in range(200):
+                    assert reader.active("rule", rule.id).secrets
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        new = store.rotate_key("rule", rule.id, overlap=0)
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert reader.active("rule", rule.id).secrets == (new.secret,)
+
+
+def test_signing_keys_reader_missing_file_and_old_schema(tmp_path):
+    p = str(tmp_path / "none.db")
+    with _reader(p) as reader:
+        assert reader.active("rule", 1) == signing.KeySet()
+    old = str(tmp_path / "lib" / "v1.db")
+    make_v1_db(old)
+    with _reader(old) as reader:
+        assert reader.active("rule", 1) == signing.KeySet()  # not migrated yet: unsigned
+        with db.RulesStore(old):
+            pass
+        assert len(reader.active("rule", 1).secrets) == 1  # migrated: seen at once
