@@ -20,6 +20,7 @@ import click
 
 from . import config as configmod
 from . import db as dbmod
+from . import egress
 from . import endpoints as endpointsmod
 from . import heuristics, rules, spool
 from .decision import decide
@@ -28,6 +29,9 @@ from .rules import RuleError
 from .state import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES, StateStore
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# getaddrinfo-compatible resolver for the endpoint check (None: the system's); tests set one
+RESOLVER = None
+DEFAULT_OVERLAP = "24h"
 LOG_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
 HEURISTIC_KEYS = (
     (heuristics.FROM_PERMITTED_DOMAIN, "heuristic_from_permitted_domain"),
@@ -147,8 +151,8 @@ def condition_option(cond: rules.Condition) -> str:
     return f"{'--unless' if cond.negate else '--when'} '{cond.header}~{cond.pattern}'"
 
 
-def rule_dict(rule: rules.Rule, times: dict | None = None) -> dict:
-    """A rule as JSON-able data, secrets masked."""
+def rule_dict(rule: rules.Rule, times: dict | None = None, keys: list | None = None) -> dict:
+    """A rule as JSON-able data, secrets masked (signing keys too: public keys in full)."""
     d = {
         "id": rule.id,
         "name": rule.name,
@@ -168,9 +172,28 @@ def rule_dict(rule: rules.Rule, times: dict | None = None) -> dict:
             {"header": c.header, "pattern": c.pattern, "negate": c.negate} for c in rule.conditions
         ],
     }
+    if keys is not None:
+        d["signing"] = [k.to_public_dict() for k in keys]
     if times:
         d.update(created=times.get("created"), updated=times.get("updated"))
     return d
+
+
+def signing_lines(keys: list) -> list[str]:
+    """How `show` lists signing keys: masked secrets, public keys in full, expiry."""
+    out = []
+    for k in keys:
+        what = f"v1  {k.masked_secret}" if k.scheme == "v1" else f"v1a ed25519 public key {k.public_key}"
+        when = f"signs until {k.expires} (rotated)" if k.expires else f"since {k.created}"
+        out.append(f"{what} ({when})")
+    return out or ["none (requests are not signed)"]
+
+
+def print_signing(keys: list | None) -> None:
+    if keys is None:
+        return
+    for i, line in enumerate(signing_lines(keys)):
+        click.echo(f"{'signing:' if i == 0 else '':16}{line}")
 
 
 def auth_summary(rule: rules.Rule) -> str:
@@ -184,7 +207,7 @@ def auth_summary(rule: rules.Rule) -> str:
     return ", ".join(parts) or "none"
 
 
-def print_rule(rule: rules.Rule, times: dict | None = None) -> None:
+def print_rule(rule: rules.Rule, times: dict | None = None, keys: list | None = None) -> None:
     rows = [
         ("name", rule.name),
         ("enabled", yes_no(rule.enabled)),
@@ -202,6 +225,7 @@ def print_rule(rule: rules.Rule, times: dict | None = None) -> None:
         rows += [("created", times.get("created")), ("updated", times.get("updated"))]
     for key, value in rows:
         click.echo(f"{key + ':':16}{value}")
+    print_signing(keys)
     click.echo("conditions:      (all must hold; 'to' is the envelope recipient)")
     for cond in rule.conditions:
         click.echo(f"  {condition_option(cond)}")
@@ -339,6 +363,8 @@ def rule_options(edit: bool):
                 click.option("--disabled", is_flag=True, help="Add the rule disabled."),
                 click.option("--allow-http", is_flag=True,
                              help="Allow a plain http:// endpoint (mail travels unencrypted)."),
+                click.option("--ed25519", is_flag=True,
+                             help="Also sign with an ed25519 key pair (v1a); prints its public key."),
             ]
         for opt in reversed(opts):
             f = opt(f)
@@ -366,6 +392,85 @@ def no_domains_hint(store: dbmod.RulesStore) -> None:
                    "domains (mxhook domain add DOMAIN)", err=True)
 
 
+def check_egress(app, url: str) -> None:
+    """The SSRF guard's verdict on an endpoint URL before it is stored: a host that resolves to
+    an address the guard refuses (and `[http] allow_networks` does not admit) is an error; a
+    host that does not resolve now is only a warning (DNS may be down, and every connection is
+    checked again)."""
+    allow = app.cfg.networks("http", "allow_networks")
+    try:
+        egress.check_endpoint_url(url, allow, resolver=RESOLVER)
+    except egress.ResolutionError as exc:
+        click.echo(f"warning: {exc}; stored anyway (every connection is checked again)", err=True)
+    except egress.EgressError as exc:
+        raise InputError(f"refused by the SSRF guard: {exc}") from None
+
+
+def warn_backtracking(app, conditions) -> None:
+    """A warning on stderr for each condition whose regex may backtrack catastrophically."""
+    timeout = None
+    for cond in conditions:
+        if rules.is_catastrophic_risk(cond.pattern):
+            if timeout is None:
+                timeout = app.cfg.float("milter", "regex_timeout")
+            click.echo(f"warning: condition '{cond.header}~{cond.pattern}' "
+                       f"{rules.backtracking_risk(cond.pattern)}; a header value it takes longer "
+                       f"than [milter] regex_timeout ({timeout:g} s) to match counts as no match",
+                       err=True)
+
+
+def print_new_keys(keys: list, *, rotated: bool = False) -> None:
+    """The one time a new secret is shown in full."""
+    for k in keys:
+        if k.scheme == "v1":
+            label = "New signing secret" if rotated else "Signing secret"
+            click.echo(f"{label} (shown once, store it now): {k.secret}")
+        else:
+            label = "New ed25519 public key" if rotated else "Ed25519 public key"
+            click.echo(f"{label} (for v1a signatures; `show` prints it again): {k.public_key}")
+
+
+class DurationType(click.ParamType):
+    """'24h', '30m', '90s', '2d', '1w' or plain seconds -> seconds (float)."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        if text.isdigit():
+            return float(text)
+        m = _RELATIVE.match(text)
+        if not m:
+            self.fail(f"{value!r} is not a duration: use e.g. 0, 90s, 30m, 24h, 2d", param, ctx)
+        return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))}).total_seconds()
+
+
+def describe_overlap(seconds: float) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def rotate(store: dbmod.RulesStore, kind: str, owner_id: int, label: str, overlap: float,
+           ed25519: bool) -> None:
+    scheme = "v1a" if ed25519 else "v1"
+    had = [k for k in store.signing_keys(kind, owner_id) if k.scheme == scheme]
+    new = store.rotate_key(kind, owner_id, overlap=overlap, scheme=scheme)
+    what = "ed25519 key pair" if ed25519 else "signing secret"
+    if not had:
+        click.echo(f"Added an ed25519 key pair to {label}" if ed25519 else f"Added a signing secret to {label}")
+    elif overlap > 0:
+        until = (datetime.now(timezone.utc) + timedelta(seconds=overlap)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        click.echo(f"Rotated the {what} of {label}: the previous one keeps signing until {until} "
+                   f"({describe_overlap(overlap)} overlap), so requests carry both signatures until then")
+    else:
+        click.echo(f"Rotated the {what} of {label}: the previous one no longer signs")
+    print_new_keys([new], rotated=bool(had))
+
+
 @cli.group(cls=MxhookGroup)
 def rule():
     """Inbound rules: which mail is posted to which webhook."""
@@ -376,13 +481,15 @@ def rule():
 @rule_options(edit=False)
 @pass_app
 def rule_add(app, name, endpoint, when, unless, priority, fmt, basic_auth, bearer, api_key,
-             retry_interval, retry_period, timeout, discard, disabled, allow_http):
+             retry_interval, retry_period, timeout, discard, disabled, allow_http, ed25519):
     """Add rule NAME: mail whose headers match all conditions is posted to the endpoint.
 
     \b
     Example:
       mxhook rule add invoices --endpoint https://app.example.net/hooks/mail \\
           --when 'To~^invoices@' --when 'Subject~invoice|bill' --unless 'From~@spam\\.example$'
+
+    The rule's signing secret is printed once: give it to the receiver (docs/verifying.md).
     """
     check_secret_options(basic_auth=basic_auth, bearer=bearer, api_key=api_key)
     new = rules.with_defaults(
@@ -392,11 +499,15 @@ def rule_add(app, name, endpoint, when, unless, priority, fmt, basic_auth, beare
         discard=discard, enabled=not disabled, allow_http=allow_http,
     )
     rules.validate(new)  # before the database is created or opened for writing
+    check_egress(app, new.endpoint)
+    warn_backtracking(app, new.conditions)
     with app.rules_store(create=True) as store:
-        added = store.add_rule(new)
+        added = store.add_rule(new, ed25519=ed25519)
+        keys = store.signing_keys("rule", added.id)
         click.echo(f"Added rule {added.name} (priority {added.priority}"
                    f"{', disabled' if not added.enabled else ''}): "
                    f"{added.format} to {added.endpoint}")
+        print_new_keys(keys)
         no_domains_hint(store)
 
 
@@ -408,8 +519,9 @@ def rule_list(app, as_json):
     with app.rules_store() as store:
         all_rules = store.list_rules()
         times = store.rule_times()
+        keys = {r.id: store.signing_keys("rule", r.id) for r in all_rules} if as_json else {}
     if as_json:
-        emit_json([rule_dict(r, times.get(r.name)) for r in all_rules])
+        emit_json([rule_dict(r, times.get(r.name), keys[r.id]) for r in all_rules])
         return
     if not all_rules:
         click.echo("No rules (add one with: mxhook rule add NAME --endpoint URL --when 'HEADER~REGEX')")
@@ -438,10 +550,11 @@ def rule_show(app, name, as_json):
     with app.rules_store() as store:
         found = get_rule_or_fail(store, name)
         times = store.rule_times().get(found.name)
+        keys = store.signing_keys("rule", found.id)
     if as_json:
-        emit_json(rule_dict(found, times))
+        emit_json(rule_dict(found, times, keys))
     else:
-        print_rule(found, times)
+        print_rule(found, times, keys)
 
 
 @rule.command("edit", short_help="Change a rule.")
@@ -490,7 +603,13 @@ def rule_edit(app, name, endpoint, when, unless, priority, fmt, basic_auth, bear
                 changes["basic_auth"] = None
         if api_key is not None:
             changes["api_key"] = api_key
-        new = store.replace_rule(name, dataclasses.replace(old, **changes))
+        candidate = dataclasses.replace(old, **changes)
+        rules.validate(candidate)
+        if endpoint is not None:
+            check_egress(app, candidate.endpoint)
+        if when or unless:
+            warn_backtracking(app, parse_conditions(when, unless))
+        new = store.replace_rule(name, candidate)
     renamed = f" (renamed from {name})" if new.name != name else ""
     click.echo(f"Updated rule {new.name}{renamed}")
 
@@ -525,6 +644,22 @@ def rule_remove(app, name):
     with app.rules_store() as store:
         store.remove_rule(name)
     click.echo(f"Removed rule {name}")
+
+
+@rule.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
+@click.argument("name")
+@click.option("--overlap", type=DurationType(), default=DEFAULT_OVERLAP, show_default=True,
+              help="How long the previous secret keeps signing too (0: stop at once; at most 30d).")
+@click.option("--ed25519", is_flag=True,
+              help="Rotate (or add) the ed25519 key pair instead of the HMAC secret.")
+@pass_app
+def rule_rotate_secret(app, name, overlap, ed25519):
+    """Give rule NAME a new signing secret, printed once. During the overlap every request
+    carries a signature with the previous secret and one with the new one, so the receiver
+    can switch at any time in between."""
+    with app.rules_store() as store:
+        found = get_rule_or_fail(store, name)
+        rotate(store, "rule", found.id, f"rule {found.name}", overlap, ed25519)
 
 
 # -- rule test ---------------------------------------------------------------------------------
@@ -893,9 +1028,9 @@ def log_event(app, event_id, as_json):
 # ---------------------------------------------------------------------------------------------
 # Event endpoints
 
-def endpoint_dict(ep: endpointsmod.Endpoint) -> dict:
-    """An endpoint as JSON-able data, secrets masked."""
-    return {
+def endpoint_dict(ep: endpointsmod.Endpoint, keys: list | None = None) -> dict:
+    """An endpoint as JSON-able data, secrets masked (signing keys too: public keys in full)."""
+    d = {
         "id": ep.id, "url": ep.url, "enabled": ep.enabled, "events": list(ep.categories),
         "interval": ep.interval, "max_events": ep.max_events, "timeout": ep.timeout,
         "version": ep.version, "timezone": ep.timezone, "format": ep.format,
@@ -904,9 +1039,12 @@ def endpoint_dict(ep: endpointsmod.Endpoint) -> dict:
         "retry_period": ep.retry_period, "allow_http": ep.allow_http,
         "created": ep.created, "updated": ep.updated,
     }
+    if keys is not None:
+        d["signing"] = [k.to_public_dict() for k in keys]
+    return d
 
 
-def print_endpoint(ep: endpointsmod.Endpoint) -> None:
+def print_endpoint(ep: endpointsmod.Endpoint, keys: list | None = None) -> None:
     rows = [
         ("id", ep.id), ("url", ep.url), ("enabled", yes_no(ep.enabled)),
         ("events", ", ".join(ep.categories)),
@@ -918,6 +1056,7 @@ def print_endpoint(ep: endpointsmod.Endpoint) -> None:
     ]
     for key, value in rows:
         click.echo(f"{key + ':':16}{value}")
+    print_signing(keys)
 
 
 def endpoint_options(edit: bool):
@@ -968,6 +1107,8 @@ def endpoint_options(edit: bool):
                              help="Add the endpoint disabled (no events are queued for it)."),
                 click.option("--allow-http", is_flag=True,
                              help="Allow a plain http:// URL (events travel unencrypted)."),
+                click.option("--ed25519", is_flag=True,
+                             help="Also sign with an ed25519 key pair (v1a); prints its public key."),
             ]
         for opt in reversed(opts):
             f = opt(f)
@@ -993,13 +1134,16 @@ def endpoint():
 @endpoint_options(edit=False)
 @pass_app
 def endpoint_add(app, url, categories, interval, max_events, timeout, version, timezone, fmt,
-                 basic_auth, bearer, api_key, retry_interval, retry_period, disabled, allow_http):
+                 basic_auth, bearer, api_key, retry_interval, retry_period, disabled, allow_http,
+                 ed25519):
     """Add an endpoint at URL for delivery events (bounces, deliveries, blocks).
 
     \b
     Example:
       mxhook endpoint add https://app.example.net/hooks/events --events bounces,blocks \\
           --interval 30 --timezone Europe/Berlin --bearer tok_...
+
+    The endpoint's signing secret is printed once: give it to the receiver (docs/verifying.md).
     """
     check_secret_options(what="endpoint", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
     new = endpointsmod.with_defaults(
@@ -1009,11 +1153,14 @@ def endpoint_add(app, url, categories, interval, max_events, timeout, version, t
         retry_period=retry_period, allow_http=allow_http, enabled=not disabled,
     )
     endpointsmod.validate(new)  # before the database is created or opened for writing
+    check_egress(app, new.url)
     with app.rules_store(create=True) as store:
-        added = store.add_endpoint(new)
+        added = store.add_endpoint(new, ed25519=ed25519)
+        keys = store.signing_keys("endpoint", added.id)
     click.echo(f"Added endpoint {added.id}{' (disabled)' if not added.enabled else ''}: "
                f"{', '.join(added.categories)} events to {added.url} "
                f"(version {added.version}, {added.format})")
+    print_new_keys(keys)
 
 
 @endpoint.command("list")
@@ -1023,8 +1170,9 @@ def endpoint_list(app, as_json):
     """List event endpoints."""
     with app.rules_store() as store:
         found = store.list_endpoints()
+        keys = {ep.id: store.signing_keys("endpoint", ep.id) for ep in found} if as_json else {}
     if as_json:
-        emit_json([endpoint_dict(ep) for ep in found])
+        emit_json([endpoint_dict(ep, keys[ep.id]) for ep in found])
     elif not found:
         click.echo("No event endpoints (add one with: mxhook endpoint add URL)")
     else:
@@ -1041,10 +1189,11 @@ def endpoint_show(app, key, as_json):
     """Show one endpoint (secrets masked)."""
     with app.rules_store() as store:
         ep = get_endpoint_or_fail(store, key)
+        keys = store.signing_keys("endpoint", ep.id)
     if as_json:
-        emit_json(endpoint_dict(ep))
+        emit_json(endpoint_dict(ep, keys))
     else:
-        print_endpoint(ep)
+        print_endpoint(ep, keys)
 
 
 @endpoint.command("edit", short_help="Change an endpoint.")
@@ -1090,7 +1239,10 @@ def endpoint_edit(app, key, categories, interval, max_events, timeout, version, 
                 changes["basic_auth"] = None
         if api_key is not None:
             changes["api_key"] = api_key
-        new = store.replace_endpoint(old.id, dataclasses.replace(old, **changes))
+        candidate = endpointsmod.validate(dataclasses.replace(old, **changes))
+        if new_url is not None:
+            check_egress(app, candidate.url)
+        new = store.replace_endpoint(old.id, candidate)
     click.echo(f"Updated endpoint {new.id} ({new.url})")
 
 
@@ -1102,6 +1254,21 @@ def endpoint_remove(app, key):
     with app.rules_store() as store:
         ep = store.remove_endpoint(key)
     click.echo(f"Removed endpoint {ep.id} ({ep.url})")
+
+
+@endpoint.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
+@click.argument("key", metavar="ID|URL")
+@click.option("--overlap", type=DurationType(), default=DEFAULT_OVERLAP, show_default=True,
+              help="How long the previous secret keeps signing too (0: stop at once; at most 30d).")
+@click.option("--ed25519", is_flag=True,
+              help="Rotate (or add) the ed25519 key pair instead of the HMAC secret.")
+@pass_app
+def endpoint_rotate_secret(app, key, overlap, ed25519):
+    """Give endpoint ID|URL a new signing secret, printed once. During the overlap every
+    request carries a signature with the previous secret and one with the new one."""
+    with app.rules_store() as store:
+        ep = get_endpoint_or_fail(store, key)
+        rotate(store, "endpoint", ep.id, f"endpoint {ep.id} ({ep.url})", overlap, ed25519)
 
 
 @endpoint.command("test", short_help="Send one sample event now and show the reply.")
@@ -1122,6 +1289,11 @@ def endpoint_test(app, key, event_type):
     with app.rules_store() as store:
         ep = get_endpoint_or_fail(store, key)
     cfg = app.cfg
+    signing_keys = dbmod.SigningKeys(cfg.rules_db)
+    try:
+        keys = signing_keys.active("endpoint", ep.id)
+    finally:
+        signing_keys.close()
     batch_id = "evb_test_" + spool.new_id()
     rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
                              fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
@@ -1130,7 +1302,7 @@ def endpoint_test(app, key, event_type):
     outcome = http.deliver(session, ep.delivery_target(), rendered.body,
                            rendered.content_type, batch_id,
                            user_agent=cfg.get("spooler", "user_agent"),
-                           max_response_bytes=cfg.size("spooler", "max_response_bytes"))
+                           max_response_bytes=cfg.size("spooler", "max_response_bytes"), keys=keys)
     code = f"HTTP {outcome.status_code}" if outcome.status_code is not None else "no HTTP answer"
     click.echo(f"POST {ep.url} ({ep.format}, version {ep.version}, webhook-id {batch_id})")
     click.echo(f"{code} in {outcome.duration_ms} ms: {outcome.status}"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mxhook import cli as climod
-from mxhook import config
+from mxhook import config, egress, signing
 
 BEARER = "tok-abcdefghijklmnop-wxyz"
 API_KEY = "key-0123456789-9876"
@@ -26,11 +26,11 @@ class Env:
         self.write_config(**milter)
         self.runner = CliRunner(mix_stderr=False)
 
-    def write_config(self, **milter):
+    def write_config(self, allow_networks="127.0.0.0/8, 10.0.0.0/8", **milter):
         values = {"paths": {"rules_db": self.rules_db, "state_db": self.state_db,
                             "spool_dir": self.spool_dir},
                   # loopback receivers and the LAN endpoints below (the SSRF guard)
-                  "http": {"allow_networks": "127.0.0.0/8, 10.0.0.0/8"}}
+                  "http": {"allow_networks": allow_networks}}
         if milter:
             values["milter"] = milter
         with open(self.conf, "w") as fh:
@@ -70,6 +70,26 @@ class Env:
         assert match.lower() in res.stderr.lower(), res.stderr
         assert self.dump() == before
         return res
+
+
+PUBLIC_IP = "93.184.216.34"
+TEST_DNS = {"lan.example": ["192.168.7.7"], "meta.example": ["169.254.169.254"],
+            "mixed.example": [PUBLIC_IP, "10.9.9.9"]}
+
+
+@pytest.fixture(autouse=True)
+def test_dns(monkeypatch):
+    """The endpoint check never asks real DNS: names below resolve as listed, `*.invalid` does
+    not resolve, every other name resolves to a public address."""
+    table = egress.static_resolver(TEST_DNS)
+
+    def resolve(host, port, *args):
+        name = str(host).lower().rstrip(".")
+        if name in TEST_DNS or name.endswith(".invalid"):
+            return table(name, port, *args)
+        return egress.static_resolver({name: [PUBLIC_IP]})(name, port, *args)
+
+    monkeypatch.setattr(climod, "RESOLVER", resolve)
 
 
 @pytest.fixture
@@ -189,7 +209,10 @@ def test_rule_show_json_shape_and_masking(populated):
     assert set(shown) == {
         "id", "name", "priority", "enabled", "endpoint", "format", "basic_auth", "bearer",
         "api_key", "retry_interval", "retry_period", "timeout", "discard", "allow_http",
-        "conditions", "created", "updated"}
+        "conditions", "created", "updated", "signing"}
+    (key,) = shown["signing"]
+    assert key["scheme"] == "v1" and key["secret"].startswith("whsec_****") and len(key["secret"]) == 14
+    assert key["public_key"] is None and key["expires"] is None and key["created"]
     assert shown["name"] == "invoices" and shown["priority"] == 0 and shown["enabled"] is True
     assert shown["format"] == "json" and shown["retry_interval"] == 60
     assert shown["retry_period"] == 3 and shown["timeout"] == 30
@@ -744,7 +767,8 @@ def endpoints(env):
 
 def test_endpoint_add_list_show(endpoints):
     out = endpoints.ok("endpoint", "add", "https://third.example/e").stdout
-    assert out.strip() == ("Added endpoint 3: bounces, deliveries, blocks events to "
+    assert out.splitlines()[1].startswith("Signing secret (shown once, store it now): whsec_")
+    assert out.splitlines()[0] == ("Added endpoint 3: bounces, deliveries, blocks events to "
                            "https://third.example/e (version 1, json)")
     rows = endpoints.json("endpoint", "list", "--json")
     assert [r["id"] for r in rows] == [1, 2, 3]
@@ -753,7 +777,9 @@ def test_endpoint_add_list_show(endpoints):
         "max_events": 500, "timeout": 30, "version": 1, "timezone": "Europe/Berlin",
         "format": "json", "basic_auth": None, "bearer": "****wxyz", "api_key": "****9876",
         "retry_interval": 60, "retry_period": 3, "allow_http": False,
-        "created": rows[0]["created"], "updated": rows[0]["updated"]}
+        "created": rows[0]["created"], "updated": rows[0]["updated"], "signing": rows[0]["signing"]}
+    assert [k["scheme"] for k in rows[0]["signing"]] == ["v1"]
+    assert rows[0]["signing"][0]["secret"].startswith("whsec_****")
     assert rows[1]["basic_auth"] == "hook:****" and rows[1]["enabled"] is False
     assert endpoints.json("endpoint", "show", EP_URL, "--json") == rows[0]
     assert endpoints.json("endpoint", "show", "2", "--json") == rows[1]
@@ -988,3 +1014,175 @@ def test_log_event_detail(events_logged):
 def test_log_events_need_state_db(env):
     env.fails("log", "events", match="state database")
     env.fails("log", "event", "x", match="state database")
+
+
+# -- signing secrets -------------------------------------------------------------------------
+
+SECRET_LINE = "Signing secret (shown once, store it now): "
+
+
+def printed_secret(out: str, label: str = SECRET_LINE) -> str:
+    (line,) = [line for line in out.splitlines() if line.startswith(label)]
+    return line[len(label):]
+
+
+def stored_keys(env, kind, owner_id):
+    from mxhook import db
+
+    with db.RulesStore(env.rules_db) as store:
+        return store.signing_keys(kind, owner_id)
+
+
+def all_outputs(env, *commands) -> str:
+    out = []
+    for args in commands:
+        res = env.ok(*args)
+        out += [res.stdout, res.stderr]
+    return "\n".join(out)
+
+
+def test_rule_add_shows_the_secret_once(env):
+    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/in", "--when", "To~.")
+    secret = printed_secret(res.stdout)
+    (key,) = stored_keys(env, "rule", 1)
+    assert key.secret == secret and signing.decode_secret(secret)
+    # it signs: the reference verifier accepts what the stored secret signs
+    hdrs = signing.headers("d-1", b"{}", [secret])
+    assert signing.verify(secret, hdrs, b"{}") == "d-1"
+    later = all_outputs(env, ("rule", "list"), ("rule", "list", "--json"), ("rule", "show", "r"),
+                        ("rule", "show", "r", "--json"), ("rule", "edit", "r", "--priority", "3"),
+                        ("rule", "disable", "r"), ("rule", "enable", "r"))
+    assert secret not in later and secret[len("whsec_"):] not in later
+    assert "whsec_****" + secret[-4:] in env.ok("rule", "show", "r").stdout
+
+
+def test_rule_add_with_ed25519(env):
+    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/in", "--when", "To~.", "--ed25519")
+    secret = printed_secret(res.stdout)
+    public = printed_secret(res.stdout, "Ed25519 public key (for v1a signatures; `show` prints it again): ")
+    v1, v1a = stored_keys(env, "rule", 1)
+    assert (v1.secret, v1a.public_key) == (secret, public) and public.startswith("whpk_")
+    assert signing.public_key_for(v1a.secret) == public
+    shown = env.ok("rule", "show", "r").stdout
+    assert public in shown and v1a.secret not in shown
+    doc = env.json("rule", "show", "r", "--json")
+    assert [(k["scheme"], k["public_key"]) for k in doc["signing"]] == [("v1", None), ("v1a", public)]
+    assert doc["signing"][1]["secret"] == "whsk_****"
+    everything = res.stdout + res.stderr + all_outputs(env, ("rule", "show", "r"), ("rule", "list", "--json"))
+    assert v1a.secret not in everything and v1a.secret[len("whsk_"):] not in everything
+
+
+def test_rule_rotate_secret_overlap(env):
+    from mxhook import db
+
+    old = printed_secret(env.ok("rule", "add", "r", "--endpoint", "https://x.example/in",
+                                "--when", "To~.").stdout)
+    res = env.ok("rule", "rotate-secret", "r", "--overlap", "2h")
+    assert "the previous one keeps signing until" in res.stdout and "(2h overlap)" in res.stdout
+    new = printed_secret(res.stdout, "New signing secret (shown once, store it now): ")
+    assert new != old
+    reader = db.SigningKeys(env.rules_db)
+    try:
+        now = __import__("time").time()
+        assert reader.active("rule", 1).secrets == (old, new)
+        assert reader.active("rule", 1, now=now + 7201).secrets == (new,)
+    finally:
+        reader.close()
+    doc = env.json("rule", "show", "r", "--json")
+    assert [k["expires"] is None for k in doc["signing"]] == [False, True]
+    shown = env.ok("rule", "show", "r").stdout
+    assert "(rotated)" in shown and old not in shown and new not in shown
+    # overlap 0: only the newest signs, at once
+    res = env.ok("rule", "rotate-secret", "r", "--overlap", "0")
+    assert "the previous one no longer signs" in res.stdout
+    newest = printed_secret(res.stdout, "New signing secret (shown once, store it now): ")
+    assert [k.secret for k in stored_keys(env, "rule", 1)] == [newest]
+
+
+def test_rotate_secret_errors(populated):
+    populated.fails("rule", "rotate-secret", "nope", match="no rule named 'nope'")
+    populated.fails("rule", "rotate-secret", "invoices", "--overlap", "soon", match="not a duration")
+    populated.fails("rule", "rotate-secret", "invoices", "--overlap", "31d", match="between 0 and 30 days")
+    populated.fails("endpoint", "rotate-secret", "9", match="no endpoint '9'")
+
+
+def test_rotate_ed25519_adds_then_rotates_a_pair(populated):
+    res = populated.ok("rule", "rotate-secret", "invoices", "--ed25519")
+    assert res.stdout.startswith("Added an ed25519 key pair to rule invoices")
+    first = printed_secret(res.stdout, "Ed25519 public key (for v1a signatures; `show` prints it again): ")
+    res = populated.ok("rule", "rotate-secret", "invoices", "--ed25519", "--overlap", "1h")
+    second = printed_secret(res.stdout, "New ed25519 public key (for v1a signatures; `show` prints it again): ")
+    assert first != second
+    keys = stored_keys(populated, "rule", 1)
+    assert [k.scheme for k in keys] == ["v1", "v1a", "v1a"]  # the HMAC secret is untouched
+    assert [k.current for k in keys] == [True, False, True]
+
+
+def test_endpoint_secret_and_rotation(endpoints):
+    res = endpoints.ok("endpoint", "add", "https://third.example/e", "--ed25519")
+    secret = printed_secret(res.stdout)
+    assert "Ed25519 public key" in res.stdout
+    assert stored_keys(endpoints, "endpoint", 3)[0].secret == secret
+    res = endpoints.ok("endpoint", "rotate-secret", "https://third.example/e")
+    assert res.stdout.startswith("Rotated the signing secret of endpoint 3 (https://third.example/e)")
+    new = printed_secret(res.stdout, "New signing secret (shown once, store it now): ")
+    later = all_outputs(endpoints, ("endpoint", "list"), ("endpoint", "list", "--json"),
+                        ("endpoint", "show", "3"), ("endpoint", "show", "3", "--json"))
+    for value in (secret, new, stored_keys(endpoints, "endpoint", 3)[1].secret):
+        assert value not in later
+    assert len(endpoints.json("endpoint", "show", "3", "--json")["signing"]) == 3
+
+
+def test_endpoint_test_request_is_signed(env):
+    from tests.support.receiver import Receiver
+
+    with Receiver() as rx:
+        secret = printed_secret(env.ok("endpoint", "add", rx.url + "/ok", "--allow-http").stdout)
+        env.ok("endpoint", "test", "1")
+        (req,) = rx.wait_for(1, path="/ok")
+        assert signing.verify(secret, req.headers, req.body) == req.headers["webhook-id"]
+
+
+# -- the SSRF guard and regex warnings at add/edit -------------------------------------------
+
+def test_blocked_endpoint_refused_naming_address_and_key(tmp_path):
+    env = Env(tmp_path)
+    env.write_config(allow_networks="")
+    res = env.fails("rule", "add", "r", "--endpoint", "http://127.0.0.1:9/in", "--allow-http",
+                    "--when", "To~.", match="127.0.0.1")
+    assert "[http] allow_networks" in res.stderr and "loopback" in res.stderr
+    assert res.stderr.count("\n") == 1
+    res = env.fails("rule", "add", "r", "--endpoint", "https://lan.example/in", "--when", "To~.",
+                    match="lan.example resolves to 192.168.7.7, a private address")
+    assert "[http] allow_networks" in res.stderr
+    env.fails("endpoint", "add", "https://meta.example/ev", match="169.254.169.254")
+    env.fails("endpoint", "add", "https://mixed.example/ev", match="10.9.9.9")
+    env.ok("rule", "add", "ok", "--endpoint", "https://fine.example/in", "--when", "To~.")
+    env.fails("rule", "edit", "ok", "--endpoint", "https://lan.example/in", match="192.168.7.7")
+    env.ok("endpoint", "add", "https://fine.example/ev")
+    env.fails("endpoint", "edit", "1", "--url", "http://10.0.0.5/ev", "--allow-http", match="10.0.0.5")
+    # the allowlist admits them
+    env.write_config(allow_networks="192.168.7.0/24, 10.0.0.0/8")
+    env.ok("rule", "edit", "ok", "--endpoint", "https://lan.example/in")
+    env.ok("endpoint", "edit", "1", "--url", "http://10.0.0.5/ev", "--allow-http")
+
+
+def test_unresolvable_endpoint_is_a_warning(env):
+    res = env.ok("rule", "add", "r", "--endpoint", "https://gone.invalid/in", "--when", "To~.")
+    assert "warning: endpoint host gone.invalid does not resolve" in res.stderr
+    assert "Added rule r" in res.stdout
+    res = env.ok("endpoint", "add", "https://gone.invalid/ev")
+    assert "does not resolve" in res.stderr and "Added endpoint 1" in res.stdout
+
+
+def test_catastrophic_regex_warns(env):
+    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/in",
+                 "--when", "Subject~(a+)+$", "--when", "To~^x@", "--unless", r"From~(\w+)\1")
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2
+    assert "subject~(a+)+$" in warnings[0] and "repeats" in warnings[0]
+    assert "backreference" in warnings[1] and "regex_timeout (0.05 s)" in warnings[1]
+    assert "Added rule r" in res.stdout
+    res = env.ok("rule", "edit", "r", "--when", "Subject~.*a.*b.*c")
+    assert "warning: condition 'subject~.*a.*b.*c' has 3 repeats" in res.stderr
+    assert "warning" not in env.ok("rule", "edit", "r", "--when", "Subject~^Invoice \\d+").stderr
