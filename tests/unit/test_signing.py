@@ -314,3 +314,32 @@ def test_ed25519_64_byte_private_form_accepted_and_checked():
 def test_ed25519_key_errors(bad, loader, message):
     with pytest.raises(SigningError, match=message):
         loader(bad)
+
+
+# --- KeySet: what one attempt signs with -----------------------------------------------------
+
+def test_keyset_never_shows_a_key():
+    secret = signing.generate_secret()
+    private, _ = signing.generate_ed25519_keypair()
+    ks = signing.KeySet((secret,), (private,))
+    assert bool(ks) and not signing.KeySet()
+    for text in (repr(ks), str(ks), f"{ks}", repr([ks])):
+        assert secret not in text and private not in text
+        assert secret[len("whsec_"):] not in text and private[len("whsk_"):] not in text
+    assert repr(ks) == "KeySet(<1 secret(s)>, <1 ed25519 key(s)>)"
+
+
+def test_rotation_overlap_then_expiry_with_an_independent_verifier():
+    """The spooler's path: active_secrets at attempt time -> headers. During the overlap two v1
+    signatures (each verifies with its own secret), after the overlap one."""
+    old, new = signing.generate_secret(), signing.generate_secret()
+    entries = [(old, NOW + 3600), (new, None)]
+    body = b'{"rotation": true}'
+    during = signing.headers("d-9", body, signing.active_secrets(entries, NOW), now=NOW)
+    assert len(during["webhook-signature"].split(" ")) == 2
+    assert spec_verify(old, during, body, now=NOW) and spec_verify(new, during, body, now=NOW)
+    after_t = NOW + 3601
+    after = signing.headers("d-9", body, signing.active_secrets(entries, after_t), now=after_t)
+    assert after["webhook-signature"] == spec_sign(new, "d-9", after_t, body)
+    assert not spec_verify(old, after, body, now=after_t)
+    assert after["webhook-id"] == during["webhook-id"] == "d-9"  # stable across attempts
