@@ -66,6 +66,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         # multiplies every rule's retry interval and retry period (tests/demo run the real
         # schedule in seconds); leave 1 in production. Retry-After is never scaled.
         "retry_time_scale": "1.0",
+        # a rule/endpoint with no successful delivery for this many days is disabled (0 = never)
+        "disable_after_days": "5",
         "log": "syslog",
         "log_level": "info",
     },

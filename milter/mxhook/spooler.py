@@ -13,8 +13,9 @@ The loop, on the main thread (the only thread that touches state.db):
    each with its own requests session; a worker renders the payload (mxhook.payloads) and
    POSTs it once (mxhook.http). Results come back to the main thread, which writes them (all
    results finished in one pass in one transaction) and decides the next step:
-   succeeded/failed are final; deferred is retried after max(retry interval, Retry-After)
-   until `retry period` days after the first attempt, then failed.
+   succeeded/failed are final; deferred is retried after the retry interval ±10 % jitter
+   (or a longer Retry-After, at most an hour; `retry_wait`) until `retry period` days after
+   the first attempt, then failed.
 3. wait up to `poll_interval` seconds (or less, when a post finishes), then again.
 
 Event records (kind `event`: from the milter, the log follower, the CLI) take the same ingest
@@ -38,6 +39,17 @@ mid-request — and then with the same `webhook-id` (the delivery id), so receiv
 deduplicate. SIGTERM/SIGINT: stop taking new work, let in-flight posts finish (each bounded by
 its rule's timeout), record their results, exit 0.
 
+Disabling. A 410 Gone disables the rule (inbound) or the endpoint (events) in rules.db, with a
+warning in the log; that delivery/batch is `failed`. A rule/endpoint whose attempts have all
+failed for `[spooler] disable_after_days` days (counted from the first failure after its last
+success, checked when an attempt fails; `state.target_health`) is disabled the same way.
+Deliveries of a disabled rule and batches/events of a disabled endpoint are not attempted: they
+stay pending (queued/deferred) until it is enabled again (the milter no longer matches a
+disabled rule, and a disabled endpoint gets no new events); failed ones stay replayable
+(`mxhook replay`). Enabling it again (or pointing it at another URL) starts its failure count
+afresh. A 410 from a URL the rule no longer uses (deliveries keep the target they were
+accepted under) disables nothing.
+
 `--once`: ingest everything pending, run one dispatch round (every event endpoint gets a batch
 of what is pending for it, due or not), wait for its posts, exit (tests, cron-style use).
 
@@ -51,6 +63,7 @@ import argparse
 import heapq
 import logging
 import os
+import random
 import signal
 import sqlite3
 import sys
@@ -65,7 +78,7 @@ from . import config as config_mod
 from . import db as db_mod
 from . import http, logging_setup, spool, state
 from .endpoints import Endpoint
-from .rules import RuleError
+from .rules import RETRY_INTERVAL_RANGE, RuleError
 from .state import AttemptRecord, DueDelivery, EventBatch, StateStore
 
 log = logging.getLogger("mxhook.spooler")
@@ -77,17 +90,44 @@ BLOCK_RETRY_AFTER = 30.0  # seconds before retrying the block list after rules.d
 BLOCK_BATCH = 500  # hard bounces handled per step
 SCAN_WINDOW = 50_000  # names of new/ kept from one directory scan (see _next_paths)
 READ_CHUNK = 1 << 16
+RETRY_JITTER = 0.1  # the retry interval varies by up to ±10 % (see retry_wait)
+DEFAULT_RETRY_INTERVAL = 60.0  # a target without one (rules and endpoints always have one)
+RETRY_AFTER_MAX = http.RETRY_AFTER_MAX  # a Retry-After is honoured up to an hour
+GONE = 410  # the receiver says the endpoint is gone for good: disable the rule/endpoint
 UNLINK_THREADS = 8  # see _unlink
 UNLINK_CHUNK = 32
 
 
+def retry_wait(interval, retry_after: float | None = None, *, scale: float = 1.0,
+               rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before the next attempt of a deferred delivery or batch.
+
+    The rule's/endpoint's retry interval, bounded to RETRY_INTERVAL_RANGE (10..600 s; a
+    spool record cannot ask for less), times a jitter factor drawn uniformly from
+    [1 - RETRY_JITTER, 1 + RETRY_JITTER] (so deliveries deferred together do not come back
+    together), times `scale` ([spooler] retry_time_scale). The floor is therefore
+    (1 - RETRY_JITTER) * 10 s * scale. A Retry-After from the receiver, bounded to
+    [0, RETRY_AFTER_MAX] s and never scaled, lengthens the wait (we never come back sooner than
+    asked), and never shortens it below the jittered interval. `rand` returns a float in [0, 1)
+    (tests inject a fixed one)."""
+    low, high = RETRY_INTERVAL_RANGE
+    base = min(max(float(interval or DEFAULT_RETRY_INTERVAL), low), high)
+    jitter = 1.0 + RETRY_JITTER * (2.0 * min(max(rand(), 0.0), 1.0) - 1.0)
+    wait_s = base * jitter * scale
+    if retry_after:
+        wait_s = max(wait_s, min(max(float(retry_after), 0.0), RETRY_AFTER_MAX))
+    return wait_s
+
+
 def schedule(outcome: http.Outcome, target: dict, first_attempt_at: float, now: float,
-             *, scale: float = 1.0) -> tuple[str, float | None, str | None]:
+             *, scale: float = 1.0, rand: Callable[[], float] = random.random
+             ) -> tuple[str, float | None, str | None]:
     """(delivery status, next attempt time or None, log reason) after an attempt.
 
-    Deferred outcomes wait max(retry_interval * scale, Retry-After), and never past the end of
-    the retry period (first attempt + retry_period days * scale), so there is a last attempt
-    at that moment; a deferred outcome at or after it makes the delivery `failed`."""
+    Deferred outcomes wait `retry_wait(...)` (the retry interval with jitter, or longer for a
+    Retry-After), and never past the end of the retry period (first attempt + retry_period
+    days * scale), so there is a last attempt at that moment; a deferred outcome at or after it
+    makes the delivery `failed`."""
     if outcome.status != "deferred":
         return outcome.status, None, outcome.error
     period_days = target.get("retry_period") or 3
@@ -95,7 +135,7 @@ def schedule(outcome: http.Outcome, target: dict, first_attempt_at: float, now: 
     if now >= deadline:
         days = f"{period_days:g} day{'s' if period_days != 1 else ''}"
         return "failed", None, f"{outcome.error or 'deferred'}; gave up: retry period of {days} ended"
-    wait_s = max((target.get("retry_interval") or 60) * scale, outcome.retry_after or 0.0)
+    wait_s = retry_wait(target.get("retry_interval"), outcome.retry_after, scale=scale, rand=rand)
     return "deferred", min(now + wait_s, deadline), outcome.error
 
 
@@ -170,7 +210,8 @@ def _default_render(fmt: str, **kw):
 class Spooler:
     def __init__(self, cfg: config_mod.Config, *, render: Callable | None = None,
                  render_events: Callable | None = None,
-                 session_factory: Callable | None = None, clock: Callable[[], float] = time.time):
+                 session_factory: Callable | None = None, clock: Callable[[], float] = time.time,
+                 rand: Callable[[], float] = random.random):
         sec = "spooler"
         self.cfg = cfg
         self.spool_dir = cfg.spool_dir
@@ -189,6 +230,10 @@ class Spooler:
             raise config_mod.ConfigError("[spooler] poll_interval must be above 0")
         if not self.scale > 0:
             raise config_mod.ConfigError("[spooler] retry_time_scale must be above 0")
+        # days without a successful attempt after which a rule/endpoint is disabled (0 = never)
+        self.disable_after_days = cfg.float(sec, "disable_after_days")
+        if self.disable_after_days < 0:
+            raise config_mod.ConfigError("[spooler] disable_after_days must be 0 (never) or more")
         self.render = render or _default_render
         self.render_events = render_events or _default_render_events
         self.block_hard_bounces = cfg.bool("milter", "blocklist")
@@ -198,6 +243,7 @@ class Spooler:
         # signing keys are looked up per attempt: a rotation applies to retries
         self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
+        self.rand = rand  # jitter of the retry schedule (tests inject a fixed one)
 
         spool.ensure_dirs(self.spool_dir)
         state_dir = os.path.dirname(os.path.abspath(cfg.state_db))
@@ -225,6 +271,13 @@ class Spooler:
         self._blocks_checked: int | None = None
         self._window: deque[str] = deque()  # oldest names of new/ from the last scan
         self._claimed: set[str] = set()
+        # Rules and endpoints as last seen in rules.db (for 410 / continuous-failure disabling):
+        # rule ids whose deliveries wait because the rule is disabled; (kind, ref) -> (enabled,
+        # URL), to notice a rule/endpoint enabled again or pointed elsewhere.
+        self._rules_seen = -1  # EndpointsView.generation the rule states were read at
+        self._disabled_rules: set[int] = set()
+        self._targets_seen: dict[tuple[str, str], tuple[bool, str]] = {}
+        self._state_version = self.state.data_version()  # moves when the CLI requeues
 
     # control ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -431,14 +484,23 @@ class Spooler:
         free = self.workers - len(self.inflight)
         if free <= 0 or self.stopping:
             return 0
+        self.current_endpoints()  # rules.db changed: which rules are disabled now
         now = self.clock()
-        if now < self._inbound_due_at:  # nothing can be due yet: spare the query
+        try:
+            if now < self._inbound_due_at:  # nothing can be due yet: spare the query...
+                version = self.state.data_version()
+                if version == self._state_version:
+                    return 0
+                self._state_version = version  # ...unless `mxhook replay` requeued something
+        except sqlite3.Error as exc:
+            log.error("cannot read state.db: %s", exc)
             return 0
         busy = {d.id for d in self.inflight.values()}
+        skip = self._disabled_rules  # their deliveries wait until the rule is enabled again
         try:
-            due = self.state.due(now, free, exclude=busy)
+            due = self.state.due(now, free, exclude=busy, skip_rules=skip)
             if len(due) < free:  # everything due now is taken: when is the next one due?
-                nxt = self.state.next_due_at()
+                nxt = self.state.next_due_at(skip_rules=skip)
                 self._inbound_due_at = state.to_datetime(nxt).timestamp() if nxt else float("inf")
         except sqlite3.Error as exc:
             log.error("cannot read due deliveries from state.db: %s", exc)
@@ -462,7 +524,115 @@ class Spooler:
                     log.warning("%d event(s) pending for removed endpoints marked failed", failed)
             except sqlite3.Error as exc:
                 log.error("cannot record endpoint changes in state.db (will retry): %s", exc)
+        if self.endpoints.generation != self._rules_seen:
+            self._refresh_targets(eps)
         return eps
+
+    # 2a. rules/endpoints: 410 Gone, continuous failure, enabled again ---------------------
+    def _rules_db(self) -> db_mod.RulesStore:
+        if self._rules_store is None:
+            self._rules_store = db_mod.RulesStore(self.cfg.rules_db)
+        return self._rules_store
+
+    def _drop_rules_db(self) -> None:
+        if self._rules_store is not None:
+            self._rules_store.close()
+            self._rules_store = None
+
+    def _refresh_targets(self, eps: dict[int, Endpoint]) -> None:
+        """After a change to rules.db: which rules are disabled (their deliveries wait), and
+        which rules/endpoints were enabled again or pointed at another URL (their failure
+        streak starts afresh, so `disable_after_days` does not strike at the next failure)."""
+        rules = {}
+        if os.path.exists(self.cfg.rules_db):
+            try:
+                rules = {r.id: r for r in self._rules_db().list_rules()}
+            except (sqlite3.Error, RuleError, OSError) as exc:
+                log.error("cannot read rules from %s (will retry): %s", self.cfg.rules_db, exc)
+                self._drop_rules_db()
+                return
+        disabled = {i for i, r in rules.items() if not r.enabled}
+        if disabled != self._disabled_rules:
+            self._inbound_due_at = 0.0  # deliveries of a rule enabled again are due now
+        self._disabled_rules = disabled
+        seen = {("rule", str(i)): (r.enabled, r.endpoint) for i, r in rules.items()}
+        seen.update({("endpoint", str(i)): (ep.enabled, ep.url) for i, ep in eps.items()})
+        try:
+            health = self.state.health()
+            for key, (enabled, url) in seen.items():
+                row = health.get(key)
+                before = self._targets_seen.get(key)
+                if row is None or not enabled:
+                    continue
+                again = row["disabled_at"] is not None or (before is not None and not before[0])
+                if again or (before is not None and before[1] != url):
+                    self.state.reset_health(*key, now=self.clock())
+                    if again and row["disabled_at"] is not None:
+                        log.info("%s %s is enabled again: its deliveries resume", key[0],
+                                 row["name"] or key[1])
+        except sqlite3.Error as exc:
+            log.error("cannot update rule/endpoint health in state.db (will retry): %s", exc)
+            return
+        self._targets_seen = seen
+        self._rules_seen = self.endpoints.generation
+
+    def _disable(self, kind: str, ref: str, reason: str, *, url: str | None) -> str | None:
+        """Disable rule/endpoint `ref` in rules.db (kind `rule`: ref = state.rule_ref; kind
+        `endpoint`: its id) because of `reason`, unless it is gone, already disabled, or (`url`
+        given) no longer points at that URL. Logs a warning and remembers it in state.db.
+        Returns its name when it was disabled now."""
+        try:
+            store = self._rules_db()
+            if kind == "rule":
+                found = [r for r in store.list_rules()
+                         if (str(r.id) == ref if not ref.startswith("name:") else r.name == ref[5:])]
+                if not found or not found[0].enabled or (url is not None and found[0].endpoint != url):
+                    return None
+                rule = store.set_enabled(found[0].name, False)
+                self._disabled_rules.add(rule.id)
+                self._inbound_due_at = 0.0
+                name, where, enable = rule.name, rule.endpoint, f"mxhook rule enable {rule.name}"
+            else:
+                ep = store.get_endpoint(int(ref))
+                if ep is None or not ep.enabled or (url is not None and ep.url != url):
+                    return None
+                ep = store.set_endpoint_enabled(ep.id, False)
+                name, where, enable = str(ep.id), ep.url, f"mxhook endpoint edit {ep.id} --enabled"
+        except (sqlite3.Error, RuleError, OSError, ValueError) as exc:
+            log.error("cannot disable %s %s in %s (%s): %s", kind, ref, self.cfg.rules_db, reason, exc)
+            self._drop_rules_db()
+            return None
+        log.warning("%s %s disabled: %s (endpoint %s); its pending deliveries wait and its failed "
+                    "ones stay replayable; enable it again with `%s`", kind, name, reason, where, enable)
+        try:
+            self.state.mark_disabled(kind, ref, name if kind == "rule" else where, reason, now=self.clock())
+        except sqlite3.Error as exc:
+            log.error("cannot record that %s %s was disabled in state.db: %s", kind, name, exc)
+        return name
+
+    def _gone(self, kind: str, ref: str, url: str | None, outcome: http.Outcome) -> str:
+        """A 410 Gone: disable the rule/endpoint; returns the note for the log's reason."""
+        name = self._disable(kind, ref, f"the endpoint answered {outcome.error or 'HTTP 410 Gone'}", url=url)
+        return f"; {kind} {name} disabled" if name is not None else ""
+
+    def _check_failing(self, failed: dict[tuple[str, str], str | None], now: float) -> None:
+        """`[spooler] disable_after_days`: of the rules/endpoints whose attempts just failed
+        (`failed`: (kind, ref) -> the URL the attempt went to), disable those that have had no
+        successful attempt since their first failure that many days ago."""
+        if not failed or self.disable_after_days <= 0:
+            return
+        try:
+            rows = self.state.failing_targets(now - self.disable_after_days * DAY)
+        except sqlite3.Error as exc:
+            log.error("cannot read rule/endpoint health from state.db: %s", exc)
+            return
+        days = f"{self.disable_after_days:g} day{'s' if self.disable_after_days != 1 else ''}"
+        for row in rows:
+            key = (row["kind"], row["ref"])
+            if key in failed:
+                self._disable(*key, f"no successful delivery since {row['failing_since']} "
+                                    f"({days} or more; last error: {row['last_error'] or '-'})",
+                              url=failed[key])
 
     def dispatch_events(self, *, flush: bool = False) -> int:
         """Make due batches and hand due ones to free workers (at most one batch per endpoint
@@ -537,7 +707,9 @@ class Spooler:
                       now: float) -> AttemptRecord:
         batch, target = job.batch, job.endpoint.delivery_target()
         first = state.to_datetime(batch.first_attempt_at).timestamp() if batch.first_attempt_at else started
-        status, next_at, reason = schedule(outcome, target, first, now, scale=self.scale)
+        status, next_at, reason = schedule(outcome, target, first, now, scale=self.scale, rand=self.rand)
+        if outcome.status_code == GONE:
+            reason = (reason or "") + self._gone("endpoint", str(job.endpoint.id), job.endpoint.url, outcome)
         log.info(
             "event batch %s endpoint=%d events=%d attempt=%d outcome=%s status=%s code=%s "
             "duration=%dms%s%s",
@@ -656,6 +828,7 @@ class Spooler:
             done = {f for f in self.inflight if f.done()}
         results = []
         batch_results = []
+        failing: dict[tuple[str, str], str | None] = {}  # (kind, ref) -> URL, see _check_failing
         now = self.clock()
         for fut in done:
             d = self.inflight.pop(fut)
@@ -665,13 +838,22 @@ class Spooler:
                 outcome, started = http.Outcome("deferred", error=f"internal error: {exc}"), now
             if isinstance(d, _BatchJob):
                 batch_results.append(self._batch_result(d, outcome, started, now))
+                if outcome.status != "succeeded":
+                    failing[("endpoint", str(d.endpoint.id))] = d.endpoint.url
                 continue
             try:
                 first = state.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
-                status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale)
+                status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale,
+                                                   rand=self.rand)
             except (TypeError, ValueError) as exc:  # odd retry settings in the target: defaults
                 log.error("delivery %s: bad retry settings (%s); using the defaults", d.id, exc)
-                status, next_at, reason = schedule(outcome, {}, started, now, scale=self.scale)
+                status, next_at, reason = schedule(outcome, {}, started, now, scale=self.scale,
+                                                   rand=self.rand)
+            ref = state.rule_ref(d.target.get("id"), d.rule_name)
+            if outcome.status_code == GONE:
+                reason = (reason or "") + self._gone("rule", ref, d.target.get("endpoint"), outcome)
+            elif outcome.status != "succeeded":
+                failing[("rule", ref)] = d.target.get("endpoint")
             results.append(AttemptRecord(
                 delivery_id=d.id, at=state.iso(started), outcome=outcome.status, status=status,
                 status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
@@ -699,6 +881,7 @@ class Spooler:
             except sqlite3.Error as exc:  # posted again later, same webhook-id and events
                 log.error("cannot record %d event batch result(s) in state.db (they will be retried): %s",
                           len(batch_results), exc)
+        self._check_failing(failing, now)
         return len(results) + len(batch_results)
 
     def drain(self) -> None:

@@ -33,9 +33,11 @@ Schema
   deliveries.status in the same transaction) and one per denied record (id = record id,
   kind "denied", status "denied").
 - `events(id PK, received, meta JSON, payload BLOB, ingested, type, queue_id, recipient,
-  block_state)`: one row per event record (id = event id; `received` = the event's time `at`;
-  `meta` = the event as `events.Event.to_dict()` wrote it). `block_state` is `pending` for a hard
-  bounce the spooler has still to put on the block list, `done` after.
+  block_state, message_id)`: one row per event record (id = event id; `received` = the event's
+  time `at`; `meta` = the event as `events.Event.to_dict()` wrote it). `block_state` is
+  `pending` for a hard bounce the spooler has still to put on the block list, `done` after.
+  `message_id` is the join key of DSN events (indexed for `queued` events). A recipient-less
+  `failed` (expiry) is stored as it came and expanded into one `failed` per open recipient.
 - `event_deliveries(seq PK AUTOINCREMENT, endpoint_id, event_id, added, batch_id)`: the fan-out,
   one row per (event, endpoint whose categories include the event's type), `seq` = arrival
   order, `added` = epoch seconds when it became pending. `batch_id` NULL = pending, not yet in a
@@ -50,6 +52,16 @@ Schema
   response_excerpt)`.
 - `event_endpoints(id PK, url, updated)`: the endpoints' URLs as last seen by the spooler, so the
   event log can name the endpoint of old deliveries (rules.db belongs to the admin).
+- `target_health(kind, ref, name, failing_since, last_success, last_failure, last_error,
+  last_status_code, disabled_at, disabled_reason, updated; PK (kind, ref))`: per rule (`kind`
+  rule, `ref` = `rule_ref`: the rule id) and per event endpoint (`endpoint`, its id): since when
+  its attempts fail without a success in between (`[spooler] disable_after_days`), and when
+  and why the spooler disabled it (410 Gone, continuous failure). Written with the attempts,
+  in their transaction; read by `mxhook status`.
+
+Replay: `requeue(ids)` puts failed deliveries/batches back to `queued` with the same id (the
+`webhook-id`) and a fresh retry period; the CLI (`mxhook replay`, another process) writes
+through it, and the spooler notices through `PRAGMA data_version`.
 """
 from __future__ import annotations
 
@@ -76,6 +88,7 @@ EVENT_LOG_KEYS = ("received", "status", "hostName", "endpointUrl", "reason")
 # Fields a log-derived event takes from the `queued` event of its message when it lacks them.
 ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
 BATCH_PREFIX = "evb_"
+REPLAYED = "replayed"  # reason shown while a replayed delivery/batch waits for its attempt
 _IN_CHUNK = 500  # host parameters per IN (...) query
 # Decoded events kept after ingest, so a batch made soon after does not parse them again from
 # state.db (the hot path); older ones are read back. Bounded: memory does not grow with a backlog.
@@ -192,6 +205,12 @@ def check_record(record: spool.Record) -> None:
 
 def delivery_id(record_id: str, rule_name: str) -> str:
     return f"{record_id}-{rule_name}"
+
+
+def rule_ref(rule_id, rule_name: str | None) -> str:
+    """How target_health names a rule: its rules.db id (stable across renames), or
+    `name:<name>` for a delivery target without an id (rule names cannot hold a colon)."""
+    return str(rule_id) if rule_id is not None else f"name:{rule_name}"
 
 
 def _from(meta: dict) -> str:
@@ -433,6 +452,12 @@ class StateStore:
         )
         db["event_endpoints"].create(
             {"id": int, "url": str, "updated": str}, pk="id", if_not_exists=True,
+        )
+        db["target_health"].create(
+            {"kind": str, "ref": str, "name": str, "failing_since": str, "last_success": str,
+             "last_failure": str, "last_error": str, "last_status_code": int, "disabled_at": str,
+             "disabled_reason": str, "updated": str},
+            pk=("kind", "ref"), not_null={"kind", "ref", "updated"}, if_not_exists=True,
         )
         # due-delivery lookup: WHERE status IN (queued, deferred) AND next_attempt_at <= now
         db["deliveries"].create_index(["status", "next_attempt_at"], if_not_exists=True)
@@ -698,19 +723,30 @@ class StateStore:
         return cur.rowcount
 
     # delivery queue ---------------------------------------------------------------------
-    def due(self, now=None, limit: int = 100, *, exclude: Iterable[str] = ()) -> list[DueDelivery]:
+    @staticmethod
+    def _skip_rules(skip_rules: Iterable[int]) -> tuple[str, list]:
+        """SQL (and parameters) leaving out deliveries of the rules with these ids."""
+        skip = sorted({int(r) for r in skip_rules})
+        if not skip:
+            return "", []
+        return f" AND (d.rule_id IS NULL OR d.rule_id NOT IN ({', '.join('?' * len(skip))}))", skip
+
+    def due(self, now=None, limit: int = 100, *, exclude: Iterable[str] = (),
+            skip_rules: Iterable[int] = ()) -> list[DueDelivery]:
         """Deliveries (queued or deferred) whose next attempt time has come, earliest first,
-        leaving out the ids in `exclude` (those already in flight)."""
+        leaving out the ids in `exclude` (those already in flight) and the deliveries of the
+        rules whose ids are in `skip_rules` (disabled rules: their deliveries wait)."""
         exclude = set(exclude)
         if limit <= 0:
             return []
+        skip_sql, skip_params = self._skip_rules(skip_rules)
         rows = self.conn.execute(
             "SELECT d.id, d.message_id, d.rule_name, d.target, d.recipients, d.attempts,"
             " d.first_attempt_at, d.status, m.received, m.meta, m.raw"
             " FROM deliveries d JOIN messages m ON m.id = d.message_id"
-            " WHERE d.status IN ('queued', 'deferred') AND d.next_attempt_at <= ?"
+            " WHERE d.status IN ('queued', 'deferred') AND d.next_attempt_at <= ?" + skip_sql +
             " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-            (iso(now), limit + len(exclude)),
+            [iso(now), *skip_params, limit + len(exclude)],
         ).fetchall()
         out = []
         for row in rows:
@@ -725,12 +761,20 @@ class StateStore:
                 break
         return out
 
-    def next_due_at(self) -> str | None:
-        """When the earliest pending delivery is due (None when nothing is pending)."""
+    def next_due_at(self, *, skip_rules: Iterable[int] = ()) -> str | None:
+        """When the earliest pending delivery is due (None when nothing is pending), leaving
+        out the deliveries of the rules in `skip_rules`."""
+        skip_sql, skip_params = self._skip_rules(skip_rules)
         row = self.conn.execute(
-            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('queued', 'deferred')"
+            "SELECT min(d.next_attempt_at) FROM deliveries d WHERE d.status IN ('queued', 'deferred')"
+            + skip_sql, skip_params,
         ).fetchone()
         return row[0]
+
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version`: moves when another connection (the CLI's `replay`)
+        committed a change, so the spooler knows to look at the queue again."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def record_attempt(self, delivery_id: str, **fields) -> None:
         """Record one attempt (fields as in AttemptRecord) in its own transaction."""
@@ -748,10 +792,12 @@ class StateStore:
                 raise ValueError(f"bad attempt result for {r.delivery_id}: {r.outcome}/{r.status}")
         with self._write() as conn:
             for r in results:
-                row = conn.execute("SELECT message_id FROM deliveries WHERE id = ?", (r.delivery_id,)).fetchone()
+                row = conn.execute("SELECT message_id, rule_id, rule_name FROM deliveries WHERE id = ?",
+                                   (r.delivery_id,)).fetchone()
                 if row is None:
                     continue  # removed meanwhile (e.g. by retention); nothing to record against
                 message_id = row[0]
+                self._note_health(conn, "rule", rule_ref(row[1], row[2]), row[2], r)
                 conn.execute(
                     "INSERT INTO attempts (delivery_id, at, outcome, status_code, error, duration_ms,"
                     " response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1013,6 +1059,11 @@ class StateStore:
             return
         with self._write() as conn:
             for r in results:
+                row = conn.execute("SELECT b.endpoint_id, COALESCE(ep.url, b.url) FROM event_batches b"
+                                   " LEFT JOIN event_endpoints ep ON ep.id = b.endpoint_id"
+                                   " WHERE b.id = ?", (r.delivery_id,)).fetchone()
+                if row is not None:
+                    self._note_health(conn, "endpoint", str(row[0]), row[1], r)
                 conn.execute(
                     "INSERT INTO event_attempts (batch_id, at, outcome, status_code, error,"
                     " duration_ms, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1200,3 +1251,285 @@ class StateStore:
         pending = self.conn.execute(
             "SELECT count(*) FROM event_deliveries WHERE batch_id IS NULL").fetchone()[0]
         return {"pending": pending, "batches": by_status}
+
+    # health: per rule and endpoint, failing since when, disabled by whom ---------------------
+    _HEALTH_KEYS = ("kind", "ref", "name", "failing_since", "last_success", "last_failure",
+                    "last_error", "last_status_code", "disabled_at", "disabled_reason", "updated")
+
+    @staticmethod
+    def _note_health(conn: sqlite3.Connection, kind: str, ref: str, name: str | None,
+                     r: AttemptRecord) -> None:
+        """Fold one attempt into its rule's or endpoint's health row (in the caller's
+        transaction): a success ends a failure streak; a failure starts one unless a later
+        success is already recorded (results of one round may come in any order)."""
+        row = conn.execute("SELECT failing_since, last_success, last_failure FROM target_health"
+                           " WHERE kind = ? AND ref = ?", (kind, ref)).fetchone()
+        failing, success, failure = row or (None, None, None)
+        if r.outcome == "succeeded":
+            success = max(success or "", r.at)
+            if failing is not None and failing <= r.at:
+                failing = None
+            error_sql, params = "", []
+        else:
+            if failing is None and (success is None or r.at >= success):
+                failing = r.at
+            failure = max(failure or "", r.at)
+            error_sql = ", last_error = ?, last_status_code = ?"
+            params = [r.error or r.reason, r.status_code]
+        conn.execute("INSERT OR IGNORE INTO target_health (kind, ref, updated) VALUES (?, ?, ?)",
+                     (kind, ref, r.at))
+        conn.execute(
+            "UPDATE target_health SET name = COALESCE(?, name), failing_since = ?, last_success = ?,"
+            f" last_failure = ?, updated = ?{error_sql} WHERE kind = ? AND ref = ?",
+            [name, failing, success or None, failure or None, r.at, *params, kind, ref],
+        )
+
+    def health(self) -> dict[tuple[str, str], dict]:
+        """(kind, ref) -> the health row: kind `rule` (ref: rule_ref) or `endpoint` (ref: the
+        endpoint id as text); `failing_since` is the first failed attempt after the last
+        success (None: not failing), `disabled_at`/`disabled_reason` say when and why the
+        spooler disabled it (None when it did not)."""
+        return {(row[0], row[1]): dict(zip(self._HEALTH_KEYS, row)) for row in self.conn.execute(
+            f"SELECT {', '.join(self._HEALTH_KEYS)} FROM target_health ORDER BY kind, ref")}
+
+    def failing_targets(self, since_before) -> list[dict]:
+        """Health rows failing since `since_before` or earlier and not disabled by the spooler
+        yet (candidates for `[spooler] disable_after_days`)."""
+        return [dict(zip(self._HEALTH_KEYS, row)) for row in self.conn.execute(
+            f"SELECT {', '.join(self._HEALTH_KEYS)} FROM target_health"
+            " WHERE failing_since <= ? AND disabled_at IS NULL ORDER BY failing_since",
+            (iso(since_before),))]
+
+    def mark_disabled(self, kind: str, ref: str, name: str | None, reason: str, now=None) -> None:
+        """Remember that the spooler disabled this rule/endpoint, when and why."""
+        at = iso(now)
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO target_health (kind, ref, updated) VALUES (?, ?, ?)",
+                         (kind, ref, at))
+            conn.execute("UPDATE target_health SET name = COALESCE(?, name), disabled_at = ?,"
+                         " disabled_reason = ?, updated = ? WHERE kind = ? AND ref = ?",
+                         (name, at, reason, at, kind, ref))
+
+    def reset_health(self, kind: str, ref: str, now=None) -> None:
+        """A rule/endpoint enabled again (or pointed elsewhere) starts afresh: no failure
+        streak, not disabled."""
+        with self._write() as conn:
+            conn.execute("UPDATE target_health SET failing_since = NULL, disabled_at = NULL,"
+                         " disabled_reason = NULL, updated = ? WHERE kind = ? AND ref = ?",
+                         (iso(now), kind, ref))
+
+    # replay: failed deliveries and batches back into the queue --------------------------------
+    _ITEM_DELIVERY = (
+        "SELECT d.id, d.status, d.rule_id, d.rule_name, d.target, l.received, d.last_error,"
+        " d.last_status_code, d.attempts, m.raw IS NOT NULL"
+        " FROM deliveries d JOIN messages m ON m.id = d.message_id"
+        " LEFT JOIN inbound_log l ON l.id = d.id"
+    )
+    _ITEM_BATCH = (
+        "SELECT b.id, b.status, b.endpoint_id, COALESCE(b.url, ep.url), b.created, b.last_error,"
+        " b.last_status_code, b.attempts, b.size"
+        " FROM event_batches b LEFT JOIN event_endpoints ep ON ep.id = b.endpoint_id"
+    )
+
+    @staticmethod
+    def _delivery_item(row) -> dict:
+        target = json.loads(row[4])
+        return {"id": row[0], "kind": "delivery", "status": row[1], "rule": row[3],
+                "rule_id": row[2], "endpoint": target.get("endpoint"), "received": row[5],
+                "last_error": row[6], "last_status_code": row[7], "attempts": row[8],
+                "body_stored": bool(row[9]), "target": target}
+
+    @staticmethod
+    def _batch_item(row) -> dict:
+        return {"id": row[0], "kind": "batch", "status": row[1], "endpoint_id": row[2],
+                "endpoint": row[3], "received": row[4], "last_error": row[5],
+                "last_status_code": row[6], "attempts": row[7], "size": row[8]}
+
+    def replay_items(self, ids: Iterable[str]) -> tuple[list[dict], list[str]]:
+        """What the given ids name, in any status: (items, ids that name nothing). An id is a
+        delivery id, an event batch id (`evb_...`), or an inbound record id (its deliveries).
+        Items are dicts with `kind` `delivery` or `batch` (see `failed_items`)."""
+        items, unknown, seen = [], [], set()
+        for key in ids:
+            if key.startswith(BATCH_PREFIX):
+                rows = [self._batch_item(r) for r in self.conn.execute(
+                    self._ITEM_BATCH + " WHERE b.id = ?", (key,))]
+            else:
+                rows = [self._delivery_item(r) for r in self.conn.execute(
+                    self._ITEM_DELIVERY + " WHERE d.id = ?", (key,))] or [
+                    self._delivery_item(r) for r in self.conn.execute(
+                        self._ITEM_DELIVERY + " WHERE d.message_id = ? ORDER BY d.id", (key,))]
+            if not rows:
+                unknown.append(key)
+            for item in rows:
+                if item["id"] not in seen:
+                    seen.add(item["id"])
+                    items.append(item)
+        return items, unknown
+
+    def failed_items(self, *, rule_id: int | None = None, rule_name: str | None = None,
+                     endpoint_id: int | None = None, since=None, until=None) -> list[dict]:
+        """Failed inbound deliveries of a rule (by id, or by the name they were accepted
+        under), or failed event batches of an endpoint, oldest first; `since` (inclusive) /
+        `until` (exclusive) on the message's received time (as `log inbound`) or the batch's
+        creation time. Each item: id, kind, status, received, last_error, last_status_code,
+        attempts, endpoint (URL), and rule, rule_id, body_stored, target (deliveries) or
+        endpoint_id, size (batches)."""
+        where, params = [], []
+        if endpoint_id is not None:
+            sql, col = self._ITEM_BATCH + " WHERE b.status = 'failed' AND b.endpoint_id = ?", "b.created"
+            params.append(int(endpoint_id))
+        else:
+            who = []
+            if rule_id is not None:
+                who.append("d.rule_id = ?")
+                params.append(int(rule_id))
+            if rule_name is not None:
+                who.append("d.rule_name = ?")
+                params.append(rule_name)
+            if not who:
+                raise ValueError("failed_items needs a rule or an endpoint")
+            sql, col = self._ITEM_DELIVERY + f" WHERE d.status = 'failed' AND ({' OR '.join(who)})", "l.received"
+        if since is not None:
+            where.append(f"{col} >= ?")
+            params.append(iso(since))
+        if until is not None:
+            where.append(f"{col} < ?")
+            params.append(iso(until))
+        sql += "".join(" AND " + w for w in where) + f" ORDER BY {col}, 1"
+        convert = self._batch_item if endpoint_id is not None else self._delivery_item
+        return [convert(r) for r in self.conn.execute(sql, params)]
+
+    def requeue(self, ids: Iterable[str], *, now=None, targets: dict[str, dict] | None = None) -> list[str]:
+        """Put failed deliveries and event batches back in the queue, due now, with a fresh
+        retry period (first_attempt_at cleared; attempts and their history kept) and the same
+        id, which is the `webhook-id`. `targets`: delivery id -> the rule's current delivery
+        target, replacing the one it was accepted under. Only `failed` items whose message body
+        is still stored (deliveries) or that have events (batches) are touched, in one
+        transaction; returns the ids requeued. The failure streak of their rules/endpoints
+        (target_health.failing_since) starts afresh too: a replay is the admin saying the
+        receiver works again, and its first failure must not count the days before it."""
+        at = iso(now)
+        targets = targets or {}
+        done = []
+        with self._write() as conn:
+            for key in ids:
+                if key.startswith(BATCH_PREFIX):
+                    n = conn.execute(
+                        "UPDATE event_batches SET status = 'queued', first_attempt_at = NULL,"
+                        " next_attempt_at = ?, last_error = ?, updated = ?"
+                        " WHERE id = ? AND status = 'failed' AND size > 0",
+                        (at, REPLAYED, at, key)).rowcount
+                    refs = conn.execute("SELECT 'endpoint', CAST(endpoint_id AS TEXT) FROM event_batches"
+                                        " WHERE id = ?", (key,)).fetchall() if n else []
+                else:
+                    target = targets.get(key)
+                    n = conn.execute(
+                        "UPDATE deliveries SET status = 'queued', first_attempt_at = NULL,"
+                        " next_attempt_at = ?, updated = ?, target = COALESCE(?, target)"
+                        " WHERE id = ? AND status = 'failed' AND EXISTS (SELECT 1 FROM messages m"
+                        " WHERE m.id = deliveries.message_id AND m.raw IS NOT NULL)",
+                        (at, at, json.dumps(target) if target is not None else None, key)).rowcount
+                    refs = []
+                    if n:
+                        conn.execute("UPDATE inbound_log SET status = 'queued', reason = ? WHERE id = ?",
+                                     (REPLAYED, key))
+                        refs = [("rule", rule_ref(*r)) for r in conn.execute(
+                            "SELECT rule_id, rule_name FROM deliveries WHERE id = ?", (key,))]
+                for kind, ref in refs:
+                    conn.execute("UPDATE target_health SET failing_since = NULL, updated = ?"
+                                 " WHERE kind = ? AND ref = ?", (at, kind, ref))
+                if n:
+                    done.append(key)
+        return done
+
+    # status -----------------------------------------------------------------------------------
+    def status_summary(self, now=None, window: float = 3600.0) -> dict:
+        """Numbers for `mxhook status`:
+
+        - pending: inbound deliveries queued or deferred (and the oldest one's received time),
+          events waiting for an endpoint, in a batch or not yet (and since when the oldest
+          waits), open batches;
+        - last_hour: inbound log rows and event deliveries by status, for mail/events of the
+          last `window` seconds (`since`);
+        - rules: rule_ref -> {pending, deferred, failed, oldest_pending};
+        - endpoints: endpoint id -> {pending, deferred, failed_batches, oldest_pending}.
+        """
+        now_dt = to_datetime(time.time() if now is None else now)
+        since = iso(now_dt.timestamp() - window)
+        conn = self.conn
+        rules: dict[str, dict] = {}
+        inbound_pending, inbound_oldest = 0, None
+        for rule_id, rule_name, status, n, oldest in conn.execute(
+            "SELECT d.rule_id, d.rule_name, d.status, count(*), min(l.received) FROM deliveries d"
+            " LEFT JOIN inbound_log l ON l.id = d.id WHERE d.status IN ('queued', 'deferred', 'failed')"
+            " GROUP BY d.rule_id, d.rule_name, d.status"
+        ):
+            entry = rules.setdefault(rule_ref(rule_id, rule_name), {
+                "pending": 0, "deferred": 0, "failed": 0, "oldest_pending": None})
+            if status == "failed":
+                entry["failed"] += n
+                continue
+            entry["pending"] += n
+            if status == "deferred":
+                entry["deferred"] += n
+            entry["oldest_pending"] = _min_time(entry["oldest_pending"], oldest)
+            inbound_pending += n
+            inbound_oldest = _min_time(inbound_oldest, oldest)
+        endpoints: dict[int, dict] = {}
+
+        def ep(endpoint_id: int) -> dict:
+            return endpoints.setdefault(endpoint_id, {
+                "pending": 0, "deferred": 0, "failed_batches": 0, "oldest_pending": None})
+
+        events_pending, events_oldest = 0, None
+        for endpoint_id, n, added in conn.execute(
+            "SELECT endpoint_id, count(*), min(added) FROM event_deliveries WHERE batch_id IS NULL"
+            " GROUP BY endpoint_id"
+        ):
+            e = ep(endpoint_id)
+            e["pending"] += n
+            e["oldest_pending"] = _min_time(e["oldest_pending"], iso(added))
+            events_pending += n
+            events_oldest = _min_time(events_oldest, iso(added))
+        open_batches = 0
+        for endpoint_id, status, n, size, created in conn.execute(
+            "SELECT endpoint_id, status, count(*), sum(size), min(created) FROM event_batches"
+            " WHERE status IN ('queued', 'deferred', 'failed') GROUP BY endpoint_id, status"
+        ):
+            e = ep(endpoint_id)
+            if status == "failed":
+                e["failed_batches"] += n
+                continue
+            open_batches += n
+            e["pending"] += size
+            if status == "deferred":
+                e["deferred"] += size
+            e["oldest_pending"] = _min_time(e["oldest_pending"], created)
+            events_pending += size
+            events_oldest = _min_time(events_oldest, created)
+        inbound_hour = dict.fromkeys(LOG_STATUSES, 0)
+        for status, n in conn.execute(
+            "SELECT status, count(*) FROM inbound_log WHERE received >= ? GROUP BY status", (since,)
+        ):
+            inbound_hour[status] = n
+        events_hour = dict.fromkeys(DELIVERY_STATUSES, 0)
+        for status, n in conn.execute(
+            "SELECT COALESCE(b.status, 'queued'), count(*) FROM events e"
+            " JOIN event_deliveries d ON d.event_id = e.id"
+            " LEFT JOIN event_batches b ON b.id = d.batch_id WHERE e.received >= ? GROUP BY 1", (since,)
+        ):
+            events_hour[status] = n
+        return {
+            "pending": {"inbound": inbound_pending, "inbound_oldest": inbound_oldest,
+                        "events": events_pending, "events_oldest": events_oldest,
+                        "open_batches": open_batches},
+            "last_hour": {"since": since, "inbound": inbound_hour, "events": events_hour},
+            "rules": rules,
+            "endpoints": endpoints,
+        }
+
+
+def _min_time(a: str | None, b: str | None) -> str | None:
+    """The earlier of two stored times (None = unknown)."""
+    return b if a is None else a if b is None else min(a, b)

@@ -118,23 +118,82 @@ def rx():
 # ---------------------------------------------------------------------------------------------
 # The retry schedule (pure)
 
+NO_JITTER = lambda: 0.5  # noqa: E731  (the middle of [0, 1): factor 1.0)
+
+
 def test_schedule():
     t = {"retry_interval": 60, "retry_period": 2}
     d = Outcome("deferred", 500, "HTTP 500")
-    assert spooler.schedule(Outcome("succeeded", 200), t, 0, 5) == ("succeeded", None, None)
-    assert spooler.schedule(Outcome("failed", 404, "HTTP 404"), t, 0, 5) == ("failed", None, "HTTP 404")
-    assert spooler.schedule(d, t, 0, 5) == ("deferred", 65, "HTTP 500")
+    sched = lambda *a, **kw: spooler.schedule(*a, rand=NO_JITTER, **kw)  # noqa: E731
+    assert sched(Outcome("succeeded", 200), t, 0, 5) == ("succeeded", None, None)
+    assert sched(Outcome("failed", 404, "HTTP 404"), t, 0, 5) == ("failed", None, "HTTP 404")
+    assert sched(d, t, 0, 5) == ("deferred", 65, "HTTP 500")
     # Retry-After wins when longer, never shortens the interval
-    assert spooler.schedule(Outcome("deferred", 429, "x", retry_after=300), t, 0, 5)[1] == 305
-    assert spooler.schedule(Outcome("deferred", 429, "x", retry_after=1), t, 0, 5)[1] == 65
+    assert sched(Outcome("deferred", 429, "x", retry_after=300), t, 0, 5)[1] == 305
+    assert sched(Outcome("deferred", 429, "x", retry_after=1), t, 0, 5)[1] == 65
     # never past the end of the retry period: a last attempt exactly then
     end = 2 * 86400
-    assert spooler.schedule(d, t, 0, end - 10) == ("deferred", end, "HTTP 500")
-    status, nxt, reason = spooler.schedule(d, t, 0, end)
+    assert sched(d, t, 0, end - 10) == ("deferred", end, "HTTP 500")
+    status, nxt, reason = sched(d, t, 0, end)
     assert (status, nxt) == ("failed", None) and reason == "HTTP 500; gave up: retry period of 2 days ended"
     # the scale compresses interval and period alike
-    assert spooler.schedule(d, t, 0, 5, scale=0.01) == ("deferred", 5.6, "HTTP 500")
-    assert spooler.schedule(d, t, 0, 0.02 * 86400, scale=0.01)[0] == "failed"
+    assert sched(d, t, 0, 5, scale=0.01) == ("deferred", 5.6, "HTTP 500")
+    assert sched(d, t, 0, 0.02 * 86400, scale=0.01)[0] == "failed"
+
+
+@pytest.mark.parametrize("interval", [10, 60, 600])
+def test_retry_jitter_bounds(interval):
+    """±10 % of the interval: the extremes of rand, and a spread in between."""
+    low = spooler.retry_wait(interval, rand=lambda: 0.0)
+    high = spooler.retry_wait(interval, rand=lambda: 0.999999)
+    assert low == pytest.approx(interval * 0.9) and high == pytest.approx(interval * 1.1, rel=1e-5)
+    rng = __import__("random").Random(7)
+    waits = [spooler.retry_wait(interval, rand=rng.random) for _ in range(2000)]
+    assert min(waits) >= interval * 0.9 and max(waits) <= interval * 1.1
+    assert max(waits) - min(waits) > interval * 0.15  # really spread, not a constant
+    assert len({round(w, 6) for w in waits}) > 1000
+    # scaled alike
+    assert spooler.retry_wait(interval, rand=lambda: 0.0, scale=0.01) == pytest.approx(interval * 0.9 * 0.01)
+
+
+def test_retry_interval_floor_and_ceiling():
+    """A spool record cannot ask for a tighter (or looser) schedule than a rule can have."""
+    assert spooler.retry_wait(0.001, rand=lambda: 0.0) == pytest.approx(9.0)
+    assert spooler.retry_wait(-5, rand=lambda: 0.0) == pytest.approx(9.0)
+    assert spooler.retry_wait(None, rand=NO_JITTER) == 60.0  # the default
+    assert spooler.retry_wait(86400, rand=NO_JITTER) == 600.0
+    assert spooler.retry_wait(30, rand=lambda: 7.0) == pytest.approx(33.0)  # a bad rand is clamped
+
+
+def test_retry_after_bounds():
+    # honoured exactly when longer than the jittered interval; never scaled
+    assert spooler.retry_wait(60, 300, rand=NO_JITTER) == 300
+    assert spooler.retry_wait(60, 300, rand=NO_JITTER, scale=0.01) == 300
+    # never sooner than the jittered interval
+    assert spooler.retry_wait(60, 5, rand=lambda: 0.0) == pytest.approx(54.0)
+    # bounded to an hour, and to [0, ...]
+    assert spooler.retry_wait(60, 10 ** 9, rand=NO_JITTER) == spooler.RETRY_AFTER_MAX == 3600
+    assert spooler.retry_wait(60, -100, rand=NO_JITTER) == 60
+    # and never past the end of the retry period
+    t = {"retry_interval": 60, "retry_period": 1}
+    out = spooler.schedule(Outcome("deferred", 429, "x", retry_after=3600), t, 0, 86400 - 100, rand=NO_JITTER)
+    assert out == ("deferred", 86400, "x")
+
+
+def test_spooler_uses_its_injected_random(tmp_path, rx):
+    cfg = make_cfg(tmp_path)
+    rx.script("/j", [Response(503)])
+    did = state.delivery_id(write_inbound(cfg, target(rx, "/j", retry_interval=100)), "r1")
+    clock = [1_000_000.0]
+    sp = spooler.Spooler(cfg, clock=lambda: clock[0], rand=lambda: 0.0)
+    try:
+        sp.run_once()
+    finally:
+        sp.close()
+    row = delivery(cfg, did)
+    # 100 s * 0.9 (jitter at its low end) * 0.01 (retry_time_scale)
+    assert row["status"] == "deferred"
+    assert state.to_datetime(row["next_attempt_at"]).timestamp() == pytest.approx(clock[0] + 0.9, abs=1e-3)
 
 
 def test_config_checks(tmp_path):
@@ -265,7 +324,7 @@ def test_retry_period_end_makes_failed(rx, tmp_path):
     rx.script("/hook", [(503, {}, b"maintenance")])
     now = [time.time()]
     rid = write_inbound(cfg, target(rx, "/hook", retry_interval=600, retry_period=1))
-    run = lambda: run_once(cfg, clock=lambda: now[0])  # noqa: E731
+    run = lambda: run_once(cfg, clock=lambda: now[0], rand=NO_JITTER)  # noqa: E731
     run()
     first = delivery(cfg, f"{rid}-r1")
     assert first["status"] == "deferred"
