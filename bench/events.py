@@ -152,8 +152,9 @@ def setup(base: str, url: str, *, retry_time_scale: str = "1.0") -> str:
     spool.ensure_dirs(paths["spool_dir"])
     conf = f"{base}/mxhook.conf"
     with open(conf, "w") as fh:
-        fh.write(config.render({"paths": paths, "spooler": {
-            "log": "stderr", "log_level": "warning", "retry_time_scale": retry_time_scale}}))
+        fh.write(config.render({"paths": paths, "http": {"allow_networks": "127.0.0.1/32"},
+                                "spooler": {"log": "stderr", "log_level": "warning",
+                                            "retry_time_scale": retry_time_scale}}))
     with db.RulesStore(paths["rules_db"]) as store:
         store.add_endpoint(Endpoint(url=url, allow_http=True, interval=1, max_events=1000,
                                     retry_interval=10))
@@ -239,6 +240,9 @@ def flow(tmp: str, n: int) -> dict:
     base = os.path.join(tmp, "flow")
     conf = setup(base, f"http://127.0.0.1:{server.server_address[1]}/ev")
     write_events(f"{base}/spool", n)
+    # The bench writes without fsync (real writers fsync each file): flush that now, or the
+    # spooler's first commit would wait for the writeback of every spool file.
+    os.sync()
     proc = start_spooler(conf, base)
     started = time.time()
     try:
@@ -268,6 +272,7 @@ def backlog(tmp: str, n: int, chunk: int = 100_000) -> dict:
         while written < n:
             size = min(chunk, n - written)
             write_events(f"{base}/spool", size, written)
+            os.sync()  # as in flow(): real writers fsync each file
             written += size
             while not spool_empty(f"{base}/spool"):
                 if proc.poll() is not None:
