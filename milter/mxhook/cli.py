@@ -1416,10 +1416,12 @@ def block_remove(app, address):
     click.echo(f"Unblocked {addr} (event deleted {event_id})")
 
 
-from . import admin  # noqa: E402  (admin.py does not import cli.py)
+from . import admin, ops  # noqa: E402  (they import cli.py only inside their functions)
 
 cli.add_command(admin.postfix_config)
 cli.add_command(admin.check)
+cli.add_command(ops.replay)
+cli.add_command(ops.status)
 
 
 def main(argv: list[str] | None = None) -> None:
