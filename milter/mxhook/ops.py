@@ -238,7 +238,7 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
                            f"last error: {item['last_error'] or '-'})")
                 if note:
                     click.echo(f"    {note}")
-        else:
+        elif todo:
             deliveries = sum(1 for item, _, _ in todo if item["kind"] == "delivery")
             click.echo(f"Replayed {len(todo)} item(s) for {scope}: {deliveries} inbound "
                        f"delivery(ies), {len(todo) - deliveries} event batch(es); same webhook-id, "
@@ -409,4 +409,5 @@ def status(ctx, as_json):
                 (e["last_error"] if e["state"] != "ok" else None), e["url"]]
                for e in report["endpoints"]], max_width=60)
     for problem in report["problems"]:
-        click.echo(f"note: {problem}")
+        if problem != sp["error"]:  # shown above
+            click.echo(f"note: {problem}")

@@ -1,0 +1,327 @@
+"""`mxhook replay` and `mxhook status` (mxhook.ops) against a temporary config, rules.db and
+state.db filled through the stores (no spooler, no network)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from mxhook import cli as climod
+from mxhook import config, db, ops, rules, spool, state
+from mxhook.endpoints import Endpoint
+from mxhook.state import AttemptRecord, StateStore
+
+NOW = time.time()
+
+
+def at(seconds_ago: float) -> str:
+    return state.iso(NOW - seconds_ago)
+
+
+class Env:
+    def __init__(self, tmp_path):
+        self.rules_db = str(tmp_path / "rules.db")
+        self.state_db = str(tmp_path / "state.db")
+        self.spool_dir = str(tmp_path / "spool")
+        self.conf = str(tmp_path / "mxhook.conf")
+        with open(self.conf, "w") as fh:
+            fh.write(config.render({"paths": {"rules_db": self.rules_db, "state_db": self.state_db,
+                                              "spool_dir": self.spool_dir}}))
+        spool.ensure_dirs(self.spool_dir)
+        self.runner = CliRunner(mix_stderr=False)
+        StateStore(self.state_db).close()
+
+    def run(self, *args):
+        return self.runner.invoke(climod.cli, ["--config", self.conf, *args])
+
+    def json(self, *args, code=0):
+        res = self.run(*args, "--json")
+        assert res.exit_code == code, (res.stdout, res.stderr, res.exception)
+        return json.loads(res.stdout)
+
+    def rules(self) -> db.RulesStore:
+        return db.RulesStore(self.rules_db)
+
+    def state(self) -> StateStore:
+        return StateStore(self.state_db)
+
+    def add_rule(self, name="r1", endpoint="https://hooks.example/in", **kw) -> rules.Rule:
+        with self.rules() as store:
+            return store.add_rule(rules.Rule(name=name, endpoint=endpoint,
+                                             conditions=(rules.parse_condition("To~@ours"),), **kw))
+
+    def message(self, rule: rules.Rule, received: str, rid: str | None = None) -> str:
+        """An ingested inbound message for `rule`; returns the delivery id."""
+        rid = rid or spool.new_id()
+        meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",
+                "header_from": "a@x.example", "subject": "s", "message_id": "<m@x>",
+                "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.delivery_target()}]}
+        with self.state() as st:
+            st.ingest([spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
+        return state.delivery_id(rid, rule.name)
+
+    def finish(self, did: str, status: str, *, code=404, when=None, error=None) -> None:
+        outcome = status if status != "failed" or code else "failed"
+        with self.state() as st:
+            st.record_attempts([AttemptRecord(
+                did, when or state.iso(), "succeeded" if status == "succeeded" else
+                ("deferred" if status == "deferred" else outcome), status,
+                status_code=200 if status == "succeeded" else code,
+                error=None if status == "succeeded" else (error or f"HTTP {code}"),
+                next_attempt_at=state.iso(NOW + 60) if status == "deferred" else None)])
+
+    def failed_delivery(self, rule, received=None) -> str:
+        did = self.message(rule, received or at(60))
+        self.finish(did, "failed")
+        return did
+
+
+@pytest.fixture()
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# replay
+
+def test_replay_id_requeues_with_the_rules_current_settings(env):
+    rule = env.add_rule(retry_period=1)
+    did = env.failed_delivery(rule)
+    with env.rules() as store:
+        store.replace_rule("r1", rules.Rule(name="r1", endpoint="https://fixed.example/in",
+                                            conditions=rule.conditions, retry_period=2))
+    res = env.run("replay", did)
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    assert "Replayed 1 item(s)" in res.stdout and "same webhook-id" in res.stdout
+    with env.state() as st:
+        row = st.delivery(did)
+        detail = st.inbound_detail(did)
+    assert (row["status"], row["first_attempt_at"], row["attempts"]) == ("queued", None, 1)
+    assert row["target"]["endpoint"] == "https://fixed.example/in" and row["target"]["retry_period"] == 2
+    assert (detail["status"], detail["reason"]) == ("queued", "replayed")
+    # replaying again: it is queued now, not failed
+    res = env.run("replay", did)
+    assert res.exit_code == 1 and "is already queued" in res.stderr
+
+
+def test_replay_json_and_dry_run(env):
+    rule = env.add_rule()
+    did = env.failed_delivery(rule)
+    out = env.json("replay", did, "--dry-run")
+    assert out["dry_run"] is True and out["counts"] == {"replayed": 1, "skipped": 0}
+    (item,) = out["replayed"]
+    assert {k: item[k] for k in ("id", "kind", "status", "rule", "endpoint", "last_error")} == {
+        "id": did, "kind": "delivery", "status": "failed", "rule": "r1",
+        "endpoint": "https://hooks.example/in", "last_error": "HTTP 404"}
+    with env.state() as st:
+        assert st.delivery(did)["status"] == "failed"  # nothing changed
+    res = env.run("replay", did, "--dry-run")
+    assert res.exit_code == 0 and "Would replay 1 item(s)" in res.stdout and did in res.stdout
+    out = env.json("replay", did)
+    assert out["dry_run"] is False and [i["id"] for i in out["replayed"]] == [did]
+
+
+def test_replay_refuses_what_is_not_failed_or_unknown(env):
+    rule = env.add_rule()
+    ok = env.message(rule, at(60))
+    env.finish(ok, "succeeded")
+    res = env.run("replay", ok)
+    assert res.exit_code == 1 and "was delivered (succeeded)" in res.stderr
+    res = env.run("replay", "nope-r1")
+    assert res.exit_code == 2 and "no inbound delivery or event batch with id nope-r1" in res.stderr
+    for args in ((), ("--rule", "r1", "--endpoint", "1"), (ok, "--rule", "r1"), (ok, "--since", "1d")):
+        res = env.run("replay", *args)
+        assert res.exit_code == 2, args
+    assert env.run("replay", "--rule", "r1", "--since", "yesterday").exit_code == 2
+
+
+def test_replay_of_a_disabled_rule_needs_force(env):
+    rule = env.add_rule()
+    did = env.failed_delivery(rule)
+    with env.rules() as store:
+        store.set_enabled("r1", False)
+    with env.state() as st:
+        st.mark_disabled("rule", str(rule.id), "r1", "the endpoint answered HTTP 410 Gone")
+    res = env.run("replay", did)
+    assert res.exit_code == 1
+    assert "rule r1 is disabled" in res.stderr and "410 Gone" in res.stderr and "--force" in res.stderr
+    with env.state() as st:
+        assert st.delivery(did)["status"] == "failed"
+    out = env.json("replay", did, "--force")
+    (item,) = out["replayed"]
+    assert "sent once it is enabled again" in item["note"] and "mxhook rule enable r1" in item["note"]
+    with env.state() as st:
+        assert st.delivery(did)["status"] == "queued"
+
+
+def test_replay_when_the_rule_was_removed_keeps_the_accepted_settings(env):
+    rule = env.add_rule()
+    did = env.failed_delivery(rule)
+    with env.rules() as store:
+        store.remove_rule("r1")
+    out = env.json("replay", did)
+    assert "no longer exists" in out["replayed"][0]["note"]
+    with env.state() as st:
+        assert st.delivery(did)["target"]["endpoint"] == "https://hooks.example/in"
+
+
+def test_replay_refuses_a_delivery_whose_body_is_gone(env):
+    rule = env.add_rule()
+    did = env.failed_delivery(rule)
+    with env.state() as st:
+        st.conn.execute("UPDATE messages SET raw = NULL")
+    res = env.run("replay", did)
+    assert res.exit_code == 1 and "body is no longer stored" in res.stderr
+
+
+def test_replay_by_rule_and_time_range(env):
+    rule = env.add_rule()
+    other = env.add_rule("r2")
+    old = env.failed_delivery(rule, at(3 * 86400))
+    recent = [env.failed_delivery(rule, at(3600 + i)) for i in range(3)]
+    env.failed_delivery(other, at(3600))
+    ok = env.message(rule, at(3600))
+    env.finish(ok, "succeeded")
+    out = env.json("replay", "--rule", "r1", "--since", "2d", "--dry-run")
+    assert sorted(i["id"] for i in out["replayed"]) == sorted(recent)
+    out = env.json("replay", "--rule", "r1", "--until", "2d")
+    assert [i["id"] for i in out["replayed"]] == [old]
+    res = env.run("replay", "--rule", "r1", "--until", "2d")
+    assert res.exit_code == 0 and "Nothing to replay" in res.stdout
+    assert env.run("replay", "--rule", "nope").exit_code == 2
+    # a bare message id: all its deliveries
+    rid = old.rsplit("-", 1)[0]
+    res = env.run("replay", rid)
+    assert res.exit_code == 1 and "already queued" in res.stderr
+
+
+def test_replay_by_endpoint(env):
+    with env.rules() as store:
+        ep = store.add_endpoint(Endpoint(url="https://app.example/ev"))
+        gone = store.add_endpoint(Endpoint(url="https://old.example/ev"))
+    with env.state() as st:
+        st.ingest([spool.Record(id=f"e{i}", kind="event", meta={
+            "type": "bounced", "at": at(100), "recipient": "x@y", "queue_id": "Q"}) for i in range(3)],
+            endpoints=[ep, gone])
+        batches = {}
+        for e in (ep, gone):
+            b = st.create_batch(e.id, 100)
+            st.record_batch_attempts([AttemptRecord(b.id, state.iso(), "failed", "failed",
+                                                    status_code=400, error="HTTP 400 Bad Request")])
+            batches[e.id] = b.id
+    with env.rules() as store:
+        store.remove_endpoint(gone.id)
+    res = env.run("replay", "--endpoint", "https://app.example/ev")
+    assert res.exit_code == 0 and "1 event batch(es)" in res.stdout
+    with env.state() as st:
+        assert st.batch(batches[ep.id]).status == "queued"
+        assert st.batch(batches[ep.id]).first_attempt_at is None
+    res = env.run("replay", batches[gone.id])
+    assert res.exit_code == 1 and f"endpoint {gone.id} was removed" in res.stderr
+    assert env.run("replay", "--endpoint", str(gone.id)).exit_code == 2
+    with env.rules() as store:
+        store.set_endpoint_enabled(ep.id, False)
+    with env.state() as st:
+        st.conn.execute("UPDATE event_batches SET status = 'failed'")
+    res = env.run("replay", batches[ep.id])
+    assert res.exit_code == 1 and f"endpoint {ep.id} is disabled" in res.stderr
+
+
+def test_replay_progress(env, monkeypatch):
+    rule = env.add_rule()
+    ids = [env.failed_delivery(rule, at(100 + i)) for i in range(ops.REQUEUE_CHUNK + 50)]
+    res = env.run("replay", "--rule", "r1")  # not a terminal: plain counts on stderr
+    assert res.exit_code == 0
+    assert f"replaying: {ops.REQUEUE_CHUNK} of {len(ids)}" in res.stderr
+    assert f"replaying: {len(ids)} of {len(ids)}" in res.stderr
+    with env.state() as st:
+        st.conn.execute("UPDATE deliveries SET status = 'failed'")
+        st.conn.execute("UPDATE inbound_log SET status = 'failed'")
+    monkeypatch.setattr(ops, "_isatty", lambda: True)
+    res = env.run("replay", "--rule", "r1")
+    assert res.exit_code == 0 and "Replaying" in res.stdout and f"Replayed {len(ids)} item(s)" in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+def test_status_shapes(env):
+    ok_rule = env.add_rule("ok")
+    retrying = env.add_rule("retrying")
+    failing = env.add_rule("failing")
+    disabled = env.add_rule("disabled")
+    by_admin = env.add_rule("by-admin")
+    d = env.message(ok_rule, at(600))
+    env.finish(d, "succeeded", when=at(590))
+    d = env.message(retrying, at(300))
+    env.finish(d, "deferred", code=503, when=at(290), error="HTTP 503 Service Unavailable")
+    env.failed_delivery(failing, at(7200))
+    waiting = env.message(disabled, at(120))
+    with env.rules() as store:
+        store.set_enabled("disabled", False)
+        store.set_enabled("by-admin", False)
+        ep = store.add_endpoint(Endpoint(url="https://app.example/ev"))
+    with env.state() as st:
+        st.mark_disabled("rule", str(disabled.id), "disabled", "the endpoint answered HTTP 410 Gone",
+                         now=NOW - 100)
+        st.ingest([spool.Record(id=f"e{i}", kind="event", meta={
+            "type": "queued", "at": at(50), "recipient": "x@y", "queue_id": "Q"}) for i in range(4)],
+            endpoints=[ep], now=NOW - 50)
+    spool.write(env.spool_dir, spool.Record(id=spool.new_id(), kind="denied",
+                                            meta={"received": at(30), "recipients": []}))
+    report = env.json("status")
+    assert set(report) == {"now", "spool", "pending", "last_hour", "rules", "endpoints", "problems"}
+    assert report["problems"] == []
+    assert report["spool"] == {"backlog": 1, "oldest": at(30), "error": None}
+    p = report["pending"]
+    assert (p["inbound"], p["events"], p["open_batches"]) == (2, 4, 0)
+    assert p["oldest"] == at(300) and p["oldest_age_seconds"] == pytest.approx(300, abs=30)
+    assert report["last_hour"]["inbound"] == {"queued": 1, "deferred": 1, "succeeded": 1, "failed": 0,
+                                              "denied": 0}
+    assert report["last_hour"]["events"] == {"queued": 4, "deferred": 0, "succeeded": 0, "failed": 0}
+    rules_ = {r["name"]: r for r in report["rules"]}
+    assert {n: r["state"] for n, r in rules_.items()} == {
+        "ok": "ok", "retrying": "retrying", "failing": "failing", "disabled": "disabled",
+        "by-admin": "disabled"}
+    assert rules_["ok"]["since"] == at(590) and rules_["ok"]["last_success"] == at(590)
+    assert rules_["retrying"]["since"] == at(290) and rules_["retrying"]["pending"] == 1
+    assert rules_["retrying"]["last_error"] == "HTTP 503 Service Unavailable"
+    assert rules_["failing"]["failed"] == 1 and rules_["failing"]["pending"] == 0
+    assert rules_["disabled"]["since"] == state.iso(NOW - 100)
+    assert rules_["disabled"]["disabled_reason"] == "the endpoint answered HTTP 410 Gone"
+    assert rules_["disabled"]["pending"] == 1 and rules_["disabled"]["enabled"] is False
+    assert rules_["by-admin"]["disabled_reason"] == "disabled by the admin"
+    (e,) = report["endpoints"]
+    assert (e["id"], e["state"], e["pending"], e["oldest_pending"]) == (ep.id, "ok", 4, state.iso(NOW - 50))
+    # text
+    res = env.run("status")
+    assert res.exit_code == 0
+    out = res.stdout
+    assert "1 record(s) waiting to be ingested" in out
+    assert "2 inbound deliveries, 4 event deliveries (0 open batches)" in out
+    assert "inbound: 1 queued, 1 deferred, 1 succeeded" in out
+    for line in ("retrying  ", "HTTP 503 Service Unavailable", "the endpoint answered HTTP 410 Gone",
+                 "disabled by the admin", "https://app.example/ev"):
+        assert line in out, out
+    assert waiting  # pending for the disabled rule
+
+
+def test_status_always_exits_0(tmp_path):
+    conf = tmp_path / "mxhook.conf"
+    conf.write_text(config.render({"paths": {"rules_db": str(tmp_path / "no" / "rules.db"),
+                                             "state_db": str(tmp_path / "no" / "state.db"),
+                                             "spool_dir": str(tmp_path / "no" / "spool")}}))
+    runner = CliRunner(mix_stderr=False)
+    res = runner.invoke(climod.cli, ["--config", str(conf), "status", "--json"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert len(report["problems"]) == 3 and report["spool"]["backlog"] is None
+    assert report["rules"] == [] and report["pending"]["oldest"] is None
+    res = runner.invoke(climod.cli, ["--config", str(conf), "status"])
+    assert res.exit_code == 0 and "does not exist yet" in res.stdout
+
+
+def test_age_format():
+    assert [ops._age(s) for s in (None, 5, 61, 3725, 90000)] == ["-", "5s", "1m 1s", "1h 2m", "1d 1h"]
