@@ -900,8 +900,9 @@ class StateStore:
         return row
 
     def counts(self) -> dict:
-        """Numbers for `mxhook status`: deliveries by status, denied log rows, messages (and how
-        many still hold their raw bytes), events, and when the next pending delivery is due."""
+        """Totals for tools and tests (`mxhook status` uses status_summary): deliveries by
+        status, denied log rows, messages (and how many still hold their raw bytes), events, and
+        when the next pending delivery is due."""
         conn = self.conn
         by_status = dict.fromkeys(DELIVERY_STATUSES, 0)
         for status, n in conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status"):
