@@ -180,6 +180,23 @@ def test_retry_after_bounds():
     assert out == ("deferred", 86400, "x")
 
 
+from hypothesis import given, settings as hsettings, strategies as hst  # noqa: E402
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(interval=hst.integers(10, 600), u=hst.floats(0, 1, exclude_max=True),
+       retry_after=hst.none() | hst.floats(-1e9, 1e9, allow_nan=False),
+       scale=hst.sampled_from([1.0, 0.05, 0.01]))
+def test_retry_wait_bounds_property(interval, u, retry_after, scale):
+    wait = spooler.retry_wait(interval, retry_after, scale=scale, rand=lambda: u)
+    jittered = interval * scale
+    assert wait >= jittered * 0.9 - 1e-9  # the floor: never sooner than the jittered interval
+    ra = min(max(retry_after or 0.0, 0.0), 3600.0)
+    assert wait <= max(jittered * 1.1, ra) + 1e-9  # the ceiling: jitter or the bounded Retry-After
+    if ra > jittered * 1.1:
+        assert wait == ra  # honoured exactly (never scaled)
+
+
 def test_spooler_uses_its_injected_random(tmp_path, rx):
     cfg = make_cfg(tmp_path)
     rx.script("/j", [Response(503)])
