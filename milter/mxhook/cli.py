@@ -184,7 +184,7 @@ def signing_lines(keys: list) -> list[str]:
     out = []
     for k in keys:
         what = f"v1  {k.masked_secret}" if k.scheme == "v1" else f"v1a ed25519 public key {k.public_key}"
-        when = f"signs until {k.expires} (rotated)" if k.expires else f"since {k.created}"
+        when = f"rotated out, signs until {k.expires}" if k.expires else f"since {k.created}"
         out.append(f"{what} ({when})")
     return out or ["none (requests are not signed)"]
 

@@ -1091,7 +1091,7 @@ def test_rule_rotate_secret_overlap(env):
     doc = env.json("rule", "show", "r", "--json")
     assert [k["expires"] is None for k in doc["signing"]] == [False, True]
     shown = env.ok("rule", "show", "r").stdout
-    assert "(rotated)" in shown and old not in shown and new not in shown
+    assert "rotated out, signs until" in shown and old not in shown and new not in shown
     # overlap 0: only the newest signs, at once
     res = env.ok("rule", "rotate-secret", "r", "--overlap", "0")
     assert "the previous one no longer signs" in res.stdout
