@@ -128,6 +128,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like real endpoints; every answer has a length
+    # Headers and body go out in two writes: without TCP_NODELAY the second waits ~40 ms for
+    # the client's delayed ACK, on every request.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format, *args):  # noqa: A002 - silence the default stderr log
