@@ -513,17 +513,8 @@ def config_problems(cfg: configmod.Config) -> list[str]:
                     f"{where}: [milter] socket_group = {group!r}: no such group") from None
 
     def spooler_settings():
-        # The checks of spooler.Spooler.__init__ (which also opens state.db and starts threads).
-        sec = "spooler"
-        for key in ("workers", "ingest_batch"):
-            if cfg.int(sec, key) < 1:
-                raise configmod.ConfigError(f"{where}: [spooler] {key} must be at least 1")
-        for key in ("poll_interval", "retry_time_scale"):
-            if not cfg.float(sec, key) > 0:
-                raise configmod.ConfigError(f"{where}: [spooler] {key} must be above 0")
-        for key in ("max_attachment_size", "max_payload_size", "max_response_bytes"):
-            cfg.size(sec, key)
-        cfg.bool("milter", "blocklist")
+        from .spooler import SpoolerSettings
+        SpoolerSettings.from_config(cfg)
 
     def logfollow_settings():
         from .logfollow import Settings

@@ -207,33 +207,67 @@ def _default_render(fmt: str, **kw):
     return payloads.render_inbound(fmt, **kw)
 
 
+@dataclass(frozen=True)
+class SpoolerSettings:
+    """The [spooler] settings, checked: the one validation for the daemon and `mxhook check`."""
+
+    workers: int
+    poll_interval: float
+    ingest_batch: int
+    max_attachment_size: int
+    max_payload_size: int
+    max_response_bytes: int
+    user_agent: str
+    retry_time_scale: float
+    disable_after_days: float
+
+    @classmethod
+    def from_config(cls, cfg: config_mod.Config) -> "SpoolerSettings":
+        """Raises one ConfigError naming every bad setting (a line each)."""
+        sec = "spooler"
+        problems: list[str] = []
+        values: dict = {}
+
+        def read(key, getter, check=None, rule=""):
+            try:
+                value = values[key] = getter(sec, key)
+            except config_mod.ConfigError as exc:
+                problems.append(str(exc))
+                return
+            if check is not None and not check(value):
+                problems.append(f"[spooler] {key} must be {rule}, got {value}")
+
+        read("workers", cfg.int, lambda v: v >= 1, "at least 1")
+        read("ingest_batch", cfg.int, lambda v: v >= 1, "at least 1")
+        read("poll_interval", cfg.float, lambda v: v > 0, "above 0")
+        read("retry_time_scale", cfg.float, lambda v: v > 0, "above 0")
+        read("disable_after_days", cfg.float, lambda v: v >= 0, "0 (never) or more")
+        for key in ("max_attachment_size", "max_payload_size", "max_response_bytes"):
+            read(key, cfg.size)
+        read("user_agent", cfg.get)
+        if problems:
+            raise config_mod.ConfigError("\n".join(problems))
+        return cls(**values)
+
+
 class Spooler:
     def __init__(self, cfg: config_mod.Config, *, render: Callable | None = None,
                  render_events: Callable | None = None,
                  session_factory: Callable | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random):
-        sec = "spooler"
         self.cfg = cfg
         self.spool_dir = cfg.spool_dir
-        self.workers = cfg.int(sec, "workers")
-        self.poll_interval = cfg.float(sec, "poll_interval")
-        self.ingest_batch = cfg.int(sec, "ingest_batch")
-        self.max_attachment_size = cfg.size(sec, "max_attachment_size")
-        self.max_payload_size = cfg.size(sec, "max_payload_size")
-        self.max_response_bytes = cfg.size(sec, "max_response_bytes")
-        self.user_agent = cfg.get(sec, "user_agent")
-        self.scale = cfg.float(sec, "retry_time_scale")
-        for key, value, low in (("workers", self.workers, 1), ("ingest_batch", self.ingest_batch, 1)):
-            if value < low:
-                raise config_mod.ConfigError(f"[spooler] {key} must be at least {low}, got {value}")
-        if not self.poll_interval > 0:
-            raise config_mod.ConfigError("[spooler] poll_interval must be above 0")
-        if not self.scale > 0:
-            raise config_mod.ConfigError("[spooler] retry_time_scale must be above 0")
+        settings = SpoolerSettings.from_config(cfg)
+        self.workers = settings.workers
+        self.poll_interval = settings.poll_interval
+        self.ingest_batch = settings.ingest_batch
+        self.max_attachment_size = settings.max_attachment_size
+        self.max_payload_size = settings.max_payload_size
+        self.max_response_bytes = settings.max_response_bytes
+        self.user_agent = settings.user_agent
+        self.scale = settings.retry_time_scale
         # days without a successful attempt after which a rule/endpoint is disabled (0 = never)
-        self.disable_after_days = cfg.float(sec, "disable_after_days")
-        if self.disable_after_days < 0:
-            raise config_mod.ConfigError("[spooler] disable_after_days must be 0 (never) or more")
+        self.disable_after_days = settings.disable_after_days
         self.render = render or _default_render
         self.render_events = render_events or _default_render_events
         self.block_hard_bounces = cfg.bool("milter", "blocklist")
