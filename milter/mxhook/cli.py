@@ -883,36 +883,55 @@ def log():
     """The inbound log (read from state.db)."""
 
 
-@log.command("inbound")
-@click.option("--status", type=click.Choice(LOG_STATUSES), help="Only this status.")
-@click.option("--since", type=TimeType(), help="From this time on (ISO, or an age: 30m, 2h, 7d).")
-@click.option("--until", type=TimeType(), help="Up to this time (ISO, or an age).")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
-              help="At most this many entries, newest first.")
-@click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
-@pass_app
-def log_inbound(app, status, since, until, limit, as_csv, as_json):
-    """List inbound mail: accepted (queued, succeeded, deferred, failed) and denied."""
+def log_listing(statuses: tuple[str, ...], status_help: str):
+    """The options every `mxhook log` listing takes (status filter, time window, limit, output)."""
+
+    def decorate(fn):
+        for option in reversed((
+            click.option("--status", type=click.Choice(statuses), help=status_help),
+            click.option("--since", type=TimeType(), help="From this time on (ISO, or an age: 30m, 2h, 7d)."),
+            click.option("--until", type=TimeType(), help="Up to this time (ISO, or an age)."),
+            click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+                         help="At most this many entries, newest first."),
+            click.option("--csv", "as_csv", is_flag=True, help="Output CSV."),
+            click.option("--json", "as_json", is_flag=True, help="Output JSON."),
+        )):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def emit_listing(rows: list[dict], *, as_csv: bool, as_json: bool, columns: list[str],
+                 what: str, filtered: bool, header: list[str], cells) -> None:
+    """JSON, formula-safe CSV with exactly `columns`, or a table for humans."""
     if as_csv and as_json:
         raise InputError("choose either --csv or --json, not both")
-    store = app.state_store()
-    rows = store.inbound_log(status=status, since=since, until=until, limit=limit)
     if as_json:
         emit_json(rows)
     elif as_csv:
         from .csvexport import write_csv
 
         out = click.get_text_stream("stdout")
-        write_csv(rows, LOG_COLUMNS, out)
+        write_csv(rows, columns, out)
         out.flush()
     elif not rows:
-        click.echo("No inbound log entries" + (" match" if status or since or until else ""))
+        click.echo(f"No {what} entries" + (" match" if filtered else ""))
     else:
-        table(["RECEIVED", "STATUS", "FROM", "TO", "FILTER", "REASON", "ID"],
-              [[short_time(r.get("received")), r.get("status"), r.get("from"), r.get("to"),
-                r.get("filterName"), r.get("reason"), r.get("id")] for r in rows],
-              max_width=48)
+        table(header, [cells(r) for r in rows], max_width=48)
+
+
+@log.command("inbound")
+@log_listing(LOG_STATUSES, "Only this status.")
+@pass_app
+def log_inbound(app, status, since, until, limit, as_csv, as_json):
+    """List inbound mail: accepted (queued, succeeded, deferred, failed) and denied."""
+    rows = app.state_store().inbound_log(status=status, since=since, until=until, limit=limit)
+    emit_listing(rows, as_csv=as_csv, as_json=as_json, columns=LOG_COLUMNS, what="inbound log",
+                 filtered=bool(status or since or until),
+                 header=["RECEIVED", "STATUS", "FROM", "TO", "FILTER", "REASON", "ID"],
+                 cells=lambda r: [short_time(r.get("received")), r.get("status"), r.get("from"),
+                                  r.get("to"), r.get("filterName"), r.get("reason"), r.get("id")])
 
 
 @log.command("show")
@@ -953,35 +972,17 @@ def event_time(value: str | None) -> str | None:
 
 
 @log.command("events")
-@click.option("--status", type=click.Choice(DELIVERY_STATUSES), help="Only this delivery status.")
-@click.option("--since", type=TimeType(), help="From this time on (ISO, or an age: 30m, 2h, 7d).")
-@click.option("--until", type=TimeType(), help="Up to this time (ISO, or an age).")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
-              help="At most this many entries, newest first.")
-@click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
-@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@log_listing(DELIVERY_STATUSES, "Only this delivery status.")
 @pass_app
 def log_events(app, status, since, until, limit, as_csv, as_json):
     """List event deliveries: one entry per (event, endpoint), with the webhook status."""
-    if as_csv and as_json:
-        raise InputError("choose either --csv or --json, not both")
-    store = app.state_store()
-    rows = store.event_log(status=status, since=since, until=until, limit=limit)
-    if as_json:
-        emit_json(rows)
-    elif as_csv:
-        from .csvexport import write_csv
-
-        out = click.get_text_stream("stdout")
-        write_csv(rows, list(EVENT_LOG_KEYS), out)
-        out.flush()
-    elif not rows:
-        click.echo("No event log entries" + (" match" if status or since or until else ""))
-    else:
-        table(["RECEIVED", "STATUS", "TYPE", "RECIPIENT", "HOST", "ENDPOINT", "REASON", "ID"],
-              [[event_time(r["received"]), r["status"], r["type"], r["recipient"], r["hostName"],
-                r["endpointUrl"] or f"(endpoint {r['endpointId']})", r["reason"], r["id"]]
-               for r in rows], max_width=48)
+    rows = app.state_store().event_log(status=status, since=since, until=until, limit=limit)
+    emit_listing(rows, as_csv=as_csv, as_json=as_json, columns=list(EVENT_LOG_KEYS), what="event log",
+                 filtered=bool(status or since or until),
+                 header=["RECEIVED", "STATUS", "TYPE", "RECIPIENT", "HOST", "ENDPOINT", "REASON", "ID"],
+                 cells=lambda r: [event_time(r["received"]), r["status"], r["type"], r["recipient"],
+                                  r["hostName"], r["endpointUrl"] or f"(endpoint {r['endpointId']})",
+                                  r["reason"], r["id"]])
 
 
 @log.command("event")
