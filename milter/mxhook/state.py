@@ -347,6 +347,29 @@ def _chunks(items: list, size: int = _IN_CHUNK):
 
 # ---------------------------------------------------------------------------------------------
 
+def _log_query(select: str, status: str | None, statuses: tuple[str, ...], status_expr: str,
+               time_col: str, since, until, order: str, limit: int | None) -> tuple[str, list]:
+    """A log listing: `select` filtered by status and a [since, until) time window, ordered,
+    limited. Times are ISO 8601 text, datetimes or epoch seconds (naive = UTC)."""
+    where, params = [], []
+    if status is not None:
+        if status not in statuses:
+            raise ValueError(f"status must be one of {', '.join(statuses)}")
+        where.append(f"{status_expr} = ?")
+        params.append(status)
+    if since is not None:
+        where.append(f"{time_col} >= ?")
+        params.append(iso(since))
+    if until is not None:
+        where.append(f"{time_col} < ?")
+        params.append(iso(until))
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    return sql, params
+
+
 class StateStore:
     def __init__(self, path: str):
         self.path = path
@@ -835,25 +858,8 @@ class StateStore:
     def inbound_log(self, status: str | None = None, since=None, until=None, limit: int | None = 100) -> list[dict]:
         """Log rows newest first; `since` (inclusive) and `until` (exclusive) filter on the
         received time and are ISO 8601 text, datetimes or epoch seconds (naive = UTC)."""
-        where, params = [], []
-        if status is not None:
-            if status not in LOG_STATUSES:
-                raise ValueError(f"status must be one of {', '.join(LOG_STATUSES)}")
-            where.append("status = ?")
-            params.append(status)
-        if since is not None:
-            where.append("received >= ?")
-            params.append(iso(since))
-        if until is not None:
-            where.append("received < ?")
-            params.append(iso(until))
-        sql = self._LOG_SELECT
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY received DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
+        sql, params = _log_query(self._LOG_SELECT, status, LOG_STATUSES, "status", "received",
+                                 since, until, "received DESC, id DESC", limit)
         return [self._log_row(row) for row in self.conn.execute(sql, params)]
 
     def inbound_detail(self, id: str) -> dict | None:  # noqa: A002 - the API's name
@@ -1193,25 +1199,9 @@ class StateStore:
         EVENT_LOG_KEYS plus id (the event id), type, recipient, endpointId, batchId, messageId.
         `status` is the delivery's: queued (pending or in a batch not yet tried), deferred,
         succeeded, failed. `since` (inclusive) / `until` (exclusive) filter on the event time."""
-        where, params = [], []
-        if status is not None:
-            if status not in DELIVERY_STATUSES:
-                raise ValueError(f"status must be one of {', '.join(DELIVERY_STATUSES)}")
-            where.append("COALESCE(b.status, 'queued') = ?")
-            params.append(status)
-        if since is not None:
-            where.append("e.received >= ?")
-            params.append(iso(since))
-        if until is not None:
-            where.append("e.received < ?")
-            params.append(iso(until))
-        sql = self._EVENT_LOG_SELECT
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY e.received DESC, d.seq DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
+        sql, params = _log_query(self._EVENT_LOG_SELECT, status, DELIVERY_STATUSES,
+                                 "COALESCE(b.status, 'queued')", "e.received", since, until,
+                                 "e.received DESC, d.seq DESC", limit)
         rows = self.conn.execute(sql, params).fetchall()
         metas = self.enrich([_load_event(row[3]) for row in rows])
         return [self._event_log_row(row, meta) for row, meta in zip(rows, metas)]
