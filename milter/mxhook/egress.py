@@ -63,7 +63,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 import requests

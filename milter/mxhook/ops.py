@@ -21,7 +21,6 @@ module load.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import click

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from urllib.parse import parse_qs
 
@@ -20,7 +19,8 @@ from mxhook import cli as climod
 from mxhook import config, db, events, spool, spooler
 from mxhook.endpoints import Endpoint
 from mxhook.state import StateStore
-from tests.support.receiver import Receiver, Response
+from tests.support.receiver import Response
+from tests.spooler.test_spooler import Running, rx, settings  # noqa: F401  (rx: a fixture)
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -29,30 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
-def settings(tmp_path, **spooler_keys):
-    values = {
-        "paths": {"state_db": str(tmp_path / "state.db"), "spool_dir": str(tmp_path / "spool"),
-                  "rules_db": str(tmp_path / "rules.db")},
-        "spooler": {"poll_interval": "0.05", "workers": "4", "retry_time_scale": "0.01",
-                    "log": "stderr", "log_level": "debug"},
-        # the receiver is on loopback, which the SSRF guard refuses unless allowlisted
-        "http": {"allow_networks": "127.0.0.1/32"},
-    }
-    values["spooler"].update({k: str(v) for k, v in spooler_keys.items()})
-    return values
-
-
 @pytest.fixture()
 def cfg(tmp_path):
     c = config.from_dict(settings(tmp_path))
     spool.ensure_dirs(c.spool_dir)
     return c
-
-
-@pytest.fixture()
-def rx():
-    with Receiver() as r:
-        yield r
 
 
 def add_endpoint(cfg, url, **kw) -> Endpoint:
@@ -74,24 +55,6 @@ def write_event(cfg, etype="succeeded", recipient="r@else.example", *, queue_id=
                       queue_id=queue_id, recipient=recipient, **fields)
     spool.write(cfg.spool_dir, events.to_record(ev), durable=False)
     return ev.id
-
-
-class Running:
-    """A Spooler running its daemon loop in a thread (stop() is what SIGTERM does)."""
-
-    def __init__(self, cfg, **kw):
-        self.spooler = spooler.Spooler(cfg, **kw)
-        self.thread = threading.Thread(target=self.spooler.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self.spooler
-
-    def __exit__(self, *exc):
-        self.spooler.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "spooler did not stop"
-        self.spooler.close()
 
 
 def bodies(requests) -> list[dict]:

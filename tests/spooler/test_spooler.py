@@ -88,7 +88,6 @@ class Running:
     def __init__(self, cfg, **kw):
         self.spooler = spooler.Spooler(cfg, **kw)
         self.thread = threading.Thread(target=self.spooler.run, daemon=True)
-        self.error = None
 
     def __enter__(self):
         self.thread.start()
