@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mxhook import postfixlog
 from mxhook.postfixlog import Correlator, parse_line, parse_message
+
+from tests.unit.test_postfixlog import utc  # noqa: F401  (an autouse fixture: TZ=UTC here too)
 
 from . import FUZZ
 
@@ -38,17 +38,6 @@ def _lines() -> list[str]:
 REAL_LINES = _lines()
 # the message part of each real line, for parse_message (the journald path)
 REAL_MESSAGES = [m.group("msg") for m in map(postfixlog._HEAD.match, REAL_LINES) if m]
-
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    postfixlog.clear_caches()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-    postfixlog.clear_caches()
 
 
 TOKENS = st.sampled_from([
