@@ -307,26 +307,27 @@ class MxhookMilter(Milter.Base):
 
     # -- outbound -----------------------------------------------------------------------------
 
-    def _event(self, event_type: str, rcpt: str, **fields) -> events.Event:
+    def _events(self, event_type: str, recipients: list[str], **fields) -> list[events.Event]:
+        """One event per recipient; the message's fields are looked up once."""
         meta = self._envelope_meta()
         custom = {}
         for name in self.settings.event_headers:
             values = self._header(name)
             if values:
                 custom[name] = decode_value(values[0])
-        return events.Event(
+        return [events.Event(
             type=event_type, at=meta["received"], id=spool.new_id(), source="milter",
             queue_id=self.queue_id or None, recipient=rcpt, sender=self.mail_from,
             header_from=meta["header_from"] or None, message_id=meta["message_id"] or None,
             subject=meta["subject"] or None, client_addr=self.client_addr or None,
-            auth_user=self.auth_user or None, custom_headers=custom, **fields,
-        )
+            auth_user=self.auth_user or None, custom_headers=dict(custom), **fields,
+        ) for rcpt in recipients]
 
     def _outbound_rcpt(self, rcpt: str):
         if self.settings.blocklist and self.blocklist.contains(rcpt):
             reason = "address is on the block list after a hard bounce"
             try:
-                spool.write(self.settings.spool_dir, events.to_record(self._event("blocked", rcpt, reason=reason)))
+                spool.write(self.settings.spool_dir, events.to_record(self._events("blocked", [rcpt], reason=reason)[0]))
             except OSError as exc:  # the event must not be lost: let the client retry
                 log.error("cannot spool blocked event for <%s>: %s; answering 451", rcpt, exc)
                 self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot record this right now, try again later")
@@ -339,7 +340,7 @@ class MxhookMilter(Milter.Base):
 
     def _outbound_eom(self):
         self.queue_id = self.getsymval("i") or self.queue_id
-        records = [events.to_record(self._event("queued", rcpt)) for rcpt in self.outbound_rcpts]
+        records = [events.to_record(e) for e in self._events("queued", self.outbound_rcpts)]
         try:
             spool.write_many(self.settings.spool_dir, records)
         except OSError as exc:
@@ -357,6 +358,7 @@ class MxhookMilter(Milter.Base):
     def _envelope_meta(self) -> dict:
         subject = self._header("subject")
         message_id = self._header("message-id")
+        header_from = self._header("from")
         return {
             "received": utc_now(),
             "queue_id": self.queue_id,
@@ -364,7 +366,7 @@ class MxhookMilter(Milter.Base):
             "client_addr": self.client_addr,
             "client_name": self.client_name,
             "helo": self.helo,
-            "header_from": first_address(self._header("from")[0]) if self._header("from") else "",
+            "header_from": first_address(header_from[0]) if header_from else "",
             "subject": to_text(subject[0]).strip() if subject else "",
             "message_id": to_text(message_id[0]).strip() if message_id else "",
         }
