@@ -202,7 +202,7 @@ def _default_render_events(version: int, events: list[dict], **kw):
 
 
 def _default_render(fmt: str, **kw):
-    from . import payloads  # imported late: jinja2 templates are only needed once we post
+    from . import payloads  # imported late: MIME parsing is only needed once we post
 
     return payloads.render_inbound(fmt, **kw)
 
