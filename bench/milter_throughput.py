@@ -167,6 +167,9 @@ class Bench:
             time.sleep(0.05)
             accepted = self._accepted_since(config, offset)
         spooled = len(self.cfg.spooled_records()) if config == "c" else None
+        while spooled is not None and spooled < messages and time.monotonic() < deadline:
+            time.sleep(0.05)  # the last open spool segment is sealed into new/ within 0.2 s
+            spooled = len(self.cfg.spooled_records())
         if accepted != messages or (spooled is not None and spooled != messages):
             raise RuntimeError(
                 f"({config}): {messages} sent, {accepted} accepted, spooled {spooled}\n"

@@ -77,9 +77,20 @@ def address_domain(addr: str) -> str:
     return a.rpartition("@")[2] if "@" in a else ""
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+# One mailbox in the forms nearly all mail uses (`a@b`, `<a@b>`, `Plain Name <a@b>`): the
+# answer email.utils.getaddresses would give, without its ~25 us parse, on the milter's path.
+_PLAIN_MAILBOX = re.compile(rf"\s*(?:(?:({_ATOM}(?: {_ATOM})*) )?<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS}))\s*")
+
+
 def parse_addresses(raw: bytes | str) -> list[tuple[str, str]]:
     """(display name, normalized address) pairs from an address header value."""
     text = decode_value(raw)
+    plain = _PLAIN_MAILBOX.fullmatch(text)
+    if plain:
+        name, bracketed, bare = plain.groups()
+        return [(name or "", (bracketed or bare).lower())]
     try:
         pairs = email.utils.getaddresses([text])
     except Exception:

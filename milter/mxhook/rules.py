@@ -245,10 +245,40 @@ class RuleSet:
         # The milter's hot path: enabled rules, each as (rule, [(is_rcpt, header, search,
         # timeout, negate, condition)]).
         self._plan = [
-            (r, [(c.header == ENVELOPE_RECIPIENT, c.header, self._compiled[c.pattern].search,
-                  self._timeouts[c.pattern], c.negate, c) for c in r.conditions])
+            (r, [(c.header == ENVELOPE_RECIPIENT, c.header, (c.header, c.pattern),
+                  self._compiled[c.pattern].search, self._timeouts[c.pattern], c.negate, c)
+                 for c in r.conditions])
             for r in self.rules if r.enabled
         ]
+        self._prefilters = self._build_prefilters()
+        self._everything = frozenset(range(len(self._plan)))
+
+    def _build_prefilters(self) -> dict[str, tuple]:
+        """Per header: one alternation of its patterns, searched before any rule. When it finds
+        nothing, none of those patterns can match, so a hundred rules that test Subject cost one
+        search instead of a hundred (the regex module scans an alternation of literals in one
+        pass), and the rules that need one of them are skipped without a look.
+        header -> (search, timeout, {(header, pattern)} it rules out, plan indexes it rules out)."""
+        by_header: dict[str, set[str]] = {}
+        for _, conditions in self._plan:
+            for _, header, (_, pattern), *_ in conditions:
+                if shares_alternation(pattern) and not is_catastrophic_risk(pattern):
+                    by_header.setdefault(header, set()).add(pattern)
+        prefilters = {}
+        for header, patterns in by_header.items():
+            if len(patterns) < 2:
+                continue
+            ordered = sorted(patterns)
+            try:
+                combined = regex.compile("|".join(f"(?:{p})" for p in ordered), regex.IGNORECASE)
+            except (regex.error, ValueError, OverflowError, RecursionError):
+                continue  # each pattern is still searched on its own
+            bounded = any(self._timeouts[p] is not None for p in ordered)
+            keys = frozenset((header, p) for p in ordered)
+            needing = frozenset(i for i, (_, conditions) in enumerate(self._plan)
+                                if any(key in keys and not negate for _, _, key, _, _, negate, _ in conditions))
+            prefilters[header] = (combined.search, self.regex_timeout if bounded else None, keys, needing)
+        return prefilters
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -297,16 +327,35 @@ class RuleSet:
         result = MatchResult(recipient, None)
         rcpt_values = [recipient]
         empty: list[str] = []
-        for rule, conditions in self._plan:
-            for is_rcpt, header, search, timeout, negate, cond in conditions:
-                values = rcpt_values if is_rcpt else headers.get(header, empty)
-                hit = False
-                try:
-                    for value in values:
-                        if search(value, timeout=timeout):
-                            hit = True
-                            break
-                except TimeoutError:
+        # (header, pattern) -> hit (None: timed out) for this recipient: what the prefilters
+        # ruled out, and each pattern searched once however many rules share it.
+        known: dict[tuple[str, str], bool | None] = {}
+        skip: set[int] = set()
+        for header, (search, timeout, keys, needing) in self._prefilters.items():
+            try:
+                if any(search(value, timeout=timeout)
+                       for value in (rcpt_values if header == ENVELOPE_RECIPIENT else headers.get(header, empty))):
+                    continue  # some pattern matches: each is searched on its own
+            except TimeoutError:
+                continue
+            known.update(dict.fromkeys(keys, False))
+            skip |= needing
+        plan = self._plan
+        for index in sorted(self._everything - skip) if skip else range(len(plan)):
+            rule, conditions = plan[index]
+            for is_rcpt, header, key, search, timeout, negate, cond in conditions:
+                hit = known.get(key, _UNKNOWN)
+                if hit is _UNKNOWN:
+                    hit = False
+                    try:
+                        for value in rcpt_values if is_rcpt else headers.get(header, empty):
+                            if search(value, timeout=timeout):
+                                hit = True
+                                break
+                    except TimeoutError:
+                        hit = None  # counts as no match, for every rule that uses the pattern
+                    known[key] = hit
+                if hit is None:
                     result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
                     break
                 if hit == negate:
@@ -315,6 +364,21 @@ class RuleSet:
                 result.rule = rule
                 return result
         return result
+
+
+_UNKNOWN = object()
+
+
+def shares_alternation(pattern: str) -> bool:
+    """True when `pattern` means the same inside `(?:...)|(?:...)` as alone: no inline flags
+    (which can apply to the whole pattern), group names or numbers, or backtracking verbs that
+    could reach into a neighbour. Conservative: a false answer only costs speed."""
+    if "(*" in pattern or regex.search(r"\\(?:[0-9]|g|k)", pattern):
+        return False
+    for m in regex.finditer(r"\(\?", pattern):
+        if not pattern.startswith((":", "=", "!", "<=", "<!"), m.end()):
+            return False
+    return True
 
 
 def with_defaults(**fields) -> Rule:

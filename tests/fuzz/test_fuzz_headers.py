@@ -4,6 +4,8 @@ message: an exception there is a 451 for that message, every time it is retried.
 """
 from __future__ import annotations
 
+import email.utils
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -117,3 +119,35 @@ def test_utf7_lone_surrogate_filename_keeps_the_attachment():
     result = message.normalize(UTF7_FILENAME)
     assert len(result["attachments"]) == 1, result["defects"]
     assert isinstance(headers.decode_value(headers.decode_value("=?utf-7?q?+2AA-?=")), str)
+
+
+ATOM_CHARS = "aZ09!#$%&'*+/=?^_`{|}~-"
+
+
+@st.composite
+def plain_mailboxes(draw):
+    """The forms `parse_addresses` answers without email.utils: a@b, <a@b>, Name <a@b>, and
+    near misses (quotes, doubled dots and spaces, comments) that must take the slow path."""
+    atom = st.text(st.sampled_from(ATOM_CHARS + "é."), min_size=1, max_size=6)
+    local = draw(st.lists(atom, min_size=1, max_size=3).map(".".join))
+    domain = draw(st.lists(st.text(st.sampled_from("aZ09-é"), min_size=1, max_size=5), min_size=1,
+                           max_size=3).map(".".join))
+    addr = f"{local}@{domain}"
+    name = draw(st.lists(atom | st.sampled_from(['"q"', "(c)", ""]), max_size=3).map(
+        lambda words: draw(st.sampled_from([" ", "  ", "\t"])).join(words)))
+    form = draw(st.sampled_from(["{a}", "<{a}>", "{n} <{a}>", "{n}<{a}>", " {n} <{a}> ", "{a} ({n})"]))
+    return form.format(a=addr, n=name)
+
+
+@FUZZ
+@given(plain_mailboxes())
+@example("Bench <bench@sender.example>")
+@example("O'Brien <x@y.example>")
+@example("a..b@c.example")
+def test_plain_mailbox_shortcut_agrees_with_email_utils(text):
+    expected = []
+    for name, addr in email.utils.getaddresses([text]):
+        addr = headers.normalize_address(addr)
+        if "@" in addr:
+            expected.append((name, addr))
+    assert headers.parse_addresses(text) == expected

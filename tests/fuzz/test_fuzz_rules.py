@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from mxhook import rules
@@ -103,20 +103,24 @@ def rule_sets(draw):
     return out
 
 
-@scaled(150)
-@given(rule_sets(), st.dictionaries(st.sampled_from(["subject", "from", "x-tag", "cc"]),
-                                    st.lists(VALUES, max_size=3), max_size=4),
-       st.text(max_size=40), st.booleans())
-def test_match_never_raises(rule_list, hdrs, rcpt, explain):
+def compilable(rule_list: list[Rule], stand_in: str) -> list[Rule]:
+    """The rules with each pattern that does not compile replaced by `stand_in`."""
     def valid(cond):
         try:
             rules.check_regex(cond.pattern)
             return cond
         except RuleError:
-            return Condition(cond.header, ".", cond.negate)
+            return Condition(cond.header, stand_in, cond.negate)
 
-    rule_list = [replace(r, conditions=tuple(map(valid, r.conditions))) for r in rule_list]
-    rs = RuleSet(rule_list, regex_timeout=0.05)
+    return [replace(r, conditions=tuple(map(valid, r.conditions))) for r in rule_list]
+
+
+@scaled(150)
+@given(rule_sets(), st.dictionaries(st.sampled_from(["subject", "from", "x-tag", "cc"]),
+                                    st.lists(VALUES, max_size=3), max_size=4),
+       st.text(max_size=40), st.booleans())
+def test_match_never_raises(rule_list, hdrs, rcpt, explain):
+    rs = RuleSet(compilable(rule_list, "."), regex_timeout=0.05)
     result = rs.match(rcpt, hdrs, explain=explain)
     assert result.rule is None or result.rule.enabled
     if result.rule is not None:
@@ -152,3 +156,36 @@ def test_match_respects_regex_timeout(pattern, n):
     # one timeout per condition, not per value; generous bound for a loaded machine
     assert elapsed < 2.0, f"matching took {elapsed:.2f}s with regex_timeout={timeout}"
     assert "timed out" in result.evaluated[0].reason()
+
+
+MATCH_BITS = st.sampled_from(["ticket", "-1", "1", "a", "A", "@", "ours", ".example", " ", "é", "É",
+                              "\u017f", "s", "\u212a", "k", "\n", "!"])
+
+
+@st.composite
+def crowded_rule_sets(draw):
+    """Many rules on the same few headers, so the per-header prefilters really exist."""
+    # inline flags and verbs that would change a neighbour's meaning inside one alternation
+    spoilers = st.sampled_from(["(?x)", "(?-i)", "(*SKIP)(*FAIL)", "(*PRUNE)", "(?s)", "(a)\\1", "(?V1)"])
+    patterns = st.one_of(PATTERNS, st.lists(st.one_of(MATCH_BITS, REGEX_BITS, spoilers), min_size=1, max_size=5)
+                         .map("".join))
+    out = []
+    for i in range(draw(st.integers(2, 10))):
+        conds = tuple(Condition(draw(st.sampled_from(["to", "subject"])), draw(patterns), draw(st.booleans()))
+                      for _ in range(draw(st.integers(1, 2))))
+        out.append(Rule(f"r{i}", "https://h.example/", conds, priority=i, id=i + 1))
+    return out
+
+
+@scaled(300)
+@given(crowded_rule_sets(), st.lists(st.lists(MATCH_BITS, max_size=6).map("".join), max_size=3),
+       st.lists(MATCH_BITS, max_size=6).map("".join))
+def test_prefilters_never_change_the_first_match(rule_list, subjects, rcpt):
+    """The milter's path (combined per-header prefilter, shared results) picks the same rule as
+    evaluating every condition on its own (`explain`, what `mxhook rule test` shows)."""
+    rs = RuleSet(compilable(rule_list, "ticket"), regex_timeout=0.5)
+    hdrs = {"subject": subjects}
+    fast = rs.match(rcpt, hdrs)
+    slow = rs.match(rcpt, hdrs, explain=True)
+    assume(not fast.timeouts and not slow.timeouts)
+    assert fast.rule is slow.rule

@@ -126,3 +126,29 @@ def test_backtracking_risk(pattern, risk):
 def test_only_patterns_without_quantifiers_skip_the_time_bound():
     rs = RuleSet([rule(conditions=("Subject~^plain", "From~a+"))], regex_timeout=0.2)
     assert rs._timeouts == {"^plain": None, "a+": 0.2}
+
+
+@pytest.mark.parametrize("pattern,shares", [
+    (r"^ticket-1\b", True), (r"@ours\.example$", True), (r"(?:a|b)c", True), (r"(?<=x)y", True),
+    (r"(?x)a b", False), (r"(?i)a", False), (r"(?-i)A", False), (r"a(*SKIP)(*FAIL)", False),
+    (r"(a)\1", False), (r"(?P<n>a)", False), (r"\g<0>", False),
+])
+def test_shares_alternation_keeps_out_patterns_that_would_change_a_neighbour(pattern, shares):
+    assert rules.shares_alternation(pattern) is shares
+
+
+def test_hundred_subject_rules_are_settled_by_one_prefilter_search():
+    many = [Rule(f"t{i}", "https://h.example/", (parse_condition(f"Subject~^ticket-{i}\\b"),
+                                                  parse_condition(r"To~@ours\.example$")), priority=i)
+            for i in range(1, 100)]
+    catch_all = Rule("all", "https://h.example/", (parse_condition(r"To~^bench@"),), priority=100)
+    spoiler = Rule("verbose", "https://h.example/", (parse_condition("Subject~(?x) never here"),), priority=0)
+    rs = RuleSet(many + [catch_all, spoiler])
+    search, _, keys, needing = rs._prefilters["subject"]
+    assert len(keys) == 99 and ("subject", "(?x) never here") not in keys  # searched on its own
+    assert len(needing) == 99
+    assert rs.match("bench@ours.example", {"subject": ["bench message"]}).rule is catch_all
+    assert rs.match("bench@ours.example", {"subject": ["TICKET-42 help"]}).rule.name == "t42"
+    assert rs.match("bench@ours.example", {"subject": ["ticket-420"]}).rule is catch_all
+    assert rs.match("bench@ours.example", {}).rule is catch_all  # no Subject at all
+    assert rs.match("bench@ours.example", {"subject": ["neverhere"]}).rule is spoiler  # (?x): spaces do not count
