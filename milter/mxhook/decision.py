@@ -12,11 +12,15 @@ from .headers import decode_value
 from .rules import MatchResult, Rule, RuleSet
 
 
-def header_index(raw_headers: list[tuple[str, bytes | str]]) -> dict[str, list[str]]:
-    """lower-case field name -> decoded values, in message order."""
+def header_index(raw_headers: list[tuple[str, bytes | str]],
+                 only: frozenset[str] | None = None) -> dict[str, list[str]]:
+    """lower-case field name -> decoded values, in message order; with `only`, just those
+    fields (decoding a long Received chain no rule looks at is most of the work)."""
     index: dict[str, list[str]] = {}
     for name, value in raw_headers:
-        index.setdefault(name.lower(), []).append(decode_value(value))
+        key = name.lower()
+        if only is None or key in only:
+            index.setdefault(key, []).append(decode_value(value))
     return index
 
 
@@ -68,6 +72,6 @@ def decide(
     decision = Decision(verdict=verdict)
     if verdict is not None and not explain:
         return decision
-    index = header_index(raw_headers)
+    index = header_index(raw_headers, None if explain else ruleset.header_names)
     decision.matches = [ruleset.match(r, index, explain=explain) for r in recipients]
     return decision

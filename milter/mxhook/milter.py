@@ -58,12 +58,20 @@ class Settings:
         self.event_headers = tuple(h.lower() for h in cfg.list("milter", "event_headers"))
         self.blocklist = cfg.bool("milter", "blocklist")
 
+        self._trusted: dict[str, bool] = {}  # client address -> answer; clients come back
+
     def is_trusted(self, addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted_networks)
+        known = self._trusted.get(addr)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(addr)
+                known = any(ip in net for net in self.trusted_networks)
+            except ValueError:
+                known = False
+            if len(self._trusted) >= 10000:
+                self._trusted.clear()
+            self._trusted[addr] = known
+        return known
 
 
 def unknown_domain_reason(rcpt: str) -> str:

@@ -251,6 +251,8 @@ class RuleSet:
             for r in self.rules if r.enabled
         ]
         self._prefilters = self._build_prefilters()
+        # the header fields the rules look at (`To` is the envelope recipient, no field)
+        self.header_names = frozenset(c.header for r in self.rules for c in r.conditions) - {ENVELOPE_RECIPIENT}
         self._everything = frozenset(range(len(self._plan)))
 
     def _build_prefilters(self) -> dict[str, tuple]:

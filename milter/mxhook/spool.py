@@ -299,6 +299,7 @@ class SegmentWriter:
         self._current: _Segment | None = None
         self._sealer: threading.Thread | None = None
         self._closed = False
+        self._closing = threading.Event()
 
     def append(self, record: Record) -> None:
         data = encode(record)
@@ -376,15 +377,13 @@ class SegmentWriter:
             os.close(seg.fd)
 
     def _seal_loop(self) -> None:
-        while True:
+        # Sleeps on its own event, not on self._cond: appends notify that one for every record,
+        # and waking this thread each time costs every callback thread a GIL hand-over.
+        while not self._closing.wait(self.seal_after / 4):
             with self._cond:
-                if self._closed:
-                    return
                 seg = self._current
                 if seg is not None and time.monotonic() - seg.created >= self.seal_after:
                     self._detach(seg)
-                    seg = None
-                self._cond.wait(self.seal_after / 4)
 
     def flush(self) -> None:
         """Seal the open segment now and wait until it is in new/ (tests, shutdown)."""
@@ -398,7 +397,7 @@ class SegmentWriter:
         self.flush()
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+        self._closing.set()
 
 
 def recover_segments(spool_dir: str) -> int:
