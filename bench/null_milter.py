@@ -1,7 +1,7 @@
 """The protocol's own cost: a pymilter milter that does nothing and accepts at end of message.
 
 It asks Postfix for the same events as mxhook-milter, with the same no-reply flags (connect,
-helo, header and body without replies; envfrom, envrcpt, eoh and eom with replies), so the
+helo, envfrom, header and body without replies; envrcpt, eoh and eom with replies), so the
 difference between this and mxhook-milter is mxhook's own work, not a different negotiation.
 
     python3 bench/null_milter.py unix:/path/to/null.sock [--group postfix]
@@ -28,6 +28,7 @@ class NullMilter(Milter.Base):
     def hello(self, heloname):
         return Milter.CONTINUE
 
+    @Milter.noreply
     def envfrom(self, mailfrom, *params):
         return Milter.CONTINUE
 

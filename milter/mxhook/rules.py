@@ -329,34 +329,24 @@ class RuleSet:
         result = MatchResult(recipient, None)
         rcpt_values = [recipient]
         empty: list[str] = []
-        # (header, pattern) -> hit (None: timed out) for this recipient: what the prefilters
-        # ruled out, and each pattern searched once however many rules share it.
+        # (header, pattern) -> hit (None: timed out) for this recipient: each pattern is
+        # searched once however many rules share it; `ruled_out` holds the prefilters' verdicts.
         known: dict[tuple[str, str], bool | None] = {}
+        ruled_out: list[frozenset] = []
         skip: set[int] = set()
         for header, (search, timeout, keys, needing) in self._prefilters.items():
-            try:
-                if any(search(value, timeout=timeout)
-                       for value in (rcpt_values if header == ENVELOPE_RECIPIENT else headers.get(header, empty))):
-                    continue  # some pattern matches: each is searched on its own
-            except TimeoutError:
-                continue
-            known.update(dict.fromkeys(keys, False))
-            skip |= needing
+            values = rcpt_values if header == ENVELOPE_RECIPIENT else headers.get(header, empty)
+            if _search_values(search, timeout, values) is False:  # else each is searched on its own
+                ruled_out.append(keys)
+                skip |= needing
         plan = self._plan
         for index in sorted(self._everything - skip) if skip else range(len(plan)):
             rule, conditions = plan[index]
             for is_rcpt, header, key, search, timeout, negate, cond in conditions:
                 hit = known.get(key, _UNKNOWN)
                 if hit is _UNKNOWN:
-                    hit = False
-                    try:
-                        for value in rcpt_values if is_rcpt else headers.get(header, empty):
-                            if search(value, timeout=timeout):
-                                hit = True
-                                break
-                    except TimeoutError:
-                        hit = None  # counts as no match, for every rule that uses the pattern
-                    known[key] = hit
+                    hit = known[key] = False if any(key in keys for keys in ruled_out) else _search_values(
+                        search, timeout, rcpt_values if is_rcpt else headers.get(header, empty))
                 if hit is None:
                     result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
                     break
@@ -369,6 +359,15 @@ class RuleSet:
 
 
 _UNKNOWN = object()
+
+
+def _search_values(search, timeout: float | None, values: list[str]) -> bool | None:
+    """Whether the pattern is found in any value; None when it ran out of time (which counts
+    as no match, for every rule that uses the pattern)."""
+    try:
+        return any(search(value, timeout=timeout) for value in values)
+    except TimeoutError:
+        return None
 
 
 def shares_alternation(pattern: str) -> bool:

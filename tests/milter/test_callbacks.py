@@ -301,3 +301,14 @@ def test_failure_in_the_unanswered_mail_from_callback_answers_451_at_rcpt(env, m
     assert ctx._reply[:2] == ("451", "4.3.0")
     monkeypatch.undo()
     assert send(ctx, ["<sales@ours.example>"], HEADERS)[1] == Milter.ACCEPT  # next message is fine
+
+
+def test_bench_null_milter_negotiates_exactly_what_mxhook_does():
+    """bench/milter_throughput's (b) is the protocol's own cost only if the null milter asks
+    Postfix for the same events with the same no-reply flags as mxhook-milter."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "null_milter.py")
+    spec = importlib.util.spec_from_file_location("null_milter", path)
+    null = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(null)
+    assert null.NullMilter.protocol_mask() == MxhookMilter.protocol_mask()
