@@ -126,8 +126,9 @@ def encode(record: Record) -> bytes:
     return MAGIC + line + b"\n" + record.payload
 
 
-def _decode_at(data: bytes, offset: int) -> tuple[Record, int]:
-    """The record starting at `offset` and the offset after it."""
+def _decode_at(data: bytes, offset: int, meta_lines: dict[str, str] | None = None) -> tuple[Record, int]:
+    """The record starting at `offset` and the offset after it (and, into `meta_lines`, its
+    metadata line as written, by record id)."""
     if not data.startswith(MAGIC, offset):
         raise SpoolError("not an mxhook spool file (bad magic line)" if offset == 0
                          else f"bad magic line at byte {offset}")
@@ -154,6 +155,8 @@ def _decode_at(data: bytes, offset: int) -> tuple[Record, int]:
         raise SpoolError(f"payload is {len(payload)} bytes, metadata says {size}")
     rid, kind = meta.pop("id"), meta.pop("kind")
     meta.pop("payload_size")
+    if meta_lines is not None:
+        meta_lines[rid] = data[start:end].decode("ascii", "replace")
     return Record(id=rid, kind=kind, meta=meta, payload=payload), end + 1 + size
 
 
@@ -166,12 +169,13 @@ def decode(data: bytes) -> Record:
     return record
 
 
-def decode_many(data: bytes) -> list[Record]:
-    """Every record of a file (one, or a segment's several), or SpoolError for the first
-    problem."""
+def decode_many(data: bytes, meta_lines: dict[str, str] | None = None) -> list[Record]:
+    """Every record of a file (one, or several: a segment, a `write_many` batch), or
+    SpoolError for the first problem. `meta_lines` collects each record's metadata line as
+    written (JSON text, by record id), so it can be stored without encoding it again."""
     records, offset = [], 0
     while offset < len(data) or not records:
-        record, offset = _decode_at(data, offset)
+        record, offset = _decode_at(data, offset, meta_lines)
         records.append(record)
     return records
 
@@ -214,12 +218,10 @@ def _complete_prefix(data: bytes) -> int:
     return offset
 
 
-def _place(spool_dir: str, record: Record, *, sync: bool) -> str:
-    """tmp/<id>.rec (fsynced when `sync`) renamed into new/; removes its tmp file on failure."""
-    name = record.id + ".rec"
+def _place(spool_dir: str, name: str, data: bytes, *, sync: bool) -> str:
+    """tmp/<name> (fsynced when `sync`) renamed into new/; removes its tmp file on failure."""
     tmp_path = os.path.join(spool_dir, "tmp", name)
     new_path = os.path.join(spool_dir, "new", name)
-    data = encode(record)
     try:
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except FileExistsError:
@@ -253,18 +255,26 @@ def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:
 
     `durable=False` skips the fsyncs, for records whose loss costs only a log line (denials).
     """
-    path = _place(spool_dir, record, sync=durable)
+    path = _place(spool_dir, record.id + ".rec", encode(record), sync=durable)
     if durable:
         _fsync_dir(os.path.join(spool_dir, "new"))
     return path
 
 
-def write_many(spool_dir: str, records: list[Record]) -> list[str]:
-    """Hand over several records durably with one directory fsync for all of them."""
-    paths = [_place(spool_dir, r, sync=True) for r in records]
-    if paths:
-        _fsync_dir(os.path.join(spool_dir, "new"))
-    return paths
+def write_many(spool_dir: str, records: list[Record]) -> str | None:
+    """Hand over several records durably as one file (tmp -> fsync -> rename -> directory
+    fsync); returns its path in `new/` (None for no records). The spooler takes the file's
+    records in together; a burst of events costs one file instead of one file each (creating
+    and later deleting a file is most of the cost of handing over an event).
+
+    The file gets a fresh name: a writer that hands the same records over again after a crash
+    (the log follower re-reading lines, with deterministic ids) must not replace a file the
+    spooler may be reading; the second copies are dropped at ingest by their ids."""
+    if not records:
+        return None
+    path = _place(spool_dir, new_id() + ".rec", b"".join(map(encode, records)), sync=True)
+    _fsync_dir(os.path.join(spool_dir, "new"))
+    return path
 
 
 class _Segment:
@@ -302,7 +312,11 @@ class SegmentWriter:
         self._closing = threading.Event()
 
     def append(self, record: Record) -> None:
-        data = encode(record)
+        self.append_all([record])
+
+    def append_all(self, records: list[Record]) -> None:
+        """Several records in one write (a message's events): on disk together, or not."""
+        data = b"".join(map(encode, records))
         with self._cond:
             if self._closed:
                 raise OSError("segment writer is closed")

@@ -90,6 +90,7 @@ BLOCK_RETRY_AFTER = 30.0  # seconds before retrying the block list after rules.d
 BLOCK_BATCH = 500  # hard bounces handled per step
 SCAN_WINDOW = 50_000  # names of new/ kept from one directory scan (see _next_paths)
 READ_CHUNK = 1 << 16
+BATCH_BYTES = 4 << 20  # a batch also ends after this much was read (bounds memory, not speed)
 RETRY_JITTER = 0.1  # the retry interval varies by up to ±10 % (see retry_wait)
 DEFAULT_RETRY_INTERVAL = 60.0  # a target without one (rules and endpoints always have one)
 RETRY_AFTER_MAX = http.RETRY_AFTER_MAX  # a Retry-After is honoured up to an hour
@@ -298,6 +299,7 @@ class Spooler:
         self.unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="mxhook-unlink")
         self._claimed_lock = threading.Lock()
         self._prefetch: Future | None = None
+        self.more_waiting = False  # the last batch stopped at BATCH_BYTES: more files are ready
         # Skipping queries that cannot find anything (each costs a GIL round trip while the
         # workers render): when the next inbound delivery is due (reset by inbound ingest and
         # results), and the hard-bounce counter last looked at.
@@ -375,12 +377,25 @@ class Spooler:
             self._claimed.update(names)
         return [os.path.join(new_dir, n) for n in names]
 
-    def _load_batch(self) -> tuple[tuple, list[str]]:
+    def _give_back(self, paths: list[str]) -> None:
+        """(I/O thread) Names taken by _next_paths but not read: first in line next time."""
+        names = [os.path.basename(p) for p in paths]
+        self._window.extendleft(reversed(names))
+        with self._claimed_lock:
+            self._claimed.difference_update(names)
+
+    def _load_batch(self) -> tuple[tuple, list[str], bool]:
         """(I/O thread) Read and decode the next batch: (what `_decode` returns, every path
-        taken)."""
+        taken, whether BATCH_BYTES cut it short)."""
         paths = self._next_paths()
         loaded: list[tuple[str, bytes | OSError]] = []
-        for path in paths:
+        size = 0
+        cut_short = False
+        for index, path in enumerate(paths):
+            if size >= BATCH_BYTES:  # files of many records (segments, event chunks): the rest next time
+                self._give_back(paths[index:])
+                paths, cut_short = paths[:index], True
+                break
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -396,11 +411,12 @@ class Spooler:
                     if len(chunk) < READ_CHUNK:  # a short read of a regular file is its end
                         break
                 loaded.append((path, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+                size += len(loaded[-1][1])
             except OSError as exc:
                 loaded.append((path, exc))
             finally:
                 os.close(fd)
-        return self._decode(loaded), paths
+        return self._decode(loaded), paths, cut_short
 
     def _decode(self, loaded) -> tuple[list[spool.Record], list[str], dict[str, str], int]:
         """(I/O thread) Decode and check read files (spool.decode, state.check_record); bad
@@ -411,7 +427,6 @@ class Spooler:
         good: list[str] = []
         raw_meta: dict[str, str] = {}
         handled = 0
-        start = len(spool.MAGIC)
         for path, data in loaded:
             if isinstance(data, (PermissionError, IsADirectoryError)):
                 self._quarantine(path, f"{type(data).__name__}: {data}")
@@ -420,16 +435,18 @@ class Spooler:
             if isinstance(data, OSError):  # e.g. EMFILE, EIO: maybe passing; try again later
                 log.warning("cannot read spool file %s now, will retry: %s", path, data)
                 continue
+            lines: dict[str, str] = {}
             try:
-                in_file = spool.decode_many(data)  # one record, or a milter segment's several
+                in_file = spool.decode_many(data, lines)  # one record, or several
                 for record in in_file:
                     state.check_record(record)
             except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
                 self._quarantine(path, f"{type(exc).__name__}: {exc}")
                 handled += 1
                 continue
-            if len(in_file) == 1 and in_file[0].kind == "event":  # stored as written
-                raw_meta[in_file[0].id] = data[start:data.index(b"\n", start)].decode("ascii")
+            for record in in_file:
+                if record.kind == "event":  # its metadata is stored as written
+                    raw_meta[record.id] = lines[record.id]
             records.extend(in_file)
             good.extend([path] * len(in_file))
         return records, good, raw_meta, handled
@@ -462,7 +479,7 @@ class Spooler:
         next batch is read ahead on the I/O thread while this one is written."""
         fut = self._prefetch if self._prefetch is not None else self.io.submit(self._load_batch)
         self._prefetch = None
-        (records, good, raw_meta, handled), paths = fut.result()
+        (records, good, raw_meta, handled), paths, self.more_waiting = fut.result()
         if not paths:
             return 0
         if records or handled:
@@ -964,7 +981,7 @@ class Spooler:
             handled = 0
         self.process_blocks()
         self.dispatch()
-        if handled >= self.ingest_batch:
+        if handled >= self.ingest_batch or self.more_waiting:
             self.collect()
             return  # more files waiting: no sleep
         if self.inflight:

@@ -106,13 +106,14 @@ class Env:
         with self.lock:
             for path in spool.pending(self.spool_dir):
                 try:
-                    rec = spool.read(path)
+                    in_file = spool.read_all(path)  # one file per chunk of lines
                     os.unlink(path)
                 except FileNotFoundError:
                     continue
-                assert rec.kind == "event"
-                self.ingested.append((rec.id, rec.meta))
-                n += 1
+                for rec in in_file:
+                    assert rec.kind == "event"
+                    self.ingested.append((rec.id, rec.meta))
+                    n += 1
         return n
 
     def recipients(self) -> list[str]:
@@ -309,15 +310,22 @@ def test_kill9_mid_stream_loses_nothing(tmp_path):
 def test_leftover_tmp_file_of_a_crashed_write(env):
     env.append(block(0, 5))
     assert env.once().returncode == 0
-    ids = [os.path.basename(p) for p in spool.pending(env.spool_dir)]
+    files = spool.pending(env.spool_dir)
+    assert len(files) == 1  # the chunk's events in one file
+    ids = [r.id for r in spool.read_all(files[0])]
     assert len(ids) == 5
-    # as if killed between tmp write and rename: tmp/<id>.rec exists, the position is old
-    for name in ids:
-        os.rename(os.path.join(env.spool_dir, "new", name), os.path.join(env.spool_dir, "tmp", name))
+    # as if killed between tmp write and rename: the file is in tmp/, the position is old
+    leftover = os.path.join(env.spool_dir, "tmp", os.path.basename(files[0]))
+    os.rename(files[0], leftover)
     os.unlink(env.state_file)
     r = env.once()
     assert r.returncode == 0, r.stderr
-    assert sorted(os.path.basename(p) for p in spool.pending(env.spool_dir)) == sorted(ids)
+    again = spool.pending(env.spool_dir)
+    assert len(again) == 1 and again[0] != files[0]  # a fresh name: never replaces a file
+    assert [r.id for r in spool.read_all(again[0])] == ids  # the same events (same ids)
+    # the never-acknowledged leftover is the spooler's to remove once it is stale
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    assert spool.clean_tmp(env.spool_dir) == 1
     assert os.listdir(os.path.join(env.spool_dir, "tmp")) == []
 
 

@@ -556,3 +556,29 @@ def test_bad_config_exits_2(tmp_path):
     res = subprocess.run([sys.executable, "-m", "mxhook.spooler", "--config", str(tmp_path / "bad.conf")],
                          env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "workers" in res.stderr
+
+
+def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypatch):
+    """Files of many records (event chunks, segments): a batch stops at BATCH_BYTES read, so
+    memory stays bounded; the files not read come first next time and nothing is skipped."""
+    monkeypatch.setattr(spooler, "BATCH_BYTES", 2000)
+    cfg = make_cfg(tmp_path)
+    spool.ensure_dirs(cfg.spool_dir)
+    ids = []
+    for f in range(6):
+        records = [spool.Record(id=spool.new_id(), kind="event", meta={"type": "queued", "pad": "x" * 200})
+                   for _ in range(4)]
+        ids += [r.id for r in records]
+        spool.write_many(cfg.spool_dir, records)
+    sp = spooler.Spooler(cfg)
+    try:
+        first = sp.ingest_once()
+        assert 0 < first < 6 * 4 and sp.more_waiting  # cut short
+        while spool.pending(cfg.spool_dir) or sp.more_waiting:
+            sp.ingest_once()
+        sp.io.submit(lambda: None).result()  # the unlinks were handed to the I/O thread
+    finally:
+        sp.close()
+    with StateStore(cfg.state_db) as st:
+        assert st.counts()["events"] == len(ids)
+    assert spool.pending(cfg.spool_dir) == []

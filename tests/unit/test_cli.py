@@ -894,7 +894,7 @@ def test_endpoint_test_posts_a_sample_through_the_delivery_client(env):
 def spooled_events(env):
     from mxhook import spool
 
-    return [spool.read(p) for p in spool.pending(env.spool_dir)]
+    return [r for p in spool.pending(env.spool_dir) for r in spool.read_all(p)]
 
 
 @pytest.fixture

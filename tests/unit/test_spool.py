@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -165,3 +166,19 @@ def test_decode_many_reads_segments_and_decode_refuses_trailing_data():
         spool.decode(two)
     with pytest.raises(spool.SpoolError, match="bad magic line at byte"):
         spool.decode_many(two + b"junk")
+
+
+def test_write_many_hands_records_over_as_one_file_under_a_fresh_name(tmp_path):
+    spool.ensure_dirs(str(tmp_path))
+    records = [spool.Record(f"ev{i}", "event", {"type": "queued", "n": i}) for i in range(3)]
+    path = spool.write_many(str(tmp_path), records)
+    assert spool.pending(str(tmp_path)) == [path]
+    assert os.path.basename(path)[:-4] not in {r.id for r in records}
+    lines = {}
+    back = spool.decode_many(open(path, "rb").read(), lines)
+    assert back == records
+    assert {rid: json.loads(text)["n"] for rid, text in lines.items()} == {"ev0": 0, "ev1": 1, "ev2": 2}
+    again = spool.write_many(str(tmp_path), records)  # handed over twice: a second file
+    assert again != path and len(spool.pending(str(tmp_path))) == 2
+    assert spool.write_many(str(tmp_path), []) is None
+    assert os.listdir(os.path.join(str(tmp_path), "tmp")) == []
