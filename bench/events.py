@@ -133,11 +133,10 @@ def make_events(n: int, start: int = 0) -> list[events.Event]:
     return out
 
 
-# Records per spool file, as the producers hand them over under load: the milter appends each
-# message's `queued` events to a shared segment sealed every 0.2 s (~100 messages at a few
-# hundred a second), the log follower writes one file per chunk of 1,000 log lines (~250
-# delivery events).
-QUEUED_PER_FILE = 100
+# Records per spool file, as the producers hand them over: the milter writes each message's
+# `queued` events as one file (one recipient each here), the log follower one file per chunk of
+# 1,000 log lines (~250 delivery events under load).
+QUEUED_PER_FILE = 1
 DELIVERED_PER_FILE = 250
 
 

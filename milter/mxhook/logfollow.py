@@ -13,9 +13,9 @@ Sources (`[logfollow] source`):
 * `journald` — `journalctl --output=json --follow` (with `--after-cursor` when resuming),
   filtered by `journal_match` (default: the mail facility).
 
-Durability. Lines are handled in chunks of at most `batch_lines`: every event of the chunk is
-written to the spool like `spool.write(..., durable=True)` does it (tmp -> fsync -> rename into
-new/), then new/ is fsynced once for the chunk (`write_durable`), and only then is the position
+Durability. Lines are handled in chunks of at most `batch_lines`: the chunk's events are
+written to the spool as one file (`spool.write_many`: tmp -> fsync -> rename into new/ -> fsync
+new/, in `write_durable`), and only then is the position
 after the chunk saved to `state_file` (tmp -> fsync -> rename -> fsync dir). A crash (kill -9, power loss) between the two re-reads the chunk on
 restart and writes the same events again *with the same ids* — ids are derived from the
 line's position (file: inode and offset; journald: cursor) and text — so the spooler's

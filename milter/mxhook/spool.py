@@ -312,11 +312,7 @@ class SegmentWriter:
         self._closing = threading.Event()
 
     def append(self, record: Record) -> None:
-        self.append_all([record])
-
-    def append_all(self, records: list[Record]) -> None:
-        """Several records in one write (a message's events): on disk together, or not."""
-        data = b"".join(map(encode, records))
+        data = encode(record)
         with self._cond:
             if self._closed:
                 raise OSError("segment writer is closed")

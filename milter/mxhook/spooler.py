@@ -4,7 +4,8 @@
 
 The loop, on the main thread (the only thread that touches state.db):
 
-1. ingest: up to `ingest_batch` files from `new/`, oldest first. Each is read and checked; a
+1. ingest: up to `ingest_batch` files (or 4 MiB: files may hold many records) from `new/`,
+   oldest first. Each is read and checked; a
    file that cannot be parsed (or read for lack of permission) moves to `bad/` with a
    `.reason` file and a log line. The good ones go into state.db in ONE transaction
    (synchronous=FULL, see state.py), and only after COMMIT are the files unlinked. A crash
