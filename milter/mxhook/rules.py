@@ -242,8 +242,8 @@ class RuleSet:
         }
         # Per pattern: the time bound, or None for patterns that cannot backtrack (cheaper).
         self._timeouts = {p: (regex_timeout if backtracking_risk(p) else None) for p in self._compiled}
-        # The milter's hot path: enabled rules, each as (rule, [(is_rcpt, header, search,
-        # timeout, negate, condition)]).
+        # The milter's hot path: enabled rules, each as (rule, [(is_rcpt, header, (header,
+        # pattern), search, timeout, negate, condition)]).
         self._plan = [
             (r, [(c.header == ENVELOPE_RECIPIENT, c.header, (c.header, c.pattern),
                   self._compiled[c.pattern].search, self._timeouts[c.pattern], c.negate, c)
