@@ -646,12 +646,18 @@ def rule_remove(app, name):
     click.echo(f"Removed rule {name}")
 
 
+def rotate_options(command):
+    """--overlap and --ed25519, the same for `rule rotate-secret` and `endpoint rotate-secret`."""
+    command = click.option("--ed25519", is_flag=True,
+                           help="Rotate (or add) the ed25519 key pair instead of the HMAC secret.")(command)
+    return click.option("--overlap", type=DurationType(), default=DEFAULT_OVERLAP, show_default=True,
+                        help="How long the previous secret keeps signing too (0: stop at once; "
+                             "at most 30d).")(command)
+
+
 @rule.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
 @click.argument("name")
-@click.option("--overlap", type=DurationType(), default=DEFAULT_OVERLAP, show_default=True,
-              help="How long the previous secret keeps signing too (0: stop at once; at most 30d).")
-@click.option("--ed25519", is_flag=True,
-              help="Rotate (or add) the ed25519 key pair instead of the HMAC secret.")
+@rotate_options
 @pass_app
 def rule_rotate_secret(app, name, overlap, ed25519):
     """Give rule NAME a new signing secret, printed once. During the overlap every request
@@ -1259,10 +1265,7 @@ def endpoint_remove(app, key):
 
 @endpoint.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
 @click.argument("key", metavar="ID|URL")
-@click.option("--overlap", type=DurationType(), default=DEFAULT_OVERLAP, show_default=True,
-              help="How long the previous secret keeps signing too (0: stop at once; at most 30d).")
-@click.option("--ed25519", is_flag=True,
-              help="Rotate (or add) the ed25519 key pair instead of the HMAC secret.")
+@rotate_options
 @pass_app
 def endpoint_rotate_secret(app, key, overlap, ed25519):
     """Give endpoint ID|URL a new signing secret, printed once. During the overlap every

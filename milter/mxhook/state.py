@@ -347,6 +347,16 @@ def _chunks(items: list, size: int = _IN_CHUNK):
 
 # ---------------------------------------------------------------------------------------------
 
+def _time_window(where: list[str], params: list, col: str, since, until) -> None:
+    """Add `since <= col < until` (either end optional) to a WHERE clause being built."""
+    if since is not None:
+        where.append(f"{col} >= ?")
+        params.append(iso(since))
+    if until is not None:
+        where.append(f"{col} < ?")
+        params.append(iso(until))
+
+
 def _log_query(select: str, status: str | None, statuses: tuple[str, ...], status_expr: str,
                time_col: str, since, until, order: str, limit: int | None) -> tuple[str, list]:
     """A log listing: `select` filtered by status and a [since, until) time window, ordered,
@@ -357,12 +367,7 @@ def _log_query(select: str, status: str | None, statuses: tuple[str, ...], statu
             raise ValueError(f"status must be one of {', '.join(statuses)}")
         where.append(f"{status_expr} = ?")
         params.append(status)
-    if since is not None:
-        where.append(f"{time_col} >= ?")
-        params.append(iso(since))
-    if until is not None:
-        where.append(f"{time_col} < ?")
-        params.append(iso(until))
+    _time_window(where, params, time_col, since, until)
     sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
     if limit is not None:
         sql += " LIMIT ?"
@@ -1381,12 +1386,7 @@ class StateStore:
             if not who:
                 raise ValueError("failed_items needs a rule or an endpoint")
             sql, col = self._ITEM_DELIVERY + f" WHERE d.status = 'failed' AND ({' OR '.join(who)})", "l.received"
-        if since is not None:
-            where.append(f"{col} >= ?")
-            params.append(iso(since))
-        if until is not None:
-            where.append(f"{col} < ?")
-            params.append(iso(until))
+        _time_window(where, params, col, since, until)
         sql += "".join(" AND " + w for w in where) + f" ORDER BY {col}, 1"
         convert = self._batch_item if endpoint_id is not None else self._delivery_item
         return [convert(r) for r in self.conn.execute(sql, params)]

@@ -57,6 +57,16 @@ def write_event(cfg, etype="succeeded", recipient="r@else.example", *, queue_id=
     return ev.id
 
 
+def run_twice(cfg) -> None:
+    """Two passes of a spooler: what one pass ingests, the next acts on."""
+    sp = spooler.Spooler(cfg)
+    try:
+        sp.run_once()
+        sp.run_once()
+    finally:
+        sp.close()
+
+
 def bodies(requests) -> list[dict]:
     return [r.json() for r in requests]
 
@@ -232,12 +242,7 @@ def test_hard_bounce_blocks_the_address_the_application_used(rx, cfg):
     add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("bounces", "blocks"))
     write_event(cfg, "bounced", "mailbox@hosting.example", queue_id="QR", bounce_type="hard",
                 dsn="5.1.1", orig_recipient="Info@Shop.Example")
-    sp = spooler.Spooler(cfg)
-    try:
-        sp.run_once()
-        sp.run_once()
-    finally:
-        sp.close()
+    run_twice(cfg)  # the bounce is ingested, then the block list is updated
     with db.RulesStore(cfg.rules_db) as store:
         assert [r["address"] for r in store.block_list()] == ["info@shop.example"]
     (reg,) = [e for d in bodies(rx.requests) for e in d["events"] if e["type"] == "registered"]
@@ -249,12 +254,7 @@ def test_bounce_of_an_address_already_blocked_registers_nothing(rx, cfg):
     with db.RulesStore(cfg.rules_db) as store:
         store.block_add("gone@else.example", reason="by hand", source="cli")
     write_event(cfg, "bounced", "gone@else.example", bounce_type="hard", dsn="5.1.1")
-    sp = spooler.Spooler(cfg)
-    try:
-        sp.run_once()
-        sp.run_once()
-    finally:
-        sp.close()
+    run_twice(cfg)  # the bounce is ingested, then the block list is updated
     assert [e["type"] for d in bodies(rx.requests) for e in d["events"]] == ["bounced"]
 
 
