@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.join(ROOT, "milter"))
 
 from mxhook import config, db, events, spool  # noqa: E402
 from mxhook.endpoints import Endpoint  # noqa: E402
+from milter_throughput import process_cpu  # noqa: E402
 
 COUNT_RE = re.compile(rb'"count":(\d+)')
 
@@ -260,12 +261,13 @@ def flow(tmp: str, n: int) -> dict:
                               spool_dir=f"{base}/spool")
         elapsed = counter.last - started
         mem = proc_status(proc.pid)
+        user, system = process_cpu(proc.pid)
     finally:
         stop(proc)
         server.shutdown()
     shutil.rmtree(base)
     return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "posts": counter.posts,
-            "vmhwm_mb": mem["VmHWM"],
+            "vmhwm_mb": mem["VmHWM"], "cpu_user_us": user * 1e6 / n, "cpu_sys_us": system * 1e6 / n,
             "spool_emptied_per_s": n / (emptied - started) if emptied else None}
 
 
@@ -334,6 +336,8 @@ def main() -> int:
         print(f"flow:     {f['events']:,} events spool -> receiver in {f['seconds']:.1f} s = "
               f"{f['events_per_s']:,.0f} events/s ({f['posts']} POSTs); spooler VmHWM {f['vmhwm_mb']} MB",
               flush=True)
+        print(f"          spooler CPU per event (start-up included): {f['cpu_user_us']:.0f} µs user + "
+              f"{f['cpu_sys_us']:.0f} µs system", flush=True)
         if f["spool_emptied_per_s"]:
             print(f"          (the spool was ingested at {f['spool_emptied_per_s']:,.0f} events/s)", flush=True)
         print(f"          = {f['events_per_s'] / b['spool_write_per_s']:.2f} x the spool write rate, "

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 MAGIC = b"MXHOOK-SPOOL 1\n"
+_JSON = json.JSONDecoder()
 KINDS = ("inbound", "denied", "event")
 SUBDIRS = ("tmp", "new", "bad")
 
@@ -137,7 +138,13 @@ def _decode_at(data: bytes, offset: int, meta_lines: dict[str, str] | None = Non
     if end < 0:
         raise SpoolError("truncated: no end to the metadata line")
     try:
-        meta = json.loads(data[start:end])
+        text = data[start:end].decode("utf-8")
+        try:  # raw_decode on text: no encoding sniffing, no whitespace scan (~1.5 µs a record)
+            meta, stop = _JSON.raw_decode(text)
+        except ValueError:
+            stop = -1
+        if stop != len(text):  # odd spacing or an error: json.loads accepts or explains
+            meta = json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise SpoolError(f"metadata is not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict):
@@ -156,7 +163,7 @@ def _decode_at(data: bytes, offset: int, meta_lines: dict[str, str] | None = Non
     rid, kind = meta.pop("id"), meta.pop("kind")
     meta.pop("payload_size")
     if meta_lines is not None:
-        meta_lines[rid] = data[start:end].decode("ascii", "replace")
+        meta_lines[rid] = text
     return Record(id=rid, kind=kind, meta=meta, payload=payload), end + 1 + size
 
 

@@ -4,7 +4,7 @@
 
 The loop, on the main thread (the only thread that touches state.db):
 
-1. ingest: up to `ingest_batch` files (or 4 MiB: files may hold many records) from `new/`,
+1. ingest: up to `ingest_batch` files (or 4 MiB or 2,000 records: files may hold many records) from `new/`,
    oldest first. Each is read and checked; a
    file that cannot be parsed (or read for lack of permission) moves to `bad/` with a
    `.reason` file and a log line. The good ones go into state.db in ONE transaction
@@ -72,7 +72,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from . import config as config_mod
@@ -92,6 +92,10 @@ BLOCK_BATCH = 500  # hard bounces handled per step
 SCAN_WINDOW = 50_000  # names of new/ kept from one directory scan (see _next_paths)
 READ_CHUNK = 1 << 16
 BATCH_BYTES = 4 << 20  # a batch also ends after this much was read (bounds memory, not speed)
+# ... or after this many records: dispatch gets its turn between ingest batches of about an
+# event batch's size, so ingest does not run far ahead of it and the events it batches are
+# still in StateStore's memory (not parsed again from state.db).
+BATCH_RECORDS = 2000
 RETRY_JITTER = 0.1  # the retry interval varies by up to ±10 % (see retry_wait)
 DEFAULT_RETRY_INTERVAL = 60.0  # a target without one (rules and endpoints always have one)
 RETRY_AFTER_MAX = http.RETRY_AFTER_MAX  # a Retry-After is honoured up to an hour
@@ -183,6 +187,18 @@ def registered_event(bounce: dict, at: str) -> dict:
         return {**events_mod.Event.from_dict(event).to_dict(), "received": at}
     except (ImportError, ValueError, TypeError):
         return {**event, "received": at}
+
+
+@dataclass
+class _Decoded:
+    """What the I/O thread decoded of one read batch."""
+    records: list = field(default_factory=list)  # spool.Record
+    paths: list = field(default_factory=list)  # the file of each record
+    raw_meta: dict = field(default_factory=dict)  # event record id -> its metadata line
+    handled: int = 0  # files quarantined
+
+    def result(self) -> tuple[list, list, dict, int]:
+        return self.records, self.paths, self.raw_meta, self.handled
 
 
 @dataclass
@@ -386,23 +402,23 @@ class Spooler:
             self._claimed.difference_update(names)
 
     def _load_batch(self) -> tuple[tuple, list[str], bool]:
-        """(I/O thread) Read and decode the next batch: (what `_decode` returns, every path
-        taken, whether BATCH_BYTES cut it short)."""
+        """(I/O thread) Read and decode the next batch: (records, their paths, record id ->
+        its metadata line as JSON text, how many files were quarantined; every path taken;
+        whether BATCH_BYTES or BATCH_RECORDS cut it short)."""
         paths = self._next_paths()
-        loaded: list[tuple[str, bytes | OSError]] = []
+        decoded = _Decoded()
         size = 0
-        cut_short = False
         for index, path in enumerate(paths):
-            if size >= BATCH_BYTES:  # files of many records (segments, event chunks): the rest next time
+            if size >= BATCH_BYTES or len(decoded.records) >= BATCH_RECORDS:
+                # files of many records (segments, event chunks): the rest next time
                 self._give_back(paths[index:])
-                paths, cut_short = paths[:index], True
-                break
+                return decoded.result(), paths[:index], True
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                loaded.append((path, exc))
+                self._decode(path, exc, decoded)
                 continue
             try:  # os.read: a third of the system calls of open().read()
                 chunks = []
@@ -411,46 +427,40 @@ class Spooler:
                     chunks.append(chunk)
                     if len(chunk) < READ_CHUNK:  # a short read of a regular file is its end
                         break
-                loaded.append((path, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
-                size += len(loaded[-1][1])
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             except OSError as exc:
-                loaded.append((path, exc))
+                data = exc
             finally:
                 os.close(fd)
-        return self._decode(loaded), paths, cut_short
+            if not isinstance(data, OSError):
+                size += len(data)
+            self._decode(path, data, decoded)
+        return decoded.result(), paths, False
 
-    def _decode(self, loaded) -> tuple[list[spool.Record], list[str], dict[str, str], int]:
-        """(I/O thread) Decode and check read files (spool.decode, state.check_record); bad
-        ones go to bad/.
-        Returns (records, their paths, record id -> its metadata line as JSON text, how many
-        were quarantined)."""
-        records: list[spool.Record] = []
-        good: list[str] = []
-        raw_meta: dict[str, str] = {}
-        handled = 0
-        for path, data in loaded:
-            if isinstance(data, (PermissionError, IsADirectoryError)):
-                self._quarantine(path, f"{type(data).__name__}: {data}")
-                handled += 1
-                continue
-            if isinstance(data, OSError):  # e.g. EMFILE, EIO: maybe passing; try again later
-                log.warning("cannot read spool file %s now, will retry: %s", path, data)
-                continue
-            lines: dict[str, str] = {}
-            try:
-                in_file = spool.decode_many(data, lines)  # one record, or several
-                for record in in_file:
-                    state.check_record(record)
-            except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
-                self._quarantine(path, f"{type(exc).__name__}: {exc}")
-                handled += 1
-                continue
+    def _decode(self, path: str, data: bytes | OSError, into: "_Decoded") -> None:
+        """(I/O thread) Decode and check one read file (spool.decode_many, state.check_record)
+        into `into`; a bad one goes to bad/."""
+        if isinstance(data, (PermissionError, IsADirectoryError)):
+            self._quarantine(path, f"{type(data).__name__}: {data}")
+            into.handled += 1
+            return
+        if isinstance(data, OSError):  # e.g. EMFILE, EIO: maybe passing; try again later
+            log.warning("cannot read spool file %s now, will retry: %s", path, data)
+            return
+        lines: dict[str, str] = {}
+        try:
+            in_file = spool.decode_many(data, lines)  # one record, or several
             for record in in_file:
-                if record.kind == "event":  # its metadata is stored as written
-                    raw_meta[record.id] = lines[record.id]
-            records.extend(in_file)
-            good.extend([path] * len(in_file))
-        return records, good, raw_meta, handled
+                state.check_record(record)
+        except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
+            self._quarantine(path, f"{type(exc).__name__}: {exc}")
+            into.handled += 1
+            return
+        for record in in_file:
+            if record.kind == "event":  # its metadata is stored as written
+                into.raw_meta[record.id] = lines[record.id]
+        into.records.extend(in_file)
+        into.paths.extend([path] * len(in_file))
 
     def _release(self, done: list[str], paths: list[str]) -> None:
         """(I/O thread) Give back the names of files that were not ingested; have the ingested
@@ -721,7 +731,7 @@ class Spooler:
                     continue
                 if self.workers - len(self.inflight) <= 0:
                     break
-                batch.events = self.state.batch_events(batch)
+                batch.events = self.state.batch_events(batch, rendered=True)
                 job = _BatchJob(batch, ep)
                 self.inflight[self.executor.submit(self._attempt_batch, job)] = job
                 started += 1
@@ -981,9 +991,9 @@ class Spooler:
             log.error("cannot scan %s: %s", self.spool_dir, exc)
             handled = 0
         self.process_blocks()
+        self.collect()  # posts that finished meanwhile: their endpoint can take its next batch now
         self.dispatch()
         if handled >= self.ingest_batch or self.more_waiting:
-            self.collect()
             return  # more files waiting: no sleep
         if self.inflight:
             done, _ = wait(list(self.inflight), timeout=self.poll_interval, return_when=FIRST_COMPLETED)

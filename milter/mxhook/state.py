@@ -65,6 +65,7 @@ through it, and the spooler notices through `PRAGMA data_version`.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import re
@@ -79,6 +80,7 @@ import sqlite_utils
 
 from . import events as events_mod
 from . import spool
+from .payloads import events as event_payloads
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
 LOG_STATUSES = DELIVERY_STATUSES + ("denied",)
@@ -331,6 +333,46 @@ def _pick_by_message_id(candidates: list[tuple[str, dict]], event: dict) -> dict
     return _pick_queued(same or candidates, event.get("at"))
 
 
+class _RecentQueued:
+    """The `queued` events stored most recently (at most `size`, oldest dropped first), by
+    queue id and by Message-ID: the log-derived events of a message usually come soon after
+    its queued event, and find it here instead of parsing it again from state.db."""
+
+    COLUMNS = ("queue_id", "message_id")
+
+    def __init__(self, size: int):
+        self.size = size
+        self._order: collections.deque = collections.deque()
+        self._index: dict[str, dict[str, list[tuple[str, dict]]]] = {c: {} for c in self.COLUMNS}
+
+    def add(self, received: str, event: dict) -> None:
+        entry = (received, event)
+        self._order.append(entry)
+        for column, index in self._index.items():
+            key = event.get(column)
+            if key:
+                index.setdefault(key, []).append(entry)
+        while len(self._order) > self.size:
+            self._drop(self._order.popleft())
+
+    def _drop(self, entry: tuple[str, dict]) -> None:
+        for column, index in self._index.items():
+            key = entry[1].get(column)
+            found = index.get(key) if key else None
+            if found:
+                found[:] = [e for e in found if e is not entry]
+                if not found:
+                    del index[key]
+
+    def get(self, column: str, key: str, at: str | None) -> list[tuple[str, dict]] | None:
+        """The candidates for an event at `at`, if one of them is not after it (else the event
+        may belong to an older queued event of a reused queue id: ask state.db)."""
+        found = self._index[column].get(key)
+        if found and any(at is None or c[0] <= at for c in found):
+            return found
+        return None
+
+
 def _load_event(text: str) -> dict:
     """A stored event. Events are stored with the spool file's metadata line as it was written,
     which also carries the record's `kind` and `payload_size`: those are left out."""
@@ -389,6 +431,8 @@ class StateStore:
         conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
         conn.execute("PRAGMA foreign_keys = ON")
         self._recent: dict[str, dict] = {}  # event id -> event dict, oldest first
+        self._recent_queued = _RecentQueued(RECENT_EVENTS)
+        self._pending_queued: list[tuple[str, dict]] = []
         # hard bounces marked for the block list by this store (the spooler looks for pending
         # ones only when this moved, and once at start)
         self.hard_bounces_ingested = 0
@@ -551,7 +595,7 @@ class StateStore:
         added = time.time() if now is None else to_datetime(now).timestamp()
         fanout = self._fanout(endpoints)
         new = 0
-        self._pending_recent = {}
+        self._pending_recent, self._pending_queued = {}, []
         with self._write() as conn:
             events = []
             for record in records:
@@ -564,7 +608,7 @@ class StateStore:
                     events.append((record.id, record.meta, record.payload, text))
             if events:
                 new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces)
-        self._remember(self._pending_recent)
+        self._remember()
         return new
 
     @staticmethod
@@ -617,6 +661,8 @@ class StateStore:
                          meta.get("message_id")))
             if pending:
                 self.hard_bounces_ingested += 1
+            if etype == "queued":
+                self._pending_queued.append((received, meta))
             wanted = False
             for endpoint_id, types in fanout if fan else ():
                 if etype in types:
@@ -693,10 +739,27 @@ class StateStore:
             out.append((xid, xmeta))
         return out
 
-    def _remember(self, recent: dict[str, dict]) -> None:
-        """Keep freshly stored events for batch_events (after their transaction committed)."""
+    def _remember(self) -> None:
+        """Keep freshly stored events for batch_events and enrich (after their transaction
+        committed). A fanned-out event whose message fields are at hand is kept rendered
+        (payloads.events.V1Text, a third of the memory of the dict): batches are then made
+        without parsing or rendering it again."""
+        recent_queued = self._recent_queued
+        for received, event in self._pending_queued:
+            recent_queued.add(received, event)
         cache = self._recent
-        cache.update(recent)
+        for event_id, event in self._pending_recent.items():
+            event.setdefault("id", event_id)
+            if _needs_enrichment(event):
+                qid = event.get("queue_id")
+                column, key = ("queue_id", qid) if qid else ("message_id", event["message_id"])
+                found = recent_queued.get(column, key, event.get("at"))
+                if not found:
+                    cache[event_id] = event  # enriched when its batch is made
+                    continue
+                enrich_event(event, _pick_queued(found, event.get("at")) if qid
+                             else _pick_by_message_id(found, event))
+            cache[event_id] = event_payloads.v1_text(event)
         excess = len(cache) - RECENT_EVENTS
         if excess > 0:
             for key in list(itertools.islice(cache, excess)):
@@ -963,11 +1026,26 @@ class StateStore:
                     enrich_event(e, _pick_by_message_id(found, e))
                 else:
                     rest_mid.append(e)
-        queued = self._queued_events("queue_id", sorted({e["queue_id"] for e in rest}))
+        # Then among the queued events stored lately, then in state.db.
+        recent = self._recent_queued
+        stored, stored_mid = [], []
         for e in rest:
-            enrich_event(e, _pick_queued(queued.get(e["queue_id"], []), e.get("at")))
-        by_mid = self._queued_events("message_id", sorted({e["message_id"] for e in rest_mid}))
+            found = recent.get("queue_id", e["queue_id"], e.get("at"))
+            if found:
+                enrich_event(e, _pick_queued(found, e.get("at")))
+            else:
+                stored.append(e)
         for e in rest_mid:
+            found = recent.get("message_id", e["message_id"], e.get("at"))
+            if found:
+                enrich_event(e, _pick_by_message_id(found, e))
+            else:
+                stored_mid.append(e)
+        queued = self._queued_events("queue_id", sorted({e["queue_id"] for e in stored}))
+        for e in stored:
+            enrich_event(e, _pick_queued(queued.get(e["queue_id"], []), e.get("at")))
+        by_mid = self._queued_events("message_id", sorted({e["message_id"] for e in stored_mid}))
+        for e in stored_mid:
             enrich_event(e, _pick_by_message_id(by_mid.get(e["message_id"], []), e))
         return events
 
@@ -1036,13 +1114,17 @@ class StateStore:
             conn.execute("UPDATE event_batches SET size = ? WHERE id = ?", (size, batch_id))
         return self.batch(batch_id)
 
-    def batch_events(self, batch: EventBatch) -> list[dict]:
-        """The events of a batch in arrival order, as stored, enriched (see `enrich`)."""
+    def batch_events(self, batch: EventBatch, *, rendered: bool = False) -> list[dict]:
+        """The events of a batch in arrival order, as stored, enriched (see `enrich`). With
+        `rendered`, events rendered at ingest come as payloads.events.V1Text (for
+        render_events), the others as dicts."""
         ids = [r[0] for r in self.conn.execute(
             "SELECT event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
             (batch.endpoint_id, batch.id),
         )]
         recent = self._recent
+        if not rendered:
+            recent = {i: recent[i] for i in ids if i in recent and not isinstance(recent[i], str)}
         missing = [i for i in ids if i not in recent]
         loaded: dict[str, dict] = {}
         for chunk in _chunks(missing):
@@ -1056,9 +1138,11 @@ class StateStore:
             event = recent.get(event_id) or loaded.get(event_id)
             if event is None:  # removed meanwhile (retention): nothing to send
                 continue
-            event.setdefault("id", event_id)
+            if not isinstance(event, str):
+                event.setdefault("id", event_id)
             events.append(event)
-        return self.enrich(events)
+        self.enrich([e for e in events if not isinstance(e, str)])
+        return events
 
     def record_batch_attempts(self, results: Iterable[AttemptRecord]) -> None:
         """Like record_attempts, for event batches (`delivery_id` = batch id): the attempt row
@@ -1172,12 +1256,12 @@ class StateStore:
         added = time.time() if now is None else to_datetime(now).timestamp()
         fanout = self._fanout(endpoints)
         events = [(e["id"], e, b"", None) for _, e in done if e is not None]
-        self._pending_recent = {}
+        self._pending_recent, self._pending_queued = {}, []
         with self._write() as conn:
             new = self._insert_events(conn, events, at, added, fanout, False) if events else 0
             conn.executemany("UPDATE events SET block_state = 'done' WHERE id = ?",
                              [(event_id,) for event_id, _ in done])
-        self._remember(self._pending_recent)
+        self._remember()
         return new
 
     # events: log ---------------------------------------------------------------------------

@@ -5,6 +5,8 @@ import json
 from urllib.parse import parse_qs
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mxhook import endpoints
 from mxhook.endpoints import Endpoint
@@ -110,3 +112,36 @@ def test_sample_event():
     e = ev_payloads.sample_event("bounced")
     assert e["id"].startswith("test-") and e["bounce_type"] == "hard"
     assert doc(events=[e])["events"][0]["recipient"] == "nobody@example.com"
+
+
+# Events as state.db stores them: any V1 field may be missing, odd or hostile.
+_texts = st.one_of(st.none(), st.text(max_size=30))
+_stored_events = st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=20), "type": st.sampled_from(["queued", "bounced", "succeeded"]),
+     "at": st.one_of(st.sampled_from(["2026-01-15T12:00:00.250000Z", "2026-07-15T23:59:59.999999Z",
+                                      "2026-01-15T12:00:00+01:00", "not a time"]), st.none())},
+    optional={"subject": _texts, "recipient": _texts, "delay": st.floats(allow_nan=False),
+              "custom_headers": st.one_of(st.none(), st.dictionaries(st.text(max_size=8), st.text(max_size=8))),
+              "some_future_field": _texts},
+)
+
+
+@given(st.lists(st.tuples(_stored_events, st.booleans()), max_size=6),
+       st.sampled_from(["UTC", "Europe/Berlin", "America/New_York"]), st.sampled_from(["json", "form"]),
+       st.one_of(st.none(), st.text(max_size=10)))
+def test_pre_rendered_events_give_the_same_body(items, tz, fmt, api_key):
+    """A batch made of V1Text (rendered at ingest), event dicts, or both, is byte for byte the
+    body of the whole version-1 document dumped at once."""
+    from urllib.parse import urlencode
+
+    dicts = [e for e, _ in items]
+    mixed = [ev_payloads.v1_text(e) if pre else e for e, pre in items]
+    got = render_events(1, mixed, endpoint_tz=tz, fmt=fmt, batch_id="evb_1", endpoint_id=2, api_key=api_key)
+    whole = ev_payloads.document_v1(dicts, tz=ev_payloads.zone(tz), batch_id="evb_1", endpoint_id=2,
+                                    api_key=api_key)
+    dumps = ev_payloads._dumps
+    if fmt == "json":
+        assert got.body == dumps(whole).encode("utf-8")
+    else:
+        assert got.body == urlencode([(k, dumps(v) if k == "events" else str(v))
+                                      for k, v in whole.items() if v is not None]).encode("ascii")

@@ -59,6 +59,19 @@ def local_time(at: str | None, tz) -> str | None:
     return dt.astimezone(tz).isoformat(timespec="microseconds")
 
 
+class V1Text(str):
+    """One event already rendered as its version-1 JSON object with UTC times (`v1_text`).
+    state.py renders each event once at ingest, so that a batch is mostly a join of these;
+    `render_events` takes them in place of event dicts, for any time zone and format."""
+
+    __slots__ = ()
+
+
+def v1_text(event: dict) -> V1Text:
+    """The version-1 JSON object of an (enriched) event dict, times in UTC."""
+    return V1Text(_dumps(_v1_event(event, timezone.utc)))
+
+
 def _v1_event(event: dict, tz) -> dict:
     out = {key: event.get(key) for key in V1_FIELDS}
     at = out["at"]
@@ -94,27 +107,50 @@ def _dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def render_events(version: int, events: Iterable[dict], *, endpoint_tz: str = "UTC",
+def render_events(version: int, events: Iterable[dict | V1Text], *, endpoint_tz: str = "UTC",
                   fmt: str = "json", batch_id: str, endpoint_id: int | None = None,
                   api_key: str | None = None) -> Rendered:
-    """The request body for one batch. ValueError for an unknown version or format."""
+    """The request body for one batch. ValueError for an unknown version or format. `events`
+    are event dicts, or V1Text for version 1."""
     try:
         builder = RENDERERS[version]
     except KeyError:
         raise ValueError(f"unknown event payload version {version!r}") from None
-    doc = builder(events, tz=zone(endpoint_tz), batch_id=batch_id, endpoint_id=endpoint_id,
-                  api_key=api_key)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown event payload format {fmt!r} (known: {', '.join(FORMATS)})")
+    tz = zone(endpoint_tz)
+    events = list(events)
+    if builder is document_v1:
+        # Each event's object is its own JSON text (most are ready: V1Text), joined into the
+        # document the builder gives for no events; byte for byte what dumping it whole gives.
+        doc = builder([], tz=tz, batch_id=batch_id, endpoint_id=endpoint_id, api_key=api_key)
+        doc["count"] = len(events)
+        items = "[" + ",".join(_v1_texts(events, tz)) + "]"
+    else:
+        doc = builder([json.loads(e) if isinstance(e, V1Text) else e for e in events], tz=tz,
+                      batch_id=batch_id, endpoint_id=endpoint_id, api_key=api_key)
+        items = None
     if fmt == "json":
-        return Rendered(_dumps(doc).encode("utf-8"), "application/json")
-    if fmt == "form":
-        fields = []
-        for key, value in doc.items():
-            if key == "events":
-                fields.append((key, _dumps(value)))
-            elif value is not None:
-                fields.append((key, str(value)))
-        return Rendered(urlencode(fields).encode("ascii"), "application/x-www-form-urlencoded")
-    raise ValueError(f"unknown event payload format {fmt!r} (known: {', '.join(FORMATS)})")
+        if items is None:
+            return Rendered(_dumps(doc).encode("utf-8"), "application/json")
+        head, _, tail = _dumps(doc).partition('"events":[]')  # the one key: values are escaped
+        return Rendered(f'{head}"events":{items}{tail}'.encode("utf-8"), "application/json")
+    fields = []
+    for key, value in doc.items():
+        if key == "events":
+            fields.append((key, items if items is not None else _dumps(value)))
+        elif value is not None:
+            fields.append((key, str(value)))
+    return Rendered(urlencode(fields).encode("ascii"), "application/x-www-form-urlencoded")
+
+
+def _v1_texts(events: list, tz) -> Iterable[str]:
+    utc = tz is timezone.utc
+    for e in events:
+        if isinstance(e, V1Text):
+            yield e if utc else _dumps(_v1_event(json.loads(e), tz))
+        else:
+            yield _dumps(_v1_event(e, tz))
 
 
 def sample_event(event_type: str = "bounced", *, at: str | None = None) -> dict:
