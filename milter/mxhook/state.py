@@ -192,12 +192,12 @@ def check_record(record: spool.Record) -> None:
         if etype not in events_mod.TYPES:
             raise RecordError(f"event record of unknown type {etype!r} "
                               f"(known: {', '.join(events_mod.TYPES)})")
-        for key in ("at", "received"):
-            if meta.get(key) is not None:
-                try:
-                    _check_time(meta[key])
-                except (ValueError, TypeError) as exc:
-                    raise RecordError(f"bad {key!r}: {exc}") from None
+        at = meta.get("at")
+        if at is not None and at != meta.get("received"):  # `received` was checked above
+            try:
+                _check_time(at)
+            except (ValueError, TypeError) as exc:
+                raise RecordError(f"bad 'at': {exc}") from None
         for key in ("recipient", "queue_id"):
             if meta.get(key) is not None and not isinstance(meta[key], str):
                 raise RecordError(f"event {key!r} is not a string")
@@ -360,7 +360,10 @@ class _RecentQueued:
             key = entry[1].get(column)
             found = index.get(key) if key else None
             if found:
-                found[:] = [e for e in found if e is not entry]
+                if found[0] is entry:  # the oldest of its key, as a rule
+                    del found[0]
+                else:
+                    found[:] = [e for e in found if e is not entry]
                 if not found:
                     del index[key]
 

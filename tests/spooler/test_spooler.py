@@ -558,10 +558,12 @@ def test_bad_config_exits_2(tmp_path):
     assert res.returncode == 2 and "workers" in res.stderr
 
 
-def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypatch):
-    """Files of many records (event chunks, segments): a batch stops at BATCH_BYTES read, so
-    memory stays bounded; the files not read come first next time and nothing is skipped."""
-    monkeypatch.setattr(spooler, "BATCH_BYTES", 2000)
+@pytest.mark.parametrize("limit", [("BATCH_BYTES", 2000), ("BATCH_RECORDS", 6)])
+def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypatch, limit):
+    """Files of many records (event chunks, segments): a batch stops at BATCH_BYTES read (so
+    memory stays bounded) or BATCH_RECORDS records (so dispatch gets its turn); the files not
+    read come first next time and nothing is skipped."""
+    monkeypatch.setattr(spooler, *limit)
     cfg = make_cfg(tmp_path)
     spool.ensure_dirs(cfg.spool_dir)
     ids = []

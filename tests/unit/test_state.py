@@ -565,3 +565,46 @@ def test_events_message_id_column_is_added_to_old_databases(tmp_path):
     with StateStore(path) as st:
         (e,) = st.enrich([{"id": "n", "type": "bounced", "message_id": "<o@x>", "source": "dsn"}])
         assert (e["queue_id"], e["subject"]) == ("QQ", "S")
+
+
+def test_events_rendered_at_ingest_give_the_body_of_the_stored_events(store):
+    """Events fanned out are kept rendered (V1Text) when their message fields are at hand:
+    the queued event stored before, in the same ingest, or none needed. The body made of
+    those is the body made of the events read back from state.db."""
+    from mxhook.payloads.events import V1Text, render_events
+
+    queued = event("q1", "queued", at="2026-11-22T12:00:00.000001Z", source="milter", queue_id="QR",
+                   recipient="a@x.example", subject="Order 7", message_id="<r@ours>",
+                   custom_headers={"X-App": "shop"}, auth_user="app")
+    store.ingest([queued], endpoints=[EP_ALL])
+    store.ingest([event("s1", "succeeded", at="2026-11-22T12:00:02.000000Z", queue_id="QR",
+                        recipient="a@x.example", dsn="2.0.0"),
+                  event("d1", "bounced", at="2026-11-22T12:00:03.000000Z", source="dsn", queue_id=None,
+                        message_id="<r@ours>", bounce_type="hard", recipient="a@x.example"),
+                  event("n1", "deferred", at="2026-11-22T12:00:04.000000Z", queue_id="QNONE")],
+                 endpoints=[EP_ALL])
+    batch = store.create_batch(1, 100)
+    items = store.batch_events(batch, rendered=True)
+    assert [type(i) is V1Text for i in items] == [True, True, True, False]  # QNONE: no queued event
+    store._recent.clear()
+    stored = store.batch_events(batch)
+    assert [e["id"] for e in stored] == ["q1", "s1", "d1", "n1"]
+    assert (stored[1]["subject"], stored[2]["queue_id"]) == ("Order 7", "QR")  # enriched either way
+    for tz in ("UTC", "Europe/Berlin"):
+        assert render_events(1, items, endpoint_tz=tz, batch_id=batch.id).body == \
+            render_events(1, stored, endpoint_tz=tz, batch_id=batch.id).body
+
+
+def test_recent_queued_index_drops_the_oldest():
+    index = state._RecentQueued(3)
+    events = [{"queue_id": q, "message_id": f"<{i}@x>"} for i, q in enumerate("AABC")]
+    for i, e in enumerate(events):
+        index.add(f"2026-11-22T12:00:0{i}.000000Z", e)
+    assert [c[1] for c in index.get("queue_id", "A", None)] == [events[1]]  # the first A dropped
+    assert index.get("message_id", "<0@x>", None) is None
+    assert index.get("queue_id", "C", "2026-11-22T12:00:02.000000Z") is None  # only after the event
+    assert index.get("queue_id", "C", None) == [("2026-11-22T12:00:03.000000Z", events[3])]
+    for e in [{"queue_id": "D"}, {"queue_id": "E"}, {"queue_id": "F"}]:
+        index.add("2026-11-22T12:00:09.000000Z", e)
+    assert all(index.get("queue_id", q, None) is None for q in "ABC")
+    assert set(index._index["queue_id"]) == {"D", "E", "F"}  # nothing left behind

@@ -103,8 +103,11 @@ def latest_version() -> int:
     return max(RENDERERS)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one a call
+
+
 def _dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(obj)
 
 
 def render_events(version: int, events: Iterable[dict | V1Text], *, endpoint_tz: str = "UTC",
