@@ -148,12 +148,20 @@ def render_events(version: int, events: Iterable[dict | V1Text], *, endpoint_tz:
 
 
 def _v1_texts(events: list, tz) -> Iterable[str]:
+    """The JSON text of each event's object, in order; a run of dicts is dumped as one list
+    (one encoder call, not one per event: a backlog read back from state.db is all dicts)."""
     utc = tz is timezone.utc
+    run: list[dict] = []
     for e in events:
-        if isinstance(e, V1Text):
-            yield e if utc else _dumps(_v1_event(json.loads(e), tz))
+        if isinstance(e, V1Text) and utc:
+            if run:
+                yield _dumps(run)[1:-1]
+                run = []
+            yield e
         else:
-            yield _dumps(_v1_event(e, tz))
+            run.append(_v1_event(json.loads(e) if isinstance(e, V1Text) else e, tz))
+    if run:
+        yield _dumps(run)[1:-1]
 
 
 def sample_event(event_type: str = "bounced", *, at: str | None = None) -> dict:
