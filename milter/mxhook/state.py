@@ -747,21 +747,14 @@ class StateStore:
         committed). A fanned-out event whose message fields are at hand is kept rendered
         (payloads.events.V1Text, a third of the memory of the dict): batches are then made
         without parsing or rendering it again."""
-        recent_queued = self._recent_queued
         for received, event in self._pending_queued:
-            recent_queued.add(received, event)
+            self._recent_queued.add(received, event)
         cache = self._recent
         for event_id, event in self._pending_recent.items():
             event.setdefault("id", event_id)
-            if _needs_enrichment(event):
-                qid = event.get("queue_id")
-                column, key = ("queue_id", qid) if qid else ("message_id", event["message_id"])
-                found = recent_queued.get(column, key, event.get("at"))
-                if not found:
-                    cache[event_id] = event  # enriched when its batch is made
-                    continue
-                enrich_event(event, _pick_queued(found, event.get("at")) if qid
-                             else _pick_by_message_id(found, event))
+            if _needs_enrichment(event) and not self._enrich_from_recent(event):
+                cache[event_id] = event  # enriched when its batch is made
+                continue
             cache[event_id] = event_payloads.v1_text(event)
         excess = len(cache) - RECENT_EVENTS
         if excess > 0:
@@ -1030,20 +1023,8 @@ class StateStore:
                 else:
                     rest_mid.append(e)
         # Then among the queued events stored lately, then in state.db.
-        recent = self._recent_queued
-        stored, stored_mid = [], []
-        for e in rest:
-            found = recent.get("queue_id", e["queue_id"], e.get("at"))
-            if found:
-                enrich_event(e, _pick_queued(found, e.get("at")))
-            else:
-                stored.append(e)
-        for e in rest_mid:
-            found = recent.get("message_id", e["message_id"], e.get("at"))
-            if found:
-                enrich_event(e, _pick_by_message_id(found, e))
-            else:
-                stored_mid.append(e)
+        stored = [e for e in rest if not self._enrich_from_recent(e)]
+        stored_mid = [e for e in rest_mid if not self._enrich_from_recent(e)]
         queued = self._queued_events("queue_id", sorted({e["queue_id"] for e in stored}))
         for e in stored:
             enrich_event(e, _pick_queued(queued.get(e["queue_id"], []), e.get("at")))
@@ -1051,6 +1032,20 @@ class StateStore:
         for e in stored_mid:
             enrich_event(e, _pick_by_message_id(by_mid.get(e["message_id"], []), e))
         return events
+
+    def _enrich_from_recent(self, event: dict) -> bool:
+        """Enrich an event (that needs it) from its queued event in the recent index (by queue
+        id, else by Message-ID); False when the index has no candidate for it."""
+        qid, at = event.get("queue_id"), event.get("at")
+        if qid:
+            found = self._recent_queued.get("queue_id", qid, at)
+            if found:
+                enrich_event(event, _pick_queued(found, at))
+        else:
+            found = self._recent_queued.get("message_id", event["message_id"], at)
+            if found:
+                enrich_event(event, _pick_by_message_id(found, event))
+        return bool(found)
 
     def _queued_events(self, column: str, keys: list[str]) -> dict[str, list[tuple[str, dict]]]:
         """`queued` events whose `column` (queue_id or message_id) is one of `keys`:
