@@ -376,6 +376,14 @@ class _RecentQueued:
         return None
 
 
+def _takes_v1_utc(endpoints: list) -> bool:
+    """Whether an enabled endpoint takes version-1 bodies in UTC: the form events are rendered
+    in at ingest (for other zones or versions that would be work done twice)."""
+    return any(getattr(ep, "enabled", True) and getattr(ep, "version", None) in (None, 1)
+               and event_payloads.zone(getattr(ep, "timezone", "UTC")) is timezone.utc
+               for ep in endpoints)
+
+
 def _load_event(text: str) -> dict:
     """A stored event. Events are stored with the spool file's metadata line as it was written,
     which also carries the record's `kind` and `payload_size`: those are left out."""
@@ -596,6 +604,7 @@ class StateStore:
                 check_record(record)
         at = iso(now)
         added = time.time() if now is None else to_datetime(now).timestamp()
+        endpoints = list(endpoints)
         fanout = self._fanout(endpoints)
         new = 0
         self._pending_recent, self._pending_queued = {}, []
@@ -611,7 +620,7 @@ class StateStore:
                     events.append((record.id, record.meta, record.payload, text))
             if events:
                 new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces)
-        self._remember()
+        self._remember(render=_takes_v1_utc(endpoints))
         return new
 
     @staticmethod
@@ -742,18 +751,18 @@ class StateStore:
             out.append((xid, xmeta))
         return out
 
-    def _remember(self) -> None:
+    def _remember(self, *, render: bool) -> None:
         """Keep freshly stored events for batch_events and enrich (after their transaction
-        committed). A fanned-out event whose message fields are at hand is kept rendered
-        (payloads.events.V1Text, a third of the memory of the dict): batches are then made
-        without parsing or rendering it again."""
+        committed). With `render` (an endpoint takes version 1 in UTC), a fanned-out event
+        whose message fields are at hand is kept rendered (payloads.events.V1Text, a third of
+        the memory of the dict): batches are then made without parsing or rendering it again."""
         for received, event in self._pending_queued:
             self._recent_queued.add(received, event)
         cache = self._recent
         for event_id, event in self._pending_recent.items():
             event.setdefault("id", event_id)
-            if _needs_enrichment(event) and not self._enrich_from_recent(event):
-                cache[event_id] = event  # enriched when its batch is made
+            if not render or (_needs_enrichment(event) and not self._enrich_from_recent(event)):
+                cache[event_id] = event  # enriched and rendered when its batch is made
                 continue
             cache[event_id] = event_payloads.v1_text(event)
         excess = len(cache) - RECENT_EVENTS
@@ -1252,6 +1261,7 @@ class StateStore:
         transaction. Returns how many registered events were new."""
         at = iso(now)
         added = time.time() if now is None else to_datetime(now).timestamp()
+        endpoints = list(endpoints)
         fanout = self._fanout(endpoints)
         events = [(e["id"], e, b"", None) for _, e in done if e is not None]
         self._pending_recent, self._pending_queued = {}, []
@@ -1259,7 +1269,7 @@ class StateStore:
             new = self._insert_events(conn, events, at, added, fanout, False) if events else 0
             conn.executemany("UPDATE events SET block_state = 'done' WHERE id = ?",
                              [(event_id,) for event_id, _ in done])
-        self._remember()
+        self._remember(render=_takes_v1_utc(endpoints))
         return new
 
     # events: log ---------------------------------------------------------------------------

@@ -608,3 +608,16 @@ def test_recent_queued_index_drops_the_oldest():
         index.add("2026-11-22T12:00:09.000000Z", e)
     assert all(index.get("queue_id", q, None) is None for q in "ABC")
     assert set(index._index["queue_id"]) == {"D", "E", "F"}  # nothing left behind
+
+
+def test_events_are_not_rendered_at_ingest_for_endpoints_that_re_render_them(store):
+    """An endpoint in another time zone would parse and render a V1Text again: for it, events
+    stay dicts until their batch is made."""
+    from dataclasses import replace
+
+    berlin = replace(EP_ALL, id=5, timezone="Europe/Berlin")
+    store.ingest([event("q1", "queued", source="milter", queue_id="QB")], endpoints=[berlin])
+    assert [type(e) for e in store.batch_events(store.create_batch(5, 10), rendered=True)] == [dict]
+    store.ingest([event("q2", "queued", source="milter", queue_id="QC")], endpoints=[berlin, EP_ALL])
+    items = store.batch_events(store.create_batch(1, 10), rendered=True)
+    assert [type(e).__name__ for e in items] == ["V1Text"]  # EP_ALL takes UTC
