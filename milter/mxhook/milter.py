@@ -106,7 +106,7 @@ class MxhookMilter(Milter.Base):
     settings: Settings
     watcher: SnapshotWatcher
     blocklist: BlocklistReader
-    segments: spool.SegmentWriter  # inbound records: shared segment, group fdatasync
+    segments: spool.SegmentWriter  # inbound records and events: shared segment, group fdatasync
 
     def __init__(self):
         self.client_addr = ""
@@ -288,7 +288,7 @@ class MxhookMilter(Milter.Base):
 
     def _spool_dsn_events(self, raw: bytes) -> None:
         found = bounces.events_from_dsn(raw, key=self.queue_id or spool.new_id())
-        spool.write_many(self.settings.spool_dir, [events.to_record(e) for e in found])
+        self.segments.append_many([events.to_record(e) for e in found])
         self._log_decision("bounce-report", self.managed + self.held + self.passed, "dsn",
                            f"{len(found)} event(s) for " + ",".join(sorted({e.recipient or "?" for e in found})))
 
@@ -335,7 +335,7 @@ class MxhookMilter(Milter.Base):
         if self.settings.blocklist and self.blocklist.contains(rcpt):
             reason = "address is on the block list after a hard bounce"
             try:
-                spool.write(self.settings.spool_dir, events.to_record(self._events("blocked", [rcpt], reason=reason)[0]))
+                self.segments.append(events.to_record(self._events("blocked", [rcpt], reason=reason)[0]))
             except OSError as exc:  # the event must not be lost: let the client retry
                 log.error("cannot spool blocked event for <%s>: %s; answering 451", rcpt, exc)
                 self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot record this right now, try again later")
@@ -350,9 +350,9 @@ class MxhookMilter(Milter.Base):
         self.queue_id = self.getsymval("i") or self.queue_id
         records = [events.to_record(e) for e in self._events("queued", self.outbound_rcpts)]
         try:
-            # Straight into new/, not the segment (sealed up to 0.2 s later): the log follower's
-            # outcome for these recipients must not reach the spooler before them.
-            spool.write_many(self.settings.spool_dir, records)
+            # The log follower's outcomes for these recipients come later, in files named
+            # after this segment: the spooler takes them only once it is sealed (ingest_bound).
+            self.segments.append_many(records)
         except OSError as exc:
             log.error("queue id %s: cannot spool queued events (%s); answering 451", self.queue_id, exc)
             self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot record the message right now, try again later")

@@ -13,14 +13,20 @@ File format (version 1):
     <one line of JSON: the record's metadata, including "id", "kind" and "payload_size">\\n
     <payload_size bytes of payload (the raw message for kind "inbound"; empty otherwise)>
 
-Segments (inbound mail). A file may hold several records one after the other. The milter
-appends inbound records to one open segment `tmp/<id>.seg` and makes each durable with a
+Segments (the milter's records). A file may hold several records one after the other. The
+milter appends inbound records and events to one open segment `tmp/<id>.seg` and makes each durable with a
 *group* fdatasync (one flush covers every record appended while the previous flush ran), which
 halves the kernel time per message compared with a file, an fsync and a directory fsync each.
 The writer holds an exclusive flock on the open segment; a sealer renames it into `new/<id>.rec`
 (while still holding the lock) after `seal_after` seconds. A segment whose lock can be taken
 belongs to a writer that died: `recover_segments` cuts a torn tail (a record that was never
 acknowledged) and moves the rest into `new/`. The spooler reads every file with `decode_many`.
+
+Order. File names start with their creation time (`new_id`), and the spooler takes `new/` in
+name order, but only below `ingest_bound`: the oldest segment still open in `tmp/`. A record
+the milter appended before Postfix went on (a `queued` event) is in a segment created before
+anything the log follower wrote about that message later, so the follower's file waits until
+that segment is sealed and is ingested after it.
 
 Only `os` (and `fcntl`) is used here, so the milter's hot path needs no database.
 """
@@ -38,6 +44,8 @@ MAGIC = b"MXHOOK-SPOOL 1\n"
 _JSON = json.JSONDecoder()
 KINDS = ("inbound", "denied", "event")
 SUBDIRS = ("tmp", "new", "bad")
+SEGMENT_HOLD = 5.0  # seconds an open segment holds back newer files (a live one is sealed in 0.2)
+FUTURE_SLACK = 60.0  # names this far ahead of the clock are not held (not made by new_id now)
 
 
 class SpoolError(Exception):
@@ -293,7 +301,7 @@ class _Segment:
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live writer has this one": see recover_segments
         self.created = time.monotonic()
         self.size = 0
-        self.appended = 0  # records written
+        self.appended = 0  # appends written
         self.synced = 0  # records known durable
         self.syncing = False
         self.active = 0  # writers between write and the end of their sync
@@ -319,7 +327,13 @@ class SegmentWriter:
         self._closing = threading.Event()
 
     def append(self, record: Record) -> None:
-        data = encode(record)
+        self.append_many([record])
+
+    def append_many(self, records: list[Record]) -> None:
+        """Append records (one message's events) in one write; durable when this returns."""
+        data = b"".join(map(encode, records))
+        if not data:
+            return
         with self._cond:
             if self._closed:
                 raise OSError("segment writer is closed")
@@ -452,6 +466,28 @@ def recover_segments(spool_dir: str) -> int:
         finally:
             os.close(fd)
     return moved
+
+
+def ingest_bound(spool_dir: str, now_ns: int | None = None) -> tuple[str, str]:
+    """(below, beyond): a name in new/ may be ingested now when `name < below` or `name >=
+    beyond`. List tmp/ *before* scanning new/ with these.
+
+    `below` is the oldest open segment's id (only one younger than SEGMENT_HOLD: a live writer
+    seals within 0.2 s; an older one is a dead or stalled writer's, which must not stall the
+    spool) or else the time now: a file newer than this listing may follow a segment created
+    after it. `beyond` lets through names far ahead of the clock (a stepped clock, a file put
+    there by hand), which would otherwise wait forever."""
+    now = time.time_ns() if now_ns is None else now_ns
+    below = f"{now:016x}"
+    oldest_held = f"{now - int(SEGMENT_HOLD * 1e9):016x}"
+    try:
+        names = os.listdir(os.path.join(spool_dir, "tmp"))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if name.endswith(".seg") and oldest_held <= name < below:
+            below = name[:-4]
+    return below, f"{now + int(FUTURE_SLACK * 1e9):016x}"
 
 
 def pending(spool_dir: str, limit: int | None = None) -> list[str]:

@@ -179,6 +179,32 @@ def test_time_zone_form_format_auth_and_enrichment(rx, cfg):
     assert row["hostName"] == "mx.else.example" and row["messageId"] == "<m1@ours.example>"
 
 
+def test_log_events_wait_for_the_open_segment_that_holds_their_queued_event(rx, cfg):
+    """The milter appends `queued` events to a segment sealed up to 0.2 s later; the log
+    follower's outcome for that message is spooled meanwhile. It waits for the segment."""
+    add_endpoint(cfg, rx.url + "/ev", interval=1)
+    writer = spool.SegmentWriter(cfg.spool_dir, seal_after=3600)
+    sp = spooler.Spooler(cfg)
+    try:
+        at_us = time.time_ns() // 1000
+        queued = events.Event(type="queued", at=events.iso_from_us(at_us), id=spool.new_id(), source="milter",
+                              queue_id="QS", recipient="r@else.example", subject="Order 7")
+        writer.append_many([events.to_record(queued)])
+        write_event(cfg, "succeeded", queue_id="QS", dsn="2.0.0")
+        sp.run_once()
+        assert event_log(cfg) == []  # the follower's file is newer than the open segment
+        writer.flush()
+        sp.run_once()
+        sp.run_once()
+    finally:
+        sp.close()
+        writer.close()
+    (req,) = rx.wait_for(1, path="/ev", timeout=10)
+    first, second = req.json()["events"]
+    assert (first["type"], second["type"]) == ("queued", "succeeded")
+    assert second["subject"] == "Order 7"
+
+
 def test_deferred_then_succeeded_keeps_the_batch_and_holds_the_line(rx, cfg):
     rx.script("/ev", [(503, {}, b"busy"), (500, {}, b"oops"), (200, {}, b"ok")])
     add_endpoint(cfg, rx.url + "/ev", interval=1, max_events=100)

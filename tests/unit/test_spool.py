@@ -182,3 +182,40 @@ def test_write_many_hands_records_over_as_one_file_under_a_fresh_name(tmp_path):
     assert again != path and len(spool.pending(str(tmp_path))) == 2
     assert spool.write_many(str(tmp_path), []) is None
     assert os.listdir(os.path.join(str(tmp_path), "tmp")) == []
+
+
+def test_ingest_bound_holds_files_newer_than_an_open_segment(tmp_path):
+    spool.ensure_dirs(str(tmp_path))
+    now = 0x18000000_00000000
+    sec = 1_000_000_000
+    below, beyond = spool.ingest_bound(str(tmp_path), now_ns=now)
+    assert (below, beyond) == (f"{now:016x}", f"{now + 60 * sec:016x}")  # no segment: up to now
+
+    open_seg = f"{now - sec // 5:016x}aaaaaaaaaaaa"  # opened 0.2 s ago: a live writer's
+    stale_seg = f"{now - 6 * sec:016x}bbbbbbbbbbbb"  # beyond SEGMENT_HOLD: a dead writer's
+    for name in (open_seg, stale_seg):
+        (tmp_path / "tmp" / (name + ".seg")).write_bytes(b"")
+    (tmp_path / "tmp" / f"{now - sec:016x}cccccccccccc.rec").write_bytes(b"")  # not a segment
+    below, beyond = spool.ingest_bound(str(tmp_path), now_ns=now)
+    assert below == open_seg
+
+    def ready(name):
+        return name < below or name >= beyond
+
+    assert ready(f"{now - sec:016x}dddddddddddd.rec")  # written before the segment opened
+    assert not ready(f"{now - sec // 10:016x}eeeeeeeeeeee.rec")  # may follow a record in it
+    assert not ready(f"{now + sec:016x}ffffffffffff.rec")  # newer than the listing
+    assert ready(f"{now + 61 * sec:016x}000000000000.rec")  # far ahead of the clock: not held
+    assert ready("zz-by-hand.rec")
+
+
+def test_segment_append_many_is_one_durable_write(tmp_path):
+    spool.ensure_dirs(str(tmp_path))
+    writer = spool.SegmentWriter(str(tmp_path), seal_after=3600)
+    records = [spool.Record(spool.new_id(), "event", {"type": "queued", "n": i}) for i in range(3)]
+    writer.append_many(records)
+    writer.append_many([])
+    [seg] = os.listdir(tmp_path / "tmp")
+    assert spool.decode_many((tmp_path / "tmp" / seg).read_bytes()) == records
+    writer.close()
+    assert [r for p in spool.pending(str(tmp_path)) for r in spool.read_all(p)] == records
