@@ -14,9 +14,10 @@ File format (version 1):
     <payload_size bytes of payload (the raw message for kind "inbound"; empty otherwise)>
 
 Segments (the milter's records). A file may hold several records one after the other. The
-milter appends inbound records and events to one open segment `tmp/<id>.seg` and makes each durable with a
-*group* fdatasync (one flush covers every record appended while the previous flush ran), which
-halves the kernel time per message compared with a file, an fsync and a directory fsync each.
+milter appends inbound records and events to one open segment `tmp/<id>.seg` and makes each
+append durable with a *group* fdatasync (one flush covers every append made while the previous
+flush ran), which halves the kernel time per message compared with a file, an fsync and a
+directory fsync each.
 The writer holds an exclusive flock on the open segment; a sealer renames it into `new/<id>.rec`
 (while still holding the lock) after `seal_after` seconds. A segment whose lock can be taken
 belongs to a writer that died: `recover_segments` cuts a torn tail (a record that was never
@@ -302,7 +303,7 @@ class _Segment:
         self.created = time.monotonic()
         self.size = 0
         self.appended = 0  # appends written
-        self.synced = 0  # records known durable
+        self.synced = 0  # appends known durable
         self.syncing = False
         self.active = 0  # writers between write and the end of their sync
         self.broken: OSError | None = None  # a failed write or flush: nothing more goes here
