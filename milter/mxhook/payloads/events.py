@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import json
+import json.encoder
+import math
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 from urllib.parse import urlencode
@@ -69,7 +71,44 @@ class V1Text(str):
 
 def v1_text(event: dict) -> V1Text:
     """The version-1 JSON object of an (enriched) event dict, times in UTC."""
-    return V1Text(_dumps(_v1_event(event, timezone.utc)))
+    text = _v1_text_flat(event)
+    return V1Text(text if text is not None else _dumps(_v1_event(event, timezone.utc)))
+
+
+# The version-1 object with its keys written out once and a slot per value: an event is rendered
+# at ingest, and encoding 23 values alone into it takes half the time of building the dict and
+# dumping it (the C encoder spends its time per key). Same bytes: strings go through the
+# encoder's own escaping function, floats and ints through the repr json uses.
+_V1_TEMPLATE = "{" + ",".join(f'"{key}":%s' for key in V1_FIELDS) + "}"
+_AT, _HEADERS = V1_FIELDS.index("at"), V1_FIELDS.index("custom_headers")
+_encode_str = json.encoder.encode_basestring  # the one json.dumps(ensure_ascii=False) uses
+
+
+def _v1_text_flat(event: dict) -> str | None:
+    """_dumps(_v1_event(event, UTC)) for the usual values (str, None, finite float, int, and a
+    dict of custom headers), else None: the caller takes the general way."""
+    values = list(map(event.get, V1_FIELDS))
+    at = values[_AT]
+    if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
+        return None
+    values[_AT] = at[:-1] + "+00:00"
+    headers = values[_HEADERS]
+    values[_HEADERS] = None
+    out = []
+    for value in values:
+        kind = type(value)
+        if value is None:
+            out.append("null")
+        elif kind is str:
+            out.append(_encode_str(value))
+        elif kind is float and math.isfinite(value):
+            out.append(float.__repr__(value))
+        elif kind is int:
+            out.append(int.__repr__(value))
+        else:
+            return None
+    out[_HEADERS] = _dumps(dict(headers)) if isinstance(headers, dict) and headers else "{}"
+    return _V1_TEMPLATE % tuple(out)
 
 
 def _v1_event(event: dict, tz) -> dict:
