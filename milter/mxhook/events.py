@@ -73,6 +73,12 @@ def iso_from_us(us: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micro:06d}Z"
 
 
+def is_stored_time(value) -> bool:
+    """Whether `value` is already a time in the form iso_from_us gives (UTC, microseconds,
+    `Z`): such times are used as they are, without parsing."""
+    return type(value) is str and len(value) == 27 and value[-1] == "Z"
+
+
 def now_iso() -> str:
     return iso_from_us(time.time_ns() // 1000)
 

@@ -15,11 +15,11 @@ Sources (`[logfollow] source`):
 
 Durability. Lines are handled in chunks of at most `batch_lines`: the chunk's events are
 written to the spool as one file (`spool.write_many`: tmp -> fsync -> rename into new/ -> fsync
-new/, in `write_durable`), and only then is the position
-after the chunk saved to `state_file` (tmp -> fsync -> rename -> fsync dir). A crash (kill -9, power loss) between the two re-reads the chunk on
-restart and writes the same events again *with the same ids* — ids are derived from the
-line's position (file: inode and offset; journald: cursor) and text — so the spooler's
-INSERT OR IGNORE makes the repeat harmless. Nothing is lost and nothing is delivered twice.
+new/, in `write_durable`), and only then is the position after the chunk saved to
+`state_file` (tmp -> fsync -> rename -> fsync dir). A crash (kill -9, power loss) between the
+two re-reads the chunk on restart and writes the same events again *with the same ids* — ids
+are derived from the line's position (file: inode and offset; journald: cursor) and text — so
+the spooler's INSERT OR IGNORE makes the repeat harmless. Nothing is lost and nothing is delivered twice.
 
 Position state (JSON):
     {"version": 1, "source": "file", "path": ..., "dev": D, "inode": I, "offset": N}

@@ -17,11 +17,11 @@ Segments (the milter's records). A file may hold several records one after the o
 milter appends inbound records and events to one open segment `tmp/<id>.seg` and makes each
 append durable with a *group* fdatasync (one flush covers every append made while the previous
 flush ran), which halves the kernel time per message compared with a file, an fsync and a
-directory fsync each.
-The writer holds an exclusive flock on the open segment; a sealer renames it into `new/<id>.rec`
-(while still holding the lock) after `seal_after` seconds. A segment whose lock can be taken
-belongs to a writer that died: `recover_segments` cuts a torn tail (a record that was never
-acknowledged) and moves the rest into `new/`. The spooler reads every file with `decode_many`.
+directory fsync each. The writer holds an exclusive flock on the open segment; a sealer renames
+it into `new/<id>.rec` (while still holding the lock) after `seal_after` seconds. A segment
+whose lock can be taken belongs to a writer that died: `recover_segments` cuts a torn tail (a
+record that was never acknowledged) and moves the rest into `new/`. The spooler reads every
+file with `decode_many`.
 
 Order. File names start with their creation time (`new_id`), and the spooler takes `new/` in
 name order, but only below `ingest_bound`: the oldest segment still open in `tmp/`. A record

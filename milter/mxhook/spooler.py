@@ -4,9 +4,9 @@
 
 The loop, on the main thread (the only thread that touches state.db):
 
-1. ingest: up to `ingest_batch` files (or 4 MiB or 1,000 records: files may hold many records) from `new/`,
-   oldest first. Each is read and checked; a
-   file that cannot be parsed (or read for lack of permission) moves to `bad/` with a
+1. ingest: up to `ingest_batch` files (or 4 MiB or 1,000 records: files may hold many
+   records) from `new/`, oldest first, none newer than the milter's open segment
+   (`spool.ingest_bound`). Each is read and checked; a file that cannot be parsed (or read for lack of permission) moves to `bad/` with a
    `.reason` file and a log line. The good ones go into state.db in ONE transaction
    (synchronous=FULL, see state.py), and only after COMMIT are the files unlinked. A crash
    between commit and unlink re-ingests them: harmless, the record id is the primary key.
@@ -319,7 +319,7 @@ class Spooler:
         self.unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="mxhook-unlink")
         self._claimed_lock = threading.Lock()
         self._prefetch: Future | None = None
-        self.more_waiting = False  # the last batch stopped at BATCH_BYTES: more files are ready
+        self.more_waiting = False  # the last batch stopped at BATCH_BYTES/RECORDS: more are ready
         self.held_back = False  # the last scan left files for after an open segment (I/O thread)
         # Skipping queries that cannot find anything (each costs a GIL round trip while the
         # workers render): when the next inbound delivery is due (reset by inbound ingest and

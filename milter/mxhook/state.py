@@ -663,8 +663,7 @@ class StateStore:
             etype = meta.get("type")
             when = meta.get("at") or meta.get("received")
             # events.Event times are already in the stored form; others are normalized
-            received = when if (isinstance(when, str) and len(when) == 27 and when[-1] == "Z") \
-                else iso(when or at)
+            received = when if events_mod.is_stored_time(when) else iso(when or at)
             # the block list takes the address the application used (orig_to, else to)
             pending = "pending" if (block and etype == "bounced" and meta.get("bounce_type") == "hard"
                                     and (meta.get("orig_recipient") or meta.get("recipient"))) else None

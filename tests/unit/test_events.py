@@ -87,3 +87,9 @@ def test_to_record_writes_a_spool_event(tmp_path):
     assert Event.from_dict({**back.meta, "id": back.id}) == ev
     with pytest.raises(EventError):
         events.to_record(Event(type="queued", at="2026-11-22T12:00:02Z"))
+
+
+def test_is_stored_time_only_for_the_form_iso_from_us_gives():
+    assert events.is_stored_time(events.iso_from_us(1_700_000_000_123_456))
+    for other in ("2026-01-15T12:00:00+01:00", "2026-01-15T12:00:00Z", None, 1700000000, b"x" * 27):
+        assert not events.is_stored_time(other)

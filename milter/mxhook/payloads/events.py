@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from ..events import is_stored_time
 from . import Rendered
 
 FORMATS = ("json", "form")
@@ -89,7 +90,7 @@ def _v1_text_flat(event: dict) -> str | None:
     dict of custom headers), else None: the caller takes the general way."""
     values = list(map(event.get, V1_FIELDS))
     at = values[_AT]
-    if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
+    if not is_stored_time(at):
         return None
     values[_AT] = at[:-1] + "+00:00"
     headers = values[_HEADERS]
@@ -114,7 +115,7 @@ def _v1_text_flat(event: dict) -> str | None:
 def _v1_event(event: dict, tz) -> dict:
     out = {key: event.get(key) for key in V1_FIELDS}
     at = out["at"]
-    if tz is timezone.utc and isinstance(at, str) and len(at) == 27 and at[-1] == "Z":
+    if tz is timezone.utc and is_stored_time(at):
         out["at"] = at[:-1] + "+00:00"  # the stored form, already UTC: no parsing needed
     else:
         out["at"] = local_time(at, tz)
