@@ -305,6 +305,7 @@ class Spooler:
         state_dir = os.path.dirname(os.path.abspath(cfg.state_db))
         os.makedirs(state_dir, exist_ok=True)
         self.state = StateStore(cfg.state_db)
+        self.state.checkpoint_in_background()
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
         self.inflight: dict[Future, DueDelivery | _BatchJob] = {}
         self._stop = threading.Event()

@@ -1,7 +1,11 @@
 """mxhook.state: ingest (idempotent), the delivery queue, attempt results, log queries."""
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import threading
+import time as time_mod
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -261,6 +265,43 @@ def test_reader_while_writer_holds_transaction(tmp_path):
     assert reader.inbound_log()[0]["status"] == "failed"
     writer.close()
     reader.close()
+
+
+def _rows_in_main_file(path: str) -> int:
+    """inbound_log rows in the database file alone (what checkpoints copied), without its WAL."""
+    copy = path + ".copy"
+    shutil.copyfile(path, copy)
+    try:
+        conn = sqlite3.connect(copy)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'inbound_log'").fetchone():
+                return 0  # not even the schema was copied yet
+            return conn.execute("SELECT count(*) FROM inbound_log").fetchone()[0]
+        finally:
+            conn.close()
+    finally:
+        os.unlink(copy)
+
+
+def test_checkpoints_in_background_copy_the_wal_into_the_database(tmp_path):
+    path = str(tmp_path / "state.db")
+    store = StateStore(path)
+    store.checkpoint_in_background(interval=3600)  # the thread waits: only the writer could
+    store.ingest([inbound("a1")])
+    assert _rows_in_main_file(path) == 0  # still only in the WAL: the writer did not checkpoint
+    store.close()  # the last connection's close checkpoints
+    assert _rows_in_main_file(path) == 1
+    assert not any(t.name == "mxhook-checkpoint" for t in threading.enumerate())
+
+    store = StateStore(path)
+    store.checkpoint_in_background(interval=0.05)
+    store.ingest([inbound("a2")])
+    deadline = time_mod.monotonic() + 10
+    while _rows_in_main_file(path) < 2 and time_mod.monotonic() < deadline:
+        time_mod.sleep(0.05)
+    assert _rows_in_main_file(path) == 2  # copied by the thread while the store stays open
+    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == state.WRITER_CHECKPOINT_PAGES
+    store.close()
 
 
 def test_iso_helpers():
