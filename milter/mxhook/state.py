@@ -38,7 +38,7 @@ Schema
   `pending` for a hard bounce the spooler has still to put on the block list, `done` after.
   `message_id` is the join key of DSN events (indexed for `queued` events). A recipient-less
   `failed` (expiry) is stored as it came and expanded into one `failed` per open recipient.
-- `event_deliveries(seq PK AUTOINCREMENT, endpoint_id, event_id, added, batch_id)`: the fan-out,
+- `event_deliveries(seq INTEGER PK, endpoint_id, event_id, added, batch_id)`: the fan-out,
   one row per (event, endpoint whose categories include the event's type), `seq` = arrival
   order, `added` = epoch seconds when it became pending. `batch_id` NULL = pending, not yet in a
   batch.
@@ -66,6 +66,7 @@ through it, and the spooler notices through `PRAGMA data_version`.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import json
 import logging
@@ -402,6 +403,32 @@ def _load_event(text: str) -> dict:
     return event
 
 
+ROWS_PER_INSERT = 100
+
+
+@functools.lru_cache(maxsize=16)
+def _values_sql(head: str, width: int, count: int) -> str:
+    return head + " VALUES " + ", ".join(["(" + ", ".join("?" * width) + ")"] * count)
+
+
+def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple]) -> None:
+    """`head` ("INSERT INTO t (columns)") for every row, ROWS_PER_INSERT rows per statement.
+    executemany runs a statement per row and lets go of the GIL for each: with another thread
+    busy in Python, getting it back made the event flow's inserts take twice their CPU time.
+    Multi-row statements cost a quarter less CPU even alone (1,000 events: 10.8 against 14.3
+    µs a row)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    full = len(rows) - len(rows) % ROWS_PER_INSERT
+    if full:
+        sql = _values_sql(head, width, ROWS_PER_INSERT)
+        for start in range(0, full, ROWS_PER_INSERT):
+            conn.execute(sql, list(itertools.chain.from_iterable(rows[start:start + ROWS_PER_INSERT])))
+    if full < len(rows):
+        conn.executemany(_values_sql(head, width, 1), rows[full:])
+
+
 def _chunks(items: list, size: int = _IN_CHUNK):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -689,7 +716,7 @@ class StateStore:
         has no final event yet: one `failed` event per such recipient is stored and fanned out
         instead (`_expand_expiry`). Only when no `queued` event of that queue id is known is the
         recipient-less event itself fanned out."""
-        # Which are new: one query per chunk, then one executemany (per-row execute calls
+        # Which are new: one query per chunk, then multi-row inserts (per-row execute calls
         # cost more than the inserts themselves).
         known: set[str] = set()
         ids = [e[0] for e in events]
@@ -704,10 +731,8 @@ class StateStore:
         def flush() -> None:
             nonlocal inserted
             if rows:
-                conn.executemany(
-                    "INSERT INTO events (id, received, meta, payload, ingested, type, queue_id,"
-                    " recipient, block_state, message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
-                )
+                _insert_rows(conn, "INSERT INTO events (id, received, meta, payload, ingested, type,"
+                             " queue_id, recipient, block_state, message_id)", rows)
                 inserted += len(rows)
                 rows.clear()
 
@@ -755,10 +780,7 @@ class StateStore:
             add(event_id, meta, payload, text)
         flush()
         if deliveries:
-            conn.executemany(
-                "INSERT INTO event_deliveries (endpoint_id, event_id, added) VALUES (?, ?, ?)",
-                deliveries,
-            )
+            _insert_rows(conn, "INSERT INTO event_deliveries (endpoint_id, event_id, added)", deliveries)
         return inserted
 
     # How far before the latest `queued` event of a queue id the queued events of the same

@@ -662,3 +662,13 @@ def test_events_are_not_rendered_at_ingest_for_endpoints_that_re_render_them(sto
     store.ingest([event("q2", "queued", source="milter", queue_id="QC")], endpoints=[berlin, EP_ALL])
     items = store.batch_events(store.create_batch(1, 10), rendered=True)
     assert [type(e).__name__ for e in items] == ["V1Text"]  # EP_ALL takes UTC
+
+
+@pytest.mark.parametrize("count", [0, 1, state.ROWS_PER_INSERT - 1, state.ROWS_PER_INSERT,
+                                   state.ROWS_PER_INSERT + 1, 2 * state.ROWS_PER_INSERT + 37])
+def test_insert_rows_writes_every_row_in_order(count):
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a TEXT, b BLOB)")
+    rows = [(f"a{i}", bytes([i % 256])) for i in range(count)]
+    state._insert_rows(conn, "INSERT INTO t (a, b)", rows)
+    assert conn.execute("SELECT a, b FROM t ORDER BY seq").fetchall() == rows
