@@ -11,7 +11,8 @@ change) survived — accepted mail lost. So the connection runs with `synchronou
 fsyncs the WAL on every commit. The cost is one fsync per transaction: ingest is batched (up to
 `ingest_batch` files per transaction) and attempt results of a dispatch round are written in
 one transaction too (`record_attempts`), so this is a handful of fsyncs per second at most, far
-below the cost of the HTTP requests themselves.
+below the cost of the HTTP requests themselves. The spooler's checkpoints (copying the WAL
+into the database file) run on a thread of their own (`checkpoint_in_background`).
 
 Times are stored as fixed-width ISO 8601 UTC text with microseconds and a `Z`
 (`2026-11-22T12:00:00.123456Z`), so they are readable in `sqlite3` and compare correctly as
