@@ -415,9 +415,9 @@ def _values_sql(head: str, width: int, count: int) -> str:
 def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple]) -> None:
     """`head` ("INSERT INTO t (columns)") for every row, ROWS_PER_INSERT rows per statement.
     executemany runs a statement per row and lets go of the GIL for each: with another thread
-    busy in Python, getting it back made the event flow's inserts take twice their CPU time.
-    Multi-row statements cost a quarter less CPU even alone (1,000 events: 10.8 against 14.3
-    µs a row)."""
+    busy in Python, waiting to get it back made the event flow's inserts take twice as long as
+    their CPU time. Multi-row statements also cost a quarter less CPU (a microbenchmark of
+    1,000-event transactions: 10.8 against 14.3 µs a row)."""
     if not rows:
         return
     width = len(rows[0])
