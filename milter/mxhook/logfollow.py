@@ -19,7 +19,8 @@ new/, in `write_durable`), and only then is the position after the chunk saved t
 `state_file` (tmp -> fsync -> rename -> fsync dir). A crash (kill -9, power loss) between the
 two re-reads the chunk on restart and writes the same events again *with the same ids* — ids
 are derived from the line's position (file: inode and offset; journald: cursor) and text — so
-the spooler's INSERT OR IGNORE makes the repeat harmless. Nothing is lost and nothing is delivered twice.
+the spooler's INSERT OR IGNORE makes the repeat harmless. Nothing is lost and nothing is
+delivered twice.
 
 Position state (JSON):
     {"version": 1, "source": "file", "path": ..., "dev": D, "inode": I, "offset": N}

@@ -6,9 +6,10 @@ The loop, on the main thread (the only thread that touches state.db):
 
 1. ingest: up to `ingest_batch` files (or 4 MiB or 1,000 records: files may hold many
    records) from `new/`, oldest first, none newer than the milter's open segment
-   (`spool.ingest_bound`). Each is read and checked; a file that cannot be parsed (or read for lack of permission) moves to `bad/` with a
-   `.reason` file and a log line. The good ones go into state.db in ONE transaction
-   (synchronous=FULL, see state.py), and only after COMMIT are the files unlinked. A crash
+   (`spool.ingest_bound`). Each is read and checked; a file that cannot be parsed (or read
+   for lack of permission) moves to `bad/` with a `.reason` file and a log line. The good
+   ones go into state.db in ONE transaction (synchronous=FULL, see state.py), and only after
+   COMMIT are the files unlinked. A crash
    between commit and unlink re-ingests them: harmless, the record id is the primary key.
 2. dispatch: deliveries whose next attempt time has come go to a pool of `workers` threads,
    each with its own requests session; a worker renders the payload (mxhook.payloads) and
