@@ -161,9 +161,11 @@ class Bench:
                 f"127.0.0.1:{port}"]
         milter = {"a": None, "b": self.null, "c": self.mxhook}[config]
         cpu0 = process_cpu(milter.proc.pid) if milter else None
+        busy0 = machine_busy()
         t0 = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         elapsed = time.perf_counter() - t0
+        busy = machine_busy() - busy0
         if proc.returncode != 0 or proc.stderr.strip():
             raise RuntimeError(f"smtp-source on ({config}) failed: {proc.returncode} {proc.stderr[-2000:]}")
         # smtpd logs the disconnect line just after the last reply: give it a moment
@@ -180,7 +182,8 @@ class Bench:
             raise RuntimeError(
                 f"({config}): {messages} sent, {accepted} accepted, spooled {spooled}\n"
                 f"{self.pf.log_text()[offset:][-3000:]}\n{self.mxhook.stderr_text()[-3000:]}")
-        run = {"elapsed": elapsed, "rate": messages / elapsed, "accepted": accepted, "spooled": spooled}
+        run = {"elapsed": elapsed, "rate": messages / elapsed, "accepted": accepted, "spooled": spooled,
+               "machine_cpu_ms": busy * 1000 / messages}
         if cpu0 is not None:
             cpu1 = process_cpu(milter.proc.pid)
             run["milter_user_ms"] = (cpu1[0] - cpu0[0]) * 1000 / messages
@@ -208,6 +211,14 @@ def process_cpu(pid: int) -> tuple[float, float]:
         fields = fh.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (every process and the kernel), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -256,7 +267,8 @@ def main(argv=None) -> int:
                 if "milter_user_ms" in run:
                     extra += f"; milter CPU {run['milter_user_ms']:.2f} user + {run['milter_sys_ms']:.2f} sys ms/msg"
                 print(f"  round {r + 1} ({c}) {LABELS[c]:32s} {run['rate']:8.1f} msg/s "
-                      f"({run['elapsed']:.2f} s, {run['accepted']} accepted{extra})", flush=True)
+                      f"({run['elapsed']:.2f} s, {run['accepted']} accepted{extra}; "
+                      f"machine {run['machine_cpu_ms']:.2f} ms CPU/msg)", flush=True)
             per_round = max(1, args.latency_messages // args.rounds)
             for c in CONFIGS:
                 results[c]["latency"].extend(bench.latency(c, per_round))
@@ -276,6 +288,14 @@ def main(argv=None) -> int:
     # Steadier than the throughput ratios on a shared machine: the milter process's own CPU.
     cpu = {c: (statistics.median(r["milter_user_ms"] for r in results[c]["runs"]),
                statistics.median(r["milter_sys_ms"] for r in results[c]["runs"])) for c in ("b", "c")}
+    # When the machine is busy during every run (CPU/msg x rate close to the number of CPUs),
+    # throughput is CPU per message in disguise: any added CPU lowers it in proportion.
+    machine = {c: statistics.median(r["machine_cpu_ms"] for r in results[c]["runs"]) for c in CONFIGS}
+    print("whole-machine CPU per message (median; busy CPUs = CPU/msg x rate):")
+    for c in CONFIGS:
+        print(f"  ({c}) {LABELS[c]:32s} {machine[c]:.2f} ms   busy CPUs {machine[c] * rate[c] / 1000:.2f} of {os.cpu_count()}")
+    print(f"  ratio b/c of CPU per message: {machine['b'] / machine['c']:.3f}")
+    print()
     print("milter process CPU per message (median, user + kernel, every thread):")
     for c in ("b", "c"):
         print(f"  ({c}) {LABELS[c]:32s} {cpu[c][0]:.3f} + {cpu[c][1]:.3f} ms")
