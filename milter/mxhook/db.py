@@ -444,8 +444,11 @@ def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float) -> Snapshot:
             raise RuleError(f"rules database schema version {version} is newer than this mxhook")
         rules = _read_rules(conn)
         domains = _read_domains(conn)
+    ruleset = RuleSet(rules, regex_timeout=regex_timeout)
+    for rule, reason in ruleset.broken:
+        log.error("rule %s is skipped (matches nothing) until it is fixed: %s", rule.name, reason)
     return Snapshot(
-        ruleset=RuleSet(rules, regex_timeout=regex_timeout),
+        ruleset=ruleset,
         domains=frozenset(d["name"] for d in domains),
         log_denied=frozenset(d["name"] for d in domains if d["log_denied"]),
     )

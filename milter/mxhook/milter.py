@@ -125,6 +125,7 @@ class MxhookMilter(Milter.Base):
         self.managed: list[str] = []  # recipients in permitted domains, for the rules
         self.passed: list[str] = []  # recipients left alone (unknown_domains = pass)
         self.held: list[str] = []  # foreign recipients of a null-sender message, decided at eoh
+        self.rcpt_as_given: dict[str, list[str]] = {}  # normalized -> as Postfix has it (delrcpt)
         self.dsn = False  # the message is a bounce report (multipart/report delivery-status)
         self.raw_headers: list[tuple[str, bytes]] = []
         self.header_block: list[bytes] = []
@@ -175,7 +176,10 @@ class MxhookMilter(Milter.Base):
 
     @guarded
     def envrcpt(self, to, *params):
-        rcpt = normalize_address(to_text(to))
+        given = to_text(to).strip()
+        rcpt = normalize_address(given)
+        # Postfix removes a recipient only when delrcpt names it exactly, case included.
+        self.rcpt_as_given.setdefault(rcpt, []).append(given if given.startswith("<") else f"<{given}>")
         if self.outbound:
             return self._outbound_rcpt(rcpt)
         domain = address_domain(rcpt)
@@ -303,7 +307,8 @@ class MxhookMilter(Milter.Base):
         if drop and not self.passed and drop >= set(self.managed) | set(self.held):
             return Milter.DISCARD
         for rcpt in drop:
-            self.delrcpt(f"<{rcpt}>")
+            for given in self.rcpt_as_given.get(rcpt) or [f"<{rcpt}>"]:
+                self.delrcpt(given)
         return Milter.ACCEPT
 
     def abort(self):

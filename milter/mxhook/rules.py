@@ -87,6 +87,13 @@ def check_regex(pattern: str) -> None:
         regex.compile(pattern, regex.IGNORECASE)
     except (regex.error, ValueError, OverflowError) as exc:
         raise RuleError(f"invalid regex {pattern!r}: {exc}") from None
+    if _RECURSION.search(pattern):
+        # The regex module allows them; no time bound stops their memory use.
+        raise RuleError(f"invalid regex {pattern!r}: recursive patterns ((?R), (?1), (?&name)) "
+                        "are not allowed")
+
+
+_RECURSION = regex.compile(r"(?<!\\)\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
 
 
 _PATTERN_TOKEN = regex.compile(r"""
@@ -237,9 +244,20 @@ class RuleSet:
     def __init__(self, rules: list[Rule], *, regex_timeout: float = 0.05):
         self.rules = tuple(sorted(rules, key=lambda r: (r.priority, r.id or 0, r.name)))
         self.regex_timeout = regex_timeout
-        self._compiled = {
-            c.pattern: regex.compile(c.pattern, regex.IGNORECASE) for r in self.rules for c in r.conditions
-        }
+        # A pattern that does not compile (written to rules.db by other means than `mxhook
+        # rule`) takes only its own rule out, never the others: (rule, reason) for the log.
+        self.broken: list[tuple[Rule, str]] = []
+        self._compiled = {}
+        for r in self.rules:
+            try:
+                for c in r.conditions:
+                    if c.pattern not in self._compiled:
+                        check_regex(c.pattern)
+                        self._compiled[c.pattern] = regex.compile(c.pattern, regex.IGNORECASE)
+            except RuleError as exc:
+                self.broken.append((r, str(exc)))
+        broken = {id(r) for r, _ in self.broken}
+        self._usable = [r for r in self.rules if id(r) not in broken]
         # Per pattern: the time bound, or None for patterns that cannot backtrack (cheaper).
         self._timeouts = {p: (regex_timeout if backtracking_risk(p) else None) for p in self._compiled}
         # The milter's hot path: enabled rules, each as (rule, [(is_rcpt, header, (header,
@@ -248,11 +266,11 @@ class RuleSet:
             (r, [(c.header == ENVELOPE_RECIPIENT, c.header, (c.header, c.pattern),
                   self._compiled[c.pattern].search, self._timeouts[c.pattern], c.negate, c)
                  for c in r.conditions])
-            for r in self.rules if r.enabled
+            for r in self._usable if r.enabled
         ]
         self._prefilters = self._build_prefilters()
         # the header fields the rules look at (`To` is the envelope recipient, no field)
-        self.header_names = frozenset(c.header for r in self.rules for c in r.conditions) - {ENVELOPE_RECIPIENT}
+        self.header_names = frozenset(c.header for r in self._usable for c in r.conditions) - {ENVELOPE_RECIPIENT}
         self._everything = frozenset(range(len(self._plan)))
 
     def _build_prefilters(self) -> dict[str, tuple]:
@@ -319,7 +337,8 @@ class RuleSet:
             return self._first_match(recipient, headers)
         result = MatchResult(recipient, None)
         for rule in self.rules:
-            rr = self.evaluate(rule, recipient, headers) if rule.enabled else RuleResult(rule, False)
+            usable = rule.enabled and rule in self._usable
+            rr = self.evaluate(rule, recipient, headers) if usable else RuleResult(rule, False)
             result.evaluated.append(rr)
             if rr.matched and result.rule is None:
                 result.rule = rule

@@ -295,11 +295,22 @@ def write_many(spool_dir: str, records: list[Record]) -> str | None:
 
 class _Segment:
     def __init__(self, spool_dir: str):
-        self.name = new_id()
-        self.tmp_path = os.path.join(spool_dir, "tmp", self.name + ".seg")
-        self.new_path = os.path.join(spool_dir, "new", self.name + ".rec")
-        self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live writer has this one": see recover_segments
+        while True:
+            self.name = new_id()
+            self.tmp_path = os.path.join(spool_dir, "tmp", self.name + ".seg")
+            self.new_path = os.path.join(spool_dir, "new", self.name + ".rec")
+            self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live writer has this one": see recover_segments
+            # recover_segments may have locked and removed the empty file between our open
+            # and our lock: then our records would go to an unlinked inode. Start over.
+            try:
+                if os.stat(self.tmp_path).st_ino == os.fstat(self.fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+        # The file's name in tmp/ must survive a power cut too, not only its data.
+        _fsync_dir(os.path.join(spool_dir, "tmp"))
         self.created = time.monotonic()
         self.size = 0
         self.appended = 0  # appends written

@@ -221,6 +221,14 @@ def test_discard_rule_and_partially_matched_recipients(env):
     assert sorted(ctx._delrcpt) == ["<nobody@ours.example>", "<trash@ours.example>"]
 
 
+def test_delrcpt_names_recipients_as_the_client_wrote_them(env):
+    # Postfix removes a recipient only on an exact (case-sensitive) match
+    ctx = env()
+    rc = send(ctx, ["<Sales@Ours.Example>", "<Nobody@Ours.Example>", "<TRASH@ours.example>"], HEADERS)
+    assert rc == ("eom", Milter.ACCEPT)
+    assert sorted(ctx._delrcpt) == ["<Nobody@Ours.Example>", "<TRASH@ours.example>"]
+
+
 def test_8bit_and_broken_headers_do_not_crash(env):
     ctx = env()
     headers = [("From", b" \xff\xfe<<@@>"), ("Subject", b" =?bogus?Q?=ZZ?= \x80\x81"), ("X-Null", b" \x00")]

@@ -298,25 +298,29 @@ def test_watcher_missing_file_then_created(tmp_path):
         w.stop()
 
 
-def test_watcher_keeps_previous_snapshot_on_failed_reload(path, store, caplog):
+def test_watcher_skips_only_the_rule_whose_pattern_does_not_compile(path, store, caplog):
     store.add_domain("example.com")
     store.add_rule(make_rule())
     w = db.SnapshotWatcher(path, interval=3600)  # polled by hand below
     try:
-        good = w.current
-        # Corrupt a pattern behind the store's back: compiling the snapshot fails.
+        # Corrupt a pattern behind the store's back: that rule is skipped, and later changes
+        # to the others (and domains) still reach the milter.
         raw = sqlite3.connect(path)
         raw.execute("UPDATE conditions SET pattern = '(' WHERE position = 0")
         raw.commit()
         with caplog.at_level(logging.ERROR, logger="mxhook.db"):
-            assert w.check() is False
-        assert w.current is good
-        assert "keeping the previous rules" in caplog.text
-        # Fixed: the next poll loads, although data_version moved only once more.
+            assert w.check() is True
+        assert [r.name for r, _ in w.current.ruleset.broken] == [make_rule().name]
+        assert "is skipped" in caplog.text and "invalid regex" in caplog.text
+        store.add_domain("example.org")
+        assert w.check() is True
+        assert "example.org" in w.current.domains
+        # Fixed: the rule is back.
         raw.execute("UPDATE conditions SET pattern = '^Bill' WHERE position = 0")
         raw.commit()
         raw.close()
         assert w.check() is True
+        assert w.current.ruleset.broken == []
         assert w.current.ruleset.rules[0].conditions[0].pattern == "^Bill"
     finally:
         w.stop()

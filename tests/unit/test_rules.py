@@ -152,3 +152,30 @@ def test_hundred_subject_rules_are_settled_by_one_prefilter_search():
     assert rs.match("bench@ours.example", {"subject": ["ticket-420"]}).rule is catch_all
     assert rs.match("bench@ours.example", {}).rule is catch_all  # no Subject at all
     assert rs.match("bench@ours.example", {"subject": ["neverhere"]}).rule is spoiler  # (?x): spaces do not count
+
+
+@pytest.mark.parametrize("pattern", ["(?R)", "(a(?1)?b)", "(?P<x>a(?&x)?)", "(?P<x>a)(?P>x)", "(a(?0)?)"])
+def test_recursive_patterns_are_refused(pattern):
+    # no time bound stops a recursive pattern's memory use: `(?R)` ran out of memory
+    with pytest.raises(RuleError, match="recursive"):
+        validate(rule(conditions=(f"Subject~{pattern}",)))
+
+
+def test_escaped_parenthesis_is_not_mistaken_for_recursion():
+    validate(rule(conditions=(r"Subject~\(?R\)",)))
+
+
+def test_a_rule_with_a_broken_pattern_takes_out_only_itself():
+    # rules.db written by other means than `mxhook rule`: the milter must still start and match
+    bad = Rule(name="bad", endpoint="https://hooks.example.net/in", priority=1,
+               conditions=(rules.Condition("subject", "("),))
+    loop = Rule(name="loop", endpoint="https://hooks.example.net/in", priority=2,
+                conditions=(rules.Condition("subject", "(?R)"),))
+    good = rule("good", ("Subject~invoice",), priority=3)
+    ruleset = RuleSet([bad, loop, good])
+    assert [(r.name, "invalid regex" in why) for r, why in ruleset.broken] == [("bad", True), ("loop", True)]
+    headers = {"subject": ["invoice ("]}
+    assert ruleset.match("a@b.example", headers).rule.name == "good"
+    explained = ruleset.match("a@b.example", headers, explain=True)
+    assert explained.rule.name == "good"
+    assert [rr.matched for rr in explained.evaluated] == [False, False, True]

@@ -113,6 +113,27 @@ def test_segment_writer_group_commits_and_seals_into_new(tmp_path, monkeypatch):
     writer.close()
 
 
+def test_recovery_between_create_and_lock_does_not_swallow_acknowledged_records(tmp_path, monkeypatch):
+    # recover_segments (the spooler, every few seconds) may find the writer's new segment
+    # empty and unlocked, and remove it, just before the writer locks it.
+    spool.ensure_dirs(str(tmp_path))
+    real_flock = spool.fcntl.flock
+    raced = []
+
+    def flock(fd, op):
+        if not raced and op == spool.fcntl.LOCK_EX:
+            raced.append(spool.recover_segments(str(tmp_path)))  # runs in the window
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(spool.fcntl, "flock", flock)
+    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
+    writer.append(spool.Record("r1", "inbound", {}, b"acknowledged"))
+    writer.flush()
+    assert raced == [0]
+    assert [r.id for r in _records(tmp_path)] == ["r1"]
+    writer.close()
+
+
 def test_segments_are_sealed_after_a_while(tmp_path):
     import time as _time
 
