@@ -85,12 +85,15 @@ _PLAIN_MAILBOX = re.compile(rf"\s*(?:(?:({_ATOM}(?: {_ATOM})*) )?<({_PLAIN_ADDRE
 
 
 def parse_addresses(raw: bytes | str) -> list[tuple[str, str]]:
-    """(display name, normalized address) pairs from an address header value."""
-    text = decode_value(raw)
+    """(display name, normalized address) pairs from an address header value.
+
+    The addresses are parsed before encoded words are decoded (RFC 2047 forbids them in
+    addresses): a display name that decodes to `<x@y>` must not hide the real address."""
+    text = unfold(to_text(raw))
     plain = _PLAIN_MAILBOX.fullmatch(text)
     if plain:
         name, bracketed, bare = plain.groups()
-        return [(name or "", (bracketed or bare).lower())]
+        return [(decode_value(name) if name else "", (bracketed or bare).lower())]
     try:
         pairs = email.utils.getaddresses([text])
     except Exception:
@@ -99,7 +102,7 @@ def parse_addresses(raw: bytes | str) -> list[tuple[str, str]]:
     for name, addr in pairs:
         addr = normalize_address(addr)
         if "@" in addr:
-            result.append((name, addr))
+            result.append((decode_value(name) if name else "", addr))
     return result
 
 

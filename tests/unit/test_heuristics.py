@@ -16,6 +16,15 @@ def test_from_equal_to_envelope_recipient_or_to_header():
     assert v.heuristic == heuristics.FROM_EQUALS_TO
 
 
+def test_an_encoded_display_name_cannot_hide_the_address():
+    # the display name decodes to "Boss <x@evil.example>": decoded first, it used to leave no address
+    frm = [b"=?utf-8?q?Boss_=3Cx=40evil.example=3E?= <sales@ours.example>"]
+    v = heuristics.check(frm, [], ["in@ours.example"], OURS)
+    assert v.heuristic == heuristics.FROM_PERMITTED_DOMAIN and "sales@ours.example" in v.reason
+    v = heuristics.check([b'"=?utf-8?q?Me_=3Cme=40else.example=3E?=" <ME@else.example>'], [], ["me@else.example"], OURS)
+    assert v.heuristic == heuristics.FROM_EQUALS_TO
+
+
 def test_each_heuristic_can_be_switched_off():
     frm = [b"ceo@ours.example"]
     assert heuristics.check(frm, [], ["ceo@ours.example"], OURS, enabled=()) is None
