@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from . import events as events_mod
 from .rules import (
     RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, TIMEOUT_RANGE, RuleError, _check_range,
-    check_endpoint,
+    check_credentials, check_endpoint,
 )
 
 CATEGORIES = tuple(events_mod.CATEGORIES)  # bounces, deliveries, blocks
@@ -135,14 +135,7 @@ def validate(ep: Endpoint) -> Endpoint:
             f"payload version {version} does not exist (known: {', '.join(map(str, versions))})"
         )
     timezone = check_timezone(ep.timezone)
-    if ep.basic_auth and ep.bearer:
-        raise RuleError("choose either Basic auth or a Bearer token, not both")
-    if ep.basic_auth is not None and ":" not in ep.basic_auth:
-        raise RuleError("--basic-auth must be USER:PASSWORD")
-    for what, value in (("--basic-auth", ep.basic_auth), ("--bearer", ep.bearer),
-                        ("--api-key", ep.api_key)):
-        if value is not None and value == "":
-            raise RuleError(f"{what} must not be empty")
+    check_credentials(ep.basic_auth, ep.bearer, ep.api_key)
     return replace(ep, categories=categories, version=version, timezone=timezone)
 
 

@@ -83,7 +83,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # isdigit alone admits "²"
         seconds = float(int(text))
     else:
         try:
@@ -130,12 +130,32 @@ def classify(status_code: int, headers: Mapping[str, str] | None = None, now: fl
         return Verdict("deferred", retry_after, error)
     if 300 <= status_code < 400:
         location = _header(headers, "Location")
-        where = f" to {location}" if location else " without a Location"
+        where = f" to {redact_url(location)}" if location else " without a Location"
         return Verdict("failed", None, f"{_reason(status_code)}: redirect{where} not followed")
     if 400 <= status_code < 500:
         return Verdict("failed", None, _reason(status_code))
     # 1xx final statuses do not happen over requests; anything else is not an answer
     return Verdict("deferred", None, f"unexpected HTTP status {status_code}")
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs and stored errors: scheme, host, port and path; the query, fragment
+    and any user:password left out (they may carry a token)."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(malformed URL)"
+    if not parts.scheme or not host:
+        return "(malformed URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    hidden = "?…" if parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{hidden}"
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*")
 
 
 def auth_header(target: dict) -> str | None:
@@ -177,6 +197,7 @@ def describe_error(exc: BaseException) -> str:
     text = str(cause) or type(cause).__name__
     text = _OBJ_REPR.sub("", text)
     text = _WITH_URL.sub("", text)
+    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
     text = re.sub(r"\(Caused by .*", "", text).strip()
     return " ".join(text.split())[:300]
 
@@ -193,6 +214,10 @@ def _read_excerpt(response: requests.Response, limit: int, deadline: egress.Dead
         except Exception:  # noqa: BLE001 -- a body that breaks off (or hits the deadline)
             pass  # changes nothing: the status line is the answer
     return b"".join(chunks)[:limit].decode("utf-8", "replace")
+
+
+_BAD_REQUEST = ("invalid request: a header value (the rule's credentials?) or the URL has characters "
+                "HTTP does not allow")
 
 
 def _too_slow(timeout: float) -> str:
@@ -250,6 +275,9 @@ def deliver(
             return _request_error(exc, timeout, elapsed())
         except egress.EgressError as exc:  # raised outside the adapter (e.g. a proxy setting)
             return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
+        except (ValueError, UnicodeError):
+            # http.client refusing a header value (its text quotes the value: a secret)
+            return Outcome("failed", error=_BAD_REQUEST, duration_ms=elapsed())
         try:
             excerpt = _read_excerpt(response, max_response_bytes, deadline)
             verdict = classify(response.status_code, response.headers)
@@ -272,7 +300,9 @@ def _request_error(exc: requests.RequestException, timeout: float, duration_ms: 
         return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s", duration_ms=duration_ms)
     if isinstance(exc, requests.exceptions.ConnectionError):
         return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=duration_ms)
+    if isinstance(exc, requests.exceptions.InvalidHeader):  # its text quotes the header value
+        return Outcome("failed", error=_BAD_REQUEST, duration_ms=duration_ms)
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader)):
+                        requests.exceptions.InvalidSchema)):
         return Outcome("failed", error=f"invalid request: {describe_error(exc)}", duration_ms=duration_ms)
     return Outcome("deferred", error=f"request error: {describe_error(exc)}", duration_ms=duration_ms)

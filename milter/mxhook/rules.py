@@ -161,6 +161,30 @@ def check_endpoint(url: str, *, allow_http: bool) -> None:
         )
     if parts.username or parts.password:
         raise RuleError("put credentials in --basic-auth, not in the endpoint URL")
+    if _CONTROL.search(url) or " " in url:
+        raise RuleError("the endpoint URL contains a space or control character")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # a Bearer token: visible ASCII, no spaces (RFC 6750)
+
+
+def check_credentials(basic_auth: str | None, bearer: str | None, api_key: str | None) -> None:
+    """Basic auth XOR Bearer; nothing empty; no control characters (a token read from a file
+    with its line end would break the request, and the error would quote the header)."""
+    if basic_auth and bearer:
+        raise RuleError("choose either Basic auth or a Bearer token, not both")
+    if basic_auth is not None and ":" not in basic_auth:
+        raise RuleError("--basic-auth must be USER:PASSWORD")
+    for what, value in (("--basic-auth", basic_auth), ("--bearer", bearer), ("--api-key", api_key)):
+        if value is None:
+            continue
+        if value == "":
+            raise RuleError(f"{what} must not be empty")
+        if _CONTROL.search(value):
+            raise RuleError(f"{what} contains a control character (a line end from a file?)")
+    if bearer is not None and not _TOKEN.fullmatch(bearer):
+        raise RuleError("--bearer must be visible ASCII characters without spaces")
 
 
 def validate(rule: Rule) -> Rule:
@@ -173,10 +197,7 @@ def validate(rule: Rule) -> Rule:
     check_endpoint(rule.endpoint, allow_http=rule.allow_http)
     if rule.format not in FORMATS:
         raise RuleError(f"format must be one of {', '.join(FORMATS)}, got {rule.format!r}")
-    if rule.basic_auth and rule.bearer:
-        raise RuleError("choose either Basic auth or a Bearer token, not both")
-    if rule.basic_auth is not None and ":" not in rule.basic_auth:
-        raise RuleError("--basic-auth must be USER:PASSWORD")
+    check_credentials(rule.basic_auth, rule.bearer, rule.api_key)
     _check_range("retry interval", rule.retry_interval, RETRY_INTERVAL_RANGE, "seconds")
     _check_range("retry period", rule.retry_period, RETRY_PERIOD_RANGE, "days")
     _check_range("timeout", rule.timeout, TIMEOUT_RANGE, "seconds")

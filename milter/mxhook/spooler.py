@@ -671,13 +671,13 @@ class Spooler:
                 rule = store.set_enabled(found[0].name, False)
                 self._disabled_rules.add(rule.id)
                 self._inbound_due_at = 0.0
-                name, where, enable = rule.name, rule.endpoint, f"mxhook rule enable {rule.name}"
+                name, where, enable = rule.name, http.redact_url(rule.endpoint), f"mxhook rule enable {rule.name}"
             else:
                 ep = store.get_endpoint(int(ref))
                 if ep is None or not ep.enabled or (url is not None and ep.url != url):
                     return None
                 ep = store.set_endpoint_enabled(ep.id, False)
-                name, where, enable = str(ep.id), ep.url, f"mxhook endpoint edit {ep.id} --enabled"
+                name, where, enable = str(ep.id), http.redact_url(ep.url), f"mxhook endpoint edit {ep.id} --enabled"
         except (sqlite3.Error, RuleError, OSError, ValueError) as exc:
             log.error("cannot disable %s %s in %s (%s): %s", kind, ref, self.cfg.rules_db, reason, exc)
             self._drop_rules_db()

@@ -52,7 +52,7 @@ def test_classify_errors_and_retry_after():
     "value, expected",
     [
         (None, None), ("", None), ("  ", None), ("soon", None), ("-5", None), ("1.5", None),
-        ("0", 0.0), ("30", 30.0), (" 30 ", 30.0), ("3600", 3600.0), ("3601", 3600.0), ("999999999", 3600.0),
+        ("²", None), ("३", None), ("0", 0.0), ("30", 30.0), (" 30 ", 30.0), ("3600", 3600.0), ("3601", 3600.0), ("999999999", 3600.0),
     ],
 )
 def test_parse_retry_after_seconds(value, expected):
@@ -199,6 +199,26 @@ def test_tls_error_deferred(rx):
 def test_invalid_url_failed():
     out = post(target("http:///nohost"))
     assert out.status == "failed"
+
+
+def test_redirect_location_is_shown_without_its_query():
+    v = http.classify(301, {"Location": "https://u:pw@elsewhere.example:8443/hook?token=SECRET#x"})
+    assert "https://elsewhere.example:8443/hook?…" in v.error
+    assert "SECRET" not in v.error and "pw" not in v.error
+
+
+@pytest.mark.parametrize("bad", [{"bearer": "SECRET-TOKEN\r"}, {"bearer": "SECRET-LFTOKEN\n"},
+                                 {"bearer": "SECRET-tök€n"}])
+def test_a_header_value_http_refuses_fails_without_quoting_it(rx, bad):
+    # a token read from a file with its line end: requests/http.client quote the header in their error
+    out = post(target(rx.url + "/hook", **bad))
+    assert out.status == "failed" and "invalid request" in out.error
+    assert "SECRET" not in out.error
+
+
+def test_a_malformed_url_fails_without_its_query():
+    out = post(target("https://%zz/h?token=SECRET"))
+    assert out.status == "failed" and "SECRET" not in out.error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -179,3 +179,28 @@ def test_a_rule_with_a_broken_pattern_takes_out_only_itself():
     explained = ruleset.match("a@b.example", headers, explain=True)
     assert explained.rule.name == "good"
     assert [rr.matched for rr in explained.evaluated] == [False, False, True]
+
+
+@pytest.mark.parametrize("creds, message", [
+    ({"bearer": "tok\r"}, "control character"),
+    ({"bearer": "tok\n"}, "control character"),
+    ({"bearer": "tök€n"}, "visible ASCII"),
+    ({"bearer": "two words"}, "visible ASCII"),
+    ({"basic_auth": "user:pa\nss"}, "control character"),
+    ({"api_key": "key\x00"}, "control character"),
+])
+def test_credentials_with_control_characters_are_refused(creds, message):
+    # requests would refuse the header and quote it (with the secret) in its error
+    with pytest.raises(RuleError, match=message):
+        validate(rule(**creds))
+
+
+def test_ordinary_credentials_pass():
+    validate(rule(bearer="tok_AZaz09-._~+/=="))
+    validate(rule(basic_auth="jürgen:pässwörd with spaces", api_key="k y"))
+
+
+@pytest.mark.parametrize("url", ["https://h.example/a b", "https://h.example/\r\nX: y", "https://h.example/\t"])
+def test_endpoint_urls_with_spaces_or_control_characters_are_refused(url):
+    with pytest.raises(RuleError):
+        validate(rule(endpoint=url))
