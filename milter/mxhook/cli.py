@@ -10,6 +10,7 @@ with status 2 and a one-line message, and writes nothing.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -59,6 +60,13 @@ class MxhookGroup(click.Group):
             raise InputError(str(exc)) from None
         except sqlite3.Error as exc:
             raise click.ClickException(f"database error: {exc}") from None
+        except UnicodeError as exc:
+            raise InputError(f"text that cannot be handled ({exc.reason}): arguments must be valid "
+                             "UTF-8, and output needs a UTF-8 locale (e.g. LC_ALL=C.UTF-8)") from None
+        except OverflowError as exc:
+            raise InputError(f"a number is out of range ({exc})") from None
+        except OSError as exc:  # e.g. a database path in a missing or unwritable directory
+            raise click.ClickException(str(exc)) from None
 
 
 class App:
@@ -108,7 +116,7 @@ def table(headers: list[str], rows: list[list], *, max_width: int = 60) -> None:
             return ""
         if isinstance(v, bool):
             return "yes" if v else "no"
-        s = " ".join(str(v).split())  # one line per row
+        s = printable(" ".join(str(v).split()))  # one line per row
         return s if len(s) <= max_width else s[: max_width - 1] + "…"
 
     cells = [[cell(v) for v in row] for row in rows]
@@ -118,6 +126,15 @@ def table(headers: list[str], rows: list[list], *, max_width: int = 60) -> None:
     click.echo(line(["-" * w for w in widths]))
     for r in cells:
         click.echo(line(r))
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from mail (subjects, reasons) without control characters: an escape sequence in a
+    Subject must not drive the admin's terminal."""
+    return _CONTROL_CHARS.sub("\ufffd", text)
 
 
 def mask_secret(secret: str | None) -> str | None:
@@ -246,6 +263,8 @@ def cli(ctx, config_path):
     Changes to domains, rules, endpoints and the block list reach the running daemons within
     about a second.
     """
+    if config_path == "":
+        raise InputError("--config needs a path (an empty one would mean the default config)")
     ctx.obj = App(config_path)
 
 
@@ -918,9 +937,14 @@ def emit_listing(rows: list[dict], *, as_csv: bool, as_json: bool, columns: list
     elif as_csv:
         from .csvexport import write_csv
 
-        out = click.get_text_stream("stdout")
-        write_csv(rows, columns, out)
-        out.flush()
+        # UTF-8 whatever the locale (the CSV is a file for other programs), LF line ends
+        out = io.TextIOWrapper(click.get_binary_stream("stdout"), encoding="utf-8", newline="",
+                               write_through=True)
+        try:
+            write_csv(rows, columns, out)
+            out.flush()
+        finally:
+            out.detach()
     elif not rows:
         click.echo(f"No {what} entries" + (" match" if filtered else ""))
     else:
@@ -960,7 +984,7 @@ def log_show(app, entry_id, as_json):
                        ("queue_id", "queue id"), ("filterName", "filter name"),
                        ("reason", "reason"), ("next_attempt_at", "next attempt")):
         if d.get(key) not in (None, ""):
-            click.echo(f"{label + ':':16}{d[key]}")
+            click.echo(f"{label + ':':16}{printable(str(d[key]))}")
     attempts = d.get("attempts") or []
     if d.get("kind") != "denied":
         click.echo(f"{'attempts:':16}{len(attempts)}")

@@ -1186,3 +1186,25 @@ def test_catastrophic_regex_warns(env):
     res = env.ok("rule", "edit", "r", "--when", "Subject~.*a.*b.*c")
     assert "warning: condition 'subject~.*a.*b.*c' has 3 repeats" in res.stderr
     assert "warning" not in env.ok("rule", "edit", "r", "--when", "Subject~^Invoice \\d+").stderr
+
+
+def test_arguments_that_are_not_utf8_are_one_line_errors(sales):
+    # the shell hands Python undecodable bytes as surrogate escapes
+    sales.fails("rule", "add", "r9", "--endpoint", "https://app.example.net/x", "--when", "Subject~\udcff",
+                match="valid UTF-8")
+    sales.fails("rule", "edit", "sales", "--api-key", "key\udcff", match="valid UTF-8")
+
+
+def test_numbers_out_of_range_are_one_line_errors(sales):
+    sales.fails("rule", "edit", "sales", "--priority", "9223372036854775808", match="out of range")
+    sales.fails("rule", "add", "r9", "--endpoint", "https://app.example.net/x", "--when", "To~x",
+                "--priority", "9223372036854775808", match="out of range")
+
+
+def test_an_empty_config_path_is_an_error_not_the_default(env):
+    res = env.runner.invoke(climod.cli, ["--config", "", "domain", "list"])
+    assert res.exit_code == 2 and "--config needs a path" in res.stderr
+
+
+def test_mail_text_cannot_drive_the_terminal():
+    assert climod.printable("Hi\x1b[2J\x1b]0;owned\x07 there\x9b") == "Hi\ufffd[2J\ufffd]0;owned\ufffd there\ufffd"
