@@ -93,7 +93,7 @@ def parse_addresses(raw: bytes | str) -> list[tuple[str, str]]:
     plain = _PLAIN_MAILBOX.fullmatch(text)
     if plain:
         name, bracketed, bare = plain.groups()
-        return [(decode_value(name) if name else "", (bracketed or bare).lower())]
+        return [(_display_name(name or ""), (bracketed or bare).lower())]
     try:
         pairs = email.utils.getaddresses([text])
     except Exception:
@@ -102,8 +102,12 @@ def parse_addresses(raw: bytes | str) -> list[tuple[str, str]]:
     for name, addr in pairs:
         addr = normalize_address(addr)
         if "@" in addr:
-            result.append((decode_value(name) if name else "", addr))
+            result.append((_display_name(name), addr))
     return result
+
+
+def _display_name(name: str) -> str:
+    return decode_value(name) if _ENCODED_WORD.search(name) else name
 
 
 def first_address(raw: bytes | str | None) -> str:

@@ -144,6 +144,7 @@ def plain_mailboxes(draw):
 @example("Bench <bench@sender.example>")
 @example("O'Brien <x@y.example>")
 @example("a..b@c.example")
+@example("(c) <0@0>")
 def test_plain_mailbox_shortcut_agrees_with_email_utils(text):
     expected = []
     for name, addr in email.utils.getaddresses([text]):
