@@ -275,7 +275,7 @@ def deliver(
             return _request_error(exc, timeout, elapsed())
         except egress.EgressError as exc:  # raised outside the adapter (e.g. a proxy setting)
             return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
-        except (ValueError, UnicodeError):
+        except ValueError:  # UnicodeEncodeError included
             # http.client refusing a header value (its text quotes the value: a secret)
             return Outcome("failed", error=_BAD_REQUEST, duration_ms=elapsed())
         try:

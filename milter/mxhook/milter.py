@@ -307,7 +307,7 @@ class MxhookMilter(Milter.Base):
         if drop and not self.passed and drop >= set(self.managed) | set(self.held):
             return Milter.DISCARD
         for rcpt in drop:
-            for given in self.rcpt_as_given.get(rcpt) or [f"<{rcpt}>"]:
+            for given in self.rcpt_as_given[rcpt]:  # every recipient came through envrcpt
                 self.delrcpt(given)
         return Milter.ACCEPT
 

@@ -80,17 +80,19 @@ def parse_condition(spec: str, *, negate: bool = False) -> Condition:
     return Condition(header=header.lower(), pattern=pattern, negate=negate)
 
 
-def check_regex(pattern: str) -> None:
+def check_regex(pattern: str) -> regex.Pattern:
+    """The compiled pattern (case-insensitive), or RuleError saying what is wrong with it."""
     if pattern == "":
         raise RuleError("empty regex: use '.*' to match anything, or leave the condition out")
     try:
-        regex.compile(pattern, regex.IGNORECASE)
+        compiled = regex.compile(pattern, regex.IGNORECASE)
     except (regex.error, ValueError, OverflowError) as exc:
         raise RuleError(f"invalid regex {pattern!r}: {exc}") from None
     if _RECURSION.search(pattern):
         # The regex module allows them; no time bound stops their memory use.
         raise RuleError(f"invalid regex {pattern!r}: recursive patterns ((?R), (?1), (?&name)) "
                         "are not allowed")
+    return compiled
 
 
 _RECURSION = regex.compile(r"(?<!\\)\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
@@ -273,12 +275,11 @@ class RuleSet:
             try:
                 for c in r.conditions:
                     if c.pattern not in self._compiled:
-                        check_regex(c.pattern)
-                        self._compiled[c.pattern] = regex.compile(c.pattern, regex.IGNORECASE)
+                        self._compiled[c.pattern] = check_regex(c.pattern)
             except RuleError as exc:
                 self.broken.append((r, str(exc)))
-        broken = {id(r) for r, _ in self.broken}
-        self._usable = [r for r in self.rules if id(r) not in broken]
+        self._broken_ids = {id(r) for r, _ in self.broken}
+        self._usable = [r for r in self.rules if id(r) not in self._broken_ids]
         # Per pattern: the time bound, or None for patterns that cannot backtrack (cheaper).
         self._timeouts = {p: (regex_timeout if backtracking_risk(p) else None) for p in self._compiled}
         # The milter's hot path: enabled rules, each as (rule, [(is_rcpt, header, (header,
@@ -358,7 +359,7 @@ class RuleSet:
             return self._first_match(recipient, headers)
         result = MatchResult(recipient, None)
         for rule in self.rules:
-            usable = rule.enabled and rule in self._usable
+            usable = rule.enabled and id(rule) not in self._broken_ids
             rr = self.evaluate(rule, recipient, headers) if usable else RuleResult(rule, False)
             result.evaluated.append(rr)
             if rr.matched and result.rule is None:
