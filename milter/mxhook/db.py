@@ -45,7 +45,7 @@ from . import endpoints as endpoints_mod
 from . import rules as rules_mod
 from . import signing
 from .endpoints import Endpoint
-from .headers import normalize_address
+from .headers import domain_a_label, normalize_address
 from .rules import Condition, Rule, RuleError, RuleSet
 
 log = logging.getLogger("mxhook.db")
@@ -169,14 +169,12 @@ def normalize_domain(name: str) -> str:
     raw = (name or "").strip()
     if "@" in raw:
         raise RuleError(f"{raw!r} is an address; give the domain only (the part after '@')")
-    text = raw.rstrip(".").lower()
-    if not text:
+    if not raw.rstrip("."):
         raise RuleError("domain name is empty")
-    if not text.isascii():
-        try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise RuleError(f"domain {raw!r} is not a valid internationalized name: {exc}") from None
+    try:
+        text = domain_a_label(raw)
+    except UnicodeError as exc:
+        raise RuleError(f"domain {raw!r} is not a valid internationalized name: {exc}") from None
     if len(text) > 253:
         raise RuleError(f"domain {raw!r} is longer than 253 characters")
     labels = text.split(".")
@@ -197,7 +195,7 @@ def normalize_block_address(address: str) -> str:
     addr = normalize_address(address or "")
     if not addr:
         raise RuleError("address is empty")
-    if len(addr) > 320 or not _ADDRESS.match(addr) or addr.endswith(".") or "@." in addr:
+    if len(addr) > 320 or not _ADDRESS.match(addr) or "@." in addr:
         raise RuleError(f"{address!r} is not an email address (local@domain)")
     return addr
 

@@ -64,12 +64,30 @@ def decode_value(raw: bytes | str) -> str:
     return "".join(out)
 
 
+def domain_a_label(domain: str) -> str:
+    """The form permitted domains are stored and compared in: lower case, no trailing dot,
+    internationalized labels as IDNA A-labels (`bücher.example` -> `xn--bcher-kva.example`).
+    Raises UnicodeError for a name IDNA cannot encode."""
+    text = domain.rstrip(".").lower()
+    if not text.isascii():
+        text = text.encode("idna").decode("ascii")
+    return text
+
+
 def normalize_address(addr: str) -> str:
-    """Comparable form of one address: angle brackets and spaces stripped, domain lower-cased
-    (the local part is case-sensitive by RFC 5321, but every real system treats it as not, so
-    it is lower-cased too). '' for the null sender."""
-    a = addr.strip().strip("<>").strip()
-    return a.lower()
+    """Comparable form of one address: angle brackets and spaces stripped, lower case, the
+    domain as `domain_a_label` gives it, so `Bob@Ours.Example.` and `bob@ours.example` (or a
+    U-label and its A-label) are the same address for the domain check, the heuristics and the
+    block list. The local part is case-sensitive by RFC 5321, but every real system treats it
+    as not. '' for the null sender."""
+    a = addr.strip().strip("<>").strip().lower()
+    local, at, domain = a.rpartition("@")
+    if at and (domain.endswith(".") or not domain.isascii()):
+        try:
+            return f"{local}@{domain_a_label(domain)}"
+        except UnicodeError:  # not a name IDNA can encode: compared as written
+            return f"{local}@{domain.rstrip('.')}"
+    return a
 
 
 def address_domain(addr: str) -> str:

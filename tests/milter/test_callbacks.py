@@ -110,6 +110,15 @@ def test_denied_mail_is_not_logged_when_the_domain_says_so(env):
     assert records(env.spool_dir) == []
 
 
+def test_recipient_domain_with_a_trailing_dot_or_as_u_label_is_ours(env):
+    env.store.add_domain("b\u00fccher.example")  # stored as its A-label
+    ctx = env()
+    stage, rc = send(ctx, ["<Sales@Ours.Example.>", "<sales@B\u00fccher.example>"], HEADERS)
+    assert (stage, rc) == ("eom", Milter.ACCEPT)
+    [rec] = [r for r in records(env.spool_dir) if r.kind == "inbound"]
+    assert rec.meta["deliveries"][0]["recipients"] == ["sales@ours.example", "sales@xn--bcher-kva.example"]
+
+
 def test_unknown_domain_rejected_at_rcpt_or_passed(env):
     ctx = env()
     assert send(ctx, ["<x@elsewhere.example>"], HEADERS) == ("rcpt", Milter.REJECT)

@@ -500,11 +500,17 @@ def test_block_list(store):
     assert store.block_list() == [] and not store.is_blocked("gone@else.example")
 
 
-@pytest.mark.parametrize("bad", ["", "nobody", "a@b@c", "a b@c.example", "a@", "@c.example", "a@c.example."])
+@pytest.mark.parametrize("bad", ["", "nobody", "a@b@c", "a b@c.example", "a@", "@c.example", "a@.", "a@.c.example"])
 def test_block_add_rejects_non_addresses(store, bad):
     with pytest.raises(RuleError):
         store.block_add(bad, reason=None, source="cli")
     assert store.block_list() == []
+
+
+def test_block_list_addresses_are_stored_as_they_are_compared(store):
+    store.block_add("<Gone@B\u00fccher.Example.>", reason=None, source="cli")
+    assert [b["address"] for b in store.block_list()] == ["gone@xn--bcher-kva.example"]
+    assert store.is_blocked("gone@b\u00fccher.example") and store.is_blocked("GONE@xn--bcher-kva.example.")
 
 
 def test_block_source_checked(store):

@@ -23,6 +23,16 @@ def test_addresses_are_normalized():
     assert headers.address_domain("<A@B.Example>") == "b.example"
 
 
+def test_domains_compare_as_a_labels_without_a_trailing_dot():
+    assert headers.normalize_address("<Bob@Ours.Example.>") == "bob@ours.example"
+    assert headers.normalize_address("bob@B\u00fccher.Example") == "bob@xn--bcher-kva.example"
+    assert headers.address_domain("bob@b\u00fccher.example.") == "xn--bcher-kva.example"
+    # what IDNA cannot encode is compared as written (lower case, no trailing dot), never raised
+    assert headers.normalize_address("x@a..b\u00fc.") == "x@a..b\u00fc"
+    assert headers.normalize_address("<>") == "" and headers.normalize_address("postmaster") == "postmaster"
+    assert headers.domain_a_label("B\u00fccher.Example.") == "xn--bcher-kva.example"
+
+
 @given(st.binary(max_size=300))
 def test_never_raises_on_arbitrary_bytes(raw):
     assert isinstance(headers.decode_value(raw), str)

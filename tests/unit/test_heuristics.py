@@ -25,6 +25,19 @@ def test_an_encoded_display_name_cannot_hide_the_address():
     assert v.heuristic == heuristics.FROM_EQUALS_TO
 
 
+def test_a_trailing_dot_or_a_u_label_cannot_hide_our_domain():
+    # `ours.example.` and `ours.example` are the same domain to DNS and to every mail client;
+    # a U-label is the same domain as the A-label the permitted domain is stored as.
+    idn = frozenset({"xn--bcher-kva.example"})
+    for frm, domains in ((b"CEO <ceo@Ours.Example.>", OURS),
+                         ("CEO <ceo@B\u00fccher.example>".encode(), idn),
+                         ("ceo@b\u00fccher\u3002example", idn)):  # an ideographic full stop is a dot too
+        v = heuristics.check([frm], [], ["in@" + next(iter(domains))], domains)
+        assert v is not None and v.heuristic == heuristics.FROM_PERMITTED_DOMAIN, frm
+    v = heuristics.check([b"<me@else.example.>"], [], ["Me@Else.Example"], OURS)
+    assert v.heuristic == heuristics.FROM_EQUALS_TO
+
+
 def test_each_heuristic_can_be_switched_off():
     frm = [b"ceo@ours.example"]
     assert heuristics.check(frm, [], ["ceo@ours.example"], OURS, enabled=()) is None
