@@ -73,5 +73,5 @@ def decide(
     if verdict is not None and not explain:
         return decision
     index = header_index(raw_headers, None if explain else ruleset.header_names)
-    decision.matches = [ruleset.match(r, index, explain=explain) for r in recipients]
+    decision.matches = ruleset.match_many(recipients, index, explain=explain)
     return decision

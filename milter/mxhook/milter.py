@@ -233,10 +233,9 @@ class MxhookMilter(Milter.Base):
             self.snapshot.ruleset, self.snapshot.domains, self.managed, self.raw_headers,
             enabled_heuristics=self.settings.heuristics,
         )
-        for match in decision.matches:
-            for timed_out in match.timeouts:
-                log.warning("queue id %s: regex %r timed out, counted as no match",
-                            self.queue_id or "-", timed_out.condition.pattern)
+        timed_out = {c.condition.pattern: None for m in decision.matches for c in m.timeouts}
+        for pattern in timed_out:  # once per message, however many recipients met it
+            log.warning("queue id %s: regex %r timed out, counted as no match", self.queue_id or "-", pattern)
         if decision.verdict is not None:
             filt = "heuristic:" + decision.verdict.heuristic
             return self._deny(self.managed, filt, decision.verdict.reason)

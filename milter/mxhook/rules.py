@@ -366,24 +366,46 @@ class RuleSet:
                 result.rule = rule
         return result
 
-    def _first_match(self, recipient: str, headers: dict[str, list[str]]) -> MatchResult:
+    def match_many(self, recipients: list[str], headers: dict[str, list[str]], *,
+                   explain: bool = False) -> list[MatchResult]:
+        """`match` for each recipient of one message. Header conditions do not depend on the
+        recipient, so each header pattern is searched once per message: forty recipients and
+        a pattern that runs into `regex_timeout` on a hostile Subject cost one timeout, not
+        forty, of the SMTP session's time."""
+        if explain:
+            return [self.match(r, headers, explain=True) for r in recipients]
+        header_known: dict = {}
+        return [self._first_match(r, headers, header_known) for r in recipients]
+
+    def _first_match(self, recipient: str, headers: dict[str, list[str]],
+                     header_known: dict | None = None) -> MatchResult:
         result = MatchResult(recipient, None)
         rcpt_values = [recipient]
         empty: list[str] = []
-        # (header, pattern) -> hit (None: timed out) for this recipient: each pattern is
-        # searched once however many rules share it; `ruled_out` holds the prefilters' verdicts.
-        known: dict[tuple[str, str], bool | None] = {}
+        # (header, pattern) -> hit (None: timed out): each pattern is searched once however
+        # many rules share it, per recipient for `To`, per message for header fields (shared
+        # through `header_known`, which also keeps the header prefilters' answers by header).
+        # `ruled_out` holds the prefilters' verdicts.
+        rcpt_known: dict[tuple[str, str], bool | None] = {}
+        if header_known is None:
+            header_known = {}
         ruled_out: list[frozenset] = []
         skip: set[int] = set()
         for header, (search, timeout, keys, needing) in self._prefilters.items():
-            values = rcpt_values if header == ENVELOPE_RECIPIENT else headers.get(header, empty)
-            if _search_values(search, timeout, values) is False:  # else each is searched on its own
+            if header == ENVELOPE_RECIPIENT:
+                found = _search_values(search, timeout, rcpt_values)
+            else:
+                found = header_known.get(header, _UNKNOWN)
+                if found is _UNKNOWN:
+                    found = header_known[header] = _search_values(search, timeout, headers.get(header, empty))
+            if found is False:  # else each pattern is searched on its own
                 ruled_out.append(keys)
                 skip |= needing
         plan = self._plan
         for index in sorted(self._everything - skip) if skip else range(len(plan)):
             rule, conditions = plan[index]
             for is_rcpt, header, key, search, timeout, negate, cond in conditions:
+                known = rcpt_known if is_rcpt else header_known
                 hit = known.get(key, _UNKNOWN)
                 if hit is _UNKNOWN:
                     hit = known[key] = False if any(key in keys for keys in ruled_out) else _search_values(

@@ -103,6 +103,30 @@ def test_catastrophic_pattern_times_out_and_counts_as_no_match():
     assert "timed out" in rs.match("a@b", {"subject": ["a" * 40 + "b"]}, explain=True).evaluated[0].reason()
 
 
+def test_header_patterns_are_searched_once_per_message_not_per_recipient(monkeypatch):
+    # A hostile Subject that runs a pattern into the time bound must cost one timeout per
+    # message: forty recipients used to hold the SMTP session forty timeouts long.
+    searched = []
+    real = rules._search_values
+    monkeypatch.setattr(rules, "_search_values", lambda search, timeout, values: searched.append(values) or real(search, timeout, values))
+    slow = Rule(name="slow", endpoint="https://a.example/", priority=1,
+                conditions=(parse_condition("Subject~^(a|a)*$"), parse_condition("To~^x")))
+    per_rcpt = Rule(name="per-rcpt", endpoint="https://a.example/", priority=2,
+                    conditions=(parse_condition("Subject~b$"), parse_condition("To~^r1@")))
+    rs = RuleSet([slow, per_rcpt], regex_timeout=0.01)
+    recipients = [f"r{i}@ours.example" for i in range(40)]
+    matches = rs.match_many(recipients, {"subject": ["a" * 40 + "b"]})
+    assert [m.rule.name if m.rule else None for m in matches] == [None, "per-rcpt"] + [None] * 38
+    assert matches[1].timeouts[0].condition.pattern == "^(a|a)*$"  # reported where a rule met it
+    subject_searches = [v for v in searched if v == ["a" * 40 + "b"]]
+    # the Subject prefilter (both patterns in one alternation), then ^(a|a)*$ and b$ for the
+    # recipient whose To prefilter let rules through: 3, where it was 42
+    assert len(subject_searches) == 3
+    assert len([v for v in searched if v == ["r1@ours.example"]]) == 2  # its To prefilter and To~^r1@
+    # the same answers as one recipient at a time
+    assert [m.rule for m in matches] == [rs.match(r, {"subject": ["a" * 40 + "b"]}).rule for r in recipients]
+
+
 @pytest.mark.parametrize("pattern,risk", [
     (r"^ticket-5\b", None),
     (r"@ours\.example$", None),
