@@ -114,19 +114,35 @@ def backtracking_risk(pattern: str) -> str | None:
     A pattern without any quantifier or backreference (literals, anchors, classes, alternation
     of literals) runs in linear time; it is matched without the regex time bound, whose setup
     costs more than such a search. Everything else is matched with the bound. Two or more
-    repeats (nested like `(a+)+`, or in a row like `.*a.*b`) or a backreference can backtrack
-    catastrophically: `mxhook rule add` warns about those (`is_catastrophic_risk`).
+    repeats (nested like `(a+)+`, or in a row like `.*a.*b`), a repeated group of alternatives
+    (`(a|aa)+`: harmless when the alternatives cannot match the same text, which is not
+    checked) or a backreference can backtrack catastrophically: `mxhook rule add` warns about
+    those (`is_catastrophic_risk`).
     """
     repeats = optionals = refs = 0
+    groups: list[bool] = []  # per open group: whether it holds an alternation
+    closed_alternation = repeated_alternation = False
     for m in _PATTERN_TOKEN.finditer(pattern):
+        token = m.group()
         if m.group("rep"):
             repeats += 1
+            repeated_alternation |= closed_alternation
         elif m.group("opt"):
             optionals += 1
         elif m.group("ref") or m.group("named"):
             refs += 1
+        closed_alternation = False
+        if token == "(" or token.startswith("(?"):
+            groups.append(False)
+        elif token == "|" and groups:
+            groups[-1] = True
+        elif token == ")" and groups:
+            closed_alternation = groups.pop()
     if refs:
         return "uses a backreference (matching time can grow exponentially)"
+    if repeated_alternation:
+        return ("repeats a group of alternatives, like (a|aa)+: when two alternatives can match "
+                "the same text, matching time grows exponentially with the value's length")
     if repeats >= 2:
         return (f"has {repeats} repeats (*, +, {{n,m}}): nested or adjacent ones can backtrack "
                 "catastrophically on long header values")
