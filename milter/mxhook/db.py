@@ -523,6 +523,13 @@ class RulesStore:
         row = self.conn.execute("SELECT id FROM rules WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
+    def _name_taken(self, name: str, *, but: int | None = None) -> str | None:
+        """The name of another rule that `name` equals but for case: `Invoices` and `invoices`
+        side by side would be told apart only by a receiver that compares the case."""
+        row = self.conn.execute("SELECT name FROM rules WHERE name = ? COLLATE NOCASE AND id IS NOT ?",
+                                (name, but)).fetchone()
+        return row[0] if row else None
+
     def _write_conditions(self, rule_id: int, conditions) -> None:
         self.conn.execute("DELETE FROM conditions WHERE rule_id = ?", (rule_id,))
         self.conn.executemany(
@@ -545,8 +552,10 @@ class RulesStore:
         keys). Rule ids are never reused."""
         rules_mod.validate(rule)
         with _transaction(self.conn):
-            if self._rule_id(rule.name) is not None:
-                raise RuleError(f"a rule named {rule.name!r} already exists (use `rule edit`)")
+            taken = self._name_taken(rule.name)
+            if taken is not None:
+                raise RuleError(f"a rule named {taken!r} already exists (use `rule edit`)"
+                                + ("; names are compared without case" if taken != rule.name else ""))
             now = _now()
             (last,) = self.conn.execute(
                 "SELECT MAX(COALESCE((SELECT last_id FROM id_sequence WHERE name = 'rules'), 0),"
@@ -592,8 +601,10 @@ class RulesStore:
             rule_id = self._rule_id(name)
             if rule_id is None:
                 raise RuleError(f"no rule named {name!r}")
-            if rule.name != name and self._rule_id(rule.name) is not None:
-                raise RuleError(f"cannot rename {name!r}: a rule named {rule.name!r} already exists")
+            taken = self._name_taken(rule.name, but=rule_id)
+            if taken is not None:
+                raise RuleError(f"cannot rename {name!r}: a rule named {taken!r} already exists"
+                                + (" (names are compared without case)" if taken != rule.name else ""))
             sets = ", ".join(f"{c} = ?" for c in _RULE_COLUMNS)
             self.conn.execute(
                 f"UPDATE rules SET {sets}, updated = ? WHERE id = ?",

@@ -178,6 +178,17 @@ def test_duplicate_rule_name(path, store):
     assert table_counts(path) == {"domains": 0, "rules": 1, "conditions": 2}
 
 
+def test_rule_names_differing_only_in_case_are_duplicates(path, store):
+    first = store.add_rule(make_rule("invoices"))
+    with pytest.raises(RuleError, match="'invoices' already exists .*compared without case"):
+        store.add_rule(make_rule("INVOICES"))
+    store.add_rule(make_rule("bills"))
+    with pytest.raises(RuleError, match="cannot rename 'bills': a rule named 'invoices'"):
+        store.replace_rule("bills", make_rule("Invoices"))
+    assert store.replace_rule("invoices", make_rule("Invoices")).id == first.id  # its own name
+    assert [r.name for r in store.list_rules()] == ["Invoices", "bills"]
+
+
 def test_failing_add_writes_nothing(path, store, monkeypatch):
     """A rule and its conditions go in one transaction: a failure writing the conditions
     leaves no rule row behind."""
