@@ -24,7 +24,7 @@ import re
 from datetime import timezone
 from email.generator import BytesGenerator
 from email.message import Message
-from email.parser import BytesParser
+from email.feedparser import BytesFeedParser
 from email.policy import Compat32
 
 from .headers import decode_value, parse_addresses, to_text
@@ -344,6 +344,39 @@ def _empty(raw: bytes) -> dict:
     }
 
 
+class _DepthBoundParser(BytesFeedParser):
+    """The stdlib parser, but it does not descend into parts nested deeper than the walker
+    looks (MAX_DEPTH): it recurses once per level and, near a thousand levels, raises
+    RecursionError, which used to cost the whole message its text and attachments. A part
+    that deep keeps its content unparsed, as one string (the generator writes it back as it
+    came, should an enclosing message/rfc822 attachment be flattened)."""
+
+    _HIDDEN = "application/x-mxhook-nested-too-deep"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.cut: list[tuple[Message, str]] = []  # (part, its real Content-Type)
+
+    def _parse_headers(self, lines):
+        super()._parse_headers(lines)
+        cur = self._cur
+        if len(self._msgstack) > MAX_DEPTH + 1 and cur.get_content_maintype() in ("multipart", "message"):
+            self.cut.append((cur, cur["Content-Type"]))
+            cur.replace_header("Content-Type", self._HIDDEN)  # the parser does not go in
+
+    def close(self) -> Message:
+        msg = super().close()
+        for part, content_type in self.cut:
+            part.replace_header("Content-Type", content_type)
+        return msg
+
+
+def _parse(raw: bytes) -> Message:
+    parser = _DepthBoundParser(policy=_POLICY)
+    parser.feed(raw)
+    return parser.close()
+
+
 def normalize(raw: bytes, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
     """Raw message bytes → normalized dict (see docs/payloads.md, "message"). Never raises."""
     if isinstance(raw, str):  # be lenient with callers
@@ -357,7 +390,7 @@ def normalize(raw: bytes, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_S
     linesep = "\r\n" if b"\r\n" in raw[:4096] else "\n"
     walker = _Walker(max_attachment_size, linesep)
     try:
-        msg = BytesParser(policy=_POLICY).parsebytes(raw)
+        msg = _parse(raw)
         walker.walk(msg, "", 0)
     except RecursionError:
         walker.defect("", "MIME structure nested too deeply to parse")

@@ -325,6 +325,39 @@ def test_deep_nesting_and_many_parts_are_bounded():
     assert m["defects"] == ["more than 1000 parts, the rest skipped"]
 
 
+@pytest.mark.parametrize("depth", [51, 1000, 5000])
+def test_parts_beside_a_too_deep_nesting_keep_their_text_and_attachments(depth):
+    # The stdlib parser recurses once per level and gave up (RecursionError) near 1,000
+    # levels: then the whole message lost its text and attachments, not only the deep part.
+    head = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+                    for i in range(1, depth))
+    tail = b"".join(b"\r\n--b%d--\r\n" % i for i in reversed(range(1, depth)))
+    raw = (b'Subject: deep\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b0"\r\n\r\n'
+           b"--b0\r\n" + head + b"Content-Type: text/plain\r\n\r\ntoo deep to see\r\n" + tail +
+           b"\r\n--b0\r\nContent-Type: text/plain\r\n\r\nbeside it\r\n"
+           b"--b0\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=x.pdf\r\n\r\n"
+           b"PDF\r\n--b0--\r\n")
+    m = normalize(raw)
+    assert m["text"] == "beside it"
+    assert [a["filename"] for a in m["attachments"]] == ["x.pdf"]
+    [defect] = m["defects"]
+    assert defect.endswith("multipart nested deeper than 50 levels, skipped")
+
+
+def test_a_message_attachment_nested_thousands_deep_is_passed_on_unchanged():
+    inner = b"Subject: innermost\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+    for i in range(3000):
+        inner = b"Subject: level %d\r\nContent-Type: message/rfc822\r\n\r\n" % i + inner
+    raw = (b'Subject: top\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+           b"--B\r\nContent-Type: text/plain\r\n\r\nbody text\r\n"
+           b"--B\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--B--\r\n")
+    m = normalize(raw)
+    assert m["text"] == "body text" and m["defects"] == []
+    [att] = m["attachments"]
+    assert att["content_type"] == "message/rfc822"
+    assert base64.b64decode(att["content"]) == inner  # the parser's cut is invisible
+
+
 @pytest.mark.parametrize("data, charset, expected", [
     (b"plain", None, ("plain", None)),
     (b"caf\xc3\xa9", None, ("café", "8-bit text declared as us-ascii (default), decoded as utf-8")),
