@@ -4,8 +4,11 @@ Mailman's switchboard and Postfix's own queue are the model: a record is written
 fsynced, renamed into `new/`, and the directory is fsynced; only then does the writer answer
 (for the milter: only then may Postfix say 250). A file in `new/` is therefore always complete.
 The spooler ingests `new/` into state.db and unlinks after commit; the record id is the primary
-key there, so ingesting the same file twice after a crash is harmless. Files it cannot parse
-move to `bad/` with a `.reason` file beside them.
+key there, so ingesting the same file twice after a crash is harmless. What it cannot ingest
+goes to `bad/` with a `.reason` file beside it: a file with no good record as it is
+(`move_bad`); from a file that also holds good records, each bad record alone, or, where the
+framing breaks, the rest of the file as one part (`decode_parts`, `write_bad`:
+`bad/<name>.<offset>.rec`, written durably before the file is unlinked).
 
 File format (version 1):
 
@@ -21,7 +24,7 @@ directory fsync each. The writer holds an exclusive flock on the open segment; a
 it into `new/<id>.rec` (while still holding the lock) after `seal_after` seconds. A segment
 whose lock can be taken belongs to a writer that died: `recover_segments` cuts a torn tail (a
 record that was never acknowledged) and moves the rest into `new/`. The spooler reads every
-file with `decode_many`.
+file with `decode_parts`.
 
 Order. File names start with their creation time (`new_id`), and the spooler takes `new/` in
 name order, but only below `ingest_bound`: the oldest segment still open in `tmp/`. A record
@@ -40,6 +43,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 MAGIC = b"MXHOOK-SPOOL 1\n"
 _JSON = json.JSONDecoder()
@@ -136,9 +140,10 @@ def encode(record: Record) -> bytes:
     return MAGIC + line + b"\n" + record.payload
 
 
-def _decode_at(data: bytes, offset: int, meta_lines: dict[str, str] | None = None) -> tuple[Record, int]:
-    """The record starting at `offset` and the offset after it (and, into `meta_lines`, its
-    metadata line as written, by record id)."""
+def _frame_at(data: bytes, offset: int) -> tuple[dict, str, int, int]:
+    """The framing of the record at `offset`: its metadata (a JSON object), the metadata line
+    as written, and where its payload starts and ends. SpoolError when the framing is broken:
+    then the record's end, and so anything after it, cannot be located."""
     if not data.startswith(MAGIC, offset):
         raise SpoolError("not an mxhook spool file (bad magic line)" if offset == 0
                          else f"bad magic line at byte {offset}")
@@ -158,22 +163,36 @@ def _decode_at(data: bytes, offset: int, meta_lines: dict[str, str] | None = Non
         raise SpoolError(f"metadata is not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict):
         raise SpoolError("metadata is not a JSON object")
-    for key in ("id", "kind", "payload_size"):
+    if "payload_size" not in meta:
+        raise SpoolError("metadata lacks 'payload_size'")
+    size = meta["payload_size"]
+    if not isinstance(size, int) or size < 0:
+        raise SpoolError(f"bad payload_size {size!r}")
+    if end + 1 + size > len(data):
+        raise SpoolError(f"payload is {len(data) - end - 1} bytes, metadata says {size}")
+    return meta, text, end + 1, end + 1 + size
+
+
+def _record_of(meta: dict, payload: bytes) -> Record:
+    """The record of a well-framed metadata object (which it takes apart), or SpoolError."""
+    for key in ("id", "kind"):
         if key not in meta:
             raise SpoolError(f"metadata lacks {key!r}")
     if meta["kind"] not in KINDS:
         raise SpoolError(f"unknown record kind {meta['kind']!r}")
-    size = meta["payload_size"]
-    if not isinstance(size, int) or size < 0:
-        raise SpoolError(f"bad payload_size {size!r}")
-    payload = data[end + 1:end + 1 + size]
-    if len(payload) != size:
-        raise SpoolError(f"payload is {len(payload)} bytes, metadata says {size}")
     rid, kind = meta.pop("id"), meta.pop("kind")
     meta.pop("payload_size")
+    return Record(id=rid, kind=kind, meta=meta, payload=payload)
+
+
+def _decode_at(data: bytes, offset: int, meta_lines: dict[str, str] | None = None) -> tuple[Record, int]:
+    """The record starting at `offset` and the offset after it (and, into `meta_lines`, its
+    metadata line as written, by record id)."""
+    meta, text, start, end = _frame_at(data, offset)
+    record = _record_of(meta, data[start:end])
     if meta_lines is not None:
-        meta_lines[rid] = text
-    return Record(id=rid, kind=kind, meta=meta, payload=payload), end + 1 + size
+        meta_lines[record.id] = text
+    return record, end
 
 
 def decode(data: bytes) -> Record:
@@ -194,6 +213,62 @@ def decode_many(data: bytes, meta_lines: dict[str, str] | None = None) -> list[R
         record, offset = _decode_at(data, offset, meta_lines)
         records.append(record)
     return records
+
+
+@dataclass
+class BadPart:
+    """Bytes of a spool file that cannot be ingested: one record, or, where the framing broke,
+    everything from `offset` to the end of the file."""
+    offset: int
+    data: bytes
+    reason: str
+    record_id: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"byte {self.offset}" + (f" (record {self.record_id})" if self.record_id else "")
+
+
+def decode_parts(data: bytes, meta_lines: dict[str, str] | None = None,
+                 check: Callable[[Record], object] | None = None) -> tuple[list[Record], list[BadPart]]:
+    """The records of a file that can be ingested, and the parts that cannot, each with its
+    reason (what the spooler reads: one bad record must not take the good ones of a segment
+    to bad/ with it). `check` (the spooler's state.check_record) refuses a record by raising
+    anything; `meta_lines` as for decode_many, good records only.
+
+    A bad record whose framing is intact (magic line, a JSON object with an int payload_size,
+    that much payload, then the end of the file or the next magic line) is a part on its own
+    and decoding goes on after it. Where the framing breaks, nothing after can be located:
+    the rest of the file is one part. A record not followed by a magic line is where it breaks
+    (its payload_size may be the mistake: its payload is not to be trusted). An empty file is
+    one (empty) part."""
+    records: list[Record] = []
+    bad: list[BadPart] = []
+    offset = 0
+    while True:
+        try:
+            meta, text, start, end = _frame_at(data, offset)
+            if end < len(data) and not data.startswith(MAGIC, end):
+                raise SpoolError(f"no magic line at byte {end}, where the record at byte {offset} "
+                                 "ends (wrong payload_size?)")
+        except SpoolError as exc:
+            bad.append(BadPart(offset, data[offset:], f"{type(exc).__name__}: {exc}"))
+            return records, bad
+        rid = meta.get("id")
+        try:
+            record = _record_of(meta, data[start:end])
+            if check is not None:
+                check(record)
+        except Exception as exc:  # whatever `check` raises refuses this record only
+            bad.append(BadPart(offset, data[offset:end], f"{type(exc).__name__}: {exc}",
+                               rid if isinstance(rid, str) else None))
+        else:
+            records.append(record)
+            if meta_lines is not None:
+                meta_lines[record.id] = text
+        offset = end
+        if offset == len(data):
+            return records, bad
 
 
 def read_all(path: str) -> list[Record]:
@@ -234,15 +309,17 @@ def _complete_prefix(data: bytes) -> int:
     return offset
 
 
-def _place(spool_dir: str, name: str, data: bytes, *, sync: bool) -> str:
-    """tmp/<name> (fsynced when `sync`) renamed into new/; removes its tmp file on failure."""
+def _place(spool_dir: str, name: str, data: bytes, *, sync: bool, into: str = "new") -> str:
+    """tmp/<name> (fsynced when `sync`) renamed into new/ (or `into`), replacing a file of that
+    name there; removes its tmp file on failure."""
     tmp_path = os.path.join(spool_dir, "tmp", name)
-    new_path = os.path.join(spool_dir, "new", name)
+    new_path = os.path.join(spool_dir, into, name)
     try:
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except FileExistsError:
         # Left by a writer that crashed before its rename (never acknowledged). Only a writer
-        # with deterministic ids (the log follower re-reading its lines) meets it: same record.
+        # with deterministic names (the log follower re-reading its lines, write_bad) meets it:
+        # same contents.
         os.unlink(tmp_path)
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
@@ -526,6 +603,23 @@ def move_bad(spool_dir: str, path: str, reason: str) -> str:
     with open(target + ".reason", "w", encoding="utf-8") as fh:
         fh.write(reason.rstrip() + "\n")
     return target
+
+
+def write_bad(spool_dir: str, path: str, parts: list[BadPart]) -> list[str]:
+    """Quarantine parts of the file `path` (which stays where it is) durably: each as
+    bad/<name>.<offset>.rec with its reason in a `.reason` file beside it (tmp -> fsync ->
+    rename, then one fsync of bad/). The names follow from the file and the offset, so writing
+    the same parts again (the spooler died before it unlinked the file) replaces them. Returns
+    the paths in bad/; OSError when any part could not be written."""
+    stem = os.path.basename(path).removesuffix(".rec")
+    targets = []
+    for part in parts:
+        name = f"{stem}.{part.offset}.rec"
+        reason = (part.reason.rstrip() + "\n").encode("utf-8", "backslashreplace")
+        _place(spool_dir, name + ".reason", reason, sync=True, into="bad")
+        targets.append(_place(spool_dir, name, part.data, sync=True, into="bad"))
+    _fsync_dir(os.path.join(spool_dir, "bad"))
+    return targets
 
 
 def clean_tmp(spool_dir: str, older_than: float = 3600.0) -> int:

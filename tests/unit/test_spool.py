@@ -189,6 +189,72 @@ def test_decode_many_reads_segments_and_decode_refuses_trailing_data():
         spool.decode_many(two + b"junk")
 
 
+def _rec(rid, kind="event", payload=b""):
+    return spool.encode(spool.Record(rid, kind, {"type": "queued"} if kind == "event" else {}, payload))
+
+
+def test_decode_parts_quarantines_a_bad_record_alone_when_its_framing_holds():
+    first, second = _rec("a", "inbound", b"raw\n"), _rec("b")
+    odd = spool.MAGIC + b'{"id":"x","kind":"weird","payload_size":3}\nabc'
+    records, bad = spool.decode_parts(first + odd + second)
+    assert [r.id for r in records] == ["a", "b"]
+    assert [(p.offset, p.data, p.record_id) for p in bad] == [(len(first), odd, "x")]
+    assert bad[0].reason == "SpoolError: unknown record kind 'weird'"
+    assert bad[0].where == f"byte {len(first)} (record x)"
+
+
+def test_decode_parts_takes_the_rest_of_the_file_where_the_framing_breaks():
+    first, second = _rec("a"), _rec("b")
+    for broken, why in [
+        # no magic line where a record ends: that record's payload_size may be what is wrong
+        (second + b"junk" + second, f"no magic line at byte {len(first + second)}, where the record at"),
+        (spool.MAGIC + b'{"id":"x","kind":"event","payload_size":1}\nab' + second, "(wrong payload_size?)"),
+        (spool.MAGIC + b"[1]\n" + second, "not a JSON object"),
+        (spool.MAGIC + b'{"id":"x","kind":"event"}\n' + second, "lacks 'payload_size'"),
+        (spool.MAGIC + b'{"id":"x","kind":"event","payload_size":99}\nab', "payload is 2 bytes"),
+    ]:
+        records, bad = spool.decode_parts(first + broken)
+        assert [r.id for r in records] == ["a"], why
+        assert [(p.offset, p.data) for p in bad] == [(len(first), broken)]
+        assert why in bad[0].reason
+
+
+def test_decode_parts_of_good_files_and_of_nothing():
+    data = _rec("a", "inbound", b"x") + _rec("b") + _rec("c", "denied")
+    lines = {}
+    assert spool.decode_parts(data, lines) == (spool.decode_many(data), [])
+    assert sorted(lines) == ["a", "b", "c"]
+    assert [(p.offset, p.data) for p in spool.decode_parts(b"")[1]] == [(0, b"")]
+
+
+def test_decode_parts_check_refuses_single_records():
+    def check(record):
+        if record.meta.get("type") == "bad":
+            raise ValueError("type bad")
+
+    refused = spool.encode(spool.Record("b", "event", {"type": "bad"}))
+    lines = {}
+    records, bad = spool.decode_parts(_rec("a") + refused + _rec("c"), lines, check=check)
+    assert [r.id for r in records] == ["a", "c"] and sorted(lines) == ["a", "c"]
+    assert [(p.data, p.reason, p.record_id) for p in bad] == [(refused, "ValueError: type bad", "b")]
+
+
+def test_write_bad_is_durable_and_replaces_on_a_second_run(tmp_path):
+    spool.ensure_dirs(str(tmp_path))
+    path = str(tmp_path / "new" / "0000000000000001aaaaaaaaaaaa.rec")
+    parts = [spool.BadPart(57, b"one", "SpoolError: odd"), spool.BadPart(90, b"rest", "SpoolError: broken\n")]
+    targets = spool.write_bad(str(tmp_path), path, parts)
+    assert targets == [str(tmp_path / "bad" / "0000000000000001aaaaaaaaaaaa.57.rec"),
+                       str(tmp_path / "bad" / "0000000000000001aaaaaaaaaaaa.90.rec")]
+    assert spool.write_bad(str(tmp_path), path, parts) == targets  # the spooler died before unlinking
+    assert sorted(os.listdir(tmp_path / "bad")) == [
+        "0000000000000001aaaaaaaaaaaa.57.rec", "0000000000000001aaaaaaaaaaaa.57.rec.reason",
+        "0000000000000001aaaaaaaaaaaa.90.rec", "0000000000000001aaaaaaaaaaaa.90.rec.reason"]
+    assert open(targets[1], "rb").read() == b"rest"
+    assert open(targets[1] + ".reason").read() == "SpoolError: broken\n"
+    assert os.listdir(tmp_path / "tmp") == []
+
+
 def test_write_many_hands_records_over_as_one_file_under_a_fresh_name(tmp_path):
     spool.ensure_dirs(str(tmp_path))
     records = [spool.Record(f"ev{i}", "event", {"type": "queued", "n": i}) for i in range(3)]
