@@ -6,11 +6,15 @@ The loop, on the main thread (the only thread that touches state.db):
 
 1. ingest: up to `ingest_batch` files (or 4 MiB or 1,000 records: files may hold many
    records) from `new/`, oldest first, none newer than the milter's open segment
-   (`spool.ingest_bound`). Each is read and checked; a file that cannot be parsed (or read
-   for lack of permission) moves to `bad/` with a `.reason` file and a log line. The good
-   ones go into state.db in ONE transaction (synchronous=FULL, see state.py), and only after
-   COMMIT are the files unlinked. A crash
-   between commit and unlink re-ingests them: harmless, the record id is the primary key.
+   (`spool.ingest_bound`). Each is read and checked record by record (`spool.decode_parts`).
+   A file with no good record (or unreadable for lack of permission) moves to `bad/` as it
+   is, with a `.reason` file and a log line. From a file that also holds good records, each
+   bad record (or, where the framing breaks, the rest of the file) is written durably to
+   `bad/<name>.<offset>.rec` with its `.reason` and a log line, before any of the file is
+   ingested. The good records go into state.db in ONE transaction (synchronous=FULL, see
+   state.py), and only after COMMIT are the files unlinked. A crash between commit and unlink
+   re-ingests them: harmless, the record id is the primary key, and the bad parts are written
+   again under the same names.
 2. dispatch: deliveries whose next attempt time has come go to a pool of `workers` threads,
    each with its own requests session; a worker renders the payload (mxhook.payloads) and
    POSTs it once (mxhook.http). Results come back to the main thread, which writes them (all
@@ -368,6 +372,20 @@ class Spooler:
         except OSError as exc:
             log.error("spool file %s is bad (%s) and could not be moved to bad/: %s", path, reason, exc)
 
+    def _quarantine_parts(self, path: str, parts: list[spool.BadPart]) -> bool:
+        """(I/O thread) The bad parts of a file that also holds good records, into bad/ (one
+        log line each); False, logged, when they cannot be written."""
+        name = os.path.basename(path)
+        try:
+            targets = spool.write_bad(self.spool_dir, path, parts)
+        except OSError as exc:
+            log.error("spool file %s has %d bad part(s) that cannot be written to bad/ (the file "
+                      "stays in new/, will retry): %s", name, len(parts), exc)
+            return False
+        for part, target in zip(parts, targets):
+            log.error("spool file %s: bad part at %s copied to %s: %s", name, part.where, target, part.reason)
+        return True
+
     # The spool files themselves are handled on one I/O thread (`self.io`): scanning new/,
     # reading and decoding a batch, quarantining bad files; a small pool (`self.unlinker`)
     # unlinks ingested ones. While the main thread writes one batch into state.db (SQLite
@@ -456,8 +474,10 @@ class Spooler:
         return decoded.result(), paths, False
 
     def _decode(self, path: str, data: bytes | OSError, into: "_Decoded") -> None:
-        """(I/O thread) Decode and check one read file (spool.decode_many, state.check_record)
-        into `into`; a bad one goes to bad/."""
+        """(I/O thread) Decode and check one read file (spool.decode_parts, state.check_record)
+        into `into`. A file with no good record goes to bad/ as it is; otherwise each bad part
+        is written to bad/ now, durably, so the file can be unlinked once its good records are
+        committed."""
         if isinstance(data, (PermissionError, IsADirectoryError)):
             self._quarantine(path, f"{type(data).__name__}: {data}")
             into.handled += 1
@@ -466,14 +486,17 @@ class Spooler:
             log.warning("cannot read spool file %s now, will retry: %s", path, data)
             return
         lines: dict[str, str] = {}
-        try:
-            in_file = spool.decode_many(data, lines)  # one record, or several
-            for record in in_file:
-                state.check_record(record)
+        try:  # one record, or several
+            in_file, bad = spool.decode_parts(data, lines, check=state.check_record)
         except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
-            self._quarantine(path, f"{type(exc).__name__}: {exc}")
+            in_file, bad = [], [spool.BadPart(0, data, f"{type(exc).__name__}: {exc}")]
+        if not in_file:  # nothing good in it: the file goes to bad/ as it is
+            self._quarantine(path, bad[0].reason if len(bad) == 1
+                             else "\n".join(f"at {part.where}: {part.reason}" for part in bad))
             into.handled += 1
             return
+        if bad and not self._quarantine_parts(path, bad):
+            return  # the file stays in new/, its good records with it, and is tried again
         for record in in_file:
             if record.kind == "event":  # its metadata is stored as written
                 into.raw_meta[record.id] = lines[record.id]

@@ -164,7 +164,7 @@ def _check_time(value) -> None:
 
 def check_record(record: spool.Record) -> None:
     """Raise RecordError when a decoded record's metadata cannot be ingested, so the spooler
-    can move that one file to bad/ instead of failing the whole batch."""
+    can move that one record to bad/ instead of failing the whole batch."""
     meta = record.meta
     if not record.id or not isinstance(record.id, str):
         raise RecordError("record id is empty or not a string")

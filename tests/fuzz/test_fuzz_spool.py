@@ -2,6 +2,7 @@
 
 - `spool.decode` on arbitrary bytes, and on valid files mutated: a Record or SpoolError, never
   another exception; encode/decode round-trips;
+- `spool.decode_parts` (what the spooler reads) on segments of good and damaged records;
 - the spooler's whole check (`spool.decode` then `state.check_record`, as `_load_batch` does):
   SpoolError or RecordError only, because `_load_batch` quarantines exactly those (to bad/);
   anything else escapes the batch or is taken for a passing I/O error. (Non-string rule names
@@ -84,6 +85,21 @@ def test_decode_mutated_files(data):
         spool.decode(data)
     except SpoolError:
         pass
+
+
+@FUZZ
+@given(st.lists(good_records().map(spool.encode) | mutated_files(), min_size=1, max_size=4))
+def test_decode_parts_accounts_for_every_byte(chunks):
+    """A segment of good and damaged records: decode_parts never raises, its bad parts are the
+    file's own bytes in order, and nothing is quarantined from a file decode_many reads."""
+    data = b"".join(chunks)
+    records, bad = spool.decode_parts(data, check=state.check_record)
+    offsets = [part.offset for part in bad]
+    assert offsets == sorted(set(offsets))
+    for part in bad:
+        assert data[part.offset:part.offset + len(part.data)] == part.data and part.reason
+    if not bad:
+        assert records == spool.decode_many(data)
 
 
 @st.composite

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -53,17 +54,21 @@ def target(rx, path, name="r1", **kw) -> dict:
     return rules.validate(rules.Rule(**fields)).delivery_target()
 
 
-def write_inbound(cfg, *targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> str:
-    spool.ensure_dirs(cfg.spool_dir)
-    rid = rid or spool.new_id()
+def inbound_record(*targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> spool.Record:
     meta = {
         "received": state.iso(), "queue_id": "4XbQ1", "mail_from": "alice@x.org",
         "client_addr": "192.0.2.1", "client_name": "mail.x.org", "helo": "mail.x.org",
         "header_from": "alice@x.org", "subject": "Café order", "message_id": "<m1@x.org>",
         "deliveries": [{"recipients": list(recipients), "rule": t} for t in targets],
     }
-    spool.write(cfg.spool_dir, spool.Record(id=rid, kind="inbound", meta=meta, payload=raw))
-    return rid
+    return spool.Record(id=rid or spool.new_id(), kind="inbound", meta=meta, payload=raw)
+
+
+def write_inbound(cfg, *targets, **kw) -> str:
+    spool.ensure_dirs(cfg.spool_dir)
+    record = inbound_record(*targets, **kw)
+    spool.write(cfg.spool_dir, record)
+    return record.id
 
 
 def delivery(cfg, did) -> dict | None:
@@ -407,6 +412,109 @@ def test_permission_denied_goes_to_bad(rx, tmp_path):
     os.chmod(os.path.join(cfg.spool_dir, "new", rid + ".rec"), 0)
     run_once(cfg)
     assert os.path.exists(os.path.join(cfg.spool_dir, "bad", rid + ".rec.reason"))
+
+
+def write_segment(cfg, parts: list) -> tuple[str, list[int]]:
+    """One file in new/ of records (spool.Record) and raw bytes, as a milter segment holds
+    them; returns its path and the offset of each part."""
+    spool.ensure_dirs(cfg.spool_dir)
+    chunks = [spool.encode(p) if isinstance(p, spool.Record) else p for p in parts]
+    offsets = [sum(map(len, chunks[:i])) for i in range(len(chunks))]
+    path = os.path.join(cfg.spool_dir, "new", spool.new_id() + ".rec")
+    with open(path, "wb") as fh:
+        fh.write(b"".join(chunks))
+    return path, offsets
+
+
+def bad_files(cfg) -> list[str]:
+    return sorted(os.listdir(os.path.join(cfg.spool_dir, "bad")))
+
+
+def test_a_bad_record_goes_to_bad_alone_and_the_good_ones_of_its_file_are_ingested(rx, tmp_path, caplog):
+    cfg = make_cfg(tmp_path)
+    good = inbound_record(target(rx, "/hook"))
+    unknown_kind = spool.Record("weird-1", "weird", {})
+    refused = inbound_record(rid="no-deliveries")  # state.check_record refuses it
+    event = spool.Record("ev-1", "event", {"type": "queued", "queue_id": "4XbQ1"})
+    path, offsets = write_segment(cfg, [good, unknown_kind, event, refused])
+    stem = os.path.basename(path)[:-4]
+    caplog.set_level("INFO", logger="mxhook.spooler")
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == []
+    assert delivery(cfg, f"{good.id}-r1")["status"] == "succeeded"
+    with StateStore(cfg.state_db) as st:
+        assert st.counts()["events"] == 1
+    bad = os.path.join(cfg.spool_dir, "bad")
+    assert bad_files(cfg) == [f"{stem}.{offsets[1]}.rec", f"{stem}.{offsets[1]}.rec.reason",
+                              f"{stem}.{offsets[3]}.rec", f"{stem}.{offsets[3]}.rec.reason"]
+    assert open(os.path.join(bad, f"{stem}.{offsets[1]}.rec"), "rb").read() == spool.encode(unknown_kind)
+    assert open(os.path.join(bad, f"{stem}.{offsets[3]}.rec"), "rb").read() == spool.encode(refused)
+    assert "unknown record kind 'weird'" in open(os.path.join(bad, f"{stem}.{offsets[1]}.rec.reason")).read()
+    assert "deliveries" in open(os.path.join(bad, f"{stem}.{offsets[3]}.rec.reason")).read()
+    assert f"{stem}.rec: bad part at byte {offsets[1]} (record weird-1)" in caplog.text
+    assert f"at byte {offsets[3]} (record no-deliveries)" in caplog.text
+
+
+def test_broken_framing_sends_the_rest_of_its_file_to_bad(rx, tmp_path):
+    cfg = make_cfg(tmp_path)
+    good = inbound_record(target(rx, "/hook"))
+    tail = spool.MAGIC + b"{not json\n" + spool.encode(inbound_record(target(rx, "/hook")))
+    path, offsets = write_segment(cfg, [good, tail])
+    stem = os.path.basename(path)[:-4]
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == []
+    assert delivery(cfg, f"{good.id}-r1")["status"] == "succeeded"
+    assert bad_files(cfg) == [f"{stem}.{offsets[1]}.rec", f"{stem}.{offsets[1]}.rec.reason"]
+    assert open(os.path.join(cfg.spool_dir, "bad", f"{stem}.{offsets[1]}.rec"), "rb").read() == tail
+
+
+def test_a_file_of_bad_records_only_goes_to_bad_as_it_is(tmp_path):
+    cfg = make_cfg(tmp_path)
+    path, offsets = write_segment(cfg, [spool.Record("w1", "weird", {}), spool.MAGIC + b"[]\n"])
+    name = os.path.basename(path)
+    run_once(cfg)
+    assert bad_files(cfg) == [name, name + ".reason"]
+    reason = open(os.path.join(cfg.spool_dir, "bad", name + ".reason")).read()
+    assert reason == (f"at byte 0 (record w1): SpoolError: unknown record kind 'weird'\n"
+                      f"at byte {offsets[1]}: SpoolError: metadata is not a JSON object\n")
+
+
+def test_a_crash_before_the_file_is_unlinked_duplicates_nothing(rx, tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path)
+    good = inbound_record(target(rx, "/hook"))
+    path, offsets = write_segment(cfg, [good, spool.Record("weird-1", "weird", {})])
+    data = open(path, "rb").read()
+    expected_bad = sorted([os.path.basename(path)[:-4] + f".{offsets[1]}.rec" + end for end in ("", ".reason")])
+
+    # bad/ cannot be written: nothing of the file is ingested, it stays for the next run
+    def cannot_write(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool, "write_bad", cannot_write)
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == [path] and bad_files(cfg) == []
+    assert delivery(cfg, f"{good.id}-r1") is None
+    monkeypatch.undo()
+
+    # died after the bad part was written, before COMMIT: the file is still in new/
+    def no_commit(*args, **kw):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(StateStore, "ingest", no_commit)
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == [path] and bad_files(cfg) == expected_bad
+    monkeypatch.undo()
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == [] and bad_files(cfg) == expected_bad
+
+    # died after COMMIT, before the unlink: the file comes back
+    with open(path, "wb") as fh:
+        fh.write(data)
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == [] and bad_files(cfg) == expected_bad
+    assert len(rx.requests) == 1
+    assert delivery(cfg, f"{good.id}-r1")["attempts"] == 1
+    assert os.listdir(os.path.join(cfg.spool_dir, "tmp")) == []
 
 
 def test_reingesting_the_same_file_is_harmless(rx, tmp_path):
