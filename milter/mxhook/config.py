@@ -206,9 +206,23 @@ def load(path: str | None = None, *, required: bool | None = None) -> Config:
             raise ConfigError(f"{path}: config file not found")
         return Config(raw=raw, source=None)
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
+    text = ""
     try:
         with open(path, encoding="utf-8") as fh:
-            parser.read_file(fh)
+            text = fh.read()
+        parser.read_string(text, source=path)
+    # configparser's own messages run over three lines with reprs: one line each instead
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(f"{path}, line {exc.lineno}: a setting before the first [section]: "
+                          f"{exc.line.strip()!r}") from None
+    except configparser.ParsingError as exc:
+        lineno = exc.errors[0][0]
+        raise ConfigError(f"{path}, line {lineno}: not `key = value`, a [section] or a comment: "
+                          f"{text.splitlines()[lineno - 1].strip()!r}") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(f"{path}, line {exc.lineno}: [{exc.section}] {exc.option} is set twice") from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(f"{path}, line {exc.lineno}: section [{exc.section}] appears twice") from None
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for section in parser.sections():

@@ -27,13 +27,17 @@ def test_file_overrides_and_typed_errors_name_the_key(tmp_path):
 @pytest.mark.parametrize("text,message", [
     ("[nosuch]\na = 1\n", "unknown section"),
     ("[milter]\nsocketz = x\n", "unknown key 'socketz'"),
-    ("garbage without section\n", "File contains no section headers"),
+    ("garbage without section\n", r"line 1: a setting before the first \[section\]: 'garbage without section'$"),
+    ("[milter]\n# ok\nthis is not valid\n", r"line 3: not `key = value`, a \[section\] or a comment: 'this is not valid'$"),
+    ("[milter]\nlog = a\nlog = b\n", r"line 3: \[milter\] log is set twice$"),
+    ("[milter]\n[milter]\n", r"line 2: section \[milter\] appears twice$"),
 ])
 def test_unknown_keys_and_syntax_errors(tmp_path, text, message):
     p = tmp_path / "m.conf"
     p.write_text(text)
-    with pytest.raises(config.ConfigError, match=message):
+    with pytest.raises(config.ConfigError, match=message) as raised:
         config.load(str(p))
+    assert "\n" not in str(raised.value)  # one line, for stderr and the journal
 
 
 def test_env_variable_names_the_file(tmp_path, monkeypatch):
