@@ -218,7 +218,7 @@ def load(path: str | None = None, *, required: bool | None = None) -> Config:
     except configparser.ParsingError as exc:
         lineno = exc.errors[0][0]
         raise ConfigError(f"{path}, line {lineno}: not `key = value`, a [section] or a comment: "
-                          f"{text.splitlines()[lineno - 1].strip()!r}") from None
+                          f"{text.split(chr(10))[lineno - 1].strip()!r}") from None
     except configparser.DuplicateOptionError as exc:
         raise ConfigError(f"{path}, line {exc.lineno}: [{exc.section}] {exc.option} is set twice") from None
     except configparser.DuplicateSectionError as exc:

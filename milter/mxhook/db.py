@@ -50,7 +50,7 @@ from .rules import Condition, Rule, RuleError, RuleSet
 
 log = logging.getLogger("mxhook.db")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FILE_MODE = 0o640
 BUSY_TIMEOUT_MS = 5000
 
@@ -365,8 +365,22 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
             _insert_key(db.conn, kind, owner_id, "v1", now)
 
 
+def _schema_v4(db: sqlite_utils.Database) -> None:
+    """Block-list addresses in the form they are compared in since then (normalize_address:
+    the domain as IDNA A-label, without a trailing dot); where two rows become one address,
+    the one already in that form stays."""
+    for (address,) in db.execute("SELECT address FROM blocklist").fetchall():
+        normalized = normalize_address(address)
+        if normalized == address:
+            continue
+        if db.execute("SELECT 1 FROM blocklist WHERE address = ?", [normalized]).fetchone():
+            db.execute("DELETE FROM blocklist WHERE address = ?", [address])
+        else:
+            db.execute("UPDATE blocklist SET address = ? WHERE address = ?", [normalized, address])
+
+
 # version -> the step that brings a database from version - 1 to it
-_MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
+_MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4}
 
 
 def _migrate(db: sqlite_utils.Database) -> None:
@@ -601,8 +615,9 @@ class RulesStore:
             rule_id = self._rule_id(name)
             if rule_id is None:
                 raise RuleError(f"no rule named {name!r}")
-            taken = self._name_taken(rule.name, but=rule_id)
-            if taken is not None:
+            taken = self._name_taken(rule.name, but=rule_id) if rule.name != name else None
+            if taken is not None:  # (a rule keeping its name is not checked: old databases
+                # may hold names that differ only in case, and such a rule must stay editable)
                 raise RuleError(f"cannot rename {name!r}: a rule named {taken!r} already exists"
                                 + (" (names are compared without case)" if taken != rule.name else ""))
             sets = ", ".join(f"{c} = ?" for c in _RULE_COLUMNS)

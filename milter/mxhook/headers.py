@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import email.header
 import email.utils
+import encodings.idna
 import re
+import unicodedata
 
 _FOLD = re.compile(r"\r?\n[ \t]*")
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
@@ -64,29 +66,64 @@ def decode_value(raw: bytes | str) -> str:
     return "".join(out)
 
 
-def domain_a_label(domain: str) -> str:
-    """The form permitted domains are stored and compared in: lower case, no trailing dot,
-    internationalized labels as IDNA A-labels (`bücher.example` -> `xn--bcher-kva.example`).
-    Raises UnicodeError for a name IDNA cannot encode."""
-    text = domain.rstrip(".").lower()
-    if not text.isascii():
-        text = text.encode("idna").decode("ascii")
-    return text
+_IDNA_DOTS = re.compile("[.\u3002\uff0e\uff61]")  # IDNA label separators (RFC 3490 3.1)
+
+
+def domain_a_label(domain: str, *, strict: bool = True) -> str:
+    """The form permitted domains are stored and compared in: lower case, labels mapped as
+    IDNA does it (nameprep: zero-width and soft-hyphen characters vanish, full-width letters
+    fold) and encoded as A-labels (`bücher.example` -> `xn--bcher-kva.example`), no trailing
+    dot (any IDNA dot; also one left over when a label maps to nothing). A label IDNA cannot
+    encode raises UnicodeError when `strict`, else stays as mapped so far, less any invisible
+    character (control, format, space, unassigned): a look-alike of our domain must not escape
+    the comparison by being invalid."""
+    labels = _IDNA_DOTS.split(domain.lower())
+    out = []
+    for label in labels:
+        if not strict:
+            label = _visible(label)
+        if not label.isascii():
+            try:
+                label = encodings.idna.nameprep(label)
+            except UnicodeError:
+                if strict:
+                    raise
+            if not strict:
+                label = _visible(label)  # nameprep may make spaces (NFKC of an accent)
+        if not label.isascii():
+            try:
+                label = encodings.idna.ToASCII(label).decode("ascii")
+            except UnicodeError:
+                if strict:
+                    raise
+        out.append(label.lower())
+    while len(out) > 1 and out[-1] == "":
+        out.pop()
+    return ".".join(out)
+
+
+def _visible(label: str) -> str:
+    if label.isprintable() and " " not in label:
+        return label
+    return "".join(c for c in label if unicodedata.category(c)[0] not in "CZ")
+
+
+def plain_address(addr: str) -> str:
+    """An address without angle brackets and spaces, in lower case: the form events report a
+    recipient in (as the application wrote it)."""
+    return addr.strip().strip("<>").strip().lower()
 
 
 def normalize_address(addr: str) -> str:
-    """Comparable form of one address: angle brackets and spaces stripped, lower case, the
-    domain as `domain_a_label` gives it, so `Bob@Ours.Example.` and `bob@ours.example` (or a
-    U-label and its A-label) are the same address for the domain check, the heuristics and the
-    block list. The local part is case-sensitive by RFC 5321, but every real system treats it
-    as not. '' for the null sender."""
-    a = addr.strip().strip("<>").strip().lower()
+    """Comparable form of one address: `plain_address`, the domain as `domain_a_label` gives
+    it, so `Bob@Ours.Example.` and `bob@ours.example` (or a U-label and its A-label) are the
+    same address for the domain check, the heuristics, the block list and event correlation.
+    The local part is case-sensitive by RFC 5321, but every real system treats it as not.
+    '' for the null sender."""
+    a = plain_address(addr)
     local, at, domain = a.rpartition("@")
-    if at and (domain.endswith(".") or not domain.isascii()):
-        try:
-            return f"{local}@{domain_a_label(domain)}"
-        except UnicodeError:  # not a name IDNA can encode: compared as written
-            return f"{local}@{domain.rstrip('.')}"
+    if at and (not domain.isascii() or domain.endswith(".") or not domain.isprintable() or " " in domain):
+        return f"{local}@{domain_a_label(domain, strict=False)}"
     return a
 
 

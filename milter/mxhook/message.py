@@ -361,13 +361,17 @@ class _DepthBoundParser(BytesFeedParser):
         super()._parse_headers(lines)
         cur = self._cur
         if len(self._msgstack) > MAX_DEPTH + 1 and cur.get_content_maintype() in ("multipart", "message"):
+            # (None: no header, a multipart/digest part is message/rfc822 by default)
             self.cut.append((cur, cur["Content-Type"]))
-            cur.replace_header("Content-Type", self._HIDDEN)  # the parser does not go in
+            del cur["Content-Type"]
+            cur["Content-Type"] = self._HIDDEN  # the parser does not go in
 
     def close(self) -> Message:
         msg = super().close()
         for part, content_type in self.cut:
-            part.replace_header("Content-Type", content_type)
+            del part["Content-Type"]
+            if content_type is not None:
+                part["Content-Type"] = content_type
         return msg
 
 

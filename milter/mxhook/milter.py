@@ -32,7 +32,7 @@ from . import config as configmod
 from . import bounces, events, heuristics, logging_setup, spool
 from .db import BlocklistReader, Snapshot, SnapshotWatcher
 from .decision import Decision, decide
-from .headers import address_domain, decode_value, first_address, normalize_address, to_text
+from .headers import address_domain, decode_value, first_address, normalize_address, plain_address, to_text
 
 log = logging.getLogger("mxhook.milter")
 
@@ -181,7 +181,9 @@ class MxhookMilter(Milter.Base):
         # Postfix removes a recipient only when delrcpt names it exactly, case included.
         self.rcpt_as_given.setdefault(rcpt, []).append(given if given.startswith("<") else f"<{given}>")
         if self.outbound:
-            return self._outbound_rcpt(rcpt)
+            # Events name the recipient as the application wrote it (U-labels and all), as
+            # Postfix's log does; comparisons normalize both sides (block list, state.db).
+            return self._outbound_rcpt(plain_address(given))
         domain = address_domain(rcpt)
         if domain in self.snapshot.domains:
             self.managed.append(rcpt)

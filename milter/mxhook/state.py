@@ -84,6 +84,7 @@ import sqlite_utils
 
 from . import events as events_mod
 from . import spool
+from .headers import normalize_address
 from .payloads import events as event_payloads
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
@@ -333,7 +334,7 @@ def _pick_queued(candidates: list[tuple[str, dict]], at: str | None) -> dict | N
 
 
 def _address(value) -> str:
-    return value.strip().strip("<>").lower() if isinstance(value, str) else ""
+    return normalize_address(value) if isinstance(value, str) else ""
 
 
 def _pick_by_message_id(candidates: list[tuple[str, dict]], event: dict) -> dict | None:

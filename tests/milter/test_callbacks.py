@@ -165,6 +165,17 @@ def test_authenticated_mail_is_outbound_and_yields_queued_events_per_recipient(e
     assert all(r.kind == "event" for r in records(env.spool_dir))
 
 
+def test_outbound_events_name_the_recipient_as_written_and_the_block_list_still_applies(env):
+    env.store.block_add("gone@xn--bcher-kva.example", reason=None, source="cli")
+    ctx = env()
+    ctx._setsymval("{auth_authen}", "app1")
+    assert send(ctx, ["<Kunde@B\u00fccher.example>"], OUT_HEADERS, queue_id="4QOUT2") == ("eom", Milter.ACCEPT)
+    assert [r.meta["recipient"] for r in records(env.spool_dir)] == ["kunde@b\u00fccher.example"]
+    ctx = env()
+    ctx._setsymval("{auth_authen}", "app1")
+    assert send(ctx, ["<gone@B\u00fccher.example.>"], OUT_HEADERS, queue_id="4QOUT3") == ("rcpt", Milter.REJECT)
+
+
 @pytest.mark.parametrize("settings,macro", [
     ({"trusted_networks": "192.0.2.0/24"}, None),
     ({}, ("{daemon_name}", "ORIGINATING")),

@@ -187,6 +187,9 @@ def test_rule_names_differing_only_in_case_are_duplicates(path, store):
         store.replace_rule("bills", make_rule("Invoices"))
     assert store.replace_rule("invoices", make_rule("Invoices")).id == first.id  # its own name
     assert [r.name for r in store.list_rules()] == ["Invoices", "bills"]
+    # a database from before the check may hold both: each stays editable under its own name
+    store.conn.execute("UPDATE rules SET name = 'INVOICES' WHERE name = 'bills'")
+    assert store.replace_rule("INVOICES", make_rule("INVOICES", priority=5)).priority == 5
 
 
 def test_failing_add_writes_nothing(path, store, monkeypatch):
@@ -392,7 +395,7 @@ def test_migration_from_version_1_keeps_rules(path):
     reader = db.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
     with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3 == db.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4 == db.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
@@ -623,10 +626,25 @@ def make_v2_db(path):
     conn.close()
 
 
+def test_migration_to_version_4_puts_block_list_addresses_in_their_compared_form(path):
+    make_v2_db(path)
+    with db.RulesStore(path) as store:  # to version 3, then back to its label
+        store.conn.execute("PRAGMA user_version = 3")
+        for address in ("kunde@b\u00fccher.example", "a@x.example.", "a@x.example", "plain@x.example"):
+            store.conn.execute("INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', ?)",
+                               (address, "2026-11-01T00:00:00.000000Z"))
+    with db.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert sorted(b["address"] for b in store.block_list()) == [
+            "a@x.example", "kunde@xn--bcher-kva.example", "plain@x.example"]
+        assert store.block_remove("Kunde@B\u00fccher.example")  # found in its new form
+    assert db.BlocklistReader(path).contains("a@x.example.")
+
+
 def test_migration_from_version_2_gives_every_rule_and_endpoint_a_secret(path):
     make_v2_db(path)
     with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
         for kind, owner in (("rule", 1), ("rule", 2), ("endpoint", 1)):
             (key,) = store.signing_keys(kind, owner)
             assert key.scheme == "v1" and key.current and key.public_key is None

@@ -28,9 +28,23 @@ def test_domains_compare_as_a_labels_without_a_trailing_dot():
     assert headers.normalize_address("bob@B\u00fccher.Example") == "bob@xn--bcher-kva.example"
     assert headers.address_domain("bob@b\u00fccher.example.") == "xn--bcher-kva.example"
     # what IDNA cannot encode is compared as written (lower case, no trailing dot), never raised
-    assert headers.normalize_address("x@a..b\u00fc.") == "x@a..b\u00fc"
+    long_label = "a" * 70 + "\u00fc"  # over 63 characters: no A-label for it
+    assert headers.normalize_address(f"x@{long_label}.B\u00fc.") == f"x@{long_label}.xn--b-eha"
     assert headers.normalize_address("<>") == "" and headers.normalize_address("postmaster") == "postmaster"
     assert headers.domain_a_label("B\u00fccher.Example.") == "xn--bcher-kva.example"
+
+
+def test_invisible_characters_and_other_idna_dots_do_not_make_another_domain():
+    for domain in ("ours.example.\u200b", "ours.example.\u00ad", "ours.example\uff0e",
+                   "ours.example\u3002\u3002", "ou\u200brs.example", "\uff4f\uff55\uff52\uff53.example",
+                   "ours.example\x85.", "ours.example\u2028", "ours.exam\x00ple"):
+        assert headers.normalize_address(f"ceo@{domain}") == "ceo@ours.example", repr(domain)
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="<>"), max_size=20))
+def test_normalized_addresses_stay_as_they_are(domain):
+    once = headers.normalize_address("a@" + domain)
+    assert headers.normalize_address(once) == once
 
 
 @given(st.binary(max_size=300))

@@ -325,23 +325,40 @@ def test_deep_nesting_and_many_parts_are_bounded():
     assert m["defects"] == ["more than 1000 parts, the rest skipped"]
 
 
+def _nested(depth: int, subtype: bytes, innermost: bytes, beside: bytes) -> bytes:
+    """A multipart/mixed whose first part opens `depth - 1` nested multipart/<subtype> levels
+    around `innermost`, and whose other parts are `beside`."""
+    head = b"".join(b'Content-Type: multipart/%s; boundary="b%d"\r\n\r\n--b%d\r\n' % (subtype, i, i)
+                    for i in range(1, depth))
+    tail = b"".join(b"\r\n--b%d--\r\n" % i for i in reversed(range(1, depth)))
+    return (b'Subject: deep\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b0"\r\n\r\n'
+            b"--b0\r\n" + head + innermost + tail + b"\r\n" + beside + b"--b0--\r\n")
+
+
+BESIDE_TEXT = b"--b0\r\nContent-Type: text/plain\r\n\r\nbeside it\r\n"
+
+
 @pytest.mark.parametrize("depth", [51, 1000, 5000])
 def test_parts_beside_a_too_deep_nesting_keep_their_text_and_attachments(depth):
     # The stdlib parser recurses once per level and gave up (RecursionError) near 1,000
     # levels: then the whole message lost its text and attachments, not only the deep part.
-    head = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
-                    for i in range(1, depth))
-    tail = b"".join(b"\r\n--b%d--\r\n" % i for i in reversed(range(1, depth)))
-    raw = (b'Subject: deep\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b0"\r\n\r\n'
-           b"--b0\r\n" + head + b"Content-Type: text/plain\r\n\r\ntoo deep to see\r\n" + tail +
-           b"\r\n--b0\r\nContent-Type: text/plain\r\n\r\nbeside it\r\n"
-           b"--b0\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=x.pdf\r\n\r\n"
-           b"PDF\r\n--b0--\r\n")
-    m = normalize(raw)
+    pdf = (b"--b0\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=x.pdf"
+           b"\r\n\r\nPDF\r\n")
+    m = normalize(_nested(depth, b"mixed", b"Content-Type: text/plain\r\n\r\ntoo deep to see\r\n",
+                          BESIDE_TEXT + pdf))
     assert m["text"] == "beside it"
     assert [a["filename"] for a in m["attachments"]] == ["x.pdf"]
     [defect] = m["defects"]
     assert defect.endswith("multipart nested deeper than 50 levels, skipped")
+
+
+@pytest.mark.parametrize("depth", [50, 51, 52])  # 51: the header-less part is the first one cut
+def test_a_deep_digest_part_without_content_type_is_no_trouble(depth):
+    # a part without Content-Type in a multipart/digest is message/rfc822 by default: the
+    # parser's depth bound must cope with the missing header (it raised KeyError)
+    m = normalize(_nested(depth, b"digest", b"\r\nSubject: inner\r\n\r\nhi\r\n", BESIDE_TEXT))
+    assert m["text"] == "beside it"
+    assert not any("unreadable" in d for d in m["defects"]), m["defects"]
 
 
 def test_a_message_attachment_nested_thousands_deep_is_passed_on_unchanged():

@@ -547,6 +547,17 @@ def test_expiry_in_the_same_ingest_as_its_queued_events(store):
         ("failed", "b@x.example"), ("bounced", "a@x.example")]
 
 
+def test_expiry_matches_recipients_whatever_the_form_of_their_domain(store):
+    # queued as the application wrote it (U-label); Postfix may log the A-label, a trailing dot
+    recs = [event("q1", "queued", at="2026-11-22T12:00:00.000001Z", queue_id="QU", recipient="a@b\u00fccher.example"),
+            event("q2", "queued", at="2026-11-22T12:00:00.000002Z", queue_id="QU", recipient="b@x.example"),
+            event("s1", "succeeded", at="2026-11-22T12:00:01.000000Z", queue_id="QU",
+                  recipient="a@xn--bcher-kva.example."),
+            event("f0", "failed", at="2026-11-27T12:00:00.000000Z", queue_id="QU", recipient=None)]
+    store.ingest(recs, endpoints=[EP_FAILS])
+    assert [(r["type"], r["recipient"]) for r in store.event_log(limit=None)] == [("failed", "b@x.example")]
+
+
 def test_expiry_of_an_unknown_queue_id_is_sent_without_recipient(store):
     store.ingest([event("f0", "failed", queue_id="QU", recipient=None)], endpoints=[EP_FAILS])
     (row,) = store.event_log()
