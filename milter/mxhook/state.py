@@ -174,6 +174,8 @@ def check_record(record: spool.Record) -> None:
             _check_time(meta["received"])
         except (ValueError, TypeError) as exc:
             raise RecordError(f"bad 'received': {exc}") from None
+    if record.kind in ("inbound", "denied"):
+        _check_text(meta, _LOGGED_TEXT, f"{record.kind} record")
     if record.kind == "inbound":
         deliveries = meta.get("deliveries")
         if not isinstance(deliveries, list) or not deliveries:
@@ -189,6 +191,9 @@ def check_record(record: spool.Record) -> None:
                 if not isinstance(target[key], str):
                     raise RecordError(f"deliveries[{i}].rule.{key} is not a string: "
                                       f"{type(target[key]).__name__}")
+            rule_id = target.get("id")
+            if rule_id is not None and (not isinstance(rule_id, int) or isinstance(rule_id, bool)):
+                raise RecordError(f"deliveries[{i}].rule.id is not an integer: {type(rule_id).__name__}")
             recipients = entry.get("recipients")
             if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
                 raise RecordError(f"deliveries[{i}].recipients is not a list of addresses")
@@ -210,11 +215,23 @@ def check_record(record: spool.Record) -> None:
                 _check_time(at)
             except (ValueError, TypeError) as exc:
                 raise RecordError(f"bad 'at': {exc}") from None
-        for key in ("recipient", "queue_id"):
-            if meta.get(key) is not None and not isinstance(meta[key], str):
-                raise RecordError(f"event {key!r} is not a string")
+        _check_text(meta, ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS, "event")
         if meta.get("custom_headers") is not None and not isinstance(meta["custom_headers"], dict):
             raise RecordError("event 'custom_headers' is not an object")
+
+
+# Metadata of inbound and denied records that goes into inbound_log columns as it is.
+_LOGGED_TEXT = ("queue_id", "mail_from", "client_addr", "client_name", "header_from", "subject",
+                "message_id", "filter", "reason")
+
+
+def _check_text(meta: dict, keys: tuple[str, ...], what: str) -> None:
+    """These fields are text or absent: anything else (an object, a list) would fail the batch
+    when bound to a column, or the payload when rendered."""
+    for key in keys:
+        value = meta.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RecordError(f"{what} {key!r} is not a string: {type(value).__name__}")
 
 
 def delivery_id(record_id: str, rule_name: str) -> str:

@@ -138,6 +138,20 @@ def test_check_record_rejects_non_string_rule_fields(rule):
         state.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": rule}]))
 
 
+@pytest.mark.parametrize("make,field", [("inbound", "subject"), ("inbound", "message_id"),
+                                        ("denied", "mail_from"), ("event", "message_id"),
+                                        ("event", "subject"), ("event", "orig_recipient")])
+def test_check_record_rejects_non_text_in_text_fields(store, make, field):
+    # an object where text belongs got past the check and failed at the INSERT (or render)
+    record = {"inbound": lambda: inbound("bad", **{field: {"a": 1}}),
+              "denied": lambda: denied("bad", **{field: ["x"]}),
+              "event": lambda: event("bad", "queued", **{field: {"a": 1}})}[make]()
+    with pytest.raises(state.RecordError, match=f"{field}' is not a string"):
+        state.check_record(record)
+    with pytest.raises(state.RecordError, match="rule.id is not an integer"):
+        state.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": {**target(), "id": "7"}}]))
+
+
 @pytest.mark.parametrize("when", [1e300, 6.77680361916768e16, -1e300])
 def test_check_record_rejects_out_of_range_times(when):
     with pytest.raises(state.RecordError, match="out of range"):
