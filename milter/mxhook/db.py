@@ -615,9 +615,10 @@ class RulesStore:
             rule_id = self._rule_id(name)
             if rule_id is None:
                 raise RuleError(f"no rule named {name!r}")
+            # A rule keeping its name is not checked: an old database may hold names that
+            # differ only in case, and such a rule must stay editable.
             taken = self._name_taken(rule.name, but=rule_id) if rule.name != name else None
-            if taken is not None:  # (a rule keeping its name is not checked: old databases
-                # may hold names that differ only in case, and such a rule must stay editable)
+            if taken is not None:
                 raise RuleError(f"cannot rename {name!r}: a rule named {taken!r} already exists"
                                 + (" (names are compared without case)" if taken != rule.name else ""))
             sets = ", ".join(f"{c} = ?" for c in _RULE_COLUMNS)

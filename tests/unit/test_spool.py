@@ -239,11 +239,18 @@ def test_decode_parts_check_refuses_single_records():
     assert [(p.data, p.reason, p.record_id) for p in bad] == [(refused, "ValueError: type bad", "b")]
 
 
-def test_write_bad_is_durable_and_replaces_on_a_second_run(tmp_path):
+def test_write_bad_is_durable_and_replaces_on_a_second_run(tmp_path, monkeypatch):
     spool.ensure_dirs(str(tmp_path))
     path = str(tmp_path / "new" / "0000000000000001aaaaaaaaaaaa.rec")
     parts = [spool.BadPart(57, b"one", "SpoolError: odd"), spool.BadPart(90, b"rest", "SpoolError: broken\n")]
+    synced = []  # what each fsync flushed, by the path behind its descriptor
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
     targets = spool.write_bad(str(tmp_path), path, parts)
+    # every file while still in tmp/ (before its rename), then bad/ itself, last
+    stems = ["0000000000000001aaaaaaaaaaaa.57.rec", "0000000000000001aaaaaaaaaaaa.90.rec"]
+    assert synced == [str(tmp_path / "tmp" / f) for stem in stems for f in (stem + ".reason", stem)] + [
+        str(tmp_path / "bad")]
     assert targets == [str(tmp_path / "bad" / "0000000000000001aaaaaaaaaaaa.57.rec"),
                        str(tmp_path / "bad" / "0000000000000001aaaaaaaaaaaa.90.rec")]
     assert spool.write_bad(str(tmp_path), path, parts) == targets  # the spooler died before unlinking
