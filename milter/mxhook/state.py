@@ -84,6 +84,7 @@ import sqlite_utils
 
 from . import events as events_mod
 from . import spool
+from .db import _create_file as create_private_file
 from .headers import normalize_address
 from .payloads import events as event_payloads
 
@@ -519,6 +520,9 @@ class StateStore:
         # (see _write), so a transaction is exactly what the code says it is.
         # check_same_thread=False: a store may be opened on one thread and used on another
         # (the spooler builds it before its loop runs); it is still used by one thread at a time.
+        # It holds message bodies and delivery credentials: created 0640 like rules.db (SQLite
+        # gives the -wal/-shm files the database file's mode), whatever the umask.
+        create_private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         conn.execute("PRAGMA busy_timeout = 30000")

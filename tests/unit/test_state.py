@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time as time_mod
 from datetime import datetime, timedelta, timezone
@@ -697,3 +698,28 @@ def test_insert_rows_writes_every_row_in_order(count):
     rows = [(f"a{i}", bytes([i % 256])) for i in range(count)]
     state._insert_rows(conn, "INSERT INTO t (a, b)", rows)
     assert conn.execute("SELECT a, b FROM t ORDER BY seq").fetchall() == rows
+
+
+# state.db holds message bodies and delivery credentials: private from birth, whatever the umask
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_state_db_and_its_wal_files_are_created_0640(tmp_path, umask):
+    path = str(tmp_path / "state.db")
+    old = os.umask(umask)
+    try:
+        store = StateStore(path)
+        store.ingest([inbound("a1")])  # the -wal and -shm files exist while it is open
+        modes = {suffix: stat.S_IMODE(os.stat(path + suffix).st_mode) for suffix in ("", "-wal", "-shm")}
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"": 0o640, "-wal": 0o640, "-shm": 0o640}
+
+
+def test_existing_state_db_mode_is_left_to_the_admin(tmp_path):
+    """Only creation sets the mode (`mxhook check` reports a state.db open to every user)."""
+    path = str(tmp_path / "state.db")
+    StateStore(path).close()
+    os.chmod(path, 0o600)
+    StateStore(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
