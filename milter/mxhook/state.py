@@ -532,6 +532,8 @@ class StateStore:
         self._recent: dict[str, dict] = {}  # event id -> event dict, oldest first
         self._recent_queued = _RecentQueued(RECENT_EVENTS)
         self._pending_queued: list[tuple[str, dict]] = []
+        # (Message-ID, why) -> addresses of delivery-status report events refused at ingest
+        self._ignored_reports: dict[tuple[str, str], list[str]] = {}
         # hard bounces marked for the block list by this store (the spooler looks for pending
         # ones only when this moved, and once at start)
         self.hard_bounces_ingested = 0
@@ -710,6 +712,7 @@ class StateStore:
         fanout = self._fanout(endpoints)
         new = 0
         self._pending_recent, self._pending_queued = {}, []
+        self._ignored_reports = {}
         with self._write() as conn:
             events = []
             for record in records:
@@ -721,8 +724,13 @@ class StateStore:
                     text = raw_meta.get(record.id) if raw_meta else None
                     events.append((record.id, record.meta, record.payload, text))
             if events:
-                new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces)
+                new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces,
+                                           verify_reports=True)
         self._remember(render=_takes_v1_utc(endpoints))
+        for (message_id, why), addresses in self._ignored_reports.items():
+            log.warning("ignored a delivery-status report for Message-ID %s naming %s: %s;"
+                        " no event, no block-list entry", ascii(message_id) if message_id else "(none)",
+                        ", ".join(map(ascii, addresses)), why)
         return new
 
     @staticmethod
@@ -730,9 +738,14 @@ class StateStore:
         return [(ep.id, ep.types) for ep in endpoints if getattr(ep, "enabled", True)]
 
     def _insert_events(self, conn: sqlite3.Connection, events: list[tuple], at: str,
-                       added: float, fanout: list[tuple[int, frozenset]], block: bool) -> int:
+                       added: float, fanout: list[tuple[int, frozenset]], block: bool,
+                       *, verify_reports: bool = False) -> int:
         """Insert (id, meta, payload, meta as JSON text or None) events; fan the new ones out.
         Returns how many were new.
+
+        With `verify_reports` (spool records), an event of a delivery-status report that is
+        not about a recipient of a message we sent is left out (`_unsent_report`) and noted in
+        `_ignored_reports`.
 
         A `failed` event without a recipient (an expiry the log follower saw without the
         recipients) is stored as it came, and applied to every recipient of its queue id that
@@ -787,6 +800,13 @@ class StateStore:
             if event_id in known:
                 continue
             known.add(event_id)  # the same id twice in one call: stored once
+            if verify_reports and meta.get("source") == "dsn":
+                flush()  # the queued events before it in this call count as sent
+                why = self._unsent_report(conn, meta)
+                if why:
+                    address = meta.get("orig_recipient") or meta.get("recipient") or ""
+                    self._ignored_reports.setdefault((meta.get("message_id") or "", why), []).append(address)
+                    continue
             if meta.get("type") == "failed" and not meta.get("recipient") and meta.get("queue_id"):
                 flush()  # the events before it in this call count as known
                 received = add(event_id, meta, payload, text, fan=False)
@@ -805,6 +825,24 @@ class StateStore:
         if deliveries:
             _insert_rows(conn, "INSERT INTO event_deliveries (endpoint_id, event_id, added)", deliveries)
         return inserted
+
+    @staticmethod
+    def _unsent_report(conn: sqlite3.Connection, meta: dict) -> str | None:
+        """Why an event of a delivery-status report (source `dsn`) must be ignored, or None
+        when it is about mail we sent: its Message-ID must be that of a `queued` event (the
+        milter writes those only for outbound mail) and the address it names (the one the
+        block list would take) a recipient of that message. Anyone can send us a report, with
+        any Message-ID and any address in it."""
+        message_id = meta.get("message_id")
+        if not message_id:
+            return "the report names no Message-ID of the returned message"
+        recipients = {_address(r) for (r,) in conn.execute(
+            "SELECT recipient FROM events WHERE type = 'queued' AND message_id = ?", (message_id,))}
+        if not recipients:
+            return "no message with that Message-ID was sent from here"
+        if _address(meta.get("orig_recipient") or meta.get("recipient")) not in recipients - {""}:
+            return "not a recipient of the message with that Message-ID"
+        return None
 
     # How far before the latest `queued` event of a queue id the queued events of the same
     # message may lie (the milter writes them all at end of message, microseconds apart).
