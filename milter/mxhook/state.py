@@ -37,7 +37,8 @@ Schema
   block_state, message_id)`: one row per event record (id = event id; `received` = the event's
   time `at`; `meta` = the event as `events.Event.to_dict()` wrote it). `block_state` is
   `pending` for a hard bounce the spooler has still to put on the block list, `done` after.
-  `message_id` is the join key of DSN events (indexed for `queued` events). A recipient-less
+  `message_id` is the join key of DSN events (indexed for `queued` events); a DSN event is
+  stored only when it names a recipient of a message we sent (`_unsent_report`). A recipient-less
   `failed` (expiry) is stored as it came and expanded into one `failed` per open recipient.
 - `event_deliveries(seq INTEGER PK, endpoint_id, event_id, added, batch_id)`: the fan-out,
   one row per (event, endpoint whose categories include the event's type), `seq` = arrival
