@@ -102,6 +102,7 @@ _IN_CHUNK = 500  # host parameters per IN (...) query
 # Decoded events kept after ingest, so a batch made soon after does not parse them again from
 # state.db (the hot path); older ones are read back. Bounded: memory does not grow with a backlog.
 RECENT_EVENTS = 10_000
+IGNORED_NAMED = 5  # addresses named in the log line of an ignored delivery-status report
 
 _ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Background checkpoints (StateStore.checkpoint_in_background): how often, and the WAL size in
@@ -729,9 +730,12 @@ class StateStore:
                                            verify_reports=True)
         self._remember(render=_takes_v1_utc(endpoints))
         for (message_id, why), addresses in self._ignored_reports.items():
+            named = ", ".join(map(ascii, addresses[:IGNORED_NAMED]))
+            if len(addresses) > IGNORED_NAMED:  # a report may name thousands: one line stays short
+                named += f" and {len(addresses) - IGNORED_NAMED} more"
             log.warning("ignored a delivery-status report for Message-ID %s naming %s: %s;"
                         " no event, no block-list entry", ascii(message_id) if message_id else "(none)",
-                        ", ".join(map(ascii, addresses)), why)
+                        named, why)
         return new
 
     @staticmethod

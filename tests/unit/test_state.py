@@ -773,3 +773,12 @@ def test_dsn_event_before_any_queued_event_is_ignored(store):
     store.ingest([event("qa", "queued", at="2026-11-22T12:00:00.000000Z", source="milter",
                         queue_id="QD", recipient="a@x.example", message_id="<m5@ours>")])
     assert store.pending_blocks() == []
+
+
+def test_ignored_report_naming_many_addresses_logs_one_short_line(store, caplog):
+    forged = [dsn_event(f"f{i}", "2026-11-22T12:01:00.000000Z", recipient=f"v{i}@x.example",
+                        message_id="<never@sent>") for i in range(state.IGNORED_NAMED + 3)]
+    with caplog.at_level("WARNING", logger="mxhook.state"):
+        assert store.ingest(forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.count("@x.example") == state.IGNORED_NAMED and " and 3 more: " in line, line
