@@ -292,10 +292,13 @@ class MxhookMilter(Milter.Base):
         return self._finish(decision, groups)
 
     def _spool_dsn_events(self, raw: bytes) -> None:
+        # Anyone can send a report: the spooler keeps only the events about a recipient of a
+        # message we sent (its queued events), which it knows and the milter does not.
         found = bounces.events_from_dsn(raw, key=self.queue_id or spool.new_id())
         self.segments.append_many([events.to_record(e) for e in found])
         self._log_decision("bounce-report", self.managed + self.held + self.passed, "dsn",
-                           f"{len(found)} event(s) for " + ",".join(sorted({e.recipient or "?" for e in found})))
+                           f"{len(found)} event(s), to be checked against the mail we sent, for "
+                           + ",".join(sorted({e.recipient or "?" for e in found})))
 
     def _finish(self, decision: Decision | None, groups) -> int:
         """Denied recipients of an accepted message, those of `--discard` rules, and held

@@ -35,6 +35,10 @@ batch is made only when it succeeded or failed, so events reach an endpoint in o
 that is down holds up that endpoint only). A `kill -9` at any point leaves the batch in
 state.db: after a restart it is posted again with the same id and the same events.
 
+Events of delivery-status reports (source `dsn`: anyone can send one) are kept only when they
+name a recipient of a message we sent (state.py, `_unsent_report`); the others are logged and
+dropped at ingest, so they never reach an endpoint or the block list.
+
 A hard `bounced` event puts its recipient on the block list in rules.db (when `[milter]
 blocklist` is on; the address the application used: `orig_recipient` when Postfix logged one,
 else `recipient`) and, if the address was not on it yet, adds a `registered` event (id

@@ -37,7 +37,8 @@ Schema
   block_state, message_id)`: one row per event record (id = event id; `received` = the event's
   time `at`; `meta` = the event as `events.Event.to_dict()` wrote it). `block_state` is
   `pending` for a hard bounce the spooler has still to put on the block list, `done` after.
-  `message_id` is the join key of DSN events (indexed for `queued` events). A recipient-less
+  `message_id` is the join key of DSN events (indexed for `queued` events); a DSN event is
+  stored only when it names a recipient of a message we sent (`_unsent_report`). A recipient-less
   `failed` (expiry) is stored as it came and expanded into one `failed` per open recipient.
 - `event_deliveries(seq INTEGER PK, endpoint_id, event_id, added, batch_id)`: the fan-out,
   one row per (event, endpoint whose categories include the event's type), `seq` = arrival
@@ -84,6 +85,7 @@ import sqlite_utils
 
 from . import events as events_mod
 from . import spool
+from .db import _create_file as create_private_file
 from .headers import normalize_address
 from .payloads import events as event_payloads
 
@@ -100,6 +102,7 @@ _IN_CHUNK = 500  # host parameters per IN (...) query
 # Decoded events kept after ingest, so a batch made soon after does not parse them again from
 # state.db (the hot path); older ones are read back. Bounded: memory does not grow with a backlog.
 RECENT_EVENTS = 10_000
+IGNORED_NAMED = 5  # addresses named in the log line of an ignored delivery-status report
 
 _ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Background checkpoints (StateStore.checkpoint_in_background): how often, and the WAL size in
@@ -519,6 +522,9 @@ class StateStore:
         # (see _write), so a transaction is exactly what the code says it is.
         # check_same_thread=False: a store may be opened on one thread and used on another
         # (the spooler builds it before its loop runs); it is still used by one thread at a time.
+        # It holds message bodies and delivery credentials: created 0640 like rules.db (SQLite
+        # gives the -wal/-shm files the database file's mode), whatever the umask.
+        create_private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         conn.execute("PRAGMA busy_timeout = 30000")
@@ -528,6 +534,8 @@ class StateStore:
         self._recent: dict[str, dict] = {}  # event id -> event dict, oldest first
         self._recent_queued = _RecentQueued(RECENT_EVENTS)
         self._pending_queued: list[tuple[str, dict]] = []
+        # (Message-ID, why) -> addresses of delivery-status report events refused at ingest
+        self._ignored_reports: dict[tuple[str, str], list[str]] = {}
         # hard bounces marked for the block list by this store (the spooler looks for pending
         # ones only when this moved, and once at start)
         self.hard_bounces_ingested = 0
@@ -706,6 +714,7 @@ class StateStore:
         fanout = self._fanout(endpoints)
         new = 0
         self._pending_recent, self._pending_queued = {}, []
+        self._ignored_reports = {}
         with self._write() as conn:
             events = []
             for record in records:
@@ -717,8 +726,16 @@ class StateStore:
                     text = raw_meta.get(record.id) if raw_meta else None
                     events.append((record.id, record.meta, record.payload, text))
             if events:
-                new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces)
+                new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces,
+                                           verify_reports=True)
         self._remember(render=_takes_v1_utc(endpoints))
+        for (message_id, why), addresses in self._ignored_reports.items():
+            named = ", ".join(map(ascii, addresses[:IGNORED_NAMED]))
+            if len(addresses) > IGNORED_NAMED:  # a report may name thousands: one line stays short
+                named += f" and {len(addresses) - IGNORED_NAMED} more"
+            log.warning("ignored a delivery-status report for Message-ID %s naming %s: %s;"
+                        " no event, no block-list entry", ascii(message_id) if message_id else "(none)",
+                        named, why)
         return new
 
     @staticmethod
@@ -726,9 +743,14 @@ class StateStore:
         return [(ep.id, ep.types) for ep in endpoints if getattr(ep, "enabled", True)]
 
     def _insert_events(self, conn: sqlite3.Connection, events: list[tuple], at: str,
-                       added: float, fanout: list[tuple[int, frozenset]], block: bool) -> int:
+                       added: float, fanout: list[tuple[int, frozenset]], block: bool,
+                       *, verify_reports: bool = False) -> int:
         """Insert (id, meta, payload, meta as JSON text or None) events; fan the new ones out.
         Returns how many were new.
+
+        With `verify_reports` (spool records), an event of a delivery-status report that is
+        not about a recipient of a message we sent is left out (`_unsent_report`) and noted in
+        `_ignored_reports`.
 
         A `failed` event without a recipient (an expiry the log follower saw without the
         recipients) is stored as it came, and applied to every recipient of its queue id that
@@ -783,6 +805,13 @@ class StateStore:
             if event_id in known:
                 continue
             known.add(event_id)  # the same id twice in one call: stored once
+            if verify_reports and meta.get("source") == "dsn":
+                flush()  # the queued events before it in this call count as sent
+                why = self._unsent_report(conn, meta)
+                if why:
+                    address = meta.get("orig_recipient") or meta.get("recipient") or ""
+                    self._ignored_reports.setdefault((meta.get("message_id") or "", why), []).append(address)
+                    continue
             if meta.get("type") == "failed" and not meta.get("recipient") and meta.get("queue_id"):
                 flush()  # the events before it in this call count as known
                 received = add(event_id, meta, payload, text, fan=False)
@@ -801,6 +830,24 @@ class StateStore:
         if deliveries:
             _insert_rows(conn, "INSERT INTO event_deliveries (endpoint_id, event_id, added)", deliveries)
         return inserted
+
+    @staticmethod
+    def _unsent_report(conn: sqlite3.Connection, meta: dict) -> str | None:
+        """Why an event of a delivery-status report (source `dsn`) must be ignored, or None
+        when it is about mail we sent: its Message-ID must be that of a `queued` event (the
+        milter writes those only for outbound mail) and the address it names (the one the
+        block list would take) a recipient of that message. Anyone can send us a report, with
+        any Message-ID and any address in it."""
+        message_id = meta.get("message_id")
+        if not message_id:
+            return "the report names no Message-ID of the returned message"
+        recipients = {_address(r) for (r,) in conn.execute(
+            "SELECT recipient FROM events WHERE type = 'queued' AND message_id = ?", (message_id,))}
+        if not recipients:
+            return "no message with that Message-ID was sent from here"
+        if _address(meta.get("orig_recipient") or meta.get("recipient")) not in recipients - {""}:
+            return "not a recipient of the message with that Message-ID"
+        return None
 
     # How far before the latest `queued` event of a queue id the queued events of the same
     # message may lie (the milter writes them all at end of message, microseconds apart).

@@ -422,3 +422,65 @@ def test_log_events_csv(make_stack):
     hosts = [r["hostName"] for r in table]
     assert hosts.count("127.0.0.1[127.0.0.1]") >= 2  # succeeded, bounced: the sinks that answered
     assert "127.0.0.1" in hosts  # queued: the submitting client
+
+
+# -- 7. asynchronous bounce reports: only for mail we sent ------------------------------------------
+
+def delivery_report(final_recipient: str, message_id: str, report_id: str, *, to: str = APP,
+                    status: str = "5.1.1") -> bytes:
+    """A delivery-status report (RFC 3464) as a remote MTA sends it some time after accepting a
+    message: the original recipient failed, the returned message's headers attached."""
+    return (
+        f"From: MAILER-DAEMON@mx.remote.example\r\nTo: {to}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <{report_id}@mx.remote.example>\r\n"
+        "MIME-Version: 1.0\r\nAuto-Submitted: auto-replied\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="rep"\r\n\r\n'
+        "--rep\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\r\n"
+        "--rep\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.remote.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {final_recipient}\r\nAction: failed\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: smtp; 550 {status} <{final_recipient}>: Recipient address rejected:"
+        " User unknown\r\n\r\n"
+        "--rep\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: App <{APP}>\r\nTo: {final_recipient}\r\nSubject: Your invoice\r\n"
+        f"Message-ID: {message_id}\r\n\r\n--rep--\r\n"
+    ).encode()
+
+
+def test_forged_bounce_reports_neither_post_events_nor_block_addresses(make_stack):
+    st = event_stack(make_stack)
+    add_endpoint(st)
+    kept, victim = f"kept@{OK_DOMAIN}", f"victim@{OK_DOMAIN}"
+    res, message_id = send_outbound(st, [kept])
+    assert res.accepted, res
+    wait_events(st, has_all([("queued", kept), ("succeeded", kept)]))
+
+    # Anyone can send us a report with the null sender: one for a Message-ID we never sent, one
+    # for our real message naming an address that was not its recipient.
+    for report in (delivery_report(victim, "<never.sent@app.example>", "forged-1"),
+                   delivery_report(victim, message_id, "forged-2")):
+        forged = st.send("", [APP], report)
+        assert forged.accepted, forged  # taken in as a bounce report (and discarded)
+    # The real one, last: the spooler ingests in spool order, so once its events are posted the
+    # forged ones have been through ingest too.
+    genuine = st.send("", [APP], delivery_report(kept, message_id, "genuine"))
+    assert genuine.accepted, genuine
+    evs = wait_events(st, has_all([("bounced", kept), ("registered", kept)]))
+    (bounced,) = find(evs, "bounced", kept)
+    assert (bounced["source"], bounced["bounce_type"], bounced["queue_id"]) == ("dsn", "hard", res.queue_id)
+    assert not [e for e in evs if e["recipient"] == victim], summary(evs)
+    assert victim not in {row["address"] for row in st.cli.json("block", "list")}
+    assert kept in {row["address"] for row in st.cli.json("block", "list")}
+    assert not [row for row in st.cli.json("log", "events", "--limit", "1000") if row["recipient"] == victim]
+    spooler_log = st.spooler.stderr_text()
+    assert spooler_log.count("ignored a delivery-status report") == 2, spooler_log
+    assert ("Message-ID '<never.sent@app.example>' naming 'victim@ok.example': no message with that"
+            " Message-ID was sent from here") in spooler_log
+    assert (f"Message-ID '{message_id}' naming 'victim@ok.example': not a recipient of the message"
+            " with that Message-ID") in spooler_log
+
+    # mail to the victim still goes out
+    res2, _ = send_outbound(st, [victim], app_id="order-2")
+    assert res2.rcpt[victim].code == 250 and res2.accepted, res2
+    wait_events(st, has_all([("succeeded", victim)]))

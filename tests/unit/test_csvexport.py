@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mxhook.csvexport import DANGEROUS_FIRST, safe_cell, write_csv
+from mxhook.csvexport import DANGEROUS_FIRST, is_invisible, safe_cell, write_csv
 
 LOG_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
 
@@ -22,7 +22,35 @@ LOG_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "fil
     ("\t=1", "'\t=1"),
     ("\r=1", "'\r=1"),
     ("a=1", "a=1"),
-    (" =1", " =1"),
+    # what a spreadsheet skips before the formula character does not hide it
+    ("\ufeff=1+1", "'\ufeff=1+1"),
+    ("\ufeff\ufeff=1", "'\ufeff\ufeff=1"),
+    (" =1", "' =1"),
+    ("  \t=1", "'  \t=1"),
+    ("\n=1", "'\n=1"),
+    ("\u00a0=1", "'\u00a0=1"),
+    ("\u3000+1", "'\u3000+1"),
+    ("\u200b=1", "'\u200b=1"),
+    ("\u200c\u200d-1", "'\u200c\u200d-1"),
+    ("\u2060@SUM(A1)", "'\u2060@SUM(A1)"),
+    ("\u200e=1", "'\u200e=1"),
+    ("\u202e=1", "'\u202e=1"),
+    ("\u2066=1", "'\u2066=1"),
+    ("\u00ad=1", "'\u00ad=1"),
+    ("\u034f=1", "'\u034f=1"),
+    ("\u3164=1", "'\u3164=1"),
+    ("\ufe0f=1", "'\ufe0f=1"),
+    ("\U000e0100=1", "'\U000e0100=1"),
+    ("\x00=1", "'\x00=1"),
+    ("\u2028=1", "'\u2028=1"),
+    ("\uff1d1+1", "'\uff1d1+1"),
+    ("\ufeff\uff20x", "'\ufeff\uff20x"),
+    # invisible characters before anything else stay as they are
+    ("\ufeffplain", "\ufeffplain"),
+    (" plain", " plain"),
+    ("\u200b", "\u200b"),
+    ("\ufeff'=1", "\ufeff'=1"),
+    ("\u00e9=1", "\u00e9=1"),
     (42, "42"),
     (-1, "'-1"),
     ("'already", "'already"),
@@ -107,7 +135,8 @@ def test_property_no_parsed_cell_starts_dangerous_and_content_round_trips(table)
         for value, cell in zip(row, got):
             assert not cell.startswith(DANGEROUS_FIRST)
             original = "" if value is None else str(value)
-            if original.startswith(DANGEROUS_FIRST):
+            visible = original.lstrip("".join(c for c in original if is_invisible(c)))
+            if original.startswith(DANGEROUS_FIRST) or visible.startswith(("=", "+", "-", "@")):
                 assert cell == "'" + original
             else:
                 assert cell == original
@@ -121,3 +150,20 @@ def test_property_lines_end_with_lf_outside_quotes(values):
     assert text.endswith("\n") and _no_cr_outside_quotes(text)
     # every record ends with LF: the reader, told that only \n ends lines, finds the same rows
     assert [r[0] for r in csv.reader(io.StringIO(text, newline=""))][1:] == [safe_cell(v) for v in values]
+
+
+# Characters spreadsheets skip or do not show, written out here independently of csvexport.
+INVISIBLE = ["\ufeff", "\u200b", "\u200c", "\u200d", "\u2060", "\u200e", "\u200f", "\u202a",
+             "\u202e", "\u2066", "\u2069", "\u061c", "\u00ad", "\u034f", "\u180e", "\ufe0f",
+             "\u3164", "\uffa0", " ", "\t", "\r", "\n", "\x0b", "\x0c", "\x00", "\x85",
+             "\u00a0", "\u2007", "\u202f", "\u3000", "\u2028", "\u2029", "\U000e0001"]
+
+
+@given(st.lists(st.sampled_from(INVISIBLE), min_size=1, max_size=4).map("".join),
+       st.sampled_from(["=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20"]), st.text(max_size=10))
+def test_property_invisible_prefix_does_not_hide_a_formula(prefix, starter, rest):
+    text = prefix + starter + rest
+    assert safe_cell(text) == "'" + text
+    out = io.StringIO()
+    write_csv([{"v": text}], ["v"], out)
+    assert list(csv.reader(io.StringIO(out.getvalue(), newline="")))[1] == ["'" + text]

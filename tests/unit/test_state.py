@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time as time_mod
 from datetime import datetime, timedelta, timezone
@@ -586,8 +587,8 @@ def test_hard_bounce_pending_by_orig_recipient(store):
 
 
 def dsn_event(eid, at, **fields):
-    return event(eid, "bounced", at=at, source="dsn", queue_id=None, message_id="<m5@ours>",
-                 bounce_type="hard", **fields)
+    return event(eid, "bounced", at=at, **{"source": "dsn", "queue_id": None, "message_id": "<m5@ours>",
+                                          "bounce_type": "hard", **fields})
 
 
 def test_dsn_events_join_by_message_id(store):
@@ -596,9 +597,9 @@ def test_dsn_events_join_by_message_id(store):
                     custom_headers={"X-App": r}, auth_user="shop")
               for i, r in enumerate("ab")]
     other = event("qo", "queued", at="2026-11-21T12:00:00.000000Z", queue_id="QO", message_id="<other@ours>")
-    # DSN arrives first for one recipient, after for the other
-    store.ingest([dsn_event("d1", "2026-11-22T11:00:00.000000Z", recipient="b@x.example")], endpoints=[EP_ALL])
-    store.ingest(queued + [other], endpoints=[EP_ALL])
+    # in the same ingest as its queued events (they come first in the spool), and in a later one
+    store.ingest(queued + [other, dsn_event("d1", "2026-11-22T12:00:01.000000Z", recipient="b@x.example")],
+                 endpoints=[EP_ALL])
     store.ingest([dsn_event("d2", "2026-11-22T12:10:00.000000Z", recipient="A@x.example", subject=None)],
                  endpoints=[EP_ALL])
     got = {e["id"]: e for e in store.batch_events(store.create_batch(1, 100))}
@@ -697,3 +698,87 @@ def test_insert_rows_writes_every_row_in_order(count):
     rows = [(f"a{i}", bytes([i % 256])) for i in range(count)]
     state._insert_rows(conn, "INSERT INTO t (a, b)", rows)
     assert conn.execute("SELECT a, b FROM t ORDER BY seq").fetchall() == rows
+
+
+# state.db holds message bodies and delivery credentials: private from birth, whatever the umask
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_state_db_and_its_wal_files_are_created_0640(tmp_path, umask):
+    path = str(tmp_path / "state.db")
+    old = os.umask(umask)
+    try:
+        store = StateStore(path)
+        store.ingest([inbound("a1")])  # the -wal and -shm files exist while it is open
+        modes = {suffix: stat.S_IMODE(os.stat(path + suffix).st_mode) for suffix in ("", "-wal", "-shm")}
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"": 0o640, "-wal": 0o640, "-shm": 0o640}
+
+
+def test_existing_state_db_mode_is_left_to_the_admin(tmp_path):
+    """Only creation sets the mode (`mxhook check` reports a state.db open to every user)."""
+    path = str(tmp_path / "state.db")
+    StateStore(path).close()
+    os.chmod(path, 0o600)
+    StateStore(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# Forged delivery-status reports: anyone can send one naming any Message-ID and any address
+
+def test_dsn_events_only_for_a_recipient_of_a_message_we_sent(store, caplog):
+    queued = [event(f"q{r}", "queued", at="2026-11-22T12:00:00.000000Z", source="milter", queue_id="QD",
+                    recipient=f"{r}@x.example", message_id="<m5@ours>") for r in "ab"]
+    inbound_log = event("s0", "succeeded", at="2026-11-22T12:00:00.000000Z", queue_id="QI",
+                        recipient="victim@x.example", message_id="<in@else>")  # mail we received
+    store.ingest(queued + [inbound_log], endpoints=[EP_ALL])
+    forged = [
+        dsn_event("f1", "2026-11-22T12:01:00.000000Z", recipient="victim@x.example",
+                  message_id="<never@sent>"),  # a Message-ID we never sent
+        dsn_event("f2", "2026-11-22T12:01:00.000000Z", recipient="victim@x.example"),  # not its recipient
+        dsn_event("f3", "2026-11-22T12:01:00.000000Z", recipient="victim@x.example",
+                  message_id="<in@else>"),  # a message we only received
+        dsn_event("f4", "2026-11-22T12:01:00.000000Z", recipient="a@x.example", message_id=None),
+        dsn_event("f5", "2026-11-22T12:01:00.000000Z", recipient="b@x.example",
+                  orig_recipient="victim@x.example"),  # the block list would take orig_recipient
+    ]
+    with caplog.at_level("WARNING", logger="mxhook.state"):
+        assert store.ingest(forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
+    assert store.pending_blocks() == []
+    assert not {"f1", "f2", "f3", "f4", "f5"} & {r["id"] for r in store.event_log(limit=None)}
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "ignored a delivery-status report for Message-ID '<never@sent>' naming 'victim@x.example':"
+        " no message with that Message-ID was sent from here; no event, no block-list entry",
+        "ignored a delivery-status report for Message-ID '<m5@ours>' naming 'victim@x.example',"
+        " 'victim@x.example': not a recipient of the message with that Message-ID; no event,"
+        " no block-list entry",
+        "ignored a delivery-status report for Message-ID '<in@else>' naming 'victim@x.example':"
+        " no message with that Message-ID was sent from here; no event, no block-list entry",
+        "ignored a delivery-status report for Message-ID (none) naming 'a@x.example': the report"
+        " names no Message-ID of the returned message; no event, no block-list entry",
+    ]
+    # a genuine one: a recipient of the message, compared normalized
+    genuine = dsn_event("g1", "2026-11-22T12:02:00.000000Z", recipient="B@X.Example.")
+    assert store.ingest([genuine], endpoints=[EP_ALL], block_hard_bounces=True) == 1
+    assert [(p["id"], p["queue_id"]) for p in store.pending_blocks()] == [("g1", "QD")]
+
+
+def test_dsn_event_before_any_queued_event_is_ignored(store):
+    """The milter spools an outbound message's queued events before Postfix takes the message,
+    and the spooler ingests in spool order, so a report ingested before them is not ours."""
+    dsn = dsn_event("d0", "2026-11-22T12:01:00.000000Z", recipient="a@x.example")
+    assert store.ingest([dsn], endpoints=[EP_ALL], block_hard_bounces=True) == 0
+    store.ingest([event("qa", "queued", at="2026-11-22T12:00:00.000000Z", source="milter",
+                        queue_id="QD", recipient="a@x.example", message_id="<m5@ours>")])
+    assert store.pending_blocks() == []
+
+
+def test_ignored_report_naming_many_addresses_logs_one_short_line(store, caplog):
+    forged = [dsn_event(f"f{i}", "2026-11-22T12:01:00.000000Z", recipient=f"v{i}@x.example",
+                        message_id="<never@sent>") for i in range(state.IGNORED_NAMED + 3)]
+    with caplog.at_level("WARNING", logger="mxhook.state"):
+        assert store.ingest(forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.count("@x.example") == state.IGNORED_NAMED and " and 3 more: " in line, line
