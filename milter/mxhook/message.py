@@ -437,7 +437,8 @@ def _as_postfix_splits(raw: bytes) -> bytes:
     space, the body from the first line that is not a field, "Name : value" read as a field."""
     fields, body_start, _ = header_section(raw)
     linesep = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    block = b"".join(name.encode("ascii") + b":" + value.replace(b"\n", linesep) + linesep
+    # a bare CR is no line end to Postfix, but is one to the stdlib parser
+    block = b"".join(name.encode("ascii") + b":" + value.replace(b"\r", b" ").replace(b"\n", linesep) + linesep
                      for name, value in fields)
     return block + linesep + raw[body_start:]
 

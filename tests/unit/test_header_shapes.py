@@ -45,3 +45,12 @@ def test_an_obs_field_content_type_is_read_as_postfix_reads_it():
     m = normalize(raw)
     assert m["headers"] == [{"name": "Content-Type", "value": "multipart/mixed; boundary=b"}]
     assert m["text"] == "hi" and base64.b64decode(m["attachments"][0]["content"]) == b"PNG"
+
+
+def test_a_bare_cr_in_a_field_starts_no_field_for_the_mime_parser():
+    # Postfix ends lines at LF only: this is one X-Note field, no Content-Type
+    raw = (b"X-Note: a\rContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: image/png\r\n\r\nPNG\r\n--b--\r\n")
+    m = normalize(raw)
+    assert [h["name"] for h in m["headers"]] == ["X-Note"]
+    assert m["attachments"] == [] and "--b" in m["text"]
