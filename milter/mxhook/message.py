@@ -1,15 +1,21 @@
 """A raw RFC 5322 message → a JSON-able dict (headers in order, addresses, bodies, attachments).
 
 Pure and fuzz-safe: `normalize` never raises on bad input. What it had to guess or skip is
-written to the result's `defects` list instead. The top-level header list is read from the raw
-bytes directly (so 8-bit and malformed headers keep their order and content); the MIME structure
-comes from the stdlib parser with the `compat32` policy, the most forgiving one (the modern
-policy raises on some broken headers when they are accessed).
+written to the result's `defects` list instead. The top-level header section is split from the
+body as Postfix splits it before its milters see it (`header_section`), so the payload shows
+the fields the milter's decision saw, no more and no fewer; it is read from the raw bytes
+directly (8-bit and malformed headers keep their order and content). The MIME structure comes
+from the stdlib parser with the `compat32` policy, the most forgiving one (the modern policy
+raises on some broken headers when they are accessed), fed that same split; `message/*` parts
+are not parsed but passed on as the bytes that came.
 
-Body text is decoded from the part's declared charset; when that is missing, unknown or wrong,
-UTF-8 is tried and then Windows-1252/Latin-1, which map every byte. ISO-8859-1 and US-ASCII
-labels are read as Windows-1252, as browsers do (WHATWG Encoding), because that is what the
-senders meant. Line ends in decoded text are LF.
+Body text is decoded from the part's declared charset. Text declared (or defaulting to) UTF-8
+or US-ASCII that is not: each byte outside a valid UTF-8 sequence is read as Windows-1252.
+An unknown label: UTF-8, else the same. Another declared charset the text is not valid in:
+UTF-8 if it is that, else the declared charset with U+FFFD for what it cannot read (as
+browsers do; one bad sequence must not garble the whole text). ISO-8859-1 labels are read as
+Windows-1252, as browsers do (WHATWG Encoding), because that is what the senders meant. Line
+ends in decoded text are LF.
 """
 from __future__ import annotations
 
