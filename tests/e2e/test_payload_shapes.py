@@ -4,6 +4,9 @@ header-section shapes, through the real private Postfix: a rule on the envelope 
 `json` (what message.normalize made of it)."""
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
 
 from mxhook.decision import header_index
@@ -48,3 +51,37 @@ def test_payload_headers_are_the_headers_postfix_passed_the_milter(mxhook_stack)
         assert m["subject"] is None or "subject" in index, shape.id
         assert m["date"] is None or "date" in index, shape.id
         assert m["text"] == shape.body.decode("utf-8", "replace").replace("\r\n", "\n"), shape.id
+
+
+FIXTURES = Path(__file__).parent.parent / "unit" / "fixtures" / "mime"
+
+
+def test_mime_fidelity_through_postfix(mxhook_stack):
+    st = mxhook_stack
+    st.add_rule("json", "/json", "--when", r"To~^json@")
+    st.wait_milter_snapshot()
+    docs = []
+    for n, name in enumerate(["reused_boundary.eml", "rfc822_byte_exact.eml", "utf8_label_latin1.eml"], 1):
+        res = st.send("alice@sender.example", [JSON_RCPT], (FIXTURES / name).read_bytes(),
+                      source_address="127.0.0.2")
+        assert res.accepted, (name, res)
+        docs.append(st.receiver.wait_for(n, timeout=15, path="/json")[-1].json()["message"])
+    reused, enclosed, latin1 = docs
+
+    # parts after a close delimiter (boundary used again) are posted, the .zip among them
+    assert reused["text"] == "Please see the attachment.\nA second text after the reuse."
+    assert [a["filename"] for a in reused["attachments"]] == ["invoice.zip"]
+    assert "message: parts after the close delimiter (boundary used again), read as further parts" in reused["defects"]
+
+    # message/* parts are the bytes as they came: no blank added after "Subject:", the inner
+    # close delimiter, epilogue and empty lines kept
+    raw = (FIXTURES / "rfc822_byte_exact.eml").read_bytes()
+    rfc822, dsn = enclosed["attachments"]
+    inner = raw.split(b"Content-Type: message/rfc822\r\n\r\n", 1)[1].split(b"\r\n--out\r\n", 1)[0]
+    assert base64.b64decode(rfc822["content"]) == inner
+    assert b"\r\nSubject:Hi  \r\n" in inner and inner.endswith(b"--in--\r\nepilogue\r\n\r\n\r\n")
+    report = raw.split(b"Content-Type: message/delivery-status\r\n\r\n", 1)[1].split(b"\r\n--out--", 1)[0]
+    assert base64.b64decode(dsn["content"]) == report
+
+    # a Latin-1 body labelled UTF-8: Windows-1252, no U+FFFD
+    assert latin1["text"].replace("\r\n", "\n") == "Grüße aus Köln, € 5.\n"
