@@ -12,8 +12,9 @@ are not parsed but passed on as the bytes that came.
 Body text is decoded from the part's declared charset. Text declared (or defaulting to) UTF-8
 or US-ASCII that is not: each byte outside a valid UTF-8 sequence is read as Windows-1252.
 An unknown label: UTF-8, else the same. Another declared charset the text is not valid in:
-UTF-8 if it is that, else the declared charset with U+FFFD for what it cannot read (as
-browsers do; one bad sequence must not garble the whole text). ISO-8859-1 labels are read as
+its vendor superset where there is one (Shift_JIS as cp932, ...), else UTF-8 if the text is
+that, else the declared charset with U+FFFD for what it cannot read (as browsers do; one bad
+sequence must not garble the whole text). ISO-8859-1 labels are read as
 Windows-1252, as browsers do (WHATWG Encoding), because that is what the senders meant. Line
 ends in decoded text are LF.
 """
@@ -40,11 +41,15 @@ MAX_REOPENED = 10  # multiparts continued after their close delimiter (each is p
 _FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _MSG_ID = re.compile(r"<[^<>\s]*>")
 _NOT_B64 = re.compile(rb"[^A-Za-z0-9+/]")
+_PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
 # Python codecs that are text encodings but no mail charsets (or transform text in surprising ways).
 _NOT_CHARSETS = {"raw-unicode-escape", "unicode-escape", "undefined", "idna", "punycode", "mbcs", "oem"}
 _WHATWG_1252 = {"ascii", "iso8859-1", "cp1252"}  # read as windows-1252 (python codec names)
 _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030"}  # decode with the superset, as browsers do
+# Tried when the declared charset cannot read the text: the vendor supersets that mailers write
+# under the standard label (NEC/IBM extensions such as circled digits, Unified Hangul, HKSCS).
+_FAILURE_SUPERSETS = {"shift_jis": "cp932", "euc_jp": "euc_jis_2004", "euc_kr": "cp949", "big5": "big5hkscs"}
 # windows-1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined: those stay Latin-1 (C1 controls).
 _CP1252_FROM_LATIN1 = {
     i: bytes([i]).decode("cp1252") for i in range(0x80, 0xA0) if i not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)
@@ -125,6 +130,15 @@ def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
     if codec == "utf-8":
         return (_utf8_else_cp1252(data)[0],
                 f"text is not valid {charset}, bytes outside utf-8 sequences read as windows-1252")
+    superset = _FAILURE_SUPERSETS.get(codec)
+    if superset is not None:
+        try:
+            text = data.decode(superset)
+        except UnicodeDecodeError:
+            text = None
+        # (cp932 reads stray 0xA0, 0xFD-0xFF as private-use characters: not text either)
+        if text is not None and _PRIVATE_USE.search(text) is None:
+            return text, f"text is not valid {charset}, decoded as {superset}"
     try:
         return data.decode("utf-8"), f"text is not valid {charset}, decoded as utf-8"
     except UnicodeDecodeError:
