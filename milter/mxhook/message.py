@@ -1,15 +1,22 @@
 """A raw RFC 5322 message → a JSON-able dict (headers in order, addresses, bodies, attachments).
 
 Pure and fuzz-safe: `normalize` never raises on bad input. What it had to guess or skip is
-written to the result's `defects` list instead. The top-level header list is read from the raw
-bytes directly (so 8-bit and malformed headers keep their order and content); the MIME structure
-comes from the stdlib parser with the `compat32` policy, the most forgiving one (the modern
-policy raises on some broken headers when they are accessed).
+written to the result's `defects` list instead. The top-level header section is split from the
+body as Postfix splits it before its milters see it (`header_section`), so the payload shows
+the fields the milter's decision saw, no more and no fewer; it is read from the raw bytes
+directly (8-bit and malformed headers keep their order and content). The MIME structure comes
+from the stdlib parser with the `compat32` policy, the most forgiving one (the modern policy
+raises on some broken headers when they are accessed), fed that same split; `message/*` parts
+are not parsed but passed on as the bytes that came.
 
-Body text is decoded from the part's declared charset; when that is missing, unknown or wrong,
-UTF-8 is tried and then Windows-1252/Latin-1, which map every byte. ISO-8859-1 and US-ASCII
-labels are read as Windows-1252, as browsers do (WHATWG Encoding), because that is what the
-senders meant. Line ends in decoded text are LF.
+Body text is decoded from the part's declared charset. Text declared (or defaulting to) UTF-8
+or US-ASCII that is not: each byte outside a valid UTF-8 sequence is read as Windows-1252.
+An unknown label: UTF-8, else the same. Another declared charset the text is not valid in:
+its vendor superset where there is one (Shift_JIS as cp932, ...), else UTF-8 if the text is
+that, else the declared charset with U+FFFD for what it cannot read (as browsers do; one bad
+sequence must not garble the whole text). ISO-8859-1 labels are read as
+Windows-1252, as browsers do (WHATWG Encoding), because that is what the senders meant. Line
+ends in decoded text are LF.
 """
 from __future__ import annotations
 
@@ -18,11 +25,8 @@ import binascii
 import codecs
 import email.errors
 import email.utils
-import io
-import quopri
 import re
 from datetime import timezone
-from email.generator import BytesGenerator
 from email.message import Message
 from email.feedparser import BytesFeedParser
 from email.policy import Compat32
@@ -32,17 +36,20 @@ from .headers import decode_value, parse_addresses, to_text
 DEFAULT_MAX_ATTACHMENT_SIZE = 10 * 1024 * 1024
 MAX_PARTS = 1000  # leaf parts looked at; the rest is skipped with a defect
 MAX_DEPTH = 50  # multipart nesting
+MAX_REOPENED = 10  # multiparts continued after their close delimiter (each is parsed again)
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_LINE = re.compile(rb"\r?\n")
 _FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _MSG_ID = re.compile(r"<[^<>\s]*>")
 _NOT_B64 = re.compile(rb"[^A-Za-z0-9+/]")
+_PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
 # Python codecs that are text encodings but no mail charsets (or transform text in surprising ways).
 _NOT_CHARSETS = {"raw-unicode-escape", "unicode-escape", "undefined", "idna", "punycode", "mbcs", "oem"}
 _WHATWG_1252 = {"ascii", "iso8859-1", "cp1252"}  # read as windows-1252 (python codec names)
 _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030"}  # decode with the superset, as browsers do
+# Tried when the declared charset cannot read the text: the vendor supersets that mailers write
+# under the standard label (NEC/IBM extensions such as circled digits, Unified Hangul, HKSCS).
+_FAILURE_SUPERSETS = {"shift_jis": "cp932", "euc_jp": "euc_jis_2004", "euc_kr": "cp949", "big5": "big5hkscs"}
 # windows-1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined: those stay Latin-1 (C1 controls).
 _CP1252_FROM_LATIN1 = {
     i: bytes([i]).decode("cp1252") for i in range(0x80, 0xA0) if i not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)
@@ -83,15 +90,29 @@ def _cp1252(data: bytes) -> str:
     return data.decode("latin-1").translate(_CP1252_FROM_LATIN1)
 
 
+def _cp1252_errors(exc: UnicodeDecodeError) -> tuple[str, int]:
+    return _cp1252(exc.object[exc.start:exc.end]), exc.end
+
+
+codecs.register_error("mxhook-cp1252", _cp1252_errors)
+
+
+def _utf8_else_cp1252(data: bytes) -> tuple[str, bool]:
+    """(text, whether all of it was UTF-8): UTF-8, each byte outside a valid UTF-8 sequence
+    read as Windows-1252, so a Latin-1 body labelled UTF-8 reads right and a UTF-8 body with a
+    stray Latin-1 byte keeps its UTF-8 text."""
+    try:
+        return data.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "mxhook-cp1252"), False
+
+
 def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
     """(text, problem or None) for body bytes with a declared charset label (may be None)."""
     codec = _codec(charset)
     if charset and codec is None:
-        problem = f"unknown charset {charset!r}"
-        try:
-            return data.decode("utf-8"), problem + ", decoded as utf-8"
-        except UnicodeDecodeError:
-            return _cp1252(data), problem + ", decoded as windows-1252"
+        text, utf8 = _utf8_else_cp1252(data)
+        return text, f"unknown charset {charset!r}, decoded as {'utf-8' if utf8 else 'windows-1252'}"
     if codec is None or codec in _WHATWG_1252:
         try:
             return data.decode("ascii"), None
@@ -99,21 +120,30 @@ def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
             pass
         if codec is not None and codec != "ascii":  # declared latin-1 / windows-1252
             return _cp1252(data), None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return _cp1252(data), f"8-bit text declared as {charset or 'us-ascii (default)'}, decoded as windows-1252"
-        return text, f"8-bit text declared as {charset or 'us-ascii (default)'}, decoded as utf-8"
+        text, utf8 = _utf8_else_cp1252(data)
+        return text, (f"8-bit text declared as {charset or 'us-ascii (default)'}, "
+                      f"decoded as {'utf-8' if utf8 else 'windows-1252'}")
     try:
         return data.decode(codec), None
     except (UnicodeDecodeError, UnicodeError, ValueError, LookupError):
         pass
-    if codec != "utf-8":
+    if codec == "utf-8":
+        return (_utf8_else_cp1252(data)[0],
+                f"text is not valid {charset}, bytes outside utf-8 sequences read as windows-1252")
+    superset = _FAILURE_SUPERSETS.get(codec)
+    if superset is not None:
         try:
-            return data.decode("utf-8"), f"text is not valid {charset}, decoded as utf-8"
+            text = data.decode(superset)
         except UnicodeDecodeError:
-            pass
+            text = None
+        # (cp932 reads stray 0xA0, 0xFD-0xFF as private-use characters: not text either)
+        if text is not None and _PRIVATE_USE.search(text) is None:
+            return text, f"text is not valid {charset}, decoded as {superset}"
     try:
+        return data.decode("utf-8"), f"text is not valid {charset}, decoded as utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:  # one bad sequence must not turn a whole text in its declared charset into mojibake
         return data.decode(codec, "replace"), f"text is not valid {charset}, undecodable bytes replaced"
     except Exception:
         return _cp1252(data), f"text is not valid {charset}, decoded as windows-1252"
@@ -122,30 +152,56 @@ def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------------------------
 # Headers
 
-def split_headers(raw: bytes) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """Top-level header fields as (name, raw value bytes) in order, unfolding left to
-    decode_value. Lines that are not fields are skipped and reported."""
-    match = _HEADER_END.search(raw)
-    block = raw[:match.start()] if match else raw
+def header_section(raw: bytes) -> tuple[list[tuple[str, bytes]], int, list[str]]:
+    """The top-level header fields, split from the body exactly as Postfix does before its
+    milters see them: (fields as (name, raw value bytes after the colon, continuation lines
+    joined with LF), offset of the first body byte in `raw`, defects).
+
+    Postfix's rules (smtpd.c, mime_state.c): leading lines that start with "From " (after any
+    ">") become X-Mailbox-Line fields; if the next line starts with white space, the message
+    has no header section at all (smtpd puts a blank line before it); a field is a name of
+    printable ASCII other than ":", optional blanks, then ":"; a line starting with white space
+    continues the field before it; the first line that is none of these ends the header
+    section: an empty line is the separator, any other line is the first line of the body."""
     fields: list[tuple[str, bytes]] = []
     defects: list[str] = []
-    lines = _LINE.split(block)
-    if lines and lines[0].startswith(b"From "):  # mbox separator line
-        lines = lines[1:]
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if fields:
-                name, value = fields[-1]
-                fields[-1] = (name, value + b"\n" + line)
-            elif line.strip():
-                defects.append("continuation line before the first header field")
+    pos, end = 0, len(raw)
+    first = True
+    while pos < end:
+        nl = raw.find(b"\n", pos)
+        next_pos = end if nl < 0 else nl + 1
+        line = raw[pos:next_pos if nl < 0 else nl]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if first and line.lstrip(b">").startswith(b"From "):  # mbox separator line(s)
+            fields.append(("X-Mailbox-Line", b" " + line))
+            pos = next_pos
             continue
+        if line[:1] in (b" ", b"\t"):
+            if first:
+                defects.append("the first line starts with white space: no header section "
+                               "(the whole message is body, as Postfix reads it)")
+                return fields, pos, defects
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\n" + line)
+            pos = next_pos
+            continue
+        first = False
+        if not line:
+            return fields, next_pos, defects
         m = _FIELD_NAME.match(line)
         if m is None:
-            if line.strip():
-                defects.append(f"not a header field: {to_text(line[:60])!r}")
-            continue
+            defects.append(f"header section ends at a line that is not a header field: {to_text(line[:60])!r}")
+            return fields, pos, defects
         fields.append((m.group(1).decode("ascii"), line[m.end():]))
+        pos = next_pos
+    return fields, end, defects
+
+
+def split_headers(raw: bytes) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Top-level header fields as (name, raw value bytes) in order, unfolding left to
+    decode_value; what Postfix passes to a milter (see header_section)."""
+    fields, _, defects = header_section(raw)
     return fields, defects
 
 
@@ -206,25 +262,19 @@ def _content_id(part: Message) -> str | None:
     return cid or None
 
 
-def _serialize(msg: Message, linesep: str) -> bytes:
-    buf = io.BytesIO()
-    BytesGenerator(buf, mangle_from_=False, maxheaderlen=0, policy=_POLICY.clone(linesep=linesep)).flatten(msg)
-    return buf.getvalue()
-
-
 def _defect_name(defect) -> str:
     return type(defect).__name__ if isinstance(defect, email.errors.MessageDefect) else str(defect)
 
 
 class _Walker:
-    def __init__(self, max_attachment_size: int, linesep: str):
+    def __init__(self, max_attachment_size: int):
         self.max_attachment_size = max_attachment_size
-        self.linesep = linesep
         self.text_parts: list[str] = []
         self.html_parts: list[str] = []
         self.attachments: list[dict] = []
         self.defects: list[str] = []
         self.leaves = 0
+        self.reopened = 0  # multiparts continued after their close delimiter
 
     def defect(self, path: str, what: str) -> None:
         self.defects.append(f"{path}: {what}" if path else what)
@@ -243,9 +293,14 @@ class _Walker:
             if depth >= MAX_DEPTH:
                 self.defect(label, f"multipart nested deeper than {MAX_DEPTH} levels, skipped")
                 return
-            for i, sub in enumerate(payload, 1):
-                if isinstance(sub, Message):
-                    self.walk(sub, f"{path}.{i}" if path else str(i), depth + 1)
+            count = 0
+            while payload is not None:
+                for sub in payload:
+                    count += 1
+                    if isinstance(sub, Message):
+                        self.walk(sub, f"{path}.{count}" if path else str(count), depth + 1)
+                part = self._reopened(part, label)
+                payload = part.get_payload() if part is not None else None
             return
         self.leaves += 1
         if self.leaves > MAX_PARTS:
@@ -253,11 +308,39 @@ class _Walker:
                 self.defect("", f"more than {MAX_PARTS} parts, the rest skipped")
             return
         try:
-            self.leaf(part, label, ctype, maintype, payload)
+            self.leaf(part, label, ctype, maintype)
         except Exception as exc:  # a part we cannot read must not sink the rest
             self.defect(label, f"unreadable part ({type(exc).__name__}: {exc})")
 
-    def leaf(self, part: Message, label: str, ctype: str, maintype: str, payload) -> None:
+    def _reopened(self, multipart: Message, label: str) -> Message | None:
+        """The parts that follow the multipart's close delimiter under the same boundary (a
+        reused-boundary trick: the stdlib takes them for the epilogue, while mail clients show
+        them), as a multipart of their own; None when there are none."""
+        boundary, epilogue = multipart.get_boundary(), multipart.epilogue
+        if not boundary or not epilogue or self.reopened > MAX_REOPENED:
+            return None
+        data = epilogue.encode("ascii", "surrogateescape")
+        delimiter = b"--" + boundary.encode("ascii", "surrogateescape")
+        if re.search(rb"^" + re.escape(delimiter) + rb"[ \t]*\r?$", data, re.MULTILINE) is None:
+            return None
+        self.reopened += 1
+        if self.reopened > MAX_REOPENED:
+            self.defect(label, f"more than {MAX_REOPENED} multiparts continued after their close "
+                               "delimiter, the rest skipped")
+            return None
+        self.defect(label, "parts after the close delimiter (boundary used again), read as further parts")
+        try:
+            following = _parse(b"Content-Type: multipart/mixed; boundary="
+                               + email.utils.quote(boundary).join('""').encode("ascii", "surrogateescape")
+                               + b"\n\n" + data)
+        except Exception as exc:
+            self.defect(label, f"parts after the close delimiter unreadable ({type(exc).__name__}: {exc})")
+            return None
+        for d in following.defects:
+            self.defect(label, _defect_name(d))
+        return following if isinstance(following.get_payload(), list) else None
+
+    def leaf(self, part: Message, label: str, ctype: str, maintype: str) -> None:
         disposition = _disposition(part)
         filename = _filename(part)
         if maintype == "multipart":  # declared multipart, but its boundary never came
@@ -271,13 +354,7 @@ class _Walker:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
             (self.text_parts if ctype == "text/plain" else self.html_parts).append(text)
             return
-        if maintype == "message" and isinstance(payload, list):
-            data = b"".join(_serialize(m, self.linesep) for m in payload if isinstance(m, Message))
-            cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-            if cte in ("base64", "quoted-printable"):  # not allowed for message/*, but seen
-                data = _undo_cte(data.strip(), cte)
-        else:
-            data = self._decoded(part, label)
+        data = self._decoded(part, label)  # message/*: the enclosed bytes as they came (_Parser)
         cid = _content_id(part)
         if disposition == "inline" or (disposition is None and cid is not None):
             disp = "inline"
@@ -323,15 +400,6 @@ def _lenient_b64(payload) -> bytes:
         return b""
 
 
-def _undo_cte(data: bytes, cte: str) -> bytes:
-    try:
-        if cte == "base64":
-            return _lenient_b64(data)
-        return quopri.decodestring(data)
-    except (binascii.Error, ValueError):
-        return data
-
-
 # ---------------------------------------------------------------------------------------------
 
 def _empty(raw: bytes) -> dict:
@@ -344,31 +412,32 @@ def _empty(raw: bytes) -> dict:
     }
 
 
-class _DepthBoundParser(BytesFeedParser):
-    """The stdlib parser, but it does not descend into parts nested deeper than the walker
-    looks (MAX_DEPTH): it recurses once per level and, near a thousand levels, raises
-    RecursionError, which used to cost the whole message its text and attachments. A part
-    that deep keeps its content unparsed, as one string (the generator writes it back as it
-    came, should an enclosing message/rfc822 attachment be flattened)."""
+class _Parser(BytesFeedParser):
+    """The stdlib parser, but it keeps two kinds of part unparsed, their content one string of
+    the bytes as they came: `message/*` parts (an enclosed message is passed on byte for byte,
+    so its DKIM signature still verifies; the stdlib would re-serialise it from its parse) and
+    multiparts nested deeper than the walker looks (MAX_DEPTH: the stdlib recurses once per
+    level and, near a thousand levels, raises RecursionError, which would cost the whole
+    message its text and attachments)."""
 
-    _HIDDEN = "application/x-mxhook-nested-too-deep"
+    _HIDDEN = "application/x-mxhook-unparsed"
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self.cut: list[tuple[Message, str]] = []  # (part, its real Content-Type)
+        self.hidden: list[tuple[Message, str | None]] = []  # (part, its real Content-Type)
 
     def _parse_headers(self, lines):
         super()._parse_headers(lines)
         cur = self._cur
-        if len(self._msgstack) > MAX_DEPTH + 1 and cur.get_content_maintype() in ("multipart", "message"):
-            # (None: no header, a multipart/digest part is message/rfc822 by default)
-            self.cut.append((cur, cur["Content-Type"]))
+        maintype = cur.get_content_maintype()  # a multipart/digest part without one: message
+        if maintype == "message" or (maintype == "multipart" and len(self._msgstack) > MAX_DEPTH + 1):
+            self.hidden.append((cur, cur["Content-Type"]))
             del cur["Content-Type"]
             cur["Content-Type"] = self._HIDDEN  # the parser does not go in
 
     def close(self) -> Message:
         msg = super().close()
-        for part, content_type in self.cut:
+        for part, content_type in self.hidden:
             del part["Content-Type"]
             if content_type is not None:
                 part["Content-Type"] = content_type
@@ -376,9 +445,22 @@ class _DepthBoundParser(BytesFeedParser):
 
 
 def _parse(raw: bytes) -> Message:
-    parser = _DepthBoundParser(policy=_POLICY)
+    parser = _Parser(policy=_POLICY)
     parser.feed(raw)
     return parser.close()
+
+
+def _as_postfix_splits(raw: bytes) -> bytes:
+    """`raw` with its header section rewritten as Postfix reads it (see header_section) and an
+    empty line after it, so the MIME parser finds the same top-level fields and the same body
+    as the milter's decision saw: no header section when the first line starts with white
+    space, the body from the first line that is not a field, "Name : value" read as a field."""
+    fields, body_start, _ = header_section(raw)
+    linesep = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
+    # a bare CR is no line end to Postfix, but is one to the stdlib parser
+    block = b"".join(name.encode("ascii") + b":" + value.replace(b"\r", b" ").replace(b"\n", linesep) + linesep
+                     for name, value in fields)
+    return block + linesep + raw[body_start:]
 
 
 def normalize(raw: bytes, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
@@ -391,10 +473,9 @@ def normalize(raw: bytes, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_S
         _headers_into(raw, result)
     except Exception as exc:  # pragma: no cover - split_headers is written not to raise
         defects.append(f"headers unreadable ({type(exc).__name__}: {exc})")
-    linesep = "\r\n" if b"\r\n" in raw[:4096] else "\n"
-    walker = _Walker(max_attachment_size, linesep)
+    walker = _Walker(max_attachment_size)
     try:
-        msg = _parse(raw)
+        msg = _parse(_as_postfix_splits(raw))
         walker.walk(msg, "", 0)
     except RecursionError:
         walker.defect("", "MIME structure nested too deeply to parse")

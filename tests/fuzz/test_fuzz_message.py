@@ -328,3 +328,45 @@ def test_split_headers_never_raises(raw):
     fields, defects = message.split_headers(raw)
     for name, value in fields:
         assert isinstance(name, str) and name and isinstance(value, bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The header section as Postfix splits it, and message/* parts byte for byte
+
+HEADERISH = st.lists(st.sampled_from([
+    b"From: a@x.example", b"From a@x.example Thu", b">From x", b"From : ceo@ours.example",
+    b"Subject: s", b"Subject : s", b" ", b"\tfolded", b"", b"no colon", b": x", b"X-\xe9: 1",
+    b"Content-Type: multipart/mixed; boundary=b", b"--b", b"a\rb: c", b"\x00: nul",
+]), max_size=12)
+
+
+@FUZZ
+@given(HEADERISH, st.sampled_from([b"\r\n", b"\n"]), st.binary(max_size=200))
+def test_the_header_section_survives_the_milters_round_trip(lines, eol, tail):
+    """What the milter spools (the fields Postfix passed it, an empty line, the body) has the
+    same header section and body as the message the client sent."""
+    raw = eol.join(lines) + eol + tail
+    fields, body_start, _ = message.header_section(raw)
+    spooled = b"".join(n.encode() + b":" + v.replace(b"\n", b"\r\n") + b"\r\n" for n, v in fields) + b"\r\n" + raw[body_start:]
+    again, again_start, _ = message.header_section(spooled)
+    assert again == fields
+    assert spooled[again_start:] == raw[body_start:]
+    assert message.normalize(raw)["headers"] == message.normalize(spooled)["headers"]
+
+
+ENCLOSED = st.lists(st.sampled_from([
+    b"Subject:Hi", b"Subject:  x  ", b"From:a@x.example", b"", b" ", b"\tfold", b"body",
+    b"Content-Type: multipart/mixed; boundary=in", b"--in", b"--in--", b"\xff\xfe 8-bit",
+    b"Content-Type: message/rfc822", b"Content-Transfer-Encoding: base64",
+]), max_size=20)
+
+
+@FUZZ
+@given(ENCLOSED, st.sampled_from(["message/rfc822", "message/global", "message/delivery-status"]),
+       st.sampled_from([b"\r\n", b"\n"]))
+def test_message_parts_are_passed_byte_for_byte(lines, ctype, eol):
+    inner = eol.join(lines)
+    raw = eol.join([b"Content-Type: multipart/mixed; boundary=OUT", b"", b"--OUT",
+                    b"Content-Type: " + ctype.encode(), b"", inner, b"--OUT--", b""])
+    [att] = message.normalize(raw)["attachments"]
+    assert (att["content_type"], base64.b64decode(att["content"])) == (ctype, inner)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mxhook import message as message_module
 from mxhook.message import decode_text, normalize, split_headers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mime"
@@ -207,13 +208,13 @@ def test_unknown_and_misdeclared_charsets():
         "UTF-8 really: été",
         "Latin-1 really: été €",
         "Misdeclared ASCII: naïve",
-        "Broken UTF-8: \ufffd end",
+        "Broken UTF-8: \xff end",  # a stray Latin-1 byte, read as windows-1252
     ]
     assert m["defects"] == [
         "part 1: unknown charset 'x-unknown', decoded as utf-8",
         "part 2: unknown charset 'x-unknown', decoded as windows-1252",
         "part 3: 8-bit text declared as us-ascii, decoded as utf-8",
-        "part 4: text is not valid utf-8, undecodable bytes replaced",
+        "part 4: text is not valid utf-8, bytes outside utf-8 sequences read as windows-1252",
     ]
 
 
@@ -257,7 +258,7 @@ def test_crlf_and_lf_give_the_same_result(path):
     for m in (lf, crlf):
         m.pop("size")
         for a in m["attachments"]:
-            if a["content_type"] == "message/rfc822":  # kept with the message's own line ends
+            if a["content_type"].startswith("message/"):  # kept with the message's own line ends
                 a.pop("content"), a.pop("size")
     assert lf == crlf
 
@@ -286,10 +287,12 @@ def test_several_from_headers_and_addresses_stay_a_list():
     assert [a["address"] for a in m["from"]] == ["a@x.org", "b@y.org", "c@z.org"]
 
 
-def test_header_lines_that_are_not_fields():
-    fields, defects = split_headers(b"Subject: a\n  continued\nnot a header\nX-A: 1\n\nbody")
-    assert fields == [("Subject", b" a\n  continued"), ("X-A", b" 1")]
-    assert defects == ["not a header field: 'not a header'"]
+def test_a_line_that_is_not_a_field_starts_the_body_as_in_postfix():
+    raw = b"Subject: a\n  continued\nnot a header\nX-A: 1\n\nbody"
+    fields, defects = split_headers(raw)
+    assert fields == [("Subject", b" a\n  continued")]
+    assert defects == ["header section ends at a line that is not a header field: 'not a header'"]
+    assert normalize(raw)["text"] == "not a header\nX-A: 1\n\nbody"
 
 
 def test_text_part_with_attachment_disposition_is_not_body():
@@ -384,7 +387,21 @@ def test_a_message_attachment_nested_thousands_deep_is_passed_on_unchanged():
     (b"\xb2\xe2\xca\xd4", "gb2312", ("测试", None)),
     (b"x", "base64", ("x", "unknown charset 'base64', decoded as utf-8")),  # a codec, no charset
     (b"\\u0041", "unicode-escape", ("\\u0041", "unknown charset 'unicode-escape', decoded as utf-8")),
-    (b"\xe9", "utf-8", ("\ufffd", "text is not valid utf-8, undecodable bytes replaced")),
+    (b"\xe9", "utf-8", ("\xe9", "text is not valid utf-8, bytes outside utf-8 sequences read as windows-1252")),
+    (b"caf\xe9 \x80", "UTF-8", ("caf\xe9 \u20ac", "text is not valid UTF-8, bytes outside utf-8 sequences read as windows-1252")),
+    # a UTF-8 text with one stray Latin-1 byte keeps its UTF-8 characters
+    (b"\xc3\xa9t\xc3\xa9 \xe9", "utf-8", ("\xe9t\xe9 \xe9", "text is not valid utf-8, bytes outside utf-8 sequences read as windows-1252")),
+    (b"\xe2\x82", "utf8", ("\xe2\u201a", "text is not valid utf8, bytes outside utf-8 sequences read as windows-1252")),
+    # other declared charsets: UTF-8 if the text is that, else the declared charset with U+FFFD
+    # for what it cannot read (a whole text turned to windows-1252 would be all mojibake)
+    (b"\x82\xa0\xff", "shift_jis", ("\u3042\ufffd", "text is not valid shift_jis, undecodable bytes replaced")),
+    # the vendor supersets mailers write under the standard label
+    (b"\x87\x40\x82\xa0", "Shift_JIS", ("\u2460\u3042", "text is not valid Shift_JIS, decoded as cp932")),
+    (b"\xad\xa1", "euc-jp", ("\u2460", "text is not valid euc-jp, decoded as euc_jis_2004")),
+    (b"\x81\x41", "ks_c_5601-1987", ("\uac02", "text is not valid ks_c_5601-1987, decoded as cp949")),
+    (b"\x87\x40", "big5", ("\u43f0", "text is not valid big5, decoded as big5hkscs")),
+    (b"\xe1\xae", "iso-8859-7", ("\u03b1\ufffd", "text is not valid iso-8859-7, undecodable bytes replaced")),
+    (b"\xff\xfe\x41", "utf-16", ("\ufffd", "text is not valid utf-16, undecodable bytes replaced")),
     (b"caf\xc3\xa9", "iso-2022-jp", ("café", "text is not valid iso-2022-jp, decoded as utf-8")),
 ])
 def test_decode_text(data, charset, expected):
@@ -423,3 +440,94 @@ def test_fuzz_mutated_fixtures_never_raise(path, data):
             del raw[pos:pos + data.draw(st.integers(1, 40))]
     raw = bytes(raw)
     _assert_sane(normalize(raw), raw)
+
+
+# --- parts after a close delimiter (boundary reused) ------------------------------------------
+
+def test_parts_after_a_close_delimiter_are_listed_with_a_defect():
+    m = norm("reused_boundary.eml")
+    assert m["text_parts"] == ["Please see the attachment.", "A second text after the reuse."]
+    [att] = m["attachments"]
+    assert (att["filename"], att["content_type"], content(att)) == (
+        "invoice.zip", "application/zip", base64.b64decode("UEsDBBQAAAAIAA=="))
+    assert m["defects"] == [
+        "message: parts after the close delimiter (boundary used again), read as further parts"]
+
+
+def test_parts_after_a_nested_close_delimiter_are_numbered_on():
+    raw = (b"Content-Type: multipart/mixed; boundary=o\n\n--o\n"
+           b"Content-Type: multipart/alternative; boundary=i\n\n--i\nContent-Type: text/plain\n\none\n"
+           b"--i--\n--i\nContent-Type: image/png\n\nPNG\n--o\nContent-Type: text/plain\n\nthree\n--o--\n")
+    m = normalize(raw)
+    assert m["text_parts"] == ["one", "three"]
+    assert [a["content_type"] for a in m["attachments"]] == ["image/png"]
+    assert m["defects"] == [  # the reopened parts end at the outer delimiter, without a close
+        "part 1: parts after the close delimiter (boundary used again), read as further parts",
+        "part 1: CloseBoundaryNotFoundDefect"]
+
+
+def test_an_epilogue_without_a_delimiter_and_a_second_close_are_no_parts():
+    raw = b"Content-Type: multipart/mixed; boundary=o\n\n--o\n\none\n--o--\n--o--\nthe end\n--o-- \n"
+    m = normalize(raw)
+    assert (m["text_parts"], m["attachments"], m["defects"]) == (["one"], [], [])
+
+
+def test_reused_boundaries_are_bounded():
+    raw = b"Content-Type: multipart/mixed; boundary=o\n\n" + b"--o\n\npart\n--o--\n" * 30
+    m = normalize(raw)
+    assert len(m["text_parts"]) == 1 + message_module.MAX_REOPENED
+    assert m["defects"][-1] == (f"message: more than {message_module.MAX_REOPENED} multiparts "
+                                "continued after their close delimiter, the rest skipped")
+
+
+# --- message/* passed byte for byte ----------------------------------------------------------
+
+def _between(raw: bytes, head: bytes, tail: bytes) -> bytes:
+    return raw.split(head, 1)[1].split(tail, 1)[0]
+
+
+def test_message_parts_are_the_bytes_as_they_came():
+    raw = load("rfc822_byte_exact.eml")
+    m = normalize(raw)
+    assert m["text"] == "See the enclosed message." and m["defects"] == []
+    rfc822, dsn = m["attachments"]
+    # the enclosed bytes: after the part's header section, up to the CRLF before the delimiter
+    assert content(rfc822) == _between(raw, b"Content-Type: message/rfc822\r\n\r\n", b"\r\n--out\r\n")
+    assert b"Subject:Hi  \r\n" in content(rfc822) and content(rfc822).endswith(b"--in--\r\nepilogue\r\n\r\n\r\n")
+    assert content(dsn) == _between(raw, b"Content-Type: message/delivery-status\r\n\r\n", b"\r\n--out--")
+    assert rfc822["size"] == len(content(rfc822)) and dsn["content_type"] == "message/delivery-status"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_message_parts_nested_in_messages_and_multiparts_are_exact(depth):
+    inner = b"Subject:Hi\r\nX-Odd:   spaced  \r\n\r\nbody\r\n\r\n"
+    for i in range(depth):  # message/global in a multipart in a message/rfc822 ...
+        inner = (b"Content-Type: multipart/mixed; boundary=L%d\r\n\r\n--L%d\r\n"
+                 b"Content-Type: message/global\r\n\r\n" % (i, i) + inner + b"\r\n--L%d--\r\n" % i)
+        inner = b"Subject:level\r\nContent-Type: message/rfc822\r\n\r\n" + inner
+    raw = b"Content-Type: multipart/mixed; boundary=T\r\n\r\n--T\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--T--\r\n"
+    [att] = normalize(raw)["attachments"]
+    assert content(att) == inner
+
+
+def test_a_base64_message_part_is_decoded_as_before():
+    inner = b"Subject:Hi\r\n\r\nbody"
+    raw = (b"Content-Type: multipart/mixed; boundary=T\r\n\r\n--T\r\nContent-Type: message/rfc822\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(inner) + b"\r\n--T--\r\n")
+    assert content(normalize(raw)["attachments"][0]) == inner
+
+
+def test_a_digest_part_without_content_type_is_exact():
+    inner = b"Subject:Hi\n\nbody\n"
+    raw = b"Content-Type: multipart/digest; boundary=d\n\n--d\n\n" + inner + b"\n--d--\n"
+    [att] = normalize(raw)["attachments"]
+    assert (att["content_type"], content(att)) == ("message/rfc822", inner)
+
+
+# --- charsets --------------------------------------------------------------------------------
+
+def test_a_latin1_body_labelled_utf8_reads_as_windows_1252():
+    m = norm("utf8_label_latin1.eml")
+    assert m["text"] == "Grüße aus Köln, € 5.\n"
+    assert "\ufffd" not in m["text"]
+    assert m["defects"] == ["message: text is not valid utf-8, bytes outside utf-8 sequences read as windows-1252"]

@@ -318,3 +318,30 @@ def test_every_fixture_renders_in_every_format(fmt, path):
         json.loads(r.body.decode("utf-8"))
     elif fmt == "multipart":
         parse_form(r)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the payloads say is the message the milter's decision saw
+
+@pytest.mark.parametrize("spooled", [
+    b"\r\n \r\nFrom: ceo@ours.example\r\nSubject: Wire the money\r\n\r\nPay now.\r\n",  # milter
+    b" \r\nFrom: ceo@ours.example\r\nSubject: Wire the money\r\n\r\nPay now.\r\n",  # as sent
+], ids=["as the milter spools it", "as sent"])
+def test_a_message_without_header_section_shows_no_fields_in_json_and_multipart(spooled):
+    msg = json.loads(render("json", raw_bytes=spooled).body)["message"]
+    assert (msg["headers"], msg["from"], msg["subject"], msg["date"]) == ([], [], None, None)
+    assert "From: ceo@ours.example" in msg["text"]
+    fields, _, _ = parse_form(render("multipart", raw_bytes=spooled))
+    assert (fields["headers"], fields["from"], fields["subject"]) == ("[]", "[]", "")
+
+
+def test_a_forwarded_message_is_posted_as_its_bytes_in_json_and_multipart():
+    eml = raw("rfc822_byte_exact.eml")
+    inner = eml.split(b"Content-Type: message/rfc822\r\n\r\n", 1)[1].split(b"\r\n--out\r\n", 1)[0]
+    doc = json.loads(render("json", raw_bytes=eml).body)
+    assert base64.b64decode(doc["message"]["attachments"][0]["content"]) == inner
+    r = render("multipart", raw_bytes=eml)
+    boundary = r.content_type.split("boundary=", 1)[1].encode()
+    # the file part's bytes, not as a MIME parser would read the enclosed message
+    assert (b'; filename="attachment-1"\r\nContent-Type: message/rfc822\r\n\r\n' + inner
+            + b"\r\n--" + boundary) in r.body
