@@ -369,8 +369,14 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
     """Block-list addresses in the form they are compared in since then (normalize_address:
     the domain as IDNA A-label, without a trailing dot); where two rows become one address,
     the one already in that form stays."""
+    _rewrite_blocklist(db, normalize_address)
+
+
+def _rewrite_blocklist(db: sqlite_utils.Database, rewrite) -> None:
+    """Each block-list address as `rewrite` gives it; where two rows become one address, the one
+    already in that form stays."""
     for (address,) in db.execute("SELECT address FROM blocklist").fetchall():
-        normalized = normalize_address(address)
+        normalized = rewrite(address)
         if normalized == address:
             continue
         if db.execute("SELECT 1 FROM blocklist WHERE address = ?", [normalized]).fetchone():
@@ -399,15 +405,12 @@ def _schema_v5(db: sqlite_utils.Database) -> None:
             db.execute("DELETE FROM domains WHERE name = ?", [name])
         else:
             db.execute("UPDATE domains SET name = ? WHERE name = ?", [new, name])
-    for (address,) in db.execute("SELECT address FROM blocklist").fetchall():
-        local, _, domain = address.rpartition("@")
-        new = normalize_address(f"{local}@{_u_labels(domain)}")
-        if new == address:
-            continue
-        if db.execute("SELECT 1 FROM blocklist WHERE address = ?", [new]).fetchone():
-            db.execute("DELETE FROM blocklist WHERE address = ?", [address])
-        else:
-            db.execute("UPDATE blocklist SET address = ? WHERE address = ?", [new, address])
+    _rewrite_blocklist(db, _renormalized_address)
+
+
+def _renormalized_address(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return normalize_address(f"{local}{at}{_u_labels(domain)}")
 
 
 def _u_labels(domain: str) -> str:
