@@ -372,6 +372,7 @@ def _split_mailboxes(tokens: list[tuple[str, str]]) -> list[list[tuple[str, str]
     """Top-level `,` separates mailboxes; a group's name (up to `:`) and its `;` are dropped."""
     chunks: list[list[tuple[str, str]]] = []
     chunk: list[tuple[str, str]] = []
+    chunk_has_at = False
     in_angle = False
     for tok in tokens:
         kind = tok[0]
@@ -379,12 +380,14 @@ def _split_mailboxes(tokens: list[tuple[str, str]]) -> list[list[tuple[str, str]
             in_angle = True
         elif kind == ">":
             in_angle = False
+        elif kind == "@":
+            chunk_has_at = True
         elif not in_angle:
             if kind in ",;":
                 chunks.append(chunk)
-                chunk = []
+                chunk, chunk_has_at = [], False
                 continue
-            if kind == ":" and not any(k == "@" for k, _ in chunk):
+            if kind == ":" and not chunk_has_at:
                 chunk = []  # the group's display name
                 continue
         chunk.append(tok)
@@ -393,16 +396,18 @@ def _split_mailboxes(tokens: list[tuple[str, str]]) -> list[list[tuple[str, str]
 
 
 def _mailbox(chunk: list[tuple[str, str]]) -> Mailbox | None:
-    kinds = [k for k, _ in chunk]
-    start = 0
-    while "<" in kinds[start:]:
-        left = kinds.index("<", start)
-        right = kinds.index(">", left) if ">" in kinds[left:] else len(kinds)
-        address = _addr_spec(chunk[left + 1:right])
-        if "@" in address:
-            name = _phrase(chunk[:left]) or _comment_name(chunk[:left] + chunk[right + 1:])
-            return _make(name, address)
-        start = right + 1
+    first = left = None  # the first `<` (the display name is before it), the current one
+    for i, (kind, _) in enumerate(chunk):
+        if kind == "<" and left is None:
+            first = i if first is None else first
+            left = i
+        elif left is not None and (kind == ">" or i == len(chunk) - 1):
+            right = i if kind == ">" else len(chunk)
+            inner = chunk[left + 1:right]
+            if any(k == "@" for k, _ in inner):
+                name = _phrase(chunk[:first]) or _comment_name(chunk[:first] + chunk[right + 1:])
+                return _make(name, _addr_spec(inner))
+            left = None
     words = _words([t for t in chunk if t[0] not in ("comment", "<", ">")])
     with_at = [i for i, w in enumerate(words) if any(k == "@" for k, _ in w)]
     if not with_at:

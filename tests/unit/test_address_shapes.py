@@ -139,3 +139,22 @@ def test_a_label_idna_2008_refuses_is_refused_as_a_domain_and_compared_punycoded
         normalize_domain("\u2603.example")  # a symbol: IDNA 2003 took it, IDNA 2008 does not
     # what IDNA 2003 stored for it, and what mail to it compares as
     assert headers.normalize_address("x@\u2603.example") == "x@xn--n3h.example"
+
+
+# -- cost ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    "a." * 15000 + "@" + ":" * 30000,  # group colons after an address
+    "<a>" * 20000,  # many angle-addrs without an address in one mailbox
+    "x <a> " * 10000,
+    "a b " * 20000 + "c@d",
+])
+def test_parsing_stays_linear_on_hostile_header_values(value):
+    """Each of these took seconds to minutes while the parser rescanned its tokens per token;
+    Postfix lets a header reach 100 kB (header_size_limit)."""
+    import time
+
+    start = time.process_time()
+    headers.mailboxes(value)
+    headers.decode_field("To", value)
+    assert time.process_time() - start < 2.0
