@@ -50,7 +50,7 @@ from .rules import Condition, Rule, RuleError, RuleSet
 
 log = logging.getLogger("mxhook.db")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 FILE_MODE = 0o640
 BUSY_TIMEOUT_MS = 5000
 
@@ -164,8 +164,8 @@ _KEY_SELECT = ("SELECT id, kind, owner_id, scheme, secret, public_key, created, 
 
 def normalize_domain(name: str) -> str:
     """A permitted-domain name in the form recipients are compared against: lower-case ASCII
-    (internationalized names become their IDNA A-label form), no trailing dot. RuleError on
-    anything that is not host-name syntax."""
+    (internationalized names become their IDNA 2008 A-label form, `headers.domain_a_label`), no
+    trailing dot. RuleError on anything that is not host-name syntax."""
     raw = (name or "").strip()
     if "@" in raw:
         raise RuleError(f"{raw!r} is an address; give the domain only (the part after '@')")
@@ -369,8 +369,14 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
     """Block-list addresses in the form they are compared in since then (normalize_address:
     the domain as IDNA A-label, without a trailing dot); where two rows become one address,
     the one already in that form stays."""
+    _rewrite_blocklist(db, normalize_address)
+
+
+def _rewrite_blocklist(db: sqlite_utils.Database, rewrite) -> None:
+    """Each block-list address as `rewrite` gives it; where two rows become one address, the one
+    already in that form stays."""
     for (address,) in db.execute("SELECT address FROM blocklist").fetchall():
-        normalized = normalize_address(address)
+        normalized = rewrite(address)
         if normalized == address:
             continue
         if db.execute("SELECT 1 FROM blocklist WHERE address = ?", [normalized]).fetchone():
@@ -379,8 +385,49 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
             db.execute("UPDATE blocklist SET address = ? WHERE address = ?", [normalized, address])
 
 
+def _schema_v5(db: sqlite_utils.Database) -> None:
+    """Permitted domains and block-list addresses in their IDNA 2008 form (UTS #46, was IDNA
+    2003): each stored A-label is read back as the name it encodes and normalized again, so a
+    name IDNA 2003 mapped differently (Cherokee: `xn--tz9ata7l` -> `xn--f9dt7l`) is stored as
+    mail to it now compares. A name IDNA 2008 refuses keeps its stored form; what IDNA 2003
+    mapped away (`faß` stored as `fass`) cannot be told from the stored form and stays. Where
+    two rows become one, the one already in the new form stays."""
+    for (name,) in db.execute("SELECT name FROM domains").fetchall():
+        try:
+            new = normalize_domain(_u_labels(name))
+        except RuleError:
+            continue
+        if new == name:
+            continue
+        if db.execute("SELECT 1 FROM domains WHERE name = ?", [new]).fetchone():
+            db.execute("UPDATE domains SET log_denied = MAX(log_denied, (SELECT log_denied FROM domains"
+                       " WHERE name = ?)) WHERE name = ?", [name, new])
+            db.execute("DELETE FROM domains WHERE name = ?", [name])
+        else:
+            db.execute("UPDATE domains SET name = ? WHERE name = ?", [new, name])
+    _rewrite_blocklist(db, _renormalized_address)
+
+
+def _renormalized_address(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return normalize_address(f"{local}{at}{_u_labels(domain)}")
+
+
+def _u_labels(domain: str) -> str:
+    """`domain` with each A-label decoded (as written where it does not decode)."""
+    labels = []
+    for label in domain.split("."):
+        if label.startswith("xn--"):
+            try:
+                label = label[4:].encode("ascii").decode("punycode")
+            except ValueError:  # UnicodeError: not ASCII, or no punycode
+                pass
+        labels.append(label)
+    return ".".join(labels)
+
+
 # version -> the step that brings a database from version - 1 to it
-_MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4}
+_MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4, 5: _schema_v5}
 
 
 def _migrate(db: sqlite_utils.Database) -> None:

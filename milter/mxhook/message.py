@@ -31,7 +31,7 @@ from email.message import Message
 from email.feedparser import BytesFeedParser
 from email.policy import Compat32
 
-from .headers import decode_value, parse_addresses, to_text
+from .headers import decode_field, decode_value, mailboxes, plain_address, to_text
 
 DEFAULT_MAX_ATTACHMENT_SIZE = 10 * 1024 * 1024
 MAX_PARTS = 1000  # leaf parts looked at; the rest is skipped with a defect
@@ -218,7 +218,9 @@ def _date_iso(value: str | None) -> str | None:
 
 
 def _addresses(values: list[bytes]) -> list[dict]:
-    return [{"name": name, "address": addr} for v in values for name, addr in parse_addresses(v)]
+    """The mailboxes of address fields, each address as written (an internationalized domain
+    as its U-label), in lower case; comparisons use `headers.normalize_address`."""
+    return [{"name": m.name, "address": plain_address(m.address)} for v in values for m in mailboxes(v)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +511,7 @@ def _scrub(obj):
 def _headers_into(raw: bytes, result: dict) -> None:
     fields, defects = split_headers(raw)
     result["defects"].extend(defects)
-    result["headers"] = [{"name": n, "value": decode_value(v)} for n, v in fields]
+    result["headers"] = [{"name": n, "value": decode_field(n, v)} for n, v in fields]
     by_name: dict[str, list[bytes]] = {}
     for name, value in fields:
         by_name.setdefault(name.lower(), []).append(value)

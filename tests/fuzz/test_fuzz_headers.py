@@ -4,8 +4,6 @@ message: an exception there is a 451 for that message, every time it is retried.
 """
 from __future__ import annotations
 
-import email.utils
-
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -145,10 +143,15 @@ def plain_mailboxes(draw):
 @example("O'Brien <x@y.example>")
 @example("a..b@c.example")
 @example("(c) <0@0>")
-def test_plain_mailbox_shortcut_agrees_with_email_utils(text):
-    expected = []
-    for name, addr in email.utils.getaddresses([text]):
-        addr = headers.normalize_address(addr)
-        if "@" in addr:
-            expected.append((name, addr))
-    assert headers.parse_addresses(text) == expected
+def test_plain_mailbox_shortcut_agrees_with_the_full_parser(text):
+    assert headers.mailboxes(text) == headers._parse_mailboxes(headers.unfold(text))
+
+
+@FUZZ
+@given(header_values())
+@example('"Foo, Bar" <foo.bar@example.com>')
+@example("=?utf-8?q?Foo=2C_Bar?= <f@x.example>, =?utf-8?q?=22q=22?= <q@x.example>")
+def test_decoded_address_fields_parse_back_to_the_same_mailboxes(raw):
+    """The header text posted for an address field names the mailboxes the payload lists."""
+    text = headers.decode_field("To", raw)
+    assert [(m.name, m.normalized) for m in headers.mailboxes(text)] == headers.parse_addresses(raw)

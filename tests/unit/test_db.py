@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mxhook import db
+from mxhook import db, headers
 from mxhook.rules import Condition, Rule, RuleError, parse_condition
 
 
@@ -395,7 +395,7 @@ def test_migration_from_version_1_keeps_rules(path):
     reader = db.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
     with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4 == db.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5 == db.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
@@ -403,6 +403,37 @@ def test_migration_from_version_1_keeps_rules(path):
     assert reader.contains("x@y.example") is True
     with db.RulesStore(path) as store:  # reopening a migrated file changes nothing
         assert len(store.list_rules()) == 1
+
+
+CHEROKEE = "\u13e3\u13b3\u13a9"  # IDNA 2003 case-folded it to other letters than UTS #46 maps it to
+
+
+def test_migration_to_version_5_stores_idna_2008_forms(path):
+    import encodings.idna
+
+    idna2003 = encodings.idna.ToASCII(CHEROKEE).decode()  # what schema 4 stored
+    assert idna2003 == "xn--tz9ata7l"
+    with db.RulesStore(path) as store:
+        store.conn.execute("INSERT INTO domains VALUES (?, 1, 'then')", [f"{idna2003}.example"])
+        store.conn.execute("INSERT INTO domains VALUES ('xn--f9dt7l.other', 0, 'then')")
+        store.conn.execute("INSERT INTO domains VALUES (?, 1, 'then')", [f"{idna2003}.other"])
+        store.conn.execute("INSERT INTO domains VALUES ('xn--n3h.example', 0, 'then')")  # IDNA 2008 refuses it
+        store.conn.execute("INSERT INTO domains VALUES ('fass.example', 0, 'then')")
+        for address in (f"x@{idna2003}.example", "y@xn--f9dt7l.example", f"y@{idna2003}.example",
+                        "z@xn--n3h.example", f"w@{'a' * 70}\u00fc.example"):
+            store.conn.execute("INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', 'then')",
+                               [address])
+        store.conn.execute("PRAGMA user_version = 4")
+    with db.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        domains = {d["name"]: d["log_denied"] for d in store.list_domains()}
+        assert domains == {"xn--f9dt7l.example": True, "xn--f9dt7l.other": True,
+                           "xn--n3h.example": False, "fass.example": False}
+        assert sorted(e["address"] for e in store.block_list()) == sorted([
+            "x@xn--f9dt7l.example", "y@xn--f9dt7l.example", "z@xn--n3h.example",
+            f"w@xn--{'a' * 70}-tih.example"])
+        # mail to the name as written is for the permitted domain
+        assert headers.address_domain(f"someone@{CHEROKEE}.example") in store.snapshot().domains
 
 
 def test_migration_is_one_transaction(path, monkeypatch):
@@ -634,7 +665,7 @@ def test_migration_to_version_4_puts_block_list_addresses_in_their_compared_form
             store.conn.execute("INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', ?)",
                                (address, "2026-11-01T00:00:00.000000Z"))
     with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
         assert sorted(b["address"] for b in store.block_list()) == [
             "a@x.example", "kunde@xn--bcher-kva.example", "plain@x.example"]
         assert store.block_remove("Kunde@B\u00fccher.example")  # found in its new form
@@ -644,7 +675,7 @@ def test_migration_to_version_4_puts_block_list_addresses_in_their_compared_form
 def test_migration_from_version_2_gives_every_rule_and_endpoint_a_secret(path):
     make_v2_db(path)
     with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
         for kind, owner in (("rule", 1), ("rule", 2), ("endpoint", 1)):
             (key,) = store.signing_keys(kind, owner)
             assert key.scheme == "v1" and key.current and key.public_key is None
