@@ -160,22 +160,33 @@ def test_discard_rule_posts_but_postfix_does_not_deliver(mxhook_stack):
     assert "milter-discard" not in st.postfix.log_text()
 
 
-def test_discard_rule_keeps_a_persistent_session_at_full_speed(mxhook_stack):
-    """smtpd counted each milter DISCARD as an error: after ten, every command of the session
-    waited a second (smtpd_error_sleep_time)."""
-    import smtplib
-    st = mxhook_stack
-    add_support_rule(st, "/hook", "--discard")
-    msg = make_message(to=SUPPORT)
-    times = []
-    with smtplib.SMTP("127.0.0.1", st.postfix.port, timeout=30) as smtp:
-        smtp.ehlo("client.example.org")
-        for _ in range(15):
-            t0 = time.monotonic()
-            assert smtp.sendmail(SENDER, [SUPPORT], msg) == {}
-            times.append(time.monotonic() - t0)
-    assert max(times[10:]) < 0.8, times
-    st.receiver.wait_for(15, timeout=30)
+def test_discard_rule_keeps_persistent_sessions_at_full_speed(make_stack):
+    """A milter DISCARD made persistent sessions 3-8 times slower than a delivering rule
+    (bench/RESULTS.md); discard(8) takes webhook-only mail at full speed. Both loads run in
+    this test, so a busy machine slows both alike."""
+    import subprocess
+    st = make_stack(spooler=False)
+    add_support_rule(st)
+    st.add_rule("webhook-only", "/hook", "--when", r"To~^webhook-only@ours\.example$", "--discard")
+    st.wait_milter_snapshot()
+
+    def load(rcpt: str) -> float:
+        t0 = time.monotonic()
+        proc = subprocess.run(["smtp-source", "-s", "5", "-m", "250", "-l", "2000", "-f", SENDER,
+                               "-t", rcpt, f"127.0.0.1:{st.postfix.port}"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+        return time.monotonic() - t0
+
+    delivering = load(SUPPORT)
+    discarding = load("webhook-only@ours.example")
+    deadline = time.monotonic() + 5
+    while len(st.cfg.spooled_records()) < 500 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(st.cfg.spooled_records()) == 500  # every message spooled before its 250
+    assert discarding < 1.5 * delivering, (discarding, delivering)
+
+
 
 
 def test_rule_edits_reach_the_running_milter_within_a_second(mxhook_stack):
