@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from . import heuristics
 from .headers import decode_value, normalize_address
-from .rules import ENVELOPE_RECIPIENT, MatchResult, Rule, RuleSet
+from .rules import MatchResult, Rule, RuleSet
 
 MISSING_FROM = "missing_from"  # the decision's name for a message without a From header
 MISSING_FROM_POLICIES = ("reject", "accept")
@@ -100,7 +100,7 @@ def decide(
 ALWAYS = "always"  # outcome class of a recipient that some rule matches whatever the headers say
 
 
-def outcome_class(candidates: tuple[Rule, ...], recipient: str,
+def outcome_class(ruleset: RuleSet, candidates: tuple[Rule, ...], recipient: str,
                   enabled_heuristics: tuple[str, ...] = heuristics.ALL) -> tuple:
     """What the end-of-headers outcome of a recipient depends on, beyond the message itself:
     recipients of one message with equal classes are all accepted or all refused, so one SMTP
@@ -120,14 +120,8 @@ def outcome_class(candidates: tuple[Rule, ...], recipient: str,
       the recipient's own address is part of the class.
     - a missing From header refuses every recipient alike.
     """
-    header_sets = set()
-    for rule in candidates:
-        conditions = frozenset(c for c in rule.conditions if c.header != ENVELOPE_RECIPIENT)
-        if not conditions:
-            header_sets = ALWAYS
-            break
-        header_sets.add(conditions)
-    key: tuple = ("rules", header_sets if header_sets == ALWAYS else frozenset(header_sets))
+    alternatives = ruleset.header_alternatives(candidates)
+    key: tuple = ("rules", ALWAYS if alternatives is None else alternatives)
     if (heuristics.FROM_EQUALS_TO in enabled_heuristics
             and heuristics.FROM_PERMITTED_DOMAIN not in enabled_heuristics):
         key += (normalize_address(recipient),)

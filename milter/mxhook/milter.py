@@ -205,7 +205,7 @@ class MxhookMilter(Milter.Base):
         if domain in self.snapshot.domains:
             candidates = self.snapshot.ruleset.envelope_candidates(rcpt)
             if candidates:
-                cls = outcome_class(candidates, rcpt, self.settings.heuristics)
+                cls = outcome_class(self.snapshot.ruleset, candidates, rcpt, self.settings.heuristics)
                 if not self._joins(cls):
                     return self._split(rcpt)
                 self.candidates[rcpt] = candidates

@@ -465,6 +465,28 @@ class RuleSet:
                     break
         return tuple(found)
 
+    def header_alternatives(self, candidates: tuple[Rule, ...]) -> frozenset | None:
+        """What decides whether one of `candidates` matches: the set of their header-condition
+        sets (any one set holding suffices), or None when one candidate has no header
+        condition (it matches whatever the headers say). Cached per candidate tuple: the
+        milter asks for every RCPT, and most recipients share a handful of tuples."""
+        cache = self.__dict__.setdefault("_alternatives", {})
+        key = tuple(map(id, candidates))
+        found = cache.get(key, _UNKNOWN)
+        if found is _UNKNOWN:
+            sets = set()
+            for rule in candidates:
+                conditions = frozenset(c for c in rule.conditions if c.header != ENVELOPE_RECIPIENT)
+                if not conditions:
+                    sets = None
+                    break
+                sets.add(conditions)
+            found = None if sets is None else frozenset(sets)
+            if len(cache) >= 10000:
+                cache.clear()
+            cache[key] = found
+        return found
+
     def match_candidates(self, recipient: str, candidates: tuple[Rule, ...],
                          headers: dict[str, list[str]], header_known: dict | None = None) -> MatchResult:
         """The first of `candidates` (from `envelope_candidates`, whose envelope conditions
