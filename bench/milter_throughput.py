@@ -7,6 +7,10 @@ One private Postfix instance (127.0.0.1, relaying to smtp-sink) with three smtpd
   (c) mxhook   mxhook-milter with 100 rules (99 that do not match, evaluated first, and a
                catch-all last), every message matched and spooled with fsync (the spooler is not
                running; the spooled records are counted to prove each message was spooled)
+  (d) discard  the same mxhook-milter, recipient of a `--discard` rule (webhook only): spooled,
+               then handed to Postfix's discard(8) transport (or, with --discard-via milter, a
+               milter DISCARD, which smtpd counts as an error: after ten per session every
+               command waits smtpd_error_sleep_time)
 
 The same smtp-source load (default 10 sessions, 2000 messages of ~5 KB) is sent to each in turn,
 alternating a, b, c for several rounds; the time until smtp-source finishes is what the milter
@@ -51,10 +55,15 @@ SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 DOMAIN = "ours.example"
 SENDER = "bench@sender.example"
 RCPT = f"bench@{DOMAIN}"
-CONFIGS = ("a", "b", "c")
-LABELS = {"a": "bare Postfix", "b": "null pymilter", "c": "mxhook, 100 rules, fsync spool"}
-LISTENER = {"a": "main", "b": "null", "c": "mxhook"}
-SYSLOG = {"a": "postfix/smtpd", "b": "postfix/null/smtpd", "c": "postfix/mxhook/smtpd"}
+DISCARD_RCPT = f"webhook-only@{DOMAIN}"
+CONFIGS = ("a", "b", "c", "d")
+LABELS = {"a": "bare Postfix", "b": "null pymilter", "c": "mxhook, 100 rules, fsync spool",
+          "d": "mxhook, --discard rule"}
+LISTENER = {"a": "main", "b": "null", "c": "mxhook", "d": "discard"}
+SYSLOG = {"a": "postfix/smtpd", "b": "postfix/null/smtpd", "c": "postfix/mxhook/smtpd",
+          "d": "postfix/discard/smtpd"}
+RCPTS = {"a": RCPT, "b": RCPT, "c": RCPT, "d": DISCARD_RCPT}
+SPOOLED = ("c", "d")  # configurations whose every message must be spooled
 
 
 def make_rules(rules_db: str, count: int) -> None:
@@ -73,6 +82,11 @@ def make_rules(rules_db: str, count: int) -> None:
         store.add_rule(Rule(
             name="catch-all", endpoint="http://127.0.0.1:9/hook/all", allow_http=True,
             priority=count, conditions=(parse_condition(r"To~^bench@ours\.example$"),),
+        ))
+        store.add_rule(Rule(
+            name="webhook-only", endpoint="http://127.0.0.1:9/hook/discard", allow_http=True,
+            priority=count + 1, discard=True,
+            conditions=(parse_condition(r"To~^webhook-only@ours\.example$"),),
         ))
 
 
@@ -110,7 +124,8 @@ class Bench:
         self.pf = PrivatePostfix(
             relay_domains=[DOMAIN], milters="",
             listeners={"null": {"smtpd_milters": "unix:" + self.null_sock},
-                       "mxhook": {"smtpd_milters": "unix:mxhook/milter.sock"}},
+                       "mxhook": {"smtpd_milters": "unix:mxhook/milter.sock"},
+                       "discard": {"smtpd_milters": "unix:mxhook/milter.sock"}},
             base_dir=os.path.join(self.workdir, "postfix"),
         )
         self.null = None
@@ -122,7 +137,8 @@ class Bench:
         self.null = NullMilter(self.workdir, self.null_sock).start()
         self.cfg = MxhookConfig(os.path.join(self.workdir, "mxhook"), queue_dir=self.pf.queue_dir,
                                 overrides={"milter": {"log_level": self.args.milter_log_level,
-                                                      "rules_reload_interval": "1.0"}})
+                                                      "rules_reload_interval": "1.0",
+                                                      "discard_via": self.args.discard_via}})
         make_rules(self.cfg.rules_db, self.args.rules)
         self.mxhook = MilterProcess(self.cfg).start()
 
@@ -157,9 +173,9 @@ class Bench:
         offset = len(self.pf.log_text())
         port = self.pf.ports[LISTENER[config]]
         argv = [SMTP_SOURCE, "-s", str(self.args.sessions), "-m", str(messages), "-l", str(self.args.size),
-                "-f", SENDER, "-t", RCPT, "-S", "bench message", "-M", "client.bench.example",
+                "-f", SENDER, "-t", RCPTS[config], "-S", "bench message", "-M", "client.bench.example",
                 f"127.0.0.1:{port}"]
-        milter = {"a": None, "b": self.null, "c": self.mxhook}[config]
+        milter = {"a": None, "b": self.null, "c": self.mxhook, "d": self.mxhook}[config]
         cpu0 = process_cpu(milter.proc.pid) if milter else None
         busy0 = machine_busy()
         t0 = time.perf_counter()
@@ -174,7 +190,7 @@ class Bench:
         while accepted < messages and time.monotonic() < deadline:
             time.sleep(0.05)
             accepted = self._accepted_since(config, offset)
-        spooled = len(self.cfg.spooled_records()) if config == "c" else None
+        spooled = len(self.cfg.spooled_records()) if config in SPOOLED else None
         while spooled is not None and spooled < messages and time.monotonic() < deadline:
             time.sleep(0.05)  # the last open spool segment is sealed into new/ within 0.2 s
             spooled = len(self.cfg.spooled_records())
@@ -193,12 +209,12 @@ class Bench:
     def latency(self, config: str, count: int) -> list[float]:
         self._settle()
         port = self.pf.ports[LISTENER[config]]
-        msg = make_message(from_=f"Bench <{SENDER}>", to=RCPT, subject="latency probe",
+        msg = make_message(from_=f"Bench <{SENDER}>", to=RCPTS[config], subject="latency probe",
                            size=self.args.size)
         times = []
         for _ in range(count):
             t0 = time.perf_counter()
-            res = self.pf.send(SENDER, [RCPT], msg, port=port, helo="client.bench.example")
+            res = self.pf.send(SENDER, [RCPTS[config]], msg, port=port, helo="client.bench.example")
             times.append(time.perf_counter() - t0)
             if not res.accepted:
                 raise RuntimeError(f"latency probe on ({config}) not accepted: {res}")
@@ -240,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-messages", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=200, help="messages per config before measuring")
     ap.add_argument("--milter-log-level", default="info", help="mxhook-milter log_level (info = one line per message, as in production)")
+    ap.add_argument("--discard-via", default="transport", choices=("transport", "milter"),
+                    help="mxhook-milter discard_via for (d) (milter: the old milter DISCARD)")
     ap.add_argument("--json", help="also write the raw figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args(argv)
@@ -284,10 +302,11 @@ def main(argv=None) -> int:
     print(f"  c/a = {rate['c'] / rate['a']:.3f}   (target >= 0.80)")
     print(f"  c/b = {rate['c'] / rate['b']:.3f}   (target >= 0.95)")
     print(f"  b/a = {rate['b'] / rate['a']:.3f}   (the pymilter protocol floor)")
+    print(f"  d/c = {rate['d'] / rate['c']:.3f}   (webhook-only --discard against a delivering rule)")
     print()
     # Steadier than the throughput ratios on a shared machine: the milter process's own CPU.
     cpu = {c: (statistics.median(r["milter_user_ms"] for r in results[c]["runs"]),
-               statistics.median(r["milter_sys_ms"] for r in results[c]["runs"])) for c in ("b", "c")}
+               statistics.median(r["milter_sys_ms"] for r in results[c]["runs"])) for c in ("b", "c", "d")}
     # When the machine is busy during every run (CPU/msg x rate close to the number of CPUs),
     # throughput is CPU per message in disguise: any added CPU lowers it in proportion.
     machine = {c: statistics.median(r["machine_cpu_ms"] for r in results[c]["runs"]) for c in CONFIGS}
@@ -297,7 +316,7 @@ def main(argv=None) -> int:
     print(f"  ratio b/c of CPU per message: {machine['b'] / machine['c']:.3f}")
     print()
     print("milter process CPU per message (median, user + kernel, every thread):")
-    for c in ("b", "c"):
+    for c in ("b", "c", "d"):
         print(f"  ({c}) {LABELS[c]:32s} {cpu[c][0]:.3f} + {cpu[c][1]:.3f} ms")
     print(f"  mxhook's own work beyond the protocol: {sum(cpu['c']) - sum(cpu['b']):+.3f} ms CPU per message")
     print()
@@ -305,7 +324,7 @@ def main(argv=None) -> int:
     print(f"latency per message (sequential, {n} transactions each, connect .. 250 after DATA):")
     for c in CONFIGS:
         print(f"  ({c}) {LABELS[c]:32s} p50 {pct(lat[c], 50) * 1000:7.2f} ms   p99 {pct(lat[c], 99) * 1000:7.2f} ms")
-    for c, base in (("b", "a"), ("c", "a"), ("c", "b")):
+    for c, base in (("b", "a"), ("c", "a"), ("c", "b"), ("d", "c")):
         print(f"  added by ({c}) over ({base}): p50 {(pct(lat[c], 50) - pct(lat[base], 50)) * 1000:+7.2f} ms"
               f"   p99 {(pct(lat[c], 99) - pct(lat[base], 99)) * 1000:+7.2f} ms")
     if args.json:

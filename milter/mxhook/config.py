@@ -31,6 +31,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "blocklist": "yes",
         "heuristic_from_permitted_domain": "yes",
         "heuristic_from_equals_to": "yes",
+        "missing_from": "reject",
+        "discard_via": "transport",
         "max_message_size": "50M",
         "rules_reload_interval": "1.0",
         "regex_timeout": "0.05",

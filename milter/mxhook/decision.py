@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import heuristics
-from .headers import decode_value
+from .headers import decode_value, normalize_address
 from .rules import MatchResult, Rule, RuleSet
+
+MISSING_FROM = "missing_from"  # the decision's name for a message without a From header
+MISSING_FROM_POLICIES = ("reject", "accept")
 
 
 def header_index(raw_headers: list[tuple[str, bytes | str]],
@@ -64,14 +67,62 @@ def decide(
     *,
     enabled_heuristics: tuple[str, ...] = heuristics.ALL,
     explain: bool = False,
+    missing_from: str = "reject",
+    candidates: dict[str, tuple[Rule, ...]] | None = None,
 ) -> Decision:
-    """Heuristics first (they reject the whole message), then rules per recipient."""
+    """Heuristics first (they reject the whole message), then rules per recipient.
+
+    missing_from: "reject" refuses a message without a From header field (nothing to check
+    the heuristics against; a message whose first line starts with white space has no header
+    section at all). candidates: recipient -> `RuleSet.envelope_candidates` as the milter
+    computed them at RCPT, so end of headers only evaluates header conditions and cannot
+    disagree with the answer RCPT gave."""
     from_values = [v for n, v in raw_headers if n.lower() == "from"]
     to_values = [v for n, v in raw_headers if n.lower() == "to"]
-    verdict = heuristics.check(from_values, to_values, recipients, permitted_domains, enabled_heuristics)
+    if not from_values and missing_from == "reject":
+        verdict: heuristics.Verdict | None = heuristics.Verdict(
+            MISSING_FROM, "the message has no From header field (a message whose first line "
+            "starts with white space has no header section at all)")
+    else:
+        verdict = heuristics.check(from_values, to_values, recipients, permitted_domains, enabled_heuristics)
     decision = Decision(verdict=verdict)
     if verdict is not None and not explain:
         return decision
     index = header_index(raw_headers, None if explain else ruleset.header_names)
-    decision.matches = ruleset.match_many(recipients, index, explain=explain)
+    if candidates is not None and not explain:
+        known: dict = {}
+        decision.matches = [ruleset.match_candidates(r, candidates[r], index, known) for r in recipients]
+    else:
+        decision.matches = ruleset.match_many(recipients, index, explain=explain)
     return decision
+
+
+ALWAYS = "always"  # outcome class of a recipient that some rule matches whatever the headers say
+
+
+def outcome_class(ruleset: RuleSet, candidates: tuple[Rule, ...], recipient: str,
+                  enabled_heuristics: tuple[str, ...] = heuristics.ALL) -> tuple:
+    """What the end-of-headers outcome of a recipient depends on, beyond the message itself:
+    recipients of one message with equal classes are all accepted or all refused, so one SMTP
+    transaction may hold them together (the milter answers 452 4.5.3 to a recipient whose
+    class differs from the transaction's, and the client sends it again on its own).
+
+    - the header conditions of its candidate rules (`RuleSet.envelope_candidates`): it is
+      accepted when every header condition of one candidate holds. A candidate without
+      header conditions accepts it whatever the headers say (ALWAYS). Which rule accepts it
+      does not matter here (each accepted recipient goes to its own rule's webhook), nor
+      `--discard`: a discarded recipient is accepted too, posted, then dropped from Postfix's
+      delivery, which the other recipients do not notice.
+    - the heuristics reject whole transactions: header From in a permitted domain, or equal to
+      a To header address, is the same for every recipient. "From equals the envelope
+      recipient" depends on the recipient; with `from_permitted_domain` on it never decides
+      alone (the recipient is in a permitted domain, so such a From is as well), without it
+      the recipient's own address is part of the class.
+    - a missing From header refuses every recipient alike.
+    """
+    alternatives = ruleset.header_alternatives(candidates)
+    key: tuple = ("rules", ALWAYS if alternatives is None else alternatives)
+    if (heuristics.FROM_EQUALS_TO in enabled_heuristics
+            and heuristics.FROM_PERMITTED_DOMAIN not in enabled_heuristics):
+        key += (normalize_address(recipient),)
+    return key

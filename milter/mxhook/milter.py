@@ -3,11 +3,16 @@
 One `MxhookMilter` object per SMTP connection; per-message state is reset at MAIL FROM.
 
   RCPT     recipient domain not permitted → `unknown_domains` (reject: 550 5.7.1, logged denied;
-           pass: the recipient is left alone).
-  EOH      heuristics, then rules per recipient (decision.decide). Nothing matched → 550 5.7.1.
+           pass: the recipient is left alone). Permitted: no rule can match its envelope →
+           550 5.7.1; an outcome that may differ from the recipients already accepted in this
+           transaction (decision.outcome_class) → 452 4.5.3, the client sends it again alone.
+  EOH      heuristics, then the header conditions of each recipient's candidate rules
+           (decision.decide). Nothing matched → 550 5.7.1 (the whole transaction shares it).
            The body is read only when a recipient matched.
-  EOM      raw message + envelope → spool (tmp → fsync → rename → fsync dir), then ACCEPT
-           (DISCARD / delrcpt for `--discard` rules and denied recipients). Any failure → 451.
+  EOM      raw message + envelope → spool (segment, group fdatasync), then ACCEPT; recipients
+           of `--discard` rules and consumed bounce reports are removed (delrcpt), and a
+           message left without recipients goes to Postfix's discard(8) transport. Any
+           failure → 451.
 
 Outbound mail (authenticated client, trusted network, or an `outbound_daemon_names` service)
 is not subject to inbound rules: RCPT to an address on the block list is refused (event
@@ -29,15 +34,19 @@ from datetime import datetime, timezone
 import Milter
 
 from . import config as configmod
-from . import bounces, events, heuristics, logging_setup, spool
+from . import bounces, events, heuristics, logging_setup, postfixconf, spool
 from .db import BlocklistReader, Snapshot, SnapshotWatcher
-from .decision import Decision, decide
+from .decision import MISSING_FROM_POLICIES, Decision, decide, outcome_class
 from .headers import address_domain, decode_value, first_address, normalize_address, plain_address, to_text
 
 log = logging.getLogger("mxhook.milter")
 
 SMTP_DENY = ("550", "5.7.1")
 SMTP_TEMPFAIL = ("451", "4.3.0")
+SMTP_SPLIT = ("452", "4.5.3")  # "too many recipients": the client retries it in a new transaction
+# Outcome classes of recipients the rules do not decide (decision.outcome_class for the rest).
+PASSED = ("passed",)  # unknown_domains = pass: left to Postfix, whatever the message says
+HELD = ("held",)  # null sender, no rule: consumed if the message is a bounce report, else refused
 
 
 class Settings:
@@ -57,6 +66,8 @@ class Settings:
         self.outbound_daemon_names = frozenset(cfg.list("milter", "outbound_daemon_names"))
         self.event_headers = tuple(h.lower() for h in cfg.list("milter", "event_headers"))
         self.blocklist = cfg.bool("milter", "blocklist")
+        self.missing_from = cfg.choice("milter", "missing_from", MISSING_FROM_POLICIES)
+        self.discard_via = cfg.choice("milter", "discard_via", DISCARD_VIA)
 
         self._trusted: dict[str, bool] = {}  # client address -> answer; clients come back
 
@@ -72,6 +83,9 @@ class Settings:
                 self._trusted.clear()
             self._trusted[addr] = known
         return known
+
+
+DISCARD_VIA = ("transport", "milter")
 
 
 def unknown_domain_reason(rcpt: str) -> str:
@@ -124,7 +138,10 @@ class MxhookMilter(Milter.Base):
         self.queue_id = ""
         self.managed: list[str] = []  # recipients in permitted domains, for the rules
         self.passed: list[str] = []  # recipients left alone (unknown_domains = pass)
-        self.held: list[str] = []  # foreign recipients of a null-sender message, decided at eoh
+        self.held: list[str] = []  # null-sender recipients no rule takes: a bounce report's?
+        self.held_why: dict[str, tuple[str, str]] = {}  # held recipient -> (filter, reason) if not
+        self.candidates: dict[str, tuple] = {}  # managed recipient -> rules its envelope allows
+        self.outcome_class: tuple | None = None  # shared by every recipient of this transaction
         self.rcpt_as_given: dict[str, list[str]] = {}  # normalized -> as Postfix has it (delrcpt)
         self.dsn = False  # the message is a bounce report (multipart/report delivery-status)
         self.raw_headers: list[tuple[str, bytes]] = []
@@ -186,21 +203,47 @@ class MxhookMilter(Milter.Base):
             return self._outbound_rcpt(plain_address(given))
         domain = address_domain(rcpt)
         if domain in self.snapshot.domains:
-            self.managed.append(rcpt)
-            return Milter.CONTINUE
-        if self.settings.unknown_domains == "pass":
+            candidates = self.snapshot.ruleset.envelope_candidates(rcpt)
+            if candidates:
+                cls = outcome_class(self.snapshot.ruleset, candidates, rcpt, self.settings.heuristics)
+                if not self._joins(cls):
+                    return self._split(rcpt)
+                self.candidates[rcpt] = candidates
+                self.managed.append(rcpt)
+                return Milter.CONTINUE
+            filt, reason = "no_rule", f"no inbound rule matches <{rcpt}>"
+        elif self.settings.unknown_domains == "pass":
+            if not self._joins(PASSED):
+                return self._split(rcpt)
             self.passed.append(rcpt)
             return Milter.CONTINUE
+        else:
+            filt, reason = "unknown_domain", unknown_domain_reason(rcpt)
         if self.mail_from == "":
             # A null-sender message may be a bounce (DSN) for mail our applications sent: its
-            # headers decide (eoh), so the refusal of a foreign recipient waits until then.
+            # headers decide (eoh), so the refusal of such a recipient waits until then.
+            if not self._joins(HELD):
+                return self._split(rcpt)
             self.held.append(rcpt)
+            self.held_why[rcpt] = (filt, reason)
             return Milter.CONTINUE
-        reason = unknown_domain_reason(rcpt)
-        self._log_decision("denied", [rcpt], "unknown_domain", reason)
-        self._spool_denied([rcpt], "unknown_domain", reason)
+        self._log_decision("denied", [rcpt], filt, reason)
+        self._spool_denied([rcpt], filt, reason)
         self.setreply(*SMTP_DENY, f"<{rcpt}>: {reason}")
         return Milter.REJECT
+
+    def _joins(self, cls: tuple) -> bool:
+        """Whether a recipient of outcome class `cls` may join this transaction (the first
+        accepted recipient sets the transaction's class)."""
+        if self.outcome_class is None:
+            self.outcome_class = cls
+        return cls == self.outcome_class
+
+    def _split(self, rcpt: str):
+        log.debug("<%s>: outcome may differ from the transaction's recipients; 452 4.5.3", rcpt)
+        self.setreply(*SMTP_SPLIT, f"<{rcpt}>: send this recipient again in a separate "
+                      "transaction (its outcome may differ from the recipients already accepted)")
+        return Milter.TEMPFAIL
 
     # -- content ------------------------------------------------------------------------------
 
@@ -222,18 +265,25 @@ class MxhookMilter(Milter.Base):
         content_types = self._header("content-type")
         self.dsn = self.mail_from == "" and bool(content_types) and bounces.is_dsn_content_type(
             decode_value(content_types[0]))
-        if self.held and not self.dsn:
-            reason = unknown_domain_reason(self.held[0])
-            if not self.managed and not self.passed:
-                return self._deny(self.held, "unknown_domain", reason)
-            self._log_decision("denied", self.held, "unknown_domain", reason)
-            self._spool_denied(self.held, "unknown_domain", reason)
+        # One outcome class per transaction (envrcpt): held, passed or managed recipients.
+        if self.held:
+            if self.dsn:
+                return Milter.CONTINUE  # consumed as events at eom
+            by_filter: dict[str, list[str]] = {}
+            for rcpt in self.held:
+                by_filter.setdefault(self.held_why[rcpt][0], []).append(rcpt)
+            for filt, rcpts in by_filter.items():
+                self._log_decision("denied", rcpts, filt, self.held_why[rcpts[0]][1])
+                self._spool_denied(rcpts, filt, self.held_why[rcpts[0]][1])
+            self.setreply(*SMTP_DENY, f"mxhook: {self.held_why[self.held[0]][1]}")
+            return Milter.REJECT
         if not self.managed:
-            # Only pass-through (or held DSN) recipients: not ours, unless it is a bounce report.
-            return Milter.CONTINUE if (self.dsn or self.held) else Milter.ACCEPT
+            # Only pass-through recipients: not ours, unless it is a bounce report.
+            return Milter.CONTINUE if self.dsn else Milter.ACCEPT
         decision = decide(
             self.snapshot.ruleset, self.snapshot.domains, self.managed, self.raw_headers,
-            enabled_heuristics=self.settings.heuristics,
+            enabled_heuristics=self.settings.heuristics, missing_from=self.settings.missing_from,
+            candidates=self.candidates,
         )
         timed_out = {c.condition.pattern: None for m in decision.matches for c in m.timeouts}
         for pattern in timed_out:  # once per message, however many recipients met it
@@ -241,9 +291,16 @@ class MxhookMilter(Milter.Base):
         if decision.verdict is not None:
             filt = "heuristic:" + decision.verdict.heuristic
             return self._deny(self.managed, filt, decision.verdict.reason)
-        if not decision.accepted and not self.passed and not self.dsn:
-            return self._deny(decision.denied, "no_rule", decision.reason())
-        # Accepted, a bounce report, or pass-through recipients want it: eom drops the denied.
+        if not self.dsn:
+            if not decision.accepted:
+                return self._deny(decision.denied, "no_rule", decision.reason())
+            if decision.denied:  # recipients of one outcome class share their outcome
+                log.error("queue id %s: recipients of one class decided apart (%s accepted, %s "
+                          "not); answering 451", self.queue_id or "-",
+                          ",".join(r for r, _ in decision.accepted), ",".join(decision.denied))
+                self.setreply(*SMTP_TEMPFAIL, "mxhook: temporary internal error, try again later")
+                return Milter.TEMPFAIL
+        # Accepted, or a bounce report (its recipients without a rule are consumed at eom).
         self.decision = decision
         return Milter.CONTINUE
 
@@ -264,13 +321,16 @@ class MxhookMilter(Milter.Base):
         if decision is None and not (self.dsn or self.held):  # eoh already answered
             return Milter.CONTINUE
         self.queue_id = self.getsymval("i") or self.queue_id
-        size = sum(map(len, self.header_block)) + 2 + self.body_size
+        # Always an empty line after the fields: with none, Postfix itself put an empty line
+        # first, and any parser must read "no header section" as the decision did.
+        separator = b"\r\n"
+        size = sum(map(len, self.header_block)) + len(separator) + self.body_size
         if size > self.settings.max_message_size:
             self.setreply("552", "5.3.4", f"message size {size} exceeds the limit of "
                           f"{self.settings.max_message_size} bytes for webhook delivery")
             self._log_decision("denied", self.managed + self.held, "size", "message too large")
             return Milter.REJECT
-        raw = b"".join(self.header_block) + b"\r\n" + b"".join(self.body_chunks)
+        raw = b"".join(self.header_block) + separator + b"".join(self.body_chunks)
         try:
             if self.dsn:
                 self._spool_dsn_events(raw)
@@ -301,18 +361,23 @@ class MxhookMilter(Milter.Base):
                            + ",".join(sorted({e.recipient or "?" for e in found})))
 
     def _finish(self, decision: Decision | None, groups) -> int:
-        """Denied recipients of an accepted message, those of `--discard` rules, and held
-        recipients of a bounce report (consumed as events) are removed; if that leaves nobody,
-        the whole message is discarded."""
-        denied = decision.denied if decision else []
-        if denied and not self.dsn:
-            self._note_denied(denied)
-        drop = set(denied) | set(self.held) | {r for rule, rs in groups if rule.discard for r in rs}
-        if drop and not self.passed and drop >= set(self.managed) | set(self.held):
+        """Recipients of `--discard` rules (posted) and those of a bounce report without a rule
+        (consumed as events) are removed. A message left without recipients gets Postfix's
+        discard(8) transport as its one recipient (`discard_via = transport`): a milter
+        DISCARD counts as an error in smtpd, and after ten of them (smtpd_soft_error_limit)
+        every later command of the session waits smtpd_error_sleep_time (1 s)."""
+        consumed = decision.denied if decision else []  # only a bounce report gets this far
+        drop = set(consumed) | set(self.held) | {r for rule, rs in groups if rule.discard for r in rs}
+        if not drop:
+            return Milter.ACCEPT
+        everyone = not self.passed and drop >= set(self.managed) | set(self.held)
+        if everyone and self.settings.discard_via == "milter":
             return Milter.DISCARD
         for rcpt in drop:
             for given in self.rcpt_as_given[rcpt]:  # every recipient came through envrcpt
                 self.delrcpt(given)
+        if everyone:
+            self.addrcpt(f"<{postfixconf.DISCARD_RECIPIENT}>")
         return Milter.ACCEPT
 
     def abort(self):
@@ -396,11 +461,6 @@ class MxhookMilter(Milter.Base):
         self.setreply(*SMTP_DENY, f"mxhook: {reason}")
         return Milter.REJECT
 
-    def _note_denied(self, recipients: list[str]) -> None:
-        reason = "no inbound rule matches " + ", ".join(f"<{r}>" for r in recipients)
-        self._log_decision("denied", recipients, "no_rule", reason + " (other recipients accepted)")
-        self._spool_denied(recipients, "no_rule", reason)
-
     def _spool_denied(self, recipients: list[str], filt: str, reason: str) -> None:
         snapshot = self.snapshot
         if filt != "unknown_domain" and snapshot is not None and not any(
@@ -473,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     MxhookMilter.watcher = watcher
     MxhookMilter.blocklist = BlocklistReader(cfg.rules_db)
     Milter.factory = MxhookMilter
-    Milter.set_flags(Milter.DELRCPT)
+    Milter.set_flags(Milter.DELRCPT | Milter.ADDRCPT)
 
     path = socket_path(socket_spec)
     if path:

@@ -5,11 +5,21 @@ relative to it (`unix:mxhook/milter.sock`). Other milters already listed (opendk
 kept; ours is appended once. `non_smtpd_milters` is left alone on purpose: locally submitted
 mail (sendmail/pickup) carries neither SASL login nor a daemon name, so mxhook would treat it
 as inbound and refuse it.
+
+Webhook-only mail (`--discard` rules) is not discarded by the milter: smtpd counts a milter
+DISCARD as an error, and after `smtpd_soft_error_limit` (10) of them every command of the
+session waits `smtpd_error_sleep_time` (1 s). The milter gives such a message one recipient
+in DISCARD_DOMAIN instead, and a transport_maps entry hands that domain to discard(8).
 """
 from __future__ import annotations
 
 import os
 import re
+
+DISCARD_DOMAIN = "discard.mxhook.invalid"  # .invalid (RFC 2606): never a real destination
+DISCARD_RECIPIENT = f"webhook-only@{DISCARD_DOMAIN}"
+DISCARD_TRANSPORT = "discard:webhook-only"  # discard(8) logs the next hop as the reason
+DISCARD_TABLE = f"inline:{{ {DISCARD_DOMAIN}={DISCARD_TRANSPORT} }}"
 
 MILTER_OPTIONS = "default_action=tempfail, connect_timeout=10s, command_timeout=30s, content_timeout=300s"
 
@@ -27,6 +37,7 @@ REQUIRED_MACROS = {
 }
 
 _ENTRY = re.compile(r"\{[^}]*\}|[^\s,{}]+")
+_TABLE = re.compile(r"[^\s,{}]*\{[^}]*\}|[^\s,{}]+")  # a lookup table, inline:{ ... } kept whole
 
 
 def postfix_socket(socket_spec: str, queue_dir: str) -> str:
@@ -107,6 +118,15 @@ def merge_milters(current: str, our_socket: str, queue_dir: str | None = None) -
     return ", ".join(entries)
 
 
+def merge_transport_maps(current: str) -> str:
+    """transport_maps with mxhook's discard entry first (lookups stop at the first table that
+    knows the domain; no other table knows an .invalid domain). Kept as it is when present."""
+    tables = _TABLE.findall(current or "")
+    if any(DISCARD_DOMAIN in t for t in tables):
+        return current
+    return ", ".join([DISCARD_TABLE] + tables)
+
+
 def merge_macros(current: str, required: tuple[str, ...]) -> str:
     have = (current or "").split()
     return " ".join(have + [m for m in required if m not in have])
@@ -121,6 +141,7 @@ def desired(current: dict[str, str], socket_spec: str) -> dict[str, str]:
         want["smtpd_milters"] = merge_milters(want["smtpd_milters"], our, queue_dir)
     for name, (value, _why) in FIXED.items():
         want[name] = value
+    want["transport_maps"] = merge_transport_maps(current.get("transport_maps", ""))
     for name, macros in REQUIRED_MACROS.items():
         want[name] = merge_macros(current.get(name, ""), macros)
     return want
@@ -133,7 +154,7 @@ def changes(current: dict[str, str], want: dict[str, str]) -> list[tuple[str, st
 
 def parameters() -> list[str]:
     """Every main.cf parameter `desired` reads."""
-    return ["queue_directory", "smtpd_milters", *FIXED, *REQUIRED_MACROS]
+    return ["queue_directory", "smtpd_milters", "transport_maps", *FIXED, *REQUIRED_MACROS]
 
 
 def postconf_commands(diff: list[tuple[str, str, str]], config_dir: str | None = None) -> list[list[str]]:

@@ -437,6 +437,85 @@ class RuleSet:
         return result
 
 
+    # -- two-step matching: envelope at RCPT, headers at end of headers (the milter) ----------
+
+    def envelope_candidates(self, recipient: str) -> tuple[Rule, ...]:
+        """The enabled rules that can still match `recipient` once its envelope conditions
+        (`To`) are evaluated, in matching order, ending at the first one without header
+        conditions (it matches whatever the headers say, so no later rule is ever reached).
+        Empty: no rule can match this recipient, whatever the message says. A `To` pattern
+        that runs out of time counts as no match, as in `match`."""
+        found: list[Rule] = []
+        rcpt_values = [recipient]
+        rcpt_known: dict[tuple[str, str], bool | None] = {}
+        for rule, conditions in self._plan:
+            needs_headers = False
+            for is_rcpt, _header, key, search, timeout, negate, _cond in conditions:
+                if not is_rcpt:
+                    needs_headers = True
+                    continue
+                hit = rcpt_known.get(key, _UNKNOWN)
+                if hit is _UNKNOWN:
+                    hit = rcpt_known[key] = _search_values(search, timeout, rcpt_values)
+                if hit is None or hit == negate:
+                    break
+            else:
+                found.append(rule)
+                if not needs_headers:
+                    break
+        return tuple(found)
+
+    def header_alternatives(self, candidates: tuple[Rule, ...]) -> frozenset | None:
+        """What decides whether one of `candidates` matches: the set of their header-condition
+        sets (any one set holding suffices), or None when one candidate has no header
+        condition (it matches whatever the headers say). Cached per candidate tuple: the
+        milter asks for every RCPT, and most recipients share a handful of tuples."""
+        cache = self.__dict__.setdefault("_alternatives", {})
+        key = tuple(map(id, candidates))
+        found = cache.get(key, _UNKNOWN)
+        if found is _UNKNOWN:
+            sets = set()
+            for rule in candidates:
+                conditions = frozenset(c for c in rule.conditions if c.header != ENVELOPE_RECIPIENT)
+                if not conditions:
+                    sets = None
+                    break
+                sets.add(conditions)
+            found = None if sets is None else frozenset(sets)
+            if len(cache) >= 10000:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    def match_candidates(self, recipient: str, candidates: tuple[Rule, ...],
+                         headers: dict[str, list[str]], header_known: dict | None = None) -> MatchResult:
+        """The first of `candidates` (from `envelope_candidates`, whose envelope conditions
+        already hold) whose header conditions hold. `header_known` shares each header
+        pattern's answer between the recipients of one message."""
+        result = MatchResult(recipient, None)
+        known = {} if header_known is None else header_known
+        empty: list[str] = []
+        for rule in candidates:
+            for cond in rule.conditions:
+                if cond.header == ENVELOPE_RECIPIENT:
+                    continue
+                key = ("candidate", cond.header, cond.pattern)
+                hit = known.get(key, _UNKNOWN)
+                if hit is _UNKNOWN:
+                    hit = known[key] = _search_values(self._compiled[cond.pattern].search,
+                                                      self._timeouts[cond.pattern],
+                                                      headers.get(cond.header, empty))
+                if hit is None:
+                    result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
+                    break
+                if hit == cond.negate:
+                    break
+            else:
+                result.rule = rule
+                return result
+        return result
+
+
 _UNKNOWN = object()
 
 

@@ -94,9 +94,9 @@ def test_accepted_message_is_spooled_with_envelope_before_accept(env):
     assert delivery["rule"]["name"] == "sales" and delivery["rule"]["endpoint"] == "http://127.0.0.1:9/in"
 
 
-def test_no_matching_rule_rejects_at_end_of_headers_and_logs_denied(env):
+def test_recipient_no_rule_can_match_is_refused_at_rcpt_and_logged_denied(env):
     ctx = env()
-    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
     assert ctx._reply[:2] == ("550", "5.7.1")
     assert "no inbound rule matches <nobody@ours.example>" in ctx._reply[2]
     [rec] = records(env.spool_dir)
@@ -106,7 +106,7 @@ def test_no_matching_rule_rejects_at_end_of_headers_and_logs_denied(env):
 def test_denied_mail_is_not_logged_when_the_domain_says_so(env):
     env.store.set_domain("ours.example", log_denied=False)
     ctx = env()
-    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
     assert records(env.spool_dir) == []
 
 
@@ -231,22 +231,108 @@ def test_spool_failure_answers_4xx_never_250(env):
     assert ctx._reply[:2] == ("451", "4.3.0")
 
 
-def test_discard_rule_and_partially_matched_recipients(env):
+def test_discard_rule_hands_a_message_left_without_recipients_to_the_discard_transport(env):
     ctx = env()
-    assert send(ctx, ["<trash@ours.example>"], HEADERS) == ("eom", Milter.DISCARD)
+    assert send(ctx, ["<trash@ours.example>"], HEADERS) == ("eom", Milter.ACCEPT)  # no milter DISCARD
     assert records(env.spool_dir)[0].meta["deliveries"][0]["rule"]["name"] == "trash"
+    assert ctx._delrcpt == ["<trash@ours.example>"]
+    assert ctx._addrcpt == [("<webhook-only@discard.mxhook.invalid>", None)]
+    ctx = env(discard_via="milter")
+    assert send(ctx, ["<trash@ours.example>"], HEADERS) == ("eom", Milter.DISCARD)
+
+
+def test_discard_rule_recipient_beside_a_delivered_one_is_only_removed(env):
     ctx = env()
-    rc = send(ctx, ["<sales@ours.example>", "<nobody@ours.example>", "<trash@ours.example>"], HEADERS)
-    assert rc == ("eom", Milter.ACCEPT)
-    assert sorted(ctx._delrcpt) == ["<nobody@ours.example>", "<trash@ours.example>"]
+    rc = send(ctx, ["<sales@ours.example>", "<trash@ours.example>"], HEADERS)
+    assert rc == ("eom", Milter.ACCEPT)  # both rules match on the envelope alone: no 452
+    assert ctx._delrcpt == ["<trash@ours.example>"] and ctx._addrcpt == []
 
 
 def test_delrcpt_names_recipients_as_the_client_wrote_them(env):
     # Postfix removes a recipient only on an exact (case-sensitive) match
     ctx = env()
-    rc = send(ctx, ["<Sales@Ours.Example>", "<Nobody@Ours.Example>", "<TRASH@ours.example>"], HEADERS)
+    rc = send(ctx, ["<Sales@Ours.Example>", "<TRASH@ours.example>"], HEADERS)
     assert rc == ("eom", Milter.ACCEPT)
-    assert sorted(ctx._delrcpt) == ["<Nobody@Ours.Example>", "<TRASH@ours.example>"]
+    assert ctx._delrcpt == ["<TRASH@ours.example>"]
+
+
+def add_header_rule(store, name="vip", to="^vip@", when="Subject~urgent", discard=False):
+    store.add_rule(Rule(name=name, endpoint="http://127.0.0.1:9/" + name, allow_http=True,
+                        discard=discard, conditions=(parse_condition("To~" + to), parse_condition(when))))
+
+
+def rcpt_replies(ctx, rcpts, mail_from="<alice@sender.example>"):
+    """RCPT answers of one transaction: recipient -> (rc, SMTP code)."""
+    ctx._envfrom(mail_from)
+    out = {}
+    for r in rcpts:
+        ctx._reply = None
+        rc = ctx._envrcpt(r)
+        out[r] = (rc, ctx._reply[0] if rc != Milter.CONTINUE else "250")
+    return out
+
+
+def test_recipient_whose_outcome_may_differ_gets_452_and_the_next_transaction_takes_it(env):
+    add_header_rule(env.store)
+    ctx = env()
+    replies = rcpt_replies(ctx, ["<sales@ours.example>", "<vip@ours.example>", "<nobody@ours.example>"])
+    assert replies == {"<sales@ours.example>": (Milter.CONTINUE, "250"),
+                       "<vip@ours.example>": (Milter.TEMPFAIL, "452"),
+                       "<nobody@ours.example>": (Milter.REJECT, "550")}
+    # the client sends the deferred ones again in a new transaction (MAIL FROM resets)
+    # the client sends it again alone: its own answer, from the headers
+    assert send(ctx, ["<vip@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    assert send(ctx, ["<vip@ours.example>"], HEADERS + [("Subject", b" urgent!")]) == ("eom", Milter.ACCEPT)
+
+
+def test_recipients_with_the_same_header_conditions_share_a_transaction(env):
+    add_header_rule(env.store)
+    add_header_rule(env.store, name="vip2", to="^vip2@")  # another rule, same header condition
+    ctx = env()
+    assert send(ctx, ["<vip@ours.example>", "<vip2@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    rc = send(ctx, ["<vip@ours.example>", "<vip2@ours.example>"], HEADERS + [("Subject", b" urgent")])
+    assert rc == ("eom", Milter.ACCEPT)
+    [rec] = [r for r in records(env.spool_dir) if r.kind == "inbound"]
+    assert [d["rule"]["name"] for d in rec.meta["deliveries"]] == ["vip", "vip2"]
+
+
+def test_pass_through_and_rule_recipients_are_split(env):
+    ctx = env(unknown_domains="pass")
+    replies = rcpt_replies(ctx, ["<x@elsewhere.example>", "<sales@ours.example>", "<y@else.example>"])
+    assert [v[1] for v in replies.values()] == ["250", "452", "250"]
+
+
+def test_from_equals_recipient_splits_recipients_only_without_the_domain_heuristic(env):
+    add_header_rule(env.store, name="all", to="@ours\\.example$", when="Subject~.")
+    assert [v[1] for v in rcpt_replies(env(), ["<a@ours.example>", "<b@ours.example>"]).values()] == ["250", "250"]
+    ctx = env(heuristic_from_permitted_domain="no")
+    assert [v[1] for v in rcpt_replies(ctx, ["<a@ours.example>", "<b@ours.example>"]).values()] == ["250", "452"]
+    # the client sends the deferred ones again in a new transaction (MAIL FROM resets)
+    assert send(ctx, ["<b@ours.example>"], [("From", b" b@ours.example"), ("Subject", b" x")]) == ("eoh", Milter.REJECT)
+    assert send(ctx, ["<a@ours.example>"], [("From", b" b@ours.example"), ("Subject", b" x")]) == ("eom", Milter.ACCEPT)
+
+
+def test_null_sender_recipients_without_a_rule_are_held_apart_from_rule_recipients(env):
+    ctx = env()
+    replies = rcpt_replies(ctx, ["<sales@ours.example>", "<nobody@ours.example>", "<x@elsewhere.example>"],
+                           mail_from="<>")
+    assert [v[1] for v in replies.values()] == ["250", "452", "452"]
+    # the client sends the deferred ones again in a new transaction (MAIL FROM resets)
+    rc = send(ctx, ["<nobody@ours.example>", "<x@elsewhere.example>"], HEADERS, mail_from="<>")
+    assert rc == ("eoh", Milter.REJECT)  # not a bounce report: both refused, neither vanishes
+    assert sorted((r.meta["filter"], tuple(r.meta["recipients"])) for r in records(env.spool_dir)) == [
+        ("no_rule", ("nobody@ours.example",)), ("unknown_domain", ("x@elsewhere.example",))]
+
+
+def test_message_without_a_from_header_is_refused_by_default(env):
+    body = b" From: ceo@ours.example\r\nSubject: hi\r\n\r\nbody\r\n"
+    ctx = env()
+    assert send(ctx, ["<sales@ours.example>"], [], body=body) == ("eoh", Milter.REJECT)
+    assert ctx._reply[:2] == ("550", "5.7.1") and "no From header" in ctx._reply[2]
+    ctx = env(missing_from="accept")
+    assert send(ctx, ["<sales@ours.example>"], [], body=body) == ("eom", Milter.ACCEPT)
+    [rec] = [r for r in records(env.spool_dir) if r.kind == "inbound"]
+    assert rec.payload == body  # no header section: no blank line invented before the body
 
 
 def test_8bit_and_broken_headers_do_not_crash(env):
@@ -270,7 +356,7 @@ def test_oversized_message_is_refused(env):
 
 def test_rule_edits_reach_the_running_milter(env):
     ctx = env()
-    assert send(ctx, ["<support@ours.example>"], HEADERS)[1] == Milter.REJECT
+    assert send(ctx, ["<support@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
     env.store.add_rule(Rule(name="support", endpoint="http://127.0.0.1:9/s", allow_http=True,
                             conditions=(parse_condition("To~^support@"),)))
     deadline = time.monotonic() + 5
@@ -298,7 +384,9 @@ def feed_raw(ctx, raw: bytes, rcpts, mail_from="<>"):
 def test_bounce_report_for_our_mail_becomes_events_even_for_a_foreign_domain(env):
     ctx = env()
     raw = open(DSN_FIXTURE, "rb").read()
-    assert feed_raw(ctx, raw, ["<app@example.org>"]) == ("eom", Milter.DISCARD)
+    assert feed_raw(ctx, raw, ["<app@example.org>"]) == ("eom", Milter.ACCEPT)
+    assert ctx._delrcpt == ["<app@example.org>"]  # consumed; discard(8) takes the message
+    assert ctx._addrcpt == [("<webhook-only@discard.mxhook.invalid>", None)]
     evs = sorted((r.meta for r in records(env.spool_dir)), key=lambda m: m["recipient"])
     assert [(e["type"], e["recipient"], e["bounce_type"]) for e in evs] == [
         ("bounced", "former.employee@contoso.example", "hard"),

@@ -363,8 +363,10 @@ class PrivatePostfix:
             "smtpd_client_recipient_rate_limit": "0",
             "default_process_limit": "100",
         }
-        if self.transport:
-            settings["transport_maps"] = "texthash:" + self.transport_path
+        # mxhook's discard(8) entry, as `mxhook postfix-config` sets it (webhook-only mail)
+        from mxhook.postfixconf import merge_transport_maps
+        settings["transport_maps"] = merge_transport_maps(
+            "texthash:" + self.transport_path if self.transport else "")
         settings.update(self.extra_main_cf)
         return settings
 

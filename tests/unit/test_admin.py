@@ -63,6 +63,7 @@ class FakePostfix:
             "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr}",
             "milter_end_of_header_macros": "i",
             "milter_end_of_data_macros": "i",
+            "transport_maps": pc.DISCARD_TABLE,  # test_postfixconf covers adding it
         }
         self.main.update(main)
         self.master_fields = "smtp/inet/command = smtpd\nsmtp/inet/chroot = y\npickup/unix/command = pickup\n"

@@ -12,6 +12,7 @@ DEFAULTS = {
     "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}",
     "milter_end_of_header_macros": "i",
     "milter_end_of_data_macros": "i",
+    "transport_maps": "",
 }
 
 
@@ -20,11 +21,20 @@ def test_socket_under_the_queue_dir_is_named_relative_to_the_chroot():
     assert pc.postfix_socket("unix:/run/mxhook.sock", "/var/spool/postfix") == "unix:/run/mxhook.sock"
 
 
-def test_fresh_postfix_gets_our_milter_and_long_queue_ids_only():
+def test_fresh_postfix_gets_our_milter_long_queue_ids_and_the_discard_transport_only():
     want = pc.desired(DEFAULTS, "unix:/var/spool/postfix/mxhook/milter.sock")
     diff = pc.changes(DEFAULTS, want)
-    assert [d[0] for d in diff] == ["smtpd_milters", "enable_long_queue_ids"]
+    assert [d[0] for d in diff] == ["smtpd_milters", "enable_long_queue_ids", "transport_maps"]
     assert diff[0][2] == "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
+    assert diff[2][2] == "inline:{ discard.mxhook.invalid=discard:webhook-only }"
+
+
+def test_discard_transport_goes_first_in_the_admins_transport_maps_once():
+    current = "hash:/etc/postfix/transport, inline:{ a.example=smtp:[x], b.example=smtp:[y] }"
+    merged = pc.merge_transport_maps(current)
+    assert merged == pc.DISCARD_TABLE + ", " + current
+    assert pc.merge_transport_maps(merged) == merged
+    assert pc.DISCARD_RECIPIENT.endswith("@" + pc.DISCARD_DOMAIN)
 
 
 def test_other_milters_are_kept_and_ours_is_not_added_twice():
