@@ -95,7 +95,10 @@ def check_regex(pattern: str) -> regex.Pattern:
     return compiled
 
 
-_RECURSION = regex.compile(r"(?<!\\)\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
+# The start of a recursion or group call, unless its "(" is escaped (an odd number of
+# backslashes before it); verbose mode allows blanks before its ")", so that is not looked at.
+# Also found in a class or a comment, where it is literal: refused there too, on the safe side.
+_RECURSION = regex.compile(r"(?<!\\)(?:\\\\)*\(\?(?:R|[+-]?\d|&|P>)")
 
 
 _PATTERN_TOKEN = regex.compile(r"""

@@ -281,7 +281,9 @@ def test_hundred_subject_rules_are_settled_by_one_prefilter_search():
     assert rs.match("bench@ours.example", {"subject": ["neverhere"]}).rule is spoiler  # (?x): spaces do not count
 
 
-@pytest.mark.parametrize("pattern", ["(?R)", "(a(?1)?b)", "(?P<x>a(?&x)?)", "(?P<x>a)(?P>x)", "(a(?0)?)"])
+@pytest.mark.parametrize("pattern", ["(?R)", "(a(?1)?b)", "(?P<x>a(?&x)?)", "(?P<x>a)(?P>x)", "(a(?0)?)",
+                                     r"\\(?R)", r"(a|\\\\(?1))",  # after an escaped backslash
+                                     "(?x)(?R )", "(?x)(?P<x>a)(?P>x )", "(?x)(?R#c\n)"])
 def test_recursive_patterns_are_refused(pattern):
     # no time bound stops a recursive pattern's memory use: `(?R)` ran out of memory
     with pytest.raises(RuleError, match="recursive"):
@@ -290,6 +292,7 @@ def test_recursive_patterns_are_refused(pattern):
 
 def test_escaped_parenthesis_is_not_mistaken_for_recursion():
     validate(rule(conditions=(r"Subject~\(?R\)",)))
+    validate(rule(conditions=(r"Subject~\\\(?R\)",)))  # an escaped backslash, then an escaped "("
 
 
 def test_a_rule_with_a_broken_pattern_takes_out_only_itself():
