@@ -300,8 +300,9 @@ class RuleSet:
     def __init__(self, rules: list[Rule], *, regex_timeout: float = 0.05):
         if isinstance(regex_timeout, bool) or not isinstance(regex_timeout, (int, float)) \
                 or not regex_timeout > 0:
-            # None would mean "no bound" to the regex module
-            raise ValueError(f"regex_timeout must be a number of seconds above 0, not {regex_timeout!r}")
+            # None or a negative number would mean "no bound" to the regex module
+            raise RuleError(f"[milter] regex_timeout must be a number of seconds above 0, "
+                            f"not {regex_timeout!r}")
         self.rules = tuple(sorted(rules, key=lambda r: (r.priority, r.id or 0, r.name)))
         self.regex_timeout = regex_timeout
         # A pattern that does not compile (written to rules.db by other means than `mxhook

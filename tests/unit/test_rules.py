@@ -176,7 +176,7 @@ def test_every_search_carries_the_time_bound():
 
 @pytest.mark.parametrize("timeout", [None, 0, -1, "0.05", True])
 def test_a_ruleset_without_a_real_time_bound_is_refused(timeout):
-    with pytest.raises(ValueError, match="regex_timeout"):
+    with pytest.raises(RuleError, match=r"\[milter\] regex_timeout must be a number of seconds above 0"):
         RuleSet([rule()], regex_timeout=timeout)
 
 
