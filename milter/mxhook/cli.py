@@ -834,6 +834,17 @@ def print_explanation(res: dict) -> None:
             click.echo(f"  {mark} {rr['name']} (priority {rr['priority']}): {rr['reason']}{note}")
 
 
+def read_message(stream, limit: int) -> bytes:
+    """The message, at most `limit` bytes of it read: a larger one (say /dev/zero) is an
+    InputError naming the limit, as the milter answers such a message 552 5.3.4."""
+    raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        name = "stdin" if stream.name in ("<stdin>", "-") else stream.name
+        raise InputError(f"{name} is larger than [milter] max_message_size ({limit} bytes): the "
+                         "milter refuses such a message (552 5.3.4), so it is not tested")
+    return raw
+
+
 @rule.command("test", short_help="Dry run: which heuristic or rule decides a message.")
 @click.argument("message", metavar="MESSAGE.eml", type=click.File("rb"))
 @click.option("--rcpt", "recipients", multiple=True, required=True, metavar="ADDR",
@@ -845,13 +856,14 @@ def rule_test(app, message, recipients, mail_from, as_json):
     """Dry run: what the milter would decide for MESSAGE.eml ('-' reads stdin), and why.
 
     Uses the rules and domains in rules.db and the heuristics and unknown_domains settings of
-    the config; every rule is evaluated and explained, also past the first match.
+    the config; every rule is evaluated and explained, also past the first match. A message
+    larger than [milter] max_message_size is refused, as the milter refuses it.
     """
     for r in recipients:
         if "@" not in r:
             raise click.BadParameter(f"{r!r} is not an address (local@domain)", param_hint="--rcpt")
-    raw = message.read()
     cfg = app.cfg
+    raw = read_message(message, cfg.size("milter", "max_message_size"))
     with app.rules_store() as store:
         snapshot = store.snapshot(regex_timeout=cfg.float("milter", "regex_timeout"))
     res = explain(snapshot, cfg, raw, list(recipients), mail_from)

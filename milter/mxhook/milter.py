@@ -37,6 +37,7 @@ from . import config as configmod
 from . import bounces, events, heuristics, logging_setup, postfixconf, spool
 from .db import BlocklistReader, Snapshot, SnapshotWatcher
 from .decision import MISSING_FROM_POLICIES, Decision, decide, outcome_class
+from .rules import RuleError
 from .headers import address_domain, decode_value, first_address, normalize_address, plain_address, to_text
 
 log = logging.getLogger("mxhook.milter")
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         socket_group = cfg.get("milter", "socket_group")
         watcher = SnapshotWatcher(cfg.rules_db, interval=cfg.float("milter", "rules_reload_interval"),
                                   regex_timeout=cfg.float("milter", "regex_timeout"))
-    except configmod.ConfigError as exc:
+    except (configmod.ConfigError, RuleError) as exc:
         print(f"mxhook-milter: {exc}", file=sys.stderr)
         return 2
     except sqlite3.Error as exc:  # e.g. rules.db not readable by this user

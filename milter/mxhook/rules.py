@@ -95,44 +95,58 @@ def check_regex(pattern: str) -> regex.Pattern:
     return compiled
 
 
-_RECURSION = regex.compile(r"(?<!\\)\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
+# The start of a recursion or group call, unless its "(" is escaped (an odd number of
+# backslashes before it); verbose mode allows blanks before its ")", so that is not looked at.
+# Also found in a class or a comment, where it is literal: refused there too, on the safe side.
+_RECURSION = regex.compile(r"(?<!\\)(?:\\\\)*\(\?(?:R|[+-]?\d|&|P>)")
 
 
 _PATTERN_TOKEN = regex.compile(r"""
     \\(?P<ref>[1-9]|g<|k<)            # a backreference
   | \\.                              # any other escape: never a quantifier
   | \[\^?\]?(?:\\.|[^\]\\])*\]          # a character class: its * + ? { are literal
+  | \(\?\#(?:\\.|[^)\\])*\)            # a comment: skipped as the regex module skips it
+  | \(\?(?P<flags>[a-zA-Z01]*)(?:-[a-zA-Z]*)?(?=[:)])   # inline flags, scoped or not
   | \(\?(?P<named>P=)?                # a group prefix: its ? is no quantifier
   | (?P<rep>[*+]|\{\d*,?\d*\})        # a repeat
+  | (?P<fuzzy>\{[^{}]*(?<![a-z])[eisd](?![a-z])[^{}]*\})   # fuzzy matching: {e<=2}, {i+d<3}
   | (?P<opt>\?)                       # optional (or a lazy marker)
   | .""", regex.VERBOSE | regex.DOTALL)
 
 
 def backtracking_risk(pattern: str) -> str | None:
-    """Why a pattern may take more than linear time, or None when it cannot backtrack.
+    """Advice for `mxhook rule add`: why a pattern may take more than linear time, or None
+    when this rough reading of it sees no quantifier.
 
-    A pattern without any quantifier or backreference (literals, anchors, classes, alternation
-    of literals) runs in linear time; it is matched without the regex time bound, whose setup
-    costs more than such a search. Everything else is matched with the bound. Two or more
-    repeats (nested like `(a+)+`, or in a row like `.*a.*b`), a repeated group of alternatives
-    (`(a|aa)+`: harmless when the alternatives cannot match the same text, which is not
-    checked) or a backreference can backtrack catastrophically: `mxhook rule add` warns about
-    those (`is_catastrophic_risk`).
+    Only advice: every search is bounded by `regex_timeout` whatever this says, because a
+    reading of a pattern outside the regex engine can be fooled (comments, verbose mode, the
+    module's own syntax). Two or more repeats (nested like `(a+)+`, or in a row like
+    `.*a.*b`), a repeated group of alternatives (`(a|aa)+`: harmless when the alternatives
+    cannot match the same text, which is not checked), a backreference, fuzzy matching, or a
+    pattern this reading cannot follow (verbose mode) can backtrack catastrophically: those
+    are the warnings (`is_catastrophic_risk`).
     """
-    repeats = optionals = refs = 0
+    repeats = optionals = refs = fuzzy = 0
     groups: list[bool] = []  # per open group: whether it holds an alternation
     closed_alternation = repeated_alternation = False
     for m in _PATTERN_TOKEN.finditer(pattern):
         token = m.group()
+        flags = m.group("flags")
+        if flags is not None and "x" in flags:
+            # In verbose mode `#` starts a comment and blanks are ignored: not read here.
+            return ("uses verbose mode ((?x)), whose comments this check does not read: it may "
+                    "backtrack catastrophically on long header values")
         if m.group("rep"):
             repeats += 1
             repeated_alternation |= closed_alternation
+        elif m.group("fuzzy"):
+            fuzzy += 1
         elif m.group("opt"):
             optionals += 1
         elif m.group("ref") or m.group("named"):
             refs += 1
         closed_alternation = False
-        if token == "(" or token.startswith("(?"):
+        if token == "(" or (token.startswith("(?") and not token.startswith("(?#")):
             groups.append(False)
         elif token == "|" and groups:
             groups[-1] = True
@@ -140,6 +154,9 @@ def backtracking_risk(pattern: str) -> str | None:
             closed_alternation = groups.pop()
     if refs:
         return "uses a backreference (matching time can grow exponentially)"
+    if fuzzy:
+        return ("uses fuzzy matching ({e<=n}): matching time grows steeply with the value's "
+                "length and the number of errors allowed")
     if repeated_alternation:
         return ("repeats a group of alternatives, like (a|aa)+: when two alternatives can match "
                 "the same text, matching time grows exponentially with the value's length")
@@ -281,6 +298,11 @@ class RuleSet:
     """
 
     def __init__(self, rules: list[Rule], *, regex_timeout: float = 0.05):
+        if isinstance(regex_timeout, bool) or not isinstance(regex_timeout, (int, float)) \
+                or not regex_timeout > 0:
+            # None or a negative number would mean "no bound" to the regex module
+            raise RuleError(f"[milter] regex_timeout must be a number of seconds above 0, "
+                            f"not {regex_timeout!r}")
         self.rules = tuple(sorted(rules, key=lambda r: (r.priority, r.id or 0, r.name)))
         self.regex_timeout = regex_timeout
         # A pattern that does not compile (written to rules.db by other means than `mxhook
@@ -296,13 +318,12 @@ class RuleSet:
                 self.broken.append((r, str(exc)))
         self._broken_ids = {id(r) for r, _ in self.broken}
         self._usable = [r for r in self.rules if id(r) not in self._broken_ids]
-        # Per pattern: the time bound, or None for patterns that cannot backtrack (cheaper).
-        self._timeouts = {p: (regex_timeout if backtracking_risk(p) else None) for p in self._compiled}
         # The milter's hot path: enabled rules, each as (rule, [(is_rcpt, header, (header,
-        # pattern), search, timeout, negate, condition)]).
+        # pattern), search, timeout, negate, condition)]). Every search carries the time bound:
+        # whether a pattern can backtrack is not decided outside the regex engine.
         self._plan = [
             (r, [(c.header == ENVELOPE_RECIPIENT, c.header, (c.header, c.pattern),
-                  self._compiled[c.pattern].search, self._timeouts[c.pattern], c.negate, c)
+                  self._compiled[c.pattern].search, regex_timeout, c.negate, c)
                  for c in r.conditions])
             for r in self._usable if r.enabled
         ]
@@ -331,11 +352,10 @@ class RuleSet:
                 combined = regex.compile("|".join(f"(?:{p})" for p in ordered), regex.IGNORECASE)
             except (regex.error, ValueError, OverflowError, RecursionError):
                 continue  # each pattern is still searched on its own
-            bounded = any(self._timeouts[p] is not None for p in ordered)
             keys = frozenset((header, p) for p in ordered)
             needing = frozenset(i for i, (_, conditions) in enumerate(self._plan)
                                 if any(key in keys and not negate for _, _, key, _, _, negate, _ in conditions))
-            prefilters[header] = (combined.search, self.regex_timeout if bounded else None, keys, needing)
+            prefilters[header] = (combined.search, self.regex_timeout, keys, needing)
         return prefilters
 
     def __len__(self) -> int:
@@ -343,11 +363,10 @@ class RuleSet:
 
     def _check(self, cond: Condition, values: list[str]) -> ConditionResult:
         pattern = self._compiled[cond.pattern]
-        timeout = self._timeouts[cond.pattern]
         hit = None
         for value in values:
             try:
-                if pattern.search(value, timeout=timeout):
+                if pattern.search(value, timeout=self.regex_timeout):
                     hit = value
                     break
             except TimeoutError:
@@ -503,7 +522,7 @@ class RuleSet:
                 hit = known.get(key, _UNKNOWN)
                 if hit is _UNKNOWN:
                     hit = known[key] = _search_values(self._compiled[cond.pattern].search,
-                                                      self._timeouts[cond.pattern],
+                                                      self.regex_timeout,
                                                       headers.get(cond.header, empty))
                 if hit is None:
                     result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
@@ -519,7 +538,7 @@ class RuleSet:
 _UNKNOWN = object()
 
 
-def _search_values(search, timeout: float | None, values: list[str]) -> bool | None:
+def _search_values(search, timeout: float, values: list[str]) -> bool | None:
     """Whether the pattern is found in any value; None when it ran out of time (which counts
     as no match, for every rule that uses the pattern)."""
     try:

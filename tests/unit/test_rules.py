@@ -1,3 +1,6 @@
+import multiprocessing
+import time
+
 import pytest
 
 from mxhook import rules
@@ -145,22 +148,117 @@ def test_header_patterns_are_searched_once_per_message_not_per_recipient(monkeyp
     (r"(ab|cd)?x", "quantifier"),           # optional, not repeated
     (r"[(|)]+", "quantifier"),              # a class: its ( | ) are literal
     (r"\(a|b\)*", "quantifier"),           # escaped parentheses are no group
+    (r"(?#[)(a|a)+$(?#])", "alternatives"),  # comments are skipped, not read as a class
+    (r"(?#a\)[)(a|a)+$(?#])", "alternatives"),
+    (r"[(?#]a+", "quantifier"),              # in a class, (?# starts no comment
+    ("(?x)(a|a)+$ #[", "verbose"),           # verbose mode is not read: warned about
+    ("(?ix:a)", "verbose"),
+    ("(?-x)a", None),
+    (r"(?:invoice){e<=2}", "fuzzy"),
+    (r"(?:invoice){1i+1d<2}", "fuzzy"),
+    (r"\{e\}", None),
 ])
 def test_backtracking_risk(pattern, risk):
     found = rules.backtracking_risk(pattern)
     assert (found is None) if risk is None else (risk in found)
-    assert rules.is_catastrophic_risk(pattern) == (risk in ("repeats", "backreference", "alternatives"))
+    assert rules.is_catastrophic_risk(pattern) == (risk in ("repeats", "backreference", "alternatives",
+                                                            "verbose", "fuzzy"))
 
 
-def test_only_patterns_without_quantifiers_skip_the_time_bound():
-    rs = RuleSet([rule(conditions=("Subject~^plain", "From~a+"))], regex_timeout=0.2)
-    assert rs._timeouts == {"^plain": None, "a+": 0.2}
+def test_every_search_carries_the_time_bound():
+    # also the patterns without any quantifier, and the per-header prefilter alternations
+    rs = RuleSet([rule("a", conditions=("Subject~^plain", "From~a+", "To~^x@")),
+                  rule("b", conditions=("Subject~^other", "To~^y@"))], regex_timeout=0.2)
+    assert {timeout for _, conditions in rs._plan for _, _, _, _, timeout, *_ in conditions} == {0.2}
+    assert set(rs._prefilters) == {"subject", "to"}
+    assert {timeout for _, timeout, _, _ in rs._prefilters.values()} == {0.2}
+
+
+@pytest.mark.parametrize("timeout", [None, 0, -1, "0.05", True])
+def test_a_ruleset_without_a_real_time_bound_is_refused(timeout):
+    with pytest.raises(RuleError, match=r"\[milter\] regex_timeout must be a number of seconds above 0"):
+        RuleSet([rule()], regex_timeout=timeout)
+
+
+def in_child(func, limit: float):
+    """func() run in a forked process, its result returned; fails the test when it is still
+    running after `limit` seconds (an unbounded search would hold the test for minutes)."""
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=lambda: child_end.send(func()), daemon=True)
+    child.start()
+    try:
+        if not parent_end.poll(limit):
+            pytest.fail(f"still searching after {limit} s: the search is not bounded")
+        return parent_end.recv()
+    finally:
+        child.kill()
+        child.join()
+
+
+HOSTILE_SUBJECT = "a" * 30 + "!"
+# Patterns that backtrack exponentially on HOSTILE_SUBJECT (30 characters: minutes unbounded)
+# while hiding their repeats from a reading of the pattern outside the regex engine.
+HIDDEN_REPEATS = [
+    r"(?#[)(a|a)+$(?#])",             # a comment opens a "class" that another comment closes
+    r"(?#a\)[)(a|a)+$(?#])",          # the regex module's comments take escapes
+    "(?x)(a|a) # [ a comment between the group and its repeat\n+$ # ]",
+    "(?x)#[\n(a|a)+$ #]",
+    "(?x: # [\n(a|a)+$ # ]\n)",
+]
+BOUND = 0.05
+MARGIN = 1.5  # a loaded machine: the bound is checked while the engine runs, not exact
+
+
+@pytest.mark.parametrize("pattern", HIDDEN_REPEATS)
+def test_patterns_that_hide_their_repeats_are_bounded(pattern):
+    rs = RuleSet([rule("hidden", conditions=(f"Subject~{pattern}",))], regex_timeout=BOUND)
+    headers = {"subject": [HOSTILE_SUBJECT]}
+
+    def timed():
+        start = time.monotonic()
+        fast = rs.match_many(["in@ours.example", "x@ours.example"], headers)  # the milter's path
+        explained = rs.match("in@ours.example", headers, explain=True)  # `mxhook rule test`
+        return (time.monotonic() - start, [m.rule for m in fast], [len(m.timeouts) for m in fast],
+                explained.evaluated[0].reason())
+
+    # three searches: once per message on the milter's path, once more to explain
+    elapsed, matched, timeouts, reason = in_child(timed, limit=3 * BOUND + MARGIN + 3)
+    assert elapsed < 3 * BOUND + MARGIN, f"{elapsed:.2f} s"
+    assert matched == [None, None] and timeouts == [1, 1]
+    assert "timed out (counts as no match)" in reason
+
+
+FUZZY = r"(?:abcdefghijklmnopqrstuv){e<=12}$"  # minutes on 2,000 characters unbounded
+
+
+def test_fuzzy_matching_is_bounded_also_inside_a_prefilter(monkeypatch):
+    # Whatever the advice says about a pattern (here: nothing), the alternation that tests
+    # all patterns of one header at once is bounded too.
+    monkeypatch.setattr(rules, "is_catastrophic_risk", lambda pattern: False)
+    rs = RuleSet([rule("fuzzy", conditions=(f"Subject~{FUZZY}",)),
+                  rule("fuzzy2", conditions=(f"Subject~{FUZZY[:-1]}x",))], regex_timeout=BOUND)
+    assert rs._prefilters["subject"][2] == {("subject", FUZZY), ("subject", FUZZY[:-1] + "x")}
+    headers = {"subject": ["x" * 2000]}
+
+    def timed():
+        start = time.monotonic()
+        m = rs.match("in@ours.example", headers)
+        return time.monotonic() - start, m.rule, len(m.timeouts)
+
+    # the prefilter times out, then each pattern is searched (and times out) on its own
+    elapsed, matched, timeouts = in_child(timed, limit=3 * BOUND + MARGIN + 3)
+    assert elapsed < 3 * BOUND + MARGIN, f"{elapsed:.2f} s"
+    assert matched is None and timeouts == 2
 
 
 @pytest.mark.parametrize("pattern,shares", [
     (r"^ticket-1\b", True), (r"@ours\.example$", True), (r"(?:a|b)c", True), (r"(?<=x)y", True),
     (r"(?x)a b", False), (r"(?i)a", False), (r"(?-i)A", False), (r"a(*SKIP)(*FAIL)", False),
     (r"(a)\1", False), (r"(?P<n>a)", False), (r"\g<0>", False),
+    # comments never let inline flags through: every (?, in a comment or a class too, counts
+    (r"(?#)(?-i)ABC", False), (r"(?#(?i))a", False), (r"a(?#x)", False), (r"[(?i)]", False),
+    (r"\(?#x\)(?i)a", False), ("a#(?x)", False), ("(?#\n(?s)).", False),
 ])
 def test_shares_alternation_keeps_out_patterns_that_would_change_a_neighbour(pattern, shares):
     assert rules.shares_alternation(pattern) is shares
@@ -183,7 +281,9 @@ def test_hundred_subject_rules_are_settled_by_one_prefilter_search():
     assert rs.match("bench@ours.example", {"subject": ["neverhere"]}).rule is spoiler  # (?x): spaces do not count
 
 
-@pytest.mark.parametrize("pattern", ["(?R)", "(a(?1)?b)", "(?P<x>a(?&x)?)", "(?P<x>a)(?P>x)", "(a(?0)?)"])
+@pytest.mark.parametrize("pattern", ["(?R)", "(a(?1)?b)", "(?P<x>a(?&x)?)", "(?P<x>a)(?P>x)", "(a(?0)?)",
+                                     r"\\(?R)", r"(a|\\\\(?1))",  # after an escaped backslash
+                                     "(?x)(?R )", "(?x)(?P<x>a)(?P>x )", "(?x)(?R#c\n)"])
 def test_recursive_patterns_are_refused(pattern):
     # no time bound stops a recursive pattern's memory use: `(?R)` ran out of memory
     with pytest.raises(RuleError, match="recursive"):
@@ -192,6 +292,7 @@ def test_recursive_patterns_are_refused(pattern):
 
 def test_escaped_parenthesis_is_not_mistaken_for_recursion():
     validate(rule(conditions=(r"Subject~\(?R\)",)))
+    validate(rule(conditions=(r"Subject~\\\(?R\)",)))  # an escaped backslash, then an escaped "("
 
 
 def test_a_rule_with_a_broken_pattern_takes_out_only_itself():
