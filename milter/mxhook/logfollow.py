@@ -358,6 +358,27 @@ class FileSource:
             self.fh, self.rotated = None, None
         return "rotated" if self._open(self.path, 0) else None
 
+    def _rewritten(self) -> bool:
+        """(following `path`) Truncated by copytruncate: shorter than our position, or written
+        again past it since our last look (its first bytes are not the ones we read)."""
+        fd = self.fh.fileno()
+        return (os.fstat(fd).st_size < self.offset + len(self.buf)
+                or os.pread(fd, len(self.head), 0) != self.head)
+
+    def _truncated(self) -> str:
+        # the lines after our position were copied before the truncate: finish the copy
+        if self._finish_rotated(self.dev, self.ino, len(self.head), _fingerprint(self.head), self.offset):
+            log.info("%s was truncated (copytruncate): finishing its copy %s from offset %d",
+                     self.path, self.rotated, self.offset)
+            return "truncated"
+        log.info("%s was truncated (position %d) and no rotated copy of it holds the rest: "
+                 "reading from its start", self.path, self.offset + len(self.buf))
+        self.truncations += 1
+        self.fh.seek(0)
+        self.offset, self.buf = 0, b""
+        self.head = os.pread(self.fh.fileno(), FP_BYTES, 0)
+        return "truncated"
+
     def _check_switch(self) -> str | None:
         """At EOF: was our file truncated, or does the path name a new file (rotation)?
         Returns 'truncated' / 'drained' (the old file had more data: read it first) /
@@ -369,20 +390,8 @@ class FileSource:
             if self.buf:
                 return "partial"
             return self._next_after_rotated()
-        st_fd = os.fstat(self.fh.fileno())
-        if st_fd.st_size < self.offset + len(self.buf):
-            # copytruncate: the lines after our position were copied before the truncate
-            if self._finish_rotated(self.dev, self.ino, len(self.head), _fingerprint(self.head),
-                                    self.offset):
-                log.info("%s was truncated (copytruncate): finishing its copy %s from offset %d",
-                         self.path, self.rotated, self.offset)
-                return "truncated"
-            log.info("%s was truncated (size %d < position %d): reading from its start",
-                     self.path, st_fd.st_size, self.offset + len(self.buf))
-            self.truncations += 1
-            self.fh.seek(0)
-            self.offset, self.buf = 0, b""
-            return "truncated"
+        if self._rewritten():
+            return self._truncated()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -417,6 +426,8 @@ class FileSource:
     def read_chunk(self, max_lines: int) -> Chunk:
         items: list = []
         switches = 0
+        if self.fh is not None and self.rotated is None and self._rewritten():
+            self._truncated()  # before reading the new content from the old position
         while True:
             self._take_lines(items, max_lines)
             if len(items) >= max_lines:

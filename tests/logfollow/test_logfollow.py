@@ -333,8 +333,10 @@ def test_copytruncate_while_down(env, compressed):
     assert "resuming in rotated file" in err, err
 
 
-def test_copytruncate_between_two_polls_finishes_the_copy(env):
-    # the follower sleeps between polls; lines written meanwhile are copied, then truncated
+@pytest.mark.parametrize("refill", [5, 60], ids=["refilled-shorter", "refilled-longer"])
+def test_copytruncate_between_two_polls_finishes_the_copy(env, refill):
+    # the follower sleeps between polls; lines written meanwhile are copied, then truncated,
+    # and the file is written again (past the old position, too) before the next poll
     env = Env(env.root + "/slow", poll_interval=2)
     try:
         env.append(block(0, 40))
@@ -345,11 +347,11 @@ def test_copytruncate_between_two_polls_finishes_the_copy(env):
         shutil.copy(env.log, env.log + ".1")
         with open(env.log, "r+") as fh:
             fh.truncate(0)
-        env.append(block(60, 5))  # shorter than the old position: seen as a truncation
-        env.wait_for(65, proc=proc, timeout=30)
+        env.append(block(60, refill))
+        env.wait_for(60 + refill, proc=proc, timeout=30)
         code, err = env.stop(proc)
         assert code == 0, err
-        env.assert_exactly(range(65))
+        env.assert_exactly(range(60 + refill))
         assert "copytruncate" in err, err
     finally:
         env.cleanup()
