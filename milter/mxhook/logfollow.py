@@ -5,11 +5,18 @@ postfixlog.py).
 
 Sources (`[logfollow] source`):
 
-* `file` — a log file (`path`, e.g. /var/log/mail.log or Postfix's own `maillog_file`).
-  Rotation (the path names a new inode: the old file is read to its end first, then the new
-  one from its start) and truncation (copytruncate: size below our offset -> start again at 0)
-  are followed by polling every `poll_interval` seconds. Only complete lines (ending in a
-  newline) are consumed; a partial last line waits until it is complete.
+* `file` — a log file (`path`, e.g. /var/log/mail.log or Postfix's own `maillog_file`),
+  polled every `poll_interval` seconds. Only complete lines (ending in a newline) are
+  consumed; a partial last line waits until it is complete. What was read is identified by
+  its inode and by its first FP_BYTES bytes (a fingerprint saved with the position).
+  Rotation while following: the path names a new inode; the old file is read to its end,
+  then the new one from its start. Rotation while stopped (or a copytruncate noticed while
+  following): the rotated file holding our position is found beside `path` (`<name>.1`,
+  `<name>-<date>`, `<name>.<date>-<time>`, maybe `.gz` / `.bz2` / `.xz`) by inode (renamed)
+  or by fingerprint (compressed: a new inode; or a copytruncate copy), finished from the saved
+  offset, then the files rotated after it (oldest first, by modification time), then `path`
+  from its start. copytruncate is noticed when the file is shorter than our position or its
+  first bytes changed; lines written between the copy and the truncate are in neither file.
 * `journald` — `journalctl --output=json --follow` (with `--after-cursor` when resuming),
   filtered by `journal_match` (default: the mail facility).
 
@@ -23,7 +30,8 @@ the spooler's INSERT OR IGNORE makes the repeat harmless. Nothing is lost and no
 delivered twice.
 
 Position state (JSON):
-    {"version": 1, "source": "file", "path": ..., "dev": D, "inode": I, "offset": N}
+    {"version": 1, "source": "file", "path": ..., "dev": D, "inode": I, "offset": N,
+     "head_len": L, "head": sha256 of the first L (<= FP_BYTES) bytes}
     {"version": 1, "source": "journald", "cursor": "s=...;i=..."}
 
 Lines that are not Postfix lines, and Postfix lines whose record shape we know but cannot
@@ -284,9 +292,13 @@ class FileSource:
         for i, (path, st) in enumerate(candidates):
             if (st.st_ino, st.st_dev) == (ino, dev) and (not digest or head_matches(path)):
                 return path, i
-        for i, (path, st) in reversed(list(enumerate(candidates))):  # the newest copy first
-            if head_matches(path):
-                return path, i
+        # the newest copy first, an uncompressed one before a compressed one (which may be
+        # still being written: gzip removes its input only when done)
+        newest_first = list(enumerate(candidates))[::-1]
+        for compressed in (False, True):
+            for i, (path, _st) in newest_first:
+                if (os.path.splitext(path)[1] in COMPRESSED) == compressed and head_matches(path):
+                    return path, i
         return None
 
     def _finish_rotated(self, dev, ino, head_len: int, digest: str | None, offset: int) -> bool:

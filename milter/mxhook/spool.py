@@ -24,7 +24,9 @@ directory fsync each. The writer holds an exclusive flock on the open segment; a
 it into `new/<id>.rec` (while still holding the lock) after `seal_after` seconds. A segment
 whose lock can be taken belongs to a writer that died: `recover_segments` cuts a torn tail (a
 record that was never acknowledged) and moves the rest into `new/`. The spooler reads every
-file with `decode_parts`.
+file with `decode_parts`. A failed write or flush cuts the segment back to its last durable
+length before any writer answers (`SegmentWriter._withdraw`): a record answered 4xx is never
+handed over.
 
 Order. File names start with their creation time (`new_id`), and the spooler takes `new/` in
 name order, but only below `ingest_bound`: the oldest segment still open in `tmp/`. A record

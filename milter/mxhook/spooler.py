@@ -14,7 +14,8 @@ The loop, on the main thread (the only thread that touches state.db):
    ingested. The good records go into state.db in ONE transaction (synchronous=FULL, see
    state.py), and only after COMMIT are the files unlinked. A crash between commit and unlink
    re-ingests them: harmless, the record id is the primary key, and the bad parts are written
-   again under the same names.
+   again under the same names. A damaged state.db is not a bad record (`statehealth`): the
+   spooler logs CRITICAL, writes `<state.db>.fault` and exits 3, leaving the files in new/.
 2. dispatch: deliveries whose next attempt time has come go to a pool of `workers` threads,
    each with its own requests session; a worker renders the payload (mxhook.payloads) and
    POSTs it once (mxhook.http). Results come back to the main thread, which writes them (all
