@@ -83,6 +83,25 @@ def test_a_record_refused_after_fdatasync_eio_is_never_handed_over(tmp_path, mon
     writer.close()
 
 
+def test_a_segment_that_cannot_be_cut_stays_locked_while_the_writer_lives(tmp_path, monkeypatch, caplog):
+    # a file system gone read-only refuses the truncate too: recovery must not take the
+    # segment (it still holds the refused record) while the milter runs
+    spool.ensure_dirs(str(tmp_path))
+    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
+    writer.append(spool.Record("ok1", "inbound", {}, b"acknowledged"))
+    monkeypatch.setattr(spool.os, "fdatasync", _eio)
+    monkeypatch.setattr(spool.os, "ftruncate", lambda fd, size: _eio())
+    with pytest.raises(OSError):
+        writer.append(spool.Record("refused", "inbound", {}, b"answered 451"))
+    monkeypatch.undo()
+    writer.append(spool.Record("ok2", "inbound", {}, b"a new segment"))
+    writer.flush()
+    assert sorted(_handed_over(tmp_path)) == ["ok2"]  # the uncut one is still locked
+    assert [n for n in os.listdir(tmp_path / "tmp") if n.endswith(".seg")], "the uncut segment is gone"
+    assert any(r.levelname == "CRITICAL" and "cannot withdraw" in r.getMessage() for r in caplog.records)
+    writer.close()
+
+
 def test_concurrent_writers_with_random_sync_and_write_faults(tmp_path, monkeypatch):
     spool.ensure_dirs(str(tmp_path))
     rng = random.Random(14)
