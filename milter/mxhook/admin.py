@@ -38,6 +38,7 @@ import click
 
 from . import config as configmod
 from . import postfixconf as pc
+from . import statehealth
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -583,7 +584,7 @@ def check_database(check: str, label: str, path: str, uids: list[int], *, versio
         try:
             found = conn.execute("PRAGMA user_version").fetchone()[0]
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            quick = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            quick = statehealth.quick_check(conn) or ["ok"]
             if describe is not None and quick == ["ok"]:
                 extra = describe(conn, found)
         finally:
@@ -745,6 +746,12 @@ def run_checks(ctx: click.Context, postfix_dir: str | None) -> list[dict]:
         "state_db", "state database", cfg.state_db, uids, version=state_version,
         tables=STATE_TABLES if state_version is None else (),
         missing_hint="start mxhook-spooler (it creates it)", private="mail and delivery logs")
+    fault = statehealth.read_fault(cfg.state_db)
+    if fault:
+        results.append(_result("state_db", False, f"mxhook-spooler stopped: state database "
+                                                  f"{cfg.state_db} is damaged ({fault}); spooled mail "
+                                                  "waits in new/: restore state.db from a backup, "
+                                                  "then restart mxhook-spooler"))
     results += check_spool(cfg.spool_dir, uids)
 
     postfix = Postfix(postfix_dir)

@@ -5,11 +5,18 @@ postfixlog.py).
 
 Sources (`[logfollow] source`):
 
-* `file` — a log file (`path`, e.g. /var/log/mail.log or Postfix's own `maillog_file`).
-  Rotation (the path names a new inode: the old file is read to its end first, then the new
-  one from its start) and truncation (copytruncate: size below our offset -> start again at 0)
-  are followed by polling every `poll_interval` seconds. Only complete lines (ending in a
-  newline) are consumed; a partial last line waits until it is complete.
+* `file` — a log file (`path`, e.g. /var/log/mail.log or Postfix's own `maillog_file`),
+  polled every `poll_interval` seconds. Only complete lines (ending in a newline) are
+  consumed; a partial last line waits until it is complete. What was read is identified by
+  its inode and by its first FP_BYTES bytes (a fingerprint saved with the position).
+  Rotation while following: the path names a new inode; the old file is read to its end,
+  then the new one from its start. Rotation while stopped (or a copytruncate noticed while
+  following): the rotated file holding our position is found beside `path` (`<name>.1`,
+  `<name>-<date>`, `<name>.<date>-<time>`, maybe `.gz` / `.bz2` / `.xz`) by inode (renamed)
+  or by fingerprint (compressed: a new inode; or a copytruncate copy), finished from the saved
+  offset, then the files rotated after it (oldest first, by modification time), then `path`
+  from its start. copytruncate is noticed when the file is shorter than our position or its
+  first bytes changed; lines written between the copy and the truncate are in neither file.
 * `journald` — `journalctl --output=json --follow` (with `--after-cursor` when resuming),
   filtered by `journal_match` (default: the mail facility).
 
@@ -23,7 +30,8 @@ the spooler's INSERT OR IGNORE makes the repeat harmless. Nothing is lost and no
 delivered twice.
 
 Position state (JSON):
-    {"version": 1, "source": "file", "path": ..., "dev": D, "inode": I, "offset": N}
+    {"version": 1, "source": "file", "path": ..., "dev": D, "inode": I, "offset": N,
+     "head_len": L, "head": sha256 of the first L (<= FP_BYTES) bytes}
     {"version": 1, "source": "journald", "cursor": "s=...;i=..."}
 
 Lines that are not Postfix lines, and Postfix lines whose record shape we know but cannot
@@ -32,15 +40,21 @@ parse, are counted, never fatal; a summary is logged every `stats_interval` seco
 from __future__ import annotations
 
 import argparse
+import bz2
+import gzip
+import hashlib
 import json
 import logging
+import lzma
 import os
+import re
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 
 from . import config, events, logging_setup, postfixlog, spool
@@ -172,6 +186,21 @@ class Chunk:
     eof: bool  # nothing more to read right now
 
 
+FP_BYTES = 1024  # the first bytes of a log file (its first lines, with their times) identify it
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _fingerprint(head: bytes) -> str:
+    return hashlib.sha256(head).hexdigest()
+
+
+def _open_log(path: str):
+    """A log file for reading bytes, decompressing a rotated `.gz` / `.bz2` / `.xz`."""
+    opener = COMPRESSED.get(os.path.splitext(path)[1])
+    return opener(path, "rb") if opener else open(path, "rb")
+
+
 class FileSource:
     """A log file followed across rotation and truncation (see module doc)."""
 
@@ -180,70 +209,138 @@ class FileSource:
     def __init__(self, path: str, state: dict | None, start_at: str = "end"):
         self.path = path
         self.fh = None
-        self.dev = self.ino = None
+        self.dev = self.ino = None  # identity of what is read (a compressed copy: its original's)
         self.offset = 0  # of the first byte not yet consumed (start of the partial line)
         self.buf = b""  # bytes read after offset, not yet a complete line
+        self.head = b""  # the first FP_BYTES of what is read: found again after a copy or gzip
+        self.rotated: str | None = None  # the rotated file being finished (None: `path` itself)
+        self.queue: list[str] = []  # rotated later than that one: read next, before `path`
         self.rotations = 0
         self.truncations = 0
         self._open_initial(state, start_at)
 
     # -- opening ---------------------------------------------------------------------------
-    def _open(self, path: str, offset: int) -> bool:
+    def _open(self, path: str, offset: int, *, rotated: bool = False,
+              identity: tuple[int, int] | None = None) -> bool:
+        """Read `path` from `offset`: the followed file, or (`rotated`) a rotated one, maybe
+        compressed, which is only read to its end. `identity` (dev, inode) names a file whose
+        lines were read before under that identity (event ids are made from it)."""
         try:
-            fh = open(path, "rb")
+            fh = _open_log(path) if rotated else open(path, "rb")
         except FileNotFoundError:
             return False
-        st = os.fstat(fh.fileno())
-        if st.st_size < offset:
-            log.warning("%s is shorter (%d) than the saved position (%d): truncated, reading from 0",
-                        path, st.st_size, offset)
-            offset = 0
-            self.truncations += 1
-        fh.seek(offset)
+        try:
+            st = os.fstat(fh.fileno())
+            if not rotated and st.st_size < offset:
+                log.warning("%s is shorter (%d) than the saved position (%d): truncated, reading from 0",
+                            path, st.st_size, offset)
+                offset = 0
+                self.truncations += 1
+            head = fh.read(FP_BYTES)
+            fh.seek(offset)
+        except DECOMPRESS_ERRORS as exc:
+            fh.close()
+            if not rotated:
+                raise
+            log.error("cannot read rotated file %s (%s): skipping it", path, exc)
+            return False
         if self.fh is not None:
             self.fh.close()
-        self.fh, self.dev, self.ino, self.offset, self.buf = fh, st.st_dev, st.st_ino, offset, b""
+        self.fh, self.offset, self.buf, self.head = fh, offset, b"", head
+        self.dev, self.ino = identity or (st.st_dev, st.st_ino)
+        self.rotated = path if rotated else None
         return True
 
-    def _find_rotated(self, ino: int) -> str | None:
-        """The file that now has the inode we were reading (mail.log.1, mail.log-20261122)."""
+    def _candidates(self) -> list[tuple[str, os.stat_result]]:
+        """Rotated copies of `path` in its directory, oldest first (by modification time):
+        `<name>.1`, `<name>-20261203`, `<name>.20261203-093000` (postfix logrotate), each maybe
+        `.gz`, `.bz2` or `.xz`."""
         directory = os.path.dirname(os.path.abspath(self.path)) or "."
-        base = os.path.basename(self.path)
+        pattern = re.compile(re.escape(os.path.basename(self.path)) + r"[.-]\d[\w.-]*")
         try:
             names = os.listdir(directory)
         except OSError:
-            return None
-        for name in sorted(names):
-            if not name.startswith(base) or name == base:
+            return []
+        found = []
+        for name in names:
+            if not pattern.fullmatch(name):
                 continue
             candidate = os.path.join(directory, name)
             try:
-                st = os.stat(candidate)
+                found.append((candidate, os.stat(candidate)))
             except OSError:
                 continue
-            if st.st_ino == ino:
-                return candidate
+        return sorted(found, key=lambda c: (c[1].st_mtime_ns, c[0]))
+
+    def _head_of(self, path: str, length: int) -> bytes:
+        try:
+            with _open_log(path) as fh:
+                return fh.read(length)
+        except DECOMPRESS_ERRORS:
+            return b""
+
+    def _find_rotated(self, dev: int | None, ino: int | None, head_len: int,
+                      digest: str | None) -> tuple[str, int] | None:
+        """The rotated file holding what we were reading, and its index in `_candidates`: by
+        inode (renamed; its head must match too when known: inodes are reused), else by its
+        first `head_len` bytes (compressed, or copied by copytruncate)."""
+        candidates = self._candidates()
+
+        def head_matches(path: str) -> bool:
+            return bool(digest) and head_len > 0 and _fingerprint(self._head_of(path, head_len)) == digest
+
+        for i, (path, st) in enumerate(candidates):
+            if (st.st_ino, st.st_dev) == (ino, dev) and (not digest or head_matches(path)):
+                return path, i
+        # the newest copy first, an uncompressed one before a compressed one (which may be
+        # still being written: gzip removes its input only when done)
+        newest_first = list(enumerate(candidates))[::-1]
+        for compressed in (False, True):
+            for i, (path, _st) in newest_first:
+                if (os.path.splitext(path)[1] in COMPRESSED) == compressed and head_matches(path):
+                    return path, i
         return None
+
+    def _finish_rotated(self, dev, ino, head_len: int, digest: str | None, offset: int) -> bool:
+        """Go on in the rotated file that holds what we read (from `offset`), then every file
+        rotated after it, then `path` from its start. False when there is no such file."""
+        found = self._find_rotated(dev, ino, head_len, digest)
+        if found is None:
+            return False
+        path, index = found
+        if not self._open(path, offset, rotated=True, identity=(dev, ino)):
+            return False
+        self.queue = [p for p, _ in self._candidates()[index + 1:]]
+        self.rotations += 1
+        return True
 
     def _open_initial(self, state: dict | None, start_at: str) -> None:
         if state and state.get("source") == "file" and state.get("path") == self.path:
-            ino, offset = state.get("inode"), int(state.get("offset", 0))
+            dev, ino, offset = state.get("dev"), state.get("inode"), int(state.get("offset", 0))
+            head_len, digest = int(state.get("head_len") or 0), state.get("head")
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
                 st = None
-            if st is not None and st.st_ino == ino:
+            same = (st is not None and st.st_ino == ino
+                    and (not digest or _fingerprint(self._head_of(self.path, head_len)) == digest))
+            if same and st.st_size >= offset:
                 self._open(self.path, offset)
                 return
-            # Rotated while we were down: finish the old file first if it is still there.
-            old = self._find_rotated(ino) if ino is not None else None
-            if old is not None:
-                log.info("resuming in rotated file %s at offset %d", old, offset)
-                self._open(old, offset)
-                self.rotations += 1
+            # Rotated (renamed, maybe compressed) or copied and truncated while we were down:
+            # finish the old content first if a rotated file still holds it.
+            if ino is not None and self._finish_rotated(dev, ino, head_len, digest, offset):
+                log.info("resuming in rotated file %s at offset %d (then %d later rotated file(s), "
+                         "then %s)", self.rotated, offset, len(self.queue), self.path)
                 return
-            log.warning("saved position is in a file that is gone (inode %s): reading %s from its start",
-                        ino, self.path)
+            if st is not None and st.st_ino == ino:
+                log.warning("%s was truncated while we were down and no rotated copy of it holds "
+                            "our position: reading it from its start (lines of the old content "
+                            "after offset %d are lost)", self.path, offset)
+                self.truncations += 1
+            else:
+                log.warning("saved position is in a file that is gone (inode %s): reading %s "
+                            "from its start", ino, self.path)
             self._open(self.path, 0)
             return
         if self._open(self.path, 0) and start_at == "end":
@@ -253,8 +350,46 @@ class FileSource:
 
     # -- reading ---------------------------------------------------------------------------
     def state(self) -> dict:
+        if self.fh is not None and self.rotated is None and len(self.head) < FP_BYTES:
+            more = os.pread(self.fh.fileno(), FP_BYTES, 0)  # the file has grown since
+            if more.startswith(self.head):
+                self.head = more
         return {"source": "file", "path": self.path, "dev": self.dev, "inode": self.ino,
-                "offset": self.offset}
+                "offset": self.offset, "head_len": len(self.head), "head": _fingerprint(self.head)}
+
+    def _next_after_rotated(self) -> str | None:
+        """At the end of a rotated file: on to the next rotated one, or to `path`."""
+        log.info("finished rotated file %s at offset %d", self.rotated, self.offset)
+        while self.queue:
+            path = self.queue.pop(0)
+            if self._open(path, 0, rotated=True):
+                log.info("reading %s, rotated later", path)
+                return "rotated"
+        if self.fh is not None:
+            self.fh.close()
+            self.fh, self.rotated = None, None
+        return "rotated" if self._open(self.path, 0) else None
+
+    def _rewritten(self) -> bool:
+        """(following `path`) Truncated by copytruncate: shorter than our position, or written
+        again past it since our last look (its first bytes are not the ones we read)."""
+        fd = self.fh.fileno()
+        return (os.fstat(fd).st_size < self.offset + len(self.buf)
+                or os.pread(fd, len(self.head), 0) != self.head)
+
+    def _truncated(self) -> str:
+        # the lines after our position were copied before the truncate: finish the copy
+        if self._finish_rotated(self.dev, self.ino, len(self.head), _fingerprint(self.head), self.offset):
+            log.info("%s was truncated (copytruncate): finishing its copy %s from offset %d",
+                     self.path, self.rotated, self.offset)
+            return "truncated"
+        log.info("%s was truncated (position %d) and no rotated copy of it holds the rest: "
+                 "reading from its start", self.path, self.offset + len(self.buf))
+        self.truncations += 1
+        self.fh.seek(0)
+        self.offset, self.buf = 0, b""
+        self.head = os.pread(self.fh.fileno(), FP_BYTES, 0)
+        return "truncated"
 
     def _check_switch(self) -> str | None:
         """At EOF: was our file truncated, or does the path name a new file (rotation)?
@@ -263,14 +398,12 @@ class FileSource:
         the new file) / None (nothing changed)."""
         if self.fh is None:
             return "rotated" if self._open(self.path, 0) else None
-        st_fd = os.fstat(self.fh.fileno())
-        if st_fd.st_size < self.offset + len(self.buf):
-            log.info("%s was truncated (size %d < position %d): reading from its start",
-                     self.path, st_fd.st_size, self.offset + len(self.buf))
-            self.truncations += 1
-            self.fh.seek(0)
-            self.offset, self.buf = 0, b""
-            return "truncated"
+        if self.rotated is not None:  # a rotated file does not grow
+            if self.buf:
+                return "partial"
+            return self._next_after_rotated()
+        if self._rewritten():
+            return self._truncated()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -290,20 +423,34 @@ class FileSource:
         self.rotations += 1
         return "rotated" if self._open(self.path, 0) else None
 
+    def _read(self) -> bytes:
+        if self.fh is None:
+            return b""
+        try:
+            return self.fh.read(self.READ_SIZE)
+        except DECOMPRESS_ERRORS as exc:
+            if self.rotated is None:
+                raise
+            log.error("rotated file %s cannot be read past offset %d (%s): going on with the next",
+                      self.rotated, self.offset + len(self.buf), exc)
+            return b""
+
     def read_chunk(self, max_lines: int) -> Chunk:
         items: list = []
         switches = 0
+        if self.fh is not None and self.rotated is None and self._rewritten():
+            self._truncated()  # before reading the new content from the old position
         while True:
             self._take_lines(items, max_lines)
             if len(items) >= max_lines:
                 return Chunk(items, self.state(), eof=False)
-            data = self.fh.read(self.READ_SIZE) if self.fh is not None else b""
+            data = self._read()
             if data:
                 self.buf += data
                 continue
             if items:  # hand these over (and save the position) before any switch
                 return Chunk(items, self.state(), eof=False)
-            if switches >= 3:
+            if switches >= 3 + len(self.queue):
                 return Chunk(items, self.state(), eof=True)
             switches += 1
             what = self._check_switch()

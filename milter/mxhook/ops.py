@@ -21,11 +21,12 @@ module load.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 
 import click
 
-from . import spool, state
+from . import spool, state, statehealth
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 REQUEUE_CHUNK = 200  # items per state.db transaction (and progress bar step)
@@ -320,12 +321,23 @@ def collect_status(cfg, now: float | None = None) -> dict:
     if report["spool"]["error"]:
         problems.append(report["spool"]["error"])
     summary, health = None, {}
+    # what the spooler found (it stops on a damaged state.db), and what reading it here says
+    state_db = {"path": cfg.state_db, "fault": statehealth.read_fault(cfg.state_db), "error": None}
+    if state_db["fault"]:
+        problems.append(f"state database {cfg.state_db} is damaged; mxhook-spooler stopped "
+                        f"({state_db['fault']}): restore it from a backup (`mxhook check` checks it)")
     if os.path.exists(cfg.state_db):
-        with state.StateStore(cfg.state_db) as st:
-            summary = st.status_summary(now, window=STATUS_WINDOW)
-            health = st.health()
+        try:
+            with state.StateStore(cfg.state_db) as st:
+                summary = st.status_summary(now, window=STATUS_WINDOW)
+                health = st.health()
+        except sqlite3.Error as exc:
+            state_db["error"] = f"{type(exc).__name__}: {exc}"
+            problems.append(f"state database {cfg.state_db} cannot be read ({state_db['error']}): "
+                            "restore it from a backup (`mxhook check` checks it)")
     else:
         problems.append(f"state database {cfg.state_db} does not exist yet (mxhook-spooler creates it)")
+    report["state_db"] = state_db
     pending = (summary or {}).get("pending") or {"inbound": 0, "inbound_oldest": None, "events": 0,
                                                   "events_oldest": None, "open_batches": 0}
     oldest = [t for t in (pending["inbound_oldest"], pending["events_oldest"], report["spool"]["oldest"]) if t]
@@ -381,6 +393,10 @@ def status(ctx, as_json):
         emit_json(report)
         return
     sp, pending, hour = report["spool"], report["pending"], report["last_hour"]
+    sdb = report["state_db"]
+    if sdb["fault"] or sdb["error"]:
+        click.echo(f"{'state db:':12}DAMAGED: {sdb['fault'] or sdb['error']} "
+                   "(mxhook-spooler does not ingest or deliver; restore state.db from a backup)")
     if sp["error"]:
         click.echo(f"{'spool:':12}{sp['error']}")
     else:
@@ -408,5 +424,6 @@ def status(ctx, as_json):
                 (e["last_error"] if e["state"] != "ok" else None), e["url"]]
                for e in report["endpoints"]], max_width=60)
     for problem in report["problems"]:
-        if problem != sp["error"]:  # shown above
+        if problem != sp["error"] and not (
+                (sdb["fault"] or sdb["error"]) and problem.startswith(f"state database {sdb['path']} ")):
             click.echo(f"note: {problem}")

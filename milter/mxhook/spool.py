@@ -24,7 +24,9 @@ directory fsync each. The writer holds an exclusive flock on the open segment; a
 it into `new/<id>.rec` (while still holding the lock) after `seal_after` seconds. A segment
 whose lock can be taken belongs to a writer that died: `recover_segments` cuts a torn tail (a
 record that was never acknowledged) and moves the rest into `new/`. The spooler reads every
-file with `decode_parts`.
+file with `decode_parts`. A failed write or flush cuts the segment back to its last durable
+length before any writer answers (`SegmentWriter._withdraw`): a record answered 4xx is never
+handed over.
 
 Order. File names start with their creation time (`new_id`), and the spooler takes `new/` in
 name order, but only below `ingest_bound`: the oldest segment still open in `tmp/`. A record
@@ -38,12 +40,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"MXHOOK-SPOOL 1\n"
 _JSON = json.JSONDecoder()
@@ -377,24 +382,41 @@ class _Segment:
             self.tmp_path = os.path.join(spool_dir, "tmp", self.name + ".seg")
             self.new_path = os.path.join(spool_dir, "new", self.name + ".rec")
             self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live writer has this one": see recover_segments
-            # recover_segments may have locked and removed the empty file between our open
-            # and our lock: then our records would go to an unlinked inode. Start over.
             try:
-                if os.stat(self.tmp_path).st_ino == os.fstat(self.fd).st_ino:
-                    break
-            except FileNotFoundError:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)  # "a live writer has this one": see recover_segments
+                # recover_segments may have locked and removed the empty file between our open
+                # and our lock: then our records would go to an unlinked inode. Start over.
+                try:
+                    if os.stat(self.tmp_path).st_ino == os.fstat(self.fd).st_ino:
+                        break
+                except FileNotFoundError:
+                    pass
+            except BaseException:
+                os.close(self.fd)
+                raise
+            os.close(self.fd)
+        try:
+            # The file's name in tmp/ must survive a power cut too, not only its data.
+            _fsync_dir(os.path.join(spool_dir, "tmp"))
+        except BaseException:
+            # Nothing is in it yet: remove it and let go of descriptor and lock, or every
+            # message refused during a disk fault would keep one open (EMFILE after ~1,000).
+            try:
+                os.unlink(self.tmp_path)
+            except OSError:
                 pass
             os.close(self.fd)
-        # The file's name in tmp/ must survive a power cut too, not only its data.
-        _fsync_dir(os.path.join(spool_dir, "tmp"))
+            raise
         self.created = time.monotonic()
         self.size = 0
+        self.durable_size = 0  # bytes known on disk: every acknowledged record ends within
         self.appended = 0  # appends written
         self.synced = 0  # appends known durable
         self.syncing = False
         self.active = 0  # writers between write and the end of their sync
         self.broken: OSError | None = None  # a failed write or flush: nothing more goes here
+        self.withdrawn = False  # cut back to durable_size after `broken` (see _withdraw)
+        self.withdraw_error: OSError | None = None
 
 
 class SegmentWriter:
@@ -419,7 +441,11 @@ class SegmentWriter:
         self.append_many([record])
 
     def append_many(self, records: list[Record]) -> None:
-        """Append records (one message's events) in one write; durable when this returns."""
+        """Append records (one message's events) in one write; durable when this returns.
+
+        OSError when they are not: then they are also withdrawn from the segment (it is cut
+        back to its last durable length, see `_withdraw`), so an answer of 4xx is never
+        followed by a post of the same attempt."""
         data = b"".join(map(encode, records))
         if not data:
             return
@@ -434,28 +460,31 @@ class SegmentWriter:
                 if self._sealer is None:
                     self._sealer = threading.Thread(target=self._seal_loop, name="spool-sealer", daemon=True)
                     self._sealer.start()
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(seg.fd, view):]
-            except OSError as exc:
-                # A partial record may sit at the end now: this segment takes no more records
-                # (recovery cuts the torn tail).
-                seg.broken = exc
-                raise
-            seg.size += len(data)
-            seg.appended += 1
-            mine = seg.appended
             seg.active += 1
             try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(seg.fd, view):]
+                except OSError as exc:
+                    # A partial record may sit at the end now: this segment takes no more records.
+                    seg.broken = exc
+                    self._withdraw(seg)
+                    raise
+                seg.size += len(data)
+                seg.appended += 1
+                mine = seg.appended
                 while seg.synced < mine:
                     if seg.broken:
+                        self._withdraw(seg)  # lets a flush already running finish first
+                        if seg.synced >= mine:
+                            break  # that flush covered this record: it is durable and kept
                         raise seg.broken
                     if seg.syncing:
                         self._cond.wait()
                         continue
                     seg.syncing = True
-                    target = seg.appended
+                    target, target_size = seg.appended, seg.size
                     self._cond.release()
                     error = None
                     try:
@@ -467,12 +496,41 @@ class SegmentWriter:
                         seg.syncing = False
                         if error is None:
                             seg.synced = max(seg.synced, target)
+                            seg.durable_size = max(seg.durable_size, target_size)
                         else:
                             seg.broken = error
                         self._cond.notify_all()
             finally:
                 seg.active -= 1
                 self._cond.notify_all()
+
+    def _withdraw(self, seg: _Segment) -> None:
+        """(lock held, `seg.broken` set) Cut `seg` back to its last durable length, once, before
+        any writer answers for a record past it: those records are refused (4xx), so neither
+        recovery nor the sealer may ever hand them over. Waits for a flush in flight (it may
+        make more records durable: they are kept and acknowledged).
+
+        The cut is visible at once to every reader (recovery, after a crash of this process at
+        any later point); its fsync makes it survive a power cut. Should the truncate itself
+        fail (a file system gone read-only), the segment stays locked by this process, so no
+        recovery takes it while the milter runs."""
+        while seg.syncing:
+            self._cond.wait()
+        if seg.withdrawn or seg.withdraw_error is not None:
+            return
+        try:
+            os.ftruncate(seg.fd, seg.durable_size)
+            seg.size = seg.durable_size
+            seg.withdrawn = True
+            os.fsync(seg.fd)
+        except OSError as exc:
+            seg.withdraw_error = exc
+            if not seg.withdrawn:
+                log.critical("spool segment %s: cannot withdraw records refused after %s: %s; "
+                             "keeping it locked", seg.tmp_path, seg.broken, exc)
+            else:
+                log.error("spool segment %s: cut back to %d bytes after %s, but its fsync failed: %s",
+                          seg.tmp_path, seg.durable_size, seg.broken, exc)
 
     def _detach(self, seg: _Segment) -> None:
         """(lock held) No more appends to `seg`; the sealer thread moves it on."""
@@ -484,6 +542,8 @@ class SegmentWriter:
         with self._cond:
             while seg.active:
                 self._cond.wait()
+        if seg.broken and not seg.withdrawn:
+            return  # refused records could not be cut off: keep the lock (see _withdraw)
         try:
             if seg.size and not seg.broken:
                 os.rename(seg.tmp_path, seg.new_path)  # still locked: recovery keeps off

@@ -14,7 +14,8 @@ The loop, on the main thread (the only thread that touches state.db):
    ingested. The good records go into state.db in ONE transaction (synchronous=FULL, see
    state.py), and only after COMMIT are the files unlinked. A crash between commit and unlink
    re-ingests them: harmless, the record id is the primary key, and the bad parts are written
-   again under the same names.
+   again under the same names. A damaged state.db is not a bad record (`statehealth`): the
+   spooler logs CRITICAL, writes `<state.db>.fault` and exits 3, leaving the files in new/.
 2. dispatch: deliveries whose next attempt time has come go to a pool of `workers` threads,
    each with its own requests session; a worker renders the payload (mxhook.payloads) and
    POSTs it once (mxhook.http). Results come back to the main thread, which writes them (all
@@ -87,7 +88,7 @@ from typing import Callable
 
 from . import config as config_mod
 from . import db as db_mod
-from . import http, logging_setup, spool, state
+from . import http, logging_setup, spool, state, statehealth
 from .endpoints import Endpoint
 from .rules import RETRY_INTERVAL_RANGE, RuleError
 from .state import AttemptRecord, DueDelivery, EventBatch, StateStore
@@ -314,6 +315,13 @@ class Spooler:
         state_dir = os.path.dirname(os.path.abspath(cfg.state_db))
         os.makedirs(state_dir, exist_ok=True)
         self.state = StateStore(cfg.state_db)
+        if statehealth.read_fault(cfg.state_db) is not None:  # stopped for damage before
+            found = statehealth.quick_check(self.state.conn)
+            if found:
+                self.state.close()
+                raise statehealth.StateDamaged("; ".join(found))
+            statehealth.clear_fault(cfg.state_db)
+            log.warning("state.db %s passes SQLite's quick_check again: going on", cfg.state_db)
         self.state.checkpoint_in_background()
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
         self.inflight: dict[Future, DueDelivery | _BatchJob] = {}
@@ -558,10 +566,12 @@ class Spooler:
             new = self.state.ingest(records, now=self.clock(), checked=True, **kw)
             log.debug("ingested %d record(s) (%d new)", len(records), new)
             return list(dict.fromkeys(paths))
-        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: retry later
-            log.error("cannot ingest %d spool file(s) into state.db now, will retry: %s", len(records), exc)
-            return []
         except Exception as exc:
+            _raise_if_damage(exc)  # not the records' fault: they stay in new/
+            if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, locked
+                log.error("cannot ingest %d spool file(s) into state.db now, will retry: %s",
+                          len(records), exc)
+                return []
             log.warning("batch ingest failed (%s); ingesting one by one", exc)
         # A file is the unit here: a segment's records go in together or the file stays
         # (unlinking a file with one record not ingested would lose it).
@@ -573,10 +583,16 @@ class Spooler:
             try:
                 self.state.ingest(in_file, now=self.clock(), checked=True, **kw)
                 done.append(path)
-            except sqlite3.OperationalError as exc:
-                log.error("cannot ingest into state.db now, will retry: %s", exc)
-                break
             except Exception as exc:
+                _raise_if_damage(exc)
+                if isinstance(exc, sqlite3.OperationalError):
+                    log.error("cannot ingest into state.db now, will retry: %s", exc)
+                    break
+                # A damaged index can also look like a bad record (a constraint that fails):
+                # the file goes to bad/ only if the database itself checks out.
+                found = statehealth.quick_check(self.state.conn)
+                if found:
+                    raise statehealth.StateDamaged("; ".join(found)) from exc
                 self._quarantine(path, f"cannot ingest: {type(exc).__name__}: {exc}")
         return done
 
@@ -1053,13 +1069,31 @@ class Spooler:
         while not self.stopping:
             try:
                 self._step()
-            except Exception:  # a bug must not stop delivery of everything else
+            except statehealth.StateDamaged:
+                raise
+            except Exception as exc:  # a bug must not stop delivery of everything else
+                _raise_if_damage(exc)
                 log.exception("error in the spooler loop; continuing")
                 self._stop.wait(self.poll_interval)
         if self.inflight:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
         log.info("stopped")
+
+
+def _raise_if_damage(exc: BaseException) -> None:
+    if statehealth.is_damage(exc):
+        raise statehealth.StateDamaged(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _stop_for_damage(state_db: str, exc: statehealth.StateDamaged) -> int:
+    """A damaged state.db stops the spooler: said loudly (CRITICAL, the fault file that
+    `mxhook status` and `mxhook check` show, a non-zero exit for systemd). Spool files stay
+    in new/: they are not what is wrong."""
+    log.critical("state.db %s is damaged (%s): stopping; spool files stay in new/ until it is "
+                 "restored from a backup (`mxhook check` runs SQLite's integrity check)", state_db, exc)
+    statehealth.record_fault(state_db, str(exc))
+    return statehealth.EXIT_DAMAGED
 
 
 def tune_gc() -> None:
@@ -1084,7 +1118,11 @@ def main(argv: list[str] | None = None) -> int:
         # urllib3's debug lines carry request URLs, whose query strings may hold tokens
         logging.getLogger("urllib3").setLevel(logging.WARNING)
         spooler = Spooler(cfg)
+    except statehealth.StateDamaged as exc:
+        return _stop_for_damage(cfg.state_db, exc)
     except (config_mod.ConfigError, OSError, sqlite3.Error) as exc:
+        if statehealth.is_damage(exc):
+            return _stop_for_damage(cfg.state_db, statehealth.StateDamaged(f"{type(exc).__name__}: {exc}"))
         print(f"mxhook-spooler: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, config_mod.ConfigError) else 1
     tune_gc()
@@ -1095,6 +1133,8 @@ def main(argv: list[str] | None = None) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: spooler.stop())
             spooler.run()
+    except statehealth.StateDamaged as exc:
+        return _stop_for_damage(cfg.state_db, exc)
     finally:
         spooler.close()
     return 0

@@ -246,6 +246,117 @@ def test_restart_resumes_across_a_rotation_while_down(env):
     assert "resuming in rotated file" in err
 
 
+def block_with_bounce(start: int, count: int, bounced: int) -> str:
+    """`block`, but message `bounced` ends in a hard bounce."""
+    return "".join(line + "\n" for i in range(start, start + count)
+                   for line in message_lines(i, "bounced" if i == bounced else "sent"))
+
+
+def compress(path: str, mtime: float | None = None) -> str:
+    """gzip PATH as gzip(1) does (what `postfix logrotate` runs): PATH.gz with PATH's mtime, a
+    new inode, PATH removed."""
+    import gzip
+    st = os.stat(path)
+    with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.utime(path + ".gz", ns=(st.st_atime_ns, st.st_mtime_ns) if mtime is None else (mtime * 1e9, mtime * 1e9))
+    os.unlink(path)
+    return path + ".gz"
+
+
+def follow_until_stopped(env, count: int) -> None:
+    proc = env.start()
+    env.wait_for(count, proc=proc)
+    code, err = env.stop(proc)
+    assert code == 0, err
+
+
+def finish(env, count: int) -> str:
+    proc = env.start()
+    env.wait_for(count, proc=proc)
+    code, err = env.stop(proc)
+    assert code == 0, err
+    env.assert_exactly(range(count))
+    return err
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["rename", "rename+gzip"])
+def test_postfix_logrotate_while_down(env, compressed):
+    # `postfix logrotate`: rename to maillog.<date>-<time>, HUP postlogd (a new file), then
+    # gzip the old one (maillog_file_compressor) — new inode, same content
+    env.append(block(0, 30))
+    follow_until_stopped(env, 30)
+    env.append(block_with_bounce(30, 20, bounced=41))  # never read before the rotation
+    rotated = env.log + ".20261203-093000"
+    os.rename(env.log, rotated)
+    if compressed:
+        compress(rotated)
+    env.append(block(50, 40))  # the new file: longer than the old position
+    err = finish(env, 90)
+    assert "resuming in rotated file" in err, err
+    assert [m["type"] for _i, m in env.ingested if m["recipient"] == "r41@dest.example"] == ["bounced"]
+
+
+def test_two_rotations_while_down_are_read_in_order(env):
+    # logrotate (numbered, compress + delaycompress) twice while the follower is down
+    env.append(block(0, 10))
+    follow_until_stopped(env, 10)
+    now = time.time()
+    env.append(block(10, 10))
+    os.rename(env.log, env.log + ".1")
+    os.utime(env.log + ".1", (now - 20, now - 20))
+    env.append(block(20, 10))
+    os.rename(env.log + ".1", env.log + ".2")
+    compress(env.log + ".2")
+    os.rename(env.log, env.log + ".1")
+    os.utime(env.log + ".1", (now - 10, now - 10))
+    env.append(block(30, 10))
+    env.append("an old file of another kind\n", path=env.log + ".pos")  # not a rotated log
+    err = finish(env, 40)
+    order = [int(m["recipient"][1:].split("@")[0]) for _i, m in env.ingested]
+    assert order == sorted(order), order  # the old file, then the one rotated after it, then the new
+    assert "resuming in rotated file" in err
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["copy", "copy+gzip"])
+def test_copytruncate_while_down(env, compressed):
+    env.append(block(0, 30))
+    follow_until_stopped(env, 30)
+    env.append(block(30, 20))
+    shutil.copy(env.log, env.log + ".1")  # logrotate copytruncate: copy, then truncate in place
+    with open(env.log, "r+") as fh:
+        fh.truncate(0)
+    if compressed:
+        compress(env.log + ".1")
+    env.append(block(50, 60))  # the same inode, longer than the old position again
+    err = finish(env, 110)
+    assert "resuming in rotated file" in err, err
+
+
+@pytest.mark.parametrize("refill", [5, 60], ids=["refilled-shorter", "refilled-longer"])
+def test_copytruncate_between_two_polls_finishes_the_copy(env, refill):
+    # the follower sleeps between polls; lines written meanwhile are copied, then truncated,
+    # and the file is written again (past the old position, too) before the next poll
+    env = Env(env.root + "/slow", poll_interval=2)
+    try:
+        env.append(block(0, 40))
+        proc = env.start()
+        env.wait_for(40, proc=proc)
+        time.sleep(0.2)  # the poll that found nothing more has begun its sleep
+        env.append(block(40, 20))
+        shutil.copy(env.log, env.log + ".1")
+        with open(env.log, "r+") as fh:
+            fh.truncate(0)
+        env.append(block(60, refill))
+        env.wait_for(60 + refill, proc=proc, timeout=30)
+        code, err = env.stop(proc)
+        assert code == 0, err
+        env.assert_exactly(range(60 + refill))
+        assert "copytruncate" in err, err
+    finally:
+        env.cleanup()
+
+
 def test_garbage_is_counted_never_fatal(env):
     with open(GARBAGE, "rb") as fh:
         garbage = fh.read()

@@ -272,7 +272,9 @@ def test_status_shapes(env):
     spool.write(env.spool_dir, spool.Record(id=spool.new_id(), kind="denied",
                                             meta={"received": at(30), "recipients": []}))
     report = env.json("status")
-    assert set(report) == {"now", "spool", "pending", "last_hour", "rules", "endpoints", "problems"}
+    assert set(report) == {"now", "spool", "pending", "last_hour", "rules", "endpoints", "problems",
+                           "state_db"}
+    assert report["state_db"] == {"path": report["state_db"]["path"], "fault": None, "error": None}
     assert report["problems"] == []
     assert report["spool"] == {"backlog": 1, "oldest": at(30), "error": None}
     p = report["pending"]
