@@ -333,33 +333,38 @@ class MxhookMilter(Milter.Base):
             return Milter.REJECT
         raw = b"".join(self.header_block) + separator + b"".join(self.body_chunks)
         try:
-            if self.dsn:
-                self._spool_dsn_events(raw)
+            # A report's events and the message go in one append: on failure neither is
+            # kept, so nothing of an attempt answered 451 is posted.
+            reported = self._dsn_events(raw) if self.dsn else []
+            records = [events.to_record(e) for e in reported]
             groups = decision.grouped() if decision else []
+            record = None
             if groups:
                 meta = self._envelope_meta()
                 meta["deliveries"] = [
                     {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
                 ]
                 record = spool.Record(spool.new_id(), "inbound", meta, raw)
-                self.segments.append(record)  # on disk when this returns
-                names = ",".join(rule.name for rule, _ in groups)
-                self._log_decision("accepted", [r for _, rs in groups for r in rs], names,
-                                   f"spooled as {record.id}")
+                records.append(record)
+            self.segments.append_many(records)  # on disk when this returns
         except OSError as exc:
             log.error("queue id %s: cannot spool message (%s); answering 451", self.queue_id, exc)
             self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot store the message right now, try again later")
             return Milter.TEMPFAIL
+        if self.dsn:
+            self._log_decision("bounce-report", self.managed + self.held + self.passed, "dsn",
+                               f"{len(reported)} event(s), to be checked against the mail we sent, for "
+                               + ",".join(sorted({e.recipient or "?" for e in reported})))
+        if record is not None:
+            names = ",".join(rule.name for rule, _ in groups)
+            self._log_decision("accepted", [r for _, rs in groups for r in rs], names,
+                               f"spooled as {record.id}")
         return self._finish(decision, groups)
 
-    def _spool_dsn_events(self, raw: bytes) -> None:
+    def _dsn_events(self, raw: bytes) -> list[events.Event]:
         # Anyone can send a report: the spooler keeps only the events about a recipient of a
         # message we sent (its queued events), which it knows and the milter does not.
-        found = bounces.events_from_dsn(raw, key=self.queue_id or spool.new_id())
-        self.segments.append_many([events.to_record(e) for e in found])
-        self._log_decision("bounce-report", self.managed + self.held + self.passed, "dsn",
-                           f"{len(found)} event(s), to be checked against the mail we sent, for "
-                           + ",".join(sorted({e.recipient or "?" for e in found})))
+        return bounces.events_from_dsn(raw, key=self.queue_id or spool.new_id())
 
     def _finish(self, decision: Decision | None, groups) -> int:
         """Recipients of `--discard` rules (posted) and those of a bounce report without a rule

@@ -410,6 +410,26 @@ def test_bounce_report_to_a_rule_recipient_is_posted_and_yields_events(env):
     assert kinds == ["event", "event", "event", "inbound"]
 
 
+def test_bounce_report_answered_451_leaves_none_of_its_events(env, monkeypatch):
+    """The report's events and the message are one append: when the message cannot be stored,
+    no event of that attempt is left to be posted (the sender will send the report again)."""
+    ctx = env()
+    writer = MxhookMilter.segments
+    real_append_many = writer.append_many
+
+    def failing_for_inbound(records):
+        if any(r.kind == "inbound" for r in records):
+            raise OSError(5, "Input/output error")
+        real_append_many(records)
+
+    monkeypatch.setattr(writer, "append_many", failing_for_inbound)
+    monkeypatch.setattr(writer, "append", lambda record: failing_for_inbound([record]))
+    raw = open(DSN_FIXTURE, "rb").read().replace(b"To: app@example.org", b"To: sales@ours.example")
+    assert feed_raw(ctx, raw, ["<sales@ours.example>"]) == ("eom", Milter.TEMPFAIL)
+    assert ctx._reply[:2] == ("451", "4.3.0")
+    assert records(env.spool_dir) == []
+
+
 def test_failure_in_the_unanswered_mail_from_callback_answers_451_at_rcpt(env, monkeypatch):
     ctx = env()
     monkeypatch.setattr(MxhookMilter, "_direction", lambda self: 1 / 0)
