@@ -450,8 +450,11 @@ def test_https_verifies_the_host_name_while_connecting_to_the_checked_ip(pki, no
         assert srv.seen[0]["host"] == f"hooks.test:{srv.port}"
         assert opened == [(ipaddress.ip_address("127.0.0.1"), srv.port)]
         assert len(r.calls) == 1
-        pool = session.get_adapter("https://").poolmanager.connection_from_url(f"https://hooks.test:{srv.port}/")
-        conns = [c for c in pool.pool.queue if c is not None]
+        # the pool requests used (its key includes the TLS settings requests passes, so look
+        # it up among the manager's pools rather than by URL)
+        manager = session.get_adapter("https://").poolmanager
+        pools = [manager.pools[key] for key in manager.pools.keys()]
+        conns = [c for pool in pools for c in pool.pool.queue if c is not None]
         assert conns and conns[0].connected_address == ipaddress.ip_address("127.0.0.1")
         assert conns[0].ssl_context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert no_system_dns == []
