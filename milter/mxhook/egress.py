@@ -554,10 +554,10 @@ class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
 
 class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     def connect(self):
-        # A context of our own for every connection: TLS 1.2 minimum, handshake under the
-        # deadline, and trust loaded into it alone (urllib3 loads `ca_certs` into the context it
-        # is given, so a shared one -- requests 2.32 passes a process-wide one -- would keep
-        # the CAs of every request).
+        # A context of our own for every connection (TLS 1.2 minimum, handshake under the
+        # deadline), never one handed down: requests 2.32 passes a process-wide context for
+        # verify=True, and setting ours up in it would change it for every user of requests in
+        # the process. Trust is what requests asked for: its CA file/dir, else its CA bundle.
         self.ssl_context = tls_context(self.cert_reqs)
         if not (self.ca_certs or self.ca_cert_dir or self.ca_cert_data):
             self.ssl_context.load_verify_locations(cafile=requests.certs.where())
