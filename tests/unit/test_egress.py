@@ -460,6 +460,23 @@ def test_https_verifies_the_host_name_while_connecting_to_the_checked_ip(pki, no
     assert no_system_dns == []
 
 
+def test_https_never_uses_an_ssl_context_handed_down(pki, opened):
+    """requests 2.32 hands pools a process-wide context (verify=True); any context handed down
+    is left as it is, and the connection uses a fresh one of the guard's own."""
+    handed = ssl.create_default_context()
+    before = (handed.minimum_version, handed.sslsocket_class, handed.cert_store_stats())
+    with LoopbackServer(_server_context(pki, "hooks.test")) as srv:
+        session = egress.guarded_session(LOOPBACK_ONLY, resolver=CountingResolver(["127.0.0.1"]))
+        session.verify = str(pki / "ca.pem")
+        manager = session.get_adapter("https://").poolmanager
+        manager.connection_pool_kw["ssl_context"] = handed
+        assert session.get(f"https://hooks.test:{srv.port}/", timeout=5).status_code == 200
+        conns = [c for key in manager.pools.keys() for c in manager.pools[key].pool.queue if c is not None]
+    assert conns and all(c.ssl_context is not handed for c in conns)
+    assert conns[0].ssl_context.sslsocket_class is egress._DeadlineSSLSocket
+    assert (handed.minimum_version, handed.sslsocket_class, handed.cert_store_stats()) == before
+
+
 def test_https_certificate_for_another_name_fails(pki, opened):
     with LoopbackServer(_server_context(pki, "other.test")) as srv:
         session = egress.guarded_session(LOOPBACK_ONLY, resolver=CountingResolver(["127.0.0.1"]))
