@@ -309,11 +309,14 @@ def domain_list(app, as_json):
 
 @domain.command("set")
 @click.argument("name", metavar="DOMAIN")
-@click.option("--log-denied/--no-log-denied", default=None, required=True,
-              help="Log (or stop logging) mail to this domain that is denied.")
+@click.option("--log-denied/--no-log-denied", default=None,
+              help="Log (or stop logging) mail to this domain that is denied.  [required]")
 @pass_app
 def domain_set(app, name, log_denied):
     """Change the settings of a permitted DOMAIN."""
+    # Checked here, not with required=True: click 8.3 turns an absent flag pair into False.
+    if click.get_current_context().get_parameter_source("log_denied") is not click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("Missing option '--log-denied' / '--no-log-denied'.")
     with app.rules_store() as store:
         d = store.set_domain(name, log_denied)
     click.echo(f"Domain {d['name']}: denied mail is {'logged' if d['log_denied'] else 'not logged'}")

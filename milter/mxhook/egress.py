@@ -67,11 +67,12 @@ from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 import requests
+import requests.certs
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs, resolve_ssl_version
+from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 
 from .config import parse_networks  # noqa: F401  (the one parser; re-exported for callers)
 
@@ -443,6 +444,17 @@ class attempt_deadline:
 
 
 # --- the requests transport -------------------------------------------------------------------
+#
+# One source for urllib3 1.26 (Debian 12) and 2.x (Debian 13, PyPI). The guard uses only:
+# - requests' HTTPAdapter extension points: `init_poolmanager`, `proxy_manager_for`, `send`;
+# - urllib3's PoolManager attribute `pool_classes_by_scheme` and the pools' `ConnectionCls`;
+# - public connection attributes (`host`, `port`, `timeout`, `source_address`,
+#   `socket_options`, `ssl_context`, `cert_reqs`, `ca_certs`, `ca_cert_dir`, `ca_cert_data`)
+#   and http.client's public methods (`connect`, `putrequest`, `set_tunnel`);
+# - one private method, `HTTPConnection._new_conn()` -> connected socket, which both
+#   `connect()` methods call to open the TCP connection.
+# tests/unit/test_egress_contract.py pins each of these against the installed urllib3 and
+# requests, so a release that changes one fails there by name instead of deferring mail.
 
 class _Policy:
     def __init__(self, allow: Sequence[Network], resolver: Resolver | None):
@@ -451,6 +463,14 @@ class _Policy:
 
     def resolve(self, host: str, port: int | None) -> list[IPAddress]:
         return resolve_checked(host, port, resolver=self.resolver, allow=self.allow)
+
+
+def _connect_timeout(value) -> float | None:
+    """A connection's `timeout` as seconds or None; urllib3's "default" sentinels (1.26:
+    socket._GLOBAL_DEFAULT_TIMEOUT, 2.x: an enum token) mean the process-wide default."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    return socket.getdefaulttimeout()
 
 
 def _open_socket(ip: IPAddress, port: int, timeout, source_address, socket_options) -> socket.socket:
@@ -468,8 +488,7 @@ def _open_socket(ip: IPAddress, port: int, timeout, source_address, socket_optio
     try:
         for opt in socket_options or ():
             sock.setsockopt(*opt)
-        if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
-            sock.settimeout(timeout)
+        sock.settimeout(timeout)
         if source_address:
             sock.bind(source_address)
         sock.connect(sockaddr)
@@ -482,27 +501,29 @@ def _open_socket(ip: IPAddress, port: int, timeout, source_address, socket_optio
 class _GuardedConnectionMixin:
     """Replaces urllib3's `_new_conn`: resolve + check once, connect to a checked address.
     `self.host` stays the endpoint's name, so the Host header, TLS SNI and certificate
-    hostname verification all use it."""
+    hostname verification all use it. Every request on the connection (new or pooled
+    keep-alive) puts it under the thread's attempt deadline."""
 
     _policy: _Policy
     connected_address: IPAddress | None = None
 
     def _new_conn(self):
-        host = self._dns_host
+        host = self.host
         try:
             addrs = self._policy.resolve(host, self.port)
         except ResolutionError as exc:
             raise NewConnectionError(self, str(exc)) from None
         last: OSError | None = None
         deadline = current_deadline()
+        configured = _connect_timeout(self.timeout)
         for ip in addrs:
-            timeout = self.timeout
+            timeout = configured
             if deadline is not None:
                 left = deadline.remaining()
                 if left <= 0 or deadline.expired:
                     last = socket.timeout("the attempt's deadline passed")
                     break
-                if timeout is socket._GLOBAL_DEFAULT_TIMEOUT or timeout is None or timeout > left:
+                if timeout is None or timeout > left:
                     timeout = left
             try:
                 sock = _open_socket(ip, self.port, timeout, self.source_address, self.socket_options)
@@ -514,8 +535,17 @@ class _GuardedConnectionMixin:
             self.connected_address = ip
             return sock
         if isinstance(last, socket.timeout):
-            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})")
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={configured})")
         raise NewConnectionError(self, f"Failed to establish a new connection: {last}")
+
+    def putrequest(self, *args, **kwargs):
+        deadline = current_deadline()
+        if deadline is not None:
+            deadline.register(self)
+        return super().putrequest(*args, **kwargs)
+
+    def set_tunnel(self, *args, **kwargs):
+        raise EgressError("proxies are not supported by the egress guard (the proxy would connect unchecked)")
 
 
 class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
@@ -524,14 +554,13 @@ class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
 
 class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     def connect(self):
-        if self._is_using_tunnel():  # pragma: no cover - proxies are refused by the adapter
-            raise EgressError("proxies are not supported by the egress guard")
-        if self.ssl_context is None:
-            self.ssl_context = tls_context(self.cert_reqs, self.ssl_version)
-            if not (self.ca_certs or self.ca_cert_dir or self.ca_cert_data):
-                self.ssl_context.load_default_certs()
-        elif self.ssl_context.minimum_version < TLS_MINIMUM:
-            self.ssl_context.minimum_version = TLS_MINIMUM
+        # A context of our own for every connection (TLS 1.2 minimum, handshake under the
+        # deadline), never one handed down: requests 2.32 passes a process-wide context for
+        # verify=True, and setting ours up in it would change it for every user of requests in
+        # the process. Trust is what requests asked for: its CA file/dir, else its CA bundle.
+        self.ssl_context = tls_context(self.cert_reqs)
+        if not (self.ca_certs or self.ca_cert_dir or self.ca_cert_data):
+            self.ssl_context.load_verify_locations(cafile=requests.certs.where())
         return super().connect()
 
 
@@ -547,34 +576,21 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
         return super().do_handshake(*args, **kwargs)
 
 
-def tls_context(cert_reqs=None, ssl_version=None) -> ssl.SSLContext:
+def tls_context(cert_reqs=None) -> ssl.SSLContext:
     """urllib3's default client context with TLS 1.2 as the minimum version (and handshakes
     bounded by the attempt deadline)."""
-    ctx = create_urllib3_context(ssl_version=resolve_ssl_version(ssl_version), cert_reqs=resolve_cert_reqs(cert_reqs))
+    ctx = create_urllib3_context(cert_reqs=resolve_cert_reqs(cert_reqs))
     ctx.minimum_version = TLS_MINIMUM
     ctx.sslsocket_class = _DeadlineSSLSocket
     return ctx
-
-
-class _DeadlinePoolMixin:
-    """Every request (on a new or a pooled keep-alive connection) puts its connection under
-    the thread's attempt deadline."""
-
-    def _make_request(self, conn, *args, **kwargs):
-        deadline = current_deadline()
-        if deadline is not None:
-            deadline.register(conn)
-        return super()._make_request(conn, *args, **kwargs)
 
 
 def _pool_classes(policy: _Policy) -> dict[str, type]:
     http_conn = type("GuardedHTTPConnection", (_GuardedHTTPConnection,), {"_policy": policy})
     https_conn = type("GuardedHTTPSConnection", (_GuardedHTTPSConnection,), {"_policy": policy})
     return {
-        "http": type("GuardedHTTPConnectionPool", (_DeadlinePoolMixin, HTTPConnectionPool),
-                     {"ConnectionCls": http_conn}),
-        "https": type("GuardedHTTPSConnectionPool", (_DeadlinePoolMixin, HTTPSConnectionPool),
-                      {"ConnectionCls": https_conn}),
+        "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+        "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
     }
 
 

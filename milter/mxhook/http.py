@@ -205,6 +205,10 @@ def describe_error(exc: BaseException) -> str:
 def _read_excerpt(response: requests.Response, limit: int, deadline: egress.Deadline | None = None) -> str:
     chunks, size = [], 0
     if limit > 0:
+        # A body cut short (by the deadline, or a server that breaks off) ends the excerpt
+        # instead of raising: urllib3 2.x reads until a whole chunk_size is buffered and would
+        # drop what it had with the IncompleteRead (1.26 defaults to this already).
+        response.raw.enforce_content_length = False
         try:
             for chunk in response.iter_content(chunk_size=min(limit, 16384)):
                 chunks.append(chunk)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 
 import json
 import pytest
-from click.testing import CliRunner
+from tests.support.cli import separate_runner
 
 from mxhook import cli as climod
 from mxhook import config, db, events, spool, spooler
@@ -288,7 +288,7 @@ def test_cli_block_add_and_remove_emit_events(rx, cfg, tmp_path):
     add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("blocks",))
     conf = tmp_path / "mxhook.conf"
     conf.write_text(config.render(settings(tmp_path)))
-    runner = CliRunner(mix_stderr=False)
+    runner = separate_runner()
     with Running(cfg):
         res = runner.invoke(climod.cli, ["--config", str(conf), "block", "add", "A@B.example", "--reason", "asked"])
         assert res.exit_code == 0, res.stderr

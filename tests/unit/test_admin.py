@@ -18,7 +18,7 @@ import threading
 
 import click
 import pytest
-from click.testing import CliRunner
+from tests.support.cli import separate_runner
 
 from mxhook import admin
 from mxhook import cli as climod
@@ -137,7 +137,7 @@ class Env:
         self.probes: list[tuple[str, str]] = []
         self.probe_answer: str | None = None
         monkeypatch.setattr(admin, "probe_socket", self._probe)
-        self.runner = CliRunner(mix_stderr=False)
+        self.runner = separate_runner()
         self.sock: socket.socket | None = None
 
     def write_config(self):

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 import pytest
 from click.testing import CliRunner
 
+from tests.support.cli import separate_runner
+
 from mxhook import cli as climod
 from mxhook import config, egress, signing
 
@@ -24,7 +26,7 @@ class Env:
         self.spool_dir = str(tmp_path / "spool")
         self.conf = str(tmp_path / "mxhook.conf")
         self.write_config(**milter)
-        self.runner = CliRunner(mix_stderr=False)
+        self.runner = separate_runner()
 
     def write_config(self, allow_networks="127.0.0.0/8, 10.0.0.0/8", **milter):
         values = {"paths": {"rules_db": self.rules_db, "state_db": self.state_db,
@@ -118,7 +120,7 @@ def test_help_needs_no_config(tmp_path):
 
 
 def test_missing_explicit_config_is_a_usage_error(tmp_path):
-    res = CliRunner(mix_stderr=False).invoke(
+    res = separate_runner().invoke(
         climod.cli, ["--config", str(tmp_path / "missing.conf"), "domain", "list"])
     assert res.exit_code == 2 and "config file not found" in res.stderr
 

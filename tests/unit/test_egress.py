@@ -450,11 +450,31 @@ def test_https_verifies_the_host_name_while_connecting_to_the_checked_ip(pki, no
         assert srv.seen[0]["host"] == f"hooks.test:{srv.port}"
         assert opened == [(ipaddress.ip_address("127.0.0.1"), srv.port)]
         assert len(r.calls) == 1
-        pool = session.get_adapter("https://").poolmanager.connection_from_url(f"https://hooks.test:{srv.port}/")
-        conns = [c for c in pool.pool.queue if c is not None]
+        # the pool requests used (its key includes the TLS settings requests passes, so look
+        # it up among the manager's pools rather than by URL)
+        manager = session.get_adapter("https://").poolmanager
+        pools = [manager.pools[key] for key in manager.pools.keys()]
+        conns = [c for pool in pools for c in pool.pool.queue if c is not None]
         assert conns and conns[0].connected_address == ipaddress.ip_address("127.0.0.1")
         assert conns[0].ssl_context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert no_system_dns == []
+
+
+def test_https_never_uses_an_ssl_context_handed_down(pki, opened):
+    """requests 2.32 hands pools a process-wide context (verify=True); any context handed down
+    is left as it is, and the connection uses a fresh one of the guard's own."""
+    handed = ssl.create_default_context()
+    before = (handed.minimum_version, handed.sslsocket_class, handed.cert_store_stats())
+    with LoopbackServer(_server_context(pki, "hooks.test")) as srv:
+        session = egress.guarded_session(LOOPBACK_ONLY, resolver=CountingResolver(["127.0.0.1"]))
+        session.verify = str(pki / "ca.pem")
+        manager = session.get_adapter("https://").poolmanager
+        manager.connection_pool_kw["ssl_context"] = handed
+        assert session.get(f"https://hooks.test:{srv.port}/", timeout=5).status_code == 200
+        conns = [c for key in manager.pools.keys() for c in manager.pools[key].pool.queue if c is not None]
+    assert conns and all(c.ssl_context is not handed for c in conns)
+    assert conns[0].ssl_context.sslsocket_class is egress._DeadlineSSLSocket
+    assert (handed.minimum_version, handed.sslsocket_class, handed.cert_store_stats()) == before
 
 
 def test_https_certificate_for_another_name_fails(pki, opened):

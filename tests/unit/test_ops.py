@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from click.testing import CliRunner
+from tests.support.cli import separate_runner
 
 from mxhook import cli as climod
 from mxhook import config, db, ops, rules, spool, state
@@ -30,7 +30,7 @@ class Env:
             fh.write(config.render({"paths": {"rules_db": self.rules_db, "state_db": self.state_db,
                                               "spool_dir": self.spool_dir}}))
         spool.ensure_dirs(self.spool_dir)
-        self.runner = CliRunner(mix_stderr=False)
+        self.runner = separate_runner()
         StateStore(self.state_db).close()
 
     def run(self, *args):
@@ -315,7 +315,7 @@ def test_status_always_exits_0(tmp_path):
     conf.write_text(config.render({"paths": {"rules_db": str(tmp_path / "no" / "rules.db"),
                                              "state_db": str(tmp_path / "no" / "state.db"),
                                              "spool_dir": str(tmp_path / "no" / "spool")}}))
-    runner = CliRunner(mix_stderr=False)
+    runner = separate_runner()
     res = runner.invoke(climod.cli, ["--config", str(conf), "status", "--json"])
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
