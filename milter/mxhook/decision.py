@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import heuristics
-from .headers import decode_value, normalize_address
+from .headers import decode_field, normalize_address
 from .rules import MatchResult, Rule, RuleSet
 
 MISSING_FROM = "missing_from"  # the decision's name for a message without a From header
@@ -18,12 +18,13 @@ MISSING_FROM_POLICIES = ("reject", "accept")
 def header_index(raw_headers: list[tuple[str, bytes | str]],
                  only: frozenset[str] | None = None) -> dict[str, list[str]]:
     """lower-case field name -> decoded values, in message order; with `only`, just those
-    fields (decoding a long Received chain no rule looks at is most of the work)."""
+    fields (decoding a long Received chain no rule looks at is most of the work). A value is
+    the text the payload's `headers` show (`decode_field`), so a rule matches what is posted."""
     index: dict[str, list[str]] = {}
     for name, value in raw_headers:
         key = name.lower()
         if only is None or key in only:
-            index.setdefault(key, []).append(decode_value(value))
+            index.setdefault(key, []).append(decode_field(name, value))
     return index
 
 
