@@ -24,6 +24,9 @@ from . import db as dbmod
 from . import egress
 from . import endpoints as endpointsmod
 from . import heuristics, rules, spool
+from . import bounces
+from . import decision as decisionmod
+from . import message as messagemod
 from .decision import decide
 from .headers import address_domain, decode_value, first_address, normalize_address
 from .rules import RuleError
@@ -692,118 +695,143 @@ def rule_rotate_secret(app, name, overlap, ed25519):
 
 # -- rule test ---------------------------------------------------------------------------------
 
-def split_headers(raw: bytes) -> list[tuple[str, bytes]]:
-    """(name, raw value) pairs from a message's header section, bytes kept as they are (the
-    value as the milter sees it: after the colon, continuation lines included). A leading mbox
-    'From ' line is skipped; the first line that is neither a header nor a continuation ends
-    the header section, as in Postfix."""
-    headers: list[list] = []
-    lines = raw.split(b"\n")
-    if lines and lines[0].startswith(b"From "):
-        lines = lines[1:]
-    for line in lines:
-        line = line.rstrip(b"\r")
-        if line[:1] in (b" ", b"\t") and headers:
-            headers[-1][1] += b"\r\n" + line
-            continue
-        name, sep, value = line.partition(b":")
-        name = name.rstrip(b" \t")
-        if not sep or not name or re.search(rb"[\x00-\x20\x7f-\xff]", name):
-            break
-        headers.append([name.decode("ascii"), value])
-    return [(n, v) for n, v in headers]
+def _rules_explained(m) -> list[dict]:
+    return [{
+        "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,
+        "matched": rr.matched, "reason": rr.reason(),
+        "conditions": [{"condition": str(c.condition), "held": c.held,
+                        "value": c.matched_value, "timed_out": c.timed_out}
+                       for c in rr.conditions],
+    } for rr in m.evaluated]
 
 
 def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipients: list[str],
             mail_from: str | None) -> dict:
-    """What the milter would do with this message for these recipients, and why."""
+    """What the milter would answer for this message and these recipients (in RCPT order), at
+    which stage, and why: the RCPT stage (decision.RcptStage) and end of headers
+    (decision.decide) as the milter runs them, on the header section as Postfix splits it."""
     unknown_mode = cfg.choice("milter", "unknown_domains", ("reject", "pass"))
+    missing_from = cfg.choice("milter", "missing_from", decisionmod.MISSING_FROM_POLICIES)
     enabled = tuple(h for h, key in HEURISTIC_KEYS if cfg.bool("milter", key))
-    raw_headers = split_headers(raw)
+    raw_headers, header_defects = messagemod.split_headers(raw)
 
     def header(name):
         return [v for n, v in raw_headers if n.lower() == name]
 
+    sender = normalize_address(mail_from) if mail_from is not None else None
+    stage = decisionmod.RcptStage(snapshot.ruleset, snapshot.domains, unknown_domains=unknown_mode,
+                                  null_sender=sender == "", enabled_heuristics=enabled)
     rcpts = [normalize_address(r) for r in recipients]
-    managed, passed, entries = [], [], {}
+    managed, passed, held, entries, candidates = [], [], [], {}, {}
     for r in rcpts:
-        dom = address_domain(r)
-        if dom in snapshot.domains:
-            managed.append(r)
+        if r in entries:  # the milter answers a repeated RCPT as the first
             continue
-        if unknown_mode == "pass":
+        outcome = stage.recipient(r)
+        if outcome.kind == decisionmod.MANAGED:
+            managed.append(r)
+            candidates[r] = outcome.candidates
+        elif outcome.kind == decisionmod.PASS:
             passed.append(r)
-            entries[r] = {"outcome": "passed", "decided_by": "unknown_domains=pass", "rule": None,
-                          "reason": f"domain {dom or '(none)'} is not permitted; "
+            entries[r] = {"outcome": "passed", "stage": "rcpt", "smtp": "250",
+                          "decided_by": "unknown_domains=pass", "rule": None,
+                          "reason": f"domain {address_domain(r) or '(none)'} is not permitted; "
                                     "unknown_domains = pass leaves it to Postfix (no rules)"}
+        elif outcome.kind == decisionmod.HOLD:
+            held.append(r)
+            entries[r] = {"outcome": "denied", "stage": "eoh", "smtp": "550 5.7.1",
+                          "decided_by": outcome.filter, "rule": None,
+                          "reason": outcome.reason + " (null sender: held until end of headers "
+                                    "in case the message is a bounce report)"}
+        elif outcome.kind == decisionmod.DENY:
+            entries[r] = {"outcome": "rejected", "stage": "rcpt", "smtp": "550 5.7.1",
+                          "decided_by": outcome.filter, "rule": None, "reason": outcome.reason}
         else:
-            entries[r] = {"outcome": "rejected", "decided_by": "unknown_domain", "rule": None,
-                          "reason": f"domain {dom or '(none)'} is not enabled for inbound mail "
-                                    "on this server (550 5.7.1 at RCPT)"}
+            entries[r] = {"outcome": "deferred", "stage": "rcpt", "smtp": "452 4.5.3",
+                          "decided_by": "outcome_class", "rule": None,
+                          "reason": "its outcome may differ from the recipients accepted before "
+                                    "it: the client sends it again in a separate transaction "
+                                    "(test it alone to see that one)"}
+    content_types = header("content-type")
+    dsn = sender == "" and bool(content_types) and bounces.is_dsn_content_type(
+        decode_value(content_types[0]))
 
     result = {
-        "mail_from": normalize_address(mail_from) if mail_from is not None else None,
+        "mail_from": sender,
         "header_from": first_address(header("from")[0]) if header("from") else "",
         "subject": decode_value(header("subject")[0]) if header("subject") else "",
+        "header_defects": header_defects,
         "unknown_domains": unknown_mode,
+        "missing_from": missing_from,
         "heuristics": {"enabled": list(enabled), "verdict": None},
         "rule_count": len(snapshot.ruleset),
     }
-    if managed:
+    # Every rule explained for each recipient in a permitted domain, also past the first match.
+    ours = [r for r in entries.keys() | set(managed) if address_domain(r) in snapshot.domains]
+    explained = decide(snapshot.ruleset, snapshot.domains, [r for r in rcpts if r in ours],
+                       raw_headers, enabled_heuristics=enabled, explain=True,
+                       missing_from=missing_from)
+    for m in explained.matches:
+        entries.setdefault(m.recipient, {})["rules"] = _rules_explained(m)
+    if held:
+        if dsn:
+            for r in held:
+                entries[r].update(outcome="consumed", smtp="250", decided_by="dsn",
+                                  reason="a bounce report: its events are kept, the recipient "
+                                         "is removed from Postfix's delivery")
+            result.update(result="accept", smtp="250", decided_by="dsn",
+                          reason="a bounce report for mail this server sent")
+        else:
+            result.update(result="reject", smtp="550 5.7.1", decided_by=entries[held[0]]["decided_by"],
+                          reason=entries[held[0]]["reason"])
+    elif managed:
         decision = decide(snapshot.ruleset, snapshot.domains, managed, raw_headers,
-                          enabled_heuristics=enabled, explain=True)
+                          enabled_heuristics=enabled, missing_from=missing_from,
+                          candidates=candidates)
         verdict = decision.verdict
         if verdict is not None:
             result["heuristics"]["verdict"] = {"heuristic": verdict.heuristic,
                                                "reason": verdict.reason}
-        for m in decision.matches:
-            evaluated = [{
-                "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,
-                "matched": rr.matched, "reason": rr.reason(),
-                "conditions": [{"condition": str(c.condition), "held": c.held,
-                                "value": c.matched_value, "timed_out": c.timed_out}
-                               for c in rr.conditions],
-            } for rr in m.evaluated]
+        matched = {m.recipient: m.rule for m in decision.matches}  # none after a verdict
+        for r in managed:
+            entry, rule = entries.setdefault(r, {}), matched.get(r)
+            entry.update(stage="eoh", rule=None)
             if verdict is not None:
-                entry = {"outcome": "denied", "decided_by": "heuristic:" + verdict.heuristic,
-                         "rule": None, "reason": verdict.reason}
-            elif m.rule is not None:
-                entry = {"outcome": "accepted", "decided_by": "rule:" + m.rule.name,
-                         "rule": m.rule.name, "action": "discard" if m.rule.discard else "deliver",
-                         "endpoint": m.rule.endpoint, "format": m.rule.format,
-                         "reason": f"rule {m.rule.name}: all conditions hold"}
+                entry.update(outcome="denied", smtp="550 5.7.1",
+                             decided_by="heuristic:" + verdict.heuristic, reason=verdict.reason)
+            elif rule is not None:
+                entry.update(outcome="accepted", smtp="250", decided_by="rule:" + rule.name,
+                             rule=rule.name, action="discard" if rule.discard else "deliver",
+                             endpoint=rule.endpoint, format=rule.format,
+                             reason=f"rule {rule.name}: all conditions hold")
+            elif dsn:
+                entry.update(outcome="consumed", smtp="250", decided_by="dsn",
+                             reason="no rule matches; a bounce report: its events are kept, "
+                                    "the recipient is removed from Postfix's delivery")
             else:
-                entry = {"outcome": "denied", "decided_by": "no_rule", "rule": None,
-                         "reason": "no enabled rule matches" if evaluated else "there are no rules"}
-            entry["rules"] = evaluated
-            entries[m.recipient] = entry
+                entry.update(outcome="denied", smtp="550 5.7.1", decided_by="no_rule",
+                             reason=f"no inbound rule matches <{r}>")
         if verdict is not None:
             result.update(result="reject", smtp="550 5.7.1",
                           decided_by="heuristic:" + verdict.heuristic, reason=verdict.reason)
-        elif not decision.accepted and not passed:
+        elif not decision.accepted and not dsn:
             result.update(result="reject", smtp="550 5.7.1", decided_by="no_rule",
                           reason=decision.reason())
+        elif decision.denied and not dsn:  # the milter's guard: one class, one outcome
+            result.update(result="tempfail", smtp="451 4.3.0", decided_by="internal_error",
+                          reason="recipients of one outcome class decided apart")
         else:
             names = [rule.name for rule, _ in decision.grouped()]
-            reason = ("accepted for " + ", ".join(names)) if names else \
-                "no rule matches, but pass-through recipients keep the message"
-            if decision.denied and names:
-                reason += "; recipients without a matching rule are removed"
-                for r in decision.denied:
-                    entries[r]["reason"] += " (removed from the message)"
-            result.update(result="accept", smtp="250", decided_by="rules", reason=reason)
+            result.update(result="accept", smtp="250", decided_by="rules" if names else "dsn",
+                          reason=("accepted for " + ", ".join(names)) if names
+                          else "a bounce report for mail this server sent")
     elif passed:
         result.update(result="pass", smtp="250", decided_by="unknown_domains=pass",
                       reason="no recipient in a permitted domain: the milter leaves the message "
                              "alone")
     else:
-        result.update(result="reject", smtp="554 5.5.1", decided_by="unknown_domain",
+        result.update(result="reject", smtp="554 5.5.1", decided_by=entries[rcpts[0]]["decided_by"],
                       reason="every recipient was rejected at RCPT (no valid recipients)")
-    result["recipients"] = [{"recipient": r, **entries[r]} for r in rcpts]
-    if result["result"] == "reject":
-        for e in result["recipients"]:
-            if e["outcome"] == "passed":
-                e["reason"] += "; but the message is rejected as a whole"
+    result["recipients"] = [{"recipient": r, **entries[r]} for r in dict.fromkeys(rcpts)]
     return result
 
 
@@ -816,6 +844,8 @@ def print_explanation(res: dict) -> None:
                f"unknown_domains = {res['unknown_domains']}")
     verdict = res["result"].upper()
     click.echo(f"Result:     {verdict} ({res['smtp']}) by {res['decided_by']}: {res['reason']}")
+    for d in res["header_defects"]:
+        click.echo(f"Header:     {d}")
     for e in res["recipients"]:
         click.echo("")
         what = e["outcome"]
@@ -825,7 +855,8 @@ def print_explanation(res: dict) -> None:
                 what += " (then discarded)"
         else:
             what += f" by {e['decided_by']}"
-        click.echo(f"<{e['recipient']}>: {what}")
+        stage = "RCPT" if e["stage"] == "rcpt" else "end of headers"
+        click.echo(f"<{e['recipient']}>: {e['smtp']} at {stage}: {what}")
         if e["outcome"] != "accepted":
             click.echo(f"  {e['reason']}")
         if e["decided_by"].startswith("heuristic:") and e.get("rules"):
@@ -856,11 +887,15 @@ def read_message(stream, limit: int) -> bytes:
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_app
 def rule_test(app, message, recipients, mail_from, as_json):
-    """Dry run: what the milter would decide for MESSAGE.eml ('-' reads stdin), and why.
+    """Dry run: what the milter would answer for MESSAGE.eml ('-' reads stdin), and why.
 
-    Uses the rules and domains in rules.db and the heuristics and unknown_domains settings of
-    the config; every rule is evaluated and explained, also past the first match. A message
-    larger than [milter] max_message_size is refused, as the milter refuses it.
+    Each recipient, in --rcpt order, gets the milter's answer and its stage: 550 at RCPT (its
+    domain is not permitted, or no rule can match its envelope), 452 4.5.3 at RCPT (its
+    outcome may differ from the recipients accepted before it: sent again alone), or the
+    end-of-headers outcome. Uses the rules and domains in rules.db and the heuristics,
+    unknown_domains and missing_from settings of the config; every rule is evaluated and
+    explained, also past the first match. A message larger than [milter] max_message_size is
+    refused, as the milter refuses it.
     """
     for r in recipients:
         if "@" not in r:

@@ -1,6 +1,6 @@
-"""The inbound decision at end of headers, as one pure function.
+"""The inbound decision, as pure code: the RCPT stage (`RcptStage`) and end of headers (`decide`).
 
-The milter and `mxhook rule test` both call `decide`, so the dry run cannot drift from what the
+The milter and `mxhook rule test` both call them, so the dry run cannot drift from what the
 milter really does.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import heuristics
-from .headers import decode_value, normalize_address
+from .headers import address_domain, decode_field, normalize_address
 from .rules import MatchResult, Rule, RuleSet
 
 MISSING_FROM = "missing_from"  # the decision's name for a message without a From header
@@ -18,12 +18,13 @@ MISSING_FROM_POLICIES = ("reject", "accept")
 def header_index(raw_headers: list[tuple[str, bytes | str]],
                  only: frozenset[str] | None = None) -> dict[str, list[str]]:
     """lower-case field name -> decoded values, in message order; with `only`, just those
-    fields (decoding a long Received chain no rule looks at is most of the work)."""
+    fields (decoding a long Received chain no rule looks at is most of the work). A value is
+    the text the payload's `headers` show (`decode_field`), so a rule matches what is posted."""
     index: dict[str, list[str]] = {}
     for name, value in raw_headers:
         key = name.lower()
         if only is None or key in only:
-            index.setdefault(key, []).append(decode_value(value))
+            index.setdefault(key, []).append(decode_field(name, value))
     return index
 
 
@@ -126,3 +127,66 @@ def outcome_class(ruleset: RuleSet, candidates: tuple[Rule, ...], recipient: str
             and heuristics.FROM_PERMITTED_DOMAIN not in enabled_heuristics):
         key += (normalize_address(recipient),)
     return key
+
+
+# Outcome classes of recipients the rules do not decide (outcome_class for the rest).
+PASSED = ("passed",)  # unknown_domains = pass: left to Postfix, whatever the message says
+HELD = ("held",)  # null sender, no rule: consumed if the message is a bounce report, else refused
+
+# RcptOutcome kinds: what the milter answers at RCPT.
+MANAGED = "managed"  # 250; the header conditions of its candidate rules decide at end of headers
+PASS = "pass"  # 250; unknown_domains = pass leaves it to Postfix
+HOLD = "hold"  # 250; a null-sender recipient no rule takes: refused at end of headers (filter,
+#               reason) unless the message is a bounce report, whose events consume it
+DENY = "deny"  # 550 5.7.1 at RCPT (filter, reason)
+SPLIT = "split"  # 452 4.5.3: its outcome may differ from the transaction's; sent again alone
+
+
+def unknown_domain_reason(rcpt: str) -> str:
+    return f"domain {address_domain(rcpt) or '(none)'} is not enabled for inbound mail on this server"
+
+
+@dataclass(frozen=True)
+class RcptOutcome:
+    kind: str
+    candidates: tuple[Rule, ...] = ()  # MANAGED: `RuleSet.envelope_candidates`
+    filter: str = ""  # DENY, HOLD: "no_rule" or "unknown_domain"
+    reason: str = ""
+
+
+class RcptStage:
+    """The RCPT answers of one inbound transaction, recipient by recipient in SMTP order: the
+    first recipient accepted sets the transaction's outcome class, and a recipient of another
+    class is split off (452 4.5.3)."""
+
+    def __init__(self, ruleset: RuleSet, permitted_domains: frozenset[str], *, unknown_domains: str,
+                 null_sender: bool, enabled_heuristics: tuple[str, ...] = heuristics.ALL):
+        self.ruleset = ruleset
+        self.permitted_domains = permitted_domains
+        self.unknown_domains = unknown_domains
+        self.null_sender = null_sender
+        self.enabled_heuristics = enabled_heuristics
+        self.outcome_class: tuple | None = None  # shared by every recipient of this transaction
+
+    def recipient(self, rcpt: str) -> RcptOutcome:
+        """The answer for a normalized recipient address."""
+        if address_domain(rcpt) in self.permitted_domains:
+            candidates = self.ruleset.envelope_candidates(rcpt)
+            if candidates:
+                cls = outcome_class(self.ruleset, candidates, rcpt, self.enabled_heuristics)
+                return self._join(cls, RcptOutcome(MANAGED, candidates))
+            filt, reason = "no_rule", f"no inbound rule matches <{rcpt}>"
+        elif self.unknown_domains == "pass":
+            return self._join(PASSED, RcptOutcome(PASS))
+        else:
+            filt, reason = "unknown_domain", unknown_domain_reason(rcpt)
+        if self.null_sender:
+            # A null-sender message may be a bounce (DSN) for mail our applications sent: its
+            # headers decide, so the refusal of such a recipient waits until end of headers.
+            return self._join(HELD, RcptOutcome(HOLD, filter=filt, reason=reason))
+        return RcptOutcome(DENY, filter=filt, reason=reason)
+
+    def _join(self, cls: tuple, outcome: RcptOutcome) -> RcptOutcome:
+        if self.outcome_class is None:
+            self.outcome_class = cls
+        return outcome if cls == self.outcome_class else RcptOutcome(SPLIT)

@@ -24,7 +24,8 @@ _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 
 # Labels Python has no codec for, and codecs that decode less than what senders mean by the label:
-# decoded with the superset, as browsers do (WHATWG Encoding Standard).
+# decoded with the superset, as browsers do (WHATWG Encoding Standard). The one table for encoded
+# words and body text alike (message.decode_text).
 _LABEL_CODECS = {"iso-8859-8-i": "iso8859-8", "iso-8859-6-i": "iso8859-6", "windows-874": "cp874",
                  "x-gbk": "gb18030"}
 _SUPERSET_CODECS = {"gb2312": "gb18030", "gbk": "gb18030", "big5": "big5hkscs", "euc_kr": "cp949",

@@ -9,7 +9,8 @@ from the stdlib parser with the `compat32` policy, the most forgiving one (the m
 raises on some broken headers when they are accessed), fed that same split; `message/*` parts
 are not parsed but passed on as the bytes that came.
 
-Body text is decoded from the part's declared charset. Text declared (or defaulting to) UTF-8
+Body text is decoded from the part's declared charset, its label read as in header encoded
+words (`headers.charset_codec`: gb2312 as gb18030, big5 as big5hkscs, ...). Text declared (or defaulting to) UTF-8
 or US-ASCII that is not: each byte outside a valid UTF-8 sequence is read as Windows-1252.
 An unknown label: UTF-8, else the same. Another declared charset the text is not valid in:
 its vendor superset where there is one (Shift_JIS as cp932, ...), else UTF-8 if the text is
@@ -31,7 +32,7 @@ from email.message import Message
 from email.feedparser import BytesFeedParser
 from email.policy import Compat32
 
-from .headers import decode_field, decode_value, mailboxes, plain_address, to_text
+from .headers import charset_codec, decode_field, decode_value, mailboxes, plain_address, to_text
 
 DEFAULT_MAX_ATTACHMENT_SIZE = 10 * 1024 * 1024
 MAX_PARTS = 1000  # leaf parts looked at; the rest is skipped with a defect
@@ -43,13 +44,11 @@ _MSG_ID = re.compile(r"<[^<>\s]*>")
 _NOT_B64 = re.compile(rb"[^A-Za-z0-9+/]")
 _PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
-# Python codecs that are text encodings but no mail charsets (or transform text in surprising ways).
-_NOT_CHARSETS = {"raw-unicode-escape", "unicode-escape", "undefined", "idna", "punycode", "mbcs", "oem"}
 _WHATWG_1252 = {"ascii", "iso8859-1", "cp1252"}  # read as windows-1252 (python codec names)
-_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030"}  # decode with the superset, as browsers do
 # Tried when the declared charset cannot read the text: the vendor supersets that mailers write
-# under the standard label (NEC/IBM extensions such as circled digits, Unified Hangul, HKSCS).
-_FAILURE_SUPERSETS = {"shift_jis": "cp932", "euc_jp": "euc_jis_2004", "euc_kr": "cp949", "big5": "big5hkscs"}
+# under the standard label (NEC/IBM extensions such as circled digits). Labels read as their
+# superset from the start (big5, euc-kr, gb2312, ...) are in headers.charset_codec.
+_FAILURE_SUPERSETS = {"shift_jis": "cp932", "euc_jp": "euc_jis_2004"}
 # windows-1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined: those stay Latin-1 (C1 controls).
 _CP1252_FROM_LATIN1 = {
     i: bytes([i]).decode("cp1252") for i in range(0x80, 0xA0) if i not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)
@@ -71,19 +70,6 @@ _POLICY = _Policy()
 
 # ---------------------------------------------------------------------------------------------
 # Charsets
-
-def _codec(label: str | None) -> str | None:
-    """The Python codec name for a MIME charset label, or None when there is none usable."""
-    if not label:
-        return None
-    try:
-        info = codecs.lookup(label.strip().strip('"').strip())
-    except Exception:  # LookupError, or worse for labels with NULs or surrogates
-        return None
-    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
-        return None
-    return _SUPERSETS.get(info.name, info.name)
-
 
 def _cp1252(data: bytes) -> str:
     """Windows-1252, total: every byte maps to a character."""
@@ -109,7 +95,7 @@ def _utf8_else_cp1252(data: bytes) -> tuple[str, bool]:
 
 def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
     """(text, problem or None) for body bytes with a declared charset label (may be None)."""
-    codec = _codec(charset)
+    codec = charset_codec(charset)
     if charset and codec is None:
         text, utf8 = _utf8_else_cp1252(data)
         return text, f"unknown charset {charset!r}, decoded as {'utf-8' if utf8 else 'windows-1252'}"

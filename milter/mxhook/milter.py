@@ -3,7 +3,7 @@
 One `MxhookMilter` object per SMTP connection; per-message state is reset at MAIL FROM.
 
   RCPT     recipient domain not permitted → `unknown_domains` (reject: 550 5.7.1, logged denied;
-           pass: the recipient is left alone). Permitted: no rule can match its envelope →
+           pass: the recipient is left alone), decided by decision.RcptStage. Permitted: no rule can match its envelope →
            550 5.7.1; an outcome that may differ from the recipients already accepted in this
            transaction (decision.outcome_class) → 452 4.5.3, the client sends it again alone.
   EOH      heuristics, then the header conditions of each recipient's candidate rules
@@ -35,8 +35,9 @@ import Milter
 
 from . import config as configmod
 from . import bounces, events, heuristics, logging_setup, postfixconf, spool
+from . import decision as decisionmod
 from .db import BlocklistReader, Snapshot, SnapshotWatcher
-from .decision import MISSING_FROM_POLICIES, Decision, decide, outcome_class
+from .decision import MISSING_FROM_POLICIES, Decision, RcptStage, decide
 from .rules import RuleError
 from .headers import address_domain, decode_value, first_address, normalize_address, plain_address, to_text
 
@@ -45,9 +46,6 @@ log = logging.getLogger("mxhook.milter")
 SMTP_DENY = ("550", "5.7.1")
 SMTP_TEMPFAIL = ("451", "4.3.0")
 SMTP_SPLIT = ("452", "4.5.3")  # "too many recipients": the client retries it in a new transaction
-# Outcome classes of recipients the rules do not decide (decision.outcome_class for the rest).
-PASSED = ("passed",)  # unknown_domains = pass: left to Postfix, whatever the message says
-HELD = ("held",)  # null sender, no rule: consumed if the message is a bounce report, else refused
 
 
 class Settings:
@@ -87,10 +85,6 @@ class Settings:
 
 
 DISCARD_VIA = ("transport", "milter")
-
-
-def unknown_domain_reason(rcpt: str) -> str:
-    return f"domain {address_domain(rcpt) or '(none)'} is not enabled for inbound mail on this server"
 
 
 def utc_now() -> str:
@@ -142,7 +136,7 @@ class MxhookMilter(Milter.Base):
         self.held: list[str] = []  # null-sender recipients no rule takes: a bounce report's?
         self.held_why: dict[str, tuple[str, str]] = {}  # held recipient -> (filter, reason) if not
         self.candidates: dict[str, tuple] = {}  # managed recipient -> rules its envelope allows
-        self.outcome_class: tuple | None = None  # shared by every recipient of this transaction
+        self.rcpt_stage: RcptStage | None = None  # inbound: the RCPT answers (decision.py)
         self.rcpt_as_given: dict[str, list[str]] = {}  # normalized -> as Postfix has it (delrcpt)
         self.dsn = False  # the message is a bounce report (multipart/report delivery-status)
         self.raw_headers: list[tuple[str, bytes]] = []
@@ -187,6 +181,10 @@ class MxhookMilter(Milter.Base):
             self.outbound = self._direction()
             if not self.outbound:
                 self.snapshot = self.watcher.current
+                self.rcpt_stage = RcptStage(
+                    self.snapshot.ruleset, self.snapshot.domains, null_sender=self.mail_from == "",
+                    unknown_domains=self.settings.unknown_domains,
+                    enabled_heuristics=self.settings.heuristics)
         except Exception as exc:
             log.exception("internal error in envfrom")
             self.failed = f"envfrom: {exc}"
@@ -202,43 +200,23 @@ class MxhookMilter(Milter.Base):
             # Events name the recipient as the application wrote it (U-labels and all), as
             # Postfix's log does; comparisons normalize both sides (block list, state.db).
             return self._outbound_rcpt(plain_address(given))
-        domain = address_domain(rcpt)
-        if domain in self.snapshot.domains:
-            candidates = self.snapshot.ruleset.envelope_candidates(rcpt)
-            if candidates:
-                cls = outcome_class(self.snapshot.ruleset, candidates, rcpt, self.settings.heuristics)
-                if not self._joins(cls):
-                    return self._split(rcpt)
-                self.candidates[rcpt] = candidates
-                self.managed.append(rcpt)
-                return Milter.CONTINUE
-            filt, reason = "no_rule", f"no inbound rule matches <{rcpt}>"
-        elif self.settings.unknown_domains == "pass":
-            if not self._joins(PASSED):
-                return self._split(rcpt)
+        outcome = self.rcpt_stage.recipient(rcpt)
+        if outcome.kind == decisionmod.SPLIT:
+            return self._split(rcpt)
+        if outcome.kind == decisionmod.MANAGED:
+            self.candidates[rcpt] = outcome.candidates
+            self.managed.append(rcpt)
+        elif outcome.kind == decisionmod.PASS:
             self.passed.append(rcpt)
-            return Milter.CONTINUE
-        else:
-            filt, reason = "unknown_domain", unknown_domain_reason(rcpt)
-        if self.mail_from == "":
-            # A null-sender message may be a bounce (DSN) for mail our applications sent: its
-            # headers decide (eoh), so the refusal of such a recipient waits until then.
-            if not self._joins(HELD):
-                return self._split(rcpt)
+        elif outcome.kind == decisionmod.HOLD:
             self.held.append(rcpt)
-            self.held_why[rcpt] = (filt, reason)
-            return Milter.CONTINUE
-        self._log_decision("denied", [rcpt], filt, reason)
-        self._spool_denied([rcpt], filt, reason)
-        self.setreply(*SMTP_DENY, f"<{rcpt}>: {reason}")
-        return Milter.REJECT
-
-    def _joins(self, cls: tuple) -> bool:
-        """Whether a recipient of outcome class `cls` may join this transaction (the first
-        accepted recipient sets the transaction's class)."""
-        if self.outcome_class is None:
-            self.outcome_class = cls
-        return cls == self.outcome_class
+            self.held_why[rcpt] = (outcome.filter, outcome.reason)
+        else:
+            self._log_decision("denied", [rcpt], outcome.filter, outcome.reason)
+            self._spool_denied([rcpt], outcome.filter, outcome.reason)
+            self.setreply(*SMTP_DENY, f"<{rcpt}>: {outcome.reason}")
+            return Milter.REJECT
+        return Milter.CONTINUE
 
     def _split(self, rcpt: str):
         log.debug("<%s>: outcome may differ from the transaction's recipients; 452 4.5.3", rcpt)

@@ -542,7 +542,7 @@ def test_rule_test_unknown_domain_reject_and_pass(sales, tmp_path):
                      "--rcpt", "sales@ours.example", "--json")
     first, second = res["recipients"]
     assert first["outcome"] == "rejected" and first["decided_by"] == "unknown_domain"
-    assert "at RCPT" in first["reason"]
+    assert (first["stage"], first["smtp"]) == ("rcpt", "550 5.7.1")
     assert second["decided_by"] == "rule:sales" and res["result"] == "accept"
     only = sales.json("rule", "test", msg, "--rcpt", "x@elsewhere.example", "--json")
     assert only["result"] == "reject" and only["decided_by"] == "unknown_domain"
@@ -550,20 +550,61 @@ def test_rule_test_unknown_domain_reject_and_pass(sales, tmp_path):
     sales.write_config(unknown_domains="pass")
     res = sales.json("rule", "test", msg, "--rcpt", "x@elsewhere.example", "--json")
     assert res["result"] == "pass" and res["recipients"][0]["outcome"] == "passed"
-    # pass-through recipients keep a message that no rule matches
+    # a pass-through recipient and one the rules decide are never in one transaction
     res = sales.json("rule", "test", msg, "--rcpt", "x@elsewhere.example",
                      "--rcpt", "nobody@ours.example", "--json")
-    assert res["result"] == "accept"
-    assert [r["outcome"] for r in res["recipients"]] == ["passed", "denied"]
+    assert res["result"] == "pass"
+    assert [(r["outcome"], r["stage"], r["smtp"]) for r in res["recipients"]] == [
+        ("passed", "rcpt", "250"), ("deferred", "rcpt", "452 4.5.3")]
 
 
-def test_rule_test_some_recipients_denied(sales, tmp_path):
+def test_rule_test_recipient_of_another_outcome_class_is_split_at_rcpt(sales, tmp_path):
+    # sales@ is accepted whatever the headers say; nobody@ only if the Subject says invoice:
+    # the milter answers nobody@ 452 4.5.3 and the client sends it again alone.
     msg = eml(tmp_path, "From: a@sender.example\nTo: sales@ours.example\nSubject: hi")
     res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example",
                      "--rcpt", "nobody@ours.example", "--json")
     assert res["result"] == "accept"
-    assert res["recipients"][1]["outcome"] == "denied"
-    assert "removed from the message" in res["recipients"][1]["reason"]
+    sales_r, nobody = res["recipients"]
+    assert (sales_r["outcome"], sales_r["stage"], sales_r["smtp"]) == ("accepted", "eoh", "250")
+    assert (nobody["outcome"], nobody["stage"], nobody["smtp"]) == ("deferred", "rcpt", "452 4.5.3")
+    assert nobody["decided_by"] == "outcome_class" and "removed" not in nobody["reason"]
+    assert [x["name"] for x in nobody["rules"]] == ["sales", "invoices"]  # explained all the same
+    text = sales.ok("rule", "test", msg, "--rcpt", "sales@ours.example",
+                    "--rcpt", "nobody@ours.example").stdout
+    assert "<nobody@ours.example>: 452 4.5.3 at RCPT: deferred" in text
+    assert "removed" not in text
+    # alone, it is refused at end of headers
+    res = sales.json("rule", "test", msg, "--rcpt", "nobody@ours.example", "--json")
+    (nobody,) = res["recipients"]
+    assert (nobody["outcome"], nobody["stage"], nobody["smtp"]) == ("denied", "eoh", "550 5.7.1")
+
+
+def test_rule_test_no_rule_can_match_the_envelope_is_550_at_rcpt(env, tmp_path):
+    env.ok("domain", "add", "ours.example")
+    env.ok("rule", "add", "sales", "--endpoint", "https://app.example.net/sales",
+           "--when", "To~^sales@")
+    msg = eml(tmp_path, "From: a@sender.example\nTo: sales@ours.example\nSubject: hi")
+    res = env.json("rule", "test", msg, "--rcpt", "other@ours.example",
+                   "--rcpt", "sales@ours.example", "--json")
+    other, sales_r = res["recipients"]
+    assert (other["outcome"], other["stage"], other["smtp"]) == ("rejected", "rcpt", "550 5.7.1")
+    assert other["decided_by"] == "no_rule"
+    assert other["reason"] == "no inbound rule matches <other@ours.example>"
+    assert other["rules"][0]["reason"] == "to~^sales@: the envelope recipient does not match"
+    assert sales_r["outcome"] == "accepted" and res["result"] == "accept"
+    text = env.ok("rule", "test", msg, "--rcpt", "other@ours.example").stdout
+    assert "<other@ours.example>: 550 5.7.1 at RCPT: rejected by no_rule" in text
+
+
+def test_rule_test_missing_from_follows_the_config(sales, tmp_path):
+    msg = eml(tmp_path, "To: sales@ours.example\nSubject: hi")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example", "--json")
+    assert res["result"] == "reject" and res["decided_by"] == "heuristic:missing_from"
+    sales.write_config(missing_from="accept")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example", "--json")
+    assert res["missing_from"] == "accept"
+    assert res["result"] == "accept" and res["recipients"][0]["decided_by"] == "rule:sales"
 
 
 def test_rule_test_raw_headers_8bit_folded_and_mbox(sales, tmp_path):
@@ -578,7 +619,22 @@ def test_rule_test_raw_headers_8bit_folded_and_mbox(sales, tmp_path):
     res = sales.json("rule", "test", str(path), "--rcpt", "x@ours.example", "--json")
     assert res["recipients"][0]["decided_by"] == "rule:invoices"
     assert res["subject"] == "caf\xe9 \xff invoice"
-    assert climod.split_headers(path.read_bytes())[-1] == ("X-Long", b" first\r\n\tsecond")
+
+
+def test_rule_test_header_section_as_postfix_splits_it(sales, tmp_path):
+    # an mbox From line is the header field X-Mailbox-Line, as Postfix hands it to the milter
+    sales.ok("rule", "add", "bounces", "--endpoint", "https://app.example.net/b",
+             "--when", "X-Mailbox-Line~MAILER-DAEMON", "--priority", "0")
+    path = tmp_path / "mbox.eml"
+    path.write_bytes(b"From MAILER-DAEMON Thu Nov 22 12:00:00 2026\n"
+                     b"From: a@sender.example\nSubject: hi\n\nbody\n")
+    res = sales.json("rule", "test", str(path), "--rcpt", "x@ours.example", "--json")
+    assert res["recipients"][0]["decided_by"] == "rule:bounces"
+    # a first line starting with white space: no header section at all, so no From
+    path.write_bytes(b" folded\nFrom: a@sender.example\nSubject: invoice\n\nbody\n")
+    res = sales.json("rule", "test", str(path), "--rcpt", "x@ours.example", "--json")
+    assert res["decided_by"] == "heuristic:missing_from"
+    assert res["header_defects"] and "no header section" in res["header_defects"][0]
 
 
 def test_rule_test_from_stdin(sales, tmp_path):
@@ -602,7 +658,10 @@ def test_rule_test_no_rules(env, tmp_path):
     env.ok("domain", "add", "ours.example")
     msg = eml(tmp_path, "From: a@sender.example\nSubject: hi")
     res = env.json("rule", "test", msg, "--rcpt", "x@ours.example", "--json")
-    assert res["result"] == "reject" and res["recipients"][0]["reason"] == "there are no rules"
+    assert res["result"] == "reject" and res["smtp"] == "554 5.5.1"
+    r = res["recipients"][0]
+    assert (r["outcome"], r["stage"], r["smtp"]) == ("rejected", "rcpt", "550 5.7.1")
+    assert r["reason"] == "no inbound rule matches <x@ours.example>" and r["rules"] == []
 
 
 # -- times --------------------------------------------------------------------------------------
