@@ -246,6 +246,7 @@ _PLAIN_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _PLAIN_MAILBOX = re.compile(rf"\s*(?:(?:({_ATOM}(?: {_ATOM})*) )?<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS}))\s*")
 _WS = " \t\r\n"
 _STOP = _WS + '"(<>,;:@.['
+_ADDRESS_SPECIALS = re.compile(r'[<>@"]')
 
 
 def mailboxes(raw: bytes | str) -> list[Mailbox]:
@@ -360,6 +361,12 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         elif c in "<>,;:@.":
             out.append((c, c))
             i += 1
+        elif (word := _ENCODED_WORD.match(text, i)) and not _ADDRESS_SPECIALS.search(word.group()):
+            # Mailers put raw commas, dots and colons inside Q-encoded display names
+            # (=?utf-8?q?Doe,_John?=), so an encoded word is one atom; one holding <, >, @ or "
+            # is not, so no address can hide inside it from the heuristics.
+            out.append(("atom", word.group()))
+            i = word.end()
         else:
             j = i + 1
             while j < n and text[j] not in _STOP:

@@ -158,3 +158,18 @@ def test_parsing_stays_linear_on_hostile_header_values(value):
     headers.mailboxes(value)
     headers.decode_field("To", value)
     assert time.process_time() - start < 2.0
+
+
+# -- raw specials inside a Q-encoded display name ----------------------------------------------
+
+def test_raw_comma_in_an_encoded_display_name_does_not_split_the_mailbox():
+    field = b"=?utf-8?q?Doe,_John?= <j@x.example>, =?utf-8?q?A.B:C?= <a@b.example>"
+    assert [(m.name, m.address) for m in headers.mailboxes(field)] == [
+        ("Doe, John", "j@x.example"), ("A.B:C", "a@b.example")]
+    assert headers.decode_field("To", field) == '"Doe, John" <j@x.example>, "A.B:C" <a@b.example>'
+
+
+def test_an_address_inside_an_encoded_word_is_still_seen_by_the_heuristic():
+    field = b"=?utf-8?q?x<ceo@ours.example>?="
+    v = heuristics.check([field], [], ["support@ours.example"], OURS)
+    assert v is not None and v.heuristic == heuristics.FROM_PERMITTED_DOMAIN
