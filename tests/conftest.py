@@ -68,3 +68,14 @@ def make_stack(request):
 def mxhook_stack(make_stack):
     """Postfix + milter + spooler + receiver, with `ours.example` permitted and no rules."""
     return make_stack()
+
+
+@pytest.fixture(autouse=True)
+def _signal_mask_restored():
+    """mxhook-milter's main() blocks SIGTERM/SIGINT/SIGHUP for libmilter's signal thread; a test
+    that calls it in-process must not leave them blocked, or every daemon a later test starts
+    inherits the mask and ignores SIGTERM."""
+    import signal
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
