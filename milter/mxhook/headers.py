@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import hashlib
 import re
 import unicodedata
-from typing import NamedTuple
+from typing import Collection, NamedTuple
 
 import idna
 
@@ -307,32 +308,58 @@ _LOCAL_STOP = re.compile(r'[][()<>,;:@\\"\s]')
 _SHOWN_LOCAL_LENGTH = 64
 
 
-def written_addresses(raw: bytes | str) -> list[tuple[str, str]]:
-    """Every `local@domain` a reader could take for an address in a header value, as
-    (`local@domain` for messages, the domain as `domain_a_label` gives it): found in the raw
-    text, in its RFC 2047-decoded text and in that text NFKC-folded (a full-width `＠`), in
-    display names and comments too, the domain ending at the first special that is not a
-    dot. Stricter than `mailboxes` by design: what a mail client may show or reply to, not
-    what the field means."""
+def written_addresses(raw: bytes | str, domains: Collection[str]) -> list[str]:
+    """Every `local@domain` a reader could take for an address in a header value whose domain
+    is one of `domains` (in `domain_a_label` form), as `local@domain` for messages: found in
+    the raw text, in its RFC 2047-decoded text and in that text NFKC-folded (a full-width
+    `＠`), in display names and comments too, the domain ending at the first special that is
+    not a dot. Stricter than `mailboxes` by design: what a mail client may show or reply to,
+    not what the field means."""
+    wanted = _u_forms(frozenset(domains))
     raw_text = unfold(to_text(raw))
     decoded = decode_words(raw_text)
-    texts = {raw_text, decoded, unicodedata.normalize("NFKC", decoded)}
-    found: dict[str, str] = {}  # normalized domain -> address for messages
-    for text in texts:
+    seen: set[str] = set()
+    found: list[str] = []
+    for text in dict.fromkeys((raw_text, decoded, unicodedata.normalize("NFKC", decoded))):
         for m in _AT_DOMAIN.finditer(text):
-            domain = _comparable_domain(m.group(1) if m.group(1) is not None else m.group(2))
-            if domain in found:
+            written = m.group(1) if m.group(1) is not None else m.group(2)
+            if written in seen:
+                continue
+            seen.add(written)
+            domain = wanted.get(_u_form(written))
+            if domain is None:
                 continue
             start = max(0, m.start() - _SHOWN_LOCAL_LENGTH)
             local = _LOCAL_STOP.split(text[start:m.start()])[-1]
-            found[domain] = "".join(c for c in local if c.isprintable()).lower() + "@" + domain
-    return [(shown, domain) for domain, shown in found.items()]
+            found.append("".join(c for c in local if c.isprintable()).lower() + "@" + domain)
+    return found
 
 
-def _comparable_domain(domain: str) -> str:
+def _u_form(domain: str) -> str:
+    """`domain` as `domain_a_label(strict=False)` maps it, each label left a U-label: equal to
+    a valid domain's U-label form exactly when the A-labels are equal (punycode is one to one),
+    without the cost of punycoding every candidate."""
     if domain.isascii() and domain.isprintable():
         return domain.lower().rstrip(".")
-    return domain_a_label(domain, strict=False)
+    labels = _uts46_map(_visible(domain), False).split(".")
+    while len(labels) > 1 and labels[-1] == "":
+        labels.pop()
+    return ".".join(label.lower() if label.isascii() else label for label in labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _u_forms(domains: frozenset[str]) -> dict[str, str]:
+    """U-label form -> A-label form of each of `domains` (both keys for an internationalized
+    one)."""
+    forms = {}
+    for domain in domains:
+        forms[domain] = domain
+        try:
+            forms[".".join(idna.ulabel(label) if label.startswith("xn--") else label
+                           for label in domain.split("."))] = domain
+        except (idna.IDNAError, UnicodeError):
+            pass
+    return forms
 
 
 def format_mailbox(name: str, address: str) -> str:

@@ -42,14 +42,13 @@ def check(
     """The first heuristic that rejects the message, or None."""
     senders = header_from_addresses(from_values)
     if FROM_PERMITTED_DOMAIN in enabled:
-        shown = [(addr, address_domain(addr)) for addr in senders]
-        shown += [found for value in from_values for found in written_addresses(value)]
-        for addr, domain in shown:
-            if domain in permitted_domains:
-                return Verdict(
-                    FROM_PERMITTED_DOMAIN,
-                    f"header From <{_for_reply(addr)}> claims one of this server's own domains",
-                )
+        ours = [addr for addr in senders if address_domain(addr) in permitted_domains]
+        ours += [addr for value in from_values for addr in written_addresses(value, permitted_domains)]
+        if ours:
+            return Verdict(
+                FROM_PERMITTED_DOMAIN,
+                f"header From <{_for_reply(ours[0])}> claims one of this server's own domains",
+            )
     if FROM_EQUALS_TO in enabled and senders:
         targets = {addr for value in to_values for _, addr in parse_addresses(value)}
         targets.update(normalize_address(r) for r in recipients)
