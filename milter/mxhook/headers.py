@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
+import hashlib
 import re
 import unicodedata
-from typing import NamedTuple
+from typing import Collection, NamedTuple
 
 import idna
 
@@ -162,6 +164,8 @@ def domain_a_label(domain: str, *, strict: bool = True) -> str:
     labels = mapped.split(".")
     while len(labels) > 1 and labels[-1] == "":
         labels.pop()
+    if not strict and sum(map(len, labels)) + len(labels) - 1 > MAX_DOMAIN_LENGTH and not mapped.isascii():
+        return ".".join(label.lower() if label.isascii() else _overlong_label(label) for label in labels)
     return ".".join(_a_label(label, strict) for label in labels)
 
 
@@ -180,9 +184,20 @@ def _uts46_map(text: str, strict: bool) -> str:
     return unicodedata.normalize("NFC", "".join(out))
 
 
+# RFC 1035 limits. An A-label is never shorter than its U-label, so a longer label or domain
+# cannot be a real one, and IDNA's punycoding (quadratic in the label's distinct characters)
+# is not worth its cost on it.
+MAX_LABEL_LENGTH = 63
+MAX_DOMAIN_LENGTH = 253
+
+
 def _a_label(label: str, strict: bool) -> str:
     if label.isascii():
         return label.lower()
+    if len(label) > MAX_LABEL_LENGTH:
+        if strict:
+            raise UnicodeError(f"label of {len(label)} characters is longer than {MAX_LABEL_LENGTH}")
+        return _overlong_label(label)
     try:
         return idna.alabel(label).decode("ascii")
     except (idna.IDNAError, UnicodeError, IndexError):  # IndexError: idna 3.3 on some empty remaps
@@ -195,6 +210,13 @@ def _a_label(label: str, strict: bool) -> str:
         return "xn--" + label.encode("punycode").decode("ascii")
     except UnicodeError:  # lone surrogates
         return label
+
+
+def _overlong_label(label: str) -> str:
+    """A stand-in for a non-ASCII label that cannot be part of a real domain: distinct per
+    label, and never equal to a host-name label (`!` is no letter, digit or hyphen)."""
+    digest = hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"!overlong-{digest}"
 
 
 def _visible(label: str) -> str:
@@ -246,7 +268,8 @@ _PLAIN_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _PLAIN_MAILBOX = re.compile(rf"\s*(?:(?:({_ATOM}(?: {_ATOM})*) )?<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS}))\s*")
 _WS = " \t\r\n"
 _STOP = _WS + '"(<>,;:@.['
-_ADDRESS_SPECIALS = re.compile(r'[<>@"]')
+# Specials an encoded word may hold and still be one atom of a display name.
+_SPECIALS_BUT_NAME_PUNCTUATION = re.compile(r'[][()<>;@\\"]')
 
 
 def mailboxes(raw: bytes | str) -> list[Mailbox]:
@@ -277,6 +300,66 @@ def first_address(raw: bytes | str | None) -> str:
         return ""
     found = mailboxes(raw)
     return found[0].normalized if found else ""
+
+
+# An `@` and the domain after it (or the name in a [domain literal]), wherever it stands.
+_AT_DOMAIN = re.compile(r'@\s*(?:\[([^]\s]*)|([^][()<>,;:@\\"\s]+))')
+_LOCAL_STOP = re.compile(r'[][()<>,;:@\\"\s]')
+_SHOWN_LOCAL_LENGTH = 64
+
+
+def written_addresses(raw: bytes | str, domains: Collection[str]) -> list[str]:
+    """Every `local@domain` a reader could take for an address in a header value whose domain
+    is one of `domains` (in `domain_a_label` form), as `local@domain` for messages: found in
+    the raw text, in its RFC 2047-decoded text and in that text NFKC-folded (a full-width
+    `＠`), in display names and comments too, the domain ending at the first special that is
+    not a dot. Stricter than `mailboxes` by design: what a mail client may show or reply to,
+    not what the field means."""
+    wanted = _u_forms(frozenset(domains))
+    raw_text = unfold(to_text(raw))
+    decoded = decode_words(raw_text)
+    seen: set[str] = set()
+    found: list[str] = []
+    for text in dict.fromkeys((raw_text, decoded, unicodedata.normalize("NFKC", decoded))):
+        for m in _AT_DOMAIN.finditer(text):
+            written = m.group(1) if m.group(1) is not None else m.group(2)
+            if written in seen:
+                continue
+            seen.add(written)
+            domain = wanted.get(_u_form(written))
+            if domain is None:
+                continue
+            start = max(0, m.start() - _SHOWN_LOCAL_LENGTH)
+            local = _LOCAL_STOP.split(text[start:m.start()])[-1]
+            found.append("".join(c for c in local if c.isprintable()).lower() + "@" + domain)
+    return found
+
+
+def _u_form(domain: str) -> str:
+    """`domain` as `domain_a_label(strict=False)` maps it, each label left a U-label: equal to
+    a valid domain's U-label form exactly when the A-labels are equal (punycode is one to one),
+    without the cost of punycoding every candidate."""
+    if domain.isascii() and domain.isprintable():
+        return domain.lower().rstrip(".")
+    labels = _uts46_map(_visible(domain), False).split(".")
+    while len(labels) > 1 and labels[-1] == "":
+        labels.pop()
+    return ".".join(label.lower() if label.isascii() else label for label in labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _u_forms(domains: frozenset[str]) -> dict[str, str]:
+    """U-label form -> A-label form of each of `domains` (both keys for an internationalized
+    one)."""
+    forms = {}
+    for domain in domains:
+        forms[domain] = domain
+        try:
+            forms[".".join(idna.ulabel(label) if label.startswith("xn--") else label
+                           for label in domain.split("."))] = domain
+        except (idna.IDNAError, UnicodeError):
+            pass
+    return forms
 
 
 def format_mailbox(name: str, address: str) -> str:
@@ -361,10 +444,11 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         elif c in "<>,;:@.":
             out.append((c, c))
             i += 1
-        elif (word := _ENCODED_WORD.match(text, i)) and not _ADDRESS_SPECIALS.search(word.group()):
+        elif (word := _ENCODED_WORD.match(text, i)) and not _SPECIALS_BUT_NAME_PUNCTUATION.search(word.group()):
             # Mailers put raw commas, dots and colons inside Q-encoded display names
-            # (=?utf-8?q?Doe,_John?=), so an encoded word is one atom; one holding <, >, @ or "
-            # is not, so no address can hide inside it from the heuristics.
+            # (=?utf-8?q?Doe,_John?=), so such an encoded word is one atom; one holding any
+            # other special is not, so it cannot open a comment, end a group or hide an address
+            # from the heuristics.
             out.append(("atom", word.group()))
             i = word.end()
         else:
@@ -471,7 +555,23 @@ def _addr_spec(tokens: list[tuple[str, str]]) -> str:
             out.append(value if _DOT_ATOM.fullmatch(value) else f'"{escaped}"')
         else:
             out.append(value)
-    return "".join(out)
+    ats = [i for i, (kind, _) in enumerate(parts) if kind == "@"]
+    if not ats:
+        return "".join(out)
+    local, domain = "".join(out[:ats[-1]]), "".join(out[ats[-1] + 1:])
+    return f"{local}@{_domain_part(domain)}"
+
+
+def _domain_part(text: str) -> str:
+    """The domain at the start of `text`: a [domain literal], else up to the first special
+    that is not a dot (`ours.example:` and `ours.example]` are `ours.example`)."""
+    if text.startswith("["):
+        end = text.find("]")
+        return text if end < 0 else text[:end + 1]
+    return _DOMAIN_TEXT.match(text).group()
+
+
+_DOMAIN_TEXT = re.compile(r'[^][()<>,;:@\\"\s]*')
 
 
 def _phrase(tokens: list[tuple[str, str]]) -> str:

@@ -1,7 +1,11 @@
 """Spam heuristics applied to inbound mail before rules. Pure functions.
 
-- from_permitted_domain: the header From address is in one of our own permitted domains. Mail
-  from our own domains does not arrive from the internet; inbound it is spoofing.
+- from_permitted_domain: an address in the header From is in one of our own permitted domains.
+  Mail from our own domains does not arrive from the internet; inbound it is spoofing. Every
+  address a mail client might show or reply to counts, not only the one the field means: the
+  parsed mailboxes, and every `local@domain` in the field's raw or RFC 2047-decoded text
+  (display names and comments included, `headers.written_addresses`), so no shape of the field
+  that some reader takes for our domain passes.
 - from_equals_to: the header From address equals a To header address or an envelope recipient,
   a classic forged "you sent this to yourself" pattern.
 
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .headers import address_domain, normalize_address, parse_addresses
+from .headers import address_domain, normalize_address, parse_addresses, written_addresses
 
 FROM_PERMITTED_DOMAIN = "from_permitted_domain"
 FROM_EQUALS_TO = "from_equals_to"
@@ -38,16 +42,26 @@ def check(
     """The first heuristic that rejects the message, or None."""
     senders = header_from_addresses(from_values)
     if FROM_PERMITTED_DOMAIN in enabled:
-        for addr in senders:
-            if address_domain(addr) in permitted_domains:
-                return Verdict(
-                    FROM_PERMITTED_DOMAIN,
-                    f"header From <{addr}> claims one of this server's own domains",
-                )
+        ours = [addr for addr in senders if address_domain(addr) in permitted_domains]
+        ours += [addr for value in from_values for addr in written_addresses(value, permitted_domains)]
+        if ours:
+            return Verdict(
+                FROM_PERMITTED_DOMAIN,
+                f"header From <{_for_reply(ours[0])}> claims one of this server's own domains",
+            )
     if FROM_EQUALS_TO in enabled and senders:
         targets = {addr for value in to_values for _, addr in parse_addresses(value)}
         targets.update(normalize_address(r) for r in recipients)
         for addr in senders:
             if addr in targets:
-                return Verdict(FROM_EQUALS_TO, f"header From <{addr}> equals the recipient")
+                return Verdict(FROM_EQUALS_TO, f"header From <{_for_reply(addr)}> equals the recipient")
     return None
+
+
+_REPLY_ADDRESS_LENGTH = 200
+
+
+def _for_reply(addr: str) -> str:
+    """An address fit for one SMTP reply line: printable, and not longer than a real one."""
+    text = "".join(c if c.isprintable() else "?" for c in addr[:_REPLY_ADDRESS_LENGTH + 1])
+    return text if len(text) <= _REPLY_ADDRESS_LENGTH else text[:_REPLY_ADDRESS_LENGTH - 3] + "..."

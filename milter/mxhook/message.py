@@ -38,6 +38,11 @@ DEFAULT_MAX_ATTACHMENT_SIZE = 10 * 1024 * 1024
 MAX_PARTS = 1000  # leaf parts looked at; the rest is skipped with a defect
 MAX_DEPTH = 50  # multipart nesting
 MAX_REOPENED = 10  # multiparts continued after their close delimiter (each is parsed again)
+# What of a Content-Type / Content-Disposition value is read: the first characters, up to the
+# first semicolons (parameters, and `;` inside quoted values).
+MAX_PARAMETER_FIELD = 8192
+MAX_PARAMETER_SEMICOLONS = 32
+_PARAMETER_FIELDS = ("Content-Type", "Content-Disposition")
 
 _FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _MSG_ID = re.compile(r"<[^<>\s]*>")
@@ -417,6 +422,15 @@ class _Parser(BytesFeedParser):
     def _parse_headers(self, lines):
         super()._parse_headers(lines)
         cur = self._cur
+        for name in _PARAMETER_FIELDS:
+            value = cur.get(name)
+            if isinstance(value, str) and (len(value) > MAX_PARAMETER_FIELD
+                                           or value.count(";") > MAX_PARAMETER_SEMICOLONS):
+                # the stdlib's parameter parsing costs the field's length times its `;`s
+                cut = value[:MAX_PARAMETER_FIELD].split(";")[:MAX_PARAMETER_SEMICOLONS + 1]
+                cur.replace_header(name, ";".join(cut))
+                cur.defects.append(f"{name} longer than {MAX_PARAMETER_FIELD} characters or with more "
+                                   f"than {MAX_PARAMETER_SEMICOLONS} ';', the rest ignored")
         maintype = cur.get_content_maintype()  # a multipart/digest part without one: message
         if maintype == "message" or (maintype == "multipart" and len(self._msgstack) > MAX_DEPTH + 1):
             self.hidden.append((cur, cur["Content-Type"]))

@@ -77,3 +77,22 @@ def test_mail_to_the_idna_2008_a_label_of_a_permitted_domain_is_accepted(make_st
     doc = req.json()
     assert doc["envelope"]["recipients"] == [rcpt]
     assert doc["message"]["to"] == [{"name": "", "address": rcpt}]
+
+
+@pytest.mark.parametrize("from_value", [
+    "ceo@=?utf-8?q?ours.example?=",  # an encoded word as the domain (email.policy.default decodes it)
+    "CEO <ceo@=?us-ascii?b?b3Vycy5leGFtcGxl?=>",
+    "Boss <ceo@ours.example:>",  # a special glued onto the domain
+    "ceo@ours.example]",
+    "=?utf-8?q?ceo=40ours.example?= <a@evil.example>",  # an encoded display name that is our address
+])
+def test_from_shapes_that_a_reader_shows_as_our_domain_are_refused(make_stack, from_value):
+    st = make_stack(postfix_main_cf={"local_header_rewrite_clients": ""})  # headers as they came
+    add_rule(st, r"To~^support@ours\.example$")
+    msg = raw_message(f"From: {from_value}", f"To: {SUPPORT}", "Subject: Wire")
+    res = st.send(SENDER, [SUPPORT], msg)
+    assert res.stage == "DATA" and res.code == 550, res
+    assert "ceo@ours.example" in res.reply.message
+    rows = st.wait_status(lambda rows: any(r["status"] == "denied" for r in rows))
+    assert [r["filterName"] for r in rows if r["status"] == "denied"] == ["heuristic:from_permitted_domain"]
+    assert st.receiver.requests == []

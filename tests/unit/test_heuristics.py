@@ -1,3 +1,7 @@
+import time
+
+import pytest
+
 from mxhook import heuristics
 from mxhook.decision import decide
 from mxhook.rules import Rule, RuleSet, parse_condition
@@ -58,3 +62,71 @@ def test_decide_groups_recipients_by_rule_and_lists_the_denied():
     assert d.denied == ["nobody@ours.example"] and not d.rejects_message
     d2 = decide(rs, OURS, ["nobody@ours.example"], [("From", b" a@x.example")])
     assert d2.rejects_message and d2.reason() == "no inbound rule matches <nobody@ours.example>"
+
+
+# Shapes some mail reader (Python's email.policy.default, Thunderbird) shows or replies to as an
+# address in ours.example, while a strict parser reads another address or none.
+_SPOOFED_FROM = [
+    "ceo@=?utf-8?q?ours.example?=",  # an encoded word as the domain
+    "CEO <ceo@=?us-ascii?b?b3Vycy5leGFtcGxl?=>",
+    "ceo@=?utf-8?q?ours?=.example",
+    "ceo@ours.example:",  # specials glued onto the domain
+    "ceo@ours.example:;",
+    "Boss <ceo@ours.example:>",
+    "ceo@ours.example]",
+    "ceo@ours.example\\",
+    'x <ceo@ours.example">"',
+    "ceo@ours.example <a@evil.example>",  # display-name spoofing: stricter on purpose
+    '"ceo@ours.example" <a@evil.example>',
+    "=?utf-8?q?ceo=40ours.example?= <a@evil.example>",
+    "=?utf-8?b?Y2VvQG91cnMuZXhhbXBsZQA=?=@evil.example",
+    "a@evil.example (ceo@ours.example)",
+    "<a@evil.example> =?x?q?,?= <ceo@ours.example>",
+    "=?x?q?(?= <a@evil.example> =?x?q?)?= <ceo@ours.example>",  # getaddresses: ceo@ours.example
+    "Doe <a@evil.example> =?x?q?;?= <ceo@ours.example>",
+    "ceo@ours.example@evil.example",
+    "ceo\uff20ours.example <a@evil.example>",  # a full-width at sign
+    "ceo@[ours.example]",
+]
+
+
+@pytest.mark.parametrize("value", _SPOOFED_FROM)
+def test_every_address_a_reader_may_see_in_from_is_checked(value):
+    for raw in (value, value.encode("utf-8")):
+        v = heuristics.check([raw], [], ["in@other.example"], OURS)
+        assert v is not None and v.heuristic == heuristics.FROM_PERMITTED_DOMAIN, value
+        assert "@ours.example>" in v.reason and "\n" not in v.reason
+
+
+@pytest.mark.parametrize("value", [
+    "Ann <ann@partner.example>", "ceo@ours.example.evil.example", "ceo@ours-example.test",
+    "ceo@evil.example (ours.example)", "=?utf-8?q?ours.example?= <a@evil.example>",
+    "ceo%ours.example@evil.example",
+])
+def test_our_domain_as_mere_text_or_part_of_another_domain_is_not_flagged(value):
+    assert heuristics.check([value], [], ["in@other.example"], OURS) is None
+
+
+def test_a_100_kb_hostile_from_is_checked_in_bounded_time():
+    hostile = [
+        "ceo@" + "".join(chr(0x4E00 + i) for i in range(100_000 // 3)),  # one overlong label
+        " ".join(f"@{chr(0x4E00 + i // 200)}{chr(0x4E00 + i % 200)}" for i in range(100_000 // 4)),
+        "=?utf-8?q?" + "@" * 100_000 + "?=",
+        "a" * 100_000,
+        "@" + " " * 100_000,
+        "(" * 50_000 + "@ours.example",
+    ]
+    for value in hostile:
+        start = time.perf_counter()
+        v = heuristics.check([value.encode("utf-8")], [], ["in@other.example"], OURS)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 0.5, (value[:20], elapsed)
+    assert v is not None  # the last one names our domain
+
+
+def test_an_internationalized_permitted_domain_is_found_written_as_u_label_in_a_display_name():
+    idn = frozenset({"xn--bcher-kva.example"})
+    for value in ("ceo@B\u00dcCHER.example <a@evil.example>", "=?utf-8?q?ceo=40b=C3=BCcher.example?= <a@evil.example>",
+                  "ceo@xn--bcher-kva.example. <a@evil.example>"):
+        v = heuristics.check([value.encode()], [], ["in@other.example"], idn)
+        assert v is not None and "ceo@xn--bcher-kva.example>" in v.reason, value
