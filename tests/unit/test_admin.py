@@ -63,10 +63,11 @@ class FakePostfix:
             "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr}",
             "milter_end_of_header_macros": "i",
             "milter_end_of_data_macros": "i",
-            "transport_maps": pc.DISCARD_TABLE,  # test_postfixconf covers adding it
+            "transport_maps": pc.ROUTES_TABLE,  # test_postfixconf covers adding it
         }
         self.main.update(main)
-        self.master_fields = "smtp/inet/command = smtpd\nsmtp/inet/chroot = y\npickup/unix/command = pickup\n"
+        self.master_fields = ("smtp/inet/command = smtpd\nsmtp/inet/chroot = y\npickup/unix/command = pickup\n"
+                              "discard/unix/command = discard\nerror/unix/command = error\n")
         self.master_overrides = ""
         self.calls: list[list[str]] = []
         self.fail: dict[str, tuple[int, str]] = {}  # program or argument -> (status, stderr)
