@@ -281,6 +281,8 @@ def check_postfix_wiring(postfix: Postfix, values: dict[str, str], socket_spec: 
     )
     missing = [name for name, _old, _new in pc.changes(values, pc.desired(values, socket_spec))
                if name != "smtpd_milters"]
+    problems += [p for p in pc.route_problems(values.get("transport_maps", ""), fields)
+                 if p.startswith("master.cf")]  # transport_maps: in `missing`
     if missing:
         problems.append(
             f"main.cf lacks mxhook's {', '.join(missing)}: run `mxhook postfix-config` to see "

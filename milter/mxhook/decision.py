@@ -5,7 +5,7 @@ milter really does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import heuristics
 from .headers import address_domain, decode_field, normalize_address
@@ -152,20 +152,32 @@ class RcptOutcome:
     candidates: tuple[Rule, ...] = ()  # MANAGED: `RuleSet.envelope_candidates`
     filter: str = ""  # DENY, HOLD: "no_rule" or "unknown_domain"
     reason: str = ""
+    # MANAGED, PASS, HOLD: accepted although its class differs from the transaction's, because
+    # the transaction already has `max_refusals` refusals (a split would be one more smtpd error)
+    overflow: bool = False
 
 
 class RcptStage:
     """The RCPT answers of one inbound transaction, recipient by recipient in SMTP order: the
     first recipient accepted sets the transaction's outcome class, and a recipient of another
-    class is split off (452 4.5.3)."""
+    class is split off (452 4.5.3).
+
+    Every refusal at RCPT (452 and 550) is an error to Postfix's smtpd, which slows the session
+    down after smtpd_soft_error_limit (10) and drops it at smtpd_hard_error_limit (20), before
+    DATA: nothing of the transaction is queued. So once the transaction has `max_refusals`
+    refusals, a recipient of another class is accepted (`overflow`); end of headers decides it,
+    and if it is refused while others are accepted, Postfix bounces it (error(8) transport)."""
 
     def __init__(self, ruleset: RuleSet, permitted_domains: frozenset[str], *, unknown_domains: str,
-                 null_sender: bool, enabled_heuristics: tuple[str, ...] = heuristics.ALL):
+                 null_sender: bool, enabled_heuristics: tuple[str, ...] = heuristics.ALL,
+                 max_refusals: int | None = None):
         self.ruleset = ruleset
         self.permitted_domains = permitted_domains
         self.unknown_domains = unknown_domains
         self.null_sender = null_sender
         self.enabled_heuristics = enabled_heuristics
+        self.max_refusals = max_refusals  # None: split without limit
+        self.refusals = 0  # DENY and SPLIT answers given in this transaction
         self.outcome_class: tuple | None = None  # shared by every recipient of this transaction
 
     def recipient(self, rcpt: str) -> RcptOutcome:
@@ -184,9 +196,15 @@ class RcptStage:
             # A null-sender message may be a bounce (DSN) for mail our applications sent: its
             # headers decide, so the refusal of such a recipient waits until end of headers.
             return self._join(HELD, RcptOutcome(HOLD, filter=filt, reason=reason))
+        self.refusals += 1
         return RcptOutcome(DENY, filter=filt, reason=reason)
 
     def _join(self, cls: tuple, outcome: RcptOutcome) -> RcptOutcome:
         if self.outcome_class is None:
             self.outcome_class = cls
-        return outcome if cls == self.outcome_class else RcptOutcome(SPLIT)
+        if cls == self.outcome_class:
+            return outcome
+        if self.max_refusals is not None and self.refusals >= self.max_refusals:
+            return replace(outcome, overflow=True)
+        self.refusals += 1
+        return RcptOutcome(SPLIT)

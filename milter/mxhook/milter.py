@@ -5,14 +5,17 @@ One `MxhookMilter` object per SMTP connection; per-message state is reset at MAI
   RCPT     recipient domain not permitted → `unknown_domains` (reject: 550 5.7.1, logged denied;
            pass: the recipient is left alone), decided by decision.RcptStage. Permitted: no rule can match its envelope →
            550 5.7.1; an outcome that may differ from the recipients already accepted in this
-           transaction (decision.outcome_class) → 452 4.5.3, the client sends it again alone.
+           transaction (decision.outcome_class) → 452 4.5.3, the client sends it again alone;
+           past `max_rcpt_refusals` refusals in the transaction → 250 (smtpd's error limits).
   EOH      heuristics, then the header conditions of each recipient's candidate rules
            (decision.decide). Nothing matched → 550 5.7.1 (the whole transaction shares it).
+           Some refused while others are accepted (only past the cap) → Postfix bounces them.
            The body is read only when a recipient matched.
   EOM      raw message + envelope → spool (segment, group fdatasync), then ACCEPT; recipients
            of `--discard` rules and consumed bounce reports are removed (delrcpt), and a
-           message left without recipients goes to Postfix's discard(8) transport. Any
-           failure → 451.
+           message left without recipients goes to Postfix's discard(8) transport; a refused
+           recipient is replaced by its reject.mxhook.invalid stand-in (error(8) bounces it).
+           Any failure → 451.
 
 Outbound mail (authenticated client, trusted network, or an `outbound_daemon_names` service)
 is not subject to inbound rules: RCPT to an address on the block list is refused (event
@@ -26,9 +29,13 @@ import grp
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
+import threading
+import time
 from datetime import datetime, timezone
 
 import Milter
@@ -67,6 +74,11 @@ class Settings:
         self.blocklist = cfg.bool("milter", "blocklist")
         self.missing_from = cfg.choice("milter", "missing_from", MISSING_FROM_POLICIES)
         self.discard_via = cfg.choice("milter", "discard_via", DISCARD_VIA)
+        self.max_rcpt_refusals = cfg.int("milter", "max_rcpt_refusals")
+        if self.max_rcpt_refusals < 0:
+            raise configmod.ConfigError("[milter] max_rcpt_refusals must be 0 or more")
+        self.routes = PostfixRoutes(cfg.get("milter", "postfix_config_dir"),
+                                    cfg.float("milter", "postfix_check_interval"))
 
         self._trusted: dict[str, bool] = {}  # client address -> answer; clients come back
 
@@ -83,8 +95,82 @@ class Settings:
             self._trusted[addr] = known
         return known
 
+    def postfix_routes(self) -> bool:
+        """May the milter hand mail to Postfix's discard and error transports (through the
+        .invalid domains of postfixconf)? `auto`: only while Postfix is seen to have them."""
+        if self.discard_via == "auto":
+            return self.routes.ready()
+        return self.discard_via == "transport"
 
-DISCARD_VIA = ("transport", "milter")
+
+DISCARD_VIA = ("auto", "transport", "milter")
+POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
+
+
+class PostfixRoutes:
+    """Does Postfix route mxhook's discard and reject addresses (transport_maps entries,
+    discard and error services in master.cf)? Without them such mail would take the normal
+    route: relayhost, or a bounce with the message to a possibly forged sender.
+
+    Looked at on first use, then at most every `interval` seconds, and postconf runs only when
+    main.cf or master.cf changed (mtime). One WARNING when they go missing."""
+
+    def __init__(self, config_dir: str, interval: float, postconf: str = POSTCONF):
+        self.config_dir = config_dir  # "" = Postfix's default
+        self.interval = interval
+        self.postconf = postconf
+        self.problems: list[str] = ["not checked yet"]
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._stamp: tuple | None = None
+
+    def ready(self) -> bool:
+        # One thread looks; the others meanwhile take the last answer.
+        if time.monotonic() >= self._next and self._lock.acquire(blocking=False):
+            try:
+                self._refresh()
+            finally:
+                self._lock.release()
+        return not self.problems
+
+    def _stamp_now(self) -> tuple:
+        directory = self.config_dir or "/etc/postfix"
+        stamp = []
+        for name in ("main.cf", "master.cf"):
+            try:
+                stamp.append(os.stat(os.path.join(directory, name)).st_mtime_ns)
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
+
+    def _postconf(self, *args: str) -> str:
+        argv = [self.postconf, *(["-c", self.config_dir] if self.config_dir else []), *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        if proc.returncode != 0:
+            raise OSError(" ".join((proc.stderr or "").split()) or f"exit status {proc.returncode}")
+        return proc.stdout
+
+    def _refresh(self) -> None:
+        self._next = time.monotonic() + self.interval
+        stamp = self._stamp_now()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            problems = postfixconf.route_problems(self._postconf("-h", "transport_maps"),
+                                                  postfixconf.parse_master(self._postconf("-F")))
+        except (OSError, subprocess.SubprocessError) as exc:
+            problems = [f"cannot read Postfix's configuration with postconf: {exc}"]
+        if problems and problems != self.problems:
+            log.warning("Postfix (%s) cannot take mxhook's webhook-only and refused mail: %s. "
+                        "Until it can, webhook-only mail is dropped with a milter DISCARD and "
+                        "recipients are split with 452 without limit (smtpd error limits apply). "
+                        "Run `mxhook postfix-config --apply` and `postfix reload`, and keep the "
+                        "discard and error services of Postfix's default master.cf",
+                        self.config_dir or "/etc/postfix", "; ".join(problems))
+        elif not problems and self.problems:
+            log.info("Postfix routes mxhook's discard and reject addresses: using them")
+        self.problems = problems
 
 
 def utc_now() -> str:
@@ -136,6 +222,9 @@ class MxhookMilter(Milter.Base):
         self.held: list[str] = []  # null-sender recipients no rule takes: a bounce report's?
         self.held_why: dict[str, tuple[str, str]] = {}  # held recipient -> (filter, reason) if not
         self.candidates: dict[str, tuple] = {}  # managed recipient -> rules its envelope allows
+        self.overflow: set[str] = set()  # accepted past the cap on refusals, of another class
+        self.routes = False  # Postfix's discard and error transports may be used (envfrom)
+        self.bounced: list[str] = []  # refused at end of headers, others accepted: Postfix bounces
         self.rcpt_stage: RcptStage | None = None  # inbound: the RCPT answers (decision.py)
         self.rcpt_as_given: dict[str, list[str]] = {}  # normalized -> as Postfix has it (delrcpt)
         self.dsn = False  # the message is a bounce report (multipart/report delivery-status)
@@ -181,10 +270,14 @@ class MxhookMilter(Milter.Base):
             self.outbound = self._direction()
             if not self.outbound:
                 self.snapshot = self.watcher.current
+                # Without Postfix's error transport a recipient refused after 250 would have
+                # no way back to the sender: split without a cap then.
+                self.routes = self.settings.postfix_routes()
                 self.rcpt_stage = RcptStage(
                     self.snapshot.ruleset, self.snapshot.domains, null_sender=self.mail_from == "",
                     unknown_domains=self.settings.unknown_domains,
-                    enabled_heuristics=self.settings.heuristics)
+                    enabled_heuristics=self.settings.heuristics,
+                    max_refusals=self.settings.max_rcpt_refusals if self.routes else None)
         except Exception as exc:
             log.exception("internal error in envfrom")
             self.failed = f"envfrom: {exc}"
@@ -203,6 +296,10 @@ class MxhookMilter(Milter.Base):
         outcome = self.rcpt_stage.recipient(rcpt)
         if outcome.kind == decisionmod.SPLIT:
             return self._split(rcpt)
+        if outcome.overflow:
+            log.debug("<%s>: accepted past %d refusals although its outcome may differ",
+                      rcpt, self.settings.max_rcpt_refusals)
+            self.overflow.add(rcpt)
         if outcome.kind == decisionmod.MANAGED:
             self.candidates[rcpt] = outcome.candidates
             self.managed.append(rcpt)
@@ -244,19 +341,17 @@ class MxhookMilter(Milter.Base):
         content_types = self._header("content-type")
         self.dsn = self.mail_from == "" and bool(content_types) and bounces.is_dsn_content_type(
             decode_value(content_types[0]))
-        # One outcome class per transaction (envrcpt): held, passed or managed recipients.
-        if self.held:
-            if self.dsn:
-                return Milter.CONTINUE  # consumed as events at eom
+        # One outcome class per transaction (envrcpt): held, passed or managed recipients,
+        # unless recipients were accepted past the cap on refusals (self.overflow).
+        refused: list[tuple[str, str, list[str]]] = []  # (filter, reason, recipients)
+        if self.held and not self.dsn:  # a bounce report's are consumed as events at eom
             by_filter: dict[str, list[str]] = {}
             for rcpt in self.held:
                 by_filter.setdefault(self.held_why[rcpt][0], []).append(rcpt)
-            for filt, rcpts in by_filter.items():
-                self._log_decision("denied", rcpts, filt, self.held_why[rcpts[0]][1])
-                self._spool_denied(rcpts, filt, self.held_why[rcpts[0]][1])
-            self.setreply(*SMTP_DENY, f"mxhook: {self.held_why[self.held[0]][1]}")
-            return Milter.REJECT
+            refused += [(f, self.held_why[rs[0]][1], rs) for f, rs in by_filter.items()]
         if not self.managed:
+            if refused:
+                return self._refuse(refused, kept=bool(self.passed))
             # Only pass-through recipients: not ours, unless it is a bounce report.
             return Milter.CONTINUE if self.dsn else Milter.ACCEPT
         decision = decide(
@@ -267,20 +362,40 @@ class MxhookMilter(Milter.Base):
         timed_out = {c.condition.pattern: None for m in decision.matches for c in m.timeouts}
         for pattern in timed_out:  # once per message, however many recipients met it
             log.warning("queue id %s: regex %r timed out, counted as no match", self.queue_id or "-", pattern)
-        if decision.verdict is not None:
+        if decision.verdict is not None:  # the message is refused, whoever it is for
             filt = "heuristic:" + decision.verdict.heuristic
             return self._deny(self.managed, filt, decision.verdict.reason)
-        if not self.dsn:
-            if not decision.accepted:
-                return self._deny(decision.denied, "no_rule", decision.reason())
-            if decision.denied:  # recipients of one outcome class share their outcome
+        if not self.dsn and decision.denied:
+            accepted = [r for r, _ in decision.accepted]
+            if (any(r not in self.overflow for r in accepted)
+                    and any(r not in self.overflow for r in decision.denied)):
+                # recipients of one outcome class share their outcome
                 log.error("queue id %s: recipients of one class decided apart (%s accepted, %s "
                           "not); answering 451", self.queue_id or "-",
-                          ",".join(r for r, _ in decision.accepted), ",".join(decision.denied))
+                          ",".join(accepted), ",".join(decision.denied))
                 self.setreply(*SMTP_TEMPFAIL, "mxhook: temporary internal error, try again later")
                 return Milter.TEMPFAIL
+            refused.insert(0, ("no_rule", "no inbound rule matches "
+                               + ", ".join(f"<{r}>" for r in decision.denied), decision.denied))
         # Accepted, or a bounce report (its recipients without a rule are consumed at eom).
         self.decision = decision
+        if refused:
+            return self._refuse(refused, kept=bool(self.passed or decision.accepted))
+        return Milter.CONTINUE
+
+    def _refuse(self, refused: list[tuple[str, str, list[str]]], kept: bool):
+        """Refused recipients: with nobody else accepted, the whole message (550); else
+        Postfix bounces each to the sender at end of message (error(8) transport)."""
+        if not kept:
+            for filt, reason, rcpts in refused:
+                self._log_decision("denied", rcpts, filt, reason)
+                self._spool_denied(rcpts, filt, reason)
+            self.setreply(*SMTP_DENY, f"mxhook: {refused[0][1]}")
+            return Milter.REJECT
+        for filt, reason, rcpts in refused:
+            self._log_decision("denied", rcpts, filt, reason + "; Postfix bounces it to the sender")
+            self._spool_denied(rcpts, filt, reason)
+            self.bounced += rcpts
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -297,7 +412,7 @@ class MxhookMilter(Milter.Base):
         if self.outbound:
             return self._outbound_eom()
         decision = self.decision
-        if decision is None and not (self.dsn or self.held):  # eoh already answered
+        if decision is None and not (self.dsn or self.bounced):  # eoh already answered
             return Milter.CONTINUE
         self.queue_id = self.getsymval("i") or self.queue_id
         # Always an empty line after the fields: with none, Postfix itself put an empty line
@@ -347,19 +462,23 @@ class MxhookMilter(Milter.Base):
     def _finish(self, decision: Decision | None, groups) -> int:
         """Recipients of `--discard` rules (posted) and those of a bounce report without a rule
         (consumed as events) are removed. A message left without recipients gets Postfix's
-        discard(8) transport as its one recipient (`discard_via = transport`): a milter
+        discard(8) transport as its one recipient (while Postfix has the route): a milter
         DISCARD counts as an error in smtpd, and after ten of them (smtpd_soft_error_limit)
-        every later command of the session waits smtpd_error_sleep_time (1 s)."""
-        consumed = decision.denied if decision else []  # only a bounce report gets this far
-        drop = set(consumed) | set(self.held) | {r for rule, rs in groups if rule.discard for r in rs}
-        if not drop:
+        every later command of the session waits smtpd_error_sleep_time (1 s). A refused
+        recipient (self.bounced) is replaced by its stand-in in the reject domain, with ORCPT
+        naming it, which Postfix's error(8) transport bounces to the sender."""
+        consumed = ((decision.denied if decision else []) + self.held) if self.dsn else []
+        drop = set(consumed) | {r for rule, rs in groups if rule.discard for r in rs}
+        if not drop and not self.bounced:
             return Milter.ACCEPT
-        everyone = not self.passed and drop >= set(self.managed) | set(self.held)
-        if everyone and self.settings.discard_via == "milter":
+        everyone = not self.passed and not self.bounced and drop >= set(self.managed) | set(self.held)
+        if everyone and not self.routes:
             return Milter.DISCARD
-        for rcpt in drop:
+        for rcpt in drop | set(self.bounced):
             for given in self.rcpt_as_given[rcpt]:  # every recipient came through envrcpt
                 self.delrcpt(given)
+        for rcpt in self.bounced:
+            self.addrcpt(f"<{postfixconf.reject_address(rcpt)}>", postfixconf.orcpt(rcpt))
         if everyone:
             self.addrcpt(f"<{postfixconf.DISCARD_RECIPIENT}>")
         return Milter.ACCEPT
@@ -517,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     MxhookMilter.watcher = watcher
     MxhookMilter.blocklist = BlocklistReader(cfg.rules_db)
     Milter.factory = MxhookMilter
-    Milter.set_flags(Milter.DELRCPT | Milter.ADDRCPT)
+    Milter.set_flags(Milter.DELRCPT | Milter.ADDRCPT | Milter.ADDRCPT_PAR)
 
     path = socket_path(socket_spec)
     if path:
@@ -527,9 +646,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mxhook-milter: cannot prepare socket directory for {path}: {exc}", file=sys.stderr)
             return 1
         os.umask(0o117)  # the socket is born 0660; spool files keep their explicit 0640
-    log.info("listening on %s: %d rules, %d domains, unknown_domains=%s, spool %s", socket_spec,
-             len(watcher.current.ruleset), len(watcher.current.domains),
-             settings.unknown_domains, settings.spool_dir)
+    log.info("listening on %s: %d rules, %d domains, unknown_domains=%s, spool %s, Postfix "
+             "routes for discard/reject: %s", socket_spec, len(watcher.current.ruleset),
+             len(watcher.current.domains), settings.unknown_domains, settings.spool_dir,
+             "yes" if settings.postfix_routes() else "no")
     try:
         Milter.runmilter("mxhook", socket_spec, timeout)
     finally:

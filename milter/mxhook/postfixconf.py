@@ -10,6 +10,11 @@ Webhook-only mail (`--discard` rules) is not discarded by the milter: smtpd coun
 DISCARD as an error, and after `smtpd_soft_error_limit` (10) of them every command of the
 session waits `smtpd_error_sleep_time` (1 s). The milter gives such a message one recipient
 in DISCARD_DOMAIN instead, and a transport_maps entry hands that domain to discard(8).
+
+A recipient refused at end of headers while others of the message are accepted (past the
+RCPT stage's cap on 452 splits) gets a bounce from Postfix itself: the milter replaces it by
+`<encoded original>@REJECT_DOMAIN` with ORCPT naming the original, and the same table hands
+REJECT_DOMAIN to error(8), so the sender gets a standard DSN naming the original recipient.
 """
 from __future__ import annotations
 
@@ -19,7 +24,13 @@ import re
 DISCARD_DOMAIN = "discard.mxhook.invalid"  # .invalid (RFC 2606): never a real destination
 DISCARD_RECIPIENT = f"webhook-only@{DISCARD_DOMAIN}"
 DISCARD_TRANSPORT = "discard:webhook-only"  # discard(8) logs the next hop as the reason
-DISCARD_TABLE = f"inline:{{ {DISCARD_DOMAIN}={DISCARD_TRANSPORT} }}"
+REJECT_DOMAIN = "reject.mxhook.invalid"
+REJECT_TRANSPORT = "error:5.7.1 mxhook: no inbound rule accepts this recipient"
+# One inline table for both; a value with spaces needs the { key = value } form.
+ROUTES_TABLE = (f"inline:{{ {DISCARD_DOMAIN}={DISCARD_TRANSPORT}, "
+                f"{{ {REJECT_DOMAIN} = {REJECT_TRANSPORT} }} }}")
+# master.cf services the routes name: service name -> the program it must run
+ROUTE_SERVICES = {"discard": "discard", "error": "error"}
 
 MILTER_OPTIONS = "default_action=tempfail, connect_timeout=10s, command_timeout=30s, content_timeout=300s"
 
@@ -118,13 +129,61 @@ def merge_milters(current: str, our_socket: str, queue_dir: str | None = None) -
     return ", ".join(entries)
 
 
+def has_routes(transport_maps: str) -> bool:
+    """Does transport_maps hold mxhook's discard and reject entries?"""
+    tables = _TABLE.findall(transport_maps or "")
+    return (any(DISCARD_DOMAIN in t for t in tables) and any(REJECT_DOMAIN in t for t in tables))
+
+
 def merge_transport_maps(current: str) -> str:
-    """transport_maps with mxhook's discard entry first (lookups stop at the first table that
-    knows the domain; no other table knows an .invalid domain). Kept as it is when present."""
-    tables = _TABLE.findall(current or "")
-    if any(DISCARD_DOMAIN in t for t in tables):
+    """transport_maps with mxhook's table first (lookups stop at the first table that knows the
+    domain; no other table knows an .invalid domain). Kept as it is when it has both entries;
+    an older inline table of mxhook's (discard only) is replaced."""
+    if has_routes(current):
         return current
-    return ", ".join([DISCARD_TABLE] + tables)
+    tables = [t for t in _TABLE.findall(current or "")
+              if not (t.startswith("inline:") and DISCARD_DOMAIN in t)]
+    return ", ".join([ROUTES_TABLE] + tables)
+
+
+def route_problems(transport_maps: str, master: dict[str, dict[str, str]]) -> list[str]:
+    """Why Postfix would not route mxhook's discard and reject addresses as meant (one line
+    each). master: `postconf -F` parsed. Without them, webhook-only mail would take the normal
+    route (relayhost, or a bounce to a possibly forged sender)."""
+    problems = []
+    if not has_routes(transport_maps):
+        problems.append(f"transport_maps lacks mxhook's entries for {DISCARD_DOMAIN} and "
+                        f"{REJECT_DOMAIN}")
+    for service, program in ROUTE_SERVICES.items():
+        fields = master.get(f"{service}/unix")
+        if fields is None or (fields.get("command", "").split() or [""])[0] != program:
+            problems.append(f"master.cf has no {service} service running {program}(8) "
+                            f"(the line `{service} unix - - n - - {program}` of Postfix's "
+                            "default master.cf)")
+    return problems
+
+
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def reject_address(recipient: str) -> str:
+    """The stand-in address of a recipient Postfix is to bounce: its address, with `@` as `=`,
+    as the local part when that is a plain dot-atom (readable in the log), else a hex form."""
+    local = recipient.replace("@", "=")
+    if not (_PLAIN_LOCAL.fullmatch(local) and local.isascii()):
+        local = "x-" + recipient.encode("utf-8").hex()
+    return f"{local}@{REJECT_DOMAIN}"
+
+
+def xtext(text: str) -> str:
+    """RFC 3461 xtext (ORCPT's address): "+", "=", controls and non-ASCII bytes as +HH."""
+    return "".join(chr(b) if 33 <= b <= 126 and b not in (43, 61) else f"+{b:02X}"
+                   for b in text.encode("utf-8"))
+
+
+def orcpt(recipient: str) -> str:
+    """The ESMTP ORCPT parameter naming `recipient` (RFC 3461), for addrcpt."""
+    return f"ORCPT=rfc822;{xtext(recipient)}"
 
 
 def merge_macros(current: str, required: tuple[str, ...]) -> str:

@@ -411,6 +411,9 @@ class MxhookStack:
             ).start()
             mxdir = os.path.join(self.workdir, "mxhook")
             overrides = dict(self.config_overrides)
+            # the milter looks at this Postfix's transport_maps and master.cf (discard_via auto)
+            overrides["milter"] = {"postfix_config_dir": self.postfix.config_dir,
+                                   **overrides.get("milter", {})}
             if self.with_logfollow:
                 section = logfollow_settings(mxdir, self.postfix.log_path)["logfollow"]
                 section.update(overrides.get("logfollow", {}))

@@ -63,10 +63,11 @@ class FakePostfix:
             "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr}",
             "milter_end_of_header_macros": "i",
             "milter_end_of_data_macros": "i",
-            "transport_maps": pc.DISCARD_TABLE,  # test_postfixconf covers adding it
+            "transport_maps": pc.ROUTES_TABLE,  # test_postfixconf covers adding it
         }
         self.main.update(main)
-        self.master_fields = "smtp/inet/command = smtpd\nsmtp/inet/chroot = y\npickup/unix/command = pickup\n"
+        self.master_fields = ("smtp/inet/command = smtpd\nsmtp/inet/chroot = y\npickup/unix/command = pickup\n"
+                              "discard/unix/command = discard\nerror/unix/command = error\n")
         self.master_overrides = ""
         self.calls: list[list[str]] = []
         self.fail: dict[str, tuple[int, str]] = {}  # program or argument -> (status, stderr)
@@ -476,8 +477,19 @@ def test_check_absolute_name_with_chrooted_smtpd(env):
     assert status == 1
     (p,) = problems(results)
     assert f"smtpd runs chrooted in {env.queue_dir} (smtp/inet in master.cf)" in p
-    env.postfix.master_fields = "smtp/inet/command = smtpd\nsmtp/inet/chroot = n\n"
+    env.postfix.master_fields = env.postfix.master_fields.replace("smtp/inet/chroot = y", "smtp/inet/chroot = n")
     assert env.check()[0] == 0
+
+
+def test_check_reports_master_cf_without_the_discard_service(env):
+    env.healthy()
+    env.postfix.main.update(smtpd_milters=OURS, enable_long_queue_ids="yes")
+    assert env.check()[0] == 0
+    env.postfix.master_fields = env.postfix.master_fields.replace("discard/unix/command = discard\n", "")
+    status, results = env.check()
+    assert status == 1
+    (p,) = problems(results)
+    assert "master.cf has no discard service running discard(8)" in p
 
 
 def test_check_missing_main_cf_settings(env):

@@ -26,13 +26,14 @@ def test_fresh_postfix_gets_our_milter_long_queue_ids_and_the_discard_transport_
     diff = pc.changes(DEFAULTS, want)
     assert [d[0] for d in diff] == ["smtpd_milters", "enable_long_queue_ids", "transport_maps"]
     assert diff[0][2] == "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
-    assert diff[2][2] == "inline:{ discard.mxhook.invalid=discard:webhook-only }"
+    assert diff[2][2] == ("inline:{ discard.mxhook.invalid=discard:webhook-only, { reject.mxhook.invalid"
+                          " = error:5.7.1 mxhook: no inbound rule accepts this recipient } }")
 
 
 def test_discard_transport_goes_first_in_the_admins_transport_maps_once():
     current = "hash:/etc/postfix/transport, inline:{ a.example=smtp:[x], b.example=smtp:[y] }"
     merged = pc.merge_transport_maps(current)
-    assert merged == pc.DISCARD_TABLE + ", " + current
+    assert merged == pc.ROUTES_TABLE + ", " + current
     assert pc.merge_transport_maps(merged) == merged
     assert pc.DISCARD_RECIPIENT.endswith("@" + pc.DISCARD_DOMAIN)
 
@@ -73,3 +74,30 @@ def test_socket_problems(tmp_path):
         assert "not in the postfix group" in pc.socket_problems("unix:" + path, os.stat(path).st_gid + 1)[0]
     finally:
         s.close()
+
+
+def test_an_older_discard_only_table_is_replaced_by_both_routes():
+    old = "inline:{ discard.mxhook.invalid=discard:webhook-only }, hash:/etc/postfix/transport"
+    assert pc.route_problems(old, MASTER_WITH_ROUTES) == [
+        "transport_maps lacks mxhook's entries for discard.mxhook.invalid and reject.mxhook.invalid"]
+    merged = pc.merge_transport_maps(old)
+    assert merged == pc.ROUTES_TABLE + ", hash:/etc/postfix/transport"
+    assert pc.route_problems(merged, MASTER_WITH_ROUTES) == []
+
+
+MASTER_WITH_ROUTES = pc.parse_master("discard/unix/command = discard\nerror/unix/command = error\n")
+
+
+def test_route_problems_name_missing_master_services():
+    master = pc.parse_master("discard/unix/command = discard\nerror/unix/command = smtp\n")
+    problems = pc.route_problems(pc.ROUTES_TABLE, master)
+    assert len(problems) == 1 and problems[0].startswith("master.cf has no error service running error(8)")
+    assert len(pc.route_problems("", {})) == 3
+
+
+def test_reject_address_keeps_plain_addresses_readable_and_orcpt_is_xtext():
+    assert pc.reject_address("u7@ours.example") == "u7=ours.example@reject.mxhook.invalid"
+    assert pc.reject_address('"a b"@ours.example') == "x-" + '"a b"@ours.example'.encode().hex() + "@reject.mxhook.invalid"
+    assert pc.reject_address("jürgen@ours.example").startswith("x-6ac3bc")
+    assert pc.orcpt("a+b=c@ours.example") == "ORCPT=rfc822;a+2Bb+3Dc@ours.example"
+    assert pc.orcpt("ü@x.example") == "ORCPT=rfc822;+C3+BC@x.example"
