@@ -719,14 +719,18 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
         return [v for n, v in raw_headers if n.lower() == name]
 
     sender = normalize_address(mail_from) if mail_from is not None else None
+    # As on a server whose Postfix has mxhook's routes (`mxhook check`): refusals at RCPT capped.
     stage = decisionmod.RcptStage(snapshot.ruleset, snapshot.domains, unknown_domains=unknown_mode,
-                                  null_sender=sender == "", enabled_heuristics=enabled)
+                                  null_sender=sender == "", enabled_heuristics=enabled,
+                                  max_refusals=cfg.int("milter", "max_rcpt_refusals"))
     rcpts = [normalize_address(r) for r in recipients]
-    managed, passed, held, entries, candidates = [], [], [], {}, {}
+    managed, passed, held, entries, candidates, overflow = [], [], [], {}, {}, set()
     for r in rcpts:
         if r in entries:  # the milter answers a repeated RCPT as the first
             continue
         outcome = stage.recipient(r)
+        if outcome.overflow:
+            overflow.add(r)
         if outcome.kind == decisionmod.MANAGED:
             managed.append(r)
             candidates[r] = outcome.candidates
@@ -807,6 +811,12 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
                 entry.update(outcome="consumed", smtp="250", decided_by="dsn",
                              reason="no rule matches; a bounce report: its events are kept, "
                                     "the recipient is removed from Postfix's delivery")
+            elif r in overflow and decision.accepted:
+                entry.update(outcome="bounced", smtp="250, then a bounce from Postfix (5.7.1)",
+                             decided_by="no_rule",
+                             reason=f"no inbound rule matches <{r}>; accepted past the cap on "
+                                    "refusals at RCPT (max_rcpt_refusals), so Postfix's error "
+                                    "transport bounces it to the sender")
             else:
                 entry.update(outcome="denied", smtp="550 5.7.1", decided_by="no_rule",
                              reason=f"no inbound rule matches <{r}>")
@@ -816,7 +826,8 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
         elif not decision.accepted and not dsn:
             result.update(result="reject", smtp="550 5.7.1", decided_by="no_rule",
                           reason=decision.reason())
-        elif decision.denied and not dsn:  # the milter's guard: one class, one outcome
+        elif (not dsn and any(r not in overflow for r, _ in decision.accepted)
+              and any(r not in overflow for r in decision.denied)):  # the milter's guard
             result.update(result="tempfail", smtp="451 4.3.0", decided_by="internal_error",
                           reason="recipients of one outcome class decided apart")
         else:

@@ -580,6 +580,20 @@ def test_rule_test_recipient_of_another_outcome_class_is_split_at_rcpt(sales, tm
     assert (nobody["outcome"], nobody["stage"], nobody["smtp"]) == ("denied", "eoh", "550 5.7.1")
 
 
+def test_rule_test_past_the_cap_on_refusals_a_recipient_is_accepted_then_bounced(sales, tmp_path):
+    # As the milter: once the transaction has max_rcpt_refusals refusals at RCPT, a recipient of
+    # another class gets 250; refused at end of headers, Postfix's error transport bounces it.
+    sales.write_config(max_rcpt_refusals="1")
+    msg = eml(tmp_path, "From: a@sender.example\nTo: sales@ours.example\nSubject: hi")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example",
+                     "--rcpt", "nobody@ours.example", "--rcpt", "other@ours.example", "--json")
+    assert res["result"] == "accept"
+    sales_r, nobody, other = res["recipients"]
+    assert sales_r["outcome"] == "accepted"
+    assert (nobody["outcome"], nobody["smtp"]) == ("deferred", "452 4.5.3")
+    assert other["outcome"] == "bounced" and other["smtp"].startswith("250, then a bounce")
+
+
 def test_rule_test_no_rule_can_match_the_envelope_is_550_at_rcpt(env, tmp_path):
     env.ok("domain", "add", "ours.example")
     env.ok("rule", "add", "sales", "--endpoint", "https://app.example.net/sales",
