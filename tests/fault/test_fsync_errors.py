@@ -66,18 +66,35 @@ def test_a_segment_refused_at_creation_releases_its_descriptor(tmp_path, monkeyp
     writer.close()
 
 
-def test_a_record_refused_after_fdatasync_eio_is_never_handed_over(tmp_path, monkeypatch):
+def _refuse_one_after_ok(tmp_path, monkeypatch, *failing: str) -> spool.SegmentWriter:
+    """A writer that acknowledged "ok1", then refused "refused" (fdatasync EIO, and EIO from
+    each os call named in `failing` meanwhile), then acknowledged "ok2" in a new segment."""
     spool.ensure_dirs(str(tmp_path))
     writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
     writer.append(spool.Record("ok1", "inbound", {}, b"acknowledged before the fault"))
-    monkeypatch.setattr(spool.os, "fdatasync", _eio)
+    for name in ("fdatasync", *failing):
+        monkeypatch.setattr(spool.os, name, _eio)
     with pytest.raises(OSError):
         writer.append(spool.Record("refused", "inbound", {}, b"answered 451"))
     monkeypatch.undo()
     writer.append(spool.Record("ok2", "inbound", {}, b"after the fault"))
     writer.flush()
+    return writer
+
+
+def test_a_record_refused_after_fdatasync_eio_is_never_handed_over(tmp_path, monkeypatch):
+    writer = _refuse_one_after_ok(tmp_path, monkeypatch)
     # the broken segment is recovered once its writer let go of it (it did: sealed), and the
     # refused record, still in the page cache, must not come back with it
+    assert sorted(_handed_over(tmp_path)) == ["ok1", "ok2"]
+    assert os.listdir(tmp_path / "tmp") == []
+    writer.close()
+
+
+def test_a_cut_mark_bounds_recovery_while_the_writer_lives(tmp_path, monkeypatch):
+    # the truncate fails, the rename to <id>.cut-<N>.seg does not: the writer's sealer lets go
+    # of the segment, and its acknowledged records reach new/ without waiting for a restart
+    writer = _refuse_one_after_ok(tmp_path, monkeypatch, "ftruncate")
     assert sorted(_handed_over(tmp_path)) == ["ok1", "ok2"]
     assert os.listdir(tmp_path / "tmp") == []
     writer.close()
@@ -87,17 +104,7 @@ def test_a_segment_that_cannot_be_cut_nor_renamed_stays_locked_while_the_writer_
         tmp_path, monkeypatch, caplog):
     # a file system gone read-only refuses the truncate and the rename too: recovery must not
     # take the segment (it still holds the refused record) while the milter runs
-    spool.ensure_dirs(str(tmp_path))
-    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
-    writer.append(spool.Record("ok1", "inbound", {}, b"acknowledged"))
-    monkeypatch.setattr(spool.os, "fdatasync", _eio)
-    monkeypatch.setattr(spool.os, "ftruncate", lambda fd, size: _eio())
-    monkeypatch.setattr(spool.os, "rename", lambda src, dst: _eio())
-    with pytest.raises(OSError):
-        writer.append(spool.Record("refused", "inbound", {}, b"answered 451"))
-    monkeypatch.undo()
-    writer.append(spool.Record("ok2", "inbound", {}, b"a new segment"))
-    writer.flush()
+    writer = _refuse_one_after_ok(tmp_path, monkeypatch, "ftruncate", "rename")
     assert sorted(_handed_over(tmp_path)) == ["ok2"]  # the uncut one is still locked
     assert [n for n in os.listdir(tmp_path / "tmp") if n.endswith(".seg")], "the uncut segment is gone"
     assert any(r.levelname == "CRITICAL" and "cannot withdraw" in r.getMessage() for r in caplog.records)
@@ -133,24 +140,6 @@ def test_a_segment_that_cannot_be_cut_keeps_refused_records_out_after_a_restart(
     assert sorted(_handed_over(tmp_path)) == ["ok1", "ok2"], "a record answered 451 was handed over"
     assert "renamed so that recovery keeps only those" in res.stderr, res.stderr
     assert os.listdir(tmp_path / "tmp") == []
-
-
-def test_a_cut_mark_bounds_recovery_while_the_writer_lives(tmp_path, monkeypatch):
-    # the mark also lets the writer's own sealer let go of the segment: its acknowledged
-    # records reach new/ without waiting for a restart
-    spool.ensure_dirs(str(tmp_path))
-    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
-    writer.append(spool.Record("ok1", "inbound", {}, b"acknowledged"))
-    monkeypatch.setattr(spool.os, "fdatasync", _eio)
-    monkeypatch.setattr(spool.os, "ftruncate", lambda fd, size: _eio())
-    with pytest.raises(OSError):
-        writer.append(spool.Record("refused", "inbound", {}, b"answered 451"))
-    monkeypatch.undo()
-    writer.append(spool.Record("ok2", "inbound", {}, b"a new segment"))
-    writer.flush()
-    assert sorted(_handed_over(tmp_path)) == ["ok1", "ok2"]
-    assert os.listdir(tmp_path / "tmp") == []
-    writer.close()
 
 
 def test_concurrent_writers_with_random_sync_and_write_faults(tmp_path, monkeypatch):
