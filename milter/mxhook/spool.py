@@ -26,7 +26,10 @@ whose lock can be taken belongs to a writer that died: `recover_segments` cuts a
 record that was never acknowledged) and moves the rest into `new/`. The spooler reads every
 file with `decode_parts`. A failed write or flush cuts the segment back to its last durable
 length before any writer answers (`SegmentWriter._withdraw`): a record answered 4xx is never
-handed over.
+handed over. Should that cut fail, the segment is renamed to `tmp/<id>.cut-<N>.seg` (N: its
+durable length; the directory fsynced), and recovery keeps no more than its first N bytes: the
+refused records stay out after the milter is restarted too. Only if the rename fails as well
+is the segment left to the live writer's lock (logged CRITICAL).
 
 Order. File names start with their creation time (`new_id`), and the spooler takes `new/` in
 name order, but only below `ingest_bound`: the oldest segment still open in `tmp/`. A record
@@ -511,9 +514,11 @@ class SegmentWriter:
         make more records durable: they are kept and acknowledged).
 
         The cut is visible at once to every reader (recovery, after a crash of this process at
-        any later point); its fsync makes it survive a power cut. Should the truncate itself
-        fail (a file system gone read-only), the segment stays locked by this process, so no
-        recovery takes it while the milter runs."""
+        any later point); its fsync makes it survive a power cut. Should the truncate or its
+        fsync fail, the segment is renamed to say its durable length (`_mark_cut`), which
+        recovery honours after a restart of the milter too. Only if that fails as well (a file
+        system gone read-only) does the segment stay locked by this process, so no recovery
+        takes it while the milter runs (after a restart it would: logged CRITICAL)."""
         while seg.syncing:
             self._cond.wait()
         if seg.withdrawn or seg.withdraw_error is not None:
@@ -525,12 +530,33 @@ class SegmentWriter:
             os.fsync(seg.fd)
         except OSError as exc:
             seg.withdraw_error = exc
-            if not seg.withdrawn:
-                log.critical("spool segment %s: cannot withdraw records refused after %s: %s; "
-                             "keeping it locked", seg.tmp_path, seg.broken, exc)
-            else:
-                log.error("spool segment %s: cut back to %d bytes after %s, but its fsync failed: %s",
-                          seg.tmp_path, seg.durable_size, seg.broken, exc)
+            try:
+                self._mark_cut(seg)
+            except OSError as mark_exc:
+                if not seg.withdrawn:
+                    log.critical("spool segment %s: cannot withdraw records refused after %s: %s; "
+                                 "nor mark its durable length: %s; keeping it locked (a restart of "
+                                 "the milter would hand them over)", seg.tmp_path, seg.broken, exc,
+                                 mark_exc)
+                else:
+                    log.error("spool segment %s: cut back to %d bytes after %s, but its fsync "
+                              "failed: %s", seg.tmp_path, seg.durable_size, seg.broken, exc)
+                return
+            seg.withdrawn = True
+            log.error("spool segment %s: cannot cut it back to %d bytes after %s: %s; renamed so "
+                      "that recovery keeps only those", seg.tmp_path, seg.durable_size, seg.broken, exc)
+
+    @staticmethod
+    def _mark_cut(seg: _Segment) -> None:
+        """(lock held) Rename `seg` in tmp/ to carry its durable length (`<id>.cut-<N>.seg`),
+        durably: recovery then drops everything after N bytes, whoever runs it and when."""
+        cut_path = _cut_path(seg.tmp_path, seg.name, seg.durable_size)
+        os.rename(seg.tmp_path, cut_path)
+        seg.tmp_path = cut_path
+        try:
+            _fsync_dir_now(os.path.dirname(cut_path))
+        except OSError as exc:  # recovery sees the new name; only a power cut could undo it
+            log.error("spool segment %s: renamed, but the fsync of tmp/ failed: %s", cut_path, exc)
 
     def _detach(self, seg: _Segment) -> None:
         """(lock held) No more appends to `seg`; the sealer thread moves it on."""
@@ -580,9 +606,28 @@ class SegmentWriter:
         self._closing.set()
 
 
+CUT_MARK = ".cut-"  # tmp/<id>.cut-<N>.seg: only the first N bytes of that segment are good
+
+
+def _cut_path(tmp_path: str, name: str, size: int) -> str:
+    return os.path.join(os.path.dirname(tmp_path), f"{name}{CUT_MARK}{size}.seg")
+
+
+def _segment_name(file_name: str) -> tuple[str, int | None]:
+    """(id, durable length or None) of a segment's file name in tmp/: `<id>.seg`, or
+    `<id>.cut-<N>.seg` for one whose refused tail could not be cut off."""
+    stem = file_name[:-4]
+    seg_id, mark, size = stem.partition(CUT_MARK)
+    if mark and size.isdigit():
+        return seg_id, int(size)
+    return stem, None
+
+
 def recover_segments(spool_dir: str) -> int:
     """Move segments of writers that died from tmp/ into new/, cutting a torn tail (the part
-    of a record that was being written: never acknowledged). Returns how many were moved."""
+    of a record that was being written: never acknowledged) and, for a segment named
+    `<id>.cut-<N>.seg`, everything after its first N bytes (records answered 4xx). Returns how
+    many were moved."""
     tmp_dir = os.path.join(spool_dir, "tmp")
     moved = 0
     for name in os.listdir(tmp_dir):
@@ -600,16 +645,17 @@ def recover_segments(spool_dir: str) -> int:
                 continue  # a live writer
             if not os.path.exists(path):
                 continue  # sealed between our open and our lock
+            seg_id, durable = _segment_name(name)
             with open(path, "rb") as fh:
-                data = fh.read()
+                data = fh.read() if durable is None else fh.read(durable)
             keep = _complete_prefix(data)
             if keep == 0:
                 os.unlink(path)
                 continue
-            if keep < len(data):
+            if keep < os.fstat(fd).st_size:
                 os.truncate(fd, keep)
             os.fsync(fd)
-            os.rename(path, os.path.join(spool_dir, "new", name[:-4] + ".rec"))
+            os.rename(path, os.path.join(spool_dir, "new", seg_id + ".rec"))
             _fsync_dir(os.path.join(spool_dir, "new"))
             moved += 1
         finally:

@@ -116,6 +116,9 @@ RETRY_AFTER_MAX = http.RETRY_AFTER_MAX  # a Retry-After is honoured up to an hou
 GONE = 410  # the receiver says the endpoint is gone for good: disable the rule/endpoint
 UNLINK_THREADS = 8  # see _unlink
 UNLINK_CHUNK = 32
+# seconds before writing unrecorded attempt results again: doubling from the first to the last
+RECORD_RETRY_FIRST = 1.0
+RECORD_RETRY_MAX = 60.0
 
 
 def retry_wait(interval, retry_after: float | None = None, *, scale: float = 1.0,
@@ -354,6 +357,12 @@ class Spooler:
         self._disabled_rules: set[int] = set()
         self._targets_seen: dict[tuple[str, str], tuple[bool, str]] = {}
         self._state_version = self.state.data_version()  # moves when the CLI requeues
+        # Attempt results not yet written to state.db, and the pause before the next try (see
+        # record_results).
+        self._unrecorded: list[AttemptRecord] = []
+        self._unrecorded_batches: list[AttemptRecord] = []
+        self._record_pause = 0.0
+        self._record_retry_at = 0.0
 
     # control ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -366,7 +375,7 @@ class Spooler:
         return self._stop.is_set()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)  # posts under way finish
         self.io.shutdown(wait=True)  # a batch read ahead is dropped: its files stay in new/
         self.unlinker.shutdown(wait=True)
         self.state.close()
@@ -599,7 +608,10 @@ class Spooler:
     # 2. dispatch ------------------------------------------------------------------------
     def dispatch(self, *, flush_events: bool = False) -> int:
         """Hand due event batches, then due inbound deliveries, to free workers; returns how
-        many posts were started."""
+        many posts were started. None while attempt results wait to be recorded
+        (`record_results`)."""
+        if not self.record_results():
+            return 0
         return self.dispatch_events(flush=flush_events) + self.dispatch_inbound()
 
     def dispatch_inbound(self) -> int:
@@ -616,7 +628,7 @@ class Spooler:
                     return 0
                 self._state_version = version  # ...unless `mxhook replay` requeued something
         except sqlite3.Error as exc:
-            log.error("cannot read state.db: %s", exc)
+            _state_error(exc, "cannot read state.db")
             return 0
         busy = {d.id for d in self.inflight.values()}
         skip = self._disabled_rules  # their deliveries wait until the rule is enabled again
@@ -626,7 +638,7 @@ class Spooler:
                 nxt = self.state.next_due_at(skip_rules=skip)
                 self._inbound_due_at = state.to_datetime(nxt).timestamp() if nxt else float("inf")
         except sqlite3.Error as exc:
-            log.error("cannot read due deliveries from state.db: %s", exc)
+            _state_error(exc, "cannot read due deliveries from state.db")
             return 0
         for delivery in due:
             self.inflight[self.executor.submit(self._attempt, delivery)] = delivery
@@ -646,7 +658,7 @@ class Spooler:
                 if failed:
                     log.warning("%d event(s) pending for removed endpoints marked failed", failed)
             except sqlite3.Error as exc:
-                log.error("cannot record endpoint changes in state.db (will retry): %s", exc)
+                _state_error(exc, "cannot record endpoint changes in state.db (will retry)")
         if self.endpoints.generation != self._rules_seen:
             self._refresh_targets(eps)
         return eps
@@ -694,7 +706,7 @@ class Spooler:
                         log.info("%s %s is enabled again: its deliveries resume", key[0],
                                  row["name"] or key[1])
         except sqlite3.Error as exc:
-            log.error("cannot update rule/endpoint health in state.db (will retry): %s", exc)
+            _state_error(exc, "cannot update rule/endpoint health in state.db (will retry)")
             return
         self._targets_seen = seen
         self._rules_seen = self.endpoints.generation
@@ -730,7 +742,7 @@ class Spooler:
         try:
             self.state.mark_disabled(kind, ref, name if kind == "rule" else where, reason, now=self.clock())
         except sqlite3.Error as exc:
-            log.error("cannot record that %s %s was disabled in state.db: %s", kind, name, exc)
+            _state_error(exc, f"cannot record that {kind} {name} was disabled in state.db")
         return name
 
     def _gone(self, kind: str, ref: str, url: str | None, outcome: http.Outcome) -> str:
@@ -747,7 +759,7 @@ class Spooler:
         try:
             rows = self.state.failing_targets(now - self.disable_after_days * DAY)
         except sqlite3.Error as exc:
-            log.error("cannot read rule/endpoint health from state.db: %s", exc)
+            _state_error(exc, "cannot read rule/endpoint health from state.db")
             return
         days = f"{self.disable_after_days:g} day{'s' if self.disable_after_days != 1 else ''}"
         for row in rows:
@@ -798,7 +810,7 @@ class Spooler:
                 started += 1
             return started
         except sqlite3.Error as exc:
-            log.error("cannot read event batches from state.db: %s", exc)
+            _state_error(exc, "cannot read event batches from state.db")
             return 0
 
     def _attempt_batch(self, job: _BatchJob) -> tuple[http.Outcome, float]:
@@ -860,7 +872,7 @@ class Spooler:
         try:
             pending = self.state.pending_blocks(BLOCK_BATCH)
         except sqlite3.Error as exc:
-            log.error("cannot read hard bounces from state.db: %s", exc)
+            _state_error(exc, "cannot read hard bounces from state.db")
             return 0
         if not pending:
             self._blocks_checked = marker
@@ -906,7 +918,7 @@ class Spooler:
                 self.state.finish_blocks(done, now=self.clock(),
                                          endpoints=list(self.current_endpoints().values()))
             except sqlite3.Error as exc:
-                log.error("cannot record block list results in state.db (will redo): %s", exc)
+                _state_error(exc, "cannot record block list results in state.db (will redo)")
                 return 0
             if len(done) == len(pending) < BLOCK_BATCH:
                 self._blocks_checked = marker
@@ -992,26 +1004,55 @@ class Spooler:
             )
         if results:
             self._inbound_due_at = 0.0
-            try:
-                self.state.record_attempts(results)
-            except sqlite3.Error as exc:
-                # Not recorded means: posted again later, with the same webhook-id.
-                log.error("cannot record %d attempt result(s) in state.db (they will be retried): %s",
-                          len(results), exc)
-        if batch_results:
-            try:
-                self.state.record_batch_attempts(batch_results)
-            except sqlite3.Error as exc:  # posted again later, same webhook-id and events
-                log.error("cannot record %d event batch result(s) in state.db (they will be retried): %s",
-                          len(batch_results), exc)
+        self._unrecorded.extend(results)
+        self._unrecorded_batches.extend(batch_results)
+        self.record_results()
         self._check_failing(failing, now)
         return len(results) + len(batch_results)
+
+    def record_results(self) -> bool:
+        """Write the attempt results not yet in state.db (all in one transaction each for
+        deliveries and batches); True when none is left.
+
+        A result that cannot be written is kept here and written again later, after a pause
+        that doubles from RECORD_RETRY_FIRST up to RECORD_RETRY_MAX seconds; until then
+        `dispatch` starts no post at all. State.db still says such a delivery is due, so
+        posting on would send it again at once, and again after every failed write: the
+        receiver would be flooded. A damaged state.db stops the spooler (`_state_error`)."""
+        if not (self._unrecorded or self._unrecorded_batches):
+            return True
+        if time.monotonic() < self._record_retry_at:
+            return False
+        try:
+            if self._unrecorded:
+                self.state.record_attempts(self._unrecorded)
+                self._unrecorded = []
+            if self._unrecorded_batches:
+                self.state.record_batch_attempts(self._unrecorded_batches)
+                self._unrecorded_batches = []
+        except sqlite3.Error as exc:
+            self._record_pause = min(max(self._record_pause * 2, RECORD_RETRY_FIRST), RECORD_RETRY_MAX)
+            self._record_retry_at = time.monotonic() + self._record_pause
+            _state_error(exc, f"cannot record {len(self._unrecorded) + len(self._unrecorded_batches)} "
+                              f"attempt result(s) in state.db; no posts until they are recorded "
+                              f"(next try in {self._record_pause:g} s)")
+            return False
+        if self._record_pause:
+            log.warning("attempt results recorded in state.db again: posting resumes")
+            self._record_pause = 0.0
+        return True
 
     def drain(self) -> None:
         """Wait for every in-flight post and record its result."""
         while self.inflight:
             done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
             self.collect(done)
+        if self._unrecorded or self._unrecorded_batches:
+            self._record_retry_at = 0.0  # stopping: one last try, pause or not
+            if not self.record_results():
+                log.error("%d attempt result(s) not recorded in state.db: they will be posted again "
+                          "after a restart, with the same webhook-id",
+                          len(self._unrecorded) + len(self._unrecorded_batches))
 
     # 3. the loop ------------------------------------------------------------------------
     def _maybe_clean_tmp(self) -> None:
@@ -1045,6 +1086,9 @@ class Spooler:
         self.drain()
 
     def _step(self) -> None:
+        background = self.state.checkpoint_error  # the checkpoint thread found damage?
+        if background is not None:
+            _raise_if_damage(background)
         self._maybe_clean_tmp()
         try:
             handled = self.ingest_once()
@@ -1084,6 +1128,14 @@ class Spooler:
 def _raise_if_damage(exc: BaseException) -> None:
     if statehealth.is_damage(exc):
         raise statehealth.StateDamaged(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _state_error(exc: sqlite3.Error, what: str) -> None:
+    """A state.db access failed. Damage stops the spooler wherever it is found (StateDamaged,
+    as at ingest: CRITICAL, the fault file, exit 3); anything else (busy, disk full, an I/O
+    error) is logged and the step is tried again later."""
+    _raise_if_damage(exc)
+    log.error("%s: %s", what, exc)
 
 
 def _stop_for_damage(state_db: str, exc: statehealth.StateDamaged) -> int:

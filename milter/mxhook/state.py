@@ -496,6 +496,7 @@ class _Checkpointer:
         self._conn.execute("PRAGMA synchronous = FULL")  # fsync the WAL, then the database
         self._stopped = threading.Event()
         self._last_error = ""
+        self.error: sqlite3.Error | None = None  # the last checkpoint's, for the owner to judge
         self._thread = threading.Thread(target=self._run, name="mxhook-checkpoint", daemon=True)
         self._thread.start()
 
@@ -504,7 +505,9 @@ class _Checkpointer:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 self._last_error = ""
+                self.error = None
             except sqlite3.Error as exc:  # the writer checkpoints itself meanwhile
+                self.error = exc
                 if str(exc) != self._last_error:
                     log.warning("background checkpoint of state.db failed: %s", exc)
                 self._last_error = str(exc)
@@ -551,6 +554,12 @@ class StateStore:
             self._checkpointer.stop()
             self._checkpointer = None
         self.conn.close()
+
+    @property
+    def checkpoint_error(self) -> sqlite3.Error | None:
+        """What the background checkpoint last failed with (None: it succeeded, or none runs).
+        That thread only logs it: a damaged file is for the owner of this store to act on."""
+        return self._checkpointer.error if self._checkpointer is not None else None
 
     def checkpoint_in_background(self, interval: float = CHECKPOINT_INTERVAL) -> None:
         """Copy the WAL back into state.db from a thread of its own (own connection) every

@@ -66,16 +66,24 @@ def test_a_segment_refused_at_creation_releases_its_descriptor(tmp_path, monkeyp
     writer.close()
 
 
-def test_a_record_refused_after_fdatasync_eio_is_never_handed_over(tmp_path, monkeypatch):
+def _refuse_one_after_ok(tmp_path, monkeypatch, *failing: str) -> spool.SegmentWriter:
+    """A writer that acknowledged "ok1", then refused "refused" (fdatasync EIO, and EIO from
+    each os call named in `failing` meanwhile), then acknowledged "ok2" in a new segment."""
     spool.ensure_dirs(str(tmp_path))
     writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
     writer.append(spool.Record("ok1", "inbound", {}, b"acknowledged before the fault"))
-    monkeypatch.setattr(spool.os, "fdatasync", _eio)
+    for name in ("fdatasync", *failing):
+        monkeypatch.setattr(spool.os, name, _eio)
     with pytest.raises(OSError):
         writer.append(spool.Record("refused", "inbound", {}, b"answered 451"))
     monkeypatch.undo()
     writer.append(spool.Record("ok2", "inbound", {}, b"after the fault"))
     writer.flush()
+    return writer
+
+
+def test_a_record_refused_after_fdatasync_eio_is_never_handed_over(tmp_path, monkeypatch):
+    writer = _refuse_one_after_ok(tmp_path, monkeypatch)
     # the broken segment is recovered once its writer let go of it (it did: sealed), and the
     # refused record, still in the page cache, must not come back with it
     assert sorted(_handed_over(tmp_path)) == ["ok1", "ok2"]
@@ -83,23 +91,55 @@ def test_a_record_refused_after_fdatasync_eio_is_never_handed_over(tmp_path, mon
     writer.close()
 
 
-def test_a_segment_that_cannot_be_cut_stays_locked_while_the_writer_lives(tmp_path, monkeypatch, caplog):
-    # a file system gone read-only refuses the truncate too: recovery must not take the
-    # segment (it still holds the refused record) while the milter runs
-    spool.ensure_dirs(str(tmp_path))
-    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
-    writer.append(spool.Record("ok1", "inbound", {}, b"acknowledged"))
-    monkeypatch.setattr(spool.os, "fdatasync", _eio)
-    monkeypatch.setattr(spool.os, "ftruncate", lambda fd, size: _eio())
-    with pytest.raises(OSError):
-        writer.append(spool.Record("refused", "inbound", {}, b"answered 451"))
-    monkeypatch.undo()
-    writer.append(spool.Record("ok2", "inbound", {}, b"a new segment"))
-    writer.flush()
+def test_a_cut_mark_bounds_recovery_while_the_writer_lives(tmp_path, monkeypatch):
+    # the truncate fails, the rename to <id>.cut-<N>.seg does not: the writer's sealer lets go
+    # of the segment, and its acknowledged records reach new/ without waiting for a restart
+    writer = _refuse_one_after_ok(tmp_path, monkeypatch, "ftruncate")
+    assert sorted(_handed_over(tmp_path)) == ["ok1", "ok2"]
+    assert os.listdir(tmp_path / "tmp") == []
+    writer.close()
+
+
+def test_a_segment_that_cannot_be_cut_nor_renamed_stays_locked_while_the_writer_lives(
+        tmp_path, monkeypatch, caplog):
+    # a file system gone read-only refuses the truncate and the rename too: recovery must not
+    # take the segment (it still holds the refused record) while the milter runs
+    writer = _refuse_one_after_ok(tmp_path, monkeypatch, "ftruncate", "rename")
     assert sorted(_handed_over(tmp_path)) == ["ok2"]  # the uncut one is still locked
     assert [n for n in os.listdir(tmp_path / "tmp") if n.endswith(".seg")], "the uncut segment is gone"
     assert any(r.levelname == "CRITICAL" and "cannot withdraw" in r.getMessage() for r in caplog.records)
     writer.close()
+
+
+CUT_FAILS = textwrap.dedent("""
+    import errno, os, sys
+    from mxhook import spool
+    def eio(*args):
+        raise OSError(errno.EIO, "injected")
+    writer = spool.SegmentWriter(sys.argv[1], seal_after=60)
+    writer.append(spool.Record("ok1", "inbound", {}, b"acknowledged before the fault"))
+    real_sync, real_truncate = os.fdatasync, os.ftruncate
+    spool.os.fdatasync, spool.os.ftruncate = eio, eio
+    try:
+        writer.append(spool.Record("refused", "inbound", {}, b"answered 451"))
+    except OSError:
+        print("451 refused", flush=True)
+    spool.os.fdatasync, spool.os.ftruncate = real_sync, real_truncate
+    writer.append(spool.Record("ok2", "inbound", {}, b"a new segment"))
+    print("250 ok2", flush=True)
+    os._exit(0)  # the milter stops: its locks go, recovery may take every segment
+""")
+
+
+def test_a_segment_that_cannot_be_cut_keeps_refused_records_out_after_a_restart(tmp_path):
+    spool.ensure_dirs(str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    res = subprocess.run([sys.executable, "-c", CUT_FAILS, str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert res.stdout.split() == ["451", "refused", "250", "ok2"], res.stdout + res.stderr
+    assert sorted(_handed_over(tmp_path)) == ["ok1", "ok2"], "a record answered 451 was handed over"
+    assert "renamed so that recovery keeps only those" in res.stderr, res.stderr
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 def test_concurrent_writers_with_random_sync_and_write_faults(tmp_path, monkeypatch):
@@ -288,3 +328,36 @@ def test_milter_under_fdatasync_eio_never_posts_what_it_answered_4xx(make_stack,
     posted = {r.json()["message"]["subject"] for r in stack.receiver.requests}
     assert posted >= accepted, f"accepted but not posted: {sorted(accepted - posted)}"
     assert not posted & refused, f"answered 4xx yet posted: {sorted(posted & refused)}"
+
+
+@pytest.mark.e2e
+def test_milter_restarted_after_a_failed_cut_never_posts_what_it_answered_4xx(make_stack, eio_shim, tmp_path):
+    # every fdatasync fails and so does the truncate that would withdraw the refused record:
+    # the segments keep records answered 451, and a restart of the milter lets go of them
+    flag = str(tmp_path / "eio.flag")
+    stack = _eio_stack(make_stack, eio_shim, flag)
+    time.sleep(1)  # the warm-up's segment is sealed
+    with open(flag, "w") as fh:
+        fh.write("fdatasync,ftruncate 1\n")
+    refused = set()
+    for n in range(10):
+        subject = f"cut fault {n}"
+        res = stack.send("eio@sender.example", ["eio@ours.example"], _message(subject))
+        assert not res.accepted and 400 <= (res.code or 0) < 500, res
+        refused.add(subject)
+    os.unlink(flag)
+    stack.milter.restart()  # its start-up recovery, and the spooler's, may take every segment now
+    stack.wait_milter_snapshot()
+    res = stack.send("eio@sender.example", ["eio@ours.example"], _message("after the restart"))
+    assert res.accepted, res
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "after the restart" in {r.json()["message"]["subject"] for r in stack.receiver.requests}:
+            break
+        time.sleep(0.3)
+    time.sleep(5)  # the spooler recovers dead segments every 2 s: give a wrong post time to come
+    posted = {r.json()["message"]["subject"] for r in stack.receiver.requests}
+    assert "after the restart" in posted
+    assert not posted & refused, f"answered 4xx yet posted after a restart: {sorted(posted & refused)}"
+    spool_tmp = os.path.join(stack.cfg.values["paths"]["spool_dir"], "tmp")
+    assert not [n for n in os.listdir(spool_tmp) if n.endswith(".seg")], os.listdir(spool_tmp)

@@ -122,3 +122,45 @@ def test_damaged_state_db_stops_the_spooler_and_keeps_the_mail(make_stack):
     assert _wait_posted(stack, first | later) >= later
     assert not os.path.exists(state_db + ".fault")
     assert json.loads(stack.cli("status", "--json").stdout)["state_db"]["fault"] is None
+
+
+def _overwrite_table_root(path: str, table: str) -> None:
+    """Overwrite the root page of `table` (one ingest never touches: only results write it)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (table,)).fetchone()[0]
+    finally:
+        conn.close()
+    with open(path, "r+b") as fh:
+        fh.seek((root - 1) * page_size)
+        fh.write(bytes((n * 37 + 11) % 256 for n in range(page_size)))
+
+
+def test_damage_found_while_recording_a_result_stops_the_spooler_too(make_stack):
+    # damage anywhere (here: the attempts table, met when a post's result is written) is
+    # treated as at ingest: CRITICAL, fault file, exit 3, and the post is not repeated
+    stack = make_stack(permit=["ours.example"])
+    stack.add_rule("dmg", "/hook", "--when", r"To~^dmg@ours\.example$")
+    stack.wait_milter_snapshot()
+    _send(stack, "before")
+    assert _wait_posted(stack, {"before"}) == {"before"}
+    time.sleep(1)  # its result is recorded
+    stack.spooler.stop()
+    state_db = stack.cfg.state_db
+    _overwrite_table_root(state_db, "attempts")
+    seen = len(stack.receiver.requests)
+    _start(stack.spooler)
+    _send(stack, "after")
+    status = _wait_exit(stack.spooler, timeout=20)
+    stderr = stack.spooler.stderr_text()
+    time.sleep(2)  # nothing may come after the exit either
+    ids = [r.headers.get("webhook-id") for r in stack.receiver.requests[seen:]]
+    assert status == 3, f"spooler still running or exited {status}; {len(ids)} post(s)\n{stderr[-2000:]}"
+    assert len(ids) <= 1, f"{len(ids)} posts ({len(set(ids))} webhook-ids) with state.db damaged"
+    assert "CRITICAL" in stderr and "damaged" in stderr, stderr[-2000:]
+    assert stderr.count("cannot record") <= 1, stderr[-2000:]
+    assert os.path.exists(state_db + ".fault")
+    assert json.loads(stack.cli("status", "--json").stdout)["state_db"]["fault"]
