@@ -608,6 +608,16 @@ def prepare_socket_dir(path: str, group: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    try:
+        return _run(argv)
+    finally:
+        # Called in-process (tests, a wrapper), the caller's threads and children get their
+        # signals back.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="mxhook-milter", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help=f"config file (default: $MXHOOK_CONFIG or {configmod.DEFAULT_PATH})")
     args = parser.parse_args(argv)

@@ -2,6 +2,8 @@
 none at all, so the milter refuses to start with one, in one line."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from mxhook import config
@@ -16,7 +18,10 @@ def test_milter_refuses_to_start_without_a_real_regex_bound(tmp_path, capsys, va
                   "spool_dir": str(tmp_path / "spool")},
         "milter": {"regex_timeout": value, "log": "stderr"},
     }))
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     assert miltermod.main(["--config", str(conf)]) == 2
+    # its children must not inherit SIGTERM blocked
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
     err = capsys.readouterr().err
     assert err.splitlines() == [f"mxhook-milter: [milter] regex_timeout must be a number of seconds "
                                 f"above 0, not {float(value)!r}"]
