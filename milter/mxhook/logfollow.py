@@ -464,9 +464,11 @@ class FileSource:
         return "rotated" if self._open(self.path, 0) else None
 
     def _read(self) -> bytes:
-        if self.fh is None:
+        if self.fh is None or self.incomplete:
             return b""
         try:
+            if self.rotated is not None:  # read1: what a damaged compressed file holds is kept
+                return self.fh.read1(self.READ_SIZE)
             return self.fh.read(self.READ_SIZE)
         except DECOMPRESS_ERRORS as exc:
             if self.rotated is None:
