@@ -505,6 +505,11 @@ class FileSource:
                 return Chunk(items, self.state(), eof=False)
             if what is None:
                 return Chunk(items, self.state(), eof=True)
+            if what == "rotated":
+                # the new file's position is saved before any of its events: a re-read after a
+                # crash finds it by this identity (and gives the same ids) even once it is
+                # compressed under another inode
+                return Chunk(items, self.state(), eof=False)
 
     def _take_lines(self, items: list, max_lines: int) -> None:
         buf = self.buf

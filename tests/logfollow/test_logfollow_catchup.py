@@ -13,7 +13,9 @@ import zlib
 
 import pytest
 
-from .test_logfollow import Env, block, finish, follow_until_stopped, message_lines
+from mxhook import config, logfollow
+
+from .test_logfollow import Env, block, compress, finish, follow_until_stopped, message_lines
 
 
 @pytest.fixture
@@ -139,3 +141,38 @@ def test_rotation_while_catching_up_reads_the_file_in_between(tmp_path):
         env.assert_exactly(range(435))
     finally:
         env.cleanup()
+
+
+def test_a_crash_in_a_later_rotated_file_repeats_its_lines_with_the_same_ids(env):
+    env.append(block(0, 5))
+    follow_until_stopped(env, 5)
+    now = time.time()
+    env.append(block(5, 5))
+    os.rename(env.log, env.log + ".2")  # A, holding the position
+    os.utime(env.log + ".2", (now - 20, now - 20))
+    env.append(block(10, 5))
+    os.rename(env.log, env.log + ".1")  # B, rotated after it: never positioned in before
+    os.utime(env.log + ".1", (now - 10, now - 10))
+    env.append(block(15, 5))
+    b_key = f"f:{os.stat(env.log + '.1').st_ino}:"
+    # The follower's own loop, up to a crash right after the first events of B are spooled and
+    # before the position after them is saved.
+    follower = logfollow.Follower(logfollow.Settings.from_config(config.load(env.config)),
+                                  follow=False)
+    try:
+        while True:
+            chunk = follower.source.read_chunk(4)
+            assert chunk.items or not chunk.eof, "never reached B"
+            crash = any(key.startswith(b_key) for key, _line, _hint in chunk.items)
+            if crash:
+                chunk.state = follower._last_saved  # its events are spooled, its position is not
+            follower.handle_chunk(chunk)
+            if crash:
+                break
+    finally:
+        follower.source.close()
+    compress(env.log + ".1")  # B is compressed (a new inode) before the follower runs again
+    r = env.once()
+    assert r.returncode == 0, r.stderr
+    env.ingest()
+    env.assert_exactly(range(20), allow_repeats=True)
