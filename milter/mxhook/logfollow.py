@@ -16,8 +16,9 @@ Sources (`[logfollow] source`):
   or by fingerprint (compressed: a new inode; or a copytruncate copy), finished from the saved
   offset, then the files rotated after it (oldest first, by modification time; looked for
   again after each file; each content once), then `path` from its start. A position in an
-  empty file has no fingerprint: matched by inode alone. copytruncate is noticed when the file is shorter than our position or its
-  first bytes changed; lines written between the copy and the truncate are in neither file.
+  empty file has no fingerprint: matched by inode alone. copytruncate is noticed when the
+  file is shorter than our position or its first bytes changed; lines written between the
+  copy and the truncate are in neither file.
 * `journald` — `journalctl --output=json --follow` (with `--after-cursor` when resuming),
   filtered by `journal_match` (default: the mail facility).
 
