@@ -292,8 +292,8 @@ class FileSource:
             return b""
 
     def _find_rotated(self, dev: int | None, ino: int | None, head_len: int,
-                      digest: str | None) -> tuple[str, int] | None:
-        """The rotated file holding what we were reading, and its index in `_candidates`: by
+                      digest: str | None) -> str | None:
+        """The rotated file holding what we were reading: by
         inode (renamed; its first `head_len` bytes must match too, as inodes are reused; a file
         that was empty has nothing to match), else by its first `head_len` bytes (compressed,
         or copied by copytruncate; never for an empty head, which every file starts with)."""
@@ -302,26 +302,22 @@ class FileSource:
         def head_matches(path: str) -> bool:
             return bool(digest) and head_len > 0 and _fingerprint(self._head_of(path, head_len)) == digest
 
-        for i, (path, st) in enumerate(candidates):
+        for path, st in candidates:
             if (st.st_ino, st.st_dev) == (ino, dev) and (not digest or head_len == 0 or head_matches(path)):
-                return path, i
+                return path
         # the newest copy first, an uncompressed one before a compressed one (which may be
         # still being written: gzip removes its input only when done)
-        newest_first = list(enumerate(candidates))[::-1]
         for compressed in (False, True):
-            for i, (path, _st) in newest_first:
+            for path, _st in reversed(candidates):
                 if _compressed(path) == compressed and head_matches(path):
-                    return path, i
+                    return path
         return None
 
     def _finish_rotated(self, dev, ino, head_len: int, digest: str | None, offset: int) -> bool:
         """Go on in the rotated file that holds what we read (from `offset`), then every file
         rotated after it, then `path` from its start. False when there is no such file."""
-        found = self._find_rotated(dev, ino, head_len, digest)
-        if found is None:
-            return False
-        path, _index = found
-        if not self._open(path, offset, rotated=True, identity=(dev, ino)):
+        path = self._find_rotated(dev, ino, head_len, digest)
+        if path is None or not self._open(path, offset, rotated=True, identity=(dev, ino)):
             return False
         self.queue = self._rotated_after(os.fstat(self.fh.fileno()), self.head)
         self.rotations += 1
