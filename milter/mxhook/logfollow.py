@@ -14,9 +14,11 @@ Sources (`[logfollow] source`):
   following): the rotated file holding our position is found beside `path` (`<name>.1`,
   `<name>-<date>`, `<name>.<date>-<time>`, maybe `.gz` / `.bz2` / `.xz`) by inode (renamed)
   or by fingerprint (compressed: a new inode; or a copytruncate copy), finished from the saved
-  offset, then the files rotated after it (oldest first, by modification time), then `path`
-  from its start. copytruncate is noticed when the file is shorter than our position or its
-  first bytes changed; lines written between the copy and the truncate are in neither file.
+  offset, then the files rotated after it (oldest first, by modification time; looked for
+  again after each file; each content once), then `path` from its start. A position in an
+  empty file has no fingerprint: matched by inode alone. copytruncate is noticed when the
+  file is shorter than our position or its first bytes changed; lines written between the
+  copy and the truncate are in neither file.
 * `journald` — `journalctl --output=json --follow` (with `--after-cursor` when resuming),
   filtered by `journal_match` (default: the mail facility).
 
@@ -195,6 +197,10 @@ def _fingerprint(head: bytes) -> str:
     return hashlib.sha256(head).hexdigest()
 
 
+def _compressed(path: str) -> bool:
+    return os.path.splitext(path)[1] in COMPRESSED
+
+
 def _open_log(path: str):
     """A log file for reading bytes, decompressing a rotated `.gz` / `.bz2` / `.xz`."""
     opener = COMPRESSED.get(os.path.splitext(path)[1])
@@ -214,7 +220,8 @@ class FileSource:
         self.buf = b""  # bytes read after offset, not yet a complete line
         self.head = b""  # the first FP_BYTES of what is read: found again after a copy or gzip
         self.rotated: str | None = None  # the rotated file being finished (None: `path` itself)
-        self.queue: list[str] = []  # rotated later than that one: read next, before `path`
+        self.queue: list[str] = []  # rotated later than that one (at the last look), then `path`
+        self.incomplete = False  # the rotated file being read is compressed and ends early
         self.rotations = 0
         self.truncations = 0
         self._open_initial(state, start_at)
@@ -249,12 +256,14 @@ class FileSource:
         self.fh, self.offset, self.buf, self.head = fh, offset, b"", head
         self.dev, self.ino = identity or (st.st_dev, st.st_ino)
         self.rotated = path if rotated else None
+        self.incomplete = False
         return True
 
     def _candidates(self) -> list[tuple[str, os.stat_result]]:
         """Rotated copies of `path` in its directory, oldest first (by modification time):
         `<name>.1`, `<name>-20261203`, `<name>.20261203-093000` (postfix logrotate), each maybe
-        `.gz`, `.bz2` or `.xz`."""
+        `.gz`, `.bz2` or `.xz`. A compressed file whose input is still there is left out: the
+        compressor is writing it (gzip, bzip2 and xz remove their input only when done)."""
         directory = os.path.dirname(os.path.abspath(self.path)) or "."
         pattern = re.compile(re.escape(os.path.basename(self.path)) + r"[.-]\d[\w.-]*")
         try:
@@ -270,6 +279,9 @@ class FileSource:
                 found.append((candidate, os.stat(candidate)))
             except OSError:
                 continue
+        names = {path for path, _st in found}
+        found = [(path, st) for path, st in found
+                 if not (_compressed(path) and os.path.splitext(path)[0] in names)]
         return sorted(found, key=lambda c: (c[1].st_mtime_ns, c[0]))
 
     def _head_of(self, path: str, length: int) -> bytes:
@@ -280,39 +292,59 @@ class FileSource:
             return b""
 
     def _find_rotated(self, dev: int | None, ino: int | None, head_len: int,
-                      digest: str | None) -> tuple[str, int] | None:
-        """The rotated file holding what we were reading, and its index in `_candidates`: by
-        inode (renamed; its head must match too when known: inodes are reused), else by its
-        first `head_len` bytes (compressed, or copied by copytruncate)."""
+                      digest: str | None) -> str | None:
+        """The rotated file holding what we were reading: by
+        inode (renamed; its first `head_len` bytes must match too, as inodes are reused; a file
+        that was empty has nothing to match), else by its first `head_len` bytes (compressed,
+        or copied by copytruncate; never for an empty head, which every file starts with)."""
         candidates = self._candidates()
 
         def head_matches(path: str) -> bool:
             return bool(digest) and head_len > 0 and _fingerprint(self._head_of(path, head_len)) == digest
 
-        for i, (path, st) in enumerate(candidates):
-            if (st.st_ino, st.st_dev) == (ino, dev) and (not digest or head_matches(path)):
-                return path, i
+        for path, st in candidates:
+            if (st.st_ino, st.st_dev) == (ino, dev) and (not digest or head_len == 0 or head_matches(path)):
+                return path
         # the newest copy first, an uncompressed one before a compressed one (which may be
         # still being written: gzip removes its input only when done)
-        newest_first = list(enumerate(candidates))[::-1]
         for compressed in (False, True):
-            for i, (path, _st) in newest_first:
-                if (os.path.splitext(path)[1] in COMPRESSED) == compressed and head_matches(path):
-                    return path, i
+            for path, _st in reversed(candidates):
+                if _compressed(path) == compressed and head_matches(path):
+                    return path
         return None
 
     def _finish_rotated(self, dev, ino, head_len: int, digest: str | None, offset: int) -> bool:
         """Go on in the rotated file that holds what we read (from `offset`), then every file
         rotated after it, then `path` from its start. False when there is no such file."""
-        found = self._find_rotated(dev, ino, head_len, digest)
-        if found is None:
+        path = self._find_rotated(dev, ino, head_len, digest)
+        if path is None or not self._open(path, offset, rotated=True, identity=(dev, ino)):
             return False
-        path, index = found
-        if not self._open(path, offset, rotated=True, identity=(dev, ino)):
-            return False
-        self.queue = [p for p, _ in self._candidates()[index + 1:]]
+        self.queue = self._rotated_after(os.fstat(self.fh.fileno()), self.head)
         self.rotations += 1
         return True
+
+    def _rotated_after(self, st: os.stat_result, head: bytes) -> list[str]:
+        """The rotated files newer than the one `st` (read; `head` its first bytes), oldest first,
+        each content once: a file that starts as that one or as an earlier one of the list is
+        a copy of it (compressed, or copied by copytruncate) and left out."""
+        candidates = self._candidates()
+        index = next((i for i, (_p, c) in enumerate(candidates)
+                      if (c.st_dev, c.st_ino) == (st.st_dev, st.st_ino)), None)
+        if index is None:  # it was compressed or removed since: go by its modification time
+            later = [c for c in candidates if c[1].st_mtime_ns >= st.st_mtime_ns]
+        else:
+            later = candidates[index + 1:]
+        seen = {_fingerprint(head)} if head else set()
+        paths = []
+        for path, _c in later:
+            first = self._head_of(path, FP_BYTES)
+            if first:
+                digest = _fingerprint(first)
+                if digest in seen:
+                    continue
+                seen.add(digest)
+            paths.append(path)
+        return paths
 
     def _open_initial(self, state: dict | None, start_at: str) -> None:
         if state and state.get("source") == "file" and state.get("path") == self.path:
@@ -360,6 +392,8 @@ class FileSource:
     def _next_after_rotated(self) -> str | None:
         """At the end of a rotated file: on to the next rotated one, or to `path`."""
         log.info("finished rotated file %s at offset %d", self.rotated, self.offset)
+        # `path` may have been rotated again meanwhile: look again
+        self.queue = self._rotated_after(os.fstat(self.fh.fileno()), self.head)
         while self.queue:
             path = self.queue.pop(0)
             if self._open(path, 0, rotated=True):
@@ -399,6 +433,10 @@ class FileSource:
         if self.fh is None:
             return "rotated" if self._open(self.path, 0) else None
         if self.rotated is not None:  # a rotated file does not grow
+            if self.buf and self.incomplete:
+                log.warning("rotated file %s ends early: dropping its unterminated last line at "
+                            "offset %d", self.rotated, self.offset)
+                self.buf = b""
             if self.buf:
                 return "partial"
             return self._next_after_rotated()
@@ -424,15 +462,18 @@ class FileSource:
         return "rotated" if self._open(self.path, 0) else None
 
     def _read(self) -> bytes:
-        if self.fh is None:
+        if self.fh is None or self.incomplete:
             return b""
         try:
+            if self.rotated is not None:  # read1: what a damaged compressed file holds is kept
+                return self.fh.read1(self.READ_SIZE)
             return self.fh.read(self.READ_SIZE)
         except DECOMPRESS_ERRORS as exc:
             if self.rotated is None:
                 raise
             log.error("rotated file %s cannot be read past offset %d (%s): going on with the next",
                       self.rotated, self.offset + len(self.buf), exc)
+            self.incomplete = True
             return b""
 
     def read_chunk(self, max_lines: int) -> Chunk:
@@ -462,6 +503,11 @@ class FileSource:
                 return Chunk(items, self.state(), eof=False)
             if what is None:
                 return Chunk(items, self.state(), eof=True)
+            if what == "rotated":
+                # the new file's position is saved before any of its events: a re-read after a
+                # crash finds it by this identity (and gives the same ids) even once it is
+                # compressed under another inode
+                return Chunk(items, self.state(), eof=False)
 
     def _take_lines(self, items: list, max_lines: int) -> None:
         buf = self.buf

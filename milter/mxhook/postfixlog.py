@@ -389,8 +389,9 @@ class Correlator:
     skipped when `ignore_null_sender` is on: they were not submitted by an application.
 
     `feed(parsed, key)` returns the events of one line; `key` identifies the line's position
-    in its source (e.g. 'f:<dev>:<inode>:<offset>' or a journal cursor) and, with the line's
-    text, makes the event ids deterministic.
+    in its source ('f:<inode>:<offset>' for a log file: the inode the line was first read
+    under, and its byte offset; 'j:<cursor>' for the journal) and, with the line's text, makes
+    the event ids deterministic.
     """
 
     def __init__(self, max_messages: int = 100_000, *, ignore_null_sender: bool = True):
