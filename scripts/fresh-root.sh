@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fresh-root.sh: run a command in a throw-away Debian root, as on a freshly installed machine.
 #
-#   scripts/fresh-root.sh [--dist bookworm|trixie] [--keep] [--copy FILE]... -- COMMAND...
+#   scripts/fresh-root.sh [--dist bookworm|trixie] [--keep] [--copy FILE]...
+#                         [--postfix 'Local only'|'Internet Site'|...] -- COMMAND...
 #
 # 1. mmdebstrap builds a minimal Debian root (variant minbase plus make and ca-certificates)
 #    under /var/tmp from Debian's archive, with what this host needs to reach it and PyPI: its
@@ -9,6 +10,8 @@
 #    local CA certificates (/usr/local/share/ca-certificates) and resolv.conf/hosts;
 # 2. copies a clean tree into /root/mxhook: `git archive HEAD` (committed files only: no
 #    .venv, no build leftovers, no uncommitted edits), and each --copy FILE into /root/in/;
+#    With --postfix TYPE, Postfix is installed there first with that debconf main_mailer_type
+#    (a configured system Postfix, main.cf and all; without it, the root has no Postfix);
 # 3. runs `cd /root/mxhook && COMMAND` as root in the root, chrooted, in its own mount and PID
 #    namespaces (unshare) with /proc, /sys, a small /dev (null, zero, full, random, urandom,
 #    tty, a private devpts, /dev/shm) and tmpfs /run mounted. Everything mounted or started
@@ -26,11 +29,13 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 DIST=bookworm
 KEEP=0
 COPIES=()
+POSTFIX_TYPE=""
 while [ $# -gt 0 ]; do
     case $1 in
         --dist) DIST=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --copy) COPIES+=("$2"); shift 2 ;;
+        --postfix) POSTFIX_TYPE=$2; shift 2 ;;
         --) shift; break ;;
         *) echo "fresh-root: unknown option $1 (see the head of $0)" >&2; exit 2 ;;
     esac
@@ -97,6 +102,13 @@ chmod 0755 "$TARGET/usr/sbin/policy-rc.d"
 mkdir -p "$TARGET/root/mxhook" "$TARGET/root/in"
 git -C "$SRC" archive --format=tar HEAD | tar -x -C "$TARGET/root/mxhook"
 for f in "${COPIES[@]}"; do cp "$f" "$TARGET/root/in/"; done
+if [ -n "$POSTFIX_TYPE" ]; then
+    echo "postfix postfix/main_mailer_type select $POSTFIX_TYPE" | chroot "$TARGET" debconf-set-selections
+    chroot "$TARGET" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+        sh -c 'apt-get update -q && apt-get install -y -q --no-install-recommends postfix' \
+        >"$ROOT/postfix.log" 2>&1 || { tail -n 30 "$ROOT/postfix.log" >&2; echo "fresh-root: installing postfix failed" >&2; exit 1; }
+    echo "fresh-root: system Postfix installed in the root ($POSTFIX_TYPE; main.cf: $(test -e "$TARGET/etc/postfix/main.cf" && echo yes || echo no))"
+fi
 echo "fresh-root: root built in $((SECONDS - START)) s (HEAD $(git -C "$SRC" rev-parse --short HEAD))"
 
 # Inside new mount and PID namespaces: mount, chroot, run. Mounts are private to the namespace
