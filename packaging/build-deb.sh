@@ -18,7 +18,8 @@ export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$SRC/dist}
-BUILD_DEPS=(dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject
+# build-essential: dpkg-checkbuilddeps requires it for every build, also of an _all package.
+BUILD_DEPS=(build-essential dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject
             bash-completion python3-click lintian)
 
 die() { echo "build-deb: $*" >&2; exit 1; }
