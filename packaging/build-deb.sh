@@ -60,10 +60,11 @@ if ! (cd "$TMP/src" && dpkg-checkbuilddeps && env -i PATH="$PATH" HOME=/root LC_
 fi
 deb=$(cd "$TMP" && ls mxhook_*_all.deb)
 
-# Lintian as an unprivileged user, as it recommends.
+# Lintian as an unprivileged user, as it recommends; from $TMP, since nobody cannot enter the
+# caller's directory when the checkout is in /root.
 chmod 0755 "$TMP"
-if ! runuser -u nobody -- env HOME=/tmp TMPDIR=/tmp lintian -I --fail-on error,warning \
-        "$TMP/$deb" >"$OUT/lintian.log" 2>&1; then
+if ! (cd "$TMP" && runuser -u nobody -- env HOME=/tmp TMPDIR=/tmp lintian -I --fail-on error,warning \
+        "$TMP/$deb") >"$OUT/lintian.log" 2>&1; then
     cat "$OUT/lintian.log" >&2
     die "lintian reports errors or warnings (log: $OUT/lintian.log)"
 fi
