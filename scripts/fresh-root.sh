@@ -15,7 +15,8 @@
 # 3. runs `cd /root/mxhook && COMMAND` as root in the root, chrooted, in its own mount and PID
 #    namespaces (unshare) with /proc, /sys, a small /dev (null, zero, full, random, urandom,
 #    tty, a private devpts, /dev/shm) and tmpfs /run mounted. Everything mounted or started
-#    there ends with the namespaces, on any exit, so nothing is left mounted or running.
+#    there ends with the namespaces, on any exit (also on SIGINT/SIGTERM to this script), so
+#    nothing is left mounted or running.
 #    A policy-rc.d in the root keeps package scripts from starting services (the root shares
 #    this host's network: a system Postfix started there would take this host's port 25).
 # 4. deletes the root (--keep: leaves it and prints where).
@@ -141,9 +142,21 @@ exec chroot "$T" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
 '
 START=$SECONDS
 echo "fresh-root: running in the $DIST root: $*"
+# In the background, so that a signal to this script is handled at once (bash runs traps only
+# after a foreground command ends). SIGKILL to unshare: --kill-child then kills the namespace's
+# init, and the kernel everything else in it (its init ignores SIGTERM, like any PID 1).
+stop_namespace() {
+    kill -KILL "$NS_PID" 2>/dev/null
+    wait "$NS_PID" 2>/dev/null
+    exit "$1"
+}
 set +e
 unshare --mount --propagation private --pid --fork --kill-child -- \
-    /bin/bash -c "$INNER" inner "$TARGET" "$@" </dev/null
+    /bin/bash -c "$INNER" inner "$TARGET" "$@" </dev/null &
+NS_PID=$!
+trap 'stop_namespace 130' INT
+trap 'stop_namespace 143' TERM
+wait "$NS_PID"
 RC=$?
 set -e
 echo "fresh-root: '$*' exited $RC after $((SECONDS - START)) s"
