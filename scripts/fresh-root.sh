@@ -6,8 +6,8 @@
 #
 # 1. mmdebstrap builds a minimal Debian root (variant minbase plus make and ca-certificates)
 #    under /var/tmp from Debian's archive, with what this host needs to reach it and PyPI: its
-#    apt mirror, the apt.conf.d files that set Acquire:: options (proxy, date checks), its
-#    local CA certificates (/usr/local/share/ca-certificates) and resolv.conf/hosts;
+#    apt mirror, its own apt.conf.d files (no package's) that set Acquire:: options (proxy,
+#    date checks), its local CA certificates (/usr/local/share/ca-certificates) and resolv.conf/hosts;
 # 2. copies a clean tree into /root/mxhook: `git archive HEAD` (committed files only: no
 #    .venv, no build leftovers, no uncommitted edits), and each --copy FILE into /root/in/;
 #    With --postfix TYPE, Postfix is installed there first with that debconf main_mailer_type
@@ -77,10 +77,13 @@ MIRROR=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p
     /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n 1)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY=${MIRROR%/debian}/debian-security
-# apt settings of this host that concern reaching the archive (proxy, Check-Valid-Until, ...).
+# apt settings of this host that concern reaching the archive (proxy, Check-Valid-Until, ...):
+# the admin's own files only (a package's conffile copied in would make that package's
+# installation stop at a conffile prompt).
 APT_CONF=()
 for f in /etc/apt/apt.conf.d/*; do
-    [ -f "$f" ] && grep -q '^[[:space:]]*Acquire' "$f" && APT_CONF+=("$f")
+    [ -f "$f" ] && grep -q '^[[:space:]]*Acquire' "$f" || continue
+    dpkg -S "$f" >/dev/null 2>&1 || APT_CONF+=("$f")
 done
 HOOKS=()
 for f in "${APT_CONF[@]}"; do
