@@ -199,7 +199,8 @@ ok "apt-get install ./$(basename "$DEB")"
 # What the package ships: console scripts and units (mxhook-logfollow joins them once setup.cfg
 # has its console script).
 mapfile -t SCRIPTS < <(dpkg -L "$PKG" | grep -E '^/usr/bin/mxhook[^/]*$' | xargs -n1 basename | sort)
-mapfile -t UNITS < <(dpkg -L "$PKG" | grep -E "^$UNITDIR/mxhook-[^/]*\.service\$" | xargs -n1 basename \
+# Debian 13's debhelper installs units under /usr/lib (the same directory where /lib is /usr/lib).
+mapfile -t UNITS < <(dpkg -L "$PKG" | grep -E "^(/usr)?$UNITDIR/mxhook-[^/]*\.service\$" | xargs -n1 basename \
     | sed 's/\.service$//' | sort)
 check "console scripts mxhook, mxhook-milter, mxhook-spooler installed (${SCRIPTS[*]})" \
     sh -c 'for b in mxhook mxhook-milter mxhook-spooler; do echo " $* " | grep -q " $b " || exit 1; done' _ "${SCRIPTS[@]}"
