@@ -7,7 +7,14 @@ APT_PACKAGES := postfix python3-milter python3-requests python3-jinja2 sqlite-ut
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
-.PHONY: setup demo test test-unit test-e2e test-fault test-fuzz fuzz-long test-python deb package-test bench clean
+# fresh-test / package-test-root: throw-away Debian roots (scripts/fresh-root.sh); KEEP=1 keeps
+# the root, FRESH_POSTFIX='Local only' installs a configured system Postfix in it first.
+DIST ?= bookworm
+FRESH_ROOT := bash scripts/fresh-root.sh $(if $(KEEP),--keep) \
+	$(if $(FRESH_POSTFIX),--postfix '$(FRESH_POSTFIX)')
+
+.PHONY: setup demo test test-unit test-e2e test-fault test-fuzz fuzz-long test-python deb package-test \
+	fresh-test package-test-root package-test-trixie bench clean
 
 setup: $(STAMP_PIP)
 
@@ -52,6 +59,24 @@ deb:
 
 package-test:
 	bash scripts/package-test.sh
+
+# The README's two commands on a fresh Debian (DIST=bookworm or trixie) made with mmdebstrap, on
+# a clean copy of HEAD (committed files only). Too slow for .ci/run.
+fresh-test:
+	$(FRESH_ROOT) --dist $(DIST) -- bash -c 'for t in demo test; do s=$$SECONDS; make $$t || exit; \
+		echo "fresh-test: make $$t passed in $$((SECONDS - s)) s"; done'
+
+# The .deb built here (packaging/build-deb.sh), installed and tested by scripts/package-test.sh
+# in a fresh Debian root (DIST; package-test-trixie: Debian 13).
+package-test-root:
+	@set -euo pipefail; out=$$(mktemp -d /tmp/mxhook-deb.XXXXXX); trap 'rm -rf "$$out"' EXIT; \
+	s=$$SECONDS; deb=$$(packaging/build-deb.sh "$$out" | tail -n 1); \
+	echo "package-test-root: built $$(basename "$$deb") in $$((SECONDS - s)) s"; \
+	$(FRESH_ROOT) --dist $(DIST) --copy "$$deb" -- \
+		env MXHOOK_PACKAGE_TEST_DEB="/root/in/$$(basename "$$deb")" bash scripts/package-test.sh
+
+package-test-trixie:
+	$(MAKE) package-test-root DIST=trixie
 
 test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/milter

@@ -17,7 +17,8 @@ runs the instance's smtpd unchrooted (chroot n in its master.cf) — a chrooted 
 need the socket under its own queue directory, and `mxhook check` says so. The system Postfix
 is only read (postconf -h), never changed or started.
 
-Steps: postfix-config prints the commands; --apply --yes --reload writes them (backup kept)
+Steps: `check` and `postfix-config` on the system Postfix (configured or not) report only
+that it is not wired or not configured; postfix-config prints the commands; --apply --yes --reload writes them (backup kept)
 and reloads the private instance; `mxhook check --postfix-dir` passes; a rule pointing at a
 loopback receiver is added; a message sent over SMTP is accepted and its webhook arrives,
 and the inbound log says succeeded. Prints one `ok ...` line per step; exits non-zero with the
@@ -73,6 +74,35 @@ def postconf(etc: str, name: str) -> str:
                           check=True).stdout.strip()
 
 
+def check_system_postfix() -> None:
+    """The system instance is only read. It is not wired to mxhook; on a fresh machine (Postfix
+    installed with "No configuration") it has no main.cf at all. `check` says which, and only
+    that, in its --json `code`; `postfix-config` without --apply agrees."""
+    system_etc = subprocess.run([POSTCONF, "-d", "-h", "config_directory"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    main_cf = os.path.join(system_etc, "main.cf")
+    configured = os.path.exists(main_cf)
+    expected = "postfix_not_wired" if configured else "postfix_not_configured"
+    proc = mxhook("check", "--json", status=1)
+    bad = [r for r in json.loads(proc.stdout) if not r["ok"]]
+    if not bad or any(r["check"] != "postfix" or r.get("code") != expected for r in bad):
+        raise Failed(f"mxhook check (system Postfix, {'not wired' if configured else 'no main.cf'}) "
+                     f"should report only Postfix problems with code {expected}:\n{proc.stdout}")
+    if not configured and (len(bad) != 1 or "dpkg-reconfigure postfix" not in bad[0]["message"]):
+        raise Failed(f"mxhook check without {main_cf} should say to run dpkg-reconfigure postfix, "
+                     f"once:\n{proc.stdout}")
+    ok(f"mxhook check on the system Postfix ({main_cf} {'exists' if configured else 'missing'}): "
+       f"exit 1, {len(bad)} problem(s), all {expected}")
+    if configured:
+        mxhook("postfix-config")
+        ok("mxhook postfix-config on the configured system Postfix prints its commands")
+    else:
+        proc = mxhook("postfix-config", status=1)
+        if proc.stderr.strip() != f"Error: {bad[0]['message']}":
+            raise Failed(f"postfix-config without {main_cf} should say what check says: {proc.stderr}")
+        ok("mxhook postfix-config without main.cf: exit 1, the same message as check")
+
+
 def run() -> None:
     root = os.path.join(WORK, "postfix")
     with Receiver() as rx, PrivatePostfix(relay_domains=[DOMAIN], milters="", base_dir=root) as pf:
@@ -91,14 +121,7 @@ def run() -> None:
         ok(f"mxhook postfix-config prints the commands ({ours}: the private queue directory "
            "is elsewhere) and changes nothing")
 
-        # The system instance is only read: it is not wired, and check says so precisely.
-        proc = mxhook("check", status=1)
-        bad = [l for l in proc.stdout.splitlines() if l.startswith("PROBLEM")]
-        if not bad or any(not l.startswith("PROBLEM postfix: /etc/postfix: ") for l in bad):
-            raise Failed(f"mxhook check (system Postfix, not wired) should report only Postfix "
-                         f"problems:\n{proc.stdout}")
-        ok(f"mxhook check on the unwired system Postfix: exit 1, {len(bad)} problem(s), all "
-           "about /etc/postfix")
+        check_system_postfix()
 
         proc = mxhook("postfix-config", "--postfix-dir", etc, "--apply", "--yes", "--reload")
         backups = [f for f in os.listdir(etc) if f.startswith("main.cf.mxhook-")]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# package-test.sh: the Debian package, proven on this machine (Debian 12, root).
+# package-test.sh: the Debian package, proven on this machine (Debian 12 or 13, root).
 #
 #   1-3. packaging/build-deb.sh: install the build dependencies and lintian (apt-get, no
 #      prompts), build the .deb from a clean copy of the tree (tracked and
@@ -16,7 +16,9 @@
 #      postfix cannot; run the CLI as root and check the daemons can read what it wrote;
 #   6. end to end through a private Postfix (scripts/package-e2e.py): its main.cf wired by the
 #      packaged `mxhook postfix-config --apply`, `mxhook check` passing, a rule added with the
-#      packaged CLI, a message sent over SMTP and its webhook received on loopback; then the
+#      packaged CLI, a message sent over SMTP and its webhook received on loopback; `check`
+#      and `postfix-config` on the system Postfix (only read) say it is not wired, or not
+#      configured at all when it has no main.cf (a fresh machine); then the
 #      optional MXHOOK_PACKAGE_TEST_HOOK (see run_hook);
 #   7. apt-get remove keeps data and config; reinstalling respects an admin's
 #      dpkg-statoverride; apt-get purge leaves nothing (user, group, directories, /etc/mxhook,
@@ -27,6 +29,9 @@
 # undone by the EXIT trap, also on failure.
 #
 # Environment:
+#   MXHOOK_PACKAGE_TEST_DEB=X    test the package X instead of building one (steps 1-3 skipped;
+#                                `make package-test-trixie` builds it on this host, tests it in
+#                                a Debian 13 root)
 #   MXHOOK_PACKAGE_TEST_KEEP=1   keep the work directory (build tree, .deb, logs)
 #   MXHOOK_PACKAGE_TEST_HOOK=X   run executable X at step 6 (see run_hook)
 set -euo pipefail
@@ -157,6 +162,14 @@ apt_install() { # PACKAGE...: install those that are missing (others are left as
 }
 
 # --------------------------------------------------------------------------------------------
+if [ -n "${MXHOOK_PACKAGE_TEST_DEB:-}" ]; then
+    say "the given package"
+    [ -f "$MXHOOK_PACKAGE_TEST_DEB" ] || fail "MXHOOK_PACKAGE_TEST_DEB=$MXHOOK_PACKAGE_TEST_DEB: no such file"
+    cp "$MXHOOK_PACKAGE_TEST_DEB" "$WORK/"
+    DEB=$WORK/$(basename "$MXHOOK_PACKAGE_TEST_DEB")
+    check "$(basename "$DEB") is a Debian package of $PKG" \
+        test "$(dpkg-deb -f "$DEB" Package)" = "$PKG"
+else
 say "build from a clean copy of the tree, lintian"
 # packaging/build-deb.sh installs the build dependencies, builds from a clean copy (tracked and
 # untracked-but-not-ignored files: no .venv, no build leftovers) and fails on any lintian E:/W:.
@@ -168,6 +181,7 @@ DEB=$(tail -n 1 "$WORK/build-deb.out")
 ok "built $(basename "$DEB") with dpkg-buildpackage -us -uc -b"
 sed 's/^/     /' "$WORK/lintian.log"
 ok "lintian: no errors, no warnings$([ -s "$WORK/lintian.log" ] || echo ', no info tags')"
+fi
 
 # --------------------------------------------------------------------------------------------
 say "install"
@@ -185,7 +199,8 @@ ok "apt-get install ./$(basename "$DEB")"
 # What the package ships: console scripts and units (mxhook-logfollow joins them once setup.cfg
 # has its console script).
 mapfile -t SCRIPTS < <(dpkg -L "$PKG" | grep -E '^/usr/bin/mxhook[^/]*$' | xargs -n1 basename | sort)
-mapfile -t UNITS < <(dpkg -L "$PKG" | grep -E "^$UNITDIR/mxhook-[^/]*\.service\$" | xargs -n1 basename \
+# Debian 13's debhelper installs units under /usr/lib (the same directory where /lib is /usr/lib).
+mapfile -t UNITS < <(dpkg -L "$PKG" | grep -E "^(/usr)?$UNITDIR/mxhook-[^/]*\.service\$" | xargs -n1 basename \
     | sed 's/\.service$//' | sort)
 check "console scripts mxhook, mxhook-milter, mxhook-spooler installed (${SCRIPTS[*]})" \
     sh -c 'for b in mxhook mxhook-milter mxhook-spooler; do echo " $* " | grep -q " $b " || exit 1; done' _ "${SCRIPTS[@]}"

@@ -60,7 +60,20 @@ class InputError(click.UsageError):
 
 
 class PostfixError(Exception):
-    """postconf/postfix missing or failing; the message says which command and why."""
+    """postconf/postfix missing or failing; the message says which command and why, `code`
+    (as in `mxhook check --json`) what kind of failure it is."""
+
+    code = "postfix_unreadable"
+
+
+class PostfixNotReady(PostfixError):
+    """No Postfix to work with: not installed (`postfix_not_installed`), or installed without a
+    main.cf, as Debian leaves it after "No configuration" (`postfix_not_configured`). The
+    message says what to do; both commands show it as it is."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,13 +171,42 @@ class Postfix:
         try:
             proc = run_command(argv)
         except FileNotFoundError:
-            raise PostfixError(f"{argv[0]} not found: is Postfix installed? (apt install postfix)") from None
+            raise PostfixNotReady(
+                "postfix_not_installed",
+                f"Postfix is not installed ({argv[0]} not found): install it (`apt install "
+                "postfix`, choosing \"Internet Site\"), then run `mxhook postfix-config`") from None
         except subprocess.TimeoutExpired:
             raise PostfixError(f"{shlex.join(argv)} did not finish") from None
         if proc.returncode != 0:
+            self._raise_if_unconfigured()
             why = " ".join((proc.stderr or proc.stdout or "").split()) or f"exit status {proc.returncode}"
             raise PostfixError(f"{shlex.join(self.shown(argv))} failed: {why}")
         return proc.stdout or ""
+
+    def _raise_if_unconfigured(self) -> None:
+        """After a failed command: PostfixNotReady when the instance has no main.cf (postconf
+        then fails on every parameter, and its own message does not say what to do)."""
+        config_dir = self.config_dir
+        if config_dir is None:
+            try:  # the compiled-in default (or $MAIL_CONFIG): -d reads no main.cf
+                proc = run_command([POSTCONF, "-d", "-h", "config_directory"])
+            except (OSError, subprocess.SubprocessError):
+                return
+            config_dir = (proc.stdout or "").strip() if proc.returncode == 0 else ""
+            if not config_dir:
+                return
+        main_cf = os.path.join(config_dir, "main.cf")
+        if os.path.lexists(main_cf) or not os.path.isdir(config_dir):
+            return
+        if self.config_dir is None:
+            raise PostfixNotReady(
+                "postfix_not_configured",
+                f"Postfix is installed but not configured (no {main_cf}): run `dpkg-reconfigure "
+                "postfix` first (\"Internet Site\"), then `mxhook postfix-config`")
+        raise PostfixNotReady(
+            "postfix_not_configured",
+            f"{config_dir} has no main.cf: --postfix-dir must name the configuration directory "
+            "of a configured Postfix instance")
 
     @staticmethod
     def shown(argv: list[str]) -> list[str]:
@@ -222,8 +264,20 @@ def _shown_value(value: str) -> str:
     return value if value != "" else "(empty)"
 
 
-def _result(check: str, ok: bool, message: str) -> dict:
-    return {"check": check, "ok": ok, "message": message}
+def _result(check: str, ok: bool, message: str, code: str | None = None) -> dict:
+    """One line of `check`; `code` names the kind of problem where a script may need to tell
+    them apart (see docs/cli.md), and is left out otherwise."""
+    result = {"check": check, "ok": ok, "message": message}
+    if code is not None:
+        result["code"] = code
+    return result
+
+
+def postfix_unreadable(exc: PostfixError) -> str:
+    """What both commands say when Postfix's configuration cannot be read."""
+    if isinstance(exc, PostfixNotReady):
+        return str(exc)
+    return f"cannot read Postfix's configuration: {exc}"
 
 
 def _socket_path(spec: str) -> str | None:
@@ -290,7 +344,7 @@ def check_postfix_wiring(postfix: Postfix, values: dict[str, str], socket_spec: 
         )
     where = postfix.config_dir or values.get("config_directory") or "/etc/postfix"
     if problems:
-        return [_result("postfix", False, f"{where}: {p}") for p in problems]
+        return [_result("postfix", False, f"{where}: {p}", "postfix_not_wired") for p in problems]
     return [_result("postfix", True, f"{where}: " + "; ".join(notes))]
 
 
@@ -335,7 +389,7 @@ def postfix_config(ctx, postfix_dir, apply_, yes, reload_, as_json):
     try:
         current = postfix.values([*pc.parameters(), *EXTRA_PARAMETERS])
     except PostfixError as exc:
-        raise InputError(f"cannot read Postfix's configuration: {exc}") from None
+        raise click.ClickException(postfix_unreadable(exc)) from None
     config_dir = postfix_dir or current.get("config_directory") or "/etc/postfix"
     main_cf = os.path.join(config_dir, "main.cf")
     queue_dir = current["queue_directory"]
@@ -761,13 +815,13 @@ def run_checks(ctx: click.Context, postfix_dir: str | None) -> list[dict]:
         values = postfix.values([*pc.parameters(), *EXTRA_PARAMETERS])
     except PostfixError as exc:
         results += check_socket(socket_spec, "postfix")
-        results.append(_result("postfix", False, f"cannot read Postfix's configuration: {exc}"))
+        results.append(_result("postfix", False, postfix_unreadable(exc), exc.code))
         return results
     results += check_socket(socket_spec, values.get("mail_owner") or "postfix")
     try:
         results += check_postfix_wiring(postfix, values, socket_spec)
     except PostfixError as exc:
-        results.append(_result("postfix", False, f"cannot read Postfix's master.cf: {exc}"))
+        results.append(_result("postfix", False, f"cannot read Postfix's master.cf: {exc}", exc.code))
     return results
 
 
@@ -776,7 +830,7 @@ def run_checks(ctx: click.Context, postfix_dir: str | None) -> list[dict]:
 @click.option("--postfix-dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Postfix configuration directory (postconf -c DIR; default: Postfix's own).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Output JSON: a list of {check, ok, message}.")
+              help="Output JSON: a list of {check, ok, message}, and `code` on some problems.")
 @click.pass_context
 def check(ctx, postfix_dir, as_json):
     """Check that this mxhook installation can work: the config file (every setting the

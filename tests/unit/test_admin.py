@@ -29,6 +29,7 @@ from mxhook import spool
 from mxhook.state import StateStore
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
+REAL_RUN_COMMAND = admin.run_command
 OURS = "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
 
 
@@ -97,6 +98,10 @@ class FakePostfix:
             if word == prog or word in args:
                 return done(rc=rc, err=err)
         if prog == "postconf":
+            if args[:2] == ["-d", "-h"]:  # compiled-in defaults: no main.cf needed
+                return done({"config_directory": str(self.dir)}.get(args[2], "") + "\n")
+            if not (self.dir / "main.cf").exists():  # as the real postconf: every lookup fails
+                return done(rc=1, err=f"postconf: fatal: open {self.dir}/main.cf: No such file or directory\n")
             if args[0] == "-h":
                 return done(self.main.get(args[1], "") + "\n")
             if args[0] == "-e":
@@ -246,10 +251,10 @@ def test_nothing_to_change_is_said_and_exits_0(tmp_path, monkeypatch):
     assert e.postfix.edits() == [] and not list(e.postfix.dir.glob("main.cf.mxhook-*"))
 
 
-def test_unreadable_postfix_configuration_is_one_line_and_status_2(env):
+def test_unreadable_postfix_configuration_is_one_line_and_status_1(env):
     env.postfix.fail["-h"] = (1, "postconf: fatal: open /nowhere/main.cf: No such file or directory")
     res = env.pc()
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert res.stderr.strip().splitlines() == [
         f"Error: cannot read Postfix's configuration: postconf -c {env.postfix.dir} -h queue_directory "
         "failed: postconf: fatal: open /nowhere/main.cf: No such file or directory"]
@@ -443,6 +448,7 @@ def test_check_smtpd_milters_lacking_ours(env):
     assert problems(results) == [
         f"{env.postfix.dir}: Postfix's smtpd_milters does not name mxhook's socket "
         "unix:mxhook/milter.sock: run `mxhook postfix-config --apply`, then `postfix reload`"]
+    assert [r.get("code") for r in results] == [None] * 5 + ["postfix_not_wired"]
     # the text form: one line per problem, and a count
     res = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert res.exit_code == 1
@@ -603,12 +609,76 @@ def test_check_unloadable_config_stops_early(env):
     assert r["check"] == "config" and "unknown section [nonsense]" in r["message"]
 
 
-def test_check_without_postfix(env):
+def test_check_postfix_failing_otherwise(env):
     env.healthy()
-    env.postfix.fail["postconf"] = (1, "postconf: fatal: open /etc/postfix/main.cf: No such file")
+    env.postfix.fail["postconf"] = (1, "postconf: fatal: bad things")
     status, results = env.check()
     assert status == 1
-    assert problems(results)[-1].startswith("cannot read Postfix's configuration: postconf -c")
+    assert results[-1]["message"] == (
+        f"cannot read Postfix's configuration: postconf -c {env.postfix.dir} -h queue_directory "
+        "failed: postconf: fatal: bad things")
+    assert results[-1]["code"] == "postfix_unreadable"
+
+
+# What Debian leaves after installing Postfix with "No configuration": no main.cf. Both commands
+# say the same thing, and what to do.
+NOT_CONFIGURED = ("Postfix is installed but not configured (no {}/main.cf): run `dpkg-reconfigure "
+                  "postfix` first (\"Internet Site\"), then `mxhook postfix-config`")
+
+
+def test_check_default_postfix_without_main_cf(env):
+    env.healthy()
+    (env.postfix.dir / "main.cf").unlink()
+    res = env.run("check", "--json")
+    assert res.exit_code == 1
+    results = json.loads(res.stdout)
+    assert results[-1] == {"check": "postfix", "ok": False, "code": "postfix_not_configured",
+                           "message": NOT_CONFIGURED.format(env.postfix.dir)}
+    text = env.run("check")
+    assert f"PROBLEM postfix: {NOT_CONFIGURED.format(env.postfix.dir)}" in text.stdout.splitlines()
+
+
+def test_postfix_config_default_postfix_without_main_cf_exits_1(env):
+    (env.postfix.dir / "main.cf").unlink()
+    for args in ((), ("--json",), ("--apply", "--yes")):
+        res = env.run("postfix-config", *args)
+        assert res.exit_code == 1, (args, res.stderr)
+        assert res.stderr.splitlines() == [f"Error: {NOT_CONFIGURED.format(env.postfix.dir)}"]
+        assert res.stdout == ""
+
+
+def test_postfix_dir_without_main_cf_with_the_real_postconf(env, monkeypatch, tmp_path):
+    """The real postconf on an empty configuration directory."""
+    if not os.path.exists(admin.POSTCONF):
+        pytest.skip("postconf is not installed")
+    monkeypatch.setattr(admin, "run_command", REAL_RUN_COMMAND)
+    empty = tmp_path / "empty-etc"
+    empty.mkdir()
+    expected = (f"{empty} has no main.cf: --postfix-dir must name the configuration directory of "
+                "a configured Postfix instance")
+    res = env.run("postfix-config", "--postfix-dir", str(empty))
+    assert (res.exit_code, res.stderr.splitlines()) == (1, [f"Error: {expected}"])
+    res = env.run("check", "--postfix-dir", str(empty), "--json")
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)[-1] == {"check": "postfix", "ok": False,
+                                          "code": "postfix_not_configured", "message": expected}
+
+
+def test_postfix_not_installed(env, monkeypatch):
+    env.healthy()
+
+    def no_such_program(argv, timeout=60.0):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    monkeypatch.setattr(admin, "run_command", no_such_program)
+    expected = (f"Postfix is not installed ({admin.POSTCONF} not found): install it (`apt install "
+                "postfix`, choosing \"Internet Site\"), then run `mxhook postfix-config`")
+    status, results = env.check()
+    assert status == 1
+    assert results[-1] == {"check": "postfix", "ok": False, "code": "postfix_not_installed",
+                           "message": expected}
+    res = env.run("postfix-config")
+    assert (res.exit_code, res.stderr.splitlines()) == (1, [f"Error: {expected}"])
 
 
 # -- pure helpers ----------------------------------------------------------------------------------
