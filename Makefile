@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := postfix python3-milter python3-requests python3-jinja2 sqlite-utils \
-	python3-click python3-regex python3-cryptography python3-venv python3-pip swaks
+# gcc and libc6-dev build the fault tests' LD_PRELOAD shim (tests/fault/eio_preload.c).
+APT_PACKAGES := postfix python3-milter python3-requests python3-idna python3-jinja2 sqlite-utils \
+	python3-click python3-regex python3-cryptography python3-venv python3-pip swaks gcc libc6-dev
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
@@ -13,7 +14,7 @@ DIST ?= bookworm
 FRESH_ROOT := bash scripts/fresh-root.sh $(if $(KEEP),--keep) \
 	$(if $(FRESH_POSTFIX),--postfix '$(FRESH_POSTFIX)')
 
-.PHONY: setup demo test test-unit test-e2e test-fault test-fuzz fuzz-long test-python deb package-test \
+.PHONY: setup demo test test-newest test-unit test-e2e test-fault test-fuzz fuzz-long test-python deb package-test \
 	fresh-test package-test-root package-test-trixie bench clean
 
 setup: $(STAMP_PIP)
@@ -36,10 +37,16 @@ $(STAMP_PIP): $(STAMP_APT) setup.cfg pyproject.toml
 demo: setup
 	$(PY) scripts/demo.py
 
-# The package test runs first so that pytest's summary stays the last line of the run.
+# The package test and the newest-PyPI run (unit and milter suites; `make test-newest` runs
+# them all, ~5 min more) come first so that pytest's summary stays the last line of the run.
 test: setup
 	bash scripts/package-test.sh
+	SUITES="tests/unit tests/milter" bash scripts/test-newest.sh
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The suites against the newest PyPI release of every dependency, in a second venv.
+test-newest:
+	bash scripts/test-newest.sh
 
 test-fault: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/fault
