@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import pytest
 
@@ -175,8 +176,16 @@ def test_a_failed_write_breaks_the_segment_and_raises(tmp_path, monkeypatch):
     monkeypatch.undo()
     writer.append(spool.Record("ok2", "inbound", {}, b"z"))  # a fresh segment
     writer.flush()
-    spool.recover_segments(str(tmp_path))  # the broken one, once its writer let go
-    assert sorted(r.id for r in _records(tmp_path)) == ["ok1", "ok2"]
+    # The broken one, once its writer let go: a thread of the writer closes it (and so drops
+    # its lock) in the background.
+    deadline = time.monotonic() + 10
+    while True:
+        spool.recover_segments(str(tmp_path))
+        found = sorted(r.id for r in _records(tmp_path))
+        if found == ["ok1", "ok2"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert found == ["ok1", "ok2"]
     writer.close()
 
 
