@@ -719,10 +719,12 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
         return [v for n, v in raw_headers if n.lower() == name]
 
     sender = normalize_address(mail_from) if mail_from is not None else None
-    # As on a server whose Postfix has mxhook's routes (`mxhook check`): refusals at RCPT capped.
+    # Refusals at RCPT are capped where Postfix has mxhook's routes (`mxhook check`); with
+    # discard_via = milter the milter never relies on them, so it splits without a cap.
+    routes = cfg.get("milter", "discard_via") != "milter"
     stage = decisionmod.RcptStage(snapshot.ruleset, snapshot.domains, unknown_domains=unknown_mode,
                                   null_sender=sender == "", enabled_heuristics=enabled,
-                                  max_refusals=cfg.int("milter", "max_rcpt_refusals"))
+                                  max_refusals=cfg.int("milter", "max_rcpt_refusals") if routes else None)
     rcpts = [normalize_address(r) for r in recipients]
     managed, passed, held, entries, candidates, overflow = [], [], [], {}, {}, set()
     for r in rcpts:

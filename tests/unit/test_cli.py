@@ -592,6 +592,11 @@ def test_rule_test_past_the_cap_on_refusals_a_recipient_is_accepted_then_bounced
     assert sales_r["outcome"] == "accepted"
     assert (nobody["outcome"], nobody["smtp"]) == ("deferred", "452 4.5.3")
     assert other["outcome"] == "bounced" and other["smtp"].startswith("250, then a bounce")
+    # discard_via = milter: the milter splits without a cap (no error transport to bounce with)
+    sales.write_config(max_rcpt_refusals="1", discard_via="milter")
+    res = sales.json("rule", "test", msg, "--rcpt", "sales@ours.example",
+                     "--rcpt", "nobody@ours.example", "--rcpt", "other@ours.example", "--json")
+    assert [r["outcome"] for r in res["recipients"]] == ["accepted", "deferred", "deferred"]
 
 
 def test_rule_test_no_rule_can_match_the_envelope_is_550_at_rcpt(env, tmp_path):
