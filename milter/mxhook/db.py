@@ -45,7 +45,7 @@ from . import endpoints as endpoints_mod
 from . import rules as rules_mod
 from . import signing
 from .endpoints import Endpoint
-from .headers import domain_a_label, normalize_address
+from .headers import MAX_LABEL_LENGTH, domain_a_label, normalize_address
 from .rules import Condition, Rule, RuleError, RuleSet
 
 log = logging.getLogger("mxhook.db")
@@ -414,14 +414,17 @@ def _renormalized_address(address: str) -> str:
 
 
 def _u_labels(domain: str) -> str:
-    """`domain` with each A-label decoded (as written where it does not decode)."""
+    """`domain` with each A-label decoded (as written where it does not decode, or decodes to
+    a label too long for any domain: mail names it by the A-label, which compares as is)."""
     labels = []
     for label in domain.split("."):
         if label.startswith("xn--"):
             try:
-                label = label[4:].encode("ascii").decode("punycode")
+                decoded = label[4:].encode("ascii").decode("punycode")
             except ValueError:  # UnicodeError: not ASCII, or no punycode
-                pass
+                decoded = label
+            if len(decoded) <= MAX_LABEL_LENGTH:
+                label = decoded
         labels.append(label)
     return ".".join(labels)
 

@@ -431,7 +431,8 @@ def test_migration_to_version_5_stores_idna_2008_forms(path):
                            "xn--n3h.example": False, "fass.example": False}
         assert sorted(e["address"] for e in store.block_list()) == sorted([
             "x@xn--f9dt7l.example", "y@xn--f9dt7l.example", "z@xn--n3h.example",
-            f"w@xn--{'a' * 70}-tih.example"])
+            # a label too long for any domain: the form mail to it compares as now
+            headers.normalize_address(f"w@{'a' * 70}\u00fc.example")])
         # mail to the name as written is for the permitted domain
         assert headers.address_domain(f"someone@{CHEROKEE}.example") in store.snapshot().domains
 
