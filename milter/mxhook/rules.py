@@ -328,6 +328,7 @@ class RuleSet:
             for r in self._usable if r.enabled
         ]
         self._prefilters = self._build_prefilters()
+        self._plan_position = {id(rule): i for i, (rule, _) in enumerate(self._plan)}
         # the header fields the rules look at (`To` is the envelope recipient, no field)
         self.header_names = frozenset(c.header for r in self._usable for c in r.conditions) - {ENVELOPE_RECIPIENT}
         self._everything = frozenset(range(len(self._plan)))
@@ -510,20 +511,25 @@ class RuleSet:
                          headers: dict[str, list[str]], header_known: dict | None = None) -> MatchResult:
         """The first of `candidates` (from `envelope_candidates`, whose envelope conditions
         already hold) whose header conditions hold. `header_known` shares each header
-        pattern's answer between the recipients of one message."""
+        pattern's answer, and the header prefilters' verdicts, between the recipients of one
+        message."""
         result = MatchResult(recipient, None)
         known = {} if header_known is None else header_known
+        skip, ruled_out = self._header_prefilters(headers, known)
         empty: list[str] = []
+        position = self._plan_position
         for rule in candidates:
+            if skip and position.get(id(rule)) in skip:
+                continue  # needs a header pattern its prefilter found nowhere
             for cond in rule.conditions:
                 if cond.header == ENVELOPE_RECIPIENT:
                     continue
                 key = ("candidate", cond.header, cond.pattern)
                 hit = known.get(key, _UNKNOWN)
                 if hit is _UNKNOWN:
-                    hit = known[key] = _search_values(self._compiled[cond.pattern].search,
-                                                      self.regex_timeout,
-                                                      headers.get(cond.header, empty))
+                    hit = known[key] = False if (cond.header, cond.pattern) in ruled_out \
+                        else _search_values(self._compiled[cond.pattern].search, self.regex_timeout,
+                                            headers.get(cond.header, empty))
                 if hit is None:
                     result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
                     break
@@ -534,8 +540,23 @@ class RuleSet:
                 return result
         return result
 
+    def _header_prefilters(self, headers: dict[str, list[str]], known: dict) -> tuple[frozenset, frozenset]:
+        """(plan indexes to skip, (header, pattern) keys known not to match): each header
+        field's prefilter alternation searched once per message (kept in `known`)."""
+        found = known.get(_PREFILTERED)
+        if found is None:
+            skip: set[int] = set()
+            ruled_out: set = set()
+            for header, (search, timeout, keys, needing) in self._prefilters.items():
+                if header != ENVELOPE_RECIPIENT and _search_values(search, timeout, headers.get(header, [])) is False:
+                    skip |= needing
+                    ruled_out |= keys
+            found = known[_PREFILTERED] = (frozenset(skip), frozenset(ruled_out))
+        return found
+
 
 _UNKNOWN = object()
+_PREFILTERED = ("prefilter",)  # the key of `_header_prefilters`' answer in a `known` dict
 
 
 def _search_values(search, timeout: float, values: list[str]) -> bool | None:

@@ -193,3 +193,17 @@ def test_prefilters_never_change_the_first_match(rule_list, subjects, rcpt):
     slow = rs.match(rcpt, hdrs, explain=True)
     assume(not fast.timeouts and not slow.timeouts)
     assert fast.rule is slow.rule
+
+
+@scaled(300)
+@given(crowded_rule_sets(), st.lists(st.lists(MATCH_BITS, max_size=6).map("".join), max_size=3),
+       st.lists(MATCH_BITS, max_size=6).map("".join))
+def test_two_step_match_picks_the_rule_match_picks(rule_list, subjects, rcpt):
+    """The milter's two steps (envelope candidates at RCPT, their header conditions at end of
+    headers, with the header prefilters) pick the same rule as evaluating every condition."""
+    rs = RuleSet(compilable(rule_list, "ticket"), regex_timeout=0.5)
+    hdrs = {"subject": subjects}
+    two_step = rs.match_candidates(rcpt, rs.envelope_candidates(rcpt), hdrs)
+    slow = rs.match(rcpt, hdrs, explain=True)
+    assume(not two_step.timeouts and not slow.timeouts)
+    assert two_step.rule is slow.rule
