@@ -409,10 +409,9 @@ CHEROKEE = "\u13e3\u13b3\u13a9"  # IDNA 2003 case-folded it to other letters tha
 
 
 def test_migration_to_version_5_stores_idna_2008_forms(path):
-    import encodings.idna
-
-    idna2003 = encodings.idna.ToASCII(CHEROKEE).decode()  # what schema 4 stored
-    assert idna2003 == "xn--tz9ata7l"
+    # What schema 4 stored for CHEROKEE: the stdlib's IDNA 2003 on Debian 12. Written out, as
+    # the stdlib's answer depends on the Unicode tables of the Python it runs on.
+    idna2003 = "xn--tz9ata7l"
     with db.RulesStore(path) as store:
         store.conn.execute("INSERT INTO domains VALUES (?, 1, 'then')", [f"{idna2003}.example"])
         store.conn.execute("INSERT INTO domains VALUES ('xn--f9dt7l.other', 0, 'then')")
