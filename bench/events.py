@@ -45,8 +45,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "milter"))
 
-from mxhook import config, db, events, spool  # noqa: E402
-from mxhook.endpoints import Endpoint  # noqa: E402
+from mxhook import config  # noqa: E402
+from mxhook.store import rulesdb
+from mxhook.model import events
+from mxhook import spool
+from mxhook.model.endpoints import Endpoint  # noqa: E402
 from milter_throughput import process_cpu  # noqa: E402
 
 COUNT_RE = re.compile(rb'"count":(\d+)')
@@ -149,8 +152,8 @@ def write_events(spool_dir: str, n: int, start: int = 0, chunk: int = 20000) -> 
     spent = 0.0
     for s in range(start, start + n, chunk):
         made = make_events(min(chunk, start + n - s), s)
-        queued = [events.to_record(e) for e in made if e.type == "queued"]
-        delivered = [events.to_record(e) for e in made if e.type != "queued"]
+        queued = [spool.event_record(e) for e in made if e.type == "queued"]
+        delivered = [spool.event_record(e) for e in made if e.type != "queued"]
         t = time.perf_counter()
         for records, per_file in ((queued, QUEUED_PER_FILE), (delivered, DELIVERED_PER_FILE)):
             for i in range(0, len(records), per_file):
@@ -170,7 +173,7 @@ def setup(base: str, url: str, *, retry_time_scale: str = "1.0") -> str:
         fh.write(config.render({"paths": paths, "http": {"allow_networks": "127.0.0.1/32"},
                                 "spooler": {"log": "stderr", "log_level": "warning",
                                             "retry_time_scale": retry_time_scale}}))
-    with db.RulesStore(paths["rules_db"]) as store:
+    with rulesdb.RulesStore(paths["rules_db"]) as store:
         store.add_endpoint(Endpoint(url=url, allow_http=True, interval=1, max_events=1000,
                                     retry_interval=10))
     return conf
@@ -178,7 +181,7 @@ def setup(base: str, url: str, *, retry_time_scale: str = "1.0") -> str:
 
 def start_spooler(conf: str, base: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
-    return subprocess.Popen([sys.executable, "-m", "mxhook.spooler", "--config", conf], env=env,
+    return subprocess.Popen([sys.executable, "-m", "mxhook.daemons.spooler", "--config", conf], env=env,
                             stderr=open(f"{base}/spooler.stderr", "ab"))
 
 

@@ -35,7 +35,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "milter"))
 
-from mxhook import config, logfollow, postfixlog  # noqa: E402
+from mxhook import config  # noqa: E402
+from mxhook.daemons import logfollow
+from mxhook.postfix import maillog
 
 LONG_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxy"
 GMAIL_550 = ("host gmail-smtp-in.l.google.com[142.250.102.27] said: 550-5.1.1 The email account that "
@@ -121,18 +123,18 @@ def run_split(lines):
 
 
 def run_head(lines):
-    m = postfixlog._HEAD.match
+    m = maillog._HEAD.match
     return sum(1 for line in lines if m(line))
 
 
 def run_parse(lines):
-    parse = postfixlog.parse_line
+    parse = maillog.parse_line
     return sum(1 for line in lines if parse(line) is not None)
 
 
 def run_parse_correlate(lines):
-    parse = postfixlog.parse_line
-    c = postfixlog.Correlator()
+    parse = maillog.parse_line
+    c = maillog.Correlator()
     feed = c.feed
     n = 0
     for i, line in enumerate(lines):

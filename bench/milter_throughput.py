@@ -67,8 +67,8 @@ SPOOLED = ("c", "d")  # configurations whose every message must be spooled
 
 
 def make_rules(rules_db: str, count: int) -> None:
-    from mxhook.db import RulesStore
-    from mxhook.rules import Rule, parse_condition
+    from mxhook.store.rulesdb import RulesStore
+    from mxhook.model.rules import Rule, parse_condition
 
     with RulesStore(rules_db) as store:
         store.add_domain(DOMAIN)

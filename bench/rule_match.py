@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "milter"))
 
-from mxhook import rules as current  # noqa: E402
+from mxhook.model import rules as current  # noqa: E402
 
 BASELINE = "6fe5a94"  # rules.py before every search was bounded
 

@@ -51,6 +51,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from mxhook.model.events import Event, EventError
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"MXHOOK-SPOOL 1\n"
@@ -348,6 +350,16 @@ def _place(spool_dir: str, name: str, data: bytes, *, sync: bool, into: str = "n
             pass
         raise
     return new_path
+
+
+def event_record(event: Event) -> Record:
+    """The spool record of an event: kind `event`, id = event id, meta = the event's fields plus
+    `received` (= `at`, the time state.db orders events by)."""
+    if not event.id:
+        raise EventError("event has no id")
+    meta = event.to_dict()
+    meta["received"] = event.at
+    return Record(id=event.id, kind="event", meta=meta)
 
 
 def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:

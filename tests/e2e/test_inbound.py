@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.postfix import make_message
 from tests.support.receiver import Response
-from mxhook import message
+from mxhook.model import message
 
 pytestmark = pytest.mark.e2e
 

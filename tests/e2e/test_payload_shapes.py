@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mxhook import config as configmod
-from mxhook.decision import header_index
-from mxhook.headers import decode_value
+from mxhook.model.decision import header_index
+from mxhook.model.headers import decode_value
 from tests.support.header_shapes import SHAPES
 
 pytestmark = pytest.mark.e2e

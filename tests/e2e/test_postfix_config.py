@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mxhook import postfixconf as pc
+from mxhook.postfix import postconf as pc
 from tests.support.postfix import POSTCONF, make_message
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ OURS = "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
 # `mxhook` with postfix-config and check registered (a no-op once cli.py registers them itself).
 LAUNCH = """
 from mxhook.cli import cli
-from mxhook import admin
+from mxhook.cli import admin
 for command in (admin.postfix_config, admin.check):
     cli.commands.setdefault(command.name, command)
 cli.main(prog_name="mxhook")

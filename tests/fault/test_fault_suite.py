@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mxhook import http as mxhttp
+from mxhook.delivery import webhook as mxhttp
 from tests.support.receiver import Response
 
 pytestmark = pytest.mark.e2e

@@ -18,7 +18,8 @@ import atheris
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "milter")]
 
 with atheris.instrument_imports():
-    from mxhook import headers, message
+    from mxhook.model import headers
+    from mxhook.model import message
 
 
 def test_one_input(data: bytes) -> None:

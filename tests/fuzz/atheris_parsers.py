@@ -22,17 +22,20 @@ import atheris
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "milter")]
 
 with atheris.instrument_imports():
-    from mxhook import csvexport, postfixlog, rules, spool
+    from mxhook.services import csvexport
+    from mxhook.postfix import maillog
+    from mxhook.model import rules
+    from mxhook import spool
 
 NOW = 1_795_996_800
 DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def fuzz_postfixlog(fdp: atheris.FuzzedDataProvider) -> None:
-    correlator = postfixlog.Correlator(max_messages=8)
+    correlator = maillog.Correlator(max_messages=8)
     for i in range(fdp.ConsumeIntInRange(1, 8)):
         line = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 300))
-        p = postfixlog._parse_line(line, NOW)
+        p = maillog._parse_line(line, NOW)
         if p is not None:
             correlator.feed(p, f"k:{i}")
 

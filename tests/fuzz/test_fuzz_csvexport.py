@@ -15,7 +15,7 @@ import io
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mxhook import csvexport
+from mxhook.services import csvexport
 
 from . import FUZZ
 

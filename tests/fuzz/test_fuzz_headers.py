@@ -8,7 +8,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mxhook import decision, headers, rules
+from mxhook.model import decision
+from mxhook.model import headers
+from mxhook.model import rules
 
 from . import FUZZ
 
@@ -112,7 +114,7 @@ UTF7_FILENAME = (
 
 
 def test_utf7_lone_surrogate_filename_keeps_the_attachment():
-    from mxhook import message
+    from mxhook.model import message
 
     result = message.normalize(UTF7_FILENAME)
     assert len(result["attachments"]) == 1, result["defects"]

@@ -19,7 +19,7 @@ import quopri
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mxhook import message
+from mxhook.model import message
 
 from . import FUZZ, scaled
 

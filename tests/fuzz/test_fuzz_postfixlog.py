@@ -15,8 +15,8 @@ import os
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mxhook import postfixlog
-from mxhook.postfixlog import Correlator, parse_line, parse_message
+from mxhook.postfix import maillog
+from mxhook.postfix.maillog import Correlator, parse_line, parse_message
 
 from tests.unit.test_postfixlog import utc  # noqa: F401  (an autouse fixture: TZ=UTC here too)
 
@@ -37,7 +37,7 @@ def _lines() -> list[str]:
 
 REAL_LINES = _lines()
 # the message part of each real line, for parse_message (the journald path)
-REAL_MESSAGES = [m.group("msg") for m in map(postfixlog._HEAD.match, REAL_LINES) if m]
+REAL_MESSAGES = [m.group("msg") for m in map(maillog._HEAD.match, REAL_LINES) if m]
 
 
 TOKENS = st.sampled_from([
@@ -82,7 +82,7 @@ def check_parsed(p) -> None:
     assert p.kind in {"delivery", "qmgr", "expired", "removed", "message_id", "notification", "reject",
                       "client", "pickup", "malformed", "other"}
     assert isinstance(p.msg, str) and isinstance(p.data, dict)
-    assert p.queue_id is None or postfixlog.is_queue_id(p.queue_id)
+    assert p.queue_id is None or maillog.is_queue_id(p.queue_id)
     assert (p.at is None) == (p.at_us is None)
     if p.at is not None:
         assert p.at.endswith("Z")
@@ -108,7 +108,7 @@ def feed_all(parsed) -> None:
 def test_parse_line_arbitrary_text(line):
     p = parse_line(line, now=NOW)
     check_parsed(p)
-    check_parsed(postfixlog._parse_line(line, NOW))  # no exception hidden by the catch-all
+    check_parsed(maillog._parse_line(line, NOW))  # no exception hidden by the catch-all
     feed_all([p])
 
 
@@ -117,7 +117,7 @@ def test_parse_line_arbitrary_text(line):
 def test_parse_line_token_soup(body):
     for line in ("Nov 22 12:00:01 mail postfix/smtp[1]: " + body,
                  "2026-11-22T12:00:01.5+01:00 mail postfix/qmgr[2]: 4A1B2C3D4E: " + body):
-        p = postfixlog._parse_line(line, NOW)
+        p = maillog._parse_line(line, NOW)
         check_parsed(p)
         feed_all([p])
 
@@ -127,7 +127,7 @@ def test_parse_line_token_soup(body):
 def test_mutated_real_lines(lines):
     parsed = []
     for line in lines:
-        p = postfixlog._parse_line(line, NOW)  # without parse_line's catch-all
+        p = maillog._parse_line(line, NOW)  # without parse_line's catch-all
         check_parsed(p)
         assert parse_line(line, now=NOW) == p
         parsed.append(p)
@@ -147,7 +147,7 @@ def test_parse_message_mutated(msg, program, pid):
 @FUZZ
 @given(st.text(max_size=300))
 def test_split_status_text_total(text):
-    host, reply, cmd = postfixlog.split_status_text(text)
+    host, reply, cmd = maillog.split_status_text(text)
     for v in (host, reply, cmd):
         assert v is None or isinstance(v, str)
 
@@ -155,4 +155,4 @@ def test_split_status_text_total(text):
 def test_real_lines_unchanged_by_the_net():
     """Every fixture line parses the same with and without parse_line's catch-all."""
     for line in REAL_LINES:
-        assert parse_line(line, now=NOW) == postfixlog._parse_line(line, NOW), line
+        assert parse_line(line, now=NOW) == maillog._parse_line(line, NOW), line

@@ -14,8 +14,8 @@ from dataclasses import replace
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from mxhook import rules
-from mxhook.rules import Condition, Rule, RuleError, RuleSet
+from mxhook.model import rules
+from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
 
 from . import FUZZ, scaled
 

@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from mxhook import config, spool
-from mxhook import logfollow  # noqa: F401 - registers the [logfollow] config section
+from mxhook import config
+from mxhook import spool
+from mxhook.daemons import logfollow  # noqa: F401 - registers the [logfollow] config section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GARBAGE = os.path.join(ROOT, "tests", "unit", "fixtures", "maillog", "garbage.log")
@@ -76,7 +77,7 @@ class Env:
     def start(self) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mxhook.logfollow", "--config", self.config],
+            [sys.executable, "-m", "mxhook.daemons.logfollow", "--config", self.config],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
         )
         self.procs.append(proc)
@@ -85,7 +86,7 @@ class Env:
     def once(self) -> subprocess.CompletedProcess:
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
         return subprocess.run(
-            [sys.executable, "-m", "mxhook.logfollow", "--config", self.config, "--once"],
+            [sys.executable, "-m", "mxhook.daemons.logfollow", "--config", self.config, "--once"],
             capture_output=True, text=True, env=env, timeout=120,
         )
 

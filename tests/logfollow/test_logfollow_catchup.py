@@ -13,7 +13,8 @@ import zlib
 
 import pytest
 
-from mxhook import config, logfollow
+from mxhook import config
+from mxhook.daemons import logfollow
 
 from .test_logfollow import Env, block, compress, finish, follow_until_stopped, message_lines
 

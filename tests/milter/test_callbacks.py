@@ -7,10 +7,11 @@ import Milter
 import pytest
 from Milter import testctx
 
-from mxhook import config, spool
-from mxhook.db import BlocklistReader, RulesStore, SnapshotWatcher
-from mxhook.milter import MxhookMilter, Settings
-from mxhook.rules import Rule, parse_condition
+from mxhook import config
+from mxhook import spool
+from mxhook.store.rulesdb import BlocklistReader, RulesStore, SnapshotWatcher
+from mxhook.daemons.milter import MxhookMilter, Settings
+from mxhook.model.rules import Rule, parse_condition
 
 
 @pytest.fixture
@@ -344,7 +345,7 @@ def test_8bit_and_broken_headers_do_not_crash(env):
 
 def test_internal_error_answers_451(env, monkeypatch):
     ctx = env()
-    monkeypatch.setattr("mxhook.milter.decide", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("mxhook.daemons.milter.decide", lambda *a, **k: 1 / 0)
     assert send(ctx, ["<sales@ours.example>"], HEADERS) == ("eoh", Milter.TEMPFAIL)
     assert ctx._reply[:2] == ("451", "4.3.0")
 

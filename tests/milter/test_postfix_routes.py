@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from mxhook import postfixconf as pc
-from mxhook.milter import POSTCONF, PostfixRoutes
+from mxhook.postfix import postconf as pc
+from mxhook.daemons.milter import POSTCONF, PostfixRoutes
 
 pytestmark = pytest.mark.skipif(not shutil.which(POSTCONF) and not os.path.exists(POSTCONF),
                                 reason="postconf not installed")
@@ -29,7 +29,7 @@ def test_routes_are_used_only_while_postfix_has_them(tmp_path, caplog):
     routes = PostfixRoutes(str(tmp_path), interval=0)
     assert routes.ready() and routes.problems == []
 
-    caplog.set_level(logging.WARNING, "mxhook.milter")
+    caplog.set_level(logging.WARNING, "mxhook.daemons.milter")
     write(tmp_path, "hash:/etc/postfix/transport")  # an upgrade that did not re-run postfix-config
     os.utime(tmp_path / "main.cf", ns=(1, 1))
     assert not routes.ready()

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from mxhook import config
-from mxhook import milter as miltermod
+from mxhook.daemons import milter as miltermod
 
 
 @pytest.mark.parametrize("value", ["-1", "0"])

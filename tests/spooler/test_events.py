@@ -16,9 +16,13 @@ import pytest
 from tests.support.cli import separate_runner
 
 from mxhook import cli as climod
-from mxhook import config, db, events, spool, spooler
-from mxhook.endpoints import Endpoint
-from mxhook.state import StateStore
+from mxhook import config
+from mxhook.store import rulesdb
+from mxhook.model import events
+from mxhook import spool
+from mxhook.daemons import spooler
+from mxhook.model.endpoints import Endpoint
+from mxhook.store.statedb import StateStore
 from tests.support.receiver import Response
 from tests.spooler.test_spooler import Running, rx, settings  # noqa: F401  (rx: a fixture)
 
@@ -39,7 +43,7 @@ def cfg(tmp_path):
 def add_endpoint(cfg, url, **kw) -> Endpoint:
     kw.setdefault("allow_http", True)
     kw.setdefault("retry_interval", 10)
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         return store.add_endpoint(Endpoint(url=url, **kw))
 
 
@@ -53,7 +57,7 @@ def write_event(cfg, etype="succeeded", recipient="r@else.example", *, queue_id=
     ev = events.Event(type=etype, at=events.iso_from_us(at_us), id=events.event_id(at_us, _seq[0]),
                       source=fields.pop("source", "milter" if etype == "queued" else "log"),
                       queue_id=queue_id, recipient=recipient, **fields)
-    spool.write(cfg.spool_dir, events.to_record(ev), durable=False)
+    spool.write(cfg.spool_dir, spool.event_record(ev), durable=False)
     return ev.id
 
 
@@ -189,7 +193,7 @@ def test_log_events_wait_for_the_open_segment_that_holds_their_queued_event(rx, 
         at_us = time.time_ns() // 1000
         queued = events.Event(type="queued", at=events.iso_from_us(at_us), id=spool.new_id(), source="milter",
                               queue_id="QS", recipient="r@else.example", subject="Order 7")
-        writer.append_many([events.to_record(queued)])
+        writer.append_many([spool.event_record(queued)])
         write_event(cfg, "succeeded", queue_id="QS", dsn="2.0.0")
         sp.run_once()
         assert event_log(cfg) == []  # the follower's file is newer than the open segment
@@ -243,7 +247,7 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
     bounce = write_event(cfg, "bounced", "Gone@Else.Example", queue_id="QB", bounce_type="hard",
                          dsn="5.1.1", reply="550 5.1.1 <gone@else.example>: User unknown")
     write_event(cfg, "bounced", "full@else.example", queue_id="QB", bounce_type="soft", dsn="5.2.2")
-    reader = db.BlocklistReader(cfg.rules_db)
+    reader = rulesdb.BlocklistReader(cfg.rules_db)
     with Running(cfg):
         wait_until(lambda: reader.contains("gone@else.example"), what="block list")
         docs = bodies(rx.wait_for(1, path="/ev", timeout=10))
@@ -251,7 +255,7 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
                    what="registered event")
         docs = bodies(rx.requests)
     assert not reader.contains("full@else.example")
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         (row,) = store.block_list()
     assert (row["address"], row["source"], row["dsn"], row["event_id"]) == ("gone@else.example", "bounce", "5.1.1", bounce)
     events_seen = [e for d in docs for e in d["events"]]
@@ -269,7 +273,7 @@ def test_hard_bounce_blocks_the_address_the_application_used(rx, cfg):
     write_event(cfg, "bounced", "mailbox@hosting.example", queue_id="QR", bounce_type="hard",
                 dsn="5.1.1", orig_recipient="Info@Shop.Example")
     run_twice(cfg)  # the bounce is ingested, then the block list is updated
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         assert [r["address"] for r in store.block_list()] == ["info@shop.example"]
     (reg,) = [e for d in bodies(rx.requests) for e in d["events"] if e["type"] == "registered"]
     assert reg["recipient"] == "info@shop.example"
@@ -277,7 +281,7 @@ def test_hard_bounce_blocks_the_address_the_application_used(rx, cfg):
 
 def test_bounce_of_an_address_already_blocked_registers_nothing(rx, cfg):
     add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("bounces", "blocks"))
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         store.block_add("gone@else.example", reason="by hand", source="cli")
     write_event(cfg, "bounced", "gone@else.example", bounce_type="hard", dsn="5.1.1")
     run_twice(cfg)  # the bounce is ingested, then the block list is updated
@@ -307,7 +311,7 @@ def test_removed_endpoint_fails_its_pending_events(rx, cfg):
     written = [write_event(cfg) for _ in range(3)]
     with Running(cfg):
         rx.wait_for(1, path="/keep", timeout=10)
-        with db.RulesStore(cfg.rules_db) as store:
+        with rulesdb.RulesStore(cfg.rules_db) as store:
             store.remove_endpoint(ep.id)
         wait_until(lambda: len(event_log(cfg, status="failed")) == 3, what="failed events")
     failed = event_log(cfg, status="failed")
@@ -318,7 +322,7 @@ def test_removed_endpoint_fails_its_pending_events(rx, cfg):
 
 def test_disabled_endpoint_keeps_events_pending_until_enabled(rx, cfg):
     ep = add_endpoint(cfg, rx.url + "/ev", interval=1)
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         from dataclasses import replace
 
         write_event(cfg)
@@ -360,7 +364,7 @@ def start_daemon(tmp_path) -> subprocess.Popen:
     if not path.exists():
         path.write_text(config.render(settings(tmp_path)))
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
-    return subprocess.Popen([sys.executable, "-m", "mxhook.spooler", "--config", str(path)],
+    return subprocess.Popen([sys.executable, "-m", "mxhook.daemons.spooler", "--config", str(path)],
                             env=env, stderr=open(tmp_path / "spooler.stderr", "ab"))
 
 

@@ -11,9 +11,14 @@ import time
 
 import pytest
 
-from mxhook import config, db, rules, spool, spooler, state
-from mxhook.endpoints import Endpoint
-from mxhook.state import StateStore
+from mxhook import config
+from mxhook.store import rulesdb
+from mxhook.model import rules
+from mxhook import spool
+from mxhook.daemons import spooler
+from mxhook.store import statedb
+from mxhook.model.endpoints import Endpoint
+from mxhook.store.statedb import StateStore
 from tests.spooler.test_events import write_event
 from tests.spooler.test_spooler import Running, delivery, rx, settings, wait_status, write_inbound  # noqa: F401
 
@@ -31,24 +36,24 @@ def add_rule(cfg, rx, path, name="r1", **kw) -> rules.Rule:
     fields = dict(name=name, endpoint=rx.url + path, allow_http=True, retry_interval=10,
                   conditions=(rules.parse_condition(r"To~@ours\.example$"),))
     fields.update(kw)
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         return store.add_rule(rules.Rule(**fields))
 
 
 def get_rule(cfg, name="r1") -> rules.Rule:
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         return store.get_rule(name)
 
 
 def add_endpoint(cfg, url, **kw) -> Endpoint:
     kw.setdefault("allow_http", True)
     kw.setdefault("retry_interval", 10)
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         return store.add_endpoint(Endpoint(url=url, **kw))
 
 
 def get_endpoint(cfg, key) -> Endpoint:
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         return store.get_endpoint(key)
 
 
@@ -74,7 +79,7 @@ class Clocked:
 
 
 def deliveries_of(rid, rule):
-    return state.delivery_id(rid, rule.name)
+    return statedb.delivery_id(rid, rule.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +91,7 @@ def test_410_disables_the_rule_and_its_deliveries_wait(tmp_path, rx, caplog):
     rx.script("/gone", [(410, {}, b"gone")])
     first = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
     second = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
-    caplog.set_level(logging.INFO, logger="mxhook.spooler")
+    caplog.set_level(logging.INFO, logger="mxhook.daemons.spooler")
     c = Clocked(cfg)
     try:
         c.run()
@@ -107,11 +112,11 @@ def test_410_disables_the_rule_and_its_deliveries_wait(tmp_path, rx, caplog):
     text = warning[0].getMessage()
     assert "rule r1 disabled" in text and "410" in text and rx.url + "/gone" in text
     h = health(cfg)[("rule", str(rule.id))]
-    assert h["disabled_at"] == state.iso(T0) and "410" in h["disabled_reason"]
+    assert h["disabled_at"] == statedb.iso(T0) and "410" in h["disabled_reason"]
 
     # enabled again (the receiver is back): the waiting delivery goes out, the streak is reset
     rx.script("/gone", [(200, {}, b"ok")])
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         store.set_enabled("r1", True)
     c = Clocked(cfg, now=T0 + 7200)
     try:
@@ -132,7 +137,7 @@ def test_410_from_an_old_url_does_not_disable_the_edited_rule(tmp_path, rx):
     rule = add_rule(cfg, rx, "/old")
     rx.script("/old", [(410, {}, b"")])
     did = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
-    with db.RulesStore(cfg.rules_db) as store:
+    with rulesdb.RulesStore(cfg.rules_db) as store:
         store.replace_rule("r1", rules.Rule(**{**rule.__dict__, "endpoint": rx.url + "/new", "id": None}))
     c = Clocked(cfg)
     try:
@@ -149,7 +154,7 @@ def test_410_disables_the_endpoint_and_its_events_wait(tmp_path, rx, caplog):
     other = add_endpoint(cfg, rx.url + "/ok", interval=1)
     rx.script("/ev", [(410, {}, b"")])
     write_event(cfg, "succeeded")
-    caplog.set_level(logging.INFO, logger="mxhook.spooler")
+    caplog.set_level(logging.INFO, logger="mxhook.daemons.spooler")
     c = Clocked(cfg)
     try:
         c.run()
@@ -181,11 +186,11 @@ def test_rule_failing_for_disable_after_days_is_disabled(tmp_path, rx, caplog):
     rule = add_rule(cfg, rx, "/down", retry_period=10)
     rx.script("/down", [(503, {}, b"")])
     did = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
-    caplog.set_level(logging.INFO, logger="mxhook.spooler")
+    caplog.set_level(logging.INFO, logger="mxhook.daemons.spooler")
     c = Clocked(cfg)
     try:
         c.run()  # first failure: the streak starts
-        assert health(cfg)[("rule", str(rule.id))]["failing_since"] == state.iso(T0)
+        assert health(cfg)[("rule", str(rule.id))]["failing_since"] == statedb.iso(T0)
         c.run(T0 + 1 * DAY)
         c.run(T0 + 2 * DAY - 60)
         assert get_rule(cfg).enabled is True
@@ -199,8 +204,8 @@ def test_rule_failing_for_disable_after_days_is_disabled(tmp_path, rx, caplog):
     row = delivery(cfg, did)
     assert row["status"] == "deferred"  # still pending, waits for the rule
     h = health(cfg)[("rule", str(rule.id))]
-    assert h["disabled_at"] == state.iso(T0 + 2 * DAY + 1)
-    assert h["disabled_reason"].startswith(f"no successful delivery since {state.iso(T0)} (2 days or more")
+    assert h["disabled_at"] == statedb.iso(T0 + 2 * DAY + 1)
+    assert h["disabled_reason"].startswith(f"no successful delivery since {statedb.iso(T0)} (2 days or more")
     assert "HTTP 503" in h["disabled_reason"]
     assert any("rule r1 disabled" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
@@ -286,7 +291,7 @@ def test_requeued_delivery_keeps_webhook_id_and_gets_a_fresh_retry_period(tmp_pa
         c.run(later)
         row = delivery(cfg, did)
         # a deferral now is retried, not failed: the retry period starts at the replay
-        assert row["status"] == "deferred" and row["first_attempt_at"] == state.iso(later)
+        assert row["status"] == "deferred" and row["first_attempt_at"] == statedb.iso(later)
         c.run(later + 30)
     finally:
         c.close()

@@ -17,9 +17,13 @@ import time
 
 import pytest
 
-from mxhook import config, rules, spool, spooler, state
-from mxhook.http import Outcome
-from mxhook.state import StateStore
+from mxhook import config
+from mxhook.model import rules
+from mxhook import spool
+from mxhook.daemons import spooler
+from mxhook.store import statedb
+from mxhook.delivery.webhook import Outcome
+from mxhook.store.statedb import StateStore
 from tests.support.receiver import Receiver, Response
 
 HERE = os.path.dirname(__file__)
@@ -56,7 +60,7 @@ def target(rx, path, name="r1", **kw) -> dict:
 
 def inbound_record(*targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> spool.Record:
     meta = {
-        "received": state.iso(), "queue_id": "4XbQ1", "mail_from": "alice@x.org",
+        "received": statedb.iso(), "queue_id": "4XbQ1", "mail_from": "alice@x.org",
         "client_addr": "192.0.2.1", "client_name": "mail.x.org", "helo": "mail.x.org",
         "header_from": "alice@x.org", "subject": "Café order", "message_id": "<m1@x.org>",
         "deliveries": [{"recipients": list(recipients), "rule": t} for t in targets],
@@ -204,7 +208,7 @@ def test_retry_wait_bounds_property(interval, u, retry_after, scale):
 def test_spooler_uses_its_injected_random(tmp_path, rx):
     cfg = make_cfg(tmp_path)
     rx.script("/j", [Response(503)])
-    did = state.delivery_id(write_inbound(cfg, target(rx, "/j", retry_interval=100)), "r1")
+    did = statedb.delivery_id(write_inbound(cfg, target(rx, "/j", retry_interval=100)), "r1")
     clock = [1_000_000.0]
     sp = spooler.Spooler(cfg, clock=lambda: clock[0], rand=lambda: 0.0)
     try:
@@ -214,7 +218,7 @@ def test_spooler_uses_its_injected_random(tmp_path, rx):
     row = delivery(cfg, did)
     # 100 s * 0.9 (jitter at its low end) * 0.01 (retry_time_scale)
     assert row["status"] == "deferred"
-    assert state.to_datetime(row["next_attempt_at"]).timestamp() == pytest.approx(clock[0] + 0.9, abs=1e-3)
+    assert statedb.to_datetime(row["next_attempt_at"]).timestamp() == pytest.approx(clock[0] + 0.9, abs=1e-3)
 
 
 def test_config_checks(tmp_path):
@@ -349,7 +353,7 @@ def test_retry_period_end_makes_failed(rx, tmp_path):
     run()
     first = delivery(cfg, f"{rid}-r1")
     assert first["status"] == "deferred"
-    assert state.to_datetime(first["next_attempt_at"]).timestamp() == pytest.approx(now[0] + 600, abs=1)
+    assert statedb.to_datetime(first["next_attempt_at"]).timestamp() == pytest.approx(now[0] + 600, abs=1)
     now[0] += 599
     run()
     assert len(rx.requests) == 1  # not due yet
@@ -378,10 +382,10 @@ def test_unreadable_spool_files_go_to_bad(rx, tmp_path, caplog):
     with open(os.path.join(new, "0000000000000001aaaaaaaaaaaa.rec"), "wb") as fh:
         fh.write(b"GARBAGE\n{}\n")
     rec = spool.Record(id="0000000000000002bbbbbbbbbbbb", kind="inbound",
-                       meta={"received": state.iso(), "deliveries": []}, payload=b"x")
+                       meta={"received": statedb.iso(), "deliveries": []}, payload=b"x")
     spool.write(cfg.spool_dir, rec)
     good = write_inbound(cfg, target(rx, "/hook"))
-    caplog.set_level("INFO", logger="mxhook.spooler")
+    caplog.set_level("INFO", logger="mxhook.daemons.spooler")
     run_once(cfg)
     assert spool.pending(cfg.spool_dir) == []
     bad = sorted(os.listdir(os.path.join(cfg.spool_dir, "bad")))
@@ -438,7 +442,7 @@ def test_a_bad_record_goes_to_bad_alone_and_the_good_ones_of_its_file_are_ingest
     event = spool.Record("ev-1", "event", {"type": "queued", "queue_id": "4XbQ1"})
     path, offsets = write_segment(cfg, [good, unknown_kind, event, refused])
     stem = os.path.basename(path)[:-4]
-    caplog.set_level("INFO", logger="mxhook.spooler")
+    caplog.set_level("INFO", logger="mxhook.daemons.spooler")
     run_once(cfg)
     assert spool.pending(cfg.spool_dir) == []
     assert delivery(cfg, f"{good.id}-r1")["status"] == "succeeded"
@@ -535,7 +539,7 @@ def test_denied_and_event_records(tmp_path):
     cfg = make_cfg(tmp_path)
     spool.ensure_dirs(cfg.spool_dir)
     spool.write(cfg.spool_dir, spool.Record(id=spool.new_id(), kind="denied", meta={
-        "received": state.iso(), "queue_id": "", "mail_from": "spam@bad.example",
+        "received": statedb.iso(), "queue_id": "", "mail_from": "spam@bad.example",
         "recipients": ["x@ours.example"], "client_addr": "198.51.100.7", "client_name": "unknown",
         "helo": "x", "header_from": "", "subject": "Win", "message_id": "", "filter": "no_rule",
         "reason": "no rule matched"}), durable=False)
@@ -596,7 +600,7 @@ def start_daemon(tmp_path, *extra) -> subprocess.Popen:
         path.write_text(config.render(settings(tmp_path)))
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
     return subprocess.Popen(
-        [sys.executable, "-m", "mxhook.spooler", "--config", str(path), *extra],
+        [sys.executable, "-m", "mxhook.daemons.spooler", "--config", str(path), *extra],
         env=env, stderr=open(tmp_path / "spooler.stderr", "ab"),
     )
 
@@ -661,7 +665,7 @@ def test_once_flag(rx, tmp_path):
 def test_bad_config_exits_2(tmp_path):
     (tmp_path / "bad.conf").write_text("[spooler]\nworkers = many\n")
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
-    res = subprocess.run([sys.executable, "-m", "mxhook.spooler", "--config", str(tmp_path / "bad.conf")],
+    res = subprocess.run([sys.executable, "-m", "mxhook.daemons.spooler", "--config", str(tmp_path / "bad.conf")],
                          env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "workers" in res.stderr
 

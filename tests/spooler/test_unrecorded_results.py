@@ -26,7 +26,7 @@ def _sql(cfg, statement: str) -> None:
 def test_a_result_that_cannot_be_recorded_is_not_posted_again(rx, tmp_path, caplog):
     cfg = make_cfg(tmp_path)
     rid = write_inbound(cfg, target(rx, "/hook"))
-    caplog.set_level(logging.INFO, logger="mxhook.spooler")
+    caplog.set_level(logging.INFO, logger="mxhook.daemons.spooler")
     with Running(cfg) as sp:
         rx.wait_for(1, path="/hook")  # state.db exists now; the first result is recorded
         wait_status(cfg, f"{rid}-r1", "succeeded")

@@ -237,7 +237,7 @@ class MilterProcess(Daemon):
     name = "milter"
 
     def __init__(self, cfg: MxhookConfig, **kw):
-        super().__init__(_program("mxhook-milter", "mxhook.milter") + ["--config", cfg.path],
+        super().__init__(_program("mxhook-milter", "mxhook.daemons.milter") + ["--config", cfg.path],
                          cfg.workdir, **kw)
         self.cfg = cfg
 
@@ -275,7 +275,7 @@ class SpoolerProcess(Daemon):
     name = "spooler"
 
     def __init__(self, cfg: MxhookConfig, extra: list[str] = (), **kw):
-        super().__init__(_program("mxhook-spooler", "mxhook.spooler") + ["--config", cfg.path, *extra],
+        super().__init__(_program("mxhook-spooler", "mxhook.daemons.spooler") + ["--config", cfg.path, *extra],
                          cfg.workdir, **kw)
         self.cfg = cfg
 
@@ -304,7 +304,7 @@ class LogfollowProcess(Daemon):
     name = "logfollow"
 
     def __init__(self, cfg: MxhookConfig, extra: list[str] = (), **kw):
-        super().__init__(_program("mxhook-logfollow", "mxhook.logfollow") + ["--config", cfg.path, *extra],
+        super().__init__(_program("mxhook-logfollow", "mxhook.daemons.logfollow") + ["--config", cfg.path, *extra],
                          cfg.workdir, **kw)
         self.cfg = cfg
         self._mark = 0

@@ -364,7 +364,7 @@ class PrivatePostfix:
             "default_process_limit": "100",
         }
         # mxhook's discard(8) entry, as `mxhook postfix-config` sets it (webhook-only mail)
-        from mxhook.postfixconf import merge_transport_maps
+        from mxhook.postfix.postconf import merge_transport_maps
         settings["transport_maps"] = merge_transport_maps(
             "texthash:" + self.transport_path if self.transport else "")
         settings.update(self.extra_main_cf)

@@ -7,8 +7,10 @@ import base64
 
 import pytest
 
-from mxhook import headers, heuristics, message
-from mxhook.db import normalize_domain
+from mxhook.model import headers
+from mxhook.model import heuristics
+from mxhook.model import message
+from mxhook.store.rulesdb import normalize_domain
 
 OURS = frozenset({"ours.example"})
 
@@ -133,7 +135,7 @@ def test_idna_2008_keeps_sharp_s_and_final_sigma():
 
 
 def test_a_label_idna_2008_refuses_is_refused_as_a_domain_and_compared_punycoded_in_mail():
-    from mxhook.rules import RuleError
+    from mxhook.model.rules import RuleError
 
     with pytest.raises(RuleError):
         normalize_domain("\u2603.example")  # a symbol: IDNA 2003 took it, IDNA 2008 does not

@@ -20,13 +20,13 @@ import click
 import pytest
 from tests.support.cli import separate_runner
 
-from mxhook import admin
+from mxhook.cli import admin
 from mxhook import cli as climod
 from mxhook import config
-from mxhook import db as dbmod
-from mxhook import postfixconf as pc
+from mxhook.store import rulesdb as dbmod
+from mxhook.postfix import postconf as pc
 from mxhook import spool
-from mxhook.state import StateStore
+from mxhook.store.statedb import StateStore
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 REAL_RUN_COMMAND = admin.run_command

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxhook import bounces, events
+from mxhook.model import bounces
+from mxhook.model import events
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "maillog")
 

@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from tests.support.cli import separate_runner
 
 from mxhook import cli as climod
-from mxhook import config, egress, signing
+from mxhook import config
+from mxhook.delivery import egress
+from mxhook.delivery import signing
 
 BEARER = "tok-abcdefghijklmnop-wxyz"
 API_KEY = "key-0123456789-9876"
@@ -728,7 +730,7 @@ def _target(name):
 @pytest.fixture
 def logged(env):
     from mxhook import spool
-    from mxhook.state import StateStore
+    from mxhook.store.statedb import StateStore
 
     os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
     store = StateStore(env.state_db)
@@ -778,7 +780,7 @@ def test_log_inbound_table(logged):
 
 def test_log_inbound_csv(logged):
     from mxhook import spool
-    from mxhook.state import StateStore
+    from mxhook.store.statedb import StateStore
 
     store = StateStore(logged.state_db)
     store.ingest([spool.Record("d2", "denied", {
@@ -1018,8 +1020,8 @@ def test_block_needs_the_spool(env):
 @pytest.fixture
 def events_logged(env):
     from mxhook import spool
-    from mxhook.endpoints import Endpoint
-    from mxhook.state import AttemptRecord, StateStore
+    from mxhook.model.endpoints import Endpoint
+    from mxhook.store.statedb import AttemptRecord, StateStore
 
     os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
     eps = [Endpoint(url="https://a.example/ev", id=1), Endpoint(url="https://b.example/ev", id=2,
@@ -1107,9 +1109,9 @@ def printed_secret(out: str, label: str = SECRET_LINE) -> str:
 
 
 def stored_keys(env, kind, owner_id):
-    from mxhook import db
+    from mxhook.store import rulesdb
 
-    with db.RulesStore(env.rules_db) as store:
+    with rulesdb.RulesStore(env.rules_db) as store:
         return store.signing_keys(kind, owner_id)
 
 
@@ -1153,7 +1155,7 @@ def test_rule_add_with_ed25519(env):
 
 
 def test_rule_rotate_secret_overlap(env):
-    from mxhook import db
+    from mxhook.store import rulesdb
 
     old = printed_secret(env.ok("rule", "add", "r", "--endpoint", "https://x.example/in",
                                 "--when", "To~.").stdout)
@@ -1161,7 +1163,7 @@ def test_rule_rotate_secret_overlap(env):
     assert "the previous one keeps signing until" in res.stdout and "(2h overlap)" in res.stdout
     new = printed_secret(res.stdout, "New signing secret (shown once, store it now): ")
     assert new != old
-    reader = db.SigningKeys(env.rules_db)
+    reader = rulesdb.SigningKeys(env.rules_db)
     try:
         now = __import__("time").time()
         assert reader.active("rule", 1).secrets == (old, new)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mxhook.csvexport import DANGEROUS_FIRST, is_invisible, safe_cell, write_csv
+from mxhook.services.csvexport import DANGEROUS_FIRST, is_invisible, safe_cell, write_csv
 
 LOG_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
 

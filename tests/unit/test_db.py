@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from mxhook import db, headers
-from mxhook.rules import Condition, Rule, RuleError, parse_condition
+from mxhook.store import rulesdb
+from mxhook.model import headers
+from mxhook.model.rules import Condition, Rule, RuleError, parse_condition
 
 
 def wait_for(predicate, timeout=5.0, step=0.01):
@@ -39,7 +40,7 @@ def path(tmp_path):
 
 @pytest.fixture
 def store(path):
-    s = db.RulesStore(path)
+    s = rulesdb.RulesStore(path)
     yield s
     s.close()
 
@@ -60,7 +61,7 @@ def test_creates_parent_dir_file_mode_wal_and_schema_version(path, store):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"domains", "rules", "conditions"} <= tables
     cols = [r[1] for r in conn.execute("PRAGMA table_info(rules)")]
@@ -77,7 +78,7 @@ def test_creates_parent_dir_file_mode_wal_and_schema_version(path, store):
 def test_mode_kept_despite_umask(tmp_path):
     old = os.umask(0o077)
     try:
-        s = db.RulesStore(str(tmp_path / "r.db"))
+        s = rulesdb.RulesStore(str(tmp_path / "r.db"))
         s.close()
     finally:
         os.umask(old)
@@ -86,7 +87,7 @@ def test_mode_kept_despite_umask(tmp_path):
 
 def test_reopen_is_idempotent(path, store):
     store.add_domain("example.com")
-    again = db.RulesStore(path)
+    again = rulesdb.RulesStore(path)
     assert [d["name"] for d in again.list_domains()] == ["example.com"]
     again.close()
 
@@ -94,7 +95,7 @@ def test_reopen_is_idempotent(path, store):
 def test_newer_schema_is_refused(path, store):
     store.conn.execute("PRAGMA user_version = 99")
     with pytest.raises(RuleError, match="newer"):
-        db.RulesStore(path)
+        rulesdb.RulesStore(path)
 
 
 # -- domains --------------------------------------------------------------------------------
@@ -270,10 +271,10 @@ def test_snapshot(store):
 
 def test_watcher_picks_up_changes_from_another_connection(path, store):
     store.add_domain("example.com")
-    w = db.SnapshotWatcher(path, interval=0.05)
+    w = rulesdb.SnapshotWatcher(path, interval=0.05)
     try:
         assert w.current.domains == {"example.com"} and len(w.current.ruleset) == 0
-        other = db.RulesStore(path)
+        other = rulesdb.RulesStore(path)
         t0 = time.monotonic()
         other.add_rule(make_rule())
         assert wait_for(lambda: len(w.current.ruleset) == 1, timeout=5)
@@ -288,7 +289,7 @@ def test_watcher_picks_up_changes_from_another_connection(path, store):
 
 
 def test_watcher_does_not_reload_without_change(path, store):
-    w = db.SnapshotWatcher(path, interval=0.02)
+    w = rulesdb.SnapshotWatcher(path, interval=0.02)
     try:
         first = w.current
         time.sleep(0.1)
@@ -300,11 +301,11 @@ def test_watcher_does_not_reload_without_change(path, store):
 
 def test_watcher_missing_file_then_created(tmp_path):
     path = str(tmp_path / "later" / "rules.db")
-    w = db.SnapshotWatcher(path, interval=0.02)
+    w = rulesdb.SnapshotWatcher(path, interval=0.02)
     try:
         assert w.current.domains == frozenset() and len(w.current.ruleset) == 0
         assert not os.path.exists(path)  # the watcher never creates the database
-        s = db.RulesStore(path)
+        s = rulesdb.RulesStore(path)
         s.add_domain("example.com")
         assert wait_for(lambda: w.current.domains == {"example.com"})
         s.close()
@@ -315,14 +316,14 @@ def test_watcher_missing_file_then_created(tmp_path):
 def test_watcher_skips_only_the_rule_whose_pattern_does_not_compile(path, store, caplog):
     store.add_domain("example.com")
     store.add_rule(make_rule())
-    w = db.SnapshotWatcher(path, interval=3600)  # polled by hand below
+    w = rulesdb.SnapshotWatcher(path, interval=3600)  # polled by hand below
     try:
         # Corrupt a pattern behind the store's back: that rule is skipped, and later changes
         # to the others (and domains) still reach the milter.
         raw = sqlite3.connect(path)
         raw.execute("UPDATE conditions SET pattern = '(' WHERE position = 0")
         raw.commit()
-        with caplog.at_level(logging.ERROR, logger="mxhook.db"):
+        with caplog.at_level(logging.ERROR, logger="mxhook.store.rulesdb"):
             assert w.check() is True
         assert [r.name for r, _ in w.current.ruleset.broken] == [make_rule().name]
         assert "is skipped" in caplog.text and "invalid regex" in caplog.text
@@ -342,13 +343,13 @@ def test_watcher_skips_only_the_rule_whose_pattern_does_not_compile(path, store,
 
 def test_watcher_retries_failed_reload_without_new_change(path, store, monkeypatch):
     store.add_rule(make_rule())
-    w = db.SnapshotWatcher(path, interval=3600)
+    w = rulesdb.SnapshotWatcher(path, interval=3600)
     try:
         store.add_domain("example.com")
-        real = db._load_snapshot
-        monkeypatch.setattr(db, "_load_snapshot", lambda *a: (_ for _ in ()).throw(OSError("x")))
+        real = rulesdb._load_snapshot
+        monkeypatch.setattr(rulesdb, "_load_snapshot", lambda *a: (_ for _ in ()).throw(OSError("x")))
         assert w.check() is False
-        monkeypatch.setattr(db, "_load_snapshot", real)
+        monkeypatch.setattr(rulesdb, "_load_snapshot", real)
         assert w.check() is True  # retried although nothing changed since
         assert w.current.domains == {"example.com"}
     finally:
@@ -360,7 +361,7 @@ def test_root_creates_file_owned_like_its_directory(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     os.chown(lib, 65534, 65534)
-    s = db.RulesStore(str(lib / "rules.db"))
+    s = rulesdb.RulesStore(str(lib / "rules.db"))
     s.add_domain("example.com")
     s.close()
     for name in ("rules.db", "rules.db-wal", "rules.db-shm"):
@@ -379,7 +380,7 @@ def make_v1_db(path):
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = wal")
     database = sqlite_utils.Database(conn)
-    db._schema_v1(database)
+    rulesdb._schema_v1(database)
     conn.execute("INSERT INTO domains VALUES ('ours.example', 1, '2026-01-01T00:00:00.000000Z')")
     conn.execute(
         "INSERT INTO rules (name, priority, enabled, endpoint, format, retry_interval, retry_period,"
@@ -392,16 +393,16 @@ def make_v1_db(path):
 def test_migration_from_version_1_keeps_rules(path):
     make_v1_db(path)
     # the milter's reader works on a version-1 file before and after the migration
-    reader = db.BlocklistReader(path)
+    reader = rulesdb.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
-    with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5 == db.SCHEMA_VERSION
+    with rulesdb.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5 == rulesdb.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
         store.block_add("x@y.example", reason="t", source="cli")
     assert reader.contains("x@y.example") is True
-    with db.RulesStore(path) as store:  # reopening a migrated file changes nothing
+    with rulesdb.RulesStore(path) as store:  # reopening a migrated file changes nothing
         assert len(store.list_rules()) == 1
 
 
@@ -412,7 +413,7 @@ def test_migration_to_version_5_stores_idna_2008_forms(path):
     # What schema 4 stored for CHEROKEE: the stdlib's IDNA 2003 on Debian 12. Written out, as
     # the stdlib's answer depends on the Unicode tables of the Python it runs on.
     idna2003 = "xn--tz9ata7l"
-    with db.RulesStore(path) as store:
+    with rulesdb.RulesStore(path) as store:
         store.conn.execute("INSERT INTO domains VALUES (?, 1, 'then')", [f"{idna2003}.example"])
         store.conn.execute("INSERT INTO domains VALUES ('xn--f9dt7l.other', 0, 'then')")
         store.conn.execute("INSERT INTO domains VALUES (?, 1, 'then')", [f"{idna2003}.other"])
@@ -423,7 +424,7 @@ def test_migration_to_version_5_stores_idna_2008_forms(path):
             store.conn.execute("INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', 'then')",
                                [address])
         store.conn.execute("PRAGMA user_version = 4")
-    with db.RulesStore(path) as store:
+    with rulesdb.RulesStore(path) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
         domains = {d["name"]: d["log_denied"] for d in store.list_domains()}
         assert domains == {"xn--f9dt7l.example": True, "xn--f9dt7l.other": True,
@@ -443,9 +444,9 @@ def test_migration_is_one_transaction(path, monkeypatch):
         database.execute("CREATE TABLE endpoints (id INTEGER PRIMARY KEY)")
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setitem(db._MIGRATIONS, 2, broken)
+    monkeypatch.setitem(rulesdb._MIGRATIONS, 2, broken)
     with pytest.raises(sqlite3.OperationalError):
-        db.RulesStore(path)
+        rulesdb.RulesStore(path)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'endpoints'").fetchone()[0] == 0
@@ -454,7 +455,7 @@ def test_migration_is_one_transaction(path, monkeypatch):
 
 # -- endpoints ------------------------------------------------------------------------------
 
-from mxhook.endpoints import Endpoint  # noqa: E402
+from mxhook.model.endpoints import Endpoint  # noqa: E402
 
 
 def test_endpoint_crud(store):
@@ -511,7 +512,7 @@ def test_endpoint_version_is_pinned_when_stored(store, monkeypatch):
 
 
 def test_endpoints_view_reloads_on_change(path, store):
-    view = db.EndpointsView(path)
+    view = rulesdb.EndpointsView(path)
     assert view.current() == {} and view.generation == 1
     assert view.current() == {} and view.generation == 1  # no change, no reload
     ep = store.add_endpoint(Endpoint(url="https://h.example/a"))
@@ -521,9 +522,9 @@ def test_endpoints_view_reloads_on_change(path, store):
 
 def test_endpoints_view_missing_file_then_created(tmp_path):
     path = str(tmp_path / "rules.db")
-    view = db.EndpointsView(path)
+    view = rulesdb.EndpointsView(path)
     assert view.current() == {} and view.generation == 0
-    with db.RulesStore(path) as store:
+    with rulesdb.RulesStore(path) as store:
         store.add_endpoint(Endpoint(url="https://h.example/a"))
     assert list(view.current()) == [1] and view.generation == 1
 
@@ -564,9 +565,9 @@ def test_block_source_checked(store):
 
 
 def test_blocklist_reader(path, tmp_path):
-    reader = db.BlocklistReader(path)
+    reader = rulesdb.BlocklistReader(path)
     assert reader.contains("a@b.example") is False  # no database yet
-    with db.RulesStore(path) as store:
+    with rulesdb.RulesStore(path) as store:
         store.block_add("a@b.example", reason=None, source="cli")
         assert reader.contains("<A@B.Example>") is True
         assert reader.contains("c@b.example") is False
@@ -584,10 +585,10 @@ def test_blocklist_reader(path, tmp_path):
 def test_blocklist_reader_threads_share_a_small_pool(path):
     import threading
 
-    with db.RulesStore(path) as store:
+    with rulesdb.RulesStore(path) as store:
         for i in range(50):
             store.block_add(f"u{i}@b.example", reason=None, source="cli")
-    reader = db.BlocklistReader(path)
+    reader = rulesdb.BlocklistReader(path)
     errors = []
 
     def work(n):
@@ -610,20 +611,20 @@ def test_blocklist_reader_threads_share_a_small_pool(path):
 def test_blocklist_reader_fails_open_on_a_broken_file(tmp_path, caplog):
     path = tmp_path / "rules.db"
     path.write_bytes(b"this is not a database" * 100)
-    reader = db.BlocklistReader(str(path))
-    with caplog.at_level(logging.ERROR, logger="mxhook.db"):
+    reader = rulesdb.BlocklistReader(str(path))
+    with caplog.at_level(logging.ERROR, logger="mxhook.store.rulesdb"):
         assert reader.contains("a@b.example") is False
         assert reader.contains("a@b.example") is False
     assert len([r for r in caplog.records if "block list" in r.getMessage()]) == 1  # logged once
 
 
 def test_blocklist_reader_is_fast(path):
-    with db.RulesStore(path) as store:
-        with db._transaction(store.conn):
+    with rulesdb.RulesStore(path) as store:
+        with rulesdb._transaction(store.conn):
             store.conn.executemany(
                 "INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', 'x')",
                 [(f"user{i}@example.com",) for i in range(100_000)])
-    reader = db.BlocklistReader(path)
+    reader = rulesdb.BlocklistReader(path)
     reader.contains("warm@up.example")
     start = time.perf_counter()
     for i in range(2000):
@@ -634,7 +635,7 @@ def test_blocklist_reader_is_fast(path):
 
 # -- signing keys (schema 3) -------------------------------------------------------------------
 
-from mxhook import signing  # noqa: E402
+from mxhook.delivery import signing  # noqa: E402
 
 
 def make_v2_db(path):
@@ -645,7 +646,7 @@ def make_v2_db(path):
     make_v1_db(path)
     conn = sqlite3.connect(path, isolation_level=None)
     database = sqlite_utils.Database(conn)
-    db._schema_v2(database)
+    rulesdb._schema_v2(database)
     conn.execute(
         "INSERT INTO rules (name, priority, enabled, endpoint, format, retry_interval, retry_period,"
         " timeout, discard, allow_http) VALUES ('r2', 0, 1, 'https://h.example/in2', 'json', 60, 3, 30, 0, 0)")
@@ -659,23 +660,23 @@ def make_v2_db(path):
 
 def test_migration_to_version_4_puts_block_list_addresses_in_their_compared_form(path):
     make_v2_db(path)
-    with db.RulesStore(path) as store:  # to version 3, then back to its label
+    with rulesdb.RulesStore(path) as store:  # to version 3, then back to its label
         store.conn.execute("PRAGMA user_version = 3")
         for address in ("kunde@b\u00fccher.example", "a@x.example.", "a@x.example", "plain@x.example"):
             store.conn.execute("INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', ?)",
                                (address, "2026-11-01T00:00:00.000000Z"))
-    with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    with rulesdb.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION
         assert sorted(b["address"] for b in store.block_list()) == [
             "a@x.example", "kunde@xn--bcher-kva.example", "plain@x.example"]
         assert store.block_remove("Kunde@B\u00fccher.example")  # found in its new form
-    assert db.BlocklistReader(path).contains("a@x.example.")
+    assert rulesdb.BlocklistReader(path).contains("a@x.example.")
 
 
 def test_migration_from_version_2_gives_every_rule_and_endpoint_a_secret(path):
     make_v2_db(path)
-    with db.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    with rulesdb.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION
         for kind, owner in (("rule", 1), ("rule", 2), ("endpoint", 1)):
             (key,) = store.signing_keys(kind, owner)
             assert key.scheme == "v1" and key.current and key.public_key is None
@@ -685,13 +686,13 @@ def test_migration_from_version_2_gives_every_rule_and_endpoint_a_secret(path):
         assert len(secrets) == 3
         store.remove_rule("r2")
         assert store.add_rule(make_rule("r3")).id == 3  # never 2 again
-    with db.RulesStore(path) as store:  # reopening changes nothing
+    with rulesdb.RulesStore(path) as store:  # reopening changes nothing
         assert len(store.conn.execute("SELECT * FROM signing_keys").fetchall()) == 4
 
 
 def test_migration_to_3_is_one_transaction(path, monkeypatch):
     make_v2_db(path)
-    real = db._insert_key
+    real = rulesdb._insert_key
     calls = []
 
     def failing(*args):
@@ -700,9 +701,9 @@ def test_migration_to_3_is_one_transaction(path, monkeypatch):
             raise sqlite3.OperationalError("disk I/O error")
         return real(*args)
 
-    monkeypatch.setattr(db, "_insert_key", failing)
+    monkeypatch.setattr(rulesdb, "_insert_key", failing)
     with pytest.raises(sqlite3.OperationalError):
-        db.RulesStore(path)
+        rulesdb.RulesStore(path)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'signing_keys'").fetchone()[0] == 0
@@ -745,7 +746,7 @@ def test_rotation_overlap_then_one(store):
     assert keys[0].expires is not None and new.current
     assert 3590 < keys[0].expires_epoch - time.time() <= 3600
     # the reader: both sign now, only the new one after the overlap
-    reader = db.SigningKeys(store.path)
+    reader = rulesdb.SigningKeys(store.path)
     try:
         assert reader.active("rule", rule.id).secrets == (old.secret, new.secret)
         assert reader.active("rule", rule.id, now=time.time() + 3601).secrets == (new.secret,)
@@ -773,7 +774,7 @@ def test_rotation_of_ed25519_leaves_the_secret(store):
 
 class _reader:
     def __init__(self, path):
-        self.r = db.SigningKeys(path)
+        self.r = rulesdb.SigningKeys(path)
 
     def __enter__(self):
         return self.r
@@ -799,7 +800,7 @@ def test_removed_rule_keys_keep_signing_its_retries(store):
     store.remove_rule("a")
     with _reader(store.path) as reader:
         assert reader.active("rule", rule.id).secrets == (key.secret,)
-        later = time.time() + db.REMOVED_RULE_KEYS_DAYS * 86400 + 60
+        later = time.time() + rulesdb.REMOVED_RULE_KEYS_DAYS * 86400 + 60
         assert reader.active("rule", rule.id, now=later).secrets == ()
     again = store.add_rule(make_rule("a"))
     assert again.id == rule.id + 1
@@ -841,6 +842,6 @@ def test_signing_keys_reader_missing_file_and_old_schema(tmp_path):
     make_v1_db(old)
     with _reader(old) as reader:
         assert reader.active("rule", 1) == signing.KeySet()  # not migrated yet: unsigned
-        with db.RulesStore(old):
+        with rulesdb.RulesStore(old):
             pass
         assert len(reader.active("rule", 1).secrets) == 1  # migrated: seen at once

@@ -1,8 +1,8 @@
 """Rules see a header field as the payload shows it (the receiver can check a rule against
 the `headers` it was posted)."""
-from mxhook.decision import decide, header_index
-from mxhook.message import normalize, split_headers
-from mxhook.rules import Rule, RuleSet, parse_condition
+from mxhook.model.decision import decide, header_index
+from mxhook.model.message import normalize, split_headers
+from mxhook.model.rules import Rule, RuleSet, parse_condition
 
 RAW = (b"From: =?utf-8?q?Doe=2C_John?= <john@sender.example>\r\n"
        b"To: sales@ours.example\r\n"

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mxhook import egress
-from mxhook.egress import EgressBlocked, EgressError, ResolutionError
+from mxhook.delivery import egress
+from mxhook.delivery.egress import EgressBlocked, EgressError, ResolutionError
 
 LOOPBACK_ONLY = egress.parse_networks("127.0.0.1/32")
 

@@ -18,7 +18,7 @@ import requests
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from mxhook import egress
+from mxhook.delivery import egress
 
 LOOPBACK_ONLY = egress.parse_networks("127.0.0.1/32")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from mxhook import endpoints
-from mxhook.endpoints import Endpoint
-from mxhook.rules import RuleError
+from mxhook.model import endpoints
+from mxhook.model.endpoints import Endpoint
+from mxhook.model.rules import RuleError
 
 URL = "https://hooks.example.net/events"
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mxhook import endpoints
-from mxhook.endpoints import Endpoint
+from mxhook.model import endpoints
+from mxhook.model.endpoints import Endpoint
 from mxhook.payloads import events as ev_payloads
 from mxhook.payloads.events import render_events
 

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from mxhook import events, spool
-from mxhook.events import Event, EventError
+from mxhook.model import events
+from mxhook import spool
+from mxhook.model.events import Event, EventError
 
 
 def test_categories_cover_every_type_once():
@@ -39,7 +40,7 @@ def test_event_round_trip_through_dict_and_json():
     d = ev.to_dict()
     assert set(d) == {f for f in Event.__dataclass_fields__}
     assert Event.from_dict(json.loads(json.dumps(d))) == ev
-    # unknown keys (e.g. `received` added by to_record) are ignored
+    # unknown keys (e.g. `received` added by spool.event_record) are ignored
     assert Event.from_dict({**d, "received": d["at"], "future_field": 1}) == ev
 
 
@@ -75,18 +76,18 @@ def test_iso_helpers():
     assert events.now_iso().endswith("Z")
 
 
-def test_to_record_writes_a_spool_event(tmp_path):
+def test_event_record_writes_a_spool_event(tmp_path):
     spool.ensure_dirs(str(tmp_path))
     ev = Event(type="succeeded", at="2026-11-22T12:00:02.000000Z", id=events.event_id(5, "x"),
                queue_id="4A1B2C3D4E", recipient="a@b.example")
-    rec = events.to_record(ev)
+    rec = spool.event_record(ev)
     path = spool.write(str(tmp_path), rec, durable=False)
     back = spool.read(path)
     assert back.id == ev.id and back.kind == "event"
     assert back.meta["received"] == ev.at
     assert Event.from_dict({**back.meta, "id": back.id}) == ev
     with pytest.raises(EventError):
-        events.to_record(Event(type="queued", at="2026-11-22T12:00:02Z"))
+        spool.event_record(Event(type="queued", at="2026-11-22T12:00:02Z"))
 
 
 def test_is_stored_time_only_for_the_form_iso_from_us_gives():

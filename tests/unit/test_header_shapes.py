@@ -7,9 +7,9 @@ import base64
 
 import pytest
 
-from mxhook.decision import header_index
-from mxhook.headers import decode_value
-from mxhook.message import normalize, split_headers
+from mxhook.model.decision import header_index
+from mxhook.model.headers import decode_value
+from mxhook.model.message import normalize, split_headers
 from tests.support.header_shapes import SHAPES
 
 

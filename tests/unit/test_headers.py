@@ -3,7 +3,7 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from mxhook import headers
+from mxhook.model import headers
 
 
 def test_8bit_latin1_and_utf8_and_encoded_words():

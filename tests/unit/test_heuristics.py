@@ -2,9 +2,9 @@ import time
 
 import pytest
 
-from mxhook import heuristics
-from mxhook.decision import decide
-from mxhook.rules import Rule, RuleSet, parse_condition
+from mxhook.model import heuristics
+from mxhook.model.decision import decide
+from mxhook.model.rules import Rule, RuleSet, parse_condition
 
 OURS = frozenset({"ours.example"})
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from mxhook import egress, http
+from mxhook.delivery import egress
+from mxhook.delivery import webhook
 from tests.support.receiver import Receiver, Response
 
 LOOPBACK = "127.0.0.1/32"  # the receiver's network, allowlisted as [http] allow_networks would
@@ -28,24 +29,24 @@ LOOPBACK = "127.0.0.1/32"  # the receiver's network, allowlisted as [http] allow
     ],
 )
 def test_classify_table(code, status):
-    assert http.classify(code, {}).status == status
+    assert webhook.classify(code, {}).status == status
 
 
 def test_classify_redirect_names_location():
-    v = http.classify(301, {"Location": "https://elsewhere.example/hook"})
+    v = webhook.classify(301, {"Location": "https://elsewhere.example/hook"})
     assert v.status == "failed"
     assert "https://elsewhere.example/hook" in v.error and "not followed" in v.error
-    assert "without a Location" in http.classify(302, {}).error
+    assert "without a Location" in webhook.classify(302, {}).error
 
 
 def test_classify_errors_and_retry_after():
-    assert http.classify(200, {}).error is None
-    v = http.classify(503, {"retry-after": "120"})
+    assert webhook.classify(200, {}).error is None
+    v = webhook.classify(503, {"retry-after": "120"})
     assert (v.status, v.retry_after) == ("deferred", 120.0)
     assert "503" in v.error and "Retry-After 120s" in v.error
-    assert http.classify(404, {"Retry-After": "5"}).retry_after is None  # only deferred honour it
-    assert http.classify(404, {}).error == "HTTP 404 Not Found"
-    assert http.classify(599, {}).error == "HTTP 599"
+    assert webhook.classify(404, {"Retry-After": "5"}).retry_after is None  # only deferred honour it
+    assert webhook.classify(404, {}).error == "HTTP 404 Not Found"
+    assert webhook.classify(599, {}).error == "HTTP 599"
 
 
 @pytest.mark.parametrize(
@@ -56,26 +57,26 @@ def test_classify_errors_and_retry_after():
     ],
 )
 def test_parse_retry_after_seconds(value, expected):
-    assert http.parse_retry_after(value) == expected
+    assert webhook.parse_retry_after(value) == expected
 
 
 def test_parse_retry_after_http_date():
     now = 1_800_000_000.0
     in_90s = email.utils.formatdate(now + 90, usegmt=True)
-    assert http.parse_retry_after(in_90s, now=now) == 90.0
-    assert http.parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now=now) == 0.0
-    assert http.parse_retry_after(email.utils.formatdate(now + 7200, usegmt=True), now=now) == 3600.0
+    assert webhook.parse_retry_after(in_90s, now=now) == 90.0
+    assert webhook.parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now=now) == 0.0
+    assert webhook.parse_retry_after(email.utils.formatdate(now + 7200, usegmt=True), now=now) == 3600.0
     # the obsolete RFC 850 and asctime forms are also HTTP-dates
-    assert http.parse_retry_after("Sun Nov  6 08:49:37 1994", now=now) == 0.0
-    assert http.parse_retry_after("Mon, 99 Foo 2026 99:00:00 GMT", now=now) is None
+    assert webhook.parse_retry_after("Sun Nov  6 08:49:37 1994", now=now) == 0.0
+    assert webhook.parse_retry_after("Mon, 99 Foo 2026 99:00:00 GMT", now=now) is None
 
 
 def test_auth_header():
-    assert http.auth_header({}) is None
-    assert http.auth_header({"basic_auth": "u:p w"}) == "Basic " + base64.b64encode(b"u:p w").decode()
-    assert http.auth_header({"bearer": "tok"}) == "Bearer tok"
+    assert webhook.auth_header({}) is None
+    assert webhook.auth_header({"basic_auth": "u:p w"}) == "Basic " + base64.b64encode(b"u:p w").decode()
+    assert webhook.auth_header({"bearer": "tok"}) == "Bearer tok"
     with pytest.raises(ValueError):
-        http.auth_header({"basic_auth": "u:p", "bearer": "tok"})
+        webhook.auth_header({"basic_auth": "u:p", "bearer": "tok"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def target(url, **kw):
 
 
 def post(tgt, body=b'{"a":1}', max_response_bytes=4096, webhook_id="wh-1", session=None, **kw):
-    return http.deliver(session or http.make_session(LOOPBACK), tgt, body, "application/json", webhook_id,
+    return webhook.deliver(session or webhook.make_session(LOOPBACK), tgt, body, "application/json", webhook_id,
                         user_agent="mxhook-test/1", max_response_bytes=max_response_bytes, **kw)
 
 
@@ -202,7 +203,7 @@ def test_invalid_url_failed():
 
 
 def test_redirect_location_is_shown_without_its_query():
-    v = http.classify(301, {"Location": "https://u:pw@elsewhere.example:8443/hook?token=SECRET#x"})
+    v = webhook.classify(301, {"Location": "https://u:pw@elsewhere.example:8443/hook?token=SECRET#x"})
     assert "https://elsewhere.example:8443/hook?…" in v.error
     assert "SECRET" not in v.error and "pw" not in v.error
 
@@ -225,15 +226,15 @@ def test_a_malformed_url_fails_without_its_query():
 # The SSRF guard in deliveries
 
 def test_make_session_is_guarded():
-    session = http.make_session()
+    session = webhook.make_session()
     assert isinstance(session.get_adapter("https://x.test/"), egress.GuardedAdapter)
     assert session.trust_env is False
-    assert isinstance(http.make_session("127.0.0.1/32, 10.0.0.0/8").get_adapter("http://x/"), egress.GuardedAdapter)
+    assert isinstance(webhook.make_session("127.0.0.1/32, 10.0.0.0/8").get_adapter("http://x/"), egress.GuardedAdapter)
 
 
 def test_blocked_address_is_deferred_with_the_reason(rx):
     """Without an allowlist the loopback receiver is refused before any connection."""
-    out = post(target(rx.url + "/hook?token=SECRET", bearer="tok-secret"), session=http.make_session())
+    out = post(target(rx.url + "/hook?token=SECRET", bearer="tok-secret"), session=webhook.make_session())
     assert out.status == "deferred" and out.status_code is None
     assert out.error.startswith("egress refused: endpoint address 127.0.0.1, a loopback address")
     assert "[http] allow_networks" in out.error
@@ -244,14 +245,14 @@ def test_blocked_address_is_deferred_with_the_reason(rx):
 
 
 def test_blocked_host_name_is_deferred():
-    session = http.make_session((), resolver=egress.static_resolver({"hooks.test": ["10.1.2.3"]}))
+    session = webhook.make_session((), resolver=egress.static_resolver({"hooks.test": ["10.1.2.3"]}))
     out = post(target("https://hooks.test/in", allow_http=False), session=session)
     assert out.status == "deferred"
     assert "hooks.test resolves to 10.1.2.3, a private address" in out.error
 
 
 def test_allowlisted_host_name_is_delivered(rx):
-    session = http.make_session(LOOPBACK, resolver=egress.static_resolver({"hooks.test": ["127.0.0.1"]}))
+    session = webhook.make_session(LOOPBACK, resolver=egress.static_resolver({"hooks.test": ["127.0.0.1"]}))
     out = post(target(rx.url.replace("127.0.0.1", "hooks.test") + "/named"), session=session)
     assert out.status == "succeeded"
     (req,) = rx.wait_for(1)
@@ -268,7 +269,7 @@ def test_trickled_body_is_cut_at_the_deadline(rx):
     start = time.monotonic()
     out = post(target(rx.url + "/slow", timeout=1))
     elapsed = time.monotonic() - start
-    assert elapsed < 1 + http.DEADLINE_GRACE + 0.8, elapsed
+    assert elapsed < 1 + webhook.DEADLINE_GRACE + 0.8, elapsed
     assert out.status == "succeeded" and out.status_code == 200
     assert 0 < len(out.response_excerpt) < 40
 
@@ -304,16 +305,16 @@ def test_trickled_status_line_is_deferred_at_the_deadline():
         stop.set()
         srv.close()
         thread.join(5)
-    assert elapsed < 1 + http.DEADLINE_GRACE + 0.8, elapsed
+    assert elapsed < 1 + webhook.DEADLINE_GRACE + 0.8, elapsed
     assert out.status == "deferred" and out.status_code is None
     assert out.error == "timeout: no complete answer within 1s (whole-attempt deadline)"
 
 
 def test_deadline_does_not_touch_a_pooled_connection(rx):
     """After an attempt, its keep-alive connection is reused by the next one untouched."""
-    session = http.make_session(LOOPBACK)
+    session = webhook.make_session(LOOPBACK)
     assert post(target(rx.url + "/a", timeout=1), session=session).status == "succeeded"
-    time.sleep(1 + http.DEADLINE_GRACE + 0.3)  # the first attempt's deadline has passed
+    time.sleep(1 + webhook.DEADLINE_GRACE + 0.3)  # the first attempt's deadline has passed
     assert post(target(rx.url + "/b", timeout=1), session=session).status == "succeeded"
     assert [r.path for r in rx.wait_for(2)] == ["/a", "/b"]
 
@@ -322,7 +323,7 @@ def test_deadline_does_not_touch_a_pooled_connection(rx):
 # Signature headers
 
 def test_signature_headers_per_attempt(rx):
-    from mxhook import signing
+    from mxhook.delivery import signing
 
     secret = signing.generate_secret()
     keys = signing.KeySet(secrets=(secret,))
@@ -344,7 +345,7 @@ def test_no_keys_no_signature_header(rx):
 
 
 def test_unusable_key_defers_without_posting(rx):
-    from mxhook import signing
+    from mxhook.delivery import signing
 
     out = post(target(rx.url + "/k"), keys=signing.KeySet(secrets=("whsec_notbase64!!",)))
     assert out.status == "deferred" and out.error.startswith("cannot sign the request:")

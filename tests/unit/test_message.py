@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mxhook import message as message_module
-from mxhook.message import decode_text, normalize, split_headers
+from mxhook.model import message as message_module
+from mxhook.model.message import decode_text, normalize, split_headers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mime"
 ALL_FIXTURES = sorted(FIXTURES.glob("*.eml"))

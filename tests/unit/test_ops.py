@@ -9,15 +9,20 @@ import pytest
 from tests.support.cli import separate_runner
 
 from mxhook import cli as climod
-from mxhook import config, db, ops, rules, spool, state
-from mxhook.endpoints import Endpoint
-from mxhook.state import AttemptRecord, StateStore
+from mxhook import config
+from mxhook.store import rulesdb
+from mxhook.cli import ops
+from mxhook.model import rules
+from mxhook import spool
+from mxhook.store import statedb
+from mxhook.model.endpoints import Endpoint
+from mxhook.store.statedb import AttemptRecord, StateStore
 
 NOW = time.time()
 
 
 def at(seconds_ago: float) -> str:
-    return state.iso(NOW - seconds_ago)
+    return statedb.iso(NOW - seconds_ago)
 
 
 class Env:
@@ -41,8 +46,8 @@ class Env:
         assert res.exit_code == code, (res.stdout, res.stderr, res.exception)
         return json.loads(res.stdout)
 
-    def rules(self) -> db.RulesStore:
-        return db.RulesStore(self.rules_db)
+    def rules(self) -> rulesdb.RulesStore:
+        return rulesdb.RulesStore(self.rules_db)
 
     def state(self) -> StateStore:
         return StateStore(self.state_db)
@@ -60,17 +65,17 @@ class Env:
                 "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.delivery_target()}]}
         with self.state() as st:
             st.ingest([spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
-        return state.delivery_id(rid, rule.name)
+        return statedb.delivery_id(rid, rule.name)
 
     def finish(self, did: str, status: str, *, code=404, when=None, error=None) -> None:
         outcome = status if status != "failed" or code else "failed"
         with self.state() as st:
             st.record_attempts([AttemptRecord(
-                did, when or state.iso(), "succeeded" if status == "succeeded" else
+                did, when or statedb.iso(), "succeeded" if status == "succeeded" else
                 ("deferred" if status == "deferred" else outcome), status,
                 status_code=200 if status == "succeeded" else code,
                 error=None if status == "succeeded" else (error or f"HTTP {code}"),
-                next_attempt_at=state.iso(NOW + 60) if status == "deferred" else None)])
+                next_attempt_at=statedb.iso(NOW + 60) if status == "deferred" else None)])
 
     def failed_delivery(self, rule, received=None) -> str:
         did = self.message(rule, received or at(60))
@@ -208,7 +213,7 @@ def test_replay_by_endpoint(env):
         batches = {}
         for e in (ep, gone):
             b = st.create_batch(e.id, 100)
-            st.record_batch_attempts([AttemptRecord(b.id, state.iso(), "failed", "failed",
+            st.record_batch_attempts([AttemptRecord(b.id, statedb.iso(), "failed", "failed",
                                                     status_code=400, error="HTTP 400 Bad Request")])
             batches[e.id] = b.id
     with env.rules() as store:
@@ -291,12 +296,12 @@ def test_status_shapes(env):
     assert rules_["retrying"]["since"] == at(290) and rules_["retrying"]["pending"] == 1
     assert rules_["retrying"]["last_error"] == "HTTP 503 Service Unavailable"
     assert rules_["failing"]["failed"] == 1 and rules_["failing"]["pending"] == 0
-    assert rules_["disabled"]["since"] == state.iso(NOW - 100)
+    assert rules_["disabled"]["since"] == statedb.iso(NOW - 100)
     assert rules_["disabled"]["disabled_reason"] == "the endpoint answered HTTP 410 Gone"
     assert rules_["disabled"]["pending"] == 1 and rules_["disabled"]["enabled"] is False
     assert rules_["by-admin"]["disabled_reason"] == "disabled by the admin"
     (e,) = report["endpoints"]
-    assert (e["id"], e["state"], e["pending"], e["oldest_pending"]) == (ep.id, "ok", 4, state.iso(NOW - 50))
+    assert (e["id"], e["state"], e["pending"], e["oldest_pending"]) == (ep.id, "ok", 4, statedb.iso(NOW - 50))
     # text
     res = env.run("status")
     assert res.exit_code == 0

@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from mxhook.payloads import (
-    MESSAGE_FIELDS, Rendered, _quote_param, header_safe, render_inbound, render_multipart, native_document,
+    MESSAGE_FIELDS,
+    Rendered,
+    _quote_param,
+    header_safe,
+    render_inbound,
+    render_multipart,
+    native_document,
 )
-from mxhook.rules import Rule
+from mxhook.model.rules import Rule
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mime"
 PDF = b"%PDF-1.4\n% fake pdf for tests\n" + bytes(range(256)) + b"\n%%EOF\n"

@@ -1,7 +1,7 @@
 import os
 import socket
 
-from mxhook import postfixconf as pc
+from mxhook.postfix import postconf as pc
 
 DEFAULTS = {
     "queue_directory": "/var/spool/postfix",

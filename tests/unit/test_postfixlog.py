@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxhook import events, postfixlog
-from mxhook.postfixlog import Correlator, parse_line
+from mxhook.model import events
+from mxhook.postfix import maillog
+from mxhook.postfix.maillog import Correlator, parse_line
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "maillog")
 NOW = 1_795_996_800  # 2026-11-30T00:00:00Z: reference for years of traditional time stamps
@@ -17,11 +18,11 @@ def utc(monkeypatch):
     """Traditional syslog stamps are local time; pin the zone so expectations hold anywhere."""
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
-    postfixlog.clear_caches()
+    maillog.clear_caches()
     yield
     monkeypatch.undo()
     time.tzset()
-    postfixlog.clear_caches()
+    maillog.clear_caches()
 
 
 def lines(name: str) -> list[str]:
@@ -82,7 +83,7 @@ def test_traditional_year_is_inferred_from_now():
 def test_local_time_zone_applies_to_traditional_stamps(monkeypatch):
     monkeypatch.setenv("TZ", "Europe/Berlin")
     time.tzset()
-    postfixlog.clear_caches()
+    maillog.clear_caches()
     p = parse_line("Nov 22 13:00:01 mail postfix/qmgr[1]: 4A1B2C3D4E: removed", now=NOW)
     assert p.at == "2026-11-22T12:00:01.000000Z"
     # RFC 3339 stamps carry their offset; the local zone does not matter
@@ -170,9 +171,9 @@ def test_kinds(msg, kind, qid, data):
 def test_queue_ids():
     for qid in ("4A1B2C3D4E", "BB26D20D051", "F189C20D70C", "4jXTcH35BWzJBc3", "4Xb2sN1z3Kz9vDq",
                 "4kM9qR2VdLz7Hxp"):
-        assert postfixlog.is_queue_id(qid), qid
+        assert maillog.is_queue_id(qid), qid
     for word in ("NOQUEUE", "warning", "statistics", "removed", "4a1b2c", ""):
-        assert not postfixlog.is_queue_id(word), word
+        assert not maillog.is_queue_id(word), word
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -191,7 +192,7 @@ def test_queue_ids():
     (None, (None, None, None)),
 ])
 def test_split_status_text(text, expected):
-    assert postfixlog.split_status_text(text) == expected
+    assert maillog.split_status_text(text) == expected
 
 
 # ---------------------------------------------------------------------------------------------

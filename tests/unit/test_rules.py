@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from mxhook import rules
-from mxhook.rules import Rule, RuleError, RuleSet, parse_condition, validate
+from mxhook.model import rules
+from mxhook.model.rules import Rule, RuleError, RuleSet, parse_condition, validate
 
 
 def rule(name="r", conditions=("Subject~invoice",), **kw):

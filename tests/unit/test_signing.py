@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings, strategies as st
 
-from mxhook import signing
-from mxhook.signing import SigningError, VerificationError
+from mxhook.delivery import signing
+from mxhook.delivery.signing import SigningError, VerificationError
 
 # The test vector published with the spec's reference libraries.
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

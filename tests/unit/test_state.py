@@ -1,4 +1,4 @@
-"""mxhook.state: ingest (idempotent), the delivery queue, attempt results, log queries."""
+"""mxhook.store.statedb: ingest (idempotent), the delivery queue, attempt results, log queries."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mxhook import spool, state
-from mxhook.state import AttemptRecord, StateStore
+from mxhook import spool
+from mxhook.store import statedb
+from mxhook.store.statedb import AttemptRecord, StateStore
 
 
 def target(name="r1", **kw):
@@ -117,16 +118,16 @@ def test_events_stored_raw(store):
 
 
 def test_check_record_rejects_bad_meta(store):
-    with pytest.raises(state.RecordError):
+    with pytest.raises(statedb.RecordError):
         store.ingest([inbound("ok1"), inbound("bad", deliveries=[])])
-    with pytest.raises(state.RecordError):
-        state.check_record(inbound("bad", deliveries=[{"recipients": "x", "rule": target()}]))
-    with pytest.raises(state.RecordError):
-        state.check_record(inbound("bad", deliveries=[{"recipients": [], "rule": {"name": "x"}}]))
-    with pytest.raises(state.RecordError):
-        state.check_record(inbound("bad", received="yesterday"))
-    with pytest.raises(state.RecordError):
-        state.check_record(inbound("bad", deliveries=[
+    with pytest.raises(statedb.RecordError):
+        statedb.check_record(inbound("bad", deliveries=[{"recipients": "x", "rule": target()}]))
+    with pytest.raises(statedb.RecordError):
+        statedb.check_record(inbound("bad", deliveries=[{"recipients": [], "rule": {"name": "x"}}]))
+    with pytest.raises(statedb.RecordError):
+        statedb.check_record(inbound("bad", received="yesterday"))
+    with pytest.raises(statedb.RecordError):
+        statedb.check_record(inbound("bad", deliveries=[
             {"recipients": ["a@x"], "rule": target("r")}, {"recipients": ["b@x"], "rule": target("r")}]))
     assert store.counts()["messages"] == 0  # nothing of the failed batch was written
 
@@ -135,8 +136,8 @@ def test_check_record_rejects_bad_meta(store):
                                   {"name": {"a": 1}, "endpoint": "https://h/"},
                                   {"name": "r", "endpoint": ["https://h/"]}])
 def test_check_record_rejects_non_string_rule_fields(rule):
-    with pytest.raises(state.RecordError, match="is not a string"):
-        state.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": rule}]))
+    with pytest.raises(statedb.RecordError, match="is not a string"):
+        statedb.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": rule}]))
 
 
 @pytest.mark.parametrize("make,field", [("inbound", "subject"), ("inbound", "message_id"),
@@ -147,18 +148,18 @@ def test_check_record_rejects_non_text_in_text_fields(store, make, field):
     record = {"inbound": lambda: inbound("bad", **{field: {"a": 1}}),
               "denied": lambda: denied("bad", **{field: ["x"]}),
               "event": lambda: event("bad", "queued", **{field: {"a": 1}})}[make]()
-    with pytest.raises(state.RecordError, match=f"{field}' is not a string"):
-        state.check_record(record)
-    with pytest.raises(state.RecordError, match="rule.id is not an integer"):
-        state.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": {**target(), "id": "7"}}]))
+    with pytest.raises(statedb.RecordError, match=f"{field}' is not a string"):
+        statedb.check_record(record)
+    with pytest.raises(statedb.RecordError, match="rule.id is not an integer"):
+        statedb.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": {**target(), "id": "7"}}]))
 
 
 @pytest.mark.parametrize("when", [1e300, 6.77680361916768e16, -1e300])
 def test_check_record_rejects_out_of_range_times(when):
-    with pytest.raises(state.RecordError, match="out of range"):
-        state.check_record(denied("bad", received=when))
-    with pytest.raises(state.RecordError, match="out of range"):
-        state.check_record(spool.Record(id="e", kind="event", meta={"type": "queued", "at": when}))
+    with pytest.raises(statedb.RecordError, match="out of range"):
+        statedb.check_record(denied("bad", received=when))
+    with pytest.raises(statedb.RecordError, match="out of range"):
+        statedb.check_record(spool.Record(id="e", kind="event", meta={"type": "queued", "at": when}))
 
 
 def test_received_is_normalized_to_utc(store):
@@ -225,7 +226,7 @@ def test_due_and_attempts(store):
     assert detail["queue_id"] == "4XbQ1" and detail["recipients"] == ["in@ours.example", "in2@ours.example"]
     assert [(a["status_code"], a["error"], a["duration_ms"]) for a in detail["attempts"]] == [
         (500, "HTTP 500 Internal Server Error", 12), (200, None, 5)]
-    assert set(state.LOG_KEYS) | {"mail_from", "client_addr", "queue_id", "recipients", "attempts"} <= set(detail)
+    assert set(statedb.LOG_KEYS) | {"mail_from", "client_addr", "queue_id", "recipients", "attempts"} <= set(detail)
     assert store.inbound_detail("a1")["id"] == "a1-r1"  # a record id finds its delivery
     assert store.inbound_detail("nope") is None
     d = store.delivery("a1-r1")
@@ -243,15 +244,15 @@ def test_raw_kept_until_every_delivery_succeeded(store):
         {"recipients": ["x@ours.example"], "rule": target("r1")},
         {"recipients": ["y@ours.example"], "rule": target("r2")},
     ])])
-    store.record_attempt("a1-r1", at=state.iso(), outcome="succeeded", status="succeeded", status_code=200)
+    store.record_attempt("a1-r1", at=statedb.iso(), outcome="succeeded", status="succeeded", status_code=200)
     assert store.conn.execute("SELECT raw IS NOT NULL FROM messages").fetchone()[0] == 1
-    store.record_attempt("a1-r2", at=state.iso(), outcome="succeeded", status="succeeded", status_code=204)
+    store.record_attempt("a1-r2", at=statedb.iso(), outcome="succeeded", status="succeeded", status_code=204)
     assert store.conn.execute("SELECT raw IS NULL, raw_size FROM messages").fetchone() == (1, 24)
 
 
 def test_log_reason_may_differ_from_error(store):
     store.ingest([inbound("a1")])
-    store.record_attempt("a1-r1", at=state.iso(), outcome="deferred", status="failed", status_code=503,
+    store.record_attempt("a1-r1", at=statedb.iso(), outcome="deferred", status="failed", status_code=503,
                          error="HTTP 503 Service Unavailable",
                          reason="HTTP 503 Service Unavailable; gave up: retry period of 3 days ended")
     d = store.inbound_detail("a1-r1")
@@ -263,8 +264,8 @@ def test_log_reason_may_differ_from_error(store):
 def test_record_attempt_validates_and_is_atomic(store):
     store.ingest([inbound("a1")])
     with pytest.raises(ValueError):
-        store.record_attempts([AttemptRecord("a1-r1", at=state.iso(), outcome="maybe", status="queued")])
-    store.record_attempt("gone-r1", at=state.iso(), outcome="succeeded", status="succeeded")  # ignored
+        store.record_attempts([AttemptRecord("a1-r1", at=statedb.iso(), outcome="maybe", status="queued")])
+    store.record_attempt("gone-r1", at=statedb.iso(), outcome="succeeded", status="succeeded")  # ignored
     assert store.conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
 
 
@@ -315,24 +316,24 @@ def test_checkpoints_in_background_copy_the_wal_into_the_database(tmp_path):
     while _rows_in_main_file(path) < 2 and time_mod.monotonic() < deadline:
         time_mod.sleep(0.05)
     assert _rows_in_main_file(path) == 2  # copied by the thread while the store stays open
-    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == state.WRITER_CHECKPOINT_PAGES
+    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == statedb.WRITER_CHECKPOINT_PAGES
     store.close()
 
 
 def test_iso_helpers():
-    assert state.iso("2026-11-22T12:00:00Z") == "2026-11-22T12:00:00.000000Z"
-    assert state.iso("2026-11-22") == "2026-11-22T00:00:00.000000Z"
-    assert state.iso(datetime(2026, 11, 22, 12, 0, 0, 5)) == "2026-11-22T12:00:00.000005Z"
-    assert state.iso(0) == "1970-01-01T00:00:00.000000Z"
+    assert statedb.iso("2026-11-22T12:00:00Z") == "2026-11-22T12:00:00.000000Z"
+    assert statedb.iso("2026-11-22") == "2026-11-22T00:00:00.000000Z"
+    assert statedb.iso(datetime(2026, 11, 22, 12, 0, 0, 5)) == "2026-11-22T12:00:00.000005Z"
+    assert statedb.iso(0) == "1970-01-01T00:00:00.000000Z"
     with pytest.raises(TypeError):
-        state.iso([])
+        statedb.iso([])
     assert isinstance(sqlite3.sqlite_version, str)
 
 
 # ---------------------------------------------------------------------------------------------
 # Events: fan-out, enrichment, batches, hard bounces, the event log
 
-from mxhook.endpoints import Endpoint  # noqa: E402
+from mxhook.model.endpoints import Endpoint  # noqa: E402
 
 
 def event(eid, etype="succeeded", at="2026-11-22T12:00:00.000000Z", **fields):
@@ -373,9 +374,9 @@ def test_event_time_normalized(store):
 def test_event_records_checked(store):
     for bad in (event("x", "exploded"), event("x", at="soon"), event("x", recipient=["a"]),
                 event("x", custom_headers="no")):
-        with pytest.raises(state.RecordError):
-            state.check_record(bad)
-    with pytest.raises(state.RecordError):
+        with pytest.raises(statedb.RecordError):
+            statedb.check_record(bad)
+    with pytest.raises(statedb.RecordError):
         store.ingest([event("ok"), event("bad", "exploded")])
     assert store.counts()["events"] == 0
 
@@ -443,7 +444,7 @@ def test_batch_attempts_and_event_log(store):
     assert store.open_batches()[1].id == b.id
     rows = store.event_log()
     assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [("e2", 1, "deferred"), ("e1", 2, "queued"), ("e1", 1, "deferred")]
-    assert {k: rows[2][k] for k in state.EVENT_LOG_KEYS} == {
+    assert {k: rows[2][k] for k in statedb.EVENT_LOG_KEYS} == {
         "received": "2026-11-22T12:00:00.000000Z", "status": "deferred", "hostName": "mx.else.example",
         "endpointUrl": "https://h.example/all", "reason": "HTTP 503 Service Unavailable"}
     assert rows[0]["hostName"] == "192.0.2.9"
@@ -465,9 +466,9 @@ def test_batch_attempts_and_event_log(store):
 
 
 def test_host_name_from_relay():
-    assert state.event_host({"relay": "mx.else.example[192.0.2.25]:25"}) == "mx.else.example"
-    assert state.event_host({"relay": "none", "client_addr": "192.0.2.1"}) == "192.0.2.1"
-    assert state.event_host({}) is None
+    assert statedb.event_host({"relay": "mx.else.example[192.0.2.25]:25"}) == "mx.else.example"
+    assert statedb.event_host({"relay": "none", "client_addr": "192.0.2.1"}) == "192.0.2.1"
+    assert statedb.event_host({}) is None
 
 
 def test_removed_endpoints_fail_their_events(store):
@@ -663,7 +664,7 @@ def test_events_rendered_at_ingest_give_the_body_of_the_stored_events(store):
 
 
 def test_recent_queued_index_drops_the_oldest():
-    index = state._RecentQueued(3)
+    index = statedb._RecentQueued(3)
     events = [{"queue_id": q, "message_id": f"<{i}@x>"} for i, q in enumerate("AABC")]
     for i, e in enumerate(events):
         index.add(f"2026-11-22T12:00:0{i}.000000Z", e)
@@ -690,13 +691,13 @@ def test_events_are_not_rendered_at_ingest_for_endpoints_that_re_render_them(sto
     assert [type(e).__name__ for e in items] == ["V1Text"]  # EP_ALL takes UTC
 
 
-@pytest.mark.parametrize("count", [0, 1, state.ROWS_PER_INSERT - 1, state.ROWS_PER_INSERT,
-                                   state.ROWS_PER_INSERT + 1, 2 * state.ROWS_PER_INSERT + 37])
+@pytest.mark.parametrize("count", [0, 1, statedb.ROWS_PER_INSERT - 1, statedb.ROWS_PER_INSERT,
+                                   statedb.ROWS_PER_INSERT + 1, 2 * statedb.ROWS_PER_INSERT + 37])
 def test_insert_rows_writes_every_row_in_order(count):
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a TEXT, b BLOB)")
     rows = [(f"a{i}", bytes([i % 256])) for i in range(count)]
-    state._insert_rows(conn, "INSERT INTO t (a, b)", rows)
+    statedb._insert_rows(conn, "INSERT INTO t (a, b)", rows)
     assert conn.execute("SELECT a, b FROM t ORDER BY seq").fetchall() == rows
 
 
@@ -743,7 +744,7 @@ def test_dsn_events_only_for_a_recipient_of_a_message_we_sent(store, caplog):
         dsn_event("f5", "2026-11-22T12:01:00.000000Z", recipient="b@x.example",
                   orig_recipient="victim@x.example"),  # the block list would take orig_recipient
     ]
-    with caplog.at_level("WARNING", logger="mxhook.state"):
+    with caplog.at_level("WARNING", logger="mxhook.store.statedb"):
         assert store.ingest(forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
     assert store.pending_blocks() == []
     assert not {"f1", "f2", "f3", "f4", "f5"} & {r["id"] for r in store.event_log(limit=None)}
@@ -777,8 +778,8 @@ def test_dsn_event_before_any_queued_event_is_ignored(store):
 
 def test_ignored_report_naming_many_addresses_logs_one_short_line(store, caplog):
     forged = [dsn_event(f"f{i}", "2026-11-22T12:01:00.000000Z", recipient=f"v{i}@x.example",
-                        message_id="<never@sent>") for i in range(state.IGNORED_NAMED + 3)]
-    with caplog.at_level("WARNING", logger="mxhook.state"):
+                        message_id="<never@sent>") for i in range(statedb.IGNORED_NAMED + 3)]
+    with caplog.at_level("WARNING", logger="mxhook.store.statedb"):
         assert store.ingest(forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.count("@x.example") == state.IGNORED_NAMED and " and 3 more: " in line, line
+    assert line.count("@x.example") == statedb.IGNORED_NAMED and " and 3 more: " in line, line

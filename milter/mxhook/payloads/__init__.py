@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable
 
-from ..message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
+from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
 
 SCHEMA_TYPE = "inbound"
 # The message fields that go into payloads, in this order (normalize() also returns text_parts /

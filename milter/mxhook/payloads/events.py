@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from ..events import is_stored_time
-from . import Rendered
+from mxhook.model.events import is_stored_time
+from mxhook.payloads import Rendered
 
 FORMATS = ("json", "form")
 DOCUMENT_TYPE = "events"

@@ -14,10 +14,15 @@ from __future__ import annotations
 import zoneinfo
 from dataclasses import dataclass, replace
 
-from . import events as events_mod
-from .rules import (
-    RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, TIMEOUT_RANGE, RuleError, _check_range,
-    check_credentials, check_endpoint,
+from mxhook.model import events as events_mod
+from mxhook.model.rules import (
+    RETRY_INTERVAL_RANGE,
+    RETRY_PERIOD_RANGE,
+    TIMEOUT_RANGE,
+    RuleError,
+    _check_range,
+    check_credentials,
+    check_endpoint,
 )
 
 CATEGORIES = tuple(events_mod.CATEGORIES)  # bounces, deliveries, blocks
@@ -107,7 +112,7 @@ def check_timezone(name: str) -> str:
 
 
 def supported_versions() -> tuple[int, ...]:
-    from .payloads import events as event_payloads  # the registry of payload versions
+    from mxhook.payloads import events as event_payloads  # the registry of payload versions
 
     return tuple(sorted(event_payloads.RENDERERS))
 

@@ -26,7 +26,9 @@ import time
 
 import click
 
-from . import spool, state, statehealth
+from mxhook import spool
+from mxhook.store import statedb
+from mxhook.store import integrity
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 REQUEUE_CHUNK = 200  # items per state.db transaction (and progress bar step)
@@ -41,7 +43,7 @@ def _app(ctx: click.Context):
     obj = ctx.obj
     if obj is not None and hasattr(obj, "state_store"):
         return obj
-    from .cli import App
+    from mxhook.cli import App
 
     return App(getattr(obj, "config_path", None))
 
@@ -51,7 +53,7 @@ def _isatty() -> bool:
 
 
 def _time_option(value: str | None, option: str) -> str | None:
-    from .cli import InputError, parse_time
+    from mxhook.cli import InputError, parse_time
 
     if value is None:
         return None
@@ -174,7 +176,7 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
     everything asked for was queued (or would be, with --dry-run), 1 when something was
     refused (listed with the reason).
     """
-    from .cli import InputError, emit_json, short_time
+    from mxhook.cli import InputError, emit_json, short_time
 
     app = _app(ctx)
     modes = sum(bool(x) for x in (ids, rule_name, endpoint_key))
@@ -251,7 +253,7 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
     ctx.exit(1 if skipped else 0)
 
 
-def _requeue(st: state.StateStore, todo: list, *, quiet: bool) -> list[str]:
+def _requeue(st: statedb.StateStore, todo: list, *, quiet: bool) -> list[str]:
     """Requeue in chunks (one transaction each), with a progress bar on a terminal and plain
     counts on stderr otherwise (for more than one chunk)."""
     ids = [item["id"] for item, _, _ in todo]
@@ -277,7 +279,7 @@ def _requeue(st: state.StateStore, todo: list, *, quiet: bool) -> list[str]:
 def _record_time(record: spool.Record) -> str | None:
     received = record.meta.get("received") if isinstance(record.meta, dict) else None
     try:
-        return state.iso(received) if received is not None else state.iso(int(record.id[:16], 16) / 1e9)
+        return statedb.iso(received) if received is not None else statedb.iso(int(record.id[:16], 16) / 1e9)
     except (ValueError, TypeError, OverflowError, OSError):
         return None
 
@@ -313,22 +315,22 @@ def _target_entry(kind: str, enabled: bool, h: dict | None, stats: dict | None,
 
 def collect_status(cfg, now: float | None = None) -> dict:
     """Everything `mxhook status` shows, as data (its --json output)."""
-    from . import db as dbmod
+    from mxhook.store import rulesdb as dbmod
 
     now = time.time() if now is None else now
     problems: list[str] = []
-    report: dict = {"now": state.iso(now), "spool": _spool_backlog(cfg.spool_dir)}
+    report: dict = {"now": statedb.iso(now), "spool": _spool_backlog(cfg.spool_dir)}
     if report["spool"]["error"]:
         problems.append(report["spool"]["error"])
     summary, health = None, {}
     # what the spooler found (it stops on a damaged state.db), and what reading it here says
-    state_db = {"path": cfg.state_db, "fault": statehealth.read_fault(cfg.state_db), "error": None}
+    state_db = {"path": cfg.state_db, "fault": integrity.read_fault(cfg.state_db), "error": None}
     if state_db["fault"]:
         problems.append(f"state database {cfg.state_db} is damaged; mxhook-spooler stopped "
                         f"({state_db['fault']}): restore it from a backup (`mxhook check` checks it)")
     if os.path.exists(cfg.state_db):
         try:
-            with state.StateStore(cfg.state_db) as st:
+            with statedb.StateStore(cfg.state_db) as st:
                 summary = st.status_summary(now, window=STATUS_WINDOW)
                 health = st.health()
         except sqlite3.Error as exc:
@@ -342,18 +344,18 @@ def collect_status(cfg, now: float | None = None) -> dict:
                                                   "events_oldest": None, "open_batches": 0}
     oldest = [t for t in (pending["inbound_oldest"], pending["events_oldest"], report["spool"]["oldest"]) if t]
     pending = dict(pending, oldest=min(oldest) if oldest else None)
-    pending["oldest_age_seconds"] = (round(now - state.to_datetime(pending["oldest"]).timestamp(), 3)
+    pending["oldest_age_seconds"] = (round(now - statedb.to_datetime(pending["oldest"]).timestamp(), 3)
                                      if pending["oldest"] else None)
     report["pending"] = pending
     report["last_hour"] = (summary or {}).get("last_hour") or {
-        "since": state.iso(now - STATUS_WINDOW), "inbound": dict.fromkeys(state.LOG_STATUSES, 0),
-        "events": dict.fromkeys(state.DELIVERY_STATUSES, 0)}
+        "since": statedb.iso(now - STATUS_WINDOW), "inbound": dict.fromkeys(statedb.LOG_STATUSES, 0),
+        "events": dict.fromkeys(statedb.DELIVERY_STATUSES, 0)}
     rules_out, endpoints_out = [], []
     if os.path.exists(cfg.rules_db):
         with dbmod.RulesStore(cfg.rules_db) as store:
             rules, times, eps = store.list_rules(), store.rule_times(), store.list_endpoints()
         for r in rules:
-            ref = state.rule_ref(r.id, r.name)
+            ref = statedb.rule_ref(r.id, r.name)
             entry = _target_entry("rule", r.enabled, health.get(("rule", ref)),
                                   (summary or {}).get("rules", {}).get(ref),
                                   (times.get(r.name) or {}).get("updated"))
@@ -386,7 +388,7 @@ def status(ctx, as_json):
 
     Always exits 0 (it reports; `mxhook check` is the pass/fail tool).
     """
-    from .cli import emit_json, short_time, table
+    from mxhook.cli import emit_json, short_time, table
 
     report = collect_status(_app(ctx).cfg)
     if as_json:

@@ -83,11 +83,11 @@ from typing import Iterable, Iterator
 
 import sqlite_utils
 
-from . import events as events_mod
-from . import spool
-from .db import _create_file as create_private_file
-from .headers import normalize_address
-from .payloads import events as event_payloads
+from mxhook.model import events as events_mod
+from mxhook import spool
+from mxhook.store.rulesdb import _create_file as create_private_file
+from mxhook.model.headers import normalize_address
+from mxhook.payloads import events as event_payloads
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
 LOG_STATUSES = DELIVERY_STATUSES + ("denied",)

@@ -320,7 +320,7 @@ def events_from_dsn(raw: bytes, *, at: str | None = None, key: str = "") -> list
     expanded reports produce nothing. Joined later by message_id (the returned message's
     Message-ID). `key` (e.g. the spool record id of the DSN) makes the event ids unique per DSN
     message while staying deterministic."""
-    from . import events  # keep the import graph one-way at module load
+    from mxhook.model import events  # keep the import graph one-way at module load
 
     report = parse_dsn(raw)
     if report is None:

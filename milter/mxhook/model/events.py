@@ -1,9 +1,9 @@
-"""The one event vocabulary of mxhook (pure: no I/O besides `to_record`'s plain data).
+"""The one event vocabulary of mxhook (pure: no I/O).
 
 Every source of delivery information — the milter (`queued`, `blocked`), the log follower
 (`succeeded`, `deferred`, `bounced`, `failed`), asynchronous DSN messages (`bounced`), the CLI
 (`registered`, `deleted`) — produces `Event`s with the same fields, written to the spool as
-records of kind `event` (`to_record`). docs/events.md documents every field.
+records of kind `event` (`spool.event_record`). docs/events.md documents every field.
 
 Ids. `Event.id` is the spool record id and the primary key in state.db, so re-reading the same
 input must give the same id (the spooler ingests with INSERT OR IGNORE). `event_id(at_us, *key)`
@@ -171,15 +171,3 @@ class Event:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Event))
-
-
-def to_record(event: Event):
-    """The spool record for an event: kind `event`, id = event id, meta = event.to_dict() plus
-    `received` (= `at`, the time state.db orders events by)."""
-    from . import spool  # local import: spool only uses `os`, but keep events importable alone
-
-    if not event.id:
-        raise EventError("event has no id")
-    meta = event.to_dict()
-    meta["received"] = event.at
-    return spool.Record(id=event.id, kind="event", meta=meta)

@@ -19,18 +19,20 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
-from . import config as configmod
-from . import db as dbmod
-from . import egress
-from . import endpoints as endpointsmod
-from . import heuristics, rules, spool
-from . import bounces
-from . import decision as decisionmod
-from . import message as messagemod
-from .decision import decide
-from .headers import address_domain, decode_value, first_address, normalize_address
-from .rules import RuleError
-from .state import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES, StateStore
+from mxhook import config as configmod
+from mxhook.store import rulesdb as dbmod
+from mxhook.delivery import egress
+from mxhook.model import endpoints as endpointsmod
+from mxhook.model import heuristics
+from mxhook.model import rules
+from mxhook import spool
+from mxhook.model import bounces
+from mxhook.model import decision as decisionmod
+from mxhook.model import message as messagemod
+from mxhook.model.decision import decide
+from mxhook.model.headers import address_domain, decode_value, first_address, normalize_address
+from mxhook.model.rules import RuleError
+from mxhook.store.statedb import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES, StateStore
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # getaddrinfo-compatible resolver for the endpoint check (None: the system's); tests set one
@@ -998,7 +1000,7 @@ def emit_listing(rows: list[dict], *, as_csv: bool, as_json: bool, columns: list
     if as_json:
         emit_json(rows)
     elif as_csv:
-        from .csvexport import write_csv
+        from mxhook.services.csvexport import write_csv
 
         # UTF-8 whatever the locale (the CSV is a file for other programs), LF line ends
         out = io.TextIOWrapper(click.get_binary_stream("stdout"), encoding="utf-8", newline="",
@@ -1374,8 +1376,8 @@ def endpoint_test(app, key, event_type):
     (same payload version, format, time zone, auth and timeout), and show the reply. The
     sample's id starts with `test-` and its batch id with `evb_test_`. Exit status 1 when the
     endpoint did not answer 2xx."""
-    from . import http
-    from .payloads.events import render_events, sample_event
+    from mxhook.delivery import webhook
+    from mxhook.payloads.events import render_events, sample_event
 
     with app.rules_store() as store:
         ep = get_endpoint_or_fail(store, key)
@@ -1389,8 +1391,8 @@ def endpoint_test(app, key, event_type):
     rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
                              fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
                              api_key=ep.api_key)
-    session = http.make_session(cfg.networks("http", "allow_networks"))
-    outcome = http.deliver(session, ep.delivery_target(), rendered.body,
+    session = webhook.make_session(cfg.networks("http", "allow_networks"))
+    outcome = webhook.deliver(session, ep.delivery_target(), rendered.body,
                            rendered.content_type, batch_id,
                            user_agent=cfg.get("spooler", "user_agent"),
                            max_response_bytes=cfg.size("spooler", "max_response_bytes"), keys=keys)
@@ -1412,11 +1414,11 @@ def spool_event(app, event_type: str, address: str, reason: str | None) -> str:
     """Hand a `registered` / `deleted` event to the spooler through the spool (durably), as
     the milter and the log follower do; returns the event id. Run as root, the file is written
     with the owner of the spool directory (the spooler must be able to read it)."""
-    from . import events as eventsmod
+    from mxhook.model import events as eventsmod
 
     event = eventsmod.Event(type=event_type, at=eventsmod.now_iso(), id=spool.new_id(),
                             source="cli", recipient=address, reason=reason)
-    record = eventsmod.to_record(event)
+    record = spool.event_record(event)
     spool_dir = app.cfg.spool_dir
     as_owner(os.path.join(spool_dir, "new"), lambda: spool.write(spool_dir, record, durable=True))
     return event.id
@@ -1507,7 +1509,8 @@ def block_remove(app, address):
     click.echo(f"Unblocked {addr} (event deleted {event_id})")
 
 
-from . import admin, ops  # noqa: E402  (they import cli.py only inside their functions)
+from mxhook.cli import admin  # noqa: E402  (they import cli.py only inside their functions)
+from mxhook.cli import ops
 
 cli.add_command(admin.postfix_config)
 cli.add_command(admin.check)

@@ -36,9 +36,9 @@ from urllib.parse import quote
 
 import click
 
-from . import config as configmod
-from . import postfixconf as pc
-from . import statehealth
+from mxhook import config as configmod
+from mxhook.postfix import postconf as pc
+from mxhook.store import integrity
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -546,7 +546,7 @@ def config_problems(cfg: configmod.Config) -> list[str]:
 
     def milter_settings():
         try:
-            from .milter import Settings
+            from mxhook.daemons.milter import Settings
         except ImportError as exc:
             problems.append(f"mxhook-milter cannot start: {exc} (is python3-milter installed?)")
             return
@@ -570,11 +570,11 @@ def config_problems(cfg: configmod.Config) -> list[str]:
                     f"{where}: [milter] socket_group = {group!r}: no such group") from None
 
     def spooler_settings():
-        from .spooler import SpoolerSettings
+        from mxhook.daemons.spooler import SpoolerSettings
         SpoolerSettings.from_config(cfg)
 
     def logfollow_settings():
-        from .logfollow import Settings
+        from mxhook.daemons.logfollow import Settings
         Settings.from_config(cfg)
 
     def logging_settings():
@@ -640,7 +640,7 @@ def check_database(check: str, label: str, path: str, uids: list[int], *, versio
         try:
             found = conn.execute("PRAGMA user_version").fetchone()[0]
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            quick = statehealth.quick_check(conn) or ["ok"]
+            quick = integrity.quick_check(conn) or ["ok"]
             if describe is not None and quick == ["ok"]:
                 extra = describe(conn, found)
         finally:
@@ -709,7 +709,7 @@ def _group_of(uid: int) -> str:
 
 def check_spool(spool_dir: str, uids: list[int]) -> list[dict]:
     """tmp/, new/, bad/ exist, are writable by the daemons' users, and private."""
-    from . import spool
+    from mxhook import spool
 
     try:
         st = os.stat(spool_dir)
@@ -786,7 +786,7 @@ def run_checks(ctx: click.Context, postfix_dir: str | None) -> list[dict]:
 
     socket_spec = cfg.get("milter", "socket")
     uids = daemon_uids(socket_spec, cfg.spool_dir)
-    from . import db as dbmod
+    from mxhook.store import rulesdb as dbmod
 
     results += check_database(
         "rules_db", "rules database", cfg.rules_db, uids, version=dbmod.SCHEMA_VERSION,
@@ -794,7 +794,7 @@ def run_checks(ctx: click.Context, postfix_dir: str | None) -> list[dict]:
                      "DOMAIN` creates it", private="endpoint secrets", missing_ok=True,
         describe=_describe_rules)
     try:
-        from . import state as statemod
+        from mxhook.store import statedb as statemod
         state_version = getattr(statemod, "SCHEMA_VERSION", None)
     except ImportError:
         state_version = None
@@ -802,7 +802,7 @@ def run_checks(ctx: click.Context, postfix_dir: str | None) -> list[dict]:
         "state_db", "state database", cfg.state_db, uids, version=state_version,
         tables=STATE_TABLES if state_version is None else (),
         missing_hint="start mxhook-spooler (it creates it)", private="mail and delivery logs")
-    fault = statehealth.read_fault(cfg.state_db)
+    fault = integrity.read_fault(cfg.state_db)
     if fault:
         results.append(_result("state_db", False, f"mxhook-spooler stopped: state database "
                                                   f"{cfg.state_db} is damaged ({fault}); spooled mail "

@@ -32,7 +32,14 @@ from email.message import Message
 from email.feedparser import BytesFeedParser
 from email.policy import Compat32
 
-from .headers import charset_codec, decode_field, decode_value, mailboxes, plain_address, to_text
+from mxhook.model.headers import (
+    charset_codec,
+    decode_field,
+    decode_value,
+    mailboxes,
+    plain_address,
+    to_text,
+)
 
 DEFAULT_MAX_ATTACHMENT_SIZE = 10 * 1024 * 1024
 MAX_PARTS = 1000  # leaf parts looked at; the rest is skipped with a defect

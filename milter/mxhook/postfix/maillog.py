@@ -40,7 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from . import bounces, events
+from mxhook.model import bounces
+from mxhook.model import events
 
 # ---------------------------------------------------------------------------------------------
 # Line header

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from . import heuristics
-from .headers import address_domain, decode_field, normalize_address
-from .rules import MatchResult, Rule, RuleSet
+from mxhook.model import heuristics
+from mxhook.model.headers import address_domain, decode_field, normalize_address
+from mxhook.model.rules import MatchResult, Rule, RuleSet
 
 MISSING_FROM = "missing_from"  # the decision's name for a message without a From header
 MISSING_FROM_POLICIES = ("reject", "accept")

@@ -86,14 +86,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import config as config_mod
-from . import db as db_mod
-from . import http, logging_setup, spool, state, statehealth
-from .endpoints import Endpoint
-from .rules import RETRY_INTERVAL_RANGE, RuleError
-from .state import AttemptRecord, DueDelivery, EventBatch, StateStore
+from mxhook import config as config_mod
+from mxhook.store import rulesdb as db_mod
+from mxhook.delivery import webhook
+from mxhook.daemons import logsetup
+from mxhook import spool
+from mxhook.store import statedb
+from mxhook.store import integrity
+from mxhook.model.endpoints import Endpoint
+from mxhook.model.rules import RETRY_INTERVAL_RANGE, RuleError
+from mxhook.store.statedb import AttemptRecord, DueDelivery, EventBatch, StateStore
 
-log = logging.getLogger("mxhook.spooler")
+log = logging.getLogger(__name__)
 
 DAY = 86400.0
 CLEAN_TMP_EVERY = 3600.0
@@ -112,7 +116,7 @@ BATCH_BYTES = 4 << 20  # a batch also ends after this much was read (bounds memo
 BATCH_RECORDS = 1000
 RETRY_JITTER = 0.1  # the retry interval varies by up to ±10 % (see retry_wait)
 DEFAULT_RETRY_INTERVAL = 60.0  # a target without one (rules and endpoints always have one)
-RETRY_AFTER_MAX = http.RETRY_AFTER_MAX  # a Retry-After is honoured up to an hour
+RETRY_AFTER_MAX = webhook.RETRY_AFTER_MAX  # a Retry-After is honoured up to an hour
 GONE = 410  # the receiver says the endpoint is gone for good: disable the rule/endpoint
 UNLINK_THREADS = 8  # see _unlink
 UNLINK_CHUNK = 32
@@ -142,7 +146,7 @@ def retry_wait(interval, retry_after: float | None = None, *, scale: float = 1.0
     return wait_s
 
 
-def schedule(outcome: http.Outcome, target: dict, first_attempt_at: float, now: float,
+def schedule(outcome: webhook.Outcome, target: dict, first_attempt_at: float, now: float,
              *, scale: float = 1.0, rand: Callable[[], float] = random.random
              ) -> tuple[str, float | None, str | None]:
     """(delivery status, next attempt time or None, log reason) after an attempt.
@@ -199,7 +203,7 @@ def registered_event(bounce: dict, at: str) -> dict:
     event = {**fields, "id": f"registered-{bounce['recipient']}-{bounce['id']}", "type": "registered",
              "at": at, "source": source, "reason": "hard bounce"}
     try:
-        from . import events as events_mod
+        from mxhook.model import events as events_mod
 
         return {**events_mod.Event.from_dict(event).to_dict(), "received": at}
     except (ImportError, ValueError, TypeError):
@@ -231,13 +235,13 @@ class _BatchJob:
 
 
 def _default_render_events(version: int, events: list[dict], **kw):
-    from .payloads import events as event_payloads
+    from mxhook.payloads import events as event_payloads
 
     return event_payloads.render_events(version, events, **kw)
 
 
 def _default_render(fmt: str, **kw):
-    from . import payloads  # imported late: MIME parsing is only needed once we post
+    from mxhook import payloads  # imported late: MIME parsing is only needed once we post
 
     return payloads.render_inbound(fmt, **kw)
 
@@ -308,7 +312,7 @@ class Spooler:
         self.block_hard_bounces = cfg.bool("milter", "blocklist")
         # every post goes through the SSRF guard, with the admin's allowlist
         allow_networks = cfg.networks("http", "allow_networks")
-        self.session_factory = session_factory or (lambda: http.make_session(allow_networks))
+        self.session_factory = session_factory or (lambda: webhook.make_session(allow_networks))
         # signing keys are looked up per attempt: a rotation applies to retries
         self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
@@ -318,12 +322,12 @@ class Spooler:
         state_dir = os.path.dirname(os.path.abspath(cfg.state_db))
         os.makedirs(state_dir, exist_ok=True)
         self.state = StateStore(cfg.state_db)
-        if statehealth.read_fault(cfg.state_db) is not None:  # stopped for damage before
-            found = statehealth.quick_check(self.state.conn)
+        if integrity.read_fault(cfg.state_db) is not None:  # stopped for damage before
+            found = integrity.quick_check(self.state.conn)
             if found:
                 self.state.close()
-                raise statehealth.StateDamaged("; ".join(found))
-            statehealth.clear_fault(cfg.state_db)
+                raise integrity.StateDamaged("; ".join(found))
+            integrity.clear_fault(cfg.state_db)
             log.warning("state.db %s passes SQLite's quick_check again: going on", cfg.state_db)
         self.state.checkpoint_in_background()
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
@@ -508,7 +512,7 @@ class Spooler:
             return
         lines: dict[str, str] = {}
         try:  # one record, or several
-            in_file, bad = spool.decode_parts(data, lines, check=state.check_record)
+            in_file, bad = spool.decode_parts(data, lines, check=statedb.check_record)
         except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
             in_file, bad = [], [spool.BadPart(0, data, f"{type(exc).__name__}: {exc}")]
         if not in_file:  # nothing good in it: the file goes to bad/ as it is
@@ -599,9 +603,9 @@ class Spooler:
                     break
                 # A damaged index can also look like a bad record (a constraint that fails):
                 # the file goes to bad/ only if the database itself checks out.
-                found = statehealth.quick_check(self.state.conn)
+                found = integrity.quick_check(self.state.conn)
                 if found:
-                    raise statehealth.StateDamaged("; ".join(found)) from exc
+                    raise integrity.StateDamaged("; ".join(found)) from exc
                 self._quarantine(path, f"cannot ingest: {type(exc).__name__}: {exc}")
         return done
 
@@ -636,7 +640,7 @@ class Spooler:
             due = self.state.due(now, free, exclude=busy, skip_rules=skip)
             if len(due) < free:  # everything due now is taken: when is the next one due?
                 nxt = self.state.next_due_at(skip_rules=skip)
-                self._inbound_due_at = state.to_datetime(nxt).timestamp() if nxt else float("inf")
+                self._inbound_due_at = statedb.to_datetime(nxt).timestamp() if nxt else float("inf")
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read due deliveries from state.db")
             return 0
@@ -726,13 +730,13 @@ class Spooler:
                 rule = store.set_enabled(found[0].name, False)
                 self._disabled_rules.add(rule.id)
                 self._inbound_due_at = 0.0
-                name, where, enable = rule.name, http.redact_url(rule.endpoint), f"mxhook rule enable {rule.name}"
+                name, where, enable = rule.name, webhook.redact_url(rule.endpoint), f"mxhook rule enable {rule.name}"
             else:
                 ep = store.get_endpoint(int(ref))
                 if ep is None or not ep.enabled or (url is not None and ep.url != url):
                     return None
                 ep = store.set_endpoint_enabled(ep.id, False)
-                name, where, enable = str(ep.id), http.redact_url(ep.url), f"mxhook endpoint edit {ep.id} --enabled"
+                name, where, enable = str(ep.id), webhook.redact_url(ep.url), f"mxhook endpoint edit {ep.id} --enabled"
         except (sqlite3.Error, RuleError, OSError, ValueError) as exc:
             log.error("cannot disable %s %s in %s (%s): %s", kind, ref, self.cfg.rules_db, reason, exc)
             self._drop_rules_db()
@@ -745,7 +749,7 @@ class Spooler:
             _state_error(exc, f"cannot record that {kind} {name} was disabled in state.db")
         return name
 
-    def _gone(self, kind: str, ref: str, url: str | None, outcome: http.Outcome) -> str:
+    def _gone(self, kind: str, ref: str, url: str | None, outcome: webhook.Outcome) -> str:
         """A 410 Gone: disable the rule/endpoint; returns the note for the log's reason."""
         name = self._disable(kind, ref, f"the endpoint answered {outcome.error or 'HTTP 410 Gone'}", url=url)
         return f"; {kind} {name} disabled" if name is not None else ""
@@ -793,7 +797,7 @@ class Spooler:
                 if batch is not None:
                     open_batches[endpoint_id] = batch
                     log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
-            due_at = state.iso(now)
+            due_at = statedb.iso(now)
             started = 0
             for endpoint_id in sorted(open_batches):
                 ep = eps.get(endpoint_id)
@@ -813,7 +817,7 @@ class Spooler:
             _state_error(exc, "cannot read event batches from state.db")
             return 0
 
-    def _attempt_batch(self, job: _BatchJob) -> tuple[http.Outcome, float]:
+    def _attempt_batch(self, job: _BatchJob) -> tuple[webhook.Outcome, float]:
         """Worker thread: render a batch and post it once. Never raises; never touches
         state.db."""
         started = self.clock()
@@ -826,9 +830,9 @@ class Spooler:
                 )
             except Exception as exc:
                 log.exception("event batch %s: cannot render the payload", batch.id)
-                return http.Outcome("failed", error=f"cannot render the event payload: "
+                return webhook.Outcome("failed", error=f"cannot render the event payload: "
                                                     f"{type(exc).__name__}: {exc}"), started
-            outcome = http.deliver(
+            outcome = webhook.deliver(
                 self._session(), ep.delivery_target(), rendered.body, rendered.content_type,
                 batch.id, user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
                 keys=self.signing_keys.active("endpoint", ep.id),
@@ -836,12 +840,12 @@ class Spooler:
             return outcome, started
         except Exception as exc:  # a bug: retry (deferred) rather than lose the batch
             log.exception("event batch %s: internal error", batch.id)
-            return http.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
+            return webhook.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
 
-    def _batch_result(self, job: _BatchJob, outcome: http.Outcome, started: float,
+    def _batch_result(self, job: _BatchJob, outcome: webhook.Outcome, started: float,
                       now: float) -> AttemptRecord:
         batch, target = job.batch, job.endpoint.delivery_target()
-        first = state.to_datetime(batch.first_attempt_at).timestamp() if batch.first_attempt_at else started
+        first = statedb.to_datetime(batch.first_attempt_at).timestamp() if batch.first_attempt_at else started
         status, next_at, reason = schedule(outcome, target, first, now, scale=self.scale, rand=self.rand)
         if outcome.status_code == GONE:
             reason = (reason or "") + self._gone("endpoint", str(job.endpoint.id), job.endpoint.url, outcome)
@@ -854,10 +858,10 @@ class Spooler:
             f" error={reason!r}" if reason else "",
         )
         return AttemptRecord(
-            delivery_id=batch.id, at=state.iso(started), outcome=outcome.status, status=status,
+            delivery_id=batch.id, at=statedb.iso(started), outcome=outcome.status, status=status,
             status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
             response_excerpt=outcome.response_excerpt,
-            next_attempt_at=state.iso(next_at) if next_at is not None else None, reason=reason,
+            next_attempt_at=statedb.iso(next_at) if next_at is not None else None, reason=reason,
         )
 
     # 2c. hard bounces -> block list -------------------------------------------------------
@@ -898,7 +902,7 @@ class Spooler:
                 # the registered event is owed (its id makes storing it twice harmless).
                 owed = added or (store.block_get(address) or {}).get("event_id") == bounce["id"]
                 event = registered_event({**bounce, "recipient": db_mod.normalize_block_address(address)},
-                                         state.iso(self.clock())) if owed else None
+                                         statedb.iso(self.clock())) if owed else None
                 if added:
                     log.info("block list: added %s after hard bounce %s (dsn %s)", address,
                              bounce["id"], bounce.get("dsn") or "-")
@@ -930,12 +934,12 @@ class Spooler:
             session = self._local.session = self.session_factory()
         return session
 
-    def _attempt(self, d: DueDelivery) -> tuple[http.Outcome, float]:
+    def _attempt(self, d: DueDelivery) -> tuple[webhook.Outcome, float]:
         """Worker thread: render and post once. Never raises; never touches state.db."""
         started = self.clock()
         try:
             if d.raw is None:
-                return http.Outcome("failed", error="message body is no longer stored"), started
+                return webhook.Outcome("failed", error="message body is no longer stored"), started
             fmt = d.target.get("format") or "json"
             try:
                 rendered = self.render(
@@ -945,9 +949,9 @@ class Spooler:
                 )
             except Exception as exc:
                 log.exception("delivery %s: cannot render the %s payload", d.id, fmt)
-                return http.Outcome("failed", error=f"cannot render the {fmt} payload: "
+                return webhook.Outcome("failed", error=f"cannot render the {fmt} payload: "
                                                     f"{type(exc).__name__}: {exc}"), started
-            outcome = http.deliver(
+            outcome = webhook.deliver(
                 self._session(), d.target, rendered.body, rendered.content_type, d.id,
                 user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
                 keys=self.signing_keys.active("rule", d.target.get("id")),
@@ -955,7 +959,7 @@ class Spooler:
             return outcome, started
         except Exception as exc:  # a bug: retry (deferred) rather than lose the delivery
             log.exception("delivery %s: internal error", d.id)
-            return http.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
+            return webhook.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
 
     def collect(self, done: set[Future] | None = None) -> int:
         """Write the results of finished posts (all in one transaction); returns how many."""
@@ -970,30 +974,30 @@ class Spooler:
             try:
                 outcome, started = fut.result()
             except Exception as exc:  # _attempt does not raise; belt and braces
-                outcome, started = http.Outcome("deferred", error=f"internal error: {exc}"), now
+                outcome, started = webhook.Outcome("deferred", error=f"internal error: {exc}"), now
             if isinstance(d, _BatchJob):
                 batch_results.append(self._batch_result(d, outcome, started, now))
                 if outcome.status != "succeeded":
                     failing[("endpoint", str(d.endpoint.id))] = d.endpoint.url
                 continue
             try:
-                first = state.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
+                first = statedb.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
                 status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale,
                                                    rand=self.rand)
             except (TypeError, ValueError) as exc:  # odd retry settings in the target: defaults
                 log.error("delivery %s: bad retry settings (%s); using the defaults", d.id, exc)
                 status, next_at, reason = schedule(outcome, {}, started, now, scale=self.scale,
                                                    rand=self.rand)
-            ref = state.rule_ref(d.target.get("id"), d.rule_name)
+            ref = statedb.rule_ref(d.target.get("id"), d.rule_name)
             if outcome.status_code == GONE:
                 reason = (reason or "") + self._gone("rule", ref, d.target.get("endpoint"), outcome)
             elif outcome.status != "succeeded":
                 failing[("rule", ref)] = d.target.get("endpoint")
             results.append(AttemptRecord(
-                delivery_id=d.id, at=state.iso(started), outcome=outcome.status, status=status,
+                delivery_id=d.id, at=statedb.iso(started), outcome=outcome.status, status=status,
                 status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
                 response_excerpt=outcome.response_excerpt,
-                next_attempt_at=state.iso(next_at) if next_at is not None else None, reason=reason,
+                next_attempt_at=statedb.iso(next_at) if next_at is not None else None, reason=reason,
             ))
             log.info(
                 "delivery %s rule=%s attempt=%d outcome=%s status=%s code=%s duration=%dms%s%s",
@@ -1113,7 +1117,7 @@ class Spooler:
         while not self.stopping:
             try:
                 self._step()
-            except statehealth.StateDamaged:
+            except integrity.StateDamaged:
                 raise
             except Exception as exc:  # a bug must not stop delivery of everything else
                 _raise_if_damage(exc)
@@ -1126,8 +1130,8 @@ class Spooler:
 
 
 def _raise_if_damage(exc: BaseException) -> None:
-    if statehealth.is_damage(exc):
-        raise statehealth.StateDamaged(f"{type(exc).__name__}: {exc}") from exc
+    if integrity.is_damage(exc):
+        raise integrity.StateDamaged(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _state_error(exc: sqlite3.Error, what: str) -> None:
@@ -1138,14 +1142,14 @@ def _state_error(exc: sqlite3.Error, what: str) -> None:
     log.error("%s: %s", what, exc)
 
 
-def _stop_for_damage(state_db: str, exc: statehealth.StateDamaged) -> int:
+def _stop_for_damage(state_db: str, exc: integrity.StateDamaged) -> int:
     """A damaged state.db stops the spooler: said loudly (CRITICAL, the fault file that
     `mxhook status` and `mxhook check` show, a non-zero exit for systemd). Spool files stay
     in new/: they are not what is wrong."""
     log.critical("state.db %s is damaged (%s): stopping; spool files stay in new/ until it is "
                  "restored from a backup (`mxhook check` runs SQLite's integrity check)", state_db, exc)
-    statehealth.record_fault(state_db, str(exc))
-    return statehealth.EXIT_DAMAGED
+    integrity.record_fault(state_db, str(exc))
+    return integrity.EXIT_DAMAGED
 
 
 def tune_gc() -> None:
@@ -1166,15 +1170,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
-        logging_setup.setup("mxhook-spooler", cfg.get("spooler", "log"), cfg.get("spooler", "log_level"))
+        logsetup.setup("mxhook-spooler", cfg.get("spooler", "log"), cfg.get("spooler", "log_level"))
         # urllib3's debug lines carry request URLs, whose query strings may hold tokens
         logging.getLogger("urllib3").setLevel(logging.WARNING)
         spooler = Spooler(cfg)
-    except statehealth.StateDamaged as exc:
+    except integrity.StateDamaged as exc:
         return _stop_for_damage(cfg.state_db, exc)
     except (config_mod.ConfigError, OSError, sqlite3.Error) as exc:
-        if statehealth.is_damage(exc):
-            return _stop_for_damage(cfg.state_db, statehealth.StateDamaged(f"{type(exc).__name__}: {exc}"))
+        if integrity.is_damage(exc):
+            return _stop_for_damage(cfg.state_db, integrity.StateDamaged(f"{type(exc).__name__}: {exc}"))
         print(f"mxhook-spooler: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, config_mod.ConfigError) else 1
     tune_gc()
@@ -1185,7 +1189,7 @@ def main(argv: list[str] | None = None) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: spooler.stop())
             spooler.run()
-    except statehealth.StateDamaged as exc:
+    except integrity.StateDamaged as exc:
         return _stop_for_damage(cfg.state_db, exc)
     finally:
         spooler.close()

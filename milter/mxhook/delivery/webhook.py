@@ -41,7 +41,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import egress, signing
+from mxhook.delivery import egress
+from mxhook.delivery import signing
 
 RETRY_AFTER_MAX = 3600.0
 DEADLINE_GRACE = 1.0  # seconds a whole attempt may take beyond the target's timeout

@@ -40,15 +40,27 @@ from datetime import datetime, timezone
 
 import Milter
 
-from . import config as configmod
-from . import bounces, events, heuristics, logging_setup, postfixconf, spool
-from . import decision as decisionmod
-from .db import BlocklistReader, Snapshot, SnapshotWatcher
-from .decision import MISSING_FROM_POLICIES, Decision, RcptStage, decide
-from .rules import RuleError
-from .headers import address_domain, decode_value, first_address, normalize_address, plain_address, to_text
+from mxhook import config as configmod
+from mxhook.model import bounces
+from mxhook.model import events
+from mxhook.model import heuristics
+from mxhook.daemons import logsetup
+from mxhook.postfix import postconf
+from mxhook import spool
+from mxhook.model import decision as decisionmod
+from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher
+from mxhook.model.decision import MISSING_FROM_POLICIES, Decision, RcptStage, decide
+from mxhook.model.rules import RuleError
+from mxhook.model.headers import (
+    address_domain,
+    decode_value,
+    first_address,
+    normalize_address,
+    plain_address,
+    to_text,
+)
 
-log = logging.getLogger("mxhook.milter")
+log = logging.getLogger(__name__)
 
 SMTP_DENY = ("550", "5.7.1")
 SMTP_TEMPFAIL = ("451", "4.3.0")
@@ -157,8 +169,8 @@ class PostfixRoutes:
             return
         self._stamp = stamp
         try:
-            problems = postfixconf.route_problems(self._postconf("-h", "transport_maps"),
-                                                  postfixconf.parse_master(self._postconf("-F")))
+            problems = postconf.route_problems(self._postconf("-h", "transport_maps"),
+                                                  postconf.parse_master(self._postconf("-F")))
         except (OSError, subprocess.SubprocessError) as exc:
             problems = [f"cannot read Postfix's configuration with postconf: {exc}"]
         if problems and problems != self.problems:
@@ -429,7 +441,7 @@ class MxhookMilter(Milter.Base):
             # A report's events and the message go in one append: on failure neither is
             # kept, so nothing of an attempt answered 451 is posted.
             reported = self._dsn_events(raw) if self.dsn else []
-            records = [events.to_record(e) for e in reported]
+            records = [spool.event_record(e) for e in reported]
             groups = decision.grouped() if decision else []
             record = None
             if groups:
@@ -478,9 +490,9 @@ class MxhookMilter(Milter.Base):
             for given in self.rcpt_as_given[rcpt]:  # every recipient came through envrcpt
                 self.delrcpt(given)
         for rcpt in self.bounced:
-            self.addrcpt(f"<{postfixconf.reject_address(rcpt)}>", postfixconf.orcpt(rcpt))
+            self.addrcpt(f"<{postconf.reject_address(rcpt)}>", postconf.orcpt(rcpt))
         if everyone:
-            self.addrcpt(f"<{postfixconf.DISCARD_RECIPIENT}>")
+            self.addrcpt(f"<{postconf.DISCARD_RECIPIENT}>")
         return Milter.ACCEPT
 
     def abort(self):
@@ -512,7 +524,7 @@ class MxhookMilter(Milter.Base):
         if self.settings.blocklist and self.blocklist.contains(rcpt):
             reason = "address is on the block list after a hard bounce"
             try:
-                self.segments.append(events.to_record(self._events("blocked", [rcpt], reason=reason)[0]))
+                self.segments.append(spool.event_record(self._events("blocked", [rcpt], reason=reason)[0]))
             except OSError as exc:  # the event must not be lost: let the client retry
                 log.error("cannot spool blocked event for <%s>: %s; answering 451", rcpt, exc)
                 self.setreply(*SMTP_TEMPFAIL, "mxhook: cannot record this right now, try again later")
@@ -525,7 +537,7 @@ class MxhookMilter(Milter.Base):
 
     def _outbound_eom(self):
         self.queue_id = self.getsymval("i") or self.queue_id
-        records = [events.to_record(e) for e in self._events("queued", self.outbound_rcpts)]
+        records = [spool.event_record(e) for e in self._events("queued", self.outbound_rcpts)]
         try:
             # The log follower's outcomes for these recipients come later, in files named
             # after this segment: the spooler takes them only once it is sealed (ingest_bound).
@@ -627,7 +639,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         cfg = configmod.load(args.config)
         settings = Settings(cfg)
-        logging_setup.setup("mxhook-milter", cfg.get("milter", "log"), cfg.get("milter", "log_level"))
+        logsetup.setup("mxhook-milter", cfg.get("milter", "log"), cfg.get("milter", "log_level"))
         socket_spec = cfg.get("milter", "socket")
         timeout = cfg.int("milter", "timeout")
         socket_group = cfg.get("milter", "socket_group")

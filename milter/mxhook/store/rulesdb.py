@@ -41,14 +41,14 @@ from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 
-from . import endpoints as endpoints_mod
-from . import rules as rules_mod
-from . import signing
-from .endpoints import Endpoint
-from .headers import MAX_LABEL_LENGTH, domain_a_label, normalize_address
-from .rules import Condition, Rule, RuleError, RuleSet
+from mxhook.model import endpoints as endpoints_mod
+from mxhook.model import rules as rules_mod
+from mxhook.delivery import signing
+from mxhook.model.endpoints import Endpoint
+from mxhook.model.headers import MAX_LABEL_LENGTH, domain_a_label, normalize_address
+from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
 
-log = logging.getLogger("mxhook.db")
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
 FILE_MODE = 0o640

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .headers import address_domain, normalize_address, parse_addresses, written_addresses
+from mxhook.model.headers import (
+    address_domain,
+    normalize_address,
+    parse_addresses,
+    written_addresses,
+)
 
 FROM_PERMITTED_DOMAIN = "from_permitted_domain"
 FROM_EQUALS_TO = "from_equals_to"

@@ -59,9 +59,13 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from . import config, events, logging_setup, postfixlog, spool
+from mxhook import config
+from mxhook.model import events
+from mxhook.daemons import logsetup
+from mxhook.postfix import maillog
+from mxhook import spool
 
-log = logging.getLogger("mxhook.logfollow")
+log = logging.getLogger(__name__)
 
 LOGFOLLOW_DEFAULTS = config.DEFAULTS["logfollow"]
 
@@ -625,9 +629,9 @@ class JournalSource:
                 self.proc.wait()
 
 
-def parse_item(line: str, hint) -> postfixlog.Parsed | None:
+def parse_item(line: str, hint) -> maillog.Parsed | None:
     if hint is None:
-        return postfixlog.parse_line(line)
+        return maillog.parse_line(line)
     at_us, host, tag, pid = hint
     if "/" not in tag:
         return None
@@ -637,7 +641,7 @@ def parse_item(line: str, hint) -> postfixlog.Parsed | None:
         pid_i = None
     at = events.iso_from_us(at_us) if at_us is not None else None
     try:
-        return postfixlog.parse_message(line, at=at, at_us=at_us, host=host, program=tag, pid=pid_i)
+        return maillog.parse_message(line, at=at, at_us=at_us, host=host, program=tag, pid=pid_i)
     except Exception:  # noqa: BLE001
         return None
 
@@ -658,7 +662,7 @@ class Follower:
         else:
             self.source = JournalSource(settings.journalctl, settings.journal_match, state,
                                         settings.start_at, follow=follow)
-        self.correlator = postfixlog.Correlator(settings.max_tracked_messages,
+        self.correlator = maillog.Correlator(settings.max_tracked_messages,
                                                 ignore_null_sender=settings.ignore_null_sender)
         self.stopping = False
         self.stats = {"lines": 0, "postfix": 0, "not_postfix": 0, "malformed": 0, "events": 0}
@@ -688,7 +692,7 @@ class Follower:
                     log.warning("could not parse Postfix line (format change?): %.300s", line)
                 continue
             for ev in feed(p, key):
-                records.append(events.to_record(ev))
+                records.append(spool.event_record(ev))
         if records:
             write_durable(self.s.spool_dir, records)
         written = len(records)
@@ -754,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"mxhook-logfollow: {exc}", file=sys.stderr)
         return 2
-    logging_setup.setup("mxhook-logfollow", cfg.get("logfollow", "log"), cfg.get("logfollow", "log_level"))
+    logsetup.setup("mxhook-logfollow", cfg.get("logfollow", "log"), cfg.get("logfollow", "log_level"))
     if settings.source == "journald" and shutil.which(settings.journalctl) is None:
         log.error("journalctl not found (%s)", settings.journalctl)
         return 2

@@ -1,0 +1,3 @@
+from mxhook.cli import main
+
+main()

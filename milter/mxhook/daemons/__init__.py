@@ -1,0 +1,1 @@
+"""The three long-running processes: milter, spooler, log follower, and their logging."""

@@ -1,0 +1,1 @@
+"""Postfix integration: parsing its mail log and its main.cf/master.cf."""

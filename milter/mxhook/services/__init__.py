@@ -1,0 +1,1 @@
+"""Operations the CLI (and later the HTTP API and console) call."""

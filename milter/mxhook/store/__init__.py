@@ -1,0 +1,1 @@
+"""rules.db and state.db: schema, migrations and the queries over them."""
