@@ -1,17 +1,17 @@
-"""Milter callbacks driven by pymilter's TestCtx (no MTA), with a real rules.db and spool."""
+"""The milter adapter driven through its callbacks by tests/milter/driver.py (no MTA), with a
+real rules.db and spool."""
 import os
-import socket
 import time
 
 import Milter
 import pytest
-from Milter import testctx
 
 from mxhook import config
 from mxhook import spool
-from mxhook.store.rulesdb import BlocklistReader, RulesStore, SnapshotWatcher
-from mxhook.daemons.milter import MxhookMilter, Settings
+from mxhook.daemons.milter import MxhookMilter, Settings, Wiring
 from mxhook.model.rules import Rule, parse_condition
+from mxhook.store.rulesdb import BlocklistReader, RulesStore, SnapshotWatcher
+from tests.milter.driver import Connection
 
 
 @pytest.fixture
@@ -25,65 +25,43 @@ def env(tmp_path):
     spool_dir = str(tmp_path / "spool")
     spool.ensure_dirs(spool_dir)
 
+    made = []
+
     def make(**milter_settings):
         milter_settings.setdefault("discard_via", "transport")  # no Postfix to look at here
         cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings})
-        MxhookMilter.settings = Settings(cfg)
-        MxhookMilter.watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
-        MxhookMilter.blocklist = BlocklistReader(str(tmp_path / "rules.db"))
-        MxhookMilter.segments = spool.SegmentWriter(spool_dir, seal_after=60)
-        Milter.factory = MxhookMilter
-        ctx = testctx.TestCtx()
-        # TestCtx._connect closes the connection on NOREPLY (our @noreply connect/hello), so
-        # negotiate and call those two the way libmilter does, with an (addr, port) tuple.
-        ctx._negotiate()
-        ctx._priv.connect("mail.sender.example", socket.AF_INET, ("192.0.2.7", 40000))
-        ctx._priv.hello("mail.sender.example")
-        return ctx
+        settings = Settings(cfg)
+        watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
+        wiring = Wiring(settings, snapshot=lambda: watcher.current,
+                        blocklist=BlocklistReader(str(tmp_path / "rules.db")),
+                        segments=spool.SegmentWriter(spool_dir, seal_after=60),
+                        routes=settings.postfix_routes)
+        made.append((wiring, watcher))
+        make.wiring, make.watcher = wiring, watcher  # the latest
+        return Connection(wiring)
 
     make.store = store
     make.spool_dir = spool_dir
     yield make
-    watcher = getattr(MxhookMilter, "watcher", None)
-    if watcher is not None:
+    for wiring, watcher in made:
         watcher.stop()
-    segments = getattr(MxhookMilter, "segments", None)
-    if segments is not None:
-        segments.close()
-
-
-def send(ctx, rcpts, headers, body=b"Hello\r\n", mail_from="<alice@sender.example>", queue_id="4QX1"):
-    """Drive one message through the callbacks the way libmilter does; return (stage, rc)."""
-    ctx._setsymval("i", queue_id)
-    rc = ctx._envfrom(mail_from)
-    if rc not in (Milter.CONTINUE, Milter.NOREPLY):  # envfrom is @noreply
-        return "mail", rc
-    for r in rcpts:
-        rc = ctx._envrcpt(r)
-        if rc != Milter.CONTINUE:
-            return "rcpt", rc
-    for name, value in headers:
-        ctx._priv.header_bytes(name, value)
-    rc = ctx._eoh()
-    if rc != Milter.CONTINUE:
-        return "eoh", rc
-    ctx._priv.body(body)
-    return "eom", ctx._eom()
+        wiring.segments.close()
 
 
 HEADERS = [("From", b" Alice <alice@sender.example>"), ("To", b" sales@ours.example"),
            ("Subject", b" Caf\xe9 order"), ("Message-ID", b" <m1@sender.example>")]
 
 
-def records(spool_dir):
-    MxhookMilter.segments.flush()
+def records(env):
+    env.wiring.segments.flush()
+    spool_dir = env.spool_dir
     return [r for p in spool.pending(spool_dir) for r in spool.read_all(p)]
 
 
 def test_accepted_message_is_spooled_with_envelope_before_accept(env):
     ctx = env()
-    assert send(ctx, ["<Sales@Ours.Example>"], HEADERS, body=b"Line 1\r\nLine 2\r\n") == ("eom", Milter.ACCEPT)
-    [rec] = records(env.spool_dir)
+    assert ctx.send(["<Sales@Ours.Example>"], HEADERS, body=b"Line 1\r\nLine 2\r\n") == ("eom", Milter.ACCEPT)
+    [rec] = records(env)
     assert rec.kind == "inbound"
     assert rec.payload == (b"From: Alice <alice@sender.example>\r\nTo: sales@ours.example\r\n"
                            b"Subject: Caf\xe9 order\r\nMessage-ID: <m1@sender.example>\r\n\r\nLine 1\r\nLine 2\r\n")
@@ -98,36 +76,36 @@ def test_accepted_message_is_spooled_with_envelope_before_accept(env):
 
 def test_recipient_no_rule_can_match_is_refused_at_rcpt_and_logged_denied(env):
     ctx = env()
-    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
-    assert ctx._reply[:2] == ("550", "5.7.1")
-    assert "no inbound rule matches <nobody@ours.example>" in ctx._reply[2]
-    [rec] = records(env.spool_dir)
+    assert ctx.send(["<nobody@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    assert ctx.reply[:2] == ("550", "5.7.1")
+    assert "no inbound rule matches <nobody@ours.example>" in ctx.reply[2]
+    [rec] = records(env)
     assert rec.kind == "denied" and rec.meta["filter"] == "no_rule" and rec.meta["recipients"] == ["nobody@ours.example"]
 
 
 def test_denied_mail_is_not_logged_when_the_domain_says_so(env):
     env.store.set_domain("ours.example", log_denied=False)
     ctx = env()
-    assert send(ctx, ["<nobody@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
-    assert records(env.spool_dir) == []
+    assert ctx.send(["<nobody@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    assert records(env) == []
 
 
 def test_recipient_domain_with_a_trailing_dot_or_as_u_label_is_ours(env):
     env.store.add_domain("b\u00fccher.example")  # stored as its A-label
     ctx = env()
-    stage, rc = send(ctx, ["<Sales@Ours.Example.>", "<sales@B\u00fccher.example>"], HEADERS)
+    stage, rc = ctx.send(["<Sales@Ours.Example.>", "<sales@B\u00fccher.example>"], HEADERS)
     assert (stage, rc) == ("eom", Milter.ACCEPT)
-    [rec] = [r for r in records(env.spool_dir) if r.kind == "inbound"]
+    [rec] = [r for r in records(env) if r.kind == "inbound"]
     assert rec.meta["deliveries"][0]["recipients"] == ["sales@ours.example", "sales@xn--bcher-kva.example"]
 
 
 def test_unknown_domain_rejected_at_rcpt_or_passed(env):
     ctx = env()
-    assert send(ctx, ["<x@elsewhere.example>"], HEADERS) == ("rcpt", Milter.REJECT)
-    assert ctx._reply[:2] == ("550", "5.7.1") and "elsewhere.example is not enabled" in ctx._reply[2]
-    assert records(env.spool_dir)[0].meta["filter"] == "unknown_domain"
+    assert ctx.send(["<x@elsewhere.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    assert ctx.reply[:2] == ("550", "5.7.1") and "elsewhere.example is not enabled" in ctx.reply[2]
+    assert records(env)[0].meta["filter"] == "unknown_domain"
     ctx = env(unknown_domains="pass")
-    assert send(ctx, ["<x@elsewhere.example>"], HEADERS)[1] == Milter.ACCEPT  # left alone at EOH
+    assert ctx.send(["<x@elsewhere.example>"], HEADERS)[1] == Milter.ACCEPT  # left alone at EOH
 
 
 @pytest.mark.parametrize("from_value,heuristic", [
@@ -138,14 +116,14 @@ def test_unknown_domain_rejected_at_rcpt_or_passed(env):
 def test_heuristics_reject_the_message(env, from_value, heuristic):
     ctx = env()
     headers = [("From", from_value), ("To", b" bob@else.example")]
-    assert send(ctx, ["<sales@ours.example>"], headers) == ("eoh", Milter.REJECT)
-    assert ctx._reply[:2] == ("550", "5.7.1")
-    assert records(env.spool_dir)[0].meta["filter"] == "heuristic:" + heuristic
+    assert ctx.send(["<sales@ours.example>"], headers) == ("eoh", Milter.REJECT)
+    assert ctx.reply[:2] == ("550", "5.7.1")
+    assert records(env)[0].meta["filter"] == "heuristic:" + heuristic
 
 
 def test_heuristics_can_be_switched_off(env):
     ctx = env(heuristic_from_permitted_domain="no")
-    assert send(ctx, ["<sales@ours.example>"], [("From", b" boss@ours.example")])[1] == Milter.ACCEPT
+    assert ctx.send(["<sales@ours.example>"], [("From", b" boss@ours.example")])[1] == Milter.ACCEPT
 
 
 OUT_HEADERS = [("From", b" App <noreply@ours.example>"), ("To", b" x@else.example"),
@@ -155,27 +133,27 @@ OUT_HEADERS = [("From", b" App <noreply@ours.example>"), ("To", b" x@else.exampl
 
 def test_authenticated_mail_is_outbound_and_yields_queued_events_per_recipient(env):
     ctx = env(event_headers="X-App-Id, X-Missing")
-    ctx._setsymval("{auth_authen}", "app1")
-    rc = send(ctx, ["<X@Else.example>", "<nobody@ours.example>"], OUT_HEADERS, queue_id="4QOUT1")
+    ctx.macros["{auth_authen}"] = "app1"
+    rc = ctx.send(["<X@Else.example>", "<nobody@ours.example>"], OUT_HEADERS, queue_id="4QOUT1")
     assert rc == ("eom", Milter.ACCEPT)  # no inbound rule, no heuristic applies to outbound mail
-    evs = sorted((r.meta for r in records(env.spool_dir)), key=lambda m: m["recipient"])
+    evs = sorted((r.meta for r in records(env)), key=lambda m: m["recipient"])
     assert [(e["type"], e["recipient"]) for e in evs] == [("queued", "nobody@ours.example"), ("queued", "x@else.example")]
     e = evs[1]
     assert (e["queue_id"], e["sender"], e["auth_user"], e["message_id"], e["subject"], e["source"]) == (
         "4QOUT1", "alice@sender.example", "app1", "<r1@ours.example>", "Your receipt", "milter")
     assert e["custom_headers"] == {"x-app-id": "shop-7"}
-    assert all(r.kind == "event" for r in records(env.spool_dir))
+    assert all(r.kind == "event" for r in records(env))
 
 
 def test_outbound_events_name_the_recipient_as_written_and_the_block_list_still_applies(env):
     env.store.block_add("gone@xn--bcher-kva.example", reason=None, source="cli")
     ctx = env()
-    ctx._setsymval("{auth_authen}", "app1")
-    assert send(ctx, ["<Kunde@B\u00fccher.example>"], OUT_HEADERS, queue_id="4QOUT2") == ("eom", Milter.ACCEPT)
-    assert [r.meta["recipient"] for r in records(env.spool_dir)] == ["kunde@b\u00fccher.example"]
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<Kunde@B\u00fccher.example>"], OUT_HEADERS, queue_id="4QOUT2") == ("eom", Milter.ACCEPT)
+    assert [r.meta["recipient"] for r in records(env)] == ["kunde@b\u00fccher.example"]
     ctx = env()
-    ctx._setsymval("{auth_authen}", "app1")
-    assert send(ctx, ["<gone@B\u00fccher.example.>"], OUT_HEADERS, queue_id="4QOUT3") == ("rcpt", Milter.REJECT)
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<gone@B\u00fccher.example.>"], OUT_HEADERS, queue_id="4QOUT3") == ("rcpt", Milter.REJECT)
 
 
 @pytest.mark.parametrize("settings,macro", [
@@ -186,76 +164,76 @@ def test_outbound_events_name_the_recipient_as_written_and_the_block_list_still_
 def test_trusted_networks_and_daemon_names_mark_outbound(env, settings, macro):
     ctx = env(**settings)
     if macro:
-        ctx._setsymval(*macro)
-    assert send(ctx, ["<x@else.example>"], OUT_HEADERS) == ("eom", Milter.ACCEPT)
-    assert [r.meta["type"] for r in records(env.spool_dir)] == ["queued"]
+        ctx.macros.update([macro])
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS) == ("eom", Milter.ACCEPT)
+    assert [r.meta["type"] for r in records(env)] == ["queued"]
 
 
 def test_untrusted_client_with_another_daemon_name_is_inbound(env):
     ctx = env(trusted_networks="198.51.100.0/24")
-    ctx._setsymval("{daemon_name}", "mx.ours.example")
-    assert send(ctx, ["<x@else.example>"], OUT_HEADERS) == ("rcpt", Milter.REJECT)
+    ctx.macros["{daemon_name}"] = "mx.ours.example"
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS) == ("rcpt", Milter.REJECT)
 
 
 def test_blocked_recipient_is_refused_and_reported(env):
     env.store.block_add("gone@else.example", reason="5.1.1 user unknown", source="cli")
     ctx = env()
-    ctx._setsymval("{auth_authen}", "app1")
-    ctx._setsymval("i", "4QB")
-    assert ctx._envfrom("<alice@sender.example>") == Milter.NOREPLY
-    assert ctx._envrcpt("<Gone@Else.Example>") == Milter.REJECT
-    assert ctx._reply[:2] == ("550", "5.1.1") and "block list" in ctx._reply[2]
-    assert ctx._envrcpt("<ok@else.example>") == Milter.CONTINUE
-    [blocked] = [r.meta for r in records(env.spool_dir)]
+    ctx.macros["{auth_authen}"] = "app1"
+    ctx.macros["i"] = "4QB"
+    assert ctx.mail("<alice@sender.example>") == Milter.NOREPLY
+    assert ctx.rcpt("<Gone@Else.Example>") == Milter.REJECT
+    assert ctx.reply[:2] == ("550", "5.1.1") and "block list" in ctx.reply[2]
+    assert ctx.rcpt("<ok@else.example>") == Milter.CONTINUE
+    [blocked] = [r.meta for r in records(env)]
     assert (blocked["type"], blocked["recipient"], blocked["auth_user"]) == ("blocked", "gone@else.example", "app1")
 
 
 def test_blocklist_can_be_switched_off(env):
     env.store.block_add("gone@else.example", reason="x", source="cli")
     ctx = env(blocklist="no")
-    ctx._setsymval("{auth_authen}", "app1")
-    assert send(ctx, ["<gone@else.example>"], OUT_HEADERS) == ("eom", Milter.ACCEPT)
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<gone@else.example>"], OUT_HEADERS) == ("eom", Milter.ACCEPT)
 
 
 def test_outbound_event_spool_failure_answers_4xx(env):
     ctx = env()
-    ctx._setsymval("{auth_authen}", "app1")
+    ctx.macros["{auth_authen}"] = "app1"
     os.rmdir(os.path.join(env.spool_dir, "tmp"))
     open(os.path.join(env.spool_dir, "tmp"), "w").close()
-    assert send(ctx, ["<x@else.example>"], OUT_HEADERS) == ("eom", Milter.TEMPFAIL)
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS) == ("eom", Milter.TEMPFAIL)
 
 
 def test_spool_failure_answers_4xx_never_250(env):
     ctx = env()
     os.rmdir(os.path.join(env.spool_dir, "tmp"))
     open(os.path.join(env.spool_dir, "tmp"), "w").close()  # writes into tmp/ now fail, even as root
-    assert send(ctx, ["<sales@ours.example>"], HEADERS) == ("eom", Milter.TEMPFAIL)
-    assert ctx._reply[:2] == ("451", "4.3.0")
+    assert ctx.send(["<sales@ours.example>"], HEADERS) == ("eom", Milter.TEMPFAIL)
+    assert ctx.reply[:2] == ("451", "4.3.0")
 
 
 def test_discard_rule_hands_a_message_left_without_recipients_to_the_discard_transport(env):
     ctx = env()
-    assert send(ctx, ["<trash@ours.example>"], HEADERS) == ("eom", Milter.ACCEPT)  # no milter DISCARD
-    assert records(env.spool_dir)[0].meta["deliveries"][0]["rule"]["name"] == "trash"
-    assert ctx._delrcpt == ["<trash@ours.example>"]
-    assert ctx._addrcpt == [("<webhook-only@discard.mxhook.invalid>", None)]
+    assert ctx.send(["<trash@ours.example>"], HEADERS) == ("eom", Milter.ACCEPT)  # no milter DISCARD
+    assert records(env)[0].meta["deliveries"][0]["rule"]["name"] == "trash"
+    assert ctx.deleted == ["<trash@ours.example>"]
+    assert ctx.added == [("<webhook-only@discard.mxhook.invalid>", None)]
     ctx = env(discard_via="milter")
-    assert send(ctx, ["<trash@ours.example>"], HEADERS) == ("eom", Milter.DISCARD)
+    assert ctx.send(["<trash@ours.example>"], HEADERS) == ("eom", Milter.DISCARD)
 
 
 def test_discard_rule_recipient_beside_a_delivered_one_is_only_removed(env):
     ctx = env()
-    rc = send(ctx, ["<sales@ours.example>", "<trash@ours.example>"], HEADERS)
+    rc = ctx.send(["<sales@ours.example>", "<trash@ours.example>"], HEADERS)
     assert rc == ("eom", Milter.ACCEPT)  # both rules match on the envelope alone: no 452
-    assert ctx._delrcpt == ["<trash@ours.example>"] and ctx._addrcpt == []
+    assert ctx.deleted == ["<trash@ours.example>"] and ctx.added == []
 
 
 def test_delrcpt_names_recipients_as_the_client_wrote_them(env):
     # Postfix removes a recipient only on an exact (case-sensitive) match
     ctx = env()
-    rc = send(ctx, ["<Sales@Ours.Example>", "<TRASH@ours.example>"], HEADERS)
+    rc = ctx.send(["<Sales@Ours.Example>", "<TRASH@ours.example>"], HEADERS)
     assert rc == ("eom", Milter.ACCEPT)
-    assert ctx._delrcpt == ["<TRASH@ours.example>"]
+    assert ctx.deleted == ["<TRASH@ours.example>"]
 
 
 def add_header_rule(store, name="vip", to="^vip@", when="Subject~urgent", discard=False):
@@ -265,12 +243,11 @@ def add_header_rule(store, name="vip", to="^vip@", when="Subject~urgent", discar
 
 def rcpt_replies(ctx, rcpts, mail_from="<alice@sender.example>"):
     """RCPT answers of one transaction: recipient -> (rc, SMTP code)."""
-    ctx._envfrom(mail_from)
+    ctx.mail(mail_from)
     out = {}
     for r in rcpts:
-        ctx._reply = None
-        rc = ctx._envrcpt(r)
-        out[r] = (rc, ctx._reply[0] if rc != Milter.CONTINUE else "250")
+        rc = ctx.rcpt(r)
+        out[r] = (rc, ctx.reply[0] if rc != Milter.CONTINUE else "250")
     return out
 
 
@@ -283,18 +260,18 @@ def test_recipient_whose_outcome_may_differ_gets_452_and_the_next_transaction_ta
                        "<nobody@ours.example>": (Milter.REJECT, "550")}
     # the client sends the deferred ones again in a new transaction (MAIL FROM resets)
     # the client sends it again alone: its own answer, from the headers
-    assert send(ctx, ["<vip@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
-    assert send(ctx, ["<vip@ours.example>"], HEADERS + [("Subject", b" urgent!")]) == ("eom", Milter.ACCEPT)
+    assert ctx.send(["<vip@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    assert ctx.send(["<vip@ours.example>"], HEADERS + [("Subject", b" urgent!")]) == ("eom", Milter.ACCEPT)
 
 
 def test_recipients_with_the_same_header_conditions_share_a_transaction(env):
     add_header_rule(env.store)
     add_header_rule(env.store, name="vip2", to="^vip2@")  # another rule, same header condition
     ctx = env()
-    assert send(ctx, ["<vip@ours.example>", "<vip2@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
-    rc = send(ctx, ["<vip@ours.example>", "<vip2@ours.example>"], HEADERS + [("Subject", b" urgent")])
+    assert ctx.send(["<vip@ours.example>", "<vip2@ours.example>"], HEADERS) == ("eoh", Milter.REJECT)
+    rc = ctx.send(["<vip@ours.example>", "<vip2@ours.example>"], HEADERS + [("Subject", b" urgent")])
     assert rc == ("eom", Milter.ACCEPT)
-    [rec] = [r for r in records(env.spool_dir) if r.kind == "inbound"]
+    [rec] = [r for r in records(env) if r.kind == "inbound"]
     assert [d["rule"]["name"] for d in rec.meta["deliveries"]] == ["vip", "vip2"]
 
 
@@ -310,8 +287,8 @@ def test_from_equals_recipient_splits_recipients_only_without_the_domain_heurist
     ctx = env(heuristic_from_permitted_domain="no")
     assert [v[1] for v in rcpt_replies(ctx, ["<a@ours.example>", "<b@ours.example>"]).values()] == ["250", "452"]
     # the client sends the deferred ones again in a new transaction (MAIL FROM resets)
-    assert send(ctx, ["<b@ours.example>"], [("From", b" b@ours.example"), ("Subject", b" x")]) == ("eoh", Milter.REJECT)
-    assert send(ctx, ["<a@ours.example>"], [("From", b" b@ours.example"), ("Subject", b" x")]) == ("eom", Milter.ACCEPT)
+    assert ctx.send(["<b@ours.example>"], [("From", b" b@ours.example"), ("Subject", b" x")]) == ("eoh", Milter.REJECT)
+    assert ctx.send(["<a@ours.example>"], [("From", b" b@ours.example"), ("Subject", b" x")]) == ("eom", Milter.ACCEPT)
 
 
 def test_null_sender_recipients_without_a_rule_are_held_apart_from_rule_recipients(env):
@@ -320,52 +297,52 @@ def test_null_sender_recipients_without_a_rule_are_held_apart_from_rule_recipien
                            mail_from="<>")
     assert [v[1] for v in replies.values()] == ["250", "452", "452"]
     # the client sends the deferred ones again in a new transaction (MAIL FROM resets)
-    rc = send(ctx, ["<nobody@ours.example>", "<x@elsewhere.example>"], HEADERS, mail_from="<>")
+    rc = ctx.send(["<nobody@ours.example>", "<x@elsewhere.example>"], HEADERS, mail_from="<>")
     assert rc == ("eoh", Milter.REJECT)  # not a bounce report: both refused, neither vanishes
-    assert sorted((r.meta["filter"], tuple(r.meta["recipients"])) for r in records(env.spool_dir)) == [
+    assert sorted((r.meta["filter"], tuple(r.meta["recipients"])) for r in records(env)) == [
         ("no_rule", ("nobody@ours.example",)), ("unknown_domain", ("x@elsewhere.example",))]
 
 
 def test_message_without_a_from_header_is_refused_by_default(env):
     body = b" From: ceo@ours.example\r\nSubject: hi\r\n\r\nbody\r\n"
     ctx = env()
-    assert send(ctx, ["<sales@ours.example>"], [], body=body) == ("eoh", Milter.REJECT)
-    assert ctx._reply[:2] == ("550", "5.7.1") and "no From header" in ctx._reply[2]
+    assert ctx.send(["<sales@ours.example>"], [], body=body) == ("eoh", Milter.REJECT)
+    assert ctx.reply[:2] == ("550", "5.7.1") and "no From header" in ctx.reply[2]
     ctx = env(missing_from="accept")
-    assert send(ctx, ["<sales@ours.example>"], [], body=body) == ("eom", Milter.ACCEPT)
-    [rec] = [r for r in records(env.spool_dir) if r.kind == "inbound"]
+    assert ctx.send(["<sales@ours.example>"], [], body=body) == ("eom", Milter.ACCEPT)
+    [rec] = [r for r in records(env) if r.kind == "inbound"]
     assert rec.payload == b"\r\n" + body  # no header field: the empty line comes first
 
 
 def test_8bit_and_broken_headers_do_not_crash(env):
     ctx = env()
     headers = [("From", b" \xff\xfe<<@@>"), ("Subject", b" =?bogus?Q?=ZZ?= \x80\x81"), ("X-Null", b" \x00")]
-    assert send(ctx, ["<sales@ours.example>"], headers)[1] == Milter.ACCEPT
+    assert ctx.send(["<sales@ours.example>"], headers)[1] == Milter.ACCEPT
 
 
 def test_internal_error_answers_451(env, monkeypatch):
     ctx = env()
-    monkeypatch.setattr("mxhook.daemons.milter.decide", lambda *a, **k: 1 / 0)
-    assert send(ctx, ["<sales@ours.example>"], HEADERS) == ("eoh", Milter.TEMPFAIL)
-    assert ctx._reply[:2] == ("451", "4.3.0")
+    monkeypatch.setattr("mxhook.model.inbound.decide", lambda *a, **k: 1 / 0)
+    assert ctx.send(["<sales@ours.example>"], HEADERS) == ("eoh", Milter.TEMPFAIL)
+    assert ctx.reply[:2] == ("451", "4.3.0")
 
 
 def test_oversized_message_is_refused(env):
     ctx = env(max_message_size="100")
-    assert send(ctx, ["<sales@ours.example>"], HEADERS, body=b"x" * 200) == ("eom", Milter.REJECT)
-    assert ctx._reply[:2] == ("552", "5.3.4")
+    assert ctx.send(["<sales@ours.example>"], HEADERS, body=b"x" * 200) == ("eom", Milter.REJECT)
+    assert ctx.reply[:2] == ("552", "5.3.4")
 
 
 def test_rule_edits_reach_the_running_milter(env):
     ctx = env()
-    assert send(ctx, ["<support@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    assert ctx.send(["<support@ours.example>"], HEADERS) == ("rcpt", Milter.REJECT)
     env.store.add_rule(Rule(name="support", endpoint="http://127.0.0.1:9/s", allow_http=True,
                             conditions=(parse_condition("To~^support@"),)))
     deadline = time.monotonic() + 5
-    while "support" not in [r.name for r in MxhookMilter.watcher.current.ruleset.rules]:
+    while "support" not in [r.name for r in env.watcher.current.ruleset.rules]:
         assert time.monotonic() < deadline, "rule change not picked up within 5 s"
         time.sleep(0.02)
-    assert send(ctx, ["<support@ours.example>"], HEADERS)[1] == Milter.ACCEPT
+    assert ctx.send(["<support@ours.example>"], HEADERS)[1] == Milter.ACCEPT
 
 
 DSN_FIXTURE = os.path.join(os.path.dirname(__file__), "..", "unit", "fixtures", "maillog", "dsn_remote_exchange.eml")
@@ -380,16 +357,16 @@ def feed_raw(ctx, raw: bytes, rcpts, mail_from="<>"):
         else:
             name, _, value = line.partition(b":")
             headers.append((name.decode(), value))
-    return send(ctx, rcpts, headers, body=body.replace(b"\n", b"\r\n"), mail_from=mail_from)
+    return ctx.send(rcpts, headers, body=body.replace(b"\n", b"\r\n"), mail_from=mail_from)
 
 
 def test_bounce_report_for_our_mail_becomes_events_even_for_a_foreign_domain(env):
     ctx = env()
     raw = open(DSN_FIXTURE, "rb").read()
     assert feed_raw(ctx, raw, ["<app@example.org>"]) == ("eom", Milter.ACCEPT)
-    assert ctx._delrcpt == ["<app@example.org>"]  # consumed; discard(8) takes the message
-    assert ctx._addrcpt == [("<webhook-only@discard.mxhook.invalid>", None)]
-    evs = sorted((r.meta for r in records(env.spool_dir)), key=lambda m: m["recipient"])
+    assert ctx.deleted == ["<app@example.org>"]  # consumed; discard(8) takes the message
+    assert ctx.added == [("<webhook-only@discard.mxhook.invalid>", None)]
+    evs = sorted((r.meta for r in records(env)), key=lambda m: m["recipient"])
     assert [(e["type"], e["recipient"], e["bounce_type"]) for e in evs] == [
         ("bounced", "former.employee@contoso.example", "hard"),
         ("bounced", "full.box@contoso.example", "soft"),
@@ -399,16 +376,16 @@ def test_bounce_report_for_our_mail_becomes_events_even_for_a_foreign_domain(env
 
 def test_null_sender_mail_that_is_no_bounce_report_is_refused_for_foreign_domains(env):
     ctx = env()
-    rc = send(ctx, ["<x@elsewhere.example>"], HEADERS, mail_from="<>")
-    assert rc == ("eoh", Milter.REJECT) and "elsewhere.example is not enabled" in ctx._reply[2]
-    assert records(env.spool_dir)[0].meta["filter"] == "unknown_domain"
+    rc = ctx.send(["<x@elsewhere.example>"], HEADERS, mail_from="<>")
+    assert rc == ("eoh", Milter.REJECT) and "elsewhere.example is not enabled" in ctx.reply[2]
+    assert records(env)[0].meta["filter"] == "unknown_domain"
 
 
 def test_bounce_report_to_a_rule_recipient_is_posted_and_yields_events(env):
     ctx = env()
     raw = open(DSN_FIXTURE, "rb").read().replace(b"To: app@example.org", b"To: sales@ours.example")
     assert feed_raw(ctx, raw, ["<sales@ours.example>"]) == ("eom", Milter.ACCEPT)
-    kinds = sorted(r.kind for r in records(env.spool_dir))
+    kinds = sorted(r.kind for r in records(env))
     assert kinds == ["event", "event", "event", "inbound"]
 
 
@@ -416,7 +393,7 @@ def test_bounce_report_answered_451_leaves_none_of_its_events(env, monkeypatch):
     """The report's events and the message are one append: when the message cannot be stored,
     no event of that attempt is left to be posted (the sender will send the report again)."""
     ctx = env()
-    writer = MxhookMilter.segments
+    writer = env.wiring.segments
     real_append_many = writer.append_many
 
     def failing_for_inbound(records):
@@ -428,17 +405,17 @@ def test_bounce_report_answered_451_leaves_none_of_its_events(env, monkeypatch):
     monkeypatch.setattr(writer, "append", lambda record: failing_for_inbound([record]))
     raw = open(DSN_FIXTURE, "rb").read().replace(b"To: app@example.org", b"To: sales@ours.example")
     assert feed_raw(ctx, raw, ["<sales@ours.example>"]) == ("eom", Milter.TEMPFAIL)
-    assert ctx._reply[:2] == ("451", "4.3.0")
-    assert records(env.spool_dir) == []
+    assert ctx.reply[:2] == ("451", "4.3.0")
+    assert records(env) == []
 
 
 def test_failure_in_the_unanswered_mail_from_callback_answers_451_at_rcpt(env, monkeypatch):
     ctx = env()
     monkeypatch.setattr(MxhookMilter, "_direction", lambda self: 1 / 0)
-    assert send(ctx, ["<sales@ours.example>"], HEADERS) == ("rcpt", Milter.TEMPFAIL)
-    assert ctx._reply[:2] == ("451", "4.3.0")
+    assert ctx.send(["<sales@ours.example>"], HEADERS) == ("rcpt", Milter.TEMPFAIL)
+    assert ctx.reply[:2] == ("451", "4.3.0")
     monkeypatch.undo()
-    assert send(ctx, ["<sales@ours.example>"], HEADERS)[1] == Milter.ACCEPT  # next message is fine
+    assert ctx.send(["<sales@ours.example>"], HEADERS)[1] == Milter.ACCEPT  # next message is fine
 
 
 def test_bench_null_milter_negotiates_exactly_what_mxhook_does():

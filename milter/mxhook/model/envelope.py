@@ -1,0 +1,100 @@
+"""The SMTP envelope of one message, as the milter's callbacks (or `mxhook rule test`) fill it,
+and what is derived from it with the header fields: the spool record's envelope fields and the
+milter's events (pure)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from mxhook.model import events
+from mxhook.model.headers import decode_value, first_address, normalize_address, to_text
+
+INBOUND = ""  # Envelope.direction of inbound mail; outbound mail names why it is outbound
+AUTHENTICATED, DAEMON_NAME, TRUSTED_NETWORK = "authenticated", "daemon_name", "trusted_network"
+
+
+@dataclass(slots=True)
+class Recipient:
+    given: str  # as Postfix has it, in angle brackets: delrcpt must name it exactly, case included
+    address: str  # normalized (headers.normalize_address): what rules and domains compare
+    params: tuple[str, ...] = ()  # ESMTP parameters of RCPT TO
+
+
+@dataclass(slots=True)
+class Envelope:
+    client_addr: str = ""
+    client_name: str = ""
+    helo: str = ""
+    sender: str | None = ""  # normalized MAIL FROM; "" is the null sender; None: not known (a dry run)
+    mail_params: tuple[str, ...] = ()  # ESMTP parameters of MAIL FROM
+    direction: str = INBOUND
+    auth_user: str = ""
+    queue_id: str = ""
+    recipients: list[Recipient] = field(default_factory=list)  # in RCPT order, as given
+
+    def recipient(self, given: str, params: tuple[str, ...] = ()) -> Recipient:
+        """Adds RCPT TO `given` (text from the client, with or without angle brackets)."""
+        given = given.strip()
+        rcpt = Recipient(given if given.startswith("<") else f"<{given}>",
+                         normalize_address(given), params)
+        self.recipients.append(rcpt)
+        return rcpt
+
+    def given(self, addresses) -> list[str]:
+        """Every form in which the client named these normalized addresses, in RCPT order."""
+        wanted = set(addresses)
+        return [r.given for r in self.recipients if r.address in wanted]
+
+
+def timestamp(now: datetime) -> str:
+    """The time format of spool records: ISO 8601 UTC, microseconds, Z."""
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def header_values(raw_headers: list[tuple[str, bytes]], name: str) -> list[bytes]:
+    """The values of the fields called `name` (lower case), in message order."""
+    return [v for n, v in raw_headers if n.lower() == name]
+
+
+def message_meta(envelope: Envelope, raw_headers: list[tuple[str, bytes]], received: str) -> dict:
+    """The envelope fields of a spool record (inbound and denied), with the header fields
+    shown in the inbound log."""
+    subject = header_values(raw_headers, "subject")
+    message_id = header_values(raw_headers, "message-id")
+    header_from = header_values(raw_headers, "from")
+    return {
+        "received": received,
+        "queue_id": envelope.queue_id,
+        "mail_from": envelope.sender,
+        "client_addr": envelope.client_addr,
+        "client_name": envelope.client_name,
+        "helo": envelope.helo,
+        "header_from": first_address(header_from[0]) if header_from else "",
+        "subject": to_text(subject[0]).strip() if subject else "",
+        "message_id": to_text(message_id[0]).strip() if message_id else "",
+    }
+
+
+def milter_events(envelope: Envelope, raw_headers: list[tuple[str, bytes]], event_type: str,
+                  recipients: list[str], *, event_headers: tuple[str, ...], received: str,
+                  new_id: Callable[[], str], **fields) -> list[events.Event]:
+    """One event of the milter (`queued`, `blocked`) per recipient; the message's fields are
+    looked up once. event_headers: lower-case names of fields copied into `custom_headers`."""
+    meta = message_meta(envelope, raw_headers, received)
+    custom = {}
+    for name in event_headers:
+        values = header_values(raw_headers, name)
+        if values:
+            custom[name] = decode_value(values[0])
+    return [events.Event(
+        type=event_type, at=received, id=new_id(), source="milter",
+        queue_id=envelope.queue_id or None, recipient=rcpt, sender=envelope.sender,
+        header_from=meta["header_from"] or None, message_id=meta["message_id"] or None,
+        subject=meta["subject"] or None, client_addr=envelope.client_addr or None,
+        auth_user=envelope.auth_user or None, custom_headers=dict(custom), **fields,
+    ) for rcpt in recipients]

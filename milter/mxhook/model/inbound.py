@@ -1,0 +1,501 @@
+"""The inbound decision of one message, from RCPT to end of message (pure).
+
+`Inbound` is one inbound transaction: the milter's callbacks (daemons/milter.py) and the dry
+run of `mxhook rule test` (`explain`) feed it the envelope, the header fields and the message,
+and it answers each stage with an outcome the caller performs:
+
+  RCPT     `rcpt()`: 250, 550 5.7.1 (the recipient's domain is not enabled, or no rule can match
+           its envelope), or 452 4.5.3 (its outcome may differ from the transaction's: the
+           client sends it again alone); decision.RcptStage.
+  EOH      `end_of_headers()`: heuristics, then the header conditions of each recipient's
+           candidate rules (decision.decide); null-sender recipients no rule takes are refused
+           unless the message is a bounce report. Nobody accepted → 550 5.7.1 for the whole
+           message; some refused beside accepted ones (only past the cap on refusals) → Postfix
+           bounces them. Only pass-through recipients → accepted without reading the body.
+  EOM      `end_of_message()`: the message record and the bounce report's events to spool, the
+           recipients to delete (`--discard` rules, consumed bounce reports) and to replace by
+           their reject stand-ins, and whether a message left without recipients goes to
+           Postfix's discard transport or gets a milter DISCARD.
+
+Refused recipients come back as `Denial`s (the decision log line, and the `denied` record to
+spool when their domain logs denied mail). Nothing here does I/O: the clock and record ids are
+injected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+from mxhook.model import bounces, heuristics
+from mxhook.model.decision import (
+    DENY, HOLD, MANAGED, PASS, SPLIT, Decision, RcptOutcome, RcptStage, decide)
+from mxhook.model.envelope import Envelope, header_values, message_meta, timestamp, utc_now
+from mxhook.model.headers import address_domain, decode_value, first_address
+from mxhook.model.message import header_section
+
+# What the milter answers; the adapter maps these to pymilter's codes.
+CONTINUE, ACCEPT, REJECT, TEMPFAIL, DISCARD = "continue", "accept", "reject", "tempfail", "discard"
+
+SMTP_DENY = ("550", "5.7.1")
+SMTP_TEMPFAIL = ("451", "4.3.0")
+SMTP_SPLIT = ("452", "4.5.3")  # "too many recipients": the client retries it in a new transaction
+SMTP_TOO_LARGE = ("552", "5.3.4")
+INTERNAL_ERROR = (*SMTP_TEMPFAIL, "mxhook: temporary internal error, try again later")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The settings the inbound decision depends on (the `[milter]` section)."""
+    unknown_domains: str = "reject"  # reject | pass
+    heuristics: tuple[str, ...] = heuristics.ALL
+    missing_from: str = "reject"  # reject | accept
+    max_rcpt_refusals: int = 5
+    max_message_size: int = 50 * 1024 * 1024
+
+    @classmethod
+    def of(cls, settings) -> Policy:
+        """From any object with attributes of these names (the milter's Settings)."""
+        return cls(*(getattr(settings, f.name) for f in fields(cls)))
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """One line of the decision log."""
+    outcome: str  # denied, accepted, bounce-report
+    recipients: list[str]
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    recipients: list[str]
+    filter: str  # unknown_domain, no_rule, heuristic:<name>
+    reason: str
+    record: dict | None  # meta of the `denied` spool record; None: the domain does not log them
+    bounced: bool = False  # accepted beside others, so Postfix bounces it to the sender
+
+    def logged(self) -> Logged:
+        return Logged("denied", self.recipients, self.filter,
+                      self.reason + "; Postfix bounces it to the sender" if self.bounced else self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    action: str = CONTINUE
+    reply: tuple[str, str, str] | None = None  # for setreply
+    denials: tuple[Denial, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RcptAnswer(Answer):
+    note: str = ""  # why a recipient was split or accepted past the cap (debug log)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersAnswer(Answer):
+    timed_out: tuple[str, ...] = ()  # patterns that hit the regex timeout (counted as no match)
+    error: str = ""  # TEMPFAIL: what went wrong
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """The spool record of an accepted message: kind `inbound`."""
+    id: str
+    meta: dict  # message_meta + deliveries: [{recipients, rule: delivery target}]
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAnswer(Answer):
+    """Spool `message` and `events` in one append (on failure neither is kept, and the answer
+    is 451), then log `log`, then change the recipients, then answer `action`."""
+    message: InboundRecord | None = None
+    events: tuple = ()  # events.Event of a bounce report
+    log: tuple[Logged, ...] = ()
+    delete: tuple[str, ...] = ()  # recipients as given (delrcpt)
+    bounce: tuple[str, ...] = ()  # replace each by its reject stand-in (error(8) bounces it)
+    add_discard: bool = False  # the message's one recipient becomes Postfix's discard transport
+
+
+_CONTINUE = RcptAnswer()
+
+
+def header_line(name: str, value: bytes) -> bytes:
+    """A header field as Postfix's milter protocol gave it, back to the bytes of the message:
+    Postfix folds with LF, the message has CRLF."""
+    folded = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return name.encode("ascii", "surrogateescape") + b":" + folded + b"\r\n"
+
+
+class Inbound:
+    """One inbound transaction (MAIL FROM to end of message), stage by stage in SMTP order.
+
+    snapshot: the rules with `ruleset`, `domains` (permitted) and `log_denied`. routes: Postfix
+    has mxhook's discard and error transports (without them a recipient refused after 250
+    could not be bounced, so recipients are split without a cap, and a message left without
+    recipients gets a milter DISCARD)."""
+
+    def __init__(self, snapshot, policy: Policy, envelope: Envelope, *, routes: bool,
+                 clock=utc_now, new_id: Callable[[], str]):
+        self.snapshot = snapshot
+        self.policy = policy
+        self.envelope = envelope
+        self.routes = routes
+        self.clock = clock
+        self.new_id = new_id
+        self.stage = RcptStage(
+            snapshot.ruleset, snapshot.domains, null_sender=envelope.sender == "",
+            unknown_domains=policy.unknown_domains, enabled_heuristics=policy.heuristics,
+            max_refusals=policy.max_rcpt_refusals if routes else None)
+        self.rcpt_outcomes: list[tuple[str, RcptOutcome]] = []  # every RCPT, in order
+        self.managed: list[str] = []  # recipients in permitted domains, for the rules
+        self.passed: list[str] = []  # recipients left alone (unknown_domains = pass)
+        self.held: list[str] = []  # null-sender recipients no rule takes: a bounce report's?
+        self.held_why: dict[str, tuple[str, str]] = {}  # held recipient -> (filter, reason) if not
+        self.candidates: dict[str, tuple] = {}  # managed recipient -> rules its envelope allows
+        self.overflow: set[str] = set()  # accepted past the cap on refusals, of another class
+        self.bounced: list[str] = []  # refused at end of headers, others accepted: Postfix bounces
+        self.raw_headers: list[tuple[str, bytes]] = []
+        self.dsn = False  # the message is a bounce report (multipart/report delivery-status)
+        self.decision: Decision | None = None
+        self.reported: list = []  # the bounce report's events
+
+    # -- RCPT -----------------------------------------------------------------------------------
+
+    def rcpt(self, address: str) -> RcptAnswer:
+        """The answer to RCPT TO of a normalized address."""
+        outcome = self.stage.recipient(address)
+        self.rcpt_outcomes.append((address, outcome))
+        kind = outcome.kind
+        if kind == SPLIT:
+            return RcptAnswer(TEMPFAIL, (*SMTP_SPLIT, f"<{address}>: send this recipient again in a "
+                                         "separate transaction (its outcome may differ from the "
+                                         "recipients already accepted)"),
+                              note="outcome may differ from the transaction's recipients; 452 4.5.3")
+        if kind == DENY:
+            return RcptAnswer(REJECT, (*SMTP_DENY, f"<{address}>: {outcome.reason}"),
+                              (self._denial([address], outcome.filter, outcome.reason),))
+        if kind == MANAGED:
+            self.candidates[address] = outcome.candidates
+            self.managed.append(address)
+        elif kind == PASS:
+            self.passed.append(address)
+        elif kind == HOLD:
+            self.held.append(address)
+            self.held_why[address] = (outcome.filter, outcome.reason)
+        if outcome.overflow:
+            self.overflow.add(address)
+            return RcptAnswer(note=f"accepted past {self.policy.max_rcpt_refusals} refusals "
+                                   "although its outcome may differ")
+        return _CONTINUE
+
+    # -- end of headers -------------------------------------------------------------------------
+
+    def end_of_headers(self, raw_headers: list[tuple[str, bytes]]) -> HeadersAnswer:
+        """raw_headers: (name, value as received) in message order."""
+        self.raw_headers = raw_headers
+        if self.envelope.sender == "":
+            content_types = header_values(raw_headers, "content-type")
+            self.dsn = bool(content_types) and bounces.is_dsn_content_type(decode_value(content_types[0]))
+        # One outcome class per transaction (rcpt): held, passed or managed recipients, unless
+        # recipients were accepted past the cap on refusals (self.overflow).
+        refused: list[tuple[str, str, list[str]]] = []  # (filter, reason, recipients)
+        if self.held and not self.dsn:  # a bounce report's are consumed as events at eom
+            by_filter: dict[str, list[str]] = {}
+            for rcpt in self.held:
+                by_filter.setdefault(self.held_why[rcpt][0], []).append(rcpt)
+            refused += [(f, self.held_why[rs[0]][1], rs) for f, rs in by_filter.items()]
+        if not self.managed:
+            if refused:
+                return self._refuse(refused, kept=bool(self.passed))
+            # Only pass-through recipients: not ours, unless it is a bounce report.
+            return HeadersAnswer() if self.dsn else HeadersAnswer(ACCEPT)
+        policy = self.policy
+        decision = self.decision = decide(
+            self.snapshot.ruleset, self.snapshot.domains, self.managed, raw_headers,
+            enabled_heuristics=policy.heuristics, missing_from=policy.missing_from,
+            candidates=self.candidates)
+        timed_out = tuple({c.condition.pattern: None for m in decision.matches for c in m.timeouts})
+        if decision.verdict is not None:  # the message is refused, whoever it is for
+            reason = decision.verdict.reason
+            denial = self._denial(self.managed, "heuristic:" + decision.verdict.heuristic, reason)
+            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {reason}"), (denial,), timed_out)
+        if not self.dsn and decision.denied:
+            accepted = [r for r, _ in decision.accepted]
+            if (any(r not in self.overflow for r in accepted)
+                    and any(r not in self.overflow for r in decision.denied)):
+                # recipients of one outcome class share their outcome
+                return HeadersAnswer(TEMPFAIL, INTERNAL_ERROR, timed_out=timed_out, error=(
+                    f"recipients of one class decided apart ({','.join(accepted)} accepted, "
+                    f"{','.join(decision.denied)} not)"))
+            refused.insert(0, ("no_rule", "no inbound rule matches "
+                               + ", ".join(f"<{r}>" for r in decision.denied), decision.denied))
+        # Accepted, or a bounce report (its recipients without a rule are consumed at eom).
+        if refused:
+            return self._refuse(refused, kept=bool(self.passed or decision.accepted), timed_out=timed_out)
+        return HeadersAnswer(timed_out=timed_out) if timed_out else HeadersAnswer()
+
+    def _refuse(self, refused: list[tuple[str, str, list[str]]], kept: bool,
+                timed_out: tuple[str, ...] = ()) -> HeadersAnswer:
+        """Refused recipients: with nobody else accepted, the whole message (550); else
+        Postfix bounces each to the sender at end of message (error(8) transport)."""
+        if not kept:
+            denials = tuple(self._denial(rcpts, filt, reason) for filt, reason, rcpts in refused)
+            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {refused[0][1]}"), denials, timed_out)
+        denials = []
+        for filt, reason, rcpts in refused:
+            denials.append(self._denial(rcpts, filt, reason, bounced=True))
+            self.bounced += rcpts
+        return HeadersAnswer(CONTINUE, None, tuple(denials), timed_out)
+
+    # -- end of message -------------------------------------------------------------------------
+
+    def end_of_message(self, header_block: list[bytes], body: list[bytes], body_size: int) -> MessageAnswer:
+        """header_block: `header_line` of each field; body: its chunks, kept up to
+        max_message_size; body_size: the bytes the body really had."""
+        decision = self.decision
+        if decision is None and not (self.dsn or self.bounced):  # end of headers answered
+            return MessageAnswer()
+        # Always an empty line after the fields: with none, Postfix itself put an empty line
+        # first, and any parser must read "no header section" as the decision did.
+        separator = b"\r\n"
+        size = sum(map(len, header_block)) + len(separator) + body_size
+        limit = self.policy.max_message_size
+        if size > limit:
+            return MessageAnswer(REJECT, (*SMTP_TOO_LARGE, f"message size {size} exceeds the limit "
+                                          f"of {limit} bytes for webhook delivery"),
+                                 log=(Logged("denied", self.managed + self.held, "size", "message too large"),))
+        raw = b"".join(header_block) + separator + b"".join(body)
+        log = []
+        if self.dsn:
+            # Anyone can send a report: the spooler keeps only the events about a recipient of
+            # a message we sent (its queued events), which it knows and the milter does not.
+            self.reported = bounces.events_from_dsn(raw, key=self.envelope.queue_id or self.new_id())
+            log.append(Logged("bounce-report", self.managed + self.held + self.passed, "dsn",
+                              f"{len(self.reported)} event(s), to be checked against the mail we "
+                              "sent, for " + ",".join(sorted({e.recipient or "?" for e in self.reported}))))
+        groups = decision.grouped() if decision else []
+        message = None
+        if groups:
+            meta = message_meta(self.envelope, self.raw_headers, timestamp(self.clock()))
+            meta["deliveries"] = [
+                {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
+            ]
+            message = InboundRecord(self.new_id(), meta, raw)
+            log.append(Logged("accepted", [r for _, rs in groups for r in rs],
+                              ",".join(rule.name for rule, _ in groups), f"spooled as {message.id}"))
+        return self._finish(decision, groups, message, tuple(log))
+
+    def _finish(self, decision: Decision | None, groups, message, log) -> MessageAnswer:
+        """Recipients of `--discard` rules (posted) and those of a bounce report without a rule
+        (consumed as events) are removed. A message left without recipients gets Postfix's
+        discard(8) transport as its one recipient (while Postfix has the route): a milter
+        DISCARD counts as an error in smtpd, and after ten of them (smtpd_soft_error_limit)
+        every later command of the session waits smtpd_error_sleep_time (1 s). A refused
+        recipient (self.bounced) is replaced by its stand-in in the reject domain, which
+        Postfix's error(8) transport bounces to the sender."""
+        consumed = ((decision.denied if decision else []) + self.held) if self.dsn else []
+        drop = set(consumed) | {r for rule, rs in groups if rule.discard for r in rs}
+        events = tuple(self.reported)
+        if not drop and not self.bounced:
+            return MessageAnswer(ACCEPT, None, (), message, events, log)
+        everyone = not self.passed and not self.bounced and drop >= set(self.managed) | set(self.held)
+        if everyone and not self.routes:
+            return MessageAnswer(DISCARD, None, (), message, events, log)
+        return MessageAnswer(ACCEPT, None, (), message, events, log,
+                             delete=tuple(self.envelope.given(drop | set(self.bounced))),
+                             bounce=tuple(self.bounced), add_discard=everyone)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _denial(self, recipients: list[str], filt: str, reason: str, bounced: bool = False) -> Denial:
+        record = None
+        if filt == "unknown_domain" or any(address_domain(r) in self.snapshot.log_denied for r in recipients):
+            record = message_meta(self.envelope, self.raw_headers, timestamp(self.clock()))
+            record.update(recipients=recipients, filter=filt, reason=reason)
+        return Denial(recipients, filt, reason, record, bounced)
+
+
+# -- the dry run ------------------------------------------------------------------------------
+
+@dataclass
+class RecipientOutcome:
+    """What happens to one recipient, at which stage, and why."""
+    recipient: str
+    outcome: str  # accepted, rejected, deferred, passed, denied, bounced, consumed
+    stage: str  # rcpt | eoh
+    smtp: str
+    decided_by: str  # rule:<name>, no_rule, unknown_domain, heuristic:<name>, outcome_class, dsn, ...
+    reason: str
+    rule: object = None  # the accepting Rule
+    rules: list | None = None  # rules.RuleResult of every rule (recipients in permitted domains)
+
+    def as_dict(self) -> dict:
+        rule = self.rule
+        out = {"recipient": self.recipient, "outcome": self.outcome, "stage": self.stage,
+               "smtp": self.smtp, "decided_by": self.decided_by, "rule": rule and rule.name,
+               "reason": self.reason}
+        if rule is not None:
+            out.update(action="discard" if rule.discard else "deliver", endpoint=rule.endpoint,
+                       format=rule.format)
+        if self.rules is not None:
+            out["rules"] = [{
+                "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,
+                "matched": rr.matched, "reason": rr.reason(),
+                "conditions": [{"condition": str(c.condition), "held": c.held,
+                                "value": c.matched_value, "timed_out": c.timed_out}
+                               for c in rr.conditions],
+            } for rr in self.rules]
+        return out
+
+
+@dataclass
+class Explanation:
+    """The milter's answer to a whole message, and each recipient's."""
+    mail_from: str | None
+    header_from: str
+    subject: str
+    header_defects: list[str]
+    policy: Policy
+    verdict: heuristics.Verdict | None
+    rule_count: int
+    result: str  # accept, reject, tempfail, pass
+    smtp: str
+    decided_by: str
+    reason: str
+    recipients: list[RecipientOutcome] = field(default_factory=list)
+    events: tuple = ()  # a bounce report's events
+    deleted: list[str] = field(default_factory=list)  # removed from Postfix's delivery
+
+    def as_dict(self) -> dict:
+        """Plain data for JSON (`mxhook rule test --json`)."""
+        verdict = self.verdict
+        return {
+            "mail_from": self.mail_from, "header_from": self.header_from, "subject": self.subject,
+            "header_defects": self.header_defects, "unknown_domains": self.policy.unknown_domains,
+            "missing_from": self.policy.missing_from,
+            "heuristics": {"enabled": list(self.policy.heuristics), "verdict": verdict and {
+                "heuristic": verdict.heuristic, "reason": verdict.reason}},
+            "rule_count": self.rule_count, "result": self.result, "smtp": self.smtp,
+            "decided_by": self.decided_by, "reason": self.reason,
+            "recipients": [r.as_dict() for r in self.recipients],
+        }
+
+
+DSN_CONSUMED = "a bounce report: its events are kept, the recipient is removed from Postfix's delivery"
+
+
+def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes: bool,
+            clock=utc_now) -> Explanation:
+    """What the milter answers for this message and envelope (recipients in RCPT order, a
+    repeated one answered as the first), at which stage, and why: the very `Inbound` the milter
+    runs, on the header section as Postfix splits it (message.header_section), with every rule
+    explained for each recipient in a permitted domain, also past the first match.
+    envelope.sender None: not given (any sender but the null sender decides alike)."""
+    raw_headers, body_at, defects = header_section(raw)
+    inbound = Inbound(snapshot, policy, envelope, routes=routes, clock=clock, new_id=lambda: "dry-run")
+    rcpts = list(dict.fromkeys(r.address for r in envelope.recipients))
+    for r in rcpts:
+        inbound.rcpt(r)
+    headers = message = None
+    if inbound.managed or inbound.passed or inbound.held:
+        headers = inbound.end_of_headers(raw_headers)
+        if headers.action == CONTINUE:
+            body = raw[body_at:]
+            message = inbound.end_of_message([header_line(n, v) for n, v in raw_headers], [body], len(body))
+    decision = inbound.decision
+    from_values = header_values(raw_headers, "from")
+    subjects = header_values(raw_headers, "subject")
+    out = Explanation(
+        mail_from=envelope.sender, header_from=first_address(from_values[0]) if from_values else "",
+        subject=decode_value(subjects[0]) if subjects else "", header_defects=defects,
+        policy=policy, verdict=decision.verdict if decision else None, rule_count=len(snapshot.ruleset),
+        result="", smtp="", decided_by="", reason="",
+        events=tuple(inbound.reported), deleted=list(message.delete) if message else [])
+    outcomes = {r: _recipient_outcome(inbound, r, outcome) for r, outcome in inbound.rcpt_outcomes}
+    ours = [r for r in rcpts if address_domain(r) in snapshot.domains]
+    explained = decide(snapshot.ruleset, snapshot.domains, ours, raw_headers,
+                       enabled_heuristics=policy.heuristics, explain=True, missing_from=policy.missing_from)
+    for m in explained.matches:
+        outcomes[m.recipient].rules = m.evaluated
+    out.recipients = [outcomes[r] for r in rcpts]
+    _result(out, inbound, headers, message)
+    return out
+
+
+def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> RecipientOutcome:
+    kind = outcome.kind
+    if kind == DENY:
+        return RecipientOutcome(r, "rejected", "rcpt", " ".join(SMTP_DENY), outcome.filter, outcome.reason)
+    if kind == SPLIT:
+        return RecipientOutcome(r, "deferred", "rcpt", " ".join(SMTP_SPLIT), "outcome_class",
+                                "its outcome may differ from the recipients accepted before it: the "
+                                "client sends it again in a separate transaction (test it alone to "
+                                "see that one)")
+    if kind == PASS:
+        return RecipientOutcome(r, "passed", "rcpt", "250", "unknown_domains=pass",
+                                f"domain {address_domain(r) or '(none)'} is not permitted; "
+                                "unknown_domains = pass leaves it to Postfix (no rules)")
+    decision = inbound.decision
+    bounced = ("bounced", "eoh", "250, then a bounce from Postfix (5.7.1)")
+    if kind == HOLD:
+        if inbound.dsn:
+            return RecipientOutcome(r, "consumed", "eoh", "250", "dsn", DSN_CONSUMED)
+        reason = outcome.reason + " (null sender: held until end of headers in case the message " \
+                                  "is a bounce report)"
+        if r in inbound.bounced:
+            return RecipientOutcome(r, *bounced, outcome.filter, reason + "; accepted past the cap on "
+                                    "refusals at RCPT, so Postfix's error transport bounces it")
+        return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY), outcome.filter, reason)
+    # MANAGED: end of headers decides
+    if decision is not None and decision.verdict is not None:
+        return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY),
+                                "heuristic:" + decision.verdict.heuristic, decision.verdict.reason)
+    rule = next((m.rule for m in decision.matches if m.recipient == r), None) if decision else None
+    if rule is not None:
+        return RecipientOutcome(r, "accepted", "eoh", "250", "rule:" + rule.name,
+                                f"rule {rule.name}: all conditions hold", rule=rule)
+    if inbound.dsn:
+        return RecipientOutcome(r, "consumed", "eoh", "250", "dsn", "no rule matches; " + DSN_CONSUMED)
+    if r in inbound.bounced:
+        return RecipientOutcome(r, *bounced, "no_rule", f"no inbound rule matches <{r}>; accepted past "
+                                "the cap on refusals at RCPT (max_rcpt_refusals), so Postfix's "
+                                "error transport bounces it to the sender")
+    return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY), "no_rule",
+                            f"no inbound rule matches <{r}>")
+
+
+def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
+            message: MessageAnswer | None) -> None:
+    if headers is None:  # nobody accepted at RCPT
+        first = out.recipients[0]
+        out.result, out.smtp, out.decided_by = "reject", "554 5.5.1", first.decided_by
+        out.reason = "every recipient was rejected at RCPT (no valid recipients)"
+    elif headers.action == REJECT:
+        denial = headers.denials[0]
+        refused = next(o for o in out.recipients if o.recipient == denial.recipients[0])
+        out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_DENY), denial.filter
+        out.reason = denial.reason if denial.filter == "no_rule" or out.verdict else refused.reason
+    elif headers.action == TEMPFAIL:
+        out.result, out.smtp, out.decided_by = "tempfail", " ".join(SMTP_TEMPFAIL), "internal_error"
+        out.reason = "recipients of one outcome class decided apart"
+    elif headers.action == ACCEPT:
+        out.result, out.smtp, out.decided_by = "pass", "250", "unknown_domains=pass"
+        out.reason = "no recipient in a permitted domain: the milter leaves the message alone"
+    elif message.action == REJECT:
+        out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_TOO_LARGE), "size"
+        out.reason = message.reply[2]
+    elif message.message is not None:
+        names = [d["rule"]["name"] for d in message.message.meta["deliveries"]]
+        out.result, out.smtp, out.decided_by = "accept", "250", "rules"
+        out.reason = "accepted for " + ", ".join(names)
+    elif inbound.dsn:  # a bounce report without a recipient any rule takes
+        out.result, out.smtp, out.decided_by = "accept", "250", "dsn"
+        out.reason = "a bounce report for mail this server sent"
+        if inbound.passed:
+            out.reason += (f": {len(out.events)} event(s) kept, its recipients left to Postfix "
+                           "(unknown_domains = pass)")
+    else:  # recipients in permitted domains bounced, the others left to Postfix
+        out.result, out.smtp, out.decided_by = "pass", "250", "unknown_domains=pass"
+        out.reason = "no recipient a rule takes: the milter leaves the message to Postfix"
