@@ -1,7 +1,6 @@
-"""The inbound decision, as pure code: the RCPT stage (`RcptStage`) and end of headers (`decide`).
-
-The milter and `mxhook rule test` both call them, so the dry run cannot drift from what the
-milter really does.
+"""The two steps of the inbound decision that depend on the rules: the RCPT stage (`RcptStage`)
+and the heuristics and rules at end of headers (`decide`). model/inbound.py composes them into
+the whole per-message decision that the milter and `mxhook rule test` both run.
 """
 from __future__ import annotations
 
