@@ -38,6 +38,7 @@ def test_null_sender_bounce_report_to_a_foreign_recipient_refused_at_rcpt_otherw
     [r] = x.recipients
     assert (r.outcome, r.stage, r.decided_by) == ("consumed", "eoh", "dsn")
     assert x.deleted == ["<app@example.org>"] and len(x.events) == 3
+    assert [e["type"] for e in x.as_dict()["events"]] == ["bounced", "bounced", "deferred"]
 
 
 def test_null_sender_mail_that_is_no_report_is_refused_for_a_foreign_recipient():

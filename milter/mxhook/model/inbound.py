@@ -366,7 +366,7 @@ class Explanation:
     reason: str
     recipients: list[RecipientOutcome] = field(default_factory=list)
     events: tuple = ()  # a bounce report's events
-    deleted: list[str] = field(default_factory=list)  # removed from Postfix's delivery
+    deleted: list[str] = field(default_factory=list)  # as given, removed from Postfix's delivery
 
     def as_dict(self) -> dict:
         """Plain data for JSON (`mxhook rule test --json`)."""
@@ -380,6 +380,7 @@ class Explanation:
             "rule_count": self.rule_count, "result": self.result, "smtp": self.smtp,
             "decided_by": self.decided_by, "reason": self.reason,
             "recipients": [r.as_dict() for r in self.recipients],
+            "removed": self.deleted, "events": [e.to_dict() for e in self.events],
         }
 
 
