@@ -50,7 +50,7 @@ def message(t: inbound.Inbound, raw: bytes):
     if headers.action != inbound.CONTINUE:
         return headers, None
     body = raw[body_at:]
-    return headers, t.end_of_message([inbound.header_line(n, v) for n, v in fields], [body], len(body))
+    return headers, t.end_of_message([body], len(body))
 
 
 def mail(subject="hello", frm="Alice <alice@sender.example>", to="sales@ours.example", body="Hi\r\n"):

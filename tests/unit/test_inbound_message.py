@@ -86,4 +86,4 @@ def test_after_end_of_headers_answered_there_is_nothing_left_to_do():
     t = transaction(unknown_domains="pass")
     rcpts(t, "<x@elsewhere.example>")
     t.end_of_headers([])
-    assert t.end_of_message([], [], 0) == inbound.MessageAnswer()
+    assert t.end_of_message([], 0) == inbound.MessageAnswer()

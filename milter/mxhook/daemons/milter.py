@@ -228,7 +228,6 @@ class MxhookMilter(Milter.Base):
         self.inbound: inbound.Inbound | None = None  # inbound mail: the decision of this message
         self.outbound_rcpts: list[str] = []
         self.raw_headers: list[tuple[str, bytes]] = []
-        self.header_block: list[bytes] = []
         self.body_chunks: list[bytes] = []
         self.body_size = 0
 
@@ -297,7 +296,6 @@ class MxhookMilter(Milter.Base):
         # Kept as bytes exactly as received (leading space included: header_leading_space), so
         # the spooled message is the one the sender sent and 8-bit headers cannot crash us.
         self.raw_headers.append((name, value))
-        self.header_block.append(inbound.header_line(name, value))
         return Milter.CONTINUE
 
     @guarded
@@ -327,7 +325,7 @@ class MxhookMilter(Milter.Base):
         if self.inbound is None:
             return self._outbound_eom()
         self.envelope.queue_id = self.getsymval("i") or self.envelope.queue_id
-        answer = self.inbound.end_of_message(self.header_block, self.body_chunks, self.body_size)
+        answer = self.inbound.end_of_message(self.body_chunks, self.body_size)
         records = [spool.event_record(e) for e in answer.events]
         if answer.message is not None:
             m = answer.message

@@ -49,7 +49,9 @@ class Envelope:
 
 def timestamp(now: datetime) -> str:
     """The time format of spool records: ISO 8601 UTC, microseconds, Z."""
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if now.tzinfo is not timezone.utc:
+        now = now.astimezone(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def utc_now() -> datetime:

@@ -58,7 +58,7 @@ class Policy:
         return cls(*(getattr(settings, f.name) for f in fields(cls)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Logged:
     """One line of the decision log."""
     outcome: str  # denied, accepted, bounce-report
@@ -67,7 +67,7 @@ class Logged:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Denial:
     recipients: list[str]
     filter: str  # unknown_domain, no_rule, heuristic:<name>
@@ -80,25 +80,25 @@ class Denial:
                       self.reason + "; Postfix bounces it to the sender" if self.bounced else self.reason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     action: str = CONTINUE
     reply: tuple[str, str, str] | None = None  # for setreply
     denials: tuple[Denial, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RcptAnswer(Answer):
     note: str = ""  # why a recipient was split or accepted past the cap (debug log)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HeadersAnswer(Answer):
     timed_out: tuple[str, ...] = ()  # patterns that hit the regex timeout (counted as no match)
     error: str = ""  # TEMPFAIL: what went wrong
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InboundRecord:
     """The spool record of an accepted message: kind `inbound`."""
     id: str
@@ -106,7 +106,7 @@ class InboundRecord:
     raw: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageAnswer(Answer):
     """Spool `message` and `events` in one append (on failure neither is kept, and the answer
     is 451), then log `log`, then change the recipients, then answer `action`."""
@@ -118,14 +118,12 @@ class MessageAnswer(Answer):
     add_discard: bool = False  # the message's one recipient becomes Postfix's discard transport
 
 
-_CONTINUE = RcptAnswer()
-
-
-def header_line(name: str, value: bytes) -> bytes:
-    """A header field as Postfix's milter protocol gave it, back to the bytes of the message:
-    Postfix folds with LF, the message has CRLF."""
-    folded = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return name.encode("ascii", "surrogateescape") + b":" + folded + b"\r\n"
+def header_block(raw_headers: list[tuple[str, bytes]]) -> bytes:
+    """The header fields as Postfix's milter protocol gave them, back to the bytes of the
+    message: Postfix folds with LF, the message has CRLF."""
+    return b"".join([name.encode("ascii", "surrogateescape") + b":"
+                     + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+                     for name, value in raw_headers])
 
 
 class Inbound:
@@ -188,7 +186,7 @@ class Inbound:
             self.overflow.add(address)
             return RcptAnswer(note=f"accepted past {self.policy.max_rcpt_refusals} refusals "
                                    "although its outcome may differ")
-        return _CONTINUE
+        return RcptAnswer()
 
     # -- end of headers -------------------------------------------------------------------------
 
@@ -251,22 +249,22 @@ class Inbound:
 
     # -- end of message -------------------------------------------------------------------------
 
-    def end_of_message(self, header_block: list[bytes], body: list[bytes], body_size: int) -> MessageAnswer:
-        """header_block: `header_line` of each field; body: its chunks, kept up to
-        max_message_size; body_size: the bytes the body really had."""
+    def end_of_message(self, body: list[bytes], body_size: int) -> MessageAnswer:
+        """body: its chunks, kept up to max_message_size; body_size: the bytes it really had."""
         decision = self.decision
         if decision is None and not (self.dsn or self.bounced):  # end of headers answered
             return MessageAnswer()
         # Always an empty line after the fields: with none, Postfix itself put an empty line
         # first, and any parser must read "no header section" as the decision did.
         separator = b"\r\n"
-        size = sum(map(len, header_block)) + len(separator) + body_size
+        head = header_block(self.raw_headers)
+        size = len(head) + len(separator) + body_size
         limit = self.policy.max_message_size
         if size > limit:
             return MessageAnswer(REJECT, (*SMTP_TOO_LARGE, f"message size {size} exceeds the limit "
                                           f"of {limit} bytes for webhook delivery"),
                                  log=(Logged("denied", self.managed + self.held, "size", "message too large"),))
-        raw = b"".join(header_block) + separator + b"".join(body)
+        raw = head + separator + b"".join(body)
         log = []
         if self.dsn:
             # Anyone can send a report: the spooler keeps only the events about a recipient of
@@ -404,7 +402,7 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
         headers = inbound.end_of_headers(raw_headers)
         if headers.action == CONTINUE:
             body = raw[body_at:]
-            message = inbound.end_of_message([header_line(n, v) for n, v in raw_headers], [body], len(body))
+            message = inbound.end_of_message([body], len(body))
     decision = inbound.decision
     from_values = header_values(raw_headers, "from")
     subjects = header_values(raw_headers, "subject")
