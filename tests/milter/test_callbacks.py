@@ -2,6 +2,7 @@
 real rules.db and spool."""
 import os
 import time
+from datetime import datetime, timezone
 
 import Milter
 import pytest
@@ -27,7 +28,7 @@ def env(tmp_path):
 
     made = []
 
-    def make(**milter_settings):
+    def make(*, clock=None, new_id=None, **milter_settings):
         milter_settings.setdefault("discard_via", "transport")  # no Postfix to look at here
         cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings})
         settings = Settings(cfg)
@@ -35,7 +36,8 @@ def env(tmp_path):
         wiring = Wiring(settings, snapshot=lambda: watcher.current,
                         blocklist=BlocklistReader(str(tmp_path / "rules.db")),
                         segments=spool.SegmentWriter(spool_dir, seal_after=60),
-                        routes=settings.postfix_routes)
+                        routes=settings.postfix_routes,
+                        **{k: v for k, v in (("clock", clock), ("new_id", new_id)) if v})
         made.append((wiring, watcher))
         make.wiring, make.watcher = wiring, watcher  # the latest
         return Connection(wiring)
@@ -72,6 +74,14 @@ def test_accepted_message_is_spooled_with_envelope_before_accept(env):
     [delivery] = m["deliveries"]
     assert delivery["recipients"] == ["sales@ours.example"]
     assert delivery["rule"]["name"] == "sales" and delivery["rule"]["endpoint"] == "http://127.0.0.1:9/in"
+
+
+def test_the_clock_and_record_ids_come_from_the_wiring(env):
+    ids = iter(["id-1", "id-2"])
+    ctx = env(clock=lambda: datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc), new_id=lambda: next(ids))
+    assert ctx.send(["<sales@ours.example>"], HEADERS) == ("eom", Milter.ACCEPT)
+    [rec] = records(env)
+    assert (rec.id, rec.meta["received"]) == ("id-1", "2026-11-22T12:00:00.000000Z")
 
 
 def test_recipient_no_rule_can_match_is_refused_at_rcpt_and_logged_denied(env):
