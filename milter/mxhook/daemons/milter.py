@@ -286,6 +286,8 @@ class MxhookMilter(Milter.Base):
         answer = self.inbound.rcpt(rcpt.address)
         if answer.note:
             log.debug("<%s>: %s", rcpt.address, answer.note)
+        if answer.action == inbound.CONTINUE:  # most recipients: nothing to perform
+            return Milter.CONTINUE
         return self._perform(answer)
 
     # -- content ------------------------------------------------------------------------------
