@@ -1,5 +1,5 @@
-"""`mxhook-logfollow`: follow Postfix's log and spool delivery events (the shell around
-postfixlog.py).
+"""`mxhook-logfollow`: follow Postfix's log and spool delivery events (the I/O around the pure
+parser and correlator of postfix/maillog.py).
 
     mxhook-logfollow [--config PATH] [--once]
 
