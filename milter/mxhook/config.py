@@ -354,14 +354,14 @@ class Config:
         return self.get("paths", "spool_dir")
 
 
-def key(section: str):
+def from_section(section: str):
     """A `FromConfig` field read from `section` rather than the class's SECTION."""
     return field(metadata={"section": section})
 
 
 class FromConfig:
     """Base of a daemon's settings dataclass: each field is the config key of the same name in
-    the class's SECTION (or the section `key()` names), typed and checked by the schema."""
+    the class's SECTION (or the section `from_section()` names), typed and checked by the schema."""
 
     SECTION: str
 

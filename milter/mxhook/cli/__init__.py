@@ -723,7 +723,7 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
     sender = normalize_address(mail_from) if mail_from is not None else None
     # Refusals at RCPT are capped where Postfix has mxhook's routes (`mxhook check`); with
     # discard_via = milter the milter never relies on them, so it splits without a cap.
-    routes = cfg.get("milter", "discard_via") != "milter"
+    routes = cfg.value("milter", "discard_via") != "milter"
     stage = decisionmod.RcptStage(snapshot.ruleset, snapshot.domains, unknown_domains=unknown_mode,
                                   null_sender=sender == "", enabled_heuristics=enabled,
                                   max_refusals=cfg.value("milter", "max_rcpt_refusals") if routes else None)

@@ -78,7 +78,7 @@ class LogfollowSettings(config.FromConfig):
     source: str
     path: str
     state_file: str
-    spool_dir: str = config.key("paths")
+    spool_dir: str = config.from_section("paths")
     start_at: str
     poll_interval: float
     batch_lines: int

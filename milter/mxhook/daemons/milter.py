@@ -74,7 +74,7 @@ class MilterSettings(configmod.FromConfig):
     from them once."""
 
     SECTION = "milter"
-    spool_dir: str = configmod.key("paths")
+    spool_dir: str = configmod.from_section("paths")
     socket: str
     socket_group: str
     timeout: int

@@ -260,8 +260,8 @@ class SpoolerSettings(config_mod.FromConfig):
     user_agent: str
     retry_time_scale: float
     disable_after_days: float
-    blocklist: bool = config_mod.key("milter")
-    allow_networks: list = config_mod.key("http")
+    blocklist: bool = config_mod.from_section("milter")
+    allow_networks: list = config_mod.from_section("http")
 
 
 class Spooler:
