@@ -10,7 +10,7 @@ from Milter import testctx
 from mxhook import config
 from mxhook import spool
 from mxhook.store.rulesdb import BlocklistReader, RulesStore, SnapshotWatcher
-from mxhook.daemons.milter import MxhookMilter, Settings
+from mxhook.daemons.milter import MilterSettings, MxhookMilter
 from mxhook.model.rules import Rule, parse_condition
 
 
@@ -28,7 +28,7 @@ def env(tmp_path):
     def make(**milter_settings):
         milter_settings.setdefault("discard_via", "transport")  # no Postfix to look at here
         cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings})
-        MxhookMilter.settings = Settings(cfg)
+        MxhookMilter.settings = MilterSettings.from_config(cfg)
         MxhookMilter.watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
         MxhookMilter.blocklist = BlocklistReader(str(tmp_path / "rules.db"))
         MxhookMilter.segments = spool.SegmentWriter(spool_dir, seal_after=60)

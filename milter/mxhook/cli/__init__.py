@@ -424,7 +424,7 @@ def check_egress(app, url: str) -> None:
     an address the guard refuses (and `[http] allow_networks` does not admit) is an error; a
     host that does not resolve now is only a warning (DNS may be down, and every connection is
     checked again)."""
-    allow = app.cfg.networks("http", "allow_networks")
+    allow = app.cfg.value("http", "allow_networks")
     try:
         egress.check_endpoint_url(url, allow, resolver=RESOLVER)
     except egress.ResolutionError as exc:
@@ -439,7 +439,7 @@ def warn_backtracking(app, conditions) -> None:
     for cond in conditions:
         if rules.is_catastrophic_risk(cond.pattern):
             if timeout is None:
-                timeout = app.cfg.float("milter", "regex_timeout")
+                timeout = app.cfg.value("milter", "regex_timeout")
             click.echo(f"warning: condition '{cond.header}~{cond.pattern}' "
                        f"{rules.backtracking_risk(cond.pattern)}; a header value it takes longer "
                        f"than [milter] regex_timeout ({timeout:g} s) to match counts as no match",
@@ -712,9 +712,9 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
     """What the milter would answer for this message and these recipients (in RCPT order), at
     which stage, and why: the RCPT stage (decision.RcptStage) and end of headers
     (decision.decide) as the milter runs them, on the header section as Postfix splits it."""
-    unknown_mode = cfg.choice("milter", "unknown_domains", ("reject", "pass"))
-    missing_from = cfg.choice("milter", "missing_from", decisionmod.MISSING_FROM_POLICIES)
-    enabled = tuple(h for h, key in HEURISTIC_KEYS if cfg.bool("milter", key))
+    unknown_mode = cfg.value("milter", "unknown_domains")
+    missing_from = cfg.value("milter", "missing_from")
+    enabled = tuple(h for h, key in HEURISTIC_KEYS if cfg.value("milter", key))
     raw_headers, header_defects = messagemod.split_headers(raw)
 
     def header(name):
@@ -723,10 +723,10 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
     sender = normalize_address(mail_from) if mail_from is not None else None
     # Refusals at RCPT are capped where Postfix has mxhook's routes (`mxhook check`); with
     # discard_via = milter the milter never relies on them, so it splits without a cap.
-    routes = cfg.get("milter", "discard_via") != "milter"
+    routes = cfg.value("milter", "discard_via") != "milter"
     stage = decisionmod.RcptStage(snapshot.ruleset, snapshot.domains, unknown_domains=unknown_mode,
                                   null_sender=sender == "", enabled_heuristics=enabled,
-                                  max_refusals=cfg.int("milter", "max_rcpt_refusals") if routes else None)
+                                  max_refusals=cfg.value("milter", "max_rcpt_refusals") if routes else None)
     rcpts = [normalize_address(r) for r in recipients]
     managed, passed, held, entries, candidates, overflow = [], [], [], {}, {}, set()
     for r in rcpts:
@@ -916,9 +916,9 @@ def rule_test(app, message, recipients, mail_from, as_json):
         if "@" not in r:
             raise click.BadParameter(f"{r!r} is not an address (local@domain)", param_hint="--rcpt")
     cfg = app.cfg
-    raw = read_message(message, cfg.size("milter", "max_message_size"))
+    raw = read_message(message, cfg.value("milter", "max_message_size"))
     with app.rules_store() as store:
-        snapshot = store.snapshot(regex_timeout=cfg.float("milter", "regex_timeout"))
+        snapshot = store.snapshot(regex_timeout=cfg.value("milter", "regex_timeout"))
     res = explain(snapshot, cfg, raw, list(recipients), mail_from)
     if as_json:
         emit_json(res)
@@ -1391,11 +1391,11 @@ def endpoint_test(app, key, event_type):
     rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
                              fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
                              api_key=ep.api_key)
-    session = webhook.make_session(cfg.networks("http", "allow_networks"))
+    session = webhook.make_session(cfg.value("http", "allow_networks"))
     outcome = webhook.deliver(session, ep.delivery_target(), rendered.body,
                            rendered.content_type, batch_id,
                            user_agent=cfg.get("spooler", "user_agent"),
-                           max_response_bytes=cfg.size("spooler", "max_response_bytes"), keys=keys)
+                           max_response_bytes=cfg.value("spooler", "max_response_bytes"), keys=keys)
     code = f"HTTP {outcome.status_code}" if outcome.status_code is not None else "no HTTP answer"
     click.echo(f"POST {ep.url} ({ep.format}, version {ep.version}, webhook-id {batch_id})")
     click.echo(f"{code} in {outcome.duration_ms} ms: {outcome.status}"

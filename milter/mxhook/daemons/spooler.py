@@ -247,9 +247,10 @@ def _default_render(fmt: str, **kw):
 
 
 @dataclass(frozen=True)
-class SpoolerSettings:
-    """The [spooler] settings, checked: the one validation for the daemon and `mxhook check`."""
+class SpoolerSettings(config_mod.FromConfig):
+    """The keys the spooler reads, typed and checked by the config schema."""
 
+    SECTION = "spooler"
     workers: int
     poll_interval: float
     ingest_batch: int
@@ -259,34 +260,8 @@ class SpoolerSettings:
     user_agent: str
     retry_time_scale: float
     disable_after_days: float
-
-    @classmethod
-    def from_config(cls, cfg: config_mod.Config) -> "SpoolerSettings":
-        """Raises one ConfigError naming every bad setting (a line each)."""
-        sec = "spooler"
-        problems: list[str] = []
-        values: dict = {}
-
-        def read(key, getter, check=None, rule=""):
-            try:
-                value = values[key] = getter(sec, key)
-            except config_mod.ConfigError as exc:
-                problems.append(str(exc))
-                return
-            if check is not None and not check(value):
-                problems.append(f"[spooler] {key} must be {rule}, got {value}")
-
-        read("workers", cfg.int, lambda v: v >= 1, "at least 1")
-        read("ingest_batch", cfg.int, lambda v: v >= 1, "at least 1")
-        read("poll_interval", cfg.float, lambda v: v > 0, "above 0")
-        read("retry_time_scale", cfg.float, lambda v: v > 0, "above 0")
-        read("disable_after_days", cfg.float, lambda v: v >= 0, "0 (never) or more")
-        for key in ("max_attachment_size", "max_payload_size", "max_response_bytes"):
-            read(key, cfg.size)
-        read("user_agent", cfg.get)
-        if problems:
-            raise config_mod.ConfigError("\n".join(problems))
-        return cls(**values)
+    blocklist: bool = config_mod.from_section("milter")
+    allow_networks: list = config_mod.from_section("http")
 
 
 class Spooler:
@@ -309,10 +284,9 @@ class Spooler:
         self.disable_after_days = settings.disable_after_days
         self.render = render or _default_render
         self.render_events = render_events or _default_render_events
-        self.block_hard_bounces = cfg.bool("milter", "blocklist")
+        self.block_hard_bounces = settings.blocklist
         # every post goes through the SSRF guard, with the admin's allowlist
-        allow_networks = cfg.networks("http", "allow_networks")
-        self.session_factory = session_factory or (lambda: webhook.make_session(allow_networks))
+        self.session_factory = session_factory or (lambda: webhook.make_session(settings.allow_networks))
         # signing keys are looked up per attempt: a rotation applies to retries
         self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
