@@ -1,0 +1,50 @@
+"""The inbound log and the event log, read from state.db: listings (newest first) and the
+details of one entry with its delivery attempts. services.csvexport writes a listing as CSV."""
+from __future__ import annotations
+
+from mxhook import config as configmod
+from mxhook.services.errors import Invalid, NotFound
+from mxhook.services.stores import state_store
+from mxhook.store.statedb import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES
+
+INBOUND_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
+EVENT_COLUMNS = list(EVENT_LOG_KEYS)
+
+
+def _check_status(status: str | None, known) -> None:
+    if status is not None and status not in known:
+        raise Invalid(f"no status {status!r} (known: {', '.join(known)})")
+
+
+def inbound(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
+            until: str | None = None, limit: int | None = 100) -> list[dict]:
+    """Accepted (queued, succeeded, deferred, failed) and denied mail; `since`/`until` are
+    times as services.times.parse_time returns them."""
+    _check_status(status, LOG_STATUSES)
+    with state_store(cfg) as store:
+        return store.inbound_log(status=status, since=since, until=until, limit=limit)
+
+
+def inbound_detail(cfg: configmod.Config, entry_id: str) -> dict:
+    with state_store(cfg) as store:
+        d = store.inbound_detail(entry_id)
+    if d is None:
+        raise NotFound(f"no inbound log entry with id {entry_id!r}")
+    return d
+
+
+def events(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
+           until: str | None = None, limit: int | None = 100) -> list[dict]:
+    """One entry per (event, endpoint), with the webhook status."""
+    _check_status(status, DELIVERY_STATUSES)
+    with state_store(cfg) as store:
+        return store.event_log(status=status, since=since, until=until, limit=limit)
+
+
+def event_detail(cfg: configmod.Config, event_id: str) -> dict:
+    """The event's fields, and its delivery to each endpoint with attempts."""
+    with state_store(cfg) as store:
+        d = store.event_detail(event_id)
+    if d is None:
+        raise NotFound(f"no event with id {event_id!r}")
+    return d
