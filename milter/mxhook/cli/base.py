@@ -110,3 +110,16 @@ def rotate_options(command):
     return click.option("--overlap", type=DurationType(), default=DEFAULT_OVERLAP, show_default=True,
                         help="How long the previous secret keeps signing too (0: stop at once; "
                              "at most 30d).")(command)
+
+
+# Options `rule add/edit` and `endpoint add/edit` share (click.option decorators can be reused).
+AUTH_OPTIONS = (
+    click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
+    click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
+    click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+)
+CLEAR_AUTH_OPTION = click.option(
+    "--clear-auth", is_flag=True,
+    help="Remove Basic auth, Bearer token and API key (before applying any new ones given).")
+ED25519_OPTION = click.option(
+    "--ed25519", is_flag=True, help="Also sign with an ed25519 key pair (v1a); prints its public key.")

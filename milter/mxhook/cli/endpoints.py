@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import click
 
-from mxhook.cli.base import MxhookGroup, pass_app, rotate_options, warn
+from mxhook.cli.base import (
+    AUTH_OPTIONS,
+    CLEAR_AUTH_OPTION,
+    ED25519_OPTION,
+    MxhookGroup,
+    pass_app,
+    rotate_options,
+    warn,
+)
 from mxhook.cli.output import (
     auth_summary,
     emit_json,
@@ -55,9 +63,7 @@ def endpoint_options(edit: bool):
                          help="Time zone of timestamps in payloads" + dflt("timezone")),
             click.option("--format", "fmt", type=click.Choice(endpointsmod.FORMATS),
                          help="Payload format" + dflt("format")),
-            click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
-            click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
-            click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+            *AUTH_OPTIONS,
             click.option("--retry-interval", type=int, metavar="10..600",
                          help="Seconds between retries" + dflt("retry_interval")),
             click.option("--retry-period", type=int, metavar="1..10",
@@ -70,9 +76,7 @@ def endpoint_options(edit: bool):
                              help="Disable (events are kept pending) or enable the endpoint."),
                 click.option("--allow-http/--no-allow-http", default=None,
                              help="Allow (or stop allowing) a plain http:// URL."),
-                click.option("--clear-auth", is_flag=True,
-                             help="Remove Basic auth, Bearer token and API key (before applying "
-                                  "any new ones given)."),
+                CLEAR_AUTH_OPTION,
             ]
         else:
             opts += [
@@ -80,8 +84,7 @@ def endpoint_options(edit: bool):
                              help="Add the endpoint disabled (no events are queued for it)."),
                 click.option("--allow-http", is_flag=True,
                              help="Allow a plain http:// URL (events travel unencrypted)."),
-                click.option("--ed25519", is_flag=True,
-                             help="Also sign with an ed25519 key pair (v1a); prints its public key."),
+                ED25519_OPTION,
             ]
         for opt in reversed(opts):
             f = opt(f)

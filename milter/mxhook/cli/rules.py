@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from mxhook.cli.base import MxhookGroup, pass_app, rotate_options, warn
+from mxhook.cli.base import (
+    AUTH_OPTIONS,
+    CLEAR_AUTH_OPTION,
+    ED25519_OPTION,
+    MxhookGroup,
+    pass_app,
+    rotate_options,
+    warn,
+)
 from mxhook.cli.output import (
     auth_summary,
     emit_json,
@@ -45,9 +53,7 @@ def rule_options(edit: bool):
                          help="Evaluation order, lower first" + ("." if edit else " [default: 0].")),
             click.option("--format", "fmt", type=click.Choice(rules.FORMATS),
                          help="Payload format" + ("." if edit else " [default: json].")),
-            click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
-            click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
-            click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+            *AUTH_OPTIONS,
             click.option("--retry-interval", type=int, metavar="10..600",
                          help="Seconds between retries" + ("." if edit else " [default: 60].")),
             click.option("--retry-period", type=int, metavar="1..10",
@@ -64,9 +70,7 @@ def rule_options(edit: bool):
                              help="Disable or enable the rule."),
                 click.option("--allow-http/--no-allow-http", default=None,
                              help="Allow (or stop allowing) a plain http:// endpoint."),
-                click.option("--clear-auth", is_flag=True,
-                             help="Remove Basic auth, Bearer token and API key (before applying "
-                                  "any new ones given)."),
+                CLEAR_AUTH_OPTION,
             ]
         else:
             opts += [
@@ -76,8 +80,7 @@ def rule_options(edit: bool):
                 click.option("--disabled", is_flag=True, help="Add the rule disabled."),
                 click.option("--allow-http", is_flag=True,
                              help="Allow a plain http:// endpoint (mail travels unencrypted)."),
-                click.option("--ed25519", is_flag=True,
-                             help="Also sign with an ed25519 key pair (v1a); prints its public key."),
+                ED25519_OPTION,
             ]
         for opt in reversed(opts):
             f = opt(f)

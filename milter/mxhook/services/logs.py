@@ -11,18 +11,18 @@ INBOUND_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", 
 EVENT_COLUMNS = list(EVENT_LOG_KEYS)
 
 
-def _check_status(status: str | None, known) -> None:
+def _listing(cfg: configmod.Config, method: str, known, status, since, until, limit) -> list[dict]:
     if status is not None and status not in known:
         raise Invalid(f"no status {status!r} (known: {', '.join(known)})")
+    with state_store(cfg) as store:
+        return getattr(store, method)(status=status, since=since, until=until, limit=limit)
 
 
 def inbound(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
             until: str | None = None, limit: int | None = 100) -> list[dict]:
-    """Accepted (queued, succeeded, deferred, failed) and denied mail; `since`/`until` are
-    times as services.times.parse_time returns them."""
-    _check_status(status, LOG_STATUSES)
-    with state_store(cfg) as store:
-        return store.inbound_log(status=status, since=since, until=until, limit=limit)
+    """Accepted (queued, succeeded, deferred, failed) and denied mail, newest first; `since`
+    and `until` are times as services.times.parse_time returns them."""
+    return _listing(cfg, "inbound_log", LOG_STATUSES, status, since, until, limit)
 
 
 def inbound_detail(cfg: configmod.Config, entry_id: str) -> dict:
@@ -35,10 +35,8 @@ def inbound_detail(cfg: configmod.Config, entry_id: str) -> dict:
 
 def events(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
            until: str | None = None, limit: int | None = 100) -> list[dict]:
-    """One entry per (event, endpoint), with the webhook status."""
-    _check_status(status, DELIVERY_STATUSES)
-    with state_store(cfg) as store:
-        return store.event_log(status=status, since=since, until=until, limit=limit)
+    """One entry per (event, endpoint), with the webhook status, newest first."""
+    return _listing(cfg, "event_log", DELIVERY_STATUSES, status, since, until, limit)
 
 
 def event_detail(cfg: configmod.Config, event_id: str) -> dict:
