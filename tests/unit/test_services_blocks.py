@@ -1,15 +1,22 @@
 """services.blocks and services.logs called directly."""
 from __future__ import annotations
 
+import io
 import os
+import time
 
 import pytest
 from tests.support.services import make_config
 
 from mxhook import spool
+from mxhook.model import rules
 from mxhook.services import blocks, logs
 from mxhook.services.errors import Conflict, Failed, Invalid, NotFound, Unavailable
+from mxhook.store import statedb
 from mxhook.store.statedb import StateStore
+
+RULE = rules.Rule(name="r1", endpoint="https://hooks.example/in",
+                  conditions=(rules.parse_condition("To~@ours"),))
 
 
 @pytest.fixture
@@ -70,3 +77,21 @@ def test_logs(cfg):
     with pytest.raises(NotFound, match="no event with id"):
         logs.event_detail(cfg, "nope")
     assert "received" in logs.INBOUND_COLUMNS and "endpointUrl" in logs.EVENT_COLUMNS
+
+
+def test_export_csv_writes_every_row(cfg):
+    received = statedb.iso(time.time() - 60)
+    with StateStore(cfg.state_db) as st:
+        for n in range(120):  # more than a listing's default limit
+            meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",
+                    "header_from": "=cmd@x.example", "subject": "s", "message_id": f"<m{n}@x>",
+                    "deliveries": [{"recipients": ["in@ours.example"], "rule": RULE.delivery_target()}]}
+            st.ingest([spool.Record(id=spool.new_id(), kind="inbound", meta=meta, payload=b"\r\n")])
+    out = io.StringIO()
+    assert logs.export_csv(cfg, "inbound", out) == 120
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ",".join(logs.INBOUND_COLUMNS) and len(lines) == 121
+    assert ",'=cmd@x.example," in lines[1]  # formula-safe
+    assert logs.export_csv(cfg, "events", io.StringIO()) == 0
+    with pytest.raises(Invalid, match="no log 'mail'"):
+        logs.export_csv(cfg, "mail", io.StringIO())

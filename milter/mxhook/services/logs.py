@@ -2,7 +2,10 @@
 details of one entry with its delivery attempts. services.csvexport writes a listing as CSV."""
 from __future__ import annotations
 
+from typing import TextIO
+
 from mxhook import config as configmod
+from mxhook.services.csvexport import write_csv
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.services.stores import state_store
 from mxhook.store.statedb import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES
@@ -46,3 +49,14 @@ def event_detail(cfg: configmod.Config, event_id: str) -> dict:
     if d is None:
         raise NotFound(f"no event with id {event_id!r}")
     return d
+
+
+def export_csv(cfg: configmod.Config, log: str, out: TextIO, *, status: str | None = None,
+               since: str | None = None, until: str | None = None) -> int:
+    """Every row of the inbound (`log` "inbound") or event ("events") log in the window as
+    formula-safe CSV on `out`; returns the number of rows."""
+    listings = {"inbound": (inbound, INBOUND_COLUMNS), "events": (events, EVENT_COLUMNS)}
+    if log not in listings:
+        raise Invalid(f"no log {log!r} (known: {', '.join(listings)})")
+    listing, columns = listings[log]
+    return write_csv(listing(cfg, status=status, since=since, until=until, limit=None), columns, out)

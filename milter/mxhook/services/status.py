@@ -9,6 +9,7 @@ import time
 
 from mxhook import config as configmod
 from mxhook import spool
+from mxhook.services.errors import translated
 from mxhook.store import integrity
 from mxhook.store import rulesdb
 from mxhook.store import statedb
@@ -53,6 +54,7 @@ def _target_entry(kind: str, enabled: bool, h: dict | None, stats: dict | None,
     return entry
 
 
+@translated()
 def collect(cfg: configmod.Config, now: float | None = None) -> dict:
     """Everything `mxhook status` shows, as data (its --json output)."""
     now = time.time() if now is None else now
