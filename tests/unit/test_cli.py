@@ -13,8 +13,10 @@ from tests.support.cli import separate_runner
 
 from mxhook import cli as climod
 from mxhook import config
+from mxhook.cli import output
 from mxhook.delivery import egress
 from mxhook.delivery import signing
+from mxhook.services import targets, times
 
 BEARER = "tok-abcdefghijklmnop-wxyz"
 API_KEY = "key-0123456789-9876"
@@ -93,7 +95,7 @@ def test_dns(monkeypatch):
             return table(name, port, *args)
         return egress.static_resolver({name: [PUBLIC_IP]})(name, port, *args)
 
-    monkeypatch.setattr(climod, "RESOLVER", resolve)
+    monkeypatch.setattr(targets, "RESOLVER", resolve)
 
 
 @pytest.fixture
@@ -703,20 +705,20 @@ NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
     ("2026-11-01T08:30:00Z", "2026-11-01T08:30:00.000000Z"),
 ])
 def test_parse_time(text, expected):
-    assert climod.parse_time(text, now=NOW) == expected
+    assert times.parse_time(text, now=NOW) == expected
 
 
 @pytest.mark.parametrize("bad", ["yesterday", "5y", "2026-13-01", "", "-3h"])
 def test_parse_time_invalid(bad):
     with pytest.raises(ValueError):
-        climod.parse_time(bad, now=NOW)
+        times.parse_time(bad, now=NOW)
 
 
 def test_masks():
-    assert climod.mask_basic("user:pa:ss") == "user:****"
-    assert climod.mask_secret("abcdefghijkl") == "****ijkl"
-    assert climod.mask_secret("short") == "****"
-    assert climod.mask_secret(None) is None
+    assert targets.mask_basic("user:pa:ss") == "user:****"
+    assert targets.mask_secret("abcdefghijkl") == "****ijkl"
+    assert targets.mask_secret("short") == "****"
+    assert targets.mask_secret(None) is None
 
 
 # -- inbound log ----------------------------------------------------------------------------------
@@ -1289,4 +1291,4 @@ def test_an_empty_config_path_is_an_error_not_the_default(env):
 
 
 def test_mail_text_cannot_drive_the_terminal():
-    assert climod.printable("Hi\x1b[2J\x1b]0;owned\x07 there\x9b") == "Hi\ufffd[2J\ufffd]0;owned\ufffd there\ufffd"
+    assert output.printable("Hi\x1b[2J\x1b]0;owned\x07 there\x9b") == "Hi\ufffd[2J\ufffd]0;owned\ufffd there\ufffd"

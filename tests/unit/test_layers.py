@@ -137,10 +137,18 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-# Known and being removed: cli/__init__.py registers ops' commands, ops takes App and helpers
-# from it. The test fails when the list is out of date either way.
-KNOWN_CYCLES = [["mxhook.cli", "mxhook.cli.ops"]]
-
-
 def test_no_import_cycles():
-    assert _cycles(_graph()) == KNOWN_CYCLES
+    assert _cycles(_graph()) == []
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _in(m, "mxhook.services")))
+def test_services_know_no_front_end(module):
+    """The operations serve the CLI, the HTTP API and the console alike: no click in them, and
+    nothing from the CLI."""
+    problems = [f"line {line}: imports {target}" for target, line in _imports(module)
+                if target.split(".")[0] == "click" or _in(target, "mxhook.cli")]
+    assert not problems, f"{module} must not depend on a front-end:\n" + "\n".join(problems)

@@ -12,6 +12,7 @@ from mxhook import cli as climod
 from mxhook import config
 from mxhook.store import rulesdb
 from mxhook.cli import ops
+from mxhook.services import replay as replaysvc
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.store import statedb
@@ -236,10 +237,10 @@ def test_replay_by_endpoint(env):
 
 def test_replay_progress(env, monkeypatch):
     rule = env.add_rule()
-    ids = [env.failed_delivery(rule, at(100 + i)) for i in range(ops.REQUEUE_CHUNK + 50)]
+    ids = [env.failed_delivery(rule, at(100 + i)) for i in range(replaysvc.REQUEUE_CHUNK + 50)]
     res = env.run("replay", "--rule", "r1")  # not a terminal: plain counts on stderr
     assert res.exit_code == 0
-    assert f"replaying: {ops.REQUEUE_CHUNK} of {len(ids)}" in res.stderr
+    assert f"replaying: {replaysvc.REQUEUE_CHUNK} of {len(ids)}" in res.stderr
     assert f"replaying: {len(ids)} of {len(ids)}" in res.stderr
     with env.state() as st:
         st.conn.execute("UPDATE deliveries SET status = 'failed'")
