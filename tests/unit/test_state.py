@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from mxhook import spool
-from mxhook.store import statedb
+from mxhook.store import migrations, statedb
 from mxhook.store.statedb import AttemptRecord, StateStore
 
 
@@ -513,8 +513,62 @@ def test_old_events_table_is_upgraded(tmp_path):
     conn.close()
     with StateStore(path) as st:
         assert st.conn.execute("SELECT type, queue_id, recipient FROM events").fetchone() == ("queued", "QQ", "a@b")
+        assert st.conn.execute("PRAGMA user_version").fetchone()[0] == migrations.latest(statedb._MIGRATIONS)
+        with StateStore(str(tmp_path / "fresh.db")) as fresh:
+            assert _schema(st.conn) == _schema(fresh.conn)
         (e,) = st.enrich([{"id": "n", "type": "succeeded", "queue_id": "QQ"}])
         assert e.get("recipient") is None  # enrichment takes message fields only
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "statedb")
+
+
+def _schema(conn) -> set:
+    """The tables' columns and the indexes of a database (their SQL differs in whitespace
+    when a column was added by ALTER TABLE)."""
+    tables = {name: tuple((c[1], c[2], c[3], c[4], c[5]) for c in conn.execute(f"PRAGMA table_info({name})"))
+              for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    indexes = {r for r in conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"
+                                       " AND sql IS NOT NULL")}
+    return {("table", k, v) for k, v in tables.items()} | {("index",) + i for i in indexes}
+
+
+def _rows(conn) -> dict:
+    return {name: sorted(conn.execute(f"SELECT * FROM {name}").fetchall(), key=repr)
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_unversioned_state_db_is_upgraded_in_place(tmp_path):
+    """A state.db as the spooler wrote it before the file kept a version (fixture: dumped from
+    such a file) gets a version, keeps every row, and works as a new one."""
+    path = str(tmp_path / "state.db")
+    conn = sqlite3.connect(path)
+    with open(os.path.join(FIXTURES, "unversioned.sql"), encoding="utf-8") as f:
+        conn.executescript(f.read())
+    before = _rows(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    conn.close()
+    with StateStore(path) as st:
+        assert st.conn.execute("PRAGMA user_version").fetchone()[0] == migrations.latest(statedb._MIGRATIONS)
+        assert _rows(st.conn) == before
+        with StateStore(str(tmp_path / "fresh.db")) as fresh:
+            assert _schema(st.conn) == _schema(fresh.conn)
+        assert st.inbound_detail("r0001-r1")["attempts"][0]["status_code"] == 503
+        assert [r["id"] for r in st.event_log()] == ["e0002", "e0001"]
+        assert [e["id"] for e in st.pending_blocks()] == ["e0002"]
+        assert st.ingest([inbound("a1")]) == 1
+    with StateStore(path) as st:  # reopening changes nothing
+        assert st.counts()["messages"] == 2
+
+
+def test_state_db_of_a_newer_mxhook_is_refused(tmp_path):
+    path = str(tmp_path / "state.db")
+    StateStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(migrations.SchemaTooNew, match="newer"):
+        StateStore(path)
 
 
 # ---------------------------------------------------------------------------------------------

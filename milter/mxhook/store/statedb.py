@@ -20,6 +20,8 @@ text (indexes on them work for range queries).
 
 Schema
 ------
+Versions: `_MIGRATIONS`, applied by store.migrations on open (`PRAGMA user_version`).
+
 - `messages(id PK, received, meta JSON, raw BLOB, raw_size, ingested)`: one row per inbound
   record; `raw` is set to NULL once every delivery of the message succeeded (a failed delivery
   keeps it, so the dead letter can be replayed).
@@ -76,15 +78,15 @@ import re
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from typing import ContextManager, Iterable
 
 import sqlite_utils
 
 from mxhook.model import events as events_mod
 from mxhook import spool
+from mxhook.store import migrations
 from mxhook.store.rulesdb import _create_file as create_private_file
 from mxhook.model.headers import normalize_address
 from mxhook.payloads import events as event_payloads
@@ -486,6 +488,133 @@ def _log_query(select: str, status: str | None, statuses: tuple[str, ...], statu
     return sql, params
 
 
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    """The schema as the spooler created it before state.db had a version: created where
+    missing; files whose events table predates its columns get them (such a file has no
+    version to tell its shape by, so the table is looked at)."""
+    db.create_table(
+        "messages",
+        {"id": str, "received": str, "meta": str, "raw": bytes, "raw_size": int, "ingested": str},
+        pk="id", not_null={"received", "meta", "ingested"}, if_not_exists=True,
+    )
+    db.create_table(
+        "deliveries",
+        {
+            "id": str, "message_id": str, "rule_id": int, "rule_name": str, "target": str,
+            "recipients": str, "status": str, "attempts": int, "first_attempt_at": str,
+            "next_attempt_at": str, "last_error": str, "last_status_code": int, "updated": str,
+        },
+        pk="id", not_null={"message_id", "rule_name", "target", "recipients", "status", "attempts", "updated"},
+        defaults={"attempts": 0}, foreign_keys=[("message_id", "messages", "id")], if_not_exists=True,
+    )
+    db.create_table(
+        "attempts",
+        {
+            "id": int, "delivery_id": str, "at": str, "outcome": str, "status_code": int,
+            "error": str, "duration_ms": int, "response_excerpt": str,
+        },
+        pk="id", not_null={"delivery_id", "at", "outcome"},
+        foreign_keys=[("delivery_id", "deliveries", "id")], if_not_exists=True,
+    )
+    db.create_table(
+        "inbound_log",
+        {
+            "id": str, "kind": str, "record_id": str, "received": str, "status": str,
+            "header_from": str, "rcpt_to": str, "host_name": str, "message_id": str,
+            "filter_name": str, "reason": str, "mail_from": str, "client_addr": str,
+            "queue_id": str, "recipients": str, "subject": str,
+        },
+        pk="id", not_null={"kind", "record_id", "received", "status"}, if_not_exists=True,
+    )
+    db.create_table(
+        "events",
+        {"id": str, "received": str, "meta": str, "payload": bytes, "ingested": str,
+         "type": str, "queue_id": str, "recipient": str, "block_state": str,
+         "message_id": str},
+        pk="id", not_null={"meta", "ingested"}, if_not_exists=True,
+    )
+    _add_event_columns(db.conn)
+    db.create_table(
+        "event_deliveries",
+        {"seq": int, "endpoint_id": int, "event_id": str, "added": float, "batch_id": str},
+        pk="seq", not_null={"endpoint_id", "event_id", "added"}, if_not_exists=True,
+    )
+    db.create_table(
+        "event_batches",
+        {
+            "id": str, "endpoint_id": int, "url": str, "created": str, "size": int,
+            "status": str, "attempts": int, "first_attempt_at": str, "next_attempt_at": str,
+            "last_error": str, "last_status_code": int, "updated": str,
+        },
+        pk="id", not_null={"endpoint_id", "created", "size", "status", "attempts", "updated"},
+        if_not_exists=True,
+    )
+    db.create_table(
+        "event_attempts",
+        {
+            "id": int, "batch_id": str, "at": str, "outcome": str, "status_code": int,
+            "error": str, "duration_ms": int, "response_excerpt": str,
+        },
+        pk="id", not_null={"batch_id", "at", "outcome"}, if_not_exists=True,
+    )
+    db.create_table(
+        "event_endpoints",
+        {"id": int, "url": str, "updated": str}, pk="id", if_not_exists=True,
+    )
+    db.create_table(
+        "target_health",
+        {"kind": str, "ref": str, "name": str, "failing_since": str, "last_success": str,
+         "last_failure": str, "last_error": str, "last_status_code": int, "disabled_at": str,
+         "disabled_reason": str, "updated": str},
+        pk=("kind", "ref"), not_null={"kind", "ref", "updated"}, if_not_exists=True,
+    )
+    # due-delivery lookup: WHERE status IN (queued, deferred) AND next_attempt_at <= now
+    db["deliveries"].create_index(["status", "next_attempt_at"], if_not_exists=True)
+    db["deliveries"].create_index(["message_id"], if_not_exists=True)
+    db["attempts"].create_index(["delivery_id", "at"], if_not_exists=True)
+    # log queries: newest first, optionally by status
+    db["inbound_log"].create_index(["received"], if_not_exists=True)
+    db["inbound_log"].create_index(["status", "received"], if_not_exists=True)
+    # events: enrichment (queued event by queue id), the log (newest first), hard bounces
+    # still to be block-listed
+    db["events"].create_index(["queue_id", "type"], if_not_exists=True)
+    db.execute("CREATE INDEX IF NOT EXISTS events_queued_message_id ON events(message_id)"
+               " WHERE type = 'queued'")
+    db["events"].create_index(["received"], if_not_exists=True)
+    db.execute("CREATE INDEX IF NOT EXISTS events_block_pending ON events(block_state)"
+               " WHERE block_state = 'pending'")
+    # pending per endpoint in arrival order (batch_id IS NULL), and a batch's members
+    db["event_deliveries"].create_index(["endpoint_id", "batch_id", "seq"], if_not_exists=True)
+    db["event_deliveries"].create_index(["event_id"], if_not_exists=True)
+    db["event_batches"].create_index(["status", "endpoint_id"], if_not_exists=True)
+    db["event_attempts"].create_index(["batch_id", "at"], if_not_exists=True)
+
+
+def _add_event_columns(conn: sqlite3.Connection) -> None:
+    """state.db files from before the event side stored event records raw: add the event
+    columns and fill them from the stored JSON (such old events are history: not fanned
+    out)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    missing = [c for c in ("type", "queue_id", "recipient", "block_state", "message_id")
+               if c not in have]
+    if not missing:
+        return
+    for column in missing:
+        conn.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
+    conn.execute(
+        "UPDATE events SET type = json_extract(meta, '$.type'),"
+        " queue_id = json_extract(meta, '$.queue_id'),"
+        " recipient = json_extract(meta, '$.recipient') WHERE type IS NULL"
+    )
+    if "message_id" in missing:  # the join key of DSN events (only queued ones matter)
+        conn.execute("UPDATE events SET message_id = json_extract(meta, '$.message_id')"
+                     " WHERE type = 'queued'")
+
+
+# The step that brings state.db from the version before to each version (store.migrations).
+_MIGRATIONS = ((1, _schema_v1),)
+
+
 class _Checkpointer:
     """A thread that runs PASSIVE checkpoints on its own connection: they never block the
     writer or readers, and copy whatever is committed when they start."""
@@ -543,7 +672,7 @@ class StateStore:
         # ones only when this moved, and once at start)
         self.hard_bounces_ingested = 0
         self._checkpointer: _Checkpointer | None = None
-        self._create()
+        migrations.migrate(self.db, _MIGRATIONS, name="state database")
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -577,127 +706,8 @@ class StateStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    # schema -----------------------------------------------------------------------------
-    def _create(self) -> None:
-        db = self.db
-        db["messages"].create(
-            {"id": str, "received": str, "meta": str, "raw": bytes, "raw_size": int, "ingested": str},
-            pk="id", not_null={"received", "meta", "ingested"}, if_not_exists=True,
-        )
-        db["deliveries"].create(
-            {
-                "id": str, "message_id": str, "rule_id": int, "rule_name": str, "target": str,
-                "recipients": str, "status": str, "attempts": int, "first_attempt_at": str,
-                "next_attempt_at": str, "last_error": str, "last_status_code": int, "updated": str,
-            },
-            pk="id", not_null={"message_id", "rule_name", "target", "recipients", "status", "attempts", "updated"},
-            defaults={"attempts": 0}, foreign_keys=[("message_id", "messages", "id")], if_not_exists=True,
-        )
-        db["attempts"].create(
-            {
-                "id": int, "delivery_id": str, "at": str, "outcome": str, "status_code": int,
-                "error": str, "duration_ms": int, "response_excerpt": str,
-            },
-            pk="id", not_null={"delivery_id", "at", "outcome"},
-            foreign_keys=[("delivery_id", "deliveries", "id")], if_not_exists=True,
-        )
-        db["inbound_log"].create(
-            {
-                "id": str, "kind": str, "record_id": str, "received": str, "status": str,
-                "header_from": str, "rcpt_to": str, "host_name": str, "message_id": str,
-                "filter_name": str, "reason": str, "mail_from": str, "client_addr": str,
-                "queue_id": str, "recipients": str, "subject": str,
-            },
-            pk="id", not_null={"kind", "record_id", "received", "status"}, if_not_exists=True,
-        )
-        db["events"].create(
-            {"id": str, "received": str, "meta": str, "payload": bytes, "ingested": str,
-             "type": str, "queue_id": str, "recipient": str, "block_state": str,
-             "message_id": str},
-            pk="id", not_null={"meta", "ingested"}, if_not_exists=True,
-        )
-        self._upgrade_events()
-        db["event_deliveries"].create(
-            {"seq": int, "endpoint_id": int, "event_id": str, "added": float, "batch_id": str},
-            pk="seq", not_null={"endpoint_id", "event_id", "added"}, if_not_exists=True,
-        )
-        db["event_batches"].create(
-            {
-                "id": str, "endpoint_id": int, "url": str, "created": str, "size": int,
-                "status": str, "attempts": int, "first_attempt_at": str, "next_attempt_at": str,
-                "last_error": str, "last_status_code": int, "updated": str,
-            },
-            pk="id", not_null={"endpoint_id", "created", "size", "status", "attempts", "updated"},
-            if_not_exists=True,
-        )
-        db["event_attempts"].create(
-            {
-                "id": int, "batch_id": str, "at": str, "outcome": str, "status_code": int,
-                "error": str, "duration_ms": int, "response_excerpt": str,
-            },
-            pk="id", not_null={"batch_id", "at", "outcome"}, if_not_exists=True,
-        )
-        db["event_endpoints"].create(
-            {"id": int, "url": str, "updated": str}, pk="id", if_not_exists=True,
-        )
-        db["target_health"].create(
-            {"kind": str, "ref": str, "name": str, "failing_since": str, "last_success": str,
-             "last_failure": str, "last_error": str, "last_status_code": int, "disabled_at": str,
-             "disabled_reason": str, "updated": str},
-            pk=("kind", "ref"), not_null={"kind", "ref", "updated"}, if_not_exists=True,
-        )
-        # due-delivery lookup: WHERE status IN (queued, deferred) AND next_attempt_at <= now
-        db["deliveries"].create_index(["status", "next_attempt_at"], if_not_exists=True)
-        db["deliveries"].create_index(["message_id"], if_not_exists=True)
-        db["attempts"].create_index(["delivery_id", "at"], if_not_exists=True)
-        # log queries: newest first, optionally by status
-        db["inbound_log"].create_index(["received"], if_not_exists=True)
-        db["inbound_log"].create_index(["status", "received"], if_not_exists=True)
-        # events: enrichment (queued event by queue id), the log (newest first), hard bounces
-        # still to be block-listed
-        db["events"].create_index(["queue_id", "type"], if_not_exists=True)
-        db.execute("CREATE INDEX IF NOT EXISTS events_queued_message_id ON events(message_id)"
-                   " WHERE type = 'queued'")
-        db["events"].create_index(["received"], if_not_exists=True)
-        db.execute("CREATE INDEX IF NOT EXISTS events_block_pending ON events(block_state)"
-                   " WHERE block_state = 'pending'")
-        # pending per endpoint in arrival order (batch_id IS NULL), and a batch's members
-        db["event_deliveries"].create_index(["endpoint_id", "batch_id", "seq"], if_not_exists=True)
-        db["event_deliveries"].create_index(["event_id"], if_not_exists=True)
-        db["event_batches"].create_index(["status", "endpoint_id"], if_not_exists=True)
-        db["event_attempts"].create_index(["batch_id", "at"], if_not_exists=True)
-
-    def _upgrade_events(self) -> None:
-        """state.db files from before the event side stored event records raw: add the event
-        columns and fill them from the stored JSON (such old events are history: not fanned
-        out)."""
-        have = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
-        missing = [c for c in ("type", "queue_id", "recipient", "block_state", "message_id")
-                   if c not in have]
-        if not missing:
-            return
-        with self._write() as conn:
-            for column in missing:
-                conn.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
-            conn.execute(
-                "UPDATE events SET type = json_extract(meta, '$.type'),"
-                " queue_id = json_extract(meta, '$.queue_id'),"
-                " recipient = json_extract(meta, '$.recipient') WHERE type IS NULL"
-            )
-            if "message_id" in missing:  # the join key of DSN events (only queued ones matter)
-                conn.execute("UPDATE events SET message_id = json_extract(meta, '$.message_id')"
-                             " WHERE type = 'queued'")
+    def _write(self) -> ContextManager[sqlite3.Connection]:
+        return migrations.transaction(self.conn)
 
     # ingest -----------------------------------------------------------------------------
     def ingest(self, records: list[spool.Record], *, now=None, endpoints: Iterable = (),
