@@ -690,21 +690,22 @@ def test_events_message_id_column_is_added_to_old_databases(tmp_path):
 
 
 def test_events_rendered_at_ingest_give_the_body_of_the_stored_events(store):
-    """Events fanned out are kept rendered (V1Text) when their message fields are at hand:
-    the queued event stored before, in the same ingest, or none needed. The body made of
-    those is the body made of the events read back from state.db."""
-    from mxhook.payloads.events import V1Text, render_events
+    """Events fanned out are kept as the payload layer's prerender gives them (V1Text) when
+    their message fields are at hand: the queued event stored before, in the same ingest, or
+    none needed. The body made of those is the body made of the events read back from
+    state.db."""
+    from mxhook.payloads.events import V1Text, prerenderer, render_events
 
+    kw = {"endpoints": [EP_ALL], "prerender": prerenderer([EP_ALL])}
     queued = event("q1", "queued", at="2026-11-22T12:00:00.000001Z", source="milter", queue_id="QR",
                    recipient="a@x.example", subject="Order 7", message_id="<r@ours>",
                    custom_headers={"X-App": "shop"}, auth_user="app")
-    store.ingest([queued], endpoints=[EP_ALL])
+    store.ingest([queued], **kw)
     store.ingest([event("s1", "succeeded", at="2026-11-22T12:00:02.000000Z", queue_id="QR",
                         recipient="a@x.example", dsn="2.0.0"),
                   event("d1", "bounced", at="2026-11-22T12:00:03.000000Z", source="dsn", queue_id=None,
                         message_id="<r@ours>", bounce_type="hard", recipient="a@x.example"),
-                  event("n1", "deferred", at="2026-11-22T12:00:04.000000Z", queue_id="QNONE")],
-                 endpoints=[EP_ALL])
+                  event("n1", "deferred", at="2026-11-22T12:00:04.000000Z", queue_id="QNONE")], **kw)
     batch = store.create_batch(1, 100)
     items = store.batch_events(batch, rendered=True)
     assert [type(i) is V1Text for i in items] == [True, True, True, False]  # QNONE: no queued event
@@ -732,17 +733,18 @@ def test_recent_queued_index_drops_the_oldest():
     assert set(index._index["queue_id"]) == {"D", "E", "F"}  # nothing left behind
 
 
-def test_events_are_not_rendered_at_ingest_for_endpoints_that_re_render_them(store):
-    """An endpoint in another time zone would parse and render a V1Text again: for it, events
-    stay dicts until their batch is made."""
-    from dataclasses import replace
-
-    berlin = replace(EP_ALL, id=5, timezone="Europe/Berlin")
-    store.ingest([event("q1", "queued", source="milter", queue_id="QB")], endpoints=[berlin])
-    assert [type(e) for e in store.batch_events(store.create_batch(5, 10), rendered=True)] == [dict]
-    store.ingest([event("q2", "queued", source="milter", queue_id="QC")], endpoints=[berlin, EP_ALL])
+def test_events_are_kept_as_dicts_without_a_prerender(store):
+    """Without a prerender (no endpoint takes the pre-rendered form), and for whatever is
+    fanned out by finish_blocks with one, batch_events hands out what the prerender gave."""
+    store.ingest([event("q1", "queued", source="milter", queue_id="QB")], endpoints=[EP_ALL])
+    assert [type(e) for e in store.batch_events(store.create_batch(1, 10), rendered=True)] == [dict]
+    store.ingest([event("q2", "queued", source="milter", queue_id="QC")], endpoints=[EP_ALL],
+                 prerender=lambda e: f"text of {e['id']}")
+    store.finish_blocks([("x", {"id": "r1", "type": "registered", "recipient": "a@x.example",
+                                "at": "2026-11-22T12:00:00.000000Z"})],
+                        endpoints=[EP_ALL], prerender=lambda e: f"text of {e['id']}")
     items = store.batch_events(store.create_batch(1, 10), rendered=True)
-    assert [type(e).__name__ for e in items] == ["V1Text"]  # EP_ALL takes UTC
+    assert items == ["text of q2", "text of r1"]
 
 
 @pytest.mark.parametrize("count", [0, 1, statedb.ROWS_PER_INSERT - 1, statedb.ROWS_PER_INSERT,

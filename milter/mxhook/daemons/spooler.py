@@ -91,6 +91,7 @@ from mxhook.store import rulesdb as db_mod
 from mxhook.delivery import webhook
 from mxhook.daemons import logsetup
 from mxhook import spool
+from mxhook.payloads import events as event_payloads
 from mxhook.store import statedb
 from mxhook.store import integrity
 from mxhook.model.endpoints import Endpoint
@@ -572,7 +573,7 @@ class Spooler:
         the rest (it goes to bad/)."""
         endpoints = list(self.current_endpoints().values())
         kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
-              "raw_meta": raw_meta}
+              "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints)}
         if any(r.kind == "inbound" for r in records):
             self._inbound_due_at = 0.0
         try:
@@ -919,8 +920,9 @@ class Spooler:
         if done:
             self._block_error = None
             try:
-                self.state.finish_blocks(done, now=self.clock(),
-                                         endpoints=list(self.current_endpoints().values()))
+                endpoints = list(self.current_endpoints().values())
+                self.state.finish_blocks(done, now=self.clock(), endpoints=endpoints,
+                                         prerender=event_payloads.prerenderer(endpoints))
             except sqlite3.Error as exc:
                 _state_error(exc, "cannot record block list results in state.db (will redo)")
                 return 0

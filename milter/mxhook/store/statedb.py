@@ -80,7 +80,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import ContextManager, Iterable
+from typing import Callable, ContextManager, Iterable
 
 import sqlite_utils
 
@@ -89,7 +89,6 @@ from mxhook import spool
 from mxhook.store import migrations
 from mxhook.store.rulesdb import _create_file as create_private_file
 from mxhook.model.headers import normalize_address
-from mxhook.payloads import events as event_payloads
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
 LOG_STATUSES = DELIVERY_STATUSES + ("denied",)
@@ -410,14 +409,6 @@ class _RecentQueued:
         return None
 
 
-def _takes_v1_utc(endpoints: list) -> bool:
-    """Whether an enabled endpoint takes version-1 bodies in UTC: the form events are rendered
-    in at ingest (for other zones or versions that would be work done twice)."""
-    return any(getattr(ep, "enabled", True) and getattr(ep, "version", None) in (None, 1)
-               and event_payloads.zone(getattr(ep, "timezone", "UTC")) is timezone.utc
-               for ep in endpoints)
-
-
 def _load_event(text: str) -> dict:
     """A stored event. Events are stored with the spool file's metadata line as it was written,
     which also carries the record's `kind` and `payload_size`: those are left out."""
@@ -712,7 +703,8 @@ class StateStore:
     # ingest -----------------------------------------------------------------------------
     def ingest(self, records: list[spool.Record], *, now=None, endpoints: Iterable = (),
                block_hard_bounces: bool = False, checked: bool = False,
-               raw_meta: dict[str, str] | None = None) -> int:
+               raw_meta: dict[str, str] | None = None,
+               prerender: Callable[[dict], str] | None = None) -> int:
         """Insert spool records in one transaction; returns how many were new. Re-ingesting a
         record is harmless (INSERT OR IGNORE on its id). Raises RecordError (and writes nothing)
         when a record fails `check_record`.
@@ -723,7 +715,7 @@ class StateStore:
         block list (`pending_blocks`). `checked`: the caller ran check_record on each record
         already (the spooler does, file by file, to quarantine bad ones). `raw_meta`: record id
         -> the record's metadata as JSON text (the spool file's line), stored as it is instead of
-        serializing `meta` again."""
+        serializing `meta` again. `prerender`: see `_remember`."""
         if not checked:
             for record in records:
                 check_record(record)
@@ -747,7 +739,7 @@ class StateStore:
             if events:
                 new += self._insert_events(conn, events, at, added, fanout, block_hard_bounces,
                                            verify_reports=True)
-        self._remember(render=_takes_v1_utc(endpoints))
+        self._remember(prerender)
         for (message_id, why), addresses in self._ignored_reports.items():
             named = ", ".join(map(ascii, addresses[:IGNORED_NAMED]))
             if len(addresses) > IGNORED_NAMED:  # a report may name thousands: one line stays short
@@ -909,20 +901,21 @@ class StateStore:
             out.append((xid, xmeta))
         return out
 
-    def _remember(self, *, render: bool) -> None:
+    def _remember(self, prerender: Callable[[dict], str] | None) -> None:
         """Keep freshly stored events for batch_events and enrich (after their transaction
-        committed). With `render` (an endpoint takes version 1 in UTC), a fanned-out event
-        whose message fields are at hand is kept rendered (payloads.events.V1Text, a third of
-        the memory of the dict): batches are then made without parsing or rendering it again."""
+        committed). With `prerender` (given by the payload layer: the text its batches are made
+        of, e.g. payloads.events.prerenderer), a fanned-out event whose message fields are at
+        hand is kept as that text instead of the dict (less memory; batch_events(rendered=True)
+        hands it out, so batches are made without parsing or rendering it again)."""
         for received, event in self._pending_queued:
             self._recent_queued.add(received, event)
         cache = self._recent
         for event_id, event in self._pending_recent.items():
             event.setdefault("id", event_id)
-            if not render or (_needs_enrichment(event) and not self._enrich_from_recent(event)):
+            if prerender is None or (_needs_enrichment(event) and not self._enrich_from_recent(event)):
                 cache[event_id] = event  # enriched and rendered when its batch is made
                 continue
-            cache[event_id] = event_payloads.v1_text(event)
+            cache[event_id] = prerender(event)
         excess = len(cache) - RECENT_EVENTS
         if excess > 0:
             for key in list(itertools.islice(cache, excess)):
@@ -1413,10 +1406,11 @@ class StateStore:
         return self.enrich(events)
 
     def finish_blocks(self, done: list[tuple[str, dict | None]], *, now=None,
-                      endpoints: Iterable = ()) -> int:
+                      endpoints: Iterable = (), prerender: Callable[[dict], str] | None = None) -> int:
         """Mark hard bounces as handled; each may bring its `registered` event (an event dict
         with an `id`), which is stored and fanned out like an ingested one, in the same
-        transaction. Returns how many registered events were new."""
+        transaction. Returns how many registered events were new. `prerender`: see
+        `_remember`."""
         at = iso(now)
         added = time.time() if now is None else to_datetime(now).timestamp()
         endpoints = list(endpoints)
@@ -1427,7 +1421,7 @@ class StateStore:
             new = self._insert_events(conn, events, at, added, fanout, False) if events else 0
             conn.executemany("UPDATE events SET block_state = 'done' WHERE id = ?",
                              [(event_id,) for event_id, _ in done])
-        self._remember(render=_takes_v1_utc(endpoints))
+        self._remember(prerender)
         return new
 
     # events: log ---------------------------------------------------------------------------
