@@ -3,7 +3,7 @@ endpoints, the block list, and the inbound and event logs.
 
 Writes go to rules.db through db.RulesStore (the running milter and spooler pick them up within
 about a second); `rule test` runs the very decision the milter runs (decision.decide); the log
-commands read state.db through state.StateStore; `block add/remove` hand their `registered` /
+commands read state.db through store.logs; `block add/remove` hand their `registered` /
 `deleted` events to the spooler through the spool, like every other event. Invalid input exits
 with status 2 and a one-line message, and writes nothing.
 """
@@ -32,7 +32,9 @@ from mxhook.model import message as messagemod
 from mxhook.model.decision import decide
 from mxhook.model.headers import address_domain, decode_value, first_address, normalize_address
 from mxhook.model.rules import RuleError
-from mxhook.store.statedb import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES, StateStore
+from mxhook.store import logs
+from mxhook.store.logs import EVENT_LOG_KEYS
+from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES, StateStore
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # getaddrinfo-compatible resolver for the endpoint check (None: the system's); tests set one
@@ -1021,7 +1023,7 @@ def emit_listing(rows: list[dict], *, as_csv: bool, as_json: bool, columns: list
 @pass_app
 def log_inbound(app, status, since, until, limit, as_csv, as_json):
     """List inbound mail: accepted (queued, succeeded, deferred, failed) and denied."""
-    rows = app.state_store().inbound_log(status=status, since=since, until=until, limit=limit)
+    rows = logs.inbound_log(app.state_store(), status=status, since=since, until=until, limit=limit)
     emit_listing(rows, as_csv=as_csv, as_json=as_json, columns=LOG_COLUMNS, what="inbound log",
                  filtered=bool(status or since or until),
                  header=["RECEIVED", "STATUS", "FROM", "TO", "FILTER", "REASON", "ID"],
@@ -1036,7 +1038,7 @@ def log_inbound(app, status, since, until, limit, as_csv, as_json):
 def log_show(app, entry_id, as_json):
     """Details of one inbound log entry, with its delivery attempts."""
     store = app.state_store()
-    d = store.inbound_detail(entry_id)
+    d = logs.inbound_detail(store, entry_id)
     if d is None:
         raise InputError(f"no inbound log entry with id {entry_id!r}")
     if as_json:
@@ -1071,7 +1073,7 @@ def event_time(value: str | None) -> str | None:
 @pass_app
 def log_events(app, status, since, until, limit, as_csv, as_json):
     """List event deliveries: one entry per (event, endpoint), with the webhook status."""
-    rows = app.state_store().event_log(status=status, since=since, until=until, limit=limit)
+    rows = logs.event_log(app.state_store(), status=status, since=since, until=until, limit=limit)
     emit_listing(rows, as_csv=as_csv, as_json=as_json, columns=list(EVENT_LOG_KEYS), what="event log",
                  filtered=bool(status or since or until),
                  header=["RECEIVED", "STATUS", "TYPE", "RECIPIENT", "HOST", "ENDPOINT", "REASON", "ID"],
@@ -1087,7 +1089,7 @@ def log_events(app, status, since, until, limit, as_csv, as_json):
 def log_event(app, event_id, as_json):
     """Details of one event: its fields, and its delivery to each endpoint with attempts."""
     store = app.state_store()
-    d = store.event_detail(event_id)
+    d = logs.event_detail(store, event_id)
     if d is None:
         raise InputError(f"no event with id {event_id!r}")
     if as_json:

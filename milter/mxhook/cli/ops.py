@@ -7,7 +7,7 @@ so cli's helpers (App, parse_time, table, ...) are imported inside the functions
 module load.
 
 - `replay` puts failed inbound deliveries and event batches back in the queue through
-  `StateStore.requeue` (state.db in WAL mode with a busy timeout, so the running spooler keeps
+  `store.replay.requeue` (state.db in WAL mode with a busy timeout, so the running spooler keeps
   going; it notices the change through `PRAGMA data_version`). Each keeps its id, which is its
   `webhook-id`, and gets a fresh retry period. A delivery goes out with its rule's current
   settings (URL, auth, retry) when the rule still exists; a batch always goes to its endpoint's
@@ -27,6 +27,7 @@ import time
 import click
 
 from mxhook import spool
+from mxhook.store import replay as state_replay
 from mxhook.store import statedb
 from mxhook.store import integrity
 
@@ -192,14 +193,14 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
         st = app.state_store()
         try:
             if ids:
-                items, unknown = st.replay_items(ids)
+                items, unknown = state_replay.replay_items(st, ids)
                 if unknown:
                     raise InputError(f"no inbound delivery or event batch with id {', '.join(unknown)} "
                                      "(see `mxhook log inbound` / `mxhook log events --json`)")
                 scope = "the given id(s)"
             elif rule_name:
                 rule = next((r for r in rules if r.name == rule_name), None)
-                items = st.failed_items(rule_id=rule.id if rule else None, rule_name=rule_name,
+                items = state_replay.failed_items(st, rule_id=rule.id if rule else None, rule_name=rule_name,
                                         since=since, until=until)
                 if rule is None and not items:
                     raise InputError(f"no rule named {rule_name!r}, and no failed deliveries under that name")
@@ -208,7 +209,7 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
                 ep = store.get_endpoint(endpoint_key)
                 if ep is None:
                     raise InputError(f"no endpoint {endpoint_key!r} (give its id or URL; see `endpoint list`)")
-                items = st.failed_items(endpoint_id=ep.id, since=since, until=until)
+                items = state_replay.failed_items(st, endpoint_id=ep.id, since=since, until=until)
                 scope = f"endpoint {ep.id} ({ep.url})"
             todo, skipped = _plan(items, rules, endpoints, st.health(), force)
             replayed: list[str] = []
@@ -263,11 +264,11 @@ def _requeue(st: statedb.StateStore, todo: list, *, quiet: bool) -> list[str]:
     if _isatty() and not quiet:
         with click.progressbar(length=len(ids), label="Replaying", show_pos=True) as bar:
             for chunk in chunks:
-                done += st.requeue(chunk, targets=targets)
+                done += state_replay.requeue(st, chunk, targets=targets)
                 bar.update(len(chunk))
         return done
     for n, chunk in enumerate(chunks, 1):
-        done += st.requeue(chunk, targets=targets)
+        done += state_replay.requeue(st, chunk, targets=targets)
         if len(chunks) > 1 and not quiet:
             click.echo(f"replaying: {min(n * REQUEUE_CHUNK, len(ids))} of {len(ids)}", err=True)
     return done
@@ -331,7 +332,7 @@ def collect_status(cfg, now: float | None = None) -> dict:
     if os.path.exists(cfg.state_db):
         try:
             with statedb.StateStore(cfg.state_db) as st:
-                summary = st.status_summary(now, window=STATUS_WINDOW)
+                summary = state_replay.status_summary(st, now, window=STATUS_WINDOW)
                 health = st.health()
         except sqlite3.Error as exc:
             state_db["error"] = f"{type(exc).__name__}: {exc}"
