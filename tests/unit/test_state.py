@@ -101,7 +101,7 @@ def test_from_falls_back_to_mail_from(store):
 
 def test_denied_row(store):
     ingest.records(store, [denied("d1", recipients=["a@ours.example", "b@ours.example"],
-                         filter="heuristic:from_equals_to", reason="From equals To")])
+                                  filter="heuristic:from_equals_to", reason="From equals To")])
     (row,) = logs.inbound_log(store)
     assert row["status"] == "denied" and row["filterName"] == "heuristic:from_equals_to"
     assert row["reason"] == "From equals To" and row["to"] == "a@ours.example, b@ours.example"
@@ -402,10 +402,10 @@ def test_enrichment_both_orders(store):
 
 def test_enrichment_with_reused_short_queue_ids(store):
     ingest.records(store, [event("q1", "queued", at="2026-11-22T10:00:00.000000Z", queue_id="ABC", subject="old"),
-                  event("q2", "queued", at="2026-11-22T12:00:00.000000Z", queue_id="ABC", subject="new"),
-                  event("s1", at="2026-11-22T11:00:00.000000Z", queue_id="ABC"),
-                  event("s2", at="2026-11-22T12:00:05.000000Z", queue_id="ABC"),
-                  event("s0", at="2026-11-22T09:00:00.000000Z", queue_id="ABC")])
+                           event("q2", "queued", at="2026-11-22T12:00:00.000000Z", queue_id="ABC", subject="new"),
+                           event("s1", at="2026-11-22T11:00:00.000000Z", queue_id="ABC"),
+                           event("s2", at="2026-11-22T12:00:05.000000Z", queue_id="ABC"),
+                           event("s0", at="2026-11-22T09:00:00.000000Z", queue_id="ABC")])
     got = {e["id"]: e["subject"] for e in store.enrich(
         [{"id": i, "type": "succeeded", "queue_id": "ABC", "at": at} for i, at in (
             ("s1", "2026-11-22T11:00:00.000000Z"), ("s2", "2026-11-22T12:00:05.000000Z"),
@@ -432,8 +432,8 @@ def test_batches_freeze_membership_in_order(store):
 
 def test_batch_attempts_and_event_log(store):
     ingest.records(store, [event("e1", "bounced", remote_host="mx.else.example", bounce_type="hard"),
-                  event("e2", "queued", at="2026-11-22T12:00:01.000000Z", client_addr="192.0.2.9",
-                        relay=None)], endpoints=[EP_ALL, EP_BOUNCES])
+                           event("e2", "queued", at="2026-11-22T12:00:01.000000Z", client_addr="192.0.2.9",
+                                 relay=None)], endpoints=[EP_ALL, EP_BOUNCES])
     store.sync_endpoints([EP_ALL, EP_BOUNCES])
     b = store.create_batch(1, 100)
     store.record_batch_attempts([AttemptRecord(b.id, "2026-11-22T12:01:00.000000Z", "deferred", "deferred",
@@ -636,7 +636,7 @@ def test_expiry_of_an_unknown_queue_id_is_sent_without_recipient(store):
 
 def test_hard_bounce_pending_by_orig_recipient(store):
     ingest.records(store, [event("b1", "bounced", bounce_type="hard", recipient=None, orig_recipient="app@x.example")],
-                 block_hard_bounces=True)
+                          block_hard_bounces=True)
     (p,) = ingest.pending_blocks(store)
     assert p["orig_recipient"] == "app@x.example"
 
@@ -654,9 +654,9 @@ def test_dsn_events_join_by_message_id(store):
     other = event("qo", "queued", at="2026-11-21T12:00:00.000000Z", queue_id="QO", message_id="<other@ours>")
     # in the same ingest as its queued events (they come first in the spool), and in a later one
     ingest.records(store, queued + [other, dsn_event("d1", "2026-11-22T12:00:01.000000Z", recipient="b@x.example")],
-                 endpoints=[EP_ALL])
+                          endpoints=[EP_ALL])
     ingest.records(store, [dsn_event("d2", "2026-11-22T12:10:00.000000Z", recipient="A@x.example", subject=None)],
-                 endpoints=[EP_ALL])
+                          endpoints=[EP_ALL])
     got = {e["id"]: e for e in store.batch_events(store.create_batch(1, 100))}
     for eid, rcpt in (("d1", "b"), ("d2", "a")):
         e = got[eid]
@@ -702,10 +702,10 @@ def test_events_rendered_at_ingest_give_the_body_of_the_stored_events(store):
                    custom_headers={"X-App": "shop"}, auth_user="app")
     ingest.records(store, [queued], **kw)
     ingest.records(store, [event("s1", "succeeded", at="2026-11-22T12:00:02.000000Z", queue_id="QR",
-                        recipient="a@x.example", dsn="2.0.0"),
-                  event("d1", "bounced", at="2026-11-22T12:00:03.000000Z", source="dsn", queue_id=None,
-                        message_id="<r@ours>", bounce_type="hard", recipient="a@x.example"),
-                  event("n1", "deferred", at="2026-11-22T12:00:04.000000Z", queue_id="QNONE")], **kw)
+                                 recipient="a@x.example", dsn="2.0.0"),
+                           event("d1", "bounced", at="2026-11-22T12:00:03.000000Z", source="dsn", queue_id=None,
+                                 message_id="<r@ours>", bounce_type="hard", recipient="a@x.example"),
+                           event("n1", "deferred", at="2026-11-22T12:00:04.000000Z", queue_id="QNONE")], **kw)
     batch = store.create_batch(1, 100)
     items = store.batch_events(batch, rendered=True)
     assert [type(i) is V1Text for i in items] == [True, True, True, False]  # QNONE: no queued event
@@ -739,10 +739,10 @@ def test_events_are_kept_as_dicts_without_a_prerender(store):
     ingest.records(store, [event("q1", "queued", source="milter", queue_id="QB")], endpoints=[EP_ALL])
     assert [type(e) for e in store.batch_events(store.create_batch(1, 10), rendered=True)] == [dict]
     ingest.records(store, [event("q2", "queued", source="milter", queue_id="QC")], endpoints=[EP_ALL],
-                 prerender=lambda e: f"text of {e['id']}")
+                          prerender=lambda e: f"text of {e['id']}")
     ingest.finish_blocks(store, [("x", {"id": "r1", "type": "registered", "recipient": "a@x.example",
-                                "at": "2026-11-22T12:00:00.000000Z"})],
-                        endpoints=[EP_ALL], prerender=lambda e: f"text of {e['id']}")
+                                        "at": "2026-11-22T12:00:00.000000Z"})],
+                                endpoints=[EP_ALL], prerender=lambda e: f"text of {e['id']}")
     items = store.batch_events(store.create_batch(1, 10), rendered=True)
     assert items == ["text of q2", "text of r1"]
 
@@ -828,7 +828,7 @@ def test_dsn_event_before_any_queued_event_is_ignored(store):
     dsn = dsn_event("d0", "2026-11-22T12:01:00.000000Z", recipient="a@x.example")
     assert ingest.records(store, [dsn], endpoints=[EP_ALL], block_hard_bounces=True) == 0
     ingest.records(store, [event("qa", "queued", at="2026-11-22T12:00:00.000000Z", source="milter",
-                        queue_id="QD", recipient="a@x.example", message_id="<m5@ours>")])
+                                 queue_id="QD", recipient="a@x.example", message_id="<m5@ours>")])
     assert ingest.pending_blocks(store) == []
 
 

@@ -200,8 +200,8 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
                 scope = "the given id(s)"
             elif rule_name:
                 rule = next((r for r in rules if r.name == rule_name), None)
-                items = state_replay.failed_items(st, rule_id=rule.id if rule else None, rule_name=rule_name,
-                                        since=since, until=until)
+                items = state_replay.failed_items(st, rule_id=rule.id if rule else None,
+                                                                rule_name=rule_name, since=since, until=until)
                 if rule is None and not items:
                     raise InputError(f"no rule named {rule_name!r}, and no failed deliveries under that name")
                 scope = f"rule {rule_name}"

@@ -12,7 +12,7 @@ The loop, on the main thread (the only thread that touches state.db):
    bad record (or, where the framing breaks, the rest of the file) is written durably to
    `bad/<name>.<offset>.rec` with its `.reason` and a log line, before any of the file is
    ingested. The good records go into state.db in ONE transaction (synchronous=FULL, see
-   store/statedb.py), and only after COMMIT are the files unlinked. A crash between commit and unlink
+   statedb), and only after COMMIT are the files unlinked. A crash between commit and unlink
    re-ingests them: harmless, the record id is the primary key, and the bad parts are written
    again under the same names. A damaged state.db is not a bad record (`statehealth`): the
    spooler logs CRITICAL, writes `<state.db>.fault` and exits 3, leaving the files in new/.
@@ -37,8 +37,8 @@ that is down holds up that endpoint only). A `kill -9` at any point leaves the b
 state.db: after a restart it is posted again with the same id and the same events.
 
 Events of delivery-status reports (source `dsn`: anyone can send one) are kept only when they
-name a recipient of a message we sent (store/ingest.py, `_unsent_report`); the others are logged and
-dropped at ingest, so they never reach an endpoint or the block list.
+name a recipient of a message we sent (store/ingest.py, `_unsent_report`); the others are logged
+and dropped at ingest, so they never reach an endpoint or the block list.
 
 A hard `bounced` event puts its recipient on the block list in rules.db (when `[milter]
 blocklist` is on; the address the application used: `orig_recipient` when Postfix logged one,
@@ -922,7 +922,7 @@ class Spooler:
             try:
                 endpoints = list(self.current_endpoints().values())
                 ingest.finish_blocks(self.state, done, now=self.clock(), endpoints=endpoints,
-                                         prerender=event_payloads.prerenderer(endpoints))
+                                     prerender=event_payloads.prerenderer(endpoints))
             except sqlite3.Error as exc:
                 _state_error(exc, "cannot record block list results in state.db (will redo)")
                 return 0
