@@ -22,6 +22,7 @@ from mxhook.model import events
 from mxhook import spool
 from mxhook.daemons import spooler
 from mxhook.model.endpoints import Endpoint
+from mxhook.store import logs
 from mxhook.store.statedb import StateStore
 from tests.support.receiver import Response
 from tests.spooler.test_spooler import Running, rx, settings  # noqa: F401  (rx: a fixture)
@@ -81,7 +82,7 @@ def ids_of(docs) -> list[str]:
 
 def event_log(cfg, **kw):
     with StateStore(cfg.state_db) as st:
-        return st.event_log(limit=None, **kw)
+        return logs.event_log(st, limit=None, **kw)
 
 
 def wait_until(predicate, timeout=10.0, what="condition"):
@@ -137,7 +138,7 @@ def test_interval_holds_a_small_batch(rx, cfg):
     add_endpoint(cfg, rx.url + "/ev", interval=2, max_events=100)
     written = [write_event(cfg) for _ in range(5)]
     with Running(cfg) as sp:
-        wait_until(lambda: sp.state.event_counts()["pending"] == 5, what="ingest")
+        wait_until(lambda: logs.event_counts(sp.state)["pending"] == 5, what="ingest")
         started = time.time()
         time.sleep(1.0)
         assert rx.requests == []  # the oldest event is not 2 s old yet
@@ -224,7 +225,7 @@ def test_deferred_then_succeeded_keeps_the_batch_and_holds_the_line(rx, cfg):
     with StateStore(cfg.state_db) as st:
         b = st.batch(docs[0]["batch_id"])
         assert (b.status, b.attempts) == ("succeeded", 3)
-        attempts = st.event_detail(written[0])["deliveries"][0]["attempts"]
+        attempts = logs.event_detail(st, written[0])["deliveries"][0]["attempts"]
     assert [(a["outcome"], a["status_code"]) for a in attempts] == [("deferred", 503), ("deferred", 500), ("succeeded", 200)]
 
 
@@ -327,7 +328,7 @@ def test_disabled_endpoint_keeps_events_pending_until_enabled(rx, cfg):
 
         write_event(cfg)
         with Running(cfg) as sp:
-            wait_until(lambda: sp.state.event_counts()["pending"] == 1, what="ingest")
+            wait_until(lambda: logs.event_counts(sp.state)["pending"] == 1, what="ingest")
             store.replace_endpoint(ep.id, replace(ep, enabled=False))
             time.sleep(1.5)
             assert rx.requests == []
@@ -346,14 +347,14 @@ def test_spool_backlog_larger_than_the_scan_window(rx, cfg, monkeypatch, tmp_pat
     add_endpoint(c, rx.url + "/ev", interval=1, max_events=100)
     written = [write_event(c) for _ in range(40)]
     with Running(c) as sp:
-        wait_until(lambda: sp.state.event_counts()["pending"] + sum(
+        wait_until(lambda: logs.event_counts(sp.state)["pending"] + sum(
             b.size for b in sp.state.open_batches().values()) >= 20 or rx.requests, what="some ingest")
         written += [write_event(c) for _ in range(25)]
         wait_until(lambda: sum(d["count"] for d in bodies(rx.requests)) >= 65, timeout=15, what="65 events")
     assert ids_of(bodies(rx.requests)) == written
     assert os.listdir(os.path.join(c.spool_dir, "new")) == []
     with StateStore(c.state_db) as st:
-        assert st.counts()["events"] == 65
+        assert logs.counts(st)["events"] == 65
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from mxhook.store import rulesdb
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
-from mxhook.store import statedb
+from mxhook.store import ingest, logs, replay, statedb
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import StateStore
 from tests.spooler.test_events import write_event
@@ -79,7 +79,7 @@ class Clocked:
 
 
 def deliveries_of(rid, rule):
-    return statedb.delivery_id(rid, rule.name)
+    return ingest.delivery_id(rid, rule.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_410_disables_the_rule_and_its_deliveries_wait(tmp_path, rx, caplog):
     row = delivery(cfg, first)
     assert row["status"] == "failed" and row["last_status_code"] == 410
     with StateStore(cfg.state_db) as st:
-        log_row = st.inbound_detail(first)
+        log_row = logs.inbound_detail(st, first)
     assert log_row["status"] == "failed" and log_row["reason"] == "HTTP 410 Gone; rule r1 disabled"
     assert delivery(cfg, second)["status"] == "queued"  # waits for the rule
     assert get_rule(cfg).enabled is False
@@ -167,7 +167,7 @@ def test_410_disables_the_endpoint_and_its_events_wait(tmp_path, rx, caplog):
     assert [r.path for r in rx.requests].count("/ok") == 2  # the other endpoint is not held up
     assert get_endpoint(cfg, ep.id).enabled is False and get_endpoint(cfg, other.id).enabled is True
     with StateStore(cfg.state_db) as st:
-        rows = [r for r in st.event_log(limit=None) if r["endpointId"] == ep.id]
+        rows = [r for r in logs.event_log(st, limit=None) if r["endpointId"] == ep.id]
     by_type = {r["type"]: r for r in rows}
     assert by_type["succeeded"]["status"] == "failed"
     assert by_type["succeeded"]["reason"] == f"HTTP 410 Gone; endpoint {ep.id} disabled"
@@ -286,8 +286,8 @@ def test_requeued_delivery_keeps_webhook_id_and_gets_a_fresh_retry_period(tmp_pa
         rx.script("/fix", [(503, {}, b""), (200, {}, b"")])
         later = T0 + 5 * DAY  # long after the first retry period ended
         with StateStore(cfg.state_db) as st:
-            assert st.requeue([did], now=later) == [did]
-            assert st.requeue([did], now=later) == []  # only failed ones
+            assert replay.requeue(st, [did], now=later) == [did]
+            assert replay.requeue(st, [did], now=later) == []  # only failed ones
         c.run(later)
         row = delivery(cfg, did)
         # a deferral now is retried, not failed: the retry period starts at the replay
@@ -309,7 +309,7 @@ def test_running_spooler_picks_up_a_requeue(tmp_path, rx):
         wait_status(cfg, did, "failed")
         time.sleep(0.3)  # idle: nothing due, the spooler spares its queries
         with StateStore(cfg.state_db) as st:
-            assert st.requeue([did]) == [did]
+            assert replay.requeue(st, [did]) == [did]
         wait_status(cfg, did, "succeeded", timeout=10)
     assert [r.headers["webhook-id"] for r in rx.requests] == [did, did]
 
@@ -324,8 +324,8 @@ def test_requeued_batch_goes_out_with_its_id_and_events(tmp_path, rx):
         c.run()
         later = [write_event(cfg, "deferred") for _ in range(2)]
         with StateStore(cfg.state_db) as st:
-            (failed,) = st.failed_items(endpoint_id=ep.id)
-            assert st.requeue([failed["id"]], now=T0 + 5) == [failed["id"]]
+            (failed,) = replay.failed_items(st, endpoint_id=ep.id)
+            assert replay.requeue(st, [failed["id"]], now=T0 + 5) == [failed["id"]]
         c.run(T0 + 10)  # the replayed batch first (it is older: one open batch at a time)...
         c.run(T0 + 20)  # ...then a new one with what came meanwhile
     finally:

@@ -21,7 +21,7 @@ from mxhook import config
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
-from mxhook.store import statedb
+from mxhook.store import ingest, logs, statedb
 from mxhook.delivery.webhook import Outcome
 from mxhook.store.statedb import StateStore
 from tests.support.receiver import Receiver, Response
@@ -77,7 +77,7 @@ def write_inbound(cfg, *targets, **kw) -> str:
 
 def delivery(cfg, did) -> dict | None:
     with StateStore(cfg.state_db) as st:
-        return st.delivery(did)
+        return logs.delivery(st, did)
 
 
 def wait_status(cfg, did, status, timeout=10.0) -> dict:
@@ -208,7 +208,7 @@ def test_retry_wait_bounds_property(interval, u, retry_after, scale):
 def test_spooler_uses_its_injected_random(tmp_path, rx):
     cfg = make_cfg(tmp_path)
     rx.script("/j", [Response(503)])
-    did = statedb.delivery_id(write_inbound(cfg, target(rx, "/j", retry_interval=100)), "r1")
+    did = ingest.delivery_id(write_inbound(cfg, target(rx, "/j", retry_interval=100)), "r1")
     clock = [1_000_000.0]
     sp = spooler.Spooler(cfg, clock=lambda: clock[0], rand=lambda: 0.0)
     try:
@@ -245,9 +245,9 @@ def test_200_succeeded(rx, tmp_path):
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("succeeded", 1, 200)
     assert spool.pending(cfg.spool_dir) == []
     with StateStore(cfg.state_db) as st:
-        (log,) = st.inbound_log()
+        (log,) = logs.inbound_log(st)
         assert (log["status"], log["filterName"], log["to"]) == ("succeeded", "r1", "in@ours.example")
-        assert st.counts()["messages_with_raw"] == 0  # body dropped after success
+        assert logs.counts(st)["messages_with_raw"] == 0  # body dropped after success
 
 
 def test_one_post_per_rule_each_with_its_format(rx, tmp_path):
@@ -288,7 +288,7 @@ def test_500_then_200_deferred_then_succeeded(rx, tmp_path):
     assert again.at - first.at >= 0.1 * 0.9  # retry_interval 10 s x scale 0.01
     assert row["attempts"] == 2
     with StateStore(cfg.state_db) as st:
-        d = st.inbound_detail(f"{rid}-r1")
+        d = logs.inbound_detail(st, f"{rid}-r1")
     assert [(a["status_code"], a["error"]) for a in d["attempts"]] == [
         (500, "HTTP 500 Internal Server Error"), (200, None)]
     assert d["status"] == "succeeded" and d["reason"] is None
@@ -305,8 +305,8 @@ def test_404_failed_at_once(rx, tmp_path):
     assert len(rx.requests) == 1
     assert row["last_error"] == "HTTP 404 Not Found"
     with StateStore(cfg.state_db) as st:
-        d = st.inbound_detail(f"{rid}-r1")
-        assert st.counts()["messages_with_raw"] == 1  # a failed delivery keeps the body
+        d = logs.inbound_detail(st, f"{rid}-r1")
+        assert logs.counts(st)["messages_with_raw"] == 1  # a failed delivery keeps the body
     assert d["status"] == "failed" and d["reason"] == "HTTP 404 Not Found"
     assert d["attempts"][0]["status_code"] == 404
 
@@ -365,7 +365,7 @@ def test_retry_period_end_makes_failed(rx, tmp_path):
     row = delivery(cfg, f"{rid}-r1")
     assert row["status"] == "failed" and row["attempts"] == 3
     with StateStore(cfg.state_db) as st:
-        d = st.inbound_detail(f"{rid}-r1")
+        d = logs.inbound_detail(st, f"{rid}-r1")
     assert d["reason"] == "HTTP 503 Service Unavailable; gave up: retry period of 1 day ended"
     now[0] += 86400
     run()
@@ -447,7 +447,7 @@ def test_a_bad_record_goes_to_bad_alone_and_the_good_ones_of_its_file_are_ingest
     assert spool.pending(cfg.spool_dir) == []
     assert delivery(cfg, f"{good.id}-r1")["status"] == "succeeded"
     with StateStore(cfg.state_db) as st:
-        assert st.counts()["events"] == 1
+        assert logs.counts(st)["events"] == 1
     bad = os.path.join(cfg.spool_dir, "bad")
     assert bad_files(cfg) == [f"{stem}.{offsets[1]}.rec", f"{stem}.{offsets[1]}.rec.reason",
                               f"{stem}.{offsets[3]}.rec", f"{stem}.{offsets[3]}.rec.reason"]
@@ -504,7 +504,7 @@ def test_a_crash_before_the_file_is_unlinked_duplicates_nothing(rx, tmp_path, mo
     def no_commit(*args, **kw):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(StateStore, "ingest", no_commit)
+    monkeypatch.setattr(ingest, "records", no_commit)
     run_once(cfg)
     assert spool.pending(cfg.spool_dir) == [path] and bad_files(cfg) == expected_bad
     monkeypatch.undo()
@@ -547,9 +547,9 @@ def test_denied_and_event_records(tmp_path):
     run_once(cfg)
     assert spool.pending(cfg.spool_dir) == []
     with StateStore(cfg.state_db) as st:
-        (row,) = st.inbound_log()
+        (row,) = logs.inbound_log(st)
         assert (row["status"], row["filterName"], row["from"]) == ("denied", "no_rule", "spam@bad.example")
-        assert st.counts()["events"] == 1
+        assert logs.counts(st)["events"] == 1
 
 
 def test_render_failure_fails_that_delivery_only(rx, tmp_path):
@@ -588,7 +588,7 @@ def test_many_messages_batched(rx, tmp_path):
         wait_status(cfg, f"{rids[-1]}-r1", "succeeded")
     assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted(f"{r}-r1" for r in rids)
     with StateStore(cfg.state_db) as st:
-        assert st.counts()["deliveries"]["succeeded"] == 40
+        assert logs.counts(st)["deliveries"]["succeeded"] == 40
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,5 +694,5 @@ def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypat
     finally:
         sp.close()
     with StateStore(cfg.state_db) as st:
-        assert st.counts()["events"] == len(ids)
+        assert logs.counts(st)["events"] == len(ids)
     assert spool.pending(cfg.spool_dir) == []

@@ -732,6 +732,7 @@ def _target(name):
 @pytest.fixture
 def logged(env):
     from mxhook import spool
+    from mxhook.store import ingest
     from mxhook.store.statedb import StateStore
 
     os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
@@ -739,7 +740,7 @@ def logged(env):
     base = {"queue_id": "4XbQ1", "mail_from": "bounce@x.org", "client_addr": "192.0.2.1",
             "client_name": "mail.x.org", "helo": "mail.x.org", "header_from": "alice@x.org",
             "subject": "Hello", "message_id": "<m1@x.org>"}
-    store.ingest([
+    ingest.records(store, [
         spool.Record("a1", "inbound", dict(base, received="2026-11-20T10:00:00.000000Z", deliveries=[
             {"recipients": ["in@ours.example"], "rule": _target("r1")}]), b"Subject: Hello\r\n\r\nx\r\n"),
         spool.Record("a2", "inbound", dict(base, received="2026-11-21T10:00:00.000000Z",
@@ -782,10 +783,11 @@ def test_log_inbound_table(logged):
 
 def test_log_inbound_csv(logged):
     from mxhook import spool
+    from mxhook.store import ingest
     from mxhook.store.statedb import StateStore
 
     store = StateStore(logged.state_db)
-    store.ingest([spool.Record("d2", "denied", {
+    ingest.records(store, [spool.Record("d2", "denied", {
         "received": "2026-11-23T10:00:00.000000Z", "recipients": ["x@ours.example"],
         "header_from": "=HYPERLINK(\"http://evil\")@x", "mail_from": "", "client_name": "h",
         "client_addr": "192.0.2.9", "queue_id": "", "helo": "h", "subject": "s",
@@ -1023,6 +1025,7 @@ def test_block_needs_the_spool(env):
 def events_logged(env):
     from mxhook import spool
     from mxhook.model.endpoints import Endpoint
+    from mxhook.store import ingest
     from mxhook.store.statedb import AttemptRecord, StateStore
 
     os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
@@ -1035,7 +1038,7 @@ def events_logged(env):
                 "source": "log", "custom_headers": {}, **kw}
         return spool.Record(eid, "event", meta)
 
-    store.ingest([
+    ingest.records(store, [
         ev("q1", "queued", "2026-11-20T10:00:00.000000Z", source="milter", client_addr="192.0.2.7",
            message_id="<m@ours>", subject="=2+3"),
         ev("b1", "bounced", "2026-11-21T10:00:00.000000Z", remote_host="mx.x.example",

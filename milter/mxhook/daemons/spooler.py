@@ -12,7 +12,7 @@ The loop, on the main thread (the only thread that touches state.db):
    bad record (or, where the framing breaks, the rest of the file) is written durably to
    `bad/<name>.<offset>.rec` with its `.reason` and a log line, before any of the file is
    ingested. The good records go into state.db in ONE transaction (synchronous=FULL, see
-   state.py), and only after COMMIT are the files unlinked. A crash between commit and unlink
+   statedb), and only after COMMIT are the files unlinked. A crash between commit and unlink
    re-ingests them: harmless, the record id is the primary key, and the bad parts are written
    again under the same names. A damaged state.db is not a bad record (`statehealth`): the
    spooler logs CRITICAL, writes `<state.db>.fault` and exits 3, leaving the files in new/.
@@ -37,8 +37,8 @@ that is down holds up that endpoint only). A `kill -9` at any point leaves the b
 state.db: after a restart it is posted again with the same id and the same events.
 
 Events of delivery-status reports (source `dsn`: anyone can send one) are kept only when they
-name a recipient of a message we sent (state.py, `_unsent_report`); the others are logged and
-dropped at ingest, so they never reach an endpoint or the block list.
+name a recipient of a message we sent (store/ingest.py, `_unsent_report`); the others are logged
+and dropped at ingest, so they never reach an endpoint or the block list.
 
 A hard `bounced` event puts its recipient on the block list in rules.db (when `[milter]
 blocklist` is on; the address the application used: `orig_recipient` when Postfix logged one,
@@ -91,7 +91,8 @@ from mxhook.store import rulesdb as db_mod
 from mxhook.delivery import webhook
 from mxhook.daemons import logsetup
 from mxhook import spool
-from mxhook.store import statedb
+from mxhook.payloads import events as event_payloads
+from mxhook.store import ingest, statedb
 from mxhook.store import integrity
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.rules import RETRY_INTERVAL_RANGE, RuleError
@@ -486,7 +487,7 @@ class Spooler:
             return
         lines: dict[str, str] = {}
         try:  # one record, or several
-            in_file, bad = spool.decode_parts(data, lines, check=statedb.check_record)
+            in_file, bad = spool.decode_parts(data, lines, check=ingest.check_record)
         except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
             in_file, bad = [], [spool.BadPart(0, data, f"{type(exc).__name__}: {exc}")]
         if not in_file:  # nothing good in it: the file goes to bad/ as it is
@@ -546,11 +547,11 @@ class Spooler:
         the rest (it goes to bad/)."""
         endpoints = list(self.current_endpoints().values())
         kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
-              "raw_meta": raw_meta}
+              "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints)}
         if any(r.kind == "inbound" for r in records):
             self._inbound_due_at = 0.0
         try:
-            new = self.state.ingest(records, now=self.clock(), checked=True, **kw)
+            new = ingest.records(self.state, records, now=self.clock(), checked=True, **kw)
             log.debug("ingested %d record(s) (%d new)", len(records), new)
             return list(dict.fromkeys(paths))
         except Exception as exc:
@@ -568,7 +569,7 @@ class Spooler:
         done = []
         for path, in_file in by_file.items():
             try:
-                self.state.ingest(in_file, now=self.clock(), checked=True, **kw)
+                ingest.records(self.state, in_file, now=self.clock(), checked=True, **kw)
                 done.append(path)
             except Exception as exc:
                 _raise_if_damage(exc)
@@ -848,7 +849,7 @@ class Spooler:
         if marker == self._blocks_checked:  # no hard bounce since the last look
             return 0
         try:
-            pending = self.state.pending_blocks(BLOCK_BATCH)
+            pending = ingest.pending_blocks(self.state, BLOCK_BATCH)
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read hard bounces from state.db")
             return 0
@@ -893,8 +894,9 @@ class Spooler:
         if done:
             self._block_error = None
             try:
-                self.state.finish_blocks(done, now=self.clock(),
-                                         endpoints=list(self.current_endpoints().values()))
+                endpoints = list(self.current_endpoints().values())
+                ingest.finish_blocks(self.state, done, now=self.clock(), endpoints=endpoints,
+                                     prerender=event_payloads.prerenderer(endpoints))
             except sqlite3.Error as exc:
                 _state_error(exc, "cannot record block list results in state.db (will redo)")
                 return 0

@@ -26,7 +26,7 @@ from mxhook.services.postfix import (
 )
 from mxhook.store import integrity
 
-# Tables the spooler creates in state.db (state.py has no schema version of its own).
+# Tables the spooler creates in state.db: what `check` looks for.
 STATE_TABLES = ("messages", "deliveries", "attempts", "inbound_log")
 
 

@@ -8,7 +8,9 @@ from mxhook import config as configmod
 from mxhook.services.csvexport import write_csv
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.services.stores import state_store
-from mxhook.store.statedb import DELIVERY_STATUSES, EVENT_LOG_KEYS, LOG_STATUSES
+from mxhook.store import logs as state_logs
+from mxhook.store.logs import EVENT_LOG_KEYS
+from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES
 
 INBOUND_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", "filterName", "reason"]
 EVENT_COLUMNS = list(EVENT_LOG_KEYS)
@@ -18,7 +20,7 @@ def _listing(cfg: configmod.Config, method: str, known, status, since, until, li
     if status is not None and status not in known:
         raise Invalid(f"no status {status!r} (known: {', '.join(known)})")
     with state_store(cfg) as store:
-        return getattr(store, method)(status=status, since=since, until=until, limit=limit)
+        return getattr(state_logs, method)(store, status=status, since=since, until=until, limit=limit)
 
 
 def inbound(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
@@ -30,7 +32,7 @@ def inbound(cfg: configmod.Config, *, status: str | None = None, since: str | No
 
 def inbound_detail(cfg: configmod.Config, entry_id: str) -> dict:
     with state_store(cfg) as store:
-        d = store.inbound_detail(entry_id)
+        d = state_logs.inbound_detail(store, entry_id)
     if d is None:
         raise NotFound(f"no inbound log entry with id {entry_id!r}")
     return d
@@ -45,7 +47,7 @@ def events(cfg: configmod.Config, *, status: str | None = None, since: str | Non
 def event_detail(cfg: configmod.Config, event_id: str) -> dict:
     """The event's fields, and its delivery to each endpoint with attempts."""
     with state_store(cfg) as store:
-        d = store.event_detail(event_id)
+        d = state_logs.event_detail(store, event_id)
     if d is None:
         raise NotFound(f"no event with id {event_id!r}")
     return d

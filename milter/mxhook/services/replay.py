@@ -1,6 +1,6 @@
 """Replay: failed inbound deliveries and event batches back in the queue.
 
-Through `StateStore.requeue` (state.db in WAL mode with a busy timeout, so the running spooler
+Through `store.replay.requeue` (state.db in WAL mode with a busy timeout, so the running spooler
 keeps going; it notices the change through `PRAGMA data_version`). Each keeps its id, which is
 its `webhook-id`, and gets a fresh retry period. A delivery goes out with its rule's current
 settings (URL, auth, retry) when the rule still exists; a batch always goes to its endpoint's
@@ -17,6 +17,7 @@ from mxhook import config as configmod
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store, state_store
 from mxhook.services.times import parse_time
+from mxhook.store import replay as state_replay
 from mxhook.store import statedb
 
 REQUEUE_CHUNK = 200  # items per state.db transaction (and progress step)
@@ -138,14 +139,14 @@ def replay(cfg: configmod.Config, *, ids=(), rule: str | None = None, endpoint: 
         endpoints = {ep.id: ep for ep in store.list_endpoints()} if store else {}
         with state_store(cfg) as st:
             if ids:
-                items, unknown = st.replay_items(ids)
+                items, unknown = state_replay.replay_items(st, ids)
                 if unknown:
                     raise NotFound(f"no inbound delivery or event batch with id {', '.join(unknown)} "
                                    "(see `mxhook log inbound` / `mxhook log events --json`)")
                 scope = "the given id(s)"
             elif rule:
                 found = next((r for r in rules if r.name == rule), None)
-                items = st.failed_items(rule_id=found.id if found else None, rule_name=rule,
+                items = state_replay.failed_items(st, rule_id=found.id if found else None, rule_name=rule,
                                         since=since, until=until)
                 if found is None and not items:
                     raise NotFound(f"no rule named {rule!r}, and no failed deliveries under that name")
@@ -154,7 +155,7 @@ def replay(cfg: configmod.Config, *, ids=(), rule: str | None = None, endpoint: 
                 ep = store.get_endpoint(endpoint)
                 if ep is None:
                     raise NotFound(f"no endpoint {endpoint!r} (give its id or URL; see `endpoint list`)")
-                items = st.failed_items(endpoint_id=ep.id, since=since, until=until)
+                items = state_replay.failed_items(st, endpoint_id=ep.id, since=since, until=until)
                 scope = f"endpoint {ep.id} ({ep.url})"
             todo, skipped = plan(items, rules, endpoints, st.health(), force)
             done = set(_requeue(st, todo, progress)) if not dry_run and todo else set()
@@ -176,6 +177,6 @@ def _requeue(st: statedb.StateStore, todo: list, progress: Progress) -> list[str
     done: list[str] = []
     progress(0, len(ids))
     for start in range(0, len(ids), REQUEUE_CHUNK):
-        done += st.requeue(ids[start:start + REQUEUE_CHUNK], targets=targets)
+        done += state_replay.requeue(st, ids[start:start + REQUEUE_CHUNK], targets=targets)
         progress(min(start + REQUEUE_CHUNK, len(ids)), len(ids))
     return done

@@ -12,6 +12,7 @@ from mxhook import spool
 from mxhook.services.errors import translated
 from mxhook.store import integrity
 from mxhook.store import rulesdb
+from mxhook.store import replay as state_replay
 from mxhook.store import statedb
 
 STATUS_WINDOW = 3600.0  # seconds of "last hour"
@@ -71,7 +72,7 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
     if os.path.exists(cfg.state_db):
         try:
             with statedb.StateStore(cfg.state_db) as st:
-                summary = st.status_summary(now, window=STATUS_WINDOW)
+                summary = state_replay.status_summary(st, now, window=STATUS_WINDOW)
                 health = st.health()
         except sqlite3.Error as exc:
             state_db["error"] = f"{type(exc).__name__}: {exc}"
