@@ -12,7 +12,7 @@ from mxhook import spool
 from mxhook.model import rules
 from mxhook.services import blocks, logs
 from mxhook.services.errors import Conflict, Failed, Invalid, NotFound, Unavailable
-from mxhook.store import statedb
+from mxhook.store import ingest, statedb
 from mxhook.store.statedb import StateStore
 
 RULE = rules.Rule(name="r1", endpoint="https://hooks.example/in",
@@ -86,7 +86,7 @@ def test_export_csv_writes_every_row(cfg):
             meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",
                     "header_from": "=cmd@x.example", "subject": "s", "message_id": f"<m{n}@x>",
                     "deliveries": [{"recipients": ["in@ours.example"], "rule": RULE.delivery_target()}]}
-            st.ingest([spool.Record(id=spool.new_id(), kind="inbound", meta=meta, payload=b"\r\n")])
+            ingest.records(st, [spool.Record(id=spool.new_id(), kind="inbound", meta=meta, payload=b"\r\n")])
     out = io.StringIO()
     assert logs.export_csv(cfg, "inbound", out) == 120
     lines = out.getvalue().splitlines()

@@ -12,7 +12,7 @@ from mxhook import spool
 from mxhook.model import rules as rulesmod
 from mxhook.services import domains, explain, postfix, replay, rules, status, times
 from mxhook.services.errors import Failed, Invalid, NotFound
-from mxhook.store import statedb
+from mxhook.store import ingest, statedb
 from mxhook.store.statedb import AttemptRecord, StateStore
 
 
@@ -33,9 +33,9 @@ def failed_delivery(cfg, rule: rulesmod.Rule) -> str:
     meta = {"received": statedb.iso(time.time() - 60), "queue_id": "4X", "mail_from": "a@x.example",
             "header_from": "a@x.example", "subject": "s", "message_id": "<m@x>",
             "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.delivery_target()}]}
-    did = statedb.delivery_id(rid, rule.name)
+    did = ingest.delivery_id(rid, rule.name)
     with StateStore(cfg.state_db) as st:
-        st.ingest([spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
+        ingest.records(st, [spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
         st.record_attempts([AttemptRecord(did, statedb.iso(), "failed", "failed", status_code=404,
                                           error="HTTP 404", next_attempt_at=None)])
     return did
