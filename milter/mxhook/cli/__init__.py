@@ -1392,7 +1392,7 @@ def endpoint_test(app, key, event_type):
                              fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
                              api_key=ep.api_key)
     session = webhook.make_session(cfg.networks("http", "allow_networks"))
-    outcome = webhook.deliver(session, ep.delivery_target(), rendered.body,
+    outcome = webhook.deliver(session, ep.target, rendered.body,
                            rendered.content_type, batch_id,
                            user_agent=cfg.get("spooler", "user_agent"),
                            max_response_bytes=cfg.size("spooler", "max_response_bytes"), keys=keys)
