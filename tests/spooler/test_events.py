@@ -141,7 +141,7 @@ def test_interval_holds_a_small_batch(rx, cfg):
         assert sp.spooler.state.event_counts()["pending"] == 5
         sp.step(advance=1.9)
         assert rx.requests == []  # the oldest event is not 2 s old yet
-        sp.step(advance=0.1)
+        sp.step(advance=0.2)
         (req,) = rx.requests
     assert ids_of([req.json()]) == written
 
@@ -155,7 +155,7 @@ def test_category_filters_per_endpoint(rx, cfg):
         write_event(cfg, etype, bounce_type="soft" if etype == "bounced" else None)
     with Stepped(cfg) as sp:
         sp.step()
-        sp.step(advance=1)  # every batch is due
+        sp.step(advance=1.5)  # every batch is due
         sp.step(advance=3600)  # nothing else comes
     got = {r.path: [e["type"] for e in r.json()["events"]] for r in rx.requests}
     assert got == {"/bounces": ["bounced", "failed"], "/deliveries": ["queued", "succeeded", "deferred"],
@@ -235,7 +235,7 @@ def test_failed_batch_does_not_hold_up_the_next(rx, cfg):
     written = [write_event(cfg) for _ in range(120)]
     with Stepped(cfg) as sp:
         sp.step()  # 100 pending: a batch at once
-        sp.step(advance=1)  # the other 20 after the interval
+        sp.step(advance=1.5)  # the other 20 after the interval
         sp.step(advance=3600)  # nothing else comes
     reqs = rx.requests
     assert [d["count"] for d in bodies(reqs)] == [100, 20]

@@ -565,7 +565,9 @@ class Spooler:
         (`record_results`)."""
         if not self.record_results():
             return 0
-        return self.send(self.pick_batches(flush=flush_events)) + self.send(self.pick_deliveries())
+        # batches are sent before deliveries are picked: both take from the free workers
+        started = self.send(self.pick_batches(flush=flush_events))
+        return started + self.send(self.pick_deliveries())
 
     def send(self, due: list[Dispatch]) -> int:
         """Hand dispatches to the post pool (`pipeline.attempt`); returns how many."""
@@ -674,6 +676,12 @@ class Spooler:
             render=render,
         )
 
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self.session_factory()
+        return session
+
     def _post(self, target: Target, body: pipeline.Body, webhook_id: str) -> webhook.Outcome:
         """(worker thread) One POST through this worker's session, signed with the keys
         active now."""
@@ -701,7 +709,7 @@ class Spooler:
             self.health.refresh(eps, self.endpoints.generation)
         return eps
 
-    # 2c. hard bounces -> block list -------------------------------------------------------
+    # 2b. hard bounces -> block list -------------------------------------------------------
     def process_blocks(self) -> int:
         """Put the recipients of hard bounces on the block list; returns how many bounces were
         handled. rules.db trouble is logged and retried later (the bounces stay pending)."""
@@ -765,13 +773,8 @@ class Spooler:
                 self._blocks_checked = marker
         return len(done)
 
-    def _session(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = self.session_factory()
-        return session
-
-    def collect(self, done: set[Future] | None = None) -> int:
+    # 2c. record: the results of finished posts ------------------------------------------
+    def record_finished(self, done: set[Future] | None = None) -> int:
         """Record the results of finished posts (all in one transaction); returns how many."""
         if done is None:
             done = {f for f in self.inflight if f.done()}
@@ -830,7 +833,7 @@ class Spooler:
         """Wait for every in-flight post and record its result."""
         while self.inflight:
             done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
-            self.collect(done)
+            self.record_finished(done)
         if self._unrecorded:
             self._record_retry_at = 0.0  # stopping: one last try, pause or not
             if not self.record_results():
@@ -869,6 +872,8 @@ class Spooler:
         self.drain()
 
     def _step(self) -> None:
+        """One pass of the loop: ingest -> block list -> record finished posts -> pick what is
+        due and send it -> wait."""
         background = self.state.checkpoint_error  # the checkpoint thread found damage?
         if background is not None:
             _raise_if_damage(background)
@@ -879,7 +884,7 @@ class Spooler:
             log.error("cannot scan %s: %s", self.spool_dir, exc)
             handled = 0
         self.process_blocks()
-        self.collect()  # posts that finished meanwhile: their endpoint can take its next batch now
+        self.record_finished()  # posts that finished meanwhile: their endpoint can take its next batch now
         self.dispatch()
         if handled >= self.ingest_batch or self.more_waiting:
             return  # more files waiting: no sleep
@@ -887,7 +892,7 @@ class Spooler:
         pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.held_back else self.poll_interval
         if self.inflight:
             done, _ = wait(list(self.inflight), timeout=pause, return_when=FIRST_COMPLETED)
-            self.collect(done)
+            self.record_finished(done)
         else:
             self._stop.wait(pause)
 
