@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import zoneinfo
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from mxhook.model import events as events_mod
 from mxhook.model.retry import RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPolicy
@@ -76,7 +77,7 @@ class Endpoint:
     def wants(self, event_type: str) -> bool:
         return event_type in self.types
 
-    @property
+    @cached_property
     def target(self) -> Target:
         """Where and how this endpoint's batches are posted."""
         return Target(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from urllib.parse import urlsplit
 
 import regex
@@ -58,7 +59,7 @@ class Rule:
     allow_http: bool = False
     id: int | None = None
 
-    @property
+    @cached_property  # the milter asks for it for every message a rule takes
     def target(self) -> Target:
         """Where and how this rule's deliveries are posted. Its record form (with `discard`)
         goes into the spool record, so a message keeps the settings it was accepted under if
