@@ -51,10 +51,11 @@ mid-request — and then with the same `webhook-id` (the delivery id), so receiv
 deduplicate. SIGTERM/SIGINT: stop taking new work, let in-flight posts finish (each bounded by
 its rule's timeout), record their results, exit 0.
 
-Disabling (mxhook.delivery.health). A 410 Gone disables the rule (inbound) or the endpoint (events) in rules.db, with a
-warning in the log; that delivery/batch is `failed`. A rule/endpoint whose attempts have all
-failed for `[spooler] disable_after_days` days (counted from the first failure after its last
-success, checked when an attempt fails; `state.target_health`) is disabled the same way.
+Disabling (mxhook.delivery.health). A 410 Gone disables the rule (inbound) or the endpoint
+(events) in rules.db, with a warning in the log; that delivery/batch is `failed`. A
+rule/endpoint whose attempts have all failed for `[spooler] disable_after_days` days (counted
+from the first failure after its last success, checked when an attempt fails;
+`statedb.target_health`) is disabled the same way.
 Deliveries of a disabled rule and batches/events of a disabled endpoint are not attempted: they
 stay pending (queued/deferred) until it is enabled again (the milter no longer matches a
 disabled rule, and a disabled endpoint gets no new events); failed ones stay replayable
