@@ -6,6 +6,7 @@ Real rules.db and state.db, real receiver on loopback; the clock is injected whe
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -139,7 +140,7 @@ def test_410_from_an_old_url_does_not_disable_the_edited_rule(tmp_path, rx):
     rx.script("/old", [(410, {}, b"")])
     did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        store.replace_rule("r1", rules.Rule(**{**rule.__dict__, "endpoint": rx.url + "/new", "id": None}))
+        store.replace_rule("r1", dataclasses.replace(rule, endpoint=rx.url + "/new", id=None))
     c = Clocked(cfg)
     try:
         c.run()
