@@ -1046,7 +1046,7 @@ def events_logged(env):
     ], endpoints=eps)
     store.sync_endpoints(eps)
     b = store.create_batch(1, 100)
-    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-21T10:00:05.000000Z", "failed", "failed",
+    store.record_attempts([AttemptRecord(b.id, "2026-11-21T10:00:05.000000Z", "failed", "failed",
                                                status_code=400, error="-HTTP 400 Bad Request")])
     store.close()
     return env

@@ -63,7 +63,7 @@ class Env:
         rid = rid or spool.new_id()
         meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",
                 "header_from": "a@x.example", "subject": "s", "message_id": "<m@x>",
-                "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.delivery_target()}]}
+                "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target.to_record(discard=rule.discard)}]}
         with self.state() as st:
             ingest.records(st, [spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
         return ingest.delivery_id(rid, rule.name)
@@ -214,7 +214,7 @@ def test_replay_by_endpoint(env):
         batches = {}
         for e in (ep, gone):
             b = st.create_batch(e.id, 100)
-            st.record_batch_attempts([AttemptRecord(b.id, statedb.iso(), "failed", "failed",
+            st.record_attempts([AttemptRecord(b.id, statedb.iso(), "failed", "failed",
                                                     status_code=400, error="HTTP 400 Bad Request")])
             batches[e.id] = b.id
     with env.rules() as store:

@@ -200,7 +200,7 @@ def test_due_and_attempts(store):
     assert [d.id for d in due] == ["a1-r1", "a2-r1"]
     d = due[0]
     assert d.raw == b"Subject: Hello\r\n\r\nbody\r\n" and d.meta["subject"] == "Hello"
-    assert d.target["bearer"] == "tok" and d.recipients == ["in@ours.example", "in2@ours.example"]
+    assert d.target.bearer == "tok" and d.recipients == ["in@ours.example", "in2@ours.example"]
     assert [x.id for x in store.due("2026-11-22T12:00:00Z", 10, exclude={"a1-r1"})] == ["a2-r1"]
     assert [x.id for x in store.due("2026-11-22T12:00:00Z", 1)] == ["a1-r1"]
 
@@ -436,7 +436,7 @@ def test_batch_attempts_and_event_log(store):
                                  relay=None)], endpoints=[EP_ALL, EP_BOUNCES])
     store.sync_endpoints([EP_ALL, EP_BOUNCES])
     b = store.create_batch(1, 100)
-    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-22T12:01:00.000000Z", "deferred", "deferred",
+    store.record_attempts([AttemptRecord(b.id, "2026-11-22T12:01:00.000000Z", "deferred", "deferred",
                                                status_code=503, error="HTTP 503 Service Unavailable",
                                                next_attempt_at="2026-11-22T12:02:00.000000Z")])
     b = store.batch(b.id)
@@ -451,7 +451,7 @@ def test_batch_attempts_and_event_log(store):
     assert [r["id"] for r in logs.event_log(store, status="queued")] == ["e1"]
     assert [r["id"] for r in logs.event_log(store, since="2026-11-22T12:00:01Z")] == ["e2"]
     assert [r["id"] for r in logs.event_log(store, until="2026-11-22T12:00:01Z", limit=1)] == ["e1"]
-    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-22T12:02:00.000000Z", "succeeded", "succeeded",
+    store.record_attempts([AttemptRecord(b.id, "2026-11-22T12:02:00.000000Z", "succeeded", "succeeded",
                                                status_code=200)])
     assert store.open_batches() == {}
     d = logs.event_detail(store, "e1")

@@ -456,7 +456,7 @@ class MxhookMilter(Milter.Base):
             if groups:
                 meta = self._envelope_meta()
                 meta["deliveries"] = [
-                    {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
+                    {"recipients": rcpts, "rule": rule.target.to_record(discard=rule.discard)} for rule, rcpts in groups
                 ]
                 record = spool.Record(spool.new_id(), "inbound", meta, raw)
                 records.append(record)

@@ -269,7 +269,7 @@ def render_inbound(fmt: str, *, delivery_id: str, meta: dict, raw: bytes, target
     """The request body for one inbound delivery (one message, one rule).
 
     `meta` is the spool record's inbound metadata, `target` the delivery's rule dict
-    (`Rule.delivery_target()`), `recipients` the envelope recipients this rule matched
+    (`Target.to_record()`), `recipients` the envelope recipients this rule matched
     (default: taken from meta["deliveries"] by the rule's name). Raises ValueError only for an
     unknown format; bad message content never raises (see model.message.normalize)."""
     try:

@@ -165,7 +165,7 @@ def send_test(cfg: configmod.Config, key, event_type: str = "bounced") -> Sample
                              fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
                              api_key=ep.api_key)
     session = webhook.make_session(cfg.value("http", "allow_networks"))
-    outcome = webhook.deliver(session, ep.delivery_target(), rendered.body,
+    outcome = webhook.deliver(session, ep.target, rendered.body,
                               rendered.content_type, batch_id,
                               user_agent=cfg.get("spooler", "user_agent"),
                               max_response_bytes=cfg.value("spooler", "max_response_bytes"), keys=keys)

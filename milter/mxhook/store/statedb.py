@@ -91,6 +91,7 @@ from mxhook import spool
 from mxhook.store import migrations
 from mxhook.store.rulesdb import _create_file as create_private_file
 from mxhook.model.headers import normalize_address
+from mxhook.model.targets import Target
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
 LOG_STATUSES = DELIVERY_STATUSES + ("denied",)
@@ -174,7 +175,7 @@ class DueDelivery:
     id: str
     message_id: str
     rule_name: str
-    target: dict
+    target: Target  # the one it was accepted under (or given by a replay)
     recipients: list[str]
     attempts: int
     first_attempt_at: str | None
@@ -193,7 +194,7 @@ class AttemptRecord:
     `next_attempt_at` is set for status `deferred`. `reason` (default: `error`) is what the
     inbound log shows."""
 
-    delivery_id: str
+    delivery_id: str  # of a delivery, or of an event batch (BATCH_PREFIX)
     at: str
     outcome: str
     status: str
@@ -597,7 +598,8 @@ class StateStore:
             if row[0] in exclude:
                 continue
             out.append(DueDelivery(
-                id=row[0], message_id=row[1], rule_name=row[2], target=json.loads(row[3]),
+                id=row[0], message_id=row[1], rule_name=row[2],
+                target=Target.from_record(json.loads(row[3])),
                 recipients=json.loads(row[4]), attempts=row[5], first_attempt_at=row[6],
                 status=row[7], received=row[8], meta=json.loads(row[9]), raw=row[10],
             ))
@@ -625,9 +627,11 @@ class StateStore:
         self.record_attempts([AttemptRecord(delivery_id=delivery_id, **fields)])
 
     def record_attempts(self, results: Iterable[AttemptRecord]) -> None:
-        """Record finished attempts in one transaction: the attempt row, the delivery's new
-        status, its inbound_log row (same status), and drop the message's raw bytes once all of
-        its deliveries succeeded."""
+        """Record finished attempts of deliveries and event batches (told apart by their id:
+        a batch id starts with BATCH_PREFIX) in one transaction: the attempt row, the new
+        status of the delivery or batch, and its rule's or endpoint's health. For a delivery
+        also its inbound_log row (same status), and the message's raw bytes are dropped once
+        all of its deliveries succeeded."""
         results = list(results)
         if not results:
             return
@@ -636,34 +640,61 @@ class StateStore:
                 raise ValueError(f"bad attempt result for {r.delivery_id}: {r.outcome}/{r.status}")
         with self._write() as conn:
             for r in results:
-                row = conn.execute("SELECT message_id, rule_id, rule_name FROM deliveries WHERE id = ?",
-                                   (r.delivery_id,)).fetchone()
-                if row is None:
-                    continue  # removed meanwhile (e.g. by retention); nothing to record against
-                message_id = row[0]
-                self._note_health(conn, "rule", rule_ref(row[1], row[2]), row[2], r)
-                conn.execute(
-                    "INSERT INTO attempts (delivery_id, at, outcome, status_code, error, duration_ms,"
-                    " response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (r.delivery_id, r.at, r.outcome, r.status_code, r.error, r.duration_ms, r.response_excerpt),
-                )
-                conn.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                    " first_attempt_at = COALESCE(first_attempt_at, ?), next_attempt_at = ?,"
-                    " last_error = ?, last_status_code = ?, updated = ? WHERE id = ?",
-                    (r.status, r.at, r.next_attempt_at if r.status == "deferred" else None,
-                     r.error, r.status_code, r.at, r.delivery_id),
-                )
-                conn.execute(
-                    "UPDATE inbound_log SET status = ?, reason = ? WHERE id = ?",
-                    (r.status, r.reason if r.reason is not None else r.error, r.delivery_id),
-                )
-                if r.status == "succeeded":
-                    conn.execute(
-                        "UPDATE messages SET raw = NULL WHERE id = ? AND raw IS NOT NULL AND NOT EXISTS"
-                        " (SELECT 1 FROM deliveries WHERE message_id = ? AND status != 'succeeded')",
-                        (message_id, message_id),
-                    )
+                if r.delivery_id.startswith(BATCH_PREFIX):
+                    self._record_batch_attempt(conn, r)
+                else:
+                    self._record_delivery_attempt(conn, r)
+
+    def _record_delivery_attempt(self, conn: sqlite3.Connection, r: AttemptRecord) -> None:
+        row = conn.execute("SELECT message_id, rule_id, rule_name FROM deliveries WHERE id = ?",
+                           (r.delivery_id,)).fetchone()
+        if row is None:
+            return  # removed meanwhile (e.g. by retention); nothing to record against
+        message_id = row[0]
+        self._note_health(conn, "rule", rule_ref(row[1], row[2]), row[2], r)
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, at, outcome, status_code, error, duration_ms,"
+            " response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (r.delivery_id, r.at, r.outcome, r.status_code, r.error, r.duration_ms, r.response_excerpt),
+        )
+        conn.execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+            " first_attempt_at = COALESCE(first_attempt_at, ?), next_attempt_at = ?,"
+            " last_error = ?, last_status_code = ?, updated = ? WHERE id = ?",
+            (r.status, r.at, r.next_attempt_at if r.status == "deferred" else None,
+             r.error, r.status_code, r.at, r.delivery_id),
+        )
+        conn.execute(
+            "UPDATE inbound_log SET status = ?, reason = ? WHERE id = ?",
+            (r.status, r.reason if r.reason is not None else r.error, r.delivery_id),
+        )
+        if r.status == "succeeded":
+            conn.execute(
+                "UPDATE messages SET raw = NULL WHERE id = ? AND raw IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries WHERE message_id = ? AND status != 'succeeded')",
+                (message_id, message_id),
+            )
+
+    def _record_batch_attempt(self, conn: sqlite3.Connection, r: AttemptRecord) -> None:
+        row = conn.execute("SELECT b.endpoint_id, COALESCE(ep.url, b.url) FROM event_batches b"
+                           " LEFT JOIN event_endpoints ep ON ep.id = b.endpoint_id"
+                           " WHERE b.id = ?", (r.delivery_id,)).fetchone()
+        if row is not None:
+            self._note_health(conn, "endpoint", str(row[0]), row[1], r)
+        conn.execute(
+            "INSERT INTO event_attempts (batch_id, at, outcome, status_code, error,"
+            " duration_ms, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (r.delivery_id, r.at, r.outcome, r.status_code, r.error, r.duration_ms,
+             r.response_excerpt),
+        )
+        conn.execute(
+            "UPDATE event_batches SET status = ?, attempts = attempts + 1,"
+            " first_attempt_at = COALESCE(first_attempt_at, ?), next_attempt_at = ?,"
+            " last_error = ?, last_status_code = ?, updated = ? WHERE id = ?",
+            (r.status, r.at, r.next_attempt_at if r.status == "deferred" else None,
+             r.reason if r.reason is not None else r.error, r.status_code, r.at,
+             r.delivery_id),
+        )
 
     # events: enrichment ------------------------------------------------------------------
     def enrich(self, events: list[dict]) -> list[dict]:
@@ -818,37 +849,6 @@ class StateStore:
             events.append(event)
         self.enrich([e for e in events if not isinstance(e, str)])
         return events
-
-    def record_batch_attempts(self, results: Iterable[AttemptRecord]) -> None:
-        """Like record_attempts, for event batches (`delivery_id` = batch id): the attempt row
-        and the batch's new status, in one transaction."""
-        results = list(results)
-        for r in results:
-            if r.outcome not in OUTCOMES or r.status not in DELIVERY_STATUSES:
-                raise ValueError(f"bad attempt result for {r.delivery_id}: {r.outcome}/{r.status}")
-        if not results:
-            return
-        with self._write() as conn:
-            for r in results:
-                row = conn.execute("SELECT b.endpoint_id, COALESCE(ep.url, b.url) FROM event_batches b"
-                                   " LEFT JOIN event_endpoints ep ON ep.id = b.endpoint_id"
-                                   " WHERE b.id = ?", (r.delivery_id,)).fetchone()
-                if row is not None:
-                    self._note_health(conn, "endpoint", str(row[0]), row[1], r)
-                conn.execute(
-                    "INSERT INTO event_attempts (batch_id, at, outcome, status_code, error,"
-                    " duration_ms, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (r.delivery_id, r.at, r.outcome, r.status_code, r.error, r.duration_ms,
-                     r.response_excerpt),
-                )
-                conn.execute(
-                    "UPDATE event_batches SET status = ?, attempts = attempts + 1,"
-                    " first_attempt_at = COALESCE(first_attempt_at, ?), next_attempt_at = ?,"
-                    " last_error = ?, last_status_code = ?, updated = ? WHERE id = ?",
-                    (r.status, r.at, r.next_attempt_at if r.status == "deferred" else None,
-                     r.reason if r.reason is not None else r.error, r.status_code, r.at,
-                     r.delivery_id),
-                )
 
     def sync_endpoints(self, endpoints: Iterable, now=None) -> None:
         """Remember the endpoints' URLs (for the event log)."""
