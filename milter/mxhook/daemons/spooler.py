@@ -14,7 +14,7 @@ The loop, on the main thread (the only thread that touches state.db):
    ingested. The good records go into state.db in ONE transaction (synchronous=FULL, see
    statedb), and only after COMMIT are the files unlinked. A crash between commit and unlink
    re-ingests them: harmless, the record id is the primary key, and the bad parts are written
-   again under the same names. A damaged state.db is not a bad record (`statehealth`): the
+   again under the same names. A damaged state.db is not a bad record (store/integrity.py): the
    spooler logs CRITICAL, writes `<state.db>.fault` and exits 3, leaving the files in new/.
 2. dispatch (mxhook.delivery.pipeline): pick what is due — event batches, then inbound
    deliveries — as `Dispatch`es (an id, a target, a body, attempts); send them to a pool of
@@ -55,7 +55,7 @@ Disabling (mxhook.delivery.health). A 410 Gone disables the rule (inbound) or th
 (events) in rules.db, with a warning in the log; that delivery/batch is `failed`. A
 rule/endpoint whose attempts have all failed for `[spooler] disable_after_days` days (counted
 from the first failure after its last success, checked when an attempt fails;
-`statedb.target_health`) is disabled the same way.
+state.db `target_health`) is disabled the same way.
 Deliveries of a disabled rule and batches/events of a disabled endpoint are not attempted: they
 stay pending (queued/deferred) until it is enabled again (the milter no longer matches a
 disabled rule, and a disabled endpoint gets no new events); failed ones stay replayable
@@ -424,7 +424,7 @@ class Spooler:
         return decoded.result(), paths, False
 
     def _decode(self, path: str, data: bytes | OSError, into: "_Decoded") -> None:
-        """(I/O thread) Decode and check one read file (spool.decode_parts, state.check_record)
+        """(I/O thread) Decode and check one read file (spool.decode_parts, ingest.check_record)
         into `into`. A file with no good record goes to bad/ as it is; otherwise each bad part
         is written to bad/ now, durably, so the file can be unlinked once its good records are
         committed."""

@@ -45,7 +45,7 @@ class Target:
 
     @classmethod
     def from_record(cls, record: dict, kind: str = "rule") -> "Target":
-        """A target from its record form, as written (state.check_record checked the name and
+        """A target from its record form, as written (ingest.check_record checked the name and
         URL; other values are taken as they are, absent ones as None)."""
         return cls(
             kind=kind, id=record.get("id"), name=record["name"], url=record["endpoint"],

@@ -1,6 +1,7 @@
-"""rules.db: permitted domains, inbound rules and their conditions (sqlite-utils, WAL).
+"""rules.db: permitted domains, inbound rules and their conditions, event endpoints, the block
+list and signing keys (sqlite-utils, WAL).
 
-Written by the `mxhook` CLI through `RulesStore`; read by the milter as an immutable compiled
+Written by the `mxhook` CLI (mxhook.services) through `RulesStore`; read by the milter as an immutable compiled
 `Snapshot` that a `SnapshotWatcher` swaps in when the database changes (`PRAGMA data_version`,
 polled at most once per interval), so the milter's hot path never takes a lock.
 

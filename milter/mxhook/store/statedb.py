@@ -1,7 +1,7 @@
 """state.db: what the spooler owns — ingested messages, the delivery queue, attempts, logs.
 
-Only the spooler writes (from one thread); the CLI reads. WAL mode lets readers run while the
-spooler writes.
+The spooler writes (from one thread); the CLI reads, and writes only to requeue (`mxhook
+replay`). WAL mode lets readers run while the spooler writes.
 
 `StateStore` is the connection (and its checkpoint thread), the schema, the in-memory view of
 freshly stored events (`remember`, `enrich`) and the dispatch queue. The other concerns are
@@ -68,9 +68,9 @@ Versions: `_MIGRATIONS`, applied by store.migrations on open (`PRAGMA user_versi
   and why the spooler disabled it (410 Gone, continuous failure). Written with the attempts,
   in their transaction; read by `mxhook status`.
 
-Replay: `requeue(ids)` puts failed deliveries/batches back to `queued` with the same id (the
-`webhook-id`) and a fresh retry period; the CLI (`mxhook replay`, another process) writes
-through it, and the spooler notices through `PRAGMA data_version`.
+Replay: store.replay `requeue(ids)` puts failed deliveries/batches back to `queued` with the
+same id (the `webhook-id`) and a fresh retry period; `mxhook replay` (services.replay, another
+process) writes through it, and the spooler notices through `PRAGMA data_version`.
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ class DueDelivery:
 class AttemptRecord:
     """One finished attempt, and the delivery state it leads to.
 
-    `outcome` is what the attempt itself came to (http.Outcome.status); `status` is the
+    `outcome` is what the attempt itself came to (webhook.Outcome.status); `status` is the
     delivery's new status (a deferred outcome after the retry period becomes `failed`);
     `next_attempt_at` is set for status `deferred`. `reason` (default: `error`) is what the
     inbound log shows."""
