@@ -1,4 +1,4 @@
-"""mxhook-spooler: ingest the spool into state.db, then post deliveries to rule endpoints.
+"""mxhook-spooler: ingest the spool into state.db, then post inbound deliveries and event batches.
 
     mxhook-spooler [--config PATH] [--once]
 
@@ -17,10 +17,11 @@ The loop, on the main thread (the only thread that touches state.db):
    again under the same names. A damaged state.db is not a bad record (store/integrity.py): the
    spooler logs CRITICAL, writes `<state.db>.fault` and exits 3, leaving the files in new/.
 2. dispatch (mxhook.delivery.pipeline): pick what is due — event batches, then inbound
-   deliveries — as `Dispatch`es (an id, a target, a body, attempts); send them to a pool of
-   `workers` threads, each with its own requests session, where a dispatch's body is rendered
-   (mxhook.payloads) and POSTed once (mxhook.delivery.webhook); record the results that came
-   back on the main thread (all results finished in one pass in one transaction). The retry
+   deliveries (`pick_batches`, `pick_deliveries`) — as `Dispatch`es (an id, a target, a body,
+   attempts); `send` them to a pool of `workers` threads, each with its own requests session,
+   where a dispatch's body is rendered (mxhook.payloads) and POSTed once
+   (mxhook.delivery.webhook); record the results that came back on the main thread
+   (`record_finished`: all results finished in one pass in one transaction). The retry
    policy (mxhook.model.retry) decides the next step: succeeded/failed are final; deferred is
    retried after the retry interval ±10 % jitter (or a longer Retry-After, at most an hour)
    until `retry period` days after the first attempt, then failed.
