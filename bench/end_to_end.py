@@ -22,7 +22,7 @@ rate with e2e/baseline. It does not pass or fail.
 
     python3 bench/end_to_end.py [--messages 1000] [--sessions 10] [--size 5000] [--json out.json]
     python3 bench/end_to_end.py --spooler poll_interval=0.1 --spooler workers=16   # experiments
-    python3 bench/end_to_end.py --profile /tmp/spooler.prof    # cProfile the spooler's main thread
+    python3 bench/end_to_end.py --profile /tmp/spooler.txt   # sample the spooler's threads
 
 Every [milter] and [spooler] setting is the shipped default unless given with --milter/--spooler
 (the e2e tests' faster polling is not used). Runs against the tree it is in (old and new package
@@ -36,11 +36,9 @@ import json
 import os
 import platform
 import re
-import shutil
 import smtplib
 import statistics
 import sys
-import tempfile
 import threading
 import time
 
@@ -52,6 +50,7 @@ sys.path.insert(0, os.path.join(ROOT, "milter"))
 from mxhook import config as configmod  # noqa: E402
 from tests.support.daemons import MxhookStack, SpoolerProcess  # noqa: E402
 from tests.support.postfix import make_message  # noqa: E402
+from milter_throughput import process_cpu  # noqa: E402
 
 DOMAIN = "ours.example"
 SENDER = "bench@sender.example"
@@ -69,14 +68,15 @@ def spooler_module() -> str:
 
 
 class ProfiledSpooler(SpoolerProcess):
-    """mxhook-spooler under cProfile (its main thread: ingest, dispatch, results), stats
-    written to `out` when it stops (SIGTERM: the loop ends and main() returns)."""
+    """mxhook-spooler with bench/sampler.py sampling every thread while the file `gate`
+    exists (the e2e phases), counts written to `out` when it stops (SIGTERM: the loop ends
+    and main() returns)."""
 
-    def __init__(self, cfg, out: str):
+    def __init__(self, cfg, out: str, gate: str):
         super().__init__(cfg)
-        code = ("import cProfile, sys; from %s import main; p = cProfile.Profile(); p.enable(); "
-                "rc = main(['--config', %r]); p.disable(); p.dump_stats(%r); sys.exit(rc)"
-                % (spooler_module(), cfg.path, out))
+        code = (f"import sys; sys.path.insert(0, {HERE!r}); import sampler; "
+                f"sampler.start({out!r}, gate={gate!r}); from {spooler_module()} import main; "
+                f"sys.exit(main(['--config', {cfg.path!r}]))")
         self.argv = [sys.executable, "-c", code]
 
 
@@ -106,9 +106,10 @@ class Bench:
 
     def start(self) -> None:
         self.stack.start()
-        self.stack.add_rule("e2e", PATH, "--when", rf"To~^e2e@ours\.example$")
+        self.stack.add_rule("e2e", PATH, "--when", r"To~^e2e@ours\.example$")
+        self.gate = os.path.join(self.stack.workdir, "sampling")
         if self.args.profile:
-            self.stack.spooler = ProfiledSpooler(self.stack.cfg, self.args.profile)
+            self.stack.spooler = ProfiledSpooler(self.stack.cfg, self.args.profile, self.gate)
         time.sleep(float(self.stack.cfg.values["milter"]["rules_reload_interval"]) * 2 + 0.2)
 
     def stop(self) -> None:
@@ -208,14 +209,20 @@ class Bench:
         self.stack.receiver.clear()
         if not self.stack.spooler.running():
             self.start_spooler()
+        pid = self.stack.spooler.pid
+        cpu0 = process_cpu(pid)
+        open(self.gate, "w").close()
         t0, accepted = self.send(count)
         received = self.webhooks(accepted, timeout=max(120.0, count / 5))
+        os.unlink(self.gate)
+        cpu = [b - a for a, b in zip(cpu0, process_cpu(pid))]
         smtp_end = max(accepted.values())
         last = max(received.values())
         latency = [received[m] - accepted[m] for m in accepted]
         return {"messages": count, "smtp_s": smtp_end - t0, "e2e_s": last - t0,
                 "smtp_rate": count / (smtp_end - t0), "e2e_rate": count / (last - t0),
-                "latency": latency}
+                "latency": latency, "spooler_cpu_ms": [x * 1000 / count for x in cpu],
+                "stages": breakdown(self.stack.cfg.state_db, accepted, received)}
 
     def smtp_only(self, count: int) -> dict:
         self.stack.spooler.stop()
@@ -230,6 +237,43 @@ class Bench:
         if spooled != count:
             raise RuntimeError(f"smtp phase: {count} accepted, {spooled} spooled")
         return {"messages": count, "smtp_s": smtp_end - t0, "smtp_rate": count / (smtp_end - t0)}
+
+
+def breakdown(state_db: str, accepted: dict[str, float], received: dict[str, float]) -> dict:
+    """Where the accept->webhook time goes, per message, from state.db's own times: milter
+    (end of message) -> ingested -> first attempt started -> webhook received; and how many
+    ingest transactions the spooler made. {} when state.db reads differently."""
+    import sqlite3
+    from datetime import datetime
+
+    def ts(text):
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    try:
+        conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
+        rows = conn.execute(
+            "SELECT json_extract(m.meta, '$.message_id'), m.received, m.ingested,"
+            " (SELECT min(a.at) FROM attempts a WHERE a.delivery_id = d.id)"
+            " FROM messages m JOIN deliveries d ON d.message_id = m.id").fetchall()
+        conn.close()
+    except sqlite3.Error:
+        return {}
+    stages: dict[str, list[float]] = {"eom->ingested": [], "ingested->attempt": [],
+                                      "attempt->webhook": [], "accept->ingested": []}
+    ingests = set()
+    for mid, milter_at, ingested, attempt in rows:
+        if mid not in received or not (milter_at and ingested and attempt):
+            continue
+        ingests.add(ingested)
+        stages["eom->ingested"].append(ts(ingested) - ts(milter_at))
+        stages["accept->ingested"].append(ts(ingested) - accepted[mid])
+        stages["ingested->attempt"].append(ts(attempt) - ts(ingested))
+        stages["attempt->webhook"].append(received[mid] - ts(attempt))
+    if not stages["eom->ingested"]:
+        return {}
+    out = {name: {"p50_ms": pct(v, 50) * 1000, "p99_ms": pct(v, 99) * 1000} for name, v in stages.items()}
+    out["ingest_transactions"] = len(ingests)
+    return out
 
 
 def pct(values: list[float], p: float) -> float:
@@ -252,7 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--milter", action="append", default=[], metavar="KEY=VALUE",
                     help="a [milter] setting (repeatable)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the spooler-less smtp phase")
-    ap.add_argument("--profile", help="run the spooler under cProfile, stats to this file")
+    ap.add_argument("--profile", help="sample the spooler's threads (bench/sampler.py) during the "
+                    "e2e phases, counts to this file")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args(argv)
@@ -282,7 +327,14 @@ def main(argv=None) -> int:
             print(f"  round {r + 1} end to end              smtp {run['smtp_rate']:7.1f} msg/s, "
                   f"e2e {run['e2e_rate']:7.1f} msg/s, ratio {run['e2e_rate'] / run['smtp_rate']:.3f}, "
                   f"latency p50 {pct(run['latency'], 50) * 1000:.0f} ms "
-                  f"p99 {pct(run['latency'], 99) * 1000:.0f} ms", flush=True)
+                  f"p99 {pct(run['latency'], 99) * 1000:.0f} ms; spooler CPU "
+                  "{:.2f} user + {:.2f} sys ms/msg".format(*run["spooler_cpu_ms"]), flush=True)
+            stages = run["stages"]
+            if stages:
+                print("    where the time goes (p50 / p99 ms): " + ", ".join(
+                    f"{name} {v['p50_ms']:.0f} / {v['p99_ms']:.0f}" for name, v in stages.items()
+                    if isinstance(v, dict)) + f"; {stages['ingest_transactions']} ingest "
+                    "transactions", flush=True)
     finally:
         bench.stop()
 
@@ -305,7 +357,7 @@ def main(argv=None) -> int:
         print(f"  e2e / baseline = {e2e_rate / figures['baseline_smtp_rate']:.3f}   "
               f"smtp (spooler running) / baseline = {smtp_rate / figures['baseline_smtp_rate']:.3f}")
     if args.profile:
-        print(f"  spooler profile: {args.profile} (python3 -m pstats)")
+        print(f"  spooler samples: {args.profile}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "figures": figures,
