@@ -1117,8 +1117,10 @@ class Spooler:
         self._pause(pause)
 
     def _pause(self, pause: float) -> None:
-        """Wait up to `pause` seconds; less when a post finishes (its result is collected) or
-        there are files to ingest (`_spool_changed`), looked at every SPOOL_WATCH seconds."""
+        """Wait up to `pause` seconds; less when a post finishes or there are files to ingest
+        (`_spool_changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
+        by the next step with every other one finished by then: one commit for all of them
+        (collecting the first alone made a commit, and an fsync, per post)."""
         deadline = time.monotonic() + pause
         while not self.stopping and not self._spool_changed():
             left = deadline - time.monotonic()
@@ -1128,7 +1130,6 @@ class Spooler:
                 done, _ = wait(list(self.inflight), timeout=min(left, SPOOL_WATCH),
                                return_when=FIRST_COMPLETED)
                 if done:
-                    self.collect(done)
                     return
             else:
                 self._stop.wait(min(left, SPOOL_WATCH))
