@@ -224,6 +224,28 @@ class Bench:
                 "latency": latency, "spooler_cpu_ms": [x * 1000 / count for x in cpu],
                 "stages": breakdown(self.stack.cfg.state_db, accepted, received)}
 
+    def receiver_ceiling(self, posts: int = 500, threads: int = 8) -> float:
+        """Bare POSTs of a captured webhook body to the same receiver from `threads` threads
+        (as many as the spooler's default workers), per second: what the receiver allows."""
+        import requests
+
+        sample = self.stack.receiver.requests[-1]
+        url = self.stack.endpoint(PATH)
+        headers = {"Content-Type": sample.headers.get("content-type", "application/json")}
+
+        def post(n: int) -> None:
+            with requests.Session() as session:
+                for _ in range(n):
+                    session.post(url, data=sample.body, headers=headers).raise_for_status()
+
+        workers = [threading.Thread(target=post, args=(posts // threads,)) for _ in range(threads)]
+        t0 = time.perf_counter()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        return (posts // threads) * threads / (time.perf_counter() - t0)
+
     def smtp_only(self, count: int) -> dict:
         self.stack.spooler.stop()
         self.settle()
@@ -335,6 +357,7 @@ def main(argv=None) -> int:
                     f"{name} {v['p50_ms']:.0f} / {v['p99_ms']:.0f}" for name, v in stages.items()
                     if isinstance(v, dict)) + f"; {stages['ingest_transactions']} ingest "
                     "transactions", flush=True)
+        ceiling = bench.receiver_ceiling()
     finally:
         bench.stop()
 
@@ -351,6 +374,8 @@ def main(argv=None) -> int:
     print(f"  e2e / smtp = {figures['ratio']:.3f}   (target >= 0.95)")
     print(f"  accept -> webhook latency p50 {figures['p50_ms']:7.1f} ms   p99 {figures['p99_ms']:7.1f} ms"
           f"   max {figures['max_ms']:7.1f} ms   (target p99 <= 1000 ms)")
+    figures["receiver_posts_per_s"] = ceiling
+    print(f"  receiver ceiling: bare POSTs of a captured payload, 8 threads {ceiling:8.1f} posts/s")
     if base:
         figures["baseline_smtp_rate"] = statistics.median(r["smtp_rate"] for r in base)
         print(f"  baseline: SMTP phase without the spooler         {figures['baseline_smtp_rate']:8.1f} msg/s")
