@@ -138,8 +138,13 @@ def main(argv=None) -> int:
                     extra = ARGS[bench][1 if args.quick else 0]
                     print(f"\n=== round {r + 1}: {bench} on {side} ({time.strftime('%H:%M:%S')}, "
                           "load %.2f)" % os.getloadavg()[0], flush=True)
-                    run([python, os.path.join(tree, "bench", f"{bench}.py"), *extra, "--json", out],
-                        cwd=tree)
+                    try:
+                        run([python, os.path.join(tree, "bench", f"{bench}.py"), *extra, "--json", out],
+                            cwd=tree)
+                    except subprocess.CalledProcessError as exc:  # a flaky run costs one figure
+                        print(f"!!! {bench} on {side} failed (exit {exc.returncode}): left out",
+                              flush=True)
+                        continue
                     with open(out) as fh:
                         results[bench][side].append(figures(bench, json.load(fh)))
     finally:
@@ -150,14 +155,17 @@ def main(argv=None) -> int:
 
     print(f"\nmedians of {args.rounds} round(s), interleaved; {os.cpu_count()} CPUs, "
           "load at the end %.2f" % os.getloadavg()[0])
-    width = max(len(name) for b in benches for name in results[b][args.rev][0]) + 2
+    width = max([len(name) for b in benches for r in results[b].values() for name in r[:1]] or [10]) + 2
     print(f"{'figure':<{width}} {args.rev[:12]:>12} {'working tree':>13} {'ratio':>7}")
     table = {}
     for bench in benches:
-        print(f"bench/{bench}.py")
-        for name in results[bench][args.rev][0]:
-            before = _median([run[name] for run in results[bench][args.rev]])
-            after = _median([run[name] for run in results[bench]["working tree"]])
+        runs = {side: len(results[bench][side]) for side in sides}
+        print(f"bench/{bench}.py" + ("" if set(runs.values()) == {args.rounds} else
+                                     f"  (runs that finished: {runs})"))
+        names = next((r[0] for r in results[bench].values() if r), {})
+        for name in names:
+            before = _median([run.get(name) for run in results[bench][args.rev]])
+            after = _median([run.get(name) for run in results[bench]["working tree"]])
             ratio = after / before if before and after is not None else None
             table[f"{bench}: {name}"] = (before, after)
             print(f"  {name:<{width - 2}} {_fmt(before):>12} {_fmt(after):>13} "

@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(ROOT, "milter"))
 from mxhook import config as configmod  # noqa: E402
 from tests.support.daemons import MxhookStack, SpoolerProcess  # noqa: E402
 from tests.support.postfix import make_message  # noqa: E402
-from milter_throughput import process_cpu  # noqa: E402
+from milter_throughput import pct, process_cpu  # noqa: E402
 
 DOMAIN = "ours.example"
 SENDER = "bench@sender.example"
@@ -296,14 +296,6 @@ def breakdown(state_db: str, accepted: dict[str, float], received: dict[str, flo
     out = {name: {"p50_ms": pct(v, 50) * 1000, "p99_ms": pct(v, 99) * 1000} for name, v in stages.items()}
     out["ingest_transactions"] = len(ingests)
     return out
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def main(argv=None) -> int:
