@@ -155,7 +155,8 @@ def main(argv=None) -> int:
 
     print(f"\nmedians of {args.rounds} round(s), interleaved; {os.cpu_count()} CPUs, "
           "load at the end %.2f" % os.getloadavg()[0])
-    width = max([len(name) for b in benches for r in results[b].values() for name in r[:1]] or [10]) + 2
+    width = max([len(name) for b in benches for runs in results[b].values() if runs
+                 for name in runs[0]] or [10]) + 2
     print(f"{'figure':<{width}} {args.rev[:12]:>12} {'working tree':>13} {'ratio':>7}")
     table = {}
     for bench in benches:
