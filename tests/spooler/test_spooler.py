@@ -659,3 +659,29 @@ def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypat
     with StateStore(cfg.state_db) as st:
         assert logs.counts(st)["events"] == len(ids)
     assert spool.pending(cfg.spool_dir) == []
+
+
+def test_a_file_arriving_while_idle_is_ingested_without_waiting_out_poll_interval(rx, tmp_path):
+    # The milter seals a segment into new/ every 0.2 s; sleeping a whole poll_interval between
+    # looks left arriving mail waiting and the workers idle (bench/end_to_end.py).
+    cfg = make_cfg(tmp_path, poll_interval=30)
+    spool.ensure_dirs(cfg.spool_dir)
+    with Running(cfg) as sp:
+        time.sleep(0.3)  # the first step found nothing: the loop waits
+        rid = write_inbound(cfg, target(rx, "/hook"))
+        rx.wait_for(1, path="/hook", timeout=5)
+        assert wait_status(cfg, f"{rid}-r1", "succeeded")["attempts"] == 1
+        assert sp.poll_interval == 30
+
+
+def test_an_idle_spooler_does_not_step_while_new_is_unchanged(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, poll_interval=30)
+    spool.ensure_dirs(cfg.spool_dir)
+    past = time.time() - 60  # new/ changed long ago (a change within a clock tick is looked at again)
+    os.utime(os.path.join(cfg.spool_dir, "new"), (past, past))
+    steps = []
+    step = spooler.Spooler._step
+    monkeypatch.setattr(spooler.Spooler, "_step", lambda self: (steps.append(1), step(self)))
+    with Running(cfg):
+        time.sleep(0.5)
+    assert len(steps) == 1  # one look, then the wait (stop ends it)

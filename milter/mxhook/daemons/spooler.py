@@ -25,7 +25,8 @@ The loop, on the main thread (the only thread that touches state.db):
    policy (mxhook.model.retry) decides the next step: succeeded/failed are final; deferred is
    retried after the retry interval ±10 % jitter (or a longer Retry-After, at most an hour)
    until `retry period` days after the first attempt, then failed.
-3. wait up to `poll_interval` seconds (or less, when a post finishes), then again.
+3. wait up to `poll_interval` seconds (or less, when a post finishes or a file comes into
+   `new/`), then again.
 
 Event records (kind `event`: from the milter, the log follower, the CLI) take the same ingest
 path. At ingest each new event is fanned out to every enabled endpoint (rules.db, reloaded when
@@ -112,6 +113,11 @@ RECOVER_SEGMENTS_EVERY = 2.0  # a milter that died leaves acknowledged mail in t
 BLOCK_RETRY_AFTER = 30.0  # seconds before retrying the block list after rules.db failed
 BLOCK_BATCH = 500  # hard bounces handled per step
 HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open segment
+# While waiting, new/ is looked at this often: a file renamed into it moves its mtime, so mail
+# is ingested within this time rather than after a whole poll_interval (the milter seals its
+# segment every 0.2 s; sleeping 0.5 s between seals left the workers idle and the mail waiting).
+SPOOL_WATCH = 0.02
+MTIME_TICK_NS = 20_000_000  # a directory change this recent may hide another in the same tick
 SCAN_WINDOW = 50_000  # names of new/ kept from one directory scan (see _next_paths)
 READ_CHUNK = 1 << 16
 BATCH_BYTES = 4 << 20  # a batch also ends after this much was read (bounds memory, not speed)
@@ -277,6 +283,7 @@ class Spooler:
         self._inbound_due_at = 0.0
         self._blocks_checked: int | None = None
         self._window: deque[str] = deque()  # oldest names of new/ from the last scan
+        self._scan_mark: int | None = None  # new/'s mtime at the last scan (None: look again)
         self._claimed: set[str] = set()
         # 410 Gone, continuous failure, rules/endpoints enabled again (delivery.health)
         self.health = Health(self.state, cfg.rules_db, disable_after_days=self.disable_after_days,
@@ -357,6 +364,7 @@ class Spooler:
         on wait for the next scan: the milter's open segment may hold what they follow."""
         new_dir = os.path.join(self.spool_dir, "new")
         if not self._window:
+            self._scan_mark = _changed_at(new_dir)  # before the scan: a later arrival moves it
             with self._claimed_lock:
                 claimed = set(self._claimed)  # unlinks finishing meanwhile: still skipped
             below, beyond = spool.ingest_bound(self.spool_dir)  # tmp/ first, then new/
@@ -868,11 +876,34 @@ class Spooler:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
         pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.held_back else self.poll_interval
-        if self.inflight:
-            done, _ = wait(list(self.inflight), timeout=pause, return_when=FIRST_COMPLETED)
-            self.record_finished(done)
-        else:
-            self._stop.wait(pause)
+        self._pause(pause)
+
+    def _pause(self, pause: float) -> None:
+        """Wait up to `pause` seconds; less when a post finishes or there are files to ingest
+        (`_spool_changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
+        by the next step with every other one finished by then: one commit for all of them
+        (collecting the first alone made a commit, and an fsync, per post)."""
+        deadline = time.monotonic() + pause
+        while not self.stopping and not self._spool_changed():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.inflight:
+                done, _ = wait(list(self.inflight), timeout=min(left, SPOOL_WATCH),
+                               return_when=FIRST_COMPLETED)
+                if done:
+                    return
+            else:
+                self._stop.wait(min(left, SPOOL_WATCH))
+
+    def _spool_changed(self) -> bool:
+        """Files to ingest since the last scan of new/: a batch read ahead holds some (or is
+        still being read), or new/ changed after the scan."""
+        fut = self._prefetch
+        if fut is not None:
+            return not fut.done() or fut.exception() is not None or bool(fut.result()[1])
+        mark = self._scan_mark
+        return mark is None or _changed_at(os.path.join(self.spool_dir, "new")) != mark
 
     def run(self) -> None:
         log.info("started: spool %s, state %s, %d worker(s)", self.spool_dir, self.cfg.state_db, self.workers)
@@ -889,6 +920,16 @@ class Spooler:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
         log.info("stopped")
+
+
+def _changed_at(directory: str) -> int | None:
+    """The directory's mtime (ns), or None when it changed within MTIME_TICK_NS (another change
+    in the same clock tick would leave the mtime as it is) or cannot be read."""
+    try:
+        mtime = os.stat(directory).st_mtime_ns
+    except OSError:
+        return None
+    return None if time.time_ns() - mtime < MTIME_TICK_NS else mtime
 
 
 def _raise_if_damage(exc: BaseException) -> None:
