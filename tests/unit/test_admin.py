@@ -26,6 +26,7 @@ from mxhook.services import check as checksvc
 from mxhook.services import postfix as postfixsvc
 from mxhook import config
 from mxhook.store import rulesdb as dbmod
+from mxhook.store import statedb
 from mxhook.postfix import postconf as pc
 from mxhook import spool
 from mxhook.store.statedb import StateStore
@@ -578,6 +579,31 @@ def test_check_databases(env):
                           "permitted, so inbound mail is refused; `mxhook domain add DOMAIN` creates it"}
     assert problems(results) == [
         f"state database {env.state_db} does not exist: start mxhook-spooler (it creates it)"]
+
+
+def test_check_says_restarting_the_spooler_upgrades_an_unversioned_state_db(env):
+    """A state.db made before it had a schema version (tables, user_version 0) is older, not
+    empty: the spooler migrates it when it starts."""
+    env.healthy()
+    wire(env)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(env.state_db + suffix):
+            os.unlink(env.state_db + suffix)
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "statedb", "unversioned.sql")
+    conn = sqlite3.connect(env.state_db)
+    with open(fixture, encoding="utf-8") as fh:
+        conn.executescript(fh.read())
+    conn.close()
+    os.chmod(env.state_db, 0o640)
+    status, results = env.check()
+    assert status == 1
+    assert problems(results) == [
+        f"state database {env.state_db} has schema version 0, older than "
+        f"{statedb.SCHEMA_VERSION}: restarting mxhook-spooler upgrades it"]
+    with StateStore(env.state_db):
+        pass
+    status, results = env.check()
+    assert status == 0, problems(results)
 
 
 def test_check_config_values_every_daemon_reads(env):

@@ -26,7 +26,7 @@ from mxhook.services.postfix import (
 )
 from mxhook.store import integrity
 
-# Tables the spooler creates in state.db: what `check` looks for.
+# Tables state.db's schema has: a file of the current version without them is not ours.
 STATE_TABLES = ("messages", "deliveries", "attempts", "inbound_log")
 
 
@@ -75,9 +75,10 @@ def _owner(st: os.stat_result) -> str:
     return f"{_user(st.st_uid)}:{group} {stat.S_IMODE(st.st_mode):04o}"
 
 
-def check_database(check: str, label: str, path: str, uids: list[int], *, version: int | None,
+def check_database(check: str, label: str, path: str, uids: list[int], *, version: int,
                    tables: tuple[str, ...] = (), missing_hint: str, private: str,
-                   missing_ok: bool = False, describe=None) -> list[dict]:
+                   missing_ok: bool = False, describe=None,
+                   upgrade_hint: str = "`mxhook domain list` upgrades it") -> list[dict]:
     """Open read-only, schema version (or required tables), quick integrity check, and file
     permissions for the daemons' users `uids` (WAL: they must also write -wal/-shm and the
     directory)."""
@@ -100,21 +101,18 @@ def check_database(check: str, label: str, path: str, uids: list[int], *, versio
     except sqlite3.Error as exc:
         return [result(check, False, f"{label} {path} cannot be read: {exc} (not an SQLite "
                                       "database, or damaged: restore it from a backup)")]
-    if version is not None:
-        if found > version:
-            problems.append(f"{label} {path} has schema version {found}, newer than this mxhook "
-                            f"understands ({version}): upgrade mxhook")
-        elif found == 0:
-            problems.append(f"{label} {path} is empty (schema version 0): {missing_hint}")
-        elif found < version:
-            problems.append(f"{label} {path} has schema version {found}, older than {version}: "
-                            "`mxhook domain list` upgrades it")
-        summary = f"schema {found}"
-    lacking = [t for t in tables if t not in names]
+    if found > version:
+        problems.append(f"{label} {path} has schema version {found}, newer than this mxhook "
+                        f"understands ({version}): upgrade mxhook")
+    elif found == 0 and not names:
+        problems.append(f"{label} {path} is empty (schema version 0): {missing_hint}")
+    elif found < version:
+        problems.append(f"{label} {path} has schema version {found}, older than {version}: "
+                        f"{upgrade_hint}")
+    summary = f"schema {found}"
+    lacking = [t for t in tables if t not in names] if found >= version else []
     if lacking:
         problems.append(f"{label} {path} lacks the tables {', '.join(lacking)}: {missing_hint}")
-    elif tables and version is None:
-        summary = "tables present"
     if quick != ["ok"]:
         problems.append(f"{label} {path} fails SQLite's integrity check ({'; '.join(quick[:3])}): "
                         "stop the daemons and restore it from a backup")
@@ -248,15 +246,12 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
         missing_hint="no domain is permitted, so inbound mail is refused; `mxhook domain add "
                      "DOMAIN` creates it", private="endpoint secrets", missing_ok=True,
         describe=_describe_rules)
-    try:
-        from mxhook.store import statedb as statemod
-        state_version = getattr(statemod, "SCHEMA_VERSION", None)
-    except ImportError:
-        state_version = None
+    from mxhook.store import statedb
+
     results += check_database(
-        "state_db", "state database", cfg.state_db, uids, version=state_version,
-        tables=STATE_TABLES if state_version is None else (),
-        missing_hint="start mxhook-spooler (it creates it)", private="mail and delivery logs")
+        "state_db", "state database", cfg.state_db, uids, version=statedb.SCHEMA_VERSION,
+        tables=STATE_TABLES, missing_hint="start mxhook-spooler (it creates it)",
+        private="mail and delivery logs", upgrade_hint="restarting mxhook-spooler upgrades it")
     fault = integrity.read_fault(cfg.state_db)
     if fault:
         results.append(result("state_db", False, f"mxhook-spooler stopped: state database "
