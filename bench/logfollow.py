@@ -153,7 +153,7 @@ def run_follower(lines: list[str]) -> dict:
         cfg = config.from_dict({"paths": {"spool_dir": os.path.join(tmp, "spool")},
                                 "logfollow": {"path": log_path, "state_file": os.path.join(tmp, "pos"),
                                               "start_at": "beginning", "batch_lines": "1000"}})
-        follower = logfollow.Follower(logfollow.Settings.from_config(cfg), follow=False)
+        follower = logfollow.Follower(logfollow.LogfollowSettings.from_config(cfg), follow=False)
         t = time.perf_counter()
         follower.run()
         dt = time.perf_counter() - t

@@ -1,17 +1,17 @@
 #!/usr/bin/python3
-"""Write the packaged /etc/mxhook/mxhook.conf from the code and the docs, and check it.
+"""Write the packaged /etc/mxhook/mxhook.conf from the config schema, and check it and the docs.
 
-The file lists every key of `mxhook.config.DEFAULTS`, commented out with its built-in default,
-under its section, with the first sentence of its meaning from docs/configuration.md above it.
-So the conffile can never drift from the code: a key missing from the docs, or documented with
-another default, is an error here and fails the package build.
+The file lists every key of `mxhook.config.SCHEMA`, commented out with its built-in default,
+under its section, with the key's one-line meaning above it. The key tables of
+docs/configuration.md must agree with the schema (type, default, and the meaning's first
+sentence): a disagreement fails the package build here, and tests/unit/test_config.py.
 
-    packaging/gen-conf.py OUTPUT      write OUTPUT, then check it
+    packaging/gen-conf.py OUTPUT      write OUTPUT, then check it and the docs
 
 Checks on the written file (with `mxhook.config.load`, the daemons' own parser):
   - it parses, and as shipped (everything commented out) gives exactly DEFAULTS;
-  - with every key uncommented it still parses, every value passes its typed getter, and it
-    again gives exactly DEFAULTS (so each commented default is a valid value as written).
+  - with every key uncommented it still parses, gives exactly DEFAULTS again, and every value
+    passes its type and check (so each commented default is a valid value as written).
 
 Run from the source tree root (debian/rules does); imports mxhook from ./milter (config.py is
 stdlib only, so no build dependencies beyond python3).
@@ -50,9 +50,9 @@ HEADER = """\
 """
 
 
-def doc_meanings(path: str = DOCS) -> dict[tuple[str, str], tuple[str, str]]:
-    """(section, key) -> (documented default, first sentence of the meaning)."""
-    found: dict[tuple[str, str], tuple[str, str]] = {}
+def doc_rows(path: str = DOCS) -> dict[str, list[tuple[str, str, str, str]]]:
+    """section -> its table's rows (key, type, default, meaning), in the order documented."""
+    found: dict[str, list[tuple[str, str, str, str]]] = {}
     section = None
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -60,11 +60,42 @@ def doc_meanings(path: str = DOCS) -> dict[tuple[str, str], tuple[str, str]]:
             if m:
                 section = m.group(1)
                 continue
-            m = re.match(r"^\|\s*`(\w+)`\s*\|\s*(.*?)\s*\|\s*(.*?)\s*\|\s*$", line)
+            m = re.match(r"^\|\s*`(\w+)`\s*\|(.*)\|\s*$", line)
             if m and section:
-                key, default, meaning = m.groups()
-                found[(section, key)] = (_plain(default), _first_sentence(meaning))
+                cells = [c.strip() for c in re.split(r"(?<!\\)\|", m.group(2))]
+                found.setdefault(section, []).append((m.group(1), *cells))
     return found
+
+
+def doc_problems(path: str = DOCS) -> list[str]:
+    """Where docs/configuration.md and the schema disagree: keys (and their order), types,
+    defaults, and the first sentence of each meaning, which is the schema's one-line doc."""
+    documented = doc_rows(path)
+    problems = []
+    for section, keys in config.SECTIONS.items():
+        rows = documented.pop(section, [])
+        if [row[0] for row in rows] != list(keys):
+            problems.append(f"[{section}]: the docs list {[row[0] for row in rows]}, "
+                            f"the schema {list(keys)}")
+        for row in rows:
+            key = keys.get(row[0])
+            if key is None:
+                continue
+            if len(row) != 4:
+                problems.append(f"[{section}] {row[0]}: not a `key | type | default | meaning` row")
+                continue
+            _, kind, default, meaning = row
+            if kind != key.describe():
+                problems.append(f"[{section}] {key.name}: docs say type {kind!r}, "
+                                f"the schema {key.describe()!r}")
+            if _plain(default) != key.default:
+                problems.append(f"[{section}] {key.name}: docs say default {_plain(default)!r}, "
+                                f"the schema {key.default!r}")
+            if _first_sentence(meaning) != key.doc:
+                problems.append(f"[{section}] {key.name}: the docs' meaning starts "
+                                f"{_first_sentence(meaning)!r}, the schema's is {key.doc!r}")
+    problems += [f"[{section}]: documented, but no such section" for section in documented]
+    return problems
 
 
 def _plain(text: str) -> str:
@@ -77,56 +108,24 @@ def _plain(text: str) -> str:
 
 def _first_sentence(text: str) -> str:
     """The meaning's first sentence: up to the first '.' that ends a sentence (followed by a
-    capital or the end; 'e.g.' and 'i.e.' do not end one)."""
-    text = _plain(text)
-    for m in re.finditer(r"\.(?=\s+[A-Z(]|\s*$)", text):
+    capital, a parenthesis, code or the end; 'e.g.' and 'i.e.' do not end one)."""
+    for m in re.finditer(r"\.(?=\s+[A-Z(`]|\s*$)", text):
         if not re.search(r"\b(?:e\.g|i\.e|etc)$", text[: m.start()]):
-            return text[: m.start()] + "."
-    return text.rstrip(".") + "."
+            return _plain(text[: m.start()] + ".")
+    return _plain(text).rstrip(".") + "."
 
 
 def render() -> str:
-    meanings = doc_meanings()
-    problems = []
     out = [HEADER]
-    for section, keys in config.DEFAULTS.items():
+    for section, keys in config.SECTIONS.items():
         out.append(f"[{section}]")
-        for key, default in keys.items():
-            doc = meanings.get((section, key))
-            if doc is None:
-                problems.append(f"[{section}] {key}: not documented in docs/configuration.md")
-                continue
-            doc_default, meaning = doc
-            if doc_default != default:
-                problems.append(f"[{section}] {key}: docs say default {doc_default!r}, "
-                                f"config.py says {default!r}")
-            out.extend(textwrap.wrap(meaning, WIDTH, initial_indent="# ",
+        for key in keys.values():
+            out.extend(textwrap.wrap(key.doc, WIDTH, initial_indent="# ",
                                      subsequent_indent="# ", break_on_hyphens=False))
-            out.append(f"#{key} = {default}" if default else f"#{key} =")
+            out.append(f"#{key.name} = {key.default}" if key.default else f"#{key.name} =")
             out.append("")
         out.append("")
-    for section, key in meanings:
-        if key not in config.DEFAULTS.get(section, {}):
-            problems.append(f"[{section}] {key}: documented but not in config.DEFAULTS")
-    if problems:
-        raise SystemExit("gen-conf: docs/configuration.md and config.DEFAULTS disagree:\n  "
-                         + "\n  ".join(problems))
     return "\n".join(out).rstrip("\n") + "\n"
-
-
-def _typed_check(cfg: config.Config) -> None:
-    """Every value through the getter the daemons use for it (ConfigError on a bad one)."""
-    for section, keys in config.DEFAULTS.items():
-        for key in keys:
-            value = cfg.get(section, key)
-            if value in ("yes", "no"):
-                cfg.bool(section, key)
-            elif re.fullmatch(r"\d+[KMG]", value):
-                cfg.size(section, key)
-            elif re.fullmatch(r"\d+", value):
-                cfg.int(section, key)
-            elif re.fullmatch(r"\d+\.\d+", value):
-                cfg.float(section, key)
 
 
 def check(path: str) -> None:
@@ -144,13 +143,19 @@ def check(path: str) -> None:
         diff = {(s, k): v for s, kv in every.raw.items() for k, v in kv.items()
                 if config.DEFAULTS[s][k] != v}
         raise SystemExit(f"gen-conf: {path} with every key uncommented differs: {diff}")
-    _typed_check(every)
+    problems = every.problems()
+    if problems:
+        raise SystemExit("gen-conf: a default fails its own check:\n  " + "\n  ".join(problems))
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
+    problems = doc_problems()
+    if problems:
+        raise SystemExit("gen-conf: docs/configuration.md and config.SCHEMA disagree:\n  "
+                         + "\n  ".join(problems))
     with open(argv[0], "w", encoding="utf-8") as fh:
         fh.write(render())
     check(argv[0])

@@ -1,82 +1,25 @@
-"""The one config parser for every mxhook daemon and the CLI.
+"""The one config schema and parser for every mxhook daemon and the CLI.
 
 `/etc/mxhook/mxhook.conf` (or `--config`, or `MXHOOK_CONFIG`) holds daemon settings only, as
-`key = value` lines in sections. Every key and its default is listed in DEFAULTS below and
-documented in docs/configuration.md; an unknown key or a bad value is a ConfigError naming the
-file, section and key, never a silent fallback.
+`key = value` lines in sections. SCHEMA below lists every key with its type, default, check and
+a one-line meaning; from it come each daemon's typed settings (`FromConfig`), `mxhook check`
+(`Config.problems`), the packaged conffile (packaging/gen-conf.py) and the key tables of
+docs/configuration.md (tests/unit/test_config.py fails when they disagree). An unknown key or a
+bad value is a ConfigError naming the file, section and key, never a silent fallback.
+
+Stdlib only: packaging/gen-conf.py imports this at package build time.
 """
 from __future__ import annotations
 
 import configparser
+import dataclasses
+import grp
+import ipaddress
 import os
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 DEFAULT_PATH = "/etc/mxhook/mxhook.conf"
-
-# section -> key -> default (as the string a config file would hold)
-DEFAULTS: dict[str, dict[str, str]] = {
-    "paths": {
-        "rules_db": "/var/lib/mxhook/rules.db",
-        "state_db": "/var/lib/mxhook/state.db",
-        "spool_dir": "/var/spool/mxhook",
-    },
-    "milter": {
-        "socket": "unix:/var/spool/postfix/mxhook/milter.sock",
-        "socket_group": "",
-        "timeout": "600",
-        "unknown_domains": "reject",
-        "trusted_networks": "",
-        "outbound_daemon_names": "ORIGINATING",
-        "event_headers": "",
-        "blocklist": "yes",
-        "heuristic_from_permitted_domain": "yes",
-        "heuristic_from_equals_to": "yes",
-        "missing_from": "reject",
-        "discard_via": "auto",
-        "max_rcpt_refusals": "5",
-        "postfix_config_dir": "",
-        "postfix_check_interval": "60",
-        "max_message_size": "50M",
-        "rules_reload_interval": "1.0",
-        "regex_timeout": "0.05",
-        "log": "syslog",
-        "log_level": "info",
-    },
-    "http": {
-        "allow_networks": "",
-    },
-    "logfollow": {
-        "source": "file",
-        "path": "/var/log/mail.log",
-        "state_file": "/var/lib/mxhook/logfollow.state",
-        "start_at": "end",
-        "poll_interval": "0.5",
-        "batch_lines": "1000",
-        "journalctl": "journalctl",
-        "journal_match": "SYSLOG_FACILITY=2",
-        "max_tracked_messages": "100000",
-        "ignore_null_sender": "yes",
-        "stats_interval": "300",
-        "log": "syslog",
-        "log_level": "info",
-    },
-    "spooler": {
-        "workers": "8",
-        "poll_interval": "0.5",
-        "ingest_batch": "500",
-        "max_attachment_size": "10M",
-        "max_payload_size": "25M",
-        "max_response_bytes": "4096",
-        "user_agent": "mxhook/0.1",
-        # multiplies every rule's retry interval and retry period (tests/demo run the real
-        # schedule in seconds); leave 1 in production. Retry-After is never scaled.
-        "retry_time_scale": "1.0",
-        # a rule/endpoint with no successful delivery for this many days is disabled (0 = never)
-        "disable_after_days": "5",
-        "log": "syslog",
-        "log_level": "info",
-    },
-}
 
 SIZE_SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
@@ -99,17 +42,15 @@ def parse_size(text: str) -> int:
     return value
 
 
-def parse_list(text: str) -> list[str]:
-    """'a, b,,c' -> ['a', 'b', 'c']."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+def parse_list(text: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c')."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def parse_networks(text) -> list:
     """'127.0.0.0/8, 192.168.1.0/24' (commas and/or whitespace, or a list) -> ip_network
     objects. A bare address means that one host. Host bits set (192.168.1.5/24) are an error
     naming the intended network rather than a silent widening."""
-    import ipaddress
-
     items = text.replace(",", " ").split() if isinstance(text, str) else [str(t).strip() for t in text]
     nets = []
     for item in filter(None, items):
@@ -133,51 +74,273 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"not a yes/no value: {text!r}")
 
 
+def parse_socket(text: str) -> str:
+    if not text.startswith(("unix:", "local:", "inet:", "inet6:")):
+        raise ValueError("use unix:/path")
+    return text
+
+
+def parse_group(text: str) -> str:
+    """A group name that exists here, or empty."""
+    if text:
+        try:
+            grp.getgrnam(text)
+        except KeyError:
+            raise ValueError("no such group") from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema
+
+@dataclass(frozen=True)
+class Type:
+    """How a value is written (`name`, as docs/configuration.md shows it) and read (`parse`:
+    the file's text -> the value, ValueError saying why not)."""
+
+    name: str
+    parse: Callable[[str], Any]
+
+
+def _text(value: str) -> str:
+    return value
+
+
+TEXT = Type("text", _text)
+PATH = Type("path", _text)
+INT = Type("integer", int)
+WHOLE_SECONDS = Type("whole seconds", int)
+SECONDS = Type("seconds", float)
+DAYS = Type("days", float)
+NUMBER = Type("number", float)
+SIZE = Type("size", parse_size)
+BOOL = Type("yes/no", parse_bool)
+LIST = Type("list", parse_list)
+NETWORKS = Type("CIDR list", parse_networks)
+SOCKET = Type("milter socket", parse_socket)
+GROUP = Type("group", parse_group)
+
+
+def choice(*options: str) -> Type:
+    def parse(value: str) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    quoted = [f"`{o}`" for o in options]
+    return Type(f"{', '.join(quoted[:-1])} or {quoted[-1]}", parse)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A condition on the parsed value; `rule` completes "must be ..." in the error."""
+
+    test: Callable[[Any], bool]
+    rule: str
+
+
+AT_LEAST_1 = Check(lambda v: v >= 1, "at least 1")
+ABOVE_0 = Check(lambda v: v > 0, "above 0")
+NOT_NEGATIVE = Check(lambda v: v >= 0, "0 or more")
+
+LOG = choice("syslog", "stderr")
+LOG_LEVEL = choice("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    name: str
+    type: Type
+    default: str  # as the config file would hold it
+    doc: str  # one line: the conffile's comment, the first sentence of the docs' meaning
+    check: Check | None = None
+
+    def describe(self) -> str:
+        """The type as docs/configuration.md shows it, e.g. 'seconds, above 0'."""
+        return f"{self.type.name}, {self.check.rule}" if self.check else self.type.name
+
+    def read(self, text: str, where: str) -> Any:
+        try:
+            value = self.type.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: [{self.section}] {self.name} = {text!r}: {exc}") from None
+        if self.check is not None and not self.check.test(value):
+            raise ConfigError(f"{where}: [{self.section}] {self.name} must be {self.check.rule}, "
+                              f"got {value}")
+        return value
+
+
+def _section(section: str, *rows: tuple) -> tuple[Key, ...]:
+    return tuple(Key(section, *row) for row in rows)
+
+
+AS_FOR_THE_MILTER = "as for the milter."
+
+# Section by section in the order of the packaged conffile; each row: name, type, default,
+# one-line meaning, check.
+SCHEMA: tuple[Key, ...] = (
+    *_section(
+        "paths",
+        ("rules_db", PATH, "/var/lib/mxhook/rules.db",
+         "rules, permitted domains (written by the CLI, read by the milter)."),
+        ("state_db", PATH, "/var/lib/mxhook/state.db",
+         "spooler state: jobs, attempts, inbound log (owned by the spooler)."),
+        ("spool_dir", PATH, "/var/spool/mxhook",
+         "durable handoff from the milter to the spooler (tmp/, new/, bad/)."),
+    ),
+    *_section(
+        "milter",
+        ("socket", SOCKET, "unix:/var/spool/postfix/mxhook/milter.sock", "where the milter listens."),
+        ("socket_group", GROUP, "", "group given to the socket (mode is always 0660)."),
+        ("timeout", WHOLE_SECONDS, "600", "libmilter's I/O timeout towards Postfix, seconds.", ABOVE_0),
+        ("unknown_domains", choice("reject", "pass"), "reject",
+         "what to do with a RCPT whose domain is not permitted: reject answers 550 5.7.1 at RCPT "
+         "and logs denied; pass leaves such recipients alone."),
+        ("trusted_networks", NETWORKS, "",
+         "CIDRs whose clients are applications sending outbound mail (like Postfix's mynetworks)."),
+        ("outbound_daemon_names", LIST, "ORIGINATING",
+         "values of the {daemon_name} macro that mark outbound mail: give the submission service "
+         "-o milter_macro_daemon_name=ORIGINATING in master.cf (see postfix/master.cf.snippet)."),
+        ("event_headers", LIST, "",
+         "comma-separated header names whose values are copied into queued events (and every "
+         "later event of that message), e.g. X-App-Id, X-Campaign."),
+        ("blocklist", BOOL, "yes",
+         "refuse outbound RCPT to addresses on the block list (550 5.1.1) and report blocked."),
+        ("heuristic_from_permitted_domain", BOOL, "yes",
+         "reject inbound mail whose header From address is in one of our own permitted domains "
+         "(spoofing)."),
+        ("heuristic_from_equals_to", BOOL, "yes",
+         "reject inbound mail whose header From equals a To header address or the envelope "
+         "recipient (with heuristic_from_permitted_domain off, each envelope recipient then gets "
+         "its own SMTP transaction: see ARCHITECTURE.md, \"Recipients\")."),
+        ("missing_from", choice("reject", "accept"), "reject",
+         "a message without a From header field: reject refuses it for every inbound recipient "
+         "(550 5.7.1 mxhook: the message has no From header field ..., logged denied with filter "
+         "heuristic:missing_from); accept lets the rules decide."),
+        ("discard_via", choice("auto", "transport", "milter"), "auto",
+         "how mail that only --discard rules take (webhook only) leaves Postfix after it was "
+         "spooled: through Postfix's discard(8) transport (transport), with a milter DISCARD "
+         "(milter), or the first while Postfix is seen to route it (auto)."),
+        ("max_rcpt_refusals", INT, "5",
+         "refusals at RCPT (452 4.5.3 splits and 550) one transaction may get; past them a "
+         "recipient whose outcome may differ is accepted, and if end of headers refuses it while "
+         "others are accepted, Postfix bounces it to the sender (a standard DSN naming it, 5.7.1).",
+         NOT_NEGATIVE),
+        ("postfix_config_dir", PATH, "",
+         "Postfix configuration directory the milter checks for mxhook's routes (postconf -c); "
+         "empty: Postfix's default (/etc/postfix)."),
+        ("postfix_check_interval", SECONDS, "60",
+         "seconds between those checks; postconf runs only when main.cf or master.cf changed."),
+        ("max_message_size", SIZE, "50M",
+         "larger accepted messages are refused with 552 5.3.4 (keep it ≤ Postfix's "
+         "message_size_limit)."),
+        ("rules_reload_interval", SECONDS, "1.0",
+         "seconds between checks for rule changes (the milter swaps in a new snapshot without "
+         "restart).", ABOVE_0),
+        # the regex module takes a negative timeout as no bound at all
+        ("regex_timeout", SECONDS, "0.05",
+         "seconds one rule regex may run against one header value; a pattern that times out "
+         "counts as no match and is logged (once per message).", ABOVE_0),
+        ("log", LOG, "syslog", "syslog (facility mail; stderr when /dev/log is absent) or stderr."),
+        ("log_level", LOG_LEVEL, "info", "debug, info, warning, error."),
+    ),
+    *_section(
+        "http",
+        ("allow_networks", NETWORKS, "",
+         "comma-separated CIDRs (IPv4/IPv6) that webhook endpoints may resolve to although the "
+         "SSRF guard refuses them otherwise (loopback, private, link-local, CGNAT, ...), e.g. "
+         "192.168.1.0/24 for a receiver on the LAN."),
+    ),
+    *_section(
+        "logfollow",
+        ("source", choice("file", "journald"), "file",
+         "file (follow a log file, with rotation and truncation) or journald."),
+        ("path", PATH, "/var/log/mail.log", "the log file to follow when source = file."),
+        ("state_file", PATH, "/var/lib/mxhook/logfollow.state",
+         "saved position (inode, offset and a fingerprint of the file's first 1,024 bytes or "
+         "fewer if it is shorter, or journal cursor), written only after the events of those "
+         "lines are in the spool."),
+        ("start_at", choice("end", "beginning"), "end",
+         "where to start when there is no saved position: end or beginning."),
+        ("poll_interval", SECONDS, "0.5", "seconds between looks at the log when idle.", ABOVE_0),
+        ("batch_lines", INT, "1000", "lines per chunk (spool write, then position save).",
+         AT_LEAST_1),
+        ("journalctl", TEXT, "journalctl", "the journalctl command when source = journald."),
+        ("journal_match", TEXT, "SYSLOG_FACILITY=2", "journalctl field matches, space-separated."),
+        ("max_tracked_messages", INT, "100000",
+         "queue ids kept in memory to enrich delivery events (oldest forgotten first).", AT_LEAST_1),
+        ("ignore_null_sender", BOOL, "yes",
+         "skip events for Postfix's own bounces and notifications (null sender)."),
+        ("stats_interval", SECONDS, "300",
+         "seconds between summary log lines (lines read, events, unparsed lines).", ABOVE_0),
+        ("log", LOG, "syslog", AS_FOR_THE_MILTER),
+        ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
+    ),
+    *_section(
+        "spooler",
+        ("workers", INT, "8", "concurrent HTTP deliveries.", AT_LEAST_1),
+        ("poll_interval", SECONDS, "0.5", "seconds between looks at the spool when idle.", ABOVE_0),
+        ("ingest_batch", INT, "500",
+         "spool files ingested per transaction (a transaction also ends after 4 MiB read: files "
+         "can hold many records).", AT_LEAST_1),
+        ("max_attachment_size", SIZE, "10M",
+         "attachments larger than this are omitted from JSON/multipart payloads (marked with the "
+         "reason)."),
+        ("max_payload_size", SIZE, "25M",
+         "JSON payloads are shrunk below this by omitting the largest attachments first."),
+        ("max_response_bytes", SIZE, "4096", "bytes of each endpoint response kept in the attempt log."),
+        ("user_agent", TEXT, "mxhook/0.1", "User-Agent header of webhook requests."),
+        ("retry_time_scale", NUMBER, "1.0",
+         "multiplies every rule's retry interval and retry period (never Retry-After).", ABOVE_0),
+        ("disable_after_days", DAYS, "5",
+         "a rule or event endpoint whose delivery attempts have all failed for this many days (no "
+         "successful attempt since its first failure that long ago) is disabled in rules.db at "
+         "its next failed attempt, logged as a warning, and shown as disabled by mxhook status; "
+         "its pending deliveries wait and its failed ones stay replayable (mxhook replay).",
+         Check(lambda v: v >= 0, "0 (never) or more")),
+        ("log", LOG, "syslog", AS_FOR_THE_MILTER),
+        ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
+    ),
+)
+
+SECTIONS: dict[str, dict[str, Key]] = {}
+for _key in SCHEMA:
+    SECTIONS.setdefault(_key.section, {})[_key.name] = _key
+del _key
+
+# section -> key -> default (as the string a config file would hold)
+DEFAULTS: dict[str, dict[str, str]] = {
+    section: {name: key.default for name, key in keys.items()} for section, keys in SECTIONS.items()
+}
+
+
 @dataclass
 class Config:
-    """Typed view of the config file. `source` is the file read, or None for built-in defaults."""
+    """The config file's text over the defaults. `source` is the file read, or None for
+    built-in defaults."""
 
     raw: dict[str, dict[str, str]] = field(default_factory=dict)
     source: str | None = None
 
     def get(self, section: str, key: str) -> str:
+        """The text as written (the defaults' where the file does not set it)."""
         return self.raw[section][key]
 
-    def _typed(self, section: str, key: str, convert):
-        value = self.get(section, key)
-        try:
-            return convert(value)
-        except ValueError as exc:
-            where = self.source or "built-in defaults"
-            raise ConfigError(f"{where}: [{section}] {key} = {value!r}: {exc}") from None
+    def value(self, section: str, key: str) -> Any:
+        """The value as its schema type reads it, checked (ConfigError naming the key)."""
+        return SECTIONS[section][key].read(self.raw[section][key], self.source or "built-in defaults")
 
-    def int(self, section: str, key: str) -> int:
-        return self._typed(section, key, int)
+    def problems(self) -> list[str]:
+        """Every key through its type and check: a message each for the bad ones."""
+        found = []
+        for key in SCHEMA:
+            try:
+                self.value(key.section, key.name)
+            except ConfigError as exc:
+                found.append(str(exc))
+        return found
 
-    def float(self, section: str, key: str) -> float:
-        return self._typed(section, key, float)
-
-    def bool(self, section: str, key: str) -> bool:
-        return self._typed(section, key, parse_bool)
-
-    def list(self, section: str, key: str) -> list[str]:
-        return self._typed(section, key, parse_list)
-
-    def networks(self, section: str, key: str) -> list:
-        return self._typed(section, key, parse_networks)
-
-    def size(self, section: str, key: str) -> int:
-        return self._typed(section, key, parse_size)
-
-    def choice(self, section: str, key: str, choices: tuple[str, ...]) -> str:
-        def check(v: str) -> str:
-            if v not in choices:
-                raise ValueError(f"must be one of {', '.join(choices)}")
-            return v
-
-        return self._typed(section, key, check)
-
-    # Frequently used paths.
     @property
     def rules_db(self) -> str:
         return self.get("paths", "rules_db")
@@ -189,6 +352,34 @@ class Config:
     @property
     def spool_dir(self) -> str:
         return self.get("paths", "spool_dir")
+
+
+def from_section(section: str):
+    """A `FromConfig` field read from `section` rather than the class's SECTION."""
+    return field(metadata={"section": section})
+
+
+class FromConfig:
+    """Base of a daemon's settings dataclass: each field is the config key of the same name in
+    the class's SECTION (or the section `from_section()` names), typed and checked by the schema."""
+
+    SECTION: str
+
+    @classmethod
+    def from_config(cls, cfg: Config):
+        """Raises one ConfigError naming every bad key (a line each)."""
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            try:
+                values[f.name] = cfg.value(f.metadata.get("section", cls.SECTION), f.name)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return cls(**values)
 
 
 def config_path(explicit: str | None = None) -> str:

@@ -1,35 +1,41 @@
-"""The durable handoff between the milter (and log follower) and the spooler.
+"""The durable handoff between the writers (milter, log follower, CLI) and the spooler.
 
-Mailman's switchboard and Postfix's own queue are the model: a record is written to `tmp/`,
-fsynced, renamed into `new/`, and the directory is fsynced; only then does the writer answer
-(for the milter: only then may Postfix say 250). A file in `new/` is therefore always complete.
-The spooler ingests `new/` into state.db and unlinks after commit; the record id is the primary
-key there, so ingesting the same file twice after a crash is harmless. What it cannot ingest
-goes to `bad/` with a `.reason` file beside it: a file with no good record as it is
-(`move_bad`); from a file that also holds good records, each bad record alone, or, where the
-framing breaks, the rest of the file as one part (`decode_parts`, `write_bad`:
-`bad/<name>.<offset>.rec`, written durably before the file is unlinked).
+Mailman's switchboard and Postfix's own queue are the model: a writer answers only once its
+record is durably in the spool (for the milter: only then may Postfix say 250), and a file in
+`new/` is always complete. The spooler ingests `new/` into state.db and unlinks a file after the
+COMMIT that ingested it; the record id is the primary key there, so ingesting the same file
+twice after a crash is harmless. What it cannot ingest goes to `bad/` with a `.reason` file
+beside it: a file with no good record as it is (`move_bad`); from a file that also holds good
+records, each bad record alone, or, where the framing breaks, the rest of the file as one part
+(`decode_parts`, `write_bad`: `bad/<name>.<offset>.rec`, written durably before the file is
+unlinked).
 
-File format (version 1):
+File format (version 1); a file holds one record or several one after the other:
 
     MXHOOK-SPOOL 1\\n
     <one line of JSON: the record's metadata, including "id", "kind" and "payload_size">\\n
     <payload_size bytes of payload (the raw message for kind "inbound"; empty otherwise)>
 
-Segments (the milter's records). A file may hold several records one after the other. The
-milter appends inbound records and events to one open segment `tmp/<id>.seg` and makes each
-append durable with a *group* fdatasync (one flush covers every append made while the previous
-flush ran), which halves the kernel time per message compared with a file, an fsync and a
-directory fsync each. The writer holds an exclusive flock on the open segment; a sealer renames
-it into `new/<id>.rec` (while still holding the lock) after `seal_after` seconds. A segment
-whose lock can be taken belongs to a writer that died: `recover_segments` cuts a torn tail (a
-record that was never acknowledged) and moves the rest into `new/`. The spooler reads every
-file with `decode_parts`. A failed write or flush cuts the segment back to its last durable
-length before any writer answers (`SegmentWriter._withdraw`): a record answered 4xx is never
-handed over. Should that cut fail, the segment is renamed to `tmp/<id>.cut-<N>.seg` (N: its
-durable length; the directory fsynced), and recovery keeps no more than its first N bytes: the
-refused records stay out after the milter is restarted too. Only if the rename fails as well
-is the segment left to the live writer's lock (logged CRITICAL).
+Three ways in, each as durable as its records need:
+
+- `SegmentWriter` (the milter: inbound records and its events). Records are appended to one
+  open segment `tmp/<id>.seg`, and an append is durable once a *group* fdatasync covers it
+  (one flush covers every append made while the previous flush ran): a message costs a write
+  and a share of one flush, not a file, an fsync and a directory fsync of its own. The writer
+  holds an exclusive flock on the open segment; a sealer renames it into `new/<id>.rec` (while
+  still holding the lock) after `seal_after` seconds. A segment whose lock can be taken belongs
+  to a writer that died: `recover_segments` cuts a torn tail (a record that was never
+  acknowledged) and moves the rest into `new/`. A failed write or flush cuts the segment back
+  to its last durable length before any writer answers (`SegmentWriter._withdraw`): a record
+  answered 4xx is never handed over. Should that cut fail, the segment is renamed to
+  `tmp/<id>.cut-<N>.seg` (N: its durable length; the directory fsynced), and recovery keeps no
+  more than its first N bytes: the refused records stay out after the milter is restarted too.
+  Only if the rename fails as well is the segment left to the live writer's lock (logged
+  CRITICAL).
+- `write_many` (the log follower: a chunk's events): one file, tmp -> fsync -> rename into
+  `new/` -> fsync of `new/`, under a fresh name.
+- `write` (one record: the CLI's events, durably; the milter's denials with `durable=False`, as
+  a lost denial costs only a log line).
 
 Order. File names start with their creation time (`new_id`), and the spooler takes `new/` in
 name order, but only below `ingest_bound`: the oldest segment still open in `tmp/`. A record
@@ -94,7 +100,8 @@ def _fsync_dir_now(path: str) -> None:
 
 
 class _GroupSync:
-    """Group commit for directory fsyncs: concurrent writers (milter threads) share one fsync.
+    """Group commit for directory fsyncs: threads that rename into one directory at once share
+    one fsync.
 
     A writer's rename is durable once an fsync of the directory that *started after* the rename
     has finished. So a caller needs sync number `started + 1` (the one in progress, if any,
@@ -243,7 +250,7 @@ def decode_parts(data: bytes, meta_lines: dict[str, str] | None = None,
                  check: Callable[[Record], object] | None = None) -> tuple[list[Record], list[BadPart]]:
     """The records of a file that can be ingested, and the parts that cannot, each with its
     reason (what the spooler reads: one bad record must not take the good ones of a segment
-    to bad/ with it). `check` (the spooler's state.check_record) refuses a record by raising
+    to bad/ with it). `check` (the spooler's statedb.check_record) refuses a record by raising
     anything; `meta_lines` as for decode_many, good records only.
 
     A bad record whose framing is intact (magic line, a JSON object with an int payload_size,

@@ -19,13 +19,9 @@ SENDER = "alice@sender.example"
 HELLO = "hello@ours.example"
 OURS = "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
 
-# `mxhook` with postfix-config and check registered (a no-op once cli.py registers them itself).
 LAUNCH = """
-from mxhook.cli import cli
-from mxhook.cli import admin
-for command in (admin.postfix_config, admin.check):
-    cli.commands.setdefault(command.name, command)
-cli.main(prog_name="mxhook")
+from mxhook.cli import main
+main()
 """
 
 

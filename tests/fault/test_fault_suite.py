@@ -50,7 +50,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mxhook.delivery import webhook as mxhttp
+from mxhook.delivery import webhook
+from mxhook.model.targets import Target
 from tests.support.receiver import Response
 
 pytestmark = pytest.mark.e2e
@@ -458,8 +459,9 @@ def test_slow_response_body_is_bounded_by_the_rule_timeout():
     with Receiver() as rx:
         rx.script("/slow", [Response(200, {}, b"x" * 16, trickle=0.5, trickle_piece=2)])  # ~3.5 s
         start = time.monotonic()
-        outcome = mxhttp.deliver(
-            mxhttp.make_session("127.0.0.1/32"), {"endpoint": rx.url + "/slow", "allow_http": True, "timeout": 1},
+        outcome = webhook.deliver(
+            webhook.make_session("127.0.0.1/32"),
+            Target(kind="rule", id=None, name="slow", url=rx.url + "/slow", allow_http=True, timeout=1),
             b"{}", "application/json", "wid-slow", user_agent="mxhook-test", max_response_bytes=4096,
         )
         elapsed = time.monotonic() - start

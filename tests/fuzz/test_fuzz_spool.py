@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mxhook import spool
-from mxhook.store import statedb
+from mxhook.store import ingest
 from mxhook.spool import Record, SpoolError
 
 from . import FUZZ
@@ -94,7 +94,7 @@ def test_decode_parts_accounts_for_every_byte(chunks):
     """A segment of good and damaged records: decode_parts never raises, its bad parts are the
     file's own bytes in order, and nothing is quarantined from a file decode_many reads."""
     data = b"".join(chunks)
-    records, bad = spool.decode_parts(data, check=statedb.check_record)
+    records, bad = spool.decode_parts(data, check=ingest.check_record)
     offsets = [part.offset for part in bad]
     assert offsets == sorted(set(offsets))
     for part in bad:
@@ -124,8 +124,8 @@ def spooler_check(data: bytes) -> None:
     """What Spooler._load_batch does with a file's bytes before ingesting it."""
     try:
         record = spool.decode(data)
-        statedb.check_record(record)
-    except (SpoolError, statedb.RecordError) as exc:
+        ingest.check_record(record)
+    except (SpoolError, ingest.RecordError) as exc:
         assert str(exc)
 
 
@@ -142,14 +142,14 @@ UNHASHABLE_RULE_NAME = (spool.MAGIC + json.dumps({
 
 
 def test_check_record_rejects_non_string_rule_name():
-    with pytest.raises(statedb.RecordError, match="name is not a string"):
-        statedb.check_record(spool.decode(UNHASHABLE_RULE_NAME))
+    with pytest.raises(ingest.RecordError, match="name is not a string"):
+        ingest.check_record(spool.decode(UNHASHABLE_RULE_NAME))
 
 
 @pytest.mark.parametrize("received", [1e300, 6.77680361916768e16])
 def test_check_record_rejects_out_of_range_times(received):
-    with pytest.raises(statedb.RecordError, match="out of range"):
-        statedb.check_record(spool.decode(spool.MAGIC + json.dumps(
+    with pytest.raises(ingest.RecordError, match="out of range"):
+        ingest.check_record(spool.decode(spool.MAGIC + json.dumps(
             {"id": "0", "kind": "denied", "received": received, "payload_size": 0}).encode() + b"\n"))
 
 

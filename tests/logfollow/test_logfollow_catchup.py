@@ -158,7 +158,7 @@ def test_a_crash_in_a_later_rotated_file_repeats_its_lines_with_the_same_ids(env
     b_key = f"f:{os.stat(env.log + '.1').st_ino}:"
     # The follower's own loop, up to a crash right after the first events of B are spooled and
     # before the position after them is saved.
-    follower = logfollow.Follower(logfollow.Settings.from_config(config.load(env.config)),
+    follower = logfollow.Follower(logfollow.LogfollowSettings.from_config(config.load(env.config)),
                                   follow=False)
     try:
         while True:

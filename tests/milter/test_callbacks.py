@@ -9,7 +9,7 @@ import pytest
 
 from mxhook import config
 from mxhook import spool
-from mxhook.daemons.milter import MxhookMilter, Settings, Wiring
+from mxhook.daemons.milter import MilterSettings, MxhookMilter, Wiring
 from mxhook.model.rules import Rule, parse_condition
 from mxhook.store.rulesdb import BlocklistReader, RulesStore, SnapshotWatcher
 from tests.milter.driver import Connection
@@ -31,7 +31,7 @@ def env(tmp_path):
     def make(*, clock=None, new_id=None, **milter_settings):
         milter_settings.setdefault("discard_via", "transport")  # no Postfix to look at here
         cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings})
-        settings = Settings(cfg)
+        settings = MilterSettings.from_config(cfg)
         watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
         wiring = Wiring(settings, snapshot=lambda: watcher.current,
                         blocklist=BlocklistReader(str(tmp_path / "rules.db")),

@@ -23,5 +23,5 @@ def test_milter_refuses_to_start_without_a_real_regex_bound(tmp_path, capsys, va
     # its children must not inherit SIGTERM blocked
     assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"mxhook-milter: [milter] regex_timeout must be a number of seconds "
-                                f"above 0, not {float(value)!r}"]
+    assert err.splitlines() == [f"mxhook-milter: {conf}: [milter] regex_timeout must be above 0, "
+                                f"got {float(value)!r}"]

@@ -22,9 +22,10 @@ from mxhook.model import events
 from mxhook import spool
 from mxhook.daemons import spooler
 from mxhook.model.endpoints import Endpoint
+from mxhook.store import logs
 from mxhook.store.statedb import StateStore
 from tests.support.receiver import Response
-from tests.spooler.test_spooler import Running, rx, settings  # noqa: F401  (rx: a fixture)
+from tests.spooler.test_spooler import Running, Stepped, rx, settings  # noqa: F401  (rx: a fixture)
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -81,7 +82,7 @@ def ids_of(docs) -> list[str]:
 
 def event_log(cfg, **kw):
     with StateStore(cfg.state_db) as st:
-        return st.event_log(limit=None, **kw)
+        return logs.event_log(st, limit=None, **kw)
 
 
 def wait_until(predicate, timeout=10.0, what="condition"):
@@ -136,13 +137,13 @@ def test_max_events_splits_into_ordered_batches(rx, cfg):
 def test_interval_holds_a_small_batch(rx, cfg):
     add_endpoint(cfg, rx.url + "/ev", interval=2, max_events=100)
     written = [write_event(cfg) for _ in range(5)]
-    with Running(cfg) as sp:
-        wait_until(lambda: sp.state.event_counts()["pending"] == 5, what="ingest")
-        started = time.time()
-        time.sleep(1.0)
+    with Stepped(cfg) as sp:
+        sp.step()
+        assert logs.event_counts(sp.spooler.state)["pending"] == 5
+        sp.step(advance=1.9)
         assert rx.requests == []  # the oldest event is not 2 s old yet
-        (req,) = rx.wait_for(1, path="/ev", timeout=10)
-    assert req.at - started >= 0.9
+        sp.step(advance=0.2)
+        (req,) = rx.requests
     assert ids_of([req.json()]) == written
 
 
@@ -153,9 +154,10 @@ def test_category_filters_per_endpoint(rx, cfg):
     add_endpoint(cfg, rx.url + "/off", interval=1, enabled=False)
     for etype in ("queued", "succeeded", "deferred", "bounced", "failed", "blocked"):
         write_event(cfg, etype, bounce_type="soft" if etype == "bounced" else None)
-    with Running(cfg):
-        rx.wait_for(3, timeout=10)
-        time.sleep(0.3)
+    with Stepped(cfg) as sp:
+        sp.step()
+        sp.step(advance=1.5)  # every batch is due
+        sp.step(advance=3600)  # nothing else comes
     got = {r.path: [e["type"] for e in r.json()["events"]] for r in rx.requests}
     assert got == {"/bounces": ["bounced", "failed"], "/deliveries": ["queued", "succeeded", "deferred"],
                    "/blocks": ["blocked"]}
@@ -224,7 +226,7 @@ def test_deferred_then_succeeded_keeps_the_batch_and_holds_the_line(rx, cfg):
     with StateStore(cfg.state_db) as st:
         b = st.batch(docs[0]["batch_id"])
         assert (b.status, b.attempts) == ("succeeded", 3)
-        attempts = st.event_detail(written[0])["deliveries"][0]["attempts"]
+        attempts = logs.event_detail(st, written[0])["deliveries"][0]["attempts"]
     assert [(a["outcome"], a["status_code"]) for a in attempts] == [("deferred", 503), ("deferred", 500), ("succeeded", 200)]
 
 
@@ -232,9 +234,11 @@ def test_failed_batch_does_not_hold_up_the_next(rx, cfg):
     rx.script("/ev", [(404, {}, b"no"), (200, {}, b"ok")])
     add_endpoint(cfg, rx.url + "/ev", interval=1, max_events=100)
     written = [write_event(cfg) for _ in range(120)]
-    with Running(cfg):
-        reqs = rx.wait_for(2, path="/ev", timeout=15)
-        time.sleep(0.2)
+    with Stepped(cfg) as sp:
+        sp.step()  # 100 pending: a batch at once
+        sp.step(advance=1.5)  # the other 20 after the interval
+        sp.step(advance=3600)  # nothing else comes
+    reqs = rx.requests
     assert [d["count"] for d in bodies(reqs)] == [100, 20]
     failed = event_log(cfg, status="failed")
     assert len(failed) == 100 and {r["reason"] for r in failed} == {"HTTP 404 Not Found"}
@@ -326,15 +330,17 @@ def test_disabled_endpoint_keeps_events_pending_until_enabled(rx, cfg):
         from dataclasses import replace
 
         write_event(cfg)
-        with Running(cfg) as sp:
-            wait_until(lambda: sp.state.event_counts()["pending"] == 1, what="ingest")
+        with Stepped(cfg) as sp:
+            sp.step()
+            assert logs.event_counts(sp.spooler.state)["pending"] == 1
             store.replace_endpoint(ep.id, replace(ep, enabled=False))
-            time.sleep(1.5)
+            sp.step(advance=3600)
             assert rx.requests == []
             write_event(cfg)  # not fanned out to a disabled endpoint
-            time.sleep(0.3)
+            sp.step(advance=3600)
             store.replace_endpoint(ep.id, replace(ep, enabled=True))
-            (req,) = rx.wait_for(1, path="/ev", timeout=10)
+            sp.step()
+    (req,) = rx.requests
     assert req.json()["count"] == 1
 
 
@@ -346,14 +352,14 @@ def test_spool_backlog_larger_than_the_scan_window(rx, cfg, monkeypatch, tmp_pat
     add_endpoint(c, rx.url + "/ev", interval=1, max_events=100)
     written = [write_event(c) for _ in range(40)]
     with Running(c) as sp:
-        wait_until(lambda: sp.state.event_counts()["pending"] + sum(
+        wait_until(lambda: logs.event_counts(sp.state)["pending"] + sum(
             b.size for b in sp.state.open_batches().values()) >= 20 or rx.requests, what="some ingest")
         written += [write_event(c) for _ in range(25)]
         wait_until(lambda: sum(d["count"] for d in bodies(rx.requests)) >= 65, timeout=15, what="65 events")
     assert ids_of(bodies(rx.requests)) == written
     assert os.listdir(os.path.join(c.spool_dir, "new")) == []
     with StateStore(c.state_db) as st:
-        assert st.counts()["events"] == 65
+        assert logs.counts(st)["events"] == 65
 
 
 # ---------------------------------------------------------------------------------------------

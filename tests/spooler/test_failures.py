@@ -6,6 +6,7 @@ Real rules.db and state.db, real receiver on loopback; the clock is injected whe
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -16,11 +17,12 @@ from mxhook.store import rulesdb
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
-from mxhook.store import statedb
+from mxhook.store import ingest, logs, replay, statedb
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import StateStore
 from tests.spooler.test_events import write_event
-from tests.spooler.test_spooler import Running, delivery, rx, settings, wait_status, write_inbound  # noqa: F401
+from tests.spooler.test_spooler import (  # noqa: F401
+    Running, delivery, rule_record, rx, settings, wait_status, write_inbound)
 
 DAY = 86400.0
 T0 = 1_800_000_000.0
@@ -79,7 +81,7 @@ class Clocked:
 
 
 def deliveries_of(rid, rule):
-    return statedb.delivery_id(rid, rule.name)
+    return ingest.delivery_id(rid, rule.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,8 +91,8 @@ def test_410_disables_the_rule_and_its_deliveries_wait(tmp_path, rx, caplog):
     cfg = make_cfg(tmp_path, workers=1)
     rule = add_rule(cfg, rx, "/gone")
     rx.script("/gone", [(410, {}, b"gone")])
-    first = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
-    second = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
+    first = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
+    second = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     caplog.set_level(logging.INFO, logger="mxhook.daemons.spooler")
     c = Clocked(cfg)
     try:
@@ -103,7 +105,7 @@ def test_410_disables_the_rule_and_its_deliveries_wait(tmp_path, rx, caplog):
     row = delivery(cfg, first)
     assert row["status"] == "failed" and row["last_status_code"] == 410
     with StateStore(cfg.state_db) as st:
-        log_row = st.inbound_detail(first)
+        log_row = logs.inbound_detail(st, first)
     assert log_row["status"] == "failed" and log_row["reason"] == "HTTP 410 Gone; rule r1 disabled"
     assert delivery(cfg, second)["status"] == "queued"  # waits for the rule
     assert get_rule(cfg).enabled is False
@@ -136,9 +138,9 @@ def test_410_from_an_old_url_does_not_disable_the_edited_rule(tmp_path, rx):
     cfg = make_cfg(tmp_path)
     rule = add_rule(cfg, rx, "/old")
     rx.script("/old", [(410, {}, b"")])
-    did = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
+    did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        store.replace_rule("r1", rules.Rule(**{**rule.__dict__, "endpoint": rx.url + "/new", "id": None}))
+        store.replace_rule("r1", dataclasses.replace(rule, endpoint=rx.url + "/new", id=None))
     c = Clocked(cfg)
     try:
         c.run()
@@ -167,7 +169,7 @@ def test_410_disables_the_endpoint_and_its_events_wait(tmp_path, rx, caplog):
     assert [r.path for r in rx.requests].count("/ok") == 2  # the other endpoint is not held up
     assert get_endpoint(cfg, ep.id).enabled is False and get_endpoint(cfg, other.id).enabled is True
     with StateStore(cfg.state_db) as st:
-        rows = [r for r in st.event_log(limit=None) if r["endpointId"] == ep.id]
+        rows = [r for r in logs.event_log(st, limit=None) if r["endpointId"] == ep.id]
     by_type = {r["type"]: r for r in rows}
     assert by_type["succeeded"]["status"] == "failed"
     assert by_type["succeeded"]["reason"] == f"HTTP 410 Gone; endpoint {ep.id} disabled"
@@ -185,7 +187,7 @@ def test_rule_failing_for_disable_after_days_is_disabled(tmp_path, rx, caplog):
     cfg = make_cfg(tmp_path, retry_time_scale=1, disable_after_days=2, workers=1)
     rule = add_rule(cfg, rx, "/down", retry_period=10)
     rx.script("/down", [(503, {}, b"")])
-    did = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
+    did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     caplog.set_level(logging.INFO, logger="mxhook.daemons.spooler")
     c = Clocked(cfg)
     try:
@@ -214,13 +216,13 @@ def test_a_success_ends_the_failure_streak(tmp_path, rx):
     cfg = make_cfg(tmp_path, retry_time_scale=1, disable_after_days=2, workers=1)
     rule = add_rule(cfg, rx, "/flaky", retry_period=10)
     rx.script("/flaky", [(503, {}, b""), (200, {}, b""), (503, {}, b"")])
-    write_inbound(cfg, rule.delivery_target())
+    write_inbound(cfg, rule_record(rule))
     c = Clocked(cfg)
     try:
         c.run()
         c.run(T0 + 1.5 * DAY)  # succeeds
         assert health(cfg)[("rule", str(rule.id))]["failing_since"] is None
-        write_inbound(cfg, rule.delivery_target())
+        write_inbound(cfg, rule_record(rule))
         c.run(T0 + 2.5 * DAY)  # fails: a new streak
         c.run(T0 + 4 * DAY)
         assert get_rule(cfg).enabled is True
@@ -234,7 +236,7 @@ def test_disable_after_days_zero_never_disables(tmp_path, rx):
     cfg = make_cfg(tmp_path, retry_time_scale=1, disable_after_days=0, workers=1)
     rule = add_rule(cfg, rx, "/down", retry_period=10)
     rx.script("/down", [(503, {}, b"")])
-    write_inbound(cfg, rule.delivery_target())
+    write_inbound(cfg, rule_record(rule))
     c = Clocked(cfg)
     try:
         for day in range(0, 10, 2):
@@ -278,7 +280,7 @@ def test_requeued_delivery_keeps_webhook_id_and_gets_a_fresh_retry_period(tmp_pa
     cfg = make_cfg(tmp_path, retry_time_scale=1, workers=1)
     rule = add_rule(cfg, rx, "/fix", retry_period=1)
     rx.script("/fix", [(404, {}, b"no such hook")])
-    did = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
+    did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     c = Clocked(cfg)
     try:
         c.run()
@@ -286,8 +288,8 @@ def test_requeued_delivery_keeps_webhook_id_and_gets_a_fresh_retry_period(tmp_pa
         rx.script("/fix", [(503, {}, b""), (200, {}, b"")])
         later = T0 + 5 * DAY  # long after the first retry period ended
         with StateStore(cfg.state_db) as st:
-            assert st.requeue([did], now=later) == [did]
-            assert st.requeue([did], now=later) == []  # only failed ones
+            assert replay.requeue(st, [did], now=later) == [did]
+            assert replay.requeue(st, [did], now=later) == []  # only failed ones
         c.run(later)
         row = delivery(cfg, did)
         # a deferral now is retried, not failed: the retry period starts at the replay
@@ -304,12 +306,12 @@ def test_running_spooler_picks_up_a_requeue(tmp_path, rx):
     cfg = make_cfg(tmp_path)
     rule = add_rule(cfg, rx, "/late")
     rx.script("/late", [(400, {}, b""), (200, {}, b"")])
-    did = deliveries_of(write_inbound(cfg, rule.delivery_target()), rule)
+    did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     with Running(cfg) as sp:
         wait_status(cfg, did, "failed")
         time.sleep(0.3)  # idle: nothing due, the spooler spares its queries
         with StateStore(cfg.state_db) as st:
-            assert st.requeue([did]) == [did]
+            assert replay.requeue(st, [did]) == [did]
         wait_status(cfg, did, "succeeded", timeout=10)
     assert [r.headers["webhook-id"] for r in rx.requests] == [did, did]
 
@@ -324,8 +326,8 @@ def test_requeued_batch_goes_out_with_its_id_and_events(tmp_path, rx):
         c.run()
         later = [write_event(cfg, "deferred") for _ in range(2)]
         with StateStore(cfg.state_db) as st:
-            (failed,) = st.failed_items(endpoint_id=ep.id)
-            assert st.requeue([failed["id"]], now=T0 + 5) == [failed["id"]]
+            (failed,) = replay.failed_items(st, endpoint_id=ep.id)
+            assert replay.requeue(st, [failed["id"]], now=T0 + 5) == [failed["id"]]
         c.run(T0 + 10)  # the replayed batch first (it is older: one open batch at a time)...
         c.run(T0 + 20)  # ...then a new one with what came meanwhile
     finally:

@@ -21,8 +21,7 @@ from mxhook import config
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
-from mxhook.store import statedb
-from mxhook.delivery.webhook import Outcome
+from mxhook.store import ingest, logs, statedb
 from mxhook.store.statedb import StateStore
 from tests.support.receiver import Receiver, Response
 
@@ -51,11 +50,16 @@ def make_cfg(tmp_path, **spooler_keys) -> config.Config:
     return config.from_dict(settings(tmp_path, **spooler_keys))
 
 
+def rule_record(rule: rules.Rule) -> dict:
+    """A rule's target in the form the milter puts into a spool record."""
+    return rule.target.to_record(discard=rule.discard)
+
+
 def target(rx, path, name="r1", **kw) -> dict:
     fields = dict(name=name, endpoint=rx.url + path, allow_http=True, retry_interval=10,
                   conditions=(rules.parse_condition("To~@ours\\.example$"),), id=1)
     fields.update(kw)
-    return rules.validate(rules.Rule(**fields)).delivery_target()
+    return rule_record(rules.validate(rules.Rule(**fields)))
 
 
 def inbound_record(*targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> spool.Record:
@@ -77,7 +81,7 @@ def write_inbound(cfg, *targets, **kw) -> str:
 
 def delivery(cfg, did) -> dict | None:
     with StateStore(cfg.state_db) as st:
-        return st.delivery(did)
+        return logs.delivery(st, did)
 
 
 def wait_status(cfg, did, status, timeout=10.0) -> dict:
@@ -117,6 +121,39 @@ def run_once(cfg, **kw):
         sp.close()
 
 
+class Clock:
+    """The spooler's clock, moved by the test: "nothing more happens" is a statement about
+    the spooler's time, not about how long a test sleeps."""
+
+    def __init__(self, start: float | None = None):
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Stepped:
+    """A Spooler whose passes (`step`: ingest, dispatch, wait for the posts) the test calls,
+    on the test's clock."""
+
+    def __init__(self, cfg, **kw):
+        self.clock = Clock()
+        self.spooler = spooler.Spooler(cfg, clock=self.clock, **kw)
+
+    def __enter__(self) -> "Stepped":
+        return self
+
+    def __exit__(self, *exc):
+        self.spooler.close()
+
+    def step(self, advance: float = 0.0, *, flush_events: bool = False) -> None:
+        self.clock.advance(advance)
+        self.spooler.run_once(flush_events=flush_events)
+
+
 @pytest.fixture()
 def rx():
     with Receiver() as r:
@@ -124,91 +161,15 @@ def rx():
 
 
 # ---------------------------------------------------------------------------------------------
-# The retry schedule (pure)
+# The retry schedule (its pure functions: tests/unit/test_retry.py)
 
 NO_JITTER = lambda: 0.5  # noqa: E731  (the middle of [0, 1): factor 1.0)
-
-
-def test_schedule():
-    t = {"retry_interval": 60, "retry_period": 2}
-    d = Outcome("deferred", 500, "HTTP 500")
-    sched = lambda *a, **kw: spooler.schedule(*a, rand=NO_JITTER, **kw)  # noqa: E731
-    assert sched(Outcome("succeeded", 200), t, 0, 5) == ("succeeded", None, None)
-    assert sched(Outcome("failed", 404, "HTTP 404"), t, 0, 5) == ("failed", None, "HTTP 404")
-    assert sched(d, t, 0, 5) == ("deferred", 65, "HTTP 500")
-    # Retry-After wins when longer, never shortens the interval
-    assert sched(Outcome("deferred", 429, "x", retry_after=300), t, 0, 5)[1] == 305
-    assert sched(Outcome("deferred", 429, "x", retry_after=1), t, 0, 5)[1] == 65
-    # never past the end of the retry period: a last attempt exactly then
-    end = 2 * 86400
-    assert sched(d, t, 0, end - 10) == ("deferred", end, "HTTP 500")
-    status, nxt, reason = sched(d, t, 0, end)
-    assert (status, nxt) == ("failed", None) and reason == "HTTP 500; gave up: retry period of 2 days ended"
-    # the scale compresses interval and period alike
-    assert sched(d, t, 0, 5, scale=0.01) == ("deferred", 5.6, "HTTP 500")
-    assert sched(d, t, 0, 0.02 * 86400, scale=0.01)[0] == "failed"
-
-
-@pytest.mark.parametrize("interval", [10, 60, 600])
-def test_retry_jitter_bounds(interval):
-    """±10 % of the interval: the extremes of rand, and a spread in between."""
-    low = spooler.retry_wait(interval, rand=lambda: 0.0)
-    high = spooler.retry_wait(interval, rand=lambda: 0.999999)
-    assert low == pytest.approx(interval * 0.9) and high == pytest.approx(interval * 1.1, rel=1e-5)
-    rng = __import__("random").Random(7)
-    waits = [spooler.retry_wait(interval, rand=rng.random) for _ in range(2000)]
-    assert min(waits) >= interval * 0.9 and max(waits) <= interval * 1.1
-    assert max(waits) - min(waits) > interval * 0.15  # really spread, not a constant
-    assert len({round(w, 6) for w in waits}) > 1000
-    # scaled alike
-    assert spooler.retry_wait(interval, rand=lambda: 0.0, scale=0.01) == pytest.approx(interval * 0.9 * 0.01)
-
-
-def test_retry_interval_floor_and_ceiling():
-    """A spool record cannot ask for a tighter (or looser) schedule than a rule can have."""
-    assert spooler.retry_wait(0.001, rand=lambda: 0.0) == pytest.approx(9.0)
-    assert spooler.retry_wait(-5, rand=lambda: 0.0) == pytest.approx(9.0)
-    assert spooler.retry_wait(None, rand=NO_JITTER) == 60.0  # the default
-    assert spooler.retry_wait(86400, rand=NO_JITTER) == 600.0
-    assert spooler.retry_wait(30, rand=lambda: 7.0) == pytest.approx(33.0)  # a bad rand is clamped
-
-
-def test_retry_after_bounds():
-    # honoured exactly when longer than the jittered interval; never scaled
-    assert spooler.retry_wait(60, 300, rand=NO_JITTER) == 300
-    assert spooler.retry_wait(60, 300, rand=NO_JITTER, scale=0.01) == 300
-    # never sooner than the jittered interval
-    assert spooler.retry_wait(60, 5, rand=lambda: 0.0) == pytest.approx(54.0)
-    # bounded to an hour, and to [0, ...]
-    assert spooler.retry_wait(60, 10 ** 9, rand=NO_JITTER) == spooler.RETRY_AFTER_MAX == 3600
-    assert spooler.retry_wait(60, -100, rand=NO_JITTER) == 60
-    # and never past the end of the retry period
-    t = {"retry_interval": 60, "retry_period": 1}
-    out = spooler.schedule(Outcome("deferred", 429, "x", retry_after=3600), t, 0, 86400 - 100, rand=NO_JITTER)
-    assert out == ("deferred", 86400, "x")
-
-
-from hypothesis import given, settings as hsettings, strategies as hst  # noqa: E402
-
-
-@hsettings(max_examples=300, deadline=None)
-@given(interval=hst.integers(10, 600), u=hst.floats(0, 1, exclude_max=True),
-       retry_after=hst.none() | hst.floats(-1e9, 1e9, allow_nan=False),
-       scale=hst.sampled_from([1.0, 0.05, 0.01]))
-def test_retry_wait_bounds_property(interval, u, retry_after, scale):
-    wait = spooler.retry_wait(interval, retry_after, scale=scale, rand=lambda: u)
-    jittered = interval * scale
-    assert wait >= jittered * 0.9 - 1e-9  # the floor: never sooner than the jittered interval
-    ra = min(max(retry_after or 0.0, 0.0), 3600.0)
-    assert wait <= max(jittered * 1.1, ra) + 1e-9  # the ceiling: jitter or the bounded Retry-After
-    if ra > jittered * 1.1:
-        assert wait == ra  # honoured exactly (never scaled)
 
 
 def test_spooler_uses_its_injected_random(tmp_path, rx):
     cfg = make_cfg(tmp_path)
     rx.script("/j", [Response(503)])
-    did = statedb.delivery_id(write_inbound(cfg, target(rx, "/j", retry_interval=100)), "r1")
+    did = ingest.delivery_id(write_inbound(cfg, target(rx, "/j", retry_interval=100)), "r1")
     clock = [1_000_000.0]
     sp = spooler.Spooler(cfg, clock=lambda: clock[0], rand=lambda: 0.0)
     try:
@@ -245,9 +206,9 @@ def test_200_succeeded(rx, tmp_path):
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("succeeded", 1, 200)
     assert spool.pending(cfg.spool_dir) == []
     with StateStore(cfg.state_db) as st:
-        (log,) = st.inbound_log()
+        (log,) = logs.inbound_log(st)
         assert (log["status"], log["filterName"], log["to"]) == ("succeeded", "r1", "in@ours.example")
-        assert st.counts()["messages_with_raw"] == 0  # body dropped after success
+        assert logs.counts(st)["messages_with_raw"] == 0  # body dropped after success
 
 
 def test_one_post_per_rule_each_with_its_format(rx, tmp_path):
@@ -288,7 +249,7 @@ def test_500_then_200_deferred_then_succeeded(rx, tmp_path):
     assert again.at - first.at >= 0.1 * 0.9  # retry_interval 10 s x scale 0.01
     assert row["attempts"] == 2
     with StateStore(cfg.state_db) as st:
-        d = st.inbound_detail(f"{rid}-r1")
+        d = logs.inbound_detail(st, f"{rid}-r1")
     assert [(a["status_code"], a["error"]) for a in d["attempts"]] == [
         (500, "HTTP 500 Internal Server Error"), (200, None)]
     assert d["status"] == "succeeded" and d["reason"] is None
@@ -299,14 +260,16 @@ def test_404_failed_at_once(rx, tmp_path):
     cfg = make_cfg(tmp_path)
     rx.script("/hook", [(404, {}, b"no such hook")])
     rid = write_inbound(cfg, target(rx, "/hook"))
-    with Running(cfg):
-        row = wait_status(cfg, f"{rid}-r1", "failed")
-        time.sleep(0.4)  # several retry intervals: nothing more is posted
+    with Stepped(cfg) as sp:
+        sp.step()
+        row = delivery(cfg, f"{rid}-r1")
+        sp.step(advance=4 * 86400)  # past every retry interval and the retry period
+    assert row["status"] == "failed"
     assert len(rx.requests) == 1
     assert row["last_error"] == "HTTP 404 Not Found"
     with StateStore(cfg.state_db) as st:
-        d = st.inbound_detail(f"{rid}-r1")
-        assert st.counts()["messages_with_raw"] == 1  # a failed delivery keeps the body
+        d = logs.inbound_detail(st, f"{rid}-r1")
+        assert logs.counts(st)["messages_with_raw"] == 1  # a failed delivery keeps the body
     assert d["status"] == "failed" and d["reason"] == "HTTP 404 Not Found"
     assert d["attempts"][0]["status_code"] == 404
 
@@ -365,7 +328,7 @@ def test_retry_period_end_makes_failed(rx, tmp_path):
     row = delivery(cfg, f"{rid}-r1")
     assert row["status"] == "failed" and row["attempts"] == 3
     with StateStore(cfg.state_db) as st:
-        d = st.inbound_detail(f"{rid}-r1")
+        d = logs.inbound_detail(st, f"{rid}-r1")
     assert d["reason"] == "HTTP 503 Service Unavailable; gave up: retry period of 1 day ended"
     now[0] += 86400
     run()
@@ -447,7 +410,7 @@ def test_a_bad_record_goes_to_bad_alone_and_the_good_ones_of_its_file_are_ingest
     assert spool.pending(cfg.spool_dir) == []
     assert delivery(cfg, f"{good.id}-r1")["status"] == "succeeded"
     with StateStore(cfg.state_db) as st:
-        assert st.counts()["events"] == 1
+        assert logs.counts(st)["events"] == 1
     bad = os.path.join(cfg.spool_dir, "bad")
     assert bad_files(cfg) == [f"{stem}.{offsets[1]}.rec", f"{stem}.{offsets[1]}.rec.reason",
                               f"{stem}.{offsets[3]}.rec", f"{stem}.{offsets[3]}.rec.reason"]
@@ -504,7 +467,7 @@ def test_a_crash_before_the_file_is_unlinked_duplicates_nothing(rx, tmp_path, mo
     def no_commit(*args, **kw):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(StateStore, "ingest", no_commit)
+    monkeypatch.setattr(ingest, "records", no_commit)
     run_once(cfg)
     assert spool.pending(cfg.spool_dir) == [path] and bad_files(cfg) == expected_bad
     monkeypatch.undo()
@@ -547,9 +510,9 @@ def test_denied_and_event_records(tmp_path):
     run_once(cfg)
     assert spool.pending(cfg.spool_dir) == []
     with StateStore(cfg.state_db) as st:
-        (row,) = st.inbound_log()
+        (row,) = logs.inbound_log(st)
         assert (row["status"], row["filterName"], row["from"]) == ("denied", "no_rule", "spam@bad.example")
-        assert st.counts()["events"] == 1
+        assert logs.counts(st)["events"] == 1
 
 
 def test_render_failure_fails_that_delivery_only(rx, tmp_path):
@@ -575,8 +538,8 @@ def test_restart_does_not_repost(rx, tmp_path):
     rids = [write_inbound(cfg, target(rx, "/hook")) for _ in range(5)]
     run_once(cfg)
     run_once(cfg)
-    with Running(cfg):
-        time.sleep(0.3)
+    with Stepped(cfg) as sp:
+        sp.step(advance=4 * 86400)
     assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted(f"{r}-r1" for r in rids)
 
 
@@ -588,7 +551,7 @@ def test_many_messages_batched(rx, tmp_path):
         wait_status(cfg, f"{rids[-1]}-r1", "succeeded")
     assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted(f"{r}-r1" for r in rids)
     with StateStore(cfg.state_db) as st:
-        assert st.counts()["deliveries"]["succeeded"] == 40
+        assert logs.counts(st)["deliveries"]["succeeded"] == 40
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,5 +657,31 @@ def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypat
     finally:
         sp.close()
     with StateStore(cfg.state_db) as st:
-        assert st.counts()["events"] == len(ids)
+        assert logs.counts(st)["events"] == len(ids)
     assert spool.pending(cfg.spool_dir) == []
+
+
+def test_a_file_arriving_while_idle_is_ingested_without_waiting_out_poll_interval(rx, tmp_path):
+    # The milter seals a segment into new/ every 0.2 s; sleeping a whole poll_interval between
+    # looks left arriving mail waiting and the workers idle (bench/end_to_end.py).
+    cfg = make_cfg(tmp_path, poll_interval=30)
+    spool.ensure_dirs(cfg.spool_dir)
+    with Running(cfg) as sp:
+        time.sleep(0.3)  # the first step found nothing: the loop waits
+        rid = write_inbound(cfg, target(rx, "/hook"))
+        rx.wait_for(1, path="/hook", timeout=5)
+        assert wait_status(cfg, f"{rid}-r1", "succeeded")["attempts"] == 1
+        assert sp.poll_interval == 30
+
+
+def test_an_idle_spooler_does_not_step_while_new_is_unchanged(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, poll_interval=30)
+    spool.ensure_dirs(cfg.spool_dir)
+    past = time.time() - 60  # new/ changed long ago (a change within a clock tick is looked at again)
+    os.utime(os.path.join(cfg.spool_dir, "new"), (past, past))
+    steps = []
+    step = spooler.Spooler._step
+    monkeypatch.setattr(spooler.Spooler, "_step", lambda self: (steps.append(1), step(self)))
+    with Running(cfg):
+        time.sleep(0.5)
+    assert len(steps) == 1  # one look, then the wait (stop ends it)

@@ -1,5 +1,5 @@
-"""`mxhook postfix-config` and `mxhook check` with a fake postconf/postfix (admin.run_command)
-and a fake connection probe (admin.probe_socket); the real probe has its own tests at the end.
+"""`mxhook postfix-config` and `mxhook check` with a fake postconf/postfix (postfixsvc.run_command)
+and a fake connection probe (postfixsvc.probe_socket); the real probe has its own tests at the end.
 The planning itself (postfixconf.desired/changes) is tested in test_postfixconf.py; the same
 commands against a real Postfix are in tests/e2e/test_postfix_config.py."""
 from __future__ import annotations
@@ -21,24 +21,27 @@ import pytest
 from tests.support.cli import separate_runner
 
 from mxhook.cli import admin
-from mxhook import cli as climod
+from mxhook.cli import base
+from mxhook.services import check as checksvc
+from mxhook.services import postfix as postfixsvc
 from mxhook import config
 from mxhook.store import rulesdb as dbmod
+from mxhook.store import statedb
 from mxhook.postfix import postconf as pc
 from mxhook import spool
 from mxhook.store.statedb import StateStore
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
-REAL_RUN_COMMAND = admin.run_command
+REAL_RUN_COMMAND = postfixsvc.run_command
 OURS = "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
 
 
-@click.group(cls=climod.MxhookGroup)
+@click.group(cls=base.MxhookGroup)
 @click.option("--config", "config_path")
 @click.pass_context
 def root(ctx, config_path):
     """Like cli.cli: the context object is cli.App."""
-    ctx.obj = climod.App(config_path)
+    ctx.obj = base.App(config_path)
 
 
 root.add_command(admin.postfix_config)
@@ -139,10 +142,10 @@ class Env:
         }
         self.write_config()
         self.postfix = FakePostfix(tmp_path, self.queue_dir, **main)
-        monkeypatch.setattr(admin, "run_command", self.postfix)
+        monkeypatch.setattr(postfixsvc, "run_command", self.postfix)
         self.probes: list[tuple[str, str]] = []
         self.probe_answer: str | None = None
-        monkeypatch.setattr(admin, "probe_socket", self._probe)
+        monkeypatch.setattr(postfixsvc, "probe_socket", self._probe)
         self.runner = separate_runner()
         self.sock: socket.socket | None = None
 
@@ -392,9 +395,9 @@ def test_apply_twice_the_second_changes_nothing(env):
 def test_backups_never_overwrite(tmp_path):
     main_cf = tmp_path / "main.cf"
     main_cf.write_text("a = 1\n")
-    first = admin.make_backup(str(main_cf))
+    first = postfixsvc.make_backup(str(main_cf))
     main_cf.write_text("a = 2\n")
-    second = admin.make_backup(str(main_cf))
+    second = postfixsvc.make_backup(str(main_cf))
     assert first != second
     assert open(first).read() == "a = 1\n" and open(second).read() == "a = 2\n"
 
@@ -511,7 +514,7 @@ def test_check_spool_unwritable_by_the_daemon_user(env, monkeypatch):
     env.healthy()
     wire(env)
     nobody = pwd.getpwnam("nobody").pw_uid
-    monkeypatch.setattr(admin, "daemon_uids", lambda spec, spool_dir: [nobody])
+    monkeypatch.setattr(checksvc, "daemon_uids", lambda spec, spool_dir: [nobody])
     status, results = env.check()
     assert status == 1
     spool_problems = [r["message"] for r in results if r["check"] == "spool" and not r["ok"]]
@@ -576,6 +579,31 @@ def test_check_databases(env):
                           "permitted, so inbound mail is refused; `mxhook domain add DOMAIN` creates it"}
     assert problems(results) == [
         f"state database {env.state_db} does not exist: start mxhook-spooler (it creates it)"]
+
+
+def test_check_says_restarting_the_spooler_upgrades_an_unversioned_state_db(env):
+    """A state.db made before it had a schema version (tables, user_version 0) is older, not
+    empty: the spooler migrates it when it starts."""
+    env.healthy()
+    wire(env)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(env.state_db + suffix):
+            os.unlink(env.state_db + suffix)
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "statedb", "unversioned.sql")
+    conn = sqlite3.connect(env.state_db)
+    with open(fixture, encoding="utf-8") as fh:
+        conn.executescript(fh.read())
+    conn.close()
+    os.chmod(env.state_db, 0o640)
+    status, results = env.check()
+    assert status == 1
+    assert problems(results) == [
+        f"state database {env.state_db} has schema version 0, older than "
+        f"{statedb.SCHEMA_VERSION}: restarting mxhook-spooler upgrades it"]
+    with StateStore(env.state_db):
+        pass
+    status, results = env.check()
+    assert status == 0, problems(results)
 
 
 def test_check_config_values_every_daemon_reads(env):
@@ -649,9 +677,9 @@ def test_postfix_config_default_postfix_without_main_cf_exits_1(env):
 
 def test_postfix_dir_without_main_cf_with_the_real_postconf(env, monkeypatch, tmp_path):
     """The real postconf on an empty configuration directory."""
-    if not os.path.exists(admin.POSTCONF):
+    if not os.path.exists(postfixsvc.POSTCONF):
         pytest.skip("postconf is not installed")
-    monkeypatch.setattr(admin, "run_command", REAL_RUN_COMMAND)
+    monkeypatch.setattr(postfixsvc, "run_command", REAL_RUN_COMMAND)
     empty = tmp_path / "empty-etc"
     empty.mkdir()
     expected = (f"{empty} has no main.cf: --postfix-dir must name the configuration directory of "
@@ -670,8 +698,8 @@ def test_postfix_not_installed(env, monkeypatch):
     def no_such_program(argv, timeout=60.0):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
 
-    monkeypatch.setattr(admin, "run_command", no_such_program)
-    expected = (f"Postfix is not installed ({admin.POSTCONF} not found): install it (`apt install "
+    monkeypatch.setattr(postfixsvc, "run_command", no_such_program)
+    expected = (f"Postfix is not installed ({postfixsvc.POSTCONF} not found): install it (`apt install "
                 "postfix`, choosing \"Internet Site\"), then run `mxhook postfix-config`")
     status, results = env.check()
     assert status == 1
@@ -709,10 +737,10 @@ def test_entry_options_and_master_parsing():
 
 def test_allows():
     st = os.stat_result((0o40750, 0, 0, 0, 1000, 1000, 0, 0, 0, 0))
-    assert admin.allows(st, 1000, set(), 0o3)
-    assert admin.allows(st, 2000, {1000}, 0o1) and not admin.allows(st, 2000, {1000}, 0o3)
-    assert not admin.allows(st, 2000, set(), 0o1)
-    assert admin.allows(st, 0, set(), 0o7)
+    assert checksvc.allows(st, 1000, set(), 0o3)
+    assert checksvc.allows(st, 2000, {1000}, 0o1) and not checksvc.allows(st, 2000, {1000}, 0o3)
+    assert not checksvc.allows(st, 2000, set(), 0o1)
+    assert checksvc.allows(st, 0, set(), 0o7)
 
 
 # -- the real probe (root: it becomes another user) --------------------------------------------------
@@ -754,7 +782,7 @@ def test_probe_connects_as_the_user_and_negotiates(open_dir):
     d = open_dir
     srv = fake_milter(str(d / "m.sock"))
     try:
-        assert admin.probe_socket(str(d / "m.sock"), "postfix") is None
+        assert postfixsvc.probe_socket(str(d / "m.sock"), "postfix") is None
     finally:
         srv.close()
 
@@ -765,9 +793,9 @@ def test_probe_reports_what_postfix_would_meet(open_dir):
     closed.mkdir(mode=0o700)
     srv = fake_milter(str(closed / "m.sock"))
     try:
-        assert admin.probe_socket(str(closed / "m.sock"), "postfix") == "connect: Permission denied [EACCES]"
+        assert postfixsvc.probe_socket(str(closed / "m.sock"), "postfix") == "connect: Permission denied [EACCES]"
         # root itself gets through: the probe really changed user
-        assert admin.probe_socket(str(closed / "m.sock"), "root") is None
+        assert postfixsvc.probe_socket(str(closed / "m.sock"), "root") is None
     finally:
         srv.close()
     stale = open_dir / "stale.sock"
@@ -775,4 +803,4 @@ def test_probe_reports_what_postfix_would_meet(open_dir):
     s.bind(str(stale))
     s.close()
     os.chmod(stale, 0o666)
-    assert admin.probe_socket(str(stale), "postfix") == "connect: Connection refused [ECONNREFUSED]"
+    assert postfixsvc.probe_socket(str(stale), "postfix") == "connect: Connection refused [ECONNREFUSED]"

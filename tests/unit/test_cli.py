@@ -13,8 +13,10 @@ from tests.support.cli import separate_runner
 
 from mxhook import cli as climod
 from mxhook import config
+from mxhook.cli import output
 from mxhook.delivery import egress
 from mxhook.delivery import signing
+from mxhook.services import targets, times
 
 BEARER = "tok-abcdefghijklmnop-wxyz"
 API_KEY = "key-0123456789-9876"
@@ -93,7 +95,7 @@ def test_dns(monkeypatch):
             return table(name, port, *args)
         return egress.static_resolver({name: [PUBLIC_IP]})(name, port, *args)
 
-    monkeypatch.setattr(climod, "RESOLVER", resolve)
+    monkeypatch.setattr(targets, "RESOLVER", resolve)
 
 
 @pytest.fixture
@@ -703,20 +705,20 @@ NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
     ("2026-11-01T08:30:00Z", "2026-11-01T08:30:00.000000Z"),
 ])
 def test_parse_time(text, expected):
-    assert climod.parse_time(text, now=NOW) == expected
+    assert times.parse_time(text, now=NOW) == expected
 
 
 @pytest.mark.parametrize("bad", ["yesterday", "5y", "2026-13-01", "", "-3h"])
 def test_parse_time_invalid(bad):
     with pytest.raises(ValueError):
-        climod.parse_time(bad, now=NOW)
+        times.parse_time(bad, now=NOW)
 
 
 def test_masks():
-    assert climod.mask_basic("user:pa:ss") == "user:****"
-    assert climod.mask_secret("abcdefghijkl") == "****ijkl"
-    assert climod.mask_secret("short") == "****"
-    assert climod.mask_secret(None) is None
+    assert targets.mask_basic("user:pa:ss") == "user:****"
+    assert targets.mask_secret("abcdefghijkl") == "****ijkl"
+    assert targets.mask_secret("short") == "****"
+    assert targets.mask_secret(None) is None
 
 
 # -- inbound log ----------------------------------------------------------------------------------
@@ -730,6 +732,7 @@ def _target(name):
 @pytest.fixture
 def logged(env):
     from mxhook import spool
+    from mxhook.store import ingest
     from mxhook.store.statedb import StateStore
 
     os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
@@ -737,7 +740,7 @@ def logged(env):
     base = {"queue_id": "4XbQ1", "mail_from": "bounce@x.org", "client_addr": "192.0.2.1",
             "client_name": "mail.x.org", "helo": "mail.x.org", "header_from": "alice@x.org",
             "subject": "Hello", "message_id": "<m1@x.org>"}
-    store.ingest([
+    ingest.records(store, [
         spool.Record("a1", "inbound", dict(base, received="2026-11-20T10:00:00.000000Z", deliveries=[
             {"recipients": ["in@ours.example"], "rule": _target("r1")}]), b"Subject: Hello\r\n\r\nx\r\n"),
         spool.Record("a2", "inbound", dict(base, received="2026-11-21T10:00:00.000000Z",
@@ -780,10 +783,11 @@ def test_log_inbound_table(logged):
 
 def test_log_inbound_csv(logged):
     from mxhook import spool
+    from mxhook.store import ingest
     from mxhook.store.statedb import StateStore
 
     store = StateStore(logged.state_db)
-    store.ingest([spool.Record("d2", "denied", {
+    ingest.records(store, [spool.Record("d2", "denied", {
         "received": "2026-11-23T10:00:00.000000Z", "recipients": ["x@ours.example"],
         "header_from": "=HYPERLINK(\"http://evil\")@x", "mail_from": "", "client_name": "h",
         "client_addr": "192.0.2.9", "queue_id": "", "helo": "h", "subject": "s",
@@ -1021,6 +1025,7 @@ def test_block_needs_the_spool(env):
 def events_logged(env):
     from mxhook import spool
     from mxhook.model.endpoints import Endpoint
+    from mxhook.store import ingest
     from mxhook.store.statedb import AttemptRecord, StateStore
 
     os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
@@ -1033,7 +1038,7 @@ def events_logged(env):
                 "source": "log", "custom_headers": {}, **kw}
         return spool.Record(eid, "event", meta)
 
-    store.ingest([
+    ingest.records(store, [
         ev("q1", "queued", "2026-11-20T10:00:00.000000Z", source="milter", client_addr="192.0.2.7",
            message_id="<m@ours>", subject="=2+3"),
         ev("b1", "bounced", "2026-11-21T10:00:00.000000Z", remote_host="mx.x.example",
@@ -1041,7 +1046,7 @@ def events_logged(env):
     ], endpoints=eps)
     store.sync_endpoints(eps)
     b = store.create_batch(1, 100)
-    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-21T10:00:05.000000Z", "failed", "failed",
+    store.record_attempts([AttemptRecord(b.id, "2026-11-21T10:00:05.000000Z", "failed", "failed",
                                                status_code=400, error="-HTTP 400 Bad Request")])
     store.close()
     return env
@@ -1289,4 +1294,4 @@ def test_an_empty_config_path_is_an_error_not_the_default(env):
 
 
 def test_mail_text_cannot_drive_the_terminal():
-    assert climod.printable("Hi\x1b[2J\x1b]0;owned\x07 there\x9b") == "Hi\ufffd[2J\ufffd]0;owned\ufffd there\ufffd"
+    assert output.printable("Hi\x1b[2J\x1b]0;owned\x07 there\x9b") == "Hi\ufffd[2J\ufffd]0;owned\ufffd there\ufffd"

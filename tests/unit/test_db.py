@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mxhook.store import rulesdb
+from mxhook.store import migrations, rulesdb
 from mxhook.model import headers
 from mxhook.model.rules import Condition, Rule, RuleError, parse_condition
 
@@ -444,7 +444,8 @@ def test_migration_is_one_transaction(path, monkeypatch):
         database.execute("CREATE TABLE endpoints (id INTEGER PRIMARY KEY)")
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setitem(rulesdb._MIGRATIONS, 2, broken)
+    monkeypatch.setattr(rulesdb, "_MIGRATIONS", tuple((v, broken if v == 2 else step)
+                                                      for v, step in rulesdb._MIGRATIONS))
     with pytest.raises(sqlite3.OperationalError):
         rulesdb.RulesStore(path)
     conn = sqlite3.connect(path)
@@ -620,7 +621,7 @@ def test_blocklist_reader_fails_open_on_a_broken_file(tmp_path, caplog):
 
 def test_blocklist_reader_is_fast(path):
     with rulesdb.RulesStore(path) as store:
-        with rulesdb._transaction(store.conn):
+        with migrations.transaction(store.conn):
             store.conn.executemany(
                 "INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', 'x')",
                 [(f"user{i}@example.com",) for i in range(100_000)])

@@ -60,11 +60,11 @@ def test_http_allowed_explicitly_and_iana_zones():
     assert endpoints.check_timezone("Etc/UTC") == "Etc/UTC"
 
 
-def test_delivery_target_fits_the_delivery_client():
+def test_an_endpoint_has_a_delivery_target():
     ep = endpoints.validate(Endpoint(url=URL, bearer="tok", timeout=5, retry_interval=20, id=4))
-    t = ep.delivery_target()
-    assert (t["endpoint"], t["bearer"], t["timeout"], t["retry_interval"], t["retry_period"]) == (URL, "tok", 5, 20, 3)
-    assert t["name"] == "endpoint-4" and t["allow_http"] is False
+    t = ep.target
+    assert (t.url, t.bearer, t.timeout, t.retry.interval, t.retry.period) == (URL, "tok", 5, 20, 3)
+    assert (t.kind, t.id, t.name, t.allow_http) == ("endpoint", 4, "endpoint-4", False)
 
 
 def test_with_defaults_ignores_none():

@@ -171,3 +171,16 @@ def test_v1_text_takes_the_template_for_stored_events():
     assert flat is not None and flat == ev_payloads._dumps(ev_payloads._v1_event(event, ev_payloads.timezone.utc))
     assert ev_payloads._v1_text_flat(dict(event, delay=float("nan"))) is None  # json writes NaN
     assert ev_payloads._v1_text_flat(dict(event, at="2026-01-15T12:00:00+01:00")) is None
+
+
+def test_prerenderer_only_for_an_endpoint_that_takes_v1_in_utc():
+    """An endpoint in another time zone (or disabled) would parse and render a V1Text again:
+    for it, the store keeps events as dicts until their batch is made."""
+    from dataclasses import replace
+
+    utc = Endpoint(url="https://h.example/e", id=1, categories=("bounces",))
+    berlin = replace(utc, id=2, timezone="Europe/Berlin")
+    assert ev_payloads.prerenderer([berlin]) is None
+    assert ev_payloads.prerenderer([replace(utc, enabled=False), berlin]) is None
+    assert ev_payloads.prerenderer([berlin, utc]) is ev_payloads.v1_text
+    assert ev_payloads.prerenderer([]) is None

@@ -12,6 +12,7 @@ import pytest
 
 from mxhook.delivery import egress
 from mxhook.delivery import webhook
+from mxhook.model.targets import Target
 from tests.support.receiver import Receiver, Response
 
 LOOPBACK = "127.0.0.1/32"  # the receiver's network, allowlisted as [http] allow_networks would
@@ -72,21 +73,20 @@ def test_parse_retry_after_http_date():
 
 
 def test_auth_header():
-    assert webhook.auth_header({}) is None
-    assert webhook.auth_header({"basic_auth": "u:p w"}) == "Basic " + base64.b64encode(b"u:p w").decode()
-    assert webhook.auth_header({"bearer": "tok"}) == "Bearer tok"
+    url = "https://hooks.example/in"
+    assert webhook.auth_header(target(url)) is None
+    assert webhook.auth_header(target(url, basic_auth="u:p w")) == "Basic " + base64.b64encode(b"u:p w").decode()
+    assert webhook.auth_header(target(url, bearer="tok")) == "Bearer tok"
     with pytest.raises(ValueError):
-        webhook.auth_header({"basic_auth": "u:p", "bearer": "tok"})
+        webhook.auth_header(target(url, basic_auth="u:p", bearer="tok"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Real posts
 
-def target(url, **kw):
-    t = {"name": "r1", "endpoint": url, "format": "json", "timeout": 5, "allow_http": True,
-         "basic_auth": None, "bearer": None, "api_key": None}
-    t.update(kw)
-    return t
+def target(url, **kw) -> Target:
+    return Target(**{"kind": "rule", "id": None, "name": "r1", "url": url, "timeout": 5,
+                     "allow_http": True, **kw})
 
 
 def post(tgt, body=b'{"a":1}', max_response_bytes=4096, webhook_id="wh-1", session=None, **kw):

@@ -12,9 +12,10 @@ from mxhook import cli as climod
 from mxhook import config
 from mxhook.store import rulesdb
 from mxhook.cli import ops
+from mxhook.services import replay as replaysvc
 from mxhook.model import rules
 from mxhook import spool
-from mxhook.store import statedb
+from mxhook.store import ingest, logs, statedb
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import AttemptRecord, StateStore
 
@@ -62,10 +63,10 @@ class Env:
         rid = rid or spool.new_id()
         meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",
                 "header_from": "a@x.example", "subject": "s", "message_id": "<m@x>",
-                "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.delivery_target()}]}
+                "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target.to_record(discard=rule.discard)}]}
         with self.state() as st:
-            st.ingest([spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
-        return statedb.delivery_id(rid, rule.name)
+            ingest.records(st, [spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
+        return ingest.delivery_id(rid, rule.name)
 
     def finish(self, did: str, status: str, *, code=404, when=None, error=None) -> None:
         outcome = status if status != "failed" or code else "failed"
@@ -101,8 +102,8 @@ def test_replay_id_requeues_with_the_rules_current_settings(env):
     assert res.exit_code == 0, (res.stdout, res.stderr)
     assert "Replayed 1 item(s)" in res.stdout and "same webhook-id" in res.stdout
     with env.state() as st:
-        row = st.delivery(did)
-        detail = st.inbound_detail(did)
+        row = logs.delivery(st, did)
+        detail = logs.inbound_detail(st, did)
     assert (row["status"], row["first_attempt_at"], row["attempts"]) == ("queued", None, 1)
     assert row["target"]["endpoint"] == "https://fixed.example/in" and row["target"]["retry_period"] == 2
     assert (detail["status"], detail["reason"]) == ("queued", "replayed")
@@ -121,7 +122,7 @@ def test_replay_json_and_dry_run(env):
         "id": did, "kind": "delivery", "status": "failed", "rule": "r1",
         "endpoint": "https://hooks.example/in", "last_error": "HTTP 404"}
     with env.state() as st:
-        assert st.delivery(did)["status"] == "failed"  # nothing changed
+        assert logs.delivery(st, did)["status"] == "failed"  # nothing changed
     res = env.run("replay", did, "--dry-run")
     assert res.exit_code == 0 and "Would replay 1 item(s)" in res.stdout and did in res.stdout
     out = env.json("replay", did)
@@ -153,12 +154,12 @@ def test_replay_of_a_disabled_rule_needs_force(env):
     assert res.exit_code == 1
     assert "rule r1 is disabled" in res.stderr and "410 Gone" in res.stderr and "--force" in res.stderr
     with env.state() as st:
-        assert st.delivery(did)["status"] == "failed"
+        assert logs.delivery(st, did)["status"] == "failed"
     out = env.json("replay", did, "--force")
     (item,) = out["replayed"]
     assert "sent once it is enabled again" in item["note"] and "mxhook rule enable r1" in item["note"]
     with env.state() as st:
-        assert st.delivery(did)["status"] == "queued"
+        assert logs.delivery(st, did)["status"] == "queued"
 
 
 def test_replay_when_the_rule_was_removed_keeps_the_accepted_settings(env):
@@ -169,7 +170,7 @@ def test_replay_when_the_rule_was_removed_keeps_the_accepted_settings(env):
     out = env.json("replay", did)
     assert "no longer exists" in out["replayed"][0]["note"]
     with env.state() as st:
-        assert st.delivery(did)["target"]["endpoint"] == "https://hooks.example/in"
+        assert logs.delivery(st, did)["target"]["endpoint"] == "https://hooks.example/in"
 
 
 def test_replay_refuses_a_delivery_whose_body_is_gone(env):
@@ -207,13 +208,13 @@ def test_replay_by_endpoint(env):
         ep = store.add_endpoint(Endpoint(url="https://app.example/ev"))
         gone = store.add_endpoint(Endpoint(url="https://old.example/ev"))
     with env.state() as st:
-        st.ingest([spool.Record(id=f"e{i}", kind="event", meta={
+        ingest.records(st, [spool.Record(id=f"e{i}", kind="event", meta={
             "type": "bounced", "at": at(100), "recipient": "x@y", "queue_id": "Q"}) for i in range(3)],
             endpoints=[ep, gone])
         batches = {}
         for e in (ep, gone):
             b = st.create_batch(e.id, 100)
-            st.record_batch_attempts([AttemptRecord(b.id, statedb.iso(), "failed", "failed",
+            st.record_attempts([AttemptRecord(b.id, statedb.iso(), "failed", "failed",
                                                     status_code=400, error="HTTP 400 Bad Request")])
             batches[e.id] = b.id
     with env.rules() as store:
@@ -236,10 +237,10 @@ def test_replay_by_endpoint(env):
 
 def test_replay_progress(env, monkeypatch):
     rule = env.add_rule()
-    ids = [env.failed_delivery(rule, at(100 + i)) for i in range(ops.REQUEUE_CHUNK + 50)]
+    ids = [env.failed_delivery(rule, at(100 + i)) for i in range(replaysvc.REQUEUE_CHUNK + 50)]
     res = env.run("replay", "--rule", "r1")  # not a terminal: plain counts on stderr
     assert res.exit_code == 0
-    assert f"replaying: {ops.REQUEUE_CHUNK} of {len(ids)}" in res.stderr
+    assert f"replaying: {replaysvc.REQUEUE_CHUNK} of {len(ids)}" in res.stderr
     assert f"replaying: {len(ids)} of {len(ids)}" in res.stderr
     with env.state() as st:
         st.conn.execute("UPDATE deliveries SET status = 'failed'")
@@ -271,7 +272,7 @@ def test_status_shapes(env):
     with env.state() as st:
         st.mark_disabled("rule", str(disabled.id), "disabled", "the endpoint answered HTTP 410 Gone",
                          now=NOW - 100)
-        st.ingest([spool.Record(id=f"e{i}", kind="event", meta={
+        ingest.records(st, [spool.Record(id=f"e{i}", kind="event", meta={
             "type": "queued", "at": at(50), "recipient": "x@y", "queue_id": "Q"}) for i in range(4)],
             endpoints=[ep], now=NOW - 50)
     spool.write(env.spool_dir, spool.Record(id=spool.new_id(), kind="denied",

@@ -29,15 +29,13 @@ META = {
     "client_addr": "192.0.2.1", "client_name": "mail.example.com", "helo": "mail.example.com",
     "header_from": "reports@example.com", "subject": "Monthly report", "message_id": None,
     "deliveries": [{"recipients": ["in@ours.example", "in2@ours.example"],
-                    "rule": Rule(name="reports", endpoint="https://hooks.example/in").delivery_target()}],
+                    "rule": Rule(name="reports", endpoint="https://hooks.example/in").target.to_record()}],
 }
 DELIVERY_ID = "0187a2b3c4d5e6f7a1b2c3d4e5f6-reports"
 
 
 def target(**changes) -> dict:
-    t = Rule(name="reports", endpoint="https://hooks.example/in", id=7).delivery_target()
-    t.update(changes)
-    return t
+    return {**Rule(name="reports", endpoint="https://hooks.example/in", id=7).target.to_record(), **changes}
 
 
 def raw(name="mixed_alternative_attachment.eml") -> bytes:

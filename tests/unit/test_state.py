@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from mxhook import spool
-from mxhook.store import statedb
+from mxhook.store import ingest, logs, migrations, statedb
 from mxhook.store.statedb import AttemptRecord, StateStore
 
 
@@ -60,16 +60,16 @@ def test_pragmas(store):
 
 def test_ingest_is_idempotent(store, tmp_path):
     rec = inbound("a1")
-    assert store.ingest([rec]) == 1
-    assert store.ingest([rec]) == 0
-    assert store.ingest([rec, denied("d1")]) == 1
-    assert store.ingest([denied("d1")]) == 0
-    c = store.counts()
+    assert ingest.records(store, [rec]) == 1
+    assert ingest.records(store, [rec]) == 0
+    assert ingest.records(store, [rec, denied("d1")]) == 1
+    assert ingest.records(store, [denied("d1")]) == 0
+    c = logs.counts(store)
     assert c["messages"] == 1 and c["deliveries"]["queued"] == 1 and c["denied"] == 1
     assert store.conn.execute("SELECT count(*) FROM inbound_log").fetchone()[0] == 2
     # a second store on the same file (a restarted spooler) sees the same and ingests nothing new
     other = StateStore(str(tmp_path / "state.db"))
-    assert other.ingest([rec]) == 0
+    assert ingest.records(other, [rec]) == 0
     other.close()
 
 
@@ -78,8 +78,8 @@ def test_ingest_inbound_rows(store):
         {"recipients": ["in@ours.example"], "rule": target("r1")},
         {"recipients": ["sales@ours.example", "ops@ours.example"], "rule": target("r2", id=2)},
     ])
-    store.ingest([rec])
-    log = store.inbound_log()
+    ingest.records(store, [rec])
+    log = logs.inbound_log(store)
     assert [r["id"] for r in log] == ["a1-r2", "a1-r1"]  # same time: id descending
     row = log[1]
     assert row == {
@@ -88,56 +88,56 @@ def test_ingest_inbound_rows(store):
         "messageId": "<m1@x.org>", "filterName": "r1", "reason": None,
     }
     assert log[0]["to"] == "sales@ours.example, ops@ours.example"
-    d = store.delivery("a1-r2")
+    d = logs.delivery(store, "a1-r2")
     assert d["rule_id"] == 2 and d["target"]["name"] == "r2" and d["attempts"] == 0
     assert d["recipients"] == ["sales@ours.example", "ops@ours.example"]
 
 
 def test_from_falls_back_to_mail_from(store):
-    store.ingest([inbound("a1", header_from=""), denied("d1")])
-    assert {r["id"]: r["from"] for r in store.inbound_log()} == {
+    ingest.records(store, [inbound("a1", header_from=""), denied("d1")])
+    assert {r["id"]: r["from"] for r in logs.inbound_log(store)} == {
         "a1-r1": "bounce@x.org", "d1": "spam@bad.example"}
 
 
 def test_denied_row(store):
-    store.ingest([denied("d1", recipients=["a@ours.example", "b@ours.example"],
-                         filter="heuristic:from_equals_to", reason="From equals To")])
-    (row,) = store.inbound_log()
+    ingest.records(store, [denied("d1", recipients=["a@ours.example", "b@ours.example"],
+                                  filter="heuristic:from_equals_to", reason="From equals To")])
+    (row,) = logs.inbound_log(store)
     assert row["status"] == "denied" and row["filterName"] == "heuristic:from_equals_to"
     assert row["reason"] == "From equals To" and row["to"] == "a@ours.example, b@ours.example"
     assert row["hostName"] == "unknown"
-    d = store.inbound_detail("d1")
+    d = logs.inbound_detail(store, "d1")
     assert d["recipients"] == ["a@ours.example", "b@ours.example"]
     assert d["client_addr"] == "198.51.100.7" and d["queue_id"] == "" and d["attempts"] == []
 
 
 def test_events_stored_raw(store):
     ev = spool.Record(id="e1", kind="event", meta={"received": "2026-11-22T12:00:00Z", "type": "queued"})
-    assert store.ingest([ev]) == 1 and store.ingest([ev]) == 0
-    assert store.counts()["events"] == 1
+    assert ingest.records(store, [ev]) == 1 and ingest.records(store, [ev]) == 0
+    assert logs.counts(store)["events"] == 1
 
 
 def test_check_record_rejects_bad_meta(store):
-    with pytest.raises(statedb.RecordError):
-        store.ingest([inbound("ok1"), inbound("bad", deliveries=[])])
-    with pytest.raises(statedb.RecordError):
-        statedb.check_record(inbound("bad", deliveries=[{"recipients": "x", "rule": target()}]))
-    with pytest.raises(statedb.RecordError):
-        statedb.check_record(inbound("bad", deliveries=[{"recipients": [], "rule": {"name": "x"}}]))
-    with pytest.raises(statedb.RecordError):
-        statedb.check_record(inbound("bad", received="yesterday"))
-    with pytest.raises(statedb.RecordError):
-        statedb.check_record(inbound("bad", deliveries=[
+    with pytest.raises(ingest.RecordError):
+        ingest.records(store, [inbound("ok1"), inbound("bad", deliveries=[])])
+    with pytest.raises(ingest.RecordError):
+        ingest.check_record(inbound("bad", deliveries=[{"recipients": "x", "rule": target()}]))
+    with pytest.raises(ingest.RecordError):
+        ingest.check_record(inbound("bad", deliveries=[{"recipients": [], "rule": {"name": "x"}}]))
+    with pytest.raises(ingest.RecordError):
+        ingest.check_record(inbound("bad", received="yesterday"))
+    with pytest.raises(ingest.RecordError):
+        ingest.check_record(inbound("bad", deliveries=[
             {"recipients": ["a@x"], "rule": target("r")}, {"recipients": ["b@x"], "rule": target("r")}]))
-    assert store.counts()["messages"] == 0  # nothing of the failed batch was written
+    assert logs.counts(store)["messages"] == 0  # nothing of the failed batch was written
 
 
 @pytest.mark.parametrize("rule", [{"name": ["x"], "endpoint": "https://h/"},
                                   {"name": {"a": 1}, "endpoint": "https://h/"},
                                   {"name": "r", "endpoint": ["https://h/"]}])
 def test_check_record_rejects_non_string_rule_fields(rule):
-    with pytest.raises(statedb.RecordError, match="is not a string"):
-        statedb.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": rule}]))
+    with pytest.raises(ingest.RecordError, match="is not a string"):
+        ingest.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": rule}]))
 
 
 @pytest.mark.parametrize("make,field", [("inbound", "subject"), ("inbound", "message_id"),
@@ -148,23 +148,23 @@ def test_check_record_rejects_non_text_in_text_fields(store, make, field):
     record = {"inbound": lambda: inbound("bad", **{field: {"a": 1}}),
               "denied": lambda: denied("bad", **{field: ["x"]}),
               "event": lambda: event("bad", "queued", **{field: {"a": 1}})}[make]()
-    with pytest.raises(statedb.RecordError, match=f"{field}' is not a string"):
-        statedb.check_record(record)
-    with pytest.raises(statedb.RecordError, match="rule.id is not an integer"):
-        statedb.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": {**target(), "id": "7"}}]))
+    with pytest.raises(ingest.RecordError, match=f"{field}' is not a string"):
+        ingest.check_record(record)
+    with pytest.raises(ingest.RecordError, match="rule.id is not an integer"):
+        ingest.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": {**target(), "id": "7"}}]))
 
 
 @pytest.mark.parametrize("when", [1e300, 6.77680361916768e16, -1e300])
 def test_check_record_rejects_out_of_range_times(when):
-    with pytest.raises(statedb.RecordError, match="out of range"):
-        statedb.check_record(denied("bad", received=when))
-    with pytest.raises(statedb.RecordError, match="out of range"):
-        statedb.check_record(spool.Record(id="e", kind="event", meta={"type": "queued", "at": when}))
+    with pytest.raises(ingest.RecordError, match="out of range"):
+        ingest.check_record(denied("bad", received=when))
+    with pytest.raises(ingest.RecordError, match="out of range"):
+        ingest.check_record(spool.Record(id="e", kind="event", meta={"type": "queued", "at": when}))
 
 
 def test_received_is_normalized_to_utc(store):
-    store.ingest([inbound("a1", received="2026-11-22T13:00:00+01:00"), inbound("a2", received="2026-11-22T12:30:00Z")])
-    assert [r["received"] for r in store.inbound_log()] == [
+    ingest.records(store, [inbound("a1", received="2026-11-22T13:00:00+01:00"), inbound("a2", received="2026-11-22T12:30:00Z")])
+    assert [r["received"] for r in logs.inbound_log(store)] == [
         "2026-11-22T12:30:00.000000Z", "2026-11-22T12:00:00.000000Z"]
 
 
@@ -174,33 +174,33 @@ def test_log_filters(store):
     for i in range(6):
         at = (base + timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         recs.append(inbound(f"a{i}", received=at) if i % 2 == 0 else denied(f"d{i}", received=at))
-    store.ingest(recs)
+    ingest.records(store, recs)
     ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
-    assert ids(store.inbound_log()) == ["d5", "a4-r1", "d3", "a2-r1", "d1", "a0-r1"]
-    assert ids(store.inbound_log(limit=2)) == ["d5", "a4-r1"]
-    assert ids(store.inbound_log(status="denied")) == ["d5", "d3", "d1"]
-    assert ids(store.inbound_log(status="queued", limit=1)) == ["a4-r1"]
+    assert ids(logs.inbound_log(store)) == ["d5", "a4-r1", "d3", "a2-r1", "d1", "a0-r1"]
+    assert ids(logs.inbound_log(store, limit=2)) == ["d5", "a4-r1"]
+    assert ids(logs.inbound_log(store, status="denied")) == ["d5", "d3", "d1"]
+    assert ids(logs.inbound_log(store, status="queued", limit=1)) == ["a4-r1"]
     # since inclusive, until exclusive; strings, datetimes and offsets all compare in UTC
-    assert ids(store.inbound_log(since="2026-11-22T14:00:00Z")) == ["d5", "a4-r1", "d3", "a2-r1"]
-    assert ids(store.inbound_log(since="2026-11-22T15:00:00+01:00")) == ["d5", "a4-r1", "d3", "a2-r1"]
-    assert ids(store.inbound_log(until=base + timedelta(hours=2))) == ["d1", "a0-r1"]
-    assert ids(store.inbound_log(since=datetime(2026, 11, 22, 13), until="2026-11-22T15:00")) == ["a2-r1", "d1"]
-    assert ids(store.inbound_log(status="denied", since="2026-11-22T13:30:00Z", until="2026-11-22T17:30:00Z")) == ["d5", "d3"]
-    assert store.inbound_log(since="2026-11-23") == []
+    assert ids(logs.inbound_log(store, since="2026-11-22T14:00:00Z")) == ["d5", "a4-r1", "d3", "a2-r1"]
+    assert ids(logs.inbound_log(store, since="2026-11-22T15:00:00+01:00")) == ["d5", "a4-r1", "d3", "a2-r1"]
+    assert ids(logs.inbound_log(store, until=base + timedelta(hours=2))) == ["d1", "a0-r1"]
+    assert ids(logs.inbound_log(store, since=datetime(2026, 11, 22, 13), until="2026-11-22T15:00")) == ["a2-r1", "d1"]
+    assert ids(logs.inbound_log(store, status="denied", since="2026-11-22T13:30:00Z", until="2026-11-22T17:30:00Z")) == ["d5", "d3"]
+    assert logs.inbound_log(store, since="2026-11-23") == []
     with pytest.raises(ValueError):
-        store.inbound_log(status="bogus")
+        logs.inbound_log(store, status="bogus")
     with pytest.raises(ValueError):
-        store.inbound_log(since="last tuesday")
+        logs.inbound_log(store, since="last tuesday")
 
 
 def test_due_and_attempts(store):
-    store.ingest([inbound("a1"), inbound("a2")], now="2026-11-22T12:00:00Z")
+    ingest.records(store, [inbound("a1"), inbound("a2")], now="2026-11-22T12:00:00Z")
     assert store.due("2026-11-22T11:59:59Z", 10) == []
     due = store.due("2026-11-22T12:00:00Z", 10)
     assert [d.id for d in due] == ["a1-r1", "a2-r1"]
     d = due[0]
     assert d.raw == b"Subject: Hello\r\n\r\nbody\r\n" and d.meta["subject"] == "Hello"
-    assert d.target["bearer"] == "tok" and d.recipients == ["in@ours.example", "in2@ours.example"]
+    assert d.target.bearer == "tok" and d.recipients == ["in@ours.example", "in2@ours.example"]
     assert [x.id for x in store.due("2026-11-22T12:00:00Z", 10, exclude={"a1-r1"})] == ["a2-r1"]
     assert [x.id for x in store.due("2026-11-22T12:00:00Z", 1)] == ["a1-r1"]
 
@@ -215,32 +215,32 @@ def test_due_and_attempts(store):
     (again,) = store.due("2026-11-22T12:01:01.000000Z", 10)
     assert again.id == "a1-r1" and again.attempts == 1 and again.status == "deferred"
     assert again.first_attempt_at == "2026-11-22T12:00:01.000000Z"
-    assert {r["id"]: (r["status"], r["reason"]) for r in store.inbound_log()} == {
+    assert {r["id"]: (r["status"], r["reason"]) for r in logs.inbound_log(store)} == {
         "a1-r1": ("deferred", "HTTP 500 Internal Server Error"), "a2-r1": ("failed", "HTTP 404 Not Found")}
 
     store.record_attempt("a1-r1", at="2026-11-22T12:01:02.000000Z", outcome="succeeded",
                          status="succeeded", status_code=200, duration_ms=5)
-    detail = store.inbound_detail("a1-r1")
+    detail = logs.inbound_detail(store, "a1-r1")
     assert detail["status"] == "succeeded" and detail["reason"] is None
     assert detail["mail_from"] == "bounce@x.org" and detail["client_addr"] == "192.0.2.1"
     assert detail["queue_id"] == "4XbQ1" and detail["recipients"] == ["in@ours.example", "in2@ours.example"]
     assert [(a["status_code"], a["error"], a["duration_ms"]) for a in detail["attempts"]] == [
         (500, "HTTP 500 Internal Server Error", 12), (200, None, 5)]
-    assert set(statedb.LOG_KEYS) | {"mail_from", "client_addr", "queue_id", "recipients", "attempts"} <= set(detail)
-    assert store.inbound_detail("a1")["id"] == "a1-r1"  # a record id finds its delivery
-    assert store.inbound_detail("nope") is None
-    d = store.delivery("a1-r1")
+    assert set(logs.LOG_KEYS) | {"mail_from", "client_addr", "queue_id", "recipients", "attempts"} <= set(detail)
+    assert logs.inbound_detail(store, "a1")["id"] == "a1-r1"  # a record id finds its delivery
+    assert logs.inbound_detail(store, "nope") is None
+    d = logs.delivery(store, "a1-r1")
     assert d["attempts"] == 2 and d["next_attempt_at"] is None and d["first_attempt_at"] == "2026-11-22T12:00:01.000000Z"
     # raw is dropped once all deliveries succeeded, kept for the failed one (replayable)
     raws = dict(store.conn.execute("SELECT id, raw IS NOT NULL FROM messages"))
     assert raws == {"a1": 0, "a2": 1}
-    c = store.counts()
+    c = logs.counts(store)
     assert c["deliveries"] == {"queued": 0, "deferred": 0, "succeeded": 1, "failed": 1}
     assert c["messages_with_raw"] == 1 and c["next_due_at"] is None
 
 
 def test_raw_kept_until_every_delivery_succeeded(store):
-    store.ingest([inbound("a1", deliveries=[
+    ingest.records(store, [inbound("a1", deliveries=[
         {"recipients": ["x@ours.example"], "rule": target("r1")},
         {"recipients": ["y@ours.example"], "rule": target("r2")},
     ])])
@@ -251,18 +251,18 @@ def test_raw_kept_until_every_delivery_succeeded(store):
 
 
 def test_log_reason_may_differ_from_error(store):
-    store.ingest([inbound("a1")])
+    ingest.records(store, [inbound("a1")])
     store.record_attempt("a1-r1", at=statedb.iso(), outcome="deferred", status="failed", status_code=503,
                          error="HTTP 503 Service Unavailable",
                          reason="HTTP 503 Service Unavailable; gave up: retry period of 3 days ended")
-    d = store.inbound_detail("a1-r1")
+    d = logs.inbound_detail(store, "a1-r1")
     assert d["status"] == "failed" and d["reason"].endswith("retry period of 3 days ended")
     assert d["attempts"][0]["error"] == "HTTP 503 Service Unavailable"
     assert d["attempts"][0]["outcome"] == "deferred"
 
 
 def test_record_attempt_validates_and_is_atomic(store):
-    store.ingest([inbound("a1")])
+    ingest.records(store, [inbound("a1")])
     with pytest.raises(ValueError):
         store.record_attempts([AttemptRecord("a1-r1", at=statedb.iso(), outcome="maybe", status="queued")])
     store.record_attempt("gone-r1", at=statedb.iso(), outcome="succeeded", status="succeeded")  # ignored
@@ -272,13 +272,13 @@ def test_record_attempt_validates_and_is_atomic(store):
 def test_reader_while_writer_holds_transaction(tmp_path):
     path = str(tmp_path / "state.db")
     writer = StateStore(path)
-    writer.ingest([inbound("a1")])
+    ingest.records(writer, [inbound("a1")])
     reader = StateStore(path)
     writer.conn.execute("BEGIN IMMEDIATE")
     writer.conn.execute("UPDATE inbound_log SET status = 'failed'")
-    assert reader.inbound_log()[0]["status"] == "queued"  # WAL: readers see the last commit
+    assert logs.inbound_log(reader)[0]["status"] == "queued"  # WAL: readers see the last commit
     writer.conn.execute("COMMIT")
-    assert reader.inbound_log()[0]["status"] == "failed"
+    assert logs.inbound_log(reader)[0]["status"] == "failed"
     writer.close()
     reader.close()
 
@@ -303,7 +303,7 @@ def test_checkpoints_in_background_copy_the_wal_into_the_database(tmp_path):
     path = str(tmp_path / "state.db")
     store = StateStore(path)
     store.checkpoint_in_background(interval=3600)  # the thread waits: only the writer could
-    store.ingest([inbound("a1")])
+    ingest.records(store, [inbound("a1")])
     assert _rows_in_main_file(path) == 0  # still only in the WAL: the writer did not checkpoint
     store.close()  # the last connection's close checkpoints
     assert _rows_in_main_file(path) == 1
@@ -311,7 +311,7 @@ def test_checkpoints_in_background_copy_the_wal_into_the_database(tmp_path):
 
     store = StateStore(path)
     store.checkpoint_in_background(interval=0.05)
-    store.ingest([inbound("a2")])
+    ingest.records(store, [inbound("a2")])
     deadline = time_mod.monotonic() + 10
     while _rows_in_main_file(path) < 2 and time_mod.monotonic() < deadline:
         time_mod.sleep(0.05)
@@ -357,28 +357,28 @@ def fanned(store):
 def test_event_fan_out_by_category(store):
     recs = [event("e1", "queued"), event("e2", "bounced", bounce_type="hard"), event("e3", "succeeded"),
             event("e4", "blocked")]
-    assert store.ingest(recs, endpoints=EPS) == 4
+    assert ingest.records(store, recs, endpoints=EPS) == 4
     assert fanned(store) == [(1, "e1"), (1, "e2"), (2, "e2"), (1, "e3"), (1, "e4")]
     # re-ingest: no second fan-out
-    assert store.ingest(recs, endpoints=EPS) == 0
+    assert ingest.records(store, recs, endpoints=EPS) == 0
     assert len(fanned(store)) == 5
     row = store.conn.execute("SELECT type, queue_id, recipient, received FROM events WHERE id = 'e2'").fetchone()
     assert row == ("bounced", "Q1", "r@else.example", "2026-11-22T12:00:00.000000Z")
 
 
 def test_event_time_normalized(store):
-    store.ingest([event("e1", at="2026-11-22T13:00:00+01:00")])
+    ingest.records(store, [event("e1", at="2026-11-22T13:00:00+01:00")])
     assert store.conn.execute("SELECT received FROM events").fetchone()[0] == "2026-11-22T12:00:00.000000Z"
 
 
 def test_event_records_checked(store):
     for bad in (event("x", "exploded"), event("x", at="soon"), event("x", recipient=["a"]),
                 event("x", custom_headers="no")):
-        with pytest.raises(statedb.RecordError):
-            statedb.check_record(bad)
-    with pytest.raises(statedb.RecordError):
-        store.ingest([event("ok"), event("bad", "exploded")])
-    assert store.counts()["events"] == 0
+        with pytest.raises(ingest.RecordError):
+            ingest.check_record(bad)
+    with pytest.raises(ingest.RecordError):
+        ingest.records(store, [event("ok"), event("bad", "exploded")])
+    assert logs.counts(store)["events"] == 0
 
 
 def test_enrichment_both_orders(store):
@@ -387,25 +387,25 @@ def test_enrichment_both_orders(store):
                    auth_user="app1", custom_headers={"X-Campaign": "c1"})
     before = event("s1", "succeeded", at="2026-11-22T12:00:01.000000Z", queue_id="QA")
     # the delivery event arrives first; its batch is rendered after the queued event came
-    store.ingest([before], endpoints=[EP_ALL])
-    store.ingest([queued], endpoints=[EP_ALL])
+    ingest.records(store, [before], endpoints=[EP_ALL])
+    ingest.records(store, [queued], endpoints=[EP_ALL])
     after = event("s2", "deferred", at="2026-11-22T12:00:02.000000Z", queue_id="QA", subject="own")
-    store.ingest([after], endpoints=[EP_ALL])
+    ingest.records(store, [after], endpoints=[EP_ALL])
     batch = store.create_batch(1, 100)
     got = {e["id"]: e for e in store.batch_events(batch)}
     for eid in ("s1", "s2"):
         assert (got[eid]["message_id"], got[eid]["sender"], got[eid]["auth_user"]) == ("<m@ours>", "app@ours", "app1")
         assert got[eid]["custom_headers"] == {"X-Campaign": "c1"}
     assert got["s1"]["subject"] == "Hi" and got["s2"]["subject"] == "own"  # own values win
-    assert store.event_detail("s1")["event"]["message_id"] == "<m@ours>"
+    assert logs.event_detail(store, "s1")["event"]["message_id"] == "<m@ours>"
 
 
 def test_enrichment_with_reused_short_queue_ids(store):
-    store.ingest([event("q1", "queued", at="2026-11-22T10:00:00.000000Z", queue_id="ABC", subject="old"),
-                  event("q2", "queued", at="2026-11-22T12:00:00.000000Z", queue_id="ABC", subject="new"),
-                  event("s1", at="2026-11-22T11:00:00.000000Z", queue_id="ABC"),
-                  event("s2", at="2026-11-22T12:00:05.000000Z", queue_id="ABC"),
-                  event("s0", at="2026-11-22T09:00:00.000000Z", queue_id="ABC")])
+    ingest.records(store, [event("q1", "queued", at="2026-11-22T10:00:00.000000Z", queue_id="ABC", subject="old"),
+                           event("q2", "queued", at="2026-11-22T12:00:00.000000Z", queue_id="ABC", subject="new"),
+                           event("s1", at="2026-11-22T11:00:00.000000Z", queue_id="ABC"),
+                           event("s2", at="2026-11-22T12:00:05.000000Z", queue_id="ABC"),
+                           event("s0", at="2026-11-22T09:00:00.000000Z", queue_id="ABC")])
     got = {e["id"]: e["subject"] for e in store.enrich(
         [{"id": i, "type": "succeeded", "queue_id": "ABC", "at": at} for i, at in (
             ("s1", "2026-11-22T11:00:00.000000Z"), ("s2", "2026-11-22T12:00:05.000000Z"),
@@ -414,14 +414,14 @@ def test_enrichment_with_reused_short_queue_ids(store):
 
 
 def test_batches_freeze_membership_in_order(store):
-    store.ingest([event(f"e{i:03}") for i in range(250)], endpoints=[EP_ALL], now=1000.0)
+    ingest.records(store, [event(f"e{i:03}") for i in range(250)], endpoints=[EP_ALL], now=1000.0)
     assert store.pending_stats(1, 100) == (100, 1000.0)
     assert store.pending_stats(1, 1000) == (250, 1000.0)
     b1 = store.create_batch(1, 100, now=1001.0)
     assert b1.id.startswith("evb_") and (b1.size, b1.status, b1.attempts) == (100, "queued", 0)
     assert store.open_batches() == {1: b1}
     # events arriving now go to a later batch
-    store.ingest([event("late")], endpoints=[EP_ALL], now=1002.0)
+    ingest.records(store, [event("late")], endpoints=[EP_ALL], now=1002.0)
     assert [e["id"] for e in store.batch_events(b1)] == [f"e{i:03}" for i in range(100)]
     b2 = store.create_batch(1, 100)
     b3 = store.create_batch(1, 100)
@@ -431,55 +431,55 @@ def test_batches_freeze_membership_in_order(store):
 
 
 def test_batch_attempts_and_event_log(store):
-    store.ingest([event("e1", "bounced", remote_host="mx.else.example", bounce_type="hard"),
-                  event("e2", "queued", at="2026-11-22T12:00:01.000000Z", client_addr="192.0.2.9",
-                        relay=None)], endpoints=[EP_ALL, EP_BOUNCES])
+    ingest.records(store, [event("e1", "bounced", remote_host="mx.else.example", bounce_type="hard"),
+                           event("e2", "queued", at="2026-11-22T12:00:01.000000Z", client_addr="192.0.2.9",
+                                 relay=None)], endpoints=[EP_ALL, EP_BOUNCES])
     store.sync_endpoints([EP_ALL, EP_BOUNCES])
     b = store.create_batch(1, 100)
-    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-22T12:01:00.000000Z", "deferred", "deferred",
+    store.record_attempts([AttemptRecord(b.id, "2026-11-22T12:01:00.000000Z", "deferred", "deferred",
                                                status_code=503, error="HTTP 503 Service Unavailable",
                                                next_attempt_at="2026-11-22T12:02:00.000000Z")])
     b = store.batch(b.id)
     assert (b.status, b.attempts, b.next_attempt_at) == ("deferred", 1, "2026-11-22T12:02:00.000000Z")
     assert store.open_batches()[1].id == b.id
-    rows = store.event_log()
+    rows = logs.event_log(store)
     assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [("e2", 1, "deferred"), ("e1", 2, "queued"), ("e1", 1, "deferred")]
-    assert {k: rows[2][k] for k in statedb.EVENT_LOG_KEYS} == {
+    assert {k: rows[2][k] for k in logs.EVENT_LOG_KEYS} == {
         "received": "2026-11-22T12:00:00.000000Z", "status": "deferred", "hostName": "mx.else.example",
         "endpointUrl": "https://h.example/all", "reason": "HTTP 503 Service Unavailable"}
     assert rows[0]["hostName"] == "192.0.2.9"
-    assert [r["id"] for r in store.event_log(status="queued")] == ["e1"]
-    assert [r["id"] for r in store.event_log(since="2026-11-22T12:00:01Z")] == ["e2"]
-    assert [r["id"] for r in store.event_log(until="2026-11-22T12:00:01Z", limit=1)] == ["e1"]
-    store.record_batch_attempts([AttemptRecord(b.id, "2026-11-22T12:02:00.000000Z", "succeeded", "succeeded",
+    assert [r["id"] for r in logs.event_log(store, status="queued")] == ["e1"]
+    assert [r["id"] for r in logs.event_log(store, since="2026-11-22T12:00:01Z")] == ["e2"]
+    assert [r["id"] for r in logs.event_log(store, until="2026-11-22T12:00:01Z", limit=1)] == ["e1"]
+    store.record_attempts([AttemptRecord(b.id, "2026-11-22T12:02:00.000000Z", "succeeded", "succeeded",
                                                status_code=200)])
     assert store.open_batches() == {}
-    d = store.event_detail("e1")
+    d = logs.event_detail(store, "e1")
     assert d["event"]["type"] == "bounced" and d["hostName"] == "mx.else.example"
     by_ep = {x["endpointId"]: x for x in d["deliveries"]}
     assert by_ep[1]["status"] == "succeeded" and [a["status_code"] for a in by_ep[1]["attempts"]] == [503, 200]
     assert by_ep[2]["status"] == "queued" and by_ep[2]["attempts"] == []
-    assert store.event_detail("nope") is None
+    assert logs.event_detail(store, "nope") is None
     with pytest.raises(ValueError):
-        store.event_log(status="denied")
-    assert store.event_counts() == {"pending": 1, "batches": {"queued": 0, "deferred": 0, "succeeded": 1, "failed": 0}}
+        logs.event_log(store, status="denied")
+    assert logs.event_counts(store) == {"pending": 1, "batches": {"queued": 0, "deferred": 0, "succeeded": 1, "failed": 0}}
 
 
 def test_host_name_from_relay():
-    assert statedb.event_host({"relay": "mx.else.example[192.0.2.25]:25"}) == "mx.else.example"
-    assert statedb.event_host({"relay": "none", "client_addr": "192.0.2.1"}) == "192.0.2.1"
-    assert statedb.event_host({}) is None
+    assert logs.event_host({"relay": "mx.else.example[192.0.2.25]:25"}) == "mx.else.example"
+    assert logs.event_host({"relay": "none", "client_addr": "192.0.2.1"}) == "192.0.2.1"
+    assert logs.event_host({}) is None
 
 
 def test_removed_endpoints_fail_their_events(store):
-    store.ingest([event(f"e{i}") for i in range(5)], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
+    ingest.records(store, [event(f"e{i}") for i in range(5)], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
     store.sync_endpoints([EP_ALL, Endpoint(url="https://h.example/x", id=7)])
     open_b = store.create_batch(7, 100)
-    store.ingest([event("e9")], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
+    ingest.records(store, [event("e9")], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
     assert store.fail_removed_endpoints({1, 7}) == 0
     assert store.fail_removed_endpoints({1}) == 6
     assert store.batch(open_b.id).status == "failed"
-    statuses = {(r["endpointId"], r["status"], r["reason"]) for r in store.event_log(limit=None)}
+    statuses = {(r["endpointId"], r["status"], r["reason"]) for r in logs.event_log(store, limit=None)}
     assert statuses == {(1, "queued", None), (7, "failed", "endpoint removed")}
     assert store.fail_removed_endpoints({1}) == 0
 
@@ -489,17 +489,17 @@ def test_hard_bounces_pending_then_registered(store):
             event("b1", "bounced", queue_id="QB", bounce_type="hard", dsn="5.1.1"),
             event("b2", "bounced", queue_id="QB", bounce_type="soft", dsn="5.2.2"),
             event("b3", "bounced", queue_id="QB", bounce_type="hard", recipient=None)]
-    store.ingest(recs, endpoints=[EP_ALL], block_hard_bounces=True)
-    (p,) = store.pending_blocks()
+    ingest.records(store, recs, endpoints=[EP_ALL], block_hard_bounces=True)
+    (p,) = ingest.pending_blocks(store)
     assert p["id"] == "b1" and p["message_id"] == "<m@ours>"  # enriched
     reg = {"id": "registered-r@else.example-b1", "type": "registered", "at": "2026-11-22T12:00:03.000000Z",
            "recipient": "r@else.example", "custom_headers": {}}
-    assert store.finish_blocks([("b1", reg)], endpoints=[EP_ALL]) == 1
-    assert store.pending_blocks() == []
-    assert store.finish_blocks([("b1", reg)], endpoints=[EP_ALL]) == 0  # stored once
+    assert ingest.finish_blocks(store, [("b1", reg)], endpoints=[EP_ALL]) == 1
+    assert ingest.pending_blocks(store) == []
+    assert ingest.finish_blocks(store, [("b1", reg)], endpoints=[EP_ALL]) == 0  # stored once
     assert fanned(store)[-1] == (1, "registered-r@else.example-b1")
-    store.ingest([event("b4", "bounced", bounce_type="hard")], block_hard_bounces=False)
-    assert store.pending_blocks() == []
+    ingest.records(store, [event("b4", "bounced", bounce_type="hard")], block_hard_bounces=False)
+    assert ingest.pending_blocks(store) == []
 
 
 def test_old_events_table_is_upgraded(tmp_path):
@@ -513,8 +513,62 @@ def test_old_events_table_is_upgraded(tmp_path):
     conn.close()
     with StateStore(path) as st:
         assert st.conn.execute("SELECT type, queue_id, recipient FROM events").fetchone() == ("queued", "QQ", "a@b")
+        assert st.conn.execute("PRAGMA user_version").fetchone()[0] == migrations.latest(statedb._MIGRATIONS)
+        with StateStore(str(tmp_path / "fresh.db")) as fresh:
+            assert _schema(st.conn) == _schema(fresh.conn)
         (e,) = st.enrich([{"id": "n", "type": "succeeded", "queue_id": "QQ"}])
         assert e.get("recipient") is None  # enrichment takes message fields only
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "statedb")
+
+
+def _schema(conn) -> set:
+    """The tables' columns and the indexes of a database (their SQL differs in whitespace
+    when a column was added by ALTER TABLE)."""
+    tables = {name: tuple((c[1], c[2], c[3], c[4], c[5]) for c in conn.execute(f"PRAGMA table_info({name})"))
+              for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    indexes = {r for r in conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"
+                                       " AND sql IS NOT NULL")}
+    return {("table", k, v) for k, v in tables.items()} | {("index",) + i for i in indexes}
+
+
+def _rows(conn) -> dict:
+    return {name: sorted(conn.execute(f"SELECT * FROM {name}").fetchall(), key=repr)
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_unversioned_state_db_is_upgraded_in_place(tmp_path):
+    """A state.db as the spooler wrote it before the file kept a version (fixture: dumped from
+    such a file) gets a version, keeps every row, and works as a new one."""
+    path = str(tmp_path / "state.db")
+    conn = sqlite3.connect(path)
+    with open(os.path.join(FIXTURES, "unversioned.sql"), encoding="utf-8") as f:
+        conn.executescript(f.read())
+    before = _rows(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    conn.close()
+    with StateStore(path) as st:
+        assert st.conn.execute("PRAGMA user_version").fetchone()[0] == migrations.latest(statedb._MIGRATIONS)
+        assert _rows(st.conn) == before
+        with StateStore(str(tmp_path / "fresh.db")) as fresh:
+            assert _schema(st.conn) == _schema(fresh.conn)
+        assert logs.inbound_detail(st, "r0001-r1")["attempts"][0]["status_code"] == 503
+        assert [r["id"] for r in logs.event_log(st)] == ["e0002", "e0001"]
+        assert [e["id"] for e in ingest.pending_blocks(st)] == ["e0002"]
+        assert ingest.records(st, [inbound("a1")]) == 1
+    with StateStore(path) as st:  # reopening changes nothing
+        assert logs.counts(st)["messages"] == 2
+
+
+def test_state_db_of_a_newer_mxhook_is_refused(tmp_path):
+    path = str(tmp_path / "state.db")
+    StateStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(migrations.SchemaTooNew, match="newer"):
+        StateStore(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,12 +587,12 @@ def test_expiry_without_recipient_applies_to_open_recipients(store):
     # delivered to an alias target: orig_recipient is the address the application used
     done_c = event("s2", "succeeded", at="2026-11-22T12:00:06.000000Z", queue_id="Q9",
                    recipient="target@y.example", orig_recipient="C@x.example")
-    store.ingest([old] + queued + [done_a, done_c], endpoints=[EP_FAILS])
+    ingest.records(store, [old] + queued + [done_a, done_c], endpoints=[EP_FAILS])
     expiry = event("18ea5c9a1d3f2000aaaaaaaaaaaa", "failed", at="2026-11-27T12:00:00.000000Z",
                    queue_id="Q9", recipient=None, reason="expired")
-    assert store.ingest([expiry], endpoints=[EP_FAILS]) == 3  # stored as came + b and d
-    assert store.ingest([expiry], endpoints=[EP_FAILS]) == 0  # idempotent
-    rows = store.event_log(limit=None)
+    assert ingest.records(store, [expiry], endpoints=[EP_FAILS]) == 3  # stored as came + b and d
+    assert ingest.records(store, [expiry], endpoints=[EP_FAILS]) == 0  # idempotent
+    rows = logs.event_log(store, limit=None)
     assert sorted(r["recipient"] for r in rows) == ["b@x.example", "d@x.example"]
     assert all(r["type"] == "failed" and r["endpointId"] == 4 for r in rows)
     ids = {r["id"] for r in rows}
@@ -549,7 +603,7 @@ def test_expiry_without_recipient_applies_to_open_recipients(store):
     assert {(e["recipient"], e["reason"], e["subject"], e["message_id"]) for e in got} == {
         ("b@x.example", "expired", "Hi", "<m9@ours>"), ("d@x.example", "expired", "Hi", "<m9@ours>")}
     # the recipient-less event itself is kept (log event shows it) but not sent
-    assert store.event_detail(expiry.id)["deliveries"] == []
+    assert logs.event_detail(store, expiry.id)["deliveries"] == []
 
 
 def test_expiry_in_the_same_ingest_as_its_queued_events(store):
@@ -558,8 +612,8 @@ def test_expiry_in_the_same_ingest_as_its_queued_events(store):
             event("b1", "bounced", at="2026-11-22T12:00:01.000000Z", queue_id="QZ", recipient="a@x.example",
                   bounce_type="soft"),
             event("f0", "failed", at="2026-11-27T12:00:00.000000Z", queue_id="QZ", recipient=None)]
-    store.ingest(recs, endpoints=[EP_FAILS])
-    assert [(r["type"], r["recipient"]) for r in store.event_log(limit=None)] == [
+    ingest.records(store, recs, endpoints=[EP_FAILS])
+    assert [(r["type"], r["recipient"]) for r in logs.event_log(store, limit=None)] == [
         ("failed", "b@x.example"), ("bounced", "a@x.example")]
 
 
@@ -570,20 +624,20 @@ def test_expiry_matches_recipients_whatever_the_form_of_their_domain(store):
             event("s1", "succeeded", at="2026-11-22T12:00:01.000000Z", queue_id="QU",
                   recipient="a@xn--bcher-kva.example."),
             event("f0", "failed", at="2026-11-27T12:00:00.000000Z", queue_id="QU", recipient=None)]
-    store.ingest(recs, endpoints=[EP_FAILS])
-    assert [(r["type"], r["recipient"]) for r in store.event_log(limit=None)] == [("failed", "b@x.example")]
+    ingest.records(store, recs, endpoints=[EP_FAILS])
+    assert [(r["type"], r["recipient"]) for r in logs.event_log(store, limit=None)] == [("failed", "b@x.example")]
 
 
 def test_expiry_of_an_unknown_queue_id_is_sent_without_recipient(store):
-    store.ingest([event("f0", "failed", queue_id="QU", recipient=None)], endpoints=[EP_FAILS])
-    (row,) = store.event_log()
+    ingest.records(store, [event("f0", "failed", queue_id="QU", recipient=None)], endpoints=[EP_FAILS])
+    (row,) = logs.event_log(store)
     assert (row["id"], row["recipient"]) == ("f0", None)
 
 
 def test_hard_bounce_pending_by_orig_recipient(store):
-    store.ingest([event("b1", "bounced", bounce_type="hard", recipient=None, orig_recipient="app@x.example")],
-                 block_hard_bounces=True)
-    (p,) = store.pending_blocks()
+    ingest.records(store, [event("b1", "bounced", bounce_type="hard", recipient=None, orig_recipient="app@x.example")],
+                          block_hard_bounces=True)
+    (p,) = ingest.pending_blocks(store)
     assert p["orig_recipient"] == "app@x.example"
 
 
@@ -599,17 +653,17 @@ def test_dsn_events_join_by_message_id(store):
               for i, r in enumerate("ab")]
     other = event("qo", "queued", at="2026-11-21T12:00:00.000000Z", queue_id="QO", message_id="<other@ours>")
     # in the same ingest as its queued events (they come first in the spool), and in a later one
-    store.ingest(queued + [other, dsn_event("d1", "2026-11-22T12:00:01.000000Z", recipient="b@x.example")],
-                 endpoints=[EP_ALL])
-    store.ingest([dsn_event("d2", "2026-11-22T12:10:00.000000Z", recipient="A@x.example", subject=None)],
-                 endpoints=[EP_ALL])
+    ingest.records(store, queued + [other, dsn_event("d1", "2026-11-22T12:00:01.000000Z", recipient="b@x.example")],
+                          endpoints=[EP_ALL])
+    ingest.records(store, [dsn_event("d2", "2026-11-22T12:10:00.000000Z", recipient="A@x.example", subject=None)],
+                          endpoints=[EP_ALL])
     got = {e["id"]: e for e in store.batch_events(store.create_batch(1, 100))}
     for eid, rcpt in (("d1", "b"), ("d2", "a")):
         e = got[eid]
         assert (e["queue_id"], e["subject"], e["auth_user"], e["custom_headers"]) == \
             ("QD", "Order", "shop", {"X-App": rcpt}), e
-    assert store.event_detail("d2")["event"]["queue_id"] == "QD"
-    assert {r["id"]: r["messageId"] for r in store.event_log()}["d1"] == "<m5@ours>"
+    assert logs.event_detail(store, "d2")["event"]["queue_id"] == "QD"
+    assert {r["id"]: r["messageId"] for r in logs.event_log(store)}["d1"] == "<m5@ours>"
     # in the same batch as its queued event
     (e,) = [x for x in store.enrich([{"id": "x", "type": "deferred", "message_id": "<n@ours>",
                                       "recipient": "z@x.example", "at": "2026-11-22T13:00:00.000000Z"},
@@ -636,21 +690,22 @@ def test_events_message_id_column_is_added_to_old_databases(tmp_path):
 
 
 def test_events_rendered_at_ingest_give_the_body_of_the_stored_events(store):
-    """Events fanned out are kept rendered (V1Text) when their message fields are at hand:
-    the queued event stored before, in the same ingest, or none needed. The body made of
-    those is the body made of the events read back from state.db."""
-    from mxhook.payloads.events import V1Text, render_events
+    """Events fanned out are kept as the payload layer's prerender gives them (V1Text) when
+    their message fields are at hand: the queued event stored before, in the same ingest, or
+    none needed. The body made of those is the body made of the events read back from
+    state.db."""
+    from mxhook.payloads.events import V1Text, prerenderer, render_events
 
+    kw = {"endpoints": [EP_ALL], "prerender": prerenderer([EP_ALL])}
     queued = event("q1", "queued", at="2026-11-22T12:00:00.000001Z", source="milter", queue_id="QR",
                    recipient="a@x.example", subject="Order 7", message_id="<r@ours>",
                    custom_headers={"X-App": "shop"}, auth_user="app")
-    store.ingest([queued], endpoints=[EP_ALL])
-    store.ingest([event("s1", "succeeded", at="2026-11-22T12:00:02.000000Z", queue_id="QR",
-                        recipient="a@x.example", dsn="2.0.0"),
-                  event("d1", "bounced", at="2026-11-22T12:00:03.000000Z", source="dsn", queue_id=None,
-                        message_id="<r@ours>", bounce_type="hard", recipient="a@x.example"),
-                  event("n1", "deferred", at="2026-11-22T12:00:04.000000Z", queue_id="QNONE")],
-                 endpoints=[EP_ALL])
+    ingest.records(store, [queued], **kw)
+    ingest.records(store, [event("s1", "succeeded", at="2026-11-22T12:00:02.000000Z", queue_id="QR",
+                                 recipient="a@x.example", dsn="2.0.0"),
+                           event("d1", "bounced", at="2026-11-22T12:00:03.000000Z", source="dsn", queue_id=None,
+                                 message_id="<r@ours>", bounce_type="hard", recipient="a@x.example"),
+                           event("n1", "deferred", at="2026-11-22T12:00:04.000000Z", queue_id="QNONE")], **kw)
     batch = store.create_batch(1, 100)
     items = store.batch_events(batch, rendered=True)
     assert [type(i) is V1Text for i in items] == [True, True, True, False]  # QNONE: no queued event
@@ -678,26 +733,27 @@ def test_recent_queued_index_drops_the_oldest():
     assert set(index._index["queue_id"]) == {"D", "E", "F"}  # nothing left behind
 
 
-def test_events_are_not_rendered_at_ingest_for_endpoints_that_re_render_them(store):
-    """An endpoint in another time zone would parse and render a V1Text again: for it, events
-    stay dicts until their batch is made."""
-    from dataclasses import replace
-
-    berlin = replace(EP_ALL, id=5, timezone="Europe/Berlin")
-    store.ingest([event("q1", "queued", source="milter", queue_id="QB")], endpoints=[berlin])
-    assert [type(e) for e in store.batch_events(store.create_batch(5, 10), rendered=True)] == [dict]
-    store.ingest([event("q2", "queued", source="milter", queue_id="QC")], endpoints=[berlin, EP_ALL])
+def test_events_are_kept_as_dicts_without_a_prerender(store):
+    """Without a prerender (no endpoint takes the pre-rendered form), and for whatever is
+    fanned out by finish_blocks with one, batch_events hands out what the prerender gave."""
+    ingest.records(store, [event("q1", "queued", source="milter", queue_id="QB")], endpoints=[EP_ALL])
+    assert [type(e) for e in store.batch_events(store.create_batch(1, 10), rendered=True)] == [dict]
+    ingest.records(store, [event("q2", "queued", source="milter", queue_id="QC")], endpoints=[EP_ALL],
+                          prerender=lambda e: f"text of {e['id']}")
+    ingest.finish_blocks(store, [("x", {"id": "r1", "type": "registered", "recipient": "a@x.example",
+                                        "at": "2026-11-22T12:00:00.000000Z"})],
+                                endpoints=[EP_ALL], prerender=lambda e: f"text of {e['id']}")
     items = store.batch_events(store.create_batch(1, 10), rendered=True)
-    assert [type(e).__name__ for e in items] == ["V1Text"]  # EP_ALL takes UTC
+    assert items == ["text of q2", "text of r1"]
 
 
-@pytest.mark.parametrize("count", [0, 1, statedb.ROWS_PER_INSERT - 1, statedb.ROWS_PER_INSERT,
-                                   statedb.ROWS_PER_INSERT + 1, 2 * statedb.ROWS_PER_INSERT + 37])
+@pytest.mark.parametrize("count", [0, 1, ingest.ROWS_PER_INSERT - 1, ingest.ROWS_PER_INSERT,
+                                   ingest.ROWS_PER_INSERT + 1, 2 * ingest.ROWS_PER_INSERT + 37])
 def test_insert_rows_writes_every_row_in_order(count):
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, a TEXT, b BLOB)")
     rows = [(f"a{i}", bytes([i % 256])) for i in range(count)]
-    statedb._insert_rows(conn, "INSERT INTO t (a, b)", rows)
+    ingest._insert_rows(conn, "INSERT INTO t (a, b)", rows)
     assert conn.execute("SELECT a, b FROM t ORDER BY seq").fetchall() == rows
 
 
@@ -709,7 +765,7 @@ def test_state_db_and_its_wal_files_are_created_0640(tmp_path, umask):
     old = os.umask(umask)
     try:
         store = StateStore(path)
-        store.ingest([inbound("a1")])  # the -wal and -shm files exist while it is open
+        ingest.records(store, [inbound("a1")])  # the -wal and -shm files exist while it is open
         modes = {suffix: stat.S_IMODE(os.stat(path + suffix).st_mode) for suffix in ("", "-wal", "-shm")}
         store.close()
     finally:
@@ -733,7 +789,7 @@ def test_dsn_events_only_for_a_recipient_of_a_message_we_sent(store, caplog):
                     recipient=f"{r}@x.example", message_id="<m5@ours>") for r in "ab"]
     inbound_log = event("s0", "succeeded", at="2026-11-22T12:00:00.000000Z", queue_id="QI",
                         recipient="victim@x.example", message_id="<in@else>")  # mail we received
-    store.ingest(queued + [inbound_log], endpoints=[EP_ALL])
+    ingest.records(store, queued + [inbound_log], endpoints=[EP_ALL])
     forged = [
         dsn_event("f1", "2026-11-22T12:01:00.000000Z", recipient="victim@x.example",
                   message_id="<never@sent>"),  # a Message-ID we never sent
@@ -745,9 +801,9 @@ def test_dsn_events_only_for_a_recipient_of_a_message_we_sent(store, caplog):
                   orig_recipient="victim@x.example"),  # the block list would take orig_recipient
     ]
     with caplog.at_level("WARNING", logger="mxhook.store.statedb"):
-        assert store.ingest(forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
-    assert store.pending_blocks() == []
-    assert not {"f1", "f2", "f3", "f4", "f5"} & {r["id"] for r in store.event_log(limit=None)}
+        assert ingest.records(store, forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
+    assert ingest.pending_blocks(store) == []
+    assert not {"f1", "f2", "f3", "f4", "f5"} & {r["id"] for r in logs.event_log(store, limit=None)}
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "ignored a delivery-status report for Message-ID '<never@sent>' naming 'victim@x.example':"
@@ -762,24 +818,24 @@ def test_dsn_events_only_for_a_recipient_of_a_message_we_sent(store, caplog):
     ]
     # a genuine one: a recipient of the message, compared normalized
     genuine = dsn_event("g1", "2026-11-22T12:02:00.000000Z", recipient="B@X.Example.")
-    assert store.ingest([genuine], endpoints=[EP_ALL], block_hard_bounces=True) == 1
-    assert [(p["id"], p["queue_id"]) for p in store.pending_blocks()] == [("g1", "QD")]
+    assert ingest.records(store, [genuine], endpoints=[EP_ALL], block_hard_bounces=True) == 1
+    assert [(p["id"], p["queue_id"]) for p in ingest.pending_blocks(store)] == [("g1", "QD")]
 
 
 def test_dsn_event_before_any_queued_event_is_ignored(store):
     """The milter spools an outbound message's queued events before Postfix takes the message,
     and the spooler ingests in spool order, so a report ingested before them is not ours."""
     dsn = dsn_event("d0", "2026-11-22T12:01:00.000000Z", recipient="a@x.example")
-    assert store.ingest([dsn], endpoints=[EP_ALL], block_hard_bounces=True) == 0
-    store.ingest([event("qa", "queued", at="2026-11-22T12:00:00.000000Z", source="milter",
-                        queue_id="QD", recipient="a@x.example", message_id="<m5@ours>")])
-    assert store.pending_blocks() == []
+    assert ingest.records(store, [dsn], endpoints=[EP_ALL], block_hard_bounces=True) == 0
+    ingest.records(store, [event("qa", "queued", at="2026-11-22T12:00:00.000000Z", source="milter",
+                                 queue_id="QD", recipient="a@x.example", message_id="<m5@ours>")])
+    assert ingest.pending_blocks(store) == []
 
 
 def test_ignored_report_naming_many_addresses_logs_one_short_line(store, caplog):
     forged = [dsn_event(f"f{i}", "2026-11-22T12:01:00.000000Z", recipient=f"v{i}@x.example",
-                        message_id="<never@sent>") for i in range(statedb.IGNORED_NAMED + 3)]
+                        message_id="<never@sent>") for i in range(ingest.IGNORED_NAMED + 3)]
     with caplog.at_level("WARNING", logger="mxhook.store.statedb"):
-        assert store.ingest(forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
+        assert ingest.records(store, forged, endpoints=[EP_ALL], block_hard_bounces=True) == 0
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.count("@x.example") == statedb.IGNORED_NAMED and " and 3 more: " in line, line
+    assert line.count("@x.example") == ingest.IGNORED_NAMED and " and 3 more: " in line, line

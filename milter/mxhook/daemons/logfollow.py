@@ -1,5 +1,5 @@
-"""`mxhook-logfollow`: follow Postfix's log and spool delivery events (the shell around
-postfixlog.py).
+"""`mxhook-logfollow`: follow Postfix's log and spool delivery events (the I/O around the pure
+parser and correlator of postfix/maillog.py).
 
     mxhook-logfollow [--config PATH] [--once]
 
@@ -67,71 +67,26 @@ from mxhook import spool
 
 log = logging.getLogger(__name__)
 
-LOGFOLLOW_DEFAULTS = config.DEFAULTS["logfollow"]
-
-SOURCES = ("file", "journald")
-START_AT = ("end", "beginning")
 STATE_VERSION = 1
 
 
-@dataclass
-class Settings:
+@dataclass(frozen=True)
+class LogfollowSettings(config.FromConfig):
+    """The [logfollow] keys (and the spool directory), typed and checked by the config schema."""
+
+    SECTION = "logfollow"
     source: str
     path: str
     state_file: str
-    spool_dir: str
-    start_at: str = "end"
-    poll_interval: float = 0.5
-    batch_lines: int = 1000
-    journalctl: str = "journalctl"
-    journal_match: str = "SYSLOG_FACILITY=2"
-    max_tracked_messages: int = 100_000
-    ignore_null_sender: bool = True
-    stats_interval: float = 300.0
-
-    @classmethod
-    def from_config(cls, cfg: config.Config) -> "Settings":
-        s = "logfollow"
-
-        def get(key: str) -> str:
-            return cfg.get(s, key)
-
-        def typed(key: str, convert):
-            value = get(key)
-            try:
-                return convert(value)
-            except ValueError as exc:
-                raise config.ConfigError(f"{cfg.source or 'built-in defaults'}: [{s}] {key} = {value!r}: {exc}") from None
-
-        def choice(key, choices):
-            def check(v):
-                if v not in choices:
-                    raise ValueError(f"must be one of {', '.join(choices)}")
-                return v
-            return typed(key, check)
-
-        def positive(convert):
-            def check(v):
-                x = convert(v)
-                if x <= 0:
-                    raise ValueError("must be positive")
-                return x
-            return check
-
-        return cls(
-            source=choice("source", SOURCES),
-            path=get("path"),
-            state_file=get("state_file"),
-            spool_dir=cfg.spool_dir,
-            start_at=choice("start_at", START_AT),
-            poll_interval=typed("poll_interval", positive(float)),
-            batch_lines=typed("batch_lines", positive(int)),
-            journalctl=get("journalctl"),
-            journal_match=get("journal_match"),
-            max_tracked_messages=typed("max_tracked_messages", positive(int)),
-            ignore_null_sender=typed("ignore_null_sender", config.parse_bool),
-            stats_interval=typed("stats_interval", positive(float)),
-        )
+    spool_dir: str = config.from_section("paths")
+    start_at: str
+    poll_interval: float
+    batch_lines: int
+    journalctl: str
+    journal_match: str
+    max_tracked_messages: int
+    ignore_null_sender: bool
+    stats_interval: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,7 +605,7 @@ def parse_item(line: str, hint) -> maillog.Parsed | None:
 # The follower
 
 class Follower:
-    def __init__(self, settings: Settings, *, follow: bool = True):
+    def __init__(self, settings: LogfollowSettings, *, follow: bool = True):
         self.s = settings
         self.follow = follow
         spool.ensure_dirs(settings.spool_dir)
@@ -754,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config.load(args.config)
-        settings = Settings.from_config(cfg)
+        settings = LogfollowSettings.from_config(cfg)
     except config.ConfigError as exc:
         print(f"mxhook-logfollow: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,6 @@ from mxhook import config as configmod
 from mxhook import spool
 from mxhook.daemons import logsetup
 from mxhook.model import heuristics, inbound
-from mxhook.model.decision import MISSING_FROM_POLICIES
 from mxhook.model.envelope import (
     AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, timestamp, utc_now)
 from mxhook.model.headers import normalize_address, plain_address, to_text
@@ -48,31 +47,40 @@ from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher
 log = logging.getLogger(__name__)
 
 
-class Settings:
-    """What the callbacks need from the config, resolved once at start-up."""
+@dataclass
+class MilterSettings(configmod.FromConfig):
+    """The [milter] keys the milter reads, checked at start-up, and what the callbacks derive
+    from them once."""
 
-    def __init__(self, cfg: configmod.Config):
-        self.spool_dir = cfg.spool_dir
-        self.unknown_domains = cfg.choice("milter", "unknown_domains", ("reject", "pass"))
-        self.heuristics = tuple(
-            h for h, key in (
-                (heuristics.FROM_PERMITTED_DOMAIN, "heuristic_from_permitted_domain"),
-                (heuristics.FROM_EQUALS_TO, "heuristic_from_equals_to"),
-            ) if cfg.bool("milter", key)
-        )
-        self.max_message_size = cfg.size("milter", "max_message_size")
-        self.trusted_networks = cfg.networks("milter", "trusted_networks")
-        self.outbound_daemon_names = frozenset(cfg.list("milter", "outbound_daemon_names"))
-        self.event_headers = tuple(h.lower() for h in cfg.list("milter", "event_headers"))
-        self.blocklist = cfg.bool("milter", "blocklist")
-        self.missing_from = cfg.choice("milter", "missing_from", MISSING_FROM_POLICIES)
-        self.discard_via = cfg.choice("milter", "discard_via", DISCARD_VIA)
-        self.max_rcpt_refusals = cfg.int("milter", "max_rcpt_refusals")
-        if self.max_rcpt_refusals < 0:
-            raise configmod.ConfigError("[milter] max_rcpt_refusals must be 0 or more")
-        self.routes = PostfixRoutes(cfg.get("milter", "postfix_config_dir"),
-                                    cfg.float("milter", "postfix_check_interval"))
+    SECTION = "milter"
+    spool_dir: str = configmod.from_section("paths")
+    socket: str
+    socket_group: str
+    timeout: int
+    unknown_domains: str
+    trusted_networks: list
+    outbound_daemon_names: frozenset[str]
+    event_headers: tuple[str, ...]  # lower case
+    blocklist: bool
+    heuristic_from_permitted_domain: bool
+    heuristic_from_equals_to: bool
+    missing_from: str
+    discard_via: str
+    max_rcpt_refusals: int
+    postfix_config_dir: str
+    postfix_check_interval: float
+    max_message_size: int
+    rules_reload_interval: float
+    regex_timeout: float
 
+    def __post_init__(self):
+        self.outbound_daemon_names = frozenset(self.outbound_daemon_names)
+        self.event_headers = tuple(h.lower() for h in self.event_headers)
+        self.heuristics = tuple(h for h, on in (
+            (heuristics.FROM_PERMITTED_DOMAIN, self.heuristic_from_permitted_domain),
+            (heuristics.FROM_EQUALS_TO, self.heuristic_from_equals_to),
+        ) if on)
+        self.routes = PostfixRoutes(self.postfix_config_dir, self.postfix_check_interval)
         self._trusted: dict[str, bool] = {}  # client address -> answer; clients come back
 
     def is_trusted(self, addr: str) -> bool:
@@ -96,7 +104,6 @@ class Settings:
         return self.discard_via == "transport"
 
 
-DISCARD_VIA = ("auto", "transport", "milter")
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 
 
@@ -169,11 +176,11 @@ class PostfixRoutes:
 @dataclass
 class Wiring:
     """What every connection's MxhookMilter works with, made once by main() (or a test)."""
-    settings: Settings
+    settings: MilterSettings
     snapshot: Callable[[], Snapshot]  # the current rules (SnapshotWatcher)
     blocklist: BlocklistReader
     segments: spool.SegmentWriter  # inbound records and events: shared segment, group fdatasync
-    routes: Callable[[], bool]  # may Postfix's discard and error transports be used (Settings)
+    routes: Callable[[], bool]  # may Postfix's discard and error transports be used (MilterSettings)
     clock: Callable[[], datetime] = utc_now
     new_id: Callable[[], str] = spool.new_id
     policy: inbound.Policy = field(init=False)
@@ -463,13 +470,13 @@ def _run(argv: list[str] | None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         cfg = configmod.load(args.config)
-        settings = Settings(cfg)
+        settings = MilterSettings.from_config(cfg)
         logsetup.setup("mxhook-milter", cfg.get("milter", "log"), cfg.get("milter", "log_level"))
-        socket_spec = cfg.get("milter", "socket")
-        timeout = cfg.int("milter", "timeout")
-        socket_group = cfg.get("milter", "socket_group")
-        watcher = SnapshotWatcher(cfg.rules_db, interval=cfg.float("milter", "rules_reload_interval"),
-                                  regex_timeout=cfg.float("milter", "regex_timeout"))
+        socket_spec = settings.socket
+        timeout = settings.timeout
+        socket_group = settings.socket_group
+        watcher = SnapshotWatcher(cfg.rules_db, interval=settings.rules_reload_interval,
+                                  regex_timeout=settings.regex_timeout)
     except (configmod.ConfigError, RuleError) as exc:
         print(f"mxhook-milter: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""mxhook-spooler: ingest the spool into state.db, then post deliveries to rule endpoints.
+"""mxhook-spooler: ingest the spool into state.db, then post inbound deliveries and event batches.
 
     mxhook-spooler [--config PATH] [--once]
 
@@ -12,18 +12,21 @@ The loop, on the main thread (the only thread that touches state.db):
    bad record (or, where the framing breaks, the rest of the file) is written durably to
    `bad/<name>.<offset>.rec` with its `.reason` and a log line, before any of the file is
    ingested. The good records go into state.db in ONE transaction (synchronous=FULL, see
-   state.py), and only after COMMIT are the files unlinked. A crash between commit and unlink
+   statedb), and only after COMMIT are the files unlinked. A crash between commit and unlink
    re-ingests them: harmless, the record id is the primary key, and the bad parts are written
-   again under the same names. A damaged state.db is not a bad record (`statehealth`): the
+   again under the same names. A damaged state.db is not a bad record (store/integrity.py): the
    spooler logs CRITICAL, writes `<state.db>.fault` and exits 3, leaving the files in new/.
-2. dispatch: deliveries whose next attempt time has come go to a pool of `workers` threads,
-   each with its own requests session; a worker renders the payload (mxhook.payloads) and
-   POSTs it once (mxhook.http). Results come back to the main thread, which writes them (all
-   results finished in one pass in one transaction) and decides the next step:
-   succeeded/failed are final; deferred is retried after the retry interval ±10 % jitter
-   (or a longer Retry-After, at most an hour; `retry_wait`) until `retry period` days after
-   the first attempt, then failed.
-3. wait up to `poll_interval` seconds (or less, when a post finishes), then again.
+2. dispatch (mxhook.delivery.pipeline): pick what is due — event batches, then inbound
+   deliveries (`pick_batches`, `pick_deliveries`) — as `Dispatch`es (an id, a target, a body,
+   attempts); `send` them to a pool of `workers` threads, each with its own requests session,
+   where a dispatch's body is rendered (mxhook.payloads) and POSTed once
+   (mxhook.delivery.webhook); record the results that came back on the main thread
+   (`record_finished`: all results finished in one pass in one transaction). The retry
+   policy (mxhook.model.retry) decides the next step: succeeded/failed are final; deferred is
+   retried after the retry interval ±10 % jitter (or a longer Retry-After, at most an hour)
+   until `retry period` days after the first attempt, then failed.
+3. wait up to `poll_interval` seconds (or less, when a post finishes or a file comes into
+   `new/`), then again.
 
 Event records (kind `event`: from the milter, the log follower, the CLI) take the same ingest
 path. At ingest each new event is fanned out to every enabled endpoint (rules.db, reloaded when
@@ -37,8 +40,8 @@ that is down holds up that endpoint only). A `kill -9` at any point leaves the b
 state.db: after a restart it is posted again with the same id and the same events.
 
 Events of delivery-status reports (source `dsn`: anyone can send one) are kept only when they
-name a recipient of a message we sent (state.py, `_unsent_report`); the others are logged and
-dropped at ingest, so they never reach an endpoint or the block list.
+name a recipient of a message we sent (store/ingest.py, `_unsent_report`); the others are logged
+and dropped at ingest, so they never reach an endpoint or the block list.
 
 A hard `bounced` event puts its recipient on the block list in rules.db (when `[milter]
 blocklist` is on; the address the application used: `orig_recipient` when Postfix logged one,
@@ -50,10 +53,11 @@ mid-request — and then with the same `webhook-id` (the delivery id), so receiv
 deduplicate. SIGTERM/SIGINT: stop taking new work, let in-flight posts finish (each bounded by
 its rule's timeout), record their results, exit 0.
 
-Disabling. A 410 Gone disables the rule (inbound) or the endpoint (events) in rules.db, with a
-warning in the log; that delivery/batch is `failed`. A rule/endpoint whose attempts have all
-failed for `[spooler] disable_after_days` days (counted from the first failure after its last
-success, checked when an attempt fails; `state.target_health`) is disabled the same way.
+Disabling (mxhook.delivery.health). A 410 Gone disables the rule (inbound) or the endpoint
+(events) in rules.db, with a warning in the log; that delivery/batch is `failed`. A
+rule/endpoint whose attempts have all failed for `[spooler] disable_after_days` days (counted
+from the first failure after its last success, checked when an attempt fails;
+state.db `target_health`) is disabled the same way.
 Deliveries of a disabled rule and batches/events of a disabled endpoint are not attempted: they
 stay pending (queued/deferred) until it is enabled again (the milter no longer matches a
 disabled rule, and a disabled endpoint gets no new events); failed ones stay replayable
@@ -91,20 +95,29 @@ from mxhook.store import rulesdb as db_mod
 from mxhook.delivery import webhook
 from mxhook.daemons import logsetup
 from mxhook import spool
-from mxhook.store import statedb
+from mxhook.payloads import events as event_payloads
+from mxhook.store import ingest, statedb
 from mxhook.store import integrity
+from mxhook.delivery import pipeline
+from mxhook.delivery.health import Health
+from mxhook.delivery.pipeline import Dispatch
 from mxhook.model.endpoints import Endpoint
-from mxhook.model.rules import RETRY_INTERVAL_RANGE, RuleError
+from mxhook.model.rules import RuleError
+from mxhook.model.targets import Target
 from mxhook.store.statedb import AttemptRecord, DueDelivery, EventBatch, StateStore
 
 log = logging.getLogger(__name__)
 
-DAY = 86400.0
 CLEAN_TMP_EVERY = 3600.0
 RECOVER_SEGMENTS_EVERY = 2.0  # a milter that died leaves acknowledged mail in tmp/*.seg
 BLOCK_RETRY_AFTER = 30.0  # seconds before retrying the block list after rules.db failed
 BLOCK_BATCH = 500  # hard bounces handled per step
 HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open segment
+# While waiting, new/ is looked at this often: a file renamed into it moves its mtime, so mail
+# is ingested within this time rather than after a whole poll_interval (the milter seals its
+# segment every 0.2 s; sleeping 0.5 s between seals left the workers idle and the mail waiting).
+SPOOL_WATCH = 0.02
+MTIME_TICK_NS = 20_000_000  # a directory change this recent may hide another in the same tick
 SCAN_WINDOW = 50_000  # names of new/ kept from one directory scan (see _next_paths)
 READ_CHUNK = 1 << 16
 BATCH_BYTES = 4 << 20  # a batch also ends after this much was read (bounds memory, not speed)
@@ -114,56 +127,11 @@ BATCH_BYTES = 4 << 20  # a batch also ends after this much was read (bounds memo
 # per step (at most 1,000 events by default): with 2,000 per read batch, ingest ran ahead once
 # the milter's events came in segments, and the flow bench fell from ~16,000 to ~9,600 events/s.
 BATCH_RECORDS = 1000
-RETRY_JITTER = 0.1  # the retry interval varies by up to ±10 % (see retry_wait)
-DEFAULT_RETRY_INTERVAL = 60.0  # a target without one (rules and endpoints always have one)
-RETRY_AFTER_MAX = webhook.RETRY_AFTER_MAX  # a Retry-After is honoured up to an hour
-GONE = 410  # the receiver says the endpoint is gone for good: disable the rule/endpoint
 UNLINK_THREADS = 8  # see _unlink
 UNLINK_CHUNK = 32
 # seconds before writing unrecorded attempt results again: doubling from the first to the last
 RECORD_RETRY_FIRST = 1.0
 RECORD_RETRY_MAX = 60.0
-
-
-def retry_wait(interval, retry_after: float | None = None, *, scale: float = 1.0,
-               rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before the next attempt of a deferred delivery or batch.
-
-    The rule's/endpoint's retry interval, bounded to RETRY_INTERVAL_RANGE (10..600 s; a
-    spool record cannot ask for less), times a jitter factor drawn uniformly from
-    [1 - RETRY_JITTER, 1 + RETRY_JITTER] (so deliveries deferred together do not come back
-    together), times `scale` ([spooler] retry_time_scale). The floor is therefore
-    (1 - RETRY_JITTER) * 10 s * scale. A Retry-After from the receiver, bounded to
-    [0, RETRY_AFTER_MAX] s and never scaled, lengthens the wait (we never come back sooner than
-    asked), and never shortens it below the jittered interval. `rand` returns a float in [0, 1)
-    (tests inject a fixed one)."""
-    low, high = RETRY_INTERVAL_RANGE
-    base = min(max(float(interval or DEFAULT_RETRY_INTERVAL), low), high)
-    jitter = 1.0 + RETRY_JITTER * (2.0 * min(max(rand(), 0.0), 1.0) - 1.0)
-    wait_s = base * jitter * scale
-    if retry_after:
-        wait_s = max(wait_s, min(max(float(retry_after), 0.0), RETRY_AFTER_MAX))
-    return wait_s
-
-
-def schedule(outcome: webhook.Outcome, target: dict, first_attempt_at: float, now: float,
-             *, scale: float = 1.0, rand: Callable[[], float] = random.random
-             ) -> tuple[str, float | None, str | None]:
-    """(delivery status, next attempt time or None, log reason) after an attempt.
-
-    Deferred outcomes wait `retry_wait(...)` (the retry interval with jitter, or longer for a
-    Retry-After), and never past the end of the retry period (first attempt + retry_period
-    days * scale), so there is a last attempt at that moment; a deferred outcome at or after it
-    makes the delivery `failed`."""
-    if outcome.status != "deferred":
-        return outcome.status, None, outcome.error
-    period_days = target.get("retry_period") or 3
-    deadline = first_attempt_at + period_days * DAY * scale
-    if now >= deadline:
-        days = f"{period_days:g} day{'s' if period_days != 1 else ''}"
-        return "failed", None, f"{outcome.error or 'deferred'}; gave up: retry period of {days} ended"
-    wait_s = retry_wait(target.get("retry_interval"), outcome.retry_after, scale=scale, rand=rand)
-    return "deferred", min(now + wait_s, deadline), outcome.error
 
 
 def batch_due(count: int, oldest_added: float | None, *, interval: float, max_events: int,
@@ -222,18 +190,6 @@ class _Decoded:
         return self.records, self.paths, self.raw_meta, self.handled
 
 
-@dataclass
-class _BatchJob:
-    """An event batch handed to a worker, with the endpoint it goes to."""
-
-    batch: EventBatch
-    endpoint: Endpoint
-
-    @property
-    def id(self) -> str:
-        return self.batch.id
-
-
 def _default_render_events(version: int, events: list[dict], **kw):
     from mxhook.payloads import events as event_payloads
 
@@ -247,9 +203,10 @@ def _default_render(fmt: str, **kw):
 
 
 @dataclass(frozen=True)
-class SpoolerSettings:
-    """The [spooler] settings, checked: the one validation for the daemon and `mxhook check`."""
+class SpoolerSettings(config_mod.FromConfig):
+    """The keys the spooler reads, typed and checked by the config schema."""
 
+    SECTION = "spooler"
     workers: int
     poll_interval: float
     ingest_batch: int
@@ -259,34 +216,8 @@ class SpoolerSettings:
     user_agent: str
     retry_time_scale: float
     disable_after_days: float
-
-    @classmethod
-    def from_config(cls, cfg: config_mod.Config) -> "SpoolerSettings":
-        """Raises one ConfigError naming every bad setting (a line each)."""
-        sec = "spooler"
-        problems: list[str] = []
-        values: dict = {}
-
-        def read(key, getter, check=None, rule=""):
-            try:
-                value = values[key] = getter(sec, key)
-            except config_mod.ConfigError as exc:
-                problems.append(str(exc))
-                return
-            if check is not None and not check(value):
-                problems.append(f"[spooler] {key} must be {rule}, got {value}")
-
-        read("workers", cfg.int, lambda v: v >= 1, "at least 1")
-        read("ingest_batch", cfg.int, lambda v: v >= 1, "at least 1")
-        read("poll_interval", cfg.float, lambda v: v > 0, "above 0")
-        read("retry_time_scale", cfg.float, lambda v: v > 0, "above 0")
-        read("disable_after_days", cfg.float, lambda v: v >= 0, "0 (never) or more")
-        for key in ("max_attachment_size", "max_payload_size", "max_response_bytes"):
-            read(key, cfg.size)
-        read("user_agent", cfg.get)
-        if problems:
-            raise config_mod.ConfigError("\n".join(problems))
-        return cls(**values)
+    blocklist: bool = config_mod.from_section("milter")
+    allow_networks: list = config_mod.from_section("http")
 
 
 class Spooler:
@@ -309,10 +240,9 @@ class Spooler:
         self.disable_after_days = settings.disable_after_days
         self.render = render or _default_render
         self.render_events = render_events or _default_render_events
-        self.block_hard_bounces = cfg.bool("milter", "blocklist")
+        self.block_hard_bounces = settings.blocklist
         # every post goes through the SSRF guard, with the admin's allowlist
-        allow_networks = cfg.networks("http", "allow_networks")
-        self.session_factory = session_factory or (lambda: webhook.make_session(allow_networks))
+        self.session_factory = session_factory or (lambda: webhook.make_session(settings.allow_networks))
         # signing keys are looked up per attempt: a rotation applies to retries
         self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
@@ -331,7 +261,7 @@ class Spooler:
             log.warning("state.db %s passes SQLite's quick_check again: going on", cfg.state_db)
         self.state.checkpoint_in_background()
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
-        self.inflight: dict[Future, DueDelivery | _BatchJob] = {}
+        self.inflight: dict[Future, Dispatch] = {}
         self._stop = threading.Event()
         self._local = threading.local()
         self._last_clean = 0.0
@@ -353,20 +283,22 @@ class Spooler:
         self._inbound_due_at = 0.0
         self._blocks_checked: int | None = None
         self._window: deque[str] = deque()  # oldest names of new/ from the last scan
+        self._scan_mark: int | None = None  # new/'s mtime at the last scan (None: look again)
         self._claimed: set[str] = set()
-        # Rules and endpoints as last seen in rules.db (for 410 / continuous-failure disabling):
-        # rule ids whose deliveries wait because the rule is disabled; (kind, ref) -> (enabled,
-        # URL), to notice a rule/endpoint enabled again or pointed elsewhere.
-        self._rules_seen = -1  # EndpointsView.generation the rule states were read at
-        self._disabled_rules: set[int] = set()
-        self._targets_seen: dict[tuple[str, str], tuple[bool, str]] = {}
+        # 410 Gone, continuous failure, rules/endpoints enabled again (delivery.health)
+        self.health = Health(self.state, cfg.rules_db, disable_after_days=self.disable_after_days,
+                             clock=self.clock, on_state_error=_state_error,
+                             on_rules_change=self._wake_deliveries)
         self._state_version = self.state.data_version()  # moves when the CLI requeues
         # Attempt results not yet written to state.db, and the pause before the next try (see
         # record_results).
         self._unrecorded: list[AttemptRecord] = []
-        self._unrecorded_batches: list[AttemptRecord] = []
         self._record_pause = 0.0
         self._record_retry_at = 0.0
+
+    def _wake_deliveries(self) -> None:
+        """Deliveries may be due now (a rule was enabled or disabled): look at the queue."""
+        self._inbound_due_at = 0.0
 
     # control ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -385,6 +317,7 @@ class Spooler:
         self.state.close()
         self.endpoints.close()
         self.signing_keys.close()
+        self.health.close()
         if self._rules_store is not None:
             self._rules_store.close()
             self._rules_store = None
@@ -431,6 +364,7 @@ class Spooler:
         on wait for the next scan: the milter's open segment may hold what they follow."""
         new_dir = os.path.join(self.spool_dir, "new")
         if not self._window:
+            self._scan_mark = _changed_at(new_dir)  # before the scan: a later arrival moves it
             with self._claimed_lock:
                 claimed = set(self._claimed)  # unlinks finishing meanwhile: still skipped
             below, beyond = spool.ingest_bound(self.spool_dir)  # tmp/ first, then new/
@@ -499,7 +433,7 @@ class Spooler:
         return decoded.result(), paths, False
 
     def _decode(self, path: str, data: bytes | OSError, into: "_Decoded") -> None:
-        """(I/O thread) Decode and check one read file (spool.decode_parts, state.check_record)
+        """(I/O thread) Decode and check one read file (spool.decode_parts, ingest.check_record)
         into `into`. A file with no good record goes to bad/ as it is; otherwise each bad part
         is written to bad/ now, durably, so the file can be unlinked once its good records are
         committed."""
@@ -512,7 +446,7 @@ class Spooler:
             return
         lines: dict[str, str] = {}
         try:  # one record, or several
-            in_file, bad = spool.decode_parts(data, lines, check=statedb.check_record)
+            in_file, bad = spool.decode_parts(data, lines, check=ingest.check_record)
         except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
             in_file, bad = [], [spool.BadPart(0, data, f"{type(exc).__name__}: {exc}")]
         if not in_file:  # nothing good in it: the file goes to bad/ as it is
@@ -572,11 +506,11 @@ class Spooler:
         the rest (it goes to bad/)."""
         endpoints = list(self.current_endpoints().values())
         kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
-              "raw_meta": raw_meta}
+              "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints)}
         if any(r.kind == "inbound" for r in records):
             self._inbound_due_at = 0.0
         try:
-            new = self.state.ingest(records, now=self.clock(), checked=True, **kw)
+            new = ingest.records(self.state, records, now=self.clock(), checked=True, **kw)
             log.debug("ingested %d record(s) (%d new)", len(records), new)
             return list(dict.fromkeys(paths))
         except Exception as exc:
@@ -594,7 +528,7 @@ class Spooler:
         done = []
         for path, in_file in by_file.items():
             try:
-                self.state.ingest(in_file, now=self.clock(), checked=True, **kw)
+                ingest.records(self.state, in_file, now=self.clock(), checked=True, **kw)
                 done.append(path)
             except Exception as exc:
                 _raise_if_damage(exc)
@@ -609,33 +543,41 @@ class Spooler:
                 self._quarantine(path, f"cannot ingest: {type(exc).__name__}: {exc}")
         return done
 
-    # 2. dispatch ------------------------------------------------------------------------
+    # 2. dispatch: pick due -> send -> record ---------------------------------------------
     def dispatch(self, *, flush_events: bool = False) -> int:
-        """Hand due event batches, then due inbound deliveries, to free workers; returns how
-        many posts were started. None while attempt results wait to be recorded
+        """Pick due event batches, then due inbound deliveries, and send them on free workers;
+        returns how many posts were started. None while attempt results wait to be recorded
         (`record_results`)."""
         if not self.record_results():
             return 0
-        return self.dispatch_events(flush=flush_events) + self.dispatch_inbound()
+        # batches are sent before deliveries are picked: both take from the free workers
+        started = self.send(self.pick_batches(flush=flush_events))
+        return started + self.send(self.pick_deliveries())
 
-    def dispatch_inbound(self) -> int:
-        """Hand due inbound deliveries to free workers; returns how many were started."""
+    def send(self, due: list[Dispatch]) -> int:
+        """Hand dispatches to the post pool (`pipeline.attempt`); returns how many."""
+        for d in due:
+            self.inflight[self.executor.submit(pipeline.attempt, d, self._post, self.clock)] = d
+        return len(due)
+
+    def pick_deliveries(self) -> list[Dispatch]:
+        """Inbound deliveries due now, as many as workers are free."""
         free = self.workers - len(self.inflight)
         if free <= 0 or self.stopping:
-            return 0
+            return []
         self.current_endpoints()  # rules.db changed: which rules are disabled now
         now = self.clock()
         try:
             if now < self._inbound_due_at:  # nothing can be due yet: spare the query...
                 version = self.state.data_version()
                 if version == self._state_version:
-                    return 0
+                    return []
                 self._state_version = version  # ...unless `mxhook replay` requeued something
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read state.db")
-            return 0
+            return []
         busy = {d.id for d in self.inflight.values()}
-        skip = self._disabled_rules  # their deliveries wait until the rule is enabled again
+        skip = self.health.disabled_rules  # their deliveries wait until the rule is enabled again
         try:
             due = self.state.due(now, free, exclude=busy, skip_rules=skip)
             if len(due) < free:  # everything due now is taken: when is the next one due?
@@ -643,146 +585,37 @@ class Spooler:
                 self._inbound_due_at = statedb.to_datetime(nxt).timestamp() if nxt else float("inf")
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read due deliveries from state.db")
-            return 0
-        for delivery in due:
-            self.inflight[self.executor.submit(self._attempt, delivery)] = delivery
-        return len(due)
+            return []
+        return [self._delivery_dispatch(d) for d in due]
 
-    # 2b. events ------------------------------------------------------------------------
-    def current_endpoints(self) -> dict[int, Endpoint]:
-        """The endpoints as rules.db has them now. When they changed, their URLs are recorded
-        in state.db (for the event log) and events pending for removed endpoints are failed.
-        Until rules.db could be read once, nothing is failed."""
-        eps = self.endpoints.current()
-        if self.endpoints.generation != self._endpoints_seen:
-            try:
-                self.state.sync_endpoints(eps.values(), now=self.clock())
-                failed = self.state.fail_removed_endpoints(eps.keys(), now=self.clock())
-                self._endpoints_seen = self.endpoints.generation
-                if failed:
-                    log.warning("%d event(s) pending for removed endpoints marked failed", failed)
-            except sqlite3.Error as exc:
-                _state_error(exc, "cannot record endpoint changes in state.db (will retry)")
-        if self.endpoints.generation != self._rules_seen:
-            self._refresh_targets(eps)
-        return eps
+    def _delivery_dispatch(self, d: DueDelivery) -> Dispatch:
+        fmt = d.target.format
 
-    # 2a. rules/endpoints: 410 Gone, continuous failure, enabled again ---------------------
-    def _rules_db(self) -> db_mod.RulesStore:
-        if self._rules_store is None:
-            self._rules_store = db_mod.RulesStore(self.cfg.rules_db)
-        return self._rules_store
+        def render():
+            if d.raw is None:
+                raise pipeline.Unsendable("message body is no longer stored")
+            return self.render(
+                fmt, delivery_id=d.id, meta=d.meta, raw=d.raw, target=d.target.to_record(),
+                recipients=d.recipients, max_attachment_size=self.max_attachment_size,
+                max_payload_size=self.max_payload_size,
+            )
+        return Dispatch(
+            id=d.id, target=d.target, attempts=d.attempts, first_attempt_at=d.first_attempt_at,
+            owner=("rule", statedb.rule_ref(d.target.id, d.rule_name)),
+            label=f"delivery {d.id} rule={d.rule_name}", payload=fmt, render=render,
+        )
 
-    def _drop_rules_db(self) -> None:
-        if self._rules_store is not None:
-            self._rules_store.close()
-            self._rules_store = None
-
-    def _refresh_targets(self, eps: dict[int, Endpoint]) -> None:
-        """After a change to rules.db: which rules are disabled (their deliveries wait), and
-        which rules/endpoints were enabled again or pointed at another URL (their failure
-        streak starts afresh, so `disable_after_days` does not strike at the next failure)."""
-        rules = {}
-        if os.path.exists(self.cfg.rules_db):
-            try:
-                rules = {r.id: r for r in self._rules_db().list_rules()}
-            except (sqlite3.Error, RuleError, OSError) as exc:
-                log.error("cannot read rules from %s (will retry): %s", self.cfg.rules_db, exc)
-                self._drop_rules_db()
-                return
-        disabled = {i for i, r in rules.items() if not r.enabled}
-        if disabled != self._disabled_rules:
-            self._inbound_due_at = 0.0  # deliveries of a rule enabled again are due now
-        self._disabled_rules = disabled
-        seen = {("rule", str(i)): (r.enabled, r.endpoint) for i, r in rules.items()}
-        seen.update({("endpoint", str(i)): (ep.enabled, ep.url) for i, ep in eps.items()})
-        try:
-            health = self.state.health()
-            for key, (enabled, url) in seen.items():
-                row = health.get(key)
-                before = self._targets_seen.get(key)
-                if row is None or not enabled:
-                    continue
-                again = row["disabled_at"] is not None or (before is not None and not before[0])
-                if again or (before is not None and before[1] != url):
-                    self.state.reset_health(*key, now=self.clock())
-                    if again and row["disabled_at"] is not None:
-                        log.info("%s %s is enabled again: its deliveries resume", key[0],
-                                 row["name"] or key[1])
-        except sqlite3.Error as exc:
-            _state_error(exc, "cannot update rule/endpoint health in state.db (will retry)")
-            return
-        self._targets_seen = seen
-        self._rules_seen = self.endpoints.generation
-
-    def _disable(self, kind: str, ref: str, reason: str, *, url: str | None) -> str | None:
-        """Disable rule/endpoint `ref` in rules.db (kind `rule`: ref = state.rule_ref; kind
-        `endpoint`: its id) because of `reason`, unless it is gone, already disabled, or (`url`
-        given) no longer points at that URL. Logs a warning and remembers it in state.db.
-        Returns its name when it was disabled now."""
-        try:
-            store = self._rules_db()
-            if kind == "rule":
-                found = [r for r in store.list_rules()
-                         if (str(r.id) == ref if not ref.startswith("name:") else r.name == ref[5:])]
-                if not found or not found[0].enabled or (url is not None and found[0].endpoint != url):
-                    return None
-                rule = store.set_enabled(found[0].name, False)
-                self._disabled_rules.add(rule.id)
-                self._inbound_due_at = 0.0
-                name, where, enable = rule.name, webhook.redact_url(rule.endpoint), f"mxhook rule enable {rule.name}"
-            else:
-                ep = store.get_endpoint(int(ref))
-                if ep is None or not ep.enabled or (url is not None and ep.url != url):
-                    return None
-                ep = store.set_endpoint_enabled(ep.id, False)
-                name, where, enable = str(ep.id), webhook.redact_url(ep.url), f"mxhook endpoint edit {ep.id} --enabled"
-        except (sqlite3.Error, RuleError, OSError, ValueError) as exc:
-            log.error("cannot disable %s %s in %s (%s): %s", kind, ref, self.cfg.rules_db, reason, exc)
-            self._drop_rules_db()
-            return None
-        log.warning("%s %s disabled: %s (endpoint %s); its pending deliveries wait and its failed "
-                    "ones stay replayable; enable it again with `%s`", kind, name, reason, where, enable)
-        try:
-            self.state.mark_disabled(kind, ref, name if kind == "rule" else where, reason, now=self.clock())
-        except sqlite3.Error as exc:
-            _state_error(exc, f"cannot record that {kind} {name} was disabled in state.db")
-        return name
-
-    def _gone(self, kind: str, ref: str, url: str | None, outcome: webhook.Outcome) -> str:
-        """A 410 Gone: disable the rule/endpoint; returns the note for the log's reason."""
-        name = self._disable(kind, ref, f"the endpoint answered {outcome.error or 'HTTP 410 Gone'}", url=url)
-        return f"; {kind} {name} disabled" if name is not None else ""
-
-    def _check_failing(self, failed: dict[tuple[str, str], str | None], now: float) -> None:
-        """`[spooler] disable_after_days`: of the rules/endpoints whose attempts just failed
-        (`failed`: (kind, ref) -> the URL the attempt went to), disable those that have had no
-        successful attempt since their first failure that many days ago."""
-        if not failed or self.disable_after_days <= 0:
-            return
-        try:
-            rows = self.state.failing_targets(now - self.disable_after_days * DAY)
-        except sqlite3.Error as exc:
-            _state_error(exc, "cannot read rule/endpoint health from state.db")
-            return
-        days = f"{self.disable_after_days:g} day{'s' if self.disable_after_days != 1 else ''}"
-        for row in rows:
-            key = (row["kind"], row["ref"])
-            if key in failed:
-                self._disable(*key, f"no successful delivery since {row['failing_since']} "
-                                    f"({days} or more; last error: {row['last_error'] or '-'})",
-                              url=failed[key])
-
-    def dispatch_events(self, *, flush: bool = False) -> int:
-        """Make due batches and hand due ones to free workers (at most one batch per endpoint
-        open at a time); returns how many were started. `flush`: make a batch of whatever is
+    def pick_batches(self, *, flush: bool = False) -> list[Dispatch]:
+        """Make due batches and pick the open ones that are due, as many as workers are free
+        (at most one batch per endpoint open at a time). `flush`: make a batch of whatever is
         pending, due or not (--once)."""
-        if self.stopping or self.workers - len(self.inflight) <= 0:
-            return 0
+        free = self.workers - len(self.inflight)
+        if self.stopping or free <= 0:
+            return []
         try:
             eps = self.current_endpoints()
             now = self.clock()
-            busy = {job.batch.endpoint_id for job in self.inflight.values() if isinstance(job, _BatchJob)}
+            busy = {d.target.id for d in self.inflight.values() if d.target.kind == "endpoint"}
             open_batches = self.state.open_batches()
             candidates = [i for i, ep in eps.items()
                           if ep.enabled and i not in busy and i not in open_batches]
@@ -798,7 +631,7 @@ class Spooler:
                     open_batches[endpoint_id] = batch
                     log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
             due_at = statedb.iso(now)
-            started = 0
+            picked = []
             for endpoint_id in sorted(open_batches):
                 ep = eps.get(endpoint_id)
                 batch = open_batches[endpoint_id]
@@ -806,65 +639,62 @@ class Spooler:
                     continue
                 if (batch.next_attempt_at or "") > due_at:
                     continue
-                if self.workers - len(self.inflight) <= 0:
+                if len(picked) >= free:
                     break
                 batch.events = self.state.batch_events(batch, rendered=True)
-                job = _BatchJob(batch, ep)
-                self.inflight[self.executor.submit(self._attempt_batch, job)] = job
-                started += 1
-            return started
+                picked.append(self._batch_dispatch(batch, ep))
+            return picked
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read event batches from state.db")
-            return 0
+            return []
 
-    def _attempt_batch(self, job: _BatchJob) -> tuple[webhook.Outcome, float]:
-        """Worker thread: render a batch and post it once. Never raises; never touches
-        state.db."""
-        started = self.clock()
-        batch, ep = job.batch, job.endpoint
-        try:
-            try:
-                rendered = self.render_events(
-                    ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.format,
-                    batch_id=batch.id, endpoint_id=ep.id, api_key=ep.api_key,
-                )
-            except Exception as exc:
-                log.exception("event batch %s: cannot render the payload", batch.id)
-                return webhook.Outcome("failed", error=f"cannot render the event payload: "
-                                                    f"{type(exc).__name__}: {exc}"), started
-            outcome = webhook.deliver(
-                self._session(), ep.delivery_target(), rendered.body, rendered.content_type,
-                batch.id, user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
-                keys=self.signing_keys.active("endpoint", ep.id),
+    def _batch_dispatch(self, batch: EventBatch, ep: Endpoint) -> Dispatch:
+        def render():
+            return self.render_events(
+                ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.format,
+                batch_id=batch.id, endpoint_id=ep.id, api_key=ep.api_key,
             )
-            return outcome, started
-        except Exception as exc:  # a bug: retry (deferred) rather than lose the batch
-            log.exception("event batch %s: internal error", batch.id)
-            return webhook.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
-
-    def _batch_result(self, job: _BatchJob, outcome: webhook.Outcome, started: float,
-                      now: float) -> AttemptRecord:
-        batch, target = job.batch, job.endpoint.delivery_target()
-        first = statedb.to_datetime(batch.first_attempt_at).timestamp() if batch.first_attempt_at else started
-        status, next_at, reason = schedule(outcome, target, first, now, scale=self.scale, rand=self.rand)
-        if outcome.status_code == GONE:
-            reason = (reason or "") + self._gone("endpoint", str(job.endpoint.id), job.endpoint.url, outcome)
-        log.info(
-            "event batch %s endpoint=%d events=%d attempt=%d outcome=%s status=%s code=%s "
-            "duration=%dms%s%s",
-            batch.id, job.endpoint.id, batch.size, batch.attempts + 1, outcome.status, status,
-            outcome.status_code if outcome.status_code is not None else "-", outcome.duration_ms,
-            f" retry_in={next_at - now:.1f}s" if next_at is not None else "",
-            f" error={reason!r}" if reason else "",
-        )
-        return AttemptRecord(
-            delivery_id=batch.id, at=statedb.iso(started), outcome=outcome.status, status=status,
-            status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
-            response_excerpt=outcome.response_excerpt,
-            next_attempt_at=statedb.iso(next_at) if next_at is not None else None, reason=reason,
+        return Dispatch(
+            id=batch.id, target=ep.target, attempts=batch.attempts,
+            first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),
+            label=f"event batch {batch.id} endpoint={ep.id} events={batch.size}", payload="event",
+            render=render,
         )
 
-    # 2c. hard bounces -> block list -------------------------------------------------------
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self.session_factory()
+        return session
+
+    def _post(self, target: Target, body: pipeline.Body, webhook_id: str) -> webhook.Outcome:
+        """(worker thread) One POST through this worker's session, signed with the keys
+        active now."""
+        return webhook.deliver(
+            self._session(), target, body.body, body.content_type, webhook_id,
+            user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
+            keys=self.signing_keys.active(target.kind, target.id),
+        )
+
+    def current_endpoints(self) -> dict[int, Endpoint]:
+        """The endpoints as rules.db has them now. When they changed, their URLs are recorded
+        in state.db (for the event log) and events pending for removed endpoints are failed.
+        Until rules.db could be read once, nothing is failed."""
+        eps = self.endpoints.current()
+        if self.endpoints.generation != self._endpoints_seen:
+            try:
+                self.state.sync_endpoints(eps.values(), now=self.clock())
+                failed = self.state.fail_removed_endpoints(eps.keys(), now=self.clock())
+                self._endpoints_seen = self.endpoints.generation
+                if failed:
+                    log.warning("%d event(s) pending for removed endpoints marked failed", failed)
+            except sqlite3.Error as exc:
+                _state_error(exc, "cannot record endpoint changes in state.db (will retry)")
+        if self.endpoints.generation != self.health.seen:
+            self.health.refresh(eps, self.endpoints.generation)
+        return eps
+
+    # 2b. hard bounces -> block list -------------------------------------------------------
     def process_blocks(self) -> int:
         """Put the recipients of hard bounces on the block list; returns how many bounces were
         handled. rules.db trouble is logged and retried later (the bounces stay pending)."""
@@ -874,7 +704,7 @@ class Spooler:
         if marker == self._blocks_checked:  # no hard bounce since the last look
             return 0
         try:
-            pending = self.state.pending_blocks(BLOCK_BATCH)
+            pending = ingest.pending_blocks(self.state, BLOCK_BATCH)
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read hard bounces from state.db")
             return 0
@@ -919,8 +749,9 @@ class Spooler:
         if done:
             self._block_error = None
             try:
-                self.state.finish_blocks(done, now=self.clock(),
-                                         endpoints=list(self.current_endpoints().values()))
+                endpoints = list(self.current_endpoints().values())
+                ingest.finish_blocks(self.state, done, now=self.clock(), endpoints=endpoints,
+                                     prerender=event_payloads.prerenderer(endpoints))
             except sqlite3.Error as exc:
                 _state_error(exc, "cannot record block list results in state.db (will redo)")
                 return 0
@@ -928,116 +759,54 @@ class Spooler:
                 self._blocks_checked = marker
         return len(done)
 
-    def _session(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = self.session_factory()
-        return session
-
-    def _attempt(self, d: DueDelivery) -> tuple[webhook.Outcome, float]:
-        """Worker thread: render and post once. Never raises; never touches state.db."""
-        started = self.clock()
-        try:
-            if d.raw is None:
-                return webhook.Outcome("failed", error="message body is no longer stored"), started
-            fmt = d.target.get("format") or "json"
-            try:
-                rendered = self.render(
-                    fmt, delivery_id=d.id, meta=d.meta, raw=d.raw, target=d.target,
-                    recipients=d.recipients, max_attachment_size=self.max_attachment_size,
-                    max_payload_size=self.max_payload_size,
-                )
-            except Exception as exc:
-                log.exception("delivery %s: cannot render the %s payload", d.id, fmt)
-                return webhook.Outcome("failed", error=f"cannot render the {fmt} payload: "
-                                                    f"{type(exc).__name__}: {exc}"), started
-            outcome = webhook.deliver(
-                self._session(), d.target, rendered.body, rendered.content_type, d.id,
-                user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
-                keys=self.signing_keys.active("rule", d.target.get("id")),
-            )
-            return outcome, started
-        except Exception as exc:  # a bug: retry (deferred) rather than lose the delivery
-            log.exception("delivery %s: internal error", d.id)
-            return webhook.Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"), started
-
-    def collect(self, done: set[Future] | None = None) -> int:
-        """Write the results of finished posts (all in one transaction); returns how many."""
+    # 2c. record: the results of finished posts ------------------------------------------
+    def record_finished(self, done: set[Future] | None = None) -> int:
+        """Record the results of finished posts (all in one transaction); returns how many."""
         if done is None:
             done = {f for f in self.inflight if f.done()}
         results = []
-        batch_results = []
-        failing: dict[tuple[str, str], str | None] = {}  # (kind, ref) -> URL, see _check_failing
+        failing: dict[tuple[str, str], str | None] = {}  # owner -> URL, see Health.check_failing
         now = self.clock()
         for fut in done:
             d = self.inflight.pop(fut)
             try:
-                outcome, started = fut.result()
-            except Exception as exc:  # _attempt does not raise; belt and braces
-                outcome, started = webhook.Outcome("deferred", error=f"internal error: {exc}"), now
-            if isinstance(d, _BatchJob):
-                batch_results.append(self._batch_result(d, outcome, started, now))
-                if outcome.status != "succeeded":
-                    failing[("endpoint", str(d.endpoint.id))] = d.endpoint.url
-                continue
-            try:
-                first = statedb.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else started
-                status, next_at, reason = schedule(outcome, d.target, first, now, scale=self.scale,
-                                                   rand=self.rand)
-            except (TypeError, ValueError) as exc:  # odd retry settings in the target: defaults
-                log.error("delivery %s: bad retry settings (%s); using the defaults", d.id, exc)
-                status, next_at, reason = schedule(outcome, {}, started, now, scale=self.scale,
-                                                   rand=self.rand)
-            ref = statedb.rule_ref(d.target.get("id"), d.rule_name)
-            if outcome.status_code == GONE:
-                reason = (reason or "") + self._gone("rule", ref, d.target.get("endpoint"), outcome)
-            elif outcome.status != "succeeded":
-                failing[("rule", ref)] = d.target.get("endpoint")
-            results.append(AttemptRecord(
-                delivery_id=d.id, at=statedb.iso(started), outcome=outcome.status, status=status,
-                status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
-                response_excerpt=outcome.response_excerpt,
-                next_attempt_at=statedb.iso(next_at) if next_at is not None else None, reason=reason,
-            ))
-            log.info(
-                "delivery %s rule=%s attempt=%d outcome=%s status=%s code=%s duration=%dms%s%s",
-                d.id, d.rule_name, d.attempts + 1, outcome.status, status,
-                outcome.status_code if outcome.status_code is not None else "-", outcome.duration_ms,
-                f" retry_in={next_at - now:.1f}s" if next_at is not None else "",
-                f" error={reason!r}" if reason else "",
-            )
-        if results:
-            self._inbound_due_at = 0.0
+                finished = fut.result()
+            except Exception as exc:  # pipeline.attempt does not raise; belt and braces
+                finished = pipeline.Attempt(d, webhook.Outcome("deferred", error=f"internal error: {exc}"), now)
+            outcome = finished.outcome
+            if outcome.status != "succeeded" and outcome.status_code != pipeline.GONE:
+                failing[d.owner] = d.target.url
+            if d.target.kind == "rule":
+                self._inbound_due_at = 0.0
+            results.append(pipeline.settle(finished, now, gone=self._gone, scale=self.scale, rand=self.rand))
         self._unrecorded.extend(results)
-        self._unrecorded_batches.extend(batch_results)
         self.record_results()
-        self._check_failing(failing, now)
-        return len(results) + len(batch_results)
+        self.health.check_failing(failing, now)
+        return len(results)
+
+    def _gone(self, d: Dispatch, outcome: webhook.Outcome) -> str:
+        return self.health.gone(d.owner, d.target.url, outcome)
 
     def record_results(self) -> bool:
-        """Write the attempt results not yet in state.db (all in one transaction each for
-        deliveries and batches); True when none is left.
+        """Write the attempt results not yet in state.db (in one transaction); True when none
+        is left.
 
         A result that cannot be written is kept here and written again later, after a pause
         that doubles from RECORD_RETRY_FIRST up to RECORD_RETRY_MAX seconds; until then
         `dispatch` starts no post at all. State.db still says such a delivery is due, so
         posting on would send it again at once, and again after every failed write: the
         receiver would be flooded. A damaged state.db stops the spooler (`_state_error`)."""
-        if not (self._unrecorded or self._unrecorded_batches):
+        if not self._unrecorded:
             return True
         if time.monotonic() < self._record_retry_at:
             return False
         try:
-            if self._unrecorded:
-                self.state.record_attempts(self._unrecorded)
-                self._unrecorded = []
-            if self._unrecorded_batches:
-                self.state.record_batch_attempts(self._unrecorded_batches)
-                self._unrecorded_batches = []
+            self.state.record_attempts(self._unrecorded)
+            self._unrecorded = []
         except sqlite3.Error as exc:
             self._record_pause = min(max(self._record_pause * 2, RECORD_RETRY_FIRST), RECORD_RETRY_MAX)
             self._record_retry_at = time.monotonic() + self._record_pause
-            _state_error(exc, f"cannot record {len(self._unrecorded) + len(self._unrecorded_batches)} "
+            _state_error(exc, f"cannot record {len(self._unrecorded)} "
                               f"attempt result(s) in state.db; no posts until they are recorded "
                               f"(next try in {self._record_pause:g} s)")
             return False
@@ -1050,13 +819,12 @@ class Spooler:
         """Wait for every in-flight post and record its result."""
         while self.inflight:
             done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
-            self.collect(done)
-        if self._unrecorded or self._unrecorded_batches:
+            self.record_finished(done)
+        if self._unrecorded:
             self._record_retry_at = 0.0  # stopping: one last try, pause or not
             if not self.record_results():
                 log.error("%d attempt result(s) not recorded in state.db: they will be posted again "
-                          "after a restart, with the same webhook-id",
-                          len(self._unrecorded) + len(self._unrecorded_batches))
+                          "after a restart, with the same webhook-id", len(self._unrecorded))
 
     # 3. the loop ------------------------------------------------------------------------
     def _maybe_clean_tmp(self) -> None:
@@ -1090,6 +858,8 @@ class Spooler:
         self.drain()
 
     def _step(self) -> None:
+        """One pass of the loop: ingest -> block list -> record finished posts -> pick what is
+        due and send it -> wait."""
         background = self.state.checkpoint_error  # the checkpoint thread found damage?
         if background is not None:
             _raise_if_damage(background)
@@ -1100,17 +870,40 @@ class Spooler:
             log.error("cannot scan %s: %s", self.spool_dir, exc)
             handled = 0
         self.process_blocks()
-        self.collect()  # posts that finished meanwhile: their endpoint can take its next batch now
+        self.record_finished()  # posts that finished meanwhile: their endpoint can take its next batch now
         self.dispatch()
         if handled >= self.ingest_batch or self.more_waiting:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
         pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.held_back else self.poll_interval
-        if self.inflight:
-            done, _ = wait(list(self.inflight), timeout=pause, return_when=FIRST_COMPLETED)
-            self.collect(done)
-        else:
-            self._stop.wait(pause)
+        self._pause(pause)
+
+    def _pause(self, pause: float) -> None:
+        """Wait up to `pause` seconds; less when a post finishes or there are files to ingest
+        (`_spool_changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
+        by the next step with every other one finished by then: one commit for all of them
+        (collecting the first alone made a commit, and an fsync, per post)."""
+        deadline = time.monotonic() + pause
+        while not self.stopping and not self._spool_changed():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.inflight:
+                done, _ = wait(list(self.inflight), timeout=min(left, SPOOL_WATCH),
+                               return_when=FIRST_COMPLETED)
+                if done:
+                    return
+            else:
+                self._stop.wait(min(left, SPOOL_WATCH))
+
+    def _spool_changed(self) -> bool:
+        """Files to ingest since the last scan of new/: a batch read ahead holds some (or is
+        still being read), or new/ changed after the scan."""
+        fut = self._prefetch
+        if fut is not None:
+            return not fut.done() or fut.exception() is not None or bool(fut.result()[1])
+        mark = self._scan_mark
+        return mark is None or _changed_at(os.path.join(self.spool_dir, "new")) != mark
 
     def run(self) -> None:
         log.info("started: spool %s, state %s, %d worker(s)", self.spool_dir, self.cfg.state_db, self.workers)
@@ -1127,6 +920,16 @@ class Spooler:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
         log.info("stopped")
+
+
+def _changed_at(directory: str) -> int | None:
+    """The directory's mtime (ns), or None when it changed within MTIME_TICK_NS (another change
+    in the same clock tick would leave the mtime as it is) or cannot be read."""
+    try:
+        mtime = os.stat(directory).st_mtime_ns
+    except OSError:
+        return None
+    return None if time.time_ns() - mtime < MTIME_TICK_NS else mtime
 
 
 def _raise_if_damage(exc: BaseException) -> None:

@@ -1,1 +1,3 @@
-"""Sending a webhook: the SSRF guard (egress), the HTTP sender and Standard Webhooks signing."""
+"""Sending a webhook: one dispatch pipeline for inbound deliveries and event batches (pipeline),
+the policy for failing targets (health), the HTTP sender (webhook), the SSRF guard (egress) and
+Standard Webhooks signing (signing)."""

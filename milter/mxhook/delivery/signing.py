@@ -236,7 +236,7 @@ def headers(
 @dataclass(frozen=True)
 class KeySet:
     """What one request is signed with: the ``whsec_`` secrets and ``whsk_`` ed25519 private
-    keys active at attempt time (`db.SigningKeys.active`). Its repr never shows a key."""
+    keys active at attempt time (`rulesdb.SigningKeys.active`). Its repr never shows a key."""
 
     secrets: tuple[str, ...] = ()
     ed25519_keys: tuple[str, ...] = ()

@@ -1,4 +1,4 @@
-"""The delivery client: one POST of a rendered payload to a rule's endpoint, classified.
+"""The delivery client: one POST of a rendered payload to a target (model.targets), classified.
 
     session = make_session(allow_networks)          # one per worker thread
     outcome = deliver(session, target, body, content_type, webhook_id,
@@ -43,8 +43,9 @@ import requests
 
 from mxhook.delivery import egress
 from mxhook.delivery import signing
+from mxhook.model.retry import RETRY_AFTER_MAX
+from mxhook.model.targets import DEFAULT_TIMEOUT, Target
 
-RETRY_AFTER_MAX = 3600.0
 DEADLINE_GRACE = 1.0  # seconds a whole attempt may take beyond the target's timeout
 DEFERRED_CODES = frozenset({408, 429})
 
@@ -159,10 +160,10 @@ def redact_url(url: str) -> str:
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*")
 
 
-def auth_header(target: dict) -> str | None:
+def auth_header(target: Target) -> str | None:
     """The Authorization value for a target: Basic XOR Bearer (validated rules never have
     both; if one does, this raises rather than choose)."""
-    basic, bearer = target.get("basic_auth"), target.get("bearer")
+    basic, bearer = target.basic_auth, target.bearer
     if basic and bearer:
         raise ValueError("rule has both Basic auth and a Bearer token")
     if basic:
@@ -231,7 +232,7 @@ def _too_slow(timeout: float) -> str:
 
 def deliver(
     session: requests.Session,
-    target: dict,
+    target: Target,
     body: bytes,
     content_type: str,
     webhook_id: str,
@@ -244,12 +245,12 @@ def deliver(
     """POST `body` to the target's endpoint once; never raises for network or HTTP trouble.
     `keys`: the signing secrets/keys active now (None or empty: no `webhook-signature`);
     `now`: the `webhook-timestamp` (default: the current time)."""
-    url = target["endpoint"]
+    url = target.url
     scheme = urlsplit(url).scheme.lower()
-    if scheme != "https" and not (scheme == "http" and target.get("allow_http")):
+    if scheme != "https" and not (scheme == "http" and target.allow_http):
         return Outcome("failed", error=f"endpoint scheme {scheme or '(none)'!r} refused: HTTPS is required "
                                        "unless the rule allows http")
-    timeout = float(target.get("timeout") or 30)
+    timeout = float(target.timeout or DEFAULT_TIMEOUT)
     headers = {"Content-Type": content_type, "User-Agent": user_agent}
     try:
         authorization = auth_header(target)

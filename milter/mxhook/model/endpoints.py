@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import zoneinfo
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from mxhook.model import events as events_mod
+from mxhook.model.retry import RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPolicy
+from mxhook.model.targets import Target
 from mxhook.model.rules import (
-    RETRY_INTERVAL_RANGE,
-    RETRY_PERIOD_RANGE,
     TIMEOUT_RANGE,
     RuleError,
     _check_range,
@@ -76,15 +77,15 @@ class Endpoint:
     def wants(self, event_type: str) -> bool:
         return event_type in self.types
 
-    def delivery_target(self) -> dict:
-        """What `http.deliver` and `spooler.schedule` need, in the shape of an inbound rule's
-        target (`endpoint` is the URL)."""
-        return {
-            "id": self.id, "name": self.name, "endpoint": self.url, "format": self.format,
-            "basic_auth": self.basic_auth, "bearer": self.bearer, "api_key": self.api_key,
-            "retry_interval": self.retry_interval, "retry_period": self.retry_period,
-            "timeout": self.timeout, "allow_http": self.allow_http,
-        }
+    @cached_property
+    def target(self) -> Target:
+        """Where and how this endpoint's batches are posted."""
+        return Target(
+            kind="endpoint", id=self.id, name=self.name, url=self.url, format=self.format,
+            basic_auth=self.basic_auth, bearer=self.bearer, api_key=self.api_key,
+            retry=RetryPolicy(self.retry_interval, self.retry_period), timeout=self.timeout,
+            allow_http=self.allow_http,
+        )
 
 
 def parse_categories(text) -> tuple[str, ...]:

@@ -278,7 +278,8 @@ class Inbound:
         if groups:
             meta = message_meta(self.envelope, self.raw_headers, timestamp(self.clock()))
             meta["deliveries"] = [
-                {"recipients": rcpts, "rule": rule.delivery_target()} for rule, rcpts in groups
+                {"recipients": rcpts, "rule": rule.target.to_record(discard=rule.discard)}
+                for rule, rcpts in groups
             ]
             message = InboundRecord(self.new_id(), meta, raw)
             log.append(Logged("accepted", [r for _, rs in groups for r in rs],

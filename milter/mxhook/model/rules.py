@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from urllib.parse import urlsplit
 
 import regex
 
+from mxhook.model.retry import RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPolicy
+from mxhook.model.targets import Target
+
 FORMATS = ("json", "multipart", "raw")
-RETRY_INTERVAL_RANGE = (10, 600)  # seconds
-RETRY_PERIOD_RANGE = (1, 10)  # days
 TIMEOUT_RANGE = (1, 999)  # seconds
 DEFAULTS = {"priority": 0, "format": "json", "retry_interval": 60, "retry_period": 3, "timeout": 30}
 ENVELOPE_RECIPIENT = "to"  # a condition on this header name tests the envelope recipient
@@ -57,15 +59,17 @@ class Rule:
     allow_http: bool = False
     id: int | None = None
 
-    def delivery_target(self) -> dict:
-        """What the spooler needs to post for this rule, as JSON-able data (goes into the spool
-        record, so a message keeps the settings it was accepted under if the rule is removed)."""
-        return {
-            "id": self.id, "name": self.name, "endpoint": self.endpoint, "format": self.format,
-            "basic_auth": self.basic_auth, "bearer": self.bearer, "api_key": self.api_key,
-            "retry_interval": self.retry_interval, "retry_period": self.retry_period,
-            "timeout": self.timeout, "allow_http": self.allow_http, "discard": self.discard,
-        }
+    @cached_property  # the milter asks for it for every message a rule takes
+    def target(self) -> Target:
+        """Where and how this rule's deliveries are posted. Its record form (with `discard`)
+        goes into the spool record, so a message keeps the settings it was accepted under if
+        the rule is removed."""
+        return Target(
+            kind="rule", id=self.id, name=self.name, url=self.endpoint, format=self.format,
+            basic_auth=self.basic_auth, bearer=self.bearer, api_key=self.api_key,
+            retry=RetryPolicy(self.retry_interval, self.retry_period), timeout=self.timeout,
+            allow_http=self.allow_http,
+        )
 
 
 def parse_condition(spec: str, *, negate: bool = False) -> Condition:

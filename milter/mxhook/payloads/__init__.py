@@ -6,9 +6,9 @@ Pure: the spooler calls `render_inbound` per (message, rule) and posts `Rendered
 
 The three inbound formats are structural (a JSON document, a form, a MIME message), so they are
 built with `json.dumps` and byte-level code rather than text templates: a template cannot get
-JSON string escaping or form-data quoting right for hostile input. Jinja2 is kept for dialects
-whose shape admins choose (event payloads, custom templates), which render through the same
-`FORMATS` registry.
+JSON string escaping or form-data quoting right for hostile input. Each format is one entry of
+`FORMATS` (name -> renderer), which `render_inbound` dispatches on; event bodies are built the
+same way in payloads/events.py.
 """
 from __future__ import annotations
 
@@ -269,9 +269,9 @@ def render_inbound(fmt: str, *, delivery_id: str, meta: dict, raw: bytes, target
     """The request body for one inbound delivery (one message, one rule).
 
     `meta` is the spool record's inbound metadata, `target` the delivery's rule dict
-    (`Rule.delivery_target()`), `recipients` the envelope recipients this rule matched
+    (`Target.to_record()`), `recipients` the envelope recipients this rule matched
     (default: taken from meta["deliveries"] by the rule's name). Raises ValueError only for an
-    unknown format; bad message content never raises (see message.normalize)."""
+    unknown format; bad message content never raises (see model.message.normalize)."""
     try:
         renderer = FORMATS[fmt]
     except KeyError:

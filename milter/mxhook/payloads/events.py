@@ -64,10 +64,21 @@ def local_time(at: str | None, tz) -> str | None:
 
 class V1Text(str):
     """One event already rendered as its version-1 JSON object with UTC times (`v1_text`).
-    state.py renders each event once at ingest, so that a batch is mostly a join of these;
-    `render_events` takes them in place of event dicts, for any time zone and format."""
+    The spooler has the store keep fresh events in this form (`prerenderer`), so that a batch
+    is mostly a join of these; `render_events` takes them in place of event dicts, for any
+    time zone and format."""
 
     __slots__ = ()
+
+
+def prerenderer(endpoints: Iterable) -> Callable[[dict], V1Text] | None:
+    """What the store may keep fresh fanned-out events as (`v1_text`), or None: only when an
+    enabled endpoint takes version-1 bodies in UTC, the form a batch is joined from (for other
+    zones or versions that text would be parsed and rendered again)."""
+    if any(getattr(ep, "enabled", True) and getattr(ep, "version", None) in (None, 1)
+           and zone(getattr(ep, "timezone", "UTC")) is timezone.utc for ep in endpoints):
+        return v1_text
+    return None
 
 
 def v1_text(event: dict) -> V1Text:

@@ -2,10 +2,10 @@
 
 A damaged state.db (a page overwritten, a file that is not a database) is not a fault of the
 spool record being ingested: moving records to bad/ for it would quarantine good mail. The
-spooler stops instead (exit status EXIT_DAMAGED, so systemd restarts it and an admin sees it)
-and leaves a *fault file* beside the database, `<state.db>.fault` (one line: when, and what
-SQLite said), which `mxhook status` and `mxhook check` show. The spooler removes it once a
-start-up `PRAGMA quick_check` passes again (the database was restored or repaired).
+spooler stops instead (exit status EXIT_DAMAGED, which the unit does not restart on: restarting
+cannot mend the file) and leaves a *fault file* beside the database, `<state.db>.fault` (one
+line: when, and what SQLite said), which `mxhook status` and `mxhook check` show. The spooler
+removes it once a start-up `PRAGMA quick_check` passes again (the database was restored or repaired).
 """
 from __future__ import annotations
 

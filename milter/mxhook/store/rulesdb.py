@@ -1,6 +1,7 @@
-"""rules.db: permitted domains, inbound rules and their conditions (sqlite-utils, WAL).
+"""rules.db: permitted domains, inbound rules and their conditions, event endpoints, the block
+list and signing keys (sqlite-utils, WAL).
 
-Written by the `mxhook` CLI through `RulesStore`; read by the milter as an immutable compiled
+Written by the `mxhook` CLI (mxhook.services) through `RulesStore`; read by the milter as an immutable compiled
 `Snapshot` that a `SnapshotWatcher` swaps in when the database changes (`PRAGMA data_version`,
 polled at most once per interval), so the milter's hot path never takes a lock.
 
@@ -12,8 +13,8 @@ Permissions: SQLite readers of a WAL database need write access to the -shm file
 directory, to create it), so the milter must run as the owner of the database's directory.
 The CLI run as root therefore gives a new rules.db the owner and group of its directory.
 
-Schema versions live in `PRAGMA user_version` (0 = empty file); `_migrate` brings a database
-up to `SCHEMA_VERSION` and refuses one written by a newer mxhook.
+Schema versions: `_MIGRATIONS`, applied by store.migrations (`PRAGMA user_version`, one
+transaction; a file written by a newer mxhook is refused).
 
 Signing keys (schema 3, `signing_keys`): every rule and event endpoint has a Standard Webhooks
 secret (`v1`, ``whsec_``), generated in the transaction that creates it, and optionally an
@@ -47,10 +48,11 @@ from mxhook.delivery import signing
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.headers import MAX_LABEL_LENGTH, domain_a_label, normalize_address
 from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
+from mxhook.store import migrations
+from mxhook.store.migrations import transaction
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
 FILE_MODE = 0o640
 BUSY_TIMEOUT_MS = 5000
 
@@ -284,10 +286,6 @@ def _create_file(path: str) -> None:
         os.close(fd)
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA user_version").fetchone()[0]
-
-
 def _schema_v1(db: sqlite_utils.Database) -> None:
     """Permitted domains, inbound rules and their conditions."""
     db.create_table(
@@ -429,41 +427,9 @@ def _u_labels(domain: str) -> str:
     return ".".join(labels)
 
 
-# version -> the step that brings a database from version - 1 to it
-_MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4, 5: _schema_v5}
-
-
-def _migrate(db: sqlite_utils.Database) -> None:
-    version = _user_version(db.conn)
-    if version > SCHEMA_VERSION:
-        raise RuleError(
-            f"rules database schema version {version} is newer than this mxhook "
-            f"understands ({SCHEMA_VERSION}); upgrade mxhook"
-        )
-    if version == SCHEMA_VERSION:
-        return
-    if db.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        db.enable_wal()
-    # All steps in one write transaction, the version read again under its lock: a concurrent
-    # migration (two CLI commands at once) waits and then finds nothing left to do, and a
-    # failed step leaves the database as it was.
-    with _transaction(db.conn):
-        version = _user_version(db.conn)
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            _MIGRATIONS[step](db)
-        if version < SCHEMA_VERSION:
-            db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection, *, write: bool = True):
-    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+# The step that brings a database from the version before to each version (store.migrations).
+_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5))
+SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
 def _row_to_rule(row: dict, conditions: list[Condition]) -> Rule:
@@ -498,8 +464,8 @@ def _read_domains(conn: sqlite3.Connection) -> list[dict]:
 
 def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float) -> Snapshot:
     """One consistent read (a single read transaction) compiled into a Snapshot."""
-    with _transaction(conn, write=False):
-        version = _user_version(conn)
+    with transaction(conn, write=False):
+        version = migrations.user_version(conn)
         if version == 0:
             return empty_snapshot(regex_timeout)
         if version > SCHEMA_VERSION:
@@ -528,7 +494,7 @@ class RulesStore:
         _create_file(self.path)
         self.conn = _connect(self.path, create=True)
         self.db = sqlite_utils.Database(self.conn)
-        _migrate(self.db)
+        migrations.migrate(self.db, _MIGRATIONS, name="rules database", newer=RuleError)
 
     def close(self) -> None:
         self.conn.close()
@@ -543,7 +509,7 @@ class RulesStore:
 
     def add_domain(self, name: str, log_denied: bool = True) -> dict:
         domain = normalize_domain(name)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
                 raise RuleError(f"domain {domain} is already permitted")
             created = _now()
@@ -555,7 +521,7 @@ class RulesStore:
 
     def set_domain(self, name: str, log_denied: bool) -> dict:
         domain = normalize_domain(name)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             cur = self.conn.execute(
                 "UPDATE domains SET log_denied = ? WHERE name = ?", (int(bool(log_denied)), domain)
             )
@@ -572,7 +538,7 @@ class RulesStore:
 
     def remove_domain(self, name: str) -> None:
         domain = normalize_domain(name)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             cur = self.conn.execute("DELETE FROM domains WHERE name = ?", (domain,))
             if cur.rowcount == 0:
                 raise RuleError(f"domain {domain} is not in the permitted domains")
@@ -615,7 +581,7 @@ class RulesStore:
         ed25519 key pair with `ed25519`); returns it with its id (`signing_keys` gives the
         keys). Rule ids are never reused."""
         rules_mod.validate(rule)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             taken = self._name_taken(rule.name)
             if taken is not None:
                 raise RuleError(f"a rule named {taken!r} already exists (use `rule edit`)"
@@ -645,7 +611,7 @@ class RulesStore:
 
     def list_rules(self) -> list[Rule]:
         """All rules in evaluation order (priority, id, name)."""
-        with _transaction(self.conn, write=False):
+        with transaction(self.conn, write=False):
             return _read_rules(self.conn)
 
     def rule_times(self) -> dict[str, dict]:
@@ -661,7 +627,7 @@ class RulesStore:
         """Replace the rule called `name` (settings and all conditions) with `rule`, keeping its
         id and creation time; `rule.name` may differ (a rename)."""
         rules_mod.validate(rule)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             rule_id = self._rule_id(name)
             if rule_id is None:
                 raise RuleError(f"no rule named {name!r}")
@@ -680,7 +646,7 @@ class RulesStore:
         return replace(rule, id=rule_id)
 
     def set_enabled(self, name: str, enabled: bool) -> Rule:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             cur = self.conn.execute(
                 "UPDATE rules SET enabled = ?, updated = ? WHERE name = ?",
                 (int(bool(enabled)), _now(), name),
@@ -690,7 +656,7 @@ class RulesStore:
         return self.get_rule(name)
 
     def remove_rule(self, name: str) -> None:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             rule_id = self._rule_id(name)
             if rule_id is None:
                 raise RuleError(f"no rule named {name!r}")
@@ -722,7 +688,7 @@ class RulesStore:
 
     def list_endpoints(self) -> list[Endpoint]:
         """All endpoints by id."""
-        with _transaction(self.conn, write=False):
+        with transaction(self.conn, write=False):
             return _read_endpoints(self.conn)
 
     def add_endpoint(self, ep: Endpoint, *, ed25519: bool = False) -> Endpoint:
@@ -730,7 +696,7 @@ class RulesStore:
         `ed25519`); the payload version is pinned now (the latest when not given). Returns the
         stored endpoint (`signing_keys` gives its keys)."""
         ep = endpoints_mod.validate(ep)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             other = self._endpoint_row(ep.url)
             if other is not None:
                 raise RuleError(f"an endpoint for {ep.url} already exists (id {other['id']}; "
@@ -750,7 +716,7 @@ class RulesStore:
         """Replace the settings of the endpoint `key` (id or URL) with `ep`, keeping its id and
         creation time; `ep.url` may differ."""
         ep = endpoints_mod.validate(ep)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             row = self._endpoint_row(key)
             if row is None:
                 raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
@@ -768,7 +734,7 @@ class RulesStore:
         """Enable or disable the endpoint `key` (id or URL) and nothing else: no validation of
         its other settings, so the spooler can disable an endpoint (410 Gone, continuous
         failure) whose host no longer resolves."""
-        with _transaction(self.conn):
+        with transaction(self.conn):
             row = self._endpoint_row(key)
             if row is None:
                 raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
@@ -779,7 +745,7 @@ class RulesStore:
     def remove_endpoint(self, key) -> Endpoint:
         """Remove the endpoint `key` (id or URL); returns what was removed. Events still
         pending for it are marked failed by the spooler."""
-        with _transaction(self.conn):
+        with transaction(self.conn):
             row = self._endpoint_row(key)
             if row is None:
                 raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
@@ -822,7 +788,7 @@ class RulesStore:
         if not 0 <= overlap <= MAX_OVERLAP:
             raise RuleError(f"the overlap must be between 0 and {int(MAX_OVERLAP // 86400)} days, "
                             f"got {overlap:g} s")
-        with _transaction(self.conn):
+        with transaction(self.conn):
             if not self._owner_exists(kind, owner_id):
                 raise RuleError(f"no {kind} with id {owner_id}")
             now_dt = datetime.now(timezone.utc)
@@ -845,7 +811,7 @@ class RulesStore:
         addr = normalize_block_address(address)
         if source not in BLOCK_SOURCES:
             raise RuleError(f"block source must be one of {', '.join(BLOCK_SOURCES)}, got {source!r}")
-        with _transaction(self.conn):
+        with transaction(self.conn):
             cur = self.conn.execute(
                 "INSERT OR IGNORE INTO blocklist (address, reason, dsn, source, event_id, created)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -856,7 +822,7 @@ class RulesStore:
     def block_remove(self, address: str) -> bool:
         """Take an address off the block list; False if it was not on it."""
         addr = normalize_block_address(address)
-        with _transaction(self.conn):
+        with transaction(self.conn):
             cur = self.conn.execute("DELETE FROM blocklist WHERE address = ?", (addr,))
         return cur.rowcount == 1
 
@@ -1088,7 +1054,7 @@ class EndpointsView:
                 self._version = None
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
-                with _transaction(self._conn, write=False):
+                with transaction(self._conn, write=False):
                     has_table = self._conn.execute(
                         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'endpoints'"
                     ).fetchone()
@@ -1145,7 +1111,7 @@ class SigningKeys:
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         if version == self._version:
             return
-        with _transaction(self._conn, write=False):
+        with transaction(self._conn, write=False):
             has_table = self._conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'signing_keys'").fetchone()
             rows = self._conn.execute(_KEY_SELECT + " ORDER BY id").fetchall() if has_table else []

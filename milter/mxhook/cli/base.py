@@ -1,0 +1,125 @@
+"""What every command module shares: the context object (App), the group class that turns
+errors into exit statuses, and the parameter types."""
+from __future__ import annotations
+
+import sqlite3
+
+import click
+
+from mxhook import config as configmod
+from mxhook.model.rules import RuleError
+from mxhook.services import times
+from mxhook.services.errors import Failed, ServiceError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class InputError(click.UsageError):
+    """Invalid input found after parsing (bad rule, unknown name, missing database): exit
+    status 2 like every usage error, shown as one line without the usage text."""
+
+    def show(self, file=None) -> None:
+        self.ctx = None
+        super().show(file)
+
+
+class MxhookGroup(click.Group):
+    """Turns the services' errors into exit statuses, wherever in the command they are raised:
+    an operation that failed part way exits 1, every other refusal is a usage error (exit
+    status 2, one line on stderr)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Failed as exc:
+            raise click.ClickException(exc.message) from None
+        except ServiceError as exc:
+            raise InputError(exc.message) from None
+        except (RuleError, configmod.ConfigError) as exc:
+            raise InputError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"database error: {exc}") from None
+        except UnicodeError as exc:
+            raise InputError(f"text that cannot be handled ({exc.reason}): arguments must be valid "
+                             "UTF-8, and output needs a UTF-8 locale (e.g. LC_ALL=C.UTF-8)") from None
+        except OverflowError as exc:
+            raise InputError(f"a number is out of range ({exc})") from None
+        except OSError as exc:  # e.g. a database path in a missing or unwritable directory
+            raise click.ClickException(str(exc)) from None
+
+
+class App:
+    """Per-invocation state: the config (loaded on first use, so --help needs none)."""
+
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._cfg: configmod.Config | None = None
+
+    @property
+    def cfg(self) -> configmod.Config:
+        if self._cfg is None:
+            self._cfg = configmod.load(self.config_path)
+        return self._cfg
+
+
+def app_of(ctx: click.Context) -> App:
+    """The group's App, or one for $MXHOOK_CONFIG / the default when a command runs outside
+    the group."""
+    obj = ctx.obj
+    if isinstance(obj, App):
+        return obj
+    return App(getattr(obj, "config_path", None))
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class TimeType(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        try:
+            return times.parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class DurationType(click.ParamType):
+    """'24h', '30m', '90s', '2d', '1w' or plain seconds -> seconds (float)."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        try:
+            return times.parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DEFAULT_OVERLAP = "24h"
+
+
+def rotate_options(command):
+    """--overlap and --ed25519, the same for `rule rotate-secret` and `endpoint rotate-secret`."""
+    command = click.option("--ed25519", is_flag=True,
+                           help="Rotate (or add) the ed25519 key pair instead of the HMAC secret.")(command)
+    return click.option("--overlap", type=DurationType(), default=DEFAULT_OVERLAP, show_default=True,
+                        help="How long the previous secret keeps signing too (0: stop at once; "
+                             "at most 30d).")(command)
+
+
+# Options `rule add/edit` and `endpoint add/edit` share (click.option decorators can be reused).
+AUTH_OPTIONS = (
+    click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
+    click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
+    click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+)
+CLEAR_AUTH_OPTION = click.option(
+    "--clear-auth", is_flag=True,
+    help="Remove Basic auth, Bearer token and API key (before applying any new ones given).")
+ED25519_OPTION = click.option(
+    "--ed25519", is_flag=True, help="Also sign with an ed25519 key pair (v1a); prints its public key.")

@@ -1,0 +1,309 @@
+"""`mxhook rule`: inbound rules, which mail is posted to which webhook, and `rule test`, the
+dry run of the milter's decision."""
+from __future__ import annotations
+
+import click
+
+from mxhook.cli.base import (
+    AUTH_OPTIONS,
+    CLEAR_AUTH_OPTION,
+    ED25519_OPTION,
+    MxhookGroup,
+    pass_app,
+    rotate_options,
+    warn,
+)
+from mxhook.cli.output import (
+    auth_summary,
+    emit_json,
+    fields,
+    print_new_keys,
+    print_rotation,
+    print_signing,
+    table,
+    yes_no,
+)
+from mxhook.model import rules
+from mxhook.services import explain
+from mxhook.services import rules as rulesvc
+from mxhook.services.errors import ServiceError
+
+
+def condition_option(cond: rules.Condition) -> str:
+    """How the condition is given on the command line."""
+    return f"{'--unless' if cond.negate else '--when'} '{cond.header}~{cond.pattern}'"
+
+
+def rule_options(edit: bool):
+    """The options `rule add` and `rule edit` share; for edit every option defaults to None
+    (= leave as it is)."""
+
+    def deco(f):
+        opts = [
+            click.option("--endpoint", metavar="URL", required=not edit,
+                         help="Webhook URL (https:// unless --allow-http)."),
+            click.option("--when", "when", multiple=True, metavar="'HEADER~REGEX'",
+                         help="Condition that must hold; repeatable (all must hold). 'To' means "
+                              "the envelope recipient." +
+                              (" Replaces all conditions when given." if edit else "")),
+            click.option("--unless", "unless", multiple=True, metavar="'HEADER~REGEX'",
+                         help="Condition that must NOT hold; repeatable." +
+                              (" Without --when, replaces only the --unless conditions." if edit else "")),
+            click.option("--priority", type=int, metavar="N",
+                         help="Evaluation order, lower first" + ("." if edit else " [default: 0].")),
+            click.option("--format", "fmt", type=click.Choice(rules.FORMATS),
+                         help="Payload format" + ("." if edit else " [default: json].")),
+            *AUTH_OPTIONS,
+            click.option("--retry-interval", type=int, metavar="10..600",
+                         help="Seconds between retries" + ("." if edit else " [default: 60].")),
+            click.option("--retry-period", type=int, metavar="1..10",
+                         help="Days to keep retrying" + ("." if edit else " [default: 3].")),
+            click.option("--timeout", type=int, metavar="1..999",
+                         help="Request timeout in seconds" + ("." if edit else " [default: 30].")),
+        ]
+        if edit:
+            opts += [
+                click.option("--name", "new_name", metavar="NEW", help="Rename the rule."),
+                click.option("--discard/--no-discard", default=None,
+                             help="Discard the mail after the webhook is queued (or deliver it)."),
+                click.option("--disabled/--enabled", "disabled", default=None,
+                             help="Disable or enable the rule."),
+                click.option("--allow-http/--no-allow-http", default=None,
+                             help="Allow (or stop allowing) a plain http:// endpoint."),
+                CLEAR_AUTH_OPTION,
+            ]
+        else:
+            opts += [
+                click.option("--discard", is_flag=True,
+                             help="Discard the mail after the webhook is queued (default: "
+                                  "deliver it as usual)."),
+                click.option("--disabled", is_flag=True, help="Add the rule disabled."),
+                click.option("--allow-http", is_flag=True,
+                             help="Allow a plain http:// endpoint (mail travels unencrypted)."),
+                ED25519_OPTION,
+            ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+def print_rule(rule: rules.Rule, times: dict | None = None, keys: list | None = None) -> None:
+    rows = [
+        ("name", rule.name),
+        ("enabled", yes_no(rule.enabled)),
+        ("priority", f"{rule.priority} (lower runs first)"),
+        ("endpoint", rule.endpoint),
+        ("format", rule.format),
+        ("auth", auth_summary(rule)),
+        ("retry interval", f"{rule.retry_interval} s"),
+        ("retry period", f"{rule.retry_period} days"),
+        ("timeout", f"{rule.timeout} s"),
+        ("after accept", "discard (webhook only)" if rule.discard else "deliver as usual"),
+        ("allow http", yes_no(rule.allow_http)),
+    ]
+    if times:
+        rows += [("created", times.get("created")), ("updated", times.get("updated"))]
+    fields(rows)
+    print_signing(keys)
+    click.echo("conditions:      (all must hold; 'to' is the envelope recipient)")
+    for cond in rule.conditions:
+        click.echo(f"  {condition_option(cond)}")
+
+
+@click.group(cls=MxhookGroup)
+def rule():
+    """Inbound rules: which mail is posted to which webhook."""
+
+
+@rule.command("add", short_help="Add a rule.")
+@click.argument("name")
+@rule_options(edit=False)
+@pass_app
+def rule_add(app, name, endpoint, when, unless, priority, fmt, basic_auth, bearer, api_key,
+             retry_interval, retry_period, timeout, discard, disabled, allow_http, ed25519):
+    """Add rule NAME: mail whose headers match all conditions is posted to the endpoint.
+
+    \b
+    Example:
+      mxhook rule add invoices --endpoint https://app.example.net/hooks/mail \\
+          --when 'To~^invoices@' --when 'Subject~invoice|bill' --unless 'From~@spam\\.example$'
+
+    The rule's signing secret is printed once: give it to the receiver (docs/verifying.md).
+    """
+    added = rulesvc.add(
+        app.cfg, name=name, endpoint=endpoint, when=when, unless=unless, priority=priority,
+        format=fmt, basic_auth=basic_auth, bearer=bearer, api_key=api_key,
+        retry_interval=retry_interval, retry_period=retry_period, timeout=timeout,
+        discard=discard, enabled=not disabled, allow_http=allow_http, ed25519=ed25519, warn=warn)
+    new = added.rule
+    click.echo(f"Added rule {new.name} (priority {new.priority}"
+               f"{', disabled' if not new.enabled else ''}): "
+               f"{new.format} to {new.endpoint}")
+    print_new_keys(added.keys)
+    if added.no_domains:
+        warn("note: no permitted domains yet; rules apply only to mail for permitted "
+             "domains (mxhook domain add DOMAIN)")
+
+
+@rule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@pass_app
+def rule_list(app, as_json):
+    """List rules in evaluation order."""
+    views = rulesvc.list_all(app.cfg, with_keys=as_json)
+    if as_json:
+        emit_json([v.as_dict() for v in views])
+        return
+    all_rules = [v.rule for v in views]
+    if not all_rules:
+        click.echo("No rules (add one with: mxhook rule add NAME --endpoint URL --when 'HEADER~REGEX')")
+        return
+    table(
+        ["PRIO", "NAME", "ENABLED", "FORMAT", "ENDPOINT", "CONDITIONS"],
+        [[r.priority, r.name, r.enabled, r.format + (" +discard" if r.discard else ""),
+          r.endpoint, " AND ".join(str(c) for c in r.conditions)] for r in all_rules],
+        max_width=70,
+    )
+
+
+@rule.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@pass_app
+def rule_show(app, name, as_json):
+    """Show one rule (secrets masked)."""
+    view = rulesvc.show(app.cfg, name)
+    if as_json:
+        emit_json(view.as_dict())
+    else:
+        print_rule(view.rule, view.times, view.keys)
+
+
+@rule.command("edit", short_help="Change a rule.")
+@click.argument("name")
+@rule_options(edit=True)
+@pass_app
+def rule_edit(app, name, endpoint, when, unless, priority, fmt, basic_auth, bearer, api_key,
+              retry_interval, retry_period, timeout, new_name, discard, disabled, allow_http,
+              clear_auth):
+    """Change rule NAME; options not given keep their value.
+
+    --when replaces all conditions (with the --unless ones given alongside); --unless alone
+    replaces only the negated conditions. --basic-auth and --bearer exclude each other, so
+    giving one removes the other.
+    """
+    new = rulesvc.edit(
+        app.cfg, name, endpoint=endpoint, when=when, unless=unless, priority=priority, format=fmt,
+        basic_auth=basic_auth, bearer=bearer, api_key=api_key, retry_interval=retry_interval,
+        retry_period=retry_period, timeout=timeout, new_name=new_name, discard=discard,
+        enabled=None if disabled is None else not disabled, allow_http=allow_http,
+        clear_auth=clear_auth, warn=warn)
+    renamed = f" (renamed from {name})" if new.name != name else ""
+    click.echo(f"Updated rule {new.name}{renamed}")
+
+
+def _set_enabled(app, name: str, enabled: bool) -> None:
+    rulesvc.set_enabled(app.cfg, name, enabled)
+    click.echo(f"{'Enabled' if enabled else 'Disabled'} rule {name}")
+
+
+@rule.command("enable")
+@click.argument("name")
+@pass_app
+def rule_enable(app, name):
+    """Enable rule NAME."""
+    _set_enabled(app, name, True)
+
+
+@rule.command("disable")
+@click.argument("name")
+@pass_app
+def rule_disable(app, name):
+    """Disable rule NAME (kept, but never matches)."""
+    _set_enabled(app, name, False)
+
+
+@rule.command("remove")
+@click.argument("name")
+@pass_app
+def rule_remove(app, name):
+    """Remove rule NAME."""
+    rulesvc.remove(app.cfg, name)
+    click.echo(f"Removed rule {name}")
+
+
+@rule.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
+@click.argument("name")
+@rotate_options
+@pass_app
+def rule_rotate_secret(app, name, overlap, ed25519):
+    """Give rule NAME a new signing secret, printed once. During the overlap every request
+    carries a signature with the previous secret and one with the new one, so the receiver
+    can switch at any time in between."""
+    found, rotation = rulesvc.rotate_secret(app.cfg, name, overlap=overlap, ed25519=ed25519)
+    print_rotation(rotation, f"rule {found.name}", ed25519)
+
+
+def print_explanation(res: dict) -> None:
+    click.echo(f"From:       {res['header_from'] or '(none)'}"
+               + (f"   MAIL FROM: <{res['mail_from']}>" if res["mail_from"] is not None else ""))
+    click.echo(f"Subject:    {res['subject']}")
+    h = res["heuristics"]
+    click.echo(f"Heuristics: {', '.join(h['enabled']) or 'none'} enabled; "
+               f"unknown_domains = {res['unknown_domains']}")
+    verdict = res["result"].upper()
+    click.echo(f"Result:     {verdict} ({res['smtp']}) by {res['decided_by']}: {res['reason']}")
+    for d in res["header_defects"]:
+        click.echo(f"Header:     {d}")
+    for e in res["recipients"]:
+        click.echo("")
+        what = e["outcome"]
+        if e["outcome"] == "accepted":
+            what += f" by rule {e['rule']} → {e['format']} to {e['endpoint']}"
+            if e["action"] == "discard":
+                what += " (then discarded)"
+        else:
+            what += f" by {e['decided_by']}"
+        stage = "RCPT" if e["stage"] == "rcpt" else "end of headers"
+        click.echo(f"<{e['recipient']}>: {e['smtp']} at {stage}: {what}")
+        if e["outcome"] != "accepted":
+            click.echo(f"  {e['reason']}")
+        if e["decided_by"].startswith("heuristic:") and e.get("rules"):
+            click.echo("  rules, for information (the milter stops at the heuristic):")
+        for rr in e.get("rules", []):
+            mark = "✓" if rr["matched"] else "✗"
+            first = e["outcome"] == "accepted" and rr["name"] == e["rule"]
+            note = "  ← first match" if first else ""
+            click.echo(f"  {mark} {rr['name']} (priority {rr['priority']}): {rr['reason']}{note}")
+
+
+@rule.command("test", short_help="Dry run: which heuristic or rule decides a message.")
+@click.argument("message", metavar="MESSAGE.eml", type=click.File("rb"))
+@click.option("--rcpt", "recipients", multiple=True, required=True, metavar="ADDR",
+              help="Envelope recipient (RCPT TO); repeatable.")
+@click.option("--mail-from", metavar="ADDR", help="Envelope sender (MAIL FROM), for display.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def rule_test(app, message, recipients, mail_from, as_json):
+    """Dry run: what the milter would answer for MESSAGE.eml ('-' reads stdin), and why.
+
+    Each recipient, in --rcpt order, gets the milter's answer and its stage: 550 at RCPT (its
+    domain is not permitted, or no rule can match its envelope), 452 4.5.3 at RCPT (its
+    outcome may differ from the recipients accepted before it: sent again alone), or the
+    end-of-headers outcome. Uses the rules and domains in rules.db and the heuristics,
+    unknown_domains and missing_from settings of the config; every rule is evaluated and
+    explained, also past the first match. A message larger than [milter] max_message_size is
+    refused, as the milter refuses it.
+    """
+    try:
+        res = explain.explain_message(app.cfg, message, list(recipients), mail_from)
+    except ServiceError as exc:
+        if exc.code == "invalid_recipient":
+            raise click.BadParameter(exc.message, param_hint="--rcpt") from None
+        raise
+    if as_json:
+        emit_json(res)
+    else:
+        print_explanation(res)

@@ -1,0 +1,275 @@
+"""The health check: the config (every setting the daemons read), rules.db and state.db
+(readable, known schema, integrity, permissions), the milter socket (mode, group, and a real
+connection as Postfix's user when run as root), the spool directories, and Postfix's
+smtpd_milters. One result per check and per problem, each saying what to do."""
+from __future__ import annotations
+
+import grp
+import importlib
+import os
+import pwd
+import sqlite3
+import stat
+from urllib.parse import quote
+
+from mxhook import config as configmod
+from mxhook.postfix import postconf as pc
+from mxhook.services.postfix import (
+    EXTRA_PARAMETERS,
+    Postfix,
+    PostfixError,
+    check_postfix_wiring,
+    check_socket,
+    postfix_unreadable,
+    result,
+    socket_path,
+)
+from mxhook.store import integrity
+
+# Tables state.db's schema has: a file of the current version without them is not ours.
+STATE_TABLES = ("messages", "deliveries", "attempts", "inbound_log")
+
+
+def config_problems(cfg: configmod.Config) -> list[str]:
+    """Every key through its type and check in the config schema, and pymilter for the milter."""
+    problems = cfg.problems()
+    try:
+        importlib.import_module("Milter")
+    except ImportError as exc:
+        problems.append(f"mxhook-milter cannot start: {exc} (is python3-milter installed?)")
+    return problems
+
+
+def _gids(uid: int) -> set[int]:
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return set()
+    return set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+
+
+def allows(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
+    """Do the permission bits give user `uid` (groups `gids`) the access `bits` (an rwx
+    octal digit, e.g. 0o3 = write + search)? Root may do anything."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return (st.st_mode >> 6) & bits == bits
+    if st.st_gid in gids:
+        return (st.st_mode >> 3) & bits == bits
+    return st.st_mode & bits == bits
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{_user(st.st_uid)}:{group} {stat.S_IMODE(st.st_mode):04o}"
+
+
+def check_database(check: str, label: str, path: str, uids: list[int], *, version: int,
+                   tables: tuple[str, ...] = (), missing_hint: str, private: str,
+                   missing_ok: bool = False, describe=None,
+                   upgrade_hint: str = "`mxhook domain list` upgrades it") -> list[dict]:
+    """Open read-only, schema version (or required tables), quick integrity check, and file
+    permissions for the daemons' users `uids` (WAL: they must also write -wal/-shm and the
+    directory)."""
+    if not os.path.exists(path):
+        return [result(check, missing_ok, f"{label} {path} does not exist{' yet' if missing_ok else ''}: "
+                                           f"{missing_hint}")]
+    problems: list[str] = []
+    summary = ""
+    extra = ""
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=5)
+        try:
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            quick = integrity.quick_check(conn) or ["ok"]
+            if describe is not None and quick == ["ok"]:
+                extra = describe(conn, found)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return [result(check, False, f"{label} {path} cannot be read: {exc} (not an SQLite "
+                                      "database, or damaged: restore it from a backup)")]
+    if found > version:
+        problems.append(f"{label} {path} has schema version {found}, newer than this mxhook "
+                        f"understands ({version}): upgrade mxhook")
+    elif found == 0 and not names:
+        problems.append(f"{label} {path} is empty (schema version 0): {missing_hint}")
+    elif found < version:
+        problems.append(f"{label} {path} has schema version {found}, older than {version}: "
+                        f"{upgrade_hint}")
+    summary = f"schema {found}"
+    lacking = [t for t in tables if t not in names] if found >= version else []
+    if lacking:
+        problems.append(f"{label} {path} lacks the tables {', '.join(lacking)}: {missing_hint}")
+    if quick != ["ok"]:
+        problems.append(f"{label} {path} fails SQLite's integrity check ({'; '.join(quick[:3])}): "
+                        "stop the daemons and restore it from a backup")
+    directory = os.path.dirname(os.path.abspath(path))
+    for p, what, bits in ((path, "file", 0o6), (path + "-wal", "file", 0o6), (path + "-shm", "file", 0o6),
+                          (directory, "directory", 0o3)):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        for uid in uids:
+            if not allows(st, uid, _gids(uid), bits):
+                user = _user(uid)
+                problems.append(f"{label} {what} {p} ({_owner(st)}) is not writable by {user}, who "
+                                f"runs the daemons: chown {user}:{_group_of(uid)} {p}")
+        if p == path and stat.S_IMODE(st.st_mode) & 0o007:
+            problems.append(f"{label} {p} ({_owner(st)}) is open to every user, but holds "
+                            f"{private}: chmod o-rwx {p}")
+    if problems:
+        return [result(check, False, p) for p in problems]
+    return [result(check, True, f"{label} {path}: {summary + ', ' if summary else ''}integrity ok, "
+                                 f"writable by {_users(uids)}, not open to others{extra}")]
+
+
+def _describe_rules(conn: sqlite3.Connection, version: int) -> str:
+    """'; 1 permitted domain, 2 enabled rules' (what an admin wants to know first)."""
+    if version < 1:
+        return ""
+    domains = conn.execute("SELECT count(*) FROM domains").fetchone()[0]
+    rules = conn.execute("SELECT count(*) FROM rules WHERE enabled").fetchone()[0]
+    text = (f"; {domains} permitted domain{'s' if domains != 1 else ''}, "
+            f"{rules} enabled rule{'s' if rules != 1 else ''}")
+    if not domains:
+        text += " (inbound mail is refused until `mxhook domain add DOMAIN`)"
+    return text
+
+
+def _group_of(uid: int) -> str:
+    try:
+        return grp.getgrgid(pwd.getpwuid(uid).pw_gid).gr_name
+    except KeyError:
+        return str(uid)
+
+
+def check_spool(spool_dir: str, uids: list[int]) -> list[dict]:
+    """tmp/, new/, bad/ exist, are writable by the daemons' users, and private."""
+    from mxhook import spool
+
+    try:
+        st = os.stat(spool_dir)
+    except FileNotFoundError:
+        return [result("spool", False, f"spool directory {spool_dir} does not exist: start "
+                                        "mxhook-milter or mxhook-spooler (they create it)")]
+    if not stat.S_ISDIR(st.st_mode):
+        return [result("spool", False, f"spool directory {spool_dir} is not a directory")]
+    problems: list[str] = []
+    for sub in (spool_dir, *(os.path.join(spool_dir, s) for s in spool.SUBDIRS)):
+        try:
+            sst = os.stat(sub)
+        except FileNotFoundError:
+            problems.append(f"spool directory {sub} does not exist: restart mxhook-milter (it "
+                            "creates tmp/, new/, bad/)")
+            continue
+        # The top directory needs search permission; files are made and renamed in the others.
+        bits, need = (0o1, "entered") if sub == spool_dir else (0o3, "written")
+        for uid in uids:
+            if not allows(sst, uid, _gids(uid), bits):
+                user = _user(uid)
+                problems.append(
+                    f"spool directory {sub} ({_owner(sst)}) cannot be {need} by {user}, who runs "
+                    f"the daemons: chown {user}:{_group_of(uid)} {sub} && chmod 0750 {sub}")
+        if stat.S_IMODE(sst.st_mode) & 0o006:
+            problems.append(f"spool directory {sub} ({_owner(sst)}) is open to every user, but "
+                            f"spooled mail is private: chmod o-rwx {sub}")
+    if problems:
+        return [result("spool", False, p) for p in problems]
+    counts = {}
+    for sub in ("new", "bad"):
+        try:
+            with os.scandir(os.path.join(spool_dir, sub)) as it:
+                counts[sub] = sum(1 for _ in it)
+        except OSError:
+            counts[sub] = "?"
+    return [result("spool", True, f"spool {spool_dir}: {', '.join(spool.SUBDIRS)} writable by "
+                                   f"{_users(uids)}, not open to others ({counts['new']} waiting "
+                                   f"in new/, {counts['bad']} in bad/)")]
+
+
+def _users(uids: list[int]) -> str:
+    return " and ".join(_user(u) for u in uids)
+
+
+def daemon_uids(socket_spec: str, spool_dir: str) -> list[int]:
+    """Who runs the daemons: the owner of the spool directory and the owner of the socket
+    (the milter created it); normally one user (mxhook)."""
+    uids: list[int] = []
+    for p in (spool_dir, socket_path(socket_spec)):
+        if p:
+            try:
+                uid = os.stat(p).st_uid
+            except OSError:
+                continue
+            if uid not in uids:
+                uids.append(uid)
+    return uids or [os.geteuid()]
+
+
+def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
+    """Every check, in order: [{check, ok, message, code (on some problems)}]. The config is
+    loaded here (from `config_path`, else $MXHOOK_CONFIG or the default), as a broken one is
+    itself a result."""
+    path = configmod.config_path(config_path)
+    try:
+        cfg = configmod.load(config_path)
+    except configmod.ConfigError as exc:
+        return [result("config", False, f"{exc}; the other checks need the config")]
+    results: list[dict] = []
+    problems = config_problems(cfg)
+    if problems:
+        results += [result("config", False, p) for p in problems]
+    else:
+        source = cfg.source or f"built-in defaults ({path} does not exist)"
+        results.append(result("config", True, f"{source}: every setting the daemons read is valid"))
+
+    socket_spec = cfg.get("milter", "socket")
+    uids = daemon_uids(socket_spec, cfg.spool_dir)
+    from mxhook.store import rulesdb as dbmod
+
+    results += check_database(
+        "rules_db", "rules database", cfg.rules_db, uids, version=dbmod.SCHEMA_VERSION,
+        missing_hint="no domain is permitted, so inbound mail is refused; `mxhook domain add "
+                     "DOMAIN` creates it", private="endpoint secrets", missing_ok=True,
+        describe=_describe_rules)
+    from mxhook.store import statedb
+
+    results += check_database(
+        "state_db", "state database", cfg.state_db, uids, version=statedb.SCHEMA_VERSION,
+        tables=STATE_TABLES, missing_hint="start mxhook-spooler (it creates it)",
+        private="mail and delivery logs", upgrade_hint="restarting mxhook-spooler upgrades it")
+    fault = integrity.read_fault(cfg.state_db)
+    if fault:
+        results.append(result("state_db", False, f"mxhook-spooler stopped: state database "
+                                                  f"{cfg.state_db} is damaged ({fault}); spooled mail "
+                                                  "waits in new/: restore state.db from a backup, "
+                                                  "then restart mxhook-spooler"))
+    results += check_spool(cfg.spool_dir, uids)
+
+    postfix = Postfix(postfix_dir)
+    try:
+        values = postfix.values([*pc.parameters(), *EXTRA_PARAMETERS])
+    except PostfixError as exc:
+        results += check_socket(socket_spec, "postfix")
+        results.append(result("postfix", False, postfix_unreadable(exc), exc.code))
+        return results
+    results += check_socket(socket_spec, values.get("mail_owner") or "postfix")
+    try:
+        results += check_postfix_wiring(postfix, values, socket_spec)
+    except PostfixError as exc:
+        results.append(result("postfix", False, f"cannot read Postfix's master.cf: {exc}", exc.code))
+    return results

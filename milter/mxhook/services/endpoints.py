@@ -1,0 +1,172 @@
+"""Event endpoints: where delivery events (bounces, deliveries, blocks) are posted, in
+batches. Writes go to rules.db; the running spooler picks them up within about a second."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from mxhook import config as configmod
+from mxhook import spool
+from mxhook.model import endpoints as endpointsmod
+from mxhook.services import targets
+from mxhook.services.errors import Conflict, Invalid, NotFound, reclassified, translated
+from mxhook.services.stores import rules_store
+from mxhook.services.targets import Warn, no_warnings
+from mxhook.store import rulesdb
+
+SAMPLE_TYPES = ("queued", "succeeded", "deferred", "bounced", "failed", "blocked", "registered",
+                "deleted")
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    endpoint: endpointsmod.Endpoint
+    keys: list | None  # signing keys (None: not asked for)
+
+    def as_dict(self) -> dict:
+        """JSON-able, secrets masked (signing keys too: public keys in full)."""
+        ep = self.endpoint
+        d = {
+            "id": ep.id, "url": ep.url, "enabled": ep.enabled, "events": list(ep.categories),
+            "interval": ep.interval, "max_events": ep.max_events, "timeout": ep.timeout,
+            "version": ep.version, "timezone": ep.timezone, "format": ep.format,
+            **targets.masked_auth(ep), "retry_interval": ep.retry_interval,
+            "retry_period": ep.retry_period, "allow_http": ep.allow_http,
+            "created": ep.created, "updated": ep.updated,
+        }
+        if self.keys is not None:
+            d["signing"] = [k.to_public_dict() for k in self.keys]
+        return d
+
+
+def _categories(value) -> tuple[str, ...]:
+    """'bounces,blocks' or ['bounces', 'blocks']."""
+    return endpointsmod.parse_categories(value if isinstance(value, str) else ",".join(value))
+
+
+def get_or_fail(store: rulesdb.RulesStore, key) -> endpointsmod.Endpoint:
+    found = store.get_endpoint(key)
+    if found is None:
+        raise NotFound(f"no endpoint {key!r} (give its id or URL; see `mxhook endpoint list`)")
+    return found
+
+
+@translated()
+def add(cfg: configmod.Config, *, url: str, categories=None, interval: int | None = None,
+        max_events: int | None = None, timeout: int | None = None, version: int | None = None,
+        timezone: str | None = None, format: str | None = None,  # noqa: A002 - the field
+        basic_auth: str | None = None, bearer: str | None = None, api_key: str | None = None,
+        retry_interval: int | None = None, retry_period: int | None = None, enabled: bool = True,
+        allow_http: bool = False, ed25519: bool = False,
+        warn: Warn = no_warnings) -> EndpointView:
+    """The endpoint added, with its signing keys (secrets in full: shown this once)."""
+    targets.check_secrets(what="endpoint", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
+    new = endpointsmod.with_defaults(
+        url=url, categories=_categories(categories or ""), interval=interval,
+        max_events=max_events, timeout=timeout, version=version, timezone=timezone, format=format,
+        basic_auth=basic_auth, bearer=bearer, api_key=api_key, retry_interval=retry_interval,
+        retry_period=retry_period, allow_http=allow_http, enabled=enabled,
+    )
+    endpointsmod.validate(new)  # before the database is created or opened for writing
+    targets.check_egress(cfg, new.url, warn)
+    with rules_store(cfg, create=True) as store:
+        with reclassified(Conflict):
+            added = store.add_endpoint(new, ed25519=ed25519)
+        return EndpointView(added, store.signing_keys("endpoint", added.id))
+
+
+@translated()
+def list_all(cfg: configmod.Config, *, with_keys: bool = False) -> list[EndpointView]:
+    with rules_store(cfg) as store:
+        return [EndpointView(ep, store.signing_keys("endpoint", ep.id) if with_keys else None)
+                for ep in store.list_endpoints()]
+
+
+@translated()
+def show(cfg: configmod.Config, key) -> EndpointView:
+    with rules_store(cfg) as store:
+        ep = get_or_fail(store, key)
+        return EndpointView(ep, store.signing_keys("endpoint", ep.id))
+
+
+@translated()
+def edit(cfg: configmod.Config, key, *, categories=None, interval: int | None = None,
+         max_events: int | None = None, timeout: int | None = None, version: int | None = None,
+         timezone: str | None = None, format: str | None = None,  # noqa: A002
+         basic_auth: str | None = None, bearer: str | None = None, api_key: str | None = None,
+         retry_interval: int | None = None, retry_period: int | None = None,
+         url: str | None = None, enabled: bool | None = None, allow_http: bool | None = None,
+         clear_auth: bool = False, warn: Warn = no_warnings) -> endpointsmod.Endpoint:
+    """Change endpoint `key` (id or URL); None keeps a value. Changes apply to batches made
+    from now on."""
+    targets.check_secrets(what="endpoint", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
+    given = [categories, interval, max_events, timeout, version, timezone, format, basic_auth,
+             bearer, api_key, retry_interval, retry_period, url, enabled, allow_http]
+    if all(v is None for v in given) and not clear_auth:
+        raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
+    with rules_store(cfg) as store:
+        old = get_or_fail(store, key)
+        changes = {name: value for name, value in (
+            ("interval", interval), ("max_events", max_events), ("timeout", timeout),
+            ("version", version), ("timezone", timezone), ("format", format),
+            ("retry_interval", retry_interval), ("retry_period", retry_period), ("url", url),
+            ("allow_http", allow_http), ("enabled", enabled)) if value is not None}
+        if categories is not None:
+            changes["categories"] = _categories(categories)
+        changes.update(targets.auth_changes(clear_auth=clear_auth, basic_auth=basic_auth,
+                                            bearer=bearer, api_key=api_key))
+        candidate = endpointsmod.validate(dataclasses.replace(old, **changes))
+        if url is not None:
+            targets.check_egress(cfg, candidate.url, warn)
+        with reclassified(Conflict):
+            return store.replace_endpoint(old.id, candidate)
+
+
+@translated()
+def remove(cfg: configmod.Config, key) -> endpointsmod.Endpoint:
+    """Events still pending for it are marked failed (by the spooler)."""
+    with rules_store(cfg) as store, reclassified(NotFound):
+        return store.remove_endpoint(key)
+
+
+@translated()
+def rotate_secret(cfg: configmod.Config, key, *, overlap: float,
+                  ed25519: bool = False) -> tuple[endpointsmod.Endpoint, targets.Rotation]:
+    with rules_store(cfg) as store:
+        ep = get_or_fail(store, key)
+        return ep, targets.rotate(store, "endpoint", ep.id, overlap, ed25519)
+
+
+@dataclass(frozen=True)
+class SampleSent:
+    endpoint: endpointsmod.Endpoint
+    batch_id: str  # its webhook-id
+    outcome: object  # delivery.webhook's outcome: status, status_code, duration_ms, error, ...
+
+
+@translated()
+def send_test(cfg: configmod.Config, key, event_type: str = "bounced") -> SampleSent:
+    """Post one sample event to the endpoint now, through the spooler's delivery client (same
+    payload version, format, time zone, auth, signing and timeout)."""
+    from mxhook.delivery import webhook
+    from mxhook.payloads.events import render_events, sample_event
+
+    if event_type not in SAMPLE_TYPES:
+        raise Invalid(f"no sample event of type {event_type!r} (known: {', '.join(SAMPLE_TYPES)})")
+    with rules_store(cfg) as store:
+        ep = get_or_fail(store, key)
+    signing_keys = rulesdb.SigningKeys(cfg.rules_db)
+    try:
+        keys = signing_keys.active("endpoint", ep.id)
+    finally:
+        signing_keys.close()
+    batch_id = "evb_test_" + spool.new_id()
+    rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
+                             fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
+                             api_key=ep.api_key)
+    session = webhook.make_session(cfg.value("http", "allow_networks"))
+    outcome = webhook.deliver(session, ep.target, rendered.body,
+                              rendered.content_type, batch_id,
+                              user_agent=cfg.get("spooler", "user_agent"),
+                              max_response_bytes=cfg.value("spooler", "max_response_bytes"), keys=keys)
+    return SampleSent(ep, batch_id, outcome)

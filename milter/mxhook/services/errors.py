@@ -1,0 +1,76 @@
+"""The one error hierarchy of the services: every front-end (the CLI, the HTTP API, the web
+console) catches ServiceError and shows its message; `code` is stable, so a front-end can map
+it (the API to an HTTP status, the CLI to an exit status) without parsing messages."""
+from __future__ import annotations
+
+import contextlib
+
+from mxhook import config as configmod
+from mxhook.model.rules import RuleError
+
+
+class ServiceError(Exception):
+    """An operation refused or failed; the message says why and what to do."""
+
+    code = "error"
+
+    def __init__(self, message: str, code: str | None = None, detail: dict | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.detail = detail  # what was done before it went wrong, for the front-end to show
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class Invalid(ServiceError):
+    """The input is wrong (a bad rule, an empty secret, nothing to change); nothing was written."""
+
+    code = "invalid"
+
+
+class NotFound(ServiceError):
+    """The rule, endpoint, log entry or block list entry named does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    """The operation clashes with what is stored (a name taken, an address already blocked)."""
+
+    code = "conflict"
+
+
+class Unavailable(ServiceError):
+    """Something the operation needs is not there yet (a database, the spool directory)."""
+
+    code = "unavailable"
+
+
+class Failed(ServiceError):
+    """The operation went wrong part way (the change may be made, the message says what is)."""
+
+    code = "failed"
+
+
+@contextlib.contextmanager
+def reclassified(cls: type[ServiceError]):
+    """The store's RuleError from one call as `cls` (the store says "no rule named ..." and "a
+    rule named ... already exists" with the same exception type)."""
+    try:
+        yield
+    except RuleError as exc:
+        raise cls(str(exc)) from None
+
+
+@contextlib.contextmanager
+def translated():
+    """The model's and the config's own input errors as Invalid, message unchanged."""
+    try:
+        yield
+    except RuleError as exc:
+        raise Invalid(str(exc)) from None
+    except configmod.ConfigError as exc:
+        raise Invalid(str(exc), "config_invalid") from None

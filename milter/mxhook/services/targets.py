@@ -1,0 +1,103 @@
+"""What inbound rules and event endpoints share as webhook destinations: secrets (masked when
+shown, never empty when given), the SSRF guard's verdict on a URL, and signing-key rotation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from mxhook import config as configmod
+from mxhook.delivery import egress
+from mxhook.services.errors import Invalid
+from mxhook.store import rulesdb
+
+# getaddrinfo-compatible resolver for the endpoint check (None: the system's); tests set one
+RESOLVER = None
+
+Warn = Callable[[str], None]
+
+
+def no_warnings(_message: str) -> None:
+    pass
+
+
+def mask_secret(secret: str | None) -> str | None:
+    """'****' plus the last 4 characters when the secret is long enough that they give little
+    away; never the whole secret."""
+    if secret is None:
+        return None
+    return "****" + secret[-4:] if len(secret) >= 12 else "****"
+
+
+def mask_basic(basic: str | None) -> str | None:
+    if basic is None:
+        return None
+    user, _, _ = basic.partition(":")
+    return f"{user}:****"
+
+
+def masked_auth(target) -> dict:
+    """The auth fields of a rule or endpoint as shown: secrets masked."""
+    return {"basic_auth": mask_basic(target.basic_auth), "bearer": mask_secret(target.bearer),
+            "api_key": mask_secret(target.api_key)}
+
+
+def check_secrets(*, what: str, **secrets) -> None:
+    """A secret given empty is an error: removing auth is said explicitly (--clear-auth)."""
+    for option, value in secrets.items():
+        if value is not None and value == "":
+            raise Invalid(f"--{option.replace('_', '-')} must not be empty "
+                          f"({what} edit --clear-auth removes auth)")
+
+
+def auth_changes(*, clear_auth: bool, basic_auth: str | None, bearer: str | None,
+                 api_key: str | None) -> dict:
+    """The auth fields an edit changes: Basic auth and a Bearer token exclude each other, so
+    giving one removes the other."""
+    changes: dict = {}
+    if clear_auth:
+        changes.update(basic_auth=None, bearer=None, api_key=None)
+    if basic_auth is not None:
+        changes["basic_auth"] = basic_auth
+        if bearer is None:
+            changes["bearer"] = None
+    if bearer is not None:
+        changes["bearer"] = bearer
+        if basic_auth is None:
+            changes["basic_auth"] = None
+    if api_key is not None:
+        changes["api_key"] = api_key
+    return changes
+
+
+def check_egress(cfg: configmod.Config, url: str, warn: Warn) -> None:
+    """The SSRF guard's verdict on an endpoint URL before it is stored: a host that resolves to
+    an address the guard refuses (and `[http] allow_networks` does not admit) is an error; a
+    host that does not resolve now is only a warning (DNS may be down, and every connection is
+    checked again)."""
+    allow = cfg.value("http", "allow_networks")
+    try:
+        egress.check_endpoint_url(url, allow, resolver=RESOLVER)
+    except egress.ResolutionError as exc:
+        warn(f"warning: {exc}; stored anyway (every connection is checked again)")
+    except egress.EgressError as exc:
+        raise Invalid(f"refused by the SSRF guard: {exc}", "egress_refused") from None
+
+
+@dataclass(frozen=True)
+class Rotation:
+    key: rulesdb.SigningKey  # the new one, secret in full (shown once)
+    first: bool  # the owner had no key of this scheme: added, not rotated
+    overlap: float  # seconds the previous key keeps signing
+    until: str | None  # when the previous key stops signing (None: at once, or first key)
+
+
+def rotate(store: rulesdb.RulesStore, kind: str, owner_id: int, overlap: float,
+           ed25519: bool) -> Rotation:
+    scheme = "v1a" if ed25519 else "v1"
+    had = [k for k in store.signing_keys(kind, owner_id) if k.scheme == scheme]
+    new = store.rotate_key(kind, owner_id, overlap=overlap, scheme=scheme)
+    until = None
+    if had and overlap > 0:
+        until = (datetime.now(timezone.utc) + timedelta(seconds=overlap)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Rotation(key=new, first=not had, overlap=overlap, until=until)

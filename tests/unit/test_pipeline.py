@@ -1,0 +1,80 @@
+"""The dispatch pipeline (delivery.pipeline): one attempt function and one result handling for
+inbound deliveries and event batches, with the sender, the clock and the jitter injected."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from mxhook.delivery import pipeline
+from mxhook.delivery.pipeline import Dispatch
+from mxhook.delivery.webhook import Outcome
+from mxhook.model.retry import RetryPolicy
+from mxhook.model.targets import Target
+from mxhook.store import statedb
+
+T0 = 1_800_000_000.0
+BODY = SimpleNamespace(body=b'{"a":1}', content_type="application/json")
+
+
+def dispatch(id="0187a2b3c4d5e6f7a1b2c3d4e5f6-r1", render=lambda: BODY, **kw) -> Dispatch:
+    fields = dict(id=id, target=Target(kind="rule", id=1, name="r1", url="https://hooks.example/in",
+                                       retry=RetryPolicy(interval=60, period=1)),
+                  attempts=0, first_attempt_at=None, owner=("rule", "1"),
+                  label=f"delivery {id} rule=r1", payload="json", render=render)
+    fields.update(kw)
+    return Dispatch(**fields)
+
+
+def test_an_attempt_renders_then_sends_with_the_webhook_id():
+    sent = []
+    d = dispatch()
+    done = pipeline.attempt(d, lambda t, b, i: sent.append((t, b, i)) or Outcome("succeeded", 200),
+                            clock=lambda: T0)
+    assert sent == [(d.target, BODY, d.id)]
+    assert (done.outcome.status, done.started) == ("succeeded", T0)
+
+
+def test_what_cannot_be_rendered_fails_and_a_bug_defers():
+    def broken():
+        raise KeyError("x")
+
+    def nothing():
+        raise pipeline.Unsendable("message body is no longer stored")
+
+    def boom(*_):
+        raise RuntimeError("bug")
+
+    never = lambda *_: (_ for _ in ()).throw(AssertionError("not sent"))  # noqa: E731
+    assert pipeline.attempt(dispatch(render=nothing), never, clock=lambda: T0).outcome == \
+        Outcome("failed", error="message body is no longer stored")
+    out = pipeline.attempt(dispatch(render=broken, payload="event"), never, clock=lambda: T0).outcome
+    assert out.status == "failed" and out.error == "cannot render the event payload: KeyError: 'x'"
+    out = pipeline.attempt(dispatch(), boom, clock=lambda: T0).outcome
+    assert out.status == "deferred" and out.error == "internal error: RuntimeError: bug"
+
+
+def test_settle_applies_the_targets_retry_policy():
+    d = dispatch(attempts=2, first_attempt_at=statedb.iso(T0 - 100))
+    done = pipeline.Attempt(d, Outcome("deferred", 503, "HTTP 503", duration_ms=7), T0)
+    r = pipeline.settle(done, T0 + 1, gone=None, rand=lambda: 0.5)
+    assert (r.delivery_id, r.outcome, r.status, r.status_code, r.duration_ms) == (d.id, "deferred", "deferred", 503, 7)
+    assert r.at == statedb.iso(T0) and r.next_attempt_at == statedb.iso(T0 + 61)
+    late = pipeline.Attempt(d, Outcome("deferred", 503, "HTTP 503"), T0 + 86400)
+    r = pipeline.settle(late, T0 + 86400, gone=None, rand=lambda: 0.5)
+    assert r.status == "failed" and r.reason == "HTTP 503; gave up: retry period of 1 day ended"
+
+
+def test_odd_retry_settings_fall_back_to_the_defaults():
+    d = dispatch(target=Target(kind="rule", id=1, name="r1", url="https://h.example/",
+                               retry=RetryPolicy(interval="often", period="long")))
+    r = pipeline.settle(pipeline.Attempt(d, Outcome("deferred", 500, "HTTP 500"), T0), T0,
+                        gone=None, rand=lambda: 0.5)
+    assert r.status == "deferred" and r.next_attempt_at == statedb.iso(T0 + 60)
+
+
+def test_a_410_asks_the_health_policy_and_notes_what_it_did():
+    asked = []
+    d = dispatch(id=statedb.BATCH_PREFIX + "1", owner=("endpoint", "4"))
+    done = pipeline.Attempt(d, Outcome("failed", 410, "HTTP 410 Gone"), T0)
+    r = pipeline.settle(done, T0, gone=lambda disp, o: asked.append((disp.owner, o.status_code)) or "; endpoint 4 disabled")
+    assert asked == [(("endpoint", "4"), 410)]
+    assert r.status == "failed" and r.reason == "HTTP 410 Gone; endpoint 4 disabled"

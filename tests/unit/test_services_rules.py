@@ -1,0 +1,135 @@
+"""services.domains, services.rules and services.endpoints called directly: plain values in,
+dataclasses and dicts out, services.errors raised with a stable code."""
+from __future__ import annotations
+
+import pytest
+from tests.support.services import make_config, use_static_dns
+
+from mxhook.services import domains, endpoints, rules, targets
+from mxhook.services.errors import Conflict, Invalid, NotFound, ServiceError, Unavailable
+
+
+@pytest.fixture(autouse=True)
+def static_dns(monkeypatch):
+    use_static_dns(monkeypatch)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return make_config(tmp_path)
+
+
+def test_domains_round_trip(cfg):
+    with pytest.raises(Unavailable) as exc:
+        domains.list_all(cfg)
+    assert exc.value.code == "rules_db_missing"
+    added = domains.add(cfg, "Bücher.Example.")
+    assert added["name"] == "xn--bcher-kva.example" and added["log_denied"] is True
+    with pytest.raises(Conflict, match="already permitted"):
+        domains.add(cfg, "xn--bcher-kva.example")
+    assert domains.set_log_denied(cfg, "bücher.example", False)["log_denied"] is False
+    assert [d["name"] for d in domains.list_all(cfg)] == ["xn--bcher-kva.example"]
+    assert domains.remove(cfg, "BÜCHER.example") == "xn--bcher-kva.example"
+    with pytest.raises(NotFound, match="not in the permitted domains"):
+        domains.remove(cfg, "bücher.example")
+    with pytest.raises(Invalid, match="give the domain only"):
+        domains.add(cfg, "someone@example.com")
+
+
+def test_rule_add_show_edit_move_remove(cfg):
+    warnings = []
+    added = rules.add(cfg, name="invoices", endpoint="https://hooks.example/in",
+                      when=["To~^invoices@"], unless=[r"From~@spam\.example$"],
+                      bearer="tok-abcdefghijklmnop", warn=warnings.append)
+    assert added.rule.name == "invoices" and added.no_domains and not warnings
+    assert [k.scheme for k in added.keys] == ["v1"] and added.keys[0].secret
+    with pytest.raises(Conflict):
+        rules.add(cfg, name="invoices", endpoint="https://hooks.example/other", when=["To~."])
+
+    view = rules.show(cfg, "invoices")
+    d = view.as_dict()
+    assert d["bearer"] == "****mnop" and d["signing"][0]["scheme"] == "v1"
+    assert [c["negate"] for c in d["conditions"]] == [False, True]
+    assert set(d) >= {"created", "updated"}
+
+    # --unless alone replaces only the negated conditions
+    edited = rules.edit(cfg, "invoices", unless=["Subject~spam"], basic_auth="bob:pw")
+    assert [(c.pattern, c.negate) for c in edited.conditions] == [("^invoices@", False), ("spam", True)]
+    assert (edited.basic_auth, edited.bearer) == ("bob:pw", None)
+    assert rules.move(cfg, "invoices", 7).priority == 7
+    assert not rules.set_enabled(cfg, "invoices", False).enabled
+    assert [v.rule.name for v in rules.list_all(cfg)] == ["invoices"]
+    assert rules.list_all(cfg)[0].keys is None and rules.list_all(cfg, with_keys=True)[0].keys
+
+    rule, rotation = rules.rotate_secret(cfg, "invoices", overlap=3600)
+    assert rule.name == "invoices" and not rotation.first and rotation.until
+    rules.remove(cfg, "invoices")
+    for call in (lambda: rules.show(cfg, "invoices"), lambda: rules.remove(cfg, "invoices"),
+                 lambda: rules.edit(cfg, "invoices", priority=1)):
+        with pytest.raises(NotFound, match="no rule named 'invoices'"):
+            call()
+
+
+def test_rule_input_errors_write_nothing(cfg, tmp_path):
+    with pytest.raises(Invalid, match="--bearer must not be empty"):
+        rules.add(cfg, name="r", endpoint="https://hooks.example/in", when=["To~."], bearer="")
+    with pytest.raises(Invalid):
+        rules.add(cfg, name="r", endpoint="https://hooks.example/in", when=["no tilde"])
+    with pytest.raises(Invalid, match="SSRF guard") as exc:
+        rules.add(cfg, name="r", endpoint="https://lan.example/in", when=["To~."])
+    assert exc.value.code == "egress_refused"
+    assert not (tmp_path / "rules.db").exists()
+    rules.add(cfg, name="r", endpoint="https://hooks.example/in", when=["To~."])
+    with pytest.raises(Invalid, match="nothing to change") as exc:
+        rules.edit(cfg, "r")
+    assert exc.value.code == "nothing_to_change"
+
+
+def test_rule_warnings_go_to_the_callback(cfg):
+    warnings = []
+    rules.add(cfg, name="slow", endpoint="https://unknown.invalid/in", when=["Subject~(a+)+$"],
+              warn=warnings.append)
+    assert len(warnings) == 2
+    assert "stored anyway" in warnings[0] and "regex_timeout" in warnings[1]
+
+
+def test_endpoints_round_trip(cfg):
+    view = endpoints.add(cfg, url="https://app.example.net/events", categories=["bounces", "blocks"],
+                         interval=30, bearer="tok-abcdefghijklmnop", ed25519=True)
+    ep = view.endpoint
+    assert ep.categories == ("bounces", "blocks") and ep.interval == 30
+    assert sorted(k.scheme for k in view.keys) == ["v1", "v1a"]
+    with pytest.raises(Conflict, match="already exists"):
+        endpoints.add(cfg, url="https://app.example.net/events")
+    shown = endpoints.show(cfg, str(ep.id)).as_dict()
+    assert shown["bearer"] == "****mnop" and shown["events"] == ["bounces", "blocks"]
+    assert endpoints.show(cfg, ep.url).endpoint.id == ep.id
+
+    edited = endpoints.edit(cfg, ep.id, categories="deliveries", enabled=False, clear_auth=True)
+    assert edited.categories == ("deliveries",) and not edited.enabled and edited.bearer is None
+    with pytest.raises(Invalid, match="nothing to change"):
+        endpoints.edit(cfg, ep.id)
+    _, rotation = endpoints.rotate_secret(cfg, ep.id, overlap=0)
+    assert rotation.until is None and not rotation.first
+    assert [v.endpoint.id for v in endpoints.list_all(cfg)] == [ep.id]
+    assert endpoints.remove(cfg, ep.url).id == ep.id
+    with pytest.raises(NotFound, match="no endpoint"):
+        endpoints.show(cfg, ep.url)
+    with pytest.raises(NotFound):
+        endpoints.remove(cfg, ep.url)
+
+
+def test_one_error_hierarchy():
+    for cls in (Invalid, NotFound, Conflict, Unavailable):
+        assert issubclass(cls, ServiceError)
+    err = Invalid("bad", "bad_thing")
+    assert (err.code, err.message, Invalid("x").code) == ("bad_thing", "bad", "invalid")
+
+
+def test_masking():
+    assert targets.mask_basic("user:pa:ss") == "user:****"
+    assert targets.mask_secret("abcdefghijkl") == "****ijkl"
+    assert targets.mask_secret("short") == "****"
+    assert targets.mask_secret(None) is None
+    assert targets.auth_changes(clear_auth=False, basic_auth="u:p", bearer=None, api_key=None) == \
+        {"basic_auth": "u:p", "bearer": None}
