@@ -280,7 +280,9 @@ SCHEMA: tuple[Key, ...] = (
     *_section(
         "spooler",
         ("workers", INT, "8", "concurrent HTTP deliveries.", AT_LEAST_1),
-        ("poll_interval", SECONDS, "0.5", "seconds between looks at the spool when idle.", ABOVE_0),
+        ("poll_interval", SECONDS, "0.5",
+         "seconds between looks at the spool when idle (a file coming into new/ is noticed within 20 ms).",
+         ABOVE_0),
         ("ingest_batch", INT, "500",
          "spool files ingested per transaction (a transaction also ends after 4 MiB read: files "
          "can hold many records).", AT_LEAST_1),
