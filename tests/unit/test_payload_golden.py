@@ -16,8 +16,7 @@ import pytest
 
 from mxhook.model.rules import Rule
 from mxhook.payloads import events as ev_payloads
-from mxhook.payloads.events import render_events
-from mxhook.payloads import render_inbound
+from mxhook.payloads.registry import render_events, render_inbound
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "payloads.json"
@@ -90,7 +89,7 @@ def render_case(case: dict):
     rule = case.get("rule", RULE)
     return render_inbound(
         case["fmt"], delivery_id="0187a2b3c4d5e6f7a1b2c3d4e5f6-reports", meta=case.get("meta", META),
-        raw=case["raw"], target=rule.target.to_record(),
+        raw=case["raw"], target=rule.target,
         recipients=case.get("recipients", ["in@ours.example", "x@ours.example"]),
         max_attachment_size=case.get("max_attachment_size", 10 * 1024 * 1024),
         max_payload_size=case.get("max_payload_size", 25 * 1024 * 1024))
