@@ -17,18 +17,12 @@ import pytest
 from mxhook.model.rules import Rule
 from mxhook.payloads import events as ev_payloads
 from mxhook.payloads.registry import render_events, render_inbound
+from tests.unit.test_payloads import META  # a change there shows here as changed bodies
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "payloads.json"
 MIME = HERE / "fixtures" / "mime"
 
-META = {
-    "received": "2026-11-22T12:00:00.123456Z", "queue_id": "4XbQ1k2Lmz", "mail_from": "reports@example.com",
-    "client_addr": "192.0.2.1", "client_name": "mail.example.com", "helo": "mail.example.com",
-    "header_from": "reports@example.com", "subject": "Monthly report", "message_id": None,
-    "deliveries": [{"recipients": ["in@ours.example", "in2@ours.example"],
-                    "rule": Rule(name="reports", endpoint="https://hooks.example/in").target.to_record()}],
-}
 HOSTILE_META = {**META, "mail_from": "a@x\r\nX-Evil: 1", "helo": "h\u2028elo", "client_name": None}
 RULE = Rule(name="reports", endpoint="https://hooks.example/in", id=7)
 KEYED = Rule(name="reports", endpoint="https://hooks.example/in", id=7, api_key="k-\u00e9\r\n1")

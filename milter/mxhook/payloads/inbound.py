@@ -26,7 +26,6 @@ MESSAGE_FIELDS = (
     "headers", "from", "to", "cc", "reply_to", "subject", "message_id", "date", "date_iso",
     "in_reply_to", "references", "text", "html", "attachments", "size", "defects",
 )
-ENVELOPE_FIELDS = ("mail_from", "recipients", "client_addr", "client_name", "helo", "queue_id")
 # C0 controls (CR, LF, NUL, ...), DEL, and what str.splitlines() also takes for a line end
 _UNSAFE_HEADER_CHARS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 
