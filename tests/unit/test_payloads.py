@@ -1,4 +1,4 @@
-"""payloads.render_inbound: json / multipart / raw bodies, parsed back with the stdlib."""
+"""payloads.registry.render_inbound: json / multipart / raw bodies, parsed back with the stdlib."""
 import base64
 import json
 from email.parser import BytesParser
