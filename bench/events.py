@@ -234,7 +234,7 @@ def spool_empty(spool_dir: str) -> bool:
 def baseline(tmp: str, url: str, n_spool: int = 20000, posts: int = 40) -> dict:
     import requests
 
-    from mxhook.payloads.events import render_events
+    from mxhook.payloads.registry import render_events
 
     base = os.path.join(tmp, "baseline")
     spool.ensure_dirs(f"{base}/spool")

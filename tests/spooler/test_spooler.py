@@ -517,12 +517,12 @@ def test_denied_and_event_records(tmp_path):
 
 def test_render_failure_fails_that_delivery_only(rx, tmp_path):
     """Injected renderer fault (the only stubbed renderer in these tests)."""
-    from mxhook import payloads
+    from mxhook.payloads import registry
 
     def render(fmt, **kw):
-        if kw["target"]["name"] == "broken":
+        if kw["target"].name == "broken":
             raise RuntimeError("template exploded")
-        return payloads.render_inbound(fmt, **kw)
+        return registry.render_inbound(fmt, **kw)
 
     cfg = make_cfg(tmp_path)
     rid = write_inbound(cfg, target(rx, "/a", name="broken"), target(rx, "/b", name="fine"))

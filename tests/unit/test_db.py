@@ -501,10 +501,10 @@ def test_endpoint_ids_are_never_reused(store):
 
 
 def test_endpoint_version_is_pinned_when_stored(store, monkeypatch):
-    from mxhook.payloads import events as ev_payloads
+    from mxhook.model import endpoints
 
     old = store.add_endpoint(Endpoint(url="https://h.example/old"))
-    monkeypatch.setitem(ev_payloads.RENDERERS, 2, ev_payloads.document_v1)
+    monkeypatch.setattr(endpoints, "VERSIONS", (1, 2))
     new = store.add_endpoint(Endpoint(url="https://h.example/new"))
     assert (store.get_endpoint(old.id).version, new.version) == (1, 2)
     from dataclasses import replace

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from mxhook.model import endpoints
 from mxhook.model.endpoints import Endpoint
 from mxhook.payloads import events as ev_payloads
-from mxhook.payloads.events import render_events
+from mxhook.payloads import registry
+from mxhook.payloads.encodings import dumps
+from mxhook.payloads.registry import render_events
 
 BOUNCE = {
     "id": "18a0000000000000aaaaaaaaaaaa", "type": "bounced", "at": "2026-01-15T12:00:00.250000Z",
@@ -101,7 +103,8 @@ def test_pinning_a_newer_version_does_not_change_v1(monkeypatch):
     def document_v2(events, **kw):
         return {"version": 2, "data": [dict(e) for e in events]}
 
-    monkeypatch.setitem(ev_payloads.RENDERERS, 2, document_v2)
+    monkeypatch.setitem(registry.EVENT_VERSIONS, 2, registry.EventVersion(document_v2))
+    monkeypatch.setattr(endpoints, "VERSIONS", (1, 2))
     pinned = endpoints.validate(Endpoint(url="https://h.example/e", version=1))
     assert render_events(pinned.version, [BOUNCE], endpoint_tz="Europe/Berlin", batch_id="evb_1").body == before
     assert endpoints.validate(Endpoint(url="https://h.example/e")).version == 2
@@ -138,9 +141,10 @@ def test_pre_rendered_events_give_the_same_body(items, tz, fmt, api_key):
     dicts = [e for e, _ in items]
     mixed = [ev_payloads.v1_text(e) if pre else e for e, pre in items]
     got = render_events(1, mixed, endpoint_tz=tz, fmt=fmt, batch_id="evb_1", endpoint_id=2, api_key=api_key)
-    whole = ev_payloads.document_v1(dicts, tz=ev_payloads.zone(tz), batch_id="evb_1", endpoint_id=2,
-                                    api_key=api_key)
-    dumps = ev_payloads._dumps
+    whole = {"type": "events", "version": 1, "batch_id": "evb_1", "endpoint_id": 2, "count": len(dicts),
+             "events": [ev_payloads._v1_event(e, ev_payloads.zone(tz)) for e in dicts]}
+    if api_key:
+        whole["api_key"] = api_key
     if fmt == "json":
         assert got.body == dumps(whole).encode("utf-8")
     else:
@@ -162,13 +166,13 @@ def test_v1_text_is_the_dumped_v1_object(event, at):
     version-1 object, for any values in any field; odd ones take the general way."""
     if at is not None:
         event["at"] = at
-    assert ev_payloads.v1_text(event) == ev_payloads._dumps(ev_payloads._v1_event(event, ev_payloads.timezone.utc))
+    assert ev_payloads.v1_text(event) == dumps(ev_payloads._v1_event(event, ev_payloads.timezone.utc))
 
 
 def test_v1_text_takes_the_template_for_stored_events():
     event = dict(BOUNCE, at="2026-01-15T12:00:00.250000Z", delay=1.5, custom_headers={"X-C": "7"})
     flat = ev_payloads._v1_text_flat(event)
-    assert flat is not None and flat == ev_payloads._dumps(ev_payloads._v1_event(event, ev_payloads.timezone.utc))
+    assert flat is not None and flat == dumps(ev_payloads._v1_event(event, ev_payloads.timezone.utc))
     assert ev_payloads._v1_text_flat(dict(event, delay=float("nan"))) is None  # json writes NaN
     assert ev_payloads._v1_text_flat(dict(event, at="2026-01-15T12:00:00+01:00")) is None
 

@@ -1,4 +1,4 @@
-"""payloads.render_inbound: json / multipart / raw bodies, parsed back with the stdlib."""
+"""payloads.registry.render_inbound: json / multipart / raw bodies, parsed back with the stdlib."""
 import base64
 import json
 from email.parser import BytesParser
@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from mxhook.payloads import (
-    MESSAGE_FIELDS,
-    Rendered,
-    _quote_param,
-    header_safe,
-    render_inbound,
-    render_multipart,
-    native_document,
-)
+from dataclasses import replace
+
+from mxhook.payloads import encodings
+from mxhook.payloads.encodings import Rendered, quote_param
+from mxhook.payloads.inbound import MESSAGE_FIELDS, Delivery, form_parts, header_safe, native_document
+from mxhook.payloads.registry import render_inbound
 from mxhook.model.rules import Rule
+from mxhook.model.targets import Target
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mime"
 PDF = b"%PDF-1.4\n% fake pdf for tests\n" + bytes(range(256)) + b"\n%%EOF\n"
@@ -34,8 +32,8 @@ META = {
 DELIVERY_ID = "0187a2b3c4d5e6f7a1b2c3d4e5f6-reports"
 
 
-def target(**changes) -> dict:
-    return {**Rule(name="reports", endpoint="https://hooks.example/in", id=7).target.to_record(), **changes}
+def target(**changes) -> Target:
+    return replace(Rule(name="reports", endpoint="https://hooks.example/in", id=7).target, **changes)
 
 
 def raw(name="mixed_alternative_attachment.eml") -> bytes:
@@ -222,12 +220,12 @@ def test_multipart_filename_quoting_cannot_break_out():
     fields, files, _ = parse_form(r)
     assert files["attachment-1"] == ("a%22%0DX-Evil: 1 .txt", "application/x-y", b"x")
     assert json.loads(fields["attachments"])[0]["filename"] == 'a"\rX-Evil: 1 .txt'
-    assert _quote_param('q"\r\n') == "q%22%0D%0A"
+    assert quote_param('q"\r\n') == "q%22%0D%0A"
 
 
 def test_multipart_boundary_is_not_in_the_content():
-    r = render_multipart(native_document(delivery_id="d", meta=META, raw=raw(), target=target(),
-                                         recipients=[]), 10**9)
+    doc = native_document(Delivery.of(delivery_id="d", meta=META, raw=raw(), target=target(), recipients=[]))
+    r = encodings.multipart(*form_parts(doc))
     boundary = r.content_type.split("boundary=")[1]
     assert r.body.count(boundary.encode()) == len(parse_form(r)[2]) + 1
 

@@ -694,7 +694,8 @@ def test_events_rendered_at_ingest_give_the_body_of_the_stored_events(store):
     their message fields are at hand: the queued event stored before, in the same ingest, or
     none needed. The body made of those is the body made of the events read back from
     state.db."""
-    from mxhook.payloads.events import V1Text, prerenderer, render_events
+    from mxhook.payloads.events import V1Text, prerenderer
+    from mxhook.payloads.registry import render_events
 
     kw = {"endpoints": [EP_ALL], "prerender": prerenderer([EP_ALL])}
     queued = event("q1", "queued", at="2026-11-22T12:00:00.000001Z", source="milter", queue_id="QR",

@@ -190,16 +190,17 @@ class _Decoded:
         return self.records, self.paths, self.raw_meta, self.handled
 
 
-def _default_render_events(version: int, events: list[dict], **kw):
-    from mxhook.payloads import events as event_payloads
+# The payload layer is imported late: MIME parsing is only needed once we post.
+def _default_render_events(version: int, events: list, **kw):
+    from mxhook.payloads import registry
 
-    return event_payloads.render_events(version, events, **kw)
+    return registry.render_events(version, events, **kw)
 
 
 def _default_render(fmt: str, **kw):
-    from mxhook import payloads  # imported late: MIME parsing is only needed once we post
+    from mxhook.payloads import registry
 
-    return payloads.render_inbound(fmt, **kw)
+    return registry.render_inbound(fmt, **kw)
 
 
 @dataclass(frozen=True)
@@ -595,7 +596,7 @@ class Spooler:
             if d.raw is None:
                 raise pipeline.Unsendable("message body is no longer stored")
             return self.render(
-                fmt, delivery_id=d.id, meta=d.meta, raw=d.raw, target=d.target.to_record(),
+                fmt, delivery_id=d.id, meta=d.meta, raw=d.raw, target=d.target,
                 recipients=d.recipients, max_attachment_size=self.max_attachment_size,
                 max_payload_size=self.max_payload_size,
             )

@@ -32,7 +32,7 @@ GONE = 410  # the receiver says the endpoint is gone for good: disable the rule/
 
 
 class Body(Protocol):
-    """A rendered payload (payloads.Rendered)."""
+    """A rendered payload (payloads.encodings.Rendered)."""
 
     body: bytes
     content_type: str

@@ -1,21 +1,15 @@
-"""Event webhook request bodies, one renderer per payload version. Pure.
-
-    rendered = render_events(version, events, endpoint_tz="Europe/Berlin", fmt="json",
-                             batch_id="evb_...", endpoint_id=3)
+"""What goes into an event batch's payload, as plain data, one document producer per payload
+version. Pure.
 
 `events` are event dicts as stored (`events.Event.to_dict()`, enriched with the message fields
-of their `queued` event). An endpoint is pinned to the version it was created with, and every
-version lists its fields explicitly, so a field added to the event vocabulary (or a version 2)
-never changes what an existing endpoint receives. docs/payloads.md documents every version.
+of their `queued` event), or `V1Text`. An endpoint is pinned to the version it was created with,
+and every version lists its fields explicitly, so a field added to the event vocabulary (or a
+version 2) never changes what an existing endpoint receives. docs/payloads.md documents every
+version; payloads/registry.py maps versions and formats to producers and encodings.
 
-Formats:
-- `json` (`application/json`): the document, compact UTF-8.
-- `form` (`application/x-www-form-urlencoded`): the scalar top-level fields as form fields and
-  `events` as one field holding the JSON text of the events array (as Mandrill posts
-  `mandrill_events`): every framework parses the form, then one JSON decode gives the list.
-
-Like the inbound formats, the bodies are built with `json.dumps`, not text templates: a template
-cannot get JSON string escaping right for hostile input (a Subject is attacker-controlled).
+Pre-rendering (an optimisation behind this layer): `prerenderer` tells the spooler whether the
+store should keep fresh events as `V1Text`, each event's version-1 object already encoded, and
+`document_v1` joins those into the batch's events array instead of encoding each event again.
 """
 from __future__ import annotations
 
@@ -25,13 +19,11 @@ import json.encoder
 import math
 from datetime import datetime, timezone
 from typing import Callable, Iterable
-from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from mxhook.model.events import is_stored_time
-from mxhook.payloads import Rendered
+from mxhook.payloads.encodings import JSONText, dumps
 
-FORMATS = ("json", "form")
 DOCUMENT_TYPE = "events"
 
 # Version 1: the fields of each event, in this order (absent ones are null; custom_headers {}).
@@ -65,10 +57,14 @@ def local_time(at: str | None, tz) -> str | None:
 class V1Text(str):
     """One event already rendered as its version-1 JSON object with UTC times (`v1_text`).
     The spooler has the store keep fresh events in this form (`prerenderer`), so that a batch
-    is mostly a join of these; `render_events` takes them in place of event dicts, for any
-    time zone and format."""
+    is mostly a join of these; `document_v1` takes them in place of event dicts, for any time
+    zone, and `as_dict` turns one back for other versions."""
 
     __slots__ = ()
+
+
+def as_dict(event: dict | V1Text) -> dict:
+    return json.loads(event) if isinstance(event, V1Text) else event
 
 
 def prerenderer(endpoints: Iterable) -> Callable[[dict], V1Text] | None:
@@ -84,7 +80,7 @@ def prerenderer(endpoints: Iterable) -> Callable[[dict], V1Text] | None:
 def v1_text(event: dict) -> V1Text:
     """The version-1 JSON object of an (enriched) event dict, times in UTC."""
     text = _v1_text_flat(event)
-    return V1Text(text if text is not None else _dumps(_v1_event(event, timezone.utc)))
+    return V1Text(text if text is not None else dumps(_v1_event(event, timezone.utc)))
 
 
 # The version-1 object with its keys written out once and a slot per value: an event is rendered
@@ -97,7 +93,7 @@ _encode_str = json.encoder.encode_basestring  # the one json.dumps(ensure_ascii=
 
 
 def _v1_text_flat(event: dict) -> str | None:
-    """_dumps(_v1_event(event, UTC)) for the usual values (str, None, finite float, int, and a
+    """dumps(_v1_event(event, UTC)) for the usual values (str, None, finite float, int, and a
     dict of custom headers), else None: the caller takes the general way."""
     values = list(map(event.get, V1_FIELDS))
     at = values[_AT]
@@ -119,7 +115,7 @@ def _v1_text_flat(event: dict) -> str | None:
             out.append(int.__repr__(value))
         else:
             return None
-    out[_HEADERS] = _dumps(dict(headers)) if isinstance(headers, dict) and headers else "{}"
+    out[_HEADERS] = dumps(dict(headers)) if isinstance(headers, dict) and headers else "{}"
     return _V1_TEMPLATE % tuple(out)
 
 
@@ -135,67 +131,16 @@ def _v1_event(event: dict, tz) -> dict:
     return out
 
 
-def document_v1(events: Iterable[dict], *, tz, batch_id: str, endpoint_id: int | None,
+def document_v1(events: Iterable[dict | V1Text], *, tz, batch_id: str, endpoint_id: int | None,
                 api_key: str | None) -> dict:
-    items = [_v1_event(e, tz) for e in events]
+    """The version-1 batch document; its `events` array is JSONText joined from each event's
+    object (V1Text as it is when `tz` is UTC)."""
+    events = list(events)
     doc = {"type": DOCUMENT_TYPE, "version": 1, "batch_id": batch_id, "endpoint_id": endpoint_id,
-           "count": len(items), "events": items}
+           "count": len(events), "events": JSONText("[" + ",".join(_v1_texts(events, tz)) + "]")}
     if api_key:
         doc["api_key"] = api_key
     return doc
-
-
-# version -> document builder. Add a version only with a real reason, and never change an
-# existing one: endpoints are pinned to the version they were created with.
-RENDERERS: dict[int, Callable[..., dict]] = {1: document_v1}
-
-
-def latest_version() -> int:
-    return max(RENDERERS)
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one a call
-
-
-def _dumps(obj) -> str:
-    return _ENCODER.encode(obj)
-
-
-def render_events(version: int, events: Iterable[dict | V1Text], *, endpoint_tz: str = "UTC",
-                  fmt: str = "json", batch_id: str, endpoint_id: int | None = None,
-                  api_key: str | None = None) -> Rendered:
-    """The request body for one batch. ValueError for an unknown version or format. `events`
-    are event dicts, or V1Text for version 1."""
-    try:
-        builder = RENDERERS[version]
-    except KeyError:
-        raise ValueError(f"unknown event payload version {version!r}") from None
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown event payload format {fmt!r} (known: {', '.join(FORMATS)})")
-    tz = zone(endpoint_tz)
-    events = list(events)
-    if builder is document_v1:
-        # Each event's object is its own JSON text (most are ready: V1Text), joined into the
-        # document the builder gives for no events; byte for byte what dumping it whole gives.
-        doc = builder([], tz=tz, batch_id=batch_id, endpoint_id=endpoint_id, api_key=api_key)
-        doc["count"] = len(events)
-        items = "[" + ",".join(_v1_texts(events, tz)) + "]"
-    else:
-        doc = builder([json.loads(e) if isinstance(e, V1Text) else e for e in events], tz=tz,
-                      batch_id=batch_id, endpoint_id=endpoint_id, api_key=api_key)
-        items = None
-    if fmt == "json":
-        if items is None:
-            return Rendered(_dumps(doc).encode("utf-8"), "application/json")
-        head, _, tail = _dumps(doc).partition('"events":[]')  # the one key: values are escaped
-        return Rendered(f'{head}"events":{items}{tail}'.encode("utf-8"), "application/json")
-    fields = []
-    for key, value in doc.items():
-        if key == "events":
-            fields.append((key, items if items is not None else _dumps(value)))
-        elif value is not None:
-            fields.append((key, str(value)))
-    return Rendered(urlencode(fields).encode("ascii"), "application/x-www-form-urlencoded")
 
 
 def _v1_texts(events: list, tz) -> Iterable[str]:
@@ -206,13 +151,13 @@ def _v1_texts(events: list, tz) -> Iterable[str]:
     for e in events:
         if isinstance(e, V1Text) and utc:
             if run:
-                yield _dumps(run)[1:-1]
+                yield dumps(run)[1:-1]
                 run = []
             yield e
         else:
-            run.append(_v1_event(json.loads(e) if isinstance(e, V1Text) else e, tz))
+            run.append(_v1_event(as_dict(e), tz))
     if run:
-        yield _dumps(run)[1:-1]
+        yield dumps(run)[1:-1]
 
 
 def sample_event(event_type: str = "bounced", *, at: str | None = None) -> dict:

@@ -149,7 +149,8 @@ def send_test(cfg: configmod.Config, key, event_type: str = "bounced") -> Sample
     """Post one sample event to the endpoint now, through the spooler's delivery client (same
     payload version, format, time zone, auth, signing and timeout)."""
     from mxhook.delivery import webhook
-    from mxhook.payloads.events import render_events, sample_event
+    from mxhook.payloads.events import sample_event
+    from mxhook.payloads.registry import render_events
 
     if event_type not in SAMPLE_TYPES:
         raise Invalid(f"no sample event of type {event_type!r} (known: {', '.join(SAMPLE_TYPES)})")

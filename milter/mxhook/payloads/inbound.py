@@ -1,0 +1,143 @@
+"""What goes into an inbound delivery's payload, as plain data. Pure.
+
+From typed inputs (`Delivery`: the delivery id, the spool record's inbound metadata, the
+message bytes, the `Target` it goes to, the recipients it matched) this builds:
+- `native_document`: the native inbound document (the `json` format, and the `multipart` one
+  through `form_parts`);
+- `raw_document`: the envelope as header fields and the message bytes (the `raw` format).
+
+How a document becomes bytes is payloads/encodings.py; which names pick which pair is
+payloads/registry.py. The field-by-field reference is docs/payloads.md.
+"""
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
+from mxhook.model.targets import Target
+from mxhook.payloads.encodings import Fields, Files, dumps
+
+SCHEMA_TYPE = "inbound"
+# The message fields that go into payloads, in this order (normalize() also returns text_parts /
+# html_parts, which would only double the size of the payload).
+MESSAGE_FIELDS = (
+    "headers", "from", "to", "cc", "reply_to", "subject", "message_id", "date", "date_iso",
+    "in_reply_to", "references", "text", "html", "attachments", "size", "defects",
+)
+# C0 controls (CR, LF, NUL, ...), DEL, and what str.splitlines() also takes for a line end
+_UNSAFE_HEADER_CHARS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One inbound delivery (one message, one rule) as a payload sees it."""
+
+    id: str
+    meta: dict  # the spool record's inbound metadata (envelope, received, deliveries)
+    raw: bytes  # the message as it came
+    target: Target
+    recipients: tuple[str, ...]  # the envelope recipients this rule matched
+
+    @classmethod
+    def of(cls, *, delivery_id: str, meta: dict, raw: bytes, target: Target,
+           recipients=None) -> "Delivery":
+        """`recipients` None: the ones meta["deliveries"] lists for the target's rule name."""
+        if recipients is None:
+            recipients = next((d.get("recipients") or () for d in meta.get("deliveries") or ()
+                               if (d.get("rule") or {}).get("name") == target.name), ())
+        return cls(delivery_id, meta, raw, target, tuple(recipients))
+
+
+def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
+    """The native inbound document (before any payload size cap), as JSON-able data."""
+    msg = normalize(delivery.raw, max_attachment_size=max_attachment_size)
+    meta = delivery.meta
+    doc = {
+        "id": delivery.id,
+        "type": SCHEMA_TYPE,
+        "received": meta.get("received"),
+        "rule": delivery.target.name,
+        "envelope": {
+            "mail_from": meta.get("mail_from"),
+            "recipients": list(delivery.recipients),
+            "client_addr": meta.get("client_addr"),
+            "client_name": meta.get("client_name"),
+            "helo": meta.get("helo"),
+            "queue_id": meta.get("queue_id"),
+        },
+        "message": {k: msg[k] for k in MESSAGE_FIELDS},
+    }
+    if delivery.target.api_key:
+        doc["api_key"] = delivery.target.api_key
+    return doc
+
+
+def form_parts(doc: dict) -> tuple[Fields, Files]:
+    """The native document as form-data (fields, files): scalar fields as text, objects and
+    arrays as JSON text, each attachment's content as a file part. Attachment metadata gets
+    `field`: the name of its file part, or null when its content was omitted."""
+    msg = doc["message"]
+    fields: Fields = []
+
+    def add(name: str, value) -> None:
+        if value is None:
+            value = ""
+        elif isinstance(value, (dict, list)):
+            value = dumps(value)
+        fields.append((name, str(value)))
+
+    for key in ("id", "type", "received", "rule"):
+        add(key, doc.get(key))
+    if "api_key" in doc:
+        add("api_key", doc["api_key"])
+    add("envelope", doc["envelope"])
+    files: Files = []
+    meta = []
+    for i, att in enumerate(msg["attachments"], 1):
+        entry = {k: v for k, v in att.items() if k != "content"}
+        if att.get("content") is not None:
+            name = f"attachment-{i}"
+            entry["field"] = name
+            filename = att.get("filename") or name
+            files.append((name, filename, att["content_type"], base64.b64decode(att["content"])))
+        else:
+            entry["field"] = None
+        meta.append(entry)
+    for key in MESSAGE_FIELDS:
+        add(key, meta if key == "attachments" else msg[key])
+    add("attachment-count", len(meta))
+    return fields, files
+
+
+def header_safe(value) -> str:
+    """A header value that cannot start a new header line: control characters (CR, LF, NUL,
+    ...) and Unicode line separators removed."""
+    return _UNSAFE_HEADER_CHARS.sub("", "" if value is None else str(value)).strip()
+
+
+def envelope_headers(delivery: Delivery) -> list[tuple[str, str]]:
+    """The envelope as X-Mxhook-* header fields, each value made header-safe."""
+    meta = delivery.meta
+    mail_from = header_safe(meta.get("mail_from"))
+    headers = [("X-Mxhook-Mail-From", mail_from or "<>")]
+    headers += [("X-Mxhook-Rcpt-To", header_safe(r)) for r in delivery.recipients]
+    headers += [
+        ("X-Mxhook-Client-Addr", header_safe(meta.get("client_addr"))),
+        ("X-Mxhook-Client-Name", header_safe(meta.get("client_name"))),
+        ("X-Mxhook-Helo", header_safe(meta.get("helo"))),
+        ("X-Mxhook-Queue-Id", header_safe(meta.get("queue_id"))),
+        ("X-Mxhook-Received", header_safe(meta.get("received"))),
+        ("X-Mxhook-Rule", header_safe(delivery.target.name)),
+        ("X-Mxhook-Delivery-Id", header_safe(delivery.id)),
+    ]
+    if delivery.target.api_key:
+        headers.append(("X-Mxhook-Api-Key", header_safe(delivery.target.api_key)))
+    return headers
+
+
+def raw_document(delivery: Delivery, *, max_attachment_size: int = 0) -> tuple[list[tuple[str, str]], bytes]:
+    """(envelope header fields, the message bytes as they came): nothing is parsed, so
+    max_attachment_size does not apply."""
+    return envelope_headers(delivery), delivery.raw
