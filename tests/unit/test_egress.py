@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mxhook.config import parse_networks
 from mxhook.delivery import egress
 from mxhook.delivery.egress import EgressBlocked, EgressError, ResolutionError
 
-LOOPBACK_ONLY = egress.parse_networks("127.0.0.1/32")
+LOOPBACK_ONLY = parse_networks("127.0.0.1/32")
 
 # --- the address policy -----------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ def test_not_an_address():
 
 
 def test_allowlist_admits_its_networks_only():
-    allow = egress.parse_networks("127.0.0.0/8, 192.168.1.0/24 fd00:1::/64")
+    allow = parse_networks("127.0.0.0/8, 192.168.1.0/24 fd00:1::/64")
     for ip in ("127.0.0.1", "127.1.2.3", "192.168.1.5", "::ffff:192.168.1.5", "::ffff:127.0.0.1",
                "64:ff9b::c0a8:105", "fd00:1::5"):
         assert egress.check_address(ip, allow) is None, ip
@@ -134,32 +135,32 @@ def test_allowlist_admits_its_networks_only():
 
 def test_metadata_needs_an_exact_allowlist_entry():
     for broad in ("169.254.0.0/16", "0.0.0.0/0", "168.63.0.0/16"):
-        allow = egress.parse_networks(broad)
+        allow = parse_networks(broad)
         for ip in ("169.254.169.254", "::ffff:169.254.169.254"):
             if ipaddress.ip_address("169.254.169.254") not in allow[0]:
                 continue
             with pytest.raises(EgressError, match="lists exactly 169.254.169.254/32"):
                 egress.check_address(ip, allow)
     with pytest.raises(EgressError, match="lists exactly 168.63.129.16/32"):
-        egress.check_address("168.63.129.16", egress.parse_networks("0.0.0.0/0"))
+        egress.check_address("168.63.129.16", parse_networks("0.0.0.0/0"))
     with pytest.raises(EgressError, match="fd00:ec2::254/128"):
-        egress.check_address("fd00:ec2::254", egress.parse_networks("fc00::/7"))
-    assert egress.check_address("169.254.169.254", egress.parse_networks("169.254.169.254/32")) is None
-    assert egress.check_address("169.254.169.254", egress.parse_networks("169.254.169.254")) is None
+        egress.check_address("fd00:ec2::254", parse_networks("fc00::/7"))
+    assert egress.check_address("169.254.169.254", parse_networks("169.254.169.254/32")) is None
+    assert egress.check_address("169.254.169.254", parse_networks("169.254.169.254")) is None
     # a broad allowlist still admits everything else in it
-    assert egress.check_address("169.254.1.1", egress.parse_networks("169.254.0.0/16")) is None
+    assert egress.check_address("169.254.1.1", parse_networks("169.254.0.0/16")) is None
 
 
 def test_parse_networks():
-    assert egress.parse_networks("") == []
-    assert egress.parse_networks(" 127.0.0.0/8 ,192.168.1.0/24,, ::1 ") == [
+    assert parse_networks("") == []
+    assert parse_networks(" 127.0.0.0/8 ,192.168.1.0/24,, ::1 ") == [
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("192.168.1.0/24"),
         ipaddress.ip_network("::1/128")]
-    assert egress.parse_networks(["10.0.0.0/8"]) == [ipaddress.ip_network("10.0.0.0/8")]
+    assert parse_networks(["10.0.0.0/8"]) == [ipaddress.ip_network("10.0.0.0/8")]
     with pytest.raises(ValueError, match="did you mean 192.168.1.0/24"):
-        egress.parse_networks("192.168.1.5/24")
+        parse_networks("192.168.1.5/24")
     with pytest.raises(ValueError, match="not an IP network"):
-        egress.parse_networks("lan")
+        parse_networks("lan")
 
 
 # --- resolution -------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def test_any_blocked_address_refuses_the_host():
     assert info.value.address == ipaddress.ip_address("10.0.0.5") and info.value.host == "hooks.test"
     # allowlisting the private one admits the whole answer
     assert len(egress.resolve_checked("hooks.test", 443, resolver=r,
-                                      allow=egress.parse_networks("10.0.0.0/24"))) == 2
+                                      allow=parse_networks("10.0.0.0/24"))) == 2
 
 
 def test_ip_literals_are_checked_without_lookup():

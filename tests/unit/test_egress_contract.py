@@ -18,9 +18,10 @@ import requests
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from mxhook.config import parse_networks
 from mxhook.delivery import egress
 
-LOOPBACK_ONLY = egress.parse_networks("127.0.0.1/32")
+LOOPBACK_ONLY = parse_networks("127.0.0.1/32")
 
 
 class _SocketpairConnection:

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from mxhook.config import parse_networks
 from mxhook.delivery import egress
 from mxhook.delivery import signing
 from mxhook.model.retry import RETRY_AFTER_MAX
@@ -73,7 +74,7 @@ def make_session(allow_networks=(), resolver=None) -> requests.Session:
     ip_network objects or CIDR text). `trust_env=False`: no proxies from the environment and,
     above all, no credentials from ~/.netrc added to requests behind the admin's back."""
     if isinstance(allow_networks, str):
-        allow_networks = egress.parse_networks(allow_networks)
+        allow_networks = parse_networks(allow_networks)
     return egress.guarded_session(allow_networks, resolver=resolver)
 
 
