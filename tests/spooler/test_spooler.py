@@ -484,6 +484,28 @@ def test_a_crash_before_the_file_is_unlinked_duplicates_nothing(rx, tmp_path, mo
     assert os.listdir(os.path.join(cfg.spool_dir, "tmp")) == []
 
 
+def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monkeypatch):
+    """state.db refusing ingest (disk full) with more files waiting than one batch: the loop
+    waits poll_interval between tries instead of spinning through new/ and the log."""
+    cfg = make_cfg(tmp_path, ingest_batch="10", poll_interval="0.5")
+    for _ in range(35):
+        write_inbound(cfg, target(rx, "/hook"))
+    tries = []
+
+    def disk_full(*args, **kw):
+        tries.append(time.monotonic())
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ingest, "records", disk_full)
+    with Running(cfg):
+        time.sleep(1.6)
+    assert 2 <= len(tries) <= 5, f"{len(tries)} ingest tries in 1.6 s"
+    assert len(spool.pending(cfg.spool_dir)) == 35  # nothing lost while refused
+    monkeypatch.undo()
+    run_once(cfg)
+    assert spool.pending(cfg.spool_dir) == []
+
+
 def test_reingesting_the_same_file_is_harmless(rx, tmp_path):
     cfg = make_cfg(tmp_path)
     rid = write_inbound(cfg, target(rx, "/hook"))

@@ -277,6 +277,9 @@ class Spooler:
         self._claimed_lock = threading.Lock()
         self._prefetch: Future | None = None
         self.more_waiting = False  # the last batch stopped at BATCH_BYTES/RECORDS: more are ready
+        # state.db refused the last batch (disk full, locked): files waiting are no reason to
+        # look again before poll_interval, or the loop would spin re-reading new/
+        self.ingest_stalled = False
         self.held_back = False  # the last scan left files for after an open segment (I/O thread)
         # Skipping queries that cannot find anything (each costs a GIL round trip while the
         # workers render): when the next inbound delivery is due (reset by inbound ingest and
@@ -512,6 +515,7 @@ class Spooler:
             self._inbound_due_at = 0.0
         try:
             new = ingest.records(self.state, records, now=self.clock(), checked=True, **kw)
+            self.ingest_stalled = False
             log.debug("ingested %d record(s) (%d new)", len(records), new)
             return list(dict.fromkeys(paths))
         except Exception as exc:
@@ -519,6 +523,7 @@ class Spooler:
             if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, locked
                 log.error("cannot ingest %d spool file(s) into state.db now, will retry: %s",
                           len(records), exc)
+                self.ingest_stalled = True
                 return []
             log.warning("batch ingest failed (%s); ingesting one by one", exc)
         # A file is the unit here: a segment's records go in together or the file stays
@@ -873,7 +878,7 @@ class Spooler:
         self.process_blocks()
         self.record_finished()  # posts that finished meanwhile: their endpoint can take its next batch now
         self.dispatch()
-        if handled >= self.ingest_batch or self.more_waiting:
+        if (handled >= self.ingest_batch or self.more_waiting) and not self.ingest_stalled:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
         pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.held_back else self.poll_interval
@@ -900,9 +905,13 @@ class Spooler:
     def _spool_changed(self) -> bool:
         """Files to ingest since the last scan of new/: a batch read ahead holds some (or is
         still being read), or new/ changed after the scan."""
+        if self.ingest_stalled:
+            return False
         fut = self._prefetch
         if fut is not None:
-            return not fut.done() or fut.exception() is not None or bool(fut.result()[1])
+            if not fut.done() or fut.exception() is not None or fut.result()[1]:
+                return True
+            self._prefetch = None  # read ahead before the latest arrivals: look at new/ itself
         mark = self._scan_mark
         return mark is None or _changed_at(os.path.join(self.spool_dir, "new")) != mark
 
