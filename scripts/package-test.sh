@@ -262,7 +262,7 @@ sed -i 's|^#allow_networks =.*$|allow_networks = 127.0.0.1/32|' "$CONF"
 check "$CONF: [http] allow_networks = 127.0.0.1/32 for step 6's loopback receiver" \
     /usr/bin/python3 -I -c "
 from mxhook import config
-assert [str(n) for n in config.load('$CONF').networks('http', 'allow_networks')] == ['127.0.0.1/32']"
+assert [str(n) for n in config.load('$CONF').value('http', 'allow_networks')] == ['127.0.0.1/32']"
 
 # --------------------------------------------------------------------------------------------
 say "run the daemons as their units would"
