@@ -36,7 +36,7 @@ import Milter
 from mxhook import config as configmod
 from mxhook import spool
 from mxhook.daemons import logsetup
-from mxhook.model import heuristics, inbound
+from mxhook.model import inbound
 from mxhook.model.envelope import (
     AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, timestamp, utc_now)
 from mxhook.model.headers import normalize_address, plain_address, to_text
@@ -76,10 +76,6 @@ class MilterSettings(configmod.FromConfig):
     def __post_init__(self):
         self.outbound_daemon_names = frozenset(self.outbound_daemon_names)
         self.event_headers = tuple(h.lower() for h in self.event_headers)
-        self.heuristics = tuple(h for h, on in (
-            (heuristics.FROM_PERMITTED_DOMAIN, self.heuristic_from_permitted_domain),
-            (heuristics.FROM_EQUALS_TO, self.heuristic_from_equals_to),
-        ) if on)
         self.routes = PostfixRoutes(self.postfix_config_dir, self.postfix_check_interval)
         self._trusted: dict[str, bool] = {}  # client address -> answer; clients come back
 
@@ -98,7 +94,7 @@ class MilterSettings(configmod.FromConfig):
 
     def postfix_routes(self) -> bool:
         """May the milter hand mail to Postfix's discard and error transports (through the
-        .invalid domains of postfixconf)? `auto`: only while Postfix is seen to have them."""
+        .invalid domains of postfix/postconf.py)? `auto`: only while Postfix is seen to have them."""
         if self.discard_via == "auto":
             return self.routes.ready()
         return self.discard_via == "transport"
@@ -186,7 +182,7 @@ class Wiring:
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
-        self.policy = inbound.Policy.of(self.settings)
+        self.policy = inbound.Policy.from_section(lambda key: getattr(self.settings, key))
 
     def factory(self) -> Callable[[], MxhookMilter]:
         """pymilter's Milter.factory: one MxhookMilter per SMTP connection."""

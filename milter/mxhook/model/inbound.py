@@ -23,8 +23,8 @@ injected.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
@@ -53,9 +53,23 @@ class Policy:
     max_message_size: int = 50 * 1024 * 1024
 
     @classmethod
-    def of(cls, settings) -> Policy:
-        """From any object with attributes of these names (the milter's Settings)."""
-        return cls(*(getattr(settings, f.name) for f in fields(cls)))
+    def from_section(cls, value: Callable[[str], Any]) -> Policy:
+        """From the `[milter]` section: `value(key)` is the key's typed value (config.Config.value,
+        or the attributes of MilterSettings), so the milter and `rule test` read it alike."""
+        return cls(
+            unknown_domains=value("unknown_domains"),
+            heuristics=tuple(h for h, key in HEURISTIC_KEYS if value(key)),
+            missing_from=value("missing_from"),
+            max_rcpt_refusals=value("max_rcpt_refusals"),
+            max_message_size=value("max_message_size"),
+        )
+
+
+# each heuristic and the [milter] key that turns it on
+HEURISTIC_KEYS = (
+    (heuristics.FROM_PERMITTED_DOMAIN, "heuristic_from_permitted_domain"),
+    (heuristics.FROM_EQUALS_TO, "heuristic_from_equals_to"),
+)
 
 
 @dataclass(slots=True)

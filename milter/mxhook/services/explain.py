@@ -41,12 +41,13 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
     """What the milter would answer for this message and these recipients (in RCPT order), at
     which stage, and why: the milter's own decision (model.inbound.explain) with the settings
     the milter reads."""
-    from mxhook.daemons.milter import MilterSettings  # pymilter: imported for this command only
-    settings = MilterSettings.from_config(cfg)
+    def value(key):
+        return cfg.value("milter", key)
+
     envelope = Envelope(sender=normalize_address(mail_from) if mail_from is not None else None)
     for r in recipients:
         envelope.recipient(r)
     # Refusals at RCPT are capped where Postfix has mxhook's routes (`mxhook check`); with
     # discard_via = milter the milter never relies on them, so it splits without a cap.
-    return inbound.explain(snapshot, inbound.Policy.of(settings), raw, envelope,
-                           routes=settings.discard_via != "milter").as_dict()
+    return inbound.explain(snapshot, inbound.Policy.from_section(value), raw, envelope,
+                           routes=value("discard_via") != "milter").as_dict()
