@@ -1,4 +1,4 @@
-"""Log lines per second parsed and correlated by postfixlog (target >= 50,000/s), against
+"""Log lines per second parsed and correlated by postfix/maillog.py (target >= 50,000/s), against
 baselines in the same run, plus the follower end to end (file -> durable spool).
 
     python3 bench/logfollow.py [--lines 200000] [--rounds 3] [--spool-lines 20000] [--json out.json]
@@ -12,7 +12,7 @@ short and long queue ids.
 Measured (best of --rounds, lines/s over the whole log):
   split      `line.split()` per line           - the cost of touching every line in Python
   head-re    the header regex alone            - the floor of any regex-based parser
-  parse      postfixlog.parse_line
+  parse      maillog.parse_line
   parse+corr parse_line + Correlator.feed (events built, ids hashed) - the figure for the target
 And once, with --spool-lines lines: the follower reading a file and writing every event to a
 spool with fsync (durable=True), lines/s and events/s; this is disk-bound, not CPU-bound.

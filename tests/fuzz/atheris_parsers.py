@@ -5,7 +5,7 @@ spool files, rule conditions and the CSV writer.
 
 Run by scripts/fuzz-long.sh. The first input byte picks the target:
 
-  0  postfixlog: `_parse_line` (parse_line without its catch-all) + Correlator.feed
+  0  maillog: `_parse_line` (parse_line without its catch-all) + Correlator.feed
   1  spool: `spool.decode` -> Record or SpoolError only
   2  rules: `parse_condition` -> Condition or RuleError; a parsed one is matched (regex timeout)
   3  csvexport: `write_csv` round-trips through csv.reader, no cell starts with a formula char
@@ -31,7 +31,7 @@ NOW = 1_795_996_800
 DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def fuzz_postfixlog(fdp: atheris.FuzzedDataProvider) -> None:
+def fuzz_maillog(fdp: atheris.FuzzedDataProvider) -> None:
     correlator = maillog.Correlator(max_messages=8)
     for i in range(fdp.ConsumeIntInRange(1, 8)):
         line = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 300))
@@ -77,7 +77,7 @@ def fuzz_csv(fdp: atheris.FuzzedDataProvider) -> None:
                 raise AssertionError(f"formula cell {cell!r}")
 
 
-TARGETS = [fuzz_postfixlog, fuzz_spool, fuzz_rules, fuzz_csv]
+TARGETS = [fuzz_maillog, fuzz_spool, fuzz_rules, fuzz_csv]
 
 
 def test_one_input(data: bytes) -> None:

@@ -1,6 +1,6 @@
 """`mxhook postfix-config` and `mxhook check` with a fake postconf/postfix (postfixsvc.run_command)
 and a fake connection probe (postfixsvc.probe_socket); the real probe has its own tests at the end.
-The planning itself (postfixconf.desired/changes) is tested in test_postfixconf.py; the same
+The planning itself (postconf.desired/changes) is tested in test_postconf.py; the same
 commands against a real Postfix are in tests/e2e/test_postfix_config.py."""
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class FakePostfix:
             "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr}",
             "milter_end_of_header_macros": "i",
             "milter_end_of_data_macros": "i",
-            "transport_maps": pc.ROUTES_TABLE,  # test_postfixconf covers adding it
+            "transport_maps": pc.ROUTES_TABLE,  # test_postconf covers adding it
         }
         self.main.update(main)
         self.master_fields = ("smtp/inet/command = smtpd\nsmtp/inet/chroot = y\npickup/unix/command = pickup\n"

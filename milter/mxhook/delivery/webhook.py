@@ -62,7 +62,8 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Classification:
+    """What an HTTP status means for the delivery (`classify`)."""
     status: str
     retry_after: float | None
     error: str | None
@@ -121,24 +122,24 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return value
 
 
-def classify(status_code: int, headers: Mapping[str, str] | None = None, now: float | None = None) -> Verdict:
+def classify(status_code: int, headers: Mapping[str, str] | None = None, now: float | None = None) -> Classification:
     """The outcome of a response status: see the module docstring."""
     if 200 <= status_code < 300:
-        return Verdict("succeeded", None, None)
+        return Classification("succeeded", None, None)
     if status_code >= 500 or status_code in DEFERRED_CODES:
         retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
         error = _reason(status_code)
         if retry_after is not None:
             error += f" (Retry-After {retry_after:g}s)"
-        return Verdict("deferred", retry_after, error)
+        return Classification("deferred", retry_after, error)
     if 300 <= status_code < 400:
         location = _header(headers, "Location")
         where = f" to {redact_url(location)}" if location else " without a Location"
-        return Verdict("failed", None, f"{_reason(status_code)}: redirect{where} not followed")
+        return Classification("failed", None, f"{_reason(status_code)}: redirect{where} not followed")
     if 400 <= status_code < 500:
-        return Verdict("failed", None, _reason(status_code))
+        return Classification("failed", None, _reason(status_code))
     # 1xx final statuses do not happen over requests; anything else is not an answer
-    return Verdict("deferred", None, f"unexpected HTTP status {status_code}")
+    return Classification("deferred", None, f"unexpected HTTP status {status_code}")
 
 
 def redact_url(url: str) -> str:

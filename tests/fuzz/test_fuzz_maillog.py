@@ -1,4 +1,4 @@
-"""Fuzzing the Postfix log parser and correlator (`postfixlog`).
+"""Fuzzing the Postfix log parser and correlator (`postfix/maillog.py`).
 
 `parse_line` promises never to raise; it keeps that promise with a catch-all, which would also
 hide a bug that drops real delivery lines. So the parts are fuzzed without the net as well:
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mxhook.postfix import maillog
 from mxhook.postfix.maillog import Correlator, parse_line, parse_message
 
-from tests.unit.test_postfixlog import utc  # noqa: F401  (an autouse fixture: TZ=UTC here too)
+from tests.unit.test_maillog import utc  # noqa: F401  (an autouse fixture: TZ=UTC here too)
 
 from . import FUZZ
 
