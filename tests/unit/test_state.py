@@ -523,10 +523,16 @@ def test_old_events_table_is_upgraded(tmp_path):
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "statedb")
 
 
+# Declared types by SQLite's affinity (older sqlite-utils declare a float column FLOAT, newer
+# ones REAL: the same column to SQLite).
+_AFFINITY = {"FLOAT": "REAL", "DOUBLE": "REAL"}
+
+
 def _schema(conn) -> set:
     """The tables' columns and the indexes of a database (their SQL differs in whitespace
     when a column was added by ALTER TABLE)."""
-    tables = {name: tuple((c[1], c[2], c[3], c[4], c[5]) for c in conn.execute(f"PRAGMA table_info({name})"))
+    tables = {name: tuple((c[1], _AFFINITY.get(c[2], c[2]), c[3], c[4], c[5])
+                          for c in conn.execute(f"PRAGMA table_info({name})"))
               for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     indexes = {r for r in conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"
                                        " AND sql IS NOT NULL")}
