@@ -83,3 +83,19 @@ def test_an_accepted_recipient_names_its_rule_and_what_happens_to_the_message():
     assert (r["outcome"], r["rule"], r["action"], r["endpoint"]) == (
         "accepted", "trash", "discard", "https://hook.example/trash")
     assert x.deleted == ["<trash@ours.example>"] and x.reason == "accepted for trash"
+
+
+def test_the_policy_comes_from_the_milter_section_alike_for_milter_and_rule_test():
+    from mxhook import config
+    from mxhook.daemons.milter import MilterSettings
+    from mxhook.model import heuristics
+    from mxhook.model.inbound import Policy
+
+    cfg = config.from_dict({"milter": {"heuristic_from_equals_to": "no", "missing_from": "accept",
+                                       "unknown_domains": "pass", "max_rcpt_refusals": "7"}})
+    settings = MilterSettings.from_config(cfg)
+    from_config = Policy.from_section(lambda key: cfg.value("milter", key))
+    assert from_config == Policy.from_section(lambda key: getattr(settings, key))
+    assert from_config.heuristics == (heuristics.FROM_PERMITTED_DOMAIN,)
+    assert (from_config.missing_from, from_config.unknown_domains, from_config.max_rcpt_refusals) \
+        == ("accept", "pass", 7)
