@@ -43,7 +43,12 @@ the milter appended before Postfix went on (a `queued` event) is in a segment cr
 anything the log follower wrote about that message later, so the follower's file waits until
 that segment is sealed and is ingested after it.
 
-Only `os` (and `fcntl`) is used here, so the milter's hot path needs no database.
+One way out: `Reader` (the spooler). `take` hands out a batch of decoded, checked records from
+`new/`, in name order below `ingest_bound`; `finish` unlinks its files once the caller has
+committed them (never before: the COMMIT is what makes a record safe to lose here), and
+`give_back` returns them to the line; `quarantine` moves a file to `bad/`.
+
+Only the file system is used here (no database), so the milter's hot path needs none.
 """
 from __future__ import annotations
 

@@ -4,9 +4,10 @@
 
 The loop, on the main thread (the only thread that touches state.db):
 
-1. ingest: up to `ingest_batch` files (or 4 MiB or 1,000 records: files may hold many
-   records) from `new/`, oldest first, none newer than the milter's open segment
-   (`spool.ingest_bound`). Each is read and checked record by record (`spool.decode_parts`).
+1. ingest (`spool.Reader`: take -> store.ingest -> finish): up to `ingest_batch` files (or
+   4 MiB or 1,000 records: files may hold many records) from `new/`, oldest first, none newer
+   than the milter's open segment (`spool.ingest_bound`). Each is read and checked record by
+   record (`spool.decode_parts`, `store.ingest.check_record`).
    A file with no good record (or unreadable for lack of permission) moves to `bad/` as it
    is, with a `.reason` file and a log line. From a file that also holds good records, each
    bad record (or, where the framing breaks, the rest of the file) is written durably to
