@@ -258,7 +258,7 @@ def decode_parts(data: bytes, meta_lines: dict[str, str] | None = None,
                  check: Callable[[Record], object] | None = None) -> tuple[list[Record], list[BadPart]]:
     """The records of a file that can be ingested, and the parts that cannot, each with its
     reason (what the spooler reads: one bad record must not take the good ones of a segment
-    to bad/ with it). `check` (the spooler's statedb.check_record) refuses a record by raising
+    to bad/ with it). `check` (the spooler's store.ingest.check_record) refuses a record by raising
     anything; `meta_lines` as for decode_many, good records only.
 
     A bad record whose framing is intact (magic line, a JSON object with an int payload_size,

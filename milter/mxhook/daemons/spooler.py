@@ -245,7 +245,7 @@ class Spooler:
         self._block_error: str | None = None
         self.reader = spool.Reader(self.spool_dir, batch_files=self.ingest_batch,
                                    check=ingest.check_record)
-        self.more_waiting = False  # the last batch stopped at BATCH_BYTES/RECORDS: more are ready
+        self.more_waiting = False  # the last batch stopped at spool.BATCH_BYTES or BATCH_RECORDS: more are ready
         # Skipping queries that cannot find anything (each costs a GIL round trip while the
         # workers render): when the next inbound delivery is due (reset by inbound ingest and
         # results), and the hard-bounce counter last looked at.
