@@ -3,8 +3,8 @@
 - `spool.decode` on arbitrary bytes, and on valid files mutated: a Record or SpoolError, never
   another exception; encode/decode round-trips;
 - `spool.decode_parts` (what the spooler reads) on segments of good and damaged records;
-- the spooler's whole check (`spool.decode` then `state.check_record`, as `_load_batch` does):
-  SpoolError or RecordError only, because `_load_batch` quarantines exactly those (to bad/);
+- the spooler's whole check (`spool.decode` then `state.check_record`, as `spool.Reader` does):
+  SpoolError or RecordError only, because `spool.Reader` quarantines exactly those (to bad/);
   anything else escapes the batch or is taken for a passing I/O error. (Non-string rule names
   and out-of-range times were such bugs; the two tests at the end pin them.)
 """
@@ -121,7 +121,7 @@ def spool_files_with_odd_meta(draw):
 
 
 def spooler_check(data: bytes) -> None:
-    """What Spooler._load_batch does with a file's bytes before ingesting it."""
+    """What spool.Reader does with a file's bytes before ingesting it."""
     try:
         record = spool.decode(data)
         ingest.check_record(record)

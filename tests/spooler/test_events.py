@@ -347,7 +347,7 @@ def test_disabled_endpoint_keeps_events_pending_until_enabled(rx, cfg):
 def test_spool_backlog_larger_than_the_scan_window(rx, cfg, monkeypatch, tmp_path):
     """Batches come from a window of the oldest names of one directory scan; files read ahead
     or not yet unlinked are never read twice, and arrivals during the window are not lost."""
-    monkeypatch.setattr(spooler, "SCAN_WINDOW", 7)
+    monkeypatch.setattr(spool, "SCAN_WINDOW", 7)
     c = config.from_dict(settings(tmp_path, ingest_batch=3))
     add_endpoint(c, rx.url + "/ev", interval=1, max_events=100)
     written = [write_event(c) for _ in range(40)]

@@ -660,7 +660,7 @@ def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypat
     """Files of many records (event chunks, segments): a batch stops at BATCH_BYTES read (so
     memory stays bounded) or BATCH_RECORDS records (so dispatch gets its turn); the files not
     read come first next time and nothing is skipped."""
-    monkeypatch.setattr(spooler, *limit)
+    monkeypatch.setattr(spool, *limit)
     cfg = make_cfg(tmp_path)
     spool.ensure_dirs(cfg.spool_dir)
     ids = []
@@ -675,9 +675,8 @@ def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypat
         assert 0 < first < 6 * 4 and sp.more_waiting  # cut short
         while spool.pending(cfg.spool_dir) or sp.more_waiting:
             sp.ingest_once()
-        sp.io.submit(lambda: None).result()  # the unlinks were handed to the I/O thread
     finally:
-        sp.close()
+        sp.close()  # waits for the unlinks handed to the I/O thread
     with StateStore(cfg.state_db) as st:
         assert logs.counts(st)["events"] == len(ids)
     assert spool.pending(cfg.spool_dir) == []

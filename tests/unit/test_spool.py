@@ -322,3 +322,97 @@ def test_segment_append_many_is_one_durable_write(tmp_path):
     assert spool.decode_many((tmp_path / "tmp" / seg).read_bytes()) == records
     writer.close()
     assert [r for p in spool.pending(str(tmp_path)) for r in spool.read_all(p)] == records
+
+
+# The reader: the spooler's verbs ----------------------------------------------------------
+
+def _events(spool_dir: str, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        rec = spool.Record(spool.new_id(), "event", {"type": "queued"})
+        spool.write(spool_dir, rec)
+        ids.append(rec.id)
+    return ids
+
+
+def _new(spool_dir: str) -> list[str]:
+    return sorted(os.listdir(os.path.join(spool_dir, "new")))
+
+
+def test_reader_takes_in_name_order_and_unlinks_only_what_is_finished(tmp_path):
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    ids = _events(d, 5)
+    reader = spool.Reader(d, batch_files=3)
+    try:
+        first = reader.take()
+        assert [r.id for r in first.records] == ids[:3]
+        assert set(first.raw_meta) == set(ids[:3])  # event metadata as written
+        assert first.files == first.taken and not first.cut_short
+        second = reader.take()  # read ahead meanwhile; claimed names are not taken twice
+        assert [r.id for r in second.records] == ids[3:]
+        reader.finish(first, first.files[:2])  # the third was not committed: given back
+        reader.give_back(second)
+    finally:
+        reader.close()
+    assert _new(d) == [i + ".rec" for i in ids[2:]]
+    reader = spool.Reader(d, batch_files=10)
+    try:
+        batch = reader.take()
+        assert [r.id for r in batch.records] == ids[2:]
+        reader.finish(batch)
+    finally:
+        reader.close()
+    assert _new(d) == []
+
+
+def test_reader_quarantines_a_file_with_no_good_record_and_a_refused_one(tmp_path):
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    ok, refused = _events(d, 2)
+    with open(os.path.join(d, "new", "0000000000000000bad.rec"), "wb") as fh:
+        fh.write(b"garbage")
+
+    def check(record):
+        if record.id == refused:
+            raise ValueError("refused")
+    reader = spool.Reader(d, batch_files=10, check=check)
+    try:
+        batch = reader.take()
+        assert [r.id for r in batch.records] == [ok] and batch.quarantined == 2
+        reader.finish(batch)
+    finally:
+        reader.close()
+    assert _new(d) == []
+    bad = sorted(os.listdir(os.path.join(d, "bad")))
+    assert bad == sorted(["0000000000000000bad.rec", "0000000000000000bad.rec.reason",
+                          refused + ".rec", refused + ".rec.reason"])
+
+
+def test_reader_holds_back_files_behind_an_open_segment(tmp_path):
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    older = _events(d, 1)
+    open(os.path.join(d, "tmp", spool.new_id() + ".seg"), "wb").close()  # a live writer's
+    _events(d, 1)
+    reader = spool.Reader(d, batch_files=10)
+    try:
+        batch = reader.take()
+        assert [r.id for r in batch.records] == older and reader.held_back
+        reader.finish(batch)
+    finally:
+        reader.close()
+
+
+def test_reader_changed_sees_a_new_file(tmp_path):
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    reader = spool.Reader(d, batch_files=10)
+    try:
+        time.sleep(spool.MTIME_TICK_NS / 1e9 * 2)  # past the tick that may hide a change
+        assert reader.take().taken == []
+        assert not reader.changed()
+        _events(d, 1)
+        assert reader.changed()
+    finally:
+        reader.close()

@@ -4,9 +4,10 @@
 
 The loop, on the main thread (the only thread that touches state.db):
 
-1. ingest: up to `ingest_batch` files (or 4 MiB or 1,000 records: files may hold many
-   records) from `new/`, oldest first, none newer than the milter's open segment
-   (`spool.ingest_bound`). Each is read and checked record by record (`spool.decode_parts`).
+1. ingest (`spool.Reader`: take -> store.ingest -> finish): up to `ingest_batch` files (or
+   4 MiB or 1,000 records: files may hold many records) from `new/`, oldest first, none newer
+   than the milter's open segment (`spool.ingest_bound`). Each is read and checked record by
+   record (`spool.decode_parts`, `store.ingest.check_record`).
    A file with no good record (or unreadable for lack of permission) moves to `bad/` as it
    is, with a `.reason` file and a log line. From a file that also holds good records, each
    bad record (or, where the framing breaks, the rest of the file) is written durably to
@@ -76,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import heapq
 import logging
 import os
 import random
@@ -85,9 +85,8 @@ import sqlite3
 import sys
 import threading
 import time
-from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from mxhook import config as config_mod
@@ -108,8 +107,6 @@ from mxhook.store.statedb import AttemptRecord, DueDelivery, EventBatch, StateSt
 
 log = logging.getLogger(__name__)
 
-CLEAN_TMP_EVERY = 3600.0
-RECOVER_SEGMENTS_EVERY = 2.0  # a milter that died leaves acknowledged mail in tmp/*.seg
 BLOCK_RETRY_AFTER = 30.0  # seconds before retrying the block list after rules.db failed
 BLOCK_BATCH = 500  # hard bounces handled per step
 HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open segment
@@ -117,18 +114,6 @@ HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open seg
 # is ingested within this time rather than after a whole poll_interval (the milter seals its
 # segment every 0.2 s; sleeping 0.5 s between seals left the workers idle and the mail waiting).
 SPOOL_WATCH = 0.02
-MTIME_TICK_NS = 20_000_000  # a directory change this recent may hide another in the same tick
-SCAN_WINDOW = 50_000  # names of new/ kept from one directory scan (see _next_paths)
-READ_CHUNK = 1 << 16
-BATCH_BYTES = 4 << 20  # a batch also ends after this much was read (bounds memory, not speed)
-# ... or after this many records: dispatch gets its turn between ingest batches of about an
-# event batch's size, so ingest does not run far ahead of it and the events it batches are
-# still in StateStore's memory (not parsed again from state.db). An endpoint takes one batch
-# per step (at most 1,000 events by default): with 2,000 per read batch, ingest ran ahead once
-# the milter's events came in segments, and the flow bench fell from ~16,000 to ~9,600 events/s.
-BATCH_RECORDS = 1000
-UNLINK_THREADS = 8  # see _unlink
-UNLINK_CHUNK = 32
 # seconds before writing unrecorded attempt results again: doubling from the first to the last
 RECORD_RETRY_FIRST = 1.0
 RECORD_RETRY_MAX = 60.0
@@ -176,18 +161,6 @@ def registered_event(bounce: dict, at: str) -> dict:
         return {**events_mod.Event.from_dict(event).to_dict(), "received": at}
     except (ImportError, ValueError, TypeError):
         return {**event, "received": at}
-
-
-@dataclass
-class _Decoded:
-    """What the I/O thread decoded of one read batch."""
-    records: list = field(default_factory=list)  # spool.Record
-    paths: list = field(default_factory=list)  # the file of each record
-    raw_meta: dict = field(default_factory=dict)  # event record id -> its metadata line
-    handled: int = 0  # files quarantined
-
-    def result(self) -> tuple[list, list, dict, int]:
-        return self.records, self.paths, self.raw_meta, self.handled
 
 
 # The payload layer is imported late: MIME parsing is only needed once we post.
@@ -265,30 +238,22 @@ class Spooler:
         self.inflight: dict[Future, Dispatch] = {}
         self._stop = threading.Event()
         self._local = threading.local()
-        self._last_clean = 0.0
-        self._last_recover = 0.0
         self.endpoints = db_mod.EndpointsView(cfg.rules_db)
         self._endpoints_seen = 0  # EndpointsView.generation last synced into state.db
         self._rules_store: db_mod.RulesStore | None = None
         self._block_retry_at = 0.0
         self._block_error: str | None = None
-        self.io = ThreadPoolExecutor(1, thread_name_prefix="mxhook-spool-io")
-        self.unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="mxhook-unlink")
-        self._claimed_lock = threading.Lock()
-        self._prefetch: Future | None = None
-        self.more_waiting = False  # the last batch stopped at BATCH_BYTES/RECORDS: more are ready
+        self.reader = spool.Reader(self.spool_dir, batch_files=self.ingest_batch,
+                                   check=ingest.check_record)
+        self.more_waiting = False  # the last batch stopped at spool.BATCH_BYTES or BATCH_RECORDS: more are ready
         # state.db refused the last batch (disk full, locked): files waiting are no reason to
         # look again before poll_interval, or the loop would spin re-reading new/
         self.ingest_stalled = False
-        self.held_back = False  # the last scan left files for after an open segment (I/O thread)
         # Skipping queries that cannot find anything (each costs a GIL round trip while the
         # workers render): when the next inbound delivery is due (reset by inbound ingest and
         # results), and the hard-bounce counter last looked at.
         self._inbound_due_at = 0.0
         self._blocks_checked: int | None = None
-        self._window: deque[str] = deque()  # oldest names of new/ from the last scan
-        self._scan_mark: int | None = None  # new/'s mtime at the last scan (None: look again)
-        self._claimed: set[str] = set()
         # 410 Gone, continuous failure, rules/endpoints enabled again (delivery.health)
         self.health = Health(self.state, cfg.rules_db, disable_after_days=self.disable_after_days,
                              clock=self.clock, on_state_error=_state_error,
@@ -316,8 +281,7 @@ class Spooler:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)  # posts under way finish
-        self.io.shutdown(wait=True)  # a batch read ahead is dropped: its files stay in new/
-        self.unlinker.shutdown(wait=True)
+        self.reader.close()
         self.state.close()
         self.endpoints.close()
         self.signing_keys.close()
@@ -326,188 +290,28 @@ class Spooler:
             self._rules_store.close()
             self._rules_store = None
 
-    # 1. ingest --------------------------------------------------------------------------
-    def _quarantine(self, path: str, reason: str) -> None:
-        try:
-            target = spool.move_bad(self.spool_dir, path, reason)
-            log.error("spool file %s moved to %s: %s", os.path.basename(path), target, reason)
-        except OSError as exc:
-            log.error("spool file %s is bad (%s) and could not be moved to bad/: %s", path, reason, exc)
-
-    def _quarantine_parts(self, path: str, parts: list[spool.BadPart]) -> bool:
-        """(I/O thread) The bad parts of a file that also holds good records, into bad/ (one
-        log line each); False, logged, when they cannot be written."""
-        name = os.path.basename(path)
-        try:
-            targets = spool.write_bad(self.spool_dir, path, parts)
-        except OSError as exc:
-            log.error("spool file %s has %d bad part(s) that cannot be written to bad/ (the file "
-                      "stays in new/, will retry): %s", name, len(parts), exc)
-            return False
-        for part, target in zip(parts, targets):
-            log.error("spool file %s: bad part at %s copied to %s: %s", name, part.where, target, part.reason)
-        return True
-
-    # The spool files themselves are handled on one I/O thread (`self.io`): scanning new/,
-    # reading and decoding a batch, quarantining bad files; a small pool (`self.unlinker`)
-    # unlinks ingested ones. While the main thread writes one batch into state.db (SQLite
-    # releases the GIL meanwhile), the I/O thread reads and decodes the next one, so the file
-    # system's per-file costs and the JSON decoding overlap with the database work. Names
-    # handed out and not yet unlinked (or given back) are `_claimed` (under `_claimed_lock`),
-    # and a scan skips them, so no file is read twice. `_window` belongs to the I/O thread.
-
-    def _next_paths(self) -> list[str]:
-        """(I/O thread) The next (up to) `ingest_batch` paths in new/, oldest first.
-
-        Listing and sorting the whole directory for every batch (spool.pending) costs O(files)
-        per batch, which is quadratic over a backlog: with 200,000 files waiting it took longer
-        than ingesting them. So one scan keeps the oldest SCAN_WINDOW names (heapq: memory
-        bounded by the window, not by the backlog), and batches are taken from that window
-        until it is used up; files that arrive meanwhile are picked up by the next scan. Names
-        sort by time, so this is the order spool.pending gives. Names from `spool.ingest_bound`
-        on wait for the next scan: the milter's open segment may hold what they follow."""
-        new_dir = os.path.join(self.spool_dir, "new")
-        if not self._window:
-            self._scan_mark = _changed_at(new_dir)  # before the scan: a later arrival moves it
-            with self._claimed_lock:
-                claimed = set(self._claimed)  # unlinks finishing meanwhile: still skipped
-            below, beyond = spool.ingest_bound(self.spool_dir)  # tmp/ first, then new/
-            self.held_back = False
-
-            def ready(entries):
-                for entry in entries:
-                    name = entry.name
-                    if name.endswith(".rec") and name not in claimed:
-                        if name < below or name >= beyond:
-                            yield name
-                        else:
-                            self.held_back = True
-            try:
-                with os.scandir(new_dir) as it:
-                    self._window.extend(heapq.nsmallest(max(SCAN_WINDOW, self.ingest_batch), ready(it)))
-            except FileNotFoundError:
-                return []
-        take = min(self.ingest_batch, len(self._window))
-        names = [self._window.popleft() for _ in range(take)]
-        with self._claimed_lock:
-            self._claimed.update(names)
-        return [os.path.join(new_dir, n) for n in names]
-
-    def _give_back(self, paths: list[str]) -> None:
-        """(I/O thread) Names taken by _next_paths but not read: first in line next time."""
-        names = [os.path.basename(p) for p in paths]
-        self._window.extendleft(reversed(names))
-        with self._claimed_lock:
-            self._claimed.difference_update(names)
-
-    def _load_batch(self) -> tuple[tuple, list[str], bool]:
-        """(I/O thread) Read and decode the next batch: (records, their paths, record id ->
-        its metadata line as JSON text, how many files were quarantined; every path taken;
-        whether BATCH_BYTES or BATCH_RECORDS cut it short)."""
-        paths = self._next_paths()
-        decoded = _Decoded()
-        size = 0
-        for index, path in enumerate(paths):
-            if size >= BATCH_BYTES or len(decoded.records) >= BATCH_RECORDS:
-                # files of many records (segments, event chunks): the rest next time
-                self._give_back(paths[index:])
-                return decoded.result(), paths[:index], True
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                self._decode(path, exc, decoded)
-                continue
-            try:  # os.read: a third of the system calls of open().read()
-                chunks = []
-                while True:
-                    chunk = os.read(fd, READ_CHUNK)
-                    chunks.append(chunk)
-                    if len(chunk) < READ_CHUNK:  # a short read of a regular file is its end
-                        break
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            except OSError as exc:
-                data = exc
-            finally:
-                os.close(fd)
-            if not isinstance(data, OSError):
-                size += len(data)
-            self._decode(path, data, decoded)
-        return decoded.result(), paths, False
-
-    def _decode(self, path: str, data: bytes | OSError, into: "_Decoded") -> None:
-        """(I/O thread) Decode and check one read file (spool.decode_parts, ingest.check_record)
-        into `into`. A file with no good record goes to bad/ as it is; otherwise each bad part
-        is written to bad/ now, durably, so the file can be unlinked once its good records are
-        committed."""
-        if isinstance(data, (PermissionError, IsADirectoryError)):
-            self._quarantine(path, f"{type(data).__name__}: {data}")
-            into.handled += 1
-            return
-        if isinstance(data, OSError):  # e.g. EMFILE, EIO: maybe passing; try again later
-            log.warning("cannot read spool file %s now, will retry: %s", path, data)
-            return
-        lines: dict[str, str] = {}
-        try:  # one record, or several
-            in_file, bad = spool.decode_parts(data, lines, check=ingest.check_record)
-        except Exception as exc:  # whatever a hostile or broken file raises: bad/, not a stall
-            in_file, bad = [], [spool.BadPart(0, data, f"{type(exc).__name__}: {exc}")]
-        if not in_file:  # nothing good in it: the file goes to bad/ as it is
-            self._quarantine(path, bad[0].reason if len(bad) == 1
-                             else "\n".join(f"at {part.where}: {part.reason}" for part in bad))
-            into.handled += 1
-            return
-        if bad and not self._quarantine_parts(path, bad):
-            return  # the file stays in new/, its good records with it, and is tried again
-        for record in in_file:
-            if record.kind == "event":  # its metadata is stored as written
-                into.raw_meta[record.id] = lines[record.id]
-        into.records.extend(in_file)
-        into.paths.extend([path] * len(in_file))
-
-    def _release(self, done: list[str], paths: list[str]) -> None:
-        """(I/O thread) Give back the names of files that were not ingested; have the ingested
-        ones unlinked by the unlink pool (their names stay claimed until they are gone)."""
-        gone = set(done)
-        with self._claimed_lock:
-            self._claimed.difference_update(os.path.basename(p) for p in paths if p not in gone)
-        for i in range(0, len(done), UNLINK_CHUNK):
-            self.unlinker.submit(self._unlink, done[i:i + UNLINK_CHUNK])
-
-    def _unlink(self, paths: list[str]) -> None:
-        """(unlink pool) Freeing a file's blocks can take a while (~150 µs on an ext4 mounted
-        with `discard`, against ~10 µs for the rest of a file's handling), so several threads
-        do it side by side."""
-        for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("ingested %s but cannot remove it (will be re-ingested harmlessly): %s", path, exc)
-        with self._claimed_lock:
-            self._claimed.difference_update(os.path.basename(p) for p in paths)
-
+    # 1. ingest: take -> store.ingest -> finish ----------------------------------------
     def ingest_once(self) -> int:
-        """One batch from new/; returns how many files were handled (ingested or moved). The
-        next batch is read ahead on the I/O thread while this one is written."""
-        fut = self._prefetch if self._prefetch is not None else self.io.submit(self._load_batch)
-        self._prefetch = None
-        (records, good, raw_meta, handled), paths, self.more_waiting = fut.result()
-        if not paths:
+        """One batch from the spool into state.db; returns how many files were handled
+        (ingested or moved to bad/). The reader reads the next batch ahead while this one is
+        written, and unlinks this one's files only after the COMMIT."""
+        batch = self.reader.take()
+        self.more_waiting = batch.cut_short
+        if not batch.taken:
             return 0
-        if records or handled:
-            self._prefetch = self.io.submit(self._load_batch)
-        done = self._ingest_records(records, good, raw_meta) if records else []
-        self.io.submit(self._release, done, paths)
-        return handled + len(done)
+        try:
+            done = self._ingest(batch) if batch.records else []
+        except BaseException:
+            self.reader.give_back(batch)
+            raise
+        self.reader.finish(batch, done)
+        return batch.quarantined + len(done)
 
-    def _ingest_records(self, records: list[spool.Record], paths: list[str],
-                        raw_meta: dict[str, str] | None = None) -> list[str]:
-        """Ingest in one transaction; paths safe to unlink. If the batch fails for a reason
+    def _ingest(self, batch: spool.Batch) -> list[str]:
+        """Ingest in one transaction; the files safe to unlink. If the batch fails for a reason
         other than the database itself, ingest one by one so one odd record cannot hold up
         the rest (it goes to bad/)."""
+        records, paths, raw_meta = batch.records, batch.files, batch.raw_meta
         endpoints = list(self.current_endpoints().values())
         kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
               "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints)}
@@ -546,7 +350,7 @@ class Spooler:
                 found = integrity.quick_check(self.state.conn)
                 if found:
                     raise integrity.StateDamaged("; ".join(found)) from exc
-                self._quarantine(path, f"cannot ingest: {type(exc).__name__}: {exc}")
+                self.reader.quarantine(path, f"cannot ingest: {type(exc).__name__}: {exc}")
         return done
 
     # 2. dispatch: pick due -> send -> record ---------------------------------------------
@@ -833,30 +637,11 @@ class Spooler:
                           "after a restart, with the same webhook-id", len(self._unrecorded))
 
     # 3. the loop ------------------------------------------------------------------------
-    def _maybe_clean_tmp(self) -> None:
-        now = time.monotonic()
-        if now - self._last_recover >= RECOVER_SEGMENTS_EVERY:
-            self._last_recover = now
-            try:
-                moved = spool.recover_segments(self.spool_dir)
-                if moved:
-                    log.warning("recovered %d spool segment(s) left by a milter that stopped", moved)
-            except OSError as exc:
-                log.warning("cannot recover segments in %s/tmp: %s", self.spool_dir, exc)
-        if now - self._last_clean >= CLEAN_TMP_EVERY or not self._last_clean:
-            self._last_clean = now
-            try:
-                removed = spool.clean_tmp(self.spool_dir)
-                if removed:
-                    log.info("removed %d stale file(s) from %s/tmp", removed, self.spool_dir)
-            except OSError as exc:
-                log.warning("cannot clean %s/tmp: %s", self.spool_dir, exc)
-
     def run_once(self, *, flush_events: bool = True) -> None:
         """Ingest everything pending, one dispatch round, wait for its posts. With
         `flush_events` (the default, as for --once), every endpoint's pending events make a
         batch now, due or not."""
-        self._maybe_clean_tmp()
+        self.reader.tidy()
         while self.ingest_once():
             pass
         self.process_blocks()
@@ -869,7 +654,7 @@ class Spooler:
         background = self.state.checkpoint_error  # the checkpoint thread found damage?
         if background is not None:
             _raise_if_damage(background)
-        self._maybe_clean_tmp()
+        self.reader.tidy()
         try:
             handled = self.ingest_once()
         except OSError as exc:  # the spool dir itself is unreadable
@@ -881,16 +666,16 @@ class Spooler:
         if (handled >= self.ingest_batch or self.more_waiting) and not self.ingest_stalled:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
-        pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.held_back else self.poll_interval
+        pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.reader.held_back else self.poll_interval
         self._pause(pause)
 
     def _pause(self, pause: float) -> None:
         """Wait up to `pause` seconds; less when a post finishes or there are files to ingest
-        (`_spool_changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
+        (`spool.Reader.changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
         by the next step with every other one finished by then: one commit for all of them
         (collecting the first alone made a commit, and an fsync, per post)."""
         deadline = time.monotonic() + pause
-        while not self.stopping and not self._spool_changed():
+        while not self.stopping and (self.ingest_stalled or not self.reader.changed()):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -901,19 +686,6 @@ class Spooler:
                     return
             else:
                 self._stop.wait(min(left, SPOOL_WATCH))
-
-    def _spool_changed(self) -> bool:
-        """Files to ingest since the last scan of new/: a batch read ahead holds some (or is
-        still being read), or new/ changed after the scan."""
-        if self.ingest_stalled:
-            return False
-        fut = self._prefetch
-        if fut is not None:
-            if not fut.done() or fut.exception() is not None or fut.result()[1]:
-                return True
-            self._prefetch = None  # read ahead before the latest arrivals: look at new/ itself
-        mark = self._scan_mark
-        return mark is None or _changed_at(os.path.join(self.spool_dir, "new")) != mark
 
     def run(self) -> None:
         log.info("started: spool %s, state %s, %d worker(s)", self.spool_dir, self.cfg.state_db, self.workers)
@@ -930,16 +702,6 @@ class Spooler:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
         log.info("stopped")
-
-
-def _changed_at(directory: str) -> int | None:
-    """The directory's mtime (ns), or None when it changed within MTIME_TICK_NS (another change
-    in the same clock tick would leave the mtime as it is) or cannot be read."""
-    try:
-        mtime = os.stat(directory).st_mtime_ns
-    except OSError:
-        return None
-    return None if time.time_ns() - mtime < MTIME_TICK_NS else mtime
 
 
 def _raise_if_damage(exc: BaseException) -> None:
