@@ -360,13 +360,10 @@ def _place(spool_dir: str, name: str, data: bytes, *, sync: bool, into: str = "n
 
 
 def event_record(event: Event) -> Record:
-    """The spool record of an event: kind `event`, id = event id, meta = the event's fields plus
-    `received` (= `at`, the time state.db orders events by)."""
+    """The spool record of an event: kind `event`, id = event id, meta = Event.to_meta()."""
     if not event.id:
         raise EventError("event has no id")
-    meta = event.to_dict()
-    meta["received"] = event.at
-    return Record(id=event.id, kind="event", meta=meta)
+    return Record(id=event.id, kind="event", meta=event.to_meta())
 
 
 def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:

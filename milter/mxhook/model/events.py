@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Iterable
 
+from mxhook.model.records import RecordError, check_text, check_time
+
 TYPES = ("queued", "succeeded", "deferred", "bounced", "failed", "blocked", "registered", "deleted")
 BOUNCE_TYPES = ("hard", "soft")
 SOURCES = ("milter", "log", "dsn", "cli", "api")
@@ -169,5 +171,44 @@ class Event:
                 raise EventError(f"delay is not a number: {kwargs['delay']!r}") from None
         return cls(**kwargs)
 
+    def to_meta(self) -> dict:
+        """The metadata of its spool record (kind `event`): every field, and `received` (= `at`,
+        the time state.db orders events by). The id is the record's id."""
+        meta = self.to_dict()
+        meta["received"] = self.at
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict, id: str = "") -> "Event":
+        """The event of a spool record's metadata; RecordError when it cannot be ingested.
+        Values are taken as they are (`at` as written, else `received`); unknown keys are
+        ignored, so older code reads records written by newer code."""
+        if "received" in meta:
+            check_time(meta, "received")
+        etype = meta.get("type")
+        if etype not in TYPES:
+            raise RecordError(f"event record of unknown type {etype!r} (known: {', '.join(TYPES)})")
+        at = meta.get("at")
+        if at is not None and at != meta.get("received"):  # `received` was checked above
+            check_time(meta, "at")
+        check_text(meta, _TEXT_FIELDS, "event")
+        kwargs = {k: meta[k] for k in _FIELD_NAMES if k in meta}
+        custom = kwargs.get("custom_headers")
+        if custom is None:
+            kwargs["custom_headers"] = {}
+        elif not isinstance(custom, dict):
+            raise RecordError("event 'custom_headers' is not an object")
+        kwargs["at"] = at or meta.get("received")
+        if id:
+            kwargs["id"] = id
+        try:
+            return cls(**kwargs)
+        except EventError as exc:
+            raise RecordError(str(exc)) from None
+
 
 _FIELD_NAMES = tuple(f.name for f in fields(Event))
+# The fields of a message's `queued` event that its later events are enriched with.
+ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
+# Fields that are text or absent in a spool record: they go into columns and the enrichment join.
+_TEXT_FIELDS = ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS

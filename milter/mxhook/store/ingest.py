@@ -24,9 +24,10 @@ from typing import Callable, Iterable
 
 from mxhook import spool
 from mxhook.model import events as events_mod
+from mxhook.model.events import Event
+from mxhook.model.records import DeniedRecord, InboundRecord, RecordError
 from mxhook.store.migrations import transaction
-from mxhook.store.statedb import (ENRICH_FIELDS, StateStore, _address, _check_time, _chunks,
-                                  _load_event, iso, to_datetime)
+from mxhook.store.statedb import StateStore, _address, _chunks, _load_event, iso, to_datetime
 
 
 IGNORED_NAMED = 5  # addresses named in the log line of an ignored delivery-status report
@@ -49,90 +50,22 @@ class _Fresh:
         store.hard_bounces_ingested += self.hard_bounces
 
 
-class RecordError(ValueError):
-    """A spool record that decoded but whose metadata cannot be ingested; says why."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Records that can be ingested
 
-def check_record(record: spool.Record) -> None:
-    """Raise RecordError when a decoded record's metadata cannot be ingested, so the spooler
-    can move that one record to bad/ instead of failing the whole batch."""
-    meta = record.meta
+_SCHEMAS = {"inbound": InboundRecord, "denied": DeniedRecord, "event": Event}
+
+
+def check_record(record: spool.Record) -> InboundRecord | DeniedRecord | Event:
+    """The typed metadata of a decoded record (model/records.py); RecordError when it cannot be
+    ingested, so the spooler can move that one record to bad/ instead of failing the batch."""
     if not record.id or not isinstance(record.id, str):
         raise RecordError("record id is empty or not a string")
-    if "received" in meta:
-        try:
-            _check_time(meta["received"])
-        except (ValueError, TypeError) as exc:
-            raise RecordError(f"bad 'received': {exc}") from None
-    if record.kind in ("inbound", "denied"):
-        _check_text(meta, _LOGGED_TEXT, f"{record.kind} record")
-    if record.kind == "inbound":
-        deliveries = meta.get("deliveries")
-        if not isinstance(deliveries, list) or not deliveries:
-            raise RecordError("inbound record without a 'deliveries' list")
-        names = set()
-        for i, entry in enumerate(deliveries):
-            if not isinstance(entry, dict):
-                raise RecordError(f"deliveries[{i}] is not an object")
-            target = entry.get("rule")
-            if not isinstance(target, dict) or not target.get("name") or not target.get("endpoint"):
-                raise RecordError(f"deliveries[{i}] has no rule with a name and an endpoint")
-            for key in ("name", "endpoint"):
-                if not isinstance(target[key], str):
-                    raise RecordError(f"deliveries[{i}].rule.{key} is not a string: "
-                                      f"{type(target[key]).__name__}")
-            rule_id = target.get("id")
-            if rule_id is not None and (not isinstance(rule_id, int) or isinstance(rule_id, bool)):
-                raise RecordError(f"deliveries[{i}].rule.id is not an integer: {type(rule_id).__name__}")
-            recipients = entry.get("recipients")
-            if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-                raise RecordError(f"deliveries[{i}].recipients is not a list of addresses")
-            if target["name"] in names:
-                raise RecordError(f"rule {target['name']!r} appears twice in deliveries")
-            names.add(target["name"])
-    elif record.kind == "denied":
-        recipients = meta.get("recipients", [])
-        if not isinstance(recipients, list):
-            raise RecordError("denied record: 'recipients' is not a list")
-    elif record.kind == "event":
-        etype = meta.get("type")
-        if etype not in events_mod.TYPES:
-            raise RecordError(f"event record of unknown type {etype!r} "
-                              f"(known: {', '.join(events_mod.TYPES)})")
-        at = meta.get("at")
-        if at is not None and at != meta.get("received"):  # `received` was checked above
-            try:
-                _check_time(at)
-            except (ValueError, TypeError) as exc:
-                raise RecordError(f"bad 'at': {exc}") from None
-        _check_text(meta, ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS, "event")
-        if meta.get("custom_headers") is not None and not isinstance(meta["custom_headers"], dict):
-            raise RecordError("event 'custom_headers' is not an object")
-
-
-# Metadata of inbound and denied records that goes into inbound_log columns as it is.
-_LOGGED_TEXT = ("queue_id", "mail_from", "client_addr", "client_name", "header_from", "subject",
-                "message_id", "filter", "reason")
-
-
-def _check_text(meta: dict, keys: tuple[str, ...], what: str) -> None:
-    """These fields are text or absent: anything else (an object, a list) would fail the batch
-    when bound to a column, or the payload when rendered."""
-    for key in keys:
-        value = meta.get(key)
-        if value is not None and not isinstance(value, str):
-            raise RecordError(f"{what} {key!r} is not a string: {type(value).__name__}")
+    return _SCHEMAS[record.kind].from_meta(record.meta)
 
 
 def delivery_id(record_id: str, rule_name: str) -> str:
     return f"{record_id}-{rule_name}"
-
-
-def _from(meta: dict) -> str:
-    return meta.get("header_from") or meta.get("mail_from") or ""
 
 
 ROWS_PER_INSERT = 100
@@ -189,9 +122,9 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
         events = []
         for record in spooled:
             if record.kind == "inbound":
-                new += _ingest_inbound(conn, record, at)
+                new += _ingest_inbound(conn, record, InboundRecord.from_meta(record.meta), at)
             elif record.kind == "denied":
-                new += _ingest_denied(conn, record)
+                new += _ingest_denied(conn, record.id, DeniedRecord.from_meta(record.meta))
             elif record.kind == "event":
                 text = raw_meta.get(record.id) if raw_meta else None
                 events.append((record.id, record.meta, record.payload, text))
@@ -364,25 +297,26 @@ def _expand_expiry(conn: sqlite3.Connection, event_id: str, meta: dict,
     return out
 
 
-def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, at: str) -> int:
-    meta = record.meta
-    received = iso(meta.get("received") or at)
+def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, message: InboundRecord,
+                    at: str) -> int:
+    received = iso(message.received or at)
+    # the metadata is stored as it came (json.dumps of what was decoded, keys unknown here kept)
     cur = conn.execute(
         "INSERT OR IGNORE INTO messages (id, received, meta, raw, raw_size, ingested)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (record.id, received, json.dumps(meta), record.payload, len(record.payload), at),
+        (record.id, received, json.dumps(record.meta), record.payload, len(record.payload), at),
     )
     if cur.rowcount == 0:
         return 0
-    for entry in meta["deliveries"]:
-        target = entry["rule"]
-        recipients = entry["recipients"]
-        did = delivery_id(record.id, target["name"])
+    for routed in message.deliveries:
+        target = routed.target
+        recipients = routed.recipients
+        did = delivery_id(record.id, routed.name)
         conn.execute(
             "INSERT OR IGNORE INTO deliveries (id, message_id, rule_id, rule_name, target,"
             " recipients, status, attempts, next_attempt_at, updated)"
             " VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-            (did, record.id, target.get("id"), target["name"], json.dumps(target),
+            (did, record.id, target.get("id"), routed.name, json.dumps(target),
              json.dumps(recipients), at, at),
         )
         conn.execute(
@@ -390,26 +324,24 @@ def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, at: str) -> 
             " header_from, rcpt_to, host_name, message_id, filter_name, reason, mail_from,"
             " client_addr, queue_id, recipients, subject)"
             " VALUES (?, 'delivery', ?, ?, 'queued', ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
-            (did, record.id, received, _from(meta), ", ".join(recipients),
-             meta.get("client_name"), meta.get("message_id"), target["name"],
-             meta.get("mail_from"), meta.get("client_addr"), meta.get("queue_id"),
-             json.dumps(recipients), meta.get("subject")),
+            (did, record.id, received, message.sender, ", ".join(recipients),
+             message.client_name, message.message_id, routed.name, message.mail_from,
+             message.client_addr, message.queue_id, json.dumps(recipients), message.subject),
         )
     return 1
 
 
-def _ingest_denied(conn: sqlite3.Connection, record: spool.Record) -> int:
-    meta = record.meta
-    recipients = [str(r) for r in meta.get("recipients") or []]
+def _ingest_denied(conn: sqlite3.Connection, record_id: str, denied: DeniedRecord) -> int:
+    recipients = denied.recipients
     cur = conn.execute(
         "INSERT OR IGNORE INTO inbound_log (id, kind, record_id, received, status,"
         " header_from, rcpt_to, host_name, message_id, filter_name, reason, mail_from,"
         " client_addr, queue_id, recipients, subject)"
         " VALUES (?, 'denied', ?, ?, 'denied', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (record.id, record.id, iso(meta.get("received")), _from(meta), ", ".join(recipients),
-         meta.get("client_name"), meta.get("message_id"), meta.get("filter"), meta.get("reason"),
-         meta.get("mail_from"), meta.get("client_addr"), meta.get("queue_id"),
-         json.dumps(recipients), meta.get("subject")),
+        (record_id, record_id, iso(denied.received), denied.sender, ", ".join(recipients),
+         denied.client_name, denied.message_id, denied.filter, denied.reason,
+         denied.mail_from, denied.client_addr, denied.queue_id,
+         json.dumps(recipients), denied.subject),
     )
     return cur.rowcount
 
