@@ -54,7 +54,7 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from mxhook.model.events import Event, EventError
@@ -79,6 +79,8 @@ class Record:
     kind: str
     meta: dict
     payload: bytes = b""
+    # meta as its model/records.py type, once store/ingest.py check_record read it
+    typed: object = field(default=None, compare=False, repr=False)
 
 
 def new_id() -> str:

@@ -14,6 +14,7 @@ position and line, a DSN message and recipient, ...).
 from __future__ import annotations
 
 import hashlib
+import operator
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -180,9 +181,9 @@ class Event:
 
     @classmethod
     def from_meta(cls, meta: dict, id: str = "") -> "Event":
-        """The event of a spool record's metadata; RecordError when it cannot be ingested.
-        Values are taken as they are (`at` as written, else `received`); unknown keys are
-        ignored, so older code reads records written by newer code."""
+        """The event of a spool record's metadata (`id`: the record's); RecordError when it
+        cannot be ingested. Values are taken as they are (`at` as written, else `received`);
+        unknown keys are ignored, so older code reads records written by newer code."""
         if "received" in meta:
             check_time(meta, "received")
         etype = meta.get("type")
@@ -192,22 +193,27 @@ class Event:
         if at is not None and at != meta.get("received"):  # `received` was checked above
             check_time(meta, "at")
         check_text(meta, _TEXT_FIELDS, "event")
-        kwargs = {k: meta[k] for k in _FIELD_NAMES if k in meta}
-        custom = kwargs.get("custom_headers")
-        if custom is None:
-            kwargs["custom_headers"] = {}
-        elif not isinstance(custom, dict):
+        custom = meta.get("custom_headers")
+        if custom is not None and not isinstance(custom, dict):
             raise RecordError("event 'custom_headers' is not an object")
-        kwargs["at"] = at or meta.get("received")
-        if id:
-            kwargs["id"] = id
         try:
-            return cls(**kwargs)
+            try:  # every field there, as to_meta writes them: one C-level lookup
+                values = _meta_values(meta)
+            except KeyError:
+                kwargs = {k: meta[k] for k in _META_FIELDS if k in meta}
+                kwargs.update(at=at or meta.get("received"), custom_headers=custom or {})
+                return cls(id=id, **kwargs)
+            return cls(etype, at or meta.get("received"), id, *values[2:-1], custom or {})
         except EventError as exc:
             raise RecordError(str(exc)) from None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Event))
+# A decoded record's metadata has no id (the record has); Event.from_meta passes these
+# positionally around it: type, at, (id), source, ..., custom_headers.
+_META_FIELDS = tuple(f for f in _FIELD_NAMES if f != "id")
+assert _FIELD_NAMES[:3] == ("type", "at", "id") and _FIELD_NAMES[-1] == "custom_headers"
+_meta_values = operator.itemgetter(*_META_FIELDS)
 # The fields of a message's `queued` event that its later events are enriched with.
 ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
 # Fields that are text or absent in a spool record: they go into columns and the enrichment join.

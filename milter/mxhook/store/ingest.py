@@ -13,6 +13,7 @@ one `failed` per open recipient (`_expand_expiry`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -57,11 +58,14 @@ _SCHEMAS = {"inbound": InboundRecord, "denied": DeniedRecord, "event": Event}
 
 
 def check_record(record: spool.Record) -> InboundRecord | DeniedRecord | Event:
-    """The typed metadata of a decoded record (model/records.py); RecordError when it cannot be
-    ingested, so the spooler can move that one record to bad/ instead of failing the batch."""
+    """The typed metadata of a decoded record (model/records.py), also kept as `record.typed`
+    so that `records` does not read it again; RecordError when it cannot be ingested, so the
+    spooler can move that one record to bad/ instead of failing the batch."""
     if not record.id or not isinstance(record.id, str):
         raise RecordError("record id is empty or not a string")
-    return _SCHEMAS[record.kind].from_meta(record.meta)
+    schema = _SCHEMAS[record.kind]
+    record.typed = schema.from_meta(record.meta, record.id) if schema is Event else schema.from_meta(record.meta)
+    return record.typed
 
 
 def delivery_id(record_id: str, rule_name: str) -> str:
@@ -109,8 +113,8 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     already (the spooler does, file by file, to quarantine bad ones). `raw_meta`: record id
     -> the record's metadata as JSON text (the spool file's line), stored as it is instead of
     serializing `meta` again. `prerender`: see StateStore.remember."""
-    if not checked:
-        for record in spooled:
+    for record in spooled:
+        if not checked or record.typed is None:
             check_record(record)
     at = iso(now)
     added = time.time() if now is None else to_datetime(now).timestamp()
@@ -122,12 +126,12 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
         events = []
         for record in spooled:
             if record.kind == "inbound":
-                new += _ingest_inbound(conn, record, InboundRecord.from_meta(record.meta), at)
+                new += _ingest_inbound(conn, record, record.typed, at)
             elif record.kind == "denied":
-                new += _ingest_denied(conn, record.id, DeniedRecord.from_meta(record.meta))
+                new += _ingest_denied(conn, record.id, record.typed)
             elif record.kind == "event":
                 text = raw_meta.get(record.id) if raw_meta else None
-                events.append((record.id, record.meta, record.payload, text))
+                events.append((record.typed, record.meta, record.payload, text))
         if events:
             new += _insert_events(conn, events, at, added, fanout, block_hard_bounces, fresh,
                                   verify_reports=True)
@@ -149,8 +153,9 @@ def _fanout(endpoints: Iterable) -> list[tuple[int, frozenset]]:
 def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added: float,
                    fanout: list[tuple[int, frozenset]], block: bool, fresh: _Fresh,
                    *, verify_reports: bool = False) -> int:
-    """Insert (id, meta, payload, meta as JSON text or None) events; fan the new ones out.
-    Returns how many were new.
+    """Insert (Event, its record's meta, payload, meta as JSON text or None) events; fan the
+    new ones out. Returns how many were new. The meta is what is stored (as the JSON text,
+    else serialized) and what StateStore.remember keeps.
 
     With `verify_reports` (spool records), an event of a delivery-status report that is
     not about a recipient of a message we sent is left out (`_unsent_report`) and noted in
@@ -164,7 +169,7 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
     # Which are new: one query per chunk, then multi-row inserts (per-row execute calls
     # cost more than the inserts themselves).
     known: set[str] = set()
-    ids = [e[0] for e in events]
+    ids = [e[0].id for e in events]
     for chunk in _chunks(ids):
         marks = ", ".join("?" * len(chunk))
         known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
@@ -181,17 +186,15 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
             inserted += len(rows)
             rows.clear()
 
-    def add(event_id: str, meta: dict, payload, text: str | None, fan: bool = True) -> str:
-        etype = meta.get("type")
-        when = meta.get("at") or meta.get("received")
-        # events.Event times are already in the stored form; others are normalized
+    def add(event: Event, meta: dict, payload, text: str | None, fan: bool = True) -> str:
+        event_id, etype, when = event.id, event.type, event.at
+        # times mxhook writes are already in the stored form; others are normalized
         received = when if events_mod.is_stored_time(when) else iso(when or at)
         # the block list takes the address the application used (orig_to, else to)
-        pending = "pending" if (block and etype == "bounced" and meta.get("bounce_type") == "hard"
-                                and (meta.get("orig_recipient") or meta.get("recipient"))) else None
+        pending = "pending" if (block and etype == "bounced" and event.bounce_type == "hard"
+                                and (event.orig_recipient or event.recipient)) else None
         rows.append((event_id, received, text or json.dumps(meta, ensure_ascii=False), payload,
-                     at, etype, meta.get("queue_id"), meta.get("recipient"), pending,
-                     meta.get("message_id")))
+                     at, etype, event.queue_id, event.recipient, pending, event.message_id))
         if pending:
             fresh.hard_bounces += 1
         if etype == "queued":
@@ -205,51 +208,51 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
             recent[event_id] = meta
         return received
 
-    for event_id, meta, payload, text in events:
-        if event_id in known:
+    for event, meta, payload, text in events:
+        if event.id in known:
             continue
-        known.add(event_id)  # the same id twice in one call: stored once
-        if verify_reports and meta.get("source") == "dsn":
+        known.add(event.id)  # the same id twice in one call: stored once
+        if verify_reports and event.source == "dsn":
             flush()  # the queued events before it in this call count as sent
-            why = _unsent_report(conn, meta)
+            why = _unsent_report(conn, event)
             if why:
-                address = meta.get("orig_recipient") or meta.get("recipient") or ""
-                fresh.ignored_reports.setdefault((meta.get("message_id") or "", why), []).append(address)
+                address = event.orig_recipient or event.recipient or ""
+                fresh.ignored_reports.setdefault((event.message_id or "", why), []).append(address)
                 continue
-        if meta.get("type") == "failed" and not meta.get("recipient") and meta.get("queue_id"):
+        if event.type == "failed" and not event.recipient and event.queue_id:
             flush()  # the events before it in this call count as known
-            received = add(event_id, meta, payload, text, fan=False)
-            expanded = _expand_expiry(conn, event_id, meta, received)
+            received = add(event, meta, payload, text, fan=False)
+            expanded = _expand_expiry(conn, event, meta, received)
             if expanded is None:
                 rows.pop()
-                add(event_id, meta, payload, text)
+                add(event, meta, payload, text)
                 continue
-            for xid, xmeta in expanded:
-                if xid not in known:
-                    known.add(xid)
-                    add(xid, xmeta, b"", None)
+            for xevent, xmeta in expanded:
+                if xevent.id not in known:
+                    known.add(xevent.id)
+                    add(xevent, xmeta, b"", None)
             continue
-        add(event_id, meta, payload, text)
+        add(event, meta, payload, text)
     flush()
     if deliveries:
         _insert_rows(conn, "INSERT INTO event_deliveries (endpoint_id, event_id, added)", deliveries)
     return inserted
 
 
-def _unsent_report(conn: sqlite3.Connection, meta: dict) -> str | None:
+def _unsent_report(conn: sqlite3.Connection, event: Event) -> str | None:
     """Why an event of a delivery-status report (source `dsn`) must be ignored, or None
     when it is about mail we sent: its Message-ID must be that of a `queued` event (the
     milter writes those only for outbound mail) and the address it names (the one the
     block list would take) a recipient of that message. Anyone can send us a report, with
     any Message-ID and any address in it."""
-    message_id = meta.get("message_id")
+    message_id = event.message_id
     if not message_id:
         return "the report names no Message-ID of the returned message"
     recipients = {_address(r) for (r,) in conn.execute(
         "SELECT recipient FROM events WHERE type = 'queued' AND message_id = ?", (message_id,))}
     if not recipients:
         return "no message with that Message-ID was sent from here"
-    if _address(meta.get("orig_recipient") or meta.get("recipient")) not in recipients - {""}:
+    if _address(event.orig_recipient or event.recipient) not in recipients - {""}:
         return "not a recipient of the message with that Message-ID"
     return None
 
@@ -259,13 +262,13 @@ def _unsent_report(conn: sqlite3.Connection, meta: dict) -> str | None:
 _MESSAGE_WINDOW_S = 60.0
 
 
-def _expand_expiry(conn: sqlite3.Connection, event_id: str, meta: dict,
-                   received: str) -> list[tuple[str, dict]] | None:
+def _expand_expiry(conn: sqlite3.Connection, event: Event, meta: dict,
+                   received: str) -> list[tuple[Event, dict]] | None:
     """The per-recipient `failed` events a recipient-less expiry stands for: one per
     recipient of the message (its `queued` events: the latest ones of that queue id not
     after the expiry, short queue ids being reused) that has no final event (succeeded,
     bounced, failed) yet. None when no queued event of the queue id is known."""
-    qid = meta["queue_id"]
+    qid, event_id = event.queue_id, event.id
     queued = conn.execute(
         "SELECT received, recipient FROM events WHERE queue_id = ? AND type = 'queued'"
         " AND received <= ? ORDER BY received, id", (qid, received),
@@ -290,10 +293,9 @@ def _expand_expiry(conn: sqlite3.Connection, event_id: str, meta: dict,
     for rcpt in recipients:
         if _address(rcpt) in final:
             continue
-        xmeta = {**meta, "recipient": rcpt, "orig_recipient": None}
         xid = events_mod.event_id(at_us, "expired", event_id, rcpt)
-        xmeta["id"] = xid
-        out.append((xid, xmeta))
+        out.append((dataclasses.replace(event, id=xid, recipient=rcpt, orig_recipient=None),
+                    {**meta, "recipient": rcpt, "orig_recipient": None, "id": xid}))
     return out
 
 
@@ -370,7 +372,7 @@ def finish_blocks(store: StateStore, done: list[tuple[str, dict | None]], *, now
     added = time.time() if now is None else to_datetime(now).timestamp()
     endpoints = list(endpoints)
     fanout = _fanout(endpoints)
-    events = [(e["id"], e, b"", None) for _, e in done if e is not None]
+    events = [(Event.from_meta(e, e["id"]), e, b"", None) for _, e in done if e is not None]
     fresh = _Fresh()
     with transaction(store.conn) as conn:
         new = _insert_events(conn, events, at, added, fanout, False, fresh) if events else 0
