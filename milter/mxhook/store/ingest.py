@@ -54,7 +54,7 @@ class _Fresh:
 # ---------------------------------------------------------------------------------------------
 # Records that can be ingested
 
-_SCHEMAS = {"inbound": InboundRecord, "denied": DeniedRecord, "event": Event}
+_SCHEMAS = {"inbound": InboundRecord, "denied": DeniedRecord}
 
 
 def check_record(record: spool.Record) -> InboundRecord | DeniedRecord | Event:
@@ -63,8 +63,10 @@ def check_record(record: spool.Record) -> InboundRecord | DeniedRecord | Event:
     spooler can move that one record to bad/ instead of failing the batch."""
     if not record.id or not isinstance(record.id, str):
         raise RecordError("record id is empty or not a string")
-    schema = _SCHEMAS[record.kind]
-    record.typed = schema.from_meta(record.meta, record.id) if schema is Event else schema.from_meta(record.meta)
+    if record.kind == "event":  # an event's id is its record's
+        record.typed = Event.from_meta(record.meta, record.id)
+    else:
+        record.typed = _SCHEMAS[record.kind].from_meta(record.meta)
     return record.typed
 
 
