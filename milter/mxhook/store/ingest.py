@@ -112,7 +112,8 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     ones are skipped): one event_deliveries row per endpoint whose categories include the
     event's type. With `block_hard_bounces`, a hard `bounced` event is marked for the
     block list (`pending_blocks`). `checked`: the caller ran check_record on each record
-    already (the spooler does, file by file, to quarantine bad ones). `raw_meta`: record id
+    already (the spooler does, file by file, to quarantine bad ones), so each has its
+    `typed` metadata. `raw_meta`: record id
     -> the record's metadata as JSON text (the spool file's line), stored as it is instead of
     serializing `meta` again. `prerender`: see StateStore.remember."""
     for record in spooled:
