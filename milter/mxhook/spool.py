@@ -87,6 +87,8 @@ class Record:
     kind: str
     meta: dict
     payload: bytes = b""
+    # meta as its model/records.py type, once store/ingest.py check_record read it
+    typed: object = field(default=None, compare=False, repr=False)
 
 
 def new_id() -> str:
@@ -368,13 +370,10 @@ def _place(spool_dir: str, name: str, data: bytes, *, sync: bool, into: str = "n
 
 
 def event_record(event: Event) -> Record:
-    """The spool record of an event: kind `event`, id = event id, meta = the event's fields plus
-    `received` (= `at`, the time state.db orders events by)."""
+    """The spool record of an event: kind `event`, id = event id, meta = Event.to_meta()."""
     if not event.id:
         raise EventError("event has no id")
-    meta = event.to_dict()
-    meta["received"] = event.at
-    return Record(id=event.id, kind="event", meta=meta)
+    return Record(id=event.id, kind="event", meta=event.to_meta())
 
 
 def write(spool_dir: str, record: Record, *, durable: bool = True) -> str:

@@ -3,7 +3,7 @@
 - `spool.decode` on arbitrary bytes, and on valid files mutated: a Record or SpoolError, never
   another exception; encode/decode round-trips;
 - `spool.decode_parts` (what the spooler reads) on segments of good and damaged records;
-- the spooler's whole check (`spool.decode` then `state.check_record`, as `spool.Reader` does):
+- the spooler's whole check (`spool.decode` then `ingest.check_record`, as `spool.Reader` does):
   SpoolError or RecordError only, because `spool.Reader` quarantines exactly those (to bad/);
   anything else escapes the batch or is taken for a passing I/O error. (Non-string rule names
   and out-of-range times were such bugs; the two tests at the end pin them.)
@@ -17,6 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mxhook import spool
+from mxhook.model.records import RecordError
 from mxhook.store import ingest
 from mxhook.spool import Record, SpoolError
 
@@ -125,7 +126,7 @@ def spooler_check(data: bytes) -> None:
     try:
         record = spool.decode(data)
         ingest.check_record(record)
-    except (SpoolError, ingest.RecordError) as exc:
+    except (SpoolError, RecordError) as exc:
         assert str(exc)
 
 
@@ -142,13 +143,13 @@ UNHASHABLE_RULE_NAME = (spool.MAGIC + json.dumps({
 
 
 def test_check_record_rejects_non_string_rule_name():
-    with pytest.raises(ingest.RecordError, match="name is not a string"):
+    with pytest.raises(RecordError, match="name is not a string"):
         ingest.check_record(spool.decode(UNHASHABLE_RULE_NAME))
 
 
 @pytest.mark.parametrize("received", [1e300, 6.77680361916768e16])
 def test_check_record_rejects_out_of_range_times(received):
-    with pytest.raises(ingest.RecordError, match="out of range"):
+    with pytest.raises(RecordError, match="out of range"):
         ingest.check_record(spool.decode(spool.MAGIC + json.dumps(
             {"id": "0", "kind": "denied", "received": received, "payload_size": 0}).encode() + b"\n"))
 

@@ -25,7 +25,7 @@ def test_a_heuristic_refuses_the_whole_message():
     assert a.action == inbound.REJECT and a.reply[:2] == ("550", "5.7.1")
     [d] = a.denials
     assert d.filter == "heuristic:from_permitted_domain" and d.recipients == ["sales@ours.example"]
-    assert d.record["header_from"] == "boss@ours.example"  # the fields are known by now
+    assert d.record.header_from == "boss@ours.example"  # the fields are known by now
 
 
 def test_a_message_without_from_is_refused_unless_the_policy_accepts_it():

@@ -12,13 +12,14 @@ def test_an_accepted_message_is_one_record_with_its_envelope_and_deliveries():
     assert (m.action, m.delete, m.bounce, m.add_discard, m.events) == (inbound.ACCEPT, (), (), False, ())
     r = m.message
     assert r.id == "id1" and r.raw.endswith(b"\r\n\r\nLine 1\r\n")
-    assert {k: r.meta[k] for k in ("received", "queue_id", "mail_from", "client_addr", "helo",
-                                   "header_from", "message_id")} == {
+    meta = r.record.to_meta()
+    assert {k: meta[k] for k in ("received", "queue_id", "mail_from", "client_addr", "helo",
+                                 "header_from", "message_id")} == {
         "received": "2026-11-22T12:00:00.000000Z", "queue_id": "4QX1",
         "mail_from": "alice@sender.example", "client_addr": "192.0.2.7",
         "helo": "mail.sender.example", "header_from": "alice@sender.example",
         "message_id": "<m1@sender.example>"}
-    [d] = r.meta["deliveries"]
+    [d] = meta["deliveries"]
     assert d["recipients"] == ["sales@ours.example"] and d["rule"]["name"] == "sales"
     assert m.log == (inbound.Logged("accepted", ["sales@ours.example"], "sales", "spooled as id1"),)
 
@@ -43,7 +44,7 @@ def test_a_discard_recipient_beside_a_delivered_one_is_only_removed():
     rcpts(t, "<sales@ours.example>", "<trash@ours.example>")
     _, m = message(t, mail())
     assert m.delete == ("<trash@ours.example>",) and not m.add_discard
-    assert [d["rule"]["name"] for d in m.message.meta["deliveries"]] == ["sales", "trash"]
+    assert [d.name for d in m.message.record.deliveries] == ["sales", "trash"]
 
 
 def test_a_message_too_large_for_webhook_delivery_is_refused_with_552():
@@ -79,7 +80,7 @@ def test_bounced_recipients_are_replaced_by_their_stand_ins():
     _, m = message(t, mail(subject="not now"))
     assert m.bounce == ("vip@ours.example",)  # the first vip@ was split off (452)
     assert "<Vip@ours.example>" in m.delete  # as Postfix has it
-    assert not m.add_discard and m.message.meta["deliveries"][0]["recipients"] == ["sales@ours.example"]
+    assert not m.add_discard and m.message.record.deliveries[0].recipients == ["sales@ours.example"]
 
 
 def test_after_end_of_headers_answered_there_is_nothing_left_to_do():

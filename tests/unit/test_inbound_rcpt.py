@@ -18,7 +18,7 @@ def test_no_rule_can_match_the_envelope_is_550_with_a_denied_record():
     assert a.reply == ("550", "5.7.1", "<nobody@ours.example>: no inbound rule matches <nobody@ours.example>")
     [d] = a.denials
     assert (d.recipients, d.filter, d.bounced) == (["nobody@ours.example"], "no_rule", False)
-    assert d.record["received"] == "2026-11-22T12:00:00.000000Z" and d.record["filter"] == "no_rule"
+    assert d.record.received == "2026-11-22T12:00:00.000000Z" and d.record.filter == "no_rule"
     assert d.logged() == inbound.Logged("denied", ["nobody@ours.example"], "no_rule",
                                         "no inbound rule matches <nobody@ours.example>")
 

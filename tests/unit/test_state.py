@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from mxhook.model.records import RecordError
 from mxhook import spool
 from mxhook.store import ingest, logs, migrations, statedb
 from mxhook.store.statedb import AttemptRecord, StateStore
@@ -118,15 +119,15 @@ def test_events_stored_raw(store):
 
 
 def test_check_record_rejects_bad_meta(store):
-    with pytest.raises(ingest.RecordError):
+    with pytest.raises(RecordError):
         ingest.records(store, [inbound("ok1"), inbound("bad", deliveries=[])])
-    with pytest.raises(ingest.RecordError):
+    with pytest.raises(RecordError):
         ingest.check_record(inbound("bad", deliveries=[{"recipients": "x", "rule": target()}]))
-    with pytest.raises(ingest.RecordError):
+    with pytest.raises(RecordError):
         ingest.check_record(inbound("bad", deliveries=[{"recipients": [], "rule": {"name": "x"}}]))
-    with pytest.raises(ingest.RecordError):
+    with pytest.raises(RecordError):
         ingest.check_record(inbound("bad", received="yesterday"))
-    with pytest.raises(ingest.RecordError):
+    with pytest.raises(RecordError):
         ingest.check_record(inbound("bad", deliveries=[
             {"recipients": ["a@x"], "rule": target("r")}, {"recipients": ["b@x"], "rule": target("r")}]))
     assert logs.counts(store)["messages"] == 0  # nothing of the failed batch was written
@@ -136,7 +137,7 @@ def test_check_record_rejects_bad_meta(store):
                                   {"name": {"a": 1}, "endpoint": "https://h/"},
                                   {"name": "r", "endpoint": ["https://h/"]}])
 def test_check_record_rejects_non_string_rule_fields(rule):
-    with pytest.raises(ingest.RecordError, match="is not a string"):
+    with pytest.raises(RecordError, match="is not a string"):
         ingest.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": rule}]))
 
 
@@ -148,17 +149,17 @@ def test_check_record_rejects_non_text_in_text_fields(store, make, field):
     record = {"inbound": lambda: inbound("bad", **{field: {"a": 1}}),
               "denied": lambda: denied("bad", **{field: ["x"]}),
               "event": lambda: event("bad", "queued", **{field: {"a": 1}})}[make]()
-    with pytest.raises(ingest.RecordError, match=f"{field}' is not a string"):
+    with pytest.raises(RecordError, match=f"{field}' is not a string"):
         ingest.check_record(record)
-    with pytest.raises(ingest.RecordError, match="rule.id is not an integer"):
+    with pytest.raises(RecordError, match="rule.id is not an integer"):
         ingest.check_record(inbound("bad", deliveries=[{"recipients": ["a@x"], "rule": {**target(), "id": "7"}}]))
 
 
 @pytest.mark.parametrize("when", [1e300, 6.77680361916768e16, -1e300])
 def test_check_record_rejects_out_of_range_times(when):
-    with pytest.raises(ingest.RecordError, match="out of range"):
+    with pytest.raises(RecordError, match="out of range"):
         ingest.check_record(denied("bad", received=when))
-    with pytest.raises(ingest.RecordError, match="out of range"):
+    with pytest.raises(RecordError, match="out of range"):
         ingest.check_record(spool.Record(id="e", kind="event", meta={"type": "queued", "at": when}))
 
 
@@ -374,9 +375,9 @@ def test_event_time_normalized(store):
 def test_event_records_checked(store):
     for bad in (event("x", "exploded"), event("x", at="soon"), event("x", recipient=["a"]),
                 event("x", custom_headers="no")):
-        with pytest.raises(ingest.RecordError):
+        with pytest.raises(RecordError):
             ingest.check_record(bad)
-    with pytest.raises(ingest.RecordError):
+    with pytest.raises(RecordError):
         ingest.records(store, [event("ok"), event("bad", "exploded")])
     assert logs.counts(store)["events"] == 0
 

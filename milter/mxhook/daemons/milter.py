@@ -40,6 +40,7 @@ from mxhook.model import inbound
 from mxhook.model.envelope import (
     AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, timestamp, utc_now)
 from mxhook.model.headers import normalize_address, plain_address, to_text
+from mxhook.model.records import DeniedRecord
 from mxhook.model.rules import RuleError
 from mxhook.postfix import postconf
 from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher
@@ -334,7 +335,7 @@ class MxhookMilter(Milter.Base):
         records = [spool.event_record(e) for e in answer.events]
         if answer.message is not None:
             m = answer.message
-            records.append(spool.Record(m.id, "inbound", m.meta, m.raw))
+            records.append(spool.Record(m.id, "inbound", m.record.to_meta(), m.raw))
         if records:
             try:
                 # A report's events and the message go in one append: on failure neither is
@@ -409,9 +410,9 @@ class MxhookMilter(Milter.Base):
         self.setreply(*inbound.SMTP_TEMPFAIL, f"mxhook: cannot {cannot} right now, try again later")
         return Milter.TEMPFAIL
 
-    def _spool_denied(self, meta: dict) -> None:
+    def _spool_denied(self, record: DeniedRecord) -> None:
         try:
-            spool.write(self.settings.spool_dir, spool.Record(self.wiring.new_id(), "denied", meta),
+            spool.write(self.settings.spool_dir, spool.Record(self.wiring.new_id(), "denied", record.to_meta()),
                         durable=False)
         except OSError as exc:  # a lost denial costs a log line, never the SMTP answer
             log.warning("queue id %s: could not log denial: %s", self.envelope.queue_id or "-", exc)

@@ -1,6 +1,6 @@
 """The SMTP envelope of one message, as the milter's callbacks (or `mxhook rule test`) fill it,
-and what is derived from it with the header fields: the spool record's envelope fields and the
-milter's events (pure)."""
+and what is derived from it with the header fields: the envelope fields of spool records
+(model/records.py) and the milter's events (pure)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,9 +63,9 @@ def header_values(raw_headers: list[tuple[str, bytes]], name: str) -> list[bytes
     return [v for n, v in raw_headers if n.lower() == name]
 
 
-def message_meta(envelope: Envelope, raw_headers: list[tuple[str, bytes]], received: str) -> dict:
-    """The envelope fields of a spool record (inbound and denied), with the header fields
-    shown in the inbound log."""
+def message_fields(envelope: Envelope, raw_headers: list[tuple[str, bytes]], received: str) -> dict:
+    """The envelope fields of a spool record, with the header fields shown in the inbound log:
+    keyword arguments of records.InboundRecord and records.DeniedRecord."""
     subject = header_values(raw_headers, "subject")
     message_id = header_values(raw_headers, "message-id")
     header_from = header_values(raw_headers, "from")
@@ -87,7 +87,7 @@ def milter_events(envelope: Envelope, raw_headers: list[tuple[str, bytes]], even
                   new_id: Callable[[], str], **fields) -> list[events.Event]:
     """One event of the milter (`queued`, `blocked`) per recipient; the message's fields are
     looked up once. event_headers: lower-case names of fields copied into `custom_headers`."""
-    meta = message_meta(envelope, raw_headers, received)
+    meta = message_fields(envelope, raw_headers, received)
     custom = {}
     for name in event_headers:
         values = header_values(raw_headers, name)

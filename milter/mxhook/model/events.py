@@ -14,10 +14,13 @@ position and line, a DSN message and recipient, ...).
 from __future__ import annotations
 
 import hashlib
+import operator
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Iterable
+
+from mxhook.model.records import RecordError, check_text, check_time
 
 TYPES = ("queued", "succeeded", "deferred", "bounced", "failed", "blocked", "registered", "deleted")
 BOUNCE_TYPES = ("hard", "soft")
@@ -169,5 +172,54 @@ class Event:
                 raise EventError(f"delay is not a number: {kwargs['delay']!r}") from None
         return cls(**kwargs)
 
+    def to_meta(self) -> dict:
+        """The metadata of its spool record (kind `event`): every field, and `received` (= `at`,
+        the time state.db orders events by). The id is the record's id."""
+        meta = self.to_dict()
+        meta["received"] = self.at
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict, id: str = "") -> "Event":
+        """The event of a spool record's metadata (`id`: the record's); RecordError when it
+        cannot be ingested. Values are taken as they are (`at` as written, else `received`);
+        unknown keys are ignored, so older code reads records written by newer code."""
+        if "received" in meta:
+            check_time(meta, "received")
+        etype = meta.get("type")
+        if etype not in TYPES:
+            raise RecordError(f"event record of unknown type {etype!r} (known: {', '.join(TYPES)})")
+        at = meta.get("at")
+        if at is not None and at != meta.get("received"):  # `received` was checked above
+            check_time(meta, "at")
+        try:  # every field there, as to_meta writes them: looked up at C speed
+            values = _middle_values(meta)
+        except KeyError:
+            values = None
+        if values is None or not _TEXT_TYPES.issuperset(map(type, _text_values(meta))):
+            check_text(meta, _TEXT_FIELDS, "event")
+        custom = meta.get("custom_headers")
+        if custom is not None and not isinstance(custom, dict):
+            raise RecordError("event 'custom_headers' is not an object")
+        try:
+            if values is None:
+                kwargs = {k: meta[k] for k in _META_FIELDS if k in meta}
+                kwargs.update(at=at or meta.get("received"), custom_headers=custom or {})
+                return cls(id=id, **kwargs)
+            return cls(etype, at or meta.get("received"), id, *values, custom or {})
+        except EventError as exc:
+            raise RecordError(str(exc)) from None
+
 
 _FIELD_NAMES = tuple(f.name for f in fields(Event))
+# A decoded record's metadata has no id (the record has). Event.from_meta passes the fields
+# between id and custom_headers positionally, looked up at once.
+_META_FIELDS = tuple(f for f in _FIELD_NAMES if f != "id")
+assert _FIELD_NAMES[:3] == ("type", "at", "id") and _FIELD_NAMES[-1] == "custom_headers"
+_middle_values = operator.itemgetter(*_FIELD_NAMES[3:-1])
+# The fields of a message's `queued` event that its later events are enriched with.
+ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
+# Fields that are text or absent in a spool record: they go into columns and the enrichment join.
+_TEXT_FIELDS = ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS
+_text_values = operator.itemgetter(*_TEXT_FIELDS)
+_TEXT_TYPES = frozenset((str, type(None)))

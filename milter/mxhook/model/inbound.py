@@ -29,9 +29,10 @@ from typing import Any, Callable
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
     DENY, HOLD, MANAGED, PASS, SPLIT, Decision, RcptOutcome, RcptStage, decide)
-from mxhook.model.envelope import Envelope, header_values, message_meta, timestamp, utc_now
+from mxhook.model.envelope import Envelope, header_values, message_fields, timestamp, utc_now
 from mxhook.model.headers import address_domain, decode_value, first_address
 from mxhook.model.message import header_section
+from mxhook.model.records import DeniedRecord, InboundRecord, Routed
 
 # What the milter answers; the adapter maps these to pymilter's codes.
 CONTINUE, ACCEPT, REJECT, TEMPFAIL, DISCARD = "continue", "accept", "reject", "tempfail", "discard"
@@ -86,7 +87,7 @@ class Denial:
     recipients: list[str]
     filter: str  # unknown_domain, no_rule, heuristic:<name>
     reason: str
-    record: dict | None  # meta of the `denied` spool record; None: the domain does not log them
+    record: DeniedRecord | None  # the `denied` spool record; None: the domain does not log them
     bounced: bool = False  # accepted beside others, so Postfix bounces it to the sender
 
     def logged(self) -> Logged:
@@ -113,10 +114,10 @@ class HeadersAnswer(Answer):
 
 
 @dataclass(slots=True)
-class InboundRecord:
-    """The spool record of an accepted message: kind `inbound`."""
+class SpooledMessage:
+    """An accepted message: its spool record (kind `inbound`) is (id, record.to_meta(), raw)."""
     id: str
-    meta: dict  # message_meta + deliveries: [{recipients, rule: delivery target}]
+    record: InboundRecord
     raw: bytes
 
 
@@ -124,7 +125,7 @@ class InboundRecord:
 class MessageAnswer(Answer):
     """Spool `message` and `events` in one append (on failure neither is kept, and the answer
     is 451), then log `log`, then change the recipients, then answer `action`."""
-    message: InboundRecord | None = None
+    message: SpooledMessage | None = None
     events: tuple = ()  # events.Event of a bounce report
     log: tuple[Logged, ...] = ()
     delete: tuple[str, ...] = ()  # recipients as given (delrcpt)
@@ -290,12 +291,11 @@ class Inbound:
         groups = decision.grouped() if decision else []
         message = None
         if groups:
-            meta = message_meta(self.envelope, self.raw_headers, timestamp(self.clock()))
-            meta["deliveries"] = [
-                {"recipients": rcpts, "rule": rule.target.to_record(discard=rule.discard)}
-                for rule, rcpts in groups
-            ]
-            message = InboundRecord(self.new_id(), meta, raw)
+            record = InboundRecord(
+                **message_fields(self.envelope, self.raw_headers, timestamp(self.clock())),
+                deliveries=[Routed(rcpts, rule.target.to_record(discard=rule.discard))
+                            for rule, rcpts in groups])
+            message = SpooledMessage(self.new_id(), record, raw)
             log.append(Logged("accepted", [r for _, rs in groups for r in rs],
                               ",".join(rule.name for rule, _ in groups), f"spooled as {message.id}"))
         return self._finish(decision, groups, message, tuple(log))
@@ -325,8 +325,8 @@ class Inbound:
     def _denial(self, recipients: list[str], filt: str, reason: str, bounced: bool = False) -> Denial:
         record = None
         if filt == "unknown_domain" or any(address_domain(r) in self.snapshot.log_denied for r in recipients):
-            record = message_meta(self.envelope, self.raw_headers, timestamp(self.clock()))
-            record.update(recipients=recipients, filter=filt, reason=reason)
+            record = DeniedRecord(**message_fields(self.envelope, self.raw_headers, timestamp(self.clock())),
+                                  recipients=recipients, filter=filt, reason=reason)
         return Denial(recipients, filt, reason, record, bounced)
 
 
@@ -501,7 +501,7 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
         out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_TOO_LARGE), "size"
         out.reason = message.reply[2]
     elif message.message is not None:
-        names = [d["rule"]["name"] for d in message.message.meta["deliveries"]]
+        names = [d.name for d in message.message.record.deliveries]
         out.result, out.smtp, out.decided_by = "accept", "250", "rules"
         out.reason = "accepted for " + ", ".join(names)
     elif inbound.dsn:  # a bounce report without a recipient any rule takes

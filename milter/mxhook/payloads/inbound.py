@@ -1,6 +1,6 @@
 """What goes into an inbound delivery's payload, as plain data. Pure.
 
-From typed inputs (`Delivery`: the delivery id, the spool record's inbound metadata, the
+From typed inputs (`Delivery`: the delivery id, the spool record's `InboundRecord`, the
 message bytes, the `Target` it goes to, the recipients it matched) this builds:
 - `native_document`: the native inbound document (the `json` format, and the `multipart` one
   through `form_parts`);
@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
+from mxhook.model.records import InboundRecord
 from mxhook.model.targets import Target
 from mxhook.payloads.encodings import Fields, Files, dumps
 
@@ -35,7 +36,7 @@ class Delivery:
     """One inbound delivery (one message, one rule) as a payload sees it."""
 
     id: str
-    meta: dict  # the spool record's inbound metadata (envelope, received, deliveries)
+    message: InboundRecord  # the spool record's metadata: envelope, received, deliveries
     raw: bytes  # the message as it came
     target: Target
     recipients: tuple[str, ...]  # the envelope recipients this rule matched
@@ -43,29 +44,30 @@ class Delivery:
     @classmethod
     def of(cls, *, delivery_id: str, meta: dict, raw: bytes, target: Target,
            recipients=None) -> "Delivery":
-        """`recipients` None: the ones meta["deliveries"] lists for the target's rule name."""
+        """`meta`: the spool record's (RecordError when it is not an inbound record's).
+        `recipients` None: the ones its deliveries list for the target's rule name."""
+        message = InboundRecord.from_meta(meta)
         if recipients is None:
-            recipients = next((d.get("recipients") or () for d in meta.get("deliveries") or ()
-                               if (d.get("rule") or {}).get("name") == target.name), ())
-        return cls(delivery_id, meta, raw, target, tuple(recipients))
+            recipients = next((d.recipients for d in message.deliveries if d.name == target.name), ())
+        return cls(delivery_id, message, raw, target, tuple(recipients))
 
 
 def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
     """The native inbound document (before any payload size cap), as JSON-able data."""
     msg = normalize(delivery.raw, max_attachment_size=max_attachment_size)
-    meta = delivery.meta
+    message = delivery.message
     doc = {
         "id": delivery.id,
         "type": SCHEMA_TYPE,
-        "received": meta.get("received"),
+        "received": message.received,
         "rule": delivery.target.name,
         "envelope": {
-            "mail_from": meta.get("mail_from"),
+            "mail_from": message.mail_from,
             "recipients": list(delivery.recipients),
-            "client_addr": meta.get("client_addr"),
-            "client_name": meta.get("client_name"),
-            "helo": meta.get("helo"),
-            "queue_id": meta.get("queue_id"),
+            "client_addr": message.client_addr,
+            "client_name": message.client_name,
+            "helo": message.helo,
+            "queue_id": message.queue_id,
         },
         "message": {k: msg[k] for k in MESSAGE_FIELDS},
     }
@@ -119,16 +121,16 @@ def header_safe(value) -> str:
 
 def envelope_headers(delivery: Delivery) -> list[tuple[str, str]]:
     """The envelope as X-Mxhook-* header fields, each value made header-safe."""
-    meta = delivery.meta
-    mail_from = header_safe(meta.get("mail_from"))
+    message = delivery.message
+    mail_from = header_safe(message.mail_from)
     headers = [("X-Mxhook-Mail-From", mail_from or "<>")]
     headers += [("X-Mxhook-Rcpt-To", header_safe(r)) for r in delivery.recipients]
     headers += [
-        ("X-Mxhook-Client-Addr", header_safe(meta.get("client_addr"))),
-        ("X-Mxhook-Client-Name", header_safe(meta.get("client_name"))),
-        ("X-Mxhook-Helo", header_safe(meta.get("helo"))),
-        ("X-Mxhook-Queue-Id", header_safe(meta.get("queue_id"))),
-        ("X-Mxhook-Received", header_safe(meta.get("received"))),
+        ("X-Mxhook-Client-Addr", header_safe(message.client_addr)),
+        ("X-Mxhook-Client-Name", header_safe(message.client_name)),
+        ("X-Mxhook-Helo", header_safe(message.helo)),
+        ("X-Mxhook-Queue-Id", header_safe(message.queue_id)),
+        ("X-Mxhook-Received", header_safe(message.received)),
         ("X-Mxhook-Rule", header_safe(delivery.target.name)),
         ("X-Mxhook-Delivery-Id", header_safe(delivery.id)),
     ]

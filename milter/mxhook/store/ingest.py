@@ -13,6 +13,7 @@ one `failed` per open recipient (`_expand_expiry`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -24,9 +25,10 @@ from typing import Callable, Iterable
 
 from mxhook import spool
 from mxhook.model import events as events_mod
+from mxhook.model.events import Event
+from mxhook.model.records import DeniedRecord, InboundRecord, RecordError
 from mxhook.store.migrations import transaction
-from mxhook.store.statedb import (ENRICH_FIELDS, StateStore, _address, _check_time, _chunks,
-                                  _load_event, iso, to_datetime)
+from mxhook.store.statedb import StateStore, _address, _chunks, _load_event, iso, to_datetime
 
 
 IGNORED_NAMED = 5  # addresses named in the log line of an ignored delivery-status report
@@ -49,90 +51,27 @@ class _Fresh:
         store.hard_bounces_ingested += self.hard_bounces
 
 
-class RecordError(ValueError):
-    """A spool record that decoded but whose metadata cannot be ingested; says why."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Records that can be ingested
 
-def check_record(record: spool.Record) -> None:
-    """Raise RecordError when a decoded record's metadata cannot be ingested, so the spooler
-    can move that one record to bad/ instead of failing the whole batch."""
-    meta = record.meta
+_SCHEMAS = {"inbound": InboundRecord, "denied": DeniedRecord}
+
+
+def check_record(record: spool.Record) -> InboundRecord | DeniedRecord | Event:
+    """The typed metadata of a decoded record (model/records.py), also kept as `record.typed`
+    so that `records` does not read it again; RecordError when it cannot be ingested, so the
+    spooler can move that one record to bad/ instead of failing the batch."""
     if not record.id or not isinstance(record.id, str):
         raise RecordError("record id is empty or not a string")
-    if "received" in meta:
-        try:
-            _check_time(meta["received"])
-        except (ValueError, TypeError) as exc:
-            raise RecordError(f"bad 'received': {exc}") from None
-    if record.kind in ("inbound", "denied"):
-        _check_text(meta, _LOGGED_TEXT, f"{record.kind} record")
-    if record.kind == "inbound":
-        deliveries = meta.get("deliveries")
-        if not isinstance(deliveries, list) or not deliveries:
-            raise RecordError("inbound record without a 'deliveries' list")
-        names = set()
-        for i, entry in enumerate(deliveries):
-            if not isinstance(entry, dict):
-                raise RecordError(f"deliveries[{i}] is not an object")
-            target = entry.get("rule")
-            if not isinstance(target, dict) or not target.get("name") or not target.get("endpoint"):
-                raise RecordError(f"deliveries[{i}] has no rule with a name and an endpoint")
-            for key in ("name", "endpoint"):
-                if not isinstance(target[key], str):
-                    raise RecordError(f"deliveries[{i}].rule.{key} is not a string: "
-                                      f"{type(target[key]).__name__}")
-            rule_id = target.get("id")
-            if rule_id is not None and (not isinstance(rule_id, int) or isinstance(rule_id, bool)):
-                raise RecordError(f"deliveries[{i}].rule.id is not an integer: {type(rule_id).__name__}")
-            recipients = entry.get("recipients")
-            if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-                raise RecordError(f"deliveries[{i}].recipients is not a list of addresses")
-            if target["name"] in names:
-                raise RecordError(f"rule {target['name']!r} appears twice in deliveries")
-            names.add(target["name"])
-    elif record.kind == "denied":
-        recipients = meta.get("recipients", [])
-        if not isinstance(recipients, list):
-            raise RecordError("denied record: 'recipients' is not a list")
-    elif record.kind == "event":
-        etype = meta.get("type")
-        if etype not in events_mod.TYPES:
-            raise RecordError(f"event record of unknown type {etype!r} "
-                              f"(known: {', '.join(events_mod.TYPES)})")
-        at = meta.get("at")
-        if at is not None and at != meta.get("received"):  # `received` was checked above
-            try:
-                _check_time(at)
-            except (ValueError, TypeError) as exc:
-                raise RecordError(f"bad 'at': {exc}") from None
-        _check_text(meta, ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS, "event")
-        if meta.get("custom_headers") is not None and not isinstance(meta["custom_headers"], dict):
-            raise RecordError("event 'custom_headers' is not an object")
-
-
-# Metadata of inbound and denied records that goes into inbound_log columns as it is.
-_LOGGED_TEXT = ("queue_id", "mail_from", "client_addr", "client_name", "header_from", "subject",
-                "message_id", "filter", "reason")
-
-
-def _check_text(meta: dict, keys: tuple[str, ...], what: str) -> None:
-    """These fields are text or absent: anything else (an object, a list) would fail the batch
-    when bound to a column, or the payload when rendered."""
-    for key in keys:
-        value = meta.get(key)
-        if value is not None and not isinstance(value, str):
-            raise RecordError(f"{what} {key!r} is not a string: {type(value).__name__}")
+    if record.kind == "event":  # an event's id is its record's
+        record.typed = Event.from_meta(record.meta, record.id)
+    else:
+        record.typed = _SCHEMAS[record.kind].from_meta(record.meta)
+    return record.typed
 
 
 def delivery_id(record_id: str, rule_name: str) -> str:
     return f"{record_id}-{rule_name}"
-
-
-def _from(meta: dict) -> str:
-    return meta.get("header_from") or meta.get("mail_from") or ""
 
 
 ROWS_PER_INSERT = 100
@@ -173,11 +112,12 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     ones are skipped): one event_deliveries row per endpoint whose categories include the
     event's type. With `block_hard_bounces`, a hard `bounced` event is marked for the
     block list (`pending_blocks`). `checked`: the caller ran check_record on each record
-    already (the spooler does, file by file, to quarantine bad ones). `raw_meta`: record id
+    already (the spooler does, file by file, to quarantine bad ones), so each has its
+    `typed` metadata. `raw_meta`: record id
     -> the record's metadata as JSON text (the spool file's line), stored as it is instead of
     serializing `meta` again. `prerender`: see StateStore.remember."""
-    if not checked:
-        for record in spooled:
+    for record in spooled:
+        if not checked or record.typed is None:
             check_record(record)
     at = iso(now)
     added = time.time() if now is None else to_datetime(now).timestamp()
@@ -189,12 +129,12 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
         events = []
         for record in spooled:
             if record.kind == "inbound":
-                new += _ingest_inbound(conn, record, at)
+                new += _ingest_inbound(conn, record, record.typed, at)
             elif record.kind == "denied":
-                new += _ingest_denied(conn, record)
+                new += _ingest_denied(conn, record.id, record.typed)
             elif record.kind == "event":
                 text = raw_meta.get(record.id) if raw_meta else None
-                events.append((record.id, record.meta, record.payload, text))
+                events.append((record.typed, record.meta, record.payload, text))
         if events:
             new += _insert_events(conn, events, at, added, fanout, block_hard_bounces, fresh,
                                   verify_reports=True)
@@ -216,8 +156,9 @@ def _fanout(endpoints: Iterable) -> list[tuple[int, frozenset]]:
 def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added: float,
                    fanout: list[tuple[int, frozenset]], block: bool, fresh: _Fresh,
                    *, verify_reports: bool = False) -> int:
-    """Insert (id, meta, payload, meta as JSON text or None) events; fan the new ones out.
-    Returns how many were new.
+    """Insert (Event, its record's meta, payload, meta as JSON text or None) events; fan the
+    new ones out. Returns how many were new. The meta is what is stored (as the JSON text,
+    else serialized) and what StateStore.remember keeps.
 
     With `verify_reports` (spool records), an event of a delivery-status report that is
     not about a recipient of a message we sent is left out (`_unsent_report`) and noted in
@@ -231,7 +172,7 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
     # Which are new: one query per chunk, then multi-row inserts (per-row execute calls
     # cost more than the inserts themselves).
     known: set[str] = set()
-    ids = [e[0] for e in events]
+    ids = [e[0].id for e in events]
     for chunk in _chunks(ids):
         marks = ", ".join("?" * len(chunk))
         known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
@@ -248,17 +189,15 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
             inserted += len(rows)
             rows.clear()
 
-    def add(event_id: str, meta: dict, payload, text: str | None, fan: bool = True) -> str:
-        etype = meta.get("type")
-        when = meta.get("at") or meta.get("received")
-        # events.Event times are already in the stored form; others are normalized
+    def add(event: Event, meta: dict, payload, text: str | None, fan: bool = True) -> str:
+        event_id, etype, when = event.id, event.type, event.at
+        # times mxhook writes are already in the stored form; others are normalized
         received = when if events_mod.is_stored_time(when) else iso(when or at)
         # the block list takes the address the application used (orig_to, else to)
-        pending = "pending" if (block and etype == "bounced" and meta.get("bounce_type") == "hard"
-                                and (meta.get("orig_recipient") or meta.get("recipient"))) else None
+        pending = "pending" if (block and etype == "bounced" and event.bounce_type == "hard"
+                                and (event.orig_recipient or event.recipient)) else None
         rows.append((event_id, received, text or json.dumps(meta, ensure_ascii=False), payload,
-                     at, etype, meta.get("queue_id"), meta.get("recipient"), pending,
-                     meta.get("message_id")))
+                     at, etype, event.queue_id, event.recipient, pending, event.message_id))
         if pending:
             fresh.hard_bounces += 1
         if etype == "queued":
@@ -272,51 +211,51 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
             recent[event_id] = meta
         return received
 
-    for event_id, meta, payload, text in events:
-        if event_id in known:
+    for event, meta, payload, text in events:
+        if event.id in known:
             continue
-        known.add(event_id)  # the same id twice in one call: stored once
-        if verify_reports and meta.get("source") == "dsn":
+        known.add(event.id)  # the same id twice in one call: stored once
+        if verify_reports and event.source == "dsn":
             flush()  # the queued events before it in this call count as sent
-            why = _unsent_report(conn, meta)
+            why = _unsent_report(conn, event)
             if why:
-                address = meta.get("orig_recipient") or meta.get("recipient") or ""
-                fresh.ignored_reports.setdefault((meta.get("message_id") or "", why), []).append(address)
+                address = event.orig_recipient or event.recipient or ""
+                fresh.ignored_reports.setdefault((event.message_id or "", why), []).append(address)
                 continue
-        if meta.get("type") == "failed" and not meta.get("recipient") and meta.get("queue_id"):
+        if event.type == "failed" and not event.recipient and event.queue_id:
             flush()  # the events before it in this call count as known
-            received = add(event_id, meta, payload, text, fan=False)
-            expanded = _expand_expiry(conn, event_id, meta, received)
+            received = add(event, meta, payload, text, fan=False)
+            expanded = _expand_expiry(conn, event, meta, received)
             if expanded is None:
                 rows.pop()
-                add(event_id, meta, payload, text)
+                add(event, meta, payload, text)
                 continue
-            for xid, xmeta in expanded:
-                if xid not in known:
-                    known.add(xid)
-                    add(xid, xmeta, b"", None)
+            for xevent, xmeta in expanded:
+                if xevent.id not in known:
+                    known.add(xevent.id)
+                    add(xevent, xmeta, b"", None)
             continue
-        add(event_id, meta, payload, text)
+        add(event, meta, payload, text)
     flush()
     if deliveries:
         _insert_rows(conn, "INSERT INTO event_deliveries (endpoint_id, event_id, added)", deliveries)
     return inserted
 
 
-def _unsent_report(conn: sqlite3.Connection, meta: dict) -> str | None:
+def _unsent_report(conn: sqlite3.Connection, event: Event) -> str | None:
     """Why an event of a delivery-status report (source `dsn`) must be ignored, or None
     when it is about mail we sent: its Message-ID must be that of a `queued` event (the
     milter writes those only for outbound mail) and the address it names (the one the
     block list would take) a recipient of that message. Anyone can send us a report, with
     any Message-ID and any address in it."""
-    message_id = meta.get("message_id")
+    message_id = event.message_id
     if not message_id:
         return "the report names no Message-ID of the returned message"
     recipients = {_address(r) for (r,) in conn.execute(
         "SELECT recipient FROM events WHERE type = 'queued' AND message_id = ?", (message_id,))}
     if not recipients:
         return "no message with that Message-ID was sent from here"
-    if _address(meta.get("orig_recipient") or meta.get("recipient")) not in recipients - {""}:
+    if _address(event.orig_recipient or event.recipient) not in recipients - {""}:
         return "not a recipient of the message with that Message-ID"
     return None
 
@@ -326,13 +265,13 @@ def _unsent_report(conn: sqlite3.Connection, meta: dict) -> str | None:
 _MESSAGE_WINDOW_S = 60.0
 
 
-def _expand_expiry(conn: sqlite3.Connection, event_id: str, meta: dict,
-                   received: str) -> list[tuple[str, dict]] | None:
+def _expand_expiry(conn: sqlite3.Connection, event: Event, meta: dict,
+                   received: str) -> list[tuple[Event, dict]] | None:
     """The per-recipient `failed` events a recipient-less expiry stands for: one per
     recipient of the message (its `queued` events: the latest ones of that queue id not
     after the expiry, short queue ids being reused) that has no final event (succeeded,
     bounced, failed) yet. None when no queued event of the queue id is known."""
-    qid = meta["queue_id"]
+    qid, event_id = event.queue_id, event.id
     queued = conn.execute(
         "SELECT received, recipient FROM events WHERE queue_id = ? AND type = 'queued'"
         " AND received <= ? ORDER BY received, id", (qid, received),
@@ -357,32 +296,32 @@ def _expand_expiry(conn: sqlite3.Connection, event_id: str, meta: dict,
     for rcpt in recipients:
         if _address(rcpt) in final:
             continue
-        xmeta = {**meta, "recipient": rcpt, "orig_recipient": None}
         xid = events_mod.event_id(at_us, "expired", event_id, rcpt)
-        xmeta["id"] = xid
-        out.append((xid, xmeta))
+        out.append((dataclasses.replace(event, id=xid, recipient=rcpt, orig_recipient=None),
+                    {**meta, "recipient": rcpt, "orig_recipient": None, "id": xid}))
     return out
 
 
-def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, at: str) -> int:
-    meta = record.meta
-    received = iso(meta.get("received") or at)
+def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, message: InboundRecord,
+                    at: str) -> int:
+    received = iso(message.received or at)
+    # the metadata is stored as it came (json.dumps of what was decoded, keys unknown here kept)
     cur = conn.execute(
         "INSERT OR IGNORE INTO messages (id, received, meta, raw, raw_size, ingested)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (record.id, received, json.dumps(meta), record.payload, len(record.payload), at),
+        (record.id, received, json.dumps(record.meta), record.payload, len(record.payload), at),
     )
     if cur.rowcount == 0:
         return 0
-    for entry in meta["deliveries"]:
-        target = entry["rule"]
-        recipients = entry["recipients"]
-        did = delivery_id(record.id, target["name"])
+    for routed in message.deliveries:
+        target = routed.target
+        recipients = routed.recipients
+        did = delivery_id(record.id, routed.name)
         conn.execute(
             "INSERT OR IGNORE INTO deliveries (id, message_id, rule_id, rule_name, target,"
             " recipients, status, attempts, next_attempt_at, updated)"
             " VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-            (did, record.id, target.get("id"), target["name"], json.dumps(target),
+            (did, record.id, target.get("id"), routed.name, json.dumps(target),
              json.dumps(recipients), at, at),
         )
         conn.execute(
@@ -390,26 +329,24 @@ def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, at: str) -> 
             " header_from, rcpt_to, host_name, message_id, filter_name, reason, mail_from,"
             " client_addr, queue_id, recipients, subject)"
             " VALUES (?, 'delivery', ?, ?, 'queued', ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
-            (did, record.id, received, _from(meta), ", ".join(recipients),
-             meta.get("client_name"), meta.get("message_id"), target["name"],
-             meta.get("mail_from"), meta.get("client_addr"), meta.get("queue_id"),
-             json.dumps(recipients), meta.get("subject")),
+            (did, record.id, received, message.sender, ", ".join(recipients),
+             message.client_name, message.message_id, routed.name, message.mail_from,
+             message.client_addr, message.queue_id, json.dumps(recipients), message.subject),
         )
     return 1
 
 
-def _ingest_denied(conn: sqlite3.Connection, record: spool.Record) -> int:
-    meta = record.meta
-    recipients = [str(r) for r in meta.get("recipients") or []]
+def _ingest_denied(conn: sqlite3.Connection, record_id: str, denied: DeniedRecord) -> int:
+    recipients = denied.recipients
     cur = conn.execute(
         "INSERT OR IGNORE INTO inbound_log (id, kind, record_id, received, status,"
         " header_from, rcpt_to, host_name, message_id, filter_name, reason, mail_from,"
         " client_addr, queue_id, recipients, subject)"
         " VALUES (?, 'denied', ?, ?, 'denied', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (record.id, record.id, iso(meta.get("received")), _from(meta), ", ".join(recipients),
-         meta.get("client_name"), meta.get("message_id"), meta.get("filter"), meta.get("reason"),
-         meta.get("mail_from"), meta.get("client_addr"), meta.get("queue_id"),
-         json.dumps(recipients), meta.get("subject")),
+        (record_id, record_id, iso(denied.received), denied.sender, ", ".join(recipients),
+         denied.client_name, denied.message_id, denied.filter, denied.reason,
+         denied.mail_from, denied.client_addr, denied.queue_id,
+         json.dumps(recipients), denied.subject),
     )
     return cur.rowcount
 
@@ -438,7 +375,7 @@ def finish_blocks(store: StateStore, done: list[tuple[str, dict | None]], *, now
     added = time.time() if now is None else to_datetime(now).timestamp()
     endpoints = list(endpoints)
     fanout = _fanout(endpoints)
-    events = [(e["id"], e, b"", None) for _, e in done if e is not None]
+    events = [(Event.from_meta(e, e["id"]), e, b"", None) for _, e in done if e is not None]
     fresh = _Fresh()
     with transaction(store.conn) as conn:
         new = _insert_events(conn, events, at, added, fanout, False, fresh) if events else 0

@@ -78,7 +78,6 @@ import collections
 import itertools
 import json
 import logging
-import re
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -91,13 +90,14 @@ from mxhook import spool
 from mxhook.store import migrations
 from mxhook.store.rulesdb import _create_file as create_private_file
 from mxhook.model.headers import normalize_address
+from mxhook.model.events import ENRICH_FIELDS
+from mxhook.model.records import to_datetime
 from mxhook.model.targets import Target
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
 LOG_STATUSES = DELIVERY_STATUSES + ("denied",)
 OUTCOMES = ("succeeded", "deferred", "failed")
 # Fields a log-derived event takes from the `queued` event of its message when it lacks them.
-ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
 BATCH_PREFIX = "evb_"
 _IN_CHUNK = 500  # host parameters per IN (...) query
 # Decoded events kept after ingest, so a batch made soon after does not parse them again from
@@ -117,46 +117,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # Time helpers
 
-def to_datetime(value) -> datetime:
-    """datetime (naive = UTC), epoch seconds, or ISO 8601 text (`Z` or offset; naive = UTC;
-    a bare date means its midnight) -> aware UTC datetime."""
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, timezone.utc)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
-    else:
-        raise TypeError(f"not a time: {value!r}")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
-
-
 def iso(value=None) -> str:
     """The stored form of a time (default: now)."""
     dt = datetime.now(timezone.utc) if value is None else to_datetime(value)
     return dt.strftime(_ISO_FORMAT)
-
-
-_STORED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-
-
-def _check_time(value) -> None:
-    """ValueError/TypeError unless `value` is a time to_datetime understands (the stored form,
-    which every mxhook writer uses, is recognized without parsing). A number too large for a
-    datetime (datetime raises OverflowError or OSError EOVERFLOW for those) is a ValueError too,
-    so that callers need to catch only ValueError/TypeError."""
-    if isinstance(value, str) and _STORED_TIME.fullmatch(value):
-        return
-    try:
-        to_datetime(value)
-    except (OverflowError, OSError) as exc:
-        raise ValueError(f"time out of range: {value!r} ({exc})") from None
 
 
 def rule_ref(rule_id, rule_name: str | None) -> str:
