@@ -401,7 +401,7 @@ def test_a_bad_record_goes_to_bad_alone_and_the_good_ones_of_its_file_are_ingest
     cfg = make_cfg(tmp_path)
     good = inbound_record(target(rx, "/hook"))
     unknown_kind = spool.Record("weird-1", "weird", {})
-    refused = inbound_record(rid="no-deliveries")  # state.check_record refuses it
+    refused = inbound_record(rid="no-deliveries")  # ingest.check_record refuses it
     event = spool.Record("ev-1", "event", {"type": "queued", "queue_id": "4XbQ1"})
     path, offsets = write_segment(cfg, [good, unknown_kind, event, refused])
     stem = os.path.basename(path)[:-4]
