@@ -852,9 +852,16 @@ class Reader:
 
     def finish(self, batch: Batch, ingested: list[str] | None = None) -> None:
         """After the COMMIT of `ingested` (the batch's files whose records are all in: default
-        every one): have them unlinked; the batch's other files are given back."""
+        every one): have them unlinked; the batch's other files are given back, first in line,
+        and the batch read ahead behind them goes back in line after them (taken as it is, it
+        would be ingested before them: a bounce report before the `queued` event it needs)."""
         done = list(dict.fromkeys(batch.files)) if ingested is None else ingested
-        self._io.submit(self._release, done, batch.taken)
+        kept = set(done)
+        left = [p for p in batch.taken if p not in kept]
+        ahead = None
+        if left and self._prefetch is not None:
+            ahead, self._prefetch = self._prefetch, None
+        self._io.submit(self._release, done, left, ahead)
 
     def give_back(self, batch: Batch) -> None:
         """None of the batch was ingested: its files are first in line next time."""
@@ -877,7 +884,12 @@ class Reader:
                 return True
             self._prefetch = None  # read ahead before the latest arrivals: look at new/ itself
         mark = self._scan_mark
-        return mark is None or _changed_at(self.new_dir) != mark
+        if mark is None:
+            return True
+        try:
+            return os.stat(self.new_dir).st_mtime_ns != mark
+        except OSError:
+            return True
 
     def tidy(self) -> None:
         """Every RECOVER_SEGMENTS_EVERY seconds, move segments of milters that died into new/;
@@ -1027,12 +1039,20 @@ class Reader:
             log.error("spool file %s: bad part at %s copied to %s: %s", name, part.where, target, part.reason)
         return True
 
-    def _release(self, done: list[str], paths: list[str]) -> None:
-        """(I/O thread) Give back the names of files that were not ingested; have the ingested
-        ones unlinked by the unlink pool (their names stay claimed until they are gone)."""
-        gone = set(done)
-        with self._claimed_lock:
-            self._claimed.difference_update(os.path.basename(p) for p in paths if p not in gone)
+    def _release(self, done: list[str], left: list[str], ahead: Future | None) -> None:
+        """(I/O thread) Put the files not ingested (`left`), and those of the batch read ahead
+        (`ahead`: done, since it ran before this on the one I/O thread), back at the front of
+        the line in name order; have the ingested ones unlinked by the unlink pool (their names
+        stay claimed until they are gone). New files, not these, end the next wait (`changed`)."""
+        again = list(left)
+        if ahead is not None and ahead.exception() is None:
+            again += ahead.result().taken
+        if again:
+            self._unclaim_unread(sorted(again, key=os.path.basename))
+            try:  # only later arrivals end the wait (one in this very tick: after poll_interval)
+                self._scan_mark = os.stat(self.new_dir).st_mtime_ns
+            except OSError:
+                self._scan_mark = None
         for i in range(0, len(done), UNLINK_CHUNK):
             self._unlinker.submit(self._unlink, done[i:i + UNLINK_CHUNK])
 

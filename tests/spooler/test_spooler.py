@@ -506,6 +506,50 @@ def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monke
     assert spool.pending(cfg.spool_dir) == []
 
 
+def test_a_refused_ingest_one_file_at_a_time_waits_too(rx, tmp_path, monkeypatch):
+    """The batch fails for a record's sake, then state.db refuses each file: the same wait."""
+    cfg = make_cfg(tmp_path, ingest_batch="10", poll_interval="0.5")
+    for _ in range(35):
+        write_inbound(cfg, target(rx, "/hook"))
+    tries = []
+
+    def refuse(state, records, **kw):
+        tries.append(len(records))
+        if len(records) > 1:
+            raise ValueError("one odd record")
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ingest, "records", refuse)
+    with Running(cfg):
+        time.sleep(1.6)
+    assert 2 <= tries.count(10) <= 5, f"{len(tries)} ingest tries in 1.6 s"
+    assert len(spool.pending(cfg.spool_dir)) == 35
+
+
+def test_files_given_back_are_ingested_before_later_ones(rx, tmp_path, monkeypatch):
+    """state.db refusing a batch once does not let the next batch overtake it: a bounce
+    report needs the `queued` event written before it."""
+    cfg = make_cfg(tmp_path, ingest_batch="10")
+    ids = [write_inbound(cfg, target(rx, "/hook")) for _ in range(30)]
+    real, seen = ingest.records, []
+
+    def locked_once(state, records, **kw):
+        seen.append(records[0].id)
+        if len(seen) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real(state, records, **kw)
+
+    monkeypatch.setattr(ingest, "records", locked_once)
+    sp = spooler.Spooler(cfg)
+    try:
+        for _ in range(4):
+            sp.ingest_once()
+    finally:
+        sp.close()
+    assert seen == [ids[0], ids[0], ids[10], ids[20]]
+    assert spool.pending(cfg.spool_dir) == []
+
+
 def test_reingesting_the_same_file_is_harmless(rx, tmp_path):
     cfg = make_cfg(tmp_path)
     rid = write_inbound(cfg, target(rx, "/hook"))

@@ -366,6 +366,29 @@ def test_reader_takes_in_name_order_and_unlinks_only_what_is_finished(tmp_path):
     assert _new(d) == []
 
 
+def test_reader_gives_back_first_in_line_before_the_batch_read_ahead(tmp_path):
+    """Files given back (state.db refused them) come again before the batch already read
+    ahead, and a give-back alone does not end a wait."""
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    ids = _events(d, 6)
+    time.sleep(spool.MTIME_TICK_NS / 1e9 * 2)  # past the tick that may hide a change
+    reader = spool.Reader(d, batch_files=2)
+    try:
+        first = reader.take()  # the next two are read ahead meanwhile
+        assert [r.id for r in first.records] == ids[:2]
+        reader.finish(first, first.files[:1])  # the second file was not committed
+        assert not reader.changed()
+        order = []
+        while (batch := reader.take()).taken:
+            order += [r.id for r in batch.records]
+            reader.finish(batch)
+        assert order == ids[1:]
+    finally:
+        reader.close()
+    assert _new(d) == []
+
+
 def test_reader_quarantines_a_file_with_no_good_record_and_a_refused_one(tmp_path):
     d = str(tmp_path)
     spool.ensure_dirs(d)

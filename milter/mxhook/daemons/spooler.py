@@ -246,9 +246,6 @@ class Spooler:
         self.reader = spool.Reader(self.spool_dir, batch_files=self.ingest_batch,
                                    check=ingest.check_record)
         self.more_waiting = False  # the last batch stopped at spool.BATCH_BYTES or BATCH_RECORDS: more are ready
-        # state.db refused the last batch (disk full, locked): files waiting are no reason to
-        # look again before poll_interval, or the loop would spin re-reading new/
-        self.ingest_stalled = False
         # Skipping queries that cannot find anything (each costs a GIL round trip while the
         # workers render): when the next inbound delivery is due (reset by inbound ingest and
         # results), and the hard-bounce counter last looked at.
@@ -296,7 +293,7 @@ class Spooler:
         (ingested or moved to bad/). The reader reads the next batch ahead while this one is
         written, and unlinks this one's files only after the COMMIT."""
         batch = self.reader.take()
-        self.more_waiting = batch.cut_short
+        self.more_waiting = False
         if not batch.taken:
             return 0
         try:
@@ -305,6 +302,8 @@ class Spooler:
             self.reader.give_back(batch)
             raise
         self.reader.finish(batch, done)
+        # more ready, and state.db takes them: no wait (refused, they wait for poll_interval)
+        self.more_waiting = batch.cut_short and len(done) == len(set(batch.files))
         return batch.quarantined + len(done)
 
     def _ingest(self, batch: spool.Batch) -> list[str]:
@@ -319,7 +318,6 @@ class Spooler:
             self._inbound_due_at = 0.0
         try:
             new = ingest.records(self.state, records, now=self.clock(), checked=True, **kw)
-            self.ingest_stalled = False
             log.debug("ingested %d record(s) (%d new)", len(records), new)
             return list(dict.fromkeys(paths))
         except Exception as exc:
@@ -327,7 +325,6 @@ class Spooler:
             if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, locked
                 log.error("cannot ingest %d spool file(s) into state.db now, will retry: %s",
                           len(records), exc)
-                self.ingest_stalled = True
                 return []
             log.warning("batch ingest failed (%s); ingesting one by one", exc)
         # A file is the unit here: a segment's records go in together or the file stays
@@ -663,7 +660,7 @@ class Spooler:
         self.process_blocks()
         self.record_finished()  # posts that finished meanwhile: their endpoint can take its next batch now
         self.dispatch()
-        if (handled >= self.ingest_batch or self.more_waiting) and not self.ingest_stalled:
+        if handled >= self.ingest_batch or self.more_waiting:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
         pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.reader.held_back else self.poll_interval
@@ -675,7 +672,7 @@ class Spooler:
         by the next step with every other one finished by then: one commit for all of them
         (collecting the first alone made a commit, and an fsync, per post)."""
         deadline = time.monotonic() + pause
-        while not self.stopping and (self.ingest_stalled or not self.reader.changed()):
+        while not self.stopping and not self.reader.changed():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
