@@ -22,6 +22,7 @@ class Connection:
         self.reply: tuple | None = None
         self.added: list[tuple[str, str | None]] = []
         self.deleted: list[str] = []
+        self.at_eom = False  # libmilter allows recipient changes at end of message only
         self.milter._setctx(self)
         self.milter.negotiate(list(OFFERED))
         self.milter.connect(client[1], socket.AF_INET, (client[0], 40000))
@@ -39,9 +40,11 @@ class Connection:
         self.reply = (code, xcode, *text)
 
     def addrcpt(self, rcpt, params):
+        assert self.at_eom, "addrcpt outside end of message"
         self.added.append((rcpt, params))
 
     def delrcpt(self, rcpt):
+        assert self.at_eom, "delrcpt outside end of message"
         self.deleted.append(rcpt)
 
     # -- SMTP, as Postfix relays it ---------------------------------------------------------
@@ -64,7 +67,11 @@ class Connection:
             return "eoh", rc
         if body:
             self.milter.body(body)
-        return "eom", self.milter.eom()
+        self.at_eom = True
+        try:
+            return "eom", self.milter.eom()
+        finally:
+            self.at_eom = False
 
     def send(self, rcpts, headers, body=b"Hello\r\n", mail_from="<alice@sender.example>",
              queue_id="4QX1"):

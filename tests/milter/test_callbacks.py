@@ -274,6 +274,19 @@ def test_recipient_whose_outcome_may_differ_gets_452_and_the_next_transaction_ta
     assert ctx.send(["<vip@ours.example>"], HEADERS + [("Subject", b" urgent!")]) == ("eom", Milter.ACCEPT)
 
 
+def test_a_recipient_accepted_past_the_cap_is_bounced_through_its_stand_in(env):
+    """Past max_rcpt_refusals a recipient is accepted although its outcome may differ; when
+    it differs, Postfix bounces it: it is swapped for its reject stand-in (with its ORCPT).
+    The 452'd form of the same address was never Postfix's, so it is not deleted."""
+    add_header_rule(env.store)
+    ctx = env(max_rcpt_refusals="1")
+    replies = rcpt_replies(ctx, ["<sales@ours.example>", "<vip@ours.example>", "<Vip@ours.example>"])
+    assert [v[1] for v in replies.values()] == ["250", "452", "250"]
+    assert ctx.data(HEADERS + [("Subject", b" not now")], b"Hello\r\n") == ("eom", Milter.ACCEPT)
+    assert ctx.deleted == ["<Vip@ours.example>"]
+    assert ctx.added == [("<vip=ours.example@reject.mxhook.invalid>", "ORCPT=rfc822;vip@ours.example")]
+
+
 def test_recipients_with_the_same_header_conditions_share_a_transaction(env):
     add_header_rule(env.store)
     add_header_rule(env.store, name="vip2", to="^vip2@")  # another rule, same header condition

@@ -40,7 +40,7 @@ def transaction(sender="alice@sender.example", *, snap=None, routes=True, **poli
 
 
 def rcpts(t: inbound.Inbound, *given: str) -> list[inbound.RcptAnswer]:
-    return [t.rcpt(t.envelope.recipient(g).address) for g in given]
+    return [t.rcpt(t.envelope.recipient(g)) for g in given]
 
 
 def message(t: inbound.Inbound, raw: bytes):

@@ -79,7 +79,7 @@ def test_bounced_recipients_are_replaced_by_their_stand_ins():
     rcpts(t, "<sales@ours.example>", "<vip@ours.example>", "<Vip@ours.example>")
     _, m = message(t, mail(subject="not now"))
     assert m.bounce == ("vip@ours.example",)  # the first vip@ was split off (452)
-    assert "<Vip@ours.example>" in m.delete  # as Postfix has it
+    assert m.delete == ("<Vip@ours.example>",)  # as Postfix has it; not the 452 one
     assert not m.add_discard and m.message.record.deliveries[0].recipients == ["sales@ours.example"]
 
 

@@ -269,7 +269,6 @@ class MxhookMilter(Milter.Base):
         try:
             envelope = self.envelope
             envelope.sender = normalize_address(to_text(mailfrom))
-            envelope.mail_params = params
             envelope.direction = self._direction()
             if envelope.direction == INBOUND:
                 w = self.wiring
@@ -282,12 +281,13 @@ class MxhookMilter(Milter.Base):
 
     @guarded
     def envrcpt(self, to, *params):
-        rcpt = self.envelope.recipient(to_text(to), params)
+        text = to_text(to)
         if self.inbound is None:
             # Events name the recipient as the application wrote it (U-labels and all), as
             # Postfix's log does; comparisons normalize both sides (block list, state.db).
-            return self._outbound_rcpt(plain_address(to_text(to).strip()))
-        answer = self.inbound.rcpt(rcpt.address)
+            return self._outbound_rcpt(plain_address(text))
+        rcpt = self.envelope.recipient(text)
+        answer = self.inbound.rcpt(rcpt)
         if answer.note:
             log.debug("<%s>: %s", rcpt.address, answer.note)
         if answer.action == inbound.CONTINUE:  # most recipients: nothing to perform

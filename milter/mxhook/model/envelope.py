@@ -18,7 +18,7 @@ AUTHENTICATED, DAEMON_NAME, TRUSTED_NETWORK = "authenticated", "daemon_name", "t
 class Recipient:
     given: str  # as Postfix has it, in angle brackets: delrcpt must name it exactly, case included
     address: str  # normalized (headers.normalize_address): what rules and domains compare
-    params: tuple[str, ...] = ()  # ESMTP parameters of RCPT TO
+    refused: bool = False  # answered 4xx/5xx at RCPT: Postfix does not have it
 
 
 @dataclass(slots=True)
@@ -27,24 +27,23 @@ class Envelope:
     client_name: str = ""
     helo: str = ""
     sender: str | None = ""  # normalized MAIL FROM; "" is the null sender; None: not known (a dry run)
-    mail_params: tuple[str, ...] = ()  # ESMTP parameters of MAIL FROM
     direction: str = INBOUND
     auth_user: str = ""
     queue_id: str = ""
     recipients: list[Recipient] = field(default_factory=list)  # in RCPT order, as given
 
-    def recipient(self, given: str, params: tuple[str, ...] = ()) -> Recipient:
+    def recipient(self, given: str) -> Recipient:
         """Adds RCPT TO `given` (text from the client, with or without angle brackets)."""
         given = given.strip()
-        rcpt = Recipient(given if given.startswith("<") else f"<{given}>",
-                         normalize_address(given), params)
+        rcpt = Recipient(given if given.startswith("<") else f"<{given}>", normalize_address(given))
         self.recipients.append(rcpt)
         return rcpt
 
     def given(self, addresses) -> list[str]:
-        """Every form in which the client named these normalized addresses, in RCPT order."""
+        """Every form in which the client named these normalized addresses and Postfix accepted
+        it, in RCPT order."""
         wanted = set(addresses)
-        return [r.given for r in self.recipients if r.address in wanted]
+        return [r.given for r in self.recipients if r.address in wanted and not r.refused]
 
 
 def timestamp(now: datetime) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
     DENY, HOLD, MANAGED, PASS, SPLIT, Decision, RcptOutcome, RcptStage, decide)
-from mxhook.model.envelope import Envelope, header_values, message_fields, timestamp, utc_now
+from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, timestamp, utc_now
 from mxhook.model.headers import address_domain, decode_value, first_address
 from mxhook.model.message import header_section
 from mxhook.model.records import DeniedRecord, InboundRecord, Routed
@@ -176,11 +176,13 @@ class Inbound:
 
     # -- RCPT -----------------------------------------------------------------------------------
 
-    def rcpt(self, address: str) -> RcptAnswer:
-        """The answer to RCPT TO of a normalized address."""
+    def rcpt(self, recipient: Recipient) -> RcptAnswer:
+        """The answer to RCPT TO of `recipient` (marked refused when it is 4xx or 5xx)."""
+        address = recipient.address
         outcome = self.stage.recipient(address)
         self.rcpt_outcomes.append((address, outcome))
         kind = outcome.kind
+        recipient.refused = kind in (SPLIT, DENY)
         if kind == SPLIT:
             return RcptAnswer(TEMPFAIL, (*SMTP_SPLIT, f"<{address}>: send this recipient again in a "
                                          "separate transaction (its outcome may differ from the "
@@ -409,9 +411,14 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
     envelope.sender None: not given (any sender but the null sender decides alike)."""
     raw_headers, body_at, defects = header_section(raw)
     inbound = Inbound(snapshot, policy, envelope, routes=routes, clock=clock, new_id=lambda: "dry-run")
-    rcpts = list(dict.fromkeys(r.address for r in envelope.recipients))
-    for r in rcpts:
-        inbound.rcpt(r)
+    first: dict[str, Recipient] = {}
+    for r in envelope.recipients:
+        if r.address in first:
+            r.refused = first[r.address].refused
+        else:
+            first[r.address] = r
+            inbound.rcpt(r)
+    rcpts = list(first)
     headers = message = None
     if inbound.managed or inbound.passed or inbound.held:
         headers = inbound.end_of_headers(raw_headers)
