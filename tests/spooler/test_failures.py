@@ -12,12 +12,13 @@ import time
 
 import pytest
 
+from mxhook.model.records import iso
 from mxhook import config
 from mxhook.store import rulesdb
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
-from mxhook.store import ingest, logs, replay, statedb
+from mxhook.store import ingest, logs, replay
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import StateStore
 from tests.spooler.test_events import write_event
@@ -114,7 +115,7 @@ def test_410_disables_the_rule_and_its_deliveries_wait(tmp_path, rx, caplog):
     text = warning[0].getMessage()
     assert "rule r1 disabled" in text and "410" in text and rx.url + "/gone" in text
     h = health(cfg)[("rule", str(rule.id))]
-    assert h["disabled_at"] == statedb.iso(T0) and "410" in h["disabled_reason"]
+    assert h["disabled_at"] == iso(T0) and "410" in h["disabled_reason"]
 
     # enabled again (the receiver is back): the waiting delivery goes out, the streak is reset
     rx.script("/gone", [(200, {}, b"ok")])
@@ -192,7 +193,7 @@ def test_rule_failing_for_disable_after_days_is_disabled(tmp_path, rx, caplog):
     c = Clocked(cfg)
     try:
         c.run()  # first failure: the streak starts
-        assert health(cfg)[("rule", str(rule.id))]["failing_since"] == statedb.iso(T0)
+        assert health(cfg)[("rule", str(rule.id))]["failing_since"] == iso(T0)
         c.run(T0 + 1 * DAY)
         c.run(T0 + 2 * DAY - 60)
         assert get_rule(cfg).enabled is True
@@ -206,8 +207,8 @@ def test_rule_failing_for_disable_after_days_is_disabled(tmp_path, rx, caplog):
     row = delivery(cfg, did)
     assert row["status"] == "deferred"  # still pending, waits for the rule
     h = health(cfg)[("rule", str(rule.id))]
-    assert h["disabled_at"] == statedb.iso(T0 + 2 * DAY + 1)
-    assert h["disabled_reason"].startswith(f"no successful delivery since {statedb.iso(T0)} (2 days or more")
+    assert h["disabled_at"] == iso(T0 + 2 * DAY + 1)
+    assert h["disabled_reason"].startswith(f"no successful delivery since {iso(T0)} (2 days or more")
     assert "HTTP 503" in h["disabled_reason"]
     assert any("rule r1 disabled" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
@@ -293,7 +294,7 @@ def test_requeued_delivery_keeps_webhook_id_and_gets_a_fresh_retry_period(tmp_pa
         c.run(later)
         row = delivery(cfg, did)
         # a deferral now is retried, not failed: the retry period starts at the replay
-        assert row["status"] == "deferred" and row["first_attempt_at"] == statedb.iso(later)
+        assert row["status"] == "deferred" and row["first_attempt_at"] == iso(later)
         c.run(later + 30)
     finally:
         c.close()

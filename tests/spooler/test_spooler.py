@@ -17,11 +17,12 @@ import time
 
 import pytest
 
+from mxhook.model.records import iso, to_datetime
 from mxhook import config
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
-from mxhook.store import ingest, logs, statedb
+from mxhook.store import ingest, logs
 from mxhook.store.statedb import StateStore
 from tests.support.receiver import Receiver, Response
 
@@ -64,7 +65,7 @@ def target(rx, path, name="r1", **kw) -> dict:
 
 def inbound_record(*targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> spool.Record:
     meta = {
-        "received": statedb.iso(), "queue_id": "4XbQ1", "mail_from": "alice@x.org",
+        "received": iso(), "queue_id": "4XbQ1", "mail_from": "alice@x.org",
         "client_addr": "192.0.2.1", "client_name": "mail.x.org", "helo": "mail.x.org",
         "header_from": "alice@x.org", "subject": "Café order", "message_id": "<m1@x.org>",
         "deliveries": [{"recipients": list(recipients), "rule": t} for t in targets],
@@ -179,7 +180,7 @@ def test_spooler_uses_its_injected_random(tmp_path, rx):
     row = delivery(cfg, did)
     # 100 s * 0.9 (jitter at its low end) * 0.01 (retry_time_scale)
     assert row["status"] == "deferred"
-    assert statedb.to_datetime(row["next_attempt_at"]).timestamp() == pytest.approx(clock[0] + 0.9, abs=1e-3)
+    assert to_datetime(row["next_attempt_at"]).timestamp() == pytest.approx(clock[0] + 0.9, abs=1e-3)
 
 
 def test_config_checks(tmp_path):
@@ -316,7 +317,7 @@ def test_retry_period_end_makes_failed(rx, tmp_path):
     run()
     first = delivery(cfg, f"{rid}-r1")
     assert first["status"] == "deferred"
-    assert statedb.to_datetime(first["next_attempt_at"]).timestamp() == pytest.approx(now[0] + 600, abs=1)
+    assert to_datetime(first["next_attempt_at"]).timestamp() == pytest.approx(now[0] + 600, abs=1)
     now[0] += 599
     run()
     assert len(rx.requests) == 1  # not due yet
@@ -345,7 +346,7 @@ def test_unreadable_spool_files_go_to_bad(rx, tmp_path, caplog):
     with open(os.path.join(new, "0000000000000001aaaaaaaaaaaa.rec"), "wb") as fh:
         fh.write(b"GARBAGE\n{}\n")
     rec = spool.Record(id="0000000000000002bbbbbbbbbbbb", kind="inbound",
-                       meta={"received": statedb.iso(), "deliveries": []}, payload=b"x")
+                       meta={"received": iso(), "deliveries": []}, payload=b"x")
     spool.write(cfg.spool_dir, rec)
     good = write_inbound(cfg, target(rx, "/hook"))
     caplog.set_level("INFO", logger="mxhook.daemons.spooler")
@@ -568,7 +569,7 @@ def test_denied_and_event_records(tmp_path):
     cfg = make_cfg(tmp_path)
     spool.ensure_dirs(cfg.spool_dir)
     spool.write(cfg.spool_dir, spool.Record(id=spool.new_id(), kind="denied", meta={
-        "received": statedb.iso(), "queue_id": "", "mail_from": "spam@bad.example",
+        "received": iso(), "queue_id": "", "mail_from": "spam@bad.example",
         "recipients": ["x@ours.example"], "client_addr": "198.51.100.7", "client_name": "unknown",
         "helo": "x", "header_from": "", "subject": "Win", "message_id": "", "filter": "no_rule",
         "reason": "no rule matched"}), durable=False)

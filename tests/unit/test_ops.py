@@ -8,6 +8,7 @@ import time
 import pytest
 from tests.support.cli import separate_runner
 
+from mxhook.model.records import iso
 from mxhook import cli as climod
 from mxhook import config
 from mxhook.store import rulesdb
@@ -15,7 +16,7 @@ from mxhook.cli import ops
 from mxhook.services import replay as replaysvc
 from mxhook.model import rules
 from mxhook import spool
-from mxhook.store import ingest, logs, statedb
+from mxhook.store import ingest, logs
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import AttemptRecord, StateStore
 
@@ -23,7 +24,7 @@ NOW = time.time()
 
 
 def at(seconds_ago: float) -> str:
-    return statedb.iso(NOW - seconds_ago)
+    return iso(NOW - seconds_ago)
 
 
 class Env:
@@ -72,11 +73,11 @@ class Env:
         outcome = status if status != "failed" or code else "failed"
         with self.state() as st:
             st.record_attempts([AttemptRecord(
-                did, when or statedb.iso(), "succeeded" if status == "succeeded" else
+                did, when or iso(), "succeeded" if status == "succeeded" else
                 ("deferred" if status == "deferred" else outcome), status,
                 status_code=200 if status == "succeeded" else code,
                 error=None if status == "succeeded" else (error or f"HTTP {code}"),
-                next_attempt_at=statedb.iso(NOW + 60) if status == "deferred" else None)])
+                next_attempt_at=iso(NOW + 60) if status == "deferred" else None)])
 
     def failed_delivery(self, rule, received=None) -> str:
         did = self.message(rule, received or at(60))
@@ -214,7 +215,7 @@ def test_replay_by_endpoint(env):
         batches = {}
         for e in (ep, gone):
             b = st.create_batch(e.id, 100)
-            st.record_attempts([AttemptRecord(b.id, statedb.iso(), "failed", "failed",
+            st.record_attempts([AttemptRecord(b.id, iso(), "failed", "failed",
                                                     status_code=400, error="HTTP 400 Bad Request")])
             batches[e.id] = b.id
     with env.rules() as store:
@@ -297,12 +298,12 @@ def test_status_shapes(env):
     assert rules_["retrying"]["since"] == at(290) and rules_["retrying"]["pending"] == 1
     assert rules_["retrying"]["last_error"] == "HTTP 503 Service Unavailable"
     assert rules_["failing"]["failed"] == 1 and rules_["failing"]["pending"] == 0
-    assert rules_["disabled"]["since"] == statedb.iso(NOW - 100)
+    assert rules_["disabled"]["since"] == iso(NOW - 100)
     assert rules_["disabled"]["disabled_reason"] == "the endpoint answered HTTP 410 Gone"
     assert rules_["disabled"]["pending"] == 1 and rules_["disabled"]["enabled"] is False
     assert rules_["by-admin"]["disabled_reason"] == "disabled by the admin"
     (e,) = report["endpoints"]
-    assert (e["id"], e["state"], e["pending"], e["oldest_pending"]) == (ep.id, "ok", 4, statedb.iso(NOW - 50))
+    assert (e["id"], e["state"], e["pending"], e["oldest_pending"]) == (ep.id, "ok", 4, iso(NOW - 50))
     # text
     res = env.run("status")
     assert res.exit_code == 0

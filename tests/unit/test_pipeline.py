@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from mxhook.model.records import iso
 from mxhook.delivery import pipeline
 from mxhook.delivery.pipeline import Dispatch
 from mxhook.delivery.webhook import Outcome
@@ -53,11 +54,11 @@ def test_what_cannot_be_rendered_fails_and_a_bug_defers():
 
 
 def test_settle_applies_the_targets_retry_policy():
-    d = dispatch(attempts=2, first_attempt_at=statedb.iso(T0 - 100))
+    d = dispatch(attempts=2, first_attempt_at=iso(T0 - 100))
     done = pipeline.Attempt(d, Outcome("deferred", 503, "HTTP 503", duration_ms=7), T0)
     r = pipeline.settle(done, T0 + 1, gone=None, rand=lambda: 0.5)
     assert (r.delivery_id, r.outcome, r.status, r.status_code, r.duration_ms) == (d.id, "deferred", "deferred", 503, 7)
-    assert r.at == statedb.iso(T0) and r.next_attempt_at == statedb.iso(T0 + 61)
+    assert r.at == iso(T0) and r.next_attempt_at == iso(T0 + 61)
     late = pipeline.Attempt(d, Outcome("deferred", 503, "HTTP 503"), T0 + 86400)
     r = pipeline.settle(late, T0 + 86400, gone=None, rand=lambda: 0.5)
     assert r.status == "failed" and r.reason == "HTTP 503; gave up: retry period of 1 day ended"
@@ -68,7 +69,7 @@ def test_odd_retry_settings_fall_back_to_the_defaults():
                                retry=RetryPolicy(interval="often", period="long")))
     r = pipeline.settle(pipeline.Attempt(d, Outcome("deferred", 500, "HTTP 500"), T0), T0,
                         gone=None, rand=lambda: 0.5)
-    assert r.status == "deferred" and r.next_attempt_at == statedb.iso(T0 + 60)
+    assert r.status == "deferred" and r.next_attempt_at == iso(T0 + 60)
 
 
 def test_a_410_asks_the_health_policy_and_notes_what_it_did():

@@ -8,11 +8,12 @@ import time
 import pytest
 from tests.support.services import make_config
 
+from mxhook.model.records import iso
 from mxhook import spool
 from mxhook.model import rules
 from mxhook.services import blocks, logs
 from mxhook.services.errors import Conflict, Failed, Invalid, NotFound, Unavailable
-from mxhook.store import ingest, statedb
+from mxhook.store import ingest
 from mxhook.store.statedb import StateStore
 
 RULE = rules.Rule(name="r1", endpoint="https://hooks.example/in",
@@ -80,7 +81,7 @@ def test_logs(cfg):
 
 
 def test_export_csv_writes_every_row(cfg):
-    received = statedb.iso(time.time() - 60)
+    received = iso(time.time() - 60)
     with StateStore(cfg.state_db) as st:
         for n in range(120):  # more than a listing's default limit
             meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",

@@ -8,11 +8,12 @@ import time
 import pytest
 from tests.support.services import make_config, use_static_dns
 
+from mxhook.model.records import iso
 from mxhook import spool
 from mxhook.model import rules as rulesmod
 from mxhook.services import domains, explain, postfix, replay, rules, status, times
 from mxhook.services.errors import Failed, Invalid, NotFound
-from mxhook.store import ingest, statedb
+from mxhook.store import ingest
 from mxhook.store.statedb import AttemptRecord, StateStore
 
 
@@ -30,13 +31,13 @@ def cfg(tmp_path):
 
 def failed_delivery(cfg, rule: rulesmod.Rule) -> str:
     rid = spool.new_id()
-    meta = {"received": statedb.iso(time.time() - 60), "queue_id": "4X", "mail_from": "a@x.example",
+    meta = {"received": iso(time.time() - 60), "queue_id": "4X", "mail_from": "a@x.example",
             "header_from": "a@x.example", "subject": "s", "message_id": "<m@x>",
             "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target.to_record(discard=rule.discard)}]}
     did = ingest.delivery_id(rid, rule.name)
     with StateStore(cfg.state_db) as st:
         ingest.records(st, [spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
-        st.record_attempts([AttemptRecord(did, statedb.iso(), "failed", "failed", status_code=404,
+        st.record_attempts([AttemptRecord(did, iso(), "failed", "failed", status_code=404,
                                           error="HTTP 404", next_attempt_at=None)])
     return did
 

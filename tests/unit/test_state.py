@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from mxhook.model.records import iso
 from mxhook.model.records import RecordError
 from mxhook import spool
 from mxhook.store import ingest, logs, migrations, statedb
@@ -245,15 +246,15 @@ def test_raw_kept_until_every_delivery_succeeded(store):
         {"recipients": ["x@ours.example"], "rule": target("r1")},
         {"recipients": ["y@ours.example"], "rule": target("r2")},
     ])])
-    store.record_attempt("a1-r1", at=statedb.iso(), outcome="succeeded", status="succeeded", status_code=200)
+    store.record_attempt("a1-r1", at=iso(), outcome="succeeded", status="succeeded", status_code=200)
     assert store.conn.execute("SELECT raw IS NOT NULL FROM messages").fetchone()[0] == 1
-    store.record_attempt("a1-r2", at=statedb.iso(), outcome="succeeded", status="succeeded", status_code=204)
+    store.record_attempt("a1-r2", at=iso(), outcome="succeeded", status="succeeded", status_code=204)
     assert store.conn.execute("SELECT raw IS NULL, raw_size FROM messages").fetchone() == (1, 24)
 
 
 def test_log_reason_may_differ_from_error(store):
     ingest.records(store, [inbound("a1")])
-    store.record_attempt("a1-r1", at=statedb.iso(), outcome="deferred", status="failed", status_code=503,
+    store.record_attempt("a1-r1", at=iso(), outcome="deferred", status="failed", status_code=503,
                          error="HTTP 503 Service Unavailable",
                          reason="HTTP 503 Service Unavailable; gave up: retry period of 3 days ended")
     d = logs.inbound_detail(store, "a1-r1")
@@ -265,8 +266,8 @@ def test_log_reason_may_differ_from_error(store):
 def test_record_attempt_validates_and_is_atomic(store):
     ingest.records(store, [inbound("a1")])
     with pytest.raises(ValueError):
-        store.record_attempts([AttemptRecord("a1-r1", at=statedb.iso(), outcome="maybe", status="queued")])
-    store.record_attempt("gone-r1", at=statedb.iso(), outcome="succeeded", status="succeeded")  # ignored
+        store.record_attempts([AttemptRecord("a1-r1", at=iso(), outcome="maybe", status="queued")])
+    store.record_attempt("gone-r1", at=iso(), outcome="succeeded", status="succeeded")  # ignored
     assert store.conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
 
 
@@ -322,12 +323,12 @@ def test_checkpoints_in_background_copy_the_wal_into_the_database(tmp_path):
 
 
 def test_iso_helpers():
-    assert statedb.iso("2026-11-22T12:00:00Z") == "2026-11-22T12:00:00.000000Z"
-    assert statedb.iso("2026-11-22") == "2026-11-22T00:00:00.000000Z"
-    assert statedb.iso(datetime(2026, 11, 22, 12, 0, 0, 5)) == "2026-11-22T12:00:00.000005Z"
-    assert statedb.iso(0) == "1970-01-01T00:00:00.000000Z"
+    assert iso("2026-11-22T12:00:00Z") == "2026-11-22T12:00:00.000000Z"
+    assert iso("2026-11-22") == "2026-11-22T00:00:00.000000Z"
+    assert iso(datetime(2026, 11, 22, 12, 0, 0, 5)) == "2026-11-22T12:00:00.000005Z"
+    assert iso(0) == "1970-01-01T00:00:00.000000Z"
     with pytest.raises(TypeError):
-        statedb.iso([])
+        iso([])
     assert isinstance(sqlite3.sqlite_version, str)
 
 

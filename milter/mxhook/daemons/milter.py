@@ -38,9 +38,9 @@ from mxhook import spool
 from mxhook.daemons import logsetup
 from mxhook.model import inbound
 from mxhook.model.envelope import (
-    AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, timestamp, utc_now)
+    AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, utc_now)
 from mxhook.model.headers import normalize_address, plain_address, to_text
-from mxhook.model.records import DeniedRecord
+from mxhook.model.records import DeniedRecord, iso
 from mxhook.model.rules import RuleError
 from mxhook.postfix import postconf
 from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher
@@ -365,7 +365,7 @@ class MxhookMilter(Milter.Base):
     def _events(self, event_type: str, recipients: list[str], **fields) -> list:
         return milter_events(self.envelope, self.raw_headers, event_type, recipients,
                              event_headers=self.settings.event_headers,
-                             received=timestamp(self.wiring.clock()), new_id=self.wiring.new_id,
+                             received=iso(self.wiring.clock()), new_id=self.wiring.new_id,
                              **fields)
 
     def _outbound_rcpt(self, rcpt: str):

@@ -89,6 +89,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
+from mxhook.model.records import iso, to_datetime
 from mxhook import config as config_mod
 from mxhook.store import rulesdb as db_mod
 from mxhook.delivery import webhook
@@ -389,7 +390,7 @@ class Spooler:
             due = self.state.due(now, free, exclude=busy, skip_rules=skip)
             if len(due) < free:  # everything due now is taken: when is the next one due?
                 nxt = self.state.next_due_at(skip_rules=skip)
-                self._inbound_due_at = statedb.to_datetime(nxt).timestamp() if nxt else float("inf")
+                self._inbound_due_at = to_datetime(nxt).timestamp() if nxt else float("inf")
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read due deliveries from state.db")
             return []
@@ -437,7 +438,7 @@ class Spooler:
                 if batch is not None:
                     open_batches[endpoint_id] = batch
                     log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
-            due_at = statedb.iso(now)
+            due_at = iso(now)
             picked = []
             for endpoint_id in sorted(open_batches):
                 ep = eps.get(endpoint_id)
@@ -539,7 +540,7 @@ class Spooler:
                 # the registered event is owed (its id makes storing it twice harmless).
                 owed = added or (store.block_get(address) or {}).get("event_id") == bounce["id"]
                 event = registered_event({**bounce, "recipient": db_mod.normalize_block_address(address)},
-                                         statedb.iso(self.clock())) if owed else None
+                                         iso(self.clock())) if owed else None
                 if added:
                     log.info("block list: added %s after hard bounce %s (dsn %s)", address,
                              bounce["id"], bounce.get("dsn") or "-")

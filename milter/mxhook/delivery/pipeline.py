@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from mxhook.model.records import iso, to_datetime
 from mxhook.delivery.webhook import Outcome
 from mxhook.model.retry import DEFAULT_POLICY, schedule
 from mxhook.model.targets import Target
@@ -98,7 +99,7 @@ def settle(done: Attempt, now: float, *, gone: Callable[[Dispatch, Outcome], str
     returns a note for the reason (the health policy disables the rule/endpoint)."""
     d, outcome = done.dispatch, done.outcome
     try:
-        first = statedb.to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else done.started
+        first = to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else done.started
         status, next_at, reason = schedule(outcome, d.target.retry, first, now, scale=scale, rand=rand)
     except (TypeError, ValueError) as exc:
         log.error("%s %s: bad retry settings (%s); using the defaults", d.noun, d.id, exc)
@@ -113,8 +114,8 @@ def settle(done: Attempt, now: float, *, gone: Callable[[Dispatch, Outcome], str
         f" error={reason!r}" if reason else "",
     )
     return AttemptRecord(
-        delivery_id=d.id, at=statedb.iso(done.started), outcome=outcome.status, status=status,
+        delivery_id=d.id, at=iso(done.started), outcome=outcome.status, status=status,
         status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms,
         response_excerpt=outcome.response_excerpt,
-        next_attempt_at=statedb.iso(next_at) if next_at is not None else None, reason=reason,
+        next_attempt_at=iso(next_at) if next_at is not None else None, reason=reason,
     )

@@ -46,13 +46,6 @@ class Envelope:
         return [r.given for r in self.recipients if r.address in wanted and not r.refused]
 
 
-def timestamp(now: datetime) -> str:
-    """The time format of spool records: ISO 8601 UTC, microseconds, Z."""
-    if now.tzinfo is not timezone.utc:
-        now = now.astimezone(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 

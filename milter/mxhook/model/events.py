@@ -34,7 +34,6 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 _CATEGORY_OF = {t: c for c, types in CATEGORIES.items() for t in types}
 
-_ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class EventError(ValueError):

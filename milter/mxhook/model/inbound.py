@@ -29,10 +29,10 @@ from typing import Any, Callable
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
     DENY, HOLD, MANAGED, PASS, SPLIT, Decision, RcptOutcome, RcptStage, decide)
-from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, timestamp, utc_now
+from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, utc_now
 from mxhook.model.headers import address_domain, decode_value, first_address
 from mxhook.model.message import header_section
-from mxhook.model.records import DeniedRecord, InboundRecord, Routed
+from mxhook.model.records import DeniedRecord, InboundRecord, Routed, iso
 
 # What the milter answers; the adapter maps these to pymilter's codes.
 CONTINUE, ACCEPT, REJECT, TEMPFAIL, DISCARD = "continue", "accept", "reject", "tempfail", "discard"
@@ -294,7 +294,7 @@ class Inbound:
         message = None
         if groups:
             record = InboundRecord(
-                **message_fields(self.envelope, self.raw_headers, timestamp(self.clock())),
+                **message_fields(self.envelope, self.raw_headers, iso(self.clock())),
                 deliveries=[Routed(rcpts, rule.target.to_record(discard=rule.discard))
                             for rule, rcpts in groups])
             message = SpooledMessage(self.new_id(), record, raw)
@@ -327,7 +327,7 @@ class Inbound:
     def _denial(self, recipients: list[str], filt: str, reason: str, bounced: bool = False) -> Denial:
         record = None
         if filt == "unknown_domain" or any(address_domain(r) in self.snapshot.log_denied for r in recipients):
-            record = DeniedRecord(**message_fields(self.envelope, self.raw_headers, timestamp(self.clock())),
+            record = DeniedRecord(**message_fields(self.envelope, self.raw_headers, iso(self.clock())),
                                   recipients=recipients, filter=filt, reason=reason)
         return Denial(recipients, filt, reason, record, bounced)
 

@@ -20,6 +20,13 @@ class RecordError(ValueError):
 _STORED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
+def iso(value=None) -> str:
+    """The stored form of a time (spool records, state.db): ISO 8601 UTC, microseconds, `Z`;
+    `value` as to_datetime takes it (default: now)."""
+    dt = datetime.now(timezone.utc) if value is None else to_datetime(value)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def to_datetime(value) -> datetime:
     """datetime (naive = UTC), epoch seconds, or ISO 8601 text (`Z` or offset; naive = UTC;
     a bare date means its midnight) -> aware UTC datetime."""

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import time
 
+from mxhook.model.records import iso, to_datetime
 from mxhook import config as configmod
 from mxhook import spool
 from mxhook.services.errors import translated
@@ -21,7 +22,7 @@ STATUS_WINDOW = 3600.0  # seconds of "last hour"
 def _record_time(record: spool.Record) -> str | None:
     received = record.meta.get("received") if isinstance(record.meta, dict) else None
     try:
-        return statedb.iso(received) if received is not None else statedb.iso(int(record.id[:16], 16) / 1e9)
+        return iso(received) if received is not None else iso(int(record.id[:16], 16) / 1e9)
     except (ValueError, TypeError, OverflowError, OSError):
         return None
 
@@ -60,7 +61,7 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
     """Everything `mxhook status` shows, as data (its --json output)."""
     now = time.time() if now is None else now
     problems: list[str] = []
-    report: dict = {"now": statedb.iso(now), "spool": _spool_backlog(cfg.spool_dir)}
+    report: dict = {"now": iso(now), "spool": _spool_backlog(cfg.spool_dir)}
     if report["spool"]["error"]:
         problems.append(report["spool"]["error"])
     summary, health = None, {}
@@ -85,11 +86,11 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
                                                   "events_oldest": None, "open_batches": 0}
     oldest = [t for t in (pending["inbound_oldest"], pending["events_oldest"], report["spool"]["oldest"]) if t]
     pending = dict(pending, oldest=min(oldest) if oldest else None)
-    pending["oldest_age_seconds"] = (round(now - statedb.to_datetime(pending["oldest"]).timestamp(), 3)
+    pending["oldest_age_seconds"] = (round(now - to_datetime(pending["oldest"]).timestamp(), 3)
                                      if pending["oldest"] else None)
     report["pending"] = pending
     report["last_hour"] = (summary or {}).get("last_hour") or {
-        "since": statedb.iso(now - STATUS_WINDOW), "inbound": dict.fromkeys(statedb.LOG_STATUSES, 0),
+        "since": iso(now - STATUS_WINDOW), "inbound": dict.fromkeys(statedb.LOG_STATUSES, 0),
         "events": dict.fromkeys(statedb.DELIVERY_STATUSES, 0)}
     rules_out, endpoints_out = [], []
     if os.path.exists(cfg.rules_db):

@@ -23,12 +23,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from mxhook.model.records import iso, to_datetime
 from mxhook import spool
 from mxhook.model import events as events_mod
 from mxhook.model.events import Event
 from mxhook.model.records import DeniedRecord, InboundRecord, RecordError
 from mxhook.store.migrations import transaction
-from mxhook.store.statedb import StateStore, _address, _chunks, _load_event, iso, to_datetime
+from mxhook.store.statedb import StateStore, _address, _chunks, _load_event
 
 
 IGNORED_NAMED = 5  # addresses named in the log line of an ignored delivery-status report

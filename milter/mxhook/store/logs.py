@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES, StateStore, _load_event, iso
+from mxhook.model.records import iso
+from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES, StateStore, _load_event
 
 LOG_KEYS = ("id", "received", "status", "from", "to", "hostName", "messageId", "filterName", "reason")
 EVENT_LOG_KEYS = ("received", "status", "hostName", "endpointUrl", "reason")

@@ -9,10 +9,11 @@ import json
 import time
 from typing import Iterable
 
+from mxhook.model.records import iso, to_datetime
 from mxhook.store.logs import time_window
 from mxhook.store.migrations import transaction
-from mxhook.store.statedb import (BATCH_PREFIX, DELIVERY_STATUSES, LOG_STATUSES, StateStore, iso,
-                                  rule_ref, to_datetime)
+from mxhook.store.statedb import (BATCH_PREFIX, DELIVERY_STATUSES, LOG_STATUSES, StateStore,
+                                  rule_ref)
 
 
 REPLAYED = "replayed"  # reason shown while a replayed delivery/batch waits for its attempt

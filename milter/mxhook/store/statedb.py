@@ -81,17 +81,16 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable, ContextManager, Iterable
 
 import sqlite_utils
 
 from mxhook import spool
+from mxhook.model.records import iso
 from mxhook.store import migrations
 from mxhook.store.rulesdb import _create_file as create_private_file
 from mxhook.model.headers import normalize_address
 from mxhook.model.events import ENRICH_FIELDS
-from mxhook.model.records import to_datetime
 from mxhook.model.targets import Target
 
 DELIVERY_STATUSES = ("queued", "deferred", "succeeded", "failed")
@@ -104,7 +103,6 @@ _IN_CHUNK = 500  # host parameters per IN (...) query
 # state.db (the hot path); older ones are read back. Bounded: memory does not grow with a backlog.
 RECENT_EVENTS = 10_000
 
-_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Background checkpoints (StateStore.checkpoint_in_background): how often, and the WAL size in
 # pages at which the writer checkpoints itself after all (the checkpoint thread is stuck or
 # behind), so the WAL stays bounded (~40 MB) whatever happens to that thread.
@@ -116,12 +114,6 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Time helpers
-
-def iso(value=None) -> str:
-    """The stored form of a time (default: now)."""
-    dt = datetime.now(timezone.utc) if value is None else to_datetime(value)
-    return dt.strftime(_ISO_FORMAT)
-
 
 def rule_ref(rule_id, rule_name: str | None) -> str:
     """How target_health names a rule: its rules.db id (stable across renames), or
