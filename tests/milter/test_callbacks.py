@@ -36,7 +36,6 @@ def env(tmp_path):
         wiring = Wiring(settings, snapshot=lambda: watcher.current,
                         blocklist=BlocklistReader(str(tmp_path / "rules.db")),
                         segments=spool.SegmentWriter(spool_dir, seal_after=60),
-                        routes=settings.postfix_routes,
                         **{k: v for k, v in (("clock", clock), ("new_id", new_id)) if v})
         made.append((wiring, watcher))
         make.wiring, make.watcher = wiring, watcher  # the latest

@@ -53,7 +53,7 @@ def make_cfg(tmp_path, **spooler_keys) -> config.Config:
 
 def rule_record(rule: rules.Rule) -> dict:
     """A rule's target in the form the milter puts into a spool record."""
-    return rule.target.to_record(discard=rule.discard)
+    return rule.target_record()
 
 
 def target(rx, path, name="r1", **kw) -> dict:

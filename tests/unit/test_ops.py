@@ -64,7 +64,7 @@ class Env:
         rid = rid or spool.new_id()
         meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",
                 "header_from": "a@x.example", "subject": "s", "message_id": "<m@x>",
-                "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target.to_record(discard=rule.discard)}]}
+                "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target_record()}]}
         with self.state() as st:
             ingest.records(st, [spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])
         return ingest.delivery_id(rid, rule.name)

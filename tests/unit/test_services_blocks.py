@@ -86,7 +86,7 @@ def test_export_csv_writes_every_row(cfg):
         for n in range(120):  # more than a listing's default limit
             meta = {"received": received, "queue_id": "4X", "mail_from": "a@x.example",
                     "header_from": "=cmd@x.example", "subject": "s", "message_id": f"<m{n}@x>",
-                    "deliveries": [{"recipients": ["in@ours.example"], "rule": RULE.target.to_record(discard=RULE.discard)}]}
+                    "deliveries": [{"recipients": ["in@ours.example"], "rule": RULE.target_record()}]}
             ingest.records(st, [spool.Record(id=spool.new_id(), kind="inbound", meta=meta, payload=b"\r\n")])
     out = io.StringIO()
     assert logs.export_csv(cfg, "inbound", out) == 120

@@ -33,7 +33,7 @@ def failed_delivery(cfg, rule: rulesmod.Rule) -> str:
     rid = spool.new_id()
     meta = {"received": iso(time.time() - 60), "queue_id": "4X", "mail_from": "a@x.example",
             "header_from": "a@x.example", "subject": "s", "message_id": "<m@x>",
-            "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target.to_record(discard=rule.discard)}]}
+            "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target_record()}]}
     did = ingest.delivery_id(rid, rule.name)
     with StateStore(cfg.state_db) as st:
         ingest.records(st, [spool.Record(id=rid, kind="inbound", meta=meta, payload=b"Subject: s\r\n\r\nb\r\n")])

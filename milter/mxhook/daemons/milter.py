@@ -1,7 +1,7 @@
 """mxhook-milter: the pymilter adapter of the inbound decision (model/inbound.py) and the spool.
 
 One `MxhookMilter` object per SMTP connection, made by `Wiring.factory()` with what it works
-with (settings, rules snapshot, block list, spool writer, Postfix's routes, clock); per-message
+with (settings, rules snapshot, block list, spool writer, clock; Postfix's routes through the settings); per-message
 state is reset at MAIL FROM. The callbacks fill the message's `Envelope`, ask the model at RCPT,
 end of headers and end of message, and perform its answer: the SMTP reply, the spool writes
 (the message and a bounce report's events in one append, group fdatasync, before ACCEPT), the
@@ -177,7 +177,6 @@ class Wiring:
     snapshot: Callable[[], Snapshot]  # the current rules (SnapshotWatcher)
     blocklist: BlocklistReader
     segments: spool.SegmentWriter  # inbound records and events: shared segment, group fdatasync
-    routes: Callable[[], bool]  # may Postfix's discard and error transports be used (MilterSettings)
     clock: Callable[[], datetime] = utc_now
     new_id: Callable[[], str] = spool.new_id
     policy: inbound.Policy = field(init=False)
@@ -272,7 +271,7 @@ class MxhookMilter(Milter.Base):
             envelope.direction = self._direction()
             if envelope.direction == INBOUND:
                 w = self.wiring
-                self.inbound = inbound.Inbound(w.snapshot(), w.policy, envelope, routes=w.routes(),
+                self.inbound = inbound.Inbound(w.snapshot(), w.policy, envelope, routes=w.settings.postfix_routes(),
                                                clock=w.clock, new_id=w.new_id)
         except Exception as exc:
             log.exception("internal error in envfrom")
@@ -483,7 +482,7 @@ def _run(argv: list[str] | None) -> int:
     spool.ensure_dirs(settings.spool_dir)
     spool.recover_segments(settings.spool_dir)  # a previous run's, if it died
     wiring = Wiring(settings, snapshot=lambda: watcher.current, blocklist=BlocklistReader(cfg.rules_db),
-                    segments=spool.SegmentWriter(settings.spool_dir), routes=settings.postfix_routes)
+                    segments=spool.SegmentWriter(settings.spool_dir))
     Milter.factory = wiring.factory()
     Milter.set_flags(Milter.DELRCPT | Milter.ADDRCPT | Milter.ADDRCPT_PAR)
 

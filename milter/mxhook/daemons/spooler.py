@@ -102,6 +102,7 @@ from mxhook.delivery import pipeline
 from mxhook.delivery.health import Health
 from mxhook.delivery.pipeline import Dispatch
 from mxhook.model.endpoints import Endpoint
+from mxhook.model.events import Event
 from mxhook.model.rules import RuleError
 from mxhook.model.targets import Target
 from mxhook.store.statedb import AttemptRecord, DueDelivery, EventBatch, StateStore
@@ -154,14 +155,8 @@ def registered_event(bounce: dict, at: str) -> dict:
         "bounce_type", "remote_host", "relay", "reply", "client_addr", "auth_user")}
     fields["custom_headers"] = dict(bounce.get("custom_headers") or {})
     source = bounce.get("source") if bounce.get("source") in ("log", "dsn") else "log"
-    event = {**fields, "id": f"registered-{bounce['recipient']}-{bounce['id']}", "type": "registered",
-             "at": at, "source": source, "reason": "hard bounce"}
-    try:
-        from mxhook.model import events as events_mod
-
-        return {**events_mod.Event.from_dict(event).to_dict(), "received": at}
-    except (ImportError, ValueError, TypeError):
-        return {**event, "received": at}
+    return Event(**fields, id=f"registered-{bounce['recipient']}-{bounce['id']}", type="registered",
+                 at=at, source=source, reason="hard bounce").to_meta()
 
 
 # The payload layer is imported late: MIME parsing is only needed once we post.
@@ -318,7 +313,7 @@ class Spooler:
         if any(r.kind == "inbound" for r in records):
             self._inbound_due_at = 0.0
         try:
-            new = ingest.records(self.state, records, now=self.clock(), checked=True, **kw)
+            new = ingest.records(self.state, records, now=self.clock(), **kw)
             log.debug("ingested %d record(s) (%d new)", len(records), new)
             return list(dict.fromkeys(paths))
         except Exception as exc:
@@ -336,7 +331,7 @@ class Spooler:
         done = []
         for path, in_file in by_file.items():
             try:
-                ingest.records(self.state, in_file, now=self.clock(), checked=True, **kw)
+                ingest.records(self.state, in_file, now=self.clock(), **kw)
                 done.append(path)
             except Exception as exc:
                 _raise_if_damage(exc)

@@ -11,7 +11,6 @@ from mxhook.model.headers import address_domain, decode_field, normalize_address
 from mxhook.model.rules import MatchResult, Rule, RuleSet
 
 MISSING_FROM = "missing_from"  # the decision's name for a message without a From header
-MISSING_FROM_POLICIES = ("reject", "accept")
 
 
 def header_index(raw_headers: list[tuple[str, bytes | str]],

@@ -249,7 +249,7 @@ class Inbound:
         # Accepted, or a bounce report (its recipients without a rule are consumed at eom).
         if refused:
             return self._refuse(refused, kept=bool(self.passed or decision.accepted), timed_out=timed_out)
-        return HeadersAnswer(timed_out=timed_out) if timed_out else HeadersAnswer()
+        return HeadersAnswer(timed_out=timed_out)
 
     def _refuse(self, refused: list[tuple[str, str, list[str]]], kept: bool,
                 timed_out: tuple[str, ...] = ()) -> HeadersAnswer:
@@ -295,7 +295,7 @@ class Inbound:
         if groups:
             record = InboundRecord(
                 **message_fields(self.envelope, self.raw_headers, iso(self.clock())),
-                deliveries=[Routed(rcpts, rule.target.to_record(discard=rule.discard))
+                deliveries=[Routed(rcpts, rule.target_record())
                             for rule, rcpts in groups])
             message = SpooledMessage(self.new_id(), record, raw)
             log.append(Logged("accepted", [r for _, rs in groups for r in rs],

@@ -71,9 +71,6 @@ def check_text(meta: dict, keys: tuple[str, ...], what: str) -> None:
             raise RecordError(f"{what} {key!r} is not a string: {type(value).__name__}")
 
 
-# The envelope fields of inbound and denied records, in the order written.
-ENVELOPE_FIELDS = ("received", "queue_id", "mail_from", "client_addr", "client_name", "helo",
-                   "header_from", "subject", "message_id")
 # Those that go into inbound_log columns as they are (with a denied record's filter and reason).
 _LOGGED_TEXT = ("queue_id", "mail_from", "client_addr", "client_name", "header_from", "subject",
                 "message_id", "filter", "reason")

@@ -71,6 +71,10 @@ class Rule:
             allow_http=self.allow_http,
         )
 
+    def target_record(self) -> dict:
+        """The target as a spool record carries it, with the rule's `discard`."""
+        return self.target.to_record(discard=self.discard)
+
 
 def parse_condition(spec: str, *, negate: bool = False) -> Condition:
     """'HEADER~REGEX' -> Condition, validated (header name syntax, regex compiles)."""

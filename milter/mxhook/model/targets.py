@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from mxhook.model.retry import DEFAULT_POLICY, RetryPolicy
 
-KINDS = ("rule", "endpoint")  # how signing keys and target health name a target's owner
 DEFAULT_TIMEOUT = 30  # seconds
 
 

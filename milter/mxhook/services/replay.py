@@ -97,7 +97,7 @@ def plan(items: list[dict], rules: list, endpoints: dict, health: dict, force: b
                                          "settings it was accepted under"))
                 continue
             kind, key, name, enabled = "rule", str(rule.id), rule.name, rule.enabled
-            target = rule.target.to_record(discard=rule.discard)
+            target = rule.target_record()
             enable = f"mxhook rule enable {rule.name}"
         else:
             ep = endpoints.get(item["endpoint_id"])

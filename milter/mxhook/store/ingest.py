@@ -102,7 +102,7 @@ def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple]) -> None
 
 
 def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoints: Iterable = (),
-            block_hard_bounces: bool = False, checked: bool = False,
+            block_hard_bounces: bool = False,
             raw_meta: dict[str, str] | None = None,
             prerender: Callable[[dict], str] | None = None) -> int:
     """Insert spool records (`spooled`) in one transaction; returns how many were new.
@@ -112,13 +112,13 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     `event` records are fanned out to `endpoints` (endpoints.Endpoint objects; disabled
     ones are skipped): one event_deliveries row per endpoint whose categories include the
     event's type. With `block_hard_bounces`, a hard `bounced` event is marked for the
-    block list (`pending_blocks`). `checked`: the caller ran check_record on each record
-    already (the spooler does, file by file, to quarantine bad ones), so each has its
-    `typed` metadata. `raw_meta`: record id
+    block list (`pending_blocks`). A record the caller checked already (the spooler's reader
+    does, file by file, to quarantine bad ones) has its `typed` metadata and is not checked
+    again. `raw_meta`: record id
     -> the record's metadata as JSON text (the spool file's line), stored as it is instead of
     serializing `meta` again. `prerender`: see StateStore.remember."""
     for record in spooled:
-        if not checked or record.typed is None:
+        if record.typed is None:
             check_record(record)
     at = iso(now)
     added = time.time() if now is None else to_datetime(now).timestamp()

@@ -408,7 +408,7 @@ def _add_event_columns(conn: sqlite3.Connection) -> None:
 
 # The step that brings state.db from the version before to each version (store.migrations).
 _MIGRATIONS = ((1, _schema_v1),)
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
+SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
 class _Checkpointer:
