@@ -133,3 +133,26 @@ def test_masking():
     assert targets.mask_secret(None) is None
     assert targets.auth_changes(clear_auth=False, basic_auth="u:p", bearer=None, api_key=None) == \
         {"basic_auth": "u:p", "bearer": None}
+
+
+def test_the_store_says_missing_or_exists_and_every_operation_maps_it_alike(cfg, monkeypatch):
+    """NotFound and Conflict come from what the store found, not from which call raised: a
+    rule removed between an edit's read and its write is NotFound, not Conflict."""
+    from mxhook.store import rulesdb
+
+    rules.add(cfg, name="a", endpoint="https://hooks.example/a", when=["To~^a@"])
+    replace = rulesdb.RulesStore.replace_rule
+
+    def removed_meanwhile(store, name, rule):
+        store.remove_rule(name)  # another admin, between edit's read and its write
+        return replace(store, name, rule)
+
+    monkeypatch.setattr(rulesdb.RulesStore, "replace_rule", removed_meanwhile)
+    with pytest.raises(NotFound, match="no rule named 'a'"):
+        rules.edit(cfg, "a", endpoint="https://hooks.example/a2")
+    monkeypatch.undo()
+    rules.add(cfg, name="a", endpoint="https://hooks.example/a", when=["To~^a@"])
+    with pytest.raises(Conflict, match="already exists"):
+        rules.add(cfg, name="a", endpoint="https://hooks.example/a2", when=["To~."])
+    with pytest.raises(NotFound, match="no rule named 'b'"):
+        rules.set_enabled(cfg, "b", True)

@@ -3,7 +3,7 @@ them that is denied is logged."""
 from __future__ import annotations
 
 from mxhook import config as configmod
-from mxhook.services.errors import Conflict, NotFound, reclassified, translated
+from mxhook.services.errors import translated
 from mxhook.services.stores import rules_store
 from mxhook.store import rulesdb
 
@@ -12,7 +12,7 @@ from mxhook.store import rulesdb
 def add(cfg: configmod.Config, name: str, *, log_denied: bool = True) -> dict:
     """{name (the A-label form stored), log_denied, created}."""
     normalized = rulesdb.normalize_domain(name)  # before the database is created
-    with rules_store(cfg, create=True) as store, reclassified(Conflict):
+    with rules_store(cfg, create=True) as store:
         return store.add_domain(normalized, log_denied=log_denied)
 
 
@@ -26,8 +26,7 @@ def list_all(cfg: configmod.Config) -> list[dict]:
 def set_log_denied(cfg: configmod.Config, name: str, log_denied: bool) -> dict:
     with rules_store(cfg) as store:
         domain = rulesdb.normalize_domain(name)
-        with reclassified(NotFound):
-            return store.set_domain(domain, log_denied)
+        return store.set_domain(domain, log_denied)
 
 
 @translated()
@@ -35,6 +34,5 @@ def remove(cfg: configmod.Config, name: str) -> str:
     """The name removed, as stored."""
     with rules_store(cfg) as store:
         domain = rulesdb.normalize_domain(name)
-        with reclassified(NotFound):
-            store.remove_domain(domain)
+        store.remove_domain(domain)
     return domain

@@ -9,7 +9,7 @@ from mxhook import config as configmod
 from mxhook import spool
 from mxhook.model import endpoints as endpointsmod
 from mxhook.services import targets
-from mxhook.services.errors import Conflict, Invalid, NotFound, reclassified, translated
+from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
 from mxhook.services.targets import Warn, no_warnings
 from mxhook.store import rulesdb
@@ -70,8 +70,7 @@ def add(cfg: configmod.Config, *, url: str, categories=None, interval: int | Non
     endpointsmod.validate(new)  # before the database is created or opened for writing
     targets.check_egress(cfg, new.url, warn)
     with rules_store(cfg, create=True) as store:
-        with reclassified(Conflict):
-            added = store.add_endpoint(new, ed25519=ed25519)
+        added = store.add_endpoint(new, ed25519=ed25519)
         return EndpointView(added, store.signing_keys("endpoint", added.id))
 
 
@@ -118,14 +117,13 @@ def edit(cfg: configmod.Config, key, *, categories=None, interval: int | None = 
         candidate = endpointsmod.validate(dataclasses.replace(old, **changes))
         if url is not None:
             targets.check_egress(cfg, candidate.url, warn)
-        with reclassified(Conflict):
-            return store.replace_endpoint(old.id, candidate)
+        return store.replace_endpoint(old.id, candidate)
 
 
 @translated()
 def remove(cfg: configmod.Config, key) -> endpointsmod.Endpoint:
     """Events still pending for it are marked failed (by the spooler)."""
-    with rules_store(cfg) as store, reclassified(NotFound):
+    with rules_store(cfg) as store:
         return store.remove_endpoint(key)
 
 

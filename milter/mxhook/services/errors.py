@@ -7,6 +7,7 @@ import contextlib
 
 from mxhook import config as configmod
 from mxhook.model.rules import RuleError
+from mxhook.store import rulesdb
 
 
 class ServiceError(Exception):
@@ -56,20 +57,15 @@ class Failed(ServiceError):
 
 
 @contextlib.contextmanager
-def reclassified(cls: type[ServiceError]):
-    """The store's RuleError from one call as `cls` (the store says "no rule named ..." and "a
-    rule named ... already exists" with the same exception type)."""
-    try:
-        yield
-    except RuleError as exc:
-        raise cls(str(exc)) from None
-
-
-@contextlib.contextmanager
 def translated():
-    """The model's and the config's own input errors as Invalid, message unchanged."""
+    """The store's "not there" and "already there" as NotFound and Conflict, the model's and
+    the config's own input errors as Invalid; messages unchanged."""
     try:
         yield
+    except rulesdb.Missing as exc:
+        raise NotFound(str(exc)) from None
+    except rulesdb.Exists as exc:
+        raise Conflict(str(exc)) from None
     except RuleError as exc:
         raise Invalid(str(exc)) from None
     except configmod.ConfigError as exc:

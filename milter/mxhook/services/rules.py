@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mxhook import config as configmod
 from mxhook.model import rules
 from mxhook.services import targets
-from mxhook.services.errors import Conflict, Invalid, NotFound, reclassified, translated
+from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
 from mxhook.services.targets import Warn, no_warnings
 from mxhook.store import rulesdb
@@ -90,8 +90,7 @@ def add(cfg: configmod.Config, *, name: str, endpoint: str, when=(), unless=(),
     targets.check_egress(cfg, new.endpoint, warn)
     warn_backtracking(cfg, new.conditions, warn)
     with rules_store(cfg, create=True) as store:
-        with reclassified(Conflict):
-            added = store.add_rule(new, ed25519=ed25519)
+        added = store.add_rule(new, ed25519=ed25519)
         return Added(added, store.signing_keys("rule", added.id), not store.list_domains())
 
 
@@ -146,8 +145,7 @@ def edit(cfg: configmod.Config, name: str, *, endpoint: str | None = None, when=
             targets.check_egress(cfg, candidate.endpoint, warn)
         if when or unless:
             warn_backtracking(cfg, parse_conditions(when, unless), warn)
-        with reclassified(Conflict):
-            return store.replace_rule(name, candidate)
+        return store.replace_rule(name, candidate)
 
 
 def move(cfg: configmod.Config, name: str, priority: int) -> rules.Rule:
@@ -157,13 +155,13 @@ def move(cfg: configmod.Config, name: str, priority: int) -> rules.Rule:
 
 @translated()
 def set_enabled(cfg: configmod.Config, name: str, enabled: bool) -> rules.Rule:
-    with rules_store(cfg) as store, reclassified(NotFound):
+    with rules_store(cfg) as store:
         return store.set_enabled(name, enabled)
 
 
 @translated()
 def remove(cfg: configmod.Config, name: str) -> None:
-    with rules_store(cfg) as store, reclassified(NotFound):
+    with rules_store(cfg) as store:
         store.remove_rule(name)
 
 

@@ -91,6 +91,14 @@ def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+class Missing(RuleError):
+    """What an operation names is not stored (a rule, endpoint, domain, key owner)."""
+
+
+class Exists(RuleError):
+    """What an operation would store is there already (a name, a URL, a domain)."""
+
+
 @dataclass(frozen=True)
 class SigningKey:
     """One signing key of a rule or endpoint. `secret` is the ``whsec_`` HMAC secret (scheme
@@ -511,7 +519,7 @@ class RulesStore:
         domain = normalize_domain(name)
         with transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
-                raise RuleError(f"domain {domain} is already permitted")
+                raise Exists(f"domain {domain} is already permitted")
             created = _now()
             self.conn.execute(
                 "INSERT INTO domains (name, log_denied, created) VALUES (?, ?, ?)",
@@ -526,7 +534,7 @@ class RulesStore:
                 "UPDATE domains SET log_denied = ? WHERE name = ?", (int(bool(log_denied)), domain)
             )
             if cur.rowcount == 0:
-                raise RuleError(f"domain {domain} is not in the permitted domains")
+                raise Missing(f"domain {domain} is not in the permitted domains")
         return self.get_domain(domain)
 
     def get_domain(self, name: str) -> dict | None:
@@ -541,7 +549,7 @@ class RulesStore:
         with transaction(self.conn):
             cur = self.conn.execute("DELETE FROM domains WHERE name = ?", (domain,))
             if cur.rowcount == 0:
-                raise RuleError(f"domain {domain} is not in the permitted domains")
+                raise Missing(f"domain {domain} is not in the permitted domains")
 
     def list_domains(self) -> list[dict]:
         """[{name, log_denied, created}] sorted by name."""
@@ -584,7 +592,7 @@ class RulesStore:
         with transaction(self.conn):
             taken = self._name_taken(rule.name)
             if taken is not None:
-                raise RuleError(f"a rule named {taken!r} already exists (use `rule edit`)"
+                raise Exists(f"a rule named {taken!r} already exists (use `rule edit`)"
                                 + ("; names are compared without case" if taken != rule.name else ""))
             now = _now()
             (last,) = self.conn.execute(
@@ -630,12 +638,12 @@ class RulesStore:
         with transaction(self.conn):
             rule_id = self._rule_id(name)
             if rule_id is None:
-                raise RuleError(f"no rule named {name!r}")
+                raise Missing(f"no rule named {name!r}")
             # A rule keeping its name is not checked: an old database may hold names that
             # differ only in case, and such a rule must stay editable.
             taken = self._name_taken(rule.name, but=rule_id) if rule.name != name else None
             if taken is not None:
-                raise RuleError(f"cannot rename {name!r}: a rule named {taken!r} already exists"
+                raise Exists(f"cannot rename {name!r}: a rule named {taken!r} already exists"
                                 + (" (names are compared without case)" if taken != rule.name else ""))
             sets = ", ".join(f"{c} = ?" for c in _RULE_COLUMNS)
             self.conn.execute(
@@ -652,14 +660,14 @@ class RulesStore:
                 (int(bool(enabled)), _now(), name),
             )
             if cur.rowcount == 0:
-                raise RuleError(f"no rule named {name!r}")
+                raise Missing(f"no rule named {name!r}")
         return self.get_rule(name)
 
     def remove_rule(self, name: str) -> None:
         with transaction(self.conn):
             rule_id = self._rule_id(name)
             if rule_id is None:
-                raise RuleError(f"no rule named {name!r}")
+                raise Missing(f"no rule named {name!r}")
             self.conn.execute("DELETE FROM conditions WHERE rule_id = ?", (rule_id,))
             self.conn.execute("DELETE FROM rules WHERE id = ?", (rule_id,))
             # mail the rule accepted may still be retried (or replayed) for up to its retry
@@ -699,7 +707,7 @@ class RulesStore:
         with transaction(self.conn):
             other = self._endpoint_row(ep.url)
             if other is not None:
-                raise RuleError(f"an endpoint for {ep.url} already exists (id {other['id']}; "
+                raise Exists(f"an endpoint for {ep.url} already exists (id {other['id']}; "
                                 "use `endpoint edit`)")
             now = _now()
             cols = ", ".join(_ENDPOINT_COLUMNS)
@@ -719,10 +727,10 @@ class RulesStore:
         with transaction(self.conn):
             row = self._endpoint_row(key)
             if row is None:
-                raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
+                raise Missing(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
             other = self._endpoint_row(ep.url)
             if other is not None and other["id"] != row["id"]:
-                raise RuleError(f"another endpoint (id {other['id']}) already has the URL {ep.url}")
+                raise Exists(f"another endpoint (id {other['id']}) already has the URL {ep.url}")
             sets = ", ".join(f"{c} = ?" for c in _ENDPOINT_COLUMNS)
             self.conn.execute(
                 f"UPDATE endpoints SET {sets}, updated = ? WHERE id = ?",
@@ -737,7 +745,7 @@ class RulesStore:
         with transaction(self.conn):
             row = self._endpoint_row(key)
             if row is None:
-                raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
+                raise Missing(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
             self.conn.execute("UPDATE endpoints SET enabled = ?, updated = ? WHERE id = ?",
                               (int(bool(enabled)), _now(), row["id"]))
         return self.get_endpoint(row["id"])
@@ -748,7 +756,7 @@ class RulesStore:
         with transaction(self.conn):
             row = self._endpoint_row(key)
             if row is None:
-                raise RuleError(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
+                raise Missing(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
             self.conn.execute("DELETE FROM endpoints WHERE id = ?", (row["id"],))
             self.conn.execute("DELETE FROM signing_keys WHERE kind = 'endpoint' AND owner_id = ?",
                               (row["id"],))
@@ -790,7 +798,7 @@ class RulesStore:
                             f"got {overlap:g} s")
         with transaction(self.conn):
             if not self._owner_exists(kind, owner_id):
-                raise RuleError(f"no {kind} with id {owner_id}")
+                raise Missing(f"no {kind} with id {owner_id}")
             now_dt = datetime.now(timezone.utc)
             now = _iso(now_dt)
             until = _iso(now_dt + timedelta(seconds=overlap))
