@@ -63,6 +63,9 @@ def test_rule_add_show_edit_move_remove(cfg):
 
     rule, rotation = rules.rotate_secret(cfg, "invoices", overlap=3600)
     assert rule.name == "invoices" and not rotation.first and rotation.until
+    # the time shown is the one stored: when the previous key really stops signing
+    [previous] = [k for k in rules.show(cfg, "invoices").keys if k.expires]
+    assert previous.expires.startswith(rotation.until[:-1])
     rules.remove(cfg, "invoices")
     for call in (lambda: rules.show(cfg, "invoices"), lambda: rules.remove(cfg, "invoices"),
                  lambda: rules.edit(cfg, "invoices", priority=1)):

@@ -93,9 +93,7 @@ def log_show(app, entry_id, as_json):
     if d.get("kind") != "denied":
         click.echo(f"{'attempts:':16}{len(attempts)}")
     if attempts:
-        table(["AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
-              [[a.get("at"), a.get("outcome"), a.get("status_code"), a.get("duration_ms"),
-                a.get("error")] for a in attempts], max_width=70)
+        attempts_table(attempts)
 
 
 @log.command("events")
@@ -145,8 +143,11 @@ def log_event(app, event_id, as_json):
         if entry.get("nextAttemptAt"):
             click.echo(f"  next attempt: {entry['nextAttemptAt']}")
         if entry["attempts"]:
-            table(["AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
-                  [[a["at"], a["outcome"], a["status_code"], a["duration_ms"], a["error"]]
-                   for a in entry["attempts"]], max_width=70)
+            attempts_table(entry["attempts"])
 
 
+def attempts_table(attempts: list[dict]) -> None:
+    """The delivery attempts of a log entry, oldest first."""
+    table(["AT", "OUTCOME", "HTTP", "DURATION MS", "ERROR"],
+          [[a.get("at"), a.get("outcome"), a.get("status_code"), a.get("duration_ms"), a.get("error")]
+           for a in attempts], max_width=70)

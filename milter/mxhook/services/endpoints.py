@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from mxhook import config as configmod
 from mxhook import spool
 from mxhook.model import endpoints as endpointsmod
+from mxhook.model import events
 from mxhook.services import targets
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
 from mxhook.services.targets import Warn, no_warnings
 from mxhook.store import rulesdb
 
-SAMPLE_TYPES = ("queued", "succeeded", "deferred", "bounced", "failed", "blocked", "registered",
-                "deleted")
+SAMPLE_TYPES = events.TYPES  # sample_event makes one of each
 
 
 @dataclass(frozen=True)

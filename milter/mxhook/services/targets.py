@@ -3,11 +3,11 @@ shown, never empty when given), the SSRF guard's verdict on a URL, and signing-k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from mxhook import config as configmod
 from mxhook.delivery import egress
+from mxhook.model.records import to_datetime
 from mxhook.services.errors import Invalid
 from mxhook.store import rulesdb
 
@@ -98,6 +98,8 @@ def rotate(store: rulesdb.RulesStore, kind: str, owner_id: int, overlap: float,
     had = [k for k in store.signing_keys(kind, owner_id) if k.scheme == scheme]
     new = store.rotate_key(kind, owner_id, overlap=overlap, scheme=scheme)
     until = None
-    if had and overlap > 0:
-        until = (datetime.now(timezone.utc) + timedelta(seconds=overlap)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if had and overlap > 0:  # as stored: the time the previous key really stops signing
+        expires = [k.expires for k in store.signing_keys(kind, owner_id)
+                   if k.scheme == scheme and k.expires]
+        until = to_datetime(max(expires)).strftime("%Y-%m-%dT%H:%M:%SZ") if expires else None
     return Rotation(key=new, first=not had, overlap=overlap, until=until)
