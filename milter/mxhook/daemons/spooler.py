@@ -236,7 +236,6 @@ class Spooler:
         self._local = threading.local()
         self.endpoints = db_mod.EndpointsView(cfg.rules_db)
         self._endpoints_seen = 0  # EndpointsView.generation last synced into state.db
-        self._rules_store: db_mod.RulesStore | None = None
         self._block_retry_at = 0.0
         self._block_error: str | None = None
         self.reader = spool.Reader(self.spool_dir, batch_files=self.ingest_batch,
@@ -279,9 +278,6 @@ class Spooler:
         self.endpoints.close()
         self.signing_keys.close()
         self.health.close()
-        if self._rules_store is not None:
-            self._rules_store.close()
-            self._rules_store = None
 
     # 1. ingest: take -> store.ingest -> finish ----------------------------------------
     def ingest_once(self) -> int:
@@ -516,9 +512,7 @@ class Spooler:
             return 0
         done: list[tuple[str, dict | None]] = []
         try:
-            if self._rules_store is None:
-                self._rules_store = db_mod.RulesStore(self.cfg.rules_db)
-            store = self._rules_store
+            store = self.health.rules_store()
             for bounce in pending:
                 # the address the application used: orig_to when Postfix rewrote it, else to
                 address = bounce.get("orig_recipient") or bounce.get("recipient") or ""
@@ -546,9 +540,7 @@ class Spooler:
                 log.error("cannot update the block list in %s (will retry): %s", self.cfg.rules_db, message)
                 self._block_error = message
             self._block_retry_at = self.clock() + BLOCK_RETRY_AFTER
-            if self._rules_store is not None:
-                self._rules_store.close()
-                self._rules_store = None
+            self.health.close()
         if done:
             self._block_error = None
             try:

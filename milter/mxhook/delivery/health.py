@@ -46,11 +46,13 @@ class Health:
         self._store: rulesdb.RulesStore | None = None
 
     def close(self) -> None:
+        """Drop the rules.db connection (after an error: the next use opens it again)."""
         if self._store is not None:
             self._store.close()
             self._store = None
 
-    def _rules(self) -> rulesdb.RulesStore:
+    def rules_store(self) -> rulesdb.RulesStore:
+        """The spooler's one connection to rules.db (rule states, disabling, the block list)."""
         if self._store is None:
             self._store = rulesdb.RulesStore(self.rules_db)
         return self._store
@@ -60,7 +62,7 @@ class Health:
         rules = {}
         if os.path.exists(self.rules_db):
             try:
-                rules = {r.id: r for r in self._rules().list_rules()}
+                rules = {r.id: r for r in self.rules_store().list_rules()}
             except (sqlite3.Error, RuleError, OSError) as exc:
                 log.error("cannot read rules from %s (will retry): %s", self.rules_db, exc)
                 self.close()
@@ -95,7 +97,7 @@ class Health:
         already disabled, or (`url` given) no longer points at that URL. Logs a warning and
         remembers it in state.db. Returns its name when it was disabled now."""
         try:
-            store = self._rules()
+            store = self.rules_store()
             if kind == "rule":
                 found = [r for r in store.list_rules()
                          if (str(r.id) == ref if not ref.startswith("name:") else r.name == ref[5:])]
