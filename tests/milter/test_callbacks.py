@@ -10,6 +10,7 @@ import pytest
 from mxhook import config
 from mxhook import spool
 from mxhook.daemons.milter import MilterSettings, MxhookMilter, Wiring
+from mxhook.model.message import header_section
 from mxhook.model.rules import Rule, parse_condition
 from mxhook.store.rulesdb import BlocklistReader, RulesStore, SnapshotWatcher
 from tests.milter.driver import Connection
@@ -371,15 +372,9 @@ DSN_FIXTURE = os.path.join(os.path.dirname(__file__), "..", "unit", "fixtures", 
 
 
 def feed_raw(ctx, raw: bytes, rcpts, mail_from="<>"):
-    head, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
-    headers = []
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t") and headers:
-            headers[-1] = (headers[-1][0], headers[-1][1] + b"\n" + line)
-        else:
-            name, _, value = line.partition(b":")
-            headers.append((name.decode(), value))
-    return ctx.send(rcpts, headers, body=body.replace(b"\n", b"\r\n"), mail_from=mail_from)
+    """A whole message through the callbacks, its header split as Postfix splits it."""
+    fields, body_at, _ = header_section(raw)
+    return ctx.send(rcpts, fields, body=raw[body_at:], mail_from=mail_from)
 
 
 def test_bounce_report_for_our_mail_becomes_events_even_for_a_foreign_domain(env):
