@@ -68,14 +68,13 @@ def event_request(events: list[dict], ctx: EventContext) -> Rendered:
 
 def sendgrid_event(event: dict, ctx: EventContext) -> dict:
     kind = EVENTS[event["type"]]
-    out = _smtpapi_args(event)  # unique arguments first: SendGrid's own keys win a clash
-    out.update({
+    out = {
         "email": event.get("orig_recipient") or event.get("recipient") or "",
         "timestamp": _unix(event.get("at"), ctx.now),
         "event": kind,
         "smtp-id": event.get("message_id") or "",
         "sg_event_id": event.get("id") or "",
-    })
+    }
     if event.get("queue_id"):  # none for an asynchronous bounce, as with SendGrid
         out["sg_message_id"] = event["queue_id"]
     category = _smtpapi(event).get("category")
@@ -92,6 +91,8 @@ def sendgrid_event(event: dict, ctx: EventContext) -> dict:
                    bounce_classification=classification(event))
     elif kind == "dropped":
         out.update(reason=DROP_REASON, status=DROP_STATUS)
+    for key, value in _smtpapi_args(event).items():  # SendGrid's own keys win a clash
+        out.setdefault(key, value)
     return out
 
 
