@@ -283,6 +283,11 @@ def test_hostile_mail_never_breaks_the_form(subject, body, name):
     assert raw_form["email"].startswith("From: x@example.org")
 
 
+def test_a_lone_surrogate_in_a_header_never_breaks_the_raw_form():
+    raw = b"From: x@example.org\r\nSubject: =?utf-7?q?+2D0-?=\r\n\r\nbody\r\n"  # one half of a pair
+    assert set(form(sendgrid.raw_inbound_request(delivery(raw), ICTX))["subject"]) == {"\ufffd"}
+
+
 def test_long_subject_and_module_contract():
     raw = b"From: x@example.org\r\nSubject: " + b"long " * 5000 + b"\r\n\r\nbody\r\n"
     assert form(sendgrid.inbound_request(delivery(raw), ICTX))["subject"].startswith("long long")

@@ -154,7 +154,7 @@ def raw_inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rend
     """Inbound Parse with "post the raw, full MIME message": the message as the `email` field.
     Nothing is read from the body, so no size cap applies (as with the native `raw`)."""
     header_fields, _ = split_headers(delivery.raw)
-    first = _first_values((name, decode_field(name, value)) for name, value in header_fields)
+    first = _first_values((name, _utf8_safe(decode_field(name, value))) for name, value in header_fields)
     fields = [f for f in _common_fields(delivery, first) if f[0] != "cc"]  # raw has no `cc`
     fields.insert(1, ("email", to_text(delivery.raw)))
     return encodings.multipart(fields, [], boundary=boundary(delivery.id, fields, []))
@@ -166,6 +166,11 @@ def _first_values(headers) -> dict:
     for name, value in headers:
         first.setdefault(name.lower(), value)
     return first
+
+
+def _utf8_safe(text: str) -> str:
+    """`text` with lone surrogates (an encoded word in UTF-7 can decode to one) as U+FFFD."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _header_text(raw: bytes) -> str:
