@@ -105,7 +105,8 @@ def record(event: dict, ctx: EventContext) -> dict:
                 "Subject": event.get("subject") or "", "Metadata": metadata}
     registered = etype == "registered"
     by_bounce = registered and event.get("source") in HARD_BOUNCE_SOURCES
-    return {**common, "MessageID": message_id or None if by_bounce else None, "ChangedAt": when,
+    # Postmark's MessageID is null for a change no message caused (the admin's)
+    return {**common, "MessageID": (message_id or None) if by_bounce else None, "ChangedAt": when,
             "Recipient": recipient, "Origin": "Recipient" if by_bounce else "Customer",
             "SuppressSending": registered,
             "SuppressionReason": ("HardBounce" if by_bounce else "ManualSuppression") if registered else None,
