@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,8 @@ from hypothesis import strategies as st
 from mxhook.model.events import TYPES
 from mxhook.payloads import inbound
 from mxhook.payloads.dialects import EventContext, InboundContext, postmark
-from tests.unit.test_dialect_sendgrid import AT, HOSTILE, KINDS, big_and_small, delivery, mime
+from tests.unit.test_dialect_sendgrid import (AT, HOSTILE, KINDS, big_and_small, delivery, golden_text, mime,
+                                              recorded)
 from tests.unit.test_payload_golden import EVENTS
 
 GOLDEN = Path(__file__).parent / "golden" / "dialects" / "postmark"
@@ -81,22 +81,13 @@ def golden_cases():
 CASES = dict(golden_cases())
 
 
-def _golden_text(rendered) -> bytes:
-    return b"Content-Type: " + rendered.content_type.encode() + b"\n\n" + rendered.body + b"\n"
-
-
 def test_golden_files_cover_every_case():
-    if os.environ.get("MXHOOK_GOLDEN_WRITE"):
-        for name, render in CASES.items():
-            path = GOLDEN / f"{name}.http"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_golden_text(render()))
-    assert sorted(str(p.relative_to(GOLDEN))[:-5] for p in GOLDEN.rglob("*.http")) == sorted(CASES)
+    assert recorded(GOLDEN, CASES) == sorted(CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_body_is_the_golden_one(name):
-    assert _golden_text(CASES[name]()) == (GOLDEN / f"{name}.http").read_bytes()
+    assert golden_text(CASES[name]()) == (GOLDEN / f"{name}.http").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------

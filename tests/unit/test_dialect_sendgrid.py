@@ -94,22 +94,28 @@ def golden_cases():
 CASES = dict(golden_cases())
 
 
-def _golden_text(rendered) -> bytes:
+def golden_text(rendered) -> bytes:
     return b"Content-Type: " + rendered.content_type.encode() + b"\n\n" + rendered.body
 
 
-def test_golden_files_cover_every_case():
+def recorded(golden: Path, cases: dict) -> list[str]:
+    """The case names with a golden body under `golden`; MXHOOK_GOLDEN_WRITE=1 records each case
+    first."""
     if os.environ.get("MXHOOK_GOLDEN_WRITE"):
-        for name, render in CASES.items():
-            path = GOLDEN / f"{name}.http"
+        for name, render in cases.items():
+            path = golden / f"{name}.http"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_golden_text(render()))
-    assert sorted(str(p.relative_to(GOLDEN))[:-5] for p in GOLDEN.rglob("*.http")) == sorted(CASES)
+            path.write_bytes(golden_text(render()))
+    return sorted(str(p.relative_to(golden))[:-len(".http")] for p in golden.rglob("*.http"))
+
+
+def test_golden_files_cover_every_case():
+    assert recorded(GOLDEN, CASES) == sorted(CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_body_is_the_golden_one(name):
-    assert _golden_text(CASES[name]()) == (GOLDEN / f"{name}.http").read_bytes()
+    assert golden_text(CASES[name]()) == (GOLDEN / f"{name}.http").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------
