@@ -119,14 +119,15 @@ def event_data(event: dict, now: float) -> dict:
     data["flags"] = flags
     if name in ("delivered", "failed"):
         data["delivery-status"] = _delivery_status(event, etype, severity)
-    data["message"] = {"headers": _message_headers(event)}
+    custom = _custom_headers(event)
+    data["message"] = {"headers": _message_headers(event, custom)}
     if recipient:
         data["recipient"] = recipient
         data["recipient-domain"] = recipient.rpartition("@")[2].lower()
     data["campaigns"] = []
-    tag = _custom_header(event, TAG_HEADER)
+    tag = custom.get(TAG_HEADER)
     data["tags"] = [tag] if tag else []
-    data["user-variables"] = _user_variables(event)
+    data["user-variables"] = _user_variables(custom.get(VARIABLES_HEADER))
     return data
 
 
@@ -163,9 +164,9 @@ def _delivery_status(event: dict, etype: str, severity: str | None) -> dict:
     return status
 
 
-def _message_headers(event: dict) -> dict:
+def _message_headers(event: dict, custom: dict) -> dict:
     headers = {}
-    to = _custom_header(event, "to")
+    to = custom.get("to")
     if to is not None:
         headers["to"] = to
     message_id = event.get("message_id")
@@ -178,15 +179,19 @@ def _message_headers(event: dict) -> dict:
     return headers
 
 
-def _custom_header(event: dict, lower_name: str):
+def _custom_headers(event: dict) -> dict:
+    """The event's selected headers by lower-case name (the first of names that differ in case)."""
     headers = event.get("custom_headers")
-    if not isinstance(headers, dict):
-        return None
-    return next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == lower_name), None)
+    if not headers or not isinstance(headers, dict):
+        return {}
+    out = {}
+    for name, value in headers.items():
+        if isinstance(name, str):
+            out.setdefault(name.lower(), value)
+    return out
 
 
-def _user_variables(event: dict) -> dict:
-    text = _custom_header(event, VARIABLES_HEADER)
+def _user_variables(text) -> dict:
     if not isinstance(text, str):
         return {}
     try:
