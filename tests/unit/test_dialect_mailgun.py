@@ -70,10 +70,14 @@ def verify(signing_key: str, token: str, timestamp: str, signature: str) -> bool
     return hmac.compare_digest(str(signature), str(digest))
 
 
+def strict(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def receive_event(r: Rendered, key: str = KEY) -> dict:
     """A Mailgun event webhook: JSON with `signature` and `event-data`; the event-data."""
     assert r.content_type == "application/json"
-    payload = json.loads(r.body.decode("utf-8"))
+    payload = json.loads(r.body.decode("utf-8"), parse_constant=strict)
     assert list(payload) == ["signature", "event-data"]
     sig = payload["signature"]
     assert set(sig) == {"timestamp", "token", "signature"}
@@ -233,6 +237,12 @@ def test_event_mapping():
         "Not delivering to a blocked address (spam trap)"
     assert got["bare"]["timestamp"] == NOW  # an unreadable time: the attempt's
     assert "recipient" not in got["bare"] and got["bare"]["message"] == {"headers": {}}
+
+
+@pytest.mark.parametrize("text", ['{"a": NaN}', "[" * 100_000, '["list"]', "{not json"])
+def test_user_variables_only_from_a_json_object(text):
+    e = {**BOUNCE, "custom_headers": {"x-mailgun-VARIABLES": text}}
+    assert receive_event(mailgun.event_request([e], EVENT_CTX))["user-variables"] == {}
 
 
 def test_every_delivery_type_has_a_mailgun_event():

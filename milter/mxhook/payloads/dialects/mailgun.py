@@ -192,13 +192,19 @@ def _custom_headers(event: dict) -> dict:
 
 
 def _user_variables(text) -> dict:
+    """The object an X-Mailgun-Variables header holds, else {} (also for NaN or Infinity, which
+    strict JSON parsers refuse, and for nesting too deep to read)."""
     if not isinstance(text, str):
         return {}
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 # ---------------------------------------------------------------------------------------------
