@@ -1,0 +1,117 @@
+"""What the seed systems' event dialects (smtp2go, paubox, msndr) read from an event dict the
+same way: its time, the recipient the application used, a JSON-safe number for a message, and
+an encoding that survives lone surrogates. Pure: times are the event's own, never the clock's.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime, timedelta
+from typing import Callable
+
+from mxhook.model.events import us_from_iso
+from mxhook.payloads.encodings import Rendered
+
+_EPOCH = datetime(1970, 1, 1)  # naive: isoformat() then has no offset, and `Z` is added
+
+
+def text(value) -> str | None:
+    """A field as text: str as it is, None as None, anything else (a hostile dict) as str()."""
+    return value if value is None or type(value) is str else str(value)
+
+
+def utc_time(us: int | None, timespec: str) -> str | None:
+    """Microseconds since the epoch as ISO 8601 UTC with `Z`, to `timespec` ('seconds':
+    '2026-11-22T12:00:00Z', 'milliseconds': '2026-11-22T12:00:00.123Z'), truncated; None for
+    None or a time datetime cannot hold."""
+    if us is None:
+        return None
+    try:
+        return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec=timespec) + "Z"
+    except OverflowError:
+        return None
+
+
+def micros(at) -> int | None:
+    """`at` (ISO 8601, `Z` or an offset) in microseconds since the epoch; None when it is not a
+    time (or outside what datetime can hold)."""
+    if type(at) is not str:
+        return None
+    try:
+        return us_from_iso(at)
+    except (ValueError, OverflowError):
+        return None
+
+
+def delay_micros(delay) -> int | None:
+    """Postfix's delay= (seconds from arrival) in microseconds; None unless a finite number >= 0."""
+    if type(delay) not in (int, float) or not math.isfinite(delay) or delay < 0:
+        return None
+    return round(delay * 1_000_000)
+
+
+def app_recipient(event: dict) -> str | None:
+    """The address the application sent to: `orig_recipient` when Postfix logged one (aliasing,
+    virtual rewriting), else `recipient` (docs/events.md)."""
+    return text(event.get("orig_recipient") or event.get("recipient"))
+
+
+def message_number(event: dict) -> int:
+    """A number for (message, recipient), the same for every event of one recipient of one
+    message and below 2**53 (exact in JavaScript and PHP): the first 53 bits of BLAKE2b-56 of
+    'queue_id<US>message_id<US>recipient' (US = U+001F; absent parts empty; recipient as
+    `app_recipient`). An event with neither a queue id nor a Message-ID gets the number of
+    'event<US>' + its event id instead."""
+    queue_id, message_id = text(event.get("queue_id")), text(event.get("message_id"))
+    if queue_id or message_id:
+        key = "\x1f".join((queue_id or "", message_id or "", app_recipient(event) or ""))
+    else:
+        key = "event\x1f" + (text(event.get("id")) or "")
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=7).digest()
+    return int.from_bytes(digest, "big") >> 3
+
+
+def _scrub(value):
+    """`value` with every lone surrogate in its strings (keys too) as U+FFFD; a surrogate pair
+    becomes the character it stands for."""
+    if type(value) is str:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def encode(encoding: Callable[[dict], Rendered], doc: dict) -> Rendered:
+    """`encoding(doc)`; a document whose text holds a lone surrogate (no UTF-8 form: a spool
+    record's JSON may carry "\\ud800") is encoded with U+FFFD in its place instead of failing."""
+    try:
+        return encoding(doc)
+    except UnicodeEncodeError:
+        return encoding(_scrub(doc))
+
+
+def name_of(names: dict[tuple[str, str | None], str], event: dict) -> str | None:
+    """The dialect's name for an event from a table keyed by (type, bounce_type for `bounced`,
+    else None); None when the dialect does not send it. A bounce counts as hard only when it is
+    classified hard."""
+    etype = event.get("type")
+    if type(etype) is not str:
+        return None
+    if etype == "bounced":
+        return names.get((etype, "hard" if event.get("bounce_type") == "hard" else "soft"))
+    return names.get((etype, None))
+
+
+def one_event(events: list[dict], name: str) -> dict:
+    """The one event of a request in a one-per-request dialect; ValueError for any other count
+    (the pipeline sends one per request: a batch here is a caller's mistake, never cut short)."""
+    if len(events) != 1:
+        raise ValueError(f"dialect {name} posts one event per request, got {len(events)}")
+    return events[0]
+
+
+def unsent(name: str, event_type) -> ValueError:
+    return ValueError(f"dialect {name} has no name for event type {event_type!r}: "
+                      "the pipeline sends it only the types in its EVENT_TYPES")
