@@ -16,8 +16,9 @@ _EPOCH = datetime(1970, 1, 1)  # naive: isoformat() then has no offset, and `Z` 
 
 
 def text(value) -> str | None:
-    """A field as text: str as it is, None as None, anything else (a hostile dict) as str()."""
-    return value if value is None or type(value) is str else str(value)
+    """A text field: a str as it is; anything else as absent (None). Stored events hold text or
+    null there (Event.from_meta checks); a number or list in a hand-made dict is not guessed at."""
+    return value if type(value) is str else None
 
 
 def utc_time(us: int | None, timespec: str) -> str | None:

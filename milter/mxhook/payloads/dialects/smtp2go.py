@@ -25,7 +25,7 @@ only in `bounce` events, as SMTP2GO sends them):
     context     "": nothing mxhook records is SMTP2GO's "additional information"
     email_id    the Postfix queue id (it identifies the email in the mail log and
                 `mxhook log events`, as SMTP2GO's Exim message id does there)
-    bounce      hard / soft
+    bounce      hard / soft ("" for a bounced event without either)
     subject     Subject header
     srchost     the submitting client's IP address, in `processed` events (SMTP2GO's meaning
                 for other events is the opening/clicking end user's: "")
@@ -39,6 +39,7 @@ Nothing in the body differs between attempts (no time of sending, no nonce), and
 """
 from __future__ import annotations
 
+from mxhook.model.events import BOUNCE_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, encode, micros,
@@ -95,7 +96,8 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
     fields["context"] = ""
     fields["email_id"] = text(event.get("queue_id")) or ""
     if name == "bounce":
-        fields["bounce"] = (FAILED_BOUNCE if etype == "failed" else text(event.get("bounce_type"))) or ""
+        bounce = FAILED_BOUNCE if etype == "failed" else event.get("bounce_type")
+        fields["bounce"] = bounce if bounce in BOUNCE_TYPES else ""
     fields["subject"] = text(event.get("subject")) or ""
     fields["srchost"] = (text(event.get("client_addr")) or "") if name == "processed" else ""
     fields.update(custom_header_fields(event.get("custom_headers"), ctx.custom_headers))
@@ -104,11 +106,8 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
 
 def custom_header_fields(headers, selected: tuple[str, ...]) -> list[tuple[str, str]]:
     """(field name, value) for the custom headers (module docstring)."""
-    headers = headers if isinstance(headers, dict) else {}
+    named = [(k, v) for k, v in headers.items() if type(k) is str] if isinstance(headers, dict) else []
     if selected:
-        lower = {str(k).lower(): v for k, v in headers.items()}
-        pairs = [(name, lower.get(name.lower())) for name in selected]
-    else:
-        pairs = list(headers.items())
-    return [(str(name), text(value) or "") for name, value in pairs
-            if str(name).lower() not in _STANDARD]
+        lower = {k.lower(): v for k, v in named}
+        named = [(name, lower.get(name.lower())) for name in selected]
+    return [(name, text(value) or "") for name, value in named if name.lower() not in _STANDARD]
