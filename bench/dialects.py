@@ -2,7 +2,7 @@
 renderer (`payloads/registry.py` render_events), same events, same run (issue 16: the native
 format is at >= 20,000 events/s; no dialect below 10,000).
 
-    python3 bench/dialects.py [--events 20000] [--rounds 3] [--json out.json]
+    python3 bench/dialects.py [--events 20000] [--rounds 5] [--json out.json]
 
 The events are event dicts as the spooler hands them to a renderer (Event.to_dict(), log events
 enriched with their message's fields): per message a `queued` event, then `succeeded`, or
@@ -11,8 +11,8 @@ mxhook/payloads/dialects/ with an `event_request` is measured on the events of i
 EVENT_TYPES, one per call where it posts one per request (EVENTS_PER_REQUEST = 1), else in
 batches of --batch. Native is measured both ways: batches of --batch (what an endpoint gets)
 and one event per call (what a one-per-request dialect is compared with). Rendering only: no
-HTTP, no spool, no database. Best of --rounds; ratios within this run are what count on a
-shared machine.
+HTTP, no spool, no database. Best of --rounds, the renderers taking turns in each round; on a
+shared machine only the ratios within one run count.
 
 Prints figures and ratios; it does not pass or fail.
 """
@@ -84,26 +84,18 @@ def event_dialects() -> list:
     return found
 
 
-def best_rate(work, count: int, rounds: int) -> float:
-    """events/s of the fastest of `rounds` runs of work() over `count` events."""
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - t)
-    return count / best
-
-
 def measure(evs: list[dict], *, batch: int, rounds: int) -> dict[str, float]:
+    """events/s of each renderer, the fastest of `rounds` runs; the renderers take turns within
+    a round, so a change in the machine's load hits all of them alike."""
     ctx = EventContext(request_id="evr_bench", now=1_800_000_000.0, nonce="bench-nonce", endpoint_id=1,
                        signing_key="bench-signing-key")
     batches = [evs[i:i + batch] for i in range(0, len(evs), batch)]
-    rates = {
-        f"native v1, batches of {batch}": best_rate(
-            lambda: [render_events(1, b, batch_id="evb_bench", endpoint_id=1) for b in batches], len(evs), rounds),
-        "native v1, one per request": best_rate(
-            lambda: [render_events(1, [e], batch_id="evb_bench", endpoint_id=1) for e in evs], len(evs), rounds),
-    }
+    runs = [  # (name, work, events it renders)
+        (f"native v1, batches of {batch}",
+         lambda: [render_events(1, b, batch_id="evb_bench", endpoint_id=1) for b in batches], len(evs)),
+        ("native v1, one per request",
+         lambda: [render_events(1, [e], batch_id="evb_bench", endpoint_id=1) for e in evs], len(evs)),
+    ]
     for module in event_dialects():
         types = getattr(module, "EVENT_TYPES", None)
         mine = [e for e in evs if types is None or e["type"] in types]
@@ -112,15 +104,21 @@ def measure(evs: list[dict], *, batch: int, rounds: int) -> dict[str, float]:
         else:
             groups = [mine[i:i + batch] for i in range(0, len(mine), batch)]
             work = lambda m=module, gs=groups: [m.event_request(g, ctx) for g in gs]  # noqa: E731
-        rates[f"{module.NAME} ({len(mine)} of {len(evs)} events)"] = best_rate(work, len(mine), rounds)
-    return rates
+        runs.append((f"{module.NAME} ({len(mine)} of {len(evs)} events)", work, len(mine)))
+    best = {name: float("inf") for name, _, _ in runs}
+    for _ in range(rounds):
+        for name, work, _ in runs:
+            t = time.perf_counter()
+            work()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: count / best[name] for name, _, count in runs}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", help="write the figures to this file too")
     args = ap.parse_args()
     rates = measure(make_events(args.events), batch=args.batch, rounds=args.rounds)
