@@ -1,6 +1,7 @@
-"""What the seed systems' event dialects (smtp2go, paubox, msndr) read from an event dict the
-same way: its time, the recipient the application used, a JSON-safe number for a message, and
-an encoding that survives lone surrogates. Pure: times are the event's own, never the clock's.
+"""What the seed systems' event dialects (smtp2go, paubox, msndr) do alike: take the one event
+of a request and name it from their table, read its time, the recipient the application used,
+a JSON-safe number for its message, and encode past lone surrogates. Pure: times are the
+event's own, never the clock's.
 """
 from __future__ import annotations
 
@@ -93,26 +94,22 @@ def encode(encoding: Callable[[dict], Rendered], doc: dict) -> Rendered:
         return encoding(_scrub(doc))
 
 
-def name_of(names: dict[tuple[str, str | None], str], event: dict) -> str | None:
-    """The dialect's name for an event from a table keyed by (type, bounce_type for `bounced`,
-    else None); None when the dialect does not send it. A bounce counts as hard only when it is
-    classified hard."""
-    etype = event.get("type")
-    if type(etype) is not str:
-        return None
-    if etype == "bounced":
-        return names.get((etype, "hard" if event.get("bounce_type") == "hard" else "soft"))
-    return names.get((etype, None))
-
-
-def one_event(events: list[dict], name: str) -> dict:
-    """The one event of a request in a one-per-request dialect; ValueError for any other count
-    (the pipeline sends one per request: a batch here is a caller's mistake, never cut short)."""
+def one_named_event(events: list[dict], dialect: str,
+                    names: dict[tuple[str, str | None], str]) -> tuple[dict, str]:
+    """The one event of a request and the dialect's name for it, from `names`, a table keyed
+    by (type, bounce_type for `bounced`, else None); a bounce counts as hard only when it is
+    classified hard. ValueError for a count other than one (the pipeline sends one per request:
+    a batch here is a caller's mistake, never cut short) and for a type the dialect does not
+    send (the pipeline sends it only its EVENT_TYPES)."""
     if len(events) != 1:
-        raise ValueError(f"dialect {name} posts one event per request, got {len(events)}")
-    return events[0]
-
-
-def unsent(name: str, event_type) -> ValueError:
-    return ValueError(f"dialect {name} has no name for event type {event_type!r}: "
-                      "the pipeline sends it only the types in its EVENT_TYPES")
+        raise ValueError(f"dialect {dialect} posts one event per request, got {len(events)}")
+    event = events[0]
+    etype = event.get("type")
+    if etype == "bounced":
+        name = names.get((etype, "hard" if event.get("bounce_type") == "hard" else "soft"))
+    else:
+        name = names.get((etype, None)) if type(etype) is str else None
+    if name is None:
+        raise ValueError(f"dialect {dialect} has no name for event type {etype!r}: "
+                         "the pipeline sends it only the types in its EVENT_TYPES")
+    return event, name

@@ -33,7 +33,7 @@ from __future__ import annotations
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, encode, message_number, micros,
-                                              name_of, one_event, text, unsent, utc_time)
+                                              one_named_event, text, utc_time)
 
 NAME = "paubox"
 EVENTS_PER_REQUEST = 1
@@ -53,10 +53,7 @@ EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 
 
 def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
-    event = one_event(events, NAME)
-    name = name_of(EVENT_NAMES, event)
-    if name is None:
-        raise unsent(NAME, event.get("type"))
+    event, name = one_named_event(events, NAME, EVENT_NAMES)
     doc = {
         "event_name": name,
         "payload": {

@@ -1,6 +1,7 @@
 """SMTP2GO's webhook (seed 001): one event per POST, `application/x-www-form-urlencoded`. Pure.
 
-Event names (mxhook type -> SMTP2GO `event`; `EVENT_NAMES`, the rest `NOT_SENT`):
+Event names (mxhook type -> SMTP2GO `event`; `EVENT_NAMES`, keyed by type and, for `bounced`,
+bounce_type; the rest `NOT_SENT`):
     queued -> processed, succeeded -> delivered, bounced -> bounce (`bounce` = its bounce_type),
     failed -> bounce (`bounce` = soft: Postfix gave up after temporary failures), blocked ->
     reject (refused at RCPT: the address is on the block list).
@@ -43,20 +44,21 @@ from mxhook.model.events import BOUNCE_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, encode, micros,
-                                              one_event, text, unsent, utc_time)
+                                              one_named_event, text, utc_time)
 
 NAME = "smtp2go"
 EVENTS_PER_REQUEST = 1
 
-EVENT_NAMES = {
-    "queued": "processed",
-    "succeeded": "delivered",
-    "bounced": "bounce",
-    "failed": "bounce",
-    "blocked": "reject",
+EVENT_NAMES: dict[tuple[str, str | None], str] = {  # (type, bounce_type of a bounced event)
+    ("queued", None): "processed",
+    ("succeeded", None): "delivered",
+    ("bounced", "hard"): "bounce",
+    ("bounced", "soft"): "bounce",
+    ("failed", None): "bounce",
+    ("blocked", None): "reject",
 }
 NOT_SENT = ("deferred", "registered", "deleted")
-EVENT_TYPES = frozenset(EVENT_NAMES)
+EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 # `bounce` of a failed event: an expiry or an "undeliverable" probe follows temporary failures
 # only, which mxhook classifies soft (docs/events.md, "Hard or soft").
 FAILED_BOUNCE = "soft"
@@ -69,11 +71,8 @@ _STANDARD = frozenset(STANDARD_FIELDS)
 
 
 def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
-    event = one_event(events, NAME)
-    etype = event.get("type")
-    name = EVENT_NAMES.get(etype) if type(etype) is str else None
-    if name is None:
-        raise unsent(NAME, etype)
+    event, name = one_named_event(events, NAME, EVENT_NAMES)
+    etype = event["type"]
     at = micros(event.get("at"))
     if etype in SUBMISSION_TYPES:
         sent_at = at
