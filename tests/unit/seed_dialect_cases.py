@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from mxhook.model.events import TYPES
 from mxhook.payloads.dialects import EventContext
+from mxhook.payloads.events import sample_event, v1_text
 
 GOLDEN = Path(__file__).parent / "golden" / "dialects"
 CTX = EventContext(request_id="evr_0001", now=1_800_000_000.0, nonce="n-1", endpoint_id=3)
@@ -120,6 +121,18 @@ def check_mapping(module) -> None:
     assert module.EVENTS_PER_REQUEST == 1
 
 
+def check_inputs(module, receive) -> None:
+    """A dialect takes the forms an event reaches it in: the dict (in any iterable), the
+    pre-rendered V1Text the store may keep it as (same body), and `mxhook endpoint test`'s
+    sample event of each type it sends."""
+    for event in cases(module.EVENT_TYPES).values():
+        body = module.event_request([event], CTX)
+        assert module.event_request(iter([event]), CTX) == body
+        assert module.event_request([v1_text(event)], CTX) == body
+    for etype in module.EVENT_TYPES:
+        receive(module.event_request([sample_event(etype)], CTX))
+
+
 def check_one_event_per_request(module) -> None:
     event = next(iter(cases(module.EVENT_TYPES).values()))
     for events in ([], [event, event]):
@@ -142,12 +155,12 @@ def check_same_body_on_every_attempt(module) -> None:
 
 
 # Hostile values: text that breaks hand-made JSON or forms, lone surrogates, other types.
-_ANY_TEXT = st.one_of(
+HOSTILE_TEXT = st.one_of(
     st.text(max_size=40),
     st.text(st.characters(exclude_categories=()), max_size=20),  # surrogates included
     st.sampled_from(['"', "\\", "{{ x }}", "{%", "\r\n", "\x00", "&=+%", "\u2028", "\ud800", "a" * 5000]),
 )
-HOSTILE_VALUES = st.one_of(st.none(), _ANY_TEXT, st.integers(), st.floats(), st.booleans(),
+HOSTILE_VALUES = st.one_of(st.none(), HOSTILE_TEXT, st.integers(), st.floats(), st.booleans(),
                            st.lists(st.text(max_size=3), max_size=2))
 TIMES = st.one_of(st.sampled_from(["2026-11-22T13:08:09.180012Z", "2026-03-29T01:30:00+02:00",
                                    "1970-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "not a time"]),
@@ -163,7 +176,7 @@ def hostile_events(event_types: frozenset[str]):
             "queue_id", "dsn", "remote_host", "reply", "diagnostic", "client_addr", "auth_user",
             "reason", "delay")} | {
             "bounce_type": st.one_of(st.sampled_from(["hard", "soft"]), HOSTILE_VALUES),
-            "custom_headers": st.one_of(HOSTILE_VALUES, st.dictionaries(_ANY_TEXT, HOSTILE_VALUES, max_size=3)),
+            "custom_headers": st.one_of(HOSTILE_VALUES, st.dictionaries(HOSTILE_TEXT, HOSTILE_VALUES, max_size=3)),
         })
 
 

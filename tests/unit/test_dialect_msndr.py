@@ -55,6 +55,10 @@ def test_one_event_per_request():
     dc.check_one_event_per_request(msndr)
 
 
+def test_inputs():
+    dc.check_inputs(msndr, receive)
+
+
 def test_same_body_on_every_attempt():
     dc.check_same_body_on_every_attempt(msndr)
 

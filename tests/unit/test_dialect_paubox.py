@@ -56,6 +56,10 @@ def test_one_event_per_request():
     dc.check_one_event_per_request(paubox)
 
 
+def test_inputs():
+    dc.check_inputs(paubox, receive)
+
+
 def test_same_body_on_every_attempt():
     dc.check_same_body_on_every_attempt(paubox)
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mxhook.payloads.dialects import smtp2go
 from tests.unit import seed_dialect_cases as dc
@@ -67,6 +68,10 @@ def test_every_type_is_sent_or_not():
 
 def test_one_event_per_request():
     dc.check_one_event_per_request(smtp2go)
+
+
+def test_inputs():
+    dc.check_inputs(smtp2go, receive)
 
 
 def test_same_body_on_every_attempt():
@@ -142,9 +147,13 @@ def test_hostile_text_survives():
 
 
 @settings(max_examples=300, deadline=None)
-@given(dc.hostile_events(smtp2go.EVENT_TYPES))
-def test_hostile_events_never_break_the_form(event):
-    form = receive(smtp2go.event_request([event], dc.CTX))
+@given(dc.hostile_events(smtp2go.EVENT_TYPES), st.lists(dc.HOSTILE_TEXT, max_size=3))
+def test_hostile_events_never_break_the_form(event, selected):
+    ctx = dataclasses.replace(dc.CTX, custom_headers=tuple(selected))
+    form = receive(smtp2go.event_request([event], ctx))
+    for name in selected:
+        if name and name.lower() not in smtp2go.STANDARD_FIELDS:
+            assert dc.scrubbed(name) in form
     for key, field in (("subject", "subject"), ("sender", "sender"), ("queue_id", "email_id")):
         if type(event.get(key)) is str and event[key]:
             assert form[field] == dc.scrubbed(event[key])

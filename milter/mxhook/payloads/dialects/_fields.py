@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import math
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Iterable
 
 from mxhook.model.events import us_from_iso
 from mxhook.payloads.encodings import Rendered
+from mxhook.payloads.events import V1Text, as_dict
 
 _EPOCH = datetime(1970, 1, 1)  # naive: isoformat() then has no offset, and `Z` is added
 
@@ -94,16 +95,18 @@ def encode(encoding: Callable[[dict], Rendered], doc: dict) -> Rendered:
         return encoding(_scrub(doc))
 
 
-def one_named_event(events: list[dict], dialect: str,
+def one_named_event(events: Iterable[dict | V1Text], dialect: str,
                     names: dict[tuple[str, str | None], str]) -> tuple[dict, str]:
-    """The one event of a request and the dialect's name for it, from `names`, a table keyed
-    by (type, bounce_type for `bounced`, else None); a bounce counts as hard only when it is
-    classified hard. ValueError for a count other than one (the pipeline sends one per request:
-    a batch here is a caller's mistake, never cut short) and for a type the dialect does not
-    send (the pipeline sends it only its EVENT_TYPES)."""
+    """The one event of a request (a dict, or the V1Text the store may keep it as) and the
+    dialect's name for it, from `names`, a table keyed by (type, bounce_type for `bounced`,
+    else None); a bounce counts as hard only when it is classified hard. ValueError for a count
+    other than one (the pipeline sends one per request: a batch here is a caller's mistake,
+    never cut short) and for a type the dialect does not send (the pipeline sends it only its
+    EVENT_TYPES)."""
+    events = list(events)
     if len(events) != 1:
         raise ValueError(f"dialect {dialect} posts one event per request, got {len(events)}")
-    event = events[0]
+    event = as_dict(events[0])
     etype = event.get("type")
     if etype == "bounced":
         name = names.get((etype, "hard" if event.get("bounce_type") == "hard" else "soft"))

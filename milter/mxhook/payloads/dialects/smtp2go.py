@@ -109,4 +109,5 @@ def custom_header_fields(headers, selected: tuple[str, ...]) -> list[tuple[str, 
     if selected:
         lower = {k.lower(): v for k, v in named}
         named = [(name, lower.get(name.lower())) for name in selected]
-    return [(name, text(value) or "") for name, value in named if name.lower() not in _STANDARD]
+    return [(name, text(value) or "") for name, value in named
+            if name and name.lower() not in _STANDARD]
