@@ -97,24 +97,27 @@ def unsent_cases(event_types: frozenset[str]) -> dict[str, dict]:
     return {name: e for name, e in EVENTS.items() if e["type"] not in event_types}
 
 
-def check_golden(dialect: str, case: str, ext: str, body: bytes) -> None:
-    """`body` is golden/dialects/<dialect>/<case>.<ext>, byte for byte (written when
-    MXHOOK_GOLDEN_WRITE is set)."""
-    path = GOLDEN / dialect / f"{case}.{ext}"
-    if os.environ.get("MXHOOK_GOLDEN_WRITE"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
-    assert path.exists(), f"no golden body {path}: record it with MXHOOK_GOLDEN_WRITE=1"
-    assert body == path.read_bytes(), f"{path} changed"
+def check_golden_bodies(module, receive, extra: dict[str, tuple[dict, EventContext]] | None = None) -> None:
+    """Each case the dialect sends (with CTX), and each of `extra` (case -> (event, ctx)), gives
+    a body `receive` accepts that is golden/dialects/<dialect>/<case>.<form|json> byte for
+    byte (written when MXHOOK_GOLDEN_WRITE is set); no other golden file is there."""
+    todo = {name: (event, CTX) for name, event in cases(module.EVENT_TYPES).items()} | (extra or {})
+    folder = GOLDEN / module.NAME
+    expected = set()
+    for name, (event, ctx) in todo.items():
+        rendered = module.event_request([event], ctx)
+        receive(rendered)
+        path = folder / f"{name}.{'form' if 'form' in rendered.content_type else 'json'}"
+        expected.add(path.name)
+        if os.environ.get("MXHOOK_GOLDEN_WRITE"):
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(rendered.body)
+        assert path.exists(), f"no golden body {path}: record it with MXHOOK_GOLDEN_WRITE=1"
+        assert rendered.body == path.read_bytes(), f"{path} changed"
+    assert {p.name for p in folder.iterdir()} == expected, "golden files of no case"
 
 
-def check_no_stale_golden(dialect: str, names: set[str]) -> None:
-    """Every golden file of the dialect is a case's (a removed case leaves no orphan)."""
-    found = {p.name for p in (GOLDEN / dialect).iterdir()}
-    assert found == names
-
-
-def check_mapping(module) -> None:
+def check_mapping(module, receive) -> None:
     """Every event type of the vocabulary is either sent (EVENT_TYPES) or not (NOT_SENT)."""
     assert module.EVENT_TYPES.isdisjoint(module.NOT_SENT)
     assert sorted(module.EVENT_TYPES | set(module.NOT_SENT)) == sorted(TYPES)
@@ -133,7 +136,7 @@ def check_inputs(module, receive) -> None:
         receive(module.event_request([sample_event(etype)], CTX))
 
 
-def check_one_event_per_request(module) -> None:
+def check_one_event_per_request(module, receive) -> None:
     event = next(iter(cases(module.EVENT_TYPES).values()))
     for events in ([], [event, event]):
         with pytest.raises(ValueError, match="one event per request"):
@@ -143,7 +146,7 @@ def check_one_event_per_request(module) -> None:
             module.event_request([event], CTX)
 
 
-def check_same_body_on_every_attempt(module) -> None:
+def check_same_body_on_every_attempt(module, receive) -> None:
     """Nothing per attempt goes into these bodies: another attempt (time, nonce), another
     endpoint time zone, even another request id give the same bytes."""
     for event in cases(module.EVENT_TYPES).values():
@@ -152,6 +155,10 @@ def check_same_body_on_every_attempt(module) -> None:
                     dataclasses.replace(CTX, tz=ZoneInfo("America/St_Johns")),
                     dataclasses.replace(CTX, request_id="evr_other", tz=timezone.utc)):
             assert module.event_request([dict(event)], ctx) == first
+
+
+# What every one-event-per-request dialect passes: check(dialect module, its test's receiver).
+CONFORMANCE = (check_mapping, check_inputs, check_one_event_per_request, check_same_body_on_every_attempt)
 
 
 # Hostile values: text that breaks hand-made JSON or forms, lone surrogates, other types.
