@@ -23,6 +23,15 @@ def text(value) -> str | None:
     return value if type(value) is str else None
 
 
+def first_text(event: dict, *keys: str) -> str | None:
+    """The first of the fields `keys` that holds non-empty text, else None."""
+    for key in keys:
+        value = event.get(key)
+        if value and type(value) is str:
+            return value
+    return None
+
+
 def utc_time(us: int | None, timespec: str) -> str | None:
     """Microseconds since the epoch as ISO 8601 UTC with `Z`, to `timespec` ('seconds':
     '2026-11-22T12:00:00Z', 'milliseconds': '2026-11-22T12:00:00.123Z'), truncated; None for
@@ -56,7 +65,7 @@ def delay_micros(delay) -> int | None:
 def app_recipient(event: dict) -> str | None:
     """The address the application sent to: `orig_recipient` when Postfix logged one (aliasing,
     virtual rewriting), else `recipient` (docs/events.md)."""
-    return text(event.get("orig_recipient") or event.get("recipient"))
+    return first_text(event, "orig_recipient", "recipient")
 
 
 def message_number(event: dict) -> int:

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
-from mxhook.payloads.dialects._fields import (app_recipient, encode, message_number, micros,
-                                              one_named_event, text)
+from mxhook.payloads.dialects._fields import (app_recipient, encode, first_text, message_number,
+                                              micros, one_named_event, text)
 
 NAME = "msndr"
 EVENTS_PER_REQUEST = 1
@@ -65,7 +65,7 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
                 "message_id": text(event.get("message_id")),
                 "queue_id": text(event.get("queue_id")),
                 "dsn": text(event.get("dsn")),
-                "reply": text(event.get("reply") or event.get("diagnostic") or event.get("reason")),
+                "reply": first_text(event, "reply", "diagnostic", "reason"),
             },
         },
     }

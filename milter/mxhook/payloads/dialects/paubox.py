@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
-from mxhook.payloads.dialects._fields import (app_recipient, encode, message_number, micros,
-                                              one_named_event, text, utc_time)
+from mxhook.payloads.dialects._fields import (app_recipient, encode, first_text, message_number,
+                                              micros, one_named_event, text, utc_time)
 
 NAME = "paubox"
 EVENTS_PER_REQUEST = 1
@@ -63,7 +63,7 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
             "source_tracking_id": None,
             "outbound_queue_id": text(event.get("queue_id")),
             "time": utc_time(micros(event.get("at")), "milliseconds"),
-            "from": text(event.get("header_from") or event.get("sender")),
+            "from": first_text(event, "header_from", "sender"),
             "to": app_recipient(event),
         },
     }

@@ -43,8 +43,8 @@ from __future__ import annotations
 from mxhook.model.events import BOUNCE_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
-from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, encode, micros,
-                                              one_named_event, text, utc_time)
+from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, encode, first_text,
+                                              micros, one_named_event, text, utc_time)
 
 NAME = "smtp2go"
 EVENTS_PER_REQUEST = 1
@@ -87,11 +87,11 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
         "from": text(event.get("header_from")) or "",
         "rcpt": app_recipient(event) or "",
         "recipients": "",
-        "auth": text(event.get("auth_user") or event.get("client_addr")) or "",
+        "auth": first_text(event, "auth_user", "client_addr") or "",
     }
     if name == "bounce":
         fields["host"] = text(event.get("remote_host")) or ""
-    fields["message"] = text(event.get("reply") or event.get("diagnostic") or event.get("reason")) or ""
+    fields["message"] = first_text(event, "reply", "diagnostic", "reason") or ""
     fields["context"] = ""
     fields["email_id"] = text(event.get("queue_id")) or ""
     if name == "bounce":
