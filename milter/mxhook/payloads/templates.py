@@ -57,6 +57,7 @@ _BUDGET = "mxhook budget"  # the context key of a render's budget: not a name a 
 _STEPS_FILTER = "_mxhook_steps"
 _CONCAT_FILTER = "_mxhook_concat"
 _OUTPUT_FILTER = "_mxhook_output"
+_INTERNAL_FILTERS = frozenset((_STEPS_FILTER, _CONCAT_FILTER, _OUTPUT_FILTER))
 _TEMPLATE_FILE = "<template>"
 
 
@@ -94,15 +95,23 @@ def template_version(source: str, content_type: str) -> str:
 # What `{{ ... }}` writes, per content type
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Surrogates that are not bytes decoded with surrogateescape (\udc80-\udcff): no decoder of
+# mxhook makes them; as \u escapes a high one would pair with the next low one.
+_STRAY_SURROGATE = re.compile("[\ud800-\udc7f]")
 _encode_str = json.encoder.encode_basestring  # the escaping json.dumps(ensure_ascii=False) uses
 
 
+def _json_surrogate(match: re.Match) -> str:
+    char = match.group()
+    return f"\\u{ord(char):04x}" if char >= "\udc80" else "\ufffd"
+
+
 def _escape_surrogates(text: str) -> str:
-    """Lone surrogates (text decoded with surrogateescape) as JSON \\u escapes: the body stays
-    UTF-8, and a JSON parser gives back the same code points."""
+    """In JSON text: surrogateescape'd bytes (invalid UTF-8 in mail) as \\udcXX escapes, so the
+    body stays UTF-8 and a JSON parser gives back the same string; other surrogates as U+FFFD."""
     if _SURROGATE.search(text) is None:
         return text
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _SURROGATE.sub(_json_surrogate, text)
 
 
 class _Output(str):
@@ -141,7 +150,8 @@ def _form_finalize(value) -> str:
     given back as the bytes that came)."""
     if type(value) is _Output:
         return value
-    return quote_plus(_text(value, ""), safe="", encoding="utf-8", errors="surrogateescape")
+    text = _STRAY_SURROGATE.sub("\ufffd", _text(value, ""))
+    return quote_plus(text, safe="", encoding="utf-8", errors="surrogateescape")
 
 
 def _text_finalize(value) -> str:
@@ -219,7 +229,7 @@ def _check_size(size: int, what: str) -> None:
 
 
 def _sized(value) -> bool:
-    return isinstance(value, (str, list, tuple))
+    return isinstance(value, (str, list, tuple, range, dict))
 
 
 def _int(value, default: int = 0) -> int:
@@ -359,6 +369,11 @@ class _Bounds(NodeTransformer):
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         node = self.generic_visit(node)
         return _filter(nodes.List(node.nodes, lineno=node.lineno), _CONCAT_FILTER, node.lineno)
+
+    def visit_Filter(self, node: nodes.Filter) -> nodes.Node:
+        if node.name in _INTERNAL_FILTERS:  # the engine's own, added after this visit
+            raise TemplateError(f"No filter named {node.name!r}.", node.lineno)
+        return self.generic_visit(node)
 
     def visit_FilterBlock(self, node: nodes.FilterBlock) -> nodes.Node:
         if self.escaping:
