@@ -109,7 +109,7 @@ def _json_surrogate(match: re.Match) -> str:
 def _escape_surrogates(text: str) -> str:
     """In JSON text: surrogateescape'd bytes (invalid UTF-8 in mail) as \\udcXX escapes, so the
     body stays UTF-8 and a JSON parser gives back the same string; other surrogates as U+FFFD."""
-    if _SURROGATE.search(text) is None:
+    if text.isascii() or _SURROGATE.search(text) is None:
         return text
     return _SURROGATE.sub(_json_surrogate, text)
 
@@ -142,7 +142,7 @@ def _json_finalize(value) -> str:
     kind = type(value)
     if kind is JSONText or kind is _Output:
         return value
-    return _escape_surrogates(_encode_str(_text(value, "null"))[1:-1])
+    return _escape_surrogates(_encode_str(value if kind is str else _text(value, "null"))[1:-1])
 
 
 def _form_finalize(value) -> str:
@@ -158,8 +158,15 @@ def _text_finalize(value) -> str:
     return _text(value, "")
 
 
+_NULL = JSONText("null")
+
+
 def tojson(value, indent: int | None = None) -> JSONText:
     """`{{ x|tojson }}`: x as a JSON value (a string with its quotes), UTF-8 not escaped."""
+    if value is None:
+        return _NULL
+    if type(value) is str:  # the usual case, without the encoder's checks
+        return JSONText(_escape_surrogates(_encode_str(value)))
     if isinstance(value, jinja2.Undefined):
         str(value)
     if indent is None:
@@ -288,11 +295,24 @@ def _checked_filter(name: str, func):
     return checked
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """jinja2's immutable sandbox (no private or internal attributes, no changing a list or
     dict of the context) that also counts calls and checks what could build a huge value."""
 
     intercepted_binops = frozenset(("*", "**", "+", "%"))
+
+    def getattr(self, obj, attribute):
+        """`e.subject` on a dict: its item, without first failing to find an attribute (as
+        jinja2 looks up `x.y`: attribute first, so `d.items` stays the method)."""
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
 
     def call(self, context, obj, /, *args, **kwargs):
         _budget(context).spend()
@@ -453,9 +473,15 @@ def events_context(batch: Iterable[dict | events.V1Text], *, tz=timezone.utc, ba
     """The version-1 batch document's fields as variables (type, version, batch_id,
     endpoint_id, count, events: the version-1 event objects, times in `tz`; api_key: null
     when the endpoint has none)."""
-    doc = events.document_v1(batch, tz=tz, batch_id=batch_id, endpoint_id=endpoint_id,
-                             api_key=api_key)
-    doc["events"] = json.loads(doc["events"])
+    batch = list(batch)
+    doc = events.document_v1((), tz=tz, batch_id=batch_id, endpoint_id=endpoint_id,
+                             api_key=api_key)  # the top-level fields, from their one definition
+    if tz is timezone.utc and all(type(e) is events.V1Text for e in batch):
+        objects = json.loads("[" + ",".join(batch) + "]")  # fresh events: one parse
+    else:
+        objects = [events._v1_event(events.as_dict(e), tz) for e in batch]
+    doc["events"] = objects
+    doc["count"] = len(objects)
     doc.setdefault("api_key", None)
     return doc
 
