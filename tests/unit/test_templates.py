@@ -195,6 +195,12 @@ def test_syntax_errors_name_the_line(source, line, words):
     assert str(info.value) == f"line {line}: {info.value.reason}" and "\n" not in str(info.value)
 
 
+def test_oversized_deeply_nested_and_non_utf8_sources_are_refused():
+    assert "larger than 1,048,576 characters" in str(error("x" * (1024 * 1024 + 1), TEXT))
+    assert "nested too deeply" in str(error("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", TEXT))
+    assert "not valid UTF-8" in str(error("caf\udce9 {{ x }}", TEXT))
+
+
 def test_undefined_names_raise_with_the_name_and_line():
     e = error('{\n"a": "{{ events[0].subjet }}"}')
     assert e.line == 2 and "has no attribute 'subjet'" in e.reason
@@ -350,9 +356,10 @@ def test_render_does_not_change_the_context():
 # Bounds
 
 def test_nested_loops_stop_at_the_step_budget():
-    e = error("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    e = error("{% for i in range(100000) %}\n{% for j in range(100000) %}{% endfor %}{% endfor %}",
               TEXT, x=1)
     assert e.reason.startswith("too much work: more than 1,000,000 loop iterations")
+    assert e.line == 2
 
 
 def test_recursive_macros_stop():

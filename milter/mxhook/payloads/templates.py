@@ -48,6 +48,7 @@ DEFAULT_MAX_PAYLOAD_SIZE = 25 * 1024 * 1024
 # Loop iterations plus calls (functions, methods, macros) one render may take: a batch template
 # takes a few per event, a runaway nested loop is stopped after about a second.
 MAX_STEPS = 1_000_000
+MAX_SOURCE_SIZE = 1024 * 1024
 # With a clock given to `render`: the time one render may take.
 MAX_SECONDS = 2.0
 # The largest text, list or number of digits an operator or a call may be asked to build.
@@ -439,6 +440,10 @@ def compile_template(source: str, content_type: str, kind: str) -> Template:
     if kind not in KINDS:
         raise TemplateError(f"unknown template kind {kind!r} (known: {', '.join(KINDS)})")
     ctype = media_type(content_type)
+    if len(source) > MAX_SOURCE_SIZE:
+        raise TemplateError(f"template larger than {MAX_SOURCE_SIZE:,} characters")
+    if not source.isascii() and _SURROGATE.search(source):
+        raise TemplateError("the template is not valid UTF-8 text")
     env = _ENVIRONMENTS[ctype]
     try:
         tree = env.parse(source, filename=_TEMPLATE_FILE)
@@ -448,6 +453,8 @@ def compile_template(source: str, content_type: str, kind: str) -> Template:
         code = env.compile(tree, filename=_TEMPLATE_FILE)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(_one_line(exc.message or "syntax error"), exc.lineno) from None
+    except RecursionError:
+        raise TemplateError("expressions nested too deeply") from None
     compiled = env.template_class.from_code(env, code, env.make_globals(None))
     return Template(source, ctype, kind, template_version(source, ctype), compiled)
 
@@ -585,8 +592,10 @@ def _render_capped(template: Template, context: dict, max_size: int, budget: _Bu
             if size > max_size:
                 raise _OverCap
             out.append(chunk)
-    except (_OverCap, TemplateError):
+    except _OverCap:
         raise
+    except TemplateError as exc:  # a bound: say where it was reached
+        raise TemplateError(exc.reason, exc.line or _template_line(exc)) from None
     except SecurityError as exc:
         raise TemplateError(f"not allowed: {_one_line(exc)}", _template_line(exc)) from None
     except jinja2.UndefinedError as exc:
@@ -637,9 +646,7 @@ def _body(template: Template, text: str) -> bytes:
             raise TemplateError(problem)
     try:
         return text.encode("utf-8")
-    except UnicodeEncodeError:
-        if template.content_type != TEXT:
-            raise TemplateError("the template's own text is not valid UTF-8") from None
+    except UnicodeEncodeError:  # a text template's values as they are
         return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
