@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timezone
+from pathlib import Path
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
@@ -434,3 +435,19 @@ def test_events_context_default_timezone_is_utc():
     ctx = events_context(batch(1), batch_id="b", endpoint_id=1)
     assert ctx["events"][0]["at"].endswith("+00:00")
     assert events_context(batch(1), tz=timezone.utc, batch_id="b", endpoint_id=1) == ctx
+
+
+def test_the_examples_in_docs_pass_their_check():
+    doc = (Path(__file__).parents[2] / "docs" / "payloads.md").read_text(encoding="utf-8")
+    section = doc.split("## Custom templates", 1)[1].split("### Examples", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"\n```\n(.*?)```\n", section, re.S)
+    kinds = [(JSON, "inbound"), (FORM, "events"), (TEXT, "events")]
+    assert len(blocks) == len(kinds)
+    for source, (ctype, kind) in zip(blocks, kinds):
+        body = check(compile_template(source, ctype, kind)).body
+        if ctype == JSON:
+            assert json.loads(body)["files"][0]["name"] == "report.csv"
+        elif ctype == FORM:
+            assert dict(parse_qsl(body.decode()))["event"] == "queued"
+        else:
+            assert body.decode().splitlines()[0] == "queued nobody@example.com"
