@@ -155,6 +155,11 @@ def test_macros_and_set_blocks_are_written_as_made_not_escaped_twice():
     assert json.loads(out(src, s=hostile)) == {"a": {"s": hostile}, "t": hostile, "c": {"s": hostile}}
 
 
+def test_default_and_is_defined_work_with_strict_undefined():
+    assert out('{{ nope|default("x") }}{% if nope is defined %}y{% endif %}{{ e.a|default("z") }}',
+               TEXT, e={}) == "xz"
+
+
 def test_loop_controls_work():
     assert out("{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}",
                TEXT) == "012"
@@ -361,6 +366,13 @@ def test_nested_loops_stop_at_the_step_budget():
               TEXT, x=1)
     assert e.reason.startswith("too much work: more than 1,000,000 loop iterations")
     assert e.line == 2
+
+
+def test_filters_spend_a_step_per_item_they_go_through():
+    e = error("{% for i in range(1000) %}{{ range(100000)|map('string')|join|length }}{% endfor %}",
+              TEXT, x=1)
+    assert e.reason.startswith("too much work")
+    assert out("{% for i in range(900) %}{{ range(1000)|sum }}{% endfor %}", TEXT) == "499500" * 900
 
 
 def test_recursive_macros_stop():

@@ -19,6 +19,7 @@ reference for template authors.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
@@ -45,8 +46,9 @@ JSON, FORM, TEXT = "application/json", "application/x-www-form-urlencoded", "tex
 CONTENT_TYPES = {JSON: JSON, FORM: FORM, TEXT: "text/plain; charset=utf-8"}
 
 DEFAULT_MAX_PAYLOAD_SIZE = 25 * 1024 * 1024
-# Loop iterations plus calls (functions, methods, macros) one render may take: a batch template
-# takes a few per event, a runaway nested loop is stopped after about a second.
+# Loop iterations, calls (functions, methods, macros), filters and the items of the lists
+# filters go through, in one render: a batch template takes a few per event, a runaway nested
+# loop is stopped within seconds.
 MAX_STEPS = 1_000_000
 MAX_SOURCE_SIZE = 1024 * 1024
 # With a clock given to `render`: the time one render may take.
@@ -54,7 +56,6 @@ MAX_SECONDS = 2.0
 # The largest text, list or number of digits an operator or a call may be asked to build.
 MAX_VALUE_SIZE = DEFAULT_MAX_PAYLOAD_SIZE
 
-_BUDGET = "mxhook budget"  # the context key of a render's budget: not a name a template can write
 _STEPS_FILTER = "_mxhook_steps"
 _CONCAT_FILTER = "_mxhook_concat"
 _OUTPUT_FILTER = "_mxhook_output"
@@ -183,37 +184,38 @@ def tojson(value, indent: int | None = None) -> JSONText:
 # values
 
 class _Budget:
-    """A render's allowance of steps (loop iterations and calls) and, when the caller gives a
-    clock, of time: read every 1,024 steps, so a render overruns its time by one such stretch."""
+    """A render's allowance of steps (loop iterations, calls, filters and the items a filter
+    goes through) and, when the caller gives a clock, of time: read every 64 steps."""
 
-    __slots__ = ("steps", "clock", "deadline")
+    __slots__ = ("steps", "check_at", "clock", "deadline")
 
     def __init__(self, steps: int, clock: Callable[[], float] | None, seconds: float):
-        self.steps = steps
+        self.steps = self.check_at = steps
         self.clock = clock
         self.deadline = clock() + seconds if clock else None
 
-    def spend(self) -> None:
-        self.steps -= 1
-        if self.steps & 1023 == 0:
+    def spend(self, steps: int = 1) -> None:
+        self.steps -= steps
+        if self.steps < self.check_at:
+            self.check_at = self.steps - 64
             if self.steps < 0:
-                raise TemplateError(f"too much work: more than {MAX_STEPS:,} loop iterations and "
-                                    "calls in one render")
+                raise TemplateError(f"too much work: more than {MAX_STEPS:,} loop iterations, "
+                                    "calls and filtered items in one render")
             if self.clock and self.clock() > self.deadline:
                 raise TemplateError("too much work: rendering took longer than "
                                     f"{MAX_SECONDS:g} s")
 
 
-def _budget(context) -> _Budget:
-    return context.parent[_BUDGET]
+# The budget of the render running on this thread (set by _render_capped): the hooks that spend
+# it are called by jinja2 without the render's context (filters, the steps of loops).
+_BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("template_budget")
 
 
-@jinja2.pass_context
-def _steps(context, iterable):
+def _steps(iterable):
     """Wrapped around every for loop's iterable at compile time: each iteration is a step."""
-    budget = _budget(context)
+    spend = _BUDGET.get().spend
     for item in iterable:
-        budget.spend()
+        spend()
         yield item
 
 
@@ -281,19 +283,26 @@ def _precheck(name: str, target, args: tuple, kwargs: dict, *, method: bool) -> 
         _check_size(_int(arg(0, "slices")), name)
 
 
+_ITEMS = (list, tuple, range, dict)  # what a filter may go through item by item in Python
 _CHECKED_METHODS = frozenset(("ljust", "rjust", "center", "zfill", "expandtabs", "replace",
                               "join", "format", "format_map"))
 _CHECKED_FILTERS = ("center", "indent", "replace", "join", "format", "slice")
 
 
-def _checked_filter(name: str, func):
+def _counted_filter(name: str, func):
+    """A filter that spends a step, and one for each item of a list it is given; the few that
+    can build a huge value are checked first."""
     skip = 1 if hasattr(func, "jinja_pass_arg") else 0  # context / eval context / environment
+    checked = name in _CHECKED_FILTERS
 
     @functools.wraps(func)
-    def checked(*args, **kwargs):
-        _precheck(name, args[skip], args[skip + 1:], kwargs, method=False)
+    def counted(*args, **kwargs):
+        value = args[skip] if len(args) > skip else None
+        _BUDGET.get().spend(1 + len(value) if isinstance(value, _ITEMS) else 1)
+        if checked:
+            _precheck(name, value, args[skip + 1:], kwargs, method=False)
         return func(*args, **kwargs)
-    return checked
+    return counted
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -316,7 +325,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call(self, context, obj, /, *args, **kwargs):
-        _budget(context).spend()
+        _BUDGET.get().spend()
         name = getattr(obj, "__name__", None)
         if name in _CHECKED_METHODS:
             bound = getattr(getattr(obj, "__wrapped__", obj), "__self__", None)  # format: wrapped
@@ -353,9 +362,9 @@ def _environment(content_type: str) -> _Sandbox:
     finalize = {JSON: _json_finalize, FORM: _form_finalize, TEXT: _text_finalize}[content_type]
     env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, finalize=finalize,
                    extensions=["jinja2.ext.loopcontrols"])
-    for name in _CHECKED_FILTERS:
-        env.filters[name] = _checked_filter(name, env.filters[name])
-    env.filters["tojson"] = tojson
+    for name, func in env.filters.items():
+        env.filters[name] = _counted_filter(name, func)
+    env.filters["tojson"] = tojson  # C-speed over values the size of its input: not counted
     env.filters[_STEPS_FILTER] = _steps
     env.filters[_CONCAT_FILTER] = _concat
     env.filters[_OUTPUT_FILTER] = _as_output
@@ -582,12 +591,11 @@ def render(template: Template, context: dict, *,
 def _render_capped(template: Template, context: dict, max_size: int, budget: _Budget) -> str:
     """The output, stopped as soon as it has more than `max_size` characters (each at least a
     byte), so a looping template cannot fill memory."""
-    variables = dict(context)
-    variables[_BUDGET] = budget
     out = []
     size = 0
+    token = _BUDGET.set(budget)
     try:
-        for chunk in template.compiled.generate(variables):
+        for chunk in template.compiled.generate(context):
             size += len(chunk)
             if size > max_size:
                 raise _OverCap
@@ -604,6 +612,8 @@ def _render_capped(template: Template, context: dict, max_size: int, budget: _Bu
         raise TemplateError("macros call themselves too deeply", _template_line(exc)) from None
     except Exception as exc:  # a template may raise whatever its expressions raise
         raise TemplateError(f"{type(exc).__name__}: {_one_line(exc)}", _template_line(exc)) from None
+    finally:
+        _BUDGET.reset(token)
     return "".join(out)
 
 
