@@ -7,6 +7,8 @@ or an event endpoint (events). Pure.
 - `render(template, context, max_payload_size=...)` -> `encodings.Rendered` (before each send;
   every failure is a `TemplateError` whose text is the attempt's reason);
 - `inbound_context(delivery)` / `events_context(batch, ...)`: the variables a template sees;
+- `inbound_request` / `event_request`: the two together, over the dialects' contexts
+  (payloads/dialects), for the registry;
 - `template_version(source, content_type)`: a stable content hash for storage and `show`.
 
 Escaping is the engine's job, not the template author's: every `{{ ... }}` is written through
@@ -38,6 +40,7 @@ from jinja2.visitor import NodeTransformer
 from mxhook.model.events import TYPES
 from mxhook.model.targets import Target
 from mxhook.payloads import events, inbound
+from mxhook.payloads.dialects import EventContext, InboundContext
 from mxhook.payloads.encodings import JSONText, Rendered, dumps
 
 KINDS = ("inbound", "events")
@@ -586,6 +589,21 @@ def render(template: Template, context: dict, *,
     if len(body) > max_payload_size:
         raise TemplateError(f"body over max_payload_size ({max_payload_size:,} bytes)")
     return Rendered(body, template.header)
+
+
+def event_request(template: Template, batch: Iterable[dict | events.V1Text], ctx: EventContext, *,
+                  clock: Callable[[], float] | None = None) -> Rendered:
+    """An event batch's body through an endpoint's template, as a dialect's `event_request`."""
+    return render(template, events_context(batch, tz=ctx.tz, batch_id=ctx.request_id,
+                                           endpoint_id=ctx.endpoint_id, api_key=ctx.api_key),
+                  clock=clock)
+
+
+def inbound_request(template: Template, delivery: inbound.Delivery, ctx: InboundContext, *,
+                    clock: Callable[[], float] | None = None) -> Rendered:
+    """An inbound delivery's body through a rule's template, as a dialect's `inbound_request`."""
+    return render(template, inbound_context(delivery, max_attachment_size=ctx.max_attachment_size),
+                  max_payload_size=ctx.max_payload_size, clock=clock)
 
 
 def _render_capped(template: Template, context: dict, max_size: int, budget: _Budget) -> str:
