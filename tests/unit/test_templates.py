@@ -351,6 +351,9 @@ def test_hypothesis_hostile_subject_bytes_through_the_inbound_document(subject):
     "cycler.__init__.__globals__", "lipsum.__globals__", "self._TemplateReference__context",
     "namespace.__init__", "events.__class__", "x.__dict__", "(1).real.__class__",
     "''.format.__globals__", "events.append(1)", "d.update(a=1)", "d.pop('a')",
+    "'{0.__class__}'.format(1)", "('{0.__class__}'|attr('format'))(1)",
+    "'{a.__class__}'.format_map({'a': 1})", "'%s'|format(x.__class__)",
+    "''|attr('__class__')", "[x]|map(attribute='__class__')|first",
 ])
 def test_the_sandbox_refuses_internals_and_changes(expr):
     e = error(f"{{{{ {expr} }}}}", TEXT, events=[], x=object(), d={"a": 1})
