@@ -15,9 +15,10 @@ Escaping is the engine's job, not the template author's: every `{{ ... }}` is wr
 the content type's `finalize` (JSON string content, percent-encoding, or text), so hostile mail
 text cannot break the body whatever a template does with it. The environment is jinja2's
 immutable sandbox with StrictUndefined, no loader (no include, import or extends), no `|safe`;
-each render has a work budget (loop iterations and calls), operators that could build huge
-values are size-checked, and the output is capped. docs/payloads.md, "Custom templates", is the
-reference for template authors.
+each render has a work budget (loop iterations, calls, filters and the items they go through;
+time too when the caller gives a clock: pure code reads none itself), what could build a huge
+value is size-checked before it runs, and the output is capped while it is made.
+docs/payloads.md, "Custom templates", is the reference for template authors.
 """
 from __future__ import annotations
 
