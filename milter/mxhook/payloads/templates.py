@@ -39,9 +39,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
 
 from mxhook.model.events import TYPES
+from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE
 from mxhook.model.targets import Target
 from mxhook.payloads import events, inbound
-from mxhook.payloads.dialects import EventContext, InboundContext
+from mxhook.payloads.dialects import DEFAULT_MAX_PAYLOAD_SIZE, EventContext, InboundContext
 from mxhook.payloads.encodings import JSONText, Rendered, dumps
 
 KINDS = ("inbound", "events")
@@ -49,7 +50,6 @@ JSON, FORM, TEXT = "application/json", "application/x-www-form-urlencoded", "tex
 # The content types a template may declare -> the Content-Type header its bodies are sent with.
 CONTENT_TYPES = {JSON: JSON, FORM: FORM, TEXT: "text/plain; charset=utf-8"}
 
-DEFAULT_MAX_PAYLOAD_SIZE = 25 * 1024 * 1024
 # Loop iterations, calls (functions, methods, macros), filters and the items of the lists
 # filters go through, in one render: a batch template takes a few per event, a runaway nested
 # loop is stopped within seconds.
@@ -480,7 +480,7 @@ def _one_line(text: str) -> str:
 # Contexts: what a template sees
 
 def inbound_context(delivery: inbound.Delivery, *,
-                    max_attachment_size: int = inbound.DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
+                    max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
     """The native inbound document's fields as variables (id, type, received, rule, envelope,
     message, api_key: null when the rule has none)."""
     doc = inbound.native_document(delivery, max_attachment_size=max_attachment_size)
