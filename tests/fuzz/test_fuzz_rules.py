@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mxhook.model import rules
 from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
+from mxhook.model.targets import Destination
 
 from . import FUZZ, scaled
 
@@ -61,7 +62,7 @@ def test_parse_condition_structured(header, pattern, negate):
         return
     assert cond.negate is negate
     # a condition that parsed can be compiled into a rule set and matched
-    rs = RuleSet([Rule("r", "https://h.example/", (cond,))], regex_timeout=0.05)
+    rs = RuleSet([Rule("r", Destination("https://h.example/"), (cond,))], regex_timeout=0.05)
     rs.match("a@ours.example", {cond.header: ["value"]})
 
 
@@ -98,8 +99,8 @@ def rule_sets(draw):
             # which hypothesis does not want inside a strategy
             conds.append(Condition(draw(st.sampled_from(["to", "subject", "from", "x-tag"])), draw(PATTERNS),
                                    draw(st.booleans())))
-        out.append(Rule(f"r{i}", "https://h.example/", tuple(conds), priority=draw(st.integers(-3, 3)),
-                        enabled=draw(st.booleans()), id=i + 1))
+        out.append(Rule(f"r{i}", Destination("https://h.example/"), tuple(conds),
+                        priority=draw(st.integers(-3, 3)), enabled=draw(st.booleans()), id=i + 1))
     return out
 
 
@@ -148,7 +149,8 @@ def test_match_respects_regex_timeout(pattern, n):
     timeout (no match, reported as timed out), it does not stall the milter."""
     timeout = 0.05
     value = "a" * n + "!"
-    rs = RuleSet([Rule("slow", "https://h.example/", (Condition("subject", pattern),), id=1)],
+    rs = RuleSet([Rule("slow", Destination("https://h.example/"), (Condition("subject", pattern),),
+                       id=1)],
                  regex_timeout=timeout)
     start = time.monotonic()
     result = rs.match("in@ours.example", {"subject": [value, value]})
@@ -177,7 +179,7 @@ def crowded_rule_sets(draw):
     for i in range(draw(st.integers(2, 10))):
         conds = tuple(Condition(draw(st.sampled_from(["to", "subject"])), draw(patterns), draw(st.booleans()))
                       for _ in range(draw(st.integers(1, 2))))
-        out.append(Rule(f"r{i}", "https://h.example/", conds, priority=i, id=i + 1))
+        out.append(Rule(f"r{i}", Destination("https://h.example/"), conds, priority=i, id=i + 1))
     return out
 
 
