@@ -329,6 +329,42 @@ def test_rule_add_endpoint_errors(populated):
                     match="rule name")
 
 
+@pytest.mark.parametrize("url, options", [
+    ("http://x.example/in", ()),
+    ("https://u:p@x.example/in", ()),
+    ("https://x.example/in", ("--basic-auth", "u:p", "--bearer", "tok")),
+    ("https://x.example/in", ("--bearer", "tok en")),
+    ("https://x.example/in", ("--retry-interval", "9")),
+    ("https://x.example/in", ("--retry-period", "11")),
+    ("https://x.example/in", ("--timeout", "0")),
+])
+def test_rule_add_and_endpoint_add_refuse_a_destination_alike(env, url, options):
+    """One check of the destination (model.targets.check_destination) for both sides: the same
+    input, the same one-line message (endpoint add takes the URL as its argument)."""
+    rule = env.fails("rule", "add", "r", "--when", "To~.", "--url", url, *options, match="")
+    endpoint = env.fails("endpoint", "add", url, *options, match="")
+    assert rule.stderr.startswith("Error: ") and rule.stderr == endpoint.stderr
+
+
+def test_each_side_names_its_own_formats(env):
+    env.fails("rule", "add", "r", "--url", "https://x.example/", "--when", "To~.", "--format", "form",
+              match="'form' is not one of 'json', 'multipart', 'raw'")
+    env.fails("endpoint", "add", "https://x.example/", "--format", "raw",
+              match="'raw' is not one of 'json', 'form'")
+
+
+def test_endpoint_is_a_hidden_old_name_of_url_on_rule_add_and_edit(env):
+    env.ok("rule", "add", "r", "--endpoint", "https://x.example/old", "--when", "To~.")
+    assert env.json("rule", "show", "r", "--json")["url"] == "https://x.example/old"
+    env.ok("rule", "edit", "r", "--endpoint", "https://x.example/new")
+    assert env.json("rule", "show", "r", "--json")["url"] == "https://x.example/new"
+    env.fails("rule", "edit", "r", "--url", "https://x.example/a", "--endpoint", "https://x.example/b",
+              match="give the URL once")
+    for command in ("add", "edit"):
+        help_text = env.ok("rule", command, "--help").stdout
+        assert "--url" in help_text and "--endpoint" not in help_text
+
+
 def test_rule_add_duplicate(populated):
     populated.fails("rule", "add", "invoices", "--url", "https://x.example/",
                     "--when", "To~.", match="already exists")

@@ -121,9 +121,9 @@ def test_replay_json_and_dry_run(env):
     out = env.json("replay", did, "--dry-run")
     assert out["dry_run"] is True and out["counts"] == {"replayed": 1, "skipped": 0}
     (item,) = out["replayed"]
-    assert {k: item[k] for k in ("id", "kind", "status", "rule", "endpoint", "last_error")} == {
+    assert {k: item[k] for k in ("id", "kind", "status", "rule", "url", "last_error")} == {
         "id": did, "kind": "delivery", "status": "failed", "rule": "r1",
-        "endpoint": "https://hooks.example/in", "last_error": "HTTP 404"}
+        "url": "https://hooks.example/in", "last_error": "HTTP 404"}
     with env.state() as st:
         assert logs.delivery(st, did)["status"] == "failed"  # nothing changed
     res = env.run("replay", did, "--dry-run")

@@ -31,6 +31,10 @@ class DestinationError(ValueError):
     """Invalid destination input; the message is meant for the admin as it stands."""
 
 
+class TargetRecordError(ValueError):
+    """A target's record form that cannot be read; the message starts with the field's name."""
+
+
 @dataclass(frozen=True)
 class Destination:
     url: str
@@ -154,9 +158,17 @@ class Target(Destination):
 
     @classmethod
     def from_record(cls, record: dict, kind: str = "rule") -> "Target":
-        """A target from its record form, as written (records.InboundRecord checked the name
-        and URL; other values are taken as they are, absent ones as None)."""
+        """A target from its record form, as written: TargetRecordError unless the name and
+        URL are text and the id an integer or absent; other values are taken as they are (a
+        spool record may come from an older mxhook), absent ones as None."""
+        name, url, target_id = record.get("name"), record.get(_RECORD_URL), record.get("id")
+        for what, value in (("name", name), ("url", url)):
+            if not value:
+                raise TargetRecordError(f"{what} is missing")
+            if not isinstance(value, str):
+                raise TargetRecordError(f"{what} is not a string: {type(value).__name__}")
+        if target_id is not None and (not isinstance(target_id, int) or isinstance(target_id, bool)):
+            raise TargetRecordError(f"id is not an integer: {type(target_id).__name__}")
         values = {f.name: record.get(f.name) for f in fields(Destination) if f.name != "url"}
         values.update(format=values["format"] or "json", allow_http=bool(values["allow_http"]))
-        return cls(kind=kind, id=record.get("id"), name=record["name"], url=record[_RECORD_URL],
-                   **values)
+        return cls(kind=kind, id=target_id, name=name, url=url, **values)

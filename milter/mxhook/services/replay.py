@@ -46,7 +46,7 @@ class Replay:
 
 def summary(item: dict, note: str | None = None, reason: str | None = None) -> dict:
     out = {"id": item["id"], "kind": item["kind"], "status": item["status"],
-           "received": item["received"], "endpoint": item["endpoint"],
+           "received": item["received"], "url": item["url"],
            "last_error": item["last_error"]}
     if item["kind"] == "delivery":
         out["rule"] = item["rule"]
