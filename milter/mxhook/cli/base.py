@@ -123,11 +123,12 @@ def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: boo
     `clear_auth`. `url_option`: False when the command takes the URL as its argument `url`;
     `endpoint_alias`: `--endpoint` as a hidden alias of `--url` (for existing rule scripts)."""
 
-    def dflt(name, unit=""):
-        return "." if edit else f" [default: {targets.default(name)}{unit}]."
+    def dflt(name):
+        return "." if edit else f" [default: {targets.default(name)}]."
 
     opts = [
-        click.option("--format", "format", type=click.Choice(formats), help="Payload format" + dflt("format")),
+        click.option("--format", "format", type=click.Choice(formats),
+                     help="Payload format" + dflt("format")),
         click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
         click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
         click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
@@ -136,28 +137,31 @@ def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: boo
         click.option("--retry-period", type=int, metavar="1..10",
                      help="Days to keep retrying" + dflt("retry_period")),
         click.option("--timeout", type=int, metavar="1..999",
-                     help="Request timeout in seconds" + dflt("timeout", " s")),
+                     help="Request timeout in seconds" + dflt("timeout")),
     ]
     if url_option:
         opts.insert(0, click.option("--url", metavar="URL", help=(
-            "Change the webhook URL." if edit else "Webhook URL (https:// unless --allow-http).  [required]")))
+            "Change the webhook URL." if edit
+            else "Webhook URL (https:// unless --allow-http).  [required]")))
     if endpoint_alias:
         opts.insert(1, click.option("--endpoint", "endpoint_url", metavar="URL", hidden=True))
     if edit:
         opts += [
             click.option("--allow-http/--no-allow-http", default=None,
                          help="Allow (or stop allowing) a plain http:// URL."),
-            click.option("--clear-auth", is_flag=True, help=(
-                "Remove Basic auth, Bearer token and API key (before applying any new ones given).")),
+            click.option("--clear-auth", is_flag=True,
+                         help="Remove Basic auth, Bearer token and API key (before applying any "
+                              "new ones given)."),
         ]
     else:
-        opts.append(click.option("--allow-http", is_flag=True,
-                                 help=f"Allow a plain http:// URL ({unencrypted} travels unencrypted)."))
+        opts.append(click.option(
+            "--allow-http", is_flag=True,
+            help=f"Allow a plain http:// URL ({unencrypted} travels unencrypted)."))
 
     def deco(f):
         @functools.wraps(f)
         def command(**kwargs):
-            values = {field.name: kwargs.pop(field.name) for field in dataclasses.fields(targets.Destination)}
+            values = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(targets.Destination)}
             alias = kwargs.pop("endpoint_url", None)
             if alias is not None:
                 if values["url"] not in (None, alias):

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from mxhook.model import events as events_mod
 from mxhook.model.rules import RuleError
-from mxhook.model.targets import Destination, Target, check_destination
+from mxhook.model.targets import Destination, Target, check_destination, check_range
 
 CATEGORIES = tuple(events_mod.CATEGORIES)  # bounces, deliveries, blocks
 FORMATS = ("json", "form")
@@ -92,12 +92,6 @@ def check_timezone(name: str) -> str:
     return text
 
 
-def _check_range(what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
-    lo, hi = bounds
-    if not lo <= value <= hi:
-        raise RuleError(f"{what} must be between {lo} and {hi} {unit}, got {value}")
-
-
 def supported_versions() -> tuple[int, ...]:
     return VERSIONS
 
@@ -112,8 +106,8 @@ def validate(ep: Endpoint) -> Endpoint:
     when None)."""
     check_destination(ep.destination, FORMATS)
     categories = parse_categories(ep.categories)
-    _check_range("interval", ep.interval, INTERVAL_RANGE, "seconds")
-    _check_range("max events", ep.max_events, MAX_EVENTS_RANGE, "events")
+    check_range("interval", ep.interval, INTERVAL_RANGE, "seconds", RuleError)
+    check_range("max events", ep.max_events, MAX_EVENTS_RANGE, "events", RuleError)
     versions = supported_versions()
     version = max(versions) if ep.version is None else ep.version
     if version not in versions:

@@ -85,16 +85,17 @@ def check_destination(dest: Destination, formats: tuple[str, ...]) -> Destinatio
     if dest.format not in formats:
         raise DestinationError(f"format must be one of {', '.join(formats)}, got {dest.format!r}")
     check_credentials(dest.basic_auth, dest.bearer, dest.api_key)
-    _check_range("retry interval", dest.retry_interval, RETRY_INTERVAL_RANGE, "seconds")
-    _check_range("retry period", dest.retry_period, RETRY_PERIOD_RANGE, "days")
-    _check_range("timeout", dest.timeout, TIMEOUT_RANGE, "seconds")
+    check_range("retry interval", dest.retry_interval, RETRY_INTERVAL_RANGE, "seconds")
+    check_range("retry period", dest.retry_period, RETRY_PERIOD_RANGE, "days")
+    check_range("timeout", dest.timeout, TIMEOUT_RANGE, "seconds")
     return dest
 
 
-def _check_range(what: str, value, bounds: tuple[int, int], unit: str) -> None:
+def check_range(what: str, value, bounds: tuple[int, int], unit: str,
+                error: type[ValueError] = DestinationError) -> None:
     lo, hi = bounds
     if not lo <= value <= hi:
-        raise DestinationError(f"{what} must be between {lo} and {hi} {unit}, got {value}")
+        raise error(f"{what} must be between {lo} and {hi} {unit}, got {value}")
 
 
 def check_url(url: str, *, allow_http: bool) -> None:
@@ -167,7 +168,7 @@ class Target(Destination):
                 raise TargetRecordError(f"{what} is missing")
             if not isinstance(value, str):
                 raise TargetRecordError(f"{what} is not a string: {type(value).__name__}")
-        if target_id is not None and (not isinstance(target_id, int) or isinstance(target_id, bool)):
+        if target_id is not None and (isinstance(target_id, bool) or not isinstance(target_id, int)):
             raise TargetRecordError(f"id is not an integer: {type(target_id).__name__}")
         values = {f.name: record.get(f.name) for f in fields(Destination) if f.name != "url"}
         values.update(format=values["format"] or "json", allow_http=bool(values["allow_http"]))
