@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mxhook.model import rules
 from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
-from mxhook.model.targets import Destination
+from mxhook.model.targets import Destination, DestinationError
 
 from . import FUZZ, scaled
 
@@ -69,20 +69,24 @@ def test_parse_condition_structured(header, pattern, negate):
 @FUZZ
 @given(st.builds(
     Rule,
-    name=st.text(max_size=70), endpoint=st.text(max_size=60) | st.sampled_from(
-        ["https://h.example/x", "http://h.example/", "https://u:p@h.example/", "https://h.example:99999/",
-         "https://[::1/", "ftp://h.example/", "https:///nohost"]),
+    name=st.text(max_size=70),
+    destination=st.builds(
+        Destination,
+        url=st.text(max_size=60) | st.sampled_from(
+            ["https://h.example/x", "http://h.example/", "https://u:p@h.example/", "https://h.example:99999/",
+             "https://[::1/", "ftp://h.example/", "https:///nohost"]),
+        format=st.sampled_from(["json", "multipart", "raw", "xml", ""]),
+        basic_auth=st.none() | st.text(max_size=10), bearer=st.none() | st.text(max_size=10),
+        retry_interval=st.integers(-5, 700), retry_period=st.integers(-1, 12),
+        timeout=st.integers(-1, 1200), allow_http=st.booleans()),
     conditions=st.lists(st.builds(Condition, header=HEADER_NAMES, pattern=PATTERNS, negate=st.booleans()),
                         max_size=3).map(tuple),
-    priority=st.integers(-10**6, 10**6), format=st.sampled_from(["json", "multipart", "raw", "xml", ""]),
-    basic_auth=st.none() | st.text(max_size=10), bearer=st.none() | st.text(max_size=10),
-    retry_interval=st.integers(-5, 700), retry_period=st.integers(-1, 12), timeout=st.integers(-1, 1200),
-    allow_http=st.booleans(),
+    priority=st.integers(-10**6, 10**6),
 ))
 def test_validate_random_rules(rule):
     try:
         assert rules.validate(rule) is rule
-    except RuleError as exc:
+    except (RuleError, DestinationError) as exc:
         assert str(exc)
 
 

@@ -5,8 +5,9 @@ Written by the `mxhook` CLI (mxhook.services) through `RulesStore`; read by the 
 `Snapshot` that a `SnapshotWatcher` swaps in when the database changes (`PRAGMA data_version`,
 polled at most once per interval), so the milter's hot path never takes a lock.
 
-Every write validates first (`rules.validate`, domain syntax) and raises `rules.RuleError`
-with a message meant for the admin; a rule and its conditions are written in one transaction,
+Every write validates first (`rules.validate`, `endpoints.validate`, domain syntax) and raises
+`rules.RuleError` (`targets.DestinationError` for a destination) with a message meant for the
+admin; a rule and its conditions are written in one transaction,
 so nothing is written on error. The file holds endpoint secrets: it is created mode 0640.
 
 Permissions: SQLite readers of a WAL database need write access to the -shm file (and to the
