@@ -19,11 +19,13 @@ from mxhook import cli as climod
 from mxhook import config
 from mxhook.store import rulesdb
 from mxhook.model import events
+from mxhook.model.targets import Destination
 from mxhook import spool
 from mxhook.daemons import spooler
 from mxhook.model.endpoints import Endpoint
 from mxhook.store import logs
 from mxhook.store.statedb import StateStore
+from tests.support.destinations import routed
 from tests.support.receiver import Response
 from tests.spooler.test_spooler import Running, Stepped, rx, settings  # noqa: F401  (rx: a fixture)
 
@@ -45,7 +47,7 @@ def add_endpoint(cfg, url, **kw) -> Endpoint:
     kw.setdefault("allow_http", True)
     kw.setdefault("retry_interval", 10)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        return store.add_endpoint(Endpoint(url=url, **kw))
+        return store.add_endpoint(Endpoint(**routed(url, **kw)))
 
 
 _seq = [0]
@@ -107,10 +109,10 @@ def test_batch_due():
 
 
 def test_due_batches():
-    eps = {1: Endpoint(url="https://a.example/", id=1, interval=10, max_events=100),
-           2: Endpoint(url="https://b.example/", id=2, interval=60, max_events=100),
-           3: Endpoint(url="https://c.example/", id=3, enabled=False),
-           4: Endpoint(url="https://d.example/", id=4, max_events=100)}
+    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=10, max_events=100),
+           2: Endpoint(Destination("https://b.example/"), id=2, interval=60, max_events=100),
+           3: Endpoint(Destination("https://c.example/"), id=3, enabled=False),
+           4: Endpoint(Destination("https://d.example/"), id=4, max_events=100)}
     pending = {1: (3, 980.0), 2: (3, 980.0), 3: (500, 0.0), 4: (100, 999.0), 9: (5, 0.0)}
     assert spooler.due_batches(pending, eps, 1000.0) == [1, 4]
     assert spooler.due_batches(pending, eps, 1000.0, busy={4}) == [1]

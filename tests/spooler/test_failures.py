@@ -21,6 +21,7 @@ from mxhook.daemons import spooler
 from mxhook.store import ingest, logs, replay
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import StateStore
+from tests.support.destinations import routed
 from tests.spooler.test_events import write_event
 from tests.spooler.test_spooler import (  # noqa: F401
     Running, delivery, rule_record, rx, settings, wait_status, write_inbound)
@@ -36,11 +37,11 @@ def make_cfg(tmp_path, **spooler_keys) -> config.Config:
 
 
 def add_rule(cfg, rx, path, name="r1", **kw) -> rules.Rule:
-    fields = dict(name=name, endpoint=rx.url + path, allow_http=True, retry_interval=10,
+    fields = dict(name=name, allow_http=True, retry_interval=10,
                   conditions=(rules.parse_condition(r"To~@ours\.example$"),))
     fields.update(kw)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        return store.add_rule(rules.Rule(**fields))
+        return store.add_rule(rules.Rule(**routed(rx.url + path, **fields)))
 
 
 def get_rule(cfg, name="r1") -> rules.Rule:
@@ -52,7 +53,7 @@ def add_endpoint(cfg, url, **kw) -> Endpoint:
     kw.setdefault("allow_http", True)
     kw.setdefault("retry_interval", 10)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        return store.add_endpoint(Endpoint(url=url, **kw))
+        return store.add_endpoint(Endpoint(**routed(url, **kw)))
 
 
 def get_endpoint(cfg, key) -> Endpoint:
@@ -141,7 +142,8 @@ def test_410_from_an_old_url_does_not_disable_the_edited_rule(tmp_path, rx):
     rx.script("/old", [(410, {}, b"")])
     did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        store.replace_rule("r1", dataclasses.replace(rule, endpoint=rx.url + "/new", id=None))
+        moved = dataclasses.replace(rule.destination, url=rx.url + "/new")
+        store.replace_rule("r1", dataclasses.replace(rule, destination=moved, id=None))
     c = Clocked(cfg)
     try:
         c.run()

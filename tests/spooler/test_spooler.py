@@ -24,6 +24,7 @@ from mxhook import spool
 from mxhook.daemons import spooler
 from mxhook.store import ingest, logs
 from mxhook.store.statedb import StateStore
+from tests.support.destinations import routed
 from tests.support.receiver import Receiver, Response
 
 HERE = os.path.dirname(__file__)
@@ -57,10 +58,10 @@ def rule_record(rule: rules.Rule) -> dict:
 
 
 def target(rx, path, name="r1", **kw) -> dict:
-    fields = dict(name=name, endpoint=rx.url + path, allow_http=True, retry_interval=10,
+    fields = dict(name=name, allow_http=True, retry_interval=10,
                   conditions=(rules.parse_condition("To~@ours\\.example$"),), id=1)
     fields.update(kw)
-    return rule_record(rules.validate(rules.Rule(**fields)))
+    return rule_record(rules.validate(rules.Rule(**routed(rx.url + path, **fields))))
 
 
 def inbound_record(*targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> spool.Record:

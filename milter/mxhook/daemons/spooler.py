@@ -425,7 +425,7 @@ class Spooler:
                 make = due_batches(pending, eps, now)
             for endpoint_id in make:
                 ep = eps[endpoint_id]
-                batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.url)
+                batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.destination.url)
                 if batch is not None:
                     open_batches[endpoint_id] = batch
                     log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
@@ -450,8 +450,8 @@ class Spooler:
     def _batch_dispatch(self, batch: EventBatch, ep: Endpoint) -> Dispatch:
         def render():
             return self.render_events(
-                ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.format,
-                batch_id=batch.id, endpoint_id=ep.id, api_key=ep.api_key,
+                ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.destination.format,
+                batch_id=batch.id, endpoint_id=ep.id, api_key=ep.destination.api_key,
             )
         return Dispatch(
             id=batch.id, target=ep.target, attempts=batch.attempts,

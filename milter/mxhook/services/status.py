@@ -101,11 +101,11 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
             entry = _target_entry("rule", r.enabled, health.get(("rule", ref)),
                                   (summary or {}).get("rules", {}).get(ref),
                                   (times.get(r.name) or {}).get("updated"))
-            rules_out.append({"name": r.name, "id": r.id, "endpoint": r.endpoint, **entry})
+            rules_out.append({"name": r.name, "id": r.id, "url": r.destination.url, **entry})
         for ep in eps:
             entry = _target_entry("endpoint", ep.enabled, health.get(("endpoint", str(ep.id))),
                                   (summary or {}).get("endpoints", {}).get(ep.id), ep.updated)
-            endpoints_out.append({"id": ep.id, "url": ep.url, **entry})
+            endpoints_out.append({"id": ep.id, "url": ep.destination.url, **entry})
     else:
         problems.append(f"rules database {cfg.rules_db} does not exist yet")
     report.update(rules=rules_out, endpoints=endpoints_out, problems=problems)

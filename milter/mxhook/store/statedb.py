@@ -810,7 +810,7 @@ class StateStore:
     def sync_endpoints(self, endpoints: Iterable, now=None) -> None:
         """Remember the endpoints' URLs (for the event log)."""
         at = iso(now)
-        rows = [(ep.id, ep.url, at) for ep in endpoints]
+        rows = [(ep.id, ep.destination.url, at) for ep in endpoints]
         with self._write() as conn:
             for endpoint_id, url, at in rows:
                 conn.execute(
