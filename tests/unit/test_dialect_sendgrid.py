@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mxhook.model.rules import Rule
+from mxhook.model.targets import Destination
 from mxhook.payloads import inbound
 from mxhook.payloads.dialects import EventContext, InboundContext, sendgrid
 from mxhook.payloads.events import sample_event
@@ -27,7 +28,7 @@ from tests.unit.test_payload_golden import EVENTS
 from tests.unit.test_payloads import FIXTURES, META, PDF
 
 GOLDEN = Path(__file__).parent / "golden" / "dialects" / "sendgrid"
-RULE = Rule(name="reports", endpoint="https://hooks.example/in", id=7)
+RULE = Rule(name="reports", destination=Destination("https://hooks.example/in"), id=7)
 CTX = EventContext(request_id="evb_golden", now=1767225600.0, nonce="nonce-1", endpoint_id=3)
 AT = "2026-01-15T12:00:00.250000Z"
 SMTPAPI = json.dumps({"category": ["welcome", "x"], "unique_args": {"user": "1123", "event": "no", "n": 5}})
