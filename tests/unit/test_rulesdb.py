@@ -68,7 +68,7 @@ def test_creates_parent_dir_file_mode_wal_and_schema_version(path, store):
     cols = [r[1] for r in conn.execute("PRAGMA table_info(rules)")]
     assert cols == ["id", "name", "priority", "enabled", "endpoint", "format", "basic_auth",
                     "bearer", "api_key", "retry_interval", "retry_period", "timeout", "discard",
-                    "allow_http", "created", "updated"]
+                    "allow_http", "created", "updated", "dialect", "signing_key", "template"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(conditions)")] == [
         "id", "rule_id", "position", "header", "pattern", "negate"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(domains)")] == [
@@ -397,7 +397,7 @@ def test_migration_from_version_1_keeps_rules(path):
     reader = rulesdb.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5 == rulesdb.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 6 == rulesdb.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
@@ -426,7 +426,7 @@ def test_migration_to_version_5_stores_idna_2008_forms(path):
                                [address])
         store.conn.execute("PRAGMA user_version = 4")
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION
         domains = {d["name"]: d["log_denied"] for d in store.list_domains()}
         assert domains == {"xn--f9dt7l.example": True, "xn--f9dt7l.other": True,
                            "xn--n3h.example": False, "fass.example": False}

@@ -23,7 +23,8 @@ def test_a_rule_has_a_target_and_its_record_keeps_the_spool_format():
     record = t.to_record(discard=rule.discard)
     # the keys and their order are what spool records and state.db have always held
     assert list(record) == ["id", "name", "endpoint", "format", "basic_auth", "bearer", "api_key",
-                            "retry_interval", "retry_period", "timeout", "allow_http", "discard"]
+                            "retry_interval", "retry_period", "timeout", "allow_http", "dialect",
+                            "signing_key", "template", "discard"]
     assert record["endpoint"] == URL and record["discard"] is True
     assert Target.from_record(record) == t
 
@@ -44,7 +45,8 @@ def test_a_record_of_an_older_mxhook_still_loads():
     assert (t.kind, t.id, t.name, t.url, t.format, t.bearer, t.timeout) == (
         "rule", 2, "sales", URL, "multipart", "tok", 10)
     assert t.retry == RetryPolicy(30, 2) and t.allow_http is False
-    assert t.to_record(discard=True) == {**old, "allow_http": False}
+    assert t.to_record(discard=True) == {**old, "allow_http": False, "dialect": "native",
+                                         "signing_key": None, "template": None}
 
 
 @pytest.mark.parametrize("record, message", [

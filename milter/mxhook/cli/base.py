@@ -161,7 +161,7 @@ def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: boo
     def deco(f):
         @functools.wraps(f)
         def command(**kwargs):
-            values = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(targets.Destination)}
+            values = {f.name: kwargs.pop(f.name, None) for f in dataclasses.fields(targets.Destination)}
             alias = kwargs.pop("endpoint_url", None)
             if alias is not None:
                 if values["url"] not in (None, alias):

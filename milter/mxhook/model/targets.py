@@ -25,7 +25,7 @@ from mxhook.model.retry import RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPo
 
 DEFAULT_TIMEOUT = 30  # seconds
 TIMEOUT_RANGE = (1, 999)  # seconds
-AUTH_FIELDS = ("basic_auth", "bearer", "api_key")
+AUTH_FIELDS = ("basic_auth", "bearer", "api_key", "signing_key")
 
 
 class DestinationError(ValueError):
@@ -47,6 +47,9 @@ class Destination:
     retry_period: float | None = 3  # days
     timeout: float | None = DEFAULT_TIMEOUT  # seconds
     allow_http: bool = False
+    dialect: str = "native"  # whose request bodies: payloads/dialects, or mxhook's own
+    signing_key: str | None = None  # the key a dialect signs its bodies with (Mailgun's)
+    template: int | None = None  # version of the owner's jinja2 template in rules.db, if any
 
     @property
     def retry(self) -> RetryPolicy:
@@ -171,7 +174,8 @@ class Target(Destination):
         if target_id is not None and (isinstance(target_id, bool) or not isinstance(target_id, int)):
             raise TargetRecordError(f"id is not an integer: {type(target_id).__name__}")
         values = {f.name: record.get(f.name) for f in fields(Destination) if f.name != "url"}
-        values.update(format=values["format"] or "json", allow_http=bool(values["allow_http"]))
+        values.update(format=values["format"] or "json", allow_http=bool(values["allow_http"]),
+                      dialect=values["dialect"] or "native")
         return cls(kind=kind, id=target_id, name=name, url=url, **values)
 
 

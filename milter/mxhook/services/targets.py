@@ -42,7 +42,7 @@ def mask_basic(basic: str | None) -> str | None:
 def masked_auth(dest: Destination) -> dict:
     """The auth fields of a destination as shown: secrets masked."""
     return {"basic_auth": mask_basic(dest.basic_auth), "bearer": mask_secret(dest.bearer),
-            "api_key": mask_secret(dest.api_key)}
+            "api_key": mask_secret(dest.api_key), "signing_key": mask_secret(dest.signing_key)}
 
 
 def as_dict(dest: Destination) -> dict:

@@ -424,6 +424,30 @@ def _schema_v5(db: sqlite_utils.Database) -> None:
     _rewrite_blocklist(db, _renormalized_address)
 
 
+def _schema_v6(db: sqlite_utils.Database) -> None:
+    """Payload dialects and templates: each destination names its dialect (`native`: mxhook's
+    own bodies, what every existing rule and endpoint keeps), a dialect's signing key, and the
+    version of its jinja2 template; `templates` keeps every version of every owner's template
+    (a delivery accepted under version N renders with N after an edit)."""
+    for table in ("rules", "endpoints"):
+        have = {c.name for c in db[table].columns}
+        for column, decl in (("dialect", "TEXT NOT NULL DEFAULT 'native'"),
+                             ("signing_key", "TEXT"), ("template", "INTEGER")):
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS templates (
+            owner_kind TEXT NOT NULL,   -- rule | endpoint
+            owner_id INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            digest TEXT NOT NULL,       -- payloads.templates.template_version
+            created TEXT NOT NULL,
+            PRIMARY KEY (owner_kind, owner_id, version)
+        )""")
+
+
 def _renormalized_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
     return normalize_address(f"{local}{at}{_u_labels(domain)}")
@@ -446,7 +470,8 @@ def _u_labels(domain: str) -> str:
 
 
 # The step that brings a database from the version before to each version (store.migrations).
-_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5))
+_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
+               (6, _schema_v6))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
