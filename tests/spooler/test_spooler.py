@@ -6,7 +6,6 @@ schedule (10 s interval -> 0.1 s at scale 0.01), or a test drives the spooler's 
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -514,27 +513,38 @@ def test_a_crash_before_the_file_is_unlinked_duplicates_nothing(rx, tmp_path, mo
     assert os.listdir(os.path.join(cfg.spool_dir, "tmp")) == []
 
 
-def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monkeypatch):
-    """state.db refusing ingest (disk full) with more files waiting than one batch: the loop
-    waits poll_interval between tries instead of spinning through new/ and the log."""
+def refused_backlog(rx, tmp_path, monkeypatch, refuse) -> tuple[config.Config, list]:
+    """35 files waiting (ingest_batch 10, poll_interval 0.5 s) and ingest.records replaced by
+    `refuse(records)`: passes of the loop until its monotonic clock reaches 1.6 s. Returns the
+    config and (the spooler's time, how many records) for each ingest try."""
     cfg = make_cfg(tmp_path, ingest_batch="10", poll_interval="0.5")
     for _ in range(35):
         write_inbound(cfg, target(rx, "/hook"))
     untouched_new(cfg)
     mono, tries = Clock(0.0), []
 
-    def disk_full(*args, **kw):
-        tries.append(mono.now)
-        raise sqlite3.OperationalError("database or disk is full")
+    def records(state, records, **kw):
+        tries.append((mono.now, len(records)))
+        refuse(records)
 
-    monkeypatch.setattr(ingest, "records", disk_full)
+    monkeypatch.setattr(ingest, "records", records)
     sp = spooler.Spooler(cfg, monotonic=mono)
     waits_on(sp, mono)
     try:
         step_until(sp, mono, 1.6)
     finally:
         sp.close()
-    assert tries == pytest.approx([0.0, 0.5, 1.0, 1.5]), "ingest tries on the spooler's clock"
+    return cfg, tries
+
+
+def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monkeypatch):
+    """state.db refusing ingest (disk full) with more files waiting than one batch: the loop
+    waits poll_interval between tries instead of spinning through new/ and the log."""
+    def disk_full(records):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    cfg, tries = refused_backlog(rx, tmp_path, monkeypatch, disk_full)
+    assert [t for t, _ in tries] == pytest.approx([0.0, 0.5, 1.0, 1.5]), "ingest tries on the spooler's clock"
     assert len(spool.pending(cfg.spool_dir)) == 35  # nothing lost while refused
     monkeypatch.undo()
     run_once(cfg)
@@ -543,25 +553,12 @@ def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monke
 
 def test_a_refused_ingest_one_file_at_a_time_waits_too(rx, tmp_path, monkeypatch):
     """The batch fails for a record's sake, then state.db refuses each file: the same wait."""
-    cfg = make_cfg(tmp_path, ingest_batch="10", poll_interval="0.5")
-    for _ in range(35):
-        write_inbound(cfg, target(rx, "/hook"))
-    untouched_new(cfg)
-    mono, tries = Clock(0.0), []
-
-    def refuse(state, records, **kw):
-        tries.append((mono.now, len(records)))
+    def refuse(records):
         if len(records) > 1:
             raise ValueError("one odd record")
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(ingest, "records", refuse)
-    sp = spooler.Spooler(cfg, monotonic=mono)
-    waits_on(sp, mono)
-    try:
-        step_until(sp, mono, 1.6)
-    finally:
-        sp.close()
+    cfg, tries = refused_backlog(rx, tmp_path, monkeypatch, refuse)
     assert [n for _, n in tries] == [10, 1] * 4  # the batch, then its first file: refused
     assert [t for t, n in tries if n == 10] == pytest.approx([0.0, 0.5, 1.0, 1.5])
     assert len(spool.pending(cfg.spool_dir)) == 35
