@@ -1,15 +1,21 @@
 """mxhook.store.migrations: numbered steps, one transaction, the version in user_version."""
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import sqlite_utils
 
+import mxhook
 from mxhook import cli as climod
 from mxhook import config
 from mxhook.store import logs, migrations, rulesdb, statedb
@@ -178,3 +184,54 @@ def test_an_old_rules_db_is_not_migrated_by_status(tmp_path):
         pass
     with rulesdb.RulesStore(path, readonly=True) as store:
         assert [r.name for r in store.list_rules()] == ["r1"]
+
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to run a reader as another user")
+def test_a_group_reader_without_write_access(tmp_path):
+    """A user of the daemons' group: may read state.db (0640) and its directory (0750), write
+    neither. The file is upgraded and in WAL mode, as mxhook-spooler leaves it."""
+    top = tempfile.mkdtemp(prefix="mxhook-ro-")  # pytest's tmp_path is closed to other users
+    try:
+        os.chmod(top, 0o755)
+        directory = os.path.join(top, "lib")
+        os.mkdir(directory)
+        path = os.path.join(directory, "state.db")
+        StateStore(path).close()
+        group = grp.getgrnam("nogroup").gr_gid
+        os.chown(directory, 0, group)
+        os.chmod(directory, 0o750)
+        probe = ("import sys; from mxhook.store import logs, statedb, migrations\n"
+                 "try:\n"
+                 "    with statedb.StateStore(sys.argv[1], readonly=True) as st:\n"
+                 "        print('read', logs.counts(st)['messages'])\n"
+                 "except migrations.NotReadable as exc:\n"
+                 "    print('refused', exc)\n")
+
+        def read_as_nobody() -> str:
+            for p in os.listdir(directory):
+                os.chown(os.path.join(directory, p), 0, group)
+            env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(mxhook.__file__)))
+            res = subprocess.run([*NOBODY, sys.executable, "-c", probe, path], capture_output=True,
+                                 text=True, env=env, cwd="/", timeout=60)
+            assert res.returncode == 0, res.stderr
+            return res.stdout.strip()
+
+        # no daemon has it open: no -shm file, which SQLite would have to create
+        said = read_as_nobody()
+        assert said.startswith(f"refused state database {path} cannot be read by this user now"), said
+        assert "is not writable for this user); run this as the daemons' user, or while they run" in said
+        # the spooler has it open (its -shm file exists): read, and nothing written
+        writer = sqlite3.connect(path)
+        try:
+            writer.execute("SELECT count(*) FROM messages").fetchone()
+            assert read_as_nobody() == "read 0"
+            writer.execute("PRAGMA user_version = 0")  # as an older mxhook left it
+            assert read_as_nobody().startswith(f"refused state database {path} is at schema version 0")
+        finally:
+            writer.close()
+    finally:
+        shutil.rmtree(top)
