@@ -1,7 +1,6 @@
 """The milter adapter driven through its callbacks by tests/milter/driver.py (no MTA), with a
 real rules.db and spool."""
 import os
-import time
 from datetime import datetime, timezone
 
 import Milter
@@ -367,10 +366,8 @@ def test_rule_edits_reach_the_running_milter(env):
     env.store.add_rule(Rule(name="support",
                             destination=Destination("http://127.0.0.1:9/s", allow_http=True),
                             conditions=(parse_condition("To~^support@"),)))
-    deadline = time.monotonic() + 5
-    while "support" not in [r.name for r in env.watcher.current.ruleset.rules]:
-        assert time.monotonic() < deadline, "rule change not picked up within 5 s"
-        time.sleep(0.02)
+    env.watcher.check()  # the watcher's poll, now (its thread may have done it already)
+    assert "support" in [r.name for r in env.watcher.current.ruleset.rules]
     assert ctx.send(["<support@ours.example>"], HEADERS)[1] == Milter.ACCEPT
 
 

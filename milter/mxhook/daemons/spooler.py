@@ -194,6 +194,7 @@ class Spooler:
     def __init__(self, cfg: config_mod.Config, *, render: Callable | None = None,
                  render_events: Callable | None = None,
                  session_factory: Callable | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random):
         self.cfg = cfg
         self.spool_dir = cfg.spool_dir
@@ -216,6 +217,7 @@ class Spooler:
         # signing keys are looked up per attempt: a rotation applies to retries
         self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
+        self.monotonic = monotonic  # pauses and waits (tests drive both clocks)
         self.rand = rand  # jitter of the retry schedule (tests inject a fixed one)
 
         spool.ensure_dirs(self.spool_dir)
@@ -593,14 +595,14 @@ class Spooler:
         receiver would be flooded. A damaged state.db stops the spooler (`_state_error`)."""
         if not self._unrecorded:
             return True
-        if time.monotonic() < self._record_retry_at:
+        if self.monotonic() < self._record_retry_at:
             return False
         try:
             self.state.record_attempts(self._unrecorded)
             self._unrecorded = []
         except sqlite3.Error as exc:
             self._record_pause = min(max(self._record_pause * 2, RECORD_RETRY_FIRST), RECORD_RETRY_MAX)
-            self._record_retry_at = time.monotonic() + self._record_pause
+            self._record_retry_at = self.monotonic() + self._record_pause
             _state_error(exc, f"cannot record {len(self._unrecorded)} "
                               f"attempt result(s) in state.db; no posts until they are recorded "
                               f"(next try in {self._record_pause:g} s)")
@@ -659,9 +661,9 @@ class Spooler:
         (`spool.Reader.changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
         by the next step with every other one finished by then: one commit for all of them
         (collecting the first alone made a commit, and an fsync, per post)."""
-        deadline = time.monotonic() + pause
+        deadline = self.monotonic() + pause
         while not self.stopping and not self.reader.changed():
-            left = deadline - time.monotonic()
+            left = deadline - self.monotonic()
             if left <= 0:
                 return
             if self.inflight:

@@ -137,7 +137,7 @@ def replay(cfg: configmod.Config, *, ids=(), rule: str | None = None, endpoint: 
     try:
         rules = store.list_rules() if store else []
         endpoints = {ep.id: ep for ep in store.list_endpoints()} if store else {}
-        with state_store(cfg) as st:
+        with state_store(cfg, write=True) as st:
             if ids:
                 items, unknown = state_replay.replay_items(st, ids)
                 if unknown:

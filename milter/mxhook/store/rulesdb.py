@@ -529,14 +529,28 @@ def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float) -> Snapshot:
 
 class RulesStore:
     """CRUD on rules.db. Opening it creates the file (and its directory) when missing and
-    brings the schema up to date."""
+    brings the schema up to date; `readonly` opens the file as it is (`mode=ro`: for readers
+    that may not write it), creates and migrates nothing, and refuses a file an older mxhook
+    wrote (migrations.NotReadable)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, readonly: bool = False):
         self.path = str(path)
-        _create_file(self.path)
-        self.conn = _connect(self.path, create=True)
+        if readonly:
+            self.conn = _connect_ro(self.path)
+        else:
+            _create_file(self.path)
+            self.conn = _connect(self.path, create=True)
         self.db = sqlite_utils.Database(self.conn)
-        migrations.migrate(self.db, _MIGRATIONS, name="rules database", newer=RuleError)
+        try:
+            if readonly:
+                migrations.check_readable(
+                    self.conn, self.path, _MIGRATIONS, name=f"rules database {self.path}", newer=RuleError,
+                    upgrade="`mxhook domain list`, run by its owner, upgrades it")
+            else:
+                migrations.migrate(self.db, _MIGRATIONS, name="rules database", newer=RuleError)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
