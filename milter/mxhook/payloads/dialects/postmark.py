@@ -9,6 +9,7 @@ import hashlib
 from mxhook.model.events import iso_from_us, is_stored_time, us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
+from mxhook.payloads.dialects._fields import encode
 from mxhook.payloads.encodings import Rendered
 
 NAME = "postmark"
@@ -69,7 +70,7 @@ def event_request(events: list[dict], ctx: EventContext) -> Rendered:
     outside EVENT_TYPES: the pipeline sends this dialect only those."""
     if len(events) != 1:
         raise ValueError(f"postmark posts one event per request, not {len(events)}")
-    return encodings.json(record(events[0], ctx))
+    return encode(encodings.json, record(events[0], ctx))
 
 
 def record(event: dict, ctx: EventContext) -> dict:
