@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.parser import BytesParser
 from email.policy import HTTP, compat32
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from mxhook.payloads.encodings import Rendered
 
@@ -185,8 +185,12 @@ def mime(subject: bytes = b"Conformance subject", *, to: bytes = b"in@ours.examp
            b"--conf-b1\r\n", body_headers, b"\r\n", body]
     for filename, data in attachments:
         b64 = base64.encodebytes(data).replace(b"\n", b"\r\n")
+        if re.fullmatch(r"[\w.-]+", filename, re.ASCII):
+            param = b'filename="' + filename.encode("ascii") + b'"'
+        else:  # RFC 2231: any character, CR and LF included
+            param = b"filename*=utf-8''" + quote(filename, safe="").encode("ascii")
         out += [b"--conf-b1\r\n", b"Content-Type: application/octet-stream\r\n",
-                b'Content-Disposition: attachment; filename="' + filename.encode("ascii") + b'"\r\n',
+                b"Content-Disposition: attachment; " + param + b"\r\n",
                 b"Content-Transfer-Encoding: base64\r\n\r\n", b64]
     out.append(b"--conf-b1--\r\n")
     return b"".join(out)

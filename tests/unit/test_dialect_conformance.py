@@ -31,6 +31,7 @@ from mxhook.model.rules import Rule
 from mxhook.payloads import dialects as dialects_package, inbound, registry, templates
 from mxhook.payloads.dialects import (EventContext, InboundContext, actionmailbox, mailgun, msndr,
                                       paubox, postmark, sendgrid, smtp2go)
+from mxhook.payloads.encodings import quote_param
 from mxhook.payloads.events import sample_event
 from tests.unit.dialect_conformance_support import (carries_bytes, decode, encoded_word, mime,
                                                     recovered, without_boundary)
@@ -130,6 +131,10 @@ KNOWN_DEFECTS = {
         "encodings.multipart_capped without `boundary`), so a retry differs byte for byte; its "
         "fields are the same (test_same_inbound_body_on_every_attempt); sendgrid derives its "
         "boundary from the delivery id"),
+    ("test_hostile_attachment_filename", "mailgun", None): (
+        "a backslash in a file name is lost to receivers that read form-data parameters as RFC 2045 "
+        "quoted strings (the stdlib email parser, cgi): encodings.quote_param escapes only `\"`, CR, "
+        "LF (WHATWG), and mailgun's forward() has the name nowhere else"),
 }
 
 
@@ -366,6 +371,37 @@ def test_multi_recipient_inbound(name):
     decoded = decode(INBOUND_DIALECTS[name](delivery(raw, recipients=envelope), ICTX))
     for address in envelope:
         assert decoded.contains(address), address
+
+
+HOSTILE_ENVELOPE = ("in@ours.example\r\nX-Evil: 1", "nul\x00@ours.example", "ls\u2028x@ours.example")
+
+
+@INBOUND
+def test_hostile_envelope_recipients_add_no_header(name):
+    """Envelope text cannot add a header line to a message/rfc822 body (values made
+    header-safe), nor break a structured one."""
+    decoded = decode(INBOUND_DIALECTS[name](delivery(mime(), recipients=HOSTILE_ENVELOPE), ICTX))
+    if decoded.raw is not None:
+        assert not any(path[0].lower() == "x-evil" for path, _ in decoded.leaves)
+        assert decoded.contains("in@ours.exampleX-Evil: 1")
+    else:
+        assert all(decoded.contains(r) for r in HOSTILE_ENVELOPE)
+
+
+HOSTILE_FILENAME = 'q"uote\\back\r\nX: {{ x }} caf\u00e9 \U0001f600.txt'
+
+
+@INBOUND
+def test_hostile_attachment_filename(name):
+    """The file name as the native reading has it, in a text value or as a file part's name
+    (form-data's quoting: `"`, CR, LF as %22, %0D, %0A, as documented), or the message whole."""
+    raw = mime(attachments=((HOSTILE_FILENAME, SMALL),))
+    d = delivery(raw)
+    expected = native_message(d)["attachments"][0]["filename"]
+    assert expected.startswith('q"uote\\back') and expected.endswith("{{ x }} caf\u00e9 \U0001f600.txt")
+    decoded = decode(INBOUND_DIALECTS[name](d, ICTX))
+    assert (sends_raw(decoded, raw) or recovered(decoded, expected)
+            or any(f[1] in (expected, quote_param(expected)) for f in decoded.files))
 
 
 # ---------------------------------------------------------------------------------------------
