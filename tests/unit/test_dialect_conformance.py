@@ -227,11 +227,13 @@ def test_every_dialect_module_runs_the_suite():
     assert names
     for name in names:
         module = importlib.import_module(f"{dialects_package.__name__}.{name}")
-        fns = [getattr(module, "event_request", None)]
-        assert not hasattr(module, "event_request") or module.event_request in event_fns, name
-        for fn in getattr(module, "INBOUND_DIALECTS", {}).values() or [getattr(module, "inbound_request", None)]:
-            assert fn is None or fn in inbound_fns, name
-        assert any(fns) or hasattr(module, "inbound_request"), f"{name} renders nothing"
+        event_fn = getattr(module, "event_request", None)
+        inbound_of = (list(getattr(module, "INBOUND_DIALECTS", {}).values())
+                      or [getattr(module, "inbound_request", None)])
+        assert event_fn or any(inbound_of), f"dialects/{name}.py renders nothing"
+        assert event_fn is None or event_fn in event_fns, f"{name}.event_request not in EVENT_DIALECTS"
+        for fn in filter(None, inbound_of):
+            assert fn in inbound_fns, f"{name}.{fn.__name__} not in INBOUND_DIALECTS"
     assert set(NO_SUBJECT) <= set(EVENT_DIALECTS)
     assert set(UNMARKED_OMISSION) | set(OVER_CAP_REFUSED) <= set(INBOUND_DIALECTS)
     assert set(PER_ATTEMPT) <= set(EVENT_DIALECTS) | set(INBOUND_DIALECTS)
