@@ -25,6 +25,7 @@ from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
 from mxhook.payloads.dialects._fields import encode
 from mxhook.payloads.encodings import Fields, Files, Rendered, dumps
+from mxhook.payloads.events import as_dict
 
 NAME = "mailgun"
 EVENTS_PER_REQUEST = 1
@@ -91,6 +92,7 @@ def signature_block(ctx: EventContext | InboundContext) -> dict:
 # Events
 
 def event_request(events: list[dict], ctx: EventContext) -> Rendered:
+    events = [as_dict(e) for e in events]
     if len(events) != EVENTS_PER_REQUEST:
         raise ValueError(f"mailgun posts one event per request, not {len(events)}")
     if events[0].get("type") not in EVENTS:
