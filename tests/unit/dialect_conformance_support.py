@@ -150,21 +150,21 @@ def without_boundary(rendered: Rendered) -> bytes:
     return rendered.body.replace(bnd.encode("ascii"), b"BOUNDARY")
 
 
-def carries_bytes(decoded: Decoded, body: bytes, data: bytes) -> bool:
+def carries_bytes(decoded: Decoded, data: bytes) -> bool:
     """Whether attachment bytes `data` are in a body: as a file part, as base64 in a text
-    value, or in the message of a raw body."""
+    value, or as a part of a message the body carries whole (message/rfc822, or a text value
+    holding the message)."""
     if any(f[3] == data for f in decoded.files):
         return True
     b64 = base64.b64encode(data).decode("ascii")
-    if any(b64 in text for text in decoded.texts()):
-        return True
-    if decoded.raw is not None or any(b64[:76] in t for t in decoded.texts()):
-        whole = message_from_bytes(decoded.raw if decoded.raw is not None else
-                                   next(t for t in decoded.texts() if b64[:76] in t).encode("utf-8", "surrogateescape"),
-                                   policy=compat32)
-        return any(part.get_payload(decode=True) == data for part in whole.walk()
-                   if not part.is_multipart())
-    return False
+    messages = [decoded.raw] if decoded.raw is not None else []
+    for text in decoded.texts():
+        if b64 in text:
+            return True
+        if b64[:76] in text:  # the first base64 line of a MIME part
+            messages.append(text.encode("utf-8", "surrogateescape"))
+    return any(part.get_payload(decode=True) == data for raw in messages
+               for part in message_from_bytes(raw, policy=compat32).walk() if not part.is_multipart())
 
 
 # ---------------------------------------------------------------------------------------------
