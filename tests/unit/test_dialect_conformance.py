@@ -21,6 +21,7 @@ import functools
 import importlib
 import pkgutil
 import sys
+from email.utils import parseaddr
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -408,6 +409,21 @@ def test_hostile_envelope_recipients_add_no_header(name):
         assert decoded.contains("in@ours.exampleX-Evil: 1")
     else:
         assert all(decoded.contains(r) for r in HOSTILE_ENVELOPE)
+
+
+@INBOUND
+@pytest.mark.parametrize("case", ["quotes", "braces", "crlf", "controls", "non_ascii"])
+def test_hostile_from_display_name(name, case):
+    """The From display name as the native reading has it: as a text value, inside one, or
+    as what an address parser reads from one (a From field re-quoted as RFC 5322 says), or the
+    message whole."""
+    raw = mime().replace(b"From: \"Ann O'Neil\" <ann@sender.example>",
+                         b"From: " + encoded_word(HOSTILE_SUBJECTS[case]) + b" <ann@sender.example>")
+    d = delivery(raw)
+    sender = native_message(d)["from"][0]
+    decoded = decode(INBOUND_DIALECTS[name](d, ICTX))
+    assert (sends_raw(decoded, raw) or decoded.contains(sender["name"])
+            or (sender["name"], sender["address"]) in map(parseaddr, decoded.texts()))
 
 
 HOSTILE_FILENAME = 'q"uote\\back\r\nX: {{ x }} caf\u00e9 \U0001f600.txt'
