@@ -32,10 +32,10 @@ from mxhook.model.rules import Rule
 from mxhook.payloads import dialects as dialects_package, inbound, registry, templates
 from mxhook.payloads.dialects import (EventContext, InboundContext, actionmailbox, mailgun, msndr,
                                       paubox, postmark, sendgrid, smtp2go)
-from mxhook.payloads.encodings import quote_param
+from mxhook.payloads.encodings import Rendered, quote_param
 from mxhook.payloads.events import sample_event, v1_text
-from tests.unit.dialect_conformance_support import (carries_bytes, decode, encoded_word, mime,
-                                                    recovered, without_boundary)
+from tests.unit.dialect_conformance_support import (carries_bytes, decode, encoded_word, media_type,
+                                                    mime, recovered, without_boundary)
 from tests.unit.seed_dialect_cases import EVENTS as EVENT_CASES
 
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +466,32 @@ def test_non_utf8_body(name, case):
     d = delivery(raw)
     decoded = decode(INBOUND_DIALECTS[name](d, ICTX))
     assert sends_raw(decoded, raw) or recovered(decoded, native_message(d)["text"])
+
+
+BROKEN = {
+    "empty": b"",
+    "headers_only": b"Subject: x\r\n",
+    "binary": bytes(range(256)) * 4,
+    "lf_line_ends": b"Subject: hi\nFrom: a@b.example\n\nbody\n",
+    "no_header_section": b"\r\njust a body\r\n",
+    "broken_fields": b"Sub\x00ject: x\r\nFrom\r\n: y\r\n\r\nb",
+    "huge_lines": b"Subject: " + b"x" * 200_000 + b"\r\n\r\n" + b"y" * 300_000,
+}
+
+
+@INBOUND
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_message(name, case):
+    """Never raises for what a message holds; the body reads (a message/rfc822 body: the
+    fields mxhook puts in front parse, the message follows as it came)."""
+    raw = BROKEN[case]
+    rendered = INBOUND_DIALECTS[name](delivery(raw), ICTX)
+    if media_type(rendered.content_type) == "message/rfc822":
+        assert rendered.body.endswith(raw)
+        prefix = rendered.body[:len(rendered.body) - len(raw)]
+        assert decode(Rendered(prefix + b"\r\n", rendered.content_type)).leaves
+    else:
+        decode(rendered)
 
 
 # ---------------------------------------------------------------------------------------------
