@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from mxhook.model.endpoints import MAX_EVENTS_RANGE
 from mxhook.model.events import TYPES
 from mxhook.model.rules import Rule
+from mxhook.model.targets import Destination
 from mxhook.payloads import dialects as dialects_package, inbound, registry, templates
 from mxhook.payloads.dialects import (EventContext, InboundContext, actionmailbox, mailgun, msndr,
                                       paubox, postmark, sendgrid, smtp2go)
@@ -158,7 +159,7 @@ ICTX = InboundContext(now=1_800_000_000.0, nonce="nonce-attempt-1", signing_key=
 IRETRY = dataclasses.replace(ICTX, now=ICTX.now + 3600.5, nonce="nonce-attempt-2")
 MAX_BATCH = MAX_EVENTS_RANGE[1]
 
-TARGET = Rule(name="conformance", endpoint="https://app.example/hooks/in", id=9).target
+TARGET = Rule(name="conformance", destination=Destination("https://app.example/hooks/in"), id=9).target
 META = {"received": "2026-11-22T12:00:00.123456Z", "queue_id": "4XbConf001",
         "mail_from": "bounces@sender.example", "client_addr": "192.0.2.1",
         "client_name": "mail.sender.example", "helo": "mail.sender.example",
