@@ -96,27 +96,6 @@ def wait_until(predicate, timeout=10.0, what="condition"):
 
 
 # ---------------------------------------------------------------------------------------------
-# Batching (pure decisions)
-
-def test_batch_due():
-    due = spooler.batch_due
-    assert not due(0, None, interval=10, max_events=100, now=1000)
-    assert not due(5, 995.0, interval=10, max_events=100, now=1000)
-    assert due(5, 990.0, interval=10, max_events=100, now=1000)
-    assert due(100, 999.9, interval=10, max_events=100, now=1000)
-
-
-def test_due_batches():
-    eps = {1: Endpoint(url="https://a.example/", id=1, interval=10, max_events=100),
-           2: Endpoint(url="https://b.example/", id=2, interval=60, max_events=100),
-           3: Endpoint(url="https://c.example/", id=3, enabled=False),
-           4: Endpoint(url="https://d.example/", id=4, max_events=100)}
-    pending = {1: (3, 980.0), 2: (3, 980.0), 3: (500, 0.0), 4: (100, 999.0), 9: (5, 0.0)}
-    assert spooler.due_batches(pending, eps, 1000.0) == [1, 4]
-    assert spooler.due_batches(pending, eps, 1000.0, busy={4}) == [1]
-
-
-# ---------------------------------------------------------------------------------------------
 # Batches against a real receiver
 
 def test_max_events_splits_into_ordered_batches(rx, cfg):

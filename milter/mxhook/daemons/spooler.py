@@ -32,7 +32,7 @@ The loop, on the main thread (the only thread that touches state.db):
 Event records (kind `event`: from the milter, the log follower, the CLI) take the same ingest
 path. At ingest each new event is fanned out to every enabled endpoint (rules.db, reloaded when
 it changes) whose categories include its type. Per endpoint, a batch is made when the oldest
-pending event has waited `interval` seconds or `max_events` are pending (`batch_due`); it takes
+pending event has waited `interval` seconds or `max_events` are pending (model.batching); it takes
 at most `max_events` events, in arrival order, and its membership and id (`evb_...`, the
 `webhook-id`) are fixed in state.db when it is made. An endpoint has at most one open batch,
 posted by the same workers and retried on the same schedule as inbound deliveries; the next
@@ -101,6 +101,7 @@ from mxhook.store import integrity
 from mxhook.delivery import pipeline
 from mxhook.delivery.health import Health
 from mxhook.delivery.pipeline import Dispatch
+from mxhook.model import batching
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.events import Event
 from mxhook.model.rules import RuleError
@@ -119,33 +120,6 @@ SPOOL_WATCH = 0.02
 # seconds before writing unrecorded attempt results again: doubling from the first to the last
 RECORD_RETRY_FIRST = 1.0
 RECORD_RETRY_MAX = 60.0
-
-
-def batch_due(count: int, oldest_added: float | None, *, interval: float, max_events: int,
-              now: float) -> bool:
-    """Whether an endpoint's pending events make a batch now: `max_events` are pending, or the
-    oldest has waited `interval` seconds."""
-    if count <= 0:
-        return False
-    if count >= max_events:
-        return True
-    return oldest_added is not None and now - oldest_added >= interval
-
-
-def due_batches(pending: dict[int, tuple[int, float | None]], endpoints: dict[int, Endpoint],
-                now: float, *, busy=frozenset()) -> list[int]:
-    """The endpoints (ids, in id order) for which a batch is to be made now. `pending` maps an
-    endpoint id to (pending count, capped at max_events; when the oldest became pending);
-    disabled endpoints and those in `busy` (an open batch) get none."""
-    out = []
-    for endpoint_id in sorted(pending):
-        ep = endpoints.get(endpoint_id)
-        if ep is None or not ep.enabled or endpoint_id in busy:
-            continue
-        count, oldest = pending[endpoint_id]
-        if batch_due(count, oldest, interval=ep.interval, max_events=ep.max_events, now=now):
-            out.append(endpoint_id)
-    return out
 
 
 def registered_event(bounce: dict, at: str) -> dict:
@@ -419,10 +393,7 @@ class Spooler:
             candidates = [i for i, ep in eps.items()
                           if ep.enabled and i not in busy and i not in open_batches]
             pending = {i: self.state.pending_stats(i, eps[i].max_events) for i in candidates}
-            if flush:
-                make = [i for i in candidates if pending[i][0] > 0]
-            else:
-                make = due_batches(pending, eps, now)
+            make = batching.due_batches(pending, eps, now, flush=flush)
             for endpoint_id in make:
                 ep = eps[endpoint_id]
                 batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.url)
