@@ -667,7 +667,8 @@ class Spooler:
 
         The results are written after the next posts started, so the workers post while the
         loop waits for the COMMIT's fsync; what finishes meanwhile goes into the next pass's
-        COMMIT. A dispatch whose result is not written yet is not picked again (`_busy`): if
+        COMMIT. Results of event batches are written first: an endpoint's next batch is made
+        only once its previous one is settled in state.db. A dispatch whose result is not written yet is not picked again (`_busy`): if
         the spooler dies first, it is posted again after the restart, with the same
         webhook-id."""
         background = self.state.checkpoint_error  # the checkpoint thread found damage?
@@ -681,10 +682,10 @@ class Spooler:
             handled = 0
         self.process_blocks()
         self.collect_finished()
+        if any(r.delivery_id.startswith(statedb.BATCH_PREFIX) for r in self._unrecorded):
+            self.record_results()  # first: their endpoints take their next batch in this pass
         self.dispatch()
-        batches = any(r.delivery_id.startswith(statedb.BATCH_PREFIX) for r in self._unrecorded)
-        if self.record_results() and batches:
-            self.dispatch()  # their endpoints can take their next batch now
+        self.record_results()
         if handled >= self.ingest_batch or self.more_waiting:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
