@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.join(ROOT, "milter"))
 from mxhook import config  # noqa: E402
 from mxhook.store import rulesdb
 from mxhook.model import events
+from mxhook.model.targets import Destination
 from mxhook import spool
 from mxhook.model.endpoints import Endpoint  # noqa: E402
 from milter_throughput import process_cpu  # noqa: E402
@@ -174,8 +175,8 @@ def setup(base: str, url: str, *, retry_time_scale: str = "1.0") -> str:
                                 "spooler": {"log": "stderr", "log_level": "warning",
                                             "retry_time_scale": retry_time_scale}}))
     with rulesdb.RulesStore(paths["rules_db"]) as store:
-        store.add_endpoint(Endpoint(url=url, allow_http=True, interval=1, max_events=1000,
-                                    retry_interval=10))
+        store.add_endpoint(Endpoint(Destination(url, allow_http=True, retry_interval=10),
+                                    interval=1, max_events=1000))
     return conf
 
 

@@ -69,25 +69,24 @@ SPOOLED = ("c", "d")  # configurations whose every message must be spooled
 def make_rules(rules_db: str, count: int) -> None:
     from mxhook.store.rulesdb import RulesStore
     from mxhook.model.rules import Rule, parse_condition
+    from mxhook.model.targets import Destination
+
+    def hook(path: str) -> Destination:
+        return Destination(f"http://127.0.0.1:9/hook/{path}", allow_http=True)
 
     with RulesStore(rules_db) as store:
         store.add_domain(DOMAIN)
         for i in range(1, count):
             store.add_rule(Rule(
-                name=f"ticket-{i:03d}", endpoint=f"http://127.0.0.1:9/hook/{i}", allow_http=True,
-                priority=i,
+                name=f"ticket-{i:03d}", destination=hook(str(i)), priority=i,
                 conditions=(parse_condition(f"Subject~^ticket-{i}\\b"),
                             parse_condition(r"To~@ours\.example$")),
             ))
-        store.add_rule(Rule(
-            name="catch-all", endpoint="http://127.0.0.1:9/hook/all", allow_http=True,
-            priority=count, conditions=(parse_condition(r"To~^bench@ours\.example$"),),
-        ))
-        store.add_rule(Rule(
-            name="webhook-only", endpoint="http://127.0.0.1:9/hook/discard", allow_http=True,
-            priority=count + 1, discard=True,
-            conditions=(parse_condition(r"To~^webhook-only@ours\.example$"),),
-        ))
+        store.add_rule(Rule(name="catch-all", destination=hook("all"), priority=count,
+                            conditions=(parse_condition(r"To~^bench@ours\.example$"),)))
+        store.add_rule(Rule(name="webhook-only", destination=hook("discard"),
+                            priority=count + 1, discard=True,
+                            conditions=(parse_condition(r"To~^webhook-only@ours\.example$"),)))
 
 
 class NullMilter(Daemon):

@@ -41,6 +41,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "milter"))
 
 from mxhook.model import rules as current  # noqa: E402
+from mxhook.model.targets import Destination  # noqa: E402
 
 BASELINE = "6fe5a94"  # rules.py before every search was bounded
 
@@ -63,9 +64,11 @@ def load_baseline(rev: str):
 
 def scenarios(mod, n: int) -> dict:
     """name -> (RuleSet, recipients, headers, expected rule name or None)."""
+    url = "https://hooks.example.net/in"
+    where = Destination(url) if mod is current else url  # the baseline's Rule takes the URL
+
     def rule(name, priority, *conds):
-        return mod.Rule(name, "https://hooks.example.net/in",
-                        tuple(mod.parse_condition(c) for c in conds), priority=priority)
+        return mod.Rule(name, where, tuple(mod.parse_condition(c) for c in conds), priority=priority)
 
     tickets = [rule(f"t{i}", i, f"Subject~^ticket-{i}\\b", r"To~@ours\.example$") for i in range(1, n)]
     tickets.append(rule("all", n, r"To~^bench@ours\.example$"))

@@ -107,9 +107,9 @@ def demo(stack: MxhookStack) -> int:
 
     heading("Configure with the mxhook CLI")
     run_cli(stack, "domain", "add", DOMAIN)
-    run_cli(stack, "rule", "add", "support", "--endpoint", stack.endpoint("/support"), "--allow-http",
+    run_cli(stack, "rule", "add", "support", "--url", stack.endpoint("/support"), "--allow-http",
             "--when", r"To~^support@ours\.example$", "--priority", "10")
-    run_cli(stack, "rule", "add", "invoices", "--endpoint", stack.endpoint("/invoices"), "--allow-http",
+    run_cli(stack, "rule", "add", "invoices", "--url", stack.endpoint("/invoices"), "--allow-http",
             "--when", r"Subject~\binvoice\b", "--when", r"To~^billing@", "--priority", "20",
             "--bearer", "demo-token")
     run_cli(stack, "rule", "list")

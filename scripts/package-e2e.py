@@ -140,10 +140,10 @@ def run() -> None:
         proc = mxhook("check", "--postfix-dir", etc)
         ok("mxhook check --postfix-dir: " + proc.stdout.strip().splitlines()[-1])
 
-        mxhook("rule", "add", "package-test", "--endpoint", f"{rx.url}/hook", "--allow-http",
+        mxhook("rule", "add", "package-test", "--url", f"{rx.url}/hook", "--allow-http",
                "--when", f"To~^{re.escape(ADDRESS)}$")
         time.sleep(2.5)  # the milter looks for rule changes every second (rules_reload_interval)
-        ok(f"mxhook rule add package-test (endpoint {rx.url}/hook)")
+        ok(f"mxhook rule add package-test (url {rx.url}/hook)")
 
         res = None
         for attempt in range(3):  # smtpd processes from before the reload may still answer once

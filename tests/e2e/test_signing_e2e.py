@@ -85,7 +85,7 @@ def test_signatures_verify_and_rotation_overlaps_through_real_mail(mxhook_stack)
     st.receiver.script("/signed", [(200, {}, b"ok"), Response(503, {"Retry-After": "3"}, b"busy"),
                                    (200, {}, b"ok")])
     shown_once = []  # the outputs that are meant to print a secret
-    res = st.cli("rule", "add", "signed", "--endpoint", st.endpoint("/signed"), "--allow-http",
+    res = st.cli("rule", "add", "signed", "--url", st.endpoint("/signed"), "--allow-http",
                  "--when", r"To~^support@ours\.example$", "--ed25519")
     shown_once.append(res.stdout)
     old = printed(res.stdout, SECRET)

@@ -25,6 +25,7 @@ with atheris.instrument_imports():
     from mxhook.services import csvexport
     from mxhook.postfix import maillog
     from mxhook.model import rules
+    from mxhook.model.targets import Destination
     from mxhook import spool
 
 NOW = 1_795_996_800
@@ -57,7 +58,8 @@ def fuzz_rules(fdp: atheris.FuzzedDataProvider) -> None:
         cond = rules.parse_condition(spec)
     except rules.RuleError:
         return
-    rs = rules.RuleSet([rules.Rule("r", "https://h.example/", (cond,))], regex_timeout=0.02)
+    rs = rules.RuleSet([rules.Rule("r", Destination("https://h.example/"), (cond,))],
+                       regex_timeout=0.02)
     rs.match("in@ours.example", {cond.header: [value]})
 
 

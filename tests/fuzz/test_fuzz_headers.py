@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mxhook.model import decision
 from mxhook.model import headers
 from mxhook.model import rules
+from mxhook.model.targets import Destination
 
 from . import FUZZ
 
@@ -97,9 +98,11 @@ def test_regression_crashers_decode_to_text():
 def test_decide_never_raises(raw_headers, recipients):
     """What the milter runs at end of headers (eoh): heuristics + rules on decoded headers."""
     ruleset = rules.RuleSet([
-        rules.Rule("support", "https://hook.example/x", (rules.Condition("to", r"^support@"),), id=1),
-        rules.Rule("tagged", "https://hook.example/y", (rules.Condition("subject", r"urgent|\d{3}"),
-                                                       rules.Condition("x-tag", "a", negate=True)), id=2),
+        rules.Rule("support", Destination("https://hook.example/x"),
+                   (rules.Condition("to", r"^support@"),), id=1),
+        rules.Rule("tagged", Destination("https://hook.example/y"),
+                   (rules.Condition("subject", r"urgent|\d{3}"),
+                    rules.Condition("x-tag", "a", negate=True)), id=2),
     ])
     d = decision.decide(ruleset, frozenset({"ours.example"}), recipients, raw_headers, explain=True)
     assert len(d.matches) == len(recipients)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mxhook.model import rules
 from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
+from mxhook.model.targets import Destination, DestinationError
 
 from . import FUZZ, scaled
 
@@ -61,27 +62,31 @@ def test_parse_condition_structured(header, pattern, negate):
         return
     assert cond.negate is negate
     # a condition that parsed can be compiled into a rule set and matched
-    rs = RuleSet([Rule("r", "https://h.example/", (cond,))], regex_timeout=0.05)
+    rs = RuleSet([Rule("r", Destination("https://h.example/"), (cond,))], regex_timeout=0.05)
     rs.match("a@ours.example", {cond.header: ["value"]})
 
 
 @FUZZ
 @given(st.builds(
     Rule,
-    name=st.text(max_size=70), endpoint=st.text(max_size=60) | st.sampled_from(
-        ["https://h.example/x", "http://h.example/", "https://u:p@h.example/", "https://h.example:99999/",
-         "https://[::1/", "ftp://h.example/", "https:///nohost"]),
+    name=st.text(max_size=70),
+    destination=st.builds(
+        Destination,
+        url=st.text(max_size=60) | st.sampled_from(
+            ["https://h.example/x", "http://h.example/", "https://u:p@h.example/", "https://h.example:99999/",
+             "https://[::1/", "ftp://h.example/", "https:///nohost"]),
+        format=st.sampled_from(["json", "multipart", "raw", "xml", ""]),
+        basic_auth=st.none() | st.text(max_size=10), bearer=st.none() | st.text(max_size=10),
+        retry_interval=st.integers(-5, 700), retry_period=st.integers(-1, 12),
+        timeout=st.integers(-1, 1200), allow_http=st.booleans()),
     conditions=st.lists(st.builds(Condition, header=HEADER_NAMES, pattern=PATTERNS, negate=st.booleans()),
                         max_size=3).map(tuple),
-    priority=st.integers(-10**6, 10**6), format=st.sampled_from(["json", "multipart", "raw", "xml", ""]),
-    basic_auth=st.none() | st.text(max_size=10), bearer=st.none() | st.text(max_size=10),
-    retry_interval=st.integers(-5, 700), retry_period=st.integers(-1, 12), timeout=st.integers(-1, 1200),
-    allow_http=st.booleans(),
+    priority=st.integers(-10**6, 10**6),
 ))
 def test_validate_random_rules(rule):
     try:
         assert rules.validate(rule) is rule
-    except RuleError as exc:
+    except (RuleError, DestinationError) as exc:
         assert str(exc)
 
 
@@ -98,8 +103,8 @@ def rule_sets(draw):
             # which hypothesis does not want inside a strategy
             conds.append(Condition(draw(st.sampled_from(["to", "subject", "from", "x-tag"])), draw(PATTERNS),
                                    draw(st.booleans())))
-        out.append(Rule(f"r{i}", "https://h.example/", tuple(conds), priority=draw(st.integers(-3, 3)),
-                        enabled=draw(st.booleans()), id=i + 1))
+        out.append(Rule(f"r{i}", Destination("https://h.example/"), tuple(conds),
+                        priority=draw(st.integers(-3, 3)), enabled=draw(st.booleans()), id=i + 1))
     return out
 
 
@@ -148,7 +153,8 @@ def test_match_respects_regex_timeout(pattern, n):
     timeout (no match, reported as timed out), it does not stall the milter."""
     timeout = 0.05
     value = "a" * n + "!"
-    rs = RuleSet([Rule("slow", "https://h.example/", (Condition("subject", pattern),), id=1)],
+    rs = RuleSet([Rule("slow", Destination("https://h.example/"), (Condition("subject", pattern),),
+                       id=1)],
                  regex_timeout=timeout)
     start = time.monotonic()
     result = rs.match("in@ours.example", {"subject": [value, value]})
@@ -177,7 +183,7 @@ def crowded_rule_sets(draw):
     for i in range(draw(st.integers(2, 10))):
         conds = tuple(Condition(draw(st.sampled_from(["to", "subject"])), draw(patterns), draw(st.booleans()))
                       for _ in range(draw(st.integers(1, 2))))
-        out.append(Rule(f"r{i}", "https://h.example/", conds, priority=i, id=i + 1))
+        out.append(Rule(f"r{i}", Destination("https://h.example/"), conds, priority=i, id=i + 1))
     return out
 
 

@@ -24,6 +24,7 @@ from mxhook.daemons import spooler
 from mxhook.model.endpoints import Endpoint
 from mxhook.store import logs
 from mxhook.store.statedb import StateStore
+from tests.support.destinations import routed
 from tests.support.receiver import Response
 from tests.spooler.test_spooler import Running, Stepped, rx, settings  # noqa: F401  (rx: a fixture)
 
@@ -45,7 +46,7 @@ def add_endpoint(cfg, url, **kw) -> Endpoint:
     kw.setdefault("allow_http", True)
     kw.setdefault("retry_interval", 10)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        return store.add_endpoint(Endpoint(url=url, **kw))
+        return store.add_endpoint(Endpoint(**routed(url, **kw)))
 
 
 _seq = [0]
@@ -231,11 +232,10 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
                          dsn="5.1.1", reply="550 5.1.1 <gone@else.example>: User unknown")
     write_event(cfg, "bounced", "full@else.example", queue_id="QB", bounce_type="soft", dsn="5.2.2")
     reader = rulesdb.BlocklistReader(cfg.rules_db)
-    with Running(cfg):
-        wait_until(lambda: reader.contains("gone@else.example"), what="block list")
-        docs = bodies(rx.wait_for(1, path="/ev", timeout=10))
-        wait_until(lambda: "registered" in [e["type"] for d in bodies(rx.requests) for e in d["events"]],
-                   what="registered event")
+    with Stepped(cfg) as sp:
+        sp.step()  # ingested; the block list is updated and the registered event made
+        assert reader.contains("gone@else.example")
+        sp.step(advance=1.5)  # the batch is due
         docs = bodies(rx.requests)
     assert not reader.contains("full@else.example")
     with rulesdb.RulesStore(cfg.rules_db) as store:
@@ -276,12 +276,13 @@ def test_cli_block_add_and_remove_emit_events(rx, cfg, tmp_path):
     conf = tmp_path / "mxhook.conf"
     conf.write_text(config.render(settings(tmp_path)))
     runner = separate_runner()
-    with Running(cfg):
+    with Stepped(cfg) as sp:
         res = runner.invoke(climod.cli, ["--config", str(conf), "block", "add", "A@B.example", "--reason", "asked"])
         assert res.exit_code == 0, res.stderr
         res = runner.invoke(climod.cli, ["--config", str(conf), "block", "remove", "a@b.example"])
         assert res.exit_code == 0, res.stderr
-        wait_until(lambda: len([e for d in bodies(rx.requests) for e in d["events"]]) >= 2, what="2 events")
+        sp.step()
+        sp.step(advance=1.5)  # the batch is due
     seen = [e for d in bodies(rx.requests) for e in d["events"]]
     assert [(e["type"], e["recipient"], e["source"]) for e in seen] == [
         ("registered", "a@b.example", "cli"), ("deleted", "a@b.example", "cli")]
@@ -292,11 +293,13 @@ def test_removed_endpoint_fails_its_pending_events(rx, cfg):
     ep = add_endpoint(cfg, rx.url + "/ev", interval=600)
     keep = add_endpoint(cfg, rx.url + "/keep", interval=1)
     written = [write_event(cfg) for _ in range(3)]
-    with Running(cfg):
-        rx.wait_for(1, path="/keep", timeout=10)
+    with Stepped(cfg) as sp:
+        sp.step()
+        sp.step(advance=1.5)  # /keep's batch is due, /ev's not
+        assert [r.path for r in rx.requests] == ["/keep"]
         with rulesdb.RulesStore(cfg.rules_db) as store:
             store.remove_endpoint(ep.id)
-        wait_until(lambda: len(event_log(cfg, status="failed")) == 3, what="failed events")
+        sp.step()
     failed = event_log(cfg, status="failed")
     assert sorted(r["id"] for r in failed) == sorted(written)
     assert {(r["endpointUrl"], r["reason"]) for r in failed} == {(rx.url + "/ev", "endpoint removed")}

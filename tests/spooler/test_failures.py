@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import pytest
 
@@ -21,9 +20,10 @@ from mxhook.daemons import spooler
 from mxhook.store import ingest, logs, replay
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import StateStore
+from tests.support.destinations import routed
 from tests.spooler.test_events import write_event
 from tests.spooler.test_spooler import (  # noqa: F401
-    Running, delivery, rule_record, rx, settings, wait_status, write_inbound)
+    delivery, rule_record, rx, settings, write_inbound)
 
 DAY = 86400.0
 T0 = 1_800_000_000.0
@@ -36,11 +36,11 @@ def make_cfg(tmp_path, **spooler_keys) -> config.Config:
 
 
 def add_rule(cfg, rx, path, name="r1", **kw) -> rules.Rule:
-    fields = dict(name=name, endpoint=rx.url + path, allow_http=True, retry_interval=10,
+    fields = dict(name=name, allow_http=True, retry_interval=10,
                   conditions=(rules.parse_condition(r"To~@ours\.example$"),))
     fields.update(kw)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        return store.add_rule(rules.Rule(**fields))
+        return store.add_rule(rules.Rule(**routed(rx.url + path, **fields)))
 
 
 def get_rule(cfg, name="r1") -> rules.Rule:
@@ -52,7 +52,7 @@ def add_endpoint(cfg, url, **kw) -> Endpoint:
     kw.setdefault("allow_http", True)
     kw.setdefault("retry_interval", 10)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        return store.add_endpoint(Endpoint(url=url, **kw))
+        return store.add_endpoint(Endpoint(**routed(url, **kw)))
 
 
 def get_endpoint(cfg, key) -> Endpoint:
@@ -141,7 +141,8 @@ def test_410_from_an_old_url_does_not_disable_the_edited_rule(tmp_path, rx):
     rx.script("/old", [(410, {}, b"")])
     did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        store.replace_rule("r1", dataclasses.replace(rule, endpoint=rx.url + "/new", id=None))
+        moved = dataclasses.replace(rule.destination, url=rx.url + "/new")
+        store.replace_rule("r1", dataclasses.replace(rule, destination=moved, id=None))
     c = Clocked(cfg)
     try:
         c.run()
@@ -303,17 +304,23 @@ def test_requeued_delivery_keeps_webhook_id_and_gets_a_fresh_retry_period(tmp_pa
     assert [r.headers["webhook-id"] for r in rx.requests] == [did] * 3
 
 
-def test_running_spooler_picks_up_a_requeue(tmp_path, rx):
+def test_an_idle_spooler_picks_up_a_requeue(tmp_path, rx):
     cfg = make_cfg(tmp_path)
     rule = add_rule(cfg, rx, "/late")
     rx.script("/late", [(400, {}, b""), (200, {}, b"")])
     did = deliveries_of(write_inbound(cfg, rule_record(rule)), rule)
-    with Running(cfg) as sp:
-        wait_status(cfg, did, "failed")
-        time.sleep(0.3)  # idle: nothing due, the spooler spares its queries
+    c = Clocked(cfg)
+    try:
+        c.run()
+        assert delivery(cfg, did)["status"] == "failed"
+        c.run(T0 + 1)
+        assert c.sp._inbound_due_at == float("inf")  # idle: nothing due, the spooler spares its queries
         with StateStore(cfg.state_db) as st:
-            assert replay.requeue(st, [did]) == [did]
-        wait_status(cfg, did, "succeeded", timeout=10)
+            assert replay.requeue(st, [did], now=T0 + 2) == [did]
+        c.run(T0 + 3)
+    finally:
+        c.close()
+    assert delivery(cfg, did)["status"] == "succeeded"
     assert [r.headers["webhook-id"] for r in rx.requests] == [did, did]
 
 

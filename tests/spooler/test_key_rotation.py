@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mxhook.delivery import signing
 from mxhook.model.rules import Rule, parse_condition
+from mxhook.model.targets import Destination
 from mxhook.store import ingest, rulesdb
 from tests.spooler.test_spooler import Stepped, delivery, make_cfg, rx, target, write_inbound  # noqa: F401
 from tests.support.receiver import Response
@@ -21,7 +22,7 @@ def verifies(secret: str, req) -> bool:
 def test_a_retry_is_signed_with_the_key_rotated_in_after_the_first_attempt(rx, tmp_path):
     cfg = make_cfg(tmp_path)
     with rulesdb.RulesStore(cfg.rules_db) as store:
-        rule = store.add_rule(Rule(name="r1", endpoint=rx.url + "/k", allow_http=True,
+        rule = store.add_rule(Rule(name="r1", destination=Destination(rx.url + "/k", allow_http=True),
                                    conditions=(parse_condition("To~@ours\\.example$"),)))
         (old,) = store.signing_keys("rule", rule.id)
     rx.script("/k", [Response(503), Response(200)])

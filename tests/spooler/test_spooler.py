@@ -6,7 +6,6 @@ schedule (10 s interval -> 0.1 s at scale 0.01), or a test drives the spooler's 
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -24,6 +23,7 @@ from mxhook import spool
 from mxhook.daemons import spooler
 from mxhook.store import ingest, logs
 from mxhook.store.statedb import StateStore
+from tests.support.destinations import routed
 from tests.support.receiver import Receiver, Response
 
 HERE = os.path.dirname(__file__)
@@ -57,10 +57,10 @@ def rule_record(rule: rules.Rule) -> dict:
 
 
 def target(rx, path, name="r1", **kw) -> dict:
-    fields = dict(name=name, endpoint=rx.url + path, allow_http=True, retry_interval=10,
+    fields = dict(name=name, allow_http=True, retry_interval=10,
                   conditions=(rules.parse_condition("To~@ours\\.example$"),), id=1)
     fields.update(kw)
-    return rule_record(rules.validate(rules.Rule(**fields)))
+    return rule_record(rules.validate(rules.Rule(**routed(rx.url + path, **fields))))
 
 
 def inbound_record(*targets, rid=None, recipients=("in@ours.example",), raw=RAW) -> spool.Record:
@@ -134,6 +134,35 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def waits_on(sp: spooler.Spooler, mono: Clock) -> None:
+    """The loop's waits (with nothing in flight) pass at once on `mono`, the monotonic clock
+    the spooler was built with: a wait that nothing ends lasts its whole length on it."""
+
+    class Waits(threading.Event):
+        def wait(self, timeout=None):
+            if not self.is_set() and timeout is not None:
+                mono.advance(timeout)
+            return self.is_set()
+
+    sp._stop = Waits()
+
+
+def step_until(sp: spooler.Spooler, mono: Clock, until: float, most: int = 100) -> None:
+    """Passes of the loop until `mono` reaches `until` (at most `most`: a loop that does not
+    wait would never get there)."""
+    for _ in range(most):
+        if mono.now >= until:
+            return
+        sp._step()
+
+
+def untouched_new(cfg) -> None:
+    """new/ changed long ago (a change within a clock tick is looked at again), so only a
+    later arrival ends a wait."""
+    past = time.time() - 60
+    os.utime(os.path.join(cfg.spool_dir, "new"), (past, past))
 
 
 class Stepped:
@@ -485,22 +514,38 @@ def test_a_crash_before_the_file_is_unlinked_duplicates_nothing(rx, tmp_path, mo
     assert os.listdir(os.path.join(cfg.spool_dir, "tmp")) == []
 
 
-def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monkeypatch):
-    """state.db refusing ingest (disk full) with more files waiting than one batch: the loop
-    waits poll_interval between tries instead of spinning through new/ and the log."""
+def refused_backlog(rx, tmp_path, monkeypatch, refuse) -> tuple[config.Config, list]:
+    """35 files waiting (ingest_batch 10, poll_interval 0.5 s) and ingest.records replaced by
+    `refuse(records)`: passes of the loop until its monotonic clock reaches 1.6 s. Returns the
+    config and (the spooler's time, how many records) for each ingest try."""
     cfg = make_cfg(tmp_path, ingest_batch="10", poll_interval="0.5")
     for _ in range(35):
         write_inbound(cfg, target(rx, "/hook"))
-    tries = []
+    untouched_new(cfg)
+    mono, tries = Clock(0.0), []
 
-    def disk_full(*args, **kw):
-        tries.append(time.monotonic())
+    def records(state, records, **kw):
+        tries.append((mono.now, len(records)))
+        refuse(records)
+
+    monkeypatch.setattr(ingest, "records", records)
+    sp = spooler.Spooler(cfg, monotonic=mono)
+    waits_on(sp, mono)
+    try:
+        step_until(sp, mono, 1.6)
+    finally:
+        sp.close()
+    return cfg, tries
+
+
+def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monkeypatch):
+    """state.db refusing ingest (disk full) with more files waiting than one batch: the loop
+    waits poll_interval between tries instead of spinning through new/ and the log."""
+    def disk_full(records):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(ingest, "records", disk_full)
-    with Running(cfg):
-        time.sleep(1.6)
-    assert 2 <= len(tries) <= 5, f"{len(tries)} ingest tries in 1.6 s"
+    cfg, tries = refused_backlog(rx, tmp_path, monkeypatch, disk_full)
+    assert [t for t, _ in tries] == pytest.approx([0.0, 0.5, 1.0, 1.5]), "ingest tries on the spooler's clock"
     assert len(spool.pending(cfg.spool_dir)) == 35  # nothing lost while refused
     monkeypatch.undo()
     run_once(cfg)
@@ -509,21 +554,14 @@ def test_a_refused_ingest_waits_poll_interval_with_a_backlog(rx, tmp_path, monke
 
 def test_a_refused_ingest_one_file_at_a_time_waits_too(rx, tmp_path, monkeypatch):
     """The batch fails for a record's sake, then state.db refuses each file: the same wait."""
-    cfg = make_cfg(tmp_path, ingest_batch="10", poll_interval="0.5")
-    for _ in range(35):
-        write_inbound(cfg, target(rx, "/hook"))
-    tries = []
-
-    def refuse(state, records, **kw):
-        tries.append(len(records))
+    def refuse(records):
         if len(records) > 1:
             raise ValueError("one odd record")
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(ingest, "records", refuse)
-    with Running(cfg):
-        time.sleep(1.6)
-    assert 2 <= tries.count(10) <= 5, f"{len(tries)} ingest tries in 1.6 s"
+    cfg, tries = refused_backlog(rx, tmp_path, monkeypatch, refuse)
+    assert [n for _, n in tries] == [10, 1] * 4  # the batch, then its first file: refused
+    assert [t for t, n in tries if n == 10] == pytest.approx([0.0, 0.5, 1.0, 1.5])
     assert len(spool.pending(cfg.spool_dir)) == 35
 
 
@@ -727,27 +765,34 @@ def test_a_batch_ends_after_batch_bytes_and_the_rest_follows(tmp_path, monkeypat
     assert spool.pending(cfg.spool_dir) == []
 
 
-def test_a_file_arriving_while_idle_is_ingested_without_waiting_out_poll_interval(rx, tmp_path):
+def test_a_file_arriving_while_idle_is_ingested_without_waiting_out_poll_interval(rx, tmp_path, monkeypatch):
     # The milter seals a segment into new/ every 0.2 s; sleeping a whole poll_interval between
     # looks left arriving mail waiting and the workers idle (bench/end_to_end.py).
     cfg = make_cfg(tmp_path, poll_interval=30)
     spool.ensure_dirs(cfg.spool_dir)
+    untouched_new(cfg)
+    waiting = threading.Event()
+    pause = spooler.Spooler._pause
+    monkeypatch.setattr(spooler.Spooler, "_pause", lambda self, p: (waiting.set(), pause(self, p)))
     with Running(cfg) as sp:
-        time.sleep(0.3)  # the first step found nothing: the loop waits
+        assert waiting.wait(10)  # the first step found nothing: the loop waits
         rid = write_inbound(cfg, target(rx, "/hook"))
         rx.wait_for(1, path="/hook", timeout=5)
         assert wait_status(cfg, f"{rid}-r1", "succeeded")["attempts"] == 1
         assert sp.poll_interval == 30
 
 
-def test_an_idle_spooler_does_not_step_while_new_is_unchanged(tmp_path, monkeypatch):
+def test_an_idle_spooler_does_not_step_while_new_is_unchanged(tmp_path):
     cfg = make_cfg(tmp_path, poll_interval=30)
     spool.ensure_dirs(cfg.spool_dir)
-    past = time.time() - 60  # new/ changed long ago (a change within a clock tick is looked at again)
-    os.utime(os.path.join(cfg.spool_dir, "new"), (past, past))
-    steps = []
-    step = spooler.Spooler._step
-    monkeypatch.setattr(spooler.Spooler, "_step", lambda self: (steps.append(1), step(self)))
-    with Running(cfg):
-        time.sleep(0.5)
-    assert len(steps) == 1  # one look, then the wait (stop ends it)
+    untouched_new(cfg)
+    mono = Clock(0.0)
+    sp = spooler.Spooler(cfg, monotonic=mono)
+    waits_on(sp, mono)
+    try:
+        sp._step()
+        assert mono.now == pytest.approx(30)  # one look, then the whole poll_interval
+        sp._step()
+        assert mono.now == pytest.approx(60)
+    finally:
+        sp.close()

@@ -17,6 +17,7 @@ import pytest
 from mxhook import spool
 from tests.support.daemons import DaemonError
 from tests.support.postfix import make_message
+from tests.spooler.test_spooler import wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -30,14 +31,18 @@ def _send(stack, subject: str) -> None:
 
 
 def _wait_posted(stack, subjects: set[str], timeout: float = 30.0) -> set[str]:
+    """The subjects posted once all of `subjects` are, or when `timeout` has passed."""
     deadline = time.monotonic() + timeout
-    posted: set[str] = set()
-    while time.monotonic() < deadline:
-        posted = {r.json()["message"]["subject"] for r in stack.receiver.requests}
-        if posted >= subjects:
-            break
-        time.sleep(0.2)
-    return posted
+    while True:
+        seen = stack.receiver.requests
+        posted = {r.json()["message"]["subject"] for r in seen}
+        left = deadline - time.monotonic()
+        if posted >= subjects or left <= 0:
+            return posted
+        try:
+            stack.receiver.wait_for(len(seen) + 1, timeout=left)  # the next post
+        except AssertionError:  # none came in time
+            pass
 
 
 def _overwrite_an_index_page(path: str) -> str:
@@ -147,7 +152,8 @@ def test_damage_found_while_recording_a_result_stops_the_spooler_too(make_stack)
     stack.wait_milter_snapshot()
     _send(stack, "before")
     assert _wait_posted(stack, {"before"}) == {"before"}
-    time.sleep(1)  # its result is recorded
+    (before,) = stack.receiver.requests
+    wait_status(stack.cfg, before.headers["webhook-id"], "succeeded")  # its result is recorded
     stack.spooler.stop()
     state_db = stack.cfg.state_db
     _overwrite_table_root(state_db, "attempts")
@@ -156,7 +162,8 @@ def test_damage_found_while_recording_a_result_stops_the_spooler_too(make_stack)
     _send(stack, "after")
     status = _wait_exit(stack.spooler, timeout=20)
     stderr = stack.spooler.stderr_text()
-    time.sleep(2)  # nothing may come after the exit either
+    # Nothing can come after the exit: the spooler lets posts under way finish before it
+    # exits, and the receiver records a request before it answers it.
     ids = [r.headers.get("webhook-id") for r in stack.receiver.requests[seen:]]
     assert status == 3, f"spooler still running or exited {status}; {len(ids)} post(s)\n{stderr[-2000:]}"
     assert len(ids) <= 1, f"{len(ids)} posts ({len(set(ids))} webhook-ids) with state.db damaged"

@@ -1,15 +1,17 @@
 """An attempt result that cannot be written to state.db (not damage: here a trigger that
 refuses the attempts row, as a full disk or an I/O error would) must not turn into re-posts:
 the spooler keeps the result, pauses all posting, writes it again with a growing pause, and
-goes on once it is written. Real state.db, real receiver on loopback.
+goes on once it is written. Real state.db, real receiver on loopback; the loop's steps are
+called by the test, and the pause runs on the spooler's monotonic clock, moved by the test.
 """
 from __future__ import annotations
 
 import logging
 import sqlite3
-import time
+from concurrent.futures import wait
 
-from tests.spooler.test_spooler import Running, make_cfg, rx, target, wait_status, write_inbound  # noqa: F401
+from mxhook.daemons import spooler
+from tests.spooler.test_spooler import Clock, delivery, make_cfg, rx, target, write_inbound  # noqa: F401
 
 REFUSE = ("CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts "
           "BEGIN SELECT RAISE(ABORT, 'attempts refused (injected)'); END")
@@ -23,27 +25,61 @@ def _sql(cfg, statement: str) -> None:
         conn.close()
 
 
+def step(sp: spooler.Spooler) -> None:
+    """One pass of the loop without its wait: ingest, dispatch, the posts' results recorded."""
+    while sp.ingest_once():
+        pass
+    sp.dispatch()
+    done, _ = wait(list(sp.inflight), timeout=10)
+    sp.record_finished(set(done))
+
+
 def test_a_result_that_cannot_be_recorded_is_not_posted_again(rx, tmp_path, caplog):
     cfg = make_cfg(tmp_path)
-    rid = write_inbound(cfg, target(rx, "/hook"))
     caplog.set_level(logging.INFO, logger="mxhook.daemons.spooler")
-    with Running(cfg) as sp:
-        rx.wait_for(1, path="/hook")  # state.db exists now; the first result is recorded
-        wait_status(cfg, f"{rid}-r1", "succeeded")
+    mono = Clock(0.0)
+    sp = spooler.Spooler(cfg, monotonic=mono)
+
+    def posts(rid):
+        return [r for r in rx.requests if r.headers["webhook-id"] == f"{rid}-r1"]
+
+    def tries():
+        return [r for r in caplog.records if "cannot record 1 attempt result" in r.getMessage()]
+
+    try:
+        first = write_inbound(cfg, target(rx, "/hook"))
+        step(sp)
+        assert len(posts(first)) == 1 and not sp._unrecorded
         _sql(cfg, REFUSE)
         second = write_inbound(cfg, target(rx, "/hook"))
-        rx.wait_for(2, path="/hook")
-        time.sleep(3.5)  # a tight re-post loop sends hundreds meanwhile
-        posts = [r for r in rx.requests if r.headers["webhook-id"] == f"{second}-r1"]
-        assert len(posts) == 1, f"{len(posts)} posts of a delivery whose result was not recorded"
-        tries = [r for r in caplog.records if "cannot record 1 attempt result" in r.getMessage()]
-        assert 2 <= len(tries) <= 3, [r.getMessage() for r in tries]  # after 0, 1, 3 s (then 7)
-        assert all(r.levelname == "ERROR" for r in tries)
+        step(sp)
+        assert len(posts(second)) == 1 and sp._unrecorded
+        # Tries after 0, 1, 3 s (then 7): many passes of the loop meanwhile, no post.
+        seen = {}
+        while mono.now < 3.5:
+            step(sp)
+            seen.setdefault(len(tries()), mono.now)
+            mono.advance(0.25)
+        assert len(posts(second)) == 1, "a delivery whose result was not recorded was posted again"
+        assert seen == {1: 0.0, 2: 1.0, 3: 3.0}, seen
+        assert [t.getMessage().split("(next try in ")[1].split(")")[0] for t in tries()] == [
+            "1 s", "2 s", "4 s"]
+        assert all(r.levelname == "ERROR" for r in tries())
         assert sp._unrecorded, "the result was dropped"
         _sql(cfg, "DROP TRIGGER refuse_attempts")
-        row = wait_status(cfg, f"{second}-r1", "succeeded", timeout=15)
-        assert row["attempts"] == 1
+        mono.advance(6.99 - mono.now)
+        step(sp)
+        assert sp._unrecorded and len(tries()) == 3  # still within the pause
+        mono.advance(0.01)
+        step(sp)
+        assert not sp._unrecorded
+        assert any("posting resumes" in r.getMessage() for r in caplog.records)
         third = write_inbound(cfg, target(rx, "/hook"))  # posting resumed
-        wait_status(cfg, f"{third}-r1", "succeeded")
-    assert len([r for r in rx.requests if r.headers["webhook-id"] == f"{second}-r1"]) == 1
-    assert any("posting resumes" in r.getMessage() for r in caplog.records)
+        step(sp)
+        assert len(posts(third)) == 1
+    finally:
+        sp.close()
+    assert len(posts(second)) == 1
+    row = delivery(cfg, f"{second}-r1")
+    assert (row["status"], row["attempts"]) == ("succeeded", 1)
+    assert delivery(cfg, f"{third}-r1")["status"] == "succeeded"

@@ -458,8 +458,8 @@ class MxhookStack:
         return self.receiver.url.rstrip("/") + path
 
     def add_rule(self, name: str, path: str = "/hook", *args: str) -> None:
-        """`mxhook rule add NAME --endpoint <receiver>/path --allow-http ARGS...`"""
-        self.cli("rule", "add", name, "--endpoint", self.endpoint(path), "--allow-http", *args)
+        """`mxhook rule add NAME --url <receiver>/path --allow-http ARGS...`"""
+        self.cli("rule", "add", name, "--url", self.endpoint(path), "--allow-http", *args)
 
     def inbound_log(self, *args: str) -> list[dict]:
         return self.cli.json("log", "inbound", *args)

@@ -11,6 +11,7 @@ from mxhook.model import inbound
 from mxhook.model.envelope import Envelope
 from mxhook.model.message import header_section
 from mxhook.model.rules import Rule, RuleSet, parse_condition
+from mxhook.model.targets import Destination
 
 OURS = "ours.example"
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -18,7 +19,7 @@ DSN = os.path.join(os.path.dirname(__file__), "fixtures", "maillog", "dsn_remote
 
 
 def rule(name, *conditions, discard=False):
-    return Rule(name=name, endpoint=f"https://hook.example/{name}", discard=discard,
+    return Rule(name=name, destination=Destination(f"https://hook.example/{name}"), discard=discard,
                 conditions=tuple(parse_condition(c) for c in conditions))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from mxhook.model.batching import batch_due, due_batches
 from mxhook.model.endpoints import Endpoint
+from mxhook.model.targets import Destination
 
 T0 = 1_000.0
 
@@ -28,7 +29,7 @@ def test_batch_due_by_interval_or_max_events():
 
 def test_a_batch_becomes_due_as_the_clock_moves():
     clock = Clock(T0)
-    eps = {1: Endpoint(url="https://a.example/", id=1, interval=10, max_events=100)}
+    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=10, max_events=100)}
     pending = {1: (3, T0)}
     assert due_batches(pending, eps, clock()) == []
     clock.now += 9.9
@@ -38,19 +39,19 @@ def test_a_batch_becomes_due_as_the_clock_moves():
 
 
 def test_due_batches_leaves_out_disabled_busy_and_unknown_endpoints():
-    eps = {1: Endpoint(url="https://a.example/", id=1, interval=10, max_events=100),
-           2: Endpoint(url="https://b.example/", id=2, interval=60, max_events=100),
-           3: Endpoint(url="https://c.example/", id=3, enabled=False),
-           4: Endpoint(url="https://d.example/", id=4, max_events=100)}
+    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=10, max_events=100),
+           2: Endpoint(Destination("https://b.example/"), id=2, interval=60, max_events=100),
+           3: Endpoint(Destination("https://c.example/"), id=3, enabled=False),
+           4: Endpoint(Destination("https://d.example/"), id=4, max_events=100)}
     pending = {4: (100, 999.0), 1: (3, 980.0), 2: (3, 980.0), 3: (500, 0.0), 9: (5, 0.0)}
     assert due_batches(pending, eps, T0) == [1, 4]  # in id order
     assert due_batches(pending, eps, T0, busy={4}) == [1]
 
 
 def test_flush_makes_a_batch_of_whatever_is_pending():
-    eps = {1: Endpoint(url="https://a.example/", id=1, interval=600, max_events=1000),
-           2: Endpoint(url="https://b.example/", id=2),
-           3: Endpoint(url="https://c.example/", id=3, enabled=False)}
+    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=600, max_events=1000),
+           2: Endpoint(Destination("https://b.example/"), id=2),
+           3: Endpoint(Destination("https://c.example/"), id=3, enabled=False)}
     pending = {1: (1, T0), 2: (0, None), 3: (5, 0.0)}
     assert due_batches(pending, eps, T0) == []
     assert due_batches(pending, eps, T0, flush=True) == [1]

@@ -106,10 +106,10 @@ def env(tmp_path):
 @pytest.fixture
 def populated(env):
     env.ok("domain", "add", "ours.example")
-    env.ok("rule", "add", "invoices", "--endpoint", "https://app.example.net/in",
+    env.ok("rule", "add", "invoices", "--url", "https://app.example.net/in",
            "--when", "To~^invoices@", "--when", "Subject~invoice", "--unless", r"From~@spam\.example$",
            "--bearer", BEARER)
-    env.ok("rule", "add", "catchall", "--endpoint", "http://127.0.0.1:9/all", "--allow-http",
+    env.ok("rule", "add", "catchall", "--url", "http://127.0.0.1:9/all", "--allow-http",
            "--when", "To~.", "--priority", "10", "--discard", "--basic-auth", "bob:s3cret-pass",
            "--api-key", API_KEY, "--format", "raw", "--retry-interval", "10",
            "--retry-period", "10", "--timeout", "999")
@@ -213,9 +213,9 @@ def test_error_is_one_line(env):
 def test_rule_show_json_shape_and_masking(populated):
     shown = populated.json("rule", "show", "invoices", "--json")
     assert set(shown) == {
-        "id", "name", "priority", "enabled", "endpoint", "format", "basic_auth", "bearer",
+        "id", "name", "priority", "enabled", "url", "format", "basic_auth", "bearer",
         "api_key", "retry_interval", "retry_period", "timeout", "discard", "allow_http",
-        "conditions", "created", "updated", "signing"}
+        "dialect", "signing_key", "template", "conditions", "created", "updated", "signing"}
     (key,) = shown["signing"]
     assert key["scheme"] == "v1" and key["secret"].startswith("whsec_****") and len(key["secret"]) == 14
     assert key["public_key"] is None and key["expires"] is None and key["created"]
@@ -250,7 +250,7 @@ def test_secrets_never_printed(populated):
 
 
 def test_short_secret_fully_masked(env):
-    env.ok("rule", "add", "r", "--endpoint", "https://x.example/", "--when", "To~.", "--api-key", "abc123")
+    env.ok("rule", "add", "r", "--url", "https://x.example/", "--when", "To~.", "--api-key", "abc123")
     assert env.json("rule", "show", "r", "--json")["api_key"] == "****"
 
 
@@ -275,13 +275,13 @@ def test_rule_list_empty(env):
 
 
 def test_rule_add_creates_db_and_hints_at_domains(env):
-    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/", "--when", "To~.")
+    res = env.ok("rule", "add", "r", "--url", "https://x.example/", "--when", "To~.")
     assert "Added rule r" in res.stdout and "no permitted domains" in res.stderr
     assert os.path.exists(env.rules_db)
 
 
 def test_rule_add_disabled(env):
-    env.ok("rule", "add", "r", "--endpoint", "https://x.example/", "--when", "To~.", "--disabled")
+    env.ok("rule", "add", "r", "--url", "https://x.example/", "--when", "To~.", "--disabled")
     assert env.json("rule", "show", "r", "--json")["enabled"] is False
 
 
@@ -308,29 +308,65 @@ INVALID_ADDS = [
 
 @pytest.mark.parametrize("extra,match", INVALID_ADDS)
 def test_rule_add_invalid_writes_nothing(populated, extra, match):
-    populated.fails("rule", "add", "new", "--endpoint", "https://x.example/", *extra, match=match)
+    populated.fails("rule", "add", "new", "--url", "https://x.example/", *extra, match=match)
 
 
 @pytest.mark.parametrize("extra,match", INVALID_ADDS[:3])
 def test_rule_add_invalid_does_not_create_db(env, extra, match):
-    env.fails("rule", "add", "new", "--endpoint", "https://x.example/", *extra, match=match)
+    env.fails("rule", "add", "new", "--url", "https://x.example/", *extra, match=match)
     assert not os.path.exists(env.rules_db)
 
 
 def test_rule_add_endpoint_errors(populated):
-    populated.fails("rule", "add", "new", "--endpoint", "http://x.example/", "--when", "To~.",
+    populated.fails("rule", "add", "new", "--url", "http://x.example/", "--when", "To~.",
                     match="--allow-http")
-    populated.fails("rule", "add", "new", "--endpoint", "ftp://x.example/", "--when", "To~.",
+    populated.fails("rule", "add", "new", "--url", "ftp://x.example/", "--when", "To~.",
                     match="https://")
-    populated.fails("rule", "add", "new", "--endpoint", "https://u:p@x.example/", "--when", "To~.",
+    populated.fails("rule", "add", "new", "--url", "https://u:p@x.example/", "--when", "To~.",
                     match="--basic-auth")
-    populated.fails("rule", "add", "new", "--when", "To~.", match="--endpoint")  # required
-    populated.fails("rule", "add", "bad name", "--endpoint", "https://x.example/", "--when", "To~.",
+    populated.fails("rule", "add", "new", "--when", "To~.", match="--url")  # required
+    populated.fails("rule", "add", "bad name", "--url", "https://x.example/", "--when", "To~.",
                     match="rule name")
 
 
+@pytest.mark.parametrize("url, options", [
+    ("http://x.example/in", ()),
+    ("https://u:p@x.example/in", ()),
+    ("https://x.example/in", ("--basic-auth", "u:p", "--bearer", "tok")),
+    ("https://x.example/in", ("--bearer", "tok en")),
+    ("https://x.example/in", ("--retry-interval", "9")),
+    ("https://x.example/in", ("--retry-period", "11")),
+    ("https://x.example/in", ("--timeout", "0")),
+])
+def test_rule_add_and_endpoint_add_refuse_a_destination_alike(env, url, options):
+    """One check of the destination (model.targets.check_destination) for both sides: the same
+    input, the same one-line message (endpoint add takes the URL as its argument)."""
+    rule = env.fails("rule", "add", "r", "--when", "To~.", "--url", url, *options, match="")
+    endpoint = env.fails("endpoint", "add", url, *options, match="")
+    assert rule.stderr.startswith("Error: ") and rule.stderr == endpoint.stderr
+
+
+def test_each_side_names_its_own_formats(env):
+    env.fails("rule", "add", "r", "--url", "https://x.example/", "--when", "To~.", "--format", "form",
+              match="'form' is not one of 'json', 'multipart', 'raw'")
+    env.fails("endpoint", "add", "https://x.example/", "--format", "raw",
+              match="'raw' is not one of 'json', 'form'")
+
+
+def test_endpoint_is_a_hidden_old_name_of_url_on_rule_add_and_edit(env):
+    env.ok("rule", "add", "r", "--endpoint", "https://x.example/old", "--when", "To~.")
+    assert env.json("rule", "show", "r", "--json")["url"] == "https://x.example/old"
+    env.ok("rule", "edit", "r", "--endpoint", "https://x.example/new")
+    assert env.json("rule", "show", "r", "--json")["url"] == "https://x.example/new"
+    env.fails("rule", "edit", "r", "--url", "https://x.example/a", "--endpoint", "https://x.example/b",
+              match="give the URL once")
+    for command in ("add", "edit"):
+        help_text = env.ok("rule", command, "--help").stdout
+        assert "--url" in help_text and "--endpoint" not in help_text
+
+
 def test_rule_add_duplicate(populated):
-    populated.fails("rule", "add", "invoices", "--endpoint", "https://x.example/",
+    populated.fails("rule", "add", "invoices", "--url", "https://x.example/",
                     "--when", "To~.", match="already exists")
 
 
@@ -353,11 +389,11 @@ def test_rule_read_commands_need_db(env):
 def test_rule_edit_settings(populated):
     populated.ok("rule", "edit", "invoices", "--priority", "20", "--format", "multipart",
                  "--timeout", "5", "--retry-interval", "600", "--retry-period", "1", "--discard",
-                 "--endpoint", "https://new.example/x")
+                 "--url", "https://new.example/x")
     shown = populated.json("rule", "show", "invoices", "--json")
     assert (shown["priority"], shown["format"], shown["timeout"]) == (20, "multipart", 5)
     assert (shown["retry_interval"], shown["retry_period"], shown["discard"]) == (600, 1, True)
-    assert shown["endpoint"] == "https://new.example/x"
+    assert shown["url"] == "https://new.example/x"
     assert shown["bearer"] == "****wxyz"  # untouched
     assert len(shown["conditions"]) == 3  # untouched
     assert shown["updated"] >= shown["created"]
@@ -411,8 +447,8 @@ def test_rule_edit_auth(populated):
 
 def test_rule_edit_allow_http(populated):
     populated.fails("rule", "edit", "catchall", "--no-allow-http", match="--allow-http")
-    populated.fails("rule", "edit", "invoices", "--endpoint", "http://x.example/", match="not HTTPS")
-    populated.ok("rule", "edit", "invoices", "--endpoint", "http://x.example/", "--allow-http")
+    populated.fails("rule", "edit", "invoices", "--url", "http://x.example/", match="not HTTPS")
+    populated.ok("rule", "edit", "invoices", "--url", "http://x.example/", "--allow-http")
     assert populated.json("rule", "show", "invoices", "--json")["allow_http"] is True
 
 
@@ -453,9 +489,9 @@ def eml(tmp_path, headers: str, name="m.eml", body="Hello\r\n") -> str:
 @pytest.fixture
 def sales(env):
     env.ok("domain", "add", "ours.example")
-    env.ok("rule", "add", "sales", "--endpoint", "https://app.example.net/sales",
+    env.ok("rule", "add", "sales", "--url", "https://app.example.net/sales",
            "--when", "To~^sales@", "--priority", "1")
-    env.ok("rule", "add", "invoices", "--endpoint", "https://app.example.net/inv",
+    env.ok("rule", "add", "invoices", "--url", "https://app.example.net/inv",
            "--when", "Subject~invoice", "--unless", r"From~@spam\.example$", "--priority", "2",
            "--discard")
     return env
@@ -472,7 +508,7 @@ def test_rule_test_rule_hit(sales, tmp_path):
     (r,) = res["recipients"]
     assert r["recipient"] == "someone@ours.example"
     assert r["outcome"] == "accepted" and r["decided_by"] == "rule:invoices"
-    assert r["action"] == "discard" and r["endpoint"] == "https://app.example.net/inv"
+    assert r["action"] == "discard" and r["url"] == "https://app.example.net/inv"
     assert [(x["name"], x["matched"]) for x in r["rules"]] == [("sales", False), ("invoices", True)]
     assert r["rules"][0]["reason"] == "to~^sales@: the envelope recipient does not match"
     text = sales.ok("rule", "test", msg, "--rcpt", "someone@ours.example").stdout
@@ -605,7 +641,7 @@ def test_rule_test_past_the_cap_on_refusals_a_recipient_is_accepted_then_bounced
 
 def test_rule_test_no_rule_can_match_the_envelope_is_550_at_rcpt(env, tmp_path):
     env.ok("domain", "add", "ours.example")
-    env.ok("rule", "add", "sales", "--endpoint", "https://app.example.net/sales",
+    env.ok("rule", "add", "sales", "--url", "https://app.example.net/sales",
            "--when", "To~^sales@")
     msg = eml(tmp_path, "From: a@sender.example\nTo: sales@ours.example\nSubject: hi")
     res = env.json("rule", "test", msg, "--rcpt", "other@ours.example",
@@ -646,7 +682,7 @@ def test_rule_test_raw_headers_8bit_folded_and_mbox(sales, tmp_path):
 
 def test_rule_test_header_section_as_postfix_splits_it(sales, tmp_path):
     # an mbox From line is the header field X-Mailbox-Line, as Postfix hands it to the milter
-    sales.ok("rule", "add", "bounces", "--endpoint", "https://app.example.net/b",
+    sales.ok("rule", "add", "bounces", "--url", "https://app.example.net/b",
              "--when", "X-Mailbox-Line~MAILER-DAEMON", "--priority", "0")
     path = tmp_path / "mbox.eml"
     path.write_bytes(b"From MAILER-DAEMON Thu Nov 22 12:00:00 2026\n"
@@ -862,7 +898,8 @@ def test_endpoint_add_list_show(endpoints):
         "id": 1, "url": EP_URL, "enabled": True, "events": ["bounces", "blocks"], "interval": 30,
         "max_events": 500, "timeout": 30, "version": 1, "timezone": "Europe/Berlin",
         "format": "json", "basic_auth": None, "bearer": "****wxyz", "api_key": "****9876",
-        "retry_interval": 60, "retry_period": 3, "allow_http": False,
+        "retry_interval": 60, "retry_period": 3, "allow_http": False, "dialect": "native",
+        "signing_key": None, "template": None,
         "created": rows[0]["created"], "updated": rows[0]["updated"], "signing": rows[0]["signing"]}
     assert [k["scheme"] for k in rows[0]["signing"]] == ["v1"]
     assert rows[0]["signing"][0]["secret"].startswith("whsec_****")
@@ -1025,12 +1062,13 @@ def test_block_needs_the_spool(env):
 def events_logged(env):
     from mxhook import spool
     from mxhook.model.endpoints import Endpoint
+    from mxhook.model.targets import Destination
     from mxhook.store import ingest
     from mxhook.store.statedb import AttemptRecord, StateStore
 
     os.makedirs(os.path.dirname(env.state_db), exist_ok=True)
-    eps = [Endpoint(url="https://a.example/ev", id=1), Endpoint(url="https://b.example/ev", id=2,
-                                                                 categories=("bounces",))]
+    eps = [Endpoint(Destination("https://a.example/ev"), id=1),
+           Endpoint(Destination("https://b.example/ev"), id=2, categories=("bounces",))]
     store = StateStore(env.state_db)
 
     def ev(eid, etype, at, **kw):
@@ -1129,7 +1167,7 @@ def all_outputs(env, *commands) -> str:
 
 
 def test_rule_add_shows_the_secret_once(env):
-    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/in", "--when", "To~.")
+    res = env.ok("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.")
     secret = printed_secret(res.stdout)
     (key,) = stored_keys(env, "rule", 1)
     assert key.secret == secret and signing.decode_secret(secret)
@@ -1144,7 +1182,7 @@ def test_rule_add_shows_the_secret_once(env):
 
 
 def test_rule_add_with_ed25519(env):
-    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/in", "--when", "To~.", "--ed25519")
+    res = env.ok("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.", "--ed25519")
     secret = printed_secret(res.stdout)
     public = printed_secret(res.stdout, "Ed25519 public key (for v1a signatures; `show` prints it again): ")
     v1, v1a = stored_keys(env, "rule", 1)
@@ -1162,7 +1200,7 @@ def test_rule_add_with_ed25519(env):
 def test_rule_rotate_secret_overlap(env):
     from mxhook.store import rulesdb
 
-    old = printed_secret(env.ok("rule", "add", "r", "--endpoint", "https://x.example/in",
+    old = printed_secret(env.ok("rule", "add", "r", "--url", "https://x.example/in",
                                 "--when", "To~.").stdout)
     res = env.ok("rule", "rotate-secret", "r", "--overlap", "2h")
     assert "the previous one keeps signing until" in res.stdout and "(2h overlap)" in res.stdout
@@ -1235,27 +1273,27 @@ def test_endpoint_test_request_is_signed(env):
 def test_blocked_endpoint_refused_naming_address_and_key(tmp_path):
     env = Env(tmp_path)
     env.write_config(allow_networks="")
-    res = env.fails("rule", "add", "r", "--endpoint", "http://127.0.0.1:9/in", "--allow-http",
+    res = env.fails("rule", "add", "r", "--url", "http://127.0.0.1:9/in", "--allow-http",
                     "--when", "To~.", match="127.0.0.1")
     assert "[http] allow_networks" in res.stderr and "loopback" in res.stderr
     assert res.stderr.count("\n") == 1
-    res = env.fails("rule", "add", "r", "--endpoint", "https://lan.example/in", "--when", "To~.",
+    res = env.fails("rule", "add", "r", "--url", "https://lan.example/in", "--when", "To~.",
                     match="lan.example resolves to 192.168.7.7, a private address")
     assert "[http] allow_networks" in res.stderr
     env.fails("endpoint", "add", "https://meta.example/ev", match="169.254.169.254")
     env.fails("endpoint", "add", "https://mixed.example/ev", match="10.9.9.9")
-    env.ok("rule", "add", "ok", "--endpoint", "https://fine.example/in", "--when", "To~.")
-    env.fails("rule", "edit", "ok", "--endpoint", "https://lan.example/in", match="192.168.7.7")
+    env.ok("rule", "add", "ok", "--url", "https://fine.example/in", "--when", "To~.")
+    env.fails("rule", "edit", "ok", "--url", "https://lan.example/in", match="192.168.7.7")
     env.ok("endpoint", "add", "https://fine.example/ev")
     env.fails("endpoint", "edit", "1", "--url", "http://10.0.0.5/ev", "--allow-http", match="10.0.0.5")
     # the allowlist admits them
     env.write_config(allow_networks="192.168.7.0/24, 10.0.0.0/8")
-    env.ok("rule", "edit", "ok", "--endpoint", "https://lan.example/in")
+    env.ok("rule", "edit", "ok", "--url", "https://lan.example/in")
     env.ok("endpoint", "edit", "1", "--url", "http://10.0.0.5/ev", "--allow-http")
 
 
 def test_unresolvable_endpoint_is_a_warning(env):
-    res = env.ok("rule", "add", "r", "--endpoint", "https://gone.invalid/in", "--when", "To~.")
+    res = env.ok("rule", "add", "r", "--url", "https://gone.invalid/in", "--when", "To~.")
     assert "warning: endpoint host gone.invalid does not resolve" in res.stderr
     assert "Added rule r" in res.stdout
     res = env.ok("endpoint", "add", "https://gone.invalid/ev")
@@ -1263,7 +1301,7 @@ def test_unresolvable_endpoint_is_a_warning(env):
 
 
 def test_catastrophic_regex_warns(env):
-    res = env.ok("rule", "add", "r", "--endpoint", "https://x.example/in",
+    res = env.ok("rule", "add", "r", "--url", "https://x.example/in",
                  "--when", "Subject~(a+)+$", "--when", "To~^x@", "--unless", r"From~(\w+)\1")
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2
@@ -1277,14 +1315,14 @@ def test_catastrophic_regex_warns(env):
 
 def test_arguments_that_are_not_utf8_are_one_line_errors(sales):
     # the shell hands Python undecodable bytes as surrogate escapes
-    sales.fails("rule", "add", "r9", "--endpoint", "https://app.example.net/x", "--when", "Subject~\udcff",
+    sales.fails("rule", "add", "r9", "--url", "https://app.example.net/x", "--when", "Subject~\udcff",
                 match="valid UTF-8")
     sales.fails("rule", "edit", "sales", "--api-key", "key\udcff", match="valid UTF-8")
 
 
 def test_numbers_out_of_range_are_one_line_errors(sales):
     sales.fails("rule", "edit", "sales", "--priority", "9223372036854775808", match="out of range")
-    sales.fails("rule", "add", "r9", "--endpoint", "https://app.example.net/x", "--when", "To~x",
+    sales.fails("rule", "add", "r9", "--url", "https://app.example.net/x", "--when", "To~x",
                 "--priority", "9223372036854775808", match="out of range")
 
 

@@ -3,6 +3,7 @@ the `headers` it was posted)."""
 from mxhook.model.decision import decide, header_index
 from mxhook.model.message import normalize, split_headers
 from mxhook.model.rules import Rule, RuleSet, parse_condition
+from mxhook.model.targets import Destination
 
 RAW = (b"From: =?utf-8?q?Doe=2C_John?= <john@sender.example>\r\n"
        b"To: sales@ours.example\r\n"
@@ -19,7 +20,7 @@ def test_address_field_index_equals_payload_headers_value():
 
 
 def test_rule_on_quoted_display_name_matches_what_the_payload_posts():
-    rule = Rule(name="quoted", endpoint="https://hook.example/in",
+    rule = Rule(name="quoted", destination=Destination("https://hook.example/in"),
                 conditions=(parse_condition('from~^"Doe, John" <john@'),))
     d = decide(RuleSet([rule]), frozenset({"ours.example"}), ["sales@ours.example"], FIELDS,
                enabled_heuristics=())

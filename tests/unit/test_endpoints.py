@@ -6,21 +6,25 @@ import pytest
 from mxhook.model import endpoints
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.rules import RuleError
+from mxhook.model.targets import Destination, DestinationError
+from tests.support.destinations import routed
 
 URL = "https://hooks.example.net/events"
 
 
 def test_defaults_and_pinned_latest_version():
-    ep = endpoints.validate(Endpoint(url=URL))
+    ep = endpoints.validate(Endpoint(Destination(URL)))
     assert ep.categories == ("bounces", "deliveries", "blocks")
-    assert (ep.interval, ep.max_events, ep.timeout, ep.timezone, ep.format) == (10, 1000, 30, "UTC", "json")
-    assert (ep.retry_interval, ep.retry_period) == (60, 3)
+    dest = ep.destination
+    assert (ep.interval, ep.max_events, dest.timeout, ep.timezone, dest.format) == (10, 1000, 30, "UTC", "json")
+    assert (dest.retry_interval, dest.retry_period) == (60, 3)
     assert ep.version == endpoints.latest_version() == 1
-    assert ep.enabled and not ep.allow_http
+    assert ep.enabled and not dest.allow_http
 
 
 def test_categories_canonical_order_and_types():
-    ep = endpoints.validate(Endpoint(url=URL, categories=endpoints.parse_categories(" Blocks,bounces ")))
+    ep = endpoints.validate(Endpoint(Destination(URL),
+                                     categories=endpoints.parse_categories(" Blocks,bounces ")))
     assert ep.categories == ("bounces", "blocks")
     assert ep.types == {"bounced", "failed", "blocked", "registered", "deleted"}
     assert ep.wants("bounced") and not ep.wants("succeeded")
@@ -50,22 +54,25 @@ def test_categories_canonical_order_and_types():
     ({"categories": ("bounces", "spam")}, "unknown event category spam"),
 ])
 def test_invalid(fields, match):
-    with pytest.raises(RuleError, match=match):
-        endpoints.validate(Endpoint(**{"url": URL, **fields}))
+    with pytest.raises((RuleError, DestinationError), match=match):
+        endpoints.validate(Endpoint(**routed(**{"url": URL, **fields})))
 
 
 def test_http_allowed_explicitly_and_iana_zones():
-    ep = endpoints.validate(Endpoint(url="http://10.0.0.5/e", allow_http=True, timezone="America/New_York"))
+    ep = endpoints.validate(Endpoint(Destination("http://10.0.0.5/e", allow_http=True),
+                                     timezone="America/New_York"))
     assert ep.timezone == "America/New_York"
     assert endpoints.check_timezone("Etc/UTC") == "Etc/UTC"
 
 
 def test_an_endpoint_has_a_delivery_target():
-    ep = endpoints.validate(Endpoint(url=URL, bearer="tok", timeout=5, retry_interval=20, id=4))
+    ep = endpoints.validate(Endpoint(Destination(URL, bearer="tok", timeout=5, retry_interval=20),
+                                     id=4))
     t = ep.target
     assert (t.url, t.bearer, t.timeout, t.retry.interval, t.retry.period) == (URL, "tok", 5, 20, 3)
     assert (t.kind, t.id, t.name, t.allow_http) == ("endpoint", 4, "endpoint-4", False)
 
 
 def test_with_defaults_ignores_none():
-    assert endpoints.with_defaults(url=URL, interval=None, max_events=500).max_events == 500
+    ep = endpoints.with_defaults(destination=Destination(URL), interval=None, max_events=500)
+    assert (ep.max_events, ep.interval) == (500, endpoints.DEFAULTS["interval"])

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mxhook.model import endpoints
 from mxhook.model.endpoints import Endpoint
+from mxhook.model.targets import Destination
 from mxhook.payloads import events as ev_payloads
 from mxhook.payloads import registry
 from mxhook.payloads.encodings import dumps
@@ -105,9 +106,9 @@ def test_pinning_a_newer_version_does_not_change_v1(monkeypatch):
 
     monkeypatch.setitem(registry.EVENT_VERSIONS, 2, registry.EventVersion(document_v2))
     monkeypatch.setattr(endpoints, "VERSIONS", (1, 2))
-    pinned = endpoints.validate(Endpoint(url="https://h.example/e", version=1))
+    pinned = endpoints.validate(Endpoint(Destination("https://h.example/e"), version=1))
     assert render_events(pinned.version, [BOUNCE], endpoint_tz="Europe/Berlin", batch_id="evb_1").body == before
-    assert endpoints.validate(Endpoint(url="https://h.example/e")).version == 2
+    assert endpoints.validate(Endpoint(Destination("https://h.example/e"))).version == 2
     assert json.loads(render_events(2, [BOUNCE], batch_id="b").body)["version"] == 2
 
 
@@ -182,7 +183,7 @@ def test_prerenderer_only_for_an_endpoint_that_takes_v1_in_utc():
     for it, the store keeps events as dicts until their batch is made."""
     from dataclasses import replace
 
-    utc = Endpoint(url="https://h.example/e", id=1, categories=("bounces",))
+    utc = Endpoint(Destination("https://h.example/e"), id=1, categories=("bounces",))
     berlin = replace(utc, id=2, timezone="Europe/Berlin")
     assert ev_payloads.prerenderer([berlin]) is None
     assert ev_payloads.prerenderer([replace(utc, enabled=False), berlin]) is None

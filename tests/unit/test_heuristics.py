@@ -5,6 +5,7 @@ import pytest
 from mxhook.model import heuristics
 from mxhook.model.decision import decide
 from mxhook.model.rules import Rule, RuleSet, parse_condition
+from mxhook.model.targets import Destination
 
 OURS = frozenset({"ours.example"})
 
@@ -55,7 +56,8 @@ def test_ordinary_mail_passes_and_garbage_from_does_not_crash():
 
 
 def test_decide_groups_recipients_by_rule_and_lists_the_denied():
-    sales = Rule(name="sales", endpoint="https://a.example/", conditions=(parse_condition("To~^sales@"),))
+    sales = Rule(name="sales", destination=Destination("https://a.example/"),
+                 conditions=(parse_condition("To~^sales@"),))
     rs = RuleSet([sales])
     d = decide(rs, OURS, ["sales@ours.example", "nobody@ours.example"], [("From", b" a@x.example")])
     assert [(r.name, rc) for r, rc in d.grouped()] == [("sales", ["sales@ours.example"])]

@@ -80,7 +80,7 @@ def test_each_recipient_with_its_stage_and_every_rule_explained():
 def test_an_accepted_recipient_names_its_rule_and_what_happens_to_the_message():
     x = explain(mail(to="trash@ours.example"), "trash@ours.example")
     [r] = x.as_dict()["recipients"]
-    assert (r["outcome"], r["rule"], r["action"], r["endpoint"]) == (
+    assert (r["outcome"], r["rule"], r["action"], r["url"]) == (
         "accepted", "trash", "discard", "https://hook.example/trash")
     assert x.deleted == ["<trash@ours.example>"] and x.reason == "accepted for trash"
 

@@ -9,6 +9,8 @@ import pytest
 from tests.support.cli import separate_runner
 
 from mxhook.model.records import iso
+from mxhook.model.targets import Destination
+from tests.support.destinations import routed
 from mxhook import cli as climod
 from mxhook import config
 from mxhook.store import rulesdb
@@ -54,10 +56,10 @@ class Env:
     def state(self) -> StateStore:
         return StateStore(self.state_db)
 
-    def add_rule(self, name="r1", endpoint="https://hooks.example/in", **kw) -> rules.Rule:
+    def add_rule(self, name="r1", url="https://hooks.example/in", **kw) -> rules.Rule:
         with self.rules() as store:
-            return store.add_rule(rules.Rule(name=name, endpoint=endpoint,
-                                             conditions=(rules.parse_condition("To~@ours"),), **kw))
+            return store.add_rule(rules.Rule(**routed(
+                url, name=name, conditions=(rules.parse_condition("To~@ours"),), **kw)))
 
     def message(self, rule: rules.Rule, received: str, rid: str | None = None) -> str:
         """An ingested inbound message for `rule`; returns the delivery id."""
@@ -97,8 +99,8 @@ def test_replay_id_requeues_with_the_rules_current_settings(env):
     rule = env.add_rule(retry_period=1)
     did = env.failed_delivery(rule)
     with env.rules() as store:
-        store.replace_rule("r1", rules.Rule(name="r1", endpoint="https://fixed.example/in",
-                                            conditions=rule.conditions, retry_period=2))
+        fixed = Destination("https://fixed.example/in", retry_period=2)
+        store.replace_rule("r1", rules.Rule(name="r1", destination=fixed, conditions=rule.conditions))
     res = env.run("replay", did)
     assert res.exit_code == 0, (res.stdout, res.stderr)
     assert "Replayed 1 item(s)" in res.stdout and "same webhook-id" in res.stdout
@@ -119,9 +121,9 @@ def test_replay_json_and_dry_run(env):
     out = env.json("replay", did, "--dry-run")
     assert out["dry_run"] is True and out["counts"] == {"replayed": 1, "skipped": 0}
     (item,) = out["replayed"]
-    assert {k: item[k] for k in ("id", "kind", "status", "rule", "endpoint", "last_error")} == {
+    assert {k: item[k] for k in ("id", "kind", "status", "rule", "url", "last_error")} == {
         "id": did, "kind": "delivery", "status": "failed", "rule": "r1",
-        "endpoint": "https://hooks.example/in", "last_error": "HTTP 404"}
+        "url": "https://hooks.example/in", "last_error": "HTTP 404"}
     with env.state() as st:
         assert logs.delivery(st, did)["status"] == "failed"  # nothing changed
     res = env.run("replay", did, "--dry-run")
@@ -206,8 +208,8 @@ def test_replay_by_rule_and_time_range(env):
 
 def test_replay_by_endpoint(env):
     with env.rules() as store:
-        ep = store.add_endpoint(Endpoint(url="https://app.example/ev"))
-        gone = store.add_endpoint(Endpoint(url="https://old.example/ev"))
+        ep = store.add_endpoint(Endpoint(Destination("https://app.example/ev")))
+        gone = store.add_endpoint(Endpoint(Destination("https://old.example/ev")))
     with env.state() as st:
         ingest.records(st, [spool.Record(id=f"e{i}", kind="event", meta={
             "type": "bounced", "at": at(100), "recipient": "x@y", "queue_id": "Q"}) for i in range(3)],
@@ -269,7 +271,7 @@ def test_status_shapes(env):
     with env.rules() as store:
         store.set_enabled("disabled", False)
         store.set_enabled("by-admin", False)
-        ep = store.add_endpoint(Endpoint(url="https://app.example/ev"))
+        ep = store.add_endpoint(Endpoint(Destination("https://app.example/ev")))
     with env.state() as st:
         st.mark_disabled("rule", str(disabled.id), "disabled", "the endpoint answered HTTP 410 Gone",
                          now=NOW - 100)

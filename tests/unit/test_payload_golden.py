@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mxhook.model.rules import Rule
+from mxhook.model.targets import Destination
 from mxhook.payloads import events as ev_payloads
 from mxhook.payloads.registry import render_events, render_inbound
 from tests.unit.test_payloads import META  # a change there shows here as changed bodies
@@ -24,8 +25,9 @@ GOLDEN = HERE / "golden" / "payloads.json"
 MIME = HERE / "fixtures" / "mime"
 
 HOSTILE_META = {**META, "mail_from": "a@x\r\nX-Evil: 1", "helo": "h\u2028elo", "client_name": None}
-RULE = Rule(name="reports", endpoint="https://hooks.example/in", id=7)
-KEYED = Rule(name="reports", endpoint="https://hooks.example/in", id=7, api_key="k-\u00e9\r\n1")
+RULE = Rule(name="reports", destination=Destination("https://hooks.example/in"), id=7)
+KEYED = Rule(name="reports",
+             destination=Destination("https://hooks.example/in", api_key="k-\u00e9\r\n1"), id=7)
 
 EVENTS = [
     {"id": "18a0000000000000aaaaaaaaaaaa", "type": "bounced", "at": "2026-01-15T12:00:00.250000Z",

@@ -15,6 +15,7 @@ from mxhook.payloads.inbound import MESSAGE_FIELDS, Delivery, form_parts, header
 from mxhook.payloads.registry import render_inbound
 from mxhook.model.rules import Rule
 from mxhook.model.targets import Target
+from mxhook.model.targets import Destination
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mime"
 PDF = b"%PDF-1.4\n% fake pdf for tests\n" + bytes(range(256)) + b"\n%%EOF\n"
@@ -27,13 +28,15 @@ META = {
     "client_addr": "192.0.2.1", "client_name": "mail.example.com", "helo": "mail.example.com",
     "header_from": "reports@example.com", "subject": "Monthly report", "message_id": None,
     "deliveries": [{"recipients": ["in@ours.example", "in2@ours.example"],
-                    "rule": Rule(name="reports", endpoint="https://hooks.example/in").target.to_record()}],
+                    "rule": Rule(name="reports",
+                                 destination=Destination("https://hooks.example/in")).target.to_record()}],
 }
 DELIVERY_ID = "0187a2b3c4d5e6f7a1b2c3d4e5f6-reports"
 
 
 def target(**changes) -> Target:
-    return replace(Rule(name="reports", endpoint="https://hooks.example/in", id=7).target, **changes)
+    rule = Rule(name="reports", destination=Destination("https://hooks.example/in"), id=7)
+    return replace(rule.target, **changes)
 
 
 def raw(name="mixed_alternative_attachment.eml") -> bytes:

@@ -8,7 +8,6 @@ from mxhook.model.records import iso
 from mxhook.delivery import pipeline
 from mxhook.delivery.pipeline import Dispatch
 from mxhook.delivery.webhook import Outcome
-from mxhook.model.retry import RetryPolicy
 from mxhook.model.targets import Target
 from mxhook.store import statedb
 
@@ -18,7 +17,7 @@ BODY = SimpleNamespace(body=b'{"a":1}', content_type="application/json")
 
 def dispatch(id="0187a2b3c4d5e6f7a1b2c3d4e5f6-r1", render=lambda: BODY, **kw) -> Dispatch:
     fields = dict(id=id, target=Target(kind="rule", id=1, name="r1", url="https://hooks.example/in",
-                                       retry=RetryPolicy(interval=60, period=1)),
+                                       retry_interval=60, retry_period=1),
                   attempts=0, first_attempt_at=None, owner=("rule", "1"),
                   label=f"delivery {id} rule=r1", payload="json", render=render)
     fields.update(kw)
@@ -74,7 +73,7 @@ def test_settle_applies_the_targets_retry_policy():
 
 def test_odd_retry_settings_fall_back_to_the_defaults():
     d = dispatch(target=Target(kind="rule", id=1, name="r1", url="https://h.example/",
-                               retry=RetryPolicy(interval="often", period="long")))
+                               retry_interval="often", retry_period="long"))
     r = pipeline.settle(pipeline.Attempt(d, Outcome("deferred", 500, "HTTP 500"), T0), T0,
                         gone=None, rand=lambda: 0.5)
     assert r.status == "deferred" and r.next_attempt_at == iso(T0 + 60)

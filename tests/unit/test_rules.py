@@ -5,11 +5,13 @@ import pytest
 
 from mxhook.model import rules
 from mxhook.model.rules import Rule, RuleError, RuleSet, parse_condition, validate
+from mxhook.model.targets import Destination, DestinationError
+from tests.support.destinations import routed
 
 
-def rule(name="r", conditions=("Subject~invoice",), **kw):
+def rule(name="r", conditions=("Subject~invoice",), url="https://hooks.example.net/in", **kw):
     conds = tuple(parse_condition(c) for c in conditions)
-    return Rule(name=name, endpoint=kw.pop("endpoint", "https://hooks.example.net/in"), conditions=conds, **kw)
+    return Rule(**routed(url, name=name, conditions=conds, **kw))
 
 
 def test_parse_condition_lowercases_header_and_keeps_pattern():
@@ -31,9 +33,9 @@ def test_parse_condition_rejects_bad_input_with_clear_message(spec, message):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"endpoint": "http://x.example/h"}, "not HTTPS"),
-    ({"endpoint": "ftp://x.example/h"}, "https:// URL"),
-    ({"endpoint": "https://u:p@x.example/h"}, "--basic-auth"),
+    ({"url": "http://x.example/h"}, "not HTTPS"),
+    ({"url": "ftp://x.example/h"}, "https:// URL"),
+    ({"url": "https://u:p@x.example/h"}, "--basic-auth"),
     ({"basic_auth": "u:p", "bearer": "t"}, "not both"),
     ({"basic_auth": "nocolon"}, "USER:PASSWORD"),
     ({"retry_interval": 9}, "between 10 and 600"),
@@ -46,15 +48,14 @@ def test_parse_condition_rejects_bad_input_with_clear_message(spec, message):
     ({"name": "bad name"}, "rule name"),
 ])
 def test_validate_rejects(changes, message):
-    r = rules.updated(rule(), **changes)
-    with pytest.raises(RuleError, match=message):
-        validate(r)
+    with pytest.raises((RuleError, DestinationError), match=message):
+        validate(rule(**changes))
 
 
 def test_validate_accepts_http_only_when_allowed_and_needs_a_condition():
-    validate(rule(endpoint="http://127.0.0.1:8080/h", allow_http=True))
+    validate(rule(url="http://127.0.0.1:8080/h", allow_http=True))
     with pytest.raises(RuleError, match="at least one condition"):
-        validate(Rule(name="x", endpoint="https://a.example/"))
+        validate(Rule(name="x", destination=Destination("https://a.example/")))
 
 
 def test_to_means_envelope_recipient_not_the_to_header():
@@ -71,7 +72,7 @@ def test_conditions_are_anded_and_case_insensitive():
 
 
 def test_any_occurrence_of_a_repeated_header_matches_and_negation_needs_none():
-    r = Rule(name="n", endpoint="https://a.example/", conditions=(
+    r = Rule(name="n", destination=Destination("https://a.example/"), conditions=(
         parse_condition("Received~relay1"), parse_condition("X-Spam~yes", negate=True)))
     rs = RuleSet([r])
     assert rs.match("a@b", {"received": ["from relay0", "from relay1"]}).rule
@@ -98,7 +99,8 @@ def test_missing_header_fails_a_positive_condition_and_reason_says_so():
 
 def test_catastrophic_pattern_times_out_and_counts_as_no_match():
     # (a|a)* backtracks exponentially even in the `regex` module, which defuses many classics
-    r = Rule(name="slow", endpoint="https://a.example/", conditions=(parse_condition("Subject~^(a|a)*$"),))
+    r = Rule(name="slow", destination=Destination("https://a.example/"),
+             conditions=(parse_condition("Subject~^(a|a)*$"),))
     rs = RuleSet([r], regex_timeout=0.01)
     m = rs.match("a@b", {"subject": ["a" * 40 + "b"]})
     assert m.rule is None
@@ -112,9 +114,9 @@ def test_header_patterns_are_searched_once_per_message_not_per_recipient(monkeyp
     searched = []
     real = rules._search_values
     monkeypatch.setattr(rules, "_search_values", lambda search, timeout, values: searched.append(values) or real(search, timeout, values))
-    slow = Rule(name="slow", endpoint="https://a.example/", priority=1,
+    slow = Rule(name="slow", destination=Destination("https://a.example/"), priority=1,
                 conditions=(parse_condition("Subject~^(a|a)*$"),))
-    per_rcpt = Rule(name="per-rcpt", endpoint="https://a.example/", priority=2,
+    per_rcpt = Rule(name="per-rcpt", destination=Destination("https://a.example/"), priority=2,
                     conditions=(parse_condition("Subject~b$"), parse_condition("To~^r1@")))
     rs = RuleSet([slow, per_rcpt], regex_timeout=0.01)
     headers = {"subject": ["a" * 40 + "b"]}
@@ -265,11 +267,14 @@ def test_shares_alternation_keeps_out_patterns_that_would_change_a_neighbour(pat
 
 
 def test_hundred_subject_rules_are_settled_by_one_prefilter_search():
-    many = [Rule(f"t{i}", "https://h.example/", (parse_condition(f"Subject~^ticket-{i}\\b"),
-                                                  parse_condition(r"To~@ours\.example$")), priority=i)
+    many = [Rule(f"t{i}", Destination("https://h.example/"),
+                 (parse_condition(f"Subject~^ticket-{i}\\b"), parse_condition(r"To~@ours\.example$")),
+                 priority=i)
             for i in range(1, 100)]
-    catch_all = Rule("all", "https://h.example/", (parse_condition(r"To~^bench@"),), priority=100)
-    spoiler = Rule("verbose", "https://h.example/", (parse_condition("Subject~(?x) never here"),), priority=0)
+    catch_all = Rule("all", Destination("https://h.example/"), (parse_condition(r"To~^bench@"),),
+                     priority=100)
+    spoiler = Rule("verbose", Destination("https://h.example/"),
+                   (parse_condition("Subject~(?x) never here"),), priority=0)
     rs = RuleSet(many + [catch_all, spoiler])
     search, _, keys, needing = rs._prefilters["subject"]
     assert len(keys) == 99 and ("subject", "(?x) never here") not in keys  # searched on its own
@@ -297,9 +302,9 @@ def test_escaped_parenthesis_is_not_mistaken_for_recursion():
 
 def test_a_rule_with_a_broken_pattern_takes_out_only_itself():
     # rules.db written by other means than `mxhook rule`: the milter must still start and match
-    bad = Rule(name="bad", endpoint="https://hooks.example.net/in", priority=1,
+    bad = Rule(name="bad", destination=Destination("https://hooks.example.net/in"), priority=1,
                conditions=(rules.Condition("subject", "("),))
-    loop = Rule(name="loop", endpoint="https://hooks.example.net/in", priority=2,
+    loop = Rule(name="loop", destination=Destination("https://hooks.example.net/in"), priority=2,
                 conditions=(rules.Condition("subject", "(?R)"),))
     good = rule("good", ("Subject~invoice",), priority=3)
     ruleset = RuleSet([bad, loop, good])
@@ -321,7 +326,7 @@ def test_a_rule_with_a_broken_pattern_takes_out_only_itself():
 ])
 def test_credentials_with_control_characters_are_refused(creds, message):
     # requests would refuse the header and quote it (with the secret) in its error
-    with pytest.raises(RuleError, match=message):
+    with pytest.raises(DestinationError, match=message):
         validate(rule(**creds))
 
 
@@ -331,6 +336,6 @@ def test_ordinary_credentials_pass():
 
 
 @pytest.mark.parametrize("url", ["https://h.example/a b", "https://h.example/\r\nX: y", "https://h.example/\t"])
-def test_endpoint_urls_with_spaces_or_control_characters_are_refused(url):
-    with pytest.raises(RuleError):
-        validate(rule(endpoint=url))
+def test_urls_with_spaces_or_control_characters_are_refused(url):
+    with pytest.raises(DestinationError, match="space or control character"):
+        validate(rule(url=url))

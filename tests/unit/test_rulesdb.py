@@ -12,6 +12,8 @@ import pytest
 from mxhook.store import migrations, rulesdb
 from mxhook.model import headers
 from mxhook.model.rules import Condition, Rule, RuleError, parse_condition
+from mxhook.model.targets import Destination, DestinationError
+from tests.support.destinations import routed
 
 
 def wait_for(predicate, timeout=5.0, step=0.01):
@@ -23,14 +25,13 @@ def wait_for(predicate, timeout=5.0, step=0.01):
     return predicate()
 
 
-def make_rule(name="invoices", **kw) -> Rule:
+def make_rule(name="invoices", url="https://hooks.example.net/in", **kw) -> Rule:
     fields = dict(
         name=name,
-        endpoint="https://hooks.example.net/in",
         conditions=(parse_condition("Subject~^Invoice"), parse_condition("From~@spam", negate=True)),
     )
     fields.update(kw)
-    return Rule(**fields)
+    return Rule(**routed(url, **fields))
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_creates_parent_dir_file_mode_wal_and_schema_version(path, store):
     cols = [r[1] for r in conn.execute("PRAGMA table_info(rules)")]
     assert cols == ["id", "name", "priority", "enabled", "endpoint", "format", "basic_auth",
                     "bearer", "api_key", "retry_interval", "retry_period", "timeout", "discard",
-                    "allow_http", "created", "updated"]
+                    "allow_http", "created", "updated", "dialect", "signing_key", "template"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(conditions)")] == [
         "id", "rule_id", "position", "header", "pattern", "negate"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(domains)")] == [
@@ -142,7 +143,7 @@ def test_domain_duplicate_and_unknown(store):
 def test_rule_round_trip(store):
     rule = make_rule(priority=5, format="multipart", basic_auth="u:p", api_key="k" * 20,
                      retry_interval=30, retry_period=2, timeout=9, discard=True,
-                     allow_http=True, endpoint="http://hooks.example.net/in", enabled=False)
+                     allow_http=True, url="http://hooks.example.net/in", enabled=False)
     added = store.add_rule(rule)
     assert added.id is not None
     got = store.get_rule("invoices")
@@ -161,9 +162,9 @@ def test_list_rules_in_evaluation_order(store):
 
 
 def test_add_rule_validates(store):
-    with pytest.raises(RuleError, match="HTTPS"):
-        store.add_rule(make_rule(endpoint="http://x.example/"))
-    with pytest.raises(RuleError, match="retry interval"):
+    with pytest.raises(DestinationError, match="HTTPS"):
+        store.add_rule(make_rule(url="http://x.example/"))
+    with pytest.raises(DestinationError, match="retry interval"):
         store.add_rule(make_rule(retry_interval=5))
     with pytest.raises(RuleError, match="condition"):
         store.add_rule(make_rule(conditions=()))
@@ -175,7 +176,7 @@ def test_add_rule_validates(store):
 def test_duplicate_rule_name(path, store):
     store.add_rule(make_rule())
     with pytest.raises(RuleError, match="already exists"):
-        store.add_rule(make_rule(endpoint="https://other.example/"))
+        store.add_rule(make_rule(url="https://other.example/"))
     assert table_counts(path) == {"domains": 0, "rules": 1, "conditions": 2}
 
 
@@ -236,7 +237,7 @@ def test_replace_rule_errors(store):
         store.replace_rule("zz", make_rule("zz"))
     with pytest.raises(RuleError, match="already exists"):
         store.replace_rule("a", make_rule("b"))
-    with pytest.raises(RuleError, match="timeout"):
+    with pytest.raises(DestinationError, match="timeout"):
         store.replace_rule("a", make_rule("a", timeout=0))
     assert [r.name for r in store.list_rules()] == ["a", "b"]
 
@@ -396,7 +397,7 @@ def test_migration_from_version_1_keeps_rules(path):
     reader = rulesdb.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5 == rulesdb.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 6 == rulesdb.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
@@ -425,7 +426,7 @@ def test_migration_to_version_5_stores_idna_2008_forms(path):
                                [address])
         store.conn.execute("PRAGMA user_version = 4")
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION
         domains = {d["name"]: d["log_denied"] for d in store.list_domains()}
         assert domains == {"xn--f9dt7l.example": True, "xn--f9dt7l.other": True,
                            "xn--n3h.example": False, "fass.example": False}
@@ -460,33 +461,36 @@ from mxhook.model.endpoints import Endpoint  # noqa: E402
 
 
 def test_endpoint_crud(store):
-    ep = store.add_endpoint(Endpoint(url="https://h.example/ev", categories=("blocks", "bounces"),
-                                     timezone="Europe/Berlin", bearer="tok"))
+    ep = store.add_endpoint(Endpoint(Destination("https://h.example/ev", bearer="tok"),
+                                     categories=("blocks", "bounces"), timezone="Europe/Berlin"))
     assert ep.id == 1 and ep.version == 1 and ep.categories == ("bounces", "blocks")
     assert ep.created and ep.created == ep.updated
     assert store.get_endpoint(1) == ep == store.get_endpoint("1") == store.get_endpoint("https://h.example/ev")
     assert store.get_endpoint(2) is None and store.get_endpoint("https://nope.example/") is None
     from dataclasses import replace
 
-    new = store.replace_endpoint("https://h.example/ev", replace(ep, url="https://h.example/v2", interval=60))
-    assert (new.id, new.url, new.interval, new.created) == (1, "https://h.example/v2", 60, ep.created)
+    moved = replace(ep, destination=replace(ep.destination, url="https://h.example/v2"), interval=60)
+    new = store.replace_endpoint("https://h.example/ev", moved)
+    assert (new.id, new.destination.url, new.interval, new.created) == (
+        1, "https://h.example/v2", 60, ep.created)
+    assert new.destination.bearer == "tok"
     assert store.list_endpoints() == [new]
-    assert store.remove_endpoint(1).url == "https://h.example/v2"
+    assert store.remove_endpoint(1).destination.url == "https://h.example/v2"
     assert store.list_endpoints() == []
 
 
 def test_endpoint_errors_write_nothing(path, store):
-    store.add_endpoint(Endpoint(url="https://h.example/a"))
-    b = store.add_endpoint(Endpoint(url="https://h.example/b"))
+    store.add_endpoint(Endpoint(Destination("https://h.example/a")))
+    b = store.add_endpoint(Endpoint(Destination("https://h.example/b")))
     before = sqlite3.connect(path).execute("SELECT * FROM endpoints ORDER BY id").fetchall()
     with pytest.raises(RuleError, match="already exists"):
-        store.add_endpoint(Endpoint(url="https://h.example/a"))
+        store.add_endpoint(Endpoint(Destination("https://h.example/a")))
     with pytest.raises(RuleError, match="interval"):
-        store.add_endpoint(Endpoint(url="https://h.example/c", interval=0))
+        store.add_endpoint(Endpoint(Destination("https://h.example/c"), interval=0))
     from dataclasses import replace
 
     with pytest.raises(RuleError, match="another endpoint"):
-        store.replace_endpoint(b.id, replace(b, url="https://h.example/a"))
+        store.replace_endpoint(b.id, replace(b, destination=Destination("https://h.example/a")))
     with pytest.raises(RuleError, match="time zone"):
         store.replace_endpoint(b.id, replace(b, timezone="Nowhere/Land"))
     with pytest.raises(RuleError, match="no endpoint"):
@@ -495,17 +499,17 @@ def test_endpoint_errors_write_nothing(path, store):
 
 
 def test_endpoint_ids_are_never_reused(store):
-    a = store.add_endpoint(Endpoint(url="https://h.example/a"))
+    a = store.add_endpoint(Endpoint(Destination("https://h.example/a")))
     store.remove_endpoint(a.id)
-    assert store.add_endpoint(Endpoint(url="https://h.example/a")).id == a.id + 1
+    assert store.add_endpoint(Endpoint(Destination("https://h.example/a"))).id == a.id + 1
 
 
 def test_endpoint_version_is_pinned_when_stored(store, monkeypatch):
     from mxhook.model import endpoints
 
-    old = store.add_endpoint(Endpoint(url="https://h.example/old"))
+    old = store.add_endpoint(Endpoint(Destination("https://h.example/old")))
     monkeypatch.setattr(endpoints, "VERSIONS", (1, 2))
-    new = store.add_endpoint(Endpoint(url="https://h.example/new"))
+    new = store.add_endpoint(Endpoint(Destination("https://h.example/new")))
     assert (store.get_endpoint(old.id).version, new.version) == (1, 2)
     from dataclasses import replace
 
@@ -516,7 +520,7 @@ def test_endpoints_view_reloads_on_change(path, store):
     view = rulesdb.EndpointsView(path)
     assert view.current() == {} and view.generation == 1
     assert view.current() == {} and view.generation == 1  # no change, no reload
-    ep = store.add_endpoint(Endpoint(url="https://h.example/a"))
+    ep = store.add_endpoint(Endpoint(Destination("https://h.example/a")))
     assert view.current() == {ep.id: ep} and view.generation == 2
     view.close()
 
@@ -526,7 +530,7 @@ def test_endpoints_view_missing_file_then_created(tmp_path):
     view = rulesdb.EndpointsView(path)
     assert view.current() == {} and view.generation == 0
     with rulesdb.RulesStore(path) as store:
-        store.add_endpoint(Endpoint(url="https://h.example/a"))
+        store.add_endpoint(Endpoint(Destination("https://h.example/a")))
     assert list(view.current()) == [1] and view.generation == 1
 
 
@@ -723,7 +727,7 @@ def test_new_rules_and_endpoints_get_keys(store):
     assert v1a.masked_secret == "whsk_****"
     assert v1a.to_public_dict() == {"scheme": "v1a", "secret": "whsk_****", "public_key": v1a.public_key,
                                     "created": v1a.created, "expires": None}
-    ep = store.add_endpoint(Endpoint(url="https://h.example/ev"), ed25519=True)
+    ep = store.add_endpoint(Endpoint(Destination("https://h.example/ev")), ed25519=True)
     assert [k.scheme for k in store.signing_keys("endpoint", ep.id)] == ["v1", "v1a"]
     store.remove_endpoint(ep.id)
     assert store.signing_keys("endpoint", ep.id, include_expired=True) == []
@@ -734,7 +738,7 @@ def test_failed_add_writes_no_key(path, store):
     with pytest.raises(RuleError):
         store.add_rule(make_rule("a"))
     with pytest.raises(RuleError):
-        store.add_endpoint(Endpoint(url="https://h.example/ev", interval=0))
+        store.add_endpoint(Endpoint(Destination("https://h.example/ev"), interval=0))
     assert sqlite3.connect(path).execute("SELECT count(*) FROM signing_keys").fetchone()[0] == 1
 
 
@@ -764,7 +768,7 @@ def test_rotation_overlap_then_one(store):
 
 
 def test_rotation_of_ed25519_leaves_the_secret(store):
-    ep = store.add_endpoint(Endpoint(url="https://h.example/ev"))
+    ep = store.add_endpoint(Endpoint(Destination("https://h.example/ev")))
     (v1,) = store.signing_keys("endpoint", ep.id)
     pair = store.rotate_key("endpoint", ep.id, overlap=60, scheme="v1a")  # the first pair
     assert pair.scheme == "v1a" and pair.public_key.startswith("whpk_")

@@ -9,6 +9,7 @@ import pytest
 from tests.support.services import make_config
 
 from mxhook.model.records import iso
+from mxhook.model.targets import Destination
 from mxhook import spool
 from mxhook.model import rules
 from mxhook.services import blocks, logs
@@ -16,7 +17,7 @@ from mxhook.services.errors import Conflict, Failed, Invalid, NotFound, Unavaila
 from mxhook.store import ingest
 from mxhook.store.statedb import StateStore
 
-RULE = rules.Rule(name="r1", endpoint="https://hooks.example/in",
+RULE = rules.Rule(name="r1", destination=Destination("https://hooks.example/in"),
                   conditions=(rules.parse_condition("To~@ours"),))
 
 

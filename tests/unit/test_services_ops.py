@@ -11,11 +11,13 @@ from tests.support.services import make_config, use_static_dns
 from mxhook.model.records import iso
 from mxhook import spool
 from mxhook.model import rules as rulesmod
+from mxhook.model.targets import Destination
 from mxhook.services import domains, explain, postfix, replay, rules, status, times
 from mxhook.services.errors import Failed, Invalid, NotFound
 from mxhook.store import ingest
 from mxhook.store.statedb import AttemptRecord, StateStore
 
+HOOK = Destination("https://hooks.example/in")
 
 @pytest.fixture(autouse=True)
 def static_dns(monkeypatch):
@@ -43,7 +45,7 @@ def failed_delivery(cfg, rule: rulesmod.Rule) -> str:
 
 
 def test_replay(cfg):
-    rule = rules.add(cfg, name="r1", endpoint="https://hooks.example/in", when=["To~@ours"]).rule
+    rule = rules.add(cfg, name="r1", destination=HOOK, when=["To~@ours"]).rule
     did = failed_delivery(cfg, rule)
     with pytest.raises(Invalid, match="one of them"):
         replay.replay(cfg)
@@ -66,7 +68,7 @@ def test_replay(cfg):
 
 
 def test_status_reports_as_data(cfg):
-    rules.add(cfg, name="r1", endpoint="https://hooks.example/in", when=["To~@ours"])
+    rules.add(cfg, name="r1", destination=HOOK, when=["To~@ours"])
     report = status.collect(cfg, now=time.time())
     assert report["spool"] == {"backlog": 0, "oldest": None, "error": None}
     assert [(r["name"], r["state"]) for r in report["rules"]] == [("r1", "ok")]
@@ -79,7 +81,7 @@ MESSAGE = (b"From: Alice <alice@sender.example>\r\nTo: invoices@ours.example\r\n
 
 def test_explain(cfg, tmp_path):
     domains.add(cfg, "ours.example")
-    rules.add(cfg, name="invoices", endpoint="https://hooks.example/in", when=["Subject~invoice"])
+    rules.add(cfg, name="invoices", destination=HOOK, when=["Subject~invoice"])
     res = explain.explain_message(cfg, io.BytesIO(MESSAGE), ["invoices@ours.example", "x@else.example"],
                                   "alice@sender.example")
     assert (res["result"], res["decided_by"]) == ("accept", "rules")

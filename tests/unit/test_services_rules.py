@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.support.services import make_config, use_static_dns
 
+from mxhook.model.targets import Destination
 from mxhook.services import domains, endpoints, rules, targets
 from mxhook.services.errors import Conflict, Invalid, NotFound, ServiceError, Unavailable
 
@@ -38,13 +39,15 @@ def test_domains_round_trip(cfg):
 
 def test_rule_add_show_edit_move_remove(cfg):
     warnings = []
-    added = rules.add(cfg, name="invoices", endpoint="https://hooks.example/in",
-                      when=["To~^invoices@"], unless=[r"From~@spam\.example$"],
-                      bearer="tok-abcdefghijklmnop", warn=warnings.append)
+    added = rules.add(cfg, name="invoices",
+                      destination=Destination("https://hooks.example/in",
+                                              bearer="tok-abcdefghijklmnop"),
+                      when=["To~^invoices@"], unless=[r"From~@spam\.example$"], warn=warnings.append)
     assert added.rule.name == "invoices" and added.no_domains and not warnings
     assert [k.scheme for k in added.keys] == ["v1"] and added.keys[0].secret
     with pytest.raises(Conflict):
-        rules.add(cfg, name="invoices", endpoint="https://hooks.example/other", when=["To~."])
+        rules.add(cfg, name="invoices", destination=Destination("https://hooks.example/other"),
+                  when=["To~."])
 
     view = rules.show(cfg, "invoices")
     d = view.as_dict()
@@ -53,9 +56,9 @@ def test_rule_add_show_edit_move_remove(cfg):
     assert set(d) >= {"created", "updated"}
 
     # --unless alone replaces only the negated conditions
-    edited = rules.edit(cfg, "invoices", unless=["Subject~spam"], basic_auth="bob:pw")
+    edited = rules.edit(cfg, "invoices", unless=["Subject~spam"], destination={"basic_auth": "bob:pw"})
     assert [(c.pattern, c.negate) for c in edited.conditions] == [("^invoices@", False), ("spam", True)]
-    assert (edited.basic_auth, edited.bearer) == ("bob:pw", None)
+    assert (edited.destination.basic_auth, edited.destination.bearer) == ("bob:pw", None)
     assert rules.move(cfg, "invoices", 7).priority == 7
     assert not rules.set_enabled(cfg, "invoices", False).enabled
     assert [v.rule.name for v in rules.list_all(cfg)] == ["invoices"]
@@ -75,14 +78,15 @@ def test_rule_add_show_edit_move_remove(cfg):
 
 def test_rule_input_errors_write_nothing(cfg, tmp_path):
     with pytest.raises(Invalid, match="--bearer must not be empty"):
-        rules.add(cfg, name="r", endpoint="https://hooks.example/in", when=["To~."], bearer="")
+        rules.add(cfg, name="r", destination=Destination("https://hooks.example/in", bearer=""),
+                  when=["To~."])
     with pytest.raises(Invalid):
-        rules.add(cfg, name="r", endpoint="https://hooks.example/in", when=["no tilde"])
+        rules.add(cfg, name="r", destination=Destination("https://hooks.example/in"), when=["no tilde"])
     with pytest.raises(Invalid, match="SSRF guard") as exc:
-        rules.add(cfg, name="r", endpoint="https://lan.example/in", when=["To~."])
+        rules.add(cfg, name="r", destination=Destination("https://lan.example/in"), when=["To~."])
     assert exc.value.code == "egress_refused"
     assert not (tmp_path / "rules.db").exists()
-    rules.add(cfg, name="r", endpoint="https://hooks.example/in", when=["To~."])
+    rules.add(cfg, name="r", destination=Destination("https://hooks.example/in"), when=["To~."])
     with pytest.raises(Invalid, match="nothing to change") as exc:
         rules.edit(cfg, "r")
     assert exc.value.code == "nothing_to_change"
@@ -90,36 +94,38 @@ def test_rule_input_errors_write_nothing(cfg, tmp_path):
 
 def test_rule_warnings_go_to_the_callback(cfg):
     warnings = []
-    rules.add(cfg, name="slow", endpoint="https://unknown.invalid/in", when=["Subject~(a+)+$"],
+    rules.add(cfg, name="slow", destination=Destination("https://unknown.invalid/in"),
+              when=["Subject~(a+)+$"],
               warn=warnings.append)
     assert len(warnings) == 2
     assert "stored anyway" in warnings[0] and "regex_timeout" in warnings[1]
 
 
 def test_endpoints_round_trip(cfg):
-    view = endpoints.add(cfg, url="https://app.example.net/events", categories=["bounces", "blocks"],
-                         interval=30, bearer="tok-abcdefghijklmnop", ed25519=True)
+    view = endpoints.add(cfg, destination=Destination("https://app.example.net/events",
+                                                      bearer="tok-abcdefghijklmnop"),
+                         categories=["bounces", "blocks"], interval=30, ed25519=True)
     ep = view.endpoint
     assert ep.categories == ("bounces", "blocks") and ep.interval == 30
     assert sorted(k.scheme for k in view.keys) == ["v1", "v1a"]
     with pytest.raises(Conflict, match="already exists"):
-        endpoints.add(cfg, url="https://app.example.net/events")
+        endpoints.add(cfg, destination=Destination("https://app.example.net/events"))
     shown = endpoints.show(cfg, str(ep.id)).as_dict()
     assert shown["bearer"] == "****mnop" and shown["events"] == ["bounces", "blocks"]
-    assert endpoints.show(cfg, ep.url).endpoint.id == ep.id
+    assert endpoints.show(cfg, ep.destination.url).endpoint.id == ep.id
 
     edited = endpoints.edit(cfg, ep.id, categories="deliveries", enabled=False, clear_auth=True)
-    assert edited.categories == ("deliveries",) and not edited.enabled and edited.bearer is None
+    assert edited.categories == ("deliveries",) and not edited.enabled and edited.destination.bearer is None
     with pytest.raises(Invalid, match="nothing to change"):
         endpoints.edit(cfg, ep.id)
     _, rotation = endpoints.rotate_secret(cfg, ep.id, overlap=0)
     assert rotation.until is None and not rotation.first
     assert [v.endpoint.id for v in endpoints.list_all(cfg)] == [ep.id]
-    assert endpoints.remove(cfg, ep.url).id == ep.id
+    assert endpoints.remove(cfg, ep.destination.url).id == ep.id
     with pytest.raises(NotFound, match="no endpoint"):
-        endpoints.show(cfg, ep.url)
+        endpoints.show(cfg, ep.destination.url)
     with pytest.raises(NotFound):
-        endpoints.remove(cfg, ep.url)
+        endpoints.remove(cfg, ep.destination.url)
 
 
 def test_one_error_hierarchy():
@@ -134,8 +140,11 @@ def test_masking():
     assert targets.mask_secret("abcdefghijkl") == "****ijkl"
     assert targets.mask_secret("short") == "****"
     assert targets.mask_secret(None) is None
-    assert targets.auth_changes(clear_auth=False, basic_auth="u:p", bearer=None, api_key=None) == \
-        {"basic_auth": "u:p", "bearer": None}
+    dest = Destination("https://h.example/", bearer="tok", api_key="k")
+    assert dest.edited({"basic_auth": "u:p"}) == Destination("https://h.example/", basic_auth="u:p",
+                                                             api_key="k")
+    assert dest.edited({"bearer": "t2"}, clear_auth=True) == Destination("https://h.example/", bearer="t2")
+    assert targets.as_dict(dest)["bearer"] == "****"
 
 
 def test_the_store_says_missing_or_exists_and_every_operation_maps_it_alike(cfg, monkeypatch):
@@ -143,7 +152,7 @@ def test_the_store_says_missing_or_exists_and_every_operation_maps_it_alike(cfg,
     rule removed between an edit's read and its write is NotFound, not Conflict."""
     from mxhook.store import rulesdb
 
-    rules.add(cfg, name="a", endpoint="https://hooks.example/a", when=["To~^a@"])
+    rules.add(cfg, name="a", destination=Destination("https://hooks.example/a"), when=["To~^a@"])
     replace = rulesdb.RulesStore.replace_rule
 
     def removed_meanwhile(store, name, rule):
@@ -152,10 +161,10 @@ def test_the_store_says_missing_or_exists_and_every_operation_maps_it_alike(cfg,
 
     monkeypatch.setattr(rulesdb.RulesStore, "replace_rule", removed_meanwhile)
     with pytest.raises(NotFound, match="no rule named 'a'"):
-        rules.edit(cfg, "a", endpoint="https://hooks.example/a2")
+        rules.edit(cfg, "a", destination={"url": "https://hooks.example/a2"})
     monkeypatch.undo()
-    rules.add(cfg, name="a", endpoint="https://hooks.example/a", when=["To~^a@"])
+    rules.add(cfg, name="a", destination=Destination("https://hooks.example/a"), when=["To~^a@"])
     with pytest.raises(Conflict, match="already exists"):
-        rules.add(cfg, name="a", endpoint="https://hooks.example/a2", when=["To~."])
+        rules.add(cfg, name="a", destination=Destination("https://hooks.example/a2"), when=["To~."])
     with pytest.raises(NotFound, match="no rule named 'b'"):
         rules.set_enabled(cfg, "b", True)

@@ -10,6 +10,7 @@ import pytest
 
 from mxhook.delivery import signing
 from mxhook.model.rules import Rule, parse_condition
+from mxhook.model.targets import Destination
 from mxhook.store import rulesdb
 
 
@@ -30,7 +31,7 @@ def reader(path):
 
 
 def add_rule(store, name="r1") -> Rule:
-    return store.add_rule(Rule(name=name, endpoint="https://hooks.example.net/in",
+    return store.add_rule(Rule(name=name, destination=Destination("https://hooks.example.net/in"),
                                conditions=(parse_condition("To~@ours\\.example$"),)))
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from mxhook.model.records import iso
 from mxhook.model.records import RecordError
+from mxhook.model.targets import Destination
 from mxhook import spool
 from mxhook.store import ingest, logs, migrations, statedb
 from mxhook.store.statedb import AttemptRecord, StateStore
@@ -345,9 +346,9 @@ def event(eid, etype="succeeded", at="2026-11-22T12:00:00.000000Z", **fields):
     return spool.Record(id=eid, kind="event", meta=meta)
 
 
-EP_ALL = Endpoint(url="https://h.example/all", id=1)
-EP_BOUNCES = Endpoint(url="https://h.example/b", id=2, categories=("bounces",))
-EP_OFF = Endpoint(url="https://h.example/off", id=3, enabled=False)
+EP_ALL = Endpoint(Destination("https://h.example/all"), id=1)
+EP_BOUNCES = Endpoint(Destination("https://h.example/b"), id=2, categories=("bounces",))
+EP_OFF = Endpoint(Destination("https://h.example/off"), id=3, enabled=False)
 EPS = [EP_ALL, EP_BOUNCES, EP_OFF]
 
 
@@ -474,10 +475,11 @@ def test_host_name_from_relay():
 
 
 def test_removed_endpoints_fail_their_events(store):
-    ingest.records(store, [event(f"e{i}") for i in range(5)], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
-    store.sync_endpoints([EP_ALL, Endpoint(url="https://h.example/x", id=7)])
+    ep_x = Endpoint(Destination("https://h.example/x"), id=7)
+    ingest.records(store, [event(f"e{i}") for i in range(5)], endpoints=[EP_ALL, ep_x])
+    store.sync_endpoints([EP_ALL, ep_x])
     open_b = store.create_batch(7, 100)
-    ingest.records(store, [event("e9")], endpoints=[EP_ALL, Endpoint(url="https://h.example/x", id=7)])
+    ingest.records(store, [event("e9")], endpoints=[EP_ALL, ep_x])
     assert store.fail_removed_endpoints({1, 7}) == 0
     assert store.fail_removed_endpoints({1}) == 6
     assert store.batch(open_b.id).status == "failed"
@@ -582,7 +584,7 @@ def test_state_db_of_a_newer_mxhook_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Issue 3 leftovers: recipient-less expiry, block list address, DSN join by Message-ID
 
-EP_FAILS = Endpoint(url="https://h.example/f", id=4, categories=("bounces",))
+EP_FAILS = Endpoint(Destination("https://h.example/f"), id=4, categories=("bounces",))
 
 
 def test_expiry_without_recipient_applies_to_open_recipients(store):

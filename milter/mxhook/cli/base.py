@@ -2,11 +2,14 @@
 errors into exit statuses, and the parameter types."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sqlite3
 
 import click
 
 from mxhook import config as configmod
+from mxhook.model import targets
 from mxhook.model.rules import RuleError
 from mxhook.services import times
 from mxhook.services.errors import Failed, ServiceError
@@ -35,7 +38,7 @@ class MxhookGroup(click.Group):
             raise click.ClickException(exc.message) from None
         except ServiceError as exc:
             raise InputError(exc.message) from None
-        except (RuleError, configmod.ConfigError) as exc:
+        except (RuleError, targets.DestinationError, configmod.ConfigError) as exc:
             raise InputError(str(exc)) from None
         except sqlite3.Error as exc:
             raise click.ClickException(f"database error: {exc}") from None
@@ -112,14 +115,70 @@ def rotate_options(command):
                              "at most 30d).")(command)
 
 
-# Options `rule add/edit` and `endpoint add/edit` share (click.option decorators can be reused).
-AUTH_OPTIONS = (
-    click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
-    click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
-    click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
-)
-CLEAR_AUTH_OPTION = click.option(
-    "--clear-auth", is_flag=True,
-    help="Remove Basic auth, Bearer token and API key (before applying any new ones given).")
+def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: bool = True,
+                        endpoint_alias: bool = False, unencrypted: str = "content"):
+    """The destination's options, the same for `rule add|edit` and `endpoint add|edit` but the
+    payload `formats`. The command receives them as one `destination`: a Destination for add
+    (its defaults for options not given), for edit the fields to change (None: keep) and
+    `clear_auth`. `url_option`: False when the command takes the URL as its argument `url`;
+    `endpoint_alias`: `--endpoint` as a hidden alias of `--url` (for existing rule scripts)."""
+
+    def dflt(name):
+        return "." if edit else f" [default: {targets.default(name)}]."
+
+    opts = [
+        click.option("--format", "format", type=click.Choice(formats),
+                     help="Payload format" + dflt("format")),
+        click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
+        click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
+        click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+        click.option("--retry-interval", type=int, metavar="10..600",
+                     help="Seconds between retries" + dflt("retry_interval")),
+        click.option("--retry-period", type=int, metavar="1..10",
+                     help="Days to keep retrying" + dflt("retry_period")),
+        click.option("--timeout", type=int, metavar="1..999",
+                     help="Request timeout in seconds" + dflt("timeout")),
+    ]
+    if url_option:
+        opts.insert(0, click.option("--url", metavar="URL", help=(
+            "Change the webhook URL." if edit
+            else "Webhook URL (https:// unless --allow-http).  [required]")))
+    if endpoint_alias:
+        opts.insert(1, click.option("--endpoint", "endpoint_url", metavar="URL", hidden=True))
+    if edit:
+        opts += [
+            click.option("--allow-http/--no-allow-http", default=None,
+                         help="Allow (or stop allowing) a plain http:// URL."),
+            click.option("--clear-auth", is_flag=True,
+                         help="Remove Basic auth, Bearer token and API key (before applying any "
+                              "new ones given)."),
+        ]
+    else:
+        opts.append(click.option(
+            "--allow-http", is_flag=True,
+            help=f"Allow a plain http:// URL ({unencrypted} travels unencrypted)."))
+
+    def deco(f):
+        @functools.wraps(f)
+        def command(**kwargs):
+            values = {f.name: kwargs.pop(f.name, None) for f in dataclasses.fields(targets.Destination)}
+            alias = kwargs.pop("endpoint_url", None)
+            if alias is not None:
+                if values["url"] not in (None, alias):
+                    raise click.UsageError("give the URL once: --url (--endpoint is its old name)")
+                values["url"] = alias
+            if edit:
+                return f(destination=values, **kwargs)
+            if values["url"] is None:
+                raise click.UsageError("Missing option '--url'.")
+            return f(destination=targets.destination(**values), **kwargs)
+
+        for opt in reversed(opts):
+            command = opt(command)
+        return command
+
+    return deco
+
+
 ED25519_OPTION = click.option(
     "--ed25519", is_flag=True, help="Also sign with an ed25519 key pair (v1a); prints its public key.")

@@ -4,16 +4,15 @@ from __future__ import annotations
 import click
 
 from mxhook.cli.base import (
-    AUTH_OPTIONS,
-    CLEAR_AUTH_OPTION,
     ED25519_OPTION,
     MxhookGroup,
+    destination_options,
     pass_app,
     rotate_options,
     warn,
 )
 from mxhook.cli.output import (
-    auth_summary,
+    destination_rows,
     emit_json,
     fields,
     print_new_keys,
@@ -28,13 +27,10 @@ from mxhook.services import endpoints as endpointsvc
 
 def print_endpoint(ep: endpointsmod.Endpoint, keys: list | None = None) -> None:
     rows = [
-        ("id", ep.id), ("url", ep.url), ("enabled", yes_no(ep.enabled)),
-        ("events", ", ".join(ep.categories)),
+        ("id", ep.id), ("enabled", yes_no(ep.enabled)), ("events", ", ".join(ep.categories)),
         ("batching", f"after {ep.interval} s or at {ep.max_events} events, whichever comes first"),
-        ("version", f"{ep.version} (pinned)"), ("time zone", ep.timezone), ("format", ep.format),
-        ("auth", auth_summary(ep)), ("timeout", f"{ep.timeout} s"),
-        ("retry interval", f"{ep.retry_interval} s"), ("retry period", f"{ep.retry_period} days"),
-        ("allow http", yes_no(ep.allow_http)), ("created", ep.created), ("updated", ep.updated),
+        ("version", f"{ep.version} (pinned)"), ("time zone", ep.timezone),
+        *destination_rows(ep.destination), ("created", ep.created), ("updated", ep.updated),
     ]
     fields(rows)
     print_signing(keys)
@@ -46,49 +42,35 @@ def endpoint_options(edit: bool):
     def dflt(key, unit=""):
         return "." if edit else f" [default: {endpointsmod.DEFAULTS[key]}{unit}]."
 
-    def deco(f):
-        opts = [
-            click.option("--events", "categories", metavar="CATEGORIES",
-                         help="Comma-separated: " + ",".join(endpointsmod.CATEGORIES) +
-                              ("." if edit else " [default: all].")),
-            click.option("--interval", type=int, metavar="1..600",
-                         help="Send when the oldest pending event is this many seconds old" + dflt("interval")),
-            click.option("--max-events", type=int, metavar="100..10000",
-                         help="Send when this many events are pending; never more per POST" + dflt("max_events")),
-            click.option("--timeout", type=int, metavar="1..999",
-                         help="Request timeout in seconds" + dflt("timeout")),
-            click.option("--version", "version", type=int, metavar="N",
-                         help="Payload version" + ("." if edit else " [default: the latest; then pinned].")),
-            click.option("--timezone", metavar="AREA/CITY",
-                         help="Time zone of timestamps in payloads" + dflt("timezone")),
-            click.option("--format", "fmt", type=click.Choice(endpointsmod.FORMATS),
-                         help="Payload format" + dflt("format")),
-            *AUTH_OPTIONS,
-            click.option("--retry-interval", type=int, metavar="10..600",
-                         help="Seconds between retries" + dflt("retry_interval")),
-            click.option("--retry-period", type=int, metavar="1..10",
-                         help="Days to keep retrying" + dflt("retry_period")),
+    opts = [
+        click.option("--events", "categories", metavar="CATEGORIES",
+                     help="Comma-separated: " + ",".join(endpointsmod.CATEGORIES) +
+                          ("." if edit else " [default: all].")),
+        click.option("--interval", type=int, metavar="1..600",
+                     help="Send when the oldest pending event is this many seconds old" + dflt("interval")),
+        click.option("--max-events", type=int, metavar="100..10000",
+                     help="Send when this many events are pending; never more per POST" + dflt("max_events")),
+        click.option("--version", "version", type=int, metavar="N",
+                     help="Payload version" + ("." if edit else " [default: the latest; then pinned].")),
+        click.option("--timezone", metavar="AREA/CITY",
+                     help="Time zone of timestamps in payloads" + dflt("timezone")),
+    ]
+    if edit:
+        opts.append(click.option("--disabled/--enabled", "disabled", default=None,
+                                 help="Disable (events are kept pending) or enable the endpoint."))
+    else:
+        opts += [
+            click.option("--disabled", is_flag=True,
+                         help="Add the endpoint disabled (no events are queued for it)."),
+            ED25519_OPTION,
         ]
-        if edit:
-            opts += [
-                click.option("--url", "new_url", metavar="URL", help="Change the URL."),
-                click.option("--disabled/--enabled", "disabled", default=None,
-                             help="Disable (events are kept pending) or enable the endpoint."),
-                click.option("--allow-http/--no-allow-http", default=None,
-                             help="Allow (or stop allowing) a plain http:// URL."),
-                CLEAR_AUTH_OPTION,
-            ]
-        else:
-            opts += [
-                click.option("--disabled", is_flag=True,
-                             help="Add the endpoint disabled (no events are queued for it)."),
-                click.option("--allow-http", is_flag=True,
-                             help="Allow a plain http:// URL (events travel unencrypted)."),
-                ED25519_OPTION,
-            ]
+
+    def deco(f):
         for opt in reversed(opts):
             f = opt(f)
-        return f
+        # endpoint add takes the URL as its argument
+        return destination_options(edit, endpointsmod.FORMATS, url_option=edit,
+                                   unencrypted="events")(f)
 
     return deco
 
@@ -102,8 +84,7 @@ def endpoint():
 @click.argument("url")
 @endpoint_options(edit=False)
 @pass_app
-def endpoint_add(app, url, categories, interval, max_events, timeout, version, timezone, fmt,
-                 basic_auth, bearer, api_key, retry_interval, retry_period, disabled, allow_http,
+def endpoint_add(app, destination, categories, interval, max_events, version, timezone, disabled,
                  ed25519):
     """Add an endpoint at URL for delivery events (bounces, deliveries, blocks).
 
@@ -115,14 +96,13 @@ def endpoint_add(app, url, categories, interval, max_events, timeout, version, t
     The endpoint's signing secret is printed once: give it to the receiver (docs/verifying.md).
     """
     view = endpointsvc.add(
-        app.cfg, url=url, categories=categories, interval=interval, max_events=max_events,
-        timeout=timeout, version=version, timezone=timezone, format=fmt, basic_auth=basic_auth,
-        bearer=bearer, api_key=api_key, retry_interval=retry_interval, retry_period=retry_period,
-        enabled=not disabled, allow_http=allow_http, ed25519=ed25519, warn=warn)
+        app.cfg, destination=destination, categories=categories, interval=interval,
+        max_events=max_events, version=version, timezone=timezone, enabled=not disabled,
+        ed25519=ed25519, warn=warn)
     added = view.endpoint
     click.echo(f"Added endpoint {added.id}{' (disabled)' if not added.enabled else ''}: "
-               f"{', '.join(added.categories)} events to {added.url} "
-               f"(version {added.version}, {added.format})")
+               f"{', '.join(added.categories)} events to {added.destination.url} "
+               f"(version {added.version}, {added.destination.format})")
     print_new_keys(view.keys)
 
 
@@ -140,7 +120,8 @@ def endpoint_list(app, as_json):
     else:
         table(["ID", "ENABLED", "EVENTS", "INTERVAL", "MAX", "VERSION", "FORMAT", "TIME ZONE", "URL"],
               [[ep.id, ep.enabled, ",".join(ep.categories), f"{ep.interval}s", ep.max_events,
-                ep.version, ep.format, ep.timezone, ep.url] for ep in found], max_width=70)
+                ep.version, ep.destination.format, ep.timezone, ep.destination.url] for ep in found],
+              max_width=70)
 
 
 @endpoint.command("show")
@@ -160,21 +141,18 @@ def endpoint_show(app, key, as_json):
 @click.argument("key", metavar="ID|URL")
 @endpoint_options(edit=True)
 @pass_app
-def endpoint_edit(app, key, categories, interval, max_events, timeout, version, timezone, fmt,
-                  basic_auth, bearer, api_key, retry_interval, retry_period, new_url, disabled,
-                  allow_http, clear_auth):
+def endpoint_edit(app, key, destination, clear_auth, categories, interval, max_events, version,
+                  timezone, disabled):
     """Change endpoint ID|URL; options not given keep their value.
 
     Changes apply to batches made from now on (a batch already made keeps its events). Giving
     --version moves the endpoint to that payload version.
     """
     new = endpointsvc.edit(
-        app.cfg, key, categories=categories, interval=interval, max_events=max_events,
-        timeout=timeout, version=version, timezone=timezone, format=fmt, basic_auth=basic_auth,
-        bearer=bearer, api_key=api_key, retry_interval=retry_interval, retry_period=retry_period,
-        url=new_url, enabled=None if disabled is None else not disabled, allow_http=allow_http,
-        clear_auth=clear_auth, warn=warn)
-    click.echo(f"Updated endpoint {new.id} ({new.url})")
+        app.cfg, key, destination=destination, clear_auth=clear_auth, categories=categories,
+        interval=interval, max_events=max_events, version=version, timezone=timezone,
+        enabled=None if disabled is None else not disabled, warn=warn)
+    click.echo(f"Updated endpoint {new.id} ({new.destination.url})")
 
 
 @endpoint.command("remove")
@@ -183,7 +161,7 @@ def endpoint_edit(app, key, categories, interval, max_events, timeout, version, 
 def endpoint_remove(app, key):
     """Remove an endpoint. Events still pending for it are marked failed."""
     ep = endpointsvc.remove(app.cfg, key)
-    click.echo(f"Removed endpoint {ep.id} ({ep.url})")
+    click.echo(f"Removed endpoint {ep.id} ({ep.destination.url})")
 
 
 @endpoint.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
@@ -194,7 +172,7 @@ def endpoint_rotate_secret(app, key, overlap, ed25519):
     """Give endpoint ID|URL a new signing secret, printed once. During the overlap every
     request carries a signature with the previous secret and one with the new one."""
     ep, rotation = endpointsvc.rotate_secret(app.cfg, key, overlap=overlap, ed25519=ed25519)
-    print_rotation(rotation, f"endpoint {ep.id} ({ep.url})", ed25519)
+    print_rotation(rotation, f"endpoint {ep.id} ({ep.destination.url})", ed25519)
 
 
 @endpoint.command("test", short_help="Send one sample event now and show the reply.")
@@ -211,7 +189,8 @@ def endpoint_test(app, key, event_type):
     sent = endpointsvc.send_test(app.cfg, key, event_type)
     ep, batch_id, outcome = sent.endpoint, sent.batch_id, sent.outcome
     code = f"HTTP {outcome.status_code}" if outcome.status_code is not None else "no HTTP answer"
-    click.echo(f"POST {ep.url} ({ep.format}, version {ep.version}, webhook-id {batch_id})")
+    click.echo(f"POST {ep.destination.url} ({ep.destination.format}, version {ep.version}, "
+               f"webhook-id {batch_id})")
     click.echo(f"{code} in {outcome.duration_ms} ms: {outcome.status}"
                + (f" ({outcome.error})" if outcome.error else ""))
     if outcome.response_excerpt:

@@ -29,8 +29,8 @@ def _age(seconds: float | None) -> str:
 
 def _label(item: dict) -> str:
     if item["kind"] == "delivery":
-        return f"{item['id']}  rule {item['rule']} -> {item['endpoint']}"
-    return f"{item['id']}  endpoint {item['endpoint_id']} ({item['size']} event(s)) -> {item['endpoint']}"
+        return f"{item['id']}  rule {item['rule']} -> {item['url']}"
+    return f"{item['id']}  endpoint {item['endpoint_id']} ({item['size']} event(s)) -> {item['url']}"
 
 
 class _Progress:

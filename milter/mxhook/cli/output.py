@@ -58,6 +58,14 @@ def fields(rows) -> None:
         click.echo(f"{key + ':':16}{value}")
 
 
+def destination_rows(dest) -> list[tuple[str, str]]:
+    """How `show` lists a rule's or endpoint's destination: secrets masked."""
+    return [("url", dest.url), ("format", dest.format), ("auth", auth_summary(dest)),
+            ("retry interval", f"{dest.retry_interval} s"),
+            ("retry period", f"{dest.retry_period} days"), ("timeout", f"{dest.timeout} s"),
+            ("allow http", yes_no(dest.allow_http))]
+
+
 def auth_summary(target) -> str:
     parts = []
     if target.basic_auth is not None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import click
 
 from mxhook.cli.base import (
-    AUTH_OPTIONS,
-    CLEAR_AUTH_OPTION,
     ED25519_OPTION,
     MxhookGroup,
+    destination_options,
     pass_app,
     rotate_options,
     warn,
 )
 from mxhook.cli.output import (
-    auth_summary,
+    destination_rows,
     emit_json,
     fields,
     print_new_keys,
@@ -37,54 +36,39 @@ def condition_option(cond: rules.Condition) -> str:
 def rule_options(edit: bool):
     """The options `rule add` and `rule edit` share; for edit every option defaults to None
     (= leave as it is)."""
+    opts = [
+        click.option("--when", "when", multiple=True, metavar="'HEADER~REGEX'",
+                     help="Condition that must hold; repeatable (all must hold). 'To' means "
+                          "the envelope recipient." +
+                          (" Replaces all conditions when given." if edit else "")),
+        click.option("--unless", "unless", multiple=True, metavar="'HEADER~REGEX'",
+                     help="Condition that must NOT hold; repeatable." +
+                          (" Without --when, replaces only the --unless conditions." if edit else "")),
+        click.option("--priority", type=int, metavar="N",
+                     help="Evaluation order, lower first" + ("." if edit else " [default: 0].")),
+    ]
+    if edit:
+        opts += [
+            click.option("--name", "new_name", metavar="NEW", help="Rename the rule."),
+            click.option("--discard/--no-discard", default=None,
+                         help="Discard the mail after the webhook is queued (or deliver it)."),
+            click.option("--disabled/--enabled", "disabled", default=None,
+                         help="Disable or enable the rule."),
+        ]
+    else:
+        opts += [
+            click.option("--discard", is_flag=True,
+                         help="Discard the mail after the webhook is queued (default: "
+                              "deliver it as usual)."),
+            click.option("--disabled", is_flag=True, help="Add the rule disabled."),
+            ED25519_OPTION,
+        ]
 
     def deco(f):
-        opts = [
-            click.option("--endpoint", metavar="URL", required=not edit,
-                         help="Webhook URL (https:// unless --allow-http)."),
-            click.option("--when", "when", multiple=True, metavar="'HEADER~REGEX'",
-                         help="Condition that must hold; repeatable (all must hold). 'To' means "
-                              "the envelope recipient." +
-                              (" Replaces all conditions when given." if edit else "")),
-            click.option("--unless", "unless", multiple=True, metavar="'HEADER~REGEX'",
-                         help="Condition that must NOT hold; repeatable." +
-                              (" Without --when, replaces only the --unless conditions." if edit else "")),
-            click.option("--priority", type=int, metavar="N",
-                         help="Evaluation order, lower first" + ("." if edit else " [default: 0].")),
-            click.option("--format", "fmt", type=click.Choice(rules.FORMATS),
-                         help="Payload format" + ("." if edit else " [default: json].")),
-            *AUTH_OPTIONS,
-            click.option("--retry-interval", type=int, metavar="10..600",
-                         help="Seconds between retries" + ("." if edit else " [default: 60].")),
-            click.option("--retry-period", type=int, metavar="1..10",
-                         help="Days to keep retrying" + ("." if edit else " [default: 3].")),
-            click.option("--timeout", type=int, metavar="1..999",
-                         help="Request timeout in seconds" + ("." if edit else " [default: 30].")),
-        ]
-        if edit:
-            opts += [
-                click.option("--name", "new_name", metavar="NEW", help="Rename the rule."),
-                click.option("--discard/--no-discard", default=None,
-                             help="Discard the mail after the webhook is queued (or deliver it)."),
-                click.option("--disabled/--enabled", "disabled", default=None,
-                             help="Disable or enable the rule."),
-                click.option("--allow-http/--no-allow-http", default=None,
-                             help="Allow (or stop allowing) a plain http:// endpoint."),
-                CLEAR_AUTH_OPTION,
-            ]
-        else:
-            opts += [
-                click.option("--discard", is_flag=True,
-                             help="Discard the mail after the webhook is queued (default: "
-                                  "deliver it as usual)."),
-                click.option("--disabled", is_flag=True, help="Add the rule disabled."),
-                click.option("--allow-http", is_flag=True,
-                             help="Allow a plain http:// endpoint (mail travels unencrypted)."),
-                ED25519_OPTION,
-            ]
         for opt in reversed(opts):
             f = opt(f)
-        return f
+        return destination_options(edit, rules.FORMATS, endpoint_alias=True,
+                                   unencrypted="mail")(f)
 
     return deco
 
@@ -94,14 +78,8 @@ def print_rule(rule: rules.Rule, times: dict | None = None, keys: list | None = 
         ("name", rule.name),
         ("enabled", yes_no(rule.enabled)),
         ("priority", f"{rule.priority} (lower runs first)"),
-        ("endpoint", rule.endpoint),
-        ("format", rule.format),
-        ("auth", auth_summary(rule)),
-        ("retry interval", f"{rule.retry_interval} s"),
-        ("retry period", f"{rule.retry_period} days"),
-        ("timeout", f"{rule.timeout} s"),
+        *destination_rows(rule.destination),
         ("after accept", "discard (webhook only)" if rule.discard else "deliver as usual"),
-        ("allow http", yes_no(rule.allow_http)),
     ]
     if times:
         rows += [("created", times.get("created")), ("updated", times.get("updated"))]
@@ -121,26 +99,23 @@ def rule():
 @click.argument("name")
 @rule_options(edit=False)
 @pass_app
-def rule_add(app, name, endpoint, when, unless, priority, fmt, basic_auth, bearer, api_key,
-             retry_interval, retry_period, timeout, discard, disabled, allow_http, ed25519):
-    """Add rule NAME: mail whose headers match all conditions is posted to the endpoint.
+def rule_add(app, name, destination, when, unless, priority, discard, disabled, ed25519):
+    """Add rule NAME: mail whose headers match all conditions is posted to the URL.
 
     \b
     Example:
-      mxhook rule add invoices --endpoint https://app.example.net/hooks/mail \\
+      mxhook rule add invoices --url https://app.example.net/hooks/mail \\
           --when 'To~^invoices@' --when 'Subject~invoice|bill' --unless 'From~@spam\\.example$'
 
     The rule's signing secret is printed once: give it to the receiver (docs/verifying.md).
     """
     added = rulesvc.add(
-        app.cfg, name=name, endpoint=endpoint, when=when, unless=unless, priority=priority,
-        format=fmt, basic_auth=basic_auth, bearer=bearer, api_key=api_key,
-        retry_interval=retry_interval, retry_period=retry_period, timeout=timeout,
-        discard=discard, enabled=not disabled, allow_http=allow_http, ed25519=ed25519, warn=warn)
+        app.cfg, name=name, destination=destination, when=when, unless=unless, priority=priority,
+        discard=discard, enabled=not disabled, ed25519=ed25519, warn=warn)
     new = added.rule
     click.echo(f"Added rule {new.name} (priority {new.priority}"
                f"{', disabled' if not new.enabled else ''}): "
-               f"{new.format} to {new.endpoint}")
+               f"{new.destination.format} to {new.destination.url}")
     print_new_keys(added.keys)
     if added.no_domains:
         warn("note: no permitted domains yet; rules apply only to mail for permitted "
@@ -158,12 +133,12 @@ def rule_list(app, as_json):
         return
     all_rules = [v.rule for v in views]
     if not all_rules:
-        click.echo("No rules (add one with: mxhook rule add NAME --endpoint URL --when 'HEADER~REGEX')")
+        click.echo("No rules (add one with: mxhook rule add NAME --url URL --when 'HEADER~REGEX')")
         return
     table(
-        ["PRIO", "NAME", "ENABLED", "FORMAT", "ENDPOINT", "CONDITIONS"],
-        [[r.priority, r.name, r.enabled, r.format + (" +discard" if r.discard else ""),
-          r.endpoint, " AND ".join(str(c) for c in r.conditions)] for r in all_rules],
+        ["PRIO", "NAME", "ENABLED", "FORMAT", "URL", "CONDITIONS"],
+        [[r.priority, r.name, r.enabled, r.destination.format + (" +discard" if r.discard else ""),
+          r.destination.url, " AND ".join(str(c) for c in r.conditions)] for r in all_rules],
         max_width=70,
     )
 
@@ -185,9 +160,8 @@ def rule_show(app, name, as_json):
 @click.argument("name")
 @rule_options(edit=True)
 @pass_app
-def rule_edit(app, name, endpoint, when, unless, priority, fmt, basic_auth, bearer, api_key,
-              retry_interval, retry_period, timeout, new_name, discard, disabled, allow_http,
-              clear_auth):
+def rule_edit(app, name, destination, clear_auth, when, unless, priority, new_name, discard,
+              disabled):
     """Change rule NAME; options not given keep their value.
 
     --when replaces all conditions (with the --unless ones given alongside); --unless alone
@@ -195,11 +169,9 @@ def rule_edit(app, name, endpoint, when, unless, priority, fmt, basic_auth, bear
     giving one removes the other.
     """
     new = rulesvc.edit(
-        app.cfg, name, endpoint=endpoint, when=when, unless=unless, priority=priority, format=fmt,
-        basic_auth=basic_auth, bearer=bearer, api_key=api_key, retry_interval=retry_interval,
-        retry_period=retry_period, timeout=timeout, new_name=new_name, discard=discard,
-        enabled=None if disabled is None else not disabled, allow_http=allow_http,
-        clear_auth=clear_auth, warn=warn)
+        app.cfg, name, destination=destination, clear_auth=clear_auth, when=when, unless=unless,
+        priority=priority, new_name=new_name, discard=discard,
+        enabled=None if disabled is None else not disabled, warn=warn)
     renamed = f" (renamed from {name})" if new.name != name else ""
     click.echo(f"Updated rule {new.name}{renamed}")
 
@@ -261,7 +233,7 @@ def print_explanation(res: dict) -> None:
         click.echo("")
         what = e["outcome"]
         if e["outcome"] == "accepted":
-            what += f" by rule {e['rule']} → {e['format']} to {e['endpoint']}"
+            what += f" by rule {e['rule']} → {e['format']} to {e['url']}"
             if e["action"] == "discard":
                 what += " (then discarded)"
         else:

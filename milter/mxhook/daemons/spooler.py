@@ -175,6 +175,7 @@ class Spooler:
     def __init__(self, cfg: config_mod.Config, *, render: Callable | None = None,
                  render_events: Callable | None = None,
                  session_factory: Callable | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random):
         self.cfg = cfg
         self.spool_dir = cfg.spool_dir
@@ -198,6 +199,7 @@ class Spooler:
         # next attempt; the workers read the cache without a query
         self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
+        self.monotonic = monotonic  # pauses and waits (tests drive both clocks)
         self.rand = rand  # jitter of the retry schedule (tests inject a fixed one)
 
         spool.ensure_dirs(self.spool_dir)
@@ -424,7 +426,7 @@ class Spooler:
             make = batching.due_batches(pending, eps, now, flush=flush)
             for endpoint_id in make:
                 ep = eps[endpoint_id]
-                batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.url)
+                batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.destination.url)
                 if batch is not None:
                     open_batches[endpoint_id] = batch
                     log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
@@ -449,8 +451,8 @@ class Spooler:
     def _batch_dispatch(self, batch: EventBatch, ep: Endpoint) -> Dispatch:
         def render():
             return self.render_events(
-                ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.format,
-                batch_id=batch.id, endpoint_id=ep.id, api_key=ep.api_key,
+                ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.destination.format,
+                batch_id=batch.id, endpoint_id=ep.id, api_key=ep.destination.api_key,
             )
         return Dispatch(
             id=batch.id, target=ep.target, attempts=batch.attempts,
@@ -612,14 +614,14 @@ class Spooler:
         receiver would be flooded. A damaged state.db stops the spooler (`_state_error`)."""
         if not self._unrecorded:
             return True
-        if time.monotonic() < self._record_retry_at:
+        if self.monotonic() < self._record_retry_at:
             return False
         try:
             self.state.record_attempts(self._unrecorded)
             self._unrecorded = []
         except sqlite3.Error as exc:
             self._record_pause = min(max(self._record_pause * 2, RECORD_RETRY_FIRST), RECORD_RETRY_MAX)
-            self._record_retry_at = time.monotonic() + self._record_pause
+            self._record_retry_at = self.monotonic() + self._record_pause
             _state_error(exc, f"cannot record {len(self._unrecorded)} "
                               f"attempt result(s) in state.db; no posts until they are recorded "
                               f"(next try in {self._record_pause:g} s)")
@@ -697,9 +699,9 @@ class Spooler:
         (`spool.Reader.changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
         by the next step with every other one finished by then: one commit for all of them
         (collecting the first alone made a commit, and an fsync, per post)."""
-        deadline = time.monotonic() + pause
+        deadline = self.monotonic() + pause
         while not self.stopping and not self.reader.changed():
-            left = deadline - time.monotonic()
+            left = deadline - self.monotonic()
             if left <= 0:
                 return
             if self.inflight:

@@ -71,8 +71,8 @@ class Health:
         if disabled != self.disabled_rules:
             self.on_rules_change()  # deliveries of a rule enabled again are due now
         self.disabled_rules = disabled
-        seen = {("rule", str(i)): (r.enabled, r.endpoint) for i, r in rules.items()}
-        seen.update({("endpoint", str(i)): (ep.enabled, ep.url) for i, ep in eps.items()})
+        seen = {("rule", str(i)): (r.enabled, r.destination.url) for i, r in rules.items()}
+        seen.update({("endpoint", str(i)): (ep.enabled, ep.destination.url) for i, ep in eps.items()})
         try:
             health = self.state.health()
             for key, (enabled, url) in seen.items():
@@ -101,18 +101,18 @@ class Health:
             if kind == "rule":
                 found = [r for r in store.list_rules()
                          if (str(r.id) == ref if not ref.startswith("name:") else r.name == ref[5:])]
-                if not found or not found[0].enabled or (url is not None and found[0].endpoint != url):
+                if not found or not found[0].enabled or (url is not None and found[0].destination.url != url):
                     return None
                 rule = store.set_enabled(found[0].name, False)
                 self.disabled_rules.add(rule.id)
                 self.on_rules_change()
-                name, where, enable = rule.name, webhook.redact_url(rule.endpoint), f"mxhook rule enable {rule.name}"
+                name, where, enable = rule.name, webhook.redact_url(rule.destination.url), f"mxhook rule enable {rule.name}"
             else:
                 ep = store.get_endpoint(int(ref))
-                if ep is None or not ep.enabled or (url is not None and ep.url != url):
+                if ep is None or not ep.enabled or (url is not None and ep.destination.url != url):
                     return None
                 ep = store.set_endpoint_enabled(ep.id, False)
-                name, where, enable = str(ep.id), webhook.redact_url(ep.url), f"mxhook endpoint edit {ep.id} --enabled"
+                name, where, enable = str(ep.id), webhook.redact_url(ep.destination.url), f"mxhook endpoint edit {ep.id} --enabled"
         except (sqlite3.Error, RuleError, OSError, ValueError) as exc:
             log.error("cannot disable %s %s in %s (%s): %s", kind, ref, self.rules_db, reason, exc)
             self.close()

@@ -4,10 +4,11 @@ An endpoint receives batches of delivery events (docs/events.md) by POST: which 
 categories (bounces, deliveries, blocks), how often (`interval` seconds after the oldest pending
 event, or as soon as `max_events` are pending), in which payload version (pinned when the
 endpoint is created, so a newer schema never changes what an existing endpoint receives), in
-which time zone timestamps are rendered, and with which auth and retry settings.
+which time zone timestamps are rendered, and the destination they are posted to
+(model/targets.py: URL, auth, retry, timeout), checked as a rule's is.
 
-Validation reuses the inbound rules' helpers (`rules.check_endpoint`, `rules._check_range`) and
-raises the same `rules.RuleError`, so the CLI reports both alike (one line, exit status 2).
+Validation raises `rules.RuleError` (`targets.DestinationError` for the destination), which
+the services report as they report a rule's (one line, exit status 2).
 """
 from __future__ import annotations
 
@@ -16,15 +17,8 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from mxhook.model import events as events_mod
-from mxhook.model.retry import RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPolicy
-from mxhook.model.targets import Target
-from mxhook.model.rules import (
-    TIMEOUT_RANGE,
-    RuleError,
-    _check_range,
-    check_credentials,
-    check_endpoint,
-)
+from mxhook.model.rules import RuleError
+from mxhook.model.targets import Destination, Target, check_destination, check_range
 
 CATEGORIES = tuple(events_mod.CATEGORIES)  # bounces, deliveries, blocks
 FORMATS = ("json", "form")
@@ -38,30 +32,18 @@ DEFAULTS = {
     # event, or at once when 1000 events are waiting
     "interval": 10,
     "max_events": 1000,
-    "timeout": 30,
     "timezone": "UTC",
-    "format": "json",
-    "retry_interval": 60,
-    "retry_period": 3,
 }
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    url: str
+    destination: Destination
     categories: tuple[str, ...] = CATEGORIES
     interval: int = DEFAULTS["interval"]
     max_events: int = DEFAULTS["max_events"]
-    timeout: int = DEFAULTS["timeout"]
     version: int | None = None  # None: the latest payload version (fixed when stored)
     timezone: str = DEFAULTS["timezone"]
-    format: str = DEFAULTS["format"]
-    basic_auth: str | None = None  # "user:password"
-    bearer: str | None = None
-    api_key: str | None = None  # sent in the payload body
-    retry_interval: int = DEFAULTS["retry_interval"]
-    retry_period: int = DEFAULTS["retry_period"]
-    allow_http: bool = False
     enabled: bool = True
     id: int | None = None
     created: str | None = None
@@ -83,12 +65,7 @@ class Endpoint:
     @cached_property
     def target(self) -> Target:
         """Where and how this endpoint's batches are posted."""
-        return Target(
-            kind="endpoint", id=self.id, name=self.name, url=self.url, format=self.format,
-            basic_auth=self.basic_auth, bearer=self.bearer, api_key=self.api_key,
-            retry=RetryPolicy(self.retry_interval, self.retry_period), timeout=self.timeout,
-            allow_http=self.allow_http,
-        )
+        return Target.of("endpoint", self.id, self.name, self.destination)
 
 
 def parse_categories(text) -> tuple[str, ...]:
@@ -124,17 +101,13 @@ def latest_version() -> int:
 
 
 def validate(ep: Endpoint) -> Endpoint:
-    """Raise RuleError on the first problem; return the endpoint with its categories in
-    canonical order and its version filled in (the latest when None)."""
-    check_endpoint(ep.url, allow_http=ep.allow_http)
+    """Raise RuleError (DestinationError for the destination) on the first problem; return
+    the endpoint with its categories in canonical order and its version filled in (the latest
+    when None)."""
+    check_destination(ep.destination, FORMATS)
     categories = parse_categories(ep.categories)
-    _check_range("interval", ep.interval, INTERVAL_RANGE, "seconds")
-    _check_range("max events", ep.max_events, MAX_EVENTS_RANGE, "events")
-    _check_range("timeout", ep.timeout, TIMEOUT_RANGE, "seconds")
-    _check_range("retry interval", ep.retry_interval, RETRY_INTERVAL_RANGE, "seconds")
-    _check_range("retry period", ep.retry_period, RETRY_PERIOD_RANGE, "days")
-    if ep.format not in FORMATS:
-        raise RuleError(f"format must be one of {', '.join(FORMATS)}, got {ep.format!r}")
+    check_range("interval", ep.interval, INTERVAL_RANGE, "seconds", RuleError)
+    check_range("max events", ep.max_events, MAX_EVENTS_RANGE, "events", RuleError)
     versions = supported_versions()
     version = max(versions) if ep.version is None else ep.version
     if version not in versions:
@@ -142,7 +115,6 @@ def validate(ep: Endpoint) -> Endpoint:
             f"payload version {version} does not exist (known: {', '.join(map(str, versions))})"
         )
     timezone = check_timezone(ep.timezone)
-    check_credentials(ep.basic_auth, ep.bearer, ep.api_key)
     return replace(ep, categories=categories, version=version, timezone=timezone)
 
 

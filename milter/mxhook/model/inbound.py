@@ -352,8 +352,8 @@ class RecipientOutcome:
                "smtp": self.smtp, "decided_by": self.decided_by, "rule": rule and rule.name,
                "reason": self.reason}
         if rule is not None:
-            out.update(action="discard" if rule.discard else "deliver", endpoint=rule.endpoint,
-                       format=rule.format)
+            out.update(action="discard" if rule.discard else "deliver", url=rule.destination.url,
+                       format=rule.destination.format)
         if self.rules is not None:
             out["rules"] = [{
                 "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,

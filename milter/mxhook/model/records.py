@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from mxhook.model.targets import Target, TargetRecordError
+
 
 class RecordError(ValueError):
     """A spool record that decoded but whose metadata cannot be ingested; says why."""
@@ -152,15 +154,12 @@ class InboundRecord(MessageFields):
             if not isinstance(entry, dict):
                 raise RecordError(f"deliveries[{i}] is not an object")
             target = entry.get("rule")
-            if not isinstance(target, dict) or not target.get("name") or not target.get("endpoint"):
-                raise RecordError(f"deliveries[{i}] has no rule with a name and an endpoint")
-            for key in ("name", "endpoint"):
-                if not isinstance(target[key], str):
-                    raise RecordError(f"deliveries[{i}].rule.{key} is not a string: "
-                                      f"{type(target[key]).__name__}")
-            rule_id = target.get("id")
-            if rule_id is not None and (not isinstance(rule_id, int) or isinstance(rule_id, bool)):
-                raise RecordError(f"deliveries[{i}].rule.id is not an integer: {type(rule_id).__name__}")
+            if not isinstance(target, dict):
+                raise RecordError(f"deliveries[{i}] has no rule")
+            try:
+                Target.from_record(target)
+            except TargetRecordError as exc:
+                raise RecordError(f"deliveries[{i}].rule.{exc}") from None
             recipients = entry.get("recipients")
             if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
                 raise RecordError(f"deliveries[{i}].recipients is not a list of addresses")

@@ -1,7 +1,7 @@
 """Inbound rules: the model, its validation, and matching. Pure: no database, no milter.
 
-A rule = name, priority (lower runs first), enabled flag, endpoint, payload format, auth,
-retry interval, retry period, timeout, after-accept action, and conditions. A condition is a
+A rule is a route: name, priority (lower runs first), enabled flag, after-accept action,
+conditions, and the destination its deliveries are posted to (model/targets.py). A condition is a
 header name (case-insensitive; `To` means the envelope recipient) plus a regex, optionally
 negated. All conditions of a rule must hold. Regexes are searched (not anchored), case-
 insensitively, with a time bound: a pattern that runs out of time counts as no match.
@@ -9,18 +9,14 @@ insensitively, with a time bound: a pattern that runs out of time counts as no m
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
-from urllib.parse import urlsplit
 
 import regex
 
-from mxhook.model.retry import RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPolicy
-from mxhook.model.targets import Target
+from mxhook.model.targets import Destination, Target, check_destination
 
 FORMATS = ("json", "multipart", "raw")
-TIMEOUT_RANGE = (1, 999)  # seconds
-DEFAULTS = {"priority": 0, "format": "json", "retry_interval": 60, "retry_period": 3, "timeout": 30}
 ENVELOPE_RECIPIENT = "to"  # a condition on this header name tests the envelope recipient
 
 _FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 ftext
@@ -44,19 +40,11 @@ class Condition:
 @dataclass(frozen=True)
 class Rule:
     name: str
-    endpoint: str
+    destination: Destination
     conditions: tuple[Condition, ...] = ()
-    priority: int = DEFAULTS["priority"]
+    priority: int = 0
     enabled: bool = True
-    format: str = DEFAULTS["format"]
-    basic_auth: str | None = None  # "user:password"
-    bearer: str | None = None
-    api_key: str | None = None  # sent in the payload body
-    retry_interval: int = DEFAULTS["retry_interval"]
-    retry_period: int = DEFAULTS["retry_period"]
-    timeout: int = DEFAULTS["timeout"]
     discard: bool = False
-    allow_http: bool = False
     id: int | None = None
 
     @cached_property  # the milter asks for it for every message a rule takes
@@ -64,12 +52,7 @@ class Rule:
         """Where and how this rule's deliveries are posted. Its record form (with `discard`)
         goes into the spool record, so a message keeps the settings it was accepted under if
         the rule is removed."""
-        return Target(
-            kind="rule", id=self.id, name=self.name, url=self.endpoint, format=self.format,
-            basic_auth=self.basic_auth, bearer=self.bearer, api_key=self.api_key,
-            retry=RetryPolicy(self.retry_interval, self.retry_period), timeout=self.timeout,
-            allow_http=self.allow_http,
-        )
+        return Target.of("rule", self.id, self.name, self.destination)
 
     def target_record(self) -> dict:
         """The target as a spool record carries it, with the rule's `discard`."""
@@ -183,67 +166,15 @@ def is_catastrophic_risk(pattern: str) -> bool:
     return risk is not None and not risk.startswith("has a quantifier")
 
 
-def _check_range(what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
-    lo, hi = bounds
-    if not lo <= value <= hi:
-        raise RuleError(f"{what} must be between {lo} and {hi} {unit}, got {value}")
-
-
-def check_endpoint(url: str, *, allow_http: bool) -> None:
-    try:
-        parts = urlsplit(url)
-        parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise RuleError(f"endpoint {url!r} is not a valid URL: {exc}") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise RuleError(f"endpoint {url!r} must be an https:// URL with a host name")
-    if parts.scheme == "http" and not allow_http:
-        raise RuleError(
-            f"endpoint {url!r} is not HTTPS: mail content would travel unencrypted; "
-            "use https:// or pass --allow-http explicitly"
-        )
-    if parts.username or parts.password:
-        raise RuleError("put credentials in --basic-auth, not in the endpoint URL")
-    if _CONTROL.search(url) or " " in url:
-        raise RuleError("the endpoint URL contains a space or control character")
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_TOKEN = re.compile(r"[\x21-\x7e]+")  # a Bearer token: visible ASCII, no spaces (RFC 6750)
-
-
-def check_credentials(basic_auth: str | None, bearer: str | None, api_key: str | None) -> None:
-    """Basic auth XOR Bearer; nothing empty; no control characters (a token read from a file
-    with its line end would break the request, and the error would quote the header)."""
-    if basic_auth and bearer:
-        raise RuleError("choose either Basic auth or a Bearer token, not both")
-    if basic_auth is not None and ":" not in basic_auth:
-        raise RuleError("--basic-auth must be USER:PASSWORD")
-    for what, value in (("--basic-auth", basic_auth), ("--bearer", bearer), ("--api-key", api_key)):
-        if value is None:
-            continue
-        if value == "":
-            raise RuleError(f"{what} must not be empty")
-        if _CONTROL.search(value):
-            raise RuleError(f"{what} contains a control character (a line end from a file?)")
-    if bearer is not None and not _TOKEN.fullmatch(bearer):
-        raise RuleError("--bearer must be visible ASCII characters without spaces")
-
-
 def validate(rule: Rule) -> Rule:
-    """Raise RuleError on the first problem; return the rule unchanged when it is sound."""
+    """Raise RuleError (DestinationError for the destination) on the first problem; return the
+    rule unchanged when it is sound."""
     if not _RULE_NAME.match(rule.name or ""):
         raise RuleError(
             f"rule name {rule.name!r} must be 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
-    check_endpoint(rule.endpoint, allow_http=rule.allow_http)
-    if rule.format not in FORMATS:
-        raise RuleError(f"format must be one of {', '.join(FORMATS)}, got {rule.format!r}")
-    check_credentials(rule.basic_auth, rule.bearer, rule.api_key)
-    _check_range("retry interval", rule.retry_interval, RETRY_INTERVAL_RANGE, "seconds")
-    _check_range("retry period", rule.retry_period, RETRY_PERIOD_RANGE, "days")
-    _check_range("timeout", rule.timeout, TIMEOUT_RANGE, "seconds")
+    check_destination(rule.destination, FORMATS)
     if not rule.conditions:
         raise RuleError("a rule needs at least one condition (--when 'HEADER~REGEX')")
     for cond in rule.conditions:
@@ -586,12 +517,3 @@ def shares_alternation(pattern: str) -> bool:
         if not pattern.startswith((":", "=", "!", "<=", "<!"), m.end()):
             return False
     return True
-
-
-def with_defaults(**fields) -> Rule:
-    """A Rule from possibly-None fields (as CLI options arrive), None meaning the default."""
-    return Rule(**{k: v for k, v in fields.items() if v is not None})
-
-
-def updated(rule: Rule, **changes) -> Rule:
-    return replace(rule, **{k: v for k, v in changes.items() if v is not None})

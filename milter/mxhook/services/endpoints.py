@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Mapping
 
 from mxhook import config as configmod
 from mxhook import spool
 from mxhook.model import endpoints as endpointsmod
 from mxhook.model import events
+from mxhook.model.targets import Destination
 from mxhook.services import targets
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
@@ -27,11 +29,9 @@ class EndpointView:
         """JSON-able, secrets masked (signing keys too: public keys in full)."""
         ep = self.endpoint
         d = {
-            "id": ep.id, "url": ep.url, "enabled": ep.enabled, "events": list(ep.categories),
-            "interval": ep.interval, "max_events": ep.max_events, "timeout": ep.timeout,
-            "version": ep.version, "timezone": ep.timezone, "format": ep.format,
-            **targets.masked_auth(ep), "retry_interval": ep.retry_interval,
-            "retry_period": ep.retry_period, "allow_http": ep.allow_http,
+            "id": ep.id, "enabled": ep.enabled, "events": list(ep.categories),
+            "interval": ep.interval, "max_events": ep.max_events, "version": ep.version,
+            "timezone": ep.timezone, **targets.as_dict(ep.destination),
             "created": ep.created, "updated": ep.updated,
         }
         if self.keys is not None:
@@ -52,23 +52,18 @@ def get_or_fail(store: rulesdb.RulesStore, key) -> endpointsmod.Endpoint:
 
 
 @translated()
-def add(cfg: configmod.Config, *, url: str, categories=None, interval: int | None = None,
-        max_events: int | None = None, timeout: int | None = None, version: int | None = None,
-        timezone: str | None = None, format: str | None = None,  # noqa: A002 - the field
-        basic_auth: str | None = None, bearer: str | None = None, api_key: str | None = None,
-        retry_interval: int | None = None, retry_period: int | None = None, enabled: bool = True,
-        allow_http: bool = False, ed25519: bool = False,
+def add(cfg: configmod.Config, *, destination: Destination, categories=None,
+        interval: int | None = None, max_events: int | None = None, version: int | None = None,
+        timezone: str | None = None, enabled: bool = True, ed25519: bool = False,
         warn: Warn = no_warnings) -> EndpointView:
     """The endpoint added, with its signing keys (secrets in full: shown this once)."""
-    targets.check_secrets(what="endpoint", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
+    targets.check_secrets(destination, what="endpoint")
     new = endpointsmod.with_defaults(
-        url=url, categories=_categories(categories or ""), interval=interval,
-        max_events=max_events, timeout=timeout, version=version, timezone=timezone, format=format,
-        basic_auth=basic_auth, bearer=bearer, api_key=api_key, retry_interval=retry_interval,
-        retry_period=retry_period, allow_http=allow_http, enabled=enabled,
+        destination=destination, categories=_categories(categories or ""), interval=interval,
+        max_events=max_events, version=version, timezone=timezone, enabled=enabled,
     )
     endpointsmod.validate(new)  # before the database is created or opened for writing
-    targets.check_egress(cfg, new.url, warn)
+    targets.check_egress(cfg, destination.url, warn)
     with rules_store(cfg, create=True) as store:
         added = store.add_endpoint(new, ed25519=ed25519)
         return EndpointView(added, store.signing_keys("endpoint", added.id))
@@ -89,34 +84,29 @@ def show(cfg: configmod.Config, key) -> EndpointView:
 
 
 @translated()
-def edit(cfg: configmod.Config, key, *, categories=None, interval: int | None = None,
-         max_events: int | None = None, timeout: int | None = None, version: int | None = None,
-         timezone: str | None = None, format: str | None = None,  # noqa: A002
-         basic_auth: str | None = None, bearer: str | None = None, api_key: str | None = None,
-         retry_interval: int | None = None, retry_period: int | None = None,
-         url: str | None = None, enabled: bool | None = None, allow_http: bool | None = None,
-         clear_auth: bool = False, warn: Warn = no_warnings) -> endpointsmod.Endpoint:
-    """Change endpoint `key` (id or URL); None keeps a value. Changes apply to batches made
-    from now on."""
-    targets.check_secrets(what="endpoint", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
-    given = [categories, interval, max_events, timeout, version, timezone, format, basic_auth,
-             bearer, api_key, retry_interval, retry_period, url, enabled, allow_http]
-    if all(v is None for v in given) and not clear_auth:
+def edit(cfg: configmod.Config, key, *, destination: Mapping[str, object] | None = None,
+         clear_auth: bool = False, categories=None, interval: int | None = None,
+         max_events: int | None = None, version: int | None = None, timezone: str | None = None,
+         enabled: bool | None = None, warn: Warn = no_warnings) -> endpointsmod.Endpoint:
+    """Change endpoint `key` (id or URL); None keeps a value. `destination`: the
+    destination's fields to change (Destination.edited). Changes apply to batches made from
+    now on."""
+    dest_changes = {k: v for k, v in (destination or {}).items() if v is not None}
+    targets.check_secrets(dest_changes, what="endpoint")
+    given = [categories, interval, max_events, version, timezone, enabled]
+    if all(v is None for v in given) and not dest_changes and not clear_auth:
         raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
     with rules_store(cfg) as store:
         old = get_or_fail(store, key)
         changes = {name: value for name, value in (
-            ("interval", interval), ("max_events", max_events), ("timeout", timeout),
-            ("version", version), ("timezone", timezone), ("format", format),
-            ("retry_interval", retry_interval), ("retry_period", retry_period), ("url", url),
-            ("allow_http", allow_http), ("enabled", enabled)) if value is not None}
+            ("interval", interval), ("max_events", max_events), ("version", version),
+            ("timezone", timezone), ("enabled", enabled)) if value is not None}
+        changes["destination"] = old.destination.edited(dest_changes, clear_auth=clear_auth)
         if categories is not None:
             changes["categories"] = _categories(categories)
-        changes.update(targets.auth_changes(clear_auth=clear_auth, basic_auth=basic_auth,
-                                            bearer=bearer, api_key=api_key))
         candidate = endpointsmod.validate(dataclasses.replace(old, **changes))
-        if url is not None:
-            targets.check_egress(cfg, candidate.url, warn)
+        if "url" in dest_changes:
+            targets.check_egress(cfg, candidate.destination.url, warn)
         return store.replace_endpoint(old.id, candidate)
 
 
@@ -161,8 +151,8 @@ def send_test(cfg: configmod.Config, key, event_type: str = "bounced") -> Sample
         signing_keys.close()
     batch_id = "evb_test_" + spool.new_id()
     rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
-                             fmt=ep.format, batch_id=batch_id, endpoint_id=ep.id,
-                             api_key=ep.api_key)
+                             fmt=ep.destination.format, batch_id=batch_id, endpoint_id=ep.id,
+                             api_key=ep.destination.api_key)
     session = webhook.make_session(cfg.value("http", "allow_networks"))
     outcome = webhook.deliver(session, ep.target, rendered.body,
                               rendered.content_type, batch_id,

@@ -7,6 +7,7 @@ import contextlib
 
 from mxhook import config as configmod
 from mxhook.model.rules import RuleError
+from mxhook.model.targets import DestinationError
 from mxhook.store import rulesdb
 
 
@@ -66,7 +67,7 @@ def translated():
         raise NotFound(str(exc)) from None
     except rulesdb.Exists as exc:
         raise Conflict(str(exc)) from None
-    except RuleError as exc:
+    except (RuleError, DestinationError) as exc:
         raise Invalid(str(exc)) from None
     except configmod.ConfigError as exc:
         raise Invalid(str(exc), "config_invalid") from None

@@ -46,7 +46,7 @@ class Replay:
 
 def summary(item: dict, note: str | None = None, reason: str | None = None) -> dict:
     out = {"id": item["id"], "kind": item["kind"], "status": item["status"],
-           "received": item["received"], "endpoint": item["endpoint"],
+           "received": item["received"], "url": item["url"],
            "last_error": item["last_error"]}
     if item["kind"] == "delivery":
         out["rule"] = item["rule"]
@@ -137,7 +137,7 @@ def replay(cfg: configmod.Config, *, ids=(), rule: str | None = None, endpoint: 
     try:
         rules = store.list_rules() if store else []
         endpoints = {ep.id: ep for ep in store.list_endpoints()} if store else {}
-        with state_store(cfg) as st:
+        with state_store(cfg, write=True) as st:
             if ids:
                 items, unknown = state_replay.replay_items(st, ids)
                 if unknown:
@@ -156,7 +156,7 @@ def replay(cfg: configmod.Config, *, ids=(), rule: str | None = None, endpoint: 
                 if ep is None:
                     raise NotFound(f"no endpoint {endpoint!r} (give its id or URL; see `endpoint list`)")
                 items = state_replay.failed_items(st, endpoint_id=ep.id, since=since, until=until)
-                scope = f"endpoint {ep.id} ({ep.url})"
+                scope = f"endpoint {ep.id} ({ep.destination.url})"
             todo, skipped = plan(items, rules, endpoints, st.health(), force)
             done = set(_requeue(st, todo, progress)) if not dry_run and todo else set()
     finally:

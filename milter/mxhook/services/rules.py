@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Mapping
 
 from mxhook import config as configmod
 from mxhook.model import rules
+from mxhook.model.targets import Destination
 from mxhook.services import targets
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
@@ -25,9 +27,7 @@ class RuleView:
         rule = self.rule
         d = {
             "id": rule.id, "name": rule.name, "priority": rule.priority, "enabled": rule.enabled,
-            "endpoint": rule.endpoint, "format": rule.format, **targets.masked_auth(rule),
-            "retry_interval": rule.retry_interval, "retry_period": rule.retry_period,
-            "timeout": rule.timeout, "discard": rule.discard, "allow_http": rule.allow_http,
+            "discard": rule.discard, **targets.as_dict(rule.destination),
             "conditions": [
                 {"header": c.header, "pattern": c.pattern, "negate": c.negate} for c in rule.conditions
             ],
@@ -73,21 +73,15 @@ def get_or_fail(store: rulesdb.RulesStore, name: str) -> rules.Rule:
 
 
 @translated()
-def add(cfg: configmod.Config, *, name: str, endpoint: str, when=(), unless=(),
-        priority: int | None = None, format: str | None = None,  # noqa: A002 - the rule's field
-        basic_auth: str | None = None, bearer: str | None = None, api_key: str | None = None,
-        retry_interval: int | None = None, retry_period: int | None = None,
-        timeout: int | None = None, discard: bool = False, enabled: bool = True,
-        allow_http: bool = False, ed25519: bool = False, warn: Warn = no_warnings) -> Added:
-    targets.check_secrets(what="rule", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
-    new = rules.with_defaults(
-        name=name, endpoint=endpoint, conditions=tuple(parse_conditions(when, unless)),
-        priority=priority, format=format, basic_auth=basic_auth, bearer=bearer, api_key=api_key,
-        retry_interval=retry_interval, retry_period=retry_period, timeout=timeout,
-        discard=discard, enabled=enabled, allow_http=allow_http,
-    )
+def add(cfg: configmod.Config, *, name: str, destination: Destination, when=(), unless=(),
+        priority: int | None = None, discard: bool = False, enabled: bool = True,
+        ed25519: bool = False, warn: Warn = no_warnings) -> Added:
+    targets.check_secrets(destination, what="rule")
+    new = rules.Rule(name=name, destination=destination,
+                     conditions=tuple(parse_conditions(when, unless)),
+                     priority=priority or 0, discard=discard, enabled=enabled)
     rules.validate(new)  # before the database is created or opened for writing
-    targets.check_egress(cfg, new.endpoint, warn)
+    targets.check_egress(cfg, destination.url, warn)
     warn_backtracking(cfg, new.conditions, warn)
     with rules_store(cfg, create=True) as store:
         added = store.add_rule(new, ed25519=ed25519)
@@ -111,38 +105,34 @@ def show(cfg: configmod.Config, name: str) -> RuleView:
 
 
 @translated()
-def edit(cfg: configmod.Config, name: str, *, endpoint: str | None = None, when=(), unless=(),
-         priority: int | None = None, format: str | None = None,  # noqa: A002
-         basic_auth: str | None = None, bearer: str | None = None, api_key: str | None = None,
-         retry_interval: int | None = None, retry_period: int | None = None,
-         timeout: int | None = None, new_name: str | None = None, discard: bool | None = None,
-         enabled: bool | None = None, allow_http: bool | None = None, clear_auth: bool = False,
+def edit(cfg: configmod.Config, name: str, *, destination: Mapping[str, object] | None = None,
+         clear_auth: bool = False, when=(), unless=(), priority: int | None = None,
+         new_name: str | None = None, discard: bool | None = None, enabled: bool | None = None,
          warn: Warn = no_warnings) -> rules.Rule:
-    """Change rule `name`; None keeps a value. `when` replaces all conditions (with the `unless`
-    ones given alongside); `unless` alone replaces only the negated conditions."""
-    targets.check_secrets(what="rule", basic_auth=basic_auth, bearer=bearer, api_key=api_key)
-    given = [endpoint, priority, format, basic_auth, bearer, api_key, retry_interval, retry_period,
-             timeout, new_name, discard, enabled, allow_http]
-    if all(v is None for v in given) and not when and not unless and not clear_auth:
+    """Change rule `name`; None keeps a value. `destination`: the destination's fields to
+    change (Destination.edited). `when` replaces all conditions (with the `unless` ones given
+    alongside); `unless` alone replaces only the negated conditions."""
+    dest_changes = {k: v for k, v in (destination or {}).items() if v is not None}
+    targets.check_secrets(dest_changes, what="rule")
+    given = [priority, new_name, discard, enabled]
+    if all(v is None for v in given) and not dest_changes and not when and not unless \
+            and not clear_auth:
         raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
     with rules_store(cfg) as store:
         old = get_or_fail(store, name)
         changes = {key: value for key, value in (
-            ("endpoint", endpoint), ("priority", priority), ("format", format),
-            ("retry_interval", retry_interval), ("retry_period", retry_period),
-            ("timeout", timeout), ("name", new_name), ("discard", discard),
-            ("allow_http", allow_http), ("enabled", enabled)) if value is not None}
+            ("priority", priority), ("name", new_name), ("discard", discard),
+            ("enabled", enabled)) if value is not None}
+        changes["destination"] = old.destination.edited(dest_changes, clear_auth=clear_auth)
         if when:
             changes["conditions"] = tuple(parse_conditions(when, unless))
         elif unless:
             keep = [c for c in old.conditions if not c.negate]
             changes["conditions"] = tuple(keep + parse_conditions((), unless))
-        changes.update(targets.auth_changes(clear_auth=clear_auth, basic_auth=basic_auth,
-                                            bearer=bearer, api_key=api_key))
         candidate = dataclasses.replace(old, **changes)
         rules.validate(candidate)
-        if endpoint is not None:
-            targets.check_egress(cfg, candidate.endpoint, warn)
+        if "url" in dest_changes:
+            targets.check_egress(cfg, candidate.destination.url, warn)
         if when or unless:
             warn_backtracking(cfg, parse_conditions(when, unless), warn)
         return store.replace_rule(name, candidate)

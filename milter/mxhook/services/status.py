@@ -11,7 +11,7 @@ from mxhook.model.records import iso, to_datetime
 from mxhook import config as configmod
 from mxhook import spool
 from mxhook.services.errors import translated
-from mxhook.store import integrity
+from mxhook.store import integrity, migrations
 from mxhook.store import rulesdb
 from mxhook.store import replay as state_replay
 from mxhook.store import statedb
@@ -72,9 +72,11 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
                         f"({state_db['fault']}): restore it from a backup (`mxhook check` checks it)")
     if os.path.exists(cfg.state_db):
         try:
-            with statedb.StateStore(cfg.state_db) as st:
+            with statedb.StateStore(cfg.state_db, readonly=True) as st:
                 summary = state_replay.status_summary(st, now, window=STATUS_WINDOW)
                 health = st.health()
+        except migrations.NotReadable as exc:  # not damage: the message says what to do
+            problems.append(str(exc))
         except sqlite3.Error as exc:
             state_db["error"] = f"{type(exc).__name__}: {exc}"
             problems.append(f"state database {cfg.state_db} cannot be read ({state_db['error']}): "
@@ -94,18 +96,22 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
         "events": dict.fromkeys(statedb.DELIVERY_STATUSES, 0)}
     rules_out, endpoints_out = [], []
     if os.path.exists(cfg.rules_db):
-        with rulesdb.RulesStore(cfg.rules_db) as store:
-            rules, times, eps = store.list_rules(), store.rule_times(), store.list_endpoints()
+        rules, times, eps = [], {}, []
+        try:
+            with rulesdb.RulesStore(cfg.rules_db, readonly=True) as store:
+                rules, times, eps = store.list_rules(), store.rule_times(), store.list_endpoints()
+        except migrations.NotReadable as exc:
+            problems.append(str(exc))
         for r in rules:
             ref = statedb.rule_ref(r.id, r.name)
             entry = _target_entry("rule", r.enabled, health.get(("rule", ref)),
                                   (summary or {}).get("rules", {}).get(ref),
                                   (times.get(r.name) or {}).get("updated"))
-            rules_out.append({"name": r.name, "id": r.id, "endpoint": r.endpoint, **entry})
+            rules_out.append({"name": r.name, "id": r.id, "url": r.destination.url, **entry})
         for ep in eps:
             entry = _target_entry("endpoint", ep.enabled, health.get(("endpoint", str(ep.id))),
                                   (summary or {}).get("endpoints", {}).get(ep.id), ep.updated)
-            endpoints_out.append({"id": ep.id, "url": ep.url, **entry})
+            endpoints_out.append({"id": ep.id, "url": ep.destination.url, **entry})
     else:
         problems.append(f"rules database {cfg.rules_db} does not exist yet")
     report.update(rules=rules_out, endpoints=endpoints_out, problems=problems)

@@ -1,13 +1,16 @@
-"""What inbound rules and event endpoints share as webhook destinations: secrets (masked when
-shown, never empty when given), the SSRF guard's verdict on a URL, and signing-key rotation."""
+"""What inbound rules and event endpoints share as webhook destinations: the destination as
+shown (secrets masked) and as given (secrets never empty), the SSRF guard's verdict on a URL,
+and signing-key rotation."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from mxhook import config as configmod
 from mxhook.delivery import egress
 from mxhook.model.records import to_datetime
+from mxhook.model.targets import AUTH_FIELDS, Destination
 from mxhook.services.errors import Invalid
 from mxhook.store import rulesdb
 
@@ -36,38 +39,25 @@ def mask_basic(basic: str | None) -> str | None:
     return f"{user}:****"
 
 
-def masked_auth(target) -> dict:
-    """The auth fields of a rule or endpoint as shown: secrets masked."""
-    return {"basic_auth": mask_basic(target.basic_auth), "bearer": mask_secret(target.bearer),
-            "api_key": mask_secret(target.api_key)}
+def masked_auth(dest: Destination) -> dict:
+    """The auth fields of a destination as shown: secrets masked."""
+    return {"basic_auth": mask_basic(dest.basic_auth), "bearer": mask_secret(dest.bearer),
+            "api_key": mask_secret(dest.api_key), "signing_key": mask_secret(dest.signing_key)}
 
 
-def check_secrets(*, what: str, **secrets) -> None:
-    """A secret given empty is an error: removing auth is said explicitly (--clear-auth)."""
-    for option, value in secrets.items():
-        if value is not None and value == "":
+def as_dict(dest: Destination) -> dict:
+    """A destination as `show --json` prints it: every field, secrets masked."""
+    return {**dataclasses.asdict(dest), **masked_auth(dest)}
+
+
+def check_secrets(values: Destination | Mapping, *, what: str) -> None:
+    """A secret given empty is an error: removing auth is said explicitly (--clear-auth).
+    `values`: a new destination, or an edit's changes (field -> value)."""
+    get = values.get if isinstance(values, Mapping) else lambda name: getattr(values, name)
+    for option in AUTH_FIELDS:
+        if get(option) == "":
             raise Invalid(f"--{option.replace('_', '-')} must not be empty "
                           f"({what} edit --clear-auth removes auth)")
-
-
-def auth_changes(*, clear_auth: bool, basic_auth: str | None, bearer: str | None,
-                 api_key: str | None) -> dict:
-    """The auth fields an edit changes: Basic auth and a Bearer token exclude each other, so
-    giving one removes the other."""
-    changes: dict = {}
-    if clear_auth:
-        changes.update(basic_auth=None, bearer=None, api_key=None)
-    if basic_auth is not None:
-        changes["basic_auth"] = basic_auth
-        if bearer is None:
-            changes["bearer"] = None
-    if bearer is not None:
-        changes["bearer"] = bearer
-        if basic_auth is None:
-            changes["basic_auth"] = None
-    if api_key is not None:
-        changes["api_key"] = api_key
-    return changes
 
 
 def check_egress(cfg: configmod.Config, url: str, warn: Warn) -> None:

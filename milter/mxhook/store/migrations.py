@@ -6,10 +6,16 @@ runs the steps a file lacks in one write transaction and sets the version in it,
 step leaves the file as it was and a concurrent opener (the CLI while the daemon starts) waits
 on the lock, reads the version again and finds nothing left to do. A file written by a newer
 mxhook is refused rather than guessed at.
+
+Read-only opens (`check_readable`: `mxhook log`, `mxhook status`, a user who may read the file
+but not write it) never migrate. They read a file at this mxhook's version; one behind it is
+refused with `NotReadable`, whose message says which process upgrades it, rather than read
+through a schema that may lack tables and columns the reader expects.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from typing import Callable, Iterator, Sequence
 
@@ -20,6 +26,12 @@ Step = Callable[[sqlite_utils.Database], None]
 
 class SchemaTooNew(RuntimeError):
     """The file was written by a newer mxhook."""
+
+
+class NotReadable(RuntimeError):
+    """A read-only open cannot read the file as it is: an older mxhook wrote it (only a writer
+    migrates it), or it is in WAL mode and SQLite would have to create its -shm file in a
+    directory this user may not write. The message says what to do."""
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -44,6 +56,37 @@ def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sql
     conn.execute("COMMIT")
 
 
+def _refuse_newer(version: int, target: int, name: str, newer: type[Exception]) -> None:
+    if version > target:
+        raise newer(f"{name} schema version {version} is newer than this mxhook "
+                    f"understands ({target}); upgrade mxhook")
+
+
+def check_readable(conn: sqlite3.Connection, path: str, steps: Sequence[tuple[int, Step]], *,
+                   name: str, upgrade: str, newer: type[Exception] = SchemaTooNew) -> int:
+    """For a read-only connection to `path`: the file's version, when it is the last of
+    `steps`. Raises `newer` beyond it, and NotReadable (saying `upgrade`: what migrates it)
+    before it; writes nothing either way."""
+    target = latest(steps)
+    try:
+        version = user_version(conn)
+    except sqlite3.OperationalError as exc:
+        directory = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(path + "-shm") or os.access(directory, os.W_OK):
+            raise
+        # WAL: a reader needs the -shm file, which the first connection creates and the last
+        # removes; without write access to the directory it can read only while a daemon has
+        # the file open.
+        raise NotReadable(f"{name} cannot be read by this user now: {exc} (SQLite would have to "
+                          f"create {path}-shm, and {directory} is not writable for this user); "
+                          "run this as the daemons' user, or while they run") from exc
+    _refuse_newer(version, target, name, newer)
+    if version < target:
+        raise NotReadable(f"{name} is at schema version {version}, older than this mxhook's "
+                           f"{target}: {upgrade}")
+    return version
+
+
 def migrate(db: sqlite_utils.Database, steps: Sequence[tuple[int, Step]], *, name: str,
             newer: type[Exception] = SchemaTooNew) -> int:
     """Bring `db` up to the last version of `steps`; returns the version it had. Raises
@@ -54,9 +97,7 @@ def migrate(db: sqlite_utils.Database, steps: Sequence[tuple[int, Step]], *, nam
     target = latest(steps)
 
     def check(version: int) -> None:
-        if version > target:
-            raise newer(f"{name} schema version {version} is newer than this mxhook "
-                        f"understands ({target}); upgrade mxhook")
+        _refuse_newer(version, target, name, newer)
 
     version = user_version(db.conn)
     check(version)

@@ -10,6 +10,7 @@ import time
 from typing import Iterable
 
 from mxhook.model.records import iso, to_datetime
+from mxhook.model.targets import Target
 from mxhook.store.logs import time_window
 from mxhook.store.migrations import transaction
 from mxhook.store.statedb import (BATCH_PREFIX, DELIVERY_STATUSES, LOG_STATUSES, StateStore,
@@ -34,14 +35,14 @@ _ITEM_BATCH = (
 def _delivery_item(row) -> dict:
     target = json.loads(row[4])
     return {"id": row[0], "kind": "delivery", "status": row[1], "rule": row[3],
-            "rule_id": row[2], "endpoint": target.get("endpoint"), "received": row[5],
+            "rule_id": row[2], "url": Target.from_record(target).url, "received": row[5],
             "last_error": row[6], "last_status_code": row[7], "attempts": row[8],
             "body_stored": bool(row[9]), "target": target}
 
 
 def _batch_item(row) -> dict:
     return {"id": row[0], "kind": "batch", "status": row[1], "endpoint_id": row[2],
-            "endpoint": row[3], "received": row[4], "last_error": row[5],
+            "url": row[3], "received": row[4], "last_error": row[5],
             "last_status_code": row[6], "attempts": row[7], "size": row[8]}
 
 

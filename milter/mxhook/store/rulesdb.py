@@ -5,8 +5,9 @@ Written by the `mxhook` CLI (mxhook.services) through `RulesStore`; read by the 
 `Snapshot` that a `SnapshotWatcher` swaps in when the database changes (`PRAGMA data_version`,
 polled at most once per interval), so the milter's hot path never takes a lock.
 
-Every write validates first (`rules.validate`, domain syntax) and raises `rules.RuleError`
-with a message meant for the admin; a rule and its conditions are written in one transaction,
+Every write validates first (`rules.validate`, `endpoints.validate`, domain syntax) and raises
+`rules.RuleError` (`targets.DestinationError` for a destination) with a message meant for the
+admin; a rule and its conditions are written in one transaction,
 so nothing is written on error. The file holds endpoint secrets: it is created mode 0640.
 
 Permissions: SQLite readers of a WAL database need write access to the -shm file (and to the
@@ -30,6 +31,7 @@ The spooler reads keys through `SigningKeys` at attempt time, so a rotation appl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -48,6 +50,7 @@ from mxhook.delivery import signing
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.headers import MAX_LABEL_LENGTH, domain_a_label, normalize_address
 from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
+from mxhook.model.targets import Destination
 from mxhook.store import migrations
 from mxhook.store.migrations import transaction
 
@@ -58,19 +61,38 @@ BUSY_TIMEOUT_MS = 5000
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
-# Columns of `rules` that map one-to-one onto Rule fields.
-_RULE_COLUMNS = (
-    "name", "priority", "enabled", "endpoint", "format", "basic_auth", "bearer", "api_key",
-    "retry_interval", "retry_period", "timeout", "discard", "allow_http",
-)
+# Columns of `rules` and `endpoints` that map one-to-one onto Rule and Endpoint fields, besides
+# those of their destination (`_destination_columns`); categories are comma-joined.
+_RULE_COLUMNS = ("name", "priority", "enabled", "discard")
+_ENDPOINT_COLUMNS = ("categories", "interval", "max_events", "version", "timezone", "enabled")
 _BOOL_COLUMNS = ("enabled", "discard", "allow_http")
 
-# Columns of `endpoints` that map one-to-one onto Endpoint fields (categories: comma-joined).
-_ENDPOINT_COLUMNS = (
-    "url", "categories", "interval", "max_events", "timeout", "version", "timezone", "format",
-    "basic_auth", "bearer", "api_key", "retry_interval", "retry_period", "allow_http", "enabled",
-)
-_ENDPOINT_BOOLS = ("allow_http", "enabled")
+
+def _destination_columns(url_column: str) -> tuple[str, ...]:
+    """The columns of a table that hold a Destination, in field order: the same names but the
+    URL's, which is `endpoint` in `rules` and `url` in `endpoints`."""
+    return tuple(url_column if f.name == "url" else f.name for f in dataclasses.fields(Destination))
+
+
+_RULE_DESTINATION = _destination_columns("endpoint")
+_ENDPOINT_DESTINATION = _destination_columns("url")
+
+
+def _destination_from_row(row: dict, columns: tuple[str, ...]) -> Destination:
+    """The destination a `rules` or `endpoints` row holds in `columns` (`_destination_columns`)."""
+    values = [bool(row[c]) if c in _BOOL_COLUMNS else row[c] for c in columns]
+    return Destination(*values)
+
+
+def _row_values(obj, columns: tuple[str, ...]) -> list:
+    """The values of `columns` (Rule or Endpoint fields), then of its destination's columns,
+    as stored."""
+    pairs = [(c, getattr(obj, c)) for c in columns] + [
+        (f.name, getattr(obj.destination, f.name)) for f in dataclasses.fields(Destination)]
+    return [",".join(v) if c == "categories" else int(bool(v)) if c in _BOOL_COLUMNS else v
+            for c, v in pairs]
+
+
 BLOCK_SOURCES = ("bounce", "cli", "api")
 _ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f<>]+@[^@\s\x00-\x1f\x7f<>]+$")
 KEY_KINDS = ("rule", "endpoint")
@@ -212,22 +234,10 @@ def normalize_block_address(address: str) -> str:
 
 def _row_to_endpoint(row: dict) -> Endpoint:
     fields = {k: row[k] for k in _ENDPOINT_COLUMNS}
-    for k in _ENDPOINT_BOOLS:
-        fields[k] = bool(fields[k])
+    fields["enabled"] = bool(fields["enabled"])
     fields["categories"] = tuple(c for c in (row["categories"] or "").split(",") if c)
-    return Endpoint(id=row["id"], created=row["created"], updated=row["updated"], **fields)
-
-
-def _endpoint_values(ep: Endpoint) -> list:
-    out = []
-    for col in _ENDPOINT_COLUMNS:
-        value = getattr(ep, col)
-        if col == "categories":
-            value = ",".join(value)
-        elif col in _ENDPOINT_BOOLS:
-            value = int(bool(value))
-        out.append(value)
-    return out
+    return Endpoint(destination=_destination_from_row(row, _ENDPOINT_DESTINATION), id=row["id"],
+                    created=row["created"], updated=row["updated"], **fields)
 
 
 def _read_endpoints(conn: sqlite3.Connection) -> list[Endpoint]:
@@ -414,6 +424,30 @@ def _schema_v5(db: sqlite_utils.Database) -> None:
     _rewrite_blocklist(db, _renormalized_address)
 
 
+def _schema_v6(db: sqlite_utils.Database) -> None:
+    """Payload dialects and templates: each destination names its dialect (`native`: mxhook's
+    own bodies, what every existing rule and endpoint keeps), a dialect's signing key, and the
+    version of its jinja2 template; `templates` keeps every version of every owner's template
+    (a delivery accepted under version N renders with N after an edit)."""
+    for table in ("rules", "endpoints"):
+        have = {c.name for c in db[table].columns}
+        for column, decl in (("dialect", "TEXT NOT NULL DEFAULT 'native'"),
+                             ("signing_key", "TEXT"), ("template", "INTEGER")):
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS templates (
+            owner_kind TEXT NOT NULL,   -- rule | endpoint
+            owner_id INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            digest TEXT NOT NULL,       -- payloads.templates.template_version
+            created TEXT NOT NULL,
+            PRIMARY KEY (owner_kind, owner_id, version)
+        )""")
+
+
 def _renormalized_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
     return normalize_address(f"{local}{at}{_u_labels(domain)}")
@@ -436,15 +470,15 @@ def _u_labels(domain: str) -> str:
 
 
 # The step that brings a database from the version before to each version (store.migrations).
-_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5))
+_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
+               (6, _schema_v6))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
 def _row_to_rule(row: dict, conditions: list[Condition]) -> Rule:
-    fields = {k: row[k] for k in _RULE_COLUMNS}
-    for k in _BOOL_COLUMNS:
-        fields[k] = bool(fields[k])
-    return Rule(id=row["id"], conditions=tuple(conditions), **fields)
+    fields = {k: bool(row[k]) if k in _BOOL_COLUMNS else row[k] for k in _RULE_COLUMNS}
+    return Rule(destination=_destination_from_row(row, _RULE_DESTINATION), id=row["id"],
+                conditions=tuple(conditions), **fields)
 
 
 def _read_rules(conn: sqlite3.Connection) -> list[Rule]:
@@ -495,14 +529,28 @@ def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float) -> Snapshot:
 
 class RulesStore:
     """CRUD on rules.db. Opening it creates the file (and its directory) when missing and
-    brings the schema up to date."""
+    brings the schema up to date; `readonly` opens the file as it is (`mode=ro`: for readers
+    that may not write it), creates and migrates nothing, and refuses a file an older mxhook
+    wrote (migrations.NotReadable)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, readonly: bool = False):
         self.path = str(path)
-        _create_file(self.path)
-        self.conn = _connect(self.path, create=True)
+        if readonly:
+            self.conn = _connect_ro(self.path)
+        else:
+            _create_file(self.path)
+            self.conn = _connect(self.path, create=True)
         self.db = sqlite_utils.Database(self.conn)
-        migrations.migrate(self.db, _MIGRATIONS, name="rules database", newer=RuleError)
+        try:
+            if readonly:
+                migrations.check_readable(
+                    self.conn, self.path, _MIGRATIONS, name=f"rules database {self.path}", newer=RuleError,
+                    upgrade="`mxhook domain list`, run by its owner, upgrades it")
+            else:
+                migrations.migrate(self.db, _MIGRATIONS, name="rules database", newer=RuleError)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -576,14 +624,6 @@ class RulesStore:
             [(rule_id, i, c.header, c.pattern, int(c.negate)) for i, c in enumerate(conditions)],
         )
 
-    @staticmethod
-    def _values(rule: Rule) -> list:
-        out = []
-        for col in _RULE_COLUMNS:
-            value = getattr(rule, col)
-            out.append(int(value) if col in _BOOL_COLUMNS else value)
-        return out
-
     def add_rule(self, rule: Rule, *, ed25519: bool = False) -> Rule:
         """Validate and insert a rule with its conditions and a new signing secret (and an
         ed25519 key pair with `ed25519`); returns it with its id (`signing_keys` gives the
@@ -599,11 +639,11 @@ class RulesStore:
                 "SELECT MAX(COALESCE((SELECT last_id FROM id_sequence WHERE name = 'rules'), 0),"
                 " COALESCE((SELECT MAX(id) FROM rules), 0))").fetchone()
             rule_id = last + 1
-            cols = ", ".join(_RULE_COLUMNS)
-            marks = ", ".join("?" * (len(_RULE_COLUMNS) + 3))
+            cols = ", ".join(_RULE_COLUMNS + _RULE_DESTINATION)
+            marks = ", ".join("?" * (len(_RULE_COLUMNS) + len(_RULE_DESTINATION) + 3))
             self.conn.execute(
                 f"INSERT INTO rules (id, {cols}, created, updated) VALUES ({marks})",
-                [rule_id] + self._values(rule) + [now, now],
+                [rule_id] + _row_values(rule, _RULE_COLUMNS) + [now, now],
             )
             self.conn.execute("INSERT OR REPLACE INTO id_sequence (name, last_id) VALUES ('rules', ?)",
                               (rule_id,))
@@ -645,10 +685,10 @@ class RulesStore:
             if taken is not None:
                 raise Exists(f"cannot rename {name!r}: a rule named {taken!r} already exists"
                                 + (" (names are compared without case)" if taken != rule.name else ""))
-            sets = ", ".join(f"{c} = ?" for c in _RULE_COLUMNS)
+            sets = ", ".join(f"{c} = ?" for c in _RULE_COLUMNS + _RULE_DESTINATION)
             self.conn.execute(
                 f"UPDATE rules SET {sets}, updated = ? WHERE id = ?",
-                self._values(rule) + [_now(), rule_id],
+                _row_values(rule, _RULE_COLUMNS) + [_now(), rule_id],
             )
             self._write_conditions(rule_id, rule.conditions)
         return replace(rule, id=rule_id)
@@ -705,16 +745,16 @@ class RulesStore:
         stored endpoint (`signing_keys` gives its keys)."""
         ep = endpoints_mod.validate(ep)
         with transaction(self.conn):
-            other = self._endpoint_row(ep.url)
+            other = self._endpoint_row(ep.destination.url)
             if other is not None:
-                raise Exists(f"an endpoint for {ep.url} already exists (id {other['id']}; "
+                raise Exists(f"an endpoint for {ep.destination.url} already exists (id {other['id']}; "
                                 "use `endpoint edit`)")
             now = _now()
-            cols = ", ".join(_ENDPOINT_COLUMNS)
-            marks = ", ".join("?" * (len(_ENDPOINT_COLUMNS) + 2))
+            cols = ", ".join(_ENDPOINT_COLUMNS + _ENDPOINT_DESTINATION)
+            marks = ", ".join("?" * (len(_ENDPOINT_COLUMNS) + len(_ENDPOINT_DESTINATION) + 2))
             cur = self.conn.execute(
                 f"INSERT INTO endpoints ({cols}, created, updated) VALUES ({marks})",
-                _endpoint_values(ep) + [now, now],
+                _row_values(ep, _ENDPOINT_COLUMNS) + [now, now],
             )
             endpoint_id = cur.lastrowid
             self._add_keys("endpoint", endpoint_id, ed25519, now)
@@ -722,19 +762,19 @@ class RulesStore:
 
     def replace_endpoint(self, key, ep: Endpoint) -> Endpoint:
         """Replace the settings of the endpoint `key` (id or URL) with `ep`, keeping its id and
-        creation time; `ep.url` may differ."""
+        creation time; its URL may differ."""
         ep = endpoints_mod.validate(ep)
         with transaction(self.conn):
             row = self._endpoint_row(key)
             if row is None:
                 raise Missing(f"no endpoint {key!r} (give its id or URL; see `endpoint list`)")
-            other = self._endpoint_row(ep.url)
+            other = self._endpoint_row(ep.destination.url)
             if other is not None and other["id"] != row["id"]:
-                raise Exists(f"another endpoint (id {other['id']}) already has the URL {ep.url}")
-            sets = ", ".join(f"{c} = ?" for c in _ENDPOINT_COLUMNS)
+                raise Exists(f"another endpoint (id {other['id']}) already has the URL {ep.destination.url}")
+            sets = ", ".join(f"{c} = ?" for c in _ENDPOINT_COLUMNS + _ENDPOINT_DESTINATION)
             self.conn.execute(
                 f"UPDATE endpoints SET {sets}, updated = ? WHERE id = ?",
-                _endpoint_values(ep) + [_now(), row["id"]],
+                _row_values(ep, _ENDPOINT_COLUMNS) + [_now(), row["id"]],
             )
         return self.get_endpoint(row["id"])
 

@@ -88,6 +88,7 @@ import sqlite_utils
 from mxhook import spool
 from mxhook.model.records import iso
 from mxhook.store import migrations
+from mxhook.store.rulesdb import _connect_ro as connect_readonly
 from mxhook.store.rulesdb import _create_file as create_private_file
 from mxhook.model.headers import normalize_address
 from mxhook.model.events import ENRICH_FIELDS
@@ -444,7 +445,10 @@ class _Checkpointer:
 
 
 class StateStore:
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, readonly: bool = False):
+        """`readonly`: open the file as it is (`mode=ro`), for readers that may not write it
+        (`mxhook log`, `mxhook status`): nothing is created or migrated, and a file an older
+        mxhook wrote is refused (migrations.NotReadable) until mxhook-spooler upgrades it."""
         self.path = path
         # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE explicitly
         # (see _write), so a transaction is exactly what the code says it is.
@@ -452,20 +456,32 @@ class StateStore:
         # (the spooler builds it before its loop runs); it is still used by one thread at a time.
         # It holds message bodies and delivery credentials: created 0640 like rules.db (SQLite
         # gives the -wal/-shm files the database file's mode), whatever the umask.
-        create_private_file(path)
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        if readonly:
+            conn = connect_readonly(path)
+        else:
+            create_private_file(path)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         conn.execute("PRAGMA busy_timeout = 30000")
-        self.db.enable_wal()
-        conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
-        conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            self.db.enable_wal()
+            conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
+            conn.execute("PRAGMA foreign_keys = ON")
         self._recent: dict[str, dict | str] = {}  # event id -> event (see remember), oldest first
         self._recent_queued = _RecentQueued(RECENT_EVENTS)
         # hard bounces marked for the block list by this store (the spooler looks for pending
         # ones only when this moved, and once at start)
         self.hard_bounces_ingested = 0
         self._checkpointer: _Checkpointer | None = None
-        migrations.migrate(self.db, _MIGRATIONS, name="state database")
+        try:
+            if readonly:
+                migrations.check_readable(conn, path, _MIGRATIONS, name=f"state database {path}",
+                                          upgrade="start mxhook-spooler once to upgrade it")
+            else:
+                migrations.migrate(self.db, _MIGRATIONS, name="state database")
+        except BaseException:
+            conn.close()
+            raise
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -810,7 +826,7 @@ class StateStore:
     def sync_endpoints(self, endpoints: Iterable, now=None) -> None:
         """Remember the endpoints' URLs (for the event log)."""
         at = iso(now)
-        rows = [(ep.id, ep.url, at) for ep in endpoints]
+        rows = [(ep.id, ep.destination.url, at) for ep in endpoints]
         with self._write() as conn:
             for endpoint_id, url, at in rows:
                 conn.execute(
