@@ -19,7 +19,6 @@ from mxhook import cli as climod
 from mxhook import config
 from mxhook.store import rulesdb
 from mxhook.model import events
-from mxhook.model.targets import Destination
 from mxhook import spool
 from mxhook.daemons import spooler
 from mxhook.model.endpoints import Endpoint
@@ -95,27 +94,6 @@ def wait_until(predicate, timeout=10.0, what="condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Batching (pure decisions)
-
-def test_batch_due():
-    due = spooler.batch_due
-    assert not due(0, None, interval=10, max_events=100, now=1000)
-    assert not due(5, 995.0, interval=10, max_events=100, now=1000)
-    assert due(5, 990.0, interval=10, max_events=100, now=1000)
-    assert due(100, 999.9, interval=10, max_events=100, now=1000)
-
-
-def test_due_batches():
-    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=10, max_events=100),
-           2: Endpoint(Destination("https://b.example/"), id=2, interval=60, max_events=100),
-           3: Endpoint(Destination("https://c.example/"), id=3, enabled=False),
-           4: Endpoint(Destination("https://d.example/"), id=4, max_events=100)}
-    pending = {1: (3, 980.0), 2: (3, 980.0), 3: (500, 0.0), 4: (100, 999.0), 9: (5, 0.0)}
-    assert spooler.due_batches(pending, eps, 1000.0) == [1, 4]
-    assert spooler.due_batches(pending, eps, 1000.0, busy={4}) == [1]
 
 
 # ---------------------------------------------------------------------------------------------

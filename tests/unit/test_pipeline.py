@@ -52,6 +52,14 @@ def test_what_cannot_be_rendered_fails_and_a_bug_defers():
     assert out.status == "deferred" and out.error == "internal error: RuntimeError: bug"
 
 
+def test_a_withheld_dispatch_is_no_attempt():
+    def withhold(*_):
+        raise pipeline.Withheld()
+
+    done = pipeline.attempt(dispatch(), withhold, clock=lambda: T0)
+    assert done.outcome is None and done.started == T0
+
+
 def test_settle_applies_the_targets_retry_policy():
     d = dispatch(attempts=2, first_attempt_at=iso(T0 - 100))
     done = pipeline.Attempt(d, Outcome("deferred", 503, "HTTP 503", duration_ms=7), T0)

@@ -21,8 +21,11 @@ The loop, on the main thread (the only thread that touches state.db):
    deliveries (`pick_batches`, `pick_deliveries`) — as `Dispatch`es (an id, a target, a body,
    attempts); `send` them to a pool of `workers` threads, each with its own requests session,
    where a dispatch's body is rendered (mxhook.payloads) and POSTed once
-   (mxhook.delivery.webhook); record the results that came back on the main thread
-   (`record_finished`: all results finished in one pass in one transaction). The retry
+   (mxhook.delivery.webhook). The pool holds up to POOL_DEPTH dispatches per worker, so a
+   freed worker takes the next one at once. The results that came back are settled on the
+   main thread (`collect_finished`) and written after the next posts were handed out
+   (`record_results`: all results finished by then in one transaction), so the COMMIT's
+   fsync overlaps with posting; until written, a dispatch is not picked again. The retry
    policy (mxhook.model.retry) decides the next step: succeeded/failed are final; deferred is
    retried after the retry interval ±10 % jitter (or a longer Retry-After, at most an hour)
    until `retry period` days after the first attempt, then failed.
@@ -32,7 +35,7 @@ The loop, on the main thread (the only thread that touches state.db):
 Event records (kind `event`: from the milter, the log follower, the CLI) take the same ingest
 path. At ingest each new event is fanned out to every enabled endpoint (rules.db, reloaded when
 it changes) whose categories include its type. Per endpoint, a batch is made when the oldest
-pending event has waited `interval` seconds or `max_events` are pending (`batch_due`); it takes
+pending event has waited `interval` seconds or `max_events` are pending (model.batching); it takes
 at most `max_events` events, in arrival order, and its membership and id (`evb_...`, the
 `webhook-id`) are fixed in state.db when it is made. An endpoint has at most one open batch,
 posted by the same workers and retried on the same schedule as inbound deliveries; the next
@@ -101,6 +104,7 @@ from mxhook.store import integrity
 from mxhook.delivery import pipeline
 from mxhook.delivery.health import Health
 from mxhook.delivery.pipeline import Dispatch
+from mxhook.model import batching
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.events import Event
 from mxhook.model.rules import RuleError
@@ -116,36 +120,13 @@ HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open seg
 # is ingested within this time rather than after a whole poll_interval (the milter seals its
 # segment every 0.2 s; sleeping 0.5 s between seals left the workers idle and the mail waiting).
 SPOOL_WATCH = 0.02
+# Dispatches handed to the post pool: up to POOL_DEPTH per worker, so a worker that finished a
+# post takes the next due one at once instead of idling while the loop commits results and
+# ingests (the loop's pass, two fsyncs, took longer than a wave of posts).
+POOL_DEPTH = 2
 # seconds before writing unrecorded attempt results again: doubling from the first to the last
 RECORD_RETRY_FIRST = 1.0
 RECORD_RETRY_MAX = 60.0
-
-
-def batch_due(count: int, oldest_added: float | None, *, interval: float, max_events: int,
-              now: float) -> bool:
-    """Whether an endpoint's pending events make a batch now: `max_events` are pending, or the
-    oldest has waited `interval` seconds."""
-    if count <= 0:
-        return False
-    if count >= max_events:
-        return True
-    return oldest_added is not None and now - oldest_added >= interval
-
-
-def due_batches(pending: dict[int, tuple[int, float | None]], endpoints: dict[int, Endpoint],
-                now: float, *, busy=frozenset()) -> list[int]:
-    """The endpoints (ids, in id order) for which a batch is to be made now. `pending` maps an
-    endpoint id to (pending count, capped at max_events; when the oldest became pending);
-    disabled endpoints and those in `busy` (an open batch) get none."""
-    out = []
-    for endpoint_id in sorted(pending):
-        ep = endpoints.get(endpoint_id)
-        if ep is None or not ep.enabled or endpoint_id in busy:
-            continue
-        count, oldest = pending[endpoint_id]
-        if batch_due(count, oldest, interval=ep.interval, max_events=ep.max_events, now=now):
-            out.append(endpoint_id)
-    return out
 
 
 def registered_event(bounce: dict, at: str) -> dict:
@@ -214,7 +195,8 @@ class Spooler:
         self.block_hard_bounces = settings.blocklist
         # every post goes through the SSRF guard, with the admin's allowlist
         self.session_factory = session_factory or (lambda: webhook.make_session(settings.allow_networks))
-        # signing keys are looked up per attempt: a rotation applies to retries
+        # refreshed on the loop before posts are handed out (`send`): a rotation applies to the
+        # next attempt; the workers read the cache without a query
         self.signing_keys = db_mod.SigningKeys(cfg.rules_db)
         self.clock = clock
         self.monotonic = monotonic  # pauses and waits (tests drive both clocks)
@@ -233,6 +215,7 @@ class Spooler:
             log.warning("state.db %s passes SQLite's quick_check again: going on", cfg.state_db)
         self.state.checkpoint_in_background()
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
+        self.capacity = self.workers * POOL_DEPTH  # dispatches in the pool, posting or queued
         self.inflight: dict[Future, Dispatch] = {}
         self._stop = threading.Event()
         self._local = threading.local()
@@ -256,6 +239,11 @@ class Spooler:
         # Attempt results not yet written to state.db, and the pause before the next try (see
         # record_results).
         self._unrecorded: list[AttemptRecord] = []
+        self._failing: dict[tuple[str, str], str | None] = {}  # of those: owner -> URL (Health.check_failing)
+        # Targets that answered 410 Gone while other dispatches to them waited in the pool:
+        # those are withheld (`_post`) until the loop settled the 410 (disabling the rule).
+        self._gone_targets: set[tuple] = set()
+        self._gone_lock = threading.Lock()
         self._record_pause = 0.0
         self._record_retry_at = 0.0
 
@@ -346,24 +334,35 @@ class Spooler:
 
     # 2. dispatch: pick due -> send -> record ---------------------------------------------
     def dispatch(self, *, flush_events: bool = False) -> int:
-        """Pick due event batches, then due inbound deliveries, and send them on free workers;
-        returns how many posts were started. None while attempt results wait to be recorded
-        (`record_results`)."""
-        if not self.record_results():
+        """Pick due event batches, then due inbound deliveries, and send them to the post pool
+        while it has room (`capacity`); returns how many posts were started. None while attempt
+        results could not be written (`record_results`: a write failed and waits to be tried
+        again). Results collected but not written yet are left out of the picks: a dispatch is
+        posted again only after a crash lost its result."""
+        if self._record_pause:
             return 0
-        # batches are sent before deliveries are picked: both take from the free workers
+        # batches are sent before deliveries are picked: both take from the room in the pool
         started = self.send(self.pick_batches(flush=flush_events))
         return started + self.send(self.pick_deliveries())
 
     def send(self, due: list[Dispatch]) -> int:
         """Hand dispatches to the post pool (`pipeline.attempt`); returns how many."""
+        if due:
+            try:
+                self.signing_keys.refresh()  # the workers sign with the keys as of now
+            except sqlite3.Error:
+                pass  # logged; nothing ever read: each attempt tries again and is deferred
         for d in due:
             self.inflight[self.executor.submit(pipeline.attempt, d, self._post, self.clock)] = d
         return len(due)
 
+    def _busy(self) -> set[str]:
+        """Ids of the dispatches in the pool or with a result not written yet: not to be picked."""
+        return {d.id for d in self.inflight.values()} | {r.delivery_id for r in self._unrecorded}
+
     def pick_deliveries(self) -> list[Dispatch]:
-        """Inbound deliveries due now, as many as workers are free."""
-        free = self.workers - len(self.inflight)
+        """Inbound deliveries due now, as many as the pool has room for."""
+        free = self.capacity - len(self.inflight)
         if free <= 0 or self.stopping:
             return []
         self.current_endpoints()  # rules.db changed: which rules are disabled now
@@ -377,7 +376,7 @@ class Spooler:
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read state.db")
             return []
-        busy = {d.id for d in self.inflight.values()}
+        busy = self._busy()
         skip = self.health.disabled_rules  # their deliveries wait until the rule is enabled again
         try:
             due = self.state.due(now, free, exclude=busy, skip_rules=skip)
@@ -407,24 +406,24 @@ class Spooler:
         )
 
     def pick_batches(self, *, flush: bool = False) -> list[Dispatch]:
-        """Make due batches and pick the open ones that are due, as many as workers are free
-        (at most one batch per endpoint open at a time). `flush`: make a batch of whatever is
-        pending, due or not (--once)."""
-        free = self.workers - len(self.inflight)
+        """Make due batches and pick the open ones that are due, as many as the pool has room
+        for (at most one batch per endpoint open at a time). `flush`: make a batch of whatever
+        is pending, due or not (--once)."""
+        free = self.capacity - len(self.inflight)
         if self.stopping or free <= 0:
             return []
         try:
             eps = self.current_endpoints()
             now = self.clock()
-            busy = {d.target.id for d in self.inflight.values() if d.target.kind == "endpoint"}
             open_batches = self.state.open_batches()
+            # an endpoint whose batch is posting, or whose result is not written yet, waits
+            settling = {r.delivery_id for r in self._unrecorded}
+            busy = {d.target.id for d in self.inflight.values() if d.target.kind == "endpoint"}
+            busy |= {i for i, b in open_batches.items() if b.id in settling}
             candidates = [i for i, ep in eps.items()
                           if ep.enabled and i not in busy and i not in open_batches]
             pending = {i: self.state.pending_stats(i, eps[i].max_events) for i in candidates}
-            if flush:
-                make = [i for i in candidates if pending[i][0] > 0]
-            else:
-                make = due_batches(pending, eps, now)
+            make = batching.due_batches(pending, eps, now, flush=flush)
             for endpoint_id in make:
                 ep = eps[endpoint_id]
                 batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.destination.url)
@@ -469,13 +468,21 @@ class Spooler:
         return session
 
     def _post(self, target: Target, body: pipeline.Body, webhook_id: str) -> webhook.Outcome:
-        """(worker thread) One POST through this worker's session, signed with the keys
-        active now."""
-        return webhook.deliver(
+        """(worker thread) One POST through this worker's session, signed with the keys active
+        now (as of the loop's last `SigningKeys.refresh`). Withheld when its target answered
+        410 Gone to a post the loop has not settled yet."""
+        key = _target_key(target)
+        if key in self._gone_targets:
+            raise pipeline.Withheld()
+        outcome = webhook.deliver(
             self._session(), target, body.body, body.content_type, webhook_id,
             user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
-            keys=self.signing_keys.active(target.kind, target.id),
+            keys=self.signing_keys.active(target.kind, target.id, refresh=False),
         )
+        if outcome.status_code == pipeline.GONE:
+            with self._gone_lock:
+                self._gone_targets.add(key)
+        return outcome
 
     def current_endpoints(self) -> dict[int, Endpoint]:
         """The endpoints as rules.db has them now. When they changed, their URLs are recorded
@@ -557,12 +564,13 @@ class Spooler:
         return len(done)
 
     # 2c. record: the results of finished posts ------------------------------------------
-    def record_finished(self, done: set[Future] | None = None) -> int:
-        """Record the results of finished posts (all in one transaction); returns how many."""
+    def collect_finished(self, done: set[Future] | None = None) -> int:
+        """Settle finished posts (`pipeline.settle`) into the results to write
+        (`record_results`); returns how many."""
         if done is None:
             done = {f for f in self.inflight if f.done()}
         results = []
-        failing: dict[tuple[str, str], str | None] = {}  # owner -> URL, see Health.check_failing
+        failing = self._failing
         now = self.clock()
         for fut in done:
             d = self.inflight.pop(fut)
@@ -571,15 +579,26 @@ class Spooler:
             except Exception as exc:  # pipeline.attempt does not raise; belt and braces
                 finished = pipeline.Attempt(d, webhook.Outcome("deferred", error=f"internal error: {exc}"), now)
             outcome = finished.outcome
-            if outcome.status != "succeeded" and outcome.status_code != pipeline.GONE:
-                failing[d.owner] = d.target.url
             if d.target.kind == "rule":
                 self._inbound_due_at = 0.0
+            if outcome is None:  # withheld: still due, as if never picked
+                log.debug("%s: withheld (its target answered 410 Gone)", d.label)
+                continue
+            if outcome.status != "succeeded" and outcome.status_code != pipeline.GONE:
+                failing[d.owner] = d.target.url
             results.append(pipeline.settle(finished, now, gone=self._gone, scale=self.scale, rand=self.rand))
         self._unrecorded.extend(results)
-        self.record_results()
-        self.health.check_failing(failing, now)
+        if self._gone_targets:  # settled: withhold only from what is still in the pool
+            with self._gone_lock:
+                self._gone_targets &= {_target_key(d.target) for d in self.inflight.values()}
         return len(results)
+
+    def record_finished(self, done: set[Future] | None = None) -> int:
+        """Settle finished posts and write every result not written yet, in one transaction;
+        returns how many posts finished."""
+        n = self.collect_finished(done)
+        self.record_results()
+        return n
 
     def _gone(self, d: Dispatch, outcome: webhook.Outcome) -> str:
         return self.health.gone(d.owner, d.target.url, outcome)
@@ -610,11 +629,20 @@ class Spooler:
         if self._record_pause:
             log.warning("attempt results recorded in state.db again: posting resumes")
             self._record_pause = 0.0
+        # the failures are in target_health now: disable what has failed long enough
+        failing, self._failing = self._failing, {}
+        self.health.check_failing(failing, self.clock())
         return True
 
     def drain(self) -> None:
-        """Wait for every in-flight post and record its result."""
+        """Wait for every in-flight post and record its result. Stopping, the dispatches that
+        no worker took yet are not posted: state.db still has them due."""
         while self.inflight:
+            if self.stopping:
+                for fut in [f for f in self.inflight if f.cancel()]:
+                    del self.inflight[fut]
+                if not self.inflight:
+                    break
             done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
             self.record_finished(done)
         if self._unrecorded:
@@ -636,8 +664,15 @@ class Spooler:
         self.drain()
 
     def _step(self) -> None:
-        """One pass of the loop: ingest -> block list -> record finished posts -> pick what is
-        due and send it -> wait."""
+        """One pass of the loop: ingest -> block list -> settle finished posts -> pick what is
+        due and send it -> write the results -> wait.
+
+        The results are written after the next posts started, so the workers post while the
+        loop waits for the COMMIT's fsync; what finishes meanwhile goes into the next pass's
+        COMMIT. Results of event batches are written first: an endpoint's next batch is made
+        only once its previous one is settled in state.db. A dispatch whose result is not written yet is not picked again (`_busy`): if
+        the spooler dies first, it is posted again after the restart, with the same
+        webhook-id."""
         background = self.state.checkpoint_error  # the checkpoint thread found damage?
         if background is not None:
             _raise_if_damage(background)
@@ -648,8 +683,11 @@ class Spooler:
             log.error("cannot scan %s: %s", self.spool_dir, exc)
             handled = 0
         self.process_blocks()
-        self.record_finished()  # posts that finished meanwhile: their endpoint can take its next batch now
+        self.collect_finished()
+        if any(r.delivery_id.startswith(statedb.BATCH_PREFIX) for r in self._unrecorded):
+            self.record_results()  # first: their endpoints take their next batch in this pass
         self.dispatch()
+        self.record_results()
         if handled >= self.ingest_batch or self.more_waiting:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
@@ -689,6 +727,10 @@ class Spooler:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
         log.info("stopped")
+
+
+def _target_key(target: Target) -> tuple:
+    return (target.kind, target.id, target.name, target.url)
 
 
 def _raise_if_damage(exc: BaseException) -> None:

@@ -6,6 +6,7 @@ rule) and event batches (an endpoint's pending events, in order) differ only in 
 spooler picks them; from then on both go through the same steps:
 
     attempt(dispatch, send, clock)       worker thread: render the body, POST once -> Attempt
+                                         (or nothing, when `send` withholds it)
     settle(attempt, now, ...)            main thread: the retry policy (model.retry), a 410's
                                          note from the health policy, the log line
                                          -> statedb.AttemptRecord, which `record_attempts` stores
@@ -39,6 +40,11 @@ class Body(Protocol):
     content_type: str
 
 
+class Withheld(Exception):
+    """Raised by `send` for a dispatch not to be posted after all (its target answered 410
+    Gone while the dispatch waited in the pool): no attempt is made, and it stays due."""
+
+
 class Unsendable(Exception):
     """Raised by a dispatch's `render` when there is nothing to send: the attempt is `failed`
     with this text."""
@@ -65,7 +71,7 @@ class Attempt:
     """What one attempt came to, before the retry policy is applied."""
 
     dispatch: Dispatch
-    outcome: Outcome
+    outcome: Outcome | None  # None: withheld, nothing was posted (nothing to record)
     started: float  # epoch seconds
 
 
@@ -85,6 +91,8 @@ def attempt(dispatch: Dispatch, send: Send, clock: Callable[[], float]) -> Attem
             return Attempt(dispatch, Outcome("failed", error=f"cannot render the {dispatch.payload} payload: "
                                                              f"{type(exc).__name__}: {exc}"), started)
         return Attempt(dispatch, send(dispatch.target, body, dispatch.id), started)
+    except Withheld:
+        return Attempt(dispatch, None, started)
     except Exception as exc:  # a bug: retry (deferred) rather than lose the delivery or batch
         log.exception("%s %s: internal error", dispatch.noun, dispatch.id)
         return Attempt(dispatch, Outcome("deferred", error=f"internal error: {type(exc).__name__}: {exc}"),

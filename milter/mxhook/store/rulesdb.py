@@ -1130,10 +1130,15 @@ class EndpointsView:
 
 class SigningKeys:
     """The spooler's view of the signing keys: `active(kind, owner_id)` -> the signing.KeySet
-    that signs a request now. Thread-safe (the delivery workers share it): one read-only
-    connection under a lock; the whole `signing_keys` table is cached and read again only when
-    `PRAGMA data_version` moved (one cheap query per lookup), so a rotation or a new rule is
-    seen by the very next attempt.
+    that signs a request now. The whole `signing_keys` table is cached and read again only when
+    `PRAGMA data_version` moved (`refresh`, one cheap query), so a rotation or a new rule is
+    seen by the next attempt.
+
+    Thread-safe (the delivery workers share it): one read-only connection under a lock for
+    `refresh`; the cache is replaced whole, so a lookup with `refresh=False` reads it without
+    the lock or a query. The spooler refreshes once on its loop before it hands posts to the
+    workers, and the workers look up with `refresh=False`: eight workers taking the lock and
+    querying rules.db per post cost 5-7 % of their time (bench/end_to_end.py --profile).
 
     Missing database or a database without the table (schema < 3, not migrated yet): no keys
     (requests go unsigned, as before signing existed). A read error keeps the previous keys and
@@ -1149,7 +1154,7 @@ class SigningKeys:
         self._loaded = False
         self._last_error: str | None = None
 
-    def _refresh(self) -> None:
+    def _read(self) -> None:
         if self._conn is None:
             if not os.path.exists(self.path):
                 self._loaded = True
@@ -1171,11 +1176,12 @@ class SigningKeys:
         self._version = version
         self._loaded = True
 
-    def keys(self, kind: str, owner_id: int | None) -> tuple[SigningKey, ...]:
-        """Every stored key of the rule/endpoint (expired ones included), oldest first."""
+    def refresh(self) -> None:
+        """Read the keys again if rules.db changed since the last look. A read error is logged
+        (once) and the previous keys kept; it raises only while nothing could ever be read."""
         with self._lock:
             try:
-                self._refresh()
+                self._read()
                 if self._last_error is not None:
                     log.info("signing keys in %s are readable again", self.path)
                     self._last_error = None
@@ -1190,14 +1196,21 @@ class SigningKeys:
                     self._conn = None
                 if not self._loaded:
                     raise
-            if owner_id is None:
-                return ()
-            return self._keys.get((kind, owner_id), ())
 
-    def active(self, kind: str, owner_id: int | None, now: float | None = None) -> signing.KeySet:
+    def keys(self, kind: str, owner_id: int | None, *, refresh: bool = True) -> tuple[SigningKey, ...]:
+        """Every stored key of the rule/endpoint (expired ones included), oldest first. With
+        `refresh=False`, the keys as of the last `refresh` (read now if never read)."""
+        if refresh or not self._loaded:
+            self.refresh()
+        if owner_id is None:
+            return ()
+        return self._keys.get((kind, owner_id), ())
+
+    def active(self, kind: str, owner_id: int | None, now: float | None = None, *,
+               refresh: bool = True) -> signing.KeySet:
         """What signs a request to this rule/endpoint now: every v1 secret and v1a key that
-        has not expired (`signing.active_secrets`), oldest first."""
-        keys = self.keys(kind, owner_id)
+        has not expired (`signing.active_secrets`), oldest first. `refresh` as for `keys`."""
+        keys = self.keys(kind, owner_id, refresh=refresh)
         t = time.time() if now is None else now
         secrets = signing.active_secrets([(k.secret, k.expires_epoch) for k in keys if k.scheme == "v1"], t)
         ed = signing.active_secrets([(k.secret, k.expires_epoch) for k in keys if k.scheme == "v1a"], t)

@@ -1,0 +1,58 @@
+"""model/batching.py: when an endpoint's pending events make a batch, at a time the test gives."""
+from __future__ import annotations
+
+from mxhook.model.batching import batch_due, due_batches
+from mxhook.model.endpoints import Endpoint
+from mxhook.model.targets import Destination
+
+T0 = 1_000.0
+
+
+class Clock:
+    """The time the test says it is."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_batch_due_by_interval_or_max_events():
+    assert not batch_due(0, None, interval=10, max_events=100, now=T0)
+    assert not batch_due(0, T0 - 100, interval=10, max_events=100, now=T0)  # nothing pending
+    assert not batch_due(5, T0 - 5, interval=10, max_events=100, now=T0)
+    assert batch_due(5, T0 - 10, interval=10, max_events=100, now=T0)
+    assert batch_due(100, T0 - 0.1, interval=10, max_events=100, now=T0)
+    assert not batch_due(99, None, interval=10, max_events=100, now=T0)  # no time known: by count only
+
+
+def test_a_batch_becomes_due_as_the_clock_moves():
+    clock = Clock(T0)
+    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=10, max_events=100)}
+    pending = {1: (3, T0)}
+    assert due_batches(pending, eps, clock()) == []
+    clock.now += 9.9
+    assert due_batches(pending, eps, clock()) == []
+    clock.now += 0.1
+    assert due_batches(pending, eps, clock()) == [1]
+
+
+def test_due_batches_leaves_out_disabled_busy_and_unknown_endpoints():
+    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=10, max_events=100),
+           2: Endpoint(Destination("https://b.example/"), id=2, interval=60, max_events=100),
+           3: Endpoint(Destination("https://c.example/"), id=3, enabled=False),
+           4: Endpoint(Destination("https://d.example/"), id=4, max_events=100)}
+    pending = {4: (100, 999.0), 1: (3, 980.0), 2: (3, 980.0), 3: (500, 0.0), 9: (5, 0.0)}
+    assert due_batches(pending, eps, T0) == [1, 4]  # in id order
+    assert due_batches(pending, eps, T0, busy={4}) == [1]
+
+
+def test_flush_makes_a_batch_of_whatever_is_pending():
+    eps = {1: Endpoint(Destination("https://a.example/"), id=1, interval=600, max_events=1000),
+           2: Endpoint(Destination("https://b.example/"), id=2),
+           3: Endpoint(Destination("https://c.example/"), id=3, enabled=False)}
+    pending = {1: (1, T0), 2: (0, None), 3: (5, 0.0)}
+    assert due_batches(pending, eps, T0) == []
+    assert due_batches(pending, eps, T0, flush=True) == [1]
+    assert due_batches(pending, eps, T0, flush=True, busy={1}) == []
