@@ -155,9 +155,9 @@ def test_the_store_says_missing_or_exists_and_every_operation_maps_it_alike(cfg,
     rules.add(cfg, name="a", destination=Destination("https://hooks.example/a"), when=["To~^a@"])
     replace = rulesdb.RulesStore.replace_rule
 
-    def removed_meanwhile(store, name, rule):
+    def removed_meanwhile(store, name, rule, **kwargs):
         store.remove_rule(name)  # another admin, between edit's read and its write
-        return replace(store, name, rule)
+        return replace(store, name, rule, **kwargs)
 
     monkeypatch.setattr(rulesdb.RulesStore, "replace_rule", removed_meanwhile)
     with pytest.raises(NotFound, match="no rule named 'a'"):
