@@ -191,7 +191,7 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
             key_file = kwargs.pop("signing_key_file", None)
             if key_file is not None:
                 if values["signing_key"] is not None:
-                    raise click.UsageError("give --signing-key or --signing-key-file, not both")
+                    raise InputError("give --signing-key or --signing-key-file, not both")
                 values["signing_key"] = key_file.read().rstrip("\r\n")
             kwargs["template"] = _template_given(kwargs.pop("template_file", None),
                                                  kwargs.pop("template_type", None))
@@ -211,7 +211,7 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
 def _template_given(file, content_type: str | None) -> TemplateGiven | None:
     if file is None:
         if content_type is not None:
-            raise click.UsageError("--template-type goes with --template FILE")
+            raise InputError("--template-type goes with --template FILE")
         return None
     return TemplateGiven(file.read(), content_type or templates.JSON, name=file.name)
 
