@@ -10,10 +10,13 @@ import sqlite3
 
 import pytest
 
-from tests.unit.test_cli import Env, test_dns  # noqa: F401 (the fixture: no DNS in these tests)
+from tests.unit import test_cli
+from tests.unit.test_cli import Env
 
 from mxhook.payloads import dialects, templates
 from mxhook.payloads.dialects import catalogue
+
+test_dns = test_cli.test_dns  # the autouse fixture: no DNS in these tests
 
 SIGNING_KEY = "key-0123456789abcdef"
 URL = "https://app.example.net/in"
