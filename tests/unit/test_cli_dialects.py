@@ -105,6 +105,7 @@ def test_mailgun_needs_its_signing_key(env):
     fails(env, "endpoint", "add", EVENTS_URL, "--dialect", "mailgun", match="--signing-key")
     add_rule(env, "--dialect", "mailgun", "--signing-key", SIGNING_KEY)
     fails(env, "rule", "edit", "r1", "--signing-key", " ", match="--signing-key")
+    fails(env, "rule", "edit", "r1", "--signing-key-file", "/dev/zero", match="control character")
 
 
 def test_a_signing_key_only_where_the_dialect_signs_with_one(env):
@@ -255,6 +256,11 @@ def test_a_bad_template_is_refused_and_nothing_stored(env, tmp_path, source, mat
     fails(env, "rule", "edit", "r1", "--template", path, match=match)
     if "message" not in str(source):  # an endpoint's template sees events, not a message
         fails(env, "endpoint", "add", EVENTS_URL, "--template", path, match=match)
+
+
+def test_a_template_file_is_read_up_to_its_limit(env):
+    fails(env, "rule", "add", "r1", "--url", URL, "--when", "To~.", "--template", "/dev/zero",
+          match="/dev/zero is larger than a template may be")
 
 
 def test_a_template_excludes_other_dialects_and_formats(env, tmp_path):

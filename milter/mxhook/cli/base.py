@@ -15,7 +15,7 @@ from mxhook.payloads import templates
 from mxhook.payloads.dialects import catalogue
 from mxhook.services import times
 from mxhook.services.errors import Failed, ServiceError
-from mxhook.services.targets import TemplateGiven
+from mxhook.services.targets import MAX_TEMPLATE_BYTES, TemplateGiven
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -144,7 +144,7 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
                      help="The dialect's signing key (mailgun: the webhook signing key the "
                           "receiver checks)."),
         click.option("--signing-key-file", type=click.File("r", encoding="utf-8"), metavar="FILE",
-                     help="Read --signing-key from FILE (keeps it out of the shell history)."),
+                     help="Read --signing-key from the first line of FILE (keeps it out of the shell history)."),
         click.option("--template", "template_file", type=click.File("rb"), metavar="FILE",
                      help="jinja2 template of the body (docs/payloads.md, \"Custom templates\"), "
                           "tried on a sample, then stored as a new version."),
@@ -192,7 +192,7 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
             if key_file is not None:
                 if values["signing_key"] is not None:
                     raise InputError("give --signing-key or --signing-key-file, not both")
-                values["signing_key"] = key_file.read().rstrip("\r\n")
+                values["signing_key"] = key_file.readline(65536).rstrip("\r\n")  # the first line
             kwargs["template"] = _template_given(kwargs.pop("template_file", None),
                                                  kwargs.pop("template_type", None))
             if edit:
@@ -213,7 +213,8 @@ def _template_given(file, content_type: str | None) -> TemplateGiven | None:
         if content_type is not None:
             raise InputError("--template-type goes with --template FILE")
         return None
-    return TemplateGiven(file.read(), content_type or templates.JSON, name=file.name)
+    return TemplateGiven(file.read(MAX_TEMPLATE_BYTES + 1), content_type or templates.JSON,
+                         name=file.name)
 
 
 ED25519_OPTION = click.option(

@@ -107,6 +107,11 @@ def rotate(store: rulesdb.RulesStore, kind: str, owner_id: int, overlap: float,
 # ---------------------------------------------------------------------------------------------
 # Dialects and templates
 
+# The most a template file may hold (UTF-8 takes at most 4 bytes a character): front-ends read
+# no more, so `--template /dev/zero` ends.
+MAX_TEMPLATE_BYTES = templates.MAX_SOURCE_SIZE * 4
+
+
 @dataclass(frozen=True)
 class TemplateGiven:
     """A template as the admin gives it (`--template FILE`)."""
@@ -121,6 +126,9 @@ def new_template(given: TemplateGiven, side: str) -> rulesdb.NewTemplate:
     renders the side's sample (payloads.templates.check); Invalid with its line otherwise."""
     source = given.source
     if isinstance(source, bytes):
+        if len(source) > MAX_TEMPLATE_BYTES:
+            raise Invalid(f"{given.name} is larger than a template may be "
+                          f"({templates.MAX_SOURCE_SIZE:,} characters)", "template_invalid")
         try:
             source = source.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -143,6 +143,8 @@ def check(dest: Destination, side: str, *, template: bool = False) -> Dialect:
         problem = mailgun.check_signing_key(dest.signing_key)
         if problem:
             raise DestinationError(problem)
+        if any(ord(c) < 0x20 or ord(c) == 0x7f for c in dest.signing_key):
+            raise DestinationError("--signing-key contains a control character (a line end from a file?)")
     elif dest.signing_key is not None:
         raise DestinationError(f"--signing-key is for the dialects that sign with a key of their "
                                f"system's ({', '.join(signing_dialects())}), not {name}")
