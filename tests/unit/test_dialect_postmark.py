@@ -217,7 +217,11 @@ def test_hostile_mail_never_breaks_the_json(subject, body, name):
            + subject.encode("utf-8") + b" {{x}}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body)
     doc = inbound_doc(raw)
     assert doc["Subject"] == (inbound.native_document(delivery(raw))["message"]["subject"] or "")
-    assert isinstance(doc["TextBody"], str) and doc["From"] in ("x@example.org", "")
+    native_from = inbound.native_document(delivery(raw))["message"]["from"]
+    # a display name with a bare quote can make the header parse to another address: the
+    # dialect says what the native document read, whatever that was
+    assert isinstance(doc["TextBody"], str)
+    assert doc["From"] == (native_from[0]["address"] if native_from else "")
 
 
 def test_long_subject():

@@ -9,7 +9,8 @@ and an inbound dialect module has
     NAME: str
     def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> encodings.Rendered
 (a module may have both). `events` are event dicts as stored (`model.events.Event.to_dict()`,
-enriched with the message fields of their `queued` event: payloads/events.py). A dialect never
+enriched with the message fields of their `queued` event: payloads/events.py), or the
+`events.V1Text` the store may keep one as (`events.as_dict` reads it back). A dialect never
 raises for what a message or event contains; fields it cannot fill yet get the value its
 documentation gives for "absent", never a wrong one (docs/payloads.md).
 """

@@ -1,7 +1,7 @@
 """What the seed systems' event dialects (smtp2go, paubox, msndr) do alike: take the one event
 of a request and name it from their table, read its time, the recipient the application used,
-a JSON-safe number for its message, and encode past lone surrogates. Pure: times are the
-event's own, never the clock's.
+a JSON-safe number for its message, and encode past lone surrogates (`encode`, which mailgun
+and postmark use too). Pure: times are the event's own, never the clock's.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Mailgun: event webhooks and routes' forward(), as Mailgun posts them. Pure.
 
 Events: one per request, `{"signature": {...}, "event-data": {...}}` (application/json), the
-event-data with Mailgun's event names and fields (docs/payloads.md, "Dialect: mailgun").
+event-data with Mailgun's event names and fields (docs/payloads.md, "Dialect: mailgun"); a type
+outside EVENT_TYPES is refused (ValueError), text with a lone surrogate gets U+FFFD in its place.
 Inbound: the fields forward() posts, urlencoded without attachment files and
 multipart/form-data with them, as Mailgun does; the raw-MIME variant (`body-mime`) when the URL
 ends in `mime`, Mailgun's own rule.
@@ -22,7 +23,9 @@ import re
 from mxhook.model.events import us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
+from mxhook.payloads.dialects._fields import encode
 from mxhook.payloads.encodings import Fields, Files, Rendered, dumps
+from mxhook.payloads.events import as_dict
 
 NAME = "mailgun"
 EVENTS_PER_REQUEST = 1
@@ -89,9 +92,14 @@ def signature_block(ctx: EventContext | InboundContext) -> dict:
 # Events
 
 def event_request(events: list[dict], ctx: EventContext) -> Rendered:
+    events = [as_dict(e) for e in events]
     if len(events) != EVENTS_PER_REQUEST:
         raise ValueError(f"mailgun posts one event per request, not {len(events)}")
-    return encodings.json({"signature": signature_block(ctx), "event-data": event_data(events[0], ctx.now)})
+    if events[0].get("type") not in EVENTS:
+        raise ValueError(f"mailgun has no event for event type {events[0].get('type')!r}: "
+                         "the pipeline sends it only the types in its EVENT_TYPES")
+    return encode(encodings.json, {"signature": signature_block(ctx),
+                                   "event-data": event_data(events[0], ctx.now)})
 
 
 def event_data(event: dict, now: float) -> dict:

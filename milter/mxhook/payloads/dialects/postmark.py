@@ -9,7 +9,9 @@ import hashlib
 from mxhook.model.events import iso_from_us, is_stored_time, us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
+from mxhook.payloads.dialects._fields import encode
 from mxhook.payloads.encodings import Rendered
+from mxhook.payloads.events import as_dict
 
 NAME = "postmark"
 EVENTS_PER_REQUEST = 1  # Postmark posts one record per request
@@ -67,9 +69,10 @@ HARD_BOUNCE_SOURCES = ("log", "dsn")
 def event_request(events: list[dict], ctx: EventContext) -> Rendered:
     """The one record of a request (EVENTS_PER_REQUEST = 1). ValueError for an event type
     outside EVENT_TYPES: the pipeline sends this dialect only those."""
+    events = list(events)
     if len(events) != 1:
         raise ValueError(f"postmark posts one event per request, not {len(events)}")
-    return encodings.json(record(events[0], ctx))
+    return encode(encodings.json, record(as_dict(events[0]), ctx))
 
 
 def record(event: dict, ctx: EventContext) -> dict:
