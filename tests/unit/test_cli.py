@@ -215,7 +215,7 @@ def test_rule_show_json_shape_and_masking(populated):
     assert set(shown) == {
         "id", "name", "priority", "enabled", "url", "format", "basic_auth", "bearer",
         "api_key", "retry_interval", "retry_period", "timeout", "discard", "allow_http",
-        "dialect", "signing_key", "template", "conditions", "created", "updated", "signing"}
+        "dialect", "signing_key", "template", "template_versions", "conditions", "created", "updated", "signing"}
     (key,) = shown["signing"]
     assert key["scheme"] == "v1" and key["secret"].startswith("whsec_****") and len(key["secret"]) == 14
     assert key["public_key"] is None and key["expires"] is None and key["created"]
@@ -899,7 +899,7 @@ def test_endpoint_add_list_show(endpoints):
         "max_events": 500, "timeout": 30, "version": 1, "timezone": "Europe/Berlin",
         "format": "json", "basic_auth": None, "bearer": "****wxyz", "api_key": "****9876",
         "retry_interval": 60, "retry_period": 3, "allow_http": False, "dialect": "native",
-        "signing_key": None, "template": None,
+        "signing_key": None, "template": None, "template_versions": [],
         "created": rows[0]["created"], "updated": rows[0]["updated"], "signing": rows[0]["signing"]}
     assert [k["scheme"] for k in rows[0]["signing"]] == ["v1"]
     assert rows[0]["signing"][0]["secret"].startswith("whsec_****")

@@ -850,3 +850,95 @@ def test_signing_keys_reader_missing_file_and_old_schema(tmp_path):
         with rulesdb.RulesStore(old):
             pass
         assert len(reader.active("rule", 1).secrets) == 1  # migrated: seen at once
+
+
+# -- dialects and templates (schema 6) ----------------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+
+def make_endpoint() -> Endpoint:
+    return Endpoint(Destination("https://h.example/ev"), categories=("bounces",))
+
+def make_v5_db(path):
+    """A rules.db as mxhook with schema version 5 wrote it: the schema-2 file's rules and
+    endpoint, brought to 5 by its own steps."""
+    import sqlite_utils
+
+    make_v2_db(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    database = sqlite_utils.Database(conn)
+    for step in (rulesdb._schema_v3, rulesdb._schema_v4, rulesdb._schema_v5):
+        step(database)
+    conn.execute("PRAGMA user_version = 5")
+    conn.close()
+
+
+def test_migration_from_version_5_keeps_every_destination_native(path):
+    make_v5_db(path)
+    with rulesdb.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 6 == rulesdb.SCHEMA_VERSION
+        dests = [r.destination for r in store.list_rules()] + [e.destination for e in store.list_endpoints()]
+        assert len(dests) == 3
+        assert {(d.dialect, d.signing_key, d.template) for d in dests} == {("native", None, None)}
+        assert store.conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0] == 0
+        assert store.template_versions("rule", 1) == []
+        # an old rule takes a template after the upgrade
+        old = store.get_rule("r1")
+        new = rulesdb.NewTemplate("application/json", '{"a": 1}', "d1")
+        assert store.replace_rule("r1", old, template=new).destination.template == 1
+
+
+def test_template_versions_are_written_with_their_owner(store):
+    first = rulesdb.NewTemplate("application/json", '{"v": 1}', "d1")
+    second = rulesdb.NewTemplate("text/plain", "v2", "d2")
+    rule = store.add_rule(make_rule(), template=first)
+    assert rule.destination.template == 1 and store.get_rule("invoices").destination.template == 1
+    assert store.replace_rule("invoices", rule, template=second).destination.template == 2
+    assert store.replace_rule("invoices", rule, template=second).destination.template == 2  # same text
+    assert [(t.version, t.content_type, t.source, t.digest) for t in store.template_versions("rule", rule.id)] == [
+        (1, "application/json", '{"v": 1}', "d1"), (2, "text/plain", "v2", "d2")]
+    assert rulesdb.template(store.conn, "rule", rule.id, 1) == ("application/json", '{"v": 1}')
+    assert rulesdb.template(store.conn, "rule", rule.id, 3) is None
+    assert store.stored_template("rule", rule.id, 2).source == "v2"
+    # a destination naming a version that is not stored is refused, and nothing is written
+    stale = replace(rule, destination=replace(rule.destination, template=7))
+    with pytest.raises(RuleError, match="no template version 7"):
+        store.replace_rule("invoices", stale)
+    assert store.get_rule("invoices").destination.template == 2
+    with pytest.raises(RuleError, match="no template version 7"):
+        store.add_rule(replace(stale, name="other"))
+    assert store.get_rule("other") is None
+
+    ep = store.add_endpoint(make_endpoint(), template=first)
+    assert ep.destination.template == 1
+    assert store.template_versions("endpoint", ep.id)[0].source == '{"v": 1}'
+    assert store.template_versions("rule", ep.id)[0].source == '{"v": 1}'  # owners apart by kind
+    store.remove_endpoint(ep.id)
+    assert store.template_versions("endpoint", ep.id) == []
+
+
+def test_a_removed_rule_keeps_its_templates_as_long_as_its_keys(store, monkeypatch):
+    rule = store.add_rule(make_rule(), template=rulesdb.NewTemplate("text/plain", "x", "d"))
+    store.remove_rule("invoices")
+    assert len(store.template_versions("rule", rule.id)) == 1  # its mail may still be retried
+    later = datetime.now(timezone.utc) + timedelta(days=rulesdb.REMOVED_RULE_KEYS_DAYS + 1)
+    monkeypatch.setattr(rulesdb, "_now", lambda: rulesdb._iso(later))
+    store.add_rule(make_rule("other"))
+    store.remove_rule("other")  # purges what has expired meanwhile
+    assert store.template_versions("rule", rule.id) == []
+
+
+def test_the_spoolers_template_reader(path, store):
+    reader = rulesdb.Templates(path + ".missing")
+    assert reader.get("rule", 1, 1) is None
+    rule = store.add_rule(make_rule(), template=rulesdb.NewTemplate("text/plain", "x", "d"))
+    reader = rulesdb.Templates(path)
+    try:
+        assert reader.get("rule", rule.id, 1) == ("text/plain", "x")
+        assert reader.get("rule", rule.id, 2) is None and reader.get("rule", rule.id, None) is None
+        store.replace_rule("invoices", rule, template=rulesdb.NewTemplate("text/plain", "y", "e"))
+        assert reader.get("rule", rule.id, 2) == ("text/plain", "y")  # a new version: seen at once
+    finally:
+        reader.close()

@@ -155,9 +155,9 @@ def test_the_store_says_missing_or_exists_and_every_operation_maps_it_alike(cfg,
     rules.add(cfg, name="a", destination=Destination("https://hooks.example/a"), when=["To~^a@"])
     replace = rulesdb.RulesStore.replace_rule
 
-    def removed_meanwhile(store, name, rule):
+    def removed_meanwhile(store, name, rule, **kwargs):
         store.remove_rule(name)  # another admin, between edit's read and its write
-        return replace(store, name, rule)
+        return replace(store, name, rule, **kwargs)
 
     monkeypatch.setattr(rulesdb.RulesStore, "replace_rule", removed_meanwhile)
     with pytest.raises(NotFound, match="no rule named 'a'"):
@@ -168,3 +168,29 @@ def test_the_store_says_missing_or_exists_and_every_operation_maps_it_alike(cfg,
         rules.add(cfg, name="a", destination=Destination("https://hooks.example/a2"), when=["To~."])
     with pytest.raises(NotFound, match="no rule named 'b'"):
         rules.set_enabled(cfg, "b", True)
+
+
+def test_dialects_and_templates_through_the_services(cfg):
+    tpl = targets.TemplateGiven('{"s": "{{ message.subject }}"}', name="in.j2")
+    added = rules.add(cfg, name="a", destination=Destination("https://hooks.example/a"),
+                      when=["To~."], template=tpl)
+    assert added.rule.destination.template == 1
+    with pytest.raises(Invalid, match=r"^in\.j2 line 2: ") as exc:
+        rules.edit(cfg, "a", template=targets.TemplateGiven("{}\n{{ 1 +  }}", name="in.j2"))
+    assert exc.value.code == "template_invalid"
+    assert rules.edit(cfg, "a", no_template=True).destination.template is None  # a change alone
+    view = rules.show(cfg, "a")
+    assert view.template["current"] is None and [t.version for t in view.template["versions"]] == [1]
+    with pytest.raises(Invalid, match="posts events, not inbound mail"):
+        rules.edit(cfg, "a", destination={"dialect": "msndr"})
+
+    warnings = []
+    ep = endpoints.add(cfg, destination=Destination("https://u:p%21@hooks.example/ev", dialect="smtp2go"),
+                       categories="blocks,bounces", warn=warnings.append)
+    assert (ep.endpoint.destination.url, ep.endpoint.destination.basic_auth) == (
+        "https://hooks.example/ev", "u:p!")
+    assert not warnings  # smtp2go posts blocked and bounce events
+    endpoints.edit(cfg, ep.endpoint.id, destination={"dialect": "paubox"}, categories="blocks",
+                   warn=warnings.append)
+    assert warnings and "posts none of the events selected" in warnings[0]
+    assert {d["name"] for d in targets.dialect_list()} >= {"native", "smtp2go", "sendgrid-raw"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from mxhook import config as configmod
-from mxhook.cli import admin, blocks, domains, endpoints, logs, ops, rules
+from mxhook.cli import admin, blocks, dialects, domains, endpoints, logs, ops, rules
 from mxhook.cli.base import CONTEXT_SETTINGS, App, InputError, MxhookGroup
 
 
@@ -33,8 +33,8 @@ def cli(ctx, config_path):
     ctx.obj = App(config_path)
 
 
-for command in (domains.domain, rules.rule, logs.log, endpoints.endpoint, blocks.block,
-                admin.postfix_config, admin.check, ops.replay, ops.status):
+for command in (domains.domain, rules.rule, logs.log, endpoints.endpoint, dialects.dialect,
+                blocks.block, admin.postfix_config, admin.check, ops.replay, ops.status):
     cli.add_command(command)
 
 

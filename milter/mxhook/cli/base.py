@@ -11,8 +11,11 @@ import click
 from mxhook import config as configmod
 from mxhook.model import targets
 from mxhook.model.rules import RuleError
+from mxhook.payloads import templates
+from mxhook.payloads.dialects import catalogue
 from mxhook.services import times
 from mxhook.services.errors import Failed, ServiceError
+from mxhook.services.targets import MAX_TEMPLATE_BYTES, TemplateGiven
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -115,23 +118,38 @@ def rotate_options(command):
                              "at most 30d).")(command)
 
 
-def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: bool = True,
+def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_option: bool = True,
                         endpoint_alias: bool = False, unencrypted: str = "content"):
     """The destination's options, the same for `rule add|edit` and `endpoint add|edit` but the
-    payload `formats`. The command receives them as one `destination`: a Destination for add
-    (its defaults for options not given), for edit the fields to change (None: keep) and
-    `clear_auth`. `url_option`: False when the command takes the URL as its argument `url`;
-    `endpoint_alias`: `--endpoint` as a hidden alias of `--url` (for existing rule scripts)."""
+    payload `formats` and the dialects of `side` (catalogue.INBOUND | EVENTS). The command
+    receives them as one `destination`: a Destination for add (its defaults for options not
+    given), for edit the fields to change (None: keep) and `clear_auth`; and `template`, a
+    TemplateGiven or None (for edit `no_template` too). `url_option`: False when the command
+    takes the URL as its argument `url`; `endpoint_alias`: `--endpoint` as a hidden alias of
+    `--url` (for existing rule scripts)."""
 
     def dflt(name):
         return "." if edit else f" [default: {targets.default(name)}]."
 
     opts = [
+        click.option("--dialect", metavar="NAME",
+                     help=f"Whose request bodies: {', '.join(catalogue.names(side))} "
+                          f"(`mxhook dialect list`)" + dflt("dialect")),
         click.option("--format", "format", type=click.Choice(formats),
-                     help="Payload format" + dflt("format")),
+                     help="Payload format of the native dialect" + dflt("format")),
         click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
         click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
         click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
+        click.option("--signing-key", metavar="KEY",
+                     help="The dialect's signing key (mailgun: the webhook signing key the "
+                          "receiver checks)."),
+        click.option("--signing-key-file", type=click.File("r", encoding="utf-8"), metavar="FILE",
+                     help="Read --signing-key from the first line of FILE (keeps it out of the shell history)."),
+        click.option("--template", "template_file", type=click.File("rb"), metavar="FILE",
+                     help="jinja2 template of the body (docs/payloads.md, \"Custom templates\"), "
+                          "tried on a sample, then stored as a new version."),
+        click.option("--template-type", type=click.Choice(tuple(templates.CONTENT_TYPES)),
+                     help=f"Content type the template writes [default: {templates.JSON}]."),
         click.option("--retry-interval", type=int, metavar="10..600",
                      help="Seconds between retries" + dflt("retry_interval")),
         click.option("--retry-period", type=int, metavar="1..10",
@@ -150,8 +168,11 @@ def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: boo
             click.option("--allow-http/--no-allow-http", default=None,
                          help="Allow (or stop allowing) a plain http:// URL."),
             click.option("--clear-auth", is_flag=True,
-                         help="Remove Basic auth, Bearer token and API key (before applying any "
-                              "new ones given)."),
+                         help="Remove Basic auth, Bearer token, API key and signing key (before "
+                              "applying any new ones given)."),
+            click.option("--no-template", is_flag=True,
+                         help="Back to the dialect's own body (stored template versions are "
+                              "kept: mail accepted under one still renders with it)."),
         ]
     else:
         opts.append(click.option(
@@ -167,6 +188,13 @@ def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: boo
                 if values["url"] not in (None, alias):
                     raise click.UsageError("give the URL once: --url (--endpoint is its old name)")
                 values["url"] = alias
+            key_file = kwargs.pop("signing_key_file", None)
+            if key_file is not None:
+                if values["signing_key"] is not None:
+                    raise InputError("give --signing-key or --signing-key-file, not both")
+                values["signing_key"] = key_file.readline(65536).rstrip("\r\n")  # the first line
+            kwargs["template"] = _template_given(kwargs.pop("template_file", None),
+                                                 kwargs.pop("template_type", None))
             if edit:
                 return f(destination=values, **kwargs)
             if values["url"] is None:
@@ -178,6 +206,15 @@ def destination_options(edit: bool, formats: tuple[str, ...], *, url_option: boo
         return command
 
     return deco
+
+
+def _template_given(file, content_type: str | None) -> TemplateGiven | None:
+    if file is None:
+        if content_type is not None:
+            raise InputError("--template-type goes with --template FILE")
+        return None
+    return TemplateGiven(file.read(MAX_TEMPLATE_BYTES + 1), content_type or templates.JSON,
+                         name=file.name)
 
 
 ED25519_OPTION = click.option(

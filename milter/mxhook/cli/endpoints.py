@@ -12,20 +12,24 @@ from mxhook.cli.base import (
     warn,
 )
 from mxhook.cli.output import (
+    body_summary,
     destination_rows,
     emit_json,
     fields,
     print_new_keys,
     print_rotation,
     print_signing,
+    print_template,
     table,
     yes_no,
 )
 from mxhook.model import endpoints as endpointsmod
+from mxhook.payloads.dialects import catalogue
 from mxhook.services import endpoints as endpointsvc
 
 
-def print_endpoint(ep: endpointsmod.Endpoint, keys: list | None = None) -> None:
+def print_endpoint(view: endpointsvc.EndpointView, *, template_source: bool = False) -> None:
+    ep = view.endpoint
     rows = [
         ("id", ep.id), ("enabled", yes_no(ep.enabled)), ("events", ", ".join(ep.categories)),
         ("batching", f"after {ep.interval} s or at {ep.max_events} events, whichever comes first"),
@@ -33,7 +37,8 @@ def print_endpoint(ep: endpointsmod.Endpoint, keys: list | None = None) -> None:
         *destination_rows(ep.destination), ("created", ep.created), ("updated", ep.updated),
     ]
     fields(rows)
-    print_signing(keys)
+    print_signing(view.keys)
+    print_template(view.template, source=template_source)
 
 
 def endpoint_options(edit: bool):
@@ -69,7 +74,7 @@ def endpoint_options(edit: bool):
         for opt in reversed(opts):
             f = opt(f)
         # endpoint add takes the URL as its argument
-        return destination_options(edit, endpointsmod.FORMATS, url_option=edit,
+        return destination_options(edit, endpointsmod.FORMATS, catalogue.EVENTS, url_option=edit,
                                    unencrypted="events")(f)
 
     return deco
@@ -84,8 +89,8 @@ def endpoint():
 @click.argument("url")
 @endpoint_options(edit=False)
 @pass_app
-def endpoint_add(app, destination, categories, interval, max_events, version, timezone, disabled,
-                 ed25519):
+def endpoint_add(app, destination, template, categories, interval, max_events, version, timezone,
+                 disabled, ed25519):
     """Add an endpoint at URL for delivery events (bounces, deliveries, blocks).
 
     \b
@@ -98,11 +103,11 @@ def endpoint_add(app, destination, categories, interval, max_events, version, ti
     view = endpointsvc.add(
         app.cfg, destination=destination, categories=categories, interval=interval,
         max_events=max_events, version=version, timezone=timezone, enabled=not disabled,
-        ed25519=ed25519, warn=warn)
+        ed25519=ed25519, template=template, warn=warn)
     added = view.endpoint
     click.echo(f"Added endpoint {added.id}{' (disabled)' if not added.enabled else ''}: "
                f"{', '.join(added.categories)} events to {added.destination.url} "
-               f"(version {added.version}, {added.destination.format})")
+               f"(version {added.version}, {body_summary(added.destination)})")
     print_new_keys(view.keys)
 
 
@@ -118,31 +123,34 @@ def endpoint_list(app, as_json):
     elif not found:
         click.echo("No event endpoints (add one with: mxhook endpoint add URL)")
     else:
-        table(["ID", "ENABLED", "EVENTS", "INTERVAL", "MAX", "VERSION", "FORMAT", "TIME ZONE", "URL"],
+        table(["ID", "ENABLED", "EVENTS", "INTERVAL", "MAX", "VERSION", "DIALECT", "FORMAT",
+               "TIME ZONE", "URL"],
               [[ep.id, ep.enabled, ",".join(ep.categories), f"{ep.interval}s", ep.max_events,
-                ep.version, ep.destination.format, ep.timezone, ep.destination.url] for ep in found],
+                ep.version, ep.destination.dialect, ep.destination.format, ep.timezone,
+                ep.destination.url] for ep in found],
               max_width=70)
 
 
 @endpoint.command("show")
 @click.argument("key", metavar="ID|URL")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@click.option("--template-source", is_flag=True, help="Show the current template's source too.")
 @pass_app
-def endpoint_show(app, key, as_json):
+def endpoint_show(app, key, as_json, template_source):
     """Show one endpoint (secrets masked)."""
     view = endpointsvc.show(app.cfg, key)
     if as_json:
-        emit_json(view.as_dict())
+        emit_json(view.as_dict(template_source=template_source))
     else:
-        print_endpoint(view.endpoint, view.keys)
+        print_endpoint(view, template_source=template_source)
 
 
 @endpoint.command("edit", short_help="Change an endpoint.")
 @click.argument("key", metavar="ID|URL")
 @endpoint_options(edit=True)
 @pass_app
-def endpoint_edit(app, key, destination, clear_auth, categories, interval, max_events, version,
-                  timezone, disabled):
+def endpoint_edit(app, key, destination, clear_auth, no_template, template, categories, interval,
+                  max_events, version, timezone, disabled):
     """Change endpoint ID|URL; options not given keep their value.
 
     Changes apply to batches made from now on (a batch already made keeps its events). Giving
@@ -151,7 +159,8 @@ def endpoint_edit(app, key, destination, clear_auth, categories, interval, max_e
     new = endpointsvc.edit(
         app.cfg, key, destination=destination, clear_auth=clear_auth, categories=categories,
         interval=interval, max_events=max_events, version=version, timezone=timezone,
-        enabled=None if disabled is None else not disabled, warn=warn)
+        enabled=None if disabled is None else not disabled, template=template,
+        no_template=no_template, warn=warn)
     click.echo(f"Updated endpoint {new.id} ({new.destination.url})")
 
 

@@ -60,10 +60,19 @@ def fields(rows) -> None:
 
 def destination_rows(dest) -> list[tuple[str, str]]:
     """How `show` lists a rule's or endpoint's destination: secrets masked."""
-    return [("url", dest.url), ("format", dest.format), ("auth", auth_summary(dest)),
+    return [("url", dest.url), ("dialect", dest.dialect), ("format", dest.format),
+            ("auth", auth_summary(dest)),
             ("retry interval", f"{dest.retry_interval} s"),
             ("retry period", f"{dest.retry_period} days"), ("timeout", f"{dest.timeout} s"),
             ("allow http", yes_no(dest.allow_http))]
+
+
+def body_summary(dest) -> str:
+    """What an added rule's or endpoint's bodies are: the native format, the dialect, or the
+    template version."""
+    if dest.template is not None:
+        return f"template version {dest.template}"
+    return dest.format if dest.dialect == "native" else f"{dest.dialect} dialect"
 
 
 def auth_summary(target) -> str:
@@ -74,7 +83,26 @@ def auth_summary(target) -> str:
         parts.append(f"bearer {mask_secret(target.bearer)}")
     if target.api_key is not None:
         parts.append(f"api key {mask_secret(target.api_key)}")
+    if target.signing_key is not None:
+        parts.append(f"signing key {mask_secret(target.signing_key)}")
     return ", ".join(parts) or "none"
+
+
+def print_template(view: dict | None, *, source: bool = False) -> None:
+    """How `show` describes the owner's template (services.targets.template_view): the
+    current version, the stored ones, and the current source with `source`."""
+    current = view["current"] if view else None
+    if current is None:
+        click.echo(f"{'template:':16}none")
+    else:
+        click.echo(f"{'template:':16}version {current.version} ({current.content_type}, "
+                   f"digest {current.digest}, since {current.created})")
+    if view:
+        click.echo(f"{'':16}stored versions: {', '.join(str(t.version) for t in view['versions'])}")
+    if source and current is not None:
+        click.echo("template source:")
+        click.echo(current.source.rstrip("\n"))
+
 
 
 def signing_lines(keys: list) -> list[str]:

@@ -13,16 +13,19 @@ from mxhook.cli.base import (
     warn,
 )
 from mxhook.cli.output import (
+    body_summary,
     destination_rows,
     emit_json,
     fields,
     print_new_keys,
     print_rotation,
     print_signing,
+    print_template,
     table,
     yes_no,
 )
 from mxhook.model import rules
+from mxhook.payloads.dialects import catalogue
 from mxhook.services import explain
 from mxhook.services import rules as rulesvc
 from mxhook.services.errors import ServiceError
@@ -67,13 +70,14 @@ def rule_options(edit: bool):
     def deco(f):
         for opt in reversed(opts):
             f = opt(f)
-        return destination_options(edit, rules.FORMATS, endpoint_alias=True,
+        return destination_options(edit, rules.FORMATS, catalogue.INBOUND, endpoint_alias=True,
                                    unencrypted="mail")(f)
 
     return deco
 
 
-def print_rule(rule: rules.Rule, times: dict | None = None, keys: list | None = None) -> None:
+def print_rule(view: rulesvc.RuleView, *, template_source: bool = False) -> None:
+    rule, times = view.rule, view.times
     rows = [
         ("name", rule.name),
         ("enabled", yes_no(rule.enabled)),
@@ -84,10 +88,11 @@ def print_rule(rule: rules.Rule, times: dict | None = None, keys: list | None = 
     if times:
         rows += [("created", times.get("created")), ("updated", times.get("updated"))]
     fields(rows)
-    print_signing(keys)
+    print_signing(view.keys)
     click.echo("conditions:      (all must hold; 'to' is the envelope recipient)")
     for cond in rule.conditions:
         click.echo(f"  {condition_option(cond)}")
+    print_template(view.template, source=template_source)
 
 
 @click.group(cls=MxhookGroup)
@@ -99,7 +104,7 @@ def rule():
 @click.argument("name")
 @rule_options(edit=False)
 @pass_app
-def rule_add(app, name, destination, when, unless, priority, discard, disabled, ed25519):
+def rule_add(app, name, destination, template, when, unless, priority, discard, disabled, ed25519):
     """Add rule NAME: mail whose headers match all conditions is posted to the URL.
 
     \b
@@ -111,11 +116,11 @@ def rule_add(app, name, destination, when, unless, priority, discard, disabled, 
     """
     added = rulesvc.add(
         app.cfg, name=name, destination=destination, when=when, unless=unless, priority=priority,
-        discard=discard, enabled=not disabled, ed25519=ed25519, warn=warn)
+        discard=discard, enabled=not disabled, ed25519=ed25519, template=template, warn=warn)
     new = added.rule
     click.echo(f"Added rule {new.name} (priority {new.priority}"
                f"{', disabled' if not new.enabled else ''}): "
-               f"{new.destination.format} to {new.destination.url}")
+               f"{body_summary(new.destination)} to {new.destination.url}")
     print_new_keys(added.keys)
     if added.no_domains:
         warn("note: no permitted domains yet; rules apply only to mail for permitted "
@@ -136,8 +141,9 @@ def rule_list(app, as_json):
         click.echo("No rules (add one with: mxhook rule add NAME --url URL --when 'HEADER~REGEX')")
         return
     table(
-        ["PRIO", "NAME", "ENABLED", "FORMAT", "URL", "CONDITIONS"],
-        [[r.priority, r.name, r.enabled, r.destination.format + (" +discard" if r.discard else ""),
+        ["PRIO", "NAME", "ENABLED", "DIALECT", "FORMAT", "URL", "CONDITIONS"],
+        [[r.priority, r.name, r.enabled, r.destination.dialect,
+          r.destination.format + (" +discard" if r.discard else ""),
           r.destination.url, " AND ".join(str(c) for c in r.conditions)] for r in all_rules],
         max_width=70,
     )
@@ -146,22 +152,23 @@ def rule_list(app, as_json):
 @rule.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON (secrets masked).")
+@click.option("--template-source", is_flag=True, help="Show the current template's source too.")
 @pass_app
-def rule_show(app, name, as_json):
+def rule_show(app, name, as_json, template_source):
     """Show one rule (secrets masked)."""
     view = rulesvc.show(app.cfg, name)
     if as_json:
-        emit_json(view.as_dict())
+        emit_json(view.as_dict(template_source=template_source))
     else:
-        print_rule(view.rule, view.times, view.keys)
+        print_rule(view, template_source=template_source)
 
 
 @rule.command("edit", short_help="Change a rule.")
 @click.argument("name")
 @rule_options(edit=True)
 @pass_app
-def rule_edit(app, name, destination, clear_auth, when, unless, priority, new_name, discard,
-              disabled):
+def rule_edit(app, name, destination, clear_auth, no_template, template, when, unless, priority,
+              new_name, discard, disabled):
     """Change rule NAME; options not given keep their value.
 
     --when replaces all conditions (with the --unless ones given alongside); --unless alone
@@ -171,7 +178,8 @@ def rule_edit(app, name, destination, clear_auth, when, unless, priority, new_na
     new = rulesvc.edit(
         app.cfg, name, destination=destination, clear_auth=clear_auth, when=when, unless=unless,
         priority=priority, new_name=new_name, discard=discard,
-        enabled=None if disabled is None else not disabled, warn=warn)
+        enabled=None if disabled is None else not disabled, template=template,
+        no_template=no_template, warn=warn)
     renamed = f" (renamed from {name})" if new.name != name else ""
     click.echo(f"Updated rule {new.name}{renamed}")
 

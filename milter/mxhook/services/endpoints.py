@@ -11,27 +11,32 @@ from mxhook import spool
 from mxhook.model import endpoints as endpointsmod
 from mxhook.model import events
 from mxhook.model.targets import Destination
+from mxhook.payloads.dialects import catalogue
 from mxhook.services import targets
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
-from mxhook.services.targets import Warn, no_warnings
+from mxhook.services.targets import TemplateGiven, Warn, no_warnings
 from mxhook.store import rulesdb
 
 SAMPLE_TYPES = events.TYPES  # sample_event makes one of each
+SIDE = catalogue.EVENTS
 
 
 @dataclass(frozen=True)
 class EndpointView:
     endpoint: endpointsmod.Endpoint
     keys: list | None  # signing keys (None: not asked for)
+    template: dict | None = None  # targets.template_view
 
-    def as_dict(self) -> dict:
-        """JSON-able, secrets masked (signing keys too: public keys in full)."""
+    def as_dict(self, *, template_source: bool = False) -> dict:
+        """JSON-able, secrets masked (signing keys too: public keys in full); the template's
+        source only with `template_source`."""
         ep = self.endpoint
         d = {
             "id": ep.id, "enabled": ep.enabled, "events": list(ep.categories),
             "interval": ep.interval, "max_events": ep.max_events, "version": ep.version,
-            "timezone": ep.timezone, **targets.as_dict(ep.destination),
+            "timezone": ep.timezone, **targets.as_dict(ep.destination, self.template,
+                                                       template_source=template_source),
             "created": ep.created, "updated": ep.updated,
         }
         if self.keys is not None:
@@ -51,28 +56,42 @@ def get_or_fail(store: rulesdb.RulesStore, key) -> endpointsmod.Endpoint:
     return found
 
 
+def _view(store: rulesdb.RulesStore, ep: endpointsmod.Endpoint, keys: list | None) -> EndpointView:
+    return EndpointView(ep, keys, targets.template_view(store, "endpoint", ep.id, ep.destination))
+
+
+def _check_dialect(ep: endpointsmod.Endpoint, template: bool, warn: Warn) -> None:
+    dialect = catalogue.check(ep.destination, SIDE, template=template)
+    targets.warn_unposted(dialect, [t for c in ep.categories for t in events.CATEGORIES[c]], warn)
+
+
 @translated()
 def add(cfg: configmod.Config, *, destination: Destination, categories=None,
         interval: int | None = None, max_events: int | None = None, version: int | None = None,
         timezone: str | None = None, enabled: bool = True, ed25519: bool = False,
-        warn: Warn = no_warnings) -> EndpointView:
-    """The endpoint added, with its signing keys (secrets in full: shown this once)."""
+        template: TemplateGiven | None = None, warn: Warn = no_warnings) -> EndpointView:
+    """The endpoint added, with its signing keys (secrets in full: shown this once).
+    `template`: its body's jinja2 template (stored as version 1)."""
     targets.check_secrets(destination, what="endpoint")
+    destination = Destination(**targets.with_url_credentials(
+        dataclasses.asdict(destination), destination.dialect))
+    new_template = targets.new_template(template, SIDE) if template is not None else None
     new = endpointsmod.with_defaults(
         destination=destination, categories=_categories(categories or ""), interval=interval,
         max_events=max_events, version=version, timezone=timezone, enabled=enabled,
     )
-    endpointsmod.validate(new)  # before the database is created or opened for writing
+    new = endpointsmod.validate(new)  # before the database is created or opened for writing
+    _check_dialect(new, new_template is not None, warn)
     targets.check_egress(cfg, destination.url, warn)
     with rules_store(cfg, create=True) as store:
-        added = store.add_endpoint(new, ed25519=ed25519)
-        return EndpointView(added, store.signing_keys("endpoint", added.id))
+        added = store.add_endpoint(new, ed25519=ed25519, template=new_template)
+        return _view(store, added, store.signing_keys("endpoint", added.id))
 
 
 @translated()
 def list_all(cfg: configmod.Config, *, with_keys: bool = False) -> list[EndpointView]:
     with rules_store(cfg) as store:
-        return [EndpointView(ep, store.signing_keys("endpoint", ep.id) if with_keys else None)
+        return [_view(store, ep, store.signing_keys("endpoint", ep.id) if with_keys else None)
                 for ep in store.list_endpoints()]
 
 
@@ -80,34 +99,44 @@ def list_all(cfg: configmod.Config, *, with_keys: bool = False) -> list[Endpoint
 def show(cfg: configmod.Config, key) -> EndpointView:
     with rules_store(cfg) as store:
         ep = get_or_fail(store, key)
-        return EndpointView(ep, store.signing_keys("endpoint", ep.id))
+        return _view(store, ep, store.signing_keys("endpoint", ep.id))
 
 
 @translated()
 def edit(cfg: configmod.Config, key, *, destination: Mapping[str, object] | None = None,
          clear_auth: bool = False, categories=None, interval: int | None = None,
          max_events: int | None = None, version: int | None = None, timezone: str | None = None,
-         enabled: bool | None = None, warn: Warn = no_warnings) -> endpointsmod.Endpoint:
+         enabled: bool | None = None, template: TemplateGiven | None = None,
+         no_template: bool = False, warn: Warn = no_warnings) -> endpointsmod.Endpoint:
     """Change endpoint `key` (id or URL); None keeps a value. `destination`: the
     destination's fields to change (Destination.edited). Changes apply to batches made from
-    now on."""
+    now on. `template`: stored as the next version of the endpoint's template; `no_template`:
+    back to the dialect's body (stored versions stay)."""
     dest_changes = {k: v for k, v in (destination or {}).items() if v is not None}
     targets.check_secrets(dest_changes, what="endpoint")
-    given = [categories, interval, max_events, version, timezone, enabled]
-    if all(v is None for v in given) and not dest_changes and not clear_auth:
+    if template is not None and no_template:
+        raise Invalid("give either --template or --no-template")
+    given = [categories, interval, max_events, version, timezone, enabled, template]
+    if all(v is None for v in given) and not dest_changes and not clear_auth and not no_template:
         raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
+    new_template = targets.new_template(template, SIDE) if template is not None else None
     with rules_store(cfg) as store:
         old = get_or_fail(store, key)
+        dest_changes = targets.with_url_credentials(
+            dest_changes, dest_changes.get("dialect", old.destination.dialect))
         changes = {name: value for name, value in (
             ("interval", interval), ("max_events", max_events), ("version", version),
             ("timezone", timezone), ("enabled", enabled)) if value is not None}
-        changes["destination"] = old.destination.edited(dest_changes, clear_auth=clear_auth)
+        changes["destination"] = targets.edited(old.destination, dest_changes,
+                                                clear_auth=clear_auth, no_template=no_template)
         if categories is not None:
             changes["categories"] = _categories(categories)
         candidate = endpointsmod.validate(dataclasses.replace(old, **changes))
+        _check_dialect(candidate, new_template is not None
+                       or candidate.destination.template is not None, warn)
         if "url" in dest_changes:
             targets.check_egress(cfg, candidate.destination.url, warn)
-        return store.replace_endpoint(old.id, candidate)
+        return store.replace_endpoint(old.id, candidate, template=new_template)
 
 
 @translated()

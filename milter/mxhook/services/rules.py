@@ -9,11 +9,15 @@ from typing import Mapping
 from mxhook import config as configmod
 from mxhook.model import rules
 from mxhook.model.targets import Destination
+from mxhook.payloads.dialects import catalogue
 from mxhook.services import targets
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
-from mxhook.services.targets import Warn, no_warnings
+from mxhook.services.targets import TemplateGiven, Warn, no_warnings
 from mxhook.store import rulesdb
+
+
+SIDE = catalogue.INBOUND
 
 
 @dataclass(frozen=True)
@@ -21,13 +25,16 @@ class RuleView:
     rule: rules.Rule
     times: dict | None  # {created, updated}
     keys: list | None  # signing keys (None: not asked for)
+    template: dict | None = None  # targets.template_view
 
-    def as_dict(self) -> dict:
-        """JSON-able, secrets masked (signing keys too: public keys in full)."""
+    def as_dict(self, *, template_source: bool = False) -> dict:
+        """JSON-able, secrets masked (signing keys too: public keys in full); the template's
+        source only with `template_source`."""
         rule = self.rule
         d = {
             "id": rule.id, "name": rule.name, "priority": rule.priority, "enabled": rule.enabled,
-            "discard": rule.discard, **targets.as_dict(rule.destination),
+            "discard": rule.discard, **targets.as_dict(rule.destination, self.template,
+                                                        template_source=template_source),
             "conditions": [
                 {"header": c.header, "pattern": c.pattern, "negate": c.negate} for c in rule.conditions
             ],
@@ -75,16 +82,22 @@ def get_or_fail(store: rulesdb.RulesStore, name: str) -> rules.Rule:
 @translated()
 def add(cfg: configmod.Config, *, name: str, destination: Destination, when=(), unless=(),
         priority: int | None = None, discard: bool = False, enabled: bool = True,
-        ed25519: bool = False, warn: Warn = no_warnings) -> Added:
+        ed25519: bool = False, template: TemplateGiven | None = None,
+        warn: Warn = no_warnings) -> Added:
+    """Add a rule; `template`: its body's jinja2 template (stored as version 1)."""
     targets.check_secrets(destination, what="rule")
+    destination = Destination(**targets.with_url_credentials(
+        dataclasses.asdict(destination), destination.dialect))
+    new_template = targets.new_template(template, SIDE) if template is not None else None
     new = rules.Rule(name=name, destination=destination,
                      conditions=tuple(parse_conditions(when, unless)),
                      priority=priority or 0, discard=discard, enabled=enabled)
     rules.validate(new)  # before the database is created or opened for writing
+    catalogue.check(destination, SIDE, template=new_template is not None)
     targets.check_egress(cfg, destination.url, warn)
     warn_backtracking(cfg, new.conditions, warn)
     with rules_store(cfg, create=True) as store:
-        added = store.add_rule(new, ed25519=ed25519)
+        added = store.add_rule(new, ed25519=ed25519, template=new_template)
         return Added(added, store.signing_keys("rule", added.id), not store.list_domains())
 
 
@@ -93,7 +106,8 @@ def list_all(cfg: configmod.Config, *, with_keys: bool = False) -> list[RuleView
     """Every rule in evaluation order."""
     with rules_store(cfg) as store:
         times = store.rule_times()
-        return [RuleView(r, times.get(r.name), store.signing_keys("rule", r.id) if with_keys else None)
+        return [RuleView(r, times.get(r.name), store.signing_keys("rule", r.id) if with_keys else None,
+                         targets.template_view(store, "rule", r.id, r.destination))
                 for r in store.list_rules()]
 
 
@@ -101,29 +115,39 @@ def list_all(cfg: configmod.Config, *, with_keys: bool = False) -> list[RuleView
 def show(cfg: configmod.Config, name: str) -> RuleView:
     with rules_store(cfg) as store:
         found = get_or_fail(store, name)
-        return RuleView(found, store.rule_times().get(found.name), store.signing_keys("rule", found.id))
+        return RuleView(found, store.rule_times().get(found.name), store.signing_keys("rule", found.id),
+                        targets.template_view(store, "rule", found.id, found.destination))
 
 
 @translated()
 def edit(cfg: configmod.Config, name: str, *, destination: Mapping[str, object] | None = None,
          clear_auth: bool = False, when=(), unless=(), priority: int | None = None,
          new_name: str | None = None, discard: bool | None = None, enabled: bool | None = None,
+         template: TemplateGiven | None = None, no_template: bool = False,
          warn: Warn = no_warnings) -> rules.Rule:
     """Change rule `name`; None keeps a value. `destination`: the destination's fields to
     change (Destination.edited). `when` replaces all conditions (with the `unless` ones given
-    alongside); `unless` alone replaces only the negated conditions."""
+    alongside); `unless` alone replaces only the negated conditions. `template`: stored as the
+    next version of the rule's template; `no_template`: back to the dialect's body (stored
+    versions stay: mail accepted under one still renders with it)."""
     dest_changes = {k: v for k, v in (destination or {}).items() if v is not None}
     targets.check_secrets(dest_changes, what="rule")
-    given = [priority, new_name, discard, enabled]
+    if template is not None and no_template:
+        raise Invalid("give either --template or --no-template")
+    given = [priority, new_name, discard, enabled, template]
     if all(v is None for v in given) and not dest_changes and not when and not unless \
-            and not clear_auth:
+            and not clear_auth and not no_template:
         raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
+    new_template = targets.new_template(template, SIDE) if template is not None else None
     with rules_store(cfg) as store:
         old = get_or_fail(store, name)
+        dest_changes = targets.with_url_credentials(
+            dest_changes, dest_changes.get("dialect", old.destination.dialect))
         changes = {key: value for key, value in (
             ("priority", priority), ("name", new_name), ("discard", discard),
             ("enabled", enabled)) if value is not None}
-        changes["destination"] = old.destination.edited(dest_changes, clear_auth=clear_auth)
+        changes["destination"] = targets.edited(old.destination, dest_changes,
+                                                clear_auth=clear_auth, no_template=no_template)
         if when:
             changes["conditions"] = tuple(parse_conditions(when, unless))
         elif unless:
@@ -131,11 +155,13 @@ def edit(cfg: configmod.Config, name: str, *, destination: Mapping[str, object] 
             changes["conditions"] = tuple(keep + parse_conditions((), unless))
         candidate = dataclasses.replace(old, **changes)
         rules.validate(candidate)
+        catalogue.check(candidate.destination, SIDE, template=new_template is not None
+                        or candidate.destination.template is not None)
         if "url" in dest_changes:
             targets.check_egress(cfg, candidate.destination.url, warn)
         if when or unless:
             warn_backtracking(cfg, parse_conditions(when, unless), warn)
-        return store.replace_rule(name, candidate)
+        return store.replace_rule(name, candidate, template=new_template)
 
 
 def move(cfg: configmod.Config, name: str, priority: int) -> rules.Rule:

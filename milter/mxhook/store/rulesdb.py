@@ -27,6 +27,14 @@ migration (never shown: `rotate-secret` issues one to hand out). Rule ids are ne
 mail may still be retried -- can never sign for a newer rule; endpoint ids never are either
 (AUTOINCREMENT), and a removed endpoint's keys go with it (its pending events are failed).
 The spooler reads keys through `SigningKeys` at attempt time, so a rotation applies to retries.
+
+Templates (schema 6, `templates`): each `--template` given to a rule or endpoint is stored as
+the next version of its owner's template (`add_template_version`, in the transaction that
+writes the owner) and the owner's `template` column names the version its new deliveries
+render with. Versions are never changed or deleted while the owner exists (a delivery accepted
+under version N renders with N after an edit or `--no-template`); a removed endpoint's go with
+it, a removed rule's stay as long as its signing keys (REMOVED_RULE_KEYS_DAYS: its accepted mail
+may still be retried). The spooler reads them through `Templates`.
 """
 from __future__ import annotations
 
@@ -192,6 +200,68 @@ def _key_from_row(row) -> SigningKey:
 
 _KEY_SELECT = ("SELECT id, kind, owner_id, scheme, secret, public_key, created, expires "
                "FROM signing_keys")
+
+
+@dataclass(frozen=True)
+class NewTemplate:
+    """A template to store as its owner's next version: its text, declared content type and
+    digest (payloads.templates.template_version), checked by the caller."""
+
+    content_type: str
+    source: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    version: int
+    content_type: str
+    source: str
+    digest: str
+    created: str
+
+    def to_public_dict(self, *, source: bool = False) -> dict:
+        """For `show --json`: the source only when asked for."""
+        d = {"version": self.version, "content_type": self.content_type, "digest": self.digest,
+             "created": self.created}
+        if source:
+            d["source"] = self.source
+        return d
+
+
+_TEMPLATE_SELECT = "SELECT version, content_type, source, digest, created FROM templates"
+
+
+def add_template_version(conn: sqlite3.Connection, kind: str, owner_id: int, new: NewTemplate,
+                         now: str) -> int:
+    """Store `new` as the next version of the owner's template, in the caller's write
+    transaction; return its version. A template equal to the latest version is that version
+    (an edit giving the same file again stores nothing)."""
+    row = conn.execute(_TEMPLATE_SELECT + " WHERE owner_kind = ? AND owner_id = ?"
+                       " ORDER BY version DESC LIMIT 1", (kind, owner_id)).fetchone()
+    if row is not None and (row[1], row[2]) == (new.content_type, new.source):
+        return row[0]
+    version = 1 if row is None else row[0] + 1
+    conn.execute("INSERT INTO templates (owner_kind, owner_id, version, content_type, source,"
+                 " digest, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (kind, owner_id, version, new.content_type, new.source, new.digest, now))
+    return version
+
+
+def template(conn: sqlite3.Connection, kind: str, owner_id: int | None,
+             version: int | None) -> tuple[str, str] | None:
+    """(content_type, source) of version `version` of the owner's template, or None."""
+    if owner_id is None or version is None:
+        return None
+    return conn.execute("SELECT content_type, source FROM templates WHERE owner_kind = ? AND"
+                        " owner_id = ? AND version = ?", (kind, owner_id, version)).fetchone()
+
+
+def template_versions(conn: sqlite3.Connection, kind: str, owner_id: int) -> list[StoredTemplate]:
+    """Every stored version of the owner's template, oldest first."""
+    rows = conn.execute(_TEMPLATE_SELECT + " WHERE owner_kind = ? AND owner_id = ? ORDER BY version",
+                        (kind, owner_id)).fetchall()
+    return [StoredTemplate(*row) for row in rows]
 
 
 def normalize_domain(name: str) -> str:
@@ -624,10 +694,10 @@ class RulesStore:
             [(rule_id, i, c.header, c.pattern, int(c.negate)) for i, c in enumerate(conditions)],
         )
 
-    def add_rule(self, rule: Rule, *, ed25519: bool = False) -> Rule:
+    def add_rule(self, rule: Rule, *, ed25519: bool = False, template: NewTemplate | None = None) -> Rule:
         """Validate and insert a rule with its conditions and a new signing secret (and an
-        ed25519 key pair with `ed25519`); returns it with its id (`signing_keys` gives the
-        keys). Rule ids are never reused."""
+        ed25519 key pair with `ed25519`), and `template` as its template's first version;
+        returns it with its id (`signing_keys` gives the keys). Rule ids are never reused."""
         rules_mod.validate(rule)
         with transaction(self.conn):
             taken = self._name_taken(rule.name)
@@ -639,6 +709,8 @@ class RulesStore:
                 "SELECT MAX(COALESCE((SELECT last_id FROM id_sequence WHERE name = 'rules'), 0),"
                 " COALESCE((SELECT MAX(id) FROM rules), 0))").fetchone()
             rule_id = last + 1
+            rule = replace(rule, destination=self._with_template(
+                "rule", rule_id, rule.destination, template, now))
             cols = ", ".join(_RULE_COLUMNS + _RULE_DESTINATION)
             marks = ", ".join("?" * (len(_RULE_COLUMNS) + len(_RULE_DESTINATION) + 3))
             self.conn.execute(
@@ -671,9 +743,10 @@ class RulesStore:
             )
         }
 
-    def replace_rule(self, name: str, rule: Rule) -> Rule:
+    def replace_rule(self, name: str, rule: Rule, *, template: NewTemplate | None = None) -> Rule:
         """Replace the rule called `name` (settings and all conditions) with `rule`, keeping its
-        id and creation time; `rule.name` may differ (a rename)."""
+        id and creation time; `rule.name` may differ (a rename). `template`: stored as the next
+        version of the rule's template, which the rule then renders with."""
         rules_mod.validate(rule)
         with transaction(self.conn):
             rule_id = self._rule_id(name)
@@ -685,10 +758,13 @@ class RulesStore:
             if taken is not None:
                 raise Exists(f"cannot rename {name!r}: a rule named {taken!r} already exists"
                                 + (" (names are compared without case)" if taken != rule.name else ""))
+            now = _now()
+            rule = replace(rule, destination=self._with_template(
+                "rule", rule_id, rule.destination, template, now))
             sets = ", ".join(f"{c} = ?" for c in _RULE_COLUMNS + _RULE_DESTINATION)
             self.conn.execute(
                 f"UPDATE rules SET {sets}, updated = ? WHERE id = ?",
-                _row_values(rule, _RULE_COLUMNS) + [_now(), rule_id],
+                _row_values(rule, _RULE_COLUMNS) + [now, rule_id],
             )
             self._write_conditions(rule_id, rule.conditions)
         return replace(rule, id=rule_id)
@@ -739,10 +815,12 @@ class RulesStore:
         with transaction(self.conn, write=False):
             return _read_endpoints(self.conn)
 
-    def add_endpoint(self, ep: Endpoint, *, ed25519: bool = False) -> Endpoint:
+    def add_endpoint(self, ep: Endpoint, *, ed25519: bool = False,
+                     template: NewTemplate | None = None) -> Endpoint:
         """Validate and insert with a new signing secret (and an ed25519 key pair with
-        `ed25519`); the payload version is pinned now (the latest when not given). Returns the
-        stored endpoint (`signing_keys` gives its keys)."""
+        `ed25519`), and `template` as its template's first version; the payload version is
+        pinned now (the latest when not given). Returns the stored endpoint (`signing_keys`
+        gives its keys)."""
         ep = endpoints_mod.validate(ep)
         with transaction(self.conn):
             other = self._endpoint_row(ep.destination.url)
@@ -757,12 +835,15 @@ class RulesStore:
                 _row_values(ep, _ENDPOINT_COLUMNS) + [now, now],
             )
             endpoint_id = cur.lastrowid
+            version = self._with_template("endpoint", endpoint_id, ep.destination, template, now).template
+            self.conn.execute("UPDATE endpoints SET template = ? WHERE id = ?", (version, endpoint_id))
             self._add_keys("endpoint", endpoint_id, ed25519, now)
         return self.get_endpoint(endpoint_id)
 
-    def replace_endpoint(self, key, ep: Endpoint) -> Endpoint:
+    def replace_endpoint(self, key, ep: Endpoint, *, template: NewTemplate | None = None) -> Endpoint:
         """Replace the settings of the endpoint `key` (id or URL) with `ep`, keeping its id and
-        creation time; its URL may differ."""
+        creation time; its URL may differ. `template`: stored as the next version of the
+        endpoint's template, which it then renders with."""
         ep = endpoints_mod.validate(ep)
         with transaction(self.conn):
             row = self._endpoint_row(key)
@@ -771,10 +852,13 @@ class RulesStore:
             other = self._endpoint_row(ep.destination.url)
             if other is not None and other["id"] != row["id"]:
                 raise Exists(f"another endpoint (id {other['id']}) already has the URL {ep.destination.url}")
+            now = _now()
+            ep = replace(ep, destination=self._with_template(
+                "endpoint", row["id"], ep.destination, template, now))
             sets = ", ".join(f"{c} = ?" for c in _ENDPOINT_COLUMNS + _ENDPOINT_DESTINATION)
             self.conn.execute(
                 f"UPDATE endpoints SET {sets}, updated = ? WHERE id = ?",
-                _row_values(ep, _ENDPOINT_COLUMNS) + [_now(), row["id"]],
+                _row_values(ep, _ENDPOINT_COLUMNS) + [now, row["id"]],
             )
         return self.get_endpoint(row["id"])
 
@@ -800,6 +884,8 @@ class RulesStore:
             self.conn.execute("DELETE FROM endpoints WHERE id = ?", (row["id"],))
             self.conn.execute("DELETE FROM signing_keys WHERE kind = 'endpoint' AND owner_id = ?",
                               (row["id"],))
+            self.conn.execute("DELETE FROM templates WHERE owner_kind = 'endpoint' AND owner_id = ?",
+                              (row["id"],))
         return _row_to_endpoint(row)
 
     # -- signing keys -------------------------------------------------------------------------
@@ -810,8 +896,33 @@ class RulesStore:
             _insert_key(self.conn, kind, owner_id, "v1a", now)
 
     def _purge_expired_keys(self) -> None:
+        """Expired keys go, and with the last key of a removed rule its template versions (its
+        accepted mail is no longer retried then)."""
         self.conn.execute("DELETE FROM signing_keys WHERE expires IS NOT NULL AND expires <= ?",
                           (_now(),))
+        self.conn.execute(
+            "DELETE FROM templates WHERE owner_kind = 'rule' AND owner_id NOT IN (SELECT id FROM rules)"
+            " AND owner_id NOT IN (SELECT owner_id FROM signing_keys WHERE kind = 'rule')")
+
+    # -- templates ----------------------------------------------------------------------------
+
+    def _with_template(self, kind: str, owner_id: int, dest: Destination, new: NewTemplate | None,
+                       now: str) -> Destination:
+        """`dest` naming the template version its deliveries render with: `new` stored as the
+        owner's next version, else the version `dest` names, which must be stored."""
+        if new is not None:
+            return replace(dest, template=add_template_version(self.conn, kind, owner_id, new, now))
+        if dest.template is not None and template(self.conn, kind, owner_id, dest.template) is None:
+            raise RuleError(f"the {kind} has no template version {dest.template}")
+        return dest
+
+    def stored_template(self, kind: str, owner_id: int, version: int | None) -> StoredTemplate | None:
+        """Version `version` of the owner's template (None: no such version, or None given)."""
+        return next((t for t in self.template_versions(kind, owner_id) if t.version == version), None)
+
+    def template_versions(self, kind: str, owner_id: int) -> list[StoredTemplate]:
+        """Every stored version of the owner's template, oldest first."""
+        return template_versions(self.conn, kind, owner_id)
 
     def _owner_exists(self, kind: str, owner_id: int) -> bool:
         if kind not in KEY_KINDS:
@@ -1215,6 +1326,49 @@ class SigningKeys:
         secrets = signing.active_secrets([(k.secret, k.expires_epoch) for k in keys if k.scheme == "v1"], t)
         ed = signing.active_secrets([(k.secret, k.expires_epoch) for k in keys if k.scheme == "v1a"], t)
         return signing.KeySet(tuple(secrets), tuple(ed))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class Templates:
+    """The spooler's view of the stored templates: `get(kind, owner_id, version)` ->
+    (content_type, source) or None. A stored version never changes, so each one found is kept
+    for good and read once; thread-safe (one read-only connection under a lock). Missing
+    database or a database without the table (schema < 6): None. A read error propagates (the
+    caller defers the attempt rather than post another body)."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._found: dict[tuple[str, int, int], tuple[str, str]] = {}
+
+    def get(self, kind: str, owner_id: int | None, version: int | None) -> tuple[str, str] | None:
+        if owner_id is None or version is None:
+            return None
+        key = (kind, owner_id, version)
+        with self._lock:
+            if key in self._found:
+                return self._found[key]
+            if self._conn is None:
+                if not os.path.exists(self.path):
+                    return None
+                self._conn = _connect_ro(self.path)
+            try:
+                has_table = self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'templates'").fetchone()
+                found = template(self._conn, kind, owner_id, version) if has_table else None
+            except sqlite3.Error:
+                self._conn.close()  # a fresh connection next time (the file may have been replaced)
+                self._conn = None
+                raise
+            if found is not None:
+                self._found[key] = tuple(found)
+            return found
 
     def close(self) -> None:
         with self._lock:
