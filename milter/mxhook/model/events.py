@@ -195,7 +195,7 @@ class Event:
             values = _middle_values(meta)
         except KeyError:
             values = None
-        if values is None or not _TEXT_TYPES.issuperset(map(type, _text_values(meta))):
+        if values is None or not _TEXT_TYPES.issuperset(map(type, _text_of_middle(values))):
             check_text(meta, _TEXT_FIELDS, "event")
         custom = meta.get("custom_headers")
         if custom is not None and not isinstance(custom, dict):
@@ -220,5 +220,6 @@ _middle_values = operator.itemgetter(*_FIELD_NAMES[3:-1])
 ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
 # Fields that are text or absent in a spool record: they go into columns and the enrichment join.
 _TEXT_FIELDS = ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS
-_text_values = operator.itemgetter(*_TEXT_FIELDS)
+# the text fields among those values: picked from the tuple, not looked up in the dict again
+_text_of_middle = operator.itemgetter(*(_FIELD_NAMES[3:-1].index(f) for f in _TEXT_FIELDS))
 _TEXT_TYPES = frozenset((str, type(None)))
