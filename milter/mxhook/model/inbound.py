@@ -358,7 +358,7 @@ class RecipientOutcome:
             out["rules"] = [{
                 "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,
                 "matched": rr.matched, "reason": rr.reason(),
-                "conditions": [{"condition": str(c.condition), "held": c.held,
+                "conditions": [{"condition": str(c.condition), "satisfied": c.satisfied,
                                 "value": c.matched_value, "timed_out": c.timed_out}
                                for c in rr.conditions],
             } for rr in self.rules]

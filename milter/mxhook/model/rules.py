@@ -190,7 +190,7 @@ def validate(rule: Rule) -> Rule:
 @dataclass
 class ConditionResult:
     condition: Condition
-    held: bool
+    satisfied: bool
     matched_value: str | None = None  # the value that matched (or, negated, that spoiled it)
     timed_out: bool = False
 
@@ -204,7 +204,7 @@ class RuleResult:
     def reason(self) -> str:
         if not self.rule.enabled:
             return "disabled"
-        failed = [c for c in self.conditions if not c.held]
+        failed = [c for c in self.conditions if not c.satisfied]
         if not failed:
             return "all conditions hold"
         c = failed[0]
@@ -310,10 +310,10 @@ class RuleSet:
                     hit = value
                     break
             except TimeoutError:
-                return ConditionResult(cond, held=False, timed_out=True)
+                return ConditionResult(cond, satisfied=False, timed_out=True)
         if cond.negate:
-            return ConditionResult(cond, held=hit is None, matched_value=hit)
-        return ConditionResult(cond, held=hit is not None, matched_value=hit)
+            return ConditionResult(cond, satisfied=hit is None, matched_value=hit)
+        return ConditionResult(cond, satisfied=hit is not None, matched_value=hit)
 
     def evaluate(self, rule: Rule, recipient: str, headers: dict[str, list[str]]) -> RuleResult:
         results = []
@@ -321,9 +321,9 @@ class RuleSet:
             values = [recipient] if cond.header == ENVELOPE_RECIPIENT else headers.get(cond.header, [])
             res = self._check(cond, values)
             results.append(res)
-            if not res.held:
+            if not res.satisfied:
                 break
-        matched = rule.enabled and all(r.held for r in results)
+        matched = rule.enabled and all(r.satisfied for r in results)
         return RuleResult(rule, matched, results)
 
     def match(self, recipient: str, headers: dict[str, list[str]], *, explain: bool = False) -> MatchResult:
