@@ -304,14 +304,11 @@ def read_all(path: str) -> list[Record]:
 
 
 def handed_over(spool_dir: str) -> list[Record]:
-    """Every record durably in the spool and not yet ingested: files in new/ and the whole
-    records of open segments in tmp/ (for `mxhook status`-like counts and tests)."""
-    found = []
-    for path in pending(spool_dir):
-        try:
-            found.extend(read_all(path))
-        except (OSError, SpoolError):
-            continue
+    """Every record durably in the spool and not yet ingested: the whole records of open
+    segments in tmp/ and files in new/ (for `mxhook status`-like counts and tests). tmp/ is
+    read first and records are counted once by id, so a segment sealed into new/ meanwhile is
+    neither missed nor counted twice."""
+    in_segments: list[Record] = []
     tmp_dir = os.path.join(spool_dir, "tmp")
     for name in sorted(os.listdir(tmp_dir)):
         if name.endswith(".seg"):
@@ -320,8 +317,18 @@ def handed_over(spool_dir: str) -> list[Record]:
                     data = fh.read()
             except OSError:
                 continue
-            found.extend(decode_many(data[:_complete_prefix(data)]) if _complete_prefix(data) else [])
-    return found
+            complete = _complete_prefix(data)
+            in_segments.extend(decode_many(data[:complete]) if complete else [])
+    found: dict[str, Record] = {}
+    for path in pending(spool_dir):
+        try:
+            for record in read_all(path):
+                found.setdefault(record.id, record)
+        except (OSError, SpoolError):
+            continue
+    for record in in_segments:
+        found.setdefault(record.id, record)
+    return list(found.values())
 
 
 def _complete_prefix(data: bytes) -> int:

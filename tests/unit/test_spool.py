@@ -439,3 +439,22 @@ def test_reader_changed_sees_a_new_file(tmp_path):
         assert reader.changed()
     finally:
         reader.close()
+
+
+def test_handed_over_counts_a_segment_sealed_while_it_reads_once(tmp_path, monkeypatch):
+    # The writer seals (tmp/ -> new/) at any moment; a count that read new/ before the seal
+    # and tmp/ after it missed the whole segment (a flaky "456 of 500 spooled").
+    spool.ensure_dirs(str(tmp_path))
+    writer = spool.SegmentWriter(str(tmp_path), seal_after=60)
+    writer.append_many([spool.Record(f"r{i}", "inbound", {}, b"x") for i in range(3)])
+    real_pending = spool.pending
+
+    def pending_after_a_seal(spool_dir):
+        writer.flush()  # the seal lands between the two listings
+        return real_pending(spool_dir)
+
+    monkeypatch.setattr(spool, "pending", pending_after_a_seal)
+    assert sorted(r.id for r in spool.handed_over(str(tmp_path))) == ["r0", "r1", "r2"]
+    monkeypatch.setattr(spool, "pending", real_pending)
+    assert sorted(r.id for r in spool.handed_over(str(tmp_path))) == ["r0", "r1", "r2"]
+    writer.close()
