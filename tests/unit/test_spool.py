@@ -449,11 +449,12 @@ def test_handed_over_counts_a_segment_sealed_while_it_reads_once(tmp_path, monke
     writer.append_many([spool.Record(f"r{i}", "inbound", {}, b"x") for i in range(3)])
     real_pending = spool.pending
 
-    def pending_after_a_seal(spool_dir):
-        writer.flush()  # the seal lands between the two listings
-        return real_pending(spool_dir)
+    def seal_after_listing_new(spool_dir):
+        listed = real_pending(spool_dir)
+        writer.flush()  # the seal lands just after new/ was listed
+        return listed
 
-    monkeypatch.setattr(spool, "pending", pending_after_a_seal)
+    monkeypatch.setattr(spool, "pending", seal_after_listing_new)
     assert sorted(r.id for r in spool.handed_over(str(tmp_path))) == ["r0", "r1", "r2"]
     monkeypatch.setattr(spool, "pending", real_pending)
     assert sorted(r.id for r in spool.handed_over(str(tmp_path))) == ["r0", "r1", "r2"]
