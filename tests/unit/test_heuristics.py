@@ -109,21 +109,37 @@ def test_our_domain_as_mere_text_or_part_of_another_domain_is_not_flagged(value)
     assert heuristics.check([value], [], ["in@other.example"], OURS) is None
 
 
-def test_a_100_kb_hostile_from_is_checked_in_bounded_time():
-    hostile = [
-        "ceo@" + "".join(chr(0x4E00 + i) for i in range(100_000 // 3)),  # one overlong label
-        " ".join(f"@{chr(0x4E00 + i // 200)}{chr(0x4E00 + i % 200)}" for i in range(100_000 // 4)),
-        "=?utf-8?q?" + "@" * 100_000 + "?=",
-        "a" * 100_000,
-        "@" + " " * 100_000,
-        "(" * 50_000 + "@ours.example",
-    ]
-    for value in hostile:
+HOSTILE_FROM = [  # n characters of each shape
+    lambda n: "ceo@" + "".join(chr(0x4E00 + i) for i in range(n // 3)),  # one overlong label
+    lambda n: " ".join(f"@{chr(0x4E00 + i // 200)}{chr(0x4E00 + i % 200)}" for i in range(n // 4)),
+    lambda n: "=?utf-8?q?" + "@" * n + "?=",
+    lambda n: "a" * n,
+    lambda n: "@" + " " * n,
+    lambda n: "(" * (n // 2) + "@ours.example",
+]
+
+
+def _check_seconds(value: str) -> float:
+    best = float("inf")
+    for _ in range(2):  # the faster of two: a busy machine slows a single run
         start = time.perf_counter()
-        v = heuristics.check([value.encode("utf-8")], [], ["in@other.example"], OURS)
-        elapsed = time.perf_counter() - start
-        assert elapsed < 0.5, (value[:20], elapsed)
-    assert v is not None  # the last one names our domain
+        heuristics.check([value.encode("utf-8")], [], ["in@other.example"], OURS)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize("shape", range(len(HOSTILE_FROM)))
+def test_a_100_kb_hostile_from_is_checked_in_linear_time(shape):
+    # Linear, measured against itself in the same run (4x the input: 4x the time, not 16x),
+    # and never near the milter's timeout whatever the machine's load.
+    make = HOSTILE_FROM[shape]
+    small, large = _check_seconds(make(25_000)), _check_seconds(make(100_000))
+    assert large < 8 * small + 0.05, (make(20)[:20], small, large)
+    assert large < 5, (make(20)[:20], large)
+
+
+def test_a_hostile_from_naming_our_domain_is_still_flagged():
+    assert heuristics.check([HOSTILE_FROM[-1](100_000).encode()], [], ["in@other.example"], OURS)
 
 
 def test_an_internationalized_permitted_domain_is_found_written_as_u_label_in_a_display_name():
