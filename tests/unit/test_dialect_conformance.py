@@ -128,11 +128,6 @@ KNOWN_DEFECTS = {
     ("test_hostile_event_subject", "native-form", "surrogateescape"): _SURROGATE_CRASH,
     ("test_hostile_event_subject_generated", "native", None): _SURROGATE_CRASH,
     ("test_hostile_event_subject_generated", "native-form", None): _SURROGATE_CRASH,
-    ("test_same_inbound_bytes_on_every_attempt", "multipart", None): (
-        "the native multipart boundary is random per render (registry's _native_multipart calls "
-        "encodings.multipart_capped without `boundary`), so a retry differs byte for byte; its "
-        "fields are the same (test_same_inbound_body_on_every_attempt); sendgrid derives its "
-        "boundary from the delivery id"),
     ("test_hostile_attachment_filename", "mailgun", None): (
         "a backslash in a file name is lost to receivers that read form-data parameters as RFC 2045 "
         "quoted strings (the stdlib email parser, cgi): encodings.quote_param escapes only `\"`, CR, "
