@@ -18,7 +18,6 @@ from mxhook.store.statedb import StateStore
 from tests.spooler.test_events import add_endpoint, cfg, write_event  # noqa: F401  (cfg: a fixture)
 from tests.spooler.test_spooler import Stepped, delivery, run_once, rx, write_inbound  # noqa: F401
 from tests.support.destinations import routed
-from tests.support.receiver import Response
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
 
