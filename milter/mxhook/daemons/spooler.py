@@ -477,10 +477,11 @@ class Spooler:
             if endpoint_id not in shapes:  # removed or disabled: its batches wait
                 continue
             ep, limit = eps[endpoint_id], shapes[endpoint_id][1]
-            for batch in open_batches[endpoint_id][:limit]:
+            batches = open_batches[endpoint_id]
+            if limit == 1 and any(b.id in taken for b in batches):
+                continue  # in order: nothing while one of its batches is posting or settling
+            for batch in batches[:limit]:
                 if batch.id in taken or (batch.next_attempt_at or "") > due_at:
-                    if limit == 1:
-                        break
                     continue
                 if len(picked) >= free:
                     return picked
