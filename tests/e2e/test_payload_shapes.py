@@ -5,6 +5,7 @@ header-section shapes, through the real private Postfix: a rule on the envelope 
 from __future__ import annotations
 
 import base64
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from mxhook import config as configmod
 from mxhook.model.decision import header_index
 from mxhook.model.headers import decode_value
 from tests.support.header_shapes import SHAPES
+from tests.support.postfix import POSTCONF
 
 pytestmark = pytest.mark.e2e
 
@@ -21,6 +23,14 @@ RAW_RCPT, JSON_RCPT = "raw@ours.example", "json@ours.example"
 # the missing_from policy exists; without it such messages are accepted anyway).
 ACCEPT_WITHOUT_FROM = ({"milter": {"missing_from": "accept"}}
                        if "missing_from" in configmod.DEFAULTS["milter"] else None)
+
+
+def postfix_version() -> tuple[int, int]:
+    """(major, minor) of the Postfix the tests run: shapes where versions differ say which."""
+    out = subprocess.run([POSTCONF, "-d", "-h", "mail_version"], capture_output=True, text=True,
+                         check=True).stdout
+    major, minor = out.strip().split(".")[:2]
+    return int(major), int(minor)
 
 
 def _spooled(body: bytes) -> bytes:
@@ -36,7 +46,8 @@ def test_payload_headers_are_the_headers_postfix_passed_the_milter(make_stack):
     st.add_rule("raw", "/raw", "--when", r"To~^raw@", "--format", "raw")
     st.add_rule("json", "/json", "--when", r"To~^json@")
     st.wait_milter_snapshot()
-    for n, shape in enumerate(SHAPES, 1):
+    version = postfix_version()
+    for n, shape in enumerate([s for s in SHAPES if s.applies_to(version)], 1):
         # from 127.0.0.2, not a local_header_rewrite_clients address: Postfix adds no missing
         # Message-Id, Date or From, as for any client from the Internet
         res = st.send("alice@sender.example", [RAW_RCPT, JSON_RCPT], shape.raw, source_address="127.0.0.2")

@@ -10,10 +10,12 @@ import pytest
 from mxhook.model.decision import header_index
 from mxhook.model.headers import decode_value
 from mxhook.model.message import normalize, split_headers
-from tests.support.header_shapes import SHAPES
+from tests.support.header_shapes import SHAPES, SPLITTER_VERSION
+
+AS_SPLIT = [s for s in SHAPES if s.applies_to(SPLITTER_VERSION)]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.id)
+@pytest.mark.parametrize("shape", AS_SPLIT, ids=lambda s: s.id)
 def test_split_headers_gives_what_postfix_passes_the_milter(shape):
     assert split_headers(shape.raw)[0] == shape.headers
 
@@ -21,6 +23,8 @@ def test_split_headers_gives_what_postfix_passes_the_milter(shape):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.id)
 @pytest.mark.parametrize("as_", ["sent", "spooled"])
 def test_payload_headers_equal_the_decisions_headers(shape, as_):
+    if as_ == "sent" and shape not in AS_SPLIT:
+        pytest.skip("the splitter reads a message as sent as Postfix 3.7 does")
     m = normalize(shape.raw if as_ == "sent" else shape.as_milter_spools())
     index = header_index(shape.headers)
     assert [(h["name"], h["value"]) for h in m["headers"]] == [(n, decode_value(v)) for n, v in shape.headers]
