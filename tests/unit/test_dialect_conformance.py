@@ -119,11 +119,6 @@ OVER_CAP_REFUSED = {"template-json": "payloads/templates.py render: TemplateErro
 # Defects found that are outside the dialect modules: (test, dialect, case or None for every
 # case) -> reason. Each runs as a strict xfail, so fixing it fails the suite until it is removed.
 KNOWN_DEFECTS = {
-    ("test_same_inbound_bytes_on_every_attempt", "multipart", None): (
-        "the native multipart boundary is random per render (registry's _native_multipart calls "
-        "encodings.multipart_capped without `boundary`), so a retry differs byte for byte; its "
-        "fields are the same (test_same_inbound_body_on_every_attempt); sendgrid derives its "
-        "boundary from the delivery id"),
 }
 
 

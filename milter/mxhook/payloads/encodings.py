@@ -13,6 +13,7 @@ cannot get JSON string escaping or form-data quoting right for hostile input.
 """
 from __future__ import annotations
 
+import hashlib
 import json as _json
 import secrets
 from dataclasses import dataclass
@@ -120,6 +121,18 @@ def _new_boundary(fields: Fields, files: Files) -> str:
             return boundary
 
 
+def seeded_boundary(seed: str, fields: Fields, files: Files) -> str:
+    """A boundary made from `seed` (a delivery id: the same body on every retry) that occurs in
+    none of the parts."""
+    for n in range(1000):
+        candidate = "mxhook-" + hashlib.blake2b(f"{seed}\x1f{n}".encode("utf-8", "replace"),
+                                                digest_size=16).hexdigest()
+        b = candidate.encode("ascii")
+        if not any(b in v.encode("utf-8") for _, v in fields) and not any(b in f[3] for f in files):
+            return candidate
+    raise AssertionError("no free boundary in 1000 tries")  # a 128-bit hash in every part: never
+
+
 def multipart(fields: Fields, files: Files, *, boundary: str | None = None) -> Rendered:
     """multipart/form-data: the fields, then the files; a fresh boundary found in none of them
     unless one is given."""
@@ -183,12 +196,15 @@ def json_capped(doc: dict, max_size: int, *, attachments: list[dict], defects: l
 
 def multipart_capped(doc: dict, max_size: int, *, parts: Callable[[dict], tuple[Fields, Files]],
                      attachments: list[dict], defects: list[str],
-                     boundary: str | None = None) -> Rendered:
+                     boundary: str | None = None, seed: str | None = None) -> Rendered:
     """`multipart(*parts(doc))`, shrunk under max_size by omitting attachment contents (their
-    file parts go; their metadata is marked omitted, reason "payload size cap")."""
+    file parts go; their metadata is marked omitted, reason "payload size cap"). The boundary:
+    `boundary`, else one made from `seed` (`seeded_boundary`: the same bytes on every retry),
+    else a random one."""
     while True:
         fields, files = parts(doc)
-        bnd = boundary or _new_boundary(fields, files)
+        bnd = boundary or (seeded_boundary(seed, fields, files) if seed is not None
+                           else _new_boundary(fields, files))
         body = _multipart_body(fields, files, bnd)
         excess = len(body) - max_size
         candidates = _largest_first(attachments)

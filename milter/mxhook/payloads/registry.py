@@ -1,27 +1,47 @@
-"""The payload names an admin can pick, each mapped to a document producer and an encoding.
-Pure.
+"""Which request body a target gets, and the one entry point per side that builds it. Pure:
+the caller passes the attempt's time and nonce and the reader of stored templates.
 
-- `INBOUND`: a rule's format (`json`, `multipart`, `raw`) -> `InboundFormat` (producer over an
-  `inbound.Delivery`, encoding of what it produced under the payload size cap).
-- `EVENT_VERSIONS`: an endpoint's payload version -> `EventVersion` (producer of the batch
-  document); `EVENT_ENCODINGS`: an endpoint's format (`json`, `form`) -> encoding.
+    inbound_request(target, delivery_id=, meta=, raw=, now=, nonce=, ...)   a rule's body
+    event_request(target, events, request_id=, now=, nonce=, ...)          an endpoint's body
 
-`render_inbound` and `render_events` are the one lookup the spooler, `mxhook endpoint test` and
-the tests use. A dialect or a template is one more producer (a module of its own) and one entry
-here; the names are also in the model (`model/rules.py` FORMATS, `model/endpoints.py` FORMATS and
-VERSIONS), which validates them without importing this layer, and a test keeps both the same.
+The spooler, `mxhook endpoint test` and the tests call these two. Each picks, in this order:
+1. the target's jinja2 template (`target.template`: a version in rules.db, read through the
+   caller's `templates` loader, compiled once per (owner kind, owner id, version));
+2. its dialect (`target.dialect`, other than native: `INBOUND_DIALECTS` / `EVENT_DIALECTS`, the
+   same names as the catalogue's, payloads/dialects/catalogue.py);
+3. the native body of its `format` (inbound) or payload version and `format` (events):
+   `render_inbound` / `render_events`, over these tables:
+   - `INBOUND`: a rule's format (`json`, `multipart`, `raw`) -> `InboundFormat` (producer over
+     an `inbound.Delivery`, encoding of what it produced under the payload size cap);
+   - `EVENT_VERSIONS`: an endpoint's payload version -> `EventVersion` (producer of the batch
+     document); `EVENT_ENCODINGS`: an endpoint's format (`json`, `form`) -> encoding.
+A body that cannot be made raises ValueError with a reason for the admin (TemplateError for a
+template: missing from rules.db, a render error); the spooler records it as a failed attempt.
+
+`event_types(target)` and `events_per_request(target)` are what the spooler fans out and
+batches by: the types the target's body has a place for, and 1 for a one-event-per-request
+dialect. The native names are also in the model (`model/rules.py` FORMATS, `model/endpoints.py`
+FORMATS and VERSIONS), which validates them without importing this layer; a test keeps both the
+same.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from mxhook.model.events import TYPES
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE
 from mxhook.model.targets import Target
-from mxhook.payloads import encodings, events, inbound
+from mxhook.payloads import encodings, events, inbound, templates
+from mxhook.payloads.dialects import (DEFAULT_MAX_PAYLOAD_SIZE, EventContext, InboundContext,
+                                      actionmailbox, catalogue, mailgun, msndr, paubox, postmark,
+                                      sendgrid, smtp2go)
 from mxhook.payloads.encodings import Rendered
+from mxhook.payloads.templates import Template, TemplateError
 
-DEFAULT_MAX_PAYLOAD_SIZE = 25 * 1024 * 1024
+# (owner kind: rule | endpoint, owner id, version) -> (content type, source), or None when
+# rules.db has no such version: store.rulesdb.Templates.get
+TemplateLoader = Callable[[str, "int | None", "int | None"], "tuple[str, str] | None"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,8 @@ def _native_json(doc: dict, *, max_payload_size: int) -> Rendered:
 def _native_multipart(doc: dict, *, max_payload_size: int) -> Rendered:
     msg = doc["message"]
     return encodings.multipart_capped(doc, max_payload_size, parts=inbound.form_parts,
-                                      attachments=msg["attachments"], defects=msg["defects"])
+                                      attachments=msg["attachments"], defects=msg["defects"],
+                                      seed=doc["id"])  # the delivery id: a retry sends the same bytes
 
 
 def _raw(doc: tuple, *, max_payload_size: int) -> Rendered:
@@ -104,3 +125,128 @@ def render_events(version: int, batch: Iterable[dict | events.V1Text], *, endpoi
     doc = entry.document(batch, tz=events.zone(endpoint_tz), batch_id=batch_id,
                          endpoint_id=endpoint_id, api_key=api_key)
     return encode(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dialects and templates: the entry points
+
+# dialect name -> (inbound.Delivery, InboundContext) -> Rendered
+INBOUND_DIALECTS: dict[str, Callable[..., Rendered]] = {
+    **sendgrid.INBOUND_DIALECTS,
+    mailgun.NAME: mailgun.inbound_request,
+    postmark.NAME: postmark.inbound_request,
+    actionmailbox.NAME: actionmailbox.inbound_request,
+}
+# dialect name -> (events, EventContext) -> Rendered
+EVENT_DIALECTS: dict[str, Callable[..., Rendered]] = {
+    module.NAME: module.event_request for module in (smtp2go, paubox, msndr, sendgrid, mailgun, postmark)
+}
+_SIDES = {"rule": catalogue.INBOUND, "endpoint": catalogue.EVENTS}
+_TEMPLATE_KINDS = {"rule": "inbound", "endpoint": "events"}
+_ALL_TYPES = frozenset(TYPES)
+
+
+def _dialect(target: Target, table: dict) -> Callable[..., Rendered] | None:
+    """The target's dialect renderer; None for native. ValueError (the catalogue's text) for a
+    name the catalogue does not have on this side."""
+    name = target.dialect or catalogue.NATIVE
+    if name == catalogue.NATIVE:
+        return None
+    catalogue.lookup(name, _SIDES[target.kind])
+    return table[name]
+
+
+def event_types(target: Target) -> frozenset[str]:
+    """The event types the target's body has a place for (every type for native and templates;
+    a dialect's EVENT_TYPES). ValueError for an unknown dialect."""
+    name = target.dialect or catalogue.NATIVE
+    if name == catalogue.NATIVE:
+        return _ALL_TYPES
+    types = catalogue.lookup(name, catalogue.EVENTS).event_types
+    return _ALL_TYPES if types is None else frozenset(types)
+
+
+def events_per_request(target: Target) -> int | None:
+    """1 when the target's dialect posts one event per request; None: batches (up to the
+    endpoint's max_events)."""
+    name = target.dialect or catalogue.NATIVE
+    if name == catalogue.NATIVE:
+        return None
+    return catalogue.lookup(name, catalogue.EVENTS).events_per_request
+
+
+# Compiled templates by (owner kind, owner id, version), each with the source it was compiled
+# from: a stored version does not change, but a cache that outlives one rules.db (tests, a
+# restored backup) must not hand out another database's template. Workers share it: a dict's
+# get and set are atomic, and two threads compiling one template at once store equal values.
+_COMPILED: dict[tuple[str, int | None, int | None], Template] = {}
+_COMPILED_MAX = 1024
+
+
+def _template(target: Target, loader: TemplateLoader | None) -> Template:
+    """The target's template, compiled; TemplateError when rules.db does not have it or it does
+    not compile (a broken template put there by hand)."""
+    key = (target.kind, target.id, target.template)
+    found = loader(*key) if loader is not None else None
+    if found is None:
+        raise TemplateError(f"template version {target.template} of {target.kind} {target.name} "
+                            "is not in rules.db")
+    content_type, source = found
+    cached = _COMPILED.get(key)
+    if cached is not None and cached.source == source and cached.content_type == content_type:
+        return cached
+    compiled = templates.compile_template(source, content_type, _TEMPLATE_KINDS[target.kind])
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.clear()
+    _COMPILED[key] = compiled
+    return compiled
+
+
+def inbound_request(target: Target, *, delivery_id: str, meta: dict, raw: bytes, now: float,
+                    nonce: str, recipients: Iterable[str] | None = None,
+                    templates_loader: TemplateLoader | None = None,
+                    max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE,
+                    max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+                    clock: Callable[[], float] | None = None) -> Rendered:
+    """The request body of one inbound delivery (one message, one rule) for this attempt:
+    the rule's template, else its dialect, else the native body of its format. `now`, `nonce`:
+    the attempt's time and random text (signatures); `recipients`: the envelope recipients the
+    rule matched (default: from meta["deliveries"] by the rule's name); `clock`: bounds a
+    template's render time. ValueError (TemplateError) when no body can be made, with the
+    reason; bad message content never raises."""
+    if target.template is not None:
+        template = _template(target, templates_loader)
+    else:
+        dialect = _dialect(target, INBOUND_DIALECTS)
+        if dialect is None:
+            return render_inbound(target.format, delivery_id=delivery_id, meta=meta, raw=raw,
+                                  target=target, recipients=recipients,
+                                  max_attachment_size=max_attachment_size,
+                                  max_payload_size=max_payload_size)
+    delivery = inbound.Delivery.of(delivery_id=delivery_id, meta=meta, raw=raw, target=target,
+                                   recipients=recipients)
+    ctx = InboundContext(now=now, nonce=nonce, max_attachment_size=max_attachment_size,
+                         max_payload_size=max_payload_size, signing_key=target.signing_key)
+    if target.template is not None:
+        return templates.inbound_request(template, delivery, ctx, clock=clock)
+    return dialect(delivery, ctx)
+
+
+def event_request(target: Target, batch: Iterable[dict | events.V1Text], *, request_id: str,
+                  now: float, nonce: str, version: int = 1, tz: str = "UTC",
+                  templates_loader: TemplateLoader | None = None,
+                  clock: Callable[[], float] | None = None) -> Rendered:
+    """The request body of one event batch (`request_id`: its webhook-id) for this attempt:
+    the endpoint's template, else its dialect, else the native body of its payload `version`
+    and format, times in `tz`. The batch is what the spooler made for the target: only the
+    types `event_types` gives, one event when `events_per_request` is 1. ValueError
+    (TemplateError) when no body can be made, with the reason."""
+    ctx = EventContext(request_id=request_id, now=now, nonce=nonce, endpoint_id=target.id,
+                       tz=events.zone(tz), api_key=target.api_key, signing_key=target.signing_key)
+    if target.template is not None:
+        return templates.event_request(_template(target, templates_loader), batch, ctx, clock=clock)
+    dialect = _dialect(target, EVENT_DIALECTS)
+    if dialect is None:
+        return render_events(version, batch, endpoint_tz=tz, fmt=target.format,
+                             batch_id=request_id, endpoint_id=target.id, api_key=target.api_key)
+    return dialect(list(batch), ctx)

@@ -8,7 +8,6 @@ they are two dialect names: `sendgrid` (parsed fields and attachment files) and 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 
 from mxhook.model.events import is_stored_time, us_from_iso
@@ -148,7 +147,7 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     parsed = {"fields": fields, "attachments": msg["attachments"]}
     return encodings.multipart_capped(parsed, ctx.max_payload_size, parts=parsed_parts,
                                       attachments=msg["attachments"], defects=msg["defects"],
-                                      boundary=boundary(delivery.id, *parsed_parts(parsed)))
+                                      boundary=encodings.seeded_boundary(delivery.id, *parsed_parts(parsed)))
 
 
 def raw_inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered:
@@ -158,7 +157,7 @@ def raw_inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rend
     first = _first_values((name, _utf8_safe(decode_field(name, value))) for name, value in header_fields)
     fields = [f for f in _common_fields(delivery, first) if f[0] != "cc"]  # raw has no `cc`
     fields.insert(1, ("email", to_text(delivery.raw)))
-    return encodings.multipart(fields, [], boundary=boundary(delivery.id, fields, []))
+    return encodings.multipart(fields, [], boundary=encodings.seeded_boundary(delivery.id, fields, []))
 
 
 def _first_values(headers) -> dict:
@@ -223,18 +222,6 @@ def parsed_parts(parsed: dict) -> tuple[Fields, Files]:
     if content_ids:
         fields.append(("content-ids", encodings.dumps(content_ids)))
     return fields, files
-
-
-def boundary(seed: str, fields: Fields, files: Files) -> str:
-    """A form-data boundary made from `seed` (the delivery id: the same body on every retry)
-    that occurs in none of the parts."""
-    for n in range(1000):
-        candidate = "mxhook-" + hashlib.blake2b(f"{seed}\x1f{n}".encode("utf-8", "replace"),
-                                                digest_size=16).hexdigest()
-        b = candidate.encode("ascii")
-        if not any(b in v.encode("utf-8") for _, v in fields) and not any(b in f[3] for f in files):
-            return candidate
-    raise AssertionError("no free boundary in 1000 tries")  # a 128-bit hash in every part: never
 
 
 # The inbound dialect names this module answers for (the registry's entries): SendGrid's one
