@@ -620,18 +620,21 @@ def test_denied_and_event_records(tmp_path):
         assert logs.counts(st)["events"] == 1
 
 
-def test_render_failure_fails_that_delivery_only(rx, tmp_path):
+def test_render_failure_fails_that_delivery_only(rx, tmp_path, monkeypatch):
     """Injected renderer fault (the only stubbed renderer in these tests)."""
     from mxhook.payloads import registry
 
-    def render(fmt, **kw):
-        if kw["target"].name == "broken":
-            raise RuntimeError("template exploded")
-        return registry.render_inbound(fmt, **kw)
+    real = registry.inbound_request
 
+    def render(target, **kw):
+        if target.name == "broken":
+            raise RuntimeError("template exploded")
+        return real(target, **kw)
+
+    monkeypatch.setattr(registry, "inbound_request", render)
     cfg = make_cfg(tmp_path)
     rid = write_inbound(cfg, target(rx, "/a", name="broken"), target(rx, "/b", name="fine"))
-    run_once(cfg, render=render)
+    run_once(cfg)
     assert delivery(cfg, f"{rid}-broken")["status"] == "failed"
     assert "template exploded" in delivery(cfg, f"{rid}-broken")["last_error"]
     assert delivery(cfg, f"{rid}-fine")["status"] == "succeeded"

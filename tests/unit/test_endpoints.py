@@ -26,7 +26,7 @@ def test_categories_canonical_order_and_types():
     ep = endpoints.validate(Endpoint(Destination(URL),
                                      categories=endpoints.parse_categories(" Blocks,bounces ")))
     assert ep.categories == ("bounces", "blocks")
-    assert ep.types == {"bounced", "failed", "blocked", "registered", "deleted"}
+    assert ep.types == {"bounced", "blocked", "registered", "deleted"}
     assert ep.wants("bounced") and not ep.wants("succeeded")
     assert endpoints.parse_categories("") == endpoints.CATEGORIES
 

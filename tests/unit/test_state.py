@@ -584,7 +584,11 @@ def test_state_db_of_a_newer_mxhook_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Issue 3 leftovers: recipient-less expiry, block list address, DSN join by Message-ID
 
-EP_FAILS = Endpoint(Destination("https://h.example/f"), id=4, categories=("bounces",))
+EP_FAILS = Endpoint(Destination("https://h.example/f"), id=4, categories=("bounces", "deliveries"))
+
+
+def FAILURES(ep):  # what the spooler's `wants` gives for a dialect that sends failures only
+    return frozenset({"bounced", "failed"})
 
 
 def test_expiry_without_recipient_applies_to_open_recipients(store):
@@ -597,11 +601,11 @@ def test_expiry_without_recipient_applies_to_open_recipients(store):
     # delivered to an alias target: orig_recipient is the address the application used
     done_c = event("s2", "succeeded", at="2026-11-22T12:00:06.000000Z", queue_id="Q9",
                    recipient="target@y.example", orig_recipient="C@x.example")
-    ingest.records(store, [old] + queued + [done_a, done_c], endpoints=[EP_FAILS])
+    ingest.records(store, [old] + queued + [done_a, done_c], endpoints=[EP_FAILS], wants=FAILURES)
     expiry = event("18ea5c9a1d3f2000aaaaaaaaaaaa", "failed", at="2026-11-27T12:00:00.000000Z",
                    queue_id="Q9", recipient=None, reason="expired")
-    assert ingest.records(store, [expiry], endpoints=[EP_FAILS]) == 3  # stored as came + b and d
-    assert ingest.records(store, [expiry], endpoints=[EP_FAILS]) == 0  # idempotent
+    assert ingest.records(store, [expiry], endpoints=[EP_FAILS], wants=FAILURES) == 3  # stored as came + b and d
+    assert ingest.records(store, [expiry], endpoints=[EP_FAILS], wants=FAILURES) == 0  # idempotent
     rows = logs.event_log(store, limit=None)
     assert sorted(r["recipient"] for r in rows) == ["b@x.example", "d@x.example"]
     assert all(r["type"] == "failed" and r["endpointId"] == 4 for r in rows)
@@ -622,7 +626,7 @@ def test_expiry_in_the_same_ingest_as_its_queued_events(store):
             event("b1", "bounced", at="2026-11-22T12:00:01.000000Z", queue_id="QZ", recipient="a@x.example",
                   bounce_type="soft"),
             event("f0", "failed", at="2026-11-27T12:00:00.000000Z", queue_id="QZ", recipient=None)]
-    ingest.records(store, recs, endpoints=[EP_FAILS])
+    ingest.records(store, recs, endpoints=[EP_FAILS], wants=FAILURES)
     assert [(r["type"], r["recipient"]) for r in logs.event_log(store, limit=None)] == [
         ("failed", "b@x.example"), ("bounced", "a@x.example")]
 
@@ -634,12 +638,12 @@ def test_expiry_matches_recipients_whatever_the_form_of_their_domain(store):
             event("s1", "succeeded", at="2026-11-22T12:00:01.000000Z", queue_id="QU",
                   recipient="a@xn--bcher-kva.example."),
             event("f0", "failed", at="2026-11-27T12:00:00.000000Z", queue_id="QU", recipient=None)]
-    ingest.records(store, recs, endpoints=[EP_FAILS])
+    ingest.records(store, recs, endpoints=[EP_FAILS], wants=FAILURES)
     assert [(r["type"], r["recipient"]) for r in logs.event_log(store, limit=None)] == [("failed", "b@x.example")]
 
 
 def test_expiry_of_an_unknown_queue_id_is_sent_without_recipient(store):
-    ingest.records(store, [event("f0", "failed", queue_id="QU", recipient=None)], endpoints=[EP_FAILS])
+    ingest.records(store, [event("f0", "failed", queue_id="QU", recipient=None)], endpoints=[EP_FAILS], wants=FAILURES)
     (row,) = logs.event_log(store)
     assert (row["id"], row["recipient"]) == ("f0", None)
 

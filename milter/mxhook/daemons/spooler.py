@@ -83,6 +83,7 @@ import gc
 import logging
 import os
 import random
+import secrets
 import signal
 import sqlite3
 import sys
@@ -140,17 +141,19 @@ def registered_event(bounce: dict, at: str) -> dict:
                  at=at, source=source, reason="hard bounce").to_meta()
 
 
-# The payload layer is imported late: MIME parsing is only needed once we post.
-def _default_render_events(version: int, events: list, **kw):
+def _registry():
+    """The payload registry, imported when first needed: MIME parsing only matters once we post."""
     from mxhook.payloads import registry
 
-    return registry.render_events(version, events, **kw)
+    return registry
 
 
-def _default_render(fmt: str, **kw):
-    from mxhook.payloads import registry
-
-    return registry.render_inbound(fmt, **kw)
+def _payload_name(target: Target, native: str) -> str:
+    """How a render error names a target's payload ("cannot render the ... payload"): its
+    template's version, its dialect, or `native`."""
+    if target.template is not None:
+        return f"template v{target.template}"
+    return native if target.dialect in (None, "native") else target.dialect
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,7 @@ class SpoolerSettings(config_mod.FromConfig):
 
 
 class Spooler:
-    def __init__(self, cfg: config_mod.Config, *, render: Callable | None = None,
-                 render_events: Callable | None = None,
+    def __init__(self, cfg: config_mod.Config, *,
                  session_factory: Callable | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random):
@@ -190,8 +192,8 @@ class Spooler:
         self.scale = settings.retry_time_scale
         # days without a successful attempt after which a rule/endpoint is disabled (0 = never)
         self.disable_after_days = settings.disable_after_days
-        self.render = render or _default_render
-        self.render_events = render_events or _default_render_events
+        # the rules' and endpoints' templates, read by the workers as they render (cached)
+        self.templates = db_mod.Templates(cfg.rules_db)
         self.block_hard_bounces = settings.blocklist
         # every post goes through the SSRF guard, with the admin's allowlist
         self.session_factory = session_factory or (lambda: webhook.make_session(settings.allow_networks))
@@ -267,6 +269,7 @@ class Spooler:
         self.state.close()
         self.endpoints.close()
         self.signing_keys.close()
+        self.templates.close()
         self.health.close()
 
     # 1. ingest: take -> store.ingest -> finish ----------------------------------------
@@ -295,7 +298,8 @@ class Spooler:
         records, paths, raw_meta = batch.records, batch.files, batch.raw_meta
         endpoints = list(self.current_endpoints().values())
         kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
-              "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints)}
+              "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints),
+              "wants": _registry().wanted_types}
         if any(r.kind == "inbound" for r in records):
             self._inbound_due_at = 0.0
         try:
@@ -389,76 +393,103 @@ class Spooler:
         return [self._delivery_dispatch(d) for d in due]
 
     def _delivery_dispatch(self, d: DueDelivery) -> Dispatch:
-        fmt = d.target.format
-
         def render():
             if d.raw is None:
                 raise pipeline.Unsendable("message body is no longer stored")
-            return self.render(
-                fmt, delivery_id=d.id, meta=d.meta, raw=d.raw, target=d.target,
-                recipients=d.recipients, max_attachment_size=self.max_attachment_size,
-                max_payload_size=self.max_payload_size,
-            )
+            return self._rendered(lambda: _registry().inbound_request(
+                d.target, delivery_id=d.id, meta=d.meta, raw=d.raw, recipients=d.recipients,
+                **self._attempt_context(), max_attachment_size=self.max_attachment_size,
+                max_payload_size=self.max_payload_size))
         return Dispatch(
             id=d.id, target=d.target, attempts=d.attempts, first_attempt_at=d.first_attempt_at,
             owner=("rule", statedb.rule_ref(d.target.id, d.rule_name)),
-            label=f"delivery {d.id} rule={d.rule_name}", payload=fmt, render=render,
+            label=f"delivery {d.id} rule={d.rule_name}",
+            payload=_payload_name(d.target, d.target.format), render=render,
         )
+
+    def _attempt_context(self) -> dict:
+        """(worker thread) What an attempt's body is rendered with besides its content: the
+        time, a fresh nonce (signatures: the randomness lives here, the payloads are pure), the
+        stored templates, the clock that bounds a template's render."""
+        return {"now": self.clock(), "nonce": secrets.token_hex(16),
+                "templates_loader": self.templates.get, "clock": self.monotonic}
+
+    @staticmethod
+    def _rendered(render: Callable[[], pipeline.Body]) -> pipeline.Body:
+        """(worker thread) `render()`; rules.db unreadable while a template is read: the attempt
+        is deferred (pipeline.NotNow), not failed: the template is there, just not readable now."""
+        try:
+            return render()
+        except sqlite3.Error as exc:
+            raise pipeline.NotNow(f"cannot read the template from rules.db: {exc}") from None
 
     def pick_batches(self, *, flush: bool = False) -> list[Dispatch]:
         """Make due batches and pick the open ones that are due, as many as the pool has room
-        for (at most one batch per endpoint open at a time). `flush`: make a batch of whatever
-        is pending, due or not (--once)."""
+        for. A batching endpoint has one open batch at a time (its events in order); a
+        one-event-per-request one up to model.batching.open_limit, each of one event.
+        `flush`: make batches of whatever is pending, due or not (--once)."""
         free = self.capacity - len(self.inflight)
         if self.stopping or free <= 0:
             return []
         try:
             eps = self.current_endpoints()
             now = self.clock()
-            open_batches = self.state.open_batches()
-            # an endpoint whose batch is posting, or whose result is not written yet, waits
-            settling = {r.delivery_id for r in self._unrecorded}
-            busy = {d.target.id for d in self.inflight.values() if d.target.kind == "endpoint"}
-            busy |= {i for i, b in open_batches.items() if b.id in settling}
-            candidates = [i for i, ep in eps.items()
-                          if ep.enabled and i not in busy and i not in open_batches]
-            pending = {i: self.state.pending_stats(i, eps[i].max_events) for i in candidates}
-            make = batching.due_batches(pending, eps, now, flush=flush)
-            for endpoint_id in make:
-                ep = eps[endpoint_id]
-                batch = self.state.create_batch(endpoint_id, ep.max_events, now, url=ep.destination.url)
-                if batch is not None:
-                    open_batches[endpoint_id] = batch
+            open_batches: dict[int, list[EventBatch]] = {}
+            for batch in self.state.open_batch_list():
+                open_batches.setdefault(batch.endpoint_id, []).append(batch)
+            shapes = {i: _batch_shape(ep) for i, ep in eps.items() if ep.enabled}
+            # room for more open batches (one posting, or with its result not written yet, is
+            # still open in state.db)
+            room = {i: limit - len(open_batches.get(i, ())) for i, (_, limit) in shapes.items()}
+            candidates = [i for i, r in room.items() if r > 0]
+            pending = {i: self.state.pending_stats(i, shapes[i][0] * room[i]) for i in candidates}
+            sizes = {i: shapes[i][0] for i in candidates}
+            for endpoint_id in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes):
+                ep, size = eps[endpoint_id], sizes[endpoint_id]
+                for _ in range(batching.batches_to_make(pending[endpoint_id][0], size, room[endpoint_id])):
+                    batch = self.state.create_batch(endpoint_id, size, now, url=ep.destination.url)
+                    if batch is None:
+                        break
+                    open_batches.setdefault(endpoint_id, []).append(batch)
                     log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
-            due_at = iso(now)
-            picked = []
-            for endpoint_id in sorted(open_batches):
-                ep = eps.get(endpoint_id)
-                batch = open_batches[endpoint_id]
-                if ep is None or not ep.enabled or endpoint_id in busy:
-                    continue
-                if (batch.next_attempt_at or "") > due_at:
-                    continue
-                if len(picked) >= free:
-                    break
-                batch.events = self.state.batch_events(batch, rendered=True)
-                picked.append(self._batch_dispatch(batch, ep))
-            return picked
+            return self._due_batches(open_batches, eps, shapes, iso(now), free)
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read event batches from state.db")
             return []
 
+    def _due_batches(self, open_batches: dict[int, list[EventBatch]], eps: dict[int, Endpoint],
+                     shapes: dict[int, tuple[int, int]], due_at: str, free: int) -> list[Dispatch]:
+        """The open batches to post now, up to `free`: due, not posting, result written. A
+        batching endpoint's first open batch only, and none while it is posting or settling."""
+        taken = {d.id for d in self.inflight.values()} | {r.delivery_id for r in self._unrecorded}
+        picked = []
+        for endpoint_id in sorted(open_batches):
+            if endpoint_id not in shapes:  # removed or disabled: its batches wait
+                continue
+            ep, limit = eps[endpoint_id], shapes[endpoint_id][1]
+            for batch in open_batches[endpoint_id][:limit]:
+                if batch.id in taken or (batch.next_attempt_at or "") > due_at:
+                    if limit == 1:
+                        break
+                    continue
+                if len(picked) >= free:
+                    return picked
+                batch.events = self.state.batch_events(batch, rendered=True)
+                picked.append(self._batch_dispatch(batch, ep))
+        return picked
+
     def _batch_dispatch(self, batch: EventBatch, ep: Endpoint) -> Dispatch:
+        target = ep.target
+
         def render():
-            return self.render_events(
-                ep.version, batch.events, endpoint_tz=ep.timezone, fmt=ep.destination.format,
-                batch_id=batch.id, endpoint_id=ep.id, api_key=ep.destination.api_key,
-            )
+            return self._rendered(lambda: _registry().event_request(
+                target, batch.events, request_id=batch.id, version=ep.version, tz=ep.timezone,
+                **self._attempt_context()))
         return Dispatch(
-            id=batch.id, target=ep.target, attempts=batch.attempts,
+            id=batch.id, target=target, attempts=batch.attempts,
             first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),
-            label=f"event batch {batch.id} endpoint={ep.id} events={batch.size}", payload="event",
-            render=render,
+            label=f"event batch {batch.id} endpoint={ep.id} events={batch.size}",
+            payload=_payload_name(target, "event"), render=render,
         )
 
     def _session(self):
@@ -555,7 +586,8 @@ class Spooler:
             try:
                 endpoints = list(self.current_endpoints().values())
                 ingest.finish_blocks(self.state, done, now=self.clock(), endpoints=endpoints,
-                                     prerender=event_payloads.prerenderer(endpoints))
+                                     prerender=event_payloads.prerenderer(endpoints),
+                                     wants=_registry().wanted_types)
             except sqlite3.Error as exc:
                 _state_error(exc, "cannot record block list results in state.db (will redo)")
                 return 0
@@ -727,6 +759,15 @@ class Spooler:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
         log.info("stopped")
+
+
+def _batch_shape(ep: Endpoint) -> tuple[int, int]:
+    """(events per batch, open batches allowed) for an endpoint's payload (model.batching)."""
+    try:
+        per_request = _registry().events_per_request(ep.target)
+    except ValueError:  # an unknown dialect: batches as native; rendering says what is wrong
+        per_request = None
+    return batching.batch_size(ep.max_events, per_request), batching.open_limit(per_request)
 
 
 def _target_key(target: Target) -> tuple:

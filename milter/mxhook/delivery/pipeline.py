@@ -50,6 +50,11 @@ class Unsendable(Exception):
     with this text."""
 
 
+class NotNow(Exception):
+    """Raised by a dispatch's `render` when its body cannot be made now but may be later (the
+    template could not be read from rules.db): the attempt is `deferred` with this text."""
+
+
 @dataclass
 class Dispatch:
     id: str  # the webhook-id: a delivery id, or an event batch id (statedb.BATCH_PREFIX)
@@ -58,8 +63,8 @@ class Dispatch:
     first_attempt_at: str | None
     owner: tuple[str, str]  # (kind, ref) in target_health: whose health an attempt counts for
     label: str  # how log lines name it: "delivery <id> rule=<name>", "event batch <id> ..."
-    payload: str  # how a render error names the payload: its format, or "event"
-    render: Callable[[], Body]  # called on a worker thread; may raise Unsendable
+    payload: str  # how a render error names the payload: its format or "event", dialect, template
+    render: Callable[[], Body]  # called on a worker thread; may raise Unsendable, NotNow
 
     @property
     def noun(self) -> str:
@@ -86,6 +91,12 @@ def attempt(dispatch: Dispatch, send: Send, clock: Callable[[], float]) -> Attem
             body = dispatch.render()
         except Unsendable as exc:
             return Attempt(dispatch, Outcome("failed", error=str(exc)), started)
+        except NotNow as exc:
+            return Attempt(dispatch, Outcome("deferred", error=str(exc)), started)
+        except ValueError as exc:  # the payloads' word for a body that cannot be made (a template's error)
+            log.warning("%s: cannot render the %s payload: %s", dispatch.label, dispatch.payload, exc)
+            return Attempt(dispatch, Outcome("failed", error=f"cannot render the {dispatch.payload} "
+                                                             f"payload: {exc}"), started)
         except Exception as exc:
             log.exception("%s %s: cannot render the %s payload", dispatch.noun, dispatch.id, dispatch.payload)
             return Attempt(dispatch, Outcome("failed", error=f"cannot render the {dispatch.payload} payload: "

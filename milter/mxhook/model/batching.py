@@ -1,10 +1,19 @@
-"""When an event endpoint's pending events make a batch. Pure: the caller passes the time.
+"""When an event endpoint's pending events make a batch, and how many may be open. Pure: the
+caller passes the time and what the endpoint's payload posts per request.
 
-An endpoint gets a batch when `max_events` of its events are pending, or when the oldest
-pending one has waited `interval` seconds (model.endpoints). A disabled endpoint gets none, and
-neither does a busy one (its open batch is not settled yet: events reach an endpoint in order,
-one batch at a time). A flush (`mxhook-spooler --once`) makes a batch of whatever is pending,
-due or not.
+An endpoint gets a batch when its batch size of events are pending, or when the oldest
+pending one has waited `interval` seconds (model.endpoints). The batch size is `max_events`, or
+1 for a payload that posts one event per request (`batch_size`). A disabled endpoint gets none,
+and neither does a busy one: one whose open batches (posting, or waiting for a retry) are as
+many as `open_limit` allows. A flush (`mxhook-spooler --once`) makes batches of whatever is
+pending, due or not.
+
+Order. A batching endpoint has one open batch at a time, so its events arrive in order. A
+one-event-per-request endpoint (the smtp2go, paubox, msndr, mailgun and postmark dialects)
+would get one event per round trip that way, far below the rate mail makes them: it may have
+up to UNORDERED_IN_FLIGHT single-event batches open at once, so its events may arrive out of
+order (and a retried one after later ones), as they do from the systems those dialects copy,
+none of which promises an order (docs/payloads.md, "Order").
 """
 from __future__ import annotations
 
@@ -19,6 +28,25 @@ class BatchPolicy(Protocol):
     max_events: int
 
 
+UNORDERED_IN_FLIGHT = 4
+
+
+def batch_size(max_events: int, events_per_request: int | None) -> int:
+    """Events per batch: the payload's events per request, else the endpoint's max_events."""
+    return events_per_request or max_events
+
+
+def open_limit(events_per_request: int | None) -> int:
+    """How many batches an endpoint may have open at once (module docstring, "Order")."""
+    return UNORDERED_IN_FLIGHT if events_per_request == 1 else 1
+
+
+def batches_to_make(count: int, size: int, room: int) -> int:
+    """How many batches `count` pending events make (a due endpoint) with `room` more open
+    batches allowed: at least one, each of up to `size` events."""
+    return max(1, min(room, -(-count // size)))
+
+
 def batch_due(count: int, oldest_added: float | None, *, interval: float, max_events: int,
               now: float) -> bool:
     """Whether `count` pending events make a batch at `now`: `max_events` are pending, or the
@@ -31,18 +59,22 @@ def batch_due(count: int, oldest_added: float | None, *, interval: float, max_ev
 
 
 def due_batches(pending: Mapping[int, tuple[int, float | None]], endpoints: Mapping[int, BatchPolicy],
-                now: float, *, busy=frozenset(), flush: bool = False) -> list[int]:
-    """The endpoints (ids, in id order) for which a batch is to be made at `now`. `pending`
-    maps an endpoint id to (pending count, capped at max_events; when the oldest became
-    pending); unknown and disabled endpoints and those in `busy` get none. `flush`: every
-    other endpoint with anything pending gets one."""
+                now: float, *, busy=frozenset(), flush: bool = False,
+                sizes: Mapping[int, int] | None = None) -> list[int]:
+    """The endpoints (ids, in id order) for which batches are to be made at `now`. `pending`
+    maps an endpoint id to (pending count, capped at what its batches can take; when the
+    oldest became pending); unknown and disabled endpoints and those in `busy` get none.
+    `sizes`: an endpoint's batch size where it is not its max_events (`batch_size`). `flush`:
+    every other endpoint with anything pending gets them."""
     out = []
     for endpoint_id in sorted(pending):
         ep = endpoints.get(endpoint_id)
         if ep is None or not ep.enabled or endpoint_id in busy:
             continue
         count, oldest = pending[endpoint_id]
-        if count > 0 and (flush or batch_due(count, oldest, interval=ep.interval,
-                                             max_events=ep.max_events, now=now)):
+        if count > 0 and (flush or batch_due(
+                count, oldest, interval=ep.interval,
+                max_events=sizes.get(endpoint_id, ep.max_events) if sizes else ep.max_events,
+                now=now)):
             out.append(endpoint_id)
     return out

@@ -27,9 +27,9 @@ BOUNCE_TYPES = ("hard", "soft")
 SOURCES = ("milter", "log", "dsn", "cli", "api")
 
 # Endpoint filter categories -> event types.
-CATEGORIES: dict[str, tuple[str, ...]] = {
-    "bounces": ("bounced", "failed"),
-    "deliveries": ("queued", "succeeded", "deferred"),
+CATEGORIES: dict[str, tuple[str, ...]] = {  # seed 000's grouping: failed is a delivery status
+    "bounces": ("bounced",),
+    "deliveries": ("queued", "succeeded", "deferred", "failed"),
     "blocks": ("blocked", "registered", "deleted"),
 }
 _CATEGORY_OF = {t: c for c, types in CATEGORIES.items() for t in types}

@@ -250,3 +250,13 @@ def event_request(target: Target, batch: Iterable[dict | events.V1Text], *, requ
         return render_events(version, batch, endpoint_tz=tz, fmt=target.format,
                              batch_id=request_id, endpoint_id=target.id, api_key=target.api_key)
     return dialect(list(batch), ctx)
+
+
+def wanted_types(endpoint) -> frozenset[str]:
+    """The event types an endpoint (model.endpoints.Endpoint) is sent: those of its categories
+    that its body has a place for. An unknown dialect keeps every type of its categories:
+    rendering then fails each attempt with the reason (and the events stay replayable)."""
+    try:
+        return endpoint.types & event_types(endpoint.target)
+    except ValueError:
+        return endpoint.types

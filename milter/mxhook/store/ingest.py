@@ -104,14 +104,16 @@ def _insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple]) -> None
 def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoints: Iterable = (),
             block_hard_bounces: bool = False,
             raw_meta: dict[str, str] | None = None,
-            prerender: Callable[[dict], str] | None = None) -> int:
+            prerender: Callable[[dict], str] | None = None,
+            wants: Callable[[object], frozenset[str]] | None = None) -> int:
     """Insert spool records (`spooled`) in one transaction; returns how many were new.
     Re-ingesting a record is harmless (INSERT OR IGNORE on its id). Raises RecordError (and
     writes nothing) when a record fails `check_record`.
 
     `event` records are fanned out to `endpoints` (endpoints.Endpoint objects; disabled
-    ones are skipped): one event_deliveries row per endpoint whose categories include the
-    event's type. With `block_hard_bounces`, a hard `bounced` event is marked for the
+    ones are skipped): one event_deliveries row per endpoint that wants the event's type:
+    `wants(endpoint)` gives the types (the caller's: its categories' types that its payload
+    has a place for, payloads.registry.wanted_types); default: its categories' types. With `block_hard_bounces`, a hard `bounced` event is marked for the
     block list (`pending_blocks`). A record the caller checked already (the spooler's reader
     does, file by file, to quarantine bad ones) has its `typed` metadata and is not checked
     again. `raw_meta`: record id
@@ -122,8 +124,7 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
             check_record(record)
     at = iso(now)
     added = time.time() if now is None else to_datetime(now).timestamp()
-    endpoints = list(endpoints)
-    fanout = _fanout(endpoints)
+    fanout = _fanout(endpoints, wants)
     new = 0
     fresh = _Fresh()
     with transaction(store.conn) as conn:
@@ -150,8 +151,10 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     return new
 
 
-def _fanout(endpoints: Iterable) -> list[tuple[int, frozenset]]:
-    return [(ep.id, ep.types) for ep in endpoints if getattr(ep, "enabled", True)]
+def _fanout(endpoints: Iterable, wants: Callable[[object], frozenset[str]] | None
+            ) -> list[tuple[int, frozenset]]:
+    return [(ep.id, wants(ep) if wants else ep.types) for ep in endpoints
+            if getattr(ep, "enabled", True)]
 
 
 def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added: float,
@@ -367,15 +370,15 @@ def pending_blocks(store: StateStore, limit: int = 500) -> list[dict]:
 
 
 def finish_blocks(store: StateStore, done: list[tuple[str, dict | None]], *, now=None,
-                  endpoints: Iterable = (), prerender: Callable[[dict], str] | None = None) -> int:
+                  endpoints: Iterable = (), prerender: Callable[[dict], str] | None = None,
+                  wants: Callable[[object], frozenset[str]] | None = None) -> int:
     """Mark hard bounces as handled; each may bring its `registered` event (an event dict
     with an `id`), which is stored and fanned out like an ingested one, in the same
     transaction. Returns how many registered events were new. `prerender`: see
-    StateStore.remember."""
+    StateStore.remember; `wants`: see `records`."""
     at = iso(now)
     added = time.time() if now is None else to_datetime(now).timestamp()
-    endpoints = list(endpoints)
-    fanout = _fanout(endpoints)
+    fanout = _fanout(endpoints, wants)
     events = [(Event.from_meta(e, e["id"]), e, b"", None) for _, e in done if e is not None]
     fresh = _Fresh()
     with transaction(store.conn) as conn:

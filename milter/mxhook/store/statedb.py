@@ -755,6 +755,13 @@ class StateStore:
             out.setdefault(row[1], EventBatch(*row))
         return out
 
+    def open_batch_list(self) -> list[EventBatch]:
+        """Every open (queued or deferred) batch, oldest first (an endpoint may have several:
+        model.batching.open_limit)."""
+        return [EventBatch(*row) for row in self.conn.execute(
+            f"SELECT {self._BATCH_COLUMNS} FROM event_batches"
+            " WHERE status IN ('queued', 'deferred') ORDER BY created, id")]
+
     def batch(self, batch_id: str) -> EventBatch | None:
         row = self.conn.execute(
             f"SELECT {self._BATCH_COLUMNS} FROM event_batches WHERE id = ?", (batch_id,)
