@@ -56,3 +56,24 @@ def test_flush_makes_a_batch_of_whatever_is_pending():
     assert due_batches(pending, eps, T0) == []
     assert due_batches(pending, eps, T0, flush=True) == [1]
     assert due_batches(pending, eps, T0, flush=True, busy={1}) == []
+
+
+def test_batch_size_and_open_limit_by_events_per_request():
+    from mxhook.model.batching import UNORDERED_IN_FLIGHT, batch_size, batches_to_make, open_limit
+
+    assert batch_size(1000, None) == 1000 and batch_size(1000, 1) == 1
+    assert open_limit(None) == 1  # batches: one open at a time, events in order
+    assert open_limit(1) == UNORDERED_IN_FLIGHT > 1  # one per request: several in flight
+    assert batches_to_make(10, 1, 4) == 4 and batches_to_make(2, 1, 4) == 2
+    assert batches_to_make(2500, 1000, 1) == 1 and batches_to_make(0, 1, 4) == 1
+
+
+def test_due_batches_with_a_batch_size_of_one_is_due_at_once():
+    from types import SimpleNamespace
+
+    from mxhook.model.batching import due_batches
+
+    eps = {1: SimpleNamespace(enabled=True, interval=600, max_events=1000),
+           2: SimpleNamespace(enabled=True, interval=600, max_events=1000)}
+    pending = {1: (1, 100.0), 2: (1, 100.0)}
+    assert due_batches(pending, eps, 101.0, sizes={1: 1}) == [1]

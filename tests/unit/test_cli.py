@@ -1012,6 +1012,20 @@ def test_endpoint_test_posts_a_sample_through_the_delivery_client(env):
         assert rx.wait_for(1, path="/down")[0].headers["Content-Type"] == "application/x-www-form-urlencoded"
 
 
+def test_endpoint_test_renders_the_endpoint_dialect(env):
+    """The sample goes through the spooler's entry point: the endpoint's dialect, and only a
+    type that dialect sends."""
+    from tests.support.receiver import Receiver
+
+    with Receiver() as rx:
+        env.ok("endpoint", "add", rx.url + "/pm", "--allow-http", "--dialect", "postmark")
+        env.ok("endpoint", "test", "1")
+        (req,) = rx.wait_for(1, path="/pm")
+        assert req.json()["RecordType"] == "Bounce"
+        res = env.run("endpoint", "test", "1", "--type", "queued")
+        assert res.exit_code == 2 and "the postmark dialect sends no queued events" in res.stderr
+
+
 # -- block list ------------------------------------------------------------------------------
 
 def spooled_events(env):

@@ -9,10 +9,11 @@ same body on every attempt (but for documented per-attempt fields), one event pe
 batches up to the largest batch size, event types a dialect does not send, and the content
 type.
 
-`EVENT_DIALECTS` and `INBOUND_DIALECTS` are the one list of what runs; what a dialect
-documents differently from the rest is in the few tables after them, keyed by name, each entry
-saying where it is documented. A module in payloads/dialects that is not in the lists fails
-test_every_dialect_module_runs_the_suite.
+`EVENT_DIALECTS` and `INBOUND_DIALECTS` are what runs: every dialect of the catalogue, the
+native formats and a template, each rendered through the registry's entry point as the spooler
+renders it (payloads/registry.py); what a dialect documents differently from the rest is in the
+few tables after them, keyed by name, each entry saying where it is documented. A module in
+payloads/dialects the registry does not render with fails test_every_dialect_module_runs_the_suite.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
-import sys
 from email.utils import parseaddr
 
 import pytest
@@ -29,10 +29,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from mxhook.model.endpoints import MAX_EVENTS_RANGE
 from mxhook.model.events import TYPES
 from mxhook.model.rules import Rule
-from mxhook.model.targets import Destination
+from mxhook.model.targets import Destination, Target
 from mxhook.payloads import dialects as dialects_package, inbound, registry, templates
-from mxhook.payloads.dialects import (EventContext, InboundContext, actionmailbox, mailgun, msndr,
-                                      paubox, postmark, sendgrid, smtp2go)
+from mxhook.payloads.dialects import EventContext, InboundContext, catalogue
 from mxhook.payloads.encodings import Rendered, quote_param
 from mxhook.payloads.events import sample_event, v1_text
 from tests.unit.dialect_conformance_support import (carries_bytes, decode, encoded_word, media_type,
@@ -43,64 +42,73 @@ from tests.unit.seed_dialect_cases import EVENTS as EVENT_CASES
 # What runs
 
 
-def _native_events(fmt: str):
-    def render(events, ctx: EventContext):
-        return registry.render_events(1, events, fmt=fmt, batch_id=ctx.request_id,
-                                      endpoint_id=ctx.endpoint_id, api_key=ctx.api_key)
-    return render
-
-
-def _native_inbound(fmt: str):
-    entry = registry.INBOUND[fmt]
-
-    def render(delivery: inbound.Delivery, ctx: InboundContext):
-        doc = entry.document(delivery, max_attachment_size=ctx.max_attachment_size)
-        return entry.encode(doc, max_payload_size=ctx.max_payload_size)
-    return render
-
-
-def _mailgun_mime(delivery: inbound.Delivery, ctx: InboundContext):
-    """Mailgun's raw-MIME variant: the same dialect, for a URL ending in `mime`."""
-    target = dataclasses.replace(delivery.target, url=delivery.target.url + "/mime")
-    return mailgun.inbound_request(dataclasses.replace(delivery, target=target), ctx)
-
-
-EVENT_TEMPLATE = templates.compile_template(
+EVENT_TEMPLATE_SOURCE = (
     '{"batch": "{{ batch_id }}", "count": {{ count }}, "events": [{% for e in events %}'
     '{"id": "{{ e.id }}", "type": "{{ e.type }}", "at": "{{ e.at }}", "to": "{{ e.recipient }}", '
     '"subject": "{{ e.subject }}", "reply": {{ e.reply|tojson }}}'
-    '{% if not loop.last %},{% endif %}{% endfor %}]}', templates.JSON, "events")
-INBOUND_TEMPLATE = templates.compile_template(
+    '{% if not loop.last %},{% endif %}{% endfor %}]}')
+INBOUND_TEMPLATE_SOURCE = (
     '{"id": "{{ id }}", "rcpt": {{ envelope.recipients|tojson }}, "from": {{ message.from|tojson }}, '
     '"to": {{ message.to|tojson }}, "cc": {{ message.cc|tojson }}, "subject": {{ message.subject|tojson }}, '
     '"text": "{{ message.text }}", "html": {{ message.html|tojson }}, "files": [{% for a in message.attachments %}'
     '{"name": {{ a.filename|tojson }}, "content": {{ a.content|tojson }}, '
-    '"omitted": {{ a.omitted_reason|default(none)|tojson }}}{% if not loop.last %},{% endif %}{% endfor %}]}',
-    templates.JSON, "inbound")
+    '"omitted": {{ a.omitted_reason|default(none)|tojson }}}{% if not loop.last %},{% endif %}{% endfor %}]}')
+EVENT_OWNER, RULE_OWNER = 3, 9
+# What rules.db holds for the suite's template targets (version 1 of each owner's template)
+STORED_TEMPLATES = {("endpoint", EVENT_OWNER, 1): (templates.JSON, EVENT_TEMPLATE_SOURCE),
+                    ("rule", RULE_OWNER, 1): (templates.JSON, INBOUND_TEMPLATE_SOURCE)}
 
-# name -> (events, EventContext) -> Rendered
+
+def _stored_template(kind, owner_id, version):
+    return STORED_TEMPLATES.get((kind, owner_id, version))
+
+
+ENDPOINT = Target.of("endpoint", EVENT_OWNER, f"endpoint-{EVENT_OWNER}", Destination("https://app.example/hooks/ev"))
+TARGET = Rule(name="conformance", destination=Destination("https://app.example/hooks/in"), id=RULE_OWNER).target
+
+
+def _event_target(dialect: str = "native", fmt: str = "json", template: int | None = None) -> Target:
+    return dataclasses.replace(ENDPOINT, dialect=dialect, format=fmt, template=template)
+
+
+def _events_entry(target: Target):
+    """What the spooler calls for an endpoint with `target` (its key and api_key from the ctx)."""
+    def render(events, ctx: EventContext):
+        t = dataclasses.replace(target, id=ctx.endpoint_id, api_key=ctx.api_key, signing_key=ctx.signing_key)
+        return registry.event_request(t, events, request_id=ctx.request_id, now=ctx.now, nonce=ctx.nonce,
+                                      tz="UTC", templates_loader=_stored_template)
+    render.target = target
+    return render
+
+
+def _inbound_entry(dialect: str = "native", fmt: str = "json", template: int | None = None,
+                   url_suffix: str = ""):
+    """What the spooler calls for a rule with this dialect, format or template."""
+    def render(delivery: inbound.Delivery, ctx: InboundContext):
+        target = dataclasses.replace(delivery.target, dialect=dialect, format=fmt, template=template,
+                                     signing_key=ctx.signing_key, url=delivery.target.url + url_suffix)
+        return registry.delivery_request(dataclasses.replace(delivery, target=target), ctx,
+                                         templates_loader=_stored_template)
+    return render
+
+
+# name -> (events, EventContext) -> Rendered: every event dialect of the catalogue, the native
+# formats, a JSON template
 EVENT_DIALECTS = {
-    "native": _native_events("json"),
-    "native-form": _native_events("form"),
-    "smtp2go": smtp2go.event_request,
-    "paubox": paubox.event_request,
-    "msndr": msndr.event_request,
-    "sendgrid": sendgrid.event_request,
-    "postmark": postmark.event_request,
-    "mailgun": mailgun.event_request,
-    "template-json": functools.partial(templates.event_request, EVENT_TEMPLATE),
+    "native": _events_entry(_event_target()),
+    "native-form": _events_entry(_event_target(fmt="form")),
+    **{name: _events_entry(_event_target(name)) for name in catalogue.names(catalogue.EVENTS)
+       if name != catalogue.NATIVE},
+    "template-json": _events_entry(_event_target(template=1)),
 }
-# name -> (inbound.Delivery, InboundContext) -> Rendered
+# name -> (inbound.Delivery, InboundContext) -> Rendered: every inbound dialect of the
+# catalogue, the native formats, Mailgun's raw-MIME variant (the same dialect, for a URL ending
+# in `mime`), a JSON template
 INBOUND_DIALECTS = {
-    "json": _native_inbound("json"),
-    "multipart": _native_inbound("multipart"),
-    "raw": _native_inbound("raw"),
-    **sendgrid.INBOUND_DIALECTS,
-    "postmark": postmark.inbound_request,
-    "mailgun": mailgun.inbound_request,
-    "mailgun-mime": _mailgun_mime,
-    "actionmailbox": actionmailbox.inbound_request,
-    "template-json": functools.partial(templates.inbound_request, INBOUND_TEMPLATE),
+    **{fmt: _inbound_entry(fmt=fmt) for fmt in registry.INBOUND},
+    **{name: _inbound_entry(name) for name in catalogue.names(catalogue.INBOUND) if name != catalogue.NATIVE},
+    "mailgun-mime": _inbound_entry("mailgun", url_suffix="/mime"),
+    "template-json": _inbound_entry(template=1),
 }
 
 # What a dialect documents differently from the rest (name -> where it says so).
@@ -141,7 +149,6 @@ ICTX = InboundContext(now=1_800_000_000.0, nonce="nonce-attempt-1", signing_key=
 IRETRY = dataclasses.replace(ICTX, now=ICTX.now + 3600.5, nonce="nonce-attempt-2")
 MAX_BATCH = MAX_EVENTS_RANGE[1]
 
-TARGET = Rule(name="conformance", destination=Destination("https://app.example/hooks/in"), id=9).target
 META = {"received": "2026-11-22T12:00:00.123456Z", "queue_id": "4XbConf001",
         "mail_from": "bounces@sender.example", "client_addr": "192.0.2.1",
         "client_name": "mail.sender.example", "helo": "mail.sender.example",
@@ -149,18 +156,15 @@ META = {"received": "2026-11-22T12:00:00.123456Z", "queue_id": "4XbConf001",
         "deliveries": [{"recipients": ["in@ours.example"], "rule": TARGET.to_record()}]}
 
 
-def _module(fn):
-    module = sys.modules.get(getattr(fn, "__module__", ""), None)
-    return module if module and module.__name__.startswith(dialects_package.__name__ + ".") else None
-
-
 def events_per_request(name: str) -> int | None:
-    """1 for one event per request, None for batches (native and templates batch)."""
-    return getattr(_module(EVENT_DIALECTS[name]), "EVENTS_PER_REQUEST", None)
+    """1 for one event per request, None for batches (native and templates batch): what the
+    spooler batches by."""
+    return registry.events_per_request(EVENT_DIALECTS[name].target)
 
 
 def event_types(name: str) -> frozenset[str]:
-    return frozenset(getattr(_module(EVENT_DIALECTS[name]), "EVENT_TYPES", TYPES))
+    """What the spooler fans out to such an endpoint."""
+    return registry.event_types(EVENT_DIALECTS[name].target)
 
 
 def event(case: str = "bounced_hard", **changes) -> dict:
@@ -202,11 +206,14 @@ INBOUND = pytest.mark.parametrize("name", sorted(INBOUND_DIALECTS))
 
 
 def test_every_dialect_module_runs_the_suite():
-    """A module in payloads/dialects (but _-prefixed ones and the catalogue) is in the lists: its event_request in
-    EVENT_DIALECTS, its inbound_request (or every entry of its INBOUND_DIALECTS) in
-    INBOUND_DIALECTS."""
-    event_fns = set(EVENT_DIALECTS.values())
-    inbound_fns = set(INBOUND_DIALECTS.values())
+    """Every catalogue dialect runs the suite, through the registry's entry points; every module
+    in payloads/dialects (but _-prefixed ones and the catalogue) is one the registry renders
+    with: its event_request in registry.EVENT_DIALECTS, its inbound_request (or every entry of
+    its INBOUND_DIALECTS) in registry.INBOUND_DIALECTS."""
+    assert set(catalogue.names(catalogue.EVENTS)) <= set(EVENT_DIALECTS)
+    assert set(catalogue.names(catalogue.INBOUND)) - {catalogue.NATIVE} <= set(INBOUND_DIALECTS)
+    event_fns = set(registry.EVENT_DIALECTS.values())
+    inbound_fns = set(registry.INBOUND_DIALECTS.values())
     names = [m.name for m in pkgutil.iter_modules(dialects_package.__path__)
              if not m.name.startswith("_") and m.name != "catalogue"]  # the catalogue lists them
     assert names
@@ -216,9 +223,9 @@ def test_every_dialect_module_runs_the_suite():
         inbound_of = (list(getattr(module, "INBOUND_DIALECTS", {}).values())
                       or [getattr(module, "inbound_request", None)])
         assert event_fn or any(inbound_of), f"dialects/{name}.py renders nothing"
-        assert event_fn is None or event_fn in event_fns, f"{name}.event_request not in EVENT_DIALECTS"
+        assert event_fn is None or event_fn in event_fns, f"{name}.event_request not in the registry"
         for fn in filter(None, inbound_of):
-            assert fn in inbound_fns, f"{name}.{fn.__name__} not in INBOUND_DIALECTS"
+            assert fn in inbound_fns, f"{name}.{fn.__name__} not in the registry"
     assert set(NO_SUBJECT) <= set(EVENT_DIALECTS)
     assert set(UNMARKED_OMISSION) | set(OVER_CAP_REFUSED) <= set(INBOUND_DIALECTS)
     assert set(PER_ATTEMPT) <= set(EVENT_DIALECTS) | set(INBOUND_DIALECTS)

@@ -1,8 +1,17 @@
 """The payload registry and the model agree on the names an admin can pick: the model validates
 rules and endpoints against its own lists (it does not import the payload layer), and every
-name it accepts must render."""
+name it accepts must render; and the entry points pick a template, else a dialect, else the
+native body."""
+import json
+from dataclasses import replace
+
+import pytest
+
 from mxhook.model import endpoints, rules
-from mxhook.payloads import registry
+from mxhook.model.targets import Destination, Target
+from mxhook.payloads import registry, templates
+from mxhook.payloads.dialects import catalogue
+from mxhook.payloads.events import sample_event
 
 
 def test_inbound_formats_are_the_rule_formats():
@@ -20,3 +29,95 @@ def test_every_event_version_renders_in_every_format():
         for fmt in endpoints.FORMATS:
             body = registry.render_events(version, [event], fmt=fmt, batch_id="evb_1").body
             assert b"e1" in body
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry points: template > dialect > native
+
+RAW = b"From: a@x.example\r\nTo: in@ours.example\r\nSubject: hi\r\n\r\nbody\r\n"
+RULE = Target.of("rule", 5, "r5", Destination("https://h.example/in"))
+ENDPOINT = Target.of("endpoint", 6, "endpoint-6", Destination("https://h.example/ev"))
+META = {"received": "2026-11-22T12:00:00.000000Z", "queue_id": "Q1", "mail_from": "a@x.example",
+        "deliveries": [{"recipients": ["in@ours.example"], "rule": RULE.to_record()}]}
+ATTEMPT = {"now": 1_800_000_000.0, "nonce": "n" * 32}
+EVENT = sample_event("bounced", at="2026-11-22T12:00:00.000000Z")
+
+
+def loader(stored: dict):
+    return lambda kind, owner_id, version: stored.get((kind, owner_id, version))
+
+
+def inbound(target: Target, **kw):
+    return registry.inbound_request(target, delivery_id="d1-r5", meta=META, raw=RAW, **ATTEMPT, **kw)
+
+
+def events(target: Target, batch=(EVENT,), **kw):
+    return registry.event_request(target, list(batch), request_id="evb_1", **ATTEMPT, **kw)
+
+
+def test_dialect_tables_are_the_catalogue_names():
+    assert set(registry.INBOUND_DIALECTS) == set(catalogue.names(catalogue.INBOUND)) - {"native"}
+    assert set(registry.EVENT_DIALECTS) == set(catalogue.names(catalogue.EVENTS)) - {"native"}
+
+
+def test_native_is_the_native_renderer_byte_for_byte():
+    for fmt in ("json", "multipart", "raw"):
+        target = replace(RULE, format=fmt)
+        assert inbound(target) == registry.render_inbound(fmt, delivery_id="d1-r5", meta=META, raw=RAW,
+                                                          target=target)
+    for fmt in ("json", "form"):
+        target = replace(ENDPOINT, format=fmt, api_key="k")
+        assert events(target, tz="Europe/Berlin") == registry.render_events(
+            1, [EVENT], endpoint_tz="Europe/Berlin", fmt=fmt, batch_id="evb_1", endpoint_id=6, api_key="k")
+
+
+def test_a_dialect_replaces_the_native_body():
+    assert inbound(replace(RULE, dialect="postmark")).content_type == "application/json"
+    assert "FromFull" in json.loads(inbound(replace(RULE, dialect="postmark")).body)
+    body = json.loads(events(replace(ENDPOINT, dialect="mailgun", signing_key="key-1")).body)
+    assert body["signature"]["token"] == ATTEMPT["nonce"]
+    assert body["signature"]["timestamp"] == str(int(ATTEMPT["now"]))
+
+
+def test_a_template_comes_before_the_dialect_and_is_compiled_once():
+    source = '{"id": "{{ id }}"}'
+    stored = {("rule", 5, 2): (templates.JSON, source)}
+    target = replace(RULE, template=2, dialect="postmark")  # the catalogue refuses both; the template wins
+    assert json.loads(inbound(target, templates_loader=loader(stored)).body) == {"id": "d1-r5"}
+    cached = registry._COMPILED[("rule", 5, 2)]
+    inbound(target, templates_loader=loader(stored))
+    assert registry._COMPILED[("rule", 5, 2)] is cached
+    # another rules.db with the same (kind, id, version): its own source, not the cached one
+    other = {("rule", 5, 2): (templates.JSON, '{"other": "{{ id }}"}')}
+    assert json.loads(inbound(target, templates_loader=loader(other)).body) == {"other": "d1-r5"}
+    ep_stored = {("endpoint", 6, 1): (templates.JSON, '{"n": {{ count }}}')}
+    assert json.loads(events(replace(ENDPOINT, template=1), templates_loader=loader(ep_stored)).body) == {"n": 1}
+
+
+def test_a_template_missing_from_rules_db_or_broken_is_a_template_error():
+    with pytest.raises(templates.TemplateError, match="template version 3 of rule r5 is not in rules.db"):
+        inbound(replace(RULE, template=3), templates_loader=loader({}))
+    with pytest.raises(templates.TemplateError, match="not in rules.db"):
+        inbound(replace(RULE, template=3))  # no loader given
+    broken = {("endpoint", 6, 1): (templates.JSON, '{"x": {{ nope }}}')}
+    with pytest.raises(templates.TemplateError, match="nope"):
+        events(replace(ENDPOINT, template=1), templates_loader=loader(broken))
+
+
+def test_unknown_or_wrong_side_dialect_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown dialect 'nope'"):
+        inbound(replace(RULE, dialect="nope"))
+    with pytest.raises(ValueError, match="unknown dialect 'nope'"):
+        events(replace(ENDPOINT, dialect="nope"))
+    with pytest.raises(ValueError, match="posts inbound mail"):
+        events(replace(ENDPOINT, dialect="actionmailbox"))
+
+
+def test_event_types_and_events_per_request_come_from_the_catalogue():
+    assert registry.event_types(ENDPOINT) == set(registry.TYPES)
+    assert registry.events_per_request(ENDPOINT) is None
+    smtp2go = replace(ENDPOINT, dialect="smtp2go")
+    assert registry.event_types(smtp2go) == set(catalogue.DIALECTS["smtp2go"].event_types)
+    assert "deferred" not in registry.event_types(smtp2go)
+    assert registry.events_per_request(smtp2go) == 1
+    assert registry.events_per_request(replace(ENDPOINT, dialect="sendgrid")) is None

@@ -20,7 +20,7 @@ The loop, on the main thread (the only thread that touches state.db):
 2. dispatch (mxhook.delivery.pipeline): pick what is due — event batches, then inbound
    deliveries (`pick_batches`, `pick_deliveries`) — as `Dispatch`es (an id, a target, a body,
    attempts); `send` them to a pool of `workers` threads, each with its own requests session,
-   where a dispatch's body is rendered (mxhook.payloads) and POSTed once
+   where a dispatch's body is rendered (mxhook.payloads.registry) and POSTed once
    (mxhook.delivery.webhook). The pool holds up to POOL_DEPTH dispatches per worker, so a
    freed worker takes the next one at once. The results that came back are settled on the
    main thread (`collect_finished`) and written after the next posts were handed out
@@ -34,14 +34,24 @@ The loop, on the main thread (the only thread that touches state.db):
 
 Event records (kind `event`: from the milter, the log follower, the CLI) take the same ingest
 path. At ingest each new event is fanned out to every enabled endpoint (rules.db, reloaded when
-it changes) whose categories include its type. Per endpoint, a batch is made when the oldest
-pending event has waited `interval` seconds or `max_events` are pending (model.batching); it takes
-at most `max_events` events, in arrival order, and its membership and id (`evb_...`, the
-`webhook-id`) are fixed in state.db when it is made. An endpoint has at most one open batch,
-posted by the same workers and retried on the same schedule as inbound deliveries; the next
-batch is made only when it succeeded or failed, so events reach an endpoint in order (a receiver
-that is down holds up that endpoint only). A `kill -9` at any point leaves the batch in
-state.db: after a restart it is posted again with the same id and the same events.
+it changes) whose categories include its type and whose payload has a place for it
+(payloads.registry.wanted_types: a dialect posts only the types it has a name for). Per
+endpoint, a batch is made when the oldest pending event has waited `interval` seconds or
+`max_events` are pending (model.batching); it takes at most `max_events` events, in arrival
+order, and its membership and id (`evb_...`, the `webhook-id`) are fixed in state.db when it is
+made. An endpoint has at most one open batch, posted by the same workers and retried on the
+same schedule as inbound deliveries; the next batch is made only when it succeeded or failed,
+so events reach an endpoint in order (a receiver that is down holds up that endpoint only). An
+endpoint whose dialect posts one event per request gets batches of one event, due at once,
+up to model.batching.UNORDERED_IN_FLIGHT open at a time: its events may arrive out of order.
+A `kill -9` at any point leaves the batch in state.db: after a restart it is posted again with
+the same id and the same events.
+
+Each attempt renders its body on the worker (payloads.registry.inbound_request /
+event_request: the target's template, dialect or native format) with the attempt's time and a
+fresh nonce (`secrets`: the randomness lives here, the payloads are pure) and the templates as
+rules.db stores them. A body that cannot be made (a template's error, an unknown dialect) is a
+`failed` attempt with the reason; rules.db unreadable while a template is read, `deferred`.
 
 Events of delivery-status reports (source `dsn`: anyone can send one) are kept only when they
 name a recipient of a message we sent (store/ingest.py, `_unsent_report`); the others are logged
@@ -467,10 +477,11 @@ class Spooler:
             if endpoint_id not in shapes:  # removed or disabled: its batches wait
                 continue
             ep, limit = eps[endpoint_id], shapes[endpoint_id][1]
-            for batch in open_batches[endpoint_id][:limit]:
+            batches = open_batches[endpoint_id]
+            if limit == 1 and any(b.id in taken for b in batches):
+                continue  # in order: nothing while one of its batches is posting or settling
+            for batch in batches[:limit]:
                 if batch.id in taken or (batch.next_attempt_at or "") > due_at:
-                    if limit == 1:
-                        break
                     continue
                 if len(picked) >= free:
                     return picked

@@ -13,7 +13,7 @@ one-event-per-request endpoint (the smtp2go, paubox, msndr, mailgun and postmark
 would get one event per round trip that way, far below the rate mail makes them: it may have
 up to UNORDERED_IN_FLIGHT single-event batches open at once, so its events may arrive out of
 order (and a retried one after later ones), as they do from the systems those dialects copy,
-none of which promises an order (docs/payloads.md, "Order").
+none of which promises an order (docs/payloads.md, "Batches, ids and order").
 """
 from __future__ import annotations
 

@@ -163,25 +163,39 @@ class SampleSent:
 
 @translated()
 def send_test(cfg: configmod.Config, key, event_type: str = "bounced") -> SampleSent:
-    """Post one sample event to the endpoint now, through the spooler's delivery client (same
-    payload version, format, time zone, auth, signing and timeout)."""
+    """Post one sample event to the endpoint now, through the spooler's delivery client and
+    payload entry point (same template or dialect, payload version, format, time zone, auth,
+    signing and timeout). The type must be one the endpoint's payload sends."""
+    import secrets
+    import time
+
     from mxhook.delivery import webhook
+    from mxhook.payloads import registry
     from mxhook.payloads.events import sample_event
-    from mxhook.payloads.registry import render_events
 
     if event_type not in SAMPLE_TYPES:
         raise Invalid(f"no sample event of type {event_type!r} (known: {', '.join(SAMPLE_TYPES)})")
     with rules_store(cfg) as store:
         ep = get_or_fail(store, key)
+    sent = registry.event_types(ep.target)
+    if event_type not in sent:
+        raise Invalid(f"the {ep.destination.dialect} dialect sends no {event_type} events "
+                      f"(it sends: {', '.join(t for t in SAMPLE_TYPES if t in sent)})")
     signing_keys = rulesdb.SigningKeys(cfg.rules_db)
+    stored_templates = rulesdb.Templates(cfg.rules_db)
     try:
         keys = signing_keys.active("endpoint", ep.id)
+        batch_id = "evb_test_" + spool.new_id()
+        try:
+            rendered = registry.event_request(
+                ep.target, [sample_event(event_type)], request_id=batch_id, now=time.time(),
+                nonce=secrets.token_hex(16), version=ep.version, tz=ep.timezone,
+                templates_loader=stored_templates.get)
+        except ValueError as exc:  # a template's error: what the spooler would record
+            raise Invalid(f"cannot render the endpoint's payload: {exc}") from None
     finally:
         signing_keys.close()
-    batch_id = "evb_test_" + spool.new_id()
-    rendered = render_events(ep.version, [sample_event(event_type)], endpoint_tz=ep.timezone,
-                             fmt=ep.destination.format, batch_id=batch_id, endpoint_id=ep.id,
-                             api_key=ep.destination.api_key)
+        stored_templates.close()
     session = webhook.make_session(cfg.value("http", "allow_networks"))
     outcome = webhook.deliver(session, ep.target, rendered.body,
                               rendered.content_type, batch_id,

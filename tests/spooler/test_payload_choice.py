@@ -1,0 +1,150 @@
+"""What the spooler posts is the target's choice: a dialect (one request per event where the
+dialect posts one, only the types it sends), a signed dialect, a jinja2 template stored in
+rules.db (and a broken one: a failed attempt with the reason). Real rules.db, state.db and an
+HTTP receiver on loopback (payloads/registry.py is the entry point under test).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sqlite3
+from urllib.parse import parse_qs
+
+from mxhook.model import rules
+from mxhook.payloads import registry, templates
+from mxhook.store import rulesdb
+from mxhook.store.rulesdb import NewTemplate
+from mxhook.store.statedb import StateStore
+from tests.spooler.test_events import add_endpoint, cfg, write_event  # noqa: F401  (cfg: a fixture)
+from tests.spooler.test_spooler import Stepped, delivery, run_once, rx, write_inbound  # noqa: F401
+from tests.support.destinations import routed
+
+KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+
+
+def sent_batches(cfg) -> list[dict]:
+    with StateStore(cfg.state_db) as st:
+        return [dict(zip(("id", "endpoint_id", "size", "status"), row)) for row in st.conn.execute(
+            "SELECT id, endpoint_id, size, status FROM event_batches ORDER BY created, id")]
+
+
+def test_one_request_per_event_with_the_dialect_body_and_unsent_types_never_dispatched(rx, cfg):
+    ep = add_endpoint(cfg, rx.url + "/smtp2go", dialect="smtp2go")
+    written = [write_event(cfg, "queued", recipient="a@else.example"),
+               write_event(cfg, "deferred", recipient="a@else.example"),  # smtp2go posts nothing
+               write_event(cfg, "succeeded", recipient="a@else.example"),
+               write_event(cfg, "bounced", recipient="b@else.example", bounce_type="hard")]
+    with Stepped(cfg) as sp:
+        sp.step()
+        sp.step(advance=1)
+    forms = [parse_qs(r.text(), keep_blank_values=True) for r in rx.requests]
+    assert all(r.headers["Content-Type"] == "application/x-www-form-urlencoded" for r in rx.requests)
+    assert sorted(f["event"][0] for f in forms) == ["bounce", "delivered", "processed"]
+    assert all(f["rcpt"][0] in ("a@else.example", "b@else.example") for f in forms)
+    batches = sent_batches(cfg)
+    assert [b["size"] for b in batches] == [1, 1, 1] and {b["status"] for b in batches} == {"succeeded"}
+    assert {r.headers["webhook-id"] for r in rx.requests} == {b["id"] for b in batches}
+    with StateStore(cfg.state_db) as st:  # the deferred event was never fanned out to it
+        fanned = {row[0] for row in st.conn.execute(
+            "SELECT event_id FROM event_deliveries WHERE endpoint_id = ?", (ep.id,))}
+    assert fanned == {written[0], written[2], written[3]}
+
+
+def test_single_event_endpoints_have_several_requests_in_flight(rx, cfg):
+    """Up to model.batching.UNORDERED_IN_FLIGHT single-event batches open at once; a batching
+    endpoint keeps one."""
+    from mxhook.model.batching import UNORDERED_IN_FLIGHT
+
+    add_endpoint(cfg, rx.url + "/one", dialect="msndr")
+    add_endpoint(cfg, rx.url + "/batch", interval=1)
+    for i in range(UNORDERED_IN_FLIGHT + 2):
+        write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
+    with Stepped(cfg) as sp:
+        sp.step(flush_events=True)  # one dispatch round
+        one = rx.wait_for(UNORDERED_IN_FLIGHT, path="/one")
+        assert len(one) == UNORDERED_IN_FLIGHT
+        assert [len(r.json()["events"]) for r in rx.wait_for(1, path="/batch")] == [UNORDERED_IN_FLIGHT + 2]
+        sp.step(flush_events=True)
+    docs = [r.json() for r in rx.requests if r.path == "/one"]
+    assert len(docs) == UNORDERED_IN_FLIGHT + 2 and all(d["event"]["name"] == "delivered" for d in docs)
+
+
+def test_mailgun_endpoint_posts_verify_with_its_signing_key(rx, cfg):
+    add_endpoint(cfg, rx.url + "/mg", dialect="mailgun", signing_key=KEY)
+    write_event(cfg, "bounced", bounce_type="hard")
+    with Stepped(cfg) as sp:
+        sp.step(flush_events=True)
+    (req,) = rx.requests
+    doc = req.json()
+    sig = doc["signature"]
+    expected = hmac.new(KEY.encode(), (sig["timestamp"] + sig["token"]).encode(), hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(sig["signature"], expected)
+    assert len(sig["token"]) == 32 and doc["event-data"]["event"] == "failed"
+
+
+def template_rule(cfg, rx, path: str, source: str) -> dict:
+    rule = rules.Rule(**routed(rx.url + path, name="templated", allow_http=True, retry_interval=10,
+                               conditions=(rules.parse_condition("To~@ours\\.example$"),)))
+    new = NewTemplate(templates.JSON, source, templates.template_version(source, templates.JSON))
+    with rulesdb.RulesStore(cfg.rules_db) as store:
+        stored = store.add_rule(rule, template=new)
+    assert stored.destination.template == 1
+    return stored.target_record()
+
+
+TEMPLATE = '{"subject": "{{ message.subject }}", "rcpt": {{ envelope.recipients|tojson }}, "id": "{{ id }}"}'
+
+
+def test_a_rule_with_a_template_posts_the_rendered_body(rx, cfg):
+    rid = write_inbound(cfg, template_rule(cfg, rx, "/t", TEMPLATE))
+    run_once(cfg)
+    (req,) = rx.requests
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.json() == {"subject": "Café order", "rcpt": ["in@ours.example"], "id": f"{rid}-templated"}
+    assert delivery(cfg, f"{rid}-templated")["status"] == "succeeded"
+
+
+def test_a_broken_template_is_a_failed_attempt_with_the_reason(rx, cfg):
+    record = template_rule(cfg, rx, "/t", TEMPLATE)
+    with sqlite3.connect(cfg.rules_db) as conn:  # edited by hand: add/edit would refuse it
+        conn.execute("UPDATE templates SET source = ?", ('{"x": {{ no_such_variable }}}',))
+    conn.close()
+    rid = write_inbound(cfg, record)
+    run_once(cfg)
+    assert rx.requests == []
+    row = delivery(cfg, f"{rid}-templated")
+    assert row["status"] == "failed"
+    assert "cannot render the template v1 payload" in row["last_error"]
+    assert "no_such_variable" in row["last_error"]
+
+
+def test_a_template_missing_from_rules_db_is_a_failed_attempt(rx, cfg):
+    record = template_rule(cfg, rx, "/t", TEMPLATE)
+    rid = write_inbound(cfg, dict(record, template=7))
+    run_once(cfg)
+    assert rx.requests == []
+    row = delivery(cfg, f"{rid}-templated")
+    assert row["status"] == "failed" and "template version 7 of rule templated is not in rules.db" in row["last_error"]
+
+
+def test_an_endpoint_template_posts_its_body(rx, cfg):
+    source = '{"n": {{ count }}, "types": {{ events|map(attribute="type")|list|tojson }}}'
+    new = NewTemplate(templates.JSON, source, templates.template_version(source, templates.JSON))
+    from mxhook.model.endpoints import Endpoint
+
+    with rulesdb.RulesStore(cfg.rules_db) as store:
+        store.add_endpoint(Endpoint(**routed(rx.url + "/evt", allow_http=True)), template=new)
+    write_event(cfg, "succeeded")
+    write_event(cfg, "failed")
+    with Stepped(cfg) as sp:
+        sp.step(flush_events=True)
+    (req,) = rx.requests
+    assert req.json() == {"n": 2, "types": ["succeeded", "failed"]}
+
+
+def test_the_registry_is_what_the_store_fans_out_by():
+    """wanted_types: the endpoint's categories that its dialect has a place for."""
+    from mxhook.model.endpoints import Endpoint
+
+    ep = Endpoint(**routed("https://h.example/", dialect="paubox", categories=("deliveries",)), id=1)
+    assert registry.wanted_types(ep) == {"succeeded", "deferred", "failed"}  # paubox: no queued
