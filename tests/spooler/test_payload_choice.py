@@ -148,3 +148,22 @@ def test_the_registry_is_what_the_store_fans_out_by():
 
     ep = Endpoint(**routed("https://h.example/", dialect="paubox", categories=("deliveries",)), id=1)
     assert registry.wanted_types(ep) == {"succeeded", "deferred", "failed"}  # paubox: no queued
+
+
+def test_rules_db_unreadable_while_a_template_is_read_defers_the_delivery(rx, cfg):
+    from mxhook.daemons import spooler
+
+    rid = write_inbound(cfg, template_rule(cfg, rx, "/t", TEMPLATE))
+    sp = spooler.Spooler(cfg)
+
+    def locked(*_):
+        raise sqlite3.OperationalError("database is locked")
+
+    sp.templates.get = locked
+    try:
+        sp.run_once()
+    finally:
+        sp.close()
+    assert rx.requests == []
+    row = delivery(cfg, f"{rid}-templated")
+    assert row["status"] == "deferred" and "cannot read the template from rules.db" in row["last_error"]

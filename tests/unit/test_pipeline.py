@@ -52,6 +52,25 @@ def test_what_cannot_be_rendered_fails_and_a_bug_defers():
     assert out.status == "deferred" and out.error == "internal error: RuntimeError: bug"
 
 
+def test_a_payload_error_fails_with_its_reason_and_an_unreadable_template_defers(caplog):
+    """ValueError is the payloads' word for a body that cannot be made (a template's error, an
+    unknown dialect): failed with the reason as it stands, no traceback; NotNow: deferred."""
+    from mxhook.payloads.templates import TemplateError
+
+    def template_error():
+        raise TemplateError("'nope' is undefined", 3)
+
+    def unreadable():
+        raise pipeline.NotNow("cannot read the template from rules.db: database is locked")
+
+    never = lambda *_: (_ for _ in ()).throw(AssertionError("not sent"))  # noqa: E731
+    out = pipeline.attempt(dispatch(render=template_error, payload="template v2"), never, clock=lambda: T0).outcome
+    assert out == Outcome("failed", error="cannot render the template v2 payload: line 3: 'nope' is undefined")
+    assert not any(r.exc_info for r in caplog.records)
+    out = pipeline.attempt(dispatch(render=unreadable), never, clock=lambda: T0).outcome
+    assert out == Outcome("deferred", error="cannot read the template from rules.db: database is locked")
+
+
 def test_a_withheld_dispatch_is_no_attempt():
     def withhold(*_):
         raise pipeline.Withheld()
