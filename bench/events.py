@@ -3,6 +3,10 @@ memory with a large backlog (issue 3 targets: >= 20,000 events/s with batches of
 <= 150 MB with 1,000,000 events pending).
 
     python3 bench/events.py [--events 200000] [--backlog 1000000] [--skip-backlog] [--json out.json]
+    python3 bench/events.py --dialect NAME [--events N]     the flow phase for one endpoint dialect
+    python3 bench/events.py --dialect all [--events N] [--per-request-events M]
+        native, then every event dialect, one after the other in one run: events/s of each and
+        its ratio to native, and the pure render rate of each (bench/dialects.py) beside it
 
 The events are what an outbound relay produces: per message a `queued` event (milter: Message-ID,
 Subject, a custom header) and a `succeeded` event from the log (relay, DSN, reply, delay), so
@@ -22,6 +26,13 @@ Phases (one run):
   backlog   the receiver answers 503 (down) while --backlog events are spooled in chunks of
             100,000 and ingested (they pile up in state.db); then it recovers and the backlog
             drains. VmHWM over the whole phase, and the drain rate.
+
+With --dialect the endpoint posts that dialect's bodies (Mailgun's signed with a signing key);
+the receiver counts the events in each body (native `count`, SendGrid's array, one for a
+one-per-request dialect) and only the events of the dialect's types are posted (the spooler
+fans out by them), so events/s is posted events per second. A one-per-request dialect makes one
+HTTP request per event: its flow is bounded by requests/s (the spooler's `workers` posts at a
+time, the receiver's answer time), measured beside it as bare requests/s with as many clients.
 
 Prints figures and ratios; it does not pass or fail.
 """
@@ -51,7 +62,10 @@ from mxhook.model import events
 from mxhook.model.targets import Destination
 from mxhook import spool
 from mxhook.model.endpoints import Endpoint  # noqa: E402
+from mxhook.payloads.dialects import catalogue  # noqa: E402
 from milter_throughput import process_cpu  # noqa: E402
+
+MAILGUN_KEY = "key-bench"  # the signing key of a mailgun endpoint
 
 COUNT_RE = re.compile(rb'"count":(\d+)')
 
@@ -60,13 +74,27 @@ COUNT_RE = re.compile(rb'"count":(\d+)')
 # A counting receiver (the tests' Receiver keeps every body; a backlog of 1M would not fit)
 
 class Counter:
-    def __init__(self):
+    def __init__(self, dialect: str = catalogue.NATIVE):
         self.lock = threading.Lock()
         self.events = 0
         self.posts = 0
         self.batches: set[str] = set()
         self.status = 200
         self.last = 0.0
+        self.dialect = dialect
+        self.native_bodies = 0  # native bodies posted to a dialect endpoint
+
+    def count(self, body: bytes) -> int:
+        """The events in one body of this counter's dialect."""
+        native = COUNT_RE.search(body, 0, 400)
+        if self.dialect == catalogue.NATIVE:
+            return int(native.group(1)) if native else 0
+        if native and b'"batch_id"' in body[:400]:
+            self.native_bodies += 1
+            return int(native.group(1))
+        if catalogue.DIALECTS[self.dialect].events_per_request == 1:
+            return 1
+        return body.count(b'"sg_event_id"')  # SendGrid's Event Webhook: an array of events
 
     def add(self, batch_id: str, count: int, status: int) -> None:
         with self.lock:
@@ -92,18 +120,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         counter: Counter = self.server.counter
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        m = COUNT_RE.search(body, 0, 400)
         status = counter.status
-        counter.add(self.headers.get("webhook-id") or "", int(m.group(1)) if m else 0, status)
+        # a request without a webhook-id is counted every time (no retries when all answer 200)
+        key = self.headers.get("webhook-id") or f"post-{counter.posts}"
+        counter.add(key, counter.count(body), status)
         reply = b'{"ok":true}' if status == 200 else b"down"
         self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (status, b"OK" if status == 200 else b"Service Unavailable", len(reply), reply))
 
 
-def start_receiver() -> tuple[ThreadingHTTPServer, Counter]:
+def start_receiver(dialect: str = catalogue.NATIVE) -> tuple[ThreadingHTTPServer, Counter]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    server.counter = Counter()
+    server.counter = Counter(dialect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.counter
 
@@ -166,7 +195,7 @@ def write_events(spool_dir: str, n: int, start: int = 0, chunk: int = 20000) -> 
 # ---------------------------------------------------------------------------------------------
 # Setup and measurement helpers
 
-def setup(base: str, url: str, *, retry_time_scale: str = "1.0") -> str:
+def setup(base: str, url: str, *, retry_time_scale: str = "1.0", dialect: str = catalogue.NATIVE) -> str:
     paths = {"rules_db": f"{base}/rules.db", "state_db": f"{base}/state.db", "spool_dir": f"{base}/spool"}
     spool.ensure_dirs(paths["spool_dir"])
     conf = f"{base}/mxhook.conf"
@@ -175,7 +204,9 @@ def setup(base: str, url: str, *, retry_time_scale: str = "1.0") -> str:
                                 "spooler": {"log": "stderr", "log_level": "warning",
                                             "retry_time_scale": retry_time_scale}}))
     with rulesdb.RulesStore(paths["rules_db"]) as store:
-        store.add_endpoint(Endpoint(Destination(url, allow_http=True, retry_interval=10),
+        key = MAILGUN_KEY if catalogue.DIALECTS[dialect].signing_key else None
+        store.add_endpoint(Endpoint(Destination(url, allow_http=True, retry_interval=10, dialect=dialect,
+                                                signing_key=key),
                                     interval=1, max_events=1000))
     return conf
 
@@ -254,16 +285,23 @@ def baseline(tmp: str, url: str, n_spool: int = 20000, posts: int = 40) -> dict:
             "body_bytes_per_1000": len(body)}
 
 
-def flow(tmp: str, n: int) -> dict:
-    server, counter = start_receiver()
-    base = os.path.join(tmp, "flow")
-    conf = setup(base, f"http://127.0.0.1:{server.server_address[1]}/ev")
+def posted(dialect: str, n: int) -> int:
+    """How many of the first n bench events an endpoint of `dialect` is posted (its types)."""
+    types = catalogue.DIALECTS[dialect].event_types
+    return sum(1 for i in range(n) if types is None or ("queued" if i % 2 == 0 else "succeeded") in types)
+
+
+def flow(tmp: str, n: int, dialect: str = catalogue.NATIVE) -> dict:
+    server, counter = start_receiver(dialect)
+    base = os.path.join(tmp, f"flow-{dialect}")
+    conf = setup(base, f"http://127.0.0.1:{server.server_address[1]}/ev", dialect=dialect)
     write_events(f"{base}/spool", n)
     os.sync()  # nothing of the writing left in the page cache for the spooler's commits to wait on
+    expected = posted(dialect, n)
     proc = start_spooler(conf, base)
     started = time.time()
     try:
-        emptied = wait_events(counter, n, proc, base, timeout=max(120.0, n / 1000),
+        emptied = wait_events(counter, expected, proc, base, timeout=max(120.0, n / 200),
                               spool_dir=f"{base}/spool")
         elapsed = counter.last - started
         mem = proc_status(proc.pid)
@@ -272,8 +310,11 @@ def flow(tmp: str, n: int) -> dict:
         stop(proc)
         server.shutdown()
     shutil.rmtree(base)
-    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "posts": counter.posts,
-            "vmhwm_mb": mem["VmHWM"], "cpu_user_us": user * 1e6 / n, "cpu_sys_us": system * 1e6 / n,
+    return {"dialect": dialect, "events": n, "posted": expected, "seconds": elapsed,
+            "events_per_s": expected / elapsed, "ingested_per_s": n / elapsed, "posts": counter.posts,
+            "native_bodies": counter.native_bodies,
+            "vmhwm_mb": mem["VmHWM"], "cpu_user_us": user * 1e6 / expected,
+            "cpu_sys_us": system * 1e6 / expected,
             "spool_emptied_per_s": n / (emptied - started) if emptied else None}
 
 
@@ -317,6 +358,102 @@ def backlog(tmp: str, n: int, chunk: int = 100_000) -> dict:
             "posts_while_down": counter.posts - len(counter.batches)}
 
 
+# ---------------------------------------------------------------------------------------------
+# Dialects
+
+def one_event_body(dialect: str):
+    """The body of one `succeeded` bench event in `dialect` (a Rendered)."""
+    from mxhook.payloads.dialects import EventContext
+    from mxhook.payloads.registry import render_events
+
+    event = make_events(2)[1].to_dict()
+    if dialect == catalogue.NATIVE:
+        return render_events(1, [event], batch_id="evb_b", endpoint_id=1)
+    module = __import__(f"mxhook.payloads.dialects.{dialect}", fromlist=["event_request"])
+    ctx = EventContext(request_id="evb_b", now=time.time(), nonce="n" * 50, endpoint_id=1,
+                       signing_key=MAILGUN_KEY)
+    return module.event_request([event], ctx)
+
+
+def _post_many(url: str, body: bytes, ctype: str, clients: int, n: int, out) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+
+    def client(count):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port)
+        for i in range(count):
+            conn.request("POST", parts.path, body, {"Content-Type": ctype, "webhook-id": f"bare-{i}"})
+            conn.getresponse().read()
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n // clients,)) for _ in range(clients)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    out.put(clients * (n // clients) / (time.perf_counter() - t))
+
+
+def bare_requests_per_s(body, clients: int, n: int = 4000) -> float:
+    """Requests/s that `clients` keep-alive clients (threads of another process, as the
+    spooler's workers are) get from the bench receiver, posting `body` (a Rendered): the
+    ceiling of a one-per-request dialect."""
+    import multiprocessing
+
+    server, _ = start_receiver()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_post_many, args=(f"http://127.0.0.1:{server.server_address[1]}/ev",
+                                                 body.body, body.content_type, clients, n, out))
+    child.start()
+    rate = out.get(timeout=300)
+    child.join()
+    server.shutdown()
+    return rate
+
+
+def render_rates(n: int) -> dict[str, float]:
+    """bench/dialects.py's pure render rate of each renderer (events/s), on its own events."""
+    import dialects as render_bench
+
+    measured = render_bench.measure(render_bench.make_events(n), batch=1000, rounds=3)
+    return {name: rate for name, (rate, _) in measured.items()}
+
+
+def run_dialects(tmp: str, names: list[str], n: int, per_request_n: int, results: dict) -> None:
+    """The flow phase for each of `names` (native first when it is there), one after another,
+    and a table: posted events/s, the ratio to native, the bare requests/s ceiling of the
+    one-per-request ones, and the pure render rate."""
+    workers = int(config.DEFAULTS["spooler"]["workers"])  # the bench's spooler runs the defaults
+    rows = results.setdefault("dialects", {})
+    for name in names:
+        one = catalogue.DIALECTS[name].events_per_request == 1
+        f = flow(tmp, per_request_n if one else n, name)
+        if one:
+            f["bare_requests_per_s"] = bare_requests_per_s(one_event_body(name), workers)
+        rows[name] = f
+        extra = f", bare requests/s {f['bare_requests_per_s']:,.0f}" if one else ""
+        warn = f"  ({f['native_bodies']} NATIVE bodies: this spooler does not post dialects)" \
+            if f["native_bodies"] else ""
+        print(f"  {name}: {f['posted']:,} of {f['events']:,} events posted in {f['seconds']:.1f} s = "
+              f"{f['events_per_s']:,.0f} events/s, {f['posts']:,} POSTs, spooler CPU "
+              f"{f['cpu_user_us'] + f['cpu_sys_us']:.0f} µs/event{extra}{warn}", flush=True)
+    results["render"] = render = render_rates(20_000)
+    native = rows.get(catalogue.NATIVE, {}).get("events_per_s")
+    print(f"\n{'dialect':10} {'events/s':>9} {'/ native':>8} {'POSTs':>7} {'µs CPU/ev':>9} "
+          f"{'bare req/s':>10} {'render ev/s':>11}")
+    for name, f in rows.items():
+        ratio = f"{f['events_per_s'] / native:8.2f}" if native else f"{'-':>8}"
+        bare = f"{f['bare_requests_per_s']:10,.0f}" if "bare_requests_per_s" in f else f"{'-':>10}"
+        flag = "" if f["events_per_s"] >= (20_000 if name == catalogue.NATIVE else 10_000) else "  below target"
+        print(f"{name:10} {f['events_per_s']:9,.0f} {ratio} {f['posts']:7,} "
+              f"{f['cpu_user_us'] + f['cpu_sys_us']:9.0f} {bare} {render.get(name, 0):11,.0f}{flag}")
+    print("targets: native >= 20,000 events/s, no dialect below 10,000")
+
+
 def main() -> int:
     global QUEUED_PER_FILE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -327,8 +464,14 @@ def main() -> int:
                     "system temp dir; /dev/shm takes the disk out of the figures)")
     ap.add_argument("--queued-per-file", type=int, default=QUEUED_PER_FILE,
                     help=f"queued events per spool file (default {QUEUED_PER_FILE}, a sealed milter segment)")
+    ap.add_argument("--dialect", metavar="NAME", help="only the flow phase, for an endpoint of this "
+                    f"dialect; `all`: native and every event dialect ({', '.join(catalogue.names(catalogue.EVENTS))})")
+    ap.add_argument("--per-request-events", type=int, default=20_000, metavar="N",
+                    help="events spooled for a one-per-request dialect with --dialect (default 20,000)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
+    if args.dialect and args.dialect != "all":
+        catalogue.lookup(args.dialect, catalogue.EVENTS)
     QUEUED_PER_FILE = args.queued_per_file
     tmp = tempfile.mkdtemp(prefix="mxhook-bench-events-", dir=args.dir)
     results = {"python": platform.python_version(), "cpus": os.cpu_count(), "dir": tmp,
@@ -337,29 +480,33 @@ def main() -> int:
     print(f"{platform.python_version()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
           f"files under {tmp}", flush=True)
     try:
-        server, _ = start_receiver()
-        results["baseline"] = b = baseline(tmp, f"http://127.0.0.1:{server.server_address[1]}/ev")
-        server.shutdown()
-        print(f"baseline: spool.write {b['spool_write_per_s']:,.0f} records/s; bare POST of 1,000-event "
-              f"bodies ({b['body_bytes_per_1000'] / 1024:.0f} KiB) {b['bare_post_events_per_s']:,.0f} events/s",
-              flush=True)
-        results["flow"] = f = flow(tmp, args.events)
-        print(f"flow:     {f['events']:,} events spool -> receiver in {f['seconds']:.1f} s = "
-              f"{f['events_per_s']:,.0f} events/s ({f['posts']} POSTs); spooler VmHWM {f['vmhwm_mb']} MB",
-              flush=True)
-        print(f"          spooler CPU per event (start-up included): {f['cpu_user_us']:.0f} µs user + "
-              f"{f['cpu_sys_us']:.0f} µs system", flush=True)
-        if f["spool_emptied_per_s"]:
-            print(f"          (the spool was ingested at {f['spool_emptied_per_s']:,.0f} events/s)", flush=True)
-        print(f"          = {f['events_per_s'] / b['spool_write_per_s']:.2f} x the spool write rate, "
-              f"{f['events_per_s'] / b['bare_post_events_per_s']:.2f} x the bare POST rate; "
-              f"target >= 20,000 events/s", flush=True)
-        if not args.skip_backlog:
-            results["backlog"] = k = backlog(tmp, args.backlog)
-            print(f"backlog:  {k['events']:,} events pending in state.db ({k['state_db_mb']} MB): spooler RSS "
-                  f"{k['rss_with_backlog_mb']} MB, peak (VmHWM) {k['vmhwm_mb']} MB; target <= 150 MB", flush=True)
-            print(f"          drained at {k['drain_events_per_s']:,.0f} events/s after the receiver recovered "
-                  f"({k['posts_while_down']} POSTs answered 503 meanwhile)", flush=True)
+        if args.dialect:
+            names = list(catalogue.names(catalogue.EVENTS)) if args.dialect == "all" else [args.dialect]
+            run_dialects(tmp, names, args.events, args.per_request_events, results)
+        else:
+            server, _ = start_receiver()
+            results["baseline"] = b = baseline(tmp, f"http://127.0.0.1:{server.server_address[1]}/ev")
+            server.shutdown()
+            print(f"baseline: spool.write {b['spool_write_per_s']:,.0f} records/s; bare POST of 1,000-event "
+                  f"bodies ({b['body_bytes_per_1000'] / 1024:.0f} KiB) {b['bare_post_events_per_s']:,.0f} events/s",
+                  flush=True)
+            results["flow"] = f = flow(tmp, args.events)
+            print(f"flow:     {f['events']:,} events spool -> receiver in {f['seconds']:.1f} s = "
+                  f"{f['events_per_s']:,.0f} events/s ({f['posts']} POSTs); spooler VmHWM {f['vmhwm_mb']} MB",
+                  flush=True)
+            print(f"          spooler CPU per event (start-up included): {f['cpu_user_us']:.0f} µs user + "
+                  f"{f['cpu_sys_us']:.0f} µs system", flush=True)
+            if f["spool_emptied_per_s"]:
+                print(f"          (the spool was ingested at {f['spool_emptied_per_s']:,.0f} events/s)", flush=True)
+            print(f"          = {f['events_per_s'] / b['spool_write_per_s']:.2f} x the spool write rate, "
+                  f"{f['events_per_s'] / b['bare_post_events_per_s']:.2f} x the bare POST rate; "
+                  f"target >= 20,000 events/s", flush=True)
+            if not args.skip_backlog:
+                results["backlog"] = k = backlog(tmp, args.backlog)
+                print(f"backlog:  {k['events']:,} events pending in state.db ({k['state_db_mb']} MB): spooler RSS "
+                      f"{k['rss_with_backlog_mb']} MB, peak (VmHWM) {k['vmhwm_mb']} MB; target <= 150 MB", flush=True)
+                print(f"          drained at {k['drain_events_per_s']:,.0f} events/s after the receiver recovered "
+                      f"({k['posts_while_down']} POSTs answered 503 meanwhile)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["loadavg_end"] = os.getloadavg()

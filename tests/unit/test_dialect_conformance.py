@@ -124,22 +124,9 @@ UNMARKED_OMISSION = {"mailgun": "docs/payloads.md, mailgun inbound: files over a
 # Bodies still over max_payload_size without attachment contents that are refused, not sent.
 OVER_CAP_REFUSED = {"template-json": "payloads/templates.py render: TemplateError, a failed attempt"}
 
-_SURROGATE_CRASH = ("registry.render_events raises UnicodeEncodeError for an event whose text holds a "
-                    "lone surrogate (payloads/events.py, encodings.json / form_urlencoded encode UTF-8 "
-                    "strictly); the dialects send U+FFFD in its place (dialects/_fields.encode)")
 # Defects found that are outside the dialect modules: (test, dialect, case or None for every
 # case) -> reason. Each runs as a strict xfail, so fixing it fails the suite until it is removed.
 KNOWN_DEFECTS = {
-    ("test_hostile_event_subject", "native", "lone_surrogate"): _SURROGATE_CRASH,
-    ("test_hostile_event_subject", "native", "surrogateescape"): _SURROGATE_CRASH,
-    ("test_hostile_event_subject", "native-form", "lone_surrogate"): _SURROGATE_CRASH,
-    ("test_hostile_event_subject", "native-form", "surrogateescape"): _SURROGATE_CRASH,
-    ("test_hostile_event_subject_generated", "native", None): _SURROGATE_CRASH,
-    ("test_hostile_event_subject_generated", "native-form", None): _SURROGATE_CRASH,
-    ("test_hostile_attachment_filename", "mailgun", None): (
-        "a backslash in a file name is lost to receivers that read form-data parameters as RFC 2045 "
-        "quoted strings (the stdlib email parser, cgi): encodings.quote_param escapes only `\"`, CR, "
-        "LF (WHATWG), and mailgun's forward() has the name nowhere else"),
 }
 
 

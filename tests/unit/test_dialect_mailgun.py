@@ -28,6 +28,7 @@ from mxhook.payloads.dialects import EventContext, InboundContext, mailgun
 from mxhook.payloads.encodings import Rendered
 from mxhook.payloads.events import sample_event
 from mxhook.payloads.inbound import Delivery
+from tests.support.esp_receivers import mailgun_verify as verify, receive_mailgun_event
 from tests.unit.test_payloads import META, PDF, raw, target
 
 HERE = Path(__file__).parent
@@ -61,43 +62,7 @@ def golden_names(dialect: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# A receiver written from Mailgun's documentation
-
-def verify(signing_key: str, token: str, timestamp: str, signature: str) -> bool:
-    """Mailgun's "Securing Webhooks" check, as its Python sample writes it."""
-    digest = hmac.new(key=signing_key.encode(), msg=f"{timestamp}{token}".encode(),
-                      digestmod=hashlib.sha256).hexdigest()
-    return hmac.compare_digest(str(signature), str(digest))
-
-
-def strict(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def receive_event(r: Rendered, key: str = KEY) -> dict:
-    """A Mailgun event webhook: JSON with `signature` and `event-data`; the event-data."""
-    assert r.content_type == "application/json"
-    payload = json.loads(r.body.decode("utf-8"), parse_constant=strict)
-    assert list(payload) == ["signature", "event-data"]
-    sig = payload["signature"]
-    assert set(sig) == {"timestamp", "token", "signature"}
-    assert all(isinstance(v, str) for v in sig.values())
-    assert int(sig["timestamp"]) > 0
-    if not verify(key, sig["token"], sig["timestamp"], sig["signature"]):
-        raise PermissionError("signature does not verify")
-    data = payload["event-data"]
-    assert isinstance(data["id"], str) and data["id"]
-    assert isinstance(data["timestamp"], float)
-    assert data["event"] in ("accepted", "delivered", "failed")
-    assert data["log-level"] in ("info", "warn", "error")
-    if data["event"] == "failed":
-        assert data["severity"] in ("permanent", "temporary")
-        assert isinstance(data["reason"], str)
-        assert isinstance(data["delivery-status"]["code"], int)
-    assert isinstance(data["message"]["headers"], dict)
-    assert isinstance(data["tags"], list) and isinstance(data["user-variables"], dict)
-    return data
-
+# A receiver written from Mailgun's documentation (events: tests/support/esp_receivers.py)
 
 def form_fields(r: Rendered) -> tuple[list[tuple[str, str]], dict]:
     """(fields in order, files {name: (filename, content type, bytes)}) of a urlencoded or
@@ -193,12 +158,12 @@ EVENT_CASES = {
 @pytest.mark.parametrize("name", sorted(EVENT_CASES))
 def test_event_golden(name):
     r = mailgun.event_request([EVENT_CASES[name]], EVENT_CTX)
-    receive_event(r)
+    receive_mailgun_event(r, KEY)
     check_golden("mailgun", f"event-{name}", r)
 
 
 def test_event_mapping():
-    got = {name: receive_event(mailgun.event_request([EVENT_CASES[name]], EVENT_CTX))
+    got = {name: receive_mailgun_event(mailgun.event_request([EVENT_CASES[name]], EVENT_CTX), KEY)
            for name in EVENT_CASES if name != "hostile"}
     assert {n: (d["event"], d.get("severity"), d.get("reason"), d["log-level"]) for n, d in got.items()} == {
         "queued": ("accepted", None, None, "info"),
@@ -242,7 +207,7 @@ def test_event_mapping():
 @pytest.mark.parametrize("text", ['{"a": NaN}', "[" * 100_000, '["list"]', "{not json"])
 def test_user_variables_only_from_a_json_object(text):
     e = {**BOUNCE, "custom_headers": {"x-mailgun-VARIABLES": text}}
-    assert receive_event(mailgun.event_request([e], EVENT_CTX))["user-variables"] == {}
+    assert receive_mailgun_event(mailgun.event_request([e], EVENT_CTX), KEY)["user-variables"] == {}
 
 
 def test_every_delivery_type_has_a_mailgun_event():
@@ -251,7 +216,7 @@ def test_every_delivery_type_has_a_mailgun_event():
 
 @pytest.mark.parametrize("event_type", mailgun.EVENT_TYPES)
 def test_sample_events_verify(event_type):
-    receive_event(mailgun.event_request([sample_event(event_type)], EVENT_CTX))
+    receive_mailgun_event(mailgun.event_request([sample_event(event_type)], EVENT_CTX), KEY)
 
 
 def test_signature_is_mailguns():
@@ -264,7 +229,7 @@ def test_signature_is_mailguns():
 def test_another_key_or_a_changed_timestamp_or_token_fails():
     r = mailgun.event_request([BOUNCE], EVENT_CTX)
     with pytest.raises(PermissionError):
-        receive_event(r, key=KEY + "x")
+        receive_mailgun_event(r, KEY + "x")
     sig = json.loads(r.body)["signature"]
     assert verify(KEY, sig["token"], sig["timestamp"], sig["signature"])
     assert not verify(KEY, sig["token"], str(int(sig["timestamp"]) + 1), sig["signature"])
@@ -276,7 +241,7 @@ def test_the_signature_does_not_cover_the_body():
     that need more use HTTPS, and Basic auth in the URL)."""
     r = mailgun.event_request([BOUNCE], EVENT_CTX)
     changed = Rendered(r.body.replace(b"gone@else.example", b"evil@else.example"), r.content_type)
-    assert receive_event(changed)["recipient"] == "evil@else.example"
+    assert receive_mailgun_event(changed, KEY)["recipient"] == "evil@else.example"
 
 
 def test_official_sdk_verifies():
@@ -322,7 +287,7 @@ def test_hostile_event_values_never_break_the_json(subject, header_from, reply, 
     e = {**BOUNCE, "subject": subject, "header_from": header_from, "reply": reply,
          "recipient": recipient, "message_id": message_id,
          "custom_headers": {"X-Mailgun-Variables": variables, "X-Mailgun-Tag": subject}}
-    data = receive_event(mailgun.event_request([e], EVENT_CTX))
+    data = receive_mailgun_event(mailgun.event_request([e], EVENT_CTX), KEY)
     assert data["message"]["headers"]["subject"] == subject
     assert data["message"]["headers"]["from"] == header_from
     assert data["delivery-status"]["message"] == reply

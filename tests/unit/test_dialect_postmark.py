@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from mxhook.model.events import TYPES
 from mxhook.payloads import inbound
 from mxhook.payloads.dialects import EventContext, InboundContext, postmark
+from tests.support.esp_receivers import receive_postmark_inbound
 from tests.unit.test_dialect_sendgrid import (AT, HOSTILE, KINDS, big_and_small, delivery, golden_text, mime,
                                               recorded)
 from tests.unit.test_payload_golden import EVENTS
@@ -45,11 +46,6 @@ FIELDS = {
     "SubscriptionChange": {"RecordType", "ServerID", "MessageStream", "MessageID", "ChangedAt", "Recipient",
                            "Origin", "SuppressSending", "SuppressionReason", "Tag", "Metadata"},
 }
-INBOUND_FIELDS = {
-    "FromName", "MessageStream", "From", "FromFull", "To", "ToFull", "Cc", "CcFull", "Bcc", "BccFull",
-    "OriginalRecipient", "Subject", "MessageID", "ReplyTo", "MailboxHash", "Date", "TextBody", "HtmlBody",
-    "StrippedTextReply", "Tag", "Headers", "Attachments",
-}
 
 
 def record(event: dict) -> dict:
@@ -57,9 +53,7 @@ def record(event: dict) -> dict:
 
 
 def inbound_doc(raw: bytes, recipients=("in@ours.example",), ctx=ICTX) -> dict:
-    rendered = postmark.inbound_request(delivery(raw, recipients), ctx)
-    assert rendered.content_type == "application/json"
-    return json.loads(rendered.body)
+    return receive_postmark_inbound(postmark.inbound_request(delivery(raw, recipients), ctx))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,31 +151,21 @@ def test_hostile_event_text_round_trips(subject, reply, tag):
 
 def test_inbound_as_postmark_documents_it():
     doc = inbound_doc(mime("related_inline_image.eml"), ["in+ticket-42@ours.example", "x@ours.example"])
-    assert set(doc) == INBOUND_FIELDS
     assert doc["MessageStream"] == "inbound"
     assert doc["OriginalRecipient"] == "in+ticket-42@ours.example" and doc["MailboxHash"] == "ticket-42"
     assert doc["StrippedTextReply"] == "" and doc["Tag"] == ""  # not computed yet: documented empty
     assert doc["MessageID"] == "0187a2b3c4d5e6f7a1b2c3d4e5f6-reports"
-    for person in [doc["FromFull"], *doc["ToFull"], *doc["CcFull"], *doc["BccFull"]]:
-        assert set(person) == {"Email", "Name", "MailboxHash"} and all(isinstance(v, str) for v in person.values())
     listed = {p["Email"] for p in doc["ToFull"] + doc["CcFull"]}
     assert {p["Email"] for p in doc["BccFull"]} == {"in+ticket-42@ours.example", "x@ours.example"} - listed
-    assert all(set(h) == {"Name", "Value"} for h in doc["Headers"])
     assert doc["Attachments"]
-    for att in doc["Attachments"]:
-        assert set(att) == {"Name", "Content", "ContentType", "ContentLength", "ContentID"}
-        assert len(base64.b64decode(att["Content"])) == att["ContentLength"]
+    assert all(set(att) == {"Name", "Content", "ContentType", "ContentLength", "ContentID"}
+               for att in doc["Attachments"])
     assert any(att["ContentID"] for att in doc["Attachments"])
 
 
 def test_the_official_postmark_models_read_the_inbound_parts():
-    schemas = pytest.importorskip("postmark.models.inbound.schemas")
-    doc = inbound_doc(mime("related_inline_image.eml"))
-    for att in doc["Attachments"]:
-        assert schemas.InboundAttachment.model_validate(att).content_length == att["ContentLength"]
-    for person in [doc["FromFull"], *doc["ToFull"]]:
-        assert schemas.EmailAddress.model_validate(person).email == person["Email"]
-    assert [schemas.Header.model_validate(h).name for h in doc["Headers"]] == [h["Name"] for h in doc["Headers"]]
+    pytest.importorskip("postmark.models.inbound.schemas")
+    inbound_doc(mime("related_inline_image.eml"))  # receive_postmark_inbound validates with them
 
 
 def test_mailbox_hash():

@@ -224,6 +224,7 @@ def test_multipart_filename_quoting_cannot_break_out():
     assert files["attachment-1"] == ("a%22%0DX-Evil: 1 .txt", "application/x-y", b"x")
     assert json.loads(fields["attachments"])[0]["filename"] == 'a"\rX-Evil: 1 .txt'
     assert quote_param('q"\r\n') == "q%22%0D%0A"
+    assert quote_param("C:\\x\\") == "C:%5Cx%5C"  # read alike by RFC 2045 and WHATWG readers
 
 
 def test_multipart_boundary_is_not_in_the_content():

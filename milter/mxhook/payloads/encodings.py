@@ -47,6 +47,16 @@ def dumps(obj) -> str:
     return _ENCODER.encode(obj)
 
 
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8; a lone surrogate (no UTF-8 form: a spool record's JSON may carry
+    "\\ud800", a surrogate-escaped byte is one) as U+FFFD, a surrogate pair as the character it
+    stands for. Every body's text goes through here, never a strict `.encode`."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
 # ---------------------------------------------------------------------------------------------
 # json and x-www-form-urlencoded
 
@@ -54,9 +64,9 @@ def json(doc: dict) -> Rendered:
     """`doc` (a dict with str keys) as UTF-8 JSON; byte for byte json.dumps of it, with each
     JSONText value written as the JSON it holds."""
     if not any(type(v) is JSONText for v in doc.values()):
-        return Rendered(dumps(doc).encode("utf-8"), "application/json")
+        return Rendered(utf8(dumps(doc)), "application/json")
     items = ",".join(f"{dumps(k)}:{v if type(v) is JSONText else dumps(v)}" for k, v in doc.items())
-    return Rendered(("{" + items + "}").encode("utf-8"), "application/json")
+    return Rendered(utf8("{" + items + "}"), "application/json")
 
 
 def form_urlencoded(doc: dict) -> Rendered:
@@ -70,15 +80,23 @@ def form_urlencoded(doc: dict) -> Rendered:
             fields.append((key, dumps(value)))
         elif value is not None:
             fields.append((key, str(value)))
-    return Rendered(urlencode(fields).encode("ascii"), "application/x-www-form-urlencoded")
+    try:
+        text = urlencode(fields)
+    except UnicodeEncodeError:  # a lone surrogate: percent-encode the bytes utf8() gives it
+        text = urlencode([(utf8(k), utf8(v)) for k, v in fields])
+    return Rendered(text.encode("ascii"), "application/x-www-form-urlencoded")
 
 
 # ---------------------------------------------------------------------------------------------
 # multipart/form-data
 
 def quote_param(value: str) -> str:
-    """A quoted form-data parameter value, escaped as browsers do (WHATWG HTML)."""
-    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    """A quoted form-data parameter value: `"`, CR and LF as %22, %0D, %0A, as browsers send
+    them (WHATWG HTML), and a backslash as %5C, so that a reader of RFC 2045 quoted strings (the
+    stdlib email parser, Werkzeug, Django, busboy), which takes a backslash as an escape, reads
+    the same text as a WHATWG reader, which does not."""
+    return (value.replace("\\", "%5C").replace('"', "%22").replace("\r", "%0D")
+            .replace("\n", "%0A"))
 
 
 def _multipart_body(fields: Fields, files: Files, boundary: str) -> bytes:
@@ -151,7 +169,7 @@ def _largest_first(attachments: list[dict]) -> list[dict]:
 
 
 def _utf8(obj) -> bytes:
-    return dumps(obj).encode("utf-8")
+    return utf8(dumps(obj))
 
 
 def _over_cap(max_size: int) -> str:

@@ -1,17 +1,15 @@
 """What the seed systems' event dialects (smtp2go, paubox, msndr) do alike: take the one event
 of a request and name it from their table, read its time, the recipient the application used,
-a JSON-safe number for its message, and encode past lone surrogates (`encode`, which mailgun
-and postmark use too). Pure: times are the event's own, never the clock's.
+and a JSON-safe number for its message. Pure: times are the event's own, never the clock's.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
+from typing import Iterable
 
 from mxhook.model.events import us_from_iso
-from mxhook.payloads.encodings import Rendered
 from mxhook.payloads.events import V1Text, as_dict
 
 _EPOCH = datetime(1970, 1, 1)  # naive: isoformat() then has no offset, and `Z` is added
@@ -81,27 +79,6 @@ def message_number(event: dict) -> int:
         key = "event\x1f" + (text(event.get("id")) or "")
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=7).digest()
     return int.from_bytes(digest, "big") >> 3
-
-
-def _scrub(value):
-    """`value` with every lone surrogate in its strings (keys too) as U+FFFD; a surrogate pair
-    becomes the character it stands for."""
-    if type(value) is str:
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_scrub(v) for v in value]
-    return value
-
-
-def encode(encoding: Callable[[dict], Rendered], doc: dict) -> Rendered:
-    """`encoding(doc)`; a document whose text holds a lone surrogate (no UTF-8 form: a spool
-    record's JSON may carry "\\ud800") is encoded with U+FFFD in its place instead of failing."""
-    try:
-        return encoding(doc)
-    except UnicodeEncodeError:
-        return encoding(_scrub(doc))
 
 
 def one_named_event(events: Iterable[dict | V1Text], dialect: str,

@@ -23,7 +23,6 @@ import re
 from mxhook.model.events import us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
-from mxhook.payloads.dialects._fields import encode
 from mxhook.payloads.encodings import Fields, Files, Rendered, dumps
 from mxhook.payloads.events import as_dict
 
@@ -98,8 +97,8 @@ def event_request(events: list[dict], ctx: EventContext) -> Rendered:
     if events[0].get("type") not in EVENTS:
         raise ValueError(f"mailgun has no event for event type {events[0].get('type')!r}: "
                          "the pipeline sends it only the types in its EVENT_TYPES")
-    return encode(encodings.json, {"signature": signature_block(ctx),
-                                   "event-data": event_data(events[0], ctx.now)})
+    return encodings.json({"signature": signature_block(ctx),
+                           "event-data": event_data(events[0], ctx.now)})
 
 
 def event_data(event: dict, now: float) -> dict:

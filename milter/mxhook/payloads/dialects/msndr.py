@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
-from mxhook.payloads.dialects._fields import (app_recipient, encode, first_text, message_number,
-                                              micros, one_named_event, text)
+from mxhook.payloads.dialects._fields import (app_recipient, first_text, message_number, micros,
+                                              one_named_event, text)
 
 NAME = "msndr"
 EVENTS_PER_REQUEST = 1
@@ -69,4 +69,4 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
             },
         },
     }
-    return encode(encodings.json, doc)
+    return encodings.json(doc)

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
-from mxhook.payloads.dialects._fields import (app_recipient, encode, first_text, message_number,
-                                              micros, one_named_event, text, utc_time)
+from mxhook.payloads.dialects._fields import (app_recipient, first_text, message_number, micros,
+                                              one_named_event, text, utc_time)
 
 NAME = "paubox"
 EVENTS_PER_REQUEST = 1
@@ -67,4 +67,4 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
             "to": app_recipient(event),
         },
     }
-    return encode(encodings.json, doc)
+    return encodings.json(doc)

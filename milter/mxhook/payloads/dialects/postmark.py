@@ -9,7 +9,6 @@ import hashlib
 from mxhook.model.events import iso_from_us, is_stored_time, us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
-from mxhook.payloads.dialects._fields import encode
 from mxhook.payloads.encodings import Rendered
 from mxhook.payloads.events import as_dict
 
@@ -72,7 +71,7 @@ def event_request(events: list[dict], ctx: EventContext) -> Rendered:
     events = list(events)
     if len(events) != 1:
         raise ValueError(f"postmark posts one event per request, not {len(events)}")
-    return encode(encodings.json, record(as_dict(events[0]), ctx))
+    return encodings.json(record(as_dict(events[0]), ctx))
 
 
 def record(event: dict, ctx: EventContext) -> dict:

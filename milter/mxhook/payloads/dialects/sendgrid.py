@@ -15,7 +15,6 @@ from mxhook.model.headers import decode_field, to_text
 from mxhook.model.message import header_section, split_headers
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
-from mxhook.payloads.dialects._fields import encode
 from mxhook.payloads.encodings import Fields, Files, Rendered
 from mxhook.payloads.events import as_dict
 
@@ -64,11 +63,7 @@ CHARSETS = encodings.dumps({name: "UTF-8" for name in ("to", "from", "cc", "subj
 def event_request(events: list[dict], ctx: EventContext) -> Rendered:
     """The Event Webhook body: a JSON array of the events SendGrid has a name for, in order."""
     out = [sendgrid_event(e, ctx) for e in map(as_dict, events) if e.get("type") in EVENTS]
-    return encode(_json_array, out)  # a lone surrogate in an event's text as U+FFFD
-
-
-def _json_array(events: list) -> Rendered:
-    return Rendered(encodings.dumps(events).encode("utf-8"), "application/json")
+    return Rendered(encodings.utf8(encodings.dumps(out)), "application/json")
 
 
 def sendgrid_event(event: dict, ctx: EventContext) -> dict:

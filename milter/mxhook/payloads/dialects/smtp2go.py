@@ -43,7 +43,7 @@ from __future__ import annotations
 from mxhook.model.events import BOUNCE_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
-from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, encode, first_text,
+from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, first_text,
                                               micros, one_named_event, text, utc_time)
 
 NAME = "smtp2go"
@@ -100,7 +100,7 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
     fields["subject"] = text(event.get("subject")) or ""
     fields["srchost"] = (text(event.get("client_addr")) or "") if name == "processed" else ""
     fields.update(custom_header_fields(event.get("custom_headers"), ctx.custom_headers))
-    return encode(encodings.form_urlencoded, fields)
+    return encodings.form_urlencoded(fields)
 
 
 def custom_header_fields(headers, selected: tuple[str, ...]) -> list[tuple[str, str]]:
