@@ -69,7 +69,7 @@ def message_fields(envelope: Envelope, raw_headers: list[tuple[str, bytes]], rec
         "client_name": envelope.client_name,
         "helo": envelope.helo,
         "header_from": first_address(header_from[0]) if header_from else "",
-        "subject": to_text(subject[0]).strip() if subject else "",
+        "subject": decode_value(subject[0]).strip() if subject else "",  # as a reader sees it
         "message_id": to_text(message_id[0]).strip() if message_id else "",
     }
 
