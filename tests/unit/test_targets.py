@@ -90,3 +90,9 @@ def test_an_old_record_reads_with_what_it_has():
     t = Target.from_record({"name": "r1", "endpoint": URL})
     assert (t.id, t.format, t.timeout, t.allow_http) == (None, "json", None, False)
     assert t.retry == RetryPolicy(None, None)
+
+
+def test_no_secret_shows_in_the_repr_of_a_destination_or_target():
+    dest = Destination(URL, basic_auth="u:s3cret-basic", api_key="s3cret-key")
+    target = Target.of("rule", 1, "r", Destination(URL, bearer="s3cret-bearer", signing_key="s3cret-sign"))
+    assert "s3cret" not in repr(dest) + repr(target) and URL in repr(target)

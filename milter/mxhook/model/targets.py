@@ -16,7 +16,7 @@ into the spool record and into state.db (`deliveries.target`), and `from_record`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -40,15 +40,16 @@ class TargetRecordError(ValueError):
 class Destination:
     url: str
     format: str = "json"
-    basic_auth: str | None = None  # "user:password"
-    bearer: str | None = None
-    api_key: str | None = None  # sent in the payload body
+    # secrets stay out of repr(): a Target in a log line or a traceback shows none
+    basic_auth: str | None = field(default=None, repr=False)  # "user:password"
+    bearer: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)  # sent in the payload body
     retry_interval: float | None = 60  # seconds
     retry_period: float | None = 3  # days
     timeout: float | None = DEFAULT_TIMEOUT  # seconds
     allow_http: bool = False
     dialect: str = "native"  # whose request bodies: payloads/dialects, or mxhook's own
-    signing_key: str | None = None  # the key a dialect signs its bodies with (Mailgun's)
+    signing_key: str | None = field(default=None, repr=False)  # a dialect's (Mailgun's)
     template: int | None = None  # version of the owner's jinja2 template in rules.db, if any
 
     @property
