@@ -174,8 +174,12 @@ def test_v1_text_takes_the_template_for_stored_events():
     event = dict(BOUNCE, at="2026-01-15T12:00:00.250000Z", delay=1.5, custom_headers={"X-C": "7"})
     flat = ev_payloads._v1_text_flat(event)
     assert flat is not None and flat == dumps(ev_payloads._v1_event(event, ev_payloads.timezone.utc))
-    assert ev_payloads._v1_text_flat(dict(event, delay=float("nan"))) is None  # json writes NaN
     assert ev_payloads._v1_text_flat(dict(event, at="2026-01-15T12:00:00+01:00")) is None
+    # a container value of two or more items (its own separators) takes the general way
+    assert ev_payloads._v1_text_flat(dict(event, reason=["a", "b"])) is None
+    for odd in (dict(event, delay=float("nan")), dict(event, reason=["a"]), dict(event, delay=True),
+                dict(event, subject="\x00\x1f\"\\ é\u2028", custom_headers={"A": "1", "B": "\x00"})):
+        assert ev_payloads.v1_text(odd) == dumps(ev_payloads._v1_event(odd, ev_payloads.timezone.utc))
 
 
 def test_prerenderer_only_for_an_endpoint_that_takes_v1_in_utc():

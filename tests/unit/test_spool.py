@@ -236,6 +236,34 @@ def test_decode_parts_of_good_files_and_of_nothing():
     assert [(p.offset, p.data) for p in spool.decode_parts(b"")[1]] == [(0, b"")]
 
 
+def test_decode_parts_per_file_and_per_record_agree(monkeypatch):
+    """A file of payload-less records is decoded per file (_decode_bare); whatever that way
+    does not take (a payload, odd spacing, a bool payload_size, a record that fails) is read
+    record by record, with the same result."""
+    plain = _rec("a") + _rec("b") + _rec("c", "denied")
+    assert spool._decode_bare(plain, None) is not None
+    odd_lines = [b' {"id":"x","kind":"event","payload_size":0}', b'{"id":"x","kind":"event","payload_size":0}\r',
+                 b'{"id":"x","kind":"event","payload_size":false}', b'{"id":"x","kind":"event","payload_size":0.0}',
+                 b'{"id":"x","kind":"weird","payload_size":0}', b'{"kind":"event","payload_size":0}', b"[0]",
+                 b'{"id":"x","kind":"event","payload_size":0}{}', b'{"id":"\xff","kind":"event","payload_size":0}']
+    files = [plain, b"", spool.MAGIC, _rec("a", "inbound", b"x\n") + _rec("b")]
+    files += [_rec("a") + spool.MAGIC + line + b"\n" + _rec("b") for line in odd_lines]
+
+    def check(record):
+        if record.id == "b":
+            raise ValueError("no b")
+
+    for data in files:
+        for with_check in (None, check):
+            lines = {}
+            per_file = spool.decode_parts(data, lines, check=with_check)
+            with monkeypatch.context() as m:
+                m.setattr(spool, "_decode_bare", lambda data, check: None)
+                by_record_lines = {}
+                by_record = spool.decode_parts(data, by_record_lines, check=with_check)
+            assert per_file == by_record and lines == by_record_lines
+
+
 def test_decode_parts_check_refuses_single_records():
     def check(record):
         if record.meta.get("type") == "bad":
