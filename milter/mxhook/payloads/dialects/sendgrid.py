@@ -169,8 +169,9 @@ def _first_values(headers) -> dict:
 
 
 def _utf8_safe(text: str) -> str:
-    """`text` with lone surrogates (an encoded word in UTF-7 can decode to one) as U+FFFD."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    """`text` with lone surrogates (an encoded word in UTF-7 can decode to one) as U+FFFD,
+    as every body's text is written (encodings.utf8)."""
+    return encodings.utf8(text).decode("utf-8")
 
 
 def _header_text(raw: bytes) -> str:
