@@ -32,6 +32,7 @@ from mxhook.store.migrations import transaction
 from mxhook.store.statedb import StateStore, _address, _chunks, _load_event
 
 
+UNKNOWN_DOMAIN = "unknown_domain"  # the filter of a denial whose domain is not permitted
 IGNORED_NAMED = 5  # addresses named in the log line of an ignored delivery-status report
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
             block_hard_bounces: bool = False,
             raw_meta: dict[str, str] | None = None,
             prerender: Callable[[dict], str] | None = None,
-            wants: Callable[[object], frozenset[str]] | None = None) -> int:
+            wants: Callable[[object], frozenset[str]] | None = None,
+            log_unknown_domains: bool = True) -> int:
     """Insert spool records (`spooled`) in one transaction; returns how many were new.
     Re-ingesting a record is harmless (INSERT OR IGNORE on its id). Raises RecordError (and
     writes nothing) when a record fails `check_record`.
@@ -118,7 +120,10 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     does, file by file, to quarantine bad ones) has its `typed` metadata and is not checked
     again. `raw_meta`: record id
     -> the record's metadata as JSON text (the spool file's line), stored as it is instead of
-    serializing `meta` again. `prerender`: see StateStore.remember."""
+    serializing `meta` again. `prerender`: see StateStore.remember. Without
+    `log_unknown_domains`, a `denied` record of recipients in domains that are not permitted
+    (the spam flood every MX gets) is counted per minute (`unlogged_denials`) instead of
+    logged; a crash before its file is unlinked counts it again."""
     for record in spooled:
         if record.typed is None:
             check_record(record)
@@ -127,19 +132,28 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     fanout = _fanout(endpoints, wants)
     new = 0
     fresh = _Fresh()
+    unlogged: dict[str, int] = {}  # minute -> unknown-domain denials not logged
     with transaction(store.conn) as conn:
         events = []
         for record in spooled:
             if record.kind == "inbound":
                 new += _ingest_inbound(conn, record, record.typed, at)
             elif record.kind == "denied":
-                new += _ingest_denied(conn, record.id, record.typed)
+                if log_unknown_domains or record.typed.filter != UNKNOWN_DOMAIN:
+                    new += _ingest_denied(conn, record.id, record.typed)
+                else:
+                    minute = iso(record.typed.received)[:16]
+                    unlogged[minute] = unlogged.get(minute, 0) + 1
             elif record.kind == "event":
                 text = raw_meta.get(record.id) if raw_meta else None
                 events.append((record.typed, record.meta, record.payload, text))
         if events:
             new += _insert_events(conn, events, at, added, fanout, block_hard_bounces, fresh,
                                   verify_reports=True)
+        if unlogged:
+            conn.executemany("INSERT INTO unlogged_denials (minute, count) VALUES (?, ?)"
+                             " ON CONFLICT(minute) DO UPDATE SET count = count + excluded.count",
+                             sorted(unlogged.items()))
     fresh.keep(store, prerender)
     for (message_id, why), addresses in fresh.ignored_reports.items():
         named = ", ".join(map(ascii, addresses[:IGNORED_NAMED]))

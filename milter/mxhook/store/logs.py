@@ -1,12 +1,20 @@
-"""state.db read for people: the inbound log and the event log (a listing and one entry's
-detail with its attempts), and totals. Functions over a StateStore's connection; the CLI's
-`log` commands and tests call them, nothing here writes."""
+"""state.db for people: the inbound log and the event log (a listing and one entry's detail
+with its attempts), totals, the count of unknown-domain denials left out of the log, and the
+logs' retention (`Retention`, the one writer here: the spooler in the background and `mxhook
+log prune`). Functions over a StateStore's connection."""
 from __future__ import annotations
 
 import json
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
 
-from mxhook.model.records import iso
+from mxhook.model.records import iso, to_datetime
+from mxhook.store.migrations import transaction
 from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES, StateStore, _load_event
+
+log = logging.getLogger(__name__)
 
 LOG_KEYS = ("id", "received", "status", "from", "to", "hostName", "messageId", "filterName", "reason")
 EVENT_LOG_KEYS = ("received", "status", "hostName", "endpointUrl", "reason")
@@ -207,3 +215,249 @@ def event_counts(store: StateStore) -> dict:
     pending = store.conn.execute(
         "SELECT count(*) FROM event_deliveries WHERE batch_id IS NULL").fetchone()[0]
     return {"pending": pending, "batches": by_status}
+
+
+# unknown-domain denials kept out of the inbound log ------------------------------------------
+def unlogged_denials(store: StateStore, since) -> dict:
+    """Denials of recipients in domains that are not permitted that ingest counted instead of
+    logging (`[spooler] log_unknown_domains = no`): `since` that time (to the minute), in
+    total, and the oldest minute counted (`first`)."""
+    recent, total, first = store.conn.execute(
+        "SELECT coalesce(sum(CASE WHEN minute >= ? THEN count END), 0), coalesce(sum(count), 0),"
+        " min(minute) FROM unlogged_denials", (iso(since)[:16],)).fetchone()
+    return {"since": recent, "total": total, "first": first}
+
+
+# retention -----------------------------------------------------------------------------------
+PRUNE_BATCH = 500  # rows of a time index looked at per transaction
+PRUNE_BUDGET = 0.05  # seconds of pruning per pass of the spooler's loop, at most (and one batch)
+PRUNE_INTERVAL = 600.0  # seconds from the end of one background pass to the start of the next
+_PENDING = "('queued', 'deferred')"
+DAY = 86400.0
+
+
+@dataclass
+class Pruned:
+    """Rows deleted (or, in a dry run, that would be) by table; `denied` are inbound_log rows
+    of denied mail, `inbound_log` those of deliveries."""
+
+    messages: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+    inbound_log: int = 0
+    denied: int = 0
+    unlogged_denials: int = 0
+    events: int = 0
+    event_deliveries: int = 0
+    event_batches: int = 0
+    event_attempts: int = 0
+
+    def add(self, other: "Pruned") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cutoff(days: float, now) -> str | None:
+    """The stored time before which rows are older than `days` at `now`; None: keep forever
+    (days 0)."""
+    return iso(to_datetime(now).timestamp() - days * DAY) if days > 0 else None
+
+
+def _marks(items) -> str:
+    return ", ".join("?" * len(items))
+
+
+class Retention:
+    """Deletes what is older than the logs' retention, a bounded batch per transaction, so the
+    writer it shares state.db with (the spooler's loop) is never held up for long.
+
+    Units: a denied inbound_log row; a message (by `messages.received`) with its deliveries,
+    their attempts and inbound_log rows, once none of its deliveries is queued or deferred
+    (failed ones go: the dead letter is replayable for as long as it is kept); an event with
+    its event_deliveries rows, once none of them waits for a batch or is in a queued or
+    deferred batch and it is not a hard bounce still owed to the block list; a batch with its
+    attempts once its last event went. A pass walks the time indexes from the oldest row up to
+    the cutoff (fixed when the pass starts) with a cursor, so rows it keeps are looked at once
+    per pass. `dry_run`: the same walk, counting instead of deleting."""
+
+    PHASES = ("denied", "counts", "messages", "events")
+
+    def __init__(self, store: StateStore, inbound_days: float, event_days: float, *,
+                 batch: int = PRUNE_BATCH, dry_run: bool = False):
+        self.store = store
+        self.inbound_days = inbound_days
+        self.event_days = event_days
+        self.batch = batch
+        self.dry_run = dry_run
+        self._pass: list[str] | None = None  # phases left in the pass under way
+        self._cutoffs: dict[str, str | None] = {}
+        self._cursor: tuple[str, int] = ("", 0)
+        self._seen_batches: set[str] = set()  # dry run: batches counted already
+        self.pruned = Pruned()  # of the pass under way (or the last one)
+        self._last_pass_end: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.inbound_days > 0 or self.event_days > 0
+
+    def start(self, now) -> None:
+        """Begin a pass with the cutoffs of `now` (epoch seconds, datetime or ISO text)."""
+        inbound, events = cutoff(self.inbound_days, now), cutoff(self.event_days, now)
+        self._cutoffs = {"denied": inbound, "counts": inbound, "messages": inbound, "events": events}
+        self._pass = [p for p in self.PHASES if self._cutoffs[p] is not None]
+        self._cursor = ("", 0)
+        self._seen_batches.clear()
+        self.pruned = Pruned()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._pass)
+
+    def step(self) -> Pruned:
+        """One batch of the pass under way, in its own transaction; what it deleted."""
+        if not self._pass:
+            return Pruned()
+        phase = self._pass[0]
+        found = Pruned()
+        with transaction(self.store.conn, write=not self.dry_run) as conn:
+            done = getattr(self, "_" + phase)(conn, self._cutoffs[phase], found)
+        if done:
+            self._pass.pop(0)
+            self._cursor = ("", 0)
+        self.pruned.add(found)
+        return found
+
+    def run(self, now) -> Pruned:
+        """A whole pass at `now` (`mxhook log prune`, tests); what it deleted."""
+        self.start(now)
+        while self.running:
+            self.step()
+        return self.pruned
+
+    def background(self, now: float, monotonic: Callable[[], float] = time.monotonic,
+                   *, budget: float = PRUNE_BUDGET, interval: float = PRUNE_INTERVAL) -> Pruned:
+        """For a daemon's loop: a pass every `interval` seconds (the first at once), run as
+        batches for up to `budget` seconds per call; logs what a pass deleted."""
+        if not self.enabled:
+            return Pruned()
+        t0 = monotonic()
+        if not self.running:
+            if self._last_pass_end is not None and t0 - self._last_pass_end < interval:
+                return Pruned()
+            self.start(now)
+        found = Pruned()
+        while self.running:
+            found.add(self.step())
+            if monotonic() - t0 >= budget:
+                break
+        if not self.running:
+            self._last_pass_end = monotonic()
+            if self.pruned.total():
+                log.info("log retention: deleted %s", ", ".join(
+                    f"{n} {name.replace('_', ' ')}" for name, n in self.pruned.as_dict().items() if n))
+        return found
+
+    # the phases: each looks at up to `batch` rows past the cursor; True when it reached the cutoff
+    def _window(self, conn, sql: str, params: list) -> list[tuple]:
+        """Rows (received, rowid, ...) of `sql` (a SELECT over a time index, WHERE ending in
+        AND) past the cursor, in (received, rowid) order; the cursor moves past them."""
+        rows = conn.execute(
+            sql + " (received, rowid) > (?, ?) ORDER BY received, rowid LIMIT ?",
+            [*params, *self._cursor, self.batch]).fetchall()
+        if rows:
+            self._cursor = (rows[-1][0], rows[-1][1])
+        return rows
+
+    def _denied(self, conn, before: str, found: Pruned) -> bool:
+        rows = self._window(conn, "SELECT received, rowid FROM inbound_log"
+                                  " WHERE status = 'denied' AND received < ? AND", [before])
+        found.denied = len(rows)
+        if rows and not self.dry_run:
+            conn.execute(f"DELETE FROM inbound_log WHERE rowid IN ({_marks(rows)})", [r[1] for r in rows])
+        return len(rows) < self.batch
+
+    def _counts(self, conn, before: str, found: Pruned) -> bool:
+        minutes = [r[0] for r in conn.execute(
+            "SELECT minute FROM unlogged_denials WHERE minute < ? AND minute > ? ORDER BY minute LIMIT ?",
+            (before[:16], self._cursor[0], self.batch))]
+        found.unlogged_denials = len(minutes)
+        if minutes:
+            self._cursor = (minutes[-1], 0)
+            if not self.dry_run:
+                conn.execute(f"DELETE FROM unlogged_denials WHERE minute IN ({_marks(minutes)})", minutes)
+        return len(minutes) < self.batch
+
+    def _messages(self, conn, before: str, found: Pruned) -> bool:
+        rows = self._window(conn, "SELECT received, rowid, id FROM messages WHERE received < ? AND", [before])
+        ids = [r[2] for r in rows]
+        if ids:
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM messages m WHERE id IN ({_marks(ids)}) AND NOT EXISTS (SELECT 1"
+                f" FROM deliveries d WHERE d.message_id = m.id AND d.status IN {_PENDING})", ids)]
+        if ids:
+            deliveries = [r[0] for r in conn.execute(
+                f"SELECT id FROM deliveries WHERE message_id IN ({_marks(ids)})", ids)]
+            found.messages, found.deliveries = len(ids), len(deliveries)
+            in_d = f"IN ({_marks(deliveries)})"
+            if self.dry_run:
+                found.attempts = conn.execute(
+                    f"SELECT count(*) FROM attempts WHERE delivery_id {in_d}", deliveries).fetchone()[0]
+                found.inbound_log = conn.execute(
+                    f"SELECT count(*) FROM inbound_log WHERE id {in_d}", deliveries).fetchone()[0]
+            else:
+                found.attempts = conn.execute(f"DELETE FROM attempts WHERE delivery_id {in_d}", deliveries).rowcount
+                found.inbound_log = conn.execute(f"DELETE FROM inbound_log WHERE id {in_d}", deliveries).rowcount
+                conn.execute(f"DELETE FROM deliveries WHERE id {in_d}", deliveries)
+                conn.execute(f"DELETE FROM messages WHERE id IN ({_marks(ids)})", ids)
+        return len(rows) < self.batch
+
+    # an event delivery still to be posted: not in a batch yet, or in an open one
+    _EVENT_PENDING = ("SELECT 1 FROM event_deliveries d LEFT JOIN event_batches b ON b.id = d.batch_id"
+                      f" WHERE d.event_id = e.id AND (d.batch_id IS NULL OR b.status IN {_PENDING})")
+    _EVENT_KEPT = f"(e.block_state IS 'pending' OR EXISTS ({_EVENT_PENDING}))"
+
+    def _events(self, conn, before: str, found: Pruned) -> bool:
+        rows = self._window(conn, "SELECT received, rowid, id FROM events WHERE received < ? AND", [before])
+        ids = [r[2] for r in rows]
+        if ids:
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM events e WHERE id IN ({_marks(ids)}) AND NOT {self._EVENT_KEPT}", ids)]
+        if ids:
+            in_e = f"IN ({_marks(ids)})"
+            batches = conn.execute(f"SELECT DISTINCT endpoint_id, batch_id FROM event_deliveries"
+                                   f" WHERE event_id {in_e} AND batch_id IS NOT NULL", ids).fetchall()
+            found.events = len(ids)
+            if self.dry_run:
+                found.event_deliveries = conn.execute(
+                    f"SELECT count(*) FROM event_deliveries WHERE event_id {in_e}", ids).fetchone()[0]
+                # a batch goes with its last event: when every one of them is old and done
+                gone = [b for endpoint, b in batches if b not in self._seen_batches and not conn.execute(
+                    "SELECT 1 FROM event_deliveries d JOIN events e ON e.id = d.event_id WHERE"
+                    f" d.endpoint_id = ? AND d.batch_id = ? AND (e.received >= ? OR {self._EVENT_KEPT})",
+                    (endpoint, b, before)).fetchone()]
+                self._seen_batches.update(gone)
+            else:
+                found.event_deliveries = conn.execute(
+                    f"DELETE FROM event_deliveries WHERE event_id {in_e}", ids).rowcount
+                conn.execute(f"DELETE FROM events WHERE id {in_e}", ids)
+                gone = [b for endpoint, b in batches if not conn.execute(
+                    "SELECT 1 FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ?",
+                    (endpoint, b)).fetchone()]
+            if gone:
+                in_b = f"IN ({_marks(gone)})"
+                if self.dry_run:
+                    found.event_attempts = conn.execute(
+                        f"SELECT count(*) FROM event_attempts WHERE batch_id {in_b}", gone).fetchone()[0]
+                    found.event_batches = len(gone)
+                else:
+                    found.event_attempts = conn.execute(
+                        f"DELETE FROM event_attempts WHERE batch_id {in_b}", gone).rowcount
+                    found.event_batches = conn.execute(
+                        f"DELETE FROM event_batches WHERE id {in_b}", gone).rowcount
+        return len(rows) < self.batch

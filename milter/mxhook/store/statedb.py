@@ -61,12 +61,20 @@ Versions: `_MIGRATIONS`, applied by store.migrations on open (`PRAGMA user_versi
   response_excerpt)`.
 - `event_endpoints(id PK, url, updated)`: the endpoints' URLs as last seen by the spooler, so the
   event log can name the endpoint of old deliveries (rules.db belongs to the admin).
+- `unlogged_denials(minute PK, count)`: denials of recipients in domains that are not
+  permitted, kept out of `inbound_log` (`[spooler] log_unknown_domains = no`), counted per
+  minute of their time (`2026-11-22T12:00`) for `mxhook status`; pruned with the inbound log.
 - `target_health(kind, ref, name, failing_since, last_success, last_failure, last_error,
   last_status_code, disabled_at, disabled_reason, updated; PK (kind, ref))`: per rule (`kind`
   rule, `ref` = `rule_ref`: the rule id) and per event endpoint (`endpoint`, its id): since when
   its attempts fail without a success in between (`[spooler] disable_after_days`), and when
   and why the spooler disabled it (410 Gone, continuous failure). Written with the attempts,
   in their transaction; read by `mxhook status`.
+
+Retention: store.logs `Retention` deletes what is older than `[spooler] inbound_log_days` /
+`event_log_days` in small transactions (a message with its deliveries, attempts and log rows
+once none of its deliveries is pending; an event with its fan-out rows once none is pending,
+and a batch with its attempts once its last event is gone).
 
 Replay: store.replay `requeue(ids)` puts failed deliveries/batches back to `queued` with the
 same id (the `webhook-id`) and a fresh retry period; `mxhook replay` (services.replay, another
@@ -407,8 +415,17 @@ def _add_event_columns(conn: sqlite3.Connection) -> None:
                      " WHERE type = 'queued'")
 
 
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """Log retention (store.logs.Retention) walks messages in time order; unknown-domain
+    denials kept out of the inbound log (`[spooler] log_unknown_domains`) are counted per
+    minute."""
+    db["messages"].create_index(["received"], if_not_exists=True)
+    db.create_table("unlogged_denials", {"minute": str, "count": int}, pk="minute",
+                    not_null={"count"}, if_not_exists=True)
+
+
 # The step that brings state.db from the version before to each version (store.migrations).
-_MIGRATIONS = ((1, _schema_v1),)
+_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
