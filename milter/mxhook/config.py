@@ -143,6 +143,8 @@ AT_LEAST_1 = Check(lambda v: v >= 1, "at least 1")
 ABOVE_0 = Check(lambda v: v > 0, "above 0")
 NOT_NEGATIVE = Check(lambda v: v >= 0, "0 or more")
 
+RETENTION = Check(lambda v: v == 0 or v >= 1, "0 (keep forever) or at least 1")
+
 LOG = choice("syslog", "stderr")
 LOG_LEVEL = choice("debug", "info", "warning", "error")
 
@@ -196,7 +198,7 @@ SCHEMA: tuple[Key, ...] = (
         ("timeout", WHOLE_SECONDS, "600", "libmilter's I/O timeout towards Postfix, seconds.", ABOVE_0),
         ("unknown_domains", choice("reject", "pass"), "reject",
          "what to do with a RCPT whose domain is not permitted: reject answers 550 5.7.1 at RCPT "
-         "and logs denied; pass leaves such recipients alone."),
+         "and logs denied (see [spooler] log_unknown_domains); pass leaves such recipients alone."),
         ("trusted_networks", NETWORKS, "",
          "CIDRs whose clients are applications sending outbound mail (like Postfix's mynetworks)."),
         ("outbound_daemon_names", LIST, "ORIGINATING",
@@ -301,6 +303,19 @@ SCHEMA: tuple[Key, ...] = (
          "its next failed attempt, logged as a warning, and shown as disabled by mxhook status; "
          "its pending deliveries wait and its failed ones stay replayable (mxhook replay).",
          Check(lambda v: v >= 0, "0 (never) or more")),
+        ("log_unknown_domains", BOOL, "no",
+         "keep the denials of recipients in domains that are not permitted ([milter] "
+         "unknown_domains = reject) in the inbound log; no: only counted (mxhook status), as spam "
+         "to such domains can flood the log; turn it on while setting up."),
+        ("inbound_log_days", DAYS, "30",
+         "days the inbound log is kept: older messages (with their deliveries, attempts and "
+         "bodies) and denied rows are deleted in the background, but never a message with a "
+         "delivery still queued or deferred; 0 keeps them forever.", RETENTION),
+        ("event_log_days", DAYS, "30",
+         "days the event log is kept: older events (with their deliveries, batches and attempts) "
+         "are deleted in the background, but never one still waiting to be posted; keep it above "
+         "Postfix's maximal_queue_lifetime (5 days), as later events are matched to their queued "
+         "one; 0 keeps them forever.", RETENTION),
         ("log", LOG, "syslog", AS_FOR_THE_MILTER),
         ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
     ),

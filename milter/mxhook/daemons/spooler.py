@@ -110,7 +110,7 @@ from mxhook.delivery import webhook
 from mxhook.daemons import logsetup
 from mxhook import spool
 from mxhook.payloads import events as event_payloads
-from mxhook.store import ingest, statedb
+from mxhook.store import ingest, logs, statedb
 from mxhook.store import integrity
 from mxhook.delivery import pipeline
 from mxhook.delivery.health import Health
@@ -180,6 +180,9 @@ class SpoolerSettings(config_mod.FromConfig):
     user_agent: str
     retry_time_scale: float
     disable_after_days: float
+    log_unknown_domains: bool
+    inbound_log_days: float
+    event_log_days: float
     blocklist: bool = config_mod.from_section("milter")
     allow_networks: list = config_mod.from_section("http")
 
@@ -205,6 +208,7 @@ class Spooler:
         # the rules' and endpoints' templates, read by the workers as they render (cached)
         self.templates = db_mod.Templates(cfg.rules_db)
         self.block_hard_bounces = settings.blocklist
+        self.log_unknown_domains = settings.log_unknown_domains
         # every post goes through the SSRF guard, with the admin's allowlist
         self.session_factory = session_factory or (lambda: webhook.make_session(settings.allow_networks))
         # refreshed on the loop before posts are handed out (`send`): a rotation applies to the
@@ -226,6 +230,7 @@ class Spooler:
             integrity.clear_fault(cfg.state_db)
             log.warning("state.db %s passes SQLite's quick_check again: going on", cfg.state_db)
         self.state.checkpoint_in_background()
+        self.retention = logs.Retention(self.state, settings.inbound_log_days, settings.event_log_days)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
         self.capacity = self.workers * POOL_DEPTH  # dispatches in the pool, posting or queued
         self.inflight: dict[Future, Dispatch] = {}
@@ -309,7 +314,7 @@ class Spooler:
         endpoints = list(self.current_endpoints().values())
         kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
               "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints),
-              "wants": _registry().wanted_types}
+              "wants": _registry().wanted_types, "log_unknown_domains": self.log_unknown_domains}
         if any(r.kind == "inbound" for r in records):
             self._inbound_due_at = 0.0
         try:
@@ -731,6 +736,7 @@ class Spooler:
             self.record_results()  # first: their endpoints take their next batch in this pass
         self.dispatch()
         self.record_results()
+        self.retention.background(self.clock(), self.monotonic)  # a few bounded transactions
         if handled >= self.ingest_batch or self.more_waiting:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
