@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -14,6 +15,7 @@ from tests.support.cli import separate_runner
 from mxhook import cli as climod
 from mxhook import config
 from mxhook.cli import output
+from mxhook.model.records import to_datetime
 from mxhook.delivery import egress
 from mxhook.delivery import signing
 from mxhook.services import targets, times
@@ -808,6 +810,26 @@ def test_log_inbound_json_and_filters(logged):
                                          "--until", "2026-11-22", "--json")] == ["a2-sales"]
     assert [r["id"] for r in logged.json("log", "inbound", "--limit", "1", "--json")] == ["d1"]
     assert logged.json("log", "inbound", "--since", "1h", "--json") == []
+
+
+def test_log_prune_dry_run_then_prune(logged):
+    # a retention that ends on 2026-11-23, whenever the test runs: everything is older
+    end = to_datetime("2026-11-23T00:00:00Z").timestamp()
+    days = (time.time() - end) / 86400
+    with open(logged.conf, "a") as fh:
+        fh.write(f"[spooler]\ninbound_log_days = {days:.6f}\nevent_log_days = 0\n")
+    dry = logged.json("log", "prune", "--dry-run", "--json")
+    assert dry["dry_run"] is True and dry["events_before"] is None
+    assert abs(to_datetime(dry["inbound_before"]).timestamp() - end) < 60
+    rows = {k: n for k, n in dry["rows"].items() if n}
+    # a2 is still queued: kept whatever its age
+    assert rows == {"messages": 1, "deliveries": 1, "attempts": 2, "inbound_log": 1, "denied": 1}
+    assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["d1", "a2-sales", "a1-r1"]
+    out = logged.ok("log", "prune").stdout
+    assert "event log:   kept forever ([spooler] event_log_days = 0)" in out
+    assert "deleted:     1 messages, 1 deliveries, 2 attempts, 1 inbound log, 1 denied" in out
+    assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["a2-sales"]
+    assert "deleted:     nothing" in logged.ok("log", "prune").stdout
 
 
 def test_log_inbound_table(logged):

@@ -278,11 +278,15 @@ def test_status_shapes(env):
         ingest.records(st, [spool.Record(id=f"e{i}", kind="event", meta={
             "type": "queued", "at": at(50), "recipient": "x@y", "queue_id": "Q"}) for i in range(4)],
             endpoints=[ep], now=NOW - 50)
+        ingest.records(st, [spool.Record(id=f"u{i}", kind="denied", meta={  # an unknown-domain flood
+            "received": when, "recipients": ["x@elsewhere.example"], "filter": "unknown_domain"})
+            for i, when in enumerate((at(7200), at(60), at(60)))], log_unknown_domains=False)
     spool.write(env.spool_dir, spool.Record(id=spool.new_id(), kind="denied",
                                             meta={"received": at(30), "recipients": []}))
     report = env.json("status")
     assert set(report) == {"now", "spool", "pending", "last_hour", "rules", "endpoints", "problems",
-                           "state_db"}
+                           "state_db", "unlogged_denials"}
+    assert report["unlogged_denials"] == {"last_hour": 2, "total": 3, "first": at(7200)[:16]}
     assert report["state_db"] == {"path": report["state_db"]["path"], "fault": None, "error": None}
     assert report["problems"] == []
     assert report["spool"] == {"backlog": 1, "oldest": at(30), "error": None}
@@ -313,6 +317,8 @@ def test_status_shapes(env):
     assert "1 record(s) waiting to be ingested" in out
     assert "2 inbound deliveries, 4 event deliveries (0 open batches)" in out
     assert "inbound: 1 queued, 1 deferred, 1 succeeded" in out
+    assert (f"not logged: 2 denial(s) of unknown domains in the last hour, 3 since "
+            f"{at(7200)[:10]} {at(7200)[11:16]}:00Z (counted only: [spooler] log_unknown_domains = no)") in out
     for line in ("retrying  ", "HTTP 503 Service Unavailable", "the endpoint answered HTTP 410 Gone",
                  "disabled by the admin", "https://app.example/ev"):
         assert line in out, out

@@ -14,7 +14,7 @@ from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES
 
 @click.group(cls=MxhookGroup)
 def log():
-    """The inbound log (read from state.db)."""
+    """The inbound and event logs (in state.db), and their retention."""
 
 
 def log_listing(statuses: tuple[str, ...], status_help: str):
@@ -144,6 +144,27 @@ def log_event(app, event_id, as_json):
             click.echo(f"  next attempt: {entry['nextAttemptAt']}")
         if entry["attempts"]:
             attempts_table(entry["attempts"])
+
+
+@log.command("prune")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_app
+def log_prune(app, dry_run, as_json):
+    """Delete what is older than [spooler] inbound_log_days and event_log_days now, as
+    mxhook-spooler does in the background; never a message or event still to be posted."""
+    result = logs.prune(app.cfg, dry_run=dry_run)
+    if as_json:
+        emit_json(result)
+        return
+    for name, before, key in (("inbound log", result["inbound_before"], "inbound_log_days"),
+                              ("event log", result["events_before"], "event_log_days")):
+        click.echo(f"{name + ':':13}" + (f"older than {short_time(before)}" if before
+                                          else f"kept forever ([spooler] {key} = 0)"))
+    rows = {k: n for k, n in result["rows"].items() if n}
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb + ':':13}" + (", ".join(f"{n} {k.replace('_', ' ')}" for k, n in rows.items())
+                                     if rows else "nothing"))
 
 
 def attempts_table(attempts: list[dict]) -> None:

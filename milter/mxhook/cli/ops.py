@@ -159,6 +159,11 @@ def status(ctx, as_json):
         line += f"; oldest waits {_age(pending['oldest_age_seconds'])} (since {short_time(pending['oldest'])})"
     click.echo(f"{'pending:':12}{line}")
     click.echo(f"{'last hour:':12}inbound: {_counts(hour['inbound'])}; events: {_counts(hour['events'])}")
+    unlogged = report["unlogged_denials"]
+    if unlogged["total"]:
+        click.echo(f"{'not logged:':12}{unlogged['last_hour']} denial(s) of unknown domains in the "
+                   f"last hour, {unlogged['total']} since {short_time(unlogged['first'] + ':00Z')} "
+                   "(counted only: [spooler] log_unknown_domains = no)")
     if report["rules"]:
         click.echo("")
         table(["RULE", "STATE", "SINCE", "PENDING", "FAILED", "LAST ERROR"],

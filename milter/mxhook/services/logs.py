@@ -1,7 +1,9 @@
 """The inbound log and the event log, read from state.db: listings (newest first) and the
-details of one entry with its delivery attempts. services.csvexport writes a listing as CSV."""
+details of one entry with its delivery attempts (services.csvexport writes a listing as CSV),
+and their retention (`prune`, what mxhook-spooler also does in the background)."""
 from __future__ import annotations
 
+import time
 from typing import TextIO
 
 from mxhook import config as configmod
@@ -62,3 +64,17 @@ def export_csv(cfg: configmod.Config, log: str, out: TextIO, *, status: str | No
         raise Invalid(f"no log {log!r} (known: {', '.join(listings)})")
     listing, columns = listings[log]
     return write_csv(listing(cfg, status=status, since=since, until=until, limit=None), columns, out)
+
+
+def prune(cfg: configmod.Config, *, dry_run: bool = False, now: float | None = None) -> dict:
+    """Delete (with `dry_run`: count) what is older than `[spooler] inbound_log_days` and
+    `event_log_days` now, as the spooler does in the background: one pass, in small
+    transactions beside a running spooler. Returns the cutoffs (None: that log is kept
+    forever) and the rows by table (store.logs.Pruned)."""
+    now = time.time() if now is None else now
+    inbound_days = cfg.value("spooler", "inbound_log_days")
+    event_days = cfg.value("spooler", "event_log_days")
+    with state_store(cfg, write=not dry_run) as store:
+        pruned = state_logs.Retention(store, inbound_days, event_days, dry_run=dry_run).run(now)
+    return {"dry_run": dry_run, "inbound_before": state_logs.cutoff(inbound_days, now),
+            "events_before": state_logs.cutoff(event_days, now), "rows": pruned.as_dict()}

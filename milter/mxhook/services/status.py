@@ -13,6 +13,7 @@ from mxhook import spool
 from mxhook.services.errors import translated
 from mxhook.store import integrity, migrations
 from mxhook.store import rulesdb
+from mxhook.store import logs as state_logs
 from mxhook.store import replay as state_replay
 from mxhook.store import statedb
 
@@ -65,6 +66,7 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
     if report["spool"]["error"]:
         problems.append(report["spool"]["error"])
     summary, health = None, {}
+    unlogged = {"since": 0, "total": 0, "first": None}
     # what the spooler found (it stops on a damaged state.db), and what reading it here says
     state_db = {"path": cfg.state_db, "fault": integrity.read_fault(cfg.state_db), "error": None}
     if state_db["fault"]:
@@ -75,6 +77,7 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
             with statedb.StateStore(cfg.state_db, readonly=True) as st:
                 summary = state_replay.status_summary(st, now, window=STATUS_WINDOW)
                 health = st.health()
+                unlogged = state_logs.unlogged_denials(st, now - STATUS_WINDOW)
         except migrations.NotReadable as exc:  # not damage: the message says what to do
             problems.append(str(exc))
         except sqlite3.Error as exc:
@@ -94,6 +97,9 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
     report["last_hour"] = (summary or {}).get("last_hour") or {
         "since": iso(now - STATUS_WINDOW), "inbound": dict.fromkeys(statedb.LOG_STATUSES, 0),
         "events": dict.fromkeys(statedb.DELIVERY_STATUSES, 0)}
+    # unknown-domain denials counted instead of logged ([spooler] log_unknown_domains = no)
+    report["unlogged_denials"] = {"last_hour": unlogged["since"], "total": unlogged["total"],
+                                  "first": unlogged["first"]}
     rules_out, endpoints_out = [], []
     if os.path.exists(cfg.rules_db):
         rules, times, eps = [], {}, []
