@@ -255,8 +255,8 @@ def test_from_equal_to_header_with_heuristics_off_is_accepted(make_stack):
     assert res.accepted, res
 
 
-def test_unknown_domain_is_550_at_rcpt_in_reject_mode(mxhook_stack):
-    st = mxhook_stack
+def test_unknown_domain_is_550_at_rcpt_in_reject_mode(make_stack):
+    st = make_stack(config={"spooler": {"log_unknown_domains": "yes"}})
     add_support_rule(st)
     res = st.send(SENDER, ["someone@elsewhere.example"], make_message(to="someone@elsewhere.example"))
     assert res.stage == "RCPT" and res.code == 550, res
@@ -265,6 +265,20 @@ def test_unknown_domain_is_550_at_rcpt_in_reject_mode(mxhook_stack):
     (row,) = rows_for(rows, status="denied")
     assert row["filterName"] == "unknown_domain"
     assert row["to"] == "someone@elsewhere.example"
+
+
+def test_unknown_domain_denials_are_only_counted_by_default(mxhook_stack):
+    st = mxhook_stack
+    add_support_rule(st)
+    for _ in range(2):
+        res = st.send(SENDER, ["someone@elsewhere.example"], make_message(to="someone@elsewhere.example"))
+        assert res.stage == "RCPT" and res.code == 550, res
+    deadline = time.monotonic() + 15
+    while st.cli.json("status")["unlogged_denials"]["last_hour"] < 2:
+        assert time.monotonic() < deadline, st.diagnostics()
+        time.sleep(0.2)
+    assert st.inbound_log() == []
+    assert "2 denial(s) of unknown domains in the last hour" in st.cli("status").stdout
 
 
 WHITE_SPACE_FIRST = (

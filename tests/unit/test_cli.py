@@ -826,10 +826,10 @@ def test_log_prune_dry_run_then_prune(logged):
     assert rows == {"messages": 1, "deliveries": 1, "attempts": 2, "inbound_log": 1, "denied": 1}
     assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["d1", "a2-sales", "a1-r1"]
     out = logged.ok("log", "prune").stdout
-    assert "event log:   kept forever ([spooler] event_log_days = 0)" in out
-    assert "deleted:     1 messages, 1 deliveries, 2 attempts, 1 inbound log, 1 denied" in out
+    assert "event log:    kept forever ([spooler] event_log_days = 0)" in out
+    assert "deleted:      1 messages, 1 deliveries, 2 attempts, 1 inbound log, 1 denied" in out
     assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["a2-sales"]
-    assert "deleted:     nothing" in logged.ok("log", "prune").stdout
+    assert "deleted:      nothing" in logged.ok("log", "prune").stdout
 
 
 def test_log_inbound_table(logged):

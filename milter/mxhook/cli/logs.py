@@ -159,11 +159,11 @@ def log_prune(app, dry_run, as_json):
         return
     for name, before, key in (("inbound log", result["inbound_before"], "inbound_log_days"),
                               ("event log", result["events_before"], "event_log_days")):
-        click.echo(f"{name + ':':13}" + (f"older than {short_time(before)}" if before
+        click.echo(f"{name + ':':14}" + (f"older than {short_time(before)}" if before
                                           else f"kept forever ([spooler] {key} = 0)"))
     rows = {k: n for k, n in result["rows"].items() if n}
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb + ':':13}" + (", ".join(f"{n} {k.replace('_', ' ')}" for k, n in rows.items())
+    click.echo(f"{verb + ':':14}" + (", ".join(f"{n} {k.replace('_', ' ')}" for k, n in rows.items())
                                      if rows else "nothing"))
 
 
