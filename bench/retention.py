@@ -97,7 +97,7 @@ def main() -> None:
         per_phase: dict[str, list[float]] = {}
         t_pass = time.perf_counter()
         while retention.running:
-            phase = retention._pass[0]
+            phase = retention.phase
             t0 = time.perf_counter()
             retention.step()
             per_phase.setdefault(phase, []).append((time.perf_counter() - t0) * 1000)

@@ -321,11 +321,16 @@ class Retention:
     def running(self) -> bool:
         return bool(self._pass)
 
+    @property
+    def phase(self) -> str | None:
+        """What the next `step` looks at (one of PHASES), None between passes."""
+        return self._pass[0] if self._pass else None
+
     def step(self) -> Pruned:
         """One batch of the pass under way, in its own transaction; what it deleted."""
         if not self._pass:
             return Pruned()
-        phase = self._pass[0]
+        phase = self.phase
         found = Pruned()
         with transaction(self.store.conn, write=not self.dry_run) as conn:
             done = getattr(self, "_" + phase)(conn, self._cutoffs[phase], found)
