@@ -39,8 +39,9 @@ class DnsPythonResolver:
         if nameservers:
             self._resolver = dns.resolver.Resolver(configure=False)
             servers = [parse_nameserver(s) for s in nameservers]
-            self._resolver.nameservers = [host for host, _ in servers]
+            # ports first: dnspython >= 2.4 reads them when the nameservers are set
             self._resolver.nameserver_ports = {host: port for host, port in servers}
+            self._resolver.nameservers = [host for host, _ in servers]
         else:
             self._resolver = dns.resolver.Resolver(configure=True)
         # one try per server within the lifetime: a dead server costs its share, not a retry loop

@@ -176,9 +176,14 @@ def check_dkim(message: bytes, lookups: Budget) -> tuple[Dkim, ...]:
                 result, reason = "fail", "signature did not verify"
         except DnsTempError as exc:
             result, reason = "temperror", str(exc)
-        except dkim.ValidationError as exc:  # body hash mismatch, expired, ...
-            result, reason = "fail", str(exc)
-        except Exception as exc:  # malformed signature field or key
+        except dkim.ValidationError as exc:
+            # the body changed: fail; a signature field that cannot be used (a tag missing,
+            # expired, ...): neutral, as RFC 8601 2.7.1 names signatures not able to be processed
+            result = "fail" if str(exc).startswith("body hash mismatch") else "neutral"
+            reason = str(exc)
+        except dkim.MessageFormatError as exc:
+            result, reason = "neutral", str(exc)
+        except Exception as exc:  # a key that cannot be used
             result, reason = "permerror", f"{type(exc).__name__}: {exc}"
         fields = signer.signature_fields
         verdicts.append(Dkim(result, _text(fields.get(b"d")).lower(), _text(fields.get(b"s")),
@@ -215,7 +220,12 @@ def organizational_domain(domain: str) -> str:
         if not _psl:
             with open(get_suffix_list_file_name(), encoding="utf-8") as f:
                 _psl.append(PublicSuffixList(f))
-    return _psl[0].get_public_suffix(domain) or domain
+    psl = _psl[0]
+    if psl.get_tld(domain, strict=True) is None:
+        # a TLD the list does not name: its implicit "*" rule makes the last label the suffix
+        # (publicsuffix2 would answer the TLD alone)
+        return ".".join(domain.split(".")[-2:])
+    return psl.get_sld(domain, strict=True) or domain
 
 
 def _aligned(domain: str, from_domain: str, mode: str) -> bool:
