@@ -2,17 +2,20 @@
 List that authheaders reads) for one message, every lookup through one `dns.Budget`.
 
 `verify` never raises: a lookup that fails or outlasts the message's DNS budget makes its check
-temperror, and anything else a library raises makes it permerror.
+temperror, and anything else a library raises makes it permerror (DKIM: neutral for a signature
+that cannot be processed, as RFC 8601 2.7.1 has it).
 
 DMARC's policy choice and alignment are done here, over authheaders' `lookup_receiver_record`:
-authheaders' own `dmarc_per_from` (0.15.2, Debian 12) weighs only the first DKIM signature,
-reads a domain only up to its first `-` (`get_domain_part`) and parses the whole Public Suffix
-List at every call (40 ms). The list is read once here, with publicsuffix2 as authheaders does.
+authheaders' own `dmarc_per_from` (0.15.2 in Debian 12, and 0.16.3) weighs only the first DKIM
+signature, reads a domain only up to its first `-` (`get_domain_part`) and parses the whole
+Public Suffix List at every call (40 ms). The list is read once here, with publicsuffix2 as
+authheaders does.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.resources
 import threading
 import time
 from functools import lru_cache
@@ -20,7 +23,7 @@ from typing import Callable
 
 import dkim
 import spf
-from authheaders.dmarc_lookup import get_suffix_list_file_name, lookup_receiver_record
+from authheaders.dmarc_lookup import lookup_receiver_record
 from publicsuffix2 import PublicSuffixList
 
 from mxhook.mailauth.dns import TYPES, Budget, DnsTempError, Resolver
@@ -213,12 +216,22 @@ _psl_lock = threading.Lock()
 _psl: list[PublicSuffixList] = []
 
 
+def _suffix_list_path() -> str:
+    """The list authheaders reads: Debian's (package publicsuffix, named by the findpsl module
+    Debian adds), else the copy inside authheaders."""
+    try:
+        from authheaders.findpsl import location
+        return location
+    except ImportError:
+        return str(importlib.resources.files("authheaders") / "public_suffix_list.txt")
+
+
 @lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """The registrable domain (RFC 7489 3.2) from the Public Suffix List authheaders uses."""
     with _psl_lock:
         if not _psl:
-            with open(get_suffix_list_file_name(), encoding="utf-8") as f:
+            with open(_suffix_list_path(), encoding="utf-8") as f:
                 _psl.append(PublicSuffixList(f))
     psl = _psl[0]
     if psl.get_tld(domain, strict=True) is None:
