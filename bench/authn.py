@@ -32,7 +32,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "milter"))
 sys.path.insert(0, ROOT)
 
-from mxhook.mailauth import dns as mdns  # noqa: E402
+from mxhook.mailauth import resolvers  # noqa: E402
 from mxhook.mailauth.verify import organizational_domain, verify  # noqa: E402
 from mxhook.model.message import normalize  # noqa: E402
 from tests.support.dns_server import Key, arc_seal, publish, sign  # noqa: E402
@@ -50,7 +50,7 @@ def message() -> bytes:
 
 class Failing:
     def lookup(self, name, rdtype, timeout):
-        raise mdns.DnsTempError(f"{name}: timed out")
+        raise resolvers.DnsTempError(f"{name}: timed out")
 
 
 def scenarios(bits: int) -> dict[str, tuple[bytes, object]]:
@@ -59,7 +59,7 @@ def scenarios(bits: int) -> dict[str, tuple[bytes, object]]:
             ("_dmarc.sender.example", "TXT"): ["v=DMARC1; p=reject"]}
     publish(zone, rsa, "s1", "sender.example")
     publish(zone, ed, "e1", "sender.example")
-    static = mdns.StaticResolver(zone)
+    static = resolvers.StaticResolver(zone)
     signed = sign(message(), rsa, "s1", "sender.example")
     return {
         "signed": (signed, static),

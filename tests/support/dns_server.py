@@ -1,5 +1,5 @@
 """The DNS of the authentication tests: a zone ({(name, type): [values]}, the table
-`mxhook.mailauth.dns.StaticResolver` reads), DKIM keys made and published in it, messages
+`mxhook.mailauth.resolvers.StaticResolver` reads), DKIM keys made and published in it, messages
 signed with them, and `DnsServer`, a real UDP server on 127.0.0.1 answering the same zone, so the
 dnspython resolver (and the milter daemon, through `[authentication] nameservers`) can be
 pointed at it.

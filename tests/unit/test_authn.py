@@ -9,7 +9,7 @@ import authres
 import pytest
 
 from mxhook import config
-from mxhook.mailauth import dns as mdns
+from mxhook.mailauth import resolvers
 from mxhook.mailauth import verify as verify_module
 from mxhook.mailauth.authenticate import AuthSettings, authenticate, dmarc_rejection
 from mxhook.mailauth.upstream import upstream_results, verdicts_from_upstream
@@ -59,7 +59,7 @@ def zone(keys):
     return z
 
 
-class FailingResolver(mdns.StaticResolver):
+class FailingResolver(resolvers.StaticResolver):
     """The zone, except that names in `failing` time out."""
 
     def __init__(self, records, failing=()):
@@ -68,7 +68,7 @@ class FailingResolver(mdns.StaticResolver):
 
     def lookup(self, name, rdtype, timeout):
         if name.rstrip(".").lower() in self.failing:
-            raise mdns.DnsTempError(f"{name}: timed out")
+            raise resolvers.DnsTempError(f"{name}: timed out")
         return super().lookup(name, rdtype, timeout)
 
 
@@ -113,7 +113,7 @@ def test_spf_none_without_client_address(zone):
 def test_the_spf_hook_asks_the_budget_only_inside_verify():
     seen = []
     hook = verify_module._spf_dns_lookup(lambda *a: seen.append(a) or [])
-    budget = mdns.Budget(mdns.StaticResolver({("a.example", "TXT"): ["v=spf1 -all"]}))
+    budget = resolvers.Budget(resolvers.StaticResolver({("a.example", "TXT"): ["v=spf1 -all"]}))
     assert hook("a.example", "TXT", True, 5) == [] and seen == [("a.example", "TXT", True, 5)]
     with verify_module._spf_lookups(budget):
         assert hook("a.example", "TXT", True, 5) == [(("a.example", "TXT"), [b"v=spf1 -all"])]
@@ -310,7 +310,7 @@ class SlowResolver:
     def lookup(self, name, rdtype, timeout):
         self.calls += 1
         time.sleep(timeout)
-        raise mdns.DnsTempError(f"{name}: timed out after {timeout:.2f} s")
+        raise resolvers.DnsTempError(f"{name}: timed out after {timeout:.2f} s")
 
 
 def test_the_dns_budget_bounds_a_message_and_makes_temperror(keys):
@@ -328,18 +328,18 @@ def test_the_dns_budget_bounds_a_message_and_makes_temperror(keys):
 
 def test_budget_on_an_injected_clock():
     now = [0.0]
-    static = mdns.StaticResolver({("a.example", "TXT"): ["x"]})
+    static = resolvers.StaticResolver({("a.example", "TXT"): ["x"]})
 
     class Ticking:
         def lookup(self, name, rdtype, timeout):
             now[0] += 3.0
             return static.lookup(name, rdtype, timeout)
 
-    budget = mdns.Budget(Ticking(), seconds=5.0, timeout=2.0, clock=lambda: now[0])
+    budget = resolvers.Budget(Ticking(), seconds=5.0, timeout=2.0, clock=lambda: now[0])
     assert budget.txt("a.example") == [b"x"]
     assert budget.txt("A.example.") == [b"x"]  # cached: no time spent
     budget.txt("b.example")  # 6 s now: spent
-    with pytest.raises(mdns.DnsTempError, match="budget"):
+    with pytest.raises(resolvers.DnsTempError, match="budget"):
         budget.txt("c.example")
     assert budget.lookups == 2
 
@@ -430,7 +430,7 @@ def test_authenticate_by_mode(zone, keys):
     msg = (f"Authentication-Results: {FORGED}\r\n").encode() + sign(
         message(), keys["rsa"], "s1", "sender.example")
     common = dict(client_ip=OTHER_IP, helo="x", mail_from="a@sender.example",
-                  dns=mdns.StaticResolver(zone))
+                  dns=resolvers.StaticResolver(zone))
     assert authenticate(msg, settings(), **common) is None  # off by default
     v = authenticate(msg, settings(mode="verify", authserv_id="mx.ours.example"), **common)
     assert (v.source, v.spf.result, v.dmarc.result) == ("mxhook", "fail", "pass")
@@ -466,14 +466,14 @@ def test_dnspython_resolver_against_the_test_server_gives_the_same_verdicts(zone
             arc_seal(sign(message(), keys["rsa"], "s1", "sender.example"), keys["rsa"], "s1",
                      "sender.example", "mx.sender.example", "spf=pass smtp.mailfrom=sender.example")]
     with DnsServer(zone, servfail={"s1._domainkey.strict.example"}) as server:
-        resolver = mdns.DnsPythonResolver((server.nameserver,))
+        resolver = resolvers.DnsPythonResolver((server.nameserver,))
         for msg in msgs:
             for ip, mail_from in ((GOOD_IP, "a@sender.example"), (OTHER_IP, "b@mxrec.example")):
                 static = verify(msg, client_ip=ip, helo="h", mail_from=mail_from,
-                                dns=mdns.StaticResolver(zone))
+                                dns=resolvers.StaticResolver(zone))
                 real = verify(msg, client_ip=ip, helo="h", mail_from=mail_from, dns=resolver)
                 assert real == static
-        with pytest.raises(mdns.DnsTempError):
+        with pytest.raises(resolvers.DnsTempError):
             resolver.lookup("s1._domainkey.strict.example", "TXT", 1.0)
         assert resolver.lookup("nothing.example", "TXT", 1.0) == []
         assert resolver.lookup("mxrec.example", "MX", 1.0) == [(10, "mx.sender.example")]
@@ -484,7 +484,7 @@ def test_dnspython_resolver_against_the_test_server_gives_the_same_verdicts(zone
 def test_dnspython_resolver_times_out_on_a_silent_server(keys):
     with DnsServer({}, silent={"sender.example", "s1._domainkey.sender.example",
                                "_dmarc.sender.example"}) as server:
-        resolver = mdns.DnsPythonResolver((server.nameserver,))
+        resolver = resolvers.DnsPythonResolver((server.nameserver,))
         start = time.monotonic()
         v = verify(sign(message(), keys["rsa"], "s1", "sender.example"), client_ip=GOOD_IP,
                    helo="h", mail_from="a@sender.example", dns=resolver, budget=0.6, timeout=0.25)

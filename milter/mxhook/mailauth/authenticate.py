@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from mxhook import config as configmod
-from mxhook.mailauth.dns import DnsPythonResolver, Resolver
+from mxhook.mailauth.resolvers import DnsPythonResolver, Resolver
 from mxhook.mailauth.upstream import upstream_results, verdicts_from_upstream
 from mxhook.mailauth.verdicts import Verdicts
 from mxhook.mailauth.verify import verify

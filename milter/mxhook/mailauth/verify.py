@@ -1,5 +1,5 @@
 """SPF (pyspf), DKIM and ARC (dkimpy), DMARC (authheaders' record lookup over the Public Suffix
-List that authheaders reads) for one message, every lookup through one `dns.Budget`.
+List that authheaders reads) for one message, every lookup through one `resolvers.Budget`.
 
 `verify` never raises: a lookup that fails or outlasts the message's DNS budget makes its check
 temperror, and anything else a library raises makes it permerror (DKIM: neutral for a signature
@@ -26,7 +26,7 @@ import spf
 from authheaders.dmarc_lookup import lookup_receiver_record
 from publicsuffix2 import PublicSuffixList
 
-from mxhook.mailauth.dns import TYPES, Budget, DnsTempError, Resolver
+from mxhook.mailauth.resolvers import TYPES, Budget, DnsTempError, Resolver
 from mxhook.mailauth.verdicts import Alignment, Arc, Dkim, Dmarc, Spf, Verdicts
 from mxhook.model.headers import mailboxes, normalize_address
 from mxhook.model.message import header_section
