@@ -2,8 +2,8 @@
 (SPF, DKIM, DMARC, ARC) against an in-memory resolver, beside `model.message.normalize` (the
 payload's MIME parse) of the same message in the same run, so the ratio carries over between
 machines. DNS round trips are not in it: with a real resolver each message adds its lookups'
-latency (5 for the typical message below: SPF TXT, the DKIM key, _dmarc, and twice nothing for
-the ARC and org-domain cases that do not arise), bounded by `[authentication] dns_budget`.
+latency (3 for the signed message below: the SPF record, the DKIM key, _dmarc), bounded by
+`[authentication] dns_budget`.
 
     python3 bench/authn.py [--messages 300] [--repeat 5] [--bits 2048] [--json out.json]
 
