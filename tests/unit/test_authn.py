@@ -106,6 +106,11 @@ def test_spf_checks_helo_when_mail_from_is_null(zone):
     assert run(message(), zone, mail_from="", ip=OTHER_IP).spf.result == "fail"
 
 
+def test_spf_of_a_mail_from_without_at_is_that_domain(zone):
+    v = run(message(), zone, mail_from="mx.sender.example", helo="other.example")
+    assert (v.spf.result, v.spf.identity, v.spf.domain) == ("pass", "mailfrom", "mx.sender.example")
+
+
 def test_spf_none_without_client_address(zone):
     assert run(message(), zone, ip="").spf.result == "none"
 

@@ -100,6 +100,7 @@ def _spf_lookups(budget: Budget):
 def check_spf(*, client_ip: str, helo: str, mail_from: str, lookups: Budget) -> Spf:
     sender = mail_from.strip().strip("<>").strip()
     identity = "mailfrom" if sender else "helo"
+    # a MAIL FROM without '@' is a domain to pyspf (postmaster@ it), so it is the one reported
     domain = (sender.rpartition("@")[2] if "@" in sender else sender) if sender else helo
     domain = domain.rstrip(".").lower()
     if not client_ip or not domain:
