@@ -496,3 +496,21 @@ def test_dnspython_resolver_times_out_on_a_silent_server(keys):
         assert time.monotonic() - start < 1.5
         assert (v.spf.result, v.dkim[0].result, v.dmarc.result) == (
             "temperror", "temperror", "temperror")
+
+
+def test_no_system_resolver_is_a_temperror_not_a_crash(monkeypatch, keys):
+    import dns.resolver
+
+    real = dns.resolver.Resolver
+
+    def no_conf(configure=True):
+        if configure:
+            raise dns.resolver.NoResolverConfiguration("no nameservers")
+        return real(configure=False)
+
+    monkeypatch.setattr(dns.resolver, "Resolver", no_conf)
+    v = authenticate(sign(message(), keys["rsa"], "s1", "sender.example"), settings(mode="verify"),
+                     client_ip=GOOD_IP, helo="h", mail_from="a@sender.example")
+    assert (v.spf.result, v.dkim[0].result, v.dmarc.result) == ("temperror", "temperror",
+                                                                "temperror")
+    assert "no system resolver" in v.spf.reason

@@ -43,11 +43,17 @@ class DnsPythonResolver:
             self._resolver.nameserver_ports = {host: port for host, port in servers}
             self._resolver.nameservers = [host for host, _ in servers]
         else:
-            self._resolver = dns.resolver.Resolver(configure=True)
-        # one try per server within the lifetime: a dead server costs its share, not a retry loop
-        self._resolver.retry_servfail = False
+            try:
+                self._resolver = dns.resolver.Resolver(configure=True)
+            except dns.exception.DNSException as exc:  # no usable /etc/resolv.conf
+                self._resolver, self._problem = None, f"no system resolver: {exc}"
+        if self._resolver is not None:
+            # a SERVFAIL is an answer (temperror), not a reason to ask again until the lifetime ends
+            self._resolver.retry_servfail = False
 
     def lookup(self, name: str, rdtype: str, timeout: float) -> list:
+        if self._resolver is None:
+            raise DnsTempError(self._problem)
         try:
             qname = dns.name.from_text(name)
         except (dns.exception.DNSException, ValueError):
