@@ -514,3 +514,25 @@ def test_no_system_resolver_is_a_temperror_not_a_crash(monkeypatch, keys):
     assert (v.spf.result, v.dkim[0].result, v.dmarc.result) == ("temperror", "temperror",
                                                                 "temperror")
     assert "no system resolver" in v.spf.reason
+
+
+def test_concurrent_messages_each_ask_their_own_resolver():
+    """The milter verifies on several threads at once: pyspf's one module-level hook must hand
+    each message's lookups to that message's resolver."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Slowish(resolvers.StaticResolver):
+        def lookup(self, name, rdtype, timeout):
+            time.sleep(0.002)
+            return super().lookup(name, rdtype, timeout)
+
+    allow = Slowish({("sender.example", "TXT"): ["v=spf1 ip4:192.0.2.10 -all"]})
+    deny = Slowish({("sender.example", "TXT"): ["v=spf1 -all"]})
+
+    def spf_of(resolver):
+        return verify(message(), client_ip=GOOD_IP, helo="h", mail_from="a@sender.example",
+                      dns=resolver).spf.result
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(spf_of, [allow, deny] * 40))
+    assert results == ["pass", "fail"] * 40
