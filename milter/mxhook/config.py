@@ -80,6 +80,35 @@ def parse_socket(text: str) -> str:
     return text
 
 
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """'192.0.2.53', '192.0.2.53:5353', '2001:db8::53' or '[2001:db8::53]:5353' -> (address,
+    port)."""
+    text = text.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [address]:port")
+        port = rest[1:] or "53"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be 1-65535")
+    return host, int(port)
+
+
+def parse_nameservers(text: str) -> tuple[str, ...]:
+    """'192.0.2.53, 127.0.0.1:5353' -> the entries, each checked by parse_nameserver."""
+    items = parse_list(text)
+    for item in items:
+        parse_nameserver(item)
+    return items
+
+
 def parse_group(text: str) -> str:
     """A group name that exists here, or empty."""
     if text:
@@ -118,6 +147,7 @@ BOOL = Type("yes/no", parse_bool)
 LIST = Type("list", parse_list)
 NETWORKS = Type("CIDR list", parse_networks)
 SOCKET = Type("milter socket", parse_socket)
+NAMESERVERS = Type("address list", parse_nameservers)
 GROUP = Type("group", parse_group)
 
 
@@ -246,6 +276,29 @@ SCHEMA: tuple[Key, ...] = (
          "counts as no match and is logged (once per message).", ABOVE_0),
         ("log", LOG, "syslog", "syslog (facility mail; stderr when /dev/log is absent) or stderr."),
         ("log_level", LOG_LEVEL, "info", "debug, info, warning, error."),
+    ),
+    *_section(
+        "authentication",
+        ("mode", choice("off", "verify", "upstream"), "off",
+         "SPF, DKIM, DMARC and ARC verdicts of inbound mail in the SMTP session: off; verify "
+         "(mxhook looks them up itself, through DNS); upstream (taken from the topmost "
+         "Authentication-Results field of a trusted_authserv_ids verifier, no DNS)."),
+        ("authserv_id", TEXT, "",
+         "the authserv-id of the Authentication-Results mxhook writes; empty: this host's name."),
+        ("trusted_authserv_ids", LIST, "",
+         "authserv-ids of verifiers in front of this host whose Authentication-Results fields are "
+         "believed (each must remove fields with its id that arrive from outside); any other "
+         "such field is reported as untrusted and never used."),
+        ("nameservers", NAMESERVERS, "",
+         "comma-separated resolver addresses (address or address:port) for the checks' DNS "
+         "lookups; empty: the system's (/etc/resolv.conf)."),
+        ("dns_timeout", SECONDS, "2", "seconds one DNS lookup may take.", ABOVE_0),
+        ("dns_budget", SECONDS, "5",
+         "seconds all the DNS lookups of one message may take together; a check still waiting "
+         "then is temperror.", ABOVE_0),
+        ("dmarc_reject", BOOL, "no",
+         "refuse in the session (550 5.7.1) inbound mail whose DMARC result is fail under a "
+         "p=reject policy (sampled by the record's pct)."),
     ),
     *_section(
         "http",

@@ -157,11 +157,24 @@ def test_services_know_no_front_end(module):
     assert not problems, f"{module} must not depend on a front-end:\n" + "\n".join(problems)
 
 
+# Message authentication does DNS, through a resolver it is handed or dnspython's, and nothing
+# else: no milter protocol, database or HTTP, so the milter, `rule test` and tests share it.
+FORBIDDEN_IN_MAILAUTH = {"Milter", "sqlite3", "sqlite_utils", "requests", "urllib3", "click"}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _in(m, "mxhook.mailauth")))
+def test_mailauth_does_only_dns(module):
+    problems = [f"line {line}: imports {target}" for target, line in _imports(module)
+                if target.split(".")[0] in FORBIDDEN_IN_MAILAUTH]
+    assert not problems, f"{module} must do no I/O but DNS:\n" + "\n".join(problems)
+
+
 # The layers from the bottom up (docs/ARCHITECTURE.md): a module imports only from its own
 # layer and those below it. The store only stores: how data is presented (payloads), sent
 # (delivery), run (daemons) or asked for (cli) is decided above it and handed in.
-ORDER = ("mxhook.config", "mxhook.model", "mxhook.postfix", "mxhook.spool", "mxhook.store",
-         "mxhook.payloads", "mxhook.delivery", "mxhook.services", "mxhook.daemons", "mxhook.cli")
+ORDER = ("mxhook.config", "mxhook.model", "mxhook.mailauth", "mxhook.postfix", "mxhook.spool",
+         "mxhook.store", "mxhook.payloads", "mxhook.delivery", "mxhook.services", "mxhook.daemons",
+         "mxhook.cli")
 # Known exceptions, each with its reason.
 UPWARD = {
     # rules.db stores the signing secrets and keys, which signing.py makes and parses

@@ -1,0 +1,77 @@
+"""The entry point for the milter and `rule test`: the `[authentication]` settings, the verdicts
+of one message under them (`authenticate`), and the DMARC refusal they may ask for."""
+from __future__ import annotations
+
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mxhook import config as configmod
+from mxhook.mailauth.resolvers import DnsPythonResolver, Resolver
+from mxhook.mailauth.upstream import upstream_results, verdicts_from_upstream
+from mxhook.mailauth.verdicts import Spf, Verdicts
+from mxhook.mailauth.verify import verify
+from mxhook.model.message import header_section
+
+
+@dataclass
+class AuthSettings(configmod.FromConfig):
+    """The [authentication] keys (docs/configuration.md)."""
+
+    SECTION = "authentication"
+    mode: str
+    authserv_id: str
+    trusted_authserv_ids: tuple[str, ...]
+    nameservers: tuple[str, ...]
+    dns_timeout: float
+    dns_budget: float
+    dmarc_reject: bool
+    _resolver: Resolver | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.authserv_id = self.authserv_id or socket.getfqdn()
+        self.trusted_authserv_ids = tuple(t.lower() for t in self.trusted_authserv_ids)
+
+    @property
+    def resolver(self) -> Resolver:
+        """The dnspython resolver over `nameservers`, made once (it reads resolv.conf)."""
+        if self._resolver is None:
+            self._resolver = DnsPythonResolver(self.nameservers)
+        return self._resolver
+
+
+def authenticate(message: bytes, settings: AuthSettings, *, client_ip: str, helo: str,
+                 mail_from: str, dns: Resolver | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 spf_verdict: Spf | None = None) -> Verdicts | None:
+    """The verdicts of `message` as `settings.mode` says (None when off), with every
+    Authentication-Results field it came with in `upstream`, each marked trusted or not. `dns`
+    overrides the settings' resolver (tests, dry runs); `spf_verdict` is one checked earlier in
+    the session (`verify.check_spf`)."""
+    if settings.mode == "off":
+        return None
+    fields, _offset, _defects = header_section(message)
+    upstream = upstream_results(fields, settings.trusted_authserv_ids)
+    if settings.mode == "upstream":
+        return verdicts_from_upstream(upstream)
+    verdicts = verify(message, client_ip=client_ip, helo=helo, mail_from=mail_from,
+                      dns=dns or settings.resolver, authserv_id=settings.authserv_id,
+                      budget=settings.dns_budget, timeout=settings.dns_timeout, clock=clock,
+                      spf_verdict=spf_verdict)
+    return Verdicts(spf=verdicts.spf, dkim=verdicts.dkim, dmarc=verdicts.dmarc, arc=verdicts.arc,
+                    source=verdicts.source, authserv_id=verdicts.authserv_id, upstream=upstream)
+
+
+def dmarc_rejection(verdicts: Verdicts | None, *,
+                    sample: Callable[[], float] = random.random) -> str | None:
+    """The text of a 550 5.7.1 when the From domain's DMARC policy asks to reject this message
+    (result fail, policy reject, and the record's pct sampling picks it), else None. Only
+    `dmarc_reject = yes` makes the milter use it."""
+    if verdicts is None or verdicts.dmarc.result != "fail" or verdicts.dmarc.policy != "reject":
+        return None
+    if verdicts.dmarc.pct < 100 and sample() * 100 >= verdicts.dmarc.pct:
+        return None
+    return (f"mxhook: DMARC policy of {verdicts.dmarc.domain} rejects this message "
+            "(no SPF or DKIM pass aligned with the From domain)")
