@@ -80,6 +80,16 @@ def parse_socket(text: str) -> str:
     return text
 
 
+def parse_delimiters(text: str) -> str:
+    """A set of recipient delimiter characters, as Postfix's recipient_delimiter: visible
+    ASCII, not '@'; empty: none."""
+    bad = [c for c in text if not "!" <= c <= "~" or c in '@"\\']
+    if bad:
+        raise ValueError(f"{bad[0]!r} cannot separate an address's tag (visible ASCII "
+                         "characters other than @, \" and \\)")
+    return text
+
+
 def parse_group(text: str) -> str:
     """A group name that exists here, or empty."""
     if text:
@@ -118,6 +128,7 @@ BOOL = Type("yes/no", parse_bool)
 LIST = Type("list", parse_list)
 NETWORKS = Type("CIDR list", parse_networks)
 SOCKET = Type("milter socket", parse_socket)
+DELIMITERS = Type("characters", parse_delimiters)
 GROUP = Type("group", parse_group)
 
 
@@ -214,6 +225,11 @@ SCHEMA: tuple[Key, ...] = (
          "reject inbound mail whose header From equals a To header address or the envelope "
          "recipient (with heuristic_from_permitted_domain off, each envelope recipient then gets "
          "its own SMTP transaction: see ARCHITECTURE.md, \"Recipients\")."),
+        ("recipient_delimiter", DELIMITERS, "+",
+         "the characters that separate a recipient's tag from its name, as Postfix's "
+         "recipient_delimiter: the local part is cut at the first of them (support+ticket-4711@ "
+         "-> tag ticket-4711, which payloads carry as recipient_tag; Recipient rule "
+         "conditions test the address without it); empty: no tags."),
         ("missing_from", choice("reject", "accept"), "reject",
          "a message without a From header field: reject refuses it for every inbound recipient "
          "(550 5.7.1 mxhook: the message has no From header field ..., logged denied with filter "

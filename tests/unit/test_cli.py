@@ -163,7 +163,7 @@ def test_domain_commands(env):
         {"name": "quiet.example", "log_denied": False},
         {"name": "xn--bcher-kva.example", "log_denied": True},
     ]
-    assert all(set(d) == {"name", "log_denied", "created"} and d["created"].endswith("Z")
+    assert all(set(d) == {"name", "log_denied", "unmatched", "reject_text", "created"} and d["created"].endswith("Z")
                for d in listed)
     table = env.ok("domain", "list").stdout
     assert "DOMAIN" in table and "quiet.example" in table

@@ -296,7 +296,8 @@ class Inbound:
             record = InboundRecord(
                 **message_fields(self.envelope, self.raw_headers, iso(self.clock())),
                 deliveries=[Routed(rcpts, rule.target_record())
-                            for rule, rcpts in groups])
+                            for rule, rcpts in groups],
+                recipient_delimiter=self.snapshot.ruleset.recipient_delimiter)
             message = SpooledMessage(self.new_id(), record, raw)
             log.append(Logged("accepted", [r for _, rs in groups for r in rs],
                               ",".join(rule.name for rule, _ in groups), f"spooled as {message.id}"))

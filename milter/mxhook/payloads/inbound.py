@@ -15,6 +15,7 @@ import base64
 import re
 from dataclasses import dataclass
 
+from mxhook.model.recipients import recipient_tag
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
 from mxhook.model.records import InboundRecord
 from mxhook.model.targets import Target
@@ -64,6 +65,7 @@ def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MA
         "envelope": {
             "mail_from": message.mail_from,
             "recipients": list(delivery.recipients),
+            "recipient_tag": recipient_tag(delivery.recipients, message.recipient_delimiter),
             "client_addr": message.client_addr,
             "client_name": message.client_name,
             "helo": message.helo,

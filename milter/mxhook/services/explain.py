@@ -32,7 +32,8 @@ def explain_message(cfg: configmod.Config, stream, recipients: list[str],
             raise Invalid(f"{r!r} is not an address (local@domain)", "invalid_recipient")
     raw = read_message(stream, cfg.value("milter", "max_message_size"))
     with rules_store(cfg) as store:
-        snapshot = store.snapshot(regex_timeout=cfg.value("milter", "regex_timeout"))
+        snapshot = store.snapshot(regex_timeout=cfg.value("milter", "regex_timeout"),
+                                  recipient_delimiter=cfg.value("milter", "recipient_delimiter"))
     return explain(snapshot, cfg, raw, list(recipients), mail_from)
 
 

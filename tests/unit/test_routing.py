@@ -1,0 +1,116 @@
+"""Routing (issue 17): recipient tags and `Recipient` conditions, fan-out (`--continue`),
+per-domain pass-through, custom reject texts, the From == To heuristic, `--include-raw`."""
+from __future__ import annotations
+
+import pytest
+
+from mxhook import config as configmod
+from mxhook.model import inbound
+from mxhook.model.recipients import recipient_tag, split_recipient
+from mxhook.model.records import InboundRecord, Routed
+from mxhook.model.rules import RuleSet
+from mxhook.payloads import inbound as payload
+from mxhook.payloads.dialects import postmark
+from mxhook.model.targets import Target, Destination
+from tests.unit.inbound_support import OURS, mail, message, rcpts, rule, snapshot, transaction
+
+
+# -- recipient tags ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address,delimiters,expected", [
+    ("support+ticket-4711@ours.example", "+", ("support@ours.example", "ticket-4711")),
+    ("support@ours.example", "+", ("support@ours.example", None)),
+    ("a+b+c@x.example", "+", ("a@x.example", "b+c")),  # the first delimiter cuts
+    ("a-b+c@x.example", "+-", ("a@x.example", "b+c")),  # the first of any in the set
+    ("a+b-c@x.example", "+-", ("a@x.example", "b-c")),
+    ("a+@x.example", "+", ("a@x.example", "")),  # a trailing delimiter: an empty tag
+    ("+a@x.example", "+", ("+a@x.example", None)),  # a leading one is part of the name
+    ("a+b@x.example", "", ("a+b@x.example", None)),  # no delimiters: no tags
+    ("a+b@x.example", "-", ("a+b@x.example", None)),
+    ("MAILER-DAEMON@x.example", "-", ("MAILER-DAEMON@x.example", None)),  # Postfix never cuts these
+    ("double-bounce@x.example", "-", ("double-bounce@x.example", None)),
+    ("postmaster+x@x.example", "+", ("postmaster@x.example", "x")),  # only the name itself
+    ("owner-list@x.example", "-", ("owner-list@x.example", None)),  # with `-`: owner-*, *-request
+    ("list-request@x.example", "-", ("list-request@x.example", None)),
+    ("owner-list+x@x.example", "+", ("owner-list@x.example", "x")),  # but only with `-`
+    ("no-at-sign+x", "+", ("no-at-sign", "x")),
+])
+def test_split_recipient_as_postfix_recipient_delimiter(address, delimiters, expected):
+    assert split_recipient(address, delimiters) == expected
+
+
+def test_recipient_tag_is_the_first_recipients():
+    assert recipient_tag(["a+one@x.example", "b+two@x.example"], "+") == "one"
+    assert recipient_tag(["a@x.example"], "+") is None and recipient_tag([], "+") is None
+
+
+def test_recipient_delimiter_config_key():
+    assert configmod.parse_delimiters("+-") == "+-" and configmod.parse_delimiters("") == ""
+    for bad in ("@", " ", "+\u00e9", '"'):
+        with pytest.raises(ValueError):
+            configmod.parse_delimiters(bad)
+
+
+def test_recipient_conditions_test_the_address_without_its_tag():
+    rs = RuleSet([rule("untagged", "Recipient~^support@ours\\.example$", priority=1),
+                  rule("exact", "To~^support@ours\\.example$", priority=2)])
+    assert [r.name for r in rs.envelope_candidates("support+ticket-4711@ours.example")] == ["untagged"]
+    # an untagged address is its own untagged form; `To` rules keep matching as they did
+    assert [r.name for r in rs.envelope_candidates("support@ours.example")] == ["untagged"]
+    assert rs.match("support+t@ours.example", {}).rule.name == "untagged"
+    explained = rs.match("support+t@ours.example", {}, explain=True).evaluated
+    assert [r.matched for r in explained] == [True, False]
+    assert "envelope recipient does not match" in explained[1].reason()
+    assert "recipient" not in rs.header_names and "to" not in rs.header_names
+
+
+def test_recipient_conditions_follow_the_configured_delimiters():
+    conds = ("Recipient~^support@",)
+    assert RuleSet([rule("r", *conds)], recipient_delimiter="-").envelope_candidates("support-x@o.example")
+    assert not RuleSet([rule("r", *conds)], recipient_delimiter="+").envelope_candidates("support-x@o.example")
+    assert not RuleSet([rule("r", *conds)], recipient_delimiter="").envelope_candidates("support+x@o.example")
+
+
+def test_negated_recipient_condition_and_header_conditions_together():
+    rs = RuleSet([rule("r", "Recipient~^support@", "Subject~ticket")])
+    cands = rs.envelope_candidates("support+1@ours.example")
+    assert rs.match_candidates("support+1@ours.example", cands, {"subject": ["ticket 1"]}).rule.name == "r"
+    assert rs.match_candidates("support+1@ours.example", cands, {"subject": ["hi"]}).rule is None
+
+
+def _delivery(recipients, delimiter="+"):
+    record = InboundRecord(received="2026-11-22T12:00:00.000000Z", mail_from="a@s.example",
+                           deliveries=[Routed(list(recipients), {"name": "r", "endpoint": "https://h.example/"})],
+                           recipient_delimiter=delimiter)
+    return payload.Delivery.of(delivery_id="d1", meta=record.to_meta(), target=Target.of(
+        "rule", 1, "r", Destination("https://h.example/")), raw=b"From: a@s.example\r\nTo: x@y.example\r\n\r\nhi\r\n")
+
+
+def test_native_payload_and_postmark_carry_the_tag_cut_with_the_records_delimiter():
+    doc = payload.native_document(_delivery(["support+ticket-4711@ours.example"]))
+    assert doc["envelope"]["recipient_tag"] == "ticket-4711"
+    assert payload.native_document(_delivery(["support@ours.example"]))["envelope"]["recipient_tag"] is None
+    dashed = _delivery(["support-77+x@ours.example"], "-")
+    assert payload.native_document(dashed)["envelope"]["recipient_tag"] == "77+x"
+    import json
+    ctx = postmark.InboundContext(now=0, nonce="n", max_attachment_size=1 << 20, max_payload_size=1 << 24)
+    body = json.loads(postmark.inbound_request(dashed, ctx).body)
+    assert body["MailboxHash"] == "77+x" and body["BccFull"][0]["MailboxHash"] == "77+x"
+
+
+def test_record_keeps_a_delimiter_other_than_the_default():
+    base = dict(received="2026-11-22T12:00:00.000000Z",
+                deliveries=[Routed(["a@x.example"], {"name": "r", "endpoint": "https://h.example/"})])
+    assert "recipient_delimiter" not in InboundRecord(**base).to_meta()  # records as before
+    meta = InboundRecord(**base, recipient_delimiter="+-").to_meta()
+    assert InboundRecord.from_meta(meta).recipient_delimiter == "+-"
+    assert InboundRecord.from_meta(InboundRecord(**base).to_meta()).recipient_delimiter == "+"
+
+
+def test_the_milter_records_the_delimiter_its_rules_matched_with():
+    snap = snapshot([rule("support", "Recipient~^support@")], recipient_delimiter="-")
+    t = transaction(snap=snap)
+    assert rcpts(t, "support-4711@ours.example")[0].action == inbound.CONTINUE
+    _, answer = message(t, mail(to="support@ours.example"))
+    record = answer.message.record
+    assert record.recipient_delimiter == "-" and record.deliveries[0].recipients == ["support-4711@ours.example"]
