@@ -215,6 +215,7 @@ def test_rule_show_json_shape_and_masking(populated):
     assert set(shown) == {
         "id", "name", "priority", "enabled", "url", "format", "basic_auth", "bearer",
         "api_key", "retry_interval", "retry_period", "timeout", "discard", "allow_http",
+        "continue", "include_raw", "reject_text",
         "dialect", "signing_key", "template", "template_versions", "conditions", "created", "updated", "signing"}
     (key,) = shown["signing"]
     assert key["scheme"] == "v1" and key["secret"].startswith("whsec_****") and len(key["secret"]) == 14

@@ -114,3 +114,57 @@ def test_the_milter_records_the_delimiter_its_rules_matched_with():
     _, answer = message(t, mail(to="support@ours.example"))
     record = answer.message.record
     assert record.recipient_delimiter == "-" and record.deliveries[0].recipients == ["support-4711@ours.example"]
+
+
+# -- fan-out (--continue) ------------------------------------------------------------------------
+
+ARCHIVE = rule("archive", "To~@ours\\.example$", priority=1, continue_matching=True)
+APP = rule("app", "To~^support@", priority=2, discard=True)
+LATER = rule("later", "To~^support@", priority=3)
+
+
+def test_a_continue_rule_offers_the_message_to_the_rules_after_it():
+    rs = RuleSet([ARCHIVE, APP, LATER])
+    # envelope candidates go past a continue rule without header conditions
+    assert [r.name for r in rs.envelope_candidates("support@ours.example")] == ["archive", "app"]
+    m = rs.match_candidates("support@ours.example", rs.envelope_candidates("support@ours.example"), {})
+    assert [r.name for r in m.taken] == ["archive", "app"] and m.rule.name == "archive"
+    assert [r.name for r in rs.match("support@ours.example", {}).taken] == ["archive", "app"]
+    explained = rs.match("support@ours.example", {}, explain=True)
+    assert [r.name for r in explained.taken] == ["archive", "app"]  # `later` matches, after a stop
+    assert [r.matched for r in explained.evaluated] == [True, True, True]
+    # a recipient only the continue rule takes
+    assert [r.name for r in rs.match("bob@ours.example", {}).taken] == ["archive"]
+
+
+def test_fan_out_with_header_conditions():
+    rs = RuleSet([rule("a", "To~@ours", "Subject~x", priority=1, continue_matching=True),
+                  rule("b", "To~@ours", "Subject~y", priority=2, continue_matching=True),
+                  rule("c", "To~@ours", priority=3)])
+    cands = rs.envelope_candidates("u@ours.example")
+    assert [r.name for r in cands] == ["a", "b", "c"]
+    taken = lambda subject: [r.name for r in rs.match_candidates("u@ours.example", cands, {"subject": [subject]}).taken]  # noqa: E731
+    assert taken("x y") == ["a", "b", "c"] and taken("y") == ["b", "c"] and taken("z") == ["c"]
+
+
+def test_fan_out_spools_one_delivery_per_rule_and_discard_by_any_rule_drops_the_recipient():
+    t = transaction(snap=snapshot([ARCHIVE, APP, LATER]))
+    rcpts(t, "support@ours.example", "bob@ours.example")
+    _, answer = message(t, mail())
+    deliveries = answer.message.record.deliveries
+    assert [(d.name, d.recipients) for d in deliveries] == [
+        ("archive", ["support@ours.example", "bob@ours.example"]), ("app", ["support@ours.example"])]
+    assert answer.delete == ("<support@ours.example>",)  # app has --discard: webhook only
+    assert answer.log[0].recipients == ["support@ours.example", "bob@ours.example"]
+
+
+def test_rule_test_shows_every_rule_that_takes_a_recipient():
+    from mxhook.model.envelope import Envelope
+    envelope = Envelope(sender="alice@sender.example")
+    envelope.recipient("support@ours.example")
+    out = inbound.explain(snapshot([ARCHIVE, APP, LATER]), inbound.Policy(), mail(), envelope,
+                          routes=True).as_dict()
+    r = out["recipients"][0]
+    assert r["rule"] == "archive" and [t["rule"] for t in r["taken_by"]] == ["archive", "app"]
+    assert r["action"] == "discard" and "fan-out" in r["reason"]
+    assert out["reason"] == "accepted for archive, app"

@@ -33,7 +33,8 @@ class Decision:
 
     @property
     def accepted(self) -> list[tuple[str, Rule]]:
-        return [(m.recipient, m.rule) for m in self.matches if m.rule is not None]
+        """(recipient, rule) for every rule that takes a recipient (several with fan-out)."""
+        return [(m.recipient, rule) for m in self.matches for rule in m.taken]
 
     @property
     def denied(self) -> list[str]:
@@ -44,7 +45,8 @@ class Decision:
         return self.verdict is not None or not self.accepted
 
     def grouped(self) -> list[tuple[Rule, list[str]]]:
-        """(rule, recipients) pairs in first-match order: one delivery per rule."""
+        """(rule, recipients) pairs in match order: one delivery per rule (a recipient that
+        several rules take, `--continue`, is in each of their deliveries)."""
         groups: dict[str, tuple[Rule, list[str]]] = {}
         for rcpt, rule in self.accepted:
             groups.setdefault(rule.name, (rule, []))[1].append(rcpt)

@@ -299,13 +299,14 @@ class Inbound:
                             for rule, rcpts in groups],
                 recipient_delimiter=self.snapshot.ruleset.recipient_delimiter)
             message = SpooledMessage(self.new_id(), record, raw)
-            log.append(Logged("accepted", [r for _, rs in groups for r in rs],
+            log.append(Logged("accepted", list(dict.fromkeys(r for _, rs in groups for r in rs)),
                               ",".join(rule.name for rule, _ in groups), f"spooled as {message.id}"))
         return self._finish(decision, groups, message, tuple(log))
 
     def _finish(self, decision: Decision | None, groups, message, log) -> MessageAnswer:
-        """Recipients of `--discard` rules (posted) and those of a bounce report without a rule
-        (consumed as events) are removed. A message left without recipients gets Postfix's
+        """Recipients of `--discard` rules (posted; with fan-out, one of the rules that take it
+        having `--discard` is enough) and those of a bounce report without a rule (consumed as
+        events) are removed. A message left without recipients gets Postfix's
         discard(8) transport as its one recipient (while Postfix has the route): a milter
         DISCARD counts as an error in smtpd, and after ten of them (smtpd_soft_error_limit)
         every later command of the session waits smtpd_error_sleep_time (1 s). A refused
@@ -344,8 +345,9 @@ class RecipientOutcome:
     smtp: str
     decided_by: str  # rule:<name>, no_rule, unknown_domain, heuristic:<name>, outcome_class, dsn, ...
     reason: str
-    rule: object = None  # the accepting Rule
+    rule: object = None  # the first accepting Rule
     rules: list | None = None  # rules.RuleResult of every rule (recipients in permitted domains)
+    taken: list = field(default_factory=list)  # every Rule that takes it (fan-out: several)
 
     def as_dict(self) -> dict:
         rule = self.rule
@@ -353,8 +355,12 @@ class RecipientOutcome:
                "smtp": self.smtp, "decided_by": self.decided_by, "rule": rule and rule.name,
                "reason": self.reason}
         if rule is not None:
-            out.update(action="discard" if rule.discard else "deliver", url=rule.destination.url,
+            discarded = any(r.discard for r in self.taken)
+            out.update(action="discard" if discarded else "deliver", url=rule.destination.url,
                        format=rule.destination.format)
+            out["taken_by"] = [{"rule": r.name, "url": r.destination.url, "format": r.destination.format,
+                                "dialect": r.destination.dialect, "continue": r.continue_matching,
+                                "discard": r.discard} for r in self.taken]
         if self.rules is not None:
             out["rules"] = [{
                 "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,
@@ -474,10 +480,13 @@ def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> Recipi
     if decision is not None and decision.verdict is not None:
         return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY),
                                 "heuristic:" + decision.verdict.heuristic, decision.verdict.reason)
-    rule = next((m.rule for m in decision.matches if m.recipient == r), None) if decision else None
-    if rule is not None:
-        return RecipientOutcome(r, "accepted", "eoh", "250", "rule:" + rule.name,
-                                f"rule {rule.name}: all conditions hold", rule=rule)
+    match = next((m for m in decision.matches if m.recipient == r), None) if decision else None
+    if match is not None and match.rule is not None:
+        names = ", ".join(t.name for t in match.taken)
+        return RecipientOutcome(r, "accepted", "eoh", "250", "rule:" + match.rule.name,
+                                f"rule {names}: all conditions hold" if len(match.taken) == 1
+                                else f"rules {names} (fan-out: --continue): all conditions hold",
+                                rule=match.rule, taken=list(match.taken))
     if inbound.dsn:
         return RecipientOutcome(r, "consumed", "eoh", "250", "dsn", "no rule matches; " + DSN_CONSUMED)
     if r in inbound.bounced:

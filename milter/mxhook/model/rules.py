@@ -260,8 +260,19 @@ _ENVELOPE_WHAT = {ENVELOPE_RECIPIENT: "envelope recipient",
 @dataclass
 class MatchResult:
     recipient: str
-    rule: Rule | None
+    rule: Rule | None  # the first rule that takes it
     evaluated: list[RuleResult] = field(default_factory=list)
+    # every rule that takes it, in matching order: the first, and after each `--continue` rule
+    # the next one that matches (fan-out)
+    taken: list[Rule] = field(default_factory=list)
+
+    def take(self, rule: Rule) -> bool:
+        """Record that `rule` takes the recipient; True when matching goes on to the rules
+        after it (`continue_matching`)."""
+        if self.rule is None:
+            self.rule = rule
+        self.taken.append(rule)
+        return rule.continue_matching
 
     @property
     def timeouts(self) -> list[ConditionResult]:
@@ -375,18 +386,21 @@ class RuleSet:
         return RuleResult(rule, matched, results)
 
     def match(self, recipient: str, headers: dict[str, list[str]], *, explain: bool = False) -> MatchResult:
-        """First enabled rule whose conditions all hold for this recipient. With explain=True
-        every rule is evaluated and reported (for `mxhook rule test`); otherwise evaluation
-        stops at the first match, and only timed-out conditions are reported."""
+        """The enabled rules that take this recipient: the first whose conditions all hold,
+        and, after one with `continue_matching`, the next that holds (fan-out). With
+        explain=True every rule is evaluated and reported (for `mxhook rule test`); otherwise
+        evaluation stops at the last rule that takes it, and only timed-out conditions are
+        reported."""
         if not explain:
             return self._first_match(recipient, headers)
         result = MatchResult(recipient, None)
+        going = True
         for rule in self.rules:
             usable = rule.enabled and id(rule) not in self._broken_ids
             rr = self.evaluate(rule, recipient, headers) if usable else RuleResult(rule, False)
             result.evaluated.append(rr)
-            if rr.matched and result.rule is None:
-                result.rule = rule
+            if rr.matched and going:
+                going = result.take(rule)
         return result
 
     def match_many(self, recipients: list[str], headers: dict[str, list[str]], *,
@@ -439,17 +453,17 @@ class RuleSet:
                 if hit == negate:
                     break
             else:
-                result.rule = rule
-                return result
+                if not result.take(rule):
+                    return result
         return result
-
 
     # -- two-step matching: envelope at RCPT, headers at end of headers (the milter) ----------
 
     def envelope_candidates(self, recipient: str) -> tuple[Rule, ...]:
         """The enabled rules that can still match `recipient` once its envelope conditions
-        (`To`) are evaluated, in matching order, ending at the first one without header
-        conditions (it matches whatever the headers say, so no later rule is ever reached).
+        (`To`, `Recipient`) are evaluated, in matching order, ending at the first one without
+        header conditions and without `continue_matching` (it matches whatever the headers
+        say, so no later rule is ever reached).
         Empty: no rule can match this recipient, whatever the message says. A `To` pattern
         that runs out of time counts as no match, as in `match`."""
         found: list[Rule] = []
@@ -468,7 +482,7 @@ class RuleSet:
                     break
             else:
                 found.append(rule)
-                if not needs_headers:
+                if not needs_headers and not rule.continue_matching:
                     break
         return tuple(found)
 
@@ -497,7 +511,8 @@ class RuleSet:
     def match_candidates(self, recipient: str, candidates: tuple[Rule, ...],
                          headers: dict[str, list[str]], header_known: dict | None = None) -> MatchResult:
         """The first of `candidates` (from `envelope_candidates`, whose envelope conditions
-        already hold) whose header conditions hold. `header_known` shares each header
+        already hold) whose header conditions hold, and after a `continue_matching` one the
+        next (MatchResult.taken). `header_known` shares each header
         pattern's answer, and the header prefilters' verdicts, between the recipients of one
         message."""
         result = MatchResult(recipient, None)
@@ -523,8 +538,8 @@ class RuleSet:
                 if hit == cond.negate:
                     break
             else:
-                result.rule = rule
-                return result
+                if not result.take(rule):
+                    return result
         return result
 
     def _header_prefilters(self, headers: dict[str, list[str]], known: dict) -> tuple[frozenset, frozenset]:
