@@ -85,3 +85,13 @@ def test_rules_db_from_schema_6_upgrades_with_routing_defaults(tmp_path):
         assert store.list_domains()[0]["unmatched"] == "reject"
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+
+
+def test_snapshot_carries_pass_domains_reject_texts_and_the_delimiter(tmp_path):
+    with rulesdb.RulesStore(str(tmp_path / "rules.db")) as store:
+        store.add_domain("ours.example", unmatched="pass", reject_text="Not here")
+        store.add_domain("other.example")
+        snap = store.snapshot(recipient_delimiter="-")
+    assert snap.pass_unmatched == frozenset({"ours.example"})
+    assert snap.reject_texts == {"ours.example": "Not here"}
+    assert snap.ruleset.recipient_delimiter == "-"

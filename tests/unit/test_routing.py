@@ -168,3 +168,75 @@ def test_rule_test_shows_every_rule_that_takes_a_recipient():
     assert r["rule"] == "archive" and [t["rule"] for t in r["taken_by"]] == ["archive", "app"]
     assert r["action"] == "discard" and "fan-out" in r["reason"]
     assert out["reason"] == "accepted for archive, app"
+
+
+# -- pass-through within a domain (unmatched = pass) ---------------------------------------------
+
+SUPPORT = rule("support", "Recipient~^support@")
+TICKETS = rule("tickets", "To~^tickets@", "Subject~ticket")
+
+
+def passing(**kw):
+    return snapshot([SUPPORT, TICKETS], pass_unmatched=(OURS,), **kw)
+
+
+def test_unmatched_recipients_of_a_pass_domain_go_to_postfix_in_the_same_transaction():
+    t = transaction(snap=passing())
+    answers = rcpts(t, "support+7@ours.example", "bob@ours.example", "tickets@ours.example")
+    assert [a.action for a in answers] == [inbound.CONTINUE] * 3  # one class: never refused
+    headers, answer = message(t, mail(subject="hello"))
+    assert headers.action == inbound.CONTINUE and not headers.denials
+    assert [(e.outcome, e.recipients) for e in headers.log] == [("passed", ["tickets@ours.example"])]
+    assert [(d.name, d.recipients) for d in answer.message.record.deliveries] == [
+        ("support", ["support+7@ours.example"])]
+    assert answer.delete == () and answer.bounce == () and not answer.add_discard
+    assert set(t.passed) == {"bob@ours.example", "tickets@ours.example"}
+
+
+def test_a_pass_domain_with_no_recipient_taken_is_left_to_postfix_at_end_of_headers():
+    t = transaction(snap=passing())
+    rcpts(t, "bob@ours.example", "tickets@ours.example")
+    headers, answer = message(t, mail(subject="no"))
+    assert headers.action == inbound.ACCEPT and answer is None
+
+
+def test_a_heuristic_keeps_pass_domain_recipients_from_the_rules_but_not_from_postfix():
+    t = transaction(snap=passing())
+    rcpts(t, "support@ours.example", "bob@ours.example")
+    headers, _ = message(t, mail(frm="ceo@ours.example"))  # From in a permitted domain
+    assert headers.action == inbound.ACCEPT and not headers.denials
+    assert headers.log[0].recipients == ["support@ours.example"] and headers.log[0].by.startswith("heuristic:")
+
+
+def test_reject_domain_recipients_do_not_share_a_transaction_with_pass_domain_ones():
+    snap = snapshot([SUPPORT], domains=(OURS, "other.example"), pass_unmatched=(OURS,))
+    t = transaction(snap=snap)
+    answers = rcpts(t, "bob@ours.example", "support@other.example", "nobody@other.example")
+    assert answers[0].action == inbound.CONTINUE
+    assert answers[1].reply[:2] == ("452", "4.5.3")  # rules class: sent again alone
+    assert answers[2].reply[:2] == ("550", "5.7.1")  # no rule, reject domain
+
+
+def test_null_sender_to_a_pass_domain_is_passed_not_held_and_a_bounce_report_reaches_the_mailbox():
+    with open(__import__("tests.unit.inbound_support", fromlist=["DSN"]).DSN, "rb") as f:
+        dsn = f.read()
+    t = transaction("", snap=passing())
+    rcpts(t, "bob@ours.example", "support@ours.example")
+    assert t.passed == ["bob@ours.example"] and not t.held
+    headers, answer = message(t, dsn)
+    assert headers.action == inbound.CONTINUE and answer.action == inbound.ACCEPT
+    assert answer.delete == ()  # nobody consumed: the mailboxes get the report
+
+
+def test_rule_test_explains_pass_through():
+    from mxhook.model.envelope import Envelope
+    envelope = Envelope(sender="alice@sender.example")
+    for r in ("support@ours.example", "bob@ours.example", "tickets@ours.example"):
+        envelope.recipient(r)
+    out = inbound.explain(passing(), inbound.Policy(), mail(), envelope, routes=True).as_dict()
+    got = [(r["outcome"], r["decided_by"]) for r in out["recipients"]]
+    assert got == [("accepted", "rule:support"), ("passed", "unmatched=pass"), ("passed", "unmatched=pass")]
+    assert out["result"] == "accept"
+    envelope.recipients[:] = envelope.recipients[1:]
+    out = inbound.explain(passing(), inbound.Policy(), mail(), envelope, routes=True).as_dict()
+    assert (out["result"], out["decided_by"]) == ("pass", "unmatched=pass")

@@ -315,6 +315,8 @@ class MxhookMilter(Milter.Base):
                         self.envelope.queue_id or "-", pattern)
         if answer.error:
             log.error("queue id %s: %s; answering 451", self.envelope.queue_id or "-", answer.error)
+        for entry in answer.log:
+            self._log_decision(entry)
         return self._perform(answer)
 
     @Milter.noreply

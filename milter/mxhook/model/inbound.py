@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
-    DENY, HOLD, MANAGED, PASS, SPLIT, Decision, RcptOutcome, RcptStage, decide)
+    DENY, HOLD, MANAGED, PASS, SPLIT, UNMATCHED_PASS, Decision, RcptOutcome, RcptStage, decide)
 from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, utc_now
 from mxhook.model.headers import address_domain, decode_value, first_address
 from mxhook.model.message import header_section
@@ -76,7 +76,7 @@ HEURISTIC_KEYS = (
 @dataclass(slots=True)
 class Logged:
     """One line of the decision log."""
-    outcome: str  # denied, accepted, bounce-report
+    outcome: str  # denied, accepted, passed, bounce-report
     recipients: list[str]
     by: str
     reason: str
@@ -111,6 +111,7 @@ class RcptAnswer(Answer):
 class HeadersAnswer(Answer):
     timed_out: tuple[str, ...] = ()  # patterns that hit the regex timeout (counted as no match)
     error: str = ""  # TEMPFAIL: what went wrong
+    log: tuple[Logged, ...] = ()  # recipients passed to Postfix (a domain's unmatched = pass)
 
 
 @dataclass(slots=True)
@@ -160,10 +161,14 @@ class Inbound:
         self.stage = RcptStage(
             snapshot.ruleset, snapshot.domains, null_sender=envelope.sender == "",
             unknown_domains=policy.unknown_domains, enabled_heuristics=policy.heuristics,
-            max_refusals=policy.max_rcpt_refusals if routes else None)
+            max_refusals=policy.max_rcpt_refusals if routes else None,
+            pass_unmatched=snapshot.pass_unmatched)
         self.rcpt_outcomes: list[tuple[str, RcptOutcome]] = []  # every RCPT, in order
         self.managed: list[str] = []  # recipients in permitted domains, for the rules
-        self.passed: list[str] = []  # recipients left alone (unknown_domains = pass)
+        # managed recipients of domains with unmatched = pass: passed to Postfix when no rule
+        # takes them (or a heuristic keeps them from the rules), never refused
+        self.passing: set[str] = set()
+        self.passed: list[str] = []  # recipients left to Postfix (unknown_domains or unmatched = pass)
         self.held: list[str] = []  # null-sender recipients no rule takes: a bounce report's?
         self.held_why: dict[str, tuple[str, str]] = {}  # held recipient -> (filter, reason) if not
         self.candidates: dict[str, tuple] = {}  # managed recipient -> rules its envelope allows
@@ -194,6 +199,8 @@ class Inbound:
         if kind == MANAGED:
             self.candidates[address] = outcome.candidates
             self.managed.append(address)
+            if outcome.passing:
+                self.passing.add(address)
         elif kind == PASS:
             self.passed.append(address)
         elif kind == HOLD:
@@ -232,37 +239,66 @@ class Inbound:
             enabled_heuristics=policy.heuristics, missing_from=policy.missing_from,
             candidates=self.candidates)
         timed_out = tuple({c.condition.pattern: None for m in decision.matches for c in m.timeouts})
-        if decision.verdict is not None:  # the message is refused, whoever it is for
+        if decision.verdict is not None:  # the message is refused, whoever it is for...
             reason = decision.verdict.reason
-            denial = self._denial(self.managed, "heuristic:" + decision.verdict.heuristic, reason)
-            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {reason}"), (denial,), timed_out)
-        if not self.dsn and decision.denied:
+            by = "heuristic:" + decision.verdict.heuristic
+            if not self.passing:
+                denial = self._denial(self.managed, by, reason)
+                return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {reason}"), (denial,), timed_out)
+            # ...but for the rules only where the domain passes recipients no rule takes
+            passed = self._pass([r for r in self.managed if r in self.passing], by, reason)
+            refused.insert(0, (by, reason, [r for r in self.managed if r not in self.passing]))
+            return self._refuse([x for x in refused if x[2]], kept=True, timed_out=timed_out, log=passed) \
+                if any(x[2] for x in refused) else self._passed_only(passed, timed_out)
+        passed = self._pass([r for r in decision.denied if r in self.passing], UNMATCHED_PASS,
+                            "no inbound rule takes it")
+        denied = [r for r in decision.denied if r not in self.passing]
+        if not self.dsn and denied:
             accepted = [r for r, _ in decision.accepted]
             if (any(r not in self.overflow for r in accepted)
-                    and any(r not in self.overflow for r in decision.denied)):
+                    and any(r not in self.overflow for r in denied)):
                 # recipients of one outcome class share their outcome
                 return HeadersAnswer(TEMPFAIL, INTERNAL_ERROR, timed_out=timed_out, error=(
                     f"recipients of one class decided apart ({','.join(accepted)} accepted, "
-                    f"{','.join(decision.denied)} not)"))
+                    f"{','.join(denied)} not)"))
             refused.insert(0, ("no_rule", "no inbound rule matches "
-                               + ", ".join(f"<{r}>" for r in decision.denied), decision.denied))
+                               + ", ".join(f"<{r}>" for r in denied), denied))
         # Accepted, or a bounce report (its recipients without a rule are consumed at eom).
         if refused:
-            return self._refuse(refused, kept=bool(self.passed or decision.accepted), timed_out=timed_out)
-        return HeadersAnswer(timed_out=timed_out)
+            return self._refuse(refused, kept=bool(self.passed or decision.accepted), timed_out=timed_out,
+                                log=passed)
+        if not decision.accepted:
+            return self._passed_only(passed, timed_out)
+        return HeadersAnswer(timed_out=timed_out, log=passed)
+
+    def _pass(self, recipients: list[str], by: str, reason: str) -> tuple[Logged, ...]:
+        """Recipients of domains with unmatched = pass that no rule takes: left to Postfix."""
+        if not recipients:
+            return ()
+        self.passed += recipients
+        return (Logged("passed", recipients, by, reason + "; passed to Postfix (its domain has "
+                                                          "unmatched = pass)"),)
+
+    def _passed_only(self, log: tuple[Logged, ...], timed_out: tuple[str, ...]) -> HeadersAnswer:
+        """No rule takes anyone and nobody is refused: Postfix delivers the message as it
+        would without mxhook (a bounce report still has its events read at end of message)."""
+        if self.dsn:
+            return HeadersAnswer(timed_out=timed_out, log=log)
+        return HeadersAnswer(ACCEPT, timed_out=timed_out, log=log)
 
     def _refuse(self, refused: list[tuple[str, str, list[str]]], kept: bool,
-                timed_out: tuple[str, ...] = ()) -> HeadersAnswer:
+                timed_out: tuple[str, ...] = (), log: tuple[Logged, ...] = ()) -> HeadersAnswer:
         """Refused recipients: with nobody else accepted, the whole message (550); else
         Postfix bounces each to the sender at end of message (error(8) transport)."""
         if not kept:
             denials = tuple(self._denial(rcpts, filt, reason) for filt, reason, rcpts in refused)
-            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {refused[0][1]}"), denials, timed_out)
+            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {refused[0][1]}"), denials, timed_out,
+                                 log=log)
         denials = []
         for filt, reason, rcpts in refused:
             denials.append(self._denial(rcpts, filt, reason, bounced=True))
             self.bounced += rcpts
-        return HeadersAnswer(CONTINUE, None, tuple(denials), timed_out)
+        return HeadersAnswer(CONTINUE, None, tuple(denials), timed_out, log=log)
 
     # -- end of message -------------------------------------------------------------------------
 
@@ -313,6 +349,7 @@ class Inbound:
         recipient (self.bounced) is replaced by its stand-in in the reject domain, which
         Postfix's error(8) transport bounces to the sender."""
         consumed = ((decision.denied if decision else []) + self.held) if self.dsn else []
+        consumed = [r for r in consumed if r not in self.passing]  # their mailboxes get the report
         drop = set(consumed) | {r for rule, rs in groups if rule.discard for r in rs}
         events = tuple(self.reported)
         if not drop and not self.bounced:
@@ -462,9 +499,7 @@ def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> Recipi
                                 "client sends it again in a separate transaction (test it alone to "
                                 "see that one)")
     if kind == PASS:
-        return RecipientOutcome(r, "passed", "rcpt", "250", "unknown_domains=pass",
-                                f"domain {address_domain(r) or '(none)'} is not permitted; "
-                                "unknown_domains = pass leaves it to Postfix (no rules)")
+        return RecipientOutcome(r, "passed", "rcpt", "250", outcome.filter, outcome.reason)
     decision = inbound.decision
     bounced = ("bounced", "eoh", "250, then a bounce from Postfix (5.7.1)")
     if kind == HOLD:
@@ -477,7 +512,12 @@ def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> Recipi
                                     "refusals at RCPT, so Postfix's error transport bounces it")
         return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY), outcome.filter, reason)
     # MANAGED: end of headers decides
+    passed = ("passed", "eoh", "250")
     if decision is not None and decision.verdict is not None:
+        if r in inbound.passing:
+            return RecipientOutcome(r, *passed, "heuristic:" + decision.verdict.heuristic,
+                                    decision.verdict.reason + "; kept from the rules and passed to "
+                                    "Postfix (its domain has unmatched = pass)")
         return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY),
                                 "heuristic:" + decision.verdict.heuristic, decision.verdict.reason)
     match = next((m for m in decision.matches if m.recipient == r), None) if decision else None
@@ -487,6 +527,9 @@ def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> Recipi
                                 f"rule {names}: all conditions hold" if len(match.taken) == 1
                                 else f"rules {names} (fan-out: --continue): all conditions hold",
                                 rule=match.rule, taken=list(match.taken))
+    if r in inbound.passing:
+        return RecipientOutcome(r, *passed, UNMATCHED_PASS, f"no inbound rule takes <{r}>; its domain "
+                                "passes such recipients to Postfix (unmatched = pass)")
     if inbound.dsn:
         return RecipientOutcome(r, "consumed", "eoh", "250", "dsn", "no rule matches; " + DSN_CONSUMED)
     if r in inbound.bounced:
@@ -512,8 +555,9 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
         out.result, out.smtp, out.decided_by = "tempfail", " ".join(SMTP_TEMPFAIL), "internal_error"
         out.reason = "recipients of one outcome class decided apart"
     elif headers.action == ACCEPT:
-        out.result, out.smtp, out.decided_by = "pass", "250", "unknown_domains=pass"
-        out.reason = "no recipient in a permitted domain: the milter leaves the message alone"
+        out.result, out.smtp = "pass", "250"
+        out.decided_by = _passed_by(out)
+        out.reason = "no recipient a rule takes: the milter leaves the message to Postfix"
     elif message.action == REJECT:
         out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_TOO_LARGE), "size"
         out.reason = message.reply[2]
@@ -528,5 +572,10 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
             out.reason += (f": {len(out.events)} event(s) kept, its recipients left to Postfix "
                            "(unknown_domains = pass)")
     else:  # recipients in permitted domains bounced, the others left to Postfix
-        out.result, out.smtp, out.decided_by = "pass", "250", "unknown_domains=pass"
+        out.result, out.smtp, out.decided_by = "pass", "250", _passed_by(out)
         out.reason = "no recipient a rule takes: the milter leaves the message to Postfix"
+
+
+def _passed_by(out: Explanation) -> str:
+    """What left a message's recipients to Postfix: unknown_domains or a domain's unmatched."""
+    return next((o.decided_by for o in out.recipients if o.outcome == "passed"), "unknown_domains=pass")
