@@ -240,3 +240,51 @@ def test_rule_test_explains_pass_through():
     envelope.recipients[:] = envelope.recipients[1:]
     out = inbound.explain(passing(), inbound.Policy(), mail(), envelope, routes=True).as_dict()
     assert (out["result"], out["decided_by"]) == ("pass", "unmatched=pass")
+
+
+# -- custom reject texts -------------------------------------------------------------------------
+
+def test_domain_reject_text_at_rcpt_and_rule_reject_text_at_end_of_headers():
+    snap = snapshot([rule("tickets", "To~^tickets@", "Subject~ticket", reject_text="Tickets only, please"),
+                     rule("sales", "To~^sales@", "Subject~quote")],
+                    reject_texts={OURS: "No such address at ours.example"})
+    t = transaction(snap=snap)
+    [answer] = rcpts(t, "nobody@ours.example")
+    assert answer.reply == ("550", "5.7.1", "No such address at ours.example")
+    assert answer.denials[0].reason == "no inbound rule matches <nobody@ours.example>"  # the log keeps why
+    t = transaction(snap=snap)
+    rcpts(t, "tickets@ours.example")
+    headers, _ = message(t, mail(subject="hello"))
+    assert headers.reply == ("550", "5.7.1", "Tickets only, please")
+    t = transaction(snap=snap)
+    rcpts(t, "sales@ours.example")  # its rule has no text: the domain's
+    assert message(t, mail(subject="hello"))[0].reply == ("550", "5.7.1", "No such address at ours.example")
+
+
+def test_heuristics_and_unknown_domains_keep_mxhooks_texts():
+    snap = snapshot([rule("tickets", "To~^tickets@", reject_text="custom")], reject_texts={OURS: "custom"})
+    t = transaction(snap=snap)
+    [answer] = rcpts(t, "x@elsewhere.example")
+    assert "not enabled for inbound mail" in answer.reply[2]
+    t = transaction(snap=snap)
+    rcpts(t, "tickets@ours.example")
+    assert "claims one of this server's own domains" in message(t, mail(frm="a@ours.example"))[0].reply[2]
+
+
+def test_without_texts_the_replies_are_as_before():
+    t = transaction()
+    [answer] = rcpts(t, "nobody@ours.example")
+    assert answer.reply[2] == "<nobody@ours.example>: no inbound rule matches <nobody@ours.example>"
+
+
+def test_rule_test_shows_the_reply_text():
+    from mxhook.model.envelope import Envelope
+    snap = snapshot([rule("tickets", "To~^tickets@", "Subject~ticket", reject_text="Tickets only")],
+                    reject_texts={OURS: "Nobody here"})
+    envelope = Envelope(sender="alice@sender.example")
+    envelope.recipient("nobody@ours.example")
+    out = inbound.explain(snap, inbound.Policy(), mail(), envelope, routes=True).as_dict()
+    assert out["recipients"][0]["reply"] == "Nobody here"
+    envelope = Envelope(sender="alice@sender.example")
+    envelope.recipient("tickets@ours.example")
+    assert inbound.explain(snap, inbound.Policy(), mail(), envelope, routes=True).as_dict()["reply"] == "Tickets only"

@@ -258,6 +258,8 @@ def print_explanation(res: dict) -> None:
                f"unknown_domains = {res['unknown_domains']}")
     verdict = res["result"].upper()
     click.echo(f"Result:     {verdict} ({res['smtp']}) by {res['decided_by']}: {res['reason']}")
+    if res["reply"]:
+        click.echo(f"Reply:      {res['smtp']} {res['reply']}")
     for d in res["header_defects"]:
         click.echo(f"Header:     {d}")
     for e in res["recipients"]:
@@ -274,6 +276,8 @@ def print_explanation(res: dict) -> None:
         click.echo(f"<{e['recipient']}>: {e['smtp']} at {stage}: {what}")
         if e["outcome"] != "accepted":
             click.echo(f"  {e['reason']}")
+        if e.get("reply"):
+            click.echo(f"  reply: {e['smtp']} {e['reply']}")
         if e["decided_by"].startswith("heuristic:") and e.get("rules"):
             click.echo("  rules, for information (the milter stops at the heuristic):")
         taking = [t["rule"] for t in e.get("taken_by", ())]

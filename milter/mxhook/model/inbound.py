@@ -194,7 +194,8 @@ class Inbound:
                                          "recipients already accepted)"),
                               note="outcome may differ from the transaction's recipients; 452 4.5.3")
         if kind == DENY:
-            return RcptAnswer(REJECT, (*SMTP_DENY, f"<{address}>: {outcome.reason}"),
+            return RcptAnswer(REJECT, (*SMTP_DENY, self.reply_text(address, outcome.filter,
+                                                                   f"<{address}>: {outcome.reason}")),
                               (self._denial([address], outcome.filter, outcome.reason),))
         if kind == MANAGED:
             self.candidates[address] = outcome.candidates
@@ -292,8 +293,9 @@ class Inbound:
         Postfix bounces each to the sender at end of message (error(8) transport)."""
         if not kept:
             denials = tuple(self._denial(rcpts, filt, reason) for filt, reason, rcpts in refused)
-            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {refused[0][1]}"), denials, timed_out,
-                                 log=log)
+            filt, reason, rcpts = refused[0]
+            return HeadersAnswer(REJECT, (*SMTP_DENY, self.reply_text(rcpts[0], filt, f"mxhook: {reason}")),
+                                 denials, timed_out, log=log)
         denials = []
         for filt, reason, rcpts in refused:
             denials.append(self._denial(rcpts, filt, reason, bounced=True))
@@ -363,6 +365,20 @@ class Inbound:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def reply_text(self, recipient: str, filt: str, default: str) -> str:
+        """The text of the 5xx refusing `recipient` because no rule takes it (`no_rule`): the
+        reject text of its first candidate rule that has one (the rule whose envelope it
+        matched but whose header conditions refused it), else its domain's, else `default`
+        (mxhook's own reason, which other refusals always get)."""
+        if filt == "no_rule":
+            for rule in self.candidates.get(recipient, ()):
+                if rule.reject_text:
+                    return rule.reject_text
+            text = self.snapshot.reject_texts.get(address_domain(recipient))
+            if text:
+                return text
+        return default
+
     def _denial(self, recipients: list[str], filt: str, reason: str, bounced: bool = False) -> Denial:
         record = None
         if filt == "unknown_domain" or any(address_domain(r) in self.snapshot.log_denied for r in recipients):
@@ -383,6 +399,7 @@ class RecipientOutcome:
     decided_by: str  # rule:<name>, no_rule, unknown_domain, heuristic:<name>, outcome_class, dsn, ...
     reason: str
     rule: object = None  # the first accepting Rule
+    reply: str = ""  # refused at RCPT: the text of its 5xx
     rules: list | None = None  # rules.RuleResult of every rule (recipients in permitted domains)
     taken: list = field(default_factory=list)  # every Rule that takes it (fan-out: several)
 
@@ -391,6 +408,8 @@ class RecipientOutcome:
         out = {"recipient": self.recipient, "outcome": self.outcome, "stage": self.stage,
                "smtp": self.smtp, "decided_by": self.decided_by, "rule": rule and rule.name,
                "reason": self.reason}
+        if self.reply:
+            out["reply"] = self.reply
         if rule is not None:
             discarded = any(r.discard for r in self.taken)
             out.update(action="discard" if discarded else "deliver", url=rule.destination.url,
@@ -423,6 +442,7 @@ class Explanation:
     smtp: str
     decided_by: str
     reason: str
+    reply: str = ""  # refused at end of headers: the text of the 5xx the client gets
     recipients: list[RecipientOutcome] = field(default_factory=list)
     events: tuple = ()  # a bounce report's events
     deleted: list[str] = field(default_factory=list)  # as given, removed from Postfix's delivery
@@ -437,7 +457,7 @@ class Explanation:
             "heuristics": {"enabled": list(self.policy.heuristics), "verdict": verdict and {
                 "heuristic": verdict.heuristic, "reason": verdict.reason}},
             "rule_count": self.rule_count, "result": self.result, "smtp": self.smtp,
-            "decided_by": self.decided_by, "reason": self.reason,
+            "decided_by": self.decided_by, "reason": self.reason, "reply": self.reply,
             "recipients": [r.as_dict() for r in self.recipients],
             "removed": self.deleted, "events": [e.to_dict() for e in self.events],
         }
@@ -492,7 +512,8 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
 def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> RecipientOutcome:
     kind = outcome.kind
     if kind == DENY:
-        return RecipientOutcome(r, "rejected", "rcpt", " ".join(SMTP_DENY), outcome.filter, outcome.reason)
+        return RecipientOutcome(r, "rejected", "rcpt", " ".join(SMTP_DENY), outcome.filter, outcome.reason,
+                                reply=inbound.reply_text(r, outcome.filter, f"<{r}>: {outcome.reason}"))
     if kind == SPLIT:
         return RecipientOutcome(r, "deferred", "rcpt", " ".join(SMTP_SPLIT), "outcome_class",
                                 "its outcome may differ from the recipients accepted before it: the "
@@ -551,6 +572,7 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
         refused = next(o for o in out.recipients if o.recipient == denial.recipients[0])
         out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_DENY), denial.filter
         out.reason = denial.reason if denial.filter == "no_rule" or out.verdict else refused.reason
+        out.reply = headers.reply[2]
     elif headers.action == TEMPFAIL:
         out.result, out.smtp, out.decided_by = "tempfail", " ".join(SMTP_TEMPFAIL), "internal_error"
         out.reason = "recipients of one outcome class decided apart"
