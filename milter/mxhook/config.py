@@ -222,8 +222,9 @@ SCHEMA: tuple[Key, ...] = (
          "reject inbound mail whose header From address is in one of our own permitted domains "
          "(spoofing)."),
         ("heuristic_from_equals_to", BOOL, "yes",
-         "reject inbound mail whose header From equals a To header address or the envelope "
-         "recipient (with heuristic_from_permitted_domain off, each envelope recipient then gets "
+         "reject inbound mail addressed to its own sender: a header From address equals the "
+         "envelope recipient, or every To header address is a From address (with "
+         "heuristic_from_permitted_domain off, each envelope recipient then gets "
          "its own SMTP transaction: see ARCHITECTURE.md, \"Recipients\")."),
         ("recipient_delimiter", DELIMITERS, "+",
          "the characters that separate a recipient's tag from its name, as Postfix's "

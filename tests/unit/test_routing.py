@@ -288,3 +288,45 @@ def test_rule_test_shows_the_reply_text():
     envelope = Envelope(sender="alice@sender.example")
     envelope.recipient("tickets@ours.example")
     assert inbound.explain(snap, inbound.Policy(), mail(), envelope, routes=True).as_dict()["reply"] == "Tickets only"
+
+
+# -- From == To: when it fires (docs/rules.md, "The From == To heuristic") -----------------------
+
+from mxhook.model import heuristics  # noqa: E402
+
+FIRES, PASSES = True, False
+
+
+@pytest.mark.parametrize("frm,to,rcpt,fires", [
+    # the self-addressed message the seed describes: To is the sender
+    ([b"alice@sender.example"], [b"alice@sender.example"], "in@ours.example", FIRES),
+    ([b"Alice <alice@sender.example>"], [b'"A." <ALICE@Sender.Example>, alice@sender.example'], "in@ours.example", FIRES),
+    ([b"alice@sender.example, bob@sender.example"], [b"bob@sender.example"], "in@ours.example", FIRES),
+    ([b"alice@sender.example"], [b"alice@sender.example", b"alice@sender.example"], "in@ours.example", FIRES),
+    # the sender copies themselves beside other recipients: not self-addressed
+    ([b"alice@sender.example"], [b"rich@ours.example, alice@sender.example"], "rich@ours.example", PASSES),
+    ([b"alice@sender.example"], [b"alice@sender.example, bob@sender.example"], "in@ours.example", PASSES),
+    ([b"alice@sender.example"], [b"alice@sender.example", b"rich@ours.example"], "rich@ours.example", PASSES),
+    # no To address at all, or only someone else
+    ([b"alice@sender.example"], [], "in@ours.example", PASSES),
+    ([b"alice@sender.example"], [b"undisclosed-recipients:;"], "in@ours.example", PASSES),
+    ([b"alice@sender.example"], [b"bob@sender.example"], "in@ours.example", PASSES),
+    # From is the envelope recipient, whatever To says
+    ([b"in@ours.example"], [b"bob@sender.example, carol@x.example"], "in@ours.example", FIRES),
+])
+def test_from_equals_to_table(frm, to, rcpt, fires):
+    v = heuristics.check(frm, to, [rcpt], frozenset({"ours.example"}), enabled=(heuristics.FROM_EQUALS_TO,))
+    assert (v is not None) == fires, v
+    if fires:
+        assert v.heuristic == heuristics.FROM_EQUALS_TO
+
+
+def test_the_issue_false_positive_is_accepted_through_the_whole_decision():
+    t = transaction(snap=snapshot([rule("rich", "To~^rich@")]))
+    rcpts(t, "rich@ours.example")
+    headers, answer = message(t, mail(frm="alice@sender.example", to="rich@ours.example, alice@sender.example"))
+    assert headers.action == inbound.CONTINUE and answer.message is not None
+    t = transaction(snap=snapshot([rule("rich", "To~^rich@")]))
+    rcpts(t, "rich@ours.example")
+    headers, _ = message(t, mail(frm="alice@sender.example", to="alice@sender.example"))
+    assert headers.action == inbound.REJECT and "names only the sender" in headers.reply[2]
