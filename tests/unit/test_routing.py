@@ -330,3 +330,55 @@ def test_the_issue_false_positive_is_accepted_through_the_whole_decision():
     rcpts(t, "rich@ours.example")
     headers, _ = message(t, mail(frm="alice@sender.example", to="alice@sender.example"))
     assert headers.action == inbound.REJECT and "names only the sender" in headers.reply[2]
+
+
+# -- --include-raw -------------------------------------------------------------------------------
+
+import base64  # noqa: E402
+import json  # noqa: E402
+
+from mxhook.payloads import registry  # noqa: E402
+
+ATTACHED = (b"From: a@s.example\r\nTo: in@ours.example\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+            b"--b\r\nContent-Type: application/octet-stream; name=x.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(bytes(range(256)) * 8) + b"--b--\r\n")
+
+
+def _render(fmt, raw=ATTACHED, include_raw=True, **caps):
+    r = rule("r", "To~^in@", include_raw=include_raw)
+    record = InboundRecord(received="2026-11-22T12:00:00.000000Z", mail_from="a@s.example",
+                           deliveries=[Routed(["in@ours.example"], r.target_record())])
+    return registry.render_inbound(fmt, delivery_id="d1", meta=record.to_meta(), raw=raw, target=r.target, **caps)
+
+
+def test_include_raw_puts_the_message_as_it_came_beside_the_parsed_json():
+    doc = json.loads(_render("json").body)
+    assert base64.b64decode(doc["raw"]["content"]) == ATTACHED
+    assert doc["raw"]["size"] == len(ATTACHED) and doc["raw"]["content_type"] == "message/rfc822"
+    assert "raw" not in json.loads(_render("json", include_raw=False).body)
+
+
+def test_the_raw_message_is_the_first_content_the_payload_cap_omits():
+    full = len(_render("json").body)
+    doc = json.loads(_render("json", max_payload_size=full - 1).body)
+    assert doc["raw"]["content"] is None and doc["raw"]["omitted_reason"] == "payload size cap"
+    assert doc["message"]["attachments"][0]["content"] is not None  # the attachment stays
+    doc = json.loads(_render("json", max_attachment_size=len(ATTACHED) - 1).body)
+    assert doc["raw"]["content"] is None and "max_attachment_size" in doc["raw"]["omitted_reason"]
+
+
+def test_include_raw_in_multipart_is_a_file_part():
+    body = _render("multipart").body
+    assert b'name="raw-message"; filename="message.eml"' in body and ATTACHED in body
+    assert b'"field": "raw-message"' in body or b'"field":"raw-message"' in body
+    full = len(body)
+    capped = _render("multipart", max_payload_size=full - 1).body
+    assert b'name="raw-message"' not in capped and b"x.bin" in capped
+
+
+def test_include_raw_travels_in_the_spool_record():
+    t = transaction(snap=snapshot([rule("r", "To~^sales@", include_raw=True)]))
+    rcpts(t, "sales@ours.example")
+    _, answer = message(t, mail())
+    assert answer.message.record.deliveries[0].target["include_raw"] is True
