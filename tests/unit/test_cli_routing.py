@@ -95,3 +95,24 @@ def test_snapshot_carries_pass_domains_reject_texts_and_the_delimiter(tmp_path):
     assert snap.pass_unmatched == frozenset({"ours.example"})
     assert snap.reject_texts == {"ours.example": "Not here"}
     assert snap.ruleset.recipient_delimiter == "-"
+
+
+def test_rule_test_payload_prints_each_deliverys_body(env):
+    import json
+    env.ok("domain", "add", "ours.example")
+    env.ok("rule", "add", "archive", "--url", "https://archive.example.net/in", "--when", "To~@ours",
+           "--continue", "--include-raw", "--priority", "1")
+    env.ok("rule", "add", "app", "--url", "https://app.example.net/in", "--when", "Recipient~^support@",
+           "--dialect", "postmark", "--priority", "2")
+    msg = env.dir / "m.eml"
+    msg.write_bytes(MESSAGE)
+    res = env.json("rule", "test", str(msg), "--rcpt", "support+t1@ours.example", "--payload", "--json")
+    archive, app = res["payloads"]
+    assert (archive["rule"], archive["content_type"]) == ("archive", "application/json")
+    doc = json.loads(archive["body"])
+    assert doc["envelope"]["recipient_tag"] == "t1" and doc["raw"]["size"] == len(MESSAGE)
+    assert (app["dialect"], json.loads(app["body"])["MailboxHash"]) == ("postmark", "t1")
+    text = env.ok("rule", "test", str(msg), "--rcpt", "support+t1@ours.example", "--payload").stdout
+    assert "Payload for rule archive (native json, application/json):" in text
+    assert "Payload for rule app (postmark, application/json):" in text
+    assert "payloads" not in env.json("rule", "test", str(msg), "--rcpt", "support+t1@ours.example", "--json")

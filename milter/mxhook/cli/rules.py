@@ -294,9 +294,11 @@ def print_explanation(res: dict) -> None:
 @click.option("--rcpt", "recipients", multiple=True, required=True, metavar="ADDR",
               help="Envelope recipient (RCPT TO); repeatable.")
 @click.option("--mail-from", metavar="ADDR", help="Envelope sender (MAIL FROM), for display.")
+@click.option("--payload", is_flag=True,
+              help="Also print the body each delivery would post (its template, dialect or format).")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_app
-def rule_test(app, message, recipients, mail_from, as_json):
+def rule_test(app, message, recipients, mail_from, payload, as_json):
     """Dry run: what the milter would answer for MESSAGE.eml ('-' reads stdin), and why.
 
     Each recipient, in --rcpt order, gets the milter's answer and its stage: 550 at RCPT (its
@@ -308,12 +310,19 @@ def rule_test(app, message, recipients, mail_from, as_json):
     refused, as the milter refuses it.
     """
     try:
-        res = explain.explain_message(app.cfg, message, list(recipients), mail_from)
+        res = explain.explain_message(app.cfg, message, list(recipients), mail_from, payload=payload)
     except ServiceError as exc:
         if exc.code == "invalid_recipient":
             raise click.BadParameter(exc.message, param_hint="--rcpt") from None
         raise
     if as_json:
         emit_json(res)
-    else:
-        print_explanation(res)
+        return
+    print_explanation(res)
+    for p in res.get("payloads", ()):
+        how = f"template v{p['template']}" if p["template"] else (
+            p["dialect"] if p["dialect"] != "native" else f"native {p['format']}")
+        click.echo(f"\nPayload for rule {p['rule']} ({how}"
+                   + (f", {p['content_type']}):" if "body" in p else f"): cannot render: {p['error']}"))
+        if "body" in p:
+            click.echo(p["body"])

@@ -446,6 +446,7 @@ class Explanation:
     recipients: list[RecipientOutcome] = field(default_factory=list)
     events: tuple = ()  # a bounce report's events
     deleted: list[str] = field(default_factory=list)  # as given, removed from Postfix's delivery
+    spooled: SpooledMessage | None = None  # what the milter would spool (`rule test --payload`)
 
     def as_dict(self) -> dict:
         """Plain data for JSON (`mxhook rule test --json`)."""
@@ -497,7 +498,8 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
         subject=decode_value(subjects[0]) if subjects else "", header_defects=defects,
         policy=policy, verdict=decision.verdict if decision else None, rule_count=len(snapshot.ruleset),
         result="", smtp="", decided_by="", reason="",
-        events=tuple(inbound.reported), deleted=list(message.delete) if message else [])
+        events=tuple(inbound.reported), deleted=list(message.delete) if message else [],
+        spooled=message.message if message else None)
     outcomes = {r: _recipient_outcome(inbound, r, outcome) for r, outcome in inbound.rcpt_outcomes}
     ours = [r for r in rcpts if address_domain(r) in snapshot.domains]
     explained = decide(snapshot.ruleset, snapshot.domains, ours, raw_headers,
