@@ -34,6 +34,7 @@ from tests.unit.inbound_support import OURS, mail, message, rcpts, rule, snapsho
     ("list-request@x.example", "-", ("list-request@x.example", None)),
     ("owner-list+x@x.example", "+", ("owner-list@x.example", "x")),  # but only with `-`
     ("no-at-sign+x", "+", ("no-at-sign", "x")),
+    ('"a+b"@x.example', "+", ('"a+b"@x.example', None)),  # quoted: a name of its own
 ])
 def test_split_recipient_as_postfix_recipient_delimiter(address, delimiters, expected):
     assert split_recipient(address, delimiters) == expected

@@ -13,11 +13,13 @@ def split_recipient(address: str, delimiters: str) -> tuple[str, str | None]:
     characters; empty: no tags), so `support+ticket-4711@x` -> (`support@x`, `ticket-4711`).
     As Postfix does, a local part starting with a delimiter is not split, nor postmaster,
     mailer-daemon and double-bounce, nor, when `-` is a delimiter, `owner-*` and `*-request`.
-    A delimiter at the end gives the tag ''."""
+    A delimiter at the end gives the tag ''; a quoted local part is not cut."""
     local, at, domain = address.rpartition("@")
     if not at:
         local, domain = address, ""
-    if not delimiters or not local:
+    if not delimiters or not local or local.startswith('"'):
+        # a quoted local part is a name of its own ("a+b"@x): cutting inside the quotes
+        # would make an address nobody wrote
         return address, None
     lower = local.lower()
     if lower in _UNSPLIT or ("-" in delimiters and (lower.startswith("owner-") or
