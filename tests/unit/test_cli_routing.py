@@ -20,9 +20,10 @@ def env(tmp_path):
 
 def test_domain_unmatched_and_reject_text(env):
     out = env.ok("domain", "add", "ours.example", "--unmatched", "pass", "--reject-text", "No such mailbox here").stdout
-    assert "passed to Postfix" in out and "550 5.7.1 No such mailbox here" in out
+    assert "passed to Postfix; its reject text applies with --unmatched reject" in out
     [d] = env.json("domain", "list", "--json")
     assert (d["unmatched"], d["reject_text"]) == ("pass", "No such mailbox here")
+    assert "550 5.7.1 No such mailbox here" in env.ok("domain", "set", "ours.example", "--unmatched", "reject").stdout
     env.ok("domain", "set", "ours.example", "--unmatched", "reject", "--reject-text", "")
     [d] = env.json("domain", "list", "--json")
     assert (d["unmatched"], d["reject_text"], d["log_denied"]) == ("reject", None, True)

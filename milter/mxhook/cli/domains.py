@@ -19,7 +19,8 @@ def describe(d: dict) -> str:
     text = (f"denied mail is {'logged' if d['log_denied'] else 'not logged'}; recipients no rule "
             f"takes are {'passed to Postfix' if d['unmatched'] == 'pass' else 'rejected'}")
     if d["reject_text"]:
-        text += f" with '550 5.7.1 {d['reject_text']}'"
+        text += (f" with '550 5.7.1 {d['reject_text']}'" if d["unmatched"] == "reject"
+                 else "; its reject text applies with --unmatched reject")
     return text
 
 
