@@ -1,9 +1,12 @@
 """Routing (issue 17) end to end through the private Postfix, the real milter and spooler: a
 tagged recipient taken by a rule on the untagged address (`recipient_tag` in the payload),
 fan-out to two receivers with distinct webhook-ids, a pass-through domain whose one recipient
-goes to the webhook while the other is delivered to the sink in the same message, and a custom
-reject text as the SMTP client sees it."""
+goes to the webhook while the other is delivered to the sink in the same message, a custom
+reject text as the SMTP client sees it, the From == To heuristic's two sides and the raw
+message in the payload (`--include-raw`)."""
 from __future__ import annotations
+
+import base64
 
 import pytest
 
@@ -70,3 +73,18 @@ def test_custom_reject_texts_reach_the_smtp_client(make_stack):
     assert reply.code == 550 and "5.7.1 No such mailbox at ours.example" in reply.message, res
     res = st.send(SENDER, ["tickets@ours.example"], make_message(to="tickets@ours.example", subject="hi"))
     assert not res.accepted and res.code == 550 and "tickets@ takes ticket mail only" in str(res.reply), res
+
+
+def test_from_equals_to_refuses_only_a_message_addressed_to_its_sender(mxhook_stack):
+    st = mxhook_stack
+    st.add_rule("rich", "/hook", "--when", r"To~^rich@ours\.example$", "--include-raw")
+    st.wait_milter_snapshot()
+    rich = "rich@ours.example"
+    copied = make_message(from_=SENDER, to=f"{rich}, {SENDER}", subject="copy to myself")
+    res = st.send(SENDER, [rich], copied)
+    assert res.accepted, res  # the sender copies themselves: not refused
+    (req,) = st.receiver.wait_for(1, timeout=15, path="/hook")
+    raw = base64.b64decode(req.json()["raw"]["content"])
+    assert copied.split(b"\r\n\r\n", 1)[1] in raw and b"Subject: copy to myself" in raw
+    res = st.send(SENDER, [rich], make_message(from_=SENDER, to=SENDER, subject="to myself"))
+    assert not res.accepted and res.code == 550 and "names only the sender" in str(res.reply), res
