@@ -109,6 +109,16 @@ def parse_nameservers(text: str) -> tuple[str, ...]:
     return items
 
 
+def parse_delimiters(text: str) -> str:
+    """A set of recipient delimiter characters, as Postfix's recipient_delimiter: visible
+    ASCII, not '@'; empty: none."""
+    bad = [c for c in text if not "!" <= c <= "~" or c in '@"\\']
+    if bad:
+        raise ValueError(f"{bad[0]!r} cannot separate an address's tag (visible ASCII "
+                         "characters other than @, \" and \\)")
+    return text
+
+
 def parse_group(text: str) -> str:
     """A group name that exists here, or empty."""
     if text:
@@ -148,6 +158,7 @@ LIST = Type("list", parse_list)
 NETWORKS = Type("CIDR list", parse_networks)
 SOCKET = Type("milter socket", parse_socket)
 NAMESERVERS = Type("address list", parse_nameservers)
+DELIMITERS = Type("characters", parse_delimiters)
 GROUP = Type("group", parse_group)
 
 
@@ -243,9 +254,15 @@ SCHEMA: tuple[Key, ...] = (
          "reject inbound mail whose header From address is in one of our own permitted domains "
          "(spoofing)."),
         ("heuristic_from_equals_to", BOOL, "yes",
-         "reject inbound mail whose header From equals a To header address or the envelope "
-         "recipient (with heuristic_from_permitted_domain off, each envelope recipient then gets "
+         "reject inbound mail addressed to its own sender: a header From address equals the "
+         "envelope recipient, or every To header address is a From address (with "
+         "heuristic_from_permitted_domain off, each envelope recipient then gets "
          "its own SMTP transaction: see ARCHITECTURE.md, \"Recipients\")."),
+        ("recipient_delimiter", DELIMITERS, "+",
+         "the characters that separate a recipient's tag from its name, as Postfix's "
+         "recipient_delimiter: the local part is cut at the first of them (support+ticket-4711@ "
+         "-> tag ticket-4711, which payloads carry as recipient_tag; Recipient rule "
+         "conditions test the address without it); empty: no tags."),
         ("missing_from", choice("reject", "accept"), "reject",
          "a message without a From header field: reject refuses it for every inbound recipient "
          "(550 5.7.1 mxhook: the message has no From header field ..., logged denied with filter "

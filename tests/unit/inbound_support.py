@@ -18,18 +18,20 @@ NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 DSN = os.path.join(os.path.dirname(__file__), "fixtures", "maillog", "dsn_remote_exchange.eml")
 
 
-def rule(name, *conditions, discard=False):
+def rule(name, *conditions, discard=False, **settings):
     return Rule(name=name, destination=Destination(f"https://hook.example/{name}"), discard=discard,
-                conditions=tuple(parse_condition(c) for c in conditions))
+                conditions=tuple(parse_condition(c) for c in conditions), **settings)
 
 
 RULES = [rule("sales", "To~^sales@"), rule("trash", "To~^trash@", discard=True),
          rule("vip", "To~^vip@", "Subject~urgent")]
 
 
-def snapshot(rules=RULES, domains=(OURS,), log_denied=(OURS,)):
-    return SimpleNamespace(ruleset=RuleSet(list(rules)), domains=frozenset(domains),
-                           log_denied=frozenset(log_denied))
+def snapshot(rules=RULES, domains=(OURS,), log_denied=(OURS,), pass_unmatched=(), reject_texts=None,
+             recipient_delimiter="+"):
+    return SimpleNamespace(ruleset=RuleSet(list(rules), recipient_delimiter=recipient_delimiter),
+                           domains=frozenset(domains), log_denied=frozenset(log_denied),
+                           pass_unmatched=frozenset(pass_unmatched), reject_texts=reject_texts or {})
 
 
 def transaction(sender="alice@sender.example", *, snap=None, routes=True, **policy):

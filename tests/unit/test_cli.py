@@ -165,7 +165,7 @@ def test_domain_commands(env):
         {"name": "quiet.example", "log_denied": False},
         {"name": "xn--bcher-kva.example", "log_denied": True},
     ]
-    assert all(set(d) == {"name", "log_denied", "created"} and d["created"].endswith("Z")
+    assert all(set(d) == {"name", "log_denied", "unmatched", "reject_text", "created"} and d["created"].endswith("Z")
                for d in listed)
     table = env.ok("domain", "list").stdout
     assert "DOMAIN" in table and "quiet.example" in table
@@ -217,6 +217,7 @@ def test_rule_show_json_shape_and_masking(populated):
     assert set(shown) == {
         "id", "name", "priority", "enabled", "url", "format", "basic_auth", "bearer",
         "api_key", "retry_interval", "retry_period", "timeout", "discard", "allow_http",
+        "continue", "include_raw", "reject_text",
         "dialect", "signing_key", "template", "template_versions", "conditions", "created", "updated", "signing"}
     (key,) = shown["signing"]
     assert key["scheme"] == "v1" and key["secret"].startswith("whsec_****") and len(key["secret"]) == 14

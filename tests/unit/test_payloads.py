@@ -64,7 +64,7 @@ def test_json_native_schema():
     assert doc["received"] == "2026-11-22T12:00:00.123456Z"
     assert doc["rule"] == "reports"
     assert doc["envelope"] == {
-        "mail_from": "reports@example.com", "recipients": ["in@ours.example"],
+        "mail_from": "reports@example.com", "recipients": ["in@ours.example"], "recipient_tag": None,
         "client_addr": "192.0.2.1", "client_name": "mail.example.com", "helo": "mail.example.com",
         "queue_id": "4XbQ1k2Lmz",
     }

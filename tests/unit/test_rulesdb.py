@@ -68,11 +68,12 @@ def test_creates_parent_dir_file_mode_wal_and_schema_version(path, store):
     cols = [r[1] for r in conn.execute("PRAGMA table_info(rules)")]
     assert cols == ["id", "name", "priority", "enabled", "endpoint", "format", "basic_auth",
                     "bearer", "api_key", "retry_interval", "retry_period", "timeout", "discard",
-                    "allow_http", "created", "updated", "dialect", "signing_key", "template"]
+                    "allow_http", "created", "updated", "dialect", "signing_key", "template",
+                    "continue_matching", "include_raw", "reject_text"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(conditions)")] == [
         "id", "rule_id", "position", "header", "pattern", "negate"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(domains)")] == [
-        "name", "log_denied", "created"]
+        "name", "log_denied", "created", "unmatched", "reject_text"]
     conn.close()
 
 
@@ -108,7 +109,7 @@ def test_domain_crud(store):
     assert [(d["name"], d["log_denied"]) for d in store.list_domains()] == [
         ("example.com", True), ("other.example", False)]
     assert store.list_domains()[0]["created"].endswith("Z")
-    assert store.set_domain("EXAMPLE.com", False)["log_denied"] is False
+    assert store.set_domain("EXAMPLE.com", log_denied=False)["log_denied"] is False
     store.remove_domain("example.com")
     assert [d["name"] for d in store.list_domains()] == ["other.example"]
 
@@ -134,7 +135,7 @@ def test_domain_duplicate_and_unknown(store):
     with pytest.raises(RuleError, match="not in the permitted"):
         store.remove_domain("nope.example")
     with pytest.raises(RuleError, match="not in the permitted"):
-        store.set_domain("nope.example", False)
+        store.set_domain("nope.example", log_denied=False)
     assert len(store.list_domains()) == 1
 
 
@@ -397,7 +398,7 @@ def test_migration_from_version_1_keeps_rules(path):
     reader = rulesdb.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 6 == rulesdb.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 7 == rulesdb.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
@@ -415,11 +416,11 @@ def test_migration_to_version_5_stores_idna_2008_forms(path):
     # the stdlib's answer depends on the Unicode tables of the Python it runs on.
     idna2003 = "xn--tz9ata7l"
     with rulesdb.RulesStore(path) as store:
-        store.conn.execute("INSERT INTO domains VALUES (?, 1, 'then')", [f"{idna2003}.example"])
-        store.conn.execute("INSERT INTO domains VALUES ('xn--f9dt7l.other', 0, 'then')")
-        store.conn.execute("INSERT INTO domains VALUES (?, 1, 'then')", [f"{idna2003}.other"])
-        store.conn.execute("INSERT INTO domains VALUES ('xn--n3h.example', 0, 'then')")  # IDNA 2008 refuses it
-        store.conn.execute("INSERT INTO domains VALUES ('fass.example', 0, 'then')")
+        store.conn.execute("INSERT INTO domains (name, log_denied, created) VALUES (?, 1, 'then')", [f"{idna2003}.example"])
+        store.conn.execute("INSERT INTO domains (name, log_denied, created) VALUES ('xn--f9dt7l.other', 0, 'then')")
+        store.conn.execute("INSERT INTO domains (name, log_denied, created) VALUES (?, 1, 'then')", [f"{idna2003}.other"])
+        store.conn.execute("INSERT INTO domains (name, log_denied, created) VALUES ('xn--n3h.example', 0, 'then')")  # IDNA 2008 refuses it
+        store.conn.execute("INSERT INTO domains (name, log_denied, created) VALUES ('fass.example', 0, 'then')")
         for address in (f"x@{idna2003}.example", "y@xn--f9dt7l.example", f"y@{idna2003}.example",
                         "z@xn--n3h.example", f"w@{'a' * 70}\u00fc.example"):
             store.conn.execute("INSERT INTO blocklist (address, source, created) VALUES (?, 'cli', 'then')",
@@ -878,7 +879,7 @@ def make_v5_db(path):
 def test_migration_from_version_5_keeps_every_destination_native(path):
     make_v5_db(path)
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 6 == rulesdb.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 7 == rulesdb.SCHEMA_VERSION
         dests = [r.destination for r in store.list_rules()] + [e.destination for e in store.list_endpoints()]
         assert len(dests) == 3
         assert {(d.dialect, d.signing_key, d.template) for d in dests} == {("native", None, None)}

@@ -28,7 +28,7 @@ def test_domains_round_trip(cfg):
     assert added["name"] == "xn--bcher-kva.example" and added["log_denied"] is True
     with pytest.raises(Conflict, match="already permitted"):
         domains.add(cfg, "xn--bcher-kva.example")
-    assert domains.set_log_denied(cfg, "bücher.example", False)["log_denied"] is False
+    assert domains.edit(cfg, "bücher.example", log_denied=False)["log_denied"] is False
     assert [d["name"] for d in domains.list_all(cfg)] == ["xn--bcher-kva.example"]
     assert domains.remove(cfg, "BÜCHER.example") == "xn--bcher-kva.example"
     with pytest.raises(NotFound, match="not in the permitted domains"):

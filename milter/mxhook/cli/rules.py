@@ -49,6 +49,10 @@ def rule_options(edit: bool):
                           (" Without --when, replaces only the --unless conditions." if edit else "")),
         click.option("--priority", type=int, metavar="N",
                      help="Evaluation order, lower first" + ("." if edit else " [default: 0].")),
+        click.option("--reject-text", metavar="TEXT",
+                     help="Text of the 550 5.7.1 reply to a recipient this rule could take by its "
+                          "envelope but whose headers it refuses (printable ASCII, at most 500 "
+                          "characters, no '%')." + (" '' removes it." if edit else "")),
     ]
     if edit:
         opts += [
@@ -57,6 +61,11 @@ def rule_options(edit: bool):
                          help="Discard the mail after the webhook is queued (or deliver it)."),
             click.option("--disabled/--enabled", "disabled", default=None,
                          help="Disable or enable the rule."),
+            click.option("--continue/--no-continue", "continue_matching", default=None,
+                         help="Offer mail this rule takes to the rules after it too (fan-out), "
+                              "or stop at this rule."),
+            click.option("--include-raw/--no-include-raw", default=None,
+                         help="Add the raw message (base64) to the native json/multipart body."),
         ]
     else:
         opts += [
@@ -64,6 +73,12 @@ def rule_options(edit: bool):
                          help="Discard the mail after the webhook is queued (default: "
                               "deliver it as usual)."),
             click.option("--disabled", is_flag=True, help="Add the rule disabled."),
+            click.option("--continue", "continue_matching", is_flag=True,
+                         help="Offer mail this rule takes to the rules after it too (fan-out: "
+                              "each rule that takes it gets its own delivery and webhook-id)."),
+            click.option("--include-raw", is_flag=True,
+                         help="Add the raw message (base64, `raw`) to the native json/multipart "
+                              "body; left out first when the body would exceed max_payload_size."),
             ED25519_OPTION,
         ]
 
@@ -84,6 +99,10 @@ def print_rule(view: rulesvc.RuleView, *, template_source: bool = False) -> None
         ("priority", f"{rule.priority} (lower runs first)"),
         *destination_rows(rule.destination),
         ("after accept", "discard (webhook only)" if rule.discard else "deliver as usual"),
+        ("after a match", "offered to the rules after it too (--continue)" if rule.continue_matching
+         else "stop: no later rule takes it"),
+        ("raw message", "in the payload (--include-raw)" if rule.include_raw else "not included"),
+        ("reject text", f"550 5.7.1 {rule.reject_text}" if rule.reject_text else "(mxhook's)"),
     ]
     if times:
         rows += [("created", times.get("created")), ("updated", times.get("updated"))]
@@ -104,7 +123,8 @@ def rule():
 @click.argument("name")
 @rule_options(edit=False)
 @pass_app
-def rule_add(app, name, destination, template, when, unless, priority, discard, disabled, ed25519):
+def rule_add(app, name, destination, template, when, unless, priority, reject_text, discard, disabled,
+             continue_matching, include_raw, ed25519):
     """Add rule NAME: mail whose headers match all conditions is posted to the URL.
 
     \b
@@ -116,7 +136,8 @@ def rule_add(app, name, destination, template, when, unless, priority, discard, 
     """
     added = rulesvc.add(
         app.cfg, name=name, destination=destination, when=when, unless=unless, priority=priority,
-        discard=discard, enabled=not disabled, ed25519=ed25519, template=template, warn=warn)
+        discard=discard, enabled=not disabled, continue_matching=continue_matching,
+        include_raw=include_raw, reject_text=reject_text, ed25519=ed25519, template=template, warn=warn)
     new = added.rule
     click.echo(f"Added rule {new.name} (priority {new.priority}"
                f"{', disabled' if not new.enabled else ''}): "
@@ -143,7 +164,8 @@ def rule_list(app, as_json):
     table(
         ["PRIO", "NAME", "ENABLED", "DIALECT", "FORMAT", "URL", "CONDITIONS"],
         [[r.priority, r.name, r.enabled, r.destination.dialect,
-          r.destination.format + (" +discard" if r.discard else ""),
+          r.destination.format + (" +discard" if r.discard else "")
+          + (" +continue" if r.continue_matching else "") + (" +raw" if r.include_raw else ""),
           r.destination.url, " AND ".join(str(c) for c in r.conditions)] for r in all_rules],
         max_width=70,
     )
@@ -168,7 +190,7 @@ def rule_show(app, name, as_json, template_source):
 @rule_options(edit=True)
 @pass_app
 def rule_edit(app, name, destination, clear_auth, no_template, template, when, unless, priority,
-              new_name, discard, disabled):
+              reject_text, new_name, discard, disabled, continue_matching, include_raw):
     """Change rule NAME; options not given keep their value.
 
     --when replaces all conditions (with the --unless ones given alongside); --unless alone
@@ -178,7 +200,8 @@ def rule_edit(app, name, destination, clear_auth, no_template, template, when, u
     new = rulesvc.edit(
         app.cfg, name, destination=destination, clear_auth=clear_auth, when=when, unless=unless,
         priority=priority, new_name=new_name, discard=discard,
-        enabled=None if disabled is None else not disabled, template=template,
+        enabled=None if disabled is None else not disabled, continue_matching=continue_matching,
+        include_raw=include_raw, reject_text=reject_text, template=template,
         no_template=no_template, warn=warn)
     renamed = f" (renamed from {name})" if new.name != name else ""
     click.echo(f"Updated rule {new.name}{renamed}")
@@ -235,13 +258,16 @@ def print_explanation(res: dict) -> None:
                f"unknown_domains = {res['unknown_domains']}")
     verdict = res["result"].upper()
     click.echo(f"Result:     {verdict} ({res['smtp']}) by {res['decided_by']}: {res['reason']}")
+    if res["reply"]:
+        click.echo(f"Reply:      {res['smtp']} {res['reply']}")
     for d in res["header_defects"]:
         click.echo(f"Header:     {d}")
     for e in res["recipients"]:
         click.echo("")
         what = e["outcome"]
         if e["outcome"] == "accepted":
-            what += f" by rule {e['rule']} → {e['format']} to {e['url']}"
+            what += " by " + "; ".join(f"rule {t['rule']} → {t['format'] if t['dialect'] == 'native' else t['dialect']} "
+                                       f"to {t['url']}" for t in e["taken_by"])
             if e["action"] == "discard":
                 what += " (then discarded)"
         else:
@@ -250,12 +276,16 @@ def print_explanation(res: dict) -> None:
         click.echo(f"<{e['recipient']}>: {e['smtp']} at {stage}: {what}")
         if e["outcome"] != "accepted":
             click.echo(f"  {e['reason']}")
+        if e.get("reply"):
+            click.echo(f"  reply: {e['smtp']} {e['reply']}")
         if e["decided_by"].startswith("heuristic:") and e.get("rules"):
             click.echo("  rules, for information (the milter stops at the heuristic):")
+        taking = [t["rule"] for t in e.get("taken_by", ())]
         for rr in e.get("rules", []):
             mark = "✓" if rr["matched"] else "✗"
-            first = e["outcome"] == "accepted" and rr["name"] == e["rule"]
-            note = "  ← first match" if first else ""
+            note = ""
+            if rr["name"] in taking:
+                note = "  ← first match" if rr["name"] == taking[0] else "  ← takes it too (after --continue)"
             click.echo(f"  {mark} {rr['name']} (priority {rr['priority']}): {rr['reason']}{note}")
 
 
@@ -264,9 +294,11 @@ def print_explanation(res: dict) -> None:
 @click.option("--rcpt", "recipients", multiple=True, required=True, metavar="ADDR",
               help="Envelope recipient (RCPT TO); repeatable.")
 @click.option("--mail-from", metavar="ADDR", help="Envelope sender (MAIL FROM), for display.")
+@click.option("--payload", is_flag=True,
+              help="Also print the body each delivery would post (its template, dialect or format).")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_app
-def rule_test(app, message, recipients, mail_from, as_json):
+def rule_test(app, message, recipients, mail_from, payload, as_json):
     """Dry run: what the milter would answer for MESSAGE.eml ('-' reads stdin), and why.
 
     Each recipient, in --rcpt order, gets the milter's answer and its stage: 550 at RCPT (its
@@ -278,12 +310,19 @@ def rule_test(app, message, recipients, mail_from, as_json):
     refused, as the milter refuses it.
     """
     try:
-        res = explain.explain_message(app.cfg, message, list(recipients), mail_from)
+        res = explain.explain_message(app.cfg, message, list(recipients), mail_from, payload=payload)
     except ServiceError as exc:
         if exc.code == "invalid_recipient":
             raise click.BadParameter(exc.message, param_hint="--rcpt") from None
         raise
     if as_json:
         emit_json(res)
-    else:
-        print_explanation(res)
+        return
+    print_explanation(res)
+    for p in res.get("payloads", ()):
+        how = f"template v{p['template']}" if p["template"] else (
+            p["dialect"] if p["dialect"] != "native" else f"native {p['format']}")
+        click.echo(f"\nPayload for rule {p['rule']} ({how}"
+                   + (f", {p['content_type']}):" if "body" in p else f"): cannot render: {p['error']}"))
+        if "body" in p:
+            click.echo(p["body"])

@@ -73,6 +73,7 @@ class MilterSettings(configmod.FromConfig):
     max_message_size: int
     rules_reload_interval: float
     regex_timeout: float
+    recipient_delimiter: str
 
     def __post_init__(self):
         self.outbound_daemon_names = frozenset(self.outbound_daemon_names)
@@ -314,6 +315,8 @@ class MxhookMilter(Milter.Base):
                         self.envelope.queue_id or "-", pattern)
         if answer.error:
             log.error("queue id %s: %s; answering 451", self.envelope.queue_id or "-", answer.error)
+        for entry in answer.log:
+            self._log_decision(entry)
         return self._perform(answer)
 
     @Milter.noreply
@@ -472,7 +475,8 @@ def _run(argv: list[str] | None) -> int:
         timeout = settings.timeout
         socket_group = settings.socket_group
         watcher = SnapshotWatcher(cfg.rules_db, interval=settings.rules_reload_interval,
-                                  regex_timeout=settings.regex_timeout)
+                                  regex_timeout=settings.regex_timeout,
+                                  recipient_delimiter=settings.recipient_delimiter)
     except (configmod.ConfigError, RuleError) as exc:
         print(f"mxhook-milter: {exc}", file=sys.stderr)
         return 2

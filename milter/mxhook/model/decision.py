@@ -33,7 +33,8 @@ class Decision:
 
     @property
     def accepted(self) -> list[tuple[str, Rule]]:
-        return [(m.recipient, m.rule) for m in self.matches if m.rule is not None]
+        """(recipient, rule) for every rule that takes a recipient (several with fan-out)."""
+        return [(m.recipient, rule) for m in self.matches for rule in m.taken]
 
     @property
     def denied(self) -> list[str]:
@@ -44,7 +45,8 @@ class Decision:
         return self.verdict is not None or not self.accepted
 
     def grouped(self) -> list[tuple[Rule, list[str]]]:
-        """(rule, recipients) pairs in first-match order: one delivery per rule."""
+        """(rule, recipients) pairs in match order: one delivery per rule (a recipient that
+        several rules take, `--continue`, is in each of their deliveries)."""
         groups: dict[str, tuple[Rule, list[str]]] = {}
         for rcpt, rule in self.accepted:
             groups.setdefault(rule.name, (rule, []))[1].append(rcpt)
@@ -128,16 +130,22 @@ def outcome_class(ruleset: RuleSet, candidates: tuple[Rule, ...], recipient: str
 
 
 # Outcome classes of recipients the rules do not decide (outcome_class for the rest).
-PASSED = ("passed",)  # unknown_domains = pass: left to Postfix, whatever the message says
+# Never refused: unknown_domains = pass (left to Postfix, whatever the message says), and the
+# recipients of a domain with `unmatched = pass` (a rule takes it, or Postfix delivers it)
+PASSED = ("passed",)
 HELD = ("held",)  # null sender, no rule: consumed if the message is a bounce report, else refused
 
 # RcptOutcome kinds: what the milter answers at RCPT.
 MANAGED = "managed"  # 250; the header conditions of its candidate rules decide at end of headers
-PASS = "pass"  # 250; unknown_domains = pass leaves it to Postfix
+PASS = "pass"  # 250; left to Postfix: unknown_domains = pass, or a domain's unmatched = pass
 HOLD = "hold"  # 250; a null-sender recipient no rule takes: refused at end of headers (filter,
 #               reason) unless the message is a bounce report, whose events consume it
 DENY = "deny"  # 550 5.7.1 at RCPT (filter, reason)
 SPLIT = "split"  # 452 4.5.3: its outcome may differ from the transaction's; sent again alone
+
+
+UNKNOWN_PASS = "unknown_domains=pass"
+UNMATCHED_PASS = "unmatched=pass"
 
 
 def unknown_domain_reason(rcpt: str) -> str:
@@ -148,8 +156,9 @@ def unknown_domain_reason(rcpt: str) -> str:
 class RcptOutcome:
     kind: str
     candidates: tuple[Rule, ...] = ()  # MANAGED: `RuleSet.envelope_candidates`
-    filter: str = ""  # DENY, HOLD: "no_rule" or "unknown_domain"
+    filter: str = ""  # DENY, HOLD: "no_rule" or "unknown_domain"; PASS: UNKNOWN_PASS or UNMATCHED_PASS
     reason: str = ""
+    passing: bool = False  # MANAGED in a domain with unmatched = pass: never refused
     # MANAGED, PASS, HOLD: accepted although its class differs from the transaction's, because
     # the transaction already has `max_refusals` refusals (a split would be one more smtpd error)
     overflow: bool = False
@@ -168,9 +177,10 @@ class RcptStage:
 
     def __init__(self, ruleset: RuleSet, permitted_domains: frozenset[str], *, unknown_domains: str,
                  null_sender: bool, enabled_heuristics: tuple[str, ...] = heuristics.ALL,
-                 max_refusals: int | None = None):
+                 max_refusals: int | None = None, pass_unmatched: frozenset[str] = frozenset()):
         self.ruleset = ruleset
         self.permitted_domains = permitted_domains
+        self.pass_unmatched = pass_unmatched  # permitted domains whose unmatched recipients pass
         self.unknown_domains = unknown_domains
         self.null_sender = null_sender
         self.enabled_heuristics = enabled_heuristics
@@ -180,14 +190,23 @@ class RcptStage:
 
     def recipient(self, rcpt: str) -> RcptOutcome:
         """The answer for a normalized recipient address."""
-        if address_domain(rcpt) in self.permitted_domains:
+        domain = address_domain(rcpt)
+        if domain in self.permitted_domains:
             candidates = self.ruleset.envelope_candidates(rcpt)
+            if domain in self.pass_unmatched:
+                # never refused, whatever the message says: a rule takes it, or Postfix does
+                return self._join(PASSED, RcptOutcome(MANAGED, candidates, passing=True) if candidates
+                                  else RcptOutcome(PASS, filter=UNMATCHED_PASS, reason=(
+                                      f"no inbound rule can take <{rcpt}>; domain {domain} passes "
+                                      "recipients no rule takes to Postfix (unmatched = pass)")))
             if candidates:
                 cls = outcome_class(self.ruleset, candidates, rcpt, self.enabled_heuristics)
                 return self._join(cls, RcptOutcome(MANAGED, candidates))
             filt, reason = "no_rule", f"no inbound rule matches <{rcpt}>"
         elif self.unknown_domains == "pass":
-            return self._join(PASSED, RcptOutcome(PASS))
+            return self._join(PASSED, RcptOutcome(PASS, filter=UNKNOWN_PASS, reason=(
+                f"domain {domain or '(none)'} is not permitted; unknown_domains = pass leaves it "
+                "to Postfix (no rules)")))
         else:
             filt, reason = "unknown_domain", unknown_domain_reason(rcpt)
         if self.null_sender:

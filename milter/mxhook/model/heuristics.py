@@ -6,8 +6,12 @@
   parsed mailboxes, and every `local@domain` in the field's raw or RFC 2047-decoded text
   (display names and comments included, `headers.written_addresses`), so no shape of the field
   that some reader takes for our domain passes.
-- from_equals_to: the header From address equals a To header address or an envelope recipient,
-  a classic forged "you sent this to yourself" pattern.
+- from_equals_to: a message addressed to its own sender, the classic forged "you sent this to
+  yourself" pattern. It fires when a header From address equals an envelope recipient, or
+  when the To header fields name only the sender: every To address (all To fields together,
+  duplicates and case aside) is a From address. A To that also names someone else (`To:
+  rich@ours, alice@sender` from alice@sender: a sender who copies themselves) does not fire,
+  nor a message without To addresses (none, or only an empty group). Cc and Bcc do not count.
 
 Addresses are compared normalized (display names, angle brackets and case do not count).
 """
@@ -55,11 +59,14 @@ def check(
                 f"header From <{_for_reply(ours[0])}> claims one of this server's own domains",
             )
     if FROM_EQUALS_TO in enabled and senders:
-        targets = {addr for value in to_values for _, addr in parse_addresses(value)}
-        targets.update(normalize_address(r) for r in recipients)
+        envelope = {normalize_address(r) for r in recipients}
         for addr in senders:
-            if addr in targets:
+            if addr in envelope:
                 return Verdict(FROM_EQUALS_TO, f"header From <{_for_reply(addr)}> equals the recipient")
+        to = [addr for value in to_values for _, addr in parse_addresses(value)]
+        if to and set(to) <= set(senders):
+            return Verdict(FROM_EQUALS_TO, f"header To names only the sender <{_for_reply(to[0])}> "
+                                           "(a message addressed to its own sender)")
     return None
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
-    DENY, HOLD, MANAGED, PASS, SPLIT, Decision, RcptOutcome, RcptStage, decide)
+    DENY, HOLD, MANAGED, PASS, SPLIT, UNMATCHED_PASS, Decision, RcptOutcome, RcptStage, decide)
 from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, utc_now
 from mxhook.model.headers import address_domain, decode_value, first_address
 from mxhook.model.message import header_section
@@ -76,7 +76,7 @@ HEURISTIC_KEYS = (
 @dataclass(slots=True)
 class Logged:
     """One line of the decision log."""
-    outcome: str  # denied, accepted, bounce-report
+    outcome: str  # denied, accepted, passed, bounce-report
     recipients: list[str]
     by: str
     reason: str
@@ -111,6 +111,7 @@ class RcptAnswer(Answer):
 class HeadersAnswer(Answer):
     timed_out: tuple[str, ...] = ()  # patterns that hit the regex timeout (counted as no match)
     error: str = ""  # TEMPFAIL: what went wrong
+    log: tuple[Logged, ...] = ()  # recipients passed to Postfix (a domain's unmatched = pass)
 
 
 @dataclass(slots=True)
@@ -160,10 +161,14 @@ class Inbound:
         self.stage = RcptStage(
             snapshot.ruleset, snapshot.domains, null_sender=envelope.sender == "",
             unknown_domains=policy.unknown_domains, enabled_heuristics=policy.heuristics,
-            max_refusals=policy.max_rcpt_refusals if routes else None)
+            max_refusals=policy.max_rcpt_refusals if routes else None,
+            pass_unmatched=snapshot.pass_unmatched)
         self.rcpt_outcomes: list[tuple[str, RcptOutcome]] = []  # every RCPT, in order
         self.managed: list[str] = []  # recipients in permitted domains, for the rules
-        self.passed: list[str] = []  # recipients left alone (unknown_domains = pass)
+        # managed recipients of domains with unmatched = pass: passed to Postfix when no rule
+        # takes them (or a heuristic keeps them from the rules), never refused
+        self.passing: set[str] = set()
+        self.passed: list[str] = []  # recipients left to Postfix (unknown_domains or unmatched = pass)
         self.held: list[str] = []  # null-sender recipients no rule takes: a bounce report's?
         self.held_why: dict[str, tuple[str, str]] = {}  # held recipient -> (filter, reason) if not
         self.candidates: dict[str, tuple] = {}  # managed recipient -> rules its envelope allows
@@ -189,11 +194,14 @@ class Inbound:
                                          "recipients already accepted)"),
                               note="outcome may differ from the transaction's recipients; 452 4.5.3")
         if kind == DENY:
-            return RcptAnswer(REJECT, (*SMTP_DENY, f"<{address}>: {outcome.reason}"),
+            return RcptAnswer(REJECT, (*SMTP_DENY, self.reply_text(address, outcome.filter,
+                                                                   f"<{address}>: {outcome.reason}")),
                               (self._denial([address], outcome.filter, outcome.reason),))
         if kind == MANAGED:
             self.candidates[address] = outcome.candidates
             self.managed.append(address)
+            if outcome.passing:
+                self.passing.add(address)
         elif kind == PASS:
             self.passed.append(address)
         elif kind == HOLD:
@@ -232,37 +240,67 @@ class Inbound:
             enabled_heuristics=policy.heuristics, missing_from=policy.missing_from,
             candidates=self.candidates)
         timed_out = tuple({c.condition.pattern: None for m in decision.matches for c in m.timeouts})
-        if decision.verdict is not None:  # the message is refused, whoever it is for
+        if decision.verdict is not None:  # the message is refused, whoever it is for...
             reason = decision.verdict.reason
-            denial = self._denial(self.managed, "heuristic:" + decision.verdict.heuristic, reason)
-            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {reason}"), (denial,), timed_out)
-        if not self.dsn and decision.denied:
+            by = "heuristic:" + decision.verdict.heuristic
+            if not self.passing:
+                denial = self._denial(self.managed, by, reason)
+                return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {reason}"), (denial,), timed_out)
+            # ...but for the rules only where the domain passes recipients no rule takes
+            passed = self._pass([r for r in self.managed if r in self.passing], by, reason)
+            refused.insert(0, (by, reason, [r for r in self.managed if r not in self.passing]))
+            return self._refuse([x for x in refused if x[2]], kept=True, timed_out=timed_out, log=passed) \
+                if any(x[2] for x in refused) else self._passed_only(passed, timed_out)
+        passed = self._pass([r for r in decision.denied if r in self.passing], UNMATCHED_PASS,
+                            "no inbound rule takes it")
+        denied = [r for r in decision.denied if r not in self.passing]
+        if not self.dsn and denied:
             accepted = [r for r, _ in decision.accepted]
             if (any(r not in self.overflow for r in accepted)
-                    and any(r not in self.overflow for r in decision.denied)):
+                    and any(r not in self.overflow for r in denied)):
                 # recipients of one outcome class share their outcome
                 return HeadersAnswer(TEMPFAIL, INTERNAL_ERROR, timed_out=timed_out, error=(
                     f"recipients of one class decided apart ({','.join(accepted)} accepted, "
-                    f"{','.join(decision.denied)} not)"))
+                    f"{','.join(denied)} not)"))
             refused.insert(0, ("no_rule", "no inbound rule matches "
-                               + ", ".join(f"<{r}>" for r in decision.denied), decision.denied))
+                               + ", ".join(f"<{r}>" for r in denied), denied))
         # Accepted, or a bounce report (its recipients without a rule are consumed at eom).
         if refused:
-            return self._refuse(refused, kept=bool(self.passed or decision.accepted), timed_out=timed_out)
-        return HeadersAnswer(timed_out=timed_out)
+            return self._refuse(refused, kept=bool(self.passed or decision.accepted), timed_out=timed_out,
+                                log=passed)
+        if not decision.accepted:
+            return self._passed_only(passed, timed_out)
+        return HeadersAnswer(timed_out=timed_out, log=passed)
+
+    def _pass(self, recipients: list[str], by: str, reason: str) -> tuple[Logged, ...]:
+        """Recipients of domains with unmatched = pass that no rule takes: left to Postfix."""
+        if not recipients:
+            return ()
+        self.passed += recipients
+        return (Logged("passed", recipients, by, reason + "; passed to Postfix (its domain has "
+                                                          "unmatched = pass)"),)
+
+    def _passed_only(self, log: tuple[Logged, ...], timed_out: tuple[str, ...]) -> HeadersAnswer:
+        """No rule takes anyone and nobody is refused: Postfix delivers the message as it
+        would without mxhook (a bounce report still has its events read at end of message)."""
+        if self.dsn:
+            return HeadersAnswer(timed_out=timed_out, log=log)
+        return HeadersAnswer(ACCEPT, timed_out=timed_out, log=log)
 
     def _refuse(self, refused: list[tuple[str, str, list[str]]], kept: bool,
-                timed_out: tuple[str, ...] = ()) -> HeadersAnswer:
+                timed_out: tuple[str, ...] = (), log: tuple[Logged, ...] = ()) -> HeadersAnswer:
         """Refused recipients: with nobody else accepted, the whole message (550); else
         Postfix bounces each to the sender at end of message (error(8) transport)."""
         if not kept:
             denials = tuple(self._denial(rcpts, filt, reason) for filt, reason, rcpts in refused)
-            return HeadersAnswer(REJECT, (*SMTP_DENY, f"mxhook: {refused[0][1]}"), denials, timed_out)
+            filt, reason, rcpts = refused[0]
+            return HeadersAnswer(REJECT, (*SMTP_DENY, self.reply_text(rcpts[0], filt, f"mxhook: {reason}")),
+                                 denials, timed_out, log=log)
         denials = []
         for filt, reason, rcpts in refused:
             denials.append(self._denial(rcpts, filt, reason, bounced=True))
             self.bounced += rcpts
-        return HeadersAnswer(CONTINUE, None, tuple(denials), timed_out)
+        return HeadersAnswer(CONTINUE, None, tuple(denials), timed_out, log=log)
 
     # -- end of message -------------------------------------------------------------------------
 
@@ -296,21 +334,24 @@ class Inbound:
             record = InboundRecord(
                 **message_fields(self.envelope, self.raw_headers, iso(self.clock())),
                 deliveries=[Routed(rcpts, rule.target_record())
-                            for rule, rcpts in groups])
+                            for rule, rcpts in groups],
+                recipient_delimiter=self.snapshot.ruleset.recipient_delimiter)
             message = SpooledMessage(self.new_id(), record, raw)
-            log.append(Logged("accepted", [r for _, rs in groups for r in rs],
+            log.append(Logged("accepted", list(dict.fromkeys(r for _, rs in groups for r in rs)),
                               ",".join(rule.name for rule, _ in groups), f"spooled as {message.id}"))
         return self._finish(decision, groups, message, tuple(log))
 
     def _finish(self, decision: Decision | None, groups, message, log) -> MessageAnswer:
-        """Recipients of `--discard` rules (posted) and those of a bounce report without a rule
-        (consumed as events) are removed. A message left without recipients gets Postfix's
+        """Recipients of `--discard` rules (posted; with fan-out, one of the rules that take it
+        having `--discard` is enough) and those of a bounce report without a rule (consumed as
+        events) are removed. A message left without recipients gets Postfix's
         discard(8) transport as its one recipient (while Postfix has the route): a milter
         DISCARD counts as an error in smtpd, and after ten of them (smtpd_soft_error_limit)
         every later command of the session waits smtpd_error_sleep_time (1 s). A refused
         recipient (self.bounced) is replaced by its stand-in in the reject domain, which
         Postfix's error(8) transport bounces to the sender."""
         consumed = ((decision.denied if decision else []) + self.held) if self.dsn else []
+        consumed = [r for r in consumed if r not in self.passing]  # their mailboxes get the report
         drop = set(consumed) | {r for rule, rs in groups if rule.discard for r in rs}
         events = tuple(self.reported)
         if not drop and not self.bounced:
@@ -323,6 +364,20 @@ class Inbound:
                              bounce=tuple(self.bounced), add_discard=everyone)
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def reply_text(self, recipient: str, filt: str, default: str) -> str:
+        """The text of the 5xx refusing `recipient` because no rule takes it (`no_rule`): the
+        reject text of its first candidate rule that has one (the rule whose envelope it
+        matched but whose header conditions refused it), else its domain's, else `default`
+        (mxhook's own reason, which other refusals always get)."""
+        if filt == "no_rule":
+            for rule in self.candidates.get(recipient, ()):
+                if rule.reject_text:
+                    return rule.reject_text
+            text = self.snapshot.reject_texts.get(address_domain(recipient))
+            if text:
+                return text
+        return default
 
     def _denial(self, recipients: list[str], filt: str, reason: str, bounced: bool = False) -> Denial:
         record = None
@@ -343,17 +398,25 @@ class RecipientOutcome:
     smtp: str
     decided_by: str  # rule:<name>, no_rule, unknown_domain, heuristic:<name>, outcome_class, dsn, ...
     reason: str
-    rule: object = None  # the accepting Rule
+    rule: object = None  # the first accepting Rule
+    reply: str = ""  # refused at RCPT: the text of its 5xx
     rules: list | None = None  # rules.RuleResult of every rule (recipients in permitted domains)
+    taken: list = field(default_factory=list)  # every Rule that takes it (fan-out: several)
 
     def as_dict(self) -> dict:
         rule = self.rule
         out = {"recipient": self.recipient, "outcome": self.outcome, "stage": self.stage,
                "smtp": self.smtp, "decided_by": self.decided_by, "rule": rule and rule.name,
                "reason": self.reason}
+        if self.reply:
+            out["reply"] = self.reply
         if rule is not None:
-            out.update(action="discard" if rule.discard else "deliver", url=rule.destination.url,
+            discarded = any(r.discard for r in self.taken)
+            out.update(action="discard" if discarded else "deliver", url=rule.destination.url,
                        format=rule.destination.format)
+            out["taken_by"] = [{"rule": r.name, "url": r.destination.url, "format": r.destination.format,
+                                "dialect": r.destination.dialect, "continue": r.continue_matching,
+                                "discard": r.discard} for r in self.taken]
         if self.rules is not None:
             out["rules"] = [{
                 "name": rr.rule.name, "priority": rr.rule.priority, "enabled": rr.rule.enabled,
@@ -379,9 +442,11 @@ class Explanation:
     smtp: str
     decided_by: str
     reason: str
+    reply: str = ""  # refused at end of headers: the text of the 5xx the client gets
     recipients: list[RecipientOutcome] = field(default_factory=list)
     events: tuple = ()  # a bounce report's events
     deleted: list[str] = field(default_factory=list)  # as given, removed from Postfix's delivery
+    spooled: SpooledMessage | None = None  # what the milter would spool (`rule test --payload`)
 
     def as_dict(self) -> dict:
         """Plain data for JSON (`mxhook rule test --json`)."""
@@ -393,7 +458,7 @@ class Explanation:
             "heuristics": {"enabled": list(self.policy.heuristics), "verdict": verdict and {
                 "heuristic": verdict.heuristic, "reason": verdict.reason}},
             "rule_count": self.rule_count, "result": self.result, "smtp": self.smtp,
-            "decided_by": self.decided_by, "reason": self.reason,
+            "decided_by": self.decided_by, "reason": self.reason, "reply": self.reply,
             "recipients": [r.as_dict() for r in self.recipients],
             "removed": self.deleted, "events": [e.to_dict() for e in self.events],
         }
@@ -433,7 +498,8 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
         subject=decode_value(subjects[0]) if subjects else "", header_defects=defects,
         policy=policy, verdict=decision.verdict if decision else None, rule_count=len(snapshot.ruleset),
         result="", smtp="", decided_by="", reason="",
-        events=tuple(inbound.reported), deleted=list(message.delete) if message else [])
+        events=tuple(inbound.reported), deleted=list(message.delete) if message else [],
+        spooled=message.message if message else None)
     outcomes = {r: _recipient_outcome(inbound, r, outcome) for r, outcome in inbound.rcpt_outcomes}
     ours = [r for r in rcpts if address_domain(r) in snapshot.domains]
     explained = decide(snapshot.ruleset, snapshot.domains, ours, raw_headers,
@@ -448,16 +514,15 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
 def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> RecipientOutcome:
     kind = outcome.kind
     if kind == DENY:
-        return RecipientOutcome(r, "rejected", "rcpt", " ".join(SMTP_DENY), outcome.filter, outcome.reason)
+        return RecipientOutcome(r, "rejected", "rcpt", " ".join(SMTP_DENY), outcome.filter, outcome.reason,
+                                reply=inbound.reply_text(r, outcome.filter, f"<{r}>: {outcome.reason}"))
     if kind == SPLIT:
         return RecipientOutcome(r, "deferred", "rcpt", " ".join(SMTP_SPLIT), "outcome_class",
                                 "its outcome may differ from the recipients accepted before it: the "
                                 "client sends it again in a separate transaction (test it alone to "
                                 "see that one)")
     if kind == PASS:
-        return RecipientOutcome(r, "passed", "rcpt", "250", "unknown_domains=pass",
-                                f"domain {address_domain(r) or '(none)'} is not permitted; "
-                                "unknown_domains = pass leaves it to Postfix (no rules)")
+        return RecipientOutcome(r, "passed", "rcpt", "250", outcome.filter, outcome.reason)
     decision = inbound.decision
     bounced = ("bounced", "eoh", "250, then a bounce from Postfix (5.7.1)")
     if kind == HOLD:
@@ -470,13 +535,24 @@ def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> Recipi
                                     "refusals at RCPT, so Postfix's error transport bounces it")
         return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY), outcome.filter, reason)
     # MANAGED: end of headers decides
+    passed = ("passed", "eoh", "250")
     if decision is not None and decision.verdict is not None:
+        if r in inbound.passing:
+            return RecipientOutcome(r, *passed, "heuristic:" + decision.verdict.heuristic,
+                                    decision.verdict.reason + "; kept from the rules and passed to "
+                                    "Postfix (its domain has unmatched = pass)")
         return RecipientOutcome(r, "denied", "eoh", " ".join(SMTP_DENY),
                                 "heuristic:" + decision.verdict.heuristic, decision.verdict.reason)
-    rule = next((m.rule for m in decision.matches if m.recipient == r), None) if decision else None
-    if rule is not None:
-        return RecipientOutcome(r, "accepted", "eoh", "250", "rule:" + rule.name,
-                                f"rule {rule.name}: all conditions hold", rule=rule)
+    match = next((m for m in decision.matches if m.recipient == r), None) if decision else None
+    if match is not None and match.rule is not None:
+        names = ", ".join(t.name for t in match.taken)
+        return RecipientOutcome(r, "accepted", "eoh", "250", "rule:" + match.rule.name,
+                                f"rule {names}: all conditions hold" if len(match.taken) == 1
+                                else f"rules {names} (fan-out: --continue): all conditions hold",
+                                rule=match.rule, taken=list(match.taken))
+    if r in inbound.passing:
+        return RecipientOutcome(r, *passed, UNMATCHED_PASS, f"no inbound rule takes <{r}>; its domain "
+                                "passes such recipients to Postfix (unmatched = pass)")
     if inbound.dsn:
         return RecipientOutcome(r, "consumed", "eoh", "250", "dsn", "no rule matches; " + DSN_CONSUMED)
     if r in inbound.bounced:
@@ -498,12 +574,14 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
         refused = next(o for o in out.recipients if o.recipient == denial.recipients[0])
         out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_DENY), denial.filter
         out.reason = denial.reason if denial.filter == "no_rule" or out.verdict else refused.reason
+        out.reply = headers.reply[2]
     elif headers.action == TEMPFAIL:
         out.result, out.smtp, out.decided_by = "tempfail", " ".join(SMTP_TEMPFAIL), "internal_error"
         out.reason = "recipients of one outcome class decided apart"
     elif headers.action == ACCEPT:
-        out.result, out.smtp, out.decided_by = "pass", "250", "unknown_domains=pass"
-        out.reason = "no recipient in a permitted domain: the milter leaves the message alone"
+        out.result, out.smtp = "pass", "250"
+        out.decided_by = _passed_by(out)
+        out.reason = "no recipient a rule takes: the milter leaves the message to Postfix"
     elif message.action == REJECT:
         out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_TOO_LARGE), "size"
         out.reason = message.reply[2]
@@ -518,5 +596,10 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
             out.reason += (f": {len(out.events)} event(s) kept, its recipients left to Postfix "
                            "(unknown_domains = pass)")
     else:  # recipients in permitted domains bounced, the others left to Postfix
-        out.result, out.smtp, out.decided_by = "pass", "250", "unknown_domains=pass"
+        out.result, out.smtp, out.decided_by = "pass", "250", _passed_by(out)
         out.reason = "no recipient a rule takes: the milter leaves the message to Postfix"
+
+
+def _passed_by(out: Explanation) -> str:
+    """What left a message's recipients to Postfix: unknown_domains or a domain's unmatched."""
+    return next((o.decided_by for o in out.recipients if o.outcome == "passed"), "unknown_domains=pass")

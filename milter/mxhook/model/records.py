@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from mxhook.model.recipients import DEFAULT_RECIPIENT_DELIMITER
 from mxhook.model.targets import Target, TargetRecordError
 
 
@@ -133,13 +134,18 @@ class Routed:
 @dataclass(slots=True)
 class InboundRecord(MessageFields):
     """Kind `inbound`: an accepted message (the record's payload) and its deliveries, one per
-    rule."""
+    rule. `recipient_delimiter`: the `[milter] recipient_delimiter` the rules matched with, so
+    a payload's `recipient_tag` is cut as the decision cut it; written only when it is not the
+    default `+` (the meaning of a record without it)."""
 
     deliveries: list[Routed] = field(default_factory=list)
+    recipient_delimiter: str = DEFAULT_RECIPIENT_DELIMITER
 
     def to_meta(self) -> dict:
         meta = self._meta()
         meta["deliveries"] = [{"recipients": d.recipients, "rule": d.target} for d in self.deliveries]
+        if self.recipient_delimiter != DEFAULT_RECIPIENT_DELIMITER:
+            meta["recipient_delimiter"] = self.recipient_delimiter
         return meta
 
     @classmethod
@@ -167,7 +173,9 @@ class InboundRecord(MessageFields):
                 raise RecordError(f"rule {target['name']!r} appears twice in deliveries")
             names.add(target["name"])
             routed.append(Routed(recipients, target))
-        return cls(**fields, deliveries=routed)
+        check_text(meta, ("recipient_delimiter",), "inbound record")
+        return cls(**fields, deliveries=routed,
+                   recipient_delimiter=meta.get("recipient_delimiter", DEFAULT_RECIPIENT_DELIMITER))
 
 
 @dataclass(slots=True)

@@ -2,8 +2,9 @@
 
 A rule is a route: name, priority (lower runs first), enabled flag, after-accept action,
 conditions, and the destination its deliveries are posted to (model/targets.py). A condition is a
-header name (case-insensitive; `To` means the envelope recipient) plus a regex, optionally
-negated. All conditions of a rule must hold. Regexes are searched (not anchored), case-
+header name (case-insensitive; `To` means the envelope recipient, `Recipient` the envelope
+recipient without its tag: `support+ticket-4711@x` is tested as `support@x`) plus a regex,
+optionally negated. All conditions of a rule must hold. Regexes are searched (not anchored), case-
 insensitively, with a time bound: a pattern that runs out of time counts as no match.
 """
 from __future__ import annotations
@@ -14,10 +15,13 @@ from functools import cached_property
 
 import regex
 
+from mxhook.model.recipients import DEFAULT_RECIPIENT_DELIMITER, split_recipient
 from mxhook.model.targets import Destination, Target, check_destination
 
 FORMATS = ("json", "multipart", "raw")
 ENVELOPE_RECIPIENT = "to"  # a condition on this header name tests the envelope recipient
+UNTAGGED_RECIPIENT = "recipient"  # ... and on this one, the envelope recipient without its tag
+ENVELOPE_FIELDS = frozenset({ENVELOPE_RECIPIENT, UNTAGGED_RECIPIENT})  # decided at RCPT
 
 _FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 ftext
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -45,6 +49,10 @@ class Rule:
     priority: int = 0
     enabled: bool = True
     discard: bool = False
+    # fan-out: a message this rule takes is also offered to the rules after it
+    continue_matching: bool = False
+    include_raw: bool = False  # the native payload carries the raw message too (`raw`)
+    reject_text: str | None = None  # the 5xx text for recipients refused by its header conditions
     id: int | None = None
 
     @cached_property  # the milter asks for it for every message a rule takes
@@ -55,8 +63,9 @@ class Rule:
         return Target.of("rule", self.id, self.name, self.destination)
 
     def target_record(self) -> dict:
-        """The target as a spool record carries it, with the rule's `discard`."""
-        return self.target.to_record(discard=self.discard)
+        """The target as a spool record carries it, with the rule's `discard` and
+        `include_raw` (the payload reads it from the record)."""
+        return self.target.to_record(discard=self.discard, include_raw=self.include_raw)
 
 
 def parse_condition(spec: str, *, negate: bool = False) -> Condition:
@@ -166,6 +175,28 @@ def is_catastrophic_risk(pattern: str) -> bool:
     return risk is not None and not risk.startswith("has a quantifier")
 
 
+# "550 5.7.1 " + text + CRLF must fit the 512 octets of an SMTP reply line (RFC 5321 4.5.3.1.5)
+MAX_REJECT_TEXT = 512 - len("550 5.7.1 ") - 2
+
+
+def check_reject_text(text: str | None) -> str | None:
+    """A custom reject text as the milter can send it in its 5xx reply: printable ASCII, no
+    line end, not `%` (libmilter would read it as a format character), and short enough for
+    the reply line. RuleError saying what is wrong; None and '' mean "no custom text"."""
+    if not text:
+        return None
+    bad = next((c for c in text if not " " <= c <= "~" or c == "%"), None)
+    if bad is not None:
+        raise RuleError(f"reject text: {bad!r} is not allowed (printable ASCII only, no line "
+                        "ends, no '%')")
+    if text != text.strip():
+        raise RuleError("reject text: no leading or trailing spaces")
+    if len(text) > MAX_REJECT_TEXT:
+        raise RuleError(f"reject text is {len(text)} characters; at most {MAX_REJECT_TEXT} fit "
+                        "the 512-octet SMTP reply line after '550 5.7.1 '")
+    return text
+
+
 def validate(rule: Rule) -> Rule:
     """Raise RuleError (DestinationError for the destination) on the first problem; return the
     rule unchanged when it is sound."""
@@ -181,6 +212,10 @@ def validate(rule: Rule) -> Rule:
         if not _FIELD_NAME.match(cond.header):
             raise RuleError(f"{cond.header!r} is not a valid header name")
         check_regex(cond.pattern)
+    check_reject_text(rule.reject_text)
+    if rule.include_raw and (rule.destination.dialect != "native" or rule.destination.format == "raw"):
+        raise RuleError("--include-raw adds the raw message to the native json or multipart "
+                        "body: not with a dialect, nor with --format raw (which is the raw message)")
     return rule
 
 
@@ -210,19 +245,34 @@ class RuleResult:
         c = failed[0]
         if c.timed_out:
             return f"{c.condition} timed out (counts as no match)"
-        what = "envelope recipient" if c.condition.header == ENVELOPE_RECIPIENT else c.condition.header
+        what = _ENVELOPE_WHAT.get(c.condition.header, c.condition.header)
         if c.condition.negate:
             return f"{c.condition}: {what} is {c.matched_value!r}"
-        if c.condition.header == ENVELOPE_RECIPIENT:
-            return f"{c.condition}: the envelope recipient does not match"
+        if c.condition.header in ENVELOPE_FIELDS:
+            return f"{c.condition}: the {what} does not match"
         return f"{c.condition}: no {what} value matches"
+
+
+_ENVELOPE_WHAT = {ENVELOPE_RECIPIENT: "envelope recipient",
+                  UNTAGGED_RECIPIENT: "envelope recipient without its tag"}
 
 
 @dataclass
 class MatchResult:
     recipient: str
-    rule: Rule | None
+    rule: Rule | None  # the first rule that takes it
     evaluated: list[RuleResult] = field(default_factory=list)
+    # every rule that takes it, in matching order: the first, and after each `--continue` rule
+    # the next one that matches (fan-out)
+    taken: list[Rule] = field(default_factory=list)
+
+    def take(self, rule: Rule) -> bool:
+        """Record that `rule` takes the recipient; True when matching goes on to the rules
+        after it (`continue_matching`)."""
+        if self.rule is None:
+            self.rule = rule
+        self.taken.append(rule)
+        return rule.continue_matching
 
     @property
     def timeouts(self) -> list[ConditionResult]:
@@ -236,7 +286,8 @@ class RuleSet:
     lock. `headers` for matching is a dict of lower-case field name -> list of decoded values.
     """
 
-    def __init__(self, rules: list[Rule], *, regex_timeout: float = 0.05):
+    def __init__(self, rules: list[Rule], *, regex_timeout: float = 0.05,
+                 recipient_delimiter: str = DEFAULT_RECIPIENT_DELIMITER):
         if isinstance(regex_timeout, bool) or not isinstance(regex_timeout, (int, float)) \
                 or not regex_timeout > 0:
             # None or a negative number would mean "no bound" to the regex module
@@ -244,6 +295,8 @@ class RuleSet:
                             f"not {regex_timeout!r}")
         self.rules = tuple(sorted(rules, key=lambda r: (r.priority, r.id or 0, r.name)))
         self.regex_timeout = regex_timeout
+        # `[milter] recipient_delimiter`: how `Recipient` conditions cut the tag off
+        self.recipient_delimiter = recipient_delimiter
         # A pattern that does not compile (written to rules.db by other means than `mxhook
         # rule`) takes only its own rule out, never the others: (rule, reason) for the log.
         self.broken: list[tuple[Rule, str]] = []
@@ -261,15 +314,15 @@ class RuleSet:
         # pattern), search, timeout, negate, condition)]). Every search carries the time bound:
         # whether a pattern can backtrack is not decided outside the regex engine.
         self._plan = [
-            (r, [(c.header == ENVELOPE_RECIPIENT, c.header, (c.header, c.pattern),
+            (r, [(c.header in ENVELOPE_FIELDS, c.header, (c.header, c.pattern),
                   self._compiled[c.pattern].search, regex_timeout, c.negate, c)
                  for c in r.conditions])
             for r in self._usable if r.enabled
         ]
         self._prefilters = self._build_prefilters()
         self._plan_position = {id(rule): i for i, (rule, _) in enumerate(self._plan)}
-        # the header fields the rules look at (`To` is the envelope recipient, no field)
-        self.header_names = frozenset(c.header for r in self._usable for c in r.conditions) - {ENVELOPE_RECIPIENT}
+        # the header fields the rules look at (`To` and `Recipient` are the envelope's, no field)
+        self.header_names = frozenset(c.header for r in self._usable for c in r.conditions) - ENVELOPE_FIELDS
         self._everything = frozenset(range(len(self._plan)))
 
     def _build_prefilters(self) -> dict[str, tuple]:
@@ -315,10 +368,16 @@ class RuleSet:
             return ConditionResult(cond, satisfied=hit is None, matched_value=hit)
         return ConditionResult(cond, satisfied=hit is not None, matched_value=hit)
 
+    def envelope_values(self, recipient: str) -> dict[str, list[str]]:
+        """What `To` and `Recipient` conditions test for this envelope recipient."""
+        return {ENVELOPE_RECIPIENT: [recipient],
+                UNTAGGED_RECIPIENT: [split_recipient(recipient, self.recipient_delimiter)[0]]}
+
     def evaluate(self, rule: Rule, recipient: str, headers: dict[str, list[str]]) -> RuleResult:
         results = []
+        envelope = self.envelope_values(recipient)
         for cond in rule.conditions:
-            values = [recipient] if cond.header == ENVELOPE_RECIPIENT else headers.get(cond.header, [])
+            values = envelope.get(cond.header) or headers.get(cond.header, [])
             res = self._check(cond, values)
             results.append(res)
             if not res.satisfied:
@@ -327,18 +386,21 @@ class RuleSet:
         return RuleResult(rule, matched, results)
 
     def match(self, recipient: str, headers: dict[str, list[str]], *, explain: bool = False) -> MatchResult:
-        """First enabled rule whose conditions all hold for this recipient. With explain=True
-        every rule is evaluated and reported (for `mxhook rule test`); otherwise evaluation
-        stops at the first match, and only timed-out conditions are reported."""
+        """The enabled rules that take this recipient: the first whose conditions all hold,
+        and, after one with `continue_matching`, the next that holds (fan-out). With
+        explain=True every rule is evaluated and reported (for `mxhook rule test`); otherwise
+        evaluation stops at the last rule that takes it, and only timed-out conditions are
+        reported."""
         if not explain:
             return self._first_match(recipient, headers)
         result = MatchResult(recipient, None)
+        going = True
         for rule in self.rules:
             usable = rule.enabled and id(rule) not in self._broken_ids
             rr = self.evaluate(rule, recipient, headers) if usable else RuleResult(rule, False)
             result.evaluated.append(rr)
-            if rr.matched and result.rule is None:
-                result.rule = rule
+            if rr.matched and going:
+                going = result.take(rule)
         return result
 
     def match_many(self, recipients: list[str], headers: dict[str, list[str]], *,
@@ -355,7 +417,7 @@ class RuleSet:
     def _first_match(self, recipient: str, headers: dict[str, list[str]],
                      header_known: dict | None = None) -> MatchResult:
         result = MatchResult(recipient, None)
-        rcpt_values = [recipient]
+        envelope = self.envelope_values(recipient)
         empty: list[str] = []
         # (header, pattern) -> hit (None: timed out): each pattern is searched once however
         # many rules share it, per recipient for `To`, per message for header fields (shared
@@ -367,8 +429,8 @@ class RuleSet:
         ruled_out: list[frozenset] = []
         skip: set[int] = set()
         for header, (search, timeout, keys, needing) in self._prefilters.items():
-            if header == ENVELOPE_RECIPIENT:
-                found = _search_values(search, timeout, rcpt_values)
+            if header in ENVELOPE_FIELDS:
+                found = _search_values(search, timeout, envelope[header])
             else:
                 found = header_known.get(header, _UNKNOWN)
                 if found is _UNKNOWN:
@@ -384,43 +446,43 @@ class RuleSet:
                 hit = known.get(key, _UNKNOWN)
                 if hit is _UNKNOWN:
                     hit = known[key] = False if any(key in keys for keys in ruled_out) else _search_values(
-                        search, timeout, rcpt_values if is_rcpt else headers.get(header, empty))
+                        search, timeout, envelope[header] if is_rcpt else headers.get(header, empty))
                 if hit is None:
                     result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
                     break
                 if hit == negate:
                     break
             else:
-                result.rule = rule
-                return result
+                if not result.take(rule):
+                    return result
         return result
-
 
     # -- two-step matching: envelope at RCPT, headers at end of headers (the milter) ----------
 
     def envelope_candidates(self, recipient: str) -> tuple[Rule, ...]:
         """The enabled rules that can still match `recipient` once its envelope conditions
-        (`To`) are evaluated, in matching order, ending at the first one without header
-        conditions (it matches whatever the headers say, so no later rule is ever reached).
+        (`To`, `Recipient`) are evaluated, in matching order, ending at the first one without
+        header conditions and without `continue_matching` (it matches whatever the headers
+        say, so no later rule is ever reached).
         Empty: no rule can match this recipient, whatever the message says. A `To` pattern
         that runs out of time counts as no match, as in `match`."""
         found: list[Rule] = []
-        rcpt_values = [recipient]
+        envelope = self.envelope_values(recipient)
         rcpt_known: dict[tuple[str, str], bool | None] = {}
         for rule, conditions in self._plan:
             needs_headers = False
-            for is_rcpt, _header, key, search, timeout, negate, _cond in conditions:
+            for is_rcpt, header, key, search, timeout, negate, _cond in conditions:
                 if not is_rcpt:
                     needs_headers = True
                     continue
                 hit = rcpt_known.get(key, _UNKNOWN)
                 if hit is _UNKNOWN:
-                    hit = rcpt_known[key] = _search_values(search, timeout, rcpt_values)
+                    hit = rcpt_known[key] = _search_values(search, timeout, envelope[header])
                 if hit is None or hit == negate:
                     break
             else:
                 found.append(rule)
-                if not needs_headers:
+                if not needs_headers and not rule.continue_matching:
                     break
         return tuple(found)
 
@@ -435,7 +497,7 @@ class RuleSet:
         if found is _UNKNOWN:
             sets = set()
             for rule in candidates:
-                conditions = frozenset(c for c in rule.conditions if c.header != ENVELOPE_RECIPIENT)
+                conditions = frozenset(c for c in rule.conditions if c.header not in ENVELOPE_FIELDS)
                 if not conditions:
                     sets = None
                     break
@@ -449,7 +511,8 @@ class RuleSet:
     def match_candidates(self, recipient: str, candidates: tuple[Rule, ...],
                          headers: dict[str, list[str]], header_known: dict | None = None) -> MatchResult:
         """The first of `candidates` (from `envelope_candidates`, whose envelope conditions
-        already hold) whose header conditions hold. `header_known` shares each header
+        already hold) whose header conditions hold, and after a `continue_matching` one the
+        next (MatchResult.taken). `header_known` shares each header
         pattern's answer, and the header prefilters' verdicts, between the recipients of one
         message."""
         result = MatchResult(recipient, None)
@@ -461,7 +524,7 @@ class RuleSet:
             if skip and position.get(id(rule)) in skip:
                 continue  # needs a header pattern its prefilter found nowhere
             for cond in rule.conditions:
-                if cond.header == ENVELOPE_RECIPIENT:
+                if cond.header in ENVELOPE_FIELDS:
                     continue
                 key = ("candidate", cond.header, cond.pattern)
                 hit = known.get(key, _UNKNOWN)
@@ -475,8 +538,8 @@ class RuleSet:
                 if hit == cond.negate:
                     break
             else:
-                result.rule = rule
-                return result
+                if not result.take(rule):
+                    return result
         return result
 
     def _header_prefilters(self, headers: dict[str, list[str]], known: dict) -> tuple[frozenset, frozenset]:
@@ -487,7 +550,7 @@ class RuleSet:
             skip: set[int] = set()
             ruled_out: set = set()
             for header, (search, timeout, keys, needing) in self._prefilters.items():
-                if header != ENVELOPE_RECIPIENT and _search_values(search, timeout, headers.get(header, [])) is False:
+                if header not in ENVELOPE_FIELDS and _search_values(search, timeout, headers.get(header, [])) is False:
                     skip |= needing
                     ruled_out |= keys
             found = known[_PREFILTERED] = (frozenset(skip), frozenset(ruled_out))

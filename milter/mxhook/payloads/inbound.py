@@ -15,6 +15,7 @@ import base64
 import re
 from dataclasses import dataclass
 
+from mxhook.model.recipients import recipient_tag
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
 from mxhook.model.records import InboundRecord
 from mxhook.model.targets import Target
@@ -40,6 +41,7 @@ class Delivery:
     raw: bytes  # the message as it came
     target: Target
     recipients: tuple[str, ...]  # the envelope recipients this rule matched
+    include_raw: bool = False  # the rule's --include-raw, as its spool record holds it
 
     @classmethod
     def of(cls, *, delivery_id: str, meta: dict, raw: bytes, target: Target,
@@ -47,9 +49,11 @@ class Delivery:
         """`meta`: the spool record's (RecordError when it is not an inbound record's).
         `recipients` None: the ones its deliveries list for the target's rule name."""
         message = InboundRecord.from_meta(meta)
+        routed = next((d for d in message.deliveries if d.name == target.name), None)
         if recipients is None:
-            recipients = next((d.recipients for d in message.deliveries if d.name == target.name), ())
-        return cls(delivery_id, message, raw, target, tuple(recipients))
+            recipients = routed.recipients if routed else ()
+        return cls(delivery_id, message, raw, target, tuple(recipients),
+                   include_raw=bool(routed and routed.target.get("include_raw")))
 
 
 def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
@@ -64,6 +68,7 @@ def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MA
         "envelope": {
             "mail_from": message.mail_from,
             "recipients": list(delivery.recipients),
+            "recipient_tag": recipient_tag(delivery.recipients, message.recipient_delimiter),
             "client_addr": message.client_addr,
             "client_name": message.client_name,
             "helo": message.helo,
@@ -73,7 +78,27 @@ def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MA
     }
     if delivery.target.api_key:
         doc["api_key"] = delivery.target.api_key
+    if delivery.include_raw:
+        doc["raw"] = raw_entry(delivery.raw, max_attachment_size)
     return doc
+
+
+def raw_entry(raw: bytes, max_attachment_size: int) -> dict:
+    """The message as it came (`--include-raw`), shaped as an attachment so the size caps treat
+    it as one: over max_attachment_size its content is omitted, and under max_payload_size it
+    is the first content to go (`capped_contents`)."""
+    entry = {"filename": "message.eml", "content_type": "message/rfc822", "size": len(raw),
+             "content": base64.b64encode(raw).decode("ascii")}
+    if len(raw) > max_attachment_size:
+        entry.update(content=None, omitted=True, omitted_reason=f"size {len(raw)} bytes exceeds "
+                                                                 f"max_attachment_size {max_attachment_size}")
+    return entry
+
+
+def capped_contents(doc: dict) -> list[dict]:
+    """The entries whose contents the payload size cap may omit, largest first: the raw
+    message (it holds every attachment again, so it is the largest) and the attachments."""
+    return ([doc["raw"]] if "raw" in doc else []) + doc["message"]["attachments"]
 
 
 def form_parts(doc: dict) -> tuple[Fields, Files]:
@@ -110,6 +135,13 @@ def form_parts(doc: dict) -> tuple[Fields, Files]:
     for key in MESSAGE_FIELDS:
         add(key, meta if key == "attachments" else msg[key])
     add("attachment-count", len(meta))
+    raw = doc.get("raw")
+    if raw is not None:  # the raw message as the file part `raw-message`, its metadata as `raw`
+        entry = {k: v for k, v in raw.items() if k != "content"}
+        entry["field"] = "raw-message" if raw.get("content") is not None else None
+        if entry["field"]:
+            files.append(("raw-message", raw["filename"], raw["content_type"], base64.b64decode(raw["content"])))
+        add("raw", entry)
     return fields, files
 
 

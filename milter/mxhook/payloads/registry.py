@@ -58,14 +58,14 @@ class EventVersion:
 
 def _native_json(doc: dict, *, max_payload_size: int) -> Rendered:
     msg = doc["message"]
-    return encodings.json_capped(doc, max_payload_size, attachments=msg["attachments"],
+    return encodings.json_capped(doc, max_payload_size, attachments=inbound.capped_contents(doc),
                                  defects=msg["defects"])
 
 
 def _native_multipart(doc: dict, *, max_payload_size: int) -> Rendered:
     msg = doc["message"]
     return encodings.multipart_capped(doc, max_payload_size, parts=inbound.form_parts,
-                                      attachments=msg["attachments"], defects=msg["defects"],
+                                      attachments=inbound.capped_contents(doc), defects=msg["defects"],
                                       seed=doc["id"])  # the delivery id: a retry sends the same bytes
 
 

@@ -1,19 +1,22 @@
-"""Permitted domains: the domains this server receives inbound mail for, and whether mail to
-them that is denied is logged."""
+"""Permitted domains: the domains this server receives inbound mail for, whether mail to them
+that is denied is logged, what happens to recipients no rule takes (`unmatched`: reject, or
+pass them on to Postfix's own delivery) and the text of the 5xx refusing them."""
 from __future__ import annotations
 
 from mxhook import config as configmod
-from mxhook.services.errors import translated
+from mxhook.services.errors import Invalid, translated
 from mxhook.services.stores import rules_store
 from mxhook.store import rulesdb
 
 
 @translated()
-def add(cfg: configmod.Config, name: str, *, log_denied: bool = True) -> dict:
-    """{name (the A-label form stored), log_denied, created}."""
+def add(cfg: configmod.Config, name: str, *, log_denied: bool = True, unmatched: str = "reject",
+        reject_text: str | None = None) -> dict:
+    """{name (the A-label form stored), log_denied, unmatched, reject_text, created}."""
     normalized = rulesdb.normalize_domain(name)  # before the database is created
     with rules_store(cfg, create=True) as store:
-        return store.add_domain(normalized, log_denied=log_denied)
+        return store.add_domain(normalized, log_denied=log_denied, unmatched=unmatched,
+                                reject_text=reject_text)
 
 
 @translated()
@@ -23,10 +26,15 @@ def list_all(cfg: configmod.Config) -> list[dict]:
 
 
 @translated()
-def set_log_denied(cfg: configmod.Config, name: str, log_denied: bool) -> dict:
+def edit(cfg: configmod.Config, name: str, *, log_denied: bool | None = None,
+         unmatched: str | None = None, reject_text: str | None = None) -> dict:
+    """Change a domain's settings; None keeps a value, a reject text '' removes it."""
+    if log_denied is None and unmatched is None and reject_text is None:
+        raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
     with rules_store(cfg) as store:
         domain = rulesdb.normalize_domain(name)
-        return store.set_domain(domain, log_denied)
+        return store.set_domain(domain, log_denied=log_denied, unmatched=unmatched,
+                                reject_text=reject_text)
 
 
 @translated()

@@ -1,11 +1,16 @@
 """`rule test`: what the milter would answer for a message and its recipients, at which stage,
-and why, with every rule explained also past the first match."""
+and why, with every rule explained also past the first match; with `payload`, the body each
+delivery would post."""
 from __future__ import annotations
+
+import time
 
 from mxhook import config as configmod
 from mxhook.model import inbound
 from mxhook.model.envelope import Envelope
 from mxhook.model.headers import normalize_address
+from mxhook.model.targets import Target
+from mxhook.payloads import registry
 from mxhook.services.errors import Invalid, translated
 from mxhook.services.stores import rules_store
 from mxhook.store import rulesdb as dbmod
@@ -25,19 +30,21 @@ def read_message(stream, limit: int) -> bytes:
 
 @translated()
 def explain_message(cfg: configmod.Config, stream, recipients: list[str],
-                    mail_from: str | None = None) -> dict:
-    """Read the message from `stream` (binary) and explain it against rules.db."""
+                    mail_from: str | None = None, *, payload: bool = False) -> dict:
+    """Read the message from `stream` (binary) and explain it against rules.db; with
+    `payload`, also the request body of each delivery (`payloads`)."""
     for r in recipients:
         if "@" not in r:
             raise Invalid(f"{r!r} is not an address (local@domain)", "invalid_recipient")
     raw = read_message(stream, cfg.value("milter", "max_message_size"))
     with rules_store(cfg) as store:
-        snapshot = store.snapshot(regex_timeout=cfg.value("milter", "regex_timeout"))
-    return explain(snapshot, cfg, raw, list(recipients), mail_from)
+        snapshot = store.snapshot(regex_timeout=cfg.value("milter", "regex_timeout"),
+                                  recipient_delimiter=cfg.value("milter", "recipient_delimiter"))
+    return explain(snapshot, cfg, raw, list(recipients), mail_from, payload=payload)
 
 
 def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipients: list[str],
-            mail_from: str | None) -> dict:
+            mail_from: str | None, *, payload: bool = False) -> dict:
     """What the milter would answer for this message and these recipients (in RCPT order), at
     which stage, and why: the milter's own decision (model.inbound.explain) with the settings
     the milter reads."""
@@ -49,5 +56,40 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
         envelope.recipient(r)
     # Refusals at RCPT are capped where Postfix has mxhook's routes (`mxhook check`); with
     # discard_via = milter the milter never relies on them, so it splits without a cap.
-    return inbound.explain(snapshot, inbound.Policy.from_section(value), raw, envelope,
-                           routes=value("discard_via") != "milter").as_dict()
+    explained = inbound.explain(snapshot, inbound.Policy.from_section(value), raw, envelope,
+                                routes=value("discard_via") != "milter")
+    out = explained.as_dict()
+    if payload:
+        out["payloads"] = bodies(cfg, explained.spooled)
+    return out
+
+
+def bodies(cfg: configmod.Config, spooled: inbound.SpooledMessage | None) -> list[dict]:
+    """The request body each delivery of a dry-run message would post, rendered as the spooler
+    renders it (the rule's template, dialect or native format, the [spooler] size caps); the
+    body as text (UTF-8, undecodable bytes escaped)."""
+    if spooled is None:
+        return []
+    meta = spooled.record.to_meta()
+    templates = dbmod.Templates(cfg.rules_db)
+    out = []
+    try:
+        for routed in spooled.record.deliveries:
+            target = Target.from_record(routed.target)
+            entry = {"rule": target.name, "dialect": target.dialect, "format": target.format,
+                     "template": target.template}
+            try:
+                rendered = registry.inbound_request(
+                    target, delivery_id=f"{spooled.id}-{target.name}", meta=meta, raw=spooled.raw,
+                    now=time.time(), nonce="dry-run", templates_loader=templates.get,
+                    max_attachment_size=cfg.value("spooler", "max_attachment_size"),
+                    max_payload_size=cfg.value("spooler", "max_payload_size"))
+            except ValueError as exc:  # a template's error: what the spooler would record
+                entry["error"] = str(exc)
+            else:
+                entry.update(content_type=rendered.content_type,
+                             body=rendered.body.decode("utf-8", "backslashreplace"))
+            out.append(entry)
+    finally:
+        templates.close()
+    return out

@@ -33,7 +33,9 @@ class RuleView:
         rule = self.rule
         d = {
             "id": rule.id, "name": rule.name, "priority": rule.priority, "enabled": rule.enabled,
-            "discard": rule.discard, **targets.as_dict(rule.destination, self.template,
+            "discard": rule.discard, "continue": rule.continue_matching,
+            "include_raw": rule.include_raw, "reject_text": rule.reject_text,
+            **targets.as_dict(rule.destination, self.template,
                                                         template_source=template_source),
             "conditions": [
                 {"header": c.header, "pattern": c.pattern, "negate": c.negate} for c in rule.conditions
@@ -82,16 +84,20 @@ def get_or_fail(store: rulesdb.RulesStore, name: str) -> rules.Rule:
 @translated()
 def add(cfg: configmod.Config, *, name: str, destination: Destination, when=(), unless=(),
         priority: int | None = None, discard: bool = False, enabled: bool = True,
+        continue_matching: bool = False, include_raw: bool = False, reject_text: str | None = None,
         ed25519: bool = False, template: TemplateGiven | None = None,
         warn: Warn = no_warnings) -> Added:
-    """Add a rule; `template`: its body's jinja2 template (stored as version 1)."""
+    """Add a rule; `template`: its body's jinja2 template (stored as version 1);
+    `continue_matching`: the rules after it are offered its mail too (fan-out)."""
     targets.check_secrets(destination, what="rule")
     destination = Destination(**targets.with_url_credentials(
         dataclasses.asdict(destination), destination.dialect))
     new_template = targets.new_template(template, SIDE) if template is not None else None
     new = rules.Rule(name=name, destination=destination,
                      conditions=tuple(parse_conditions(when, unless)),
-                     priority=priority or 0, discard=discard, enabled=enabled)
+                     priority=priority or 0, discard=discard, enabled=enabled,
+                     continue_matching=continue_matching, include_raw=include_raw,
+                     reject_text=reject_text or None)
     rules.validate(new)  # before the database is created or opened for writing
     catalogue.check(destination, SIDE, template=new_template is not None)
     targets.check_egress(cfg, destination.url, warn)
@@ -123,18 +129,20 @@ def show(cfg: configmod.Config, name: str) -> RuleView:
 def edit(cfg: configmod.Config, name: str, *, destination: Mapping[str, object] | None = None,
          clear_auth: bool = False, when=(), unless=(), priority: int | None = None,
          new_name: str | None = None, discard: bool | None = None, enabled: bool | None = None,
-         template: TemplateGiven | None = None, no_template: bool = False,
-         warn: Warn = no_warnings) -> rules.Rule:
+         continue_matching: bool | None = None, include_raw: bool | None = None,
+         reject_text: str | None = None, template: TemplateGiven | None = None,
+         no_template: bool = False, warn: Warn = no_warnings) -> rules.Rule:
     """Change rule `name`; None keeps a value. `destination`: the destination's fields to
     change (Destination.edited). `when` replaces all conditions (with the `unless` ones given
     alongside); `unless` alone replaces only the negated conditions. `template`: stored as the
     next version of the rule's template; `no_template`: back to the dialect's body (stored
-    versions stay: mail accepted under one still renders with it)."""
+    versions stay: mail accepted under one still renders with it). `reject_text` '' removes
+    the rule's reject text."""
     dest_changes = {k: v for k, v in (destination or {}).items() if v is not None}
     targets.check_secrets(dest_changes, what="rule")
     if template is not None and no_template:
         raise Invalid("give either --template or --no-template")
-    given = [priority, new_name, discard, enabled, template]
+    given = [priority, new_name, discard, enabled, template, continue_matching, include_raw, reject_text]
     if all(v is None for v in given) and not dest_changes and not when and not unless \
             and not clear_auth and not no_template:
         raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
@@ -145,7 +153,10 @@ def edit(cfg: configmod.Config, name: str, *, destination: Mapping[str, object] 
             dest_changes, dest_changes.get("dialect", old.destination.dialect))
         changes = {key: value for key, value in (
             ("priority", priority), ("name", new_name), ("discard", discard),
-            ("enabled", enabled)) if value is not None}
+            ("enabled", enabled), ("continue_matching", continue_matching),
+            ("include_raw", include_raw)) if value is not None}
+        if reject_text is not None:
+            changes["reject_text"] = reject_text or None
         changes["destination"] = targets.edited(old.destination, dest_changes,
                                                 clear_auth=clear_auth, no_template=no_template)
         if when:

@@ -71,9 +71,11 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 # Columns of `rules` and `endpoints` that map one-to-one onto Rule and Endpoint fields, besides
 # those of their destination (`_destination_columns`); categories are comma-joined.
-_RULE_COLUMNS = ("name", "priority", "enabled", "discard")
+_RULE_COLUMNS = ("name", "priority", "enabled", "discard", "continue_matching", "include_raw",
+                 "reject_text")
 _ENDPOINT_COLUMNS = ("categories", "interval", "max_events", "version", "timezone", "enabled")
-_BOOL_COLUMNS = ("enabled", "discard", "allow_http")
+_BOOL_COLUMNS = ("enabled", "discard", "allow_http", "continue_matching", "include_raw")
+UNMATCHED = ("reject", "pass")  # what a permitted domain does with recipients no rule takes
 
 
 def _destination_columns(url_column: str) -> tuple[str, ...]:
@@ -264,6 +266,12 @@ def template_versions(conn: sqlite3.Connection, kind: str, owner_id: int) -> lis
     return [StoredTemplate(*row) for row in rows]
 
 
+def _check_unmatched(value: str) -> str:
+    if value not in UNMATCHED:
+        raise RuleError(f"unmatched must be one of {', '.join(UNMATCHED)}, not {value!r}")
+    return value
+
+
 def normalize_domain(name: str) -> str:
     """A permitted-domain name in the form recipients are compared against: lower-case ASCII
     (internationalized names become their IDNA 2008 A-label form, `headers.domain_a_label`), no
@@ -318,16 +326,20 @@ def _read_endpoints(conn: sqlite3.Connection) -> list[Endpoint]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the milter decides with: compiled rules, permitted domains, and the domains whose
-    denied mail is logged."""
+    """What the milter decides with: compiled rules, permitted domains, the domains whose
+    denied mail is logged, those that pass recipients no rule takes on to Postfix
+    (`unmatched = pass`), and the domains' custom reject texts."""
 
     ruleset: RuleSet
     domains: frozenset[str]
     log_denied: frozenset[str]
+    pass_unmatched: frozenset[str] = frozenset()
+    reject_texts: dict = dataclasses.field(default_factory=dict)  # domain -> text
 
 
-def empty_snapshot(regex_timeout: float = 0.05) -> Snapshot:
-    return Snapshot(RuleSet([], regex_timeout=regex_timeout), frozenset(), frozenset())
+def empty_snapshot(regex_timeout: float = 0.05, recipient_delimiter: str = "+") -> Snapshot:
+    return Snapshot(RuleSet([], regex_timeout=regex_timeout, recipient_delimiter=recipient_delimiter),
+                    frozenset(), frozenset())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +530,21 @@ def _schema_v6(db: sqlite_utils.Database) -> None:
         )""")
 
 
+def _schema_v7(db: sqlite_utils.Database) -> None:
+    """Routing: a rule may let the rules after it take a message too (`continue_matching`),
+    carry the raw message in its payload (`include_raw`) and have its own reject text; a
+    domain says what happens to recipients no rule takes (`unmatched`: reject, as every
+    existing domain keeps, or pass) and may have its own reject text."""
+    for table, columns in (
+            ("rules", (("continue_matching", "INTEGER NOT NULL DEFAULT 0"),
+                       ("include_raw", "INTEGER NOT NULL DEFAULT 0"), ("reject_text", "TEXT"))),
+            ("domains", (("unmatched", "TEXT NOT NULL DEFAULT 'reject'"), ("reject_text", "TEXT")))):
+        have = {c.name for c in db[table].columns}
+        for column, decl in columns:
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
 def _renormalized_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
     return normalize_address(f"{local}{at}{_u_labels(domain)}")
@@ -541,7 +568,7 @@ def _u_labels(domain: str) -> str:
 
 # The step that brings a database from the version before to each version (store.migrations).
 _MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
-               (6, _schema_v6))
+               (6, _schema_v6), (7, _schema_v7))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
@@ -567,30 +594,34 @@ def _read_rules(conn: sqlite3.Connection) -> list[Rule]:
 
 def _read_domains(conn: sqlite3.Connection) -> list[dict]:
     return [
-        {"name": name, "log_denied": bool(log_denied), "created": created}
-        for name, log_denied, created in conn.execute(
-            "SELECT name, log_denied, created FROM domains ORDER BY name"
+        {"name": name, "log_denied": bool(log_denied), "unmatched": unmatched,
+         "reject_text": reject_text, "created": created}
+        for name, log_denied, unmatched, reject_text, created in conn.execute(
+            "SELECT name, log_denied, unmatched, reject_text, created FROM domains ORDER BY name"
         )
     ]
 
 
-def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float) -> Snapshot:
+def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float,
+                   recipient_delimiter: str = "+") -> Snapshot:
     """One consistent read (a single read transaction) compiled into a Snapshot."""
     with transaction(conn, write=False):
         version = migrations.user_version(conn)
         if version == 0:
-            return empty_snapshot(regex_timeout)
+            return empty_snapshot(regex_timeout, recipient_delimiter)
         if version > SCHEMA_VERSION:
             raise RuleError(f"rules database schema version {version} is newer than this mxhook")
         rules = _read_rules(conn)
         domains = _read_domains(conn)
-    ruleset = RuleSet(rules, regex_timeout=regex_timeout)
+    ruleset = RuleSet(rules, regex_timeout=regex_timeout, recipient_delimiter=recipient_delimiter)
     for rule, reason in ruleset.broken:
         log.error("rule %s is skipped (matches nothing) until it is fixed: %s", rule.name, reason)
     return Snapshot(
         ruleset=ruleset,
         domains=frozenset(d["name"] for d in domains),
         log_denied=frozenset(d["name"] for d in domains if d["log_denied"]),
+        pass_unmatched=frozenset(d["name"] for d in domains if d["unmatched"] == "pass"),
+        reject_texts={d["name"]: d["reject_text"] for d in domains if d["reject_text"]},
     )
 
 
@@ -633,26 +664,39 @@ class RulesStore:
 
     # -- domains ------------------------------------------------------------------------------
 
-    def add_domain(self, name: str, log_denied: bool = True) -> dict:
+    def add_domain(self, name: str, log_denied: bool = True, unmatched: str = "reject",
+                   reject_text: str | None = None) -> dict:
         domain = normalize_domain(name)
+        _check_unmatched(unmatched)
+        reject_text = rules_mod.check_reject_text(reject_text)
         with transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
                 raise Exists(f"domain {domain} is already permitted")
             created = _now()
             self.conn.execute(
-                "INSERT INTO domains (name, log_denied, created) VALUES (?, ?, ?)",
-                (domain, int(bool(log_denied)), created),
+                "INSERT INTO domains (name, log_denied, unmatched, reject_text, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (domain, int(bool(log_denied)), unmatched, reject_text, created),
             )
-        return {"name": domain, "log_denied": bool(log_denied), "created": created}
+        return self.get_domain(domain)
 
-    def set_domain(self, name: str, log_denied: bool) -> dict:
+    def set_domain(self, name: str, *, log_denied: bool | None = None, unmatched: str | None = None,
+                   reject_text: str | None = None) -> dict:
+        """Change a domain's settings; None keeps a value, a reject text '' removes it."""
         domain = normalize_domain(name)
+        changes = {}
+        if log_denied is not None:
+            changes["log_denied"] = int(bool(log_denied))
+        if unmatched is not None:
+            changes["unmatched"] = _check_unmatched(unmatched)
+        if reject_text is not None:
+            changes["reject_text"] = rules_mod.check_reject_text(reject_text)
         with transaction(self.conn):
-            cur = self.conn.execute(
-                "UPDATE domains SET log_denied = ? WHERE name = ?", (int(bool(log_denied)), domain)
-            )
-            if cur.rowcount == 0:
+            if not self.conn.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone():
                 raise Missing(f"domain {domain} is not in the permitted domains")
+            if changes:
+                self.conn.execute(f"UPDATE domains SET {', '.join(f'{c} = ?' for c in changes)}"
+                                  " WHERE name = ?", [*changes.values(), domain])
         return self.get_domain(domain)
 
     def get_domain(self, name: str) -> dict | None:
@@ -670,7 +714,7 @@ class RulesStore:
                 raise Missing(f"domain {domain} is not in the permitted domains")
 
     def list_domains(self) -> list[dict]:
-        """[{name, log_denied, created}] sorted by name."""
+        """[{name, log_denied, unmatched, reject_text, created}] sorted by name."""
         return _read_domains(self.conn)
 
     # -- rules --------------------------------------------------------------------------------
@@ -1012,8 +1056,8 @@ class RulesStore:
 
     # -- snapshot -----------------------------------------------------------------------------
 
-    def snapshot(self, regex_timeout: float = 0.05) -> Snapshot:
-        return _load_snapshot(self.conn, regex_timeout)
+    def snapshot(self, regex_timeout: float = 0.05, recipient_delimiter: str = "+") -> Snapshot:
+        return _load_snapshot(self.conn, regex_timeout, recipient_delimiter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1031,17 +1075,19 @@ class SnapshotWatcher:
     reload keeps the previous snapshot, is logged, and is retried on the next poll.
     """
 
-    def __init__(self, path: str, interval: float = 1.0, regex_timeout: float = 0.05):
+    def __init__(self, path: str, interval: float = 1.0, regex_timeout: float = 0.05,
+                 recipient_delimiter: str = "+"):
         self.path = str(path)
         self.interval = interval
         self.regex_timeout = regex_timeout
+        self.recipient_delimiter = recipient_delimiter
         self.reloads = 0  # successful loads after the first, for tests and stats
         self._conn: sqlite3.Connection | None = None
         self._version: int | None = None
         self._last_error: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # check() may also be called directly (tests, SIGHUP)
-        self.current: Snapshot = empty_snapshot(regex_timeout)
+        self.current: Snapshot = empty_snapshot(regex_timeout, recipient_delimiter)
         if os.path.exists(self.path):
             try:
                 self._open()
@@ -1063,7 +1109,7 @@ class SnapshotWatcher:
         # data_version is read before the rules, so a commit that lands in between is seen
         # again on the next poll (a harmless extra reload) rather than missed.
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        snap = _load_snapshot(self._conn, self.regex_timeout)
+        snap = _load_snapshot(self._conn, self.regex_timeout, self.recipient_delimiter)
         self._version = version
         return snap
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+from mxhook.model.recipients import DEFAULT_RECIPIENT_DELIMITER, split_recipient
 from mxhook.model.events import iso_from_us, is_stored_time, us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
@@ -161,12 +162,13 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     first: dict[str, str] = {}
     for h in msg["headers"]:
         first.setdefault(h["name"].lower(), h["value"])
-    to, cc = _people(msg["to"]), _people(msg["cc"])
+    delimiters = delivery.message.recipient_delimiter
+    to, cc = _people(msg["to"], delimiters), _people(msg["cc"], delimiters)
     listed = {p["Email"].lower() for p in to + cc}
-    bcc = [_person("", r) for r in delivery.recipients if r.lower() not in listed]
+    bcc = [_person("", r, delimiters) for r in delivery.recipients if r.lower() not in listed]
     original = delivery.recipients[0] if delivery.recipients else ""
     sender = msg["from"][0] if msg["from"] else {"name": "", "address": ""}
-    from_full = _person(sender["name"], sender["address"])
+    from_full = _person(sender["name"], sender["address"], delimiters)
     attachments = [_attachment(a) for a in msg["attachments"]]
     body = {
         "FromName": from_full["Name"],
@@ -183,7 +185,7 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
         "Subject": msg["subject"] or "",
         "MessageID": delivery.id,
         "ReplyTo": ", ".join(a["address"] for a in msg["reply_to"]),
-        "MailboxHash": mailbox_hash(original),
+        "MailboxHash": mailbox_hash(original, delimiters),
         "Date": msg["date"] or "",
         "TextBody": msg["text"],
         "HtmlBody": msg["html"],
@@ -207,19 +209,19 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     return encodings.json(body)
 
 
-def mailbox_hash(address: str) -> str:
-    """What follows the first `+` of the local part ('in+ticket-42@x' -> 'ticket-42'), as
-    Postmark's inbound addresses carry it; '' without one."""
-    local = address.rpartition("@")[0] if "@" in address else address
-    return local.partition("+")[2]
+def mailbox_hash(address: str, delimiters: str = DEFAULT_RECIPIENT_DELIMITER) -> str:
+    """The address's tag ('in+ticket-42@x' -> 'ticket-42': envelope.split_recipient, with the
+    `[milter] recipient_delimiter` the message was accepted under), as Postmark's inbound
+    addresses carry it; '' without one."""
+    return split_recipient(address, delimiters)[1] or ""
 
 
-def _person(name: str, address: str) -> dict:
-    return {"Email": address, "Name": name or "", "MailboxHash": mailbox_hash(address)}
+def _person(name: str, address: str, delimiters: str) -> dict:
+    return {"Email": address, "Name": name or "", "MailboxHash": mailbox_hash(address, delimiters)}
 
 
-def _people(mailboxes: list[dict]) -> list[dict]:
-    return [_person(m["name"], m["address"]) for m in mailboxes]
+def _people(mailboxes: list[dict], delimiters: str) -> list[dict]:
+    return [_person(m["name"], m["address"], delimiters) for m in mailboxes]
 
 
 def _attachment(att: dict) -> dict:
