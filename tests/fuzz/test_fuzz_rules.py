@@ -181,9 +181,11 @@ def crowded_rule_sets(draw):
                          .map("".join))
     out = []
     for i in range(draw(st.integers(2, 10))):
-        conds = tuple(Condition(draw(st.sampled_from(["to", "subject"])), draw(patterns), draw(st.booleans()))
+        conds = tuple(Condition(draw(st.sampled_from(["to", "recipient", "subject"])), draw(patterns),
+                                draw(st.booleans()))
                       for _ in range(draw(st.integers(1, 2))))
-        out.append(Rule(f"r{i}", Destination("https://h.example/"), conds, priority=i, id=i + 1))
+        out.append(Rule(f"r{i}", Destination("https://h.example/"), conds, priority=i, id=i + 1,
+                        continue_matching=draw(st.booleans())))
     return out
 
 
@@ -199,6 +201,7 @@ def test_prefilters_never_change_the_first_match(rule_list, subjects, rcpt):
     slow = rs.match(rcpt, hdrs, explain=True)
     assume(not fast.timeouts and not slow.timeouts)
     assert fast.rule is slow.rule
+    assert list(map(id, fast.taken)) == list(map(id, slow.taken))  # fan-out: the same rules
 
 
 @scaled(300)
@@ -213,3 +216,4 @@ def test_two_step_match_picks_the_rule_match_picks(rule_list, subjects, rcpt):
     slow = rs.match(rcpt, hdrs, explain=True)
     assume(not two_step.timeouts and not slow.timeouts)
     assert two_step.rule is slow.rule
+    assert list(map(id, two_step.taken)) == list(map(id, slow.taken))  # fan-out: the same rules

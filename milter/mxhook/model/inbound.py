@@ -5,13 +5,15 @@ run of `mxhook rule test` (`explain`) feed it the envelope, the header fields an
 and it answers each stage with an outcome the caller performs:
 
   RCPT     `rcpt()`: 250, 550 5.7.1 (the recipient's domain is not enabled, or no rule can match
-           its envelope), or 452 4.5.3 (its outcome may differ from the transaction's: the
+           its envelope; the domain's reject text if it has one), or 452 4.5.3 (its outcome may differ from the transaction's: the
            client sends it again alone); decision.RcptStage.
   EOH      `end_of_headers()`: heuristics, then the header conditions of each recipient's
            candidate rules (decision.decide); null-sender recipients no rule takes are refused
            unless the message is a bounce report. Nobody accepted → 550 5.7.1 for the whole
            message; some refused beside accepted ones (only past the cap on refusals) → Postfix
-           bounces them. Only pass-through recipients → accepted without reading the body.
+           bounces them. In a domain with `unmatched = pass` nobody is refused: recipients
+           no rule takes are left to Postfix. Only pass-through recipients → accepted without
+           reading the body.
   EOM      `end_of_message()`: the message record and the bounce report's events to spool, the
            recipients to delete (`--discard` rules, consumed bounce reports) and to replace by
            their reject stand-ins, and whether a message left without recipients goes to
