@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # gcc and libc6-dev build the fault tests' LD_PRELOAD shim (tests/fault/eio_preload.c).
 APT_PACKAGES := postfix python3-milter python3-requests python3-idna python3-jinja2 sqlite-utils \
-	python3-click python3-regex python3-cryptography python3-venv python3-pip swaks gcc libc6-dev
+	python3-click python3-regex python3-cryptography python3-flask python3-waitress python3-venv \
+	python3-pip swaks gcc libc6-dev
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
