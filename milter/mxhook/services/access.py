@@ -81,12 +81,17 @@ def list_tokens(cfg: configmod.Config) -> list[dict]:
 
 
 def remove_token(cfg: configmod.Config, name: str) -> None:
+    _change(cfg, "token.remove", name, lambda store: store.remove_token(name))
+
+
+def _change(cfg: configmod.Config, action: str, name: str, change) -> None:
+    """`change(store)` on a token or user that must exist, recorded in the audit log."""
     with access_store(cfg) as store:
         try:
-            store.remove_token(name)
+            change(store)
         except accessdb.Missing as exc:
             raise NotFound(str(exc)) from None
-        store.add_audit("cli", "token.remove", name, None, None)
+        store.add_audit("cli", action, name, None, None)
 
 
 def authenticate_token(cfg: configmod.Config, token: str) -> dict | None:
@@ -153,21 +158,11 @@ def list_users(cfg: configmod.Config) -> list[dict]:
 
 def set_password(cfg: configmod.Config, name: str, password: str) -> None:
     stored = hash_password(_password(password))
-    with access_store(cfg) as store:
-        try:
-            store.set_password(name, stored)
-        except accessdb.Missing as exc:
-            raise NotFound(str(exc)) from None
-        store.add_audit("cli", "user.passwd", name, None, None)
+    _change(cfg, "user.passwd", name, lambda store: store.set_password(name, stored))
 
 
 def remove_user(cfg: configmod.Config, name: str) -> None:
-    with access_store(cfg) as store:
-        try:
-            store.remove_user(name)
-        except accessdb.Missing as exc:
-            raise NotFound(str(exc)) from None
-        store.add_audit("cli", "user.remove", name, None, None)
+    _change(cfg, "user.remove", name, lambda store: store.remove_user(name))
 
 
 def authenticate_user(cfg: configmod.Config, name: str, password: str) -> bool:

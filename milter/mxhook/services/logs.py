@@ -94,36 +94,32 @@ def decode_cursor(cursor: str | None, types: tuple) -> tuple | None:
     raise Invalid("the cursor is not one this API gave (use next_cursor as returned)", "bad_cursor")
 
 
-def _page_args(known, status, limit) -> None:
+def _page(cfg: configmod.Config, reader, known: tuple, key_types: tuple, status, limit: int,
+          cursor, filters: dict) -> dict:
     if status is not None and status not in known:
         raise Invalid(f"no status {status!r} (known: {', '.join(known)})")
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid(f"limit must be 1..{MAX_PAGE}")
+    after = decode_cursor(cursor, key_types)
+    with state_store(cfg) as store:
+        rows, key = reader(store, status=status, after=after, limit=limit, **filters)
+    return {"items": rows, "next_cursor": encode_cursor(key)}
 
 
 def inbound_page(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
                  until: str | None = None, rule: str | None = None, recipient: str | None = None,
                  cursor: str | None = None, limit: int = 100) -> dict:
     """{items: rows as `inbound` gives them, next_cursor: the cursor of the next page or None}."""
-    _page_args(LOG_STATUSES, status, limit)
-    after = decode_cursor(cursor, (str, str))
-    with state_store(cfg) as store:
-        rows, key = state_logs.inbound_page(store, status=status, since=since, until=until, rule=rule,
-                                            recipient=recipient, after=after, limit=limit)
-    return {"items": rows, "next_cursor": encode_cursor(key)}
+    return _page(cfg, state_logs.inbound_page, LOG_STATUSES, (str, str), status, limit, cursor,
+                 {"since": since, "until": until, "rule": rule, "recipient": recipient})
 
 
 def events_page(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
                 until: str | None = None, endpoint: int | None = None, recipient: str | None = None,
                 cursor: str | None = None, limit: int = 100) -> dict:
     """{items: rows as `events` gives them, next_cursor}."""
-    _page_args(DELIVERY_STATUSES, status, limit)
-    after = decode_cursor(cursor, (str, int))
-    with state_store(cfg) as store:
-        rows, key = state_logs.event_page(store, status=status, since=since, until=until,
-                                          endpoint=endpoint, recipient=recipient, after=after,
-                                          limit=limit)
-    return {"items": rows, "next_cursor": encode_cursor(key)}
+    return _page(cfg, state_logs.event_page, DELIVERY_STATUSES, (str, int), status, limit, cursor,
+                 {"since": since, "until": until, "endpoint": endpoint, "recipient": recipient})
 
 
 def csv_chunks(cfg: configmod.Config, log: str, **filters) -> Iterator[str]:
