@@ -33,6 +33,7 @@ def filled(stack):
     endpoint 1 (through the store layer, as the spooler writes them)."""
     rule = stack("POST", "/v1/rules", json_body={"name": "hook", "url": "https://127.0.0.1:9/h",
                                                  "when": ["To~@ours"]}).json()
+    endpoint = stack("POST", "/v1/endpoints", json_body={"url": "https://127.0.0.1:9/e"}).json()
     target = {"id": rule["id"], "name": "hook", "endpoint": "https://127.0.0.1:9/h", "format": "json"}
     rid = spool.new_id()
     inbound = spool.Record(id=rid, kind="inbound", payload=b"Subject: s\r\n\r\nbody\r\n", meta={
@@ -46,11 +47,17 @@ def filled(stack):
         "custom_headers": {}}) for i in range(50)]
     with StateStore(stack.cfg.state_db) as st:
         ingest.records(st, [denied(i) for i in range(ROWS)] + [inbound])
-        ingest.records(st, events, endpoints=[Endpoint(Destination("https://127.0.0.1:9/e"), id=1)])
+        ingest.records(st, events, endpoints=[Endpoint(Destination("https://127.0.0.1:9/e"),
+                                                       id=endpoint["id"])])
         did = ingest.delivery_id(rid, "hook")
-        st.record_attempts([AttemptRecord(did, iso(BASE + ROWS + 1), "failed", "failed",
-                                          status_code=404, error="HTTP 404", next_attempt_at=None)])
-    return {"delivery": did, "events": [r.id for r in events]}
+        batch = st.create_batch(endpoint["id"], 1)  # the oldest event, ev0000
+        st.record_attempts([
+            AttemptRecord(did, iso(BASE + ROWS + 1), "failed", "failed", status_code=404,
+                          error="HTTP 404", next_attempt_at=None),
+            AttemptRecord(batch.id, iso(BASE + ROWS + 1), "failed", "failed", status_code=500,
+                          error="HTTP 500", next_attempt_at=None)])
+    return {"delivery": did, "events": [r.id for r in events], "batch": batch.id,
+            "endpoint": endpoint["id"]}
 
 
 def walk(stack, path: str, limit: int) -> tuple[list[dict], int]:
@@ -125,6 +132,11 @@ def test_event_log_pages_filters_and_detail(stack, filled):
     assert walk(stack, "/v1/logs/events?endpoint=2", 100)[0] == []
     d = stack("GET", "/v1/logs/events/ev0001").json()
     assert d["event"]["type"] == "bounced" and [e["endpointId"] for e in d["deliveries"]] == [1]
+    sent = stack("GET", "/v1/logs/events/ev0000").json()["deliveries"][0]
+    assert sent["batchId"] == filled["batch"] and sent["status"] == "failed"
+    assert [(a["outcome"], a["status_code"]) for a in sent["attempts"]] == [("failed", 500)]
+    failed, _ = walk(stack, "/v1/logs/events?status=failed", 10)
+    assert [r["id"] for r in failed] == ["ev0000"]
     assert stack("GET", "/v1/logs/events/nope").code == "not_found"
 
 
@@ -139,6 +151,9 @@ def test_replay_one_delivery_one_event_and_a_range(stack, filled):
     assert stack("POST", "/v1/replay", json_body={}).code == "invalid"
     not_sent = stack("POST", "/v1/logs/events/ev0001/replay", json_body={})
     assert not_sent.status == 400 and not_sent.code == "not_sent_yet"
+    event = stack("POST", "/v1/logs/events/ev0000/replay", json_body={}).json()
+    assert [(r["id"], r["kind"]) for r in event["replayed"]] == [(filled["batch"], "batch")]
+    assert stack("GET", "/v1/logs/events/ev0000").json()["deliveries"][0]["status"] == "queued"
     entries = stack.cli.json("audit", "--limit", "1000")
     assert any(e["action"] == "log.inbound.replay" and e["target"] == did for e in entries)
     assert any(e["action"] == "replay" and e["target"] == "hook" for e in entries)
