@@ -31,7 +31,9 @@ def test_enable_get_disable_as_the_seed_shows(stack):
     eps2 = [e for e in stack("GET", "/v1/endpoints").json()["items"] if e["dialect"] == "msndr"]
     assert [e["id"] for e in eps2] == [eps[0]["id"]]
 
-    disabled = msndr(stack, "DELETE", b'{\n"url":"https://example.com/other"\n}')
+    # with another Content-Type (urllib's default form type): the body is read as JSON anyway
+    disabled = stack.client.request("DELETE", "/v1/email/webhook", token=stack.tokens["admin"],
+                                    data=b'{\n"url":"https://example.com/other"\n}')
     assert disabled.status == 200 and disabled.json() == {"url": "https://example.com/other"}
     assert msndr(stack, "GET").status == 404
     assert not [e for e in stack("GET", "/v1/endpoints").json()["items"] if e["dialect"] == "msndr"]
@@ -45,6 +47,7 @@ def test_refusals(stack):
     assert stack.client.request("GET", "/v1/email/webhook").code == "unauthorized"
     assert msndr(stack, "POST", SEED_BODY, token="reader").code == "read_only_token"
     assert msndr(stack, "POST", b'{}').code == "missing_field"
+    assert msndr(stack, "POST", b'["https://example.com/x"]').code == "bad_json"
     assert msndr(stack, "POST", b'{"url": 5}').code == "invalid_field"
     bad = msndr(stack, "POST", b'{"url": "http://example.com/plain"}')
     assert bad.status == 400 and "http" in bad.json()["error"]["message"]
