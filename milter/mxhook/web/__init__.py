@@ -8,7 +8,10 @@ the application with waitress.
 """
 from __future__ import annotations
 
-from flask import Flask
+import logging
+import re
+
+from flask import Flask, g, request
 
 from mxhook import config as configmod
 from mxhook.web import api, auth, errors
@@ -24,4 +27,17 @@ def create_app(cfg: configmod.Config) -> Flask:
     errors.register(app)
     auth.register(app)
     app.register_blueprint(api.blueprint)
+
+    @app.after_request
+    def access_log(response):
+        # the path without its query (which may name addresses), who asked, and the answer;
+        # control characters (a %0a in the path) cannot forge a log line
+        log.info("%s %s %s %s", getattr(g, "actor", "-"), request.method,
+                 _CONTROL.sub("?", request.path), response.status_code)
+        return response
+
     return app
+
+
+log = logging.getLogger("mxhook-web")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
