@@ -113,6 +113,40 @@ def test_block_list_add_search_delete_cancel(stack):
         assert audit_has(stack, action, address), action
 
 
+MESSAGE = ("From: Alice <alice@sender.example>\r\nTo: invoices@ours.example\r\n"
+           "Subject: invoice 42\r\n\r\nbody\r\n")
+
+
+def test_rule_test_is_a_dry_run_a_read_only_token_may_do(stack):
+    stack("POST", "/v1/domains", json_body={"name": "ours.example"})
+    stack("POST", "/v1/rules", json_body={"name": "inv", "url": "https://127.0.0.1:9/i",
+                                          "when": ["To~^invoices@"]})
+    before = stack.cli.json("audit")
+    reply = stack("POST", "/v1/rules/test", token="reader", json_body={
+        "message": MESSAGE, "rcpt": ["invoices@ours.example"], "mail_from": "alice@sender.example"})
+    assert reply.status == 200, reply.text
+    assert reply.json() == json.loads(stack.cli(
+        "rule", "test", "-", "--rcpt", "invoices@ours.example", "--mail-from",
+        "alice@sender.example", "--json", input=MESSAGE).stdout)
+    assert stack.cli.json("audit") == before
+    assert stack("POST", "/v1/rules/test", json_body={"message": MESSAGE}).code == "missing_field"
+    assert stack("GET", "/v1/rules/inv").status == 200
+    stack("DELETE", "/v1/rules/inv")
+
+
+def test_endpoint_test_posts_a_sample(stack):
+    ep = stack("POST", "/v1/endpoints", json_body={"url": "https://127.0.0.1:9/t"}).json()
+    assert stack("POST", f"/v1/endpoints/{ep['id']}/test", token="reader",
+                 json_body={}).code == "read_only_token"
+    reply = stack("POST", f"/v1/endpoints/{ep['id']}/test", json_body={"type": "bounced"})
+    assert reply.status == 200, reply.text
+    sent = reply.json()
+    assert sent["status"] in ("deferred", "failed") and sent["status_code"] is None and sent["error"]
+    assert sent["webhook_id"].startswith("evb_test_")
+    assert stack("POST", f"/v1/endpoints/{ep['id']}/test", json_body={"type": "nope"}).code == "invalid"
+    stack("DELETE", f"/v1/endpoints/{ep['id']}")
+
+
 def test_status_and_dialects(stack):
     status = stack("GET", "/v1/status").json()
     assert {"spool", "pending", "last_hour", "rules", "endpoints", "problems"} <= set(status)

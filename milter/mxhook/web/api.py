@@ -5,18 +5,20 @@ also describes it for the OpenAPI document (`ROUTES`, web/openapi.py)."""
 from __future__ import annotations
 
 import functools
+import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from mxhook.model.targets import AUTH_FIELDS, destination
-from mxhook.services import blocks, domains, endpoints, logs, msndr, replay, rules, status, targets
+from mxhook.services import (blocks, domains, endpoints, explain, logs, msndr, replay, rules,
+                             status, targets)
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.services.targets import TemplateGiven
 from mxhook.services.times import parse_time
 from mxhook.web import openapi
-from mxhook.web.auth import audit, cfg
+from mxhook.web.auth import audit, cfg, refuse_read_only
 from mxhook.web.errors import ApiError
 from mxhook.web.present import redacted
 
@@ -33,11 +35,12 @@ class Route:
     body: dict | None = None  # field -> (type, description) of a JSON body
     status: int = 200
     content: str = "application/json"
-    tags: tuple = field(default=())
+    changes: bool | None = None  # None: every method but GET changes something
 
     @property
     def write(self) -> bool:
-        return self.method not in ("GET", "HEAD")
+        """Whether the route changes something: refused to read-only tokens, audited."""
+        return self.method != "GET" if self.changes is None else self.changes
 
 
 ROUTES: list[Route] = []
@@ -52,6 +55,8 @@ def route(method: str, path: str, name: str, summary: str, **kw):
     def deco(view):
         @functools.wraps(view)
         def wrapped(**kwargs):
+            if spec.write:
+                refuse_read_only()
             g.audit_target, g.audit_detail = None, None
             result = view(**kwargs)
             if spec.write:
@@ -305,6 +310,20 @@ def rule_edit(name):
     return json_response(rules.show(cfg(), new.name).as_dict(), 200, found)
 
 
+@route("POST", "/rules/test", "rule.test", "Dry run: what the milter would answer for a message "
+       "and its recipients, and why (`mxhook rule test`); changes nothing.",
+       body={"message": (STR, "The message as RFC 5322 text (header fields, empty line, body)."),
+             "rcpt": (STRS, "Envelope recipients, in RCPT order."),
+             "mail_from": (STR, "Envelope sender.")}, changes=False)
+def rule_test():
+    data = body_of(spec_of("rule.test"), required=("message", "rcpt"))
+    try:  # \udc80-\udcff in the JSON text stand for the bytes 0x80-0xff that are not UTF-8
+        message = io.BytesIO(data["message"].encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid_field", "message holds a lone surrogate") from None
+    return json_response(explain.explain_message(cfg(), message, data["rcpt"], data.get("mail_from")))
+
+
 @route("DELETE", "/rules/<name>", "rule.remove", "Remove a rule.")
 def rule_remove(name):
     rules.remove(cfg(), name)
@@ -373,6 +392,20 @@ def endpoint_edit(endpoint_id):
 def endpoint_remove(endpoint_id):
     ep = endpoints.remove(cfg(), endpoint_id)
     return json_response({"deleted": ep.id, "url": ep.destination.url})
+
+
+@route("POST", "/endpoints/<int:endpoint_id>/test", "endpoint.test",
+       "Post one sample event to the endpoint now and answer its reply (`mxhook endpoint test`).",
+       body={"type": (STR, "The sample event's type (default bounced).")})
+def endpoint_test(endpoint_id):
+    data = body_of(spec_of("endpoint.test"))
+    sent = endpoints.send_test(cfg(), endpoint_id, data.get("type", "bounced"))
+    outcome = sent.outcome
+    g.audit_detail = {"type": data.get("type", "bounced"), "outcome": outcome.status}
+    return json_response({"endpoint": endpoint_id, "url": sent.endpoint.destination.url,
+                          "webhook_id": sent.batch_id, "status": outcome.status,
+                          "status_code": outcome.status_code, "duration_ms": outcome.duration_ms,
+                          "error": outcome.error, "reply": outcome.response_excerpt})
 
 
 # -- block list -----------------------------------------------------------------------------

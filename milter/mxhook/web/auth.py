@@ -1,6 +1,7 @@
 """Who is asking: every request under /v1 needs `Authorization: Bearer TOKEN` (an API token,
-`mxhook token add`); a read-only token is refused on anything but GET. The actor is kept in
-`flask.g` for the audit log (`audit`)."""
+`mxhook token add`). The actor and whether the token is read-only are kept in `flask.g`: the
+route refuses a read-only token on a change (`refuse_read_only`, web/api.py `route`), and the
+audit log names the actor (`audit`)."""
 from __future__ import annotations
 
 from flask import Flask, current_app, g, request
@@ -8,7 +9,6 @@ from flask import Flask, current_app, g, request
 from mxhook.services import access
 from mxhook.web.errors import ApiError
 
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_PREFIX = "/v1"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mxhook"'}
 
@@ -35,9 +35,14 @@ def require_token() -> None:
         raise ApiError(401, "invalid_token", "the API token is not valid (unknown or removed)",
                        {"WWW-Authenticate": 'Bearer realm="mxhook", error="invalid_token"'})
     g.actor = f"token:{found['name']}"
-    if found["read_only"] and request.method not in READ_METHODS:
+    g.read_only = found["read_only"]
+
+
+def refuse_read_only() -> None:
+    """For a route that changes something."""
+    if g.get("read_only", True):
         raise ApiError(403, "read_only_token",
-                       f"token {found['name']} is read-only: it cannot change anything")
+                       f"{g.get('actor', 'this caller')} is read-only: it cannot change anything")
 
 
 def register(app: Flask) -> None:
