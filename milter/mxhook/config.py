@@ -119,6 +119,14 @@ def parse_delimiters(text: str) -> str:
     return text
 
 
+def parse_listen(text: str) -> str:
+    """'127.0.0.1:8025' or '[::1]:8025' (a host and a port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("use HOST:PORT, e.g. 127.0.0.1:8025 or [::1]:8025")
+    return text
+
+
 def parse_group(text: str) -> str:
     """A group name that exists here, or empty."""
     if text:
@@ -160,6 +168,7 @@ SOCKET = Type("milter socket", parse_socket)
 NAMESERVERS = Type("address list", parse_nameservers)
 DELIMITERS = Type("characters", parse_delimiters)
 GROUP = Type("group", parse_group)
+LISTEN = Type("host:port", parse_listen)
 
 
 def choice(*options: str) -> Type:
@@ -386,6 +395,22 @@ SCHEMA: tuple[Key, ...] = (
          "are deleted in the background, but never one still waiting to be posted; keep it above "
          "Postfix's maximal_queue_lifetime (5 days), as later events are matched to their queued "
          "one; 0 keeps them forever.", RETENTION),
+        ("log", LOG, "syslog", AS_FOR_THE_MILTER),
+        ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
+    ),
+    *_section(
+        "web",
+        ("listen", LISTEN, "127.0.0.1:8025",
+         "where mxhook-web (the HTTP API) listens; TLS and any other address go through a "
+         "reverse proxy (docs/api.md)."),
+        ("access_db", PATH, "/var/lib/mxhook/access.db",
+         "API tokens, console users and the audit log (written by mxhook token/user and "
+         "mxhook-web)."),
+        ("threads", INT, "4", "requests mxhook-web serves at once.", AT_LEAST_1),
+        ("trusted_proxy", TEXT, "",
+         "address of the reverse proxy whose X-Forwarded-For and X-Forwarded-Proto are "
+         "believed (empty: none)."),
+        ("max_request_size", SIZE, "1M", "larger request bodies are refused (413)."),
         ("log", LOG, "syslog", AS_FOR_THE_MILTER),
         ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
     ),

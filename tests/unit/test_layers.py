@@ -73,7 +73,7 @@ def _is_pure(module: str) -> bool:
 
 def test_the_tree_has_the_layers():
     for package in ("mxhook.model", "mxhook.payloads", "mxhook.store", "mxhook.delivery",
-                    "mxhook.daemons", "mxhook.postfix", "mxhook.services", "mxhook.cli"):
+                    "mxhook.daemons", "mxhook.postfix", "mxhook.services", "mxhook.web", "mxhook.cli"):
         assert package in MODULES, package
 
 
@@ -169,11 +169,22 @@ def test_mailauth_does_only_dns(module):
     assert not problems, f"{module} must do no I/O but DNS:\n" + "\n".join(problems)
 
 
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _in(m, "mxhook.web")))
+def test_web_views_call_services_only(module):
+    """The HTTP front-end holds no logic of its own: no database, no store, no delivery; what
+    it does, it asks the services."""
+    problems = [f"line {line}: imports {target}" for target, line in _imports(module)
+                if target.split(".")[0] in ("sqlite3", "sqlite_utils")
+                or any(_in(target, p) for p in ("mxhook.store", "mxhook.delivery", "mxhook.spool"))]
+    assert not problems, f"{module} must go through mxhook.services:\n" + "\n".join(problems)
+
+
 # The layers from the bottom up (docs/ARCHITECTURE.md): a module imports only from its own
 # layer and those below it. The store only stores: how data is presented (payloads), sent
 # (delivery), run (daemons) or asked for (cli) is decided above it and handed in.
 ORDER = ("mxhook.config", "mxhook.model", "mxhook.mailauth", "mxhook.postfix", "mxhook.spool",
-         "mxhook.store", "mxhook.payloads", "mxhook.delivery", "mxhook.services", "mxhook.daemons",
+         "mxhook.store", "mxhook.payloads", "mxhook.delivery", "mxhook.services", "mxhook.web",
+         "mxhook.daemons",
          "mxhook.cli")
 # Known exceptions, each with its reason.
 UPWARD = {

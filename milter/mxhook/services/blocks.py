@@ -39,28 +39,33 @@ def search(cfg: configmod.Config, address: str) -> dict:
 
 
 @translated()
-def add(cfg: configmod.Config, address: str, *, reason: str | None = None) -> Change:
+def add(cfg: configmod.Config, address: str, *, reason: str | None = None,
+        source: str = "cli") -> Change:
+    """`source`: who asks (events.SOURCES: cli, api), kept on the entry and the event."""
     addr = rulesdb.normalize_block_address(address)
     _check_spool(cfg)
     with rules_store(cfg, create=True) as store:
-        if not store.block_add(addr, reason=reason, source="cli"):
+        if not store.block_add(addr, reason=reason, source=source):
             raise Conflict(f"{addr} is already on the block list")
     try:
-        return Change(addr, _spool_event(cfg, "registered", addr, reason))
+        return Change(addr, _spool_event(cfg, "registered", addr, reason, source))
     except OSError as exc:
         raise Failed(f"{addr} was added to the block list, but its registered "
                      f"event could not be spooled: {exc}", "event_not_spooled") from None
 
 
 @translated()
-def remove(cfg: configmod.Config, address: str) -> Change:
+def remove(cfg: configmod.Config, address: str, *, reason: str = "removed by the admin",
+           source: str = "cli") -> Change:
+    """Seed 000's delete and cancel alike: the entry goes, and a `deleted` event with
+    `reason` says why."""
     addr = rulesdb.normalize_block_address(address)
     _check_spool(cfg)
     with rules_store(cfg) as store:
         if not store.block_remove(addr):
             raise NotFound(f"{addr} is not on the block list")
     try:
-        return Change(addr, _spool_event(cfg, "deleted", addr, "removed by the admin"))
+        return Change(addr, _spool_event(cfg, "deleted", addr, reason, source))
     except OSError as exc:
         raise Failed(f"{addr} was removed from the block list, but its deleted "
                      f"event could not be spooled: {exc}", "event_not_spooled") from None
@@ -75,11 +80,12 @@ def _check_spool(cfg: configmod.Config) -> None:
                           "spool_missing")
 
 
-def _spool_event(cfg: configmod.Config, event_type: str, address: str, reason: str | None) -> str:
+def _spool_event(cfg: configmod.Config, event_type: str, address: str, reason: str | None,
+                 source: str) -> str:
     """Write the event to the spool; returns its id. Run as root, the file is written with the
     owner of the spool directory (the spooler must be able to read it)."""
     event = eventsmod.Event(type=event_type, at=eventsmod.now_iso(), id=spool.new_id(),
-                            source="cli", recipient=address, reason=reason)
+                            source=source, recipient=address, reason=reason)
     record = spool.event_record(event)
     spool_dir = cfg.spool_dir
     _as_owner(os.path.join(spool_dir, "new"), lambda: spool.write(spool_dir, record, durable=True))

@@ -72,12 +72,21 @@ def _line(cells: Iterable[str]) -> str:
     return ",".join(fields) + "\n"
 
 
+def header_line(columns: list[str]) -> str:
+    return _line(columns)
+
+
+def row_line(row: dict, columns: list[str]) -> str:
+    """One row's line: cells in `columns` order, missing keys empty."""
+    return _line(safe_cell(row.get(col)) for col in columns)
+
+
 def write_csv(rows: Iterable[dict], columns: list[str], out: TextIO) -> int:
-    """Write the header row and one line per row (cells in `columns` order, missing keys
-    empty); returns the number of rows written (without the header)."""
-    out.write(_line(columns))
+    """Write the header row and one line per row; returns the number of rows written
+    (without the header)."""
+    out.write(header_line(columns))
     count = 0
     for row in rows:
-        out.write(_line(safe_cell(row.get(col)) for col in columns))
+        out.write(row_line(row, columns))
         count += 1
     return count

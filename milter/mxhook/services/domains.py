@@ -4,7 +4,7 @@ pass them on to Postfix's own delivery) and the text of the 5xx refusing them.""
 from __future__ import annotations
 
 from mxhook import config as configmod
-from mxhook.services.errors import Invalid, translated
+from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
 from mxhook.store import rulesdb
 
@@ -23,6 +23,16 @@ def add(cfg: configmod.Config, name: str, *, log_denied: bool = True, unmatched:
 def list_all(cfg: configmod.Config) -> list[dict]:
     with rules_store(cfg) as store:
         return store.list_domains()
+
+
+@translated()
+def get(cfg: configmod.Config, name: str) -> dict:
+    """One permitted domain, given in any form (U-label or A-label, any case)."""
+    domain = rulesdb.normalize_domain(name)
+    found = next((d for d in list_all(cfg) if d["name"] == domain), None)
+    if found is None:
+        raise NotFound(f"{domain} is not a permitted domain")
+    return found
 
 
 @translated()

@@ -17,6 +17,7 @@ from mxhook import config as configmod
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store, state_store
 from mxhook.services.times import parse_time
+from mxhook.store import logs as state_logs
 from mxhook.store import replay as state_replay
 from mxhook.store import statedb
 
@@ -180,3 +181,19 @@ def _requeue(st: statedb.StateStore, todo: list, progress: Progress) -> list[str
         done += state_replay.requeue(st, ids[start:start + REQUEUE_CHUNK], targets=targets)
         progress(min(start + REQUEUE_CHUNK, len(ids)), len(ids))
     return done
+
+
+def replay_event(cfg: configmod.Config, event_id: str, *, force: bool = False,
+                 dry_run: bool = False) -> Replay:
+    """The event batches that carried event `event_id` (one per endpoint that took it), as
+    `replay` replays them: the failed ones go back in the queue (with the other events of
+    their batch: a batch is one webhook-id)."""
+    with state_store(cfg) as st:
+        detail = state_logs.event_detail(st, event_id)
+    if detail is None:
+        raise NotFound(f"no event with id {event_id!r}")
+    batch_ids = [d["batchId"] for d in detail["deliveries"] if d["batchId"]]
+    if not batch_ids:
+        raise Invalid(f"event {event_id} is in no batch yet (nothing was sent to replay)",
+                      "not_sent_yet")
+    return replay(cfg, ids=batch_ids, force=force, dry_run=dry_run)

@@ -43,9 +43,11 @@ def time_window(where: list[str], params: list, col: str, since, until) -> None:
 
 
 def _log_query(select: str, status: str | None, statuses: tuple[str, ...], status_expr: str,
-               time_col: str, since, until, order: str, limit: int | None) -> tuple[str, list]:
-    """A log listing: `select` filtered by status and a [since, until) time window, ordered,
-    limited. Times are ISO 8601 text, datetimes or epoch seconds (naive = UTC)."""
+               time_col: str, since, until, order: str, limit: int | None,
+               filters: tuple[tuple[str, tuple], ...] = ()) -> tuple[str, list]:
+    """A log listing: `select` filtered by status, a [since, until) time window and `filters`
+    ((SQL condition, its parameters) each), ordered, limited. Times are ISO 8601 text,
+    datetimes or epoch seconds (naive = UTC)."""
     where, params = [], []
     if status is not None:
         if status not in statuses:
@@ -53,11 +55,23 @@ def _log_query(select: str, status: str | None, statuses: tuple[str, ...], statu
         where.append(f"{status_expr} = ?")
         params.append(status)
     time_window(where, params, time_col, since, until)
+    for condition, values in filters:
+        where.append(condition)
+        params.extend(values)
     sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(int(limit))
     return sql, params
+
+
+def _page(rows: list, limit: int, key) -> tuple[list, tuple | None]:
+    """`rows` fetched with limit + 1: the page, and the key to continue after it (None: it
+    was the last page)."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, key(rows[-1])
 
 
 # inbound ------------------------------------------------------------------------------------
@@ -78,6 +92,26 @@ def inbound_log(store: StateStore, status: str | None = None, since=None, until=
     sql, params = _log_query(_LOG_SELECT, status, LOG_STATUSES, "status", "received",
                              since, until, "received DESC, id DESC", limit)
     return [_log_row(row) for row in store.conn.execute(sql, params)]
+
+
+def inbound_page(store: StateStore, *, status: str | None = None, since=None, until=None,
+                 rule: str | None = None, recipient: str | None = None,
+                 after: tuple[str, str] | None = None, limit: int = 100) -> tuple[list[dict], tuple | None]:
+    """One page of inbound_log's order (newest first): rows after the key `after` (None: from
+    the newest), filtered as inbound_log and by `rule` (the filter name: a rule's, or the
+    heuristic that denied) and `recipient` (text in an envelope recipient, any case); returns
+    (rows, the key of the next page or None)."""
+    filters = []
+    if rule is not None:
+        filters.append(("filter_name = ?", (rule,)))
+    if recipient is not None:
+        filters.append(("instr(lower(rcpt_to), lower(?)) > 0", (recipient,)))
+    if after is not None:
+        filters.append(("(received, id) < (?, ?)", tuple(after)))
+    sql, params = _log_query(_LOG_SELECT, status, LOG_STATUSES, "status", "received",
+                             since, until, "received DESC, id DESC", limit + 1, tuple(filters))
+    rows, key = _page(store.conn.execute(sql, params).fetchall(), limit, lambda r: (r[1], r[0]))
+    return [_log_row(row) for row in rows], key
 
 
 def inbound_detail(store: StateStore, id: str) -> dict | None:  # noqa: A002 - the API's name
@@ -148,7 +182,7 @@ def counts(store: StateStore) -> dict:
 # events ---------------------------------------------------------------------------------------
 _EVENT_LOG_SELECT = (
     "SELECT e.id, e.received, COALESCE(b.status, 'queued'), e.meta, d.endpoint_id,"
-    " COALESCE(b.url, ep.url), b.last_error, d.batch_id, e.type, e.recipient"
+    " COALESCE(b.url, ep.url), b.last_error, d.batch_id, e.type, e.recipient, d.seq"
     " FROM event_deliveries d JOIN events e ON e.id = d.event_id"
     " LEFT JOIN event_batches b ON b.id = d.batch_id"
     " LEFT JOIN event_endpoints ep ON ep.id = d.endpoint_id"
@@ -176,6 +210,27 @@ def event_log(store: StateStore, status: str | None = None, since=None, until=No
     rows = store.conn.execute(sql, params).fetchall()
     metas = store.enrich([_load_event(row[3]) for row in rows])
     return [_event_log_row(row, meta) for row, meta in zip(rows, metas)]
+
+
+def event_page(store: StateStore, *, status: str | None = None, since=None, until=None,
+               endpoint: int | None = None, recipient: str | None = None,
+               after: tuple[str, int] | None = None, limit: int = 100) -> tuple[list[dict], tuple | None]:
+    """One page of event_log's order: rows after the key `after`, filtered as event_log and by
+    `endpoint` (its id) and `recipient` (text in the event's recipient, any case); returns
+    (rows, the key of the next page or None)."""
+    filters = []
+    if endpoint is not None:
+        filters.append(("d.endpoint_id = ?", (int(endpoint),)))
+    if recipient is not None:
+        filters.append(("instr(lower(e.recipient), lower(?)) > 0", (recipient,)))
+    if after is not None:
+        filters.append(("(e.received, d.seq) < (?, ?)", tuple(after)))
+    sql, params = _log_query(_EVENT_LOG_SELECT, status, DELIVERY_STATUSES,
+                             "COALESCE(b.status, 'queued')", "e.received", since, until,
+                             "e.received DESC, d.seq DESC", limit + 1, tuple(filters))
+    rows, key = _page(store.conn.execute(sql, params).fetchall(), limit, lambda r: (r[1], r[10]))
+    metas = store.enrich([_load_event(row[3]) for row in rows])
+    return [_event_log_row(row, meta) for row, meta in zip(rows, metas)], key
 
 
 def event_detail(store: StateStore, event_id: str) -> dict | None:
