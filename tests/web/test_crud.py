@@ -59,6 +59,12 @@ def test_rules_round_trip(stack):
     assert edited.status == 200, edited.text
     got = stack("GET", "/v1/rules/invoices").json()
     assert got["enabled"] is False and got["priority"] == 7
+    assert (got["continue"], got["include_raw"], got["reject_text"]) == (False, False, None)
+    routed = stack("PATCH", "/v1/rules/invoices", json_body={
+        "continue": True, "include_raw": True, "reject_text": "Invoices only", "when": ["Recipient~^invoices@"]})
+    assert routed.status == 200, routed.text
+    got = stack("GET", "/v1/rules/invoices").json()
+    assert (got["continue"], got["include_raw"], got["reject_text"]) == (True, True, "Invoices only")
     assert got["basic_auth"] == "user:****" and got["bearer"] is None  # Basic replaced Bearer
     assert stack("PATCH", "/v1/rules/invoices", json_body={}).code == "nothing_to_change"
     assert stack("PATCH", "/v1/rules/invoices", json_body={"name": "bills"}).json()["name"] == "bills"

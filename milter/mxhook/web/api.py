@@ -262,6 +262,9 @@ RULE = {
     "priority": (INT, "Place in the evaluation order (lower first)."),
     "discard": (BOOL, "Webhook only: the mail is not delivered on."),
     "enabled": (BOOL, "Whether the rule takes mail."),
+    "continue": (BOOL, "Offer the mail it takes to the rules after it too (fan-out)."),
+    "include_raw": (BOOL, "Post the raw message beside the parsed one (native json/multipart)."),
+    "reject_text": (STR, "The 550 text when its recipients match no rule (empty: the domain's)."),
     **DESTINATION,
 }
 RULE_ADD = {**RULE, "ed25519": (BOOL, "Also sign with an ed25519 key pair.")}
@@ -282,6 +285,8 @@ def rule_add():
                       when=data.get("when", ()), unless=data.get("unless", ()),
                       priority=data.get("priority"), discard=data.get("discard", False),
                       enabled=data.get("enabled", True), ed25519=data.get("ed25519", False),
+                      continue_matching=data.get("continue", False),
+                      include_raw=data.get("include_raw", False), reject_text=data.get("reject_text"),
                       template=template_of(data), warn=warn)
     g.audit_target, g.audit_detail = added.rule.name, not_secret(data)
     view = rules.show(cfg(), added.rule.name)
@@ -308,8 +313,9 @@ def rule_edit(name):
                      clear_auth=data.get("clear_auth", False), when=data.get("when", ()),
                      unless=data.get("unless", ()), priority=data.get("priority"),
                      new_name=data.get("name"), discard=data.get("discard"),
-                     enabled=data.get("enabled"), template=template_of(data),
-                     no_template=data.get("no_template", False), warn=warn)
+                     enabled=data.get("enabled"), continue_matching=data.get("continue"),
+                     include_raw=data.get("include_raw"), reject_text=data.get("reject_text"),
+                     template=template_of(data), no_template=data.get("no_template", False), warn=warn)
     g.audit_detail = not_secret(data)
     return json_response(rules.show(cfg(), new.name).as_dict(), 200, found)
 
