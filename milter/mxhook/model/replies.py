@@ -9,8 +9,8 @@ Text (`strip_text`), line by line:
 1. The thread starts at the first *marker*: an Outlook-style separator (`-----Original
    Message-----` and its translations), a forward marker (`---------- Forwarded message
    ---------`, `Begin forwarded message:`, ...), or an Outlook header block (a `From:` line
-   followed within a few lines by a `Sent:`/`Date:` line and a `To:`/`Subject:` line, in
-   several languages), with the `____` rule Outlook puts above it. Everything from there on
+   followed within a few lines by a `Sent:`/`Date:` line and a `To:`/`Subject:` line, or by
+   both `To:` and `Subject:` when the `From:` line has an address; in several languages), with the `____` rule Outlook puts above it. Everything from there on
    is the thread. A forward's own new text, above its marker, is kept.
 2. Of what is above, a trailing block of `>` lines is the thread, with the attribution line
    (`On ... wrote:`, also wrapped over two lines, and its translations) above it. `>` lines
@@ -41,7 +41,7 @@ from html.parser import HTMLParser
 MAX_MARKER_LINE = 400
 MAX_SIGNATURE_LINE = 80
 HEADER_BLOCK_SPAN = 8  # lines after a From: line in which Sent:/Date: and To:/Subject: are looked for
-MAX_SIGNATURE_LINES = 15  # non-blank lines after `-- `
+MAX_SIGNATURE_LINES = 30  # non-blank lines after `-- ` (disclaimers are long)
 MAX_CLOSING_LINES = 6  # non-blank lines after a closing phrase
 MAX_QUOTE_PREFIX = 8  # `> ` per blockquote level in an HTML body's text, up to this many
 MAX_END_TAG_SEARCH = 64  # open elements an end tag is matched against (unclosed markup stays linear)
@@ -130,10 +130,12 @@ _ATTRIBUTION = re.compile(
     r"|(?:Den|På)\s.{1,%(n)d}\sskrev\b.{0,%(n)d}:"             # sv, da, no
     r"|.{1,%(n)d}\s(?:пишет|написал\(а\)|написал|написала)\s?:"  # ru
     r"|.{1,%(n)d}写道\s?[：:]"                                  # zh
+    r"|.{1,%(n)d}님이\s?작성\s?[：:]"                           # ko
     r"|.{1,%(n)d}(?:のメール|のメッセージ|は書きました|が書きました)\s?[：:]"  # ja (Apple, Thunderbird)
-    r"|\d{4}年\d{1,2}月\d{1,2}日.{1,%(n)d}@.{1,%(n)d}[：:]"     # ja (Gmail: date, name <address>:)
+    r"|(?=[^<>]{0,%(n)d}\d)[^<>]{1,%(n)d}<[^<>\s]+@[^<>\s]+>\s?[：:]"  # Gmail, any language: date, name <address>:
     r")\s*" % {"n": MAX_MARKER_LINE}, re.IGNORECASE)
 
+_DIGIT = re.compile(r"\d")
 _DASH_SIGNATURE = ("-- ", "--")
 _MOBILE = re.compile(
     r"\s*(?:Sent from my\s.{1,40}|Sent from (?:Outlook|Mail|Yahoo Mail|Proton Mail)\b.{0,40}"
@@ -192,13 +194,16 @@ def _header_block(lines: list[str], i: int) -> bool:
     at line i."""
     if not _short(lines[i]) or _FROM_LINE.match(lines[i]) is None:
         return False
-    sent = to = False
+    sent = to = subject = False
     for line in lines[i + 1:i + 1 + HEADER_BLOCK_SPAN]:
         if not _short(line) or _quoted(line):
             continue
         sent = sent or _SENT_LINE.match(line) is not None
-        to = to or _TO_LINE.match(line) is not None or _SUBJECT_LINE.match(line) is not None
-        if sent and to:
+        to = to or _TO_LINE.match(line) is not None
+        subject = subject or _SUBJECT_LINE.match(line) is not None
+        # From: and Sent:/Date: with To: or Subject:; or, without a date (mobile clients),
+        # an address in From: with both To: and Subject:
+        if (sent and (to or subject)) or (to and subject and "@" in lines[i]):
             return True
     return False
 
@@ -252,7 +257,22 @@ def _thread_start(lines: list[str]) -> int | None:
         return attribution
     if quoted:
         return k + 1
-    return cut
+    return cut if cut is not None else _unquoted_thread(lines, end)
+
+
+def _unquoted_thread(lines: list[str], end: int) -> int | None:
+    """An attribution with a date and an address followed by the old message without `>`
+    (Yahoo, converted HTML): only when no `>` line follows it, so a bottom-posted reply under a
+    quote is never cut."""
+    found = None
+    for i in range(end - 1, 0, -1):
+        line = lines[i]
+        if _quoted(line):
+            break
+        if _short(line) and "@" in line and _DIGIT.search(line) and _ATTRIBUTION.fullmatch(line) \
+                and any(not _blank(rest) for rest in lines[i + 1:i + 3]):
+            found = i
+    return found
 
 
 def _signature_start(lines: list[str]) -> tuple[int, bool] | None:
@@ -476,6 +496,9 @@ def strip_html(html: str) -> str:
             last_text = offset
             break
     removed = [e for e in top if e.start > last_text]
+    attribution = _attribution_element(parser, last_text, removed)
+    if attribution is not None:
+        removed.insert(0, attribution)
     if rest is None and not removed:
         return "" if has_thread(plain) else html
     out, pos = [], 0
@@ -492,6 +515,20 @@ def strip_html(html: str) -> str:
         out.append(html[pos:])
     result = "".join(out)
     return "" if has_thread(html_text(result)) else result
+
+
+def _attribution_element(parser: _Html, last_text: int, removed: list[_Element]) -> _Element | None:
+    """The element before the removed quotes that holds the last text and nothing but an
+    attribution (Apple Mail puts `On ... wrote:` in a div before the blockquote)."""
+    if not removed or last_text < 0:
+        return None
+    element = next(e for offset, e in reversed(parser.texts) if offset == last_text)
+    if element.tag == "#root" or element.end is None or element.end > removed[0].start:
+        return None
+    text = _element_text(parser, element).strip()
+    if "\n" in text or not _short(text) or _ATTRIBUTION.fullmatch(text) is None:
+        return None
+    return element
 
 
 def _end(element: _Element) -> float:
