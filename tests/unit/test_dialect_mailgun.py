@@ -343,8 +343,9 @@ def test_forward_fields():
     assert form["subject"] == "Monthly report"
     assert form["body-plain"] == "Report attached."
     assert form["body-html"] == "<p>Report <i>attached</i>.</p>"
-    for absent in ("stripped-text", "stripped-signature", "stripped-html"):  # not computed yet
-        assert absent not in form
+    # no quote, no signature: the stripped fields are the bodies (stripped-html: nothing to cut)
+    assert (form["stripped-text"], form["stripped-signature"]) == ("Report attached.", "")
+    assert form["stripped-html"] == form["body-html"]
     assert got["headers"][:3] == [["From", "Reports <reports@example.com>"], ["To", "in@ours.example"],
                                   ["Subject", "Monthly report"]]
     assert ["Mime-Version", "1.0"] in got["headers"]  # Mailgun's spelling of names
