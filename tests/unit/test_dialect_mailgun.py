@@ -356,6 +356,17 @@ def test_forward_fields():
     assert form["timestamp"] == "1767268800" and form["token"] == TOKEN
 
 
+def test_forward_of_a_reply_has_the_stripped_fields():
+    corpus = HERE.parent / "data" / "replies"
+    form = receive_forward(render_inbound((corpus / "gmail-alternative.eml").read_bytes()))["form"]
+    assert form["stripped-text"] == (corpus / "gmail-alternative.txt").read_text(encoding="utf-8").rstrip("\n")
+    assert form["stripped-signature"] == ""
+    assert form["stripped-html"] == (corpus / "gmail-alternative.out.html").read_text(encoding="utf-8")
+    # HTML whose quoting is not recognised: no stripped-html, as Mailgun leaves it out
+    form = receive_forward(render_inbound((corpus / "html-unrecognised-quote.eml").read_bytes()))["form"]
+    assert form["stripped-text"] == "Sounds good." and "stripped-html" not in form
+
+
 def test_forward_without_attachments_is_urlencoded_as_mailguns():
     r = render_inbound((MIME / "plain_ascii.eml").read_bytes())
     assert r.content_type == "application/x-www-form-urlencoded"

@@ -149,6 +149,13 @@ def test_hostile_event_text_round_trips(subject, reply, tag):
 # ---------------------------------------------------------------------------------------------
 # Inbound
 
+def test_stripped_text_reply_of_a_reply():
+    corpus = Path(__file__).parent.parent / "data" / "replies"
+    doc = inbound_doc((corpus / "outlook-de.eml").read_bytes())
+    assert doc["StrippedTextReply"] == "Hallo Herr Mustermann,\n\nvielen Dank, die Rechnung ist angekommen." \
+        "\n\nMit freundlichen Grüßen"  # without the quoted thread and the signature below the closing
+
+
 def test_inbound_as_postmark_documents_it():
     doc = inbound_doc(mime("related_inline_image.eml"), ["in+ticket-42@ours.example", "x@ours.example"])
     assert doc["MessageStream"] == "inbound"

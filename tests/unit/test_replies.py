@@ -15,6 +15,10 @@ import pytest
 
 from mxhook.model import replies
 from mxhook.model.message import normalize
+from mxhook.model.rules import Rule
+from mxhook.model.targets import Destination
+from mxhook.payloads.inbound import Delivery, native_document
+from tests.unit.test_payloads import META
 
 CORPUS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "replies")
 CASES = sorted(name[:-4] for name in os.listdir(CORPUS) if name.endswith(".eml"))
@@ -67,6 +71,17 @@ def test_known_misses_are_still_misses(name):
     text, signature, html = expected(name)
     got = stripped(name)
     assert (got.text, got.signature) != (text, signature) or (html is not None and got.html != html)
+
+
+def test_the_native_payload_carries_the_stripped_fields():
+    with open(os.path.join(CORPUS, "thunderbird-html.eml"), "rb") as f:
+        raw = f.read()
+    target = Rule(name="replies", destination=Destination("https://hooks.example/in")).target
+    msg = native_document(Delivery.of(delivery_id="d-replies", meta=META, raw=raw, target=target,
+                                      recipients=["support@ours.example"]))["message"]
+    text, signature, html = expected("thunderbird-html")
+    assert (msg["stripped_text"], msg["stripped_signature"], msg["stripped_html"]) == (text, signature, html)
+    assert list(msg).index("stripped_text") == list(msg).index("html") + 1
 
 
 # ---------------------------------------------------------------------------------------------
