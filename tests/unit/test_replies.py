@@ -131,6 +131,16 @@ def test_quoted_markers_do_not_count():
     assert replies.strip_text(text)[0] == text
 
 
+def test_the_no_parse_shortcut_gives_what_the_parse_gives():
+    for name in CASES:
+        with open(os.path.join(CORPUS, name + ".eml"), "rb") as f:
+            msg = normalize(f.read())
+        if msg["html"]:
+            assert replies.strip(msg["text"], msg["html"]).html == replies.strip_html(msg["html"]), name
+    assert replies.strip("new text", "<p>new text</p>").html == "<p>new text</p>"
+    assert replies.strip("new text", '<p>new</p><blockquote type="cite">old</blockquote>').html == "<p>new</p>"
+
+
 def test_html_without_quoting_is_returned_as_it_is():
     html = "<p>Hello <b>there</b></p>"
     assert replies.strip_html(html) == html

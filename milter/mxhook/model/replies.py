@@ -57,10 +57,16 @@ class Stripped:
 def strip(text: str, html: str) -> Stripped:
     """The stripped reply of a message's text and HTML bodies. Without a text body, the text
     and signature come from the HTML's text."""
-    if not text.strip() and html:
+    has_text = bool(text.strip())
+    if not has_text and html:
         text = html_text(html)
     stripped_text, signature = strip_text(text)
-    return Stripped(stripped_text, signature, strip_html(html) if html else "")
+    if not html:
+        return Stripped(stripped_text, signature, "")
+    if has_text and not has_thread(text) and not _may_quote(html):
+        # neither body shows quoting: the HTML needs no parse (most mail that is not a reply)
+        return Stripped(stripped_text, signature, html)
+    return Stripped(stripped_text, signature, strip_html(html))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +351,16 @@ _BLOCK = frozenset(("address", "article", "aside", "blockquote", "br", "dd", "di
                     "tbody", "td", "tfoot", "th", "thead", "tr", "ul"))
 _HIDDEN = frozenset(("head", "script", "style", "title", "template"))
 _SPACES = re.compile(r"[ \t\n\r\f\u00a0]+")
+
+
+_QUOTING_WORDS = ("gmail_quote", "cite", "appendonsend", "divrplyfwdmsg", "outlookmessageheader",
+                  "border-top", "<blockquote")
+
+
+def _may_quote(html: str) -> bool:
+    """Whether the HTML has any of the quoting structures strip_html looks for."""
+    lowered = html.lower()
+    return any(word in lowered for word in _QUOTING_WORDS)
 
 
 class _Element:
