@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,6 +28,7 @@ from mxhook.model.message import normalize  # noqa: E402
 from mxhook.model.rules import Rule  # noqa: E402
 from mxhook.model.targets import Destination  # noqa: E402
 from mxhook.payloads.registry import render_inbound  # noqa: E402
+from templates import best_of as best  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "tests", "data", "replies")
 
@@ -90,15 +90,6 @@ def large_reply(kb: int) -> bytes:
     return ("From: bob@builder.example\nTo: support@ours.example\nSubject: Re: numbers\nMIME-Version: 1.0\n"
             "Content-Type: multipart/alternative; boundary=b\n\n--b\nContent-Type: text/plain; charset=utf-8\n\n"
             f"{text}\n--b\nContent-Type: text/html; charset=utf-8\n\n{html}\n--b--\n").encode()
-
-
-def best(fn, rounds: int) -> float:
-    out = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - start)
-    return out
 
 
 def main() -> None:
