@@ -10,8 +10,9 @@ Text (`strip_text`), line by line:
    Message-----` and its translations), a forward marker (`---------- Forwarded message
    ---------`, `Begin forwarded message:`, ...), or an Outlook header block (a `From:` line
    followed within a few lines by a `Sent:`/`Date:` line and a `To:`/`Subject:` line, or by
-   both `To:` and `Subject:` when the `From:` line has an address; in several languages), with the `____` rule Outlook puts above it. Everything from there on
-   is the thread. A forward's own new text, above its marker, is kept.
+   both `To:` and `Subject:` when the `From:` line has an address; in several languages),
+   with the `____` rule Outlook puts above it. Everything from there on is the thread. A
+   forward's own new text, above its marker, is kept.
 2. Of what is above, a trailing block of `>` lines is the thread, with the attribution line
    (`On ... wrote:`, also wrapped over two lines, and its translations) above it. `>` lines
    followed by new text are an interleaved (or bottom-posted) reply: kept, all of it.
@@ -118,7 +119,6 @@ _FORWARD_LINES = frozenset(w.lower() for w in (
     "Начало переадресованного сообщения", "Vidarebefordrat mejl", "以下是转发的邮件",
     "転送されたメッセージ",
 ))
-_RULE_CHARS = "-_=*"
 _SEPARATOR = re.compile(r"\s*[-_=*]{2,}\s*([^-_=*].{0,60}?)\s*[-_=*]{2,}\s*")
 _UNDERSCORE_RULE = re.compile(r"\s*_{10,}\s*")
 
@@ -142,7 +142,6 @@ _ATTRIBUTION = re.compile(
     r")\s*" % {"n": MAX_MARKER_LINE}, re.IGNORECASE)
 
 _DIGIT = re.compile(r"\d")
-_DASH_SIGNATURE = ("-- ", "--")
 _MOBILE = re.compile(
     r"\s*(?:Sent from my\s.{1,40}|Sent from (?:Outlook|Mail|Yahoo Mail|Proton Mail)\b.{0,40}"
     r"|Get Outlook for\s.{1,30}|Von meinem\s.{1,40}\sgesendet|Gesendet von meinem\s.{1,40}"
@@ -288,12 +287,12 @@ def _signature_start(lines: list[str]) -> tuple[int, bool] | None:
         return None
     tail = nonblank[-(MAX_SIGNATURE_LINES + 1):]
     for i in reversed(tail):
-        if lines[i].rstrip(" ") in _DASH_SIGNATURE or lines[i] == "-- ":
+        if lines[i].rstrip(" ") == "--":  # `-- ` (RFC 3676), or with its space lost
             return (i, False) if i > nonblank[0] else None
     for i in reversed(nonblank[-4:]):
         if _short(lines[i], MAX_SIGNATURE_LINE) and _MOBILE.fullmatch(lines[i]):
             return (i, False) if i > nonblank[0] else None
-    for n, i in enumerate(reversed(nonblank[-(MAX_CLOSING_LINES + 1):-1])):
+    for i in reversed(nonblank[-(MAX_CLOSING_LINES + 1):-1]):
         line = lines[i]
         if not _short(line, MAX_SIGNATURE_LINE):
             continue
@@ -317,7 +316,10 @@ def _looks_like_signature(after: list[str]) -> bool:
 
 
 def _trim(lines: list[str]) -> str:
-    return "\n".join(lines).strip("\n").rstrip()
+    """The lines without the blank ones around them, and without trailing white space."""
+    first = next((i for i, line in enumerate(lines) if not _blank(line)), len(lines))
+    last = next((i for i in range(len(lines) - 1, first - 1, -1) if not _blank(lines[i])), first - 1)
+    return "\n".join(lines[first:last + 1]).rstrip()
 
 
 def strip_text(text: str) -> tuple[str, str]:
