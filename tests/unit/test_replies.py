@@ -12,6 +12,8 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mxhook.model import replies
 from mxhook.model.message import normalize
@@ -169,6 +171,22 @@ def test_html_text_of_an_html_only_message():
 def test_html_unclosed_quote_element():
     html = '<p>ok</p><blockquote type="cite">old and never closed'
     assert replies.strip_html(html) == "<p>ok</p>"
+
+
+MARKUP = st.lists(st.sampled_from([
+    "<div>", "</div>", '<blockquote type="cite">', "</blockquote>", '<div class="gmail_quote">',
+    '<div id="divRplyFwdMsg">', '<div style="border-top:solid 1pt">', '<div class="moz-cite-prefix">',
+    "From: a@b.example", "Sent: x", "To: y", "Subject: z", "> q", "On 1 Jan 2026, A <a@b.example> wrote:",
+    "-----Original Message-----", "-- ", "Thanks,", "Sent from my iPhone", "<br>", "<!--", "<script>",
+    "\n", "\r", "\u2028", "&nbsp;", "<", ">", "&", "text"]) | st.text(max_size=5), max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(MARKUP, MARKUP)
+def test_hostile_bodies_never_raise_and_the_text_stays_in_the_body(text, html):
+    got = replies.strip(text, html)
+    if text.strip():
+        assert got.text in text and got.signature in text
 
 
 # ---------------------------------------------------------------------------------------------
