@@ -61,10 +61,10 @@ def strip(text: str, html: str) -> Stripped:
     has_text = bool(text.strip())
     if not has_text and html:
         text = html_text(html)
-    stripped_text, signature = strip_text(text)
+    stripped_text, signature, threaded = _strip_text(text)
     if not html:
         return Stripped(stripped_text, signature, "")
-    if has_text and not has_thread(text) and not _may_quote(html):
+    if has_text and not threaded and not _may_quote(html):
         # neither body shows quoting: the HTML needs no parse (most mail that is not a reply)
         return Stripped(stripped_text, signature, html)
     return Stripped(stripped_text, signature, strip_html(html))
@@ -119,6 +119,30 @@ _FORWARD_LINES = frozenset(w.lower() for w in (
     "Начало переадресованного сообщения", "Vidarebefordrat mejl", "以下是转发的邮件",
     "転送されたメッセージ",
 ))
+
+
+class _LineStart:
+    """A pattern anchored at line starts, searched as the first line's match and then as a
+    newline followed by it (a literal first character: the regex engine skips ahead fast,
+    where a multiline `^` is tried at every position)."""
+
+    def __init__(self, pattern: str, flags: int = 0):
+        self.first = re.compile(pattern, flags)
+        self.later = re.compile("\n" + pattern, flags)
+
+
+# Where a marker may start (checked further line by line): a line starting with a rule of
+# dashes (underscores, ...), a From: label or a forward line's first word; quoted lines never.
+_MARKER_WORDS = (*_FROM, *{line.split()[0] for line in _FORWARD_LINES})
+_MARKER_HINT = _LineStart(
+    # the lookahead (the words' first letters) turns most lines away before the alternation
+    r"[ \t]*+(?=[-_=*%s])(?:[-_=*]{2}|\*{0,2}(?:%s)\*{0,2}[ \u00a0]?[:：]|(?:%s))" % (
+        re.escape("".join(sorted({w[0].lower() + w[0].upper() for w in _MARKER_WORDS}))),
+        _alternation(_FROM), _alternation({line.split()[0] for line in _FORWARD_LINES})),
+    re.IGNORECASE)
+_QUOTED_LINE = _LineStart(r"[ \t]*+>")
+# a line ending in a colon (one pattern per colon: a literal first character is found fast)
+_COLON_ENDS = tuple(re.compile(colon + r"[ \t]*+(?=\n|\Z)") for colon in (":", "："))
 _SEPARATOR = re.compile(r"\s*[-_=*]{2,}\s*([^-_=*].{0,60}?)\s*[-_=*]{2,}\s*")
 _UNDERSCORE_RULE = re.compile(r"\s*_{10,}\s*")
 
@@ -213,12 +237,41 @@ def _header_block(lines: list[str], i: int) -> bool:
     return False
 
 
-def _first_marker(lines: list[str]) -> int | None:
+class _Lines:
+    """A text's lines, and the line index of an offset for offsets asked in increasing order
+    (each newline is counted once: linear)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.lines = text.split("\n")
+        self._pos = self._index = 0
+
+    def index(self, offset: int) -> int:
+        if offset < self._pos:  # a new pass from the start
+            self._pos = self._index = 0
+        self._index += self.text.count("\n", self._pos, offset)
+        self._pos = offset
+        return self._index
+
+    def starting(self, pattern: _LineStart) -> list[int]:
+        """The indexes of the lines that start with `pattern`, in order."""
+        out = [0] if pattern.first.match(self.text) else []
+        out += [self.index(m.start()) + 1 for m in pattern.later.finditer(self.text)]
+        self._pos = self._index = 0
+        return out
+
+    def holding(self, pattern: re.Pattern) -> list[int]:
+        """The indexes of the lines where `pattern` matches, in order (one per match)."""
+        out = [self.index(m.start()) for m in pattern.finditer(self.text)]
+        self._pos = self._index = 0
+        return out
+
+
+def _first_marker(text: _Lines) -> int | None:
     """The line where a separator, forward marker or Outlook header block starts the thread."""
-    for i, line in enumerate(lines):
-        if _quoted(line) or _blank(line):
-            continue
-        if _separator(line):
+    lines = text.lines
+    for i in text.starting(_MARKER_HINT):
+        if _separator(lines[i]):
             return i
         if _header_block(lines, i):
             j = i - 1
@@ -242,9 +295,10 @@ def _attribution_at(lines: list[str], k: int) -> int | None:
     return None
 
 
-def _thread_start(lines: list[str]) -> int | None:
+def _thread_start(text: _Lines) -> int | None:
     """Where the quoted thread starts (a line index), or None when there is none."""
-    end = _first_marker(lines)
+    lines = text.lines
+    end = _first_marker(text)
     cut = end
     if end is None:
         end = len(lines)
@@ -262,36 +316,41 @@ def _thread_start(lines: list[str]) -> int | None:
         return attribution
     if quoted:
         return k + 1
-    return cut if cut is not None else _unquoted_thread(lines, end)
+    return cut if cut is not None else _unquoted_thread(text, end)
 
 
-def _unquoted_thread(lines: list[str], end: int) -> int | None:
+def _unquoted_thread(text: _Lines, end: int) -> int | None:
     """An attribution with a date and an address followed by the old message without `>`
     (Yahoo, converted HTML): only when no `>` line follows it, so a bottom-posted reply under a
     quote is never cut."""
-    found = None
-    for i in range(end - 1, 0, -1):
-        line = lines[i]
-        if _quoted(line):
-            break
-        if _short(line) and "@" in line and _DIGIT.search(line) and _ATTRIBUTION.fullmatch(line) \
-                and any(not _blank(rest) for rest in lines[i + 1:i + 3]):
-            found = i
-    return found
+    lines = text.lines
+    after = max((i for i in text.starting(_QUOTED_LINE) if i < end), default=0)
+    for i in sorted(set(text.holding(_COLON_ENDS[0]) + text.holding(_COLON_ENDS[1]))):
+        if after < i < end:
+            line = lines[i]
+            if _short(line) and "@" in line and _DIGIT.search(line) and _ATTRIBUTION.fullmatch(line) \
+                    and any(not _blank(rest) for rest in lines[i + 1:i + 3]):
+                return i
+    return None
 
 
 def _signature_start(lines: list[str]) -> tuple[int, bool] | None:
     """(first line of the signature, whether that line stays in the text), or None."""
-    nonblank = [i for i, line in enumerate(lines) if not _blank(line)]
-    if len(nonblank) < 2:
+    first = next((i for i, line in enumerate(lines) if not _blank(line)), None)
+    nonblank = []  # the last non-blank lines' indexes, in order
+    for i in range(len(lines) - 1, -1, -1):
+        if len(nonblank) > MAX_SIGNATURE_LINES:
+            break
+        if not _blank(lines[i]):
+            nonblank.insert(0, i)
+    if first is None or len(nonblank) < 2:
         return None
-    tail = nonblank[-(MAX_SIGNATURE_LINES + 1):]
-    for i in reversed(tail):
+    for i in reversed(nonblank):
         if lines[i].rstrip(" ") == "--":  # `-- ` (RFC 3676), or with its space lost
-            return (i, False) if i > nonblank[0] else None
+            return (i, False) if i > first else None
     for i in reversed(nonblank[-4:]):
         if _short(lines[i], MAX_SIGNATURE_LINE) and _MOBILE.fullmatch(lines[i]):
-            return (i, False) if i > nonblank[0] else None
+            return (i, False) if i > first else None
     for i in reversed(nonblank[-(MAX_CLOSING_LINES + 1):-1]):
         line = lines[i]
         if not _short(line, MAX_SIGNATURE_LINE):
@@ -324,22 +383,26 @@ def _trim(lines: list[str]) -> str:
 
 def strip_text(text: str) -> tuple[str, str]:
     """(the new text without the quoted thread and the signature, the signature)."""
-    lines = text.split("\n")
+    return _strip_text(text)[:2]
+
+
+def _strip_text(text: str) -> tuple[str, str, bool]:
+    """strip_text's answer, and whether a quoted thread was cut."""
+    lines = _Lines(text)
     cut = _thread_start(lines)
-    if cut is not None:
-        lines = lines[:cut]
+    lines = lines.lines if cut is None else lines.lines[:cut]
     sig = _signature_start(lines)
     if sig is None:
-        return _trim(lines), ""
+        return _trim(lines), "", cut is not None
     start, keep_line = sig
     if keep_line:
-        return _trim(lines[:start + 1]), _trim(lines[start + 1:])
-    return _trim(lines[:start]), _trim(lines[start:])
+        return _trim(lines[:start + 1]), _trim(lines[start + 1:]), cut is not None
+    return _trim(lines[:start]), _trim(lines[start:]), cut is not None
 
 
 def has_thread(text: str) -> bool:
     """Whether the text holds a quoted thread the text rules would cut."""
-    return _thread_start(text.split("\n")) is not None
+    return _thread_start(_Lines(text)) is not None
 
 
 # ---------------------------------------------------------------------------------------------
