@@ -2,7 +2,8 @@
 total, per client style) and the time stripping adds per message, against parsing the message
 alone (model/message.py normalize, which every inbound payload does already) and against
 rendering the whole native json body (payloads/registry.py render_inbound, stripping included),
-same run; also for one large reply (--large-kb of text, quoted thread and HTML).
+same run; also for one large reply (--large-kb of text, quoted thread and HTML) and for the
+5 KB new message bench/end_to_end.py sends.
 
     python3 bench/replies.py [--rounds 5] [--json out.json]
 
@@ -22,6 +23,7 @@ from collections import Counter
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "milter"))
+sys.path.insert(0, ROOT)
 
 from mxhook.model import replies  # noqa: E402
 from mxhook.model.message import normalize  # noqa: E402
@@ -29,6 +31,7 @@ from mxhook.model.rules import Rule  # noqa: E402
 from mxhook.model.targets import Destination  # noqa: E402
 from mxhook.payloads.registry import render_inbound  # noqa: E402
 from templates import best_of as best  # noqa: E402
+from tests.support.postfix import make_message  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "tests", "data", "replies")
 
@@ -121,6 +124,11 @@ def main() -> None:
     b_parse = best(lambda: normalize(big), args.rounds)
     b_strip = best(lambda: replies.strip(big_msg["text"], big_msg["html"]), args.rounds)
     b_render = best(lambda: render(big), args.rounds)
+    plain = make_message(from_="Bench <bench@sender.example>", to="in@ours.example", subject="e2e bench", size=5000)
+    plain_msg = normalize(plain)
+    p_parse = best(lambda: [normalize(plain) for _ in range(100)], args.rounds) / 100
+    p_strip = best(lambda: [replies.strip(plain_msg["text"], plain_msg["html"]) for _ in range(100)], args.rounds) / 100
+    p_render = best(lambda: [render(plain) for _ in range(100)], args.rounds) / 100
     n = len(cases)
     print(f"reply corpus: {sum(correct.values())}/{sum(total.values())} correct strips")
     for style in sorted(total):
@@ -133,13 +141,18 @@ def main() -> None:
     print(f"one {len(big) // 1024} KB reply: parse {b_parse * 1e3:.1f} ms, strip {b_strip * 1e3:.1f} ms "
           f"({b_strip / b_parse:.2f}x the parse), native json render {b_render * 1e3:.1f} ms "
           f"(strip {b_strip / b_render:.0%} of it)")
+    print(f"one 5 KB new message (bench/end_to_end.py's): parse {p_parse * 1e6:.0f} us, strip {p_strip * 1e6:.0f} us "
+          f"({p_strip / p_parse:.2f}x the parse), native json render {p_render * 1e6:.0f} us "
+          f"(strip {p_strip / p_render:.0%} of it)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"correct": sum(correct.values()), "total": sum(total.values()),
                        "per_style": {s: [correct[s], total[s]] for s in sorted(total)}, "misses": misses,
                        "parse_us": t_parse / n * 1e6, "strip_us": t_strip / n * 1e6,
                        "render_us": t_render / n * 1e6, "large_bytes": len(big), "large_parse_ms": b_parse * 1e3,
-                       "large_strip_ms": b_strip * 1e3, "large_render_ms": b_render * 1e3}, f, indent=1)
+                       "large_strip_ms": b_strip * 1e3, "large_render_ms": b_render * 1e3,
+                       "plain_parse_us": p_parse * 1e6, "plain_strip_us": p_strip * 1e6,
+                       "plain_render_us": p_render * 1e6}, f, indent=1)
 
 
 if __name__ == "__main__":
