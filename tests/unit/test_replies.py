@@ -168,6 +168,12 @@ def test_html_text_of_an_html_only_message():
     assert replies.strip("", html) == replies.Stripped("Yes fine", "", "<p>Yes&nbsp;fine</p>")
 
 
+def test_html_text_of_sloppy_markup():
+    assert replies.html_text("<html><head><title>t</title><body><p>Hi</p></body></html>") == "Hi\n"
+    # a blockquote left open inside a div ends with it
+    assert replies.html_text("<div><blockquote>q</div><p>after</p>") == "> q\n\nafter\n"
+
+
 def test_html_unclosed_quote_element():
     html = '<p>ok</p><blockquote type="cite">old and never closed'
     assert replies.strip_html(html) == "<p>ok</p>"

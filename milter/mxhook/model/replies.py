@@ -486,6 +486,8 @@ class _Html(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         start = self.position()
+        if tag == "body":  # a head left open ends where the body starts, as in browsers
+            self.close_element("head", start)
         if tag in _BLOCK:
             self.newline()
         if tag == "blockquote":
@@ -506,17 +508,21 @@ class _Html(HTMLParser):
     def handle_endtag(self, tag):
         if tag in _BLOCK:
             self.newline()
-        if tag == "blockquote" and self.quote_depth:
-            self.quote_depth -= 1
-            self.line_depth = min(self.line_depth, self.quote_depth)
+        end = self.source.find(">", self.position())
+        self.close_element(tag, len(self.source) if end < 0 else end + 1)
+
+    def close_element(self, tag: str, end: int) -> None:
+        """Close the innermost open `tag` element (among the last MAX_END_TAG_SEARCH) and the
+        elements left open inside it; nothing when none is open."""
         for n in range(len(self.stack) - 1, max(0, len(self.stack) - 1 - MAX_END_TAG_SEARCH), -1):
             if self.stack[n].tag == tag:
-                end = self.source.find(">", self.position())
-                end = len(self.source) if end < 0 else end + 1
                 for element in self.stack[n:]:
                     element.end = end
                     if element.tag in _HIDDEN:
                         self.hidden -= 1
+                    elif element.tag == "blockquote":
+                        self.quote_depth -= 1
+                self.line_depth = min(self.line_depth, self.quote_depth)
                 del self.stack[n:]
                 return
 
