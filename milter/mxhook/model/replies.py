@@ -155,6 +155,7 @@ _ATTRIBUTION = re.compile(
     r"|El\s.{1,%(n)d}\s(?:escribió|escribio)\s?:"              # es
     r"|Em\s.{1,%(n)d}\sescreveu\s?:"                           # pt
     r"|Op\s.{1,%(n)d}\sschreef\b.{0,%(n)d}:"                   # nl
+    r"|Op\s.{1,%(n)d}\sheeft\s.{1,%(n)d}\shet volgende geschreven\s?:"  # nl (Apple Mail)
     r"|Il\s.{1,%(n)d}\sha\s+scritto\s?:"                       # it
     r"|W\s+dniu\s.{1,%(n)d}\s(?:pisze|napisał\(a\)|napisał|napisała)\s?:"  # pl
     r"|(?:Den|På)\s.{1,%(n)d}\sskrev\b.{0,%(n)d}:"             # sv, da, no
@@ -168,11 +169,12 @@ _ATTRIBUTION = re.compile(
 _DIGIT = re.compile(r"\d")
 _MOBILE = re.compile(
     r"\s*(?:Sent from my\s.{1,40}|Sent from (?:Outlook|Mail|Yahoo Mail|Proton Mail)\b.{0,40}"
-    r"|Get Outlook for\s.{1,30}|Von meinem\s.{1,40}\sgesendet|Gesendet von meinem\s.{1,40}"
+    r"|Get Outlook for\s.{1,60}|Von meinem\s.{1,40}\sgesendet|Gesendet von meinem\s.{1,40}"
     r"|Gesendet mit\s.{1,40}|Envoyé de mon\s.{1,40}|Envoyé depuis mon\s.{1,40}"
-    r"|Enviado desde mi\s.{1,40}|Enviado do meu\s.{1,40}|Verzonden (?:vanaf|met) mijn\s.{1,40}"
+    r"|Enviado desde mi\s.{1,40}|Enviado do meu\s.{1,40}|(?:Verzonden|Verstuurd) (?:vanaf|met) mijn\s.{1,40}"
     r"|Inviato da(?:l mio)?\s.{1,40}|Wysłane z(?: mojego)?\s.{1,40}|Отправлено с\s.{1,40}"
-    r"|Skickat från min\s.{1,40}|Sendt fra min\s.{1,40}|从我的.{1,20}发送|.{1,20}から送信)\s*",
+    r"|Skickat från min\s.{1,40}|Sendt fra min\s.{1,40}|从我的.{1,20}发送|发自我的.{1,20}"
+    r"|.{1,20}から送信|.{1,20}에서 보냄)\s*",
     re.IGNORECASE)
 _CLOSINGS = frozenset(w.lower() for w in (
     "Thanks", "Thank you", "Thanks again", "Many thanks", "Thanks a lot", "Thx", "Cheers", "Best",
