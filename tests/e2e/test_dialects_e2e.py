@@ -60,7 +60,7 @@ def test_inbound_mail_arrives_as_postmark_inbound_json(mxhook_stack):
     assert [p["Email"] for p in doc["ToFull"]] == [rcpt]
     assert (doc["OriginalRecipient"], doc["MailboxHash"]) == (rcpt, "ticket-7")
     assert doc["TextBody"].replace("\r\n", "\n") == text
-    assert doc["StrippedTextReply"] == "" and doc["Tag"] == ""  # documented empty until computed
+    assert doc["StrippedTextReply"] == text.rstrip("\n") and doc["Tag"] == ""  # nothing quoted: the text
     (att,) = doc["Attachments"]
     assert (att["Name"], att["ContentType"], att["ContentLength"]) == \
         ("Bericht März.bin", "application/octet-stream", len(attachment))

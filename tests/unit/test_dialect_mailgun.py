@@ -343,8 +343,9 @@ def test_forward_fields():
     assert form["subject"] == "Monthly report"
     assert form["body-plain"] == "Report attached."
     assert form["body-html"] == "<p>Report <i>attached</i>.</p>"
-    for absent in ("stripped-text", "stripped-signature", "stripped-html"):  # not computed yet
-        assert absent not in form
+    # no quote, no signature: the stripped fields are the bodies (stripped-html: nothing to cut)
+    assert (form["stripped-text"], form["stripped-signature"]) == ("Report attached.", "")
+    assert form["stripped-html"] == form["body-html"]
     assert got["headers"][:3] == [["From", "Reports <reports@example.com>"], ["To", "in@ours.example"],
                                   ["Subject", "Monthly report"]]
     assert ["Mime-Version", "1.0"] in got["headers"]  # Mailgun's spelling of names
@@ -353,6 +354,17 @@ def test_forward_fields():
     [((filename, ctype, data), cid)] = got["attachments"]
     assert (filename, ctype, data, cid) == ("report.pdf", "application/pdf", PDF, None)
     assert form["timestamp"] == "1767268800" and form["token"] == TOKEN
+
+
+def test_forward_of_a_reply_has_the_stripped_fields():
+    corpus = HERE.parent / "data" / "replies"
+    form = receive_forward(render_inbound((corpus / "gmail-alternative.eml").read_bytes()))["form"]
+    assert form["stripped-text"] == (corpus / "gmail-alternative.txt").read_text(encoding="utf-8").rstrip("\n")
+    assert form["stripped-signature"] == ""
+    assert form["stripped-html"] == (corpus / "gmail-alternative.out.html").read_text(encoding="utf-8")
+    # HTML whose quoting is not recognised: no stripped-html, as Mailgun leaves it out
+    form = receive_forward(render_inbound((corpus / "html-unrecognised-quote.eml").read_bytes()))["form"]
+    assert form["stripped-text"] == "Sounds good." and "stripped-html" not in form
 
 
 def test_forward_without_attachments_is_urlencoded_as_mailguns():

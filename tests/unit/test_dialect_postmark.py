@@ -149,11 +149,19 @@ def test_hostile_event_text_round_trips(subject, reply, tag):
 # ---------------------------------------------------------------------------------------------
 # Inbound
 
+def test_stripped_text_reply_of_a_reply():
+    corpus = Path(__file__).parent.parent / "data" / "replies"
+    doc = inbound_doc((corpus / "outlook-de.eml").read_bytes())
+    assert doc["StrippedTextReply"] == "Hallo Herr Mustermann,\n\nvielen Dank, die Rechnung ist angekommen." \
+        "\n\nMit freundlichen Grüßen"  # without the quoted thread and the signature below the closing
+
+
 def test_inbound_as_postmark_documents_it():
     doc = inbound_doc(mime("related_inline_image.eml"), ["in+ticket-42@ours.example", "x@ours.example"])
     assert doc["MessageStream"] == "inbound"
     assert doc["OriginalRecipient"] == "in+ticket-42@ours.example" and doc["MailboxHash"] == "ticket-42"
-    assert doc["StrippedTextReply"] == "" and doc["Tag"] == ""  # not computed yet: documented empty
+    assert doc["StrippedTextReply"] == "Newsletter (text version)"  # nothing quoted: the text
+    assert doc["Tag"] == ""  # mxhook has no tag for inbound mail: documented empty
     assert doc["MessageID"] == "0187a2b3c4d5e6f7a1b2c3d4e5f6-reports"
     listed = {p["Email"] for p in doc["ToFull"] + doc["CcFull"]}
     assert {p["Email"] for p in doc["BccFull"]} == {"in+ticket-42@ours.example", "x@ours.example"} - listed

@@ -240,7 +240,7 @@ def test_rfc2231_and_encoded_word_filenames():
     assert m["text"] == "Three files."
     assert [(a["filename"], a["content_type"], content(a)) for a in m["attachments"]] == [
         ("Résumé €.pdf", "application/pdf", b"%PDF"),
-        ("Grüße_und_mehr.txt", "text/plain", b"Gr\xfc\xdfe"),  # text with a filename: attachment
+        ("Grüße_und_mehr.txt", "text/plain; charset=iso-8859-1", b"Gr\xfc\xdfe"),  # text with a filename: attachment, its charset kept
         ("Übersicht.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", b"PK\x03\x04"),
     ]
 

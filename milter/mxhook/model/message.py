@@ -56,6 +56,7 @@ _MSG_ID = re.compile(r"<[^<>\s]*>")
 _NOT_B64 = re.compile(rb"[^A-Za-z0-9+/]")
 _PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
+_CHARSET = re.compile(r"[A-Za-z0-9!#$%&'+^_`{}~.-]{1,40}\Z")  # a token: needs no quoting
 _WHATWG_1252 = {"ascii", "iso8859-1", "cp1252"}  # read as windows-1252 (python codec names)
 # Tried when the declared charset cannot read the text: the vendor supersets that mailers write
 # under the standard label (NEC/IBM extensions such as circled digits). Labels read as their
@@ -360,6 +361,9 @@ class _Walker:
             disp = "inline"
         else:
             disp = "attachment"
+        charset = _param(part, "charset") if maintype == "text" else None
+        if charset and _CHARSET.match(charset):  # a text attachment's bytes are read by it
+            ctype = f"{ctype}; charset={charset.lower()}"
         att = {
             "filename": filename, "content_type": ctype, "size": len(data),
             "content_id": cid, "disposition": disp,

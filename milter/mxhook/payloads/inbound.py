@@ -15,6 +15,7 @@ import base64
 import re
 from dataclasses import dataclass
 
+from mxhook.model import replies
 from mxhook.model.recipients import recipient_tag
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
 from mxhook.model.records import InboundRecord
@@ -26,7 +27,8 @@ SCHEMA_TYPE = "inbound"
 # html_parts, which would only double the size of the payload).
 MESSAGE_FIELDS = (
     "headers", "from", "to", "cc", "reply_to", "subject", "message_id", "date", "date_iso",
-    "in_reply_to", "references", "text", "html", "attachments", "size", "defects",
+    "in_reply_to", "references", "text", "html", "stripped_text", "stripped_signature",
+    "stripped_html", "attachments", "size", "defects",
 )
 # C0 controls (CR, LF, NUL, ...), DEL, and what str.splitlines() also takes for a line end
 _UNSAFE_HEADER_CHARS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -59,6 +61,8 @@ class Delivery:
 def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
     """The native inbound document (before any payload size cap), as JSON-able data."""
     msg = normalize(delivery.raw, max_attachment_size=max_attachment_size)
+    reply = replies.strip(msg["text"], msg["html"])
+    msg.update(stripped_text=reply.text, stripped_signature=reply.signature, stripped_html=reply.html)
     message = delivery.message
     doc = {
         "id": delivery.id,

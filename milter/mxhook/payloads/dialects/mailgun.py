@@ -252,9 +252,13 @@ def forward_parts(delivery: inbound.Delivery, doc: dict, signature: dict) -> tup
         ("from", _first_header(msg["headers"], "from")),
         ("subject", msg["subject"] or ""),
         ("body-plain", msg["text"] or ""),
+        ("stripped-text", msg["stripped_text"]),
+        ("stripped-signature", msg["stripped_signature"]),
     ]
     if msg["html"]:
         fields.append(("body-html", msg["html"]))
+    if msg["stripped_html"]:  # absent, as with Mailgun, when the quote could not be cut safely
+        fields.append(("stripped-html", msg["stripped_html"]))
     files: Files = []
     cid_map = {}
     for att in msg["attachments"]:

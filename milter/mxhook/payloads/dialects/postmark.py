@@ -189,7 +189,7 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
         "Date": msg["date"] or "",
         "TextBody": msg["text"],
         "HtmlBody": msg["html"],
-        "StrippedTextReply": "",  # not computed yet (issue "Inbound enrichment")
+        "StrippedTextReply": msg["stripped_text"],
         "Tag": "",
         "Headers": [{"Name": h["name"], "Value": h["value"]} for h in msg["headers"]],
         "Attachments": attachments,

@@ -1,0 +1,1 @@
+Von meinem iPhone gesendet

@@ -1,0 +1,1 @@
+Enviado desde mi iPhone

@@ -1,0 +1,1 @@
+Envoyé de mon iPhone

@@ -1,0 +1,1 @@
+Verstuurd vanaf mijn iPhone

@@ -1,0 +1,1 @@
+Skickat från min iPhone

@@ -1,0 +1,2 @@
+-- 
+Bob Builder | Builder & Co.

@@ -1,0 +1,1 @@
+Get Outlook for Android<https://aka.ms/ghei36>

@@ -1,0 +1,2 @@
+Klaus Weber
+Weber GmbH

@@ -1,0 +1,1 @@
+Paul Martin

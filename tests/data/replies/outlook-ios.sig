@@ -1,0 +1,1 @@
+Get Outlook for iOS

@@ -1,0 +1,3 @@
+Klaus Weber
+Weber GmbH
+Tel. +49 30 1234567

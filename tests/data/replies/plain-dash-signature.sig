@@ -1,0 +1,3 @@
+-- 
+Ops Team
+https://status.example.com

@@ -1,0 +1,3 @@
+-- 
+Bob Builder
+Builder & Co.
