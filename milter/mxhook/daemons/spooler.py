@@ -43,7 +43,8 @@ made. An endpoint has at most one open batch, posted by the same workers and ret
 same schedule as inbound deliveries; the next batch is made only when it succeeded or failed,
 so events reach an endpoint in order (a receiver that is down holds up that endpoint only). An
 endpoint whose dialect posts one event per request gets batches of one event, due at once,
-up to model.batching.UNORDERED_IN_FLIGHT open at a time: its events may arrive out of order.
+up to model.batching.open_limit open at a time (one per worker), all the batches of a step
+made in one transaction: its events may arrive out of order.
 A `kill -9` at any point leaves the batch in state.db: after a restart it is posted again with
 the same id and the same events.
 
@@ -447,21 +448,19 @@ class Spooler:
             open_batches: dict[int, list[EventBatch]] = {}
             for batch in self.state.open_batch_list():
                 open_batches.setdefault(batch.endpoint_id, []).append(batch)
-            shapes = {i: _batch_shape(ep) for i, ep in eps.items() if ep.enabled}
+            shapes = {i: _batch_shape(ep, self.workers) for i, ep in eps.items() if ep.enabled}
             # room for more open batches (one posting, or with its result not written yet, is
             # still open in state.db)
             room = {i: limit - len(open_batches.get(i, ())) for i, (_, limit) in shapes.items()}
             candidates = [i for i, r in room.items() if r > 0]
             pending = {i: self.state.pending_stats(i, shapes[i][0] * room[i]) for i in candidates}
             sizes = {i: shapes[i][0] for i in candidates}
-            for endpoint_id in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes):
-                ep, size = eps[endpoint_id], sizes[endpoint_id]
-                for _ in range(batching.batches_to_make(pending[endpoint_id][0], size, room[endpoint_id])):
-                    batch = self.state.create_batch(endpoint_id, size, now, url=ep.destination.url)
-                    if batch is None:
-                        break
-                    open_batches.setdefault(endpoint_id, []).append(batch)
-                    log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
+            wanted = [(i, sizes[i], batching.batches_to_make(pending[i][0], sizes[i], room[i]),
+                       eps[i].destination.url)
+                      for i in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes)]
+            for batch in self.state.create_batches(wanted, now) if wanted else ():
+                open_batches.setdefault(batch.endpoint_id, []).append(batch)
+                log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, batch.endpoint_id, batch.size)
             return self._due_batches(open_batches, eps, shapes, iso(now), free)
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read event batches from state.db")
@@ -772,13 +771,14 @@ class Spooler:
         log.info("stopped")
 
 
-def _batch_shape(ep: Endpoint) -> tuple[int, int]:
-    """(events per batch, open batches allowed) for an endpoint's payload (model.batching)."""
+def _batch_shape(ep: Endpoint, workers: int) -> tuple[int, int]:
+    """(events per batch, open batches allowed) for an endpoint's payload with `workers`
+    posting (model.batching)."""
     try:
         per_request = _registry().events_per_request(ep.target)
     except ValueError:  # an unknown dialect: batches as native; rendering says what is wrong
         per_request = None
-    return batching.batch_size(ep.max_events, per_request), batching.open_limit(per_request)
+    return batching.batch_size(ep.max_events, per_request), batching.open_limit(per_request, workers)
 
 
 def _target_key(target: Target) -> tuple:

@@ -777,28 +777,42 @@ class StateStore:
             (endpoint_id, int(cap)),
         ).fetchone()
 
-    def create_batch(self, endpoint_id: int, max_events: int, now=None, *, url: str | None = None,
-                     batch_id: str | None = None) -> EventBatch | None:
-        """Freeze the oldest pending events of an endpoint (at most `max_events`, in arrival
-        order) into a new queued batch, due now. None when nothing is pending."""
+    def create_batch(self, endpoint_id: int, max_events: int, now=None, *,
+                     url: str | None = None) -> EventBatch | None:
+        """One batch of an endpoint (`create_batches`); None when nothing is pending."""
+        made = self.create_batches([(endpoint_id, max_events, 1, url)], now)
+        return made[0] if made else None
+
+    def create_batches(self, wanted: Iterable[tuple[int, int, int, str | None]],
+                       now=None) -> list[EventBatch]:
+        """Freeze the oldest pending events of endpoints into new queued batches, due now, all
+        in ONE transaction (one fsync however many batches a spooler step makes: a
+        one-event-per-request endpoint makes a batch per event). `wanted`: (endpoint id,
+        events per batch, batches, the endpoint's URL) each; an endpoint gets fewer batches
+        when fewer events are pending. Each batch takes its events in arrival order, the
+        first batch the oldest. Returns the batches made, per endpoint in that order."""
         at = iso(now)
-        batch_id = batch_id or BATCH_PREFIX + spool.new_id()
+        made: list[EventBatch] = []
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO event_batches (id, endpoint_id, url, created, size, status, attempts,"
-                " next_attempt_at, updated) VALUES (?, ?, ?, ?, 0, 'queued', 0, ?, ?)",
-                (batch_id, endpoint_id, url, at, at, at),
-            )
-            size = conn.execute(
-                "UPDATE event_deliveries SET batch_id = ? WHERE seq IN (SELECT seq FROM"
-                " event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL ORDER BY seq LIMIT ?)",
-                (batch_id, endpoint_id, int(max_events)),
-            ).rowcount
-            if size == 0:
-                conn.execute("DELETE FROM event_batches WHERE id = ?", (batch_id,))
-                return None
-            conn.execute("UPDATE event_batches SET size = ? WHERE id = ?", (size, batch_id))
-        return self.batch(batch_id)
+            for endpoint_id, size, count, url in wanted:
+                size, count = int(size), int(count)
+                seqs = [row[0] for row in conn.execute(
+                    "SELECT seq FROM event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL"
+                    " ORDER BY seq LIMIT ?", (endpoint_id, size * count))]
+                members = []
+                for start in range(0, len(seqs), size):
+                    chunk = seqs[start:start + size]
+                    batch = EventBatch(BATCH_PREFIX + spool.new_id(), endpoint_id, "queued", 0,
+                                       None, at, len(chunk), at)
+                    made.append(batch)
+                    members.extend((batch.id, seq) for seq in chunk)
+                    conn.execute(
+                        "INSERT INTO event_batches (id, endpoint_id, url, created, size, status,"
+                        " attempts, next_attempt_at, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                        (batch.id, endpoint_id, url, at, batch.size, at, at),
+                    )
+                conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ?", members)
+        return made
 
     def batch_events(self, batch: EventBatch, *, rendered: bool = False) -> list[dict]:
         """The events of a batch in arrival order, as stored, enriched (see `enrich`). With
