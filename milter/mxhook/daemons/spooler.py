@@ -376,11 +376,12 @@ class Spooler:
         return {d.id for d in self.inflight.values()} | {r.delivery_id for r in self._unrecorded}
 
     def pick_deliveries(self) -> list[Dispatch]:
-        """Inbound deliveries due now, as many as the pool has room for."""
+        """Inbound deliveries due now, as many as the pool has room for (after `pick_batches`,
+        which reloaded what rules.db says)."""
         free = self.capacity - len(self.inflight)
         if free <= 0 or self.stopping:
             return []
-        self.current_endpoints()  # rules.db changed: which rules are disabled now
+        # which rules are disabled now: `dispatch` looked at rules.db just before (pick_batches)
         now = self.clock()
         try:
             if now < self._inbound_due_at:  # nothing can be due yet: spare the query...
