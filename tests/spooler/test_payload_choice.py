@@ -70,6 +70,27 @@ def test_single_event_endpoints_have_several_requests_in_flight(rx, cfg):
     assert len(docs) == limit + 2 and all(d["event"]["name"] == "delivered" for d in docs)
 
 
+def test_a_down_receiver_holds_one_open_batch_per_worker_and_no_more(rx, cfg):
+    """The open bound of a one-per-request endpoint counts batches waiting for their retry:
+    with the receiver down, `workers` of them are deferred (and retried) and the other events
+    wait unbatched, however many steps pass."""
+    from mxhook.model.batching import open_limit
+
+    limit = open_limit(1, cfg.value("spooler", "workers"))
+    ep = add_endpoint(cfg, rx.url + "/down", dialect="postmark")
+    rx.script("/down", [(503, {}, b"down")])
+    for i in range(limit + 3):
+        write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
+    with Stepped(cfg) as sp:
+        for _ in range(4):
+            sp.step(advance=0.5)
+    batches = sent_batches(cfg)
+    assert len(batches) == limit and {b["status"] for b in batches} == {"deferred"}
+    assert {r.headers["webhook-id"] for r in rx.requests} == {b["id"] for b in batches}
+    with StateStore(cfg.state_db) as st:
+        assert st.pending_stats(ep.id, 100)[0] == 3
+
+
 def test_mailgun_endpoint_posts_verify_with_its_signing_key(rx, cfg):
     add_endpoint(cfg, rx.url + "/mg", dialect="mailgun", signing_key=KEY)
     write_event(cfg, "bounced", bounce_type="hard")

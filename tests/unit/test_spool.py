@@ -469,6 +469,32 @@ def test_reader_changed_sees_a_new_file(tmp_path):
         reader.close()
 
 
+def test_take_spares_the_io_thread_while_new_is_unchanged(tmp_path):
+    """Nothing can be ready (new/ as at the last scan, nothing left from it): take answers
+    at once, without a scan on the I/O thread; a new file is taken by the next take, and
+    files given back are taken again without new/ changing."""
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    reader = spool.Reader(d, batch_files=10)
+    scans = []
+    load = reader._load_batch
+    reader._load_batch = lambda: scans.append(1) or load()
+    try:
+        time.sleep(spool.MTIME_TICK_NS / 1e9 * 2)  # past the tick that may hide a change
+        assert reader.take().taken == [] and len(scans) == 1
+        assert reader.take().taken == [] and reader.take().taken == [] and len(scans) == 1
+        _events(d, 1)
+        batch = reader.take()
+        assert len(batch.taken) == 1
+        reader.give_back(batch)
+        time.sleep(spool.MTIME_TICK_NS / 1e9 * 2)
+        again = reader.take()  # given back: first in line, new/ unchanged
+        assert again.taken == batch.taken
+        reader.finish(again)
+    finally:
+        reader.close()
+
+
 def test_handed_over_counts_a_segment_sealed_while_it_reads_once(tmp_path, monkeypatch):
     # The writer seals (tmp/ -> new/) at any moment; a count that read new/ before the seal
     # and tmp/ after it missed the whole segment (a flaky "456 of 500 spooled").
