@@ -1109,7 +1109,8 @@ class Reader:
         """(I/O thread) Put the files not ingested (`left`), and those of the batch read ahead
         (`ahead`: done, since it ran before this on the one I/O thread), back at the front of
         the line in name order; have the ingested ones unlinked by the unlink pool (their names
-        stay claimed until they are gone). New files, not these, end the next wait (`changed`)."""
+        stay claimed until they are gone). Files given back end no wait (`changed`); the
+        unlinks do, as new/'s mtime cannot tell them from an arrival (one look too many)."""
         again = list(left)
         if ahead is not None and ahead.exception() is None:
             again += ahead.result().taken

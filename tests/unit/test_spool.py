@@ -396,7 +396,28 @@ def test_reader_takes_in_name_order_and_unlinks_only_what_is_finished(tmp_path):
 
 def test_reader_gives_back_first_in_line_before_the_batch_read_ahead(tmp_path):
     """Files given back (state.db refused them) come again before the batch already read
-    ahead, and a give-back alone does not end a wait."""
+    ahead."""
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    ids = _events(d, 6)
+    reader = spool.Reader(d, batch_files=2)
+    try:
+        first = reader.take()  # the next two are read ahead meanwhile
+        assert [r.id for r in first.records] == ids[:2]
+        reader.finish(first, first.files[:1])  # the second file was not committed
+        order = []
+        while (batch := reader.take()).taken:
+            order += [r.id for r in batch.records]
+            reader.finish(batch)
+        assert order == ids[1:]
+    finally:
+        reader.close()
+    assert _new(d) == []
+
+
+def test_reader_give_back_alone_ends_no_wait(tmp_path):
+    """Files given back are not new arrivals: `changed` stays False (a finish that unlinks
+    files moves new/'s mtime, which cannot be told from an arrival: that one ends a wait)."""
     d = str(tmp_path)
     spool.ensure_dirs(d)
     ids = _events(d, 6)
@@ -404,14 +425,13 @@ def test_reader_gives_back_first_in_line_before_the_batch_read_ahead(tmp_path):
     reader = spool.Reader(d, batch_files=2)
     try:
         first = reader.take()  # the next two are read ahead meanwhile
-        assert [r.id for r in first.records] == ids[:2]
-        reader.finish(first, first.files[:1])  # the second file was not committed
+        reader.give_back(first)
         assert not reader.changed()
         order = []
         while (batch := reader.take()).taken:
             order += [r.id for r in batch.records]
             reader.finish(batch)
-        assert order == ids[1:]
+        assert order == ids
     finally:
         reader.close()
     assert _new(d) == []
