@@ -545,6 +545,22 @@ def test_finished_deadline_leaves_sockets_alone():
         assert a.recv(10) == b"still open"
 
 
+def test_watchdog_keeps_no_finished_deadline_and_wakes_for_an_earlier_one():
+    """A deadline that ends later than the watchdog's next look costs no wake-up; one that
+    ends sooner (here under a 60 s one in progress) is still enforced on time."""
+    with egress.attempt_deadline(60) as long:
+        a, b = socket.socketpair()
+        with a, b:
+            a.settimeout(10)
+            with egress.attempt_deadline(0.3) as short:
+                short.register(a)
+                start = time.monotonic()
+                assert a.recv(10) == b""
+                assert time.monotonic() - start < 2 and short.expired
+        assert not long.expired
+    assert long not in egress._watchdog._active and short not in egress._watchdog._active
+
+
 def test_registering_after_expiry_shuts_down_at_once():
     dl = egress.Deadline(0)
     dl.expire()
