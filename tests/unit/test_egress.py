@@ -495,6 +495,33 @@ def test_https_untrusted_ca_fails(pki, opened):
         assert srv.seen == []
 
 
+def test_deliveries_verify_the_certificate(pki, opened):
+    """webhook.deliver posts through the session's guarded pool: the certificate is verified
+    (for the URL's host name, against the session's CA), TLS 1.2 at least."""
+    from mxhook.delivery import webhook
+    from mxhook.model.targets import Target
+
+    def deliver(session, url):
+        return webhook.deliver(session, Target(url, kind="endpoint", id=1, name="e", timeout=5), b"{}",
+                               "application/json", "wh-1", user_agent="t", max_response_bytes=100)
+    with LoopbackServer(_server_context(pki, "hooks.test")) as srv:
+        session = egress.guarded_session(LOOPBACK_ONLY, resolver=CountingResolver(["127.0.0.1"]))
+        out = deliver(session, f"https://hooks.test:{srv.port}/in")
+        assert out.status == "deferred" and out.error.startswith("TLS error:")  # system CAs only
+        assert srv.seen == []
+        session.verify = str(pki / "ca.pem")
+        for _ in range(3):
+            out = deliver(session, f"https://hooks.test:{srv.port}/in")
+            assert (out.status, out.response_excerpt) == ("succeeded", "ok")
+        assert len(srv.seen) == 3 and set(srv.sni) == {"hooks.test"}
+        manager = session.get_adapter("https://").poolmanager
+        conns = [c for key in manager.pools.keys() for c in manager.pools[key].pool.queue if c is not None]
+        assert conns and all(c.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_2 for c in conns)
+    with LoopbackServer(_server_context(pki, "other.test")) as srv:
+        out = deliver(session, f"https://hooks.test:{srv.port}/in")
+        assert out.status == "deferred" and out.error.startswith("TLS error:") and srv.seen == []
+
+
 def test_https_refuses_tls_below_1_2(pki, opened):
     ctx = _server_context(pki, "hooks.test")
     try:

@@ -319,6 +319,40 @@ def test_deadline_does_not_touch_a_pooled_connection(rx):
     assert [r.path for r in rx.wait_for(2)] == ["/a", "/b"]
 
 
+def test_attempts_reuse_one_keep_alive_connection(rx, monkeypatch):
+    """One worker's session keeps its connection to an endpoint open from one attempt to the
+    next; an answer whose body was not read to its end (over max_response_bytes) closes it,
+    so the rest of that body is never read as the next answer."""
+    real, opened = egress._open_socket, []
+
+    def counting(*args):
+        opened.append(args[:2])
+        return real(*args)
+
+    monkeypatch.setattr(egress, "_open_socket", counting)
+    session = webhook.make_session(LOOPBACK)
+    for i in range(3):
+        assert post(target(rx.url + f"/k{i}"), session=session).status == "succeeded"
+    assert len(opened) == 1
+    rx.script("/big", [(200, {}, b"x" * 50_000)])
+    out = post(target(rx.url + "/big"), session=session, max_response_bytes=10)
+    assert out.response_excerpt == "x" * 10
+    out = post(target(rx.url + "/after"), session=session)
+    assert out.status == "succeeded" and out.response_excerpt == '{"ok":true}'
+    assert len(opened) == 2
+    assert [r.path for r in rx.wait_for(5)] == ["/k0", "/k1", "/k2", "/big", "/after"]
+
+
+def test_gzip_answer_is_excerpted_as_text(rx):
+    import gzip
+
+    rx.script("/z", [(200, {"Content-Encoding": "gzip"}, gzip.compress(b'{"ok":"zipped"}'))])
+    out = post(target(rx.url + "/z"))
+    assert out.status == "succeeded" and out.response_excerpt == '{"ok":"zipped"}'
+    (req,) = rx.wait_for(1)
+    assert req.headers["Accept-Encoding"] == "gzip, deflate" and req.headers["Accept"] == "*/*"
+
+
 # ---------------------------------------------------------------------------------------------
 # Signature headers
 

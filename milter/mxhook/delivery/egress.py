@@ -58,6 +58,7 @@ then tells the caller why.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import ssl
 import threading
@@ -70,7 +71,8 @@ import requests.certs
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, LocationValueError, NewConnectionError
+from urllib3.util import parse_url
 from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -625,6 +627,29 @@ class GuardedAdapter(HTTPAdapter):
             return super().send(request, *args, **kwargs)
         except EgressError as exc:
             raise EgressBlocked(exc, request=request) from exc
+
+
+def pool_for(session: requests.Session, url: str) -> tuple[HTTPConnectionPool, str]:
+    """The guarded urllib3 pool a guarded session keeps for `url`'s origin, and the request
+    target (path and query) to POST to. Delivery posts through the pool itself: requests'
+    per-request work (merging settings, hooks, cookies, preparing) cost more than the post.
+    An https pool verifies certificates: against requests' CA bundle (`connect` above), or
+    the CA file or directory the session's `verify` names."""
+    parts = parse_url(url)
+    if not parts.host:
+        raise LocationValueError("no host in the URL")
+    adapter = session.get_adapter(url)
+    if not isinstance(adapter, GuardedAdapter):
+        raise EgressError("the session is not guarded by the egress policy")
+    pool = adapter.poolmanager.connection_from_host(parts.host, parts.port, parts.scheme)
+    if isinstance(pool, HTTPSConnectionPool):
+        pool.cert_reqs = "CERT_REQUIRED"
+        if isinstance(session.verify, str):  # a CA file or directory instead of the bundle
+            if os.path.isdir(session.verify):
+                pool.ca_cert_dir = session.verify
+            else:
+                pool.ca_certs = session.verify
+    return pool, parts.request_uri
 
 
 def guarded_session(allow: Sequence[Network] = (), resolver: Resolver | None = None) -> requests.Session:

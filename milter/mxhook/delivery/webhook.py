@@ -4,7 +4,9 @@
     outcome = deliver(session, target, body, content_type, webhook_id,
                       user_agent="mxhook/0.1", max_response_bytes=4096, keys=keyset)
 
-- every request goes through the SSRF guard (`egress.guarded_session`): the endpoint host is
+- every request goes through the SSRF guard (`egress.guarded_session`; the POST itself through
+  the session's guarded urllib3 pool, `egress.pool_for`, whose keep-alive connection the
+  worker's next attempt to the same endpoint reuses): the endpoint host is
   resolved once, non-public addresses are refused unless `[http] allow_networks` admits them,
   the socket is opened to the checked address, TLS 1.2 at least. A refused address is
   `deferred` (the admin may fix DNS or the allowlist) with the reason.
@@ -36,10 +38,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
+from http.client import HTTPException, InvalidURL
 from typing import Mapping
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError as UrllibError, LocationValueError,
+                                NewConnectionError, ReadTimeoutError, SSLError)
+from urllib3.util import Timeout
 
 from mxhook.config import parse_networks
 from mxhook.delivery import egress
@@ -206,23 +212,35 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
-def _read_excerpt(response: requests.Response, limit: int, deadline: egress.Deadline | None = None) -> str:
+def _read_excerpt(response, limit: int, deadline: egress.Deadline | None = None) -> str:
+    """At most `limit` bytes of a urllib3 response's body (decoded as requests would: gzip and
+    deflate undone), as text. A body cut short (by the deadline, or a server that breaks off)
+    ends the excerpt instead of raising: the status line is the answer."""
     chunks, size = [], 0
     if limit > 0:
-        # A body cut short (by the deadline, or a server that breaks off) ends the excerpt
-        # instead of raising: urllib3 2.x reads until a whole chunk_size is buffered and would
-        # drop what it had with the IncompleteRead (1.26 defaults to this already).
-        response.raw.enforce_content_length = False
+        response.enforce_content_length = False  # urllib3 2.x would drop what it had
         try:
-            for chunk in response.iter_content(chunk_size=min(limit, 16384)):
+            while size < limit and not (deadline is not None and deadline.expired):
+                chunk = response.read(min(limit - size, 16384), decode_content=True)
+                if not chunk:
+                    break
                 chunks.append(chunk)
                 size += len(chunk)
-                if size >= limit or (deadline is not None and deadline.expired):
-                    break
         except Exception:  # noqa: BLE001 -- a body that breaks off (or hits the deadline)
-            pass  # changes nothing: the status line is the answer
+            pass
     return b"".join(chunks)[:limit].decode("utf-8", "replace")
 
+
+def _release(response) -> None:
+    """The connection back to the pool for the next request when the body was read to its
+    end; closed otherwise (what is left of the body would be read as the next answer)."""
+    if not response.isclosed():
+        response.close()
+    response.release_conn()
+
+
+# What requests sent with every request (its session defaults), sent as before.
+_WIRE_HEADERS = {"Accept-Encoding": "gzip, deflate", "Accept": "*/*", "Connection": "keep-alive"}
 
 _BAD_REQUEST = ("invalid request: a header value (the rule's credentials?) or the URL has characters "
                 "HTTP does not allow")
@@ -269,48 +287,45 @@ def deliver(
 
     start = time.monotonic()
     elapsed = lambda: int((time.monotonic() - start) * 1000)  # noqa: E731
+    headers.update(_WIRE_HEADERS)
     with egress.attempt_deadline(timeout + DEADLINE_GRACE) as deadline:
         try:
-            response = session.post(
-                url, data=body, headers=headers, timeout=(timeout, timeout),
-                allow_redirects=False, stream=True,
+            pool, path = egress.pool_for(session, url)
+            response = pool.urlopen(
+                "POST", path, body=body, headers=headers, timeout=Timeout(connect=timeout, read=timeout),
+                redirect=False, retries=False, preload_content=False, decode_content=False,
+                assert_same_host=False,
             )
-        except egress.EgressBlocked as exc:
-            return Outcome("deferred", error=f"egress refused: {exc.egress_error}", duration_ms=elapsed())
-        except requests.RequestException as exc:
+        except egress.EgressError as exc:
+            return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
+        except (UrllibError, OSError, HTTPException) as exc:
             if deadline.expired:
                 return Outcome("deferred", error=_too_slow(timeout), duration_ms=elapsed())
             return _request_error(exc, timeout, elapsed())
-        except egress.EgressError as exc:  # raised outside the adapter (e.g. a proxy setting)
-            return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
         except ValueError:  # UnicodeEncodeError included
             # http.client refusing a header value (its text quotes the value: a secret)
             return Outcome("failed", error=_BAD_REQUEST, duration_ms=elapsed())
         try:
             excerpt = _read_excerpt(response, max_response_bytes, deadline)
-            verdict = classify(response.status_code, response.headers)
+            verdict = classify(response.status, response.headers)
         finally:
-            response.close()
+            _release(response)
     return Outcome(
-        verdict.status, status_code=response.status_code, error=verdict.error,
+        verdict.status, status_code=response.status, error=verdict.error,
         retry_after=verdict.retry_after, duration_ms=elapsed(), response_excerpt=excerpt,
     )
 
 
-def _request_error(exc: requests.RequestException, timeout: float, duration_ms: int) -> Outcome:
-    """The outcome of a request that got no HTTP answer."""
-    if isinstance(exc, requests.exceptions.SSLError):
+def _request_error(exc: Exception, timeout: float, duration_ms: int) -> Outcome:
+    """The outcome of a request that got no HTTP answer (urllib3's exceptions, raised as they
+    are: no retries)."""
+    if isinstance(exc, SSLError):
         return Outcome("deferred", error=f"TLS error: {describe_error(exc)}", duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
+    if isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError):
         return Outcome("deferred", error=f"connect timeout: no connection within {timeout:g}s",
                        duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.ReadTimeout):
+    if isinstance(exc, ReadTimeoutError):
         return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s", duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.InvalidHeader):  # its text quotes the header value
-        return Outcome("failed", error=_BAD_REQUEST, duration_ms=duration_ms)
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema)):
+    if isinstance(exc, (LocationValueError, InvalidURL)):
         return Outcome("failed", error=f"invalid request: {describe_error(exc)}", duration_ms=duration_ms)
-    return Outcome("deferred", error=f"request error: {describe_error(exc)}", duration_ms=duration_ms)
+    return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=duration_ms)
