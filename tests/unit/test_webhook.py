@@ -334,7 +334,7 @@ def test_attempts_reuse_one_keep_alive_connection(rx, monkeypatch):
     for i in range(3):
         assert post(target(rx.url + f"/k{i}"), session=session).status == "succeeded"
     assert len(opened) == 1
-    rx.script("/big", [(200, {}, b"x" * 50_000)])
+    rx.script("/big", [(200, {}, b"x" * 2_000_000)])  # more than one read brings
     out = post(target(rx.url + "/big"), session=session, max_response_bytes=10)
     assert out.response_excerpt == "x" * 10
     out = post(target(rx.url + "/after"), session=session)

@@ -73,6 +73,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, LocationValueError, NewConnectionError
 from urllib3.util import parse_url
+from urllib3.util.wait import wait_for_read
 from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -618,6 +619,15 @@ class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _pool_classes(self._policy)
+        self.connection_classes = {scheme: pool.ConnectionCls
+                                   for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()}
+        self.kept: dict[tuple, object] = {}  # deliveries' keep-alive connections by origin
+
+    def close(self):
+        for conn in self.kept.values():
+            conn.close()
+        self.kept.clear()
+        super().close()
 
     def proxy_manager_for(self, proxy, **proxy_kwargs):
         raise EgressError("proxies are not supported by the egress guard (the proxy would connect unchecked)")
@@ -629,27 +639,57 @@ class GuardedAdapter(HTTPAdapter):
             raise EgressBlocked(exc, request=request) from exc
 
 
-def pool_for(session: requests.Session, url: str) -> tuple[HTTPConnectionPool, str]:
-    """The guarded urllib3 pool a guarded session keeps for `url`'s origin, and the request
-    target (path and query) to POST to. Delivery posts through the pool itself: requests'
-    per-request work (merging settings, hooks, cookies, preparing) cost more than the post.
-    An https pool verifies certificates: against requests' CA bundle (`connect` above), or
-    the CA file or directory the session's `verify` names."""
+def connection_for(session: requests.Session, url: str, timeout: float):
+    """A connected guarded connection (urllib3's, `.sock` the socket: TLS for https) to
+    `url`'s origin for one delivery, and the request target (path and query). The connection
+    the session's last delivery there left open is reused while the server keeps it open;
+    otherwise a new one is made: resolve and check once, connect to a checked address (the
+    connect timeout cut to the attempt's deadline), TLS 1.2 at least with the certificate
+    verified for the URL's host name against requests' CA bundle (or the CA file or directory
+    the session's `verify` names). Give it back with `keep_connection` once its answer was read
+    to the end, or close it. Raises EgressError, LocationValueError and what connecting
+    raises (urllib3's NewConnectionError and ConnectTimeoutError, ssl errors, OSError)."""
     parts = parse_url(url)
     if not parts.host:
         raise LocationValueError("no host in the URL")
     adapter = session.get_adapter(url)
     if not isinstance(adapter, GuardedAdapter):
         raise EgressError("the session is not guarded by the egress policy")
-    pool = adapter.poolmanager.connection_from_host(parts.host, parts.port, parts.scheme)
-    if isinstance(pool, HTTPSConnectionPool):
-        pool.cert_reqs = "CERT_REQUIRED"
-        if isinstance(session.verify, str):  # a CA file or directory instead of the bundle
-            if os.path.isdir(session.verify):
-                pool.ca_cert_dir = session.verify
+    scheme = parts.scheme or "http"
+    port = parts.port or (443 if scheme == "https" else 80)
+    origin = (scheme, parts.host, port)
+    conn = adapter.kept.pop(origin, None)
+    if conn is not None and (conn.sock is None or wait_for_read(conn.sock, timeout=0.0)):
+        conn.close()  # closed by the server (or it sent something unasked): not reusable
+        conn = None
+    if conn is None:
+        conn = adapter.connection_classes[scheme](parts.host, port, timeout=timeout)
+        if scheme == "https":
+            tls = {"cert_reqs": "CERT_REQUIRED"}
+            if isinstance(session.verify, str):
+                tls["ca_cert_dir" if os.path.isdir(session.verify) else "ca_certs"] = session.verify
+            set_cert = getattr(conn, "set_cert", None)
+            if set_cert is not None:  # urllib3 1.26: also the defaults of its host name check
+                set_cert(**tls)
             else:
-                pool.ca_certs = session.verify
-    return pool, parts.request_uri
+                for name, value in tls.items():
+                    setattr(conn, name, value)
+        conn.connect()
+    conn.origin = origin
+    deadline = current_deadline()
+    if deadline is not None:
+        deadline.register(conn)
+    return conn, parts.request_uri
+
+
+def keep_connection(session: requests.Session, conn) -> None:
+    """A connection whose answer was read to its end, kept for the session's next delivery to
+    the same origin (one per origin)."""
+    adapter = session.get_adapter(f"{conn.origin[0]}://")
+    old = adapter.kept.pop(conn.origin, None)
+    if old is not None and old is not conn:
+        old.close()
+    adapter.kept[conn.origin] = conn
 
 
 def guarded_session(allow: Sequence[Network] = (), resolver: Resolver | None = None) -> requests.Session:

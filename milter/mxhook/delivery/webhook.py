@@ -34,18 +34,19 @@ from __future__ import annotations
 import base64
 import email.utils
 import re
+import socket
+import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
-from http.client import HTTPException, InvalidURL
 from typing import Mapping
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import (ConnectTimeoutError, HTTPError as UrllibError, LocationValueError,
-                                NewConnectionError, ReadTimeoutError, SSLError)
-from urllib3.util import Timeout
+from urllib3.exceptions import ConnectTimeoutError, HTTPError as UrllibError, NewConnectionError
+from urllib3.util.ssl_match_hostname import CertificateError as HostnameMismatch
 
 from mxhook.config import parse_networks
 from mxhook.delivery import egress
@@ -212,31 +213,160 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
-def _read_excerpt(response, limit: int, deadline: egress.Deadline | None = None) -> str:
-    """At most `limit` bytes of a urllib3 response's body (decoded as requests would: gzip and
-    deflate undone), as text. A body cut short (by the deadline, or a server that breaks off)
-    ends the excerpt instead of raising: the status line is the answer."""
-    chunks, size = [], 0
-    if limit > 0:
-        response.enforce_content_length = False  # urllib3 2.x would drop what it had
+class _NoAnswer(Exception):
+    """The connection broke off, or the server's bytes are not an HTTP/1.x answer, before a
+    whole status line and header block arrived."""
+
+
+class _Answer:
+    """One HTTP/1.1 answer read off a connection: the status and the headers (names in lower
+    case), then at most `limit` bytes of the body (`excerpt`); `reusable` when the body was
+    read to its end and the server keeps the connection open."""
+
+    MAX_HEAD = 65536  # bytes of status line and headers
+
+    def __init__(self, sock, limit: int, deadline: egress.Deadline):
+        self.sock, self.deadline = sock, deadline
+        self.buf = b""
+        self.reusable = False
+        while True:  # interim 1xx answers (100 Continue, 103 Early Hints) come before the answer
+            head = self._head()
+            lines = head.split(b"\r\n")
+            status = lines[0].split(None, 2)
+            if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+                raise _NoAnswer("the server's answer is not HTTP/1.x")
+            self.status = int(status[1])
+            if not 100 <= self.status < 200 or self.status == 101:
+                break
+        self.version11 = status[0] == b"HTTP/1.1"
+        self.headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                key = name.strip().lower().decode("latin-1")
+                value = value.strip().decode("latin-1")
+                self.headers[key] = f"{self.headers[key]}, {value}" if key in self.headers else value
+        self.kept = bytearray()  # of the body, at most `limit` bytes
         try:
-            while size < limit and not (deadline is not None and deadline.expired):
-                chunk = response.read(min(limit - size, 16384), decode_content=True)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-        except Exception:  # noqa: BLE001 -- a body that breaks off (or hits the deadline)
-            pass
-    return b"".join(chunks)[:limit].decode("utf-8", "replace")
+            done = self._body(limit)
+        except (OSError, ValueError):
+            done = False  # a body that breaks off (or hits the deadline): the status line decides
+        close = "close" in self.headers.get("connection", "").lower()
+        self.reusable = done and self.version11 and not close and not deadline.expired
+        try:
+            self.excerpt = _decoded(bytes(self.kept), self.headers.get("content-encoding", ""), limit)
+        except zlib.error:
+            self.excerpt = ""
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("the server closed the connection")
+        return data
+
+    def _head(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head, self.buf = self.buf[:end], self.buf[end + 4:]
+                return head
+            if len(self.buf) > self.MAX_HEAD:
+                raise _NoAnswer("the answer's header block is too long")
+            try:
+                data = self._recv()
+            except ConnectionResetError:
+                raise _NoAnswer("the server closed the connection without an answer") from None
+            self.buf += data
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            if len(self.buf) > 4096:
+                raise ValueError("a chunk line is too long")
+            self.buf += self._recv()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _body(self, limit: int) -> bool:
+        """Read the body, keeping `limit` bytes; True when it was read to its end."""
+        length = self.headers.get("content-length")
+        if self.status in (204, 304):
+            return True
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            while True:
+                size = int(self._line().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self._line():  # trailers, up to the blank line
+                        pass
+                    return not self.buf
+                chunk = bytearray()
+                if not self._sized(chunk, limit - len(self.kept), size):
+                    self.kept += chunk
+                    return False
+                self.kept += chunk
+                if self._line():
+                    raise ValueError("a chunk is longer than its size")
+        if length is not None and length.strip().isdigit():
+            return self._sized(self.kept, limit, int(length))
+        self._sized(self.kept, limit, None)  # delimited by the close: the cap's worth, then close
+        return False
+
+    def _sized(self, kept: bytearray, limit: int, length: int | None) -> bool:
+        """Read `length` bytes (None: until the close) into `kept` up to `limit` of them; True
+        when all were read (with nothing beyond them: no answer comes unasked)."""
+        got = 0
+        while True:
+            if self.buf:
+                piece = self.buf if length is None else self.buf[:length - got]
+                self.buf = self.buf[len(piece):]
+                got += len(piece)
+                kept += piece[:max(limit - len(kept), 0)]
+            if length is not None and got >= length:
+                return True
+            if len(kept) >= limit or self.deadline.expired:
+                return False
+            try:
+                self.buf = self._recv()
+            except ConnectionResetError:
+                return False
 
 
-def _release(response) -> None:
-    """The connection back to the pool for the next request when the body was read to its
-    end; closed otherwise (what is left of the body would be read as the next answer)."""
-    if not response.isclosed():
-        response.close()
-    response.release_conn()
+def _decoded(body: bytes, encoding: str, limit: int) -> str:
+    """The excerpt as text, a gzip or deflate body undone (we accept both, as requests did)."""
+    encoding = encoding.strip().lower()
+    if body and encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            body = zlib.decompressobj(47).decompress(body, limit)  # zlib or gzip header
+        except zlib.error:
+            if encoding != "deflate":
+                return ""
+            body = zlib.decompressobj(-15).decompress(body, limit)  # raw deflate
+    return body[:limit].decode("utf-8", "replace")
+
+
+def _request(method: str, target: str, host: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    """The request's bytes, head and body for one send. Raises ValueError for a header value
+    HTTP does not allow (CR, LF, NUL, or not Latin-1; the text names no value)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers.items():
+        value = str(value)
+        if _BAD_HEADER.search(value):
+            raise ValueError("a header value has characters HTTP does not allow")
+        lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {len(body)}")
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("a header value is not Latin-1") from None
+    return head + body
+
+
+_BAD_HEADER = re.compile(r"[\r\n\0]")
+
+
+def _host_header(conn) -> str:
+    scheme, host, port = conn.origin
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
 
 
 # What requests sent with every request (its session defaults), sent as before.
@@ -290,42 +420,48 @@ def deliver(
     headers.update(_WIRE_HEADERS)
     with egress.attempt_deadline(timeout + DEADLINE_GRACE) as deadline:
         try:
-            pool, path = egress.pool_for(session, url)
-            response = pool.urlopen(
-                "POST", path, body=body, headers=headers, timeout=Timeout(connect=timeout, read=timeout),
-                redirect=False, retries=False, preload_content=False, decode_content=False,
-                assert_same_host=False,
-            )
+            conn, path = egress.connection_for(session, url, timeout)
         except egress.EgressError as exc:
             return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
-        except (UrllibError, OSError, HTTPException) as exc:
+        except (UrllibError, OSError, ValueError) as exc:  # ssl errors included
             if deadline.expired:
                 return Outcome("deferred", error=_too_slow(timeout), duration_ms=elapsed())
             return _request_error(exc, timeout, elapsed())
-        except ValueError:  # UnicodeEncodeError included
-            # http.client refusing a header value (its text quotes the value: a secret)
-            return Outcome("failed", error=_BAD_REQUEST, duration_ms=elapsed())
+        answer = None
         try:
-            excerpt = _read_excerpt(response, max_response_bytes, deadline)
-            verdict = classify(response.status, response.headers)
+            request = _request("POST", path, _host_header(conn), headers, body)
+            conn.sock.settimeout(timeout)  # each send and read; the deadline bounds them all
+            conn.sock.sendall(request)
+            answer = _Answer(conn.sock, max_response_bytes, deadline)
+        except ValueError:
+            # a header value HTTP does not allow (never quoted: it may be a secret)
+            return Outcome("failed", error=_BAD_REQUEST, duration_ms=elapsed())
+        except (OSError, _NoAnswer) as exc:
+            if deadline.expired:
+                return Outcome("deferred", error=_too_slow(timeout), duration_ms=elapsed())
+            if isinstance(exc, socket.timeout):
+                return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s",
+                               duration_ms=elapsed())
+            return _request_error(exc, timeout, elapsed())
         finally:
-            _release(response)
+            if answer is not None and answer.reusable:
+                egress.keep_connection(session, conn)
+            else:
+                conn.close()
+    verdict = classify(answer.status, answer.headers)
     return Outcome(
-        verdict.status, status_code=response.status, error=verdict.error,
-        retry_after=verdict.retry_after, duration_ms=elapsed(), response_excerpt=excerpt,
+        verdict.status, status_code=answer.status, error=verdict.error,
+        retry_after=verdict.retry_after, duration_ms=elapsed(), response_excerpt=answer.excerpt,
     )
 
 
 def _request_error(exc: Exception, timeout: float, duration_ms: int) -> Outcome:
-    """The outcome of a request that got no HTTP answer (urllib3's exceptions, raised as they
-    are: no retries)."""
-    if isinstance(exc, SSLError):
+    """The outcome of a request that got no HTTP answer."""
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError, HostnameMismatch)) or type(exc).__name__ == "SSLError":
         return Outcome("deferred", error=f"TLS error: {describe_error(exc)}", duration_ms=duration_ms)
     if isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError):
         return Outcome("deferred", error=f"connect timeout: no connection within {timeout:g}s",
                        duration_ms=duration_ms)
-    if isinstance(exc, ReadTimeoutError):
-        return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s", duration_ms=duration_ms)
-    if isinstance(exc, (LocationValueError, InvalidURL)):
+    if isinstance(exc, ValueError):  # a URL urllib3 cannot parse (LocationValueError)
         return Outcome("failed", error=f"invalid request: {describe_error(exc)}", duration_ms=duration_ms)
     return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=duration_ms)
