@@ -353,6 +353,91 @@ def test_gzip_answer_is_excerpted_as_text(rx):
     assert req.headers["Accept-Encoding"] == "gzip, deflate" and req.headers["Accept"] == "*/*"
 
 
+class RawServer:
+    """A loopback server answering each request with the next of `answers` (bytes sent as
+    they are; a `None` after one: close the connection then). Counts the connections."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.connections = 0
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while self.answers:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                buf = b""
+                while self.answers:
+                    while b"\r\n\r\n" not in buf:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        buf += data
+                    if b"\r\n\r\n" not in buf:
+                        break
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    while len(buf) < length:
+                        buf += conn.recv(65536)
+                    buf = buf[length:]
+                    conn.sendall(self.answers.pop(0))
+                    if self.answers and self.answers[0] is None:
+                        self.answers.pop(0)
+                        break
+
+    def close(self):
+        self.srv.close()
+
+
+def test_chunked_interim_and_close_delimited_answers():
+    chunked = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"4;ext=1\r\n{\"ok\r\n6\r\n\":true\r\n1\r\n}\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    srv = RawServer([chunked, chunked, b"HTTP/1.0 202 Accepted\r\n\r\nno length", None])
+    try:
+        session = webhook.make_session(LOOPBACK)
+        for _ in range(2):  # the chunked body read to its end: the connection is kept
+            out = post(target(srv.url + "/c"), session=session)
+            assert (out.status, out.status_code, out.response_excerpt) == ("succeeded", 200, '{"ok":true}')
+        assert srv.connections == 1
+        out = post(target(srv.url + "/c"), session=session)
+        assert (out.status_code, out.response_excerpt) == (202, "no length")
+        assert session.get_adapter("http://").kept == {}  # delimited by the close: not kept
+    finally:
+        srv.close()
+
+
+def test_connection_close_and_a_server_gone_idle_mean_a_new_connection():
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    srv = RawServer([ok.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), ok, None, ok])
+    try:
+        session = webhook.make_session(LOOPBACK)
+        assert post(target(srv.url + "/a"), session=session).status == "succeeded"  # says close
+        assert post(target(srv.url + "/b"), session=session).status == "succeeded"  # a new one, kept
+        time.sleep(0.2)  # meanwhile the server closed that one (the None after it)
+        assert post(target(srv.url + "/c"), session=session).status == "succeeded"
+        assert srv.connections == 3
+    finally:
+        srv.close()
+
+
+def test_an_answer_that_is_not_http_is_a_connection_error():
+    srv = RawServer([b"SSH-2.0-OpenSSH\r\n\r\n"])
+    try:
+        out = post(target(srv.url + "/x", bearer="tok-secret"))
+        assert out.status == "deferred" and out.error.startswith("connection error:")
+        assert "tok-secret" not in out.error
+    finally:
+        srv.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Signature headers
 
