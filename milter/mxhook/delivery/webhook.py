@@ -4,12 +4,16 @@
     outcome = deliver(session, target, body, content_type, webhook_id,
                       user_agent="mxhook/0.1", max_response_bytes=4096, keys=keyset)
 
-- every request goes through the SSRF guard (`egress.guarded_session`; the POST itself through
-  the session's guarded urllib3 pool, `egress.pool_for`, whose keep-alive connection the
-  worker's next attempt to the same endpoint reuses): the endpoint host is
-  resolved once, non-public addresses are refused unless `[http] allow_networks` admits them,
-  the socket is opened to the checked address, TLS 1.2 at least. A refused address is
-  `deferred` (the admin may fix DNS or the allowlist) with the reason.
+- every connection is opened by the SSRF guard (`egress.guarded_session`,
+  `egress.connection_for`): the endpoint host is resolved once, non-public addresses are
+  refused unless `[http] allow_networks` admits them, the socket is opened to the checked
+  address, TLS 1.2 at least with the certificate verified for the URL's host name. A refused
+  address is `deferred` (the admin may fix DNS or the allowlist) with the reason.
+- one connection per worker and endpoint, kept open from one attempt to the next while the
+  server keeps it (HTTP/1.1 keep-alive; one request at a time on it, never pipelined). The
+  request is one send of head and body; the answer is read by `_Answer` (status line,
+  headers, a Content-Length, chunked or close-delimited body). requests' Session.post cost
+  ~15 times the CPU of this, most of a one-per-request dialect's post.
 - explicit timeout (the target's `timeout`, for connecting and for each read), and a deadline
   for the whole attempt (connect + send + response headers + the capped body) of that timeout
   plus DEADLINE_GRACE: a server that trickles its answer cannot hold a worker longer.
@@ -291,6 +295,8 @@ class _Answer:
         length = self.headers.get("content-length")
         if self.status in (204, 304):
             return True
+        if self.status < 200:  # 101: a protocol switch nobody asked for; no body, not kept
+            return False
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             while True:
                 size = int(self._line().split(b";")[0].strip(), 16)
@@ -430,7 +436,8 @@ def deliver(
         answer = None
         try:
             request = _request("POST", path, _host_header(conn), headers, body)
-            conn.sock.settimeout(timeout)  # each send and read; the deadline bounds them all
+            if conn.sock.gettimeout() != timeout:  # each send and read; the deadline bounds them all
+                conn.sock.settimeout(timeout)
             conn.sock.sendall(request)
             answer = _Answer(conn.sock, max_response_bytes, deadline)
         except ValueError:
