@@ -343,6 +343,17 @@ def test_attempts_reuse_one_keep_alive_connection(rx, monkeypatch):
     assert [r.path for r in rx.wait_for(5)] == ["/k0", "/k1", "/k2", "/big", "/after"]
 
 
+def test_a_session_keeps_a_bounded_number_of_connections(rx, monkeypatch):
+    monkeypatch.setattr(egress, "KEPT_ORIGINS", 2)
+    session = webhook.make_session(LOOPBACK, resolver=egress.static_resolver(
+        {f"h{i}.test": ["127.0.0.1"] for i in range(3)}))
+    for i in range(3):
+        url = rx.url.replace("127.0.0.1", f"h{i}.test")
+        assert post(target(url + "/k"), session=session).status == "succeeded"
+    kept = session.get_adapter("http://").kept
+    assert [origin[1] for origin in kept] == ["h1.test", "h2.test"]
+
+
 def test_gzip_answer_is_excerpted_as_text(rx):
     import gzip
 

@@ -47,13 +47,13 @@ refused (fail closed). Using only the passing addresses would also be safe, but 
 means the name is misconfigured or hostile, the outcome would depend on address order, and the
 admin learns about it when the endpoint is added instead of at some later connection.
 
-Whole-attempt deadline: requests' timeouts bound each connect and each socket read, so a
-server that trickles its answer (a byte every few seconds) could hold a worker for hours.
+Whole-attempt deadline: socket timeouts bound each connect and each read, so a server that
+trickles its answer (a byte every few seconds) could hold a worker for hours.
 `attempt_deadline(seconds)` bounds everything a guarded session does on this thread inside the
-`with` block: connect timeouts are cut to the time left, and when the time is up a watchdog
-thread shuts down the sockets in use (TCP socket, TLS socket during its handshake, pooled
-connection), so a blocked send or receive returns at once with an error. `deadline.expired`
-then tells the caller why.
+`with` block (and the connection `connection_for` hands out in it): connect timeouts are cut to
+the time left, and when the time is up a watchdog thread shuts down the sockets in use (TCP
+socket, TLS socket during its handshake, kept connection), so a blocked send or receive returns
+at once with an error. `deadline.expired` then tells the caller why.
 """
 from __future__ import annotations
 
@@ -682,14 +682,19 @@ def connection_for(session: requests.Session, url: str, timeout: float):
     return conn, parts.request_uri
 
 
+KEPT_ORIGINS = 10  # connections a session keeps, the most recently used (requests' pool count)
+
+
 def keep_connection(session: requests.Session, conn) -> None:
     """A connection whose answer was read to its end, kept for the session's next delivery to
-    the same origin (one per origin)."""
-    adapter = session.get_adapter(f"{conn.origin[0]}://")
-    old = adapter.kept.pop(conn.origin, None)
+    the same origin (one per origin; the least recently used closed beyond KEPT_ORIGINS)."""
+    kept = session.get_adapter(f"{conn.origin[0]}://").kept
+    old = kept.pop(conn.origin, None)
     if old is not None and old is not conn:
         old.close()
-    adapter.kept[conn.origin] = conn
+    kept[conn.origin] = conn
+    while len(kept) > KEPT_ORIGINS:
+        kept.pop(next(iter(kept))).close()
 
 
 def guarded_session(allow: Sequence[Network] = (), resolver: Resolver | None = None) -> requests.Session:
