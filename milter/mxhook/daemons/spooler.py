@@ -50,7 +50,7 @@ the same id and the same events.
 
 Each attempt renders its body on the worker (payloads.registry.inbound_request /
 event_request: the target's template, dialect or native format) with the attempt's time and a
-fresh nonce (`secrets`: the randomness lives here, the payloads are pure) and the templates as
+fresh nonce (`_nonce`: the randomness lives here, the payloads are pure) and the templates as
 rules.db stores them. A body that cannot be made (a template's error, an unknown dialect) is a
 `failed` attempt with the reason; rules.db unreadable while a template is read, `deferred`.
 
@@ -94,7 +94,6 @@ import gc
 import logging
 import os
 import random
-import secrets
 import signal
 import sqlite3
 import sys
@@ -425,7 +424,7 @@ class Spooler:
         """(worker thread) What an attempt's body is rendered with besides its content: the
         time, a fresh nonce (signatures: the randomness lives here, the payloads are pure), the
         stored templates, the clock that bounds a template's render."""
-        return {"now": self.clock(), "nonce": secrets.token_hex(16),
+        return {"now": self.clock(), "nonce": _nonce(),
                 "templates_loader": self.templates.get, "clock": self.monotonic}
 
     @staticmethod
@@ -772,6 +771,22 @@ class Spooler:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
         log.info("stopped")
+
+
+NONCE_BYTES = 16
+_random = threading.local()  # each worker's unused bytes of its last os.urandom call
+
+
+def _nonce() -> str:
+    """(worker thread) NONCE_BYTES fresh bytes of os.urandom as hex, as secrets.token_hex
+    gives, drawn from a buffer read 4 KiB at a time: one system call (and a GIL hand-off to
+    the other workers) for 256 posts instead of one each. Every byte is used once."""
+    buf, at = getattr(_random, "buf", b""), getattr(_random, "at", 0)
+    if at + NONCE_BYTES > len(buf):
+        buf = _random.buf = os.urandom(4096)
+        at = 0
+    _random.at = at + NONCE_BYTES
+    return buf[at:at + NONCE_BYTES].hex()
 
 
 def _batch_shape(ep: Endpoint, workers: int) -> tuple[int, int]:
