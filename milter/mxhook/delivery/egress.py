@@ -68,6 +68,7 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.certs
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -76,6 +77,7 @@ from urllib3.util import parse_url
 from urllib3.util.wait import wait_for_read
 from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 
+URLLIB3_1 = urllib3.__version__.startswith("1.")  # Debian 12; 2.x in Debian 13 and on PyPI
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[..., list]
@@ -663,17 +665,16 @@ def connection_for(session: requests.Session, url: str, timeout: float):
         conn.close()  # closed by the server (or it sent something unasked): not reusable
         conn = None
     if conn is None:
-        conn = adapter.connection_classes[scheme](parts.host, port, timeout=timeout)
+        cls, tls = adapter.connection_classes[scheme], {}
         if scheme == "https":
             tls = {"cert_reqs": "CERT_REQUIRED"}
             if isinstance(session.verify, str):
                 tls["ca_cert_dir" if os.path.isdir(session.verify) else "ca_certs"] = session.verify
-            set_cert = getattr(conn, "set_cert", None)
-            if set_cert is not None:  # urllib3 1.26: also the defaults of its host name check
-                set_cert(**tls)
-            else:
-                for name, value in tls.items():
-                    setattr(conn, name, value)
+        if tls and URLLIB3_1:  # 1.26 takes them by set_cert (which sets its host name check up too)
+            conn = cls(parts.host, port, timeout=timeout)
+            conn.set_cert(**tls)
+        else:  # 2.x: by the constructor (set_cert is deprecated there)
+            conn = cls(parts.host, port, timeout=timeout, **tls)
         conn.connect()
     conn.origin = origin
     deadline = current_deadline()
