@@ -311,14 +311,14 @@ class _Answer:
                 self.kept += chunk
                 if self._line():
                     raise ValueError("a chunk is longer than its size")
-        if length is not None and length.strip().isdigit():
-            return self._sized(self.kept, limit, int(length))
+        if length is not None and length.strip().isdigit():  # and nothing after it: no answer comes unasked
+            return self._sized(self.kept, limit, int(length)) and not self.buf
         self._sized(self.kept, limit, None)  # delimited by the close: the cap's worth, then close
         return False
 
     def _sized(self, kept: bytearray, limit: int, length: int | None) -> bool:
         """Read `length` bytes (None: until the close) into `kept` up to `limit` of them; True
-        when all were read (with nothing beyond them: no answer comes unasked)."""
+        when all were read."""
         got = 0
         while True:
             if self.buf:
