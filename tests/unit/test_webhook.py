@@ -439,6 +439,19 @@ def test_connection_close_and_a_server_gone_idle_mean_a_new_connection():
         srv.close()
 
 
+def test_bytes_beyond_the_content_length_mean_a_new_connection():
+    srv = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 500 X\r\n\r\n",
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    try:
+        session = webhook.make_session(LOOPBACK)
+        for _ in range(2):
+            out = post(target(srv.url + "/x"), session=session)
+            assert (out.status_code, out.response_excerpt) == (200, "ok")
+        assert srv.connections == 2
+    finally:
+        srv.close()
+
+
 def test_an_answer_that_is_not_http_is_a_connection_error():
     srv = RawServer([b"SSH-2.0-OpenSSH\r\n\r\n"])
     try:
