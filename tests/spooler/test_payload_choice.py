@@ -51,22 +51,44 @@ def test_one_request_per_event_with_the_dialect_body_and_unsent_types_never_disp
 
 
 def test_single_event_endpoints_have_several_requests_in_flight(rx, cfg):
-    """Up to model.batching.UNORDERED_IN_FLIGHT single-event batches open at once; a batching
-    endpoint keeps one."""
-    from mxhook.model.batching import UNORDERED_IN_FLIGHT
+    """Up to model.batching.open_limit single-event batches open at once (four per worker),
+    made in one step; a batching endpoint keeps one."""
+    from mxhook.model.batching import open_limit
 
+    limit = open_limit(1, cfg.value("spooler", "workers"))
     add_endpoint(cfg, rx.url + "/one", dialect="msndr")
     add_endpoint(cfg, rx.url + "/batch", interval=1)
-    for i in range(UNORDERED_IN_FLIGHT + 2):
+    for i in range(limit + 2):
         write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
     with Stepped(cfg) as sp:
         sp.step(flush_events=True)  # one dispatch round
-        one = rx.wait_for(UNORDERED_IN_FLIGHT, path="/one")
-        assert len(one) == UNORDERED_IN_FLIGHT
-        assert [len(r.json()["events"]) for r in rx.wait_for(1, path="/batch")] == [UNORDERED_IN_FLIGHT + 2]
+        one = rx.wait_for(limit, path="/one")
+        assert len(one) == limit
+        assert [len(r.json()["events"]) for r in rx.wait_for(1, path="/batch")] == [limit + 2]
         sp.step(flush_events=True)
     docs = [r.json() for r in rx.requests if r.path == "/one"]
-    assert len(docs) == UNORDERED_IN_FLIGHT + 2 and all(d["event"]["name"] == "delivered" for d in docs)
+    assert len(docs) == limit + 2 and all(d["event"]["name"] == "delivered" for d in docs)
+
+
+def test_a_down_receiver_holds_one_open_batch_per_worker_and_no_more(rx, cfg):
+    """The open bound of a one-per-request endpoint counts batches waiting for their retry:
+    with the receiver down, `workers` of them are deferred (and retried) and the other events
+    wait unbatched, however many steps pass."""
+    from mxhook.model.batching import open_limit
+
+    limit = open_limit(1, cfg.value("spooler", "workers"))
+    ep = add_endpoint(cfg, rx.url + "/down", dialect="postmark")
+    rx.script("/down", [(503, {}, b"down")])
+    for i in range(limit + 3):
+        write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
+    with Stepped(cfg) as sp:
+        for _ in range(4):
+            sp.step(advance=0.5)
+    batches = sent_batches(cfg)
+    assert len(batches) == limit and {b["status"] for b in batches} == {"deferred"}
+    assert {r.headers["webhook-id"] for r in rx.requests} == {b["id"] for b in batches}
+    with StateStore(cfg.state_db) as st:
+        assert st.pending_stats(ep.id, 100)[0] == 3
 
 
 def test_mailgun_endpoint_posts_verify_with_its_signing_key(rx, cfg):

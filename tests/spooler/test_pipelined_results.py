@@ -84,3 +84,21 @@ def test_an_endpoint_whose_batch_result_is_not_written_gets_nothing_until_it_is(
     first, second = rx.wait_for(2, path="/ev")
     assert first.headers["webhook-id"] != second.headers["webhook-id"]
     assert [e["recipient"] for e in second.json()["events"]] == ["late@else.example"]
+
+
+def test_nonces_are_fresh_per_attempt_and_per_worker():
+    """An attempt's nonce: 16 bytes of os.urandom as hex, never one seen before, whichever
+    worker draws it (each from its own buffer)."""
+    import threading
+
+    drawn = [spooler._nonce() for _ in range(600)]  # past a 4 KiB buffer: a second read
+
+    def worker():
+        drawn.extend(spooler._nonce() for _ in range(300))
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(drawn) == len(set(drawn)) == 1500
+    assert all(len(n) == 32 and int(n, 16) >= 0 for n in drawn)

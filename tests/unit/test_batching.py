@@ -59,11 +59,12 @@ def test_flush_makes_a_batch_of_whatever_is_pending():
 
 
 def test_batch_size_and_open_limit_by_events_per_request():
-    from mxhook.model.batching import UNORDERED_IN_FLIGHT, batch_size, batches_to_make, open_limit
+    from mxhook.model.batching import batch_size, batches_to_make, open_limit
 
     assert batch_size(1000, None) == 1000 and batch_size(1000, 1) == 1
-    assert open_limit(None) == 1  # batches: one open at a time, events in order
-    assert open_limit(1) == UNORDERED_IN_FLIGHT > 1  # one per request: several in flight
+    assert open_limit(None, 8) == 1  # batches: one open at a time, events in order
+    # one per request: OPEN_PER_WORKER open per spooler worker, a bound (retries waiting count too)
+    assert open_limit(1, 8) == 32 and open_limit(1, 32) == 128 and open_limit(1, 0) == 4
     assert batches_to_make(10, 1, 4) == 4 and batches_to_make(2, 1, 4) == 2
     assert batches_to_make(2500, 1000, 1) == 1 and batches_to_make(0, 1, 4) == 1
 

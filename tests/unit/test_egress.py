@@ -495,6 +495,32 @@ def test_https_untrusted_ca_fails(pki, opened):
         assert srv.seen == []
 
 
+def test_deliveries_verify_the_certificate(pki, opened):
+    """webhook.deliver posts through the session's guarded pool: the certificate is verified
+    (for the URL's host name, against the session's CA), TLS 1.2 at least."""
+    from mxhook.delivery import webhook
+    from mxhook.model.targets import Target
+
+    def deliver(session, url):
+        return webhook.deliver(session, Target(url, kind="endpoint", id=1, name="e", timeout=5), b"{}",
+                               "application/json", "wh-1", user_agent="t", max_response_bytes=100)
+    with LoopbackServer(_server_context(pki, "hooks.test")) as srv:
+        session = egress.guarded_session(LOOPBACK_ONLY, resolver=CountingResolver(["127.0.0.1"]))
+        out = deliver(session, f"https://hooks.test:{srv.port}/in")
+        assert out.status == "deferred" and out.error.startswith("TLS error:")  # system CAs only
+        assert srv.seen == []
+        session.verify = str(pki / "ca.pem")
+        for _ in range(3):
+            out = deliver(session, f"https://hooks.test:{srv.port}/in")
+            assert (out.status, out.response_excerpt) == ("succeeded", "ok")
+        assert len(srv.seen) == 3 and set(srv.sni) == {"hooks.test"}
+        assert len(opened) == 4  # this server answers HTTP/1.0 and closes: nothing is kept
+        assert session.get_adapter("https://").kept == {}
+    with LoopbackServer(_server_context(pki, "other.test")) as srv:
+        out = deliver(session, f"https://hooks.test:{srv.port}/in")
+        assert out.status == "deferred" and out.error.startswith("TLS error:") and srv.seen == []
+
+
 def test_https_refuses_tls_below_1_2(pki, opened):
     ctx = _server_context(pki, "hooks.test")
     try:
@@ -543,6 +569,22 @@ def test_finished_deadline_leaves_sockets_alone():
         assert not dl.expired
         b.sendall(b"still open")
         assert a.recv(10) == b"still open"
+
+
+def test_watchdog_keeps_no_finished_deadline_and_wakes_for_an_earlier_one():
+    """A deadline that ends later than the watchdog's next look costs no wake-up; one that
+    ends sooner (here under a 60 s one in progress) is still enforced on time."""
+    with egress.attempt_deadline(60) as long:
+        a, b = socket.socketpair()
+        with a, b:
+            a.settimeout(10)
+            with egress.attempt_deadline(0.3) as short:
+                short.register(a)
+                start = time.monotonic()
+                assert a.recv(10) == b""
+                assert time.monotonic() - start < 2 and short.expired
+        assert not long.expired
+    assert long not in egress._watchdog._active and short not in egress._watchdog._active
 
 
 def test_registering_after_expiry_shuts_down_at_once():

@@ -396,7 +396,28 @@ def test_reader_takes_in_name_order_and_unlinks_only_what_is_finished(tmp_path):
 
 def test_reader_gives_back_first_in_line_before_the_batch_read_ahead(tmp_path):
     """Files given back (state.db refused them) come again before the batch already read
-    ahead, and a give-back alone does not end a wait."""
+    ahead."""
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    ids = _events(d, 6)
+    reader = spool.Reader(d, batch_files=2)
+    try:
+        first = reader.take()  # the next two are read ahead meanwhile
+        assert [r.id for r in first.records] == ids[:2]
+        reader.finish(first, first.files[:1])  # the second file was not committed
+        order = []
+        while (batch := reader.take()).taken:
+            order += [r.id for r in batch.records]
+            reader.finish(batch)
+        assert order == ids[1:]
+    finally:
+        reader.close()
+    assert _new(d) == []
+
+
+def test_reader_give_back_alone_ends_no_wait(tmp_path):
+    """Files given back are not new arrivals: `changed` stays False (a finish that unlinks
+    files moves new/'s mtime, which cannot be told from an arrival: that one ends a wait)."""
     d = str(tmp_path)
     spool.ensure_dirs(d)
     ids = _events(d, 6)
@@ -404,14 +425,13 @@ def test_reader_gives_back_first_in_line_before_the_batch_read_ahead(tmp_path):
     reader = spool.Reader(d, batch_files=2)
     try:
         first = reader.take()  # the next two are read ahead meanwhile
-        assert [r.id for r in first.records] == ids[:2]
-        reader.finish(first, first.files[:1])  # the second file was not committed
+        reader.give_back(first)
         assert not reader.changed()
         order = []
         while (batch := reader.take()).taken:
             order += [r.id for r in batch.records]
             reader.finish(batch)
-        assert order == ids[1:]
+        assert order == ids
     finally:
         reader.close()
     assert _new(d) == []
@@ -465,6 +485,32 @@ def test_reader_changed_sees_a_new_file(tmp_path):
         assert not reader.changed()
         _events(d, 1)
         assert reader.changed()
+    finally:
+        reader.close()
+
+
+def test_take_spares_the_io_thread_while_new_is_unchanged(tmp_path):
+    """Nothing can be ready (new/ as at the last scan, nothing left from it): take answers
+    at once, without a scan on the I/O thread; a new file is taken by the next take, and
+    files given back are taken again without new/ changing."""
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    reader = spool.Reader(d, batch_files=10)
+    scans = []
+    load = reader._load_batch
+    reader._load_batch = lambda: scans.append(1) or load()
+    try:
+        time.sleep(spool.MTIME_TICK_NS / 1e9 * 2)  # past the tick that may hide a change
+        assert reader.take().taken == [] and len(scans) == 1
+        assert reader.take().taken == [] and reader.take().taken == [] and len(scans) == 1
+        _events(d, 1)
+        batch = reader.take()
+        assert len(batch.taken) == 1
+        reader.give_back(batch)
+        time.sleep(spool.MTIME_TICK_NS / 1e9 * 2)
+        again = reader.take()  # given back: first in line, new/ unchanged
+        assert again.taken == batch.taken
+        reader.finish(again)
     finally:
         reader.close()
 

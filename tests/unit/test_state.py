@@ -433,6 +433,44 @@ def test_batches_freeze_membership_in_order(store):
     assert store.pending_stats(1, 100) == (0, None)
 
 
+def test_the_batches_of_a_step_are_made_in_one_transaction(store):
+    """create_batches: every batch one spooler step makes, of several endpoints, one COMMIT
+    (one fsync); each endpoint's batches take its events oldest first; fewer when fewer are
+    pending."""
+    ingest.records(store, [event(f"e{i}") for i in range(5)] +
+                   [event("b1", "bounced", bounce_type="hard")], endpoints=[EP_ALL, EP_BOUNCES],
+                   now=1000.0)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    made = store.create_batches([(1, 1, 4, "https://h.example/all"), (2, 10, 3, None)], now=1001.0)
+    store.conn.set_trace_callback(None)
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert [(b.endpoint_id, b.size, b.status) for b in made] == [(1, 1, "queued")] * 4 + [(2, 1, "queued")]
+    assert [[e["id"] for e in store.batch_events(b)] for b in made] == [["e0"], ["e1"], ["e2"], ["e3"], ["b1"]]
+    assert made[0] == store.batch(made[0].id) and len({b.id for b in made}) == 5
+    assert store.pending_stats(1, 100)[0] == 2  # e4 and the bounce: for later batches
+    assert store.create_batches([(2, 10, 1, None)]) == []
+
+
+def test_results_of_one_endpoints_batches_fold_into_its_health_in_order(store):
+    """Several results of one endpoint in one record_attempts: the health row as if they had
+    been written one by one (a failure after the last success starts a streak)."""
+    ingest.records(store, [event(f"e{i}") for i in range(3)], endpoints=[EP_ALL])
+    store.sync_endpoints([EP_ALL])
+    b = store.create_batches([(1, 1, 3, None)])
+    at = [f"2026-11-22T12:0{i}:00.000000Z" for i in range(3)]
+    store.record_attempts([
+        AttemptRecord(b[0].id, at[0], "deferred", "deferred", status_code=503, error="HTTP 503",
+                      next_attempt_at=at[2]),
+        AttemptRecord(b[1].id, at[1], "succeeded", "succeeded", status_code=200),
+        AttemptRecord(b[2].id, at[2], "failed", "failed", status_code=422, error="HTTP 422")])
+    health = store.health()[("endpoint", "1")]
+    assert (health["failing_since"], health["last_success"], health["last_failure"]) == (at[2], at[1], at[2])
+    assert (health["last_error"], health["last_status_code"], health["name"]) == ("HTTP 422", 422, "https://h.example/all")
+    assert [store.batch(x.id).status for x in b] == ["deferred", "succeeded", "failed"]
+    assert store.conn.execute("SELECT count(*) FROM event_attempts").fetchone()[0] == 3
+
+
 def test_batch_attempts_and_event_log(store):
     ingest.records(store, [event("e1", "bounced", remote_host="mx.else.example", bounce_type="hard"),
                            event("e2", "queued", at="2026-11-22T12:00:01.000000Z", client_addr="192.0.2.9",

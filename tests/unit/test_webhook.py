@@ -319,6 +319,149 @@ def test_deadline_does_not_touch_a_pooled_connection(rx):
     assert [r.path for r in rx.wait_for(2)] == ["/a", "/b"]
 
 
+def test_attempts_reuse_one_keep_alive_connection(rx, monkeypatch):
+    """One worker's session keeps its connection to an endpoint open from one attempt to the
+    next; an answer whose body was not read to its end (over max_response_bytes) closes it,
+    so the rest of that body is never read as the next answer."""
+    real, opened = egress._open_socket, []
+
+    def counting(*args):
+        opened.append(args[:2])
+        return real(*args)
+
+    monkeypatch.setattr(egress, "_open_socket", counting)
+    session = webhook.make_session(LOOPBACK)
+    for i in range(3):
+        assert post(target(rx.url + f"/k{i}"), session=session).status == "succeeded"
+    assert len(opened) == 1
+    rx.script("/big", [(200, {}, b"x" * 2_000_000)])  # more than one read brings
+    out = post(target(rx.url + "/big"), session=session, max_response_bytes=10)
+    assert out.response_excerpt == "x" * 10
+    out = post(target(rx.url + "/after"), session=session)
+    assert out.status == "succeeded" and out.response_excerpt == '{"ok":true}'
+    assert len(opened) == 2
+    assert [r.path for r in rx.wait_for(5)] == ["/k0", "/k1", "/k2", "/big", "/after"]
+
+
+def test_a_session_keeps_a_bounded_number_of_connections(rx, monkeypatch):
+    monkeypatch.setattr(egress, "KEPT_ORIGINS", 2)
+    session = webhook.make_session(LOOPBACK, resolver=egress.static_resolver(
+        {f"h{i}.test": ["127.0.0.1"] for i in range(3)}))
+    for i in range(3):
+        url = rx.url.replace("127.0.0.1", f"h{i}.test")
+        assert post(target(url + "/k"), session=session).status == "succeeded"
+    kept = session.get_adapter("http://").kept
+    assert [origin[1] for origin in kept] == ["h1.test", "h2.test"]
+
+
+def test_gzip_answer_is_excerpted_as_text(rx):
+    import gzip
+
+    rx.script("/z", [(200, {"Content-Encoding": "gzip"}, gzip.compress(b'{"ok":"zipped"}'))])
+    out = post(target(rx.url + "/z"))
+    assert out.status == "succeeded" and out.response_excerpt == '{"ok":"zipped"}'
+    (req,) = rx.wait_for(1)
+    assert req.headers["Accept-Encoding"] == "gzip, deflate" and req.headers["Accept"] == "*/*"
+
+
+class RawServer:
+    """A loopback server answering each request with the next of `answers` (bytes sent as
+    they are; a `None` after one: close the connection then). Counts the connections."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.connections = 0
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while self.answers:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                buf = b""
+                while self.answers:
+                    while b"\r\n\r\n" not in buf:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        buf += data
+                    if b"\r\n\r\n" not in buf:
+                        break
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    while len(buf) < length:
+                        buf += conn.recv(65536)
+                    buf = buf[length:]
+                    conn.sendall(self.answers.pop(0))
+                    if self.answers and self.answers[0] is None:
+                        self.answers.pop(0)
+                        break
+
+    def close(self):
+        self.srv.close()
+
+
+def test_chunked_interim_and_close_delimited_answers():
+    chunked = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"4;ext=1\r\n{\"ok\r\n6\r\n\":true\r\n1\r\n}\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    srv = RawServer([chunked, chunked, b"HTTP/1.0 202 Accepted\r\n\r\nno length", None])
+    try:
+        session = webhook.make_session(LOOPBACK)
+        for _ in range(2):  # the chunked body read to its end: the connection is kept
+            out = post(target(srv.url + "/c"), session=session)
+            assert (out.status, out.status_code, out.response_excerpt) == ("succeeded", 200, '{"ok":true}')
+        assert srv.connections == 1
+        out = post(target(srv.url + "/c"), session=session)
+        assert (out.status_code, out.response_excerpt) == (202, "no length")
+        assert session.get_adapter("http://").kept == {}  # delimited by the close: not kept
+    finally:
+        srv.close()
+
+
+def test_connection_close_and_a_server_gone_idle_mean_a_new_connection():
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    srv = RawServer([ok.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), ok, None, ok])
+    try:
+        session = webhook.make_session(LOOPBACK)
+        assert post(target(srv.url + "/a"), session=session).status == "succeeded"  # says close
+        assert post(target(srv.url + "/b"), session=session).status == "succeeded"  # a new one, kept
+        time.sleep(0.2)  # meanwhile the server closed that one (the None after it)
+        assert post(target(srv.url + "/c"), session=session).status == "succeeded"
+        assert srv.connections == 3
+    finally:
+        srv.close()
+
+
+def test_bytes_beyond_the_content_length_mean_a_new_connection():
+    srv = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 500 X\r\n\r\n",
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    try:
+        session = webhook.make_session(LOOPBACK)
+        for _ in range(2):
+            out = post(target(srv.url + "/x"), session=session)
+            assert (out.status_code, out.response_excerpt) == (200, "ok")
+        assert srv.connections == 2
+    finally:
+        srv.close()
+
+
+def test_an_answer_that_is_not_http_is_a_connection_error():
+    srv = RawServer([b"SSH-2.0-OpenSSH\r\n\r\n"])
+    try:
+        out = post(target(srv.url + "/x", bearer="tok-secret"))
+        assert out.status == "deferred" and out.error.startswith("connection error:")
+        assert "tok-secret" not in out.error
+    finally:
+        srv.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Signature headers
 

@@ -43,13 +43,14 @@ made. An endpoint has at most one open batch, posted by the same workers and ret
 same schedule as inbound deliveries; the next batch is made only when it succeeded or failed,
 so events reach an endpoint in order (a receiver that is down holds up that endpoint only). An
 endpoint whose dialect posts one event per request gets batches of one event, due at once,
-up to model.batching.UNORDERED_IN_FLIGHT open at a time: its events may arrive out of order.
+up to model.batching.open_limit open at a time (one per worker), all the batches of a step
+made in one transaction: its events may arrive out of order.
 A `kill -9` at any point leaves the batch in state.db: after a restart it is posted again with
 the same id and the same events.
 
 Each attempt renders its body on the worker (payloads.registry.inbound_request /
 event_request: the target's template, dialect or native format) with the attempt's time and a
-fresh nonce (`secrets`: the randomness lives here, the payloads are pure) and the templates as
+fresh nonce (`_nonce`: the randomness lives here, the payloads are pure) and the templates as
 rules.db stores them. A body that cannot be made (a template's error, an unknown dialect) is a
 `failed` attempt with the reason; rules.db unreadable while a template is read, `deferred`.
 
@@ -93,7 +94,6 @@ import gc
 import logging
 import os
 import random
-import secrets
 import signal
 import sqlite3
 import sys
@@ -133,8 +133,10 @@ HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open seg
 SPOOL_WATCH = 0.02
 # Dispatches handed to the post pool: up to POOL_DEPTH per worker, so a worker that finished a
 # post takes the next due one at once instead of idling while the loop commits results and
-# ingests (the loop's pass, two fsyncs, took longer than a wave of posts).
-POOL_DEPTH = 2
+# ingests (the loop's pass, two fsyncs, took longer than a wave of posts; one-per-request posts
+# take ~0.1 ms each, so a pass's worth is several per worker: model.batching.OPEN_PER_WORKER).
+# The price: an inbound delivery may wait behind that many posts per worker.
+POOL_DEPTH = 8
 # seconds before writing unrecorded attempt results again: doubling from the first to the last
 RECORD_RETRY_FIRST = 1.0
 RECORD_RETRY_MAX = 60.0
@@ -380,11 +382,12 @@ class Spooler:
         return {d.id for d in self.inflight.values()} | {r.delivery_id for r in self._unrecorded}
 
     def pick_deliveries(self) -> list[Dispatch]:
-        """Inbound deliveries due now, as many as the pool has room for."""
+        """Inbound deliveries due now, as many as the pool has room for (after `pick_batches`,
+        which reloaded what rules.db says)."""
         free = self.capacity - len(self.inflight)
         if free <= 0 or self.stopping:
             return []
-        self.current_endpoints()  # rules.db changed: which rules are disabled now
+        # which rules are disabled now: `dispatch` looked at rules.db just before (pick_batches)
         now = self.clock()
         try:
             if now < self._inbound_due_at:  # nothing can be due yet: spare the query...
@@ -426,7 +429,7 @@ class Spooler:
         """(worker thread) What an attempt's body is rendered with besides its content: the
         time, a fresh nonce (signatures: the randomness lives here, the payloads are pure), the
         stored templates, the clock that bounds a template's render."""
-        return {"now": self.clock(), "nonce": secrets.token_hex(16),
+        return {"now": self.clock(), "nonce": _nonce(),
                 "templates_loader": self.templates.get, "clock": self.monotonic}
 
     @staticmethod
@@ -452,21 +455,19 @@ class Spooler:
             open_batches: dict[int, list[EventBatch]] = {}
             for batch in self.state.open_batch_list():
                 open_batches.setdefault(batch.endpoint_id, []).append(batch)
-            shapes = {i: _batch_shape(ep) for i, ep in eps.items() if ep.enabled}
+            shapes = {i: _batch_shape(ep, self.workers) for i, ep in eps.items() if ep.enabled}
             # room for more open batches (one posting, or with its result not written yet, is
             # still open in state.db)
             room = {i: limit - len(open_batches.get(i, ())) for i, (_, limit) in shapes.items()}
             candidates = [i for i, r in room.items() if r > 0]
             pending = {i: self.state.pending_stats(i, shapes[i][0] * room[i]) for i in candidates}
             sizes = {i: shapes[i][0] for i in candidates}
-            for endpoint_id in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes):
-                ep, size = eps[endpoint_id], sizes[endpoint_id]
-                for _ in range(batching.batches_to_make(pending[endpoint_id][0], size, room[endpoint_id])):
-                    batch = self.state.create_batch(endpoint_id, size, now, url=ep.destination.url)
-                    if batch is None:
-                        break
-                    open_batches.setdefault(endpoint_id, []).append(batch)
-                    log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, endpoint_id, batch.size)
+            wanted = [(i, sizes[i], batching.batches_to_make(pending[i][0], sizes[i], room[i]),
+                       eps[i].destination.url)
+                      for i in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes)]
+            for batch in self.state.create_batches(wanted, now) if wanted else ():
+                open_batches.setdefault(batch.endpoint_id, []).append(batch)
+                log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, batch.endpoint_id, batch.size)
             return self._due_batches(open_batches, eps, shapes, iso(now), free)
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read event batches from state.db")
@@ -778,13 +779,30 @@ class Spooler:
         log.info("stopped")
 
 
-def _batch_shape(ep: Endpoint) -> tuple[int, int]:
-    """(events per batch, open batches allowed) for an endpoint's payload (model.batching)."""
+NONCE_BYTES = 16
+_random = threading.local()  # each worker's unused bytes of its last os.urandom call
+
+
+def _nonce() -> str:
+    """(worker thread) NONCE_BYTES fresh bytes of os.urandom as hex, as secrets.token_hex
+    gives, drawn from a buffer read 4 KiB at a time: one system call (and a GIL hand-off to
+    the other workers) for 256 posts instead of one each. Every byte is used once."""
+    buf, at = getattr(_random, "buf", b""), getattr(_random, "at", 0)
+    if at + NONCE_BYTES > len(buf):
+        buf = _random.buf = os.urandom(4096)
+        at = 0
+    _random.at = at + NONCE_BYTES
+    return buf[at:at + NONCE_BYTES].hex()
+
+
+def _batch_shape(ep: Endpoint, workers: int) -> tuple[int, int]:
+    """(events per batch, open batches allowed) for an endpoint's payload with `workers`
+    posting (model.batching)."""
     try:
         per_request = _registry().events_per_request(ep.target)
     except ValueError:  # an unknown dialect: batches as native; rendering says what is wrong
         per_request = None
-    return batching.batch_size(ep.max_events, per_request), batching.open_limit(per_request)
+    return batching.batch_size(ep.max_events, per_request), batching.open_limit(per_request, workers)
 
 
 def _target_key(target: Target) -> tuple:

@@ -47,18 +47,18 @@ refused (fail closed). Using only the passing addresses would also be safe, but 
 means the name is misconfigured or hostile, the outcome would depend on address order, and the
 admin learns about it when the endpoint is added instead of at some later connection.
 
-Whole-attempt deadline: requests' timeouts bound each connect and each socket read, so a
-server that trickles its answer (a byte every few seconds) could hold a worker for hours.
+Whole-attempt deadline: socket timeouts bound each connect and each read, so a server that
+trickles its answer (a byte every few seconds) could hold a worker for hours.
 `attempt_deadline(seconds)` bounds everything a guarded session does on this thread inside the
-`with` block: connect timeouts are cut to the time left, and when the time is up a watchdog
-thread shuts down the sockets in use (TCP socket, TLS socket during its handshake, pooled
-connection), so a blocked send or receive returns at once with an error. `deadline.expired`
-then tells the caller why.
+`with` block (and the connection `connection_for` hands out in it): connect timeouts are cut to
+the time left, and when the time is up a watchdog thread shuts down the sockets in use (TCP
+socket, TLS socket during its handshake, kept connection), so a blocked send or receive returns
+at once with an error. `deadline.expired` then tells the caller why.
 """
 from __future__ import annotations
 
-import heapq
 import ipaddress
+import os
 import socket
 import ssl
 import threading
@@ -68,12 +68,16 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.certs
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, LocationValueError, NewConnectionError
+from urllib3.util import parse_url
+from urllib3.util.wait import wait_for_read
 from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 
+URLLIB3_1 = urllib3.__version__.startswith("1.")  # Debian 12; 2.x in Debian 13 and on PyPI
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[..., list]
@@ -381,38 +385,43 @@ def _abort(obj) -> None:
 
 
 class _Watchdog:
-    """One daemon thread that expires deadlines (a heap ordered by time)."""
+    """One daemon thread that expires deadlines. It keeps the deadlines in progress (a few: one
+    per posting thread) and sleeps until the earliest; a new one wakes it only when it ends
+    before that (or nothing was in progress): attempts that finish in time, nearly all of
+    them, cost no thread switch, and none is kept once finished."""
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Deadline]] = []
-        self._seq = 0
+        self._active: set[Deadline] = set()
+        self._wake_at = float("inf")  # when the thread will look next (inf: when told)
         self._thread: threading.Thread | None = None
 
     def add(self, deadline: Deadline) -> None:
         with self._cond:
-            self._seq += 1
-            heapq.heappush(self._heap, (deadline.at, self._seq, deadline))
+            self._active.add(deadline)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="mxhook-http-deadline", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if deadline.at < self._wake_at:
+                self._wake_at = deadline.at
+                self._cond.notify()
+
+    def discard(self, deadline: Deadline) -> None:
+        with self._cond:
+            self._active.discard(deadline)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                at, _, deadline = self._heap[0]
-                if deadline._finished:
-                    heapq.heappop(self._heap)
+                now = time.monotonic()
+                due = [d for d in self._active if d.at <= now]
+                self._active.difference_update(due)
+                self._wake_at = min((d.at for d in self._active), default=float("inf"))
+                if not due:
+                    self._cond.wait(None if self._wake_at == float("inf") else self._wake_at - now)
                     continue
-                wait = at - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            deadline.expire()
+            for deadline in due:
+                deadline.expire()
 
 
 _watchdog = _Watchdog()
@@ -438,6 +447,7 @@ class attempt_deadline:
 
     def __exit__(self, *exc) -> None:
         self.deadline.finish()
+        _watchdog.discard(self.deadline)
         _current.deadline = self._outer
 
 
@@ -611,6 +621,15 @@ class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _pool_classes(self._policy)
+        self.connection_classes = {scheme: pool.ConnectionCls
+                                   for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()}
+        self.kept: dict[tuple, object] = {}  # deliveries' keep-alive connections by origin
+
+    def close(self):
+        for conn in self.kept.values():
+            conn.close()
+        self.kept.clear()
+        super().close()
 
     def proxy_manager_for(self, proxy, **proxy_kwargs):
         raise EgressError("proxies are not supported by the egress guard (the proxy would connect unchecked)")
@@ -620,6 +639,63 @@ class GuardedAdapter(HTTPAdapter):
             return super().send(request, *args, **kwargs)
         except EgressError as exc:
             raise EgressBlocked(exc, request=request) from exc
+
+
+def connection_for(session: requests.Session, url: str, timeout: float):
+    """A connected guarded connection (urllib3's, `.sock` the socket: TLS for https) to
+    `url`'s origin for one delivery, and the request target (path and query). The connection
+    the session's last delivery there left open is reused while the server keeps it open;
+    otherwise a new one is made: resolve and check once, connect to a checked address (the
+    connect timeout cut to the attempt's deadline), TLS 1.2 at least with the certificate
+    verified for the URL's host name against requests' CA bundle (or the CA file or directory
+    the session's `verify` names). Give it back with `keep_connection` once its answer was read
+    to the end, or close it. Raises EgressError, LocationValueError and what connecting
+    raises (urllib3's NewConnectionError and ConnectTimeoutError, ssl errors, OSError)."""
+    parts = parse_url(url)
+    if not parts.host:
+        raise LocationValueError("no host in the URL")
+    adapter = session.get_adapter(url)
+    if not isinstance(adapter, GuardedAdapter):
+        raise EgressError("the session is not guarded by the egress policy")
+    scheme = parts.scheme or "http"
+    port = parts.port or (443 if scheme == "https" else 80)
+    origin = (scheme, parts.host, port)
+    conn = adapter.kept.pop(origin, None)
+    if conn is not None and (conn.sock is None or wait_for_read(conn.sock, timeout=0.0)):
+        conn.close()  # closed by the server (or it sent something unasked): not reusable
+        conn = None
+    if conn is None:
+        cls, tls = adapter.connection_classes[scheme], {}
+        if scheme == "https":
+            tls = {"cert_reqs": "CERT_REQUIRED"}
+            if isinstance(session.verify, str):
+                tls["ca_cert_dir" if os.path.isdir(session.verify) else "ca_certs"] = session.verify
+        if tls and URLLIB3_1:  # 1.26 takes them by set_cert (which sets its host name check up too)
+            conn = cls(parts.host, port, timeout=timeout)
+            conn.set_cert(**tls)
+        else:  # 2.x: by the constructor (set_cert is deprecated there)
+            conn = cls(parts.host, port, timeout=timeout, **tls)
+        conn.connect()
+    conn.origin = origin
+    deadline = current_deadline()
+    if deadline is not None:
+        deadline.register(conn)
+    return conn, parts.request_uri
+
+
+KEPT_ORIGINS = 10  # connections a session keeps, the most recently used (requests' pool count)
+
+
+def keep_connection(session: requests.Session, conn) -> None:
+    """A connection whose answer was read to its end, kept for the session's next delivery to
+    the same origin (one per origin; the least recently used closed beyond KEPT_ORIGINS)."""
+    kept = session.get_adapter(f"{conn.origin[0]}://").kept
+    old = kept.pop(conn.origin, None)
+    if old is not None and old is not conn:
+        old.close()
+    kept[conn.origin] = conn
+    while len(kept) > KEPT_ORIGINS:
+        kept.pop(next(iter(kept))).close()
 
 
 def guarded_session(allow: Sequence[Network] = (), resolver: Resolver | None = None) -> requests.Session:

@@ -4,10 +4,16 @@
     outcome = deliver(session, target, body, content_type, webhook_id,
                       user_agent="mxhook/0.1", max_response_bytes=4096, keys=keyset)
 
-- every request goes through the SSRF guard (`egress.guarded_session`): the endpoint host is
-  resolved once, non-public addresses are refused unless `[http] allow_networks` admits them,
-  the socket is opened to the checked address, TLS 1.2 at least. A refused address is
-  `deferred` (the admin may fix DNS or the allowlist) with the reason.
+- every connection is opened by the SSRF guard (`egress.guarded_session`,
+  `egress.connection_for`): the endpoint host is resolved once, non-public addresses are
+  refused unless `[http] allow_networks` admits them, the socket is opened to the checked
+  address, TLS 1.2 at least with the certificate verified for the URL's host name. A refused
+  address is `deferred` (the admin may fix DNS or the allowlist) with the reason.
+- one connection per worker and endpoint, kept open from one attempt to the next while the
+  server keeps it (HTTP/1.1 keep-alive; one request at a time on it, never pipelined). The
+  request is one send of head and body; the answer is read by `_Answer` (status line,
+  headers, a Content-Length, chunked or close-delimited body). requests' Session.post cost
+  ~15 times the CPU of this, most of a one-per-request dialect's post.
 - explicit timeout (the target's `timeout`, for connecting and for each read), and a deadline
   for the whole attempt (connect + send + response headers + the capped body) of that timeout
   plus DEADLINE_GRACE: a server that trickles its answer cannot hold a worker longer.
@@ -32,7 +38,10 @@ from __future__ import annotations
 import base64
 import email.utils
 import re
+import socket
+import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -40,6 +49,8 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, HTTPError as UrllibError, NewConnectionError
+from urllib3.util.ssl_match_hostname import CertificateError as HostnameMismatch
 
 from mxhook.config import parse_networks
 from mxhook.delivery import egress
@@ -206,23 +217,166 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
-def _read_excerpt(response: requests.Response, limit: int, deadline: egress.Deadline | None = None) -> str:
-    chunks, size = [], 0
-    if limit > 0:
-        # A body cut short (by the deadline, or a server that breaks off) ends the excerpt
-        # instead of raising: urllib3 2.x reads until a whole chunk_size is buffered and would
-        # drop what it had with the IncompleteRead (1.26 defaults to this already).
-        response.raw.enforce_content_length = False
-        try:
-            for chunk in response.iter_content(chunk_size=min(limit, 16384)):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= limit or (deadline is not None and deadline.expired):
-                    break
-        except Exception:  # noqa: BLE001 -- a body that breaks off (or hits the deadline)
-            pass  # changes nothing: the status line is the answer
-    return b"".join(chunks)[:limit].decode("utf-8", "replace")
+class _NoAnswer(Exception):
+    """The connection broke off, or the server's bytes are not an HTTP/1.x answer, before a
+    whole status line and header block arrived."""
 
+
+class _Answer:
+    """One HTTP/1.1 answer read off a connection: the status and the headers (names in lower
+    case), then at most `limit` bytes of the body (`excerpt`); `reusable` when the body was
+    read to its end and the server keeps the connection open."""
+
+    MAX_HEAD = 65536  # bytes of status line and headers
+
+    def __init__(self, sock, limit: int, deadline: egress.Deadline):
+        self.sock, self.deadline = sock, deadline
+        self.buf = b""
+        self.reusable = False
+        while True:  # interim 1xx answers (100 Continue, 103 Early Hints) come before the answer
+            head = self._head()
+            lines = head.split(b"\r\n")
+            status = lines[0].split(None, 2)
+            if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+                raise _NoAnswer("the server's answer is not HTTP/1.x")
+            self.status = int(status[1])
+            if not 100 <= self.status < 200 or self.status == 101:
+                break
+        self.version11 = status[0] == b"HTTP/1.1"
+        self.headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                key = name.strip().lower().decode("latin-1")
+                value = value.strip().decode("latin-1")
+                self.headers[key] = f"{self.headers[key]}, {value}" if key in self.headers else value
+        self.kept = bytearray()  # of the body, at most `limit` bytes
+        try:
+            done = self._body(limit)
+        except (OSError, ValueError):
+            done = False  # a body that breaks off (or hits the deadline): the status line decides
+        close = "close" in self.headers.get("connection", "").lower()
+        self.reusable = done and self.version11 and not close and not deadline.expired
+        try:
+            self.excerpt = _decoded(bytes(self.kept), self.headers.get("content-encoding", ""), limit)
+        except zlib.error:
+            self.excerpt = ""
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("the server closed the connection")
+        return data
+
+    def _head(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head, self.buf = self.buf[:end], self.buf[end + 4:]
+                return head
+            if len(self.buf) > self.MAX_HEAD:
+                raise _NoAnswer("the answer's header block is too long")
+            try:
+                data = self._recv()
+            except ConnectionResetError:
+                raise _NoAnswer("the server closed the connection without an answer") from None
+            self.buf += data
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            if len(self.buf) > 4096:
+                raise ValueError("a chunk line is too long")
+            self.buf += self._recv()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _body(self, limit: int) -> bool:
+        """Read the body, keeping `limit` bytes; True when it was read to its end."""
+        length = self.headers.get("content-length")
+        if self.status in (204, 304):
+            return True
+        if self.status < 200:  # 101: a protocol switch nobody asked for; no body, not kept
+            return False
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            while True:
+                size = int(self._line().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self._line():  # trailers, up to the blank line
+                        pass
+                    return not self.buf
+                chunk = bytearray()
+                if not self._sized(chunk, limit - len(self.kept), size):
+                    self.kept += chunk
+                    return False
+                self.kept += chunk
+                if self._line():
+                    raise ValueError("a chunk is longer than its size")
+        if length is not None and length.strip().isdigit():  # and nothing after it: no answer comes unasked
+            return self._sized(self.kept, limit, int(length)) and not self.buf
+        self._sized(self.kept, limit, None)  # delimited by the close: the cap's worth, then close
+        return False
+
+    def _sized(self, kept: bytearray, limit: int, length: int | None) -> bool:
+        """Read `length` bytes (None: until the close) into `kept` up to `limit` of them; True
+        when all were read."""
+        got = 0
+        while True:
+            if self.buf:
+                piece = self.buf if length is None else self.buf[:length - got]
+                self.buf = self.buf[len(piece):]
+                got += len(piece)
+                kept += piece[:max(limit - len(kept), 0)]
+            if length is not None and got >= length:
+                return True
+            if len(kept) >= limit or self.deadline.expired:
+                return False
+            try:
+                self.buf = self._recv()
+            except ConnectionResetError:
+                return False
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> str:
+    """The excerpt as text, a gzip or deflate body undone (we accept both, as requests did)."""
+    encoding = encoding.strip().lower()
+    if body and encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            body = zlib.decompressobj(47).decompress(body, limit)  # zlib or gzip header
+        except zlib.error:
+            if encoding != "deflate":
+                return ""
+            body = zlib.decompressobj(-15).decompress(body, limit)  # raw deflate
+    return body[:limit].decode("utf-8", "replace")
+
+
+def _request(method: str, target: str, host: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    """The request's bytes, head and body for one send. Raises ValueError for a header value
+    HTTP does not allow (CR, LF, NUL, or not Latin-1; the text names no value)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers.items():
+        value = str(value)
+        if _BAD_HEADER.search(value):
+            raise ValueError("a header value has characters HTTP does not allow")
+        lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {len(body)}")
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("a header value is not Latin-1") from None
+    return head + body
+
+
+_BAD_HEADER = re.compile(r"[\r\n\0]")
+
+
+def _host_header(conn) -> str:
+    scheme, host, port = conn.origin
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
+
+
+# What requests sent with every request (its session defaults), sent as before.
+_WIRE_HEADERS = {"Accept-Encoding": "gzip, deflate", "Accept": "*/*", "Connection": "keep-alive"}
 
 _BAD_REQUEST = ("invalid request: a header value (the rule's credentials?) or the URL has characters "
                 "HTTP does not allow")
@@ -269,48 +423,52 @@ def deliver(
 
     start = time.monotonic()
     elapsed = lambda: int((time.monotonic() - start) * 1000)  # noqa: E731
+    headers.update(_WIRE_HEADERS)
     with egress.attempt_deadline(timeout + DEADLINE_GRACE) as deadline:
         try:
-            response = session.post(
-                url, data=body, headers=headers, timeout=(timeout, timeout),
-                allow_redirects=False, stream=True,
-            )
-        except egress.EgressBlocked as exc:
-            return Outcome("deferred", error=f"egress refused: {exc.egress_error}", duration_ms=elapsed())
-        except requests.RequestException as exc:
+            conn, path = egress.connection_for(session, url, timeout)
+        except egress.EgressError as exc:
+            return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
+        except (UrllibError, OSError, ValueError) as exc:  # ssl errors included
             if deadline.expired:
                 return Outcome("deferred", error=_too_slow(timeout), duration_ms=elapsed())
             return _request_error(exc, timeout, elapsed())
-        except egress.EgressError as exc:  # raised outside the adapter (e.g. a proxy setting)
-            return Outcome("deferred", error=f"egress refused: {exc}", duration_ms=elapsed())
-        except ValueError:  # UnicodeEncodeError included
-            # http.client refusing a header value (its text quotes the value: a secret)
-            return Outcome("failed", error=_BAD_REQUEST, duration_ms=elapsed())
+        answer = None
         try:
-            excerpt = _read_excerpt(response, max_response_bytes, deadline)
-            verdict = classify(response.status_code, response.headers)
+            request = _request("POST", path, _host_header(conn), headers, body)
+            if conn.sock.gettimeout() != timeout:  # each send and read; the deadline bounds them all
+                conn.sock.settimeout(timeout)
+            conn.sock.sendall(request)
+            answer = _Answer(conn.sock, max_response_bytes, deadline)
+        except ValueError:
+            # a header value HTTP does not allow (never quoted: it may be a secret)
+            return Outcome("failed", error=_BAD_REQUEST, duration_ms=elapsed())
+        except (OSError, _NoAnswer) as exc:
+            if deadline.expired:
+                return Outcome("deferred", error=_too_slow(timeout), duration_ms=elapsed())
+            if isinstance(exc, socket.timeout):
+                return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s",
+                               duration_ms=elapsed())
+            return _request_error(exc, timeout, elapsed())
         finally:
-            response.close()
+            if answer is not None and answer.reusable:
+                egress.keep_connection(session, conn)
+            else:
+                conn.close()
+    verdict = classify(answer.status, answer.headers)
     return Outcome(
-        verdict.status, status_code=response.status_code, error=verdict.error,
-        retry_after=verdict.retry_after, duration_ms=elapsed(), response_excerpt=excerpt,
+        verdict.status, status_code=answer.status, error=verdict.error,
+        retry_after=verdict.retry_after, duration_ms=elapsed(), response_excerpt=answer.excerpt,
     )
 
 
-def _request_error(exc: requests.RequestException, timeout: float, duration_ms: int) -> Outcome:
+def _request_error(exc: Exception, timeout: float, duration_ms: int) -> Outcome:
     """The outcome of a request that got no HTTP answer."""
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError, HostnameMismatch)) or type(exc).__name__ == "SSLError":
         return Outcome("deferred", error=f"TLS error: {describe_error(exc)}", duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
+    if isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError):
         return Outcome("deferred", error=f"connect timeout: no connection within {timeout:g}s",
                        duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return Outcome("deferred", error=f"read timeout: no response within {timeout:g}s", duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=duration_ms)
-    if isinstance(exc, requests.exceptions.InvalidHeader):  # its text quotes the header value
-        return Outcome("failed", error=_BAD_REQUEST, duration_ms=duration_ms)
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema)):
+    if isinstance(exc, ValueError):  # a URL urllib3 cannot parse (LocationValueError)
         return Outcome("failed", error=f"invalid request: {describe_error(exc)}", duration_ms=duration_ms)
-    return Outcome("deferred", error=f"request error: {describe_error(exc)}", duration_ms=duration_ms)
+    return Outcome("deferred", error=f"connection error: {describe_error(exc)}", duration_ms=duration_ms)

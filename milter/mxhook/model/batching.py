@@ -11,13 +11,23 @@ pending, due or not.
 Order. A batching endpoint has one open batch at a time, so its events arrive in order. A
 one-event-per-request endpoint (the smtp2go, paubox, msndr, mailgun and postmark dialects)
 would get one event per round trip that way, far below the rate mail makes them: it may have
-up to UNORDERED_IN_FLIGHT single-event batches open at once, so its events may arrive out of
-order (and a retried one after later ones), as they do from the systems those dialects copy,
-none of which promises an order (docs/payloads.md, "Batches, ids and order").
+OPEN_PER_WORKER single-event batches open per spooler worker (half of the post pool, so one
+such endpoint leaves room for inbound deliveries and other endpoints), so its
+events may arrive out of order (and a retried one after later ones), as they do from the
+systems those dialects copy, none of which promises an order (docs/payloads.md, "Batches, ids
+and order"). The bound stays: a batch waiting for its retry is open too, so a receiver that is
+down holds that many deferred batches and no more are made for it until one settles.
 """
 from __future__ import annotations
 
 from typing import Mapping, Protocol
+
+# Single-event batches a one-per-request endpoint may have open per spooler worker: half of the
+# spooler's post pool (daemons/spooler.py POOL_DEPTH per worker), so one such endpoint leaves
+# the other half to inbound deliveries and other endpoints. Each loop step makes, posts and
+# records what finished since the last, a commit (an fsync) each: at one open per worker a
+# step handled ~4 events and the commits, not the posts, set the rate.
+OPEN_PER_WORKER = 4
 
 
 class BatchPolicy(Protocol):
@@ -28,17 +38,15 @@ class BatchPolicy(Protocol):
     max_events: int
 
 
-UNORDERED_IN_FLIGHT = 4
-
-
 def batch_size(max_events: int, events_per_request: int | None) -> int:
     """Events per batch: the payload's events per request, else the endpoint's max_events."""
     return events_per_request or max_events
 
 
-def open_limit(events_per_request: int | None) -> int:
-    """How many batches an endpoint may have open at once (module docstring, "Order")."""
-    return UNORDERED_IN_FLIGHT if events_per_request == 1 else 1
+def open_limit(events_per_request: int | None, workers: int) -> int:
+    """How many batches an endpoint may have open at once with `workers` posting (module
+    docstring, "Order")."""
+    return max(1, workers) * OPEN_PER_WORKER if events_per_request == 1 else 1
 
 
 def batches_to_make(count: int, size: int, room: int) -> int:

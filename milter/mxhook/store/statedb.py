@@ -628,12 +628,13 @@ class StateStore:
         for r in results:
             if r.outcome not in OUTCOMES or r.status not in DELIVERY_STATUSES:
                 raise ValueError(f"bad attempt result for {r.delivery_id}: {r.outcome}/{r.status}")
+        batches = [r for r in results if r.delivery_id.startswith(BATCH_PREFIX)]
         with self._write() as conn:
             for r in results:
-                if r.delivery_id.startswith(BATCH_PREFIX):
-                    self._record_batch_attempt(conn, r)
-                else:
+                if not r.delivery_id.startswith(BATCH_PREFIX):
                     self._record_delivery_attempt(conn, r)
+            if batches:
+                self._record_batch_attempts(conn, batches)
 
     def _record_delivery_attempt(self, conn: sqlite3.Connection, r: AttemptRecord) -> None:
         row = conn.execute("SELECT message_id, rule_id, rule_name FROM deliveries WHERE id = ?",
@@ -641,7 +642,7 @@ class StateStore:
         if row is None:
             return  # removed meanwhile (e.g. by retention); nothing to record against
         message_id = row[0]
-        self._note_health(conn, "rule", rule_ref(row[1], row[2]), row[2], r)
+        self._note_health(conn, "rule", rule_ref(row[1], row[2]), [(row[2], r)])
         conn.execute(
             "INSERT INTO attempts (delivery_id, at, outcome, status_code, error, duration_ms,"
             " response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -665,25 +666,38 @@ class StateStore:
                 (message_id, message_id),
             )
 
-    def _record_batch_attempt(self, conn: sqlite3.Connection, r: AttemptRecord) -> None:
-        row = conn.execute("SELECT b.endpoint_id, COALESCE(ep.url, b.url) FROM event_batches b"
-                           " LEFT JOIN event_endpoints ep ON ep.id = b.endpoint_id"
-                           " WHERE b.id = ?", (r.delivery_id,)).fetchone()
-        if row is not None:
-            self._note_health(conn, "endpoint", str(row[0]), row[1], r)
-        conn.execute(
+    def _record_batch_attempts(self, conn: sqlite3.Connection, results: list[AttemptRecord]) -> None:
+        """The results of event batches: a statement for all of them where one does (a
+        one-event-per-request endpoint settles a batch per event), the health row of each
+        endpoint once."""
+        owners: dict[str, tuple[str, str | None]] = {}
+        for chunk in _chunks([r.delivery_id for r in results]):
+            for batch_id, endpoint_id, url in conn.execute(
+                "SELECT b.id, b.endpoint_id, COALESCE(ep.url, b.url) FROM event_batches b"
+                " LEFT JOIN event_endpoints ep ON ep.id = b.endpoint_id"
+                f" WHERE b.id IN ({', '.join('?' * len(chunk))})", chunk,
+            ):
+                owners[batch_id] = (str(endpoint_id), url)
+        by_endpoint: dict[str, list[tuple[str | None, AttemptRecord]]] = {}
+        for r in results:
+            if r.delivery_id in owners:
+                ref, url = owners[r.delivery_id]
+                by_endpoint.setdefault(ref, []).append((url, r))
+        for ref, noted in by_endpoint.items():
+            self._note_health(conn, "endpoint", ref, noted)
+        conn.executemany(
             "INSERT INTO event_attempts (batch_id, at, outcome, status_code, error,"
             " duration_ms, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (r.delivery_id, r.at, r.outcome, r.status_code, r.error, r.duration_ms,
-             r.response_excerpt),
+            [(r.delivery_id, r.at, r.outcome, r.status_code, r.error, r.duration_ms,
+              r.response_excerpt) for r in results],
         )
-        conn.execute(
+        conn.executemany(
             "UPDATE event_batches SET status = ?, attempts = attempts + 1,"
             " first_attempt_at = COALESCE(first_attempt_at, ?), next_attempt_at = ?,"
             " last_error = ?, last_status_code = ?, updated = ? WHERE id = ?",
-            (r.status, r.at, r.next_attempt_at if r.status == "deferred" else None,
-             r.reason if r.reason is not None else r.error, r.status_code, r.at,
-             r.delivery_id),
+            [(r.status, r.at, r.next_attempt_at if r.status == "deferred" else None,
+              r.reason if r.reason is not None else r.error, r.status_code, r.at,
+              r.delivery_id) for r in results],
         )
 
     # events: enrichment ------------------------------------------------------------------
@@ -794,28 +808,42 @@ class StateStore:
             (endpoint_id, int(cap)),
         ).fetchone()
 
-    def create_batch(self, endpoint_id: int, max_events: int, now=None, *, url: str | None = None,
-                     batch_id: str | None = None) -> EventBatch | None:
-        """Freeze the oldest pending events of an endpoint (at most `max_events`, in arrival
-        order) into a new queued batch, due now. None when nothing is pending."""
+    def create_batch(self, endpoint_id: int, max_events: int, now=None, *,
+                     url: str | None = None) -> EventBatch | None:
+        """One batch of an endpoint (`create_batches`); None when nothing is pending."""
+        made = self.create_batches([(endpoint_id, max_events, 1, url)], now)
+        return made[0] if made else None
+
+    def create_batches(self, wanted: Iterable[tuple[int, int, int, str | None]],
+                       now=None) -> list[EventBatch]:
+        """Freeze the oldest pending events of endpoints into new queued batches, due now, all
+        in ONE transaction (one fsync however many batches a spooler step makes: a
+        one-event-per-request endpoint makes a batch per event). `wanted`: (endpoint id,
+        events per batch, batches, the endpoint's URL) each; an endpoint gets fewer batches
+        when fewer events are pending. Each batch takes its events in arrival order, the
+        first batch the oldest. Returns the batches made, per endpoint in that order."""
         at = iso(now)
-        batch_id = batch_id or BATCH_PREFIX + spool.new_id()
+        made: list[EventBatch] = []
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO event_batches (id, endpoint_id, url, created, size, status, attempts,"
-                " next_attempt_at, updated) VALUES (?, ?, ?, ?, 0, 'queued', 0, ?, ?)",
-                (batch_id, endpoint_id, url, at, at, at),
-            )
-            size = conn.execute(
-                "UPDATE event_deliveries SET batch_id = ? WHERE seq IN (SELECT seq FROM"
-                " event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL ORDER BY seq LIMIT ?)",
-                (batch_id, endpoint_id, int(max_events)),
-            ).rowcount
-            if size == 0:
-                conn.execute("DELETE FROM event_batches WHERE id = ?", (batch_id,))
-                return None
-            conn.execute("UPDATE event_batches SET size = ? WHERE id = ?", (size, batch_id))
-        return self.batch(batch_id)
+            for endpoint_id, size, count, url in wanted:
+                size, count = int(size), int(count)
+                seqs = [row[0] for row in conn.execute(
+                    "SELECT seq FROM event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL"
+                    " ORDER BY seq LIMIT ?", (endpoint_id, size * count))]
+                members = []
+                for start in range(0, len(seqs), size):
+                    chunk = seqs[start:start + size]
+                    batch = EventBatch(BATCH_PREFIX + spool.new_id(), endpoint_id, "queued", 0,
+                                       None, at, len(chunk), at)
+                    made.append(batch)
+                    members.extend((batch.id, seq) for seq in chunk)
+                    conn.execute(
+                        "INSERT INTO event_batches (id, endpoint_id, url, created, size, status,"
+                        " attempts, next_attempt_at, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                        (batch.id, endpoint_id, url, at, batch.size, at, at),
+                    )
+                conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ?", members)
+        return made
 
     def batch_events(self, batch: EventBatch, *, rendered: bool = False) -> list[dict]:
         """The events of a batch in arrival order, as stored, enriched (see `enrich`). With
@@ -911,31 +939,35 @@ class StateStore:
                     "last_error", "last_status_code", "disabled_at", "disabled_reason", "updated")
 
     @staticmethod
-    def _note_health(conn: sqlite3.Connection, kind: str, ref: str, name: str | None,
-                     r: AttemptRecord) -> None:
-        """Fold one attempt into its rule's or endpoint's health row (in the caller's
-        transaction): a success ends a failure streak; a failure starts one unless a later
-        success is already recorded (results of one round may come in any order)."""
+    def _note_health(conn: sqlite3.Connection, kind: str, ref: str,
+                     noted: list[tuple[str | None, AttemptRecord]]) -> None:
+        """Fold attempts, in order, into their rule's or endpoint's health row (in the caller's
+        transaction), each with the name it goes by (None: keep the one stored): a success
+        ends a failure streak; a failure starts one unless a later success is already
+        recorded (results of one round may come in any order)."""
         row = conn.execute("SELECT failing_since, last_success, last_failure FROM target_health"
                            " WHERE kind = ? AND ref = ?", (kind, ref)).fetchone()
         failing, success, failure = row or (None, None, None)
-        if r.outcome == "succeeded":
-            success = max(success or "", r.at)
-            if failing is not None and failing <= r.at:
-                failing = None
-            error_sql, params = "", []
-        else:
-            if failing is None and (success is None or r.at >= success):
-                failing = r.at
-            failure = max(failure or "", r.at)
-            error_sql = ", last_error = ?, last_status_code = ?"
-            params = [r.error or r.reason, r.status_code]
+        name, error_sql, params = None, "", []
+        for named, r in noted:
+            name = named if named is not None else name
+            if r.outcome == "succeeded":
+                success = max(success or "", r.at)
+                if failing is not None and failing <= r.at:
+                    failing = None
+            else:
+                if failing is None and (success is None or r.at >= success):
+                    failing = r.at
+                failure = max(failure or "", r.at)
+                error_sql = ", last_error = ?, last_status_code = ?"
+                params = [r.error or r.reason, r.status_code]
+        last = noted[-1][1].at
         conn.execute("INSERT OR IGNORE INTO target_health (kind, ref, updated) VALUES (?, ?, ?)",
-                     (kind, ref, r.at))
+                     (kind, ref, last))
         conn.execute(
             "UPDATE target_health SET name = COALESCE(?, name), failing_since = ?, last_success = ?,"
             f" last_failure = ?, updated = ?{error_sql} WHERE kind = ? AND ref = ?",
-            [name, failing, success or None, failure or None, r.at, *params, kind, ref],
+            [name, failing, success or None, failure or None, last, *params, kind, ref],
         )
 
     def health(self) -> dict[tuple[str, str], dict]:
