@@ -13,6 +13,7 @@ from mxhook.mailauth.resolvers import DnsPythonResolver, Resolver
 from mxhook.mailauth.upstream import upstream_results, verdicts_from_upstream
 from mxhook.mailauth.verdicts import Spf, Verdicts
 from mxhook.mailauth.verify import verify
+from mxhook.model.inbound import Authentication
 from mxhook.model.message import header_section
 
 
@@ -75,3 +76,16 @@ def dmarc_rejection(verdicts: Verdicts | None, *,
         return None
     return (f"mxhook: DMARC policy of {verdicts.dmarc.domain} rejects this message "
             "(no SPF or DKIM pass aligned with the From domain)")
+
+
+def for_decision(message: bytes, settings: AuthSettings, *, client_ip: str, helo: str,
+                 mail_from: str, dns: Resolver | None = None) -> Authentication | None:
+    """The verdicts as the inbound decision takes them (model/inbound.py `Authentication`):
+    the rule conditions' values, the payload object, and the DMARC refusal when
+    `dmarc_reject` is on and the From domain's policy asks for it. None when mode is off."""
+    verdicts = authenticate(message, settings, client_ip=client_ip, helo=helo,
+                            mail_from=mail_from, dns=dns)
+    if verdicts is None:
+        return None
+    return Authentication(verdicts.conditions(), verdicts.as_dict(),
+                          dmarc_rejection(verdicts) if settings.dmarc_reject else None)
