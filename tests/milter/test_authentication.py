@@ -110,7 +110,7 @@ def test_a_dmarc_condition_routes_at_end_of_message(env, key):
     ctx = env()
     assert send(ctx, "support@ours.example", *message(key)) == ("eom", Milter.ACCEPT)
     ctx2 = env()
-    # altered body: DKIM fails; SPF passes for the client but the message is sent from elsewhere
+    # altered body, another client: DKIM and SPF fail, so DMARC does
     ctx2.milter.connect("elsewhere.example", 2, ("198.51.100.7", 4000))
     ctx2.milter.hello("elsewhere.example")
     assert send(ctx2, "support@ours.example", *message(key, alter=True)) == ("eom", Milter.ACCEPT)
