@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mxhook import config
+from mxhook.services import check
 from tests.unit.test_cli import Env, eml
 
 TRUSTED = "Authentication-Results: filter.ours.example; spf=pass smtp.mailfrom=sender.example; dkim=fail header.d=sender.example; dmarc=fail header.from=sender.example policy.dmarc=reject"
@@ -71,3 +72,13 @@ def test_rule_test_verifies_without_dns(tmp_path):
     assert (auth["dkim"], auth["dmarc"]["result"]) == ([], "none")
     env.fails("rule", "test", msg, "--rcpt", "support@ours.example", "--client-ip", "nope",
               match="not an IP address")
+
+
+def test_check_reports_verdict_rules_that_mode_off_keeps_from_matching(upstream):
+    assert check.check_authentication(config.load(upstream.conf)) == []
+    values = {"paths": {"rules_db": upstream.rules_db, "state_db": upstream.state_db,
+                        "spool_dir": upstream.spool_dir}}
+    with open(upstream.conf, "w") as fh:
+        fh.write(config.render(values))
+    (problem,) = check.check_authentication(config.load(upstream.conf))
+    assert problem["ok"] is False and "rule suspect test authentication verdicts" in problem["message"]
