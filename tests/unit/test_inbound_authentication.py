@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from mxhook.mailauth.authenticate import AuthSettings, for_decision
+from mxhook.mailauth.resolvers import StaticResolver
 from mxhook.model import inbound
 from mxhook.model.decision import decide
 from mxhook.model.envelope import Envelope
@@ -224,3 +226,13 @@ def test_payloads_carry_the_verdicts():
     assert fields["dkim"] == "none"
     fields = dict(sendgrid._common_fields(delivery(None), {}))
     assert (fields["SPF"], fields["dkim"]) == ("", "")
+
+
+def test_the_dmarc_refusal_text_is_safe_for_the_smtp_reply():
+    settings = AuthSettings(mode="verify", authserv_id="mx.ours.example", trusted_authserv_ids=(),
+                            nameservers=(), dns_timeout=1, dns_budget=2, dmarc_reject=True)
+    raw = b"From: a@x%y.example\r\nTo: sales@ours.example\r\nSubject: s\r\n\r\nHi\r\n"
+    zone = StaticResolver({("_dmarc.x%y.example", "TXT"): ["v=DMARC1; p=reject"]})
+    auth = for_decision(raw, settings, client_ip="192.0.2.7", helo="h", mail_from="a@x%y.example", dns=zone)
+    assert auth.conditions["dmarc"] == "fail" and auth.reject is not None
+    assert "%" not in auth.reject and "x?y.example" in auth.reject

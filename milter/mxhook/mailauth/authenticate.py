@@ -3,6 +3,7 @@ of one message under them (`authenticate`), and the DMARC refusal they may ask f
 from __future__ import annotations
 
 import random
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -87,5 +88,11 @@ def for_decision(message: bytes, settings: AuthSettings, *, client_ip: str, helo
                             mail_from=mail_from, dns=dns)
     if verdicts is None:
         return None
+    reject = dmarc_rejection(verdicts) if settings.dmarc_reject else None
     return Authentication(verdicts.conditions(), verdicts.as_dict(),
-                          dmarc_rejection(verdicts) if settings.dmarc_reject else None)
+                          _UNSAFE_REPLY.sub("?", reject) if reject else None)
+
+
+# What an SMTP reply line cannot carry, and `%` (libmilter reads it as a format character): a
+# From domain is the sender's text
+_UNSAFE_REPLY = re.compile(r"[^ -~]|%")

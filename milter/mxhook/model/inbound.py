@@ -17,10 +17,10 @@ and it answers each stage with an outcome the caller performs:
            verdict (`dmarc~^fail$`), only the heuristics run here and the rules wait for EOM.
   EOM      `end_of_message()`: the authentication verdicts (the injected `authenticate`), a
            DMARC refusal they ask for (550 5.7.1), the rules that waited for them (refused as
-           at EOH, but after the body), then the message record and the bounce report's events to spool, the
-           recipients to delete (`--discard` rules, consumed bounce reports) and to replace by
-           their reject stand-ins, and whether a message left without recipients goes to
-           Postfix's discard transport or gets a milter DISCARD.
+           at EOH, but after the body), then the message record and the bounce report's
+           events to spool, the recipients to delete (`--discard` rules, consumed bounce
+           reports) and to replace by their reject stand-ins, and whether a message left
+           without recipients goes to Postfix's discard transport or gets a milter DISCARD.
 
 Refused recipients come back as `Denial`s (the decision log line, and the `denied` record to
 spool when their domain logs denied mail). Nothing here does I/O: the clock and record ids are
