@@ -6,6 +6,10 @@ answered with SERVFAIL, or not at all within the budget); a rule on `dmarc` rout
 `dmarc_reject` refusing at the SMTP client."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +18,7 @@ from tests.support.dns_server import DnsServer, Key, publish, sign
 
 pytestmark = pytest.mark.e2e
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OTHER_CLIENT = "127.0.0.2"  # not in the SPF records below: SPF fails from here
 DNS_TIMEOUT, DNS_BUDGET = 0.5, 1.5
 
@@ -117,3 +122,16 @@ def test_dmarc_reject_refuses_at_the_smtp_client(make_stack, dns_server, key):
     rows = st.wait_status(lambda rows: any(r.get("filterName") == "dmarc_reject" for r in rows))
     (denied,) = [r for r in rows if r.get("filterName") == "dmarc_reject"]
     assert denied["status"] == "denied" and "DMARC policy of sender.example" in denied["reason"]
+
+
+def test_the_bench_runs(tmp_path):
+    """bench/milter_authentication.py stays usable (a few messages, both parts)."""
+    out = tmp_path / "auth.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "milter_authentication.py"),
+                           "--messages", "5", "--rounds", "1", "--postfix", "3", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["spooled"] == 15 and figures["dmarc_results"] == ["pass"]
+    assert figures["udp_queries_per_message"] == 3.0
+    assert set(figures["postfix"]) == {"off", "verify"}
