@@ -37,7 +37,7 @@ from mxhook import config as configmod
 from mxhook import spool
 from mxhook.daemons import logsetup
 from mxhook.mailauth import verify
-from mxhook.mailauth.authenticate import AuthSettings, for_decision
+from mxhook.mailauth.authenticate import AuthSettings, authenticator
 from mxhook.model import inbound
 from mxhook.model.envelope import (
     AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, utc_now)
@@ -191,10 +191,10 @@ class Wiring:
     def authenticator(self, envelope: Envelope) -> Callable[[bytes], inbound.Authentication | None] | None:
         """The verdicts of an inbound message of this envelope, checked at end of message
         (SPF too: only mail a rule may take pays for DNS); None with mode off."""
-        if self.auth is None or self.auth.mode == "off":
+        if self.auth is None:
             return None
-        return functools.partial(for_decision, settings=self.auth, client_ip=envelope.client_addr,
-                                 helo=envelope.helo, mail_from=envelope.sender)
+        return authenticator(self.auth, client_ip=envelope.client_addr, helo=envelope.helo,
+                             mail_from=envelope.sender)
 
     def factory(self) -> Callable[[], MxhookMilter]:
         """pymilter's Milter.factory: one MxhookMilter per SMTP connection."""

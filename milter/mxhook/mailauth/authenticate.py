@@ -2,6 +2,7 @@
 of one message under them (`authenticate`), and the DMARC refusal they may ask for."""
 from __future__ import annotations
 
+import functools
 import random
 import re
 import socket
@@ -91,6 +92,16 @@ def for_decision(message: bytes, settings: AuthSettings, *, client_ip: str, helo
     reject = dmarc_rejection(verdicts) if settings.dmarc_reject else None
     return Authentication(verdicts.conditions(), verdicts.as_dict(),
                           _UNSAFE_REPLY.sub("?", reject) if reject else None)
+
+
+def authenticator(settings: AuthSettings, *, client_ip: str, helo: str, mail_from: str,
+                  dns: Resolver | None = None) -> Callable[[bytes], Authentication | None] | None:
+    """`for_decision` for one envelope, as the inbound decision takes it (`authenticate`);
+    None with mode off."""
+    if settings.mode == "off":
+        return None
+    return functools.partial(for_decision, settings=settings, client_ip=client_ip, helo=helo,
+                             mail_from=mail_from, dns=dns)
 
 
 # What an SMTP reply line cannot carry, and `%` (libmilter reads it as a format character): a

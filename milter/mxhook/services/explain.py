@@ -3,12 +3,11 @@ and why, with every rule explained also past the first match; with `payload`, th
 delivery would post."""
 from __future__ import annotations
 
-import functools
 import ipaddress
 import time
 
 from mxhook import config as configmod
-from mxhook.mailauth.authenticate import AuthSettings, for_decision
+from mxhook.mailauth.authenticate import AuthSettings, authenticator
 from mxhook.mailauth.resolvers import StaticResolver
 from mxhook.model import inbound
 from mxhook.model.envelope import Envelope
@@ -70,12 +69,9 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
         envelope.recipient(r)
     # Refusals at RCPT are capped where Postfix has mxhook's routes (`mxhook check`); with
     # discard_via = milter the milter never relies on them, so it splits without a cap.
-    auth = AuthSettings.from_config(cfg)
-    authenticate = None
-    if auth.mode != "off":
-        authenticate = functools.partial(
-            for_decision, settings=auth, client_ip=client_ip, helo=helo,
-            mail_from=envelope.sender or "", dns=None if dns else StaticResolver({}))
+    authenticate = authenticator(AuthSettings.from_config(cfg), client_ip=client_ip, helo=helo,
+                                 mail_from=envelope.sender or "",
+                                 dns=None if dns else StaticResolver({}))
     explained = inbound.explain(snapshot, inbound.Policy.from_section(value), raw, envelope,
                                 routes=value("discard_via") != "milter", authenticate=authenticate)
     out = explained.as_dict()
