@@ -256,6 +256,15 @@ def print_explanation(res: dict) -> None:
     h = res["heuristics"]
     click.echo(f"Heuristics: {', '.join(h['enabled']) or 'none'} enabled; "
                f"unknown_domains = {res['unknown_domains']}")
+    auth = res.get("authentication")
+    if auth is not None:
+        dkim = ", ".join(f"{d['result']} (d={d['domain']} s={d['selector']})" for d in auth["dkim"]) or "none"
+        policy = f", policy {auth['dmarc']['policy']}" if auth["dmarc"]["policy"] else ""
+        untrusted = sum(1 for u in auth["upstream"] if not u["trusted"])
+        click.echo(f"Auth:       spf={auth['spf']['result']} dkim={dkim} "
+                   f"dmarc={auth['dmarc']['result']}{policy} arc={auth['arc']['result']} "
+                   f"({'verified here' if auth['source'] == 'mxhook' else 'upstream ' + auth['authserv_id']})"
+                   + (f"; {untrusted} untrusted Authentication-Results field(s)" if untrusted else ""))
     verdict = res["result"].upper()
     click.echo(f"Result:     {verdict} ({res['smtp']}) by {res['decided_by']}: {res['reason']}")
     if res["reply"]:
@@ -272,7 +281,7 @@ def print_explanation(res: dict) -> None:
                 what += " (then discarded)"
         else:
             what += f" by {e['decided_by']}"
-        stage = "RCPT" if e["stage"] == "rcpt" else "end of headers"
+        stage = {"rcpt": "RCPT", "eoh": "end of headers", "eom": "end of message"}[e["stage"]]
         click.echo(f"<{e['recipient']}>: {e['smtp']} at {stage}: {what}")
         if e["outcome"] != "accepted":
             click.echo(f"  {e['reason']}")
@@ -296,9 +305,15 @@ def print_explanation(res: dict) -> None:
 @click.option("--mail-from", metavar="ADDR", help="Envelope sender (MAIL FROM), for display.")
 @click.option("--payload", is_flag=True,
               help="Also print the body each delivery would post (its template, dialect or format).")
+@click.option("--client-ip", default="", metavar="ADDR",
+              help="SMTP client address the SPF verdict is checked for (none without it).")
+@click.option("--helo", default="", metavar="NAME", help="HELO name of that client.")
+@click.option("--dns/--no-dns", default=True, show_default=True,
+              help="With [authentication] mode = verify: look the verdicts up in DNS as the "
+                   "milter does, or not at all (every lookup finds nothing).")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_app
-def rule_test(app, message, recipients, mail_from, payload, as_json):
+def rule_test(app, message, recipients, mail_from, payload, client_ip, helo, dns, as_json):
     """Dry run: what the milter would answer for MESSAGE.eml ('-' reads stdin), and why.
 
     Each recipient, in --rcpt order, gets the milter's answer and its stage: 550 at RCPT (its
@@ -307,13 +322,18 @@ def rule_test(app, message, recipients, mail_from, payload, as_json):
     end-of-headers outcome. Uses the rules and domains in rules.db and the heuristics,
     unknown_domains and missing_from settings of the config; every rule is evaluated and
     explained, also past the first match. A message larger than [milter] max_message_size is
-    refused, as the milter refuses it.
+    refused, as the milter refuses it. With [authentication] mode verify or upstream, the
+    message's SPF, DKIM, DMARC and ARC verdicts are shown and rules on them decided
+    (--client-ip, --helo, --no-dns).
     """
     try:
-        res = explain.explain_message(app.cfg, message, list(recipients), mail_from, payload=payload)
+        res = explain.explain_message(app.cfg, message, list(recipients), mail_from, payload=payload,
+                                      client_ip=client_ip, helo=helo, dns=dns)
     except ServiceError as exc:
         if exc.code == "invalid_recipient":
             raise click.BadParameter(exc.message, param_hint="--rcpt") from None
+        if exc.code == "invalid_client_ip":
+            raise click.BadParameter(exc.message, param_hint="--client-ip") from None
         raise
     if as_json:
         emit_json(res)

@@ -36,6 +36,8 @@ import Milter
 from mxhook import config as configmod
 from mxhook import spool
 from mxhook.daemons import logsetup
+from mxhook.mailauth import verify
+from mxhook.mailauth.authenticate import AuthSettings, authenticator
 from mxhook.model import inbound
 from mxhook.model.envelope import (
     AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, utc_now)
@@ -180,10 +182,19 @@ class Wiring:
     segments: spool.SegmentWriter  # inbound records and events: shared segment, group fdatasync
     clock: Callable[[], datetime] = utc_now
     new_id: Callable[[], str] = spool.new_id
+    auth: AuthSettings | None = None  # [authentication]; None: mode off
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
         self.policy = inbound.Policy.from_section(lambda key: getattr(self.settings, key))
+
+    def authenticator(self, envelope: Envelope) -> Callable[[bytes], inbound.Authentication | None] | None:
+        """The verdicts of an inbound message of this envelope, checked at end of message
+        (SPF too: only mail a rule may take pays for DNS); None with mode off."""
+        if self.auth is None:
+            return None
+        return authenticator(self.auth, client_ip=envelope.client_addr, helo=envelope.helo,
+                             mail_from=envelope.sender)
 
     def factory(self) -> Callable[[], MxhookMilter]:
         """pymilter's Milter.factory: one MxhookMilter per SMTP connection."""
@@ -273,7 +284,8 @@ class MxhookMilter(Milter.Base):
             if envelope.direction == INBOUND:
                 w = self.wiring
                 self.inbound = inbound.Inbound(w.snapshot(), w.policy, envelope, routes=w.settings.postfix_routes(),
-                                               clock=w.clock, new_id=w.new_id)
+                                               clock=w.clock, new_id=w.new_id,
+                                               authenticate=w.authenticator(envelope))
         except Exception as exc:
             log.exception("internal error in envfrom")
             self.failed = f"envfrom: {exc}"
@@ -334,6 +346,11 @@ class MxhookMilter(Milter.Base):
             return self._outbound_eom()
         self.envelope.queue_id = self.getsymval("i") or self.envelope.queue_id
         answer = self.inbound.end_of_message(self.body_chunks, self.body_size)
+        for pattern in answer.timed_out:  # rules that waited for the authentication verdicts
+            log.warning("queue id %s: regex %r timed out, counted as no match",
+                        self.envelope.queue_id or "-", pattern)
+        if answer.error:
+            log.error("queue id %s: %s; answering 451", self.envelope.queue_id or "-", answer.error)
         records = [spool.event_record(e) for e in answer.events]
         if answer.message is not None:
             m = answer.message
@@ -474,6 +491,7 @@ def _run(argv: list[str] | None) -> int:
         socket_spec = settings.socket
         timeout = settings.timeout
         socket_group = settings.socket_group
+        auth = AuthSettings.from_config(cfg)
         watcher = SnapshotWatcher(cfg.rules_db, interval=settings.rules_reload_interval,
                                   regex_timeout=settings.regex_timeout,
                                   recipient_delimiter=settings.recipient_delimiter)
@@ -485,8 +503,11 @@ def _run(argv: list[str] | None) -> int:
         return 1
     spool.ensure_dirs(settings.spool_dir)
     spool.recover_segments(settings.spool_dir)  # a previous run's, if it died
+    if auth.mode == "verify":  # read once here, not in the first SMTP session
+        verify.organizational_domain("mxhook.invalid")
+        auth.resolver  # noqa: B018 (made once: it reads resolv.conf)
     wiring = Wiring(settings, snapshot=lambda: watcher.current, blocklist=BlocklistReader(cfg.rules_db),
-                    segments=spool.SegmentWriter(settings.spool_dir))
+                    segments=spool.SegmentWriter(settings.spool_dir), auth=auth)
     Milter.factory = wiring.factory()
     Milter.set_flags(Milter.DELRCPT | Milter.ADDRCPT | Milter.ADDRCPT_PAR)
 
@@ -499,9 +520,10 @@ def _run(argv: list[str] | None) -> int:
             return 1
         os.umask(0o117)  # the socket is born 0660; spool files keep their explicit 0640
     log.info("listening on %s: %d rules, %d domains, unknown_domains=%s, spool %s, Postfix "
-             "routes for discard/reject: %s", socket_spec, len(watcher.current.ruleset),
-             len(watcher.current.domains), settings.unknown_domains, settings.spool_dir,
-             "yes" if settings.postfix_routes() else "no")
+             "routes for discard/reject: %s, authentication: %s%s", socket_spec,
+             len(watcher.current.ruleset), len(watcher.current.domains), settings.unknown_domains,
+             settings.spool_dir, "yes" if settings.postfix_routes() else "no", auth.mode,
+             ", dmarc_reject" if auth.mode != "off" and auth.dmarc_reject else "")
     try:
         Milter.runmilter("mxhook", socket_spec, timeout)
     finally:

@@ -2,7 +2,9 @@
 of one message under them (`authenticate`), and the DMARC refusal they may ask for."""
 from __future__ import annotations
 
+import functools
 import random
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from mxhook.mailauth.resolvers import DnsPythonResolver, Resolver
 from mxhook.mailauth.upstream import upstream_results, verdicts_from_upstream
 from mxhook.mailauth.verdicts import Spf, Verdicts
 from mxhook.mailauth.verify import verify
+from mxhook.model.inbound import Authentication
 from mxhook.model.message import header_section
 
 
@@ -75,3 +78,32 @@ def dmarc_rejection(verdicts: Verdicts | None, *,
         return None
     return (f"mxhook: DMARC policy of {verdicts.dmarc.domain} rejects this message "
             "(no SPF or DKIM pass aligned with the From domain)")
+
+
+def for_decision(message: bytes, settings: AuthSettings, *, client_ip: str, helo: str,
+                 mail_from: str, dns: Resolver | None = None) -> Authentication | None:
+    """The verdicts as the inbound decision takes them (model/inbound.py `Authentication`):
+    the rule conditions' values, the payload object, and the DMARC refusal when
+    `dmarc_reject` is on and the From domain's policy asks for it. None when mode is off."""
+    verdicts = authenticate(message, settings, client_ip=client_ip, helo=helo,
+                            mail_from=mail_from, dns=dns)
+    if verdicts is None:
+        return None
+    reject = dmarc_rejection(verdicts) if settings.dmarc_reject else None
+    return Authentication(verdicts.conditions(), verdicts.as_dict(),
+                          _UNSAFE_REPLY.sub("?", reject) if reject else None)
+
+
+def authenticator(settings: AuthSettings, *, client_ip: str, helo: str, mail_from: str,
+                  dns: Resolver | None = None) -> Callable[[bytes], Authentication | None] | None:
+    """`for_decision` for one envelope, as the inbound decision takes it (`authenticate`);
+    None with mode off."""
+    if settings.mode == "off":
+        return None
+    return functools.partial(for_decision, settings=settings, client_ip=client_ip, helo=helo,
+                             mail_from=mail_from, dns=dns)
+
+
+# What an SMTP reply line cannot carry, and `%` (libmilter reads it as a format character): a
+# From domain is the sender's text
+_UNSAFE_REPLY = re.compile(r"[^ -~]|%")

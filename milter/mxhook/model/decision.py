@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from mxhook.model import heuristics
 from mxhook.model.headers import address_domain, decode_field, normalize_address
-from mxhook.model.rules import MatchResult, Rule, RuleSet
+from mxhook.model.rules import AUTHENTICATION_FIELDS, MatchResult, Rule, RuleSet
 
 MISSING_FROM = "missing_from"  # the decision's name for a message without a From header
 
@@ -60,6 +60,22 @@ class Decision:
         return "accepted"
 
 
+def screen(permitted_domains: frozenset[str], recipients: list[str],
+           raw_headers: list[tuple[str, bytes | str]], *,
+           enabled_heuristics: tuple[str, ...] = heuristics.ALL,
+           missing_from: str = "reject") -> heuristics.Verdict | None:
+    """What refuses the whole message before any rule: a missing From header field with
+    `missing_from = reject` (nothing to check the heuristics against; a message whose first
+    line starts with white space has no header section at all), then the heuristics."""
+    from_values = [v for n, v in raw_headers if n.lower() == "from"]
+    to_values = [v for n, v in raw_headers if n.lower() == "to"]
+    if not from_values and missing_from == "reject":
+        return heuristics.Verdict(
+            MISSING_FROM, "the message has no From header field (a message whose first line "
+            "starts with white space has no header section at all)")
+    return heuristics.check(from_values, to_values, recipients, permitted_domains, enabled_heuristics)
+
+
 def decide(
     ruleset: RuleSet,
     permitted_domains: frozenset[str],
@@ -70,26 +86,24 @@ def decide(
     explain: bool = False,
     missing_from: str = "reject",
     candidates: dict[str, tuple[Rule, ...]] | None = None,
+    authentication: dict[str, str] | None = None,
 ) -> Decision:
-    """Heuristics first (they reject the whole message), then rules per recipient.
+    """`screen` first (it rejects the whole message), then rules per recipient.
 
-    missing_from: "reject" refuses a message without a From header field (nothing to check
-    the heuristics against; a message whose first line starts with white space has no header
-    section at all). candidates: recipient -> `RuleSet.envelope_candidates` as the milter
-    computed them at RCPT, so end of headers only evaluates header conditions and cannot
-    disagree with the answer RCPT gave."""
-    from_values = [v for n, v in raw_headers if n.lower() == "from"]
-    to_values = [v for n, v in raw_headers if n.lower() == "to"]
-    if not from_values and missing_from == "reject":
-        verdict: heuristics.Verdict | None = heuristics.Verdict(
-            MISSING_FROM, "the message has no From header field (a message whose first line "
-            "starts with white space has no header section at all)")
-    else:
-        verdict = heuristics.check(from_values, to_values, recipients, permitted_domains, enabled_heuristics)
+    candidates: recipient -> `RuleSet.envelope_candidates` as the milter computed them at RCPT,
+    so end of headers only evaluates header conditions and cannot disagree with the answer RCPT
+    gave. authentication: the verdicts' condition values (`spf`, `dkim`, `dmarc`,
+    `dmarc_policy`, `arc`), None when there are none (a condition on them then holds never)."""
+    verdict = screen(permitted_domains, recipients, raw_headers,
+                     enabled_heuristics=enabled_heuristics, missing_from=missing_from)
     decision = Decision(verdict=verdict)
     if verdict is not None and not explain:
         return decision
     index = header_index(raw_headers, None if explain else ruleset.header_names)
+    for name in AUTHENTICATION_FIELDS:  # the verdicts, never header fields of those names
+        index.pop(name, None)
+    if authentication is not None:
+        index.update((name, [authentication.get(name, "")]) for name in AUTHENTICATION_FIELDS)
     if candidates is not None and not explain:
         known: dict = {}
         decision.matches = [ruleset.match_candidates(r, candidates[r], index, known) for r in recipients]

@@ -13,11 +13,14 @@ and it answers each stage with an outcome the caller performs:
            message; some refused beside accepted ones (only past the cap on refusals) → Postfix
            bounces them. In a domain with `unmatched = pass` nobody is refused: recipients
            no rule takes are left to Postfix. Only pass-through recipients → accepted without
-           reading the body.
-  EOM      `end_of_message()`: the message record and the bounce report's events to spool, the
-           recipients to delete (`--discard` rules, consumed bounce reports) and to replace by
-           their reject stand-ins, and whether a message left without recipients goes to
-           Postfix's discard transport or gets a milter DISCARD.
+           reading the body. When a candidate rule has a condition on an authentication
+           verdict (`dmarc~^fail$`), only the heuristics run here and the rules wait for EOM.
+  EOM      `end_of_message()`: the authentication verdicts (the injected `authenticate`), a
+           DMARC refusal they ask for (550 5.7.1), the rules that waited for them (refused as
+           at EOH, but after the body), then the message record and the bounce report's
+           events to spool, the recipients to delete (`--discard` rules, consumed bounce
+           reports) and to replace by their reject stand-ins, and whether a message left
+           without recipients goes to Postfix's discard transport or gets a milter DISCARD.
 
 Refused recipients come back as `Denial`s (the decision log line, and the `denied` record to
 spool when their domain logs denied mail). Nothing here does I/O: the clock and record ids are
@@ -30,7 +33,8 @@ from typing import Any, Callable
 
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
-    DENY, HOLD, MANAGED, PASS, SPLIT, UNMATCHED_PASS, Decision, RcptOutcome, RcptStage, decide)
+    DENY, HOLD, MANAGED, PASS, SPLIT, UNMATCHED_PASS, Decision, RcptOutcome, RcptStage, decide,
+    screen)
 from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, utc_now
 from mxhook.model.headers import address_domain, decode_value, first_address
 from mxhook.model.message import header_section
@@ -73,6 +77,19 @@ HEURISTIC_KEYS = (
     (heuristics.FROM_PERMITTED_DOMAIN, "heuristic_from_permitted_domain"),
     (heuristics.FROM_EQUALS_TO, "heuristic_from_equals_to"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """A message's authentication verdicts as the decision uses them (mailauth/ makes them:
+    `mailauth.authenticate.for_decision`)."""
+    conditions: dict  # rule condition name (spf, dkim, dmarc, dmarc_policy, arc) -> result
+    payload: dict  # the spool record's and payload's `authentication` object
+    reject: str | None = None  # dmarc_reject: the text of the 550 5.7.1 refusing the message
+
+
+# The filter a DMARC refusal is logged under
+DMARC_REJECT = "dmarc_reject"
 
 
 @dataclass(slots=True)
@@ -134,6 +151,8 @@ class MessageAnswer(Answer):
     delete: tuple[str, ...] = ()  # recipients as given (delrcpt)
     bounce: tuple[str, ...] = ()  # replace each by its reject stand-in (error(8) bounces it)
     add_discard: bool = False  # the message's one recipient becomes Postfix's discard transport
+    timed_out: tuple[str, ...] = ()  # rules decided here: patterns that hit the regex timeout
+    error: str = ""  # TEMPFAIL: what went wrong
 
 
 def header_block(raw_headers: list[tuple[str, bytes]]) -> bytes:
@@ -150,11 +169,18 @@ class Inbound:
     snapshot: the rules with `ruleset`, `domains` (permitted) and `log_denied`. routes: Postfix
     has mxhook's discard and error transports (without them a recipient refused after 250
     could not be bounced, so recipients are split without a cap, and a message left without
-    recipients gets a milter DISCARD)."""
+    recipients gets a milter DISCARD). authenticate: the message bytes -> its
+    `Authentication` (None: no verdicts); None when `[authentication] mode = off`, so rules with
+    authentication conditions never match and need not wait for the end of the message."""
 
     def __init__(self, snapshot, policy: Policy, envelope: Envelope, *, routes: bool,
-                 clock=utc_now, new_id: Callable[[], str]):
+                 clock=utc_now, new_id: Callable[[], str],
+                 authenticate: Callable[[bytes], Authentication | None] | None = None):
         self.snapshot = snapshot
+        self.authenticate = authenticate
+        self.authentication: Authentication | None = None
+        # the rules wait for the verdicts: the refusals decided at EOH meanwhile
+        self.waiting: list[tuple[str, str, list[str]]] | None = None
         self.policy = policy
         self.envelope = envelope
         self.routes = routes
@@ -237,10 +263,24 @@ class Inbound:
             # Only pass-through recipients: not ours, unless it is a bounce report.
             return HeadersAnswer() if self.dsn else HeadersAnswer(ACCEPT)
         policy = self.policy
-        decision = self.decision = decide(
-            self.snapshot.ruleset, self.snapshot.domains, self.managed, raw_headers,
-            enabled_heuristics=policy.heuristics, missing_from=policy.missing_from,
-            candidates=self.candidates)
+        if self.authenticate is not None and any(
+                rule.needs_authentication for rules in self.candidates.values() for rule in rules):
+            verdict = screen(self.snapshot.domains, self.managed, raw_headers,
+                             enabled_heuristics=policy.heuristics, missing_from=policy.missing_from)
+            if verdict is None:  # the rules are decided at EOM, with the verdicts
+                self.waiting = refused
+                return HeadersAnswer()
+            decision = self.decision = Decision(verdict=verdict)
+        else:
+            decision = self.decision = decide(
+                self.snapshot.ruleset, self.snapshot.domains, self.managed, raw_headers,
+                enabled_heuristics=policy.heuristics, missing_from=policy.missing_from,
+                candidates=self.candidates)
+        return self._rules_answer(decision, refused)
+
+    def _rules_answer(self, decision: Decision, refused: list[tuple[str, str, list[str]]]) -> HeadersAnswer:
+        """The answer to the rules' decision (at EOH, or at EOM when they waited for the
+        verdicts), with `refused`: the held recipients refused before it."""
         timed_out = tuple({c.condition.pattern: None for m in decision.matches for c in m.timeouts})
         if decision.verdict is not None:  # the message is refused, whoever it is for...
             reason = decision.verdict.reason
@@ -309,8 +349,8 @@ class Inbound:
     def end_of_message(self, body: list[bytes], body_size: int) -> MessageAnswer:
         """body: its chunks, kept up to max_message_size; body_size: the bytes it really had."""
         decision = self.decision
-        if decision is None and not (self.dsn or self.bounced):  # end of headers answered
-            return MessageAnswer()
+        if decision is None and not (self.dsn or self.bounced or self.waiting is not None):
+            return MessageAnswer()  # end of headers answered
         # Always an empty line after the fields: with none, Postfix itself put an empty line
         # first, and any parser must read "no header section" as the decision did.
         separator = b"\r\n"
@@ -323,6 +363,22 @@ class Inbound:
                                  log=(Logged("denied", self.managed + self.held, "size", "message too large"),))
         raw = head + separator + b"".join(body)
         log = []
+        denials: tuple[Denial, ...] = ()
+        timed_out: tuple[str, ...] = ()
+        if self.authenticate is not None and (self.waiting is not None
+                                              or (decision is not None and decision.accepted)):
+            self.authentication = auth = self.authenticate(raw)
+            if auth is not None and auth.reject:
+                rcpts = self.managed + self.held
+                return MessageAnswer(REJECT, (*SMTP_DENY, auth.reject),
+                                     (self._denial(rcpts, DMARC_REJECT, auth.reject),))
+            if self.waiting is not None:
+                rules = self._rules_at_eom(auth)
+                if rules.action != CONTINUE:
+                    return MessageAnswer(rules.action, rules.reply, rules.denials, log=rules.log,
+                                         timed_out=rules.timed_out, error=rules.error)
+                decision, denials, timed_out = self.decision, rules.denials, rules.timed_out
+                log += rules.log
         if self.dsn:
             # Anyone can send a report: the spooler keeps only the events about a recipient of
             # a message we sent (its queued events), which it knows and the milter does not.
@@ -337,11 +393,23 @@ class Inbound:
                 **message_fields(self.envelope, self.raw_headers, iso(self.clock())),
                 deliveries=[Routed(rcpts, rule.target_record())
                             for rule, rcpts in groups],
-                recipient_delimiter=self.snapshot.ruleset.recipient_delimiter)
+                recipient_delimiter=self.snapshot.ruleset.recipient_delimiter,
+                authentication=self.authentication.payload if self.authentication else None)
             message = SpooledMessage(self.new_id(), record, raw)
             log.append(Logged("accepted", list(dict.fromkeys(r for _, rs in groups for r in rs)),
                               ",".join(rule.name for rule, _ in groups), f"spooled as {message.id}"))
-        return self._finish(decision, groups, message, tuple(log))
+        answer = self._finish(decision, groups, message, tuple(log))
+        answer.denials, answer.timed_out = denials, timed_out
+        return answer
+
+    def _rules_at_eom(self, auth: Authentication | None) -> HeadersAnswer:
+        """The rules that waited for the verdicts, decided as end of headers decides them."""
+        policy = self.policy
+        self.decision = decide(
+            self.snapshot.ruleset, self.snapshot.domains, self.managed, self.raw_headers,
+            enabled_heuristics=policy.heuristics, missing_from=policy.missing_from,
+            candidates=self.candidates, authentication=auth.conditions if auth else None)
+        return self._rules_answer(self.decision, self.waiting)
 
     def _finish(self, decision: Decision | None, groups, message, log) -> MessageAnswer:
         """Recipients of `--discard` rules (posted; with fan-out, one of the rules that take it
@@ -396,7 +464,7 @@ class RecipientOutcome:
     """What happens to one recipient, at which stage, and why."""
     recipient: str
     outcome: str  # accepted, rejected, deferred, passed, denied, bounced, consumed
-    stage: str  # rcpt | eoh
+    stage: str  # rcpt | eoh | eom (rules with authentication conditions)
     smtp: str
     decided_by: str  # rule:<name>, no_rule, unknown_domain, heuristic:<name>, outcome_class, dsn, ...
     reason: str
@@ -449,6 +517,7 @@ class Explanation:
     events: tuple = ()  # a bounce report's events
     deleted: list[str] = field(default_factory=list)  # as given, removed from Postfix's delivery
     spooled: SpooledMessage | None = None  # what the milter would spool (`rule test --payload`)
+    authentication: Authentication | None = None  # the verdicts (None: mode = off)
 
     def as_dict(self) -> dict:
         """Plain data for JSON (`mxhook rule test --json`)."""
@@ -463,6 +532,7 @@ class Explanation:
             "decided_by": self.decided_by, "reason": self.reason, "reply": self.reply,
             "recipients": [r.as_dict() for r in self.recipients],
             "removed": self.deleted, "events": [e.to_dict() for e in self.events],
+            "authentication": self.authentication.payload if self.authentication else None,
         }
 
 
@@ -470,14 +540,18 @@ DSN_CONSUMED = "a bounce report: its events are kept, the recipient is removed f
 
 
 def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes: bool,
-            clock=utc_now) -> Explanation:
+            clock=utc_now,
+            authenticate: Callable[[bytes], Authentication | None] | None = None) -> Explanation:
     """What the milter answers for this message and envelope (recipients in RCPT order, a
     repeated one answered as the first), at which stage, and why: the very `Inbound` the milter
     runs, on the header section as Postfix splits it (message.header_section), with every rule
     explained for each recipient in a permitted domain, also past the first match.
-    envelope.sender None: not given (any sender but the null sender decides alike)."""
+    envelope.sender None: not given (any sender but the null sender decides alike).
+    authenticate: as the milter's (None: mode = off); the verdicts are shown however the
+    message is decided."""
     raw_headers, body_at, defects = header_section(raw)
-    inbound = Inbound(snapshot, policy, envelope, routes=routes, clock=clock, new_id=lambda: "dry-run")
+    inbound = Inbound(snapshot, policy, envelope, routes=routes, clock=clock, new_id=lambda: "dry-run",
+                      authenticate=authenticate)
     first: dict[str, Recipient] = {}
     for r in envelope.recipients:
         if r.address in first:
@@ -493,6 +567,8 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
             body = raw[body_at:]
             message = inbound.end_of_message([body], len(body))
     decision = inbound.decision
+    if authenticate is not None and inbound.authentication is None:
+        inbound.authentication = authenticate(raw)
     from_values = header_values(raw_headers, "from")
     subjects = header_values(raw_headers, "subject")
     out = Explanation(
@@ -501,13 +577,24 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
         policy=policy, verdict=decision.verdict if decision else None, rule_count=len(snapshot.ruleset),
         result="", smtp="", decided_by="", reason="",
         events=tuple(inbound.reported), deleted=list(message.delete) if message else [],
-        spooled=message.message if message else None)
+        spooled=message.message if message else None, authentication=inbound.authentication)
     outcomes = {r: _recipient_outcome(inbound, r, outcome) for r, outcome in inbound.rcpt_outcomes}
     ours = [r for r in rcpts if address_domain(r) in snapshot.domains]
+    auth = inbound.authentication
     explained = decide(snapshot.ruleset, snapshot.domains, ours, raw_headers,
-                       enabled_heuristics=policy.heuristics, explain=True, missing_from=policy.missing_from)
+                       enabled_heuristics=policy.heuristics, explain=True, missing_from=policy.missing_from,
+                       authentication=auth.conditions if auth else None)
     for m in explained.matches:
         outcomes[m.recipient].rules = m.evaluated
+    if inbound.waiting is not None:  # the rules waited for the verdicts
+        for r in inbound.managed:
+            outcomes[r].stage = "eom"
+    refused = message.denials[0] if message and message.action == REJECT and message.denials else None
+    if refused is not None and refused.filter == DMARC_REJECT:  # whatever the rules said
+        for r in refused.recipients:
+            o = outcomes[r]
+            o.outcome, o.stage, o.smtp = "denied", "eom", " ".join(SMTP_DENY)
+            o.decided_by, o.reason, o.rule, o.taken = refused.filter, refused.reason, None, []
     out.recipients = [outcomes[r] for r in rcpts]
     _result(out, inbound, headers, message)
     return out
@@ -584,9 +671,16 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
         out.result, out.smtp = "pass", "250"
         out.decided_by = _passed_by(out)
         out.reason = "no recipient a rule takes: the milter leaves the message to Postfix"
+    elif message.action == REJECT and message.denials:  # dmarc_reject, or rules decided at eom
+        denial = message.denials[0]
+        out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_DENY), denial.filter
+        out.reason, out.reply = denial.reason, message.reply[2]
     elif message.action == REJECT:
         out.result, out.smtp, out.decided_by = "reject", " ".join(SMTP_TOO_LARGE), "size"
         out.reason = message.reply[2]
+    elif message.action == TEMPFAIL:
+        out.result, out.smtp, out.decided_by = "tempfail", " ".join(SMTP_TEMPFAIL), "internal_error"
+        out.reason = "recipients of one outcome class decided apart"
     elif message.message is not None:
         names = [d.name for d in message.message.record.deliveries]
         out.result, out.smtp, out.decided_by = "accept", "250", "rules"

@@ -136,16 +136,22 @@ class InboundRecord(MessageFields):
     """Kind `inbound`: an accepted message (the record's payload) and its deliveries, one per
     rule. `recipient_delimiter`: the `[milter] recipient_delimiter` the rules matched with, so
     a payload's `recipient_tag` is cut as the decision cut it; written only when it is not the
-    default `+` (the meaning of a record without it)."""
+    default `+` (the meaning of a record without it). `authentication`: the message's SPF,
+    DKIM, DMARC and ARC verdicts as the payload's `authentication` object (mailauth's
+    `Verdicts.as_dict()`); None (not written) when none were computed, as in records from
+    before they were."""
 
     deliveries: list[Routed] = field(default_factory=list)
     recipient_delimiter: str = DEFAULT_RECIPIENT_DELIMITER
+    authentication: dict | None = None
 
     def to_meta(self) -> dict:
         meta = self._meta()
         meta["deliveries"] = [{"recipients": d.recipients, "rule": d.target} for d in self.deliveries]
         if self.recipient_delimiter != DEFAULT_RECIPIENT_DELIMITER:
             meta["recipient_delimiter"] = self.recipient_delimiter
+        if self.authentication is not None:
+            meta["authentication"] = self.authentication
         return meta
 
     @classmethod
@@ -174,8 +180,13 @@ class InboundRecord(MessageFields):
             names.add(target["name"])
             routed.append(Routed(recipients, target))
         check_text(meta, ("recipient_delimiter",), "inbound record")
+        authentication = meta.get("authentication")
+        if authentication is not None and not isinstance(authentication, dict):
+            raise RecordError("inbound record 'authentication' is not an object: "
+                              f"{type(authentication).__name__}")
         return cls(**fields, deliveries=routed,
-                   recipient_delimiter=meta.get("recipient_delimiter", DEFAULT_RECIPIENT_DELIMITER))
+                   recipient_delimiter=meta.get("recipient_delimiter", DEFAULT_RECIPIENT_DELIMITER),
+                   authentication=authentication)
 
 
 @dataclass(slots=True)

@@ -4,8 +4,10 @@ A rule is a route: name, priority (lower runs first), enabled flag, after-accept
 conditions, and the destination its deliveries are posted to (model/targets.py). A condition is a
 header name (case-insensitive; `To` means the envelope recipient, `Recipient` the envelope
 recipient without its tag: `support+ticket-4711@x` is tested as `support@x`) plus a regex,
-optionally negated. All conditions of a rule must hold. Regexes are searched (not anchored), case-
-insensitively, with a time bound: a pattern that runs out of time counts as no match.
+optionally negated. The reserved names `spf`, `dkim`, `dmarc`, `dmarc_policy` and `arc` are
+the message's authentication verdicts, never header fields (known only at end of message). All
+conditions of a rule must hold. Regexes are searched (not anchored), case-insensitively, with a
+time bound: a pattern that runs out of time counts as no match.
 """
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ FORMATS = ("json", "multipart", "raw")
 ENVELOPE_RECIPIENT = "to"  # a condition on this header name tests the envelope recipient
 UNTAGGED_RECIPIENT = "recipient"  # ... and on this one, the envelope recipient without its tag
 ENVELOPE_FIELDS = frozenset({ENVELOPE_RECIPIENT, UNTAGGED_RECIPIENT})  # decided at RCPT
+# Reserved: a condition on one of these names tests the message's authentication verdict
+# (mailauth's Verdicts.conditions()), never a header field of that name. Known only at end of
+# message; without verdicts ([authentication] mode = off) such a condition holds never, negated
+# or not.
+AUTHENTICATION_FIELDS = frozenset({"spf", "dkim", "dmarc", "dmarc_policy", "arc"})
 
 _FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 ftext
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -54,6 +61,11 @@ class Rule:
     include_raw: bool = False  # the native payload carries the raw message too (`raw`)
     reject_text: str | None = None  # the 5xx text for recipients refused by its header conditions
     id: int | None = None
+
+    @cached_property
+    def needs_authentication(self) -> bool:
+        """Has a condition on an authentication verdict: decided at end of message."""
+        return any(c.header in AUTHENTICATION_FIELDS for c in self.conditions)
 
     @cached_property  # the milter asks for it for every message a rule takes
     def target(self) -> Target:
@@ -228,6 +240,7 @@ class ConditionResult:
     satisfied: bool
     matched_value: str | None = None  # the value that matched (or, negated, that spoiled it)
     timed_out: bool = False
+    unknown: bool = False  # an authentication condition without verdicts: holds never
 
 
 @dataclass
@@ -245,16 +258,22 @@ class RuleResult:
         c = failed[0]
         if c.timed_out:
             return f"{c.condition} timed out (counts as no match)"
+        if c.unknown:
+            return (f"{c.condition}: no authentication verdicts ([authentication] mode = off): "
+                    "a rule with such a condition never matches")
         what = _ENVELOPE_WHAT.get(c.condition.header, c.condition.header)
         if c.condition.negate:
             return f"{c.condition}: {what} is {c.matched_value!r}"
+        if c.condition.header in AUTHENTICATION_FIELDS:
+            return f"{c.condition}: the {what} is {c.matched_value!r}"
         if c.condition.header in ENVELOPE_FIELDS:
             return f"{c.condition}: the {what} does not match"
         return f"{c.condition}: no {what} value matches"
 
 
 _ENVELOPE_WHAT = {ENVELOPE_RECIPIENT: "envelope recipient",
-                  UNTAGGED_RECIPIENT: "envelope recipient without its tag"}
+                  UNTAGGED_RECIPIENT: "envelope recipient without its tag",
+                  **{name: f"{name} verdict" for name in AUTHENTICATION_FIELDS}}
 
 
 @dataclass
@@ -321,8 +340,10 @@ class RuleSet:
         ]
         self._prefilters = self._build_prefilters()
         self._plan_position = {id(rule): i for i, (rule, _) in enumerate(self._plan)}
-        # the header fields the rules look at (`To` and `Recipient` are the envelope's, no field)
-        self.header_names = frozenset(c.header for r in self._usable for c in r.conditions) - ENVELOPE_FIELDS
+        # the header fields the rules look at (`To` and `Recipient` are the envelope's, the
+        # authentication names the verdicts': no field)
+        self.header_names = (frozenset(c.header for r in self._usable for c in r.conditions)
+                             - ENVELOPE_FIELDS - AUTHENTICATION_FIELDS)
         self._everything = frozenset(range(len(self._plan)))
 
     def _build_prefilters(self) -> dict[str, tuple]:
@@ -368,6 +389,16 @@ class RuleSet:
             return ConditionResult(cond, satisfied=hit is None, matched_value=hit)
         return ConditionResult(cond, satisfied=hit is not None, matched_value=hit)
 
+    def _check_verdict(self, cond: Condition, values: list[str] | None) -> ConditionResult:
+        """An authentication condition: its verdict as the value (None: no verdicts, so the
+        condition holds never, negated or not)."""
+        if values is None:
+            return ConditionResult(cond, satisfied=False, unknown=True)
+        res = self._check(cond, values)
+        if not res.timed_out:
+            res.matched_value = values[0] if values else ""
+        return res
+
     def envelope_values(self, recipient: str) -> dict[str, list[str]]:
         """What `To` and `Recipient` conditions test for this envelope recipient."""
         return {ENVELOPE_RECIPIENT: [recipient],
@@ -377,6 +408,12 @@ class RuleSet:
         results = []
         envelope = self.envelope_values(recipient)
         for cond in rule.conditions:
+            if cond.header in AUTHENTICATION_FIELDS:
+                res = self._check_verdict(cond, headers.get(cond.header))
+                results.append(res)
+                if not res.satisfied:
+                    break
+                continue
             values = envelope.get(cond.header) or headers.get(cond.header, [])
             res = self._check(cond, values)
             results.append(res)
@@ -450,8 +487,8 @@ class RuleSet:
                 if hit is None:
                     result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
                     break
-                if hit == negate:
-                    break
+                if hit == negate or (negate and header in AUTHENTICATION_FIELDS and header not in headers):
+                    break  # (no verdicts: an authentication condition holds never)
             else:
                 if not result.take(rule):
                     return result
@@ -535,7 +572,8 @@ class RuleSet:
                 if hit is None:
                     result.evaluated.append(RuleResult(rule, False, [ConditionResult(cond, False, timed_out=True)]))
                     break
-                if hit == cond.negate:
+                if hit == cond.negate or (cond.negate and cond.header in AUTHENTICATION_FIELDS
+                                          and cond.header not in headers):
                     break
             else:
                 if not result.take(rule):

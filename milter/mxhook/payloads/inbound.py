@@ -80,6 +80,8 @@ def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MA
         },
         "message": {k: msg[k] for k in MESSAGE_FIELDS},
     }
+    if message.authentication is not None:  # [authentication] mode verify or upstream
+        doc["authentication"] = message.authentication
     if delivery.target.api_key:
         doc["api_key"] = delivery.target.api_key
     if delivery.include_raw:
@@ -124,6 +126,8 @@ def form_parts(doc: dict) -> tuple[Fields, Files]:
     if "api_key" in doc:
         add("api_key", doc["api_key"])
     add("envelope", doc["envelope"])
+    if "authentication" in doc:
+        add("authentication", doc["authentication"])
     files: Files = []
     meta = []
     for i, att in enumerate(msg["attachments"], 1):

@@ -13,6 +13,7 @@ import stat
 from urllib.parse import quote
 
 from mxhook import config as configmod
+from mxhook.model.rules import AUTHENTICATION_FIELDS
 from mxhook.postfix import postconf as pc
 from mxhook.services.postfix import (
     EXTRA_PARAMETERS,
@@ -150,6 +151,30 @@ def _describe_rules(conn: sqlite3.Connection, version: int) -> str:
     return text
 
 
+def check_authentication(cfg: configmod.Config) -> list[dict]:
+    """Enabled rules with conditions on authentication verdicts while `[authentication] mode =
+    off`: they never match (stored while the mode was on; `rule add` refuses them now)."""
+    if cfg.value("authentication", "mode") != "off" or not os.path.exists(cfg.rules_db):
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(cfg.rules_db))}?mode=ro", uri=True, timeout=5)
+        try:
+            names = [n for (n,) in conn.execute(
+                "SELECT DISTINCT r.name FROM rules r JOIN conditions c ON c.rule_id = r.id"
+                f" WHERE r.enabled AND lower(c.header) IN ({','.join('?' * len(AUTHENTICATION_FIELDS))})"
+                " ORDER BY r.name", sorted(AUTHENTICATION_FIELDS))]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []  # the rules_db check reports an unreadable database
+    if not names:
+        return []
+    return [result("authentication", False, f"rule{'s' if len(names) > 1 else ''} {', '.join(names)} "
+                   "test authentication verdicts (spf, dkim, dmarc, dmarc_policy, arc) but "
+                   "[authentication] mode = off: they never match; set the mode to verify or "
+                   "upstream, or change the rules")]
+
+
 def _group_of(uid: int) -> str:
     try:
         return grp.getgrgid(pwd.getpwuid(uid).pw_gid).gr_name
@@ -246,6 +271,7 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
         missing_hint="no domain is permitted, so inbound mail is refused; `mxhook domain add "
                      "DOMAIN` creates it", private="endpoint secrets", missing_ok=True,
         describe=_describe_rules)
+    results += check_authentication(cfg)
     from mxhook.store import statedb
 
     results += check_database(

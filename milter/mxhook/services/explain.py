@@ -3,9 +3,12 @@ and why, with every rule explained also past the first match; with `payload`, th
 delivery would post."""
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from mxhook import config as configmod
+from mxhook.mailauth.authenticate import AuthSettings, authenticator
+from mxhook.mailauth.resolvers import StaticResolver
 from mxhook.model import inbound
 from mxhook.model.envelope import Envelope
 from mxhook.model.headers import normalize_address
@@ -30,9 +33,12 @@ def read_message(stream, limit: int) -> bytes:
 
 @translated()
 def explain_message(cfg: configmod.Config, stream, recipients: list[str],
-                    mail_from: str | None = None, *, payload: bool = False) -> dict:
+                    mail_from: str | None = None, *, payload: bool = False,
+                    client_ip: str = "", helo: str = "", dns: bool = True) -> dict:
     """Read the message from `stream` (binary) and explain it against rules.db; with
-    `payload`, also the request body of each delivery (`payloads`)."""
+    `payload`, also the request body of each delivery (`payloads`). `client_ip`, `helo`: the
+    SMTP client the verdicts are checked for; `dns` False: verify without DNS (every lookup
+    finds nothing)."""
     for r in recipients:
         if "@" not in r:
             raise Invalid(f"{r!r} is not an address (local@domain)", "invalid_recipient")
@@ -40,14 +46,21 @@ def explain_message(cfg: configmod.Config, stream, recipients: list[str],
     with rules_store(cfg) as store:
         snapshot = store.snapshot(regex_timeout=cfg.value("milter", "regex_timeout"),
                                   recipient_delimiter=cfg.value("milter", "recipient_delimiter"))
-    return explain(snapshot, cfg, raw, list(recipients), mail_from, payload=payload)
+    if client_ip:
+        try:
+            ipaddress.ip_address(client_ip)
+        except ValueError:
+            raise Invalid(f"{client_ip!r} is not an IP address", "invalid_client_ip") from None
+    return explain(snapshot, cfg, raw, list(recipients), mail_from, payload=payload,
+                   client_ip=client_ip, helo=helo, dns=dns)
 
 
 def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipients: list[str],
-            mail_from: str | None, *, payload: bool = False) -> dict:
+            mail_from: str | None, *, payload: bool = False, client_ip: str = "", helo: str = "",
+            dns: bool = True) -> dict:
     """What the milter would answer for this message and these recipients (in RCPT order), at
     which stage, and why: the milter's own decision (model.inbound.explain) with the settings
-    the milter reads."""
+    the milter reads, the authentication verdicts as `[authentication]` makes them."""
     def value(key):
         return cfg.value("milter", key)
 
@@ -56,8 +69,11 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
         envelope.recipient(r)
     # Refusals at RCPT are capped where Postfix has mxhook's routes (`mxhook check`); with
     # discard_via = milter the milter never relies on them, so it splits without a cap.
+    authenticate = authenticator(AuthSettings.from_config(cfg), client_ip=client_ip, helo=helo,
+                                 mail_from=envelope.sender or "",
+                                 dns=None if dns else StaticResolver({}))
     explained = inbound.explain(snapshot, inbound.Policy.from_section(value), raw, envelope,
-                                routes=value("discard_via") != "milter")
+                                routes=value("discard_via") != "milter", authenticate=authenticate)
     out = explained.as_dict()
     if payload:
         out["payloads"] = bodies(cfg, explained.spooled)

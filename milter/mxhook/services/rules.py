@@ -74,6 +74,16 @@ def warn_backtracking(cfg: configmod.Config, conditions, warn: Warn) -> None:
                  f"than [milter] regex_timeout ({timeout:g} s) to match counts as no match")
 
 
+def check_authentication(cfg: configmod.Config, conditions) -> None:
+    """A condition on an authentication verdict (`dmarc~^fail$`) needs verdicts: refused while
+    `[authentication] mode = off` (such a rule would never match)."""
+    names = sorted({c.header for c in conditions if c.header in rules.AUTHENTICATION_FIELDS})
+    if names and cfg.value("authentication", "mode") == "off":
+        raise Invalid(f"condition on {', '.join(names)}: the authentication verdicts are computed "
+                      "only with [authentication] mode = verify or upstream (it is off, so the "
+                      "rule would never match); set the mode first", "authentication_off")
+
+
 def get_or_fail(store: rulesdb.RulesStore, name: str) -> rules.Rule:
     found = store.get_rule(name)
     if found is None:
@@ -99,6 +109,7 @@ def add(cfg: configmod.Config, *, name: str, destination: Destination, when=(), 
                      continue_matching=continue_matching, include_raw=include_raw,
                      reject_text=reject_text or None)
     rules.validate(new)  # before the database is created or opened for writing
+    check_authentication(cfg, new.conditions)
     catalogue.check(destination, SIDE, template=new_template is not None)
     targets.check_egress(cfg, destination.url, warn)
     warn_backtracking(cfg, new.conditions, warn)
@@ -166,6 +177,8 @@ def edit(cfg: configmod.Config, name: str, *, destination: Mapping[str, object] 
             changes["conditions"] = tuple(keep + parse_conditions((), unless))
         candidate = dataclasses.replace(old, **changes)
         rules.validate(candidate)
+        if when or unless:
+            check_authentication(cfg, candidate.conditions)
         catalogue.check(candidate.destination, SIDE, template=new_template is not None
                         or candidate.destination.template is not None)
         if "url" in dest_changes:

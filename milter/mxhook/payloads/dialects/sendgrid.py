@@ -185,7 +185,7 @@ def _common_fields(delivery: inbound.Delivery, first: dict) -> Fields:
     message = delivery.message
     envelope = {"to": list(delivery.recipients), "from": message.mail_from or ""}
     return [
-        ("dkim", ""),  # no DKIM verdict computed yet (issue "Inbound enrichment")
+        ("dkim", dkim_field(message.authentication)),
         ("to", first.get("to", "")),
         ("from", first.get("from", "")),
         ("cc", first.get("cc", "")),
@@ -193,8 +193,19 @@ def _common_fields(delivery: inbound.Delivery, first: dict) -> Fields:
         ("sender_ip", message.client_addr or ""),
         ("envelope", encodings.dumps(envelope)),
         ("charsets", CHARSETS),
-        ("SPF", ""),  # no SPF verdict computed yet (issue "Inbound enrichment")
+        ("SPF", message.authentication["spf"]["result"] if message.authentication else ""),
     ]
+
+
+def dkim_field(authentication: dict | None) -> str:
+    """SendGrid's `dkim`: `{@domain : result}` per signature (`{@a : pass, @b : fail}`),
+    `none` for an unsigned message, "" without verdicts."""
+    if not authentication:
+        return ""
+    signatures = authentication.get("dkim") or []
+    if not signatures:
+        return "none"
+    return "{" + ", ".join(f"@{d['domain']} : {d['result']}" for d in signatures) + "}"
 
 
 def parsed_parts(parsed: dict) -> tuple[Fields, Files]:
