@@ -14,7 +14,7 @@ import re
 from flask import Flask, g, request
 
 from mxhook import config as configmod
-from mxhook.web import api, auth, errors
+from mxhook.web import api, auth, console, errors
 
 
 def create_app(cfg: configmod.Config) -> Flask:
@@ -27,6 +27,14 @@ def create_app(cfg: configmod.Config) -> Flask:
     errors.register(app)
     auth.register(app)
     app.register_blueprint(api.blueprint)
+    console.register(app)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.update(SECURITY_HEADERS)
+        if request.blueprint == "console":  # pages with mail data: kept by no cache
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.after_request
     def access_log(response):
@@ -39,5 +47,13 @@ def create_app(cfg: configmod.Config) -> Flask:
     return app
 
 
+# on every answer (the API's too): no script, frame, plugin or foreign resource on a page
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 log = logging.getLogger("mxhook-web")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
