@@ -10,6 +10,8 @@ import urllib.parse
 import urllib.request
 
 from mxhook import spool
+from mxhook.model.endpoints import Endpoint
+from mxhook.model.targets import Destination
 from mxhook.model.records import iso
 from mxhook.store import ingest
 from mxhook.store.statedb import AttemptRecord, StateStore
@@ -18,6 +20,7 @@ from tests.web.conftest import Reply, WebStack
 USER, PASSWORD = "alice", "correct horse battery"
 BASE = 1_790_000_000.0  # 2026-09-21T14:13:20Z
 DENIED = 25  # rows: three pages of 10 and one of 5 with the accepted one
+EVENTS = 12
 
 
 def console_stack(workdir: str) -> WebStack:
@@ -29,7 +32,8 @@ def console_stack(workdir: str) -> WebStack:
 
 def fill_logs(stack: WebStack) -> dict:
     """DENIED denied rows (one a minute from BASE; every third a `from_equals_to` denial), one
-    accepted message whose delivery to rule `hook` failed once, and two events."""
+    accepted message whose delivery to rule `hook` failed once, and EVENTS events for an
+    endpoint, the oldest posted once without success."""
     rid = spool.new_id()
     records = [spool.Record(id=f"{i:016x}" + "0" * 12, kind="denied", meta={
         "received": iso(BASE + 60 * i), "queue_id": f"Q{i}", "mail_from": f"s{i}@else.example",
@@ -44,12 +48,25 @@ def fill_logs(stack: WebStack) -> dict:
         "client_name": "mx.else.example",
         "deliveries": [{"recipients": ["invoices@ours.example"], "rule": {
             "id": 1, "name": "hook", "endpoint": "https://127.0.0.1:9/h", "format": "json"}}]}))
+    url = "https://127.0.0.1:9/events"
+    stack.cli("endpoint", "add", url)
+    endpoint_id = next(e["id"] for e in stack.cli.json("endpoint", "list") if e["url"] == url)
+    events = [spool.Record(id=f"ev{i:04d}", kind="event", meta={
+        "id": f"ev{i:04d}", "type": "bounced" if i % 2 else "succeeded", "at": iso(BASE + 30 * i),
+        "received": iso(BASE + 30 * i), "source": "log", "queue_id": f"Q{i}",
+        "recipient": f"rcpt{i % 3}@far.example", "bounce_type": "hard" if i % 2 else None,
+        "custom_headers": {}}) for i in range(EVENTS)]
     with StateStore(stack.cfg.state_db) as st:
         ingest.records(st, records)
+        ingest.records(st, events, endpoints=[Endpoint(Destination(url), id=endpoint_id)])
         did = ingest.delivery_id(rid, "hook")
-        st.record_attempts([AttemptRecord(did, iso(BASE + 60 * DENIED + 1), "failed", "deferred",
-                                          status_code=503, error="HTTP 503", next_attempt_at=None)])
-    return {"delivery": did}
+        batch = st.create_batch(endpoint_id, 1)
+        st.record_attempts([
+            AttemptRecord(did, iso(BASE + 60 * DENIED + 1), "failed", "deferred", status_code=503,
+                          error="HTTP 503", next_attempt_at=None),
+            AttemptRecord(batch.id, iso(BASE + 60 * DENIED + 1), "failed", "failed",
+                          status_code=500, error="HTTP 500", next_attempt_at=None)])
+    return {"delivery": did, "endpoint": endpoint_id, "event": "ev0000"}
 
 
 class ConsoleClient:

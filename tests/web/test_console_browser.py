@@ -14,7 +14,8 @@ from tests.web.console_support import PASSWORD, USER, console_stack, fill_logs
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="python3-selenium is not installed")
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -54,11 +55,19 @@ def site(tmp_path_factory):
         stack.web.stop()
 
 
+def click(driver, element) -> None:
+    """Click something that loads a page, and wait for the new one (the old page's elements
+    would be found meanwhile)."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+
+
 def log_in(driver, url, password: str) -> None:
     driver.get(url("/login"))
     driver.find_element(By.ID, "user").send_keys(USER)
     driver.find_element(By.ID, "password").send_keys(password)
-    driver.find_element(By.ID, "login").click()
+    click(driver, driver.find_element(By.ID, "login"))
 
 
 def detail_links(driver) -> list[str]:
@@ -79,20 +88,20 @@ def test_search_by_status_and_period_and_page_forward_and_back(site):
     driver.get(stack.url("/logs/inbound"))
     Select(driver.find_element(By.ID, "status")).select_by_visible_text("denied")
     driver.find_element(By.ID, "since").send_keys("2026-09-21T14:14")
-    driver.find_element(By.ID, "search").click()
+    click(driver, driver.find_element(By.ID, "search"))
     first = detail_links(driver)
     assert len(first) == 10
     assert {s.text for s in driver.find_elements(By.CSS_SELECTOR, "#rows .status")} == {"denied"}
-    driver.find_element(By.ID, "next").click()
+    click(driver, driver.find_element(By.ID, "next"))
     second = detail_links(driver)
-    driver.find_element(By.ID, "next").click()
+    click(driver, driver.find_element(By.ID, "next"))
     third = detail_links(driver)
     assert len(second) == 10 and len(third) == 4  # 24 denied rows since 14:14
     assert not driver.find_elements(By.ID, "next")
     assert not set(first) & set(second) and not set(second) & set(third)
-    driver.find_element(By.ID, "previous").click()
+    click(driver, driver.find_element(By.ID, "previous"))
     assert detail_links(driver) == second
-    driver.find_element(By.ID, "previous").click()
+    click(driver, driver.find_element(By.ID, "previous"))
     assert detail_links(driver) == first
     assert driver.find_element(By.ID, "status").get_attribute("value") == "denied"
 
@@ -100,7 +109,7 @@ def test_search_by_status_and_period_and_page_forward_and_back(site):
 def test_a_detail_page(site):
     stack, driver = site
     driver.get(stack.url("/logs/inbound?status=deferred"))
-    driver.find_element(By.CSS_SELECTOR, "a.detail").click()
+    click(driver, driver.find_element(By.CSS_SELECTOR, "a.detail"))
     detail = driver.find_element(By.ID, "detail").text
     for field in ("Date", "Status deferred", "Host name", "From address a@else.example",
                   "Destination address invoices@ours.example", "Message ID <in@else>",
@@ -112,7 +121,7 @@ def test_a_detail_page(site):
 def test_download_csv_is_what_the_cli_prints(site):
     stack, driver = site
     driver.get(stack.url("/logs/inbound?status=denied&since=2026-09-21T14:14"))
-    driver.find_element(By.ID, "download").click()
+    driver.find_element(By.ID, "download").click()  # an attachment: the page stays
     path = os.path.join(stack.downloads, "inbound-log.csv")
     deadline = time.monotonic() + 20
     while not os.path.exists(path) and time.monotonic() < deadline:
@@ -127,25 +136,25 @@ def test_download_csv_is_what_the_cli_prints(site):
 def test_add_disable_and_delete_a_rule_with_the_password(site):
     stack, driver = site
     driver.get(stack.url("/settings/rules"))
-    driver.find_element(By.ID, "add-rule").click()
+    click(driver, driver.find_element(By.ID, "add-rule"))
     driver.find_element(By.ID, "name").send_keys("invoices")
     driver.find_element(By.ID, "url").send_keys("https://127.0.0.1:9/invoices")
     driver.find_element(By.ID, "when").send_keys("To~^invoices@")
-    driver.find_element(By.ID, "save").click()
+    click(driver, driver.find_element(By.ID, "save"))
     row = driver.find_element(By.ID, "rule-invoices")
     assert "enabled" in row.find_element(By.CLASS_NAME, "state").text
-    row.find_element(By.CLASS_NAME, "toggle").click()
+    click(driver, row.find_element(By.CLASS_NAME, "toggle"))
     row = driver.find_element(By.ID, "rule-invoices")
     assert row.find_element(By.CLASS_NAME, "state").text == "disabled"
     assert stack("GET", "/v1/rules/invoices").json()["enabled"] is False
 
-    row.find_element(By.CLASS_NAME, "delete").click()
+    click(driver, row.find_element(By.CLASS_NAME, "delete"))
     driver.find_element(By.ID, "confirm-password").send_keys("a wrong one")
-    driver.find_element(By.ID, "confirm-delete").click()
+    click(driver, driver.find_element(By.ID, "confirm-delete"))
     assert "wrong password" in driver.find_element(By.ID, "error").text
     assert stack("GET", "/v1/rules/invoices").status == 200
     driver.find_element(By.ID, "confirm-password").send_keys(PASSWORD)
-    driver.find_element(By.ID, "confirm-delete").click()
+    click(driver, driver.find_element(By.ID, "confirm-delete"))
     assert "rule invoices deleted" in driver.find_element(By.CLASS_NAME, "flash").text
     assert not driver.find_elements(By.ID, "rule-invoices")
     assert stack("GET", "/v1/rules/invoices").status == 404

@@ -247,3 +247,15 @@ def test_login_is_rate_limited_per_address_and_user(tmp_path):
         assert limited.status == 429 and "too many wrong passwords" in limited.text
     finally:
         s.web.stop()
+
+
+def test_the_event_log_and_an_event_with_its_attempts(stack, client):
+    page = client.get(f"/logs/events?endpoint={stack.logs['endpoint']}&status=failed")
+    assert page.status == 200 and page.text.count('class="detail"') == 1
+    text = client.get(f"/logs/events/{stack.logs['event']}").text
+    for label in ("Date", "Status", "Host name", "Endpoint URL", "Error reason"):
+        assert f"<th>{label}</th>" in text
+    assert "HTTP 500" in text and "rcpt0@far.example" in text
+    csv = client.get("/logs/events.csv?status=queued").text
+    assert csv == stack.cli("log", "events", "--csv", "--status", "queued", "--limit", "1000").stdout
+    assert csv.count("\n") == 1 + 11

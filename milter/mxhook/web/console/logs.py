@@ -8,6 +8,8 @@ query string keeps the cursors of the pages already passed (`back`, repeated), s
 is a plain link too and no state is kept on the server."""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from flask import Response, render_template, request, url_for
 
 from mxhook.services import logs
@@ -41,19 +43,26 @@ def filters_of(search: dict) -> dict:
     return out
 
 
-def listing(page_of, names: tuple, template: str, endpoint: str, statuses, **extra):
+def link(view: str, search: dict, **more) -> str:
+    """The page `view` with the search and `more` in its query string (built here, not by
+    url_for, whose own `endpoint` argument would take the event search's)."""
+    query = urlencode({**search, **{k: v for k, v in more.items() if v is not None}}, doseq=True)
+    return url_for(view) + ("?" + query if query else "")
+
+
+def listing(page_of, names: tuple, template: str, view: str, statuses, **extra):
     search = search_of(names)
     cursor = request.args.get("cursor") or None
     back = request.args.getlist("back")
     page = page_of(cfg(), limit=PAGE_ROWS, cursor=cursor, **filters_of(search))
     links = {}
     if page["next_cursor"]:
-        links["next"] = url_for(endpoint, **search, cursor=page["next_cursor"], back=back + [cursor or ""])
+        links["next"] = link(view, search, cursor=page["next_cursor"], back=back + [cursor or ""])
     if back:
-        links["previous"] = url_for(endpoint, **search, cursor=back[-1] or None, back=back[:-1])
+        links["previous"] = link(view, search, cursor=back[-1] or None, back=back[:-1] or None)
     return render_template(template, rows=page["items"], search=search, statuses=statuses,
                            links=links, page_number=len(back) + 1,
-                           csv_url=url_for(endpoint + "_csv", **search), **extra)
+                           csv_url=link(view + "_csv", search), **extra)
 
 
 def download(log: str, names: tuple, filename: str) -> Response:
