@@ -55,10 +55,12 @@ def fill_logs(stack: WebStack) -> dict:
         "id": f"ev{i:04d}", "type": "bounced" if i % 2 else "succeeded", "at": iso(BASE + 30 * i),
         "received": iso(BASE + 30 * i), "source": "log", "queue_id": f"Q{i}",
         "recipient": f"rcpt{i % 3}@far.example", "bounce_type": "hard" if i % 2 else None,
-        "custom_headers": {}}) for i in range(EVENTS)]
+        "remote_host": f"mx{i % 3}.far.example", "custom_headers": {}}) for i in range(EVENTS)]
     with StateStore(stack.cfg.state_db) as st:
         ingest.records(st, records)
-        ingest.records(st, events, endpoints=[Endpoint(Destination(url), id=endpoint_id)])
+        endpoint = Endpoint(Destination(url), id=endpoint_id)
+        st.sync_endpoints([endpoint])  # as the spooler does: the event log shows its URL
+        ingest.records(st, events, endpoints=[endpoint])
         did = ingest.delivery_id(rid, "hook")
         batch = st.create_batch(endpoint_id, 1)
         st.record_attempts([
