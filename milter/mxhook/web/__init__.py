@@ -1,8 +1,8 @@
 """mxhook-web: the HTTP front-end over the same services as the CLI (`mxhook.services`).
 
 One Flask application (`create_app`), one blueprint per face: `api` (the REST API under /v1,
-JSON, Bearer tokens) and, beside it, the console's. Views parse a request, call a service and
-present its answer; they hold no logic of their own and open no database (tests/unit/
+JSON, Bearer tokens) and `console` (web/console/: the pages under /, a login session). Views
+parse a request, call a service and present its answer; they hold no logic of their own and open no database (tests/unit/
 test_layers.py checks that nothing here imports sqlite3 or the store). daemons/web.py serves
 the application with waitress.
 """

@@ -22,6 +22,7 @@ blueprint = Blueprint("console", __name__)
 SESSION_HOURS = 8
 MAX_FAILURES = 5  # failed passwords per address, and per user, in WINDOW
 WINDOW = 15 * 60.0
+MAX_KEYS = 10_000  # addresses and user names counted before the aged ones are dropped
 
 
 def cfg():
@@ -56,6 +57,9 @@ class Limiter:
     def failed(self, *keys: str) -> None:
         now = self.clock()
         with self._lock:
+            if len(self._failures) > MAX_KEYS:  # many names or addresses tried: forget the old
+                for key in list(self._failures):
+                    self._recent(key, now)
             for key in keys:
                 self._failures[key] = self._recent(key, now) + [now]
 
@@ -75,8 +79,11 @@ class Sessions:
 
     def start(self, user: str) -> str:
         sid = secrets.token_urlsafe(32)
+        now = self.clock()
         with self._lock:
-            self._live[sid] = (user, self.clock() + self.seconds)
+            for old in [k for k, (_, expiry) in self._live.items() if expiry < now]:
+                del self._live[old]
+            self._live[sid] = (user, now + self.seconds)
         return sid
 
     def user(self, sid: str | None) -> str | None:
