@@ -91,6 +91,10 @@ def test_a_csrf_token_of_another_session_is_refused(stack, client):
 
 def test_the_api_stays_json_and_needs_no_csrf(stack):
     assert stack("GET", "/v1/nope").json()["error"]["code"] == "not_found"
+    assert stack("PUT", "/v1/rules").json()["error"]["code"] == "method_not_allowed"
+    assert stack("GET", "/v1/nope", token=None).json()["error"]["code"] == "unauthorized"
+    page = ConsoleClient(stack).get("/no/such/page")
+    assert page.status == 404 and "<h1>Error 404</h1>" in page.text
     assert stack("POST", "/v1/domains", json_body={"name": "api.example"}).status == 201
 
 
