@@ -263,3 +263,26 @@ def test_the_event_log_and_an_event_with_its_attempts(stack, client):
     csv = client.get("/logs/events.csv?status=queued").text
     assert csv == stack.cli("log", "events", "--csv", "--status", "queued", "--limit", "1000").stdout
     assert csv.count("\n") == 1 + 11
+
+
+def test_the_limiter_counts_addresses_and_users_apart_in_a_sliding_window():
+    from mxhook.web.console.core import Limiter, Sessions
+    now = [1000.0]
+    limiter = Limiter(max_failures=3, window=60, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.failed("addr:192.0.2.1", "user:alice")
+        now[0] += 10
+    assert limiter.wait("addr:192.0.2.1", "user:bob") == 31  # the address: 60 - 30 + 1
+    assert limiter.wait("addr:192.0.2.9", "user:alice") == 31  # the user, from elsewhere
+    assert limiter.wait("addr:192.0.2.9", "user:bob") == 0
+    now[0] += 31
+    assert limiter.wait("addr:192.0.2.1", "user:alice") == 0  # the oldest failure aged out
+    limiter.failed("addr:192.0.2.1", "user:alice")
+    limiter.succeeded("addr:192.0.2.1", "user:alice")
+    assert limiter.wait("addr:192.0.2.1", "user:alice") == 0
+    clock = [0.0]
+    sessions = Sessions(hours=1, clock=lambda: clock[0])
+    sid = sessions.start("alice")
+    assert sessions.user(sid) == "alice" and sessions.user("forged") is None
+    clock[0] = 3601
+    assert sessions.user(sid) is None
