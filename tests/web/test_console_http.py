@@ -286,3 +286,13 @@ def test_the_limiter_counts_addresses_and_users_apart_in_a_sliding_window():
     assert sessions.user(sid) == "alice" and sessions.user("forged") is None
     clock[0] = 3601
     assert sessions.user(sid) is None
+
+
+def test_a_failed_event_batch_is_replayed_from_its_detail_page(stack, client):
+    page = client.get(f"/logs/events/{stack.logs['event']}")
+    assert 'id="replay"' in page.text
+    assert client.post(f"/logs/events/{stack.logs['event']}/replay").status == 302
+    after = client.get(f"/logs/events/{stack.logs['event']}").text
+    assert "replayed: 1" in after and 'id="replay"' not in after
+    assert 'id="replay"' not in client.get(f"/logs/inbound/{stack.logs['delivery']}").text  # deferred
+    assert "<td>log.events.replay</td>" in client.get("/audit").text

@@ -3,6 +3,9 @@ recipient too), 10 rows a page over all results, detail pages with every attempt
 Download CSV of the whole search (services/logs.py `csv_chunks`: the bytes of `mxhook log
 inbound --csv`).
 
+A failed delivery (or event batch) can be replayed from its detail page, as `mxhook replay`
+does: the same webhook-id goes back in the queue.
+
 Paging: a page is fetched with the cursor of the page before it (services/logs.py); the
 query string keeps the cursors of the pages already passed (`back`, repeated), so "Previous"
 is a plain link too and no state is kept on the server."""
@@ -10,12 +13,12 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Response, render_template, request, url_for
+from flask import Response, flash, redirect, render_template, request, url_for
 
-from mxhook.services import logs
+from mxhook.services import logs, replay
 from mxhook.services.errors import Invalid
 from mxhook.services.times import parse_time
-from mxhook.web.console.core import blueprint, cfg
+from mxhook.web.console.core import audit, blueprint, cfg
 
 PAGE_ROWS = 10
 INBOUND_FILTERS = ("status", "since", "until", "rule", "recipient")
@@ -101,3 +104,23 @@ def event_log_csv():
 @blueprint.route("/logs/events/<event_id>")
 def event_entry(event_id):
     return render_template("event_detail.html", entry=logs.event_detail(cfg(), event_id))
+
+
+def replayed(done: replay.Replay, action: str, target: str, view: str, **values):
+    answer = done.as_dict()
+    audit(action, target, {"counts": answer["counts"]})
+    flash(f"replayed: {answer['counts']['replayed']}" + "".join(
+        f"; {item['id']} not replayed: {item['reason']}" for item in answer["skipped"]))
+    return redirect(url_for(view, **values))
+
+
+@blueprint.route("/logs/inbound/<entry_id>/replay", methods=["POST"])
+def inbound_replay(entry_id):
+    return replayed(replay.replay(cfg(), ids=[entry_id]), "log.inbound.replay", entry_id,
+                    "console.inbound_entry", entry_id=entry_id)
+
+
+@blueprint.route("/logs/events/<event_id>/replay", methods=["POST"])
+def event_replay(event_id):
+    return replayed(replay.replay_event(cfg(), event_id), "log.events.replay", event_id,
+                    "console.event_entry", event_id=event_id)
