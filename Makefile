@@ -2,11 +2,13 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-# gcc and libc6-dev build the fault tests' LD_PRELOAD shim (tests/fault/eio_preload.c).
+# gcc and libc6-dev build the fault tests' LD_PRELOAD shim (tests/fault/eio_preload.c); chromium,
+# chromium-driver and python3-selenium run the console's browser tests (tests/web/test_console_browser.py).
 APT_PACKAGES := postfix python3-milter python3-requests python3-idna python3-jinja2 sqlite-utils \
 	python3-click python3-regex python3-cryptography python3-venv python3-pip swaks gcc libc6-dev \
 	python3-spf python3-dkim python3-nacl python3-authheaders python3-authres python3-dnspython python3-publicsuffix2 \
-	python3-flask python3-waitress
+	python3-flask python3-waitress \
+	python3-flaskext.wtf chromium chromium-driver python3-selenium
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
@@ -23,7 +25,7 @@ setup: $(STAMP_PIP)
 
 # Debian's python3 with Debian's modules is what the .deb runs on, so the dev venv uses it too
 # (--system-site-packages) and pip adds only the test tools and the project itself.
-$(STAMP_APT):
+$(STAMP_APT): Makefile  # a package added to the list is installed by the next make
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 		apt-get update -q && \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \

@@ -1,8 +1,8 @@
 """mxhook-web: the HTTP front-end over the same services as the CLI (`mxhook.services`).
 
 One Flask application (`create_app`), one blueprint per face: `api` (the REST API under /v1,
-JSON, Bearer tokens) and, beside it, the console's. Views parse a request, call a service and
-present its answer; they hold no logic of their own and open no database (tests/unit/
+JSON, Bearer tokens) and `console` (web/console/: the pages under /, a login session). Views
+parse a request, call a service and present its answer; they hold no logic of their own and open no database (tests/unit/
 test_layers.py checks that nothing here imports sqlite3 or the store). daemons/web.py serves
 the application with waitress.
 """
@@ -14,7 +14,7 @@ import re
 from flask import Flask, g, request
 
 from mxhook import config as configmod
-from mxhook.web import api, auth, errors
+from mxhook.web import api, auth, console, errors
 
 
 def create_app(cfg: configmod.Config) -> Flask:
@@ -27,6 +27,14 @@ def create_app(cfg: configmod.Config) -> Flask:
     errors.register(app)
     auth.register(app)
     app.register_blueprint(api.blueprint)
+    console.register(app)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.update(SECURITY_HEADERS)
+        if request.blueprint == "console":  # pages with mail data: kept by no cache
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.after_request
     def access_log(response):
@@ -39,5 +47,13 @@ def create_app(cfg: configmod.Config) -> Flask:
     return app
 
 
+# on every answer (the API's too): no script, frame, plugin or foreign resource on a page
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 log = logging.getLogger("mxhook-web")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
