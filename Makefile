@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := postfix python3-milter python3-requests python3-idna python3-jinja2 sqlite-utils \
 	python3-click python3-regex python3-cryptography python3-venv python3-pip swaks gcc libc6-dev \
 	python3-spf python3-dkim python3-authheaders python3-authres python3-dnspython python3-publicsuffix2 \
-	python3-flask python3-waitress
+	python3-flask python3-waitress python3-prometheus-client
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
