@@ -37,7 +37,7 @@ $(STAMP_PIP): $(STAMP_APT) setup.cfg pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(KEEP),--keep)
 
 # The package test and the newest-PyPI run (unit and milter suites; `make test-newest` runs
 # them all, ~5 min more) come first so that pytest's summary stays the last line of the run.
