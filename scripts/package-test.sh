@@ -421,7 +421,8 @@ for i in $(seq 100); do
 done
 alive mxhook-web || fail "mxhook-web exited (see mxhook-web.log)"
 ok "mxhook-web answers on http://$WEB_LISTEN/ (401 without a token)"
-WEB_TOKEN=$(mxhook --config "$CONF" token add package-test --read-only) || fail "mxhook token add (as root)"
+WEB_TOKEN=$(mxhook --config "$CONF" token add package-test --read-only 2>>"$WORK/checks.log") \
+    || fail "mxhook token add (as root)"
 check "GET /v1/status with a read-only token made by root: 200" \
     sh -c "/usr/bin/python3 -I -c \"\$1\" 'http://$WEB_LISTEN/v1/status' '$WEB_TOKEN' | head -n 1 | grep -qx 200" _ "$API_GET"
 check "GET /metrics: the spooler is up" \
