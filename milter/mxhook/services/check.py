@@ -313,7 +313,7 @@ def probe_web(listen: str, timeout: float = 3.0) -> str | None:
     return f"http://{listen}/v1 answered {resp.status}, not as mxhook-web does"
 
 
-def _heartbeat_result(check: str, daemon: str, path: str, *, expected: bool, unit: str,
+def _heartbeat_result(check: str, daemon: str, path: str, *, expected: bool,
                       not_expected: str, now: float | None) -> dict:
     beat = heartbeat.read(path, now)
     state, age = beat["state"], beat["age"]
@@ -331,8 +331,12 @@ def _heartbeat_result(check: str, daemon: str, path: str, *, expected: bool, uni
                f"{heartbeat.STALE_AFTER:.0f} s): it hangs")
     else:
         why = f"{path} cannot be read: {beat['error']}"
-    return result(check, False, f"{daemon} is DOWN: {why}; `systemctl status {unit}` and its "
-                                f"log say why, `systemctl restart {unit}` starts it", "daemon_down")
+    return _down(check, daemon, why)
+
+
+def _down(check: str, daemon: str, why: str) -> dict:
+    return result(check, False, f"{daemon} is DOWN: {why}; `systemctl status {daemon}` and its "
+                                f"log say why, `systemctl restart {daemon}` starts it", "daemon_down")
 
 
 def check_daemons(cfg: configmod.Config, now: float | None = None) -> list[dict]:
@@ -348,23 +352,19 @@ def check_daemons(cfg: configmod.Config, now: float | None = None) -> list[dict]
                                                 "probed (see the socket check)"))
     else:
         why = probe_milter(path)
-        if why is None:
-            results.append(result("milter", True, f"mxhook-milter is running (it answers a milter "
-                                                    f"negotiation on {path})"))
-        elif "EACCES" in why or "EPERM" in why:
+        if why is not None and ("EACCES" in why or "EPERM" in why):
             results.append(result("milter", True, f"mxhook-milter: cannot tell as this user ({why}); "
                                                     "run `mxhook check` as root"))
         else:
-            results.append(result("milter", False, f"mxhook-milter is DOWN: {path}: {why}; "
-                                                     "`systemctl restart mxhook-milter` starts it",
-                                  "daemon_down"))
+            results.append(_probed("milter", "mxhook-milter", why, f"it answers a milter "
+                                   f"negotiation on {path}", f"{path}: {why}"))
     results.append(_heartbeat_result(
         "spooler", "mxhook-spooler", heartbeat.path_for(cfg.state_db, heartbeat.SPOOLER),
-        expected=True, unit="mxhook-spooler", not_expected="", now=now))
+        expected=True, not_expected="", now=now))
     state_file = cfg.get("logfollow", "state_file")
     results.append(_heartbeat_result(
         "logfollow", "mxhook-logfollow", heartbeat.path_for(state_file, heartbeat.LOGFOLLOW),
-        expected=os.path.exists(state_file), unit="mxhook-logfollow", now=now,
+        expected=os.path.exists(state_file), now=now,
         not_expected=f"it never ran: no position file {state_file}; delivery events need it"))
     listen, access_db = cfg.get("web", "listen"), cfg.get("web", "access_db")
     if not os.path.exists(access_db):
@@ -372,10 +372,12 @@ def check_daemons(cfg: configmod.Config, now: float | None = None) -> list[dict]
                                              "`mxhook token add NAME` makes a token for the API)"))
     else:
         why = probe_web(listen)
-        if why is None:
-            results.append(result("web", True, f"mxhook-web is running (it answers on "
-                                                 f"http://{listen}/)"))
-        else:
-            results.append(result("web", False, f"mxhook-web is DOWN: {why}; `systemctl restart "
-                                                  "mxhook-web` starts it", "daemon_down"))
+        results.append(_probed("web", "mxhook-web", why, f"it answers on http://{listen}/", why))
     return results
+
+
+def _probed(check: str, daemon: str, why: str | None, running: str, down: str) -> dict:
+    """The line of a daemon that was asked: `why` None when it answered."""
+    if why is None:
+        return result(check, True, f"{daemon} is running ({running})")
+    return _down(check, daemon, down)
