@@ -8,7 +8,8 @@ Builds state.db at schema 2 (as an mxhook before the log indexes left it) with R
 rows over 30 days (one in five a delivery of one of 20 rules, with its deliveries and messages
 rows: 97 % succeeded, 2 % failed, 1 % deferred; the rest denied by four filters; 5,000
 recipients, and one, ceo@ours.example, in ten rows only) and EVENTS events, each fanned out to
-endpoint 1 and one in five also to endpoint 2, in batches of 100. Then times each request
+endpoint 1 and one in five also to endpoint 2, in batches of 100; rules.db with the 20 rules and
+both endpoints, five rules and endpoint 1 failing (for /metrics). Then times each request
 through the real Flask application (`web.create_app`: view, service, SQL, JSON; no socket)
 with a read-only token, before and after the schema 3 migration (its time printed too), as
 the median of REPEAT runs in milliseconds. A page must stay under 100 ms.
@@ -60,7 +61,7 @@ def build(path: str, rows: int, events: int) -> None:
     conn.execute("PRAGMA synchronous = OFF")
     target = json.dumps({"id": 1, "name": "r1", "endpoint": "https://h.example/in"})
     conn.execute("BEGIN")
-    log_rows, deliveries, messages = [], [], []
+    log_rows, deliveries, messages, attempts = [], [], [], []
     for i in range(rows):
         t = iso(NOW - SPAN + i * SPAN / rows)
         rcpt = "ceo@ours.example" if i % (rows // 10 or 1) == 7 else f"user{i % 5000}@ours.example"
@@ -71,6 +72,8 @@ def build(path: str, rows: int, events: int) -> None:
             messages.append((mid, t, "{}", None, 2048, t))
             deliveries.append((did, mid, RULES.index(rule) + 1, rule, target, json.dumps([rcpt]),
                                status, 1, t))
+            if status != "succeeded":
+                attempts.append((did, t, "deferred", 503))
             log_rows.append((did, "delivery", mid, t, status, "a@else.example", rcpt,
                              "mx.else.example", f"<{i}@else>", rule, None))
         else:
@@ -78,8 +81,8 @@ def build(path: str, rows: int, events: int) -> None:
             log_rows.append((rid, "denied", rid, t, "denied", "s@else.example", rcpt,
                              "mx.else.example", f"<{i}@else>", FILTERS[i % 4], "refused"))
         if len(log_rows) >= 50_000:
-            _flush(conn, log_rows, deliveries, messages)
-    _flush(conn, log_rows, deliveries, messages)
+            _flush(conn, log_rows, deliveries, messages, attempts)
+    _flush(conn, log_rows, deliveries, messages, attempts)
     ev_rows, fan, batches = [], [], []
     for i in range(events):
         t = iso(NOW - SPAN + i * SPAN / events)
@@ -99,19 +102,25 @@ def build(path: str, rows: int, events: int) -> None:
     _flush_events(conn, ev_rows, fan, batches)
     conn.execute("INSERT INTO event_endpoints VALUES (1, 'https://h.example/ev', ?), (2, 'https://h.example/e2', ?)",
                  (iso(NOW), iso(NOW)))
+    # five rules and endpoint 1 failing for 20 days: /metrics counts their failed attempts
+    conn.executemany("INSERT INTO target_health (kind, ref, name, failing_since, updated) VALUES (?, ?, ?, ?, ?)",
+                     [("rule", str(i + 1), RULES[i], iso(NOW - 20 * 86400), iso(NOW)) for i in range(5)]
+                     + [("endpoint", "1", None, iso(NOW - 20 * 86400), iso(NOW))])
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 
 
-def _flush(conn, log_rows, deliveries, messages) -> None:
+def _flush(conn, log_rows, deliveries, messages, attempts) -> None:
     conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", messages)
+    conn.executemany("INSERT INTO attempts (delivery_id, at, outcome, status_code) VALUES (?, ?, ?, ?)",
+                     attempts)
     conn.executemany("INSERT INTO deliveries (id, message_id, rule_id, rule_name, target, recipients,"
                      " status, attempts, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", deliveries)
     conn.executemany("INSERT INTO inbound_log (id, kind, record_id, received, status, header_from,"
                      " rcpt_to, host_name, message_id, filter_name, reason)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", log_rows)
-    log_rows.clear(), deliveries.clear(), messages.clear()
+    log_rows.clear(), deliveries.clear(), messages.clear(), attempts.clear()
 
 
 def _flush_events(conn, ev_rows, fan, batches) -> None:
@@ -122,6 +131,17 @@ def _flush_events(conn, ev_rows, fan, batches) -> None:
     conn.executemany("INSERT INTO event_batches (id, endpoint_id, url, created, size, status, attempts,"
                      " updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batches)
     ev_rows.clear(), fan.clear(), batches.clear()
+
+
+def add_targets(cfg) -> None:
+    """rules.db: the 20 rules (ids 1..20, as the deliveries name them) and the two endpoints."""
+    from mxhook.model.targets import Destination
+    from mxhook.services import endpoints, rules
+
+    for name in RULES:
+        rules.add(cfg, name=name, destination=Destination("https://127.0.0.1/in"), when=[f"To~^{name}@"])
+    for path in ("ev", "e2"):
+        endpoints.add(cfg, destination=Destination(f"https://127.0.0.1/{path}"))
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -203,6 +223,7 @@ def main(argv=None) -> int:
                                       "rules_db": os.path.join(work, "rules.db"),
                                       "spool_dir": os.path.join(work, "spool")},
                             "web": {"access_db": os.path.join(work, "access.db")},
+                            "http": {"allow_networks": "127.0.0.0/8"},
                             "logfollow": {"state_file": os.path.join(work, "logfollow.state")}})
     try:
         start = time.perf_counter()
@@ -211,6 +232,7 @@ def main(argv=None) -> int:
         print(f"built {cfg.state_db}: {args.rows:,} inbound log rows, {args.events:,} events, "
               f"{size:,.0f} MiB, schema 2, in {time.perf_counter() - start:.1f} s")
         token, _ = access.add_token(cfg, "bench", read_only=True)
+        add_targets(cfg)
         if not args.after_only:
             # a reader refuses a file behind its schema: read schema 2 as schema 2
             steps = statedb._MIGRATIONS
