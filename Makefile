@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := postfix python3-milter python3-requests python3-idna python3-jinja2 sqlite-utils \
 	python3-click python3-regex python3-cryptography python3-venv python3-pip swaks gcc libc6-dev \
 	python3-spf python3-dkim python3-nacl python3-authheaders python3-authres python3-dnspython python3-publicsuffix2 \
-	python3-flask python3-waitress \
+	python3-flask python3-waitress python3-prometheus-client \
 	python3-flaskext.wtf chromium chromium-driver python3-selenium
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
@@ -39,7 +39,7 @@ $(STAMP_PIP): $(STAMP_APT) setup.cfg pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(KEEP),--keep)
 
 # The package test and the newest-PyPI run (unit and milter suites; `make test-newest` runs
 # them all, ~5 min more) come first so that pytest's summary stays the last line of the run.

@@ -1,11 +1,13 @@
 """`make demo`: mxhook end to end on this machine, without touching the system Postfix.
 
 Starts a private Postfix on 127.0.0.1 (free port, own config and queue in a temp dir),
-mxhook-milter on a unix socket, mxhook-spooler and a small HTTP receiver on loopback; configures
-a permitted domain and two rules with the real `mxhook` CLI; sends mail that is accepted, denied
-by the rules, spoofed (From in our own domain), From == To, and to a domain we do not serve;
-prints the SMTP answers, the webhook bodies the receiver got, and `mxhook log inbound`. Stops
-everything it started, also on Ctrl-C or an error.
+mxhook-milter on a unix socket, mxhook-spooler, mxhook-web (the HTTP API and console) and a small
+HTTP receiver on loopback; configures a permitted domain and two rules with the real `mxhook`
+CLI; sends mail that is accepted, denied by the rules, spoofed (From in our own domain), From ==
+To, and to a domain we do not serve; prints the SMTP answers, the webhook bodies the receiver
+got, and `mxhook log inbound`; makes a read-only API token and checks that the API answers with
+it; ends with the console's URL and that API call. Stops everything it started, also on Ctrl-C
+or an error; with --keep it leaves the stack running (and its files) until Ctrl-C or SIGTERM.
 
     python3 scripts/demo.py [--keep]     (as root; `make demo` sets up the venv first)
 """
@@ -19,6 +21,8 @@ import signal
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (ROOT, os.path.join(ROOT, "milter")):
@@ -27,6 +31,7 @@ for _p in (ROOT, os.path.join(ROOT, "milter")):
 
 from tests.support.daemons import MxhookStack  # noqa: E402
 from tests.support.postfix import PostfixError, make_message  # noqa: E402
+from tests.web.conftest import WebProcess, free_port  # noqa: E402
 
 DOMAIN = "ours.example"
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
@@ -95,13 +100,25 @@ def scenarios():
     ]
 
 
-def demo(stack: MxhookStack) -> int:
+def api_status(port: int, token: str) -> int:
+    """GET /v1/status with the token: the HTTP status."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/status",
+                                 headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def demo(stack: MxhookStack, web: WebProcess) -> int:
     pf = stack.postfix
     heading("Private stack")
     print(f"Postfix      127.0.0.1:{pf.port} (config {pf.config_dir}, queue {pf.queue_dir})")
     print(f"             relaying to smtp-sink on 127.0.0.1:{pf.sink_port}; maillog {pf.log_path}")
     print(f"milter       {stack.cfg.socket} (pid {stack.milter.pid})")
     print(f"spooler      pid {stack.spooler.pid}, spool {stack.cfg.spool_dir}")
+    print(f"web          http://127.0.0.1:{web.port}/ (pid {web.pid})")
     print(f"receiver     {stack.receiver.url}")
     print(f"config       {stack.cfg.path}")
 
@@ -153,12 +170,35 @@ def demo(stack: MxhookStack) -> int:
         time.sleep(0.3)
     run_cli(stack, "log", "inbound")
     print(f"\n{DIM}(also: mxhook log inbound --json | --csv, mxhook log show ID){RESET}")
+
+    heading("The HTTP API and console (mxhook-web)")
+    token = run_cli(stack, "token", "add", "demo", "--read-only")
+    status = api_status(web.port, token)
+    print(f"GET /v1/status with the token: HTTP {status}")
+    if status != 200:
+        print(web.stderr_text()[-3000:], file=sys.stderr)
+        return 1
+    print(f"\n{BOLD}Console:{RESET}  http://127.0.0.1:{web.port}/")
+    print(f"{BOLD}API call:{RESET} curl -H 'Authorization: Bearer {token}' "
+          f"http://127.0.0.1:{web.port}/v1/status")
     return 0
+
+
+def wait_until_stopped(stack: MxhookStack, web: WebProcess) -> None:
+    """--keep: the stack runs (the receiver is a thread of this process) until Ctrl-C or
+    SIGTERM."""
+    heading("Running")
+    print(f"The stack keeps running. Stop it with Ctrl-C here, or: kill {os.getpid()}")
+    print(f"{DIM}(mxhook --config {stack.cfg.path} ... works on it meanwhile){RESET}", flush=True)
+    while web.running and stack.milter.running:
+        time.sleep(1)
+    print("a daemon stopped: stopping the rest", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, dbs)")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the stack running (until Ctrl-C) and keep its work dir")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("make demo runs a private Postfix instance and needs root", file=sys.stderr)
@@ -168,10 +208,17 @@ def main(argv=None) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    stack = MxhookStack([DOMAIN], config={"spooler": {"retry_time_scale": "0.05"}}, keep=args.keep)
+    stack = MxhookStack([DOMAIN], config={"spooler": {"retry_time_scale": "0.05"},
+                                          "web": {"listen": f"127.0.0.1:{free_port()}", "log": "stderr"}},
+                        keep=args.keep)
+    web = None
     try:
         stack.start()
-        return demo(stack)
+        web = WebProcess(stack.cfg).start()
+        status = demo(stack, web)
+        if args.keep and status == 0:
+            wait_until_stopped(stack, web)
+        return status
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -184,9 +231,12 @@ def main(argv=None) -> int:
         raise
     finally:
         heading("Stopping")
+        if web is not None:
+            web.stop()
         stack.stop()
-        print("stopped Postfix, smtp-sink, mxhook-milter, mxhook-spooler and the receiver"
-              + (f"; files kept in {stack.workdir}" if args.keep else ""))
+        print("stopped Postfix, smtp-sink, mxhook-milter, mxhook-spooler, mxhook-web and the receiver"
+              + (f"; files kept in {stack.workdir}" if args.keep else
+                 " (`python3 scripts/demo.py --keep` leaves them running to click through the console)"))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@
 #   4. apt-get install ./mxhook_*.deb, then check the user, group, directories and modes,
 #      conffile, units, man pages, completion, and that Debian's /usr/bin/python3 imports
 #      the installed code with Debian's modules only;
-#   5. start mxhook-milter and mxhook-spooler the way their systemd units would (User, Group,
+#   5. start mxhook-milter, mxhook-spooler and mxhook-web the way their systemd units would (User, Group,
 #      supplementary groups, UMask, NoNewPrivileges, empty capability bounding set, clean
 #      environment, and MemoryDenyWriteExecute through the kernel's PR_SET_MDWE), all read
 #      from the installed unit files; check the socket is 0660 group postfix and that the
 #      postfix user can connect and negotiate the milter protocol, and a user outside group
-#      postfix cannot; run the CLI as root and check the daemons can read what it wrote;
+#      postfix cannot; run the CLI as root and check the daemons can read what it wrote; the
+#      API answers GET /v1/status with a read-only token root made, /metrics sees the spooler;
 #   6. end to end through a private Postfix (scripts/package-e2e.py): its main.cf wired by the
 #      packaged `mxhook postfix-config --apply`, `mxhook check` passing, a rule added with the
 #      packaged CLI, a message sent over SMTP and its webhook received on loopback; `check`
@@ -396,6 +397,39 @@ import sqlite3
 conn = sqlite3.connect('file:/var/lib/mxhook/rules.db?mode=rw', uri=True)
 assert [r[0] for r in conn.execute('SELECT name FROM domains')] == ['package-test.example']"
 
+# mxhook-web: the API answers a read-only token made by root's CLI, and /metrics sees the
+# spooler's heartbeat. It stays up for the end-to-end step (`mxhook check` asks it).
+WEB_LISTEN=$(/usr/bin/python3 -I -c "from mxhook import config; print(config.load('$CONF').get('web', 'listen'))")
+start_daemon mxhook-web
+API_GET='
+import sys, urllib.error, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
+try:
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        print(resp.status)
+        sys.stdout.write(resp.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+except OSError as exc:
+    print(0, exc)
+'
+for i in $(seq 100); do
+    [ "$(/usr/bin/python3 -I -c "$API_GET" "http://$WEB_LISTEN/v1/status" "" | head -n 1)" = 401 ] && break
+    alive mxhook-web || break
+    sleep 0.1
+done
+alive mxhook-web || fail "mxhook-web exited (see mxhook-web.log)"
+ok "mxhook-web answers on http://$WEB_LISTEN/ (401 without a token)"
+WEB_TOKEN=$(mxhook --config "$CONF" token add package-test --read-only 2>>"$WORK/checks.log") \
+    || fail "mxhook token add (as root)"
+check "GET /v1/status with a read-only token made by root: 200" \
+    sh -c "/usr/bin/python3 -I -c \"\$1\" 'http://$WEB_LISTEN/v1/status' '$WEB_TOKEN' | head -n 1 | grep -qx 200" _ "$API_GET"
+check "GET /metrics: the spooler is up" \
+    sh -c "/usr/bin/python3 -I -c \"\$1\" 'http://$WEB_LISTEN/metrics' '$WEB_TOKEN' | grep -qx 'mxhook_daemon_up{daemon=\"spooler\"} 1.0'" _ "$API_GET"
+check "access.db belongs to mxhook and is not world-readable" \
+    sh -c "stat -c '%U:%G %a' /var/lib/mxhook/access.db | grep -Eq '^mxhook:mxhook 6[46]0$'"
+
 # --------------------------------------------------------------------------------------------
 say "end to end: a private Postfix wired by mxhook postfix-config, mail in, webhook out"
 # scripts/package-e2e.py (Debian's python3, the packaged /usr/bin/mxhook, the repository's
@@ -416,6 +450,7 @@ else
 fi
 alive mxhook-milter || fail "mxhook-milter exited during the end-to-end step (see mxhook-milter.log)"
 alive mxhook-spooler || fail "mxhook-spooler exited during the end-to-end step (see mxhook-spooler.log)"
+alive mxhook-web || fail "mxhook-web exited during the end-to-end step (see mxhook-web.log)"
 
 # HOOK: further checks against the installed package, with both daemons still running.
 # Set MXHOOK_PACKAGE_TEST_HOOK to an executable: it runs as root with MXHOOK_CONFIG,
@@ -434,6 +469,7 @@ run_hook
 
 # --------------------------------------------------------------------------------------------
 say "stop, remove, reinstall, purge"
+stop_daemon mxhook-web
 stop_daemon mxhook-spooler
 stop_daemon mxhook-milter
 ok "daemons stopped with SIGTERM"

@@ -376,6 +376,42 @@ def handed_over(spool_dir: str) -> list[Record]:
     return list(found.values())
 
 
+def waiting(spool_dir: str) -> dict:
+    """What waits in new/ for the spooler, cheaply (for /metrics): files, the oldest file's
+    modification time, and records by kind, read from the metadata lines only (payloads are
+    skipped, not read); a file that vanishes meanwhile (ingested) or is unreadable counts as a
+    file, its records under "unreadable"."""
+    kinds = dict.fromkeys(KINDS, 0)
+    files, oldest = 0, None
+    try:
+        it = os.scandir(os.path.join(spool_dir, "new"))
+    except FileNotFoundError:
+        return {"files": 0, "oldest_mtime": None, "records": kinds}
+    with it:
+        for entry in it:
+            if not entry.name.endswith(".rec"):
+                continue
+            files += 1
+            try:
+                mtime = entry.stat().st_mtime
+                oldest = mtime if oldest is None else min(oldest, mtime)
+                with open(entry.path, "rb") as fh:
+                    while True:
+                        magic = fh.readline()
+                        if not magic:
+                            break
+                        meta = json.loads(fh.readline()) if magic == MAGIC else None
+                        if not isinstance(meta, dict) or meta.get("kind") not in KINDS:
+                            raise SpoolError("not a record")
+                        kinds[meta["kind"]] += 1
+                        fh.seek(int(meta.get("payload_size") or 0), os.SEEK_CUR)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, SpoolError):
+                kinds["unreadable"] = kinds.get("unreadable", 0) + 1
+    return {"files": files, "oldest_mtime": oldest, "records": kinds}
+
+
 def _complete_prefix(data: bytes) -> int:
     """Length of the longest prefix made of whole records (a torn tail is cut there)."""
     offset = 0

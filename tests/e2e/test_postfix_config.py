@@ -103,7 +103,7 @@ def test_postfix_config_wires_a_private_postfix_and_check_sees_each_breakage(mak
     as_packaged(st)  # the spooler may have made new files meanwhile
     proc = mxhook(st, "check", "--postfix-dir", etc)
     assert problems(proc) == []
-    assert proc.stdout.splitlines()[-1] == "everything checked is fine (6 checks)"
+    assert proc.stdout.splitlines()[-1] == "everything checked is fine (10 checks)"
 
     # 1. smtpd_milters without mxhook
     subprocess.run([POSTCONF, "-c", etc, "-X", "smtpd_milters"], check=True)
@@ -144,7 +144,8 @@ def test_postfix_config_wires_a_private_postfix_and_check_sees_each_breakage(mak
     st.milter.stop()
     proc = mxhook(st, "check", "--postfix-dir", etc, status=1)
     socket_path = st.cfg.socket_path
-    (line,) = problems(proc)
+    down, line = problems(proc)
+    assert down.startswith(f"PROBLEM milter: mxhook-milter is DOWN: {st.cfg.socket_path}: connect:"), down
     assert line in (
         f"PROBLEM socket: milter socket {socket_path} does not exist: is mxhook-milter running?",
         f"PROBLEM socket: user postfix cannot use the milter socket {socket_path}: connect: "

@@ -79,6 +79,8 @@ class MxhookConfig:
                 "rules_reload_interval": "0.2",
             },
             "spooler": {"log": "stderr", "log_level": "info", "poll_interval": "0.1"},
+            # not the system's: `mxhook check` looks for mxhook-web once access.db exists
+            "web": {"access_db": os.path.join(workdir, "access.db")},
         }
         # The receiver is on loopback, which the SSRF guard refuses unless allowlisted.
         if "allow_networks" in configmod.DEFAULTS.get("http", {}):

@@ -139,6 +139,8 @@ class Env:
         self.values = {
             "paths": {"rules_db": self.rules_db, "state_db": self.state_db, "spool_dir": self.spool_dir},
             "milter": {"socket": "unix:" + self.socket_path},
+            "web": {"access_db": str(tmp_path / "lib" / "access.db")},
+            "logfollow": {"state_file": str(tmp_path / "lib" / "logfollow.state")},
         }
         self.write_config()
         self.postfix = FakePostfix(tmp_path, self.queue_dir, **main)
@@ -146,6 +148,12 @@ class Env:
         self.probes: list[tuple[str, str]] = []
         self.probe_answer: str | None = None
         monkeypatch.setattr(postfixsvc, "probe_socket", self._probe)
+        # the daemons are alive unless a test says otherwise (test_check_daemons.py: for real)
+        self.alive: dict[str, str] = {}
+        monkeypatch.setattr(checksvc, "probe_milter", lambda path: self.alive.get("milter"))
+        monkeypatch.setattr(checksvc.heartbeat, "read", lambda path, now=None: {
+            "state": self.alive.get(os.path.basename(path), "alive"), "age": 1.0,
+            "pid": os.getpid(), "started": 0, "error": None})
         self.runner = separate_runner()
         self.sock: socket.socket | None = None
 
@@ -414,12 +422,13 @@ def test_check_healthy(env):
     status, results = env.check()
     assert problems(results) == []
     assert status == 0
-    assert [r["check"] for r in results] == ["config", "rules_db", "state_db", "spool", "socket", "postfix"]
+    assert [r["check"] for r in results] == ["config", "rules_db", "state_db", "spool", "milter",
+                                             "spooler", "logfollow", "web", "socket", "postfix"]
     assert env.probes == [(env.socket_path, ME)]
     assert results[1]["message"].endswith("; 1 permitted domain, 0 enabled rules")
     text = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert text.exit_code == 0
-    assert text.stdout.splitlines()[-1] == "everything checked is fine (6 checks)"
+    assert text.stdout.splitlines()[-1] == "everything checked is fine (10 checks)"
 
 
 def test_check_missing_socket(env):
@@ -451,7 +460,7 @@ def test_check_smtpd_milters_lacking_ours(env):
     assert problems(results) == [
         f"{env.postfix.dir}: Postfix's smtpd_milters does not name mxhook's socket "
         "unix:mxhook/milter.sock: run `mxhook postfix-config --apply`, then `postfix reload`"]
-    assert [r.get("code") for r in results] == [None] * 5 + ["postfix_not_wired"]
+    assert [r.get("code") for r in results] == [None] * 9 + ["postfix_not_wired"]
     # the text form: one line per problem, and a count
     res = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert res.exit_code == 1
@@ -625,7 +634,8 @@ def test_check_config_values_every_daemon_reads(env):
                    "[milter] log_level = 'verbose'"):
         assert needle in joined, joined
     # the other checks still ran
-    assert {r["check"] for r in results} == {"config", "rules_db", "state_db", "spool", "socket", "postfix"}
+    assert {r["check"] for r in results} == {"config", "rules_db", "state_db", "spool", "socket", "postfix",
+                                             "milter", "spooler", "logfollow", "web"}
 
 
 def test_check_unloadable_config_stops_early(env):

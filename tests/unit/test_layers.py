@@ -183,6 +183,7 @@ def test_web_views_call_services_only(module):
 # layer and those below it. The store only stores: how data is presented (payloads), sent
 # (delivery), run (daemons) or asked for (cli) is decided above it and handed in.
 ORDER = ("mxhook.config", "mxhook.model", "mxhook.mailauth", "mxhook.postfix", "mxhook.spool",
+         "mxhook.heartbeat",
          "mxhook.store", "mxhook.payloads", "mxhook.delivery", "mxhook.services", "mxhook.web",
          "mxhook.daemons",
          "mxhook.cli")

@@ -205,7 +205,7 @@ def test_a_schema_1_state_db_gets_the_time_index_and_the_count_table(tmp_path):
     conn.execute("INSERT INTO messages (id, received, meta, ingested) VALUES ('m', ?, '{}', ?)", (OLD, OLD))
     conn.close()
     with StateStore(path) as st:
-        assert migrations.user_version(st.conn) == 2 == statedb.SCHEMA_VERSION
+        assert migrations.user_version(st.conn) == statedb.SCHEMA_VERSION
         plan = " ".join(str(r) for r in st.conn.execute(
             "EXPLAIN QUERY PLAN SELECT received, rowid, id FROM messages WHERE received < ?"
             " AND (received, rowid) > (?, ?) ORDER BY received, rowid LIMIT 10", (NOW, "", 0)))

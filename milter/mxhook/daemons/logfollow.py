@@ -63,7 +63,7 @@ from mxhook import config
 from mxhook.model import events
 from mxhook.daemons import logsetup
 from mxhook.postfix import maillog
-from mxhook import spool
+from mxhook import heartbeat, spool
 
 log = logging.getLogger(__name__)
 
@@ -669,8 +669,10 @@ class Follower:
         self._last_stats = time.monotonic()
 
     def run(self) -> int:
+        alive = heartbeat.Heartbeat(heartbeat.path_for(self.s.state_file, heartbeat.LOGFOLLOW))
         try:
             while not self.stopping:
+                alive.beat()  # for `mxhook check`: this loop is progressing
                 chunk = self.source.read_chunk(self.s.batch_lines)
                 if chunk.items or chunk.state != self._last_saved:
                     self.handle_chunk(chunk)
@@ -686,6 +688,7 @@ class Follower:
                     self._sleep(self.s.poll_interval)
         finally:
             self.source.close()
+            alive.stop()
         self.log_stats(final=True)
         return 0
 

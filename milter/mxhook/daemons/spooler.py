@@ -108,7 +108,7 @@ from mxhook import config as config_mod
 from mxhook.store import rulesdb as db_mod
 from mxhook.delivery import webhook
 from mxhook.daemons import logsetup
-from mxhook import spool
+from mxhook import heartbeat, spool
 from mxhook.payloads import events as event_payloads
 from mxhook.store import ingest, logs, statedb
 from mxhook.store import integrity
@@ -764,7 +764,9 @@ class Spooler:
 
     def run(self) -> None:
         log.info("started: spool %s, state %s, %d worker(s)", self.spool_dir, self.cfg.state_db, self.workers)
+        alive = heartbeat.Heartbeat(heartbeat.path_for(self.cfg.state_db, heartbeat.SPOOLER))
         while not self.stopping:
+            alive.beat()  # for `mxhook check`: this loop is progressing
             try:
                 self._step()
             except integrity.StateDamaged:
@@ -776,6 +778,7 @@ class Spooler:
         if self.inflight:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
+        alive.stop()
         log.info("stopped")
 
 

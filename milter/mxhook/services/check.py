@@ -1,11 +1,14 @@
 """The health check: the config (every setting the daemons read), rules.db and state.db
 (readable, known schema, integrity, permissions), the milter socket (mode, group, and a real
-connection as Postfix's user when run as root), the spool directories, and Postfix's
-smtpd_milters. One result per check and per problem, each saying what to do."""
+connection as Postfix's user when run as root), the spool directories, Postfix's
+smtpd_milters, and whether each daemon is alive (`check_daemons`). One result per check and per
+problem, each saying what to do."""
 from __future__ import annotations
 
 import grp
+import http.client
 import importlib
+import json
 import os
 import pwd
 import sqlite3
@@ -13,6 +16,7 @@ import stat
 from urllib.parse import quote
 
 from mxhook import config as configmod
+from mxhook import heartbeat
 from mxhook.model.rules import AUTHENTICATION_FIELDS
 from mxhook.postfix import postconf as pc
 from mxhook.services.postfix import (
@@ -21,6 +25,7 @@ from mxhook.services.postfix import (
     PostfixError,
     check_postfix_wiring,
     check_socket,
+    milter_negotiate,
     postfix_unreadable,
     result,
     socket_path,
@@ -285,6 +290,7 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
                                                   "waits in new/: restore state.db from a backup, "
                                                   "then restart mxhook-spooler"))
     results += check_spool(cfg.spool_dir, uids)
+    results += check_daemons(cfg)
 
     postfix = Postfix(postfix_dir)
     try:
@@ -299,3 +305,105 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
     except PostfixError as exc:
         results.append(result("postfix", False, f"cannot read Postfix's master.cf: {exc}", exc.code))
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Are the daemons alive? (the outside world: `probe_milter` and `probe_web`, replaced in tests)
+
+def probe_milter(path: str) -> str | None:
+    """A milter option negotiation on the socket as this user; None when a milter answered."""
+    return milter_negotiate(path, 3.0)
+
+
+def probe_web(listen: str, timeout: float = 3.0) -> str | None:
+    """GET /v1 without a token from mxhook-web at `listen` (a wildcard address is asked on
+    loopback): None when it answers as mxhook-web does (401 with its JSON error), else why not."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", "/v1", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read(4096)
+    except OSError as exc:
+        return f"http://{listen}/: {exc.strerror or exc}"
+    finally:
+        conn.close()
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = None
+    if resp.status == 401 and code == "unauthorized":
+        return None
+    return f"http://{listen}/v1 answered {resp.status}, not as mxhook-web does"
+
+
+def _heartbeat_result(check: str, daemon: str, path: str, *, expected: bool,
+                      not_expected: str, now: float | None) -> dict:
+    beat = heartbeat.read(path, now)
+    state, age = beat["state"], beat["age"]
+    if state == "alive":
+        return result(check, True, f"{daemon} is running (pid {beat['pid']}; its loop wrote "
+                                   f"{path} {age:.0f} s ago)")
+    if state == "missing" and not expected:
+        return result(check, True, f"{daemon} is not running here ({not_expected})")
+    if state == "missing":
+        why = f"{path} does not exist: it is not running (or stopped)"
+    elif state == "dead":
+        why = f"process {beat['pid']} of {path} is gone: it died without stopping cleanly"
+    elif state == "stale":
+        why = (f"its loop last wrote {path} {age:.0f} s ago (more than "
+               f"{heartbeat.STALE_AFTER:.0f} s): it hangs")
+    else:
+        why = f"{path} cannot be read: {beat['error']}"
+    return _down(check, daemon, why)
+
+
+def _down(check: str, daemon: str, why: str) -> dict:
+    return result(check, False, f"{daemon} is DOWN: {why}; `systemctl status {daemon}` and its "
+                                f"log say why, `systemctl restart {daemon}` starts it", "daemon_down")
+
+
+def check_daemons(cfg: configmod.Config, now: float | None = None) -> list[dict]:
+    """One result per daemon: mxhook-milter (its socket answers a milter negotiation),
+    mxhook-spooler and mxhook-logfollow (their heartbeat files are fresh: module heartbeat),
+    mxhook-web (answers on [web] listen). The log follower is expected once its position file
+    exists, mxhook-web once access.db does (tokens or users were made); the milter and the
+    spooler always."""
+    results = []
+    path = socket_path(cfg.get("milter", "socket"))
+    if path is None:
+        results.append(result("milter", True, "mxhook-milter listens on an inet: socket: not "
+                                                "probed (see the socket check)"))
+    else:
+        why = probe_milter(path)
+        if why is not None and ("EACCES" in why or "EPERM" in why):
+            results.append(result("milter", True, f"mxhook-milter: cannot tell as this user ({why}); "
+                                                    "run `mxhook check` as root"))
+        else:
+            results.append(_probed("milter", "mxhook-milter", why, f"it answers a milter "
+                                   f"negotiation on {path}", f"{path}: {why}"))
+    results.append(_heartbeat_result(
+        "spooler", "mxhook-spooler", heartbeat.path_for(cfg.state_db, heartbeat.SPOOLER),
+        expected=True, not_expected="", now=now))
+    state_file = cfg.get("logfollow", "state_file")
+    results.append(_heartbeat_result(
+        "logfollow", "mxhook-logfollow", heartbeat.path_for(state_file, heartbeat.LOGFOLLOW),
+        expected=os.path.exists(state_file), now=now,
+        not_expected=f"it never ran: no position file {state_file}; delivery events need it"))
+    listen, access_db = cfg.get("web", "listen"), cfg.get("web", "access_db")
+    if not os.path.exists(access_db):
+        results.append(result("web", True, f"mxhook-web is not set up ({access_db} does not exist: "
+                                             "`mxhook token add NAME` makes a token for the API)"))
+    else:
+        why = probe_web(listen)
+        results.append(_probed("web", "mxhook-web", why, f"it answers on http://{listen}/", why))
+    return results
+
+
+def _probed(check: str, daemon: str, why: str | None, running: str, down: str) -> dict:
+    """The line of a daemon that was asked: `why` None when it answered."""
+    if why is None:
+        return result(check, True, f"{daemon} is running ({running})")
+    return _down(check, daemon, down)

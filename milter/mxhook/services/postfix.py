@@ -57,7 +57,7 @@ def run_command(argv: list[str], timeout: float = 60.0) -> subprocess.CompletedP
 
 
 
-def _milter_negotiate(path: str, timeout: float) -> str | None:
+def milter_negotiate(path: str, timeout: float) -> str | None:
     """Connect to the milter socket and do what smtpd does first (SMFIC_OPTNEG, protocol 6);
     None when a milter answered, else why not."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -106,7 +106,7 @@ def probe_socket(path: str, user: str, timeout: float = 5.0) -> str | None:
             os.setgroups([pw.pw_gid])
             os.setgid(pw.pw_gid)
             os.setuid(pw.pw_uid)
-            message = _milter_negotiate(path, timeout) or ""
+            message = milter_negotiate(path, timeout) or ""
         except BaseException as exc:  # noqa: BLE001 - the child must always _exit
             message = f"probe failed: {exc}"
         try:

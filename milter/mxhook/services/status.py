@@ -100,6 +100,16 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
     # unknown-domain denials counted instead of logged ([spooler] log_unknown_domains = no)
     report["unlogged_denials"] = {"last_hour": unlogged["since"], "total": unlogged["total"],
                                   "first": unlogged["first"]}
+    rules_out, endpoints_out = targets(cfg, summary, health, problems)
+    report.update(rules=rules_out, endpoints=endpoints_out, problems=problems)
+    return report
+
+
+def targets(cfg: configmod.Config, summary: dict | None, health: dict,
+            problems: list[str]) -> tuple[list[dict], list[dict]]:
+    """Each rule's and endpoint's entry of the report (`_target_entry`), from rules.db and
+    what state.db said (`summary`: store.replay.status_summary, `health`: StateStore.health);
+    what cannot be read goes into `problems`."""
     rules_out, endpoints_out = [], []
     if os.path.exists(cfg.rules_db):
         rules, times, eps = [], {}, []
@@ -120,6 +130,4 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
             endpoints_out.append({"id": ep.id, "url": ep.destination.url, **entry})
     else:
         problems.append(f"rules database {cfg.rules_db} does not exist yet")
-    report.update(rules=rules_out, endpoints=endpoints_out, problems=problems)
-    return report
-
+    return rules_out, endpoints_out

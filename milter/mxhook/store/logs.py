@@ -74,6 +74,14 @@ def _page(rows: list, limit: int, key) -> tuple[list, tuple | None]:
     return rows, key(rows[-1])
 
 
+def _contains(column: str, text: str) -> tuple[str, tuple]:
+    """`column` contains `text`, ASCII letters in any case: what instr(lower(), lower()) says
+    (SQLite folds ASCII only in both), as a LIKE, which tests a row in less than half the
+    time."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"{column} LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
+
+
 # inbound ------------------------------------------------------------------------------------
 _LOG_SELECT = (
     "SELECT id, received, status, header_from, rcpt_to, host_name, message_id, filter_name,"
@@ -105,7 +113,7 @@ def inbound_page(store: StateStore, *, status: str | None = None, since=None, un
     if rule is not None:
         filters.append(("filter_name = ?", (rule,)))
     if recipient is not None:
-        filters.append(("instr(lower(rcpt_to), lower(?)) > 0", (recipient,)))
+        filters.append(_contains("rcpt_to", recipient))
     if after is not None:
         filters.append(("(received, id) < (?, ?)", tuple(after)))
     sql, params = _log_query(_LOG_SELECT, status, LOG_STATUSES, "status", "received",
@@ -180,13 +188,19 @@ def counts(store: StateStore) -> dict:
 
 
 # events ---------------------------------------------------------------------------------------
-_EVENT_LOG_SELECT = (
+_EVENT_COLUMNS = (
     "SELECT e.id, e.received, COALESCE(b.status, 'queued'), e.meta, d.endpoint_id,"
     " COALESCE(b.url, ep.url), b.last_error, d.batch_id, e.type, e.recipient, d.seq"
-    " FROM event_deliveries d JOIN events e ON e.id = d.event_id"
+)
+_EVENT_JOINS = (
     " LEFT JOIN event_batches b ON b.id = d.batch_id"
     " LEFT JOIN event_endpoints ep ON ep.id = d.endpoint_id"
 )
+_EVENT_LOG_SELECT = _EVENT_COLUMNS + " FROM event_deliveries d JOIN events e ON e.id = d.event_id" + _EVENT_JOINS
+# Listings walk events newest first through their time index and join each one's deliveries
+# (CROSS JOIN fixes that order): left to itself, SQLite scanned every event delivery and
+# sorted them all, 0.8 s for a page of 300,000 events (bench/api.py).
+_EVENT_LIST_SELECT = _EVENT_COLUMNS + " FROM events e CROSS JOIN event_deliveries d ON d.event_id = e.id" + _EVENT_JOINS
 
 
 def _event_log_row(row, meta: dict | None = None) -> dict:
@@ -204,7 +218,7 @@ def event_log(store: StateStore, status: str | None = None, since=None, until=No
     EVENT_LOG_KEYS plus id (the event id), type, recipient, endpointId, batchId, messageId.
     `status` is the delivery's: queued (pending or in a batch not yet tried), deferred,
     succeeded, failed. `since` (inclusive) / `until` (exclusive) filter on the event time."""
-    sql, params = _log_query(_EVENT_LOG_SELECT, status, DELIVERY_STATUSES,
+    sql, params = _log_query(_EVENT_LIST_SELECT, status, DELIVERY_STATUSES,
                              "COALESCE(b.status, 'queued')", "e.received", since, until,
                              "e.received DESC, d.seq DESC", limit)
     rows = store.conn.execute(sql, params).fetchall()
@@ -222,10 +236,10 @@ def event_page(store: StateStore, *, status: str | None = None, since=None, unti
     if endpoint is not None:
         filters.append(("d.endpoint_id = ?", (int(endpoint),)))
     if recipient is not None:
-        filters.append(("instr(lower(e.recipient), lower(?)) > 0", (recipient,)))
+        filters.append(_contains("e.recipient", recipient))
     if after is not None:
         filters.append(("(e.received, d.seq) < (?, ?)", tuple(after)))
-    sql, params = _log_query(_EVENT_LOG_SELECT, status, DELIVERY_STATUSES,
+    sql, params = _log_query(_EVENT_LIST_SELECT, status, DELIVERY_STATUSES,
                              "COALESCE(b.status, 'queued')", "e.received", since, until,
                              "e.received DESC, d.seq DESC", limit + 1, tuple(filters))
     rows, key = _page(store.conn.execute(sql, params).fetchall(), limit, lambda r: (r[1], r[10]))

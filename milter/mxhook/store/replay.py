@@ -207,15 +207,14 @@ def status_summary(store: StateStore, now=None, window: float = 3600.0) -> dict:
         e["oldest_pending"] = _min_time(e["oldest_pending"], created)
         events_pending += size
         events_oldest = _min_time(events_oldest, created)
-    inbound_hour = dict.fromkeys(LOG_STATUSES, 0)
-    for status, n in conn.execute(
-        "SELECT status, count(*) FROM inbound_log WHERE received >= ? GROUP BY status", (since,)
-    ):
-        inbound_hour[status] = n
+    # a range of the (status, received) index per status: a GROUP BY status scanned all of it
+    inbound_hour = {status: conn.execute(
+        "SELECT count(*) FROM inbound_log WHERE status = ? AND received >= ?", (status, since)
+    ).fetchone()[0] for status in LOG_STATUSES}
     events_hour = dict.fromkeys(DELIVERY_STATUSES, 0)
     for status, n in conn.execute(
         "SELECT COALESCE(b.status, 'queued'), count(*) FROM events e"
-        " JOIN event_deliveries d ON d.event_id = e.id"
+        " CROSS JOIN event_deliveries d ON d.event_id = e.id"  # the hour's events first
         " LEFT JOIN event_batches b ON b.id = d.batch_id WHERE e.received >= ? GROUP BY 1", (since,)
     ):
         events_hour[status] = n

@@ -14,7 +14,7 @@ import re
 from flask import Flask, g, request
 
 from mxhook import config as configmod
-from mxhook.web import api, auth, console, errors
+from mxhook.web import api, auth, console, errors, metrics
 
 
 def create_app(cfg: configmod.Config) -> Flask:
@@ -27,6 +27,7 @@ def create_app(cfg: configmod.Config) -> Flask:
     errors.register(app)
     auth.register(app)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(metrics.blueprint)
     console.register(app)
 
     @app.after_request
