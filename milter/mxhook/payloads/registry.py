@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from mxhook.model.events import TYPES
+from mxhook.model.fetchurls import FetchUrls
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE
 from mxhook.model.targets import Target
 from mxhook.payloads import encodings, events, inbound, templates
@@ -46,7 +47,7 @@ TemplateLoader = Callable[[str, "int | None", "int | None"], "tuple[str, str] | 
 
 @dataclass(frozen=True)
 class InboundFormat:
-    document: Callable[..., object]  # (inbound.Delivery, *, max_attachment_size) -> document
+    document: Callable[..., object]  # (inbound.Delivery, *, max_attachment_size, fetch_url) -> document
     encode: Callable[..., Rendered]  # (document, *, max_payload_size) -> body
 
 
@@ -207,17 +208,21 @@ def inbound_request(target: Target, *, delivery_id: str, meta: dict, raw: bytes,
                     templates_loader: TemplateLoader | None = None,
                     max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE,
                     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
-                    clock: Callable[[], float] | None = None) -> Rendered:
+                    clock: Callable[[], float] | None = None,
+                    message_id: str | None = None, fetch_urls: FetchUrls | None = None) -> Rendered:
     """The request body of one inbound delivery (one message, one rule) for this attempt:
     the rule's template, else its dialect, else the native body of its format. `now`, `nonce`:
     the attempt's time and random text (signatures); `recipients`: the envelope recipients the
     rule matched (default: from meta["deliveries"] by the rule's name); `clock`: bounds a
-    template's render time. ValueError (TemplateError) when no body can be made, with the
-    reason; bad message content never raises."""
+    template's render time; `message_id`: state.db's stored message, which the fetch URLs
+    (`fetch_urls`: [web] public_url and its keys) of omitted contents name. ValueError
+    (TemplateError) when no body can be made, with the reason; bad message content never
+    raises."""
     delivery = inbound.Delivery.of(delivery_id=delivery_id, meta=meta, raw=raw, target=target,
-                                   recipients=recipients)
+                                   recipients=recipients, message_id=message_id)
     ctx = InboundContext(now=now, nonce=nonce, max_attachment_size=max_attachment_size,
-                         max_payload_size=max_payload_size, signing_key=target.signing_key)
+                         max_payload_size=max_payload_size, signing_key=target.signing_key,
+                         fetch_urls=fetch_urls)
     return delivery_request(delivery, ctx, templates_loader=templates_loader, clock=clock)
 
 
@@ -233,7 +238,9 @@ def delivery_request(delivery: inbound.Delivery, ctx: InboundContext, *,
     if dialect is not None:
         return dialect(delivery, ctx)
     entry = _lookup(INBOUND, target.format, "payload format")
-    return entry.encode(entry.document(delivery, max_attachment_size=ctx.max_attachment_size),
+    fetch_url = inbound.fetch_url_maker(delivery, ctx.fetch_urls, ctx.now)
+    return entry.encode(entry.document(delivery, max_attachment_size=ctx.max_attachment_size,
+                                       fetch_url=fetch_url),
                         max_payload_size=ctx.max_payload_size)
 
 

@@ -47,6 +47,8 @@ def operation(route) -> dict:
                                   else {"type": "object"}}}},
               "default": {"description": "An error", "content": {
                   "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    if route.public:
+        op["security"] = []
     if params:
         op["parameters"] = params
     if route.body is not None:
