@@ -605,7 +605,7 @@ def attachment_get(token):
     })
 
 
-_NOT_TOKEN_CHARS = re.compile(r'[^\x21-\x7e]|["\\/%;]')
+_UNSAFE_IN_QUOTES = re.compile(r'[^\x20-\x7e]|["\\/%;]')
 
 
 def header_value(text: str) -> str:
@@ -615,5 +615,5 @@ def header_value(text: str) -> str:
 
 def content_disposition(filename: str) -> str:
     """`attachment` with an ASCII fallback name and the exact name as RFC 5987's filename*."""
-    fallback = _NOT_TOKEN_CHARS.sub("_", filename) or "attachment"
+    fallback = _UNSAFE_IN_QUOTES.sub("_", filename) or "attachment"
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename.encode('utf-8', 'replace'), safe='')}"
