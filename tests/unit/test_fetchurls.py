@@ -101,13 +101,15 @@ def _target(**kw):
     return Rule(name="r", destination=Destination("https://hooks.example/in"), id=5, **kw).target
 
 
-def _render(target, *, max_attachment_size=100, fetch_urls=URLS, message_id="0187msg", include_raw=False):
+def _render(target, *, max_attachment_size=100, max_payload_size=25 << 20, fetch_urls=URLS,
+            message_id="0187msg", include_raw=False):
     rule = Rule(name="r", destination=Destination("https://hooks.example/in"), id=5, include_raw=include_raw)
     meta = {"received": RECEIVED, "queue_id": "Q1", "mail_from": "a@x.example",
             "deliveries": [{"recipients": ["in@ours.example"], "rule": rule.target_record()}]}
     return registry.inbound_request(target, delivery_id="0187msg-r", meta=meta, raw=FIXTURE,
                                     now=RECEIVED_AT + 5, nonce="n" * 32, max_attachment_size=max_attachment_size,
-                                    message_id=message_id, fetch_urls=fetch_urls)
+                                    max_payload_size=max_payload_size, message_id=message_id,
+                                    fetch_urls=fetch_urls)
 
 
 def _claim(url: str) -> Claim:
@@ -153,6 +155,24 @@ def test_native_multipart_and_sendgrid_metadata_carry_it():
 def test_postmark_gives_url():
     (att,) = json.loads(_render(replace(_target(), dialect="postmark")).body)["Attachments"]
     assert att["Omitted"] is True and _claim(att["Url"]).part == "0"
+
+
+CAPPED = {"max_attachment_size": 10 << 20, "max_payload_size": 300}  # under the body: every content goes
+
+
+def test_contents_the_payload_size_cap_omits_get_a_url_too():
+    doc = json.loads(_render(_target(), include_raw=True, **CAPPED).body)
+    assert doc["raw"]["omitted_reason"] == "payload size cap" and _claim(doc["raw"]["url"]).part == "raw"
+    (att,) = doc["message"]["attachments"]
+    assert att["omitted_reason"] == "payload size cap" and _claim(att["url"]).part == "0"
+    (att,) = json.loads(_form(_render(replace(_target(), format="multipart"), **CAPPED))["attachments"])
+    assert att["field"] is None and _claim(att["url"]).part == "0"
+    info = json.loads(_form(_render(replace(_target(), dialect="sendgrid"), **CAPPED))["attachment-info"])
+    assert _claim(info["attachment1"]["url"]).part == "0"
+    (att,) = json.loads(_render(replace(_target(), dialect="postmark"), **CAPPED).body)["Attachments"]
+    assert att["OmittedReason"] == "payload size cap" and _claim(att["Url"]).part == "0"
+    doc = json.loads(_render(_target(), fetch_urls=None, **CAPPED).body)
+    assert doc["message"]["attachments"][0]["omitted"] and "url" not in doc["message"]["attachments"][0]
 
 
 # -- the key file and the part a URL names ----------------------------------------------------

@@ -128,6 +128,28 @@ def raw_entry(raw: bytes, max_attachment_size: int) -> dict:
     return entry
 
 
+def url_on_omit(fetch_url: FetchUrl | None, numbered: list[tuple[dict, str]]):
+    """What the payload size cap calls on an entry it omits (encodings.OnOmit): gives it `url`.
+    `numbered`: (entry, part) pairs, the part as `native_document` numbers it. None without
+    fetch URLs."""
+    if fetch_url is None:
+        return None
+    parts = {id(entry): part for entry, part in numbered}
+
+    def give_url(entry: dict) -> None:
+        part = parts.get(id(entry))
+        if part is not None:
+            entry["url"] = fetch_url(part)
+
+    return give_url
+
+
+def numbered_contents(doc: dict) -> list[tuple[dict, str]]:
+    """(entry, part) for the raw message and each attachment of a native document."""
+    return ([(doc["raw"], RAW)] if "raw" in doc else []) + [
+        (att, str(i)) for i, att in enumerate(doc["message"]["attachments"])]
+
+
 def capped_contents(doc: dict) -> list[dict]:
     """The entries whose contents the payload size cap may omit, largest first: the raw
     message (it holds every attachment again, so it is the largest) and the attachments."""

@@ -48,7 +48,7 @@ TemplateLoader = Callable[[str, "int | None", "int | None"], "tuple[str, str] | 
 @dataclass(frozen=True)
 class InboundFormat:
     document: Callable[..., object]  # (inbound.Delivery, *, max_attachment_size, fetch_url) -> document
-    encode: Callable[..., Rendered]  # (document, *, max_payload_size) -> body
+    encode: Callable[..., Rendered]  # (document, *, max_payload_size, fetch_url) -> body
 
 
 @dataclass(frozen=True)
@@ -57,20 +57,22 @@ class EventVersion:
     takes_v1_text: bool = False  # takes events.V1Text in place of event dicts
 
 
-def _native_json(doc: dict, *, max_payload_size: int) -> Rendered:
+def _native_json(doc: dict, *, max_payload_size: int, fetch_url=None) -> Rendered:
     msg = doc["message"]
     return encodings.json_capped(doc, max_payload_size, attachments=inbound.capped_contents(doc),
-                                 defects=msg["defects"])
+                                 defects=msg["defects"],
+                                 on_omit=inbound.url_on_omit(fetch_url, inbound.numbered_contents(doc)))
 
 
-def _native_multipart(doc: dict, *, max_payload_size: int) -> Rendered:
+def _native_multipart(doc: dict, *, max_payload_size: int, fetch_url=None) -> Rendered:
     msg = doc["message"]
     return encodings.multipart_capped(doc, max_payload_size, parts=inbound.form_parts,
                                       attachments=inbound.capped_contents(doc), defects=msg["defects"],
-                                      seed=doc["id"])  # the delivery id: a retry sends the same bytes
+                                      seed=doc["id"],  # the delivery id: a retry sends the same bytes
+                                      on_omit=inbound.url_on_omit(fetch_url, inbound.numbered_contents(doc)))
 
 
-def _raw(doc: tuple, *, max_payload_size: int) -> Rendered:
+def _raw(doc: tuple, *, max_payload_size: int, fetch_url=None) -> Rendered:
     return encodings.raw_message(*doc)  # the message as it came: no cap applies
 
 
@@ -238,10 +240,10 @@ def delivery_request(delivery: inbound.Delivery, ctx: InboundContext, *,
     if dialect is not None:
         return dialect(delivery, ctx)
     entry = _lookup(INBOUND, target.format, "payload format")
-    fetch_url = inbound.fetch_url_maker(delivery, ctx.fetch_urls, ctx.now)
+    fetch_url = ctx.fetch_url(delivery)
     return entry.encode(entry.document(delivery, max_attachment_size=ctx.max_attachment_size,
                                        fetch_url=fetch_url),
-                        max_payload_size=ctx.max_payload_size)
+                        max_payload_size=ctx.max_payload_size, fetch_url=fetch_url)
 
 
 def event_request(target: Target, batch: Iterable[dict | events.V1Text], *, request_id: str,

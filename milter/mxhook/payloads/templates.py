@@ -605,7 +605,7 @@ def inbound_request(template: Template, delivery: inbound.Delivery, ctx: Inbound
                     clock: Callable[[], float] | None = None) -> Rendered:
     """An inbound delivery's body through a rule's template, as a dialect's `inbound_request`."""
     return render(template, inbound_context(delivery, max_attachment_size=ctx.max_attachment_size,
-                                           fetch_url=inbound.fetch_url_maker(delivery, ctx.fetch_urls, ctx.now)),
+                                           fetch_url=ctx.fetch_url(delivery)),
                   max_payload_size=ctx.max_payload_size, clock=clock)
 
 

@@ -51,9 +51,12 @@ class InboundContext:
     signing_key: str | None = None
     fetch_urls: FetchUrls | None = None  # [web] public_url and its keys; None: no fetch URLs
 
+    def fetch_url(self, delivery: inbound.Delivery) -> inbound.FetchUrl | None:
+        """The fetch URLs of the delivery's omitted contents (None: none are given)."""
+        return inbound.fetch_url_maker(delivery, self.fetch_urls, self.now)
+
     def native_document(self, delivery: inbound.Delivery) -> dict:
         """The delivery's native document under this context's caps, omitted contents with
         their fetch URL."""
-        return inbound.native_document(
-            delivery, max_attachment_size=self.max_attachment_size,
-            fetch_url=inbound.fetch_url_maker(delivery, self.fetch_urls, self.now))
+        return inbound.native_document(delivery, max_attachment_size=self.max_attachment_size,
+                                       fetch_url=self.fetch_url(delivery))

@@ -201,9 +201,12 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     # `Content`), then write the entries in Postmark's shape again
     for entry in attachments:
         entry["content"] = entry.pop("Content")
-    encodings.json_capped(body, ctx.max_payload_size, attachments=attachments, defects=[])
+    numbered = [(entry, str(i)) for i, entry in enumerate(attachments)]
+    encodings.json_capped(body, ctx.max_payload_size, attachments=attachments, defects=[],
+                          on_omit=inbound.url_on_omit(ctx.fetch_url(delivery), numbered))
     body["Attachments"] = [
-        _attachment({**att, "content": None, "omitted": True, "omitted_reason": entry["omitted_reason"]})
+        _attachment({**att, "content": None, "omitted": True, "omitted_reason": entry["omitted_reason"],
+                     "url": entry.get("url")})
         if entry.get("omitted") else _attachment(att)
         for entry, att in zip(attachments, msg["attachments"])]
     return encodings.json(body)

@@ -147,7 +147,9 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     parsed = {"fields": fields, "attachments": msg["attachments"]}
     return encodings.multipart_capped(parsed, ctx.max_payload_size, parts=parsed_parts,
                                       attachments=msg["attachments"], defects=msg["defects"],
-                                      boundary=encodings.seeded_boundary(delivery.id, *parsed_parts(parsed)))
+                                      boundary=encodings.seeded_boundary(delivery.id, *parsed_parts(parsed)),
+                                      on_omit=inbound.url_on_omit(ctx.fetch_url(delivery),
+                                                                  inbound.numbered_contents(doc)))
 
 
 def raw_inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered:
