@@ -238,8 +238,8 @@ class Spooler:
         # changes, on the loop (`send`); the workers read the value as it is
         self.attachment_keys = attachments.key_file(cfg)
         self.fetch_urls = attachments.fetch_urls(cfg, self.attachment_keys)
-        if self.fetch_urls is not None:
-            self.state.keep_bodies_over = self.max_attachment_size
+        if self.fetch_urls is not None:  # smaller messages cannot have a content either cap omits
+            self.state.keep_bodies_over = min(self.max_attachment_size, self.max_payload_size // 4)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
         self.capacity = self.workers * POOL_DEPTH  # dispatches in the pool, posting or queued
         self.inflight: dict[Future, Dispatch] = {}
