@@ -156,6 +156,18 @@ def test_kept_after_delivery_when_the_spooler_keeps_large_bodies(stack):
     assert get(stack, url).body == BIG
 
 
+def test_the_access_log_never_shows_a_token(stack):
+    url = payload(stack, store_message(stack))["message"]["attachments"][1]["url"]
+    assert get(stack, url).status == 200
+    token = url.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 5
+    while "GET /v1/attachments/<token> 200" not in stack.web.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = stack.web.stderr_text()
+    assert "signed-url GET /v1/attachments/<token> 200" in log
+    assert token not in log and token[:20] not in log
+
+
 def test_other_routes_still_need_a_token(stack):
     assert stack("GET", "/v1/status", token=None).status == 401
     assert stack("GET", "/v1/attachments", token=None).status == 401
