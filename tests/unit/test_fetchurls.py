@@ -199,6 +199,10 @@ def test_key_file_created_0640_at_first_use_and_read_again_on_change(tmp_path):
         f.write(base64.b64encode(KEY2).decode() + "\n")
     assert attachments.fetch_urls(cfg, keys).keys == (first.keys[0], KEY2)
     assert not keys.create()  # never over an existing file
+    with open(keys.path, "a") as f:
+        f.write("not a key\n")
+    with pytest.raises(configmod.ConfigError, match="attachment_key_file .*line 3"):
+        attachments.fetch_urls(cfg, keys)
 
 
 def test_part_of_finds_the_payloads_index():

@@ -238,6 +238,7 @@ class Spooler:
         # changes, on the loop (`send`); the workers read the value as it is
         self.attachment_keys = attachments.key_file(cfg)
         self.fetch_urls = attachments.fetch_urls(cfg, self.attachment_keys)
+        self._key_file_error: str | None = None
         if self.fetch_urls is not None:  # smaller messages cannot have a content either cap omits
             self.state.keep_bodies_over = min(self.max_attachment_size, self.max_payload_size // 4)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
@@ -390,8 +391,11 @@ class Spooler:
             return
         try:
             self.fetch_urls = attachments.fetch_urls(self.cfg, self.attachment_keys)
-        except (OSError, ValueError) as exc:  # keep signing with the keys read before
-            log.warning("cannot read [web] attachment_key_file: %s", exc)
+            self._key_file_error = None
+        except (OSError, config_mod.ConfigError) as exc:  # keep signing with the keys read before
+            if str(exc) != self._key_file_error:  # once per fault, not on every round
+                self._key_file_error = str(exc)
+                log.warning("cannot read the fetch URLs' keys (signing with those read before): %s", exc)
 
     def _busy(self) -> set[str]:
         """Ids of the dispatches in the pool or with a result not written yet: not to be picked."""

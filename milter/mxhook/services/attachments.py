@@ -80,15 +80,19 @@ def key_file(cfg: configmod.Config) -> KeyFile:
 def fetch_urls(cfg: configmod.Config, keys: KeyFile | None = None) -> fetchurls.FetchUrls | None:
     """What the spooler renders fetch URLs with; None when `[web] public_url` is empty (the API
     is not reachable from the application: payloads carry no URL). Creates the key file at
-    first use. ValueError for a key file with a bad line."""
+    first use. ConfigError for a key file with a bad line; OSError when it cannot be read or
+    made."""
     base = cfg.value("web", "public_url")
     if not base:
         return None
     keys = keys or key_file(cfg)
-    found = keys.keys()
-    if not found:
-        keys.create()
+    try:
         found = keys.keys()
+        if not found:
+            keys.create()
+            found = keys.keys()
+    except ValueError as exc:
+        raise configmod.ConfigError(f"[web] attachment_key_file {keys.path}: {exc}") from None
     return fetchurls.FetchUrls(base.rstrip("/"), found, cfg.value("web", "attachment_url_ttl") * 86400,
                                cfg.value("spooler", "inbound_log_days") * 86400)
 
