@@ -16,6 +16,7 @@ import dataclasses
 import grp
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -127,6 +128,13 @@ def parse_listen(text: str) -> str:
     return text
 
 
+def parse_base_url(text: str) -> str:
+    """Empty, or an http(s) URL with a host and no query or fragment (a path is kept)."""
+    if text and not re.fullmatch(r"https?://[^/?#\s@]+(/[^?#\s]*)?", text):
+        raise ValueError("use https://HOST[:PORT][/PATH] (or empty)")
+    return text
+
+
 def parse_group(text: str) -> str:
     """A group name that exists here, or empty."""
     if text:
@@ -169,6 +177,7 @@ NAMESERVERS = Type("address list", parse_nameservers)
 DELIMITERS = Type("characters", parse_delimiters)
 GROUP = Type("group", parse_group)
 LISTEN = Type("host:port", parse_listen)
+BASE_URL = Type("URL", parse_base_url)
 
 
 def choice(*options: str) -> Type:
@@ -411,6 +420,19 @@ SCHEMA: tuple[Key, ...] = (
          "address of the reverse proxy whose X-Forwarded-For and X-Forwarded-Proto are "
          "believed (empty: none)."),
         ("max_request_size", SIZE, "1M", "larger request bodies are refused (413)."),
+        ("public_url", BASE_URL, "",
+         "where the application reaches mxhook-web (through the reverse proxy), e.g. "
+         "https://mx.example.com: payloads then give each attachment whose content the size cap "
+         "omitted a signed, expiring url to fetch it from (GET /v1/attachments/TOKEN, "
+         "docs/api.md); empty: no such URLs."),
+        ("attachment_key_file", PATH, "/var/lib/mxhook/attachment.key",
+         "the keys fetch URLs are signed with (HMAC-SHA256), one a line (base64), oldest first: "
+         "the last signs, every one listed verifies. mxhook-spooler creates it (0640, one key) "
+         "when public_url is set and it is missing; to rotate, append a key and remove the old "
+         "one after attachment_url_ttl."),
+        ("attachment_url_ttl", DAYS, "7",
+         "days a fetch URL is valid from the message's arrival (never longer than [spooler] "
+         "inbound_log_days keeps the message).", ABOVE_0),
         ("log", LOG, "syslog", AS_FOR_THE_MILTER),
         ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
     ),

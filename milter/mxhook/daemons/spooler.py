@@ -112,6 +112,7 @@ from mxhook import heartbeat, spool
 from mxhook.payloads import events as event_payloads
 from mxhook.store import ingest, logs, statedb
 from mxhook.store import integrity
+from mxhook.services import attachments
 from mxhook.delivery import pipeline
 from mxhook.delivery.health import Health
 from mxhook.delivery.pipeline import Dispatch
@@ -233,6 +234,13 @@ class Spooler:
             log.warning("state.db %s passes SQLite's quick_check again: going on", cfg.state_db)
         self.state.checkpoint_in_background()
         self.retention = logs.Retention(self.state, settings.inbound_log_days, settings.event_log_days)
+        # fetch URLs of omitted contents ([web] public_url): the key file is read again when it
+        # changes, on the loop (`send`); the workers read the value as it is
+        self.attachment_keys = attachments.key_file(cfg)
+        self.fetch_urls = attachments.fetch_urls(cfg, self.attachment_keys)
+        self._key_file_error: str | None = None
+        if self.fetch_urls is not None:  # smaller messages cannot have a content either cap omits
+            self.state.keep_bodies_over = min(self.max_attachment_size, self.max_payload_size // 4)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
         self.capacity = self.workers * POOL_DEPTH  # dispatches in the pool, posting or queued
         self.inflight: dict[Future, Dispatch] = {}
@@ -373,9 +381,21 @@ class Spooler:
                 self.signing_keys.refresh()  # the workers sign with the keys as of now
             except sqlite3.Error:
                 pass  # logged; nothing ever read: each attempt tries again and is deferred
+            self._refresh_fetch_urls()
         for d in due:
             self.inflight[self.executor.submit(pipeline.attempt, d, self._post, self.clock)] = d
         return len(due)
+
+    def _refresh_fetch_urls(self) -> None:
+        if self.fetch_urls is None:
+            return
+        try:
+            self.fetch_urls = attachments.fetch_urls(self.cfg, self.attachment_keys)
+            self._key_file_error = None
+        except (OSError, config_mod.ConfigError) as exc:  # keep signing with the keys read before
+            if str(exc) != self._key_file_error:  # once per fault, not on every round
+                self._key_file_error = str(exc)
+                log.warning("cannot read the fetch URLs' keys (signing with those read before): %s", exc)
 
     def _busy(self) -> set[str]:
         """Ids of the dispatches in the pool or with a result not written yet: not to be picked."""
@@ -417,7 +437,8 @@ class Spooler:
             return self._rendered(lambda: _registry().inbound_request(
                 d.target, delivery_id=d.id, meta=d.meta, raw=d.raw, recipients=d.recipients,
                 **self._attempt_context(), max_attachment_size=self.max_attachment_size,
-                max_payload_size=self.max_payload_size))
+                max_payload_size=self.max_payload_size, message_id=d.message_id,
+                fetch_urls=self.fetch_urls))
         return Dispatch(
             id=d.id, target=d.target, attempts=d.attempts, first_attempt_at=d.first_attempt_at,
             owner=("rule", statedb.rule_ref(d.target.id, d.rule_name)),

@@ -157,10 +157,16 @@ def raw_message(headers: list[tuple[str, str]], message: bytes) -> Rendered:
 # first, until the body fits; what is still over the cap without them goes with a note in
 # `defects`.
 
-def _omit(att: dict) -> None:
+# called on each entry the cap omits, after it is marked (e.g. to give it a fetch URL)
+OnOmit = Callable[[dict], None]
+
+
+def _omit(att: dict, on_omit: OnOmit | None) -> None:
     att["content"] = None
     att["omitted"] = True
     att["omitted_reason"] = PAYLOAD_CAP_REASON
+    if on_omit is not None:
+        on_omit(att)
 
 
 def _largest_first(attachments: list[dict]) -> list[dict]:
@@ -176,9 +182,11 @@ def _over_cap(max_size: int) -> str:
     return f"payload exceeds max_payload_size {max_size} even without attachment contents"
 
 
-def json_capped(doc: dict, max_size: int, *, attachments: list[dict], defects: list[str]) -> Rendered:
+def json_capped(doc: dict, max_size: int, *, attachments: list[dict], defects: list[str],
+                on_omit: OnOmit | None = None) -> Rendered:
     """`json(doc)`, shrunk under max_size by omitting attachment contents (they are marked
-    omitted, reason "payload size cap"). Only attachments are dropped."""
+    omitted, reason "payload size cap", then given to `on_omit`). Only attachments are
+    dropped."""
     body = _utf8(doc)
     if len(body) > max_size:
         total = len(body)
@@ -186,7 +194,7 @@ def json_capped(doc: dict, max_size: int, *, attachments: list[dict], defects: l
             if total <= max_size:
                 break
             before = len(_utf8(att))  # a nested dict serializes exactly as it does alone
-            _omit(att)
+            _omit(att, on_omit)
             total -= before - len(_utf8(att))
         if total > max_size:
             defects.append(_over_cap(max_size))
@@ -196,9 +204,11 @@ def json_capped(doc: dict, max_size: int, *, attachments: list[dict], defects: l
 
 def multipart_capped(doc: dict, max_size: int, *, parts: Callable[[dict], tuple[Fields, Files]],
                      attachments: list[dict], defects: list[str],
-                     boundary: str | None = None, seed: str | None = None) -> Rendered:
+                     boundary: str | None = None, seed: str | None = None,
+                     on_omit: OnOmit | None = None) -> Rendered:
     """`multipart(*parts(doc))`, shrunk under max_size by omitting attachment contents (their
-    file parts go; their metadata is marked omitted, reason "payload size cap"). The boundary:
+    file parts go; their metadata is marked omitted, reason "payload size cap", and given to
+    `on_omit`). The boundary:
     `boundary`, else one made from `seed` (`seeded_boundary`: the same bytes on every retry),
     else a random one."""
     while True:
@@ -212,7 +222,7 @@ def multipart_capped(doc: dict, max_size: int, *, parts: Callable[[dict], tuple[
             break
         for att in candidates:  # drop enough for this round, then measure again
             excess -= len(att["content"]) * 3 // 4
-            _omit(att)
+            _omit(att, on_omit)
             if excess <= 0:
                 break
     if len(body) > max_size:

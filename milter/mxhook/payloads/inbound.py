@@ -14,11 +14,13 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from mxhook.model import replies
 from mxhook.model.recipients import recipient_tag
+from mxhook.model.fetchurls import RAW, FetchUrls
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE, normalize
-from mxhook.model.records import InboundRecord
+from mxhook.model.records import InboundRecord, to_datetime
 from mxhook.model.targets import Target
 from mxhook.payloads.encodings import Fields, Files, dumps
 
@@ -44,10 +46,11 @@ class Delivery:
     target: Target
     recipients: tuple[str, ...]  # the envelope recipients this rule matched
     include_raw: bool = False  # the rule's --include-raw, as its spool record holds it
+    message_id: str | None = None  # state.db's stored message (fetch URLs name it)
 
     @classmethod
     def of(cls, *, delivery_id: str, meta: dict, raw: bytes, target: Target,
-           recipients=None) -> "Delivery":
+           recipients=None, message_id: str | None = None) -> "Delivery":
         """`meta`: the spool record's (RecordError when it is not an inbound record's).
         `recipients` None: the ones its deliveries list for the target's rule name."""
         message = InboundRecord.from_meta(meta)
@@ -55,12 +58,34 @@ class Delivery:
         if recipients is None:
             recipients = routed.recipients if routed else ()
         return cls(delivery_id, message, raw, target, tuple(recipients),
-                   include_raw=bool(routed and routed.target.get("include_raw")))
+                   include_raw=bool(routed and routed.target.get("include_raw")),
+                   message_id=message_id)
 
 
-def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
-    """The native inbound document (before any payload size cap), as JSON-able data."""
+# part ("raw" or an attachment's index as text) -> the URL its content can be fetched from
+FetchUrl = Callable[[str], str]
+
+
+def fetch_url_maker(delivery: Delivery, urls: FetchUrls | None, now: float) -> FetchUrl | None:
+    """The fetch URLs of this delivery's omitted contents, or None (no [web] public_url, or a
+    delivery not read from state.db, whose message no URL could name)."""
+    if urls is None or not delivery.message_id:
+        return None
+    received = delivery.message.received
+    received_at = to_datetime(received).timestamp() if received is not None else None
+    return lambda part: urls.url(delivery.message_id, part, now=now, received=received_at)
+
+
+def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE,
+                    fetch_url: FetchUrl | None = None) -> dict:
+    """The native inbound document (before any payload size cap), as JSON-able data. An
+    attachment (or the raw message) whose content max_attachment_size omitted gets `url`
+    from `fetch_url` when there is one."""
     msg = normalize(delivery.raw, max_attachment_size=max_attachment_size)
+    if fetch_url is not None:
+        for index, att in enumerate(msg["attachments"]):
+            if att.get("omitted"):
+                att["url"] = fetch_url(str(index))
     reply = replies.strip(msg["text"], msg["html"])
     msg.update(stripped_text=reply.text, stripped_signature=reply.signature, stripped_html=reply.html)
     message = delivery.message
@@ -86,6 +111,8 @@ def native_document(delivery: Delivery, *, max_attachment_size: int = DEFAULT_MA
         doc["api_key"] = delivery.target.api_key
     if delivery.include_raw:
         doc["raw"] = raw_entry(delivery.raw, max_attachment_size)
+        if fetch_url is not None and doc["raw"].get("omitted"):
+            doc["raw"]["url"] = fetch_url(RAW)
     return doc
 
 
@@ -99,6 +126,28 @@ def raw_entry(raw: bytes, max_attachment_size: int) -> dict:
         entry.update(content=None, omitted=True, omitted_reason=f"size {len(raw)} bytes exceeds "
                                                                  f"max_attachment_size {max_attachment_size}")
     return entry
+
+
+def url_on_omit(fetch_url: FetchUrl | None, numbered: list[tuple[dict, str]]):
+    """What the payload size cap calls on an entry it omits (encodings.OnOmit): gives it `url`.
+    `numbered`: (entry, part) pairs, the part as `native_document` numbers it. None without
+    fetch URLs."""
+    if fetch_url is None:
+        return None
+    parts = {id(entry): part for entry, part in numbered}
+
+    def give_url(entry: dict) -> None:
+        part = parts.get(id(entry))
+        if part is not None:
+            entry["url"] = fetch_url(part)
+
+    return give_url
+
+
+def numbered_contents(doc: dict) -> list[tuple[dict, str]]:
+    """(entry, part) for the raw message and each attachment of a native document."""
+    return ([(doc["raw"], RAW)] if "raw" in doc else []) + [
+        (att, str(i)) for i, att in enumerate(doc["message"]["attachments"])]
 
 
 def capped_contents(doc: dict) -> list[dict]:
@@ -179,7 +228,8 @@ def envelope_headers(delivery: Delivery) -> list[tuple[str, str]]:
     return headers
 
 
-def raw_document(delivery: Delivery, *, max_attachment_size: int = 0) -> tuple[list[tuple[str, str]], bytes]:
-    """(envelope header fields, the message bytes as they came): nothing is parsed, so
-    max_attachment_size does not apply."""
+def raw_document(delivery: Delivery, *, max_attachment_size: int = 0,
+                 fetch_url: FetchUrl | None = None) -> tuple[list[tuple[str, str]], bytes]:
+    """(envelope header fields, the message bytes as they came): nothing is parsed or omitted,
+    so neither max_attachment_size nor fetch_url applies."""
     return envelope_headers(delivery), delivery.raw

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from mxhook.model.events import TYPES
+from mxhook.model.fetchurls import FetchUrls
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE
 from mxhook.model.targets import Target
 from mxhook.payloads import encodings, events, inbound, templates
@@ -46,8 +47,8 @@ TemplateLoader = Callable[[str, "int | None", "int | None"], "tuple[str, str] | 
 
 @dataclass(frozen=True)
 class InboundFormat:
-    document: Callable[..., object]  # (inbound.Delivery, *, max_attachment_size) -> document
-    encode: Callable[..., Rendered]  # (document, *, max_payload_size) -> body
+    document: Callable[..., object]  # (inbound.Delivery, *, max_attachment_size, fetch_url) -> document
+    encode: Callable[..., Rendered]  # (document, *, max_payload_size, fetch_url) -> body
 
 
 @dataclass(frozen=True)
@@ -56,20 +57,22 @@ class EventVersion:
     takes_v1_text: bool = False  # takes events.V1Text in place of event dicts
 
 
-def _native_json(doc: dict, *, max_payload_size: int) -> Rendered:
+def _native_json(doc: dict, *, max_payload_size: int, fetch_url=None) -> Rendered:
     msg = doc["message"]
     return encodings.json_capped(doc, max_payload_size, attachments=inbound.capped_contents(doc),
-                                 defects=msg["defects"])
+                                 defects=msg["defects"],
+                                 on_omit=inbound.url_on_omit(fetch_url, inbound.numbered_contents(doc)))
 
 
-def _native_multipart(doc: dict, *, max_payload_size: int) -> Rendered:
+def _native_multipart(doc: dict, *, max_payload_size: int, fetch_url=None) -> Rendered:
     msg = doc["message"]
     return encodings.multipart_capped(doc, max_payload_size, parts=inbound.form_parts,
                                       attachments=inbound.capped_contents(doc), defects=msg["defects"],
-                                      seed=doc["id"])  # the delivery id: a retry sends the same bytes
+                                      seed=doc["id"],  # the delivery id: a retry sends the same bytes
+                                      on_omit=inbound.url_on_omit(fetch_url, inbound.numbered_contents(doc)))
 
 
-def _raw(doc: tuple, *, max_payload_size: int) -> Rendered:
+def _raw(doc: tuple, *, max_payload_size: int, fetch_url=None) -> Rendered:
     return encodings.raw_message(*doc)  # the message as it came: no cap applies
 
 
@@ -207,17 +210,21 @@ def inbound_request(target: Target, *, delivery_id: str, meta: dict, raw: bytes,
                     templates_loader: TemplateLoader | None = None,
                     max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE,
                     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
-                    clock: Callable[[], float] | None = None) -> Rendered:
+                    clock: Callable[[], float] | None = None,
+                    message_id: str | None = None, fetch_urls: FetchUrls | None = None) -> Rendered:
     """The request body of one inbound delivery (one message, one rule) for this attempt:
     the rule's template, else its dialect, else the native body of its format. `now`, `nonce`:
     the attempt's time and random text (signatures); `recipients`: the envelope recipients the
     rule matched (default: from meta["deliveries"] by the rule's name); `clock`: bounds a
-    template's render time. ValueError (TemplateError) when no body can be made, with the
-    reason; bad message content never raises."""
+    template's render time; `message_id`: state.db's stored message, which the fetch URLs
+    (`fetch_urls`: [web] public_url and its keys) of omitted contents name. ValueError
+    (TemplateError) when no body can be made, with the reason; bad message content never
+    raises."""
     delivery = inbound.Delivery.of(delivery_id=delivery_id, meta=meta, raw=raw, target=target,
-                                   recipients=recipients)
+                                   recipients=recipients, message_id=message_id)
     ctx = InboundContext(now=now, nonce=nonce, max_attachment_size=max_attachment_size,
-                         max_payload_size=max_payload_size, signing_key=target.signing_key)
+                         max_payload_size=max_payload_size, signing_key=target.signing_key,
+                         fetch_urls=fetch_urls)
     return delivery_request(delivery, ctx, templates_loader=templates_loader, clock=clock)
 
 
@@ -233,8 +240,10 @@ def delivery_request(delivery: inbound.Delivery, ctx: InboundContext, *,
     if dialect is not None:
         return dialect(delivery, ctx)
     entry = _lookup(INBOUND, target.format, "payload format")
-    return entry.encode(entry.document(delivery, max_attachment_size=ctx.max_attachment_size),
-                        max_payload_size=ctx.max_payload_size)
+    fetch_url = ctx.fetch_url(delivery)
+    return entry.encode(entry.document(delivery, max_attachment_size=ctx.max_attachment_size,
+                                       fetch_url=fetch_url),
+                        max_payload_size=ctx.max_payload_size, fetch_url=fetch_url)
 
 
 def event_request(target: Target, batch: Iterable[dict | events.V1Text], *, request_id: str,

@@ -480,10 +480,11 @@ def _one_line(text: str) -> str:
 # Contexts: what a template sees
 
 def inbound_context(delivery: inbound.Delivery, *,
-                    max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE) -> dict:
+                    max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE,
+                    fetch_url: inbound.FetchUrl | None = None) -> dict:
     """The native inbound document's fields as variables (id, type, received, rule, envelope,
     message, api_key: null when the rule has none)."""
-    doc = inbound.native_document(delivery, max_attachment_size=max_attachment_size)
+    doc = inbound.native_document(delivery, max_attachment_size=max_attachment_size, fetch_url=fetch_url)
     doc.setdefault("api_key", None)
     return doc
 
@@ -603,7 +604,8 @@ def event_request(template: Template, batch: Iterable[dict | events.V1Text], ctx
 def inbound_request(template: Template, delivery: inbound.Delivery, ctx: InboundContext, *,
                     clock: Callable[[], float] | None = None) -> Rendered:
     """An inbound delivery's body through a rule's template, as a dialect's `inbound_request`."""
-    return render(template, inbound_context(delivery, max_attachment_size=ctx.max_attachment_size),
+    return render(template, inbound_context(delivery, max_attachment_size=ctx.max_attachment_size,
+                                           fetch_url=ctx.fetch_url(delivery)),
                   max_payload_size=ctx.max_payload_size, clock=clock)
 
 

@@ -167,6 +167,13 @@ def delivery(store: StateStore, id: str) -> dict | None:  # noqa: A002
     return row
 
 
+def message_body(store: StateStore, message_id: str) -> bytes | None:
+    """A stored message's bytes as they came; None when it is not stored (pruned, or its body
+    dropped after delivery)."""
+    row = store.conn.execute("SELECT raw FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return bytes(row[0]) if row is not None and row[0] is not None else None
+
+
 def counts(store: StateStore) -> dict:
     """Totals for tools and tests (`mxhook status` uses status_summary): deliveries by
     status, denied log rows, messages (and how many still hold their raw bytes), events, and

@@ -496,6 +496,9 @@ class StateStore:
         # hard bounces marked for the block list by this store (the spooler looks for pending
         # ones only when this moved, and once at start)
         self.hard_bounces_ingested = 0
+        # messages larger than this keep their body once delivered, until retention prunes
+        # them: fetch URLs of the contents their payloads omitted read it (None: dropped)
+        self.keep_bodies_over: int | None = None
         self._checkpointer: _Checkpointer | None = None
         try:
             if readonly:
@@ -668,9 +671,10 @@ class StateStore:
         )
         if r.status == "succeeded":
             conn.execute(
-                "UPDATE messages SET raw = NULL WHERE id = ? AND raw IS NOT NULL AND NOT EXISTS"
+                "UPDATE messages SET raw = NULL WHERE id = ? AND raw IS NOT NULL"
+                " AND (? IS NULL OR length(raw) <= ?) AND NOT EXISTS"
                 " (SELECT 1 FROM deliveries WHERE message_id = ? AND status != 'succeeded')",
-                (message_id, message_id),
+                (message_id, self.keep_bodies_over, self.keep_bodies_over, message_id),
             )
 
     def _record_batch_attempts(self, conn: sqlite3.Connection, results: list[AttemptRecord]) -> None:

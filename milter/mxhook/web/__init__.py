@@ -41,8 +41,10 @@ def create_app(cfg: configmod.Config) -> Flask:
     def access_log(response):
         # the path without its query (which may name addresses), who asked, and the answer;
         # control characters (a %0a in the path) cannot forge a log line
+        # a signed URL's path is its credential: its route is logged instead
+        path = request.url_rule.rule if request.endpoint in auth.PUBLIC_ENDPOINTS else request.path
         log.info("%s %s %s %s", getattr(g, "actor", "-"), request.method,
-                 _CONTROL.sub("?", request.path), response.status_code)
+                 _CONTROL.sub("?", path), response.status_code)
         return response
 
     return app

@@ -8,17 +8,18 @@ import functools
 import io
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from mxhook.model.targets import AUTH_FIELDS, destination
-from mxhook.services import (blocks, domains, endpoints, explain, logs, msndr, replay, rules,
-                             status, targets)
+from mxhook.services import (attachments, blocks, domains, endpoints, explain, logs, msndr,
+                             replay, rules, status, targets)
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.services.targets import TemplateGiven
 from mxhook.services.times import parse_time
 from mxhook.web import openapi
-from mxhook.web.auth import audit, cfg, refuse_read_only
+from mxhook.web.auth import PUBLIC_ENDPOINTS, audit, cfg, refuse_read_only
 from mxhook.web.errors import ApiError
 from mxhook.web.present import redacted
 
@@ -36,6 +37,7 @@ class Route:
     status: int = 200
     content: str = "application/json"
     changes: bool | None = None  # None: every method but GET changes something
+    public: bool = False  # no Bearer token: the path itself is the credential (a signed URL)
 
     @property
     def write(self) -> bool:
@@ -64,8 +66,10 @@ def route(method: str, path: str, name: str, summary: str, **kw):
                 audit(name, target, g.audit_detail)
             return result
 
-        blueprint.add_url_rule(path, endpoint=name.replace(".", "_"), view_func=wrapped,
-                               methods=[method])
+        endpoint = name.replace(".", "_")
+        blueprint.add_url_rule(path, endpoint=endpoint, view_func=wrapped, methods=[method])
+        if spec.public:
+            PUBLIC_ENDPOINTS.add(f"{blueprint.name}.{endpoint}")
         return wrapped
 
     return deco
@@ -583,3 +587,33 @@ def msndr_remove():
     answer, endpoint_id = msndr.remove(cfg())
     g.audit_target, g.audit_detail = str(endpoint_id), answer
     return jsonify(answer)
+
+
+# -- fetch URLs of omitted attachment contents -------------------------------------------------
+
+@route("GET", "/attachments/<token>", "attachment.get",
+       "An attachment (or raw message) a payload omitted, by the signed, expiring token of its "
+       "`url`; no Bearer token (the URL is the credential); 404 for any invalid one.",
+       content="application/octet-stream", public=True)
+def attachment_get(token):
+    found = attachments.fetch(cfg(), token)
+    return Response(found.content, headers={
+        "Content-Type": header_value(found.content_type) or "application/octet-stream",
+        "Content-Disposition": content_disposition(found.filename),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+    })
+
+
+_UNSAFE_IN_QUOTES = re.compile(r'[^\x20-\x7e]|["\\/%;]')
+
+
+def header_value(text: str) -> str:
+    """`text` as a header value: printable ASCII only (nothing can end or split the line)."""
+    return re.sub(r"[^\x20-\x7e]", "", text).strip()
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback name and the exact name as RFC 5987's filename*."""
+    fallback = _UNSAFE_IN_QUOTES.sub("_", filename) or "attachment"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename.encode('utf-8', 'replace'), safe='')}"

@@ -47,6 +47,8 @@ def operation(route) -> dict:
                                   else {"type": "object"}}}},
               "default": {"description": "An error", "content": {
                   "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    if route.public:
+        op["security"] = []
     if params:
         op["parameters"] = params
     if route.body is not None:
@@ -64,7 +66,8 @@ def document(routes) -> dict:
     return {
         "openapi": "3.0.3",
         "info": {"title": "mxhook API", "version": _version(),
-                 "description": "mxhook's HTTP API (docs/api.md). Every route needs "
+                 "description": "mxhook's HTTP API (docs/api.md). Every route but the "
+                                "signed fetch URLs of omitted attachments needs "
                                 "`Authorization: Bearer TOKEN` (`mxhook token add`); read-only "
                                 "tokens are refused on writes (403 read_only_token). Errors: "
                                 "{\"error\": {\"code\", \"message\"}}. Secrets are write-only."},

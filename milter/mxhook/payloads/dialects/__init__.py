@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timezone, tzinfo
 
+from mxhook.model.fetchurls import FetchUrls
 from mxhook.model.message import DEFAULT_MAX_ATTACHMENT_SIZE
+from mxhook.payloads import inbound
 
 DEFAULT_MAX_PAYLOAD_SIZE = 25 * 1024 * 1024
 
@@ -47,3 +49,14 @@ class InboundContext:
     max_attachment_size: int = DEFAULT_MAX_ATTACHMENT_SIZE
     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
     signing_key: str | None = None
+    fetch_urls: FetchUrls | None = None  # [web] public_url and its keys; None: no fetch URLs
+
+    def fetch_url(self, delivery: inbound.Delivery) -> inbound.FetchUrl | None:
+        """The fetch URLs of the delivery's omitted contents (None: none are given)."""
+        return inbound.fetch_url_maker(delivery, self.fetch_urls, self.now)
+
+    def native_document(self, delivery: inbound.Delivery) -> dict:
+        """The delivery's native document under this context's caps, omitted contents with
+        their fetch URL."""
+        return inbound.native_document(delivery, max_attachment_size=self.max_attachment_size,
+                                       fetch_url=self.fetch_url(delivery))

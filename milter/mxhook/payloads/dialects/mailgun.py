@@ -221,7 +221,7 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     signature = signature_block(ctx)
     if delivery.target.url.endswith("mime"):
         return _mime_request(delivery, signature)
-    doc = inbound.native_document(delivery, max_attachment_size=ctx.max_attachment_size)
+    doc = ctx.native_document(delivery)
     msg = doc["message"]
 
     def parts(doc: dict) -> tuple[Fields, Files]:

@@ -157,7 +157,7 @@ def _iso(at, now: float) -> str:
 def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered:
     """Postmark's inbound JSON, under ctx.max_payload_size by omitting attachment contents
     (largest first), as the native format does."""
-    doc = inbound.native_document(delivery, max_attachment_size=ctx.max_attachment_size)
+    doc = ctx.native_document(delivery)
     msg = doc["message"]
     first: dict[str, str] = {}
     for h in msg["headers"]:
@@ -201,9 +201,12 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     # `Content`), then write the entries in Postmark's shape again
     for entry in attachments:
         entry["content"] = entry.pop("Content")
-    encodings.json_capped(body, ctx.max_payload_size, attachments=attachments, defects=[])
+    numbered = [(entry, str(i)) for i, entry in enumerate(attachments)]
+    encodings.json_capped(body, ctx.max_payload_size, attachments=attachments, defects=[],
+                          on_omit=inbound.url_on_omit(ctx.fetch_url(delivery), numbered))
     body["Attachments"] = [
-        _attachment({**att, "content": None, "omitted": True, "omitted_reason": entry["omitted_reason"]})
+        _attachment({**att, "content": None, "omitted": True, "omitted_reason": entry["omitted_reason"],
+                     "url": entry.get("url")})
         if entry.get("omitted") else _attachment(att)
         for entry, att in zip(attachments, msg["attachments"])]
     return encodings.json(body)
@@ -225,10 +228,13 @@ def _people(mailboxes: list[dict], delimiters: str) -> list[dict]:
 
 
 def _attachment(att: dict) -> dict:
-    """A native attachment as Postmark's: an omitted content is "" with the native marker."""
+    """A native attachment as Postmark's: an omitted content is "" with the native marker (and
+    `Url`, the native `url`, when it can be fetched)."""
     entry = {"Name": att.get("filename") or "", "Content": att.get("content") or "",
              "ContentType": att["content_type"], "ContentLength": att["size"],
              "ContentID": att.get("content_id") or ""}
     if att.get("omitted"):
         entry.update(Omitted=True, OmittedReason=att.get("omitted_reason") or "")
+        if att.get("url"):
+            entry["Url"] = att["url"]
     return entry

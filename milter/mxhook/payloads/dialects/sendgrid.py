@@ -138,7 +138,7 @@ def _smtpapi_args(event: dict) -> dict:
 def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered:
     """Inbound Parse with the parsed fields: text fields, then one file part per attachment,
     under ctx.max_payload_size by leaving out attachment files (largest first)."""
-    doc = inbound.native_document(delivery, max_attachment_size=ctx.max_attachment_size)
+    doc = ctx.native_document(delivery)
     msg = doc["message"]
     first = _first_values((h["name"], h["value"]) for h in msg["headers"])
     fields = [("headers", _header_text(delivery.raw))]
@@ -147,7 +147,9 @@ def inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered
     parsed = {"fields": fields, "attachments": msg["attachments"]}
     return encodings.multipart_capped(parsed, ctx.max_payload_size, parts=parsed_parts,
                                       attachments=msg["attachments"], defects=msg["defects"],
-                                      boundary=encodings.seeded_boundary(delivery.id, *parsed_parts(parsed)))
+                                      boundary=encodings.seeded_boundary(delivery.id, *parsed_parts(parsed)),
+                                      on_omit=inbound.url_on_omit(ctx.fetch_url(delivery),
+                                                                  inbound.numbered_contents(doc)))
 
 
 def raw_inbound_request(delivery: inbound.Delivery, ctx: InboundContext) -> Rendered:
@@ -211,7 +213,8 @@ def dkim_field(authentication: dict | None) -> str:
 def parsed_parts(parsed: dict) -> tuple[Fields, Files]:
     """Fields and attachment files of the parsed variant as it stands (multipart_capped calls
     this again after it omitted attachment contents). `attachmentN` is the N-th attachment; one
-    whose content was omitted has no file part and is marked in `attachment-info`."""
+    whose content was omitted has no file part and is marked in `attachment-info` (with the
+    native `url` when it can be fetched)."""
     fields = list(parsed["fields"])
     files: Files = []
     info = {}
@@ -225,6 +228,8 @@ def parsed_parts(parsed: dict) -> tuple[Fields, Files]:
             content_ids[att["content_id"]] = name
         if att.get("content") is None:
             entry.update(omitted=True, omitted_reason=att.get("omitted_reason") or "")
+            if att.get("url"):
+                entry["url"] = att["url"]
         else:
             files.append((name, filename, att["content_type"], base64.b64decode(att["content"])))
         info[name] = entry
