@@ -156,6 +156,7 @@ def test_plain_mailbox_shortcut_agrees_with_the_full_parser(text):
 @given(header_values())
 @example('"Foo, Bar" <foo.bar@example.com>')
 @example("=?utf-8?q?Foo=2C_Bar?= <f@x.example>, =?utf-8?q?=22q=22?= <q@x.example>")
+@example("=?utf-8?b??==?:<?b?:@?=")  # a nameless mailbox whose address holds a colon
 def test_decoded_address_fields_parse_back_to_the_same_mailboxes(raw):
     """The header text posted for an address field names the mailboxes the payload lists."""
     text = headers.decode_field("To", raw)

@@ -365,14 +365,15 @@ def _u_forms(domains: frozenset[str]) -> dict[str, str]:
 def format_mailbox(name: str, address: str) -> str:
     """`name <address>`, the name quoted when it has to be (email.utils.formataddr's rule, less
     its RFC 2047 encoding): text that parses back to the same mailbox."""
-    if not name:
-        return address
+    if not name:  # an address with specials in it is only one mailbox in angle brackets
+        return f"<{address}>" if _SPECIALS_IN_ADDRESS.search(address) else address
     if _NEEDS_QUOTES.search(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{address}>"
 
 
 _NEEDS_QUOTES = re.compile(r'[][\\()<>@,:;".]|^\s|\s$|\s\s|[\r\n\t]|=\?')
+_SPECIALS_IN_ADDRESS = re.compile(r'[][\\()<>,:;"\s]')
 
 
 def decode_field(name: str, raw: bytes | str) -> str:
