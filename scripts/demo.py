@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -178,7 +179,10 @@ def demo(stack: MxhookStack, web: WebProcess) -> int:
     if status != 200:
         print(web.stderr_text()[-3000:], file=sys.stderr)
         return 1
-    print(f"\n{BOLD}Console:{RESET}  http://127.0.0.1:{web.port}/")
+    password = secrets.token_urlsafe(12)
+    print(f"{DIM}$ mxhook user add demo{RESET}  (password given at the prompt)")
+    print(textwrap.indent(stack.cli("user", "add", "demo", input=f"{password}\n{password}\n").stdout.rstrip(), "  "))
+    print(f"\n{BOLD}Console:{RESET}  http://127.0.0.1:{web.port}/  (user demo, password {password})")
     print(f"{BOLD}API call:{RESET} curl -H 'Authorization: Bearer {token}' "
           f"http://127.0.0.1:{web.port}/v1/status")
     return 0
