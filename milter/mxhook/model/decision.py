@@ -88,17 +88,32 @@ def decide(
     candidates: dict[str, tuple[Rule, ...]] | None = None,
     authentication: dict[str, str] | None = None,
 ) -> Decision:
-    """`screen` first (it rejects the whole message), then rules per recipient.
-
-    candidates: recipient -> `RuleSet.envelope_candidates` as the milter computed them at RCPT,
-    so end of headers only evaluates header conditions and cannot disagree with the answer RCPT
-    gave. authentication: the verdicts' condition values (`spf`, `dkim`, `dmarc`,
-    `dmarc_policy`, `arc`), None when there are none (a condition on them then holds never)."""
+    """`screen` first (it rejects the whole message), then `match_rules` per recipient."""
     verdict = screen(permitted_domains, recipients, raw_headers,
                      enabled_heuristics=enabled_heuristics, missing_from=missing_from)
     decision = Decision(verdict=verdict)
     if verdict is not None and not explain:
         return decision
+    decision.matches = match_rules(ruleset, recipients, raw_headers, explain=explain,
+                                   candidates=candidates, authentication=authentication)
+    return decision
+
+
+def match_rules(
+    ruleset: RuleSet,
+    recipients: list[str],
+    raw_headers: list[tuple[str, bytes | str]],
+    *,
+    explain: bool = False,
+    candidates: dict[str, tuple[Rule, ...]] | None = None,
+    authentication: dict[str, str] | None = None,
+) -> list[MatchResult]:
+    """Each recipient's rules against the header fields.
+
+    candidates: recipient -> `RuleSet.envelope_candidates` as the milter computed them at RCPT,
+    so end of headers only evaluates header conditions and cannot disagree with the answer RCPT
+    gave. authentication: the verdicts' condition values (`spf`, `dkim`, `dmarc`,
+    `dmarc_policy`, `arc`), None when there are none (a condition on them then holds never)."""
     index = header_index(raw_headers, None if explain else ruleset.header_names)
     for name in AUTHENTICATION_FIELDS:  # the verdicts, never header fields of those names
         index.pop(name, None)
@@ -106,10 +121,8 @@ def decide(
         index.update((name, [authentication.get(name, "")]) for name in AUTHENTICATION_FIELDS)
     if candidates is not None and not explain:
         known: dict = {}
-        decision.matches = [ruleset.match_candidates(r, candidates[r], index, known) for r in recipients]
-    else:
-        decision.matches = ruleset.match_many(recipients, index, explain=explain)
-    return decision
+        return [ruleset.match_candidates(r, candidates[r], index, known) for r in recipients]
+    return ruleset.match_many(recipients, index, explain=explain)
 
 
 ALWAYS = "always"  # outcome class of a recipient that some rule matches whatever the headers say

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from mxhook.model import bounces, heuristics
 from mxhook.model.decision import (
     DENY, HOLD, MANAGED, PASS, SPLIT, UNMATCHED_PASS, Decision, RcptOutcome, RcptStage, decide,
-    screen)
+    match_rules, screen)
 from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, utc_now
 from mxhook.model.headers import address_domain, decode_value, first_address
 from mxhook.model.message import header_section
@@ -404,11 +404,10 @@ class Inbound:
 
     def _rules_at_eom(self, auth: Authentication | None) -> HeadersAnswer:
         """The rules that waited for the verdicts, decided as end of headers decides them."""
-        policy = self.policy
-        self.decision = decide(
-            self.snapshot.ruleset, self.snapshot.domains, self.managed, self.raw_headers,
-            enabled_heuristics=policy.heuristics, missing_from=policy.missing_from,
-            candidates=self.candidates, authentication=auth.conditions if auth else None)
+        # the heuristics passed at end of headers (screen), on these same header fields
+        self.decision = Decision(matches=match_rules(
+            self.snapshot.ruleset, self.managed, self.raw_headers, candidates=self.candidates,
+            authentication=auth.conditions if auth else None))
         return self._rules_answer(self.decision, self.waiting)
 
     def _finish(self, decision: Decision | None, groups, message, log) -> MessageAnswer:
