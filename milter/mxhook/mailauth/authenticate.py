@@ -13,7 +13,7 @@ from typing import Callable
 from mxhook import config as configmod
 from mxhook.mailauth.resolvers import DnsPythonResolver, Resolver
 from mxhook.mailauth.upstream import upstream_results, verdicts_from_upstream
-from mxhook.mailauth.verdicts import Spf, Verdicts
+from mxhook.mailauth.verdicts import Verdicts
 from mxhook.mailauth.verify import verify
 from mxhook.model.inbound import Authentication
 from mxhook.model.message import header_section
@@ -47,12 +47,10 @@ class AuthSettings(configmod.FromConfig):
 
 def authenticate(message: bytes, settings: AuthSettings, *, client_ip: str, helo: str,
                  mail_from: str, dns: Resolver | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 spf_verdict: Spf | None = None) -> Verdicts | None:
+                 clock: Callable[[], float] = time.monotonic) -> Verdicts | None:
     """The verdicts of `message` as `settings.mode` says (None when off), with every
     Authentication-Results field it came with in `upstream`, each marked trusted or not. `dns`
-    overrides the settings' resolver (tests, dry runs); `spf_verdict` is one checked earlier in
-    the session (`verify.check_spf`)."""
+    overrides the settings' resolver (tests, dry runs)."""
     if settings.mode == "off":
         return None
     fields, _offset, _defects = header_section(message)
@@ -61,8 +59,7 @@ def authenticate(message: bytes, settings: AuthSettings, *, client_ip: str, helo
         return verdicts_from_upstream(upstream)
     verdicts = verify(message, client_ip=client_ip, helo=helo, mail_from=mail_from,
                       dns=dns or settings.resolver, authserv_id=settings.authserv_id,
-                      budget=settings.dns_budget, timeout=settings.dns_timeout, clock=clock,
-                      spf_verdict=spf_verdict)
+                      budget=settings.dns_budget, timeout=settings.dns_timeout, clock=clock)
     return Verdicts(spf=verdicts.spf, dkim=verdicts.dkim, dmarc=verdicts.dmarc, arc=verdicts.arc,
                     source=verdicts.source, authserv_id=verdicts.authserv_id, upstream=upstream)
 

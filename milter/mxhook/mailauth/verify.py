@@ -37,18 +37,12 @@ DEFAULT_TIMEOUT = 2.0
 
 def verify(message: bytes, *, client_ip: str, helo: str, mail_from: str, dns: Resolver,
            authserv_id: str = "", budget: float = DEFAULT_BUDGET,
-           timeout: float = DEFAULT_TIMEOUT, clock: Callable[[], float] = time.monotonic,
-           spf_verdict: Spf | None = None) -> Verdicts:
+           timeout: float = DEFAULT_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> Verdicts:
     """The SPF verdict for `mail_from` (HELO's when it is null) from `client_ip`, every DKIM
     signature's, the From domain's DMARC and the ARC chain's. `dns` answers every lookup; all of
-    them together take at most `budget` seconds on `clock` (each at most `timeout`).
-
-    `spf_verdict`, when given, is used as it is: SPF needs only the envelope, so a caller may
-    check it before the message has arrived (`check_spf`)."""
+    them together take at most `budget` seconds on `clock` (each at most `timeout`)."""
     lookups = Budget(dns, seconds=budget, timeout=timeout, clock=clock)
-    if spf_verdict is None:
-        spf_verdict = check_spf(client_ip=client_ip, helo=helo, mail_from=mail_from,
-                                lookups=lookups)
+    spf_verdict = check_spf(client_ip=client_ip, helo=helo, mail_from=mail_from, lookups=lookups)
     dkim_verdicts = check_dkim(message, lookups)
     dmarc_verdict = check_dmarc(from_domains(message), spf_verdict, dkim_verdicts, lookups)
     arc_verdict = check_arc(message, lookups)
