@@ -109,6 +109,19 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(stack):
     assert thief.get("/logs/inbound").status == 302
 
 
+def test_a_new_password_or_a_new_user_of_the_name_ends_the_old_sessions(stack):
+    stack.cli("user", "add", "bob", input="first-pass-1\nfirst-pass-1\n")
+    c = ConsoleClient(stack)
+    assert c.login("bob", "first-pass-1").status == 302
+    assert c.get("/logs/inbound").status == 200
+    stack.cli("user", "passwd", "bob", input="second-pass-2\nsecond-pass-2\n")
+    assert c.get("/logs/inbound").status == 302  # the stolen cookie dies with the old password
+    assert c.login("bob", "second-pass-2").status == 302 and c.get("/logs/inbound").status == 200
+    stack.cli("user", "remove", "bob")
+    stack.cli("user", "add", "bob", input="third-pass-3\nthird-pass-3\n")
+    assert c.get("/logs/inbound").status == 302  # another bob, not this session's
+
+
 def test_paging_forward_and_back_keeps_the_search(stack, client):
     pages, path = [], "/logs/inbound?status=denied"
     while path:
@@ -284,6 +297,9 @@ def test_the_limiter_counts_addresses_and_users_apart_in_a_sliding_window():
     sessions = Sessions(hours=1, clock=lambda: clock[0])
     sid = sessions.start("alice")
     assert sessions.user(sid) == "alice" and sessions.user("forged") is None
+    marked = sessions.start("bob", "v1")
+    assert sessions.user(marked, {"bob": "v1"}) == "bob"
+    assert sessions.user(marked, {"bob": "v2"}) is None and sessions.user(marked) is None  # ended
     clock[0] = 3601
     assert sessions.user(sid) is None
 

@@ -70,35 +70,45 @@ class Limiter:
 
 
 class Sessions:
-    """Live console sessions: id -> (user, expiry). The cookie holds only the id."""
+    """Live console sessions: id -> (user, account, expiry). The cookie holds only the id.
+    `account` is the user's record version (`updated`, which a new password or a new user of
+    that name changes): a session outlives neither."""
 
     def __init__(self, hours: float = SESSION_HOURS, clock=time.time):
         self.seconds, self.clock = hours * 3600, clock
-        self._live: dict[str, tuple[str, float]] = {}
+        self._live: dict[str, tuple[str, str, float]] = {}
         self._lock = threading.Lock()
 
-    def start(self, user: str) -> str:
+    def start(self, user: str, account: str = "") -> str:
         sid = secrets.token_urlsafe(32)
         now = self.clock()
         with self._lock:
-            for old in [k for k, (_, expiry) in self._live.items() if expiry < now]:
+            for old in [k for k, (_, _, expiry) in self._live.items() if expiry < now]:
                 del self._live[old]
-            self._live[sid] = (user, now + self.seconds)
+            self._live[sid] = (user, account, now + self.seconds)
         return sid
 
-    def user(self, sid: str | None) -> str | None:
+    def user(self, sid: str | None, accounts: dict[str, str] | None = None) -> str | None:
+        """The session's user; None (and the session ended) once it expired or, given the
+        users' current `accounts` (name -> version), its user was removed or changed."""
         with self._lock:
             found = self._live.get(sid) if sid else None
             if found is None:
                 return None
-            if found[1] < self.clock():
+            user, account, expiry = found
+            if expiry < self.clock() or (accounts is not None and accounts.get(user) != account):
                 del self._live[sid]
                 return None
-            return found[0]
+            return user
 
     def end(self, sid: str | None) -> None:
         with self._lock:
             self._live.pop(sid, None)
+
+
+def accounts() -> dict[str, str]:
+    """Console users' names -> their record versions (Sessions)."""
+    return {u["name"]: u["updated"] for u in access.list_users(cfg())}
 
 
 def keys_of(user: str) -> tuple[str, str]:
@@ -125,7 +135,7 @@ def login_session(user: str) -> None:
     state["sessions"].end(session.get("sid"))
     session.clear()  # a new session (and CSRF token) at every login: no fixation
     session.permanent = True
-    session["sid"] = state["sessions"].start(user)
+    session["sid"] = state["sessions"].start(user, accounts().get(user, ""))
 
 
 def logout_session() -> None:
@@ -147,10 +157,11 @@ def guard():
             validate_csrf(request.form.get("csrf_token"))
         except ValidationError as exc:
             raise CSRFError(str(exc)) from None
-    g.user = current_app.extensions["mxhook_console"]["sessions"].user(session.get("sid"))
-    if g.user is not None and g.user not in {u["name"] for u in access.list_users(cfg())}:
-        logout_session()  # removed with `mxhook user remove` meanwhile
-        g.user = None
+    sid = session.get("sid")
+    # a user removed (`mxhook user remove`) or given a new password meanwhile is logged out
+    g.user = current_app.extensions["mxhook_console"]["sessions"].user(sid, accounts()) if sid else None
+    if sid and g.user is None:
+        logout_session()
     if g.user is None and request.endpoint not in PUBLIC:
         return redirect(url_for("console.login", next=request.full_path if request.method == "GET" else None))
     return None
