@@ -188,6 +188,14 @@ def test_no_secret_is_ever_rendered_back(stack, client):
             assert secret.encode() not in body
 
 
+def test_the_services_warnings_reach_the_console_user(stack, client):
+    assert add_rule(client, "unresolved", url="https://nowhere.invalid/hook").status == 302
+    page = client.get("/settings/rules").text
+    assert "warning:" in page and "stored anyway" in page
+    client.get("/settings/rules/unresolved/delete")
+    assert client.post("/settings/rules/unresolved/delete", {"password": PASSWORD}).status == 302
+
+
 def test_rule_add_edit_disable_and_delete_with_the_password(stack, client):
     assert add_rule(client, "lifecycle").status == 302
     client.get("/settings/rules/lifecycle/edit")

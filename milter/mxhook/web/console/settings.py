@@ -9,13 +9,12 @@ from __future__ import annotations
 from flask import abort, flash, g, redirect, render_template, request, url_for
 
 from mxhook.model.endpoints import CATEGORIES
+from mxhook.model.targets import AUTH_FIELDS as AUTH
 from mxhook.services import access, blocks, domains, endpoints, rules
 from mxhook.services.errors import Invalid, ServiceError, Unavailable
 from mxhook.web import api
 from mxhook.web.console.core import audit, blueprint, cfg, check_password
 from mxhook.web.present import redacted
-
-AUTH = ("basic_auth", "bearer", "api_key", "signing_key")
 
 
 # -- form fields ---------------------------------------------------------------------------
@@ -146,7 +145,7 @@ def rule_add():
                           when=data["when"], unless=data["unless"], priority=data["priority"],
                           discard=data["discard"], enabled=data["enabled"],
                           continue_matching=data["continue"], include_raw=data["include_raw"],
-                          reject_text=data["reject_text"] or None)
+                          reject_text=data["reject_text"] or None, warn=flash)
     except ServiceError as exc:
         return refused("rule_form.html", exc, rule=form_values(data), new=True)
     audit("rule.add", added.rule.name, api.not_secret(given(data)))
@@ -164,7 +163,7 @@ def rule_edit(name):
                          clear_auth=checked("clear_auth"), when=data["when"], unless=data["unless"],
                          priority=data["priority"], new_name=data["name"], discard=data["discard"],
                          enabled=data["enabled"], continue_matching=data["continue"],
-                         include_raw=data["include_raw"], reject_text=data["reject_text"])
+                         include_raw=data["include_raw"], reject_text=data["reject_text"], warn=flash)
     except ServiceError as exc:
         return refused("rule_form.html", exc, rule=dict(form_values(data), original=name), new=False)
     audit("rule.edit", name, api.not_secret(given(data)))
@@ -205,7 +204,7 @@ def endpoint_add():
         view = endpoints.add(cfg(), destination=api.targets_destination(data),
                              categories=data["events"], interval=data["interval"],
                              max_events=data["max_events"], version=data["version"],
-                             timezone=data["timezone"], enabled=data["enabled"])
+                             timezone=data["timezone"], enabled=data["enabled"], warn=flash)
     except ServiceError as exc:
         return refused("endpoint_form.html", exc, endpoint=form_values(data),
                        categories=CATEGORIES, new=True)
@@ -224,7 +223,8 @@ def endpoint_edit(endpoint_id):
         endpoints.edit(cfg(), endpoint_id, destination=api.destination_values(data),
                        clear_auth=checked("clear_auth"), categories=data["events"],
                        interval=data["interval"], max_events=data["max_events"],
-                       version=data["version"], timezone=data["timezone"], enabled=data["enabled"])
+                       version=data["version"], timezone=data["timezone"], enabled=data["enabled"],
+                       warn=flash)
     except ServiceError as exc:
         return refused("endpoint_form.html", exc, endpoint=dict(form_values(data), id=endpoint_id),
                        categories=CATEGORIES, new=False)
