@@ -28,10 +28,10 @@ def list_all(cfg: configmod.Config) -> list[dict]:
 @translated()
 def get(cfg: configmod.Config, name: str) -> dict:
     """One permitted domain, given in any form (U-label or A-label, any case)."""
-    domain = rulesdb.normalize_domain(name)
-    found = next((d for d in list_all(cfg) if d["name"] == domain), None)
+    with rules_store(cfg) as store:
+        found = store.get_domain(name)
     if found is None:
-        raise NotFound(f"{domain} is not a permitted domain")
+        raise NotFound(f"{rulesdb.normalize_domain(name)} is not a permitted domain")
     return found
 
 
