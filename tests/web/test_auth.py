@@ -1,6 +1,7 @@
 """Every way the API refuses a caller, over HTTP against the real server."""
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -58,6 +59,22 @@ def test_a_read_only_token_reads_but_writes_nothing(stack, method, path, body):
     assert reply.status == 403 and reply.code == "read_only_token"
     assert stack.cli.json("audit") == before
     assert stack("GET", "/v1/status", token="reader").status == 200
+
+
+def _write_routes():
+    from mxhook.web import api
+    for spec in api.ROUTES:
+        if spec.write:
+            path = re.sub(r"<int:[^>]+>", "1", spec.path)
+            yield pytest.param(spec.method, re.sub(r"<[^>]+>", "ro", path), id=spec.name)
+
+
+@pytest.mark.parametrize("method, path", list(_write_routes()))
+def test_every_route_that_changes_something_refuses_a_read_only_token(stack, method, path):
+    """Every write the route table declares, not a list kept by hand: a route added later
+    without the refusal fails here."""
+    reply = stack(method, path, token="reader", json_body={})
+    assert reply.status == 403 and reply.code == "read_only_token", (method, path)
 
 
 def test_errors_are_json_with_stable_codes(stack):
