@@ -462,6 +462,25 @@ def test_an_answer_that_is_not_http_is_a_connection_error():
         srv.close()
 
 
+def test_bare_lf_answers_a_cut_chunk_and_a_bad_status_code():
+    srv = RawServer([b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",  # bare LF (RFC 9112 2.2)
+                     b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\nok\n0\n\n",
+                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nhello wor", None,
+                     b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"])
+    try:
+        session = webhook.make_session(LOOPBACK)
+        for _ in range(2):  # read to their ends: the one connection is kept
+            out = post(target(srv.url + "/lf"), session=session)
+            assert (out.status, out.status_code, out.response_excerpt) == ("succeeded", 200, "ok")
+        assert srv.connections == 1
+        out = post(target(srv.url + "/cut"), session=session)  # the chunk breaks off: what came stays
+        assert (out.status, out.response_excerpt) == ("succeeded", "hello wor")
+        out = post(target(srv.url + "/bad"), session=session)
+        assert out.status == "deferred" and out.error.startswith("connection error:")
+    finally:
+        srv.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Signature headers
 

@@ -217,6 +217,9 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
 class _NoAnswer(Exception):
     """The connection broke off, or the server's bytes are not an HTTP/1.x answer, before a
     whole status line and header block arrived."""
@@ -235,9 +238,10 @@ class _Answer:
         self.reusable = False
         while True:  # interim 1xx answers (100 Continue, 103 Early Hints) come before the answer
             head = self._head()
-            lines = head.split(b"\r\n")
-            status = lines[0].split(None, 2)
-            if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+            lines = head.splitlines()  # CRLF, or the bare LF some servers send (RFC 9112 2.2)
+            status = lines[0].split(None, 2) if lines else []
+            if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not (
+                    len(status[1]) == 3 and status[1].isdigit()):
                 raise _NoAnswer("the server's answer is not HTTP/1.x")
             self.status = int(status[1])
             if not 100 <= self.status < 200 or self.status == 101:
@@ -270,9 +274,9 @@ class _Answer:
 
     def _head(self) -> bytes:
         while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head, self.buf = self.buf[:end], self.buf[end + 4:]
+            end = _HEAD_END.search(self.buf)
+            if end:
+                head, self.buf = self.buf[:end.start()], self.buf[end.end():]
                 return head
             if len(self.buf) > self.MAX_HEAD:
                 raise _NoAnswer("the answer's header block is too long")
@@ -283,12 +287,12 @@ class _Answer:
             self.buf += data
 
     def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
+        while b"\n" not in self.buf:
             if len(self.buf) > 4096:
                 raise ValueError("a chunk line is too long")
             self.buf += self._recv()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.rstrip(b"\r")
 
     def _body(self, limit: int) -> bool:
         """Read the body, keeping `limit` bytes; True when it was read to its end."""
@@ -304,11 +308,8 @@ class _Answer:
                     while self._line():  # trailers, up to the blank line
                         pass
                     return not self.buf
-                chunk = bytearray()
-                if not self._sized(chunk, limit - len(self.kept), size):
-                    self.kept += chunk
+                if not self._sized(self.kept, limit, size):  # what came of a cut chunk is kept
                     return False
-                self.kept += chunk
                 if self._line():
                     raise ValueError("a chunk is longer than its size")
         if length is not None and length.strip().isdigit():  # and nothing after it: no answer comes unasked
