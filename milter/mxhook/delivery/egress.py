@@ -57,6 +57,7 @@ at once with an error. `deadline.expired` then tells the caller why.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -651,15 +652,11 @@ def connection_for(session: requests.Session, url: str, timeout: float):
     the session's `verify` names). Give it back with `keep_connection` once its answer was read
     to the end, or close it. Raises EgressError, LocationValueError and what connecting
     raises (urllib3's NewConnectionError and ConnectTimeoutError, ssl errors, OSError)."""
-    parts = parse_url(url)
-    if not parts.host:
-        raise LocationValueError("no host in the URL")
+    origin, request_uri = _origin(url)
+    scheme, host, port = origin
     adapter = session.get_adapter(url)
     if not isinstance(adapter, GuardedAdapter):
         raise EgressError("the session is not guarded by the egress policy")
-    scheme = parts.scheme or "http"
-    port = parts.port or (443 if scheme == "https" else 80)
-    origin = (scheme, parts.host, port)
     conn = adapter.kept.pop(origin, None)
     if conn is not None and (conn.sock is None or wait_for_read(conn.sock, timeout=0.0)):
         conn.close()  # closed by the server (or it sent something unasked): not reusable
@@ -671,16 +668,28 @@ def connection_for(session: requests.Session, url: str, timeout: float):
             if isinstance(session.verify, str):
                 tls["ca_cert_dir" if os.path.isdir(session.verify) else "ca_certs"] = session.verify
         if tls and URLLIB3_1:  # 1.26 takes them by set_cert (which sets its host name check up too)
-            conn = cls(parts.host, port, timeout=timeout)
+            conn = cls(host, port, timeout=timeout)
             conn.set_cert(**tls)
         else:  # 2.x: by the constructor (set_cert is deprecated there)
-            conn = cls(parts.host, port, timeout=timeout, **tls)
+            conn = cls(host, port, timeout=timeout, **tls)
         conn.connect()
     conn.origin = origin
     deadline = current_deadline()
     if deadline is not None:
         deadline.register(conn)
-    return conn, parts.request_uri
+    return conn, request_uri
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin(url: str) -> tuple[tuple[str, str, int], str]:
+    """((scheme, host, port), request target) of a URL, parsed by urllib3 (which also
+    percent-encodes CR and LF in the path: no header injection); a target's URL is parsed once,
+    not on every post. Raises LocationValueError."""
+    parts = parse_url(url)
+    if not parts.host:
+        raise LocationValueError("no host in the URL")
+    scheme = parts.scheme or "http"
+    return (scheme, parts.host, parts.port or (443 if scheme == "https" else 80)), parts.request_uri
 
 
 KEPT_ORIGINS = 10  # connections a session keeps, the most recently used (requests' pool count)
