@@ -103,7 +103,8 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
             store = statedb.StateStore(cfg.state_db, readonly=True)
             summary = state_replay.status_summary(store, now, window=WINDOW)
             health = store.health()
-            decisions.update(state_metrics.decisions_since(store, now - WINDOW))
+            decisions["accepted"] = state_metrics.accepted_since(store, now - WINDOW)
+            decisions["denied"] = summary["last_hour"]["inbound"]["denied"]
             decisions["denied_unlogged"] = state_logs.unlogged_denials(store, now - WINDOW)["since"]
         except (migrations.NotReadable, sqlite3.Error) as exc:
             state_up = False

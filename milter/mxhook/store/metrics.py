@@ -8,15 +8,12 @@ from mxhook.model.records import iso
 from mxhook.store.statedb import StateStore
 
 
-def decisions_since(store: StateStore, since) -> dict:
-    """The milter's decisions on mail received since `since`: messages accepted (spooled:
-    `messages`) and denied (`inbound_log` rows of status denied); unknown-domain denials that
-    were only counted are in store.logs.unlogged_denials."""
-    at = iso(since)
-    accepted = store.conn.execute("SELECT count(*) FROM messages WHERE received >= ?", (at,)).fetchone()[0]
-    denied = store.conn.execute("SELECT count(*) FROM inbound_log WHERE status = 'denied' AND received >= ?",
-                                (at,)).fetchone()[0]
-    return {"accepted": accepted, "denied": denied}
+def accepted_since(store: StateStore, since) -> int:
+    """Messages the milter accepted (spooled: `messages`) that were received since `since`;
+    its denials are the inbound log's (store.replay.status_summary) and, counted only,
+    store.logs.unlogged_denials."""
+    return store.conn.execute("SELECT count(*) FROM messages WHERE received >= ?",
+                              (iso(since),)).fetchone()[0]
 
 
 def rule_failures_since(store: StateStore, rule_id: int | None, rule_name: str, since: str) -> int:
