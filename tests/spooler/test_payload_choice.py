@@ -70,9 +70,9 @@ def test_single_event_endpoints_have_several_requests_in_flight(rx, cfg):
     assert len(docs) == limit + 2 and all(d["event"]["name"] == "delivered" for d in docs)
 
 
-def test_a_down_receiver_holds_one_open_batch_per_worker_and_no_more(rx, cfg):
+def test_a_down_receiver_holds_the_open_bound_and_no_more(rx, cfg):
     """The open bound of a one-per-request endpoint counts batches waiting for their retry:
-    with the receiver down, `workers` of them are deferred (and retried) and the other events
+    with the receiver down, `open_limit` of them are deferred (and retried) and the other events
     wait unbatched, however many steps pass."""
     from mxhook.model.batching import open_limit
 

@@ -43,7 +43,7 @@ made. An endpoint has at most one open batch, posted by the same workers and ret
 same schedule as inbound deliveries; the next batch is made only when it succeeded or failed,
 so events reach an endpoint in order (a receiver that is down holds up that endpoint only). An
 endpoint whose dialect posts one event per request gets batches of one event, due at once,
-up to model.batching.open_limit open at a time (one per worker), all the batches of a step
+up to model.batching.open_limit open at a time (OPEN_PER_WORKER per worker), all the batches of a step
 made in one transaction: its events may arrive out of order.
 A `kill -9` at any point leaves the batch in state.db: after a restart it is posted again with
 the same id and the same events.
