@@ -316,6 +316,7 @@ class RuleSet:
         self.regex_timeout = regex_timeout
         # `[milter] recipient_delimiter`: how `Recipient` conditions cut the tag off
         self.recipient_delimiter = recipient_delimiter
+        self._untagged_tested = any(c.header == UNTAGGED_RECIPIENT for r in self.rules for c in r.conditions)
         # A pattern that does not compile (written to rules.db by other means than `mxhook
         # rule`) takes only its own rule out, never the others: (rule, reason) for the log.
         self.broken: list[tuple[Rule, str]] = []
@@ -401,6 +402,8 @@ class RuleSet:
 
     def envelope_values(self, recipient: str) -> dict[str, list[str]]:
         """What `To` and `Recipient` conditions test for this envelope recipient."""
+        if not self._untagged_tested:  # the address without its tag is cut only when tested
+            return {ENVELOPE_RECIPIENT: [recipient]}
         return {ENVELOPE_RECIPIENT: [recipient],
                 UNTAGGED_RECIPIENT: [split_recipient(recipient, self.recipient_delimiter)[0]]}
 
