@@ -130,6 +130,14 @@ def test_mode_off_decides_at_end_of_headers_and_the_verdict_rules_never_match():
     assert "authentication" not in msg.message.record.to_meta()  # as records from before
 
 
+def test_mode_off_a_recipient_only_verdict_rules_could_take_is_refused_at_rcpt():
+    rules = [rule("suspect", "To~^abuse@", "dmarc~^fail$"), *RULES[1:]]
+    (off,) = rcpts(transaction(None, rules=rules), "abuse@ours.example")
+    assert off.action == inbound.REJECT and off.reply[:2] == inbound.SMTP_DENY
+    (on,) = rcpts(transaction(Authenticator(FAIL), rules=rules), "abuse@ours.example")
+    assert on.action == inbound.CONTINUE
+
+
 def test_rules_decided_at_end_of_message_refuse_with_550():
     t = transaction(Authenticator(PASS), rules=[rule("only-failing", "To~^support@", "dmarc~^fail$")])
     rcpts(t, "support@ours.example")

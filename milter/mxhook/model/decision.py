@@ -204,8 +204,12 @@ class RcptStage:
 
     def __init__(self, ruleset: RuleSet, permitted_domains: frozenset[str], *, unknown_domains: str,
                  null_sender: bool, enabled_heuristics: tuple[str, ...] = heuristics.ALL,
-                 max_refusals: int | None = None, pass_unmatched: frozenset[str] = frozenset()):
+                 max_refusals: int | None = None, pass_unmatched: frozenset[str] = frozenset(),
+                 verdicts: bool = True):
         self.ruleset = ruleset
+        # False ([authentication] mode = off): a rule on the verdicts can take nobody, so it is
+        # no candidate at all (the recipient is refused here, not accepted and refused later)
+        self.verdicts = verdicts
         self.permitted_domains = permitted_domains
         self.pass_unmatched = pass_unmatched  # permitted domains whose unmatched recipients pass
         self.unknown_domains = unknown_domains
@@ -220,6 +224,8 @@ class RcptStage:
         domain = address_domain(rcpt)
         if domain in self.permitted_domains:
             candidates = self.ruleset.envelope_candidates(rcpt)
+            if not self.verdicts:
+                candidates = tuple(r for r in candidates if not r.needs_authentication)
             if domain in self.pass_unmatched:
                 # never refused, whatever the message says: a rule takes it, or Postfix does
                 return self._join(PASSED, RcptOutcome(MANAGED, candidates, passing=True) if candidates

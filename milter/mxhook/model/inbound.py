@@ -190,7 +190,7 @@ class Inbound:
             snapshot.ruleset, snapshot.domains, null_sender=envelope.sender == "",
             unknown_domains=policy.unknown_domains, enabled_heuristics=policy.heuristics,
             max_refusals=policy.max_rcpt_refusals if routes else None,
-            pass_unmatched=snapshot.pass_unmatched)
+            pass_unmatched=snapshot.pass_unmatched, verdicts=authenticate is not None)
         self.rcpt_outcomes: list[tuple[str, RcptOutcome]] = []  # every RCPT, in order
         self.managed: list[str] = []  # recipients in permitted domains, for the rules
         # managed recipients of domains with unmatched = pass: passed to Postfix when no rule
