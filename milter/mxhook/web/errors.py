@@ -36,11 +36,20 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return response
 
 
-def _status_of(exc: svc.ServiceError) -> int:
+def status_of(exc: svc.ServiceError) -> int:
     for cls, status in STATUS.items():
         if isinstance(exc, cls):
             return status
     return 400
+
+
+def http_error(exc: HTTPException):
+    """werkzeug's refusals (404, 405, 413, ...) as JSON errors."""
+    code = HTTP_CODES.get(exc.code, "http_error")
+    return error_response(exc.code, code, exc.description or exc.name,
+                          {"Allow": exc.response.headers["Allow"]}
+                          if exc.response is not None and "Allow" in exc.response.headers
+                          else None)
 
 
 def register(app: Flask) -> None:
@@ -50,19 +59,13 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(svc.ServiceError)
     def service_error(exc: svc.ServiceError):
-        return error_response(_status_of(exc), exc.code, exc.message)
+        return error_response(status_of(exc), exc.code, exc.message)
 
     @app.errorhandler(configmod.ConfigError)
     def config_error(exc: configmod.ConfigError):
         return error_response(500, "config_invalid", str(exc))
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        code = HTTP_CODES.get(exc.code, "http_error")
-        return error_response(exc.code, code, exc.description or exc.name,
-                              {"Allow": exc.response.headers["Allow"]}
-                              if exc.response is not None and "Allow" in exc.response.headers
-                              else None)
+    app.register_error_handler(HTTPException, http_error)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):

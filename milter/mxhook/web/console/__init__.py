@@ -20,8 +20,9 @@ from datetime import timedelta
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from mxhook.web.console import logs, settings
+from mxhook.web import errors
 from mxhook.web.auth import API_PREFIX
+from mxhook.web.console import logs, settings
 from mxhook.web.console.core import SESSION_HOURS, Limiter, Sessions, blueprint, error_page
 
 
@@ -38,13 +39,12 @@ def register(app: Flask) -> None:
     )
     app.extensions["mxhook_console"] = {"sessions": Sessions(), "limiter": Limiter()}
     app.register_blueprint(blueprint)  # with the views of logs and settings
-    api_error = app.error_handler_spec[None][None][HTTPException]  # web/errors.py's JSON
 
     @app.errorhandler(HTTPException)
     def page_or_json(exc: HTTPException):
         """A path no route has (or a method it does not take): a page, unless under /v1."""
         if request.path == API_PREFIX or request.path.startswith(API_PREFIX + "/"):
-            return api_error(exc)
+            return errors.http_error(exc)
         return error_page(exc)
 
 

@@ -178,7 +178,7 @@ def error_page(exc: Exception):
     if isinstance(exc, HTTPException):
         status, message = exc.code, exc.description or exc.name
     elif isinstance(exc, ServiceError):
-        status, message = errors._status_of(exc), exc.message
+        status, message = errors.status_of(exc), exc.message
     else:
         errors.log.exception("error on %s %s", request.method, request.path)
         status, message = 500, "internal error (logged by mxhook-web)"
