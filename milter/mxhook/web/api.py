@@ -21,7 +21,7 @@ from mxhook.services.times import parse_time
 from mxhook.web import openapi
 from mxhook.web.auth import PUBLIC_ENDPOINTS, audit, cfg, refuse_read_only
 from mxhook.web.errors import ApiError
-from mxhook.web.present import redacted
+from mxhook.web.present import csv_download, redacted
 
 blueprint = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -484,9 +484,7 @@ REPLAY_ONE = {"force": (BOOL, "Queue it even when its rule or endpoint is disabl
 
 
 def _csv(log: str, filters: dict, filename: str) -> Response:
-    chunks = logs.csv_chunks(cfg(), log, **filters)
-    return Response(chunks, mimetype="text/csv", headers={
-        "Content-Disposition": f'attachment; filename="{filename}"'})
+    return csv_download(logs.csv_chunks(cfg(), log, **filters), filename)
 
 
 @route("GET", "/logs/inbound", "log.inbound", "The inbound log, newest first, a page at a time.",

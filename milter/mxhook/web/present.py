@@ -1,8 +1,12 @@
-"""What the API shows of the services' answers: secrets are write-only. The services mask a
-secret for the CLI's eyes (`****` and its last four characters, the user name of Basic auth);
-the API shows only that one is set (`****`), so no part of a secret ever leaves the host over
-HTTP. Signing keys: their public half (ed25519) only."""
+"""What the API and the console show of the services' answers: secrets are write-only (the
+services mask a secret for the CLI's eyes, `****` and its last four characters, the user name
+of Basic auth; over HTTP only that one is set shows, `****`, so no part of a secret ever leaves
+the host; signing keys: their public half, ed25519, only); logs as streamed CSV downloads."""
 from __future__ import annotations
+
+from typing import Iterable
+
+from flask import Response
 
 SECRET_KEYS = frozenset({"bearer", "api_key", "signing_key", "secret", "password", "token"})
 SET = "****"
@@ -28,3 +32,9 @@ def redacted(data):
     if isinstance(data, (list, tuple)):
         return [redacted(v) for v in data]
     return data
+
+
+def csv_download(chunks: Iterable[str], filename: str) -> Response:
+    """A streamed CSV download (services.logs.csv_chunks) named `filename`."""
+    return Response(chunks, mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -19,6 +19,7 @@ from mxhook.services import logs, replay
 from mxhook.services.errors import Invalid
 from mxhook.services.times import parse_time
 from mxhook.web.console.core import audit, blueprint, cfg
+from mxhook.web.present import csv_download
 
 PAGE_ROWS = 10
 INBOUND_FILTERS = ("status", "since", "until", "rule", "recipient")
@@ -69,9 +70,7 @@ def listing(page_of, names: tuple, template: str, view: str, statuses, **extra):
 
 
 def download(log: str, names: tuple, filename: str) -> Response:
-    chunks = logs.csv_chunks(cfg(), log, **filters_of(search_of(names)))
-    return Response(chunks, mimetype="text/csv", headers={
-        "Content-Disposition": f'attachment; filename="{filename}"'})
+    return csv_download(logs.csv_chunks(cfg(), log, **filters_of(search_of(names))), filename)
 
 
 @blueprint.route("/logs/inbound")
