@@ -15,7 +15,6 @@ from mxhook.model.targets import Destination
 from mxhook.payloads.dialects import msndr as msndr_dialect
 from mxhook.services import endpoints
 from mxhook.services.errors import Invalid, NotFound
-from mxhook.services.targets import Warn, no_warnings
 
 DIALECT = msndr_dialect.NAME
 
@@ -35,17 +34,17 @@ def get(cfg: configmod.Config) -> dict:
     return {"url": ep.destination.url}
 
 
-def set_url(cfg: configmod.Config, url, *, warn: Warn = no_warnings) -> tuple[dict, int, bool]:
-    """({"url": ...}, the endpoint's id, whether it was added)."""
+def set_url(cfg: configmod.Config, url) -> tuple[dict, int]:
+    """({"url": ...}, the endpoint's id): the webhook's endpoint added, or its URL changed."""
     if not isinstance(url, str) or not url:
         raise Invalid("url: give the endpoint's URL as a string", "url_required")
     ep = _current(cfg)
     if ep is None:
-        view = endpoints.add(cfg, destination=Destination(url=url, dialect=DIALECT), warn=warn)
-        return {"url": view.endpoint.destination.url}, view.endpoint.id, True
+        view = endpoints.add(cfg, destination=Destination(url=url, dialect=DIALECT))
+        return {"url": view.endpoint.destination.url}, view.endpoint.id
     if ep.destination.url != url:
-        ep = endpoints.edit(cfg, ep.id, destination={"url": url}, warn=warn)
-    return {"url": ep.destination.url}, ep.id, False
+        ep = endpoints.edit(cfg, ep.id, destination={"url": url})
+    return {"url": ep.destination.url}, ep.id
 
 
 def remove(cfg: configmod.Config) -> tuple[dict, int]:

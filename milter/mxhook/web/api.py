@@ -573,7 +573,7 @@ def msndr_get():
        body=MSNDR_BODY)
 def msndr_set():
     data = body_of(spec_of("msndr.set"), required=("url",))
-    answer, endpoint_id, _added = msndr.set_url(cfg(), data["url"])
+    answer, endpoint_id = msndr.set_url(cfg(), data["url"])
     g.audit_target, g.audit_detail = str(endpoint_id), answer
     return jsonify(answer)
 
