@@ -253,9 +253,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = _answer
 
 
+class _KeepAliveHandler(_Handler):
+    """HTTP/1.1: the connection stays open for the next request, until idle for `timeout`."""
+    protocol_version = "HTTP/1.1"
+    timeout = 0.3
+
+
 class LoopbackServer:
-    def __init__(self, tls_context: ssl.SSLContext | None = None):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    def __init__(self, tls_context: ssl.SSLContext | None = None, keep_alive: bool = False):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler if keep_alive else _Handler)
         self.httpd.daemon_threads = True
         self.httpd.seen = []
         self.sni = []
@@ -519,6 +525,30 @@ def test_deliveries_verify_the_certificate(pki, opened):
     with LoopbackServer(_server_context(pki, "other.test")) as srv:
         out = deliver(session, f"https://hooks.test:{srv.port}/in")
         assert out.status == "deferred" and out.error.startswith("TLS error:") and srv.seen == []
+
+
+def test_a_kept_tls_connection_is_reused_until_the_server_closes_it(pki, opened):
+    """Over TLS as over plain HTTP: the verified connection of one delivery carries the next,
+    and one the server closed meanwhile (its idle timeout: TLS close_notify, then EOF) is
+    replaced by a new one, verified again."""
+    from mxhook.delivery import webhook
+    from mxhook.model.targets import Target
+
+    def deliver(session, url):
+        return webhook.deliver(session, Target(url, kind="endpoint", id=1, name="e", timeout=5), b"{}",
+                               "application/json", "wh-1", user_agent="t", max_response_bytes=100)
+    with LoopbackServer(_server_context(pki, "hooks.test"), keep_alive=True) as srv:
+        session = egress.guarded_session(LOOPBACK_ONLY, resolver=CountingResolver(["127.0.0.1"]))
+        session.verify = str(pki / "ca.pem")
+        for _ in range(3):
+            out = deliver(session, f"https://hooks.test:{srv.port}/in")
+            assert (out.status, out.response_excerpt) == ("succeeded", "ok")
+        assert len(srv.seen) == 3 and len(opened) == 1  # one TLS connection for the three
+        assert list(session.get_adapter("https://").kept) == [("https", "hooks.test", srv.port)]
+        time.sleep(0.8)  # the server's idle timeout closed it
+        out = deliver(session, f"https://hooks.test:{srv.port}/in")
+        assert (out.status, out.response_excerpt) == ("succeeded", "ok")
+        assert len(srv.seen) == 4 and len(opened) == 2 and srv.sni == ["hooks.test"] * 2
 
 
 def test_https_refuses_tls_below_1_2(pki, opened):
