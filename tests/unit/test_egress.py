@@ -256,7 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _KeepAliveHandler(_Handler):
     """HTTP/1.1: the connection stays open for the next request, until idle for `timeout`."""
     protocol_version = "HTTP/1.1"
-    timeout = 0.3
+    timeout = 1.5
 
 
 class LoopbackServer:
@@ -545,7 +545,7 @@ def test_a_kept_tls_connection_is_reused_until_the_server_closes_it(pki, opened)
             assert (out.status, out.response_excerpt) == ("succeeded", "ok")
         assert len(srv.seen) == 3 and len(opened) == 1  # one TLS connection for the three
         assert list(session.get_adapter("https://").kept) == [("https", "hooks.test", srv.port)]
-        time.sleep(0.8)  # the server's idle timeout closed it
+        time.sleep(2.5)  # the server's idle timeout closed it
         out = deliver(session, f"https://hooks.test:{srv.port}/in")
         assert (out.status, out.response_excerpt) == ("succeeded", "ok")
         assert len(srv.seen) == 4 and len(opened) == 2 and srv.sni == ["hooks.test"] * 2
