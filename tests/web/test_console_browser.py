@@ -13,8 +13,8 @@ import pytest
 from tests.web.console_support import PASSWORD, USER, console_stack, fill_logs
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="python3-selenium is not installed")
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -60,7 +60,23 @@ def click(driver, element) -> None:
     would be found meanwhile)."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 10).until(lambda _: gone(page))
+
+
+def gone(element) -> bool:
+    """Whether `element` left the document. Chromium says so with a stale-element error, or,
+    caught while the new page replaces it (seen on a loaded machine), with an inspector error
+    "Node with given id does not belong to the document" that selenium's staleness_of lets
+    through."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def log_in(driver, url, password: str) -> None:
