@@ -636,3 +636,11 @@ def test_inbound_content_type_and_fields_from_the_mail(name):
     assert decoded.contains("ann@sender.example")
     assert sends_raw(decoded, raw) or recovered(decoded, native_message(d)["text"])
     assert carries_bytes(decoded, SMALL)
+
+
+def test_delay_micros_is_none_for_what_is_not_a_finite_duration():
+    from mxhook.payloads.dialects._fields import delay_micros
+    assert delay_micros(1.5) == 1_500_000
+    assert delay_micros(0) == 0
+    for bad in (-1, float("inf"), float("nan"), 1.8e302, "3", None, True):
+        assert delay_micros(bad) is None, bad

@@ -28,7 +28,8 @@ def test_categories_canonical_order_and_types():
     assert ep.categories == ("bounces", "blocks")
     assert ep.types == {"bounced", "blocked", "registered", "deleted"}
     assert ep.wants("bounced") and not ep.wants("succeeded")
-    assert endpoints.parse_categories("") == endpoints.CATEGORIES
+    assert endpoints.parse_categories("") == ("bounces", "deliveries", "blocks")
+    assert endpoints.parse_categories("all") == endpoints.CATEGORIES
 
 
 @pytest.mark.parametrize("fields, match", [

@@ -15,13 +15,16 @@ def test_categories_cover_every_type_once():
     assert events.category("queued") == "deliveries"
     assert events.category("deferred") == "deliveries"
     assert events.category("registered") == "blocks"
+    assert events.category("opened") == "engagement"
     with pytest.raises(EventError):
-        events.category("opened")
+        events.category("viewed")
 
 
 def test_parse_categories_and_types_for():
     assert events.parse_categories("deliveries, bounces") == ("bounces", "deliveries")
-    assert events.parse_categories("") == tuple(events.CATEGORIES)
+    assert events.parse_categories("") == ("bounces", "deliveries", "blocks")  # engagement: asked for
+    assert events.parse_categories("all") == tuple(events.CATEGORIES)
+    assert events.types_for("engagement") == set(events.ENGAGEMENT_TYPES)
     assert events.types_for("blocks") == {"blocked", "registered", "deleted"}
     assert events.types_for(["bounces"]) == {"bounced"}
     assert "failed" in events.types_for(["deliveries"])  # seed 000: Failed is a delivery status
@@ -47,9 +50,16 @@ def test_event_round_trip_through_dict_and_json():
 
 def test_event_validation():
     with pytest.raises(EventError):
-        Event(type="opened", at="2026-11-22T12:00:00Z")
+        Event(type="viewed", at="2026-11-22T12:00:00Z")
     with pytest.raises(EventError):
         Event(type="bounced", at="2026-11-22T12:00:00Z", bounce_type="medium")
+    with pytest.raises(EventError, match="unknown engagement key"):
+        Event(type="opened", at="2026-11-22T12:00:00Z", engagement={"colour": "red"})
+    with pytest.raises(EventError, match="engagement must be an object"):
+        Event(type="opened", at="2026-11-22T12:00:00Z", engagement=["url"])
+    opened = Event(type="clicked", at="2026-11-22T12:00:00Z", source="track",
+                   engagement={"url": "https://x.example/", "machine": False})
+    assert Event.from_meta(opened.to_meta(), "id1").engagement == opened.engagement
     with pytest.raises(EventError):
         Event(type="bounced", at="2026-11-22T12:00:00Z", source="carrier-pigeon")
     with pytest.raises(EventError):

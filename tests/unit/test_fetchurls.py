@@ -14,7 +14,8 @@ import pytest
 
 from mxhook import config as configmod
 from mxhook.model import fetchurls
-from mxhook.model.fetchurls import Claim, FetchUrls, make_token, parse_keys, verify
+from mxhook.model.fetchurls import Claim, FetchUrls, make_token, verify
+from mxhook.model.keyring import parse_keys
 from mxhook.model.records import to_datetime
 from mxhook.model.rules import Rule
 from mxhook.model.targets import Destination

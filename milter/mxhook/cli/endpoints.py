@@ -49,8 +49,8 @@ def endpoint_options(edit: bool):
 
     opts = [
         click.option("--events", "categories", metavar="CATEGORIES",
-                     help="Comma-separated: " + ",".join(endpointsmod.CATEGORIES) +
-                          ("." if edit else " [default: all].")),
+                     help="Comma-separated: " + ",".join(endpointsmod.CATEGORIES) + " or all" +
+                          ("." if edit else " [default: bounces,deliveries,blocks].")),
         click.option("--interval", type=int, metavar="1..600",
                      help="Send when the oldest pending event is this many seconds old" + dflt("interval")),
         click.option("--max-events", type=int, metavar="100..10000",

@@ -20,7 +20,7 @@ from mxhook.model import events as events_mod
 from mxhook.model.rules import RuleError
 from mxhook.model.targets import Destination, Target, check_destination, check_range
 
-CATEGORIES = tuple(events_mod.CATEGORIES)  # bounces, deliveries, blocks
+CATEGORIES = tuple(events_mod.CATEGORIES)  # bounces, deliveries, blocks, engagement
 FORMATS = ("json", "form")
 # The payload versions an endpoint can be pinned to; payloads/registry.py renders each
 # (tests/unit/test_payload_registry.py keeps the two the same).
@@ -39,7 +39,7 @@ DEFAULTS = {
 @dataclass(frozen=True)
 class Endpoint:
     destination: Destination
-    categories: tuple[str, ...] = CATEGORIES
+    categories: tuple[str, ...] = events_mod.DEFAULT_CATEGORIES
     interval: int = DEFAULTS["interval"]
     max_events: int = DEFAULTS["max_events"]
     version: int | None = None  # None: the latest payload version (fixed when stored)
@@ -70,7 +70,7 @@ class Endpoint:
 
 def parse_categories(text) -> tuple[str, ...]:
     """'bounces,blocks' -> ('bounces', 'blocks') in canonical order; RuleError when unknown.
-    Empty means every category."""
+    Empty means bounces, deliveries and blocks; `all` every category."""
     try:
         return events_mod.parse_categories(text)
     except events_mod.EventError as exc:

@@ -22,17 +22,32 @@ from typing import Iterable
 
 from mxhook.model.records import RecordError, check_text, check_time
 
-TYPES = ("queued", "succeeded", "deferred", "bounced", "failed", "blocked", "registered", "deleted")
+ENGAGEMENT_TYPES = ("opened", "clicked", "unsubscribed", "resubscribed", "complained")
+TYPES = ("queued", "succeeded", "deferred", "bounced", "failed", "blocked", "registered", "deleted",
+         *ENGAGEMENT_TYPES)
 BOUNCE_TYPES = ("hard", "soft")
-SOURCES = ("milter", "log", "dsn", "cli", "api")
+# track: mxhook-track (opens, clicks, one-click unsubscribe); feedback: mail mxhook answers
+# itself (ARF complaint reports, mailto: unsubscribes)
+SOURCES = ("milter", "log", "dsn", "cli", "api", "track", "feedback")
+# What an engagement event knows beyond the message: its `engagement` object (docs/events.md).
+# Absent keys are null; `machine` is the bot verdict (True, False, or None when not scored).
+ENGAGEMENT_KEYS = (
+    "url", "link", "sending_domain", "ip", "user_agent", "client", "client_device", "client_os",
+    "continent", "country", "city", "machine", "machine_reason", "feedback_type",
+)
 
 # Endpoint filter categories -> event types.
 CATEGORIES: dict[str, tuple[str, ...]] = {  # seed 000's grouping: failed is a delivery status
     "bounces": ("bounced",),
     "deliveries": ("queued", "succeeded", "deferred", "failed"),
     "blocks": ("blocked", "registered", "deleted"),
+    "engagement": ENGAGEMENT_TYPES,
 }
+# What an endpoint gets when it names no category: seed 000's three. Engagement events exist
+# only where tracking is on, and an endpoint asks for them (`engagement` or `all`).
+DEFAULT_CATEGORIES = ("bounces", "deliveries", "blocks")
 _CATEGORY_OF = {t: c for c, types in CATEGORIES.items() for t in types}
+_ENGAGEMENT_KEY_SET = frozenset(ENGAGEMENT_KEYS)
 
 
 
@@ -50,15 +65,17 @@ def category(event_type: str) -> str:
 
 def parse_categories(text: str | Iterable[str]) -> tuple[str, ...]:
     """'bounces,deliveries' (or a list) -> ('bounces', 'deliveries'), validated, in canonical
-    order. Empty means every category."""
+    order. Empty means DEFAULT_CATEGORIES; `all` means every category."""
     items = text.split(",") if isinstance(text, str) else list(text)
     wanted = {i.strip().lower() for i in items if i and i.strip()}
+    if "all" in wanted:
+        wanted = (wanted - {"all"}) | set(CATEGORIES)
     unknown = wanted - set(CATEGORIES)
     if unknown:
         raise EventError(
             f"unknown event category {', '.join(sorted(unknown))} (known: {', '.join(CATEGORIES)})"
         )
-    return tuple(c for c in CATEGORIES if c in wanted) or tuple(CATEGORIES)
+    return tuple(c for c in CATEGORIES if c in wanted) or DEFAULT_CATEGORIES
 
 
 def types_for(categories: str | Iterable[str]) -> frozenset[str]:
@@ -130,6 +147,7 @@ class Event:
     client_addr: str | None = None
     auth_user: str | None = None
     reason: str | None = None
+    engagement: dict | None = None  # engagement events only (ENGAGEMENT_KEYS)
     custom_headers: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -139,6 +157,13 @@ class Event:
             raise EventError(f"bounce_type must be hard, soft or None, not {self.bounce_type!r}")
         if self.source not in SOURCES:
             raise EventError(f"unknown event source {self.source!r} (known: {', '.join(SOURCES)})")
+        if self.engagement is not None:
+            if not isinstance(self.engagement, dict):
+                raise EventError("engagement must be an object")
+            unknown = set(self.engagement) - _ENGAGEMENT_KEY_SET
+            if unknown:
+                raise EventError(f"unknown engagement key(s) {', '.join(sorted(map(str, unknown)))}"
+                                 f" (known: {', '.join(ENGAGEMENT_KEYS)})")
 
     @property
     def category(self) -> str:
@@ -172,9 +197,12 @@ class Event:
         return cls(**kwargs)
 
     def to_meta(self) -> dict:
-        """The metadata of its spool record (kind `event`): every field, and `received` (= `at`,
-        the time state.db orders events by). The id is the record's id."""
+        """The metadata of its spool record (kind `event`): every field (`engagement` only when
+        there is one), and `received` (= `at`, the time state.db orders events by). The id is
+        the record's id."""
         meta = self.to_dict()
+        if meta["engagement"] is None:
+            del meta["engagement"]
         meta["received"] = self.at
         return meta
 
@@ -205,21 +233,22 @@ class Event:
                 kwargs = {k: meta[k] for k in _META_FIELDS if k in meta}
                 kwargs.update(at=at or meta.get("received"), custom_headers=custom or {})
                 return cls(id=id, **kwargs)
-            return cls(etype, at or meta.get("received"), id, *values, custom or {})
+            return cls(etype, at or meta.get("received"), id, *values, meta.get("engagement"),
+                       custom or {})
         except EventError as exc:
             raise RecordError(str(exc)) from None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Event))
 # A decoded record's metadata has no id (the record has). Event.from_meta passes the fields
-# between id and custom_headers positionally, looked up at once.
+# between id and engagement positionally, looked up at once.
 _META_FIELDS = tuple(f for f in _FIELD_NAMES if f != "id")
-assert _FIELD_NAMES[:3] == ("type", "at", "id") and _FIELD_NAMES[-1] == "custom_headers"
-_middle_values = operator.itemgetter(*_FIELD_NAMES[3:-1])
+assert _FIELD_NAMES[:3] == ("type", "at", "id") and _FIELD_NAMES[-2:] == ("engagement", "custom_headers")
+_middle_values = operator.itemgetter(*_FIELD_NAMES[3:-2])
 # The fields of a message's `queued` event that its later events are enriched with.
 ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
 # Fields that are text or absent in a spool record: they go into columns and the enrichment join.
 _TEXT_FIELDS = ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS
 # the text fields among those values: picked from the tuple, not looked up in the dict again
-_text_of_middle = operator.itemgetter(*(_FIELD_NAMES[3:-1].index(f) for f in _TEXT_FIELDS))
+_text_of_middle = operator.itemgetter(*(_FIELD_NAMES[3:-2].index(f) for f in _TEXT_FIELDS))
 _TEXT_TYPES = frozenset((str, type(None)))

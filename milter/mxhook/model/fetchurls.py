@@ -13,16 +13,14 @@ Clocks and keys come from the caller (services/attachments.py reads the key file
 """
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
-import hmac
 import re
 from dataclasses import dataclass
 
+from mxhook.model.keyring import b64, key_id, mac, signed_by_any, unb64
+
 VERSION = "v1"
 RAW = "raw"
-MIN_KEY_BYTES = 32
 _PART = re.compile(r"raw|0|[1-9][0-9]{0,5}")
 
 
@@ -35,41 +33,6 @@ class Claim:
     expires: int  # Unix time
 
 
-def key_id(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()[:8]
-
-
-def parse_keys(text: str) -> tuple[bytes, ...]:
-    """The keys of a key file: one per line, base64 (or hex), oldest first; blank lines and
-    `#` comments skipped. ValueError for a line that is not a key of at least 32 bytes."""
-    keys = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            key = bytes.fromhex(line) if re.fullmatch(r"[0-9a-fA-F]+", line) and len(line) % 2 == 0 \
-                else base64.b64decode(line, validate=True)
-        except (ValueError, binascii.Error):
-            raise ValueError(f"line {n}: not a base64 or hex key") from None
-        if len(key) < MIN_KEY_BYTES:
-            raise ValueError(f"line {n}: a key needs at least {MIN_KEY_BYTES} bytes, this has {len(key)}")
-        keys.append(key)
-    return tuple(keys)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(key: bytes, signed: bytes) -> bytes:
-    return hmac.new(key, signed, hashlib.sha256).digest()
-
-
 def make_token(keys: tuple[bytes, ...], message_id: str, part: str, expires: int) -> str:
     """A token for `part` of `message_id` until `expires`, signed with the newest (last) key."""
     if not keys:
@@ -78,7 +41,7 @@ def make_token(keys: tuple[bytes, ...], message_id: str, part: str, expires: int
         raise ValueError(f"cannot sign part {part!r} of message {message_id!r}")
     key = keys[-1]
     signed = f"{VERSION}:{key_id(key)}:{message_id}:{part}:{int(expires)}".encode("utf-8")
-    return f"{_b64(signed)}.{_b64(_mac(key, signed))}"
+    return f"{b64(signed)}.{b64(mac(key, signed))}"
 
 
 def verify(keys: tuple[bytes, ...], token: str, now: float) -> Claim | None:
@@ -88,17 +51,14 @@ def verify(keys: tuple[bytes, ...], token: str, now: float) -> Claim | None:
     if not dot or len(token) > 1024:
         return None
     try:
-        signed, mac = _unb64(head), _unb64(sig)
+        signed, tag = unb64(head), unb64(sig)
         version, kid, message_id, part, expires = signed.decode("utf-8").split(":")
         expires_at = int(expires)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
     if version != VERSION or not _PART.fullmatch(part) or not message_id:
         return None
-    good = False
-    for key in keys:  # every listed key is tried: timing does not tell which key id matched
-        good |= hmac.compare_digest(_mac(key, signed), mac) and key_id(key) == kid
-    if not good or now >= expires_at:
+    if len(tag) != 32 or not signed_by_any(keys, kid, signed, tag) or now >= expires_at:
         return None
     return Claim(message_id, part, expires_at)
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from mxhook import config as configmod
-from mxhook.model import fetchurls
+from mxhook.model import fetchurls, keyring
 from mxhook.model.message import normalize
 from mxhook.services.errors import NotFound
 from mxhook.services.stores import state_store
@@ -60,7 +60,7 @@ class KeyFile:
         with self._lock:
             if seen != self._seen:
                 with open(self.path, encoding="ascii", errors="replace") as f:
-                    keys = fetchurls.parse_keys(f.read())
+                    keys = keyring.parse_keys(f.read())
                 self._keys, self._seen = keys, seen
             return self._keys
 

@@ -55,9 +55,10 @@ def micros(at) -> int | None:
 
 def delay_micros(delay) -> int | None:
     """Postfix's delay= (seconds from arrival) in microseconds; None unless a finite number >= 0."""
-    if type(delay) not in (int, float) or not math.isfinite(delay) or delay < 0:
+    if type(delay) not in (int, float) or delay < 0:
         return None
-    return round(delay * 1_000_000)
+    micros = delay * 1_000_000
+    return round(micros) if math.isfinite(micros) else None
 
 
 def app_recipient(event: dict) -> str | None:

@@ -30,6 +30,7 @@ body carries no key).
 """
 from __future__ import annotations
 
+from mxhook.model.events import ENGAGEMENT_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, first_text, message_number, micros,
@@ -46,7 +47,7 @@ EVENT_NAMES: dict[tuple[str, str | None], str] = {
     ("failed", None): "soft_bounced",
     ("blocked", None): "skipped",
 }
-NOT_SENT = ("queued", "registered", "deleted")
+NOT_SENT = ("queued", "registered", "deleted", *ENGAGEMENT_TYPES)
 EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 
 

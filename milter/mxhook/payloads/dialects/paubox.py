@@ -30,6 +30,7 @@ body carries no key).
 """
 from __future__ import annotations
 
+from mxhook.model.events import ENGAGEMENT_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, first_text, message_number, micros,
@@ -48,7 +49,7 @@ EVENT_NAMES: dict[tuple[str, str | None], str] = {
     ("deferred", None): TEMPORARY,
     ("failed", None): TEMPORARY,
 }
-NOT_SENT = ("queued", "blocked", "registered", "deleted")
+NOT_SENT = ("queued", "blocked", "registered", "deleted", *ENGAGEMENT_TYPES)
 EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 
 

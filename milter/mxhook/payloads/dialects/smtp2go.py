@@ -41,6 +41,7 @@ Nothing in the body differs between attempts (no time of sending, no nonce), and
 from __future__ import annotations
 
 from mxhook.model.events import BOUNCE_TYPES
+from mxhook.model.events import ENGAGEMENT_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, first_text,
@@ -57,7 +58,7 @@ EVENT_NAMES: dict[tuple[str, str | None], str] = {  # (type, bounce_type of a bo
     ("failed", None): "bounce",
     ("blocked", None): "reject",
 }
-NOT_SENT = ("deferred", "registered", "deleted")
+NOT_SENT = ("deferred", "registered", "deleted", *ENGAGEMENT_TYPES)
 EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 # `bounce` of a failed event: an expiry or an "undeliverable" probe follows temporary failures
 # only, which mxhook classifies soft (docs/events.md, "Hard or soft").
