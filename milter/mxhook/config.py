@@ -531,10 +531,15 @@ def load(path: str | None = None, *, required: bool | None = None) -> Config:
     if required is None:
         required = bool(explicit)
     raw = {section: dict(values) for section, values in DEFAULTS.items()}
-    if not os.path.exists(path):
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
         if required:
-            raise ConfigError(f"{path}: config file not found")
+            raise ConfigError(f"{path}: config file not found") from None
         return Config(raw=raw, source=None)
+    except PermissionError as exc:  # not "absent": the defaults would silently stand in for it
+        raise ConfigError(f"{path}: cannot be read by this user ({exc.strerror}): run as root or "
+                          "as a member of group mxhook") from None
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
     text = ""
     try:

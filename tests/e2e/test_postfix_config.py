@@ -156,3 +156,11 @@ def test_postfix_config_wires_a_private_postfix_and_check_sees_each_breakage(mak
     assert not res.accepted and 400 <= (res.code or 0) < 500, res
     st.milter.start()
     mxhook(st, "check", "--postfix-dir", etc)
+
+    # 4. Postfix stopped: the reload fails, and says why (postfix-script tells only the log)
+    subprocess.run([POSTCONF, "-c", etc, "-X", "smtpd_milters"], check=True)
+    st.postfix.stop()
+    proc = mxhook(st, "postfix-config", "--postfix-dir", etc, "--apply", "--yes", "--reload",
+                  status=1)
+    assert (f"postfix -c {etc} reload failed: exit status 1: Postfix is not running "
+            f"(`postfix -c {etc} status`): start it") in proc.stdout + proc.stderr, proc.stdout + proc.stderr

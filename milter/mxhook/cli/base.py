@@ -50,6 +50,8 @@ class MxhookGroup(click.Group):
                              "UTF-8, and output needs a UTF-8 locale (e.g. LC_ALL=C.UTF-8)") from None
         except OverflowError as exc:
             raise InputError(f"a number is out of range ({exc})") from None
+        except BrokenPipeError:  # `mxhook ... | head`: click ends quietly, as other tools do
+            raise
         except OSError as exc:  # e.g. a database path in a missing or unwritable directory
             raise click.ClickException(str(exc)) from None
 

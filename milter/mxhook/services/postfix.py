@@ -203,7 +203,28 @@ class Postfix:
         self._run([POSTCONF, *cmd[1:]])
 
     def reload(self) -> str:
-        return self._run([POSTFIX, *self.c, "reload"])
+        try:
+            return self._run([POSTFIX, *self.c, "reload"])
+        except PostfixError as exc:
+            if not str(exc).endswith(" failed: exit status 1"):
+                raise
+            # postfix-script logs its reason (only to the mail log when not on a terminal)
+            raise PostfixError(f"{exc}: {self._why_not_reloaded()}") from None
+
+    def _why_not_reloaded(self) -> str:
+        try:
+            running = run_command([POSTFIX, *self.c, "status"]).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            running = True
+        if not running:
+            return (f"Postfix is not running (`{self.command('status')}`): start it "
+                    "(`systemctl start postfix`); it reads the changed main.cf when it starts")
+        try:
+            log_file = self.get("maillog_file")
+        except PostfixError:
+            log_file = ""
+        where = log_file or "the mail log (`journalctl -t postfix/postfix-script`)"
+        return f"postfix-script wrote the reason to {where}"
 
     def command(self, *args: str) -> str:
         """`postfix [-c DIR] ARGS` as text for messages."""

@@ -3,13 +3,13 @@ status in the last hour, and per rule and endpoint whether it is ok, retrying, f
 disabled (and since when, with the last error). It reports; services.check passes or fails."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 
 from mxhook.model.records import iso, to_datetime
 from mxhook import config as configmod
 from mxhook import spool
+from mxhook.services import stores
 from mxhook.services.errors import translated
 from mxhook.store import integrity, migrations
 from mxhook.store import rulesdb
@@ -72,7 +72,7 @@ def collect(cfg: configmod.Config, now: float | None = None) -> dict:
     if state_db["fault"]:
         problems.append(f"state database {cfg.state_db} is damaged; mxhook-spooler stopped "
                         f"({state_db['fault']}): restore it from a backup (`mxhook check` checks it)")
-    if os.path.exists(cfg.state_db):
+    if stores.exists(cfg.state_db, "state database"):
         try:
             with statedb.StateStore(cfg.state_db, readonly=True) as st:
                 summary = state_replay.status_summary(st, now, window=STATUS_WINDOW)
@@ -111,7 +111,7 @@ def targets(cfg: configmod.Config, summary: dict | None, health: dict,
     what state.db said (`summary`: store.replay.status_summary, `health`: StateStore.health);
     what cannot be read goes into `problems`."""
     rules_out, endpoints_out = [], []
-    if os.path.exists(cfg.rules_db):
+    if stores.exists(cfg.rules_db, "rules database"):
         rules, times, eps = [], {}, []
         try:
             with rulesdb.RulesStore(cfg.rules_db, readonly=True) as store:

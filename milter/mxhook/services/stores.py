@@ -13,9 +13,22 @@ from mxhook.store.rulesdb import RulesStore
 from mxhook.store.statedb import StateStore
 
 
+def exists(path: str, what: str) -> bool:
+    """Whether `path` exists. Unavailable (`permission_denied`) when this user cannot even look
+    (a directory on the way is not searchable), which os.path.exists would call absent."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError as exc:
+        raise Unavailable(f"{what} {path} cannot be reached by this user ({exc.strerror}): run as "
+                          "root or as a member of group mxhook", "permission_denied") from None
+    return True
+
+
 def rules_store(cfg: configmod.Config, *, create: bool = False) -> RulesStore:
     path = cfg.rules_db
-    if not create and not os.path.exists(path):
+    if not create and not exists(path, "rules database"):
         raise Unavailable(
             f"rules database {path} does not exist yet "
             "(`mxhook domain add` or `mxhook rule add` creates it)", "rules_db_missing")
@@ -24,7 +37,7 @@ def rules_store(cfg: configmod.Config, *, create: bool = False) -> RulesStore:
 
 def state_store(cfg: configmod.Config, *, write: bool = False) -> StateStore:
     path = cfg.state_db
-    if not os.path.exists(path):
+    if not exists(path, "state database"):
         raise Unavailable(f"state database {path} does not exist yet (mxhook-spooler creates it)",
                           "state_db_missing")
     try:
