@@ -7,6 +7,8 @@ docs/configuration.md must agree with the schema (type, default, and the meaning
 sentence): a disagreement fails the package build here, and tests/unit/test_config.py.
 
     packaging/gen-conf.py OUTPUT      write OUTPUT, then check it and the docs
+    packaging/gen-conf.py --man OUTPUT   write the mxhook.conf(5) man page (every key with its
+                                         type, default and the docs' whole meaning)
 
 Checks on the written file (with `mxhook.config.load`, the daemons' own parser):
   - it parses, and as shipped (everything commented out) gives exactly DEFAULTS;
@@ -148,7 +150,63 @@ def check(path: str) -> None:
         raise SystemExit("gen-conf: a default fails its own check:\n  " + "\n  ".join(problems))
 
 
+def _roff(text: str) -> str:
+    """A docs table cell as man page text: markdown code/links/emphasis made plain roff."""
+    text = text.replace("\\|", "|")
+    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # [text](link) -> text
+    text = text.replace("\\", "\\e")
+    text = re.sub(r"`([^`]*)`", lambda m: "\\fB" + m.group(1) + "\\fR", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"\\fB\1\\fR", text)
+    text = text.replace("-", "\\-")
+    return "\n".join("\\&" + line if line.startswith((".", "'")) else line
+                     for line in text.splitlines())
+
+
+def render_man() -> str:
+    """mxhook.conf(5): the conffile's format and every key, from the schema and the docs."""
+    documented = {section: {row[0]: row for row in rows} for section, rows in doc_rows().items()}
+    out = [
+        '.TH MXHOOK.CONF 5 "" "mxhook" "File Formats"',
+        ".SH NAME",
+        "mxhook.conf \\- settings of the mxhook daemons and the mxhook command",
+        ".SH SYNOPSIS",
+        "/etc/mxhook/mxhook.conf",
+        ".SH DESCRIPTION",
+        "\\fBkey = value\\fR lines in [sections]; a \\fB#\\fR starts a comment only at the "
+        "beginning of a line. Sizes take a K, M or G suffix; booleans are yes or no. An unknown "
+        "section or key is an error, so a typo never falls back to a default silently. The "
+        "packaged file lists every key, commented out, with its default.",
+        ".PP",
+        "Rules, permitted domains, endpoints and the block list are not set here: they live in "
+        "rules.db and are managed with \\fBmxhook\\fR(1). After a change, restart the daemons "
+        "that read the section (\\fBsystemctl restart mxhook\\-milter mxhook\\-spooler\\fR ...).",
+        ".SH SETTINGS",
+    ]
+    for section, keys in config.SECTIONS.items():
+        out.append(f".SS [{section}]")
+        for key in keys.values():
+            row = documented.get(section, {}).get(key.name)
+            meaning = row[3] if row and len(row) > 3 else key.doc
+            default = key.default if key.default != "" else "(empty)"
+            out += [".TP", f"\\fB{key.name}\\fR ({_roff(key.describe())}; default "
+                    f"\\fB{_roff(default)}\\fR)", _roff(meaning)]
+    out += [
+        ".SH FILES",
+        "/etc/mxhook/mxhook.conf (or the file named by \\fB\\-\\-config\\fR or "
+        "\\fBMXHOOK_CONFIG\\fR)",
+        ".SH SEE ALSO",
+        "\\fBmxhook\\fR(1), \\fBmxhook\\-milter\\fR(1), \\fBmxhook\\-spooler\\fR(1), "
+        "\\fBmxhook\\-web\\fR(1), \\fBpostconf\\fR(5); configuration.md in "
+        "/usr/share/doc/mxhook/",
+    ]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--man":
+        with open(argv[1], "w", encoding="utf-8") as fh:
+            fh.write(render_man())
+        return 0
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2

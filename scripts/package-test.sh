@@ -238,6 +238,13 @@ for b in "${SCRIPTS[@]}"; do
     check "/usr/bin/$b runs on /usr/bin/python3" sh -c "head -1 /usr/bin/$b | grep -qx '#! */usr/bin/python3'"
     check "man page $b(1)" test -s "/usr/share/man/man1/$b.1.gz"
 done
+check "man page mxhook.conf(5) names every section of the schema" /usr/bin/python3 -c "
+import gzip, sys
+sys.path.insert(0, '/usr/lib/python3/dist-packages')
+from mxhook import config
+page = gzip.open('/usr/share/man/man5/mxhook.conf.5.gz', 'rt').read()
+missing = [s for s in config.SECTIONS if '.SS [' + s + ']' not in page]
+assert not missing, missing"
 IMPORT_ALL='
 import importlib, pkgutil, mxhook
 assert mxhook.__file__.startswith("/usr/lib/python3/dist-packages/"), mxhook.__file__
@@ -474,8 +481,16 @@ stop_daemon mxhook-spooler
 stop_daemon mxhook-milter
 ok "daemons stopped with SIGTERM"
 
-apt-get remove -y -q "$PKG" >"$WORK/remove.log" 2>&1 || fail "apt-get remove $PKG"
+# prerm warns when main.cf still names the milter: a Postfix configuration of our own that
+# does (MAIL_CONFIG reaches postconf through dpkg; the system Postfix is never touched)
+WIRED=$WORK/wired-postfix
+mkdir -p "$WIRED"
+printf 'smtpd_milters = { unix:mxhook/milter.sock, default_action=tempfail }\n' >"$WIRED/main.cf"
+cp /usr/share/postfix/master.cf.dist "$WIRED/master.cf"
+MAIL_CONFIG=$WIRED apt-get remove -y -q "$PKG" >"$WORK/remove.log" 2>&1 || fail "apt-get remove $PKG"
 ok "apt-get remove $PKG"
+check "remove: prerm warned that main.cf still names the milter, with the unwiring command" \
+    grep -q "^    postconf -e 'smtpd_milters = ' && postfix reload$" "$WORK/remove.log"
 for b in "${SCRIPTS[@]}"; do
     check "remove: /usr/bin/$b is gone" test ! -e "/usr/bin/$b"
 done
@@ -507,6 +522,7 @@ GONE=(/var/lib/mxhook /var/spool/mxhook /var/spool/postfix/mxhook /etc/mxhook
       /usr/lib/python3/dist-packages/mxhook /usr/share/doc/mxhook
       /usr/share/bash-completion/completions/mxhook)
 for b in "${SCRIPTS[@]}"; do GONE+=("/usr/bin/$b" "/usr/share/man/man1/$b.1.gz"); done
+GONE+=("/usr/share/man/man5/mxhook.conf.5.gz")
 for u in "${UNITS[@]}"; do
     GONE+=("$UNITDIR/$u.service" "/etc/systemd/system/multi-user.target.wants/$u.service")
 done

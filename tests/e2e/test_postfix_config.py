@@ -157,8 +157,25 @@ def test_postfix_config_wires_a_private_postfix_and_check_sees_each_breakage(mak
     st.milter.start()
     mxhook(st, "check", "--postfix-dir", etc)
 
-    # 4. Postfix stopped: the reload fails, and says why (postfix-script tells only the log)
-    subprocess.run([POSTCONF, "-c", etc, "-X", "smtpd_milters"], check=True)
+    # 4. Unwired before mxhook goes: with the milter stopped, mail flows again (not 4xx);
+    # another milter in the list is kept.
+    other = "inet:127.0.0.1:1"
+    subprocess.run([POSTCONF, "-c", etc, "-e", f"non_smtpd_milters = {other}, {OURS}"], check=True)
+    proc = mxhook(st, "postfix-config", "--postfix-dir", etc, "--remove")
+    assert [line for line in proc.stdout.splitlines() if line.startswith("postconf ")] == [
+        f"postconf -c {etc} -e 'smtpd_milters = '",
+        f"postconf -c {etc} -e 'non_smtpd_milters = {other}'"], proc.stdout
+    st.milter.stop()
+    proc = mxhook(st, "postfix-config", "--postfix-dir", etc, "--remove", "--apply", "--yes", "--reload")
+    assert "smtpd no longer uses the milter" in proc.stdout, proc.stdout
+    assert "milter.sock" not in main_cf(st)
+    res = st.send(SENDER, [HELLO], make_message(to=HELLO))
+    assert res.accepted, res
+    proc = mxhook(st, "postfix-config", "--postfix-dir", etc, "--remove", "--apply", "--yes")
+    assert "does not name mxhook's milter" in proc.stdout
+    st.milter.start()
+
+    # 5. Postfix stopped: the reload fails, and says why (postfix-script tells only the log)
     st.postfix.stop()
     proc = mxhook(st, "postfix-config", "--postfix-dir", etc, "--apply", "--yes", "--reload",
                   status=1)

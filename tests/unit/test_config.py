@@ -1,5 +1,7 @@
 import importlib.util
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -139,3 +141,20 @@ def test_daemon_settings_are_typed_and_name_every_bad_key():
         "built-in defaults: [logfollow] batch_lines must be at least 1, got 0",
     ]
     SpoolerSettings.from_config(bad)  # the log keys are logsetup's, which falls back
+
+
+def test_man_page_lists_every_key_and_renders_without_warnings(tmp_path):
+    gen = _gen_conf()
+    page = gen.render_man()
+    for section, keys in config.SECTIONS.items():
+        assert f".SS [{section}]" in page
+        for name in keys:
+            assert f"\\fB{name}\\fR (" in page, name
+    path = tmp_path / "mxhook.conf.5"
+    path.write_text(page, encoding="utf-8")
+    if shutil.which("man") is None:
+        pytest.skip("man is not installed")
+    # lintian's check: man's own warnings, UTF-8 input
+    proc = subprocess.run(["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", str(path)],
+                          capture_output=True, text=True, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -101,3 +101,21 @@ def test_reject_address_keeps_plain_addresses_readable_and_orcpt_is_xtext():
     assert pc.reject_address("jürgen@ours.example").startswith("x-6ac3bc")
     assert pc.orcpt("a+b=c@ours.example") == "ORCPT=rfc822;a+2Bb+3Dc@ours.example"
     assert pc.orcpt("ü@x.example") == "ORCPT=rfc822;+C3+BC@x.example"
+
+
+def test_unwired_takes_out_only_our_entry_under_any_name():
+    ours = "{ unix:mxhook/milter.sock, " + pc.MILTER_OPTIONS + " }"
+    current = {
+        "queue_directory": "/var/spool/postfix",
+        "smtpd_milters": f"inet:127.0.0.1:8891, {ours}",
+        "non_smtpd_milters": "{ unix:/var/spool/postfix/mxhook/milter.sock, default_action=accept }",
+        "transport_maps": pc.ROUTES_TABLE,
+    }
+    want = pc.unwired(current, "unix:/var/spool/postfix/mxhook/milter.sock")
+    assert want == {"smtpd_milters": "inet:127.0.0.1:8891", "non_smtpd_milters": ""}
+    assert pc.changes(current, want) == [
+        ("smtpd_milters", current["smtpd_milters"], "inet:127.0.0.1:8891"),
+        ("non_smtpd_milters", current["non_smtpd_milters"], "")]
+    after = {**current, **want}
+    assert pc.unwired(after, "unix:/var/spool/postfix/mxhook/milter.sock") == {}  # idempotent
+    assert pc.desired(after, "unix:/var/spool/postfix/mxhook/milter.sock")["smtpd_milters"].endswith(ours)

@@ -33,9 +33,13 @@ def _shown_value(value: str) -> str:
 @click.option("--yes", "-y", is_flag=True, help="With --apply: do not ask.")
 @click.option("--reload", "reload_", is_flag=True,
               help="With --apply: `postfix reload` afterwards (only when the socket check passed).")
+@click.option("--remove", is_flag=True,
+              help="The other way: take mxhook's milter out of smtpd_milters and "
+                   "non_smtpd_milters (before removing mxhook: a milter nobody answers makes "
+                   "Postfix answer every message 4xx).")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @click.pass_context
-def postfix_config(ctx, postfix_dir, apply_, yes, reload_, as_json):
+def postfix_config(ctx, postfix_dir, apply_, yes, reload_, remove, as_json):
     """Print the postconf commands that connect Postfix to this mxhook installation.
 
     The milter socket comes from [milter] socket of the config; a socket under Postfix's
@@ -48,6 +52,7 @@ def postfix_config(ctx, postfix_dir, apply_, yes, reload_, as_json):
       mxhook postfix-config                       # the commands, as a shell script
       mxhook postfix-config --apply               # diff, confirm, backup, apply, check
       mxhook postfix-config --apply --yes --reload
+      mxhook postfix-config --remove --apply --yes --reload   # unwire (before removing mxhook)
     """
     if (yes or reload_) and not apply_:
         raise InputError("--yes and --reload go with --apply")
@@ -56,7 +61,7 @@ def postfix_config(ctx, postfix_dir, apply_, yes, reload_, as_json):
     except configmod.ConfigError as exc:
         raise InputError(str(exc)) from None
     try:
-        planned = postfixsvc.plan(cfg, postfix_dir)
+        planned = postfixsvc.plan(cfg, postfix_dir, remove=remove)
     except Failed as exc:
         raise click.ClickException(exc.message) from None
     report, diff = planned.report, planned.diff
@@ -65,7 +70,7 @@ def postfix_config(ctx, postfix_dir, apply_, yes, reload_, as_json):
         if as_json:
             emit_json(report)
         else:
-            _print_commands(report, planned.postfix, diff, planned.commands)
+            _print_commands(report, planned.postfix, diff, planned.commands, remove)
         return
 
     if not diff:
@@ -73,7 +78,9 @@ def postfix_config(ctx, postfix_dir, apply_, yes, reload_, as_json):
         if as_json:
             emit_json(report)
         else:
-            click.echo(f"{main_cf} already has every setting mxhook needs (milter "
+            click.echo(f"{main_cf} does not name mxhook's milter ({report['postfix_socket']}); "
+                       "nothing changed." if remove else
+                       f"{main_cf} already has every setting mxhook needs (milter "
                        f"{report['postfix_socket']}); nothing changed. `mxhook check` tests the "
                        "whole setup.")
         return
@@ -103,13 +110,14 @@ def postfix_config(ctx, postfix_dir, apply_, yes, reload_, as_json):
         ctx.exit(1)
 
 
-def _print_commands(report: dict, postfix: postfixsvc.Postfix, diff, commands) -> None:
+def _print_commands(report: dict, postfix: postfixsvc.Postfix, diff, commands, remove: bool) -> None:
     main_cf = report["main_cf"]
-    click.echo(f"# mxhook: main.cf settings for {main_cf}")
+    click.echo(f"# mxhook: main.cf settings for {main_cf}" + (" without mxhook" if remove else ""))
     click.echo(f"# milter socket {report['socket']} (mxhook.conf) = {report['postfix_socket']} "
                f"for Postfix (queue_directory {report['queue_directory']})")
     if not diff:
-        click.echo("# nothing to change: main.cf already has every setting mxhook needs")
+        click.echo("# nothing to change: main.cf does not name mxhook's milter" if remove else
+                   "# nothing to change: main.cf already has every setting mxhook needs")
         return
     for n, old, new in diff:
         click.echo(f"#   {n}: {_shown_value(old)} -> {new}")
@@ -118,7 +126,8 @@ def _print_commands(report: dict, postfix: postfixsvc.Postfix, diff, commands) -
         click.echo(shlex.join(cmd))
     click.echo(f"{postfix.command('check')} && {postfix.command('reload')}")
     click.echo("# or let mxhook apply them (diff, backup, socket check): "
-               f"mxhook postfix-config{' --postfix-dir ' + shlex.quote(postfix.config_dir) if postfix.config_dir else ''} --apply")
+               f"mxhook postfix-config{' --postfix-dir ' + shlex.quote(postfix.config_dir) if postfix.config_dir else ''}"
+               f"{' --remove' if remove else ''} --apply")
 
 
 @click.command("check", context_settings=CONTEXT_SETTINGS,

@@ -47,6 +47,9 @@ REQUIRED_MACROS = {
     "milter_end_of_data_macros": ("i",),
 }
 
+# The milter lists mxhook's entry may be in (`unwired` takes it out of both).
+MILTER_LISTS = ("smtpd_milters", "non_smtpd_milters")
+
 _ENTRY = re.compile(r"\{[^}]*\}|[^\s,{}]+")
 _TABLE = re.compile(r"[^\s,{}]*\{[^}]*\}|[^\s,{}]+")  # a lookup table, inline:{ ... } kept whole
 
@@ -206,6 +209,22 @@ def desired(current: dict[str, str], socket_spec: str) -> dict[str, str]:
     return want
 
 
+def unwired(current: dict[str, str], socket_spec: str) -> dict[str, str]:
+    """main.cf parameter -> value without mxhook's milter (`postfix-config --remove`, before
+    the package goes: a milter list naming a socket nobody answers makes every message 4xx).
+    The discard/reject routes stay: mail already queued for those addresses still needs them,
+    and they name nothing outside Postfix."""
+    queue_dir = current.get("queue_directory", "/var/spool/postfix")
+    our = postfix_socket(socket_spec, queue_dir)
+    want = {}
+    for name in MILTER_LISTS:
+        entries = split_milters(current.get(name, ""))
+        kept = [e for e in entries if not same_socket(entry_socket(e), our, queue_dir)]
+        if len(kept) != len(entries):
+            want[name] = ", ".join(kept)
+    return want
+
+
 def changes(current: dict[str, str], want: dict[str, str]) -> list[tuple[str, str, str]]:
     """(name, old, new) for every parameter that differs."""
     return [(k, current.get(k, ""), v) for k, v in want.items() if current.get(k, "") != v]
@@ -213,7 +232,7 @@ def changes(current: dict[str, str], want: dict[str, str]) -> list[tuple[str, st
 
 def parameters() -> list[str]:
     """Every main.cf parameter `desired` reads."""
-    return ["queue_directory", "smtpd_milters", "transport_maps", *FIXED, *REQUIRED_MACROS]
+    return ["queue_directory", *MILTER_LISTS, "transport_maps", *FIXED, *REQUIRED_MACROS]
 
 
 def postconf_commands(diff: list[tuple[str, str, str]], config_dir: str | None = None) -> list[list[str]]:

@@ -347,12 +347,13 @@ class Plan:
     diff: list  # [(parameter, old, new)] for main.cf
     commands: list  # the postconf argv lists that make the diff
     report: dict  # JSON-able: directories, sockets, changes, commands
+    remove: bool = False  # unwiring (pc.unwired) instead of wiring
 
 
-def plan(cfg: configmod.Config, postfix_dir: str | None) -> Plan:
+def plan(cfg: configmod.Config, postfix_dir: str | None, *, remove: bool = False) -> Plan:
     """What main.cf needs so that Postfix hands mail to this milter; milters already in
     smtpd_milters are kept. A socket under Postfix's queue_directory is named relative to it,
-    as smtpd runs chrooted there."""
+    as smtpd runs chrooted there. With `remove`: what takes mxhook's milter out again."""
     socket_spec = cfg.get("milter", "socket")
     postfix = Postfix(postfix_dir)
     try:
@@ -361,7 +362,8 @@ def plan(cfg: configmod.Config, postfix_dir: str | None) -> Plan:
         raise Failed(postfix_unreadable(exc), exc.code) from None
     config_dir = postfix_dir or current.get("config_directory") or "/etc/postfix"
     queue_dir = current["queue_directory"]
-    diff = pc.changes(current, pc.desired(current, socket_spec))
+    want = pc.unwired(current, socket_spec) if remove else pc.desired(current, socket_spec)
+    diff = pc.changes(current, want)
     commands = pc.postconf_commands(diff, postfix_dir)
     report = {
         "config_directory": config_dir,
@@ -372,7 +374,7 @@ def plan(cfg: configmod.Config, postfix_dir: str | None) -> Plan:
         "changes": [{"parameter": n, "old": old, "new": new} for n, old, new in diff],
         "commands": [shlex.join(c) for c in commands],
     }
-    return Plan(postfix, socket_spec, diff, commands, report)
+    return Plan(postfix, socket_spec, diff, commands, report, remove)
 
 
 def apply(planned: Plan, *, reload: bool = False,
@@ -404,12 +406,13 @@ def apply(planned: Plan, *, reload: bool = False,
     socket_spec = planned.socket_spec
     try:
         after = postfix.values([*pc.parameters(), *EXTRA_PARAMETERS])
-        left = pc.changes(after, pc.desired(after, socket_spec))
+        want = pc.unwired(after, socket_spec) if planned.remove else pc.desired(after, socket_spec)
+        left = pc.changes(after, want)
         if left:
             report["problems"].append(
                 "postconf ran, but main.cf still differs in " + ", ".join(n for n, _o, _n in left))
-        results = check_socket(socket_spec, after.get("mail_owner") or "postfix")
-        results += check_postfix_wiring(postfix, after, socket_spec)
+        results = [] if planned.remove else check_socket(socket_spec, after.get("mail_owner") or "postfix")
+        results += [] if planned.remove else check_postfix_wiring(postfix, after, socket_spec)
     except PostfixError as exc:
         results = [result("postfix", False, str(exc))]
     report["problems"] += [r["message"] for r in results if not r["ok"]]
@@ -427,11 +430,13 @@ def apply(planned: Plan, *, reload: bool = False,
         try:
             postfix.reload()
             report["reloaded"] = True
-            out(f"Reloaded Postfix ({postfix.command('reload')}): smtpd now uses the milter.")
+            out(f"Reloaded Postfix ({postfix.command('reload')}): smtpd "
+                f"{'no longer uses' if planned.remove else 'now uses'} the milter.")
         except PostfixError as exc:
             report["problems"].append(f"{exc} (main.cf is changed; Postfix uses it when it starts)")
             out(f"problem: {report['problems'][-1]}")
     else:
-        out(f"Not reloaded: run `{postfix.command('reload')}` so that smtpd uses the milter.")
+        out(f"Not reloaded: run `{postfix.command('reload')}` so that smtpd "
+            f"{'stops using' if planned.remove else 'uses'} the milter.")
     out(f"To roll back: {rollback}")
     return report
