@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import email
+import json
 import email.policy
 import glob
 import os
@@ -124,6 +125,12 @@ def tracking_stack(make_stack, workdir, signer, *, signer_first=False):
     return st
 
 
+def dkim_order(st) -> list[dict]:
+    """`mxhook check`'s milter-order results for this Postfix."""
+    proc = st.cli("check", "--postfix-dir", st.postfix.config_dir, "--json", check=False)
+    return [r for r in json.loads(proc.stdout) if r["check"] == "dkim_order"]
+
+
 def html_message(track_header: str | None = "opens, clicks, unsubscribe") -> bytes:
     msg = EmailMessage()
     msg["From"] = f"App <{APP}>"
@@ -183,6 +190,7 @@ def test_tracked_mail_is_rewritten_before_dkimpy_milter_signs_it(make_stack, wor
 
     assert parsed["DKIM-Signature"] is not None, message[:2000]
     assert dkim.verify(message, dnsfunc=signer.dns), message[:3000]
+    assert dkim_order(st) == []
 
 
 def test_a_signer_before_mxhook_signs_the_untracked_body_and_the_signature_breaks(make_stack, workdir, signer):
@@ -192,3 +200,6 @@ def test_a_signer_before_mxhook_signs_the_untracked_body_and_the_signature_break
     message = delivered(workdir)
     assert f"{PUBLIC}/o/" in html_of(message)  # tracked after it was signed
     assert not dkim.verify(message, dnsfunc=signer.dns)
+    [warning] = dkim_order(st)
+    assert not warning["ok"] and warning["code"] == "dkim_before_mxhook"
+    assert f"dkimpy (unix:{signer.socket}) comes before mxhook's milter" in warning["message"]
