@@ -11,6 +11,7 @@ from mxhook import config
 from mxhook.cli import cli
 from mxhook.model import keyring
 from mxhook.services import tracking
+from mxhook.services.attachments import KeyFile
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.store import rulesdb
 from mxhook.store.rulesdb import RulesStore, TrackingSettings
@@ -102,7 +103,7 @@ def test_rotate_key_appends_newest_last_atomically_and_drop_old_keeps_one(cfg):
     assert first["keys"] == [first["key_id"]] and first["dropped"] == 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     second = tracking.rotate_key(cfg)
-    keys = tracking.read_keys(path)
+    keys = KeyFile(path).keys()
     assert second["keys"] == [first["key_id"], second["key_id"]] == [keyring.key_id(k) for k in keys]
     inode = os.stat(path).st_ino
     third = tracking.rotate_key(cfg, drop_old=True)

@@ -11,7 +11,7 @@ import tempfile
 
 from mxhook import config as configmod
 from mxhook.model import keyring
-from mxhook.services.attachments import KEY_FILE_MODE
+from mxhook.services.attachments import KEY_FILE_MODE, KeyFile
 from mxhook.services.errors import Failed, Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
 from mxhook.store import rulesdb
@@ -85,22 +85,13 @@ def features(settings: TrackingSettings | None, header: str | None) -> frozenset
 # ---------------------------------------------------------------------------------------------
 # Keys
 
-def read_keys(path: str) -> tuple[bytes, ...]:
-    """The keys of a key file; () when there is none. ValueError for a line that is not a key."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return keyring.parse_keys(f.read())
-    except FileNotFoundError:
-        return ()
-
-
 def rotate_key(cfg: configmod.Config, *, drop_old: bool = False) -> dict:
     """Append a new key to `[tracking] key_file` (made when missing), or with `drop_old` leave
     only the new one; the file is replaced atomically, mode 0640, group mxhook when it exists.
     {path, key_id, keys (ids, oldest first), dropped}."""
     path = cfg.value("tracking", "key_file")
     try:
-        old = read_keys(path)
+        old = KeyFile(path).keys()
     except ValueError as exc:
         raise Invalid(f"[tracking] key_file {path}: {exc}; fix or remove the line first",
                       "bad_key_file") from None
