@@ -683,6 +683,14 @@ def _run(argv: list[str] | None) -> int:
              ", dmarc_reject" if auth.mode != "off" and auth.dmarc_reject else "",
              f"{len(watcher.current.tracking)} sending domains, links to {tracking.public_url}"
              if tracking.public_url else "off")
+    if tracking.public_url:
+        try:
+            missing = "" if tracking.keys.keys() else "holds no key"
+        except (OSError, ValueError) as exc:
+            missing = f"cannot be read ({exc})"
+        if missing:
+            log.warning("[tracking] key_file %s %s: nothing is tracked until `mxhook tracking "
+                        "rotate-key` makes one", tracking.key_file, missing)
     try:
         Milter.runmilter("mxhook", socket_spec, timeout)
     finally:
