@@ -320,6 +320,8 @@ class _Rewriter:
                 groups.append((first, last, [(start, end, new)]))
         out, copied = [], 0
         for first, last, mine in groups:
+            if any(isinstance(line[2], _Ambiguous) for line in logical[first:last + 1]):
+                raise _Untouched("quoted-printable line with trailing white space or a bad escape")
             out.append(raw[copied:logical[first][0]])
             g_start = starts[first]
             g_end = starts[last] + len(logical[last][2])  # the last line's break stays outside
@@ -354,9 +356,13 @@ class _Rewriter:
         plan = self.plan
         edits: list[tuple[int, int, bytes]] = []
         body_close = None
-        for kind, a, b, attrs in _tags(text):
+        broken = False
+        for kind, a, _b, attrs in _tags(text):
             if kind == "close":
                 body_close = a
+                continue
+            if kind == "broken":
+                broken = True
                 continue
             if not plan.clicks:
                 continue
@@ -379,7 +385,8 @@ class _Rewriter:
                 continue
             edits.append((v_start, v_end, new))
             self.links += 1
-        if pixel_here and (plan.opens or plan.honeypot):
+        # a document that ends inside markup would swallow a pixel added at its end
+        if pixel_here and (plan.opens or plan.honeypot) and (body_close is not None or not broken):
             insert = ""
             if plan.opens:
                 insert += PIXEL.format(url=html.escape(f"{self.base}/o/{plan.token(OPEN, None, None)}"))
@@ -498,39 +505,54 @@ class _Lines:
 
 def _qp_logical_lines(raw: bytes) -> list[tuple[int, int, bytes, bytes]]:
     """(raw start, raw end incl. line break, decoded bytes, line break) of each logical line
-    (physical lines joined at soft breaks) of quoted-printable `raw`."""
+    (physical lines joined at soft breaks) of quoted-printable `raw`; the decoded bytes are
+    an _Ambiguous for a line with trailing white space or an "=" that starts no escape: decoders
+    differ there (RFC 2045 6.7 says drop trailing white space, the email package keeps some), so
+    such a line is never encoded again."""
     out = []
     pos, n = 0, len(raw)
     start, pieces = 0, []
+    blank_tail = False
     while pos < n:
         nl = raw.find(b"\n", pos)
         line_end = n if nl < 0 else nl + 1
         line = raw[pos:line_end]
         body = line.rstrip(b"\r\n")
         brk = line[len(body):]
-        body = body.rstrip(b" \t")  # trailing white space is not content (RFC 2045 6.7 (3))
+        if body.endswith((b" ", b"\t")) or brk.startswith(b"\r\r"):
+            blank_tail = True
+            body = body.rstrip(b" \t")
         if body.endswith(b"=") and brk:
             pieces.append(body[:-1])
             pos = line_end
             continue
         if body.endswith(b"=") and not brk:  # a soft break at the very end: nothing follows
             pieces.append(body[:-1])
-            out.append((start, line_end, _qp_decode(b"".join(pieces)), b""))
+            out.append((start, line_end, _qp_decode(b"".join(pieces), blank_tail), b""))
             return out
         pieces.append(body)
-        out.append((start, line_end, _qp_decode(b"".join(pieces)), brk))
+        out.append((start, line_end, _qp_decode(b"".join(pieces), blank_tail), brk))
         pos = start = line_end
         pieces = []
+        blank_tail = False
     if pieces:
-        out.append((start, n, _qp_decode(b"".join(pieces)), b""))
+        out.append((start, n, _qp_decode(b"".join(pieces), blank_tail), b""))
     return out
 
 
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_QP_BAD_ESCAPE = re.compile(rb"=(?![0-9A-Fa-f]{2})")
 
 
-def _qp_decode(data: bytes) -> bytes:
-    return _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+def _qp_decode(data: bytes, ambiguous: bool = False) -> bytes | _Ambiguous:
+    decoded = _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+    if ambiguous or _QP_BAD_ESCAPE.search(data):
+        return _Ambiguous(decoded)
+    return decoded
+
+
+class _Ambiguous(bytes):
+    """Decoded quoted-printable whose line had trailing white space: read, never re-encoded."""
 
 
 _QP_LITERAL = frozenset(range(33, 127)) - {ord("=")}
@@ -575,8 +597,9 @@ _RAW_TEXT = {"script", "style", "textarea", "title", "xmp", "iframe", "noembed",
 
 def _tags(text: str):
     """("link", tag start, tag end, attributes) for every start tag of `a` or `area`,
-    ("close", start, end, None) for every `</body`; attributes as (lower-case name, value start,
-    value end, quote character or "")."""
+    ("close", start, end, None) for every `</body`, and last ("broken", start, end, None) when
+    the document ends inside markup (a tag, comment, quoted value or script); attributes as
+    (lower-case name, value start, value end, quote character or "", value)."""
     pos = 0
     while True:
         m = _TAG_OPEN.search(text, pos)
@@ -596,12 +619,14 @@ def _tags(text: str):
                 continue
             end = text.find("-->", at + 4)
             if end < 0:
+                yield "broken", at, len(text), None
                 return  # the rest of the document is a comment
             pos = end + 3
             continue
         if opener in ("<!", "<?") or opener.startswith("</"):
             end = text.find(">", at + 1)
             if end < 0:
+                yield "broken", at, len(text), None
                 return
             if opener.startswith("</") and text[at + 2:at + 6].lower() == "body" \
                     and text[at + 6:at + 7] in ("", ">", "/") + tuple(_WS):
@@ -619,9 +644,11 @@ def _tags(text: str):
                 break
             a = _ATTR.match(text, pos)
             if a is None or a.end() == pos:
+                yield "broken", at, len(text), None
                 return  # the tag never ends: nothing after it is markup
             value = a.group(4)
             if value is not None and value[:1] in ('"', "'"):
+                yield "broken", at, len(text), None
                 return  # an unclosed quote runs to the end of the document
             for group, quote in ((2, '"'), (3, "'"), (4, "")):
                 if a.group(group) is not None:
@@ -636,6 +663,7 @@ def _tags(text: str):
         elif name in _RAW_TEXT:
             close = re.compile("</" + name + r"(?=[\t\n\x0c\r />])", re.I).search(text, pos)
             if close is None:
+                yield "broken", at, len(text), None
                 return
             pos = close.start()
 
