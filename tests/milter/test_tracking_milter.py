@@ -4,7 +4,10 @@ X-Mxhook-Ref, X-Mxhook-Track removed), and that nothing in tracking ever costs a
 delivery. The rewriter is replaced by a recording one here (its own tests are its helper's);
 one test runs the real one."""
 import base64
+import email
+import email.policy
 import os
+import re
 from datetime import datetime, timezone
 
 import Milter
@@ -272,3 +275,30 @@ def test_the_domain_settings_reach_the_milter_without_restart(env):
 
 def test_the_real_rewriter_is_the_default(env):
     assert Wiring.__dataclass_fields__["rewrite"].default is rewriter.rewrite
+
+
+def test_a_gmail_message_through_the_real_rewriter(env):
+    """The milter hands the rewriter the header fields as received (leading space, bytes) and
+    Postfix's CRLF body, and replaces the body with what it answers."""
+    path = os.path.join(os.path.dirname(__file__), "..", "unit", "fixtures", "tracking", "gmail_alternative.eml")
+    raw = open(path, "rb").read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    headers = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            headers[-1] = (headers[-1][0], headers[-1][1] + b"\r\n" + line)
+        else:
+            name, value = line.split(b":", 1)
+            headers.append((name.decode(), value))
+    ctx = env(rewrite=rewriter.rewrite)
+    assert send(ctx, headers=headers, body=body, mail_from="<joerg@shop.example>") == ("eom", Milter.ACCEPT)
+    [new] = ctx.bodies
+    assert new != body and new[:120] == body[:120] and new.endswith(b"--000000000000a1b2c3d4e5f6--\r\n")
+    message = email.message_from_bytes(head + b"\r\n\r\n" + new, policy=email.policy.default)
+    html = message.get_body(("html",)).get_content()
+    tokens = re.findall(re.escape(PUBLIC) + r"/c/([A-Za-z0-9_.-]+)", html)
+    urls = [tracktokens.verify(env.keys, t, kind="c").url for t in tokens]
+    assert "https://docs.example.com/report?id=42&utm_source=gmail" in urls
+    assert 'href="mailto:help@example.com"' in html and re.search(re.escape(PUBLIC) + r"/o/", html)
+    assert "https://docs.example.com/report?id=42" in message.get_body(("plain",)).get_content()
+    assert queued(env)[0].get("reason") is None
