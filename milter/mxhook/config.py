@@ -436,6 +436,20 @@ SCHEMA: tuple[Key, ...] = (
         ("log", LOG, "syslog", AS_FOR_THE_MILTER),
         ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
     ),
+    *_section(
+        "tracking",
+        ("public_url", BASE_URL, "",
+         "where recipients reach mxhook-track (open pixel, clicks, unsubscribe), e.g. "
+         "https://t.example.com: the milter rewrites outbound mail of sending domains with "
+         "tracking settings (mxhook tracking set) to point there (docs/tracking.md); empty: "
+         "no tracking."),
+        ("key_file", PATH, "/etc/mxhook/tracking.key",
+         "the keys tracking tokens are signed with (HMAC-SHA256), one a line (base64), oldest "
+         "first: the last signs, every one listed verifies; mxhook tracking rotate-key adds "
+         "one (the file is made 0640, group mxhook)."),
+        ("max_message_size", SIZE, "10M",
+         "larger outbound messages are sent untouched (their queued events say why)."),
+    ),
 )
 
 SECTIONS: dict[str, dict[str, Key]] = {}

@@ -11,6 +11,11 @@ log. Any failure → 451.
 Outbound mail (authenticated client, trusted network, or an `outbound_daemon_names` service)
 is not subject to inbound rules: RCPT to an address on the block list is refused (event
 `blocked`), and at end of message a `queued` event per recipient is spooled before ACCEPT.
+Tracking (docs/tracking.md): what a message gets is decided at end of headers from its sending
+domain's settings and its `X-Mxhook-Track` field; at end of message the body is rewritten
+(model/tracking.py), List-Unsubscribe and X-Mxhook-Ref are added and X-Mxhook-Track removed.
+Tracking never costs a message its delivery: whatever fails, it goes untouched (the queued
+events' reason says why).
 """
 from __future__ import annotations
 
@@ -39,12 +44,17 @@ from mxhook.daemons import logsetup
 from mxhook.mailauth import verify
 from mxhook.mailauth.authenticate import AuthSettings, authenticator
 from mxhook.model import inbound
+from mxhook.model import tracking as rewriter
+from mxhook.model import tracktokens
 from mxhook.model.envelope import (
-    AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, utc_now)
+    AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, header_values, milter_events,
+    utc_now)
 from mxhook.model.headers import normalize_address, plain_address, to_text
 from mxhook.model.records import DeniedRecord, iso
 from mxhook.model.rules import RuleError
 from mxhook.postfix import postconf
+from mxhook.services import tracking as trackingsvc
+from mxhook.services.attachments import KeyFile
 from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher
 
 log = logging.getLogger(__name__)
@@ -102,6 +112,44 @@ class MilterSettings(configmod.FromConfig):
         if self.discard_via == "auto":
             return self.routes.ready()
         return self.discard_via == "transport"
+
+
+@dataclass
+class TrackingSettings(configmod.FromConfig):
+    """The [tracking] keys the milter reads; `keys` reads the key file again when it changes."""
+
+    SECTION = "tracking"
+    public_url: str
+    key_file: str
+    max_message_size: int
+    # the feedback handler's keys: read when the schema has them, else empty
+    unsubscribe_address: str = field(init=False, default="")
+    feedback_address: str = field(init=False, default="")
+
+    def __post_init__(self):
+        self.public_url = self.public_url.rstrip("/")
+        self.keys = KeyFile(self.key_file)
+
+    @classmethod
+    def from_config(cls, cfg: configmod.Config) -> "TrackingSettings":
+        settings = super().from_config(cfg)
+        section = cfg.raw.get(cls.SECTION, {})
+        settings.unsubscribe_address = section.get("unsubscribe_address", "").strip()
+        settings.feedback_address = section.get("feedback_address", "").strip()
+        return settings
+
+
+BODY_FEATURES = frozenset({"opens", "clicks", "text_links"})  # those that rewrite the body
+TRACK_HEADER = trackingsvc.HEADER
+
+
+@dataclass
+class Tracked:
+    """What end of message changes in an outbound message (nothing when all is empty)."""
+    remove: int = 0  # X-Mxhook-Track fields to delete
+    body: bytes | None = None
+    add: list[tuple[str, str]] = field(default_factory=list)  # (name, value)
+    reason: str = ""  # why tracking was not applied, for the queued events
 
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
@@ -183,6 +231,8 @@ class Wiring:
     clock: Callable[[], datetime] = utc_now
     new_id: Callable[[], str] = spool.new_id
     auth: AuthSettings | None = None  # [authentication]; None: mode off
+    tracking: TrackingSettings | None = None  # [tracking]; None: nothing tracked
+    rewrite: Callable = rewriter.rewrite  # (headers, body, plan) -> Rewritten
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
@@ -245,6 +295,8 @@ class MxhookMilter(Milter.Base):
         self.raw_headers: list[tuple[str, bytes]] = []
         self.body_chunks: list[bytes] = []
         self.body_size = 0
+        self.features: frozenset[str] = frozenset()  # outbound: the tracking this message gets
+        self.collect = False  # outbound: keep the body (up to [tracking] max_message_size)
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -320,6 +372,7 @@ class MxhookMilter(Milter.Base):
     def eoh(self):
         self.envelope.queue_id = self.getsymval("i") or ""
         if self.inbound is None:
+            self._outbound_eoh()
             return Milter.CONTINUE  # the queued events are written at end of message
         answer = self.inbound.end_of_headers(self.raw_headers)
         for pattern in answer.timed_out:  # once per message, however many recipients met it
@@ -333,10 +386,12 @@ class MxhookMilter(Milter.Base):
 
     @Milter.noreply
     def body(self, chunk):
-        if self.inbound is None:
+        if self.inbound is None and not self.collect:
             return Milter.CONTINUE  # events need no body
         self.body_size += len(chunk)
-        if self.body_size <= self.wiring.policy.max_message_size:
+        limit = (self.wiring.policy.max_message_size if self.inbound is not None
+                 else self.wiring.tracking.max_message_size)
+        if self.body_size <= limit:
             self.body_chunks.append(chunk)
         return Milter.CONTINUE
 
@@ -400,17 +455,116 @@ class MxhookMilter(Milter.Base):
         self.outbound_rcpts.append(rcpt)
         return Milter.CONTINUE
 
+    def _outbound_eoh(self) -> None:
+        """The tracking this message gets: its sending domain's settings, or what its
+        X-Mxhook-Track field asks for; none for the null sender or without [tracking] public_url."""
+        t = self.wiring.tracking
+        sender = self.envelope.sender
+        if t is None or not t.public_url or "@" not in sender:
+            return
+        try:
+            asked = header_values(self.raw_headers, TRACK_HEADER.lower())
+            settings = self.wiring.snapshot().tracking.get(sender.rpartition("@")[2])
+            self.features = trackingsvc.features(settings, to_text(asked[0]) if asked else None)
+        except Exception:  # never a reason to refuse mail
+            log.exception("queue id %s: cannot tell what tracking this message gets; not tracked",
+                          self.envelope.queue_id or "-")
+            self.features = frozenset()
+        self.collect = bool(self.features & BODY_FEATURES)
+
     def _outbound_eom(self):
         self.envelope.queue_id = self.getsymval("i") or self.envelope.queue_id
-        records = [spool.event_record(e) for e in self._events("queued", self.outbound_rcpts)]
+        tracked = self._tracked()
+        fields = {"reason": tracked.reason} if tracked.reason else {}
+        records = [spool.event_record(e) for e in self._events("queued", self.outbound_rcpts, **fields)]
         try:
             # The log follower's outcomes for these recipients come later, in files named
             # after this segment: the spooler takes them only once it is sealed (ingest_bound).
             self.wiring.segments.append_many(records)
         except OSError as exc:
             return self._tempfail("cannot spool queued events", exc, "record the message")
-        self._log_decision(inbound.Logged("queued", self.outbound_rcpts, self.envelope.direction, "outbound"))
+        self._change(tracked)
+        self._log_decision(inbound.Logged("queued", self.outbound_rcpts, self.envelope.direction,
+                                          tracked.reason or "outbound"))
         return Milter.ACCEPT
+
+    # -- tracking -----------------------------------------------------------------------------
+
+    def _tracked(self) -> Tracked:
+        """What end of message changes; an error leaves the message as it came (but for the
+        X-Mxhook-Track fields, which never leave) with the reason."""
+        tracked = Tracked(remove=len(header_values(self.raw_headers, TRACK_HEADER.lower())))
+        t = self.wiring.tracking
+        if t is None or not (self.features or t.feedback_address) or "@" not in self.envelope.sender:
+            return tracked
+        try:
+            self._track(t, tracked)
+        except Exception as exc:
+            log.exception("queue id %s: tracking failed; the message goes untouched",
+                          self.envelope.queue_id or "-")
+            tracked = Tracked(remove=tracked.remove, reason=f"tracking not applied: internal error ({exc})")
+        return tracked
+
+    def _track(self, t: TrackingSettings, tracked: Tracked) -> None:
+        try:
+            keys = t.keys.keys()
+        except (OSError, ValueError) as exc:
+            keys, why = (), f"[tracking] key_file {t.key_file} cannot be read: {exc}"
+        else:
+            why = f"[tracking] key_file {t.key_file} holds no key (mxhook tracking rotate-key)"
+        if not keys:
+            if self.features:
+                log.error("queue id %s: tracking not applied: %s", self.envelope.queue_id or "-", why)
+                tracked.reason = f"tracking not applied: {why}"
+            return
+        env = self.envelope
+        recipient = self.outbound_rcpts[0] if len(self.outbound_rcpts) == 1 else ""
+        sent = int(self.wiring.clock().timestamp())
+        domain = env.sender.rpartition("@")[2]
+
+        def token(kind: str, link: int | None = None, url: str | None = None) -> str:
+            return tracktokens.make_token(keys, tracktokens.Track(
+                kind, env.queue_id, recipient, domain, sent, link, url))
+
+        features = self.features
+        rewritten = False
+        if features & BODY_FEATURES:
+            if self.body_size > t.max_message_size:
+                tracked.reason = (f"tracking not applied: the message is larger than [tracking] "
+                                  f"max_message_size ({t.max_message_size} bytes)")
+            else:
+                plan = rewriter.Plan(
+                    opens="opens" in features, clicks="clicks" in features,
+                    text_links="text_links" in features, honeypot="honeypot" in features,
+                    base_url=t.public_url, token=token, max_size=t.max_message_size)
+                answer = self.wiring.rewrite(self.raw_headers, b"".join(self.body_chunks), plan)
+                if answer.body is None:
+                    tracked.reason = f"tracking not applied: {answer.reason}"
+                else:
+                    tracked.body, rewritten = answer.body, True
+        if "unsubscribe" in features and not header_values(self.raw_headers, "list-unsubscribe"):
+            unsubscribe = token(tracktokens.UNSUBSCRIBE)
+            value = f"<{t.public_url}/u/{unsubscribe}>"
+            if t.unsubscribe_address:
+                value += f", <mailto:{t.unsubscribe_address}?subject=unsubscribe%20{unsubscribe}>"
+            tracked.add += [("List-Unsubscribe", value),
+                            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+        if rewritten or "unsubscribe" in features or t.feedback_address:
+            tracked.add.append(("X-Mxhook-Ref", token(tracktokens.REFERENCE)))
+
+    def _change(self, tracked: Tracked) -> None:
+        """Perform the changes; a failure is logged and the message goes on (Postfix keeps
+        what it got: a failed libmilter call means the connection is gone anyway)."""
+        try:
+            for index in range(tracked.remove, 0, -1):  # from the last: indexes stay valid
+                self.chgheader(TRACK_HEADER, index, None)
+            if tracked.body is not None:
+                self.replacebody(tracked.body)
+            for name, value in tracked.add:
+                self.addheader(name, " " + value)  # header_leading_space: ours to give
+        except Exception:
+            log.exception("queue id %s: cannot change the message for tracking",
+                          self.envelope.queue_id or "-")
 
     # -- performing the model's answers -------------------------------------------------------
 
@@ -492,6 +646,7 @@ def _run(argv: list[str] | None) -> int:
         timeout = settings.timeout
         socket_group = settings.socket_group
         auth = AuthSettings.from_config(cfg)
+        tracking = TrackingSettings.from_config(cfg)
         watcher = SnapshotWatcher(cfg.rules_db, interval=settings.rules_reload_interval,
                                   regex_timeout=settings.regex_timeout,
                                   recipient_delimiter=settings.recipient_delimiter)
@@ -507,9 +662,11 @@ def _run(argv: list[str] | None) -> int:
         verify.organizational_domain("mxhook.invalid")
         auth.resolver  # noqa: B018 (made once: it reads resolv.conf)
     wiring = Wiring(settings, snapshot=lambda: watcher.current, blocklist=BlocklistReader(cfg.rules_db),
-                    segments=spool.SegmentWriter(settings.spool_dir), auth=auth)
+                    segments=spool.SegmentWriter(settings.spool_dir), auth=auth, tracking=tracking)
     Milter.factory = wiring.factory()
-    Milter.set_flags(Milter.DELRCPT | Milter.ADDRCPT | Milter.ADDRCPT_PAR)
+    # CHGBODY, ADDHDRS, CHGHDRS: tracking (replacebody, List-Unsubscribe, X-Mxhook-Track removed)
+    Milter.set_flags(Milter.DELRCPT | Milter.ADDRCPT | Milter.ADDRCPT_PAR | Milter.CHGBODY
+                     | Milter.ADDHDRS | Milter.CHGHDRS)
 
     path = socket_path(socket_spec)
     if path:
@@ -520,10 +677,20 @@ def _run(argv: list[str] | None) -> int:
             return 1
         os.umask(0o117)  # the socket is born 0660; spool files keep their explicit 0640
     log.info("listening on %s: %d rules, %d domains, unknown_domains=%s, spool %s, Postfix "
-             "routes for discard/reject: %s, authentication: %s%s", socket_spec,
+             "routes for discard/reject: %s, authentication: %s%s, tracking: %s", socket_spec,
              len(watcher.current.ruleset), len(watcher.current.domains), settings.unknown_domains,
              settings.spool_dir, "yes" if settings.postfix_routes() else "no", auth.mode,
-             ", dmarc_reject" if auth.mode != "off" and auth.dmarc_reject else "")
+             ", dmarc_reject" if auth.mode != "off" and auth.dmarc_reject else "",
+             f"{len(watcher.current.tracking)} sending domains, links to {tracking.public_url}"
+             if tracking.public_url else "off")
+    if tracking.public_url:
+        try:
+            missing = "" if tracking.keys.keys() else "holds no key"
+        except (OSError, ValueError) as exc:
+            missing = f"cannot be read ({exc})"
+        if missing:
+            log.warning("[tracking] key_file %s %s: nothing is tracked until `mxhook tracking "
+                        "rotate-key` makes one", tracking.key_file, missing)
     try:
         Milter.runmilter("mxhook", socket_spec, timeout)
     finally:

@@ -1,8 +1,9 @@
 """The health check: the config (every setting the daemons read), rules.db and state.db
 (readable, known schema, integrity, permissions), the milter socket (mode, group, and a real
 connection as Postfix's user when run as root), the spool directories, Postfix's
-smtpd_milters, and whether each daemon is alive (`check_daemons`). One result per check and per
-problem, each saying what to do."""
+smtpd_milters (and that no DKIM signer comes before mxhook's milter: `check_dkim_order`), and
+whether each daemon is alive (`check_daemons`). One result per check and per problem, each saying
+what to do."""
 from __future__ import annotations
 
 import grp
@@ -11,6 +12,8 @@ import importlib
 import json
 import os
 import pwd
+import re
+import shlex
 import sqlite3
 import stat
 from urllib.parse import quote
@@ -304,7 +307,132 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
         results += check_postfix_wiring(postfix, values, socket_spec)
     except PostfixError as exc:
         results.append(result("postfix", False, f"cannot read Postfix's master.cf: {exc}", exc.code))
+    try:
+        results += check_dkim_order(cfg, postfix, values)
+    except PostfixError as exc:
+        results.append(result("dkim_order", False, f"cannot read Postfix's milter lists: {exc}", exc.code))
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Milter order: tracking changes the body, so a DKIM signature must be made after it
+
+# Where DKIM signers say which socket they listen on (`Socket inet:8891@localhost`,
+# `bind_socket = "localhost:11332";`); replaced in tests.
+SIGNER_CONFIGS = (
+    ("opendkim", "/etc/opendkim.conf", r"^\s*Socket\s+(\S+)"),
+    ("dkimpy-milter", "/etc/dkimpy-milter/dkimpy-milter.conf", r"^\s*Socket\s+(\S+)"),
+    ("rspamd", "/etc/rspamd/local.d/worker-proxy.inc", r'^\s*bind_socket\s*=\s*"([^"\s]+)'),
+    ("rspamd", "/etc/rspamd/override.d/worker-proxy.inc", r'^\s*bind_socket\s*=\s*"([^"\s]+)'),
+)
+# Names and the ports their documentation gives, for signers whose configuration is elsewhere.
+SIGNER_NAME = re.compile(r"opendkim|dkimpy|dkim|rspamd", re.IGNORECASE)
+SIGNER_PORTS = {"8891": "opendkim", "11332": "rspamd"}
+MILTER_LISTS = ("smtpd_milters", "non_smtpd_milters")
+
+
+def _endpoint(spec: str, queue_dir: str) -> tuple[str, str] | None:
+    """("inet", port) or ("unix", absolute path) of a milter socket as Postfix names it
+    (inet:host:port, unix:path relative to queue_directory) or a signer's configuration does
+    (inet:port@host, local:/path, host:port, /path)."""
+    spec = spec.strip()
+    kind, sep, rest = spec.partition(":")
+    if spec.startswith("/"):
+        return "unix", os.path.normpath(spec)
+    if kind in ("unix", "local") and sep:
+        path = rest if rest.startswith("/") else os.path.join(queue_dir, rest)
+        return "unix", os.path.normpath(path)
+    if kind in ("inet", "inet6") and sep:
+        port = rest.partition("@")[0] if "@" in rest else rest.rpartition(":")[2]
+        return ("inet", port) if port.isdigit() else None
+    port = spec.rpartition(":")[2]  # rspamd's host:port
+    return ("inet", port) if sep and port.isdigit() else None
+
+
+def configured_signers(queue_dir: str) -> dict[tuple[str, str], str]:
+    """The sockets DKIM signers installed here listen on -> their names."""
+    found = {}
+    for name, path, pattern in SIGNER_CONFIGS:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for m in re.finditer(pattern, text, re.MULTILINE):
+            endpoint = _endpoint(m.group(1), queue_dir)
+            if endpoint is not None:
+                found[endpoint] = name
+                if endpoint[0] == "unix":  # as chrooted smtpd names it: under queue_directory
+                    found["unix", os.path.normpath(queue_dir + endpoint[1])] = name
+    return found
+
+
+def dkim_signer(entry: str, queue_dir: str, known: dict[tuple[str, str], str]) -> str | None:
+    """The DKIM signer a milter list entry looks like (by socket, name or port), or None."""
+    socket = pc.entry_socket(entry)
+    endpoint = _endpoint(socket, queue_dir)
+    if endpoint in known:
+        return known[endpoint]
+    m = SIGNER_NAME.search(socket)
+    if m:
+        return m.group(0).lower()
+    return SIGNER_PORTS.get(endpoint[1]) if endpoint and endpoint[0] == "inet" else None
+
+
+def signers_before_mxhook(milters: str, socket_spec: str, queue_dir: str,
+                          known: dict[tuple[str, str], str]) -> tuple[list[str], str] | None:
+    """(the signers listed before mxhook's milter, the list with mxhook moved in front of the
+    first of them), or None when there are none (or mxhook is not in the list)."""
+    entries = pc.split_milters(milters)
+    ours = pc.postfix_socket(socket_spec, queue_dir)
+    index = next((i for i, e in enumerate(entries) if pc.same_socket(pc.entry_socket(e), ours, queue_dir)), None)
+    if index is None:
+        return None
+    before = [(i, dkim_signer(e, queue_dir, known)) for i, e in enumerate(entries[:index])]
+    before = [(i, name) for i, name in before if name]
+    if not before:
+        return None
+    first = before[0][0]
+    fixed = entries[:first] + [entries[index]] + entries[first:index] + entries[index + 1:]
+    return [f"{name} ({pc.entry_socket(entries[i])})" for i, name in before], ", ".join(fixed)
+
+
+def _expand(postfix: Postfix, value: str, depth: int = 0) -> str:
+    """A milter list with its $parameter references replaced by their values (as smtpd reads it)."""
+    if depth > 5 or "$" not in value:
+        return value
+    return _expand(postfix, re.sub(r"\$\{?(\w+)\}?", lambda m: postfix.get(m.group(1)), value), depth + 1)
+
+
+def check_dkim_order(cfg: configmod.Config, postfix: Postfix, values: dict[str, str]) -> list[dict]:
+    """A DKIM signer listed before mxhook's milter signs the body before tracking changes it,
+    so receivers see a broken signature: a problem while [tracking] public_url is set, a note
+    otherwise. Looks at smtpd_milters and non_smtpd_milters of main.cf and master.cf -o."""
+    socket_spec = cfg.get("milter", "socket")
+    queue_dir = values.get("queue_directory", "/var/spool/postfix")
+    known = configured_signers(queue_dir)
+    lists = [(f"main.cf {name}", _expand(postfix, postfix.get(name))) for name in MILTER_LISTS]
+    for svc, params in sorted(postfix.master_overrides().items()):
+        lists += [(f"master.cf {svc} -o {name}", _expand(postfix, params[name]))
+                  for name in MILTER_LISTS if name in params]
+    tracking = bool(cfg.value("tracking", "public_url"))
+    found = []
+    for where, milters in lists:
+        wrong = signers_before_mxhook(milters, socket_spec, queue_dir, known)
+        if wrong is None:
+            continue
+        signers, fixed = wrong
+        name = where.rpartition(" ")[2]
+        fix = (f"`postconf -e {shlex.quote(f'{name} = {fixed}')}`" if where.startswith("main.cf")
+               else f"in master.cf: -o {{ {name} = {fixed} }}")
+        found.append(result(
+            "dkim_order", not tracking,
+            f"{where}: the DKIM signer {', '.join(signers)} comes before mxhook's milter, so it "
+            f"signs the body before tracking rewrites it and receivers see a broken signature"
+            f"{'' if tracking else ' (harmless while [tracking] public_url is empty)'}: put "
+            f"mxhook's milter first: {fix}, then `postfix reload`",
+            None if not tracking else "dkim_before_mxhook"))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ mail may still be retried -- can never sign for a newer rule; endpoint ids never
 (AUTOINCREMENT), and a removed endpoint's keys go with it (its pending events are failed).
 The spooler reads keys through `SigningKeys` at attempt time, so a rotation applies to retries.
 
+Tracking settings (schema 8, `tracking`): per sending domain (the envelope sender's domain of
+outbound mail) which of open tracking, click tracking (and of the text part's links), one-click
+unsubscribe headers and a honeypot link the milter applies; the snapshot carries them.
+
 Templates (schema 6, `templates`): each `--template` given to a rule or endpoint is stored as
 the next version of its owner's template (`add_template_version`, in the transaction that
 writes the owner) and the owner's `template` column names the version its new deliveries
@@ -335,6 +339,27 @@ class Snapshot:
     log_denied: frozenset[str]
     pass_unmatched: frozenset[str] = frozenset()
     reject_texts: dict = dataclasses.field(default_factory=dict)  # domain -> text
+    tracking: dict = dataclasses.field(default_factory=dict)  # sending domain -> TrackingSettings
+
+
+TRACKING_FEATURES = ("opens", "clicks", "text_links", "unsubscribe", "honeypot")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """What outbound mail of one sending domain gets (`TRACKING_FEATURES`)."""
+
+    domain: str
+    opens: bool = True
+    clicks: bool = True
+    text_links: bool = False
+    unsubscribe: bool = False
+    honeypot: bool = False
+    created: str | None = None
+    updated: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def empty_snapshot(regex_timeout: float = 0.05, recipient_delimiter: str = "+") -> Snapshot:
@@ -545,6 +570,15 @@ def _schema_v7(db: sqlite_utils.Database) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 
+def _schema_v8(db: sqlite_utils.Database) -> None:
+    """Tracking settings per sending domain (none: outbound mail is not tracked)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS tracking ("
+        " domain TEXT PRIMARY KEY, opens INTEGER NOT NULL, clicks INTEGER NOT NULL,"
+        " text_links INTEGER NOT NULL, unsubscribe INTEGER NOT NULL, honeypot INTEGER NOT NULL,"
+        " created TEXT NOT NULL, updated TEXT NOT NULL)")
+
+
 def _renormalized_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
     return normalize_address(f"{local}{at}{_u_labels(domain)}")
@@ -568,7 +602,7 @@ def _u_labels(domain: str) -> str:
 
 # The step that brings a database from the version before to each version (store.migrations).
 _MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
-               (6, _schema_v6), (7, _schema_v7))
+               (6, _schema_v6), (7, _schema_v7), (8, _schema_v8))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
@@ -602,6 +636,19 @@ def _read_domains(conn: sqlite3.Connection) -> list[dict]:
     ]
 
 
+_TRACKING_SELECT = ("SELECT domain, " + ", ".join(TRACKING_FEATURES) + ", created, updated"
+                    " FROM tracking")
+
+
+def _row_to_tracking(row) -> TrackingSettings:
+    domain, *flags, created, updated = row
+    return TrackingSettings(domain, *(bool(f) for f in flags), created=created, updated=updated)
+
+
+def _read_tracking(conn: sqlite3.Connection) -> list[TrackingSettings]:
+    return [_row_to_tracking(r) for r in conn.execute(_TRACKING_SELECT + " ORDER BY domain")]
+
+
 def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float,
                    recipient_delimiter: str = "+") -> Snapshot:
     """One consistent read (a single read transaction) compiled into a Snapshot."""
@@ -613,6 +660,7 @@ def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float,
             raise RuleError(f"rules database schema version {version} is newer than this mxhook")
         rules = _read_rules(conn)
         domains = _read_domains(conn)
+        tracking = _read_tracking(conn) if version >= 8 else []
     ruleset = RuleSet(rules, regex_timeout=regex_timeout, recipient_delimiter=recipient_delimiter)
     for rule, reason in ruleset.broken:
         log.error("rule %s is skipped (matches nothing) until it is fixed: %s", rule.name, reason)
@@ -622,6 +670,7 @@ def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float,
         log_denied=frozenset(d["name"] for d in domains if d["log_denied"]),
         pass_unmatched=frozenset(d["name"] for d in domains if d["unmatched"] == "pass"),
         reject_texts={d["name"]: d["reject_text"] for d in domains if d["reject_text"]},
+        tracking={t.domain: t for t in tracking},
     )
 
 
@@ -1053,6 +1102,41 @@ class RulesStore:
         return self.conn.execute(
             "SELECT 1 FROM blocklist WHERE address = ?", (addr,)
         ).fetchone() is not None
+
+    # -- tracking settings --------------------------------------------------------------------
+
+    def set_tracking(self, domain: str, **changes: bool) -> TrackingSettings:
+        """Set features (`TRACKING_FEATURES`) of a sending domain's tracking; a domain without
+        settings gets the defaults of `TrackingSettings` for those not given."""
+        name = normalize_domain(domain)
+        unknown = set(changes) - set(TRACKING_FEATURES)
+        if unknown:
+            raise RuleError(f"unknown tracking setting {', '.join(sorted(unknown))}")
+        now = _now()
+        with transaction(self.conn):
+            row = self.conn.execute(_TRACKING_SELECT + " WHERE domain = ?", (name,)).fetchone()
+            current = _row_to_tracking(row) if row else TrackingSettings(name, created=now)
+            new = replace(current, **{k: bool(v) for k, v in changes.items()}, updated=now)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO tracking (domain, " + ", ".join(TRACKING_FEATURES)
+                + ", created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, *(int(getattr(new, f)) for f in TRACKING_FEATURES), new.created, now))
+        return new
+
+    def get_tracking(self, domain: str) -> TrackingSettings | None:
+        row = self.conn.execute(_TRACKING_SELECT + " WHERE domain = ?",
+                                (normalize_domain(domain),)).fetchone()
+        return _row_to_tracking(row) if row else None
+
+    def list_tracking(self) -> list[TrackingSettings]:
+        return _read_tracking(self.conn)
+
+    def remove_tracking(self, domain: str) -> str:
+        name = normalize_domain(domain)
+        with transaction(self.conn):
+            if self.conn.execute("DELETE FROM tracking WHERE domain = ?", (name,)).rowcount == 0:
+                raise Missing(f"sending domain {name} has no tracking settings")
+        return name
 
     # -- snapshot -----------------------------------------------------------------------------
 
