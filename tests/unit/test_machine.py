@@ -108,7 +108,7 @@ def test_parse_rules_reads_comments_scopes_and_several_networks():
                         "agent   gw  clicks  Example Guard/\\d+\n")
     assert [(r.kind, r.reason, r.scope) for r in rules] == [
         ("network", "relay", "opens"), ("agent", "gw", "clicks")]
-    assert len(rules[0].networks) == 2
+    assert set(rules[0].networks) == {(4, 8), (6, 8)}
     assert rules[1].pattern.search("example guard/12")
 
 
@@ -123,6 +123,16 @@ def test_parse_rules_reads_comments_scopes_and_several_networks():
 def test_parse_rules_names_the_bad_line(line, message):
     with pytest.raises(ValueError, match=message):
         parse_rules(line)
+
+
+def test_a_large_network_list_is_looked_up_by_prefix_length():
+    cidrs = [f"10.{a}.{b}.0/24" for a in range(256) for b in range(0, 256, 2)]
+    rule = machine.network("relay", OPENS, *cidrs, "2001:db8::/32")
+    settings = Settings(rules=(rule,))
+    assert verdict(hit(ip="10.200.4.9"), settings) == (True, "relay")
+    assert verdict(hit(ip="10.200.5.9"), settings) == (False, None)
+    assert verdict(hit(ip="2001:db8:1::1"), settings) == (True, "relay")
+    assert verdict(hit(ip="2001:db9::1"), settings) == (False, None)
 
 
 def test_click_window_keeps_a_message_s_recent_clicks_and_forgets_old_messages():

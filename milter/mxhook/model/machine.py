@@ -29,10 +29,17 @@ class Rule:
     reason: str
     scope: str
     pattern: re.Pattern | None = None
-    networks: tuple = ()
+    # (IP version, prefix length) -> the networks' addresses as ints: a lookup costs one set
+    # probe per prefix length, however many networks (Apple's relay list has ~10^5)
+    networks: dict = field(default_factory=dict)
 
     def applies(self, hit_kind: str) -> bool:
         return self.scope == BOTH or self.scope == hit_kind
+
+    def contains(self, address) -> bool:
+        value, bits = int(address), address.max_prefixlen
+        return any(version == address.version and value >> (bits - length) << (bits - length) in nets
+                   for (version, length), nets in self.networks.items())
 
 
 def agent(reason: str, scope: str, regex: str) -> Rule:
@@ -40,7 +47,11 @@ def agent(reason: str, scope: str, regex: str) -> Rule:
 
 
 def network(reason: str, scope: str, *cidrs: str) -> Rule:
-    return Rule("network", reason, scope, networks=tuple(ipaddress.ip_network(c) for c in cidrs))
+    index: dict[tuple[int, int], set[int]] = {}
+    for cidr in cidrs:
+        net = ipaddress.ip_network(cidr)
+        index.setdefault((net.version, net.prefixlen), set()).add(int(net.network_address))
+    return Rule("network", reason, scope, networks={k: frozenset(v) for k, v in index.items()})
 
 
 # The built-in rules. Sources and false positives: docs/tracking-endpoint.md.
@@ -149,8 +160,7 @@ def _reasons(hit: Hit, settings: Settings):
             continue
         if rule.pattern is not None and rule.pattern.search(hit.user_agent):
             yield rule.reason
-        elif address is not None and any(address in net for net in rule.networks
-                                         if net.version == address.version):
+        elif address is not None and rule.networks and rule.contains(address):
             yield rule.reason
     if hit.kind == CLICKS:
         if 0 <= hit.now - hit.sent < settings.click_seconds:
