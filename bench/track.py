@@ -2,7 +2,7 @@
 baseline measured in the same run: the same server (waitress, the same app, verdicts, user
 agent parsing and GeoIP lookup) answering without recording.
 
-    python3 bench/track.py [--seconds 5] [--clients 2] [--connections 8] [--threads 8] [--dir DIR]
+    python3 bench/track.py [--seconds 5] [--clients 2] [--connections 16] [--threads 32] [--dir DIR]
 
 For each of the two modes (`null`: events made and thrown away; `durable`: appended to a spool
 with the segment writer, fdatasync before each answer, concurrent hits sharing a flush) a server
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", type=int, default=2, help="load processes")
-    ap.add_argument("--connections", type=int, default=8, help="keep-alive connections per process")
-    ap.add_argument("--threads", type=int, default=8, help="the server's waitress threads")
+    ap.add_argument("--connections", type=int, default=16, help="keep-alive connections per process")
+    ap.add_argument("--threads", type=int, default=32, help="the server's waitress threads")
     ap.add_argument("--dir", help="where the spool goes (default: beside this file)")
     ap.add_argument("--serve", choices=("null", "durable"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -444,7 +444,7 @@ SCHEMA: tuple[Key, ...] = (
         ("listen", LISTEN, "127.0.0.1:8026",
          "where mxhook-track (the public tracking endpoint: pixels, clicks, unsubscribes) "
          "listens; TLS goes through a reverse proxy (docs/tracking-endpoint.md)."),
-        ("threads", INT, "8", "requests mxhook-track serves at once.", AT_LEAST_1),
+        ("threads", INT, "32", "requests mxhook-track serves at once.", AT_LEAST_1),
         ("trusted_proxy", TEXT, "127.0.0.1",
          "address of the reverse proxy whose X-Forwarded-For and X-Forwarded-Proto are believed "
          "(empty: none)."),
