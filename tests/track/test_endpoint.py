@@ -54,6 +54,13 @@ def test_click_redirects_to_the_token_s_url_and_records_it(track):
     assert event.engagement["machine"] is False
 
 
+def test_a_click_target_is_sent_as_an_ascii_location(track):
+    status, headers, _ = track.get(f"/c/{token(C, url='https://bücher.example/straße?q=a b#x')}")
+    assert (status, headers["location"]) == (302, "https://xn--bcher-kva.example/stra%C3%9Fe?q=a%20b#x")
+    [event] = track.events()
+    assert event.engagement["url"] == "https://bücher.example/straße?q=a b#x"  # as the mail had it
+
+
 def _edited(tok: str, old: str, new: str) -> str:
     """The token with its signed text edited and the tag kept: what an attacker can make."""
     head, _, tag = tok.partition(".")
@@ -75,6 +82,9 @@ def _edited(tok: str, old: str, new: str) -> str:
     lambda: "/c/" + token(C, url="javascript:alert(1)"),  # signed, but not http(s)
     lambda: "/c/" + token(C, url="ftp://shop.example/file"),
     lambda: "/c/" + token(C, url="https:///no-host"),
+    lambda: "/c/" + token(C, url="https://shop.example/\r\nSet-Cookie: a=b"),
+    lambda: "/c/" + token(C, url="https://sh op.example/"),
+    lambda: "/c/" + token(C, url="https://shop.example:99999/"),
     lambda: "/x/" + token(O),
     lambda: "/o/" + token(O) + "/resubscribe",
     lambda: "/",

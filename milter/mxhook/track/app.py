@@ -21,8 +21,9 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import idna
 import jinja2
 
 from mxhook import spool
@@ -41,7 +42,7 @@ PAGE_HEADERS = NO_CACHE + [
     ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")]
 _PATH = re.compile(r"/([ocu])/([A-Za-z0-9_.-]{1,%d})(/resubscribe)?" % tracktokens.MAX_TOKEN)
 _KIND = {"o": tracktokens.OPEN, "c": tracktokens.CLICK, "u": tracktokens.UNSUBSCRIBE}
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # header injection; spaces are escaped
 MAX_FORM = 4096  # bytes of a POST body read (RFC 8058's is 26)
 
 
@@ -138,14 +139,13 @@ class TrackApp:
                             GIF, method)
 
     def _click(self, environ, start_response, method, track, token):
-        target = urlsplit(track.url)
-        if target.scheme.lower() not in ("http", "https") or not target.netloc \
-                or _CONTROL.search(track.url):
+        location = _location(track.url)
+        if location is None:
             return self._not_found(start_response)
         if not self._record(environ, "clicked", CLICKS, method, track, token):
             return self._unavailable(start_response)
         return self._answer(start_response, "302 Found",
-                            [("Location", track.url), ("Content-Type", "text/plain"),
+                            [("Location", location), ("Content-Type", "text/plain"),
                              ("Referrer-Policy", "no-referrer")] + NO_CACHE, b"", method)
 
     def _unsubscribe(self, environ, start_response, method, track, token, resubscribe):
@@ -239,6 +239,35 @@ class TrackApp:
                        [("Content-Type", "text/plain"), ("Retry-After", "5"),
                         ("Content-Length", str(len(body)))] + NO_CACHE)
         return [body]
+
+
+def _location(url: str) -> str | None:
+    """The Location header of a redirect to `url`: an http(s) URL with a host, spaces and
+    non-ASCII characters percent-encoded (UTF-8) and an international host name in A-labels
+    (a header is ASCII); None for anything else (then 404: never a redirect elsewhere)."""
+    if _CONTROL.search(url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a bad port or IPv6 literal
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host or " " in parts.netloc:
+        return None
+    netloc = parts.netloc
+    if not netloc.isascii():
+        try:
+            netloc = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            return None
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = (quote(userinfo, safe=_SAFE) + "@" if userinfo else "") + netloc \
+            + (f":{port}" if port is not None else "")
+    rest = urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+    return f"{parts.scheme}://{netloc}{quote(rest, safe=_SAFE)}"
+
+
+_SAFE = "/?#[]@!$&'()*+,;=:%~"  # reserved characters and existing escapes stay as they are
 
 
 def _content_length(environ) -> int:
