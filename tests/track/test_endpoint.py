@@ -99,7 +99,7 @@ def test_methods_outside_a_route_are_405(track):
     status, headers, _ = track.post(f"/o/{token(O)}")
     assert status == 405 and headers["allow"] == "GET, HEAD"
     status, headers, _ = track.request("DELETE", f"/u/{token(U)}")
-    assert status == 405 and headers["allow"] == "GET, POST"
+    assert status == 405 and headers["allow"] == "GET, HEAD, POST"
     assert track.events() == []
 
 
@@ -116,6 +116,7 @@ def test_unsubscribe_get_shows_a_page_and_changes_nothing(track):
     assert "&lt;b&gt;al&amp;ice&lt;/b&gt;@example.org" in page and "<b>al" not in page
     assert f'href="{tok}/resubscribe"' in page
     assert "default-src 'none'" in headers["content-security-policy"]
+    assert track.request("HEAD", f"/u/{tok}")[:1] == (200,)
     assert track.events() == []
 
 

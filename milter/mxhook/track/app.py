@@ -2,9 +2,9 @@
 
     GET|HEAD /o/<token>                 1x1 GIF                          -> opened
     GET|HEAD /c/<token>                 302 to the token's http(s) URL   -> clicked
-    GET      /u/<token>                 confirmation page (changes nothing)
+    GET|HEAD /u/<token>                 confirmation page (changes nothing)
     POST     /u/<token>                 RFC 8058 one-click, or the page's button -> unsubscribed
-    GET      /u/<token>/resubscribe     page with a button (changes nothing)
+    GET|HEAD /u/<token>/resubscribe     page with a button (changes nothing)
     POST     /u/<token>/resubscribe     -> resubscribed
     GET|HEAD /healthz
 
@@ -114,7 +114,7 @@ class TrackApp:
         letter, token, resubscribe = found.groups()
         if letter != "u" and resubscribe:
             return self._not_found(start_response)
-        allowed = ("GET", "HEAD") if letter in "oc" else ("GET", "POST")
+        allowed = ("GET", "HEAD") if letter in "oc" else ("GET", "HEAD", "POST")
         if method not in allowed:
             return self._answer(start_response, "405 Method Not Allowed",
                                 [("Allow", ", ".join(allowed)), ("Content-Type", "text/plain")],
