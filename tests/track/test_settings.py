@@ -38,3 +38,19 @@ def test_a_bad_config_exits_2_naming_the_key(tmp_path):
     proc = subprocess.run(_program("mxhook-track", "mxhook.daemons.track") + ["--config", str(conf)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "[tracking] threads must be at least 1" in proc.stderr
+
+
+def test_an_address_in_use_exits_1(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        conf = tmp_path / "c.conf"
+        conf.write_text(f"[paths]\nspool_dir = {tmp_path / 'spool'}\n[tracking]\n"
+                        f"listen = 127.0.0.1:{taken.getsockname()[1]}\nkey_file = {tmp_path / 'none'}\n"
+                        "log = stderr\n")
+        proc = subprocess.run(_program("mxhook-track", "mxhook.daemons.track") + ["--config", str(conf)],
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "cannot listen" in proc.stderr
+    assert "no tracking key" in proc.stderr
