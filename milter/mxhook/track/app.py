@@ -30,6 +30,7 @@ from mxhook import spool
 from mxhook.model import machine, tracktokens
 from mxhook.model.events import ENGAGEMENT_KEYS, Event, event_id, iso_from_us
 from mxhook.model.machine import CLICKS, OPENS
+from mxhook.track.clients import client_of
 
 log = logging.getLogger("mxhook-track")
 
@@ -184,8 +185,6 @@ class TrackApp:
         ip = environ.get("REMOTE_ADDR") or ""
         user_agent = environ.get("HTTP_USER_AGENT", "")
         engagement = dict.fromkeys(ENGAGEMENT_KEYS)
-        from mxhook.track.clients import client_of  # user_agents loads its regexes at import
-
         client, device, os_family = client_of(user_agent)
         geoip = self.sources.geoip()
         continent, country, city = geoip.place(ip) if geoip is not None else (None, None, None)

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Callable, Generic, TypeVar
 
+import user_agents
+
 log = logging.getLogger("mxhook-track")
 
 T = TypeVar("T")
@@ -73,8 +75,6 @@ def client_of(user_agent: str) -> tuple[str | None, str | None, str | None]:
     None for what it does not say. Cached: the parser tries hundreds of regexes."""
     if not user_agent:
         return None, None, None
-    import user_agents
-
     parsed = user_agents.parse(user_agent)
     device = ("bot" if parsed.is_bot else "tablet" if parsed.is_tablet
               else "mobile" if parsed.is_mobile else "desktop" if parsed.is_pc else None)
