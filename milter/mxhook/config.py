@@ -449,6 +449,33 @@ SCHEMA: tuple[Key, ...] = (
          "one (the file is made 0640, group mxhook)."),
         ("max_message_size", SIZE, "10M",
          "larger outbound messages are sent untouched (their queued events say why)."),
+        ("listen", LISTEN, "127.0.0.1:8026",
+         "where mxhook-track (the public tracking endpoint: pixels, clicks, unsubscribes) "
+         "listens; TLS goes through a reverse proxy (docs/tracking-endpoint.md)."),
+        ("threads", INT, "32", "requests mxhook-track serves at once.", AT_LEAST_1),
+        ("trusted_proxy", TEXT, "127.0.0.1",
+         "address of the reverse proxy whose X-Forwarded-For and X-Forwarded-Proto are believed "
+         "(empty: none)."),
+        ("geoip_database", PATH, "",
+         "a MaxMind-format City (or Country) database (.mmdb) that gives engagement events "
+         "continent, country and city; empty, missing or unreadable: those fields stay empty."),
+        ("privacy", choice("full", "aggregate"), "full",
+         "full keeps the reader's IP address and user agent in engagement events; aggregate "
+         "drops both once the bot verdict, client and place are made from them."),
+        ("machine_click_seconds", SECONDS, "5",
+         "a click this many seconds or less after the message was sent is a machine's "
+         "(click_after_sending); 0: off.", NOT_NEGATIVE),
+        ("machine_burst_links", INT, "3",
+         "this many different links of one message clicked within machine_burst_seconds are "
+         "a machine's (click_burst); 0: off.", NOT_NEGATIVE),
+        ("machine_burst_seconds", SECONDS, "1", "the window of machine_burst_links.", ABOVE_0),
+        ("machine_rules_file", PATH, "",
+         "extra bot rules, one a line: KIND REASON SCOPE VALUE (agent: a user agent regex; "
+         "network: CIDRs), checked before the built-in ones; empty: none."),
+        ("machine_rules_off", LIST, "",
+         "comma-separated machine_reason names not to report, e.g. gmail_image_proxy."),
+        ("log", LOG, "syslog", AS_FOR_THE_MILTER),
+        ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
     ),
 )
 

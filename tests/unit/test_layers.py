@@ -185,7 +185,7 @@ def test_web_views_call_services_only(module):
 ORDER = ("mxhook.config", "mxhook.model", "mxhook.mailauth", "mxhook.postfix", "mxhook.spool",
          "mxhook.heartbeat",
          "mxhook.store", "mxhook.payloads", "mxhook.delivery", "mxhook.services", "mxhook.web",
-         "mxhook.daemons",
+         "mxhook.track", "mxhook.daemons",
          "mxhook.cli")
 # Known exceptions, each with its reason.
 UPWARD = {
