@@ -2,11 +2,13 @@
 renderer (`payloads/registry.py` render_events), same events, same run (issue 16: the native
 format is at >= 20,000 events/s; no dialect below 10,000).
 
-    python3 bench/dialects.py [--events 20000] [--rounds 5] [--json out.json]
+    python3 bench/dialects.py [--events 20000] [--rounds 5] [--json out.json] [--engagement]
 
 The events are event dicts as the spooler hands them to a renderer (Event.to_dict(), log events
 enriched with their message's fields): per message a `queued` event, then `succeeded`, or
-`deferred` and `bounced` (hard or soft), or `failed`. Every dialect module in
+`deferred` and `bounced` (hard or soft), or `failed`; with --engagement, what tracked mail adds
+to that: per message also an `opened` (every fourth judged a machine: Apple MPP), and for some a
+`clicked`, an `unsubscribed`, a `resubscribed` or a `complained`. Every dialect module in
 mxhook/payloads/dialects/ with an `event_request` is measured on the events of its
 EVENT_TYPES, one per call where it posts one per request (EVENTS_PER_REQUEST = 1), else in
 batches of --batch. Native is measured both ways: batches of --batch (what an endpoint gets)
@@ -37,8 +39,13 @@ from mxhook.payloads.registry import render_events  # noqa: E402
 TARGET = 10_000  # events/s no dialect may fall below
 
 
-def make_events(n: int) -> list[dict]:
-    """n event dicts as stored and enriched, a realistic mix of outcomes."""
+READER = {"sending_domain": "ours.example", "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) "
+          "AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148", "client": "Mobile Safari",
+          "client_device": "mobile", "client_os": "iOS", "continent": "EU", "country": "FR", "city": "Lyon"}
+
+
+def make_events(n: int, engagement: bool = False) -> list[dict]:
+    """n event dicts as stored and enriched, a realistic mix of outcomes (and of engagement)."""
     t0 = 1_795_348_800_000_000
     out: list[dict] = []
     msg = 0
@@ -68,6 +75,21 @@ def make_events(n: int) -> list[dict]:
         else:
             event("failed", 432_000_000_000, dsn="4.4.1", delay=432000.0, reason="expired",
                   diagnostic="connect to mx.customer.example[192.0.2.25]:25: Connection timed out")
+        if engagement and kind < 7:
+            machine = msg % 4 == 0
+            event("opened", 60_000_000, source="track", engagement={
+                **READER, "ip": f"203.0.113.{msg % 250}", "machine": machine,
+                "machine_reason": "Apple Mail Privacy Protection" if machine else None})
+            extra = ("clicked", "clicked", "unsubscribed", "resubscribed", "complained", None, None)[kind]
+            if extra == "clicked":
+                event("clicked", 90_000_000, source="track", engagement={
+                    **READER, "ip": f"203.0.113.{msg % 250}", "machine": False, "link": msg % 5,
+                    "url": f"https://shop.ours.example/orders/{msg}?utm_source=mail"})
+            elif extra == "complained":
+                event("complained", 86_400_000_000, source="feedback",
+                      engagement={"sending_domain": "ours.example", "feedback_type": "abuse"})
+            elif extra:
+                event(extra, 120_000_000, source="track", engagement={**READER, "ip": "203.0.113.7"})
         msg += 1
     return out[:n]
 
@@ -129,8 +151,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", help="write the figures to this file too")
+    ap.add_argument("--engagement", action="store_true", help="add tracked mail's engagement events")
     args = ap.parse_args()
-    measured = measure(make_events(args.events), batch=args.batch, rounds=args.rounds)
+    measured = measure(make_events(args.events, args.engagement), batch=args.batch, rounds=args.rounds)
     rates = {name: rate for name, (rate, _) in measured.items()}
     native_batch, native_one = rates["native"], rates["native-one"]
     print(f"{'renderer':48} {'events/s':>10} {'/ native batch':>14} {'/ native one':>12}")

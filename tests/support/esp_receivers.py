@@ -48,12 +48,22 @@ def receive_mailgun_event(r, key: str) -> dict:
     data = payload["event-data"]
     assert isinstance(data["id"], str) and data["id"]
     assert isinstance(data["timestamp"], float)
-    assert data["event"] in ("accepted", "delivered", "failed")
+    assert data["event"] in ("accepted", "delivered", "failed", "opened", "clicked", "unsubscribed", "complained")
     assert data["log-level"] in ("info", "warn", "error")
     if data["event"] == "failed":
         assert data["severity"] in ("permanent", "temporary")
         assert isinstance(data["reason"], str)
         assert isinstance(data["delivery-status"]["code"], int)
+    if data["event"] in ("opened", "clicked", "unsubscribed"):  # "Tracking Opens/Clicks", bot detection
+        assert isinstance(data["ip"], str)
+        assert set(data["geolocation"]) == {"country", "region", "city"}
+        assert all(isinstance(v, str) for v in data["geolocation"].values())
+        info = data["client-info"]
+        assert {"client-name", "client-os", "device-type", "user-agent", "bot"} <= set(info)
+        assert all(isinstance(v, str) for v in info.values())
+        assert info["bot"] in ("", "apple", "gmail", "generic")
+    if data["event"] == "clicked":
+        assert isinstance(data["url"], str)
     assert isinstance(data["message"]["headers"], dict)
     assert isinstance(data["tags"], list) and isinstance(data["user-variables"], dict)
     return data

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import strategies as st
 
-from mxhook.model.events import TYPES
+from mxhook.model.events import ENGAGEMENT_KEYS, TYPES
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.events import sample_event, v1_text
 
@@ -30,6 +30,12 @@ _MESSAGE = {  # what a log event carries after the spooler's join with its queue
     "message_id": "<order-1187@ours.example>", "subject": "Your order has shipped",
     "client_addr": "10.0.0.5", "auth_user": "shop", "custom_headers": {"x-campaign": "autumn-24"},
 }
+# What mxhook-track records of a reader (engagement object; absent keys are null)
+_READER = {"sending_domain": "ours.example", "ip": "203.0.113.9",
+           "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+                         "(KHTML, like Gecko) Mobile/15E148",
+           "client": "Mobile Safari", "client_device": "mobile", "client_os": "iOS", "continent": "EU",
+           "country": "FR", "city": "Lyon"}
 _REMOTE = {"remote_host": "mx.customer.example[192.0.2.25]", "relay": "mx.customer.example[192.0.2.25]:25"}
 
 # One event per case, as stored (Event.to_dict() enriched); not every dialect sends every one.
@@ -85,6 +91,55 @@ EVENTS: dict[str, dict] = {
                      "recipient": "ok@customer.example", "subject": "\u00e9" * 100_000},
     "wrong_types": {"id": 7, "type": "succeeded", "at": "2026-11-22T13:08:09.000000Z", "recipient": ["a"],
                     "subject": 12, "delay": "3", "message_id": {"x": 1}, "custom_headers": "not a dict"},
+    # engagement events: mxhook-track's (opens, clicks, the unsubscribe page) and the feedback
+    # handler's (ARF complaints, mailto: unsubscribes), joined with their message's queued event
+    "opened": {"id": "18ea60f0c0000000bbbbbbbbbbb1", "type": "opened", "at": "2026-11-22T15:02:41.250000Z",
+               "source": "track", "recipient": "ok@customer.example", **_MESSAGE,
+               "engagement": {**_READER, "machine": False}},
+    "opened_machine": {"id": "18ea60f0c0000000bbbbbbbbbbb2", "type": "opened", "at": "2026-11-22T13:08:12.000000Z",
+                       "source": "track", "recipient": "ok@customer.example", **_MESSAGE,
+                       "engagement": {"sending_domain": "ours.example", "ip": "17.58.101.2",
+                                      "user_agent": "Mozilla/5.0", "machine": True,
+                                      "machine_reason": "Apple Mail Privacy Protection (iCloud Private Relay network)"}},
+    "opened_several_recipients": {"id": "18ea60f0c0000000bbbbbbbbbbb3", "type": "opened",
+                                  "at": "2026-11-22T15:02:41.250000Z", "source": "track", "recipient": None,
+                                  **_MESSAGE, "engagement": {**_READER, "machine": False}},
+    "clicked": {"id": "18ea60f0c0000000bbbbbbbbbbb4", "type": "clicked", "at": "2026-11-22T15:03:00.500000Z",
+                "source": "track", "recipient": "ok@customer.example", **_MESSAGE,
+                "engagement": {**_READER, "url": "https://shop.ours.example/orders/1187?utm_source=mail&x=1",
+                               "link": 2, "machine": False}},
+    "clicked_scanner": {"id": "18ea60f0c0000000bbbbbbbbbbb5", "type": "clicked", "at": "2026-11-22T13:08:10.000000Z",
+                        "source": "track", "recipient": "ok@customer.example", **_MESSAGE,
+                        "engagement": {"url": "https://shop.ours.example/orders/1187", "link": 0,
+                                       "sending_domain": "ours.example", "ip": "198.51.100.7",
+                                       "user_agent": "Mozilla/5.0 (compatible; SafeLinks)", "machine": True,
+                                       "machine_reason": "clicked 1 s after delivery"}},
+    "unsubscribed": {"id": "18ea60f0c0000000bbbbbbbbbbb6", "type": "unsubscribed", "at": "2026-11-22T15:04:00.000000Z",
+                     "source": "track", "recipient": "ok@customer.example", **_MESSAGE, "engagement": _READER},
+    "unsubscribed_mailto": {"id": "18ea60f0c0000000bbbbbbbbbbb7", "type": "unsubscribed",
+                            "at": "2026-11-22T15:05:00.000000Z", "source": "feedback",
+                            "recipient": "ok@customer.example", **_MESSAGE,
+                            "engagement": {"sending_domain": "ours.example"}},
+    "resubscribed": {"id": "18ea60f0c0000000bbbbbbbbbbb8", "type": "resubscribed", "at": "2026-11-22T15:06:00.000000Z",
+                     "source": "track", "recipient": "ok@customer.example", **_MESSAGE, "engagement": _READER},
+    "complained": {"id": "18ea60f0c0000000bbbbbbbbbbb9", "type": "complained", "at": "2026-11-23T09:00:00.000000Z",
+                   "source": "feedback", "recipient": "ok@customer.example", **_MESSAGE,
+                   "engagement": {"sending_domain": "ours.example", "feedback_type": "abuse"}},
+    "opened_privacy": {"id": "18ea60f0c0000000bbbbbbbbbbc0", "type": "opened", "at": "2026-11-22T15:02:41.250000Z",
+                       "source": "track", "recipient": "ok@customer.example", **_MESSAGE,  # privacy = aggregate
+                       "engagement": {**_READER, "ip": None, "user_agent": None, "machine": False}},
+    "clicked_hostile": {"id": "x8", "type": "clicked", "at": "2026-11-22T15:03:00.500000Z", "source": "track",
+                        "recipient": "ok@customer.example",
+                        "engagement": {"url": "https://x.example/?q=\"a\"&b={{ 7*7 }}&c=%00\r\n\u2028\ud800",
+                                       "link": 1, "user_agent": "Evil \"UA\" {% raw %}\x00\x1b\ud83d",
+                                       "client": "{{ client }}", "city": "S\u00e3o Paulo",
+                                       "ip": "2001:db8::1"}},
+    "engagement_wrong_types": {"id": "x9", "type": "clicked", "at": "2026-11-22T15:03:00.500000Z",
+                               "recipient": "ok@customer.example",
+                               "engagement": {"url": ["https://x.example/"], "link": "2", "machine": "yes",
+                                              "ip": 7, "city": {"a": 1}}},
+    "engagement_not_an_object": {"id": "x10", "type": "opened", "at": "2026-11-22T15:03:00.500000Z",
+                                 "recipient": "ok@customer.example", "engagement": "not a dict"},
 }
 
 
@@ -183,6 +238,8 @@ def hostile_events(event_types: frozenset[str]):
             "queue_id", "dsn", "remote_host", "reply", "diagnostic", "client_addr", "auth_user",
             "reason", "delay")} | {
             "bounce_type": st.one_of(st.sampled_from(["hard", "soft"]), HOSTILE_VALUES),
+            "engagement": st.one_of(HOSTILE_VALUES, st.dictionaries(st.sampled_from(ENGAGEMENT_KEYS),
+                                                                    HOSTILE_VALUES, max_size=6)),
             "custom_headers": st.one_of(HOSTILE_VALUES, st.dictionaries(HOSTILE_TEXT, HOSTILE_VALUES, max_size=3)),
         })
 

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from mxhook.model.endpoints import MAX_EVENTS_RANGE
-from mxhook.model.events import TYPES
+from mxhook.model.events import ENGAGEMENT_TYPES, TYPES
 from mxhook.model.rules import Rule
 from mxhook.model.targets import Destination, Target
 from mxhook.payloads import dialects as dialects_package, inbound, registry, templates
@@ -356,6 +356,63 @@ def test_the_reference_reading_decodes_encoded_words_as_they_were_written():
 
 # ---------------------------------------------------------------------------------------------
 # Multi-recipient
+
+# ---------------------------------------------------------------------------------------------
+# Engagement events: hostile text in what mxhook-track records (a URL of the message, the
+# reader's user agent), and a message with several recipients (recipient null)
+
+ENGAGEMENT_FIELDS = ("url", "user_agent", "ip", "client", "city")
+
+
+def clicked(**engagement) -> dict:
+    return event("clicked", engagement={**EVENT_CASES["clicked"]["engagement"], **engagement})
+
+
+@functools.lru_cache(maxsize=None)
+def carried_engagement(name: str) -> tuple[str, ...]:
+    """The engagement fields a dialect's click body has as they are (plain text)."""
+    values = {f: f"{f}:plain-7f3a" for f in ENGAGEMENT_FIELDS}
+    decoded = decode(EVENT_DIALECTS[name]([clicked(**values)], CTX))
+    return tuple(f for f in ENGAGEMENT_FIELDS if recovered(decoded, values[f]))
+
+
+def check_engagement_fields(name: str, text: str) -> None:
+    values = {f: f"{f}:{text}" for f in carried_engagement(name)}
+    decoded = decode(EVENT_DIALECTS[name]([clicked(**values)], CTX))
+    for f, value in values.items():
+        assert recovered(decoded, value), f"{name}: engagement {f} not in the body"
+
+
+CLICKING = [name for name in sorted(EVENT_DIALECTS) if "clicked" in event_types(name)]
+
+
+@pytest.mark.parametrize("name", CLICKING)
+def test_every_dialect_that_sends_clicks_carries_the_url(name):
+    if name != "template-json":  # the suite's template shows no engagement field
+        assert "url" in carried_engagement(name)
+
+
+@pytest.mark.parametrize("name", CLICKING)
+@pytest.mark.parametrize("case", sorted(HOSTILE_SUBJECTS))
+def test_hostile_engagement_text(name, case):
+    check_engagement_fields(name, HOSTILE_SUBJECTS[case])
+
+
+@pytest.mark.parametrize("name", CLICKING)
+@SETTINGS
+@given(text=HOSTILE_TEXT)
+def test_hostile_engagement_text_generated(name, text):
+    check_engagement_fields(name, text)
+
+
+@EVENTS
+def test_engagement_of_a_message_with_several_recipients(name):
+    """Such a message's tokens carry no recipient: its events have recipient null, and every
+    dialect that sends the type still renders a body that reads."""
+    for etype in sorted(set(ENGAGEMENT_TYPES) & event_types(name)):
+        e = event(etype, recipient=None, orig_recipient=None, engagement={"sending_domain": "ours.example"})
+        decode(EVENT_DIALECTS[name]([e], CTX))
+
 
 RECIPIENTS = ("one@customer.example", "two@customer.example", "three@customer.example")
 

@@ -29,6 +29,7 @@ from mxhook.payloads.encodings import Rendered
 from mxhook.payloads.events import sample_event
 from mxhook.payloads.inbound import Delivery
 from tests.support.esp_receivers import mailgun_verify as verify, receive_mailgun_event
+from tests.unit.seed_dialect_cases import EVENTS as SEED_EVENTS
 from tests.unit.test_payloads import META, PDF, raw, target
 
 HERE = Path(__file__).parent
@@ -155,9 +156,19 @@ EVENT_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EVENT_CASES))
+# Engagement events: the seed dialects' cases, with Mailgun's headers on the message
+ENGAGEMENT_CASES = {name: {**SEED_EVENTS[name], "custom_headers": BOUNCE["custom_headers"]}
+                    for name in ("opened", "opened_machine", "clicked", "clicked_scanner", "unsubscribed",
+                                 "unsubscribed_mailto", "complained", "opened_privacy", "clicked_hostile",
+                                 "engagement_wrong_types", "opened_several_recipients")}
+ENGAGEMENT_CASES["opened_gmail"] = {**SEED_EVENTS["opened_machine"], "engagement": {
+    "machine": True, "machine_reason": "Gmail image proxy (GoogleImageProxy)", "ip": "66.249.93.84"}}
+ALL_EVENT_CASES = {**EVENT_CASES, **ENGAGEMENT_CASES}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_EVENT_CASES))
 def test_event_golden(name):
-    r = mailgun.event_request([EVENT_CASES[name]], EVENT_CTX)
+    r = mailgun.event_request([ALL_EVENT_CASES[name]], EVENT_CTX)
     receive_mailgun_event(r, KEY)
     check_golden("mailgun", f"event-{name}", r)
 
@@ -210,8 +221,55 @@ def test_user_variables_only_from_a_json_object(text):
     assert receive_mailgun_event(mailgun.event_request([e], EVENT_CTX), KEY)["user-variables"] == {}
 
 
-def test_every_delivery_type_has_a_mailgun_event():
-    assert set(mailgun.EVENT_TYPES) == set(TYPES) - {"registered", "deleted", *ENGAGEMENT_TYPES}
+def test_every_type_but_block_list_changes_and_resubscribed_has_a_mailgun_event():
+    assert set(mailgun.EVENT_TYPES) == set(TYPES) - {"registered", "deleted", "resubscribed"}
+    assert set(ENGAGEMENT_TYPES) - {"resubscribed"} <= set(mailgun.EVENT_TYPES)
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
+
+
+def test_engagement_mapping():
+    got = {name: receive_mailgun_event(mailgun.event_request([e], EVENT_CTX), KEY)
+           for name, e in ENGAGEMENT_CASES.items()}
+    assert {n: (d["event"], d["log-level"]) for n, d in got.items() if not n.startswith("engagement")} == {
+        "opened": ("opened", "info"), "opened_machine": ("opened", "info"), "opened_gmail": ("opened", "info"),
+        "opened_privacy": ("opened", "info"), "opened_several_recipients": ("opened", "info"),
+        "clicked": ("clicked", "info"), "clicked_scanner": ("clicked", "info"), "clicked_hostile": ("clicked", "info"),
+        "unsubscribed": ("unsubscribed", "info"), "unsubscribed_mailto": ("unsubscribed", "info"),
+        "complained": ("complained", "warn")}
+    opened = got["opened"]
+    assert (opened["ip"], opened["recipient"], opened["recipient-domain"]) == \
+        ("203.0.113.9", "ok@customer.example", "customer.example")
+    assert opened["geolocation"] == {"country": "FR", "region": "Unknown", "city": "Lyon"}
+    assert opened["client-info"] == {"client-name": "Mobile Safari", "client-type": "unknown", "client-os": "iOS",
+                                     "device-type": "mobile", "user-agent": SEED_EVENTS["opened"]["engagement"]["user_agent"],
+                                     "bot": ""}
+    assert opened["tags"] == ["invoice"] and opened["user-variables"] == {"order": "42"}
+    assert opened["message"]["headers"]["message-id"] == "order-1187@ours.example"
+    assert "envelope" not in opened and "delivery-status" not in opened
+    # the bot verdict, by Mailgun's names
+    assert {n: got[n]["client-info"]["bot"] for n in ("opened_machine", "opened_gmail", "clicked_scanner")} == \
+        {"opened_machine": "apple", "opened_gmail": "gmail", "clicked_scanner": "generic"}
+    assert got["clicked"]["url"] == "https://shop.ours.example/orders/1187?utm_source=mail&x=1"
+    assert "url" not in opened
+    complained = got["complained"]
+    assert "client-info" not in complained and complained["flags"] == {"is-test-mode": False}
+    private = got["opened_privacy"]
+    assert private["ip"] == private["client-info"]["user-agent"] == ""
+    assert "recipient" not in got["opened_several_recipients"]
+    assert got["unsubscribed_mailto"]["geolocation"] == {"country": "Unknown", "region": "Unknown", "city": "Unknown"}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(url=TEXT, user_agent=TEXT, client=TEXT, reason=TEXT, machine=st.one_of(st.none(), st.booleans()))
+def test_hostile_engagement_values_never_break_the_json(url, user_agent, client, reason, machine):
+    e = {**ENGAGEMENT_CASES["clicked"], "engagement": {"url": url, "user_agent": user_agent, "client": client,
+                                                       "machine": machine, "machine_reason": reason}}
+    data = receive_mailgun_event(mailgun.event_request([e], EVENT_CTX), KEY)
+    assert data["url"] == url and data["client-info"]["user-agent"] == user_agent
+    assert data["client-info"]["client-name"] == (client or "unknown")
+    assert (data["client-info"]["bot"] == "") is (machine is not True)
 
 
 @pytest.mark.parametrize("event_type", mailgun.EVENT_TYPES)
@@ -276,9 +334,6 @@ def test_one_event_per_request():
         mailgun.event_request([BOUNCE, BOUNCE], EVENT_CTX)
 
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(subject=TEXT, header_from=TEXT, reply=TEXT, recipient=TEXT, variables=TEXT,
        message_id=TEXT)
@@ -330,7 +385,8 @@ def test_inbound_golden(name):
 
 def test_golden_files_are_the_cases():
     assert golden_names("mailgun") == sorted(
-        [f"event-{n}" for n in EVENT_CASES] + [f"inbound-{n}" for n in INBOUND_CASES])
+        [f"event-{n}" for n in ALL_EVENT_CASES]
+        + [f"inbound-{n}" for n in INBOUND_CASES])
 
 
 def test_forward_fields():

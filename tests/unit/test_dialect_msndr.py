@@ -30,7 +30,7 @@ def receive(rendered) -> dict:
     assert list(event) == ["name", "timestamp", "data"]
     assert event["name"] in MSNDR_EVENTS
     assert event["timestamp"] is None or type(event["timestamp"]) is int
-    assert list(event["data"]) == DATA_KEYS
+    assert list(event["data"]) == DATA_KEYS + (["url"] if event["name"] == "clicked" else [])
     assert all(v is None or type(v) is str for v in event["data"].values())
     return doc
 
@@ -56,6 +56,12 @@ def test_conformance(check):
     ("deferred", "soft_bounced"),
     ("failed_expired", "soft_bounced"),
     ("blocked", "skipped"),
+    ("opened", "opened"),
+    ("opened_machine", "opened"),
+    ("clicked", "clicked"),
+    ("unsubscribed", "unsubscribed"),
+    ("unsubscribed_mailto", "unsubscribed"),
+    ("complained", "complained"),
 ])
 def test_event_names(case, name):
     assert receive(msndr.event_request([CASES[case]], dc.CTX))["event"]["name"] == name
@@ -107,3 +113,25 @@ def test_hostile_events_never_break_the_json(event):
     for key in ("message_id", "queue_id", "dsn"):
         if type(event.get(key)) is str:
             assert data[key] == dc.scrubbed(event[key])
+
+
+def test_clicked_has_the_url():
+    """msndr's example: `clicked` with `data.url`; other events have no url."""
+    data = receive(msndr.event_request([CASES["clicked"]], dc.CTX))["event"]["data"]
+    assert data["url"] == "https://shop.ours.example/orders/1187?utm_source=mail&x=1"
+    assert data["type"] == "clicked" and data["queue_id"] == "4XbQ1k2Lmz"
+    assert "url" not in receive(msndr.event_request([CASES["opened"]], dc.CTX))["event"]["data"]
+    hostile = CASES["clicked_hostile"]
+    data = receive(msndr.event_request([hostile], dc.CTX))["event"]["data"]
+    assert data["url"] == dc.scrubbed(hostile["engagement"]["url"])
+    assert receive(msndr.event_request([CASES["engagement_wrong_types"]], dc.CTX))["event"]["data"]["url"] is None
+
+
+def test_engagement_events_share_the_message_number():
+    ids = {case: receive(msndr.event_request([CASES[case]], dc.CTX))["message"]["id"]
+           for case in ("succeeded", "opened", "clicked", "unsubscribed", "complained")}
+    assert len(set(ids.values())) == 1  # one recipient (ok@) of one message
+
+
+def test_resubscribed_is_not_sent():
+    assert "resubscribed" in msndr.NOT_SENT

@@ -113,3 +113,19 @@ def test_hostile_events_never_break_the_json(event):
     for key, field in (("subject", "subject"), ("message_id", "header_message_id"), ("queue_id", "outbound_queue_id")):
         if type(event.get(key)) is str:
             assert payload[field] == dc.scrubbed(event[key])
+
+
+def test_opened_is_paubox_opened_with_the_same_payload():
+    """Paubox's one engagement event; its payload says nothing about the reader, so a machine
+    open (no Paubox field for the verdict) looks like any other."""
+    opened = receive(paubox.event_request([CASES["opened"]], dc.CTX))
+    delivered = receive(paubox.event_request([CASES["succeeded"]], dc.CTX))
+    assert opened["event_name"] == "api_mail_log_opened"
+    assert opened["payload"]["id"] == delivered["payload"]["id"]  # same message, same recipient
+    assert opened["payload"]["time"] == "2026-11-22T15:02:41.250Z"
+    assert receive(paubox.event_request([CASES["opened_machine"]], dc.CTX))["event_name"] == "api_mail_log_opened"
+    assert receive(paubox.event_request([CASES["opened_several_recipients"]], dc.CTX))["payload"]["to"] is None
+
+
+def test_other_engagement_events_are_not_sent():
+    assert paubox.EVENT_TYPES & {"clicked", "unsubscribed", "resubscribed", "complained"} == set()

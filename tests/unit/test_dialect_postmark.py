@@ -22,6 +22,7 @@ from mxhook.payloads.dialects import EventContext, InboundContext, postmark
 from tests.support.esp_receivers import receive_postmark_inbound
 from tests.unit.test_dialect_sendgrid import (AT, HOSTILE, KINDS, big_and_small, delivery, golden_text, mime,
                                               recorded)
+from tests.unit.seed_dialect_cases import EVENTS as SEED_EVENTS
 from tests.unit.test_payload_golden import EVENTS
 
 GOLDEN = Path(__file__).parent / "golden" / "dialects" / "postmark"
@@ -45,7 +46,17 @@ FIELDS = {
                "CanActivate", "Subject", "Metadata"},
     "SubscriptionChange": {"RecordType", "ServerID", "MessageStream", "MessageID", "ChangedAt", "Recipient",
                            "Origin", "SuppressSending", "SuppressionReason", "Tag", "Metadata"},
+    # Postmark's open and click webhooks (their samples carry no ServerID)
+    "Open": {"RecordType", "MessageStream", "Metadata", "FirstOpen", "Client", "OS", "Platform", "UserAgent",
+             "ReadSeconds", "Geo", "MessageID", "ReceivedAt", "Tag", "Recipient"},
+    "Click": {"RecordType", "MessageStream", "Metadata", "ClickLocation", "Client", "OS", "Platform", "UserAgent",
+              "OriginalLink", "Geo", "MessageID", "ReceivedAt", "Tag", "Recipient"},
 }
+FIELDS["SpamComplaint"] = FIELDS["Bounce"]
+GEO = {"CountryISOCode", "Country", "RegionISOCode", "Region", "City", "Zip", "Coords", "IP"}
+ENGAGEMENT = {name: SEED_EVENTS[name] for name in (
+    "opened", "opened_machine", "clicked", "clicked_scanner", "unsubscribed", "unsubscribed_mailto", "resubscribed",
+    "complained", "opened_privacy", "clicked_hostile", "engagement_wrong_types", "opened_several_recipients")}
 
 
 def record(event: dict) -> dict:
@@ -65,6 +76,8 @@ def golden_cases():
     for i, event in enumerate(EVENTS):
         if event["type"] in postmark.EVENT_TYPES:
             yield f"events/golden_events_{i}", lambda event=event: postmark.event_request([event], CTX)
+    for name, event in ENGAGEMENT.items():
+        yield f"events/{name}", lambda event=event: postmark.event_request([event], CTX)
     for name in ("mixed_alternative_attachment", "related_inline_image", "latin1_8bit", "rfc2231_filenames"):
         yield f"inbound/{name}", lambda name=name: postmark.inbound_request(
             delivery(mime(f"{name}.eml"), ["in+ticket-42@ours.example", "other@ours.example"]), ICTX)
@@ -111,6 +124,73 @@ def test_records_as_postmark_documents_them():
     assert (by_admin["SuppressionReason"], by_admin["Origin"], by_admin["MessageID"]) == \
         ("ManualSuppression", "Customer", None)
     assert (unblock["SuppressSending"], unblock["SuppressionReason"]) == (False, None)
+
+
+def test_engagement_records_as_postmark_documents_them():
+    records = {name: record(e) for name, e in ENGAGEMENT.items()}
+    for rec in records.values():
+        assert set(rec) == FIELDS[rec["RecordType"]]
+        if rec["RecordType"] in ("Open", "Click"):
+            assert set(rec["Geo"]) == GEO and all(isinstance(v, str) for v in rec["Geo"].values())
+            assert rec["Platform"] in ("WebMail", "Desktop", "Mobile", "Unknown")
+            assert set(rec["Client"]) == set(rec["OS"]) == {"Name", "Company", "Family"}
+    assert {n: r["RecordType"] for n, r in records.items()} == {
+        "opened": "Open", "opened_machine": "Open", "opened_privacy": "Open", "opened_several_recipients": "Open",
+        "clicked": "Click", "clicked_scanner": "Click", "clicked_hostile": "Click", "engagement_wrong_types": "Click",
+        "unsubscribed": "SubscriptionChange", "unsubscribed_mailto": "SubscriptionChange",
+        "resubscribed": "SubscriptionChange", "complained": "SpamComplaint"}
+    opened = records["opened"]
+    assert (opened["FirstOpen"], opened["ReadSeconds"], opened["Platform"]) == (False, 0, "Mobile")
+    assert (opened["Client"]["Name"], opened["OS"]["Name"]) == ("Mobile Safari", "iOS")
+    assert (opened["Geo"]["CountryISOCode"], opened["Geo"]["City"], opened["Geo"]["IP"]) == ("FR", "Lyon", "203.0.113.9")
+    assert (opened["MessageID"], opened["Recipient"], opened["ReceivedAt"]) == \
+        ("order-1187@ours.example", "ok@customer.example", "2026-11-22T15:02:41.250000Z")
+    click = records["clicked"]
+    assert (click["ClickLocation"], click["OriginalLink"]) == \
+        ("HTML", "https://shop.ours.example/orders/1187?utm_source=mail&x=1")
+    unsub, resub = records["unsubscribed"], records["resubscribed"]
+    assert (unsub["SuppressSending"], unsub["SuppressionReason"], unsub["Origin"]) == \
+        (True, "ManualSuppression", "Recipient")
+    assert (resub["SuppressSending"], resub["SuppressionReason"], resub["Origin"]) == (False, None, "Recipient")
+    assert unsub["MessageID"] == "order-1187@ours.example"
+    spam = records["complained"]
+    assert (spam["Type"], spam["TypeCode"], spam["Inactive"], spam["CanActivate"]) == ("SpamComplaint", 512, True, False)
+    assert (spam["Email"], spam["Subject"]) == ("ok@customer.example", "Your order has shipped")
+    assert records["opened_several_recipients"]["Recipient"] == ""
+    assert records["opened_privacy"]["UserAgent"] == records["opened_privacy"]["Geo"]["IP"] == ""
+    assert records["clicked_hostile"]["OriginalLink"] == \
+        SEED_EVENTS["clicked_hostile"]["engagement"]["url"].replace("\ud800", "\ufffd")
+
+
+def test_the_official_postmark_models_read_opens_clicks_and_complaints():
+    outbound = pytest.importorskip("postmark.models.outbound.schemas")
+    enums = pytest.importorskip("postmark.models.outbound.enums")
+    bounces = pytest.importorskip("postmark.models.bounces.schemas")
+    for name, event in ENGAGEMENT.items():
+        rec = record(event)
+        if rec["RecordType"] == "Open":
+            model = outbound.OpenEvent.model_validate(rec)
+        elif rec["RecordType"] == "Click":
+            model = outbound.ClickEvent.model_validate(rec)
+            assert model.original_link == rec["OriginalLink"]
+        elif rec["RecordType"] == "SpamComplaint":
+            assert bounces.Bounce.model_validate(rec).type.value == "SpamComplaint"
+            continue
+        else:
+            continue
+        assert enums.Platform(model.platform) and model.geo.ip == rec["Geo"]["IP"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(["url", "user_agent", "client", "client_device", "client_os", "country",
+                                        "city", "ip"]), st.one_of(st.none(), st.text(), st.integers()), max_size=8),
+       st.sampled_from(["opened", "clicked"]))
+def test_hostile_engagement_never_breaks_the_record(engagement, etype):
+    rec = record({**ENGAGEMENT[etype], "engagement": engagement})
+    assert set(rec) == FIELDS[rec["RecordType"]]
+    for key, value in (("user_agent", rec["UserAgent"]), ("city", rec["Geo"]["City"]), ("ip", rec["Geo"]["IP"])):
+        given = engagement.get(key)
+        assert value == (given if type(given) is str else "")
 
 
 def test_the_official_postmark_models_read_the_bounces():

@@ -24,6 +24,7 @@ from mxhook.model.targets import Destination
 from mxhook.payloads import inbound
 from mxhook.payloads.dialects import EventContext, InboundContext, sendgrid
 from mxhook.payloads.events import sample_event
+from tests.unit.seed_dialect_cases import EVENTS as SEED_EVENTS
 from tests.unit.test_payload_golden import EVENTS
 from tests.unit.test_payloads import FIXTURES, META, PDF
 
@@ -47,6 +48,20 @@ KINDS = [
      "reason": "address is on the block list after a hard bounce"},
     {**sample_event("registered", at=AT), "id": "e-registered", "reason": "hard bounce"},
 ]
+
+
+# Engagement events (opens, clicks, unsubscribes, complaints; resubscribed is not sent)
+ENGAGEMENT_CASES = ("opened", "opened_machine", "opened_several_recipients", "clicked", "clicked_scanner",
+                    "unsubscribed", "unsubscribed_mailto", "resubscribed", "complained", "opened_privacy",
+                    "clicked_hostile", "engagement_wrong_types", "engagement_not_an_object")
+ENGAGEMENT = [SEED_EVENTS[case] for case in ENGAGEMENT_CASES]
+# SendGrid's fields by event ("Event Webhook Reference"), beyond those of every event
+SENDGRID_ENGAGEMENT_FIELDS = {
+    "open": {"useragent": str, "ip": str, "sg_machine_open": bool},
+    "click": {"useragent": str, "ip": str, "url": str},
+    "unsubscribe": {},
+    "spamreport": {},
+}
 
 
 def delivery(raw: bytes, recipients=("in@ours.example",), meta=META) -> inbound.Delivery:
@@ -83,6 +98,7 @@ def golden_cases():
     yield "events/kinds", lambda: sendgrid.event_request(KINDS, CTX)
     yield "events/golden_events", lambda: sendgrid.event_request(EVENTS, CTX)
     yield "events/empty", lambda: sendgrid.event_request([], CTX)
+    yield "events/engagement", lambda: sendgrid.event_request(ENGAGEMENT, CTX)
     ictx = InboundContext(now=1767225600.0, nonce="nonce-1")
     for name in ("mixed_alternative_attachment", "related_inline_image", "latin1_8bit", "rfc2231_filenames"):
         yield f"inbound/{name}", lambda name=name: sendgrid.inbound_request(delivery(mime(f"{name}.eml")), ictx)
@@ -146,6 +162,69 @@ def test_events_as_sendgrid_documents_them():
     assert (failed["type"], failed["status"], failed["bounce_classification"]) == ("blocked", "4.4.7", "Technical")
     assert "sg_message_id" not in failed and hard["sg_message_id"] == "4XbTest0001"
     assert by_id["e-blocked"]["reason"] == "Bounced Address" and by_id["e-blocked"]["status"] == "5.0.0"
+
+
+def receive_events(rendered) -> list[dict]:
+    """A SendGrid Event Webhook receiver: a JSON array; each event's common fields and, for
+    engagement events, SendGrid's fields of that event with their types."""
+    assert rendered.content_type == "application/json"
+    body = json.loads(rendered.body.decode("utf-8"))
+    assert isinstance(body, list)
+    for e in body:
+        assert isinstance(e["email"], str) and isinstance(e["timestamp"], int)
+        assert isinstance(e["sg_event_id"], str) and isinstance(e["event"], str)
+        for field, kind in SENDGRID_ENGAGEMENT_FIELDS.get(e["event"], {}).items():
+            assert type(e[field]) is kind, (e["event"], field)
+        if "url_offset" in e:
+            assert e["event"] == "click" and type(e["url_offset"]["index"]) is int
+            assert e["url_offset"]["type"] in ("html", "text")
+    return body
+
+
+def test_engagement_events_as_sendgrid_documents_them():
+    body = receive_events(sendgrid.event_request(ENGAGEMENT, CTX))
+    assert [e["event"] for e in body] == ["open", "open", "open", "click", "click", "unsubscribe", "unsubscribe",
+                                          "spamreport", "open", "click", "click", "open"]  # no resubscribed
+    by_id = {e["sg_event_id"]: e for e in body}
+    human, apple, click = (by_id[SEED_EVENTS[c]["id"]] for c in ("opened", "opened_machine", "clicked"))
+    assert (human["ip"], human["sg_machine_open"], human["sg_message_id"]) == ("203.0.113.9", False, "4XbQ1k2Lmz")
+    assert human["useragent"].startswith("Mozilla/5.0 (iPhone;")
+    assert apple["sg_machine_open"] is True  # Apple Mail Privacy Protection, as SendGrid flags it
+    scanner = by_id[SEED_EVENTS["clicked_scanner"]["id"]]
+    assert "sg_machine_open" not in scanner  # SendGrid flags opens only
+    assert (click["url"], click["url_offset"]) == ("https://shop.ours.example/orders/1187?utm_source=mail&x=1",
+                                                   {"index": 2, "type": "html"})
+    assert by_id[SEED_EVENTS["opened_several_recipients"]["id"]]["email"] == ""
+    spam = by_id[SEED_EVENTS["complained"]["id"]]
+    assert set(spam) == {"email", "timestamp", "event", "smtp-id", "sg_event_id", "sg_message_id"}
+    private = by_id[SEED_EVENTS["opened_privacy"]["id"]]
+    assert private["ip"] == private["useragent"] == ""
+    hostile = by_id["x8"]
+    assert hostile["url"] == SEED_EVENTS["clicked_hostile"]["engagement"]["url"].replace("\ud800", "\ufffd")
+    wrong = by_id["x9"]
+    assert wrong["url"] == wrong["ip"] == "" and "url_offset" not in wrong
+
+
+def test_resubscribed_is_not_sent():
+    """SendGrid's group_resubscribe is about an unsubscribe group (asm_group_id); mxhook has none."""
+    assert "resubscribed" not in sendgrid.EVENT_TYPES
+    assert receive_events(sendgrid.event_request([SEED_EVENTS["resubscribed"]], CTX)) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(["url", "user_agent", "ip", "link", "machine", "machine_reason"]),
+                       st.one_of(st.none(), st.text(), st.integers(), st.booleans()), max_size=6),
+       st.sampled_from(["opened", "clicked"]))
+def test_hostile_engagement_never_breaks_the_array(engagement, etype):
+    (e,) = receive_events(sendgrid.event_request([{**SEED_EVENTS[etype], "engagement": engagement}], CTX))
+    for key, field in (("user_agent", "useragent"), ("ip", "ip")):
+        value = engagement.get(key)
+        assert e[field] == (value if type(value) is str else "")
+    if etype == "opened":
+        reason = engagement.get("machine_reason")
+        reason = reason.lower() if type(reason) is str else ""
+        assert e["sg_machine_open"] is (engagement.get("machine") is True and any(
+            w in reason for w in ("apple", "icloud", "mpp", "private relay")))
 
 
 def test_events_batch_as_the_endpoint_batches():

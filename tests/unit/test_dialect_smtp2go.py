@@ -17,6 +17,10 @@ from tests.unit import seed_dialect_cases as dc
 # SMTP2GO's whole vocabulary (seed 001), of which mxhook sends some.
 SMTP2GO_EVENTS = {"processed", "delivered", "open", "click", "bounce", "spam", "unsubscribe",
                   "resubscribe", "reject"}
+# The events about what a reader did, and SMTP2GO's open/click fields they carry before srchost
+READER_EVENTS = {"open", "click", "unsubscribe", "resubscribe", "spam"}
+OPEN_CLICK_FIELDS = ["user-agent", "read-secs", "client", "client-device", "client-os", "geoip-continent",
+                     "geoip-country", "geoip-city"]
 UTC_SECONDS = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
 CASES = dc.cases(smtp2go.EVENT_TYPES)
 SELECTING = dataclasses.replace(dc.CTX, custom_headers=("X-Campaign", "X-Missing", "Subject", "EVENT"))
@@ -34,6 +38,10 @@ def receive(rendered) -> dict[str, str]:
     event = form["event"]
     assert event in SMTP2GO_EVENTS
     standard = [f for f in smtp2go.STANDARD_FIELDS if f not in ("host", "bounce") or event == "bounce"]
+    if event in READER_EVENTS:
+        standard[-1:-1] = OPEN_CLICK_FIELDS
+        standard += ["url"] if event == "click" else []
+        assert form["read-secs"] == "" and form["sendtime"] == ""
     assert list(form)[:len(standard)] == standard
     for name in ("time", "sendtime"):
         assert form[name] == "" or UTC_SECONDS.match(form[name]), (name, form[name])
@@ -41,6 +49,8 @@ def receive(rendered) -> dict[str, str]:
         assert form["bounce"] in ("hard", "soft", "")
     assert form["recipients"] == "" and form["context"] == ""
     assert not (set(form) - set(standard)) & {f.lower() for f in smtp2go.STANDARD_FIELDS}
+    if event in READER_EVENTS:
+        assert not (set(form) - set(standard)) & {*OPEN_CLICK_FIELDS, "url"}
     return form
 
 
@@ -141,3 +151,71 @@ def test_hostile_events_never_break_the_form(event, selected):
     for key, field in (("subject", "subject"), ("sender", "sender"), ("queue_id", "email_id")):
         if type(event.get(key)) is str and event[key]:
             assert form[field] == dc.scrubbed(event[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Engagement events
+
+@pytest.mark.parametrize("case, name", [
+    ("opened", "open"), ("clicked", "click"), ("unsubscribed", "unsubscribe"), ("unsubscribed_mailto", "unsubscribe"),
+    ("resubscribed", "resubscribe"), ("complained", "spam"),
+])
+def test_engagement_names(case, name):
+    assert receive(smtp2go.event_request([CASES[case]], dc.CTX))["event"] == name
+
+
+def test_open_and_click_fields():
+    form = receive(smtp2go.event_request([CASES["clicked"]], dc.CTX))
+    reader = CASES["clicked"]["engagement"]
+    assert {f: form[f] for f in OPEN_CLICK_FIELDS} == {
+        "user-agent": reader["user_agent"], "read-secs": "", "client": "Mobile Safari", "client-device": "mobile",
+        "client-os": "iOS", "geoip-continent": "EU", "geoip-country": "FR", "geoip-city": "Lyon"}
+    assert (form["srchost"], form["url"]) == ("203.0.113.9", "https://shop.ours.example/orders/1187?utm_source=mail&x=1")
+    assert (form["rcpt"], form["email_id"], form["subject"], form["auth"]) == \
+        ("ok@customer.example", "4XbQ1k2Lmz", "Your order has shipped", "shop")
+    assert form["time"] == "2026-11-22T15:03:00Z" and form["x-campaign"] == "autumn-24"
+    opened = receive(smtp2go.event_request([CASES["opened"]], dc.CTX))
+    assert "url" not in opened and opened["srchost"] == "203.0.113.9"
+
+
+def test_what_is_not_known_is_empty():
+    """A complaint (from an ARF report), a mailto: unsubscribe, an open under `privacy =
+    aggregate`, an open of a message with several recipients: their unknown fields are ""."""
+    spam = receive(smtp2go.event_request([CASES["complained"]], dc.CTX))
+    assert all(spam[f] == "" for f in OPEN_CLICK_FIELDS + ["srchost"])
+    mailto = receive(smtp2go.event_request([CASES["unsubscribed_mailto"]], dc.CTX))
+    assert mailto["user-agent"] == mailto["srchost"] == ""
+    private = receive(smtp2go.event_request([CASES["opened_privacy"]], dc.CTX))
+    assert (private["user-agent"], private["srchost"], private["geoip-city"]) == ("", "", "Lyon")
+    assert receive(smtp2go.event_request([CASES["opened_several_recipients"]], dc.CTX))["rcpt"] == ""
+    odd = receive(smtp2go.event_request([CASES["engagement_wrong_types"]], dc.CTX))
+    assert odd["url"] == odd["srchost"] == odd["geoip-city"] == ""
+    assert receive(smtp2go.event_request([CASES["engagement_not_an_object"]], dc.CTX))["client"] == ""
+
+
+def test_custom_headers_never_override_engagement_fields():
+    event = {**CASES["clicked"], "custom_headers": {"url": "https://evil.example/", "User-Agent": "x", "x-ok": "1"}}
+    form = receive(smtp2go.event_request([event], dc.CTX))
+    assert form["url"] == CASES["clicked"]["engagement"]["url"] and form["x-ok"] == "1"
+    assert "User-Agent" not in form
+    # delivery events keep such headers: they name no field there
+    queued = receive(smtp2go.event_request([{**CASES["queued"], "custom_headers": {"url": "u"}}], dc.CTX))
+    assert queued["url"] == "u"
+
+
+def test_hostile_engagement_text_survives():
+    event = CASES["clicked_hostile"]
+    form = receive(smtp2go.event_request([event], dc.CTX))
+    assert form["url"] == dc.scrubbed(event["engagement"]["url"])
+    assert form["user-agent"] == dc.scrubbed(event["engagement"]["user_agent"])
+    assert (form["client"], form["geoip-city"], form["srchost"]) == ("{{ client }}", "S\u00e3o Paulo", "2001:db8::1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(dc.hostile_events(frozenset(("opened", "clicked", "unsubscribed", "resubscribed", "complained"))))
+def test_hostile_engagement_never_breaks_the_form(event):
+    form = receive(smtp2go.event_request([event], dc.CTX))
+    engagement = event.get("engagement") if isinstance(event.get("engagement"), dict) else {}
+    for key, field in (("user_agent", "user-agent"), ("ip", "srchost"), ("city", "geoip-city")):
+        value = engagement.get(key)
+        assert form[field] == (dc.scrubbed(value) if type(value) is str else "")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mxhook.model import endpoints
 from mxhook.model.endpoints import Endpoint
+from mxhook.model.events import ENGAGEMENT_KEYS, ENGAGEMENT_TYPES, Event
 from mxhook.model.targets import Destination
 from mxhook.payloads import events as ev_payloads
 from mxhook.payloads import registry
@@ -193,3 +194,55 @@ def test_prerenderer_only_for_an_endpoint_that_takes_v1_in_utc():
     assert ev_payloads.prerenderer([replace(utc, enabled=False), berlin]) is None
     assert ev_payloads.prerenderer([berlin, utc]) is ev_payloads.v1_text
     assert ev_payloads.prerenderer([]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Engagement events
+
+OPENED = {**BOUNCE, "id": "18a0000000000000bbbbbbbbbbbb", "type": "opened", "source": "track", "dsn": None,
+          "bounce_type": None, "reply": None, "remote_host": None, "relay": None, "delay": None,
+          "engagement": {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0", "machine": True,
+                         "machine_reason": "Apple Mail Privacy Protection", "sending_domain": "ours.example"}}
+
+
+def test_engagement_events_carry_the_engagement_object_last():
+    bounce, opened = doc(events=[BOUNCE, OPENED])["events"]
+    assert list(bounce) == list(ev_payloads.V1_FIELDS)  # delivery events: as they always were
+    assert list(opened) == [*ev_payloads.V1_FIELDS, "engagement"]
+    assert list(opened["engagement"]) == list(ENGAGEMENT_KEYS)
+    assert opened["engagement"] == {**dict.fromkeys(ENGAGEMENT_KEYS), **OPENED["engagement"]}
+    assert opened["type"] == "opened" and opened["source"] == "track"
+
+
+def test_a_several_recipient_message_gives_a_null_recipient():
+    (e,) = doc(events=[{**OPENED, "recipient": None}])["events"]
+    assert e["recipient"] is None and e["engagement"]["ip"] == "203.0.113.9"
+
+
+@pytest.mark.parametrize("given", [None, "text", ["url"], {"url": 5, "link": "3", "machine": 1, "ip": None},
+                                   {"link": True}])
+def test_an_engagement_value_of_another_type_is_null(given):
+    (e,) = doc(events=[{**OPENED, "engagement": given}])["events"]
+    assert e["engagement"] == dict.fromkeys(ENGAGEMENT_KEYS)
+
+
+@pytest.mark.parametrize("etype", ENGAGEMENT_TYPES)
+def test_sample_engagement_events(etype):
+    e = ev_payloads.sample_event(etype)
+    assert Event.from_dict(e).engagement == e["engagement"]  # what the vocabulary takes
+    (obj,) = doc(events=[e])["events"]
+    assert list(obj["engagement"]) == list(ENGAGEMENT_KEYS)
+    assert obj["source"] == ("feedback" if etype == "complained" else "track")
+    assert (obj["engagement"]["url"] is not None) is (etype == "clicked")
+
+
+_engagements = st.one_of(_any_json, st.dictionaries(st.sampled_from(ENGAGEMENT_KEYS), _any_json))
+
+
+@given(st.sampled_from(ENGAGEMENT_TYPES + ("succeeded",)), _engagements,
+       st.sampled_from(["2026-01-15T12:00:00.250000Z", "2026-01-15T12:00:00+01:00"]))
+def test_v1_text_of_engagement_events_is_the_dumped_v1_object(etype, engagement, at):
+    event = {**OPENED, "type": etype, "at": at, "engagement": engagement}
+    text = ev_payloads.v1_text(event)
+    assert text == dumps(ev_payloads._v1_event(event, ev_payloads.timezone.utc))
+    assert ('"engagement":' in text) is (etype != "succeeded")

@@ -17,6 +17,7 @@ from mxhook.model.rules import Rule
 from mxhook.model.targets import Destination
 from mxhook.payloads import events as ev_payloads
 from mxhook.payloads.registry import render_events, render_inbound
+from tests.unit.seed_dialect_cases import EVENTS as SEED_EVENTS
 from tests.unit.test_payloads import META  # a change there shows here as changed bodies
 
 HERE = Path(__file__).parent
@@ -41,6 +42,13 @@ EVENTS = [
     {"id": "3", "type": "deferred", "at": "not a time", "diagnostic": "a&b=c d+e%"},
     {"id": "4", "type": "queued", "at": "2026-03-29T01:30:00+02:00", "delay": float("nan")},
 ]
+
+
+# Engagement events among delivery events: only theirs carry the `engagement` object
+ENGAGEMENT = [SEED_EVENTS[name] for name in ("succeeded", "opened", "opened_machine", "clicked", "clicked_hostile",
+                                             "unsubscribed_mailto", "resubscribed", "complained",
+                                             "opened_several_recipients", "engagement_wrong_types",
+                                             "engagement_not_an_object")]
 
 
 def inbound_cases():
@@ -69,6 +77,9 @@ def event_cases():
         yield f"events/v1/{fmt}/api_key", dict(fmt=fmt, tz="UTC", events=EVENTS[:1], api_key="k&=\u00e9",
                                                endpoint_id=None)
         yield f"events/v1/{fmt}/empty", dict(fmt=fmt, tz="UTC", events=[])
+        yield f"events/v1/{fmt}/engagement", dict(fmt=fmt, tz="UTC", events=ENGAGEMENT)
+        yield f"events/v1/{fmt}/engagement/Europe/Berlin/prerendered", dict(
+            fmt=fmt, tz="Europe/Berlin", events=[ev_payloads.v1_text(e) for e in ENGAGEMENT])
         yield f"events/v1/{fmt}/sample", dict(
             fmt=fmt, tz="UTC", events=[{**ev_payloads.sample_event("bounced", at="2026-01-01T00:00:00.000000Z"),
                                         "id": "test-1"}])

@@ -96,8 +96,36 @@ def test_events_context_holds_the_v1_document_fields():
     ctx = events_context(batch(2), tz=ZoneInfo("Europe/Berlin"), batch_id="b", endpoint_id=None)
     assert list(ctx) == ["type", "version", "batch_id", "endpoint_id", "count", "events", "api_key"]
     assert ctx["count"] == 2 and ctx["api_key"] is None and ctx["endpoint_id"] is None
-    assert list(ctx["events"][0]) == list(events.V1_FIELDS)
+    assert list(ctx["events"][0]) == [*events.V1_FIELDS, "engagement"]  # null but for engagement events
+    assert ctx["events"][0]["engagement"] is None
     assert ctx["events"][0]["at"] == "2026-11-22T13:00:00.123456+01:00"
+
+
+ENGAGEMENT_TEMPLATE = (
+    '[{% for e in events %}{"type": "{{ e.type }}", "url": {{ e.engagement.url|tojson if e.engagement else "null" }},'
+    ' "ua": "{{ e.engagement.user_agent if e.engagement else "" }}",'
+    ' "bot": {{ e.engagement.machine|tojson if e.engagement else "null" }}}{% if not loop.last %},{% endif %}'
+    '{% endfor %}]')
+
+
+def test_templates_read_the_engagement_object_of_any_event():
+    """`e.engagement` is there for every event (null for delivery events), so StrictUndefined
+    never trips on a batch that mixes them; `check` renders the sample of every type."""
+    t = tmpl(ENGAGEMENT_TEMPLATE)
+    doc = json.loads(check(t).body)
+    by_type = {d["type"]: d for d in doc}
+    assert by_type["clicked"]["url"] == "https://example.org/welcome?from=mxhook-test"
+    assert by_type["opened"]["bot"] is False and by_type["bounced"]["ua"] == ""
+    assert by_type["complained"]["url"] is None and by_type["queued"]["bot"] is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(st.characters(exclude_categories=()), max_size=40), st.text(max_size=40))
+def test_hostile_engagement_text_never_breaks_a_json_template(user_agent, url):
+    e = {**events.sample_event("clicked", at=STAMP), "engagement": {"user_agent": user_agent, "url": url}}
+    (d,) = json.loads(render(tmpl(ENGAGEMENT_TEMPLATE), events_context([e], batch_id="b", endpoint_id=1)).body)
+    scrub = user_agent.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    assert d["ua"] == scrub and d["url"] == url
 
 
 def test_events_context_takes_prerendered_v1_text():

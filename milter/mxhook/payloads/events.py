@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from mxhook.model.events import is_stored_time
+from mxhook.model.events import ENGAGEMENT_KEYS, ENGAGEMENT_TYPES, is_stored_time
 from mxhook.payloads.encodings import JSONText, dumps
 
 DOCUMENT_TYPE = "events"
@@ -31,6 +31,31 @@ V1_FIELDS = (
     "subject", "queue_id", "bounce_type", "dsn", "remote_host", "relay", "reply", "diagnostic",
     "delay", "queued_as", "client_addr", "auth_user", "reason", "source", "custom_headers",
 )
+# Engagement events' objects end with one more field, `engagement` (every ENGAGEMENT_KEYS key,
+# null where absent); other events' objects have none, so their bodies stay as they were.
+V1_ENGAGEMENT_FIELD = "engagement"
+_ENGAGEMENT_TYPES = frozenset(ENGAGEMENT_TYPES)
+# The type each engagement key holds; a value of another type (a hand-made dict) is null.
+_ENGAGEMENT_KEY_TYPES = {key: (int,) if key == "link" else (bool,) if key == "machine" else (str,)
+                         for key in ENGAGEMENT_KEYS}
+
+
+def is_engagement(event_type) -> bool:
+    """Whether `event_type` (any value: hand-made dicts hold anything) is an engagement type."""
+    return type(event_type) is str and event_type in _ENGAGEMENT_TYPES
+
+
+def engagement_of(event: dict) -> dict:
+    """The event's `engagement` object with every ENGAGEMENT_KEYS key, in that order: a value
+    of the key's type (text; `link` an integer; `machine` true/false) as it is, else null."""
+    given = event.get("engagement")
+    if not isinstance(given, dict):
+        given = {}
+    out = {}
+    for key, types in _ENGAGEMENT_KEY_TYPES.items():
+        value = given.get(key)
+        out[key] = value if type(value) in types else None
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,6 +117,7 @@ def v1_text(event: dict) -> V1Text:
 _V1_PARTS = [p for i, key in enumerate(V1_FIELDS) for p in (("," if i else "{") + f'"{key}":', None)]
 _V1_PARTS.append("}")
 _AT, _HEADERS = V1_FIELDS.index("at"), V1_FIELDS.index("custom_headers")
+_ENGAGEMENT_KEY = f',"{V1_ENGAGEMENT_FIELD}":'
 _SEP = "\x00"
 
 
@@ -126,6 +152,8 @@ def _v1_text_flat(event: dict) -> str | None:
         return None
     parts = _V1_PARTS.copy()
     parts[1::2] = out
+    if is_engagement(event.get("type")):
+        parts[-1] = _ENGAGEMENT_KEY + "".join(_encode(engagement_of(event), 0)) + "}"
     return "".join(parts)
 
 
@@ -138,6 +166,8 @@ def _v1_event(event: dict, tz) -> dict:
         out["at"] = local_time(at, tz)
     headers = out["custom_headers"]
     out["custom_headers"] = dict(headers) if isinstance(headers, dict) else {}
+    if is_engagement(out["type"]):
+        out[V1_ENGAGEMENT_FIELD] = engagement_of(event)
     return out
 
 
@@ -186,4 +216,27 @@ def sample_event(event_type: str = "bounced", *, at: str | None = None) -> dict:
         event.update(bounce_type="hard", dsn="5.1.1", remote_host="mx.example.com",
                      reply="550 5.1.1 <nobody@example.com>: Recipient address rejected: "
                            "User unknown")
+    elif is_engagement(event_type):
+        event.update(source="feedback" if event_type == "complained" else "track",
+                     engagement=sample_engagement(event_type))
     return event
+
+
+def sample_engagement(event_type: str) -> dict:
+    """The `engagement` object of a sample event of `event_type` (an engagement type): what
+    mxhook-track records for a person reading in Apple Mail, or the feedback handler for an
+    ARF report."""
+    out = dict.fromkeys(ENGAGEMENT_KEYS)
+    out["sending_domain"] = "example.org"
+    if event_type == "complained":
+        out["feedback_type"] = "abuse"
+        return out
+    out.update(ip="192.0.2.44", user_agent="Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) "
+               "AppleWebKit/605.1.15 (KHTML, like Gecko)", client="Apple Mail",
+               client_device="desktop", client_os="macOS", continent="EU", country="DE",
+               city="Berlin")
+    if event_type in ("opened", "clicked"):
+        out["machine"] = False
+    if event_type == "clicked":
+        out.update(url="https://example.org/welcome?from=mxhook-test", link=0)
+    return out

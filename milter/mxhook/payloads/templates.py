@@ -492,8 +492,9 @@ def inbound_context(delivery: inbound.Delivery, *,
 def events_context(batch: Iterable[dict | events.V1Text], *, tz=timezone.utc, batch_id: str,
                    endpoint_id: int | None, api_key: str | None = None) -> dict:
     """The version-1 batch document's fields as variables (type, version, batch_id,
-    endpoint_id, count, events: the version-1 event objects, times in `tz`; api_key: null
-    when the endpoint has none)."""
+    endpoint_id, count, events: the version-1 event objects, times in `tz`, each with an
+    `engagement` object — null for other than engagement events, so a template reads
+    `event.engagement` of any event; api_key: null when the endpoint has none)."""
     batch = list(batch)
     doc = events.document_v1((), tz=tz, batch_id=batch_id, endpoint_id=endpoint_id,
                              api_key=api_key)  # the top-level fields, from their one definition
@@ -501,6 +502,8 @@ def events_context(batch: Iterable[dict | events.V1Text], *, tz=timezone.utc, ba
         objects = json.loads("[" + ",".join(batch) + "]")  # fresh events: one parse
     else:
         objects = [events._v1_event(events.as_dict(e), tz) for e in batch]
+    for obj in objects:
+        obj.setdefault(events.V1_ENGAGEMENT_FIELD, None)
     doc["events"] = objects
     doc["count"] = len(objects)
     doc.setdefault("api_key", None)

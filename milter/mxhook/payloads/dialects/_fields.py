@@ -103,3 +103,17 @@ def one_named_event(events: Iterable[dict | V1Text], dialect: str,
         raise ValueError(f"dialect {dialect} has no name for event type {etype!r}: "
                          "the pipeline sends it only the types in its EVENT_TYPES")
     return event, name
+
+
+# The bot a machine verdict names, by words of its reason (engagement.machine_reason, written by
+# mxhook-track), as Mailgun's `client-info.bot` names them; a machine without one of these
+# words is "generic" (a link scanner, a security gateway).
+BOT_WORDS = (("apple", ("apple", "icloud", "private relay", "mpp")), ("gmail", ("gmail", "google")))
+
+
+def bot_kind(engagement: dict) -> str:
+    """"" unless engagement.machine is true; else "apple", "gmail" or "generic" (BOT_WORDS)."""
+    if engagement.get("machine") is not True:
+        return ""
+    reason = (engagement.get("machine_reason") or "").lower()
+    return next((kind for kind, words in BOT_WORDS if any(w in reason for w in words)), "generic")

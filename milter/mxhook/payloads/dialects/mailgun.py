@@ -23,14 +23,16 @@ import re
 from mxhook.model.events import us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
+from mxhook.payloads.dialects._fields import bot_kind
 from mxhook.payloads.encodings import Fields, Files, Rendered, dumps
-from mxhook.payloads.events import as_dict
+from mxhook.payloads.events import as_dict, engagement_of, is_engagement
 
 NAME = "mailgun"
 EVENTS_PER_REQUEST = 1
 
 # mxhook event type -> (Mailgun event, severity, log-level). `registered` and `deleted` (block
-# list changes) have no Mailgun event: a mailgun endpoint is not sent them (EVENT_TYPES).
+# list changes) and `resubscribed` (Mailgun's unsubscribes are undone by the API, no event) have
+# no Mailgun event: a mailgun endpoint is not sent them (EVENT_TYPES).
 EVENTS: dict[str, tuple[str, str | None, str]] = {
     "queued": ("accepted", None, "info"),
     "succeeded": ("delivered", None, "info"),
@@ -38,8 +40,18 @@ EVENTS: dict[str, tuple[str, str | None, str]] = {
     "bounced": ("failed", "permanent", "error"),
     "failed": ("failed", "permanent", "error"),
     "blocked": ("failed", "permanent", "error"),
+    "opened": ("opened", None, "info"),
+    "clicked": ("clicked", None, "info"),
+    "unsubscribed": ("unsubscribed", None, "info"),
+    "complained": ("complained", None, "warn"),
 }
 EVENT_TYPES = tuple(EVENTS)
+# Mailgun's value for what is not known in `geolocation` and `client-info` ("Unknown" there,
+# "unknown" here, as its samples write them)
+UNKNOWN_PLACE, UNKNOWN_CLIENT = "Unknown", "unknown"
+# The events that say who acted (ip, geolocation, client-info); `complained` comes from the
+# mailbox provider's feedback loop, which does not
+READER_EVENTS = ("opened", "clicked", "unsubscribed")
 # `reason` of a failed event: (mxhook type, bounce_type) -> Mailgun's reason; else "generic"
 REASONS: dict[tuple[str, str | None], str] = {
     ("bounced", "hard"): "bounce",
@@ -107,6 +119,8 @@ def event_data(event: dict, now: float) -> dict:
     name, severity, log_level = EVENTS.get(etype, (etype, None, "info"))
     data = {"event": name, "id": event.get("id"), "timestamp": _timestamp(event.get("at"), now),
             "log-level": log_level}
+    if is_engagement(etype):
+        return _engagement_data(event, data)
     if name == "failed":
         data["severity"] = severity
         data["reason"] = REASONS.get((etype, event.get("bounce_type")), "generic")
@@ -131,6 +145,40 @@ def event_data(event: dict, now: float) -> dict:
     if recipient:
         data["recipient"] = recipient
         data["recipient-domain"] = recipient.rpartition("@")[2].lower()
+    return _tagged(data, custom)
+
+
+def _engagement_data(event: dict, data: dict) -> dict:
+    """The rest of an engagement event's event-data, as Mailgun's opened / clicked /
+    unsubscribed / complained samples have it: no envelope nor delivery-status."""
+    engagement = engagement_of(event)
+    recipient = event.get("recipient")
+    if recipient:
+        data["recipient"] = recipient
+        data["recipient-domain"] = recipient.rpartition("@")[2].lower()
+    if data["event"] in READER_EVENTS:
+        data["ip"] = engagement["ip"] or ""
+        data["geolocation"] = {"country": engagement["country"] or UNKNOWN_PLACE,
+                               "region": UNKNOWN_PLACE,  # mxhook-track looks up no region
+                               "city": engagement["city"] or UNKNOWN_PLACE}
+        data["client-info"] = {"client-name": engagement["client"] or UNKNOWN_CLIENT,
+                               "client-type": UNKNOWN_CLIENT,
+                               "client-os": engagement["client_os"] or UNKNOWN_CLIENT,
+                               "device-type": engagement["client_device"] or UNKNOWN_CLIENT,
+                               "user-agent": engagement["user_agent"] or "",
+                               "bot": bot_kind(engagement)}
+        if data["event"] == "clicked":
+            data["url"] = engagement["url"] or ""
+    else:
+        data["flags"] = {"is-test-mode": False}
+    custom = _custom_headers(event)
+    data["message"] = {"headers": _message_headers(event, custom)}
+    return _tagged(data, custom)
+
+
+def _tagged(data: dict, custom: dict) -> dict:
+    """`data` with Mailgun's campaigns, tags and user-variables (from the sending application's
+    X-Mailgun-Tag and X-Mailgun-Variables headers)."""
     data["campaigns"] = []
     tag = custom.get(TAG_HEADER)
     data["tags"] = [tag] if tag else []

@@ -9,8 +9,8 @@ Event names (`EVENT_NAMES`, keyed by mxhook type and, for `bounced`, bounce_type
     deferred -> soft_bounced (temporarily rejected; Postfix retries, as msndr's "may retry")
     failed -> soft_bounced (Postfix gave up after temporary failures; `data.type` says failed)
     blocked -> skipped (not sent: the address is on the block list)
-    Not sent: queued, registered, deleted (msndr has no such events); opened, clicked,
-    unsubscribed, complained are not mxhook events.
+    opened -> opened, clicked -> clicked, unsubscribed -> unsubscribed, complained -> complained
+    Not sent: queued, registered, deleted, resubscribed (msndr has no such events).
 
 Fields:
     message.id       integer < 2**53: `_fields.message_number`, one number per recipient of a
@@ -23,18 +23,21 @@ Fields:
                      not known: `event_id` (mxhook's), `type` (mxhook's event type), `recipient`
                      (as the application gave it), `message_id` (Message-ID header),
                      `queue_id`, `dsn`, `reply` (the remote server's reply, else Postfix's
-                     diagnostic, else the reason)
+                     diagnostic, else the reason); a `clicked` event's data ends with `url`,
+                     the link's target, as msndr's example has it. msndr documents nothing
+                     else about opens and clicks: the reader's client, place and the bot
+                     verdict are not carried.
 
 Nothing in the body differs between attempts; `ctx` is not used (Unix times have no zone; the
 body carries no key).
 """
 from __future__ import annotations
 
-from mxhook.model.events import ENGAGEMENT_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, first_text, message_number, micros,
                                               one_named_event, text)
+from mxhook.payloads.events import engagement_of
 
 NAME = "msndr"
 EVENTS_PER_REQUEST = 1
@@ -46,8 +49,12 @@ EVENT_NAMES: dict[tuple[str, str | None], str] = {
     ("deferred", None): "soft_bounced",
     ("failed", None): "soft_bounced",
     ("blocked", None): "skipped",
+    ("opened", None): "opened",
+    ("clicked", None): "clicked",
+    ("unsubscribed", None): "unsubscribed",
+    ("complained", None): "complained",
 }
-NOT_SENT = ("queued", "registered", "deleted", *ENGAGEMENT_TYPES)
+NOT_SENT = ("queued", "registered", "deleted", "resubscribed")
 EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 
 
@@ -70,4 +77,6 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
             },
         },
     }
+    if name == "clicked":
+        doc["event"]["data"]["url"] = engagement_of(event)["url"]
     return encodings.json(doc)

@@ -10,8 +10,10 @@ address does not exist, docs/events.md):
     bounced, soft -> api_mail_log_temporary_failure (mailbox full, policy, ...: not the address)
     deferred -> api_mail_log_temporary_failure (Postfix retries)
     failed -> api_mail_log_temporary_failure (Postfix gave up after temporary failures: soft)
-    Not sent: queued, blocked, registered, deleted (Paubox has no such events); opened is not
-    an mxhook event.
+    opened -> api_mail_log_opened (the same payload: Paubox's open event carries nothing about
+    the reader, so neither the reader's client, place nor the bot verdict is carried)
+    Not sent: queued, blocked, registered, deleted, clicked, unsubscribed, resubscribed,
+    complained (Paubox has no such events).
 
 `payload`, every key always present (null where mxhook does not know it):
     id                  integer < 2**53: `_fields.message_number`, one number per recipient of a
@@ -30,7 +32,6 @@ body carries no key).
 """
 from __future__ import annotations
 
-from mxhook.model.events import ENGAGEMENT_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, first_text, message_number, micros,
@@ -42,14 +43,17 @@ EVENTS_PER_REQUEST = 1
 DELIVERED = "api_mail_log_delivered"
 TEMPORARY = "api_mail_log_temporary_failure"
 PERMANENT = "api_mail_log_permanent_failure"
+OPENED = "api_mail_log_opened"
 EVENT_NAMES: dict[tuple[str, str | None], str] = {
     ("succeeded", None): DELIVERED,
     ("bounced", "hard"): PERMANENT,
     ("bounced", "soft"): TEMPORARY,
     ("deferred", None): TEMPORARY,
     ("failed", None): TEMPORARY,
+    ("opened", None): OPENED,
 }
-NOT_SENT = ("queued", "blocked", "registered", "deleted", *ENGAGEMENT_TYPES)
+NOT_SENT = ("queued", "blocked", "registered", "deleted", "clicked", "unsubscribed", "resubscribed",
+            "complained")
 EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 
 

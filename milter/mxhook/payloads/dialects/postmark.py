@@ -1,5 +1,5 @@
-"""Postmark: the Delivery, Bounce and SubscriptionChange webhooks (one JSON record per request)
-and the inbound webhook (one JSON document per message). Pure. docs/payloads.md "Dialect:
+"""Postmark: the Delivery, Bounce, SpamComplaint, Open, Click and SubscriptionChange webhooks
+(one JSON record per request) and the inbound webhook (one JSON document per message). Pure. docs/payloads.md "Dialect:
 postmark" has the field-by-field mapping.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from mxhook.model.events import iso_from_us, is_stored_time, us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
 from mxhook.payloads.encodings import Rendered
-from mxhook.payloads.events import as_dict
+from mxhook.payloads.events import as_dict, engagement_of
 
 NAME = "postmark"
 EVENTS_PER_REQUEST = 1  # Postmark posts one record per request
@@ -26,8 +26,21 @@ RECORD_TYPES = {
     "failed": "Bounce",
     "registered": "SubscriptionChange",
     "deleted": "SubscriptionChange",
+    "opened": "Open",
+    "clicked": "Click",
+    "unsubscribed": "SubscriptionChange",  # by the recipient: SuppressSending true
+    "resubscribed": "SubscriptionChange",  # SuppressSending false
+    "complained": "SpamComplaint",
 }
 EVENT_TYPES = frozenset(RECORD_TYPES)
+# Postmark's spam complaint: a bounce record of this type (TypeCode, Name, Description)
+SPAM_COMPLAINT = ("SpamComplaint", 512, "Spam complaint",
+                  "The subscriber explicitly marked this email as spam.")
+# Open and Click `Platform` by words of engagement.client_device; else "Unknown"
+PLATFORMS = (("Mobile", ("mobile", "phone", "tablet")), ("Desktop", ("desktop", "pc", "computer")),
+             ("WebMail", ("webmail", "browser")))
+# Where a clicked link was: the tracking rewriter rewrites links of the HTML part
+CLICK_LOCATION = "HTML"
 
 # Postmark's bounce types used here: Type -> (TypeCode, Name, Description)
 BOUNCE_TYPES = {
@@ -96,16 +109,29 @@ def record(event: dict, ctx: EventContext) -> dict:
     if kind == "Delivery":
         return {**common, "MessageID": message_id, "Recipient": recipient, "Tag": tag,
                 "DeliveredAt": when, "Details": details, "Metadata": metadata}
-    if kind == "Bounce":
-        btype = bounce_type(event)
-        code, name, description = BOUNCE_TYPES[btype]
-        hard = btype == "HardBounce"
+    if kind in ("Bounce", "SpamComplaint"):
+        if kind == "Bounce":
+            btype = bounce_type(event)
+            code, name, description = BOUNCE_TYPES[btype]
+            inactive, can_activate = btype == "HardBounce", True
+        else:  # Postmark deactivates the address and lets only the recipient reactivate it
+            btype, code, name, description = SPAM_COMPLAINT
+            inactive, can_activate = True, False
         return {**common, "ID": numeric_id(event.get("id") or ""), "Type": btype, "TypeCode": code,
                 "Name": name, "Tag": tag, "MessageID": message_id, "Description": description,
                 "Details": details, "Email": recipient,
                 "From": event.get("header_from") or event.get("sender") or "",
-                "BouncedAt": when, "DumpAvailable": False, "Inactive": hard, "CanActivate": True,
-                "Subject": event.get("subject") or "", "Metadata": metadata}
+                "BouncedAt": when, "DumpAvailable": False, "Inactive": inactive,
+                "CanActivate": can_activate, "Subject": event.get("subject") or "", "Metadata": metadata}
+    if kind in ("Open", "Click"):
+        return _reader_record(kind, event, common, engagement_of(event), message_id=message_id,
+                              recipient=recipient, tag=tag, metadata=metadata, when=when)
+    if etype in ("unsubscribed", "resubscribed"):
+        unsubscribed = etype == "unsubscribed"
+        return {**common, "MessageID": message_id or None, "ChangedAt": when, "Recipient": recipient,
+                "Origin": "Recipient", "SuppressSending": unsubscribed,
+                "SuppressionReason": "ManualSuppression" if unsubscribed else None,
+                "Tag": tag, "Metadata": metadata}
     registered = etype == "registered"
     by_bounce = registered and event.get("source") in HARD_BOUNCE_SOURCES
     # Postmark's MessageID is null for a change no message caused (the admin's)
@@ -114,6 +140,42 @@ def record(event: dict, ctx: EventContext) -> dict:
             "SuppressSending": registered,
             "SuppressionReason": ("HardBounce" if by_bounce else "ManualSuppression") if registered else None,
             "Tag": tag, "Metadata": metadata}
+
+
+def _reader_record(kind: str, event: dict, common: dict, engagement: dict, *, message_id: str,
+                   recipient: str, tag: str, metadata: dict, when: str) -> dict:
+    """An Open or Click record, in the order of Postmark's samples (they carry no ServerID).
+    mxhook does not know which open is the first (FirstOpen false) nor how long the message
+    was read (ReadSeconds 0); the GeoIP lookup gives a country code and a city, no names of
+    countries and regions, no postcode nor coordinates ("")."""
+    record = {"RecordType": kind, "MessageStream": common["MessageStream"], "Metadata": metadata}
+    if kind == "Open":
+        record["FirstOpen"] = False
+    else:
+        record["ClickLocation"] = CLICK_LOCATION
+    record["Client"] = _software(engagement["client"])
+    record["OS"] = _software(engagement["client_os"])
+    record["Platform"] = _platform(engagement["client_device"])
+    record["UserAgent"] = engagement["user_agent"] or ""
+    if kind == "Open":
+        record["ReadSeconds"] = 0
+    else:
+        record["OriginalLink"] = engagement["url"] or ""
+    record["Geo"] = {"CountryISOCode": engagement["country"] or "", "Country": "",
+                     "RegionISOCode": "", "Region": "", "City": engagement["city"] or "",
+                     "Zip": "", "Coords": "", "IP": engagement["ip"] or ""}
+    record.update(MessageID=message_id, ReceivedAt=when, Tag=tag, Recipient=recipient)
+    return record
+
+
+def _software(name: str | None) -> dict:
+    """Postmark's Client / OS object: the parsed name; its family and company are not known."""
+    return {"Name": name or "", "Company": "", "Family": ""}
+
+
+def _platform(device: str | None) -> str:
+    device = (device or "").lower()
+    return next((name for name, words in PLATFORMS if any(w in device for w in words)), "Unknown")
 
 
 def bounce_type(event: dict) -> str:

@@ -15,8 +15,9 @@ from mxhook.model.headers import decode_field, to_text
 from mxhook.model.message import header_section, split_headers
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
+from mxhook.payloads.dialects._fields import bot_kind
 from mxhook.payloads.encodings import Fields, Files, Rendered
-from mxhook.payloads.events import as_dict
+from mxhook.payloads.events import as_dict, engagement_of
 
 NAME = "sendgrid"
 RAW_NAME = "sendgrid-raw"
@@ -31,8 +32,18 @@ EVENTS = {
     "bounced": "bounce",
     "failed": "bounce",  # Postfix gave up on a temporary failure: SendGrid's final word is a bounce
     "blocked": "dropped",  # not sent: the address is suppressed
+    "opened": "open",
+    "clicked": "click",
+    "unsubscribed": "unsubscribe",
+    "complained": "spamreport",
 }
+# `resubscribed` is left out too: SendGrid's resubscribe is `group_resubscribe`, back into an
+# unsubscribe group (asm_group_id); mxhook's suppressions are per sending domain, not groups.
 EVENT_TYPES = frozenset(EVENTS)
+# open and click events: who fetched (SendGrid's `useragent`, `ip`); a click's link
+# (`url`, `url_offset`: index in the HTML part); an open's `sg_machine_open`: true for an Apple
+# Mail Privacy Protection fetch, as SendGrid flags them (other machine verdicts: false)
+READER_KINDS = ("open", "click")
 # `bounce` events: `type` is `bounce` when the address is bad (mxhook's hard bounce), `blocked`
 # when the receiving server refused the message for another reason (soft bounce, expiry).
 BOUNCE_KIND = {"hard": "bounce"}
@@ -91,6 +102,15 @@ def sendgrid_event(event: dict, ctx: EventContext) -> dict:
                    bounce_classification=classification(event))
     elif kind == "dropped":
         out.update(reason=DROP_REASON, status=DROP_STATUS)
+    elif kind in READER_KINDS:
+        engagement = engagement_of(event)
+        out.update(useragent=engagement["user_agent"] or "", ip=engagement["ip"] or "")
+        if kind == "open":
+            out["sg_machine_open"] = bot_kind(engagement) == "apple"
+        else:
+            out["url"] = engagement["url"] or ""
+            if engagement["link"] is not None:
+                out["url_offset"] = {"index": engagement["link"], "type": "html"}
     for key, value in _smtpapi_args(event).items():  # SendGrid's own keys win a clash
         out.setdefault(key, value)
     return out

@@ -4,7 +4,8 @@ Event names (mxhook type -> SMTP2GO `event`; `EVENT_NAMES`, keyed by type and, f
 bounce_type; the rest `NOT_SENT`):
     queued -> processed, succeeded -> delivered, bounced -> bounce (`bounce` = its bounce_type),
     failed -> bounce (`bounce` = soft: Postfix gave up after temporary failures), blocked ->
-    reject (refused at RCPT: the address is on the block list).
+    reject (refused at RCPT: the address is on the block list), opened -> open, clicked -> click,
+    unsubscribed -> unsubscribe, resubscribed -> resubscribe, complained -> spam.
     Not sent: deferred (SMTP2GO keeps a message `processed` while it retries and posts nothing),
     registered and deleted (SMTP2GO has no events about its suppression list).
 
@@ -28,8 +29,15 @@ only in `bounce` events, as SMTP2GO sends them):
                 `mxhook log events`, as SMTP2GO's Exim message id does there)
     bounce      hard / soft ("" for a bounced event without either)
     subject     Subject header
-    srchost     the submitting client's IP address, in `processed` events (SMTP2GO's meaning
-                for other events is the opening/clicking end user's: "")
+    srchost     the submitting client's IP address, in `processed` events; the opening, clicking
+                or unsubscribing end user's (engagement.ip) in engagement events; else ""
+Engagement events (open, click, unsubscribe, resubscribe, spam) have, between `subject` and
+`srchost`, SMTP2GO's open/click fields from the event's engagement object (`ENGAGEMENT_FIELDS`):
+`user-agent`, `read-secs` (always "": mxhook-track sees the pixel fetched, never how long the
+message stays open), `client`, `client-device`, `client-os`, `geoip-continent`, `geoip-country`,
+`geoip-city`; a click ends with `url`, the link's target. Their `sendtime` is "" (the event
+carries no delay). The bot verdict (engagement.machine) has no SMTP2GO field: not carried; a
+custom header named like one of these fields is left out of engagement events.
 then the custom headers as fields named by the header (SMTP2GO's "Optional Email Headers"):
 `ctx.custom_headers` when the endpoint selects some (in that order, "" when the message lacked
 one), else every header the event carries (`[milter] event_headers`, lower-case names). A
@@ -41,11 +49,11 @@ Nothing in the body differs between attempts (no time of sending, no nonce), and
 from __future__ import annotations
 
 from mxhook.model.events import BOUNCE_TYPES
-from mxhook.model.events import ENGAGEMENT_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, first_text,
                                               micros, one_named_event, text, utc_time)
+from mxhook.payloads.events import engagement_of, is_engagement
 
 NAME = "smtp2go"
 EVENTS_PER_REQUEST = 1
@@ -57,8 +65,13 @@ EVENT_NAMES: dict[tuple[str, str | None], str] = {  # (type, bounce_type of a bo
     ("bounced", "soft"): "bounce",
     ("failed", None): "bounce",
     ("blocked", None): "reject",
+    ("opened", None): "open",
+    ("clicked", None): "click",
+    ("unsubscribed", None): "unsubscribe",
+    ("resubscribed", None): "resubscribe",
+    ("complained", None): "spam",
 }
-NOT_SENT = ("deferred", "registered", "deleted", *ENGAGEMENT_TYPES)
+NOT_SENT = ("deferred", "registered", "deleted")
 EVENT_TYPES = frozenset(etype for etype, _ in EVENT_NAMES)
 # `bounce` of a failed event: an expiry or an "undeliverable" probe follows temporary failures
 # only, which mxhook classifies soft (docs/events.md, "Hard or soft").
@@ -69,6 +82,14 @@ SUBMISSION_TYPES = frozenset(("queued", "blocked"))
 STANDARD_FIELDS = ("event", "time", "sendtime", "sender", "from", "rcpt", "recipients", "auth",
                    "host", "message", "context", "email_id", "bounce", "subject", "srchost")
 _STANDARD = frozenset(STANDARD_FIELDS)
+# Engagement events' fields, between `subject` and `srchost` (SMTP2GO's order), each from the
+# event's engagement object (None: `read-secs`, always ""); `url` (click only) comes last.
+ENGAGEMENT_FIELDS = {
+    "user-agent": "user_agent", "read-secs": None, "client": "client",
+    "client-device": "client_device", "client-os": "client_os",
+    "geoip-continent": "continent", "geoip-country": "country", "geoip-city": "city",
+}
+_ENGAGEMENT_NAMES = frozenset((*ENGAGEMENT_FIELDS, "url"))
 
 
 def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
@@ -99,6 +120,16 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
         bounce = FAILED_BOUNCE if etype == "failed" else event.get("bounce_type")
         fields["bounce"] = bounce if bounce in BOUNCE_TYPES else ""
     fields["subject"] = text(event.get("subject")) or ""
+    if is_engagement(etype):
+        engagement = engagement_of(event)
+        for field, key in ENGAGEMENT_FIELDS.items():
+            fields[field] = (engagement[key] or "") if key else ""
+        fields["srchost"] = engagement["ip"] or ""
+        if name == "click":
+            fields["url"] = engagement["url"] or ""
+        fields.update((k, v) for k, v in custom_header_fields(event.get("custom_headers"), ctx.custom_headers)
+                      if k.lower() not in _ENGAGEMENT_NAMES)
+        return encodings.form_urlencoded(fields)
     fields["srchost"] = (text(event.get("client_addr")) or "") if name == "processed" else ""
     fields.update(custom_header_fields(event.get("custom_headers"), ctx.custom_headers))
     return encodings.form_urlencoded(fields)
