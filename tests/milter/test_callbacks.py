@@ -200,6 +200,23 @@ def test_blocked_recipient_is_refused_and_reported(env):
     assert (blocked["type"], blocked["recipient"], blocked["auth_user"]) == ("blocked", "gone@else.example", "app1")
 
 
+def test_suppression_refuses_only_mail_of_its_sending_domain(env):
+    env.store.block_add("carol@else.example", reason="unsubscribed", source="unsubscribe",
+                        scope="shop.example")
+    ctx = env()
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.mail("<news@Shop.Example>") == Milter.NOREPLY
+    assert ctx.rcpt("<carol@else.example>") == Milter.REJECT
+    assert ctx.reply[:2] == ("550", "5.1.1") and "unsubscribed from mail of shop.example" in ctx.reply[2]
+    [blocked] = [r.meta for r in records(env)]
+    assert (blocked["type"], blocked["recipient"]) == ("blocked", "carol@else.example")
+    assert "unsubscribed" in blocked["reason"]
+    ctx = env()
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.mail("<billing@other.example>") == Milter.NOREPLY
+    assert ctx.rcpt("<carol@else.example>") == Milter.CONTINUE  # another sending domain
+
+
 def test_blocklist_can_be_switched_off(env):
     env.store.block_add("gone@else.example", reason="x", source="cli")
     ctx = env(blocklist="no")

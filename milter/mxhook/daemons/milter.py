@@ -41,11 +41,11 @@ from mxhook.mailauth.authenticate import AuthSettings, authenticator
 from mxhook.model import inbound
 from mxhook.model.envelope import (
     AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, milter_events, utc_now)
-from mxhook.model.headers import normalize_address, plain_address, to_text
+from mxhook.model.headers import address_domain, normalize_address, plain_address, to_text
 from mxhook.model.records import DeniedRecord, iso
 from mxhook.model.rules import RuleError
 from mxhook.postfix import postconf
-from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher
+from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +388,10 @@ class MxhookMilter(Milter.Base):
                              **fields)
 
     def _outbound_rcpt(self, rcpt: str):
-        if self.settings.blocklist and self.wiring.blocklist.contains(rcpt):
-            reason = "address is on the block list after a hard bounce"
+        domain = address_domain(self.envelope.sender)
+        found = self.wiring.blocklist.find(rcpt, domain) if self.settings.blocklist else None
+        if found:
+            reason = refusal_reason(found[0], domain)
             try:
                 self.wiring.segments.append(spool.event_record(self._events("blocked", [rcpt], reason=reason)[0]))
             except OSError as exc:  # the event must not be lost: let the client retry

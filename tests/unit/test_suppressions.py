@@ -1,0 +1,78 @@
+"""Suppressions: block-list entries scoped to a sending domain (unsubscribes, complaints) beside
+the ones for every domain (hard bounces, the admin's), in rules.db and for the milter's reader."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mxhook.model.rules import RuleError
+from mxhook.store import rulesdb
+
+
+@pytest.fixture
+def store(tmp_path):
+    with rulesdb.RulesStore(str(tmp_path / "rules.db")) as s:
+        yield s
+
+
+def test_scoped_entries_beside_one_for_every_domain(store, tmp_path):
+    assert store.block_add("carol@else.example", reason="unsubscribed", source="unsubscribe",
+                           scope="Shop.Example.")
+    assert store.block_add("carol@else.example", reason="spam report", source="complaint",
+                           scope="news.example")
+    assert not store.block_add("carol@else.example", reason="again", source="unsubscribe",
+                               scope="shop.example")
+    assert [(r["scope"], r["source"]) for r in store.block_list()] == [
+        ("shop.example", "unsubscribe"), ("news.example", "complaint")]
+    assert store.is_blocked("carol@else.example", "shop.example")
+    assert not store.is_blocked("carol@else.example", "other.example")
+    assert not store.is_blocked("carol@else.example")
+    reader = rulesdb.BlocklistReader(str(tmp_path / "rules.db"))
+    assert reader.find("Carol@Else.Example", "shop.example") == ("unsubscribe", "unsubscribed")
+    assert reader.find("carol@else.example", "other.example") is None
+    store.block_add("carol@else.example", reason="hard bounce", source="bounce", event_id="e1")
+    # the entry for every domain answers first
+    assert reader.find("carol@else.example", "shop.example") == ("bounce", "hard bounce")
+    assert reader.find("carol@else.example", "other.example") == ("bounce", "hard bounce")
+    assert store.block_get("carol@else.example")["event_id"] == "e1"
+    assert store.block_get("carol@else.example", "news.example")["source"] == "complaint"
+    reader.close()
+
+
+def test_remove_by_scope_and_source(store):
+    store.block_add("carol@else.example", reason=None, source="complaint", scope="shop.example")
+    store.block_add("dan@else.example", reason=None, source="unsubscribe", scope="shop.example")
+    store.block_add("dan@else.example", reason=None, source="bounce")
+    # a resubscribe takes only an unsubscribe away, never a complaint
+    assert store.block_remove("carol@else.example", scope="shop.example", sources=("unsubscribe",)) == 0
+    assert store.block_remove("dan@else.example", scope="shop.example", sources=("unsubscribe",)) == 1
+    assert [r["source"] for r in store.block_list(address="dan@else.example")] == ["bounce"]
+    assert store.block_remove("carol@else.example") == 1  # every entry of the address
+
+
+@pytest.mark.parametrize("bad", ["", "a@b.example", "no spaces.example", "-x-.example"])
+def test_a_scope_is_a_domain_or_all(store, bad):
+    with pytest.raises(RuleError):
+        store.block_add("carol@else.example", reason=None, source="unsubscribe", scope=bad)
+    assert rulesdb.block_scope("all") == rulesdb.block_scope("*") == "*"
+    assert rulesdb.block_scope("B\u00fccher.example") == "xn--bcher-kva.example"
+
+
+def test_migration_keeps_entries_for_every_domain(tmp_path):
+    path = str(tmp_path / "rules.db")
+    with rulesdb.RulesStore(path) as s:
+        s.block_add("gone@else.example", reason="5.1.1", source="bounce", event_id="e9")
+        s.conn.execute("DROP TABLE blocklist")
+        s.conn.execute("CREATE TABLE blocklist (address TEXT PRIMARY KEY NOT NULL, reason TEXT,"
+                       " dsn TEXT, source TEXT NOT NULL, event_id TEXT, created TEXT NOT NULL)")
+        s.conn.execute("INSERT INTO blocklist VALUES ('gone@else.example', '5.1.1', '5.1.1',"
+                       " 'bounce', 'e9', '2026-12-01T00:00:00.000000Z')")
+        s.conn.execute("PRAGMA user_version = 7")
+    with rulesdb.RulesStore(path) as s:
+        [row] = s.block_list()
+        assert (row["address"], row["scope"], row["source"], row["event_id"]) == (
+            "gone@else.example", "*", "bounce", "e9")
+        assert s.block_add("gone@else.example", reason=None, source="unsubscribe", scope="shop.example")
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION
