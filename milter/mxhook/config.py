@@ -436,6 +436,19 @@ SCHEMA: tuple[Key, ...] = (
         ("log", LOG, "syslog", AS_FOR_THE_MILTER),
         ("log_level", LOG_LEVEL, "info", AS_FOR_THE_MILTER),
     ),
+    *_section(
+        "tracking",
+        ("key_file", PATH, "/etc/mxhook/tracking.key",
+         "the keys tracking tokens are signed with (one a line, base64, oldest first: the last "
+         "signs, every one listed verifies); 0640 root:mxhook."),
+        ("feedback_address", TEXT, "",
+         "the address ARF spam complaint reports (feedback loops) are sent to: the milter accepts "
+         "mail to it whatever the rules say, and the spooler turns a report about mail we sent "
+         "into a complained event and a suppression (docs/feedback.md); empty: none."),
+        ("unsubscribe_address", TEXT, "",
+         "the address of the mailto: unsubscribe (subject: unsubscribe TOKEN), answered like "
+         "feedback_address with an unsubscribed event and a suppression; empty: none."),
+    ),
 )
 
 SECTIONS: dict[str, dict[str, Key]] = {}

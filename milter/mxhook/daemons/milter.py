@@ -76,6 +76,8 @@ class MilterSettings(configmod.FromConfig):
     rules_reload_interval: float
     regex_timeout: float
     recipient_delimiter: str
+    feedback_address: str = configmod.from_section("tracking")
+    unsubscribe_address: str = configmod.from_section("tracking")
 
     def __post_init__(self):
         self.outbound_daemon_names = frozenset(self.outbound_daemon_names)
@@ -186,7 +188,8 @@ class Wiring:
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
-        self.policy = inbound.Policy.from_section(lambda key: getattr(self.settings, key))
+        self.policy = inbound.Policy.from_section(lambda key: getattr(self.settings, key), internal=inbound.internal_routes(
+            self.settings.feedback_address, self.settings.unsubscribe_address))
 
     def authenticator(self, envelope: Envelope) -> Callable[[bytes], inbound.Authentication | None] | None:
         """The verdicts of an inbound message of this envelope, checked at end of message
