@@ -76,3 +76,33 @@ def test_migration_keeps_entries_for_every_domain(tmp_path):
         assert s.block_add("gone@else.example", reason=None, source="unsubscribe", scope="shop.example")
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION
+
+
+def test_services_and_cli_show_and_remove_suppressions(tmp_path):
+    from click.testing import CliRunner
+
+    from mxhook import spool
+    from mxhook import cli as climod
+    from mxhook.services import blocks
+    from mxhook.services.errors import Conflict, NotFound
+    from tests.support.services import make_config
+
+    cfg = make_config(tmp_path)
+    spool.ensure_dirs(cfg.spool_dir)
+    conf = tmp_path / "mxhook.conf"
+    conf.write_text(f"[paths]\nrules_db = {cfg.rules_db}\nstate_db = {cfg.state_db}\n"
+                    f"spool_dir = {cfg.spool_dir}\n")
+    blocks.add(cfg, "carol@else.example", scope="shop.example", reason="asked by phone")
+    blocks.add(cfg, "carol@else.example")
+    with pytest.raises(Conflict, match="for shop.example"):
+        blocks.add(cfg, "carol@else.example", scope="Shop.Example")
+    assert blocks.search(cfg, "carol@else.example")["scope"] == "*"  # the entry for every domain
+    with pytest.raises(NotFound, match="for news.example"):
+        blocks.remove(cfg, "carol@else.example", scope="news.example")
+    out = CliRunner().invoke(climod.cli, ["--config", str(conf), "block", "list"])
+    assert out.exit_code == 0, out.output
+    assert "SCOPE" in out.output and "shop.example" in out.output and " all " in out.output
+    out = CliRunner().invoke(climod.cli, ["--config", str(conf), "block", "remove", "carol@else.example",
+                                        "--scope", "shop.example"])
+    assert out.exit_code == 0, out.output
+    assert [r["scope"] for r in blocks.list_all(cfg)] == ["*"]
