@@ -188,8 +188,10 @@ class Wiring:
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
-        self.policy = inbound.Policy.from_section(lambda key: getattr(self.settings, key), internal=inbound.internal_routes(
-            self.settings.feedback_address, self.settings.unsubscribe_address))
+        settings = self.settings
+        self.policy = inbound.Policy.from_section(
+            lambda key: getattr(settings, key),
+            internal=inbound.internal_routes(settings.feedback_address, settings.unsubscribe_address))
 
     def authenticator(self, envelope: Envelope) -> Callable[[bytes], inbound.Authentication | None] | None:
         """The verdicts of an inbound message of this envelope, checked at end of message

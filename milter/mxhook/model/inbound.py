@@ -66,12 +66,13 @@ class Policy:
         """From the `[milter]` section: `value(key)` is the key's typed value (config.Config.value,
         or the attributes of MilterSettings), so the milter and `rule test` read it alike.
         `internal`: `internal_routes` of the `[tracking]` addresses."""
-        return cls(internal=internal,
+        return cls(
             unknown_domains=value("unknown_domains"),
             heuristics=tuple(h for h, key in HEURISTIC_KEYS if value(key)),
             missing_from=value("missing_from"),
             max_rcpt_refusals=value("max_rcpt_refusals"),
             max_message_size=value("max_message_size"),
+            internal=internal,
         )
 
 
