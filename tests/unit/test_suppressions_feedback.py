@@ -143,3 +143,27 @@ def test_settle_adds_and_removes_suppressions(tmp_path):
         assert deleted["type"] == "deleted" and "resubscribed" in deleted["reason"]
         assert [r["source"] for r in rules.block_list()] == ["complaint"]
         assert feedback.settle(rules, _event("complained", "c9", recipient="not an address"), at) == ("c9", None)
+
+
+def test_a_key_added_to_the_file_verifies_without_a_restart(store, tmp_path, caplog):
+    path = tmp_path / "rotating.key"
+    handler = feedback.Handler(str(path))  # no file yet: logged, nothing verifies
+    newer = os.urandom(32)
+    raw = arf("jmrp-redacted.eml", tt.make_token((newer,), REF))
+    ingest.records(store, [internal("f1", raw)], feedback=handler)
+    assert "cannot read the tracking keys" in caplog.text and stored(store, "complained") == []
+    path.write_text(base64.b64encode(KEY).decode() + "\n" + base64.b64encode(newer).decode() + "\n")
+    ingest.records(store, [internal("f2", raw)], feedback=handler)
+    assert [r[0] for r in stored(store, "complained")] == ["carol@outlook.example"]
+
+
+def test_an_internal_record_has_no_deliveries_and_a_known_route():
+    from mxhook.model.records import InboundRecord, RecordError
+
+    meta = internal("f1", b"").meta
+    assert InboundRecord.from_meta(meta).internal == "feedback"
+    assert InboundRecord.from_meta(meta).to_meta()["internal"] == "feedback"
+    with pytest.raises(RecordError, match="unknown internal route"):
+        InboundRecord.from_meta({**meta, "internal": "other"})
+    with pytest.raises(RecordError, match="without a 'deliveries' list"):
+        InboundRecord.from_meta({**meta, "internal": None})

@@ -17,15 +17,14 @@ hard-bounce hand-over.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 from mxhook.model import arf
 from mxhook.model import events as events_mod
 from mxhook.model.events import Event
-from mxhook.model.keyring import parse_keys
 from mxhook.model.records import InboundRecord
 from mxhook.model.rules import RuleError
+from mxhook.services import attachments
 from mxhook.store import rulesdb
 
 log = logging.getLogger(__name__)
@@ -44,39 +43,26 @@ class Outcome:
     reason: str
 
 
-class Keys:
-    """The tracking keys of `[tracking] key_file`, read again when the file changes; () when it
-    is missing or unreadable (logged once): every token is then unverifiable."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._stamp: tuple | None = None
-        self._keys: tuple[bytes, ...] = ()
-        self._error: str | None = None
-
-    def current(self) -> tuple[bytes, ...]:
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if stamp != self._stamp:
-                with open(self.path, encoding="ascii") as fh:
-                    self._keys = parse_keys(fh.read())
-                self._stamp, self._error = stamp, None
-        except (OSError, ValueError) as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            if message != self._error:
-                log.error("cannot read the tracking keys in %s (tokens in feedback mail are not "
-                          "verified meanwhile): %s", self.path, message)
-                self._error = message
-            self._stamp, self._keys = None, ()
-        return self._keys
-
-
 class Handler:
     """The spooler's handler of mail to mxhook's own addresses (see the module)."""
 
     def __init__(self, key_file: str):
-        self.keys = Keys(key_file)
+        self.key_file = attachments.KeyFile(key_file)  # read again when it changes
+        self._key_error: str | None = None
+
+    def keys(self) -> tuple[bytes, ...]:
+        """The tracking keys; () when the file is missing or unreadable (logged once): every
+        token is then unverifiable."""
+        try:
+            keys = self.key_file.keys()
+            error = None if keys else "missing or empty"
+        except (OSError, ValueError) as exc:
+            keys, error = (), f"{type(exc).__name__}: {exc}"
+        if error is not None and error != self._key_error:
+            log.error("cannot read the tracking keys in %s (tokens in feedback mail are not "
+                      "verified meanwhile): %s", self.key_file.path, error)
+        self._key_error = error
+        return keys
 
     def __call__(self, route: str, record_id: str, message: InboundRecord, raw: bytes) -> Outcome:
         try:
@@ -88,7 +74,7 @@ class Handler:
             return Outcome(None, False, f"could not be read: {type(exc).__name__}: {exc}")
 
     def _handle(self, route: str, record_id: str, message: InboundRecord, raw: bytes) -> Outcome:
-        keys = self.keys.current()
+        keys = self.keys()
         engagement: dict = {}
         if route == "unsubscribe":
             claim = arf.unsubscribe_request(raw, keys)
