@@ -2,10 +2,12 @@
 redacted or not, and the rule that an unsigned claim never names whom to suppress by itself."""
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mxhook.model import arf
 from mxhook.model import tracktokens as tt
@@ -109,3 +111,26 @@ def test_mailto_unsubscribe_needs_a_valid_unsubscribe_token():
         arf.unsubscribe_request(_mail(f"unsubscribe {ref}"), (KEY,))
     with pytest.raises(arf.NotAReport, match="not 'unsubscribe <token>'"):
         arf.unsubscribe_request(_mail("please remove me"), (KEY,))
+
+
+def test_an_encoded_original_is_read_all_the_same():
+    raw = fixture("jmrp-redacted.eml", tt.make_token((KEY,), REF))
+    head, _, rest = raw.partition(b"Content-Type: message/rfc822\nContent-Disposition: inline\n\n")
+    original, sep, tail = rest.partition(b"\n------=_NextPart_JMRP--")
+    encoded = head + b"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n" \
+        + base64.encodebytes(original) + sep + tail
+    report = arf.parse(encoded)
+    assert report.message_id == "<sale-42@shop.example>"
+    assert arf.complaint(report, (KEY,)).recipient == "carol@outlook.example"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from(["jmrp-redacted.eml", "yahoo-unredacted.eml"]),
+       st.integers(min_value=0, max_value=3000))
+def test_parse_raises_nothing_but_not_a_report(noise, name, at):
+    raw = fixture(name, "x.y")
+    for mangled in (noise, raw[:at] + noise + raw[at:], raw[:at]):
+        try:
+            arf.complaint(arf.parse(mangled), (KEY,))
+        except arf.NotAReport:
+            pass

@@ -21,8 +21,10 @@ content, so an unsigned claim never names the address to suppress by itself:
 """
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import quopri
 import re
 from dataclasses import dataclass, field
 from email.message import Message
@@ -122,8 +124,15 @@ def _report_text(part: Message) -> str:
 
 def _original_headers(part: Message) -> Message | None:
     inner = part.get_payload()
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-        return inner[0]
+        if cte not in ("base64", "quoted-printable"):
+            return inner[0]
+        # a message/rfc822 part must not be encoded (RFC 2046 5.2.1), but some reports are:
+        # the parser took the encoded text for the message
+        text = inner[0].as_string().encode("ascii", "replace")
+        data = base64.b64decode(text) if cte == "base64" else quopri.decodestring(text)
+        return email.message_from_bytes(data, policy=email.policy.compat32)
     data = part.get_payload(decode=True)
     if data is None and isinstance(inner, str):
         data = inner.encode("utf-8", "surrogateescape")
