@@ -85,7 +85,7 @@ def test_rules_db_from_schema_6_upgrades_with_routing_defaults(tmp_path):
                              for r in rules)
         assert store.list_domains()[0]["unmatched"] == "reject"
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
 
 
 def test_snapshot_carries_pass_domains_reject_texts_and_the_delimiter(tmp_path):

@@ -167,3 +167,21 @@ def test_an_internal_record_has_no_deliveries_and_a_known_route():
         InboundRecord.from_meta({**meta, "internal": "other"})
     with pytest.raises(RecordError, match="without a 'deliveries' list"):
         InboundRecord.from_meta({**meta, "internal": None})
+
+
+def test_rule_test_shows_the_internal_route():
+    from mxhook.model import inbound
+    from mxhook.model.envelope import Envelope
+    from tests.unit.inbound_support import NOW, mail, snapshot
+
+    envelope = Envelope(sender="staff@hotmail.example")
+    for r in ("fbl@ours.example", "sales@ours.example"):
+        envelope.recipient(r)
+    policy = inbound.Policy(internal=inbound.internal_routes("FBL@ours.example", ""))
+    out = inbound.explain(snapshot(), policy, mail(to="fbl@ours.example"), envelope, routes=True,
+                          clock=lambda: NOW)
+    assert (out.result, out.decided_by) == ("accept", "internal:feedback")
+    fbl, sales = out.recipients
+    assert (fbl.outcome, fbl.decided_by) == ("accepted", "internal:feedback")
+    assert (sales.outcome, sales.smtp) == ("deferred", "452 4.5.3")
+    assert out.spooled.record.internal == "feedback" and out.deleted == ["<fbl@ours.example>"]

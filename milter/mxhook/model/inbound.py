@@ -616,7 +616,7 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
             inbound.rcpt(r)
     rcpts = list(first)
     headers = message = None
-    if inbound.managed or inbound.passed or inbound.held:
+    if inbound.managed or inbound.passed or inbound.held or inbound.internal:
         headers = inbound.end_of_headers(raw_headers)
         if headers.action == CONTINUE:
             body = raw[body_at:]
@@ -634,6 +634,9 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
         events=tuple(inbound.reported), deleted=list(message.delete) if message else [],
         spooled=message.message if message else None, authentication=inbound.authentication)
     outcomes = {r: _recipient_outcome(inbound, r, outcome) for r, outcome in inbound.rcpt_outcomes}
+    for r in rcpts:  # mxhook's own addresses, and recipients split from their transaction
+        if r not in outcomes:
+            outcomes[r] = _internal_outcome(inbound, r)
     ours = [r for r in rcpts if address_domain(r) in snapshot.domains]
     auth = inbound.authentication
     explained = decide(snapshot.ruleset, snapshot.domains, ours, raw_headers,
@@ -653,6 +656,17 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
     out.recipients = [outcomes[r] for r in rcpts]
     _result(out, inbound, headers, message)
     return out
+
+
+def _internal_outcome(inbound: Inbound, r: str) -> RecipientOutcome:
+    route = inbound.internal_route
+    if r in inbound.internal:
+        return RecipientOutcome(r, "accepted", "rcpt", "250", "internal:" + route,
+                                f"mxhook's own {route} address: the message is spooled for its "
+                                "handler and taken out of Postfix's delivery")
+    return RecipientOutcome(r, "deferred", "rcpt", " ".join(SMTP_SPLIT), "outcome_class",
+                            f"mail to mxhook's own {route} address takes a transaction of its own: "
+                            "the client sends this recipient again separately")
 
 
 def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> RecipientOutcome:
@@ -736,6 +750,10 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
     elif message.action == TEMPFAIL:
         out.result, out.smtp, out.decided_by = "tempfail", " ".join(SMTP_TEMPFAIL), "internal_error"
         out.reason = "recipients of one outcome class decided apart"
+    elif message.message is not None and message.message.record.internal:
+        route = message.message.record.internal
+        out.result, out.smtp, out.decided_by = "accept", "250", "internal:" + route
+        out.reason = f"mail to mxhook's own {route} address, spooled for its handler"
     elif message.message is not None:
         names = [d.name for d in message.message.record.deliveries]
         out.result, out.smtp, out.decided_by = "accept", "250", "rules"
