@@ -91,7 +91,9 @@ class Handler:
         at_us = events_mod.us_from_iso(received)
         event = Event(type=etype, at=received, id=events_mod.event_id(at_us, "feedback", record_id),
                       source="feedback", queue_id=claim.queue_id, recipient=claim.recipient,
-                      message_id=claim.message_id,
+                      # a verified event takes the Message-ID of the message we sent (enrichment
+                      # by queue id), not the report's word
+                      message_id=None if claim.verified else claim.message_id,
                       engagement={"sending_domain": claim.sending_domain or None, **engagement})
         return Outcome(event, claim.verified, f"{etype} {claim.recipient}: {claim.why}")
 
