@@ -449,6 +449,13 @@ SCHEMA: tuple[Key, ...] = (
          "one (the file is made 0640, group mxhook)."),
         ("max_message_size", SIZE, "10M",
          "larger outbound messages are sent untouched (their queued events say why)."),
+        ("feedback_address", TEXT, "",
+         "the address ARF spam complaint reports (feedback loops) are sent to: the milter accepts "
+         "mail to it whatever the rules say, and the spooler turns a report about mail we sent "
+         "into a complained event and a suppression (docs/feedback.md); empty: none."),
+        ("unsubscribe_address", TEXT, "",
+         "the address of the mailto: unsubscribe (subject: unsubscribe TOKEN), answered like "
+         "feedback_address with an unsubscribed event and a suppression; empty: none."),
         ("listen", LISTEN, "127.0.0.1:8026",
          "where mxhook-track (the public tracking endpoint: pixels, clicks, unsubscribes) "
          "listens; TLS goes through a reverse proxy (docs/tracking-endpoint.md)."),

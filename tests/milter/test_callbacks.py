@@ -31,9 +31,10 @@ def env(tmp_path):
 
     made = []
 
-    def make(*, clock=None, new_id=None, **milter_settings):
+    def make(*, clock=None, new_id=None, tracking=None, **milter_settings):
         milter_settings.setdefault("discard_via", "transport")  # no Postfix to look at here
-        cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings})
+        cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter_settings,
+                                "tracking": tracking or {}})
         settings = MilterSettings.from_config(cfg)
         watcher = SnapshotWatcher(str(tmp_path / "rules.db"), interval=0.05)
         wiring = Wiring(settings, snapshot=lambda: watcher.current,
@@ -198,6 +199,58 @@ def test_blocked_recipient_is_refused_and_reported(env):
     assert ctx.rcpt("<ok@else.example>") == Milter.CONTINUE
     [blocked] = [r.meta for r in records(env)]
     assert (blocked["type"], blocked["recipient"], blocked["auth_user"]) == ("blocked", "gone@else.example", "app1")
+
+
+def test_suppression_refuses_only_mail_of_its_sending_domain(env):
+    env.store.block_add("carol@else.example", reason="unsubscribed", source="unsubscribe",
+                        scope="shop.example")
+    ctx = env()
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.mail("<news@Shop.Example>") == Milter.NOREPLY
+    assert ctx.rcpt("<carol@else.example>") == Milter.REJECT
+    assert ctx.reply[:2] == ("550", "5.1.1") and "unsubscribed from mail of shop.example" in ctx.reply[2]
+    [blocked] = [r.meta for r in records(env)]
+    assert (blocked["type"], blocked["recipient"]) == ("blocked", "carol@else.example")
+    assert "unsubscribed" in blocked["reason"]
+    ctx = env()
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.mail("<billing@other.example>") == Milter.NOREPLY
+    assert ctx.rcpt("<carol@else.example>") == Milter.CONTINUE  # another sending domain
+
+
+FEEDBACK = {"feedback_address": "FBL@Complaints.Example", "unsubscribe_address": "unsub@complaints.example"}
+ARF_HEADERS = [("From", b" staff@hotmail.example"), ("To", b" fbl@complaints.example"),
+               ("Subject", b" complaint"),
+               ("Content-Type", b" multipart/report; report-type=feedback-report; boundary=b")]
+
+
+def test_mail_to_the_feedback_address_is_spooled_for_the_handler_whatever_the_rules_say(env):
+    ctx = env(tracking=FEEDBACK)
+    assert ctx.send(["<fbl@complaints.example>"], ARF_HEADERS, body=b"--b--\r\n",
+                    mail_from="<staff@hotmail.example>") == ("eom", Milter.ACCEPT)
+    [rec] = records(env)
+    assert rec.kind == "inbound" and rec.meta["internal"] == "feedback" and rec.meta["deliveries"] == []
+    assert rec.payload.endswith(b"\r\n\r\n--b--\r\n")
+    # taken out of Postfix's delivery: nobody has a mailbox there
+    assert ctx.deleted == ["<fbl@complaints.example>"] and ctx.added
+
+
+def test_the_feedback_address_takes_a_transaction_of_its_own(env):
+    ctx = env(tracking=FEEDBACK)
+    assert ctx.mail("<x@sender.example>") == Milter.NOREPLY
+    assert ctx.rcpt("<sales@ours.example>") == Milter.CONTINUE
+    assert ctx.rcpt("<fbl@complaints.example>") == Milter.TEMPFAIL
+    assert ctx.reply[:2] == ("452", "4.5.3")
+    ctx = env(tracking=FEEDBACK)
+    assert ctx.mail("<x@sender.example>") == Milter.NOREPLY
+    assert ctx.rcpt("<unsub@complaints.example>") == Milter.CONTINUE
+    assert ctx.rcpt("<fbl@complaints.example>") == Milter.TEMPFAIL
+    assert ctx.rcpt("<sales@ours.example>") == Milter.TEMPFAIL
+
+
+def test_without_a_feedback_address_such_mail_is_refused(env):
+    ctx = env()
+    assert ctx.send(["<fbl@complaints.example>"], ARF_HEADERS) == ("rcpt", Milter.REJECT)
 
 
 def test_blocklist_can_be_switched_off(env):

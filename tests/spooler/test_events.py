@@ -234,10 +234,10 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
     reader = rulesdb.BlocklistReader(cfg.rules_db)
     with Stepped(cfg) as sp:
         sp.step()  # ingested; the block list is updated and the registered event made
-        assert reader.contains("gone@else.example")
+        assert reader.find("gone@else.example")
         sp.step(advance=1.5)  # the batch is due
         docs = bodies(rx.requests)
-    assert not reader.contains("full@else.example")
+    assert not reader.find("full@else.example")
     with rulesdb.RulesStore(cfg.rules_db) as store:
         (row,) = store.block_list()
     assert (row["address"], row["source"], row["dsn"], row["event_id"]) == ("gone@else.example", "bounce", "5.1.1", bounce)

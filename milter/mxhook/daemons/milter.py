@@ -49,13 +49,13 @@ from mxhook.model import tracktokens
 from mxhook.model.envelope import (
     AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, header_values, milter_events,
     utc_now)
-from mxhook.model.headers import normalize_address, plain_address, to_text
+from mxhook.model.headers import address_domain, normalize_address, plain_address, to_text
 from mxhook.model.records import DeniedRecord, iso
 from mxhook.model.rules import RuleError
 from mxhook.postfix import postconf
 from mxhook.services import tracking as trackingsvc
 from mxhook.services.attachments import KeyFile
-from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher
+from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class MilterSettings(configmod.FromConfig):
     rules_reload_interval: float
     regex_timeout: float
     recipient_delimiter: str
+    feedback_address: str = configmod.from_section("tracking")
+    unsubscribe_address: str = configmod.from_section("tracking")
 
     def __post_init__(self):
         self.outbound_daemon_names = frozenset(self.outbound_daemon_names)
@@ -122,21 +124,10 @@ class TrackingSettings(configmod.FromConfig):
     public_url: str
     key_file: str
     max_message_size: int
-    # the feedback handler's keys: read when the schema has them, else empty
-    unsubscribe_address: str = field(init=False, default="")
-    feedback_address: str = field(init=False, default="")
 
     def __post_init__(self):
         self.public_url = self.public_url.rstrip("/")
         self.keys = KeyFile(self.key_file)
-
-    @classmethod
-    def from_config(cls, cfg: configmod.Config) -> "TrackingSettings":
-        settings = super().from_config(cfg)
-        section = cfg.raw.get(cls.SECTION, {})
-        settings.unsubscribe_address = section.get("unsubscribe_address", "").strip()
-        settings.feedback_address = section.get("feedback_address", "").strip()
-        return settings
 
 
 BODY_FEATURES = frozenset({"opens", "clicks", "text_links"})  # those that rewrite the body
@@ -236,7 +227,10 @@ class Wiring:
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
-        self.policy = inbound.Policy.from_section(lambda key: getattr(self.settings, key))
+        settings = self.settings
+        self.policy = inbound.Policy.from_section(
+            lambda key: getattr(settings, key),
+            internal=inbound.internal_routes(settings.feedback_address, settings.unsubscribe_address))
 
     def authenticator(self, envelope: Envelope) -> Callable[[bytes], inbound.Authentication | None] | None:
         """The verdicts of an inbound message of this envelope, checked at end of message
@@ -443,8 +437,10 @@ class MxhookMilter(Milter.Base):
                              **fields)
 
     def _outbound_rcpt(self, rcpt: str):
-        if self.settings.blocklist and self.wiring.blocklist.contains(rcpt):
-            reason = "address is on the block list after a hard bounce"
+        domain = address_domain(self.envelope.sender)
+        found = self.wiring.blocklist.find(rcpt, domain) if self.settings.blocklist else None
+        if found:
+            reason = refusal_reason(found[0], domain)
             try:
                 self.wiring.segments.append(spool.event_record(self._events("blocked", [rcpt], reason=reason)[0]))
             except OSError as exc:  # the event must not be lost: let the client retry
@@ -495,7 +491,7 @@ class MxhookMilter(Milter.Base):
         X-Mxhook-Track fields, which never leave) with the reason."""
         tracked = Tracked(remove=len(header_values(self.raw_headers, TRACK_HEADER.lower())))
         t = self.wiring.tracking
-        if t is None or not (self.features or t.feedback_address) or "@" not in self.envelope.sender:
+        if t is None or not (self.features or self.settings.feedback_address) or "@" not in self.envelope.sender:
             return tracked
         try:
             self._track(t, tracked)
@@ -545,11 +541,11 @@ class MxhookMilter(Milter.Base):
         if "unsubscribe" in features and not header_values(self.raw_headers, "list-unsubscribe"):
             unsubscribe = token(tracktokens.UNSUBSCRIBE)
             value = f"<{t.public_url}/u/{unsubscribe}>"
-            if t.unsubscribe_address:
-                value += f", <mailto:{t.unsubscribe_address}?subject=unsubscribe%20{unsubscribe}>"
+            if self.settings.unsubscribe_address:
+                value += f", <mailto:{self.settings.unsubscribe_address}?subject=unsubscribe%20{unsubscribe}>"
             tracked.add += [("List-Unsubscribe", value),
                             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
-        if rewritten or "unsubscribe" in features or t.feedback_address:
+        if rewritten or "unsubscribe" in features or self.settings.feedback_address:
             tracked.add.append(("X-Mxhook-Ref", token(tracktokens.REFERENCE)))
 
     def _change(self, tracked: Tracked) -> None:

@@ -112,7 +112,7 @@ from mxhook import heartbeat, spool
 from mxhook.payloads import events as event_payloads
 from mxhook.store import ingest, logs, statedb
 from mxhook.store import integrity
-from mxhook.services import attachments
+from mxhook.services import attachments, feedback
 from mxhook.delivery import pipeline
 from mxhook.delivery.health import Health
 from mxhook.delivery.pipeline import Dispatch
@@ -211,6 +211,7 @@ class Spooler:
         # the rules' and endpoints' templates, read by the workers as they render (cached)
         self.templates = db_mod.Templates(cfg.rules_db)
         self.block_hard_bounces = settings.blocklist
+        self.feedback = feedback.Handler(cfg.value("tracking", "key_file"))  # mail to mxhook's own addresses
         self.log_unknown_domains = settings.log_unknown_domains
         # every post goes through the SSRF guard, with the admin's allowlist
         self.session_factory = session_factory or (lambda: webhook.make_session(settings.allow_networks))
@@ -324,7 +325,8 @@ class Spooler:
         endpoints = list(self.current_endpoints().values())
         kw = {"endpoints": endpoints, "block_hard_bounces": self.block_hard_bounces,
               "raw_meta": raw_meta, "prerender": event_payloads.prerenderer(endpoints),
-              "wants": _registry().wanted_types, "log_unknown_domains": self.log_unknown_domains}
+              "wants": _registry().wanted_types, "log_unknown_domains": self.log_unknown_domains,
+              "feedback": self.feedback}
         if any(r.kind == "inbound" for r in records):
             self._inbound_due_at = 0.0
         try:
@@ -592,6 +594,9 @@ class Spooler:
         try:
             store = self.health.rules_store()
             for bounce in pending:
+                if bounce["type"] != "bounced":  # an unsubscribe, resubscribe or complaint
+                    done.append(feedback.settle(store, bounce, iso(self.clock())))
+                    continue
                 # the address the application used: orig_to when Postfix rewrote it, else to
                 address = bounce.get("orig_recipient") or bounce.get("recipient") or ""
                 try:

@@ -36,7 +36,7 @@ from mxhook.model.decision import (
     DENY, HOLD, MANAGED, PASS, SPLIT, UNMATCHED_PASS, Decision, RcptOutcome, RcptStage, decide,
     match_rules, screen)
 from mxhook.model.envelope import Envelope, Recipient, header_values, message_fields, utc_now
-from mxhook.model.headers import address_domain, decode_value, first_address
+from mxhook.model.headers import address_domain, decode_value, first_address, normalize_address
 from mxhook.model.message import header_section
 from mxhook.model.records import DeniedRecord, InboundRecord, Routed, iso
 
@@ -58,18 +58,28 @@ class Policy:
     missing_from: str = "reject"  # reject | accept
     max_rcpt_refusals: int = 5
     max_message_size: int = 50 * 1024 * 1024
+    # addresses of mail mxhook answers itself -> its route (records.INTERNAL_ROUTES)
+    internal: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_section(cls, value: Callable[[str], Any]) -> Policy:
+    def from_section(cls, value: Callable[[str], Any], internal: tuple[tuple[str, str], ...] = ()) -> Policy:
         """From the `[milter]` section: `value(key)` is the key's typed value (config.Config.value,
-        or the attributes of MilterSettings), so the milter and `rule test` read it alike."""
+        or the attributes of MilterSettings), so the milter and `rule test` read it alike.
+        `internal`: `internal_routes` of the `[tracking]` addresses."""
         return cls(
             unknown_domains=value("unknown_domains"),
             heuristics=tuple(h for h, key in HEURISTIC_KEYS if value(key)),
             missing_from=value("missing_from"),
             max_rcpt_refusals=value("max_rcpt_refusals"),
             max_message_size=value("max_message_size"),
+            internal=internal,
         )
+
+
+def internal_routes(feedback_address: str, unsubscribe_address: str) -> tuple[tuple[str, str], ...]:
+    """The Policy's `internal` of the `[tracking]` addresses (empty: none)."""
+    return tuple((normalize_address(a), route) for a, route in
+                 ((feedback_address, "feedback"), (unsubscribe_address, "unsubscribe")) if a)
 
 
 # each heuristic and the [milter] key that turns it on
@@ -155,6 +165,13 @@ class MessageAnswer(Answer):
     error: str = ""  # TEMPFAIL: what went wrong
 
 
+def _split(address: str) -> RcptAnswer:
+    return RcptAnswer(TEMPFAIL, (*SMTP_SPLIT, f"<{address}>: send this recipient again in a "
+                                 "separate transaction (its outcome may differ from the "
+                                 "recipients already accepted)"),
+                      note="outcome may differ from the transaction's recipients; 452 4.5.3")
+
+
 def header_block(raw_headers: list[tuple[str, bytes]]) -> bytes:
     """The header fields as Postfix's milter protocol gave them, back to the bytes of the
     message: Postfix folds with LF, the message has CRLF."""
@@ -206,21 +223,25 @@ class Inbound:
         self.dsn = False  # the message is a bounce report (multipart/report delivery-status)
         self.decision: Decision | None = None
         self.reported: list = []  # the bounce report's events
+        # recipients that are mxhook's own addresses, and their route: such a message is
+        # spooled for mxhook's handler (records.INTERNAL_ROUTES) and in a transaction of its own
+        self.internal: list[str] = []
+        self.internal_route = ""
 
     # -- RCPT -----------------------------------------------------------------------------------
 
     def rcpt(self, recipient: Recipient) -> RcptAnswer:
         """The answer to RCPT TO of `recipient` (marked refused when it is 4xx or 5xx)."""
         address = recipient.address
+        route = dict(self.policy.internal).get(address) if self.policy.internal else None
+        if route or self.internal:
+            return self._internal_rcpt(recipient, route)
         outcome = self.stage.recipient(address)
         self.rcpt_outcomes.append((address, outcome))
         kind = outcome.kind
         recipient.refused = kind in (SPLIT, DENY)
         if kind == SPLIT:
-            return RcptAnswer(TEMPFAIL, (*SMTP_SPLIT, f"<{address}>: send this recipient again in a "
-                                         "separate transaction (its outcome may differ from the "
-                                         "recipients already accepted)"),
-                              note="outcome may differ from the transaction's recipients; 452 4.5.3")
+            return _split(address)
         if kind == DENY:
             return RcptAnswer(REJECT, (*SMTP_DENY, self.reply_text(address, outcome.filter,
                                                                    f"<{address}>: {outcome.reason}")),
@@ -241,11 +262,25 @@ class Inbound:
                                    "although its outcome may differ")
         return RcptAnswer()
 
+    def _internal_rcpt(self, recipient: Recipient, route: str | None) -> RcptAnswer:
+        """A recipient that is one of mxhook's own addresses (`route`), or any recipient after
+        one: accepted whatever the rules say when it is the transaction's kind, else split."""
+        address = recipient.address
+        if route is None or (route != self.internal_route and self.internal) \
+                or self.managed or self.passed or self.held:
+            recipient.refused = True
+            return _split(address)
+        self.internal.append(address)
+        self.internal_route = route
+        return RcptAnswer(note=f"mxhook's own {route} address")
+
     # -- end of headers -------------------------------------------------------------------------
 
     def end_of_headers(self, raw_headers: list[tuple[str, bytes]]) -> HeadersAnswer:
         """raw_headers: (name, value as received) in message order."""
         self.raw_headers = raw_headers
+        if self.internal:  # read at end of message
+            return HeadersAnswer()
         if self.envelope.sender == "":
             content_types = header_values(raw_headers, "content-type")
             self.dsn = bool(content_types) and bounces.is_dsn_content_type(decode_value(content_types[0]))
@@ -348,6 +383,8 @@ class Inbound:
 
     def end_of_message(self, body: list[bytes], body_size: int) -> MessageAnswer:
         """body: its chunks, kept up to max_message_size; body_size: the bytes it really had."""
+        if self.internal:
+            return self._internal_message(body, body_size)
         decision = self.decision
         if decision is None and not (self.dsn or self.bounced or self.waiting is not None):
             return MessageAnswer()  # end of headers answered
@@ -401,6 +438,25 @@ class Inbound:
         answer = self._finish(decision, groups, message, tuple(log))
         answer.denials, answer.timed_out = denials, timed_out
         return answer
+
+    def _internal_message(self, body: list[bytes], body_size: int) -> MessageAnswer:
+        """Mail to mxhook's own address: spooled for its handler (the spooler parses it), and
+        taken out of Postfix's delivery."""
+        head = header_block(self.raw_headers)
+        size = len(head) + 2 + body_size
+        if size > self.policy.max_message_size:
+            return MessageAnswer(REJECT, (*SMTP_TOO_LARGE, f"message size {size} exceeds the limit "
+                                          f"of {self.policy.max_message_size} bytes"),
+                                 log=(Logged("denied", self.internal, "size", "message too large"),))
+        record = InboundRecord(**message_fields(self.envelope, self.raw_headers, iso(self.clock())),
+                               internal=self.internal_route)
+        message = SpooledMessage(self.new_id(), record, head + b"\r\n" + b"".join(body))
+        log = (Logged("accepted", list(self.internal), self.internal_route,
+                      f"spooled as {message.id} for mxhook's {self.internal_route} handler"),)
+        if not self.routes:
+            return MessageAnswer(DISCARD, None, (), message, (), log)
+        return MessageAnswer(ACCEPT, None, (), message, (), log,
+                             delete=tuple(self.envelope.given(set(self.internal))), add_discard=True)
 
     def _rules_at_eom(self, auth: Authentication | None) -> HeadersAnswer:
         """The rules that waited for the verdicts, decided as end of headers decides them."""
@@ -560,7 +616,7 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
             inbound.rcpt(r)
     rcpts = list(first)
     headers = message = None
-    if inbound.managed or inbound.passed or inbound.held:
+    if inbound.managed or inbound.passed or inbound.held or inbound.internal:
         headers = inbound.end_of_headers(raw_headers)
         if headers.action == CONTINUE:
             body = raw[body_at:]
@@ -578,6 +634,9 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
         events=tuple(inbound.reported), deleted=list(message.delete) if message else [],
         spooled=message.message if message else None, authentication=inbound.authentication)
     outcomes = {r: _recipient_outcome(inbound, r, outcome) for r, outcome in inbound.rcpt_outcomes}
+    for r in rcpts:  # mxhook's own addresses, and recipients split from their transaction
+        if r not in outcomes:
+            outcomes[r] = _internal_outcome(inbound, r)
     ours = [r for r in rcpts if address_domain(r) in snapshot.domains]
     auth = inbound.authentication
     explained = decide(snapshot.ruleset, snapshot.domains, ours, raw_headers,
@@ -597,6 +656,17 @@ def explain(snapshot, policy: Policy, raw: bytes, envelope: Envelope, *, routes:
     out.recipients = [outcomes[r] for r in rcpts]
     _result(out, inbound, headers, message)
     return out
+
+
+def _internal_outcome(inbound: Inbound, r: str) -> RecipientOutcome:
+    route = inbound.internal_route
+    if r in inbound.internal:
+        return RecipientOutcome(r, "accepted", "rcpt", "250", "internal:" + route,
+                                f"mxhook's own {route} address: the message is spooled for its "
+                                "handler and taken out of Postfix's delivery")
+    return RecipientOutcome(r, "deferred", "rcpt", " ".join(SMTP_SPLIT), "outcome_class",
+                            f"mail to mxhook's own {route} address takes a transaction of its own: "
+                            "the client sends this recipient again separately")
 
 
 def _recipient_outcome(inbound: Inbound, r: str, outcome: RcptOutcome) -> RecipientOutcome:
@@ -680,6 +750,10 @@ def _result(out: Explanation, inbound: Inbound, headers: HeadersAnswer | None,
     elif message.action == TEMPFAIL:
         out.result, out.smtp, out.decided_by = "tempfail", " ".join(SMTP_TEMPFAIL), "internal_error"
         out.reason = "recipients of one outcome class decided apart"
+    elif message.message is not None and message.message.record.internal:
+        route = message.message.record.internal
+        out.result, out.smtp, out.decided_by = "accept", "250", "internal:" + route
+        out.reason = f"mail to mxhook's own {route} address, spooled for its handler"
     elif message.message is not None:
         names = [d.name for d in message.message.record.deliveries]
         out.result, out.smtp, out.decided_by = "accept", "250", "rules"

@@ -131,6 +131,10 @@ class Routed:
         return self.target["name"]
 
 
+# `[tracking] feedback_address` (ARF complaint reports), `unsubscribe_address` (mailto:)
+INTERNAL_ROUTES = ("feedback", "unsubscribe")
+
+
 @dataclass(slots=True)
 class InboundRecord(MessageFields):
     """Kind `inbound`: an accepted message (the record's payload) and its deliveries, one per
@@ -144,10 +148,15 @@ class InboundRecord(MessageFields):
     deliveries: list[Routed] = field(default_factory=list)
     recipient_delimiter: str = DEFAULT_RECIPIENT_DELIMITER
     authentication: dict | None = None
+    # mail mxhook answers itself (INTERNAL_ROUTES: an ARF report, a mailto: unsubscribe),
+    # handed to its handler by the spooler instead of being posted; it has no deliveries
+    internal: str | None = None
 
     def to_meta(self) -> dict:
         meta = self._meta()
         meta["deliveries"] = [{"recipients": d.recipients, "rule": d.target} for d in self.deliveries]
+        if self.internal is not None:
+            meta["internal"] = self.internal
         if self.recipient_delimiter != DEFAULT_RECIPIENT_DELIMITER:
             meta["recipient_delimiter"] = self.recipient_delimiter
         if self.authentication is not None:
@@ -158,7 +167,10 @@ class InboundRecord(MessageFields):
     def from_meta(cls, meta: dict) -> "InboundRecord":
         fields = cls._fields(meta, "inbound record")
         deliveries = meta.get("deliveries")
-        if not isinstance(deliveries, list) or not deliveries:
+        internal = meta.get("internal")
+        if internal is not None and internal not in INTERNAL_ROUTES:
+            raise RecordError(f"inbound record for unknown internal route {internal!r}")
+        if not isinstance(deliveries, list) or not (deliveries or internal):
             raise RecordError("inbound record without a 'deliveries' list")
         routed = []
         names = set()
@@ -186,7 +198,7 @@ class InboundRecord(MessageFields):
                               f"{type(authentication).__name__}")
         return cls(**fields, deliveries=routed,
                    recipient_delimiter=meta.get("recipient_delimiter", DEFAULT_RECIPIENT_DELIMITER),
-                   authentication=authentication)
+                   authentication=authentication, internal=internal)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
-"""The block list: outbound mail to these addresses is refused (event `blocked`). Adding or
-removing an address hands a `registered` / `deleted` event to the spooler through the spool
-(durably), as the milter and the log follower hand theirs."""
+"""The block list: outbound mail to these addresses is refused (event `blocked`), from every
+sending domain or, for a suppression (an unsubscribe, a complaint), from one sending domain
+(its `scope`). Adding or removing an address hands a `registered` / `deleted` event to the
+spooler through the spool (durably), as the milter and the log follower hand theirs."""
 from __future__ import annotations
 
 import os
@@ -22,31 +23,36 @@ class Change:
 
 @translated()
 def list_all(cfg: configmod.Config) -> list[dict]:
-    """[{address, reason, dsn, source, event_id, created}], oldest first."""
+    """[{address, scope, reason, dsn, source, event_id, created}], oldest first (scope `*`:
+    every sending domain)."""
     with rules_store(cfg) as store:
         return store.block_list()
 
 
 @translated()
 def search(cfg: configmod.Config, address: str) -> dict:
-    """The entry for `address` (given in any case or form mail uses)."""
+    """The entry for `address` (given in any case or form mail uses): the one for every
+    sending domain when there is one, else its oldest suppression."""
     addr = rulesdb.normalize_block_address(address)
     with rules_store(cfg) as store:
-        found = store.block_get(addr)
-    if found is None:
+        found = store.block_list(address=addr)
+    if not found:
         raise NotFound(f"{addr} is not on the block list")
-    return found
+    return next((e for e in found if e["scope"] == rulesdb.SCOPE_ALL), found[0])
 
 
 @translated()
 def add(cfg: configmod.Config, address: str, *, reason: str | None = None,
-        source: str = "cli") -> Change:
-    """`source`: who asks (events.SOURCES: cli, api), kept on the entry and the event."""
+        source: str = "cli", scope: str = rulesdb.SCOPE_ALL) -> Change:
+    """`source`: who asks (events.SOURCES: cli, api), kept on the entry and the event.
+    `scope`: a sending domain, or `*` (every one)."""
     addr = rulesdb.normalize_block_address(address)
+    scope = rulesdb.block_scope(scope)
     _check_spool(cfg)
     with rules_store(cfg, create=True) as store:
-        if not store.block_add(addr, reason=reason, source=source):
-            raise Conflict(f"{addr} is already on the block list")
+        if not store.block_add(addr, reason=reason, source=source, scope=scope):
+            raise Conflict(f"{addr} is already on the block list"
+                           + ("" if scope == rulesdb.SCOPE_ALL else f" for {scope}"))
     try:
         return Change(addr, _spool_event(cfg, "registered", addr, reason, source))
     except OSError as exc:
@@ -56,14 +62,16 @@ def add(cfg: configmod.Config, address: str, *, reason: str | None = None,
 
 @translated()
 def remove(cfg: configmod.Config, address: str, *, reason: str = "removed by the admin",
-           source: str = "cli") -> Change:
-    """Seed 000's delete and cancel alike: the entry goes, and a `deleted` event with
-    `reason` says why."""
+           source: str = "cli", scope: str | None = None) -> Change:
+    """Seed 000's delete and cancel alike: the address's entries go (only the one of `scope`
+    when given: a suppression), and a `deleted` event with `reason` says why."""
     addr = rulesdb.normalize_block_address(address)
+    scope = None if scope is None else rulesdb.block_scope(scope)
     _check_spool(cfg)
     with rules_store(cfg) as store:
-        if not store.block_remove(addr):
-            raise NotFound(f"{addr} is not on the block list")
+        if not store.block_remove(addr, scope=scope):
+            raise NotFound(f"{addr} is not on the block list"
+                           + ("" if scope in (None, rulesdb.SCOPE_ALL) else f" for {scope}"))
     try:
         return Change(addr, _spool_event(cfg, "deleted", addr, reason, source))
     except OSError as exc:

@@ -72,7 +72,9 @@ def explain(snapshot: dbmod.Snapshot, cfg: configmod.Config, raw: bytes, recipie
     authenticate = authenticator(AuthSettings.from_config(cfg), client_ip=client_ip, helo=helo,
                                  mail_from=envelope.sender or "",
                                  dns=None if dns else StaticResolver({}))
-    explained = inbound.explain(snapshot, inbound.Policy.from_section(value), raw, envelope,
+    internal = inbound.internal_routes(cfg.value("tracking", "feedback_address"),
+                                       cfg.value("tracking", "unsubscribe_address"))
+    explained = inbound.explain(snapshot, inbound.Policy.from_section(value, internal), raw, envelope,
                                 routes=value("discard_via") != "milter", authenticate=authenticate)
     out = explained.as_dict()
     if payload:

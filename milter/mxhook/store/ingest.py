@@ -3,7 +3,8 @@ transaction per batch of records: inbound messages with their deliveries and inb
 
 
 denied records, events fanned out to the event endpoints), and the hard-bounce hand-over to the
-block list (`pending_blocks`, `finish_blocks`). Functions over a StateStore: the connection
+block list (`pending_blocks`, `finish_blocks`), which also takes the suppressions of
+unsubscribes and complaints. Functions over a StateStore: the connection
 and, once a transaction committed, the store's in-memory view of fresh events
 (StateStore.remember). Only the spooler writes here, from one thread.
 
@@ -27,11 +28,15 @@ from mxhook.model.records import iso, to_datetime
 from mxhook import spool
 from mxhook.model import events as events_mod
 from mxhook.model.events import Event
+from mxhook.model.headers import address_domain
 from mxhook.model.records import DeniedRecord, InboundRecord, RecordError
 from mxhook.store.migrations import transaction
 from mxhook.store.statedb import StateStore, _address, _chunks, _load_event
 
 
+# engagement events that add (or, resubscribed, remove) a block-list suppression, handed
+# over like hard bounces (`pending_blocks`)
+SUPPRESSION_TYPES = ("unsubscribed", "resubscribed", "complained")
 UNKNOWN_DOMAIN = "unknown_domain"  # the filter of a denial whose domain is not permitted
 IGNORED_NAMED = 5  # addresses named in the log line of an ignored delivery-status report
 
@@ -107,7 +112,7 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
             raw_meta: dict[str, str] | None = None,
             prerender: Callable[[dict], str] | None = None,
             wants: Callable[[object], frozenset[str]] | None = None,
-            log_unknown_domains: bool = True) -> int:
+            log_unknown_domains: bool = True, feedback: Callable | None = None) -> int:
     """Insert spool records (`spooled`) in one transaction; returns how many were new.
     Re-ingesting a record is harmless (INSERT OR IGNORE on its id). Raises RecordError (and
     writes nothing) when a record fails `check_record`.
@@ -123,7 +128,8 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     serializing `meta` again. `prerender`: see StateStore.remember. Without
     `log_unknown_domains`, a `denied` record of recipients in domains that are not permitted
     (the spam flood every MX gets) is counted per minute (`unlogged_denials`) instead of
-    logged; a crash before its file is unlinked counts it again."""
+    logged; a crash before its file is unlinked counts it again. `feedback`: the handler of
+    mail to mxhook's own addresses (`_ingest_internal`)."""
     for record in spooled:
         if record.typed is None:
             check_record(record)
@@ -136,7 +142,9 @@ def records(store: StateStore, spooled: list[spool.Record], *, now=None, endpoin
     with transaction(store.conn) as conn:
         events = []
         for record in spooled:
-            if record.kind == "inbound":
+            if record.kind == "inbound" and record.typed.internal:
+                new += _ingest_internal(conn, record, record.typed, feedback, events)
+            elif record.kind == "inbound":
                 new += _ingest_inbound(conn, record, record.typed, at)
             elif record.kind == "denied":
                 if log_unknown_domains or record.typed.filter != UNKNOWN_DOMAIN:
@@ -211,9 +219,12 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
         event_id, etype, when = event.id, event.type, event.at
         # times mxhook writes are already in the stored form; others are normalized
         received = when if events_mod.is_stored_time(when) else iso(when or at)
-        # the block list takes the address the application used (orig_to, else to)
-        pending = "pending" if (block and etype == "bounced" and event.bounce_type == "hard"
-                                and (event.orig_recipient or event.recipient)) else None
+        # the block list takes the address the application used (orig_to, else to); an
+        # unsubscribe, resubscribe or complaint changes a suppression for its sending domain
+        pending = "pending" if block and (
+            (etype == "bounced" and event.bounce_type == "hard" and (event.orig_recipient or event.recipient))
+            or (etype in SUPPRESSION_TYPES and event.recipient
+                and (event.engagement or {}).get("sending_domain"))) else None
         rows.append((event_id, received, text or json.dumps(meta, ensure_ascii=False), payload,
                      at, etype, event.queue_id, event.recipient, pending, event.message_id))
         if pending:
@@ -352,6 +363,48 @@ def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, message: Inb
              message.client_addr, message.queue_id, json.dumps(recipients), message.subject),
         )
     return 1
+
+
+def _ingest_internal(conn: sqlite3.Connection, record: spool.Record, message: InboundRecord,
+                     handle: Callable | None, events: list) -> int:
+    """Mail to one of mxhook's own addresses: `handle` (services.feedback.Handler) makes its
+    event, stored with the record (an unverified claim only when it names a recipient of a
+    message we sent); one inbound_log row (kind `feedback`) says what came of it: `succeeded`,
+    or `denied` with the reason it was not taken."""
+    if conn.execute("SELECT 1 FROM inbound_log WHERE id = ?", (record.id,)).fetchone():
+        return 0  # ingested before a crash kept its file from being unlinked
+    route = message.internal
+    if handle is None:
+        event, reason = None, f"mail to mxhook's {route} address, but no handler for it here"
+    else:
+        outcome = handle(route, record.id, message, record.payload)
+        event, reason = outcome.event, outcome.reason
+        if event is not None and not outcome.verified:
+            why = _unsent_report(conn, event)
+            if why:
+                event, reason = None, f"{reason}; ignored: {why}"
+            else:  # the claim's sending domain is the report's word: ours is the sender's
+                event.engagement["sending_domain"] = _sender_domain(conn, event)
+    if event is not None:
+        events.append((event, event.to_meta(), b"", None))
+    conn.execute(
+        "INSERT INTO inbound_log (id, kind, record_id, received, status, header_from, rcpt_to,"
+        " host_name, message_id, filter_name, reason, mail_from, client_addr, queue_id,"
+        " recipients, subject) VALUES (?, 'feedback', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (record.id, record.id, iso(message.received), "succeeded" if event else "denied",
+         message.sender, "", message.client_name, message.message_id, route, reason,
+         message.mail_from, message.client_addr, message.queue_id, "[]", message.subject))
+    if event is None:
+        log.warning("mail %s to mxhook's %s address from <%s>: %s", record.id, route,
+                    message.mail_from or "", reason)
+    return 1
+
+
+def _sender_domain(conn: sqlite3.Connection, event: Event) -> str | None:
+    """The sending domain of the message a checked claim is about: its queued event's sender's."""
+    row = conn.execute("SELECT json_extract(meta, '$.sender') FROM events WHERE type = 'queued'"
+                       " AND message_id = ? ORDER BY received DESC LIMIT 1", (event.message_id,)).fetchone()
+    return address_domain(row[0]) or None if row and isinstance(row[0], str) else None
 
 
 def _ingest_denied(conn: sqlite3.Connection, record_id: str, denied: DeniedRecord) -> int:

@@ -32,6 +32,10 @@ Tracking settings (schema 8, `tracking`): per sending domain (the envelope sende
 outbound mail) which of open tracking, click tracking (and of the text part's links), one-click
 unsubscribe headers and a honeypot link the milter applies; the snapshot carries them.
 
+Suppressions (schema 9): a block-list entry has a `scope`, one sending domain or `*` (all),
+keyed (address, scope), and a source (a hard bounce, the CLI/API, an unsubscribe, a complaint);
+`BlocklistReader.find(address, sending_domain)` is what the milter asks at RCPT.
+
 Templates (schema 6, `templates`): each `--template` given to a rule or endpoint is stored as
 the next version of its owner's template (`add_template_version`, in the transaction that
 writes the owner) and the owner's `template` column names the version its new deliveries
@@ -107,7 +111,10 @@ def _row_values(obj, columns: tuple[str, ...]) -> list:
             for c, v in pairs]
 
 
-BLOCK_SOURCES = ("bounce", "cli", "api")
+# bounce: a hard bounce; cli, api: the admin (manual); unsubscribe, complaint: the recipient
+# asked (engagement events), for the sending domain only
+BLOCK_SOURCES = ("bounce", "cli", "api", "unsubscribe", "complaint")
+SCOPE_ALL = "*"  # a block-list entry's scope: every sending domain, else one sending domain
 _ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f<>]+@[^@\s\x00-\x1f\x7f<>]+$")
 KEY_KINDS = ("rule", "endpoint")
 KEY_SCHEMES = ("v1", "v1a")  # HMAC-SHA256 secret, ed25519 key pair
@@ -600,9 +607,23 @@ def _u_labels(domain: str) -> str:
     return ".".join(labels)
 
 
+def _schema_v9(db: sqlite_utils.Database) -> None:
+    """Suppressions: a block-list entry has a `scope`, the sending domain (envelope sender's
+    domain) it applies to, or `*` (every one: what existing entries keep), so an address can
+    be unsubscribed from one sender and hard-bounced for all; the key is (address, scope)."""
+    db.execute(
+        "CREATE TABLE blocklist_new (address TEXT NOT NULL, scope TEXT NOT NULL DEFAULT '*',"
+        " reason TEXT, dsn TEXT, source TEXT NOT NULL, event_id TEXT, created TEXT NOT NULL,"
+        " PRIMARY KEY (address, scope))")
+    db.execute("INSERT INTO blocklist_new (address, scope, reason, dsn, source, event_id, created)"
+               " SELECT address, '*', reason, dsn, source, event_id, created FROM blocklist")
+    db.execute("DROP TABLE blocklist")
+    db.execute("ALTER TABLE blocklist_new RENAME TO blocklist")
+
+
 # The step that brings a database from the version before to each version (store.migrations).
 _MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
-               (6, _schema_v6), (7, _schema_v7), (8, _schema_v8))
+               (6, _schema_v6), (7, _schema_v7), (8, _schema_v8), (9, _schema_v9))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
@@ -1057,51 +1078,61 @@ class RulesStore:
     # -- block list ---------------------------------------------------------------------------
 
     def block_add(self, address: str, *, reason: str | None, dsn: str | None = None,
-                  source: str, event_id: str | None = None) -> bool:
-        """Put an address on the block list; True if it was newly added, False if it was
-        there already (then nothing changes)."""
+                  source: str, event_id: str | None = None, scope: str = SCOPE_ALL) -> bool:
+        """Put an address on the block list for `scope` (a sending domain, or SCOPE_ALL); True
+        if it was newly added, False if that entry was there already (then nothing changes)."""
         addr = normalize_block_address(address)
+        scope = block_scope(scope)
         if source not in BLOCK_SOURCES:
             raise RuleError(f"block source must be one of {', '.join(BLOCK_SOURCES)}, got {source!r}")
         with transaction(self.conn):
             cur = self.conn.execute(
-                "INSERT OR IGNORE INTO blocklist (address, reason, dsn, source, event_id, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (addr, reason, dsn, source, event_id, _now()),
+                "INSERT OR IGNORE INTO blocklist (address, scope, reason, dsn, source, event_id,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (addr, scope, reason, dsn, source, event_id, _now()),
             )
         return cur.rowcount == 1
 
-    def block_remove(self, address: str) -> bool:
-        """Take an address off the block list; False if it was not on it."""
+    def block_remove(self, address: str, *, scope: str | None = None,
+                     sources: tuple[str, ...] | None = None) -> int:
+        """Take an address off the block list: every entry of it, or only the one of `scope`,
+        and only entries of `sources` when given; returns how many entries went."""
         addr = normalize_block_address(address)
+        sql, params = "DELETE FROM blocklist WHERE address = ?", [addr]
+        if scope is not None:
+            sql += " AND scope = ?"
+            params.append(block_scope(scope))
+        if sources is not None:
+            sql += f" AND source IN ({', '.join('?' * len(sources))})"
+            params += sources
         with transaction(self.conn):
-            cur = self.conn.execute("DELETE FROM blocklist WHERE address = ?", (addr,))
-        return cur.rowcount == 1
+            cur = self.conn.execute(sql, params)
+        return cur.rowcount
 
-    def block_get(self, address: str) -> dict | None:
+    def block_get(self, address: str, scope: str = SCOPE_ALL) -> dict | None:
         addr = normalize_block_address(address)
-        rows = self.block_list(address=addr)
-        return rows[0] if rows else None
+        scope = block_scope(scope)
+        return next((r for r in self.block_list(address=addr) if r["scope"] == scope), None)
 
     def block_list(self, *, address: str | None = None) -> list[dict]:
-        """[{address, reason, dsn, source, event_id, created}], oldest first."""
-        sql = "SELECT address, reason, dsn, source, event_id, created FROM blocklist"
+        """[{address, scope, reason, dsn, source, event_id, created}], oldest first."""
+        keys = ("address", "scope", "reason", "dsn", "source", "event_id", "created")
+        sql = f"SELECT {', '.join(keys)} FROM blocklist"
         params: tuple = ()
         if address is not None:
             sql += " WHERE address = ?"
             params = (address,)
-        keys = ("address", "reason", "dsn", "source", "event_id", "created")
         return [dict(zip(keys, row))
-                for row in self.conn.execute(sql + " ORDER BY created, address", params)]
+                for row in self.conn.execute(sql + " ORDER BY created, address, scope", params)]
 
-    def is_blocked(self, address: str) -> bool:
+    def is_blocked(self, address: str, sending_domain: str = "") -> bool:
+        """Whether mail from `sending_domain` to `address` is refused (an entry for every
+        sending domain, or for that one)."""
         try:
             addr = normalize_block_address(address)
         except RuleError:
             return False
-        return self.conn.execute(
-            "SELECT 1 FROM blocklist WHERE address = ?", (addr,)
-        ).fetchone() is not None
+        return self.conn.execute(_BLOCKED_SQL, (addr, sending_domain.lower())).fetchone() is not None
 
     # -- tracking settings --------------------------------------------------------------------
 
@@ -1256,8 +1287,36 @@ def _connect_ro(path: str) -> sqlite3.Connection:
     return conn
 
 
+# The entry that refuses mail to an address from a sending domain: one for every domain first
+_BLOCKED_SQL = ("SELECT source, reason FROM blocklist WHERE address = ? AND scope IN ('*', ?)"
+                " ORDER BY scope = '*' DESC LIMIT 1")
+
+
+def refusal_reason(source: str, sending_domain: str) -> str:
+    """Why RCPT is refused for a block-list entry of `source` (the `blocked` event's reason)."""
+    if source == "unsubscribe":
+        return f"recipient unsubscribed from mail of {sending_domain}"
+    if source == "complaint":
+        return f"recipient reported mail of {sending_domain} as spam (complaint)"
+    return "address is on the block list after a hard bounce"
+
+
+def block_scope(scope: str) -> str:
+    """A block-list scope as stored: SCOPE_ALL, or a sending domain in its A-label form."""
+    scope = (scope or "").strip().lower().rstrip(".")
+    if scope in (SCOPE_ALL, "all"):
+        return SCOPE_ALL
+    try:
+        domain = domain_a_label(scope)
+    except ValueError:
+        domain = ""
+    if not domain or not all(_LABEL.match(label) for label in domain.split(".")):
+        raise RuleError(f"a block-list scope is a sending domain or {SCOPE_ALL} (all), got {scope!r}")
+    return domain
+
+
 class BlocklistReader:
-    """`contains(address)` for the milter's RCPT check: one indexed point query on a
+    """`find(address, sending_domain)` for the milter's RCPT check: one indexed point query on a
     read-only connection (`file:...?mode=ro`).
 
     Connections are kept in a small pool rather than per thread: libmilter may run every SMTP
@@ -1282,26 +1341,28 @@ class BlocklistReader:
             log.error("cannot read the block list in %s (addresses are not blocked meanwhile): %s",
                       self.path, message)
 
-    def contains(self, address: str) -> bool:
+    def find(self, address: str, sending_domain: str = "") -> tuple[str, str | None] | None:
+        """(source, reason) of the entry that refuses mail from `sending_domain` (the envelope
+        sender's) to `address`, or None."""
         addr = normalize_address(address or "")
         if not addr:
-            return False
+            return None
         try:
             conn = self._pool.get_nowait()
         except queue.Empty:
             if not os.path.exists(self.path):
-                return False
+                return None
             try:
                 conn = _connect_ro(self.path)
             except sqlite3.Error as exc:
                 self._error(str(exc))
-                return False
+                return None
         try:
-            row = conn.execute("SELECT 1 FROM blocklist WHERE address = ?", (addr,)).fetchone()
+            row = conn.execute(_BLOCKED_SQL, (addr, (sending_domain or "").lower())).fetchone()
         except sqlite3.Error as exc:
             conn.close()  # a fresh connection next time (the file may have been replaced)
             self._error(str(exc))
-            return False
+            return None
         if self._last_error is not None:
             self._last_error = None
             log.info("the block list in %s is readable again", self.path)
@@ -1309,7 +1370,7 @@ class BlocklistReader:
             conn.close()
         else:
             self._pool.put(conn)
-        return row is not None
+        return (row[0], row[1]) if row is not None else None
 
     def close(self) -> None:
         self._closed = True

@@ -442,10 +442,13 @@ def block_get(address):
 
 
 @route("POST", "/blocks", "block.add", "Block an address (emits a registered event).",
-       body={"address": (STR, "The address."), "reason": (STR, "Why.")}, status=201)
+       body={"address": (STR, "The address."), "reason": (STR, "Why."),
+             "scope": (STR, "Only mail from this sending domain (a suppression); default * (all).")},
+       status=201)
 def block_add():
     data = body_of(spec_of("block.add"), required=("address",))
-    done = blocks.add(cfg(), data["address"], reason=data.get("reason"), source="api")
+    done = blocks.add(cfg(), data["address"], reason=data.get("reason"), source="api",
+                      scope=data.get("scope", "*"))
     g.audit_target, g.audit_detail = done.address, {"event_id": done.event_id, **data}
     return json_response({"address": done.address, "event": "registered", "event_id": done.event_id}, 201)
 
