@@ -95,9 +95,10 @@ def env(tmp_path):
         milter.setdefault("discard_via", "transport")
         cfg = config.from_dict({"paths": {"spool_dir": spool_dir}, "milter": milter,
                                 "tracking": {"public_url": PUBLIC, "key_file": str(key_file),
+                                             "feedback_address": feedback_address,
+                                             "unsubscribe_address": unsubscribe_address,
                                              **(tracking or {})}})
         settings = TrackingSettings.from_config(cfg)
-        settings.feedback_address, settings.unsubscribe_address = feedback_address, unsubscribe_address
         watcher = SnapshotWatcher(rules_db, interval=0.05)
         make.rewriter = rewrite or FakeRewriter()
         wiring = Wiring(MilterSettings.from_config(cfg), snapshot=lambda: watcher.current,
