@@ -398,7 +398,7 @@ def test_migration_from_version_1_keeps_rules(path):
     reader = rulesdb.BlocklistReader(path)
     assert reader.contains("x@y.example") is False  # no block list table yet: fail open
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 7 == rulesdb.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 8 == rulesdb.SCHEMA_VERSION
         assert [r.name for r in store.list_rules()] == ["r1"]
         assert [d["name"] for d in store.list_domains()] == ["ours.example"]
         assert store.list_endpoints() == [] and store.block_list() == []
@@ -879,7 +879,7 @@ def make_v5_db(path):
 def test_migration_from_version_5_keeps_every_destination_native(path):
     make_v5_db(path)
     with rulesdb.RulesStore(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 7 == rulesdb.SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 8 == rulesdb.SCHEMA_VERSION
         dests = [r.destination for r in store.list_rules()] + [e.destination for e in store.list_endpoints()]
         assert len(dests) == 3
         assert {(d.dialect, d.signing_key, d.template) for d in dests} == {("native", None, None)}
@@ -943,3 +943,35 @@ def test_the_spoolers_template_reader(path, store):
         assert reader.get("rule", rule.id, 2) == ("text/plain", "y")  # a new version: seen at once
     finally:
         reader.close()
+
+
+# -- custom headers (schema 8) -------------------------------------------------------------------
+
+def test_custom_headers_are_stored_and_the_snapshot_has_the_enabled_ones(store):
+    a = store.add_endpoint(Endpoint(Destination("https://h.example/a"),
+                                    custom_headers=("X-Campaign", " X-Order-Id ")))
+    assert a.custom_headers == ("X-Campaign", "X-Order-Id") == store.get_endpoint(a.id).custom_headers
+    assert a.target.custom_headers == ("X-Campaign", "X-Order-Id")
+    b = store.add_endpoint(Endpoint(Destination("https://h.example/b"), custom_headers=("x-campaign", "X-Tag")))
+    store.add_endpoint(Endpoint(Destination("https://h.example/c"), custom_headers=("X-Off",), enabled=False))
+    assert store.snapshot().event_headers == ("x-campaign", "x-order-id", "x-tag")
+    store.replace_endpoint(b.id, replace(b, custom_headers=()))
+    assert store.get_endpoint(b.id).custom_headers == ()
+    assert store.snapshot().event_headers == ("x-campaign", "x-order-id")
+
+
+@pytest.mark.parametrize("names, error", [
+    (("X-A", "x-a"), "given twice"), (("Bad Name",), "not a header field name"),
+    (("X:Colon",), "not a header field name"), (("",), "not a header field name"),
+    (tuple(f"X-{n}" for n in range(51)), "at most 50")])
+def test_custom_headers_are_checked(store, names, error):
+    with pytest.raises(RuleError, match=error):
+        store.add_endpoint(Endpoint(Destination("https://h.example/a"), custom_headers=names))
+    assert store.list_endpoints() == []
+
+
+def test_migration_to_version_8_gives_every_endpoint_no_custom_headers(path):
+    make_v5_db(path)
+    with rulesdb.RulesStore(path) as store:
+        (ep,) = store.list_endpoints()
+        assert ep.custom_headers == () and store.snapshot().event_headers == ()
