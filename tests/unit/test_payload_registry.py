@@ -121,3 +121,61 @@ def test_event_types_and_events_per_request_come_from_the_catalogue():
     assert "deferred" not in registry.event_types(smtp2go)
     assert registry.events_per_request(smtp2go) == 1
     assert registry.events_per_request(replace(ENDPOINT, dialect="sendgrid")) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom headers: [milter] event_headers and each endpoint's own selection
+
+from mxhook.payloads import events as event_payloads  # noqa: E402
+
+CAPTURED = {**EVENT, "id": "e2", "type": "queued", "at": "2026-01-15T12:00:00.250000Z",
+            "recipient": "r@x.example",
+            "custom_headers": {"x-app-id": "shop-7", "x-campaign": "autumn", "x-other": "theirs"}}
+
+
+def native_headers(target, event, event_headers=("X-App-Id",)):
+    body = registry.event_request(target, [event], request_id="evb_h", now=0.0, nonce="n",
+                                  event_headers=event_headers).body
+    return json.loads(body)["events"][0]["custom_headers"]
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_an_endpoint_that_selects_nothing_shows_event_headers_only(as_text):
+    event = event_payloads.v1_text(CAPTURED) if as_text else CAPTURED
+    assert native_headers(ENDPOINT, event) == {"x-app-id": "shop-7"}
+    assert native_headers(ENDPOINT, event, None) == CAPTURED["custom_headers"]  # not cut
+    selecting = replace(ENDPOINT, custom_headers=("X-Campaign",))
+    assert native_headers(selecting, event) == {"x-app-id": "shop-7", "X-Campaign": "autumn"}
+    assert CAPTURED["custom_headers"]["x-other"] == "theirs"  # the stored event is not changed
+
+
+def test_a_v1_text_that_keeps_its_headers_is_passed_on_as_it_is():
+    text = event_payloads.v1_text(CAPTURED)
+    everything = {"x-app-id": "x-app-id", "x-campaign": "x-campaign", "x-other": "x-other"}
+    assert event_payloads.select_headers([text], everything)[0] is text
+    bare = event_payloads.v1_text({**CAPTURED, "custom_headers": {}})
+    assert event_payloads.select_headers([bare], {})[0] is bare
+    tricky = event_payloads.v1_text({**CAPTURED, "subject": '"custom_headers":{"x":1}}',
+                                     "custom_headers": {"custom_headers": "v", "x-other": "o"}})
+    (cut,) = event_payloads.select_headers([tricky], {"custom_headers": "Custom_Headers"})
+    assert cut["custom_headers"] == {"Custom_Headers": "v"} and cut["subject"] == '"custom_headers":{"x":1}}'
+
+
+def test_dialects_see_their_own_selection_only():
+    smtp2go = replace(ENDPOINT, dialect="smtp2go", custom_headers=("X-Campaign",))
+    body = registry.event_request(smtp2go, [CAPTURED], request_id="evb_h", now=0.0, nonce="n",
+                                  event_headers=("x-app-id",)).body.decode()
+    assert body.endswith("&X-Campaign=autumn")
+    plain = replace(smtp2go, custom_headers=())
+    body = registry.event_request(plain, [CAPTURED], request_id="evb_h", now=0.0, nonce="n",
+                                  event_headers=("x-app-id",)).body.decode()
+    assert body.endswith("&x-app-id=shop-7")
+    sendgrid = replace(ENDPOINT, dialect="sendgrid", custom_headers=("X-SMTPAPI",))
+    smtpapi = {**CAPTURED, "custom_headers": {"x-smtpapi": '{"category": "c1"}'}}
+    (out,) = json.loads(registry.event_request(sendgrid, [smtpapi], request_id="evb_h", now=0.0,
+                                               nonce="n", event_headers=()).body)
+    assert out["category"] == "c1"
+    (out,) = json.loads(registry.event_request(replace(sendgrid, custom_headers=()), [smtpapi],
+                                               request_id="evb_h", now=0.0, nonce="n",
+                                               event_headers=()).body)
+    assert "category" not in out

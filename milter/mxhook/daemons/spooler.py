@@ -247,6 +247,7 @@ class Spooler:
         self._stop = threading.Event()
         self._local = threading.local()
         self.endpoints = db_mod.EndpointsView(cfg.rules_db)
+        self.event_headers = tuple(cfg.value("milter", "event_headers"))  # each endpoint adds its own
         self._endpoints_seen = 0  # EndpointsView.generation last synced into state.db
         self._block_retry_at = 0.0
         self._block_error: str | None = None
@@ -522,7 +523,7 @@ class Spooler:
         def render():
             return self._rendered(lambda: _registry().event_request(
                 target, batch.events, request_id=batch.id, version=ep.version, tz=ep.timezone,
-                **self._attempt_context()))
+                event_headers=self.event_headers, **self._attempt_context()))
         return Dispatch(
             id=batch.id, target=target, attempts=batch.attempts,
             first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),

@@ -17,7 +17,7 @@ import functools
 import json
 import json.encoder
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 from mxhook.model.events import is_stored_time
@@ -139,6 +139,48 @@ def _v1_event(event: dict, tz) -> dict:
     headers = out["custom_headers"]
     out["custom_headers"] = dict(headers) if isinstance(headers, dict) else {}
     return out
+
+
+_HEADERS_KEY = '"custom_headers":'
+_NO_HEADERS = _HEADERS_KEY + "{}}"
+
+
+def select_headers(events: Iterable[dict | V1Text], names: Mapping[str, str]) -> list[dict | V1Text]:
+    """The events with only the custom headers `names` has (lower-case name -> the name a body
+    shows it under), in their order; the stored events are not changed. An event that keeps
+    every header as it is stays what it was (a V1Text too: the usual case costs no parsing when
+    it has no headers, one small parse when it has)."""
+    out: list[dict | V1Text] = []
+    for event in events:
+        if isinstance(event, V1Text):
+            if event.endswith(_NO_HEADERS):
+                out.append(event)
+                continue
+            # custom_headers is the last key, and its first occurrence: a key inside a string
+            # value has its quotes escaped
+            start = event.find(_HEADERS_KEY) + len(_HEADERS_KEY)
+            headers = json.loads(event[start:-1])
+            kept = _kept_headers(headers, names)
+            out.append(event if list(kept.items()) == list(headers.items())
+                       else {**json.loads(event), "custom_headers": kept})
+            continue
+        headers = event.get("custom_headers")
+        if not isinstance(headers, dict) or not headers:
+            out.append(event)
+            continue
+        kept = _kept_headers(headers, names)
+        out.append(event if list(kept.items()) == list(headers.items())
+                   else {**event, "custom_headers": kept})
+    return out
+
+
+def _kept_headers(headers: dict, names: Mapping[str, str]) -> dict:
+    kept: dict = {}
+    for name, value in headers.items():
+        shown = names.get(name.lower()) if isinstance(name, str) else None
+        if shown is not None:
+            kept.setdefault(shown, value)
+    return kept
 
 
 def document_v1(events: Iterable[dict | V1Text], *, tz, batch_id: str, endpoint_id: int | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from mxhook import config as configmod
 from mxhook import spool
@@ -35,7 +35,8 @@ class EndpointView:
         d = {
             "id": ep.id, "enabled": ep.enabled, "events": list(ep.categories),
             "interval": ep.interval, "max_events": ep.max_events, "version": ep.version,
-            "timezone": ep.timezone, **targets.as_dict(ep.destination, self.template,
+            "timezone": ep.timezone, "custom_headers": list(ep.custom_headers),
+            **targets.as_dict(ep.destination, self.template,
                                                        template_source=template_source),
             "created": ep.created, "updated": ep.updated,
         }
@@ -69,9 +70,11 @@ def _check_dialect(ep: endpointsmod.Endpoint, template: bool, warn: Warn) -> Non
 def add(cfg: configmod.Config, *, destination: Destination, categories=None,
         interval: int | None = None, max_events: int | None = None, version: int | None = None,
         timezone: str | None = None, enabled: bool = True, ed25519: bool = False,
-        template: TemplateGiven | None = None, warn: Warn = no_warnings) -> EndpointView:
+        template: TemplateGiven | None = None, custom_headers: Sequence[str] = (),
+        warn: Warn = no_warnings) -> EndpointView:
     """The endpoint added, with its signing keys (secrets in full: shown this once).
-    `template`: its body's jinja2 template (stored as version 1)."""
+    `template`: its body's jinja2 template (stored as version 1); `custom_headers`: the
+    headers its bodies carry besides [milter] event_headers (SMTP2GO's custom headers)."""
     targets.check_secrets(destination, what="endpoint")
     destination = Destination(**targets.with_url_credentials(
         dataclasses.asdict(destination), destination.dialect))
@@ -79,6 +82,7 @@ def add(cfg: configmod.Config, *, destination: Destination, categories=None,
     new = endpointsmod.with_defaults(
         destination=destination, categories=_categories(categories or ""), interval=interval,
         max_events=max_events, version=version, timezone=timezone, enabled=enabled,
+        custom_headers=tuple(custom_headers),
     )
     new = endpointsmod.validate(new)  # before the database is created or opened for writing
     _check_dialect(new, new_template is not None, warn)
@@ -107,16 +111,23 @@ def edit(cfg: configmod.Config, key, *, destination: Mapping[str, object] | None
          clear_auth: bool = False, categories=None, interval: int | None = None,
          max_events: int | None = None, version: int | None = None, timezone: str | None = None,
          enabled: bool | None = None, template: TemplateGiven | None = None,
-         no_template: bool = False, warn: Warn = no_warnings) -> endpointsmod.Endpoint:
+         no_template: bool = False, custom_headers: Sequence[str] | None = None,
+         warn: Warn = no_warnings) -> endpointsmod.Endpoint:
     """Change endpoint `key` (id or URL); None keeps a value. `destination`: the
     destination's fields to change (Destination.edited). Changes apply to batches made from
     now on. `template`: stored as the next version of the endpoint's template; `no_template`:
-    back to the dialect's body (stored versions stay)."""
+    back to the dialect's body (stored versions stay); `custom_headers`: the new selection
+    (empty: none).
+
+    Events already pending go out in the endpoint's new settings; a batch made before (its
+    events fixed, posted or not) keeps its id and is posted in them too, but never in more
+    events than the new payload takes in one request: the spooler splits it
+    (store/endpointbatches.py)."""
     dest_changes = {k: v for k, v in (destination or {}).items() if v is not None}
     targets.check_secrets(dest_changes, what="endpoint")
     if template is not None and no_template:
         raise Invalid("give either --template or --no-template")
-    given = [categories, interval, max_events, version, timezone, enabled, template]
+    given = [categories, interval, max_events, version, timezone, enabled, template, custom_headers]
     if all(v is None for v in given) and not dest_changes and not clear_auth and not no_template:
         raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
     new_template = targets.new_template(template, SIDE) if template is not None else None
@@ -131,6 +142,8 @@ def edit(cfg: configmod.Config, key, *, destination: Mapping[str, object] | None
                                                 clear_auth=clear_auth, no_template=no_template)
         if categories is not None:
             changes["categories"] = _categories(categories)
+        if custom_headers is not None:
+            changes["custom_headers"] = tuple(custom_headers)
         candidate = endpointsmod.validate(dataclasses.replace(old, **changes))
         _check_dialect(candidate, new_template is not None
                        or candidate.destination.template is not None, warn)
