@@ -110,7 +110,7 @@ from mxhook.delivery import webhook
 from mxhook.daemons import logsetup
 from mxhook import heartbeat, spool
 from mxhook.payloads import events as event_payloads
-from mxhook.store import ingest, logs, statedb
+from mxhook.store import endpointbatches, ingest, logs, statedb
 from mxhook.store import integrity
 from mxhook.services import attachments
 from mxhook.delivery import pipeline
@@ -478,6 +478,8 @@ class Spooler:
             for batch in self.state.open_batch_list():
                 open_batches.setdefault(batch.endpoint_id, []).append(batch)
             shapes = {i: _batch_shape(ep, self.workers) for i, ep in eps.items() if ep.enabled}
+            # batches made before the endpoint's payload changed to fewer events per request
+            endpointbatches.split_oversized(self.state, open_batches, {i: s[0] for i, s in shapes.items()}, self._busy())
             # room for more open batches (one posting, or with its result not written yet, is
             # still open in state.db)
             room = {i: limit - len(open_batches.get(i, ())) for i, (_, limit) in shapes.items()}

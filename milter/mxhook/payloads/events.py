@@ -145,9 +145,10 @@ _HEADERS_KEY = '"custom_headers":'
 _NO_HEADERS = _HEADERS_KEY + "{}}"
 
 
-def select_headers(events: Iterable[dict | V1Text], names: Mapping[str, str]) -> list[dict | V1Text]:
+def select_headers(events: Iterable[dict | V1Text],
+                   names: Mapping[str, str | None]) -> list[dict | V1Text]:
     """The events with only the custom headers `names` has (lower-case name -> the name a body
-    shows it under), in their order; the stored events are not changed. An event that keeps
+    shows it under, None: the event's own), in their order; the stored events are not changed. An event that keeps
     every header as it is stays what it was (a V1Text too: the usual case costs no parsing when
     it has no headers, one small parse when it has)."""
     out: list[dict | V1Text] = []
@@ -174,12 +175,11 @@ def select_headers(events: Iterable[dict | V1Text], names: Mapping[str, str]) ->
     return out
 
 
-def _kept_headers(headers: dict, names: Mapping[str, str]) -> dict:
+def _kept_headers(headers: dict, names: Mapping[str, str | None]) -> dict:
     kept: dict = {}
     for name, value in headers.items():
-        shown = names.get(name.lower()) if isinstance(name, str) else None
-        if shown is not None:
-            kept.setdefault(shown, value)
+        if isinstance(name, str) and name.lower() in names:
+            kept.setdefault(names[name.lower()] or name, value)
     return kept
 
 

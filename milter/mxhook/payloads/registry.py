@@ -273,14 +273,15 @@ def event_request(target: Target, batch: Iterable[dict | events.V1Text], *, requ
     return dialect(list(batch), ctx)
 
 
-def header_names(target: Target, event_headers: Iterable[str], *, as_selected: bool) -> dict[str, str]:
+def header_names(target: Target, event_headers: Iterable[str], *,
+                 as_selected: bool) -> dict[str, str | None]:
     """The custom headers an endpoint's body shows, lower-case name -> the name it shows each
-    under: [milter] event_headers in lower case (as the milter names them), the endpoint's own
-    selection as the admin wrote it (`as_selected`: native bodies and templates) or in lower
-    case too (dialects, which look up the names they know in lower case; SMTP2GO's extra fields
-    are named from EventContext.custom_headers). The milter captures every enabled endpoint's
-    selection: another endpoint's is never shown."""
-    names = {name.lower(): name.lower() for name in event_headers}
+    under: [milter] event_headers as the event names them (None; the milter: lower case), the
+    endpoint's own selection as the admin wrote it (`as_selected`: native bodies and templates)
+    or in lower case (dialects, which look up the names they know in lower case; SMTP2GO's
+    extra fields are named from EventContext.custom_headers). The milter captures every enabled
+    endpoint's selection: another endpoint's is never shown."""
+    names: dict[str, str | None] = {name.lower(): None for name in event_headers}
     for name in target.custom_headers:
         names[name.lower()] = name if as_selected else name.lower()
     return names
