@@ -1011,6 +1011,11 @@ def test_endpoint_custom_headers(endpoints):
                     match="given twice")
     endpoints.fails("endpoint", "add", "https://fourth.example/e", "--custom-header", "Bad:Name",
                     match="not a header field name")
+    out = endpoints.ok("endpoint", "edit", "3", "--custom-header", "Subject", "--custom-header", "X-A")
+    assert "Subject: named as a standard field of SMTP2GO's body" in out.stderr
+    out = endpoints.ok("endpoint", "add", "https://fifth.example/e", "--dialect", "msndr",
+                       "--custom-header", "X-A")
+    assert "the msndr dialect's body has no place for custom headers: X-A will not be posted" in out.stderr
     endpoints.ok("endpoint", "edit", "3", "--no-custom-headers")
     assert endpoints.json("endpoint", "show", "3", "--json")["custom_headers"] == []
     assert "custom headers: (none)" in endpoints.ok("endpoint", "show", "3").stdout

@@ -11,7 +11,7 @@ from mxhook import spool
 from mxhook.model import endpoints as endpointsmod
 from mxhook.model import events
 from mxhook.model.targets import Destination
-from mxhook.payloads.dialects import catalogue
+from mxhook.payloads.dialects import catalogue, msndr, paubox, smtp2go
 from mxhook.services import targets
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
@@ -20,6 +20,7 @@ from mxhook.store import rulesdb
 
 SAMPLE_TYPES = events.TYPES  # sample_event makes one of each
 SIDE = catalogue.EVENTS
+HEADERLESS_DIALECTS = (paubox.NAME, msndr.NAME)  # bodies with no place for message headers
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,19 @@ def _view(store: rulesdb.RulesStore, ep: endpointsmod.Endpoint, keys: list | Non
 def _check_dialect(ep: endpointsmod.Endpoint, template: bool, warn: Warn) -> None:
     dialect = catalogue.check(ep.destination, SIDE, template=template)
     targets.warn_unposted(dialect, [t for c in ep.categories for t in events.CATEGORIES[c]], warn)
+    _warn_unposted_headers(ep, warn)
+
+
+def _warn_unposted_headers(ep: endpointsmod.Endpoint, warn: Warn) -> None:
+    """Custom headers the endpoint's body has no place for (docs/payloads.md, "Custom headers")."""
+    names, dialect = ep.custom_headers, ep.destination.dialect
+    if names and dialect in HEADERLESS_DIALECTS:
+        warn(f"the {dialect} dialect's body has no place for custom headers: "
+             f"{', '.join(names)} will not be posted")
+    shadowed = [n for n in names if n.lower() in smtp2go.STANDARD_FIELDS]
+    if shadowed and dialect == smtp2go.NAME:
+        warn(f"{', '.join(shadowed)}: named as a standard field of SMTP2GO's body, which a custom "
+             "header never replaces: not posted")
 
 
 @translated()
