@@ -179,3 +179,23 @@ def test_dialects_see_their_own_selection_only():
                                                request_id="evb_h", now=0.0, nonce="n",
                                                event_headers=()).body)
     assert "category" not in out
+
+
+def test_events_are_looked_at_only_when_another_endpoint_selects_more(monkeypatch):
+    looked = []
+    monkeypatch.setattr(event_payloads, "select_headers",
+                        lambda batch, names: looked.append(names) or list(batch))
+
+    def render(target, selected):
+        registry.event_request(target, [CAPTURED], request_id="evb_h", now=0.0, nonce="n",
+                               event_headers=("X-App-Id",), selected_headers=selected)
+
+    render(ENDPOINT, frozenset())  # nobody selects anything: nothing to cut
+    render(replace(ENDPOINT, custom_headers=("x-campaign",)), frozenset({"x-campaign"}))  # its own, as captured
+    render(replace(ENDPOINT, dialect="smtp2go", custom_headers=("X-Campaign",)), frozenset({"x-campaign"}))
+    assert looked == []
+    render(ENDPOINT, frozenset({"x-campaign"}))  # another endpoint's
+    render(replace(ENDPOINT, custom_headers=("X-Campaign",)), frozenset({"x-campaign"}))  # named as given
+    render(ENDPOINT, None)  # not known
+    assert len(looked) == 3
+

@@ -975,3 +975,15 @@ def test_migration_to_version_8_gives_every_endpoint_no_custom_headers(path):
     with rulesdb.RulesStore(path) as store:
         (ep,) = store.list_endpoints()
         assert ep.custom_headers == () and store.snapshot().event_headers == ()
+
+
+def test_the_spoolers_view_has_the_headers_enabled_endpoints_select(tmp_path):
+    path = str(tmp_path / "rules.db")
+    with rulesdb.RulesStore(path) as store:
+        store.add_endpoint(Endpoint(Destination("https://h.example/a"), custom_headers=("X-Campaign",)))
+        store.add_endpoint(Endpoint(Destination("https://h.example/b"), custom_headers=("X-Off",), enabled=False))
+    view = rulesdb.EndpointsView(path)
+    try:
+        assert len(view.current()) == 2 and view.selected_headers == {"x-campaign"}
+    finally:
+        view.close()

@@ -525,7 +525,8 @@ class Spooler:
         def render():
             return self._rendered(lambda: _registry().event_request(
                 target, batch.events, request_id=batch.id, version=ep.version, tz=ep.timezone,
-                event_headers=self.event_headers, **self._attempt_context()))
+                event_headers=self.event_headers, selected_headers=self.endpoints.selected_headers,
+                **self._attempt_context()))
         return Dispatch(
             id=batch.id, target=target, attempts=batch.attempts,
             first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),

@@ -1275,8 +1275,10 @@ class BlocklistReader:
 class EndpointsView:
     """The spooler's view of the event endpoints: `current()` returns {id: Endpoint},
     reloaded when rules.db changed (`PRAGMA data_version`, one cheap query per call).
-    `generation` counts reloads, so callers can tell when the set may have changed. Missing
-    database or no endpoints table yet: no endpoints."""
+    `generation` counts reloads, so callers can tell when the set may have changed;
+    `selected_headers`: the custom headers the enabled ones select, lower case (what the milter
+    captures besides [milter] event_headers). Missing database or no endpoints table yet: no
+    endpoints."""
 
     def __init__(self, path: str):
         self.path = str(path)
@@ -1285,6 +1287,7 @@ class EndpointsView:
         self._current: dict[int, Endpoint] = {}
         self._last_error: str | None = None
         self.generation = 0
+        self.selected_headers: frozenset[str] = frozenset()
 
     def current(self) -> dict[int, Endpoint]:
         try:
@@ -1301,6 +1304,8 @@ class EndpointsView:
                     ).fetchone()
                     found = _read_endpoints(self._conn) if has_table else []
                 self._current = {ep.id: ep for ep in found}
+                self.selected_headers = frozenset(name.lower() for ep in found if ep.enabled
+                                                  for name in ep.custom_headers)
                 self._version = version
                 self.generation += 1
             self._last_error = None
