@@ -479,7 +479,8 @@ class Spooler:
                 open_batches.setdefault(batch.endpoint_id, []).append(batch)
             shapes = {i: _batch_shape(ep, self.workers) for i, ep in eps.items() if ep.enabled}
             # batches made before the endpoint's payload changed to fewer events per request
-            endpointbatches.split_oversized(self.state, open_batches, {i: s[0] for i, s in shapes.items()}, self._busy())
+            endpointbatches.split_oversized(self.state, open_batches,
+                                            {i: s[0] for i, s in shapes.items()}, self._busy())
             # room for more open batches (one posting, or with its result not written yet, is
             # still open in state.db)
             room = {i: limit - len(open_batches.get(i, ())) for i, (_, limit) in shapes.items()}
