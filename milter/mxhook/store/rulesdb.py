@@ -326,8 +326,12 @@ def _row_to_endpoint(row: dict) -> Endpoint:
 
 
 def _custom_headers(stored: str | None) -> tuple[str, ...]:
-    """An endpoints row's custom_headers (a JSON array of names; NULL before schema 8)."""
-    names = json.loads(stored) if stored else []
+    """An endpoints row's custom_headers (a JSON array of names; NULL before schema 8; what is
+    not an array of names, e.g. edited by hand, counts as none)."""
+    try:
+        names = json.loads(stored) if stored else []
+    except ValueError:
+        return ()
     return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
 
 
