@@ -151,13 +151,17 @@ def test_an_endpoint_that_selects_nothing_shows_event_headers_only(as_text):
 
 def test_a_v1_text_that_keeps_its_headers_is_passed_on_as_it_is():
     text = event_payloads.v1_text(CAPTURED)
-    everything = {"x-app-id": "x-app-id", "x-campaign": "x-campaign", "x-other": "x-other"}
+    everything = dict.fromkeys(("x-app-id", "x-campaign", "x-other"))
     assert event_payloads.select_headers([text], everything)[0] is text
+    (cut,) = event_payloads.select_headers([text], {"x-campaign": None, "x-app-id": "X-App-Id"})
+    assert type(cut) is event_payloads.V1Text  # still joined as it is
+    assert cut == event_payloads.v1_text({**CAPTURED, "custom_headers": {"X-App-Id": "shop-7", "x-campaign": "autumn"}})
     bare = event_payloads.v1_text({**CAPTURED, "custom_headers": {}})
     assert event_payloads.select_headers([bare], {})[0] is bare
     tricky = event_payloads.v1_text({**CAPTURED, "subject": '"custom_headers":{"x":1}}',
                                      "custom_headers": {"custom_headers": "v", "x-other": "o"}})
     (cut,) = event_payloads.select_headers([tricky], {"custom_headers": "Custom_Headers"})
+    cut = event_payloads.as_dict(cut)
     assert cut["custom_headers"] == {"Custom_Headers": "v"} and cut["subject"] == '"custom_headers":{"x":1}}'
 
 
