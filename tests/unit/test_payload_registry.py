@@ -203,3 +203,22 @@ def test_events_are_looked_at_only_when_another_endpoint_selects_more(monkeypatc
     render(ENDPOINT, None)  # not known
     assert len(looked) == 3
 
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+NAME_TEXT = st.text(st.sampled_from('ab-"\\:{},é\x00'), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=st.dictionaries(NAME_TEXT, NAME_TEXT, max_size=4),
+       names=st.dictionaries(NAME_TEXT, st.one_of(st.none(), NAME_TEXT.filter(bool)), max_size=4),
+       subject=NAME_TEXT)
+def test_cutting_a_pre_rendered_event_is_cutting_its_dict(headers, names, subject):
+    names = {k.lower(): v for k, v in names.items()}
+    event = {**CAPTURED, "subject": subject, "custom_headers": headers}
+    (from_text,) = event_payloads.select_headers([event_payloads.v1_text(event)], names)
+    (from_dict,) = event_payloads.select_headers([event], names)
+    assert type(from_text) is event_payloads.V1Text
+    assert event_payloads.as_dict(from_text)["custom_headers"] == from_dict["custom_headers"]
+    assert event_payloads.as_dict(from_text)["subject"] == subject
