@@ -7,17 +7,22 @@ receivers of the dialect unit tests (tests/support/esp_receivers.py), which neve
   arrives as Postmark's inbound JSON;
 - events: an endpoint `--dialect mailgun --signing-key KEY`; a delivered and a bounced recipient
   arrive as Mailgun event webhooks, one per request, each signed as Mailgun signs;
-- template: a rule with a JSON `--template`; hostile mail text arrives as JSON that parses.
+- template: a rule with a JSON `--template`; hostile mail text arrives as JSON that parses;
+- custom headers: an endpoint `--dialect smtp2go --custom-header X-Campaign` gets that header
+  as an extra form field; a native endpoint beside it gets `[milter] event_headers` only.
 """
 from __future__ import annotations
 
 import base64
+import email
 import json
 import time
+from urllib.parse import parse_qs
 
 import pytest
 
-from tests.e2e.test_events import HARD_DOMAIN, OK_DOMAIN, event_stack, send_outbound
+from tests.e2e.test_events import (APP, CUSTOM_HEADER, HARD_DOMAIN, OK_DOMAIN, add_endpoint,
+                                   event_stack, send_outbound)
 from tests.support.esp_receivers import (as_rendered, mailgun_verify, receive_mailgun_event,
                                          receive_postmark_inbound)
 from tests.support.postfix import make_message
@@ -165,3 +170,32 @@ def test_a_non_ascii_subject_reaches_mailgun_decoded(make_stack):
     subject = "Rechnung Nr. 17 – fällig"
     _, _, _, got, _ = mailgun_events(make_stack, subject)
     assert {d["message"]["headers"]["subject"] for d in got} == {subject}
+
+
+# -- custom headers per endpoint: smtp2go ---------------------------------------------------------
+
+def test_smtp2go_endpoint_gets_its_own_custom_headers_as_fields(make_stack):
+    st = event_stack(make_stack)
+    add_endpoint(st, "/smtp2go", "--dialect", "smtp2go", "--custom-header", "X-Campaign")
+    add_endpoint(st, "/native")
+    st.wait_milter_snapshot()
+    ok = f"alice@{OK_DOMAIN}"
+    msg = make_message(from_=f"App <{APP}>", to=ok, subject="Autumn sale",
+                       headers={CUSTOM_HEADER: "order-5", "x-campaign": "autumn-24"})
+    res = st.send(APP, [ok], msg, port=st.postfix.ports["submission"])
+    assert res.accepted, res
+    deadline = time.monotonic() + 60
+    while True:
+        forms = [{k: v[0] for k, v in parse_qs(r.text(), keep_blank_values=True).items()}
+                 for r in st.receiver.requests if r.path == "/smtp2go"]
+        native = [e for r in st.receiver.requests if r.path == "/native" for e in r.json()["events"]]
+        if {"processed", "delivered"} <= {f["event"] for f in forms} and len(native) >= 2:
+            break
+        assert time.monotonic() < deadline, f"{forms} {native}\n{st.diagnostics()}"
+        time.sleep(0.2)
+    for form in forms:  # its selection, named as given, and nothing else
+        assert form["X-Campaign"] == "autumn-24" and form["rcpt"] == ok
+        assert not {"x-campaign", "x-app-id", "X-App-Id"} & set(form)
+    message_id = email.message_from_bytes(msg)["Message-ID"]
+    for event in native:  # [milter] event_headers only, as before endpoints selected any
+        assert event["custom_headers"] == {"x-app-id": "order-5"} and event["message_id"] == message_id

@@ -158,6 +158,27 @@ def test_authenticated_mail_is_outbound_and_yields_queued_events_per_recipient(e
     assert all(r.kind == "event" for r in records(env))
 
 
+def test_the_custom_headers_endpoints_select_are_captured_too(env):
+    from mxhook.model.endpoints import Endpoint
+
+    env.store.add_endpoint(Endpoint(Destination("https://h.example/a"), custom_headers=("X-Campaign", "X-APP-ID")))
+    env.store.add_endpoint(Endpoint(Destination("https://h.example/b"), custom_headers=("X-Off",), enabled=False))
+    ctx = env(event_headers="X-App-Id")
+    ctx.macros["{auth_authen}"] = "app1"
+    headers = OUT_HEADERS + [("x-campaign", b" autumn =?utf-8?q?f=C3=AAte?="), ("X-Off", b" no")]
+    assert ctx.send(["<x@else.example>"], headers, queue_id="4QOUT4") == ("eom", Milter.ACCEPT)
+    [e] = [r.meta for r in records(env)]
+    assert e["custom_headers"] == {"x-app-id": "shop-7", "x-campaign": "autumn f\u00eate"}
+    # a change in rules.db reaches the next message
+    env.store.set_endpoint_enabled(2, True)
+    assert env.watcher.check()
+    ctx = env(event_headers="")
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<y@else.example>"], headers, queue_id="4QOUT5") == ("eom", Milter.ACCEPT)
+    assert [r.meta["custom_headers"] for r in records(env) if r.meta["queue_id"] == "4QOUT5"] == [
+        {"x-campaign": "autumn f\u00eate", "x-app-id": "shop-7", "x-off": "no"}]
+
+
 def test_outbound_events_name_the_recipient_as_written_and_the_block_list_still_applies(env):
     env.store.block_add("gone@xn--bcher-kva.example", reason=None, source="cli")
     ctx = env()

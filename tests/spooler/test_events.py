@@ -144,6 +144,7 @@ def test_category_filters_per_endpoint(rx, cfg):
 
 
 def test_time_zone_form_format_auth_and_enrichment(rx, cfg):
+    cfg.raw["milter"]["event_headers"] = "X-Campaign"  # what the milter copied it for
     add_endpoint(cfg, rx.url + "/ev", interval=1, timezone="America/New_York", format="form",
                  bearer="tok-0123456789abcdef", api_key="key-1")
     # the delivery event is spooled before its message's queued event

@@ -922,7 +922,7 @@ def test_endpoint_add_list_show(endpoints):
         "max_events": 500, "timeout": 30, "version": 1, "timezone": "Europe/Berlin",
         "format": "json", "basic_auth": None, "bearer": "****wxyz", "api_key": "****9876",
         "retry_interval": 60, "retry_period": 3, "allow_http": False, "dialect": "native",
-        "signing_key": None, "template": None, "template_versions": [],
+        "signing_key": None, "template": None, "template_versions": [], "custom_headers": [],
         "created": rows[0]["created"], "updated": rows[0]["updated"], "signing": rows[0]["signing"]}
     assert [k["scheme"] for k in rows[0]["signing"]] == ["v1"]
     assert rows[0]["signing"][0]["secret"].startswith("whsec_****")
@@ -994,6 +994,31 @@ def test_endpoint_edit(endpoints):
     endpoints.ok("endpoint", "edit", "2", "--enabled", "--url", "https://moved.example/e", "--no-allow-http")
     d = endpoints.json("endpoint", "show", "https://moved.example/e", "--json")
     assert (d["id"], d["enabled"], d["allow_http"]) == (2, True, False)
+
+
+def test_endpoint_custom_headers(endpoints):
+    endpoints.ok("endpoint", "add", "https://third.example/e", "--dialect", "smtp2go",
+                 "--custom-header", "X-Campaign", "--custom-header", "X-Order-Id")
+    assert endpoints.json("endpoint", "show", "3", "--json")["custom_headers"] == ["X-Campaign", "X-Order-Id"]
+    assert "custom headers: X-Campaign, X-Order-Id" in endpoints.ok("endpoint", "show", "3").stdout
+    endpoints.ok("endpoint", "edit", "3", "--custom-header", "X-Tag")  # the whole selection
+    assert endpoints.json("endpoint", "show", "3", "--json")["custom_headers"] == ["X-Tag"]
+    endpoints.ok("endpoint", "edit", "3", "--interval", "20")  # not given: kept
+    assert endpoints.json("endpoint", "show", "3", "--json")["custom_headers"] == ["X-Tag"]
+    endpoints.fails("endpoint", "edit", "3", "--custom-header", "X-A", "--no-custom-headers",
+                    match="either --custom-header or --no-custom-headers")
+    endpoints.fails("endpoint", "edit", "3", "--custom-header", "x-a", "--custom-header", "X-A",
+                    match="given twice")
+    endpoints.fails("endpoint", "add", "https://fourth.example/e", "--custom-header", "Bad:Name",
+                    match="not a header field name")
+    out = endpoints.ok("endpoint", "edit", "3", "--custom-header", "Subject", "--custom-header", "X-A")
+    assert "Subject: named as a standard field of SMTP2GO's body" in out.stderr
+    out = endpoints.ok("endpoint", "add", "https://fifth.example/e", "--dialect", "msndr",
+                       "--custom-header", "X-A")
+    assert "the msndr dialect's body has no place for custom headers: X-A will not be posted" in out.stderr
+    endpoints.ok("endpoint", "edit", "3", "--no-custom-headers")
+    assert endpoints.json("endpoint", "show", "3", "--json")["custom_headers"] == []
+    assert "custom headers: (none)" in endpoints.ok("endpoint", "show", "3").stdout
 
 
 @pytest.mark.parametrize("extra, match", [

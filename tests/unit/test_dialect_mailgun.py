@@ -8,6 +8,7 @@ bodies in golden/dialects/mailgun/. A deliberate change re-records them:
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -515,3 +516,48 @@ def test_hostile_mail_never_breaks_the_form(subject, body, attach, mail_from, re
     got = receive_forward(r)
     assert got["form"]["recipient"] == ", ".join(recipients)
     assert got["form"]["sender"] == mail_from
+
+
+# The boundary: random (encodings._new_boundary), never one found in a part. With the random
+# source replaced by a known sequence, a mail holding the first candidates (as a delimiter line,
+# a close delimiter, glued to other text) must make the body take the next free one, and a real
+# multipart parser must give back every part as it was made.
+CANDIDATES = ["mxhook-" + c * 32 for c in "0123"]
+CANDIDATE_TEXT = st.lists(st.sampled_from(
+    [b"x", b"\r\n", b"\n", b"--", b"\xc3\xa9", *(p + c.encode() + s for c in CANDIDATES[:3]
+                                                  for p, s in ((b"", b""), (b"\r\n--", b"\r\n"),
+                                                               (b"--", b"--\r\n")))]),
+    min_size=1, max_size=12).map(b"".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=CANDIDATE_TEXT, attachment=CANDIDATE_TEXT, mime_variant=st.booleans())
+def test_a_part_holding_the_boundary_never_breaks_the_body(monkeypatch, body, attachment, mime_variant):
+    drawn = iter(CANDIDATES)
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(drawn)[len("mxhook-"):])
+    message = (b"From: a@example.org\r\nTo: in@ours.example\r\nSubject: s\r\n"
+               b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n" + body + b"\r\n--b1\r\n"
+               b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+               + base64.encodebytes(body) + b"\r\n--b1\r\nContent-Type: application/octet-stream\r\n"
+               b"Content-Disposition: attachment; filename=\"f.bin\"\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(attachment)
+               + b"\r\n--b1--\r\n" + attachment)
+    url = "https://hooks.example/mailgun/mime" if mime_variant else "https://hooks.example/mailgun"
+    r = mailgun.inbound_request(delivery(message, url=url), INBOUND_CTX)
+    boundary = r.content_type.partition("boundary=")[2]
+    assert boundary.encode() not in body + attachment  # and the preamble, the epilogue
+    if mime_variant:
+        form = dict(form_fields(r)[0])
+        assert form["body-mime"] == message.decode("utf-8", "replace")
+    else:
+        got = receive_forward(r)
+        form = got["form"]
+        assert form["body-plain"] == body.decode("utf-8", "replace").replace("\r\n", "\n")
+        assert got["attachments"] == [(("f.bin", "application/octet-stream", attachment), None)]
+    werkzeug_test = pytest.importorskip("werkzeug.test")
+    from werkzeug.wrappers import Request
+    request = Request(werkzeug_test.EnvironBuilder(method="POST", data=r.body,
+                                                   content_type=r.content_type).get_environ())
+    assert dict(request.form.items()) == form
+    if not mime_variant:
+        assert request.files["attachment-1"].read() == attachment

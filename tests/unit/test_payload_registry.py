@@ -121,3 +121,104 @@ def test_event_types_and_events_per_request_come_from_the_catalogue():
     assert "deferred" not in registry.event_types(smtp2go)
     assert registry.events_per_request(smtp2go) == 1
     assert registry.events_per_request(replace(ENDPOINT, dialect="sendgrid")) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom headers: [milter] event_headers and each endpoint's own selection
+
+from mxhook.payloads import events as event_payloads  # noqa: E402
+
+CAPTURED = {**EVENT, "id": "e2", "type": "queued", "at": "2026-01-15T12:00:00.250000Z",
+            "recipient": "r@x.example",
+            "custom_headers": {"x-app-id": "shop-7", "x-campaign": "autumn", "x-other": "theirs"}}
+
+
+def native_headers(target, event, event_headers=("X-App-Id",)):
+    body = registry.event_request(target, [event], request_id="evb_h", now=0.0, nonce="n",
+                                  event_headers=event_headers).body
+    return json.loads(body)["events"][0]["custom_headers"]
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_an_endpoint_that_selects_nothing_shows_event_headers_only(as_text):
+    event = event_payloads.v1_text(CAPTURED) if as_text else CAPTURED
+    assert native_headers(ENDPOINT, event) == {"x-app-id": "shop-7"}
+    assert native_headers(ENDPOINT, event, None) == CAPTURED["custom_headers"]  # not cut
+    selecting = replace(ENDPOINT, custom_headers=("X-Campaign",))
+    assert native_headers(selecting, event) == {"x-app-id": "shop-7", "X-Campaign": "autumn"}
+    assert CAPTURED["custom_headers"]["x-other"] == "theirs"  # the stored event is not changed
+
+
+def test_a_v1_text_that_keeps_its_headers_is_passed_on_as_it_is():
+    text = event_payloads.v1_text(CAPTURED)
+    everything = dict.fromkeys(("x-app-id", "x-campaign", "x-other"))
+    assert event_payloads.select_headers([text], everything)[0] is text
+    (cut,) = event_payloads.select_headers([text], {"x-campaign": None, "x-app-id": "X-App-Id"})
+    assert type(cut) is event_payloads.V1Text  # still joined as it is
+    assert cut == event_payloads.v1_text({**CAPTURED, "custom_headers": {"X-App-Id": "shop-7", "x-campaign": "autumn"}})
+    bare = event_payloads.v1_text({**CAPTURED, "custom_headers": {}})
+    assert event_payloads.select_headers([bare], {})[0] is bare
+    tricky = event_payloads.v1_text({**CAPTURED, "subject": '"custom_headers":{"x":1}}',
+                                     "custom_headers": {"custom_headers": "v", "x-other": "o"}})
+    (cut,) = event_payloads.select_headers([tricky], {"custom_headers": "Custom_Headers"})
+    cut = event_payloads.as_dict(cut)
+    assert cut["custom_headers"] == {"Custom_Headers": "v"} and cut["subject"] == '"custom_headers":{"x":1}}'
+
+
+def test_dialects_see_their_own_selection_only():
+    smtp2go = replace(ENDPOINT, dialect="smtp2go", custom_headers=("X-Campaign",))
+    body = registry.event_request(smtp2go, [CAPTURED], request_id="evb_h", now=0.0, nonce="n",
+                                  event_headers=("x-app-id",)).body.decode()
+    assert body.endswith("&X-Campaign=autumn")
+    plain = replace(smtp2go, custom_headers=())
+    body = registry.event_request(plain, [CAPTURED], request_id="evb_h", now=0.0, nonce="n",
+                                  event_headers=("x-app-id",)).body.decode()
+    assert body.endswith("&x-app-id=shop-7")
+    sendgrid = replace(ENDPOINT, dialect="sendgrid", custom_headers=("X-SMTPAPI",))
+    smtpapi = {**CAPTURED, "custom_headers": {"x-smtpapi": '{"category": "c1"}'}}
+    (out,) = json.loads(registry.event_request(sendgrid, [smtpapi], request_id="evb_h", now=0.0,
+                                               nonce="n", event_headers=()).body)
+    assert out["category"] == "c1"
+    (out,) = json.loads(registry.event_request(replace(sendgrid, custom_headers=()), [smtpapi],
+                                               request_id="evb_h", now=0.0, nonce="n",
+                                               event_headers=()).body)
+    assert "category" not in out
+
+
+def test_events_are_looked_at_only_when_another_endpoint_selects_more(monkeypatch):
+    looked = []
+    monkeypatch.setattr(event_payloads, "select_headers",
+                        lambda batch, names: looked.append(names) or list(batch))
+
+    def render(target, selected):
+        registry.event_request(target, [CAPTURED], request_id="evb_h", now=0.0, nonce="n",
+                               event_headers=("X-App-Id",), selected_headers=selected)
+
+    render(ENDPOINT, frozenset())  # nobody selects anything: nothing to cut
+    render(replace(ENDPOINT, custom_headers=("x-campaign",)), frozenset({"x-campaign"}))  # its own, as captured
+    render(replace(ENDPOINT, dialect="smtp2go", custom_headers=("X-Campaign",)), frozenset({"x-campaign"}))
+    assert looked == []
+    render(ENDPOINT, frozenset({"x-campaign"}))  # another endpoint's
+    render(replace(ENDPOINT, custom_headers=("X-Campaign",)), frozenset({"x-campaign"}))  # named as given
+    render(ENDPOINT, None)  # not known
+    assert len(looked) == 3
+
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+NAME_TEXT = st.text(st.sampled_from('ab-"\\:{},é\x00'), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=st.dictionaries(NAME_TEXT, NAME_TEXT, max_size=4),
+       names=st.dictionaries(NAME_TEXT, st.one_of(st.none(), NAME_TEXT.filter(bool)), max_size=4),
+       subject=NAME_TEXT)
+def test_cutting_a_pre_rendered_event_is_cutting_its_dict(headers, names, subject):
+    names = {k.lower(): v for k, v in names.items()}
+    event = {**CAPTURED, "subject": subject, "custom_headers": headers}
+    (from_text,) = event_payloads.select_headers([event_payloads.v1_text(event)], names)
+    (from_dict,) = event_payloads.select_headers([event], names)
+    assert type(from_text) is event_payloads.V1Text
+    assert event_payloads.as_dict(from_text)["custom_headers"] == from_dict["custom_headers"]
+    assert event_payloads.as_dict(from_text)["subject"] == subject

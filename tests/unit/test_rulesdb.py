@@ -943,3 +943,47 @@ def test_the_spoolers_template_reader(path, store):
         assert reader.get("rule", rule.id, 2) == ("text/plain", "y")  # a new version: seen at once
     finally:
         reader.close()
+
+
+# -- custom headers (schema 8) -------------------------------------------------------------------
+
+def test_custom_headers_are_stored_and_the_snapshot_has_the_enabled_ones(store):
+    a = store.add_endpoint(Endpoint(Destination("https://h.example/a"),
+                                    custom_headers=("X-Campaign", " X-Order-Id ")))
+    assert a.custom_headers == ("X-Campaign", "X-Order-Id") == store.get_endpoint(a.id).custom_headers
+    assert a.target.custom_headers == ("X-Campaign", "X-Order-Id")
+    b = store.add_endpoint(Endpoint(Destination("https://h.example/b"), custom_headers=("x-campaign", "X-Tag")))
+    store.add_endpoint(Endpoint(Destination("https://h.example/c"), custom_headers=("X-Off",), enabled=False))
+    assert store.snapshot().event_headers == ("x-campaign", "x-order-id", "x-tag")
+    store.replace_endpoint(b.id, replace(b, custom_headers=()))
+    assert store.get_endpoint(b.id).custom_headers == ()
+    assert store.snapshot().event_headers == ("x-campaign", "x-order-id")
+
+
+@pytest.mark.parametrize("names, error", [
+    (("X-A", "x-a"), "given twice"), (("Bad Name",), "not a header field name"),
+    (("X:Colon",), "not a header field name"), (("",), "not a header field name"),
+    (tuple(f"X-{n}" for n in range(51)), "at most 50")])
+def test_custom_headers_are_checked(store, names, error):
+    with pytest.raises(RuleError, match=error):
+        store.add_endpoint(Endpoint(Destination("https://h.example/a"), custom_headers=names))
+    assert store.list_endpoints() == []
+
+
+def test_migration_to_version_8_gives_every_endpoint_no_custom_headers(path):
+    make_v5_db(path)
+    with rulesdb.RulesStore(path) as store:
+        (ep,) = store.list_endpoints()
+        assert ep.custom_headers == () and store.snapshot().event_headers == ()
+
+
+def test_the_spoolers_view_has_the_headers_enabled_endpoints_select(tmp_path):
+    path = str(tmp_path / "rules.db")
+    with rulesdb.RulesStore(path) as store:
+        store.add_endpoint(Endpoint(Destination("https://h.example/a"), custom_headers=("X-Campaign",)))
+        store.add_endpoint(Endpoint(Destination("https://h.example/b"), custom_headers=("X-Off",), enabled=False))
+    view = rulesdb.EndpointsView(path)
+    try:
+        assert len(view.current()) == 2 and view.selected_headers == {"x-campaign"}
+    finally:
+        view.close()

@@ -80,17 +80,21 @@ def test_rules_round_trip(stack):
 def test_endpoints_round_trip(stack):
     body = {"url": "https://127.0.0.1:9/events", "events": ["bounces", "blocks"], "interval": 30,
             "max_events": 200, "timezone": "Europe/Berlin", "bearer": SECRETS[3],
-            "api_key": SECRETS[2], "retry_interval": 20}
+            "api_key": SECRETS[2], "retry_interval": 20, "custom_headers": ["X-Campaign"]}
     reply = stack("POST", "/v1/endpoints", json_body=body)
     assert reply.status == 201, reply.text
     ep = reply.json()
     assert ep["events"] == ["bounces", "blocks"] and ep["timezone"] == "Europe/Berlin"
+    assert ep["custom_headers"] == ["X-Campaign"]
     assert ep["bearer"] == "****" and ep["api_key"] == "****"
     path = f"/v1/endpoints/{ep['id']}"
     assert stack("PATCH", path, json_body={"enabled": False, "version": ep["version"],
                                            "interval": 60, "clear_auth": True}).status == 200
     got = stack("GET", path).json()
     assert got["enabled"] is False and got["interval"] == 60 and got["bearer"] is None
+    assert got["custom_headers"] == ["X-Campaign"]  # not given: kept
+    assert stack("PATCH", path, json_body={"custom_headers": []}).json()["custom_headers"] == []
+    assert stack("PATCH", path, json_body={"custom_headers": ["a b"]}).code == "invalid"
     mg = stack("PATCH", path, json_body={"dialect": "mailgun", "signing_key": SECRETS[4]})
     assert mg.status == 200, mg.text
     assert mg.json()["dialect"] == "mailgun" and mg.json()["signing_key"] == "****"

@@ -34,6 +34,7 @@ def print_endpoint(view: endpointsvc.EndpointView, *, template_source: bool = Fa
         ("id", ep.id), ("enabled", yes_no(ep.enabled)), ("events", ", ".join(ep.categories)),
         ("batching", f"after {ep.interval} s or at {ep.max_events} events, whichever comes first"),
         ("version", f"{ep.version} (pinned)"), ("time zone", ep.timezone),
+        ("custom headers", ", ".join(ep.custom_headers) or "(none)"),
         *destination_rows(ep.destination), ("created", ep.created), ("updated", ep.updated),
     ]
     fields(rows)
@@ -59,10 +60,18 @@ def endpoint_options(edit: bool):
                      help="Payload version" + ("." if edit else " [default: the latest; then pinned].")),
         click.option("--timezone", metavar="AREA/CITY",
                      help="Time zone of timestamps in payloads" + dflt("timezone")),
+        click.option("--custom-header", "custom_headers", metavar="NAME", multiple=True,
+                     help="A message header whose value the bodies carry (SMTP2GO: an extra field) "
+                          "besides [milter] event_headers; repeat for more"
+                          + (", the whole selection." if edit else ".")),
     ]
     if edit:
-        opts.append(click.option("--disabled/--enabled", "disabled", default=None,
-                                 help="Disable (events are kept pending) or enable the endpoint."))
+        opts += [
+            click.option("--disabled/--enabled", "disabled", default=None,
+                         help="Disable (events are kept pending) or enable the endpoint."),
+            click.option("--no-custom-headers", is_flag=True,
+                         help="Carry no custom headers besides [milter] event_headers."),
+        ]
     else:
         opts += [
             click.option("--disabled", is_flag=True,
@@ -90,7 +99,7 @@ def endpoint():
 @endpoint_options(edit=False)
 @pass_app
 def endpoint_add(app, destination, template, categories, interval, max_events, version, timezone,
-                 disabled, ed25519):
+                 custom_headers, disabled, ed25519):
     """Add an endpoint at URL for delivery events (bounces, deliveries, blocks).
 
     \b
@@ -103,7 +112,7 @@ def endpoint_add(app, destination, template, categories, interval, max_events, v
     view = endpointsvc.add(
         app.cfg, destination=destination, categories=categories, interval=interval,
         max_events=max_events, version=version, timezone=timezone, enabled=not disabled,
-        ed25519=ed25519, template=template, warn=warn)
+        ed25519=ed25519, template=template, custom_headers=custom_headers, warn=warn)
     added = view.endpoint
     click.echo(f"Added endpoint {added.id}{' (disabled)' if not added.enabled else ''}: "
                f"{', '.join(added.categories)} events to {added.destination.url} "
@@ -150,17 +159,22 @@ def endpoint_show(app, key, as_json, template_source):
 @endpoint_options(edit=True)
 @pass_app
 def endpoint_edit(app, key, destination, clear_auth, no_template, template, categories, interval,
-                  max_events, version, timezone, disabled):
+                  max_events, version, timezone, custom_headers, disabled, no_custom_headers):
     """Change endpoint ID|URL; options not given keep their value.
 
-    Changes apply to batches made from now on (a batch already made keeps its events). Giving
-    --version moves the endpoint to that payload version.
+    Every request made from now on, retries included, is in the new settings (--dialect,
+    --version, --format, --template, --custom-header); a batch already made keeps its events
+    (and its id), split into one-event requests for a dialect that posts one per request.
+    Giving --version moves the endpoint to that payload version.
     """
+    if custom_headers and no_custom_headers:
+        raise click.UsageError("give either --custom-header or --no-custom-headers")
     new = endpointsvc.edit(
         app.cfg, key, destination=destination, clear_auth=clear_auth, categories=categories,
         interval=interval, max_events=max_events, version=version, timezone=timezone,
         enabled=None if disabled is None else not disabled, template=template,
-        no_template=no_template, warn=warn)
+        no_template=no_template, warn=warn,
+        custom_headers=() if no_custom_headers else (custom_headers or None))
     click.echo(f"Updated endpoint {new.id} ({new.destination.url})")
 
 

@@ -431,10 +431,13 @@ class MxhookMilter(Milter.Base):
     # -- outbound -----------------------------------------------------------------------------
 
     def _events(self, event_type: str, recipients: list[str], **fields) -> list:
+        # [milter] event_headers and the custom headers enabled endpoints select (rules.db):
+        # each endpoint's body shows its own (payloads/registry.py)
+        own, selected = self.settings.event_headers, self.wiring.snapshot().event_headers
+        names = own + tuple(h for h in selected if h not in own)
         return milter_events(self.envelope, self.raw_headers, event_type, recipients,
-                             event_headers=self.settings.event_headers,
-                             received=iso(self.wiring.clock()), new_id=self.wiring.new_id,
-                             **fields)
+                             event_headers=names, received=iso(self.wiring.clock()),
+                             new_id=self.wiring.new_id, **fields)
 
     def _outbound_rcpt(self, rcpt: str):
         domain = address_domain(self.envelope.sender)

@@ -110,7 +110,7 @@ from mxhook.delivery import webhook
 from mxhook.daemons import logsetup
 from mxhook import heartbeat, spool
 from mxhook.payloads import events as event_payloads
-from mxhook.store import ingest, logs, statedb
+from mxhook.store import endpointbatches, ingest, logs, statedb
 from mxhook.store import integrity
 from mxhook.services import attachments, feedback
 from mxhook.delivery import pipeline
@@ -248,6 +248,7 @@ class Spooler:
         self._stop = threading.Event()
         self._local = threading.local()
         self.endpoints = db_mod.EndpointsView(cfg.rules_db)
+        self.event_headers = tuple(cfg.value("milter", "event_headers"))  # each endpoint adds its own
         self._endpoints_seen = 0  # EndpointsView.generation last synced into state.db
         self._block_retry_at = 0.0
         self._block_error: str | None = None
@@ -479,6 +480,9 @@ class Spooler:
             for batch in self.state.open_batch_list():
                 open_batches.setdefault(batch.endpoint_id, []).append(batch)
             shapes = {i: _batch_shape(ep, self.workers) for i, ep in eps.items() if ep.enabled}
+            # batches made before the endpoint's payload changed to fewer events per request
+            endpointbatches.split_oversized(self.state, open_batches,
+                                            {i: s[0] for i, s in shapes.items()}, self._busy())
             # room for more open batches (one posting, or with its result not written yet, is
             # still open in state.db)
             room = {i: limit - len(open_batches.get(i, ())) for i, (_, limit) in shapes.items()}
@@ -524,6 +528,7 @@ class Spooler:
         def render():
             return self._rendered(lambda: _registry().event_request(
                 target, batch.events, request_id=batch.id, version=ep.version, tz=ep.timezone,
+                event_headers=self.event_headers, selected_headers=self.endpoints.selected_headers,
                 **self._attempt_context()))
         return Dispatch(
             id=batch.id, target=target, attempts=batch.attempts,

@@ -12,6 +12,7 @@ the services report as they report a rule's (one line, exit status 2).
 """
 from __future__ import annotations
 
+import re
 import zoneinfo
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -26,6 +27,8 @@ FORMATS = ("json", "form")
 # (tests/unit/test_payload_registry.py keeps the two the same).
 VERSIONS = (1,)
 INTERVAL_RANGE = (1, 600)  # seconds
+MAX_CUSTOM_HEADERS = 50
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,200}")  # RFC 5322 ftext: printable ASCII but ':'
 MAX_EVENTS_RANGE = (100, 10000)
 DEFAULTS = {
     # near real time, like the hosted services: a batch leaves at most 10 s after its first
@@ -45,6 +48,9 @@ class Endpoint:
     version: int | None = None  # None: the latest payload version (fixed when stored)
     timezone: str = DEFAULTS["timezone"]
     enabled: bool = True
+    # header names whose values its bodies carry besides [milter] event_headers, as the admin
+    # wrote them (matched without regard to case)
+    custom_headers: tuple[str, ...] = ()
     id: int | None = None
     created: str | None = None
     updated: str | None = None
@@ -65,7 +71,8 @@ class Endpoint:
     @cached_property
     def target(self) -> Target:
         """Where and how this endpoint's batches are posted."""
-        return Target.of("endpoint", self.id, self.name, self.destination)
+        return Target.of("endpoint", self.id, self.name, self.destination,
+                         custom_headers=self.custom_headers)
 
 
 def parse_categories(text) -> tuple[str, ...]:
@@ -75,6 +82,25 @@ def parse_categories(text) -> tuple[str, ...]:
         return events_mod.parse_categories(text)
     except events_mod.EventError as exc:
         raise RuleError(str(exc)) from None
+
+
+def check_custom_headers(names) -> tuple[str, ...]:
+    """Header field names, as given (their case is what bodies show), in order; RuleError for one
+    that is not a field name, or one given twice in any case."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        text = name.strip() if isinstance(name, str) else name
+        if not isinstance(text, str) or not _FIELD_NAME.fullmatch(text):
+            raise RuleError(f"custom header {name!r} is not a header field name "
+                            "(printable ASCII without ':' or spaces)")
+        if text.lower() in seen:
+            raise RuleError(f"custom header {text!r} is given twice")
+        seen.add(text.lower())
+        out.append(text)
+    if len(out) > MAX_CUSTOM_HEADERS:
+        raise RuleError(f"at most {MAX_CUSTOM_HEADERS} custom headers, got {len(out)}")
+    return tuple(out)
 
 
 def check_timezone(name: str) -> str:
@@ -115,7 +141,8 @@ def validate(ep: Endpoint) -> Endpoint:
             f"payload version {version} does not exist (known: {', '.join(map(str, versions))})"
         )
     timezone = check_timezone(ep.timezone)
-    return replace(ep, categories=categories, version=version, timezone=timezone)
+    return replace(ep, categories=categories, version=version, timezone=timezone,
+                   custom_headers=check_custom_headers(ep.custom_headers))
 
 
 def with_defaults(**fields) -> Endpoint:

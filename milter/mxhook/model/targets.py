@@ -148,10 +148,12 @@ class Target(Destination):
     kind: str  # rule | endpoint
     id: int | None  # rules.db id of the rule or endpoint (None: a target stored without one)
     name: str
+    custom_headers: tuple[str, ...] = ()  # an endpoint's (model/endpoints.py); not in the record
 
     @classmethod
-    def of(cls, kind: str, id: int | None, name: str, dest: Destination) -> "Target":  # noqa: A002
-        return cls(kind=kind, id=id, name=name,
+    def of(cls, kind: str, id: int | None, name: str, dest: Destination, *,  # noqa: A002
+           custom_headers: tuple[str, ...] = ()) -> "Target":
+        return cls(kind=kind, id=id, name=name, custom_headers=custom_headers,
                    **{f.name: getattr(dest, f.name) for f in fields(Destination)})
 
     def to_record(self, **route) -> dict:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import json.encoder
+import re
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 from mxhook.model.events import ENGAGEMENT_KEYS, ENGAGEMENT_TYPES, is_stored_time
@@ -169,6 +170,53 @@ def _v1_event(event: dict, tz) -> dict:
     if is_engagement(out["type"]):
         out[V1_ENGAGEMENT_FIELD] = engagement_of(event)
     return out
+
+
+_HEADERS_KEY = '"custom_headers":'
+_NO_HEADERS = _HEADERS_KEY + "{}}"
+# The keys of a JSON object's text without backslashes (a key is the only string followed by a
+# colon; a nested object's keys are found too, which only sends the event the general way).
+_KEY = re.compile(r'[{,]"([^"\\]*)":')
+
+
+def select_headers(events: Iterable[dict | V1Text],
+                   names: Mapping[str, str | None]) -> list[dict | V1Text]:
+    """The events with only the custom headers `names` has (lower-case name -> the name a body
+    shows it under, None: the event's own), in their order; the stored events are not changed.
+    A V1Text stays one: the same object when it keeps every header under its own name (found
+    from its text's keys, without parsing), else its text with the new headers object."""
+    out: list[dict | V1Text] = []
+    for event in events:
+        if isinstance(event, V1Text):
+            if event.endswith(_NO_HEADERS):
+                out.append(event)
+                continue
+            # custom_headers is the last key, and its first occurrence: a key inside a string
+            # value has its quotes escaped
+            start = event.find(_HEADERS_KEY) + len(_HEADERS_KEY)
+            tail = event[start:-1]
+            if "\\" not in tail and all(names.get(key, "") is None for key in _KEY.findall(tail)):
+                out.append(event)  # every header kept under its own name
+                continue
+            kept = _kept_headers(json.loads(tail), names)
+            out.append(V1Text(event[:start] + ("".join(_encode(kept, 0)) if kept else "{}") + "}"))
+            continue
+        headers = event.get("custom_headers")
+        if not isinstance(headers, dict) or not headers:
+            out.append(event)
+            continue
+        kept = _kept_headers(headers, names)
+        out.append(event if list(kept.items()) == list(headers.items())
+                   else {**event, "custom_headers": kept})
+    return out
+
+
+def _kept_headers(headers: dict, names: Mapping[str, str | None]) -> dict:
+    kept: dict = {}
+    for name, value in headers.items():
+        if isinstance(name, str) and name.lower() in names:
+            kept.setdefault(names[name.lower()] or name, value)
+    return kept
 
 
 def document_v1(events: Iterable[dict | V1Text], *, tz, batch_id: str, endpoint_id: int | None,

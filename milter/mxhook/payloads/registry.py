@@ -249,21 +249,60 @@ def delivery_request(delivery: inbound.Delivery, ctx: InboundContext, *,
 def event_request(target: Target, batch: Iterable[dict | events.V1Text], *, request_id: str,
                   now: float, nonce: str, version: int = 1, tz: str = "UTC",
                   templates_loader: TemplateLoader | None = None,
-                  clock: Callable[[], float] | None = None) -> Rendered:
+                  clock: Callable[[], float] | None = None,
+                  event_headers: Iterable[str] | None = None,
+                  selected_headers: Iterable[str] | None = None) -> Rendered:
     """The request body of one event batch (`request_id`: its webhook-id) for this attempt:
     the endpoint's template, else its dialect, else the native body of its payload `version`
     and format, times in `tz`. The batch is what the spooler made for the target: only the
-    types `event_types` gives, one event when `events_per_request` is 1. ValueError
+    types `event_types` gives, one event when `events_per_request` is 1. `event_headers`:
+    [milter] event_headers; given, each event's custom headers are cut to those and the
+    target's own (`header_names`); None leaves them as stored. `selected_headers`: what every
+    enabled endpoint selects (lower case); given, the events are looked at only when there is
+    something to cut or name (`_cut_headers`), as the milter captured nothing else. ValueError
     (TemplateError) when no body can be made, with the reason."""
     ctx = EventContext(request_id=request_id, now=now, nonce=nonce, endpoint_id=target.id,
-                       tz=events.zone(tz), api_key=target.api_key, signing_key=target.signing_key)
+                       tz=events.zone(tz), api_key=target.api_key, signing_key=target.signing_key,
+                       custom_headers=target.custom_headers)
+    dialect = None if target.template is not None else _dialect(target, EVENT_DIALECTS)
+    if event_headers is not None and _cut_headers(target, event_headers, selected_headers,
+                                                  as_selected=dialect is None):
+        names = header_names(target, event_headers, as_selected=dialect is None)
+        batch = events.select_headers(batch, names)
     if target.template is not None:
         return templates.event_request(_template(target, templates_loader), batch, ctx, clock=clock)
-    dialect = _dialect(target, EVENT_DIALECTS)
     if dialect is None:
         return render_events(version, batch, endpoint_tz=tz, fmt=target.format,
                              batch_id=request_id, endpoint_id=target.id, api_key=target.api_key)
     return dialect(list(batch), ctx)
+
+
+def header_names(target: Target, event_headers: Iterable[str], *,
+                 as_selected: bool) -> dict[str, str | None]:
+    """The custom headers an endpoint's body shows, lower-case name -> the name it shows each
+    under: [milter] event_headers as the event names them (None; the milter: lower case), the
+    endpoint's own selection as the admin wrote it (`as_selected`: native bodies and templates)
+    or in lower case (dialects, which look up the names they know in lower case; SMTP2GO's
+    extra fields are named from EventContext.custom_headers). The milter captures every enabled
+    endpoint's selection: another endpoint's is never shown."""
+    names: dict[str, str | None] = {name.lower(): None for name in event_headers}
+    for name in target.custom_headers:
+        names[name.lower()] = name if as_selected else name.lower()
+    return names
+
+
+def _cut_headers(target: Target, event_headers: Iterable[str], selected: Iterable[str] | None, *,
+                 as_selected: bool) -> bool:
+    """Can an event hold a custom header the target's body must not show, or show under another
+    name? Not when no endpoint selects a header beyond [milter] event_headers and the target's
+    own, and the target's own are shown as captured (lower case): the usual case, which then
+    costs nothing per event. Unknown `selected`: yes."""
+    if selected is None:
+        return True
+    own = {name.lower() for name in target.custom_headers}
+    if own and as_selected and any(name != name.lower() for name in target.custom_headers):
+        return True
+    return bool(set(selected) - own - {name.lower() for name in event_headers})
 
 
 def wanted_types(endpoint) -> frozenset[str]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from mxhook import config as configmod
 from mxhook import spool
 from mxhook.model import endpoints as endpointsmod
 from mxhook.model import events
 from mxhook.model.targets import Destination
-from mxhook.payloads.dialects import catalogue
+from mxhook.payloads.dialects import catalogue, msndr, paubox, smtp2go
 from mxhook.services import targets
 from mxhook.services.errors import Invalid, NotFound, translated
 from mxhook.services.stores import rules_store
@@ -20,6 +20,7 @@ from mxhook.store import rulesdb
 
 SAMPLE_TYPES = events.TYPES  # sample_event makes one of each
 SIDE = catalogue.EVENTS
+HEADERLESS_DIALECTS = (paubox.NAME, msndr.NAME)  # bodies with no place for message headers
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class EndpointView:
         d = {
             "id": ep.id, "enabled": ep.enabled, "events": list(ep.categories),
             "interval": ep.interval, "max_events": ep.max_events, "version": ep.version,
-            "timezone": ep.timezone, **targets.as_dict(ep.destination, self.template,
+            "timezone": ep.timezone, "custom_headers": list(ep.custom_headers),
+            **targets.as_dict(ep.destination, self.template,
                                                        template_source=template_source),
             "created": ep.created, "updated": ep.updated,
         }
@@ -63,15 +65,30 @@ def _view(store: rulesdb.RulesStore, ep: endpointsmod.Endpoint, keys: list | Non
 def _check_dialect(ep: endpointsmod.Endpoint, template: bool, warn: Warn) -> None:
     dialect = catalogue.check(ep.destination, SIDE, template=template)
     targets.warn_unposted(dialect, [t for c in ep.categories for t in events.CATEGORIES[c]], warn)
+    _warn_unposted_headers(ep, warn)
+
+
+def _warn_unposted_headers(ep: endpointsmod.Endpoint, warn: Warn) -> None:
+    """Custom headers the endpoint's body has no place for (docs/payloads.md, "Custom headers")."""
+    names, dialect = ep.custom_headers, ep.destination.dialect
+    if names and dialect in HEADERLESS_DIALECTS:
+        warn(f"the {dialect} dialect's body has no place for custom headers: "
+             f"{', '.join(names)} will not be posted")
+    shadowed = [n for n in names if n.lower() in smtp2go.STANDARD_FIELDS]
+    if shadowed and dialect == smtp2go.NAME:
+        warn(f"{', '.join(shadowed)}: named as a standard field of SMTP2GO's body, which a custom "
+             "header never replaces: not posted")
 
 
 @translated()
 def add(cfg: configmod.Config, *, destination: Destination, categories=None,
         interval: int | None = None, max_events: int | None = None, version: int | None = None,
         timezone: str | None = None, enabled: bool = True, ed25519: bool = False,
-        template: TemplateGiven | None = None, warn: Warn = no_warnings) -> EndpointView:
+        template: TemplateGiven | None = None, custom_headers: Sequence[str] = (),
+        warn: Warn = no_warnings) -> EndpointView:
     """The endpoint added, with its signing keys (secrets in full: shown this once).
-    `template`: its body's jinja2 template (stored as version 1)."""
+    `template`: its body's jinja2 template (stored as version 1); `custom_headers`: the
+    headers its bodies carry besides [milter] event_headers (SMTP2GO's custom headers)."""
     targets.check_secrets(destination, what="endpoint")
     destination = Destination(**targets.with_url_credentials(
         dataclasses.asdict(destination), destination.dialect))
@@ -79,6 +96,7 @@ def add(cfg: configmod.Config, *, destination: Destination, categories=None,
     new = endpointsmod.with_defaults(
         destination=destination, categories=_categories(categories or ""), interval=interval,
         max_events=max_events, version=version, timezone=timezone, enabled=enabled,
+        custom_headers=tuple(custom_headers),
     )
     new = endpointsmod.validate(new)  # before the database is created or opened for writing
     _check_dialect(new, new_template is not None, warn)
@@ -107,16 +125,23 @@ def edit(cfg: configmod.Config, key, *, destination: Mapping[str, object] | None
          clear_auth: bool = False, categories=None, interval: int | None = None,
          max_events: int | None = None, version: int | None = None, timezone: str | None = None,
          enabled: bool | None = None, template: TemplateGiven | None = None,
-         no_template: bool = False, warn: Warn = no_warnings) -> endpointsmod.Endpoint:
+         no_template: bool = False, custom_headers: Sequence[str] | None = None,
+         warn: Warn = no_warnings) -> endpointsmod.Endpoint:
     """Change endpoint `key` (id or URL); None keeps a value. `destination`: the
     destination's fields to change (Destination.edited). Changes apply to batches made from
     now on. `template`: stored as the next version of the endpoint's template; `no_template`:
-    back to the dialect's body (stored versions stay)."""
+    back to the dialect's body (stored versions stay); `custom_headers`: the new selection
+    (empty: none).
+
+    Events already pending go out in the endpoint's new settings; a batch made before (its
+    events fixed, posted or not) keeps its id and is posted in them too, but never in more
+    events than the new payload takes in one request: the spooler splits it
+    (store/endpointbatches.py)."""
     dest_changes = {k: v for k, v in (destination or {}).items() if v is not None}
     targets.check_secrets(dest_changes, what="endpoint")
     if template is not None and no_template:
         raise Invalid("give either --template or --no-template")
-    given = [categories, interval, max_events, version, timezone, enabled, template]
+    given = [categories, interval, max_events, version, timezone, enabled, template, custom_headers]
     if all(v is None for v in given) and not dest_changes and not clear_auth and not no_template:
         raise Invalid("nothing to change: give at least one option (see --help)", "nothing_to_change")
     new_template = targets.new_template(template, SIDE) if template is not None else None
@@ -131,6 +156,8 @@ def edit(cfg: configmod.Config, key, *, destination: Mapping[str, object] | None
                                                 clear_auth=clear_auth, no_template=no_template)
         if categories is not None:
             changes["categories"] = _categories(categories)
+        if custom_headers is not None:
+            changes["custom_headers"] = tuple(custom_headers)
         candidate = endpointsmod.validate(dataclasses.replace(old, **changes))
         _check_dialect(candidate, new_template is not None
                        or candidate.destination.template is not None, warn)

@@ -43,11 +43,16 @@ render with. Versions are never changed or deleted while the owner exists (a del
 under version N renders with N after an edit or `--no-template`); a removed endpoint's go with
 it, a removed rule's stay as long as its signing keys (REMOVED_RULE_KEYS_DAYS: its accepted mail
 may still be retried). The spooler reads them through `Templates`.
+
+Custom headers (schema 10, `endpoints.custom_headers`, a JSON array of names as the admin wrote
+them): the headers an endpoint's bodies carry besides `[milter] event_headers`. The milter's
+`Snapshot` has those of every enabled endpoint (`event_headers`), which it captures too.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -81,7 +86,8 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # those of their destination (`_destination_columns`); categories are comma-joined.
 _RULE_COLUMNS = ("name", "priority", "enabled", "discard", "continue_matching", "include_raw",
                  "reject_text")
-_ENDPOINT_COLUMNS = ("categories", "interval", "max_events", "version", "timezone", "enabled")
+_ENDPOINT_COLUMNS = ("categories", "interval", "max_events", "version", "timezone", "enabled",
+                     "custom_headers")
 _BOOL_COLUMNS = ("enabled", "discard", "allow_http", "continue_matching", "include_raw")
 UNMATCHED = ("reject", "pass")  # what a permitted domain does with recipients no rule takes
 
@@ -107,8 +113,8 @@ def _row_values(obj, columns: tuple[str, ...]) -> list:
     as stored."""
     pairs = [(c, getattr(obj, c)) for c in columns] + [
         (f.name, getattr(obj.destination, f.name)) for f in dataclasses.fields(Destination)]
-    return [",".join(v) if c == "categories" else int(bool(v)) if c in _BOOL_COLUMNS else v
-            for c, v in pairs]
+    return [",".join(v) if c == "categories" else json.dumps(list(v)) if c == "custom_headers"
+            else int(bool(v)) if c in _BOOL_COLUMNS else v for c, v in pairs]
 
 
 # bounce: a hard bounce; cli, api: the admin (manual); unsubscribe, complaint: the recipient
@@ -322,11 +328,33 @@ def normalize_block_address(address: str) -> str:
 
 
 def _row_to_endpoint(row: dict) -> Endpoint:
-    fields = {k: row[k] for k in _ENDPOINT_COLUMNS}
+    fields = {k: row.get(k) for k in _ENDPOINT_COLUMNS}
     fields["enabled"] = bool(fields["enabled"])
     fields["categories"] = tuple(c for c in (row["categories"] or "").split(",") if c)
+    fields["custom_headers"] = _custom_headers(fields["custom_headers"])
     return Endpoint(destination=_destination_from_row(row, _ENDPOINT_DESTINATION), id=row["id"],
                     created=row["created"], updated=row["updated"], **fields)
+
+
+def _custom_headers(stored: str | None) -> tuple[str, ...]:
+    """An endpoints row's custom_headers (a JSON array of names; NULL before schema 10; what is
+    not an array of names, e.g. edited by hand, counts as none)."""
+    try:
+        names = json.loads(stored) if stored else []
+    except ValueError:
+        return ()
+    return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
+
+
+def _selected_headers(conn: sqlite3.Connection) -> tuple[str, ...]:
+    """The custom headers of every enabled endpoint, lower case, each once (for the milter)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(endpoints)")}
+    if "custom_headers" not in have:
+        return ()
+    names: dict[str, None] = {}
+    for (stored,) in conn.execute("SELECT custom_headers FROM endpoints WHERE enabled ORDER BY id"):
+        names.update((n.lower(), None) for n in _custom_headers(stored))
+    return tuple(names)
 
 
 def _read_endpoints(conn: sqlite3.Connection) -> list[Endpoint]:
@@ -339,7 +367,7 @@ def _read_endpoints(conn: sqlite3.Connection) -> list[Endpoint]:
 class Snapshot:
     """What the milter decides with: compiled rules, permitted domains, the domains whose
     denied mail is logged, those that pass recipients no rule takes on to Postfix
-    (`unmatched = pass`), and the domains' custom reject texts."""
+    (`unmatched = pass`), the domains' custom reject texts, and the headers endpoints select."""
 
     ruleset: RuleSet
     domains: frozenset[str]
@@ -347,6 +375,9 @@ class Snapshot:
     pass_unmatched: frozenset[str] = frozenset()
     reject_texts: dict = dataclasses.field(default_factory=dict)  # domain -> text
     tracking: dict = dataclasses.field(default_factory=dict)  # sending domain -> TrackingSettings
+    # the custom headers enabled endpoints select (lower case), captured besides [milter]
+    # event_headers
+    event_headers: tuple[str, ...] = ()
 
 
 TRACKING_FEATURES = ("opens", "clicks", "text_links", "unsubscribe", "honeypot")
@@ -621,9 +652,20 @@ def _schema_v9(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE blocklist_new RENAME TO blocklist")
 
 
+def _schema_v10(db: sqlite_utils.Database) -> None:
+    """An endpoint's custom headers (SMTP2GO's admin-selected headers): none for every existing
+    endpoint, whose bodies stay as they were."""
+    if "custom_headers" not in {c.name for c in db["endpoints"].columns}:
+        db.execute("ALTER TABLE endpoints ADD COLUMN custom_headers TEXT NOT NULL DEFAULT '[]'")
+
+
 # The step that brings a database from the version before to each version (store.migrations).
 _MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
-               (6, _schema_v6), (7, _schema_v7), (8, _schema_v8), (9, _schema_v9))
+               (6, _schema_v6), (7, _schema_v7), (8, _schema_v8), (9, _schema_v9),
+               (10, _schema_v10))
+
+
+               (6, _schema_v6), (7, _schema_v7), (8, _schema_v8))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
@@ -682,6 +724,7 @@ def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float,
         rules = _read_rules(conn)
         domains = _read_domains(conn)
         tracking = _read_tracking(conn) if version >= 8 else []
+        event_headers = _selected_headers(conn)
     ruleset = RuleSet(rules, regex_timeout=regex_timeout, recipient_delimiter=recipient_delimiter)
     for rule, reason in ruleset.broken:
         log.error("rule %s is skipped (matches nothing) until it is fixed: %s", rule.name, reason)
@@ -692,6 +735,7 @@ def _load_snapshot(conn: sqlite3.Connection, regex_timeout: float,
         pass_unmatched=frozenset(d["name"] for d in domains if d["unmatched"] == "pass"),
         reject_texts={d["name"]: d["reject_text"] for d in domains if d["reject_text"]},
         tracking={t.domain: t for t in tracking},
+        event_headers=event_headers,
     )
 
 
@@ -1384,8 +1428,10 @@ class BlocklistReader:
 class EndpointsView:
     """The spooler's view of the event endpoints: `current()` returns {id: Endpoint},
     reloaded when rules.db changed (`PRAGMA data_version`, one cheap query per call).
-    `generation` counts reloads, so callers can tell when the set may have changed. Missing
-    database or no endpoints table yet: no endpoints."""
+    `generation` counts reloads, so callers can tell when the set may have changed;
+    `selected_headers`: the custom headers the enabled ones select, lower case (what the milter
+    captures besides [milter] event_headers). Missing database or no endpoints table yet: no
+    endpoints."""
 
     def __init__(self, path: str):
         self.path = str(path)
@@ -1394,6 +1440,7 @@ class EndpointsView:
         self._current: dict[int, Endpoint] = {}
         self._last_error: str | None = None
         self.generation = 0
+        self.selected_headers: frozenset[str] = frozenset()
 
     def current(self) -> dict[int, Endpoint]:
         try:
@@ -1410,6 +1457,8 @@ class EndpointsView:
                     ).fetchone()
                     found = _read_endpoints(self._conn) if has_table else []
                 self._current = {ep.id: ep for ep in found}
+                self.selected_headers = frozenset(name.lower() for ep in found if ep.enabled
+                                                  for name in ep.custom_headers)
                 self._version = version
                 self.generation += 1
             self._last_error = None

@@ -353,6 +353,8 @@ ENDPOINT = {
     "version": (INT, "Payload version (pinned)."),
     "timezone": (STR, "Time zone of timestamps in payloads."),
     "enabled": (BOOL, "Whether events are queued and sent."),
+    "custom_headers": (STRS, "Message headers the bodies carry besides [milter] event_headers "
+                             "(SMTP2GO: extra fields), as named here; [] for none."),
     **DESTINATION,
 }
 ENDPOINT_ADD = {**ENDPOINT, "ed25519": (BOOL, "Also sign with an ed25519 key pair.")}
@@ -373,7 +375,8 @@ def endpoint_add():
                          interval=data.get("interval"), max_events=data.get("max_events"),
                          version=data.get("version"), timezone=data.get("timezone"),
                          enabled=data.get("enabled", True), ed25519=data.get("ed25519", False),
-                         template=template_of(data), warn=warn)
+                         template=template_of(data), custom_headers=data.get("custom_headers", ()),
+                         warn=warn)
     g.audit_target, g.audit_detail = str(view.endpoint.id), not_secret(data)
     return json_response(endpoints.show(cfg(), view.endpoint.id).as_dict(), 201, found)
 
@@ -396,7 +399,8 @@ def endpoint_edit(endpoint_id):
                    interval=data.get("interval"), max_events=data.get("max_events"),
                    version=data.get("version"), timezone=data.get("timezone"),
                    enabled=data.get("enabled"), template=template_of(data),
-                   no_template=data.get("no_template", False), warn=warn)
+                   no_template=data.get("no_template", False),
+                   custom_headers=data.get("custom_headers"), warn=warn)
     g.audit_detail = not_secret(data)
     return json_response(endpoints.show(cfg(), endpoint_id).as_dict(), 200, found)
 

@@ -87,9 +87,10 @@ def one_named_event(events: Iterable[dict | V1Text], dialect: str,
     """The one event of a request (a dict, or the V1Text the store may keep it as) and the
     dialect's name for it, from `names`, a table keyed by (type, bounce_type for `bounced`,
     else None); a bounce counts as hard only when it is classified hard. ValueError for a count
-    other than one (the pipeline sends one per request: a batch here is a caller's mistake,
-    never cut short) and for a type the dialect does not send (the pipeline sends it only its
-    EVENT_TYPES)."""
+    other than one (the spooler sends one per request, splitting a batch made before a switch
+    to the dialect: store/endpointbatches.py; a batch here is a caller's mistake, never cut
+    short) and for a type the dialect does not send (fanned out before the switch: it fails
+    alone, with this reason)."""
     events = list(events)
     if len(events) != 1:
         raise ValueError(f"dialect {dialect} posts one event per request, got {len(events)}")
@@ -100,8 +101,8 @@ def one_named_event(events: Iterable[dict | V1Text], dialect: str,
     else:
         name = names.get((etype, None)) if type(etype) is str else None
     if name is None:
-        raise ValueError(f"dialect {dialect} has no name for event type {etype!r}: "
-                         "the pipeline sends it only the types in its EVENT_TYPES")
+        raise ValueError(f"dialect {dialect} has no name for event type {etype!r} (an event "
+                         "queued for the endpoint while it had another payload)")
     return event, name
 
 

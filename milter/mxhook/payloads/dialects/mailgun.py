@@ -107,8 +107,8 @@ def event_request(events: list[dict], ctx: EventContext) -> Rendered:
     if len(events) != EVENTS_PER_REQUEST:
         raise ValueError(f"mailgun posts one event per request, not {len(events)}")
     if events[0].get("type") not in EVENTS:
-        raise ValueError(f"mailgun has no event for event type {events[0].get('type')!r}: "
-                         "the pipeline sends it only the types in its EVENT_TYPES")
+        raise ValueError(f"mailgun has no event for event type {events[0].get('type')!r} (an "
+                         "event queued for the endpoint while it had another payload)")
     return encodings.json({"signature": signature_block(ctx),
                            "event-data": event_data(events[0], ctx.now)})
 

@@ -92,7 +92,8 @@ def record(event: dict, ctx: EventContext) -> dict:
     etype = event.get("type")
     kind = RECORD_TYPES.get(etype)
     if kind is None:
-        raise ValueError(f"postmark has no record type for event type {etype!r}")
+        raise ValueError(f"postmark has no record type for event type {etype!r} (an event "
+                         "queued for the endpoint while it had another payload)")
     headers = event.get("custom_headers") or {}
     common = {
         "RecordType": kind,
