@@ -663,9 +663,6 @@ def _schema_v10(db: sqlite_utils.Database) -> None:
 _MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
                (6, _schema_v6), (7, _schema_v7), (8, _schema_v8), (9, _schema_v9),
                (10, _schema_v10))
-
-
-               (6, _schema_v6), (7, _schema_v7), (8, _schema_v8))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
