@@ -50,7 +50,6 @@ from mxhook.model.message import MAX_DEPTH, MAX_PARTS, header_section
 from mxhook.model.tracktokens import CLICK, OPEN
 
 MAX_LINE = 998  # octets before the line end (RFC 5322 2.1.1)
-QP_LINE = 76
 B64_LINE = 76
 SKIP_MARKER = "mxhook-skip"
 PIXEL = ('<img src="{url}" width="1" height="1" alt="" '
@@ -555,9 +554,6 @@ class _Ambiguous(bytes):
     """Decoded quoted-printable whose line had trailing white space: read, never re-encoded."""
 
 
-_QP_LITERAL = frozenset(range(33, 127)) - {ord("=")}
-
-
 def _qp_encode(data: bytes, eol: bytes) -> bytes:
     """`data` as quoted-printable, its line breaks kept as they are, soft breaks (`eol`) keeping
     lines within 76 characters."""
@@ -566,20 +562,9 @@ def _qp_encode(data: bytes, eol: bytes) -> bytes:
 
 
 def _qp_line(data: bytes, eol: bytes) -> bytes:
-    tokens = []
-    for i, byte in enumerate(data):
-        if byte in _QP_LITERAL or (byte in (9, 32) and i != len(data) - 1):
-            tokens.append(bytes([byte]))
-        else:
-            tokens.append(b"=%02X" % byte)
-    out, line = [], b""
-    for tok in tokens:
-        if len(line) + len(tok) > QP_LINE - 1:
-            out.append(line + b"=")
-            line = b""
-        line += tok
-    out.append(line)
-    return eol.join(out)
+    # binascii: 76-character lines, trailing white space encoded; not text mode, so a lone CR
+    # (which some readers take for a line break) is encoded too
+    return binascii.b2a_qp(data, False, False, False).replace(b"=\n", b"=" + eol)
 
 
 # ---------------------------------------------------------------------------------------------
