@@ -420,3 +420,11 @@ def test_no_pixel_at_the_end_of_a_document_that_ends_inside_a_tag():
     result, tokens = run(raw)
     assert result.links == 1 and not result.pixel
     assert result.body.endswith(b'alt="unclosed')
+
+
+def test_a_bare_cr_leaves_the_message():
+    # the email package reads a bare CR as a line break: "\r--b" would be a delimiter to it
+    raw = (b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/html\r\n\r\n"
+           b"<a href=https://x.example/>x</a>\r--b\r\nContent-Type: text/plain\r\n\r\nz\r\n--b--\r\n")
+    result, _ = run(raw)
+    assert result.body is None and result.reason == "a bare CR in the body"

@@ -230,6 +230,9 @@ class _Rewriter:
             raise _Untouched("message over max_size")
         if not self.base.lower().startswith(("https://", "http://")):
             raise _Untouched("tracking base URL is not http(s)")
+        if body.count(b"\r") != body.count(b"\r\n"):
+            # readers disagree whether a bare CR ends a line (and so where parts begin)
+            raise _Untouched("a bare CR in the body")
         leaves: list[_Leaf] = []
         _walk(body, 0, len(body), _fields(headers), "text/plain", 0, leaves)
         html_leaves = [leaf for leaf in leaves if leaf.ctype == "text/html"]
@@ -576,6 +579,13 @@ _ATTR = re.compile(
     r"[\t\n\x0c\r /]*([^\t\n\x0c\r />][^\t\n\x0c\r />=]*)"
     r"(?:[\t\n\x0c\r ]*=[\t\n\x0c\r ]*(?:\"([^\"]*)\"|'([^']*)'|([^\t\n\x0c\r >]*)))?")
 _ATTR_END = re.compile(r"[\t\n\x0c\r /]*>")
+# a whole well-formed tag after its name, in one linear match (possessive: no backtracking); an
+# unclosed quote, or a name starting with "=", fails it and the tag is read attribute by
+# attribute
+_WHOLE_TAG = re.compile(
+    r"(?:[\t\n\x0c\r /]*+[^\t\n\x0c\r />=\"'][^\t\n\x0c\r />=]*+"
+    r"(?:[\t\n\x0c\r ]*+=[\t\n\x0c\r ]*+(?:\"[^\"]*+\"|'[^']*+'|(?![\"'])[^\t\n\x0c\r >]*+))?+)*+"
+    r"[\t\n\x0c\r /]*+>")
 _RAW_TEXT = {"script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes",
              "plaintext"}
 
@@ -621,6 +631,20 @@ def _tags(text: str):
         name_m = _TAG_NAME.match(text, at + 1)
         name = name_m.group(0).lower()
         pos = name_m.end()
+        if name not in ("a", "area"):
+            rest = _WHOLE_TAG.match(text, pos)  # most tags: no need to look at their attributes
+            if rest is not None:
+                pos = rest.end()
+                if name in _RAW_TEXT:
+                    if name == "plaintext":
+                        yield "broken", at, len(text), None
+                        return  # the rest of the document is text
+                    close = re.compile("</" + name + r"(?=[\t\n\x0c\r />])", re.I).search(text, pos)
+                    if close is None:
+                        yield "broken", at, len(text), None
+                        return
+                    pos = close.start()
+                continue
         attrs = []
         while True:
             end_m = _ATTR_END.match(text, pos)
@@ -645,6 +669,9 @@ def _tags(text: str):
             pos = a.end()
         if name in ("a", "area"):
             yield "link", at, pos, attrs
+        elif name == "plaintext":
+            yield "broken", at, len(text), None
+            return  # the rest of the document is text
         elif name in _RAW_TEXT:
             close = re.compile("</" + name + r"(?=[\t\n\x0c\r />])", re.I).search(text, pos)
             if close is None:
