@@ -119,6 +119,8 @@ def _leaf_or_none(m: Message, default_type: str) -> tuple[str, str | None, str] 
     disposition = (m.get_content_disposition() or "").lower()
     if disposition == "attachment" or m.get_filename() is not None:
         return None
+    if len(m.get_all("content-transfer-encoding") or ()) > 1:
+        raise _Untouched("several Content-Transfer-Encoding fields")
     cte = unfold(str(m.get("content-transfer-encoding", "7bit"))).strip().lower() or "7bit"
     charset = m.get_param("charset")
     if isinstance(charset, tuple):  # RFC 2231
@@ -488,14 +490,15 @@ class _Lines:
         self.raw = raw
         self.growth: dict[int, int] = {}  # line start -> octets added so far
         self.break_line = _line_end(raw)
+        self.breaks = [m.start() for m in re.finditer(b"\n", raw)]  # (many links, one line: linear)
 
     def fits(self, start: int, end: int, new: bytes) -> bool:
-        raw = self.raw
-        if b"\n" in raw[start:end]:
+        raw, breaks = self.raw, self.breaks
+        i = bisect.bisect_left(breaks, start)
+        if i < len(breaks) and breaks[i] < end:
             return False  # a value across lines: keep it simple, leave it
-        line_start = raw.rfind(b"\n", 0, start) + 1
-        line_end = raw.find(b"\n", end)
-        line_end = len(raw) if line_end < 0 else line_end
+        line_start = breaks[i - 1] + 1 if i else 0
+        line_end = breaks[i] if i < len(breaks) else len(raw)
         if line_end > line_start and raw[line_end - 1:line_end] == b"\r":
             line_end -= 1
         grown = self.growth.get(line_start, 0) + len(new) - (end - start)
