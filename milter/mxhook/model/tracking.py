@@ -515,42 +515,43 @@ def _qp_logical_lines(raw: bytes) -> list[tuple[int, int, bytes, bytes]]:
     differ there (RFC 2045 6.7 says drop trailing white space, the email package keeps some), so
     such a line is never encoded again."""
     out = []
-    pos, n = 0, len(raw)
-    start, pieces = 0, []
+    lines = raw.split(b"\n")
+    last = len(lines) - 1
+    pos = start = 0
+    pieces: list[bytes] = []
     blank_tail = False
-    while pos < n:
-        nl = raw.find(b"\n", pos)
-        line_end = n if nl < 0 else nl + 1
-        line = raw[pos:line_end]
-        body = line.rstrip(b"\r\n")
-        brk = line[len(body):]
-        if body.endswith((b" ", b"\t")) or brk.startswith(b"\r\r"):
+    for i, line in enumerate(lines):
+        if i == last and not line:
+            break  # `raw` ended with a line break
+        line_end = pos + len(line) + (i != last)
+        body = line[:-1] if line[-1:] == b"\r" else line
+        brk = line[len(body):] + (b"\n" if i != last else b"")
+        if body[-1:] in (b" ", b"\t"):
             blank_tail = True
             body = body.rstrip(b" \t")
-        if body.endswith(b"=") and brk:
+        if body[-1:] == b"=":
             pieces.append(body[:-1])
             pos = line_end
-            continue
-        if body.endswith(b"=") and not brk:  # a soft break at the very end: nothing follows
-            pieces.append(body[:-1])
-            out.append((start, line_end, _qp_decode(b"".join(pieces), blank_tail), b""))
-            return out
+            if brk:
+                continue
+            break  # a soft break at the very end: nothing follows
         pieces.append(body)
         out.append((start, line_end, _qp_decode(b"".join(pieces), blank_tail), brk))
         pos = start = line_end
         pieces = []
         blank_tail = False
     if pieces:
-        out.append((start, n, _qp_decode(b"".join(pieces), blank_tail), b""))
+        out.append((start, len(raw), _qp_decode(b"".join(pieces), blank_tail), b""))
     return out
 
 
-_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _QP_BAD_ESCAPE = re.compile(rb"=(?![0-9A-Fa-f]{2})")
 
 
 def _qp_decode(data: bytes, ambiguous: bool = False) -> bytes | _Ambiguous:
-    decoded = _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+    if b"=" not in data:
+        return _Ambiguous(data) if ambiguous else data
+    decoded = binascii.a2b_qp(data)
     if ambiguous or _QP_BAD_ESCAPE.search(data):
         return _Ambiguous(decoded)
     return decoded
