@@ -351,6 +351,8 @@ def test_long_qp_line_pixel_on_its_own_line_when_needed():
 @pytest.mark.parametrize("charset,reason", [
     ("utf-16", "charset utf-16 not supported (not ASCII-compatible)"),
     ("iso-2022-jp", "charset iso-2022-jp not supported (not ASCII-compatible)"),
+    ("utf-7", "charset utf-7 not supported (not ASCII-compatible)"),
+    ("cp500", "charset cp500 not supported (not ASCII-compatible)"),
     ("x-nonsense", "unknown charset 'x-nonsense'"),
 ])
 def test_charsets_refused(charset, reason):
@@ -428,3 +430,10 @@ def test_a_bare_cr_leaves_the_message():
            b"<a href=https://x.example/>x</a>\r--b\r\nContent-Type: text/plain\r\n\r\nz\r\n--b--\r\n")
     result, _ = run(raw)
     assert result.body is None and result.reason == "a bare CR in the body"
+
+
+def test_links_after_the_last_body_close():
+    raw = html_message(b'<html><body>x</body><a href="https://after.example/">late</a></html>')
+    result, tokens = run(raw)
+    assert result.links == 1 and result.pixel
+    assert result.body.index(b"<img") < result.body.index(b"/c/T0.sig")

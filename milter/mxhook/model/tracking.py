@@ -209,7 +209,7 @@ _ASCII_PROBE = "<a href=\"x\" class='y'>&amp;=#/:.?%-_ \t\r\n</a>abcxyzABCXYZ018
 
 
 def _ascii_compatible(codec: str) -> bool:
-    if codec.startswith(_STATEFUL):
+    if codec.replace("-", "_").startswith(_STATEFUL):
         return False
     try:
         return _ASCII_PROBE.encode(codec) == _ASCII_PROBE.encode("ascii")
@@ -311,17 +311,17 @@ class _Rewriter:
             pos += len(text) + len(end)
         # the logical lines each edit touches, merged where edits share lines: only those are
         # encoded again
-        groups: list[tuple[int, int, list]] = []  # (first line, last line, edits)
+        groups: list[list] = []  # [first line, last line, edits]
         for start, end, new in edits:
             first = bisect.bisect_right(starts, start) - 1
             last = first
             while starts[last] + len(logical[last][2]) < end:
                 last += 1
             if groups and first <= groups[-1][1]:
-                g_first, g_last, mine = groups[-1]
-                groups[-1] = (g_first, max(g_last, last), mine + [(start, end, new)])
+                groups[-1][1] = max(groups[-1][1], last)
+                groups[-1][2].append((start, end, new))
             else:
-                groups.append((first, last, [(start, end, new)]))
+                groups.append([first, last, [(start, end, new)]])
         out, copied = [], 0
         for first, last, mine in groups:
             if any(isinstance(line[2], _Ambiguous) for line in logical[first:last + 1]):
@@ -402,6 +402,7 @@ class _Rewriter:
             if lines is not None and not lines.fits(at, at, new):
                 new = lines.break_line + new
             edits.append((at, at, new))
+            edits.sort(key=lambda edit: edit[0])  # links may follow the last </body>
             self.pixel = plan.opens
         return edits
 
