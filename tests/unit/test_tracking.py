@@ -437,3 +437,24 @@ def test_links_after_the_last_body_close():
     result, tokens = run(raw)
     assert result.links == 1 and result.pixel
     assert result.body.index(b"<img") < result.body.index(b"/c/T0.sig")
+
+
+def test_pixel_in_the_last_html_part_only_and_named_html_files_left_alone():
+    raw = (b"Content-Type: multipart/mixed; boundary=m\r\n\r\n"
+           b"--m\r\nContent-Type: text/html\r\n\r\n<p><a href=\"https://one.example/\">1</a></p></body>\r\n"
+           b"--m\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n"
+           b"--m\r\nContent-Type: text/html\r\n\r\n<p><a href=\"https://two.example/\">2</a></p></body>\r\n"
+           b"--m\r\nContent-Type: text/html; name=\"page.html\"\r\nContent-Disposition: inline\r\n\r\n"
+           b"<a href=\"https://file.example/\">f</a></body>\r\n--m--\r\n")
+    result, tokens = run(raw)
+    assert [u for _, u in tokens.clicks()] == ["https://one.example/", "https://two.example/"]
+    assert result.body.count(b"<img ") == 1
+    assert result.body.index(b"<img ") > result.body.index(b"/c/T1.sig")
+    assert b'<a href="https://file.example/">f</a>' in result.body
+
+
+def test_digest_items_are_messages():
+    raw = (b"Content-Type: multipart/digest; boundary=d\r\n\r\n"
+           b"--d\r\n\r\nContent-Type: text/html\r\n\r\n<a href=\"https://digest.example/\">d</a>\r\n--d--\r\n")
+    result, _ = run(raw)
+    assert result.body is None and result.reason == "no HTML part"
