@@ -584,15 +584,26 @@ _ATTR = re.compile(
     r"[\t\n\x0c\r /]*([^\t\n\x0c\r />][^\t\n\x0c\r />=]*)"
     r"(?:[\t\n\x0c\r ]*=[\t\n\x0c\r ]*(?:\"([^\"]*)\"|'([^']*)'|([^\t\n\x0c\r >]*)))?")
 _ATTR_END = re.compile(r"[\t\n\x0c\r /]*>")
-# a whole well-formed tag after its name, in one linear match (possessive: no backtracking); an
-# unclosed quote, or a name starting with "=", fails it and the tag is read attribute by
-# attribute
+# a whole well-formed tag after its name, in one linear match: the attributes are matched
+# inside a lookahead and consumed by a backreference, which makes the group atomic (no
+# backtracking into it; re's own possessive quantifiers are wrong in alternations in Python
+# 3.11.2, Debian 12's: cpython gh-101955). An unclosed quote, or a name starting with "=" or a
+# quote, fails it and the tag is read attribute by attribute.
 _WHOLE_TAG = re.compile(
-    r"(?:[\t\n\x0c\r /]*+[^\t\n\x0c\r />=\"'][^\t\n\x0c\r />=]*+"
-    r"(?:[\t\n\x0c\r ]*+=[\t\n\x0c\r ]*+(?:\"[^\"]*+\"|'[^']*+'|(?![\"'])[^\t\n\x0c\r >]*+))?+)*+"
-    r"[\t\n\x0c\r /]*+>")
+    r"(?=((?:[\t\n\x0c\r /]*[^\t\n\x0c\r />=\"'][^\t\n\x0c\r />=]*"
+    r"(?:[\t\n\x0c\r ]*=[\t\n\x0c\r ]*(?:\"[^\"]*\"|'[^']*'|(?![\"'])[^\t\n\x0c\r >]*))?)*))\1"
+    r"[\t\n\x0c\r /]*>")
 _RAW_TEXT = {"script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes",
              "plaintext"}
+# text and the tags that matter to nobody here (all but a, area, raw-text elements, </body>,
+# comments, <!...> and <?...>) skipped in one match; the tokenizer loop sees only the rest.
+# Nothing follows the repetition, so a failing iteration ends the match, never backtracks; a
+# tag name cannot give back characters (the lookahead after it).
+_SKIP = re.compile(
+    r"(?:[^<]+|<(?![A-Za-z!?/])|</(?![A-Za-z])"
+    r"|<(?!(?:a|area|" + "|".join(sorted(_RAW_TEXT)) + r")[\t\n\x0c\r />])[A-Za-z][^\t\n\x0c\r />]*(?=[\t\n\x0c\r />])"
+    + _WHOLE_TAG.pattern +
+    r"|</(?!body[\t\n\x0c\r />])[A-Za-z][^>]*>)*", re.I)
 
 
 def _tags(text: str):
@@ -602,6 +613,7 @@ def _tags(text: str):
     (lower-case name, value start, value end, quote character or "", value)."""
     pos = 0
     while True:
+        pos = _SKIP.match(text, pos).end()
         m = _TAG_OPEN.search(text, pos)
         if m is None:
             return
