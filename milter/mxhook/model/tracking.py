@@ -586,9 +586,9 @@ _ATTR = re.compile(
 _ATTR_END = re.compile(r"[\t\n\x0c\r /]*>")
 # a whole well-formed tag after its name, in one linear match: the attributes are matched
 # inside a lookahead and consumed by a backreference, which makes the group atomic (no
-# backtracking into it; re's own possessive quantifiers are wrong in alternations in Python
-# 3.11.2, Debian 12's: cpython gh-101955). An unclosed quote, or a name starting with "=" or a
-# quote, fails it and the tag is read attribute by attribute.
+# backtracking into it; re's own possessive quantifiers match wrongly before Python 3.11.5,
+# and Debian 12 has 3.11.2: cpython gh-106052, gh-100061). An unclosed quote, or a name
+# starting with "=" or a quote, fails it and the tag is read attribute by attribute.
 _WHOLE_TAG = re.compile(
     r"(?=((?:[\t\n\x0c\r /]*[^\t\n\x0c\r />=\"'][^\t\n\x0c\r />=]*"
     r"(?:[\t\n\x0c\r ]*=[\t\n\x0c\r ]*(?:\"[^\"]*\"|'[^']*'|(?![\"'])[^\t\n\x0c\r >]*))?)*))\1"
