@@ -16,9 +16,12 @@ its charset and transfer encoding:
   has none usable), with the part's line ends.
 
 HTML is read as bytes (Latin-1 as a stand-in: every byte one character, so offsets are byte
-offsets) by a small tokenizer that follows the HTML tokenizer where it matters for links:
-comments, `<script>`/`<style>`-like raw text, quoted and unquoted attribute values, the first of
-two same-named attributes. Only the value of `href` in `<a>` and `<area>` is replaced, so the
+offsets) by a small regex tokenizer over tags that follows the HTML tokenizer where it matters
+for links: comments, `<script>`/`<style>`-like raw text, quoted and unquoted attribute values
+(a `>` inside quotes does not end a tag), the first of two same-named attributes, a document
+that ends inside a tag. Text and tags other than `<a>`/`<area>` are skipped in one linear regex
+match; html.parser is not used because it reports positions as line/column and normalises what
+it hands over. Only the value of `href` in `<a>` and `<area>` is replaced, so the
 rest of the document stays byte for byte; the new value is ASCII, the same bytes in every
 ASCII-compatible charset, which is why stateful and non-ASCII-compatible charsets (UTF-16,
 UTF-7, ISO-2022-*, HZ, EBCDIC) leave the part untouched. Outlook's conditional comments
@@ -31,6 +34,12 @@ attribute `data-mxhook-skip` or `mxhook-skip`, or a class `mxhook-skip`
 attachment, or a file name), everything inside message/rfc822 (and multipart/digest items).
 With `text_links`, http(s) URLs in text/plain parts are rewritten too (trailing punctuation and
 an unbalanced closing parenthesis stay outside the URL).
+
+Where readers of a message could disagree, the message (or the part) stays untouched: several
+Content-Type or Content-Transfer-Encoding fields, a bare CR, a multipart without its closing
+delimiter, a quoted-printable line with trailing white space or a bad escape, an unknown charset.
+The pixel goes into the last HTML part, before its last `</body>` (else at its end); link
+indexes count the rewritten links of the message from 0 in document order.
 
 Nothing here raises to the caller: any problem leaves the message untouched, with the reason.
 """
