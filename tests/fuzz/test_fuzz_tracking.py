@@ -133,8 +133,10 @@ def _document(draw):
                                                      ("<br>\n", None), ("<!-- x -->", None)])),
                           max_size=12))
     body_close = draw(st.booleans())
-    doc = "<html><body>" + "".join(m for m, _ in items) + ("</body></html>\n" if body_close else "\n")
-    return doc, [u for _, u in items if u]
+    after = draw(st.lists(_link(), max_size=2)) if body_close else []  # content after </body>
+    doc = ("<html><body>" + "".join(m for m, _ in items) + ("</body>" if body_close else "")
+           + "".join(m for m, _ in after) + ("</html>\n" if body_close else "\n"))
+    return doc, [u for _, u in items + after if u]
 
 
 def _encode(data: bytes, cte: str, eol: bytes) -> bytes:

@@ -351,6 +351,8 @@ def test_long_qp_line_pixel_on_its_own_line_when_needed():
 @pytest.mark.parametrize("charset,reason", [
     ("utf-16", "charset utf-16 not supported (not ASCII-compatible)"),
     ("iso-2022-jp", "charset iso-2022-jp not supported (not ASCII-compatible)"),
+    ("utf-7", "charset utf-7 not supported (not ASCII-compatible)"),
+    ("cp500", "charset cp500 not supported (not ASCII-compatible)"),
     ("x-nonsense", "unknown charset 'x-nonsense'"),
 ])
 def test_charsets_refused(charset, reason):
@@ -420,6 +422,21 @@ def test_no_pixel_at_the_end_of_a_document_that_ends_inside_a_tag():
     result, tokens = run(raw)
     assert result.links == 1 and not result.pixel
     assert result.body.endswith(b'alt="unclosed')
+
+
+def test_a_bare_cr_leaves_the_message():
+    # the email package reads a bare CR as a line break: "\r--b" would be a delimiter to it
+    raw = (b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/html\r\n\r\n"
+           b"<a href=https://x.example/>x</a>\r--b\r\nContent-Type: text/plain\r\n\r\nz\r\n--b--\r\n")
+    result, _ = run(raw)
+    assert result.body is None and result.reason == "a bare CR in the body"
+
+
+def test_links_after_the_last_body_close():
+    raw = html_message(b'<html><body>x</body><a href="https://after.example/">late</a></html>')
+    result, tokens = run(raw)
+    assert result.links == 1 and result.pixel
+    assert result.body.index(b"<img") < result.body.index(b"/c/T0.sig")
 
 
 def test_pixel_in_the_last_html_part_only_and_named_html_files_left_alone():

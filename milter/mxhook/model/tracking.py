@@ -16,9 +16,12 @@ its charset and transfer encoding:
   has none usable), with the part's line ends.
 
 HTML is read as bytes (Latin-1 as a stand-in: every byte one character, so offsets are byte
-offsets) by a small tokenizer that follows the HTML tokenizer where it matters for links:
-comments, `<script>`/`<style>`-like raw text, quoted and unquoted attribute values, the first of
-two same-named attributes. Only the value of `href` in `<a>` and `<area>` is replaced, so the
+offsets) by a small regex tokenizer over tags that follows the HTML tokenizer where it matters
+for links: comments, `<script>`/`<style>`-like raw text, quoted and unquoted attribute values
+(a `>` inside quotes does not end a tag), the first of two same-named attributes, a document
+that ends inside a tag. Text and tags other than `<a>`/`<area>` are skipped in one linear regex
+match; html.parser is not used because it reports positions as line/column and normalises what
+it hands over. Only the value of `href` in `<a>` and `<area>` is replaced, so the
 rest of the document stays byte for byte; the new value is ASCII, the same bytes in every
 ASCII-compatible charset, which is why stateful and non-ASCII-compatible charsets (UTF-16,
 UTF-7, ISO-2022-*, HZ, EBCDIC) leave the part untouched. Outlook's conditional comments
@@ -31,6 +34,12 @@ attribute `data-mxhook-skip` or `mxhook-skip`, or a class `mxhook-skip`
 attachment, or a file name), everything inside message/rfc822 (and multipart/digest items).
 With `text_links`, http(s) URLs in text/plain parts are rewritten too (trailing punctuation and
 an unbalanced closing parenthesis stay outside the URL).
+
+Where readers of a message could disagree, the message (or the part) stays untouched: several
+Content-Type or Content-Transfer-Encoding fields, a bare CR, a multipart without its closing
+delimiter, a quoted-printable line with trailing white space or a bad escape, an unknown charset.
+The pixel goes into the last HTML part, before its last `</body>` (else at its end); link
+indexes count the rewritten links of the message from 0 in document order.
 
 Nothing here raises to the caller: any problem leaves the message untouched, with the reason.
 """
@@ -50,7 +59,6 @@ from mxhook.model.message import MAX_DEPTH, MAX_PARTS, header_section
 from mxhook.model.tracktokens import CLICK, OPEN
 
 MAX_LINE = 998  # octets before the line end (RFC 5322 2.1.1)
-QP_LINE = 76
 B64_LINE = 76
 SKIP_MARKER = "mxhook-skip"
 PIXEL = ('<img src="{url}" width="1" height="1" alt="" '
@@ -120,6 +128,8 @@ def _leaf_or_none(m: Message, default_type: str) -> tuple[str, str | None, str] 
     disposition = (m.get_content_disposition() or "").lower()
     if disposition == "attachment" or m.get_filename() is not None:
         return None
+    if len(m.get_all("content-transfer-encoding") or ()) > 1:
+        raise _Untouched("several Content-Transfer-Encoding fields")
     cte = unfold(str(m.get("content-transfer-encoding", "7bit"))).strip().lower() or "7bit"
     charset = m.get_param("charset")
     if isinstance(charset, tuple):  # RFC 2231
@@ -208,7 +218,7 @@ _ASCII_PROBE = "<a href=\"x\" class='y'>&amp;=#/:.?%-_ \t\r\n</a>abcxyzABCXYZ018
 
 
 def _ascii_compatible(codec: str) -> bool:
-    if codec.startswith(_STATEFUL):
+    if codec.replace("-", "_").startswith(_STATEFUL):
         return False
     try:
         return _ASCII_PROBE.encode(codec) == _ASCII_PROBE.encode("ascii")
@@ -231,6 +241,9 @@ class _Rewriter:
             raise _Untouched("message over max_size")
         if not self.base.lower().startswith(("https://", "http://")):
             raise _Untouched("tracking base URL is not http(s)")
+        if body.count(b"\r") != body.count(b"\r\n"):
+            # readers disagree whether a bare CR ends a line (and so where parts begin)
+            raise _Untouched("a bare CR in the body")
         leaves: list[_Leaf] = []
         _walk(body, 0, len(body), _fields(headers), "text/plain", 0, leaves)
         html_leaves = [leaf for leaf in leaves if leaf.ctype == "text/html"]
@@ -307,17 +320,17 @@ class _Rewriter:
             pos += len(text) + len(end)
         # the logical lines each edit touches, merged where edits share lines: only those are
         # encoded again
-        groups: list[tuple[int, int, list]] = []  # (first line, last line, edits)
+        groups: list[list] = []  # [first line, last line, edits]
         for start, end, new in edits:
             first = bisect.bisect_right(starts, start) - 1
             last = first
             while starts[last] + len(logical[last][2]) < end:
                 last += 1
             if groups and first <= groups[-1][1]:
-                g_first, g_last, mine = groups[-1]
-                groups[-1] = (g_first, max(g_last, last), mine + [(start, end, new)])
+                groups[-1][1] = max(groups[-1][1], last)
+                groups[-1][2].append((start, end, new))
             else:
-                groups.append((first, last, [(start, end, new)]))
+                groups.append([first, last, [(start, end, new)]])
         out, copied = [], 0
         for first, last, mine in groups:
             if any(isinstance(line[2], _Ambiguous) for line in logical[first:last + 1]):
@@ -398,6 +411,7 @@ class _Rewriter:
             if lines is not None and not lines.fits(at, at, new):
                 new = lines.break_line + new
             edits.append((at, at, new))
+            edits.sort(key=lambda edit: edit[0])  # links may follow the last </body>
             self.pixel = plan.opens
         return edits
 
@@ -486,14 +500,15 @@ class _Lines:
         self.raw = raw
         self.growth: dict[int, int] = {}  # line start -> octets added so far
         self.break_line = _line_end(raw)
+        self.breaks = [m.start() for m in re.finditer(b"\n", raw)]  # (many links, one line: linear)
 
     def fits(self, start: int, end: int, new: bytes) -> bool:
-        raw = self.raw
-        if b"\n" in raw[start:end]:
+        raw, breaks = self.raw, self.breaks
+        i = bisect.bisect_left(breaks, start)
+        if i < len(breaks) and breaks[i] < end:
             return False  # a value across lines: keep it simple, leave it
-        line_start = raw.rfind(b"\n", 0, start) + 1
-        line_end = raw.find(b"\n", end)
-        line_end = len(raw) if line_end < 0 else line_end
+        line_start = breaks[i - 1] + 1 if i else 0
+        line_end = breaks[i] if i < len(breaks) else len(raw)
         if line_end > line_start and raw[line_end - 1:line_end] == b"\r":
             line_end -= 1
         grown = self.growth.get(line_start, 0) + len(new) - (end - start)
@@ -510,42 +525,43 @@ def _qp_logical_lines(raw: bytes) -> list[tuple[int, int, bytes, bytes]]:
     differ there (RFC 2045 6.7 says drop trailing white space, the email package keeps some), so
     such a line is never encoded again."""
     out = []
-    pos, n = 0, len(raw)
-    start, pieces = 0, []
+    lines = raw.split(b"\n")
+    last = len(lines) - 1
+    pos = start = 0
+    pieces: list[bytes] = []
     blank_tail = False
-    while pos < n:
-        nl = raw.find(b"\n", pos)
-        line_end = n if nl < 0 else nl + 1
-        line = raw[pos:line_end]
-        body = line.rstrip(b"\r\n")
-        brk = line[len(body):]
-        if body.endswith((b" ", b"\t")) or brk.startswith(b"\r\r"):
+    for i, line in enumerate(lines):
+        if i == last and not line:
+            break  # `raw` ended with a line break
+        line_end = pos + len(line) + (i != last)
+        body = line[:-1] if line[-1:] == b"\r" else line
+        brk = line[len(body):] + (b"\n" if i != last else b"")
+        if body[-1:] in (b" ", b"\t"):
             blank_tail = True
             body = body.rstrip(b" \t")
-        if body.endswith(b"=") and brk:
+        if body[-1:] == b"=":
             pieces.append(body[:-1])
             pos = line_end
-            continue
-        if body.endswith(b"=") and not brk:  # a soft break at the very end: nothing follows
-            pieces.append(body[:-1])
-            out.append((start, line_end, _qp_decode(b"".join(pieces), blank_tail), b""))
-            return out
+            if brk:
+                continue
+            break  # a soft break at the very end: nothing follows
         pieces.append(body)
         out.append((start, line_end, _qp_decode(b"".join(pieces), blank_tail), brk))
         pos = start = line_end
         pieces = []
         blank_tail = False
     if pieces:
-        out.append((start, n, _qp_decode(b"".join(pieces), blank_tail), b""))
+        out.append((start, len(raw), _qp_decode(b"".join(pieces), blank_tail), b""))
     return out
 
 
-_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _QP_BAD_ESCAPE = re.compile(rb"=(?![0-9A-Fa-f]{2})")
 
 
 def _qp_decode(data: bytes, ambiguous: bool = False) -> bytes | _Ambiguous:
-    decoded = _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+    if b"=" not in data:
+        return _Ambiguous(data) if ambiguous else data
+    decoded = binascii.a2b_qp(data)
     if ambiguous or _QP_BAD_ESCAPE.search(data):
         return _Ambiguous(decoded)
     return decoded
@@ -553,9 +569,6 @@ def _qp_decode(data: bytes, ambiguous: bool = False) -> bytes | _Ambiguous:
 
 class _Ambiguous(bytes):
     """Decoded quoted-printable whose line had trailing white space: read, never re-encoded."""
-
-
-_QP_LITERAL = frozenset(range(33, 127)) - {ord("=")}
 
 
 def _qp_encode(data: bytes, eol: bytes) -> bytes:
@@ -566,20 +579,9 @@ def _qp_encode(data: bytes, eol: bytes) -> bytes:
 
 
 def _qp_line(data: bytes, eol: bytes) -> bytes:
-    tokens = []
-    for i, byte in enumerate(data):
-        if byte in _QP_LITERAL or (byte in (9, 32) and i != len(data) - 1):
-            tokens.append(bytes([byte]))
-        else:
-            tokens.append(b"=%02X" % byte)
-    out, line = [], b""
-    for tok in tokens:
-        if len(line) + len(tok) > QP_LINE - 1:
-            out.append(line + b"=")
-            line = b""
-        line += tok
-    out.append(line)
-    return eol.join(out)
+    # binascii: 76-character lines, trailing white space encoded; not text mode, so a lone CR
+    # (which some readers take for a line break) is encoded too
+    return binascii.b2a_qp(data, False, False, False).replace(b"=\n", b"=" + eol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,8 +593,26 @@ _ATTR = re.compile(
     r"[\t\n\x0c\r /]*([^\t\n\x0c\r />][^\t\n\x0c\r />=]*)"
     r"(?:[\t\n\x0c\r ]*=[\t\n\x0c\r ]*(?:\"([^\"]*)\"|'([^']*)'|([^\t\n\x0c\r >]*)))?")
 _ATTR_END = re.compile(r"[\t\n\x0c\r /]*>")
+# a whole well-formed tag after its name, in one linear match: the attributes are matched
+# inside a lookahead and consumed by a backreference, which makes the group atomic (no
+# backtracking into it; re's own possessive quantifiers match wrongly before Python 3.11.5,
+# and Debian 12 has 3.11.2: cpython gh-106052, gh-100061). An unclosed quote, or a name
+# starting with "=" or a quote, fails it and the tag is read attribute by attribute.
+_WHOLE_TAG = re.compile(
+    r"(?=((?:[\t\n\x0c\r /]*[^\t\n\x0c\r />=\"'][^\t\n\x0c\r />=]*"
+    r"(?:[\t\n\x0c\r ]*=[\t\n\x0c\r ]*(?:\"[^\"]*\"|'[^']*'|(?![\"'])[^\t\n\x0c\r >]*))?)*))\1"
+    r"[\t\n\x0c\r /]*>")
 _RAW_TEXT = {"script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes",
              "plaintext"}
+# text and the tags that matter to nobody here (all but a, area, raw-text elements, </body>,
+# comments, <!...> and <?...>) skipped in one match; the tokenizer loop sees only the rest.
+# Nothing follows the repetition, so a failing iteration ends the match, never backtracks; a
+# tag name cannot give back characters (the lookahead after it).
+_SKIP = re.compile(
+    r"(?:[^<]+|<(?![A-Za-z!?/])|</(?![A-Za-z])"
+    r"|<(?!(?:a|area|" + "|".join(sorted(_RAW_TEXT)) + r")[\t\n\x0c\r />])[A-Za-z][^\t\n\x0c\r />]*(?=[\t\n\x0c\r />])"
+    + _WHOLE_TAG.pattern +
+    r"|</(?!body[\t\n\x0c\r />])[A-Za-z][^>]*>)*", re.I)
 
 
 def _tags(text: str):
@@ -602,6 +622,7 @@ def _tags(text: str):
     (lower-case name, value start, value end, quote character or "", value)."""
     pos = 0
     while True:
+        pos = _SKIP.match(text, pos).end()
         m = _TAG_OPEN.search(text, pos)
         if m is None:
             return
@@ -636,6 +657,20 @@ def _tags(text: str):
         name_m = _TAG_NAME.match(text, at + 1)
         name = name_m.group(0).lower()
         pos = name_m.end()
+        if name not in ("a", "area"):
+            rest = _WHOLE_TAG.match(text, pos)  # most tags: no need to look at their attributes
+            if rest is not None:
+                pos = rest.end()
+                if name in _RAW_TEXT:
+                    if name == "plaintext":
+                        yield "broken", at, len(text), None
+                        return  # the rest of the document is text
+                    close = re.compile("</" + name + r"(?=[\t\n\x0c\r />])", re.I).search(text, pos)
+                    if close is None:
+                        yield "broken", at, len(text), None
+                        return
+                    pos = close.start()
+                continue
         attrs = []
         while True:
             end_m = _ATTR_END.match(text, pos)
@@ -660,6 +695,9 @@ def _tags(text: str):
             pos = a.end()
         if name in ("a", "area"):
             yield "link", at, pos, attrs
+        elif name == "plaintext":
+            yield "broken", at, len(text), None
+            return  # the rest of the document is text
         elif name in _RAW_TEXT:
             close = re.compile("</" + name + r"(?=[\t\n\x0c\r />])", re.I).search(text, pos)
             if close is None:
