@@ -48,7 +48,7 @@ Nothing in the body differs between attempts (no time of sending, no nonce), and
 """
 from __future__ import annotations
 
-from mxhook.model.events import BOUNCE_TYPES
+from mxhook.model.events import BOUNCE_TYPES, ENGAGEMENT_TYPES
 from mxhook.payloads import encodings
 from mxhook.payloads.dialects import EventContext
 from mxhook.payloads.dialects._fields import (app_recipient, delay_micros, first_text,
@@ -98,6 +98,8 @@ def event_request(events: list[dict], ctx: EventContext) -> encodings.Rendered:
     at = micros(event.get("at"))
     if etype in SUBMISSION_TYPES:
         sent_at = at
+    elif etype in ENGAGEMENT_TYPES:  # a reader's act, not the message's: no delay to count back
+        sent_at = None
     else:
         delay = delay_micros(event.get("delay"))
         sent_at = None if at is None or delay is None else at - delay
