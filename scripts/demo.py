@@ -180,8 +180,9 @@ def demo(stack: MxhookStack, web: WebProcess) -> int:
         print(web.stderr_text()[-3000:], file=sys.stderr)
         return 1
     password = secrets.token_urlsafe(12)
-    print(f"{DIM}$ mxhook user add demo{RESET}  (password given at the prompt)")
-    print(textwrap.indent(stack.cli("user", "add", "demo", input=f"{password}\n{password}\n").stdout.rstrip(), "  "))
+    print(f"{DIM}$ mxhook user add demo --password-file -{RESET}  (the password on stdin)")
+    print(textwrap.indent(stack.cli("user", "add", "demo", "--password-file", "-",
+                                    input=f"{password}\n").stdout.rstrip(), "  "))
     print(f"\n{BOLD}Console:{RESET}  http://127.0.0.1:{web.port}/  (user demo, password {password})")
     print(f"{BOLD}API call:{RESET} curl -H 'Authorization: Bearer {token}' "
           f"http://127.0.0.1:{web.port}/v1/status")
