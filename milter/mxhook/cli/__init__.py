@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from mxhook import config as configmod
-from mxhook.cli import access, admin, blocks, dialects, domains, endpoints, logs, ops, rules
+from mxhook.cli import access, admin, attachments, blocks, dialects, domains, endpoints, logs, ops, rules
 from mxhook.cli.base import CONTEXT_SETTINGS, App, InputError, MxhookGroup
 
 
@@ -35,7 +35,7 @@ def cli(ctx, config_path):
 
 for command in (domains.domain, rules.rule, logs.log, endpoints.endpoint, dialects.dialect,
                 blocks.block, admin.postfix_config, admin.check, ops.replay, ops.status,
-                access.token, access.user, access.audit):
+                access.token, access.user, access.audit, attachments.attachments):
     cli.add_command(command)
 
 
