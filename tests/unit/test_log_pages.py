@@ -137,3 +137,33 @@ def test_a_schema_3_state_db_gets_the_recipient_index_and_retention_keeps_it(tmp
         assert keys() == ["@y.example", "@y.example", "old@y.example", "x@y.example"]
         pruned = logs.Retention(st, 1, 0).run(BASE + 0.5 + 86400)
         assert pruned.denied == 1 and keys() == ["@y.example", "old@y.example"]
+
+
+def test_event_pages_by_address_and_domain_read_their_indexes(tmp_path):
+    from mxhook.model.endpoints import Endpoint
+    from mxhook.model.targets import Destination
+
+    events = [spool.Record(id=f"ev{i:04d}", kind="event", meta={
+        "id": f"ev{i:04d}", "type": "succeeded", "at": iso(BASE + i), "received": iso(BASE + i),
+        "source": "log", "queue_id": f"Q{i}", "recipient": ["Ann@Far.example", "bob@far.example",
+                                                             "ann@near.example"][i % 3],
+        "custom_headers": {}}) for i in range(30)]
+    with StateStore(str(tmp_path / "state.db")) as st:
+        ingest.records(st, events, endpoints=[Endpoint(Destination("https://127.0.0.1:9/e"), id=1)])
+
+        def found(text, **kw):
+            return [r["id"] for r in logs.event_page(st, recipient=text, limit=100, **kw)[0]]
+
+        newest_first = [f"ev{i:04d}" for i in reversed(range(30))]
+        assert found("ANN@far.example") == [e for e in newest_first if int(e[2:]) % 3 == 0]
+        assert found("@FAR.example") == [e for e in newest_first if int(e[2:]) % 3 < 2]
+        assert found("ann") == [e for e in newest_first if int(e[2:]) % 3 != 1]  # a prefix
+        assert found("*@near.*") == [e for e in newest_first if int(e[2:]) % 3 == 2]  # a pattern
+        page, after = logs.event_page(st, recipient="@far.example", limit=7)
+        rest, _ = logs.event_page(st, recipient="@far.example", after=after, limit=100)
+        assert [r["id"] for r in page + rest] == found("@far.example")
+        sql, params = logs._log_query(logs._EVENT_LIST_SELECT, None, (), "", "e.received", None, None,
+                                      "e.received DESC, d.seq DESC", 11,
+                                      ((f"{statedb.EVENT_DOMAIN.replace('recipient', 'e.recipient')} = ?",
+                                        ("@far.example",)),))
+        assert "USING INDEX events_recipient_domain" in plan(st.conn, sql, params)

@@ -13,7 +13,8 @@ from typing import Callable
 
 from mxhook.model.records import iso, to_datetime
 from mxhook.store.migrations import transaction
-from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES, StateStore, _load_event
+from mxhook.store.statedb import (DELIVERY_STATUSES, EVENT_DOMAIN, EVENT_RECIPIENT, LOG_STATUSES,
+                                   StateStore, _load_event)
 
 log = logging.getLogger(__name__)
 
@@ -330,13 +331,19 @@ def event_page(store: StateStore, *, status: str | None = None, since=None, unti
                endpoint: int | None = None, recipient: str | None = None,
                after: tuple[str, int] | None = None, limit: int = 100) -> tuple[list[dict], tuple | None]:
     """One page of event_log's order: rows after the key `after`, filtered as event_log and by
-    `endpoint` (its id) and `recipient` (recipient_search, read by a scan: events are fewer); returns
+    `endpoint` (its id) and `recipient` (recipient_search: an address or a domain reads an index, a
+prefix or a pattern scans the events newest first); returns
     (rows, the key of the next page or None)."""
     filters = []
     if endpoint is not None:
         filters.append(("d.endpoint_id = ?", (int(endpoint),)))
     if recipient is not None:
-        filters.append(_recipient_like("e.recipient", recipient_search(recipient)))
+        kind, text = recipient_search(recipient)
+        if kind in ("address", "domain"):  # an index of its own (statedb _schema_v4)
+            expression = EVENT_RECIPIENT if kind == "address" else EVENT_DOMAIN
+            filters.append((expression.replace("recipient", "e.recipient") + " = ?", (text,)))
+        else:
+            filters.append(_recipient_like("e.recipient", (kind, text)))
     if after is not None:
         filters.append(("(e.received, d.seq) < (?, ?)", tuple(after)))
     sql, params = _log_query(_EVENT_LIST_SELECT, status, DELIVERY_STATUSES,

@@ -445,13 +445,20 @@ def _recipient_keys(row: str, source: str = "") -> str:
             f" SELECT lower(substr(j.value, instr(j.value, '@'))), {rest} WHERE instr(j.value, '@') > 0")
 
 
+# the event log's recipient keys, as _recipient_keys makes them (indexed expressions: a query
+# uses an index only when it names the same expression)
+EVENT_RECIPIENT = "lower(recipient)"
+EVENT_DOMAIN = "lower(substr(recipient, instr(recipient, '@')))"
+
+
 def _schema_v4(db: sqlite_utils.Database) -> None:
     """The log's recipient filter (an address, `@domain`, the start of an address: the API's
     and the console's `recipient`) reads an index instead of a scan of the log (bench/api.py):
     `inbound_recipients(key, received, log_id)`, a row per recipient and per domain of an
     inbound_log row (_recipient_keys), kept by triggers, so every writer of inbound_log
     (ingest, retention) keeps it without knowing of it. Existing rows are indexed here, in key
-    order (one sorted pass)."""
+    order (one sorted pass). Events (one recipient each) get indexes on their recipient's
+    address and domain keys."""
     db.execute("CREATE TABLE IF NOT EXISTS inbound_recipients (key TEXT NOT NULL, received TEXT NOT NULL,"
                " log_id TEXT NOT NULL, PRIMARY KEY (key, received, log_id)) WITHOUT ROWID")
     db.execute("CREATE TRIGGER IF NOT EXISTS inbound_recipients_add AFTER INSERT ON inbound_log BEGIN"
@@ -461,6 +468,9 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
                f" AND key IN (SELECT k FROM ({_recipient_keys('OLD')})); END")
     db.execute("INSERT OR IGNORE INTO inbound_recipients (key, received, log_id)"
                f" SELECT * FROM ({_recipient_keys('l', 'inbound_log l, ')}) ORDER BY 1, 2, 3")
+    # events have one recipient each: indexes on its expressions (store.logs event_page)
+    db.execute(f"CREATE INDEX IF NOT EXISTS events_recipient ON events({EVENT_RECIPIENT}, received)")
+    db.execute(f"CREATE INDEX IF NOT EXISTS events_recipient_domain ON events({EVENT_DOMAIN}, received)")
 
 
 # The step that brings state.db from the version before to each version (store.migrations).
