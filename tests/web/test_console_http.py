@@ -322,9 +322,31 @@ def test_a_failed_event_batch_is_replayed_from_its_detail_page(stack, client):
     assert "<td>log.events.replay</td>" in client.get("/audit").text
 
 
-def test_a_read_only_user_sees_everything_and_every_write_route_answers_403(stack):
+def console_routes(stack) -> list:
+    """The console's routes (werkzeug Rule objects), from the application's own table."""
     from mxhook import config as configmod
     from mxhook.web import create_app
+
+    return [rule for rule in create_app(configmod.load(stack.cfg.path)).url_map.iter_rules()
+            if rule.endpoint.startswith("console.")]
+
+
+def fill(rule, values: dict) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), rule.rule)
+
+
+def test_every_form_route_refuses_a_post_without_the_csrf_token(stack, client):
+    values = {"name": "x", "endpoint_id": 1, "kind": "rules", "key": "x", "address": "a@b.example",
+              "how": "delete", "entry_id": "x", "event_id": "x"}
+    posts = [rule for rule in console_routes(stack) if "POST" in rule.methods]
+    assert len(posts) == 15, [r.rule for r in posts]  # the 13 changes, login and logout
+    for rule in posts:
+        reply = client.post(fill(rule, values), {"password": PASSWORD, "user": USER}, csrf=None)
+        assert reply.status == 400 and "CSRF" in reply.text, rule.rule
+    assert client.get("/logs/inbound").status == 200  # still logged in: logout was refused too
+
+
+def test_a_read_only_user_sees_everything_and_every_write_route_answers_403(stack):
 
     stack.cli("user", "add", "rita", "--read-only", "--password-file", "-", input="only looking 1\n")
     stack.cli("block", "add", "seen@far.example")
@@ -348,15 +370,15 @@ def test_a_read_only_user_sees_everything_and_every_write_route_answers_403(stac
     # every route that changes something, from the application's own route table
     values = {"name": "visible", "endpoint_id": stack.logs["endpoint"], "kind": "rules", "key": "visible",
               "address": "seen@far.example", "how": "delete", "entry_id": d, "event_id": "ev0000"}
-    routes = [(rule.rule, method) for rule in create_app(configmod.load(stack.cfg.path)).url_map.iter_rules()
-              if rule.endpoint.startswith("console.") and rule.endpoint not in ("console.login", "console.logout")
+    routes = [(rule, method) for rule in console_routes(stack)
+              if rule.endpoint not in ("console.login", "console.logout")
               for method in ("GET", "POST") if method in rule.methods
               and (method == "POST" or rule.endpoint in ("console.rule_add", "console.rule_edit",
                                                          "console.endpoint_add", "console.endpoint_edit",
                                                          "console.delete"))]
     assert len([r for r in routes if r[1] == "POST"]) == 13, routes
     for rule, method in routes:
-        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), rule)
+        path = fill(rule, values)
         c.get("/logs/inbound")  # a page with a CSRF token: the refusal is for being read-only
         reply = c.post(path, {"password": "only looking 1", "enabled": "false", "address": "x@y.example",
                               "name": "new.example", "url": "https://127.0.0.1:9/n"}) \
