@@ -40,6 +40,9 @@ Versions: `_MIGRATIONS`, applied by store.migrations on open (`PRAGMA user_versi
   one row per delivery (id = delivery id, kind "delivery", status kept equal to
   deliveries.status in the same transaction) and one per denied record (id = record id,
   kind "denied", status "denied").
+- `inbound_recipients(key, received, log_id; PK all three) WITHOUT ROWID`: the inbound log's
+  recipient index (the log filter `recipient`): each recipient of a row lower-cased and each
+  of its domains as `@domain`; kept by triggers on inbound_log (`_schema_v4`).
 - `events(id PK, received, meta JSON, payload BLOB, ingested, type, queue_id, recipient,
   block_state, message_id)`: one row per event record (id = event id; `received` = the event's
   time `at`; `meta` = the event as `events.Event.to_dict()` wrote it). `block_state` is
@@ -431,8 +434,47 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
                " ON inbound_log(filter_name, received, id)")
 
 
+def _recipient_keys(row: str, source: str = "") -> str:
+    """SELECT (key, received, id) of an inbound_log row `row` (`NEW`, `OLD`, or the alias of
+    `source`, a table joined first): each recipient lower-cased (ASCII, as SQLite's lower() and
+    LIKE fold) and its domain as `@domain`; possibly repeated (the callers ignore repeats)."""
+    addresses = (f"{source}json_each(CASE WHEN json_valid({row}.recipients) THEN {row}.recipients"
+                 f" ELSE json_array({row}.rcpt_to) END) j")
+    rest = f"{row}.received, {row}.id FROM {addresses}"
+    return (f"SELECT lower(j.value) AS k, {rest} WHERE j.value IS NOT NULL UNION ALL"
+            f" SELECT lower(substr(j.value, instr(j.value, '@'))), {rest} WHERE instr(j.value, '@') > 0")
+
+
+# the event log's recipient keys, as _recipient_keys makes them (indexed expressions: a query
+# uses an index only when it names the same expression)
+EVENT_RECIPIENT = "lower(recipient)"
+EVENT_DOMAIN = "lower(substr(recipient, instr(recipient, '@')))"
+
+
+def _schema_v4(db: sqlite_utils.Database) -> None:
+    """The log's recipient filter (an address, `@domain`, the start of an address: the API's
+    and the console's `recipient`) reads an index instead of a scan of the log (bench/api.py):
+    `inbound_recipients(key, received, log_id)`, a row per recipient and per domain of an
+    inbound_log row (_recipient_keys), kept by triggers, so every writer of inbound_log
+    (ingest, retention) keeps it without knowing of it. Existing rows are indexed here, in key
+    order (one sorted pass). Events (one recipient each) get indexes on their recipient's
+    address and domain keys."""
+    db.execute("CREATE TABLE IF NOT EXISTS inbound_recipients (key TEXT NOT NULL, received TEXT NOT NULL,"
+               " log_id TEXT NOT NULL, PRIMARY KEY (key, received, log_id)) WITHOUT ROWID")
+    db.execute("CREATE TRIGGER IF NOT EXISTS inbound_recipients_add AFTER INSERT ON inbound_log BEGIN"
+               f" INSERT OR IGNORE INTO inbound_recipients (key, received, log_id) {_recipient_keys('NEW')}; END")
+    db.execute("CREATE TRIGGER IF NOT EXISTS inbound_recipients_drop AFTER DELETE ON inbound_log BEGIN"
+               " DELETE FROM inbound_recipients WHERE received = OLD.received AND log_id = OLD.id"
+               f" AND key IN (SELECT k FROM ({_recipient_keys('OLD')})); END")
+    db.execute("INSERT OR IGNORE INTO inbound_recipients (key, received, log_id)"
+               f" SELECT * FROM ({_recipient_keys('l', 'inbound_log l, ')}) ORDER BY 1, 2, 3")
+    # events have one recipient each: indexes on its expressions (store.logs event_page)
+    db.execute(f"CREATE INDEX IF NOT EXISTS events_recipient ON events({EVENT_RECIPIENT}, received)")
+    db.execute(f"CREATE INDEX IF NOT EXISTS events_recipient_domain ON events({EVENT_DOMAIN}, received)")
+
+
 # The step that brings state.db from the version before to each version (store.migrations).
-_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3))
+_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
