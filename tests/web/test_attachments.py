@@ -15,13 +15,13 @@ import pytest
 
 from mxhook import config as configmod
 from mxhook import spool
-from mxhook.model import fetchurls
+from mxhook.model import fetchurls, keyring
 from mxhook.model.fetchurls import make_token
 from mxhook.model.records import iso
 from mxhook.payloads import registry
 from mxhook.model.rules import Rule
 from mxhook.model.targets import Destination
-from mxhook.services import attachments
+from mxhook.services import attachments, keyfiles
 from mxhook.services.errors import Invalid
 from mxhook.store import ingest
 from mxhook.store.statedb import AttemptRecord, StateStore
@@ -113,7 +113,7 @@ def test_the_raw_url_serves_the_message(stack):
 
 
 def _key(stack) -> bytes:
-    return attachments.KeyFile(configmod.load(stack.cfg.path).value("web", "attachment_key_file")).keys()
+    return keyfiles.KeyFile(configmod.load(stack.cfg.path).value("web", "attachment_key_file")).keys()
 
 
 def test_forged_expired_and_unknown_are_one_404(stack):
@@ -184,14 +184,14 @@ def test_rotate_key_keeps_the_previous_keys_until_the_ttl_after_their_successor(
     first = attachments.rotate_key(cfg, now=1_000_000.0)  # no file yet: made with one key
     assert first["kept"] == [] and first["dropped"] == []
     assert os.stat(path).st_mode & 0o777 == 0o640
-    keys = attachments.KeyFile(str(path))
+    keys = keyfiles.KeyFile(str(path))
     (a,) = keys.keys()
     signed_a = make_token((a,), "m1", "0", 2_000_000)
     day = 86400.0
     b = attachments.rotate_key(cfg, now=1_000_000.0 + day)
     c = attachments.rotate_key(cfg, now=1_000_000.0 + 7 * day)  # a: b came 6 days ago, kept
     assert c["kept"] == [first["key_id"], b["key_id"]] and c["dropped"] == []
-    assert fetchurls.key_id(keys.keys()[-1]) == c["key_id"]  # the newest signs
+    assert keyring.key_id(keys.keys()[-1]) == c["key_id"]  # the newest signs
     assert fetchurls.verify(keys.keys(), signed_a, 1_500_000.0) is not None  # the old verify
     d = attachments.rotate_key(cfg, now=1_000_000.0 + 8 * day)  # b came 7 days ago: a goes
     assert d["dropped"] == [first["key_id"]] and d["kept"] == [b["key_id"], c["key_id"]]
@@ -200,7 +200,7 @@ def test_rotate_key_keeps_the_previous_keys_until_the_ttl_after_their_successor(
     assert text.count("# added ") == 3 and len(keys.keys()) == 3
     e = attachments.rotate_key(cfg, drop_old=True, now=1_000_000.0 + 8 * day)
     assert e["kept"] == [] and len(e["dropped"]) == 3
-    assert [fetchurls.key_id(k) for k in keys.keys()] == [e["key_id"]]
+    assert [keyring.key_id(k) for k in keys.keys()] == [e["key_id"]]
     assert os.stat(path).st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".attachment-key")] == []
     path.write_text("not a key\n")

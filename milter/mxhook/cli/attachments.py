@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mxhook.cli.base import MxhookGroup, pass_app
-from mxhook.cli.output import emit_json
+from mxhook.cli.output import echo_rotated_key, emit_json
 from mxhook.services import attachments as attachment_service
 
 
@@ -26,8 +26,4 @@ def rotate_key(app, drop_old, as_json):
     if as_json:
         emit_json(done)
         return
-    click.echo(f"Added key {done['key_id']} to {done['path']}: it signs fetch URLs from now on")
-    if done["kept"]:
-        click.echo(f"Still verifying: {', '.join(done['kept'])}")
-    if done["dropped"]:
-        click.echo(f"Dropped (URLs signed with them no longer work): {', '.join(done['dropped'])}")
+    echo_rotated_key(done, "fetch URLs")
