@@ -5,6 +5,7 @@ before writing it, it is posted again after the restart with the same webhook-id
 state.db, real receiver on loopback, the spooler driven by the test."""
 from __future__ import annotations
 
+import time
 from concurrent.futures import wait
 
 from mxhook import spool
@@ -48,6 +49,8 @@ def test_stopping_leaves_queued_dispatches_due_and_posts_none_of_them(rx, tmp_pa
     try:
         sp.ingest_once()
         assert sp.dispatch() == 2  # one posting, one queued behind it
+        while not any(f.running() for f in sp.inflight):  # the worker took the first
+            time.sleep(0.001)
         sp.stop()
         sp.drain()
         assert not sp.inflight and not sp._unrecorded
@@ -102,3 +105,31 @@ def test_nonces_are_fresh_per_attempt_and_per_worker():
         t.join()
     assert len(drawn) == len(set(drawn)) == 1500
     assert all(len(n) == 32 and int(n, 16) >= 0 for n in drawn)
+
+
+def test_bulk_posts_wait_behind_everything_else_in_the_pool():
+    """PostPool: work submitted `behind` (a one-per-request endpoint's single-event posts) is
+    taken only when nothing else waits; shut down with cancel_futures, what waits is cancelled."""
+    import threading
+
+    pool = spooler.PostPool(1, "test-post")
+    gate, order = threading.Event(), []
+    try:
+        first = pool.submit(gate.wait)
+        while not first.running():
+            time.sleep(0.001)
+        bulk = [pool.submit(order.append, f"bulk{i}", behind=True) for i in range(3)]
+        urgent = [pool.submit(order.append, f"inbound{i}") for i in range(2)]
+        gate.set()
+        wait(bulk + urgent)
+        assert order == ["inbound0", "inbound1", "bulk0", "bulk1", "bulk2"]
+        gate.clear()
+        held = pool.submit(gate.wait)
+        while not held.running():
+            time.sleep(0.001)
+        queued = [pool.submit(order.append, "never", behind=i % 2 == 0) for i in range(4)]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # while the worker is held
+        gate.set()
+        pool.shutdown(wait=True)
+    assert all(f.cancelled() for f in queued) and "never" not in order

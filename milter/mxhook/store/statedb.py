@@ -184,6 +184,8 @@ class EventBatch:
     size: int
     created: str
     events: list[dict] = field(default_factory=list)
+    # its members' event ids in order, when known without a query (`create_batches` sets them)
+    event_ids: list[str] | None = field(default=None, compare=False)
 
 
 def enrich_event(event: dict, queued: dict | None) -> dict:
@@ -835,35 +837,37 @@ class StateStore:
         first batch the oldest. Returns the batches made, per endpoint in that order."""
         at = iso(now)
         made: list[EventBatch] = []
+        # a statement per endpoint, not per batch: each is a GIL hand-off to the post workers
         with self._write() as conn:
+            rows, members = [], []
             for endpoint_id, size, count, url in wanted:
                 size, count = int(size), int(count)
-                seqs = [row[0] for row in conn.execute(
-                    "SELECT seq FROM event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL"
-                    " ORDER BY seq LIMIT ?", (endpoint_id, size * count))]
-                members = []
-                for start in range(0, len(seqs), size):
-                    chunk = seqs[start:start + size]
+                pending = conn.execute(
+                    "SELECT seq, event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL"
+                    " ORDER BY seq LIMIT ?", (endpoint_id, size * count)).fetchall()
+                for start in range(0, len(pending), size):
+                    chunk = pending[start:start + size]
                     batch = EventBatch(BATCH_PREFIX + spool.new_id(), endpoint_id, "queued", 0,
-                                       None, at, len(chunk), at)
+                                       None, at, len(chunk), at, event_ids=[e for _, e in chunk])
                     made.append(batch)
-                    members.extend((batch.id, seq) for seq in chunk)
-                    conn.execute(
-                        "INSERT INTO event_batches (id, endpoint_id, url, created, size, status,"
-                        " attempts, next_attempt_at, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-                        (batch.id, endpoint_id, url, at, batch.size, at, at),
-                    )
-                conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ?", members)
+                    members.extend((batch.id, seq) for seq, _ in chunk)
+                    rows.append((batch.id, endpoint_id, url, at, batch.size, at, at))
+            conn.executemany(
+                "INSERT INTO event_batches (id, endpoint_id, url, created, size, status,"
+                " attempts, next_attempt_at, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)", rows)
+            conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ?", members)
         return made
 
     def batch_events(self, batch: EventBatch, *, rendered: bool = False) -> list[dict]:
         """The events of a batch in arrival order, as stored, enriched (see `enrich`). With
         `rendered`, events rendered at ingest come as payloads.events.V1Text (for
         render_events), the others as dicts."""
-        ids = [r[0] for r in self.conn.execute(
-            "SELECT event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
-            (batch.endpoint_id, batch.id),
-        )]
+        ids = batch.event_ids
+        if ids is None:
+            ids = [r[0] for r in self.conn.execute(
+                "SELECT event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
+                (batch.endpoint_id, batch.id),
+            )]
         recent = self._recent
         if not rendered:
             recent = {i: recent[i] for i in ids if i in recent and not isinstance(recent[i], str)}
