@@ -22,10 +22,13 @@ The loop, on the main thread (the only thread that touches state.db):
    attempts); `send` them to a pool of `workers` threads, each with its own requests session,
    where a dispatch's body is rendered (mxhook.payloads.registry) and POSTed once
    (mxhook.delivery.webhook). The pool holds up to POOL_DEPTH dispatches per worker, so a
-   freed worker takes the next one at once. The results that came back are settled on the
+   freed worker takes the next one at once, and beside them up to BULK_DEPTH per worker
+   single-event posts of one-per-request endpoints, taken only when nothing else waits
+   (`PostPool`). The results that came back are settled on the
    main thread (`collect_finished`) and written after the next posts were handed out
-   (`record_results`: all results finished by then in one transaction), so the COMMIT's
-   fsync overlaps with posting; until written, a dispatch is not picked again. The retry
+   (`record_results`: all results finished by then in one transaction; in the transaction
+   that makes the step's new event batches when it makes any), so the COMMIT's fsync
+   overlaps with posting; until written, a dispatch is not picked again. The retry
    policy (mxhook.model.retry) decides the next step: succeeded/failed are final; deferred is
    retried after the retry interval ±10 % jitter (or a longer Retry-After, at most an hour)
    until `retry period` days after the first attempt, then failed.
@@ -380,6 +383,8 @@ class Spooler:
             return 0
         # batches are sent before deliveries are picked: both take from the room in the pool
         started = self.send(self.pick_batches(flush=flush_events))
+        if self._record_pause:  # writing the results with the new batches failed
+            return started
         return started + self.send(self.pick_deliveries())
 
     def send(self, due: list[Dispatch]) -> int:
@@ -480,16 +485,24 @@ class Spooler:
         """Make due batches and pick the open ones that are due, as many as the pool has room
         for. A batching endpoint has one open batch at a time (its events in order); a
         one-event-per-request one up to model.batching.open_limit, each of one event.
-        `flush`: make batches of whatever is pending, due or not (--once)."""
+        `flush`: make batches of whatever is pending, due or not (--once).
+
+        The results not written yet are written in the transaction that makes the new batches
+        (one commit a step, not two): a batch whose result closes it (succeeded, failed) has
+        room taken by none, and an endpoint's next batch is made after its previous one is
+        settled in state.db, in the same COMMIT."""
         free, free_bulk = self._room()
         if self.stopping or (free <= 0 and free_bulk <= 0):
             return []
+        taken = self._busy()  # as of now: the results written below do not make them due
+        closing = {r.delivery_id for r in self._unrecorded if r.status in ("succeeded", "failed")}
         try:
             eps = self.current_endpoints()
             now = self.clock()
             open_batches: dict[int, list[EventBatch]] = {}
             for batch in self.state.open_batch_list():
-                open_batches.setdefault(batch.endpoint_id, []).append(batch)
+                if batch.id not in closing:
+                    open_batches.setdefault(batch.endpoint_id, []).append(batch)
             shapes = {i: _batch_shape(ep, self.workers) for i, ep in eps.items() if ep.enabled}
             # room for more open batches (one posting, or with its result not written yet, is
             # still open in state.db)
@@ -500,21 +513,25 @@ class Spooler:
             wanted = [(i, sizes[i], batching.batches_to_make(pending[i][0], sizes[i], room[i]),
                        eps[i].destination.url)
                       for i in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes)]
-            for batch in self.state.create_batches(wanted, now) if wanted else ():
+            made: list[EventBatch] = []
+            if wanted and not self._write_results(
+                    lambda results: made.extend(self.state.create_batches(wanted, now, results=results))):
+                return []
+            for batch in made:
                 open_batches.setdefault(batch.endpoint_id, []).append(batch)
                 log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, batch.endpoint_id, batch.size)
-            return self._due_batches(open_batches, eps, shapes, iso(now), free, free_bulk)
+            return self._due_batches(open_batches, eps, shapes, iso(now), free, free_bulk, taken)
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read event batches from state.db")
             return []
 
     def _due_batches(self, open_batches: dict[int, list[EventBatch]], eps: dict[int, Endpoint],
                      shapes: dict[int, tuple[int, int]], due_at: str, free: int,
-                     free_bulk: int) -> list[Dispatch]:
+                     free_bulk: int, taken: set[str]) -> list[Dispatch]:
         """The open batches to post now, up to `free` (those of one-per-request endpoints up
         to `free_bulk`: they are bulk dispatches): due, not posting, result written. A
-        batching endpoint's first open batch only, and none while it is posting or settling."""
-        taken = {d.id for d in self.inflight.values()} | {r.delivery_id for r in self._unrecorded}
+        batching endpoint's first open batch only, and none while it is posting or settling
+        (`taken`: the ids posting or settling)."""
         picked = []
         room = {False: free, True: free_bulk}
         for endpoint_id in sorted(open_batches):
@@ -703,10 +720,16 @@ class Spooler:
         receiver would be flooded. A damaged state.db stops the spooler (`_state_error`)."""
         if not self._unrecorded:
             return True
+        return self._write_results(self.state.record_attempts)
+
+    def _write_results(self, write: Callable[[list[AttemptRecord]], object]) -> bool:
+        """`write(results)`: the results not written yet, in one transaction with whatever
+        else `write` puts in it (`record_results`, whose pause and retry apply); True when it
+        was written."""
         if self.monotonic() < self._record_retry_at:
             return False
         try:
-            self.state.record_attempts(self._unrecorded)
+            write(self._unrecorded)
             self._unrecorded = []
         except sqlite3.Error as exc:
             self._record_pause = min(max(self._record_pause * 2, RECORD_RETRY_FIRST), RECORD_RETRY_MAX)
@@ -758,8 +781,9 @@ class Spooler:
 
         The results are written after the next posts started, so the workers post while the
         loop waits for the COMMIT's fsync; what finishes meanwhile goes into the next pass's
-        COMMIT. Results of event batches are written first: an endpoint's next batch is made
-        only once its previous one is settled in state.db. A dispatch whose result is not written yet is not picked again (`_busy`): if
+        COMMIT. When the pass makes event batches, the results are written with them, in
+        one COMMIT (`pick_batches`): an endpoint's next batch is made only once its previous
+        one is settled in state.db. A dispatch whose result is not written yet is not picked again (`_busy`): if
         the spooler dies first, it is posted again after the restart, with the same
         webhook-id."""
         background = self.state.checkpoint_error  # the checkpoint thread found damage?
@@ -773,9 +797,7 @@ class Spooler:
             handled = 0
         self.process_blocks()
         self.collect_finished()
-        if any(r.delivery_id.startswith(statedb.BATCH_PREFIX) for r in self._unrecorded):
-            self.record_results()  # first: their endpoints take their next batch in this pass
-        self.dispatch()
+        self.dispatch()  # writes the results with the batches it makes (pick_batches)
         self.record_results()
         self.retention.background(self.clock(), self.monotonic)  # a few bounded transactions
         if handled >= self.ingest_batch or self.more_waiting:
