@@ -139,9 +139,8 @@ HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open seg
 SPOOL_WATCH = 0.02
 # Dispatches handed to the post pool: up to POOL_DEPTH per worker, so a worker that finished a
 # post takes the next due one at once instead of idling while the loop commits results and
-# ingests (the loop's pass, two fsyncs, took longer than a wave of posts; one-per-request posts
-# take ~0.1 ms each, so a pass's worth is several per worker: model.batching.OPEN_PER_WORKER).
-# The price: an inbound delivery may wait behind that many posts per worker.
+# ingests (the loop's pass, two fsyncs, took longer than a wave of posts). The price: an
+# inbound delivery may wait behind that many posts per worker.
 POOL_DEPTH = 8
 # Single-event posts of one-per-request endpoints (Dispatch.bulk) have a budget of their own in
 # the pool, BULK_DEPTH per worker, and are taken after everything else waiting there (PostPool):
