@@ -3,7 +3,8 @@ parser and correlator of postfix/maillog.py).
 
     mxhook-logfollow [--config PATH] [--once]
 
-Sources (`[logfollow] source`):
+Sources (`[logfollow] source`; `auto`, the default, picks one with `choose_source`: Postfix's
+`maillog_file`, else `path` if it exists, else the journal if journald runs, else `path`):
 
 * `file` — a log file (`path`, e.g. /var/log/mail.log or Postfix's own `maillog_file`),
   polled every `poll_interval` seconds. Only complete lines (ending in a newline) are
@@ -87,6 +88,71 @@ class LogfollowSettings(config.FromConfig):
     max_tracked_messages: int
     ignore_null_sender: bool
     stats_interval: float
+    postfix_config_dir: str = config.from_section("milter")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which source (`auto`)
+
+JOURNAL_SOCKET_DIR = "/run/systemd/journal"  # exists while journald runs; replaced in tests
+POSTCONF = "postconf"
+
+
+def journald_running() -> bool:
+    return os.path.isdir(JOURNAL_SOCKET_DIR)
+
+
+def postfix_maillog_file(config_dir: str = "") -> str:
+    """Postfix's maillog_file (Postfix >= 3.4 logging to a file of its own), or "" when it sets
+    none or cannot be asked."""
+    cmd = [POSTCONF, *(["-c", config_dir] if config_dir else []), "-h", "maillog_file"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    value = proc.stdout.strip() if proc.returncode == 0 else ""
+    return "" if value.startswith("/dev/") else value  # /dev/stdout: a container's log
+
+
+@dataclass(frozen=True)
+class Chosen:
+    source: str  # "file" or "journald"
+    path: str  # the file (source file)
+    why: str  # for the start-up line and `mxhook check`
+    missing: bool = False  # source file whose path does not exist
+
+
+def choose_source(source: str, path: str, state: dict | None, *, maillog_file=postfix_maillog_file,
+                  exists=os.path.exists, journal=journald_running) -> Chosen:
+    """What `[logfollow] source` means here. `auto`: a saved position's source while it is
+    still there, else Postfix's maillog_file, else `path` when it exists, else the journal when
+    journald runs, else `path` (missing: warned about)."""
+    if source == "journald":
+        return Chosen("journald", "", "[logfollow] source = journald")
+    if source == "file":
+        return Chosen("file", path, "[logfollow] source = file", missing=not exists(path))
+    if state and state.get("source") == "journald":
+        return Chosen("journald", "", "auto: the saved position is in the journal")
+    if state and state.get("source") == "file" and state.get("path") and exists(state["path"]):
+        return Chosen("file", state["path"], "auto: the saved position is in this file")
+    own = maillog_file()
+    if own:
+        return Chosen("file", own, "auto: Postfix's maillog_file", missing=not exists(own))
+    if exists(path):
+        return Chosen("file", path, "auto: [logfollow] path exists")
+    if journal():
+        return Chosen("journald", "", f"auto: {path} does not exist and journald runs")
+    return Chosen("file", path, f"auto: {path} does not exist and journald does not run", missing=True)
+
+
+def describe(chosen: Chosen) -> str:
+    where = "the journal" if chosen.source == "journald" else chosen.path
+    text = f"{where} ({chosen.why})"
+    if chosen.missing:
+        text += (f"; {chosen.path} does not exist: no delivery events until it does (is a "
+                 "syslog daemon such as rsyslog writing mail there? else set [logfollow] "
+                 "source = journald or path)")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,8 +678,10 @@ class Follower:
         state_dir = os.path.dirname(os.path.abspath(settings.state_file))
         os.makedirs(state_dir, exist_ok=True)
         state = load_state(settings.state_file)
-        if settings.source == "file":
-            self.source = FileSource(settings.path, state, settings.start_at)
+        self.chosen = choose_source(settings.source, settings.path, state,
+                                    maillog_file=lambda: postfix_maillog_file(settings.postfix_config_dir))
+        if self.chosen.source == "file":
+            self.source = FileSource(self.chosen.path, state, settings.start_at)
         else:
             self.source = JournalSource(settings.journalctl, settings.journal_match, state,
                                         settings.start_at, follow=follow)
@@ -722,14 +790,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         follower = Follower(settings, follow=not args.once)
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     signal.signal(signal.SIGTERM, follower.stop)
     signal.signal(signal.SIGINT, follower.stop)
-    log.info("following %s (%s), spooling events to %s",
-             settings.path if settings.source == "file" else "the journal", settings.source,
-             settings.spool_dir)
+    (log.warning if follower.chosen.missing else log.info)(
+        "following %s, spooling events to %s", describe(follower.chosen), settings.spool_dir)
     try:
         return follower.run()
     except OSError as exc:
