@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from mxhook import config
-from mxhook.daemons import logfollow
-from mxhook.daemons.logfollow import choose_source, describe
+from mxhook.postfix import logsource
+from mxhook.postfix.logsource import choose_source, describe
 
 LOG = "/var/log/mail.log"
 
@@ -58,21 +58,21 @@ def test_explicit_sources_are_kept_and_a_missing_file_is_flagged():
 
 
 def test_start_up_warns_when_the_file_does_not_exist(tmp_path, monkeypatch):
-    monkeypatch.setattr(logfollow, "JOURNAL_SOCKET_DIR", str(tmp_path / "no-journal"))
-    monkeypatch.setattr(logfollow, "POSTCONF", str(tmp_path / "no-postconf"))
+    monkeypatch.setattr(logsource, "JOURNAL_SOCKET_DIR", str(tmp_path / "no-journal"))
+    monkeypatch.setattr(logsource, "POSTCONF", str(tmp_path / "no-postconf"))
     conf = tmp_path / "mxhook.conf"
     conf.write_text(config.render({"paths": {"spool_dir": str(tmp_path / "spool")}, "logfollow": {
         "path": str(tmp_path / "mail.log"), "state_file": str(tmp_path / "pos"), "log": "stderr"}}))
-    code = ("import sys; from mxhook.daemons import logfollow as l; "
+    code = ("import sys; from mxhook.daemons import logfollow; from mxhook.postfix import logsource as l; "
             f"l.JOURNAL_SOCKET_DIR = {str(tmp_path / 'no-journal')!r}; "
             f"l.POSTCONF = {str(tmp_path / 'no-postconf')!r}; "
-            f"sys.exit(l.main(['--config', {str(conf)!r}, '--once']))")
+            f"sys.exit(logfollow.main(['--config', {str(conf)!r}, '--once']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "WARNING" in r.stderr and "mail.log does not exist: no delivery events" in r.stderr
 
 
-@pytest.mark.skipif(not (logfollow.journald_running() and shutil.which("journalctl")),
+@pytest.mark.skipif(not (logsource.journald_running() and shutil.which("journalctl")),
                     reason="journald does not run on this machine (no /run/systemd/journal): "
                            "the real-journal run is skipped")
 def test_auto_reads_the_real_journal(tmp_path):
