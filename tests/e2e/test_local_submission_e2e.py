@@ -44,3 +44,23 @@ def test_sendmail_through_non_smtpd_milters(make_stack):
     log = st.postfix.log_text()
     assert "can't reject recipient" not in log, log
     assert f"to=<{gone}>" not in log, log
+
+
+def test_check_reads_the_real_instance(make_stack):
+    """`postconf -x` expands `$smtpd_milters` and `postfix status` tells a stopped instance, on
+    the real Postfix."""
+    from mxhook.services.check import check_local_submission, check_postfix_running
+    from mxhook.services.postfix import Postfix
+    from tests.support.daemons import MILTER_SOCKET_SPEC
+
+    st = make_stack(postfix_main_cf={"non_smtpd_milters": "$smtpd_milters"}, spooler=False)
+    postfix = Postfix(st.postfix.config_dir)
+    values = {"queue_directory": st.postfix.queue_dir, "non_smtpd_milters": "$smtpd_milters",
+              "milter_default_action": "tempfail"}
+    [r] = check_local_submission(postfix, values, MILTER_SOCKET_SPEC)
+    assert r["ok"] and "(through $smtpd_milters) names mxhook's milter" in r["message"], r
+    [r] = check_postfix_running(postfix)
+    assert r["ok"], r
+    st.postfix.stop()
+    [r] = check_postfix_running(postfix)
+    assert not r["ok"] and r["code"] == "postfix_stopped", r
