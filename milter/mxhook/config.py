@@ -344,9 +344,11 @@ SCHEMA: tuple[Key, ...] = (
     ),
     *_section(
         "logfollow",
-        ("source", choice("file", "journald"), "file",
-         "file (follow a log file, with rotation and truncation) or journald."),
-        ("path", PATH, "/var/log/mail.log", "the log file to follow when source = file."),
+        ("source", choice("auto", "file", "journald"), "auto",
+         "auto, file (follow a log file, with rotation and truncation) or journald; auto "
+         "follows Postfix's maillog_file when it sets one, else path when it exists, else the "
+         "journal when journald runs (a stock Debian 12 logs mail there only), else path."),
+        ("path", PATH, "/var/log/mail.log", "the log file to follow when source = file (or auto chooses it)."),
         ("state_file", PATH, "/var/lib/mxhook/logfollow.state",
          "saved position (inode, offset and a fingerprint of the file's first 1,024 bytes or "
          "fewer if it is shorter, or journal cursor), written only after the events of those "

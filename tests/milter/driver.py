@@ -16,7 +16,7 @@ OFFERED = (Milter.CURR_ACTS, 0x1FFFFF, 0, 0)
 
 class Connection:
     def __init__(self, wiring: Wiring, client=("192.0.2.7", "mail.sender.example"),
-                 helo="mail.sender.example"):
+                 helo="mail.sender.example", port=40000):
         self.milter = wiring.factory()()
         self.macros: dict[str, str] = {}
         self.reply: tuple | None = None
@@ -25,7 +25,7 @@ class Connection:
         self.at_eom = False  # libmilter allows recipient changes at end of message only
         self.milter._setctx(self)
         self.milter.negotiate(list(OFFERED))
-        self.milter.connect(client[1], socket.AF_INET, (client[0], 40000))
+        self.milter.connect(client[1], socket.AF_INET, (client[0], port))
         self.milter.hello(helo)
 
     # -- the context pymilter's Base calls ----------------------------------------------------

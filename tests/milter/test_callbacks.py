@@ -222,6 +222,53 @@ def test_blocked_recipient_is_refused_and_reported(env):
     assert (blocked["type"], blocked["recipient"], blocked["auth_user"]) == ("blocked", "gone@else.example", "app1")
 
 
+def local_submission(env, **settings):
+    """What cleanup(8) pretends for mail given to sendmail(1) (non_smtpd_milters)."""
+    env(**settings)
+    return Connection(env.wiring, client=("127.0.0.1", "localhost"), helo="localhost", port=0)
+
+
+def test_local_submission_is_outbound_with_subject_and_custom_headers(env):
+    ctx = local_submission(env, event_headers="X-App-Id", trusted_networks="192.0.2.0/24")
+    assert ctx.send(["<x@else.example>", "<nobody@ours.example>"], OUT_HEADERS,
+                    mail_from="<www-data@ours.example>", queue_id="4QLOC1") == ("eom", Milter.ACCEPT)
+    evs = sorted((r.meta for r in records(env)), key=lambda m: m["recipient"])
+    assert [(e["type"], e["recipient"]) for e in evs] == [("queued", "nobody@ours.example"), ("queued", "x@else.example")]
+    assert (evs[1]["subject"], evs[1]["custom_headers"], evs[1]["client_addr"]) == (
+        "Your receipt", {"x-app-id": "shop-7"}, "127.0.0.1")
+
+
+def test_a_local_smtp_client_is_not_a_local_submission(env):
+    env(trusted_networks="192.0.2.0/24")
+    ctx = Connection(env.wiring, client=("127.0.0.1", "localhost"), helo="localhost", port=41000)
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS) == ("rcpt", Milter.REJECT)  # inbound
+
+
+def test_local_submission_blocked_recipient_is_deleted_at_end_of_message_never_refused(env):
+    env.store.block_add("gone@else.example", reason="5.1.1 user unknown", source="cli")
+    ctx = local_submission(env, event_headers="X-App-Id")
+    assert ctx.mail("<www-data@ours.example>") == Milter.NOREPLY
+    assert ctx.rcpt("<Gone@Else.Example>") == Milter.CONTINUE  # Postfix defers the message on REJECT
+    assert ctx.rcpt("<ok@else.example>") == Milter.CONTINUE
+    ctx.macros["i"] = "4QLOC2"
+    assert ctx.data(OUT_HEADERS) == ("eom", Milter.ACCEPT)
+    assert ctx.deleted == ["<Gone@Else.Example>"]
+    evs = {r.meta["type"]: r.meta for r in records(env)}
+    assert evs["queued"]["recipient"] == "ok@else.example"
+    blocked = evs["blocked"]
+    assert (blocked["recipient"], blocked["queue_id"], blocked["subject"], blocked["custom_headers"]) == (
+        "gone@else.example", "4QLOC2", "Your receipt", {"x-app-id": "shop-7"})
+    assert "block list" in blocked["reason"] or "user unknown" in blocked["reason"]
+
+
+def test_local_submission_with_only_blocked_recipients_is_discarded(env):
+    env.store.block_add("gone@else.example", reason=None, source="cli")
+    ctx = local_submission(env)
+    assert ctx.send(["<gone@else.example>"], OUT_HEADERS, queue_id="4QLOC3") == ("eom", Milter.DISCARD)
+    assert ctx.deleted == ["<gone@else.example>"]
+    assert [(r.meta["type"], r.meta["recipient"]) for r in records(env)] == [("blocked", "gone@else.example")]
+
+
 def test_suppression_refuses_only_mail_of_its_sending_domain(env):
     env.store.block_add("carol@else.example", reason="unsubscribed", source="unsubscribe",
                         scope="shop.example")

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import pwd
+import re
 import shutil
 import socket
 import sqlite3
@@ -55,6 +56,7 @@ class FakePostfix:
     def __init__(self, tmp_path, queue_dir, **main):
         self.dir = tmp_path / "postfix-etc"
         self.dir.mkdir()
+        self.running = True  # `postfix status`
         self.main = {
             "config_directory": str(self.dir),
             "queue_directory": queue_dir,
@@ -107,6 +109,10 @@ class FakePostfix:
                 return done(rc=1, err=f"postconf: fatal: open {self.dir}/main.cf: No such file or directory\n")
             if args[0] == "-h":
                 return done(self.main.get(args[1], "") + "\n")
+            if args[:2] == ["-x", "-h"]:  # $name expanded, once is enough here
+                value = re.sub(r"\$\{?(\w+)\}?", lambda m: self.main.get(m.group(1), ""),
+                               self.main.get(args[2], ""))
+                return done(value + "\n")
             if args[0] == "-e":
                 name, _, value = args[1].partition(" = ")
                 self.main[name] = value
@@ -116,6 +122,8 @@ class FakePostfix:
                 return done(self.master_fields)
             if args[0] == "-P":
                 return done(self.master_overrides)
+        if prog == "postfix" and args == ["status"]:
+            return done(rc=0 if self.running else 1)
         if prog == "postfix" and args == ["reload"]:
             return done("postfix/postfix-script: refreshing the Postfix mail system\n")
         raise AssertionError(f"unexpected command {argv}")
@@ -140,8 +148,10 @@ class Env:
             "paths": {"rules_db": self.rules_db, "state_db": self.state_db, "spool_dir": self.spool_dir},
             "milter": {"socket": "unix:" + self.socket_path},
             "web": {"access_db": str(tmp_path / "lib" / "access.db")},
-            "logfollow": {"state_file": str(tmp_path / "lib" / "logfollow.state")},
+            "logfollow": {"state_file": str(tmp_path / "lib" / "logfollow.state"),
+                          "path": str(tmp_path / "mail.log")},
         }
+        (tmp_path / "mail.log").write_text("")
         self.write_config()
         self.postfix = FakePostfix(tmp_path, self.queue_dir, **main)
         monkeypatch.setattr(postfixsvc, "run_command", self.postfix)
@@ -423,12 +433,13 @@ def test_check_healthy(env):
     assert problems(results) == []
     assert status == 0
     assert [r["check"] for r in results] == ["config", "rules_db", "state_db", "spool", "milter",
-                                             "spooler", "logfollow", "web", "socket", "postfix"]
+                                             "spooler", "logfollow", "web", "postfix_running",
+                                             "logfollow_source", "socket", "postfix", "local_submission"]
     assert env.probes == [(env.socket_path, ME)]
     assert results[1]["message"].endswith("; 1 permitted domain, 0 enabled rules")
     text = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert text.exit_code == 0
-    assert text.stdout.splitlines()[-1] == "everything checked is fine (10 checks)"
+    assert text.stdout.splitlines()[-1] == "everything checked is fine (13 checks)"
 
 
 def test_check_missing_socket(env):
@@ -460,7 +471,7 @@ def test_check_smtpd_milters_lacking_ours(env):
     assert problems(results) == [
         f"{env.postfix.dir}: Postfix's smtpd_milters does not name mxhook's socket "
         "unix:mxhook/milter.sock: run `mxhook postfix-config --apply`, then `postfix reload`"]
-    assert [r.get("code") for r in results] == [None] * 9 + ["postfix_not_wired"]
+    assert [r.get("code") for r in results] == [None] * 11 + ["postfix_not_wired", None]
     # the text form: one line per problem, and a count
     res = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert res.exit_code == 1
@@ -475,7 +486,7 @@ def test_check_accepts_the_port_25_only_alternative(env):
     env.postfix.master_overrides = f"smtp/inet/smtpd_milters = {OURS}\n"
     status, results = env.check()
     assert status == 0, problems(results)
-    assert "master.cf smtp/inet" in results[-1]["message"]
+    assert "master.cf smtp/inet" in [r for r in results if r["check"] == "postfix"][0]["message"]
 
 
 def test_check_default_action_accept_is_a_problem(env):
@@ -635,7 +646,8 @@ def test_check_config_values_every_daemon_reads(env):
         assert needle in joined, joined
     # the other checks still ran
     assert {r["check"] for r in results} == {"config", "rules_db", "state_db", "spool", "socket", "postfix",
-                                             "milter", "spooler", "logfollow", "web"}
+                                             "milter", "spooler", "logfollow", "web", "postfix_running",
+                                             "logfollow_source", "local_submission"}
 
 
 def test_check_unloadable_config_stops_early(env):

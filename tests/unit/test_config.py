@@ -137,7 +137,7 @@ def test_daemon_settings_are_typed_and_name_every_bad_key():
     with pytest.raises(config.ConfigError) as raised:
         LogfollowSettings.from_config(bad)
     assert str(raised.value).splitlines() == [
-        "built-in defaults: [logfollow] source = 'syslog': must be one of file, journald",
+        "built-in defaults: [logfollow] source = 'syslog': must be one of auto, file, journald",
         "built-in defaults: [logfollow] batch_lines must be at least 1, got 0",
     ]
     SpoolerSettings.from_config(bad)  # the log keys are logsetup's, which falls back

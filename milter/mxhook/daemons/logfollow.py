@@ -3,7 +3,8 @@ parser and correlator of postfix/maillog.py).
 
     mxhook-logfollow [--config PATH] [--once]
 
-Sources (`[logfollow] source`):
+Sources (`[logfollow] source`; `auto`, the default, picks one with `choose_source`: Postfix's
+`maillog_file`, else `path` if it exists, else the journal if journald runs, else `path`):
 
 * `file` — a log file (`path`, e.g. /var/log/mail.log or Postfix's own `maillog_file`),
   polled every `poll_interval` seconds. Only complete lines (ending in a newline) are
@@ -63,11 +64,11 @@ from mxhook import config
 from mxhook.model import events
 from mxhook.daemons import logsetup
 from mxhook.postfix import maillog
+from mxhook.postfix.logsource import STATE_VERSION, choose_source, describe, load_state, postfix_maillog_file
 from mxhook import heartbeat, spool
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -87,25 +88,11 @@ class LogfollowSettings(config.FromConfig):
     max_tracked_messages: int
     ignore_null_sender: bool
     stats_interval: float
+    postfix_config_dir: str = config.from_section("milter")
 
 
 # ---------------------------------------------------------------------------------------------
 # Position state
-
-def load_state(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            state = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("position file %s unreadable (%s): starting as if new", path, exc)
-        return None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        log.warning("position file %s has an unknown format: starting as if new", path)
-        return None
-    return state
-
 
 def save_state(path: str, state: dict) -> None:
     """Atomically and durably replace the position file."""
@@ -612,8 +599,10 @@ class Follower:
         state_dir = os.path.dirname(os.path.abspath(settings.state_file))
         os.makedirs(state_dir, exist_ok=True)
         state = load_state(settings.state_file)
-        if settings.source == "file":
-            self.source = FileSource(settings.path, state, settings.start_at)
+        self.chosen = choose_source(settings.source, settings.path, state,
+                                    maillog_file=lambda: postfix_maillog_file(settings.postfix_config_dir))
+        if self.chosen.source == "file":
+            self.source = FileSource(self.chosen.path, state, settings.start_at)
         else:
             self.source = JournalSource(settings.journalctl, settings.journal_match, state,
                                         settings.start_at, follow=follow)
@@ -722,14 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         follower = Follower(settings, follow=not args.once)
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     signal.signal(signal.SIGTERM, follower.stop)
     signal.signal(signal.SIGINT, follower.stop)
-    log.info("following %s (%s), spooling events to %s",
-             settings.path if settings.source == "file" else "the journal", settings.source,
-             settings.spool_dir)
+    (log.warning if follower.chosen.missing else log.info)(
+        "following %s, spooling events to %s", describe(follower.chosen), settings.spool_dir)
     try:
         return follower.run()
     except OSError as exc:

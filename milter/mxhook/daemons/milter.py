@@ -8,9 +8,12 @@ end of headers and end of message, and perform its answer: the SMTP reply, the s
 recipient changes (delrcpt, reject stand-ins, Postfix's discard transport) and the decision
 log. Any failure → 451.
 
-Outbound mail (authenticated client, trusted network, or an `outbound_daemon_names` service)
-is not subject to inbound rules: RCPT to an address on the block list is refused (event
-`blocked`), and at end of message a `queued` event per recipient is spooled before ACCEPT.
+Outbound mail (authenticated client, trusted network, an `outbound_daemon_names` service, or a
+local submission through sendmail(1) when non_smtpd_milters names mxhook) is not subject to
+inbound rules: RCPT to an address on the block list is refused (event `blocked`), and at end of
+message a `queued` event per recipient is spooled before ACCEPT. A local submission's recipients
+cannot be refused (Postfix then defers the whole message as a configuration error): blocked
+ones are deleted at end of message instead, and a message left without recipients is discarded.
 Tracking (docs/tracking.md): what a message gets is decided at end of headers from its sending
 domain's settings and its `X-Mxhook-Track` field; at end of message the body is rewritten
 (model/tracking.py), List-Unsubscribe and X-Mxhook-Ref are added and X-Mxhook-Track removed.
@@ -47,8 +50,8 @@ from mxhook.model import inbound
 from mxhook.model import tracking as rewriter
 from mxhook.model import tracktokens
 from mxhook.model.envelope import (
-    AUTHENTICATED, DAEMON_NAME, INBOUND, TRUSTED_NETWORK, Envelope, header_values, milter_events,
-    utc_now)
+    AUTHENTICATED, DAEMON_NAME, INBOUND, LOCAL_CLIENT, LOCAL_SUBMISSION, TRUSTED_NETWORK, Envelope,
+    header_values, milter_events, utc_now)
 from mxhook.model.headers import address_domain, normalize_address, plain_address, to_text
 from mxhook.model.records import DeniedRecord, iso
 from mxhook.model.rules import RuleError
@@ -278,6 +281,7 @@ class MxhookMilter(Milter.Base):
         self.wiring = wiring
         self.settings = wiring.settings
         self.client = ("", "", "")  # client_addr, client_name, helo
+        self.local = False  # cleanup's pretended connection of a local submission (LOCAL_CLIENT)
         self._reset()
 
     def _reset(self) -> None:
@@ -286,6 +290,7 @@ class MxhookMilter(Milter.Base):
         self.envelope = Envelope(client_addr=addr, client_name=name, helo=helo)
         self.inbound: inbound.Inbound | None = None  # inbound mail: the decision of this message
         self.outbound_rcpts: list[str] = []
+        self.blocked_rcpts: list[tuple[str, str, str]] = []  # local submission: (rcpt, given, reason)
         self.raw_headers: list[tuple[str, bytes]] = []
         self.body_chunks: list[bytes] = []
         self.body_size = 0
@@ -297,7 +302,9 @@ class MxhookMilter(Milter.Base):
     @Milter.noreply
     def connect(self, hostname, family, hostaddr):
         addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else ""
+        port = hostaddr[1] if isinstance(hostaddr, tuple) and len(hostaddr) > 1 else None
         self.client = (addr, hostname or "", "")
+        self.local = (hostname, addr, port) == LOCAL_CLIENT
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -312,6 +319,8 @@ class MxhookMilter(Milter.Base):
         self.envelope.auth_user = self.getsymval("{auth_authen}") or ""
         if self.envelope.auth_user:
             return AUTHENTICATED
+        if self.local:
+            return LOCAL_SUBMISSION
         if self.getsymval("{daemon_name}") in self.settings.outbound_daemon_names:
             return DAEMON_NAME
         if self.settings.is_trusted(self.envelope.client_addr):
@@ -343,7 +352,7 @@ class MxhookMilter(Milter.Base):
         if self.inbound is None:
             # Events name the recipient as the application wrote it (U-labels and all), as
             # Postfix's log does; comparisons normalize both sides (block list, state.db).
-            return self._outbound_rcpt(plain_address(text))
+            return self._outbound_rcpt(plain_address(text), text.strip())
         rcpt = self.envelope.recipient(text)
         answer = self.inbound.rcpt(rcpt)
         if answer.note:
@@ -439,11 +448,14 @@ class MxhookMilter(Milter.Base):
                              event_headers=names, received=iso(self.wiring.clock()),
                              new_id=self.wiring.new_id, **fields)
 
-    def _outbound_rcpt(self, rcpt: str):
+    def _outbound_rcpt(self, rcpt: str, given: str):
         domain = address_domain(self.envelope.sender)
         found = self.wiring.blocklist.find(rcpt, domain) if self.settings.blocklist else None
         if found:
             reason = refusal_reason(found[0], domain)
+            if self.envelope.direction == LOCAL_SUBMISSION:  # refused at end of message
+                self.blocked_rcpts.append((rcpt, given if given.startswith("<") else f"<{given}>", reason))
+                return Milter.CONTINUE
             try:
                 self.wiring.segments.append(spool.event_record(self._events("blocked", [rcpt], reason=reason)[0]))
             except OSError as exc:  # the event must not be lost: let the client retry
@@ -476,12 +488,19 @@ class MxhookMilter(Milter.Base):
         tracked = self._tracked()
         fields = {"reason": tracked.reason} if tracked.reason else {}
         records = [spool.event_record(e) for e in self._events("queued", self.outbound_rcpts, **fields)]
+        records += [spool.event_record(e) for rcpt, _given, reason in self.blocked_rcpts
+                    for e in self._events("blocked", [rcpt], reason=reason)]
         try:
             # The log follower's outcomes for these recipients come later, in files named
             # after this segment: the spooler takes them only once it is sealed (ingest_bound).
             self.wiring.segments.append_many(records)
         except OSError as exc:
             return self._tempfail("cannot spool queued events", exc, "record the message")
+        for rcpt, given, reason in self.blocked_rcpts:
+            self.delrcpt(given)
+            self._log_decision(inbound.Logged("blocked", [rcpt], "blocklist", reason))
+        if self.blocked_rcpts and not self.outbound_rcpts:
+            return Milter.DISCARD  # no recipient left: Postfix would keep an empty queue file
         self._change(tracked)
         self._log_decision(inbound.Logged("queued", self.outbound_rcpts, self.envelope.direction,
                                           tracked.reason or "outbound"))

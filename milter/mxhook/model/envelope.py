@@ -12,6 +12,10 @@ from mxhook.model.headers import decode_value, first_address, normalize_address,
 
 INBOUND = ""  # Envelope.direction of inbound mail; outbound mail names why it is outbound
 AUTHENTICATED, DAEMON_NAME, TRUSTED_NETWORK = "authenticated", "daemon_name", "trusted_network"
+# Mail given to Postfix's sendmail(1) (pickup, then cleanup's non_smtpd_milters): cleanup
+# pretends a connection from localhost[127.0.0.1] port 0, which no SMTP client can have.
+LOCAL_SUBMISSION = "local_submission"
+LOCAL_CLIENT = ("localhost", "127.0.0.1", 0)
 
 
 @dataclass(slots=True)

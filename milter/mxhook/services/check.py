@@ -1,9 +1,11 @@
 """The health check: the config (every setting the daemons read), rules.db and state.db
 (readable, known schema, integrity, permissions), the milter socket (mode, group, and a real
 connection as Postfix's user when run as root), the spool directories, Postfix's
-smtpd_milters (and that no DKIM signer comes before mxhook's milter: `check_dkim_order`), and
-whether each daemon is alive (`check_daemons`). One result per check and per problem, each saying
-what to do."""
+smtpd_milters (and that no DKIM signer comes before mxhook's milter: `check_dkim_order`),
+non_smtpd_milters (`check_local_submission`), whether each daemon is alive (`check_daemons`),
+Postfix is running (`check_postfix_running`) and the log follower has a log to read
+(`check_log_source`). One result per check and per problem, each saying what to do. A check
+that meets a file this user may not read says so and the others go on (`as_this_user`)."""
 from __future__ import annotations
 
 import grp
@@ -21,7 +23,9 @@ from urllib.parse import quote
 from mxhook import config as configmod
 from mxhook import heartbeat
 from mxhook.model.rules import AUTHENTICATION_FIELDS
+from mxhook.postfix import logsource
 from mxhook.postfix import postconf as pc
+from mxhook.services.errors import Unavailable
 from mxhook.services.postfix import (
     EXTRA_PARAMETERS,
     Postfix,
@@ -33,6 +37,7 @@ from mxhook.services.postfix import (
     result,
     socket_path,
 )
+from mxhook.services.stores import exists
 from mxhook.store import integrity
 
 # Tables state.db's schema has: a file of the current version without them is not ours.
@@ -91,9 +96,10 @@ def check_database(check: str, label: str, path: str, uids: list[int], *, versio
     """Open read-only, schema version (or required tables), quick integrity check, and file
     permissions for the daemons' users `uids` (WAL: they must also write -wal/-shm and the
     directory)."""
-    if not os.path.exists(path):
+    if not exists(path, label):
         return [result(check, missing_ok, f"{label} {path} does not exist{' yet' if missing_ok else ''}: "
                                            f"{missing_hint}")]
+    open(path, "rb").close()  # PermissionError (as_this_user), not sqlite's "unable to open"
     problems: list[str] = []
     summary = ""
     extra = ""
@@ -253,6 +259,38 @@ def daemon_uids(socket_spec: str, spool_dir: str) -> list[int]:
     return uids or [os.geteuid()]
 
 
+UNREADABLE = "cannot be read by this user (run as root or as a member of group mxhook)"
+
+
+def as_this_user(check: str, fn, *args, **kwargs) -> list[dict]:
+    """The results of one check, or the line saying it met a file this user may not read (a
+    non-root `mxhook check` goes on with the others)."""
+    try:
+        return fn(*args, **kwargs)
+    except PermissionError as exc:
+        return [result(check, False, f"{exc.filename or 'a file it needs'} {UNREADABLE}",
+                       "permission_denied")]
+    except Unavailable as exc:  # stores.exists: a directory on the way is not searchable
+        return [result(check, False, str(exc), exc.code)]
+
+
+def check_fault(state_db: str) -> list[dict]:
+    """mxhook-spooler's fault file (it stopped on a damaged state.db)."""
+    fault_file = integrity.fault_path(state_db)
+    try:
+        if not exists(fault_file, "state database fault file"):
+            return []
+    except Unavailable:  # its directory: the state_db line says so
+        return []
+    open(fault_file, "rb").close()  # PermissionError, not a fault line saying "cannot read"
+    fault = integrity.read_fault(state_db)
+    if not fault:
+        return []
+    return [result("state_db", False, f"mxhook-spooler stopped: state database {state_db} is "
+                                      f"damaged ({fault}); spooled mail waits in new/: restore "
+                                      "state.db from a backup, then restart mxhook-spooler")]
+
+
 def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
     """Every check, in order: [{check, ok, message, code (on some problems)}]. The config is
     loaded here (from `config_path`, else $MXHOOK_CONFIG or the default), as a broken one is
@@ -274,28 +312,25 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
     uids = daemon_uids(socket_spec, cfg.spool_dir)
     from mxhook.store import rulesdb as dbmod
 
-    results += check_database(
-        "rules_db", "rules database", cfg.rules_db, uids, version=dbmod.SCHEMA_VERSION,
+    results += as_this_user(
+        "rules_db", check_database, "rules_db", "rules database", cfg.rules_db, uids, version=dbmod.SCHEMA_VERSION,
         missing_hint="no domain is permitted, so inbound mail is refused; `mxhook domain add "
                      "DOMAIN` creates it", private="endpoint secrets", missing_ok=True,
         describe=_describe_rules)
-    results += check_authentication(cfg)
+    results += as_this_user("authentication", check_authentication, cfg)
     from mxhook.store import statedb
 
-    results += check_database(
-        "state_db", "state database", cfg.state_db, uids, version=statedb.SCHEMA_VERSION,
+    results += as_this_user(
+        "state_db", check_database, "state_db", "state database", cfg.state_db, uids, version=statedb.SCHEMA_VERSION,
         tables=STATE_TABLES, missing_hint="start mxhook-spooler (it creates it)",
         private="mail and delivery logs", upgrade_hint="restarting mxhook-spooler upgrades it")
-    fault = integrity.read_fault(cfg.state_db)
-    if fault:
-        results.append(result("state_db", False, f"mxhook-spooler stopped: state database "
-                                                  f"{cfg.state_db} is damaged ({fault}); spooled mail "
-                                                  "waits in new/: restore state.db from a backup, "
-                                                  "then restart mxhook-spooler"))
-    results += check_spool(cfg.spool_dir, uids)
-    results += check_daemons(cfg)
+    results += as_this_user("state_db", check_fault, cfg.state_db)
+    results += as_this_user("spool", check_spool, cfg.spool_dir, uids)
+    results += as_this_user("daemons", check_daemons, cfg)
 
     postfix = Postfix(postfix_dir)
+    results += check_postfix_running(postfix)
+    results += as_this_user("logfollow_source", check_log_source, cfg, postfix)
     try:
         values = postfix.values([*pc.parameters(), *EXTRA_PARAMETERS])
     except PostfixError as exc:
@@ -308,10 +343,67 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
     except PostfixError as exc:
         results.append(result("postfix", False, f"cannot read Postfix's master.cf: {exc}", exc.code))
     try:
+        results += check_local_submission(postfix, values, socket_spec)
         results += check_dkim_order(cfg, postfix, values)
     except PostfixError as exc:
         results.append(result("dkim_order", False, f"cannot read Postfix's milter lists: {exc}", exc.code))
     return results
+
+
+def check_postfix_running(postfix: Postfix) -> list[dict]:
+    """`postfix status`: a stopped Postfix receives no mail at all, whatever mxhook does."""
+    if postfix.running():
+        return [result("postfix_running", True, f"Postfix is running (`{postfix.command('status')}`)")]
+    return [result("postfix_running", False, f"Postfix is not running (`{postfix.command('status')}` "
+                                             "says so): no mail comes in or goes out; `systemctl "
+                                             "start postfix` (its log says why it stopped)",
+                   "postfix_stopped")]
+
+
+def check_log_source(cfg: configmod.Config, postfix: Postfix) -> list[dict]:
+    """What mxhook-logfollow reads ([logfollow] source, `auto` resolved as the daemon does):
+    a log file that does not exist gives no delivery events, without an error anywhere."""
+    state_file = cfg.get("logfollow", "state_file")
+    state = logsource.load_state(state_file) if exists(state_file, "log follower's position file") else None
+
+    def maillog_file() -> str:
+        try:
+            return logsource.own_log_file(postfix.get("maillog_file"))
+        except PostfixError:
+            return ""
+
+    chosen = logsource.choose_source(cfg.get("logfollow", "source"), cfg.get("logfollow", "path"),
+                                     state, maillog_file=maillog_file)
+    if chosen.missing:
+        return [result("logfollow_source", False, f"mxhook-logfollow reads {logsource.describe(chosen)}",
+                       "log_source_missing")]
+    return [result("logfollow_source", True, f"mxhook-logfollow reads {logsource.describe(chosen)}")]
+
+
+def check_local_submission(postfix: Postfix, values: dict[str, str], socket_spec: str) -> list[dict]:
+    """non_smtpd_milters as cleanup reads it (`postconf -x`: `$smtpd_milters` expanded, the
+    common opendkim recipe). Naming mxhook there makes mail given to sendmail(1) outbound mail
+    (queued events); its milter never refuses a recipient there (Postfix would defer the whole
+    message as a configuration error), so this is a note either way, and a problem only when
+    the entry would accept mail unspooled while mxhook is down."""
+    queue_dir = values.get("queue_directory", "/var/spool/postfix")
+    milters = postfix.expanded("non_smtpd_milters")
+    entry = pc.find_entry(milters, socket_spec, queue_dir)
+    if entry is None:
+        return [result("local_submission", True, "non_smtpd_milters does not name mxhook: mail "
+                                                 "given to sendmail(1) (PHP mail(), cron) makes no "
+                                                 "queued events (postfix/README.md: local submissions)")]
+    via = "" if "$" not in values.get("non_smtpd_milters", "") else f" (through {values['non_smtpd_milters']})"
+    action = pc.entry_options(entry).get("default_action", values.get("milter_default_action", "tempfail"))
+    if action != "tempfail":
+        return [result("local_submission", False, f"non_smtpd_milters{via} names mxhook's milter with "
+                                                  f"default_action {action}: while mxhook is down, "
+                                                  "locally submitted mail goes out without its queued "
+                                                  "events; set default_action=tempfail (it then waits "
+                                                  "in Postfix's maildrop)", "postfix_not_wired")]
+    return [result("local_submission", True, f"non_smtpd_milters{via} names mxhook's milter: mail "
+                                             "given to sendmail(1) is outbound (queued events; "
+                                             "block-listed recipients are removed, never refused)")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +575,8 @@ def _heartbeat_result(check: str, daemon: str, path: str, *, expected: bool,
     elif state == "stale":
         why = (f"its loop last wrote {path} {age:.0f} s ago (more than "
                f"{heartbeat.STALE_AFTER:.0f} s): it hangs")
+    elif "Permission denied" in (beat["error"] or ""):
+        return result(check, False, f"{daemon}: its heartbeat {path} {UNREADABLE}", "permission_denied")
     else:
         why = f"{path} cannot be read: {beat['error']}"
     return _down(check, daemon, why)
@@ -521,7 +615,11 @@ def check_daemons(cfg: configmod.Config, now: float | None = None) -> list[dict]
         expected=os.path.exists(state_file), now=now,
         not_expected=f"it never ran: no position file {state_file}; delivery events need it"))
     listen, access_db = cfg.get("web", "listen"), cfg.get("web", "access_db")
-    if not os.path.exists(access_db):
+    try:
+        web_set_up = exists(access_db, "access database")
+    except Unavailable as exc:
+        return [*results, result("web", False, str(exc), exc.code)]
+    if not web_set_up:
         results.append(result("web", True, f"mxhook-web is not set up ({access_db} does not exist: "
                                              "`mxhook token add NAME` makes a token for the API)"))
     else:

@@ -189,6 +189,17 @@ class Postfix:
     def get(self, name: str) -> str:
         return self.postconf("-h", name).rstrip("\n")
 
+    def expanded(self, name: str) -> str:
+        """A parameter as Postfix's daemons read it: `$other` references expanded (postconf -x)."""
+        return self.postconf("-x", "-h", name).rstrip("\n")
+
+    def running(self) -> bool:
+        """`postfix status` exits 0 (the master process runs)."""
+        try:
+            return run_command([POSTFIX, *self.c, "status"], timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
     def values(self, names) -> dict[str, str]:
         return {name: self.get(name) for name in names}
 
@@ -212,11 +223,7 @@ class Postfix:
             raise PostfixError(f"{exc}: {self._why_not_reloaded()}") from None
 
     def _why_not_reloaded(self) -> str:
-        try:
-            running = run_command([POSTFIX, *self.c, "status"]).returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            running = True
-        if not running:
+        if not self.running():
             return (f"Postfix is not running (`{self.command('status')}`): start it "
                     "(`systemctl start postfix`); it reads the changed main.cf when it starts")
         try:
