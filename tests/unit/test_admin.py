@@ -423,12 +423,12 @@ def test_check_healthy(env):
     assert problems(results) == []
     assert status == 0
     assert [r["check"] for r in results] == ["config", "rules_db", "state_db", "spool", "milter",
-                                             "spooler", "logfollow", "web", "socket", "postfix"]
+                                             "spooler", "logfollow", "web", "track", "socket", "postfix"]
     assert env.probes == [(env.socket_path, ME)]
     assert results[1]["message"].endswith("; 1 permitted domain, 0 enabled rules")
     text = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert text.exit_code == 0
-    assert text.stdout.splitlines()[-1] == "everything checked is fine (10 checks)"
+    assert text.stdout.splitlines()[-1] == "everything checked is fine (11 checks)"
 
 
 def test_check_missing_socket(env):
@@ -460,7 +460,7 @@ def test_check_smtpd_milters_lacking_ours(env):
     assert problems(results) == [
         f"{env.postfix.dir}: Postfix's smtpd_milters does not name mxhook's socket "
         "unix:mxhook/milter.sock: run `mxhook postfix-config --apply`, then `postfix reload`"]
-    assert [r.get("code") for r in results] == [None] * 9 + ["postfix_not_wired"]
+    assert [r.get("code") for r in results] == [None] * 10 + ["postfix_not_wired"]
     # the text form: one line per problem, and a count
     res = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert res.exit_code == 1
@@ -635,7 +635,7 @@ def test_check_config_values_every_daemon_reads(env):
         assert needle in joined, joined
     # the other checks still ran
     assert {r["check"] for r in results} == {"config", "rules_db", "state_db", "spool", "socket", "postfix",
-                                             "milter", "spooler", "logfollow", "web"}
+                                             "milter", "spooler", "logfollow", "web", "track"}
 
 
 def test_check_unloadable_config_stops_early(env):
