@@ -11,9 +11,10 @@
 #   5. start mxhook-milter, mxhook-spooler, mxhook-web and mxhook-track the way their systemd
 #      units would (User, Group, supplementary groups, UMask, NoNewPrivileges, empty capability
 #      bounding set, clean environment, and MemoryDenyWriteExecute through the kernel's
-#      PR_SET_MDWE), all read from the installed unit files; check the socket is 0660 group postfix and that the
-#      postfix user can connect and negotiate the milter protocol, and a user outside group
-#      postfix cannot; run the CLI as root and check the daemons can read what it wrote; the
+#      PR_SET_MDWE), all read from the installed unit files; check the socket is 0660 group
+#      postfix and that the postfix user can connect and negotiate the milter protocol, and a
+#      user outside group postfix cannot; run the CLI as root and check the daemons can read
+#      what it wrote; the
 #      API answers GET /v1/status with a read-only token root made, /metrics sees the spooler;
 #      mxhook-track reads the key `mxhook tracking rotate-key` made, answers /healthz, a forged
 #      token 404 and a signed one with the pixel;
