@@ -8,13 +8,16 @@
 #   4. apt-get install ./mxhook_*.deb, then check the user, group, directories and modes,
 #      conffile, units, man pages, completion, and that Debian's /usr/bin/python3 imports
 #      the installed code with Debian's modules only;
-#   5. start mxhook-milter, mxhook-spooler and mxhook-web the way their systemd units would (User, Group,
-#      supplementary groups, UMask, NoNewPrivileges, empty capability bounding set, clean
-#      environment, and MemoryDenyWriteExecute through the kernel's PR_SET_MDWE), all read
-#      from the installed unit files; check the socket is 0660 group postfix and that the
-#      postfix user can connect and negotiate the milter protocol, and a user outside group
-#      postfix cannot; run the CLI as root and check the daemons can read what it wrote; the
+#   5. start mxhook-milter, mxhook-spooler, mxhook-web and mxhook-track the way their systemd
+#      units would (User, Group, supplementary groups, UMask, NoNewPrivileges, empty capability
+#      bounding set, clean environment, and MemoryDenyWriteExecute through the kernel's
+#      PR_SET_MDWE), all read from the installed unit files; check the socket is 0660 group
+#      postfix and that the postfix user can connect and negotiate the milter protocol, and a
+#      user outside group postfix cannot; run the CLI as root and check the daemons can read
+#      what it wrote; the
 #      API answers GET /v1/status with a read-only token root made, /metrics sees the spooler;
+#      mxhook-track reads the key `mxhook tracking rotate-key` made, answers /healthz, a forged
+#      token 404 and a signed one with the pixel;
 #   6. end to end through a private Postfix (scripts/package-e2e.py): its main.cf wired by the
 #      packaged `mxhook postfix-config --apply`, `mxhook check` passing, a rule added with the
 #      packaged CLI, a message sent over SMTP and its webhook received on loopback; `check`
@@ -437,6 +440,35 @@ check "GET /metrics: the spooler is up" \
 check "access.db belongs to mxhook and is not world-readable" \
     sh -c "stat -c '%U:%G %a' /var/lib/mxhook/access.db | grep -Eq '^mxhook:mxhook 6[46]0$'"
 
+# mxhook-track: the signing key made by root's CLI, read by the daemon (user mxhook); /healthz,
+# a forged token's 404, and a token signed with the new key answered with the pixel (its event
+# written into the spool under the unit's limits). [tracking] public_url stays empty: `mxhook
+# check` in the end-to-end step then expects no mxhook-track.
+KEY_FILE=$(/usr/bin/python3 -I -c "from mxhook import config; print(config.load('$CONF').get('tracking', 'key_file'))")
+TRACK_LISTEN=$(/usr/bin/python3 -I -c "from mxhook import config; print(config.load('$CONF').get('tracking', 'listen'))")
+check "mxhook tracking rotate-key (as root)" sh -c "mxhook --config $CONF tracking rotate-key >/dev/null"
+expect_mode "$KEY_FILE" "root:mxhook 640"
+start_daemon mxhook-track
+for i in $(seq 100); do
+    [ "$(/usr/bin/python3 -I -c "$API_GET" "http://$TRACK_LISTEN/healthz" "" | head -n 1)" = 200 ] && break
+    alive mxhook-track || break
+    sleep 0.1
+done
+alive mxhook-track || fail "mxhook-track exited (see mxhook-track.log)"
+check "mxhook-track: GET /healthz answers 200 ok" \
+    sh -c "/usr/bin/python3 -I -c \"\$1\" 'http://$TRACK_LISTEN/healthz' '' | tr '\n' ' ' | grep -qx '200 ok '" _ "$API_GET"
+check "mxhook-track: a forged token (GET /o/x) answers 404" \
+    sh -c "/usr/bin/python3 -I -c \"\$1\" 'http://$TRACK_LISTEN/o/x' '' | head -n 1 | grep -qx 404" _ "$API_GET"
+TRACK_TOKEN=$(/usr/bin/python3 -I -c "
+import time
+from mxhook.model import keyring, tracktokens as tt
+keys = keyring.parse_keys(open('$KEY_FILE').read())
+print(tt.make_token(keys, tt.Track(tt.OPEN, 'PKGTEST1', 'reader@package-test.example',
+                                   'package-test.example', int(time.time()))))") \
+    || fail "a tracking token signed with $KEY_FILE"
+check "mxhook-track (user mxhook) read the key: a pixel signed with it answers 200 (its event spooled)" \
+    sh -c "/usr/bin/python3 -I -c \"\$1\" 'http://$TRACK_LISTEN/o/$TRACK_TOKEN' '' | head -n 1 | grep -qx 200" _ "$API_GET"
+
 # --------------------------------------------------------------------------------------------
 say "end to end: a private Postfix wired by mxhook postfix-config, mail in, webhook out"
 # scripts/package-e2e.py (Debian's python3, the packaged /usr/bin/mxhook, the repository's
@@ -458,6 +490,7 @@ fi
 alive mxhook-milter || fail "mxhook-milter exited during the end-to-end step (see mxhook-milter.log)"
 alive mxhook-spooler || fail "mxhook-spooler exited during the end-to-end step (see mxhook-spooler.log)"
 alive mxhook-web || fail "mxhook-web exited during the end-to-end step (see mxhook-web.log)"
+alive mxhook-track || fail "mxhook-track exited during the end-to-end step (see mxhook-track.log)"
 
 # HOOK: further checks against the installed package, with both daemons still running.
 # Set MXHOOK_PACKAGE_TEST_HOOK to an executable: it runs as root with MXHOOK_CONFIG,
@@ -476,6 +509,7 @@ run_hook
 
 # --------------------------------------------------------------------------------------------
 say "stop, remove, reinstall, purge"
+stop_daemon mxhook-track
 stop_daemon mxhook-web
 stop_daemon mxhook-spooler
 stop_daemon mxhook-milter

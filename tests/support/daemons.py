@@ -19,6 +19,7 @@ the work dir (`.stderr_text()`), which failing tests print.
 from __future__ import annotations
 
 import grp
+import http.client
 import json
 import os
 import shlex
@@ -306,6 +307,38 @@ class WebProcess(Daemon):
             raise DaemonError(f"mxhook-web not listening after {self.ready_timeout}s:\n{self.stderr_text()}")
 
 
+class TrackProcess(Daemon):
+    """`mxhook-track --config PATH`; ready when `/healthz` on `[tracking] listen` answers."""
+
+    name = "track"
+
+    def __init__(self, cfg: MxhookConfig, **kw):
+        super().__init__(_program("mxhook-track", "mxhook.daemons.track") + ["--config", cfg.path],
+                         cfg.workdir, **kw)
+        self.cfg = cfg
+
+    @property
+    def url(self) -> str:
+        return "http://" + self.cfg.values["tracking"]["listen"]
+
+    def wait_ready(self) -> None:
+        host, _, port = self.cfg.values["tracking"]["listen"].rpartition(":")
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            conn = http.client.HTTPConnection(host, int(port), timeout=0.5)
+            try:
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.05)
+        raise DaemonError(f"{self.name} not ready after {self.ready_timeout}s:\n{self.stderr_text()}")
+
+
 def logfollow_settings(workdir: str, maillog: str, **extra: str) -> dict[str, dict[str, str]]:
     """The `[logfollow]` section for following a private Postfix's `maillog_file` from its
     first line, with the position file in `workdir` and quick polling."""
@@ -390,13 +423,15 @@ class MxhookStack:
     config: overrides for the mxhook config ({section: {key: value}}).
     spooler: start the spooler (tests of the spool itself may not want it).
     logfollow: also run mxhook-logfollow on Postfix's maillog (`logfollow_settings`).
+    track: also run mxhook-track (`config` sets `[tracking] listen`, a free loopback port).
     listeners, sinks, transport: passed to PrivatePostfix (extra smtpd services; extra sinks
         and the transport_maps routing recipients to them).
     """
 
     def __init__(self, domains=("ours.example",), *, permit=(), config=None, spooler: bool = True,
                  postfix_main_cf=None, base_dir: str | None = None, keep: bool = False,
-                 logfollow: bool = False, listeners=None, sinks=None, transport=None):
+                 logfollow: bool = False, track: bool = False, listeners=None, sinks=None,
+                 transport=None):
         self.domains = list(domains)
         self.permit = list(permit)
         self.config_overrides = config or {}
@@ -413,6 +448,8 @@ class MxhookStack:
         self.cli: Cli | None = None
         self.with_logfollow = logfollow
         self.logfollow: LogfollowProcess | None = None
+        self.with_track = track
+        self.track: TrackProcess | None = None
         self.listeners = listeners
         self.sinks = sinks
         self.transport = transport
@@ -436,6 +473,8 @@ class MxhookStack:
             # the milter looks at this Postfix's transport_maps and master.cf (discard_via auto)
             overrides["milter"] = {"postfix_config_dir": self.postfix.config_dir,
                                    **overrides.get("milter", {})}
+            if self.with_track:
+                overrides["tracking"] = {"log": "stderr", **overrides.get("tracking", {})}
             if self.with_logfollow:
                 section = logfollow_settings(mxdir, self.postfix.log_path)["logfollow"]
                 section.update(overrides.get("logfollow", {}))
@@ -450,13 +489,15 @@ class MxhookStack:
                 self.spooler.start()
             if self.with_logfollow:
                 self.logfollow = LogfollowProcess(self.cfg).start()
+            if self.with_track:
+                self.track = TrackProcess(self.cfg).start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for part in (self.logfollow, self.spooler, self.milter, self.postfix, self.receiver):
+        for part in (self.track, self.logfollow, self.spooler, self.milter, self.postfix, self.receiver):
             if part is not None:
                 try:
                     part.stop()
@@ -511,6 +552,8 @@ class MxhookStack:
             parts.append("--- spooler stderr ---\n" + self.spooler.stderr_text()[-6000:])
         if self.logfollow:
             parts.append("--- logfollow stderr ---\n" + self.logfollow.stderr_text()[-6000:])
+        if self.track:
+            parts.append("--- track stderr ---\n" + self.track.stderr_text()[-6000:])
         if self.postfix:
             parts.append("--- maillog ---\n" + self.postfix.log_text()[-6000:])
         return "\n".join(parts)
@@ -518,5 +561,5 @@ class MxhookStack:
 
 __all__ = [
     "MILTER_SOCKET_SPEC", "MxhookConfig", "Daemon", "DaemonError", "MilterProcess",
-    "SpoolerProcess", "LogfollowProcess", "logfollow_settings", "Cli", "MxhookStack", "PrivatePostfix", "PostfixError", "Receiver",
+    "SpoolerProcess", "LogfollowProcess", "TrackProcess", "logfollow_settings", "Cli", "MxhookStack", "PrivatePostfix", "PostfixError", "Receiver",
 ]

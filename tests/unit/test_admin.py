@@ -433,13 +433,13 @@ def test_check_healthy(env):
     assert problems(results) == []
     assert status == 0
     assert [r["check"] for r in results] == ["config", "rules_db", "state_db", "spool", "milter",
-                                             "spooler", "logfollow", "web", "postfix_running",
+                                             "spooler", "logfollow", "web", "track", "postfix_running",
                                              "logfollow_source", "socket", "postfix", "local_submission"]
     assert env.probes == [(env.socket_path, ME)]
     assert results[1]["message"].endswith("; 1 permitted domain, 0 enabled rules")
     text = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert text.exit_code == 0
-    assert text.stdout.splitlines()[-1] == "everything checked is fine (13 checks)"
+    assert text.stdout.splitlines()[-1] == "everything checked is fine (14 checks)"
 
 
 def test_check_missing_socket(env):
@@ -471,7 +471,7 @@ def test_check_smtpd_milters_lacking_ours(env):
     assert problems(results) == [
         f"{env.postfix.dir}: Postfix's smtpd_milters does not name mxhook's socket "
         "unix:mxhook/milter.sock: run `mxhook postfix-config --apply`, then `postfix reload`"]
-    assert [r.get("code") for r in results] == [None] * 11 + ["postfix_not_wired", None]
+    assert [r.get("code") for r in results] == [None] * 12 + ["postfix_not_wired", None]
     # the text form: one line per problem, and a count
     res = env.run("check", "--postfix-dir", str(env.postfix.dir))
     assert res.exit_code == 1
@@ -646,7 +646,7 @@ def test_check_config_values_every_daemon_reads(env):
         assert needle in joined, joined
     # the other checks still ran
     assert {r["check"] for r in results} == {"config", "rules_db", "state_db", "spool", "socket", "postfix",
-                                             "milter", "spooler", "logfollow", "web", "postfix_running",
+                                             "milter", "spooler", "logfollow", "web", "track", "postfix_running",
                                              "logfollow_source", "local_submission"}
 
 

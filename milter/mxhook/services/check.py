@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from mxhook import config as configmod
 from mxhook import heartbeat
+from mxhook.model import keyring
 from mxhook.model.rules import AUTHENTICATION_FIELDS
 from mxhook.postfix import logsource
 from mxhook.postfix import postconf as pc
@@ -528,35 +529,54 @@ def check_dkim_order(cfg: configmod.Config, postfix: Postfix, values: dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Are the daemons alive? (the outside world: `probe_milter` and `probe_web`, replaced in tests)
+# Are the daemons alive? (the outside world: `probe_milter`, `probe_web` and `probe_track`,
+# replaced in tests)
 
 def probe_milter(path: str) -> str | None:
     """A milter option negotiation on the socket as this user; None when a milter answered."""
     return milter_negotiate(path, 3.0)
 
 
-def probe_web(listen: str, timeout: float = 3.0) -> str | None:
-    """GET /v1 without a token from mxhook-web at `listen` (a wildcard address is asked on
-    loopback): None when it answers as mxhook-web does (401 with its JSON error), else why not."""
+def _get(listen: str, path: str, timeout: float) -> tuple[int, bytes]:
+    """(status, body) of `GET path` from a daemon at `listen` (a wildcard address is asked on
+    loopback); OSError when it cannot be asked."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        conn.request("GET", "/v1", headers={"Accept": "application/json"})
+        conn.request("GET", path, headers={"Accept": "application/json"})
         resp = conn.getresponse()
-        body = resp.read(4096)
-    except OSError as exc:
-        return f"http://{listen}/: {exc.strerror or exc}"
+        return resp.status, resp.read(4096)
     finally:
         conn.close()
+
+
+def probe_web(listen: str, timeout: float = 3.0) -> str | None:
+    """GET /v1 without a token from mxhook-web at `listen`: None when it answers as mxhook-web
+    does (401 with its JSON error), else why not."""
+    try:
+        status, body = _get(listen, "/v1", timeout)
+    except OSError as exc:
+        return f"http://{listen}/: {exc.strerror or exc}"
     try:
         code = json.loads(body)["error"]["code"]
     except (ValueError, KeyError, TypeError):
         code = None
-    if resp.status == 401 and code == "unauthorized":
+    if status == 401 and code == "unauthorized":
         return None
-    return f"http://{listen}/v1 answered {resp.status}, not as mxhook-web does"
+    return f"http://{listen}/v1 answered {status}, not as mxhook-web does"
+
+
+def probe_track(listen: str, timeout: float = 3.0) -> str | None:
+    """GET /healthz from mxhook-track at `listen`: None when it answers `200 ok`, else why not."""
+    try:
+        status, body = _get(listen, "/healthz", timeout)
+    except OSError as exc:
+        return f"http://{listen}/healthz: {exc.strerror or exc}"
+    if status == 200 and body.strip() == b"ok":
+        return None
+    return f"http://{listen}/healthz answered {status}, not as mxhook-track does"
 
 
 def _heartbeat_result(check: str, daemon: str, path: str, *, expected: bool,
@@ -590,9 +610,10 @@ def _down(check: str, daemon: str, why: str) -> dict:
 def check_daemons(cfg: configmod.Config, now: float | None = None) -> list[dict]:
     """One result per daemon: mxhook-milter (its socket answers a milter negotiation),
     mxhook-spooler and mxhook-logfollow (their heartbeat files are fresh: module heartbeat),
-    mxhook-web (answers on [web] listen). The log follower is expected once its position file
-    exists, mxhook-web once access.db does (tokens or users were made); the milter and the
-    spooler always."""
+    mxhook-web (answers on [web] listen), mxhook-track (answers /healthz on [tracking] listen).
+    The log follower is expected once its position file exists, mxhook-web once access.db does
+    (tokens or users were made), mxhook-track once [tracking] public_url is set (with its key
+    file and URL checked too: `check_track`); the milter and the spooler always."""
     results = []
     path = socket_path(cfg.get("milter", "socket"))
     if path is None:
@@ -625,6 +646,44 @@ def check_daemons(cfg: configmod.Config, now: float | None = None) -> list[dict]
     else:
         why = probe_web(listen)
         results.append(_probed("web", "mxhook-web", why, f"it answers on http://{listen}/", why))
+    results += check_track(cfg)
+    return results
+
+
+def check_track(cfg: configmod.Config) -> list[dict]:
+    """mxhook-track while tracking is configured ([tracking] public_url set): it answers, the
+    key file holds a key (else the milter tracks nothing and every link answers 404), and the
+    URL recipients are given is https."""
+    public_url, listen = cfg.get("tracking", "public_url"), cfg.get("tracking", "listen")
+    if not public_url:
+        return [result("track", True, "mxhook-track is not set up ([tracking] public_url is empty: "
+                                      "no tracking)")]
+    why = probe_track(listen)
+    results = [_probed("track", "mxhook-track", why, f"it answers on http://{listen}/healthz", why)]
+    key_file = cfg.get("tracking", "key_file")
+    problem = None
+    try:
+        with open(key_file, encoding="utf-8") as fh:
+            if not keyring.parse_keys(fh.read()):
+                problem = f"{key_file} holds no key"
+    except FileNotFoundError:
+        problem = f"{key_file} does not exist"
+    except PermissionError:
+        results.append(result("track", True, f"tracking key file {key_file}: cannot tell as this "
+                                             "user; run `mxhook check` as root"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        problem = f"{key_file} cannot be used ({exc})"
+    if problem:
+        results.append(result("track", False, f"tracking key: {problem}, so the milter tracks no "
+                                               "mail (its queued events say why) and mxhook-track "
+                                               "answers every link 404; `mxhook tracking rotate-key` "
+                                               "makes one", "tracking_key_missing"))
+    if not public_url.lower().startswith("https://"):
+        results.append(result("track", False, f"[tracking] public_url {public_url} is not https: "
+                                               "recipients' pixels, clicks and unsubscribes go in "
+                                               "clear, and mail clients flag such links; put "
+                                               "mxhook-track behind TLS (docs/tracking-endpoint.md)",
+                                               "tracking_not_https"))
     return results
 
 

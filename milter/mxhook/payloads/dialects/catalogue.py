@@ -90,8 +90,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             inbound=Side((FORM, MULTIPART)), events=Side((JSON,)),
             events_per_request=mailgun.EVENTS_PER_REQUEST, event_types=_types(mailgun),
             signing_key=True),
-    Dialect(postmark.NAME, "Postmark: inbound JSON; Delivery, Bounce and SubscriptionChange "
-                           "webhooks (one per request)",
+    Dialect(postmark.NAME, "Postmark: inbound JSON; Delivery, Bounce, SpamComplaint, Open, Click "
+                           "and SubscriptionChange webhooks (one per request)",
             inbound=Side((JSON,)), events=Side((JSON,)),
             events_per_request=postmark.EVENTS_PER_REQUEST, event_types=_types(postmark)),
     Dialect(actionmailbox.NAME, "Rails Action Mailbox relay ingress: the raw message, Basic auth "
