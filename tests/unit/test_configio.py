@@ -248,6 +248,27 @@ def test_a_bad_document_names_the_item_and_writes_nothing(cfg, mutate, message):
     assert configio.export(cfg, include_secrets=True) == before
 
 
+def test_a_bad_document_for_a_new_host_creates_no_rules_db(other):
+    with pytest.raises(Invalid, match=r"domains\[0\]"):
+        imported(other, {"version": 1, "rules": [], "domains": [{"name": "-bad-"}]})
+    assert not os.path.exists(other.rules_db)
+
+
+def test_a_write_that_fails_part_way_leaves_rules_db_as_it_was(cfg, other, monkeypatch):
+    populate(cfg)
+    doc = portable(configio.export(cfg))
+    imported(other, {"version": 1, "domains": [{"name": "kept.example"}]})
+    before = configio.export(other, include_secrets=True)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(RulesStore, "set_tracking", fail)  # the last kind written
+    with pytest.raises(OSError):
+        imported(other, doc, prune=True)
+    assert configio.export(other, include_secrets=True) == before
+
+
 def test_text_that_does_not_parse_is_refused():
     with pytest.raises(Invalid, match="not valid JSON"):
         configio.loads('{"version": 1,')

@@ -506,9 +506,10 @@ def import_document(cfg: configmod.Config, doc: dict, *, prune: bool = False,
     """Check `doc` whole, then apply it in one rules.db transaction (with `dry_run`, only say
     what would change). `prune`: remove the objects of the kinds the document gives that it
     does not list."""
-    if dry_run and not exists(cfg.rules_db, "rules database"):
+    if not exists(cfg.rules_db, "rules database"):  # checked before the file is made
         wanted = check(cfg, doc, None)
-        return Imported(plan({}, wanted, prune=prune), True, [])
+        if dry_run:
+            return Imported(plan({}, wanted, prune=prune), True, [])
     with rules_store(cfg, create=not dry_run) as store:
         wanted = check(cfg, doc, store)
         current = read(store, secrets=True)
