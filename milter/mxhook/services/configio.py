@@ -70,6 +70,20 @@ def _template(store: rulesdb.RulesStore, kind: str, owner_id: int, dest: Destina
     return None if found is None else {"content_type": found.content_type, "source": found.source}
 
 
+def _rule_fields(r: rulesmod.Rule) -> dict:
+    return {"name": r.name, "priority": r.priority, "enabled": r.enabled, "discard": r.discard,
+            "continue": r.continue_matching, "include_raw": r.include_raw,
+            "reject_text": r.reject_text,
+            "conditions": [{"header": c.header, "pattern": c.pattern, "negate": c.negate}
+                           for c in r.conditions]}
+
+
+def _endpoint_fields(e: endpointsmod.Endpoint) -> dict:
+    return {"url": e.destination.url, "enabled": e.enabled, "events": list(e.categories),
+            "interval": e.interval, "max_events": e.max_events, "version": e.version,
+            "timezone": e.timezone, "custom_headers": list(e.custom_headers)}
+
+
 def _destination(dest: Destination, secrets: bool) -> dict:
     d = {f: getattr(dest, f) for f in DEST_FIELDS}
     if secrets:
@@ -89,20 +103,12 @@ def read(store: rulesdb.RulesStore, *, secrets: bool) -> dict:
     """The document of what `store` holds (secrets only with `secrets`)."""
     doc: dict = {"version": FORMAT_VERSION}
     doc["domains"] = [{k: d[k] for k in DOMAIN_KEYS} for d in store.list_domains()]
-    doc["rules"] = [
-        {"name": r.name, "priority": r.priority, "enabled": r.enabled, "discard": r.discard,
-         "continue": r.continue_matching, "include_raw": r.include_raw,
-         "reject_text": r.reject_text,
-         "conditions": [{"header": c.header, "pattern": c.pattern, "negate": c.negate}
-                        for c in r.conditions],
-         **_destination(r.destination, secrets), **_owner(store, "rule", r.id, r.destination, secrets)}
-        for r in store.list_rules()]
-    doc["endpoints"] = [
-        {"url": e.destination.url, "enabled": e.enabled, "events": list(e.categories),
-         "interval": e.interval, "max_events": e.max_events, "version": e.version,
-         "timezone": e.timezone, "custom_headers": list(e.custom_headers),
-         **_destination(e.destination, secrets), **_owner(store, "endpoint", e.id, e.destination, secrets)}
-        for e in sorted(store.list_endpoints(), key=lambda e: e.destination.url)]
+    doc["rules"] = [{**_rule_fields(r), **_destination(r.destination, secrets),
+                     **_owner(store, "rule", r.id, r.destination, secrets)}
+                    for r in store.list_rules()]
+    doc["endpoints"] = [{**_endpoint_fields(e), **_destination(e.destination, secrets),
+                         **_owner(store, "endpoint", e.id, e.destination, secrets)}
+                        for e in sorted(store.list_endpoints(), key=lambda e: e.destination.url)]
     doc["blocklist"] = [{k: b[k] for k in BLOCK_KEYS}
                         for b in sorted(store.block_list(), key=lambda b: (b["address"], b["scope"]))]
     doc["tracking"] = [{k: getattr(t, k) for k in TRACKING_KEYS} for t in store.list_tracking()]
@@ -277,26 +283,19 @@ def _check_rules(cfg, items, stored_rules: dict) -> list[Wanted]:
             catalogue.check(dest, catalogue.INBOUND, template=new_template is not None)
         except (RuleError, DestinationError, Invalid) as exc:
             raise _Bad(path, str(exc)) from None
-        out.append(Wanted(name, _rule_form(rule, new_template, ed25519, secrets), rule,
-                          new_template, secrets))
+        out.append(_wanted(name, _rule_fields(rule), rule, new_template, ed25519, secrets))
     return out
 
 
-def _rule_form(rule: rulesmod.Rule, new_template, ed25519: bool, secrets: dict | None) -> dict:
-    d = {"name": rule.name, "priority": rule.priority, "enabled": rule.enabled,
-         "discard": rule.discard, "continue": rule.continue_matching,
-         "include_raw": rule.include_raw, "reject_text": rule.reject_text,
-         "conditions": [{"header": c.header, "pattern": c.pattern, "negate": c.negate}
-                        for c in rule.conditions],
-         **_destination(rule.destination, True), **_template_form(new_template), "ed25519": ed25519}
+def _wanted(key, fields: dict, obj, new_template, ed25519: bool, secrets: dict | None) -> Wanted:
+    """A rule or endpoint of the document: `fields` (its own), its destination (secrets
+    merged), template and keys, as `read` gives them."""
+    value = {**fields, **_destination(obj.destination, True), "ed25519": ed25519,
+             "template": None if new_template is None else {
+                 "content_type": new_template.content_type, "source": new_template.source}}
     if secrets is not None:
-        d["signing_secrets"] = secrets
-    return d
-
-
-def _template_form(new) -> dict:
-    return {"template": None if new is None else {"content_type": new.content_type,
-                                                  "source": new.source}}
+        value["signing_secrets"] = secrets
+    return Wanted(key, value, obj, new_template, secrets)
 
 
 def _check_endpoints(items, stored: dict) -> list[Wanted]:
@@ -332,14 +331,7 @@ def _check_endpoints(items, stored: dict) -> list[Wanted]:
             catalogue.check(ep.destination, catalogue.EVENTS, template=new_template is not None)
         except (RuleError, DestinationError, Invalid) as exc:
             raise _Bad(path, str(exc)) from None
-        value = {"url": url, "enabled": ep.enabled, "events": list(ep.categories),
-                 "interval": ep.interval, "max_events": ep.max_events, "version": ep.version,
-                 "timezone": ep.timezone, "custom_headers": list(ep.custom_headers),
-                 **_destination(ep.destination, True), **_template_form(new_template),
-                 "ed25519": ed25519}
-        if secrets is not None:
-            value["signing_secrets"] = secrets
-        out.append(Wanted(url, value, ep, new_template, secrets))
+        out.append(_wanted(url, _endpoint_fields(ep), ep, new_template, ed25519, secrets))
     return out
 
 
@@ -580,13 +572,9 @@ def _apply(store: rulesdb.RulesStore, wanted: dict, todo: Plan, current: dict, n
         store.set_tracking(domain, **{f: v[f] for f in TRACKING_FEATURES})
 
 
-def _current_template(store, kind, owner_id, dest):
-    return store.stored_template(kind, owner_id, dest.template)
-
-
 def _new_version(store, kind: str, owner_id: int, dest: Destination, w: Wanted):
     """The template to store as a new version: the document's, unless it is the current one."""
-    found = _current_template(store, kind, owner_id, dest)
+    found = store.stored_template(kind, owner_id, dest.template)
     if w.template is None or (found is not None and (found.content_type, found.source)
                               == (w.template.content_type, w.template.source)):
         return None
