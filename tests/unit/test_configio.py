@@ -153,6 +153,15 @@ def test_secrets_left_out_keep_the_stored_ones_and_null_removes_them(cfg):
     assert drop["basic_auth"] is None and drop["api_key"] == "k-123"
 
 
+def test_credentials_in_an_smtp2go_url_are_taken_out_as_add_takes_them(cfg):
+    doc = {"version": 1, "endpoints": [
+        {"url": "https://user:pw@hooks.example/s2g", "dialect": "smtp2go", "events": ["bounces"]}]}
+    assert imported(cfg, doc).plan.count == 1
+    assert imported(cfg, doc).plan.count == 0
+    [ep] = configio.export(cfg, include_secrets=True)["endpoints"]
+    assert (ep["url"], ep["basic_auth"]) == ("https://hooks.example/s2g", "user:pw")
+
+
 def test_given_signing_secret_replaces_the_current_one(cfg):
     populate(cfg)
     doc = configio.export(cfg, include_secrets=True)

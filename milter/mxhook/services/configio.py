@@ -178,6 +178,17 @@ def _flag(path: str, obj: dict, key: str, default: bool) -> bool:
     return _type(f"{path}.{key}", obj.get(key, default), bool, "true or false")
 
 
+def _url_credentials(path: str, obj: dict) -> dict:
+    """`obj` with the user info of an SMTP2GO-style URL (https://USER:PASS@host/path) taken out
+    into its basic_auth, as `add` takes it."""
+    dialect = _type(f"{path}.dialect", obj.get("dialect", "native"), str, "text")
+    given = {k: obj[k] for k in ("url", "basic_auth", "bearer") if k in obj}
+    try:
+        return {**obj, **targets.with_url_credentials(given, dialect)}
+    except Invalid as exc:
+        raise _Bad(path, str(exc)) from None
+
+
 def _dest(path: str, obj: dict, stored: Destination | None) -> Destination:
     values = {}
     for f in DEST_FIELDS:
@@ -255,6 +266,8 @@ def _check_rules(cfg, items, stored_rules: dict) -> list[Wanted]:
         path = f"rules[{i}]"
         item = _keys(path, item, RULE_KEYS + SECRET_KEYS)
         name = _type(f"{path}.name", item.get("name"), str, "the rule's name")
+        if isinstance(item.get("url"), str):
+            item = _url_credentials(path, item)
         if name.lower() in seen:
             raise _Bad(f"{path}.name", f"rule {name!r} is given twice")
         seen.add(name.lower())
@@ -303,7 +316,9 @@ def _check_endpoints(items, stored: dict) -> list[Wanted]:
     for i, item in enumerate(items):
         path = f"endpoints[{i}]"
         item = _keys(path, item, ENDPOINT_KEYS + SECRET_KEYS)
-        url = _type(f"{path}.url", item.get("url"), str, "the endpoint's URL")
+        _type(f"{path}.url", item.get("url"), str, "the endpoint's URL")
+        item = _url_credentials(path, item)
+        url = item["url"]
         if url in seen:
             raise _Bad(f"{path}.url", f"endpoint {url} is given twice")
         seen.add(url)
@@ -512,6 +527,8 @@ def import_document(cfg: configmod.Config, doc: dict, *, prune: bool = False,
             for w in wanted.get(kind, []):
                 if w.key in todo.added[kind] or w.key in todo.changed[kind]:
                     targets.check_egress(cfg, w.obj.destination.url, warn)
+                    if kind == "rules":
+                        rulesvc.warn_backtracking(cfg, w.obj.conditions, warn)
         new_keys: list = []
         with transaction(store.conn):
             _apply(store, wanted, todo, current, new_keys)
