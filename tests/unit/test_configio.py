@@ -193,6 +193,23 @@ def test_changes_are_found_per_kind_and_applied(cfg):
     assert imported(cfg, doc).plan.count == 0
 
 
+def test_a_hand_written_document_in_other_spellings_imports_once(cfg):
+    doc = {"version": 1,
+           "domains": [{"name": "Bücher.Example."}],
+           "rules": [{"name": "r", "url": "https://hooks.example/r",
+                      "conditions": [{"header": " Subject ", "pattern": "^Invoice"}]}],
+           "endpoints": [{"url": "https://hooks.example/e", "events": ["blocks", "bounces"],
+                          "custom_headers": [" X-Tenant"]}],
+           "blocklist": [{"address": "<Someone@Customer.Example>", "scope": "all"}],
+           "tracking": [{"domain": "MAIL.ours.example"}]}
+    assert imported(cfg, doc).plan.count == 5
+    assert imported(cfg, doc).plan.count == 0
+    again = configio.export(cfg)
+    assert again["rules"][0]["conditions"] == [{"header": "subject", "pattern": "^Invoice", "negate": False}]
+    assert again["blocklist"] == [{"address": "someone@customer.example", "scope": "*", "source": "cli",
+                                   "reason": None}]
+
+
 def test_prune_removes_what_the_document_does_not_name_of_the_kinds_it_gives(cfg):
     populate(cfg)
     doc = configio.export(cfg)
@@ -241,6 +258,11 @@ BAD = [
     (lambda d: d["tracking"][0].update(opens="yes"), r"tracking\[0\]\.opens: must be true or false"),
     (lambda d: d["rules"][0].update(signing_secrets={"v1": "whsec_short"}), r"rules\[0\]\.signing_secrets\.v1"),
     (lambda d: d.update(rules={}), r"^rules: must be a list"),
+    (lambda d: d["endpoints"][0].update(retry_interval="60"), r"endpoints\[0\]\.retry_interval: must be a number"),
+    (lambda d: d["endpoints"][0].update(retry_period=99), r"endpoints\[0\]: retry period must be between"),
+    (lambda d: d["endpoints"][0].update(template={"source": "{}", "content_type": 1}),
+     r"endpoints\[0\]\.template\.content_type: must be text"),
+    (lambda d: d["endpoints"][0].update(version=7), r"endpoints\[0\]: payload version 7 does not exist"),
 ]
 
 

@@ -29,6 +29,7 @@ from mxhook.model import endpoints as endpointsmod
 from mxhook.model import rules as rulesmod
 from mxhook.model.rules import RuleError
 from mxhook.model.targets import AUTH_FIELDS, Destination, DestinationError
+from mxhook.payloads import templates
 from mxhook.payloads.dialects import catalogue
 from mxhook.services import rules as rulesvc
 from mxhook.services import targets
@@ -205,9 +206,14 @@ def _dest(path: str, obj: dict, stored: Destination | None) -> Destination:
             raise _Bad(f"{path}.{f}", "must not be empty (null removes it)")
     if "url" not in values:
         raise _Bad(path, "url is missing")
-    for f in ("url", "format", "dialect"):
-        _type(f"{path}.{f}", values[f], str, "text")
-    _type(f"{path}.allow_http", values["allow_http"], bool, "true or false")
+    for f in DEST_FIELDS:  # typed as its default is
+        default = DEST_DEFAULTS.get(f)
+        if f == "url" or isinstance(default, str):
+            _type(f"{path}.{f}", values[f], str, "text")
+        elif isinstance(default, bool):
+            _type(f"{path}.{f}", values[f], bool, "true or false")
+        elif isinstance(default, (int, float)) and values[f] is not None:
+            _type(f"{path}.{f}", values[f], (int, float), "a number")
     try:
         return Destination(**values, template=stored.template if stored else None)
     except TypeError as exc:
@@ -220,11 +226,9 @@ def _template_given(path: str, value, side: str):
         return None
     t = _keys(path, value, ("content_type", "source"))
     source = _type(f"{path}.source", t.get("source"), str, "the template's text")
-    from mxhook.payloads import templates
-
+    content_type = _type(f"{path}.content_type", t.get("content_type", templates.JSON), str, "text")
     try:
-        return targets.new_template(TemplateGiven(source, t.get("content_type", templates.JSON),
-                                                  name=path), side)
+        return targets.new_template(TemplateGiven(source, content_type, name=path), side)
     except Invalid as exc:  # its message starts with `path`
         raise _Bad(None, str(exc).replace(" (nothing stored)", "")) from None
 
@@ -276,7 +280,8 @@ def _check_rules(cfg, items, stored_rules: dict) -> list[Wanted]:
         for j, c in enumerate(_type(f"{path}.conditions", item.get("conditions"), list, "a list")):
             c = _keys(f"{path}.conditions[{j}]", c, ("header", "pattern", "negate"))
             conditions.append(rulesmod.Condition(
-                header=_type(f"{path}.conditions[{j}].header", c.get("header"), str, "text"),
+                header=_type(f"{path}.conditions[{j}].header", c.get("header"), str,
+                             "text").strip().lower(),  # as parse_condition stores it
                 pattern=_type(f"{path}.conditions[{j}].pattern", c.get("pattern"), str, "text"),
                 negate=_flag(f"{path}.conditions[{j}]", c, "negate", False)))
         dest = _dest(path, item, old.destination if old else None)
