@@ -45,7 +45,19 @@ def latest(steps: Sequence[tuple[int, Step]]) -> int:
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
     """An explicit transaction on a connection opened with isolation_level=None; a write one
-    takes the write lock at BEGIN, so what it read stays true until COMMIT."""
+    takes the write lock at BEGIN, so what it read stays true until COMMIT. Inside a caller's
+    transaction it is a savepoint of it (`mxhook config import` applies many writes as one)."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO nested")
+                conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
+        return
     conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
     try:
         yield conn
