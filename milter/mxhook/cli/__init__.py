@@ -13,8 +13,7 @@ import click
 
 from mxhook import config as configmod
 from mxhook.cli import (access, admin, attachments, blocks, configio, dialects, domains, endpoints,
-                        logs, ops,
-                        rules, tracking)
+                        logs, ops, rules, tracking)
 from mxhook.cli.base import CONTEXT_SETTINGS, App, InputError, MxhookGroup
 
 
