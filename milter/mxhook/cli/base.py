@@ -14,15 +14,16 @@ from mxhook.model.rules import RuleError
 from mxhook.payloads import templates
 from mxhook.payloads.dialects import catalogue
 from mxhook.services import times
-from mxhook.services.errors import Failed, ServiceError
+from mxhook.services.errors import Invalid, ServiceError
 from mxhook.services.targets import MAX_TEMPLATE_BYTES, TemplateGiven
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class InputError(click.UsageError):
-    """Invalid input found after parsing (bad rule, unknown name, missing database): exit
-    status 2 like every usage error, shown as one line without the usage text."""
+    """Input given on the command line that is wrong, found after parsing (a bad rule, two
+    options that exclude each other): exit status 2 like every usage error, shown as one line
+    without the usage text."""
 
     def show(self, file=None) -> None:
         self.ctx = None
@@ -30,19 +31,25 @@ class InputError(click.UsageError):
 
 
 class MxhookGroup(click.Group):
-    """Turns the services' errors into exit statuses, wherever in the command they are raised:
-    an operation that failed part way exits 1, every other refusal is a usage error (exit
-    status 2, one line on stderr)."""
+    """Turns errors into exit statuses (docs/cli.md, "Exit status"), wherever in the command
+    they are raised, as click, postconf and sqlite-utils do: 2 for wrong input on the command
+    line (a usage error), 1 for everything else that went wrong (a name not found, a clash
+    with what is stored, a config file, database or directory that is missing or broken, an
+    operation that failed part way). Either way one line on stderr."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except Failed as exc:
-            raise click.ClickException(exc.message) from None
-        except ServiceError as exc:
+        except Invalid as exc:
+            if exc.code == "config_invalid":  # the config file is wrong, not the command line
+                raise click.ClickException(exc.message) from None
             raise InputError(exc.message) from None
-        except (RuleError, targets.DestinationError, configmod.ConfigError) as exc:
+        except ServiceError as exc:
+            raise click.ClickException(exc.message) from None
+        except (RuleError, targets.DestinationError) as exc:
             raise InputError(str(exc)) from None
+        except configmod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
         except sqlite3.Error as exc:
             raise click.ClickException(f"database error: {exc}") from None
         except UnicodeError as exc:

@@ -312,8 +312,11 @@ def print_explanation(res: dict) -> None:
               help="With [authentication] mode = verify: look the verdicts up in DNS as the "
                    "milter does, or not at all (every lookup finds nothing).")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@click.option("--exit-code", is_flag=True,
+              help="Exit status 1 when the milter refuses the message (Result: REJECT, or "
+                   "TEMPFAIL on an internal error), 0 when it passes or accepts it.")
 @pass_app
-def rule_test(app, message, recipients, mail_from, payload, client_ip, helo, dns, as_json):
+def rule_test(app, message, recipients, mail_from, payload, client_ip, helo, dns, as_json, exit_code):
     """Dry run: what the milter would answer for MESSAGE.eml ('-' reads stdin), and why.
 
     Each recipient, in --rcpt order, gets the milter's answer and its stage: 550 at RCPT (its
@@ -337,8 +340,17 @@ def rule_test(app, message, recipients, mail_from, payload, client_ip, helo, dns
         raise
     if as_json:
         emit_json(res)
-        return
-    print_explanation(res)
+    else:
+        print_explanation(res)
+        print_payloads(res)
+    if exit_code and res["result"] in REFUSED:
+        raise SystemExit(1)
+
+
+REFUSED = ("reject", "tempfail")  # the results `rule test --exit-code` exits 1 for
+
+
+def print_payloads(res: dict) -> None:
     for p in res.get("payloads", ()):
         how = f"template v{p['template']}" if p["template"] else (
             p["dialect"] if p["dialect"] != "native" else f"native {p['format']}")
