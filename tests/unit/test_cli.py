@@ -1298,6 +1298,69 @@ def test_rule_rotate_secret_overlap(env):
     assert [k.secret for k in stored_keys(env, "rule", 1)] == [newest]
 
 
+def test_add_and_rotate_secret_json_carry_the_new_secret_once(env):
+    env.ok("domain", "add", "ours.example")
+    doc = env.json("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.", "--json",
+                   "--bearer", BEARER)
+    v1, = stored_keys(env, "rule", 1)
+    assert doc["signing_secret"] == v1.secret and doc["no_domains"] is False
+    assert doc["rule"]["name"] == "r" and doc["rule"]["bearer"] != BEARER
+    assert doc["rule"]["signing"][0]["secret"] == "whsec_****" + v1.secret[-4:]
+    doc = env.json("rule", "rotate-secret", "r", "--overlap", "0", "--json")
+    (new,) = stored_keys(env, "rule", 1)
+    assert (doc["signing_secret"], doc["scheme"], doc["first"], doc["previous_signs_until"]) == (
+        new.secret, "v1", False, None)
+    assert doc["rule"]["signing"][0]["secret"] == "whsec_****" + new.secret[-4:]
+    doc = env.json("rule", "rotate-secret", "r", "--ed25519", "--json")
+    assert doc["first"] is True and "signing_secret" not in doc
+    assert doc["ed25519_public_key"] == stored_keys(env, "rule", 1)[1].public_key
+    doc = env.json("endpoint", "add", "https://x.example/events", "--json", "--ed25519")
+    v1, v1a = stored_keys(env, "endpoint", 1)
+    assert (doc["signing_secret"], doc["ed25519_public_key"]) == (v1.secret, v1a.public_key)
+    assert doc["endpoint"]["id"] == 1 and v1a.secret not in json.dumps(doc)
+    doc = env.json("endpoint", "rotate-secret", "1", "--overlap", "1h", "--json")
+    assert doc["signing_secret"] == stored_keys(env, "endpoint", 1)[2].secret
+    assert doc["previous_signs_until"] and doc["endpoint"]["id"] == 1
+
+
+def stored_auth(env, name):
+    return sqlite3.connect(env.rules_db).execute(
+        "SELECT basic_auth, bearer, api_key FROM rules WHERE name = ?", (name,)).fetchone()
+
+
+def test_secrets_from_a_file_stdin_or_the_environment(env, tmp_path, monkeypatch):
+    env.ok("domain", "add", "ours.example")
+    token = tmp_path / "token"
+    token.write_text(BEARER + "\n")
+    add = ("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.")
+    res = env.run(*add, "--bearer-file", str(token), "--api-key-file", "-", input=API_KEY + "\r\n")
+    assert res.exit_code == 0, res.stderr
+    assert stored_auth(env, "r") == (None, BEARER, API_KEY)  # one line end dropped
+    monkeypatch.setenv("MXHOOK_BASIC_AUTH", "bob:s3cret-pass")
+    env.ok("rule", "edit", "r", "--clear-auth")
+    assert stored_auth(env, "r") == ("bob:s3cret-pass", None, None)
+    monkeypatch.setenv("MXHOOK_BASIC_AUTH", "")  # empty: not given
+    env.ok("rule", "edit", "r", "--bearer", BEARER)
+    assert stored_auth(env, "r") == (None, BEARER, None)
+
+
+def test_a_secret_is_given_one_way(env, tmp_path, monkeypatch):
+    env.ok("domain", "add", "ours.example")
+    token = tmp_path / "token"
+    token.write_text(BEARER)
+    add = ("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.")
+    env.fails(*add, "--bearer", BEARER, "--bearer-file", str(token),
+              match="give --bearer, --bearer-file or $MXHOOK_BEARER, not two of them")
+    env.fails(*add, "--bearer-file", "-", "--api-key-file", "-", input="a\nb\n",
+              match="only one secret can be read from stdin")
+    env.fails(*add, "--bearer-file", str(tmp_path / "missing"), match="does not exist")
+    token.write_text("two\nlines\n")
+    env.fails(*add, "--bearer-file", str(token), match="control character")
+    monkeypatch.setenv("MXHOOK_BEARER", BEARER)
+    env.fails(*add, "--bearer", BEARER, match="not two of them")
+    env.fails(*add, "--basic-auth", "bob:pw", match="not both")  # the token from the environment
+
+
 def test_rotate_secret_errors(populated):
     populated.fails("rule", "rotate-secret", "nope", match="no rule named 'nope'", code=1)
     populated.fails("rule", "rotate-secret", "invoices", "--overlap", "soon", match="not a duration")
