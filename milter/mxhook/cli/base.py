@@ -31,6 +31,14 @@ class InputError(click.UsageError):
         super().show(file)
 
 
+NOT_USAGE = frozenset({
+    "config_invalid",  # the config file is wrong, not the command line
+    "bad_key_file",  # [tracking] key_file has a bad line
+    "not_sent_yet",  # replay: the event named is in no batch yet
+})
+"""Codes of services.errors.Invalid that are runtime errors (exit status 1)."""
+
+
 class MxhookGroup(click.Group):
     """Turns errors into exit statuses (docs/cli.md, "Exit status"), wherever in the command
     they are raised, as click, postconf and sqlite-utils do: 2 for wrong input on the command
@@ -42,7 +50,7 @@ class MxhookGroup(click.Group):
         try:
             return super().invoke(ctx)
         except Invalid as exc:
-            if exc.code == "config_invalid":  # the config file is wrong, not the command line
+            if exc.code in NOT_USAGE:
                 raise click.ClickException(exc.message) from None
             raise InputError(exc.message) from None
         except ServiceError as exc:
