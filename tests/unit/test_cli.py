@@ -1356,6 +1356,8 @@ def test_a_secret_is_given_one_way(env, tmp_path, monkeypatch):
     env.fails(*add, "--bearer-file", str(tmp_path / "missing"), match="does not exist")
     token.write_text("two\nlines\n")
     env.fails(*add, "--bearer-file", str(token), match="control character")
+    token.write_bytes(b"caf\xe9\n")
+    env.fails(*add, "--bearer-file", str(token), match="is not UTF-8 text (byte 4)")
     monkeypatch.setenv("MXHOOK_BEARER", BEARER)
     env.fails(*add, "--bearer", BEARER, match="not two of them")
     env.fails(*add, "--basic-auth", "bob:pw", match="not both")  # the token from the environment

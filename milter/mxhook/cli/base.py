@@ -266,10 +266,13 @@ def read_secret(path: str) -> str:
     else:
         with open(path, "rb") as fh:
             data = fh.read(MAX_SECRET_BYTES + 1)
+    name = "stdin" if path == "-" else path
     if len(data) > MAX_SECRET_BYTES:
-        raise InputError(f"{'stdin' if path == '-' else path} is larger than {MAX_SECRET_BYTES} "
-                         "bytes: not a secret")
-    text = data.decode("utf-8")
+        raise InputError(f"{name} is larger than {MAX_SECRET_BYTES} bytes: not a secret")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not UTF-8 text (byte {exc.start + 1})") from None
     for end in ("\r\n", "\n"):
         if text.endswith(end):
             return text[:-len(end)]
