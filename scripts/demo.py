@@ -22,17 +22,16 @@ import signal
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (ROOT, os.path.join(ROOT, "milter")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from tests.support.daemons import MxhookStack  # noqa: E402
+from tests.support.daemons import MxhookStack, WebProcess  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 from tests.support.postfix import PostfixError, make_message  # noqa: E402
-from tests.web.conftest import WebProcess, free_port  # noqa: E402
+from tests.support.web_client import Client  # noqa: E402
 
 DOMAIN = "ours.example"
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
@@ -101,17 +100,6 @@ def scenarios():
     ]
 
 
-def api_status(port: int, token: str) -> int:
-    """GET /v1/status with the token: the HTTP status."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/status",
-                                 headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def demo(stack: MxhookStack, web: WebProcess) -> int:
     pf = stack.postfix
     heading("Private stack")
@@ -174,14 +162,15 @@ def demo(stack: MxhookStack, web: WebProcess) -> int:
 
     heading("The HTTP API and console (mxhook-web)")
     token = run_cli(stack, "token", "add", "demo", "--read-only")
-    status = api_status(web.port, token)
+    status = Client(f"http://127.0.0.1:{web.port}").request("GET", "/v1/status", token=token).status
     print(f"GET /v1/status with the token: HTTP {status}")
     if status != 200:
         print(web.stderr_text()[-3000:], file=sys.stderr)
         return 1
     password = secrets.token_urlsafe(12)
-    print(f"{DIM}$ mxhook user add demo{RESET}  (password given at the prompt)")
-    print(textwrap.indent(stack.cli("user", "add", "demo", input=f"{password}\n{password}\n").stdout.rstrip(), "  "))
+    print(f"{DIM}$ mxhook user add demo --password-file -{RESET}  (the password on stdin)")
+    print(textwrap.indent(stack.cli("user", "add", "demo", "--password-file", "-",
+                                    input=f"{password}\n").stdout.rstrip(), "  "))
     print(f"\n{BOLD}Console:{RESET}  http://127.0.0.1:{web.port}/  (user demo, password {password})")
     print(f"{BOLD}API call:{RESET} curl -H 'Authorization: Bearer {token}' "
           f"http://127.0.0.1:{web.port}/v1/status")

@@ -9,7 +9,9 @@ import os
 import pytest
 
 from tests.support.postfix import make_message
-from tests.web.conftest import Client, WebProcess, free_port
+from tests.support.daemons import WebProcess
+from tests.support.ports import free_port
+from tests.support.web_client import Client
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from tests.web.conftest import free_port
+from tests.support.ports import free_port
 
 from mxhook import config as configmod
 from mxhook import heartbeat

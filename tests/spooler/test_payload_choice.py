@@ -51,7 +51,7 @@ def test_one_request_per_event_with_the_dialect_body_and_unsent_types_never_disp
 
 
 def test_single_event_endpoints_have_several_requests_in_flight(rx, cfg):
-    """Up to model.batching.open_limit single-event batches open at once (four per worker),
+    """Up to model.batching.open_limit single-event batches open at once (OPEN_PER_WORKER per worker),
     made in one step; a batching endpoint keeps one."""
     from mxhook.model.batching import open_limit
 

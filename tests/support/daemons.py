@@ -9,7 +9,8 @@
 
 `MxhookStack` ties Postfix, both daemons, a receiver and the CLI together (the `mxhook_stack`
 fixture in tests/conftest.py); with `logfollow=True` it also runs `mxhook-logfollow` on the
-private instance's `maillog_file` (`LogfollowProcess`), for delivery events.
+private instance's `maillog_file` (`LogfollowProcess`), for delivery events. `WebProcess` is
+mxhook-web (tests/web, the demo).
 
 Daemons are started from the same environment as the caller: `<bin>/mxhook-milter` next to
 `sys.executable` (the dev venv), else `python -m`-style fallbacks. Their stderr goes to a file in
@@ -29,6 +30,7 @@ import time
 
 from mxhook import config as configmod
 
+from .ports import wait_port
 from .postfix import PrivatePostfix, PostfixError
 from .receiver import Receiver
 
@@ -284,6 +286,24 @@ class SpoolerProcess(Daemon):
     def wait_ready(self) -> None:
         time.sleep(0.1)
         self._check_alive()
+
+
+class WebProcess(Daemon):
+    """`mxhook-web --config PATH` (the HTTP API and the console; the config's `[web] listen`
+    names a loopback port); ready when it accepts a connection."""
+
+    name = "web"
+
+    def __init__(self, cfg: MxhookConfig, **kw):
+        super().__init__(_program("mxhook-web", "mxhook.daemons.web") + ["--config", cfg.path],
+                         cfg.workdir, **kw)
+        self.cfg = cfg
+        self.port = int(cfg.values["web"]["listen"].rsplit(":", 1)[1])
+
+    def wait_ready(self) -> None:
+        if not wait_port(self.port, self.ready_timeout, self.proc):
+            self._check_alive()
+            raise DaemonError(f"mxhook-web not listening after {self.ready_timeout}s:\n{self.stderr_text()}")
 
 
 def logfollow_settings(workdir: str, maillog: str, **extra: str) -> dict[str, dict[str, str]]:

@@ -64,7 +64,7 @@ def test_batch_size_and_open_limit_by_events_per_request():
     assert batch_size(1000, None) == 1000 and batch_size(1000, 1) == 1
     assert open_limit(None, 8) == 1  # batches: one open at a time, events in order
     # one per request: OPEN_PER_WORKER open per spooler worker, a bound (retries waiting count too)
-    assert open_limit(1, 8) == 32 and open_limit(1, 32) == 128 and open_limit(1, 0) == 4
+    assert open_limit(1, 8) == 256 and open_limit(1, 32) == 1024 and open_limit(1, 0) == 32
     assert batches_to_make(10, 1, 4) == 4 and batches_to_make(2, 1, 4) == 2
     assert batches_to_make(2500, 1000, 1) == 1 and batches_to_make(0, 1, 4) == 1
 

@@ -20,7 +20,7 @@ from mxhook.model.records import to_datetime
 from mxhook.model.rules import Rule
 from mxhook.model.targets import Destination
 from mxhook.payloads import registry
-from mxhook.services import attachments
+from mxhook.services import attachments, keyfiles
 
 KEY1, KEY2 = b"k" * 32, b"\x01" * 32
 NOW = 1_800_000_000
@@ -191,7 +191,7 @@ def test_no_fetch_urls_without_public_url(tmp_path):
 
 def test_key_file_created_0640_at_first_use_and_read_again_on_change(tmp_path):
     cfg = _cfg(tmp_path, public_url="https://mx.example.com/")
-    keys = attachments.KeyFile(str(tmp_path / "attachment.key"))
+    keys = keyfiles.KeyFile(str(tmp_path / "attachment.key"))
     first = attachments.fetch_urls(cfg, keys)
     assert first.base_url == "https://mx.example.com" and len(first.keys) == 1
     assert stat.S_IMODE(os.stat(keys.path).st_mode) == 0o640

@@ -11,7 +11,7 @@ from mxhook import config
 from mxhook.cli import cli
 from mxhook.model import keyring
 from mxhook.services import tracking
-from mxhook.services.attachments import KeyFile
+from mxhook.services.keyfiles import KeyFile
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.store import rulesdb
 from mxhook.store.rulesdb import RulesStore, TrackingSettings
@@ -100,14 +100,17 @@ def test_the_header_overrides_the_domain_and_keeps_its_honeypot():
 def test_rotate_key_appends_newest_last_atomically_and_drop_old_keeps_one(cfg):
     path = cfg.value("tracking", "key_file")
     first = tracking.rotate_key(cfg)
-    assert first["keys"] == [first["key_id"]] and first["dropped"] == 0
+    assert first["kept"] == [] and first["dropped"] == []
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
-    second = tracking.rotate_key(cfg)
+    second = tracking.rotate_key(cfg)  # tracking keys never expire: every older one is kept
+    third = tracking.rotate_key(cfg)
     keys = KeyFile(path).keys()
-    assert second["keys"] == [first["key_id"], second["key_id"]] == [keyring.key_id(k) for k in keys]
+    assert [first["key_id"], second["key_id"], third["key_id"]] == [keyring.key_id(k) for k in keys]
+    assert third["kept"] == [first["key_id"], second["key_id"]]
     inode = os.stat(path).st_ino
-    third = tracking.rotate_key(cfg, drop_old=True)
-    assert third["keys"] == [third["key_id"]] and third["dropped"] == 2
+    fourth = tracking.rotate_key(cfg, drop_old=True)
+    assert fourth["kept"] == [] and fourth["dropped"] == [first["key_id"], second["key_id"], third["key_id"]]
+    assert [keyring.key_id(k) for k in KeyFile(path).keys()] == [fourth["key_id"]]
     assert os.stat(path).st_ino != inode  # replaced, never written in place
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     assert [f for f in os.listdir(os.path.dirname(path))] == ["tracking.key"]
@@ -142,7 +145,7 @@ def test_cli(cfg, tmp_path):
     assert "a.example" in ok("tracking", "list")
     assert "unsubscribe: yes" in ok("tracking", "show", "a.example")
     assert "Added key" in ok("tracking", "rotate-key")
-    assert "Dropped 1 older key" in ok("tracking", "rotate-key", "--drop-old")
+    assert "Dropped (what they signed no longer verifies): " in ok("tracking", "rotate-key", "--drop-old")
     assert "Removed" in ok("tracking", "remove", "a.example")
     assert run(cli, ["--config", str(conf), "tracking", "show", "a.example"]).exit_code == 1  # not found
     assert run(cli, ["--config", str(conf), "tracking", "set", "-"]).exit_code == 2  # not a domain

@@ -13,6 +13,7 @@ import pytest
 from mxhook.delivery import egress
 from mxhook.delivery import webhook
 from mxhook.model.targets import Target
+from tests.support.ports import free_port
 from tests.support.receiver import Receiver, Response
 
 LOOPBACK = "127.0.0.1/32"  # the receiver's network, allowlisted as [http] allow_networks would
@@ -174,9 +175,7 @@ def test_read_timeout_deferred(rx):
 
 
 def test_connection_refused_deferred():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = post(target(f"http://127.0.0.1:{port}/hook?token=SECRET", bearer="tok-xyz"))
     assert out.status == "deferred" and out.status_code is None
     assert out.error.startswith("connection error:") and "refused" in out.error.lower()

@@ -15,7 +15,8 @@ from mxhook.model.targets import Destination
 from mxhook.model.records import iso
 from mxhook.store import ingest
 from mxhook.store.statedb import AttemptRecord, StateStore
-from tests.web.conftest import Reply, WebStack
+from tests.support.web_client import Reply
+from tests.web.conftest import WebStack
 
 USER, PASSWORD = "alice", "correct horse battery"
 BASE = 1_790_000_000.0  # 2026-09-21T14:13:20Z

@@ -92,3 +92,41 @@ def test_audit_lists_newest_first(conf):
     assert [(r["target"], r["detail"]) for r in rows] == [("r2", {"priority": 2}), ("r1", {"priority": 1})]
     table = run(conf, "audit").stdout
     assert "token:ci" in table and "rule.add" in table
+
+
+def test_user_add_reads_the_password_from_a_file_or_stdin_and_can_be_read_only(conf, tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("from a file 1\nsecond line ignored\n")
+    added = run(conf, "user", "add", "carol", "--password-file", str(secret))
+    assert added.stdout == "Added user carol\n" and "Password" not in added.output
+    ro = run(conf, "user", "add", "rita", "--read-only", "--password-file", "-", input="from stdin 2\r\n")
+    assert ro.stdout == "Added read-only user rita\n"
+    cfg = configmod.load(conf)
+    assert access.authenticate_user(cfg, "carol", "from a file 1")
+    assert access.authenticate_user(cfg, "rita", "from stdin 2")
+    run(conf, "user", "passwd", "carol", "--password-file", "-", input="changed pass 3\n")
+    assert access.authenticate_user(cfg, "carol", "changed pass 3")
+    listed = json.loads(run(conf, "user", "list", "--json").stdout)
+    assert [(u["name"], u["read_only"]) for u in listed] == [("carol", False), ("rita", True)]
+    table = run(conf, "user", "list").stdout
+    assert "READ-ONLY" in table
+    assert [line.split()[:2] for line in table.splitlines() if line.startswith(("carol", "rita"))] == [
+        ["carol", "no"], ["rita", "yes"]]
+    run(conf, "user", "add", "dave", "--password-file", "-", input="short\n", code=2)
+
+
+def test_an_access_db_of_schema_1_gets_the_read_only_column(tmp_path):
+    import sqlite3
+
+    import sqlite_utils
+
+    from mxhook.store import access as accessdb
+    from mxhook.store import migrations
+
+    path = str(tmp_path / "a.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.migrate(sqlite_utils.Database(conn), accessdb._MIGRATIONS[:1], name="access database")
+    conn.execute("INSERT INTO users (name, password, created, updated) VALUES ('old', 'x', 't', 't')")
+    conn.close()
+    cfg = make_config(tmp_path, web={"access_db": path})
+    assert access.list_users(cfg) == [{"name": "old", "read_only": False, "created": "t", "updated": "t"}]

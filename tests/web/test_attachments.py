@@ -1,6 +1,7 @@
 """GET /v1/attachments/<token> on the real mxhook-web: the bytes of an attachment the payload
 omitted, from the message stored in state.db (filled through the store layer, as the spooler
-does), by the url the payload gave; anything else 404, with no Bearer token asked for."""
+does), by the url the payload gave; anything else 404, with no Bearer token asked for; the
+signing key rotated (`mxhook attachments rotate-key`) with overlap, or with --drop-old."""
 from __future__ import annotations
 
 import base64
@@ -14,12 +15,14 @@ import pytest
 
 from mxhook import config as configmod
 from mxhook import spool
+from mxhook.model import fetchurls, keyring
 from mxhook.model.fetchurls import make_token
 from mxhook.model.records import iso
 from mxhook.payloads import registry
 from mxhook.model.rules import Rule
 from mxhook.model.targets import Destination
-from mxhook.services import attachments
+from mxhook.services import attachments, keyfiles
+from mxhook.services.errors import Invalid
 from mxhook.store import ingest
 from mxhook.store.statedb import AttemptRecord, StateStore
 from tests.web.conftest import WebStack
@@ -110,7 +113,7 @@ def test_the_raw_url_serves_the_message(stack):
 
 
 def _key(stack) -> bytes:
-    return attachments.KeyFile(configmod.load(stack.cfg.path).value("web", "attachment_key_file")).keys()
+    return keyfiles.KeyFile(configmod.load(stack.cfg.path).value("web", "attachment_key_file")).keys()
 
 
 def test_forged_expired_and_unknown_are_one_404(stack):
@@ -171,3 +174,52 @@ def test_the_access_log_never_shows_a_token(stack):
 def test_other_routes_still_need_a_token(stack):
     assert stack("GET", "/v1/status", token=None).status == 401
     assert stack("GET", "/v1/attachments", token=None).status == 401
+
+
+def test_rotate_key_keeps_the_previous_keys_until_the_ttl_after_their_successor(tmp_path):
+    from tests.support.services import make_config
+
+    path = tmp_path / "attachment.key"
+    cfg = make_config(tmp_path, web={"attachment_key_file": str(path), "attachment_url_ttl": "7"})
+    first = attachments.rotate_key(cfg, now=1_000_000.0)  # no file yet: made with one key
+    assert first["kept"] == [] and first["dropped"] == []
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    keys = keyfiles.KeyFile(str(path))
+    (a,) = keys.keys()
+    signed_a = make_token((a,), "m1", "0", 2_000_000)
+    day = 86400.0
+    b = attachments.rotate_key(cfg, now=1_000_000.0 + day)
+    c = attachments.rotate_key(cfg, now=1_000_000.0 + 7 * day)  # a: b came 6 days ago, kept
+    assert c["kept"] == [first["key_id"], b["key_id"]] and c["dropped"] == []
+    assert keyring.key_id(keys.keys()[-1]) == c["key_id"]  # the newest signs
+    assert fetchurls.verify(keys.keys(), signed_a, 1_500_000.0) is not None  # the old verify
+    d = attachments.rotate_key(cfg, now=1_000_000.0 + 8 * day)  # b came 7 days ago: a goes
+    assert d["dropped"] == [first["key_id"]] and d["kept"] == [b["key_id"], c["key_id"]]
+    assert fetchurls.verify(keys.keys(), signed_a, 1_500_000.0) is None
+    text = path.read_text()
+    assert text.count("# added ") == 3 and len(keys.keys()) == 3
+    e = attachments.rotate_key(cfg, drop_old=True, now=1_000_000.0 + 8 * day)
+    assert e["kept"] == [] and len(e["dropped"]) == 3
+    assert [keyring.key_id(k) for k in keys.keys()] == [e["key_id"]]
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".attachment-key")] == []
+    path.write_text("not a key\n")
+    with pytest.raises(Invalid):
+        attachments.rotate_key(cfg)
+    assert path.read_text() == "not a key\n"  # left as it was
+
+
+def test_rotating_from_the_cli_keeps_old_urls_working_and_drop_old_ends_them(stack):
+    rid = store_message(stack)
+    before = payload(stack, rid)["message"]["attachments"][1]["url"]
+    assert get(stack, before).status == 200
+    shown = stack.cli("attachments", "rotate-key").stdout
+    assert shown.startswith("Added key ") and "Still verifying: " in shown
+    after = payload(stack, rid)["message"]["attachments"][1]["url"]
+    assert after != before
+    assert get(stack, before).status == 200 and get(stack, after).status == 200  # overlap
+    done = json.loads(stack.cli("attachments", "rotate-key", "--drop-old", "--json").stdout)
+    assert len(done["dropped"]) == 2 and done["kept"] == []
+    assert get(stack, before).status == 404 and get(stack, after).status == 404
+    newest = payload(stack, rid)["message"]["attachments"][1]["url"]
+    assert get(stack, newest).body == BIG

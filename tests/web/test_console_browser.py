@@ -1,7 +1,7 @@
 """The console in a real browser: Debian's chromium, headless, driven by chromium-driver through
 python3-selenium, against the real mxhook-web process (seed 000's screens: log in, search by
 status and period, page forward and back, a detail page, Download CSV, and a rule added,
-disabled and deleted after the password prompt)."""
+disabled and deleted after the password prompt; a read-only user who sees no write form)."""
 from __future__ import annotations
 
 import os
@@ -79,9 +79,9 @@ def gone(element) -> bool:
     return False
 
 
-def log_in(driver, url, password: str) -> None:
+def log_in(driver, url, password: str, user: str = USER) -> None:
     driver.get(url("/login"))
-    driver.find_element(By.ID, "user").send_keys(USER)
+    driver.find_element(By.ID, "user").send_keys(user)
     driver.find_element(By.ID, "password").send_keys(password)
     click(driver, driver.find_element(By.ID, "login"))
 
@@ -174,3 +174,29 @@ def test_add_disable_and_delete_a_rule_with_the_password(site):
     assert "rule invoices deleted" in driver.find_element(By.CLASS_NAME, "flash").text
     assert not driver.find_elements(By.ID, "rule-invoices")
     assert stack("GET", "/v1/rules/invoices").status == 404
+
+
+def test_a_read_only_user_sees_the_settings_without_a_form_to_change_them(site):
+    stack, driver = site
+    stack.cli("user", "add", "rita", "--read-only", "--password-file", "-", input="only looking 1\n")
+    stack.cli("rule", "add", "watched", "--url", "https://127.0.0.1:9/w", "--when", "To~^watched@")
+    driver.get(stack.url("/logs/inbound"))
+    click(driver, driver.find_element(By.ID, "logout"))
+    log_in(driver, stack.url, "only looking 1", user="rita")
+    assert "rita (read-only)" in driver.find_element(By.CSS_SELECTOR, "form.logout").text
+    driver.get(stack.url("/settings/rules"))
+    row = driver.find_element(By.ID, "rule-watched")
+    driver.implicitly_wait(0)  # what must be absent is looked for once
+    try:
+        assert "enabled" in row.find_element(By.CLASS_NAME, "state").text
+        assert not row.find_elements(By.CLASS_NAME, "toggle") and not row.find_elements(By.CLASS_NAME, "delete")
+        assert not driver.find_elements(By.ID, "add-rule")
+        driver.get(stack.url("/logs/inbound?status=deferred"))
+        click(driver, driver.find_element(By.CSS_SELECTOR, "a.detail"))
+        assert "HTTP 503" in driver.find_element(By.CSS_SELECTOR, "table.attempts").text
+        assert not driver.find_elements(By.ID, "replay")
+    finally:
+        driver.implicitly_wait(5)
+    driver.get(stack.url("/settings/rules/watched/delete"))  # typed in: refused
+    assert "read-only" in driver.find_element(By.TAG_NAME, "main").text
+    assert stack("GET", "/v1/rules/watched").status == 200

@@ -320,3 +320,71 @@ def test_a_failed_event_batch_is_replayed_from_its_detail_page(stack, client):
     assert "replayed: 1" in after and 'id="replay"' not in after
     assert 'id="replay"' not in client.get(f"/logs/inbound/{stack.logs['delivery']}").text  # deferred
     assert "<td>log.events.replay</td>" in client.get("/audit").text
+
+
+def console_routes(stack) -> list:
+    """The console's routes (werkzeug Rule objects), from the application's own table."""
+    from mxhook import config as configmod
+    from mxhook.web import create_app
+
+    return [rule for rule in create_app(configmod.load(stack.cfg.path)).url_map.iter_rules()
+            if rule.endpoint.startswith("console.")]
+
+
+def fill(rule, values: dict) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), rule.rule)
+
+
+def test_every_form_route_refuses_a_post_without_the_csrf_token(stack, client):
+    values = {"name": "x", "endpoint_id": 1, "kind": "rules", "key": "x", "address": "a@b.example",
+              "how": "delete", "entry_id": "x", "event_id": "x"}
+    posts = [rule for rule in console_routes(stack) if "POST" in rule.methods]
+    assert len(posts) == 15, [r.rule for r in posts]  # the 13 changes, login and logout
+    for rule in posts:
+        reply = client.post(fill(rule, values), {"password": PASSWORD, "user": USER}, csrf=None)
+        assert reply.status == 400 and "CSRF" in reply.text, rule.rule
+    assert client.get("/logs/inbound").status == 200  # still logged in: logout was refused too
+
+
+def test_a_read_only_user_sees_everything_and_every_write_route_answers_403(stack):
+
+    stack.cli("user", "add", "rita", "--read-only", "--password-file", "-", input="only looking 1\n")
+    stack.cli("block", "add", "seen@far.example")
+    stack.cli("rule", "add", "visible", "--url", "https://127.0.0.1:9/v", "--when", "To~@seen")
+    stack.cli("domain", "add", "seen.example")
+    c = ConsoleClient(stack)
+    assert c.login("rita", "only looking 1").status == 302
+    d = stack.logs["delivery"]
+    for path, shown in (("/logs/inbound", "invoices@ours.example"), (f"/logs/inbound/{d}", "HTTP 503"),
+                        ("/logs/events", "rcpt0@far.example"), ("/logs/events/ev0000", "HTTP 500"),
+                        ("/settings/domains", "seen.example"), ("/settings/rules", "visible"),
+                        ("/settings/endpoints", "https://127.0.0.1:9/events"),
+                        ("/settings/blocks", "seen@far.example"), ("/audit", "user.add")):
+        page = c.get(path)
+        assert page.status == 200 and shown in page.text, path
+        # no write form or link: the only form that posts is Log out
+        assert re.findall(r'method="post" action="([^"]+)"', page.text) == ["/logout"], path
+        assert "/edit" not in page.text and "/delete" not in page.text and "/new" not in page.text, path
+        assert "(read-only)" in page.text
+    assert c.get("/logs/inbound.csv").text == stack.cli("log", "inbound", "--csv").stdout
+    # every route that changes something, from the application's own route table
+    values = {"name": "visible", "endpoint_id": stack.logs["endpoint"], "kind": "rules", "key": "visible",
+              "address": "seen@far.example", "how": "delete", "entry_id": d, "event_id": "ev0000"}
+    routes = [(rule, method) for rule in console_routes(stack)
+              if rule.endpoint not in ("console.login", "console.logout")
+              for method in ("GET", "POST") if method in rule.methods
+              and (method == "POST" or rule.endpoint in ("console.rule_add", "console.rule_edit",
+                                                         "console.endpoint_add", "console.endpoint_edit",
+                                                         "console.delete"))]
+    assert len([r for r in routes if r[1] == "POST"]) == 13, routes
+    for rule, method in routes:
+        path = fill(rule, values)
+        c.get("/logs/inbound")  # a page with a CSRF token: the refusal is for being read-only
+        reply = c.post(path, {"password": "only looking 1", "enabled": "false", "address": "x@y.example",
+                              "name": "new.example", "url": "https://127.0.0.1:9/n"}) \
+            if method == "POST" else c.get(path)
+        assert reply.status == 403 and "read-only" in reply.text, (method, path, reply.status)
+    assert stack("GET", "/v1/rules/visible").json()["enabled"] is True
+    assert stack("GET", "/v1/blocks/seen@far.example").status == 200
+    assert stack("GET", "/v1/domains/new.example").status == 404
+    assert c.post("/logout").status == 302

@@ -12,7 +12,8 @@ from __future__ import annotations
 import click
 
 from mxhook import config as configmod
-from mxhook.cli import access, admin, blocks, dialects, domains, endpoints, logs, ops, rules, tracking
+from mxhook.cli import (access, admin, attachments, blocks, dialects, domains, endpoints, logs, ops,
+                        rules, tracking)
 from mxhook.cli.base import CONTEXT_SETTINGS, App, InputError, MxhookGroup
 
 
@@ -35,7 +36,8 @@ def cli(ctx, config_path):
 
 for command in (domains.domain, rules.rule, logs.log, endpoints.endpoint, dialects.dialect,
                 blocks.block, admin.postfix_config, admin.check, ops.replay, ops.status,
-                access.token, access.user, access.audit, tracking.tracking_group):
+                access.token, access.user, access.audit, tracking.tracking_group,
+                attachments.attachments):
     cli.add_command(command)
 
 

@@ -56,25 +56,37 @@ def user():
     """Console users (name and password)."""
 
 
-def _new_password() -> str:
-    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+def _new_password(password_file) -> str:
+    """The first line of `password_file` (its line end dropped), or asked for twice."""
+    if password_file is None:
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password_file.readline().rstrip("\r\n")
+
+
+PASSWORD_FILE = click.option(
+    "--password-file", type=click.File("r", encoding="utf-8"), metavar="FILE|-",
+    help="Read the password from the first line of FILE (`-`: standard input) instead of asking.")
 
 
 @user.command("add")
 @click.argument("name")
+@click.option("--read-only", is_flag=True,
+              help="The user sees the logs and the settings but changes nothing.")
+@PASSWORD_FILE
 @pass_app
-def user_add(app, name):
+def user_add(app, name, read_only, password_file):
     """Add console user NAME; asks for the password (stored as an scrypt hash)."""
-    access.add_user(app.cfg, name, _new_password())
-    click.echo(f"Added user {name}")
+    access.add_user(app.cfg, name, _new_password(password_file), read_only=read_only)
+    click.echo(f"Added {'read-only ' if read_only else ''}user {name}")
 
 
 @user.command("passwd")
 @click.argument("name")
+@PASSWORD_FILE
 @pass_app
-def user_passwd(app, name):
+def user_passwd(app, name, password_file):
     """Set a new password for user NAME."""
-    access.set_password(app.cfg, name, _new_password())
+    access.set_password(app.cfg, name, _new_password(password_file))
     click.echo(f"Changed the password of user {name}")
 
 
@@ -89,8 +101,9 @@ def user_list(app, as_json):
     elif not rows:
         click.echo("No console users (add one with: mxhook user add NAME)")
     else:
-        table(["NAME", "CREATED", "PASSWORD CHANGED"],
-              [[r["name"], short_time(r["created"]), short_time(r["updated"])] for r in rows])
+        table(["NAME", "READ-ONLY", "CREATED", "PASSWORD CHANGED"],
+              [[r["name"], r["read_only"], short_time(r["created"]), short_time(r["updated"])]
+               for r in rows])
 
 
 @user.command("remove")

@@ -170,3 +170,13 @@ def print_rotation(rotation, label: str, ed25519: bool) -> None:
     else:
         click.echo(f"Rotated the {what} of {label}: the previous one no longer signs")
     print_new_keys([rotation.key], rotated=not rotation.first)
+
+
+def echo_rotated_key(done: dict, signs: str) -> None:
+    """What `attachments rotate-key` and `tracking rotate-key` did (services/keyfiles.py
+    `rotate`'s answer); `signs`: what the new key signs."""
+    click.echo(f"Added key {done['key_id']} to {done['path']}: it signs {signs} from now on")
+    if done["kept"]:
+        click.echo(f"Still verifying: {', '.join(done['kept'])}")
+    if done["dropped"]:
+        click.echo(f"Dropped (what they signed no longer verifies): {', '.join(done['dropped'])}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mxhook.cli.base import MxhookGroup, pass_app, warn
-from mxhook.cli.output import emit_json, short_time, table
+from mxhook.cli.output import echo_rotated_key, emit_json, short_time, table
 from mxhook.services import tracking
 from mxhook.store.rulesdb import TRACKING_FEATURES
 
@@ -95,12 +95,13 @@ def tracking_remove(app, domain):
 @tracking_group.command("rotate-key")
 @click.option("--drop-old", is_flag=True,
               help="Keep only the new key: links and pixels of mail sent before stop working.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_app
-def tracking_rotate_key(app, drop_old):
+def tracking_rotate_key(app, drop_old, as_json):
     """Add a new signing key to [tracking] key_file (made when missing); the new one signs,
     the older ones still verify until they are dropped."""
     done = tracking.rotate_key(app.cfg, drop_old=drop_old)
-    click.echo(f"Added key {done['key_id']} to {done['path']} ({len(done['keys'])} key"
-               f"{'s' if len(done['keys']) != 1 else ''}: {', '.join(done['keys'])})")
-    if done["dropped"]:
-        click.echo(f"Dropped {done['dropped']} older key{'s' if done['dropped'] != 1 else ''}")
+    if as_json:
+        emit_json(done)
+        return
+    echo_rotated_key(done, "tracking links, pixels and unsubscribe URLs")

@@ -54,7 +54,7 @@ from mxhook.model.records import DeniedRecord, iso
 from mxhook.model.rules import RuleError
 from mxhook.postfix import postconf
 from mxhook.services import tracking as trackingsvc
-from mxhook.services.attachments import KeyFile
+from mxhook.services.keyfiles import KeyFile
 from mxhook.store.rulesdb import BlocklistReader, Snapshot, SnapshotWatcher, refusal_reason
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,13 @@ The loop, on the main thread (the only thread that touches state.db):
    attempts); `send` them to a pool of `workers` threads, each with its own requests session,
    where a dispatch's body is rendered (mxhook.payloads.registry) and POSTed once
    (mxhook.delivery.webhook). The pool holds up to POOL_DEPTH dispatches per worker, so a
-   freed worker takes the next one at once. The results that came back are settled on the
+   freed worker takes the next one at once, and beside them up to BULK_DEPTH per worker
+   single-event posts of one-per-request endpoints, taken only when nothing else waits
+   (`PostPool`). The results that came back are settled on the
    main thread (`collect_finished`) and written after the next posts were handed out
-   (`record_results`: all results finished by then in one transaction), so the COMMIT's
-   fsync overlaps with posting; until written, a dispatch is not picked again. The retry
+   (`record_results`: all results finished by then in one transaction; in the transaction
+   that makes the step's new event batches when it makes any), so the COMMIT's fsync
+   overlaps with posting; until written, a dispatch is not picked again. The retry
    policy (mxhook.model.retry) decides the next step: succeeded/failed are final; deferred is
    retried after the retry interval ±10 % jitter (or a longer Retry-After, at most an hour)
    until `retry period` days after the first attempt, then failed.
@@ -93,13 +96,15 @@ import argparse
 import gc
 import logging
 import os
+import queue
 import random
 import signal
 import sqlite3
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Callable
 
@@ -134,10 +139,14 @@ HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open seg
 SPOOL_WATCH = 0.02
 # Dispatches handed to the post pool: up to POOL_DEPTH per worker, so a worker that finished a
 # post takes the next due one at once instead of idling while the loop commits results and
-# ingests (the loop's pass, two fsyncs, took longer than a wave of posts; one-per-request posts
-# take ~0.1 ms each, so a pass's worth is several per worker: model.batching.OPEN_PER_WORKER).
-# The price: an inbound delivery may wait behind that many posts per worker.
+# ingests (the loop's pass, two fsyncs, took longer than a wave of posts). The price: an
+# inbound delivery may wait behind that many posts per worker.
 POOL_DEPTH = 8
+# Single-event posts of one-per-request endpoints (Dispatch.bulk) have a budget of their own in
+# the pool, BULK_DEPTH per worker, and are taken after everything else waiting there (PostPool):
+# hundreds in the pool make each loop step carry hundreds of events, and a message does not
+# wait behind them. model.batching.OPEN_PER_WORKER is the same figure per endpoint.
+BULK_DEPTH = batching.OPEN_PER_WORKER
 # seconds before writing unrecorded attempt results again: doubling from the first to the last
 RECORD_RETRY_FIRST = 1.0
 RECORD_RETRY_MAX = 60.0
@@ -242,8 +251,9 @@ class Spooler:
         self._key_file_error: str | None = None
         if self.fetch_urls is not None:  # smaller messages cannot have a content either cap omits
             self.state.keep_bodies_over = min(self.max_attachment_size, self.max_payload_size // 4)
-        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="mxhook-post")
+        self.executor = PostPool(self.workers, "mxhook-post")
         self.capacity = self.workers * POOL_DEPTH  # dispatches in the pool, posting or queued
+        self.bulk_capacity = self.workers * BULK_DEPTH  # and bulk ones beside them
         self.inflight: dict[Future, Dispatch] = {}
         self._stop = threading.Event()
         self._local = threading.local()
@@ -375,6 +385,8 @@ class Spooler:
             return 0
         # batches are sent before deliveries are picked: both take from the room in the pool
         started = self.send(self.pick_batches(flush=flush_events))
+        if self._record_pause:  # writing the results with the new batches failed
+            return started
         return started + self.send(self.pick_deliveries())
 
     def send(self, due: list[Dispatch]) -> int:
@@ -386,8 +398,14 @@ class Spooler:
                 pass  # logged; nothing ever read: each attempt tries again and is deferred
             self._refresh_fetch_urls()
         for d in due:
-            self.inflight[self.executor.submit(pipeline.attempt, d, self._post, self.clock)] = d
+            self.inflight[self.executor.submit(pipeline.attempt, d, self._post, self.clock,
+                                               behind=d.bulk)] = d
         return len(due)
+
+    def _room(self) -> tuple[int, int]:
+        """(dispatches, bulk dispatches) the pool has room for."""
+        bulk = sum(1 for d in self.inflight.values() if d.bulk)
+        return self.capacity - (len(self.inflight) - bulk), self.bulk_capacity - bulk
 
     def _refresh_fetch_urls(self) -> None:
         if self.fetch_urls is None:
@@ -407,7 +425,7 @@ class Spooler:
     def pick_deliveries(self) -> list[Dispatch]:
         """Inbound deliveries due now, as many as the pool has room for (after `pick_batches`,
         which reloaded what rules.db says)."""
-        free = self.capacity - len(self.inflight)
+        free = self._room()[0]
         if free <= 0 or self.stopping:
             return []
         # which rules are disabled now: `dispatch` looked at rules.db just before (pick_batches)
@@ -469,16 +487,24 @@ class Spooler:
         """Make due batches and pick the open ones that are due, as many as the pool has room
         for. A batching endpoint has one open batch at a time (its events in order); a
         one-event-per-request one up to model.batching.open_limit, each of one event.
-        `flush`: make batches of whatever is pending, due or not (--once)."""
-        free = self.capacity - len(self.inflight)
-        if self.stopping or free <= 0:
+        `flush`: make batches of whatever is pending, due or not (--once).
+
+        The results not written yet are written in the transaction that makes the new batches
+        (one commit a step, not two): a batch whose result closes it (succeeded, failed) has
+        room taken by none, and an endpoint's next batch is made after its previous one is
+        settled in state.db, in the same COMMIT."""
+        free, free_bulk = self._room()
+        if self.stopping or (free <= 0 and free_bulk <= 0):
             return []
+        taken = self._busy()  # as of now: the results written below do not make them due
+        closing = {r.delivery_id for r in self._unrecorded if r.status in ("succeeded", "failed")}
         try:
             eps = self.current_endpoints()
             now = self.clock()
             open_batches: dict[int, list[EventBatch]] = {}
             for batch in self.state.open_batch_list():
-                open_batches.setdefault(batch.endpoint_id, []).append(batch)
+                if batch.id not in closing:
+                    open_batches.setdefault(batch.endpoint_id, []).append(batch)
             shapes = {i: _batch_shape(ep, self.workers) for i, ep in eps.items() if ep.enabled}
             # batches made before the endpoint's payload changed to fewer events per request
             endpointbatches.split_oversized(self.state, open_batches,
@@ -492,20 +518,27 @@ class Spooler:
             wanted = [(i, sizes[i], batching.batches_to_make(pending[i][0], sizes[i], room[i]),
                        eps[i].destination.url)
                       for i in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes)]
-            for batch in self.state.create_batches(wanted, now) if wanted else ():
+            made: list[EventBatch] = []
+            if wanted and not self._write_results(
+                    lambda results: made.extend(self.state.create_batches(wanted, now, results=results))):
+                return []
+            for batch in made:
                 open_batches.setdefault(batch.endpoint_id, []).append(batch)
                 log.debug("event batch %s for endpoint %d: %d event(s)", batch.id, batch.endpoint_id, batch.size)
-            return self._due_batches(open_batches, eps, shapes, iso(now), free)
+            return self._due_batches(open_batches, eps, shapes, iso(now), free, free_bulk, taken)
         except sqlite3.Error as exc:
             _state_error(exc, "cannot read event batches from state.db")
             return []
 
     def _due_batches(self, open_batches: dict[int, list[EventBatch]], eps: dict[int, Endpoint],
-                     shapes: dict[int, tuple[int, int]], due_at: str, free: int) -> list[Dispatch]:
-        """The open batches to post now, up to `free`: due, not posting, result written. A
-        batching endpoint's first open batch only, and none while it is posting or settling."""
-        taken = {d.id for d in self.inflight.values()} | {r.delivery_id for r in self._unrecorded}
+                     shapes: dict[int, tuple[int, int]], due_at: str, free: int,
+                     free_bulk: int, taken: set[str]) -> list[Dispatch]:
+        """The open batches to post now, up to `free` (those of one-per-request endpoints up
+        to `free_bulk`: they are bulk dispatches): due, not posting, result written. A
+        batching endpoint's first open batch only, and none while it is posting or settling
+        (`taken`: the ids posting or settling)."""
         picked = []
+        room = {False: free, True: free_bulk}
         for endpoint_id in sorted(open_batches):
             if endpoint_id not in shapes:  # removed or disabled: its batches wait
                 continue
@@ -513,16 +546,18 @@ class Spooler:
             batches = open_batches[endpoint_id]
             if limit == 1 and any(b.id in taken for b in batches):
                 continue  # in order: nothing while one of its batches is posting or settling
+            bulk = limit > 1  # one event per request
             for batch in batches[:limit]:
                 if batch.id in taken or (batch.next_attempt_at or "") > due_at:
                     continue
-                if len(picked) >= free:
-                    return picked
+                if room[bulk] <= 0:
+                    break
+                room[bulk] -= 1
                 batch.events = self.state.batch_events(batch, rendered=True)
-                picked.append(self._batch_dispatch(batch, ep))
+                picked.append(self._batch_dispatch(batch, ep, bulk))
         return picked
 
-    def _batch_dispatch(self, batch: EventBatch, ep: Endpoint) -> Dispatch:
+    def _batch_dispatch(self, batch: EventBatch, ep: Endpoint, bulk: bool) -> Dispatch:
         target = ep.target
 
         def render():
@@ -534,7 +569,7 @@ class Spooler:
             id=batch.id, target=target, attempts=batch.attempts,
             first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),
             label=f"event batch {batch.id} endpoint={ep.id} events={batch.size}",
-            payload=_payload_name(target, "event"), render=render,
+            payload=_payload_name(target, "event"), render=render, bulk=bulk,
         )
 
     def _session(self):
@@ -694,10 +729,16 @@ class Spooler:
         receiver would be flooded. A damaged state.db stops the spooler (`_state_error`)."""
         if not self._unrecorded:
             return True
+        return self._write_results(self.state.record_attempts)
+
+    def _write_results(self, write: Callable[[list[AttemptRecord]], object]) -> bool:
+        """`write(results)`: the results not written yet, in one transaction with whatever
+        else `write` puts in it (`record_results`, whose pause and retry apply); True when it
+        was written."""
         if self.monotonic() < self._record_retry_at:
             return False
         try:
-            self.state.record_attempts(self._unrecorded)
+            write(self._unrecorded)
             self._unrecorded = []
         except sqlite3.Error as exc:
             self._record_pause = min(max(self._record_pause * 2, RECORD_RETRY_FIRST), RECORD_RETRY_MAX)
@@ -749,8 +790,9 @@ class Spooler:
 
         The results are written after the next posts started, so the workers post while the
         loop waits for the COMMIT's fsync; what finishes meanwhile goes into the next pass's
-        COMMIT. Results of event batches are written first: an endpoint's next batch is made
-        only once its previous one is settled in state.db. A dispatch whose result is not written yet is not picked again (`_busy`): if
+        COMMIT. When the pass makes event batches, the results are written with them, in
+        one COMMIT (`pick_batches`): an endpoint's next batch is made only once its previous
+        one is settled in state.db. A dispatch whose result is not written yet is not picked again (`_busy`): if
         the spooler dies first, it is posted again after the restart, with the same
         webhook-id."""
         background = self.state.checkpoint_error  # the checkpoint thread found damage?
@@ -764,9 +806,7 @@ class Spooler:
             handled = 0
         self.process_blocks()
         self.collect_finished()
-        if any(r.delivery_id.startswith(statedb.BATCH_PREFIX) for r in self._unrecorded):
-            self.record_results()  # first: their endpoints take their next batch in this pass
-        self.dispatch()
+        self.dispatch()  # writes the results with the batches it makes (pick_batches)
         self.record_results()
         self.retention.background(self.clock(), self.monotonic)  # a few bounded transactions
         if handled >= self.ingest_batch or self.more_waiting:
@@ -811,6 +851,64 @@ class Spooler:
         self.drain()
         alive.stop()
         log.info("stopped")
+
+
+class PostPool(Executor):
+    """`workers` threads running what is submitted, in order, except that work submitted
+    `behind` is taken only when nothing else waits: a one-per-request endpoint's hundreds of
+    single-event posts never hold up an inbound delivery or a batch. (ThreadPoolExecutor's
+    queue is one FIFO.) Each submission puts a token in a SimpleQueue, so an idle worker
+    waits on C code and wakes for exactly one item, the most urgent one waiting then."""
+
+    def __init__(self, workers: int, name: str):
+        self._tokens: "queue.SimpleQueue[bool | None]" = queue.SimpleQueue()
+        self._first: deque = deque()
+        self._behind: deque = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+                         for i in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn, /, *args, behind: bool = False, **kwargs) -> Future:
+        if self._closed:
+            raise RuntimeError("cannot submit after shutdown")
+        future: Future = Future()
+        (self._behind if behind else self._first).append((future, fn, args, kwargs))
+        self._tokens.put(True)
+        return future
+
+    def _work(self) -> None:
+        while self._tokens.get() is not None:
+            with self._lock:  # a token is an item waiting in one lane or the other
+                lane = self._first or self._behind
+                if not lane:  # cancelled by shutdown
+                    continue
+                future, fn, args, kwargs = lane.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions; with `cancel_futures` what no worker took yet is cancelled,
+        else it is run first; `wait` for the workers to finish."""
+        self._closed = True
+        if cancel_futures:
+            with self._lock:
+                cancelled = [*self._first, *self._behind]
+                self._first.clear()
+                self._behind.clear()
+            for future, *_ in cancelled:
+                future.cancel()
+        for _ in self._threads:
+            self._tokens.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 NONCE_BYTES = 16

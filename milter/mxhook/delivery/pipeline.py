@@ -65,6 +65,9 @@ class Dispatch:
     label: str  # how log lines name it: "delivery <id> rule=<name>", "event batch <id> ..."
     payload: str  # how a render error names the payload: its format or "event", dialect, template
     render: Callable[[], Body]  # called on a worker thread; may raise Unsendable, NotNow
+    # one of the many single-event posts of a one-per-request endpoint: posted after the
+    # inbound deliveries and batches waiting in the pool, from a budget of its own
+    bulk: bool = False
 
     @property
     def noun(self) -> str:

@@ -11,8 +11,8 @@ pending, due or not.
 Order. A batching endpoint has one open batch at a time, so its events arrive in order. A
 one-event-per-request endpoint (the smtp2go, paubox, msndr, mailgun and postmark dialects)
 would get one event per round trip that way, far below the rate mail makes them: it may have
-OPEN_PER_WORKER single-event batches open per spooler worker (half of the post pool, so one
-such endpoint leaves room for inbound deliveries and other endpoints), so its
+OPEN_PER_WORKER single-event batches open per spooler worker (posted from a budget of the
+spooler's own, after inbound deliveries and batches, so they leave room for those), so its
 events may arrive out of order (and a retried one after later ones), as they do from the
 systems those dialects copy, none of which promises an order (docs/payloads.md, "Batches, ids
 and order"). The bound stays: a batch waiting for its retry is open too, so a receiver that is
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from typing import Mapping, Protocol
 
-# Single-event batches a one-per-request endpoint may have open per spooler worker: half of the
-# spooler's post pool (daemons/spooler.py POOL_DEPTH per worker), so one such endpoint leaves
-# the other half to inbound deliveries and other endpoints. Each loop step makes, posts and
-# records what finished since the last, a commit (an fsync) each: at one open per worker a
-# step handled ~4 events and the commits, not the posts, set the rate.
-OPEN_PER_WORKER = 4
+# Single-event batches a one-per-request endpoint may have open per spooler worker: the
+# spooler's budget for such posts (daemons/spooler.py BULK_DEPTH per worker, beside the pool
+# its inbound deliveries and batches use, and posted after them). Each loop step makes, posts
+# and records what finished since the last, a commit (an fsync) and a dozen queries each
+# whatever their size: at 4 open per worker a step handled ~14 events and the steps, not the
+# posts, set the rate (bench/events.py: 818 steps for 10,000 msndr events; 32: 136).
+OPEN_PER_WORKER = 32
 
 
 class BatchPolicy(Protocol):

@@ -43,6 +43,8 @@ def access_store(cfg: configmod.Config, *, write: bool = True) -> accessdb.Acces
     try:
         return accessdb.AccessStore(path, readonly=not write)
     except NotReadable as exc:
+        if not write and os.access(path, os.W_OK):  # an older schema its owner upgrades now
+            return access_store(cfg)
         raise Unavailable(str(exc), "access_db_unreadable") from exc
 
 
@@ -137,19 +139,21 @@ def _password(password: str) -> str:
     return password
 
 
-def add_user(cfg: configmod.Config, name: str, password: str) -> dict:
+def add_user(cfg: configmod.Config, name: str, password: str, *, read_only: bool = False) -> dict:
+    """A console user; `read_only`: sees the logs and the settings, changes nothing."""
     _name(name, "user")
     stored = hash_password(_password(password))
     with access_store(cfg) as store:
         try:
-            entry = store.add_user(name, stored)
+            entry = store.add_user(name, stored, read_only)
         except accessdb.Exists as exc:
             raise Conflict(str(exc)) from None
-        store.add_audit("cli", "user.add", name, None, None)
+        store.add_audit("cli", "user.add", name, {"read_only": read_only}, None)
     return entry
 
 
 def list_users(cfg: configmod.Config) -> list[dict]:
+    """[{name, read_only, created, updated}]; never the password."""
     if not os.path.exists(cfg.get("web", "access_db")):
         return []
     with access_store(cfg, write=False) as store:

@@ -1,68 +1,37 @@
 """Fetch URLs of omitted attachment contents: the install's signing keys ([web]
-attachment_key_file), the `FetchUrls` the spooler renders payloads with, and `fetch`, what
-`GET /v1/attachments/<token>` serves: one part of a message stored in state.db, found by the
-index the payload gave (model/fetchurls.py has the token)."""
+attachment_key_file, services/keyfiles.py) and their rotation (`rotate_key`, `mxhook
+attachments rotate-key`), the
+`FetchUrls` the spooler renders payloads with, and `fetch`, what `GET /v1/attachments/<token>`
+serves: one part of a message stored in state.db, found by the index the payload gave
+(model/fetchurls.py has the token)."""
 from __future__ import annotations
 
 import base64
-import os
-import secrets
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
 from mxhook import config as configmod
-from mxhook.model import fetchurls, keyring
+from mxhook.model import fetchurls
 from mxhook.model.message import normalize
+from mxhook.services import keyfiles
 from mxhook.services.errors import NotFound
+from mxhook.services.keyfiles import KeyFile
 from mxhook.services.stores import state_store
 from mxhook.store import logs as state_logs
 
-KEY_FILE_MODE = 0o640
 # one answer for a forged, expired or unknown token and a message gone: a holder of a URL
 # learns nothing about why
 GONE = "no such attachment (the URL is not valid, has expired, or its message is no longer kept)"
 
 
-class KeyFile:
-    """The signing keys in `path`, one a line, oldest first (the newest signs; every listed key
-    verifies), read again when the file changes: a key appended takes effect at the next URL."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._seen: tuple | None = None
-        self._keys: tuple[bytes, ...] = ()
-        self._lock = threading.Lock()
-
-    def create(self) -> bool:
-        """Write a first key when there is no file (mode 0640, never over an existing one);
-        whether it did."""
-        line = base64.b64encode(secrets.token_bytes(32)) + b"\n"
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        return True
-
-    def keys(self) -> tuple[bytes, ...]:
-        """The keys (empty when the file is missing). ValueError when the file holds a line
-        that is not a key."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return ()
-        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
-        with self._lock:
-            if seen != self._seen:
-                with open(self.path, encoding="ascii", errors="replace") as f:
-                    keys = keyring.parse_keys(f.read())
-                self._keys, self._seen = keys, seen
-            return self._keys
+def rotate_key(cfg: configmod.Config, *, drop_old: bool = False, now: float | None = None) -> dict:
+    """`mxhook attachments rotate-key`: a new key signs every fetch URL from then on; an older
+    one is dropped once its successor is older than `[web] attachment_url_ttl` (every URL it
+    signed has expired). keyfiles.rotate says the rest."""
+    return keyfiles.rotate(cfg.value("web", "attachment_key_file"), setting="[web] attachment_key_file",
+                           command="mxhook attachments rotate-key", drop_old=drop_old,
+                           retire_after=cfg.value("web", "attachment_url_ttl") * 86400, now=now)
 
 
 _KEY_FILES: dict[str, KeyFile] = {}

@@ -24,7 +24,7 @@ from mxhook.model import events as events_mod
 from mxhook.model.events import Event
 from mxhook.model.records import InboundRecord
 from mxhook.model.rules import RuleError
-from mxhook.services import attachments
+from mxhook.services import keyfiles
 from mxhook.store import rulesdb
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Handler:
     """The spooler's handler of mail to mxhook's own addresses (see the module)."""
 
     def __init__(self, key_file: str):
-        self.key_file = attachments.KeyFile(key_file)  # read again when it changes
+        self.key_file = keyfiles.KeyFile(key_file)  # read again when it changes
         self._key_error: str | None = None
 
     def keys(self) -> tuple[bytes, ...]:

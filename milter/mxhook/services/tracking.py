@@ -3,22 +3,14 @@ snapshot carries), what one message gets once its `X-Mxhook-Track` header field 
 the install's token keys (`[tracking] key_file`, rotated with overlap)."""
 from __future__ import annotations
 
-import base64
-import grp
-import os
-import secrets
-import tempfile
-
 from mxhook import config as configmod
-from mxhook.model import keyring
-from mxhook.services.attachments import KEY_FILE_MODE, KeyFile
-from mxhook.services.errors import Failed, Invalid, NotFound, translated
+from mxhook.services import keyfiles
+from mxhook.services.errors import NotFound, translated
 from mxhook.services.stores import rules_store
 from mxhook.store import rulesdb
 from mxhook.store.rulesdb import TRACKING_FEATURES, TrackingSettings
 
 HEADER = "X-Mxhook-Track"
-KEY_GROUP = "mxhook"  # the daemons' group: the milter signs, mxhook-track verifies
 # the header's words, as the application writes them -> the settings' names
 HEADER_WORDS = {"opens": "opens", "clicks": "clicks", "text-links": "text_links",
                 "unsubscribe": "unsubscribe", "honeypot": "honeypot"}
@@ -86,53 +78,8 @@ def features(settings: TrackingSettings | None, header: str | None) -> frozenset
 # Keys
 
 def rotate_key(cfg: configmod.Config, *, drop_old: bool = False) -> dict:
-    """Append a new key to `[tracking] key_file` (made when missing), or with `drop_old` leave
-    only the new one; the file is replaced atomically, mode 0640, group mxhook when it exists.
-    {path, key_id, keys (ids, oldest first), dropped}."""
-    path = cfg.value("tracking", "key_file")
-    try:
-        old = KeyFile(path).keys()
-    except ValueError as exc:
-        raise Invalid(f"[tracking] key_file {path}: {exc}; fix or remove the line first",
-                      "bad_key_file") from None
-    except OSError as exc:
-        raise Failed(f"cannot read [tracking] key_file {path}: {exc}", "key_file_unreadable") from None
-    new = secrets.token_bytes(32)
-    keys = (new,) if drop_old else (*old, new)
-    text = "".join(base64.b64encode(k).decode("ascii") + "\n" for k in keys)
-    try:
-        _write_atomically(path, text.encode("ascii"))
-    except OSError as exc:
-        raise Failed(f"cannot write [tracking] key_file {path}: {exc}", "key_file_unwritable") from None
-    return {"path": path, "key_id": keyring.key_id(new), "keys": [keyring.key_id(k) for k in keys],
-            "dropped": len(old) if drop_old else 0}
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tracking-key.", dir=directory)
-    try:
-        os.fchmod(fd, KEY_FILE_MODE)
-        try:
-            gid = grp.getgrnam(KEY_GROUP).gr_gid
-        except KeyError:
-            gid = -1  # no such group here (a test, a source checkout): the file keeps ours
-        if gid != -1 and os.geteuid() == 0:
-            os.fchown(fd, 0, gid)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """`mxhook tracking rotate-key`: a new key in `[tracking] key_file` (made when missing)
+    signs from then on; the older ones keep verifying the links of mail already sent (no
+    expiry: drop them with `drop_old`). keyfiles.rotate says the rest."""
+    return keyfiles.rotate(cfg.value("tracking", "key_file"), setting="[tracking] key_file",
+                           command="mxhook tracking rotate-key", drop_old=drop_old)

@@ -7,8 +7,9 @@ hashes, never a token or a password). Schema versions: `_MIGRATIONS` (store/migr
 
 - `tokens(id PK, name UNIQUE, hash UNIQUE, read_only, created, last_used)`: API tokens;
   `hash` is the SHA-256 of the token (hex). The token itself is shown once and never stored.
-- `users(id PK, name UNIQUE, password, created, updated)`: console logins; `password` is the
-  scrypt record that services/access.py makes and checks.
+- `users(id PK, name UNIQUE, password, created, updated, read_only)`: console logins;
+  `password` is the scrypt record that services/access.py makes and checks; a `read_only` user
+  sees everything and changes nothing.
 - `audit(id PK, at, actor, action, target, detail JSON, remote_addr)`: every change made
   through the API or the console (and the token and user changes of the CLI), oldest first.
 """
@@ -51,7 +52,12 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX audit_at ON audit(at)")
 
 
-_MIGRATIONS = ((1, _schema_v1),)
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """Read-only console users (`mxhook user add --read-only`)."""
+    db.execute("ALTER TABLE users ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0")
+
+
+_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
@@ -123,18 +129,19 @@ class AccessStore:
                 raise Missing(f"no token named {name!r}")
 
     # -- users ------------------------------------------------------------------------------
-    def add_user(self, name: str, password: str) -> dict:
+    def add_user(self, name: str, password: str, read_only: bool = False) -> dict:
         now = iso()
         with self._write():
             if self.conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise Exists(f"a user named {name!r} exists already")
-            self.conn.execute("INSERT INTO users (name, password, created, updated) VALUES (?, ?, ?, ?)",
-                              (name, password, now, now))
-        return {"name": name, "created": now, "updated": now}
+            self.conn.execute("INSERT INTO users (name, password, created, updated, read_only)"
+                              " VALUES (?, ?, ?, ?, ?)", (name, password, now, now, int(read_only)))
+        return {"name": name, "read_only": read_only, "created": now, "updated": now}
 
     def list_users(self) -> list[dict]:
-        return [{"name": r[0], "created": r[1], "updated": r[2]} for r in self.conn.execute(
-            "SELECT name, created, updated FROM users ORDER BY name")]
+        return [{"name": r[0], "read_only": bool(r[1]), "created": r[2], "updated": r[3]}
+                for r in self.conn.execute(
+                    "SELECT name, read_only, created, updated FROM users ORDER BY name")]
 
     def user_password(self, name: str) -> str | None:
         row = self.conn.execute("SELECT password FROM users WHERE name = ?", (name,)).fetchone()

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import string
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 from mxhook.model.records import iso, to_datetime
 from mxhook.store.migrations import transaction
-from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES, StateStore, _load_event
+from mxhook.store.statedb import (DELIVERY_STATUSES, EVENT_DOMAIN, EVENT_RECIPIENT, LOG_STATUSES,
+                                   StateStore, _load_event)
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +76,55 @@ def _page(rows: list, limit: int, key) -> tuple[list, tuple | None]:
     return rows, key(rows[-1])
 
 
-def _contains(column: str, text: str) -> tuple[str, tuple]:
-    """`column` contains `text`, ASCII letters in any case: what instr(lower(), lower()) says
-    (SQLite folds ASCII only in both), as a LIKE, which tests a row in less than half the
-    time."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"{column} LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# a prefix with more index entries than this is looked for by reading the log newest first
+# (with that many matches a page is close by); fewer are read from the index and sorted
+PREFIX_SORT_MAX = 20_000
+
+
+def recipient_search(text: str) -> tuple[str, str]:
+    """How the logs' recipient filter reads `text` (any case): ("domain", "@example.com"): every
+    address at that domain; ("address", "alice@example.com"): that address; ("prefix", "alice"):
+    addresses that start with it (`alice` finds alice@... and alice.smith@...); ("pattern",
+    "*smith*"): `*` matches any characters, the rest literally, over the whole address. The
+    first three read an index of the inbound log (statedb `_schema_v4`); a pattern reads the
+    log newest first (docs/api.md: slower)."""
+    text = text.strip().translate(_ASCII_LOWER)
+    if "*" in text:
+        return "pattern", text
+    if text.startswith("@"):
+        return "domain", text
+    local, at, domain = text.partition("@")
+    if local and at and domain:
+        return "address", text
+    return "prefix", text
+
+
+def _recipient_like(column: str, search: tuple[str, str], joined: bool = False) -> tuple[str, tuple]:
+    """`search` as a LIKE over `column` (ASCII letters in any case, as the index keys are);
+    `joined`: the column holds the addresses joined with ", " (inbound_log.rcpt_to)."""
+    kind, text = search
+    body = "%".join(_like_escaped(part) for part in text.split("*")) if kind == "pattern" \
+        else _like_escaped(text)
+    body = {"domain": "%" + body, "prefix": body + "%"}.get(kind, body)
+    if joined and not (kind == "pattern" and text.startswith("*") and text.endswith("*")):
+        # each address between ", " (or the start) and "," (or the end)
+        return f"(', ' || {column} || ',') LIKE ? ESCAPE '\\'", (f"%, {body},%",)
+    return f"{column} LIKE ? ESCAPE '\\'", (body,)
 
 
 # inbound ------------------------------------------------------------------------------------
-_LOG_SELECT = (
-    "SELECT id, received, status, header_from, rcpt_to, host_name, message_id, filter_name,"
-    " reason, mail_from, client_addr, queue_id, recipients, subject, kind, record_id"
-    " FROM inbound_log"
-)
+_LOG_COLUMNS = ("id", "received", "status", "header_from", "rcpt_to", "host_name", "message_id",
+                "filter_name", "reason", "mail_from", "client_addr", "queue_id", "recipients",
+                "subject", "kind", "record_id")
+_LOG_SELECT = f"SELECT {', '.join(_LOG_COLUMNS)} FROM inbound_log"
+# a page by recipient: rows of the recipient index (as r: received, log_id) joined to their log rows
+_LOG_BY_KEY = (f"SELECT {', '.join('l.' + c for c in _LOG_COLUMNS)}"
+               " FROM {keys} CROSS JOIN inbound_log l ON l.id = r.log_id")
 
 
 def _log_row(row) -> dict:
@@ -107,19 +144,76 @@ def inbound_page(store: StateStore, *, status: str | None = None, since=None, un
                  after: tuple[str, str] | None = None, limit: int = 100) -> tuple[list[dict], tuple | None]:
     """One page of inbound_log's order (newest first): rows after the key `after` (None: from
     the newest), filtered as inbound_log and by `rule` (the filter name: a rule's, or the
-    heuristic that denied) and `recipient` (text in an envelope recipient, any case); returns
-    (rows, the key of the next page or None)."""
+    heuristic that denied) and `recipient` (recipient_search); returns (rows, the key of the
+    next page or None)."""
+    search = recipient_search(recipient) if recipient is not None else None
+    narrowed = rule is not None or status is not None
+    plan, key = _recipient_plan(store, search, narrowed) if search is not None else ("log", "")
+    if plan == "none":
+        return [], None
+    if plan in ("log", "filter"):
+        select, prefix, params = _LOG_SELECT, "", []
+    else:
+        prefix = "l."
+        if plan == "key":  # one key: its index rows are in the page's order already
+            select, params = _LOG_BY_KEY.format(keys="inbound_recipients r"), []
+        else:  # a few keys: their rows, each log row once, sorted
+            select = _LOG_BY_KEY.format(keys="(SELECT DISTINCT received, log_id FROM inbound_recipients"
+                                             " WHERE key >= ? AND key < ?) r")
+            params = list(_key_range(search[1]))
     filters = []
+    if plan == "key":
+        filters.append(("r.key = ?", (key,)))
+    elif plan == "filter":  # the rule's or status's index leads; each row's key looked up
+        filters.append(("EXISTS (SELECT 1 FROM inbound_recipients r WHERE r.key = ?"
+                        " AND r.received = inbound_log.received AND r.log_id = inbound_log.id)", (key,)))
+    elif search is not None:
+        filters.append(_recipient_like("rcpt_to", search, joined=True))
     if rule is not None:
-        filters.append(("filter_name = ?", (rule,)))
-    if recipient is not None:
-        filters.append(_contains("rcpt_to", recipient))
+        filters.append((f"{prefix}filter_name = ?", (rule,)))
+    at, id_ = ("r.received", "r.log_id") if prefix else ("received", "id")
     if after is not None:
-        filters.append(("(received, id) < (?, ?)", tuple(after)))
-    sql, params = _log_query(_LOG_SELECT, status, LOG_STATUSES, "status", "received",
-                             since, until, "received DESC, id DESC", limit + 1, tuple(filters))
-    rows, key = _page(store.conn.execute(sql, params).fetchall(), limit, lambda r: (r[1], r[0]))
+        filters.append((f"({at}, {id_}) < (?, ?)", tuple(after)))
+    sql, more = _log_query(select, status, LOG_STATUSES, f"{prefix}status", at,
+                           since, until, f"{at} DESC, {id_} DESC", limit + 1, tuple(filters))
+    rows, key = _page(store.conn.execute(sql, params + more).fetchall(), limit, lambda r: (r[1], r[0]))
     return [_log_row(row) for row in rows], key
+
+
+def _key_range(prefix: str) -> tuple[str, str]:
+    return prefix, prefix + "\U0010ffff"  # every key that starts with `prefix` sorts in between
+
+
+def _recipient_plan(store: StateStore, search: tuple[str, str], narrowed: bool) -> tuple[str, str]:
+    """How to find a recipient's rows: ("key", KEY): walk that index key; ("filter", KEY): walk
+    the log by the other filters (`narrowed`: a rule or a status given), looking each row's KEY
+    up (a key with more than PREFIX_SORT_MAX rows: the filter is likely the rarer); ("keys",
+    ""): read the rows of a prefix's keys and sort them; ("log", ""): read the log newest first,
+    matching rcpt_to (a pattern, or a prefix with more than PREFIX_SORT_MAX rows: a page is
+    close by); ("none", ""): no row can match."""
+    kind, text = search
+    if kind == "pattern":
+        return "log", ""
+    if kind == "prefix":
+        low, high = _key_range(text)
+        first = store.conn.execute("SELECT min(key) FROM inbound_recipients WHERE key >= ? AND key < ?",
+                                   (low, high)).fetchone()[0]
+        if first is None:
+            return "none", ""
+        if store.conn.execute("SELECT 1 FROM inbound_recipients WHERE key > ? AND key < ? LIMIT 1",
+                              (first, high)).fetchone() is not None:
+            return ("keys", "") if _entries(store, "key >= ? AND key < ?", (low, high)) <= PREFIX_SORT_MAX \
+                else ("log", "")
+        text = first
+    if narrowed and _entries(store, "key = ?", (text,)) > PREFIX_SORT_MAX:
+        return "filter", text
+    return "key", text
+
+
+def _entries(store: StateStore, where: str, params: tuple) -> int:
+    """Rows of the recipient index matching `where`, counted up to PREFIX_SORT_MAX + 1."""
+    return store.conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM inbound_recipients WHERE {where}"
+                              " LIMIT ?)", (*params, PREFIX_SORT_MAX + 1)).fetchone()[0]
 
 
 def inbound_detail(store: StateStore, id: str) -> dict | None:  # noqa: A002 - the API's name
@@ -237,13 +331,19 @@ def event_page(store: StateStore, *, status: str | None = None, since=None, unti
                endpoint: int | None = None, recipient: str | None = None,
                after: tuple[str, int] | None = None, limit: int = 100) -> tuple[list[dict], tuple | None]:
     """One page of event_log's order: rows after the key `after`, filtered as event_log and by
-    `endpoint` (its id) and `recipient` (text in the event's recipient, any case); returns
+    `endpoint` (its id) and `recipient` (recipient_search: an address or a domain reads an index, a
+prefix or a pattern scans the events newest first); returns
     (rows, the key of the next page or None)."""
     filters = []
     if endpoint is not None:
         filters.append(("d.endpoint_id = ?", (int(endpoint),)))
     if recipient is not None:
-        filters.append(_contains("e.recipient", recipient))
+        kind, text = recipient_search(recipient)
+        if kind in ("address", "domain"):  # an index of its own (statedb _schema_v4)
+            expression = EVENT_RECIPIENT if kind == "address" else EVENT_DOMAIN
+            filters.append((expression.replace("recipient", "e.recipient") + " = ?", (text,)))
+        else:
+            filters.append(_recipient_like("e.recipient", (kind, text)))
     if after is not None:
         filters.append(("(e.received, d.seq) < (?, ?)", tuple(after)))
     sql, params = _log_query(_EVENT_LIST_SELECT, status, DELIVERY_STATUSES,

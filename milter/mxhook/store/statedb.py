@@ -40,6 +40,9 @@ Versions: `_MIGRATIONS`, applied by store.migrations on open (`PRAGMA user_versi
   one row per delivery (id = delivery id, kind "delivery", status kept equal to
   deliveries.status in the same transaction) and one per denied record (id = record id,
   kind "denied", status "denied").
+- `inbound_recipients(key, received, log_id; PK all three) WITHOUT ROWID`: the inbound log's
+  recipient index (the log filter `recipient`): each recipient of a row lower-cased and each
+  of its domains as `@domain`; kept by triggers on inbound_log (`_schema_v4`).
 - `events(id PK, received, meta JSON, payload BLOB, ingested, type, queue_id, recipient,
   block_state, message_id)`: one row per event record (id = event id; `received` = the event's
   time `at`; `meta` = the event as `events.Event.to_dict()` wrote it). `block_state` is
@@ -184,6 +187,8 @@ class EventBatch:
     size: int
     created: str
     events: list[dict] = field(default_factory=list)
+    # its members' event ids in order, when known without a query (`create_batches` sets them)
+    event_ids: list[str] | None = field(default=None, compare=False)
 
 
 def enrich_event(event: dict, queued: dict | None) -> dict:
@@ -291,6 +296,14 @@ def _chunks(items: list, size: int = _IN_CHUNK):
 
 # ---------------------------------------------------------------------------------------------
 # Schema
+
+def _checked(results: Iterable[AttemptRecord]) -> list[AttemptRecord]:
+    results = list(results)
+    for r in results:
+        if r.outcome not in OUTCOMES or r.status not in DELIVERY_STATUSES:
+            raise ValueError(f"bad attempt result for {r.delivery_id}: {r.outcome}/{r.status}")
+    return results
+
 
 def _schema_v1(db: sqlite_utils.Database) -> None:
     """The schema as the spooler created it before state.db had a version: created where
@@ -431,8 +444,47 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
                " ON inbound_log(filter_name, received, id)")
 
 
+def _recipient_keys(row: str, source: str = "") -> str:
+    """SELECT (key, received, id) of an inbound_log row `row` (`NEW`, `OLD`, or the alias of
+    `source`, a table joined first): each recipient lower-cased (ASCII, as SQLite's lower() and
+    LIKE fold) and its domain as `@domain`; possibly repeated (the callers ignore repeats)."""
+    addresses = (f"{source}json_each(CASE WHEN json_valid({row}.recipients) THEN {row}.recipients"
+                 f" ELSE json_array({row}.rcpt_to) END) j")
+    rest = f"{row}.received, {row}.id FROM {addresses}"
+    return (f"SELECT lower(j.value) AS k, {rest} WHERE j.value IS NOT NULL UNION ALL"
+            f" SELECT lower(substr(j.value, instr(j.value, '@'))), {rest} WHERE instr(j.value, '@') > 0")
+
+
+# the event log's recipient keys, as _recipient_keys makes them (indexed expressions: a query
+# uses an index only when it names the same expression)
+EVENT_RECIPIENT = "lower(recipient)"
+EVENT_DOMAIN = "lower(substr(recipient, instr(recipient, '@')))"
+
+
+def _schema_v4(db: sqlite_utils.Database) -> None:
+    """The log's recipient filter (an address, `@domain`, the start of an address: the API's
+    and the console's `recipient`) reads an index instead of a scan of the log (bench/api.py):
+    `inbound_recipients(key, received, log_id)`, a row per recipient and per domain of an
+    inbound_log row (_recipient_keys), kept by triggers, so every writer of inbound_log
+    (ingest, retention) keeps it without knowing of it. Existing rows are indexed here, in key
+    order (one sorted pass). Events (one recipient each) get indexes on their recipient's
+    address and domain keys."""
+    db.execute("CREATE TABLE IF NOT EXISTS inbound_recipients (key TEXT NOT NULL, received TEXT NOT NULL,"
+               " log_id TEXT NOT NULL, PRIMARY KEY (key, received, log_id)) WITHOUT ROWID")
+    db.execute("CREATE TRIGGER IF NOT EXISTS inbound_recipients_add AFTER INSERT ON inbound_log BEGIN"
+               f" INSERT OR IGNORE INTO inbound_recipients (key, received, log_id) {_recipient_keys('NEW')}; END")
+    db.execute("CREATE TRIGGER IF NOT EXISTS inbound_recipients_drop AFTER DELETE ON inbound_log BEGIN"
+               " DELETE FROM inbound_recipients WHERE received = OLD.received AND log_id = OLD.id"
+               f" AND key IN (SELECT k FROM ({_recipient_keys('OLD')})); END")
+    db.execute("INSERT OR IGNORE INTO inbound_recipients (key, received, log_id)"
+               f" SELECT * FROM ({_recipient_keys('l', 'inbound_log l, ')}) ORDER BY 1, 2, 3")
+    # events have one recipient each: indexes on its expressions (store.logs event_page)
+    db.execute(f"CREATE INDEX IF NOT EXISTS events_recipient ON events({EVENT_RECIPIENT}, received)")
+    db.execute(f"CREATE INDEX IF NOT EXISTS events_recipient_domain ON events({EVENT_DOMAIN}, received)")
+
+
 # The step that brings state.db from the version before to each version (store.migrations).
-_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3))
+_MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
@@ -632,19 +684,19 @@ class StateStore:
         status of the delivery or batch, and its rule's or endpoint's health. For a delivery
         also its inbound_log row (same status), and the message's raw bytes are dropped once
         all of its deliveries succeeded."""
-        results = list(results)
+        results = _checked(results)
         if not results:
             return
-        for r in results:
-            if r.outcome not in OUTCOMES or r.status not in DELIVERY_STATUSES:
-                raise ValueError(f"bad attempt result for {r.delivery_id}: {r.outcome}/{r.status}")
-        batches = [r for r in results if r.delivery_id.startswith(BATCH_PREFIX)]
         with self._write() as conn:
-            for r in results:
-                if not r.delivery_id.startswith(BATCH_PREFIX):
-                    self._record_delivery_attempt(conn, r)
-            if batches:
-                self._record_batch_attempts(conn, batches)
+            self._record_attempts(conn, results)
+
+    def _record_attempts(self, conn: sqlite3.Connection, results: list[AttemptRecord]) -> None:
+        batches = [r for r in results if r.delivery_id.startswith(BATCH_PREFIX)]
+        for r in results:
+            if not r.delivery_id.startswith(BATCH_PREFIX):
+                self._record_delivery_attempt(conn, r)
+        if batches:
+            self._record_batch_attempts(conn, batches)
 
     def _record_delivery_attempt(self, conn: sqlite3.Connection, r: AttemptRecord) -> None:
         row = conn.execute("SELECT message_id, rule_id, rule_name FROM deliveries WHERE id = ?",
@@ -826,44 +878,51 @@ class StateStore:
         return made[0] if made else None
 
     def create_batches(self, wanted: Iterable[tuple[int, int, int, str | None]],
-                       now=None) -> list[EventBatch]:
+                       now=None, *, results: Iterable[AttemptRecord] = ()) -> list[EventBatch]:
         """Freeze the oldest pending events of endpoints into new queued batches, due now, all
         in ONE transaction (one fsync however many batches a spooler step makes: a
         one-event-per-request endpoint makes a batch per event). `wanted`: (endpoint id,
         events per batch, batches, the endpoint's URL) each; an endpoint gets fewer batches
         when fewer events are pending. Each batch takes its events in arrival order, the
-        first batch the oldest. Returns the batches made, per endpoint in that order."""
+        first batch the oldest. Returns the batches made, per endpoint in that order.
+        `results`: attempt results recorded first, in the same transaction (`record_attempts`:
+        the spooler's step writes both with one commit)."""
         at = iso(now)
+        results = _checked(results)
         made: list[EventBatch] = []
+        # a statement per endpoint, not per batch: each is a GIL hand-off to the post workers
         with self._write() as conn:
+            if results:
+                self._record_attempts(conn, results)
+            rows, members = [], []
             for endpoint_id, size, count, url in wanted:
                 size, count = int(size), int(count)
-                seqs = [row[0] for row in conn.execute(
-                    "SELECT seq FROM event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL"
-                    " ORDER BY seq LIMIT ?", (endpoint_id, size * count))]
-                members = []
-                for start in range(0, len(seqs), size):
-                    chunk = seqs[start:start + size]
+                pending = conn.execute(
+                    "SELECT seq, event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id IS NULL"
+                    " ORDER BY seq LIMIT ?", (endpoint_id, size * count)).fetchall()
+                for start in range(0, len(pending), size):
+                    chunk = pending[start:start + size]
                     batch = EventBatch(BATCH_PREFIX + spool.new_id(), endpoint_id, "queued", 0,
-                                       None, at, len(chunk), at)
+                                       None, at, len(chunk), at, event_ids=[e for _, e in chunk])
                     made.append(batch)
-                    members.extend((batch.id, seq) for seq in chunk)
-                    conn.execute(
-                        "INSERT INTO event_batches (id, endpoint_id, url, created, size, status,"
-                        " attempts, next_attempt_at, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-                        (batch.id, endpoint_id, url, at, batch.size, at, at),
-                    )
-                conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ?", members)
+                    members.extend((batch.id, seq) for seq, _ in chunk)
+                    rows.append((batch.id, endpoint_id, url, at, batch.size, at, at))
+            conn.executemany(
+                "INSERT INTO event_batches (id, endpoint_id, url, created, size, status,"
+                " attempts, next_attempt_at, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)", rows)
+            conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ?", members)
         return made
 
     def batch_events(self, batch: EventBatch, *, rendered: bool = False) -> list[dict]:
         """The events of a batch in arrival order, as stored, enriched (see `enrich`). With
         `rendered`, events rendered at ingest come as payloads.events.V1Text (for
         render_events), the others as dicts."""
-        ids = [r[0] for r in self.conn.execute(
-            "SELECT event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
-            (batch.endpoint_id, batch.id),
-        )]
+        ids = batch.event_ids
+        if ids is None:
+            ids = [r[0] for r in self.conn.execute(
+                "SELECT event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
+                (batch.endpoint_id, batch.id),
+            )]
         recent = self._recent
         if not rendered:
             recent = {i: recent[i] for i in ids if i in recent and not isinstance(recent[i], str)}

@@ -481,7 +481,8 @@ def block_cancel(address):
 LOG_QUERY = (("status", STR, "Only this status."),
              ("since", "time", "From this time on (ISO, or an age: 30m, 2h, 7d)."),
              ("until", "time", "Before this time (ISO, or an age)."),
-             ("recipient", STR, "Recipients containing this text (any case)."))
+             ("recipient", STR, "A recipient (any case): an address, @domain, the start of an "
+                                "address (alice), or a pattern with * (slower: a scan)."))
 PAGE_QUERY = (("cursor", STR, "next_cursor of the previous page."),
               ("limit", INT, f"Rows a page (1..{logs.MAX_PAGE}, default 100)."))
 INBOUND_QUERY = LOG_QUERY + (("rule", STR, "Only this rule (or the filter that denied)."),)

@@ -106,9 +106,9 @@ class Sessions:
             self._live.pop(sid, None)
 
 
-def accounts() -> dict[str, str]:
-    """Console users' names -> their record versions (Sessions)."""
-    return {u["name"]: u["updated"] for u in access.list_users(cfg())}
+def accounts() -> dict[str, dict]:
+    """Console users' names -> their entries (`updated`: the record version Sessions keep)."""
+    return {u["name"]: u for u in access.list_users(cfg())}
 
 
 def keys_of(user: str) -> tuple[str, str]:
@@ -135,7 +135,7 @@ def login_session(user: str) -> None:
     state["sessions"].end(session.get("sid"))
     session.clear()  # a new session (and CSRF token) at every login: no fixation
     session.permanent = True
-    session["sid"] = state["sessions"].start(user, accounts().get(user, ""))
+    session["sid"] = state["sessions"].start(user, accounts().get(user, {}).get("updated", ""))
 
 
 def logout_session() -> None:
@@ -148,6 +148,9 @@ def audit(action: str, target: str | None, detail: dict | None = None) -> None:
 
 
 PUBLIC = {"console.login", "static"}
+# pages that are forms for a change (besides every POST): not for read-only users
+WRITE_PAGES = {"console.rule_add", "console.rule_edit", "console.endpoint_add",
+               "console.endpoint_edit", "console.delete"}
 
 
 @blueprint.before_request
@@ -158,18 +161,24 @@ def guard():
         except ValidationError as exc:
             raise CSRFError(str(exc)) from None
     sid = session.get("sid")
+    users = accounts() if sid else {}
     # a user removed (`mxhook user remove`) or given a new password meanwhile is logged out
-    g.user = current_app.extensions["mxhook_console"]["sessions"].user(sid, accounts()) if sid else None
+    g.user = current_app.extensions["mxhook_console"]["sessions"].user(
+        sid, {name: u["updated"] for name, u in users.items()}) if sid else None
     if sid and g.user is None:
         logout_session()
     if g.user is None and request.endpoint not in PUBLIC:
         return redirect(url_for("console.login", next=request.full_path if request.method == "GET" else None))
+    g.read_only = g.user is not None and users[g.user]["read_only"]
+    if g.read_only and request.endpoint not in PUBLIC and request.endpoint != "console.logout" and (
+            request.method == "POST" or request.endpoint in WRITE_PAGES):
+        abort(403, f"user {g.user} is read-only: the console shows everything to them and changes nothing")
     return None
 
 
 @blueprint.app_context_processor
 def template_globals():
-    return {"csrf_token": generate_csrf, "user": g.get("user")}
+    return {"csrf_token": generate_csrf, "user": g.get("user"), "read_only": g.get("read_only", False)}
 
 
 @blueprint.errorhandler(Exception)
