@@ -281,11 +281,11 @@ def test_unreadable_postfix_configuration_is_one_line_and_status_1(env):
         "failed: postconf: fatal: open /nowhere/main.cf: No such file or directory"]
 
 
-def test_bad_mxhook_config_is_a_usage_error(env):
+def test_bad_mxhook_config_exits_1(env):
     env.values["milter"]["bogus"] = "1"
     env.write_config()
     res = env.pc()
-    assert res.exit_code == 2 and "unknown key 'bogus'" in res.stderr
+    assert res.exit_code == 1 and "unknown key 'bogus'" in res.stderr
 
 
 @pytest.mark.parametrize("flag", ["--yes", "--reload"])

@@ -70,11 +70,12 @@ class Env:
         dump["spool"] = sorted(os.listdir(new_dir)) if os.path.isdir(new_dir) else None
         return dump
 
-    def fails(self, *args, match: str, input=None):
-        """Exit status 2, a message on stderr, nothing written."""
+    def fails(self, *args, match: str, input=None, code: int = 2):
+        """Exit status `code` (2: a usage error, 1: any other), a message on stderr, nothing
+        written."""
         before = self.dump()
         res = self.run(*args, input=input)
-        assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr, res.exception)
+        assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr, res.exception)
         assert match.lower() in res.stderr.lower(), res.stderr
         assert self.dump() == before
         return res
@@ -125,17 +126,17 @@ def test_help_needs_no_config(tmp_path):
     assert res.exit_code == 0 and "domain" in res.output and "rule" in res.output
 
 
-def test_missing_explicit_config_is_a_usage_error(tmp_path):
+def test_missing_explicit_config_exits_1(tmp_path):
     res = separate_runner().invoke(
         climod.cli, ["--config", str(tmp_path / "missing.conf"), "domain", "list"])
-    assert res.exit_code == 2 and "config file not found" in res.stderr
+    assert res.exit_code == 1 and "config file not found" in res.stderr
 
 
 def test_bad_config_key(env):
     with open(env.conf, "a") as fh:
         fh.write("[milter]\nbogus = 1\n")
     res = env.run("domain", "list")
-    assert res.exit_code == 2 and "unknown key 'bogus'" in res.stderr
+    assert res.exit_code == 1 and "unknown key 'bogus'" in res.stderr
 
 
 def test_config_from_environment(env, monkeypatch):
@@ -195,18 +196,18 @@ def test_domain_add_invalid_creates_nothing(env, bad):
 
 
 def test_domain_errors(env):
-    env.fails("domain", "list", match="does not exist")
-    env.fails("domain", "remove", "ours.example", match="does not exist")
+    env.fails("domain", "list", match="does not exist", code=1)
+    env.fails("domain", "remove", "ours.example", match="does not exist", code=1)
     assert not os.path.exists(env.rules_db)
     env.ok("domain", "add", "ours.example")
-    env.fails("domain", "add", "OURS.example", match="already permitted")
-    env.fails("domain", "remove", "nope.example", match="not in the permitted domains")
-    env.fails("domain", "set", "nope.example", "--no-log-denied", match="not in the permitted")
+    env.fails("domain", "add", "OURS.example", match="already permitted", code=1)
+    env.fails("domain", "remove", "nope.example", match="not in the permitted domains", code=1)
+    env.fails("domain", "set", "nope.example", "--no-log-denied", match="not in the permitted", code=1)
     env.fails("domain", "set", "ours.example", match="--log-denied")  # the switch is required
 
 
 def test_error_is_one_line(env):
-    res = env.fails("domain", "list", match="does not exist")
+    res = env.fails("domain", "list", match="does not exist", code=1)
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("Error: ")
 
 
@@ -370,20 +371,20 @@ def test_endpoint_is_a_hidden_old_name_of_url_on_rule_add_and_edit(env):
 
 def test_rule_add_duplicate(populated):
     populated.fails("rule", "add", "invoices", "--url", "https://x.example/",
-                    "--when", "To~.", match="already exists")
+                    "--when", "To~.", match="already exists", code=1)
 
 
 def test_unknown_rule_names(populated):
     for cmd in ("show", "enable", "disable", "remove"):
-        populated.fails("rule", cmd, "nope", match="no rule named 'nope'")
-    populated.fails("rule", "edit", "nope", "--priority", "1", match="no rule named 'nope'")
+        populated.fails("rule", cmd, "nope", match="no rule named 'nope'", code=1)
+    populated.fails("rule", "edit", "nope", "--priority", "1", match="no rule named 'nope'", code=1)
 
 
 def test_rule_read_commands_need_db(env):
-    env.fails("rule", "list", match="does not exist")
-    env.fails("rule", "show", "x", match="does not exist")
-    env.fails("rule", "edit", "x", "--priority", "1", match="does not exist")
-    env.fails("rule", "enable", "x", match="does not exist")
+    env.fails("rule", "list", match="does not exist", code=1)
+    env.fails("rule", "show", "x", match="does not exist", code=1)
+    env.fails("rule", "edit", "x", "--priority", "1", match="does not exist", code=1)
+    env.fails("rule", "enable", "x", match="does not exist", code=1)
     assert not os.path.exists(env.rules_db)
 
 
@@ -430,8 +431,8 @@ def test_rule_edit_rename(populated):
     res = populated.ok("rule", "edit", "invoices", "--name", "bills")
     assert "renamed from invoices" in res.stdout
     assert populated.json("rule", "show", "bills", "--json")["id"] == rule_id
-    populated.fails("rule", "show", "invoices", match="no rule named")
-    populated.fails("rule", "edit", "bills", "--name", "catchall", match="already exists")
+    populated.fails("rule", "show", "invoices", match="no rule named", code=1)
+    populated.fails("rule", "edit", "bills", "--name", "catchall", match="already exists", code=1)
 
 
 def test_rule_edit_auth(populated):
@@ -540,6 +541,17 @@ def test_rule_test_no_match(sales, tmp_path):
     assert reasons["invoices"] == "not from~@spam\\.example$: from is 'x@spam.example'"
     text = sales.ok("rule", "test", msg, "--rcpt", "z@ours.example").stdout
     assert "REJECT (550 5.7.1) by no_rule" in text and "✗ invoices" in text
+
+
+def test_rule_test_exit_code_says_the_verdict(sales, tmp_path):
+    refused = eml(tmp_path, "From: x@spam.example\nTo: z@ours.example\nSubject: Invoice")
+    taken = eml(tmp_path, "From: a@sender.example\nTo: z@ours.example\nSubject: Invoice", "m2.eml")
+    res = sales.run("rule", "test", refused, "--rcpt", "z@ours.example", "--exit-code")
+    assert res.exit_code == 1 and "REJECT (550 5.7.1)" in res.stdout and res.stderr == ""
+    res = sales.run("rule", "test", refused, "--rcpt", "z@ours.example", "--exit-code", "--json")
+    assert res.exit_code == 1 and json.loads(res.stdout)["result"] == "reject"
+    assert sales.run("rule", "test", refused, "--rcpt", "z@ours.example").exit_code == 0
+    assert sales.run("rule", "test", taken, "--rcpt", "z@ours.example", "--exit-code").exit_code == 0
 
 
 def test_rule_test_disabled_rule_explained(sales, tmp_path):
@@ -707,7 +719,7 @@ def test_rule_test_from_stdin(sales, tmp_path):
 
 def test_rule_test_errors(env, tmp_path):
     msg = eml(tmp_path, "From: a@sender.example\nSubject: hi")
-    env.fails("rule", "test", msg, "--rcpt", "x@ours.example", match="does not exist")
+    env.fails("rule", "test", msg, "--rcpt", "x@ours.example", match="does not exist", code=1)
     assert not os.path.exists(env.rules_db)
     env.ok("domain", "add", "ours.example")
     env.fails("rule", "test", msg, "--rcpt", "not-an-address", match="not an address")
@@ -874,8 +886,8 @@ def test_log_inbound_invalid(logged, args, match):
 
 
 def test_log_needs_state_db(env):
-    env.fails("log", "inbound", match="state database")
-    env.fails("log", "show", "x", match="state database")
+    env.fails("log", "inbound", match="state database", code=1)
+    env.fails("log", "show", "x", match="state database", code=1)
     assert not os.path.exists(env.state_db)
 
 
@@ -891,7 +903,7 @@ def test_log_show(logged):
     assert "HTTP 503" in out and "destination:    in@ours.example" in out
     denied_out = logged.ok("log", "show", "d1").stdout
     assert "filter name:    no_rule" in denied_out and "no inbound rule matches" in denied_out
-    logged.fails("log", "show", "nope", match="no inbound log entry")
+    logged.fails("log", "show", "nope", match="no inbound log entry", code=1)
 
 
 # -- event endpoints ------------------------------------------------------------------------
@@ -940,7 +952,7 @@ def test_endpoint_add_list_show(endpoints):
 
 
 def test_endpoint_list_empty_and_needs_db(env):
-    env.fails("endpoint", "list", match="does not exist yet")
+    env.fails("endpoint", "list", match="does not exist yet", code=1)
     env.ok("domain", "add", "ours.example")
     assert "No event endpoints" in env.ok("endpoint", "list").stdout
     assert env.json("endpoint", "list", "--json") == []
@@ -973,10 +985,10 @@ def test_endpoint_add_invalid_does_not_create_db(env):
 
 
 def test_endpoint_duplicate_and_unknown(endpoints):
-    endpoints.fails("endpoint", "add", EP_URL, match="already exists (id 1")
-    endpoints.fails("endpoint", "show", "9", match="no endpoint '9'")
-    endpoints.fails("endpoint", "edit", "https://nope.example/", "--interval", "5", match="no endpoint")
-    endpoints.fails("endpoint", "remove", "9", match="no endpoint")
+    endpoints.fails("endpoint", "add", EP_URL, match="already exists (id 1", code=1)
+    endpoints.fails("endpoint", "show", "9", match="no endpoint '9'", code=1)
+    endpoints.fails("endpoint", "edit", "https://nope.example/", "--interval", "5", match="no endpoint", code=1)
+    endpoints.fails("endpoint", "remove", "9", match="no endpoint", code=1)
 
 
 def test_endpoint_edit(endpoints):
@@ -1021,16 +1033,16 @@ def test_endpoint_custom_headers(endpoints):
     assert "custom headers: (none)" in endpoints.ok("endpoint", "show", "3").stdout
 
 
-@pytest.mark.parametrize("extra, match", [
-    ([], "nothing to change"),
-    (["--url", EP_URL], "already has the URL"),
-    (["--interval", "9999"], "interval"),
-    (["--no-allow-http"], "not HTTPS"),  # endpoint 2 is http://
-    (["--max-events", "5"], "max events"),
-    (["--api-key", ""], "must not be empty"),
+@pytest.mark.parametrize("extra, match, code", [
+    ([], "nothing to change", 2),
+    (["--url", EP_URL], "already has the URL", 1),  # a clash with what is stored
+    (["--interval", "9999"], "interval", 2),
+    (["--no-allow-http"], "not HTTPS", 2),  # endpoint 2 is http://
+    (["--max-events", "5"], "max events", 2),
+    (["--api-key", ""], "must not be empty", 2),
 ])
-def test_endpoint_edit_invalid_writes_nothing(endpoints, extra, match):
-    endpoints.fails("endpoint", "edit", "2", *extra, match=match)
+def test_endpoint_edit_invalid_writes_nothing(endpoints, extra, match, code):
+    endpoints.fails("endpoint", "edit", "2", *extra, match=match, code=code)
 
 
 def test_endpoint_remove(endpoints):
@@ -1101,10 +1113,10 @@ def test_block_add_list_remove_spool_events(spooldir):
     rows = env.json("block", "list", "--json")
     assert [(r["address"], r["source"], r["reason"]) for r in rows] == [("gone@else.example", "cli", "asked to stop")]
     assert "gone@else.example" in env.ok("block", "list").stdout
-    env.fails("block", "add", "gone@else.example", match="already on the block list")
+    env.fails("block", "add", "gone@else.example", match="already on the block list", code=1)
     assert env.ok("block", "remove", "GONE@else.example").stdout.startswith("Unblocked gone@else.example")
     assert [r.meta["type"] for r in spooled_events(env)] == ["registered", "deleted"]
-    env.fails("block", "remove", "gone@else.example", match="not on the block list")
+    env.fails("block", "remove", "gone@else.example", match="not on the block list", code=1)
     assert "The block list is empty" in env.ok("block", "list").stdout
 
 
@@ -1115,7 +1127,7 @@ def test_block_add_invalid_writes_nothing(spooldir, bad):
 
 def test_block_needs_the_spool(env):
     env.ok("domain", "add", "ours.example")
-    env.fails("block", "add", "a@b.example", match="spool directory")
+    env.fails("block", "add", "a@b.example", match="spool directory", code=1)
 
 
 # -- event log -------------------------------------------------------------------------------
@@ -1195,12 +1207,12 @@ def test_log_event_detail(events_logged):
     out = events_logged.ok("log", "event", "b1").stdout
     assert "bounce type:    hard" in out and "endpoint 2: https://b.example/ev" in out
     assert "HTTP 400" in out and "message id:     <m@ours>" in out
-    events_logged.fails("log", "event", "nope", match="no event with id")
+    events_logged.fails("log", "event", "nope", match="no event with id", code=1)
 
 
 def test_log_events_need_state_db(env):
-    env.fails("log", "events", match="state database")
-    env.fails("log", "event", "x", match="state database")
+    env.fails("log", "events", match="state database", code=1)
+    env.fails("log", "event", "x", match="state database", code=1)
 
 
 # -- signing secrets -------------------------------------------------------------------------
@@ -1286,11 +1298,76 @@ def test_rule_rotate_secret_overlap(env):
     assert [k.secret for k in stored_keys(env, "rule", 1)] == [newest]
 
 
+def test_add_and_rotate_secret_json_carry_the_new_secret_once(env):
+    env.ok("domain", "add", "ours.example")
+    doc = env.json("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.", "--json",
+                   "--bearer", BEARER)
+    v1, = stored_keys(env, "rule", 1)
+    assert doc["signing_secret"] == v1.secret and doc["no_domains"] is False
+    assert doc["rule"]["name"] == "r" and doc["rule"]["bearer"] != BEARER
+    assert doc["rule"]["signing"][0]["secret"] == "whsec_****" + v1.secret[-4:]
+    doc = env.json("rule", "rotate-secret", "r", "--overlap", "0", "--json")
+    (new,) = stored_keys(env, "rule", 1)
+    assert (doc["signing_secret"], doc["scheme"], doc["first"], doc["previous_signs_until"]) == (
+        new.secret, "v1", False, None)
+    assert doc["rule"]["signing"][0]["secret"] == "whsec_****" + new.secret[-4:]
+    doc = env.json("rule", "rotate-secret", "r", "--ed25519", "--json")
+    assert doc["first"] is True and "signing_secret" not in doc
+    assert doc["ed25519_public_key"] == stored_keys(env, "rule", 1)[1].public_key
+    doc = env.json("endpoint", "add", "https://x.example/events", "--json", "--ed25519")
+    v1, v1a = stored_keys(env, "endpoint", 1)
+    assert (doc["signing_secret"], doc["ed25519_public_key"]) == (v1.secret, v1a.public_key)
+    assert doc["endpoint"]["id"] == 1 and v1a.secret not in json.dumps(doc)
+    doc = env.json("endpoint", "rotate-secret", "1", "--overlap", "1h", "--json")
+    assert doc["signing_secret"] == stored_keys(env, "endpoint", 1)[2].secret
+    assert doc["previous_signs_until"] and doc["endpoint"]["id"] == 1
+
+
+def stored_auth(env, name):
+    return sqlite3.connect(env.rules_db).execute(
+        "SELECT basic_auth, bearer, api_key FROM rules WHERE name = ?", (name,)).fetchone()
+
+
+def test_secrets_from_a_file_stdin_or_the_environment(env, tmp_path, monkeypatch):
+    env.ok("domain", "add", "ours.example")
+    token = tmp_path / "token"
+    token.write_text(BEARER + "\n")
+    add = ("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.")
+    res = env.run(*add, "--bearer-file", str(token), "--api-key-file", "-", input=API_KEY + "\r\n")
+    assert res.exit_code == 0, res.stderr
+    assert stored_auth(env, "r") == (None, BEARER, API_KEY)  # one line end dropped
+    monkeypatch.setenv("MXHOOK_BASIC_AUTH", "bob:s3cret-pass")
+    env.ok("rule", "edit", "r", "--clear-auth")
+    assert stored_auth(env, "r") == ("bob:s3cret-pass", None, None)
+    monkeypatch.setenv("MXHOOK_BASIC_AUTH", "")  # empty: not given
+    env.ok("rule", "edit", "r", "--bearer", BEARER)
+    assert stored_auth(env, "r") == (None, BEARER, None)
+
+
+def test_a_secret_is_given_one_way(env, tmp_path, monkeypatch):
+    env.ok("domain", "add", "ours.example")
+    token = tmp_path / "token"
+    token.write_text(BEARER)
+    add = ("rule", "add", "r", "--url", "https://x.example/in", "--when", "To~.")
+    env.fails(*add, "--bearer", BEARER, "--bearer-file", str(token),
+              match="give --bearer, --bearer-file or $MXHOOK_BEARER, not two of them")
+    env.fails(*add, "--bearer-file", "-", "--api-key-file", "-", input="a\nb\n",
+              match="only one secret can be read from stdin")
+    env.fails(*add, "--bearer-file", str(tmp_path / "missing"), match="does not exist")
+    token.write_text("two\nlines\n")
+    env.fails(*add, "--bearer-file", str(token), match="control character")
+    token.write_bytes(b"caf\xe9\n")
+    env.fails(*add, "--bearer-file", str(token), match="is not UTF-8 text (byte 4)")
+    monkeypatch.setenv("MXHOOK_BEARER", BEARER)
+    env.fails(*add, "--bearer", BEARER, match="not two of them")
+    env.fails(*add, "--basic-auth", "bob:pw", match="not both")  # the token from the environment
+
+
 def test_rotate_secret_errors(populated):
-    populated.fails("rule", "rotate-secret", "nope", match="no rule named 'nope'")
+    populated.fails("rule", "rotate-secret", "nope", match="no rule named 'nope'", code=1)
     populated.fails("rule", "rotate-secret", "invoices", "--overlap", "soon", match="not a duration")
     populated.fails("rule", "rotate-secret", "invoices", "--overlap", "31d", match="between 0 and 30 days")
-    populated.fails("endpoint", "rotate-secret", "9", match="no endpoint '9'")
+    populated.fails("endpoint", "rotate-secret", "9", match="no endpoint '9'", code=1)
 
 
 def test_rotate_ed25519_adds_then_rotates_a_pair(populated):

@@ -146,7 +146,7 @@ def test_an_old_state_db_is_not_migrated_by_readers(tmp_path):
     with pytest.raises(migrations.NotReadable, match=said):
         StateStore(path, readonly=True)
     res = _cli(tmp_path, "log", "inbound")
-    assert res.exit_code != 0 and re.search(said, res.stderr), res.stderr
+    assert res.exit_code == 1 and re.search(said, res.stderr), res.stderr
     report = json.loads(_cli(tmp_path, "status", "--json").stdout)
     assert report["state_db"]["error"] is None  # not damage
     assert any(re.fullmatch(said, p) for p in report["problems"]), report["problems"]

@@ -147,4 +147,8 @@ def test_cli(cfg, tmp_path):
     assert "Added key" in ok("tracking", "rotate-key")
     assert "Dropped (what they signed no longer verifies): " in ok("tracking", "rotate-key", "--drop-old")
     assert "Removed" in ok("tracking", "remove", "a.example")
-    assert run(cli, ["--config", str(conf), "tracking", "show", "a.example"]).exit_code != 0
+    assert run(cli, ["--config", str(conf), "tracking", "show", "a.example"]).exit_code == 1  # not found
+    assert run(cli, ["--config", str(conf), "tracking", "set", "-"]).exit_code == 2  # not a domain
+    with open(cfg.value("tracking", "key_file"), "a") as f:
+        f.write("not a key\n")
+    assert run(cli, ["--config", str(conf), "tracking", "rotate-key"]).exit_code == 1  # a broken file

@@ -40,14 +40,14 @@ def test_token_is_printed_once_and_stored_as_its_sha256(conf, tmp_path):
     listed = json.loads(run(conf, "token", "list", "--json").stdout)
     assert [(t["name"], t["read_only"]) for t in listed] == [("ci", False)]
     assert token not in run(conf, "token", "list").stdout
-    run(conf, "token", "add", "ci", code=2)
+    run(conf, "token", "add", "ci", code=1)  # the name is taken
     run(conf, "token", "add", "ro", "--read-only")
     cfg = configmod.load(conf)
     assert access.authenticate_token(cfg, token)["name"] == "ci"
     assert access.authenticate_token(cfg, token + "x") is None
     run(conf, "token", "remove", "ci")
     assert access.authenticate_token(cfg, token) is None
-    run(conf, "token", "remove", "ci", code=2)
+    run(conf, "token", "remove", "ci", code=1)  # not found
 
 
 def test_users_have_scrypt_passwords(conf):

@@ -4,8 +4,8 @@ endpoints, the block list, and the inbound and event logs.
 One module per command group; each command parses its arguments, calls an operation of
 mxhook.services (which the HTTP API and the console call too) and prints the result. Writes go
 to rules.db (the running milter and spooler pick them up within about a second); `rule test`
-runs the very decision the milter runs. Invalid input exits with status 2 and a one-line
-message, and writes nothing.
+runs the very decision the milter runs. An error is one line on stderr and writes nothing;
+exit status 2 for a wrong command line, 1 for any other error (cli.base.MxhookGroup).
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def postfix_config(ctx, postfix_dir, apply_, yes, reload_, remove, as_json):
     try:
         cfg = app_of(ctx).cfg
     except configmod.ConfigError as exc:
-        raise InputError(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
     try:
         planned = postfixsvc.plan(cfg, postfix_dir, remove=remove)
     except Failed as exc:

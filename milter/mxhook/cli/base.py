@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sqlite3
 
 import click
@@ -14,35 +15,50 @@ from mxhook.model.rules import RuleError
 from mxhook.payloads import templates
 from mxhook.payloads.dialects import catalogue
 from mxhook.services import times
-from mxhook.services.errors import Failed, ServiceError
+from mxhook.services.errors import Invalid, ServiceError
 from mxhook.services.targets import MAX_TEMPLATE_BYTES, TemplateGiven
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class InputError(click.UsageError):
-    """Invalid input found after parsing (bad rule, unknown name, missing database): exit
-    status 2 like every usage error, shown as one line without the usage text."""
+    """Input given on the command line that is wrong, found after parsing (a bad rule, two
+    options that exclude each other): exit status 2 like every usage error, shown as one line
+    without the usage text."""
 
     def show(self, file=None) -> None:
         self.ctx = None
         super().show(file)
 
 
+NOT_USAGE = frozenset({
+    "config_invalid",  # the config file is wrong, not the command line
+    "bad_key_file",  # [tracking] key_file has a bad line
+    "not_sent_yet",  # replay: the event named is in no batch yet
+})
+"""Codes of services.errors.Invalid that are runtime errors (exit status 1)."""
+
+
 class MxhookGroup(click.Group):
-    """Turns the services' errors into exit statuses, wherever in the command they are raised:
-    an operation that failed part way exits 1, every other refusal is a usage error (exit
-    status 2, one line on stderr)."""
+    """Turns errors into exit statuses (docs/cli.md, "Exit status"), wherever in the command
+    they are raised, as click, postconf and sqlite-utils do: 2 for wrong input on the command
+    line (a usage error), 1 for everything else that went wrong (a name not found, a clash
+    with what is stored, a config file, database or directory that is missing or broken, an
+    operation that failed part way). Either way one line on stderr."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except Failed as exc:
-            raise click.ClickException(exc.message) from None
-        except ServiceError as exc:
+        except Invalid as exc:
+            if exc.code in NOT_USAGE:
+                raise click.ClickException(exc.message) from None
             raise InputError(exc.message) from None
-        except (RuleError, targets.DestinationError, configmod.ConfigError) as exc:
+        except ServiceError as exc:
+            raise click.ClickException(exc.message) from None
+        except (RuleError, targets.DestinationError) as exc:
             raise InputError(str(exc)) from None
+        except configmod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
         except sqlite3.Error as exc:
             raise click.ClickException(f"database error: {exc}") from None
         except UnicodeError as exc:
@@ -139,14 +155,11 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
                           f"(`mxhook dialect list`)" + dflt("dialect")),
         click.option("--format", "format", type=click.Choice(formats),
                      help="Payload format of the native dialect" + dflt("format")),
-        click.option("--basic-auth", metavar="USER:PASS", help="HTTP Basic auth."),
-        click.option("--bearer", metavar="TOKEN", help="Bearer token (not with --basic-auth)."),
-        click.option("--api-key", metavar="KEY", help="API key, sent in the payload body."),
-        click.option("--signing-key", metavar="KEY",
-                     help="The dialect's signing key (mailgun: the webhook signing key the "
-                          "receiver checks)."),
-        click.option("--signing-key-file", type=click.File("r", encoding="utf-8"), metavar="FILE",
-                     help="Read --signing-key from the first line of FILE (keeps it out of the shell history)."),
+        *secret_options("--basic-auth", "USER:PASS", "HTTP Basic auth."),
+        *secret_options("--bearer", "TOKEN", "Bearer token (not with --basic-auth)."),
+        *secret_options("--api-key", "KEY", "API key, sent in the payload body."),
+        *secret_options("--signing-key", "KEY", "The dialect's signing key (mailgun: the webhook "
+                                                "signing key the receiver checks)."),
         click.option("--template", "template_file", type=click.File("rb"), metavar="FILE",
                      help="jinja2 template of the body (docs/payloads.md, \"Custom templates\"), "
                           "tried on a sample, then stored as a new version."),
@@ -190,11 +203,12 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
                 if values["url"] not in (None, alias):
                     raise click.UsageError("give the URL once: --url (--endpoint is its old name)")
                 values["url"] = alias
-            key_file = kwargs.pop("signing_key_file", None)
-            if key_file is not None:
-                if values["signing_key"] is not None:
-                    raise InputError("give --signing-key or --signing-key-file, not both")
-                values["signing_key"] = key_file.readline(65536).rstrip("\r\n")  # the first line
+            files = {flag: kwargs.pop(flag[2:].replace("-", "_") + "_file", None) for flag in SECRETS}
+            if list(files.values()).count("-") > 1:
+                raise InputError("only one secret can be read from stdin ('-')")
+            for flag, path in files.items():
+                name = flag[2:].replace("-", "_")
+                values[name] = secret_given(flag, values[name], path)
             kwargs["template"] = _template_given(kwargs.pop("template_file", None),
                                                  kwargs.pop("template_type", None))
             if edit:
@@ -210,6 +224,61 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
     return deco
 
 
+SECRETS = ("--basic-auth", "--bearer", "--api-key", "--signing-key")
+"""The destination's options that take a secret: each has --X-file and $MXHOOK_X forms too."""
+
+MAX_SECRET_BYTES = 65536
+
+
+def secret_env(flag: str) -> str:
+    """'--bearer' -> 'MXHOOK_BEARER'."""
+    return "MXHOOK_" + flag[2:].replace("-", "_").upper()
+
+
+def secret_options(flag: str, metavar: str, text: str) -> list:
+    """--X SECRET and --X-file FILE; the command reads $MXHOOK_X through secret_given."""
+    return [
+        click.option(flag, metavar=metavar,
+                     help=f"{text} Visible in ps and the shell history: prefer {flag}-file or "
+                          f"${secret_env(flag)}."),
+        click.option(f"{flag}-file", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+                     metavar="FILE", help=f"Read {flag} from FILE ('-': stdin; one trailing line "
+                                          "end dropped)."),
+    ]
+
+
+def secret_given(flag: str, value: str | None, path: str | None) -> str | None:
+    """The secret of `flag` from the command line, the file named by its -file option, or its
+    environment variable (an empty one counts as unset): at most one of them, so a secret is
+    never taken from a place the admin did not mean."""
+    env = os.environ.get(secret_env(flag)) or None
+    if sum(x is not None for x in (value, path, env)) > 1:
+        raise InputError(f"give {flag}, {flag}-file or ${secret_env(flag)}, not two of them")
+    if path is not None:
+        return read_secret(path)
+    return value if value is not None else env
+
+
+def read_secret(path: str) -> str:
+    """A secret file ('-': stdin) without one trailing line end, so `echo TOKEN >FILE` works."""
+    if path == "-":
+        data = click.get_binary_stream("stdin").read(MAX_SECRET_BYTES + 1)
+    else:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SECRET_BYTES + 1)
+    name = "stdin" if path == "-" else path
+    if len(data) > MAX_SECRET_BYTES:
+        raise InputError(f"{name} is larger than {MAX_SECRET_BYTES} bytes: not a secret")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not UTF-8 text (byte {exc.start + 1})") from None
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            return text[:-len(end)]
+    return text
+
+
 def _template_given(file, content_type: str | None) -> TemplateGiven | None:
     if file is None:
         if content_type is not None:
@@ -221,3 +290,7 @@ def _template_given(file, content_type: str | None) -> TemplateGiven | None:
 
 ED25519_OPTION = click.option(
     "--ed25519", is_flag=True, help="Also sign with an ed25519 key pair (v1a); prints its public key.")
+
+JSON_ADDED = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print JSON: the object (secrets masked) and, this once, the new signing secret.")

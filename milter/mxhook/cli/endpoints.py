@@ -5,6 +5,7 @@ import click
 
 from mxhook.cli.base import (
     ED25519_OPTION,
+    JSON_ADDED,
     MxhookGroup,
     destination_options,
     pass_app,
@@ -16,10 +17,12 @@ from mxhook.cli.output import (
     destination_rows,
     emit_json,
     fields,
+    new_keys_dict,
     print_new_keys,
     print_rotation,
     print_signing,
     print_template,
+    rotation_dict,
     table,
     yes_no,
 )
@@ -97,9 +100,10 @@ def endpoint():
 @endpoint.command("add", short_help="Add an event endpoint.")
 @click.argument("url")
 @endpoint_options(edit=False)
+@JSON_ADDED
 @pass_app
 def endpoint_add(app, destination, template, categories, interval, max_events, version, timezone,
-                 custom_headers, disabled, ed25519):
+                 custom_headers, disabled, ed25519, as_json):
     """Add an endpoint at URL for delivery events (bounces, deliveries, blocks).
 
     \b
@@ -114,6 +118,9 @@ def endpoint_add(app, destination, template, categories, interval, max_events, v
         max_events=max_events, version=version, timezone=timezone, enabled=not disabled,
         ed25519=ed25519, template=template, custom_headers=custom_headers, warn=warn)
     added = view.endpoint
+    if as_json:
+        emit_json({"endpoint": view.as_dict(), **new_keys_dict(view.keys)})
+        return
     click.echo(f"Added endpoint {added.id}{' (disabled)' if not added.enabled else ''}: "
                f"{', '.join(added.categories)} events to {added.destination.url} "
                f"(version {added.version}, {body_summary(added.destination)})")
@@ -190,11 +197,15 @@ def endpoint_remove(app, key):
 @endpoint.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
 @click.argument("key", metavar="ID|URL")
 @rotate_options
+@JSON_ADDED
 @pass_app
-def endpoint_rotate_secret(app, key, overlap, ed25519):
+def endpoint_rotate_secret(app, key, overlap, ed25519, as_json):
     """Give endpoint ID|URL a new signing secret, printed once. During the overlap every
     request carries a signature with the previous secret and one with the new one."""
     ep, rotation = endpointsvc.rotate_secret(app.cfg, key, overlap=overlap, ed25519=ed25519)
+    if as_json:
+        emit_json(rotation_dict(rotation, "endpoint", endpointsvc.show(app.cfg, str(ep.id))))
+        return
     print_rotation(rotation, f"endpoint {ep.id} ({ep.destination.url})", ed25519)
 
 

@@ -133,6 +133,25 @@ def print_new_keys(keys: list, *, rotated: bool = False) -> None:
             click.echo(f"{label} (for v1a signatures; `show` prints it again): {k.public_key}")
 
 
+def new_keys_dict(keys: list) -> dict:
+    """The one time a new secret is shown in full, for `--json`: `signing_secret` (v1) and
+    `ed25519_public_key` (v1a; its private key is never printed)."""
+    out = {}
+    for k in keys:
+        if k.scheme == "v1":
+            out["signing_secret"] = k.secret
+        else:
+            out["ed25519_public_key"] = k.public_key
+    return out
+
+
+def rotation_dict(rotation, kind: str, view) -> dict:
+    """What `rotate-secret --json` prints: the owner (secrets masked, `view.as_dict()`) under
+    `kind`, what was done, and the new key in full."""
+    return {kind: view.as_dict(), "scheme": rotation.key.scheme, "first": rotation.first,
+            "previous_signs_until": rotation.until, **new_keys_dict([rotation.key])}
+
+
 def describe_overlap(seconds: float) -> str:
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:

@@ -6,6 +6,7 @@ import click
 
 from mxhook.cli.base import (
     ED25519_OPTION,
+    JSON_ADDED,
     MxhookGroup,
     destination_options,
     pass_app,
@@ -17,10 +18,12 @@ from mxhook.cli.output import (
     destination_rows,
     emit_json,
     fields,
+    new_keys_dict,
     print_new_keys,
     print_rotation,
     print_signing,
     print_template,
+    rotation_dict,
     table,
     yes_no,
 )
@@ -122,9 +125,10 @@ def rule():
 @rule.command("add", short_help="Add a rule.")
 @click.argument("name")
 @rule_options(edit=False)
+@JSON_ADDED
 @pass_app
 def rule_add(app, name, destination, template, when, unless, priority, reject_text, discard, disabled,
-             continue_matching, include_raw, ed25519):
+             continue_matching, include_raw, ed25519, as_json):
     """Add rule NAME: mail whose headers match all conditions is posted to the URL.
 
     \b
@@ -139,6 +143,10 @@ def rule_add(app, name, destination, template, when, unless, priority, reject_te
         discard=discard, enabled=not disabled, continue_matching=continue_matching,
         include_raw=include_raw, reject_text=reject_text, ed25519=ed25519, template=template, warn=warn)
     new = added.rule
+    if as_json:
+        emit_json({"rule": rulesvc.show(app.cfg, new.name).as_dict(), **new_keys_dict(added.keys),
+                   "no_domains": added.no_domains})
+        return
     click.echo(f"Added rule {new.name} (priority {new.priority}"
                f"{', disabled' if not new.enabled else ''}): "
                f"{body_summary(new.destination)} to {new.destination.url}")
@@ -240,12 +248,16 @@ def rule_remove(app, name):
 @rule.command("rotate-secret", short_help="Issue a new signing secret (old one overlaps).")
 @click.argument("name")
 @rotate_options
+@JSON_ADDED
 @pass_app
-def rule_rotate_secret(app, name, overlap, ed25519):
+def rule_rotate_secret(app, name, overlap, ed25519, as_json):
     """Give rule NAME a new signing secret, printed once. During the overlap every request
     carries a signature with the previous secret and one with the new one, so the receiver
     can switch at any time in between."""
     found, rotation = rulesvc.rotate_secret(app.cfg, name, overlap=overlap, ed25519=ed25519)
+    if as_json:
+        emit_json(rotation_dict(rotation, "rule", rulesvc.show(app.cfg, found.name)))
+        return
     print_rotation(rotation, f"rule {found.name}", ed25519)
 
 
@@ -312,8 +324,11 @@ def print_explanation(res: dict) -> None:
               help="With [authentication] mode = verify: look the verdicts up in DNS as the "
                    "milter does, or not at all (every lookup finds nothing).")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@click.option("--exit-code", is_flag=True,
+              help="Exit status 1 when the milter refuses the message (Result: REJECT, or "
+                   "TEMPFAIL on an internal error), 0 when it passes or accepts it.")
 @pass_app
-def rule_test(app, message, recipients, mail_from, payload, client_ip, helo, dns, as_json):
+def rule_test(app, message, recipients, mail_from, payload, client_ip, helo, dns, as_json, exit_code):
     """Dry run: what the milter would answer for MESSAGE.eml ('-' reads stdin), and why.
 
     Each recipient, in --rcpt order, gets the milter's answer and its stage: 550 at RCPT (its
@@ -337,8 +352,17 @@ def rule_test(app, message, recipients, mail_from, payload, client_ip, helo, dns
         raise
     if as_json:
         emit_json(res)
-        return
-    print_explanation(res)
+    else:
+        print_explanation(res)
+        print_payloads(res)
+    if exit_code and res["result"] in REFUSED:
+        raise SystemExit(1)
+
+
+REFUSED = ("reject", "tempfail")  # the results `rule test --exit-code` exits 1 for
+
+
+def print_payloads(res: dict) -> None:
     for p in res.get("payloads", ()):
         how = f"template v{p['template']}" if p["template"] else (
             p["dialect"] if p["dialect"] != "native" else f"native {p['format']}")
