@@ -132,6 +132,27 @@ def test_block_list_add_search_delete_cancel(stack):
         assert audit_has(stack, action, address), action
 
 
+def test_block_delete_with_scope_removes_one_suppression(stack):
+    address = "carol@else.example"
+    for scope in ("news.example", "shop.example", "*"):
+        assert stack("POST", "/v1/blocks", json_body={"address": address, "scope": scope}).status == 201
+    listed = [e for e in stack("GET", "/v1/blocks").json()["items"] if e["address"] == address]
+    assert {(e["scope"], e["source"]) for e in listed} == {
+        ("news.example", "api"), ("shop.example", "api"), ("*", "api")}
+    one = stack("DELETE", f"/v1/blocks/{address}?scope=News.Example")
+    assert one.status == 200 and one.json()["event"] == "deleted"
+    assert stack("DELETE", f"/v1/blocks/{address}?scope=news.example").code == "not_found"
+    assert stack("DELETE", f"/v1/blocks/{address}?scope=shop.example", token="reader").code == "read_only_token"
+    assert stack("DELETE", f"/v1/blocks/{address}?scpe=x").code == "unknown_parameter"
+    left = [e["scope"] for e in stack("GET", "/v1/blocks").json()["items"] if e["address"] == address]
+    assert sorted(left) == ["*", "shop.example"]
+    deletes = [e for e in stack.cli.json("audit", "--limit", "1000")
+               if e["action"] == "block.delete" and e["target"] == address]
+    assert [e["detail"].get("scope") for e in deletes] == ["News.Example"]
+    assert stack("DELETE", f"/v1/blocks/{address}").status == 200  # without scope: every entry
+    assert [e for e in stack("GET", "/v1/blocks").json()["items"] if e["address"] == address] == []
+
+
 MESSAGE = ("From: Alice <alice@sender.example>\r\nTo: invoices@ours.example\r\n"
            "Subject: invoice 42\r\n\r\nbody\r\n")
 

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from mxhook.model.targets import AUTH_FIELDS, destination
 from mxhook.services import (attachments, blocks, domains, endpoints, explain, logs, msndr,
-                             replay, rules, status, targets)
+                             replay, rules, status, targets, tracking)
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.services.targets import TemplateGiven
 from mxhook.services.times import parse_time
@@ -458,10 +458,14 @@ def block_add():
 
 
 @route("DELETE", "/blocks/<address>", "block.delete",
-       "Delete an address from the block list (emits a deleted event).")
+       "Delete an address from the block list (emits a deleted event).",
+       query=(("scope", STR, "Only its entry of this sending domain (one suppression), or * "
+                             "(the one for every sending domain); default: every entry."),))
 def block_delete(address):
-    done = blocks.remove(cfg(), address, reason="deleted through the API", source="api")
-    g.audit_target, g.audit_detail = done.address, {"event_id": done.event_id}
+    q = query_of(spec_of("block.delete"))
+    done = blocks.remove(cfg(), address, reason="deleted through the API", source="api",
+                         scope=q.get("scope"))
+    g.audit_target, g.audit_detail = done.address, {"event_id": done.event_id, **q}
     return json_response({"address": done.address, "event": "deleted", "event_id": done.event_id})
 
 
@@ -474,6 +478,46 @@ def block_cancel(address):
                          source="api")
     g.audit_target, g.audit_detail = done.address, {"event_id": done.event_id, **data}
     return json_response({"address": done.address, "event": "deleted", "event_id": done.event_id})
+
+
+# -- tracking of outbound mail (docs/tracking.md) -----------------------------------------------
+
+TRACKING = {
+    "opens": (BOOL, "Add an open-tracking pixel to the HTML part."),
+    "clicks": (BOOL, "Rewrite the HTML part's http(s) links to go through mxhook-track."),
+    "text_links": (BOOL, "Rewrite the text part's links too."),
+    "unsubscribe": (BOOL, "Add List-Unsubscribe and List-Unsubscribe-Post (one-click, RFC 8058) "
+                          "unless the message has its own."),
+    "honeypot": (BOOL, "Add a link no person sees: a click on it marks a machine."),
+}
+
+
+@route("GET", "/tracking", "tracking.list", "Every sending domain's tracking settings.")
+def tracking_list():
+    return json_response({"items": tracking.list_all(cfg())})
+
+
+@route("GET", "/tracking/<domain>", "tracking.get", "One sending domain's tracking settings.")
+def tracking_get(domain):
+    return json_response(tracking.get(cfg(), domain))
+
+
+@route("PUT", "/tracking/<domain>", "tracking.set",
+       "Set a sending domain's tracking (the fields given; a new domain starts with opens and "
+       "clicks).", body=TRACKING)
+def tracking_set(domain):
+    data = body_of(spec_of("tracking.set"))
+    settings = tracking.set_domain(cfg(), domain, **data)
+    g.audit_target, g.audit_detail = settings["domain"], data
+    return json_response(settings)
+
+
+@route("DELETE", "/tracking/<domain>", "tracking.remove",
+       "Remove a sending domain's tracking settings (its mail is no longer tracked).")
+def tracking_remove(domain):
+    removed = tracking.remove(cfg(), domain)
+    g.audit_target = removed
+    return json_response({"deleted": removed})
 
 
 # -- logs -----------------------------------------------------------------------------------
