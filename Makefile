@@ -9,7 +9,7 @@ APT_PACKAGES := postfix python3-milter python3-requests python3-idna python3-jin
 	python3-spf python3-dkim python3-nacl python3-authheaders python3-authres python3-dnspython python3-publicsuffix2 \
 	python3-flask python3-waitress python3-prometheus-client \
 	python3-flaskext.wtf chromium chromium-driver python3-selenium dkimpy-milter \
-	python3-user-agents python3-geoip2 python3-yaml
+	python3-user-agents python3-geoip2 python3-yaml python3-pytest-xdist
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
@@ -44,10 +44,15 @@ demo: setup
 
 # The package test and the newest-PyPI run (unit and milter suites; `make test-newest` runs
 # them all, ~5 min more) come first so that pytest's summary stays the last line of the run.
+# pytest-xdist runs the suites on every CPU (`-n auto`), a test file to a worker (`--dist
+# loadfile`: a file's fixtures and its order stay together); the e2e tests mostly wait on
+# Postfix and sockets, so two workers on 2 CPUs halve the run.
+PYTEST_PARALLEL := -n auto --dist loadfile
+
 test: setup
 	bash scripts/package-test.sh
-	SUITES="tests/unit tests/milter" bash scripts/test-newest.sh
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	SUITES="tests/unit tests/milter" PYTEST_ARGS="$(PYTEST_PARALLEL)" bash scripts/test-newest.sh
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) tests
 
 # The suites against the newest PyPI release of every dependency, in a second venv.
 test-newest:

@@ -103,7 +103,7 @@ def test_postfix_config_wires_a_private_postfix_and_check_sees_each_breakage(mak
     as_packaged(st)  # the spooler may have made new files meanwhile
     proc = mxhook(st, "check", "--postfix-dir", etc)
     assert problems(proc) == []
-    assert proc.stdout.splitlines()[-1] == "everything checked is fine (10 checks)"
+    assert proc.stdout.splitlines()[-1] == "everything checked is fine (14 checks)"
 
     # 1. smtpd_milters without mxhook
     subprocess.run([POSTCONF, "-c", etc, "-X", "smtpd_milters"], check=True)
