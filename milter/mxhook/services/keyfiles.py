@@ -6,12 +6,14 @@ replacing the file atomically."""
 from __future__ import annotations
 
 import base64
+import grp
 import os
 import re
 import secrets
 import tempfile
 import threading
 import time
+import types
 
 from mxhook.model import keyring
 from mxhook.model.records import iso, to_datetime
@@ -87,15 +89,18 @@ def _line_key(line: str) -> bytes:
 
 
 def rotate(path: str, *, setting: str, command: str, drop_old: bool = False,
-           retire_after: float | None = None, now: float | None = None) -> dict:
+           retire_after: float | None = None, now: float | None = None,
+           group: str | None = None) -> dict:
     """Add a new signing key to the key file `path` (`setting` names it in messages), which
     signs from then on. The keys before it keep verifying what they signed (overlap); with
     `retire_after` (seconds: the longest anything signed stays valid), a key is dropped once
     the key after it was added longer ago than that (a key without an `# added` line after it
     is kept). `drop_old`: only the new key is kept, so everything signed before stops working
     now (after a leak). The file is replaced atomically (a new file, fsynced, renamed over
-    it) with mode 0640 and the old file's owner and group (when there is none, its
-    directory's), so running daemons read the new keys at their next use. Returns {path,
+    it) with mode 0640 and the old file's owner and group (when there is none: its directory's,
+    or root and `group` when that group exists and the caller is root: the daemons that read
+    a key file in root's /etc/mxhook need it), so running daemons read the new keys at their
+    next use. Returns {path,
     key_id, kept: [key ids], dropped: [key ids]}."""
     now = time.time() if now is None else now
     try:
@@ -106,6 +111,7 @@ def rotate(path: str, *, setting: str, command: str, drop_old: bool = False,
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, mode=0o750, exist_ok=True)
         entries, st = [], os.stat(directory)
+        st = _owner_for_new(st, group)
     except ValueError as exc:
         raise Invalid(f"{setting} {path}: {exc}: fix or remove that line first", "bad_key_file") from None
     except OSError as exc:
@@ -126,7 +132,19 @@ def rotate(path: str, *, setting: str, command: str, drop_old: bool = False,
             "dropped": ids([e for e in entries if e not in kept])}
 
 
-def _replace(path: str, text: str, owner: os.stat_result) -> None:
+def _owner_for_new(directory: os.stat_result, group: str | None):
+    """(uid, gid) as `st_uid`/`st_gid` for a key file made now: root and `group` when named,
+    existing and we are root; else the directory's."""
+    if group and os.geteuid() == 0:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:  # no such group here (a source checkout, a test): the directory's
+            return directory
+        return types.SimpleNamespace(st_uid=0, st_gid=gid)
+    return directory
+
+
+def _replace(path: str, text: str, owner) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".mxhook-key.", dir=directory)
     try:

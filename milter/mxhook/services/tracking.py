@@ -11,6 +11,7 @@ from mxhook.store import rulesdb
 from mxhook.store.rulesdb import TRACKING_FEATURES, TrackingSettings
 
 HEADER = "X-Mxhook-Track"
+KEY_GROUP = "mxhook"  # the daemons' group: the milter signs, mxhook-track verifies
 # the header's words, as the application writes them -> the settings' names
 HEADER_WORDS = {"opens": "opens", "clicks": "clicks", "text-links": "text_links",
                 "unsubscribe": "unsubscribe", "honeypot": "honeypot"}
@@ -82,4 +83,5 @@ def rotate_key(cfg: configmod.Config, *, drop_old: bool = False) -> dict:
     signs from then on; the older ones keep verifying the links of mail already sent (no
     expiry: drop them with `drop_old`). keyfiles.rotate says the rest."""
     return keyfiles.rotate(cfg.value("tracking", "key_file"), setting="[tracking] key_file",
-                           command="mxhook tracking rotate-key", drop_old=drop_old)
+                           command="mxhook tracking rotate-key", drop_old=drop_old,
+                           group=KEY_GROUP)
