@@ -330,14 +330,14 @@ def run_checks(config_path: str | None, postfix_dir: str | None) -> list[dict]:
     results += as_this_user("daemons", check_daemons, cfg)
 
     postfix = Postfix(postfix_dir)
-    results += check_postfix_running(postfix)
-    results += as_this_user("logfollow_source", check_log_source, cfg, postfix)
     try:
         values = postfix.values([*pc.parameters(), *EXTRA_PARAMETERS])
-    except PostfixError as exc:
+    except PostfixError as exc:  # not installed, not configured: the one thing to fix first
         results += check_socket(socket_spec, "postfix")
         results.append(result("postfix", False, postfix_unreadable(exc), exc.code))
         return results
+    results += check_postfix_running(postfix)
+    results += as_this_user("logfollow_source", check_log_source, cfg, postfix)
     results += check_socket(socket_spec, values.get("mail_owner") or "postfix")
     try:
         results += check_postfix_wiring(postfix, values, socket_spec)
