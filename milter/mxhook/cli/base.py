@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 import sqlite3
+import sys
 
 import click
 
@@ -262,7 +263,7 @@ def secret_given(flag: str, value: str | None, path: str | None) -> str | None:
 def read_secret(path: str) -> str:
     """A secret file ('-': stdin) without one trailing line end, so `echo TOKEN >FILE` works."""
     if path == "-":
-        data = click.get_binary_stream("stdin").read(MAX_SECRET_BYTES + 1)
+        data = sys.stdin.buffer.read(MAX_SECRET_BYTES + 1)
     else:
         with open(path, "rb") as fh:
             data = fh.read(MAX_SECRET_BYTES + 1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import click
 
@@ -45,7 +46,7 @@ def emit_listing(rows: list[dict], *, as_csv: bool, as_json: bool, columns: list
         emit_json(rows)
     elif as_csv:
         # UTF-8 whatever the locale (the CSV is a file for other programs), LF line ends
-        out = io.TextIOWrapper(click.get_binary_stream("stdout"), encoding="utf-8", newline="",
+        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="",
                                write_through=True)
         try:
             write_csv(rows, columns, out)
