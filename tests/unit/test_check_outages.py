@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from mxhook import config
 from tests.unit.test_admin import Env, problems, wire
+from tests.support.nobody import run_cli_as_nobody
 
 
 @pytest.fixture
@@ -109,10 +108,8 @@ def test_check_as_nobody_reports_unreadable_files_and_goes_on(reachable_dir):
         "logfollow": {"state_file": f"{lib}/logfollow.state", "path": str(tmp / "mail.log")},
         "web": {"access_db": f"{lib}/access.db"}}))
     os.chmod(conf, 0o644)
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           sys.executable, "-m", "mxhook.cli", "--config", str(conf), "check", "--json",
-                           "--postfix-dir", str(tmp / "no-postfix")],
-                          capture_output=True, text=True, timeout=120, cwd="/")
+    proc = run_cli_as_nobody("--config", str(conf), "check", "--json",
+                             "--postfix-dir", str(tmp / "no-postfix"))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     results = json.loads(proc.stdout)

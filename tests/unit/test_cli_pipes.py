@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.nobody import run_cli_as_nobody
+
 
 def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
     read_end, write_end = os.pipe()
@@ -22,12 +24,6 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
         os.close(write_end)
     assert proc.stderr.decode() == ""  # not "Error: [Errno 32] Broken pipe"
     assert proc.returncode == 1
-
-
-def as_nobody(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           sys.executable, "-m", "mxhook.cli", *args],
-                          capture_output=True, text=True, timeout=60, cwd="/")
 
 
 @pytest.fixture
@@ -52,7 +48,7 @@ def test_a_database_out_of_reach_is_not_called_missing(reachable_dir):
     conf = tmp_path / "mxhook.conf"
     conf.write_text(f"[paths]\nstate_db = {data}/state.db\nrules_db = {data}/rules.db\n")
     os.chmod(conf, 0o644)
-    proc = as_nobody("--config", str(conf), "status")
+    proc = run_cli_as_nobody("--config", str(conf), "status")
     assert proc.returncode != 0
     assert "cannot be reached by this user (Permission denied)" in proc.stderr, proc.stderr
     assert "does not exist yet" not in proc.stderr + proc.stdout
@@ -62,5 +58,5 @@ def test_a_config_file_out_of_reach_is_not_replaced_by_the_defaults(reachable_di
     etc = reachable_dir / "etc"
     etc.mkdir(mode=0o700)
     (etc / "mxhook.conf").write_text("[paths]\n")
-    proc = as_nobody("--config", f"{etc}/mxhook.conf", "status")
+    proc = run_cli_as_nobody("--config", f"{etc}/mxhook.conf", "status")
     assert "cannot be read by this user (Permission denied)" in proc.stderr, proc.stderr
