@@ -418,7 +418,7 @@ req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} i
 try:
     with urllib.request.urlopen(req, timeout=10) as resp:
         print(resp.status)
-        sys.stdout.write(resp.read().decode())
+        sys.stdout.write(resp.read().decode("utf-8", "replace"))  # a GIF, too
 except urllib.error.HTTPError as exc:
     print(exc.code)
 except OSError as exc:
