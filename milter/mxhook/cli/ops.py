@@ -1,6 +1,8 @@
 """`mxhook replay` and `mxhook status`: the dead letter and the state of delivery."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from mxhook.cli.base import CONTEXT_SETTINGS, app_of
@@ -10,7 +12,7 @@ from mxhook.services import status as statussvc
 
 
 def _isatty() -> bool:
-    return click.get_text_stream("stdout").isatty()
+    return sys.stdout.isatty()
 
 
 def _age(seconds: float | None) -> str:
