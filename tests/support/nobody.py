@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 SOURCE = Path(__file__).resolve().parents[2] / "milter" / "mxhook"
 PYTHON = "/usr/bin/python3"
 
@@ -33,3 +35,15 @@ def run_cli_as_nobody(*args: str, timeout: float = 120) -> subprocess.CompletedP
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            PYTHON, "-m", "mxhook.cli", *args],
                           capture_output=True, text=True, timeout=timeout, cwd="/", env=env)
+
+
+@pytest.fixture
+def reachable_dir():
+    """A directory every user may enter (pytest's own tmp_path is under a 0700 one); skips
+    unless the test can run a command as another user."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the command as another user")
+    path = Path(tempfile.mkdtemp(prefix="mxhook-as-nobody-dir-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)

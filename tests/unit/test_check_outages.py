@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from mxhook import config
 from tests.unit.test_admin import Env, problems, wire
-from tests.support.nobody import run_cli_as_nobody
+from tests.support.nobody import reachable_dir, run_cli_as_nobody  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -80,17 +77,6 @@ def test_non_smtpd_milters_through_smtpd_milters_is_seen(env):
 
 # ---------------------------------------------------------------------------------------------
 # As a user who may not read mxhook's files
-
-@pytest.fixture
-def reachable_dir():
-    """A directory every user may enter (pytest's own tmp_path is under a 0700 one)."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run the command as another user")
-    path = Path(tempfile.mkdtemp(prefix="mxhook-check-eacces-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
-
 
 def test_check_as_nobody_reports_unreadable_files_and_goes_on(reachable_dir):
     tmp = reachable_dir

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-import pytest
 
-from tests.support.nobody import run_cli_as_nobody
+from tests.support.nobody import reachable_dir, run_cli_as_nobody  # noqa: F401 (a fixture)
 
 
 def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
@@ -24,17 +20,6 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
         os.close(write_end)
     assert proc.stderr.decode() == ""  # not "Error: [Errno 32] Broken pipe"
     assert proc.returncode == 1
-
-
-@pytest.fixture
-def reachable_dir():
-    """A directory every user may enter (pytest's own tmp_path is under a 0700 one)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the command as another user")
-    path = Path(tempfile.mkdtemp(prefix="mxhook-eacces-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def test_a_database_out_of_reach_is_not_called_missing(reachable_dir):
