@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from mxhook.model.records import iso
+from mxhook.model.records import iso, to_datetime
 from mxhook.delivery import pipeline
 from mxhook.delivery.pipeline import Dispatch
 from mxhook.delivery.webhook import Outcome
@@ -88,6 +88,19 @@ def test_settle_applies_the_targets_retry_policy():
     late = pipeline.Attempt(d, Outcome("deferred", 503, "HTTP 503"), T0 + 86400)
     r = pipeline.settle(late, T0 + 86400, gone=None, rand=lambda: 0.5)
     assert r.status == "failed" and r.reason == "HTTP 503; gave up: retry period of 1 day ended"
+
+
+def test_settle_numbers_the_attempt_from_the_count_state_db_keeps():
+    """An exponential backoff: the wait after the attempt that follows `attempts` made."""
+    target = Target(kind="rule", id=1, name="r1", url="https://h.example/", retry_interval=60,
+                    retry_period=3, retry_backoff="exponential", retry_cap=600)
+    waits = []
+    for made in range(6):
+        d = dispatch(target=target, attempts=made, first_attempt_at=iso(T0))
+        r = pipeline.settle(pipeline.Attempt(d, Outcome("deferred", 503, "HTTP 503"), T0), T0,
+                            gone=None, rand=lambda: 0.5)
+        waits.append(to_datetime(r.next_attempt_at).timestamp() - T0)
+    assert waits == [60, 120, 240, 480, 600, 600]
 
 
 def test_odd_retry_settings_fall_back_to_the_defaults():

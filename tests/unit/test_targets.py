@@ -19,12 +19,13 @@ def test_a_rule_has_a_target_and_its_record_keeps_the_spool_format():
                       id=3, discard=True)
     t = rule.target
     assert (t.kind, t.id, t.name, t.url, t.bearer, t.timeout) == ("rule", 3, "r1", URL, "tok", 5)
-    assert t.retry == RetryPolicy(interval=20, period=3)
+    assert t.retry == RetryPolicy(interval=20, period=3, backoff="fixed", cap=3600)
     record = t.to_record(discard=rule.discard)
-    # the keys and their order are what spool records and state.db have always held
+    # the keys and their order are what spool records and state.db have always held, then the
+    # backoff's (absent from older records)
     assert list(record) == ["id", "name", "endpoint", "format", "basic_auth", "bearer", "api_key",
                             "retry_interval", "retry_period", "timeout", "allow_http", "dialect",
-                            "signing_key", "template", "discard"]
+                            "signing_key", "template", "retry_backoff", "retry_cap", "discard"]
     assert record["endpoint"] == URL and record["discard"] is True
     assert Target.from_record(record) == t
 
@@ -44,9 +45,10 @@ def test_a_record_of_an_older_mxhook_still_loads():
     t = Target.from_record(old)
     assert (t.kind, t.id, t.name, t.url, t.format, t.bearer, t.timeout) == (
         "rule", 2, "sales", URL, "multipart", "tok", 10)
-    assert t.retry == RetryPolicy(30, 2) and t.allow_http is False
+    assert t.retry == RetryPolicy(30, 2, "fixed", None) and t.allow_http is False
     assert t.to_record(discard=True) == {**old, "allow_http": False, "dialect": "native",
-                                         "signing_key": None, "template": None}
+                                         "signing_key": None, "template": None,
+                                         "retry_backoff": "fixed", "retry_cap": None}
 
 
 @pytest.mark.parametrize("record, message", [
@@ -89,7 +91,28 @@ def test_a_target_is_its_owners_destination():
 def test_an_old_record_reads_with_what_it_has():
     t = Target.from_record({"name": "r1", "endpoint": URL})
     assert (t.id, t.format, t.timeout, t.allow_http) == (None, "json", None, False)
-    assert t.retry == RetryPolicy(None, None)
+    assert t.retry == RetryPolicy(None, None, "fixed", None)
+
+
+def test_a_target_carries_its_backoff_in_its_record():
+    dest = Destination(URL, retry_interval=30, retry_backoff="exponential", retry_cap=7200)
+    t = Target.of("endpoint", 4, "endpoint-4", check_destination(dest, rules.FORMATS))
+    assert t.retry == RetryPolicy(30, 3, "exponential", 7200)
+    record = t.to_record()
+    assert (record["retry_backoff"], record["retry_cap"]) == ("exponential", 7200)
+    assert Target.from_record(record, kind="endpoint") == t
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"retry_backoff": "linear"}, "retry backoff must be one of fixed, exponential, got 'linear'"),
+    ({"retry_cap": 5}, "retry cap must be between 10 and 86400 seconds, got 5"),
+    ({"retry_cap": 86401}, "retry cap must be between 10 and 86400 seconds, got 86401"),
+    ({"retry_interval": 600, "retry_cap": 300},
+     r"retry cap \(300 s\) must not be shorter than the retry interval \(600 s\)"),
+])
+def test_a_backoff_is_checked(values, message):
+    with pytest.raises(DestinationError, match=message):
+        check_destination(Destination(URL, **values), rules.FORMATS)
 
 
 def test_no_secret_shows_in_the_repr_of_a_destination_or_target():

@@ -116,16 +116,19 @@ def attempt(dispatch: Dispatch, send: Send, clock: Callable[[], float]) -> Attem
 def settle(done: Attempt, now: float, *, gone: Callable[[Dispatch, Outcome], str],
            scale: float = 1.0, rand: Callable[[], float] = random.random) -> AttemptRecord:
     """The result of an attempt as state.db records it: the status it leads to and when the
-    next attempt is due (model.retry.schedule with the target's policy; the default policy
-    when the target's values are odd). `gone(dispatch, outcome)` is called for a 410 and
+    next attempt is due (model.retry.schedule with the target's policy and this attempt's
+    number, one more than state.db's count; the default policy when the target's values are
+    odd). `gone(dispatch, outcome)` is called for a 410 and
     returns a note for the reason (the health policy disables the rule/endpoint)."""
     d, outcome = done.dispatch, done.outcome
     try:
         first = to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else done.started
-        status, next_at, reason = schedule(outcome, d.target.retry, first, now, scale=scale, rand=rand)
+        status, next_at, reason = schedule(outcome, d.target.retry, first, now, attempt=d.attempts + 1,
+                                           scale=scale, rand=rand)
     except (TypeError, ValueError) as exc:
         log.error("%s %s: bad retry settings (%s); using the defaults", d.noun, d.id, exc)
-        status, next_at, reason = schedule(outcome, DEFAULT_POLICY, done.started, now, scale=scale, rand=rand)
+        status, next_at, reason = schedule(outcome, DEFAULT_POLICY, done.started, now, attempt=1,
+                                           scale=scale, rand=rand)
     if outcome.status_code == GONE:
         reason = (reason or "") + gone(d, outcome)
     log.info(

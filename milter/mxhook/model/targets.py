@@ -21,7 +21,8 @@ from operator import attrgetter
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from mxhook.model.retry import RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPolicy
+from mxhook.model.retry import (BACKOFFS, DEFAULT_RETRY_CAP, FIXED, RETRY_CAP_RANGE,
+                                RETRY_INTERVAL_RANGE, RETRY_PERIOD_RANGE, RetryPolicy)
 
 DEFAULT_TIMEOUT = 30  # seconds
 TIMEOUT_RANGE = (1, 999)  # seconds
@@ -51,10 +52,12 @@ class Destination:
     dialect: str = "native"  # whose request bodies: payloads/dialects, or mxhook's own
     signing_key: str | None = field(default=None, repr=False)  # a dialect's (Mailgun's)
     template: int | None = None  # version of the owner's jinja2 template in rules.db, if any
+    retry_backoff: str = FIXED  # how waits grow between retries (model/retry.py BACKOFFS)
+    retry_cap: float | None = DEFAULT_RETRY_CAP  # seconds: where an exponential backoff stops growing
 
     @property
     def retry(self) -> RetryPolicy:
-        return RetryPolicy(self.retry_interval, self.retry_period)
+        return RetryPolicy(self.retry_interval, self.retry_period, self.retry_backoff, self.retry_cap)
 
     def edited(self, changes: Mapping[str, object], *, clear_auth: bool = False) -> "Destination":
         """This destination with `changes` (field name -> value; None keeps a value).
@@ -92,6 +95,13 @@ def check_destination(dest: Destination, formats: tuple[str, ...]) -> Destinatio
     check_credentials(dest.basic_auth, dest.bearer, dest.api_key)
     check_range("retry interval", dest.retry_interval, RETRY_INTERVAL_RANGE, "seconds")
     check_range("retry period", dest.retry_period, RETRY_PERIOD_RANGE, "days")
+    if dest.retry_backoff not in BACKOFFS:
+        raise DestinationError(f"retry backoff must be one of {', '.join(BACKOFFS)}, "
+                               f"got {dest.retry_backoff!r}")
+    check_range("retry cap", dest.retry_cap, RETRY_CAP_RANGE, "seconds")
+    if dest.retry_cap < dest.retry_interval:
+        raise DestinationError(f"retry cap ({dest.retry_cap} s) must not be shorter than the "
+                               f"retry interval ({dest.retry_interval} s)")
     check_range("timeout", dest.timeout, TIMEOUT_RANGE, "seconds")
     return dest
 
@@ -178,7 +188,7 @@ class Target(Destination):
             raise TargetRecordError(f"id is not an integer: {type(target_id).__name__}")
         values = {f.name: record.get(f.name) for f in fields(Destination) if f.name != "url"}
         values.update(format=values["format"] or "json", allow_http=bool(values["allow_http"]),
-                      dialect=values["dialect"] or "native")
+                      dialect=values["dialect"] or "native", retry_backoff=values["retry_backoff"] or FIXED)
         return cls(kind=kind, id=target_id, name=name, url=url, **values)
 
 
