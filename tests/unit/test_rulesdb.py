@@ -69,7 +69,7 @@ def test_creates_parent_dir_file_mode_wal_and_schema_version(path, store):
     assert cols == ["id", "name", "priority", "enabled", "endpoint", "format", "basic_auth",
                     "bearer", "api_key", "retry_interval", "retry_period", "timeout", "discard",
                     "allow_http", "created", "updated", "dialect", "signing_key", "template",
-                    "continue_matching", "include_raw", "reject_text"]
+                    "continue_matching", "include_raw", "reject_text", "retry_backoff", "retry_cap"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(conditions)")] == [
         "id", "rule_id", "position", "header", "pattern", "negate"]
     assert [r[1] for r in conn.execute("PRAGMA table_info(domains)")] == [
@@ -987,3 +987,52 @@ def test_the_spoolers_view_has_the_headers_enabled_endpoints_select(tmp_path):
         assert len(view.current()) == 2 and view.selected_headers == {"x-campaign"}
     finally:
         view.close()
+
+
+from dataclasses import replace  # noqa: E402
+
+from mxhook.model.retry import RetryPolicy  # noqa: E402
+
+
+def make_v10_db(path):
+    """A rules.db as mxhook with schema version 10 wrote it: the schema-5 file brought to 10 by
+    its own steps, with a rule's retry settings changed as `rule edit` wrote them."""
+    import sqlite_utils
+
+    make_v5_db(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    database = sqlite_utils.Database(conn)
+    for step in (rulesdb._schema_v6, rulesdb._schema_v7, rulesdb._schema_v8, rulesdb._schema_v9,
+                 rulesdb._schema_v10):
+        step(database)
+    conn.execute("UPDATE rules SET retry_interval = 600, retry_period = 10 WHERE name = 'r1'")
+    conn.execute("PRAGMA user_version = 10")
+    conn.close()
+
+
+def test_migration_to_version_11_keeps_every_fixed_interval(path):
+    make_v10_db(path)
+    with pytest.raises(migrations.NotReadable, match="schema version 10"):
+        rulesdb.RulesStore(path, readonly=True)  # a reader waits for the upgrade
+    with rulesdb.RulesStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == rulesdb.SCHEMA_VERSION == 11
+        rules = {r.name: r.destination for r in store.list_rules()}
+        (ep,) = store.list_endpoints()
+        assert {(d.retry_backoff, d.retry_cap) for d in [*rules.values(), ep.destination]} == {("fixed", 3600)}
+        assert (rules["r1"].retry_interval, rules["r1"].retry_period) == (600, 10)
+        assert rules["r1"].retry == RetryPolicy(600, 10, "fixed", 3600)
+        # and an old rule takes an exponential backoff after the upgrade
+        old = store.get_rule("r1")
+        dest = replace(old.destination, retry_backoff="exponential", retry_cap=7200)
+        store.replace_rule("r1", replace(old, destination=dest))
+        assert store.get_rule("r1").destination.retry == RetryPolicy(600, 10, "exponential", 7200)
+    with rulesdb.RulesStore(path, readonly=True) as store:
+        assert store.get_rule("r1").target.retry.backoff == "exponential"
+
+
+def test_backoff_is_stored_for_rules_and_endpoints(store):
+    rule = store.add_rule(make_rule(url="https://h.example/a", retry_backoff="exponential", retry_cap=900))
+    ep = store.add_endpoint(Endpoint(rule.destination))
+    assert store.get_rule(rule.name).destination == rule.destination
+    assert store.get_endpoint(ep.id).destination.retry == RetryPolicy(60, 3, "exponential", 900)
+    assert store.snapshot().ruleset.rules[0].target.retry.backoff == "exponential"

@@ -47,6 +47,9 @@ may still be retried). The spooler reads them through `Templates`.
 Custom headers (schema 10, `endpoints.custom_headers`, a JSON array of names as the admin wrote
 them): the headers an endpoint's bodies carry besides `[milter] event_headers`. The milter's
 `Snapshot` has those of every enabled endpoint (`event_headers`), which it captures too.
+
+Retry backoff (schema 11, `retry_backoff` and `retry_cap` of `rules` and `endpoints`): fixed or
+exponential (model/retry.py), destination columns like the retry interval.
 """
 from __future__ import annotations
 
@@ -71,6 +74,7 @@ from mxhook.delivery import signing
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.headers import MAX_LABEL_LENGTH, domain_a_label, normalize_address
 from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
+from mxhook.model.retry import DEFAULT_RETRY_CAP, FIXED
 from mxhook.model.targets import Destination
 from mxhook.store import migrations
 from mxhook.store.migrations import transaction
@@ -659,10 +663,21 @@ def _schema_v10(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE endpoints ADD COLUMN custom_headers TEXT NOT NULL DEFAULT '[]'")
 
 
+def _schema_v11(db: sqlite_utils.Database) -> None:
+    """The retry backoff of rules and endpoints (model/retry.py): every existing one keeps the
+    fixed interval, with the default cap for when it is switched to exponential."""
+    for table in ("rules", "endpoints"):
+        have = {c.name for c in db[table].columns}
+        for column, decl in (("retry_backoff", f"TEXT NOT NULL DEFAULT '{FIXED}'"),
+                             ("retry_cap", f"INTEGER NOT NULL DEFAULT {DEFAULT_RETRY_CAP}")):
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
 # The step that brings a database from the version before to each version (store.migrations).
 _MIGRATIONS = ((1, _schema_v1), (2, _schema_v2), (3, _schema_v3), (4, _schema_v4), (5, _schema_v5),
                (6, _schema_v6), (7, _schema_v7), (8, _schema_v8), (9, _schema_v9),
-               (10, _schema_v10))
+               (10, _schema_v10), (11, _schema_v11))
 SCHEMA_VERSION = migrations.latest(_MIGRATIONS)
 
 
