@@ -217,8 +217,8 @@ def test_rule_show_json_shape_and_masking(populated):
     shown = populated.json("rule", "show", "invoices", "--json")
     assert set(shown) == {
         "id", "name", "priority", "enabled", "url", "format", "basic_auth", "bearer",
-        "api_key", "retry_interval", "retry_period", "timeout", "discard", "allow_http",
-        "continue", "include_raw", "reject_text",
+        "api_key", "retry_interval", "retry_period", "retry_backoff", "retry_cap", "timeout",
+        "discard", "allow_http", "continue", "include_raw", "reject_text",
         "dialect", "signing_key", "template", "template_versions", "conditions", "created", "updated", "signing"}
     (key,) = shown["signing"]
     assert key["scheme"] == "v1" and key["secret"].startswith("whsec_****") and len(key["secret"]) == 14
@@ -226,6 +226,7 @@ def test_rule_show_json_shape_and_masking(populated):
     assert shown["name"] == "invoices" and shown["priority"] == 0 and shown["enabled"] is True
     assert shown["format"] == "json" and shown["retry_interval"] == 60
     assert shown["retry_period"] == 3 and shown["timeout"] == 30
+    assert (shown["retry_backoff"], shown["retry_cap"]) == ("fixed", 3600)
     assert shown["bearer"] == "****wxyz" and shown["basic_auth"] is None
     assert shown["conditions"] == [
         {"header": "to", "pattern": "^invoices@", "negate": False},
@@ -456,9 +457,28 @@ def test_rule_edit_allow_http(populated):
     assert populated.json("rule", "show", "invoices", "--json")["allow_http"] is True
 
 
+def test_rule_retry_backoff(populated):
+    """The fixed interval stays the default; exponential doubles it up to the cap."""
+    populated.ok("rule", "add", "backoff", "--url", "https://h.example/b", "--when", "To~^b@",
+                 "--retry-backoff", "exponential", "--retry-interval", "30")
+    shown = populated.json("rule", "show", "backoff", "--json")
+    assert (shown["retry_backoff"], shown["retry_cap"], shown["retry_interval"]) == ("exponential", 3600, 30)
+    assert "retry backoff:  exponential up to 3600 s\n" in populated.ok("rule", "show", "backoff").stdout
+    populated.ok("rule", "edit", "backoff", "--retry-cap", "600")
+    assert populated.json("rule", "show", "backoff", "--json")["retry_cap"] == 600
+    populated.ok("rule", "edit", "backoff", "--retry-backoff", "fixed")
+    listed = {r["name"]: r for r in populated.json("rule", "list", "--json")}
+    assert (listed["backoff"]["retry_backoff"], listed["backoff"]["retry_cap"]) == ("fixed", 600)
+    assert "retry backoff:  fixed\n" in populated.ok("rule", "show", "backoff").stdout
+    populated.fails("rule", "edit", "backoff", "--retry-cap", "20",
+                    match="retry cap (20 s) must not be shorter than the retry interval (30 s)")
+    populated.fails("rule", "edit", "backoff", "--retry-backoff", "linear", match="'linear' is not one of")
+
+
 @pytest.mark.parametrize("extra,match", [
     (["--when", "Subject~("], "invalid regex"),
     (["--unless", "Subject~("], "invalid regex"),
+    (["--retry-cap", "5"], "retry cap must be between 10 and 86400 seconds"),
     (["--timeout", "0"], "timeout"),
     (["--retry-interval", "1000"], "retry interval"),
     (["--retry-period", "30"], "retry period"),
@@ -934,6 +954,7 @@ def test_endpoint_add_list_show(endpoints):
         "max_events": 500, "timeout": 30, "version": 1, "timezone": "Europe/Berlin",
         "format": "json", "basic_auth": None, "bearer": "****wxyz", "api_key": "****9876",
         "retry_interval": 60, "retry_period": 3, "allow_http": False, "dialect": "native",
+        "retry_backoff": "fixed", "retry_cap": 3600,
         "signing_key": None, "template": None, "template_versions": [], "custom_headers": [],
         "created": rows[0]["created"], "updated": rows[0]["updated"], "signing": rows[0]["signing"]}
     assert [k["scheme"] for k in rows[0]["signing"]] == ["v1"]
@@ -1006,6 +1027,20 @@ def test_endpoint_edit(endpoints):
     endpoints.ok("endpoint", "edit", "2", "--enabled", "--url", "https://moved.example/e", "--no-allow-http")
     d = endpoints.json("endpoint", "show", "https://moved.example/e", "--json")
     assert (d["id"], d["enabled"], d["allow_http"]) == (2, True, False)
+
+
+def test_endpoint_retry_backoff(endpoints):
+    endpoints.ok("endpoint", "add", "https://third.example/e", "--retry-backoff", "exponential",
+                 "--retry-cap", "86400")
+    d = endpoints.json("endpoint", "show", "3", "--json")
+    assert (d["retry_backoff"], d["retry_cap"], d["retry_interval"]) == ("exponential", 86400, 60)
+    endpoints.ok("endpoint", "edit", "1", "--retry-backoff", "exponential", "--retry-cap", "900")
+    rows = {r["id"]: r for r in endpoints.json("endpoint", "list", "--json")}
+    assert [(rows[i]["retry_backoff"], rows[i]["retry_cap"]) for i in (1, 2, 3)] == [
+        ("exponential", 900), ("fixed", 3600), ("exponential", 86400)]
+    assert "retry backoff:  exponential up to 900 s\n" in endpoints.ok("endpoint", "show", "1").stdout
+    endpoints.fails("endpoint", "edit", "1", "--retry-cap", "86401", match="retry cap must be between 10 and 86400")
+    assert endpoints.json("endpoint", "show", "1", "--json")["retry_cap"] == 900
 
 
 def test_endpoint_custom_headers(endpoints):

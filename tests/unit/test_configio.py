@@ -45,7 +45,8 @@ def populate(cfg) -> None:
     domains.add(cfg, "Bücher.example", log_denied=False, unmatched="pass", reject_text="no such user")
     rules.add(cfg, name="invoices", destination=Destination(
         "http://hooks.example/in", bearer="tok-abcdefghijklmnop",
-        retry_interval=120, retry_period=5, timeout=20, allow_http=True),
+        retry_interval=120, retry_period=5, timeout=20, allow_http=True, retry_backoff="exponential",
+        retry_cap=7200),
         when=["To~^invoices@"], unless=[r"Subject~spam"], priority=5, continue_matching=True,
         include_raw=True, reject_text="go away", ed25519=True,
         template=targets.TemplateGiven(INBOUND_TEMPLATE))
@@ -55,7 +56,8 @@ def populate(cfg) -> None:
     rules.add(cfg, name="grid", destination=Destination("https://hooks.example/grid", dialect="sendgrid"),
               when=["To~."], priority=9)
     endpoints.add(cfg, destination=Destination("https://app.example.net/ev", basic_auth="ev:pw",
-                                               retry_interval=30, retry_period=2, timeout=10),
+                                               retry_interval=30, retry_period=2, timeout=10,
+                                               retry_backoff="exponential", retry_cap=900),
                   categories="all", interval=30, max_events=500, timezone="Europe/Berlin",
                   enabled=False, custom_headers=["X-Campaign", "X-Tenant"],
                   template=targets.TemplateGiven(EVENTS_TEMPLATE), ed25519=True)
@@ -87,6 +89,11 @@ def test_export_holds_every_field_and_no_secret_unless_asked(cfg):
     assert (inv["priority"], inv["continue"], inv["include_raw"], inv["ed25519"], inv["allow_http"]) == (
         5, True, True, True, True)
     assert [c["negate"] for c in inv["conditions"]] == [False, True]
+    assert (inv["retry_interval"], inv["retry_backoff"], inv["retry_cap"]) == (120, "exponential", 7200)
+    [drop] = [r for r in doc["rules"] if r["name"] == "drop"]
+    assert (drop["retry_backoff"], drop["retry_cap"]) == ("fixed", 3600)
+    [ev] = [e for e in doc["endpoints"] if e["url"].endswith("/ev")]
+    assert (ev["retry_backoff"], ev["retry_cap"]) == ("exponential", 900)
     text = json.dumps(doc)
     for secret in ("tok-abcdefghijklmnop", "bob:pw", "k-123", "ev:pw", MAILGUN_KEY, "whsec_", "whsk_"):
         assert secret not in text
@@ -210,6 +217,20 @@ def test_a_hand_written_document_in_other_spellings_imports_once(cfg):
                                    "reason": None}]
 
 
+def test_a_document_without_backoff_keys_keeps_the_fixed_interval(cfg):
+    """A document written before the backoff existed: what it leaves out is the default."""
+    doc = {"version": 1, "rules": [{"name": "r", "url": "https://hooks.example/r", "retry_interval": 30,
+                                    "conditions": [{"header": "To", "pattern": "."}]}],
+           "endpoints": [{"url": "https://hooks.example/e"}]}
+    assert imported(cfg, doc).plan.count == 2
+    again = configio.export(cfg)
+    assert [(o["retry_backoff"], o["retry_cap"]) for o in again["rules"] + again["endpoints"]] == [
+        ("fixed", 3600)] * 2
+    again["rules"][0]["retry_backoff"] = "exponential"
+    assert imported(cfg, again).plan.count == 1
+    assert configio.export(cfg)["rules"][0]["retry_backoff"] == "exponential"
+
+
 def test_prune_removes_what_the_document_does_not_name_of_the_kinds_it_gives(cfg):
     populate(cfg)
     doc = configio.export(cfg)
@@ -260,6 +281,10 @@ BAD = [
     (lambda d: d.update(rules={}), r"^rules: must be a list"),
     (lambda d: d["endpoints"][0].update(retry_interval="60"), r"endpoints\[0\]\.retry_interval: must be a number"),
     (lambda d: d["endpoints"][0].update(retry_period=99), r"endpoints\[0\]: retry period must be between"),
+    (lambda d: d["endpoints"][0].update(retry_backoff="linear"), r"endpoints\[0\]: retry backoff must be one of"),
+    (lambda d: d["endpoints"][0].update(retry_backoff=None), r"endpoints\[0\]\.retry_backoff: must be text"),
+    (lambda d: d["rules"][0].update(retry_cap="1h"), r"rules\[0\]\.retry_cap: must be a number"),
+    (lambda d: d["rules"][0].update(retry_cap=90000), r"rules\[0\]: retry cap must be between 10 and 86400"),
     (lambda d: d["endpoints"][0].update(template={"source": "{}", "content_type": 1}),
      r"endpoints\[0\]\.template\.content_type: must be text"),
     (lambda d: d["endpoints"][0].update(version=7), r"endpoints\[0\]: payload version 7 does not exist"),

@@ -11,7 +11,7 @@ import sys
 import click
 
 from mxhook import config as configmod
-from mxhook.model import targets
+from mxhook.model import retry, targets
 from mxhook.model.rules import RuleError
 from mxhook.payloads import templates
 from mxhook.payloads.dialects import catalogue
@@ -170,6 +170,11 @@ def destination_options(edit: bool, formats: tuple[str, ...], side: str, *, url_
                      help="Seconds between retries" + dflt("retry_interval")),
         click.option("--retry-period", type=int, metavar="1..10",
                      help="Days to keep retrying" + dflt("retry_period")),
+        click.option("--retry-backoff", type=click.Choice(retry.BACKOFFS),
+                     help="fixed: every retry after --retry-interval; exponential: the wait doubles "
+                          "from --retry-interval up to --retry-cap" + dflt("retry_backoff")),
+        click.option("--retry-cap", type=int, metavar="10..86400",
+                     help="Seconds an exponential backoff grows to at most" + dflt("retry_cap")),
         click.option("--timeout", type=int, metavar="1..999",
                      help="Request timeout in seconds" + dflt("timeout")),
     ]

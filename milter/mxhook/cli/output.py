@@ -7,6 +7,7 @@ import re
 
 import click
 
+from mxhook.model.retry import EXPONENTIAL
 from mxhook.services.targets import mask_basic, mask_secret
 
 
@@ -63,8 +64,16 @@ def destination_rows(dest) -> list[tuple[str, str]]:
     return [("url", dest.url), ("dialect", dest.dialect), ("format", dest.format),
             ("auth", auth_summary(dest)),
             ("retry interval", f"{dest.retry_interval} s"),
-            ("retry period", f"{dest.retry_period} days"), ("timeout", f"{dest.timeout} s"),
+            ("retry period", f"{dest.retry_period} days"), ("retry backoff", backoff_summary(dest)),
+            ("timeout", f"{dest.timeout} s"),
             ("allow http", yes_no(dest.allow_http))]
+
+
+def backoff_summary(dest) -> str:
+    """'fixed', or 'exponential up to 3600 s'."""
+    if dest.retry_backoff == EXPONENTIAL:
+        return f"exponential up to {dest.retry_cap} s"
+    return dest.retry_backoff
 
 
 def body_summary(dest) -> str:
