@@ -201,10 +201,14 @@ def test_rule_add_edit_disable_and_delete_with_the_password(stack, client):
     client.get("/settings/rules/lifecycle/edit")
     edited = client.post("/settings/rules/lifecycle/edit", {
         "name": "lifecycle", "url": "https://127.0.0.1:9/other", "when": "Subject~invoice",
-        "enabled": "on", "priority": "7"})
+        "enabled": "on", "priority": "7", "retry_backoff": "exponential", "retry_cap": "900"})
     assert edited.status == 302
     page = client.get("/settings/rules").text
     assert "https://127.0.0.1:9/other" in page and "subject~invoice" in page
+    rule = stack("GET", "/v1/rules/lifecycle").json()
+    assert (rule["retry_backoff"], rule["retry_cap"]) == ("exponential", 900)
+    form = client.get("/settings/rules/lifecycle/edit").text
+    assert '<option value="exponential" selected>' in form and 'name="retry_cap" value="900"' in form
     client.post("/settings/rules/lifecycle/enabled", {"enabled": "false"})
     row = re.search(r'id="rule-lifecycle">.*?</tr>', client.get("/settings/rules").text, re.S).group(0)
     assert "disabled" in row

@@ -43,11 +43,15 @@ def test_domains_round_trip(stack):
 def test_rules_round_trip(stack):
     body = {"name": "invoices", "url": "https://127.0.0.1:9/in", "when": ["To~^invoices@"],
             "unless": ["Subject~spam"], "priority": 5, "bearer": SECRETS[0], "dialect": "native",
-            "format": "multipart", "retry_interval": 30, "retry_period": 2, "timeout": 10}
+            "format": "multipart", "retry_interval": 30, "retry_period": 2, "timeout": 10,
+            "retry_backoff": "exponential", "retry_cap": 900}
     reply = stack("POST", "/v1/rules", json_body=body)
     assert reply.status == 201, reply.text
     rule = reply.json()
     assert rule["name"] == "invoices" and rule["priority"] == 5 and rule["format"] == "multipart"
+    assert (rule["retry_backoff"], rule["retry_cap"]) == ("exponential", 900)
+    bad = stack("POST", "/v1/rules", json_body=dict(body, name="bad", retry_backoff="linear"))
+    assert bad.status == 400 and "retry backoff must be one of fixed, exponential" in bad.text
     assert rule["bearer"] == "****" and rule["signing"][0]["secret"] == "****"
     assert [c["negate"] for c in rule["conditions"]] == [False, True]
     assert stack("POST", "/v1/rules", json_body=body).code == "conflict"
@@ -59,6 +63,8 @@ def test_rules_round_trip(stack):
     assert edited.status == 200, edited.text
     got = stack("GET", "/v1/rules/invoices").json()
     assert got["enabled"] is False and got["priority"] == 7
+    assert (got["retry_backoff"], got["retry_cap"]) == ("exponential", 900)  # not given: kept
+    assert stack("PATCH", "/v1/rules/invoices", json_body={"retry_backoff": "fixed"}).json()["retry_backoff"] == "fixed"
     assert (got["continue"], got["include_raw"], got["reject_text"]) == (False, False, None)
     routed = stack("PATCH", "/v1/rules/invoices", json_body={
         "continue": True, "include_raw": True, "reject_text": "Invoices only", "when": ["Recipient~^invoices@"]})
@@ -93,6 +99,10 @@ def test_endpoints_round_trip(stack):
     got = stack("GET", path).json()
     assert got["enabled"] is False and got["interval"] == 60 and got["bearer"] is None
     assert got["custom_headers"] == ["X-Campaign"]  # not given: kept
+    assert (got["retry_backoff"], got["retry_cap"]) == ("fixed", 3600)
+    backoff = stack("PATCH", path, json_body={"retry_backoff": "exponential", "retry_cap": 7200}).json()
+    assert (backoff["retry_backoff"], backoff["retry_cap"], backoff["retry_interval"]) == ("exponential", 7200, 20)
+    assert stack("PATCH", path, json_body={"retry_cap": "1h"}).status == 400
     assert stack("PATCH", path, json_body={"custom_headers": []}).json()["custom_headers"] == []
     assert stack("PATCH", path, json_body={"custom_headers": ["a b"]}).code == "invalid"
     mg = stack("PATCH", path, json_body={"dialect": "mailgun", "signing_key": SECRETS[4]})

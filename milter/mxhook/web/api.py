@@ -165,6 +165,9 @@ DESTINATION = {
     "signing_key": (STR, "The dialect's signing key (write-only)."),
     "retry_interval": (INT, "Seconds between retries (10..600)."),
     "retry_period": (INT, "Days to keep retrying (1..10)."),
+    "retry_backoff": (STR, "How waits between retries grow: fixed (every one retry_interval) or "
+                           "exponential (doubling from retry_interval up to retry_cap)."),
+    "retry_cap": (INT, "Seconds an exponential backoff grows to at most (10..86400)."),
     "timeout": (INT, "Request timeout in seconds (1..999)."),
     "allow_http": (BOOL, "Allow a plain http:// URL."),
     "template": (OBJ, "A jinja2 template of the body: {source, content_type}."),
@@ -175,7 +178,7 @@ DESTINATION_EDIT = {
     "no_template": (BOOL, "Back to the dialect's own body."),
 }
 _DEST_FIELDS = ("url", "dialect", "format", "basic_auth", "bearer", "api_key", "signing_key",
-                "retry_interval", "retry_period", "timeout", "allow_http")
+                "retry_interval", "retry_period", "retry_backoff", "retry_cap", "timeout", "allow_http")
 
 
 def destination_values(data: dict) -> dict:

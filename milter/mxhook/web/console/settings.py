@@ -43,8 +43,8 @@ def lines(name: str) -> list[str]:
 
 def destination_form() -> dict:
     """The destination's fields as the API's body has them (None: not given, keep)."""
-    data = {key: text(key) for key in ("url", "dialect", "format", *AUTH)}
-    data.update({key: number(key) for key in ("retry_interval", "retry_period", "timeout")})
+    data = {key: text(key) for key in ("url", "dialect", "format", "retry_backoff", *AUTH)}
+    data.update({key: number(key) for key in ("retry_interval", "retry_period", "retry_cap", "timeout")})
     data["allow_http"] = checked("allow_http")
     return data
 
