@@ -211,6 +211,21 @@ def test_deferred_then_succeeded_keeps_the_batch_and_holds_the_line(rx, cfg):
     assert [(a["outcome"], a["status_code"]) for a in attempts] == [("deferred", 503), ("deferred", 500), ("succeeded", 200)]
 
 
+def test_an_exponential_backoff_spaces_a_batchs_retries_wider_each_time(rx, cfg):
+    """The batch's attempt count (event_batches.attempts) numbers its attempts: the waits double
+    from the interval (10 s x scale 0.01 = 0.1 s)."""
+    rx.script("/ev", [(503, {}, b"busy")] * 3 + [(200, {}, b"ok")])
+    add_endpoint(cfg, rx.url + "/ev", interval=1, retry_backoff="exponential")
+    write_event(cfg)
+    with Running(cfg, rand=lambda: 0.5):
+        reqs = rx.wait_for(4, path="/ev", timeout=20)
+    gaps = [b.at - a.at for a, b in zip(reqs, reqs[1:])]
+    for gap, wanted in zip(gaps, (0.1, 0.2, 0.4)):
+        assert wanted - 0.01 <= gap < wanted + 0.3, gaps
+    assert gaps[2] > gaps[0] + 0.15, gaps
+    assert len({r.headers["webhook-id"] for r in reqs}) == 1
+
+
 def test_failed_batch_does_not_hold_up_the_next(rx, cfg):
     rx.script("/ev", [(404, {}, b"no"), (200, {}, b"ok")])
     add_endpoint(cfg, rx.url + "/ev", interval=1, max_events=100)

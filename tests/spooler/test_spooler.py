@@ -324,6 +324,46 @@ def test_retry_after_honoured(rx, tmp_path):
     assert again.at - first.at >= 0.95  # not the 0.1 s scaled interval
 
 
+def test_exponential_backoff_attempt_times_grow(rx, tmp_path):
+    """A receiver answering 503 four times: with an exponential backoff the waits between the
+    attempts double from the interval (10 s x scale 0.02 = 0.2 s), the attempt number taken
+    from state.db's count."""
+    cfg = make_cfg(tmp_path, retry_time_scale="0.02")
+    rx.script("/hook", [(503, {}, b"busy")] * 4 + [(200, {}, b"ok")])
+    rid = write_inbound(cfg, target(rx, "/hook", retry_backoff="exponential", retry_cap=600))
+    with Running(cfg, rand=NO_JITTER):
+        row = wait_status(cfg, f"{rid}-r1", "succeeded", timeout=20)
+    reqs = rx.wait_for(5, path="/hook")
+    gaps = [b.at - a.at for a, b in zip(reqs, reqs[1:])]
+    for gap, wanted in zip(gaps, (0.2, 0.4, 0.8, 1.6)):
+        assert wanted - 0.01 <= gap < wanted + 0.3, gaps
+    assert row["attempts"] == 5
+
+
+def test_exponential_backoff_schedule_to_the_cap_and_the_period_end(rx, tmp_path):
+    """Unscaled, on the test's clock: next attempts after 600, 1200, 2400 s, then the cap
+    (3000 s) until the retry period (1 day) ends."""
+    cfg = make_cfg(tmp_path, retry_time_scale="1")
+    rx.script("/hook", [(503, {}, b"maintenance")])
+    now = [time.time()]
+    start = now[0]
+    rid = write_inbound(cfg, target(rx, "/hook", retry_interval=600, retry_period=1,
+                                    retry_backoff="exponential", retry_cap=3000))
+    waits = []
+    for _ in range(40):
+        run_once(cfg, clock=lambda: now[0], rand=NO_JITTER)
+        row = delivery(cfg, f"{rid}-r1")
+        if row["status"] == "failed":
+            break
+        due = to_datetime(row["next_attempt_at"]).timestamp()
+        waits.append(round(due - now[0]))
+        now[0] = due
+    assert waits[:5] == [600, 1200, 2400, 3000, 3000]
+    assert set(waits[3:-1]) == {3000} and now[0] == pytest.approx(start + 86400, abs=1)
+    # 600 + 1200 + 2400 s, then 28 waits (the last one shorter) to the end of the day
+    assert row["attempts"] == len(rx.requests) == len(waits) + 1 == 32
+
+
 def test_connection_refused_is_deferred(tmp_path):
     cfg = make_cfg(tmp_path)
     with Receiver() as gone:
