@@ -335,8 +335,8 @@ def test_exponential_backoff_attempt_times_grow(rx, tmp_path):
         row = wait_status(cfg, f"{rid}-r1", "succeeded", timeout=20)
     reqs = rx.wait_for(5, path="/hook")
     gaps = [b.at - a.at for a, b in zip(reqs, reqs[1:])]
-    for gap, wanted in zip(gaps, (0.2, 0.4, 0.8, 1.6)):
-        assert wanted - 0.01 <= gap < wanted + 0.3, gaps
+    # never sooner than the doubled wait (a loaded machine may post later, never earlier)
+    assert all(gap >= wanted - 0.01 for gap, wanted in zip(gaps, (0.2, 0.4, 0.8, 1.6))), gaps
     assert row["attempts"] == 5
 
 
