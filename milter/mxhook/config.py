@@ -386,7 +386,8 @@ SCHEMA: tuple[Key, ...] = (
         ("max_response_bytes", SIZE, "4096", "bytes of each endpoint response kept in the attempt log."),
         ("user_agent", TEXT, "mxhook/0.1", "User-Agent header of webhook requests."),
         ("retry_time_scale", NUMBER, "1.0",
-         "multiplies every rule's retry interval and retry period (never Retry-After).", ABOVE_0),
+         "multiplies the retry waits (interval, exponential cap) and retry period of every rule and "
+         "endpoint (never Retry-After).", ABOVE_0),
         ("disable_after_days", DAYS, "5",
          "a rule or event endpoint whose delivery attempts have all failed for this many days (no "
          "successful attempt since its first failure that long ago) is disabled in rules.db at "
