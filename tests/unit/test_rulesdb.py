@@ -989,8 +989,6 @@ def test_the_spoolers_view_has_the_headers_enabled_endpoints_select(tmp_path):
         view.close()
 
 
-from dataclasses import replace  # noqa: E402
-
 from mxhook.model.retry import RetryPolicy  # noqa: E402
 
 
