@@ -118,8 +118,8 @@ def settle(done: Attempt, now: float, *, gone: Callable[[Dispatch, Outcome], str
     """The result of an attempt as state.db records it: the status it leads to and when the
     next attempt is due (model.retry.schedule with the target's policy and this attempt's
     number, one more than state.db's count; the default policy when the target's values are
-    odd). `gone(dispatch, outcome)` is called for a 410 and
-    returns a note for the reason (the health policy disables the rule/endpoint)."""
+    odd). `gone(dispatch, outcome)` is called for a 410 and returns a note for the reason (the
+    health policy disables the rule/endpoint)."""
     d, outcome = done.dispatch, done.outcome
     try:
         first = to_datetime(d.first_attempt_at).timestamp() if d.first_attempt_at else done.started

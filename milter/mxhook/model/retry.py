@@ -6,15 +6,15 @@ The target's backoff says how the wait grows:
 - `fixed` (the seed's, and the default): every wait is the retry interval.
 - `exponential`: the wait after attempt n is min(cap, interval * 2**(n-1)): the interval
   after the first attempt, doubling after each further one, up to the target's retry cap.
-  Standard Webhooks and Svix recommend exponential backoff with jitter over a schedule of
-  days (Svix: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).
+  Standard Webhooks recommends exponential backoff with some random jitter over a schedule
+  of days; Svix's schedule grows so (5 s, 5 min, 30 min, 2 h, 5 h, 10 h).
 Either wait is bounded to RETRY_INTERVAL_RANGE (the interval) and RETRY_CAP_RANGE (the cap),
-then varies by ±RETRY_JITTER (so deliveries deferred together do not come back together; the
-same jitter in both modes, so no retry comes sooner than 90 % of the interval, as AWS's "full
-jitter" would allow), or is longer when the receiver sent a Retry-After (at most
-RETRY_AFTER_MAX, never scaled). It is tried until `period` days after the first attempt, then
-it is `failed`. `scale` ([spooler] retry_time_scale) multiplies waits and period so tests and
-the demo run the real schedule in seconds.
+then varies by ±RETRY_JITTER, the same in both modes, so deliveries deferred together do not
+come back together, and none comes back sooner than 90 % of the interval (AWS's "full jitter",
+a wait drawn from 0 to the backoff, could retry at once). It is longer when the receiver sent
+a Retry-After (at most RETRY_AFTER_MAX, never scaled). It is tried until `period` days after
+the first attempt, then it is `failed`. `scale` ([spooler] retry_time_scale) multiplies waits
+and period so tests and the demo run the real schedule in seconds.
 """
 from __future__ import annotations
 

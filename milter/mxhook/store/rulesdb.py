@@ -73,8 +73,8 @@ from mxhook.model import rules as rules_mod
 from mxhook.delivery import signing
 from mxhook.model.endpoints import Endpoint
 from mxhook.model.headers import MAX_LABEL_LENGTH, domain_a_label, normalize_address
-from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
 from mxhook.model.retry import DEFAULT_RETRY_CAP, FIXED
+from mxhook.model.rules import Condition, Rule, RuleError, RuleSet
 from mxhook.model.targets import Destination
 from mxhook.store import migrations
 from mxhook.store.migrations import transaction
