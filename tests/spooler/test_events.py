@@ -247,6 +247,7 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
     assert reg["id"] == f"registered-gone@else.example-{bounce}"
     assert (reg["recipient"], reg["message_id"], reg["dsn"], reg["reason"]) == \
         ("gone@else.example", "<m2@ours.example>", "5.1.1", "hard bounce")
+    assert reg["bounce_type"] is None  # docs/events.md: null for every type but bounced
     assert [e["type"] for e in events_seen].count("bounced") == 2
 
 

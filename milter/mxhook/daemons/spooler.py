@@ -153,10 +153,11 @@ RECORD_RETRY_MAX = 60.0
 
 
 def registered_event(bounce: dict, at: str) -> dict:
-    """The `registered` event for an address a hard bounce put on the block list."""
+    """The `registered` event for an address a hard bounce put on the block list (its
+    bounce_type is null, as of every type but `bounced`: `reason` says why)."""
     fields = {k: bounce.get(k) for k in (
         "recipient", "queue_id", "sender", "header_from", "message_id", "subject", "dsn",
-        "bounce_type", "remote_host", "relay", "reply", "client_addr", "auth_user")}
+        "remote_host", "relay", "reply", "client_addr", "auth_user")}
     fields["custom_headers"] = dict(bounce.get("custom_headers") or {})
     source = bounce.get("source") if bounce.get("source") in ("log", "dsn") else "log"
     return Event(**fields, id=f"registered-{bounce['recipient']}-{bounce['id']}", type="registered",
