@@ -76,7 +76,7 @@ class MilterSettings(configmod.FromConfig):
     unknown_domains: str
     trusted_networks: list
     outbound_daemon_names: frozenset[str]
-    event_headers: tuple[str, ...]  # lower case
+    event_headers: tuple[str, ...]  # as the admin wrote them: the names events carry
     blocklist: bool
     heuristic_from_permitted_domain: bool
     heuristic_from_equals_to: bool
@@ -94,7 +94,7 @@ class MilterSettings(configmod.FromConfig):
 
     def __post_init__(self):
         self.outbound_daemon_names = frozenset(self.outbound_daemon_names)
-        self.event_headers = tuple(h.lower() for h in self.event_headers)
+        self.event_headers = tuple(self.event_headers)
         self.routes = PostfixRoutes(self.postfix_config_dir, self.postfix_check_interval)
         self._trusted: dict[str, bool] = {}  # client address -> answer; clients come back
 
@@ -440,10 +440,9 @@ class MxhookMilter(Milter.Base):
     # -- outbound -----------------------------------------------------------------------------
 
     def _events(self, event_type: str, recipients: list[str], **fields) -> list:
-        # [milter] event_headers and the custom headers enabled endpoints select (rules.db):
-        # each endpoint's body shows its own (payloads/registry.py)
-        own, selected = self.settings.event_headers, self.wiring.snapshot().event_headers
-        names = own + tuple(h for h in selected if h not in own)
+        # [milter] event_headers (named as configured) and the custom headers enabled
+        # endpoints select (rules.db): each endpoint's body shows its own (payloads/registry.py)
+        names = self.settings.event_headers + self.wiring.snapshot().event_headers
         return milter_events(self.envelope, self.raw_headers, event_type, recipients,
                              event_headers=names, received=iso(self.wiring.clock()),
                              new_id=self.wiring.new_id, **fields)

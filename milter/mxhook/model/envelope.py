@@ -82,11 +82,17 @@ def milter_events(envelope: Envelope, raw_headers: list[tuple[str, bytes]], even
                   recipients: list[str], *, event_headers: tuple[str, ...], received: str,
                   new_id: Callable[[], str], **fields) -> list[events.Event]:
     """One event of the milter (`queued`, `blocked`) per recipient; the message's fields are
-    looked up once. event_headers: lower-case names of fields copied into `custom_headers`."""
+    looked up once. event_headers: names of fields copied into `custom_headers`, matched in any
+    case and kept under the first spelling given (the admin's: docs/payloads.md)."""
     meta = message_fields(envelope, raw_headers, received)
     custom = {}
+    seen = set()
     for name in event_headers:
-        values = header_values(raw_headers, name)
+        lower = name.lower()
+        if lower in seen:
+            continue
+        seen.add(lower)
+        values = header_values(raw_headers, lower)
         if values:
             custom[name] = decode_value(values[0])
     return [events.Event(

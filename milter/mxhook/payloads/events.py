@@ -195,7 +195,7 @@ def select_headers(events: Iterable[dict | V1Text],
             # value has its quotes escaped
             start = event.find(_HEADERS_KEY) + len(_HEADERS_KEY)
             tail = event[start:-1]
-            if "\\" not in tail and all(names.get(key, "") is None for key in _KEY.findall(tail)):
+            if "\\" not in tail and all(names.get(key.lower(), "") is None for key in _KEY.findall(tail)):
                 out.append(event)  # every header kept under its own name
                 continue
             kept = _kept_headers(json.loads(tail), names)
