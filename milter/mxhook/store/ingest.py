@@ -202,6 +202,8 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
     for chunk in _chunks(ids):
         marks = ", ".join("?" * len(chunk))
         known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+    if verify_reports:
+        events = _after_queued(conn, events, known)
     rows: list[tuple] = []
     deliveries = []
     recent = fresh.recent
@@ -269,6 +271,55 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
     if deliveries:
         _insert_rows(conn, "INSERT INTO event_deliveries (endpoint_id, event_id, added)", deliveries)
     return inserted
+
+
+def _after_queued(conn: sqlite3.Connection, events: list[tuple], known: set[str]) -> list[tuple]:
+    """Log events whose time stamp has whole seconds (`maillog_file`, traditional syslog) with
+    their `at` moved to just after their message's `queued` event when that lies within the
+    stamp's second: 12:00:02 says only "in [12:00:02, 12:00:03)", and a `succeeded` at
+    12:00:02.000000 would sort before the `queued` of 12:00:02.7 it follows. The event's id
+    holds the end of that second (maillog.Parsed.id_us): the queued events of its queue id
+    between the two are looked for here (in this call, else in state.db); the latest one
+    plus 1 µs becomes its `at` (and `received`), so a message's events keep their order in
+    `at` too. Events stamped in microseconds (RFC 3339 syslog, the journal) have no such
+    window and stay as they are."""
+    windows = {}  # index -> (at, end of its stamp's second), both in the stored form
+    for index, (event, _meta, _payload, _text) in enumerate(events):
+        # a stamp coarser than microseconds ends in zeros (cheap to tell: most events are not)
+        if (event.source != "log" or not event.queue_id or not event.at.endswith("000Z")
+                or event.id in known):
+            continue
+        try:
+            end_us = int(event.id[:16], 16) // 1000
+            at_us = events_mod.us_from_iso(event.at)
+        except (TypeError, ValueError):  # an id of another form (registered-...), a bad time
+            continue
+        if end_us > at_us:
+            windows[index] = (events_mod.iso_from_us(at_us), events_mod.iso_from_us(end_us))
+    if not windows:
+        return events
+    queued: dict[str, list[str]] = {}
+    for event, _meta, _payload, _text in events:
+        if event.type == "queued" and event.queue_id and events_mod.is_stored_time(event.at):
+            queued.setdefault(event.queue_id, []).append(event.at)
+    qids = sorted({events[i][0].queue_id for i in windows})
+    since = min(start for start, _end in windows.values())
+    for chunk in _chunks(qids):
+        marks = ", ".join("?" * len(chunk))
+        for qid, received in conn.execute(
+            f"SELECT queue_id, received FROM events WHERE queue_id IN ({marks}) AND type = 'queued'"
+            " AND received > ?", (*chunk, since),
+        ):
+            queued.setdefault(qid, []).append(received)
+    out = list(events)
+    for index, (start, end) in windows.items():
+        event, meta, payload, _text = events[index]
+        inside = [t for t in queued.get(event.queue_id, ()) if start < t <= end]
+        if not inside:
+            continue
+        at = min(events_mod.iso_from_us(events_mod.us_from_iso(max(inside)) + 1), end)
+        out[index] = (dataclasses.replace(event, at=at), {**meta, "at": at, "received": at}, payload, None)
+    return out
 
 
 def _unsent_report(conn: sqlite3.Connection, event: Event) -> str | None:
