@@ -172,6 +172,22 @@ def test_once_reads_everything_then_only_what_is_new(env):
     env.assert_exactly(range(110))
 
 
+def test_lines_about_a_message_start_with_its_queue_id(tmp_path):
+    """log_level = debug: a line per event spooled, `QID: ...` as Postfix's own lines, so a
+    grep for the queue id finds it beside them; a line that cannot be parsed names its queue id."""
+    env = Env(tmp_path, log_level="debug")
+    try:
+        env.append(block(0, 2) + "Nov 22 12:00:05 mail postfix/smtp[13]: A00009: to=<broken\n")
+        r = env.once()
+        assert r.returncode == 0, r.stderr
+        env.ingest()
+        (event_id,) = [i for i, m in env.ingested if m["recipient"] == "r1@dest.example"]
+        assert f"A00001: succeeded to=<r1@dest.example> spooled as event {event_id}" in r.stderr
+        assert "A00009: could not parse Postfix line (format change?)" in r.stderr
+    finally:
+        env.cleanup()
+
+
 def test_partial_line_waits_for_its_newline(env):
     lines = message_lines(0)
     env.append("\n".join(lines[:2]) + "\n" + lines[2][:40])

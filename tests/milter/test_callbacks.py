@@ -121,6 +121,24 @@ def test_unknown_domain_rejected_at_rcpt_or_passed(env):
     assert ctx.send(["<x@elsewhere.example>"], HEADERS)[1] == Milter.ACCEPT  # left alone at EOH
 
 
+def test_decision_lines_start_with_the_queue_id_as_postfix_lines_do(env, caplog):
+    """`QID: ...`, or NOQUEUE before Postfix opened a queue file (a refusal at the first RCPT):
+    one grep for a queue id follows a message from Postfix to the milter to its webhook."""
+    caplog.set_level("INFO", "mxhook.daemons.milter")
+    ctx = env()
+    assert ctx.send(["<x@elsewhere.example>"], HEADERS, queue_id="") == ("rcpt", Milter.REJECT)
+    ctx = env()
+    assert ctx.send(["<x@elsewhere.example>"], HEADERS, queue_id="4F9D52E3A1") == ("rcpt", Milter.REJECT)
+    ctx = env()
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS, queue_id="4QOUT9") == ("eom", Milter.ACCEPT)
+    lines = [r.getMessage() for r in caplog.records if "outcome=" in r.getMessage()]
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        ["NOQUEUE:", "outcome=denied"], ["4F9D52E3A1:", "outcome=denied"], ["4QOUT9:", "outcome=queued"]]
+    assert [getattr(r, "QUEUE_ID", None) for r in caplog.records if "outcome=" in r.getMessage()] == [
+        None, "4F9D52E3A1", "4QOUT9"]  # the journal's field (log = journal)
+
+
 @pytest.mark.parametrize("from_value,heuristic", [
     (b" Boss <boss@OURS.example>", "from_permitted_domain"),
     (b" sales@ours.example", "from_permitted_domain"),

@@ -226,7 +226,8 @@ def test_failed_batch_does_not_hold_up_the_next(rx, cfg):
     assert sorted(r["id"] for r in event_log(cfg, status="succeeded")) == sorted(written[100:])
 
 
-def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
+def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg, caplog):
+    caplog.set_level("INFO")
     add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("bounces", "blocks"))
     write_event(cfg, "queued", "gone@else.example", queue_id="QB", message_id="<m2@ours.example>")
     bounce = write_event(cfg, "bounced", "Gone@Else.Example", queue_id="QB", bounce_type="hard",
@@ -248,6 +249,10 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
     assert (reg["recipient"], reg["message_id"], reg["dsn"], reg["reason"]) == \
         ("gone@else.example", "<m2@ours.example>", "5.1.1", "hard bounce")
     assert reg["bounce_type"] is None  # docs/events.md: null for every type but bounced
+    # lines about the message's events start with its queue id, as Postfix's own do
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("QB: block list: added Gone@Else.Example after hard bounce") for line in lines), lines
+    assert any(line.startswith("QB: event batch ") and " outcome=succeeded" in line for line in lines), lines
     assert [e["type"] for e in events_seen].count("bounced") == 2
 
 

@@ -39,6 +39,8 @@ Position state (JSON):
 
 Lines that are not Postfix lines, and Postfix lines whose record shape we know but cannot
 parse, are counted, never fatal; a summary is logged every `stats_interval` seconds and at exit.
+With `log_level = debug`, each event spooled is logged too, `QID: succeeded to=<...> spooled as
+event ID` (lines about a message start with its queue id: daemons/logsetup.py).
 """
 from __future__ import annotations
 
@@ -622,6 +624,7 @@ class Follower:
         records: list[spool.Record] = []
         stats = self.stats
         feed = self.correlator.feed
+        debug = log.isEnabledFor(logging.DEBUG)  # a line per event only when asked for
         for key, line, hint in chunk.items:
             stats["lines"] += 1
             p = parse_item(line, hint)
@@ -633,10 +636,14 @@ class Follower:
                 stats["malformed"] += 1
                 if self._malformed_logged < 20:
                     self._malformed_logged += 1
-                    log.warning("could not parse Postfix line (format change?): %.300s", line)
+                    logsetup.for_message(log, p.queue_id).warning(
+                        "could not parse Postfix line (format change?): %.300s", line)
                 continue
             for ev in feed(p, key):
                 records.append(spool.event_record(ev))
+                if debug:
+                    logsetup.for_message(log, ev.queue_id).debug(
+                        "%s to=<%s> spooled as event %s", ev.type, ev.recipient or "", ev.id)
         if records:
             write_durable(self.s.spool_dir, records)
         written = len(records)

@@ -263,8 +263,7 @@ def guarded(callback):
                 raise RuntimeError(f"earlier failure: {self.failed}")
             return callback(self, *args)
         except Exception:
-            log.exception("internal error in %s (queue id %s); answering 451", callback.__name__,
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("internal error in %s; answering 451", callback.__name__)
             self.setreply(*inbound.INTERNAL_ERROR)
             return Milter.TEMPFAIL
 
@@ -296,6 +295,19 @@ class MxhookMilter(Milter.Base):
         self.body_size = 0
         self.features: frozenset[str] = frozenset()  # outbound: the tracking this message gets
         self.collect = False  # outbound: keep the body (up to [tracking] max_message_size)
+
+    @property
+    def msglog(self) -> logsetup.MessageLog:
+        """The log for lines about this message: they start with its Postfix queue id (from
+        end of headers; before, the `i` macro once Postfix opened the queue file at a first
+        accepted RCPT), else NOQUEUE, as Postfix's own lines do."""
+        qid = self.envelope.queue_id
+        if not qid:
+            try:
+                qid = self.getsymval("i") or ""
+            except Exception:  # outside a callback (no context): not known
+                qid = ""
+        return logsetup.for_message(log, qid)
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -342,7 +354,7 @@ class MxhookMilter(Milter.Base):
                                                clock=w.clock, new_id=w.new_id,
                                                authenticate=w.authenticator(envelope))
         except Exception as exc:
-            log.exception("internal error in envfrom")
+            self.msglog.exception("internal error in envfrom")
             self.failed = f"envfrom: {exc}"
         return Milter.CONTINUE
 
@@ -356,7 +368,7 @@ class MxhookMilter(Milter.Base):
         rcpt = self.envelope.recipient(text)
         answer = self.inbound.rcpt(rcpt)
         if answer.note:
-            log.debug("<%s>: %s", rcpt.address, answer.note)
+            self.msglog.debug("<%s>: %s", rcpt.address, answer.note)
         if answer.action == inbound.CONTINUE:  # most recipients: nothing to perform
             return Milter.CONTINUE
         return self._perform(answer)
@@ -379,10 +391,9 @@ class MxhookMilter(Milter.Base):
             return Milter.CONTINUE  # the queued events are written at end of message
         answer = self.inbound.end_of_headers(self.raw_headers)
         for pattern in answer.timed_out:  # once per message, however many recipients met it
-            log.warning("queue id %s: regex %r timed out, counted as no match",
-                        self.envelope.queue_id or "-", pattern)
+            self.msglog.warning("regex %r timed out, counted as no match", pattern)
         if answer.error:
-            log.error("queue id %s: %s; answering 451", self.envelope.queue_id or "-", answer.error)
+            self.msglog.error("%s; answering 451", answer.error)
         for entry in answer.log:
             self._log_decision(entry)
         return self._perform(answer)
@@ -405,10 +416,9 @@ class MxhookMilter(Milter.Base):
         self.envelope.queue_id = self.getsymval("i") or self.envelope.queue_id
         answer = self.inbound.end_of_message(self.body_chunks, self.body_size)
         for pattern in answer.timed_out:  # rules that waited for the authentication verdicts
-            log.warning("queue id %s: regex %r timed out, counted as no match",
-                        self.envelope.queue_id or "-", pattern)
+            self.msglog.warning("regex %r timed out, counted as no match", pattern)
         if answer.error:
-            log.error("queue id %s: %s; answering 451", self.envelope.queue_id or "-", answer.error)
+            self.msglog.error("%s; answering 451", answer.error)
         records = [spool.event_record(e) for e in answer.events]
         if answer.message is not None:
             m = answer.message
@@ -477,8 +487,7 @@ class MxhookMilter(Milter.Base):
             settings = self.wiring.snapshot().tracking.get(sender.rpartition("@")[2])
             self.features = trackingsvc.features(settings, to_text(asked[0]) if asked else None)
         except Exception:  # never a reason to refuse mail
-            log.exception("queue id %s: cannot tell what tracking this message gets; not tracked",
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("cannot tell what tracking this message gets; not tracked")
             self.features = frozenset()
         self.collect = bool(self.features & BODY_FEATURES)
 
@@ -517,8 +526,7 @@ class MxhookMilter(Milter.Base):
         try:
             self._track(t, tracked)
         except Exception as exc:
-            log.exception("queue id %s: tracking failed; the message goes untouched",
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("tracking failed; the message goes untouched")
             tracked = Tracked(remove=tracked.remove, reason=f"tracking not applied: internal error ({exc})")
         return tracked
 
@@ -531,7 +539,7 @@ class MxhookMilter(Milter.Base):
             why = f"[tracking] key_file {t.key_file} holds no key (mxhook tracking rotate-key)"
         if not keys:
             if self.features:
-                log.error("queue id %s: tracking not applied: %s", self.envelope.queue_id or "-", why)
+                self.msglog.error("tracking not applied: %s", why)
                 tracked.reason = f"tracking not applied: {why}"
             return
         env = self.envelope
@@ -580,8 +588,7 @@ class MxhookMilter(Milter.Base):
             for name, value in tracked.add:
                 self.addheader(name, " " + value)  # header_leading_space: ours to give
         except Exception:
-            log.exception("queue id %s: cannot change the message for tracking",
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("cannot change the message for tracking")
 
     # -- performing the model's answers -------------------------------------------------------
 
@@ -596,7 +603,7 @@ class MxhookMilter(Milter.Base):
         return ANSWERS[answer.action]
 
     def _tempfail(self, what: str, exc: OSError, cannot: str) -> int:
-        log.error("queue id %s: %s (%s); answering 451", self.envelope.queue_id or "-", what, exc)
+        self.msglog.error("%s (%s); answering 451", what, exc)
         self.setreply(*inbound.SMTP_TEMPFAIL, f"mxhook: cannot {cannot} right now, try again later")
         return Milter.TEMPFAIL
 
@@ -605,12 +612,12 @@ class MxhookMilter(Milter.Base):
             spool.write(self.settings.spool_dir, spool.Record(self.wiring.new_id(), "denied", record.to_meta()),
                         durable=False)
         except OSError as exc:  # a lost denial costs a log line, never the SMTP answer
-            log.warning("queue id %s: could not log denial: %s", self.envelope.queue_id or "-", exc)
+            self.msglog.warning("could not log denial: %s", exc)
 
     def _log_decision(self, entry: inbound.Logged) -> None:
         env = self.envelope
-        log.info("queue_id=%s outcome=%s from=<%s> rcpt=%s by=%s client=%s[%s] reason=%s",
-                 env.queue_id or "-", entry.outcome, env.sender,
+        self.msglog.info("outcome=%s from=<%s> rcpt=%s by=%s client=%s[%s] reason=%s",
+                 entry.outcome, env.sender,
                  ",".join(f"<{r}>" for r in entry.recipients), entry.by or "-",
                  env.client_name or "-", env.client_addr or "-", entry.reason)
 

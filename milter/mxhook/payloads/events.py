@@ -211,6 +211,27 @@ def select_headers(events: Iterable[dict | V1Text],
     return out
 
 
+# a V1Text's queue id: the key's value is null or a string whose quotes are escaped
+_QUEUE_ID = re.compile(r',"queue_id":"([^"\\]*)"')
+
+
+def queue_ids(events: Iterable[dict | V1Text], limit: int) -> list[str]:
+    """The distinct queue ids of a batch's events, in their order, at most `limit` + 1 (one
+    more tells there are more): what the spooler's log lines about the batch name."""
+    found: dict[str, None] = {}
+    for event in events:
+        if isinstance(event, V1Text):
+            m = _QUEUE_ID.search(event)
+            qid = m.group(1) if m else None
+        else:
+            qid = event.get("queue_id")
+        if qid and isinstance(qid, str) and qid not in found:
+            found[qid] = None
+            if len(found) > limit:
+                break
+    return list(found)
+
+
 def _kept_headers(headers: dict, names: Mapping[str, str | None]) -> dict:
     kept: dict = {}
     for name, value in headers.items():

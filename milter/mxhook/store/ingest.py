@@ -446,8 +446,8 @@ def _ingest_internal(conn: sqlite3.Connection, record: spool.Record, message: In
          message.sender, "", message.client_name, message.message_id, route, reason,
          message.mail_from, message.client_addr, message.queue_id, "[]", message.subject))
     if event is None:
-        log.warning("mail %s to mxhook's %s address from <%s>: %s", record.id, route,
-                    message.mail_from or "", reason)
+        log.warning("%s: mail %s to mxhook's %s address from <%s>: %s",
+                    message.queue_id or "NOQUEUE", record.id, route, message.mail_from or "", reason)
     return 1
 
 
