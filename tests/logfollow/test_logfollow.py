@@ -158,7 +158,7 @@ def test_once_reads_everything_then_only_what_is_new(env):
     env.ingest()
     env.assert_exactly(range(100))
     meta = env.ingested[0][1]
-    assert meta["type"] == "succeeded" and meta["source"] == "log"
+    assert meta["type"] == "succeeded" and meta["source"] == "log" and meta["host_name"] == "mail"
     assert meta["message_id"] == "<m0@app.example>" and meta["queued_as"] == "4kMBZq1xG3z5Wtv"
     assert meta["received"] == meta["at"]
     state = json.load(open(env.state_file))
@@ -529,6 +529,7 @@ def test_journald_source(tmp_path):
     env.ingest()
     env.assert_exactly(range(10))
     assert env.ingested[0][1]["at"] == "2026-11-22T12:00:00.000002Z"
+    assert env.ingested[0][1]["host_name"] == "mail"  # _HOSTNAME: the server that recorded it
     state = json.load(open(env.state_file))
     assert state == {"version": 1, "source": "journald", "cursor": f"s=abc;i={n - 1:x}"}
 

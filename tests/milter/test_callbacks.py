@@ -121,6 +121,26 @@ def test_unknown_domain_rejected_at_rcpt_or_passed(env):
     assert ctx.send(["<x@elsewhere.example>"], HEADERS)[1] == Milter.ACCEPT  # left alone at EOH
 
 
+def test_records_and_events_name_this_mx_as_postfix_gives_it(env):
+    """Postfix's myhostname (the `j` macro at connect) is the hostName of the logs (seed 000:
+    the server that recorded the log); the client keeps its own fields."""
+    import socket
+
+    ctx = env()
+    ctx.macros["j"] = "mx1.ours.example"
+    ctx.milter.connect("mail.sender.example", socket.AF_INET, ("192.0.2.7", 40000))
+    ctx.milter.hello("mail.sender.example")
+    assert ctx.send(["<sales@ours.example>"], HEADERS)[1] == Milter.ACCEPT
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS, queue_id="4QOUT8") == ("eom", Milter.ACCEPT)
+    inbound, queued = sorted((r for r in records(env)), key=lambda r: r.kind != "inbound")
+    assert (inbound.meta["host_name"], inbound.meta["client_name"]) == ("mx1.ours.example", "mail.sender.example")
+    assert (queued.meta["type"], queued.meta["host_name"]) == ("queued", "mx1.ours.example")
+    ctx = env()  # no j macro (a Postfix told not to send it): this host's name
+    assert ctx.send(["<nobody@elsewhere.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    assert [r.meta["host_name"] for r in records(env) if r.kind == "denied"] == [socket.gethostname()]
+
+
 def test_decision_lines_start_with_the_queue_id_as_postfix_lines_do(env, caplog):
     """`QID: ...`, or NOQUEUE before Postfix opened a queue file (a refusal at the first RCPT):
     one grep for a queue id follows a message from Postfix to the milter to its webhook."""

@@ -150,7 +150,7 @@ def test_time_zone_form_format_auth_and_enrichment(rx, cfg):
     # the delivery event is spooled before its message's queued event
     write_event(cfg, "succeeded", queue_id="QX", relay="mx.else.example[192.0.2.25]:25", dsn="2.0.0")
     write_event(cfg, "queued", queue_id="QX", message_id="<m1@ours.example>", subject="Ihre Rechnung",
-                sender="app@ours.example", custom_headers={"X-Campaign": "c-9"})
+                sender="app@ours.example", custom_headers={"X-Campaign": "c-9"}, host_name="mx1.ours.example")
     with Running(cfg):
         (req,) = rx.wait_for(1, path="/ev", timeout=10)
     assert req.headers["Content-Type"] == "application/x-www-form-urlencoded"
@@ -163,7 +163,8 @@ def test_time_zone_form_format_auth_and_enrichment(rx, cfg):
         ("<m1@ours.example>", "Ihre Rechnung", {"X-Campaign": "c-9"})
     assert queued["type"] == "queued"
     (row,) = [r for r in event_log(cfg) if r["type"] == "succeeded"]
-    assert row["hostName"] == "mx.else.example" and row["messageId"] == "<m1@ours.example>"
+    # the MX that handled the message (the succeeded event's line named none: its queued event's)
+    assert row["hostName"] == "mx1.ours.example" and row["messageId"] == "<m1@ours.example>"
 
 
 def test_log_events_wait_for_the_open_segment_that_holds_their_queued_event(rx, cfg):

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -227,6 +228,8 @@ class Wiring:
     auth: AuthSettings | None = None  # [authentication]; None: mode off
     tracking: TrackingSettings | None = None  # [tracking]; None: nothing tracked
     rewrite: Callable = rewriter.rewrite  # (headers, body, plan) -> Rewritten
+    # this host's name where Postfix sends no `j` macro ($myhostname; it does by default)
+    host_name: str = field(default_factory=socket.gethostname)
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
@@ -280,13 +283,14 @@ class MxhookMilter(Milter.Base):
         self.wiring = wiring
         self.settings = wiring.settings
         self.client = ("", "", "")  # client_addr, client_name, helo
+        self.host_name = wiring.host_name  # this MX: Postfix's myhostname (macro j, at connect)
         self.local = False  # cleanup's pretended connection of a local submission (LOCAL_CLIENT)
         self._reset()
 
     def _reset(self) -> None:
         self.failed = ""  # set by a @noreply callback that failed; the next answer is 451
         addr, name, helo = self.client
-        self.envelope = Envelope(client_addr=addr, client_name=name, helo=helo)
+        self.envelope = Envelope(client_addr=addr, client_name=name, helo=helo, host_name=self.host_name)
         self.inbound: inbound.Inbound | None = None  # inbound mail: the decision of this message
         self.outbound_rcpts: list[str] = []
         self.blocked_rcpts: list[tuple[str, str, str]] = []  # local submission: (rcpt, given, reason)
@@ -317,6 +321,7 @@ class MxhookMilter(Milter.Base):
         port = hostaddr[1] if isinstance(hostaddr, tuple) and len(hostaddr) > 1 else None
         self.client = (addr, hostname or "", "")
         self.local = (hostname, addr, port) == LOCAL_CLIENT
+        self.host_name = self.getsymval("j") or self.host_name
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -419,6 +424,8 @@ class MxhookMilter(Milter.Base):
             self.msglog.warning("regex %r timed out, counted as no match", pattern)
         if answer.error:
             self.msglog.error("%s; answering 451", answer.error)
+        for event in answer.events:  # a bounce report's: this MX recorded them
+            event.host_name = self.envelope.host_name or None
         records = [spool.event_record(e) for e in answer.events]
         if answer.message is not None:
             m = answer.message

@@ -157,7 +157,7 @@ def registered_event(bounce: dict, at: str) -> dict:
     bounce_type is null, as of every type but `bounced`: `reason` says why)."""
     fields = {k: bounce.get(k) for k in (
         "recipient", "queue_id", "sender", "header_from", "message_id", "subject", "dsn",
-        "remote_host", "relay", "reply", "client_addr", "auth_user")}
+        "remote_host", "relay", "reply", "client_addr", "auth_user", "host_name")}
     fields["custom_headers"] = dict(bounce.get("custom_headers") or {})
     source = bounce.get("source") if bounce.get("source") in ("log", "dsn") else "log"
     return Event(**fields, id=f"registered-{bounce['recipient']}-{bounce['id']}", type="registered",

@@ -498,6 +498,7 @@ class Correlator:
             reply=bounces.clean_reply(reply) if reply else None, diagnostic=text,
             delay=delay, relay=relay, queued_as=queued_as,
             client_addr=st.client_addr if st else None, auth_user=st.auth_user if st else None,
+            host_name=p.host or None,
         )
         if st is not None:
             if etype == "deferred":
@@ -534,7 +535,7 @@ class Correlator:
                 reply=last.reply if last else None, diagnostic=last.diagnostic if last else None,
                 delay=last.delay if last else None, relay=last.relay if last else None,
                 client_addr=st.client_addr if st else None, auth_user=st.auth_user if st else None,
-                reason="expired",
+                reason="expired", host_name=p.host or None,
             ))
         if st is not None:
             st.deferred = None

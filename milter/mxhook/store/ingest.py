@@ -1,12 +1,15 @@
 """Spool records into state.db: `check_record` (before a record is taken), `records` (one
 transaction per batch of records: inbound messages with their deliveries and inbound_log rows,
-
-
 denied records, events fanned out to the event endpoints), and the hard-bounce hand-over to the
 block list (`pending_blocks`, `finish_blocks`), which also takes the suppressions of
 unsubscribes and complaints. Functions over a StateStore: the connection
 and, once a transaction committed, the store's in-memory view of fresh events
 (StateStore.remember). Only the spooler writes here, from one thread.
+
+The inbound log's host_name is the MX that received the message (the record's `host_name`,
+Postfix's myhostname; NULL for records written before the milter wrote it), seed 000's
+"host name of the server that recorded the log"; the client is client_addr (its name is in an
+accepted message's metadata and in the milter's decision line).
 
 Events: a DSN event is stored only when it names a recipient of a message we sent
 (`_unsent_report`); a recipient-less `failed` (expiry) is stored as it came and expanded into
@@ -410,7 +413,7 @@ def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, message: Inb
             " client_addr, queue_id, recipients, subject)"
             " VALUES (?, 'delivery', ?, ?, 'queued', ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (did, record.id, received, message.sender, ", ".join(recipients),
-             message.client_name, message.message_id, routed.name, message.mail_from,
+             message.host_name, message.message_id, routed.name, message.mail_from,
              message.client_addr, message.queue_id, json.dumps(recipients), message.subject),
         )
     return 1
@@ -443,7 +446,7 @@ def _ingest_internal(conn: sqlite3.Connection, record: spool.Record, message: In
         " host_name, message_id, filter_name, reason, mail_from, client_addr, queue_id,"
         " recipients, subject) VALUES (?, 'feedback', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (record.id, record.id, iso(message.received), "succeeded" if event else "denied",
-         message.sender, "", message.client_name, message.message_id, route, reason,
+         message.sender, "", message.host_name, message.message_id, route, reason,
          message.mail_from, message.client_addr, message.queue_id, "[]", message.subject))
     if event is None:
         log.warning("%s: mail %s to mxhook's %s address from <%s>: %s",
@@ -466,7 +469,7 @@ def _ingest_denied(conn: sqlite3.Connection, record_id: str, denied: DeniedRecor
         " client_addr, queue_id, recipients, subject)"
         " VALUES (?, 'denied', ?, ?, 'denied', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (record_id, record_id, iso(denied.received), denied.sender, ", ".join(recipients),
-         denied.client_name, denied.message_id, denied.filter, denied.reason,
+         denied.host_name, denied.message_id, denied.filter, denied.reason,
          denied.mail_from, denied.client_addr, denied.queue_id,
          json.dumps(recipients), denied.subject),
     )
