@@ -289,8 +289,8 @@ def _after_queued(conn: sqlite3.Connection, events: list[tuple], known: set[str]
     windows = {}  # index -> (at, end of its stamp's second), both in the stored form
     for index, (event, _meta, _payload, _text) in enumerate(events):
         # a stamp coarser than microseconds ends in zeros (cheap to tell: most events are not)
-        if (event.source != "log" or not event.queue_id or not event.at.endswith("000Z")
-                or event.id in known):
+        if (event.source != "log" or not event.queue_id or type(event.at) is not str
+                or not event.at.endswith("000Z") or event.id in known):
             continue
         try:
             end_us = int(event.id[:16], 16) // 1000
