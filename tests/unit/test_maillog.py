@@ -476,3 +476,9 @@ def test_log_events_name_the_host_that_logged_them():
     expired = "Nov 22 12:00:09 mx2 postfix/qmgr[12]: 4A1B2C3D4E: from=<app@x>, status=expired, returned to sender"
     (f,) = feed_all(Correlator(), [expired])
     assert (f.type, f.host_name) == ("failed", "mx2")
+    # Postfix and syslog write the short form of this host's name: events name it as the
+    # milter does, by myhostname; a line another host logged keeps its own name
+    here = Correlator(myhostname="mail.ours.example")
+    assert [e.host_name for e in feed_all(here, [line, expired])] == ["mail.ours.example", "mx2"]
+    fqdn = line.replace(" mail postfix/", " mail.ours.example postfix/")
+    assert feed_all(here, [fqdn])[0].host_name == "mail.ours.example"

@@ -66,7 +66,8 @@ from mxhook import config
 from mxhook.model import events
 from mxhook.daemons import logsetup
 from mxhook.postfix import maillog
-from mxhook.postfix.logsource import STATE_VERSION, choose_source, describe, load_state, postfix_maillog_file
+from mxhook.postfix.logsource import (STATE_VERSION, choose_source, describe, load_state,
+                                      postfix_maillog_file, postfix_parameter)
 from mxhook import heartbeat, spool
 
 log = logging.getLogger(__name__)
@@ -608,8 +609,9 @@ class Follower:
         else:
             self.source = JournalSource(settings.journalctl, settings.journal_match, state,
                                         settings.start_at, follow=follow)
-        self.correlator = maillog.Correlator(settings.max_tracked_messages,
-                                                ignore_null_sender=settings.ignore_null_sender)
+        self.correlator = maillog.Correlator(
+            settings.max_tracked_messages, ignore_null_sender=settings.ignore_null_sender,
+            myhostname=postfix_parameter("myhostname", settings.postfix_config_dir))
         self.stopping = False
         self.stats = {"lines": 0, "postfix": 0, "not_postfix": 0, "malformed": 0, "events": 0}
         self._last_stats = time.monotonic()
