@@ -285,20 +285,22 @@ def _after_queued(conn: sqlite3.Connection, events: list[tuple], known: set[str]
     between the two are looked for here (in this call, else in state.db); the latest one
     plus 1 µs becomes its `at` (and `received`), so a message's events keep their order in
     `at` too. Events stamped in microseconds (RFC 3339 syslog, the journal) have no such
-    window and stay as they are."""
-    windows = {}  # index -> (at, end of its stamp's second), both in the stored form
+    window and stay as they are. A moved event is changed in place (it is this ingest's);
+    its meta is a copy, stored serialized again. Times are compared as stored text (one
+    second's times differ only in their microseconds)."""
+    windows = {}  # index -> the end of its stamp's second, in the stored form
     for index, (event, _meta, _payload, _text) in enumerate(events):
+        at = event.at
         # a stamp coarser than microseconds ends in zeros (cheap to tell: most events are not)
-        if (event.source != "log" or not event.queue_id or type(event.at) is not str
-                or not event.at.endswith("000Z") or event.id in known):
+        if (event.source != "log" or not event.queue_id or type(at) is not str
+                or not at.endswith("000Z") or len(at) != 27 or event.id in known):
             continue
         try:
-            end_us = int(event.id[:16], 16) // 1000
-            at_us = events_mod.us_from_iso(event.at)
-        except (TypeError, ValueError):  # an id of another form (registered-...), a bad time
+            end = events_mod.iso_from_us(int(event.id[:16], 16) // 1000)
+        except ValueError:  # an id of another form (registered-...)
             continue
-        if end_us > at_us:
-            windows[index] = (events_mod.iso_from_us(at_us), events_mod.iso_from_us(end_us))
+        if end > at and end[:20] == at[:20]:
+            windows[index] = end
     if not windows:
         return events
     queued: dict[str, list[str]] = {}
@@ -306,7 +308,7 @@ def _after_queued(conn: sqlite3.Connection, events: list[tuple], known: set[str]
         if event.type == "queued" and event.queue_id and events_mod.is_stored_time(event.at):
             queued.setdefault(event.queue_id, []).append(event.at)
     qids = sorted({events[i][0].queue_id for i in windows})
-    since = min(start for start, _end in windows.values())
+    since = min(events[i][0].at for i in windows)
     for chunk in _chunks(qids):
         marks = ", ".join("?" * len(chunk))
         for qid, received in conn.execute(
@@ -315,13 +317,16 @@ def _after_queued(conn: sqlite3.Connection, events: list[tuple], known: set[str]
         ):
             queued.setdefault(qid, []).append(received)
     out = list(events)
-    for index, (start, end) in windows.items():
+    for index, end in windows.items():
         event, meta, payload, _text = events[index]
+        start = event.at
         inside = [t for t in queued.get(event.queue_id, ()) if start < t <= end]
         if not inside:
             continue
-        at = min(events_mod.iso_from_us(events_mod.us_from_iso(max(inside)) + 1), end)
-        out[index] = (dataclasses.replace(event, at=at), {**meta, "at": at, "received": at}, payload, None)
+        latest = max(inside)  # in the same second as `end`, before it or at it
+        at = end if latest >= end else f"{latest[:20]}{int(latest[20:26]) + 1:06d}Z"
+        event.at = at
+        out[index] = (event, {**meta, "at": at, "received": at}, payload, None)
     return out
 
 
