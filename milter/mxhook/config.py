@@ -204,7 +204,7 @@ NOT_NEGATIVE = Check(lambda v: v >= 0, "0 or more")
 
 RETENTION = Check(lambda v: v == 0 or v >= 1, "0 (keep forever) or at least 1")
 
-LOG = choice("syslog", "stderr")
+LOG = choice("syslog", "journal", "stderr")
 LOG_LEVEL = choice("debug", "info", "warning", "error")
 
 
@@ -309,7 +309,8 @@ SCHEMA: tuple[Key, ...] = (
         ("regex_timeout", SECONDS, "0.05",
          "seconds one rule regex may run against one header value; a pattern that times out "
          "counts as no match and is logged (once per message).", ABOVE_0),
-        ("log", LOG, "syslog", "syslog (facility mail; stderr when /dev/log is absent) or stderr."),
+        ("log", LOG, "syslog",
+         "syslog (facility mail; stderr when /dev/log is absent), journal or stderr."),
         ("log_level", LOG_LEVEL, "info", "debug, info, warning, error."),
     ),
     *_section(

@@ -197,5 +197,5 @@ def test_smtp2go_endpoint_gets_its_own_custom_headers_as_fields(make_stack):
         assert form["X-Campaign"] == "autumn-24" and form["rcpt"] == ok
         assert not {"x-campaign", "x-app-id", "X-App-Id"} & set(form)
     message_id = email.message_from_bytes(msg)["Message-ID"]
-    for event in native:  # [milter] event_headers only, as before endpoints selected any
-        assert event["custom_headers"] == {"x-app-id": "order-5"} and event["message_id"] == message_id
+    for event in native:  # [milter] event_headers only, named as configured
+        assert event["custom_headers"] == {CUSTOM_HEADER: "order-5"} and event["message_id"] == message_id

@@ -419,9 +419,10 @@ def test_log_events_csv(make_stack):
     assert {r["reason"] for r in table} == {""}
     for r in table:
         datetime.fromisoformat(r["received"].replace("Z", "+00:00"))
-    hosts = [r["hostName"] for r in table]
-    assert hosts.count("127.0.0.1[127.0.0.1]") >= 2  # succeeded, bounced: the sinks that answered
-    assert "127.0.0.1" in hosts  # queued: the submitting client
+    # seed 000's hostName: the server that recorded the log, Postfix's myhostname (the milter's
+    # j macro for queued, the log lines' host for succeeded and bounced, the bounce's for
+    # registered), not the sinks that answered nor the submitting client
+    assert {r["hostName"] for r in table} == {"mx.mxhook.test"}
 
 
 # -- 7. asynchronous bounce reports: only for mail we sent ------------------------------------------

@@ -158,7 +158,7 @@ def test_once_reads_everything_then_only_what_is_new(env):
     env.ingest()
     env.assert_exactly(range(100))
     meta = env.ingested[0][1]
-    assert meta["type"] == "succeeded" and meta["source"] == "log"
+    assert meta["type"] == "succeeded" and meta["source"] == "log" and meta["host_name"] == "mail"
     assert meta["message_id"] == "<m0@app.example>" and meta["queued_as"] == "4kMBZq1xG3z5Wtv"
     assert meta["received"] == meta["at"]
     state = json.load(open(env.state_file))
@@ -170,6 +170,22 @@ def test_once_reads_everything_then_only_what_is_new(env):
     assert env.once().returncode == 0
     env.ingest()
     env.assert_exactly(range(110))
+
+
+def test_lines_about_a_message_start_with_its_queue_id(tmp_path):
+    """log_level = debug: a line per event spooled, `QID: ...` as Postfix's own lines, so a
+    grep for the queue id finds it beside them; a line that cannot be parsed names its queue id."""
+    env = Env(tmp_path, log_level="debug")
+    try:
+        env.append(block(0, 2) + "Nov 22 12:00:05 mail postfix/smtp[13]: A00009: to=<broken\n")
+        r = env.once()
+        assert r.returncode == 0, r.stderr
+        env.ingest()
+        (event_id,) = [i for i, m in env.ingested if m["recipient"] == "r1@dest.example"]
+        assert f"A00001: succeeded to=<r1@dest.example> spooled as event {event_id}" in r.stderr
+        assert "A00009: could not parse Postfix line (format change?)" in r.stderr
+    finally:
+        env.cleanup()
 
 
 def test_partial_line_waits_for_its_newline(env):
@@ -513,6 +529,7 @@ def test_journald_source(tmp_path):
     env.ingest()
     env.assert_exactly(range(10))
     assert env.ingested[0][1]["at"] == "2026-11-22T12:00:00.000002Z"
+    assert env.ingested[0][1]["host_name"] == "mail"  # _HOSTNAME: the server that recorded it
     state = json.load(open(env.state_file))
     assert state == {"version": 1, "source": "journald", "cursor": f"s=abc;i={n - 1:x}"}
 

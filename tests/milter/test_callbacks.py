@@ -121,6 +121,44 @@ def test_unknown_domain_rejected_at_rcpt_or_passed(env):
     assert ctx.send(["<x@elsewhere.example>"], HEADERS)[1] == Milter.ACCEPT  # left alone at EOH
 
 
+def test_records_and_events_name_this_mx_as_postfix_gives_it(env):
+    """Postfix's myhostname (the `j` macro at connect) is the hostName of the logs (seed 000:
+    the server that recorded the log); the client keeps its own fields."""
+    import socket
+
+    ctx = env()
+    ctx.macros["j"] = "mx1.ours.example"
+    ctx.milter.connect("mail.sender.example", socket.AF_INET, ("192.0.2.7", 40000))
+    ctx.milter.hello("mail.sender.example")
+    assert ctx.send(["<sales@ours.example>"], HEADERS)[1] == Milter.ACCEPT
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS, queue_id="4QOUT8") == ("eom", Milter.ACCEPT)
+    inbound, queued = sorted((r for r in records(env)), key=lambda r: r.kind != "inbound")
+    assert (inbound.meta["host_name"], inbound.meta["client_name"]) == ("mx1.ours.example", "mail.sender.example")
+    assert (queued.meta["type"], queued.meta["host_name"]) == ("queued", "mx1.ours.example")
+    ctx = env()  # no j macro (a Postfix told not to send it): this host's name
+    assert ctx.send(["<nobody@elsewhere.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    assert [r.meta["host_name"] for r in records(env) if r.kind == "denied"] == [socket.gethostname()]
+
+
+def test_decision_lines_start_with_the_queue_id_as_postfix_lines_do(env, caplog):
+    """`QID: ...`, or NOQUEUE before Postfix opened a queue file (a refusal at the first RCPT):
+    one grep for a queue id follows a message from Postfix to the milter to its webhook."""
+    caplog.set_level("INFO", "mxhook.daemons.milter")
+    ctx = env()
+    assert ctx.send(["<x@elsewhere.example>"], HEADERS, queue_id="") == ("rcpt", Milter.REJECT)
+    ctx = env()
+    assert ctx.send(["<x@elsewhere.example>"], HEADERS, queue_id="4F9D52E3A1") == ("rcpt", Milter.REJECT)
+    ctx = env()
+    ctx.macros["{auth_authen}"] = "app1"
+    assert ctx.send(["<x@else.example>"], OUT_HEADERS, queue_id="4QOUT9") == ("eom", Milter.ACCEPT)
+    lines = [r.getMessage() for r in caplog.records if "outcome=" in r.getMessage()]
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        ["NOQUEUE:", "outcome=denied"], ["4F9D52E3A1:", "outcome=denied"], ["4QOUT9:", "outcome=queued"]]
+    assert [getattr(r, "QUEUE_ID", None) for r in caplog.records if "outcome=" in r.getMessage()] == [
+        None, "4F9D52E3A1", "4QOUT9"]  # the journal's field (log = journal)
+
+
 @pytest.mark.parametrize("from_value,heuristic", [
     (b" Boss <boss@OURS.example>", "from_permitted_domain"),
     (b" sales@ours.example", "from_permitted_domain"),
@@ -154,7 +192,7 @@ def test_authenticated_mail_is_outbound_and_yields_queued_events_per_recipient(e
     e = evs[1]
     assert (e["queue_id"], e["sender"], e["auth_user"], e["message_id"], e["subject"], e["source"]) == (
         "4QOUT1", "alice@sender.example", "app1", "<r1@ours.example>", "Your receipt", "milter")
-    assert e["custom_headers"] == {"x-app-id": "shop-7"}
+    assert e["custom_headers"] == {"X-App-Id": "shop-7"}  # named as the admin configured it
     assert all(r.kind == "event" for r in records(env))
 
 
@@ -168,7 +206,9 @@ def test_the_custom_headers_endpoints_select_are_captured_too(env):
     headers = OUT_HEADERS + [("x-campaign", b" autumn =?utf-8?q?f=C3=AAte?="), ("X-Off", b" no")]
     assert ctx.send(["<x@else.example>"], headers, queue_id="4QOUT4") == ("eom", Milter.ACCEPT)
     [e] = [r.meta for r in records(env)]
-    assert e["custom_headers"] == {"x-app-id": "shop-7", "x-campaign": "autumn f\u00eate"}
+    # [milter] event_headers as configured; an endpoint's selection in lower case (each
+    # endpoint's body shows its own as given: payloads/registry.py), X-APP-ID once
+    assert e["custom_headers"] == {"X-App-Id": "shop-7", "x-campaign": "autumn f\u00eate"}
     # a change in rules.db reaches the next message
     env.store.set_endpoint_enabled(2, True)
     assert env.watcher.check()
@@ -235,7 +275,7 @@ def test_local_submission_is_outbound_with_subject_and_custom_headers(env):
     evs = sorted((r.meta for r in records(env)), key=lambda m: m["recipient"])
     assert [(e["type"], e["recipient"]) for e in evs] == [("queued", "nobody@ours.example"), ("queued", "x@else.example")]
     assert (evs[1]["subject"], evs[1]["custom_headers"], evs[1]["client_addr"]) == (
-        "Your receipt", {"x-app-id": "shop-7"}, "127.0.0.1")
+        "Your receipt", {"X-App-Id": "shop-7"}, "127.0.0.1")
 
 
 def test_a_local_smtp_client_is_not_a_local_submission(env):
@@ -257,7 +297,7 @@ def test_local_submission_blocked_recipient_is_deleted_at_end_of_message_never_r
     assert evs["queued"]["recipient"] == "ok@else.example"
     blocked = evs["blocked"]
     assert (blocked["recipient"], blocked["queue_id"], blocked["subject"], blocked["custom_headers"]) == (
-        "gone@else.example", "4QLOC2", "Your receipt", {"x-app-id": "shop-7"})
+        "gone@else.example", "4QLOC2", "Your receipt", {"X-App-Id": "shop-7"})
     assert "block list" in blocked["reason"] or "user unknown" in blocked["reason"]
 
 

@@ -150,7 +150,7 @@ def test_time_zone_form_format_auth_and_enrichment(rx, cfg):
     # the delivery event is spooled before its message's queued event
     write_event(cfg, "succeeded", queue_id="QX", relay="mx.else.example[192.0.2.25]:25", dsn="2.0.0")
     write_event(cfg, "queued", queue_id="QX", message_id="<m1@ours.example>", subject="Ihre Rechnung",
-                sender="app@ours.example", custom_headers={"X-Campaign": "c-9"})
+                sender="app@ours.example", custom_headers={"X-Campaign": "c-9"}, host_name="mx1.ours.example")
     with Running(cfg):
         (req,) = rx.wait_for(1, path="/ev", timeout=10)
     assert req.headers["Content-Type"] == "application/x-www-form-urlencoded"
@@ -163,7 +163,8 @@ def test_time_zone_form_format_auth_and_enrichment(rx, cfg):
         ("<m1@ours.example>", "Ihre Rechnung", {"X-Campaign": "c-9"})
     assert queued["type"] == "queued"
     (row,) = [r for r in event_log(cfg) if r["type"] == "succeeded"]
-    assert row["hostName"] == "mx.else.example" and row["messageId"] == "<m1@ours.example>"
+    # the MX that handled the message (the succeeded event's line named none: its queued event's)
+    assert row["hostName"] == "mx1.ours.example" and row["messageId"] == "<m1@ours.example>"
 
 
 def test_log_events_wait_for_the_open_segment_that_holds_their_queued_event(rx, cfg):
@@ -240,7 +241,8 @@ def test_failed_batch_does_not_hold_up_the_next(rx, cfg):
     assert sorted(r["id"] for r in event_log(cfg, status="succeeded")) == sorted(written[100:])
 
 
-def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
+def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg, caplog):
+    caplog.set_level("INFO")
     add_endpoint(cfg, rx.url + "/ev", interval=1, categories=("bounces", "blocks"))
     write_event(cfg, "queued", "gone@else.example", queue_id="QB", message_id="<m2@ours.example>")
     bounce = write_event(cfg, "bounced", "Gone@Else.Example", queue_id="QB", bounce_type="hard",
@@ -261,6 +263,11 @@ def test_hard_bounce_blocks_the_address_and_registers_it(rx, cfg):
     assert reg["id"] == f"registered-gone@else.example-{bounce}"
     assert (reg["recipient"], reg["message_id"], reg["dsn"], reg["reason"]) == \
         ("gone@else.example", "<m2@ours.example>", "5.1.1", "hard bounce")
+    assert reg["bounce_type"] is None  # docs/events.md: null for every type but bounced
+    # lines about the message's events start with its queue id, as Postfix's own do
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("QB: block list: added Gone@Else.Example after hard bounce") for line in lines), lines
+    assert any(line.startswith("QB: event batch ") and " outcome=succeeded" in line for line in lines), lines
     assert [e["type"] for e in events_seen].count("bounced") == 2
 
 

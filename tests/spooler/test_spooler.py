@@ -742,7 +742,8 @@ def test_kill_9_mid_request_reposts_with_same_webhook_id(rx, tmp_path):
             proc.wait()
     assert len(rx.requests) == 2
     log = stderr_of(tmp_path)
-    assert f"delivery {rid}-r1 rule=r1 attempt=1 outcome=succeeded status=succeeded code=200" in log
+    # the message's Postfix queue id first, as in the milter's and Postfix's lines about it
+    assert f"4XbQ1: delivery {rid}-r1 rule=r1 attempt=1 outcome=succeeded status=succeeded code=200" in log
 
 
 def test_sigterm_finishes_the_post_in_flight(rx, tmp_path):

@@ -810,7 +810,7 @@ def logged(env):
     store = StateStore(env.state_db)
     base = {"queue_id": "4XbQ1", "mail_from": "bounce@x.org", "client_addr": "192.0.2.1",
             "client_name": "mail.x.org", "helo": "mail.x.org", "header_from": "alice@x.org",
-            "subject": "Hello", "message_id": "<m1@x.org>"}
+            "subject": "Hello", "message_id": "<m1@x.org>", "host_name": "mx1.ours.example"}
     ingest.records(store, [
         spool.Record("a1", "inbound", dict(base, received="2026-11-20T10:00:00.000000Z", deliveries=[
             {"recipients": ["in@ours.example"], "rule": _target("r1")}]), b"Subject: Hello\r\n\r\nx\r\n"),
@@ -919,7 +919,7 @@ def test_log_show(logged):
     assert [(a["status_code"], a["error"], a["duration_ms"]) for a in d["attempts"]] == [
         (503, "HTTP 503", 12), (200, None, 8)]
     out = logged.ok("log", "show", "a1-r1").stdout
-    assert "host name:      mail.x.org" in out and "attempts:       2" in out
+    assert "host name:      mx1.ours.example" in out and "attempts:       2" in out
     assert "HTTP 503" in out and "destination:    in@ours.example" in out
     denied_out = logged.ok("log", "show", "d1").stdout
     assert "filter name:    no_rule" in denied_out and "no inbound rule matches" in denied_out
@@ -1187,9 +1187,9 @@ def events_logged(env):
 
     ingest.records(store, [
         ev("q1", "queued", "2026-11-20T10:00:00.000000Z", source="milter", client_addr="192.0.2.7",
-           message_id="<m@ours>", subject="=2+3"),
+           message_id="<m@ours>", subject="=2+3", host_name="mx1.ours.example"),
         ev("b1", "bounced", "2026-11-21T10:00:00.000000Z", remote_host="mx.x.example",
-           bounce_type="hard", dsn="5.1.1", reply="550 5.1.1 unknown"),
+           bounce_type="hard", dsn="5.1.1", reply="550 5.1.1 unknown", host_name="mx2.ours.example"),
     ], endpoints=eps)
     store.sync_endpoints(eps)
     b = store.create_batch(1, 100)
@@ -1203,7 +1203,7 @@ def test_log_events_json_and_filters(events_logged):
     rows = events_logged.json("log", "events", "--json")
     assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [
         ("b1", 2, "queued"), ("b1", 1, "failed"), ("q1", 1, "failed")]
-    assert rows[1]["hostName"] == "mx.x.example" and rows[2]["hostName"] == "192.0.2.7"
+    assert rows[1]["hostName"] == "mx2.ours.example" and rows[2]["hostName"] == "mx1.ours.example"
     assert rows[1]["messageId"] == "<m@ours>"  # enriched from the queued event
     assert [r["id"] for r in events_logged.json("log", "events", "--status", "queued", "--json")] == ["b1"]
     assert [r["id"] for r in events_logged.json("log", "events", "--until", "2026-11-21", "--json")] == ["q1"]
@@ -1218,9 +1218,9 @@ def test_log_events_csv(events_logged):
     lines = out.split("\n")
     assert lines[0] == "received,status,hostName,endpointUrl,reason"
     assert lines[1:] == [
-        "2026-11-21T10:00:00.000000Z,queued,mx.x.example,https://b.example/ev,",
-        "2026-11-21T10:00:00.000000Z,failed,mx.x.example,https://a.example/ev,'-HTTP 400 Bad Request",
-        "2026-11-20T10:00:00.000000Z,failed,192.0.2.7,https://a.example/ev,'-HTTP 400 Bad Request",
+        "2026-11-21T10:00:00.000000Z,queued,mx2.ours.example,https://b.example/ev,",
+        "2026-11-21T10:00:00.000000Z,failed,mx2.ours.example,https://a.example/ev,'-HTTP 400 Bad Request",
+        "2026-11-20T10:00:00.000000Z,failed,mx1.ours.example,https://a.example/ev,'-HTTP 400 Bad Request",
         ""]
     assert "\r" not in out
 

@@ -127,7 +127,7 @@ def test_daemon_settings_are_typed_and_name_every_bad_key():
     assert (spooler.workers, spooler.max_payload_size, spooler.blocklist) == (8, 25 * 1024**2, True)
     assert [str(n) for n in spooler.allow_networks] == ["10.0.0.0/8"]
     milter = MilterSettings.from_config(cfg)
-    assert milter.spool_dir == "/tmp/s" and milter.event_headers == ("x-app-id", "x-campaign")
+    assert milter.spool_dir == "/tmp/s" and milter.event_headers == ("X-App-Id", "X-Campaign")
     assert milter.outbound_daemon_names == frozenset({"ORIGINATING"}) and milter.heuristic_from_equals_to is True
     follow = LogfollowSettings.from_config(cfg)
     assert (follow.spool_dir, follow.batch_lines, follow.ignore_null_sender) == ("/tmp/s", 1000, True)

@@ -299,3 +299,11 @@ def test_hostile_mail_never_breaks_the_json(subject, body, name):
 def test_long_subject():
     raw = b"From: x@example.org\r\nSubject: " + b"long " * 5000 + b"\r\n\r\nbody\r\n"
     assert inbound_doc(raw)["Subject"].startswith("long long")
+
+
+def test_headers_configured_in_any_case_give_tag_stream_and_metadata():
+    """[milter] event_headers keep the admin's case (X-PM-Tag): found in any case, each
+    Metadata key named as the header is."""
+    configured = {"X-PM-Tag": "welcome", "X-PM-Metadata-OrderId": "1123", "X-PM-Message-Stream": "broadcast"}
+    rec = record({**KINDS[1], "custom_headers": configured})
+    assert (rec["Tag"], rec["MessageStream"], rec["Metadata"]) == ("welcome", "broadcast", {"OrderId": "1123"})

@@ -378,3 +378,10 @@ def test_long_subject_and_module_contract():
     raw = b"From: x@example.org\r\nSubject: " + b"long " * 5000 + b"\r\n\r\nbody\r\n"
     assert form(sendgrid.inbound_request(delivery(raw), ICTX))["subject"].startswith("long long")
     assert sendgrid.NAME == "sendgrid" and set(sendgrid.INBOUND_DIALECTS) == {"sendgrid", "sendgrid-raw"}
+
+
+def test_smtpapi_header_configured_in_any_case():
+    """[milter] event_headers = X-SMTPAPI: the event names it so; its category still comes back."""
+    event = {**KINDS[0], "custom_headers": {"X-SMTPAPI": '{"category": "c1", "unique_args": {"u": "1"}}'}}
+    (out,) = json.loads(sendgrid.event_request([event], CTX).body)
+    assert (out["category"], out["u"]) == ("c1", "1")

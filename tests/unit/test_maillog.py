@@ -465,3 +465,20 @@ def test_parse_line_never_raises_on_decoded_bytes(data):
     p = parse_line(line)
     if p is not None:
         Correlator().feed(p, "fuzz")
+
+
+def test_log_events_name_the_host_that_logged_them():
+    """hostName (seed 000: the server that recorded the log) is the line's host field, not the
+    remote server (remote_host) nor the client."""
+    line = DELIVERY.format(qid="4A1B2C3D4E", rcpt="a@x", dsn="2.0.0", status="sent (250 ok)")
+    (e,) = feed_all(Correlator(), [line])
+    assert (e.host_name, e.remote_host) == ("mail", "mx.x[192.0.2.1]")
+    expired = "Nov 22 12:00:09 mx2 postfix/qmgr[12]: 4A1B2C3D4E: from=<app@x>, status=expired, returned to sender"
+    (f,) = feed_all(Correlator(), [expired])
+    assert (f.type, f.host_name) == ("failed", "mx2")
+    # Postfix and syslog write the short form of this host's name: events name it as the
+    # milter does, by myhostname; a line another host logged keeps its own name
+    here = Correlator(myhostname="mail.ours.example")
+    assert [e.host_name for e in feed_all(here, [line, expired])] == ["mail.ours.example", "mx2"]
+    fqdn = line.replace(" mail postfix/", " mail.ours.example postfix/")
+    assert feed_all(here, [fqdn])[0].host_name == "mail.ours.example"

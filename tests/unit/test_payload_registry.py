@@ -165,6 +165,14 @@ def test_a_v1_text_that_keeps_its_headers_is_passed_on_as_it_is():
     assert cut["custom_headers"] == {"Custom_Headers": "v"} and cut["subject"] == '"custom_headers":{"x":1}}'
 
 
+def test_a_v1_text_with_headers_named_as_configured_is_passed_on_as_it_is():
+    """The milter names [milter] event_headers as configured (X-App-Id): kept under that name,
+    without parsing the text again."""
+    text = event_payloads.v1_text({**CAPTURED, "custom_headers": {"X-App-Id": "shop-7"}})
+    assert event_payloads.select_headers([text], {"x-app-id": None})[0] is text
+    assert native_headers(ENDPOINT, text) == {"X-App-Id": "shop-7"}
+
+
 def test_dialects_see_their_own_selection_only():
     smtp2go = replace(ENDPOINT, dialect="smtp2go", custom_headers=("X-Campaign",))
     body = registry.event_request(smtp2go, [CAPTURED], request_id="evb_h", now=0.0, nonce="n",

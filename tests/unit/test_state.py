@@ -80,16 +80,16 @@ def test_ingest_inbound_rows(store):
     rec = inbound("a1", deliveries=[
         {"recipients": ["in@ours.example"], "rule": target("r1")},
         {"recipients": ["sales@ours.example", "ops@ours.example"], "rule": target("r2", id=2)},
-    ])
+    ], host_name="mx1.ours.example")
     ingest.records(store, [rec])
     log = logs.inbound_log(store)
     assert [r["id"] for r in log] == ["a1-r2", "a1-r1"]  # same time: id descending
     row = log[1]
     assert row == {
         "id": "a1-r1", "received": "2026-11-22T12:00:00.000000Z", "status": "queued",
-        "from": "alice@x.org", "to": "in@ours.example", "hostName": "mail.x.org",
+        "from": "alice@x.org", "to": "in@ours.example", "hostName": "mx1.ours.example",
         "messageId": "<m1@x.org>", "filterName": "r1", "reason": None,
-    }
+    }  # hostName: the MX that recorded it (seed 000), not the client (mail.x.org)
     assert log[0]["to"] == "sales@ours.example, ops@ours.example"
     d = logs.delivery(store, "a1-r2")
     assert d["rule_id"] == 2 and d["target"]["name"] == "r2" and d["attempts"] == 0
@@ -108,7 +108,9 @@ def test_denied_row(store):
     (row,) = logs.inbound_log(store)
     assert row["status"] == "denied" and row["filterName"] == "heuristic:from_equals_to"
     assert row["reason"] == "From equals To" and row["to"] == "a@ours.example, b@ours.example"
-    assert row["hostName"] == "unknown"
+    assert row["hostName"] is None  # a record from before the milter wrote its host name
+    ingest.records(store, [denied("d2", host_name="mx1.ours.example")])
+    assert {r["id"]: r["hostName"] for r in logs.inbound_log(store)}["d2"] == "mx1.ours.example"
     d = logs.inbound_detail(store, "d1")
     assert d["recipients"] == ["a@ours.example", "b@ours.example"]
     assert d["client_addr"] == "198.51.100.7" and d["queue_id"] == "" and d["attempts"] == []
@@ -472,9 +474,10 @@ def test_results_of_one_endpoints_batches_fold_into_its_health_in_order(store):
 
 
 def test_batch_attempts_and_event_log(store):
-    ingest.records(store, [event("e1", "bounced", remote_host="mx.else.example", bounce_type="hard"),
+    ingest.records(store, [event("e1", "bounced", remote_host="mx.else.example", bounce_type="hard",
+                                 host_name="mx1.ours.example"),
                            event("e2", "queued", at="2026-11-22T12:00:01.000000Z", client_addr="192.0.2.9",
-                                 relay=None)], endpoints=[EP_ALL, EP_BOUNCES])
+                                 relay=None, host_name="mx2.ours.example")], endpoints=[EP_ALL, EP_BOUNCES])
     store.sync_endpoints([EP_ALL, EP_BOUNCES])
     b = store.create_batch(1, 100)
     store.record_attempts([AttemptRecord(b.id, "2026-11-22T12:01:00.000000Z", "deferred", "deferred",
@@ -486,9 +489,9 @@ def test_batch_attempts_and_event_log(store):
     rows = logs.event_log(store)
     assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [("e2", 1, "deferred"), ("e1", 2, "queued"), ("e1", 1, "deferred")]
     assert {k: rows[2][k] for k in logs.EVENT_LOG_KEYS} == {
-        "received": "2026-11-22T12:00:00.000000Z", "status": "deferred", "hostName": "mx.else.example",
+        "received": "2026-11-22T12:00:00.000000Z", "status": "deferred", "hostName": "mx1.ours.example",
         "endpointUrl": "https://h.example/all", "reason": "HTTP 503 Service Unavailable"}
-    assert rows[0]["hostName"] == "192.0.2.9"
+    assert rows[0]["hostName"] == "mx2.ours.example"
     assert [r["id"] for r in logs.event_log(store, status="queued")] == ["e1"]
     assert [r["id"] for r in logs.event_log(store, since="2026-11-22T12:00:01Z")] == ["e2"]
     assert [r["id"] for r in logs.event_log(store, until="2026-11-22T12:00:01Z", limit=1)] == ["e1"]
@@ -496,7 +499,7 @@ def test_batch_attempts_and_event_log(store):
                                                status_code=200)])
     assert store.open_batches() == {}
     d = logs.event_detail(store, "e1")
-    assert d["event"]["type"] == "bounced" and d["hostName"] == "mx.else.example"
+    assert d["event"]["type"] == "bounced" and d["hostName"] == "mx1.ours.example"
     by_ep = {x["endpointId"]: x for x in d["deliveries"]}
     assert by_ep[1]["status"] == "succeeded" and [a["status_code"] for a in by_ep[1]["attempts"]] == [503, 200]
     assert by_ep[2]["status"] == "queued" and by_ep[2]["attempts"] == []
@@ -506,10 +509,21 @@ def test_batch_attempts_and_event_log(store):
     assert logs.event_counts(store) == {"pending": 1, "batches": {"queued": 0, "deferred": 0, "succeeded": 1, "failed": 0}}
 
 
-def test_host_name_from_relay():
-    assert logs.event_host({"relay": "mx.else.example[192.0.2.25]:25"}) == "mx.else.example"
-    assert logs.event_host({"relay": "none", "client_addr": "192.0.2.1"}) == "192.0.2.1"
-    assert logs.event_host({}) is None
+def test_host_name_is_the_server_that_recorded_the_event():
+    """Seed 000: "the host name of the server that recorded the log", not the remote server."""
+    assert logs.event_host({"host_name": "mx1.ours.example", "remote_host": "mx.else.example[192.0.2.25]",
+                            "relay": "mx.else.example[192.0.2.25]:25"}) == "mx1.ours.example"
+    assert logs.event_host({"relay": "none", "client_addr": "192.0.2.1"}) is None  # stored before
+
+
+def test_an_event_without_a_host_name_takes_its_messages(store):
+    """mxhook-track records opens and clicks wherever it runs: such an event names the MX that
+    handled the message, from its queued event (as sender, subject, ...)."""
+    ingest.records(store, [event("q1", "queued", host_name="mx1.ours.example"),
+                           event("o1", "opened", at="2026-11-22T13:00:00.000000Z", source="track")],
+                   endpoints=[Endpoint(Destination("https://h.example/e"), id=1, categories=("all",))])
+    assert {r["id"]: r["hostName"] for r in logs.event_log(store)} == {
+        "q1": "mx1.ours.example", "o1": "mx1.ours.example"}
 
 
 def test_removed_endpoints_fail_their_events(store):

@@ -56,7 +56,8 @@ def fill_logs(stack: WebStack) -> dict:
         "id": f"ev{i:04d}", "type": "bounced" if i % 2 else "succeeded", "at": iso(BASE + 30 * i),
         "received": iso(BASE + 30 * i), "source": "log", "queue_id": f"Q{i}",
         "recipient": f"rcpt{i % 3}@far.example", "bounce_type": "hard" if i % 2 else None,
-        "remote_host": f"mx{i % 3}.far.example", "custom_headers": {}}) for i in range(EVENTS)]
+        "remote_host": f"mx{i % 3}.far.example", "host_name": "mx1.ours.example",
+        "custom_headers": {}}) for i in range(EVENTS)]
     with StateStore(stack.cfg.state_db) as st:
         ingest.records(st, records)
         endpoint = Endpoint(Destination(url), id=endpoint_id)

@@ -284,7 +284,9 @@ def test_the_event_log_and_an_event_with_its_attempts(stack, client):
     text = client.get(f"/logs/events/{stack.logs['event']}").text
     for label in ("Date", "Status", "Host name", "Endpoint URL", "Error reason"):
         assert f"<th>{label}</th>" in text
-    assert "HTTP 500" in text and "https://127.0.0.1:9/events" in text and "mx0.far.example" in text
+    # Host name: the MX that recorded the event (seed 000), not the remote server
+    assert "HTTP 500" in text and "https://127.0.0.1:9/events" in text and "mx1.ours.example" in text
+    assert "<th>Remote server</th><td>mx0.far.example</td>" in text
     csv = client.get("/logs/events.csv?status=queued").text
     assert csv == stack.cli("log", "events", "--csv", "--status", "queued", "--limit", "1000").stdout
     assert csv.count("\n") == 1 + 11

@@ -39,6 +39,8 @@ Position state (JSON):
 
 Lines that are not Postfix lines, and Postfix lines whose record shape we know but cannot
 parse, are counted, never fatal; a summary is logged every `stats_interval` seconds and at exit.
+With `log_level = debug`, each event spooled is logged too, `QID: succeeded to=<...> spooled as
+event ID` (lines about a message start with its queue id: daemons/logsetup.py).
 """
 from __future__ import annotations
 
@@ -64,7 +66,8 @@ from mxhook import config
 from mxhook.model import events
 from mxhook.daemons import logsetup
 from mxhook.postfix import maillog
-from mxhook.postfix.logsource import STATE_VERSION, choose_source, describe, load_state, postfix_maillog_file
+from mxhook.postfix.logsource import (STATE_VERSION, choose_source, describe, load_state,
+                                      postfix_maillog_file, postfix_parameter)
 from mxhook import heartbeat, spool
 
 log = logging.getLogger(__name__)
@@ -606,8 +609,9 @@ class Follower:
         else:
             self.source = JournalSource(settings.journalctl, settings.journal_match, state,
                                         settings.start_at, follow=follow)
-        self.correlator = maillog.Correlator(settings.max_tracked_messages,
-                                                ignore_null_sender=settings.ignore_null_sender)
+        self.correlator = maillog.Correlator(
+            settings.max_tracked_messages, ignore_null_sender=settings.ignore_null_sender,
+            myhostname=postfix_parameter("myhostname", settings.postfix_config_dir))
         self.stopping = False
         self.stats = {"lines": 0, "postfix": 0, "not_postfix": 0, "malformed": 0, "events": 0}
         self._last_stats = time.monotonic()
@@ -622,6 +626,7 @@ class Follower:
         records: list[spool.Record] = []
         stats = self.stats
         feed = self.correlator.feed
+        debug = log.isEnabledFor(logging.DEBUG)  # a line per event only when asked for
         for key, line, hint in chunk.items:
             stats["lines"] += 1
             p = parse_item(line, hint)
@@ -633,10 +638,14 @@ class Follower:
                 stats["malformed"] += 1
                 if self._malformed_logged < 20:
                     self._malformed_logged += 1
-                    log.warning("could not parse Postfix line (format change?): %.300s", line)
+                    logsetup.for_message(log, p.queue_id).warning(
+                        "could not parse Postfix line (format change?): %.300s", line)
                 continue
             for ev in feed(p, key):
                 records.append(spool.event_record(ev))
+                if debug:
+                    logsetup.for_message(log, ev.queue_id).debug(
+                        "%s to=<%s> spooled as event %s", ev.type, ev.recipient or "", ev.id)
         if records:
             write_durable(self.s.spool_dir, records)
         written = len(records)

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -76,7 +77,7 @@ class MilterSettings(configmod.FromConfig):
     unknown_domains: str
     trusted_networks: list
     outbound_daemon_names: frozenset[str]
-    event_headers: tuple[str, ...]  # lower case
+    event_headers: tuple[str, ...]  # as the admin wrote them: the names events carry
     blocklist: bool
     heuristic_from_permitted_domain: bool
     heuristic_from_equals_to: bool
@@ -94,7 +95,7 @@ class MilterSettings(configmod.FromConfig):
 
     def __post_init__(self):
         self.outbound_daemon_names = frozenset(self.outbound_daemon_names)
-        self.event_headers = tuple(h.lower() for h in self.event_headers)
+        self.event_headers = tuple(self.event_headers)
         self.routes = PostfixRoutes(self.postfix_config_dir, self.postfix_check_interval)
         self._trusted: dict[str, bool] = {}  # client address -> answer; clients come back
 
@@ -227,6 +228,8 @@ class Wiring:
     auth: AuthSettings | None = None  # [authentication]; None: mode off
     tracking: TrackingSettings | None = None  # [tracking]; None: nothing tracked
     rewrite: Callable = rewriter.rewrite  # (headers, body, plan) -> Rewritten
+    # this host's name where Postfix sends no `j` macro ($myhostname; it does by default)
+    host_name: str = field(default_factory=socket.gethostname)
     policy: inbound.Policy = field(init=False)
 
     def __post_init__(self):
@@ -263,8 +266,7 @@ def guarded(callback):
                 raise RuntimeError(f"earlier failure: {self.failed}")
             return callback(self, *args)
         except Exception:
-            log.exception("internal error in %s (queue id %s); answering 451", callback.__name__,
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("internal error in %s; answering 451", callback.__name__)
             self.setreply(*inbound.INTERNAL_ERROR)
             return Milter.TEMPFAIL
 
@@ -281,13 +283,14 @@ class MxhookMilter(Milter.Base):
         self.wiring = wiring
         self.settings = wiring.settings
         self.client = ("", "", "")  # client_addr, client_name, helo
+        self.host_name = wiring.host_name  # this MX: Postfix's myhostname (macro j, at connect)
         self.local = False  # cleanup's pretended connection of a local submission (LOCAL_CLIENT)
         self._reset()
 
     def _reset(self) -> None:
         self.failed = ""  # set by a @noreply callback that failed; the next answer is 451
         addr, name, helo = self.client
-        self.envelope = Envelope(client_addr=addr, client_name=name, helo=helo)
+        self.envelope = Envelope(client_addr=addr, client_name=name, helo=helo, host_name=self.host_name)
         self.inbound: inbound.Inbound | None = None  # inbound mail: the decision of this message
         self.outbound_rcpts: list[str] = []
         self.blocked_rcpts: list[tuple[str, str, str]] = []  # local submission: (rcpt, given, reason)
@@ -297,6 +300,19 @@ class MxhookMilter(Milter.Base):
         self.features: frozenset[str] = frozenset()  # outbound: the tracking this message gets
         self.collect = False  # outbound: keep the body (up to [tracking] max_message_size)
 
+    @property
+    def msglog(self) -> logsetup.MessageLog:
+        """The log for lines about this message: they start with its Postfix queue id (from
+        end of headers; before, the `i` macro once Postfix opened the queue file at a first
+        accepted RCPT), else NOQUEUE, as Postfix's own lines do."""
+        qid = self.envelope.queue_id
+        if not qid:
+            try:
+                qid = self.getsymval("i") or ""
+            except Exception:  # outside a callback (no context): not known
+                qid = ""
+        return logsetup.for_message(log, qid)
+
     # -- connection ---------------------------------------------------------------------------
 
     @Milter.noreply
@@ -305,6 +321,7 @@ class MxhookMilter(Milter.Base):
         port = hostaddr[1] if isinstance(hostaddr, tuple) and len(hostaddr) > 1 else None
         self.client = (addr, hostname or "", "")
         self.local = (hostname, addr, port) == LOCAL_CLIENT
+        self.host_name = self.getsymval("j") or self.host_name
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -342,7 +359,7 @@ class MxhookMilter(Milter.Base):
                                                clock=w.clock, new_id=w.new_id,
                                                authenticate=w.authenticator(envelope))
         except Exception as exc:
-            log.exception("internal error in envfrom")
+            self.msglog.exception("internal error in envfrom")
             self.failed = f"envfrom: {exc}"
         return Milter.CONTINUE
 
@@ -356,7 +373,7 @@ class MxhookMilter(Milter.Base):
         rcpt = self.envelope.recipient(text)
         answer = self.inbound.rcpt(rcpt)
         if answer.note:
-            log.debug("<%s>: %s", rcpt.address, answer.note)
+            self.msglog.debug("<%s>: %s", rcpt.address, answer.note)
         if answer.action == inbound.CONTINUE:  # most recipients: nothing to perform
             return Milter.CONTINUE
         return self._perform(answer)
@@ -379,10 +396,9 @@ class MxhookMilter(Milter.Base):
             return Milter.CONTINUE  # the queued events are written at end of message
         answer = self.inbound.end_of_headers(self.raw_headers)
         for pattern in answer.timed_out:  # once per message, however many recipients met it
-            log.warning("queue id %s: regex %r timed out, counted as no match",
-                        self.envelope.queue_id or "-", pattern)
+            self.msglog.warning("regex %r timed out, counted as no match", pattern)
         if answer.error:
-            log.error("queue id %s: %s; answering 451", self.envelope.queue_id or "-", answer.error)
+            self.msglog.error("%s; answering 451", answer.error)
         for entry in answer.log:
             self._log_decision(entry)
         return self._perform(answer)
@@ -405,10 +421,11 @@ class MxhookMilter(Milter.Base):
         self.envelope.queue_id = self.getsymval("i") or self.envelope.queue_id
         answer = self.inbound.end_of_message(self.body_chunks, self.body_size)
         for pattern in answer.timed_out:  # rules that waited for the authentication verdicts
-            log.warning("queue id %s: regex %r timed out, counted as no match",
-                        self.envelope.queue_id or "-", pattern)
+            self.msglog.warning("regex %r timed out, counted as no match", pattern)
         if answer.error:
-            log.error("queue id %s: %s; answering 451", self.envelope.queue_id or "-", answer.error)
+            self.msglog.error("%s; answering 451", answer.error)
+        for event in answer.events:  # a bounce report's: this MX recorded them
+            event.host_name = self.envelope.host_name or None
         records = [spool.event_record(e) for e in answer.events]
         if answer.message is not None:
             m = answer.message
@@ -440,10 +457,9 @@ class MxhookMilter(Milter.Base):
     # -- outbound -----------------------------------------------------------------------------
 
     def _events(self, event_type: str, recipients: list[str], **fields) -> list:
-        # [milter] event_headers and the custom headers enabled endpoints select (rules.db):
-        # each endpoint's body shows its own (payloads/registry.py)
-        own, selected = self.settings.event_headers, self.wiring.snapshot().event_headers
-        names = own + tuple(h for h in selected if h not in own)
+        # [milter] event_headers (named as configured) and the custom headers enabled
+        # endpoints select (rules.db): each endpoint's body shows its own (payloads/registry.py)
+        names = self.settings.event_headers + self.wiring.snapshot().event_headers
         return milter_events(self.envelope, self.raw_headers, event_type, recipients,
                              event_headers=names, received=iso(self.wiring.clock()),
                              new_id=self.wiring.new_id, **fields)
@@ -478,8 +494,7 @@ class MxhookMilter(Milter.Base):
             settings = self.wiring.snapshot().tracking.get(sender.rpartition("@")[2])
             self.features = trackingsvc.features(settings, to_text(asked[0]) if asked else None)
         except Exception:  # never a reason to refuse mail
-            log.exception("queue id %s: cannot tell what tracking this message gets; not tracked",
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("cannot tell what tracking this message gets; not tracked")
             self.features = frozenset()
         self.collect = bool(self.features & BODY_FEATURES)
 
@@ -518,8 +533,7 @@ class MxhookMilter(Milter.Base):
         try:
             self._track(t, tracked)
         except Exception as exc:
-            log.exception("queue id %s: tracking failed; the message goes untouched",
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("tracking failed; the message goes untouched")
             tracked = Tracked(remove=tracked.remove, reason=f"tracking not applied: internal error ({exc})")
         return tracked
 
@@ -532,7 +546,7 @@ class MxhookMilter(Milter.Base):
             why = f"[tracking] key_file {t.key_file} holds no key (mxhook tracking rotate-key)"
         if not keys:
             if self.features:
-                log.error("queue id %s: tracking not applied: %s", self.envelope.queue_id or "-", why)
+                self.msglog.error("tracking not applied: %s", why)
                 tracked.reason = f"tracking not applied: {why}"
             return
         env = self.envelope
@@ -581,8 +595,7 @@ class MxhookMilter(Milter.Base):
             for name, value in tracked.add:
                 self.addheader(name, " " + value)  # header_leading_space: ours to give
         except Exception:
-            log.exception("queue id %s: cannot change the message for tracking",
-                          self.envelope.queue_id or "-")
+            self.msglog.exception("cannot change the message for tracking")
 
     # -- performing the model's answers -------------------------------------------------------
 
@@ -597,7 +610,7 @@ class MxhookMilter(Milter.Base):
         return ANSWERS[answer.action]
 
     def _tempfail(self, what: str, exc: OSError, cannot: str) -> int:
-        log.error("queue id %s: %s (%s); answering 451", self.envelope.queue_id or "-", what, exc)
+        self.msglog.error("%s (%s); answering 451", what, exc)
         self.setreply(*inbound.SMTP_TEMPFAIL, f"mxhook: cannot {cannot} right now, try again later")
         return Milter.TEMPFAIL
 
@@ -606,12 +619,12 @@ class MxhookMilter(Milter.Base):
             spool.write(self.settings.spool_dir, spool.Record(self.wiring.new_id(), "denied", record.to_meta()),
                         durable=False)
         except OSError as exc:  # a lost denial costs a log line, never the SMTP answer
-            log.warning("queue id %s: could not log denial: %s", self.envelope.queue_id or "-", exc)
+            self.msglog.warning("could not log denial: %s", exc)
 
     def _log_decision(self, entry: inbound.Logged) -> None:
         env = self.envelope
-        log.info("queue_id=%s outcome=%s from=<%s> rcpt=%s by=%s client=%s[%s] reason=%s",
-                 env.queue_id or "-", entry.outcome, env.sender,
+        self.msglog.info("outcome=%s from=<%s> rcpt=%s by=%s client=%s[%s] reason=%s",
+                 entry.outcome, env.sender,
                  ",".join(f"<{r}>" for r in entry.recipients), entry.by or "-",
                  env.client_name or "-", env.client_addr or "-", entry.reason)
 

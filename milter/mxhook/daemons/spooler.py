@@ -153,10 +153,11 @@ RECORD_RETRY_MAX = 60.0
 
 
 def registered_event(bounce: dict, at: str) -> dict:
-    """The `registered` event for an address a hard bounce put on the block list."""
+    """The `registered` event for an address a hard bounce put on the block list (its
+    bounce_type is null, as of every type but `bounced`: `reason` says why)."""
     fields = {k: bounce.get(k) for k in (
         "recipient", "queue_id", "sender", "header_from", "message_id", "subject", "dsn",
-        "bounce_type", "remote_host", "relay", "reply", "client_addr", "auth_user")}
+        "remote_host", "relay", "reply", "client_addr", "auth_user", "host_name")}
     fields["custom_headers"] = dict(bounce.get("custom_headers") or {})
     source = bounce.get("source") if bounce.get("source") in ("log", "dsn") else "log"
     return Event(**fields, id=f"registered-{bounce['recipient']}-{bounce['id']}", type="registered",
@@ -463,7 +464,8 @@ class Spooler:
         return Dispatch(
             id=d.id, target=d.target, attempts=d.attempts, first_attempt_at=d.first_attempt_at,
             owner=("rule", statedb.rule_ref(d.target.id, d.rule_name)),
-            label=f"delivery {d.id} rule={d.rule_name}",
+            label=logsetup.label(f"delivery {d.id} rule={d.rule_name}",
+                                 [q] if (q := d.meta.get("queue_id")) else []),
             payload=_payload_name(d.target, d.target.format), render=render,
         )
 
@@ -568,7 +570,8 @@ class Spooler:
         return Dispatch(
             id=batch.id, target=target, attempts=batch.attempts,
             first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),
-            label=f"event batch {batch.id} endpoint={ep.id} events={batch.size}",
+            label=logsetup.label(f"event batch {batch.id} endpoint={ep.id} events={batch.size}",
+                                 event_payloads.queue_ids(batch.events or (), 10)),
             payload=_payload_name(target, "event"), render=render, bulk=bulk,
         )
 
@@ -645,7 +648,8 @@ class Spooler:
                         dsn=bounce.get("dsn"), source="bounce", event_id=bounce["id"],
                     )
                 except RuleError as exc:  # not an address: nothing to block
-                    log.warning("hard bounce %s: %s; not block-listed", bounce["id"], exc)
+                    logsetup.for_message(log, bounce.get("queue_id")).warning(
+                        "hard bounce %s: %s; not block-listed", bounce["id"], exc)
                     done.append((bounce["id"], None))
                     continue
                 # Added now, or by this very bounce before a crash kept us from recording it:
@@ -654,8 +658,9 @@ class Spooler:
                 event = registered_event({**bounce, "recipient": db_mod.normalize_block_address(address)},
                                          iso(self.clock())) if owed else None
                 if added:
-                    log.info("block list: added %s after hard bounce %s (dsn %s)", address,
-                             bounce["id"], bounce.get("dsn") or "-")
+                    logsetup.for_message(log, bounce.get("queue_id")).info(
+                        "block list: added %s after hard bounce %s (dsn %s)", address,
+                        bounce["id"], bounce.get("dsn") or "-")
                 done.append((bounce["id"], event))
         except (sqlite3.Error, RuleError, OSError) as exc:
             message = f"{type(exc).__name__}: {exc}"

@@ -35,6 +35,7 @@ class Envelope:
     auth_user: str = ""
     queue_id: str = ""
     recipients: list[Recipient] = field(default_factory=list)  # in RCPT order, as given
+    host_name: str = ""  # this MX: Postfix's myhostname (macro `j`), what logs call hostName
 
     def recipient(self, given: str) -> Recipient:
         """Adds RCPT TO `given` (text from the client, with or without angle brackets)."""
@@ -75,6 +76,7 @@ def message_fields(envelope: Envelope, raw_headers: list[tuple[str, bytes]], rec
         "header_from": first_address(header_from[0]) if header_from else "",
         "subject": decode_value(subject[0]).strip() if subject else "",  # as a reader sees it
         "message_id": to_text(message_id[0]).strip() if message_id else "",
+        "host_name": envelope.host_name or None,
     }
 
 
@@ -82,11 +84,17 @@ def milter_events(envelope: Envelope, raw_headers: list[tuple[str, bytes]], even
                   recipients: list[str], *, event_headers: tuple[str, ...], received: str,
                   new_id: Callable[[], str], **fields) -> list[events.Event]:
     """One event of the milter (`queued`, `blocked`) per recipient; the message's fields are
-    looked up once. event_headers: lower-case names of fields copied into `custom_headers`."""
+    looked up once. event_headers: names of fields copied into `custom_headers`, matched in any
+    case and kept under the first spelling given (the admin's: docs/payloads.md)."""
     meta = message_fields(envelope, raw_headers, received)
     custom = {}
+    seen = set()
     for name in event_headers:
-        values = header_values(raw_headers, name)
+        lower = name.lower()
+        if lower in seen:
+            continue
+        seen.add(lower)
+        values = header_values(raw_headers, lower)
         if values:
             custom[name] = decode_value(values[0])
     return [events.Event(
@@ -94,5 +102,6 @@ def milter_events(envelope: Envelope, raw_headers: list[tuple[str, bytes]], even
         queue_id=envelope.queue_id or None, recipient=rcpt, sender=envelope.sender,
         header_from=meta["header_from"] or None, message_id=meta["message_id"] or None,
         subject=meta["subject"] or None, client_addr=envelope.client_addr or None,
-        auth_user=envelope.auth_user or None, custom_headers=dict(custom), **fields,
+        auth_user=envelope.auth_user or None, host_name=envelope.host_name or None,
+        custom_headers=dict(custom), **fields,
     ) for rcpt in recipients]

@@ -147,6 +147,8 @@ class Event:
     client_addr: str | None = None
     auth_user: str | None = None
     reason: str | None = None
+    # the server that recorded it (seed 000's hostName: which MX handled the message)
+    host_name: str | None = None
     engagement: dict | None = None  # engagement events only (ENGAGEMENT_KEYS)
     custom_headers: dict = field(default_factory=dict)
 
@@ -197,10 +199,13 @@ class Event:
         return cls(**kwargs)
 
     def to_meta(self) -> dict:
-        """The metadata of its spool record (kind `event`): every field (`engagement` only when
-        there is one), and `received` (= `at`, the time state.db orders events by). The id is
-        the record's id."""
+        """The metadata of its spool record (kind `event`): every field (`host_name` and
+        `engagement` only when there is one: a record of an event without them is what it was
+        before they existed), and `received` (= `at`, the time state.db orders events by). The
+        id is the record's id."""
         meta = self.to_dict()
+        if meta["host_name"] is None:
+            del meta["host_name"]
         if meta["engagement"] is None:
             del meta["engagement"]
         meta["received"] = self.at
@@ -223,7 +228,9 @@ class Event:
             values = _middle_values(meta)
         except KeyError:
             values = None
-        if values is None or not _TEXT_TYPES.issuperset(map(type, _text_of_middle(values))):
+        host_name = meta.get("host_name")
+        if (values is None or not _TEXT_TYPES.issuperset(map(type, _text_of_middle(values)))
+                or type(host_name) not in _TEXT_TYPES):
             check_text(meta, _TEXT_FIELDS, "event")
         custom = meta.get("custom_headers")
         if custom is not None and not isinstance(custom, dict):
@@ -233,22 +240,25 @@ class Event:
                 kwargs = {k: meta[k] for k in _META_FIELDS if k in meta}
                 kwargs.update(at=at or meta.get("received"), custom_headers=custom or {})
                 return cls(id=id, **kwargs)
-            return cls(etype, at or meta.get("received"), id, *values, meta.get("engagement"),
-                       custom or {})
+            return cls(etype, at or meta.get("received"), id, *values, host_name,
+                       meta.get("engagement"), custom or {})
         except EventError as exc:
             raise RecordError(str(exc)) from None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Event))
 # A decoded record's metadata has no id (the record has). Event.from_meta passes the fields
-# between id and engagement positionally, looked up at once.
+# between id and host_name positionally, looked up at once (the last three may be absent).
 _META_FIELDS = tuple(f for f in _FIELD_NAMES if f != "id")
-assert _FIELD_NAMES[:3] == ("type", "at", "id") and _FIELD_NAMES[-2:] == ("engagement", "custom_headers")
-_middle_values = operator.itemgetter(*_FIELD_NAMES[3:-2])
+assert _FIELD_NAMES[:3] == ("type", "at", "id") and _FIELD_NAMES[-3:] == ("host_name", "engagement", "custom_headers")
+_middle_values = operator.itemgetter(*_FIELD_NAMES[3:-3])
 # The fields of a message's `queued` event that its later events are enriched with.
-ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user")
+# host_name: an event recorded elsewhere (mxhook-track's) names the MX that handled the message
+ENRICH_FIELDS = ("sender", "header_from", "message_id", "subject", "client_addr", "auth_user", "host_name")
 # Fields that are text or absent in a spool record: they go into columns and the enrichment join.
 _TEXT_FIELDS = ("recipient", "orig_recipient", "queue_id") + ENRICH_FIELDS
-# the text fields among those values: picked from the tuple, not looked up in the dict again
-_text_of_middle = operator.itemgetter(*(_FIELD_NAMES[3:-2].index(f) for f in _TEXT_FIELDS))
+# the text fields among those values (host_name is not one of them): picked from the tuple,
+# not looked up in the dict again
+_text_of_middle = operator.itemgetter(*(_FIELD_NAMES[3:-3].index(f) for f in _TEXT_FIELDS
+                                         if f != "host_name"))
 _TEXT_TYPES = frozenset((str, type(None)))

@@ -76,7 +76,7 @@ def check_text(meta: dict, keys: tuple[str, ...], what: str) -> None:
 
 # Those that go into inbound_log columns as they are (with a denied record's filter and reason).
 _LOGGED_TEXT = ("queue_id", "mail_from", "client_addr", "client_name", "header_from", "subject",
-                "message_id", "filter", "reason")
+                "message_id", "filter", "reason", "host_name")
 
 
 @dataclass(slots=True)
@@ -92,6 +92,9 @@ class MessageFields:
     header_from: str | None = None
     subject: str | None = None
     message_id: str | None = None
+    # this MX (Postfix's myhostname): the inbound log's hostName, seed 000's "host name of the
+    # server that recorded the log"; records from before it was written have none
+    host_name: str | None = None
 
     @property
     def sender(self) -> str:
@@ -99,10 +102,13 @@ class MessageFields:
         return self.header_from or self.mail_from or ""
 
     def _meta(self) -> dict:
-        return {"received": self.received, "queue_id": self.queue_id, "mail_from": self.mail_from,
+        meta = {"received": self.received, "queue_id": self.queue_id, "mail_from": self.mail_from,
                 "client_addr": self.client_addr, "client_name": self.client_name,
                 "helo": self.helo, "header_from": self.header_from, "subject": self.subject,
                 "message_id": self.message_id}
+        if self.host_name is not None:
+            meta["host_name"] = self.host_name
+        return meta
 
     @staticmethod
     def _fields(meta: dict, what: str) -> dict:
@@ -115,7 +121,7 @@ class MessageFields:
                 "mail_from": get("mail_from"), "client_addr": get("client_addr"),
                 "client_name": get("client_name"), "helo": get("helo"),
                 "header_from": get("header_from"), "subject": get("subject"),
-                "message_id": get("message_id")}
+                "message_id": get("message_id"), "host_name": get("host_name")}
 
 
 @dataclass(slots=True)

@@ -195,7 +195,7 @@ def select_headers(events: Iterable[dict | V1Text],
             # value has its quotes escaped
             start = event.find(_HEADERS_KEY) + len(_HEADERS_KEY)
             tail = event[start:-1]
-            if "\\" not in tail and all(names.get(key, "") is None for key in _KEY.findall(tail)):
+            if "\\" not in tail and all(names.get(key.lower(), "") is None for key in _KEY.findall(tail)):
                 out.append(event)  # every header kept under its own name
                 continue
             kept = _kept_headers(json.loads(tail), names)
@@ -209,6 +209,27 @@ def select_headers(events: Iterable[dict | V1Text],
         out.append(event if list(kept.items()) == list(headers.items())
                    else {**event, "custom_headers": kept})
     return out
+
+
+# a V1Text's queue id: the key's value is null or a string whose quotes are escaped
+_QUEUE_ID = re.compile(r',"queue_id":"([^"\\]*)"')
+
+
+def queue_ids(events: Iterable[dict | V1Text], limit: int) -> list[str]:
+    """The distinct queue ids of a batch's events, in their order, at most `limit` + 1 (one
+    more tells there are more): what the spooler's log lines about the batch name."""
+    found: dict[str, None] = {}
+    for event in events:
+        if isinstance(event, V1Text):
+            m = _QUEUE_ID.search(event)
+            qid = m.group(1) if m else None
+        else:
+            qid = event.get("queue_id")
+        if qid and isinstance(qid, str) and qid not in found:
+            found[qid] = None
+            if len(found) > limit:
+                break
+    return list(found)
 
 
 def _kept_headers(headers: dict, names: Mapping[str, str | None]) -> dict:

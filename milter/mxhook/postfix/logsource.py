@@ -37,15 +37,20 @@ def journald_running() -> bool:
     return os.path.isdir(JOURNAL_SOCKET_DIR)
 
 
-def postfix_maillog_file(config_dir: str = "") -> str:
-    """Postfix's maillog_file (Postfix >= 3.4 logging to a file of its own), or "" when it sets
-    none or cannot be asked."""
-    cmd = [POSTCONF, *(["-c", config_dir] if config_dir else []), "-h", "maillog_file"]
+def postfix_parameter(name: str, config_dir: str = "") -> str:
+    """A Postfix parameter's value (`postconf -h`), or "" when Postfix cannot be asked."""
+    cmd = [POSTCONF, *(["-c", config_dir] if config_dir else []), "-h", name]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
-    return own_log_file(proc.stdout.strip() if proc.returncode == 0 else "")
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def postfix_maillog_file(config_dir: str = "") -> str:
+    """Postfix's maillog_file (Postfix >= 3.4 logging to a file of its own), or "" when it sets
+    none or cannot be asked."""
+    return own_log_file(postfix_parameter("maillog_file", config_dir))
 
 
 def own_log_file(maillog_file: str) -> str:

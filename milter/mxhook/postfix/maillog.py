@@ -395,9 +395,16 @@ class Correlator:
     the event ids deterministic.
     """
 
-    def __init__(self, max_messages: int = 100_000, *, ignore_null_sender: bool = True):
+    def __init__(self, max_messages: int = 100_000, *, ignore_null_sender: bool = True,
+                 myhostname: str = ""):
         self.max_messages = max(1, int(max_messages))
         self.ignore_null_sender = ignore_null_sender
+        # Events name the server that logged them (host_name). Postfix's maillog_file and
+        # syslog write the short form of the host name (`mx` for mx.example.com): a line of
+        # this host (`myhostname`, or its first label) is named by myhostname, as the milter
+        # names its events (its `j` macro); another host's line (a log gathered from several)
+        # by its own host field.
+        self._hosts = {myhostname: myhostname, myhostname.split(".", 1)[0]: myhostname} if myhostname else {}
         self._msgs: OrderedDict[str, _Msg] = OrderedDict()
         self.counts: dict[str, int] = {}
 
@@ -498,6 +505,7 @@ class Correlator:
             reply=bounces.clean_reply(reply) if reply else None, diagnostic=text,
             delay=delay, relay=relay, queued_as=queued_as,
             client_addr=st.client_addr if st else None, auth_user=st.auth_user if st else None,
+            host_name=self._hosts.get(p.host, p.host) or None,
         )
         if st is not None:
             if etype == "deferred":
@@ -534,7 +542,7 @@ class Correlator:
                 reply=last.reply if last else None, diagnostic=last.diagnostic if last else None,
                 delay=last.delay if last else None, relay=last.relay if last else None,
                 client_addr=st.client_addr if st else None, auth_user=st.auth_user if st else None,
-                reason="expired",
+                reason="expired", host_name=self._hosts.get(p.host, p.host) or None,
             ))
         if st is not None:
             st.deferred = None

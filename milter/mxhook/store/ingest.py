@@ -1,12 +1,15 @@
 """Spool records into state.db: `check_record` (before a record is taken), `records` (one
 transaction per batch of records: inbound messages with their deliveries and inbound_log rows,
-
-
 denied records, events fanned out to the event endpoints), and the hard-bounce hand-over to the
 block list (`pending_blocks`, `finish_blocks`), which also takes the suppressions of
 unsubscribes and complaints. Functions over a StateStore: the connection
 and, once a transaction committed, the store's in-memory view of fresh events
 (StateStore.remember). Only the spooler writes here, from one thread.
+
+The inbound log's host_name is the MX that received the message (the record's `host_name`,
+Postfix's myhostname; NULL for records written before the milter wrote it), seed 000's
+"host name of the server that recorded the log"; the client is client_addr (its name is in an
+accepted message's metadata and in the milter's decision line).
 
 Events: a DSN event is stored only when it names a recipient of a message we sent
 (`_unsent_report`); a recipient-less `failed` (expiry) is stored as it came and expanded into
@@ -202,6 +205,8 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
     for chunk in _chunks(ids):
         marks = ", ".join("?" * len(chunk))
         known.update(r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk))
+    if verify_reports:
+        events = _after_queued(conn, events, known)
     rows: list[tuple] = []
     deliveries = []
     recent = fresh.recent
@@ -269,6 +274,60 @@ def _insert_events(conn: sqlite3.Connection, events: list[tuple], at: str, added
     if deliveries:
         _insert_rows(conn, "INSERT INTO event_deliveries (endpoint_id, event_id, added)", deliveries)
     return inserted
+
+
+def _after_queued(conn: sqlite3.Connection, events: list[tuple], known: set[str]) -> list[tuple]:
+    """Log events whose time stamp has whole seconds (`maillog_file`, traditional syslog) with
+    their `at` moved to just after their message's `queued` event when that lies within the
+    stamp's second: 12:00:02 says only "in [12:00:02, 12:00:03)", and a `succeeded` at
+    12:00:02.000000 would sort before the `queued` of 12:00:02.7 it follows. The event's id
+    holds the end of that second (maillog.Parsed.id_us): the queued events of its queue id
+    between the two are looked for here (in this call, else in state.db); the latest one
+    plus 1 µs becomes its `at` (and `received`), so a message's events keep their order in
+    `at` too. Events stamped in microseconds (RFC 3339 syslog, the journal) have no such
+    window and stay as they are. A moved event is changed in place (it is this ingest's);
+    its meta is a copy, stored serialized again. Times are compared as stored text (one
+    second's times differ only in their microseconds)."""
+    windows = {}  # index -> the end of its stamp's second, in the stored form
+    for index, (event, _meta, _payload, _text) in enumerate(events):
+        at = event.at
+        # a stamp coarser than microseconds ends in zeros (cheap to tell: most events are not)
+        if (event.source != "log" or not event.queue_id or type(at) is not str
+                or not at.endswith("000Z") or len(at) != 27 or event.id in known):
+            continue
+        try:
+            end = events_mod.iso_from_us(int(event.id[:16], 16) // 1000)
+        except ValueError:  # an id of another form (registered-...)
+            continue
+        if end > at and end[:20] == at[:20]:
+            windows[index] = end
+    if not windows:
+        return events
+    queued: dict[str, list[str]] = {}
+    for event, _meta, _payload, _text in events:
+        if event.type == "queued" and event.queue_id and events_mod.is_stored_time(event.at):
+            queued.setdefault(event.queue_id, []).append(event.at)
+    qids = sorted({events[i][0].queue_id for i in windows})
+    since = min(events[i][0].at for i in windows)
+    for chunk in _chunks(qids):
+        marks = ", ".join("?" * len(chunk))
+        for qid, received in conn.execute(
+            f"SELECT queue_id, received FROM events WHERE queue_id IN ({marks}) AND type = 'queued'"
+            " AND received > ?", (*chunk, since),
+        ):
+            queued.setdefault(qid, []).append(received)
+    out = list(events)
+    for index, end in windows.items():
+        event, meta, payload, _text = events[index]
+        start = event.at
+        inside = [t for t in queued.get(event.queue_id, ()) if start < t <= end]
+        if not inside:
+            continue
+        latest = max(inside)  # in the same second as `end`, before it or at it
+        at = end if latest >= end else f"{latest[:20]}{int(latest[20:26]) + 1:06d}Z"
+        event.at = at
+        out[index] = (event, {**meta, "at": at, "received": at}, payload, None)
+    return out
 
 
 def _unsent_report(conn: sqlite3.Connection, event: Event) -> str | None:
@@ -359,7 +418,7 @@ def _ingest_inbound(conn: sqlite3.Connection, record: spool.Record, message: Inb
             " client_addr, queue_id, recipients, subject)"
             " VALUES (?, 'delivery', ?, ?, 'queued', ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (did, record.id, received, message.sender, ", ".join(recipients),
-             message.client_name, message.message_id, routed.name, message.mail_from,
+             message.host_name, message.message_id, routed.name, message.mail_from,
              message.client_addr, message.queue_id, json.dumps(recipients), message.subject),
         )
     return 1
@@ -392,11 +451,11 @@ def _ingest_internal(conn: sqlite3.Connection, record: spool.Record, message: In
         " host_name, message_id, filter_name, reason, mail_from, client_addr, queue_id,"
         " recipients, subject) VALUES (?, 'feedback', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (record.id, record.id, iso(message.received), "succeeded" if event else "denied",
-         message.sender, "", message.client_name, message.message_id, route, reason,
+         message.sender, "", message.host_name, message.message_id, route, reason,
          message.mail_from, message.client_addr, message.queue_id, "[]", message.subject))
     if event is None:
-        log.warning("mail %s to mxhook's %s address from <%s>: %s", record.id, route,
-                    message.mail_from or "", reason)
+        log.warning("%s: mail %s to mxhook's %s address from <%s>: %s",
+                    message.queue_id or "NOQUEUE", record.id, route, message.mail_from or "", reason)
     return 1
 
 
@@ -415,7 +474,7 @@ def _ingest_denied(conn: sqlite3.Connection, record_id: str, denied: DeniedRecor
         " client_addr, queue_id, recipients, subject)"
         " VALUES (?, 'denied', ?, ?, 'denied', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (record_id, record_id, iso(denied.received), denied.sender, ", ".join(recipients),
-         denied.client_name, denied.message_id, denied.filter, denied.reason,
+         denied.host_name, denied.message_id, denied.filter, denied.reason,
          denied.mail_from, denied.client_addr, denied.queue_id,
          json.dumps(recipients), denied.subject),
     )

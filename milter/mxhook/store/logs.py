@@ -23,15 +23,11 @@ EVENT_LOG_KEYS = ("received", "status", "hostName", "endpointUrl", "reason")
 
 
 def event_host(meta: dict) -> str | None:
-    """The event log's `hostName`: the remote host that answered (remote_host, else the host of
-    `relay=`), else the submitting client's address (queued / blocked events)."""
-    host = meta.get("remote_host")
-    if host:
-        return host
-    relay = meta.get("relay")
-    if relay and relay != "none":
-        return relay.split("[", 1)[0] or relay
-    return meta.get("client_addr")
+    """The event log's `hostName`, seed 000's host name of the server that recorded the log:
+    the event's `host_name` (the MX: Postfix's myhostname, the log line's host); None for the
+    admin's block-list changes and events stored before events had one. The remote server is
+    the event's `remote_host`."""
+    return meta.get("host_name")
 
 
 def time_window(where: list[str], params: list, col: str, since, until) -> None:

@@ -21,6 +21,20 @@ def text(value) -> str | None:
     return value if type(value) is str else None
 
 
+def headers_by_lower_name(event: dict) -> dict:
+    """The event's custom headers by lower-case name (the first of names that differ in case):
+    the milter keeps the names as the admin configured them, and a dialect looks up the
+    headers it knows (`x-smtpapi`, `x-pm-tag`, ...) in any case."""
+    headers = event.get("custom_headers")
+    if not headers or not isinstance(headers, dict):
+        return {}
+    out = {}
+    for name, value in headers.items():
+        if isinstance(name, str):
+            out.setdefault(name.lower(), value)
+    return out
+
+
 def first_text(event: dict, *keys: str) -> str | None:
     """The first of the fields `keys` that holds non-empty text, else None."""
     for key in keys:

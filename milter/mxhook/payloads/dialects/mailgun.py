@@ -23,7 +23,7 @@ import re
 from mxhook.model.events import us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
-from mxhook.payloads.dialects._fields import bot_kind
+from mxhook.payloads.dialects._fields import bot_kind, headers_by_lower_name
 from mxhook.payloads.encodings import Fields, Files, Rendered, dumps
 from mxhook.payloads.events import as_dict, engagement_of, is_engagement
 
@@ -140,7 +140,7 @@ def event_data(event: dict, now: float) -> dict:
     data["flags"] = flags
     if name in ("delivered", "failed"):
         data["delivery-status"] = _delivery_status(event, etype, severity)
-    custom = _custom_headers(event)
+    custom = headers_by_lower_name(event)
     data["message"] = {"headers": _message_headers(event, custom)}
     if recipient:
         data["recipient"] = recipient
@@ -171,7 +171,7 @@ def _engagement_data(event: dict, data: dict) -> dict:
             data["url"] = engagement["url"] or ""
     else:
         data["flags"] = {"is-test-mode": False}
-    custom = _custom_headers(event)
+    custom = headers_by_lower_name(event)
     data["message"] = {"headers": _message_headers(event, custom)}
     return _tagged(data, custom)
 
@@ -232,18 +232,6 @@ def _message_headers(event: dict, custom: dict) -> dict:
     if event.get("subject") is not None:
         headers["subject"] = event["subject"]
     return headers
-
-
-def _custom_headers(event: dict) -> dict:
-    """The event's selected headers by lower-case name (the first of names that differ in case)."""
-    headers = event.get("custom_headers")
-    if not headers or not isinstance(headers, dict):
-        return {}
-    out = {}
-    for name, value in headers.items():
-        if isinstance(name, str):
-            out.setdefault(name.lower(), value)
-    return out
 
 
 def _user_variables(text) -> dict:

@@ -11,6 +11,7 @@ from mxhook.model.events import iso_from_us, is_stored_time, us_from_iso
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
 from mxhook.payloads.encodings import Rendered
+from mxhook.payloads.dialects._fields import headers_by_lower_name
 from mxhook.payloads.events import as_dict, engagement_of
 
 NAME = "postmark"
@@ -66,7 +67,7 @@ TYPE_BY_EVENT = {("deferred", None): "Transient", ("failed", None): "SoftBounce"
                  ("bounced", None): "SoftBounce"}
 
 # Postmark's SMTP headers for what its API takes as fields: the admin selects them as event
-# headers (`custom_headers`, lower case) to get Tag, Metadata and MessageStream back.
+# headers (`custom_headers`, names in any case) to get Tag, Metadata and MessageStream back.
 TAG_HEADER = "x-pm-tag"
 STREAM_HEADER = "x-pm-message-stream"
 METADATA_PREFIX = "x-pm-metadata-"
@@ -94,7 +95,7 @@ def record(event: dict, ctx: EventContext) -> dict:
     if kind is None:
         raise ValueError(f"postmark has no record type for event type {etype!r} (an event "
                          "queued for the endpoint while it had another payload)")
-    headers = event.get("custom_headers") or {}
+    headers = headers_by_lower_name(event)
     common = {
         "RecordType": kind,
         "ServerID": ctx.endpoint_id or 0,
@@ -104,8 +105,7 @@ def record(event: dict, ctx: EventContext) -> dict:
     recipient = event.get("orig_recipient") or event.get("recipient") or ""
     message_id = (event.get("message_id") or "").strip().strip("<>")
     tag = _header(headers, TAG_HEADER)
-    metadata = {k[len(METADATA_PREFIX):]: str(v) for k, v in headers.items()
-                if k.startswith(METADATA_PREFIX) and len(k) > len(METADATA_PREFIX)}
+    metadata = _metadata(event.get("custom_headers"))
     details = event.get("reply") or event.get("diagnostic") or ""
     if kind == "Delivery":
         return {**common, "MessageID": message_id, "Recipient": recipient, "Tag": tag,
@@ -196,6 +196,16 @@ def numeric_id(event_id: str) -> int:
     id is)."""
     digest = hashlib.blake2b(event_id.encode("utf-8", "replace"), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def _metadata(headers) -> dict:
+    """Postmark's Metadata from the X-PM-Metadata-* headers (the prefix in any case), each
+    named by the rest of its header name as configured."""
+    if not isinstance(headers, dict):
+        return {}
+    return {k[len(METADATA_PREFIX):]: str(v) for k, v in headers.items()
+            if isinstance(k, str) and len(k) > len(METADATA_PREFIX)
+            and k[:len(METADATA_PREFIX)].lower() == METADATA_PREFIX}
 
 
 def _header(headers: dict, name: str) -> str:

@@ -15,7 +15,7 @@ from mxhook.model.headers import decode_field, to_text
 from mxhook.model.message import header_section, split_headers
 from mxhook.payloads import encodings, inbound
 from mxhook.payloads.dialects import EventContext, InboundContext
-from mxhook.payloads.dialects._fields import bot_kind
+from mxhook.payloads.dialects._fields import bot_kind, headers_by_lower_name
 from mxhook.payloads.encodings import Fields, Files, Rendered
 from mxhook.payloads.events import as_dict, engagement_of
 
@@ -135,7 +135,7 @@ def _unix(at, now: float) -> int:
 
 
 def _smtpapi(event: dict) -> dict:
-    text = (event.get("custom_headers") or {}).get(SMTPAPI_HEADER)
+    text = headers_by_lower_name(event).get(SMTPAPI_HEADER)
     if not isinstance(text, str):
         return {}
     try:

@@ -40,7 +40,7 @@ carries no delay). The bot verdict (engagement.machine) has no SMTP2GO field: no
 custom header named like one of these fields is left out of engagement events.
 then the custom headers as fields named by the header (SMTP2GO's "Optional Email Headers"):
 `ctx.custom_headers` when the endpoint selects some (in that order, "" when the message lacked
-one), else every header the event carries (`[milter] event_headers`, lower-case names). A
+one), else every header the event carries (`[milter] event_headers`, named as configured). A
 header whose name is a standard field's (any case) is left out, never overriding it.
 
 Nothing in the body differs between attempts (no time of sending, no nonce), and
