@@ -301,7 +301,7 @@ def test_endpoint_filters_by_category(make_stack):
     # Every event is fanned out when it is ingested, and all have been (they reached /all): the
     # event log has one row per (event, endpoint), so a wrongly routed event would show there
     # even before its batch is posted.
-    rows = st.cli.json("log", "events", "--limit", "1000")
+    rows = st.cli.json("log", "events", "--limit", "1000")["items"]
     types_for = defaultdict(set)
     for row in rows:
         types_for[row["endpointUrl"]].add(row["type"])
@@ -404,7 +404,7 @@ def test_log_events_csv(make_stack):
     ids = {e["id"] for e in evs}
     rows = wait_for("every event delivery succeeded in the event log", lambda: (
         lambda rows: rows if {r["id"] for r in rows if r["status"] == "succeeded"} >= ids else None
-    )(st.cli.json("log", "events")), timeout=30, st=st)
+    )(st.cli.json("log", "events")["items"]), timeout=30, st=st)
     assert len(rows) == len(ids), rows
 
     out = st.cli("log", "events", "--csv").stdout
@@ -472,7 +472,7 @@ def test_forged_bounce_reports_neither_post_events_nor_block_addresses(make_stac
     assert not [e for e in evs if e["recipient"] == victim], summary(evs)
     assert victim not in {row["address"] for row in st.cli.json("block", "list")}
     assert kept in {row["address"] for row in st.cli.json("block", "list")}
-    assert not [row for row in st.cli.json("log", "events", "--limit", "1000") if row["recipient"] == victim]
+    assert not [row for row in st.cli.json("log", "events", "--limit", "1000")["items"] if row["recipient"] == victim]
     spooler_log = st.spooler.stderr_text()
     assert spooler_log.count("ignored a delivery-status report") == 2, spooler_log
     assert ("Message-ID '<never.sent@app.example>' naming 'victim@ok.example': no message with that"

@@ -811,18 +811,20 @@ def logged(env):
 
 
 def test_log_inbound_json_and_filters(logged):
-    rows = logged.json("log", "inbound", "--json")
+    listing = logged.json("log", "inbound", "--json")
+    assert listing["next_cursor"] is None
+    rows = listing["items"]
     assert [r["id"] for r in rows] == ["d1", "a2-sales", "a1-r1"]
     assert set(rows[0]) == {"id", "received", "status", "from", "to", "hostName", "messageId",
                             "filterName", "reason"}
     assert [r["status"] for r in rows] == ["denied", "queued", "succeeded"]
-    assert [r["id"] for r in logged.json("log", "inbound", "--status", "denied", "--json")] == ["d1"]
-    assert [r["id"] for r in logged.json("log", "inbound", "--since", "2026-11-21", "--json")] == [
+    assert [r["id"] for r in logged.json("log", "inbound", "--status", "denied", "--json")["items"]] == ["d1"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--since", "2026-11-21", "--json")["items"]] == [
         "d1", "a2-sales"]
     assert [r["id"] for r in logged.json("log", "inbound", "--since", "2026-11-21T11:00+01:00",
-                                         "--until", "2026-11-22", "--json")] == ["a2-sales"]
-    assert [r["id"] for r in logged.json("log", "inbound", "--limit", "1", "--json")] == ["d1"]
-    assert logged.json("log", "inbound", "--since", "1h", "--json") == []
+                                         "--until", "2026-11-22", "--json")["items"]] == ["a2-sales"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--limit", "1", "--json")["items"]] == ["d1"]
+    assert logged.json("log", "inbound", "--since", "1h", "--json")["items"] == []
 
 
 def test_log_prune_dry_run_then_prune(logged):
@@ -837,11 +839,11 @@ def test_log_prune_dry_run_then_prune(logged):
     rows = {k: n for k, n in dry["rows"].items() if n}
     # a2 is still queued: kept whatever its age
     assert rows == {"messages": 1, "deliveries": 1, "attempts": 2, "inbound_log": 1, "denied": 1}
-    assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["d1", "a2-sales", "a1-r1"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--json")["items"]] == ["d1", "a2-sales", "a1-r1"]
     out = logged.ok("log", "prune").stdout
     assert "event log:    kept forever ([spooler] event_log_days = 0)" in out
     assert "deleted:      1 messages, 1 deliveries, 2 attempts, 1 inbound log, 1 denied" in out
-    assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["a2-sales"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--json")["items"]] == ["a2-sales"]
     assert "deleted:      nothing" in logged.ok("log", "prune").stdout
 
 
@@ -1165,14 +1167,14 @@ def events_logged(env):
 
 
 def test_log_events_json_and_filters(events_logged):
-    rows = events_logged.json("log", "events", "--json")
+    rows = events_logged.json("log", "events", "--json")["items"]
     assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [
         ("b1", 2, "queued"), ("b1", 1, "failed"), ("q1", 1, "failed")]
     assert rows[1]["hostName"] == "mx.x.example" and rows[2]["hostName"] == "192.0.2.7"
     assert rows[1]["messageId"] == "<m@ours>"  # enriched from the queued event
-    assert [r["id"] for r in events_logged.json("log", "events", "--status", "queued", "--json")] == ["b1"]
-    assert [r["id"] for r in events_logged.json("log", "events", "--until", "2026-11-21", "--json")] == ["q1"]
-    assert len(events_logged.json("log", "events", "--since", "2026-11-21", "--limit", "1", "--json")) == 1
+    assert [r["id"] for r in events_logged.json("log", "events", "--status", "queued", "--json")["items"]] == ["b1"]
+    assert [r["id"] for r in events_logged.json("log", "events", "--until", "2026-11-21", "--json")["items"]] == ["q1"]
+    assert len(events_logged.json("log", "events", "--since", "2026-11-21", "--limit", "1", "--json")["items"]) == 1
     out = events_logged.ok("log", "events").stdout
     assert out.splitlines()[0].split()[:3] == ["RECEIVED", "STATUS", "TYPE"]
     assert "No event log entries match" in events_logged.ok("log", "events", "--status", "deferred").stdout

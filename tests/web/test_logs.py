@@ -78,7 +78,7 @@ def walk(stack, path: str, limit: int) -> tuple[list[dict], int]:
 def test_paging_walks_all_10000_rows_in_the_cli_order(stack, filled):
     rows, pages = walk(stack, "/v1/logs/inbound", 100)
     assert len(rows) == ROWS + 1 and pages == 101
-    listed = json.loads(stack.cli("log", "inbound", "--json", "--limit", "100000").stdout)
+    listed = json.loads(stack.cli("log", "inbound", "--json", "--limit", "100000").stdout)["items"]
     assert [r["id"] for r in rows] == [r["id"] for r in listed]
     assert rows == listed
 
@@ -126,7 +126,7 @@ def test_event_log_pages_filters_and_detail(stack, filled):
     rows, pages = walk(stack, "/v1/logs/events", 7)
     assert len(rows) == 50 and pages == 8
     assert [r["id"] for r in rows] == list(reversed(filled["events"]))
-    assert rows == json.loads(stack.cli("log", "events", "--json").stdout)
+    assert rows == json.loads(stack.cli("log", "events", "--json").stdout)["items"]
     one, _ = walk(stack, "/v1/logs/events?recipient=rcpt1@&endpoint=1&status=queued", 100)
     assert len(one) == len([i for i in range(50) if i % 3 == 1])
     assert walk(stack, "/v1/logs/events?endpoint=2", 100)[0] == []
