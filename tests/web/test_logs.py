@@ -152,7 +152,9 @@ def test_replay_one_delivery_one_event_and_a_range(stack, filled):
     not_sent = stack("POST", "/v1/logs/events/ev0001/replay", json_body={})
     assert not_sent.status == 400 and not_sent.code == "not_sent_yet"
     event = stack("POST", "/v1/logs/events/ev0000/replay", json_body={}).json()
-    assert [(r["id"], r["kind"]) for r in event["replayed"]] == [(filled["batch"], "batch")]
+    # alone in its batch: that batch goes again, with its webhook-id
+    assert [(r["id"], r["kind"], r["webhook_id"]) for r in event["replayed"]] == [
+        ("ev0000", "event", filled["batch"])]
     assert stack("GET", "/v1/logs/events/ev0000").json()["deliveries"][0]["status"] == "queued"
     entries = stack.cli.json("audit", "--limit", "1000")
     assert any(e["action"] == "log.inbound.replay" and e["target"] == did for e in entries)
