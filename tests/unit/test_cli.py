@@ -908,6 +908,21 @@ def test_log_show(logged):
     logged.fails("log", "show", "nope", match="no inbound log entry", code=1)
 
 
+def test_log_show_next_attempt_of_a_deferred_delivery(logged):
+    """The stored time of the next attempt, as the other times of `log show`; none once settled."""
+    from mxhook.store.statedb import StateStore
+
+    with StateStore(logged.state_db) as store:
+        store.record_attempt("a2-sales", at="2026-11-21T10:00:01.000000Z", outcome="deferred",
+                             status="deferred", status_code=503, error="HTTP 503",
+                             next_attempt_at="2026-11-21T10:07:41.500000Z")
+    assert logged.json("log", "show", "a2-sales", "--json")["next_attempt_at"] == "2026-11-21T10:07:41.500000Z"
+    out = logged.ok("log", "show", "a2-sales").stdout
+    assert "next attempt:   2026-11-21T10:07:41.500000Z\n" in out and "date:           2026-11-21T10:00:00" in out
+    assert "next attempt" not in logged.ok("log", "show", "a1-r1").stdout  # succeeded
+    assert logged.json("log", "show", "a1-r1", "--json")["next_attempt_at"] is None
+
+
 # -- event endpoints ------------------------------------------------------------------------
 
 EP_URL = "https://app.example.net/hooks/events"

@@ -288,6 +288,8 @@ def test_replay_one_event_of_a_batch_sends_it_alone_with_a_new_webhook_id(env):
     assert [(d["endpointId"], d["batchId"], d["status"]) for d in detail["deliveries"]] == [
         (ep.id, batch, "failed"), (other.id, detail["deliveries"][1]["batchId"], "succeeded"),
         (ep.id, new, "queued")]
+    assert detail["deliveries"][2]["nextAttemptAt"]  # due now: `log event` shows when
+    assert f"  next attempt: {detail['deliveries'][2]['nextAttemptAt']}" in env.run("log", "event", "e1").stdout
     # again: it is queued now
     res = env.run("replay", "e1")
     assert res.exit_code == 1 and f"e1 (endpoint {ep.id}): is already queued" in res.stderr
