@@ -78,7 +78,7 @@ def test_csv_exports_every_row_without_a_limit(env, log):
     res = env.run("log", log, "--csv")
     rows = csv_rows(res.stdout)
     assert len(rows) == ROWS and res.stderr == ""  # nothing cut, nothing said
-    assert res.stdout.split("\n")[0] == ",".join(logs.LOGS[log][1])
+    assert res.stdout.split("\n")[0] == ",".join(logs.log_of(log).columns)
     if log == "inbound":
         assert sum(",'=1+1@x.example," in r for r in rows) == 1  # formula-safe still
     # with --limit: that many, and the notice on stderr (the CSV on stdout stays clean)
@@ -131,6 +131,7 @@ def test_table_says_when_rows_were_cut(env):
     assert env.run("log", "inbound", "--page", "25").stderr == ""
     assert env.json("log", "inbound", "--page", "25")["next_cursor"] is None
     assert env.run("log", "inbound", "--status", "failed").stdout == "No inbound log entries match\n"
+    assert env.run("log", "inbound", "--page", "26").stdout == "No inbound log entries on page 26\n"
 
 
 def test_when_counting_is_slow_the_table_says_more(env, monkeypatch):

@@ -70,7 +70,7 @@ def emit_listing(cfg, log: str, *, filters: dict, limit: int | None, page: int |
         out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="",
                                write_through=True)
         try:
-            shown = write_csv(rows(), logs.LOGS[log][1], out)
+            shown = write_csv(rows(), logs.log_of(log).columns, out)
             out.flush()
         finally:
             out.detach()
@@ -84,7 +84,8 @@ def emit_listing(cfg, log: str, *, filters: dict, limit: int | None, page: int |
             emit_json({"items": items, "next_cursor": last["next_cursor"]})
             return
         if not items:
-            click.echo(f"No {what} entries" + (" match" if any(filters.values()) else ""))
+            click.echo(f"No {what} entries" + (" match" if any(filters.values()) else "")
+                       + (f" on page {page}" if page and page > 1 else " after the cursor" if cursor else ""))
         else:
             table(header, [cells(r) for r in items], max_width=48)
     if last["next_cursor"] is not None:

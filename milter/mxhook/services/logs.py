@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 import time
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from mxhook import config as configmod
 from mxhook.services.csvexport import header_line, row_line
@@ -114,15 +114,23 @@ def events_page(cfg: configmod.Config, *, status: str | None = None, since: str 
                  offset, {"since": since, "until": until, "endpoint": endpoint, "recipient": recipient})
 
 
-# log -> (its page, its CSV columns, its count, its cursor's key types, its statuses)
-LOGS = {"inbound": (inbound_page, INBOUND_COLUMNS, state_logs.inbound_count, INBOUND_KEY, LOG_STATUSES),
-        "events": (events_page, EVENT_COLUMNS, state_logs.event_count, EVENT_KEY, DELIVERY_STATUSES)}
+class Log(NamedTuple):
+    page: Callable[..., dict]  # inbound_page / events_page
+    columns: list[str]  # of its CSV
+    count: Callable[..., int | None]  # store.logs inbound_count / event_count
+    key_types: tuple  # of its cursors
+    statuses: tuple[str, ...]
 
 
-def _log(log: str) -> tuple:
-    if log not in LOGS:
-        raise Invalid(f"no log {log!r} (known: {', '.join(LOGS)})")
-    return LOGS[log]
+LOGS = {"inbound": Log(inbound_page, INBOUND_COLUMNS, state_logs.inbound_count, INBOUND_KEY, LOG_STATUSES),
+        "events": Log(events_page, EVENT_COLUMNS, state_logs.event_count, EVENT_KEY, DELIVERY_STATUSES)}
+
+
+def log_of(name: str) -> Log:
+    """The inbound ("inbound") or event ("events") log, by name."""
+    if name not in LOGS:
+        raise Invalid(f"no log {name!r} (known: {', '.join(LOGS)})")
+    return LOGS[name]
 
 
 def pages(cfg: configmod.Config, log: str, *, limit: int | None = None, cursor: str | None = None,
@@ -133,7 +141,7 @@ def pages(cfg: configmod.Config, log: str, *, limit: int | None = None, cursor: 
     of any length holds one page in memory. The last page's next_cursor continues after its
     last row (None: no more rows). The first page is read before this returns, so a refusal
     (a bad cursor or status) comes before anything is written."""
-    page_of = _log(log)[0]
+    page_of = log_of(log).page
 
     def read(cursor, offset, remaining):
         size = CSV_PAGE if remaining is None else min(CSV_PAGE, remaining)
@@ -157,10 +165,10 @@ def pages(cfg: configmod.Config, log: str, *, limit: int | None = None, cursor: 
 def count(cfg: configmod.Config, log: str, *, cursor: str | None = None, **filters) -> int | None:
     """How many rows of the log match the filters after `cursor` (None: from the newest); None
     when counting them would be slow (store.logs.COUNT_BUDGET)."""
-    counter, key_types, known = _log(log)[2:]
-    _known(filters.get("status"), known)
+    which = log_of(log)
+    _known(filters.get("status"), which.statuses)
     with state_store(cfg) as store:
-        return counter(store, after=decode_cursor(cursor, key_types), **filters)
+        return which.count(store, after=decode_cursor(cursor, which.key_types), **filters)
 
 
 def csv_chunks(cfg: configmod.Config, log: str, **filters) -> Iterator[str]:
@@ -168,7 +176,7 @@ def csv_chunks(cfg: configmod.Config, log: str, **filters) -> Iterator[str]:
     formula-safe CSV (services.csvexport), a page at a time (for a streamed download); the
     filters of inbound_page / events_page. The first page is read before the first chunk is
     given, so a refusal comes before anything is sent."""
-    columns = _log(log)[1]
+    columns = log_of(log).columns
     read = pages(cfg, log, **filters)
 
     def chunks() -> Iterator[str]:
