@@ -391,6 +391,9 @@ def event_count(store: StateStore, *, status: str | None = None, since=None, unt
                 after: tuple[str, int] | None = None, budget: float | None = None) -> int | None:
     """How many rows event_page's filters match after `after`; None: counting them would take
     longer than `budget` seconds."""
+    if (status, since, until, endpoint, recipient, after) == (None,) * 6:
+        # the whole log: its deliveries, counted from their table's b-tree without a join
+        return store.conn.execute("SELECT count(*) FROM event_deliveries").fetchone()[0]
     return bounded_count(store, *_event_query(status, since, until, endpoint, recipient, after, None, 0),
                          budget=budget)
 
