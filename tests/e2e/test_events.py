@@ -424,6 +424,39 @@ def test_log_events_csv(make_stack):
     assert "127.0.0.1" in hosts  # queued: the submitting client
 
 
+def test_replay_of_one_event_posts_it_alone_with_a_new_webhook_id(make_stack):
+    """`mxhook replay EVENT_ID`: one event of a failed batch of several goes alone, as a new
+    batch (a new webhook-id); `--dry-run` says where to, without the URL's query."""
+    st = event_stack(make_stack)
+    url = add_endpoint(st, "/events?key=s3cret")
+    st.receiver.script("/events", [(400, {}, b"bad"), (200, {}, b"")])  # the first batch fails
+    a, b = f"one@{OK_DOMAIN}", f"two@{OK_DOMAIN}"
+    res, _ = send_outbound(st, [a, b])
+    assert res.accepted, res
+    (_, doc), *_ = wait_for("the first batch posted", lambda: posts(st), st=st)
+    assert doc["count"] >= 2, doc  # the queued events of both recipients, at least
+    failed = wait_for("the first batch failed in the event log", lambda: [
+        r for r in st.cli.json("log", "events", "--status", "failed")["items"]], timeout=30, st=st)
+    event_id, batch = failed[0]["id"], failed[0]["batchId"]
+    assert batch == doc["batch_id"]
+
+    dry = st.cli("replay", event_id, "--dry-run").stdout
+    assert f"{event_id}  event to endpoint 1 -> {url.split('?')[0]}?…" in dry, dry
+    assert "would go alone in a new batch, with a new webhook-id" in dry and "s3cret" not in dry
+    (item,) = st.cli.json("replay", event_id)["replayed"]
+    new = item["webhook_id"]
+    assert new.startswith("evb_") and new != batch
+    (req, alone), = wait_for("the replayed event posted", lambda: [
+        (r, d) for r, d in posts(st) if r.headers["webhook-id"] == new], timeout=30, st=st)
+    assert [e["id"] for e in alone["events"]] == [event_id] and alone["batch_id"] == new
+    detail = wait_for("the replay succeeded in the event log", lambda: (
+        lambda d: d if [x["status"] for x in d["deliveries"]] == ["failed", "succeeded"] else None
+    )(st.cli.json("log", "event", event_id)), timeout=30, st=st)
+    assert [x["batchId"] for x in detail["deliveries"]] == [batch, new]
+    # the failed batch was not touched: it still replays whole, with its own webhook-id
+    assert [r["id"] for r in st.cli.json("replay", batch, "--dry-run")["replayed"]] == [batch]
+
+
 # -- 7. asynchronous bounce reports: only for mail we sent ------------------------------------------
 
 def delivery_report(final_recipient: str, message_id: str, report_id: str, *, to: str = APP,
