@@ -300,8 +300,14 @@ def test_replay_one_event_of_a_batch_sends_it_alone_with_a_new_webhook_id(env):
     assert res.exit_code == 0 and "same webhook-id" in res.stdout and f"alone in batch {new}" in res.stdout
     with env.state() as st:
         assert st.batch(new).status == "queued"
-    # the whole batch still replays with its own id
+    # the whole batch still replays with its own id; an event alone in its batch given with
+    # that batch is one replay
     assert [i["id"] for i in env.json("replay", batch)["replayed"]] == [batch]
+    with env.state() as st:
+        st.record_attempts([AttemptRecord(new, iso(), "failed", "failed", status_code=500, error="HTTP 500")])
+    both = env.json("replay", "e1", new)
+    assert [(i["kind"], i["id"]) for i in both["replayed"]] == [("event", "e1"), ("batch", new)]
+    assert both["skipped"] == []
 
 
 def test_replay_one_event_alone_in_its_batch_replays_that_batch(env):
@@ -320,6 +326,11 @@ def test_replay_of_an_event_refused(env):
             "type": "bounced", "at": at(10), "recipient": "x@y", "queue_id": "Q"})], endpoints=[ep])
     res = env.run("replay", "late")
     assert res.exit_code == 1 and "late (endpoint 1): is not sent yet (it waits for its batch)" in res.stderr
+    with env.state() as st:  # no endpoint takes it
+        ingest.records(st, [spool.Record(id="nowhere", kind="event", meta={
+            "type": "bounced", "at": at(10), "recipient": "x@y", "queue_id": "Q"})], endpoints=[])
+    res = env.run("replay", "nowhere")
+    assert res.exit_code == 1 and "event nowhere went to no endpoint" in res.stderr
     with pytest.raises(replaysvc.Invalid) as exc:  # the API's event replay
         replaysvc.replay_event(config.load(env.conf), "late")
     assert exc.value.code == "not_sent_yet"

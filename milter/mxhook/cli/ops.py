@@ -81,7 +81,8 @@ class _Progress:
 @click.option("--until", metavar="TIME", help="With --rule/--endpoint: before TIME.")
 @click.option("--force", is_flag=True,
               help="Queue items of a disabled rule/endpoint too (they wait until it is enabled).")
-@click.option("--dry-run", is_flag=True, help="List what would be replayed; change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="List what would be replayed and the URL each would go to; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @click.pass_context
 def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_json):

@@ -171,6 +171,10 @@ def replay(cfg: configmod.Config, *, ids=(), rule: str | None = None, endpoint: 
     def select(st: statedb.StateStore, rules: list, store) -> tuple[list[dict], str]:
         if ids:
             items, unknown = state_replay.replay_items(st, ids)
+            unsent = [key for key in unknown if state_replay.event_items(st, key) == []]
+            if unsent:
+                raise NotFound(f"event {', '.join(unsent)} went to no endpoint (none takes its type): "
+                               "nothing to replay")
             if unknown:
                 raise NotFound(f"no inbound delivery, event batch or event with id {', '.join(unknown)} "
                                "(see `mxhook log inbound` / `mxhook log events --json`)")
@@ -253,10 +257,10 @@ def _requeue(st: statedb.StateStore, todo: list, endpoints: dict, progress: Prog
     """Requeue in chunks, one transaction each (an event from a batch of several: one each);
     the item_keys of what was requeued."""
     key = state_replay.item_key
-    plain = {}  # the id requeued -> the item: an event alone in its batch is that batch
+    plain: dict[str, list] = {}  # the id requeued -> its items: an event alone in its batch is that batch
     for item, _, _ in todo:
         if item["kind"] != "event" or _alone(item):
-            plain[item["batch_id"] if item["kind"] == "event" else item["id"]] = item
+            plain.setdefault(item["batch_id"] if item["kind"] == "event" else item["id"], []).append(item)
     singles = [item for item, _, _ in todo if item["kind"] == "event" and not _alone(item)]
     ids = list(plain)
     targets = {item["id"]: target for item, target, _ in todo if target is not None}
@@ -264,8 +268,8 @@ def _requeue(st: statedb.StateStore, todo: list, endpoints: dict, progress: Prog
     total = len(ids) + len(singles)
     progress(0, total)
     for start in range(0, len(ids), REQUEUE_CHUNK):
-        done.update(key(plain[i]) for i in state_replay.requeue(
-            st, ids[start:start + REQUEUE_CHUNK], targets=targets))
+        for requeued in state_replay.requeue(st, ids[start:start + REQUEUE_CHUNK], targets=targets):
+            done.update(key(item) for item in plain[requeued])
         progress(min(start + REQUEUE_CHUNK, len(ids)), total)
     for n, item in enumerate(singles, 1):
         ep = endpoints.get(item["endpoint_id"])
