@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 
 import pytest
 
@@ -198,3 +199,40 @@ def test_state_db_is_only_read(env):
     before = os.stat(env.state_db).st_mtime_ns
     env.run("log", "events", "--csv")
     assert os.stat(env.state_db).st_mtime_ns == before
+
+
+@pytest.mark.parametrize("log,filters", [
+    ("inbound", {}), ("inbound", {"status": "denied", "since": "2026-11-21"}),
+    ("inbound", {"rule": "no_rule", "until": "2026-11-21T05:00"}),
+    ("inbound", {"recipient": "u1"}), ("inbound", {"recipient": "u1234@ours.example"}),
+    ("inbound", {"recipient": "@ours.example", "status": "denied"}), ("inbound", {"recipient": "*99@*"}),
+    ("inbound", {"recipient": "nobody@else.example"}),
+    ("events", {}), ("events", {"endpoint": 2, "status": "queued"}), ("events", {"recipient": "r12"}),
+    ("events", {"recipient": "@x.example", "since": "2026-11-21T03:00"}),
+])
+def test_count_is_what_the_pages_walk(env, log, filters):
+    """The cut notice's count, with every filter the pages take (the API's too), from the start
+    and after a cursor."""
+    rows = [r for page in logs.pages(env.cfg, log, **filters) for r in page["items"]]
+    assert logs.count(env.cfg, log, **filters) == len(rows)
+    first = logs.log_of(log).page(env.cfg, limit=10, **filters)
+    if first["next_cursor"]:
+        assert logs.count(env.cfg, log, cursor=first["next_cursor"], **filters) == len(rows) - 10
+
+
+def test_csv_memory_does_not_grow_with_the_rows(env, monkeypatch):
+    """Exporting ten times the rows takes about the memory of one page, not ten times more."""
+    monkeypatch.setattr(logs, "CSV_PAGE", 100)
+
+    def peak(limit: int) -> int:
+        tracemalloc.start()
+        try:
+            for _chunk in logs.csv_chunks(env.cfg, "inbound", limit=limit):
+                pass
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(100)  # warm: caches, compiled statements
+    small, large = peak(250), peak(2500)
+    assert large < small * 1.5, (small, large)
