@@ -167,7 +167,7 @@ def run() -> None:
 
         deadline = time.monotonic() + 15
         while True:
-            rows = json.loads(mxhook("log", "inbound", "--json").stdout)
+            rows = json.loads(mxhook("log", "inbound", "--json").stdout)["items"]
             if any(r["status"] == "succeeded" and r["to"] == ADDRESS for r in rows):
                 break
             if time.monotonic() > deadline:

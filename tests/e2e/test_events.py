@@ -301,7 +301,7 @@ def test_endpoint_filters_by_category(make_stack):
     # Every event is fanned out when it is ingested, and all have been (they reached /all): the
     # event log has one row per (event, endpoint), so a wrongly routed event would show there
     # even before its batch is posted.
-    rows = st.cli.json("log", "events", "--limit", "1000")
+    rows = st.cli.json("log", "events", "--limit", "1000")["items"]
     types_for = defaultdict(set)
     for row in rows:
         types_for[row["endpointUrl"]].add(row["type"])
@@ -404,7 +404,7 @@ def test_log_events_csv(make_stack):
     ids = {e["id"] for e in evs}
     rows = wait_for("every event delivery succeeded in the event log", lambda: (
         lambda rows: rows if {r["id"] for r in rows if r["status"] == "succeeded"} >= ids else None
-    )(st.cli.json("log", "events")), timeout=30, st=st)
+    )(st.cli.json("log", "events")["items"]), timeout=30, st=st)
     assert len(rows) == len(ids), rows
 
     out = st.cli("log", "events", "--csv").stdout
@@ -423,6 +423,39 @@ def test_log_events_csv(make_stack):
     # j macro for queued, the log lines' host for succeeded and bounced, the bounce's for
     # registered), not the sinks that answered nor the submitting client
     assert {r["hostName"] for r in table} == {"mx.mxhook.test"}
+
+
+def test_replay_of_one_event_posts_it_alone_with_a_new_webhook_id(make_stack):
+    """`mxhook replay EVENT_ID`: one event of a failed batch of several goes alone, as a new
+    batch (a new webhook-id); `--dry-run` says where to, without the URL's query."""
+    st = event_stack(make_stack)
+    url = add_endpoint(st, "/events?key=s3cret")
+    st.receiver.script("/events", [(400, {}, b"bad"), (200, {}, b"")])  # the first batch fails
+    a, b = f"one@{OK_DOMAIN}", f"two@{OK_DOMAIN}"
+    res, _ = send_outbound(st, [a, b])
+    assert res.accepted, res
+    (_, doc), *_ = wait_for("the first batch posted", lambda: posts(st), st=st)
+    assert doc["count"] >= 2, doc  # the queued events of both recipients, at least
+    failed = wait_for("the first batch failed in the event log", lambda: [
+        r for r in st.cli.json("log", "events", "--status", "failed")["items"]], timeout=30, st=st)
+    event_id, batch = failed[0]["id"], failed[0]["batchId"]
+    assert batch == doc["batch_id"]
+
+    dry = st.cli("replay", event_id, "--dry-run").stdout
+    assert f"{event_id}  event to endpoint 1 -> {url.split('?')[0]}?…" in dry, dry
+    assert "would go alone in a new batch, with a new webhook-id" in dry and "s3cret" not in dry
+    (item,) = st.cli.json("replay", event_id)["replayed"]
+    new = item["webhook_id"]
+    assert new.startswith("evb_") and new != batch
+    (req, alone), = wait_for("the replayed event posted", lambda: [
+        (r, d) for r, d in posts(st) if r.headers["webhook-id"] == new], timeout=30, st=st)
+    assert [e["id"] for e in alone["events"]] == [event_id] and alone["batch_id"] == new
+    detail = wait_for("the replay succeeded in the event log", lambda: (
+        lambda d: d if [x["status"] for x in d["deliveries"]] == ["failed", "succeeded"] else None
+    )(st.cli.json("log", "event", event_id)), timeout=30, st=st)
+    assert [x["batchId"] for x in detail["deliveries"]] == [batch, new]
+    # the failed batch was not touched: it still replays whole, with its own webhook-id
+    assert [r["id"] for r in st.cli.json("replay", batch, "--dry-run")["replayed"]] == [batch]
 
 
 # -- 7. asynchronous bounce reports: only for mail we sent ------------------------------------------
@@ -473,7 +506,7 @@ def test_forged_bounce_reports_neither_post_events_nor_block_addresses(make_stac
     assert not [e for e in evs if e["recipient"] == victim], summary(evs)
     assert victim not in {row["address"] for row in st.cli.json("block", "list")}
     assert kept in {row["address"] for row in st.cli.json("block", "list")}
-    assert not [row for row in st.cli.json("log", "events", "--limit", "1000") if row["recipient"] == victim]
+    assert not [row for row in st.cli.json("log", "events", "--limit", "1000")["items"] if row["recipient"] == victim]
     spooler_log = st.spooler.stderr_text()
     assert spooler_log.count("ignored a delivery-status report") == 2, spooler_log
     assert ("Message-ID '<never.sent@app.example>' naming 'victim@ok.example': no message with that"

@@ -231,7 +231,7 @@ def spool_files(stack, sub: str) -> list[str]:
 
 
 def inbound_rows(stack) -> list[dict]:
-    return stack.cli.json("log", "inbound", "--limit", "1000000")
+    return stack.cli.json("log", "inbound", "--limit", "1000000")["items"]
 
 
 def settle(stack, accepted_mids: set[str], timeout: float) -> list[dict]:

@@ -17,6 +17,7 @@ from mxhook.store import rulesdb
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
+from mxhook.services import replay as replaysvc
 from mxhook.store import ingest, logs, replay
 from mxhook.model.endpoints import Endpoint
 from mxhook.store.statedb import StateStore
@@ -324,17 +325,30 @@ def test_an_idle_spooler_picks_up_a_requeue(tmp_path, rx):
     assert [r.headers["webhook-id"] for r in rx.requests] == [did, did]
 
 
-def test_requeued_batch_goes_out_with_its_id_and_events(tmp_path, rx):
+def failed_batch(tmp_path, rx) -> tuple:
+    """An endpoint's first batch, of three events, posted and failed (422); the receiver answers
+    200 after. Returns (cfg, the events' ids, the failed batch as replay.failed_items gives it,
+    the spooler: close it)."""
     cfg = make_cfg(tmp_path)
     ep = add_endpoint(cfg, rx.url + "/ev", interval=1)
     rx.script("/ev", [(422, {}, b""), (200, {}, b""), (200, {}, b"")])
-    first = [write_event(cfg, "succeeded") for _ in range(3)]
+    events = [write_event(cfg, "succeeded") for _ in range(3)]
     c = Clocked(cfg)
     try:
         c.run()
-        later = [write_event(cfg, "deferred") for _ in range(2)]
         with StateStore(cfg.state_db) as st:
             (failed,) = replay.failed_items(st, endpoint_id=ep.id)
+    except BaseException:
+        c.close()
+        raise
+    return cfg, events, failed, c
+
+
+def test_requeued_batch_goes_out_with_its_id_and_events(tmp_path, rx):
+    cfg, first, failed, c = failed_batch(tmp_path, rx)
+    try:
+        later = [write_event(cfg, "deferred") for _ in range(2)]
+        with StateStore(cfg.state_db) as st:
             assert replay.requeue(st, [failed["id"]], now=T0 + 5) == [failed["id"]]
         c.run(T0 + 10)  # the replayed batch first (it is older: one open batch at a time)...
         c.run(T0 + 20)  # ...then a new one with what came meanwhile
@@ -344,3 +358,26 @@ def test_requeued_batch_goes_out_with_its_id_and_events(tmp_path, rx):
     assert [r.headers["webhook-id"] for r in reqs[:2]] == [failed["id"], failed["id"]]
     assert [e["id"] for e in reqs[1].json()["events"]] == first
     assert [e["id"] for e in reqs[2].json()["events"]] == later
+
+
+def test_one_replayed_event_goes_alone_with_a_new_webhook_id(tmp_path, rx):
+    """`mxhook replay EVENT_ID` (services.replay): the event of a failed batch of three is
+    posted alone, under a new webhook-id; its batch stays failed, and replayed whole later it
+    goes out with its own id and all three events."""
+    cfg, first, failed, c = failed_batch(tmp_path, rx)
+    try:
+        done = replaysvc.replay(cfg, ids=[first[1]])
+        ((item, note),) = done.replayed
+        assert item["kind"] == "event" and item["batch_id"] == failed["id"] and "sent alone" in note
+        c.run(T0 + 10)
+        with StateStore(cfg.state_db) as st:
+            assert st.batch(item["webhook_id"]).status == "succeeded"
+            assert st.batch(failed["id"]).status == "failed"
+        replaysvc.replay(cfg, ids=[failed["id"]])
+        c.run(T0 + 20)
+    finally:
+        c.close()
+    reqs = rx.requests
+    assert [r.headers["webhook-id"] for r in reqs] == [failed["id"], item["webhook_id"], failed["id"]]
+    assert [e["id"] for e in reqs[1].json()["events"]] == [first[1]]
+    assert [e["id"] for e in reqs[2].json()["events"]] == first

@@ -546,7 +546,7 @@ class MxhookStack:
         self.cli("rule", "add", name, "--url", self.endpoint(path), "--allow-http", *args)
 
     def inbound_log(self, *args: str) -> list[dict]:
-        return self.cli.json("log", "inbound", *args)
+        return self.cli.json("log", "inbound", *args)["items"]
 
     def wait_status(self, predicate, timeout: float = 15.0, *args: str) -> list[dict]:
         """Poll `mxhook log inbound --json` until `predicate(rows)` holds; returns the rows."""

@@ -831,18 +831,20 @@ def logged(env):
 
 
 def test_log_inbound_json_and_filters(logged):
-    rows = logged.json("log", "inbound", "--json")
+    listing = logged.json("log", "inbound", "--json")
+    assert listing["next_cursor"] is None
+    rows = listing["items"]
     assert [r["id"] for r in rows] == ["d1", "a2-sales", "a1-r1"]
     assert set(rows[0]) == {"id", "received", "status", "from", "to", "hostName", "messageId",
                             "filterName", "reason"}
     assert [r["status"] for r in rows] == ["denied", "queued", "succeeded"]
-    assert [r["id"] for r in logged.json("log", "inbound", "--status", "denied", "--json")] == ["d1"]
-    assert [r["id"] for r in logged.json("log", "inbound", "--since", "2026-11-21", "--json")] == [
+    assert [r["id"] for r in logged.json("log", "inbound", "--status", "denied", "--json")["items"]] == ["d1"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--since", "2026-11-21", "--json")["items"]] == [
         "d1", "a2-sales"]
     assert [r["id"] for r in logged.json("log", "inbound", "--since", "2026-11-21T11:00+01:00",
-                                         "--until", "2026-11-22", "--json")] == ["a2-sales"]
-    assert [r["id"] for r in logged.json("log", "inbound", "--limit", "1", "--json")] == ["d1"]
-    assert logged.json("log", "inbound", "--since", "1h", "--json") == []
+                                         "--until", "2026-11-22", "--json")["items"]] == ["a2-sales"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--limit", "1", "--json")["items"]] == ["d1"]
+    assert logged.json("log", "inbound", "--since", "1h", "--json")["items"] == []
 
 
 def test_log_prune_dry_run_then_prune(logged):
@@ -857,11 +859,11 @@ def test_log_prune_dry_run_then_prune(logged):
     rows = {k: n for k, n in dry["rows"].items() if n}
     # a2 is still queued: kept whatever its age
     assert rows == {"messages": 1, "deliveries": 1, "attempts": 2, "inbound_log": 1, "denied": 1}
-    assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["d1", "a2-sales", "a1-r1"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--json")["items"]] == ["d1", "a2-sales", "a1-r1"]
     out = logged.ok("log", "prune").stdout
     assert "event log:    kept forever ([spooler] event_log_days = 0)" in out
     assert "deleted:      1 messages, 1 deliveries, 2 attempts, 1 inbound log, 1 denied" in out
-    assert [r["id"] for r in logged.json("log", "inbound", "--json")] == ["a2-sales"]
+    assert [r["id"] for r in logged.json("log", "inbound", "--json")["items"]] == ["a2-sales"]
     assert "deleted:      nothing" in logged.ok("log", "prune").stdout
 
 
@@ -924,6 +926,21 @@ def test_log_show(logged):
     denied_out = logged.ok("log", "show", "d1").stdout
     assert "filter name:    no_rule" in denied_out and "no inbound rule matches" in denied_out
     logged.fails("log", "show", "nope", match="no inbound log entry", code=1)
+
+
+def test_log_show_next_attempt_of_a_deferred_delivery(logged):
+    """The stored time of the next attempt, as the other times of `log show`; none once settled."""
+    from mxhook.store.statedb import StateStore
+
+    with StateStore(logged.state_db) as store:
+        store.record_attempt("a2-sales", at="2026-11-21T10:00:01.000000Z", outcome="deferred",
+                             status="deferred", status_code=503, error="HTTP 503",
+                             next_attempt_at="2026-11-21T10:07:41.500000Z")
+    assert logged.json("log", "show", "a2-sales", "--json")["next_attempt_at"] == "2026-11-21T10:07:41.500000Z"
+    out = logged.ok("log", "show", "a2-sales").stdout
+    assert "next attempt:   2026-11-21T10:07:41.500000Z\n" in out and "date:           2026-11-21T10:00:00" in out
+    assert "next attempt" not in logged.ok("log", "show", "a1-r1").stdout  # succeeded
+    assert logged.json("log", "show", "a1-r1", "--json")["next_attempt_at"] is None
 
 
 # -- event endpoints ------------------------------------------------------------------------
@@ -1200,14 +1217,14 @@ def events_logged(env):
 
 
 def test_log_events_json_and_filters(events_logged):
-    rows = events_logged.json("log", "events", "--json")
+    rows = events_logged.json("log", "events", "--json")["items"]
     assert [(r["id"], r["endpointId"], r["status"]) for r in rows] == [
         ("b1", 2, "queued"), ("b1", 1, "failed"), ("q1", 1, "failed")]
     assert rows[1]["hostName"] == "mx2.ours.example" and rows[2]["hostName"] == "mx1.ours.example"
     assert rows[1]["messageId"] == "<m@ours>"  # enriched from the queued event
-    assert [r["id"] for r in events_logged.json("log", "events", "--status", "queued", "--json")] == ["b1"]
-    assert [r["id"] for r in events_logged.json("log", "events", "--until", "2026-11-21", "--json")] == ["q1"]
-    assert len(events_logged.json("log", "events", "--since", "2026-11-21", "--limit", "1", "--json")) == 1
+    assert [r["id"] for r in events_logged.json("log", "events", "--status", "queued", "--json")["items"]] == ["b1"]
+    assert [r["id"] for r in events_logged.json("log", "events", "--until", "2026-11-21", "--json")["items"]] == ["q1"]
+    assert len(events_logged.json("log", "events", "--since", "2026-11-21", "--limit", "1", "--json")["items"]) == 1
     out = events_logged.ok("log", "events").stdout
     assert out.splitlines()[0].split()[:3] == ["RECEIVED", "STATUS", "TYPE"]
     assert "No event log entries match" in events_logged.ok("log", "events", "--status", "deferred").stdout

@@ -139,7 +139,7 @@ def test_replay_refuses_what_is_not_failed_or_unknown(env):
     res = env.run("replay", ok)
     assert res.exit_code == 1 and "was delivered (succeeded)" in res.stderr
     res = env.run("replay", "nope-r1")
-    assert res.exit_code == 1 and "no inbound delivery or event batch with id nope-r1" in res.stderr
+    assert res.exit_code == 1 and "no inbound delivery, event batch or event with id nope-r1" in res.stderr
     for args in ((), ("--rule", "r1", "--endpoint", "1"), (ok, "--rule", "r1"), (ok, "--since", "1d")):
         res = env.run("replay", *args)
         assert res.exit_code == 2, args
@@ -236,6 +236,128 @@ def test_replay_by_endpoint(env):
         st.conn.execute("UPDATE event_batches SET status = 'failed'")
     res = env.run("replay", batches[ep.id])
     assert res.exit_code == 1 and f"endpoint {ep.id} is disabled" in res.stderr
+
+
+def _event_batches(env, *, sizes=(3,), url="https://app.example/ev?key=s3cret"):
+    """Endpoint 1 (a token in its URL's query) gets events e0.. in failed batches of `sizes`;
+    endpoint 2 gets them all in one batch that succeeded."""
+    with env.rules() as store:
+        ep = store.add_endpoint(Endpoint(Destination(url)))
+        other = store.add_endpoint(Endpoint(Destination("https://crm.example/ev")))
+    events = [f"e{i}" for i in range(sum(sizes))]
+    with env.state() as st:
+        ingest.records(st, [spool.Record(id=e, kind="event", meta={
+            "type": "bounced", "at": at(100), "recipient": "x@y", "queue_id": "Q"}) for e in events],
+            endpoints=[ep, other])
+        st.sync_endpoints([ep, other])
+        batches = [st.create_batch(ep.id, size) for size in sizes]
+        st.record_attempts([AttemptRecord(b.id, iso(), "failed", "failed", status_code=400,
+                                          error="HTTP 400 Bad Request") for b in batches])
+        ok = st.create_batch(other.id, 100)
+        st.record_attempts([AttemptRecord(ok.id, iso(), "succeeded", "succeeded", status_code=200)])
+    return ep, other, [b.id for b in batches], events
+
+
+def test_replay_one_event_of_a_batch_sends_it_alone_with_a_new_webhook_id(env):
+    ep, other, (batch,), events = _event_batches(env)
+    dry = env.run("replay", "e1", "--dry-run")
+    # its delivery to endpoint 2 succeeded: the event id names the failed one only
+    assert dry.exit_code == 0 and dry.stderr == "", (dry.stdout, dry.stderr)
+    assert f"e1  event to endpoint {ep.id} -> https://app.example/ev?…" in dry.stdout
+    assert "would go alone in a new batch, with a new webhook-id" in dry.stdout
+    assert f"its batch {batch} carried 3 events" in dry.stdout and "s3cret" not in dry.stdout
+    (item,) = env.json("replay", "e1", "--dry-run")["replayed"]
+    assert (item["id"], item["kind"], item["endpoint_id"], item["batch_id"], item["webhook_id"]) == (
+        "e1", "event", ep.id, batch, None)
+    assert item["url"] == "https://app.example/ev?…"
+    with env.state() as st:
+        assert st.batch(batch).status == "failed"  # a dry run changes nothing
+
+    out = env.json("replay", "e1")
+    (item,) = out["replayed"]
+    new = item["webhook_id"]
+    assert new.startswith("evb_") and new != batch and "sent alone as batch" in item["note"]
+    with env.state() as st:
+        single = st.batch(new)
+        assert (single.status, single.size, single.endpoint_id, single.attempts) == ("queued", 1, ep.id, 0)
+        assert [e["id"] for e in st.batch_events(single)] == ["e1"]
+        # the batch it came from keeps its events, id and status: replayable whole
+        assert (st.batch(batch).status, st.batch(batch).size) == ("failed", 3)
+        assert [e["id"] for e in st.batch_events(st.batch(batch))] == events
+    detail = env.json("log", "event", "e1")
+    assert [(d["endpointId"], d["batchId"], d["status"]) for d in detail["deliveries"]] == [
+        (ep.id, batch, "failed"), (other.id, detail["deliveries"][1]["batchId"], "succeeded"),
+        (ep.id, new, "queued")]
+    assert detail["deliveries"][2]["nextAttemptAt"]  # due now: `log event` shows when
+    assert f"  next attempt: {detail['deliveries'][2]['nextAttemptAt']}" in env.run("log", "event", "e1").stdout
+    # again: it is queued now
+    res = env.run("replay", "e1")
+    assert res.exit_code == 1 and f"e1 (endpoint {ep.id}): is already queued" in res.stderr
+    # failed again: alone in its batch now, so that batch goes (the same webhook-id)
+    with env.state() as st:
+        st.record_attempts([AttemptRecord(new, iso(), "failed", "failed", status_code=500, error="HTTP 500")])
+    res = env.run("replay", "e1")
+    assert res.exit_code == 0 and "same webhook-id" in res.stdout and f"alone in batch {new}" in res.stdout
+    with env.state() as st:
+        assert st.batch(new).status == "queued"
+    # the whole batch still replays with its own id; an event alone in its batch given with
+    # that batch is one replay
+    assert [i["id"] for i in env.json("replay", batch)["replayed"]] == [batch]
+    with env.state() as st:
+        st.record_attempts([AttemptRecord(new, iso(), "failed", "failed", status_code=500, error="HTTP 500")])
+    both = env.json("replay", "e1", new)
+    assert [(i["kind"], i["id"]) for i in both["replayed"]] == [("event", "e1"), ("batch", new)]
+    assert both["skipped"] == []
+
+
+def test_replay_one_event_alone_in_its_batch_replays_that_batch(env):
+    ep, _, batches, _ = _event_batches(env, sizes=(1, 1))
+    (item,) = env.json("replay", "e1")["replayed"]
+    assert (item["webhook_id"], item["batch_id"]) == (batches[1], batches[1])
+    with env.state() as st:
+        assert st.batch(batches[1]).status == "queued" and st.batch(batches[0]).status == "failed"
+        assert st.conn.execute("SELECT count(*) FROM event_batches").fetchone()[0] == 3  # none new
+
+
+def test_replay_of_an_event_refused(env):
+    ep, other, _, _ = _event_batches(env)
+    with env.state() as st:
+        ingest.records(st, [spool.Record(id="late", kind="event", meta={
+            "type": "bounced", "at": at(10), "recipient": "x@y", "queue_id": "Q"})], endpoints=[ep])
+    res = env.run("replay", "late")
+    assert res.exit_code == 1 and "late (endpoint 1): is not sent yet (it waits for its batch)" in res.stderr
+    with env.state() as st:  # no endpoint takes it
+        ingest.records(st, [spool.Record(id="nowhere", kind="event", meta={
+            "type": "bounced", "at": at(10), "recipient": "x@y", "queue_id": "Q"})], endpoints=[])
+    res = env.run("replay", "nowhere")
+    assert res.exit_code == 1 and "event nowhere went to no endpoint" in res.stderr
+    with pytest.raises(replaysvc.Invalid) as exc:  # the API's event replay
+        replaysvc.replay_event(config.load(env.conf), "late")
+    assert exc.value.code == "not_sent_yet"
+    # every delivery of the event succeeded (endpoint 2) or none failed: said for each
+    with env.state() as st:
+        st.conn.execute("UPDATE event_batches SET status = 'succeeded'")
+    res = env.run("replay", "e0")
+    assert res.exit_code == 1 and res.stderr.count("was delivered (succeeded)") == 2
+    with env.state() as st:
+        st.conn.execute("UPDATE event_batches SET status = 'failed'")
+    with env.rules() as store:
+        store.set_endpoint_enabled(ep.id, False)
+    res = env.run("replay", "e0")
+    assert res.exit_code == 1 and f"endpoint {ep.id} is disabled" in res.stderr
+    (item,) = [i for i in env.json("replay", "e0", "--force")["replayed"] if i["endpoint_id"] == ep.id]
+    assert "sent once it is enabled again" in item["note"] and "sent alone as batch" in item["note"]
+
+
+def test_replay_dry_run_shows_the_url_it_will_use(env):
+    """The rule's current URL (a replay goes with the current settings), without its query."""
+    rule = env.add_rule(url="https://hooks.example/old")
+    did = env.failed_delivery(rule)
+    with env.rules() as store:
+        store.replace_rule("r1", rules.Rule(name="r1", conditions=rule.conditions, destination=Destination(
+            "https://hooks.example/new?token=s3cret")))
+    res = env.run("replay", did, "--dry-run")
+    assert f"{did}  rule r1 -> https://hooks.example/new?…" in res.stdout and "s3cret" not in res.stdout
 
 
 def test_replay_progress(env, monkeypatch):

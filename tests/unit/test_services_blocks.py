@@ -1,7 +1,6 @@
 """services.blocks and services.logs called directly."""
 from __future__ import annotations
 
-import io
 import os
 import time
 
@@ -68,12 +67,15 @@ def test_block_add_whose_event_cannot_be_spooled_fails_after_the_write(cfg, monk
 
 def test_logs(cfg):
     with pytest.raises(Unavailable) as exc:
-        logs.inbound(cfg)
+        logs.inbound_page(cfg)
     assert exc.value.code == "state_db_missing"
     StateStore(cfg.state_db).close()
-    assert logs.inbound(cfg) == [] and logs.events(cfg, status="failed") == []
+    empty = {"items": [], "next_cursor": None}
+    assert logs.inbound_page(cfg) == empty and logs.events_page(cfg, status="failed") == empty
     with pytest.raises(Invalid, match="no status"):
-        logs.inbound(cfg, status="lost")
+        logs.inbound_page(cfg, status="lost")
+    with pytest.raises(Invalid, match="no status"):
+        logs.count(cfg, "events", status="denied")
     with pytest.raises(NotFound, match="no inbound log entry"):
         logs.inbound_detail(cfg, "nope")
     with pytest.raises(NotFound, match="no event with id"):
@@ -81,7 +83,7 @@ def test_logs(cfg):
     assert "received" in logs.INBOUND_COLUMNS and "endpointUrl" in logs.EVENT_COLUMNS
 
 
-def test_export_csv_writes_every_row(cfg):
+def test_csv_chunks_write_every_row(cfg):
     received = iso(time.time() - 60)
     with StateStore(cfg.state_db) as st:
         for n in range(120):  # more than a listing's default limit
@@ -89,11 +91,9 @@ def test_export_csv_writes_every_row(cfg):
                     "header_from": "=cmd@x.example", "subject": "s", "message_id": f"<m{n}@x>",
                     "deliveries": [{"recipients": ["in@ours.example"], "rule": RULE.target_record()}]}
             ingest.records(st, [spool.Record(id=spool.new_id(), kind="inbound", meta=meta, payload=b"\r\n")])
-    out = io.StringIO()
-    assert logs.export_csv(cfg, "inbound", out) == 120
-    lines = out.getvalue().splitlines()
+    lines = "".join(logs.csv_chunks(cfg, "inbound")).splitlines()
     assert lines[0] == ",".join(logs.INBOUND_COLUMNS) and len(lines) == 121
     assert ",'=cmd@x.example," in lines[1]  # formula-safe
-    assert logs.export_csv(cfg, "events", io.StringIO()) == 0
+    assert "".join(logs.csv_chunks(cfg, "events")).splitlines() == [",".join(logs.EVENT_COLUMNS)]
     with pytest.raises(Invalid, match="no log 'mail'"):
-        logs.export_csv(cfg, "mail", io.StringIO())
+        logs.csv_chunks(cfg, "mail")

@@ -53,7 +53,7 @@ def test_replay(cfg):
         replay.replay(cfg, ids=[did], since="1h")
     with pytest.raises(Invalid, match="--since: 'soon' is not a time"):
         replay.replay(cfg, rule="r1", since="soon")
-    with pytest.raises(NotFound, match="no inbound delivery or event batch with id nope"):
+    with pytest.raises(NotFound, match="no inbound delivery, event batch or event with id nope"):
         replay.replay(cfg, ids=["nope"])
 
     dry = replay.replay(cfg, rule="r1", dry_run=True)

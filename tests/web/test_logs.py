@@ -78,7 +78,7 @@ def walk(stack, path: str, limit: int) -> tuple[list[dict], int]:
 def test_paging_walks_all_10000_rows_in_the_cli_order(stack, filled):
     rows, pages = walk(stack, "/v1/logs/inbound", 100)
     assert len(rows) == ROWS + 1 and pages == 101
-    listed = json.loads(stack.cli("log", "inbound", "--json", "--limit", "100000").stdout)
+    listed = json.loads(stack.cli("log", "inbound", "--json", "--limit", "100000").stdout)["items"]
     assert [r["id"] for r in rows] == [r["id"] for r in listed]
     assert rows == listed
 
@@ -126,7 +126,7 @@ def test_event_log_pages_filters_and_detail(stack, filled):
     rows, pages = walk(stack, "/v1/logs/events", 7)
     assert len(rows) == 50 and pages == 8
     assert [r["id"] for r in rows] == list(reversed(filled["events"]))
-    assert rows == json.loads(stack.cli("log", "events", "--json").stdout)
+    assert rows == json.loads(stack.cli("log", "events", "--json").stdout)["items"]
     one, _ = walk(stack, "/v1/logs/events?recipient=rcpt1@&endpoint=1&status=queued", 100)
     assert len(one) == len([i for i in range(50) if i % 3 == 1])
     assert walk(stack, "/v1/logs/events?endpoint=2", 100)[0] == []
@@ -152,7 +152,9 @@ def test_replay_one_delivery_one_event_and_a_range(stack, filled):
     not_sent = stack("POST", "/v1/logs/events/ev0001/replay", json_body={})
     assert not_sent.status == 400 and not_sent.code == "not_sent_yet"
     event = stack("POST", "/v1/logs/events/ev0000/replay", json_body={}).json()
-    assert [(r["id"], r["kind"]) for r in event["replayed"]] == [(filled["batch"], "batch")]
+    # alone in its batch: that batch goes again, with its webhook-id
+    assert [(r["id"], r["kind"], r["webhook_id"]) for r in event["replayed"]] == [
+        ("ev0000", "event", filled["batch"])]
     assert stack("GET", "/v1/logs/events/ev0000").json()["deliveries"][0]["status"] == "queued"
     entries = stack.cli.json("audit", "--limit", "1000")
     assert any(e["action"] == "log.inbound.replay" and e["target"] == did for e in entries)

@@ -18,18 +18,27 @@ def log():
     """The inbound and event logs (in state.db), and their retention."""
 
 
+DEFAULT_LIMIT = 100  # rows of a table or --json listing; a CSV export has every row
+
+
 def log_listing(statuses: tuple[str, ...], status_help: str):
-    """The options every `mxhook log` listing takes (status filter, time window, limit, output)."""
+    """The options every `mxhook log` listing takes (status filter, time window, paging, output)."""
 
     def decorate(fn):
         for option in reversed((
             click.option("--status", type=click.Choice(statuses), help=status_help),
             click.option("--since", type=TimeType(), help="From this time on (ISO, or an age: 30m, 2h, 7d)."),
             click.option("--until", type=TimeType(), help="Up to this time (ISO, or an age)."),
-            click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
-                         help="At most this many entries, newest first."),
+            click.option("--limit", type=click.IntRange(min=1), metavar="N",
+                         help=f"At most N rows, newest first [default: {DEFAULT_LIMIT}; with --csv: "
+                              "every row]."),
+            click.option("--page", type=click.IntRange(min=1), metavar="K",
+                         help="Page K of --limit rows each (1: the newest)."),
+            click.option("--cursor", metavar="C",
+                         help="The rows after those a listing showed (the cursor it gave for more)."),
             click.option("--csv", "as_csv", is_flag=True, help="Output CSV."),
-            click.option("--json", "as_json", is_flag=True, help="Output JSON."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="Output JSON: {items, next_cursor}."),
         )):
             fn = option(fn)
         return fn
@@ -37,36 +46,78 @@ def log_listing(statuses: tuple[str, ...], status_help: str):
     return decorate
 
 
-def emit_listing(rows: list[dict], *, as_csv: bool, as_json: bool, columns: list[str],
-                 what: str, filtered: bool, header: list[str], cells) -> None:
-    """JSON, formula-safe CSV with exactly `columns`, or a table for humans."""
+def emit_listing(cfg, log: str, *, filters: dict, limit: int | None, page: int | None,
+                 cursor: str | None, as_csv: bool, as_json: bool, what: str, header: list[str],
+                 cells) -> None:
+    """A listing as JSON ({items, next_cursor}), formula-safe CSV streamed a page at a time, or
+    a table for humans; a table or CSV cut short says so on stderr, with how to get more."""
     if as_csv and as_json:
         raise InputError("choose either --csv or --json, not both")
-    if as_json:
-        emit_json(rows)
-    elif as_csv:
+    if page is not None and cursor is not None:
+        raise InputError("choose either --page or --cursor, not both")
+    if limit is None and (page is not None or not as_csv):
+        limit = DEFAULT_LIMIT
+    offset = (page - 1) * limit if page else 0
+    pages = logs.pages(cfg, log, limit=limit, cursor=cursor, offset=offset, **filters)
+    last: dict = {"items": [], "next_cursor": None}
+    if as_csv:
+        def rows():
+            for current in pages:
+                last.update(current)
+                yield from current["items"]
+
         # UTF-8 whatever the locale (the CSV is a file for other programs), LF line ends
         out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="",
                                write_through=True)
         try:
-            write_csv(rows, columns, out)
+            shown = write_csv(rows(), logs.log_of(log).columns, out)
             out.flush()
         finally:
             out.detach()
-    elif not rows:
-        click.echo(f"No {what} entries" + (" match" if filtered else ""))
     else:
-        table(header, [cells(r) for r in rows], max_width=48)
+        items = []
+        for current in pages:
+            items += current["items"]
+            last.update(current)
+        shown = len(items)
+        if as_json:
+            emit_json({"items": items, "next_cursor": last["next_cursor"]})
+            return
+        if not items:
+            click.echo(f"No {what} entries" + (" match" if any(filters.values()) else "")
+                       + (f" on page {page}" if page and page > 1 else " after the cursor" if cursor else ""))
+        else:
+            table(header, [cells(r) for r in items], max_width=48)
+    if last["next_cursor"] is not None:
+        total = logs.count(cfg, log, cursor=cursor, **filters)
+        click.echo(cut_notice(shown, total, offset=offset, page=page, cursor=cursor,
+                              next_cursor=last["next_cursor"]), err=True)
+
+
+def cut_notice(shown: int, total: int | None, *, offset: int, page: int | None,
+               cursor: str | None, next_cursor: str) -> str:
+    """'100 of 2,345 rows shown; --limit N, --page 2 or --cursor C for more' (`total` None:
+    counting was too slow, so 'more match')."""
+    if cursor is not None:
+        what = (f"{shown:,} of the {total:,} rows after the cursor shown" if total is not None
+                else f"{shown:,} rows after the cursor shown, more match")
+        return f"{what}; --cursor {next_cursor} for more"
+    if offset:
+        rows = f"rows {offset + 1:,}-{offset + shown:,}"
+        what = f"{rows} of {total:,} shown" if total is not None else f"{rows} shown, more match"
+    else:
+        what = f"{shown:,} of {total:,} rows shown" if total is not None else f"{shown:,} rows shown, more match"
+    return f"{what}; --limit N, --page {(page or 1) + 1} or --cursor {next_cursor} for more"
 
 
 @log.command("inbound")
 @log_listing(LOG_STATUSES, "Only this status.")
 @pass_app
-def log_inbound(app, status, since, until, limit, as_csv, as_json):
+def log_inbound(app, status, since, until, limit, page, cursor, as_csv, as_json):
     """List inbound mail: accepted (queued, succeeded, deferred, failed) and denied."""
-    rows = logs.inbound(app.cfg, status=status, since=since, until=until, limit=limit)
-    emit_listing(rows, as_csv=as_csv, as_json=as_json, columns=logs.INBOUND_COLUMNS, what="inbound log",
-                 filtered=bool(status or since or until),
+    emit_listing(app.cfg, "inbound", filters={"status": status, "since": since, "until": until},
+                 limit=limit, page=page, cursor=cursor, as_csv=as_csv, as_json=as_json,
+                 what="inbound log",
                  header=["RECEIVED", "STATUS", "FROM", "TO", "FILTER", "REASON", "ID"],
                  cells=lambda r: [short_time(r.get("received")), r.get("status"), r.get("from"),
                                   r.get("to"), r.get("filterName"), r.get("reason"), r.get("id")])
@@ -100,11 +151,11 @@ def log_show(app, entry_id, as_json):
 @log.command("events")
 @log_listing(DELIVERY_STATUSES, "Only this delivery status.")
 @pass_app
-def log_events(app, status, since, until, limit, as_csv, as_json):
+def log_events(app, status, since, until, limit, page, cursor, as_csv, as_json):
     """List event deliveries: one entry per (event, endpoint), with the webhook status."""
-    rows = logs.events(app.cfg, status=status, since=since, until=until, limit=limit)
-    emit_listing(rows, as_csv=as_csv, as_json=as_json, columns=logs.EVENT_COLUMNS, what="event log",
-                 filtered=bool(status or since or until),
+    emit_listing(app.cfg, "events", filters={"status": status, "since": since, "until": until},
+                 limit=limit, page=page, cursor=cursor, as_csv=as_csv, as_json=as_json,
+                 what="event log",
                  header=["RECEIVED", "STATUS", "TYPE", "RECIPIENT", "HOST", "ENDPOINT", "REASON", "ID"],
                  cells=lambda r: [short_time(r["received"]), r["status"], r["type"], r["recipient"],
                                   r["hostName"], r["endpointUrl"] or f"(endpoint {r['endpointId']})",

@@ -29,9 +29,17 @@ def _age(seconds: float | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # replay
 
+def _name(item: dict) -> str:
+    """An item's id; an event's with the endpoint (it has a delivery to each)."""
+    return f"{item['id']} (endpoint {item['endpoint_id']})" if item["kind"] == "event" else item["id"]
+
+
 def _label(item: dict) -> str:
+    """What goes where: the URL it would be posted to now (query and user:password left out)."""
     if item["kind"] == "delivery":
         return f"{item['id']}  rule {item['rule']} -> {item['url']}"
+    if item["kind"] == "event":
+        return f"{item['id']}  event to endpoint {item['endpoint_id']} -> {item['url']}"
     return f"{item['id']}  endpoint {item['endpoint_id']} ({item['size']} event(s)) -> {item['url']}"
 
 
@@ -62,7 +70,7 @@ class _Progress:
 
 
 @click.command("replay", context_settings=CONTEXT_SETTINGS,
-               short_help="Send failed deliveries or event batches again (same webhook-id).")
+               short_help="Send failed deliveries, event batches or events again.")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--rule", "rule_name", metavar="NAME",
               help="Every failed delivery of this inbound rule (in --since/--until).")
@@ -73,16 +81,20 @@ class _Progress:
 @click.option("--until", metavar="TIME", help="With --rule/--endpoint: before TIME.")
 @click.option("--force", is_flag=True,
               help="Queue items of a disabled rule/endpoint too (they wait until it is enabled).")
-@click.option("--dry-run", is_flag=True, help="List what would be replayed; change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="List what would be replayed and the URL each would go to; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @click.pass_context
 def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_json):
-    """Put failed inbound deliveries or event batches back in the queue.
+    """Put failed inbound deliveries, event batches or events back in the queue.
 
-    Give IDs (delivery ids as in `log inbound`, event batch ids `evb_...` as in `log events`,
-    or an inbound message id for all its deliveries), or --rule NAME or --endpoint URL|ID for
-    all failed ones, optionally in --since/--until. Each keeps its webhook-id and gets a fresh
-    retry period; the running spooler sends it within a second or so. Exit status 0 when
+    Give IDs (delivery ids as in `log inbound`, event batch ids `evb_...` as in `log events
+    --json`, an inbound message id for all its deliveries, or an event id as in `log events`
+    for just that event to each endpoint its delivery to failed), or --rule NAME or --endpoint
+    URL|ID for all failed ones, optionally in --since/--until. Each keeps its webhook-id (an
+    event from a batch of several goes alone, as a new batch with a new webhook-id) and gets
+    a fresh retry period; the running spooler sends it within a second or so. --dry-run shows
+    what would go where (the URL without its query or user:password). Exit status 0 when
     everything asked for was queued (or would be, with --dry-run), 1 when something was
     refused (listed with the reason).
     """
@@ -97,7 +109,7 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
         emit_json(done.as_dict())
     else:
         if not done.replayed and not done.skipped:
-            click.echo(f"Nothing to replay: no failed deliveries or batches for {done.scope}"
+            click.echo(f"Nothing to replay: no failed deliveries, batches or events for {done.scope}"
                        + (" in that time range" if done.ranged else ""))
         elif dry_run:
             click.echo(f"Would replay {len(done.replayed)} item(s) for {done.scope}:")
@@ -107,15 +119,20 @@ def replay(ctx, ids, rule_name, endpoint_key, since, until, force, dry_run, as_j
                 if note:
                     click.echo(f"    {note}")
         elif done.replayed:
-            deliveries = sum(1 for item, _ in done.replayed if item["kind"] == "delivery")
-            click.echo(f"Replayed {len(done.replayed)} item(s) for {done.scope}: {deliveries} inbound "
-                       f"delivery(ies), {len(done.replayed) - deliveries} event batch(es); same "
-                       "webhook-id, fresh retry period")
+            kinds = [item["kind"] for item, _ in done.replayed]
+            events = (f", {kinds.count('event')} event(s) (to an endpoint each)"
+                      if "event" in kinds else "")
+            renamed = any(item["kind"] == "event" and item["webhook_id"] != item["batch_id"]
+                          for item, _ in done.replayed)
+            click.echo(f"Replayed {len(done.replayed)} item(s) for {done.scope}: {kinds.count('delivery')} "
+                       f"inbound delivery(ies), {kinds.count('batch')} event batch(es){events}; "
+                       + ("webhook-ids as below" if renamed else "same webhook-id")
+                       + ", fresh retry period")
             for item, note in done.replayed:
                 if note:
-                    click.echo(f"  {item['id']}: {note}")
+                    click.echo(f"  {_name(item)}: {note}")
         for item, reason in done.skipped:
-            click.echo(f"Not replayed: {item['id']}: {reason}", err=True)
+            click.echo(f"Not replayed: {_name(item)}: {reason}", err=True)
     ctx.exit(1 if done.skipped else 0)
 
 

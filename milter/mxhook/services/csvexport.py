@@ -26,7 +26,6 @@ _IGNORABLE = frozenset(
     "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
     + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0)))
 )
-_NEEDS_QUOTES = (",", '"', "\r", "\n")
 
 
 def is_invisible(char: str) -> bool:
@@ -41,6 +40,8 @@ def starts_formula(text: str) -> bool:
     character."""
     if not text:
         return False
+    if "!" <= text[0] <= "~":  # visible ASCII, most cells: a formula character or nothing
+        return text[0] in FORMULA_CHARACTERS
     if text.startswith(DANGEROUS_FIRST):
         return True
     for char in text:
@@ -60,7 +61,7 @@ def safe_cell(value) -> str:
 
 
 def _field(text: str) -> str:
-    if any(c in text for c in _NEEDS_QUOTES):
+    if "," in text or '"' in text or "\r" in text or "\n" in text:
         return '"' + text.replace('"', '""') + '"'
     return text
 

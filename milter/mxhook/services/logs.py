@@ -1,16 +1,16 @@
-"""The inbound log and the event log, read from state.db: listings (newest first) and the
-details of one entry with its delivery attempts (services.csvexport writes a listing as CSV),
-and their retention (`prune`, what mxhook-spooler also does in the background)."""
+"""The inbound log and the event log, read from state.db: listings (newest first) a page at a
+time or as long as wanted (`pages`, `count`, `csv_chunks`: services.csvexport writes them), the
+details of one entry with its delivery attempts, and their retention (`prune`, what mxhook-spooler also does in the background)."""
 from __future__ import annotations
 
 import base64
 import binascii
 import json
 import time
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, NamedTuple
 
 from mxhook import config as configmod
-from mxhook.services.csvexport import header_line, row_line, write_csv
+from mxhook.services.csvexport import header_line, row_line
 from mxhook.services.errors import Invalid, NotFound
 from mxhook.services.stores import state_store
 from mxhook.store import logs as state_logs
@@ -21,32 +21,12 @@ INBOUND_COLUMNS = ["received", "status", "from", "to", "hostName", "messageId", 
 EVENT_COLUMNS = list(EVENT_LOG_KEYS)
 
 
-def _listing(cfg: configmod.Config, method: str, known, status, since, until, limit) -> list[dict]:
-    if status is not None and status not in known:
-        raise Invalid(f"no status {status!r} (known: {', '.join(known)})")
-    with state_store(cfg) as store:
-        return getattr(state_logs, method)(store, status=status, since=since, until=until, limit=limit)
-
-
-def inbound(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
-            until: str | None = None, limit: int | None = 100) -> list[dict]:
-    """Accepted (queued, succeeded, deferred, failed) and denied mail, newest first; `since`
-    and `until` are times as services.times.parse_time returns them."""
-    return _listing(cfg, "inbound_log", LOG_STATUSES, status, since, until, limit)
-
-
 def inbound_detail(cfg: configmod.Config, entry_id: str) -> dict:
     with state_store(cfg) as store:
         d = state_logs.inbound_detail(store, entry_id)
     if d is None:
         raise NotFound(f"no inbound log entry with id {entry_id!r}")
     return d
-
-
-def events(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
-           until: str | None = None, limit: int | None = 100) -> list[dict]:
-    """One entry per (event, endpoint), with the webhook status, newest first."""
-    return _listing(cfg, "event_log", DELIVERY_STATUSES, status, since, until, limit)
 
 
 def event_detail(cfg: configmod.Config, event_id: str) -> dict:
@@ -56,17 +36,6 @@ def event_detail(cfg: configmod.Config, event_id: str) -> dict:
     if d is None:
         raise NotFound(f"no event with id {event_id!r}")
     return d
-
-
-def export_csv(cfg: configmod.Config, log: str, out: TextIO, *, status: str | None = None,
-               since: str | None = None, until: str | None = None) -> int:
-    """Every row of the inbound (`log` "inbound") or event ("events") log in the window as
-    formula-safe CSV on `out`; returns the number of rows."""
-    listings = {"inbound": (inbound, INBOUND_COLUMNS), "events": (events, EVENT_COLUMNS)}
-    if log not in listings:
-        raise Invalid(f"no log {log!r} (known: {', '.join(listings)})")
-    listing, columns = listings[log]
-    return write_csv(listing(cfg, status=status, since=since, until=until, limit=None), columns, out)
 
 
 def prune(cfg: configmod.Config, *, dry_run: bool = False, now: float | None = None) -> dict:
@@ -88,7 +57,8 @@ def prune(cfg: configmod.Config, *, dry_run: bool = False, now: float | None = N
 # shift nor repeat the pages after it.
 
 MAX_PAGE = 1000
-CSV_PAGE = 1000
+CSV_PAGE = 1000  # rows read at once by a listing of any length (`pages`)
+INBOUND_KEY, EVENT_KEY = (str, str), (str, int)  # the types of a cursor's sort key
 
 
 def encode_cursor(key: tuple | None) -> str | None:
@@ -110,52 +80,108 @@ def decode_cursor(cursor: str | None, types: tuple) -> tuple | None:
     raise Invalid("the cursor is not one this API gave (use next_cursor as returned)", "bad_cursor")
 
 
-def _page(cfg: configmod.Config, reader, known: tuple, key_types: tuple, status, limit: int,
-          cursor, filters: dict) -> dict:
+def _known(status: str | None, known: tuple) -> None:
     if status is not None and status not in known:
         raise Invalid(f"no status {status!r} (known: {', '.join(known)})")
+
+
+def _page(cfg: configmod.Config, reader, known: tuple, key_types: tuple, status, limit: int,
+          cursor, offset: int, filters: dict) -> dict:
+    _known(status, known)
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid(f"limit must be 1..{MAX_PAGE}")
     after = decode_cursor(cursor, key_types)
     with state_store(cfg) as store:
-        rows, key = reader(store, status=status, after=after, limit=limit, **filters)
+        rows, key = reader(store, status=status, after=after, limit=limit, offset=offset, **filters)
     return {"items": rows, "next_cursor": encode_cursor(key)}
 
 
 def inbound_page(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
                  until: str | None = None, rule: str | None = None, recipient: str | None = None,
-                 cursor: str | None = None, limit: int = 100) -> dict:
-    """{items: rows as `inbound` gives them, next_cursor: the cursor of the next page or None}."""
-    return _page(cfg, state_logs.inbound_page, LOG_STATUSES, (str, str), status, limit, cursor,
-                 {"since": since, "until": until, "rule": rule, "recipient": recipient})
+                 cursor: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+    """{items: rows of the inbound log, newest first (store.logs.inbound_page), next_cursor:
+    the cursor of the next page or None}; `offset` rows after the cursor skipped."""
+    return _page(cfg, state_logs.inbound_page, LOG_STATUSES, INBOUND_KEY, status, limit, cursor,
+                 offset, {"since": since, "until": until, "rule": rule, "recipient": recipient})
 
 
 def events_page(cfg: configmod.Config, *, status: str | None = None, since: str | None = None,
                 until: str | None = None, endpoint: int | None = None, recipient: str | None = None,
-                cursor: str | None = None, limit: int = 100) -> dict:
-    """{items: rows as `events` gives them, next_cursor}."""
-    return _page(cfg, state_logs.event_page, DELIVERY_STATUSES, (str, int), status, limit, cursor,
-                 {"since": since, "until": until, "endpoint": endpoint, "recipient": recipient})
+                cursor: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+    """{items: one row per (event, endpoint) delivery with the webhook status, newest first
+    (store.logs.event_page), next_cursor}."""
+    return _page(cfg, state_logs.event_page, DELIVERY_STATUSES, EVENT_KEY, status, limit, cursor,
+                 offset, {"since": since, "until": until, "endpoint": endpoint, "recipient": recipient})
+
+
+class Log(NamedTuple):
+    page: Callable[..., dict]  # inbound_page / events_page
+    columns: list[str]  # of its CSV
+    count: Callable[..., int | None]  # store.logs inbound_count / event_count
+    key_types: tuple  # of its cursors
+    statuses: tuple[str, ...]
+
+
+LOGS = {"inbound": Log(inbound_page, INBOUND_COLUMNS, state_logs.inbound_count, INBOUND_KEY, LOG_STATUSES),
+        "events": Log(events_page, EVENT_COLUMNS, state_logs.event_count, EVENT_KEY, DELIVERY_STATUSES)}
+
+
+def log_of(name: str) -> Log:
+    """The inbound ("inbound") or event ("events") log, by name."""
+    if name not in LOGS:
+        raise Invalid(f"no log {name!r} (known: {', '.join(LOGS)})")
+    return LOGS[name]
+
+
+def pages(cfg: configmod.Config, log: str, *, limit: int | None = None, cursor: str | None = None,
+          offset: int = 0, **filters) -> Iterator[dict]:
+    """Up to `limit` rows (None: every one) of the inbound (`log` "inbound") or event ("events")
+    log after `cursor`, `offset` rows skipped, with the filters of inbound_page / events_page,
+    as pages ({items, next_cursor}) of at most CSV_PAGE rows read one at a time, so a listing
+    of any length holds one page in memory. The last page's next_cursor continues after its
+    last row (None: no more rows). The first page is read before this returns, so a refusal
+    (a bad cursor or status) comes before anything is written."""
+    page_of = log_of(log).page
+
+    def read(cursor, offset, remaining):
+        size = CSV_PAGE if remaining is None else min(CSV_PAGE, remaining)
+        return page_of(cfg, limit=size, cursor=cursor, offset=offset, **filters)
+
+    first = read(cursor, offset, limit)
+
+    def walk() -> Iterator[dict]:
+        page, remaining = first, limit
+        while True:
+            yield page
+            if remaining is not None:
+                remaining -= len(page["items"])
+            if page["next_cursor"] is None or remaining == 0:
+                return
+            page = read(page["next_cursor"], 0, remaining)
+
+    return walk()
+
+
+def count(cfg: configmod.Config, log: str, *, cursor: str | None = None, **filters) -> int | None:
+    """How many rows of the log match the filters after `cursor` (None: from the newest); None
+    when counting them would be slow (store.logs.COUNT_BUDGET)."""
+    which = log_of(log)
+    _known(filters.get("status"), which.statuses)
+    with state_store(cfg) as store:
+        return which.count(store, after=decode_cursor(cursor, which.key_types), **filters)
 
 
 def csv_chunks(cfg: configmod.Config, log: str, **filters) -> Iterator[str]:
-    """Every matching row of the inbound (`log` "inbound") or event ("events") log as the
-    formula-safe CSV `export_csv` writes, a page at a time (for a streamed download); the
+    """Every matching row of the inbound (`log` "inbound") or event ("events") log as
+    formula-safe CSV (services.csvexport), a page at a time (for a streamed download); the
     filters of inbound_page / events_page. The first page is read before the first chunk is
     given, so a refusal comes before anything is sent."""
-    pages = {"inbound": (inbound_page, INBOUND_COLUMNS), "events": (events_page, EVENT_COLUMNS)}
-    if log not in pages:
-        raise Invalid(f"no log {log!r} (known: {', '.join(pages)})")
-    page_of, columns = pages[log]
-    page = page_of(cfg, limit=CSV_PAGE, **filters)
+    columns = log_of(log).columns
+    read = pages(cfg, log, **filters)
 
     def chunks() -> Iterator[str]:
-        current = page
         yield header_line(columns)
-        while True:
-            yield "".join(row_line(row, columns) for row in current["items"])
-            if current["next_cursor"] is None:
-                return
-            current = page_of(cfg, limit=CSV_PAGE, **dict(filters, cursor=current["next_cursor"]))
+        for page in read:
+            yield "".join(row_line(row, columns) for row in page["items"])
 
     return chunks()

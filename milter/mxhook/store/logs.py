@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import string
 import time
 from dataclasses import asdict, dataclass, fields
@@ -41,11 +42,11 @@ def time_window(where: list[str], params: list, col: str, since, until) -> None:
 
 
 def _log_query(select: str, status: str | None, statuses: tuple[str, ...], status_expr: str,
-               time_col: str, since, until, order: str, limit: int | None,
-               filters: tuple[tuple[str, tuple], ...] = ()) -> tuple[str, list]:
+               time_col: str, since, until, order: str | None, limit: int | None,
+               filters: tuple[tuple[str, tuple], ...] = (), offset: int = 0) -> tuple[str, list]:
     """A log listing: `select` filtered by status, a [since, until) time window and `filters`
-    ((SQL condition, its parameters) each), ordered, limited. Times are ISO 8601 text,
-    datetimes or epoch seconds (naive = UTC)."""
+    ((SQL condition, its parameters) each), ordered (None: in no order, to count), limited,
+    `offset` rows skipped. Times are ISO 8601 text, datetimes or epoch seconds (naive = UTC)."""
     where, params = [], []
     if status is not None:
         if status not in statuses:
@@ -56,11 +57,34 @@ def _log_query(select: str, status: str | None, statuses: tuple[str, ...], statu
     for condition, values in filters:
         where.append(condition)
         params.extend(values)
-    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
+    sql = select + (" WHERE " + " AND ".join(where) if where else "")
+    if order is not None:
+        sql += f" ORDER BY {order}"
     if limit is not None:
-        sql += " LIMIT ?"
-        params.append(int(limit))
+        sql += " LIMIT ? OFFSET ?"
+        params.extend((int(limit), int(offset)))
     return sql, params
+
+
+# counting a listing's rows stops after this long (seconds): its table then says "more"
+COUNT_BUDGET = 0.25
+
+
+def bounded_count(store: StateStore, sql: str, params: list, budget: float | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> int | None:
+    """The number of rows `sql` gives, or None when counting takes longer than `budget`
+    seconds (None: COUNT_BUDGET; a million events joined to their batches: SQLite is
+    interrupted)."""
+    deadline = clock() + (COUNT_BUDGET if budget is None else budget)
+    store.conn.set_progress_handler(lambda: clock() > deadline, 1000)
+    try:
+        return store.conn.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "interrupt" not in str(exc):
+            raise
+        return None
+    finally:
+        store.conn.set_progress_handler(None, 0)
 
 
 def _page(rows: list, limit: int, key) -> tuple[list, tuple | None]:
@@ -137,16 +161,37 @@ def inbound_log(store: StateStore, status: str | None = None, since=None, until=
 
 def inbound_page(store: StateStore, *, status: str | None = None, since=None, until=None,
                  rule: str | None = None, recipient: str | None = None,
-                 after: tuple[str, str] | None = None, limit: int = 100) -> tuple[list[dict], tuple | None]:
+                 after: tuple[str, str] | None = None, limit: int = 100,
+                 offset: int = 0) -> tuple[list[dict], tuple | None]:
     """One page of inbound_log's order (newest first): rows after the key `after` (None: from
-    the newest), filtered as inbound_log and by `rule` (the filter name: a rule's, or the
-    heuristic that denied) and `recipient` (recipient_search); returns (rows, the key of the
-    next page or None)."""
+    the newest), `offset` more skipped, filtered as inbound_log and by `rule` (the filter name:
+    a rule's, or the heuristic that denied) and `recipient` (recipient_search); returns (rows,
+    the key of the next page or None)."""
+    query = _inbound_query(store, status, since, until, rule, recipient, after, limit + 1, offset)
+    if query is None:
+        return [], None
+    rows, key = _page(store.conn.execute(*query).fetchall(), limit, lambda r: (r[1], r[0]))
+    return [_log_row(row) for row in rows], key
+
+
+def inbound_count(store: StateStore, *, status: str | None = None, since=None, until=None,
+                  rule: str | None = None, recipient: str | None = None,
+                  after: tuple[str, str] | None = None, budget: float | None = None) -> int | None:
+    """How many rows inbound_page's filters match after `after`; None: counting them would take
+    longer than `budget` seconds."""
+    query = _inbound_query(store, status, since, until, rule, recipient, after, None, 0)
+    return 0 if query is None else bounded_count(store, *query, budget=budget)
+
+
+def _inbound_query(store: StateStore, status, since, until, rule, recipient, after,
+                   limit: int | None, offset: int) -> tuple[str, list] | None:
+    """The SQL of inbound_page (`limit` None: unordered and unlimited, to count); None: no row
+    can match."""
     search = recipient_search(recipient) if recipient is not None else None
     narrowed = rule is not None or status is not None
     plan, key = _recipient_plan(store, search, narrowed) if search is not None else ("log", "")
     if plan == "none":
-        return [], None
+        return None
     if plan in ("log", "filter"):
         select, prefix, params = _LOG_SELECT, "", []
     else:
@@ -170,10 +215,10 @@ def inbound_page(store: StateStore, *, status: str | None = None, since=None, un
     at, id_ = ("r.received", "r.log_id") if prefix else ("received", "id")
     if after is not None:
         filters.append((f"({at}, {id_}) < (?, ?)", tuple(after)))
-    sql, more = _log_query(select, status, LOG_STATUSES, f"{prefix}status", at,
-                           since, until, f"{at} DESC, {id_} DESC", limit + 1, tuple(filters))
-    rows, key = _page(store.conn.execute(sql, params + more).fetchall(), limit, lambda r: (r[1], r[0]))
-    return [_log_row(row) for row in rows], key
+    sql, more = _log_query(select, status, LOG_STATUSES, f"{prefix}status", at, since, until,
+                           f"{at} DESC, {id_} DESC" if limit is not None else None, limit,
+                           tuple(filters), offset)
+    return sql, params + more
 
 
 def _key_range(prefix: str) -> tuple[str, str]:
@@ -325,11 +370,33 @@ def event_log(store: StateStore, status: str | None = None, since=None, until=No
 
 def event_page(store: StateStore, *, status: str | None = None, since=None, until=None,
                endpoint: int | None = None, recipient: str | None = None,
-               after: tuple[str, int] | None = None, limit: int = 100) -> tuple[list[dict], tuple | None]:
-    """One page of event_log's order: rows after the key `after`, filtered as event_log and by
-    `endpoint` (its id) and `recipient` (recipient_search: an address or a domain reads an index, a
-prefix or a pattern scans the events newest first); returns
-    (rows, the key of the next page or None)."""
+               after: tuple[str, int] | None = None, limit: int = 100,
+               offset: int = 0) -> tuple[list[dict], tuple | None]:
+    """One page of event_log's order: rows after the key `after`, `offset` more skipped,
+    filtered as event_log and by `endpoint` (its id) and `recipient` (recipient_search: an
+    address or a domain reads an index, a prefix or a pattern scans the events newest first);
+    returns (rows, the key of the next page or None)."""
+    sql, params = _event_query(status, since, until, endpoint, recipient, after, limit + 1, offset)
+    rows, key = _page(store.conn.execute(sql, params).fetchall(), limit, lambda r: (r[1], r[10]))
+    metas = store.enrich([_load_event(row[3]) for row in rows])
+    return [_event_log_row(row, meta) for row, meta in zip(rows, metas)], key
+
+
+def event_count(store: StateStore, *, status: str | None = None, since=None, until=None,
+                endpoint: int | None = None, recipient: str | None = None,
+                after: tuple[str, int] | None = None, budget: float | None = None) -> int | None:
+    """How many rows event_page's filters match after `after`; None: counting them would take
+    longer than `budget` seconds."""
+    if (status, since, until, endpoint, recipient, after) == (None,) * 6:
+        # the whole log: its deliveries, counted from their table's b-tree without a join
+        return store.conn.execute("SELECT count(*) FROM event_deliveries").fetchone()[0]
+    return bounded_count(store, *_event_query(status, since, until, endpoint, recipient, after, None, 0),
+                         budget=budget)
+
+
+def _event_query(status, since, until, endpoint, recipient, after, limit: int | None,
+                 offset: int) -> tuple[str, list]:
+    """The SQL of event_page (`limit` None: unordered and unlimited, to count)."""
     filters = []
     if endpoint is not None:
         filters.append(("d.endpoint_id = ?", (int(endpoint),)))
@@ -342,12 +409,9 @@ prefix or a pattern scans the events newest first); returns
             filters.append(_recipient_like("e.recipient", (kind, text)))
     if after is not None:
         filters.append(("(e.received, d.seq) < (?, ?)", tuple(after)))
-    sql, params = _log_query(_EVENT_LIST_SELECT, status, DELIVERY_STATUSES,
-                             "COALESCE(b.status, 'queued')", "e.received", since, until,
-                             "e.received DESC, d.seq DESC", limit + 1, tuple(filters))
-    rows, key = _page(store.conn.execute(sql, params).fetchall(), limit, lambda r: (r[1], r[10]))
-    metas = store.enrich([_load_event(row[3]) for row in rows])
-    return [_event_log_row(row, meta) for row, meta in zip(rows, metas)], key
+    return _log_query(_EVENT_LIST_SELECT, status, DELIVERY_STATUSES, "COALESCE(b.status, 'queued')",
+                      "e.received", since, until, "e.received DESC, d.seq DESC" if limit is not None else None,
+                      limit, tuple(filters), offset)
 
 
 def event_detail(store: StateStore, event_id: str) -> dict | None:

@@ -1,14 +1,16 @@
-"""state.db for the admin: what ids name (`replay_items`), the failed deliveries and batches
-of a rule or endpoint (`failed_items`), putting them back into the queue (`requeue`, the
-`mxhook replay` write: another process than the spooler, which notices through PRAGMA
-data_version), and the numbers of `mxhook status` (`status_summary`). Functions over a
-StateStore's connection."""
+"""state.db for the admin: what ids name (`replay_items`, `event_items`), the failed deliveries
+and batches of a rule or endpoint (`failed_items`), putting them back into the queue (`requeue`,
+and `requeue_event` for one event of a batch: the `mxhook replay` writes, from another process
+than the spooler, which notices through PRAGMA data_version or reads its open batches each
+turn), and the numbers of `mxhook status` (`status_summary`). Functions over a StateStore's
+connection."""
 from __future__ import annotations
 
 import json
 import time
 from typing import Iterable
 
+from mxhook import spool
 from mxhook.model.records import iso, to_datetime
 from mxhook.model.targets import Target
 from mxhook.store.logs import time_window
@@ -32,6 +34,16 @@ _ITEM_BATCH = (
 )
 
 
+# an event's deliveries, one per endpoint (and one more for each replay of it alone), newest last
+_ITEM_EVENT = (
+    "SELECT e.id, COALESCE(b.status, 'queued'), d.endpoint_id, COALESCE(ep.url, b.url), e.received,"
+    " b.last_error, b.last_status_code, b.attempts, b.size, d.batch_id, d.seq"
+    " FROM events e JOIN event_deliveries d ON d.event_id = e.id"
+    " LEFT JOIN event_batches b ON b.id = d.batch_id"
+    " LEFT JOIN event_endpoints ep ON ep.id = d.endpoint_id"
+)
+
+
 def _delivery_item(row) -> dict:
     target = json.loads(row[4])
     return {"id": row[0], "kind": "delivery", "status": row[1], "rule": row[3],
@@ -46,10 +58,35 @@ def _batch_item(row) -> dict:
             "last_status_code": row[6], "attempts": row[7], "size": row[8]}
 
 
+def _event_item(row) -> dict:
+    return {"id": row[0], "kind": "event", "status": row[1], "endpoint_id": row[2], "url": row[3],
+            "received": row[4], "last_error": row[5], "last_status_code": row[6],
+            "attempts": row[7], "size": 1, "batch_id": row[9], "batch_size": row[8], "seq": row[10]}
+
+
+def event_items(store: StateStore, event_id: str) -> list[dict] | None:
+    """The latest delivery of event `event_id` to each endpoint that took it, as items of kind
+    `event` (id: the event id; status: its batch's, `queued` before it is in one; batch_id,
+    batch_size: that batch; seq: the delivery row), by endpoint; None: no such event."""
+    if store.conn.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone() is None:
+        return None
+    latest: dict[int, dict] = {}
+    for row in store.conn.execute(_ITEM_EVENT + " WHERE e.id = ? ORDER BY d.endpoint_id, d.seq",
+                                  (event_id,)):
+        latest[row[2]] = _event_item(row)
+    return list(latest.values())
+
+
+def item_key(item: dict) -> tuple:
+    """What tells replay items apart: an event's delivery to each endpoint is one."""
+    return item["kind"], item["id"], item.get("endpoint_id")
+
+
 def replay_items(store: StateStore, ids: Iterable[str]) -> tuple[list[dict], list[str]]:
     """What the given ids name, in any status: (items, ids that name nothing). An id is a
-    delivery id, an event batch id (`evb_...`), or an inbound record id (its deliveries).
-    Items are dicts with `kind` `delivery` or `batch` (see `failed_items`)."""
+    delivery id, an event batch id (`evb_...`), an inbound record id (its deliveries), or an
+    event id (its latest delivery to each endpoint: `event_items`). Items are dicts with `kind`
+    `delivery`, `batch` (see `failed_items`) or `event`."""
     items, unknown, seen = [], [], set()
     for key in ids:
         if key.startswith(BATCH_PREFIX):
@@ -59,12 +96,13 @@ def replay_items(store: StateStore, ids: Iterable[str]) -> tuple[list[dict], lis
             rows = [_delivery_item(r) for r in store.conn.execute(
                 _ITEM_DELIVERY + " WHERE d.id = ?", (key,))] or [
                 _delivery_item(r) for r in store.conn.execute(
-                    _ITEM_DELIVERY + " WHERE d.message_id = ? ORDER BY d.id", (key,))]
+                    _ITEM_DELIVERY + " WHERE d.message_id = ? ORDER BY d.id", (key,))] or (
+                event_items(store, key) or [])
         if not rows:
             unknown.append(key)
         for item in rows:
-            if item["id"] not in seen:
-                seen.add(item["id"])
+            if item_key(item) not in seen:
+                seen.add(item_key(item))
                 items.append(item)
     return items, unknown
 
@@ -135,11 +173,44 @@ def requeue(store: StateStore, ids: Iterable[str], *, now=None, targets: dict[st
                     refs = [("rule", rule_ref(*r)) for r in conn.execute(
                         "SELECT rule_id, rule_name FROM deliveries WHERE id = ?", (key,))]
             for kind, ref in refs:
-                conn.execute("UPDATE target_health SET failing_since = NULL, updated = ?"
-                             " WHERE kind = ? AND ref = ?", (at, kind, ref))
+                _fresh_streak(conn, kind, ref, at)
             if n:
                 done.append(key)
     return done
+
+
+def _fresh_streak(conn, kind: str, ref: str, at: str) -> None:
+    conn.execute("UPDATE target_health SET failing_since = NULL, updated = ? WHERE kind = ? AND ref = ?",
+                 (at, kind, ref))
+
+
+def requeue_event(store: StateStore, item: dict, *, url: str | None = None, now=None) -> str | None:
+    """A new delivery of one event (an item of `event_items`) to its endpoint, alone: a new
+    batch of just that event, queued and due now, with a new id (its `webhook-id`: the
+    failed batch it was in carried other events too, and keeps its own id, status and
+    history, so it can still be replayed whole). Only while that delivery is still failed and
+    still the event's latest to the endpoint; returns the new batch's id, or None. `url`: the
+    endpoint's current URL, for the log. The endpoint's failure streak starts afresh, as for
+    `requeue`."""
+    at = iso(now)
+    with transaction(store.conn) as conn:
+        current = conn.execute(
+            "SELECT b.status FROM event_deliveries d JOIN event_batches b ON b.id = d.batch_id"
+            " WHERE d.seq = ? AND NOT EXISTS (SELECT 1 FROM event_deliveries x WHERE"
+            " x.event_id = d.event_id AND x.endpoint_id = d.endpoint_id AND x.seq > d.seq)",
+            (item["seq"],)).fetchone()
+        if current is None or current[0] != "failed":
+            return None
+        batch_id = BATCH_PREFIX + spool.new_id()
+        conn.execute(
+            "INSERT INTO event_batches (id, endpoint_id, url, created, size, status, attempts,"
+            " next_attempt_at, last_error, updated) VALUES (?, ?, ?, ?, 1, 'queued', 0, ?, ?, ?)",
+            (batch_id, item["endpoint_id"], url, at, at, REPLAYED, at))
+        conn.execute("INSERT INTO event_deliveries (endpoint_id, event_id, added, batch_id)"
+                     " VALUES (?, ?, ?, ?)",
+                     (item["endpoint_id"], item["id"], to_datetime(at).timestamp(), batch_id))
+        _fresh_streak(conn, "endpoint", str(item["endpoint_id"]), at)
+    return batch_id
 
 
 # status ---------------------------------------------------------------------------------------

@@ -588,7 +588,7 @@ def log_events_get(event_id):
 
 
 @route("POST", "/logs/events/<event_id>/replay", "log.events.replay",
-       "Replay the failed batches that carried an event.", body=REPLAY_ONE)
+       "Replay an event alone to each endpoint its delivery to failed.", body=REPLAY_ONE)
 def log_events_replay(event_id):
     data = body_of(spec_of("log.events.replay"))
     g.audit_detail = data
