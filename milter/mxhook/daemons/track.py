@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from mxhook import config, spool
-from mxhook.daemons import logsetup
+from mxhook.daemons import logsetup, systemd
 from mxhook.model import keyring, machine
 
 log = logging.getLogger("mxhook-track")
@@ -40,7 +40,7 @@ class TrackSettings(config.FromConfig):
 
 
 def serve_options(settings: TrackSettings) -> dict:
-    """waitress.serve's keyword arguments for `settings`."""
+    """waitress.create_server's keyword arguments for `settings`."""
     options = {"listen": settings.listen, "threads": settings.threads, "ident": "mxhook-track",
                "max_request_body_size": 65536, "clear_untrusted_proxy_headers": True}
     if settings.trusted_proxy:
@@ -69,6 +69,11 @@ def build_app(settings: TrackSettings, writer):
 
 
 def main(argv: list[str] | None = None) -> int:
+    with systemd.SignalThread(signal.SIGHUP) as reload:  # before waitress starts its threads
+        return _run(argv, reload)
+
+
+def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
     parser = argparse.ArgumentParser(prog="mxhook-track",
                                      description="Serve mxhook's tracking endpoint "
                                                  "(docs/tracking-endpoint.md).")
@@ -93,11 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("listening on http://%s (waitress, %d threads)", settings.listen, settings.threads)
     try:
-        waitress.serve(app, **serve_options(settings))
+        server = waitress.create_server(app, **serve_options(settings))
     except OSError as exc:  # e.g. the address is in use
         log.error("cannot listen on %s: %s", settings.listen, exc)
+        writer.close()
         return 1
+    # A reload applies [tracking] log and log_level; the rest is read at start.
+    reload.action = systemd.Reload("mxhook-track", "tracking", cfg, (TrackSettings,), frozenset(),
+                                   path=args.config)
+    systemd.ready(f"listening on {settings.listen}")
+    try:
+        server.run()
     finally:
+        systemd.stopping()
         writer.close()
     return 0
 
