@@ -161,7 +161,9 @@ def test_reload_changes_the_log_level(conf):
 def test_reload_tells_the_service_manager(conf, notify_socket):
     reload = systemd.Reload("mxhook-spooler", "spooler", configmod.load(conf), (SpoolerSettings,),
                             RELOADABLE, path=conf, monotonic_ns=lambda: 5_000_000)
+    systemd.ready("delivering")
+    received(notify_socket)
     reload()
     assert received(notify_socket) == ["RELOADING=1", "STATUS=reloading the configuration",
                                        "MONOTONIC_USEC=5000"]
-    assert received(notify_socket) == ["READY=1", "STATUS=running"]
+    assert received(notify_socket) == ["READY=1", "STATUS=delivering"]  # ready again, as before

@@ -37,6 +37,7 @@ except ImportError:  # pip install without the [systemd] extra
 log = logging.getLogger(__name__)
 
 _missing_said = False
+_ready_status = "running"  # the last READY=1's STATUS, told again after a reload
 
 
 def notify(*fields: str) -> bool:
@@ -60,6 +61,8 @@ def notify(*fields: str) -> bool:
 
 
 def ready(status: str) -> bool:
+    global _ready_status
+    _ready_status = status
     return notify("READY=1", f"STATUS={status}")
 
 
@@ -155,7 +158,7 @@ class Reload:
         try:
             self.reload()
         finally:
-            notify("READY=1", "STATUS=running")
+            notify("READY=1", f"STATUS={_ready_status}")
 
     def reload(self) -> list[tuple[str, str]]:
         """Read, compare, apply; the keys applied."""

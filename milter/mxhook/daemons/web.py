@@ -78,9 +78,12 @@ def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
     except OSError as exc:  # e.g. the address is in use
         log.error("cannot listen on %s: %s", settings.listen, exc)
         return 1
-    # A reload applies [web] log and log_level; the rest is read at start.
-    reload.action = systemd.Reload("mxhook-web", "web", cfg, (WebSettings,), frozenset(),
-                                   path=args.config)
+    # A reload applies [web] log and log_level; the rest (and what the API's services read)
+    # is read at start.
+    reload.action = systemd.Reload(
+        "mxhook-web", "web", cfg, (WebSettings,), frozenset(), path=args.config,
+        also_reads=(*((s, k) for s in ("web", "paths") for k in config.SECTIONS[s]),
+                    ("http", "allow_networks")))
     systemd.ready(f"listening on {settings.listen}")
     try:
         server.run()
