@@ -11,10 +11,13 @@ import time
 
 import pytest
 
+from mxhook.daemons import systemd
 from tests.support.daemons import (
     LogfollowProcess, MilterProcess, MxhookConfig, SpoolerProcess, TrackProcess, WebProcess,
     logfollow_settings)
 from tests.support.ports import free_port
+
+pytestmark = pytest.mark.skipif(systemd._sd is None, reason="no python3-systemd (pip install 'mxhook[systemd]')")
 
 
 class Notifications:
