@@ -140,8 +140,12 @@ def test_logfollow_is_ready_when_following_and_reloads_on_sighup(tmp_path, notif
         stop_and_check(follower, notifications)
 
 
-@pytest.mark.parametrize("kind", ["web", "track"])
-def test_web_and_track_are_ready_when_listening_and_reload_their_log_level(tmp_path, notifications, kind):
+@pytest.mark.parametrize("kind, hot, applied", [
+    ("web", {"log_level": "debug"}, "[web] log_level = 'debug'"),
+    ("track", {"log_level": "debug", "privacy": "aggregate"},
+     "[tracking] log_level = 'debug', [tracking] privacy = 'aggregate'"),
+])
+def test_web_and_track_are_ready_when_listening_and_reload(tmp_path, notifications, kind, hot, applied):
     port = free_port()
     section = "web" if kind == "web" else "tracking"
     cfg = MxhookConfig(str(tmp_path), socket="unix:/nonexistent/milter.sock", overrides={
@@ -151,9 +155,7 @@ def test_web_and_track_are_ready_when_listening_and_reload_their_log_level(tmp_p
         assert notifications.wait_for("READY")["STATUS"] == f"listening on 127.0.0.1:{port}"
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
-        reload_and_check(daemon, cfg, notifications, signal.SIGHUP,
-                         hot={section: {"log_level": "debug"}},
-                         cold={section: {"threads": "2"}},
-                         applied=f"[{section}] log_level = 'debug'",
+        reload_and_check(daemon, cfg, notifications, signal.SIGHUP, hot={section: hot},
+                         cold={section: {"threads": "2"}}, applied=applied,
                          waiting=f"[{section}] threads changed")
         stop_and_check(daemon, notifications)

@@ -49,9 +49,23 @@ def serve_options(settings: TrackSettings) -> dict:
     return options
 
 
+# The [tracking] keys `systemctl reload` applies: the app reads its Options at each request
+# (machine_burst_seconds sizes its click window: a restart).
+RELOADABLE = frozenset(("tracking", k) for k in (
+    "privacy", "machine_click_seconds", "machine_burst_links", "machine_rules_off"))
+
+
+def options(settings: TrackSettings):
+    """The app's Options of `settings`."""
+    from mxhook.track.app import Options
+
+    return Options(settings.privacy, settings.machine_click_seconds, settings.machine_burst_links,
+                   settings.machine_burst_seconds, settings.machine_rules_off)
+
+
 def build_app(settings: TrackSettings, writer):
     """The WSGI app over `settings`, writing its events with `writer`."""
-    from mxhook.track.app import Options, Sources, TrackApp
+    from mxhook.track.app import Sources, TrackApp
     from mxhook.track.clients import Watched, open_geoip, read_text
 
     keys = Watched(settings.key_file, lambda p: keyring.parse_keys(read_text(p)), (),
@@ -62,10 +76,7 @@ def build_app(settings: TrackSettings, writer):
     if not keys.value:
         log.warning("no tracking key in %s: every token is answered 404 until one is there",
                     settings.key_file)
-    options = Options(settings.privacy, settings.machine_click_seconds,
-                      settings.machine_burst_links, settings.machine_burst_seconds,
-                      settings.machine_rules_off)
-    return TrackApp(writer, Sources(keys.get, rules.get, geoip.get), options)
+    return TrackApp(writer, Sources(keys.get, rules.get, geoip.get), options(settings))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +114,12 @@ def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
         log.error("cannot listen on %s: %s", settings.listen, exc)
         writer.close()
         return 1
-    # A reload applies [tracking] log and log_level; the rest is read at start.
-    reload.action = systemd.Reload("mxhook-track", "tracking", cfg, (TrackSettings,), frozenset(),
-                                   path=args.config)
+
+    def apply(merged: config.Config) -> None:
+        app.options = options(TrackSettings.from_config(merged))
+
+    reload.action = systemd.Reload("mxhook-track", "tracking", cfg, (TrackSettings,), RELOADABLE,
+                                   apply, path=args.config)
     systemd.ready(f"listening on {settings.listen}")
     try:
         server.run()
