@@ -2,8 +2,8 @@
 
 Readiness. The units are `Type=notify`: systemd counts a daemon started when it sends READY=1,
 which each sends once it truly serves (the milter: its socket exists, with its mode and group,
-so the milter unit's `Before=postfix.service` means Postfix never starts without it; web and
-track: listening; spooler and log follower: state opened, the loop about to run). STATUS= is the
+so the milter unit's `Before=postfix.service` makes Postfix start once the socket is there; web
+and track: listening; spooler and log follower: state opened, the loop about to run). STATUS= is the
 line `systemctl status` shows; STOPPING=1 says a stop began. Sent with python3-systemd
 (`systemd.daemon.notify`, a Depends of the package; `pip install 'mxhook[systemd]'`). Without
 NOTIFY_SOCKET (tests, a run in a terminal, a Type=simple unit) nothing is sent. Without the
