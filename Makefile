@@ -9,7 +9,7 @@ APT_PACKAGES := postfix python3-milter python3-requests python3-idna python3-jin
 	python3-spf python3-dkim python3-nacl python3-authheaders python3-authres python3-dnspython python3-publicsuffix2 \
 	python3-flask python3-waitress python3-prometheus-client \
 	python3-flaskext.wtf chromium chromium-driver python3-selenium dkimpy-milter \
-	python3-user-agents python3-geoip2 python3-yaml python3-pytest-xdist
+	python3-user-agents python3-geoip2 python3-yaml python3-pytest-xdist python3-systemd
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 

@@ -265,6 +265,11 @@ for u in "${UNITS[@]}"; do
     if command -v systemd-analyze >/dev/null; then
         check "systemd-analyze verify $u.service" systemd-analyze verify "$UNITDIR/$u.service"
     fi
+    # Type=notify: started means ready (the milter's socket exists before Postfix starts).
+    check "$u.service is Type=notify with an ExecReload" \
+        sh -c "grep -qx 'Type=notify' '$UNITDIR/$u.service' && grep -q '^ExecReload=/bin/kill -[A-Z0-9]* \\\$MAINPID\$' '$UNITDIR/$u.service'"
+    [ "$u" = mxhook-milter ] || check "$u.service cannot write in Postfix's chroot" \
+        sh -c "! grep '^ReadWritePaths=' '$UNITDIR/$u.service' | grep -q /var/spool/postfix"
 done
 
 # Step 6 posts to a receiver on 127.0.0.1, which the SSRF guard refuses unless allowlisted: set
@@ -506,6 +511,17 @@ run_hook() {
     ok "hook $hook"
 }
 run_hook
+
+# `systemctl reload`: each running daemon takes its unit's ExecReload signal (the milter's is
+# not SIGHUP, libmilter's stop) and keeps running.
+for u in mxhook-milter mxhook-spooler mxhook-web mxhook-track; do
+    sig=$(unit_value "$u" ExecReload | sed -n 's/^\/bin\/kill -\([A-Z0-9]*\) .*/\1/p')
+    [ -n "$sig" ] || fail "$u.service: no ExecReload=/bin/kill -SIGNAL \$MAINPID"
+    kill -s "$sig" "${DAEMON_PID[$u]}"
+    sleep 1
+    alive "$u" || fail "$u exited on SIG$sig, its unit's reload (see $u.log)"
+    ok "$u reloads on SIG$sig and keeps running"
+done
 
 # --------------------------------------------------------------------------------------------
 say "stop, remove, reinstall, purge"

@@ -22,9 +22,9 @@ SUITES=${SUITES:-tests/unit tests/milter tests/spooler tests/logfollow tests/e2e
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 start=$(date +%s)
 
-BUILD_PACKAGES=(libmilter-dev gcc python3-dev python3-venv)
+BUILD_PACKAGES=(libmilter-dev libsystemd-dev pkg-config gcc python3-dev python3-venv)
 if ! dpkg -s "${BUILD_PACKAGES[@]}" >/dev/null 2>&1; then
-    echo "test-newest: installing ${BUILD_PACKAGES[*]} (to build pymilter)"
+    echo "test-newest: installing ${BUILD_PACKAGES[*]} (to build pymilter and systemd-python)"
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${BUILD_PACKAGES[@]}"
 fi
@@ -36,7 +36,7 @@ PY=$VENV/bin/python
 # Eager upgrade: every dependency (and theirs) is the newest release, not whatever satisfied a
 # bound. Editable, as in .venv: the tests import the source tree (tests/conftest.py) and the
 # e2e daemons run the venv's console scripts, so both run the same code.
-"$PY" -m pip install -q --upgrade --upgrade-strategy eager -e "$SRC[test]"
+"$PY" -m pip install -q --upgrade --upgrade-strategy eager -e "$SRC[test,systemd]"
 
 echo "test-newest: versions used"
 "$PY" - <<'EOF'

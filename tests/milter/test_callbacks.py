@@ -8,7 +8,7 @@ import pytest
 
 from mxhook import config
 from mxhook import spool
-from mxhook.daemons.milter import MilterSettings, MxhookMilter, Wiring
+from mxhook.daemons.milter import MilterSettings, MxhookMilter, Wiring, reloader
 from mxhook.model.message import header_section
 from mxhook.model.rules import Rule, parse_condition
 from mxhook.model.targets import Destination
@@ -608,3 +608,20 @@ def test_bench_null_milter_negotiates_exactly_what_mxhook_does():
     null = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(null)
     assert null.NullMilter.protocol_mask() == MxhookMilter.protocol_mask()
+
+
+def test_a_reload_gives_new_connections_the_new_settings_and_keeps_the_rest(env):
+    ctx = env()
+    assert ctx.send(["<someone@elsewhere.example>"], HEADERS) == ("rcpt", Milter.REJECT)
+    original = Milter.factory
+    try:
+        reloader(env.wiring)(config.from_dict({
+            "paths": {"spool_dir": env.spool_dir},
+            "milter": {"discard_via": "transport", "unknown_domains": "pass"}}))
+        wiring = Milter.factory.args[0]
+        assert wiring.policy.unknown_domains == "pass"
+        assert (wiring.segments, wiring.blocklist) == (env.wiring.segments, env.wiring.blocklist)
+        assert Connection(wiring).send(["<someone@elsewhere.example>"], HEADERS)[1] != Milter.REJECT
+        assert ctx.milter.wiring.policy.unknown_domains == "reject"  # a connection keeps its own
+    finally:
+        Milter.factory = original

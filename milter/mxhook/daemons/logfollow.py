@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 from mxhook import config
 from mxhook.model import events
-from mxhook.daemons import logsetup
+from mxhook.daemons import logsetup, systemd
 from mxhook.postfix import maillog
 from mxhook.postfix.logsource import (STATE_VERSION, choose_source, describe, load_state,
                                       postfix_maillog_file, postfix_parameter)
@@ -668,6 +668,7 @@ class Follower:
 
     def run(self) -> int:
         alive = heartbeat.Heartbeat(heartbeat.path_for(self.s.state_file, heartbeat.LOGFOLLOW))
+        systemd.ready(f"following {describe(self.chosen)}")
         try:
             while not self.stopping:
                 alive.beat()  # for `mxhook check`: this loop is progressing
@@ -685,6 +686,7 @@ class Follower:
                         return 1
                     self._sleep(self.s.poll_interval)
         finally:
+            systemd.stopping()
             self.source.close()
             alive.stop()
         self.log_stats(final=True)
@@ -699,7 +701,17 @@ class Follower:
             time.sleep(min(left, 0.1))
 
 
+# The [logfollow] keys `systemctl reload` applies: the loop reads them from Follower.s as it
+# goes. The others (the source, the position file, the correlator's) need a restart.
+RELOADABLE = frozenset(("logfollow", k) for k in ("poll_interval", "batch_lines", "stats_interval"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    with systemd.SignalThread(signal.SIGHUP) as reload:  # before any other thread starts
+        return _run(argv, reload)
+
+
+def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
     parser = argparse.ArgumentParser(
         prog="mxhook-logfollow",
         description="Follow Postfix's log and spool delivery events for mxhook.",
@@ -725,6 +737,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signal.signal(signal.SIGTERM, follower.stop)
     signal.signal(signal.SIGINT, follower.stop)
+
+    def apply(merged: config.Config) -> None:
+        follower.s = LogfollowSettings.from_config(merged)
+
+    reload.action = systemd.Reload("mxhook-logfollow", "logfollow", cfg, (LogfollowSettings,),
+                                   RELOADABLE, apply, path=args.config)
     (log.warning if follower.chosen.missing else log.info)(
         "following %s, spooling events to %s", describe(follower.chosen), settings.spool_dir)
     try:

@@ -23,6 +23,7 @@ events' reason says why).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import grp
 import ipaddress
@@ -44,7 +45,7 @@ import Milter
 
 from mxhook import config as configmod
 from mxhook import spool
-from mxhook.daemons import logsetup
+from mxhook.daemons import logsetup, systemd
 from mxhook.mailauth import verify
 from mxhook.mailauth.authenticate import AuthSettings, authenticator
 from mxhook.model import inbound
@@ -652,17 +653,80 @@ def prepare_socket_dir(path: str, group: str) -> None:
         os.chmod(directory, 0o2750)
 
 
+# libmilter takes SIGHUP as a stop (as SIGTERM): `systemctl reload` sends this one.
+RELOAD_SIGNAL = signal.SIGUSR1
+
+# The keys a reload applies (docs/install.md, "Reload"): each new connection takes a Wiring
+# with the settings read again. The others (the socket, the rules watcher's, [authentication],
+# [tracking] but its two addresses) are read only at start.
+HOT_KEYS = frozenset({("milter", k) for k in (
+    "unknown_domains", "trusted_networks", "outbound_daemon_names", "event_headers", "blocklist",
+    "heuristic_from_permitted_domain", "heuristic_from_equals_to", "missing_from", "discard_via",
+    "max_rcpt_refusals", "postfix_config_dir", "postfix_check_interval", "max_message_size")}
+    | {("tracking", "feedback_address"), ("tracking", "unsubscribe_address")})
+
+
 def main(argv: list[str] | None = None) -> int:
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
-        return _run(argv)
+        with systemd.SignalThread(RELOAD_SIGNAL) as reload:
+            return _run(argv, reload)
     finally:
         # Called in-process (tests, a wrapper), the caller's threads and children get their
         # signals back.
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _run(argv: list[str] | None) -> int:
+def reloader(wiring: Wiring) -> Callable[[configmod.Config], None]:
+    """A Reload's `apply`: new connections get a Wiring with the settings of the Config given
+    (sharing the rules, block list, spool writer, authentication and tracking); a connection
+    under way keeps the one it started with."""
+    current = [wiring]
+
+    def apply(cfg: configmod.Config) -> None:
+        current[0] = dataclasses.replace(current[0], settings=MilterSettings.from_config(cfg))
+        Milter.factory = current[0].factory()
+
+    return apply
+
+
+def serve(socket_spec: str, timeout: int, on_listening: Callable[[], None]) -> None:
+    """Milter.runmilter, calling `on_listening` once the socket exists: runmilter opens it
+    (libmilter's smfi_opensocket) before it enters libmilter's loop, whose backlog holds
+    Postfix's first connections until then."""
+    opensocket = Milter.milter.opensocket
+
+    def opened(*args):
+        answer = opensocket(*args)
+        on_listening()
+        return answer
+
+    Milter.milter.opensocket = opened
+    try:
+        Milter.runmilter("mxhook", socket_spec, timeout)
+    finally:
+        Milter.milter.opensocket = opensocket
+
+
+def listening(socket_spec: str, group: str) -> str:
+    """The STATUS= line once the socket exists; a unix socket's mode and group are checked
+    (Postfix gets EACCES without them)."""
+    path = socket_path(socket_spec)
+    if path:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            log.warning("the milter socket %s cannot be looked at: %s", path, exc)
+        else:
+            gid = grp.getgrnam(group).gr_gid if group else st.st_gid
+            if st.st_mode & 0o777 != 0o660 or st.st_gid != gid:
+                log.warning("the milter socket %s is mode %o, group %d, not 0660 and group %s: "
+                            "Postfix may not connect", path, st.st_mode & 0o777, st.st_gid,
+                            group or st.st_gid)
+    return f"listening on {socket_spec}"
+
+
+def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
     parser = argparse.ArgumentParser(prog="mxhook-milter", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help=f"config file (default: $MXHOOK_CONFIG or {configmod.DEFAULT_PATH})")
     args = parser.parse_args(argv)
@@ -722,9 +786,13 @@ def _run(argv: list[str] | None) -> int:
         if missing:
             log.warning("[tracking] key_file %s %s: nothing is tracked until `mxhook tracking "
                         "rotate-key` makes one", tracking.key_file, missing)
+    reload.action = systemd.Reload(
+        "mxhook-milter", "milter", cfg, (MilterSettings, AuthSettings, TrackingSettings), HOT_KEYS,
+        reloader(wiring), path=args.config, also_reads=(("paths", "rules_db"),))
     try:
-        Milter.runmilter("mxhook", socket_spec, timeout)
+        serve(socket_spec, timeout, lambda: systemd.ready(listening(socket_spec, socket_group)))
     finally:
+        systemd.stopping()
         wiring.segments.close()
         watcher.stop()
     log.info("stopped")

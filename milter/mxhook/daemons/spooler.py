@@ -112,7 +112,7 @@ from mxhook.model.records import iso, to_datetime
 from mxhook import config as config_mod
 from mxhook.store import rulesdb as db_mod
 from mxhook.delivery import webhook
-from mxhook.daemons import logsetup
+from mxhook.daemons import logsetup, systemd
 from mxhook import heartbeat, spool
 from mxhook.payloads import events as event_payloads
 from mxhook.store import endpointbatches, ingest, logs, statedb
@@ -300,6 +300,16 @@ class Spooler:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def reload(self, settings: SpoolerSettings) -> None:
+        """Take the RELOADABLE keys of `settings` (`systemctl reload`, from the reload thread:
+        each is one attribute the loop and the workers read as they go)."""
+        self.poll_interval = settings.poll_interval
+        self.max_response_bytes = settings.max_response_bytes
+        self.user_agent = settings.user_agent
+        self.scale = settings.retry_time_scale
+        self.disable_after_days = self.health.disable_after_days = settings.disable_after_days
+        self.log_unknown_domains = settings.log_unknown_domains
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)  # posts under way finish
@@ -841,6 +851,7 @@ class Spooler:
     def run(self) -> None:
         log.info("started: spool %s, state %s, %d worker(s)", self.spool_dir, self.cfg.state_db, self.workers)
         alive = heartbeat.Heartbeat(heartbeat.path_for(self.cfg.state_db, heartbeat.SPOOLER))
+        systemd.ready(f"delivering: spool {self.spool_dir}, {self.workers} worker(s)")
         while not self.stopping:
             alive.beat()  # for `mxhook check`: this loop is progressing
             try:
@@ -851,6 +862,7 @@ class Spooler:
                 _raise_if_damage(exc)
                 log.exception("error in the spooler loop; continuing")
                 self._stop.wait(self.poll_interval)
+        systemd.stopping(f"stopping: waiting for {len(self.inflight)} post(s) in flight")
         if self.inflight:
             log.info("stopping: waiting for %d post(s) in flight", len(self.inflight))
         self.drain()
@@ -979,7 +991,18 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 1000)
 
 
+# The [spooler] keys `systemctl reload` applies (Spooler.reload); the others need a restart.
+RELOADABLE = frozenset(("spooler", k) for k in (
+    "poll_interval", "max_response_bytes", "user_agent", "retry_time_scale", "disable_after_days",
+    "log_unknown_domains"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    with systemd.SignalThread(signal.SIGHUP) as reload:  # before any other thread starts
+        return _run(argv, reload)
+
+
+def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
     parser = argparse.ArgumentParser(prog="mxhook-spooler", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help=f"config file (default: $MXHOOK_CONFIG or {config_mod.DEFAULT_PATH})")
     parser.add_argument("--once", action="store_true",
@@ -990,6 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
         logsetup.setup("mxhook-spooler", cfg.get("spooler", "log"), cfg.get("spooler", "log_level"))
         # urllib3's debug lines carry request URLs, whose query strings may hold tokens
         logging.getLogger("urllib3").setLevel(logging.WARNING)
+        systemd.status(f"opening {cfg.state_db} (and migrating it after an upgrade)")
         spooler = Spooler(cfg)
     except integrity.StateDamaged as exc:
         return _stop_for_damage(cfg.state_db, exc)
@@ -1005,6 +1029,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: spooler.stop())
+            reload.action = systemd.Reload(
+                "mxhook-spooler", "spooler", cfg, (SpoolerSettings,), RELOADABLE,
+                lambda merged: spooler.reload(SpoolerSettings.from_config(merged)), path=args.config,
+                also_reads=(("paths", "state_db"), ("paths", "spool_dir"), ("paths", "rules_db"),
+                            ("milter", "event_headers"), ("tracking", "key_file")))
             spooler.run()
     except integrity.StateDamaged as exc:
         return _stop_for_damage(cfg.state_db, exc)

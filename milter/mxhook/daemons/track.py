@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from mxhook import config, spool
-from mxhook.daemons import logsetup
+from mxhook.daemons import logsetup, systemd
 from mxhook.model import keyring, machine
 
 log = logging.getLogger("mxhook-track")
@@ -40,7 +40,7 @@ class TrackSettings(config.FromConfig):
 
 
 def serve_options(settings: TrackSettings) -> dict:
-    """waitress.serve's keyword arguments for `settings`."""
+    """waitress.create_server's keyword arguments for `settings`."""
     options = {"listen": settings.listen, "threads": settings.threads, "ident": "mxhook-track",
                "max_request_body_size": 65536, "clear_untrusted_proxy_headers": True}
     if settings.trusted_proxy:
@@ -49,9 +49,23 @@ def serve_options(settings: TrackSettings) -> dict:
     return options
 
 
+# The [tracking] keys `systemctl reload` applies: the app reads its Options at each request
+# (machine_burst_seconds sizes its click window: a restart).
+RELOADABLE = frozenset(("tracking", k) for k in (
+    "privacy", "machine_click_seconds", "machine_burst_links", "machine_rules_off"))
+
+
+def options(settings: TrackSettings):
+    """The app's Options of `settings`."""
+    from mxhook.track.app import Options
+
+    return Options(settings.privacy, settings.machine_click_seconds, settings.machine_burst_links,
+                   settings.machine_burst_seconds, settings.machine_rules_off)
+
+
 def build_app(settings: TrackSettings, writer):
     """The WSGI app over `settings`, writing its events with `writer`."""
-    from mxhook.track.app import Options, Sources, TrackApp
+    from mxhook.track.app import Sources, TrackApp
     from mxhook.track.clients import Watched, open_geoip, read_text
 
     keys = Watched(settings.key_file, lambda p: keyring.parse_keys(read_text(p)), (),
@@ -62,13 +76,15 @@ def build_app(settings: TrackSettings, writer):
     if not keys.value:
         log.warning("no tracking key in %s: every token is answered 404 until one is there",
                     settings.key_file)
-    options = Options(settings.privacy, settings.machine_click_seconds,
-                      settings.machine_burst_links, settings.machine_burst_seconds,
-                      settings.machine_rules_off)
-    return TrackApp(writer, Sources(keys.get, rules.get, geoip.get), options)
+    return TrackApp(writer, Sources(keys.get, rules.get, geoip.get), options(settings))
 
 
 def main(argv: list[str] | None = None) -> int:
+    with systemd.SignalThread(signal.SIGHUP) as reload:  # before waitress starts its threads
+        return _run(argv, reload)
+
+
+def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
     parser = argparse.ArgumentParser(prog="mxhook-track",
                                      description="Serve mxhook's tracking endpoint "
                                                  "(docs/tracking-endpoint.md).")
@@ -93,11 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("listening on http://%s (waitress, %d threads)", settings.listen, settings.threads)
     try:
-        waitress.serve(app, **serve_options(settings))
+        server = waitress.create_server(app, **serve_options(settings))
     except OSError as exc:  # e.g. the address is in use
         log.error("cannot listen on %s: %s", settings.listen, exc)
+        writer.close()
         return 1
+
+    def apply(merged: config.Config) -> None:
+        app.options = options(TrackSettings.from_config(merged))
+
+    reload.action = systemd.Reload("mxhook-track", "tracking", cfg, (TrackSettings,), RELOADABLE,
+                                   apply, path=args.config)
+    systemd.ready(f"listening on {settings.listen}")
+    try:
+        server.run()
     finally:
+        systemd.stopping()
         writer.close()
     return 0
 

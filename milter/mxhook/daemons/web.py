@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from mxhook import config
-from mxhook.daemons import logsetup
+from mxhook.daemons import logsetup, systemd
 
 log = logging.getLogger("mxhook-web")
 
@@ -33,7 +33,7 @@ class WebSettings(config.FromConfig):
 
 
 def serve_options(settings: WebSettings) -> dict:
-    """waitress.serve's keyword arguments for `settings`."""
+    """waitress.create_server's keyword arguments for `settings`."""
     options = {"listen": settings.listen, "threads": settings.threads, "ident": "mxhook-web",
                "max_request_body_size": settings.max_request_size,
                "clear_untrusted_proxy_headers": True}
@@ -44,6 +44,11 @@ def serve_options(settings: WebSettings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with systemd.SignalThread(signal.SIGHUP) as reload:  # before waitress starts its threads
+        return _run(argv, reload)
+
+
+def _run(argv: list[str] | None, reload: systemd.SignalThread) -> int:
     parser = argparse.ArgumentParser(prog="mxhook-web",
                                      description="Serve mxhook's HTTP API (docs/api.md).")
     parser.add_argument("--config", help=f"config file (default {config.DEFAULT_PATH} or $MXHOOK_CONFIG)")
@@ -69,10 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("listening on http://%s/v1 (waitress, %d threads)", settings.listen, settings.threads)
     try:
-        waitress.serve(app, **serve_options(settings))
+        server = waitress.create_server(app, **serve_options(settings))
     except OSError as exc:  # e.g. the address is in use
         log.error("cannot listen on %s: %s", settings.listen, exc)
         return 1
+    # A reload applies [web] log and log_level; the rest (and what the API's services read)
+    # is read at start.
+    reload.action = systemd.Reload(
+        "mxhook-web", "web", cfg, (WebSettings,), frozenset(), path=args.config,
+        also_reads=(*((s, k) for s in ("web", "paths") for k in config.SECTIONS[s]),
+                    ("http", "allow_networks")))
+    systemd.ready(f"listening on {settings.listen}")
+    try:
+        server.run()
+    finally:
+        systemd.stopping()
     return 0
 
 
