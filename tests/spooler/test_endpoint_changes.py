@@ -12,7 +12,7 @@ from mxhook.model.batching import open_limit
 from mxhook.store import rulesdb
 from mxhook.store.statedb import StateStore
 from tests.spooler.test_events import add_endpoint, cfg, write_event  # noqa: F401  (cfg: a fixture)
-from tests.spooler.test_payload_choice import sent_batches
+from tests.spooler.test_payload_choice import RUN, sent_batches, small_runs  # noqa: F401  (a fixture)
 from tests.spooler.test_spooler import Stepped, rx  # noqa: F401
 
 EVENTS = 6
@@ -32,7 +32,7 @@ def event_statuses(cfg, endpoint_id: int) -> dict[str, str]:
             " LEFT JOIN event_batches b ON b.id = d.batch_id WHERE d.endpoint_id = ?", (endpoint_id,)))
 
 
-def test_a_deferred_native_batch_goes_out_one_event_a_request_after_a_switch_to_smtp2go(rx, cfg):
+def test_a_deferred_native_batch_goes_out_one_event_a_request_after_a_switch_to_smtp2go(rx, cfg, small_runs):
     ep = add_endpoint(cfg, rx.url + "/ev", interval=1)
     rx.script("/ev", [(503, {}, b"down"), (200, {}, b"ok")])
     written = [write_event(cfg, "succeeded", recipient=f"r{i}@else.example") for i in range(EVENTS)]
@@ -51,12 +51,13 @@ def test_a_deferred_native_batch_goes_out_one_event_a_request_after_a_switch_to_
     rcpts = [f["rcpt"][0] for f in forms]
     assert sorted(rcpts) == sorted([f"r{i}@else.example" for i in range(EVENTS)] + ["later@else.example"])
     assert rcpts[-1] == "later@else.example" or len(set(rcpts)) == len(rcpts)
-    # the deferred batch kept its id and its oldest event; the others went back to pending
-    retried = [r for r in rx.requests[1:] if r.headers["webhook-id"] == deferred["id"]]
-    assert [parse_qs(r.text())["rcpt"][0] for r in retried] == ["r0@else.example"]
+    # the deferred batch kept its id and its oldest events, a run's worth, each posted under
+    # `<its id>.<seq>`; the others went back to pending and made runs of their own
+    retried = [r for r in rx.requests[1:] if r.headers["webhook-id"].startswith(deferred["id"] + ".")]
+    assert sorted(parse_qs(r.text())["rcpt"][0] for r in retried) == [f"r{i}@else.example" for i in range(RUN)]
     statuses = event_statuses(cfg, ep.id)
     assert set(statuses.values()) == {"succeeded"} and set(written) <= set(statuses)
-    assert {b["size"] for b in sent_batches(cfg)} == {1}
+    assert sorted(b["size"] for b in sent_batches(cfg)) == [1, RUN, RUN]
 
 
 def test_batches_made_but_not_posted_are_split_too_and_unsent_types_fail_with_the_reason(rx, cfg):
@@ -84,19 +85,21 @@ def test_batches_made_but_not_posted_are_split_too_and_unsent_types_fail_with_th
     assert "smtp2go" in reason and "deferred" in reason
 
 
-def test_one_event_batches_stay_apart_after_a_switch_back_to_native(rx, cfg):
+def test_runs_stay_apart_after_a_switch_back_to_native(rx, cfg, small_runs):
     ep = add_endpoint(cfg, rx.url + "/one", interval=1, dialect="msndr")
     limit = open_limit(1, cfg.value("spooler", "workers"))
-    rx.script("/one", [(503, {}, b"down")] * limit + [(200, {}, b"ok")])
-    for i in range(limit + 2):
+    sent = limit * RUN  # every open run's requests, all deferred
+    rx.script("/one", [(503, {}, b"down")] * sent + [(200, {}, b"ok")])
+    for i in range(sent + 2):
         write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
     with Stepped(cfg) as sp:
         sp.step(flush_events=True)
-        assert len(rx.wait_for(limit, path="/one")) == limit
+        assert len(rx.wait_for(sent, path="/one")) == sent
         switch(cfg, ep.id, dialect="native")
         for _ in range(limit + 3):  # a batching endpoint posts its open batches one by one
             sp.step(advance=30)
-    after = [r for r in rx.requests if r.path == "/one"][limit:]
+    after = [r for r in rx.requests if r.path == "/one"][sent:]
+    assert [len(r.json()["events"]) for r in after] == [RUN] * limit + [2]
     got = [e["recipient"] for r in after for e in r.json()["events"]]
-    assert sorted(got) == sorted(f"r{i}@else.example" for i in range(limit + 2))
+    assert sorted(got) == sorted(f"r{i}@else.example" for i in range(sent + 2))
     assert set(event_statuses(cfg, ep.id).values()) == {"succeeded"}

@@ -10,7 +10,10 @@ import hmac
 import sqlite3
 from urllib.parse import parse_qs
 
-from mxhook.model import rules
+import pytest
+
+from mxhook.delivery import pipeline
+from mxhook.model import batching, rules
 from mxhook.payloads import registry, templates
 from mxhook.store import rulesdb
 from mxhook.store.rulesdb import NewTemplate
@@ -20,12 +23,27 @@ from tests.spooler.test_spooler import Stepped, delivery, run_once, rx, write_in
 from tests.support.destinations import routed
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+RUN = 3  # events in a run (`small_runs`)
 
 
 def sent_batches(cfg) -> list[dict]:
     with StateStore(cfg.state_db) as st:
         return [dict(zip(("id", "endpoint_id", "size", "status"), row)) for row in st.conn.execute(
             "SELECT id, endpoint_id, size, status FROM event_batches ORDER BY created, id")]
+
+
+def request_ids(cfg) -> set[str]:
+    """The webhook-ids a one-per-request endpoint's events were posted under, as state.db has
+    their batches (runs): a batch's id, or `<batch id>.<seq>` in a run of several."""
+    with StateStore(cfg.state_db) as st:
+        return {pipeline.run_part_id(batch_id, seq, size) for batch_id, size, seq in st.conn.execute(
+            "SELECT b.id, b.size, d.seq FROM event_deliveries d JOIN event_batches b ON b.id = d.batch_id")}
+
+
+@pytest.fixture
+def small_runs(monkeypatch):
+    """Runs of RUN events (model.batching.RUN_EVENTS), so a test fills several with few events."""
+    monkeypatch.setattr(batching, "RUN_EVENTS", RUN)
 
 
 def test_one_request_per_event_with_the_dialect_body_and_unsent_types_never_dispatched(rx, cfg):
@@ -41,54 +59,88 @@ def test_one_request_per_event_with_the_dialect_body_and_unsent_types_never_disp
     assert all(r.headers["Content-Type"] == "application/x-www-form-urlencoded" for r in rx.requests)
     assert sorted(f["event"][0] for f in forms) == ["bounce", "delivered", "processed"]
     assert all(f["rcpt"][0] in ("a@else.example", "b@else.example") for f in forms)
-    batches = sent_batches(cfg)
-    assert [b["size"] for b in batches] == [1, 1, 1] and {b["status"] for b in batches} == {"succeeded"}
-    assert {r.headers["webhook-id"] for r in rx.requests} == {b["id"] for b in batches}
+    (batch,) = sent_batches(cfg)  # one run of three requests
+    assert batch["size"] == 3 and batch["status"] == "succeeded"
+    ids = [r.headers["webhook-id"] for r in rx.requests]
+    assert sorted(ids) == sorted(request_ids(cfg)) and all(i.startswith(batch["id"] + ".") for i in ids)
     with StateStore(cfg.state_db) as st:  # the deferred event was never fanned out to it
         fanned = {row[0] for row in st.conn.execute(
             "SELECT event_id FROM event_deliveries WHERE endpoint_id = ?", (ep.id,))}
     assert fanned == {written[0], written[2], written[3]}
 
 
-def test_single_event_endpoints_have_several_requests_in_flight(rx, cfg):
-    """Up to model.batching.open_limit single-event batches open at once (OPEN_PER_WORKER per worker),
-    made in one step; a batching endpoint keeps one."""
-    from mxhook.model.batching import open_limit
-
-    limit = open_limit(1, cfg.value("spooler", "workers"))
+def test_single_event_endpoints_have_several_runs_in_flight(rx, cfg, small_runs):
+    """Up to model.batching.open_limit runs open at once (OPEN_PER_WORKER per worker), each of
+    up to RUN_EVENTS events, made in one step; a batching endpoint keeps one batch."""
+    limit = batching.open_limit(1, cfg.value("spooler", "workers"))
     add_endpoint(cfg, rx.url + "/one", dialect="msndr")
     add_endpoint(cfg, rx.url + "/batch", interval=1)
-    for i in range(limit + 2):
+    events = limit * RUN + 2
+    for i in range(events):
         write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
     with Stepped(cfg) as sp:
         sp.step(flush_events=True)  # one dispatch round
-        one = rx.wait_for(limit, path="/one")
-        assert len(one) == limit
-        assert [len(r.json()["events"]) for r in rx.wait_for(1, path="/batch")] == [limit + 2]
+        one = rx.wait_for(limit * RUN, path="/one")
+        assert len(one) == limit * RUN
+        assert [len(r.json()["events"]) for r in rx.wait_for(1, path="/batch")] == [events]
         sp.step(flush_events=True)
     docs = [r.json() for r in rx.requests if r.path == "/one"]
-    assert len(docs) == limit + 2 and all(d["event"]["name"] == "delivered" for d in docs)
+    assert len(docs) == events and all(d["event"]["name"] == "delivered" for d in docs)
+    runs = [b for b in sent_batches(cfg) if b["endpoint_id"] != 2]
+    assert sorted(b["size"] for b in runs) == [2] + [RUN] * limit
 
 
-def test_a_down_receiver_holds_the_open_bound_and_no_more(rx, cfg):
-    """The open bound of a one-per-request endpoint counts batches waiting for their retry:
-    with the receiver down, `open_limit` of them are deferred (and retried) and the other events
-    wait unbatched, however many steps pass."""
-    from mxhook.model.batching import open_limit
-
-    limit = open_limit(1, cfg.value("spooler", "workers"))
+def test_a_down_receiver_holds_the_open_bound_and_no_more(rx, cfg, small_runs):
+    """The open bound of a one-per-request endpoint counts runs waiting for their retry:
+    with the receiver down, `open_limit` of them are deferred whole (and retried) and the other
+    events wait unbatched, however many steps pass."""
+    limit = batching.open_limit(1, cfg.value("spooler", "workers"))
     ep = add_endpoint(cfg, rx.url + "/down", dialect="postmark")
     rx.script("/down", [(503, {}, b"down")])
-    for i in range(limit + 3):
+    for i in range(limit * RUN + 3):
         write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
     with Stepped(cfg) as sp:
         for _ in range(4):
             sp.step(advance=0.5)
     batches = sent_batches(cfg)
     assert len(batches) == limit and {b["status"] for b in batches} == {"deferred"}
-    assert {r.headers["webhook-id"] for r in rx.requests} == {b["id"] for b in batches}
+    assert {b["size"] for b in batches} == {RUN}
+    assert {r.headers["webhook-id"] for r in rx.requests} == request_ids(cfg)
     with StateStore(cfg.state_db) as st:
         assert st.pending_stats(ep.id, 100)[0] == 3
+
+
+def test_a_run_keeps_what_succeeded_and_splits_off_the_rest_under_their_webhook_ids(rx, cfg, small_runs):
+    """Requests of one run answered differently: the run keeps its succeeded events; a
+    deferred one and a failed one each go into a batch of their own named by the webhook-id
+    their request had, and the deferred one is retried under that id until it succeeds."""
+    add_endpoint(cfg, rx.url + "/mixed", dialect="msndr")
+    answers = {"r1@else.example": [(503, {}, b"later")], "r2@else.example": [(400, {}, b"no")]}
+
+    def answer(req):
+        script = next((s for rcpt, s in answers.items() if rcpt in req.text()), None)
+        return script.pop(0) if script else (200, {}, b"ok")
+    rx.script("/mixed", answer)
+    for i in range(3):
+        write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
+    with Stepped(cfg) as sp:
+        sp.step()
+        sp.step()  # results written, the retry not due yet
+    first = {r.headers["webhook-id"]: r for r in rx.requests}
+    assert len(first) == 3
+    batches = {b["id"]: b for b in sent_batches(cfg)}
+    assert sorted((b["size"], b["status"]) for b in batches.values()) == [
+        (1, "deferred"), (1, "failed"), (1, "succeeded")]
+    run = next(b for b in batches.values() if b["status"] == "succeeded")
+    split = [i for i in batches if i != run["id"]]
+    assert all(i in first and i.startswith(run["id"] + ".") for i in split)
+    deferred = next(i for i in split if batches[i]["status"] == "deferred")
+    with Stepped(cfg) as sp:
+        sp.step(advance=30)
+        sp.step(advance=1)
+    again = [r for r in rx.requests[3:]]
+    assert [r.headers["webhook-id"] for r in again] == [deferred]
+    assert {b["id"]: b["status"] for b in sent_batches(cfg)}[deferred] == "succeeded"
 
 
 def test_mailgun_endpoint_posts_verify_with_its_signing_key(rx, cfg):

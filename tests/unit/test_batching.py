@@ -61,10 +61,11 @@ def test_flush_makes_a_batch_of_whatever_is_pending():
 def test_batch_size_and_open_limit_by_events_per_request():
     from mxhook.model.batching import batch_size, batches_to_make, open_limit
 
-    assert batch_size(1000, None) == 1000 and batch_size(1000, 1) == 1
+    assert batch_size(1000, None) == 1000 and batch_size(1000, 1) == 32  # a run of RUN_EVENTS
+    assert batch_size(10, 1) == 10 and batch_size(0, 1) == 1  # never more than max_events
     assert open_limit(None, 8) == 1  # batches: one open at a time, events in order
-    # one per request: OPEN_PER_WORKER open per spooler worker, a bound (retries waiting count too)
-    assert open_limit(1, 8) == 256 and open_limit(1, 32) == 1024 and open_limit(1, 0) == 32
+    # one per request: OPEN_PER_WORKER runs open per spooler worker, a bound (retries waiting count too)
+    assert open_limit(1, 8) == 16 and open_limit(1, 32) == 64 and open_limit(1, 0) == 2
     assert batches_to_make(10, 1, 4) == 4 and batches_to_make(2, 1, 4) == 2
     assert batches_to_make(2500, 1000, 1) == 1 and batches_to_make(0, 1, 4) == 1
 
@@ -78,3 +79,5 @@ def test_due_batches_with_a_batch_size_of_one_is_due_at_once():
            2: SimpleNamespace(enabled=True, interval=600, max_events=1000)}
     pending = {1: (1, 100.0), 2: (1, 100.0)}
     assert due_batches(pending, eps, 101.0, sizes={1: 1}) == [1]
+    # a run (one event per request) is due as soon as an event is pending, whatever its size
+    assert due_batches(pending, eps, 101.0, sizes={1: 32, 2: 32}, at_once={2}) == [2]

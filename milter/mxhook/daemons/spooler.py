@@ -410,7 +410,7 @@ class Spooler:
             self._refresh_fetch_urls()
         for d in due:
             self.inflight[self.executor.submit(pipeline.attempt, d, self._post, self.clock,
-                                               behind=d.bulk)] = d
+                                               send_run=self._post_run, behind=d.bulk)] = d
         return len(due)
 
     def _room(self) -> tuple[int, int]:
@@ -527,9 +527,11 @@ class Spooler:
             candidates = [i for i, r in room.items() if r > 0]
             pending = {i: self.state.pending_stats(i, shapes[i][0] * room[i]) for i in candidates}
             sizes = {i: shapes[i][0] for i in candidates}
+            runs = {i for i in candidates if shapes[i][1] > 1}  # one-per-request: due at once
             wanted = [(i, sizes[i], batching.batches_to_make(pending[i][0], sizes[i], room[i]),
                        eps[i].destination.url)
-                      for i in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes)]
+                      for i in batching.due_batches(pending, eps, now, flush=flush, sizes=sizes,
+                                                    at_once=runs)]
             made: list[EventBatch] = []
             if wanted and not self._write_results(
                     lambda results: made.extend(self.state.create_batches(wanted, now, results=results))):
@@ -570,19 +572,28 @@ class Spooler:
         return picked
 
     def _batch_dispatch(self, batch: EventBatch, ep: Endpoint, bulk: bool) -> Dispatch:
+        """A batch's dispatch: one request, or for a one-per-request endpoint (`bulk`) a run,
+        a request per event (pipeline.Part)."""
         target = ep.target
 
-        def render():
+        def render(events, request_id):
             return self._rendered(lambda: _registry().event_request(
-                target, batch.events, request_id=batch.id, version=ep.version, tz=ep.timezone,
+                target, events, request_id=request_id, version=ep.version, tz=ep.timezone,
                 event_headers=self.event_headers, selected_headers=self.endpoints.selected_headers,
                 **self._attempt_context()))
+        parts: tuple[pipeline.Part, ...] = ()
+        if bulk:
+            parts = tuple(
+                pipeline.Part(part_id, seq, lambda e=event, i=part_id: render([e], i))
+                for seq, event in zip(batch.seqs, batch.events)
+                for part_id in (pipeline.run_part_id(batch.id, seq, batch.size),))
         return Dispatch(
             id=batch.id, target=target, attempts=batch.attempts,
             first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),
             label=logsetup.label(f"event batch {batch.id} endpoint={ep.id} events={batch.size}",
                                  event_payloads.queue_ids(batch.events or (), 10)),
-            payload=_payload_name(target, "event"), render=render, bulk=bulk,
+            payload=_payload_name(target, "event"), bulk=bulk, parts=parts,
+            render=None if parts else lambda: render(batch.events, batch.id),
         )
 
     def _session(self):
@@ -595,18 +606,25 @@ class Spooler:
         """(worker thread) One POST through this worker's session, signed with the keys active
         now (as of the loop's last `SigningKeys.refresh`). Withheld when its target answered
         410 Gone to a post the loop has not settled yet."""
+        return self._post_run(target, [(body, webhook_id)])[0]
+
+    def _post_run(self, target: Target, requests) -> list[webhook.Outcome]:
+        """(worker thread) `_post` for each (body, webhook-id) of a run, one after the other
+        over this worker's session (a kept-alive connection); withheld as a whole, before the
+        first."""
         key = _target_key(target)
         if key in self._gone_targets:
             raise pipeline.Withheld()
-        outcome = webhook.deliver(
-            self._session(), target, body.body, body.content_type, webhook_id,
-            user_agent=self.user_agent, max_response_bytes=self.max_response_bytes,
-            keys=self.signing_keys.active(target.kind, target.id, refresh=False),
-        )
-        if outcome.status_code == pipeline.GONE:
+        session = self._session()
+        keys = self.signing_keys.active(target.kind, target.id, refresh=False)
+        outcomes = [webhook.deliver(session, target, body.body, body.content_type, webhook_id,
+                                    user_agent=self.user_agent,
+                                    max_response_bytes=self.max_response_bytes, keys=keys)
+                    for body, webhook_id in requests]
+        if any(o.status_code == pipeline.GONE for o in outcomes):
             with self._gone_lock:
                 self._gone_targets.add(key)
-        return outcome
+        return outcomes
 
     def current_endpoints(self) -> dict[int, Endpoint]:
         """The endpoints as rules.db has them now. When they changed, their URLs are recorded
@@ -714,9 +732,15 @@ class Spooler:
             if outcome is None:  # withheld: still due, as if never picked
                 log.debug("%s: withheld (its target answered 410 Gone)", d.label)
                 continue
-            if outcome.status != "succeeded" and outcome.status_code != pipeline.GONE:
+            if any(o.status != "succeeded" and o.status_code != pipeline.GONE
+                   for o in (finished.outcomes or (outcome,))):
                 failing[d.owner] = d.target.url
-            results.append(pipeline.settle(finished, now, gone=self._gone, scale=self.scale, rand=self.rand))
+            if d.parts:
+                results.extend(pipeline.settle_run(finished, now, gone=self._gone, scale=self.scale,
+                                                   rand=self.rand))
+            else:
+                results.append(pipeline.settle(finished, now, gone=self._gone, scale=self.scale,
+                                               rand=self.rand))
         self._unrecorded.extend(results)
         if self._gone_targets:  # settled: withhold only from what is still in the pool
             with self._gone_lock:

@@ -3,7 +3,9 @@ caller passes the time and what the endpoint's payload posts per request.
 
 An endpoint gets a batch when its batch size of events are pending, or when the oldest
 pending one has waited `interval` seconds (model.endpoints). The batch size is `max_events`, or
-1 for a payload that posts one event per request (`batch_size`). A disabled endpoint gets none,
+for a payload that posts one event per request up to RUN_EVENTS of them (`batch_size`): a run,
+posted as a request per event by one worker (delivery.pipeline), due as soon as an event is
+pending. A disabled endpoint gets none,
 and neither does a busy one: one whose open batches (posting, or waiting for a retry) are as
 many as `open_limit` allows. A flush (`mxhook-spooler --once`) makes batches of whatever is
 pending, due or not.
@@ -11,9 +13,9 @@ pending, due or not.
 Order. A batching endpoint has one open batch at a time, so its events arrive in order. A
 one-event-per-request endpoint (the smtp2go, paubox, msndr, mailgun and postmark dialects)
 would get one event per round trip that way, far below the rate mail makes them: it may have
-OPEN_PER_WORKER single-event batches open per spooler worker (posted from a budget of the
-spooler's own, after inbound deliveries and batches, so they leave room for those), so its
-events may arrive out of order (and a retried one after later ones), as they do from the
+OPEN_PER_WORKER runs open per spooler worker (posted from a budget of the spooler's own, after
+inbound deliveries and batches, so they leave room for those), so its events may arrive out
+of order (and a retried one after later ones), as they do from the
 systems those dialects copy, none of which promises an order (docs/payloads.md, "Batches, ids
 and order"). The bound stays: a batch waiting for its retry is open too, so a receiver that is
 down holds that many deferred batches and no more are made for it until one settles.
@@ -22,13 +24,15 @@ from __future__ import annotations
 
 from typing import Mapping, Protocol
 
-# Single-event batches a one-per-request endpoint may have open per spooler worker: the
-# spooler's budget for such posts (daemons/spooler.py BULK_DEPTH per worker, beside the pool
-# its inbound deliveries and batches use, and posted after them). Each loop step makes, posts
-# and records what finished since the last, a commit (an fsync) and a dozen queries each
-# whatever their size: at 4 open per worker a step handled ~14 events and the steps, not the
-# posts, set the rate (bench/events.py: 818 steps for 10,000 msndr events; 32: 136).
-OPEN_PER_WORKER = 32
+# Events in a run: a one-per-request endpoint's batch, a request per event. The spooler's
+# bookkeeping (a batch row, a dispatch, an attempt row, a log line) is per run, not per event:
+# with a batch per event it cost more than the posts did (bench/events.py). The event's
+# request keeps its webhook-id across retries (delivery.pipeline.run_part_id).
+RUN_EVENTS = 32
+# Runs a one-per-request endpoint may have open per spooler worker: the spooler's budget for
+# such posts (daemons/spooler.py BULK_DEPTH per worker, beside the pool its inbound deliveries
+# and batches use, and posted after them), so one run posts while the next is made.
+OPEN_PER_WORKER = 2
 
 
 class BatchPolicy(Protocol):
@@ -40,7 +44,10 @@ class BatchPolicy(Protocol):
 
 
 def batch_size(max_events: int, events_per_request: int | None) -> int:
-    """Events per batch: the payload's events per request, else the endpoint's max_events."""
+    """Events per batch: a run of up to RUN_EVENTS (and max_events) for a payload of one event
+    per request, else the payload's events per request, else the endpoint's max_events."""
+    if events_per_request == 1:
+        return max(1, min(max_events, RUN_EVENTS))
     return events_per_request or max_events
 
 
@@ -69,19 +76,20 @@ def batch_due(count: int, oldest_added: float | None, *, interval: float, max_ev
 
 def due_batches(pending: Mapping[int, tuple[int, float | None]], endpoints: Mapping[int, BatchPolicy],
                 now: float, *, busy=frozenset(), flush: bool = False,
-                sizes: Mapping[int, int] | None = None) -> list[int]:
+                sizes: Mapping[int, int] | None = None, at_once=frozenset()) -> list[int]:
     """The endpoints (ids, in id order) for which batches are to be made at `now`. `pending`
     maps an endpoint id to (pending count, capped at what its batches can take; when the
     oldest became pending); unknown and disabled endpoints and those in `busy` get none.
     `sizes`: an endpoint's batch size where it is not its max_events (`batch_size`). `flush`:
-    every other endpoint with anything pending gets them."""
+    every other endpoint with anything pending gets them, as do those in `at_once` (runs:
+    a one-per-request endpoint's events are posted as soon as they are pending)."""
     out = []
     for endpoint_id in sorted(pending):
         ep = endpoints.get(endpoint_id)
         if ep is None or not ep.enabled or endpoint_id in busy:
             continue
         count, oldest = pending[endpoint_id]
-        if count > 0 and (flush or batch_due(
+        if count > 0 and (flush or endpoint_id in at_once or batch_due(
                 count, oldest, interval=ep.interval,
                 max_events=sizes.get(endpoint_id, ep.max_events) if sizes else ep.max_events,
                 now=now)):

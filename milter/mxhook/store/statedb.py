@@ -172,6 +172,10 @@ class AttemptRecord:
     response_excerpt: str | None = None
     next_attempt_at: str | None = None
     reason: str | None = field(default=None)
+    # an event of a run (delivery.pipeline.settle_run) split off from batch `split_from` into a
+    # batch of its own, `delivery_id`; `seq` is its event_deliveries row
+    split_from: str | None = None
+    seq: int | None = None
 
 
 @dataclass
@@ -189,6 +193,9 @@ class EventBatch:
     events: list[dict] = field(default_factory=list)
     # its members' event ids in order, when known without a query (`create_batches` sets them)
     event_ids: list[str] | None = field(default=None, compare=False)
+    # their event_deliveries seqs, in the same order (set with event_ids; `batch_events` makes
+    # them match `events`)
+    seqs: list[int] | None = field(default=None, compare=False)
 
 
 def enrich_event(event: dict, queued: dict | None) -> dict:
@@ -732,7 +739,19 @@ class StateStore:
     def _record_batch_attempts(self, conn: sqlite3.Connection, results: list[AttemptRecord]) -> None:
         """The results of event batches: a statement for all of them where one does (a
         one-event-per-request endpoint settles a batch per event), the health row of each
-        endpoint once."""
+        endpoint once. An event split off from its run gets its batch first: the run's
+        attempts and retry clock so far, its own result below."""
+        split = [(r.delivery_id, r.split_from, r.seq) for r in results if r.split_from is not None]
+        if split:
+            conn.executemany(
+                "INSERT INTO event_batches (id, endpoint_id, url, created, size, status, attempts,"
+                " first_attempt_at, next_attempt_at, updated) SELECT ?, endpoint_id, url, created, 1,"
+                " status, attempts, first_attempt_at, next_attempt_at, updated FROM event_batches"
+                " WHERE id = ?", [(new, old) for new, old, _ in split])
+            conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ? AND batch_id = ?",
+                             [(new, seq, old) for new, old, seq in split])
+            conn.executemany("UPDATE event_batches SET size = size - 1 WHERE id = ?",
+                             [(old,) for _, old, _ in split])
         owners: dict[str, tuple[str, str | None]] = {}
         for chunk in _chunks([r.delivery_id for r in results]):
             for batch_id, endpoint_id, url in conn.execute(
@@ -903,7 +922,8 @@ class StateStore:
                 for start in range(0, len(pending), size):
                     chunk = pending[start:start + size]
                     batch = EventBatch(BATCH_PREFIX + spool.new_id(), endpoint_id, "queued", 0,
-                                       None, at, len(chunk), at, event_ids=[e for _, e in chunk])
+                                       None, at, len(chunk), at, event_ids=[e for _, e in chunk],
+                                       seqs=[q for q, _ in chunk])
                     made.append(batch)
                     members.extend((batch.id, seq) for seq, _ in chunk)
                     rows.append((batch.id, endpoint_id, url, at, batch.size, at, at))
@@ -917,12 +937,13 @@ class StateStore:
         """The events of a batch in arrival order, as stored, enriched (see `enrich`). With
         `rendered`, events rendered at ingest come as payloads.events.V1Text (for
         render_events), the others as dicts."""
-        ids = batch.event_ids
-        if ids is None:
-            ids = [r[0] for r in self.conn.execute(
-                "SELECT event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
+        ids, seqs = batch.event_ids, batch.seqs
+        if ids is None or seqs is None:
+            rows = self.conn.execute(
+                "SELECT seq, event_id FROM event_deliveries WHERE endpoint_id = ? AND batch_id = ? ORDER BY seq",
                 (batch.endpoint_id, batch.id),
-            )]
+            ).fetchall()
+            ids, seqs = [r[1] for r in rows], [r[0] for r in rows]
         recent = self._recent
         if not rendered:
             recent = {i: recent[i] for i in ids if i in recent and not isinstance(recent[i], str)}
@@ -934,14 +955,17 @@ class StateStore:
                 f"SELECT id, meta FROM events WHERE id IN ({marks})", chunk
             ):
                 loaded[event_id] = _load_event(meta)
-        events = []
-        for event_id in ids:
+        events, found, found_ids = [], [], []
+        for event_id, seq in zip(ids, seqs):
             event = recent.get(event_id) or loaded.get(event_id)
             if event is None:  # removed meanwhile (retention): nothing to send
                 continue
             if not isinstance(event, str):
                 event.setdefault("id", event_id)
             events.append(event)
+            found.append(seq)
+            found_ids.append(event_id)
+        batch.seqs, batch.event_ids = found, found_ids
         self.enrich([e for e in events if not isinstance(e, str)])
         return events
 
