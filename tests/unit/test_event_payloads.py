@@ -194,6 +194,11 @@ def test_prerenderer_only_for_an_endpoint_that_takes_v1_in_utc():
     assert ev_payloads.prerenderer([replace(utc, enabled=False), berlin]) is None
     assert ev_payloads.prerenderer([berlin, utc]) is ev_payloads.v1_text
     assert ev_payloads.prerenderer([]) is None
+    # a dialect or a template renders from the event: the text would be made for nothing
+    msndr = replace(utc, destination=replace(utc.destination, dialect="msndr"))
+    templated = replace(utc, destination=replace(utc.destination, template=1))
+    assert ev_payloads.prerenderer([msndr, templated]) is None
+    assert ev_payloads.prerenderer([msndr, utc]) is ev_payloads.v1_text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,12 +94,20 @@ def as_dict(event: dict | V1Text) -> dict:
 
 def prerenderer(endpoints: Iterable) -> Callable[[dict], V1Text] | None:
     """What the store may keep fresh fanned-out events as (`v1_text`), or None: only when an
-    enabled endpoint takes version-1 bodies in UTC, the form a batch is joined from (for other
-    zones or versions that text would be parsed and rendered again)."""
+    enabled endpoint takes native version-1 bodies in UTC, the form a batch is joined from (for
+    other zones or versions that text would be parsed and rendered again; a dialect or a
+    template renders from the event itself)."""
     if any(getattr(ep, "enabled", True) and getattr(ep, "version", None) in (None, 1)
+           and _native(getattr(ep, "destination", None))
            and zone(getattr(ep, "timezone", "UTC")) is timezone.utc for ep in endpoints):
         return v1_text
     return None
+
+
+def _native(destination) -> bool:
+    """Whether a destination (model.targets.Destination) posts mxhook's own event bodies."""
+    return destination is None or (getattr(destination, "dialect", None) in (None, "native")
+                                   and getattr(destination, "template", None) is None)
 
 
 def v1_text(event: dict) -> V1Text:
