@@ -234,7 +234,7 @@ def test_close_kills_a_child_still_sending_after_the_wait(rx):
     assert time.monotonic() - started < 3
     caller.join(5)
     assert [o.status for o in result["out"]] == ["deferred"] * 2
-    assert all(o.error.startswith("posting process ") for o in result["out"])
+    assert [o.error for o in result["out"]] == ["posting process closed"] * 2
     assert wait_gone(pid, 2)
 
 
@@ -298,3 +298,41 @@ def test_the_child_imports_the_parents_mxhook():
     env = pp._env()
     assert env["PYTHONPATH"].split(os.pathsep)[0] == MILTER
     assert os.path.isfile(os.path.join(MILTER, "mxhook", "delivery", "poster.py"))
+
+
+def test_a_child_that_cannot_start_defers_and_is_not_restarted_at_once(rx, monkeypatch):
+    pp = PostingProcess(allow_networks=LOOPBACK)
+    monkeypatch.setattr(pp, "_argv", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    out = post(pp, target(rx.url + "/hook"), requests_for("a", 2))
+    assert [o.error for o in out] == ["posting process exited with status 3"] * 2
+    started = time.monotonic()
+    out = post(pp, target(rx.url + "/hook"), requests_for("b", 1))
+    assert time.monotonic() - started < 0.5  # no new child: a pause after a failed start
+    assert out[0].error == "posting process exited with status 3 at its start (see the log)"
+    monkeypatch.setattr(pp, "_argv", ["/nonexistent/python3"])
+    monkeypatch.setattr(pp, "_not_before", 0.0)
+    out = post(pp, target(rx.url + "/hook"), requests_for("c", 1))
+    assert out[0].status == "deferred"
+    assert out[0].error.startswith("posting process could not be started: [Errno 2]"), out[0].error
+    pp.close()
+    assert rx.requests == []
+
+
+class _BrokenPipe:
+    def write(self, data):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    flush = close = lambda self: None
+
+
+def test_a_child_not_reading_its_jobs_is_killed_and_replaced(rx, pp):
+    assert post(pp, target(rx.url + "/hook"), requests_for("a", 1))[0].status == "succeeded"
+    first = pp.pid
+    real_stdin = pp._child.proc.stdin  # kept open: the child must not see EOF
+    pp._child.proc.stdin = _BrokenPipe()  # as if the child had closed its stdin, still running
+    out = post(pp, target(rx.url + "/hook"), requests_for("b", 2))
+    assert [o.error for o in out] == ["posting process does not read its jobs (BrokenPipeError); killed"] * 2
+    assert wait_gone(first, 5)
+    assert [o.status for o in post(pp, target(rx.url + "/hook"), requests_for("c", 2))] == ["succeeded"] * 2
+    assert pp.pid not in (None, first)
+    real_stdin.close()

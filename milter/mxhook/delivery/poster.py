@@ -53,13 +53,20 @@ never appear in a log line, nor in the command line (they travel in the pickled 
 """
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # The child, as early as can be (before the imports below): a stop signalled to the whole
+    # cgroup must not cut the spooler's draining posts short (see main()).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 import argparse
 import logging
 import math
 import os
 import pickle
 import queue
-import signal
 import struct
 import subprocess
 import sys
@@ -238,6 +245,9 @@ class _Child:
         """Close the child's stdin (it finishes what it is sending, answers the rest as not
         sent, and exits), wait up to `wait` seconds, then kill it."""
         deadline = time.monotonic() + wait
+        with self.lock:  # no new jobs; what is still waiting after the kill was "closed"
+            if self.dead is None:
+                self.dead = "closed"
         # A writer blocked on a full pipe holds the lock; only killing the child frees it.
         if self.write_lock.acquire(timeout=wait):
             try:
