@@ -78,6 +78,8 @@ from mxhook.config import parse_networks
 from mxhook.delivery import signing, webhook
 from mxhook.model.targets import DEFAULT_TIMEOUT, Target
 
+log = logging.getLogger("mxhook.delivery.poster")  # the same name in the child (run as __main__)
+
 LOG_PREFIX = "mxhook-spooler[poster]"
 SAFETY_MARGIN = 30.0  # seconds a job's answer may come after its requests' own time bounds
 CLOSE_WAIT = 5.0  # seconds close() waits for the child to finish what it is sending
@@ -130,7 +132,6 @@ class _Child:
     def __init__(self, argv: list[str], env: dict[str, str]):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      close_fds=True, env=env)
-        self.started = time.monotonic()
         self.lock = threading.Lock()  # pending, dead
         self.write_lock = threading.Lock()  # one frame at a time on the child's stdin
         self.pending: dict[int, _Waiter] = {}
@@ -143,7 +144,7 @@ class _Child:
     # -- the reader thread ----------------------------------------------------------------------
     def _read(self) -> None:
         stream = self.proc.stdout
-        why = None
+        why, kill = None, False
         try:
             while True:
                 head = stream.read(_FRAME.size)
@@ -167,9 +168,9 @@ class _Child:
                 elif not isinstance(outcomes, list) or len(outcomes) != waiter.count:
                     outcomes = _deferred(waiter.count, "sent a reply of the wrong length")
                 waiter.finish(outcomes)
-        except (OSError, ValueError) as exc:
-            why = f"could not be read from ({exc.__class__.__name__})"
-        self.fail(why)
+        except Exception as exc:  # noqa: BLE001 - no more answers can be read: the child is of no use
+            why, kill = f"could not be read from ({exc.__class__.__name__}); killed", True
+        self.fail(why, kill=kill)
         # reap it and close our ends of its pipes (a writer may still hold the stdin lock for
         # an instant: its write fails on the closed pipe, it cannot block)
         try:
@@ -237,8 +238,7 @@ class _Child:
         with self.lock:
             if waiter.outcomes is not None or self.dead is not None:
                 return
-        logging.getLogger(__name__).error(
-            "posting process %d gave no answer within %.0f s; killing it", self.proc.pid, bound)
+        log.error("posting process %d gave no answer within %.0f s; killing it", self.proc.pid, bound)
         self.fail(f"gave no answer within {bound:.0f} s; killed (the next post starts a new one)", kill=True)
 
     def stop(self, wait: float) -> None:
@@ -376,8 +376,6 @@ class PostingProcess:
 
 # ---------------------------------------------------------------------------------------------
 # The child
-
-log = logging.getLogger("mxhook.delivery.poster")
 
 
 class _Job:
