@@ -314,6 +314,24 @@ class ReadyWatch:
         self.sock.close()
 
 
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its children (the spooler's posting
+    process: delivery/poster.py)."""
+    user, system = process_cpu(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            u, s = process_cpu(child)
+        except OSError:
+            continue
+        user, system = user + u, system + s
+    return user, system
+
+
 def proc_status(pid: int) -> dict[str, int]:
     out = {}
     with open(f"/proc/{pid}/status") as fh:
@@ -406,7 +424,7 @@ def flow(tmp: str, n: int, dialect: str = catalogue.NATIVE) -> dict:
             raise SystemExit("the spooler never said READY=1 (is python3-systemd installed?)")
         running = counter.last - ready.at
         mem = proc_status(proc.pid)
-        user, system = process_cpu(proc.pid)
+        user, system = tree_cpu(proc.pid)
     finally:
         stop(proc)
         server.shutdown()

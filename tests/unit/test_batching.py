@@ -61,7 +61,7 @@ def test_flush_makes_a_batch_of_whatever_is_pending():
 def test_batch_size_and_open_limit_by_events_per_request():
     from mxhook.model.batching import batch_size, batches_to_make, open_limit
 
-    assert batch_size(1000, None) == 1000 and batch_size(1000, 1) == 32  # a run of RUN_EVENTS
+    assert batch_size(1000, None) == 1000 and batch_size(1000, 1) == 256  # a run of RUN_EVENTS
     assert batch_size(10, 1) == 10 and batch_size(0, 1) == 1  # never more than max_events
     assert open_limit(None, 8) == 1  # batches: one open at a time, events in order
     # one per request: OPEN_PER_WORKER runs open per spooler worker, a bound (retries waiting count too)

@@ -158,7 +158,9 @@ def public_key_for(private_key: str) -> str:
 def _check_id(msg_id: str) -> str:
     if not isinstance(msg_id, str) or not msg_id:
         raise SigningError("webhook id must be a non-empty string")
-    if not all(0x21 <= ord(c) <= 0x7E for c in msg_id):
+    # printable ASCII without spaces: 0x21-0x7E (str methods: a loop over the characters
+    # cost ~5 µs a request, twice)
+    if not (msg_id.isascii() and msg_id.isprintable()) or " " in msg_id:
         raise SigningError("webhook id must be printable ASCII without spaces (it is a header value)")
     return msg_id
 
