@@ -15,6 +15,7 @@ import pytest
 from mxhook.delivery import pipeline
 from mxhook.model import batching, rules
 from mxhook.payloads import registry, templates
+from mxhook.services import logs
 from mxhook.store import rulesdb
 from mxhook.store.rulesdb import NewTemplate
 from mxhook.store.statedb import StateStore
@@ -63,6 +64,13 @@ def test_one_request_per_event_with_the_dialect_body_and_unsent_types_never_disp
     assert batch["size"] == 3 and batch["status"] == "succeeded"
     ids = [r.headers["webhook-id"] for r in rx.requests]
     assert sorted(ids) == sorted(request_ids(cfg)) and all(i.startswith(batch["id"] + ".") for i in ids)
+    # the event log says which webhook-id each event's request had
+    sent = {(f["event"][0], f["rcpt"][0]): r.headers["webhook-id"] for f, r in zip(forms, rx.requests)}
+    for event_id, key in ((written[0], ("processed", "a@else.example")),
+                          (written[2], ("delivered", "a@else.example")),
+                          (written[3], ("bounce", "b@else.example"))):
+        (delivery,) = logs.event_detail(cfg, event_id)["deliveries"]
+        assert delivery["batchId"] == batch["id"] and delivery["webhookId"] == sent[key]
     with StateStore(cfg.state_db) as st:  # the deferred event was never fanned out to it
         fanned = {row[0] for row in st.conn.execute(
             "SELECT event_id FROM event_deliveries WHERE endpoint_id = ?", (ep.id,))}

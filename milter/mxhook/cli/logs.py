@@ -190,6 +190,7 @@ def log_event(app, event_id, as_json):
         click.echo(f"  status:       {entry['status']}")
         if entry["batchId"]:
             click.echo(f"  batch:        {entry['batchId']} ({entry['batchSize']} event(s))")
+            click.echo(f"  webhook-id:   {entry['webhookId']}")
         if entry["reason"]:
             click.echo(f"  reason:       {entry['reason']}")
         if entry.get("nextAttemptAt"):

@@ -30,6 +30,7 @@ from typing import Callable, Protocol, Sequence
 
 from mxhook.model.records import iso, to_datetime
 from mxhook.delivery.webhook import Outcome
+from mxhook.model.batching import run_part_id  # noqa: F401  (the ids of a run's requests)
 from mxhook.model.retry import DEFAULT_POLICY, schedule
 from mxhook.model.targets import Target
 from mxhook.store import statedb
@@ -105,13 +106,6 @@ class Attempt:
 Send = Callable[[Target, Body, str], Outcome]  # (target, body, webhook-id) -> outcome
 # (target, [(body, webhook-id), ...]) -> an outcome each, in order
 SendRun = Callable[[Target, Sequence[tuple[Body, str]]], Sequence[Outcome]]
-
-
-def run_part_id(batch_id: str, seq: int, size: int) -> str:
-    """The webhook-id of one event's request in a run of `size` events: the batch's own id
-    when it holds one event, else `<batch id>.<seq>` (the id of the batch it is split off
-    into if it has to be retried alone: settle_run)."""
-    return batch_id if size == 1 else f"{batch_id}.{seq}"
 
 
 def _render(dispatch: Dispatch, render: Callable[[], Body]) -> Body | Outcome:

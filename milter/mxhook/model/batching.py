@@ -59,6 +59,14 @@ def open_limit(events_per_request: int | None, workers: int) -> int:
     return max(1, workers) * OPEN_PER_WORKER if events_per_request == 1 else 1
 
 
+def run_part_id(batch_id: str, seq: int, size: int) -> str:
+    """The webhook-id of one event's request in a run of `size` events (`seq`: its
+    event_deliveries row): the batch's own id when it holds one event, else
+    `<batch id>.<seq>`, which is also the id of the batch the event is split off into when it
+    has to be retried alone (delivery.pipeline.settle_run): the id never changes."""
+    return batch_id if size == 1 else f"{batch_id}.{seq}"
+
+
 def batches_to_make(count: int, size: int, room: int) -> int:
     """How many batches `count` pending events make (a due endpoint) with `room` more open
     batches allowed: at least one, each of up to `size` events."""

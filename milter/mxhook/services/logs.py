@@ -6,13 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import time
 from typing import Callable, Iterator, NamedTuple
 
 from mxhook import config as configmod
 from mxhook.services.csvexport import header_line, row_line
 from mxhook.services.errors import Invalid, NotFound
-from mxhook.services.stores import state_store
+from mxhook.model import batching
+from mxhook.services.stores import rules_store, state_store
 from mxhook.store import logs as state_logs
 from mxhook.store.logs import EVENT_LOG_KEYS
 from mxhook.store.statedb import DELIVERY_STATUSES, LOG_STATUSES
@@ -30,12 +32,38 @@ def inbound_detail(cfg: configmod.Config, entry_id: str) -> dict:
 
 
 def event_detail(cfg: configmod.Config, event_id: str) -> dict:
-    """The event's fields, and its delivery to each endpoint with attempts."""
+    """The event's fields, and its delivery to each endpoint with attempts and the webhook-id
+    its request had: its batch's id, or for an endpoint that posts an event per request, the
+    id of the event's request in its run (model.batching.run_part_id)."""
     with state_store(cfg) as store:
         d = state_logs.event_detail(store, event_id)
     if d is None:
         raise NotFound(f"no event with id {event_id!r}")
+    runs = _run_endpoints(cfg) if any(e["batchId"] for e in d["deliveries"]) else frozenset()
+    for entry in d["deliveries"]:
+        seq = entry.pop("seq")
+        batch_id = entry["batchId"]
+        entry["webhookId"] = (batching.run_part_id(batch_id, seq, entry["batchSize"])
+                              if batch_id and entry["endpointId"] in runs else batch_id)
     return d
+
+
+def _run_endpoints(cfg: configmod.Config) -> frozenset[int]:
+    """Ids of the endpoints whose payload posts one event per request (their batches are runs)."""
+    from mxhook.payloads import registry  # MIME and dialect modules: only when a batch is shown
+
+    if not os.path.exists(cfg.rules_db):
+        return frozenset()
+    with rules_store(cfg) as store:
+        endpoints = store.list_endpoints()
+    runs = set()
+    for ep in endpoints:
+        try:
+            if registry.events_per_request(ep.target) == 1:
+                runs.add(ep.id)
+        except ValueError:  # an unknown dialect: batches as native
+            pass
+    return frozenset(runs)
 
 
 def prune(cfg: configmod.Config, *, dry_run: bool = False, now: float | None = None) -> dict:

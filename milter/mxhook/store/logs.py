@@ -437,6 +437,7 @@ def event_detail(store: StateStore, event_id: str) -> dict | None:
             )
         ] if batch else []
         entry["batchSize"] = batch.size if batch else None
+        entry["seq"] = r[10]
         entry["nextAttemptAt"] = batch.next_attempt_at if batch else None
         deliveries.append(entry)
     return {"id": row[0], "received": row[1], "ingested": row[3], "event": event,
