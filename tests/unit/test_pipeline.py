@@ -118,3 +118,70 @@ def test_a_410_asks_the_health_policy_and_notes_what_it_did():
     r = pipeline.settle(done, T0, gone=lambda disp, o: asked.append((disp.owner, o.status_code)) or "; endpoint 4 disabled")
     assert asked == [(("endpoint", "4"), 410)]
     assert r.status == "failed" and r.reason == "HTTP 410 Gone; endpoint 4 disabled"
+
+
+def run(parts: int, **kw) -> Dispatch:
+    """A run of `parts` events (seqs 10, 11, ...): a request each, its body naming its seq."""
+    bid = statedb.BATCH_PREFIX + "run"
+    return dispatch(id=bid, owner=("endpoint", "4"), render=None, payload="msndr", parts=tuple(
+        pipeline.Part(pipeline.run_part_id(bid, 10 + i, parts), 10 + i,
+                      lambda i=i: SimpleNamespace(body=b"%d" % i, content_type="application/json"))
+        for i in range(parts)), **kw)
+
+
+def test_a_run_posts_a_request_per_part_under_its_own_id_in_one_call():
+    calls = []
+    d = run(3)
+    done = pipeline.attempt(d, None, clock=lambda: T0, send_run=lambda t, reqs: calls.append(
+        [(b.body, i) for b, i in reqs]) or [Outcome("succeeded", 200)] * len(reqs))
+    assert calls == [[(b"0", "evb_run.10"), (b"1", "evb_run.11"), (b"2", "evb_run.12")]]
+    assert [o.status for o in done.outcomes] == ["succeeded"] * 3
+    # without send_run: `send`, one after the other
+    sent = []
+    pipeline.attempt(d, lambda t, b, i: sent.append(i) or Outcome("succeeded", 200), clock=lambda: T0)
+    assert sent == ["evb_run.10", "evb_run.11", "evb_run.12"]
+    assert pipeline.run_part_id("evb_x", 7, 1) == "evb_x"  # a run of one: the batch's own id
+
+
+def test_a_part_that_cannot_be_rendered_fails_alone_and_the_others_are_posted():
+    d = run(3)
+    broken = pipeline.Part(d.parts[1].id, d.parts[1].seq, lambda: (_ for _ in ()).throw(ValueError("no name")))
+    d.parts = (d.parts[0], broken, d.parts[2])
+    posted = []
+    done = pipeline.attempt(d, None, clock=lambda: T0, send_run=lambda t, reqs: posted.extend(
+        i for _, i in reqs) or [Outcome("succeeded", 200)] * len(reqs))
+    assert posted == ["evb_run.10", "evb_run.12"]
+    assert [o.status for o in done.outcomes] == ["succeeded", "failed", "succeeded"]
+    assert done.outcomes[1].error == "cannot render the msndr payload: no name"
+
+
+def test_a_run_whose_requests_agree_is_one_result():
+    d = run(3, attempts=1, first_attempt_at=iso(T0 - 10))
+    outcomes = [Outcome("deferred", 503, "HTTP 503"), Outcome("deferred", 503, "HTTP 503", retry_after=120),
+                Outcome("deferred", 502, "HTTP 502")]
+    (r,) = pipeline.settle_run(pipeline.Attempt(d, outcomes[0], T0, outcomes=outcomes), T0, gone=None,
+                               rand=lambda: 0.5)
+    assert (r.delivery_id, r.status, r.split_from) == (d.id, "deferred", None)
+    assert r.next_attempt_at == iso(T0 + 120)  # the longest Retry-After among them
+
+
+def test_a_mixed_run_keeps_the_accepted_events_and_splits_off_the_others_under_their_ids():
+    asked = []
+    d = run(4, attempts=2, first_attempt_at=iso(T0 - 10))
+    outcomes = [Outcome("succeeded", 200), Outcome("deferred", 503, "HTTP 503"),
+                Outcome("failed", 410, "HTTP 410 Gone"), Outcome("succeeded", 200)]
+    records = pipeline.settle_run(pipeline.Attempt(d, outcomes[0], T0, outcomes=outcomes), T0,
+                                  gone=lambda disp, o: asked.append(o.status_code) or "; endpoint 4 disabled",
+                                  rand=lambda: 0.5)
+    assert [(r.delivery_id, r.status, r.split_from, r.seq) for r in records] == [
+        (d.id, "succeeded", None, None),
+        ("evb_run.11", "deferred", d.id, 11),
+        ("evb_run.12", "failed", d.id, 12)]
+    assert asked == [410] and records[2].reason == "HTTP 410 Gone; endpoint 4 disabled"
+    assert records[1].next_attempt_at == iso(T0 + 60) and records[0].reason is None
+    # none accepted: the run keeps those that came to what its first request came to
+    outcomes = [Outcome("deferred", 503, "HTTP 503"), Outcome("failed", 400, "HTTP 400"),
+                Outcome("deferred", 503, "HTTP 503")]
+    records = pipeline.settle_run(pipeline.Attempt(run(3), outcomes[0], T0, outcomes=outcomes), T0,
+                                  gone=None, rand=lambda: 0.5)
+    assert [(r.delivery_id, r.status) for r in records] == [(d.id, "deferred"), ("evb_run.11", "failed")]

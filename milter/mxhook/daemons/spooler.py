@@ -23,8 +23,9 @@ The loop, on the main thread (the only thread that touches state.db):
    where a dispatch's body is rendered (mxhook.payloads.registry) and POSTed once
    (mxhook.delivery.webhook). The pool holds up to POOL_DEPTH dispatches per worker, so a
    freed worker takes the next one at once, and beside them up to BULK_DEPTH per worker
-   single-event posts of one-per-request endpoints, taken only when nothing else waits
-   (`PostPool`). The results that came back are settled on the
+   runs of one-per-request endpoints, taken only when nothing else waits (`PostPool`); a
+   run's requests are posted by the posting process (mxhook.delivery.poster), on the other
+   core. The results that came back are settled on the
    main thread (`collect_finished`) and written after the next posts were handed out
    (`record_results`: all results finished by then in one transaction; in the transaction
    that makes the step's new event batches when it makes any), so the COMMIT's fsync
@@ -45,9 +46,10 @@ order, and its membership and id (`evb_...`, the `webhook-id`) are fixed in stat
 made. An endpoint has at most one open batch, posted by the same workers and retried on the
 same schedule as inbound deliveries; the next batch is made only when it succeeded or failed,
 so events reach an endpoint in order (a receiver that is down holds up that endpoint only). An
-endpoint whose dialect posts one event per request gets batches of one event, due at once,
-up to model.batching.open_limit open at a time (OPEN_PER_WORKER per worker), all the batches of a step
-made in one transaction: its events may arrive out of order.
+endpoint whose dialect posts one event per request gets runs (model.batching.RUN_EVENTS
+events, posted a request each: delivery.pipeline), due at once, up to
+model.batching.open_limit open at a time (OPEN_PER_WORKER per worker), all the batches of a
+step made in one transaction: its events may arrive out of order.
 A `kill -9` at any point leaves the batch in state.db: after a restart it is posted again with
 the same id and the same events.
 
@@ -508,7 +510,7 @@ class Spooler:
     def pick_batches(self, *, flush: bool = False) -> list[Dispatch]:
         """Make due batches and pick the open ones that are due, as many as the pool has room
         for. A batching endpoint has one open batch at a time (its events in order); a
-        one-event-per-request one up to model.batching.open_limit, each of one event.
+        one-event-per-request one up to model.batching.open_limit runs.
         `flush`: make batches of whatever is pending, due or not (--once).
 
         The results not written yet are written in the transaction that makes the new batches
@@ -911,8 +913,8 @@ class Spooler:
 
 class PostPool(Executor):
     """`workers` threads running what is submitted, in order, except that work submitted
-    `behind` is taken only when nothing else waits: a one-per-request endpoint's hundreds of
-    single-event posts never hold up an inbound delivery or a batch. (ThreadPoolExecutor's
+    `behind` is taken only when nothing else waits: a one-per-request endpoint's runs never
+    hold up an inbound delivery or a batch. (ThreadPoolExecutor's
     queue is one FIFO.) Each submission puts a token in a SimpleQueue, so an idle worker
     waits on C code and wakes for exactly one item, the most urgent one waiting then."""
 

@@ -59,7 +59,11 @@ Versions: `_MIGRATIONS`, applied by store.migrations on open (`PRAGMA user_versi
   POST; its membership (the event_deliveries rows pointing to it) is fixed when it is created,
   its id is the `webhook-id`, stable across retries and restarts. Status queued / deferred /
   succeeded / failed, as for inbound deliveries. At most one open (queued or deferred) batch per
-  endpoint, so batches go out in order.
+  endpoint, so batches go out in order. An endpoint that posts one event per request has runs
+  (model.batching): several open batches, each posted as a request per event under
+  `<id>.<seq>`; an event whose request came to something else than the rest of its run is
+  moved into a batch of its own with that id (`AttemptRecord.split_from`), the run's size
+  going down by one.
 - `event_attempts(id PK, batch_id, at, outcome, status_code, error, duration_ms,
   response_excerpt)`.
 - `event_endpoints(id PK, url, updated)`: the endpoints' URLs as last seen by the spooler, so the
