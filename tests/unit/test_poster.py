@@ -200,15 +200,22 @@ def test_close_ends_the_child_and_later_calls_are_deferred(rx):
     pp.close()  # twice is harmless
 
 
+def post_in_background(pp, url: str, count: int) -> tuple[threading.Thread, dict]:
+    """A caller posting `count` requests to `url` on a thread of its own; its outcomes come
+    in the dict under "out"."""
+    result: dict = {}
+    caller = threading.Thread(target=lambda: result.setdefault(
+        "out", post(pp, target(url), requests_for("c", count))))
+    caller.start()
+    return caller, result
+
+
 def test_close_finishes_what_is_being_sent_and_defers_the_rest(rx):
     """connections=1: the child sends one request at a time; close() comes while the first is
     being answered: it gets its real answer, the rest were never sent."""
     pp = PostingProcess(allow_networks=LOOPBACK, connections=1)
     rx.script("/slow", [Response(200, delay=1.0)])
-    result = {}
-    caller = threading.Thread(target=lambda: result.setdefault(
-        "out", post(pp, target(rx.url + "/slow"), requests_for("c", 4))))
-    caller.start()
+    caller, result = post_in_background(pp, rx.url + "/slow", 4)
     rx.wait_for(1, path="/slow")
     pid = pp.pid
     pp.close(wait=5)
@@ -223,10 +230,7 @@ def test_close_finishes_what_is_being_sent_and_defers_the_rest(rx):
 def test_close_kills_a_child_still_sending_after_the_wait(rx):
     pp = PostingProcess(allow_networks=LOOPBACK)
     rx.script("/slow", [Response(200, delay=4.0)])
-    result = {}
-    caller = threading.Thread(target=lambda: result.setdefault(
-        "out", post(pp, target(rx.url + "/slow"), requests_for("c", 2))))
-    caller.start()
+    caller, result = post_in_background(pp, rx.url + "/slow", 2)
     rx.wait_for(2, path="/slow")
     pid = pp.pid
     started = time.monotonic()
