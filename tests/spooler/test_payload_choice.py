@@ -249,3 +249,46 @@ def test_rules_db_unreadable_while_a_template_is_read_defers_the_delivery(rx, cf
     assert rx.requests == []
     row = delivery(cfg, f"{rid}-templated")
     assert row["status"] == "deferred" and "cannot read the template from rules.db" in row["last_error"]
+
+
+def test_a_posting_process_killed_mid_run_loses_nothing_and_the_retry_keeps_the_ids(rx, cfg, small_runs):
+    """kill -9 of the spooler's posting process while a run's requests wait for their answers:
+    the run is deferred (nothing recorded as sent), the next call starts a new posting
+    process, and the retry posts every event of the run under the webhook-id it had."""
+    import os
+    import signal
+    import threading
+
+    from tests.support.receiver import Response
+
+    add_endpoint(cfg, rx.url + "/slow", dialect="msndr")
+    rx.script("/slow", [Response(200, delay=2.0)] * 2 + [(200, {}, b"ok")])
+    for i in range(RUN):
+        write_event(cfg, "succeeded", recipient=f"r{i}@else.example")
+    with Stepped(cfg) as sp:
+        killed = []
+
+        def kill_when_posting():
+            rx.wait_for(1, path="/slow", timeout=20)
+            killed.append(sp.spooler.poster.pid)
+            os.kill(killed[0], signal.SIGKILL)
+        killer = threading.Thread(target=kill_when_posting)
+        killer.start()
+        sp.step()
+        killer.join(20)
+        sp.step()  # the run's result written: deferred
+        (run,) = sent_batches(cfg)
+        assert run["status"] == "deferred" and run["size"] == RUN
+        first = {r.headers["webhook-id"] for r in rx.requests}
+        sp.step(advance=30)
+        sp.step()
+        assert sp.spooler.poster.pid not in (None, killed[0])
+    (run,) = sent_batches(cfg)
+    assert run["status"] == "succeeded"
+    ids = request_ids(cfg)
+    assert first and first <= ids and len(ids) == RUN
+    retried = [r.headers["webhook-id"] for r in rx.requests][len(first):]
+    assert sorted(retried) == sorted(ids)  # every event again, each under its id
+    with StateStore(cfg.state_db) as st:
+        (error,) = st.conn.execute("SELECT error FROM event_attempts WHERE outcome = 'deferred'").fetchone()
+    assert "posting process" in error and "SIGKILL" in error
