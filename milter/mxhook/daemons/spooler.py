@@ -621,9 +621,10 @@ class Spooler:
         return self._post_run(target, [(body, webhook_id)])[0]
 
     def _post_run(self, target: Target, requests) -> list[webhook.Outcome]:
-        """(worker thread) `_post` for each (body, webhook-id) of a run, one after the other
-        over this worker's session (a kept-alive connection); withheld as a whole, before the
-        first."""
+        """(worker thread) `_post` for each (body, webhook-id) of a run: by the posting process
+        (several at once, on the other core), or for a single request or a caller's own
+        sessions here, over this worker's session (a kept-alive connection). Withheld as a
+        whole, before the first."""
         key = _target_key(target)
         if key in self._gone_targets:
             raise pipeline.Withheld()
