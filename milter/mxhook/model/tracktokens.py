@@ -47,6 +47,10 @@ class Track:
         for value in (self.queue_id, self.recipient, self.sending_domain, self.url or ""):
             if _SEP in value:
                 raise ValueError("a tracking token value cannot hold \\x1f")
+            try:  # undecodable bytes come as surrogate escapes; any other lone surrogate has no bytes
+                value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ValueError("a tracking token value holds a lone surrogate (no UTF-8 for it)") from None
 
 
 def make_token(keys: tuple[bytes, ...], track: Track) -> str:
