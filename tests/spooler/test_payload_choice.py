@@ -12,7 +12,6 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from mxhook.delivery import pipeline
 from mxhook.model import batching, rules
 from mxhook.payloads import registry, templates
 from mxhook.services import logs
@@ -37,7 +36,7 @@ def request_ids(cfg) -> set[str]:
     """The webhook-ids a one-per-request endpoint's events were posted under, as state.db has
     their batches (runs): a batch's id, or `<batch id>.<seq>` in a run of several."""
     with StateStore(cfg.state_db) as st:
-        return {pipeline.run_part_id(batch_id, seq, size) for batch_id, size, seq in st.conn.execute(
+        return {batching.run_part_id(batch_id, seq, size) for batch_id, size, seq in st.conn.execute(
             "SELECT b.id, b.size, d.seq FROM event_deliveries d JOIN event_batches b ON b.id = d.batch_id")}
 
 

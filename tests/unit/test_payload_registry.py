@@ -121,6 +121,9 @@ def test_event_types_and_events_per_request_come_from_the_catalogue():
     assert "deferred" not in registry.event_types(smtp2go)
     assert registry.events_per_request(smtp2go) == 1
     assert registry.events_per_request(replace(ENDPOINT, dialect="sendgrid")) is None
+    # not an event dialect: batched as native, each render says what is wrong
+    assert registry.events_per_request(replace(ENDPOINT, dialect="nope")) is None
+    assert registry.events_per_request(replace(ENDPOINT, dialect="actionmailbox")) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from mxhook.model.records import iso, to_datetime
 from mxhook.delivery import pipeline
 from mxhook.delivery.pipeline import Dispatch
 from mxhook.delivery.webhook import Outcome
+from mxhook.model import batching
 from mxhook.model.targets import Target
 from mxhook.store import statedb
 
@@ -124,7 +125,7 @@ def run(parts: int, **kw) -> Dispatch:
     """A run of `parts` events (seqs 10, 11, ...): a request each, its body naming its seq."""
     bid = statedb.BATCH_PREFIX + "run"
     return dispatch(id=bid, owner=("endpoint", "4"), render=None, payload="msndr", parts=tuple(
-        pipeline.Part(pipeline.run_part_id(bid, 10 + i, parts), 10 + i,
+        pipeline.Part(batching.run_part_id(bid, 10 + i, parts), 10 + i,
                       lambda i=i: SimpleNamespace(body=b"%d" % i, content_type="application/json"))
         for i in range(parts)), **kw)
 
@@ -140,7 +141,7 @@ def test_a_run_posts_a_request_per_part_under_its_own_id_in_one_call():
     sent = []
     pipeline.attempt(d, lambda t, b, i: sent.append(i) or Outcome("succeeded", 200), clock=lambda: T0)
     assert sent == ["evb_run.10", "evb_run.11", "evb_run.12"]
-    assert pipeline.run_part_id("evb_x", 7, 1) == "evb_x"  # a run of one: the batch's own id
+    assert batching.run_part_id("evb_x", 7, 1) == "evb_x"  # a run of one: the batch's own id
 
 
 def test_a_part_that_cannot_be_rendered_fails_alone_and_the_others_are_posted():

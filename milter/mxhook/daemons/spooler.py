@@ -598,7 +598,7 @@ class Spooler:
             parts = tuple(
                 pipeline.Part(part_id, seq, lambda e=event, i=part_id: render([e], i))
                 for seq, event in zip(batch.seqs, batch.events)
-                for part_id in (pipeline.run_part_id(batch.id, seq, batch.size),))
+                for part_id in (batching.run_part_id(batch.id, seq, batch.size),))
         return Dispatch(
             id=batch.id, target=target, attempts=batch.attempts,
             first_attempt_at=batch.first_attempt_at, owner=("endpoint", str(ep.id)),
@@ -989,10 +989,7 @@ def _nonce() -> str:
 def _batch_shape(ep: Endpoint, workers: int) -> tuple[int, int]:
     """(events per batch, open batches allowed) for an endpoint's payload with `workers`
     posting (model.batching)."""
-    try:
-        per_request = _registry().events_per_request(ep.target)
-    except ValueError:  # an unknown dialect: batches as native; rendering says what is wrong
-        per_request = None
+    per_request = _registry().events_per_request(ep.target)
     return batching.batch_size(ep.max_events, per_request), batching.open_limit(per_request, workers)
 
 

@@ -30,7 +30,6 @@ from typing import Callable, Protocol, Sequence
 
 from mxhook.model.records import iso, to_datetime
 from mxhook.delivery.webhook import Outcome
-from mxhook.model.batching import run_part_id  # noqa: F401  (the ids of a run's requests)
 from mxhook.model.retry import DEFAULT_POLICY, schedule
 from mxhook.model.targets import Target
 from mxhook.store import statedb

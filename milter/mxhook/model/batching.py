@@ -29,7 +29,7 @@ from typing import Mapping, Protocol
 # when it comes back) is per run, not per event: with a batch per event it cost more than the
 # posts did. bench/events.py, msndr, CPU per posted event: runs of 32 ~176 µs, 64 ~145, 128
 # and 256 ~105-140. Each event's request keeps its webhook-id across retries
-# (delivery.pipeline.run_part_id).
+# (`run_part_id`).
 RUN_EVENTS = 256
 # Runs a one-per-request endpoint may have open per spooler worker: the spooler's budget for
 # such posts (daemons/spooler.py BULK_DEPTH per worker, beside the pool its inbound deliveries

@@ -171,11 +171,15 @@ def event_types(target: Target) -> frozenset[str]:
 
 def events_per_request(target: Target) -> int | None:
     """1 when the target's dialect posts one event per request; None: batches (up to the
-    endpoint's max_events)."""
+    endpoint's max_events), also for a dialect the catalogue does not have on the event side:
+    its batches are made as native ones, and rendering each says what is wrong."""
     name = target.dialect or catalogue.NATIVE
     if name == catalogue.NATIVE:
         return None
-    return catalogue.lookup(name, catalogue.EVENTS).events_per_request
+    try:
+        return catalogue.lookup(name, catalogue.EVENTS).events_per_request
+    except ValueError:
+        return None
 
 
 # Compiled templates by (owner kind, owner id, version), each with the source it was compiled

@@ -56,14 +56,7 @@ def _run_endpoints(cfg: configmod.Config) -> frozenset[int]:
         return frozenset()
     with rules_store(cfg) as store:
         endpoints = store.list_endpoints()
-    runs = set()
-    for ep in endpoints:
-        try:
-            if registry.events_per_request(ep.target) == 1:
-                runs.add(ep.id)
-        except ValueError:  # an unknown dialect: batches as native
-            pass
-    return frozenset(runs)
+    return frozenset(ep.id for ep in endpoints if registry.events_per_request(ep.target) == 1)
 
 
 def prune(cfg: configmod.Config, *, dry_run: bool = False, now: float | None = None) -> dict:
