@@ -1045,11 +1045,9 @@ class Reader:
                             yield name
                         else:
                             self.held_back = True
-            try:
-                with os.scandir(self.new_dir) as it:
-                    self._window.extend(heapq.nsmallest(max(SCAN_WINDOW, self.batch_files), ready(it)))
-            except FileNotFoundError:
-                return []
+            # new/ gone (the spooler made it at start): OSError, for the caller to report
+            with os.scandir(self.new_dir) as it:
+                self._window.extend(heapq.nsmallest(max(SCAN_WINDOW, self.batch_files), ready(it)))
         take = min(self.batch_files, len(self._window))
         names = [self._window.popleft() for _ in range(take)]
         with self._claimed_lock:

@@ -431,6 +431,42 @@ def test_unreadable_spool_files_go_to_bad(rx, tmp_path, caplog):
     assert delivery(cfg, f"{good}-r1")["status"] == "succeeded"  # the good file went through
 
 
+def test_a_vanished_spool_dir_is_logged_not_spun_on_and_its_return_is_taken(rx, tmp_path, caplog):
+    """The spool dir removed under a running spooler (or made unreadable): each pass waits
+    poll_interval instead of waking at once to fail the same scan again (the loop spun at full
+    CPU writing an error line per pass); the error is logged when it starts and every
+    SCAN_ERROR_REPEAT seconds; once the dir is back, what was spooled there is delivered."""
+    cfg = make_cfg(tmp_path, poll_interval="0.5")
+    spool.ensure_dirs(cfg.spool_dir)
+    mono = Clock(0.0)
+    sp = spooler.Spooler(cfg, monotonic=mono)
+    waits_on(sp, mono)
+    away = str(tmp_path / "spool-away")
+    caplog.set_level("INFO", logger="mxhook.daemons.spooler")
+    try:
+        sp._step()
+        os.rename(cfg.spool_dir, away)
+        step_until(sp, mono, 30.0)
+        assert mono.now >= 30.0, "the loop did not wait between failing scans"
+        cannot = [r for r in caplog.records if "cannot scan" in r.getMessage()]
+        assert len(cannot) == 1 and cannot[0].levelname == "ERROR"
+        assert "wait until it can be read" in cannot[0].getMessage()
+        step_until(sp, mono, 30.0 + spooler.SCAN_ERROR_REPEAT + 1, most=2000)
+        assert len([r for r in caplog.records if "cannot scan" in r.getMessage()]) == 2
+        os.rename(away, cfg.spool_dir)
+        good = write_inbound(cfg, target(rx, "/hook"))
+        sp._step()
+        assert "can be read again" in caplog.text
+        for _ in range(50):
+            if (delivery(cfg, f"{good}-r1") or {}).get("status") == "succeeded":
+                break
+            sp._step()
+            time.sleep(0.02)
+    finally:
+        sp.close()
+    assert delivery(cfg, f"{good}-r1")["status"] == "succeeded"
+
+
 def test_directory_in_new_goes_to_bad(rx, tmp_path):
     cfg = make_cfg(tmp_path)
     spool.ensure_dirs(cfg.spool_dir)
@@ -817,7 +853,7 @@ def test_a_file_arriving_while_idle_is_ingested_without_waiting_out_poll_interva
     untouched_new(cfg)
     waiting = threading.Event()
     pause = spooler.Spooler._pause
-    monkeypatch.setattr(spooler.Spooler, "_pause", lambda self, p: (waiting.set(), pause(self, p)))
+    monkeypatch.setattr(spooler.Spooler, "_pause", lambda self, p, **kw: (waiting.set(), pause(self, p, **kw)))
     with Running(cfg) as sp:
         assert waiting.wait(10)  # the first step found nothing: the loop waits
         rid = write_inbound(cfg, target(rx, "/hook"))

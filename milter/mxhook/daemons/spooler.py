@@ -140,6 +140,7 @@ HELD_BACK_PAUSE = 0.05  # seconds between looks while files wait for an open seg
 # is ingested within this time rather than after a whole poll_interval (the milter seals its
 # segment every 0.2 s; sleeping 0.5 s between seals left the workers idle and the mail waiting).
 SPOOL_WATCH = 0.02
+SCAN_ERROR_REPEAT = 300.0  # seconds between log lines while the spool dir stays unreadable
 # Dispatches handed to the post pool: up to POOL_DEPTH per worker, so a worker that finished a
 # post takes the next due one at once instead of idling while the loop commits results and
 # ingests (the loop's pass, two fsyncs, took longer than a wave of posts). The price: an
@@ -276,6 +277,8 @@ class Spooler:
         self.reader = spool.Reader(self.spool_dir, batch_files=self.ingest_batch,
                                    check=ingest.check_record)
         self.more_waiting = False  # the last batch stopped at spool.BATCH_BYTES or BATCH_RECORDS: more are ready
+        self._scan_error: str | None = None  # why the spool dir could not be read, while it cannot
+        self._scan_error_logged = 0.0  # monotonic time of that error's last log line
         # Skipping queries that cannot find anything (each costs a GIL round trip while the
         # workers render): when the next inbound delivery is due (reset by inbound ingest and
         # results), and the hard-bounce counter last looked at.
@@ -859,8 +862,12 @@ class Spooler:
         try:
             handled = self.ingest_once()
         except OSError as exc:  # the spool dir itself is unreadable
-            log.error("cannot scan %s: %s", self.spool_dir, exc)
+            self._spool_unreadable(exc)
             handled = 0
+        else:
+            if self._scan_error is not None:
+                log.warning("%s can be read again", self.spool_dir)
+                self._scan_error = None
         self.process_blocks()
         self.collect_finished()
         self.dispatch()  # writes the results with the batches it makes (pick_batches)
@@ -870,15 +877,27 @@ class Spooler:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
         pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.reader.held_back else self.poll_interval
-        self._pause(pause)
+        # an unreadable spool dir counts as changed (its next scan says why): not a reason to wake
+        self._pause(pause, watch_spool=self._scan_error is None)
 
-    def _pause(self, pause: float) -> None:
-        """Wait up to `pause` seconds; less when a post finishes or there are files to ingest
-        (`spool.Reader.changed`), looked at every SPOOL_WATCH seconds. A finished post is collected
-        by the next step with every other one finished by then: one commit for all of them
-        (collecting the first alone made a commit, and an fsync, per post)."""
+    def _spool_unreadable(self, exc: OSError) -> None:
+        """The spool dir cannot be scanned (removed, wrong permissions, I/O error): logged when
+        it starts, when the reason changes and every SCAN_ERROR_REPEAT seconds while it lasts
+        (the step runs every poll_interval meanwhile, delivering what state.db holds)."""
+        why = f"cannot scan {self.spool_dir}: {exc}"
+        now = self.monotonic()
+        if why != self._scan_error or now - self._scan_error_logged >= SCAN_ERROR_REPEAT:
+            log.error("%s; mail and events spooled there wait until it can be read", why)
+            self._scan_error_logged = now
+        self._scan_error = why
+
+    def _pause(self, pause: float, *, watch_spool: bool = True) -> None:
+        """Wait up to `pause` seconds; less when a post finishes or (`watch_spool`) there are
+        files to ingest (`spool.Reader.changed`), looked at every SPOOL_WATCH seconds. A finished
+        post is collected by the next step with every other one finished by then: one commit for
+        all of them (collecting the first alone made a commit, and an fsync, per post)."""
         deadline = self.monotonic() + pause
-        while not self.stopping and not self.reader.changed():
+        while not self.stopping and not (watch_spool and self.reader.changed()):
             left = deadline - self.monotonic()
             if left <= 0:
                 return
