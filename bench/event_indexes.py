@@ -3,11 +3,12 @@ inserted row, with every index (as shipped), with each secondary index dropped a
 none (the table and its primary key: the baseline, measured in the same run).
 
     python3 bench/event_indexes.py [--rows 100000] [--txn 1000] [--recipients bench|random]
-                                   [--domains 97] [--rounds 2]
+                                   [--domains 97] [--rounds 2] [--cache-kib N]
 
 Rows are bench/events.py's events (a `queued` and a `succeeded` per message), inserted the way
 store.ingest inserts them (multi-row INSERT statements, one transaction of --txn rows), into a
-state.db made by StateStore (the real schema, WAL, synchronous=FULL). The first half of the rows
+state.db made by StateStore (the real schema, WAL, synchronous=FULL, SQLite's page cache of
+2,000 KiB as the spooler's connection has, unless --cache-kib). The first half of the rows
 is inserted and checkpointed first, so the measured half goes into indexes that already hold
 rows. WAL bytes: the -wal file's growth with automatic checkpoints off (each commit appends
 every page it changed, whole: an index whose new entries land on many pages writes many).
@@ -68,12 +69,13 @@ def secondary_indexes() -> list[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def measure(rows: list[tuple], txn: int, drop: list[str]) -> tuple[float, float]:
+def measure(rows: list[tuple], txn: int, drop: list[str], cache_kib: int) -> tuple[float, float]:
     """(CPU µs per row, WAL KiB per row) of inserting the second half of `rows`."""
     base = tempfile.mkdtemp(prefix="mxhook-bench-idx-")
     try:
         with StateStore(os.path.join(base, "state.db")) as store:
             conn = store.conn
+            conn.execute(f"PRAGMA cache_size = {-cache_kib}")
             for name in drop:
                 conn.execute(f"DROP INDEX {name}")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
@@ -106,6 +108,8 @@ def main() -> int:
     parser.add_argument("--recipients", choices=("bench", "random"), default="bench")
     parser.add_argument("--domains", type=int, default=97, help="with --recipients random")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cache-kib", type=int, default=2000,
+                        help="the connection's page cache (default: SQLite's, the spooler's)")
     args = parser.parse_args()
 
     rows = make_rows(args.rows, args.recipients, args.domains)
@@ -114,12 +118,13 @@ def main() -> int:
     variants.append(("none (table + primary key)", indexes))
     print(f"{args.rows} rows ({sum(len(r[2]) for r in rows) // len(rows)} bytes of meta each), "
           f"{args.txn} per transaction, recipients: {args.recipients}"
-          f"{f' in {args.domains} domains' if args.recipients == 'random' else ''}; "
+          f"{f' in {args.domains} domains' if args.recipients == 'random' else ''}, "
+          f"page cache {args.cache_kib} KiB; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     results: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in variants}
     for _ in range(args.rounds):  # round after round: the machine's drift hits every variant
         for label, drop in variants:
-            results[label].append(measure(rows, args.txn, drop))
+            results[label].append(measure(rows, args.txn, drop, args.cache_kib))
     base_cpu = statistics.median(c for c, _ in results[variants[-1][0]])
     base_wal = statistics.median(w for _, w in results[variants[-1][0]])
     print(f"\n{'':40s} {'µs CPU/row':>11s} {'/ none':>7s} {'WAL KiB/row':>12s} {'/ none':>7s}")
