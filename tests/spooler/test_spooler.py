@@ -21,7 +21,7 @@ from mxhook import config
 from mxhook.model import rules
 from mxhook import spool
 from mxhook.daemons import spooler
-from mxhook.store import ingest, logs
+from mxhook.store import ingest, logs, statedb
 from mxhook.store.statedb import StateStore
 from tests.support.destinations import routed
 from tests.support.receiver import Receiver, Response
@@ -429,6 +429,15 @@ def test_unreadable_spool_files_go_to_bad(rx, tmp_path, caplog):
     assert "bad magic" in reason1 and "deliveries" in reason2
     assert "moved to" in caplog.text and "bad magic" in caplog.text
     assert delivery(cfg, f"{good}-r1")["status"] == "succeeded"  # the good file went through
+
+
+def test_the_spoolers_state_connection_has_the_writer_page_cache(tmp_path):
+    cfg = make_cfg(tmp_path)
+    sp = spooler.Spooler(cfg)
+    try:
+        assert sp.state.conn.execute("PRAGMA cache_size").fetchone()[0] == -statedb.WRITER_CACHE_KIB
+    finally:
+        sp.close()
 
 
 def test_a_vanished_spool_dir_is_logged_not_spun_on_and_its_return_is_taken(rx, tmp_path, caplog):

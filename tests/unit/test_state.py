@@ -61,6 +61,13 @@ def test_pragmas(store):
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_page_cache_is_sqlites_unless_asked(store, tmp_path):
+    default = sqlite3.connect(":memory:").execute("PRAGMA cache_size").fetchone()[0]
+    assert store.conn.execute("PRAGMA cache_size").fetchone()[0] == default
+    with StateStore(str(tmp_path / "w.db"), cache_kib=statedb.WRITER_CACHE_KIB) as writer:
+        assert writer.conn.execute("PRAGMA cache_size").fetchone()[0] == -statedb.WRITER_CACHE_KIB
+
+
 def test_ingest_is_idempotent(store, tmp_path):
     rec = inbound("a1")
     assert ingest.records(store, [rec]) == 1

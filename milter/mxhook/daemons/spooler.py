@@ -246,7 +246,7 @@ class Spooler:
         spool.ensure_dirs(self.spool_dir)
         state_dir = os.path.dirname(os.path.abspath(cfg.state_db))
         os.makedirs(state_dir, exist_ok=True)
-        self.state = StateStore(cfg.state_db)
+        self.state = StateStore(cfg.state_db, cache_kib=statedb.WRITER_CACHE_KIB)
         if integrity.read_fault(cfg.state_db) is not None:  # stopped for damage before
             found = integrity.quick_check(self.state.conn)
             if found:

@@ -124,6 +124,12 @@ RECENT_EVENTS = 10_000
 # behind), so the WAL stays bounded (~40 MB) whatever happens to that thread.
 CHECKPOINT_INTERVAL = 0.5
 WRITER_CHECKPOINT_PAGES = 10_000
+# The writer's page cache (KiB; SQLite's default is 2,000). An event lands on a page of each
+# of the events table's indexes, the recipient ones at random: with the default cache even
+# their inner pages were read again for each insert once the table outgrew it (400,000 events
+# with random recipients, bench/event_indexes.py: 46.6 µs CPU an insert, 29.1 µs with 16 MiB).
+# Filled only as pages are used.
+WRITER_CACHE_KIB = 16_384
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +254,16 @@ def _pick_by_message_id(candidates: list[tuple[str, dict]], event: dict) -> dict
     return _pick_queued(same or candidates, event.get("at"))
 
 
+# What enrich_event and _pick_by_message_id read of a `queued` event
+_ENRICHING = ENRICH_FIELDS + ("custom_headers", "queue_id", "recipient")
+
+
 class _RecentQueued:
     """The `queued` events stored most recently (at most `size`, oldest dropped first), by
     queue id and by Message-ID: the log-derived events of a message usually come soon after
-    its queued event, and find it here instead of parsing it again from state.db."""
+    its queued event, and find it here instead of parsing it again from state.db. Each is kept
+    as the fields enrichment reads (_ENRICHING): the whole event was twice the memory, and ten
+    thousand of them a fifth of the spooler's (bench/events.py's backlog)."""
 
     COLUMNS = ("queue_id", "message_id")
 
@@ -261,7 +273,7 @@ class _RecentQueued:
         self._index: dict[str, dict[str, list[tuple[str, dict]]]] = {c: {} for c in self.COLUMNS}
 
     def add(self, received: str, event: dict) -> None:
-        entry = (received, event)
+        entry = (received, {k: event[k] for k in _ENRICHING if event.get(k)})
         self._order.append(entry)
         for column, index in self._index.items():
             key = event.get(column)
@@ -532,10 +544,12 @@ class _Checkpointer:
 
 
 class StateStore:
-    def __init__(self, path: str, *, readonly: bool = False):
+    def __init__(self, path: str, *, readonly: bool = False, cache_kib: int | None = None):
         """`readonly`: open the file as it is (`mode=ro`), for readers that may not write it
         (`mxhook log`, `mxhook status`): nothing is created or migrated, and a file an older
-        mxhook wrote is refused (migrations.NotReadable) until mxhook-spooler upgrades it."""
+        mxhook wrote is refused (migrations.NotReadable) until mxhook-spooler upgrades it.
+        `cache_kib`: the connection's page cache (default SQLite's; the spooler's is
+        WRITER_CACHE_KIB)."""
         self.path = path
         # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE explicitly
         # (see _write), so a transaction is exactly what the code says it is.
@@ -550,6 +564,8 @@ class StateStore:
             conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         conn.execute("PRAGMA busy_timeout = 30000")
+        if cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size = {-int(cache_kib)}")
         if not readonly:
             self.db.enable_wal()
             conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
