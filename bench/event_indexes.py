@@ -7,8 +7,8 @@ none (the table and its primary key: the baseline, measured in the same run).
 
 Rows are bench/events.py's events (a `queued` and a `succeeded` per message), inserted the way
 store.ingest inserts them (multi-row INSERT statements, one transaction of --txn rows), into a
-state.db made by StateStore (the real schema, WAL, synchronous=FULL, SQLite's page cache of
-2,000 KiB as the spooler's connection has, unless --cache-kib). The first half of the rows
+state.db made by StateStore (the real schema, WAL, synchronous=FULL, the page cache of the
+spooler's connection, statedb.WRITER_CACHE_KIB, unless --cache-kib). The first half of the rows
 is inserted and checkpointed first, so the measured half goes into indexes that already hold
 rows. WAL bytes: the -wal file's growth with automatic checkpoints off (each commit appends
 every page it changed, whole: an index whose new entries land on many pages writes many).
@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "milter"))
 
 import events as events_bench  # noqa: E402
 from mxhook.store import ingest  # noqa: E402
+from mxhook.store import statedb  # noqa: E402
 from mxhook.store.statedb import StateStore  # noqa: E402
 
 INSERT = ("INSERT INTO events (id, received, meta, payload, ingested, type, queue_id, recipient,"
@@ -108,8 +109,8 @@ def main() -> int:
     parser.add_argument("--recipients", choices=("bench", "random"), default="bench")
     parser.add_argument("--domains", type=int, default=97, help="with --recipients random")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--cache-kib", type=int, default=2000,
-                        help="the connection's page cache (default: SQLite's, the spooler's)")
+    parser.add_argument("--cache-kib", type=int, default=statedb.WRITER_CACHE_KIB,
+                        help="the connection's page cache (default: the spooler's; SQLite's own: 2000)")
     args = parser.parse_args()
 
     rows = make_rows(args.rows, args.recipients, args.domains)

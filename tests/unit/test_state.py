@@ -16,6 +16,7 @@ from mxhook.model.records import RecordError
 from mxhook.model.targets import Destination
 from mxhook import spool
 from mxhook.store import ingest, logs, migrations, statedb
+from mxhook.model.events import ENRICH_FIELDS
 from mxhook.store.statedb import AttemptRecord, StateStore
 
 
@@ -410,6 +411,31 @@ def test_enrichment_both_orders(store):
         assert got[eid]["custom_headers"] == {"X-Campaign": "c1"}
     assert got["s1"]["subject"] == "Hi" and got["s2"]["subject"] == "own"  # own values win
     assert logs.event_detail(store, "s1")["event"]["message_id"] == "<m@ours>"
+
+
+def test_enrichment_from_memory_equals_enrichment_from_state_db(store, tmp_path):
+    """The recent-queued index keeps only what enrichment reads of each queued event: every
+    field it fills (by queue id, and by Message-ID with the recipient picking the queued event)
+    comes out as from state.db, where the whole event is."""
+    fields = {k: f"{k}-value" for k in ENRICH_FIELDS}
+    ingest.records(store, [
+        event("q1", "queued", at="2026-11-22T12:00:00.000000Z", source="milter", queue_id="QA",
+              recipient="a@far.example", custom_headers={"X-Campaign": "c1"}, **fields),
+        event("q2", "queued", at="2026-11-22T12:00:00.000001Z", source="milter", queue_id="QB",
+              recipient="b@far.example", custom_headers={"X-Campaign": "c2"},
+              **{**fields, "subject": "for b"})])
+    wanted = [{"id": "s1", "type": "succeeded", "queue_id": "QA", "at": "2026-11-22T12:00:01.000000Z",
+               "recipient": "a@far.example"},
+              {"id": "d1", "type": "bounced", "message_id": "message_id-value",
+               "at": "2026-11-22T12:00:02.000000Z", "recipient": "a@far.example"}]
+    from_memory = store.enrich([dict(e) for e in wanted])
+    with StateStore(str(tmp_path / "state.db")) as fresh:  # nothing in its memory
+        from_disk = fresh.enrich([dict(e) for e in wanted])
+    assert from_memory == from_disk
+    assert {k: from_memory[0][k] for k in ENRICH_FIELDS} == fields
+    assert from_memory[0]["custom_headers"] == {"X-Campaign": "c1"}
+    # by Message-ID, the queued event of its recipient (not the latest, q2's)
+    assert (from_memory[1]["subject"], from_memory[1]["queue_id"]) == ("subject-value", "QA")
 
 
 def test_enrichment_with_reused_short_queue_ids(store):
