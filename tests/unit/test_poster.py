@@ -41,7 +41,7 @@ def gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
+    except OSError:  # ENOENT before the open, ESRCH if reaped between open and read
         return True
 
 
