@@ -754,7 +754,8 @@ def start_daemon(tmp_path, *extra) -> subprocess.Popen:
     path = tmp_path / "mxhook.conf"
     if not path.exists():
         path.write_text(config.render(settings(tmp_path)))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"))
+    # PYTHONFAULTHANDLER: SIGABRT dumps every thread's stack to stderr (see stop_daemon)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "milter"), PYTHONFAULTHANDLER="1")
     return subprocess.Popen(
         [sys.executable, "-m", "mxhook.daemons.spooler", "--config", str(path), *extra],
         env=env, stderr=open(tmp_path / "spooler.stderr", "ab"),
@@ -763,6 +764,20 @@ def start_daemon(tmp_path, *extra) -> subprocess.Popen:
 
 def stderr_of(tmp_path) -> str:
     return (tmp_path / "spooler.stderr").read_text(errors="replace")
+
+
+def stop_daemon(proc: subprocess.Popen, tmp_path, timeout: float = 15) -> None:
+    """SIGTERM and a clean exit within timeout; if not, the stacks of the spooler and its children."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+        for pid in [proc.pid, *map(int, children)]:
+            os.kill(pid, signal.SIGABRT)
+        proc.wait(10)
+        pytest.fail(f"spooler did not stop within {timeout} s of SIGTERM; its stderr:\n{stderr_of(tmp_path)}")
+    assert code == 0, stderr_of(tmp_path)
 
 
 def test_kill_9_mid_request_reposts_with_same_webhook_id(rx, tmp_path):
@@ -779,8 +794,7 @@ def test_kill_9_mid_request_reposts_with_same_webhook_id(rx, tmp_path):
         first, again = rx.wait_for(2, path="/hook", timeout=15)
         assert first.headers["webhook-id"] == again.headers["webhook-id"] == f"{rid}-r1"
         wait_status(cfg, f"{rid}-r1", "succeeded")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0, stderr_of(tmp_path)
+        stop_daemon(proc, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -798,8 +812,7 @@ def test_sigterm_finishes_the_post_in_flight(rx, tmp_path):
     proc = start_daemon(tmp_path)
     try:
         rx.wait_for(1, path="/hook", timeout=15)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        stop_daemon(proc, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
