@@ -127,6 +127,38 @@ def test_interval_holds_a_small_batch(rx, cfg):
     assert ids_of([req.json()]) == written
 
 
+def test_a_step_of_the_loop_reads_the_endpoints_once_and_sees_a_change_at_the_next(rx, cfg):
+    """rules.db is asked whether the endpoints changed once per pass of the loop (ingest and
+    dispatch share the answer), and an endpoint added meanwhile is taken at the next pass."""
+    first = add_endpoint(cfg, rx.url + "/one", interval=1)
+    write_event(cfg)
+    now = [time.time()]
+    sp = spooler.Spooler(cfg, clock=lambda: now[0])
+    sp.poll_interval = 0.0
+    try:
+        assert set(sp.current_endpoints()) == {first.id}
+        looks: list[str] = []
+        sp.endpoints._conn.set_trace_callback(looks.append)
+        sp._step()  # ingests the event: pending for 1 s
+        assert looks.count("PRAGMA data_version") == 1 and rx.requests == []
+        now[0] += 2
+        sp._step()
+        sp.drain()
+        assert looks.count("PRAGMA data_version") == 2 and [r.path for r in rx.requests] == ["/one"]
+        second = add_endpoint(cfg, rx.url + "/two", interval=1)
+        write_event(cfg)
+        sp._step()  # the new endpoint gets the new event
+        now[0] += 2
+        sp._step()
+        sp.drain()
+        assert looks.count("PRAGMA data_version") == 4
+        assert sorted(r.path for r in rx.requests) == ["/one", "/one", "/two"]
+        assert set(sp.current_endpoints()) == {first.id, second.id}
+        assert looks.count("PRAGMA data_version") == 5  # outside a pass: every call looks
+    finally:
+        sp.close()
+
+
 def test_category_filters_per_endpoint(rx, cfg):
     add_endpoint(cfg, rx.url + "/bounces", categories=("bounces",), interval=1)
     add_endpoint(cfg, rx.url + "/deliveries", categories=("deliveries",), interval=1)

@@ -487,6 +487,25 @@ def test_the_batches_of_a_step_are_made_in_one_transaction(store):
     assert store.create_batches([(2, 10, 1, None)]) == []
 
 
+def test_a_batch_holds_in_state_db_exactly_the_events_it_took(store):
+    """The members of each batch as state.db has them (read back by batch id, not from the
+    batch object), with two endpoints' pending events interleaved in arrival order and a
+    batch of each left half-way."""
+    mixed = []
+    for i in range(9):
+        mixed.append(event(f"e{i}"))
+        if i % 3 == 0:
+            mixed.append(event(f"b{i}", "bounced", bounce_type="hard"))
+    ingest.records(store, mixed, endpoints=[EP_ALL, EP_BOUNCES], now=1000.0)
+    made = store.create_batches([(1, 4, 2, None), (2, 2, 1, None)], now=1001.0)
+    stored = [[e["id"] for e in store.batch_events(store.batch(b.id))] for b in made]
+    assert stored == [["e0", "b0", "e1", "e2"], ["e3", "b3", "e4", "e5"], ["b0", "b3"]]
+    assert store.pending_stats(1, 100)[0] == 4 and store.pending_stats(2, 100)[0] == 1
+    later = store.create_batches([(1, 10, 1, None), (2, 10, 1, None)], now=1002.0)
+    assert [[e["id"] for e in store.batch_events(store.batch(b.id))] for b in later] == [
+        ["e6", "b6", "e7", "e8"], ["b6"]]
+
+
 def test_results_of_one_endpoints_batches_fold_into_its_health_in_order(store):
     """Several results of one endpoint in one record_attempts: the health row as if they had
     been written one by one (a failure after the last success starts a streak)."""

@@ -945,12 +945,16 @@ class StateStore:
                                        None, at, len(chunk), at, event_ids=[e for _, e in chunk],
                                        seqs=[q for q, _ in chunk])
                     made.append(batch)
-                    members.extend((batch.id, seq) for seq, _ in chunk)
+                    # a batch is a run of consecutive pending seqs (read in this transaction):
+                    # one statement per batch, not one per event (executemany steps once per
+                    # row, and each step is a GIL hand-off to the threads busy in Python)
+                    members.append((batch.id, endpoint_id, chunk[0][0], chunk[-1][0]))
                     rows.append((batch.id, endpoint_id, url, at, batch.size, at, at))
             conn.executemany(
                 "INSERT INTO event_batches (id, endpoint_id, url, created, size, status,"
                 " attempts, next_attempt_at, updated) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)", rows)
-            conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE seq = ?", members)
+            conn.executemany("UPDATE event_deliveries SET batch_id = ? WHERE endpoint_id = ?"
+                             " AND batch_id IS NULL AND seq BETWEEN ? AND ?", members)
         return made
 
     def batch_events(self, batch: EventBatch, *, rendered: bool = False) -> list[dict]:
