@@ -908,13 +908,18 @@ class Reader:
     and a scan skips them, so no file is read twice.
 
     `check` refuses a record by raising (the spooler's `store.ingest.check_record`): such a
-    record goes to bad/ instead of into a batch."""
+    record goes to bad/ instead of into a batch. `durable`: called (on an unlink thread)
+    before the files of a `finish` are unlinked, to make the commit that took them in
+    durable (the spooler's StateStore.make_durable); if it raises OSError the files stay, and
+    are read and ingested again (harmlessly: the records are known by id)."""
 
     def __init__(self, spool_dir: str, *, batch_files: int,
-                 check: Callable[[Record], object] | None = None):
+                 check: Callable[[Record], object] | None = None,
+                 durable: Callable[[], None] | None = None):
         self.spool_dir = spool_dir
         self.batch_files = batch_files
         self.check = check
+        self.durable = durable
         self.new_dir = os.path.join(spool_dir, "new")
         self.held_back = False  # the last scan left files for after an open segment (I/O thread)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="mxhook-spool-io")
@@ -1154,8 +1159,30 @@ class Reader:
                 self._scan_mark = os.stat(self.new_dir).st_mtime_ns
             except OSError:
                 self._scan_mark = None
+        if done and self.durable is not None:
+            self._unlinker.submit(self._unlink_when_durable, done)
+        else:
+            self._unlink_all(done)
+
+    def _unlink_all(self, done: list[str]) -> None:
         for i in range(0, len(done), UNLINK_CHUNK):
-            self._unlinker.submit(self._unlink, done[i:i + UNLINK_CHUNK])
+            try:
+                self._unlinker.submit(self._unlink, done[i:i + UNLINK_CHUNK])
+            except RuntimeError:  # closing (from an unlink thread): here, then
+                self._unlink(done[i:i + UNLINK_CHUNK])
+
+    def _unlink_when_durable(self, done: list[str]) -> None:
+        """(unlink pool) Until `durable` returns, the files are their records' only sure copy."""
+        try:
+            self.durable()
+        except OSError as exc:
+            log.error("cannot make the ingest of %d spool file(s) durable (%s): they stay in new/"
+                      " and are ingested again", len(done), exc)
+            with self._claimed_lock:
+                self._claimed.difference_update(os.path.basename(p) for p in done)
+            self._scan_mark = None  # scan new/ again: they are there to be read
+            return
+        self._unlink_all(done)
 
     def _unlink(self, paths: list[str]) -> None:
         """(unlink pool) Freeing a file's blocks can take a while (~150 µs on an ext4 mounted

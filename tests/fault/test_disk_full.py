@@ -153,6 +153,14 @@ def posted(receiver) -> dict[str, str]:
     return out
 
 
+def drained(mnt: str, timeout: float = 30) -> None:
+    """Wait until the spool holds nothing: every ingested file unlinked."""
+    deadline = time.monotonic() + timeout
+    while (files(mnt, "new") or handed_over(mnt)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert files(mnt, "new") == [] and handed_over(mnt) == []
+
+
 def test_spool_on_a_full_file_system(small_fs, make_stack):
     mnt, how = small_fs
     stack = make_stack(config={"paths": {"spool_dir": mnt}})
@@ -199,15 +207,13 @@ def test_spool_on_a_full_file_system(small_fs, make_stack):
     # 2. the spooler drains the spool: everything accepted is posted intact, nothing refused
     stack.spooler.start()
     stack.receiver.wait_for(len(sent), timeout=60)
-    deadline = time.monotonic() + 30
-    while (files(mnt, "new") or handed_over(mnt)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert files(mnt, "new") == [] and handed_over(mnt) == []
+    drained(mnt)
     got = posted(stack.receiver)
     assert got == sent, {"missing": sorted(set(sent) - set(got)), "unexpected": sorted(set(got) - set(sent))}
     res = send("after drain")
     assert res.accepted, f"no recovery after the spool drained: {res}"
     stack.receiver.wait_for(len(sent), timeout=30)
+    drained(mnt)  # its file unlinked (after the post, as may be): else it frees room below
 
     # 3. a filler file takes every byte; removing it brings 250 back, no restart
     filler = os.path.join(mnt, "filler")

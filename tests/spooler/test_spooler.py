@@ -440,6 +440,26 @@ def test_the_spoolers_state_connection_has_the_writer_page_cache(tmp_path):
         sp.close()
 
 
+def test_the_spoolers_commits_are_made_durable_by_the_reader_before_it_unlinks(rx, tmp_path):
+    """The loop's commits are not fsynced (synchronous NORMAL); the reader fsyncs state.db's
+    WAL (StateStore.make_durable) before it unlinks the spool files a commit took in."""
+    cfg = make_cfg(tmp_path)
+    write_inbound(cfg, target(rx, "/hook"))
+    sp = spooler.Spooler(cfg)
+    seen: list[list[str]] = []
+    try:
+        assert sp.state.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+        real = sp.reader.durable
+        assert real == sp.state.make_durable
+        sp.reader.durable = lambda: (seen.append(os.listdir(os.path.join(cfg.spool_dir, "new"))), real())
+        sp.run_once()
+    finally:
+        sp.close()
+    assert len(seen) == 1 and len(seen[0]) == 1  # the file was still there when it ran
+    assert os.listdir(os.path.join(cfg.spool_dir, "new")) == []
+    assert len(rx.requests) == 1
+
+
 def test_a_vanished_spool_dir_is_logged_not_spun_on_and_its_return_is_taken(rx, tmp_path, caplog):
     """The spool dir removed under a running spooler (or made unreadable): each pass waits
     poll_interval instead of waking at once to fail the same scan again (the loop spun at full

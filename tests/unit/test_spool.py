@@ -1,5 +1,6 @@
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -392,6 +393,62 @@ def test_reader_takes_in_name_order_and_unlinks_only_what_is_finished(tmp_path):
     finally:
         reader.close()
     assert _new(d) == []
+
+
+def test_reader_unlinks_finished_files_only_after_durable_returns(tmp_path):
+    """`durable` (the spooler's fsync of state.db's WAL) runs before the files a finish
+    names are unlinked, off the caller's thread: till it returns they stay in new/."""
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    ids = _events(d, 3)
+    calls, release = [], threading.Event()
+
+    def durable():
+        calls.append((threading.current_thread().name, _new(d)))
+        assert release.wait(10)
+
+    reader = spool.Reader(d, batch_files=10, durable=durable)
+    try:
+        batch = reader.take()
+        reader.finish(batch)  # returns at once: the caller's loop does not wait for the fsync
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _new(d) == [i + ".rec" for i in ids]  # durable() has not returned
+        release.set()
+    finally:
+        reader.close()
+    assert [(name.startswith("mxhook-unlink"), files) for name, files in calls] == [
+        (True, [i + ".rec" for i in ids])]
+    assert _new(d) == []
+
+
+def test_reader_keeps_the_files_when_durable_fails_and_takes_them_again(tmp_path, caplog):
+    d = str(tmp_path)
+    spool.ensure_dirs(d)
+    ids = _events(d, 2)
+    failures = [OSError(5, "Input/output error")]
+
+    def durable():
+        if failures:
+            raise failures.pop()
+
+    reader = spool.Reader(d, batch_files=10, durable=durable)
+    try:
+        first = reader.take()
+        reader.finish(first)
+        deadline = time.monotonic() + 5
+        while "Input/output error" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _new(d) == [i + ".rec" for i in ids]
+        assert reader.changed()  # no wait: they are there to be read again
+        again = reader.take()
+        assert [r.id for r in again.records] == ids
+        reader.finish(again)
+    finally:
+        reader.close()
+    assert _new(d) == []
+    assert "cannot make the ingest of 2 spool file(s) durable" in caplog.text
 
 
 def test_reader_gives_back_first_in_line_before_the_batch_read_ahead(tmp_path):

@@ -69,6 +69,27 @@ def test_page_cache_is_sqlites_unless_asked(store, tmp_path):
         assert writer.conn.execute("PRAGMA cache_size").fetchone()[0] == -statedb.WRITER_CACHE_KIB
 
 
+def test_commits_are_fsynced_unless_the_owner_makes_them_durable(store, tmp_path, monkeypatch):
+    """FULL (an fsync of the WAL at each commit) by default; `durable_commits=False` (the
+    spooler): NORMAL, and `make_durable` fsyncs the WAL, or the database file before a WAL
+    exists."""
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(statedb.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                         real_fsync(fd)))
+    path = str(tmp_path / "w.db")
+    with StateStore(path, durable_commits=False) as writer:
+        assert writer.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        ingest.records(writer, [inbound("a1")])
+        assert os.path.exists(path + "-wal")
+        writer.make_durable()
+        assert synced == [path + "-wal"]
+        os.unlink(path + "-wal")  # as after the last connection closed it
+        writer.make_durable()
+        assert synced == [path + "-wal", path]
+
+
 def test_ingest_is_idempotent(store, tmp_path):
     rec = inbound("a1")
     assert ingest.records(store, [rec]) == 1

@@ -246,7 +246,9 @@ class Spooler:
         spool.ensure_dirs(self.spool_dir)
         state_dir = os.path.dirname(os.path.abspath(cfg.state_db))
         os.makedirs(state_dir, exist_ok=True)
-        self.state = StateStore(cfg.state_db, cache_kib=statedb.WRITER_CACHE_KIB)
+        # commits are made durable before the spool files they took in are unlinked, off the
+        # loop (statedb's module docstring): `durable=` of the reader below
+        self.state = StateStore(cfg.state_db, cache_kib=statedb.WRITER_CACHE_KIB, durable_commits=False)
         if integrity.read_fault(cfg.state_db) is not None:  # stopped for damage before
             found = integrity.quick_check(self.state.conn)
             if found:
@@ -277,7 +279,7 @@ class Spooler:
         self._block_retry_at = 0.0
         self._block_error: str | None = None
         self.reader = spool.Reader(self.spool_dir, batch_files=self.ingest_batch,
-                                   check=ingest.check_record)
+                                   check=ingest.check_record, durable=self.state.make_durable)
         self.more_waiting = False  # the last batch stopped at spool.BATCH_BYTES or BATCH_RECORDS: more are ready
         self._scan_error: str | None = None  # why the spool dir could not be read, while it cannot
         self._scan_error_logged = 0.0  # monotonic time of that error's last log line

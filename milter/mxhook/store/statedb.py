@@ -8,16 +8,19 @@ freshly stored events (`remember`, `enrich`) and the dispatch queue. The other c
 functions over a StateStore: store.ingest (spool records in, hard bounces to the block list),
 store.logs (the inbound and event logs, totals), store.replay (replay and `mxhook status`).
 
-Durability. The spooler unlinks a spool file right after the transaction that ingested it
-commits, so that commit is the only copy of an accepted message from then on. In WAL mode
+Durability. The spooler unlinks a spool file once the transaction that ingested it has
+committed, so that commit is the only copy of an accepted message from then on. In WAL mode
 `synchronous=NORMAL` does not fsync the WAL at commit (only at checkpoints): after a power
 loss or kernel crash the last commits may be gone while the unlink (a journaled metadata
-change) survived — accepted mail lost. So the connection runs with `synchronous=FULL`, which
-fsyncs the WAL on every commit. The cost is one fsync per transaction: ingest is batched (up to
-`ingest_batch` files per transaction) and attempt results of a dispatch round are written in
-one transaction too (`record_attempts`), so this is a handful of fsyncs per second at most, far
-below the cost of the HTTP requests themselves. The spooler's checkpoints (copying the WAL
-into the database file) run on a thread of their own (`checkpoint_in_background`).
+change) survived — accepted mail lost. Connections therefore run with `synchronous=FULL`
+(an fsync of the WAL at every commit), except the spooler's (`durable_commits=False`): its
+commits are not fsynced, and the spool reader makes them durable (`make_durable`, one fsync of
+the WAL, on its unlink threads) before it unlinks the files a commit took in. Its other
+commits (attempt results, batches, retention) may be lost in a power loss and are then
+redone: a post goes out again, with the same webhook-id. The fsync of every commit on the
+loop cost ~10 % of the event flow (bench/events.py on disk against /dev/shm). The spooler's
+checkpoints (copying the WAL into the database file; SQLite syncs the WAL before and the
+database file after) run on a thread of their own (`checkpoint_in_background`).
 
 Times are stored as fixed-width ISO 8601 UTC text with microseconds and a `Z`
 (`2026-11-22T12:00:00.123456Z`), so they are readable in `sqlite3` and compare correctly as
@@ -93,6 +96,7 @@ import collections
 import itertools
 import json
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -544,12 +548,14 @@ class _Checkpointer:
 
 
 class StateStore:
-    def __init__(self, path: str, *, readonly: bool = False, cache_kib: int | None = None):
+    def __init__(self, path: str, *, readonly: bool = False, cache_kib: int | None = None,
+                 durable_commits: bool = True):
         """`readonly`: open the file as it is (`mode=ro`), for readers that may not write it
         (`mxhook log`, `mxhook status`): nothing is created or migrated, and a file an older
         mxhook wrote is refused (migrations.NotReadable) until mxhook-spooler upgrades it.
         `cache_kib`: the connection's page cache (default SQLite's; the spooler's is
-        WRITER_CACHE_KIB)."""
+        WRITER_CACHE_KIB). `durable_commits`: every COMMIT fsyncs the WAL; without, the owner
+        calls `make_durable` where it must (see the module docstring)."""
         self.path = path
         # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE explicitly
         # (see _write), so a transaction is exactly what the code says it is.
@@ -568,7 +574,7 @@ class StateStore:
             conn.execute(f"PRAGMA cache_size = {-int(cache_kib)}")
         if not readonly:
             self.db.enable_wal()
-            conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable_commits else 'NORMAL'}")  # module docstring
             conn.execute("PRAGMA foreign_keys = ON")
         self._recent: dict[str, dict | str] = {}  # event id -> event (see remember), oldest first
         self._recent_queued = _RecentQueued(RECENT_EVENTS)
@@ -598,6 +604,21 @@ class StateStore:
             self._checkpointer.stop()
             self._checkpointer = None
         self.conn.close()
+
+    def make_durable(self) -> None:
+        """fsync what every commit so far wrote: the WAL (what a checkpoint moved into the
+        database file, SQLite synced there). From any thread; raises OSError."""
+        for name in (self.path + "-wal", self.path):  # no WAL (yet): the database file
+            try:
+                fd = os.open(name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
+        raise FileNotFoundError(f"{self.path} is gone")
 
     @property
     def checkpoint_error(self) -> sqlite3.Error | None:
