@@ -895,7 +895,7 @@ def test_a_file_arriving_while_idle_is_ingested_without_waiting_out_poll_interva
     untouched_new(cfg)
     waiting = threading.Event()
     pause = spooler.Spooler._pause
-    monkeypatch.setattr(spooler.Spooler, "_pause", lambda self, p, **kw: (waiting.set(), pause(self, p, **kw)))
+    monkeypatch.setattr(spooler.Spooler, "_pause", lambda self, p: (waiting.set(), pause(self, p)))
     with Running(cfg) as sp:
         assert waiting.wait(10)  # the first step found nothing: the loop waits
         rid = write_inbound(cfg, target(rx, "/hook"))

@@ -879,8 +879,7 @@ class Spooler:
             return  # more files waiting: no sleep
         # files held back behind the milter's open segment: it is sealed within 0.2 s
         pause = min(self.poll_interval, HELD_BACK_PAUSE) if self.reader.held_back else self.poll_interval
-        # an unreadable spool dir counts as changed (its next scan says why): not a reason to wake
-        self._pause(pause, watch_spool=self._scan_error is None)
+        self._pause(pause)
 
     def _ingest_and_dispatch(self) -> int:
         """The step's work on state.db, with the endpoints as of its first look
@@ -911,11 +910,13 @@ class Spooler:
             self._scan_error_logged = now
         self._scan_error = why
 
-    def _pause(self, pause: float, *, watch_spool: bool = True) -> None:
-        """Wait up to `pause` seconds; less when a post finishes or (`watch_spool`) there are
-        files to ingest (`spool.Reader.changed`), looked at every SPOOL_WATCH seconds. A finished
-        post is collected by the next step with every other one finished by then: one commit for
-        all of them (collecting the first alone made a commit, and an fsync, per post)."""
+    def _pause(self, pause: float) -> None:
+        """Wait up to `pause` seconds; less when a post finishes or there are files to ingest
+        (`spool.Reader.changed`), looked at every SPOOL_WATCH seconds. A finished post is
+        collected by the next step with every other one finished by then: one commit for all
+        of them (collecting the first alone made a commit per post). An unreadable spool dir
+        counts as changed (its next scan says why): not a reason to wake."""
+        watch_spool = self._scan_error is None
         deadline = self.monotonic() + pause
         while not self.stopping and not (watch_spool and self.reader.changed()):
             left = deadline - self.monotonic()
