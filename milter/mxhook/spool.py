@@ -1178,11 +1178,18 @@ class Reader:
         except OSError as exc:
             log.error("cannot make the ingest of %d spool file(s) durable (%s): they stay in new/"
                       " and are ingested again", len(done), exc)
-            with self._claimed_lock:
-                self._claimed.difference_update(os.path.basename(p) for p in done)
-            self._scan_mark = None  # scan new/ again: they are there to be read
+            try:  # the window and the scan mark are the I/O thread's
+                self._io.submit(self._read_again, done)
+            except RuntimeError:  # closing: read at the next start
+                pass
             return
         self._unlink_all(done)
+
+    def _read_again(self, paths: list[str]) -> None:
+        """(I/O thread) Files already ingested whose commit could not be made durable: first in
+        line, and no wait before they are taken."""
+        self._unclaim_unread(paths)
+        self._scan_mark = None
 
     def _unlink(self, paths: list[str]) -> None:
         """(unlink pool) Freeing a file's blocks can take a while (~150 µs on an ext4 mounted

@@ -441,6 +441,8 @@ def test_reader_keeps_the_files_when_durable_fails_and_takes_them_again(tmp_path
         while "Input/output error" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _new(d) == [i + ".rec" for i in ids]
+        while not reader.changed() and time.monotonic() < deadline:  # given back on the I/O thread
+            time.sleep(0.01)
         assert reader.changed()  # no wait: they are there to be read again
         again = reader.take()
         assert [r.id for r in again.records] == ids
