@@ -74,9 +74,8 @@ def measure(rows: list[tuple], txn: int, drop: list[str], cache_kib: int) -> tup
     """(CPU µs per row, WAL KiB per row) of inserting the second half of `rows`."""
     base = tempfile.mkdtemp(prefix="mxhook-bench-idx-")
     try:
-        with StateStore(os.path.join(base, "state.db")) as store:
+        with StateStore(os.path.join(base, "state.db"), cache_kib=cache_kib) as store:
             conn = store.conn
-            conn.execute(f"PRAGMA cache_size = {-cache_kib}")
             for name in drop:
                 conn.execute(f"DROP INDEX {name}")
             conn.execute("PRAGMA wal_autocheckpoint = 0")

@@ -792,7 +792,8 @@ def stop_daemon(proc: subprocess.Popen, tmp_path, timeout: float = 15) -> None:
     try:
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
+            children = fh.read().split()
         for pid in [proc.pid, *map(int, children)]:
             os.kill(pid, signal.SIGABRT)
         proc.wait(10)
